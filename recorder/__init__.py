@@ -1,0 +1,56 @@
+"""recorder: the Exchange model, the tape (reader, writer, redaction) and format importers/exporters.
+
+It imports no other shadowtap package; every other package may import it.
+"""
+
+from recorder.errors import (
+    ConfigError,
+    InputFormatError,
+    ShadowtapError,
+    TapeFormatError,
+    TapeVersionError,
+    TapeWriteError,
+    UpstreamError,
+)
+from recorder.model import (
+    PRIMARY,
+    REPLAY,
+    Exchange,
+    Failure,
+    FailureKind,
+    Header,
+    Headers,
+    Outcome,
+    Request,
+    Response,
+    Timing,
+    exchange_from_wire,
+    exchange_to_wire,
+    header_value,
+    header_values,
+)
+
+__all__ = [
+    "PRIMARY",
+    "REPLAY",
+    "ConfigError",
+    "Exchange",
+    "Failure",
+    "FailureKind",
+    "Header",
+    "Headers",
+    "InputFormatError",
+    "Outcome",
+    "Request",
+    "Response",
+    "ShadowtapError",
+    "TapeFormatError",
+    "TapeVersionError",
+    "TapeWriteError",
+    "Timing",
+    "UpstreamError",
+    "exchange_from_wire",
+    "exchange_to_wire",
+    "header_value",
+    "header_values",
+]

@@ -1,0 +1,284 @@
+"""The Exchange model: the one contract between the proxy, tape, replayer and differ.
+
+An exchange is one request and what each upstream answered: the primary, and each shadow (or the
+replay target) by name. Everything is a frozen, slotted dataclass holding bytes as they were on the
+wire: header order, case and duplicates are kept, bodies are never decoded here (the differ decodes
+content-encodings, the tape does not).
+
+This module also owns the msgpack mapping of the model (``exchange_to_wire`` / ``exchange_from_wire``),
+specified in docs/tape-format.md. It must never do I/O, never import another shadowtap package, and
+never change the meaning of an existing wire position: new fields are appended, and readers take a
+shorter array as "the newer fields are at their defaults".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+from urllib.parse import parse_qsl
+
+from recorder.errors import TapeFormatError
+
+__all__ = [
+    "PRIMARY",
+    "REPLAY",
+    "Exchange",
+    "Failure",
+    "FailureKind",
+    "Header",
+    "Headers",
+    "Outcome",
+    "Request",
+    "Response",
+    "Timing",
+    "exchange_from_wire",
+    "exchange_to_wire",
+    "header_value",
+    "header_values",
+]
+
+#: Name of the response that the client got (proxy) or that was recorded (replay results).
+PRIMARY: Final = "primary"
+#: Name of the replayed response in a replay results tape.
+REPLAY: Final = "replay"
+
+Header: TypeAlias = tuple[bytes, bytes]
+Headers: TypeAlias = tuple[Header, ...]
+
+
+class FailureKind:
+    """The reasons an upstream exchange can fail or a mirror can be dropped. Strings on the wire."""
+
+    CONNECT_ERROR: Final = "connect-error"
+    TIMEOUT: Final = "timeout"
+    RESET: Final = "reset"
+    BAD_RESPONSE: Final = "bad-response"
+    BODY_TOO_LARGE: Final = "body-too-large"
+    QUEUE_FULL: Final = "queue-full"
+    BREAKER_OPEN: Final = "breaker-open"
+    SAMPLED_OUT: Final = "sampled-out"
+    METHOD_NOT_ALLOWED: Final = "method-not-allowed"
+    RATE_LIMITED: Final = "rate-limited"
+    DISABLED: Final = "disabled"
+    CANCELLED: Final = "cancelled"
+    OTHER: Final = "other"
+
+
+def header_values(headers: Headers, name: bytes) -> list[bytes]:
+    """All values of header ``name`` (case-insensitive), in wire order."""
+    wanted = name.lower()
+    return [value for key, value in headers if key.lower() == wanted]
+
+
+def header_value(headers: Headers, name: bytes, default: bytes | None = None) -> bytes | None:
+    """The first value of header ``name`` (case-insensitive), or ``default``."""
+    wanted = name.lower()
+    for key, value in headers:
+        if key.lower() == wanted:
+            return value
+    return default
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request as the client sent it.
+
+    ``target`` is the origin-form request target (path and query, ``/users/7?x=1``) exactly as sent.
+    ``authority`` is the host[:port] the client addressed (Host header or absolute-form), ``scheme``
+    how it reached us. ``truncated_from`` is the original body size when ``body`` was cut at a
+    recording cap, ``None`` when ``body`` is complete.
+    """
+
+    method: str
+    target: str
+    headers: Headers = ()
+    body: bytes = b""
+    scheme: str = "http"
+    authority: str = ""
+    http_version: str = "1.1"
+    truncated_from: int | None = None
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        parts = self.target.split("?", 1)
+        return parts[1] if len(parts) == 2 else ""
+
+    def query_params(self) -> list[tuple[str, str]]:
+        return parse_qsl(self.query, keep_blank_values=True)
+
+    def header(self, name: bytes, default: bytes | None = None) -> bytes | None:
+        return header_value(self.headers, name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An HTTP response as an upstream sent it (body still content-encoded)."""
+
+    status: int
+    reason: str = ""
+    headers: Headers = ()
+    body: bytes = b""
+    http_version: str = "1.1"
+    truncated_from: int | None = None
+
+    def header(self, name: bytes, default: bytes | None = None) -> bytes | None:
+        return header_value(self.headers, name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why an upstream gave no usable response (``kind`` is a ``FailureKind`` string)."""
+
+    kind: str
+    message: str = ""
+
+
+Outcome: TypeAlias = Response | Failure
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """When one upstream exchange ran, in ns relative to the exchange's ``started_mono_ns``.
+
+    ``sent_ns``: request start sent; ``first_byte_ns``: response head received; ``done_ns``: response
+    body complete. ``None`` where unknown (an import without timings, a failure before the head).
+    """
+
+    sent_ns: int | None = None
+    first_byte_ns: int | None = None
+    done_ns: int | None = None
+
+    @property
+    def duration_ns(self) -> int | None:
+        if self.sent_ns is None or self.done_ns is None:
+            return None
+        return self.done_ns - self.sent_ns
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request with the primary's outcome and each shadow's (or the replay's), by name.
+
+    ``started_at_ns`` is wall-clock ns since the epoch, ``started_mono_ns`` the monotonic clock of
+    the recording host at the same instant (for exact intervals within one recorder). ``session`` is
+    the session key when known, ``connection_id`` the client connection. ``decisions`` holds, per
+    shadow name, ``"mirrored"`` or the ``FailureKind`` reason it was not mirrored. ``tags`` carries
+    free-form string metadata (``source``, ``correlation_id``, importer notes).
+
+    The mappings must be treated as read-only.
+    """
+
+    id: str
+    started_at_ns: int
+    request: Request
+    primary: Outcome | None = None
+    shadows: Mapping[str, Outcome] = field(default_factory=dict)
+    timings: Mapping[str, Timing] = field(default_factory=dict)
+    started_mono_ns: int = 0
+    session: str = ""
+    connection_id: str = ""
+    client_addr: str = ""
+    decisions: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def outcome(self, name: str) -> Outcome | None:
+        """The outcome named ``name``: ``"primary"`` or a shadow / replay name."""
+        if name == PRIMARY:
+            return self.primary
+        return self.shadows.get(name)
+
+    def response(self, name: str) -> Response | None:
+        """The response named ``name``, or ``None`` when absent or a failure."""
+        outcome = self.outcome(name)
+        return outcome if isinstance(outcome, Response) else None
+
+
+# --- msgpack mapping -------------------------------------------------------------------------------
+# Positional arrays: compact and fast to decode. The layout is the specification in
+# docs/tape-format.md; append, never reorder. Outcomes carry a leading tag.
+
+_TAG_RESPONSE: Final = 0
+_TAG_FAILURE: Final = 1
+
+
+def _request_to_wire(r: Request) -> list[Any]:
+    return [r.method, r.target, r.headers, r.body, r.scheme, r.authority, r.http_version, r.truncated_from]
+
+
+def _outcome_to_wire(o: Outcome) -> list[Any]:
+    if isinstance(o, Response):
+        return [_TAG_RESPONSE, o.status, o.reason, o.headers, o.body, o.http_version, o.truncated_from]
+    return [_TAG_FAILURE, o.kind, o.message]
+
+
+def _timing_to_wire(t: Timing) -> list[Any]:
+    return [t.sent_ns, t.first_byte_ns, t.done_ns]
+
+
+def exchange_to_wire(ex: Exchange) -> list[Any]:
+    """The msgpack-ready array for ``ex`` (see docs/tape-format.md, "Exchange record")."""
+    return [
+        ex.id,
+        ex.started_at_ns,
+        ex.started_mono_ns,
+        _request_to_wire(ex.request),
+        None if ex.primary is None else _outcome_to_wire(ex.primary),
+        {name: _outcome_to_wire(o) for name, o in ex.shadows.items()},
+        {name: _timing_to_wire(t) for name, t in ex.timings.items()},
+        ex.session,
+        ex.connection_id,
+        ex.client_addr,
+        dict(ex.decisions),
+        dict(ex.tags),
+    ]
+
+
+def _headers_from_wire(raw: Any) -> Headers:
+    # msgpack unpacked with use_list=False already gives tuples of tuples; lists come from tests
+    # or other writers and are normalised here.
+    if type(raw) is tuple and all(type(h) is tuple for h in raw):
+        return raw
+    return tuple((bytes(k), bytes(v)) for k, v in raw)
+
+
+def _request_from_wire(a: Any) -> Request:
+    return Request(a[0], a[1], _headers_from_wire(a[2]), a[3], a[4], a[5], a[6], a[7])
+
+
+def _outcome_from_wire(a: Any) -> Outcome:
+    tag = a[0]
+    if tag == _TAG_RESPONSE:
+        return Response(a[1], a[2], _headers_from_wire(a[3]), a[4], a[5], a[6])
+    if tag == _TAG_FAILURE:
+        return Failure(a[1], a[2])
+    raise ValueError(f"unknown outcome tag {tag!r}")
+
+
+def exchange_from_wire(a: Any) -> Exchange:
+    """Rebuild an Exchange from its msgpack array; a malformed array raises ``TapeFormatError``.
+
+    The tape reader adds file and offset to the error.
+    """
+    try:
+        primary = a[4]
+        return Exchange(
+            id=a[0],
+            started_at_ns=a[1],
+            started_mono_ns=a[2],
+            request=_request_from_wire(a[3]),
+            primary=None if primary is None else _outcome_from_wire(primary),
+            shadows={name: _outcome_from_wire(o) for name, o in a[5].items()},
+            timings={name: Timing(t[0], t[1], t[2]) for name, t in a[6].items()},
+            session=a[7],
+            connection_id=a[8],
+            client_addr=a[9],
+            decisions=dict(a[10]),
+            tags=dict(a[11]),
+        )
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise TapeFormatError(f"malformed exchange record: {exc}") from exc

@@ -1,0 +1,1 @@
+"""replayer: replays tapes against a target as an honest, open-loop load test."""

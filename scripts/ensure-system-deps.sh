@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages a target needs (chromium for the HTML report test, nginx and wrk for
+# benchmarks) when they are missing. Idempotent; prints what it does. Usage: ensure-system-deps.sh CMD...
+set -euo pipefail
+declare -A package_for=( [chromium]=chromium [nginx]=nginx-light [wrk]=wrk )
+missing=()
+for cmd in "$@"; do
+  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
+    missing+=("${package_for[$cmd]:-$cmd}")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "ensure-system-deps: installing ${missing[*]} from Debian packages"
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,96 @@
+"""The Exchange model and its msgpack mapping."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from recorder import (
+    Exchange,
+    Failure,
+    FailureKind,
+    Request,
+    Response,
+    TapeFormatError,
+    Timing,
+    exchange_from_wire,
+    exchange_to_wire,
+    header_value,
+    header_values,
+)
+
+
+def sample_exchange() -> Exchange:
+    return Exchange(
+        id="0123abcd",
+        started_at_ns=1_700_000_000_000_000_000,
+        started_mono_ns=42,
+        request=Request(
+            "POST",
+            "/users/7?x=1&y=",
+            ((b"Host", b"api"), (b"X-Dup", b"a"), (b"x-dup", b"b")),
+            b"\x00\xffbody",
+            authority="api",
+        ),
+        primary=Response(201, "Created", ((b"Content-Type", b"application/json"),), b'{"id":7}'),
+        shadows={
+            "v2": Response(500, "Oops", (), b"boom", truncated_from=10_000),
+            "v3": Failure(FailureKind.TIMEOUT, "2s"),
+        },
+        timings={"primary": Timing(0, 1_000, 2_000), "v3": Timing(5, None, None)},
+        session="s1",
+        connection_id="c9",
+        client_addr="127.0.0.1:5555",
+        decisions={"v2": "mirrored", "v3": "mirrored", "v4": FailureKind.SAMPLED_OUT},
+        tags={"source": "test"},
+    )
+
+
+def test_round_trip_through_msgpack_is_exact() -> None:
+    ex = sample_exchange()
+    packed = msgpack.packb(exchange_to_wire(ex), use_bin_type=True)
+    back = exchange_from_wire(msgpack.unpackb(packed, raw=False, use_list=False))
+    assert back == ex
+    assert back.request.headers == ex.request.headers
+
+
+def test_lists_from_other_writers_are_normalised_to_tuples() -> None:
+    ex = sample_exchange()
+    back = exchange_from_wire(msgpack.unpackb(msgpack.packb(exchange_to_wire(ex)), raw=False))
+    assert back == ex
+    assert isinstance(back.request.headers, tuple)
+    assert all(isinstance(h, tuple) for h in back.request.headers)
+
+
+def test_request_helpers() -> None:
+    req = sample_exchange().request
+    assert req.path == "/users/7"
+    assert req.query == "x=1&y="
+    assert req.query_params() == [("x", "1"), ("y", "")]
+    assert req.header(b"x-DUP") == b"a"
+    assert header_values(req.headers, b"X-DUP") == [b"a", b"b"]
+    assert header_value(req.headers, b"missing", b"d") == b"d"
+
+
+def test_outcome_lookup_by_name() -> None:
+    ex = sample_exchange()
+    assert ex.response("primary") == ex.primary
+    assert ex.response("v2") is not None and ex.response("v2").status == 500  # type: ignore[union-attr]
+    assert ex.response("v3") is None
+    assert isinstance(ex.outcome("v3"), Failure)
+    assert ex.outcome("nope") is None
+    assert ex.timings["primary"].duration_ns == 2_000
+    assert ex.timings["v3"].duration_ns is None
+
+
+@pytest.mark.parametrize("bad", [[], ["id"], [1, 2, 3, [], None, {}, {}, "", "", "", {}, {}], "x"])
+def test_malformed_records_raise_tape_format_error(bad: object) -> None:
+    with pytest.raises(TapeFormatError):
+        exchange_from_wire(bad)
+
+
+def test_unknown_outcome_tag_is_a_format_error() -> None:
+    wire = exchange_to_wire(sample_exchange())
+    wire[4] = [9, "?"]
+    with pytest.raises(TapeFormatError, match="unknown outcome tag"):
+        exchange_from_wire(wire)
