@@ -1,0 +1,87 @@
+"""The seam between the proxy's data path and everything that watches it (mirror, record, events).
+
+The data path (``proxy.server``) owns the client and primary sockets. For every request it fills one
+``ProxiedExchange`` and calls each ``Stage`` twice: ``request_complete`` once the request body is
+known, ``exchange_complete`` once the primary's response has been delivered to the client (or has
+failed). Stages run on the event loop and must return at once: anything slow (shadow requests, disk,
+diffs) is queued by the stage and done elsewhere. A stage must never alter the exchange's request
+or response, never block, and never raise into the data path: the data path still guards each call
+(``call_stage``), counts a failure and carries on, so a broken stage cannot cost a primary request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from recorder.model import Failure, Headers, Response, Timing
+
+__all__ = ["ProxiedExchange", "Stage", "StageErrors", "call_stage"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ProxiedExchange:
+    """One request passing through the proxy, filled in by the data path as it progresses.
+
+    ``request_body`` is the complete request body when it was at most the capture limit, else
+    ``None`` (it was streamed to the primary without being kept; ``request_body_size`` still counts
+    it). ``response`` carries the primary's head and the body captured up to the capture limit, with
+    ``truncated_from`` set when cut. ``timing`` is relative to ``started_mono_ns``. ``upgraded`` is
+    true for WebSocket / Upgrade requests (never mirrored).
+    """
+
+    id: str
+    connection_id: str
+    client_addr: str
+    started_at_ns: int
+    started_mono_ns: int
+    method: str
+    target: str
+    http_version: str
+    request_headers: Headers
+    scheme: str = "http"
+    authority: str = ""
+    request_body: bytes | None = b""
+    request_body_size: int = 0
+    upgraded: bool = False
+    response: Response | None = None
+    failure: Failure | None = None
+    timing: Timing = field(default_factory=Timing)
+    #: Set by stages for the wide event and the tape: shadow name -> "mirrored" or drop reason.
+    decisions: dict[str, str] = field(default_factory=dict)
+
+
+class Stage(Protocol):
+    """Something that watches exchanges. Both calls run on the event loop and must return at once."""
+
+    name: str
+
+    def request_complete(self, exchange: ProxiedExchange) -> None: ...
+
+    def exchange_complete(self, exchange: ProxiedExchange) -> None: ...
+
+    async def aclose(self, timeout_s: float) -> None:
+        """Stop taking work, finish or drop queued work within ``timeout_s``."""
+        ...
+
+
+@dataclass(slots=True)
+class StageErrors:
+    """How many times each stage raised into the data path (a bug, but never a lost request)."""
+
+    by_stage: dict[str, int] = field(default_factory=dict)
+
+
+def call_stage(
+    errors: StageErrors, stage: Stage, hook: Callable[[ProxiedExchange], None], exchange: ProxiedExchange
+) -> None:
+    """Call ``hook(exchange)``; an exception is logged and counted, never propagated."""
+    try:
+        hook(exchange)
+    except Exception:
+        errors.by_stage[stage.name] = errors.by_stage.get(stage.name, 0) + 1
+        log.exception("proxy stage %s failed on exchange %s", stage.name, exchange.id)
