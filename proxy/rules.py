@@ -1,0 +1,153 @@
+"""Per-route mirroring rules: which requests a route matches and what it changes for them.
+
+A rule matches by method and path pattern (``/api/orders/*``: ``*`` is one path segment or part
+of one, ``**`` any number of segments); the first matching rule wins. A rule can turn mirroring
+off for its route, opt unsafe methods in (``mirror_methods: [POST]``), set its own sample percent
+and limit which shadows get its traffic. Pure code: it must never do I/O, and it must never let a
+request reach a shadow that no rule and no default allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from recorder.errors import ConfigError
+
+__all__ = ["DEFAULT_RULE", "SAFE_METHODS", "RouteRule", "RouteTable", "compile_path_pattern", "parse_methods"]
+
+#: Mirrored unless a route opts others in (RFC 9110 safe methods; TRACE is never worth mirroring).
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_TOKEN_RE: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def compile_path_pattern(pattern: str, *, field: str) -> re.Pattern[str]:
+    """Glob to regex: ``**`` crosses ``/``, ``*`` stays within one segment, the rest is literal."""
+    if not pattern.startswith("/"):
+        raise ConfigError(f"path pattern must start with '/', not {pattern!r}", field=field)
+    parts: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            parts.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            parts.append("[^/]*")
+            i += 1
+        else:
+            parts.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(parts) + r"\Z")
+
+
+def parse_methods(value: Any, *, field: str) -> frozenset[str]:
+    """A list of HTTP method names (upper-cased), validated as tokens."""
+    if isinstance(value, str):
+        value = [m for m in value.replace(",", " ").split() if m]
+    if not isinstance(value, list | tuple | set | frozenset):
+        raise ConfigError(f"expected a list of HTTP methods, not {value!r}", field=field)
+    methods: set[str] = set()
+    for index, method in enumerate(value):
+        if not isinstance(method, str) or not _TOKEN_RE.match(method):
+            raise ConfigError(f"not an HTTP method: {method!r}", field=f"{field}[{index}]")
+        methods.add(method.upper())
+    return frozenset(methods)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """One route. ``methods`` / ``path`` select requests (``None`` = any); the rest applies to them.
+
+    ``mirror=False`` never mirrors the route. ``mirror_methods`` replaces the safe-method default for
+    the route (the opt-in for POST and friends). ``sample_percent`` overrides the shadow's percent.
+    ``shadows`` limits the route to those shadow names (``None`` = all).
+    """
+
+    name: str
+    path: str | None = None
+    methods: frozenset[str] | None = None
+    mirror: bool = True
+    mirror_methods: frozenset[str] | None = None
+    sample_percent: float | None = None
+    shadows: tuple[str, ...] | None = None
+    path_re: re.Pattern[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sample_percent is not None and not 0.0 <= self.sample_percent <= 100.0:
+            raise ConfigError(f"must be within 0..100, not {self.sample_percent!r}", field="sample_percent")
+        if self.path is not None and self.path_re is None:
+            object.__setattr__(self, "path_re", compile_path_pattern(self.path, field="path"))
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        return self.path_re is None or self.path_re.match(path) is not None
+
+    def allows_method(self, method: str) -> bool:
+        allowed = SAFE_METHODS if self.mirror_methods is None else self.mirror_methods
+        return method in allowed
+
+    @classmethod
+    def from_mapping(cls, data: Any, *, field: str, shadow_names: Iterable[str]) -> RouteRule:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a route must be a mapping, not {data!r}", field=field)
+        known = {"name", "path", "methods", "mirror", "mirror_methods", "sample_percent", "shadows"}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})", field=f"{field}.{key}")
+        path = data.get("path")
+        if path is not None and not isinstance(path, str):
+            raise ConfigError(f"expected a path pattern string, not {path!r}", field=f"{field}.path")
+        mirror = data.get("mirror", True)
+        if not isinstance(mirror, bool):
+            raise ConfigError(f"expected true or false, not {mirror!r}", field=f"{field}.mirror")
+        percent = data.get("sample_percent")
+        if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int | float)):
+            raise ConfigError(f"expected a number, not {percent!r}", field=f"{field}.sample_percent")
+        shadows: tuple[str, ...] | None = None
+        if "shadows" in data:
+            raw = data["shadows"]
+            if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+                raise ConfigError(f"expected a list of shadow names, not {raw!r}", field=f"{field}.shadows")
+            known_shadows = set(shadow_names)
+            for index, shadow in enumerate(raw):
+                if shadow not in known_shadows:
+                    raise ConfigError(f"no shadow named {shadow!r}", field=f"{field}.shadows[{index}]")
+            shadows = tuple(raw)
+        try:
+            return cls(
+                name=str(data.get("name", path or field)),
+                path=path,
+                methods=None if "methods" not in data else parse_methods(data["methods"], field=f"{field}.methods"),
+                mirror=mirror,
+                mirror_methods=None
+                if "mirror_methods" not in data
+                else parse_methods(data["mirror_methods"], field=f"{field}.mirror_methods"),
+                sample_percent=None if percent is None else float(percent),
+                shadows=shadows,
+            )
+        except ConfigError as exc:
+            if exc.field is not None and not exc.field.startswith(field):
+                raise ConfigError(f"{exc.message}", field=f"{field}.{exc.field}") from exc
+            raise
+
+
+#: The rule for requests no route matched: mirror safe methods at the shadow's own percent.
+DEFAULT_RULE: Final = RouteRule(name="default")
+
+
+class RouteTable:
+    """Ordered rules; ``match`` returns the first that matches, else the default rule."""
+
+    __slots__ = ("rules",)
+
+    def __init__(self, rules: Sequence[RouteRule]) -> None:
+        self.rules = tuple(rules)
+
+    def match(self, method: str, path: str) -> RouteRule:
+        for rule in self.rules:
+            if rule.matches(method, path):
+                return rule
+        return DEFAULT_RULE

@@ -1,0 +1,61 @@
+"""Route rules: glob paths, first match wins, unsafe methods only by opt-in, errors name keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.rules import DEFAULT_RULE, RouteRule, RouteTable, compile_path_pattern
+from recorder.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "expected"),
+    [
+        ("/api/*", "/api/users", True),
+        ("/api/*", "/api/users/7", False),
+        ("/api/**", "/api/users/7", True),
+        ("/users/*/orders", "/users/7/orders", True),
+        ("/a.b", "/aXb", False),
+        ("/exact", "/exact/", False),
+    ],
+)
+def test_path_patterns(pattern: str, path: str, expected: bool) -> None:
+    assert (compile_path_pattern(pattern, field="p").match(path) is not None) is expected
+
+
+def test_first_match_wins_and_default() -> None:
+    table = RouteTable(
+        [
+            RouteRule.from_mapping(
+                {"path": "/orders/**", "methods": ["post"], "mirror_methods": ["POST"]},
+                field="routes[0]",
+                shadow_names=["v2"],
+            ),
+            RouteRule.from_mapping({"path": "/**", "mirror": False, "methods": "POST"}, field="r1", shadow_names=[]),
+        ]
+    )
+    orders = table.match("POST", "/orders/1")
+    assert orders.allows_method("POST") and not orders.allows_method("GET")
+    assert not table.match("POST", "/other").mirror
+    assert table.match("GET", "/other") is DEFAULT_RULE
+    assert DEFAULT_RULE.allows_method("GET") and DEFAULT_RULE.allows_method("OPTIONS")
+    assert not DEFAULT_RULE.allows_method("POST") and not DEFAULT_RULE.allows_method("DELETE")
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"path": "no-slash"}, "routes[2].path"),
+        ({"path": "/x", "bogus": 1}, "routes[2].bogus"),
+        ({"methods": ["GE T"]}, "routes[2].methods[0]"),
+        ({"sample_percent": 120}, "routes[2].sample_percent"),
+        ({"sample_percent": "x"}, "routes[2].sample_percent"),
+        ({"shadows": ["nope"]}, "routes[2].shadows[0]"),
+        ({"mirror": "yes"}, "routes[2].mirror"),
+        ("GET /x", "routes[2]"),
+    ],
+)
+def test_bad_rules_name_the_key(data: object, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RouteRule.from_mapping(data, field="routes[2]", shadow_names=["v2"])
+    assert info.value.field == field
