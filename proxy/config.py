@@ -1,0 +1,622 @@
+"""The proxy's settings: a YAML/TOML mapping (or CLI flags) validated into frozen dataclasses.
+
+``ProxyConfig.from_mapping(d)`` is the one way in; every error is a ``ConfigError`` naming the key
+and the value (``shadows[0].url``). It also holds ``RuntimeFlags``, the few settings the admin API
+changes while running (sampling percent, mirroring and recording on/off: the kill switch), kept in
+a shared-memory array so every worker process sees a change at once. This module must never do
+network or disk I/O (the CLI reads the file) and never read settings from anywhere but its input
+and, for shadow credentials, the environment variables the config names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Union, get_args, get_origin
+from urllib.parse import urlsplit
+
+from proxy.breaker import BreakerSettings
+from proxy.rules import RouteRule
+from proxy.sampling import SampleKey
+from recorder.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_STRIPPED_HEADERS",
+    "AdminSettings",
+    "EventsSettings",
+    "ListenAddress",
+    "MirrorSettings",
+    "ProxyConfig",
+    "RecordSettings",
+    "RuntimeFlags",
+    "ShadowSettings",
+    "TlsSettings",
+    "parse_listen",
+]
+
+#: Credentials never forwarded to a shadow unless the config swaps in shadow credentials for them.
+DEFAULT_STRIPPED_HEADERS: Final = ("authorization", "cookie", "proxy-authorization", "x-api-key")
+_MiB: Final = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError("host must not be empty", field="host")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be within 0..65535, not {self.port!r}", field="port")
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: Any, *, field: str) -> ListenAddress:
+    """``HOST:PORT``, ``[::1]:PORT`` or ``:PORT`` (loopback)."""
+    if isinstance(value, ListenAddress):
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"expected HOST:PORT, not {value!r}", field=field)
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(f"expected HOST:PORT, not {value!r}", field=field)
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        return ListenAddress(host, int(port_text))
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message} (in {value!r})", field=field) from exc
+
+
+def _check_url(url: str, *, field: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"expected an http:// or https:// URL, not {url!r}", field=field)
+    try:
+        parts.port  # noqa: B018 - a bad port raises only when read
+    except ValueError as exc:
+        raise ConfigError(f"bad port in {url!r}", field=field) from exc
+    if parts.query or parts.fragment:
+        raise ConfigError(f"must not carry a query or fragment: {url!r}", field=field)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSettings:
+    """One shadow: where it is, how much it gets, and the guard rails around it."""
+
+    name: str
+    url: str
+    sample_percent: float = 100.0
+    # Bounds the memory a stuck shadow can pin: queue_size x max_body_bytes at worst, and about a
+    # second of traffic at 1k req/s, after which drops (counted) are better than growing latency.
+    queue_size: int = 1000
+    concurrency: int = 16
+    connect_timeout_s: float = 1.0
+    total_timeout_s: float = 5.0
+    max_body_bytes: int = _MiB
+    max_response_bytes: int = _MiB
+    rate_per_s: float | None = None
+    burst: float | None = None
+    host: str | None = None
+    preserve_host: bool = False
+    strip_headers: tuple[str, ...] = DEFAULT_STRIPPED_HEADERS
+    #: (header name, environment variable): the shadow gets the variable's value for that header.
+    credentials: tuple[tuple[str, str], ...] = ()
+    tls_verify: bool = True
+    ca_file: str | None = None
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"must be letters, digits, '-' or '_', not {self.name!r}", field="name")
+        if self.name == "primary":
+            raise ConfigError("'primary' is the primary's name; pick another", field="name")
+        _check_url(self.url, field="url")
+        if not 0.0 <= self.sample_percent <= 100.0:
+            raise ConfigError(f"must be within 0..100, not {self.sample_percent!r}", field="sample_percent")
+        for key in ("queue_size", "concurrency"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"must be >= 1, not {getattr(self, key)!r}", field=key)
+        for key in ("connect_timeout_s", "total_timeout_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"must be > 0, not {getattr(self, key)!r}", field=key)
+        for key in ("max_body_bytes", "max_response_bytes"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"must be >= 0, not {getattr(self, key)!r}", field=key)
+        if self.rate_per_s is not None and self.rate_per_s <= 0:
+            raise ConfigError(f"must be > 0, not {self.rate_per_s!r}", field="rate_per_s")
+        if self.burst is not None and self.burst < 1:
+            raise ConfigError(f"must be >= 1, not {self.burst!r}", field="burst")
+        object.__setattr__(self, "strip_headers", tuple(h.lower() for h in self.strip_headers))
+
+    def credential_values(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The shadow credentials from the environment; a missing variable is a ConfigError."""
+        values: list[tuple[bytes, bytes]] = []
+        for header, env_name in self.credentials:
+            value = os.environ.get(env_name)
+            if value is None:
+                raise ConfigError(
+                    f"environment variable {env_name!r} is not set", field=f"shadows.{self.name}.credentials.{header}"
+                )
+            values.append((header.encode("latin-1"), value.encode("latin-1")))
+        return tuple(values)
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorSettings:
+    """Mirroring as a whole: the master switch, the consistent-sampling key and the route rules."""
+
+    enabled: bool = True
+    sample_key: SampleKey | None = None
+    routes: tuple[RouteRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSettings:
+    """Recording to a tape directory (``tape=None``: no tape)."""
+
+    tape: str | None = None
+    sample_percent: float = 100.0
+    max_body_bytes: int = _MiB
+    #: How long a finished primary exchange waits for its shadows before it is written without them.
+    join_timeout_s: float = 10.0
+    # Exchanges waiting for their shadows; beyond this the oldest is written at once (counted), so
+    # a stuck shadow cannot grow memory without bound.
+    max_pending: int = 10_000
+    queue_size: int = 10_000
+    max_segment_bytes: int = 64 * _MiB
+    max_segment_age_s: float = 300.0
+    compression: str = "none"
+    fsync: str = "interval"
+    redaction: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_percent <= 100.0:
+            raise ConfigError(f"must be within 0..100, not {self.sample_percent!r}", field="sample_percent")
+        if self.max_body_bytes < 0:
+            raise ConfigError(f"must be >= 0, not {self.max_body_bytes!r}", field="max_body_bytes")
+        if self.join_timeout_s <= 0:
+            raise ConfigError(f"must be > 0, not {self.join_timeout_s!r}", field="join_timeout_s")
+        for key in ("max_pending", "queue_size", "max_segment_bytes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"must be >= 1, not {getattr(self, key)!r}", field=key)
+        if self.max_segment_age_s <= 0:
+            raise ConfigError(f"must be > 0, not {self.max_segment_age_s!r}", field="max_segment_age_s")
+        if self.compression not in ("none", "zstd"):
+            raise ConfigError(f"must be 'none' or 'zstd', not {self.compression!r}", field="compression")
+        if self.fsync not in ("none", "interval", "every"):
+            raise ConfigError(f"must be 'none', 'interval' or 'every', not {self.fsync!r}", field="fsync")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """The admin API. ``listen=None`` turns it off; a non-loopback address needs ``allow_remote``."""
+
+    listen: ListenAddress | None = ListenAddress("127.0.0.1", 0)
+    #: Environment variable holding the bearer token (never the token itself in a file).
+    token_env: str | None = None
+    allow_remote: bool = False
+
+    def __post_init__(self) -> None:
+        if self.listen is not None and not self.listen.is_loopback and not self.allow_remote:
+            raise ConfigError(
+                f"{self.listen} is not loopback; set admin.allow_remote (and a token) to expose it", field="listen"
+            )
+
+    def token(self) -> str | None:
+        if self.token_env is None:
+            return None
+        value = os.environ.get(self.token_env)
+        if not value:
+            raise ConfigError(f"environment variable {self.token_env!r} is not set or empty", field="admin.token_env")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class EventsSettings:
+    """Wide events: one JSON line per exchange to ``path`` (``-`` is stdout; ``None`` is off)."""
+
+    path: str | None = None
+    # Events waiting for the writer thread; a full queue drops (counted) rather than slow the proxy.
+    queue_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.queue_size < 1:
+            raise ConfigError(f"must be >= 1, not {self.queue_size!r}", field="queue_size")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """Listen with TLS when both files are given."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("cert_file and key_file go together", field="cert_file")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """Everything ``shadowtap proxy`` runs with. ``forward`` is the data path's own settings mapping,
+    validated by ``proxy.forward.ForwardSettings`` when the proxy is built (``forward_settings()``)."""
+
+    primary: str
+    listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
+    workers: int = 1
+    shutdown_timeout_s: float = 10.0
+    forward: Mapping[str, Any] = field(default_factory=dict)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    shadows: tuple[ShadowSettings, ...] = ()
+    mirror: MirrorSettings = field(default_factory=MirrorSettings)
+    record: RecordSettings = field(default_factory=RecordSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
+
+    def __post_init__(self) -> None:
+        _check_url(self.primary, field="primary")
+        if not 1 <= self.workers <= 256:
+            raise ConfigError(f"must be within 1..256, not {self.workers!r}", field="workers")
+        if self.shutdown_timeout_s <= 0:
+            raise ConfigError(f"must be > 0, not {self.shutdown_timeout_s!r}", field="shutdown_timeout_s")
+        names = [s.name for s in self.shadows]
+        for index, name in enumerate(names):
+            if names.index(name) != index:
+                raise ConfigError(f"duplicate shadow name {name!r}", field=f"shadows[{index}].name")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ProxyConfig:
+        """Validate a config mapping (a parsed file overlaid with flags); errors name the key."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"expected a mapping, not {data!r}", field="(top)")
+        _reject_unknown(data, cls, "")
+        shadows_raw = data.get("shadows", [])
+        if isinstance(shadows_raw, Mapping):
+            # `shadows: {v2: {url: ...}}` is the same as a list with names.
+            shadows_raw = [
+                {"name": name, **(spec if isinstance(spec, Mapping) else {"url": spec})}
+                for name, spec in shadows_raw.items()
+            ]
+        if not isinstance(shadows_raw, list):
+            raise ConfigError(f"expected a list of shadows, not {shadows_raw!r}", field="shadows")
+        shadows = tuple(_shadow(s, f"shadows[{i}]") for i, s in enumerate(shadows_raw))
+        names = [s.name for s in shadows]
+        forward = data.get("forward", {})
+        if not isinstance(forward, Mapping):
+            raise ConfigError(f"expected a mapping, not {forward!r}", field="forward")
+        if "primary" not in data:
+            raise ConfigError("is required (the URL of the service being proxied)", field="primary")
+        values: dict[str, Any] = {
+            "primary": _typed(data["primary"], str, "primary"),
+            "forward": dict(forward),
+            "shadows": shadows,
+            "mirror": _mirror(data.get("mirror", {}), names),
+            "record": _simple(RecordSettings, data.get("record", {}), "record"),
+            "admin": _admin(data.get("admin", {})),
+            "events": _simple(EventsSettings, data.get("events", {}), "events"),
+            "tls": _simple(TlsSettings, data.get("tls", {}), "tls"),
+        }
+        if "listen" in data:
+            values["listen"] = parse_listen(data["listen"], field="listen")
+        for key in ("workers", "shutdown_timeout_s"):
+            if key in data:
+                values[key] = _typed(data[key], _field_type(cls, key), key)
+        return _construct(cls, values, "")
+
+    def to_mapping(self) -> dict[str, Any]:
+        """A plain mapping that ``from_mapping`` turns back into this config (for worker processes)."""
+        return _plain(self)  # type: ignore[no-any-return]
+
+
+# --- mapping -> dataclasses ------------------------------------------------------------------------
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _reject_unknown(data: Mapping[str, Any], cls: type, prefix: str, extra: Sequence[str] = ()) -> None:
+    known = {f.name for f in dataclasses.fields(cls)} | set(extra)
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})", field=f"{prefix}{key}")
+
+
+def _typed(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a simple annotation (str/int/float/bool, optional, tuple[str, ...])."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [a for a in options if a is not type(None)]
+        return _typed(value, inner, where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"expected a list, not {value!r}", field=where)
+        return tuple(_typed(v, get_args(annotation)[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, not {value!r}", field=where)
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected an integer, not {value!r}", field=where)
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"expected a number, not {value!r}", field=where)
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, not {value!r}", field=where)
+        return value
+    raise ConfigError(f"unsupported value {value!r}", field=where)
+
+
+_T = typing.TypeVar("_T")
+
+
+def _construct(cls: type[_T], values: dict[str, Any], prefix: str) -> _T:
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        key = exc.field or ""
+        value = values.get(key.split(".")[0].split("[")[0])
+        shown = f" (got {value!r})" if value is not None and not isinstance(value, tuple) else ""
+        raise ConfigError(f"{exc.message}{shown}", field=f"{prefix}{key}") from exc
+
+
+def _simple(cls: type[_T], data: Any, section: str) -> _T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping, not {data!r}", field=section)
+    _reject_unknown(data, cls, f"{section}.")
+    values = {key: _typed(value, _field_type(cls, key), f"{section}.{key}") for key, value in data.items()}
+    return _construct(cls, values, f"{section}.")
+
+
+def _shadow(data: Any, where: str) -> ShadowSettings:
+    if isinstance(data, str):
+        name, sep, url = data.partition("=")
+        if not sep:
+            raise ConfigError(f"expected NAME=URL, not {data!r}", field=where)
+        data = {"name": name, "url": url}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping with name and url, not {data!r}", field=where)
+    _reject_unknown(data, ShadowSettings, f"{where}.")
+    for required in ("name", "url"):
+        if required not in data:
+            raise ConfigError("is required", field=f"{where}.{required}")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "breaker":
+            values[key] = _simple(BreakerSettings, value, f"{where}.breaker")
+        elif key == "credentials":
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                raise ConfigError(f"expected a mapping HEADER: ENV_VAR, not {value!r}", field=f"{where}.credentials")
+            values[key] = tuple(value.items())
+        else:
+            values[key] = _typed(value, _field_type(ShadowSettings, key), f"{where}.{key}")
+    return _construct(ShadowSettings, values, f"{where}.")
+
+
+def _mirror(data: Any, shadow_names: Sequence[str]) -> MirrorSettings:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping, not {data!r}", field="mirror")
+    _reject_unknown(data, MirrorSettings, "mirror.")
+    values: dict[str, Any] = {}
+    if "enabled" in data:
+        values["enabled"] = _typed(data["enabled"], bool, "mirror.enabled")
+    if data.get("sample_key") is not None:
+        values["sample_key"] = SampleKey.parse(
+            _typed(data["sample_key"], str, "mirror.sample_key"), field="mirror.sample_key"
+        )
+    routes = data.get("routes", [])
+    if not isinstance(routes, list):
+        raise ConfigError(f"expected a list of routes, not {routes!r}", field="mirror.routes")
+    values["routes"] = tuple(
+        RouteRule.from_mapping(r, field=f"mirror.routes[{i}]", shadow_names=shadow_names) for i, r in enumerate(routes)
+    )
+    return MirrorSettings(**values)
+
+
+def _admin(data: Any) -> AdminSettings:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping, not {data!r}", field="admin")
+    _reject_unknown(data, AdminSettings, "admin.")
+    values: dict[str, Any] = {}
+    if "listen" in data:
+        raw = data["listen"]
+        values["listen"] = None if raw in (None, "off", False) else parse_listen(raw, field="admin.listen")
+    for key in ("token_env", "allow_remote"):
+        if key in data:
+            values[key] = _typed(data[key], _field_type(AdminSettings, key), f"admin.{key}")
+    return _construct(AdminSettings, values, "admin.")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ListenAddress):
+        return str(value)
+    if isinstance(value, SampleKey):
+        return f"{value.source}:{value.name}"
+    if isinstance(value, RouteRule):
+        out: dict[str, Any] = {"name": value.name, "mirror": value.mirror}
+        if value.path is not None:
+            out["path"] = value.path
+        if value.methods is not None:
+            out["methods"] = sorted(value.methods)
+        if value.mirror_methods is not None:
+            out["mirror_methods"] = sorted(value.mirror_methods)
+        if value.sample_percent is not None:
+            out["sample_percent"] = value.sample_percent
+        if value.shadows is not None:
+            out["shadows"] = list(value.shadows)
+        return out
+    if isinstance(value, ShadowSettings):
+        out = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        out["credentials"] = dict(value.credentials)
+        return out
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# --- runtime flags ---------------------------------------------------------------------------------
+
+
+class RuntimeFlags:
+    """The settings the admin API changes while running, shared by every worker process.
+
+    Layout of the shared array of doubles: [mirroring on, recording on, record percent] then, per
+    shadow, [mirroring on, sample percent]. Plain doubles are written and read whole, so a reader
+    sees the old or the new value, never a mix; a change is visible at the next request.
+    """
+
+    __slots__ = ("_array", "shadow_index", "shadow_names")
+
+    _GLOBAL_SLOTS: Final = 3
+
+    def __init__(self, config: ProxyConfig, array: Any | None = None) -> None:
+        self.shadow_names = tuple(s.name for s in config.shadows)
+        self.shadow_index = {name: i for i, name in enumerate(self.shadow_names)}
+        size = self._GLOBAL_SLOTS + 2 * len(self.shadow_names)
+        if array is None:
+            array = multiprocessing.get_context("spawn").RawArray("d", size)
+            array[0] = 1.0 if config.mirror.enabled else 0.0
+            array[1] = 1.0 if config.record.tape is not None else 0.0
+            array[2] = config.record.sample_percent
+            for i, shadow in enumerate(config.shadows):
+                array[self._GLOBAL_SLOTS + 2 * i] = 1.0
+                array[self._GLOBAL_SLOTS + 2 * i + 1] = shadow.sample_percent
+        self._array = array
+
+    @property
+    def shared_array(self) -> Any:
+        """Pass this to a worker process (``RuntimeFlags(config, array)``) to share the flags."""
+        return self._array
+
+    @property
+    def mirroring(self) -> bool:
+        return bool(self._array[0] != 0.0)
+
+    @mirroring.setter
+    def mirroring(self, on: bool) -> None:
+        self._array[0] = 1.0 if on else 0.0
+
+    @property
+    def recording(self) -> bool:
+        return bool(self._array[1] != 0.0)
+
+    @recording.setter
+    def recording(self, on: bool) -> None:
+        self._array[1] = 1.0 if on else 0.0
+
+    @property
+    def record_percent(self) -> float:
+        return float(self._array[2])
+
+    @record_percent.setter
+    def record_percent(self, percent: float) -> None:
+        self._array[2] = percent
+
+    def shadow_mirroring(self, index: int) -> bool:
+        return bool(self._array[self._GLOBAL_SLOTS + 2 * index] != 0.0)
+
+    def set_shadow_mirroring(self, index: int, on: bool) -> None:
+        self._array[self._GLOBAL_SLOTS + 2 * index] = 1.0 if on else 0.0
+
+    def shadow_percent(self, index: int) -> float:
+        return float(self._array[self._GLOBAL_SLOTS + 2 * index + 1])
+
+    def set_shadow_percent(self, index: int, percent: float) -> None:
+        self._array[self._GLOBAL_SLOTS + 2 * index + 1] = percent
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "mirroring": self.mirroring,
+            "recording": self.recording,
+            "record_sample_percent": self.record_percent,
+            "shadows": {
+                name: {"mirroring": self.shadow_mirroring(i), "sample_percent": self.shadow_percent(i)}
+                for i, name in enumerate(self.shadow_names)
+            },
+        }
+
+    def apply(self, change: Any) -> None:
+        """Apply a ``PUT /flags`` document; validates everything before changing anything."""
+        if not isinstance(change, Mapping):
+            raise ConfigError(f"expected a JSON object, not {change!r}", field="flags")
+        updates: list[tuple[str, int, Any]] = []
+        for key, value in change.items():
+            if key in ("mirroring", "recording"):
+                updates.append((key, -1, _typed(value, bool, f"flags.{key}")))
+            elif key in ("record_sample_percent", "sample_percent"):
+                updates.append((key, -1, _percent(value, f"flags.{key}")))
+            elif key == "shadows":
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"expected an object of shadow names, not {value!r}", field="flags.shadows")
+                for name, spec in value.items():
+                    if name not in self.shadow_index:
+                        raise ConfigError(f"no shadow named {name!r}", field=f"flags.shadows.{name}")
+                    if not isinstance(spec, Mapping):
+                        raise ConfigError(f"expected an object, not {spec!r}", field=f"flags.shadows.{name}")
+                    for sub, sub_value in spec.items():
+                        where = f"flags.shadows.{name}.{sub}"
+                        if sub == "mirroring":
+                            updates.append(
+                                ("shadow_mirroring", self.shadow_index[name], _typed(sub_value, bool, where))
+                            )
+                        elif sub == "sample_percent":
+                            updates.append(("shadow_percent", self.shadow_index[name], _percent(sub_value, where)))
+                        else:
+                            raise ConfigError("unknown flag (known: mirroring, sample_percent)", field=where)
+            else:
+                raise ConfigError(
+                    "unknown flag (known: mirroring, recording, record_sample_percent, sample_percent, shadows)",
+                    field=f"flags.{key}",
+                )
+        for key, index, value in updates:
+            if key == "mirroring":
+                self.mirroring = value
+            elif key == "recording":
+                self.recording = value
+            elif key == "record_sample_percent":
+                self.record_percent = value
+            elif key == "sample_percent":
+                for i in range(len(self.shadow_names)):
+                    self.set_shadow_percent(i, value)
+            elif key == "shadow_mirroring":
+                self.set_shadow_mirroring(index, value)
+            else:
+                self.set_shadow_percent(index, value)
+
+
+def _percent(value: Any, where: str) -> float:
+    percent: float = _typed(value, float, where)
+    if not 0.0 <= percent <= 100.0:
+        raise ConfigError(f"must be within 0..100, not {value!r}", field=where)
+    return percent

@@ -1,0 +1,140 @@
+"""ProxyConfig: mappings become frozen settings; every bad value names its key; flags are shared."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.config import ListenAddress, ProxyConfig, RuntimeFlags, parse_listen
+from recorder.errors import ConfigError
+
+FULL: dict[str, Any] = {
+    "listen": "127.0.0.1:0",
+    "primary": "http://127.0.0.1:9000",
+    "workers": 2,
+    "forward": {"anything": 1},
+    "shadows": [
+        {
+            "name": "v2",
+            "url": "http://127.0.0.1:9001",
+            "sample_percent": 25,
+            "rate_per_s": 100,
+            "credentials": {"Authorization": "V2_TOKEN"},
+            "breaker": {"consecutive_failures": 3},
+        },
+        "v3=https://shadow.internal:8443/base",
+    ],
+    "mirror": {"sample_key": "header:X-User", "routes": [{"path": "/orders/**", "mirror_methods": ["POST"]}]},
+    "record": {"tape": "/tmp/t", "sample_percent": 50, "compression": "zstd"},
+    "admin": {"listen": "127.0.0.1:0", "token_env": "ADMIN_TOKEN"},
+    "events": {"path": "-"},
+}
+
+
+def test_full_mapping_round_trips() -> None:
+    config = ProxyConfig.from_mapping(FULL)
+    assert config.listen == ListenAddress("127.0.0.1", 0)
+    assert [s.name for s in config.shadows] == ["v2", "v3"]
+    assert config.shadows[0].sample_percent == 25.0 and config.shadows[0].breaker.consecutive_failures == 3
+    assert config.shadows[0].credentials == (("Authorization", "V2_TOKEN"),)
+    assert config.shadows[1].url == "https://shadow.internal:8443/base" and config.shadows[1].tls_verify
+    assert config.mirror.sample_key is not None and config.mirror.sample_key.name == "X-User"
+    assert config.mirror.routes[0].allows_method("POST")
+    assert config.record.compression == "zstd"
+    assert ProxyConfig.from_mapping(config.to_mapping()) == config
+
+
+def test_defaults_are_safe() -> None:
+    config = ProxyConfig.from_mapping({"primary": "http://127.0.0.1:9000", "shadows": {"v2": "http://127.0.0.1:1"}})
+    shadow = config.shadows[0]
+    assert set(shadow.strip_headers) == {"authorization", "cookie", "proxy-authorization", "x-api-key"}
+    assert config.admin.listen is not None and config.admin.listen.is_loopback
+    assert config.record.tape is None and config.events.path is None
+    assert config.mirror.routes == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "value_text"),
+    [
+        ({"primary": "ftp://x"}, "primary", "ftp://x"),
+        ({"workers": 0}, "workers", "0"),
+        ({"workers": "2"}, "workers", "'2'"),
+        ({"listen": "nohost"}, "listen", "nohost"),
+        ({"listen": "1.2.3.4:99999"}, "listen", "99999"),
+        ({"bogus": 1}, "bogus", ""),
+        ({"shadows": [{"name": "v2"}]}, "shadows[0].url", ""),
+        ({"shadows": [{"name": "v2", "url": "http://h", "sample_percent": 101}]}, "shadows[0].sample_percent", "101"),
+        ({"shadows": [{"name": "v2", "url": "http://h", "queue_size": 0}]}, "shadows[0].queue_size", "0"),
+        ({"shadows": [{"name": "v 2", "url": "http://h"}]}, "shadows[0].name", "v 2"),
+        ({"shadows": [{"name": "primary", "url": "http://h"}]}, "shadows[0].name", "primary"),
+        ({"shadows": ["a=http://h", "a=http://i"]}, "shadows[1].name", "'a'"),
+        ({"shadows": [{"name": "a", "url": "http://h", "breaker": {"open_s": -1}}]}, "shadows[0].breaker.open_s", "-1"),
+        ({"shadows": [{"name": "a", "url": "http://h", "colour": 1}]}, "shadows[0].colour", ""),
+        ({"mirror": {"sample_key": "body:x"}}, "mirror.sample_key", "body:x"),
+        ({"mirror": {"routes": [{"shadows": ["zz"]}]}}, "mirror.routes[0].shadows[0]", "zz"),
+        ({"record": {"compression": "lz4"}}, "record.compression", "lz4"),
+        ({"record": {"join_timeout_s": 0}}, "record.join_timeout_s", "0"),
+        ({"admin": {"listen": "0.0.0.0:9"}}, "admin.listen", "0.0.0.0"),
+        ({"tls": {"cert_file": "c.pem"}}, "tls.cert_file", ""),
+        ({"events": {"queue_size": -1}}, "events.queue_size", "-1"),
+    ],
+)
+def test_errors_name_key_and_value(change: dict[str, Any], field: str, value_text: str) -> None:
+    data = {"primary": "http://127.0.0.1:9000", **change}
+    with pytest.raises(ConfigError) as info:
+        ProxyConfig.from_mapping(data)
+    assert info.value.field == field
+    assert value_text in str(info.value)
+
+
+def test_missing_primary() -> None:
+    with pytest.raises(ConfigError, match="required") as info:
+        ProxyConfig.from_mapping({})
+    assert info.value.field == "primary"
+
+
+def test_parse_listen_forms() -> None:
+    assert parse_listen(":8080", field="l") == ListenAddress("127.0.0.1", 8080)
+    assert parse_listen("[::1]:81", field="l") == ListenAddress("::1", 81)
+    assert str(ListenAddress("::1", 81)) == "[::1]:81"
+
+
+def test_credentials_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    shadow = ProxyConfig.from_mapping(FULL).shadows[0]
+    monkeypatch.delenv("V2_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="V2_TOKEN"):
+        shadow.credential_values()
+    monkeypatch.setenv("V2_TOKEN", "Bearer shadow")
+    assert shadow.credential_values() == ((b"Authorization", b"Bearer shadow"),)
+
+
+def test_runtime_flags_apply_and_share() -> None:
+    config = ProxyConfig.from_mapping(FULL)
+    flags = RuntimeFlags(config)
+    assert flags.snapshot() == {
+        "mirroring": True,
+        "recording": True,
+        "record_sample_percent": 50.0,
+        "shadows": {
+            "v2": {"mirroring": True, "sample_percent": 25.0},
+            "v3": {"mirroring": True, "sample_percent": 100.0},
+        },
+    }
+    other_worker_view = RuntimeFlags(config, flags.shared_array)
+    flags.apply({"mirroring": False, "shadows": {"v3": {"sample_percent": 5}}})
+    assert not other_worker_view.mirroring and other_worker_view.shadow_percent(1) == 5.0
+    flags.apply({"sample_percent": 1})
+    assert other_worker_view.shadow_percent(0) == 1.0
+    # A bad document changes nothing, even when its first part was good.
+    for bad, field in [
+        ({"recording": False, "shadows": {"nope": {}}}, "flags.shadows.nope"),
+        ({"recording": False, "sample_percent": 200}, "flags.sample_percent"),
+        ({"recording": "off"}, "flags.recording"),
+        ({"kill": True}, "flags.kill"),
+        ([1], "flags"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            flags.apply(bad)
+        assert info.value.field == field
+    assert flags.recording
