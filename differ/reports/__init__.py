@@ -1,0 +1,24 @@
+"""differ.reports: renders a ``DiffReport`` for people and machines.
+
+Terminal (rich), JSON (schema in docs/report-schema.md), one self-contained HTML file, a Markdown
+pull-request comment and JUnit XML. Renderers only format: they never compare, rank differently from
+each other, or show a secret (everything passes through ``differ.reports.redact`` at render time).
+"""
+
+from differ.reports.html import render_html, write_html
+from differ.reports.json_report import report_to_dict, write_json
+from differ.reports.junit import render_junit, write_junit
+from differ.reports.markdown import render_markdown, write_markdown
+from differ.reports.terminal import render_terminal
+
+__all__ = [
+    "render_html",
+    "render_junit",
+    "render_markdown",
+    "render_terminal",
+    "report_to_dict",
+    "write_html",
+    "write_json",
+    "write_junit",
+    "write_markdown",
+]

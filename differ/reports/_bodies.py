@@ -1,0 +1,227 @@
+"""Turns a wire body into something a reviewer can read: decoded, classified, redacted and capped.
+
+Example bodies are stored as they were on the wire (gzip, brotli, binary, huge). Every renderer shows
+them through ``display_body`` so all reports agree on what a body "is". It must never raise on bad
+input (a corrupt gzip body is shown as binary with a note), never decompress without a bound (bodies
+are untrusted: a small bomb must not exhaust memory) and never do I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import brotli
+
+from differ.reports._common import MISSING, lookup_json, parse_body_path
+from differ.reports.redact import redact_form, redact_header_value, redact_json, redact_text
+from recorder.model import Failure, Headers, Outcome, header_value, header_values
+
+__all__ = ["DECODE_LIMIT_BYTES", "DISPLAY_LIMIT_CHARS", "DisplayBody", "display_body", "value_at"]
+
+#: Decoded bodies beyond this are cut: a report shows examples, not archives, and a compression bomb
+#: must stop here rather than in the OOM killer.
+DECODE_LIMIT_BYTES: Final = 1 << 20
+#: Characters of body text a report shows per example; keeps one HTML report loadable in a browser
+#: even with hundreds of examples.
+DISPLAY_LIMIT_CHARS: Final = 64 * 1024
+# Brotli 1.1 has no output cap, so input is fed in small slices and output checked after each.
+_BROTLI_SLICE_BYTES: Final = 1024
+_JSON_MAX_DEPTH: Final = 200
+_NOT_JSON: Final = object()
+
+BodyKind = Literal["empty", "json", "text", "binary"]
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayBody:
+    """A body ready to show.
+
+    ``text`` is the redacted text (pretty JSON for ``json``, a size/hash/hex summary for ``binary``);
+    ``value`` the redacted parsed JSON (``json`` only); ``binary`` the decoded bytes, capped at
+    ``DISPLAY_LIMIT_CHARS`` (``binary`` only). ``wire_bytes`` is the size as recorded,
+    ``decoded_from`` the content-codings removed, ``omitted_chars`` how much ``text`` was cut,
+    ``note`` anything the reviewer should know (decode failure, truncation at recording).
+    """
+
+    kind: BodyKind
+    text: str
+    value: Any
+    binary: bytes
+    wire_bytes: int
+    sha256: str
+    decoded_from: str | None
+    omitted_chars: int
+    redacted: bool
+    note: str | None
+
+
+class _DecodeError(Exception):
+    pass
+
+
+def _inflate(data: bytes, wbits: int) -> bytes:
+    decoder = zlib.decompressobj(wbits)
+    out = decoder.decompress(data, DECODE_LIMIT_BYTES)
+    if decoder.unconsumed_tail:
+        raise _DecodeError(f"decoded body exceeds {DECODE_LIMIT_BYTES} bytes")
+    return out
+
+
+def _unbrotli(data: bytes) -> bytes:
+    decoder = brotli.Decompressor()
+    chunks: list[bytes] = []
+    size = 0
+    for start in range(0, len(data), _BROTLI_SLICE_BYTES):
+        chunk = decoder.process(data[start : start + _BROTLI_SLICE_BYTES])
+        size += len(chunk)
+        if size > DECODE_LIMIT_BYTES:
+            raise _DecodeError(f"decoded body exceeds {DECODE_LIMIT_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_one(coding: str, data: bytes) -> bytes:
+    try:
+        if coding in ("gzip", "x-gzip"):
+            return _inflate(data, 16 + zlib.MAX_WBITS)
+        if coding == "deflate":
+            # RFC 9110 says zlib-wrapped, but raw deflate is common in the wild.
+            try:
+                return _inflate(data, zlib.MAX_WBITS)
+            except zlib.error:
+                return _inflate(data, -zlib.MAX_WBITS)
+        if coding == "br":
+            return _unbrotli(data)
+    except (zlib.error, brotli.error) as exc:
+        raise _DecodeError(f"cannot decode {coding}: {exc}") from exc
+    raise _DecodeError(f"unknown content-encoding {coding!r}")
+
+
+def _decode(headers: Headers, body: bytes) -> tuple[bytes, str | None]:
+    raw = header_value(headers, b"content-encoding")
+    if raw is None:
+        return body, None
+    codings = [c.strip().lower() for c in raw.decode("latin-1").split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings or not body:
+        return body, None
+    for coding in reversed(codings):
+        body = _decode_one(coding, body)
+    return body, ", ".join(codings)
+
+
+def _content_type(headers: Headers) -> str:
+    raw = header_value(headers, b"content-type", b"") or b""
+    return raw.decode("latin-1").split(";", 1)[0].strip().lower()
+
+
+def _looks_like_json(content_type: str, data: bytes) -> bool:
+    if content_type.endswith(("/json", "+json")):
+        return True
+    head = data.lstrip()[:1]
+    return head in (b"{", b"[")
+
+
+def _depth_ok(value: Any) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > _JSON_MAX_DEPTH:
+            return False
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+    return True
+
+
+def _cap(text: str) -> tuple[str, int]:
+    if len(text) <= DISPLAY_LIMIT_CHARS:
+        return text, 0
+    return text[:DISPLAY_LIMIT_CHARS], len(text) - DISPLAY_LIMIT_CHARS
+
+
+def _is_texty(text: str) -> bool:
+    # Control characters other than whitespace mean "binary that happens to be valid UTF-8".
+    sample = text[:4096]
+    bad = sum(1 for ch in sample if ord(ch) < 32 and ch not in "\t\n\r\f")
+    return bad <= len(sample) // 100
+
+
+def display_body(headers: Headers, body: bytes, truncated_from: int | None = None) -> DisplayBody:
+    """How ``body`` (with its message's ``headers``) is shown in every report."""
+    digest = hashlib.sha256(body).hexdigest()
+    notes: list[str] = []
+    if truncated_from is not None:
+        notes.append(f"recorded body was cut at {len(body)} of {truncated_from} bytes")
+    try:
+        data, decoded_from = _decode(headers, body)
+    except _DecodeError as exc:
+        notes.append(str(exc))
+        data, decoded_from = body, None
+    note = "; ".join(notes) or None
+    if not data:
+        return DisplayBody("empty", "", None, b"", len(body), digest, decoded_from, 0, False, note)
+    content_type = _content_type(headers)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and _looks_like_json(content_type, data) and len(text) <= DISPLAY_LIMIT_CHARS:
+        try:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError):
+            parsed = _NOT_JSON
+        if parsed is not _NOT_JSON and _depth_ok(parsed):
+            value, redacted = redact_json(parsed)
+            pretty = json.dumps(value, indent=2, ensure_ascii=False)
+            return DisplayBody("json", pretty, value, b"", len(body), digest, decoded_from, 0, redacted, note)
+    if text is not None and _is_texty(text):
+        redacted_text = redact_form(text) if content_type == "application/x-www-form-urlencoded" else redact_text(text)
+        shown, omitted = _cap(redacted_text)
+        return DisplayBody(
+            "text", shown, None, b"", len(body), digest, decoded_from, omitted, redacted_text != text, note
+        )
+    preview = data[:64].hex(" ")
+    summary = f"binary, {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}...\n{preview}"
+    if len(data) > 64:
+        summary += " ..."
+    kept = data[:DISPLAY_LIMIT_CHARS]
+    return DisplayBody(
+        "binary", summary, None, kept, len(body), digest, decoded_from, len(data) - len(kept), False, note
+    )
+
+
+def _shorten(text: str, limit_chars: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit_chars else flat[: limit_chars - 3] + "..."
+
+
+def value_at(outcome: Outcome | None, path: str, limit_chars: int = 80) -> str:
+    """A short, redacted rendering of what ``outcome`` holds at ``path`` (for one-line snippets)."""
+    if outcome is None:
+        return "(no response)"
+    if isinstance(outcome, Failure):
+        return _shorten(f"failure {outcome.kind}: {outcome.message}".rstrip(": "), limit_chars)
+    if path == "status":
+        return str(outcome.status)
+    if path.startswith("header."):
+        name = path.removeprefix("header.").encode("latin-1", "replace")
+        values = [redact_header_value(name, v).decode("latin-1") for v in header_values(outcome.headers, name)]
+        return _shorten(", ".join(values), limit_chars) if values else "(absent)"
+    tokens = parse_body_path(path)
+    if tokens is None:
+        return ""
+    shown = display_body(outcome.headers, outcome.body, outcome.truncated_from)
+    if shown.kind == "json" and tokens:
+        found = lookup_json(shown.value, tokens)
+        if found is MISSING:
+            return "(absent)"
+        return _shorten(json.dumps(found, ensure_ascii=False), limit_chars)
+    if shown.kind == "empty":
+        return "(empty)"
+    return _shorten(shown.text, limit_chars)

@@ -1,0 +1,138 @@
+"""What every renderer agrees on: ranking, number and time formats, verdict words, path parsing.
+
+It must never compute diff results (the report is the data) and never do I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Final
+
+from differ.report_model import SEVERITIES, DiffReport, EndpointReport, Severity, SignatureReport
+
+__all__ = [
+    "MISSING",
+    "PathToken",
+    "endpoint_rate",
+    "fmt_ns",
+    "fmt_rate",
+    "lookup_json",
+    "parse_body_path",
+    "path_matches",
+    "ranked_endpoints",
+    "ranked_signatures",
+    "severity_rank",
+    "verdict_word",
+]
+
+_VERDICT_WORDS: Final = {0: "PASS", 1: "FAIL", 2: "INCONCLUSIVE"}
+
+
+def verdict_word(exit_code: int) -> str:
+    """PASS / FAIL / INCONCLUSIVE for the verdict's exit code."""
+    return _VERDICT_WORDS.get(exit_code, f"EXIT {exit_code}")
+
+
+def severity_rank(severity: Severity | None) -> int:
+    """0 for critical ... 3 for low, 4 for "nothing unsuppressed differs"."""
+    return SEVERITIES.index(severity) if severity is not None else len(SEVERITIES)
+
+
+def endpoint_rate(endpoint: EndpointReport) -> float:
+    """Share of the endpoint's compared pairs that differed."""
+    return endpoint.differing / endpoint.compared if endpoint.compared else 0.0
+
+
+def ranked_endpoints(report: DiffReport) -> list[EndpointReport]:
+    """Endpoints most severe first, then by differing rate, then count; stable for equal keys."""
+    return sorted(
+        report.endpoints,
+        key=lambda e: (severity_rank(e.severity), -endpoint_rate(e), -e.differing, -e.errors, e.endpoint),
+    )
+
+
+def ranked_signatures(endpoint: EndpointReport) -> list[SignatureReport]:
+    """Unsuppressed before suppressed, then most severe, then most frequent."""
+    return sorted(
+        endpoint.signatures,
+        key=lambda s: (s.suppressed, severity_rank(s.severity), -s.count, s.path, s.kind),
+    )
+
+
+def fmt_rate(rate: float | None) -> str:
+    """A rate as a short percentage: ``12.5%``, ``0.03%``, ``<0.01%``; ``-`` when unknown."""
+    if rate is None:
+        return "-"
+    percent = rate * 100
+    if percent == 0:
+        return "0%"
+    if percent < 0.01:
+        return "<0.01%"
+    if percent < 1:
+        return f"{percent:.2f}%"
+    if percent < 10:
+        return f"{percent:.1f}%"
+    return f"{percent:.0f}%"
+
+
+def fmt_ns(ns: int | None) -> str:
+    """Wall-clock ns since the epoch as ``2026-11-22 02:46:06Z``; ``-`` when unknown."""
+    if ns is None:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+# A JSON path inside a body: ``body.user.name``, ``body.items[3].id``, ``body[0]``, ``body["a.b"]``.
+PathToken = str | int
+_TOKEN: Final = re.compile(r"""\.(?P<name>[^.\[]+)|\[(?P<index>\d+|\*)\]|\[(?P<q>["'])(?P<quoted>.*?)(?P=q)\]""")
+
+
+def parse_body_path(path: str) -> tuple[PathToken, ...] | None:
+    """The tokens of a ``body...`` path (``"*"`` for a folded index), or ``None`` if not a body path.
+
+    ``body`` itself gives ``()``; anything unparseable gives ``None`` (the caller then highlights the
+    whole body rather than guessing).
+    """
+    if path == "body":
+        return ()
+    if not path.startswith(("body.", "body[")):
+        return None
+    rest = path[4:]
+    tokens: list[PathToken] = []
+    pos = 0
+    while pos < len(rest):
+        match = _TOKEN.match(rest, pos)
+        if match is None:
+            return None
+        if match.group("name") is not None:
+            tokens.append(match.group("name"))
+        elif match.group("index") is not None:
+            index = match.group("index")
+            tokens.append("*" if index == "*" else int(index))
+        else:
+            tokens.append(match.group("quoted"))
+        pos = match.end()
+    return tuple(tokens)
+
+
+def path_matches(pattern: tuple[PathToken, ...], path: tuple[PathToken, ...]) -> bool:
+    """Whether ``path`` equals ``pattern``, with ``"*"`` in the pattern matching any array index."""
+    if len(pattern) != len(path):
+        return False
+    return all(p == q or (p == "*" and isinstance(q, int)) for p, q in zip(pattern, path, strict=True))
+
+
+MISSING: Final = object()
+
+
+def lookup_json(value: object, tokens: tuple[PathToken, ...]) -> object:
+    """The value at ``tokens`` inside parsed JSON ``value``, or ``MISSING``."""
+    node = value
+    for token in tokens:
+        in_list = isinstance(token, int) and isinstance(node, list) and 0 <= token < len(node)
+        in_object = isinstance(token, str) and isinstance(node, dict) and token in node
+        if not (in_list or in_object):
+            return MISSING
+        node = node[token]  # type: ignore[index]
+    return node

@@ -1,0 +1,461 @@
+"""The HTML report: one self-contained file a release reviewer opens offline and explores.
+
+Overview cards, endpoints ranked by severity and rate (each a ``<details>`` holding its field tree and
+signatures), each signature holding side-by-side examples of the request and both responses with the
+differing paths highlighted, and the suppressed noise with its reasons. CSS and JS are inlined from
+``assets/``; a Content-Security-Policy admits only those two inline blocks by hash and no network at
+all. Bodies are untrusted: every traffic-derived string is escaped here and secrets are redacted
+again. It must never reference anything outside the file and never compute results.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import hashlib
+import html
+import json
+import os
+from collections.abc import Iterable
+from importlib import resources
+from typing import Any, Final
+
+from differ.report_model import DiffReport, EndpointReport, Example, FieldStat, Severity, SignatureReport
+from differ.reports._bodies import DisplayBody, display_body, value_at
+from differ.reports._common import (
+    PathToken,
+    endpoint_rate,
+    fmt_ns,
+    fmt_rate,
+    parse_body_path,
+    path_matches,
+    ranked_endpoints,
+    ranked_signatures,
+    verdict_word,
+)
+from differ.reports._files import write_atomically
+from differ.reports.redact import redact_headers, redact_target
+from recorder.model import Failure, Headers, Outcome
+
+__all__ = ["render_html", "write_html"]
+
+#: Lines compared for a text-body line diff; difflib is quadratic in the worst case and the display
+#: is capped anyway.
+_LINE_DIFF_MAX_LINES: Final = 2000
+_MAX_INDENT_CLASS: Final = 8
+_SEVERITY_LABEL: Final[dict[Severity | None, str]] = {
+    "critical": "critical",
+    "high": "high",
+    "medium": "medium",
+    "low": "low",
+    None: "no change",
+}
+_VERDICT_CLASS: Final = {0: "pass", 1: "fail", 2: "inconclusive"}
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _asset(name: str) -> str:
+    return resources.files("differ.reports").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def _csp_hash(source: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def _severity_badge(severity: Severity | None) -> str:
+    return f'<span class="sev sev-{_e(severity or "none")}">{_e(_SEVERITY_LABEL[severity])}</span>'
+
+
+# --- JSON with highlighted paths -----------------------------------------------------------------
+
+
+def _is_highlighted(path: tuple[PathToken, ...], patterns: list[tuple[PathToken, ...]]) -> bool:
+    return any(path_matches(pattern, path) for pattern in patterns)
+
+
+def _json_scalar(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    kind = "null" if value is None else "bool" if isinstance(value, bool) else type(value).__name__
+    css = {"str": "s", "int": "n", "float": "n", "bool": "b", "null": "z"}.get(kind, "s")
+    return f'<span class="j{css}">{_e(text)}</span>'
+
+
+def _json_html(value: Any, patterns: list[tuple[PathToken, ...]]) -> str:
+    """Pretty JSON (2-space indent) as HTML, with the subtrees at ``patterns`` wrapped in ``<mark>``."""
+
+    def node(item: Any, path: tuple[PathToken, ...], depth: int) -> str:
+        pad = "  " * (depth + 1)
+        if isinstance(item, dict) and item:
+            entries = []
+            for index, (key, child) in enumerate(item.items()):
+                child_path = (*path, key)
+                comma = "," if index < len(item) - 1 else ""
+                entry = f'<span class="jk">{_e(json.dumps(key, ensure_ascii=False))}</span>: ' + node(
+                    child, child_path, depth + 1
+                )
+                entries.append(pad + _wrap(entry, child_path) + comma)
+            return "{\n" + "\n".join(entries) + "\n" + "  " * depth + "}"
+        if isinstance(item, list) and item:
+            entries = []
+            for index, child in enumerate(item):
+                child_path = (*path, index)
+                comma = "," if index < len(item) - 1 else ""
+                entries.append(pad + _wrap(node(child, child_path, depth + 1), child_path) + comma)
+            return "[\n" + "\n".join(entries) + "\n" + "  " * depth + "]"
+        if isinstance(item, dict):
+            return "{}"
+        if isinstance(item, list):
+            return "[]"
+        return _json_scalar(item)
+
+    def _wrap(fragment: str, path: tuple[PathToken, ...]) -> str:
+        if not _is_highlighted(path, patterns):
+            return fragment
+        return f'<mark class="hl" title="{_e(_path_name(path))}">{fragment}</mark>'
+
+    return _wrap(node(value, (), 0), ())
+
+
+def _path_name(tokens: tuple[PathToken, ...]) -> str:
+    out = "body"
+    for token in tokens:
+        out += f"[{token}]" if isinstance(token, int) else f".{token}"
+    return out
+
+
+# --- examples ------------------------------------------------------------------------------------
+
+
+def _headers_html(headers: Headers, highlighted: frozenset[str]) -> str:
+    if not headers:
+        return '<p class="muted">no headers</p>'
+    rows = []
+    for name, value in redact_headers(headers):
+        lowered = name.decode("latin-1").lower()
+        css = ' class="hl"' if f"header.{lowered}" in highlighted else ""
+        rows.append(f"<tr{css}><th>{_e(name.decode('latin-1'))}</th><td>{_e(value.decode('latin-1'))}</td></tr>")
+    return '<table class="headers">' + "".join(rows) + "</table>"
+
+
+def _body_notes(shown: DisplayBody) -> str:
+    notes = [f"{shown.kind}, {shown.wire_bytes} bytes on the wire"]
+    if shown.decoded_from:
+        notes.append(f"decoded from {shown.decoded_from}")
+    if shown.redacted:
+        notes.append("secrets redacted")
+    if shown.omitted_chars:
+        notes.append(f"{shown.omitted_chars} more characters not shown")
+    if shown.note:
+        notes.append(shown.note)
+    return f'<p class="body-note">{_e("; ".join(notes))}</p>'
+
+
+def _text_lines_html(text: str, changed_lines: frozenset[int]) -> str:
+    lines = text.split("\n")
+    return "\n".join(
+        f'<mark class="hl">{_e(line)}</mark>' if index in changed_lines else _e(line)
+        for index, line in enumerate(lines)
+    )
+
+
+def _body_html(shown: DisplayBody, paths: tuple[str, ...], changed_lines: frozenset[int] | None) -> str:
+    if shown.kind == "empty":
+        return '<p class="muted">empty body</p>' + (_body_notes(shown) if shown.note else "")
+    whole = "body" in paths
+    if shown.kind == "json":
+        parsed = [parse_body_path(p) for p in paths]
+        patterns = [p for p in parsed if p is not None]
+        content = _json_html(shown.value, patterns)
+    elif shown.kind == "text" and changed_lines is not None:
+        content = _text_lines_html(shown.text, changed_lines)
+        whole = False
+    else:
+        content = _e(shown.text)
+    css = "body hl-block" if whole and shown.kind != "json" else "body"
+    return _body_notes(shown) + f'<pre class="{css}">{content}</pre>'
+
+
+def _changed_lines(left: DisplayBody | None, right: DisplayBody | None) -> tuple[frozenset[int], frozenset[int]] | None:
+    if left is None or right is None or left.kind != "text" or right.kind != "text":
+        return None
+    a = left.text.split("\n")[:_LINE_DIFF_MAX_LINES]
+    b = right.text.split("\n")[:_LINE_DIFF_MAX_LINES]
+    changed_a: set[int] = set()
+    changed_b: set[int] = set()
+    for tag, a0, a1, b0, b1 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag != "equal":
+            changed_a.update(range(a0, a1))
+            changed_b.update(range(b0, b1))
+    return frozenset(changed_a), frozenset(changed_b)
+
+
+def _outcome_html(
+    title: str,
+    outcome: Outcome | None,
+    shown: DisplayBody | None,
+    paths: tuple[str, ...],
+    changed: frozenset[int] | None,
+) -> str:
+    head = f"<h5>{_e(title)}</h5>"
+    if outcome is None:
+        return f'<div class="side">{head}<p class="muted">no outcome recorded</p></div>'
+    if isinstance(outcome, Failure):
+        return (
+            f'<div class="side">{head}<p class="failure hl-block">failed: <b>{_e(outcome.kind)}</b> '
+            f"{_e(outcome.message)}</p></div>"
+        )
+    assert shown is not None
+    highlighted = frozenset(paths)
+    status_css = ' class="status hl"' if "status" in highlighted else ' class="status"'
+    status = f"<p{status_css}>HTTP/{_e(outcome.http_version)} <b>{outcome.status}</b> {_e(outcome.reason)}</p>"
+    return (
+        f'<div class="side">{head}{status}{_headers_html(outcome.headers, highlighted)}'
+        f"{_body_html(shown, paths, changed)}</div>"
+    )
+
+
+def _shown(outcome: Outcome | None) -> DisplayBody | None:
+    if outcome is None or isinstance(outcome, Failure):
+        return None
+    return display_body(outcome.headers, outcome.body, outcome.truncated_from)
+
+
+def _example_html(example: Example, report: DiffReport, number: int) -> str:
+    request = example.request
+    paths_rows = "".join(
+        f'<tr><td><code class="path">{_e(path)}</code></td>'
+        f"<td><code>{_e(value_at(example.baseline, path, 120))}</code></td>"
+        f"<td><code>{_e(value_at(example.candidate, path, 120))}</code></td></tr>"
+        for path in example.paths
+    )
+    paths_table = (
+        f'<table class="paths"><thead><tr><th>differing path</th><th>{_e(report.baseline_name)}</th>'
+        f"<th>{_e(report.candidate_name)}</th></tr></thead><tbody>{paths_rows}</tbody></table>"
+        if example.paths
+        else ""
+    )
+    request_body = display_body(request.headers, request.body, request.truncated_from)
+    request_html = (
+        f'<div class="request"><h5>request</h5>'
+        f'<p class="reqline"><b>{_e(request.method)}</b> {_e(redact_target(request.target))}'
+        f"{' <span class=muted>@ ' + _e(request.authority) + '</span>' if request.authority else ''}</p>"
+        f"{_headers_html(request.headers, frozenset())}"
+        f"{_body_html(request_body, (), None) if request_body.kind != 'empty' else ''}</div>"
+    )
+    left, right = _shown(example.baseline), _shown(example.candidate)
+    changed = _changed_lines(left, right)
+    left_changed, right_changed = changed if changed is not None else (None, None)
+    baseline_title, candidate_title = f"baseline: {report.baseline_name}", f"candidate: {report.candidate_name}"
+    return (
+        f'<div class="example"><p class="ex-head">example {number}: exchange <code>{_e(example.exchange_id)}</code> '
+        f"at {_e(fmt_ns(example.started_at_ns))}</p>{paths_table}{request_html}"
+        f'<div class="sides">'
+        f"{_outcome_html(baseline_title, example.baseline, left, example.paths, left_changed)}"
+        f"{_outcome_html(candidate_title, example.candidate, right, example.paths, right_changed)}"
+        f"</div></div>"
+    )
+
+
+# --- endpoints -----------------------------------------------------------------------------------
+
+
+def _signature_html(sig: SignatureReport, report: DiffReport, failing: frozenset[str]) -> str:
+    badges = _severity_badge(sig.severity)
+    if sig.id in failing:
+        badges += ' <span class="gate">fails the gate</span>'
+    if sig.suppressed:
+        badges += f' <span class="supp">suppressed: {_e(sig.suppression_reason or "yes")}</span>'
+    noise = f"noise {fmt_rate(sig.noise_rate)}" if sig.noise_rate is not None else "no noise baseline"
+    summary = (
+        f'<summary>{badges} <span class="kind">{_e(sig.kind)}</span> <code class="path">{_e(sig.path)}</code> '
+        f'<span class="transition">{_e(sig.transition)}</span> '
+        f'<span class="count">{sig.count}&times; ({fmt_rate(sig.rate)}, {_e(noise)})</span></summary>'
+    )
+    examples = "".join(_example_html(e, report, i + 1) for i, e in enumerate(sig.examples))
+    css = "signature suppressed" if sig.suppressed else "signature"
+    return (
+        f'<details class="{css}" id="sig-{_e(sig.id)}" data-signature="{_e(sig.id)}">{summary}'
+        f'<div class="sig-body"><p class="muted">signature <code>{_e(sig.id)}</code>; first seen '
+        f"{_e(fmt_ns(sig.first_seen_ns))}, last seen {_e(fmt_ns(sig.last_seen_ns))}; "
+        f"{len(sig.examples)} example{'s' if len(sig.examples) != 1 else ''}</p>"
+        f"{examples or '<p class=muted>no examples were sampled</p>'}</div></details>"
+    )
+
+
+def _field_depth(path: str) -> int:
+    tokens = parse_body_path(path)
+    depth = len(tokens) if tokens is not None else path.count(".")
+    return min(depth, _MAX_INDENT_CLASS)
+
+
+def _field_sort_key(stat: FieldStat) -> tuple[Any, ...]:
+    tokens = parse_body_path(stat.path)
+    if tokens is None:
+        return (0, stat.path)
+    return (1, tuple(str(t) for t in tokens))
+
+
+def _fields_html(fields: Iterable[FieldStat]) -> str:
+    rows = []
+    for stat in sorted(fields, key=_field_sort_key):
+        rate = stat.differing / stat.compared if stat.compared else 0.0
+        rows.append(
+            f'<tr class="d{_field_depth(stat.path)}{" hot" if stat.differing > stat.suppressed else ""}">'
+            f'<td><code class="path">{_e(stat.path)}</code></td><td class="num">{stat.differing}</td>'
+            f'<td class="num">{stat.compared}</td><td class="num">{fmt_rate(rate)}'
+            f' <meter min="0" max="1" value="{rate:.4f}"></meter></td>'
+            f'<td class="num">{stat.suppressed}</td><td class="num">{fmt_rate(stat.noise_rate)}</td></tr>'
+        )
+    if not rows:
+        return '<p class="muted">no field differed</p>'
+    return (
+        '<table class="fields"><thead><tr><th>path</th><th>differing</th><th>compared</th><th>rate</th>'
+        "<th>suppressed</th><th>noise rate</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
+
+
+def _endpoint_html(endpoint: EndpointReport, report: DiffReport, failing: frozenset[str], rank: int) -> str:
+    rate = endpoint_rate(endpoint)
+    signatures = ranked_signatures(endpoint)
+    suppressed = sum(1 for s in signatures if s.suppressed)
+    summary = (
+        f'<summary>{_severity_badge(endpoint.severity)} <span class="ep-name">{_e(endpoint.endpoint)}</span> '
+        f'<span class="ep-stats">{endpoint.differing}/{endpoint.compared} differ ({fmt_rate(rate)})'
+        f"{f', {endpoint.errors} errors' if endpoint.errors else ''}; {len(signatures) - suppressed} signatures"
+        f"{f', {suppressed} suppressed' if suppressed else ''}</span>"
+        f' <meter min="0" max="1" value="{rate:.4f}"></meter></summary>'
+    )
+    body = (
+        f'<div class="ep-body"><p class="muted">{endpoint.compared} compared, {endpoint.equal} equal, '
+        f"{endpoint.differing} differing, {endpoint.errors} errors</p>"
+        f"<h4>Field tree</h4>{_fields_html(endpoint.fields)}"
+        f"<h4>Signatures</h4>"
+        + ("".join(_signature_html(s, report, failing) for s in signatures) or '<p class="muted">none</p>')
+        + "</div>"
+    )
+    return (
+        f'<details class="endpoint sev-{_e(endpoint.severity or "none")}" id="ep-{rank}" '
+        f'data-endpoint="{_e(endpoint.endpoint)}">{summary}{body}</details>'
+    )
+
+
+# --- page ----------------------------------------------------------------------------------------
+
+
+def _cards(report: DiffReport) -> str:
+    verdict = report.verdict
+    cards = [
+        ("pairs", report.pairs),
+        ("compared", report.compared),
+        ("equal", report.equal),
+        ("differing", report.differing),
+        ("noise-suppressed", report.noise_suppressed),
+        ("errors", report.errors),
+    ]
+    html_cards = "".join(
+        f'<div class="card" data-card="{key}"><span class="num">{value}</span>'
+        f'<span class="label">{key.replace("-", " ")}</span></div>'
+        for key, value in cards
+    )
+    css = _VERDICT_CLASS.get(verdict.exit_code, "inconclusive")
+    html_cards += (
+        f'<div class="card verdict-card {css}" data-card="verdict"><span class="num">'
+        f"{_e(verdict_word(verdict.exit_code))}</span>"
+        f'<span class="label">verdict (exit {verdict.exit_code})</span></div>'
+    )
+    return f'<section class="cards">{html_cards}</section>'
+
+
+def _suppressions_html(report: DiffReport) -> str:
+    rows = "".join(
+        f'<tr><td><code>{_e(s.reason)}</code></td><td class="num">{s.count}</td></tr>' for s in report.suppressions
+    )
+    suppressed_sigs = [(e, s) for e in report.endpoints for s in e.signatures if s.suppressed]
+    sig_rows = "".join(
+        f'<tr><td>{_e(e.endpoint)}</td><td><a href="#sig-{_e(s.id)}"><code>{_e(s.path)}</code></a></td>'
+        f'<td>{_e(s.kind)}</td><td class="num">{s.count}</td><td>{_e(s.suppression_reason or "")}</td>'
+        f'<td class="num">{fmt_rate(s.noise_rate)}</td></tr>'
+        for e, s in suppressed_sigs
+    )
+    parts = [f"<h2>Noise suppressed: {report.noise_suppressed}</h2>"]
+    parts.append(
+        '<table class="supp-table"><thead><tr><th>reason</th><th>differences</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+        if rows
+        else '<p class="muted">nothing was suppressed</p>'
+    )
+    if sig_rows:
+        parts.append(
+            "<h3>Suppressed signatures</h3>"
+            '<table class="supp-sigs"><thead><tr><th>endpoint</th><th>path</th><th>kind</th><th>count</th>'
+            f"<th>reason</th><th>noise rate</th></tr></thead><tbody>{sig_rows}</tbody></table>"
+        )
+    return '<section id="suppressions">' + "".join(parts) + "</section>"
+
+
+def render_html(report: DiffReport) -> str:
+    """The complete HTML document for ``report``."""
+    css = _asset("report.css")
+    script = _asset("report.js")
+    csp = (
+        f"default-src 'none'; style-src {_csp_hash(css)}; script-src {_csp_hash(script)}; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
+    )
+    verdict = report.verdict
+    failing = frozenset(verdict.failing_signatures)
+    versus = f"<b>{_e(report.baseline_name)}</b> vs <b>{_e(report.candidate_name)}</b>"
+    if report.secondary_name is not None:
+        versus += f", noise measured against <b>{_e(report.secondary_name)}</b>"
+    meta = [versus, f"generated {_e(fmt_ns(report.generated_at_ns))}"]
+    if report.window_start_ns is not None or report.window_end_ns is not None:
+        meta.append(f"window {_e(fmt_ns(report.window_start_ns))} to {_e(fmt_ns(report.window_end_ns))}")
+    if report.sources:
+        meta.append("tapes: " + ", ".join(f"<code>{_e(s)}</code>" for s in report.sources))
+    endpoints = ranked_endpoints(report)
+    endpoints_html = "".join(_endpoint_html(e, report, failing, i) for i, e in enumerate(endpoints))
+    title = f"shadowtap diff: {verdict_word(verdict.exit_code)} ({report.baseline_name} vs {report.candidate_name})"
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>{_e(title)}</title>
+<style>{css}</style>
+</head>
+<body>
+<header>
+<h1>shadowtap diff</h1>
+<p class="verdict {_VERDICT_CLASS.get(verdict.exit_code, "inconclusive")}"><b>{_e(verdict_word(verdict.exit_code))}</b>
+{_e(verdict.reason)}</p>
+<p class="meta">{" &middot; ".join(meta)}</p>
+</header>
+<main>
+{_cards(report)}
+<section id="endpoints">
+<h2>Endpoints ({len(endpoints)})</h2>
+<div class="toolbar">
+<input type="search" id="filter" placeholder="filter endpoints" aria-label="filter endpoints">
+<button type="button" id="expand-all">expand all</button>
+<button type="button" id="collapse-all">collapse all</button>
+<label><input type="checkbox" id="hide-suppressed"> hide suppressed signatures</label>
+</div>
+{endpoints_html or '<p class="muted">no endpoints were compared</p>'}
+</section>
+{_suppressions_html(report)}
+</main>
+<footer><p class="muted">schema version {report.schema_version}. Secrets in headers, query strings and
+JSON fields are redacted. This file makes no network requests.</p></footer>
+<script>{script}</script>
+</body>
+</html>
+"""
+
+
+def write_html(report: DiffReport, path: str | os.PathLike[str]) -> None:
+    """Write the self-contained HTML report for ``report`` to ``path``."""
+    write_atomically(path, render_html(report))

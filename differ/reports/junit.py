@@ -1,0 +1,101 @@
+"""The JUnit XML report: one test case per endpoint, so CI dashboards show which endpoints regressed.
+
+A case fails when the endpoint holds a signature the verdict names in ``failing_signatures`` (the
+gate decided; this module never re-decides). An inconclusive verdict (exit 2) adds one erroring case,
+so "not enough samples" can never look green. It must never emit text XML 1.0 cannot carry: control
+characters from traffic are replaced, everything is escaped by ElementTree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import xml.etree.ElementTree as ET
+from typing import Final
+
+from differ.report_model import DiffReport, EndpointReport
+from differ.reports._common import endpoint_rate, fmt_rate, ranked_endpoints, ranked_signatures, verdict_word
+from differ.reports._files import write_atomically
+
+__all__ = ["JUNIT_CLASSNAME", "render_junit", "write_junit"]
+
+JUNIT_CLASSNAME: Final = "shadowtap.diff"
+VERDICT_CASE_NAME: Final = "(verdict)"
+# XML 1.0 Char production: everything else (NUL, most C0 controls, lone surrogates, U+FFFE/F) is
+# unrepresentable even as a character reference.
+_NOT_XML_CHAR: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(value: str) -> str:
+    return _NOT_XML_CHAR.sub("\ufffd", value)
+
+
+def _summary(report: DiffReport) -> str:
+    return (
+        f"{verdict_word(report.verdict.exit_code)}: {report.verdict.reason}\n"
+        f"{report.baseline_name} vs {report.candidate_name}: {report.pairs} pairs, {report.compared} compared, "
+        f"{report.equal} equal, {report.differing} differing, {report.noise_suppressed} noise suppressed, "
+        f"{report.errors} errors"
+    )
+
+
+def _endpoint_out(endpoint: EndpointReport) -> str:
+    lines = [
+        f"{endpoint.endpoint}: {endpoint.compared} compared, {endpoint.equal} equal, {endpoint.differing} differing "
+        f"({fmt_rate(endpoint_rate(endpoint))}), {endpoint.errors} errors"
+    ]
+    for sig in ranked_signatures(endpoint):
+        state = f" [suppressed: {sig.suppression_reason or 'yes'}]" if sig.suppressed else ""
+        lines.append(
+            f"  {sig.severity:<8} {sig.kind:<7} {sig.path} {sig.transition} x{sig.count} ({fmt_rate(sig.rate)}){state}"
+        )
+    return "\n".join(lines)
+
+
+def _case(suite: ET.Element, endpoint: EndpointReport, failing: frozenset[str]) -> bool:
+    case = ET.SubElement(suite, "testcase", classname=JUNIT_CLASSNAME, name=_xml_text(endpoint.endpoint), time="0")
+    failed = [s for s in ranked_signatures(endpoint) if s.id in failing]
+    if failed:
+        worst = failed[0]
+        failure = ET.SubElement(
+            case,
+            "failure",
+            type=worst.severity,
+            message=_xml_text(
+                f"{len(failed)} failing signature{'s' if len(failed) != 1 else ''}: "
+                f"{worst.kind} at {worst.path} ({worst.transition}) x{worst.count}"
+            ),
+        )
+        failure.text = _xml_text(
+            "\n".join(f"{s.id}: {s.severity} {s.kind} at {s.path} {s.transition} x{s.count}" for s in failed)
+        )
+    ET.SubElement(case, "system-out").text = _xml_text(_endpoint_out(endpoint))
+    return bool(failed)
+
+
+def render_junit(report: DiffReport) -> str:
+    """The JUnit XML document for ``report`` (with an XML declaration)."""
+    failing = frozenset(report.verdict.failing_signatures)
+    suites = ET.Element("testsuites", name="shadowtap diff")
+    suite = ET.SubElement(suites, "testsuite", name=JUNIT_CLASSNAME)
+    endpoints = ranked_endpoints(report)
+    failures = sum(_case(suite, endpoint, failing) for endpoint in endpoints)
+    errors = 0
+    if report.verdict.exit_code == 2:
+        case = ET.SubElement(suite, "testcase", classname=JUNIT_CLASSNAME, name=VERDICT_CASE_NAME, time="0")
+        ET.SubElement(case, "error", type="inconclusive", message=_xml_text(report.verdict.reason))
+        errors = 1
+    tests = len(endpoints) + errors
+    for element in (suites, suite):
+        element.set("tests", str(tests))
+        element.set("failures", str(failures))
+        element.set("errors", str(errors))
+        element.set("time", "0")
+    ET.SubElement(suite, "system-out").text = _xml_text(_summary(report))
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def write_junit(report: DiffReport, path: str | os.PathLike[str]) -> None:
+    """Write the JUnit XML for ``report`` to ``path``."""
+    write_atomically(path, render_junit(report))

@@ -1,0 +1,157 @@
+"""The Markdown report: a compact pull-request comment (GitHub-flavoured Markdown).
+
+A verdict line, a table of endpoints with their severity and top change, and collapsible details per
+endpoint with short, redacted value snippets. It must never paste raw bodies (a PR comment is public
+to everyone with repository access) and never let traffic-derived text become Markdown or HTML: every
+such string goes through ``_code`` or ``_text``.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from typing import Final
+
+from differ.report_model import DiffReport, EndpointReport, Example, Severity, SignatureReport
+from differ.reports._bodies import value_at
+from differ.reports._common import endpoint_rate, fmt_rate, ranked_endpoints, ranked_signatures, verdict_word
+from differ.reports._files import write_atomically
+from differ.reports.redact import redact_target
+
+__all__ = ["render_markdown", "write_markdown"]
+
+#: GitHub truncates comments at 65,536 characters; these bounds keep a big report well below that.
+TABLE_ENDPOINTS: Final = 25
+DETAILED_ENDPOINTS: Final = 10
+SIGNATURES_PER_ENDPOINT: Final = 8
+SNIPPET_PATHS: Final = 4
+SNIPPET_CHARS: Final = 60
+
+_VERDICT_ICON: Final = {0: ":white_check_mark:", 1: ":x:", 2: ":warning:"}
+_SEVERITY_ICON: Final[dict[Severity | None, str]] = {
+    "critical": ":red_circle: critical",
+    "high": ":orange_circle: high",
+    "medium": ":yellow_circle: medium",
+    "low": ":large_blue_circle: low",
+    None: ":white_circle: none",
+}
+_MARKDOWN_SPECIAL: Final = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def _text(value: str) -> str:
+    """Untrusted text as inert Markdown: HTML entities for <>&, backslashes for Markdown syntax."""
+    flat = " ".join(value.split())
+    flat = flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+
+
+def _code(value: str) -> str:
+    """Untrusted text as an inline code span, safe inside a table cell."""
+    flat = " ".join(value.split()) or " "
+    longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
+    fence = "`" * (longest + 1)
+    padded = f" {flat} " if flat.startswith("`") or flat.endswith("`") or longest else flat
+    # Inside a GFM table a pipe ends the cell even within a code span, unless escaped.
+    return f"{fence}{padded}{fence}".replace("|", "\\|")
+
+
+def _top_change(endpoint: EndpointReport) -> str:
+    for sig in ranked_signatures(endpoint):
+        if not sig.suppressed:
+            return f"{_code(sig.path)} {sig.kind} {_code(sig.transition)} ({sig.count})"
+    return "-"
+
+
+def _endpoint_table(endpoints: list[EndpointReport]) -> list[str]:
+    lines = [
+        "| Severity | Endpoint | Differing | Rate | Errors | Top change |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for endpoint in endpoints[:TABLE_ENDPOINTS]:
+        lines.append(
+            f"| {_SEVERITY_ICON[endpoint.severity]} | {_code(endpoint.endpoint)} "
+            f"| {endpoint.differing} / {endpoint.compared} | {fmt_rate(endpoint_rate(endpoint))} "
+            f"| {endpoint.errors} | {_top_change(endpoint)} |"
+        )
+    if len(endpoints) > TABLE_ENDPOINTS:
+        lines.append(f"| | *{len(endpoints) - TABLE_ENDPOINTS} more endpoints* | | | | |")
+    return lines
+
+
+def _snippet(example: Example) -> list[str]:
+    request = example.request
+    lines = [f"  - example {_code(example.exchange_id)}: {_code(request.method + ' ' + redact_target(request.target))}"]
+    for path in example.paths[:SNIPPET_PATHS]:
+        before = value_at(example.baseline, path, SNIPPET_CHARS)
+        after = value_at(example.candidate, path, SNIPPET_CHARS)
+        lines.append(f"    - {_code(path)}: {_code(before)} &rarr; {_code(after)}")
+    if len(example.paths) > SNIPPET_PATHS:
+        lines.append(f"    - and {len(example.paths) - SNIPPET_PATHS} more paths")
+    return lines
+
+
+def _signature_line(sig: SignatureReport, failing: frozenset[str]) -> str:
+    gate = " **fails the gate**" if sig.id in failing else ""
+    noise = f", noise {fmt_rate(sig.noise_rate)}" if sig.noise_rate is not None else ""
+    suppressed = f", suppressed: {_text(sig.suppression_reason or 'yes')}" if sig.suppressed else ""
+    return (
+        f"- {sig.severity} {sig.kind} at {_code(sig.path)}: {_code(sig.transition)}, "
+        f"{sig.count} times ({fmt_rate(sig.rate)}{noise}{suppressed}){gate}"
+    )
+
+
+def _details(endpoint: EndpointReport, failing: frozenset[str]) -> list[str]:
+    signatures = ranked_signatures(endpoint)
+    plural = "s" if len(signatures) != 1 else ""
+    summary = (
+        f"{html.escape(' '.join(endpoint.endpoint.split()))}: {len(signatures)} signature{plural}, "
+        f"{endpoint.differing}/{endpoint.compared} differing"
+    )
+    lines = ["<details>", f"<summary>{summary}</summary>", ""]
+    for sig in signatures[:SIGNATURES_PER_ENDPOINT]:
+        lines.append(_signature_line(sig, failing))
+        if sig.examples and not sig.suppressed:
+            lines.extend(_snippet(sig.examples[0]))
+    if len(signatures) > SIGNATURES_PER_ENDPOINT:
+        lines.append(f"- and {len(signatures) - SIGNATURES_PER_ENDPOINT} more signatures")
+    lines += ["", "</details>"]
+    return lines
+
+
+def render_markdown(report: DiffReport) -> str:
+    """The PR comment for ``report``."""
+    verdict = report.verdict
+    icon = _VERDICT_ICON.get(verdict.exit_code, ":grey_question:")
+    versus = f"{_code(report.baseline_name)} vs {_code(report.candidate_name)}"
+    if report.secondary_name is not None:
+        versus += f" (noise from {_code(report.secondary_name)})"
+    lines = [
+        f"### {icon} shadowtap diff: {verdict_word(verdict.exit_code)}",
+        "",
+        f"{_text(verdict.reason)}",
+        "",
+        f"{versus}: **{report.pairs}** pairs, **{report.compared}** compared, **{report.equal}** equal, "
+        f"**{report.differing}** differing, **{report.noise_suppressed}** noise suppressed, "
+        f"**{report.errors}** errors",
+        "",
+    ]
+    endpoints = ranked_endpoints(report)
+    if endpoints:
+        lines += _endpoint_table(endpoints)
+        lines.append("")
+    failing = frozenset(verdict.failing_signatures)
+    for endpoint in [e for e in endpoints if e.signatures][:DETAILED_ENDPOINTS]:
+        lines += _details(endpoint, failing)
+        lines.append("")
+    if report.suppressions:
+        lines += ["<details>", f"<summary>Noise suppressed: {report.noise_suppressed}</summary>", ""]
+        lines += ["| Reason | Count |", "|---|---:|"]
+        lines += [f"| {_code(s.reason)} | {s.count} |" for s in report.suppressions]
+        lines += ["", "</details>", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(report: DiffReport, path: str | os.PathLike[str]) -> None:
+    """Write the PR comment for ``report`` to ``path``."""
+    write_atomically(path, render_markdown(report))

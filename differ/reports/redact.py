@@ -1,0 +1,157 @@
+"""Render-time redaction: removes secrets from what a report shows, whatever the tape kept.
+
+Tapes are redacted when written, but a report is the thing people paste into tickets and CI
+artifacts, so every renderer passes requests, headers and bodies through here once more. It must
+never change the shape of what it redacts (header order, JSON structure, query parameter order stay
+as they were, so highlighted paths still point at the right place) and never do I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+from recorder.model import Headers
+
+__all__ = [
+    "REDACTED",
+    "is_secret_header",
+    "is_secret_name",
+    "redact_form",
+    "redact_header_value",
+    "redact_headers",
+    "redact_json",
+    "redact_target",
+    "redact_text",
+]
+
+REDACTED: Final = "[redacted]"
+
+_SECRET_HEADERS: Final = frozenset(
+    {
+        b"authorization",
+        b"proxy-authorization",
+        b"cookie",
+        b"set-cookie",
+        b"x-api-key",
+        b"x-auth-token",
+        b"x-csrf-token",
+        b"x-xsrf-token",
+        b"x-amz-security-token",
+    }
+)
+# Field / parameter names whose values are credentials. Substring match on purpose: `access_token`,
+# `client_secret` and `X-Session-Token` are all caught; `key`/`sig`/`code`/`auth` only as whole names
+# because as substrings they would blank out `monkey`, `zip_code` or `author`.
+_SECRET_NAME: Final = re.compile(
+    r"token|secret|passw(or)?d|passphrase|api[-_]?key|credential|authorization|session([-_]?(id|key))?$",
+    re.IGNORECASE,
+)
+_SECRET_EXACT_NAMES: Final = frozenset({"auth", "key", "sig", "signature", "code", "pwd", "otp", "pin"})
+_AUTH_SCHEME: Final = re.compile(rb"^([A-Za-z][A-Za-z0-9_-]*)\s+\S")
+# A JWT anywhere in free text: three base64url parts, the first two JSON objects ("eyJ" = '{"').
+_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_JWT_BYTES: Final = re.compile(rb"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_QUERY_PAIR: Final = re.compile(r"(?P<name>[^&=;]*)(?P<eq>=?)(?P<value>[^&;]*)")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a JSON field, form field or query parameter called ``name`` holds a credential."""
+    return name.lower() in _SECRET_EXACT_NAMES or _SECRET_NAME.search(name) is not None
+
+
+def is_secret_header(name: bytes) -> bool:
+    """Whether header ``name`` (any case) carries a credential."""
+    lowered = name.lower()
+    return lowered in _SECRET_HEADERS or is_secret_name(lowered.decode("latin-1"))
+
+
+def _redact_cookie_pairs(value: bytes, separator: bytes) -> bytes:
+    # Cookie names and attributes (Path, HttpOnly, Max-Age) help a reviewer and are not secret.
+    parts = []
+    for index, part in enumerate(value.split(separator)):
+        name, eq, _ = part.partition(b"=")
+        is_attribute = separator == b";" and index > 0 and _is_cookie_attribute(name.strip())
+        parts.append(part if is_attribute or not eq else name + b"=" + REDACTED.encode())
+    return separator.join(parts)
+
+
+_COOKIE_ATTRIBUTES: Final = frozenset(
+    {b"path", b"domain", b"expires", b"max-age", b"samesite", b"secure", b"httponly", b"partitioned", b"priority"}
+)
+
+
+def _is_cookie_attribute(name: bytes) -> bool:
+    return name.lower() in _COOKIE_ATTRIBUTES
+
+
+def redact_header_value(name: bytes, value: bytes) -> bytes:
+    """``value`` with its secret part replaced; the auth scheme and cookie names stay readable."""
+    lowered = name.lower()
+    if lowered == b"set-cookie":
+        return _redact_cookie_pairs(value, b";")
+    if lowered == b"cookie":
+        return b";".join(_redact_cookie_pairs(p, b";") for p in value.split(b";"))
+    if is_secret_header(name):
+        scheme = _AUTH_SCHEME.match(value) if lowered.endswith(b"authorization") else None
+        return (scheme.group(1) + b" " if scheme else b"") + REDACTED.encode()
+    return _JWT_BYTES.sub(b"[redacted jwt]", value)
+
+
+def redact_headers(headers: Headers) -> Headers:
+    """The same headers, in order and with duplicates, secret values replaced."""
+    return tuple((name, redact_header_value(name, value)) for name, value in headers)
+
+
+def redact_form(encoded: str) -> str:
+    """A query string or urlencoded form with secret parameters' values replaced, order kept."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("name")
+        if match.group("eq") and is_secret_name(name.replace("+", " ")):
+            return f"{name}={REDACTED}"
+        return match.group(0)
+
+    return redact_text(_QUERY_PAIR.sub(replace, encoded))
+
+
+def redact_target(target: str) -> str:
+    """A request target (``/path?query``) with credential query parameters blanked."""
+    path, question, query = target.partition("?")
+    return redact_text(path) + (question + redact_form(query) if question else "")
+
+
+def redact_text(text: str) -> str:
+    """Free text with embedded JWTs replaced (the one secret shape recognisable without context)."""
+    return _JWT.sub("[redacted jwt]", text)
+
+
+def redact_json(value: Any) -> tuple[Any, bool]:
+    """A copy of a parsed JSON value with secret-named fields' string values replaced; and whether any was.
+
+    Only strings are replaced: counters such as ``tokens_used: 12`` are not secrets and a reviewer
+    needs to see them change. Containers keep their shape so paths into them still resolve.
+    """
+    changed = False
+
+    def walk(node: Any) -> Any:
+        nonlocal changed
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for key, child in node.items():
+                if isinstance(child, str) and is_secret_name(key):
+                    out[key] = REDACTED
+                    changed = True
+                else:
+                    out[key] = walk(child)
+            return out
+        if isinstance(node, list):
+            return [walk(child) for child in node]
+        if isinstance(node, str):
+            redacted = redact_text(node)
+            if redacted != node:
+                changed = True
+            return redacted
+        return node
+
+    return walk(value), changed

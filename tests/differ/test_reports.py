@@ -1,0 +1,110 @@
+"""differ.reports: the public API, the shared ranking, and every writer producing its file."""
+
+from __future__ import annotations
+
+import io
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+import differ.reports
+from differ.report_model import DiffReport
+from differ.reports import (
+    render_terminal,
+    report_to_dict,
+    write_html,
+    write_json,
+    write_junit,
+    write_markdown,
+)
+from differ.reports._common import fmt_rate, parse_body_path, path_matches, ranked_endpoints, ranked_signatures
+from recorder.errors import ConfigError, ShadowtapError
+from tests.differ.report_fixtures import inconclusive_report, passing_report, rich_report
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(differ.reports.__all__) == [
+        "render_html",
+        "render_junit",
+        "render_markdown",
+        "render_terminal",
+        "report_to_dict",
+        "write_html",
+        "write_json",
+        "write_junit",
+        "write_markdown",
+    ]
+    for name in differ.reports.__all__:
+        assert callable(getattr(differ.reports, name))
+
+
+def test_endpoints_rank_by_severity_then_rate() -> None:
+    ranked = [e.endpoint for e in ranked_endpoints(rich_report())]
+    assert ranked[0] == "GET /users/{id}"  # critical, 12% beats critical at 0%
+    assert ranked[1].startswith("GET /orders/{id}/")
+    assert ranked[2] == "POST /orders"
+    assert ranked[3:5] == ["GET /img/{id}", "GET /search"]  # both medium: 25% before 8.3%
+    assert ranked[5:] == ["GET /recommendations", "GET /health"]  # nothing unsuppressed: by rate
+
+
+def test_signatures_rank_unsuppressed_first_then_severity_then_count() -> None:
+    users = rich_report().endpoints[0]
+    assert [s.id for s in ranked_signatures(users)] == [
+        "sig-status",
+        "sig-removed",
+        "sig-total",
+        "sig-updated",
+        "sig-reqid",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"),
+    [(None, "-"), (0.0, "0%"), (0.00001, "<0.01%"), (0.0003, "0.03%"), (0.083, "8.3%"), (0.125, "12%"), (1.0, "100%")],
+)
+def test_rates_read_well_at_every_magnitude(rate: float | None, text: str) -> None:
+    assert fmt_rate(rate) == text
+
+
+def test_body_paths_parse_dotted_indexed_folded_and_quoted_forms() -> None:
+    assert parse_body_path("body") == ()
+    assert parse_body_path("body.items[3].id") == ("items", 3, "id")
+    assert parse_body_path("body[0]") == (0,)
+    assert parse_body_path("body.items[*].price") == ("items", "*", "price")
+    assert parse_body_path('body["a.b"].c') == ("a.b", "c")
+    assert parse_body_path("status") is None
+    assert parse_body_path("header.date") is None
+    assert parse_body_path("body.items[") is None
+    assert path_matches(("items", "*", "price"), ("items", 4, "price"))
+    assert not path_matches(("items", "*", "price"), ("items", "x", "price"))
+    assert not path_matches(("items",), ("items", 0))
+
+
+@pytest.mark.parametrize("make", [rich_report, passing_report, inconclusive_report])
+def test_every_writer_produces_a_parseable_file(make: object, tmp_path: Path) -> None:
+    assert callable(make)
+    report: DiffReport = make()
+    write_json(report, tmp_path / "r.json")
+    write_html(report, tmp_path / "r.html")
+    write_markdown(report, tmp_path / "r.md")
+    write_junit(report, tmp_path / "r.xml")
+    assert json.loads((tmp_path / "r.json").read_text("utf-8")) == report_to_dict(report)
+    assert (tmp_path / "r.html").read_text("utf-8").startswith("<!doctype html>")
+    assert "shadowtap diff" in (tmp_path / "r.md").read_text("utf-8")
+    assert ET.parse(tmp_path / "r.xml").getroot().tag == "testsuites"
+    out = io.StringIO()
+    render_terminal(report, out)
+    assert report.verdict.reason in out.getvalue()
+    # Nothing but the four reports: the temporary files are renamed or removed.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r.json", "r.md", "r.xml"]
+
+
+def test_an_unwritable_path_is_one_clear_error_naming_it(tmp_path: Path) -> None:
+    target = tmp_path / "missing-dir" / "report.html"
+    with pytest.raises(ConfigError) as caught:
+        write_html(rich_report(), target)
+    assert isinstance(caught.value, ShadowtapError)
+    assert str(target) in str(caught.value)
+    assert "cannot write report" in str(caught.value)
