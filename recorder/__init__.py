@@ -12,6 +12,7 @@ from recorder.errors import (
     TapeWriteError,
     UpstreamError,
 )
+from recorder.merge import MergeResult, merge_tapes
 from recorder.model import (
     PRIMARY,
     REPLAY,
@@ -29,6 +30,17 @@ from recorder.model import (
     header_value,
     header_values,
 )
+from recorder.reader import (
+    SegmentReport,
+    SkippedRange,
+    TapeFilter,
+    TapeReader,
+    TapeReadReport,
+    TornTail,
+    tape_segments,
+)
+from recorder.redact import RedactionRules, Redactor
+from recorder.writer import SyncTapeWriter, TapeOptions, TapeWriter, TapeWriterStats
 
 __all__ = [
     "PRIMARY",
@@ -53,4 +65,20 @@ __all__ = [
     "exchange_to_wire",
     "header_value",
     "header_values",
+    # the tape
+    "MergeResult",
+    "RedactionRules",
+    "Redactor",
+    "SegmentReport",
+    "SkippedRange",
+    "SyncTapeWriter",
+    "TapeFilter",
+    "TapeOptions",
+    "TapeReadReport",
+    "TapeReader",
+    "TapeWriter",
+    "TapeWriterStats",
+    "TornTail",
+    "merge_tapes",
+    "tape_segments",
 ]

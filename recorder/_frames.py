@@ -1,0 +1,162 @@
+"""Tape bytes: the segment header, checksummed frames, zstd blocks and format-version migrations.
+
+Pure code over bytes (no files, no clock), shared by the writer and the reader; the byte layout is
+specified in docs/tape-format.md and this module is its reference implementation. It must never do
+I/O and never hand out a payload whose checksum has not been verified.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgpack
+
+from recorder.errors import TapeFormatError, TapeVersionError
+from recorder.model import Exchange, exchange_to_wire
+
+__all__ = [
+    "FLAG_ZSTD",
+    "FORMAT_VERSION",
+    "FRAME_HEADER",
+    "FRAME_HEADER_SIZE",
+    "FRAME_SYNC",
+    "KIND_EXCHANGE",
+    "KIND_ZSTD_BLOCK",
+    "MAGIC",
+    "MAX_BLOCK_DECOMPRESSED_BYTES",
+    "MAX_FRAME_BYTES",
+    "MIGRATIONS",
+    "SEGMENT_HEADER_SIZE",
+    "SEGMENT_SUFFIX",
+    "FrameEncoder",
+    "Migration",
+    "encode_frame",
+    "encode_segment_header",
+    "find_sync",
+    "frame_crc",
+    "migration_chain",
+    "parse_segment_header",
+]
+
+#: First 8 bytes of every segment. The high-bit byte catches 7-bit transports and the CR LF pair
+#: catches newline translation, as PNG's signature does.
+MAGIC: Final = b"\x89STAPE\r\n"
+#: The version this code writes. Readers refuse newer versions and migrate older ones.
+FORMAT_VERSION: Final = 1
+SEGMENT_SUFFIX: Final = ".stape"
+
+# magic, version u16, flags u16, crc32 of the 12 bytes before it.
+_SEGMENT_HEADER: Final = struct.Struct("<8sHHI")
+SEGMENT_HEADER_SIZE: Final = _SEGMENT_HEADER.size
+#: Segment flag bit 0: the writer stored its frames in zstd blocks (informational: readers decode
+#: frames by their kind, whatever the flags say). Other bits are reserved, written 0, ignored.
+FLAG_ZSTD: Final = 1
+
+#: Two bytes that open every frame, so a salvaging reader can find the next frame after corruption
+#: with a fast byte search. As a little-endian u16 it reads 0x1DF5.
+FRAME_SYNC: Final = 0x1DF5
+_FRAME_SYNC_BYTES: Final = b"\xf5\x1d"
+# sync u16, kind u8, payload length u32, crc32 u32 of the first 7 header bytes then the payload.
+FRAME_HEADER: Final = struct.Struct("<HBII")
+FRAME_HEADER_SIZE: Final = FRAME_HEADER.size
+_FRAME_PREFIX: Final = struct.Struct("<HBI")
+_CRC: Final = struct.Struct("<I")
+
+#: Payload is one msgpack-encoded Exchange record (the model's positional array).
+KIND_EXCHANGE: Final = 1
+#: Payload is one zstd frame whose content is a run of complete KIND_EXCHANGE frames.
+KIND_ZSTD_BLOCK: Final = 2
+#: A frame longer than this is treated as corruption: it bounds what a damaged length can make a
+#: reader allocate. Far above any block the writer makes (blocks are about 1 MiB).
+MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
+#: Same bound for a decompressed block, so a hostile zstd frame cannot balloon memory.
+MAX_BLOCK_DECOMPRESSED_BYTES: Final = 512 * 1024 * 1024
+
+Migration = Callable[[Any], Any]
+#: ``MIGRATIONS[n]`` turns one exchange record array of format version ``n`` into version ``n + 1``.
+#: Version 1 is the first; when version 2 arrives, its upgrade of v1 records goes here under key 1.
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def frame_crc(kind: int, payload: bytes | memoryview) -> int:
+    """The checksum stored in a frame header: crc32 over the first 7 header bytes then the payload."""
+    return zlib.crc32(payload, zlib.crc32(_FRAME_PREFIX.pack(FRAME_SYNC, kind, len(payload))))
+
+
+def encode_segment_header(flags: int = 0, version: int = FORMAT_VERSION) -> bytes:
+    head = _SEGMENT_HEADER.pack(MAGIC, version, flags, 0)[:12]
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def parse_segment_header(head: bytes, path: str) -> tuple[int, int]:
+    """(version, flags) of a 16-byte segment header; raises with ``path`` on any mismatch."""
+    if len(head) < SEGMENT_HEADER_SIZE:
+        raise TapeFormatError("segment header is incomplete", path=path, offset=len(head))
+    magic, version, flags, crc = _SEGMENT_HEADER.unpack_from(head)
+    if magic != MAGIC:
+        raise TapeFormatError("not a shadowtap tape segment (bad magic)", path=path, offset=0)
+    if zlib.crc32(head[:12]) != crc:
+        raise TapeFormatError("segment header checksum mismatch", path=path, offset=12)
+    if version > FORMAT_VERSION:
+        raise TapeVersionError(
+            f"written by a newer shadowtap (tape format v{version}); this one reads up to v{FORMAT_VERSION}: "
+            "upgrade shadowtap to read it",
+            path=path,
+            offset=8,
+        )
+    return version, flags
+
+
+def migration_chain(version: int, path: str) -> Migration | None:
+    """The function that upgrades a record of ``version`` to the current one; None when current."""
+    if version == FORMAT_VERSION:
+        return None
+    steps: list[Migration] = []
+    for from_version in range(version, FORMAT_VERSION):
+        step = MIGRATIONS.get(from_version)
+        if step is None:
+            raise TapeVersionError(
+                f"tape format v{version} is not readable by this shadowtap (no migration from v{from_version})",
+                path=path,
+                offset=8,
+            )
+        steps.append(step)
+
+    def migrate(record: Any) -> Any:
+        for step in steps:
+            record = step(record)
+        return record
+
+    return migrate
+
+
+class FrameEncoder:
+    """Turns exchanges into frame bytes. Holds a msgpack Packer, so one per thread."""
+
+    __slots__ = ("_pack",)
+
+    def __init__(self) -> None:
+        self._pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+    def exchange_parts(self, exchange: Exchange, out: list[bytes]) -> int:
+        """Append one KIND_EXCHANGE frame to ``out`` (as 3 parts for a later join); return its size."""
+        payload: bytes = self._pack(exchange_to_wire(exchange))
+        prefix = _FRAME_PREFIX.pack(FRAME_SYNC, KIND_EXCHANGE, len(payload))
+        out.append(prefix)
+        out.append(_CRC.pack(zlib.crc32(payload, zlib.crc32(prefix))))
+        out.append(payload)
+        return FRAME_HEADER_SIZE + len(payload)
+
+
+def encode_frame(kind: int, payload: bytes) -> bytes:
+    """One complete frame of ``kind`` around ``payload``."""
+    prefix = _FRAME_PREFIX.pack(FRAME_SYNC, kind, len(payload))
+    return prefix + _CRC.pack(zlib.crc32(payload, zlib.crc32(prefix))) + payload
+
+
+def find_sync(buf: bytes, start: int) -> int:
+    """Offset of the next frame sync marker in ``buf`` at or after ``start``, or -1."""
+    return buf.find(_FRAME_SYNC_BYTES, start)

@@ -1,0 +1,443 @@
+"""Reading tapes: streams exchanges from segment files, directories or globs, in order, with filters.
+
+A reader never loads a whole tape: it reads each segment in large chunks and decodes frame by frame.
+It returns every complete frame after a crash and reports the torn tail; a corrupt frame with data
+after it is a ``TapeFormatError`` naming the file and byte offset, unless ``salvage`` is on, when the
+reader skips to the next valid frame and reports the skipped range. It must never return a frame
+whose checksum failed, and never hang or crash on arbitrary bytes.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+import msgpack
+
+from recorder._frames import (
+    FRAME_HEADER,
+    FRAME_HEADER_SIZE,
+    FRAME_SYNC,
+    KIND_EXCHANGE,
+    KIND_ZSTD_BLOCK,
+    MAGIC,
+    MAX_BLOCK_DECOMPRESSED_BYTES,
+    MAX_FRAME_BYTES,
+    SEGMENT_HEADER_SIZE,
+    SEGMENT_SUFFIX,
+    Migration,
+    find_sync,
+    migration_chain,
+    parse_segment_header,
+)
+from recorder.errors import ConfigError, InputFormatError, TapeFormatError
+from recorder.model import Exchange, exchange_from_wire
+
+__all__ = [
+    "SegmentReport",
+    "SkippedRange",
+    "TapeFilter",
+    "TapeReadReport",
+    "TapeReader",
+    "TornTail",
+    "tape_segments",
+]
+
+#: Bytes read from a segment at a time: large reads keep the per-frame cost in Python, not syscalls.
+_CHUNK_BYTES: Final = 4 * 1024 * 1024
+_GLOB_CHARS: Final = frozenset("*?[")
+_unpack_header = FRAME_HEADER.unpack_from
+_PREFIX_BYTES: Final = 7  # the header bytes covered by the checksum (all but the checksum itself)
+_SYNC_BYTES: Final = FRAME_SYNC.to_bytes(2, "little")
+
+
+@dataclass(frozen=True, slots=True)
+class TapeFilter:
+    """Which exchanges to return: all conditions must hold (``None`` means "any").
+
+    ``since_ns``/``until_ns`` bound ``started_at_ns`` (inclusive, exclusive); ``methods`` are
+    compared upper-case; ``path_regex`` is searched in the request path (no query).
+    """
+
+    since_ns: int | None = None
+    until_ns: int | None = None
+    methods: frozenset[str] | None = None
+    path_regex: str | None = None
+    _compiled: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.methods is not None:
+            object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+        if self.since_ns is not None and self.until_ns is not None and self.until_ns <= self.since_ns:
+            raise ConfigError("must be later than since", field="filter.until")
+        if self.path_regex is not None:
+            try:
+                object.__setattr__(self, "_compiled", re.compile(self.path_regex))
+            except re.error as exc:
+                raise ConfigError(f"invalid regular expression: {exc}", field="filter.path_regex") from exc
+
+    def matches(self, ex: Exchange) -> bool:
+        if self.since_ns is not None and ex.started_at_ns < self.since_ns:
+            return False
+        if self.until_ns is not None and ex.started_at_ns >= self.until_ns:
+            return False
+        if self.methods is not None and ex.request.method.upper() not in self.methods:
+            return False
+        return self._compiled is None or self._compiled.search(ex.request.path) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TornTail:
+    """An incomplete last frame (a crash mid-write): ``length`` bytes from ``offset`` were ignored."""
+
+    offset: int
+    length: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedRange:
+    """Bytes a salvaging reader skipped over: ``length`` bytes from ``offset``."""
+
+    offset: int
+    length: int
+    reason: str
+
+
+@dataclass(slots=True)
+class SegmentReport:
+    path: str
+    version: int = 0
+    frames: int = 0
+    exchanges: int = 0
+    bytes: int = 0
+    torn_tail: TornTail | None = None
+    skipped: list[SkippedRange] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TapeReadReport:
+    """What a pass over a tape met; complete once iteration has finished."""
+
+    segments: list[SegmentReport] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        return sum(s.frames for s in self.segments)
+
+    @property
+    def exchanges(self) -> int:
+        return sum(s.exchanges for s in self.segments)
+
+    @property
+    def torn_tails(self) -> list[tuple[str, TornTail]]:
+        return [(s.path, s.torn_tail) for s in self.segments if s.torn_tail is not None]
+
+    @property
+    def skipped_ranges(self) -> list[tuple[str, SkippedRange]]:
+        return [(s.path, r) for s in self.segments for r in s.skipped]
+
+
+def tape_segments(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The segment files of a tape, in reading order.
+
+    Each path is a segment file, a directory (its ``*.stape`` files sorted by name, which sorts them
+    by start time) or a glob pattern (matches sorted, directories expanded).
+    """
+    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    out: list[Path] = []
+    for item in items:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir() if p.name.endswith(SEGMENT_SUFFIX) and p.is_file()))
+        elif path.is_file():
+            out.append(path)
+        elif _GLOB_CHARS & set(text):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise InputFormatError("no files match this pattern", path=text)
+            out.extend(tape_segments(matches))
+        else:
+            raise InputFormatError("no such tape file or directory", path=text)
+    return out
+
+
+class TapeReader:
+    """Iterates the exchanges of a tape in order; ``report`` describes the last (or current) pass."""
+
+    def __init__(
+        self,
+        paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        filter: TapeFilter | None = None,
+        salvage: bool = False,
+    ) -> None:
+        self.segments = tape_segments(paths)
+        self.filter = filter
+        self.salvage = salvage
+        self.report = TapeReadReport()
+
+    def __iter__(self) -> Iterator[Exchange]:
+        self.report = TapeReadReport()
+        matches = None if self.filter is None else self.filter.matches
+        for path in self.segments:
+            segment = SegmentReport(path=str(path))
+            self.report.segments.append(segment)
+            for ex in _SegmentReader(path, segment, self.salvage).exchanges():
+                if matches is None or matches(ex):
+                    yield ex
+
+
+class _SegmentReader:
+    """One pass over one segment file."""
+
+    def __init__(self, path: Path, report: SegmentReport, salvage: bool) -> None:
+        self.path = path
+        self.name = str(path)
+        self.report = report
+        self.salvage = salvage
+        self.migrate: Migration | None = None
+        self.decompressor: Any = None
+
+    def exchanges(self) -> Iterator[Exchange]:
+        try:
+            with open(self.path, "rb") as f:
+                yield from self._read(f)
+        except OSError as exc:
+            raise InputFormatError(f"cannot read tape segment: {exc.strerror or exc}", path=self.name) from exc
+
+    def _read(self, f: IO[bytes]) -> Iterator[Exchange]:
+        report = self.report
+        head = f.read(SEGMENT_HEADER_SIZE)
+        if len(head) < SEGMENT_HEADER_SIZE and MAGIC.startswith(head[: len(MAGIC)]):
+            # Created, then the writer died before the header was complete: an empty segment.
+            report.bytes = len(head)
+            report.torn_tail = TornTail(0, len(head), "segment header incomplete")
+            return
+        version, _flags = parse_segment_header(head, self.name)
+        report.version = version
+        self.migrate = migration_chain(version, self.name)
+        w = _Window(f, SEGMENT_HEADER_SIZE)
+        try:
+            while True:
+                # Fast path: whole, valid frames already in the buffer.
+                buf, pos, base = w.buf, w.pos, w.base
+                end_buf = len(buf)
+                while pos + FRAME_HEADER_SIZE <= end_buf:
+                    sync, kind, length, crc = _unpack_header(buf, pos)
+                    end = pos + FRAME_HEADER_SIZE + length
+                    if sync != FRAME_SYNC or end > end_buf:
+                        break
+                    view = memoryview(buf)
+                    payload = view[pos + FRAME_HEADER_SIZE : end]
+                    if zlib.crc32(payload, zlib.crc32(view[pos : pos + _PREFIX_BYTES])) != crc:
+                        break
+                    report.frames += 1
+                    if kind == KIND_EXCHANGE:
+                        ex = self._exchange(payload, base + pos)
+                        if ex is not None:
+                            report.exchanges += 1
+                            yield ex
+                    elif kind == KIND_ZSTD_BLOCK:
+                        yield from self._block(payload, base + pos)
+                    elif kind < 0x80:
+                        self._problem(
+                            base + pos, end - pos, f"unknown frame kind {kind} (written by a newer shadowtap?)"
+                        )
+                    # Kinds 0x80 and above are optional extensions, skipped by readers that do not know them.
+                    pos = end
+                w.pos = pos
+                if not self._slow(w):
+                    return
+        finally:
+            report.bytes = SEGMENT_HEADER_SIZE + w.consumed
+
+    def _slow(self, w: _Window) -> bool:
+        """The frame at ``w.pos`` is not whole in the buffer, or not valid. True: carry on reading."""
+        if not w.fill(FRAME_HEADER_SIZE):
+            rest = w.available
+            if rest == 0:
+                return False
+            if w.buf.count(0, w.pos) == rest:
+                return self._torn(w, "zero-filled tail")
+            if _SYNC_BYTES.startswith(w.buf[w.pos : w.pos + 2]):
+                return self._torn(w, "frame header incomplete")
+            return self._damage(w, "bad frame sync marker")
+        sync, _kind, length, crc = _unpack_header(w.buf, w.pos)
+        if sync != FRAME_SYNC:
+            return self._damage(w, "bad frame sync marker")
+        if length > MAX_FRAME_BYTES:
+            return self._damage(w, f"frame length {length} exceeds the {MAX_FRAME_BYTES} byte limit")
+        size = FRAME_HEADER_SIZE + length
+        if not w.fill(size):
+            if w.buf.count(0, w.pos) == w.available:
+                return self._torn(w, "zero-filled tail")
+            return self._torn(w, f"last frame incomplete ({w.available} of {size} bytes)")
+        if _frame_ok(w.buf, w.pos, size, crc):
+            return True
+        if not w.fill(size + 1):
+            return self._torn(w, "last frame checksum mismatch")
+        return self._damage(w, "frame checksum mismatch")
+
+    def _torn(self, w: _Window, reason: str) -> bool:
+        self.report.torn_tail = TornTail(w.base + w.pos, w.available, reason)
+        w.skip_rest()
+        return False
+
+    def _damage(self, w: _Window, reason: str) -> bool:
+        """Damage at ``w.pos``: a zero-filled rest is a torn tail, anything else is corruption."""
+        offset = w.base + w.pos
+        if w.rest_is_zero():
+            self.report.torn_tail = TornTail(offset, w.base + w.pos - offset, "zero-filled tail")
+            return False
+        if not self.salvage:
+            raise TapeFormatError(f"corrupt frame: {reason} (use --salvage to skip it)", path=self.name, offset=offset)
+        w.resync(skip_current=w.base + w.pos == offset)
+        self.report.skipped.append(SkippedRange(offset, w.base + w.pos - offset, reason))
+        return w.available > 0 or w.fill(1)
+
+    def _problem(self, offset: int, length: int, reason: str) -> None:
+        """A frame that passed its checksum but cannot be used: an error, or skipped when salvaging."""
+        if not self.salvage:
+            raise TapeFormatError(reason, path=self.name, offset=offset)
+        self.report.skipped.append(SkippedRange(offset, length, reason))
+
+    def _exchange(self, payload: memoryview, offset: int) -> Exchange | None:
+        try:
+            record = msgpack.unpackb(payload, raw=False, use_list=False)
+            if self.migrate is not None:
+                record = self.migrate(record)
+            return exchange_from_wire(record)
+        except TapeFormatError as exc:
+            reason = exc.message
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            reason = f"undecodable exchange record: {exc}"
+        self._problem(offset, FRAME_HEADER_SIZE + len(payload), reason)
+        return None
+
+    def _block(self, payload: memoryview, offset: int) -> Iterator[Exchange]:
+        if self.decompressor is None:
+            import zstandard
+
+            self.decompressor = zstandard.ZstdDecompressor()
+        try:
+            data = self.decompressor.decompress(payload, max_output_size=MAX_BLOCK_DECOMPRESSED_BYTES)
+        except Exception as exc:  # zstandard.ZstdError and friends; the checksum passed, so it's a bad writer
+            self._problem(offset, FRAME_HEADER_SIZE + len(payload), f"undecodable zstd block: {exc}")
+            return
+        inner = 0
+        exchanges: list[Exchange] = []
+        while inner < len(data):
+            if len(data) - inner < FRAME_HEADER_SIZE:
+                self._problem(offset, FRAME_HEADER_SIZE + len(payload), f"zstd block ends inside a frame at {inner}")
+                return
+            sync, kind, length, crc = _unpack_header(data, inner)
+            end = inner + FRAME_HEADER_SIZE + length
+            inner_payload = memoryview(data)[inner + FRAME_HEADER_SIZE : end]
+            if (
+                sync != FRAME_SYNC
+                or kind != KIND_EXCHANGE
+                or end > len(data)
+                or zlib.crc32(inner_payload, zlib.crc32(memoryview(data)[inner : inner + _PREFIX_BYTES])) != crc
+            ):
+                self._problem(offset, FRAME_HEADER_SIZE + len(payload), f"bad frame inside zstd block at {inner}")
+                return
+            ex = self._exchange(inner_payload, offset)
+            if ex is not None:
+                exchanges.append(ex)
+            inner = end
+        self.report.exchanges += len(exchanges)
+        yield from exchanges
+
+
+def _frame_ok(buf: bytes, pos: int, size: int, crc: int) -> bool:
+    view = memoryview(buf)
+    return zlib.crc32(view[pos + FRAME_HEADER_SIZE : pos + size], zlib.crc32(view[pos : pos + _PREFIX_BYTES])) == crc
+
+
+class _Window:
+    """A sliding buffer over a segment file: ``buf[pos:]`` is unread, ``base`` is buf[0]'s file offset."""
+
+    __slots__ = ("base", "buf", "consumed", "eof", "f", "pos")
+
+    def __init__(self, f: IO[bytes], base: int) -> None:
+        self.f = f
+        self.buf = b""
+        self.pos = 0
+        self.base = base
+        self.consumed = 0
+        self.eof = False
+
+    @property
+    def available(self) -> int:
+        return len(self.buf) - self.pos
+
+    def fill(self, n: int) -> bool:
+        """Make ``n`` bytes available from ``pos``; False when the file ends first."""
+        while len(self.buf) - self.pos < n:
+            if self.eof:
+                return False
+            chunk = self.f.read(max(_CHUNK_BYTES, n - (len(self.buf) - self.pos)))
+            if not chunk:
+                self.eof = True
+                return False
+            self.consumed += len(chunk)
+            self.base += self.pos
+            self.buf = self.buf[self.pos :] + chunk
+            self.pos = 0
+        return True
+
+    def skip_rest(self) -> None:
+        while self.fill(1):
+            self.base += len(self.buf)
+            self.buf, self.pos = b"", 0
+
+    def rest_is_zero(self) -> bool:
+        """True when everything from ``pos`` to the end of file is zero bytes (consumed on the way).
+
+        Otherwise ``pos`` stops at the first chunk holding a non-zero byte, zero chunks dropped.
+        """
+        while self.available or self.fill(1):
+            if self.buf.count(0, self.pos) != self.available:
+                return False
+            self.base += len(self.buf)
+            self.buf, self.pos = b"", 0
+        return True
+
+    def resync(self, *, skip_current: bool) -> None:
+        """Move ``pos`` to the next whole frame with a valid checksum (or the end of the file).
+
+        A frame cut short by the end of the file also stops the search: the reader reports it as
+        the torn tail.
+        """
+        search = self.pos + 1 if skip_current else self.pos
+        while True:
+            found = find_sync(self.buf, search)
+            if found < 0:
+                # Keep the last byte: a sync marker may straddle the chunk boundary.
+                self.pos = max(self.pos, len(self.buf) - 1)
+                if not self.fill(self.available + 1):
+                    self.pos = len(self.buf)
+                    return
+                search = self.pos
+                continue
+            self.pos = found
+            if not self.fill(FRAME_HEADER_SIZE):
+                return
+            _sync, _kind, length, crc = _unpack_header(self.buf, self.pos)
+            if length <= MAX_FRAME_BYTES:
+                size = FRAME_HEADER_SIZE + length
+                if not self.fill(size) or _frame_ok(self.buf, self.pos, size, crc):
+                    return
+            search = self.pos + 1
+
+
+def read_all(paths: Iterable[str | os.PathLike[str]]) -> list[Exchange]:
+    """Every exchange of a (small) tape as a list: for tests and tools, never for big tapes."""
+    return list(TapeReader(list(paths)))

@@ -1,0 +1,142 @@
+"""The tape writers: SyncTapeWriter and the asyncio TapeWriter (bounded queue, background thread)."""
+
+from __future__ import annotations
+
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from recorder import ConfigError, SyncTapeWriter, TapeOptions, TapeReader, TapeWriteError, TapeWriter
+from tests.recorder.tape_samples import make_exchange
+
+PLAIN = TapeOptions(redaction=None, fsync="none")
+
+
+def segment_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.stape"))
+
+
+def test_sync_writer_round_trips_in_order(tmp_path: Path) -> None:
+    exchanges = [make_exchange(i) for i in range(50)]
+    with SyncTapeWriter(tmp_path / "tape", PLAIN) as writer:
+        assert writer.write_many(exchanges) == 50
+    assert list(TapeReader(tmp_path / "tape")) == exchanges
+    assert writer.stats.written == 50
+
+
+def test_segments_are_private_files(tmp_path: Path) -> None:
+    with SyncTapeWriter(tmp_path / "tape", TapeOptions()) as writer:
+        writer.write(make_exchange(1))
+    files = list((tmp_path / "tape").iterdir())
+    assert {f.suffix for f in files} == {".stape", ".key"}
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+
+def test_rotation_by_size_keeps_every_exchange_in_order(tmp_path: Path) -> None:
+    exchanges = [make_exchange(i, body=b"x" * 2000) for i in range(40)]
+    options = TapeOptions(redaction=None, max_segment_bytes=8192, block_bytes=4096, fsync="none")
+    with SyncTapeWriter(tmp_path, options) as writer:
+        writer.write_many(exchanges)
+    segments = segment_files(tmp_path)
+    assert len(segments) >= 10
+    assert all(s.stat().st_size <= 8192 for s in segments)
+    assert list(TapeReader(tmp_path)) == exchanges
+
+
+def test_rotation_by_age(tmp_path: Path) -> None:
+    options = TapeOptions(redaction=None, max_segment_age_s=0.05, fsync="every")
+    with SyncTapeWriter(tmp_path, options) as writer:
+        writer.write(make_exchange(1))
+        writer.write(make_exchange(2))
+        time.sleep(0.06)
+        writer.write(make_exchange(3))
+    assert len(segment_files(tmp_path)) == 2
+    assert [e.id for e in TapeReader(tmp_path)] == ["ex-000001", "ex-000002", "ex-000003"]
+
+
+def test_zstd_blocks_are_smaller_and_read_back(tmp_path: Path) -> None:
+    exchanges = [make_exchange(i, body=b'{"name":"alice","items":[1,2,3]}' * 30) for i in range(200)]
+    with SyncTapeWriter(tmp_path / "plain", PLAIN) as writer:
+        writer.write_many(exchanges)
+    with SyncTapeWriter(tmp_path / "zstd", TapeOptions(redaction=None, compression="zstd", fsync="none")) as writer:
+        writer.write_many(exchanges)
+    plain_size = sum(s.stat().st_size for s in segment_files(tmp_path / "plain"))
+    zstd_size = sum(s.stat().st_size for s in segment_files(tmp_path / "zstd"))
+    assert zstd_size * 5 < plain_size
+    assert list(TapeReader(tmp_path / "zstd")) == exchanges
+
+
+def test_closed_sync_writer_refuses(tmp_path: Path) -> None:
+    writer = SyncTapeWriter(tmp_path, PLAIN)
+    writer.close()
+    with pytest.raises(TapeWriteError, match="closed"):
+        writer.write(make_exchange(1))
+
+
+def test_a_file_where_the_directory_should_be_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(TapeWriteError) as info:
+        SyncTapeWriter(tmp_path / "file", PLAIN)
+    assert str(tmp_path / "file") in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"compression": "lz4"}, "tape.compression"),
+        ({"fsync": "sometimes"}, "tape.fsync"),
+        ({"queue_size": 0}, "tape.queue_size"),
+        ({"max_segment_bytes": 10}, "tape.max_segment_bytes"),
+        ({"max_segment_age_s": 0}, "tape.max_segment_age_s"),
+        ({"fsync_interval_s": -1.0}, "tape.fsync_interval_s"),
+        ({"zstd_level": 99}, "tape.zstd_level"),
+    ],
+)
+def test_options_are_validated_naming_the_key(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        TapeOptions(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+async def test_async_writer_writes_everything_submitted(tmp_path: Path) -> None:
+    writer = TapeWriter(tmp_path, TapeOptions(redaction=None, fsync="interval", fsync_interval_s=0.01))
+    await writer.start()
+    exchanges = [make_exchange(i) for i in range(500)]
+    assert all(writer.submit(e) for e in exchanges)
+    await writer.close()
+    stats = writer.stats
+    assert (stats.written, stats.dropped_queue_full, stats.write_errors, stats.queue_depth) == (500, 0, 0, 0)
+    assert stats.bytes_written == sum(s.stat().st_size for s in segment_files(tmp_path))
+    assert list(TapeReader(tmp_path)) == exchanges
+
+
+async def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
+    writer = TapeWriter(tmp_path, TapeOptions(redaction=None, queue_size=10))
+    # Not started yet: nothing drains, so the bound is exact.
+    results = [writer.submit(make_exchange(i)) for i in range(25)]
+    assert results == [True] * 10 + [False] * 15
+    assert writer.stats.dropped_queue_full == 15
+    assert writer.stats.queue_depth == 10
+    await writer.start()
+    await writer.close()
+    assert writer.stats.written == 10
+    assert not writer.submit(make_exchange(99))
+    assert writer.stats.dropped_closed == 1
+    assert [e.id for e in TapeReader(tmp_path)] == [f"ex-{i:06d}" for i in range(10)]
+
+
+async def test_unencodable_exchange_is_counted_not_raised(tmp_path: Path) -> None:
+    writer = TapeWriter(tmp_path, TapeOptions(redaction=None))
+    await writer.start()
+    bad = make_exchange(1)
+    object.__setattr__(bad, "tags", {"x": object()})
+    assert writer.submit(make_exchange(0))
+    assert writer.submit(bad)
+    assert writer.submit(make_exchange(2))
+    await writer.close()
+    assert writer.stats.encode_errors == 1
+    assert writer.stats.written == 2
+    assert [e.id for e in TapeReader(tmp_path)] == ["ex-000000", "ex-000002"]
