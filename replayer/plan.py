@@ -13,7 +13,8 @@ What it holds in memory, and the bound:
 - nothing else: requests stream through in recorded order.
 
 Slots are nanoseconds relative to the replay's t0. Inside a session the runner sends a request at
-``max(slot, previous done + gap_ns)`` (DESIGN.md), so ``gap_ns`` is the recorded gap over speed.
+``max(slot, previous done + gap_ns)`` (DESIGN.md); ``gap_ns`` is the recorded think time over speed:
+from the previous response's recorded end (its start when no timing was recorded) to this start.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, quote, urlencode
 
 from recorder.errors import ConfigError
-from recorder.model import Exchange, Headers
+from recorder.model import PRIMARY, Exchange, Headers
 
 __all__ = [
     "SAFE_METHODS",
@@ -553,7 +554,7 @@ def _base_stream(
     sample_bound = int(filters.sample_percent / 100.0 * 2**64)
     tape_start_ns: int | None = None
     first_kept_ns: int | None = None
-    # Per session key: previous recorded start and the next sequence number (see the module doc).
+    # Per session key: previous recorded end (or start) and the next sequence number (module doc).
     sessions: dict[str, tuple[int, int]] = {}
     for ex in exchanges:
         stats.read += 1
@@ -593,7 +594,11 @@ def _base_stream(
         gap_ns = 0
         if previous is not None and speed > 0.0 and options.scaling.rate_per_s is None:
             gap_ns = max(0, int((ex.started_at_ns - previous[0]) / speed))
-        sessions[key] = (ex.started_at_ns, seq + 1)
+        # The gap is think time: from the previous response's end (when recorded) to this start,
+        # so a slow replayed response delays the session once, not once per later request.
+        timing = ex.timings.get(PRIMARY)
+        done_ns = None if timing is None else timing.done_ns
+        sessions[key] = (ex.started_at_ns + (done_ns or 0), seq + 1)
         slot_ns = 0 if speed == 0.0 else int((ex.started_at_ns - first_kept_ns) / speed)
         target, headers, body = rewrites.apply(ex, 0, iteration)
         session = key if iteration == 0 else f"{key}#c0i{iteration}"

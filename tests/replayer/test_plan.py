@@ -231,3 +231,14 @@ def test_scaling_errors_name_the_flag() -> None:
         Scaling(clones=0)
     with pytest.raises(ConfigError, match="sample-percent"):
         Filters(sample_percent=101)
+
+
+def test_gap_is_think_time_after_the_recorded_response() -> None:
+    from recorder import PRIMARY, Timing
+
+    recorded = ex(0, 0, session="a")
+    first = Exchange(
+        recorded.id, recorded.started_at_ns, recorded.request, session="a", timings={PRIMARY: Timing(0, 0, 80 * MS)}
+    )
+    out = plan([first, ex(1, 100, session="a")])
+    assert out[1].gap_ns == 20 * MS and out[1].slot_ns == 100 * MS

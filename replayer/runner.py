@@ -1,0 +1,393 @@
+"""The replay runner: carries out a plan on an absolute monotonic schedule, open loop.
+
+Request ``r`` of a plan is due at ``t0 + r.slot_ns``; inside a session it waits for the previous
+request and then ``gap_ns`` more, so it goes at ``max(slot, previous done + gap)``. Sessions start
+on schedule however many are in flight (open loop); an optional in-flight cap holds requests back
+and counts them, and the time they waited shows in the corrected histogram, never hidden.
+
+The plan is pulled in batches on a worker thread (it reads tapes from disk) a short lookahead
+ahead of the schedule, into bounded per-session queues. This module must never sleep for a
+relative interval (every wait is computed from an absolute deadline), never block the loop, and
+never let a failed request or a broken results sink stop the replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from recorder.errors import ConfigError, ShadowtapError
+from recorder.model import PRIMARY, REPLAY, Exchange, Outcome, Response, Timing
+from replayer.plan import PlannedRequest
+from replayer.stats import ReplayStats
+from replayer.transport import Transport, error_class
+
+__all__ = ["Progress", "ReplayOutcome", "ResultSink", "RunnerSettings", "replay", "sleep_until"]
+
+# Below this much time to a deadline the runner yields instead of arming a timer: uvloop timers
+# have millisecond resolution and would make every request up to a millisecond late.
+_SPIN_NS: Final = 1_500_000
+# A session idle this long forgets when its last request finished (see RunnerSettings).
+_SESSION_MEMORY_NS: Final = 60_000_000_000
+
+
+async def sleep_until(deadline_ns: int) -> None:
+    """Wait until ``time.monotonic_ns()`` reaches ``deadline_ns`` (an absolute deadline)."""
+    while True:
+        remaining_ns = deadline_ns - time.monotonic_ns()
+        if remaining_ns <= 0:
+            return
+        if remaining_ns <= _SPIN_NS:
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep((remaining_ns - _SPIN_NS) / 1e9)
+
+
+class ResultSink(Protocol):
+    """Where replayed exchanges go (a ``recorder.TapeWriter``): never blocks, False when dropped."""
+
+    def submit(self, exchange: Exchange) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    """How the runner paces itself.
+
+    ``max_in_flight``: cap on concurrent requests (None: only the client's connection limit).
+    ``lookahead_s``: how long before its slot a request is pulled from the plan into its session.
+    ``max_pending``: bound on requests pulled but not finished, so ``--speed 0`` or a stalled
+    target cannot pull a whole tape into memory (the schedule then waits: it shows as start lag).
+    ``batch_size``: requests pulled from the plan per trip to the reader thread.
+    ``progress_interval_s``: how often the progress callback runs.
+    """
+
+    max_in_flight: int | None = None
+    lookahead_s: float = 0.25
+    max_pending: int = 50_000
+    batch_size: int = 256
+    progress_interval_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ConfigError(f"must be >= 1, got {self.max_in_flight}", field="max-in-flight")
+        if self.lookahead_s < 0:
+            raise ConfigError(f"must be >= 0, got {self.lookahead_s}", field="lookahead")
+        if self.max_pending < 1:
+            raise ConfigError(f"must be >= 1, got {self.max_pending}", field="max-pending")
+        if self.batch_size < 1:
+            raise ConfigError(f"must be >= 1, got {self.batch_size}", field="batch-size")
+        if self.progress_interval_s <= 0:
+            raise ConfigError(f"must be > 0, got {self.progress_interval_s}", field="progress-interval")
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A live snapshot for the progress display."""
+
+    elapsed_s: float
+    planned: int
+    done: int
+    errors: int
+    in_flight: int
+    rate_per_s: float
+    p99_ms: float
+    held_back: int
+
+
+@dataclass(slots=True)
+class ReplayOutcome:
+    """What a replay did: its stats, the results sink's counts, and the error that cut it short."""
+
+    stats: ReplayStats
+    planned: int = 0
+    results_submitted: int = 0
+    results_dropped: int = 0
+    error: ShadowtapError | None = None
+    stopped: bool = False
+
+
+@dataclass(slots=True)
+class _Session:
+    queue: deque[PlannedRequest] = field(default_factory=deque)
+    last_done_ns: int | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class _BatchReader:
+    """Pulls batches from the plan on a worker thread; a plan error is raised after the requests
+    read before it have been handed out, so they are still replayed and recorded."""
+
+    def __init__(self, iterator: Iterator[PlannedRequest], batch_size: int) -> None:
+        self._iterator = iterator
+        self._batch_size = batch_size
+        self._error: ShadowtapError | None = None
+
+    def take(self) -> list[PlannedRequest]:
+        if self._error is not None:
+            raise self._error
+        batch: list[PlannedRequest] = []
+        try:
+            for request in self._iterator:
+                batch.append(request)
+                if len(batch) >= self._batch_size:
+                    break
+        except ShadowtapError as exc:
+            self._error = exc
+            if not batch:
+                raise
+        return batch
+
+
+class _Runner:
+    def __init__(
+        self,
+        transport: Transport,
+        t0_ns: int,
+        settings: RunnerSettings,
+        results: ResultSink | None,
+        progress: Callable[[Progress], None] | None,
+        stop: asyncio.Event | None,
+    ) -> None:
+        self.transport = transport
+        self.t0_ns = t0_ns
+        self.settings = settings
+        self.results = results
+        self.progress = progress
+        self.stop = stop
+        self.stats = ReplayStats()
+        self.outcome = ReplayOutcome(self.stats)
+        self.sessions: dict[str, _Session] = {}
+        # Idle sessions in the order they went idle, so forgetting old ones is a pop from the front.
+        self.idle: OrderedDict[str, int] = OrderedDict()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.cap = None if settings.max_in_flight is None else asyncio.Semaphore(settings.max_in_flight)
+        self.pending = 0
+        self.in_flight = 0
+        self.space = asyncio.Event()
+        # Wall clock minus monotonic, once: results carry wall times without a syscall each.
+        self.wall_offset_ns = time.time_ns() - time.monotonic_ns()
+
+    async def run(self, plan: Iterable[PlannedRequest]) -> ReplayOutcome:
+        ticker = asyncio.create_task(self._tick())
+        try:
+            await self._dispatch(iter(plan))
+        except ShadowtapError as exc:
+            # A tape went bad mid-replay: finish what is in flight so its results are kept.
+            self.outcome.error = exc
+        finally:
+            while self.tasks:
+                await asyncio.gather(*list(self.tasks))
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            self._report_progress()
+        return self.outcome
+
+    async def _dispatch(self, iterator: Iterator[PlannedRequest]) -> None:
+        lookahead_ns = int(self.settings.lookahead_s * 1e9)
+        reader = _BatchReader(iterator, self.settings.batch_size)
+        fetch = asyncio.ensure_future(asyncio.to_thread(reader.take))
+        try:
+            while True:
+                batch = await fetch
+                if not batch:
+                    return
+                # Read the next batch while this one is handed out.
+                fetch = asyncio.ensure_future(asyncio.to_thread(reader.take))
+                for request in batch:
+                    if self.stop is not None and self.stop.is_set():
+                        self.outcome.stopped = True
+                        return
+                    feed_at_ns = self.t0_ns + request.slot_ns - lookahead_ns
+                    if feed_at_ns > time.monotonic_ns():
+                        await sleep_until(feed_at_ns)
+                    while self.pending >= self.settings.max_pending:
+                        self.space.clear()
+                        await self.space.wait()
+                    self._hand_out(request)
+        finally:
+            # Stopped early: let the reader thread finish its batch rather than leave it running.
+            if not fetch.done():
+                await asyncio.gather(fetch, return_exceptions=True)
+
+    def _hand_out(self, request: PlannedRequest) -> None:
+        self.outcome.planned += 1
+        self.stats.record_planned(request.slot_ns)
+        session = self.sessions.get(request.session)
+        if session is None:
+            session = self.sessions[request.session] = _Session()
+        else:
+            self.idle.pop(request.session, None)
+        session.queue.append(request)
+        self.pending += 1
+        if session.task is None:
+            task = asyncio.create_task(self._run_session(request.session, session))
+            session.task = task
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _run_session(self, key: str, session: _Session) -> None:
+        try:
+            while session.queue:
+                request = session.queue[0]
+                due_ns = self.t0_ns + request.slot_ns
+                if session.last_done_ns is not None:
+                    due_ns = max(due_ns, session.last_done_ns + request.gap_ns)
+                if due_ns > time.monotonic_ns():
+                    await sleep_until(due_ns)
+                session.last_done_ns = await self._send(request, due_ns)
+                session.queue.popleft()
+                self.pending -= 1
+                self.space.set()
+        finally:
+            session.task = None
+            if key.startswith("exchange="):
+                # A session of one exchange never gets another request.
+                del self.sessions[key]
+            else:
+                self.idle[key] = time.monotonic_ns()
+
+    async def _send(self, request: PlannedRequest, due_ns: int) -> int:
+        released_ns = time.monotonic_ns()
+        if self.cap is not None:
+            if self.cap.locked():
+                await self.cap.acquire()
+                self.stats.record_held_back(time.monotonic_ns() - released_ns)
+            else:
+                await self.cap.acquire()
+        self.in_flight += 1
+        sent_ns = time.monotonic_ns()
+        try:
+            result = await self.transport.send(request.method, request.target, request.headers, request.body)
+        finally:
+            self.in_flight -= 1
+            if self.cap is not None:
+                self.cap.release()
+        done_ns = time.monotonic_ns()
+        outcome = result.outcome
+        self.stats.record_done(
+            request.endpoint,
+            t0_ns=self.t0_ns,
+            due_ns=due_ns,
+            released_ns=released_ns,
+            sent_ns=sent_ns,
+            done_ns=done_ns,
+            status=outcome.status if isinstance(outcome, Response) else None,
+            error=error_class(outcome),
+        )
+        if self.results is not None:
+            self._submit_result(request, due_ns, sent_ns, result.first_byte_ns, done_ns, outcome)
+        return done_ns
+
+    def _submit_result(
+        self,
+        request: PlannedRequest,
+        due_ns: int,
+        sent_ns: int,
+        first_byte_ns: int | None,
+        done_ns: int,
+        outcome: Outcome,
+    ) -> None:
+        assert self.results is not None
+        source = request.source
+        first_byte = None if first_byte_ns is None else first_byte_ns - due_ns
+        timings = {REPLAY: Timing(sent_ns - due_ns, first_byte, done_ns - due_ns)}
+        recorded_timing = source.timings.get(PRIMARY)
+        if recorded_timing is not None:
+            timings[PRIMARY] = recorded_timing
+        exchange = Exchange(
+            id=request.replay_id,
+            started_at_ns=due_ns + self.wall_offset_ns,
+            started_mono_ns=due_ns,
+            request=source.request,
+            primary=source.primary,
+            shadows={REPLAY: outcome},
+            timings=timings,
+            session=request.session,
+            connection_id=source.connection_id,
+            client_addr=source.client_addr,
+            tags={
+                **source.tags,
+                "source": "replay",
+                "recorded_id": source.id,
+                "recorded_at_ns": str(source.started_at_ns),
+                "replay_target": request.target,
+                "replay_clone": str(request.clone),
+                "replay_iteration": str(request.iteration),
+            },
+        )
+        if self.results.submit(exchange):
+            self.outcome.results_submitted += 1
+        else:
+            self.outcome.results_dropped += 1
+
+    async def _tick(self) -> None:
+        interval_ns = int(self.settings.progress_interval_s * 1e9)
+        next_ns = time.monotonic_ns() + interval_ns
+        while True:
+            await sleep_until(next_ns)
+            next_ns += interval_ns
+            self._forget_idle_sessions()
+            self._report_progress()
+
+    def _forget_idle_sessions(self) -> None:
+        horizon_ns = time.monotonic_ns() - _SESSION_MEMORY_NS
+        while self.idle:
+            key, idle_since_ns = next(iter(self.idle.items()))
+            if idle_since_ns > horizon_ns:
+                return
+            del self.idle[key]
+            session = self.sessions.get(key)
+            if session is not None and session.task is None and not session.queue:
+                del self.sessions[key]
+
+    def _report_progress(self) -> None:
+        if self.progress is None:
+            return
+        overall = self.stats.overall
+        now_ns = time.monotonic_ns()
+        elapsed_s = max(0.0, (now_ns - self.t0_ns) / 1e9)
+        window = self.stats.timeline[-3:-1] if len(self.stats.timeline) > 2 else self.stats.timeline
+        recent = sum(row[2] + row[3] for row in window) / max(1, len(window))
+        self.progress(
+            Progress(
+                elapsed_s=elapsed_s,
+                planned=self.outcome.planned,
+                done=overall.requests,
+                errors=overall.error_count,
+                in_flight=self.in_flight,
+                rate_per_s=float(recent),
+                p99_ms=overall.percentile_ms("corrected", 99.0),
+                held_back=self.stats.held_back,
+            )
+        )
+
+
+async def replay(
+    plan: Iterable[PlannedRequest],
+    transport: Transport,
+    *,
+    t0_ns: int | None = None,
+    settings: RunnerSettings | None = None,
+    results: ResultSink | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> ReplayOutcome:
+    """Replay ``plan`` through ``transport``. ``t0_ns`` is a ``time.monotonic_ns()`` value (shared by
+    worker processes: CLOCK_MONOTONIC is system-wide on Linux); default: now.
+
+    A ``ShadowtapError`` from the plan (a corrupt tape) ends dispatching; requests in flight finish,
+    and the error is returned in the outcome so partial results can still be written.
+    """
+    runner = _Runner(
+        transport,
+        time.monotonic_ns() if t0_ns is None else t0_ns,
+        settings or RunnerSettings(),
+        results,
+        progress,
+        stop,
+    )
+    return await runner.run(plan)

@@ -1,0 +1,240 @@
+"""Replay latency statistics: three HdrHistograms per endpoint and overall, errors and a timeline.
+
+Service time (sent -> done), response time from the intended send (due -> done: corrected for
+coordinated omission, so a stall shows up for every request that waited behind it) and start lag
+(due -> released by the scheduler: the replayer's own health). Errors are classified as connect,
+timeout, reset, 5xx and other. A per-second timeline (planned, sent, ok, errors) feeds the HTML
+report. Everything encodes to plain data (histograms as HdrHistogram's base64 encoding) so worker
+processes and Locust workers ship it to one place and ``merge`` adds it up.
+
+Pure code, no asyncio and no I/O: the locustfile uses it under gevent. It must never record a
+negative or unbounded value (clamped into the histogram range) and never lose a count when merging.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from hdrh.histogram import HdrHistogram
+
+__all__ = [
+    "ERROR_CLASSES",
+    "HISTOGRAMS",
+    "EndpointStats",
+    "ReplayStats",
+    "Summary",
+]
+
+#: Histogram unit: microseconds, 1 us .. 1 h at 3 significant digits (about 30 KiB each).
+_LOWEST_US: Final = 1
+_HIGHEST_US: Final = 3_600_000_000
+_DIGITS: Final = 3
+_NS_PER_US: Final = 1_000
+#: The timeline keeps at most this many one-second buckets (a day); later seconds fold into the last.
+_MAX_TIMELINE_S: Final = 86_400
+
+HISTOGRAMS: Final = ("service", "corrected", "start_lag")
+ERROR_CLASSES: Final = ("connect", "timeout", "reset", "5xx", "other")
+PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9, 100.0)
+
+
+def _histogram() -> HdrHistogram:
+    return HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+
+
+def _record(hist: HdrHistogram, value_ns: int) -> None:
+    hist.record_value(min(_HIGHEST_US, max(_LOWEST_US, value_ns // _NS_PER_US)))
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    """The three histograms and the outcome counts of one endpoint (or of all of them)."""
+
+    service: HdrHistogram = field(default_factory=_histogram)
+    corrected: HdrHistogram = field(default_factory=_histogram)
+    start_lag: HdrHistogram = field(default_factory=_histogram)
+    requests: int = 0
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
+
+    def histogram(self, name: str) -> HdrHistogram:
+        return {"service": self.service, "corrected": self.corrected, "start_lag": self.start_lag}[name]
+
+    def percentile_ms(self, name: str, percentile: float) -> float:
+        hist = self.histogram(name)
+        if hist.get_total_count() == 0:
+            return 0.0
+        return float(hist.get_value_at_percentile(percentile)) / 1000.0
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def add(self, other: EndpointStats) -> None:
+        self.service.add(other.service)
+        self.corrected.add(other.corrected)
+        self.start_lag.add(other.start_lag)
+        self.requests += other.requests
+        self.ok += other.ok
+        self.errors.update(other.errors)
+        self.statuses.update(other.statuses)
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "service": self.service.encode().decode("ascii"),
+            "corrected": self.corrected.encode().decode("ascii"),
+            "start_lag": self.start_lag.encode().decode("ascii"),
+            "requests": self.requests,
+            "ok": self.ok,
+            "errors": dict(self.errors),
+            "statuses": {str(k): v for k, v in self.statuses.items()},
+        }
+
+    @classmethod
+    def decode(cls, data: dict[str, Any]) -> EndpointStats:
+        out = cls()
+        for name in HISTOGRAMS:
+            out.histogram(name).decode_and_add(data[name].encode("ascii"))
+        out.requests = int(data["requests"])
+        out.ok = int(data["ok"])
+        out.errors.update({str(k): int(v) for k, v in data["errors"].items()})
+        out.statuses.update({int(k): int(v) for k, v in data["statuses"].items()})
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The figures the summary table, the JSON results and the SLO gates read."""
+
+    requests: int
+    ok: int
+    errors: dict[str, int]
+    error_rate: float
+    held_back: int
+    achieved_rate_per_s: float
+    elapsed_s: float
+    percentiles_ms: dict[str, dict[str, float]]
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    """Everything one replay measured. ``record_*`` is called once per request by the runner."""
+
+    overall: EndpointStats = field(default_factory=EndpointStats)
+    endpoints: dict[str, EndpointStats] = field(default_factory=dict)
+    #: Requests that waited for the in-flight cap (their wait is in the corrected histogram).
+    held_back: int = 0
+    held_back_ns: int = 0
+    #: Per second since t0: [planned, sent, ok, errors].
+    timeline: list[list[int]] = field(default_factory=list)
+    first_sent_ns: int | None = None
+    last_done_ns: int | None = None
+
+    def _second(self, offset_ns: int) -> list[int]:
+        index = min(_MAX_TIMELINE_S - 1, max(0, offset_ns // 1_000_000_000))
+        while len(self.timeline) <= index:
+            self.timeline.append([0, 0, 0, 0])
+        return self.timeline[index]
+
+    def record_planned(self, slot_ns: int) -> None:
+        self._second(slot_ns)[0] += 1
+
+    def record_done(
+        self,
+        endpoint: str,
+        *,
+        t0_ns: int,
+        due_ns: int,
+        released_ns: int,
+        sent_ns: int,
+        done_ns: int,
+        status: int | None,
+        error: str | None,
+    ) -> None:
+        """One finished request. ``error`` is an ``ERROR_CLASSES`` name for a failure (``status`` None)."""
+        per = self.endpoints.get(endpoint)
+        if per is None:
+            per = self.endpoints[endpoint] = EndpointStats()
+        if status is not None and status >= 500:
+            error = "5xx"
+        for target in (self.overall, per):
+            _record(target.service, done_ns - sent_ns)
+            _record(target.corrected, done_ns - due_ns)
+            _record(target.start_lag, released_ns - due_ns)
+            target.requests += 1
+            if status is not None:
+                target.statuses[status] += 1
+            if error is None:
+                target.ok += 1
+            else:
+                target.errors[error] += 1
+        self._second(sent_ns - t0_ns)[1] += 1
+        self._second(done_ns - t0_ns)[2 if error is None else 3] += 1
+        if self.first_sent_ns is None or sent_ns < self.first_sent_ns:
+            self.first_sent_ns = sent_ns
+        if self.last_done_ns is None or done_ns > self.last_done_ns:
+            self.last_done_ns = done_ns
+
+    def record_held_back(self, waited_ns: int) -> None:
+        self.held_back += 1
+        self.held_back_ns += waited_ns
+
+    def merge(self, other: ReplayStats) -> None:
+        """Add ``other`` (another worker's stats against the same t0) into this one."""
+        self.overall.add(other.overall)
+        for name, per in other.endpoints.items():
+            self.endpoints.setdefault(name, EndpointStats()).add(per)
+        self.held_back += other.held_back
+        self.held_back_ns += other.held_back_ns
+        for i, row in enumerate(other.timeline):
+            mine = self._second(i * 1_000_000_000)
+            for j, value in enumerate(row):
+                mine[j] += value
+        starts = [t for t in (self.first_sent_ns, other.first_sent_ns) if t is not None]
+        ends = [t for t in (self.last_done_ns, other.last_done_ns) if t is not None]
+        self.first_sent_ns = min(starts) if starts else None
+        self.last_done_ns = max(ends) if ends else None
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "overall": self.overall.encode(),
+            "endpoints": {name: per.encode() for name, per in self.endpoints.items()},
+            "held_back": self.held_back,
+            "held_back_ns": self.held_back_ns,
+            "timeline": self.timeline,
+            "first_sent_ns": self.first_sent_ns,
+            "last_done_ns": self.last_done_ns,
+        }
+
+    @classmethod
+    def decode(cls, data: dict[str, Any]) -> ReplayStats:
+        return cls(
+            overall=EndpointStats.decode(data["overall"]),
+            endpoints={name: EndpointStats.decode(per) for name, per in data["endpoints"].items()},
+            held_back=int(data["held_back"]),
+            held_back_ns=int(data["held_back_ns"]),
+            timeline=[list(map(int, row)) for row in data["timeline"]],
+            first_sent_ns=data["first_sent_ns"],
+            last_done_ns=data["last_done_ns"],
+        )
+
+    def summary(self) -> Summary:
+        overall = self.overall
+        elapsed_s = 0.0
+        if self.first_sent_ns is not None and self.last_done_ns is not None:
+            elapsed_s = max(0.0, (self.last_done_ns - self.first_sent_ns) / 1e9)
+        return Summary(
+            requests=overall.requests,
+            ok=overall.ok,
+            errors={name: overall.errors[name] for name in ERROR_CLASSES if overall.errors[name]},
+            error_rate=overall.error_count / overall.requests if overall.requests else 0.0,
+            held_back=self.held_back,
+            achieved_rate_per_s=overall.requests / elapsed_s if elapsed_s > 0 else 0.0,
+            elapsed_s=elapsed_s,
+            percentiles_ms={
+                name: {f"p{p:g}": overall.percentile_ms(name, p) for p in PERCENTILES} for name in HISTOGRAMS
+            },
+        )

@@ -1,0 +1,140 @@
+"""The runner over an in-memory transport: session order, caps, results and a plan that fails."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+from recorder import PRIMARY, REPLAY, Exchange, Failure, FailureKind, Headers, Outcome, Response, TapeFormatError
+from replayer.plan import PlannedRequest, PlanOptions, Scaling, plan_requests
+from replayer.runner import Progress, RunnerSettings, replay
+from replayer.transport import MemoryTransport
+from tests.replayer.tapes import MS, make_exchange
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.exchanges: list[Exchange] = []
+
+    def submit(self, exchange: Exchange) -> bool:
+        self.exchanges.append(exchange)
+        return True
+
+
+def planned(tape: list[Exchange], **scaling: object) -> Iterator[PlannedRequest]:
+    return plan_requests(lambda: tape, PlanOptions(scaling=Scaling(**scaling)))  # type: ignore[arg-type]
+
+
+async def test_sessions_keep_order_and_never_overlap_while_sessions_run_concurrently() -> None:
+    tape = [make_exchange(i, i * 2, session=f"s{i % 3}") for i in range(30)]
+    active: dict[str, int] = {}
+    log: list[tuple[str, str]] = []
+    max_concurrent = 0
+
+    async def handler(method: str, target: str, headers: Headers, body: bytes) -> Outcome:
+        nonlocal max_concurrent
+        session = f"s{int(target.rsplit('/', 1)[1]) % 3}"
+        assert active.get(session, 0) == 0, "two requests of one session overlapped"
+        active[session] = 1
+        max_concurrent = max(max_concurrent, sum(active.values()))
+        log.append((session, target))
+        await asyncio.sleep(0.01)  # longer than the recorded 2 ms spacing: sessions must wait
+        active[session] = 0
+        return Response(200)
+
+    outcome = await replay(planned(tape, speed=0.0), MemoryTransport(handler))
+    assert outcome.stats.overall.requests == 30 and outcome.error is None
+    for s in ("s0", "s1", "s2"):
+        seen = [int(t.rsplit("/", 1)[1]) for sess, t in log if sess == s]
+        assert seen == sorted(seen) and len(seen) == 10
+    assert max_concurrent == 3
+
+
+async def test_in_flight_cap_holds_back_and_counts_and_the_wait_is_in_corrected_time() -> None:
+    tape = [make_exchange(i, 0) for i in range(20)]
+
+    async def handler(method: str, target: str, headers: Headers, body: bytes) -> Outcome:
+        await asyncio.sleep(0.02)
+        return Response(200)
+
+    outcome = await replay(planned(tape), MemoryTransport(handler), settings=RunnerSettings(max_in_flight=2))
+    stats = outcome.stats
+    assert stats.held_back == 18
+    assert stats.overall.percentile_ms("service", 50) < 60
+    assert stats.overall.percentile_ms("corrected", 100) > 150  # the last pair waited for 9 pairs
+
+
+async def test_results_carry_recorded_and_replayed_responses_with_timings() -> None:
+    tape = [make_exchange(0, 0), make_exchange(1, 5, target="/down")]
+
+    async def handler(method: str, target: str, headers: Headers, body: bytes) -> Outcome:
+        if target == "/down":
+            return Failure(FailureKind.CONNECT_ERROR, "refused")
+        return Response(201, "Created", (), b"replayed")
+
+    sink = Sink()
+    outcome = await replay(planned(tape, clones=2, clone_offset_s=0.01), MemoryTransport(handler), results=sink)
+    assert outcome.results_submitted == 4
+    by_id = {e.id: e for e in sink.exchanges}
+    assert set(by_id) == {"ex0", "ex1", "ex0~c1i0", "ex1~c1i0"}
+    first = by_id["ex0"]
+    assert first.primary == tape[0].primary
+    assert first.response(REPLAY) == Response(201, "Created", (), b"replayed")
+    assert first.request == tape[0].request
+    assert first.tags["recorded_id"] == "ex0" and first.tags["source"] == "replay"
+    timing = first.timings[REPLAY]
+    assert timing.sent_ns is not None and timing.done_ns is not None and 0 <= timing.sent_ns <= timing.done_ns
+    assert by_id["ex1~c1i0"].outcome(REPLAY) == Failure(FailureKind.CONNECT_ERROR, "refused")
+    assert PRIMARY not in first.timings  # nothing was recorded for the primary's timing
+    assert outcome.stats.overall.errors["connect"] == 2
+
+
+async def test_a_plan_that_fails_midway_keeps_what_was_replayed() -> None:
+    tape = [make_exchange(i, 0) for i in range(5)]
+
+    def broken() -> Iterator[PlannedRequest]:
+        yield from planned(tape, speed=0.0)
+        raise TapeFormatError("checksum mismatch", path="bad.tape", offset=4096)
+
+    async def handler(method: str, target: str, headers: Headers, body: bytes) -> Outcome:
+        return Response(200)
+
+    sink = Sink()
+    outcome = await replay(broken(), MemoryTransport(handler), results=sink)
+    assert outcome.error is not None and "bad.tape at byte 4096" in str(outcome.error)
+    assert len(sink.exchanges) == 5 and outcome.stats.overall.requests == 5
+
+
+async def test_stop_event_ends_dispatch_and_progress_reports() -> None:
+    tape = [make_exchange(i, i * 50) for i in range(40)]
+    stop = asyncio.Event()
+    snapshots: list[Progress] = []
+
+    async def handler(method: str, target: str, headers: Headers, body: bytes) -> Outcome:
+        if target == "/r/3":
+            stop.set()
+        return Response(200)
+
+    started = time.monotonic()
+    outcome = await replay(
+        planned(tape),
+        MemoryTransport(handler),
+        stop=stop,
+        progress=snapshots.append,
+        settings=RunnerSettings(progress_interval_s=0.05, lookahead_s=0.0),
+    )
+    assert outcome.stopped and 4 <= outcome.stats.overall.requests < 10
+    assert time.monotonic() - started < 1.0
+    assert snapshots and snapshots[-1].done == outcome.stats.overall.requests
+
+
+async def test_start_lag_is_small_in_memory() -> None:
+    tape = [make_exchange(i, i * 5) for i in range(100)]
+
+    async def handler(method: str, target: str, headers: Headers, body: bytes) -> Outcome:
+        return Response(200)
+
+    outcome = await replay(planned(tape), MemoryTransport(handler), t0_ns=time.monotonic_ns() + 50 * MS)
+    # Loose for a shared machine; the real figure is measured by bench/replay_bench.py.
+    assert outcome.stats.overall.percentile_ms("start_lag", 50) < 5

@@ -1,0 +1,58 @@
+"""Replay stats: recording, classification, encode/decode and merging without losing counts."""
+
+from __future__ import annotations
+
+import json
+
+from replayer.stats import ReplayStats
+
+MS = 1_000_000
+
+
+def record(stats: ReplayStats, endpoint: str, due_ms: int, lag_ms: int, service_ms: int, **kw: object) -> None:
+    due = 1_000 * MS + due_ms * MS
+    stats.record_done(
+        endpoint,
+        t0_ns=1_000 * MS,
+        due_ns=due,
+        released_ns=due + lag_ms * MS,
+        sent_ns=due + lag_ms * MS,
+        done_ns=due + lag_ms * MS + service_ms * MS,
+        status=kw.get("status", 200),  # type: ignore[arg-type]
+        error=kw.get("error"),  # type: ignore[arg-type]
+    )
+
+
+def test_three_histograms_and_error_classes() -> None:
+    stats = ReplayStats()
+    record(stats, "GET /a", 0, 1, 10)
+    record(stats, "GET /a", 10, 100, 10)
+    record(stats, "GET /b", 20, 0, 5, status=503)
+    record(stats, "GET /b", 1500, 0, 5, status=None, error="timeout")
+    overall = stats.overall
+    assert overall.requests == 4 and overall.ok == 2
+    assert dict(overall.errors) == {"5xx": 1, "timeout": 1}
+    assert abs(overall.percentile_ms("corrected", 100) - 110) < 1
+    assert abs(overall.percentile_ms("service", 100) - 10) < 0.1
+    assert abs(overall.percentile_ms("start_lag", 100) - 100) < 0.5
+    assert stats.endpoints["GET /b"].statuses[503] == 1
+    assert [row[1] for row in stats.timeline] == [3, 1]  # sent per second
+    summary = stats.summary()
+    assert summary.error_rate == 0.5 and summary.errors == {"timeout": 1, "5xx": 1}
+
+
+def test_encode_decode_merge_keeps_every_count() -> None:
+    a, b = ReplayStats(), ReplayStats()
+    for i in range(100):
+        record(a, "GET /a", i, 0, i % 7 + 1)
+        record(b, "GET /c" if i % 2 else "GET /a", i + 2000, 0, 3)
+    b.record_held_back(5 * MS)
+    decoded = ReplayStats.decode(json.loads(json.dumps(b.encode())))
+    merged = ReplayStats()
+    merged.merge(a)
+    merged.merge(decoded)
+    assert merged.overall.requests == 200
+    assert merged.overall.corrected.get_total_count() == 200
+    assert merged.endpoints["GET /a"].requests == 150 and merged.endpoints["GET /c"].requests == 50
+    assert merged.held_back == 1 and merged.held_back_ns == 5 * MS
+    assert sum(row[1] for row in merged.timeline) == 200 and len(merged.timeline) == 3
