@@ -1,0 +1,153 @@
+"""Prometheus metrics for one proxy process, counted cheaply on the loop and rendered on scrape.
+
+The hot path only adds to plain ints and fixed-bucket histograms (no locks, no label lookups in
+prometheus_client); a custom collector turns them into metric families when ``/metrics`` is read.
+Each process has its own ``CollectorRegistry``, never the global one, so tests and workers do not
+share state. This module must never block or allocate per request beyond a dict increment.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping
+from typing import Final
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from proxy.stages import ProxiedExchange
+
+__all__ = ["LATENCY_BUCKETS_S", "LatencyHistogram", "MetricsStage", "ProxyMetrics"]
+
+#: Seconds; dense below 10 ms where a sidecar's added latency lives, sparse up to timeouts.
+LATENCY_BUCKETS_S: Final = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+class LatencyHistogram:
+    """Cumulative-on-read histogram with fixed buckets: ``observe`` is a bisect and two adds."""
+
+    __slots__ = ("counts", "sum_s")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.sum_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.sum_s += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip(LATENCY_BUCKETS_S, self.counts, strict=False):
+            running += n
+            out.append((repr(bound), float(running)))
+        out.append(("+Inf", float(running + self.counts[-1])))
+        return out
+
+
+GaugeSource = Callable[[], Mapping[str, float]]
+
+
+class ProxyMetrics:
+    """Counters the stages update, plus gauges/counters read from live objects at scrape time."""
+
+    def __init__(self, worker: int = 0) -> None:
+        self.worker = worker
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests_by_status: dict[str, int] = {}
+        self.primary_latency = LatencyHistogram()
+        self.mirror_outcomes: dict[tuple[str, str], int] = {}
+        self.shadow_latency: dict[str, LatencyHistogram] = {}
+        self._sources: list[tuple[str, str, str, str, GaugeSource]] = []
+        self.registry.register(_Collector(self))
+
+    def count_mirror(self, shadow: str, outcome: str) -> None:
+        key = (shadow, outcome)
+        self.mirror_outcomes[key] = self.mirror_outcomes.get(key, 0) + 1
+
+    def observe_shadow(self, shadow: str, seconds: float) -> None:
+        histogram = self.shadow_latency.get(shadow)
+        if histogram is None:
+            histogram = self.shadow_latency[shadow] = LatencyHistogram()
+        histogram.observe(seconds)
+
+    def add_source(self, kind: str, name: str, help_text: str, label: str, source: GaugeSource) -> None:
+        """Register values read at scrape: ``kind`` is ``gauge`` or ``counter``; ``label`` may be ''."""
+        self._sources.append((kind, name, help_text, label, source))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        requests = CounterMetricFamily(
+            "shadowtap_proxy_requests", "Requests answered, by primary status class", labels=["status"]
+        )
+        for status, n in sorted(m.requests_by_status.items()):
+            requests.add_metric([status], n)
+        yield requests
+        primary = HistogramMetricFamily(
+            "shadowtap_primary_latency_seconds", "Primary time from request to response end"
+        )
+        primary.add_metric([], m.primary_latency.cumulative(), m.primary_latency.sum_s)
+        yield primary
+        shadow = HistogramMetricFamily(
+            "shadowtap_shadow_latency_seconds", "Shadow time from send to response end", labels=["shadow"]
+        )
+        for name, histogram in sorted(m.shadow_latency.items()):
+            shadow.add_metric([name], histogram.cumulative(), histogram.sum_s)
+        yield shadow
+        outcomes = CounterMetricFamily(
+            "shadowtap_mirror_outcomes",
+            "Mirror decisions and results per shadow: mirrored, ok, or the drop/failure reason",
+            labels=["shadow", "outcome"],
+        )
+        for (name, outcome), n in sorted(m.mirror_outcomes.items()):
+            outcomes.add_metric([name, outcome], n)
+        yield outcomes
+        for kind, name, help_text, label, source in m._sources:
+            family_type = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+            family = family_type(name, help_text, labels=[label] if label else None)
+            for label_value, value in sorted(source().items()):
+                family.add_metric([label_value] if label else [], value)
+            yield family
+
+
+class MetricsStage:
+    """Counts every primary exchange by status class and observes its latency."""
+
+    name = "metrics"
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+
+    def request_complete(self, exchange: ProxiedExchange) -> None:
+        return None
+
+    def exchange_complete(self, exchange: ProxiedExchange) -> None:
+        m = self._metrics
+        if exchange.response is not None:
+            status = f"{exchange.response.status // 100}xx"
+        else:
+            status = "error" if exchange.failure is not None else "unknown"
+        m.requests_by_status[status] = m.requests_by_status.get(status, 0) + 1
+        done_ns = exchange.timing.done_ns
+        if done_ns is not None:
+            m.primary_latency.observe(done_ns / 1e9)
+
+    async def aclose(self, timeout_s: float) -> None:
+        return None

@@ -1,0 +1,341 @@
+"""The mirror stage against real shadow servers on 127.0.0.1: decisions, safety, failures, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from proxy.config import ProxyConfig, RuntimeFlags
+from proxy.metrics import ProxyMetrics
+from proxy.mirror import MirrorStage
+from proxy.stages import ProxiedExchange
+from recorder.model import Failure, FailureKind, Outcome, Response, Timing
+
+_ids = itertools.count()
+
+
+def exchange(
+    method: str = "GET", target: str = "/items?x=1", headers: Any = (), body: bytes | None = b""
+) -> ProxiedExchange:
+    return ProxiedExchange(
+        id=f"ex-{next(_ids)}",
+        connection_id="c1",
+        client_addr="127.0.0.1:5555",
+        started_at_ns=time.time_ns(),
+        started_mono_ns=time.monotonic_ns(),
+        method=method,
+        target=target,
+        http_version="1.1",
+        request_headers=tuple(headers),
+        authority="front.example",
+        request_body=body,
+        request_body_size=0 if body is None else len(body),
+    )
+
+
+class Outcomes:
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str], tuple[Outcome, Timing]] = {}
+        self.changed = asyncio.Event()
+
+    def __call__(self, exchange_id: str, shadow: str, outcome: Outcome, timing: Timing) -> None:
+        self.items[exchange_id, shadow] = (outcome, timing)
+        self.changed.set()
+
+    async def wait_for(self, count: int, timeout_s: float = 10.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while len(self.items) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def start_app(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+class RawServer:
+    """A TCP server that misbehaves by ``on_connect``; ``close`` also closes its accepted sockets."""
+
+    def __init__(self, on_connect: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> None:
+        self._on_connect = on_connect
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await self._on_connect(reader, writer)
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self.url
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+
+@pytest.fixture
+async def echo_shadow() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    seen: list[dict[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(
+            {"method": request.method, "target": request.raw_path, "headers": list(request.raw_headers),
+             "body": await request.read()}
+        )  # fmt: skip
+        return web.Response(status=201, body=b"shadow says hi", headers={"X-Shadow": "yes"})
+
+    runner, url = await start_app(handler)
+    yield url, seen
+    await runner.cleanup()
+
+
+def stage_for(
+    shadows: list[dict[str, Any]], mirror: dict[str, Any] | None = None
+) -> tuple[MirrorStage, RuntimeFlags, ProxyMetrics, Outcomes]:
+    config = ProxyConfig.from_mapping({"primary": "http://127.0.0.1:1", "shadows": shadows, "mirror": mirror or {}})
+    flags = RuntimeFlags(config)
+    metrics = ProxyMetrics()
+    outcomes = Outcomes()
+    return MirrorStage(config.shadows, config.mirror, flags, metrics, outcomes), flags, metrics, outcomes
+
+
+async def test_mirrored_copy_is_marked_stripped_and_recorded(echo_shadow: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, seen = echo_shadow
+    monkeypatch.setenv("SHADOW_API_KEY", "shadow-key")
+    stage, _, metrics, outcomes = stage_for(
+        [{"name": "v2", "url": url, "credentials": {"X-Api-Key": "SHADOW_API_KEY"}, "host": "v2.internal"}]
+    )
+    await stage.start()
+    ex = exchange(
+        headers=[
+            (b"Authorization", b"Bearer real"), (b"Cookie", b"sid=1"), (b"X-Api-Key", b"real-key"),
+            (b"Connection", b"keep-alive, X-Hop"), (b"X-Hop", b"1"), (b"Keep-Alive", b"timeout=5"),
+            (b"X-Dup", b"a"), (b"x-dup", b"b"), (b"Host", b"front.example"),
+        ]
+    )  # fmt: skip
+    stage.request_complete(ex)
+    assert ex.decisions == {"v2": "mirrored"}
+    await outcomes.wait_for(1)
+    await stage.aclose(5.0)
+
+    (got,) = seen
+    names = [k.lower() for k, _ in got["headers"]]
+    headers = {k.lower(): v for k, v in got["headers"]}
+    assert got["method"] == "GET" and got["target"] == "/items?x=1"
+    assert headers[b"x-shadowtap-shadow"] == b"1"
+    assert headers[b"x-shadowtap-correlation-id"] == ex.id.encode()
+    assert headers[b"x-api-key"] == b"shadow-key"
+    assert headers[b"host"] == b"v2.internal"
+    for gone in (b"authorization", b"cookie", b"x-hop", b"keep-alive"):
+        assert gone not in names
+    assert [v for k, v in got["headers"] if k.lower() == b"x-dup"] == [b"a", b"b"]
+    assert b"user-agent" not in names and b"accept-encoding" not in names
+
+    outcome, timing = outcomes.items[ex.id, "v2"]
+    assert isinstance(outcome, Response) and outcome.status == 201 and outcome.body == b"shadow says hi"
+    assert outcome.header(b"X-Shadow") == b"yes"
+    assert timing.sent_ns is not None and timing.done_ns is not None and timing.done_ns >= timing.sent_ns
+    assert metrics.mirror_outcomes[("v2", "mirrored")] == 1 and metrics.mirror_outcomes[("v2", "ok")] == 1
+    assert metrics.shadow_latency["v2"].count == 1
+
+
+async def test_unsafe_methods_only_by_route_opt_in(echo_shadow: Any) -> None:
+    url, seen = echo_shadow
+    stage, _, _, outcomes = stage_for(
+        [{"name": "v2", "url": url}],
+        {"routes": [{"path": "/orders/**", "methods": ["POST"], "mirror_methods": ["POST"]}]},
+    )
+    await stage.start()
+    blocked = [exchange("POST", "/items", body=b"{}"), exchange("DELETE", "/orders/1"), exchange("PUT", "/orders/1")]
+    for ex in blocked:
+        stage.request_complete(ex)
+        assert ex.decisions == {"v2": FailureKind.METHOD_NOT_ALLOWED}
+    upgraded = exchange()
+    upgraded.upgraded = True
+    stage.request_complete(upgraded)
+    assert upgraded.decisions == {"v2": FailureKind.METHOD_NOT_ALLOWED}
+    allowed = exchange("POST", "/orders/7", body=b'{"qty": 2}')
+    stage.request_complete(allowed)
+    assert allowed.decisions == {"v2": "mirrored"}
+    await outcomes.wait_for(1)
+    await stage.aclose(5.0)
+    assert [(s["method"], s["target"], s["body"]) for s in seen] == [("POST", "/orders/7", b'{"qty": 2}')]
+
+
+async def test_body_cap_sampling_kill_switch_and_route_off(echo_shadow: Any) -> None:
+    url, _ = echo_shadow
+    stage, flags, metrics, _ = stage_for(
+        [{"name": "v2", "url": url, "max_body_bytes": 4, "sample_percent": 0}],
+        {"routes": [{"path": "/private/**", "mirror": False}], "sample_key": "header:X-User"},
+    )
+    await stage.start()
+    opt = exchange("OPTIONS", "/x", body=b"12345")
+    stage.request_complete(opt)
+    assert opt.decisions == {"v2": FailureKind.BODY_TOO_LARGE}
+    unknown_body = exchange(body=None)
+    stage.request_complete(unknown_body)
+    assert unknown_body.decisions == {"v2": FailureKind.BODY_TOO_LARGE}
+    sampled_out = exchange()
+    stage.request_complete(sampled_out)
+    assert sampled_out.decisions == {"v2": FailureKind.SAMPLED_OUT}
+    flags.set_shadow_percent(0, 100.0)
+    private = exchange(target="/private/keys")
+    stage.request_complete(private)
+    assert private.decisions == {"v2": FailureKind.DISABLED}
+    flags.mirroring = False
+    killed = exchange()
+    stage.request_complete(killed)
+    assert killed.decisions == {"v2": FailureKind.DISABLED}
+    flags.mirroring = True
+    flags.set_shadow_mirroring(0, False)
+    stage.request_complete(killed)
+    assert killed.decisions == {"v2": FailureKind.DISABLED}
+    await stage.aclose(5.0)
+    assert metrics.mirror_outcomes.get(("v2", "mirrored"), 0) == 0
+
+
+async def test_rate_cap_and_queue_bound() -> None:
+    release = asyncio.Event()
+
+    async def stuck(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="late")
+
+    runner, url = await start_app(stuck)
+    stage, _, metrics, outcomes = stage_for(
+        [
+            {"name": "capped", "url": url, "rate_per_s": 0.001, "burst": 3},
+            {"name": "narrow", "url": url, "concurrency": 1, "queue_size": 2},
+        ]
+    )
+    await stage.start()
+    decisions = []
+    for _ in range(10):
+        ex = exchange()
+        stage.request_complete(ex)
+        decisions.append(ex.decisions)
+        await asyncio.sleep(0.01)  # lets the narrow shadow's one worker take its first copy
+    assert [d["capped"] for d in decisions].count("mirrored") == 3
+    assert [d["capped"] for d in decisions].count(FailureKind.RATE_LIMITED) == 7
+    # One in flight plus two queued; the rest are refused at once, never waited for.
+    assert [d["narrow"] for d in decisions].count("mirrored") == 3
+    assert metrics.mirror_outcomes[("narrow", FailureKind.QUEUE_FULL)] == 7
+    release.set()
+    await outcomes.wait_for(6)
+    await stage.aclose(5.0)
+    await runner.cleanup()
+
+
+async def _black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await asyncio.sleep(3600)
+
+
+async def _garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"SPEAK FRIEND\r\n\x00\x01\x02\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def _reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "kind"),
+    [
+        (_black_hole, FailureKind.TIMEOUT),
+        (_garbage, FailureKind.BAD_RESPONSE),
+        (_reset, FailureKind.RESET),
+        (None, FailureKind.CONNECT_ERROR),
+    ],
+)
+async def test_failures_are_classified_and_open_the_breaker(behaviour: Any, kind: str) -> None:
+    server = None if behaviour is None else RawServer(behaviour)
+    url = _closed_port_url() if server is None else await server.start()
+    stage, _, metrics, outcomes = stage_for(
+        [{"name": "bad", "url": url, "total_timeout_s": 0.3, "connect_timeout_s": 0.3,
+          "breaker": {"consecutive_failures": 2, "open_s": 60}}]
+    )  # fmt: skip
+    await stage.start()
+    first = [exchange(), exchange()]
+    for ex in first:
+        stage.request_complete(ex)
+    await outcomes.wait_for(2)
+    for ex in first:
+        outcome, _ = outcomes.items[ex.id, "bad"]
+        assert isinstance(outcome, Failure) and outcome.kind == kind, outcome
+    after = exchange()
+    stage.request_complete(after)
+    assert after.decisions == {"bad": FailureKind.BREAKER_OPEN}
+    assert metrics.mirror_outcomes[("bad", kind)] == 2
+    assert stage.stats()["bad"]["breaker"] == "open"
+    await stage.aclose(1.0)
+    if server is not None:
+        await server.close()
+
+
+async def test_response_cap_marks_truncation() -> None:
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 10_000)
+
+    runner, url = await start_app(big)
+    stage, _, _, outcomes = stage_for([{"name": "v2", "url": url, "max_response_bytes": 100}])
+    await stage.start()
+    ex = exchange()
+    stage.request_complete(ex)
+    await outcomes.wait_for(1)
+    outcome, _ = outcomes.items[ex.id, "v2"]
+    assert isinstance(outcome, Response) and outcome.body == b"x" * 100 and outcome.truncated_from == 10_000
+    await stage.aclose(1.0)
+    await runner.cleanup()
+
+
+async def test_shutdown_cancels_what_it_cannot_finish() -> None:
+    server = RawServer(_black_hole)
+    url = await server.start()
+    stage, _, _, outcomes = stage_for([{"name": "bh", "url": url, "concurrency": 1, "total_timeout_s": 30}])
+    await stage.start()
+    pending = [exchange() for _ in range(3)]
+    for ex in pending:
+        stage.request_complete(ex)
+    started = time.monotonic()
+    await stage.aclose(0.2)
+    assert time.monotonic() - started < 5
+    assert {outcomes.items[ex.id, "bh"][0] for ex in pending} == {Failure(FailureKind.CANCELLED, "proxy shutting down")}
+    late = exchange()
+    stage.request_complete(late)
+    assert late.decisions == {"bh": FailureKind.DISABLED}
+    await server.close()
