@@ -1,0 +1,143 @@
+"""Wide events: one JSON line per exchange, with all its context, to a file or stdout.
+
+The loop builds a small dict per joined exchange (route, method, path, statuses, latencies,
+decisions, failure kinds) and drops it into a bounded queue; a writer thread serialises and writes
+it. A full queue drops the event and counts it. This module must never write, serialise or flush
+on the event loop, and never let a slow disk slow a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import sys
+import threading
+from typing import IO, Any, Final
+
+from proxy.rules import RouteTable
+from proxy.stages import ProxiedExchange
+from recorder.model import PRIMARY, Exchange, Failure, Outcome, Timing
+
+__all__ = ["EventLog", "wide_event"]
+
+log = logging.getLogger(__name__)
+
+_STOP: Final = object()
+
+
+def _ms(timing: Timing | None) -> float | None:
+    if timing is None or timing.duration_ns is None:
+        return None
+    return round(timing.duration_ns / 1e6, 3)
+
+
+def _outcome_fields(outcome: Outcome | None) -> dict[str, Any]:
+    if outcome is None:
+        return {"status": None}
+    if isinstance(outcome, Failure):
+        return {"status": None, "failure": outcome.kind}
+    out: dict[str, Any] = {"status": outcome.status, "bytes": len(outcome.body)}
+    if outcome.truncated_from is not None:
+        out["truncated_from"] = outcome.truncated_from
+    return out
+
+
+def wide_event(ex: Exchange, routes: RouteTable, recorded: bool) -> dict[str, Any]:
+    """The event for one joined exchange."""
+    primary_timing = ex.timings.get(PRIMARY)
+    event: dict[str, Any] = {
+        "ts_ns": ex.started_at_ns,
+        "id": ex.id,
+        "route": routes.match(ex.request.method, ex.request.path).name,
+        "method": ex.request.method,
+        "path": ex.request.path,
+        "client": ex.client_addr,
+        "request_bytes": len(ex.request.body) if ex.request.truncated_from is None else ex.request.truncated_from,
+        "primary": {**_outcome_fields(ex.primary), "ms": _ms(primary_timing)},
+        "recorded": recorded,
+    }
+    if ex.tags.get("upgraded"):
+        event["upgraded"] = True
+    if ex.session:
+        event["session"] = ex.session
+    shadows: dict[str, Any] = {}
+    for name, decision in ex.decisions.items():
+        entry: dict[str, Any] = {"decision": decision}
+        outcome = ex.shadows.get(name)
+        if outcome is not None:
+            entry.update(_outcome_fields(outcome))
+            entry["ms"] = _ms(ex.timings.get(name))
+        shadows[name] = entry
+    if shadows:
+        event["shadows"] = shadows
+    return event
+
+
+class EventLog:
+    """A bounded queue of events and the thread that writes them as JSON lines."""
+
+    def __init__(self, path: str, routes: RouteTable, queue_size: int) -> None:
+        self.path = path
+        self._routes = routes
+        # Bounded so a stalled disk costs dropped events (counted), never memory or latency.
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
+        self._stream: IO[str] | None = None
+        self.written = 0
+        self.dropped = 0
+        self.write_errors = 0
+
+    async def start(self) -> None:
+        """Open the file (append, off the loop) and start the writer thread."""
+        if self.path == "-":
+            self._stream = sys.stdout
+        else:
+            self._stream = await asyncio.to_thread(open, self.path, "a", encoding="utf-8")
+        self._thread = threading.Thread(target=self._run, name="shadowtap-events", daemon=True)
+        self._thread.start()
+
+    def on_joined(self, exchange: Exchange, proxied: ProxiedExchange, recorded: bool) -> None:
+        """The record stage's listener: queue the exchange's wide event, or count a drop."""
+        try:
+            self._queue.put_nowait(wide_event(exchange, self._routes, recorded))
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        stream = self._stream
+        assert stream is not None
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            try:
+                stream.write(json.dumps(item, separators=(",", ":")) + "\n")
+                self.written += 1
+                if self._queue.empty():
+                    stream.flush()
+            except (OSError, ValueError) as exc:
+                self.write_errors += 1
+                log.warning("wide event write to %s failed: %s", self.path, exc)
+        try:
+            stream.flush()
+        except (OSError, ValueError) as exc:
+            log.warning("wide event flush to %s failed: %s", self.path, exc)
+
+    async def aclose(self, timeout_s: float) -> None:
+        """Write what is queued (up to ``timeout_s``), then close the file."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._thread = None
+        with contextlib.suppress(queue.Full):
+            await asyncio.to_thread(self._queue.put, _STOP, True, timeout_s)
+        await asyncio.to_thread(thread.join, timeout_s)
+        if self._stream is not None and self._stream is not sys.stdout:
+            await asyncio.to_thread(self._stream.close)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"path": self.path, "written": self.written, "dropped": self.dropped, "write_errors": self.write_errors,
+                "queue_depth": self._queue.qsize()}  # fmt: skip

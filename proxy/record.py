@@ -1,0 +1,277 @@
+"""The record stage: joins each primary exchange with its shadows' outcomes and hands it on.
+
+Per request it decides (once the body is known) whether the exchange goes to the tape (recording
+flag and sample percent), then waits for the primary to finish and for every shadow it was mirrored
+to, up to ``join_timeout_s`` after the primary finished. The joined ``recorder.Exchange`` (bodies
+capped at ``max_body_bytes`` with truncation marked) goes to the tape writer's ``submit`` and to the
+wide-event log. Waiting exchanges are bounded (``max_pending``): beyond it the oldest is completed at
+once without its missing shadows, and counted. This stage must never block, never wait on the data
+path, and never keep an exchange longer than its join deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from proxy.config import RecordSettings, RuntimeFlags
+from proxy.metrics import ProxyMetrics
+from proxy.mirror import MIRRORED
+from proxy.sampling import SampleKey, in_sample
+from proxy.stages import ProxiedExchange
+from recorder.model import PRIMARY, Exchange, Failure, FailureKind, Outcome, Request, Response, Timing
+
+__all__ = ["ExchangeSink", "RecordStage", "build_exchange"]
+
+log = logging.getLogger(__name__)
+
+
+class ExchangeSink(Protocol):
+    """Where joined exchanges go: ``recorder.TapeWriter`` fits; ``submit`` never blocks."""
+
+    def submit(self, exchange: Exchange) -> bool: ...
+
+
+#: Called with every joined exchange, whether or not it was taped (the wide-event log).
+JoinedListener = Callable[[Exchange, ProxiedExchange, bool], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: bool
+    waiting: set[str]
+    exchange: ProxiedExchange | None = None
+    shadows: dict[str, Outcome] = field(default_factory=dict)
+    timings: dict[str, Timing] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RecordStats:
+    joined: int = 0
+    submitted: int = 0
+    dropped_by_writer: int = 0
+    sampled_out: int = 0
+    shadow_join_timeouts: int = 0
+    evicted_at_capacity: int = 0
+    late_shadow_outcomes: int = 0
+
+
+def _cap(body: bytes, cap: int, truncated_from: int | None) -> tuple[bytes, int | None]:
+    if len(body) <= cap:
+        return body, truncated_from
+    return body[:cap], truncated_from if truncated_from is not None else len(body)
+
+
+def _capped_outcome(outcome: Outcome, cap: int) -> Outcome:
+    if isinstance(outcome, Response) and len(outcome.body) > cap:
+        body, truncated_from = _cap(outcome.body, cap, outcome.truncated_from)
+        return Response(outcome.status, outcome.reason, outcome.headers, body, outcome.http_version, truncated_from)
+    return outcome
+
+
+def build_exchange(
+    ex: ProxiedExchange,
+    shadows: dict[str, Outcome],
+    timings: dict[str, Timing],
+    max_body_bytes: int,
+    session: str = "",
+) -> Exchange:
+    """The tape's view of a proxied exchange, with bodies capped and truncation marked."""
+    truncated_from: int | None
+    if ex.request_body is None:
+        # The data path streamed a body larger than its capture limit without keeping it.
+        body, truncated_from = b"", ex.request_body_size
+    else:
+        body, truncated_from = _cap(ex.request_body, max_body_bytes, None)
+    request = Request(
+        method=ex.method,
+        target=ex.target,
+        headers=ex.request_headers,
+        body=body,
+        scheme=ex.scheme,
+        authority=ex.authority,
+        http_version=ex.http_version,
+        truncated_from=truncated_from,
+    )
+    primary: Outcome | None = ex.response if ex.response is not None else ex.failure
+    if primary is not None:
+        primary = _capped_outcome(primary, max_body_bytes)
+    tags = {"source": "proxy", "correlation_id": ex.id}
+    if ex.upgraded:
+        tags["upgraded"] = "1"
+    return Exchange(
+        id=ex.id,
+        started_at_ns=ex.started_at_ns,
+        started_mono_ns=ex.started_mono_ns,
+        request=request,
+        primary=primary,
+        shadows={name: _capped_outcome(o, max_body_bytes) for name, o in shadows.items()},
+        timings={PRIMARY: ex.timing, **timings},
+        session=session,
+        connection_id=ex.connection_id,
+        client_addr=ex.client_addr,
+        decisions=dict(ex.decisions),
+        tags=tags,
+    )
+
+
+class RecordStage:
+    """Joins primary and shadow outcomes; feeds the tape (sampled) and the joined-exchange listener."""
+
+    name = "record"
+
+    def __init__(
+        self,
+        settings: RecordSettings,
+        flags: RuntimeFlags,
+        metrics: ProxyMetrics,
+        tape: ExchangeSink | None,
+        on_joined: JoinedListener | None = None,
+        sample_key: SampleKey | None = None,
+    ) -> None:
+        self._settings = settings
+        self._flags = flags
+        self._tape = tape
+        self._on_joined = on_joined
+        self._sample_key = sample_key
+        self.stats = RecordStats()
+        # Insertion-ordered so the oldest is evicted first at capacity (see RecordSettings.max_pending).
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        # (deadline, id) in deadline order: the join timeout is constant, so appends stay sorted.
+        # Bounded by _pending: each entry is appended once, and stale ids are skipped on pop.
+        self._deadlines: deque[tuple[float, str]] = deque()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+        for key in ("joined", "submitted", "dropped_by_writer", "evicted_at_capacity", "shadow_join_timeouts"):
+            metrics.add_source(
+                "counter",
+                f"shadowtap_record_{key}",
+                f"Record stage: exchanges {key.replace('_', ' ')}",
+                "",
+                lambda key=key: {"": float(getattr(self.stats, key))},  # type: ignore[misc]
+            )
+        metrics.add_source(
+            "gauge", "shadowtap_record_pending", "Exchanges waiting for their shadows", "",
+            lambda: {"": float(len(self._pending))},
+        )  # fmt: skip
+
+    @property
+    def active(self) -> bool:
+        return self._tape is not None or self._on_joined is not None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="record-join-sweeper")
+
+    def _open(self, exchange: ProxiedExchange) -> _Pending:
+        record = False
+        if self._tape is not None and self._flags.recording:
+            record = in_sample(self._flags.record_percent)
+            if not record:
+                self.stats.sampled_out += 1
+        waiting = {name for name, decision in exchange.decisions.items() if decision == MIRRORED}
+        entry = _Pending(record=record, waiting=waiting)
+        self._pending[exchange.id] = entry
+        if len(self._pending) > self._settings.max_pending:
+            _, oldest = self._pending.popitem(last=False)
+            self.stats.evicted_at_capacity += 1
+            self._complete(oldest, "too many exchanges waiting for shadows")
+        return entry
+
+    def request_complete(self, exchange: ProxiedExchange) -> None:
+        if self.active and not self._closed:
+            self._open(exchange)
+
+    def exchange_complete(self, exchange: ProxiedExchange) -> None:
+        if not self.active:
+            return
+        entry = self._pending.get(exchange.id)
+        if entry is None:
+            if self._closed:
+                return
+            # No request_complete (the request failed before its body was known): join it alone.
+            entry = self._open(exchange)
+        entry.exchange = exchange
+        if not entry.waiting:
+            del self._pending[exchange.id]
+            self._complete(entry, "")
+            return
+        loop = asyncio.get_running_loop()
+        self._deadlines.append((loop.time() + self._settings.join_timeout_s, exchange.id))
+
+    def on_shadow_outcome(self, exchange_id: str, shadow: str, outcome: Outcome, timing: Timing) -> None:
+        """The mirror stage's listener: one call per mirrored copy."""
+        entry = self._pending.get(exchange_id)
+        if entry is None or shadow not in entry.waiting:
+            self.stats.late_shadow_outcomes += 1
+            return
+        entry.waiting.discard(shadow)
+        entry.shadows[shadow] = outcome
+        entry.timings[shadow] = timing
+        if not entry.waiting and entry.exchange is not None:
+            del self._pending[exchange_id]
+            self._complete(entry, "")
+
+    def _complete(self, entry: _Pending, missing_reason: str) -> None:
+        if entry.exchange is None:
+            # Evicted or shut down before the primary finished: nothing the tape could hold.
+            return
+        if entry.waiting:
+            self.stats.shadow_join_timeouts += len(entry.waiting)
+            for name in entry.waiting:
+                entry.shadows[name] = Failure(FailureKind.TIMEOUT, missing_reason)
+            entry.waiting.clear()
+        ex = entry.exchange
+        session = ""
+        if self._sample_key is not None:
+            key = self._sample_key.extract(ex.target, ex.request_headers)
+            session = "" if key is None else key.decode("utf-8", "replace")
+        joined = build_exchange(ex, entry.shadows, entry.timings, self._settings.max_body_bytes, session)
+        self.stats.joined += 1
+        if entry.record and self._tape is not None:
+            if self._tape.submit(joined):
+                self.stats.submitted += 1
+            else:
+                self.stats.dropped_by_writer += 1
+        if self._on_joined is not None:
+            try:
+                self._on_joined(joined, ex, entry.record)
+            except Exception:
+                log.exception("joined-exchange listener failed on %s", ex.id)
+
+    async def _sweep(self) -> None:
+        interval_s = min(0.25, self._settings.join_timeout_s / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval_s)
+            self.sweep(loop.time())
+
+    def sweep(self, now_s: float) -> None:
+        """Complete every exchange whose join deadline has passed."""
+        while self._deadlines and self._deadlines[0][0] <= now_s:
+            _, exchange_id = self._deadlines.popleft()
+            entry = self._pending.pop(exchange_id, None)
+            if entry is not None:
+                self._complete(entry, "no shadow outcome within the join timeout")
+
+    async def aclose(self, timeout_s: float) -> None:
+        """Complete everything still waiting (call after the mirror stage has closed)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        while self._pending:
+            _, entry = self._pending.popitem(last=False)
+            self._complete(entry, "proxy shut down before the shadow answered")
+        self._deadlines.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"pending": len(self._pending), **dataclasses.asdict(self.stats)}

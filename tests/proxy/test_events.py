@@ -1,0 +1,64 @@
+"""Wide events: one JSON line per joined exchange, written by a thread; a full queue drops, counted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from proxy.events import EventLog, wide_event
+from proxy.rules import RouteRule, RouteTable
+from proxy.stages import ProxiedExchange
+from recorder.model import Exchange, Failure, FailureKind, Request, Response, Timing
+
+ROUTES = RouteTable([RouteRule(name="orders", path="/orders/**")])
+
+
+def joined(i: int) -> Exchange:
+    return Exchange(
+        id=f"e{i}",
+        started_at_ns=1_700_000_000_000_000_000 + i,
+        request=Request("GET", f"/orders/{i}?q=1", body=b"abc"),
+        primary=Response(200, "OK", (), b"hello"),
+        shadows={"v2": Response(500, "Oops", (), b"x", truncated_from=99), "v3": Failure(FailureKind.TIMEOUT, "t")},
+        timings={"primary": Timing(0, 1_000_000, 2_500_000), "v2": Timing(0, 1, 4_000_000), "v3": Timing()},
+        decisions={"v2": "mirrored", "v3": "mirrored", "v4": FailureKind.SAMPLED_OUT},
+        client_addr="127.0.0.1:9",
+        session="u1",
+    )
+
+
+def test_wide_event_carries_the_context() -> None:
+    event = wide_event(joined(1), ROUTES, recorded=True)
+    assert event == {
+        "ts_ns": 1_700_000_000_000_000_001,
+        "id": "e1",
+        "route": "orders",
+        "method": "GET",
+        "path": "/orders/1",
+        "client": "127.0.0.1:9",
+        "request_bytes": 3,
+        "primary": {"status": 200, "bytes": 5, "ms": 2.5},
+        "recorded": True,
+        "session": "u1",
+        "shadows": {
+            "v2": {"decision": "mirrored", "status": 500, "bytes": 1, "truncated_from": 99, "ms": 4.0},
+            "v3": {"decision": "mirrored", "status": None, "failure": "timeout", "ms": None},
+            "v4": {"decision": "sampled-out"},
+        },
+    }
+
+
+async def test_lines_are_written_off_loop_and_drops_counted(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    log = EventLog(str(path), ROUTES, queue_size=3)
+    proxied = ProxiedExchange("p", "c", "a", 0, 0, "GET", "/", "1.1", ())
+    # The writer is not running yet, so the bounded queue fills and the rest are dropped.
+    for i in range(5):
+        log.on_joined(joined(i), proxied, False)
+    assert log.dropped == 2
+    await log.start()
+    log.on_joined(joined(9), proxied, True)
+    await log.aclose(5.0)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["id"] for e in lines] == ["e0", "e1", "e2", "e9"]
+    assert log.snapshot()["written"] == 4
