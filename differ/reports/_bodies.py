@@ -9,12 +9,14 @@ are untrusted: a small bomb must not exhaust memory) and never do I/O.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import zlib
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import brotli
+import zstandard
 
 from differ.reports._common import MISSING, lookup_json, parse_body_path
 from differ.reports.redact import redact_form, redact_header_value, redact_json, redact_text
@@ -30,6 +32,9 @@ DECODE_LIMIT_BYTES: Final = 1 << 20
 DISPLAY_LIMIT_CHARS: Final = 64 * 1024
 # Brotli 1.1 has no output cap, so input is fed in small slices and output checked after each.
 _BROTLI_SLICE_BYTES: Final = 1024
+#: JSON bodies up to this size are parsed (so examples are pretty-printed with paths highlighted);
+#: larger ones are shown as capped text.
+JSON_PARSE_LIMIT_CHARS: Final = 256 * 1024
 _JSON_MAX_DEPTH: Final = 200
 _NOT_JSON: Final = object()
 
@@ -96,7 +101,13 @@ def _decode_one(coding: str, data: bytes) -> bytes:
                 return _inflate(data, -zlib.MAX_WBITS)
         if coding == "br":
             return _unbrotli(data)
-    except (zlib.error, brotli.error) as exc:
+        if coding == "zstd":
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+                out = reader.read(DECODE_LIMIT_BYTES + 1)
+            if len(out) > DECODE_LIMIT_BYTES:
+                raise _DecodeError(f"decoded body exceeds {DECODE_LIMIT_BYTES} bytes")
+            return bytes(out)
+    except (zlib.error, brotli.error, zstandard.ZstdError) as exc:
         raise _DecodeError(f"cannot decode {coding}: {exc}") from exc
     raise _DecodeError(f"unknown content-encoding {coding!r}")
 
@@ -171,7 +182,7 @@ def display_body(headers: Headers, body: bytes, truncated_from: int | None = Non
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    if text is not None and _looks_like_json(content_type, data) and len(text) <= DISPLAY_LIMIT_CHARS:
+    if text is not None and _looks_like_json(content_type, data) and len(text) <= JSON_PARSE_LIMIT_CHARS:
         try:
             parsed = json.loads(text)
         except (ValueError, RecursionError):

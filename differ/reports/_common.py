@@ -5,6 +5,7 @@ It must never compute diff results (the report is the data) and never do I/O.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Final
@@ -83,9 +84,10 @@ def fmt_ns(ns: int | None) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-# A JSON path inside a body: ``body.user.name``, ``body.items[3].id``, ``body[0]``, ``body["a.b"]``.
+# A JSON path inside a body, as differ.paths spells it: ``body.user.name``, ``body.items[3].id``,
+# ``body[0]``, and ``body["odd key"]`` with the key as a JSON string.
 PathToken = str | int
-_TOKEN: Final = re.compile(r"""\.(?P<name>[^.\[]+)|\[(?P<index>\d+|\*)\]|\[(?P<q>["'])(?P<quoted>.*?)(?P=q)\]""")
+_TOKEN: Final = re.compile(r"""\.(?P<name>[^.\[]+)|\[(?P<index>\d+|\*)\]|\[(?P<quoted>"(?:[^"\\]|\\.)*")\]""")
 
 
 def parse_body_path(path: str) -> tuple[PathToken, ...] | None:
@@ -111,7 +113,10 @@ def parse_body_path(path: str) -> tuple[PathToken, ...] | None:
             index = match.group("index")
             tokens.append("*" if index == "*" else int(index))
         else:
-            tokens.append(match.group("quoted"))
+            try:
+                tokens.append(str(json.loads(match.group("quoted"))))
+            except ValueError:
+                return None
         pos = match.end()
     return tuple(tokens)
 

@@ -286,16 +286,18 @@ def _signature_html(sig: SignatureReport, report: DiffReport, failing: frozenset
 
 
 def _field_depth(path: str) -> int:
+    # Status and headers are flat; the body is a tree rooted at ``body``.
     tokens = parse_body_path(path)
-    depth = len(tokens) if tokens is not None else path.count(".")
-    return min(depth, _MAX_INDENT_CLASS)
+    return min(len(tokens), _MAX_INDENT_CLASS) if tokens is not None else 0
 
 
 def _field_sort_key(stat: FieldStat) -> tuple[Any, ...]:
+    # Status, then headers, then the body tree in path order (a parent right before its children).
     tokens = parse_body_path(stat.path)
-    if tokens is None:
-        return (0, stat.path)
-    return (1, tuple(str(t) for t in tokens))
+    if tokens is not None:
+        return (2, tuple(str(t) for t in tokens))
+    group = 0 if stat.path == "status" else 1 if stat.path.startswith("header.") else 3
+    return (group, (stat.path,))
 
 
 def _fields_html(fields: Iterable[FieldStat]) -> str:
@@ -337,7 +339,7 @@ def _endpoint_html(endpoint: EndpointReport, report: DiffReport, failing: frozen
         + "</div>"
     )
     return (
-        f'<details class="endpoint sev-{_e(endpoint.severity or "none")}" id="ep-{rank}" '
+        f'<details class="endpoint ep-{_e(endpoint.severity or "none")}" id="ep-{rank}" '
         f'data-endpoint="{_e(endpoint.endpoint)}">{summary}{body}</details>'
     )
 

@@ -1,0 +1,183 @@
+"""The HTML report in a real headless browser (Debian's Chromium driven by Playwright).
+
+Opens the file over file://, checks the overview renders, expands an endpoint and a signature, sees
+the highlighted paths, proves hostile bodies stay inert and that the page never touches the network,
+and saves a screenshot to test-artifacts/ for a human to look at.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, expect, sync_playwright
+
+from differ.reports import write_html
+from tests.differ.report_fixtures import SECRETS, rich_report
+
+CHROMIUM: Final = "/usr/bin/chromium"
+ARTIFACTS: Final = Path(__file__).resolve().parents[2] / "test-artifacts"
+LAUNCH_ARGS: Final = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure-system-deps.sh chromium")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class PageWatch:
+    """Everything the page tried to do that a self-contained report must not."""
+
+    def __init__(self, page: Page, own_url: str) -> None:
+        self.own_url = own_url
+        self.requests: list[str] = []
+        self.blocked: list[str] = []
+        self.console_errors: list[str] = []
+        page.on("request", self._on_request)
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda exc: self.console_errors.append(f"pageerror: {exc}"))
+        page.route("**/*", self._route)
+
+    def _on_request(self, request: Request) -> None:
+        self.requests.append(request.url)
+
+    def _on_console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.console_errors.append(message.text)
+
+    def _route(self, route: Route) -> None:
+        if route.request.url == self.own_url:
+            route.continue_()
+        else:
+            self.blocked.append(route.request.url)
+            route.abort()
+
+    @property
+    def foreign_requests(self) -> list[str]:
+        return [url for url in self.requests if url != self.own_url]
+
+
+@pytest.fixture
+def report_page(browser: Browser, tmp_path: Path) -> Iterator[tuple[Page, PageWatch]]:
+    path = tmp_path / "report.html"
+    write_html(rich_report(), path)
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, offline=True)
+    page = context.new_page()
+    watch = PageWatch(page, path.as_uri())
+    page.goto(path.as_uri())
+    try:
+        yield page, watch
+    finally:
+        context.close()
+
+
+def test_report_renders_expands_highlights_and_stays_offline(report_page: tuple[Page, PageWatch]) -> None:
+    page, watch = report_page
+    expect(page).to_have_title("shadowtap diff: FAIL (primary vs v2)")
+    for card, number in {
+        "pairs": "1300",
+        "compared": "1280",
+        "equal": "1015",
+        "differing": "260",
+        "noise-suppressed": "1110",
+        "errors": "7",
+        "verdict": "FAIL",
+    }.items():
+        expect(page.locator(f'[data-card="{card}"] .num')).to_have_text(number)
+
+    endpoints = page.locator("details.endpoint")
+    expect(endpoints).to_have_count(7)
+    expect(endpoints.first).to_have_attribute("data-endpoint", "GET /users/{id}")
+    users = endpoints.first
+    expect(users.locator("table.fields")).not_to_be_visible()
+    users.locator("summary").first.click()
+    expect(users.locator("table.fields")).to_be_visible()
+    expect(users.locator("table.fields")).to_contain_text("body.orders[*].total")
+
+    signature = page.locator("#sig-sig-removed")
+    expect(signature.locator("mark.hl").first).not_to_be_visible()
+    signature.locator("summary").click()
+    # The baseline still has the removed field (highlighted); the candidate has the changed total.
+    baseline, candidate = signature.locator(".side").nth(0), signature.locator(".side").nth(1)
+    expect(baseline.locator('mark.hl[title="body.email"]')).to_be_visible()
+    expect(baseline.locator('mark.hl[title="body.email"]')).to_contain_text("ann@example.com")
+    expect(candidate.locator('mark.hl[title="body.orders[1].total"]')).to_have_text('"total": 26')
+    expect(candidate).to_contain_text("decoded from gzip")
+    expect(signature.locator("table.paths")).to_contain_text("(absent)")
+
+    # Expanding a signature also shows the request, with its secrets redacted.
+    request_block = signature.locator(".request")
+    expect(request_block).to_contain_text("/users/8?api_key=[redacted]")
+    expect(request_block).to_contain_text("Bearer [redacted]")
+    page_html = page.content()
+    for secret in SECRETS:
+        assert secret not in page_html
+
+    # Hostile bodies are text, not markup: no script ran, no image element was created from them.
+    page.locator("#expand-all").click()
+    expect(page.locator("details[open]")).to_have_count(page.locator("details").count())
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("img").count() == 0
+    expect(page.locator("#sig-sig-status .side").nth(1)).to_contain_text('<img src="http://127.0.0.1:9/x.png"')
+
+    # The page's own script works under its Content-Security-Policy (no console errors) ...
+    page.locator("#filter").fill("orders")
+    expect(page.locator("details.endpoint:visible")).to_have_count(2)
+    page.locator("#filter").fill("")
+    page.locator("#hide-suppressed").check()
+    expect(page.locator("#sig-sig-updated")).to_be_hidden()
+    page.locator("#hide-suppressed").uncheck()
+    assert watch.console_errors == []
+    # ... and the policy itself (not just the offline context) refuses any script reaching out.
+    violated = page.evaluate(
+        """() => new Promise((resolve) => {
+            document.addEventListener('securitypolicyviolation', (e) => resolve(e.effectiveDirective));
+            fetch('http://127.0.0.1:9/beacon').catch(() => {});
+        })"""
+    )
+    assert violated == "connect-src"
+    watch.console_errors.clear()  # the violation we just provoked is logged as a console error
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#collapse-all").click()
+    page.locator("details.endpoint").first.locator("summary").first.click()
+    page.locator("#sig-sig-removed summary").click()
+    shot = ARTIFACTS / "html-report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"\nHTML report screenshot: {shot}")
+    assert shot.stat().st_size > 10_000
+
+    assert watch.console_errors == []
+    assert watch.foreign_requests == []
+    assert watch.blocked == []
+
+
+def test_deep_link_to_a_signature_opens_it_and_its_endpoint(browser: Browser, tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    write_html(rich_report(), path)
+    context = browser.new_context(offline=True)
+    try:
+        page = context.new_page()
+        page.goto(path.as_uri() + "#sig-sig-type")
+        expect(page.locator("#sig-sig-type")).to_have_attribute("open", "")
+        expect(page.locator("details.endpoint", has=page.locator("#sig-sig-type"))).to_have_attribute("open", "")
+        expect(page.locator("#sig-sig-type .side").nth(1).locator('mark.hl[title="body.total"]')).to_be_visible()
+    finally:
+        context.close()
