@@ -1,0 +1,227 @@
+"""Raw HTTP/1.x message bytes <-> the model's Request/Response, for the GoReplay format.
+
+It parses one complete message that is already in memory (a GoReplay payload) and serialises one
+back; it must never read files or sockets, and never decode a content-encoding: bodies stay as on
+the wire except for the chunked transfer framing, which is removed (and re-added on the way out)
+so every importer hands the differ the same kind of body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from recorder.model import Headers, Request, Response, header_value, header_values
+
+__all__ = ["HttpParseError", "ParsedBody", "parse_request", "parse_response", "request_bytes", "response_bytes"]
+
+_CRLF: Final = b"\r\n"
+
+
+class HttpParseError(ValueError):
+    """A payload is not an HTTP/1.x message; ``offset`` is relative to the payload start."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBody:
+    """A body after framing: ``body``, the declared size when it was cut short, and notes."""
+
+    body: bytes
+    truncated_from: int | None
+    note: str
+
+
+def _split_head(payload: bytes) -> tuple[bytes, bytes, int]:
+    end = payload.find(b"\r\n\r\n")
+    if end >= 0:
+        return payload[:end], payload[end + 4 :], end + 4
+    end = payload.find(b"\n\n")
+    if end >= 0:
+        return payload[:end], payload[end + 2 :], end + 2
+    raise HttpParseError("HTTP head has no blank line after the headers (cut or not HTTP)", len(payload))
+
+
+def _parse_headers(lines: list[bytes], first_offset: int) -> Headers:
+    headers: list[tuple[bytes, bytes]] = []
+    offset = first_offset
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and headers:
+            # obs-fold (RFC 9112 5.2): a continuation joins the previous value with one space.
+            name, value = headers[-1]
+            headers[-1] = (name, value + b" " + line.strip())
+        else:
+            name, colon, value = line.partition(b":")
+            if not colon or not name or name != name.strip():
+                raise HttpParseError(f"malformed header line {line[:60]!r}", offset)
+            headers.append((name, value.strip(b" \t")))
+        offset += len(line) + 2
+    return tuple(headers)
+
+
+def _lines(head: bytes) -> list[bytes]:
+    return [line.rstrip(b"\r") for line in head.split(b"\n")]
+
+
+def _is_chunked(headers: Headers) -> bool:
+    codings = b",".join(header_values(headers, b"transfer-encoding")).lower()
+    return codings.rsplit(b",", 1)[-1].strip() == b"chunked" if codings else False
+
+
+def dechunk(data: bytes) -> tuple[bytes, bool]:
+    """The body inside chunked framing, and whether the framing ended with its last chunk."""
+    out = bytearray()
+    pos = 0
+    while True:
+        line_end = data.find(b"\n", pos)
+        if line_end < 0:
+            return bytes(out), False
+        size_text = data[pos:line_end].rstrip(b"\r").split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            return bytes(out), False
+        pos = line_end + 1
+        if size == 0:
+            return bytes(out), True
+        if pos + size > len(data):
+            out += data[pos:]
+            return bytes(out), False
+        out += data[pos : pos + size]
+        pos += size
+        if data[pos : pos + 2] == _CRLF:
+            pos += 2
+        elif data[pos : pos + 1] == b"\n":
+            pos += 1
+
+
+def _frame_body(headers: Headers, rest: bytes, *, is_response_to_head: bool = False) -> ParsedBody:
+    if is_response_to_head:
+        return ParsedBody(b"", None, "")
+    if _is_chunked(headers):
+        body, complete = dechunk(rest)
+        return ParsedBody(body, None, "" if complete else "chunked-incomplete")
+    length = header_value(headers, b"content-length")
+    if length is not None:
+        try:
+            declared = int(length.split(b",")[0].strip())
+        except ValueError:
+            return ParsedBody(rest, None, "bad-content-length")
+        if len(rest) < declared:
+            return ParsedBody(rest, declared, "cut")
+        return ParsedBody(rest[:declared], None, "extra-bytes" if len(rest) > declared else "")
+    return ParsedBody(rest, None, "")
+
+
+def parse_request(payload: bytes) -> tuple[Request, str]:
+    """A Request from one raw HTTP/1.x request, and a framing note (``""`` when clean)."""
+    head, rest, _ = _split_head(payload)
+    lines = _lines(head)
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/") or not parts[0].isalpha():
+        raise HttpParseError(f"malformed request line {lines[0][:80]!r}", 0)
+    try:
+        method, target, version = (p.decode("ascii") for p in parts)
+    except UnicodeDecodeError as exc:
+        raise HttpParseError("request line is not ASCII", exc.start) from exc
+    headers = _parse_headers(lines[1:], len(lines[0]) + 2)
+    framed = _frame_body(headers, rest)
+    scheme = "http"
+    authority = (header_value(headers, b"host") or b"").decode("latin-1")
+    if "://" in target:
+        # absolute-form (a forward proxy's input): keep origin-form in ``target`` as the model wants.
+        scheme, _, after = target.partition("://")
+        authority, slash, path = after.partition("/")
+        target = slash + path or "/"
+    return (
+        Request(
+            method=method,
+            target=target,
+            headers=headers,
+            body=framed.body,
+            scheme=scheme,
+            authority=authority,
+            http_version=version[5:],
+            truncated_from=framed.truncated_from,
+        ),
+        framed.note,
+    )
+
+
+def parse_response(payload: bytes, *, request_method: str = "GET") -> tuple[Response, str]:
+    """A Response from one raw HTTP/1.x response, and a framing note (``""`` when clean)."""
+    head, rest, _ = _split_head(payload)
+    lines = _lines(head)
+    version, _, after = lines[0].partition(b" ")
+    status_text, _, reason = after.partition(b" ")
+    if not version.startswith(b"HTTP/") or len(status_text) != 3 or not status_text.isdigit():
+        raise HttpParseError(f"malformed status line {lines[0][:80]!r}", 0)
+    headers = _parse_headers(lines[1:], len(lines[0]) + 2)
+    status = int(status_text)
+    no_body = request_method == "HEAD" or status in (204, 304) or 100 <= status < 200
+    framed = _frame_body(headers, rest, is_response_to_head=no_body and not rest)
+    return (
+        Response(
+            status=status,
+            reason=reason.decode("latin-1"),
+            headers=headers,
+            body=framed.body,
+            http_version=version[5:].decode("ascii", "replace"),
+            truncated_from=framed.truncated_from,
+        ),
+        framed.note,
+    )
+
+
+def _head_bytes(start_line: bytes, headers: Headers) -> bytearray:
+    out = bytearray(start_line)
+    out += _CRLF
+    for name, value in headers:
+        out += name + b": " + value + _CRLF
+    out += _CRLF
+    return out
+
+
+def _body_for_wire(headers: Headers, body: bytes, *, add_length: bool) -> tuple[Headers, bytes]:
+    if _is_chunked(headers):
+        framed = (b"%x\r\n" % len(body) + body + _CRLF if body else b"") + b"0\r\n\r\n"
+        return headers, framed
+    if add_length and body and header_value(headers, b"content-length") is None:
+        return (*headers, (b"Content-Length", str(len(body)).encode("ascii"))), body
+    return headers, body
+
+
+def _wire_version(version: str) -> bytes:
+    # GoReplay speaks HTTP/1.x only: an HTTP/2 or /3 exchange is written as the HTTP/1.1 equivalent.
+    return b"HTTP/1.1" if version.startswith(("2", "3")) or not version else b"HTTP/" + version.encode("ascii")
+
+
+def request_bytes(request: Request) -> bytes:
+    """The request as HTTP/1.x bytes; chunked bodies are re-framed, a Host header added if absent."""
+    headers = request.headers
+    if header_value(headers, b"host") is None and request.authority:
+        headers = (
+            (b"Host", request.authority.encode("idna" if not request.authority.isascii() else "ascii", "replace")),
+            *headers,
+        )
+    headers, body = _body_for_wire(headers, request.body, add_length=True)
+    line = b"%s %s %s" % (
+        request.method.encode("ascii"),
+        request.target.encode("utf-8"),
+        _wire_version(request.http_version),
+    )
+    return bytes(_head_bytes(line, headers) + body)
+
+
+def response_bytes(response: Response) -> bytes:
+    """The response as HTTP/1.x bytes; chunked bodies are re-framed."""
+    headers, body = _body_for_wire(response.headers, response.body, add_length=True)
+    line = b"%s %d %s" % (
+        _wire_version(response.http_version),
+        response.status,
+        response.reason.encode("latin-1", "replace"),
+    )
+    return bytes(_head_bytes(line, headers) + body)

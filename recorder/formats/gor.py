@@ -1,0 +1,367 @@
+"""GoReplay ``.gor`` files: stream them into Exchanges, and write Exchanges as files GoReplay replays.
+
+A record is a header line ``TYPE ID TIMESTAMP_NS [LATENCY_NS]``, the raw HTTP/1.x payload, then the
+separator ``\\n🐵🙈🙉\\n``. Type 1 is a request, 2 the response the original server gave, 3 the
+response of a replay target. This module must never load a whole file, never let a response land on
+a request it does not answer, and never make a cut last record fatal (it is reported as a torn tail).
+
+Pairing: responses are matched to requests by id, and within one id strictly in arrival order (HTTP/1.x
+answers in request order on a connection, and GoReplay can reuse an id there). Exchanges are emitted in
+request order once complete; a bounded window of waiting requests (``max_pending``) keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from recorder.errors import ConfigError, InputFormatError
+from recorder.formats._common import ExportReport, ImportReport, TornTail
+from recorder.formats._http1 import HttpParseError, parse_request, parse_response, request_bytes, response_bytes
+from recorder.model import REPLAY, Exchange, Failure, Outcome, Request, Response, Timing
+
+__all__ = ["SEPARATOR", "GorReader", "GorRecord", "iter_gor_records", "write_gor"]
+
+SEPARATOR: Final = "\n🐵🙈🙉\n".encode()
+REQUEST: Final = b"1"
+ORIGINAL_RESPONSE: Final = b"2"
+REPLAYED_RESPONSE: Final = b"3"
+_KNOWN_TYPES: Final = (REQUEST, ORIGINAL_RESPONSE, REPLAYED_RESPONSE)
+# GoReplay writes 40-hex (1.0-1.2) or 24-hex (1.3+) ids; other writers use other tokens, so any
+# short token without spaces is accepted and kept in the ``gor.id`` tag.
+_ID_RE: Final = re.compile(rb"[0-9A-Za-z_.:-]{1,128}")
+_HEX_ID_RE: Final = re.compile(r"(?:[0-9a-f]{24}|[0-9a-f]{40})")
+_HEADER_MAX_BYTES: Final = 512
+#: Read size: large enough that syscalls are rare, small enough to stay cache-friendly.
+_CHUNK_BYTES: Final = 1 << 20
+#: One record may hold at most this much; GoReplay's own default payload cap is far below it.
+DEFAULT_MAX_RECORD_BYTES: Final = 64 << 20
+#: Requests waiting for their responses; past this the oldest is emitted as it is. GoReplay writes a
+#: response within a few records of its request, so 1,000 is far more than pairing needs.
+DEFAULT_MAX_PENDING: Final = 1_000
+#: The same window in payload bytes, so a run of large bodies cannot hold much memory.
+DEFAULT_MAX_PENDING_BYTES: Final = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class GorRecord:
+    """One record: ``kind`` is ``b"1"``/``b"2"``/``b"3"``; ``offset`` is where its header starts."""
+
+    kind: bytes
+    id: str
+    timestamp_ns: int
+    latency_ns: int | None
+    payload: bytes
+    offset: int
+    payload_offset: int
+
+
+def _parse_header(line: bytes, path: str, offset: int) -> tuple[bytes, str, int, int | None]:
+    fields = line.split(b" ")
+    if len(fields) not in (3, 4) or len(fields[0]) != 1 or not fields[0].isdigit():
+        raise InputFormatError(
+            f"not a GoReplay record header: {line[:80]!r} (want 'TYPE ID TIMESTAMP_NS [LATENCY_NS]')",
+            path=path,
+            offset=offset,
+        )
+    if not _ID_RE.fullmatch(fields[1]):
+        raise InputFormatError(f"bad GoReplay record id {fields[1][:80]!r}", path=path, offset=offset)
+    try:
+        timestamp_ns = int(fields[2])
+        latency_ns = int(fields[3]) if len(fields) == 4 else None
+    except ValueError as exc:
+        raise InputFormatError(f"bad GoReplay timestamp or latency in {line[:80]!r}", path=path, offset=offset) from exc
+    if timestamp_ns < 0:
+        raise InputFormatError("negative GoReplay timestamp", path=path, offset=offset)
+    return fields[0], fields[1].decode("ascii"), timestamp_ns, latency_ns
+
+
+def iter_gor_records(
+    stream: BinaryIO,
+    path: str,
+    report: ImportReport,
+    *,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> Iterator[GorRecord]:
+    """Every complete record in ``stream``, in file order; a cut last record goes to ``report.torn_tail``."""
+    buffer = b""
+    pos = 0  # start of the unconsumed part of ``buffer``
+    base = 0  # file offset of ``buffer[0]``
+    search_from = 0
+    eof = False
+    while True:
+        end = buffer.find(SEPARATOR, search_from)
+        if end < 0:
+            if eof:
+                break
+            if len(buffer) - pos > max_record_bytes:
+                raise InputFormatError(
+                    f"GoReplay record longer than {max_record_bytes} bytes without a separator",
+                    path=path,
+                    offset=base + pos,
+                )
+            chunk = stream.read(_CHUNK_BYTES)
+            # Compact only when refilling, so consuming a record never copies the rest of the buffer.
+            searched = len(buffer) - pos
+            base += pos
+            buffer = buffer[pos:] + chunk
+            pos = 0
+            search_from = max(0, searched - len(SEPARATOR) + 1)
+            eof = not chunk
+            continue
+        record_offset = base + pos
+        newline = buffer.find(b"\n", pos, min(end, pos + _HEADER_MAX_BYTES))
+        if newline < 0:
+            raise InputFormatError("GoReplay record has no header line", path=path, offset=record_offset)
+        kind, record_id, timestamp_ns, latency_ns = _parse_header(buffer[pos:newline], path, record_offset)
+        report.records += 1
+        yield GorRecord(
+            kind, record_id, timestamp_ns, latency_ns, buffer[newline + 1 : end], record_offset, base + newline + 1
+        )
+        pos = end + len(SEPARATOR)
+        search_from = pos
+    rest = buffer[pos:]
+    if rest.strip(b"\r\n"):
+        if report.records == 0:
+            # Nothing complete at all: that is not a cut GoReplay file but something else.
+            _parse_header(rest.split(b"\n", 1)[0][:_HEADER_MAX_BYTES], path, base + pos)
+        report.torn_tail = TornTail(base + pos, len(rest), "last record ends before its separator")
+
+
+@dataclass(slots=True)
+class _Pending:
+    sequence: int
+    gor_id: str
+    exchange_id: str
+    request: Request
+    record: GorRecord
+    notes: list[str]
+    original: GorRecord | None = None
+    original_response: Outcome | None = None
+    replay: GorRecord | None = None
+    replay_response: Outcome | None = None
+    size_bytes: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class GorReader:
+    """Streams the Exchanges of one ``.gor`` file; ``report`` is complete once iteration ends.
+
+    Memory is bounded by the pairing window (``max_pending`` requests, ``max_pending_bytes`` of
+    payload) plus one read buffer holding at most one record (``max_record_bytes``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
+        if max_pending < 1:
+            raise ConfigError("must be at least 1", field="gor.max_pending")
+        if max_pending_bytes < 1:
+            raise ConfigError("must be at least 1", field="gor.max_pending_bytes")
+        self.path = str(path)
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.max_record_bytes = max_record_bytes
+        self.report = ImportReport(self.path, "gor")
+
+    def __iter__(self) -> Iterator[Exchange]:
+        try:
+            stream = open(self.path, "rb")  # noqa: SIM115 - closed in finally; a generator holds it
+        except OSError as exc:
+            raise InputFormatError(f"cannot read: {exc.strerror or exc}", path=self.path) from exc
+        try:
+            yield from self._pair(
+                iter_gor_records(stream, self.path, self.report, max_record_bytes=self.max_record_bytes)
+            )
+        finally:
+            stream.close()
+
+    def _pair(self, records: Iterable[GorRecord]) -> Iterator[Exchange]:
+        pending: OrderedDict[int, _Pending] = OrderedDict()
+        # Per id, requests still waiting for a type-2 (resp. type-3) record, oldest first.
+        await_original: dict[str, deque[_Pending]] = {}
+        await_replay: dict[str, deque[_Pending]] = {}
+        sequence = 0
+        pending_bytes = 0
+        for record in records:
+            if record.kind == REQUEST:
+                try:
+                    request, note = parse_request(record.payload)
+                except HttpParseError as exc:
+                    raise self._error(record, exc) from exc
+                reused = record.id in await_original or record.id in await_replay
+                item = _Pending(
+                    sequence=sequence,
+                    gor_id=record.id,
+                    exchange_id=f"{record.id}.{sequence}" if reused else record.id,
+                    request=request,
+                    record=record,
+                    notes=[f"request:{note}"] if note else [],
+                    size_bytes=len(record.payload),
+                )
+                if reused:
+                    self.report.note("requests reusing the id of a waiting request (paired in order)")
+                    item.tags["gor.id_reused"] = "1"
+                pending[sequence] = item
+                pending_bytes += item.size_bytes
+                await_original.setdefault(record.id, deque()).append(item)
+                await_replay.setdefault(record.id, deque()).append(item)
+                sequence += 1
+            elif record.kind in (ORIGINAL_RESPONSE, REPLAYED_RESPONSE):
+                is_original = record.kind == ORIGINAL_RESPONSE
+                waiting = (await_original if is_original else await_replay).get(record.id)
+                if not waiting:
+                    self.report.skip(f"type {record.kind.decode()} responses with no waiting request")
+                    continue
+                item = waiting.popleft()
+                if not waiting:
+                    del (await_original if is_original else await_replay)[record.id]
+                try:
+                    response, note = parse_response(record.payload, request_method=item.request.method)
+                except HttpParseError as exc:
+                    raise self._error(record, exc) from exc
+                if note:
+                    item.notes.append(f"{'response' if is_original else 'replay'}:{note}")
+                item.size_bytes += len(record.payload)
+                pending_bytes += len(record.payload)
+                if is_original:
+                    item.original, item.original_response = record, response
+                else:
+                    item.replay, item.replay_response = record, response
+            else:
+                self.report.skip(f"records of unknown type {record.kind.decode()}")
+                continue
+            while pending:
+                head = next(iter(pending.values()))
+                # A type-3 record may still come for a head that has its type 2, so only a head with
+                # both is done early; the window bounds how long the rest wait.
+                complete = head.original is not None and head.replay is not None
+                within_window = len(pending) <= self.max_pending and pending_bytes <= self.max_pending_bytes
+                if not complete and within_window:
+                    break
+                pending_bytes -= head.size_bytes
+                yield self._finish(pending.pop(head.sequence), await_original, await_replay)
+        while pending:
+            yield self._finish(pending.popitem(last=False)[1], await_original, await_replay)
+
+    def _error(self, record: GorRecord, exc: HttpParseError) -> InputFormatError:
+        return InputFormatError(
+            f"type {record.kind.decode()} record {record.id}: {exc}",
+            path=self.path,
+            offset=record.payload_offset + exc.offset,
+        )
+
+    def _finish(
+        self,
+        item: _Pending,
+        await_original: dict[str, deque[_Pending]],
+        await_replay: dict[str, deque[_Pending]],
+    ) -> Exchange:
+        for waiting_by_id in (await_original, await_replay):
+            waiting = waiting_by_id.get(item.gor_id)
+            if waiting is not None and item in waiting:
+                waiting.remove(item)
+                if not waiting:
+                    del waiting_by_id[item.gor_id]
+        tags = {"source": "gor", "gor.id": item.gor_id, **item.tags}
+        if item.record.latency_ns is not None:
+            tags["gor.request_latency_ns"] = str(item.record.latency_ns)
+        if item.notes:
+            tags["gor.framing"] = ",".join(item.notes)
+            self.report.note("exchanges with a body framing issue (tag gor.framing)")
+        timings: dict[str, Timing] = {}
+        if item.original is None:
+            self.report.note("requests without an original response (imported without one)")
+        else:
+            tags["gor.response_ts_ns"] = str(item.original.timestamp_ns)
+            timings["primary"] = Timing(sent_ns=0, first_byte_ns=item.original.latency_ns)
+        shadows: dict[str, Outcome] = {}
+        if item.replay is not None and item.replay_response is not None:
+            shadows[REPLAY] = item.replay_response
+            tags["gor.replay_ts_ns"] = str(item.replay.timestamp_ns)
+            timings[REPLAY] = Timing(sent_ns=0, first_byte_ns=item.replay.latency_ns)
+        self.report.imported += 1
+        started_ns = item.record.timestamp_ns
+        return Exchange(
+            id=item.exchange_id,
+            started_at_ns=started_ns,
+            started_mono_ns=started_ns,
+            request=item.request,
+            primary=item.original_response,
+            shadows=shadows,
+            timings=timings,
+            tags=tags,
+        )
+
+
+def _gor_id(exchange: Exchange) -> str:
+    for candidate in (exchange.tags.get("gor.id", ""), exchange.id):
+        if _HEX_ID_RE.fullmatch(candidate):
+            return candidate
+    return hashlib.sha1(exchange.id.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+def _latency_ns(timing: Timing | None) -> int:
+    if timing is None:
+        return 0
+    for value in (timing.first_byte_ns, timing.done_ns):
+        if value is not None:
+            return max(0, value - (timing.sent_ns or 0))
+    return 0
+
+
+def _int_tag(exchange: Exchange, key: str, default: int) -> int:
+    try:
+        return int(exchange.tags[key])
+    except (KeyError, ValueError):
+        return default
+
+
+def write_gor(exchanges: Iterable[Exchange], path: str | Path) -> ExportReport:
+    """Write ``exchanges`` as a ``.gor`` file GoReplay can replay (``--input-file``), streaming.
+
+    The primary response becomes a type-2 record and a ``replay`` response a type-3 record. Failures
+    and other shadows have no place in the format and are counted in the report.
+    """
+    report = ExportReport(str(path), "gor")
+    try:
+        out = open(path, "wb", buffering=_CHUNK_BYTES)  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise InputFormatError(f"cannot write: {exc.strerror or exc}", path=str(path)) from exc
+    with out:
+        for exchange in exchanges:
+            gor_id = _gor_id(exchange)
+            started_ns = exchange.started_at_ns
+            request_latency_ns = _int_tag(exchange, "gor.request_latency_ns", 0)
+            out.write(b"1 %s %d %d\n" % (gor_id.encode("ascii"), started_ns, request_latency_ns))
+            out.write(request_bytes(exchange.request))
+            out.write(SEPARATOR)
+            for name, kind in (("primary", ORIGINAL_RESPONSE), (REPLAY, REPLAYED_RESPONSE)):
+                outcome = exchange.outcome(name)
+                if isinstance(outcome, Failure):
+                    report.skip(f"{name} failures (no error record in .gor)")
+                    continue
+                if not isinstance(outcome, Response):
+                    continue
+                latency_ns = _latency_ns(exchange.timings.get(name))
+                default_ts = started_ns + latency_ns
+                ts_key = "gor.response_ts_ns" if kind == ORIGINAL_RESPONSE else "gor.replay_ts_ns"
+                timestamp_ns = _int_tag(exchange, ts_key, default_ts)
+                out.write(b"%s %s %d %d\n" % (kind, gor_id.encode("ascii"), timestamp_ns, latency_ns))
+                out.write(response_bytes(outcome))
+                out.write(SEPARATOR)
+            other_shadows = [name for name in exchange.shadows if name != REPLAY]
+            if other_shadows:
+                report.skip("shadow responses (only 'replay' maps to type 3)", len(other_shadows))
+            report.exported += 1
+    return report

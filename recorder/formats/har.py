@@ -1,0 +1,639 @@
+"""HAR 1.2 files: stream them into Exchanges, and write Exchanges as HAR that DevTools and mitmproxy load.
+
+Reading never loads the whole file: ``log.entries`` is walked one entry at a time with
+``json.JSONDecoder.raw_decode`` over a sliding text buffer, so memory is bounded by the largest single
+entry (``max_entry_bytes``) plus one read chunk. Errors name the file, the byte offset and a JSON
+pointer such as ``log.entries[12].request.headers``. This module must never guess silently: anything
+that cannot be carried over is counted in the report or recorded in the exchange's ``tags``.
+
+HAR stores bodies decoded (``content.text`` is after the Content-Encoding was undone), while the model
+keeps wire bytes. On import the body is the decoded content, so ``Content-Encoding`` is dropped,
+``Content-Length`` (when present) is set to the decoded length, and tag ``har.decoded`` names the
+coding that was undone. On export the wire body is decoded for ``content.text`` and the headers are
+kept as they were on the wire, as browsers do.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import gzip
+import json
+import uuid
+import zlib
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Final
+from urllib.parse import parse_qsl, quote_plus, urlsplit
+
+from recorder.errors import InputFormatError
+from recorder.formats._common import ExportReport, ImportReport, http_version_from_wire, replace_header
+from recorder.model import Exchange, Failure, FailureKind, Headers, Outcome, Request, Response, Timing, header_value
+
+__all__ = ["HarReader", "decode_content", "write_har"]
+
+#: Text read per refill. Large enough to make syscalls rare, small next to the entry bound.
+_CHUNK_BYTES: Final = 1 << 20
+#: One entry (with its bodies, base64 included) may be at most this large; the buffer never grows past it.
+DEFAULT_MAX_ENTRY_BYTES: Final = 256 << 20
+_WHITESPACE: Final = " \t\r\n"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_NS_PER_MS: Final = 1_000_000
+_CONTENT_CODING_HEADERS: Final = frozenset({b"content-encoding"})
+
+
+class _JsonStream:
+    """An incremental JSON reader over a binary stream: single characters and whole values."""
+
+    def __init__(self, stream: BinaryIO, path: str, max_value_chars: int) -> None:
+        self._stream = stream
+        self._path = path
+        self._max_value_chars = max_value_chars
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
+        self._json = json.JSONDecoder()
+        self._buf = ""
+        self._pos = 0
+        self._base_bytes = 0  # file offset of ``_buf[0]``
+        self._read_bytes = 0
+        self._eof = False
+
+    def byte_offset(self, pos: int | None = None) -> int:
+        at = self._pos if pos is None else pos
+        return self._base_bytes + len(self._buf[:at].encode("utf-8", "surrogatepass"))
+
+    def error(self, message: str, pointer: str | None, pos: int | None = None) -> InputFormatError:
+        return InputFormatError(message, path=self._path, offset=self.byte_offset(pos), field=pointer or None)
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        consumed = self._buf[: self._pos]
+        self._base_bytes += len(consumed.encode("utf-8", "surrogatepass"))
+        # Read at least as much as is buffered, so a huge value is re-scanned O(log n) times, not O(n).
+        want = max(_CHUNK_BYTES, len(self._buf) - self._pos)
+        data = self._stream.read(want)
+        try:
+            text = self._decoder.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            raise InputFormatError(
+                "HAR file is not UTF-8", path=self._path, offset=self._read_bytes + exc.start
+            ) from exc
+        self._read_bytes += len(data)
+        self._buf = self._buf[self._pos :] + text
+        self._pos = 0
+        self._eof = not data
+        return bool(data)
+
+    def peek(self) -> str:
+        """The next non-whitespace character without consuming it, ``""`` at the end of the file."""
+        while True:
+            buf = self._buf
+            pos = self._pos
+            while pos < len(buf) and buf[pos] in _WHITESPACE:
+                pos += 1
+            self._pos = pos
+            if pos < len(buf):
+                return buf[pos]
+            if not self._fill():
+                return ""
+
+    def expect(self, chars: str, pointer: str) -> str:
+        found = self.peek()
+        if not found or found not in chars:
+            shown = repr(found) if found else "end of file"
+            wanted = " or ".join(repr(c) for c in chars)
+            raise self.error(f"expected {wanted}, found {shown}", pointer)
+        self._pos += 1
+        return found
+
+    def value(self, pointer: str) -> Any:
+        """Decode the next whole JSON value, reading more of the file until it is complete."""
+        self.peek()
+        while True:
+            try:
+                obj, end = self._json.raw_decode(self._buf, self._pos)
+            except json.JSONDecodeError as exc:
+                near_end = exc.pos >= len(self._buf) - 8 or exc.msg.startswith("Unterminated string")
+                if near_end and not self._eof:
+                    if len(self._buf) - self._pos > self._max_value_chars:
+                        raise self.error(f"value larger than {self._max_value_chars} bytes", pointer) from exc
+                    self._fill()
+                    continue
+                what = "file ends inside this value" if self._eof and near_end else f"invalid JSON: {exc.msg}"
+                raise self.error(what, pointer, exc.pos) from exc
+            # A number can look complete at the end of the buffer and still go on in the next chunk.
+            if end == len(self._buf) and not self._eof and not isinstance(obj, (dict, list, str)):
+                self._fill()
+                continue
+            if end - self._pos > self._max_value_chars:
+                # The same answer whether or not the value happened to fit in one read.
+                raise self.error(f"value larger than {self._max_value_chars} bytes", pointer)
+            self._pos = end
+            return obj
+
+    def object_keys(self, pointer: str) -> Iterator[str]:
+        """After ``{`` was consumed: each key (leaving the stream at its value) until ``}``."""
+        if self.peek() == "}":
+            self._pos += 1
+            return
+        while True:
+            key = self.value(pointer)
+            if not isinstance(key, str):
+                raise self.error("object key is not a string", pointer)
+            self.expect(":", pointer)
+            yield key
+            if self.expect(",}", pointer) == "}":
+                return
+
+
+def _ptr(base: str, key: str | int) -> str:
+    return f"{base}[{key}]" if isinstance(key, int) else f"{base}.{key}" if base else key
+
+
+class _Entry:
+    """Typed access to one decoded entry, raising errors that carry the JSON pointer."""
+
+    def __init__(self, reader: HarReader, offset: int) -> None:
+        self.reader = reader
+        self.offset = offset
+
+    def fail(self, message: str, pointer: str) -> InputFormatError:
+        return InputFormatError(message, path=self.reader.path, offset=self.offset, field=pointer)
+
+    def get(
+        self, obj: dict[str, Any], key: str, kind: type | tuple[type, ...], pointer: str, *, required: bool = True
+    ) -> Any:
+        if key not in obj or obj[key] is None:
+            if required:
+                raise self.fail(f"missing {key!r}", _ptr(pointer, key))
+            return None
+        value = obj[key]
+        # bool is an int in Python, but never a valid HAR number.
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+            raise self.fail(f"{key!r} must be {_kind_name(kind)}, not {type(value).__name__}", _ptr(pointer, key))
+        return value
+
+    def headers(self, message: dict[str, Any], pointer: str) -> Headers:
+        raw = self.get(message, "headers", list, pointer)
+        out: list[tuple[bytes, bytes]] = []
+        for i, header in enumerate(raw):
+            where = _ptr(_ptr(pointer, "headers"), i)
+            if not isinstance(header, dict):
+                raise self.fail("header must be an object with 'name' and 'value'", where)
+            name = self.get(header, "name", str, where)
+            value = self.get(header, "value", str, where)
+            if name.startswith(":"):
+                # HTTP/2 pseudo-headers (Chrome) are not headers on the wire; the URL carries them.
+                continue
+            out.append((name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")))
+        return tuple(out)
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in _as_tuple(kind)))
+
+
+def _parse_started(text: str) -> int | None:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1_000
+
+
+def _ms(timings: dict[str, Any], key: str) -> float:
+    value = timings.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0.0
+
+
+def _timing(timings: dict[str, Any]) -> Timing:
+    # HAR phases are sequential: blocked, dns, connect (ssl is inside connect), send, wait, receive.
+    before_send_ms = _ms(timings, "blocked") + _ms(timings, "dns") + _ms(timings, "connect")
+    sent_ms = before_send_ms + _ms(timings, "send")
+    first_byte_ms = sent_ms + _ms(timings, "wait")
+    done_ms = first_byte_ms + _ms(timings, "receive")
+    return Timing(
+        sent_ns=round(before_send_ms * _NS_PER_MS),
+        first_byte_ns=round(first_byte_ms * _NS_PER_MS),
+        done_ns=round(done_ms * _NS_PER_MS),
+    )
+
+
+def _undo_content_coding(headers: Headers, body: bytes, tags: dict[str, str], side: str) -> Headers:
+    coding = header_value(headers, b"content-encoding")
+    if coding is None or coding.strip().lower() in (b"", b"identity"):
+        return headers
+    tags[f"har.decoded.{side}"] = coding.decode("latin-1")
+    headers = tuple((k, v) for k, v in headers if k.lower() not in _CONTENT_CODING_HEADERS)
+    if header_value(headers, b"content-length") is not None:
+        headers = replace_header(headers, b"content-length", str(len(body)).encode("ascii"))
+    return headers
+
+
+class HarReader:
+    """Streams the Exchanges of one HAR file; ``report`` is complete once iteration ends."""
+
+    def __init__(self, path: str | Path, *, max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES) -> None:
+        self.path = str(path)
+        self.max_entry_bytes = max_entry_bytes
+        self.report = ImportReport(self.path, "har")
+
+    def __iter__(self) -> Iterator[Exchange]:
+        try:
+            stream = open(self.path, "rb")  # noqa: SIM115 - closed in finally; a generator holds it
+        except OSError as exc:
+            raise InputFormatError(f"cannot read: {exc.strerror or exc}", path=self.path) from exc
+        try:
+            js = _JsonStream(stream, self.path, self.max_entry_bytes)
+            for index, offset, entry in self._entries(js):
+                self.report.records += 1
+                exchange = self._exchange(entry, index, _Entry(self, offset))
+                if exchange is not None:
+                    self.report.imported += 1
+                    yield exchange
+        finally:
+            stream.close()
+
+    def _entries(self, js: _JsonStream) -> Iterator[tuple[int, int, Any]]:
+        if js.peek() != "{":
+            raise js.error("not a HAR file: it does not start with a JSON object", None)
+        js.expect("{", "")
+        saw_log = False
+        for key in js.object_keys(""):
+            if key != "log":
+                js.value(key)
+                continue
+            saw_log = True
+            js.expect("{", "log")
+            saw_entries = False
+            for log_key in js.object_keys("log"):
+                if log_key != "entries":
+                    js.value(_ptr("log", log_key))
+                    continue
+                saw_entries = True
+                js.expect("[", "log.entries")
+                if js.peek() == "]":
+                    js.expect("]", "log.entries")
+                    continue
+                index = 0
+                while True:
+                    pointer = f"log.entries[{index}]"
+                    js.peek()
+                    offset = js.byte_offset()
+                    yield index, offset, js.value(pointer)
+                    index += 1
+                    if js.expect(",]", pointer) == "]":
+                        break
+            if not saw_entries:
+                raise js.error("HAR log has no 'entries' array", "log.entries")
+        if not saw_log:
+            raise js.error("not a HAR file: no 'log' object", "log")
+        if js.peek():
+            raise js.error("unexpected data after the HAR object", None)
+
+    def _exchange(self, entry: Any, index: int, e: _Entry) -> Exchange | None:
+        pointer = f"log.entries[{index}]"
+        if not isinstance(entry, dict):
+            raise e.fail("entry must be an object", pointer)
+        tags: dict[str, str] = {"source": "har"}
+        request = self._request(e, e.get(entry, "request", dict, pointer), _ptr(pointer, "request"), tags)
+        started = e.get(entry, "startedDateTime", str, pointer)
+        started_ns = _parse_started(started)
+        if started_ns is None:
+            raise e.fail(f"startedDateTime {started[:40]!r} is not an ISO 8601 date", _ptr(pointer, "startedDateTime"))
+        raw_response = e.get(entry, "response", dict, pointer, required=False)
+        primary: Outcome | None
+        if raw_response is None:
+            primary = Failure(FailureKind.OTHER, "no response in HAR entry")
+            self.report.note("entries without a response (kept as a failure)")
+        else:
+            primary = self._response(e, raw_response, _ptr(pointer, "response"), tags, request.method)
+        timings_raw = e.get(entry, "timings", dict, pointer, required=False)
+        timings = {"primary": _timing(timings_raw)} if timings_raw is not None and isinstance(primary, Response) else {}
+        server_ip = entry.get("serverIPAddress")
+        if isinstance(server_ip, str) and server_ip:
+            tags["har.server_ip"] = server_ip
+        connection = entry.get("connection")
+        if "har.decoded.response" in tags or "har.decoded.request" in tags:
+            self.report.note("bodies stored decoded by HAR (Content-Encoding dropped)")
+        return Exchange(
+            id=uuid.uuid4().hex,
+            started_at_ns=started_ns,
+            started_mono_ns=started_ns,
+            request=request,
+            primary=primary,
+            timings=timings,
+            connection_id=connection if isinstance(connection, str) else "",
+            tags=tags,
+        )
+
+    def _request(self, e: _Entry, raw: dict[str, Any], pointer: str, tags: dict[str, str]) -> Request:
+        method = e.get(raw, "method", str, pointer)
+        url = e.get(raw, "url", str, pointer)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise e.fail(f"bad url {url[:80]!r}: {exc}", _ptr(pointer, "url")) from exc
+        if not parts.scheme or not parts.netloc:
+            raise e.fail(f"url {url[:80]!r} is not absolute", _ptr(pointer, "url"))
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = e.headers(raw, pointer)
+        body = b""
+        post = e.get(raw, "postData", dict, pointer, required=False)
+        if post is not None:
+            body = self._post_body(e, post, _ptr(pointer, "postData"), headers)
+            headers = _undo_content_coding(headers, body, tags, "request") if body else headers
+        version = raw.get("httpVersion")
+        return Request(
+            method=method,
+            target=target,
+            headers=headers,
+            body=body,
+            scheme=parts.scheme,
+            authority=parts.netloc,
+            http_version=http_version_from_wire(version) if isinstance(version, str) else "1.1",
+        )
+
+    def _post_body(self, e: _Entry, post: dict[str, Any], pointer: str, headers: Headers) -> bytes:
+        text: str | None = e.get(post, "text", str, pointer, required=False)
+        if text is not None:
+            if post.get("encoding") == "base64":
+                return _b64(e, text, _ptr(pointer, "text"))
+            return text.encode("utf-8", "surrogateescape")
+        params = e.get(post, "params", list, pointer, required=False) or []
+        mime = post.get("mimeType") if isinstance(post.get("mimeType"), str) else ""
+        if not mime:
+            content_type = header_value(headers, b"content-type")
+            mime = content_type.decode("latin-1") if content_type else ""
+        fields: list[tuple[str, str, str | None, str | None]] = []
+        for i, param in enumerate(params):
+            where = _ptr(_ptr(pointer, "params"), i)
+            if not isinstance(param, dict):
+                raise e.fail("param must be an object", where)
+            fields.append(
+                (
+                    e.get(param, "name", str, where),
+                    e.get(param, "value", str, where, required=False) or "",
+                    e.get(param, "fileName", str, where, required=False),
+                    e.get(param, "contentType", str, where, required=False),
+                )
+            )
+        if not fields:
+            return b""
+        if mime.lower().startswith("multipart/form-data"):
+            boundary = mime.partition("boundary=")[2].split(";", 1)[0].strip().strip('"')
+            if not boundary:
+                raise e.fail("multipart params without a boundary in mimeType", _ptr(pointer, "mimeType"))
+            return _multipart(fields, boundary)
+        return "&".join(f"{quote_plus(name)}={quote_plus(value)}" for name, value, _, _ in fields).encode("ascii")
+
+    def _response(self, e: _Entry, raw: dict[str, Any], pointer: str, tags: dict[str, str], method: str) -> Outcome:
+        status = e.get(raw, "status", int, pointer)
+        headers = e.headers(raw, pointer)
+        if status == 0:
+            # Chrome writes status 0 for a request that got no response, with the reason in ``_error``.
+            error = raw.get("_error")
+            self.report.note("entries without a response (kept as a failure)")
+            return Failure(FailureKind.OTHER, error if isinstance(error, str) and error else "no response (status 0)")
+        if not 100 <= status <= 999:
+            raise e.fail(f"status {status} is not an HTTP status", _ptr(pointer, "status"))
+        content = e.get(raw, "content", dict, pointer)
+        content_ptr = _ptr(pointer, "content")
+        text = e.get(content, "text", str, content_ptr, required=False)
+        truncated_from: int | None = None
+        if text is None:
+            body = b""
+            size = content.get("size")
+            if isinstance(size, int) and not isinstance(size, bool) and size > 0 and method != "HEAD":
+                truncated_from = size
+                self.report.note("responses whose HAR holds no content text (body empty, truncated_from set)")
+        elif content.get("encoding") == "base64":
+            body = _b64(e, text, _ptr(content_ptr, "text"))
+        else:
+            body = text.encode("utf-8", "surrogateescape")
+        if body:
+            headers = _undo_content_coding(headers, body, tags, "response")
+        version = raw.get("httpVersion")
+        reason = raw.get("statusText")
+        return Response(
+            status=status,
+            reason=reason if isinstance(reason, str) else "",
+            headers=headers,
+            body=body,
+            http_version=http_version_from_wire(version) if isinstance(version, str) else "1.1",
+            truncated_from=truncated_from,
+        )
+
+
+def _b64(e: _Entry, text: str, pointer: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise e.fail(f"invalid base64: {exc}", pointer) from exc
+
+
+def _multipart(fields: list[tuple[str, str, str | None, str | None]], boundary: str) -> bytes:
+    out = bytearray()
+    for name, value, file_name, content_type in fields:
+        out += f"--{boundary}\r\n".encode()
+        disposition = f'Content-Disposition: form-data; name="{name}"'
+        if file_name is not None:
+            disposition += f'; filename="{file_name}"'
+        out += disposition.encode("utf-8") + b"\r\n"
+        if content_type:
+            out += f"Content-Type: {content_type}\r\n".encode()
+        out += b"\r\n" + value.encode("utf-8", "surrogateescape") + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out)
+
+
+# --- export ------------------------------------------------------------------------------------------
+
+
+def decode_content(headers: Headers, body: bytes) -> tuple[bytes, bool]:
+    """``body`` with its Content-Encoding undone, and whether that worked (unknown codings do not)."""
+    coding = (header_value(headers, b"content-encoding") or b"").strip().lower()
+    if coding in (b"", b"identity") or not body:
+        return body, True
+    try:
+        if coding in (b"gzip", b"x-gzip"):
+            return gzip.decompress(body), True
+        if coding == b"deflate":
+            try:
+                return zlib.decompress(body), True
+            except zlib.error:
+                return zlib.decompress(body, -zlib.MAX_WBITS), True
+        if coding == b"br":
+            import brotli  # lazy: only HAR export of brotli bodies needs it
+
+            return bytes(brotli.decompress(body)), True
+        if coding == b"zstd":
+            import zstandard  # lazy, as above
+
+            return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(body)), True
+    except Exception:  # noqa: BLE001 - any decoder failure means "keep the wire bytes"
+        return body, False
+    return body, False
+
+
+def _text_or_base64(body: bytes) -> tuple[str, str | None]:
+    try:
+        return body.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode("ascii"), "base64"
+
+
+def _header_list(headers: Headers) -> list[dict[str, str]]:
+    return [
+        {"name": k.decode("utf-8", "surrogateescape"), "value": v.decode("utf-8", "surrogateescape")}
+        for k, v in headers
+    ]
+
+
+def _har_version(version: str) -> str:
+    return (
+        "HTTP/2.0" if version.startswith("2") else "HTTP/3" if version.startswith("3") else f"HTTP/{version or '1.1'}"
+    )
+
+
+def _cookies(headers: Headers, name: bytes) -> list[dict[str, str]]:
+    cookies: list[dict[str, str]] = []
+    for key, value in headers:
+        if key.lower() != name:
+            continue
+        text = value.decode("latin-1")
+        pairs = text.split(";") if name == b"cookie" else [text.split(";", 1)[0]]
+        for pair in pairs:
+            cookie_name, eq, cookie_value = pair.strip().partition("=")
+            if eq:
+                cookies.append({"name": cookie_name, "value": cookie_value})
+    return cookies
+
+
+def _iso(ns: int) -> str:
+    return (_EPOCH + timedelta(microseconds=ns // 1_000)).isoformat()
+
+
+def _entry(exchange: Exchange, report: ExportReport) -> dict[str, Any]:
+    request = exchange.request
+    authority = request.authority or (request.header(b"host") or b"").decode("latin-1") or "localhost"
+    url = f"{request.scheme or 'http'}://{authority}{request.target}"
+    request_json: dict[str, Any] = {
+        "method": request.method,
+        "url": url,
+        "httpVersion": _har_version(request.http_version),
+        "cookies": _cookies(request.headers, b"cookie"),
+        "headers": _header_list(request.headers),
+        "queryString": [{"name": n, "value": v} for n, v in parse_qsl(request.query, keep_blank_values=True)],
+        "headersSize": -1,
+        "bodySize": len(request.body),
+    }
+    if request.body:
+        text, encoding = _text_or_base64(request.body)
+        content_type = request.header(b"content-type")
+        post: dict[str, Any] = {"mimeType": content_type.decode("latin-1") if content_type else "", "text": text}
+        if encoding:
+            post["encoding"] = encoding  # not in HAR 1.2; read back by shadowtap, ignored by others
+        if (content_type or b"").lower().startswith(b"application/x-www-form-urlencoded") and encoding is None:
+            post["params"] = [{"name": n, "value": v} for n, v in parse_qsl(text, keep_blank_values=True)]
+        request_json["postData"] = post
+    timing = exchange.timings.get("primary")
+    outcome = exchange.primary
+    entry: dict[str, Any] = {"startedDateTime": _iso(exchange.started_at_ns)}
+    if isinstance(outcome, Response):
+        body, decoded = decode_content(outcome.headers, outcome.body)
+        if not decoded:
+            report.skip("response bodies with an undecodable Content-Encoding (exported as wire bytes)")
+        text, encoding = _text_or_base64(body)
+        content_type = outcome.header(b"content-type")
+        content: dict[str, Any] = {
+            "size": len(body),
+            "compression": len(body) - len(outcome.body),
+            "mimeType": content_type.decode("latin-1") if content_type else "",
+            "text": text,
+        }
+        if encoding:
+            content["encoding"] = encoding
+        location = outcome.header(b"location")
+        response_json: dict[str, Any] = {
+            "status": outcome.status,
+            "statusText": outcome.reason,
+            "httpVersion": _har_version(outcome.http_version),
+            "cookies": _cookies(outcome.headers, b"set-cookie"),
+            "headers": _header_list(outcome.headers),
+            "content": content,
+            "redirectURL": location.decode("latin-1") if location else "",
+            "headersSize": -1,
+            "bodySize": len(outcome.body),
+        }
+    else:
+        # Chrome's way of saying "no response": status 0 and the reason in ``_error``.
+        response_json = {
+            "status": 0,
+            "statusText": "",
+            "httpVersion": _har_version(request.http_version),
+            "cookies": [],
+            "headers": [],
+            "content": {"size": 0, "mimeType": "x-unknown", "text": ""},
+            "redirectURL": "",
+            "headersSize": -1,
+            "bodySize": -1,
+            "_error": outcome.message or outcome.kind if isinstance(outcome, Failure) else "no response recorded",
+        }
+    sent_ms = (timing.sent_ns or 0) / _NS_PER_MS if timing else 0.0
+    first_byte_ms = (timing.first_byte_ns or 0) / _NS_PER_MS if timing else 0.0
+    done_ms = (timing.done_ns or 0) / _NS_PER_MS if timing else 0.0
+    wait_ms = max(0.0, first_byte_ms - sent_ms)
+    receive_ms = max(0.0, done_ms - max(first_byte_ms, sent_ms))
+    entry.update(
+        {
+            "time": sent_ms + wait_ms + receive_ms,
+            "request": request_json,
+            "response": response_json,
+            "cache": {},
+            "timings": {
+                "blocked": -1,
+                "dns": -1,
+                "connect": sent_ms if sent_ms > 0 else -1,
+                "ssl": -1,
+                "send": 0,
+                "wait": wait_ms,
+                "receive": receive_ms,
+            },
+        }
+    )
+    server_ip = exchange.tags.get("har.server_ip")
+    if server_ip:
+        entry["serverIPAddress"] = server_ip
+    if exchange.connection_id:
+        entry["connection"] = exchange.connection_id
+    if exchange.shadows:
+        report.skip("shadow responses (HAR holds one response per entry)", len(exchange.shadows))
+    return entry
+
+
+def write_har(exchanges: Iterable[Exchange], path: str | Path, *, creator_version: str = "") -> ExportReport:
+    """Write ``exchanges`` as one HAR 1.2 file, one entry at a time (memory stays flat)."""
+    report = ExportReport(str(path), "har")
+    try:
+        out: IO[str] = open(path, "w", encoding="utf-8", buffering=_CHUNK_BYTES)  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise InputFormatError(f"cannot write: {exc.strerror or exc}", path=str(path)) from exc
+    with out:
+        creator = json.dumps({"name": "shadowtap", "version": creator_version})
+        out.write('{"log": {"version": "1.2", "creator": ' + creator + ', "pages": [], "entries": [\n')
+        for exchange in exchanges:
+            if report.exported:
+                out.write(",\n")
+            out.write(json.dumps(_entry(exchange, report), ensure_ascii=False))
+            report.exported += 1
+        out.write("\n]}}\n")
+    return report

@@ -1,0 +1,356 @@
+"""HAR 1.2 import (streaming, mapping, errors with JSON pointers) and export (loadable by mitmproxy)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recorder import Exchange, Failure, FailureKind, InputFormatError, Request, Response, Timing
+from recorder.formats import HarReader, write_har
+from recorder.formats import har as har_module
+
+FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "mitmproxy" / "httpbin.har"
+
+
+def entry(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "startedDateTime": "2024-05-01T10:00:00.250Z",
+        "time": 12.5,
+        "request": {
+            "method": "GET",
+            "url": "https://api.test/items?id=7",
+            "httpVersion": "HTTP/1.1",
+            "cookies": [],
+            "headers": [{"name": "Host", "value": "api.test"}],
+            "queryString": [],
+            "headersSize": -1,
+            "bodySize": 0,
+        },
+        "response": {
+            "status": 200,
+            "statusText": "OK",
+            "httpVersion": "HTTP/1.1",
+            "cookies": [],
+            "headers": [{"name": "Content-Type", "value": "text/plain"}],
+            "content": {"size": 2, "mimeType": "text/plain", "text": "hi"},
+            "redirectURL": "",
+            "headersSize": -1,
+            "bodySize": 2,
+        },
+        "cache": {},
+        "timings": {"blocked": -1, "dns": 1, "connect": 2, "send": 0.5, "wait": 8, "receive": 1},
+    }
+    base.update(overrides)
+    return base
+
+
+def har_file(tmp_path: Path, entries: list[Any], name: str = "t.har") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps({"log": {"version": "1.2", "creator": {"name": "t"}, "entries": entries}}))
+    return path
+
+
+def read(path: Path) -> tuple[list[Exchange], HarReader]:
+    reader = HarReader(path)
+    return list(reader), reader
+
+
+def test_real_mitmproxy_har_imports_all_fourteen() -> None:
+    exchanges, reader = read(FIXTURE)
+    assert reader.report.imported == 14 and reader.report.records == 14 and reader.report.skipped == {}
+    by_path = {(ex.request.method, ex.request.path): ex for ex in exchanges}
+    first = exchanges[0]
+    assert first.request.target == "/get?i=1" and first.request.authority == "127.0.0.1:8001"
+    assert first.request.headers[0] == (b"Host", b"127.0.0.1:8001")
+    assert first.started_at_ns == 1795314247469371000
+    assert first.timings["primary"] == Timing(sent_ns=4502296, first_byte_ns=9817123, done_ns=11364937)
+    multipart = exchanges[2]
+    assert multipart.request.body.startswith(b"--------------------------376e45c52e163227\r\n")
+    assert len(multipart.request.body) == 302
+    put = by_path[("PUT", "/put")].request
+    assert len(put.body) == 7 and b"=" in put.body
+    gz = by_path[("GET", "/gzip")]
+    assert isinstance(gz.primary, Response) and gz.primary.header(b"content-encoding") is None
+    assert gz.primary.header(b"content-length") == str(len(gz.primary.body)).encode()
+    assert json.loads(gz.primary.body)["gzipped"] is True and gz.tags["har.decoded.response"] == "gzip"
+    br = by_path[("GET", "/brotli")]
+    assert br.tags["har.decoded.response"] == "br" and json.loads(br.primary.body)["brotli"] is True  # type: ignore[union-attr]
+    png = by_path[("GET", "/image/png")].primary
+    assert isinstance(png, Response) and png.body.startswith(b"\x89PNG") and len(png.body) == 8090
+    head = by_path[("HEAD", "/html")].primary
+    assert isinstance(head, Response) and head.body == b"" and head.truncated_from is None
+    unavailable = by_path[("GET", "/status/503")].primary
+    assert isinstance(unavailable, Response) and unavailable.status == 503
+    assert "bodies stored decoded by HAR (Content-Encoding dropped)" in reader.report.notes
+
+
+def test_small_read_chunks_give_the_same_exchanges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = [(ex.request, ex.primary) for ex in read(FIXTURE)[0]]
+    # A 7-byte read size splits every string, number and multi-byte character across refills.
+    monkeypatch.setattr(har_module, "_CHUNK_BYTES", 7)
+    got = [(ex.request, ex.primary) for ex in read(FIXTURE)[0]]
+    assert got == expected
+
+
+def test_entries_before_or_after_other_log_keys_and_a_bom(tmp_path: Path) -> None:
+    text = json.dumps({"pages": [{"id": "p"}], "entries": [entry()], "version": "1.2", "extra": 1.25})
+    path = tmp_path / "odd.har"
+    path.write_bytes(b"\xef\xbb\xbf" + f'{{"other": [1, 2], "log": {text}, "z": null}}'.encode())
+    exchanges, _ = read(path)
+    assert len(exchanges) == 1 and exchanges[0].request.scheme == "https"
+
+
+def test_mapping_of_a_browser_style_entry(tmp_path: Path) -> None:
+    h2 = entry(connection="4711", serverIPAddress="10.0.0.1")
+    h2["request"]["httpVersion"] = "h2"
+    h2["request"]["headers"] = [{"name": ":authority", "value": "api.test"}, {"name": "accept", "value": "*/*"}]
+    h2["response"]["content"] = {
+        "size": 3,
+        "mimeType": "application/octet-stream",
+        "text": "AAEC",
+        "encoding": "base64",
+    }
+    failed = entry()
+    failed["response"] = {
+        "status": 0,
+        "statusText": "",
+        "httpVersion": "",
+        "headers": [],
+        "cookies": [],
+        "content": {"size": 0, "mimeType": "x-unknown"},
+        "_error": "net::ERR_CONNECTION_REFUSED",
+    }
+    (ok, err), reader = read(har_file(tmp_path, [h2, failed]))
+    assert ok.request.headers == ((b"accept", b"*/*"),) and ok.request.http_version == "2"
+    assert isinstance(ok.primary, Response) and ok.primary.body == b"\x00\x01\x02"
+    assert ok.connection_id == "4711" and ok.tags["har.server_ip"] == "10.0.0.1"
+    assert ok.started_at_ns == 1714557600250000000
+    assert ok.timings["primary"] == Timing(sent_ns=3_000_000, first_byte_ns=11_500_000, done_ns=12_500_000)
+    assert err.primary == Failure(FailureKind.OTHER, "net::ERR_CONNECTION_REFUSED")
+    assert reader.report.notes == {"entries without a response (kept as a failure)": 1}
+
+
+def test_post_params_without_text_are_encoded(tmp_path: Path) -> None:
+    form = entry()
+    form["request"]["method"] = "POST"
+    form["request"]["postData"] = {
+        "mimeType": "application/x-www-form-urlencoded",
+        "params": [{"name": "a b", "value": "1&2"}, {"name": "c", "value": ""}],
+    }
+    multipart = entry()
+    multipart["request"]["postData"] = {
+        "mimeType": "multipart/form-data; boundary=XyZ",
+        "params": [{"name": "f", "fileName": "a.txt", "contentType": "text/plain", "value": "data"}],
+    }
+    (a, b), _ = read(har_file(tmp_path, [form, multipart]))
+    assert a.request.body == b"a+b=1%262&c="
+    assert b.request.body == (
+        b'--XyZ\r\nContent-Disposition: form-data; name="f"; filename="a.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\ndata\r\n--XyZ--\r\n"
+    )
+
+
+def test_missing_content_text_marks_the_body_truncated(tmp_path: Path) -> None:
+    e = entry()
+    e["response"]["content"] = {"size": 1234, "mimeType": "image/png"}
+    (ex,), reader = read(har_file(tmp_path, [e]))
+    assert isinstance(ex.primary, Response) and ex.primary.body == b"" and ex.primary.truncated_from == 1234
+
+
+@pytest.mark.parametrize(
+    ("mutate", "pointer", "message"),
+    [
+        (lambda e: e["request"].update(headers="nope"), "log.entries[1].request.headers", "must be an array"),
+        (lambda e: e["request"]["headers"].append({"name": "x"}), "log.entries[1].request.headers[1].value", "missing"),
+        (lambda e: e["request"].pop("url"), "log.entries[1].request.url", "missing 'url'"),
+        (lambda e: e["request"].update(url="/relative"), "log.entries[1].request.url", "not absolute"),
+        (lambda e: e.update(startedDateTime="yesterday"), "log.entries[1].startedDateTime", "ISO 8601"),
+        (lambda e: e["response"].update(status="200"), "log.entries[1].response.status", "must be a number"),
+        (lambda e: e["response"].update(status=True), "log.entries[1].response.status", "must be a number"),
+        (
+            lambda e: e["response"]["content"].update(text="%%%", encoding="base64"),
+            "log.entries[1].response.content.text",
+            "invalid base64",
+        ),
+    ],
+)
+def test_bad_entries_name_file_offset_and_json_pointer(tmp_path: Path, mutate: Any, pointer: str, message: str) -> None:
+    bad = entry()
+    mutate(bad)
+    path = har_file(tmp_path, [entry(), bad])
+    with pytest.raises(InputFormatError, match=message) as info:
+        list(HarReader(path))
+    err = info.value
+    assert err.field == pointer and err.path == str(path)
+    data = path.read_bytes()
+    assert err.offset is not None and data[err.offset : err.offset + 1] == b"{" and err.offset > data.index(b"entries")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]", "does not start with a JSON object"),
+        ('{"log": {"version": "1.2"}}', "no 'entries' array"),
+        ('{"nolog": 1}', "no 'log' object"),
+        ('{"log": {"entries": [{"a": [1, 2', "file ends inside this value"),
+        ('{"log": {"entries": [7]}}', "entry must be an object"),
+        ('{"log": {"entries": [' + json.dumps(entry()) + ' {"b": 2}]}}', "expected ',' or ']'"),
+        ('{"log": {"entries": []}} trailing', "unexpected data after"),
+        ("", "does not start with a JSON object"),
+    ],
+)
+def test_structural_errors_are_clear(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.har"
+    path.write_text(text)
+    with pytest.raises(InputFormatError, match=message) as info:
+        list(HarReader(path))
+    assert info.value.path == str(path)
+
+
+def test_non_utf8_and_oversized_entries_are_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "latin1.har"
+    path.write_bytes(b'{"log": {"entries": [{"x": "caf\xe9"}]}}')
+    with pytest.raises(InputFormatError, match="not UTF-8") as info:
+        list(HarReader(path))
+    assert info.value.offset == path.read_bytes().index(b"\xe9")
+    big = har_file(tmp_path, [entry(comment="x" * 5000)], "big.har")
+    with pytest.raises(InputFormatError, match="larger than 1000 bytes"):
+        list(HarReader(big, max_entry_bytes=1000))
+    # The buffer stops growing at the bound while the entry is still incomplete, too.
+    monkeypatch.setattr(har_module, "_CHUNK_BYTES", 64)
+    with pytest.raises(InputFormatError, match="larger than 1000 bytes") as info:
+        list(HarReader(big, max_entry_bytes=1000))
+    assert info.value.field == "log.entries[0]"
+
+
+def test_empty_entries_import_nothing(tmp_path: Path) -> None:
+    exchanges, reader = read(har_file(tmp_path, []))
+    assert exchanges == [] and reader.report.records == 0
+
+
+def test_export_round_trip_keeps_method_path_headers_bodies_status(tmp_path: Path) -> None:
+    original, _ = read(FIXTURE)
+    out = tmp_path / "out.har"
+    report = write_har(original, out, creator_version="0.1.0")
+    assert report.exported == 14
+    again, _ = read(out)
+    for before, after in zip(original, again, strict=True):
+        assert after.request == before.request
+        assert after.primary == before.primary
+        assert after.started_at_ns == before.started_at_ns
+        assert after.timings == before.timings
+
+
+def test_export_decodes_wire_bodies_and_marks_binary_as_base64(tmp_path: Path) -> None:
+    wire = gzip.compress(b'{"a": 1}')
+    exchanges = [
+        Exchange(
+            id="1",
+            started_at_ns=1_700_000_000_123_456_000,
+            request=Request(
+                "POST",
+                "/up",
+                ((b"Host", b"h.test"), (b"Content-Type", b"application/octet-stream")),
+                b"\xff\x00binary",
+                authority="h.test",
+            ),
+            primary=Response(200, "OK", ((b"Content-Encoding", b"gzip"), (b"Content-Type", b"application/json")), wire),
+            timings={"primary": Timing(sent_ns=1_000_000, first_byte_ns=3_000_000, done_ns=4_000_000)},
+        ),
+        Exchange(id="2", started_at_ns=1, request=Request("GET", "/"), primary=Failure(FailureKind.TIMEOUT, "slow")),
+    ]
+    out = tmp_path / "o.har"
+    write_har(exchanges, out)
+    doc = json.loads(out.read_text())
+    first, second = doc["log"]["entries"]
+    assert doc["log"]["version"] == "1.2" and first["startedDateTime"] == "2023-11-14T22:13:20.123456+00:00"
+    assert first["response"]["content"]["text"] == '{"a": 1}' and first["response"]["content"]["size"] == 8
+    assert {"name": "Content-Encoding", "value": "gzip"} in first["response"]["headers"]
+    post = first["request"]["postData"]
+    assert post["encoding"] == "base64" and base64.b64decode(post["text"]) == b"\xff\x00binary"
+    assert first["timings"]["connect"] == 1.0 and first["timings"]["wait"] == 2.0 and first["time"] == 4.0
+    assert second["response"]["status"] == 0 and second["response"]["_error"] == "slow"
+    back, _ = read(out)
+    assert back[0].request.body == b"\xff\x00binary"
+    assert back[1].primary == Failure(FailureKind.OTHER, "slow")
+
+
+def test_exported_har_loads_in_mitmproxy(tmp_path: Path) -> None:
+    from mitmproxy import http
+    from mitmproxy.io import FlowReader
+
+    original, _ = read(FIXTURE)
+    out = tmp_path / "for-mitm.har"
+    write_har(original, out)
+    with warnings.catch_warnings(), out.open("rb") as stream:
+        flows = list(FlowReader(stream).stream())
+    assert len(flows) == 14
+    for flow, ex in zip(flows, original, strict=True):
+        assert isinstance(flow, http.HTTPFlow) and flow.response is not None
+        assert flow.request.method == ex.request.method and flow.request.path == ex.request.target
+        assert isinstance(ex.primary, Response) and flow.response.status_code == ex.primary.status
+        assert flow.response.content == ex.primary.body
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0, max_value=62405 - 1))  # the fixture is 62,405 bytes; keep its last "}" off
+def test_fuzz_truncated_har_is_a_clear_error(tmp_path: Path, cut: int) -> None:
+    data = FIXTURE.read_bytes()[:cut]
+    path = tmp_path / "cut.har"
+    path.write_bytes(data)
+    reader = HarReader(path)
+    with pytest.raises(InputFormatError) as info:
+        list(reader)
+    assert info.value.path == str(path)
+    assert reader.report.imported <= 14
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "log",
+                    "entries",
+                    "request",
+                    "response",
+                    "method",
+                    "url",
+                    "headers",
+                    "name",
+                    "value",
+                    "status",
+                    "content",
+                    "text",
+                    "startedDateTime",
+                    "postData",
+                    "timings",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=json_values)
+def test_fuzz_random_json_never_escapes_the_error_tree(tmp_path: Path, doc: Any) -> None:
+    path = tmp_path / "random.har"
+    path.write_text(json.dumps({"log": {"entries": [doc]}}) if isinstance(doc, dict) else json.dumps(doc))
+    try:
+        list(HarReader(path))
+    except InputFormatError as exc:
+        assert exc.path == str(path) and str(exc)
