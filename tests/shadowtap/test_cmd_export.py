@@ -1,0 +1,71 @@
+"""`shadowtap export`: tape -> HAR / mitmproxy flows / .gor, format from --to or the file suffix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mitmproxy.io import FlowReader
+
+from recorder import Exchange, Failure, FailureKind, Request, Response, SyncTapeWriter, TapeOptions
+from recorder.formats import GorReader
+from shadowtap.cli import main
+
+
+def make_tape(directory: Path) -> None:
+    exchanges = [
+        Exchange(
+            id=f"ex{i}",
+            started_at_ns=1_700_000_000_000_000_000 + i * 1_000_000,
+            request=Request("GET", f"/items/{i}", ((b"Host", b"shop.test"),), authority="shop.test"),
+            primary=Response(200, "OK", ((b"Content-Type", b"application/json"),), b'{"id": %d}' % i),
+            shadows={"v2": Response(500)},
+        )
+        for i in range(3)
+    ]
+    exchanges.append(
+        Exchange(id="bad", started_at_ns=1, request=Request("GET", "/x"), primary=Failure(FailureKind.RESET, "rst"))
+    )
+    with SyncTapeWriter(directory, TapeOptions(fsync="none")) as writer:
+        writer.write_many(exchanges)
+
+
+@pytest.mark.parametrize("name", ["out.har", "out.gor", "out.mitm"])
+def test_format_from_suffix(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    make_tape(tmp_path / "tape")
+    out = tmp_path / name
+    assert main(["export", str(tmp_path / "tape"), "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert "4 exchanges exported" in line and "3 shadow responses" in line
+    assert out.stat().st_size > 0
+
+
+def test_har_export_is_valid_har(tmp_path: Path) -> None:
+    make_tape(tmp_path / "tape")
+    out = tmp_path / "any.json"
+    assert main(["export", "--to", "har", str(tmp_path / "tape"), "--out", str(out)]) == 0
+    entries = json.loads(out.read_text())["log"]["entries"]
+    assert [e["request"]["url"] for e in entries[:3]] == [f"http://shop.test/items/{i}" for i in range(3)]
+    assert entries[3]["response"]["status"] == 0 and entries[3]["response"]["_error"] == "rst"
+
+
+def test_gor_and_mitm_exports_read_back(tmp_path: Path) -> None:
+    make_tape(tmp_path / "tape")
+    assert main(["export", "--to", "gor", str(tmp_path / "tape"), "--out", str(tmp_path / "o.gor")]) == 0
+    back = list(GorReader(tmp_path / "o.gor"))
+    assert [ex.request.target for ex in back] == ["/items/0", "/items/1", "/items/2", "/x"]
+    assert back[3].primary is None  # a failure has no record in .gor
+    assert main(["export", "--to", "mitm", str(tmp_path / "tape"), "--out", str(tmp_path / "o.mitm")]) == 0
+    with (tmp_path / "o.mitm").open("rb") as stream:
+        flows = list(FlowReader(stream).stream())
+    assert len(flows) == 4 and flows[3].error is not None
+
+
+def test_unknown_suffix_and_missing_tape_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_tape(tmp_path / "tape")
+    assert main(["export", str(tmp_path / "tape"), "--out", str(tmp_path / "out.txt")]) == 2
+    assert "name it with --to" in capsys.readouterr().err
+    assert main(["export", "--to", "har", str(tmp_path / "nope"), "--out", str(tmp_path / "o.har")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope" in err

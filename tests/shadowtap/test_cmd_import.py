@@ -1,0 +1,78 @@
+"""`shadowtap import`: every real fixture into a tape, redaction by default, clear one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recorder import Response, TapeReader
+from shadowtap.cli import main
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+ALL = [
+    FIXTURES / "goreplay" / "httpbin.gor",
+    FIXTURES / "goreplay" / "httpbin-run2.gor",
+    FIXTURES / "goreplay" / "httpbin-cut.gor",
+    FIXTURES / "mitmproxy" / "httpbin.mitm",
+    FIXTURES / "mitmproxy" / "httpbin.har",
+]
+
+
+def test_all_fixtures_import_with_expected_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tape = tmp_path / "tape"
+    assert main(["import", *map(str, ALL), "--out", str(tape), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [i["imported"] for i in report["inputs"]] == [14, 12, 12, 14, 14]
+    assert [i["format"] for i in report["inputs"]] == ["gor", "gor", "gor", "mitm", "har"]
+    assert [i["records"] for i in report["inputs"]] == [28, 24, 23, 14, 14]
+    torn = report["inputs"][2]["torn_tail"]
+    assert torn == {"offset": 8629, "length_bytes": 371, "reason": "last record ends before its separator"}
+    exchanges = list(TapeReader(tape))
+    assert len(exchanges) == 66
+    assert {ex.tags["source"] for ex in exchanges} == {"gor", "mitm", "har"}
+
+
+def test_secrets_are_redacted_unless_asked_not_to(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gor = str(FIXTURES / "goreplay" / "httpbin.gor")
+    assert main(["import", gor, "--out", str(tmp_path / "red")]) == 0
+    assert main(["import", "--from", "gor", gor, "--out", str(tmp_path / "raw"), "--no-redact"]) == 0
+    out = capsys.readouterr().out
+    assert "14 exchanges written" in out and "(not redacted)" in out
+
+    def bearer(tape: Path) -> bytes:
+        (delete,) = [ex for ex in TapeReader(tape) if ex.request.method == "DELETE"]
+        return delete.request.header(b"authorization") or b""
+
+    raw, redacted = bearer(tmp_path / "raw"), bearer(tmp_path / "red")
+    assert raw.startswith(b"Bearer ") and b"redacted" not in raw
+    assert b"redacted" in redacted and raw.split(b" ", 1)[1] not in redacted
+
+
+def test_redaction_rules_from_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("redaction:\n  remove_headers: [X-Session]\n")
+    har = str(FIXTURES / "mitmproxy" / "httpbin.har")
+    assert main(["import", har, "--out", str(tmp_path / "t"), "--config", str(config)]) == 0
+    first = next(iter(TapeReader(tmp_path / "t")))
+    assert first.request.header(b"x-session") is None and first.request.header(b"host") == b"127.0.0.1:8001"
+    assert isinstance(first.primary, Response)
+
+
+def test_bad_input_is_one_line_and_no_tape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.txt"
+    junk.write_text("hello")
+    tape = tmp_path / "tape"
+    assert main(["import", str(FIXTURES / "mitmproxy" / "httpbin.har"), str(junk), "--out", str(tape)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(junk) in err and "--from" in err
+    assert not tape.exists()
+
+
+def test_malformed_content_names_file_and_position(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.har"
+    bad.write_text('{"log": {"entries": [{"request": {"method": "GET"}}]}}')
+    assert main(["import", "--from", "har", str(bad), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad} at byte 21, field 'log.entries[0].request.url': missing 'url'" in err
