@@ -1,0 +1,296 @@
+"""Compare a baseline outcome with a candidate outcome: the list of differences, nothing else.
+
+Fast path first: equal status, equal raw headers and equal body bytes cost a few comparisons. Only
+then are headers filtered and bodies decoded and parsed, and JSON walked as a tree. Each difference
+names its folded path (array indexes as ``[*]``, for counting), its full path (for examples), its
+kind and the value-class transition, and says when a volatile detector explains it. This module is
+pure and synchronous: it must never do I/O, and never decide what is noise beyond the detectors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Final
+
+from differ.config import CompareOptions
+from differ.normalize import Body, header_map, parse_body
+from differ.paths import folded_path, full_path
+from differ.volatile import VOLATILE_FAMILY, base_class, mask_text, string_class, value_class
+from recorder.model import Failure, Outcome, Response
+
+__all__ = ["KINDS", "Comparator", "Difference"]
+
+#: Every kind of difference, in the vocabulary of the report.
+KINDS: Final = ("status", "removed", "added", "type", "value", "length", "header", "text", "binary", "error")
+
+_MISSING: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One place where two outcomes differ. ``volatile`` is ``volatile:<detector>`` when one explains it."""
+
+    path: str
+    full_path: str
+    kind: str
+    transition: str
+    volatile: str | None = None
+
+
+def _outcome_label(outcome: Outcome) -> str:
+    return str(outcome.status) if isinstance(outcome, Response) else outcome.kind
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class Comparator:
+    """Compares outcomes under one ``CompareOptions``. Holds no state between calls."""
+
+    __slots__ = ("_abs_tol", "_array_rules", "_detectors", "_options", "_rel_tol")
+
+    def __init__(self, options: CompareOptions) -> None:
+        self._options = options
+        self._detectors = options.volatile_detectors
+        self._abs_tol = options.absolute_tolerance
+        self._rel_tol = options.relative_tolerance
+        self._array_rules = options.unordered_all or bool(options.unordered_paths or options.list_keys)
+
+    # --- outcomes -------------------------------------------------------------------------------
+
+    def compare(self, baseline: Outcome, candidate: Outcome) -> list[Difference]:
+        """The differences between two outcomes; empty when they are equal."""
+        if isinstance(baseline, Response) and isinstance(candidate, Response):
+            return self.compare_responses(baseline, candidate)
+        if isinstance(baseline, Failure) and isinstance(candidate, Failure) and baseline.kind == candidate.kind:
+            return []
+        return [Difference("status", "status", "error", f"{_outcome_label(baseline)}->{_outcome_label(candidate)}")]
+
+    def compare_responses(self, a: Response, b: Response) -> list[Difference]:
+        out: list[Difference] = []
+        if a.status != b.status:
+            out.append(Difference("status", "status", "status", f"{a.status}->{b.status}"))
+            if a.status // 100 != b.status // 100:
+                # Another class of answer is another document: its fields would only bury the status.
+                return out
+        same_headers = a.headers == b.headers
+        if not same_headers:
+            self._compare_headers(a, b, out)
+        if a.body != b.body:
+            self._compare_bodies(a, b, out)
+        return out
+
+    # --- headers --------------------------------------------------------------------------------
+
+    def _compare_headers(self, a: Response, b: Response, out: list[Difference]) -> None:
+        ha, hb = header_map(a.headers), header_map(b.headers)
+        compared = self._options.header_compared
+        for name in sorted(ha.keys() | hb.keys()):
+            if not compared(name):
+                continue
+            va, vb = ha.get(name), hb.get(name)
+            if va == vb:
+                continue
+            path = f"header.{name}"
+            if va is None:
+                out.append(Difference(path, path, "header", "missing->present"))
+            elif vb is None:
+                out.append(Difference(path, path, "header", "present->missing"))
+            elif name == "set-cookie":
+                # Cookie values are sessions and signatures; which cookies are set is the contract.
+                if sorted(c.split("=", 1)[0].strip() for c in va) != sorted(c.split("=", 1)[0].strip() for c in vb):
+                    out.append(Difference(path, path, "header", "cookie-names"))
+            else:
+                out.append(Difference(path, path, "header", "changed", self._volatile_values(va, vb)))
+
+    def _volatile_values(self, va: tuple[str, ...], vb: tuple[str, ...]) -> str | None:
+        if len(va) != len(vb):
+            return None
+        family: str | None = None
+        for x, y in zip(va, vb, strict=True):
+            if x == y:
+                continue
+            cx = string_class(x, self._detectors)
+            if cx != string_class(y, self._detectors) or cx not in VOLATILE_FAMILY:
+                return None
+            family = VOLATILE_FAMILY[cx]
+        return None if family is None else f"volatile:{family}"
+
+    # --- bodies ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _body(r: Response) -> Body:
+        content_type = r.header(b"content-type")
+        content_encoding = r.header(b"content-encoding")
+        return parse_body(
+            r.body,
+            None if content_type is None else content_type.decode("latin-1"),
+            None if content_encoding is None else content_encoding.decode("latin-1"),
+            r.truncated_from is not None,
+        )
+
+    def _compare_bodies(self, a: Response, b: Response, out: list[Difference]) -> None:
+        ba, bb = self._body(a), self._body(b)
+        if ba.kind != bb.kind:
+            out.append(Difference("body", "body", "type", f"{ba.kind}->{bb.kind}"))
+        elif ba.kind in ("json", "form"):
+            self._walk(ba.value, bb.value, [], out)
+        elif ba.kind == "text":
+            self._compare_text(ba.value, bb.value, out)
+        elif ba.kind == "binary" and ba.data != bb.data:
+            transition = "same-size" if len(ba.data) == len(bb.data) else "size-changed"
+            out.append(Difference("body", "body", "binary", transition))
+
+    def _compare_text(self, ta: str, tb: str, out: list[Difference]) -> None:
+        if ta == tb:
+            return
+        masked_a, found_a = mask_text(ta, self._detectors)
+        masked_b, found_b = mask_text(tb, self._detectors)
+        if masked_a.splitlines() == masked_b.splitlines():
+            if masked_a == masked_b and (found_a or found_b):
+                out.append(Difference("body", "body", "text", "text->text", f"volatile:{(found_a or found_b)[0]}"))
+                return
+            if masked_a != masked_b:
+                # Only line endings differ: the same text, re-wrapped by a different writer.
+                return
+        out.append(Difference("body", "body", "text", "text->text"))
+
+    # --- JSON tree --------------------------------------------------------------------------------
+
+    def _emit(
+        self, steps: list[str | int], kind: str, transition: str, out: list[Difference], volatile: str | None = None
+    ) -> None:
+        out.append(Difference(folded_path("body", steps), full_path("body", steps), kind, transition, volatile))
+
+    def _numbers_close(self, a: float, b: float) -> bool:
+        if a == b:
+            return True
+        if not (self._abs_tol or self._rel_tol):
+            return False
+        return abs(a - b) <= max(self._abs_tol, self._rel_tol * max(abs(a), abs(b)))
+
+    def _walk(self, a: Any, b: Any, steps: list[str | int], out: list[Difference]) -> None:
+        ta, tb = type(a), type(b)
+        if ta is tb:
+            if ta is dict:
+                self._walk_object(a, b, steps, out)
+                return
+            if ta is list:
+                self._walk_array(a, b, steps, out)
+                return
+            if a == b:
+                return
+            if (ta is float or ta is int) and self._numbers_close(a, b):
+                return
+            ca, cb = value_class(a, self._detectors), value_class(b, self._detectors)
+            volatile = f"volatile:{VOLATILE_FAMILY[ca]}" if ca == cb and ca in VOLATILE_FAMILY else None
+            self._emit(steps, "value", f"{ca}->{cb}", out, volatile)
+            return
+        if (ta is int or ta is float) and (tb is int or tb is float):
+            if not self._numbers_close(a, b):
+                ca, cb = value_class(a, self._detectors), value_class(b, self._detectors)
+                volatile = (
+                    f"volatile:{VOLATILE_FAMILY[ca]}"
+                    if ca in VOLATILE_FAMILY and VOLATILE_FAMILY[ca] == VOLATILE_FAMILY.get(cb)
+                    else None
+                )
+                self._emit(steps, "value", f"{ca}->{cb}", out, volatile)
+            return
+        transition = f"{value_class(a, self._detectors)}->{value_class(b, self._detectors)}"
+        self._emit(steps, "type" if base_class(a) != base_class(b) else "value", transition, out)
+
+    def _walk_object(self, a: dict[str, Any], b: dict[str, Any], steps: list[str | int], out: list[Difference]) -> None:
+        matched = 0
+        for key, va in a.items():
+            vb = b.get(key, _MISSING)
+            if vb is _MISSING:
+                steps.append(key)
+                self._emit(steps, "removed", f"{value_class(va, self._detectors)}->missing", out)
+                steps.pop()
+                continue
+            matched += 1
+            tv = type(va)
+            if tv is type(vb) and (tv is str or tv is int) and va == vb:
+                continue
+            steps.append(key)
+            self._walk(va, vb, steps, out)
+            steps.pop()
+        if matched < len(b):
+            for key, vb in b.items():
+                if key not in a:
+                    steps.append(key)
+                    self._emit(steps, "added", f"missing->{value_class(vb, self._detectors)}", out)
+                    steps.pop()
+
+    def _walk_array(self, a: list[Any], b: list[Any], steps: list[str | int], out: list[Difference]) -> None:
+        if self._array_rules:
+            path = folded_path("body", steps)
+            for pattern, key in self._options.list_key_patterns:
+                if pattern.match(path):
+                    self._walk_keyed(a, b, key, steps, out)
+                    return
+            if self._options.unordered_all or any(p.match(path) for p in self._options.unordered_patterns):
+                self._walk_unordered(a, b, steps, out)
+                return
+        for index in range(min(len(a), len(b))):
+            steps.append(index)
+            self._walk(a[index], b[index], steps, out)
+            steps.pop()
+        self._emit_length(a, b, steps, out)
+
+    def _emit_length(self, a: list[Any], b: list[Any], steps: list[str | int], out: list[Difference]) -> None:
+        if len(a) != len(b):
+            self._emit(steps, "length", "shorter" if len(b) < len(a) else "longer", out)
+
+    def _walk_unordered(self, a: list[Any], b: list[Any], steps: list[str | int], out: list[Difference]) -> None:
+        keys_a = [_canonical(e) for e in a]
+        keys_b = [_canonical(e) for e in b]
+        left_b = Counter(keys_b)
+        rest_a: list[tuple[str, int]] = []
+        for index, key in enumerate(keys_a):
+            if left_b[key] > 0:
+                left_b[key] -= 1
+            else:
+                rest_a.append((key, index))
+        if not rest_a and len(a) == len(b):
+            return
+        left_a = Counter(keys_a)
+        rest_b: list[tuple[str, int]] = []
+        for index, key in enumerate(keys_b):
+            if left_a[key] > 0:
+                left_a[key] -= 1
+            else:
+                rest_b.append((key, index))
+        self._emit_length(a, b, steps, out)
+        # Unmatched elements are paired in canonical order, so a changed field inside an element of
+        # a set shows as that field's change rather than as a removal plus an addition.
+        rest_a.sort()
+        rest_b.sort()
+        for (_, ia), (_, ib) in zip(rest_a, rest_b, strict=False):
+            steps.append(ia)
+            self._walk(a[ia], b[ib], steps, out)
+            steps.pop()
+
+    def _walk_keyed(self, a: list[Any], b: list[Any], key: str, steps: list[str | int], out: list[Difference]) -> None:
+        by_key: dict[str, tuple[int, Any]] = {}
+        for index, element in enumerate(b):
+            if type(element) is dict and key in element:
+                by_key.setdefault(_canonical(element[key]), (index, element))
+        for index, element in enumerate(a):
+            steps.append(index)
+            if type(element) is dict and key in element:
+                match = by_key.pop(_canonical(element[key]), None)
+                if match is None:
+                    self._emit(steps, "removed", "object->missing", out)
+                else:
+                    self._walk(element, match[1], steps, out)
+            elif index < len(b):
+                self._walk(element, b[index], steps, out)
+            steps.pop()
+        for index, element in sorted(by_key.values(), key=lambda item: item[0]):
+            steps.append(index)
+            self._emit(steps, "added", f"missing->{value_class(element, self._detectors)}", out)
+            steps.pop()

@@ -1,0 +1,59 @@
+"""Path strings that name a place in a response, and the glob syntax that selects them.
+
+A path is ``status``, ``header.<name>``, ``body`` or ``body`` followed by JSON steps: ``.key`` for
+identifier-like keys, ``["odd key"]`` otherwise, ``[3]`` for an array index; the folded form writes
+every index as ``[*]``. This module must never compare values: it only spells and matches paths.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Final
+
+__all__ = ["compile_glob", "folded_path", "full_path", "key_step"]
+
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_$@][\w$@-]*\Z")
+
+
+def key_step(key: str) -> str:
+    """The path step for object key ``key``."""
+    return "." + key if _IDENTIFIER.match(key) else "[" + json.dumps(key, ensure_ascii=False) + "]"
+
+
+def full_path(root: str, steps: Sequence[str | int]) -> str:
+    """``root`` followed by ``steps`` (keys and array indexes), indexes kept."""
+    return root + "".join(f"[{s}]" if type(s) is int else key_step(str(s)) for s in steps)
+
+
+def folded_path(root: str, steps: Sequence[str | int]) -> str:
+    """``root`` followed by ``steps`` with every array index folded to ``[*]``."""
+    return root + "".join("[*]" if type(s) is int else key_step(str(s)) for s in steps)
+
+
+def compile_glob(glob: str) -> re.Pattern[str]:
+    """Compile a path glob: ``*`` is part of one step, ``**`` any depth, ``[*]`` any index.
+
+    A glob selects the paths it spells and everything beneath them (``body.meta`` also selects
+    ``body.meta.generated_at``), so a rule on an object silences its fields.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(glob):
+        if glob.startswith("[*]", i):
+            out.append(r"\[\*\]")
+            i += 3
+        elif glob.startswith(".**.", i):
+            out.append(r"\.(?:.*[.\]])?")
+            i += 4
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            out.append(r"[^.\[]*")
+            i += 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    return re.compile("".join(out) + r"(?:[.\[].*)?\Z")

@@ -1,0 +1,136 @@
+"""The gate: turns a report's signatures and counts into an exit code, by the ``--fail-on`` SPEC.
+
+SPEC is clauses separated by ``,`` (any clause failing fails the run); a clause is conditions joined
+by ``&`` (all must hold for one signature): ``critical|high|medium|low`` (that severity or worse),
+``severity>=medium``, ``rate>0.01``, ``count>=5``, ``kind=status``, ``any``, or ``never``. Only
+unsuppressed signatures are tested. This module must never look at responses or the store.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from differ.report_model import SEVERITIES, SignatureReport, Verdict
+from differ.signatures import severity_rank
+from recorder.errors import ConfigError
+
+__all__ = ["EXIT_INFRASTRUCTURE", "EXIT_PASS", "EXIT_REGRESSION", "FailRule", "decide", "parse_fail_on"]
+
+EXIT_PASS: Final = 0
+EXIT_REGRESSION: Final = 1
+EXIT_INFRASTRUCTURE: Final = 2
+
+_OPS: Final[dict[str, Callable[[float, float], bool]]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    "<": operator.lt,
+    "=": operator.eq,
+}
+_CONDITION: Final = re.compile(r"(?P<field>severity|rate|count|kind)\s*(?P<op>>=|<=|==|!=|>|<|=)\s*(?P<value>\S+)\Z")
+
+Condition = Callable[[SignatureReport], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class FailRule:
+    """A parsed SPEC: ``clauses`` of conditions; a signature fails when all of one clause hold."""
+
+    spec: str
+    clauses: tuple[tuple[Condition, ...], ...]
+
+    def fails(self, signature: SignatureReport) -> bool:
+        return any(all(cond(signature) for cond in clause) for clause in self.clauses)
+
+
+def _error(spec: str, message: str) -> ConfigError:
+    return ConfigError(f"{message} in {spec!r}; e.g. 'high', 'severity>=medium&rate>0.01', 'never'", field="--fail-on")
+
+
+def _severity_condition(op: Callable[[float, float], bool], level: str, spec: str) -> Condition:
+    if level not in SEVERITIES:
+        raise _error(spec, f"unknown severity {level!r}")
+    # Ranks grow as severity falls, so "severity >= high" is "rank <= rank(high)": compare negated.
+    wanted = -SEVERITIES.index(level)
+    return lambda sig: op(-severity_rank(sig.severity), wanted)
+
+
+def _condition(text: str, spec: str) -> Condition:
+    if text in SEVERITIES:
+        return _severity_condition(operator.ge, text, spec)
+    if text == "any":
+        return lambda sig: True
+    match = _CONDITION.match(text)
+    if match is None:
+        raise _error(spec, f"cannot read condition {text!r}")
+    field, op, value = match["field"], _OPS[match["op"]], match["value"]
+    if field == "severity":
+        return _severity_condition(op, value, spec)
+    if field == "kind":
+        if match["op"] not in ("=", "==", "!="):
+            raise _error(spec, "kind takes = or !=")
+        if match["op"] == "!=":
+            return lambda sig: sig.kind != value
+        return lambda sig: sig.kind == value
+    try:
+        number = float(value)
+    except ValueError:
+        raise _error(spec, f"{field} needs a number, not {value!r}") from None
+    if field == "rate":
+        return lambda sig: op(sig.rate, number)
+    return lambda sig: op(sig.count, number)
+
+
+def parse_fail_on(spec: str) -> FailRule:
+    """Parse a ``--fail-on`` SPEC; ``never`` gives a rule no signature fails."""
+    text = spec.strip().lower()
+    if not text:
+        raise _error(spec, "empty SPEC")
+    if text in ("never", "none"):
+        return FailRule(spec, ())
+    clauses: list[tuple[Condition, ...]] = []
+    for clause in text.split(","):
+        conditions = tuple(_condition(part.strip(), spec) for part in clause.split("&") if part.strip())
+        if not conditions:
+            raise _error(spec, "empty clause")
+        clauses.append(conditions)
+    return FailRule(spec, tuple(clauses))
+
+
+def decide(
+    signatures: Iterable[SignatureReport],
+    *,
+    rule: FailRule,
+    pairs: int,
+    compared: int,
+    errors: int,
+    min_samples: int,
+) -> Verdict:
+    """Exit 2 when the run cannot be trusted (too few compared pairs, most candidates failed), else
+    exit 1 when an unsuppressed signature fails ``rule``, else 0. Failing signatures are listed in
+    every case, so a run that is both untrustworthy and failing still names what it saw."""
+    failing: Sequence[SignatureReport] = [s for s in signatures if not s.suppressed and rule.fails(s)]
+    failing_ids = tuple(s.id for s in failing)
+    if pairs > 0 and errors * 2 > pairs:
+        return Verdict(
+            EXIT_INFRASTRUCTURE,
+            f"{errors} of {pairs} pairs failed: the candidate or baseline is unhealthy",
+            failing_ids,
+        )
+    if compared < min_samples:
+        return Verdict(EXIT_INFRASTRUCTURE, f"only {compared} pairs compared, fewer than {min_samples}", failing_ids)
+    if failing:
+        worst = min(failing, key=lambda s: (severity_rank(s.severity), -s.count))
+        return Verdict(
+            EXIT_REGRESSION,
+            f"{len(failing)} signature(s) fail '{rule.spec}', worst: {worst.severity} {worst.kind} "
+            f"at {worst.endpoint} {worst.path} ({worst.transition}) in {worst.count} pairs",
+            failing_ids,
+        )
+    return Verdict(EXIT_PASS, f"{compared} pairs compared, nothing fails '{rule.spec}'", ())
