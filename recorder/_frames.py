@@ -93,11 +93,11 @@ def encode_segment_header(flags: int = 0, version: int = FORMAT_VERSION) -> byte
 
 def parse_segment_header(head: bytes, path: str) -> tuple[int, int]:
     """(version, flags) of a 16-byte segment header; raises with ``path`` on any mismatch."""
+    if not MAGIC.startswith(head[: len(MAGIC)]):
+        raise TapeFormatError("not a shadowtap tape segment (bad magic)", path=path, offset=0)
     if len(head) < SEGMENT_HEADER_SIZE:
         raise TapeFormatError("segment header is incomplete", path=path, offset=len(head))
-    magic, version, flags, crc = _SEGMENT_HEADER.unpack_from(head)
-    if magic != MAGIC:
-        raise TapeFormatError("not a shadowtap tape segment (bad magic)", path=path, offset=0)
+    _magic, version, flags, crc = _SEGMENT_HEADER.unpack_from(head)
     if zlib.crc32(head[:12]) != crc:
         raise TapeFormatError("segment header checksum mismatch", path=path, offset=12)
     if version > FORMAT_VERSION:

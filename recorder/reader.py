@@ -55,6 +55,9 @@ _GLOB_CHARS: Final = frozenset("*?[")
 _unpack_header = FRAME_HEADER.unpack_from
 _PREFIX_BYTES: Final = 7  # the header bytes covered by the checksum (all but the checksum itself)
 _SYNC_BYTES: Final = FRAME_SYNC.to_bytes(2, "little")
+# What decoding a checksummed record can raise: msgpack's errors are ValueError subclasses, and a
+# migration or the model may raise TypeError, KeyError or IndexError on a record of the wrong shape.
+_RECORD_ERRORS: Final = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,32 +227,40 @@ class _SegmentReader:
         report.version = version
         self.migrate = migration_chain(version, self.name)
         w = _Window(f, SEGMENT_HEADER_SIZE)
+        migrate = self.migrate
+        unpackb = msgpack.unpackb
+        from_wire = exchange_from_wire
+        crc32 = zlib.crc32
         try:
             while True:
-                # Fast path: whole, valid frames already in the buffer.
+                # Fast path: whole, valid frames already in the buffer. Kept inline and on locals:
+                # this loop runs once per exchange and sets the read speed.
                 buf, pos, base = w.buf, w.pos, w.base
+                view = memoryview(buf)
                 end_buf = len(buf)
                 while pos + FRAME_HEADER_SIZE <= end_buf:
                     sync, kind, length, crc = _unpack_header(buf, pos)
                     end = pos + FRAME_HEADER_SIZE + length
                     if sync != FRAME_SYNC or end > end_buf:
                         break
-                    view = memoryview(buf)
                     payload = view[pos + FRAME_HEADER_SIZE : end]
-                    if zlib.crc32(payload, zlib.crc32(view[pos : pos + _PREFIX_BYTES])) != crc:
+                    if crc32(payload, crc32(view[pos : pos + _PREFIX_BYTES])) != crc:
                         break
                     report.frames += 1
                     if kind == KIND_EXCHANGE:
-                        ex = self._exchange(payload, base + pos)
-                        if ex is not None:
+                        try:
+                            record = unpackb(payload, raw=False, use_list=False)
+                            ex = from_wire(record if migrate is None else migrate(record))
+                        except _RECORD_ERRORS as exc:
+                            self._bad_record(exc, base + pos, end - pos)
+                        else:
                             report.exchanges += 1
                             yield ex
                     elif kind == KIND_ZSTD_BLOCK:
                         yield from self._block(payload, base + pos)
                     elif kind < 0x80:
-                        self._problem(
-                            base + pos, end - pos, f"unknown frame kind {kind} (written by a newer shadowtap?)"
-                        )
+                        reason = f"unknown frame kind {kind} (written by a newer shadowtap?)"
+                        self._problem(base + pos, end - pos, reason)
                     # Kinds 0x80 and above are optional extensions, skipped by readers that do not know them.
                     pos = end
                 w.pos = pos
@@ -278,6 +289,18 @@ class _SegmentReader:
         if not w.fill(size):
             if w.buf.count(0, w.pos) == w.available:
                 return self._torn(w, "zero-filled tail")
+            # The rest of the file is buffered now. A valid frame inside the claimed length means the
+            # length was damaged; none means a frame cut short by a crash.
+            offset, pos = w.base + w.pos, w.pos
+            if w.resync(skip_current=True):
+                reason = "frame length runs past the next valid frame"
+                if not self.salvage:
+                    raise TapeFormatError(
+                        f"corrupt frame: {reason} (use --salvage to skip it)", path=self.name, offset=offset
+                    )
+                self.report.skipped.append(SkippedRange(offset, w.base + w.pos - offset, reason))
+                return True
+            w.pos = pos
             return self._torn(w, f"last frame incomplete ({w.available} of {size} bytes)")
         if _frame_ok(w.buf, w.pos, size, crc):
             return True
@@ -308,52 +331,50 @@ class _SegmentReader:
             raise TapeFormatError(reason, path=self.name, offset=offset)
         self.report.skipped.append(SkippedRange(offset, length, reason))
 
-    def _exchange(self, payload: memoryview, offset: int) -> Exchange | None:
-        try:
-            record = msgpack.unpackb(payload, raw=False, use_list=False)
-            if self.migrate is not None:
-                record = self.migrate(record)
-            return exchange_from_wire(record)
-        except TapeFormatError as exc:
-            reason = exc.message
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            reason = f"undecodable exchange record: {exc}"
-        self._problem(offset, FRAME_HEADER_SIZE + len(payload), reason)
-        return None
+    def _bad_record(self, exc: Exception, offset: int, length: int) -> None:
+        reason = exc.message if isinstance(exc, TapeFormatError) else f"undecodable exchange record: {exc}"
+        self._problem(offset, length, reason)
 
     def _block(self, payload: memoryview, offset: int) -> Iterator[Exchange]:
+        """The exchanges of one zstd block; damage inside it (checksum passed) ends the block."""
         if self.decompressor is None:
             import zstandard
 
             self.decompressor = zstandard.ZstdDecompressor()
+        frame_size = FRAME_HEADER_SIZE + len(payload)
         try:
             data = self.decompressor.decompress(payload, max_output_size=MAX_BLOCK_DECOMPRESSED_BYTES)
-        except Exception as exc:  # zstandard.ZstdError and friends; the checksum passed, so it's a bad writer
-            self._problem(offset, FRAME_HEADER_SIZE + len(payload), f"undecodable zstd block: {exc}")
+        except Exception as exc:  # zstandard.ZstdError and friends: the checksum passed, so a bad writer
+            self._problem(offset, frame_size, f"undecodable zstd block: {exc}")
             return
+        migrate = self.migrate
+        report = self.report
+        view = memoryview(data)
         inner = 0
-        exchanges: list[Exchange] = []
         while inner < len(data):
             if len(data) - inner < FRAME_HEADER_SIZE:
-                self._problem(offset, FRAME_HEADER_SIZE + len(payload), f"zstd block ends inside a frame at {inner}")
+                self._problem(offset, frame_size, f"zstd block ends inside a frame at block byte {inner}")
                 return
             sync, kind, length, crc = _unpack_header(data, inner)
             end = inner + FRAME_HEADER_SIZE + length
-            inner_payload = memoryview(data)[inner + FRAME_HEADER_SIZE : end]
+            inner_payload = view[inner + FRAME_HEADER_SIZE : end]
             if (
                 sync != FRAME_SYNC
                 or kind != KIND_EXCHANGE
                 or end > len(data)
-                or zlib.crc32(inner_payload, zlib.crc32(memoryview(data)[inner : inner + _PREFIX_BYTES])) != crc
+                or zlib.crc32(inner_payload, zlib.crc32(view[inner : inner + _PREFIX_BYTES])) != crc
             ):
-                self._problem(offset, FRAME_HEADER_SIZE + len(payload), f"bad frame inside zstd block at {inner}")
+                self._problem(offset, frame_size, f"bad frame inside zstd block at block byte {inner}")
                 return
-            ex = self._exchange(inner_payload, offset)
-            if ex is not None:
-                exchanges.append(ex)
+            try:
+                record = msgpack.unpackb(inner_payload, raw=False, use_list=False)
+                ex = exchange_from_wire(record if migrate is None else migrate(record))
+            except _RECORD_ERRORS as exc:
+                self._bad_record(exc, offset, frame_size)
+            else:
+                report.exchanges += 1
+                yield ex
             inner = end
-        self.report.exchanges += len(exchanges)
-        yield from exchanges
 
 
 def _frame_ok(buf: bytes, pos: int, size: int, crc: int) -> bool:
@@ -410,11 +431,10 @@ class _Window:
             self.buf, self.pos = b"", 0
         return True
 
-    def resync(self, *, skip_current: bool) -> None:
-        """Move ``pos`` to the next whole frame with a valid checksum (or the end of the file).
+    def resync(self, *, skip_current: bool) -> bool:
+        """Move ``pos`` to the next whole frame with a valid checksum; True when there is one.
 
-        A frame cut short by the end of the file also stops the search: the reader reports it as
-        the torn tail.
+        False leaves ``pos`` at the end of the file (or of a header cut short by it).
         """
         search = self.pos + 1 if skip_current else self.pos
         while True:
@@ -424,17 +444,18 @@ class _Window:
                 self.pos = max(self.pos, len(self.buf) - 1)
                 if not self.fill(self.available + 1):
                     self.pos = len(self.buf)
-                    return
+                    return False
                 search = self.pos
                 continue
             self.pos = found
             if not self.fill(FRAME_HEADER_SIZE):
-                return
+                return False
             _sync, _kind, length, crc = _unpack_header(self.buf, self.pos)
             if length <= MAX_FRAME_BYTES:
                 size = FRAME_HEADER_SIZE + length
-                if not self.fill(size) or _frame_ok(self.buf, self.pos, size, crc):
-                    return
+                # A candidate cut short by the end of the file is not proof of a frame: search on.
+                if self.fill(size) and _frame_ok(self.buf, self.pos, size, crc):
+                    return True
             search = self.pos + 1
 
 

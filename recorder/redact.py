@@ -40,6 +40,9 @@ DEFAULT_SECRET_HEADERS: Final = ("authorization", "cookie", "set-cookie", "proxy
 REDACTED_PREFIX: Final = "redacted:"
 _HASH_PREFIX: Final = "redacted:hmac:"
 _REDACTED_PREFIX_BYTES: Final = REDACTED_PREFIX.encode()
+#: Bound on the secret -> hash cache: a few hundred KiB at most, far more than the distinct
+#: credentials a sidecar sees in a second.
+_CACHE_ENTRIES: Final = 4096
 # Headers whose value is a scheme then a credential: the scheme is kept (the differ may care).
 _SCHEME_HEADERS: Final = frozenset({b"authorization", b"proxy-authorization"})
 _COOKIE: Final = b"cookie"
@@ -170,6 +173,7 @@ class Redactor:
         "_header_names",
         "_query_names",
         "_json_names",
+        "_cache",
     )
 
     def __init__(self, rules: RedactionRules, key: bytes) -> None:
@@ -184,13 +188,23 @@ class Redactor:
         self._hash_json = frozenset(rules.hash_json_fields)
         self._remove_json = frozenset(rules.remove_json_fields)
         self._json_names = self._hash_json | self._remove_json
+        # Secret -> hash. The same few tokens and cookies recur in most traffic; an HMAC costs more
+        # than the rest of encoding an exchange. Bounded by clearing when full.
+        self._cache: dict[bytes, bytes] = {}
 
     def hash_bytes(self, value: bytes) -> bytes:
         """The redacted form of ``value`` (already redacted values pass through unchanged)."""
+        cached = self._cache.get(value)
+        if cached is not None:
+            return cached
         if value.startswith(_REDACTED_PREFIX_BYTES):
             return value
         digest = hmac.new(self._key, value, hashlib.sha256).hexdigest()[: self._hash_chars]
-        return f"{_HASH_PREFIX}{digest}".encode()
+        hashed = f"{_HASH_PREFIX}{digest}".encode()
+        if len(self._cache) >= _CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[value] = hashed
+        return hashed
 
     def redact(self, ex: Exchange) -> Exchange:
         request = self._request(ex.request)

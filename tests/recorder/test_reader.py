@@ -1,0 +1,259 @@
+"""The tape reader: paths, filters, torn tails, corruption with file and offset, salvage, versions."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from recorder import (
+    ConfigError,
+    InputFormatError,
+    SyncTapeWriter,
+    TapeFilter,
+    TapeFormatError,
+    TapeOptions,
+    TapeReader,
+    TapeVersionError,
+    _frames,
+    tape_segments,
+)
+from tests.recorder.tape_samples import BASE_NS, make_exchange
+
+PLAIN = TapeOptions(redaction=None, fsync="none")
+
+
+def write_tape(directory: Path, count: int, options: TapeOptions = PLAIN) -> Path:
+    with SyncTapeWriter(directory, options) as writer:
+        writer.write_many(make_exchange(i) for i in range(count))
+    (segment,) = sorted(directory.glob("*.stape"))
+    return segment
+
+
+def frame_offsets(segment: Path) -> list[int]:
+    data = segment.read_bytes()
+    offsets, pos = [], _frames.SEGMENT_HEADER_SIZE
+    while pos < len(data):
+        offsets.append(pos)
+        _sync, _kind, length, _crc = _frames.FRAME_HEADER.unpack_from(data, pos)
+        pos += _frames.FRAME_HEADER_SIZE + length
+    return offsets
+
+
+def ids(reader: TapeReader) -> list[str]:
+    return [e.id for e in reader]
+
+
+def test_reads_a_file_a_directory_a_glob_and_a_list(tmp_path: Path) -> None:
+    a = write_tape(tmp_path / "a", 3)
+    write_tape(tmp_path / "b", 2)
+    assert len(ids(TapeReader(a))) == 3
+    assert len(ids(TapeReader(tmp_path / "a"))) == 3
+    assert len(ids(TapeReader(str(tmp_path / "*")))) == 5
+    assert len(ids(TapeReader([tmp_path / "b", a]))) == 5
+    assert tape_segments(str(tmp_path / "*" / "*.stape")) == sorted(tmp_path.glob("*/*.stape"))
+
+
+def test_missing_path_and_empty_glob_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputFormatError, match="no such tape") as info:
+        TapeReader(tmp_path / "nope")
+    assert info.value.path == str(tmp_path / "nope")
+    with pytest.raises(InputFormatError, match="no files match"):
+        TapeReader(str(tmp_path / "*.stape"))
+
+
+def test_filters_by_time_window_method_and_path(tmp_path: Path) -> None:
+    with SyncTapeWriter(tmp_path, PLAIN) as writer:
+        for i in range(20):
+            writer.write(
+                make_exchange(i, method="POST" if i % 2 else "GET", path=f"/{'a' if i < 10 else 'b'}/{i}?x=/b/")
+            )
+    window = TapeFilter(since_ns=BASE_NS + 5_000_000, until_ns=BASE_NS + 8_000_000)
+    assert ids(TapeReader(tmp_path, filter=window)) == ["ex-000005", "ex-000006", "ex-000007"]
+    posts = TapeReader(tmp_path, filter=TapeFilter(methods=frozenset({"post"}), path_regex=r"^/b/"))
+    assert ids(posts) == [f"ex-{i:06d}" for i in range(11, 20, 2)]
+
+
+def test_bad_filter_names_the_field() -> None:
+    with pytest.raises(ConfigError) as info:
+        TapeFilter(path_regex="(")
+    assert info.value.field == "filter.path_regex"
+    with pytest.raises(ConfigError):
+        TapeFilter(since_ns=10, until_ns=5)
+
+
+@pytest.mark.parametrize("cut", [1, 5, 11, 30, -1])
+def test_truncated_last_frame_is_a_torn_tail_not_an_error(tmp_path: Path, cut: int) -> None:
+    segment = write_tape(tmp_path, 5)
+    last = frame_offsets(segment)[-1]
+    data = segment.read_bytes()
+    keep = last + cut if cut > 0 else len(data) + cut
+    segment.write_bytes(data[:keep])
+    reader = TapeReader(tmp_path)
+    assert ids(reader) == [f"ex-{i:06d}" for i in range(4)]
+    ((path, torn),) = reader.report.torn_tails
+    assert path == str(segment)
+    assert torn.offset == last
+    assert torn.length == keep - last
+
+
+def test_zero_filled_tail_is_torn(tmp_path: Path) -> None:
+    segment = write_tape(tmp_path, 3)
+    size = segment.stat().st_size
+    with segment.open("ab") as f:
+        f.write(bytes(5000))
+    reader = TapeReader(tmp_path)
+    assert len(ids(reader)) == 3
+    ((_, torn),) = reader.report.torn_tails
+    assert (torn.offset, torn.length, torn.reason) == (size, 5000, "zero-filled tail")
+
+
+def test_segment_with_an_incomplete_header_is_empty_and_torn(tmp_path: Path) -> None:
+    (tmp_path / "seg-a.stape").write_bytes(_frames.MAGIC[:5])
+    reader = TapeReader(tmp_path)
+    assert ids(reader) == []
+    assert reader.report.torn_tails[0][1].offset == 0
+
+
+def corrupt_middle(tmp_path: Path) -> tuple[Path, int]:
+    segment = write_tape(tmp_path, 6)
+    offset = frame_offsets(segment)[2]
+    data = bytearray(segment.read_bytes())
+    data[offset + _frames.FRAME_HEADER_SIZE + 3] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    return segment, offset
+
+
+def test_corrupt_frame_in_the_middle_names_file_and_offset(tmp_path: Path) -> None:
+    segment, offset = corrupt_middle(tmp_path)
+    reader = TapeReader(tmp_path)
+    seen: list[str] = []
+    with pytest.raises(TapeFormatError) as info:
+        seen.extend(e.id for e in reader)
+    assert seen == ["ex-000000", "ex-000001"]
+    assert (info.value.path, info.value.offset) == (str(segment), offset)
+    assert f"{segment} at byte {offset}" in str(info.value)
+    assert "checksum" in str(info.value) and "--salvage" in str(info.value)
+
+
+def test_salvage_skips_to_the_next_valid_frame_and_reports_it(tmp_path: Path) -> None:
+    segment, offset = corrupt_middle(tmp_path)
+    next_frame = frame_offsets(segment)[3]
+    reader = TapeReader(tmp_path, salvage=True)
+    assert ids(reader) == ["ex-000000", "ex-000001", "ex-000003", "ex-000004", "ex-000005"]
+    ((path, skipped),) = reader.report.skipped_ranges
+    assert (path, skipped.offset, skipped.length) == (str(segment), offset, next_frame - offset)
+    assert reader.report.torn_tails == []
+
+
+def test_salvage_over_garbage_spanning_read_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recorder import reader as reader_module
+
+    monkeypatch.setattr(reader_module, "_CHUNK_BYTES", 64)
+    segment = write_tape(tmp_path, 4)
+    offsets = frame_offsets(segment)
+    data = segment.read_bytes()
+    garbage = b"\xf5\x1d\x01" + bytes(range(256)) * 3  # starts like a frame, then nonsense
+    segment.write_bytes(data[: offsets[2]] + garbage + data[offsets[2] :])
+    reader = TapeReader(tmp_path, salvage=True)
+    assert ids(reader) == [f"ex-{i:06d}" for i in range(4)]
+    ((_, skipped),) = reader.report.skipped_ranges
+    assert (skipped.offset, skipped.length) == (offsets[2], len(garbage))
+
+
+def test_not_a_tape_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "x.stape").write_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(TapeFormatError, match="bad magic"):
+        list(TapeReader(tmp_path))
+
+
+def rewrite_version(segment: Path, version: int) -> None:
+    data = segment.read_bytes()
+    segment.write_bytes(_frames.encode_segment_header(0, version) + data[_frames.SEGMENT_HEADER_SIZE :])
+
+
+def test_newer_version_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    segment = write_tape(tmp_path, 1)
+    rewrite_version(segment, _frames.FORMAT_VERSION + 1)
+    with pytest.raises(TapeVersionError, match="newer shadowtap") as info:
+        list(TapeReader(tmp_path))
+    assert info.value.path == str(segment)
+
+
+def test_older_version_goes_through_the_migration_chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    segment = write_tape(tmp_path, 2)
+    rewrite_version(segment, _frames.FORMAT_VERSION - 1)
+    with pytest.raises(TapeVersionError, match="no migration"):
+        list(TapeReader(tmp_path))
+
+    def tag_migrated(record: tuple[object, ...]) -> tuple[object, ...]:
+        tags = dict(record[11])  # type: ignore[call-overload]
+        tags["migrated"] = "yes"
+        return (*record[:11], tags)
+
+    monkeypatch.setitem(_frames.MIGRATIONS, _frames.FORMAT_VERSION - 1, tag_migrated)
+    exchanges = list(TapeReader(tmp_path))
+    assert [e.tags["migrated"] for e in exchanges] == ["yes", "yes"]
+
+
+def test_unknown_optional_frame_kinds_are_skipped_required_ones_refused(tmp_path: Path) -> None:
+    segment = write_tape(tmp_path, 2)
+    data = segment.read_bytes()
+    second = frame_offsets(segment)[1]
+    optional = _frames.encode_frame(0x81, b"future metadata")
+    segment.write_bytes(data[:second] + optional + data[second:])
+    assert len(ids(TapeReader(tmp_path))) == 2
+    segment.write_bytes(data[:second] + _frames.encode_frame(0x07, b"x") + data[second:])
+    with pytest.raises(TapeFormatError, match="unknown frame kind 7") as info:
+        list(TapeReader(tmp_path))
+    assert info.value.offset == second
+
+
+def test_checksummed_but_undecodable_record_is_an_error_or_salvaged(tmp_path: Path) -> None:
+    segment = write_tape(tmp_path, 2)
+    data = segment.read_bytes()
+    bad = _frames.encode_frame(_frames.KIND_EXCHANGE, b"\x93\x01\x02\x03")
+    segment.write_bytes(data + bad + data[_frames.SEGMENT_HEADER_SIZE :])
+    with pytest.raises(TapeFormatError, match="malformed exchange record") as info:
+        list(TapeReader(tmp_path))
+    assert info.value.offset == len(data)
+    reader = TapeReader(tmp_path, salvage=True)
+    assert len(ids(reader)) == 4
+    assert reader.report.skipped_ranges[0][1].offset == len(data)
+
+
+def test_torn_zstd_block_loses_only_that_block(tmp_path: Path) -> None:
+    options = TapeOptions(redaction=None, fsync="none", compression="zstd", block_bytes=2048)
+    with SyncTapeWriter(tmp_path, options) as writer:
+        writer.write_many(make_exchange(i, body=b"y" * 500) for i in range(30))
+    (segment,) = sorted(tmp_path.glob("*.stape"))
+    blocks = frame_offsets(segment)
+    assert len(blocks) > 3
+    segment.write_bytes(segment.read_bytes()[: blocks[-1] + 20])
+    reader = TapeReader(tmp_path)
+    got = ids(reader)
+    assert got == [f"ex-{i:06d}" for i in range(len(got))]
+    assert 20 <= len(got) < 30
+    assert reader.report.torn_tails[0][1].offset == blocks[-1]
+
+
+def test_report_counts_segments_frames_and_bytes(tmp_path: Path) -> None:
+    segment = write_tape(tmp_path, 7)
+    reader = TapeReader(tmp_path)
+    assert reader.report.segments == []
+    list(reader)
+    (seg,) = reader.report.segments
+    assert (seg.frames, seg.exchanges, seg.bytes, seg.version) == (7, 7, segment.stat().st_size, 1)
+
+
+def test_header_layout_is_as_documented(tmp_path: Path) -> None:
+    segment = write_tape(tmp_path, 1)
+    data = segment.read_bytes()
+    magic, version, flags, crc = struct.unpack_from("<8sHHI", data)
+    assert (magic, version, flags) == (b"\x89STAPE\r\n", 1, 0)
+    sync, kind, length, frame_crc = struct.unpack_from("<HBII", data, 16)
+    assert (data[16:18], kind, len(data)) == (b"\xf5\x1d", 1, 16 + 11 + length)
+    assert frame_crc == zlib.crc32(data[27:], zlib.crc32(data[16:23]))
+    assert crc == zlib.crc32(data[:12])
