@@ -1,0 +1,158 @@
+"""``--workers N``: one replay sharded by session across N processes that share one t0.
+
+Each worker process builds the same plan and keeps the sessions whose stable hash falls on its
+index (``PlanOptions.shard``), waits at a barrier until every worker is ready, then starts at the
+t0 the parent chose: a CLOCK_MONOTONIC value, which is system-wide on Linux, so all processes
+share the schedule. Each worker writes its own results segments into the shared results directory
+(segment names carry the pid) and sends its stats back encoded; the parent merges them.
+
+It must never fork a process that has an event loop running (workers are spawned fresh), and
+never wait forever on a worker that died: a dead worker is an error naming its index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any, Final
+
+from recorder.errors import ShadowtapError, UpstreamError
+from replayer.job import JobResult, ReplayJob, run_job
+from replayer.runner import Progress
+
+__all__ = ["LoopRunner", "run_workers"]
+
+LoopRunner = Callable[[Coroutine[Any, Any, Any]], Any]
+
+#: Delay between "every worker is ready" and t0, so every worker is back from the barrier and
+#: sleeping on the schedule before the first request is due.
+_START_DELAY_NS: Final = 200_000_000
+#: How long a worker may take to import, read its first batch and connect before it is an error.
+_READY_TIMEOUT_S: Final = 60.0
+# Progress snapshots in flight to the parent; old ones are worthless, so a full queue drops.
+_PROGRESS_QUEUE_SIZE: Final = 64
+
+
+def _worker_main(
+    job: ReplayJob,
+    loop_runner: LoopRunner,
+    barrier: Any,
+    go: Any,
+    t0_value: Any,
+    results: Any,
+    progress_queue: Any,
+    index: int,
+) -> None:
+    def progress(snapshot: Progress) -> None:
+        # The parent is behind when the queue is full: this snapshot would be stale when read.
+        with contextlib.suppress(queue.Full):
+            progress_queue.put_nowait((index, snapshot))
+
+    async def main() -> JobResult:
+        barrier.wait(_READY_TIMEOUT_S)
+        if not go.wait(_READY_TIMEOUT_S):
+            raise UpstreamError(f"replay worker {index}: the parent never gave a start time")
+        return await run_job(job, t0_ns=int(t0_value.value), progress=progress)
+
+    try:
+        result = loop_runner(main())
+        results.put((index, result.encode(), None))
+    except ShadowtapError as exc:
+        results.put((index, None, (type(exc).__name__, str(exc))))
+    except BaseException as exc:  # report, then die: the parent must not hang on a silent worker
+        results.put((index, None, ("ShadowtapError", f"worker {index} crashed: {type(exc).__name__}: {exc}")))
+        raise
+
+
+def run_workers(
+    job: ReplayJob,
+    count: int,
+    *,
+    loop_runner: LoopRunner,
+    progress: Callable[[int, Progress], None] | None = None,
+) -> JobResult:
+    """Run ``job`` sharded over ``count`` processes; returns the merged result.
+
+    ``loop_runner`` runs a coroutine to completion in a worker (``shadowtap.runtime.run``: uvloop).
+    A worker that fails before starting raises its error here; an error mid-replay is in the result.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(count + 1)
+    go = ctx.Event()
+    t0_value = ctx.Value("q", 0)
+    results = ctx.Queue()
+    progress_queue = ctx.Queue(_PROGRESS_QUEUE_SIZE)
+    processes = [
+        ctx.Process(
+            target=_worker_main,
+            args=(
+                replace(job, plan=replace(job.plan, shard=(i, count))),
+                loop_runner,
+                barrier,
+                go,
+                t0_value,
+                results,
+                progress_queue,
+                i,
+            ),
+            name=f"shadowtap-replay-worker-{i}",
+            daemon=True,
+        )
+        for i in range(count)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        # t0 is chosen once every worker has started (spawning takes a second or more), written
+        # before `go` is set and read after it, so every worker sees the same value.
+        with contextlib.suppress(threading.BrokenBarrierError):  # a worker died: its error follows
+            barrier.wait(_READY_TIMEOUT_S)
+        t0_value.value = time.monotonic_ns() + _START_DELAY_NS
+        go.set()
+        merged: JobResult | None = None
+        pending = set(range(count))
+        while pending:
+            if progress is not None:
+                _drain_progress(progress_queue, progress)
+            try:
+                index, encoded, error = results.get(timeout=0.2)
+            except queue.Empty:
+                dead = [i for i in pending if not processes[i].is_alive()]
+                if dead and results.empty():
+                    raise UpstreamError(f"replay worker {dead[0]} exited without a result") from None
+                continue
+            pending.discard(index)
+            if error is not None:
+                import recorder.errors as errors
+
+                cls = getattr(errors, error[0], ShadowtapError)
+                raise cls(error[1])
+            part = JobResult.decode(encoded)
+            if merged is None:
+                merged = part
+            else:
+                merged.merge(part)
+        assert merged is not None
+        return merged
+    finally:
+        for process in processes:
+            process.join(timeout=5.0)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        results.close()
+        progress_queue.close()
+
+
+def _drain_progress(progress_queue: Any, progress: Callable[[int, Progress], None]) -> None:
+    while True:
+        try:
+            index, snapshot = progress_queue.get_nowait()
+        except queue.Empty:
+            return
+        progress(index, snapshot)

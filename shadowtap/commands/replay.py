@@ -1,0 +1,268 @@
+"""`shadowtap replay`: replay tapes against a target as an honest open-loop load test.
+
+This module only turns flags into the replayer's settings, runs the job (in this process, in
+``--workers`` processes, or on Locust with ``--locust``) and writes the outputs. It must never
+print a traceback for a user mistake, and never skip writing the results it has when a tape turns
+out to be corrupt half-way: outputs are written first, then the error is raised (exit 2). Exit 1
+means an SLO gate failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from replayer.job import JobResult, ReplayJob
+    from replayer.report import SloGates
+
+NAME = "replay"
+HELP = "replay tapes against a target as open-loop load; record what came back for `shadowtap diff`"
+ORDER = 30
+
+EXIT_SLO_FAILED = 1
+
+_EPILOG = """\
+examples:
+  shadowtap replay tape/ --target http://127.0.0.1:9000 --speed 2 --results replayed/
+  shadowtap replay tape/ --target http://staging:8080 --rate 500 --clones 3 --clone-id header:X-User-Id \\
+      --duration 60 --loop --header 'Authorization: Bearer ${STAGING_TOKEN}' --json out.json --html out.html \\
+      --max-error-rate 0.01 --max-p99-ms 250
+See docs/replay.md for every flag, the JSON format and multi-machine replay with Locust.
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = _EPILOG
+    parser.add_argument("tapes", nargs="+", metavar="TAPE", help="tape directories or segment files (merged by time)")
+    parser.add_argument("--target", required=True, help="base URL to send to, e.g. http://127.0.0.1:9000")
+
+    g = parser.add_argument_group("scaling")
+    pace = g.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, help="time factor: 2 = twice as fast, 0 = no waiting")
+    pace.add_argument("--rate", type=float, help="fixed arrivals per second, in recorded order")
+    g.add_argument("--clones", type=int, default=1, help="copies of every session (default 1)")
+    g.add_argument("--clone-offset", type=float, default=0.5, metavar="S", help="delay between clones (s)")
+    g.add_argument("--duration", type=float, metavar="S", help="stop scheduling after S seconds")
+    g.add_argument("--loop", action="store_true", help="replay the tape again until --duration")
+    g.add_argument("--ramp", type=float, default=0.0, metavar="S", help="grow the rate linearly over S seconds")
+
+    g = parser.add_argument_group("sessions and filters")
+    g.add_argument(
+        "--session-key",
+        default="auto",
+        metavar="KIND[:NAME]",
+        help="auto, recorded, connection, client, none, header:NAME, cookie:NAME, query:NAME (default auto)",
+    )
+    g.add_argument("--method", action="append", default=[], help="only these methods (repeatable)")
+    g.add_argument("--path-regex", help="only requests whose path matches")
+    g.add_argument("--endpoint", action="append", default=[], metavar="GLOB", help="e.g. 'GET /users/{id}' (repeat)")
+    g.add_argument("--since", type=float, metavar="S", help="skip the tape's first S seconds")
+    g.add_argument("--until", type=float, metavar="S", help="stop at S seconds into the tape")
+    g.add_argument("--sample-percent", type=float, default=100.0, help="replay this share of sessions")
+    g.add_argument("--allow-writes", action="store_true", help="also replay methods other than GET/HEAD/OPTIONS")
+    g.add_argument("--salvage", action="store_true", help="skip corrupt frames in the tapes instead of stopping")
+
+    g = parser.add_argument_group("rewrites")
+    g.add_argument("--host", help="Host header to send (default: the target's); ${VAR} from the environment")
+    g.add_argument(
+        "--header", action="append", default=[], metavar="'NAME: VALUE'", help="set a header; ${VAR} from env"
+    )
+    g.add_argument("--remove-header", action="append", default=[], metavar="NAME", help="drop a recorded header")
+    g.add_argument(
+        "--rewrite-path", nargs=2, action="append", default=[], metavar=("REGEX", "REPL"), help="re.sub on path+query"
+    )
+    g.add_argument(
+        "--clone-id", action="append", default=[], metavar="KIND:NAME", help="header/cookie/query/json id per clone"
+    )
+    g.add_argument("--clone-id-template", default="{value}-{clone}", help="default '{value}-{clone}'")
+
+    g = parser.add_argument_group("client")
+    g.add_argument("--connections", type=int, default=256, help="connection pool size (default 256)")
+    g.add_argument("--max-in-flight", type=int, help="cap on concurrent requests (default: --connections)")
+    g.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per-request timeout (default 30)")
+    g.add_argument("--connect-timeout", type=float, default=5.0, metavar="S", help="connect timeout (default 5)")
+    g.add_argument("--workers", type=int, default=1, help="processes to shard sessions over (default 1)")
+
+    g = parser.add_argument_group("outputs and gates")
+    g.add_argument("--results", metavar="TAPE", help="write recorded + replayed exchanges to this tape directory")
+    g.add_argument("--no-redact-results", action="store_true", help="keep secrets in the results tape")
+    g.add_argument("--json", metavar="OUT", help="write JSON results ('-' for stdout)")
+    g.add_argument("--html", metavar="OUT", help="write a self-contained HTML report")
+    g.add_argument("--max-error-rate", type=float, metavar="F", help="fail (exit 1) above this error fraction")
+    g.add_argument("--max-p99-ms", type=float, metavar="MS", help="fail above this p99 response time")
+    g.add_argument("--max-start-lag-ms", type=float, metavar="MS", help="fail above this p99 start lag")
+    g.add_argument("--no-progress", action="store_true", help="no live progress on stderr")
+
+
+def _parse_header(spec: str) -> tuple[str, str]:
+    from recorder.errors import ConfigError
+
+    name, sep, value = spec.partition(":")
+    if not sep or not name.strip():
+        raise ConfigError(f"{spec!r} is not 'NAME: VALUE'", field="header")
+    return name.strip(), value.strip()
+
+
+def build_job(args: argparse.Namespace) -> ReplayJob:
+    """The job the flags describe; every bad value raises ``ConfigError`` naming the flag."""
+    from recorder.errors import ConfigError
+    from replayer.job import ReplayJob
+    from replayer.plan import Filters, PlanOptions, Rewrites, Scaling, SessionKey
+    from replayer.runner import RunnerSettings
+    from replayer.transport import ClientSettings
+
+    if args.workers < 1:
+        raise ConfigError(f"must be >= 1, got {args.workers}", field="workers")
+    plan = PlanOptions(
+        session_key=SessionKey.parse(args.session_key),
+        filters=Filters(
+            methods=frozenset(args.method),
+            path_regex=args.path_regex,
+            endpoints=tuple(args.endpoint),
+            since_s=args.since,
+            until_s=args.until,
+            sample_percent=args.sample_percent,
+            allow_writes=args.allow_writes,
+        ),
+        rewrites=Rewrites(
+            host=args.host,
+            set_headers=tuple(_parse_header(h) for h in args.header),
+            remove_headers=tuple(args.remove_header),
+            path_subs=tuple((p, r) for p, r in args.rewrite_path),
+            clone_id_fields=tuple(args.clone_id),
+            clone_id_template=args.clone_id_template,
+        ),
+        scaling=Scaling(
+            speed=args.speed if args.rate is None else 1.0,
+            rate_per_s=args.rate,
+            clones=args.clones,
+            clone_offset_s=args.clone_offset,
+            duration_s=args.duration,
+            loop=args.loop,
+            ramp_s=args.ramp,
+        ),
+    )
+    client = ClientSettings(
+        max_connections=args.connections, timeout_s=args.timeout, connect_timeout_s=args.connect_timeout
+    )
+    # The cap defaults to the pool size: then the pool never queues a request where we cannot see
+    # it, and every wait is counted as held back instead of hiding inside service time.
+    max_in_flight = args.max_in_flight if args.max_in_flight is not None else args.connections
+    return ReplayJob(
+        tapes=tuple(args.tapes),
+        target=args.target,
+        plan=plan,
+        client=client,
+        runner=RunnerSettings(max_in_flight=max_in_flight),
+        results_dir=args.results,
+        salvage=args.salvage,
+        redact_results=not args.no_redact_results,
+    )
+
+
+def _gates(args: argparse.Namespace) -> SloGates:
+    from replayer.report import SloGates
+
+    return SloGates(
+        max_error_rate=args.max_error_rate, max_p99_ms=args.max_p99_ms, max_start_lag_ms=args.max_start_lag_ms
+    )
+
+
+def _run_here(job: ReplayJob, args: argparse.Namespace) -> JobResult:
+    import asyncio
+    import signal
+
+    from replayer.job import run_job
+    from replayer.progress import ProgressDisplay
+    from shadowtap.runtime import run
+
+    async def main(display: ProgressDisplay) -> JobResult:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # Ctrl-C stops scheduling, lets in-flight requests finish and still writes every output.
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        try:
+            return await run_job(job, progress=display.update, stop=stop)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    with ProgressDisplay(enabled=not args.no_progress, total_s=job.plan.scaling.duration_s) as display:
+        return run(main(display))
+
+
+def _run_workers(job: ReplayJob, args: argparse.Namespace) -> JobResult:
+    from replayer.progress import ProgressDisplay
+    from replayer.runner import Progress
+    from replayer.workers import run_workers
+    from shadowtap.runtime import run
+
+    latest: dict[int, Progress] = {}
+    with ProgressDisplay(enabled=not args.no_progress, total_s=job.plan.scaling.duration_s) as display:
+
+        def on_progress(index: int, snapshot: Progress) -> None:
+            latest[index] = snapshot
+            parts = list(latest.values())
+            display.update(
+                Progress(
+                    elapsed_s=max(p.elapsed_s for p in parts),
+                    planned=sum(p.planned for p in parts),
+                    done=sum(p.done for p in parts),
+                    errors=sum(p.errors for p in parts),
+                    in_flight=sum(p.in_flight for p in parts),
+                    rate_per_s=sum(p.rate_per_s for p in parts),
+                    p99_ms=max(p.p99_ms for p in parts),
+                    held_back=sum(p.held_back for p in parts),
+                )
+            )
+
+        return run_workers(job, args.workers, loop_runner=run, progress=on_progress)
+
+
+def _write_text(path: str, text: str) -> None:
+    from recorder.errors import ConfigError
+
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write: {exc.strerror or exc}", path=path) from exc
+
+
+def write_outputs(result: JobResult, job: ReplayJob, args: argparse.Namespace, gates: SloGates) -> list[str]:
+    """Print the summary and write --json/--html; returns the SLO failures."""
+    from replayer.html_report import render_html
+    from replayer.report import results_document, slo_failures, summary_text
+
+    workers = args.workers
+    document: dict[str, Any] = results_document(
+        result, target=job.target, tapes=job.tapes, workers=workers, gates=gates
+    )
+    summary_stream = sys.stderr if args.json == "-" else sys.stdout
+    print(summary_text(result), file=summary_stream)
+    if args.json == "-":
+        json.dump(document, sys.stdout, indent=2)
+        print()
+    elif args.json:
+        _write_text(args.json, json.dumps(document, indent=2) + "\n")
+    if args.html:
+        _write_text(args.html, render_html(result, target=job.target, tapes=job.tapes, gates=gates))
+    failures = slo_failures(result, gates)
+    for failure in failures:
+        print(f"shadowtap replay: SLO failed: {failure}", file=sys.stderr)
+    return failures
+
+
+def run(args: argparse.Namespace) -> int:
+    from replayer.job import raise_job_error
+
+    job = build_job(args)
+    gates = _gates(args)
+    result = _run_workers(job, args) if args.workers > 1 else _run_here(job, args)
+    failures = write_outputs(result, job, args, gates)
+    raise_job_error(result)
+    if result.stopped:
+        print("shadowtap replay: stopped early (interrupted); outputs cover what was sent", file=sys.stderr)
+    return EXIT_SLO_FAILED if failures else 0

@@ -1,0 +1,239 @@
+"""`shadowtap replay` end to end: a real tape, a real server, the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from recorder import PRIMARY, REPLAY, Exchange, Response, SyncTapeWriter, TapeOptions, TapeReader
+from tests.replayer.tapes import make_exchange
+
+
+def write_tape(directory: Path, exchanges: list[Exchange]) -> Path:
+    with SyncTapeWriter(directory, TapeOptions(redaction=None)) as writer:
+        for ex in exchanges:
+            writer.write(ex)
+    return directory
+
+
+async def shadowtap(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shadowtap",
+        "replay",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+class Target:
+    """An in-test server that records what it was sent."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self.delay_s = delay_s
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((request.method, request.path_qs, dict(request.headers)))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return web.Response(text=f"replayed {request.path_qs}")
+
+    async def __aenter__(self) -> Target:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+def read_results(path: Path) -> list[Exchange]:
+    return list(TapeReader(path))
+
+
+async def test_replay_rewrites_skips_writes_and_records_results(tmp_path: Path) -> None:
+    tape = write_tape(
+        tmp_path / "tape",
+        [make_exchange(i, i * 4, target=f"/v1/items/{i}") for i in range(30)]
+        + [make_exchange(100, 200, method="POST", target="/v1/items")],
+    )
+    async with Target() as target:
+        code, out, err = await shadowtap(
+            str(tape),
+            "--target",
+            target.url,
+            "--speed",
+            "4",
+            "--rewrite-path",
+            "^/v1/",
+            "/v2/",
+            "--header",
+            "Authorization: Bearer ${REPLAY_TOKEN}",
+            "--results",
+            str(tmp_path / "results"),
+            "--json",
+            str(tmp_path / "out.json"),
+            "--html",
+            str(tmp_path / "out.html"),
+            "--no-progress",
+            env={"REPLAY_TOKEN": "t0k3n"},
+        )
+    assert code == 0, err
+    assert "requests 30" in out
+    assert sorted(path for _, path, _ in target.seen) == sorted(f"/v2/items/{i}" for i in range(30))
+    assert {method for method, _, _ in target.seen} == {"GET"}
+    assert all(headers["Authorization"] == "Bearer t0k3n" for _, _, headers in target.seen)
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert document["summary"]["requests"] == 30 and document["plan"]["skipped_unsafe_method"] == 1
+    assert document["results_tape"] == {"written": 30, "dropped": 0} and document["slo"]["passed"]
+    assert set(document["latency_ms"]) == {"service", "corrected", "start_lag"}
+    results = read_results(tmp_path / "results")
+    assert len(results) == 30
+    first = next(e for e in results if e.id == "ex3")
+    assert first.primary == Response(200, "OK", ((b"Content-Type", b"text/plain"),), b"recorded 3")
+    replayed = first.response(REPLAY)
+    assert replayed is not None and replayed.body == b"replayed /v2/items/3"
+    assert first.tags["replay_target"] == "/v2/items/3" and REPLAY in first.timings
+    assert first.outcome(PRIMARY) is not None
+    page = (tmp_path / "out.html").read_text()
+    assert page.count("<svg") == 3 and "<script" not in page and "src=" not in page
+
+
+async def test_slo_gate_fails_the_exit_code(tmp_path: Path) -> None:
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i) for i in range(5)])
+    async with Target(delay_s=0.05) as target:
+        code, _, err = await shadowtap(str(tape), "--target", target.url, "--max-p99-ms", "10", "--no-progress")
+    assert code == 1
+    assert "SLO failed: p99 response time" in err and "Traceback" not in err
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_refusing_target_is_reported_and_results_still_written(tmp_path: Path) -> None:
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i) for i in range(8)])
+    code, _, err = await shadowtap(
+        str(tape),
+        "--target",
+        f"http://127.0.0.1:{closed_port()}",
+        "--results",
+        str(tmp_path / "results"),
+        "--json",
+        str(tmp_path / "out.json"),
+        "--max-error-rate",
+        "0.5",
+        "--no-progress",
+    )
+    assert code == 1
+    assert "error rate 100.00%" in err
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert document["summary"]["errors"] == {"connect": 8}
+    results = read_results(tmp_path / "results")
+    assert len(results) == 8 and all(e.response(REPLAY) is None and e.outcome(REPLAY) for e in results)
+
+
+async def test_a_tape_corrupt_midway_is_one_line_and_partial_results_are_written(tmp_path: Path) -> None:
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i * 0.1, body=b"x" * 200) for i in range(400)])
+    (segment,) = tape.glob("*.stape")
+    data = bytearray(segment.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = b"\xff" * 64
+    segment.write_bytes(bytes(data))
+    async with Target() as target:
+        code, _, err = await shadowtap(
+            str(tape),
+            "--target",
+            target.url,
+            "--results",
+            str(tmp_path / "results"),
+            "--json",
+            str(tmp_path / "out.json"),
+            "--no-progress",
+        )
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert segment.name in lines[0] and "at byte" in lines[0]
+    written = read_results(tmp_path / "results")
+    assert 100 < len(written) < 400 and len(written) == len(target.seen)
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert document["summary"]["requests"] == len(written) and document["error"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--rewrite-path", "([", "x"], "rewrite-path"),
+        (["--header", "Authorization: ${SHADOWTAP_TEST_UNSET_VAR}"], "SHADOWTAP_TEST_UNSET_VAR"),
+        (["--clones", "0"], "clones"),
+    ],
+)
+async def test_bad_flags_are_one_line(tmp_path: Path, flags: list[str], expected: str) -> None:
+    tape = write_tape(tmp_path / "tape", [make_exchange(0, 0)])
+    code, _, err = await shadowtap(str(tape), "--target", "http://127.0.0.1:9", *flags, "--no-progress")
+    assert code == 2
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err
+
+
+async def test_unreadable_tape_is_one_line(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.stape"
+    garbage.write_bytes(b"this is not a tape at all" * 10)
+    code, _, err = await shadowtap(str(garbage), "--target", "http://127.0.0.1:9", "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "garbage.stape" in err and "Traceback" not in err
+
+
+async def test_workers_shard_sessions_with_nothing_lost_or_duplicated(tmp_path: Path) -> None:
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i * 2, session=f"s{i % 9}") for i in range(120)])
+    async with Target() as target:
+        code, out, err = await shadowtap(
+            str(tape),
+            "--target",
+            target.url,
+            "--workers",
+            "2",
+            "--clones",
+            "2",
+            "--clone-offset",
+            "0.01",
+            "--clone-id",
+            "header:X-Seq",
+            "--results",
+            str(tmp_path / "results"),
+            "--json",
+            str(tmp_path / "out.json"),
+            "--no-progress",
+        )
+    assert code == 0, err
+    sent = Counter(headers["X-Seq"] for _, _, headers in target.seen)
+    assert len(sent) == 240 and set(sent.values()) == {1}
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert document["summary"]["requests"] == 240 and document["workers"] == 2
+    results = read_results(tmp_path / "results")
+    assert len({e.id for e in results}) == 240
+    assert len({e.tags.get("replay_clone") for e in results}) == 2
