@@ -37,6 +37,7 @@ __all__ = [
     "ShadowSettings",
     "TlsSettings",
     "parse_listen",
+    "settings_from_mapping",
 ]
 
 #: Credentials never forwarded to a shadow unless the config swaps in shadow credentials for them.
@@ -307,10 +308,10 @@ class ProxyConfig:
             "forward": dict(forward),
             "shadows": shadows,
             "mirror": _mirror(data.get("mirror", {}), names),
-            "record": _simple(RecordSettings, data.get("record", {}), "record"),
+            "record": settings_from_mapping(RecordSettings, data.get("record", {}), "record"),
             "admin": _admin(data.get("admin", {})),
-            "events": _simple(EventsSettings, data.get("events", {}), "events"),
-            "tls": _simple(TlsSettings, data.get("tls", {}), "tls"),
+            "events": settings_from_mapping(EventsSettings, data.get("events", {}), "events"),
+            "tls": settings_from_mapping(TlsSettings, data.get("tls", {}), "tls"),
         }
         if "listen" in data:
             values["listen"] = parse_listen(data["listen"], field="listen")
@@ -385,7 +386,8 @@ def _construct(cls: type[_T], values: dict[str, Any], prefix: str) -> _T:
         raise ConfigError(f"{exc.message}{shown}", field=f"{prefix}{key}") from exc
 
 
-def _simple(cls: type[_T], data: Any, section: str) -> _T:
+def settings_from_mapping(cls: type[_T], data: Any, section: str) -> _T:
+    """Validate ``data`` into the flat settings dataclass ``cls``; errors are named ``section.key``."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"expected a mapping, not {data!r}", field=section)
     _reject_unknown(data, cls, f"{section}.")
@@ -408,7 +410,7 @@ def _shadow(data: Any, where: str) -> ShadowSettings:
     values: dict[str, Any] = {}
     for key, value in data.items():
         if key == "breaker":
-            values[key] = _simple(BreakerSettings, value, f"{where}.breaker")
+            values[key] = settings_from_mapping(BreakerSettings, value, f"{where}.breaker")
         elif key == "credentials":
             if not isinstance(value, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()

@@ -1,0 +1,434 @@
+"""Assembly of a running proxy: the data path with its stages, the tape, events, admin, workers.
+
+``ProxyApp`` builds one process's proxy from a ``ProxyConfig`` (``ProxyServer`` from the data path,
+the metrics, mirror and record stages, the tape writer, the wide-event log and the admin server)
+and shuts it down in the order that loses nothing: stop accepting and finish in-flight requests up
+to the deadline, drain the mirrors, complete the joins, close the tape and the event log.
+``serve`` runs it until SIGTERM/SIGINT, in this process or in ``workers`` processes that share the
+listen port through SO_REUSEPORT and the runtime flags through shared memory. This module must never
+import ``shadowtap`` (the CLI composes it), and never start anything it does not stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any, TextIO
+
+from proxy.admin import AdminServer
+from proxy.config import ProxyConfig, RuntimeFlags, settings_from_mapping
+from proxy.events import EventLog
+from proxy.forward import ForwardSettings
+from proxy.metrics import MetricsStage, ProxyMetrics
+from proxy.mirror import MirrorStage
+from proxy.record import RecordStage
+from proxy.rules import RouteTable
+from proxy.server import ProxyServer
+from proxy.stages import Stage
+from recorder import RedactionRules, TapeOptions, TapeWriter
+from recorder.errors import ConfigError, ShadowtapError
+
+__all__ = ["ProxyApp", "build_forward_settings", "listen_ssl_context", "serve"]
+
+log = logging.getLogger(__name__)
+
+#: How long the parent waits for every worker to report that it is listening.
+_WORKER_READY_TIMEOUT_S = 30.0
+
+
+def build_forward_settings(config: ProxyConfig) -> ForwardSettings:
+    """The data path's settings: ``primary`` plus the ``forward`` section, validated by the data path."""
+    return settings_from_mapping(ForwardSettings, {**config.forward, "primary": config.primary}, "forward")
+
+
+def listen_ssl_context(config: ProxyConfig) -> ssl.SSLContext | None:
+    """A server TLS context from ``tls.cert_file`` / ``tls.key_file``, or None for plain HTTP."""
+    if config.tls.cert_file is None or config.tls.key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load certificate and key: {exc}", field="tls.cert_file") from exc
+    return context
+
+
+def tape_options(config: ProxyConfig) -> TapeOptions:
+    r = config.record
+    return TapeOptions(
+        max_segment_bytes=r.max_segment_bytes,
+        max_segment_age_s=r.max_segment_age_s,
+        compression="zstd" if r.compression == "zstd" else "none",
+        fsync="every" if r.fsync == "every" else "none" if r.fsync == "none" else "interval",
+        queue_size=r.queue_size,
+        redaction=RedactionRules() if r.redaction else None,
+    )
+
+
+class ProxyApp:
+    """One process's proxy, built from a config; ``start`` then ``shutdown``."""
+
+    def __init__(self, config: ProxyConfig, *, worker: int = 0, flags_array: Any | None = None) -> None:
+        self.config = config
+        self.worker = worker
+        self.flags = RuntimeFlags(config, flags_array)
+        self.metrics = ProxyMetrics(worker)
+        self.tape: TapeWriter | None = None
+        self.events: EventLog | None = None
+        self.admin: AdminServer | None = None
+        self.server: ProxyServer | None = None
+        self.mirror: MirrorStage | None = None
+        self.record: RecordStage | None = None
+        self._stages: list[Stage] = []
+        self._ready = False
+        self._started_at_s = 0.0
+
+    async def start(self, *, reuse_port: bool = False, admin_port: int | None = None) -> None:
+        """Build and start everything; on failure, stop what was started and re-raise."""
+        config = self.config
+        forward = build_forward_settings(config)
+        ssl_context = listen_ssl_context(config)
+        try:
+            if config.record.tape is not None:
+                self.tape = TapeWriter(config.record.tape, tape_options(config))
+                await self.tape.start()
+            if config.events.path is not None:
+                self.events = EventLog(config.events.path, RouteTable(config.mirror.routes), config.events.queue_size)
+                await self.events.start()
+            record: RecordStage | None = None
+            if self.tape is not None or self.events is not None:
+                record = RecordStage(
+                    config.record,
+                    self.flags,
+                    self.metrics,
+                    self.tape,
+                    None if self.events is None else self.events.on_joined,
+                    config.mirror.sample_key,
+                )
+            stages: list[Stage] = [MetricsStage(self.metrics)]
+            if config.shadows:
+                self.mirror = MirrorStage(
+                    config.shadows,
+                    config.mirror,
+                    self.flags,
+                    self.metrics,
+                    None if record is None else record.on_shadow_outcome,
+                )
+                await self.mirror.start()
+                stages.append(self.mirror)
+            if record is not None:
+                # After the mirror stage: the record stage reads the mirror decisions it wrote.
+                self.record = record
+                await record.start()
+                stages.append(record)
+            self._stages = stages
+            self._register_sources()
+            self.server = ProxyServer(forward, stages, ssl_context)
+            await self.server.start(config.listen.host, config.listen.port, reuse_port=reuse_port)
+            if config.admin.listen is not None:
+                self.admin = AdminServer(
+                    self.flags, self.metrics, self.stats, lambda: self._ready, config.admin.token()
+                )
+                port = config.admin.listen.port if admin_port is None else admin_port
+                await self.admin.start(config.admin.listen.host, port)
+        except BaseException:
+            await self.shutdown()
+            raise
+        self._started_at_s = time.monotonic()
+        self._ready = True
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    @property
+    def listen_url(self) -> str:
+        scheme = "https" if self.config.tls.enabled else "http"
+        host = self.config.listen.host
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    @property
+    def admin_url(self) -> str | None:
+        if self.admin is None or self.config.admin.listen is None:
+            return None
+        host = self.config.admin.listen.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.admin.port}"
+
+    def _register_sources(self) -> None:
+        m = self.metrics
+
+        def server_counts() -> dict[str, float]:
+            if self.server is None:
+                return {}
+            s = self.server.stats
+            return {"in_flight": float(s.in_flight), "connections": float(s.connections)}
+
+        def primary_failures() -> dict[str, float]:
+            return {} if self.server is None else {k: float(v) for k, v in self.server.stats.primary_failures.items()}
+
+        def stage_errors() -> dict[str, float]:
+            if self.server is None:
+                return {}
+            return {k: float(v) for k, v in self.server.stats.stage_errors.by_stage.items()}
+
+        m.add_source("gauge", "shadowtap_proxy_open", "Requests in flight and client connections open", "kind",
+                     server_counts)  # fmt: skip
+        m.add_source("counter", "shadowtap_primary_failures", "Primary exchanges that failed, by kind", "kind",
+                     primary_failures)  # fmt: skip
+        m.add_source("counter", "shadowtap_stage_errors", "Stage calls that raised (a bug; never a lost request)",
+                     "stage", stage_errors)  # fmt: skip
+        tape = self.tape
+        if tape is not None:
+            m.add_source("counter", "shadowtap_tape_writes", "Exchanges written to the tape", "",
+                         lambda: {"": float(tape.stats.written)})  # fmt: skip
+            m.add_source("counter", "shadowtap_tape_dropped", "Exchanges the tape writer dropped, by reason", "reason",
+                         lambda: {"queue_full": float(tape.stats.dropped_queue_full),
+                                  "closed": float(tape.stats.dropped_closed),
+                                  "write_error": float(tape.stats.write_errors),
+                                  "encode_error": float(tape.stats.encode_errors)})  # fmt: skip
+            m.add_source("gauge", "shadowtap_tape_queue_depth", "Exchanges waiting for the tape writer", "",
+                         lambda: {"": float(tape.stats.queue_depth)})  # fmt: skip
+        events = self.events
+        if events is not None:
+            m.add_source("counter", "shadowtap_events", "Wide events written or dropped", "result",
+                         lambda: {"written": float(events.written), "dropped": float(events.dropped)})  # fmt: skip
+
+    def stats(self) -> dict[str, Any]:
+        """The ``/stats`` document."""
+        out: dict[str, Any] = {
+            "worker": self.worker,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self._started_at_s, 3) if self._started_at_s else 0.0,
+            "ready": self._ready,
+            "flags": self.flags.snapshot(),
+        }
+        if self.server is not None:
+            s = self.server.stats
+            out["server"] = {
+                "requests": s.requests,
+                "in_flight": s.in_flight,
+                "connections": s.connections,
+                "upgrades": s.upgrades,
+                "primary_failures": dict(s.primary_failures),
+                "client_errors": {str(k): v for k, v in s.client_errors.items()},
+                "stage_errors": dict(s.stage_errors.by_stage),
+            }
+        out["requests_by_status"] = dict(self.metrics.requests_by_status)
+        if self.mirror is not None:
+            outcomes: dict[str, dict[str, int]] = {}
+            for (shadow, outcome), n in self.metrics.mirror_outcomes.items():
+                outcomes.setdefault(shadow, {})[outcome] = n
+            out["mirror"] = {
+                name: {**shadow, "outcomes": outcomes.get(name, {})} for name, shadow in self.mirror.stats().items()
+            }
+        if self.record is not None:
+            out["record"] = self.record.snapshot()
+        if self.tape is not None:
+            out["tape"] = dataclasses.asdict(self.tape.stats)
+        if self.events is not None:
+            out["events"] = self.events.snapshot()
+        return out
+
+    async def shutdown(self) -> None:
+        """Stop accepting, finish in-flight requests, drain mirrors, write the joins, close the tape."""
+        self._ready = False
+        deadline_s = self.config.shutdown_timeout_s
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+
+        def left() -> float:
+            return max(0.1, end - loop.time())
+
+        if self.server is not None:
+            await self.server.shutdown(left())
+        for stage in self._stages:
+            try:
+                await stage.aclose(left())
+            except Exception:
+                log.exception("closing stage %s failed", stage.name)
+        self._stages = []
+        if self.tape is not None:
+            await self.tape.close()
+            self.tape = None
+        if self.events is not None:
+            await self.events.aclose(left())
+            self.events = None
+        if self.admin is not None:
+            await self.admin.close()
+            self.admin = None
+
+
+# --- running until a signal ------------------------------------------------------------------------
+
+
+def _announce(out: TextIO, listen_url: str, admin_urls: list[str], workers: int) -> None:
+    admin = ",".join(admin_urls) if admin_urls else "off"
+    print(f"shadowtap proxy: listening on {listen_url} admin {admin} workers {workers} pid {os.getpid()}",
+          file=out, flush=True)  # fmt: skip
+
+
+async def _serve_one(
+    config: ProxyConfig,
+    *,
+    worker: int,
+    flags_array: Any | None,
+    reuse_port: bool,
+    admin_port: int | None,
+    on_ready: Callable[[ProxyApp], None],
+) -> None:
+    app = ProxyApp(config, worker=worker, flags_array=flags_array)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await app.start(reuse_port=reuse_port, admin_port=admin_port)
+        on_ready(app)
+        await stop.wait()
+        log.info("worker %d: signal received, draining", worker)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await app.shutdown()
+
+
+def _run_loop(main: Any) -> None:
+    if os.environ.get("SHADOWTAP_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
+
+
+def _worker_main(config: ProxyConfig, worker: int, flags_array: Any, admin_port: int | None, ready: Connection) -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format=f"%(asctime)s worker {worker} %(levelname)s %(name)s: %(message)s"
+    )
+    # The parent forwards SIGINT as SIGTERM; a terminal's Ctrl-C must not hit workers twice.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def on_ready(app: ProxyApp) -> None:
+        ready.send(("ready", app.port, app.admin_url))
+
+    try:
+        _run_loop(
+            _serve_one(
+                config, worker=worker, flags_array=flags_array, reuse_port=True, admin_port=admin_port,
+                on_ready=on_ready,
+            )
+        )  # fmt: skip
+    except ShadowtapError as exc:
+        ready.send(("error", str(exc), None))
+        raise SystemExit(2) from None
+    finally:
+        ready.close()
+
+
+def _reserve_port(config: ProxyConfig) -> tuple[socket.socket, int]:
+    """Bind (not listen) with SO_REUSEPORT so ``:0`` becomes one port every worker can share."""
+    family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((config.listen.host, config.listen.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind {config.listen}: {exc.strerror or exc}", field="listen") from exc
+    return sock, sock.getsockname()[1]
+
+
+def serve(config: ProxyConfig, out: TextIO = sys.stdout) -> int:
+    """Run the proxy until SIGTERM/SIGINT; one line on ``out`` once listening. Returns an exit code."""
+    if config.workers == 1:
+
+        def on_ready(app: ProxyApp) -> None:
+            _announce(out, app.listen_url, [app.admin_url] if app.admin_url else [], 1)
+
+        _run_loop(_serve_one(config, worker=0, flags_array=None, reuse_port=False, admin_port=None, on_ready=on_ready))
+        return 0
+    return _serve_workers(config, out)
+
+
+def _serve_workers(config: ProxyConfig, out: TextIO) -> int:
+    reserved, port = _reserve_port(config)
+    config = dataclasses.replace(config, listen=dataclasses.replace(config.listen, port=port))
+    context = multiprocessing.get_context("spawn")
+    flags = RuntimeFlags(config)
+    processes: list[multiprocessing.process.BaseProcess] = []
+    pipes: list[Connection] = []
+    stopping = False
+
+    def forward_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in processes:
+            if child.pid is not None and child.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        base_admin = None if config.admin.listen is None else config.admin.listen.port
+        for worker in range(config.workers):
+            receive, send = context.Pipe(duplex=False)
+            admin_port = None if not base_admin else base_admin + worker
+            process = context.Process(
+                target=_worker_main,
+                args=(config, worker, flags.shared_array, admin_port, send),
+                name=f"shadowtap-proxy-{worker}",
+            )
+            process.start()
+            send.close()
+            processes.append(process)
+            pipes.append(receive)
+        admin_urls: list[str] = []
+        deadline = time.monotonic() + _WORKER_READY_TIMEOUT_S
+        for worker, pipe in enumerate(pipes):
+            if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise ShadowtapError(f"worker {worker} did not start within {_WORKER_READY_TIMEOUT_S:.0f} s")
+            try:
+                status, detail, admin_url = pipe.recv()
+            except EOFError:
+                raise ShadowtapError(f"worker {worker} exited during start-up") from None
+            if status != "ready":
+                raise ShadowtapError(str(detail))
+            if admin_url:
+                admin_urls.append(admin_url)
+        reserved.close()
+        scheme = "https" if config.tls.enabled else "http"
+        _announce(out, f"{scheme}://{config.listen}", admin_urls, config.workers)
+        while any(p.exitcode is None for p in processes):
+            wait([p.sentinel for p in processes if p.exitcode is None], timeout=1.0)
+            if not stopping and any(p.exitcode is not None for p in processes):
+                # A worker died on its own: stop the others rather than serve at reduced capacity.
+                log.error("a proxy worker exited unexpectedly; stopping the others")
+                forward_signal(signal.SIGTERM, None)
+        return 0 if all(p.exitcode == 0 for p in processes) else 1
+    finally:
+        forward_signal(signal.SIGTERM, None)
+        for child in processes:
+            child.join(config.shutdown_timeout_s + 5.0)
+            if child.exitcode is None:
+                child.kill()
+                child.join()
+        reserved.close()
+        for pipe in pipes:
+            pipe.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

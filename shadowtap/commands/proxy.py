@@ -1,0 +1,258 @@
+"""`shadowtap proxy`: run the sidecar proxy (forward to the primary, mirror to shadows, record a tape).
+
+Settings come from ``--config FILE`` (YAML or TOML) overlaid with flags; every config key is also a
+flag, either a named one below or ``--set KEY=VALUE`` (``--set shadows.v2.rate_per_s=50``).
+``--check-config FILE`` validates and prints the effective config without starting anything. This
+module must never validate settings itself: it builds one mapping and ``proxy.config`` judges it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from collections.abc import Callable
+from typing import Any, Final
+
+NAME = "proxy"
+HELP = "Run the sidecar proxy: forward to the primary, mirror a sample to shadows, record a tape."
+ORDER = 10
+
+_EPILOG = """\
+examples:
+  shadowtap proxy --listen 127.0.0.1:8080 --primary http://127.0.0.1:9000 \\
+                  --shadow v2=http://127.0.0.1:9001 --tape ./tape --admin 127.0.0.1:8081
+  shadowtap proxy --config proxy.yaml --set shadows.v2.sample_percent=5 --workers 2
+  shadowtap proxy --check-config proxy.yaml
+
+Once listening it prints one line:
+  shadowtap proxy: listening on http://HOST:PORT admin http://HOST:PORT workers N pid PID
+See docs/proxy.md for every config key, the admin API and the metrics."""
+
+
+# (flag, config path, value type, help). "shadows.*" applies to every shadow; a value of None for
+# the type means a switch that sets the given constant.
+_FLAGS: Final[list[tuple[str, str, Callable[[str], Any] | None, Any, str]]] = [
+    ("--listen", "listen", str, None, "HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks one)"),
+    ("--primary", "primary", str, None, "URL of the primary service (required)"),
+    ("--workers", "workers", int, None, "processes sharing the listen port with SO_REUSEPORT (default 1)"),
+    ("--shutdown-timeout", "shutdown_timeout_s", float, None, "seconds to finish in-flight work on SIGTERM"),
+    ("--tls-cert", "tls.cert_file", str, None, "listen with TLS: certificate chain (PEM)"),
+    ("--tls-key", "tls.key_file", str, None, "listen with TLS: private key (PEM)"),
+    ("--connect-timeout", "forward.connect_timeout_s", float, None, "primary connect timeout, seconds (504)"),
+    ("--first-byte-timeout", "forward.first_byte_timeout_s", float, None, "primary response-head timeout (504)"),
+    ("--total-timeout", "forward.total_timeout_s", float, None, "primary whole-exchange timeout, seconds"),
+    ("--capture-limit", "forward.capture_limit_bytes", int, None, "bytes of each body kept for mirror and tape"),
+    ("--pool-max-idle", "forward.pool_max_idle", int, None, "idle keep-alive connections kept to the primary"),
+    ("--via", "forward.via", str, None, "add 'Via: 1.1 NAME' to requests and responses"),
+    ("--no-x-forwarded-for", "forward.x_forwarded_for", None, False, "do not append X-Forwarded-For"),
+    ("--no-x-forwarded-proto", "forward.x_forwarded_proto", None, False, "do not add X-Forwarded-Proto"),
+    ("--no-x-forwarded-host", "forward.x_forwarded_host", None, False, "do not add X-Forwarded-Host"),
+    ("--rewrite-host", "forward.preserve_host", None, False, "send the primary's authority as Host"),
+    ("--primary-insecure", "forward.tls_verify", None, False, "do not verify an https primary's certificate"),
+    ("--primary-ca-file", "forward.ca_file", str, None, "CA bundle for an https primary"),
+    ("--no-mirror", "mirror.enabled", None, False, "start with mirroring off (the admin API can turn it on)"),
+    ("--sample-key", "mirror.sample_key", str, None, "consistent sampling key: header:NAME, cookie:NAME, query:NAME"),
+    ("--sample-percent", "shadows.*.sample_percent", float, None, "percent of requests mirrored to each shadow"),
+    ("--shadow-queue-size", "shadows.*.queue_size", int, None, "copies queued per shadow before dropping"),
+    ("--shadow-concurrency", "shadows.*.concurrency", int, None, "copies in flight per shadow"),
+    ("--shadow-connect-timeout", "shadows.*.connect_timeout_s", float, None, "shadow connect timeout, seconds"),
+    ("--shadow-timeout", "shadows.*.total_timeout_s", float, None, "shadow whole-exchange timeout, seconds"),
+    ("--shadow-max-body", "shadows.*.max_body_bytes", int, None, "largest request body mirrored, bytes"),
+    ("--shadow-max-response", "shadows.*.max_response_bytes", int, None, "shadow response bytes kept"),
+    ("--shadow-rate", "shadows.*.rate_per_s", float, None, "copies per second per shadow at most"),
+    ("--shadow-burst", "shadows.*.burst", float, None, "rate cap burst size"),
+    ("--shadow-host", "shadows.*.host", str, None, "Host header sent to shadows"),
+    ("--shadow-preserve-host", "shadows.*.preserve_host", None, True, "send the client's Host to shadows"),
+    ("--shadow-insecure", "shadows.*.tls_verify", None, False, "do not verify https shadows' certificates"),
+    ("--shadow-ca-file", "shadows.*.ca_file", str, None, "CA bundle for https shadows"),
+    ("--breaker-failures", "shadows.*.breaker.consecutive_failures", int, None, "failures in a row that open it"),
+    ("--breaker-open", "shadows.*.breaker.open_s", float, None, "seconds the breaker stays open"),
+    ("--tape", "record.tape", str, None, "record exchanges to this tape directory"),
+    ("--record-sample-percent", "record.sample_percent", float, None, "percent of exchanges recorded"),
+    ("--record-max-body", "record.max_body_bytes", int, None, "body bytes recorded (truncation is marked)"),
+    ("--join-timeout", "record.join_timeout_s", float, None, "seconds an exchange waits for its shadows"),
+    ("--tape-compression", "record.compression", str, None, "none or zstd"),
+    ("--tape-fsync", "record.fsync", str, None, "none, interval or every"),
+    ("--tape-segment-bytes", "record.max_segment_bytes", int, None, "rotate tape segments at this size"),
+    ("--no-redaction", "record.redaction", None, False, "record credentials as they are (redaction is on by default)"),
+    ("--events", "events.path", str, None, "write one JSON line per exchange to FILE ('-' for stdout)"),
+    ("--admin", "admin.listen", str, None, "admin API HOST:PORT (default 127.0.0.1:0) or 'off'"),
+    ("--admin-token-env", "admin.token_env", str, None, "environment variable holding the admin bearer token"),
+    ("--admin-allow-remote", "admin.allow_remote", None, True, "allow a non-loopback admin address"),
+]  # fmt: skip
+
+
+def _dest(flag: str) -> str:
+    return "opt_" + flag.lstrip("-").replace("-", "_")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = _EPILOG
+    parser.add_argument("--config", metavar="FILE", help="YAML or TOML config file (flags override it)")
+    parser.add_argument(
+        "--check-config", metavar="FILE", help="validate FILE (with any flags), print the effective config, exit"
+    )
+    parser.add_argument(
+        "--shadow",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="mirror to this shadow (repeatable; adds to the config file's shadows)",
+    )
+    parser.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a route rule, e.g. 'path=/orders/**;methods=POST;mirror_methods=POST;sample_percent=10' "
+        "(repeatable; keys as in the config's mirror.routes; lists comma-separated)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any config key by dotted path, value in YAML (shadows.NAME.KEY for one shadow)",
+    )
+    for flag, path, kind, constant, help_text in _FLAGS:
+        if kind is None:
+            parser.add_argument(flag, dest=_dest(flag), action="store_const", const=constant, help=help_text)
+        else:
+            parser.add_argument(flag, dest=_dest(flag), type=kind, metavar=path.rsplit(".", 1)[-1].upper(),
+                                help=help_text)  # fmt: skip
+
+
+def _shadow_list(raw: Any) -> list[Any]:
+    if isinstance(raw, dict):
+        return [{"name": name, **(spec if isinstance(spec, dict) else {"url": spec})} for name, spec in raw.items()]
+    if isinstance(raw, list):
+        return [_shadow_entry(s) for s in raw]
+    return raw  # type: ignore[no-any-return]  # proxy.config reports the wrong type
+
+
+def _shadow_entry(spec: Any) -> Any:
+    if isinstance(spec, str) and "=" in spec:
+        name, _, url = spec.partition("=")
+        return {"name": name, "url": url}
+    return spec
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    from recorder.errors import ConfigError
+
+    keys = path.split(".")
+    if keys[0] == "shadows" and len(keys) > 2:
+        shadows = data.setdefault("shadows", [])
+        targets = [s for s in shadows if isinstance(s, dict) and (keys[1] == "*" or s.get("name") == keys[1])]
+        if keys[1] != "*" and not targets:
+            raise ConfigError(f"no shadow named {keys[1]!r} (add it with --shadow)", field=path)
+        for target in targets:
+            _set_nested(target, keys[2:], value, path)
+        return
+    _set_nested(data, keys, value, path)
+
+
+def _set_nested(data: dict[str, Any], keys: list[str], value: Any, path: str) -> None:
+    from recorder.errors import ConfigError
+
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key!r} is not a section", field=path)
+        node = child
+    node[keys[-1]] = value
+
+
+def _parse_route(spec: str) -> dict[str, Any]:
+    from recorder.errors import ConfigError
+
+    route: dict[str, Any] = {}
+    for part in spec.split(";"):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"expected KEY=VALUE, not {part!r}", field="--route")
+        if key in ("methods", "mirror_methods", "shadows"):
+            route[key] = [v.strip() for v in value.split(",") if v.strip()]
+        elif key == "mirror":
+            route[key] = value.strip().lower() in ("1", "true", "yes", "on")
+        elif key == "sample_percent":
+            try:
+                route[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"expected a number, not {value!r}", field="--route sample_percent") from None
+        else:
+            route[key] = value.strip()
+    return route
+
+
+def build_mapping(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    """The config file's mapping with every given flag applied on top."""
+    import yaml
+
+    from recorder.errors import ConfigError
+
+    data = copy.deepcopy(base)
+    if "shadows" in data:
+        data["shadows"] = _shadow_list(data["shadows"])
+    for spec in args.shadow:
+        name, sep, url = spec.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"expected NAME=URL, not {spec!r}", field="--shadow")
+        shadows = data.setdefault("shadows", [])
+        existing = [s for s in shadows if isinstance(s, dict) and s.get("name") == name]
+        if existing:
+            existing[0]["url"] = url
+        else:
+            shadows.append({"name": name, "url": url})
+    if args.route:
+        mirror = data.setdefault("mirror", {})
+        if not isinstance(mirror, dict):
+            raise ConfigError("expected a mapping", field="mirror")
+        mirror["routes"] = [*mirror.get("routes", []), *(_parse_route(r) for r in args.route)]
+    for flag, path, _kind, _constant, _help in _FLAGS:
+        value = getattr(args, _dest(flag))
+        if value is not None:
+            _set_path(data, path, value)
+    for assignment in args.set:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected KEY=VALUE, not {assignment!r}", field="--set")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"value is not YAML: {exc}", field=key) from exc
+        _set_path(data, key, value)
+    return data
+
+
+def load_config(args: argparse.Namespace, path: str | None) -> Any:
+    """The validated ``ProxyConfig`` (and, through the data path, its forward settings)."""
+    from proxy.app import build_forward_settings, listen_ssl_context
+    from proxy.config import ProxyConfig
+    from shadowtap.config import load_mapping
+
+    base = load_mapping(path) if path else {}
+    config = ProxyConfig.from_mapping(build_mapping(args, base))
+    build_forward_settings(config)
+    listen_ssl_context(config)
+    for shadow in config.shadows:
+        shadow.credential_values()
+    config.admin.token()
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from proxy.app import serve
+
+    if args.check_config:
+        config = load_config(args, args.check_config)
+        print(f"shadowtap proxy: config OK ({args.check_config})")
+        print(json.dumps(config.to_mapping(), indent=2, sort_keys=True))
+        return 0
+    config = load_config(args, args.config)
+    return serve(config)

@@ -1,0 +1,176 @@
+"""The assembled proxy on real sockets: forward, mirror, record, admin API, token, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.app import ProxyApp
+from proxy.config import ProxyConfig
+from recorder import TapeReader
+from recorder.model import Response
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Upstream:
+    """A real aiohttp server that remembers the requests it saw."""
+
+    def __init__(self, handler: Handler | None = None) -> None:
+        self.seen: list[web.Request] = []
+        self.bodies: list[bytes] = []
+        self._handler = handler
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(request)
+        self.bodies.append(await request.read())
+        if self._handler is not None:
+            return await self._handler(request)
+        return web.Response(text=f"{request.method} {request.path_qs}", headers={"X-From": "upstream"})
+
+    async def start(self) -> Upstream:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def upstreams() -> AsyncIterator[tuple[Upstream, Upstream]]:
+    primary, shadow = await Upstream().start(), await Upstream().start()
+    yield primary, shadow
+    await primary.close()
+    await shadow.close()
+
+
+async def start_proxy(config: dict[str, Any]) -> ProxyApp:
+    app = ProxyApp(ProxyConfig.from_mapping({"listen": "127.0.0.1:0", **config}))
+    await app.start()
+    return app
+
+
+async def test_forward_mirror_record_and_admin(upstreams: tuple[Upstream, Upstream], tmp_path: Path) -> None:
+    primary, shadow = upstreams
+    events = tmp_path / "events.jsonl"
+    app = await start_proxy(
+        {
+            "primary": primary.url,
+            "shadows": {"v2": shadow.url},
+            "record": {"tape": str(tmp_path / "tape"), "join_timeout_s": 5},
+            "events": {"path": str(events)},
+        }
+    )
+    admin = app.admin_url
+    assert admin is not None
+    async with aiohttp.ClientSession() as client:
+        for i in range(5):
+            async with client.get(f"{app.listen_url}/items/{i}?q=1") as resp:
+                assert resp.status == 200 and await resp.text() == f"GET /items/{i}?q=1"
+        async with client.post(f"{app.listen_url}/orders", data=b"{}") as resp:
+            assert resp.status == 200
+        async with client.get(f"{admin}/healthz") as resp:
+            assert resp.status == 200
+        async with client.get(f"{admin}/readyz") as resp:
+            assert resp.status == 200
+        for _ in range(100):  # mirrors are asynchronous: wait until the shadow has all five
+            if len(shadow.seen) == 5:
+                break
+            await asyncio.sleep(0.02)
+        async with client.get(f"{admin}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        async with client.get(f"{admin}/stats") as resp:
+            stats = await resp.json()
+    await app.shutdown()
+
+    assert len(primary.seen) == 6
+    assert [r.path_qs for r in shadow.seen] == [f"/items/{i}?q=1" for i in range(5)]
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert values["shadowtap_proxy_requests_total", (("status", "2xx"),)] == 6
+    assert values["shadowtap_mirror_outcomes_total", (("outcome", "mirrored"), ("shadow", "v2"))] == 5
+    assert values["shadowtap_mirror_outcomes_total", (("outcome", "method-not-allowed"), ("shadow", "v2"))] == 1
+    assert ("shadowtap_mirror_queue_depth", (("shadow", "v2"),)) in values
+    assert stats["server"]["requests"] == 6 and stats["mirror"]["v2"]["outcomes"]["ok"] == 5
+
+    taped = list(TapeReader(tmp_path / "tape"))
+    assert len(taped) == 6
+    by_target = {ex.request.target: ex for ex in taped}
+    got = by_target["/items/3?q=1"]
+    assert isinstance(got.primary, Response) and got.primary.body == b"GET /items/3?q=1"
+    assert isinstance(got.shadows["v2"], Response) and got.shadows["v2"].status == 200
+    assert by_target["/orders"].decisions == {"v2": "method-not-allowed"} and not by_target["/orders"].shadows
+    assert len(events.read_text().splitlines()) == 6
+
+
+async def test_admin_token_and_flags(upstreams: tuple[Upstream, Upstream], monkeypatch: pytest.MonkeyPatch) -> None:
+    primary, shadow = upstreams
+    monkeypatch.setenv("TEST_ADMIN_TOKEN", "s3cret")
+    app = await start_proxy(
+        {"primary": primary.url, "shadows": {"v2": shadow.url}, "admin": {"token_env": "TEST_ADMIN_TOKEN"}}
+    )
+    admin = app.admin_url
+    good = {"Authorization": "Bearer s3cret"}
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{admin}/healthz") as resp:
+            assert resp.status == 200  # probes need no token
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            async with client.get(f"{admin}/flags", headers=headers) as resp:
+                assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
+            async with client.get(f"{admin}/metrics", headers=headers) as resp:
+                assert resp.status == 401
+        async with client.put(f"{admin}/flags", headers=good, json={"shadows": {"v2": {"sample_percent": 7}}}) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["shadows"]["v2"]["sample_percent"] == 7.0
+        async with client.put(f"{admin}/flags", headers=good, json={"shadows": {"v9": {}}}) as resp:
+            assert resp.status == 400 and "v9" in (await resp.json())["error"]
+        async with client.put(f"{admin}/flags", headers=good, data=b"{nope") as resp:
+            assert resp.status == 400
+        async with client.get(f"{admin}/flags", headers=good) as resp:
+            assert (await resp.json())["shadows"]["v2"] == {"mirroring": True, "sample_percent": 7.0}
+    await app.shutdown()
+
+
+async def test_shutdown_finishes_in_flight_and_tapes_it(tmp_path: Path) -> None:
+    started = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        started.set()
+        await asyncio.sleep(0.5)
+        return web.Response(text="slow but done")
+
+    primary = await Upstream(slow).start()
+    app = await start_proxy({"primary": primary.url, "record": {"tape": str(tmp_path / "tape")}})
+    url = app.listen_url
+    async with aiohttp.ClientSession() as client:
+        request = asyncio.ensure_future(client.get(f"{url}/slow"))
+        await started.wait()
+        shutdown = asyncio.ensure_future(app.shutdown())
+        async with await request as resp:
+            assert resp.status == 200 and await resp.text() == "slow but done"
+        await shutdown
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await client.get(f"{url}/after")
+    await primary.close()
+    (taped,) = TapeReader(tmp_path / "tape")
+    assert taped.request.target == "/slow" and isinstance(taped.primary, Response)
