@@ -226,7 +226,7 @@ def value_at(outcome: Outcome | None, path: str, limit_chars: int = 80) -> str:
         return _shorten(", ".join(values), limit_chars) if values else "(absent)"
     tokens = parse_body_path(path)
     if tokens is None:
-        return ""
+        return f"HTTP {outcome.status}"
     shown = display_body(outcome.headers, outcome.body, outcome.truncated_from)
     if shown.kind == "json" and tokens:
         found = lookup_json(shown.value, tokens)

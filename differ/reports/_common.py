@@ -21,6 +21,7 @@ __all__ = [
     "lookup_json",
     "parse_body_path",
     "path_matches",
+    "printable",
     "ranked_endpoints",
     "ranked_signatures",
     "severity_rank",
@@ -28,6 +29,15 @@ __all__ = [
 ]
 
 _VERDICT_WORDS: Final = {0: "PASS", 1: "FAIL", 2: "INCONCLUSIVE"}
+# C0/C1 controls (ESC starts terminal escape sequences), and the format characters that reorder or
+# hide text (bidi overrides, zero-width): traffic must not be able to restyle a terminal or make a
+# path read as something else.
+_UNPRINTABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control and bidi/zero-width characters shown as ``\\xNN`` / ``\\uNNNN`` escapes."""
+    return _UNPRINTABLE.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
 def verdict_word(exit_code: int) -> str:

@@ -20,7 +20,8 @@ def write_atomically(path: str | os.PathLike[str], text: str) -> None:
     target = Path(path)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        temporary.write_text(text, encoding="utf-8")
+        # A lone surrogate (from a target decoded with surrogateescape) must not abort the report.
+        temporary.write_text(text, encoding="utf-8", errors="replace")
         os.replace(temporary, target)
     except OSError as exc:
         raise ConfigError(f"cannot write report: {exc.strerror or exc}", path=str(target)) from exc

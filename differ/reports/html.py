@@ -285,12 +285,6 @@ def _signature_html(sig: SignatureReport, report: DiffReport, failing: frozenset
     )
 
 
-def _field_depth(path: str) -> int:
-    # Status and headers are flat; the body is a tree rooted at ``body``.
-    tokens = parse_body_path(path)
-    return min(len(tokens), _MAX_INDENT_CLASS) if tokens is not None else 0
-
-
 def _field_sort_key(stat: FieldStat) -> tuple[Any, ...]:
     # Status, then headers, then the body tree in path order (a parent right before its children).
     tokens = parse_body_path(stat.path)
@@ -300,12 +294,27 @@ def _field_sort_key(stat: FieldStat) -> tuple[Any, ...]:
     return (group, (stat.path,))
 
 
+def _field_depths(fields: list[FieldStat]) -> dict[str, int]:
+    # Indent by how many of the listed paths are this one's ancestors, so the table reads as a tree
+    # even when intermediate nodes (``body.orders`` above ``body.orders[*]``) never differed.
+    body_paths = {stat.path: tokens for stat in fields if (tokens := parse_body_path(stat.path)) is not None}
+    return {
+        path: min(
+            _MAX_INDENT_CLASS,
+            sum(1 for other in body_paths.values() if len(other) < len(tokens) and tokens[: len(other)] == other),
+        )
+        for path, tokens in body_paths.items()
+    }
+
+
 def _fields_html(fields: Iterable[FieldStat]) -> str:
+    ordered = sorted(fields, key=_field_sort_key)
+    depths = _field_depths(ordered)
     rows = []
-    for stat in sorted(fields, key=_field_sort_key):
+    for stat in ordered:
         rate = stat.differing / stat.compared if stat.compared else 0.0
         rows.append(
-            f'<tr class="d{_field_depth(stat.path)}{" hot" if stat.differing > stat.suppressed else ""}">'
+            f'<tr class="d{depths.get(stat.path, 0)}{" hot" if stat.differing > stat.suppressed else ""}">'
             f'<td><code class="path">{_e(stat.path)}</code></td><td class="num">{stat.differing}</td>'
             f'<td class="num">{stat.compared}</td><td class="num">{fmt_rate(rate)}'
             f' <meter min="0" max="1" value="{rate:.4f}"></meter></td>'

@@ -41,13 +41,16 @@ _SECRET_HEADERS: Final = frozenset(
     }
 )
 # Field / parameter names whose values are credentials. Substring match on purpose: `access_token`,
-# `client_secret` and `X-Session-Token` are all caught; `key`/`sig`/`code`/`auth` only as whole names
-# because as substrings they would blank out `monkey`, `zip_code` or `author`.
+# `client_secret` and `X-Session-Token` are all caught; short names only as whole names because as
+# substrings they would blank out `monkey`, `zip_code` or `author`. `key`, `sig` and `code` are
+# credentials in a query string (API keys, signed URLs, OAuth codes) but ordinary JSON fields (an
+# error `code` changing is exactly what a reviewer must see), so they apply to queries and forms only.
 _SECRET_NAME: Final = re.compile(
     r"token|secret|passw(or)?d|passphrase|api[-_]?key|credential|authorization|session([-_]?(id|key))?$",
     re.IGNORECASE,
 )
-_SECRET_EXACT_NAMES: Final = frozenset({"auth", "key", "sig", "signature", "code", "pwd", "otp", "pin"})
+_SECRET_EXACT_NAMES: Final = frozenset({"auth", "signature", "pwd", "otp"})
+_SECRET_EXACT_QUERY_NAMES: Final = _SECRET_EXACT_NAMES | {"key", "sig", "code"}
 _AUTH_SCHEME: Final = re.compile(rb"^([A-Za-z][A-Za-z0-9_-]*)\s+\S")
 # A JWT anywhere in free text: three base64url parts, the first two JSON objects ("eyJ" = '{"').
 _JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
@@ -55,9 +58,10 @@ _JWT_BYTES: Final = re.compile(rb"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A
 _QUERY_PAIR: Final = re.compile(r"(?P<name>[^&=;]*)(?P<eq>=?)(?P<value>[^&;]*)")
 
 
-def is_secret_name(name: str) -> bool:
-    """Whether a JSON field, form field or query parameter called ``name`` holds a credential."""
-    return name.lower() in _SECRET_EXACT_NAMES or _SECRET_NAME.search(name) is not None
+def is_secret_name(name: str, *, in_query: bool = False) -> bool:
+    """Whether a JSON field (or, ``in_query``, a query/form parameter) called ``name`` holds a credential."""
+    exact = _SECRET_EXACT_QUERY_NAMES if in_query else _SECRET_EXACT_NAMES
+    return name.lower() in exact or _SECRET_NAME.search(name) is not None
 
 
 def is_secret_header(name: bytes) -> bool:
@@ -108,7 +112,7 @@ def redact_form(encoded: str) -> str:
 
     def replace(match: re.Match[str]) -> str:
         name = match.group("name")
-        if match.group("eq") and is_secret_name(name.replace("+", " ")):
+        if match.group("eq") and is_secret_name(name.replace("+", " "), in_query=True):
             return f"{name}={REDACTED}"
         return match.group(0)
 

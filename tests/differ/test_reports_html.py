@@ -1,0 +1,164 @@
+"""The HTML report's document: self-contained, locked down by its CSP, escaped, highlighted (no browser)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from html.parser import HTMLParser
+
+from differ.reports import render_html
+from differ.reports.html import _asset
+from tests.differ.report_fixtures import (
+    HOSTILE_MARKERS,
+    IMG_PAYLOAD,
+    SCRIPT_PAYLOAD,
+    SECRETS,
+    inconclusive_report,
+    passing_report,
+    rich_report,
+)
+
+
+class Outline(HTMLParser):
+    """Tags, attributes and the raw contents of <script>/<style> in a document."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.raw: dict[str, list[str]] = {"script": [], "style": []}
+        self._in: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag in self.raw:
+            self._in = tag
+            self.raw[tag].append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == self._in:
+            self._in = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in is not None:
+            self.raw[self._in][-1] += data
+
+    def count(self, tag: str) -> int:
+        return sum(1 for name, _ in self.tags if name == tag)
+
+
+def outline(document: str) -> Outline:
+    parser = Outline()
+    parser.feed(document)
+    parser.close()
+    return parser
+
+
+def sha256_source(source: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode()).digest()).decode() + "'"
+
+
+def test_the_document_is_self_contained() -> None:
+    document = render_html(rich_report())
+    parsed = outline(document)
+    for tag, attrs in parsed.tags:
+        assert "src" not in attrs, tag
+        assert tag not in ("link", "iframe", "object", "embed", "base", "form", "img")
+        href = attrs.get("href")
+        assert href is None or href.startswith("#"), href
+    assert parsed.count("script") == 1 and parsed.count("style") == 1
+    assert "url(" not in parsed.raw["style"][0] and "@import" not in parsed.raw["style"][0]
+    assert "fetch(" not in parsed.raw["script"][0] and "XMLHttpRequest" not in parsed.raw["script"][0]
+
+
+def test_csp_admits_exactly_the_inline_script_and_style() -> None:
+    document = render_html(passing_report())
+    parsed = outline(document)
+    (csp,) = [a["content"] for t, a in parsed.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
+    assert csp is not None
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["default-src"] == "'none'"
+    assert directives["script-src"] == sha256_source(parsed.raw["script"][0]) == sha256_source(_asset("report.js"))
+    assert directives["style-src"] == sha256_source(parsed.raw["style"][0])
+    assert directives["base-uri"] == "'none'" and directives["form-action"] == "'none'"
+
+
+def test_hostile_text_is_escaped_everywhere() -> None:
+    document = render_html(rich_report())
+    for marker in HOSTILE_MARKERS:
+        assert marker not in document
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in document
+    assert IMG_PAYLOAD.replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;") in document
+    parsed = outline(document)
+    assert parsed.count("script") == 1 and parsed.count("img") == 0 and parsed.count("b") > 0
+    assert all(not name.startswith("on") for _, attrs in parsed.tags for name in attrs)
+    assert SCRIPT_PAYLOAD not in "".join(parsed.raw["script"])
+
+
+def test_secrets_are_redacted() -> None:
+    document = render_html(rich_report())
+    for secret in SECRETS:
+        assert secret not in document
+    assert "Bearer [redacted]" in document
+    assert "session=[redacted]; Path=/; HttpOnly" in document
+    assert "/users/7?token=[redacted]&amp;expand=orders" in document
+
+
+def section(document: str, signature_id: str) -> str:
+    start = document.index(f'id="sig-{signature_id}"')
+    return document[start : document.index("</details>", start)]
+
+
+def test_differing_paths_are_highlighted_on_each_side() -> None:
+    document = render_html(rich_report())
+    removed = section(document, "sig-removed")
+    assert '<mark class="hl" title="body.email"><span class="jk">&quot;email&quot;</span>: ' in removed
+    assert '<mark class="hl" title="body.orders[1].total">' in removed
+    status = section(document, "sig-status")
+    assert status.count('<p class="status hl">') == 2
+    assert '<pre class="body hl-block">' in status  # the whole-body change (HTML error page vs JSON)
+    text = section(document, "sig-text")
+    assert '<mark class="hl">result LINE five</mark>' in text
+    assert '<mark class="hl">extra</mark>' in text
+    assert '<mark class="hl">result line 4</mark>' not in text
+    binary = section(document, "sig-binary")
+    assert '<tr class="hl"><th>Cache-Control</th>' in binary
+    assert binary.count('<pre class="body hl-block">binary, 10 bytes') == 2
+    failure = section(document, "sig-error")
+    assert "failed: <b>timeout</b> no response within 2.0s" in failure
+
+
+def test_overview_endpoints_fields_and_suppressions() -> None:
+    document = render_html(rich_report())
+    for card, number in (("pairs", 1300), ("differing", 260), ("noise-suppressed", 1110), ("errors", 7)):
+        assert f'data-card="{card}"><span class="num">{number}</span>' in document
+    assert '<p class="verdict fail"><b>FAIL</b>' in document
+    order = re.findall(r'<details class="endpoint ep-(\w+)" id="ep-(\d+)" data-endpoint="([^"]*)"', document)
+    assert [(sev, name) for sev, _, name in order][:3] == [
+        ("critical", "GET /users/{id}"),
+        ("critical", "GET /orders/{id}/&lt;b&gt;&lt;script&gt;window.__pwned = 1&lt;/script&gt;"),
+        ("high", "POST /orders"),
+    ]
+    users = document[document.index('id="ep-0"') : document.index('id="ep-1"')]
+    fields = re.findall(r'<tr class="d(\d)[^"]*"><td><code class="path">([^<]*)</code>', users)
+    assert fields == [
+        ("0", "status"),
+        ("0", "header.x-request-id"),
+        ("0", "body"),
+        ("1", "body.email"),
+        ("1", "body.orders[*]"),
+        ("2", "body.orders[*].total"),
+        ("1", "body.updated_at"),
+    ]
+    suppressions = document[document.index('<section id="suppressions">') :]
+    assert "<h2>Noise suppressed: 1110</h2>" in suppressions
+    assert '<td><code>volatile:timestamp</code></td><td class="num">480</td>' in suppressions
+    assert '<a href="#sig-sig-score"><code>body.score</code></a>' in suppressions
+    assert "<td>learned-noise</td>" in suppressions
+
+
+def test_an_empty_report_still_renders_a_useful_page() -> None:
+    document = render_html(inconclusive_report())
+    assert "no endpoints were compared" in document
+    assert "nothing was suppressed" in document
+    assert '<p class="verdict inconclusive"><b>INCONCLUSIVE</b>' in document

@@ -1,0 +1,68 @@
+"""The JUnit XML report: one case per endpoint, failures exactly where the verdict says, always valid XML."""
+
+from __future__ import annotations
+
+import dataclasses
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from differ.reports import render_junit, write_junit
+from tests.differ.report_fixtures import SCRIPT_PAYLOAD, inconclusive_report, passing_report, rich_report
+
+
+def cases(xml_text: str) -> dict[str, ET.Element]:
+    root = ET.fromstring(xml_text)
+    return {case.attrib["name"]: case for case in root.iter("testcase")}
+
+
+def test_one_case_per_endpoint_failing_where_the_verdict_says(tmp_path: Path) -> None:
+    report = rich_report()
+    write_junit(report, tmp_path / "junit.xml")
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+    suite = root.find("testsuite")
+    assert suite is not None
+    found = {case.attrib["name"]: case for case in suite.iter("testcase")}
+    assert set(found) == {e.endpoint for e in report.endpoints}
+    assert {case.attrib["classname"] for case in found.values()} == {"shadowtap.diff"}
+    failed = {name for name, case in found.items() if case.find("failure") is not None}
+    assert failed == {"GET /users/{id}", "POST /orders", f"GET /orders/{{id}}/<b>{SCRIPT_PAYLOAD}"}
+    assert (suite.attrib["tests"], suite.attrib["failures"], suite.attrib["errors"]) == ("7", "3", "0")
+    assert root.attrib["failures"] == "3"
+
+    users = found["GET /users/{id}"].find("failure")
+    assert users is not None
+    assert users.attrib["type"] == "critical"
+    assert users.attrib["message"] == "2 failing signatures: status at status (200->500) x12"
+    assert users.text is not None and "sig-removed: high removed at body.email present->missing x30" in users.text
+    # A suppressed or below-threshold signature never fails a case, but is listed in its output.
+    out = found["GET /users/{id}"].find("system-out")
+    assert out is not None and out.text is not None
+    assert "body.updated_at str->str x480 (96%) [suppressed: volatile:timestamp]" in out.text
+    assert found["GET /img/{id}"].find("failure") is None
+    summary = suite.find("system-out")
+    assert summary is not None and summary.text is not None
+    assert summary.text.startswith("FAIL: 5 critical/high signatures above the noise rule")
+
+
+def test_a_passing_report_has_no_failures() -> None:
+    found = cases(render_junit(passing_report()))
+    assert set(found) == {"GET /recommendations", "GET /health"}
+    assert all(case.find("failure") is None and case.find("error") is None for case in found.values())
+
+
+def test_an_inconclusive_report_is_an_error_not_a_green_run() -> None:
+    text = render_junit(inconclusive_report())
+    root = ET.fromstring(text)
+    assert root.attrib["errors"] == "1" and root.attrib["tests"] == "1"
+    error = cases(text)["(verdict)"].find("error")
+    assert error is not None
+    assert error.attrib["message"] == "only 0 compared pairs, fewer than --min-samples 100"
+
+
+def test_characters_xml_cannot_carry_are_replaced_not_fatal() -> None:
+    report = rich_report()
+    nasty = dataclasses.replace(report.endpoints[0], endpoint="GET /x\x00\x1b\ud800y")
+    text = render_junit(dataclasses.replace(report, endpoints=(nasty,)))
+    assert text.startswith("<?xml version='1.0' encoding='utf-8'?>")
+    assert "GET /x\ufffd\ufffd\ufffdy" in cases(text)
+    ET.fromstring(text.encode("utf-8"))  # encodable: no lone surrogate left

@@ -1,0 +1,117 @@
+"""Render-time redaction: secrets go, shape stays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from differ.reports.redact import (
+    REDACTED,
+    is_secret_name,
+    redact_form,
+    redact_header_value,
+    redact_headers,
+    redact_json,
+    redact_target,
+    redact_text,
+)
+from tests.differ.report_fixtures import JWT_SECRET
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        (b"Authorization", b"Bearer abc.def", b"Bearer [redacted]"),
+        (b"authorization", b"Basic dXNlcjpwYXNz", b"Basic [redacted]"),
+        (b"Authorization", b"opaque-token-without-scheme", b"[redacted]"),
+        (b"Proxy-Authorization", b"Digest username=x", b"Digest [redacted]"),
+        (b"X-Api-Key", b"k-123", b"[redacted]"),
+        (b"X-Auth-Token", b"t-1", b"[redacted]"),
+        (b"Cookie", b"sid=abc; theme=dark", b"sid=[redacted]; theme=[redacted]"),
+        (
+            b"Set-Cookie",
+            b"session=abc; Path=/; Max-Age=60; HttpOnly",
+            b"session=[redacted]; Path=/; Max-Age=60; HttpOnly",
+        ),
+        (b"Content-Type", b"application/json", b"application/json"),
+        (b"WWW-Authenticate", b'Bearer realm="api"', b'Bearer realm="api"'),
+        (b"X-Forwarded-For", b"10.0.0.1, " + JWT_SECRET.encode(), b"10.0.0.1, [redacted jwt]"),
+    ],
+)
+def test_header_values(name: bytes, value: bytes, expected: bytes) -> None:
+    assert redact_header_value(name, value) == expected
+
+
+def test_headers_keep_order_case_and_duplicates() -> None:
+    headers = ((b"X-A", b"1"), (b"Cookie", b"a=1"), (b"x-a", b"2"), (b"COOKIE", b"b=2"))
+    assert redact_headers(headers) == (
+        (b"X-A", b"1"),
+        (b"Cookie", b"a=[redacted]"),
+        (b"x-a", b"2"),
+        (b"COOKIE", b"b=[redacted]"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/users/7", "/users/7"),
+        ("/u?token=abc&x=1", "/u?token=[redacted]&x=1"),
+        ("/u?x=1&api_key=abc", "/u?x=1&api_key=[redacted]"),
+        ("/u?access_token=a&refresh_token=b&page=2", "/u?access_token=[redacted]&refresh_token=[redacted]&page=2"),
+        ("/u?API-KEY=a&key=b&monkey=c&zip_code=d", "/u?API-KEY=[redacted]&key=[redacted]&monkey=c&zip_code=d"),
+        ("/u?password=p&flag&sig=s", "/u?password=[redacted]&flag&sig=[redacted]"),
+        ("/u?client_secret=x;session=y", "/u?client_secret=[redacted];session=[redacted]"),
+        ("/u?q=" + JWT_SECRET, "/u?q=[redacted jwt]"),
+        ("/u?", "/u?"),
+    ],
+)
+def test_targets(target: str, expected: str) -> None:
+    assert redact_target(target) == expected
+
+
+def test_forms_and_free_text() -> None:
+    assert redact_form("user=ann&password=hunter2&remember=1") == "user=ann&password=[redacted]&remember=1"
+    assert redact_text(f"Bearer {JWT_SECRET} ok") == "Bearer [redacted jwt] ok"
+    assert redact_text("no secrets here eyJ.not.a.jwt") == "no secrets here eyJ.not.a.jwt"
+
+
+def test_json_keeps_shape_and_only_replaces_secret_strings() -> None:
+    value: dict[str, Any] = {
+        "user": {"name": "Ann", "author": "Bob", "password": "p", "api_key": "k"},
+        "tokens_used": 12,
+        "session": {"id": "s-1"},
+        "items": [{"access_token": "t", "n": 1}, "x " + JWT_SECRET],
+        "secret": None,
+    }
+    redacted, changed = redact_json(value)
+    assert changed
+    assert redacted == {
+        "user": {"name": "Ann", "author": "Bob", "password": REDACTED, "api_key": REDACTED},
+        "tokens_used": 12,
+        "session": {"id": "s-1"},
+        "items": [{"access_token": REDACTED, "n": 1}, "x [redacted jwt]"],
+        "secret": None,
+    }
+    assert value["user"]["password"] == "p"  # a copy, the input is untouched
+    assert redact_json({"a": [1, {"b": "c"}]}) == ({"a": [1, {"b": "c"}]}, False)
+
+
+@pytest.mark.parametrize("name", ["token", "X-Session-Token", "client_secret", "passwd", "apiKey", "Authorization"])
+def test_secret_names(name: str) -> None:
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["author", "monkey", "zip_code", "keyboard", "sessions_count", "description"])
+def test_ordinary_names(name: str) -> None:
+    assert not is_secret_name(name)
+    assert not is_secret_name(name, in_query=True)
+
+
+def test_short_names_are_secrets_in_queries_only() -> None:
+    for name in ("key", "sig", "code"):
+        assert is_secret_name(name, in_query=True)
+        assert not is_secret_name(name)
+    assert redact_json({"code": "E_TIMEOUT", "key": "user-7"}) == ({"code": "E_TIMEOUT", "key": "user-7"}, False)
+    assert redact_target("/cb?code=abc&state=1") == "/cb?code=[redacted]&state=1"
