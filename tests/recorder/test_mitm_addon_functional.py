@@ -1,0 +1,213 @@
+"""The mitmproxy addon for real: mitmdump in reverse mode in front of an in-test server, then the tape."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from recorder import Failure, Response, TapeReader
+
+REPO = Path(__file__).resolve().parents[2]
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+ADDON = REPO / "recorder" / "mitm_addon.py"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+
+
+async def hello(request: web.Request) -> web.Response:
+    return web.json_response({"path": request.path, "query": dict(request.query)})
+
+
+async def echo(request: web.Request) -> web.Response:
+    return web.Response(body=await request.read(), status=201, content_type="application/json")
+
+
+async def zipped(request: web.Request) -> web.Response:
+    return web.Response(body=gzip.compress(b"compressed " * 50), headers={"Content-Encoding": "gzip"})
+
+
+async def streamed(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for i in range(3):
+        await response.write(b"part %d\n" % i)
+    await response.write_eof()
+    return response
+
+
+async def broken(request: web.Request) -> web.StreamResponse:
+    # Close the connection without any response: mitmproxy records the flow with an error.
+    assert request.transport is not None
+    request.transport.close()
+    await asyncio.sleep(0)
+    raise web.HTTPInternalServerError()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[int]:
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    app.router.add_post("/echo", echo)
+    app.router.add_get("/gzip", zipped)
+    app.router.add_get("/stream", streamed)
+    app.router.add_get("/broken", broken)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+    try:
+        yield int(sockets[0].getsockname()[1])
+    finally:
+        await runner.cleanup()
+
+
+async def wait_listening(port: int, process: asyncio.subprocess.Process) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_S
+    while loop.time() < deadline:
+        if process.returncode is not None:
+            raise AssertionError(f"mitmdump exited early with {process.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise AssertionError("mitmdump did not start listening in time")
+
+
+async def run_mitmdump(upstream_port: int, tmp_path: Path, *settings: str) -> tuple[asyncio.subprocess.Process, int]:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        str(MITMDUMP),
+        "--mode",
+        f"reverse:http://127.0.0.1:{upstream_port}",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port),
+        "--set",
+        f"confdir={tmp_path / 'mitm-conf'}",
+        "-s",
+        str(ADDON),
+        *[arg for setting in settings for arg in ("--set", setting)],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "SHADOWTAP_REDACTION_KEY": "test-key"},
+    )
+    await wait_listening(port, process)
+    return process, port
+
+
+async def stop(process: asyncio.subprocess.Process) -> str:
+    process.send_signal(signal.SIGINT)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    return output.decode(errors="replace")
+
+
+async def test_reverse_mode_traffic_lands_on_the_tape_redacted(upstream: int, tmp_path: Path) -> None:
+    tape = tmp_path / "tape"
+    process, port = await run_mitmdump(upstream, tmp_path, f"shadowtap_tape={tape}")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.get(f"{base}/hello?x=1", headers={"Authorization": "Bearer s3cret"}) as r:
+                assert r.status == 200 and (await r.json())["query"] == {"x": "1"}
+            async with session.post(f"{base}/echo", json={"n": 1}) as r:
+                assert r.status == 201
+            async with session.get(f"{base}/gzip") as r:
+                assert r.headers["Content-Encoding"] == "gzip"
+                await r.read()
+            async with session.get(f"{base}/stream") as r:
+                assert await r.read() == b"part 0\npart 1\npart 2\n"
+            async with session.get(f"{base}/broken") as r:
+                assert r.status == 502  # mitmproxy answers for the dead upstream
+                await r.read()
+    finally:
+        output = await stop(process)
+    assert process.returncode == 0, output
+    exchanges = list(TapeReader(tape))
+    by_path = {ex.request.path: ex for ex in exchanges}
+    assert sorted(by_path) == ["/broken", "/echo", "/gzip", "/hello", "/stream"], output
+    hello_ex = by_path["/hello"]
+    assert hello_ex.request.target == "/hello?x=1" and hello_ex.tags["source"] == "mitm-addon"
+    auth = hello_ex.request.header(b"authorization") or b""
+    assert b"s3cret" not in auth and b"redacted" in auth
+    assert isinstance(hello_ex.primary, Response) and hello_ex.primary.status == 200
+    assert hello_ex.client_addr.startswith("127.0.0.1:") and "reverse" in hello_ex.tags["mitm.mode"]
+    echo_ex = by_path["/echo"]
+    assert echo_ex.request.body == b'{"n": 1}' and isinstance(echo_ex.primary, Response)
+    assert echo_ex.primary.body == b'{"n": 1}' and echo_ex.primary.status == 201
+    gz = by_path["/gzip"].primary
+    assert isinstance(gz, Response) and gzip.decompress(gz.body) == b"compressed " * 50  # wire bytes
+    chunked = by_path["/stream"].primary
+    assert isinstance(chunked, Response) and chunked.body == b"part 0\npart 1\npart 2\n"
+    assert isinstance(by_path["/broken"].primary, Failure)
+    timing = hello_ex.timings["primary"]
+    assert timing.done_ns is not None and 0 < timing.done_ns < 10_000_000_000
+
+
+async def test_sampling_zero_records_nothing_and_caps_apply(upstream: int, tmp_path: Path) -> None:
+    off, capped = tmp_path / "off", tmp_path / "capped"
+    first, port = await run_mitmdump(upstream, tmp_path, f"shadowtap_tape={off}", "shadowtap_sample_percent=0")
+    second, port2 = await run_mitmdump(
+        upstream, tmp_path, f"shadowtap_tape={capped}", "shadowtap_body_cap_bytes=4", "shadowtap_redact=false"
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            for p in (port, port2):
+                async with session.post(f"http://127.0.0.1:{p}/echo", data=b"0123456789") as r:
+                    assert await r.read() == b"0123456789"
+    finally:
+        outputs = [await stop(first), await stop(second)]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    assert list(TapeReader(off)) == []
+    (ex,) = list(TapeReader(capped))
+    assert ex.request.body == b"0123" and ex.request.truncated_from == 10
+    assert isinstance(ex.primary, Response) and ex.primary.body == b"0123" and ex.primary.truncated_from == 10
+
+
+async def test_bad_option_is_refused_at_start(upstream: int, tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        str(MITMDUMP),
+        "--mode",
+        f"reverse:http://127.0.0.1:{upstream}",
+        "--listen-port",
+        str(free_port()),
+        "--set",
+        f"confdir={tmp_path / 'conf'}",
+        "-s",
+        str(ADDON),
+        "--set",
+        "shadowtap_sample_percent=150",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), START_TIMEOUT_S)
+    assert process.returncode != 0
+    assert b"shadowtap_sample_percent" in output and b"must be from 0 to 100" in output
