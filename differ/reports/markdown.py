@@ -15,7 +15,14 @@ from typing import Final
 
 from differ.report_model import DiffReport, EndpointReport, Example, Severity, SignatureReport
 from differ.reports._bodies import value_at
-from differ.reports._common import endpoint_rate, fmt_rate, ranked_endpoints, ranked_signatures, verdict_word
+from differ.reports._common import (
+    endpoint_rate,
+    fmt_rate,
+    printable,
+    ranked_endpoints,
+    ranked_signatures,
+    verdict_word,
+)
 from differ.reports._files import write_atomically
 from differ.reports.redact import redact_target
 
@@ -39,16 +46,21 @@ _SEVERITY_ICON: Final[dict[Severity | None, str]] = {
 _MARKDOWN_SPECIAL: Final = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 
 
+def _flat(value: str) -> str:
+    # One line, no control characters: a PR comment line must stay one line and one table row.
+    return " ".join(printable(value).split())
+
+
 def _text(value: str) -> str:
     """Untrusted text as inert Markdown: HTML entities for <>&, backslashes for Markdown syntax."""
-    flat = " ".join(value.split())
+    flat = _flat(value)
     flat = flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
 
 
 def _code(value: str) -> str:
     """Untrusted text as an inline code span, safe inside a table cell."""
-    flat = " ".join(value.split()) or " "
+    flat = _flat(value) or " "
     longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
     fence = "`" * (longest + 1)
     padded = f" {flat} " if flat.startswith("`") or flat.endswith("`") or longest else flat
@@ -59,7 +71,7 @@ def _code(value: str) -> str:
 def _top_change(endpoint: EndpointReport) -> str:
     for sig in ranked_signatures(endpoint):
         if not sig.suppressed:
-            return f"{_code(sig.path)} {sig.kind} {_code(sig.transition)} ({sig.count})"
+            return f"{_code(sig.path)} {_text(sig.kind)} {_code(sig.transition)} ({sig.count})"
     return "-"
 
 
@@ -96,7 +108,7 @@ def _signature_line(sig: SignatureReport, failing: frozenset[str]) -> str:
     noise = f", noise {fmt_rate(sig.noise_rate)}" if sig.noise_rate is not None else ""
     suppressed = f", suppressed: {_text(sig.suppression_reason or 'yes')}" if sig.suppressed else ""
     return (
-        f"- {sig.severity} {sig.kind} at {_code(sig.path)}: {_code(sig.transition)}, "
+        f"- {sig.severity} {_text(sig.kind)} at {_code(sig.path)}: {_code(sig.transition)}, "
         f"{sig.count} times ({fmt_rate(sig.rate)}{noise}{suppressed}){gate}"
     )
 
@@ -105,7 +117,7 @@ def _details(endpoint: EndpointReport, failing: frozenset[str]) -> list[str]:
     signatures = ranked_signatures(endpoint)
     plural = "s" if len(signatures) != 1 else ""
     summary = (
-        f"{html.escape(' '.join(endpoint.endpoint.split()))}: {len(signatures)} signature{plural}, "
+        f"{html.escape(_flat(endpoint.endpoint))}: {len(signatures)} signature{plural}, "
         f"{endpoint.differing}/{endpoint.compared} differing"
     )
     lines = ["<details>", f"<summary>{summary}</summary>", ""]
