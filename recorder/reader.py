@@ -117,6 +117,7 @@ class SkippedRange:
 class SegmentReport:
     path: str
     version: int = 0
+    flags: int = 0
     frames: int = 0
     exchanges: int = 0
     bytes: int = 0
@@ -223,8 +224,8 @@ class _SegmentReader:
             report.bytes = len(head)
             report.torn_tail = TornTail(0, len(head), "segment header incomplete")
             return
-        version, _flags = parse_segment_header(head, self.name)
-        report.version = version
+        report.version, report.flags = parse_segment_header(head, self.name)
+        version = report.version
         self.migrate = migration_chain(version, self.name)
         w = _Window(f, SEGMENT_HEADER_SIZE)
         migrate = self.migrate

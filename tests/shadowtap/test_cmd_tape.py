@@ -1,0 +1,143 @@
+"""`shadowtap tape info|cat|merge`, driven through the CLI entry point."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions, TapeReader, _frames
+from shadowtap.cli import main
+from shadowtap.commands.tape import format_ns, parse_time_ns
+from tests.recorder.tape_samples import BASE_NS, make_exchange
+
+PLAIN = TapeOptions(redaction=None, fsync="none")
+
+
+def write(directory: Path, exchanges: list[Exchange], options: TapeOptions = PLAIN) -> Path:
+    with SyncTapeWriter(directory, options) as writer:
+        writer.write_many(exchanges)
+    return directory
+
+
+@pytest.fixture
+def tape(tmp_path: Path) -> Path:
+    exchanges = [make_exchange(i, method="POST" if i % 4 == 0 else "GET") for i in range(12)]
+    return write(tmp_path / "tape", exchanges)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_info_json_counts_everything(tape: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "tape", "info", str(tape), "--json")
+    assert code == 0 and err == ""
+    info = json.loads(out)
+    assert info["exchanges"] == 12
+    assert info["methods"] == {"GET": 9, "POST": 3}
+    assert info["hosts"] == {"api.local": 12}
+    assert info["primary_statuses"] == {"200": 12}
+    assert info["shadows"] == {"v2": {"200": 12}, "v3": {"failure:timeout": 12}}
+    assert info["first_started_at"] == format_ns(BASE_NS)
+    assert info["span_s"] == pytest.approx(0.011)
+    (segment,) = info["segments"]
+    assert segment["bytes"] == sum(p.stat().st_size for p in tape.glob("*.stape"))
+    assert (segment["format_version"], segment["compression"], segment["torn_tail"]) == (1, "none", None)
+
+
+def test_info_text_and_torn_tail_note(tape: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (segment,) = tape.glob("*.stape")
+    segment.write_bytes(segment.read_bytes()[:-10])
+    code, out, err = run(capsys, "tape", "info", str(tape))
+    assert code == 0
+    assert "exchanges   11" in out
+    assert "methods     GET 8, POST 3" in out
+    assert "torn tail" in out
+    assert err.count("\n") == 1 and "torn tail of" in err and str(segment) in err
+
+
+def test_cat_prints_json_lines_with_filters(tape: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    since = format_ns(BASE_NS + 2_000_000)
+    code, out, _ = run(capsys, "tape", "cat", str(tape), "--method", "post", "--since", since)
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["id"] for line in lines] == ["ex-000004", "ex-000008"]
+    first = lines[0]
+    assert first["request"]["method"] == "POST"
+    assert first["request"]["headers"][2:] == [["X-Dup", "1"], ["x-dup", "2"]]
+    assert first["request"]["body"] == '{"n":4}'
+    assert first["shadows"]["v3"] == {"failure": "timeout", "message": "2s"}
+    assert first["timings"]["primary"] == {"sent_ns": 10, "first_byte_ns": 200, "done_ns": 300}
+
+
+def test_cat_bodies_text_base64_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    binary = b"\x00\xff\xfe"
+    tape = write(
+        tmp_path,
+        [Exchange(id="b", started_at_ns=1, request=Request("GET", "/"), primary=Response(200, "OK", (), binary))],
+    )
+    _, out, _ = run(capsys, "tape", "cat", str(tape))
+    primary = json.loads(out)["primary"]
+    assert primary["body_base64"] is True and base64.b64decode(primary["body"]) == binary
+    _, out, _ = run(capsys, "tape", "cat", str(tape), "--bodies", "none")
+    assert json.loads(out)["primary"]["body_bytes"] == 3
+    _, out, _ = run(capsys, "tape", "cat", str(tape), "--bodies", "base64")
+    assert json.loads(out)["request"]["body"] == ""
+
+
+def test_cat_limit_and_path_regex(tape: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "tape", "cat", str(tape), "--path", r"^/users/1\d$", "--limit", "1")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == ["ex-000010"]
+
+
+def test_corrupt_tape_is_one_line_naming_file_and_offset(tape: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (segment,) = tape.glob("*.stape")
+    data = bytearray(segment.read_bytes())
+    data[_frames.SEGMENT_HEADER_SIZE + 40] ^= 0x55
+    segment.write_bytes(bytes(data))
+    code, out, err = run(capsys, "tape", "cat", str(tape))
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert f"{segment} at byte {_frames.SEGMENT_HEADER_SIZE}" in err
+    code, out, err = run(capsys, "tape", "cat", str(tape), "--salvage")
+    assert code == 0
+    assert len(out.splitlines()) == 11
+    assert "skipped" in err
+
+
+def test_bad_time_is_a_clear_error(tape: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "tape", "cat", str(tape), "--since", "yesterday-ish")
+    assert code == 2
+    assert "--since" in err and "yesterday-ish" in err
+
+
+def test_merge_interleaves_by_time_and_keeps_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = write(tmp_path / "a", [make_exchange(i) for i in range(0, 30, 2)])
+    b = write(
+        tmp_path / "b", [make_exchange(i) for i in range(1, 30, 2)], TapeOptions(redaction=None, compression="zstd")
+    )
+    code, out, _ = run(capsys, "tape", "merge", str(tmp_path / "all"), str(a), str(b), "--no-redact")
+    assert code == 0
+    assert "merged 30 exchanges from 2 tape(s)" in out
+    merged = list(TapeReader(tmp_path / "all"))
+    assert [e.id for e in merged] == [f"ex-{i:06d}" for i in range(30)]
+    assert merged[3] == make_exchange(3)
+
+
+def test_merge_refuses_to_write_into_an_input(tape: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "tape", "merge", str(tape), str(tape))
+    assert code == 2
+    assert "also an input" in err
+
+
+def test_times_parse_iso_and_epoch() -> None:
+    assert parse_time_ns("1700000000.5", "t") == 1_700_000_000_500_000_000
+    assert parse_time_ns("2023-11-14T22:13:20Z", "t") == 1_700_000_000_000_000_000
+    assert parse_time_ns("2023-11-14T22:13:20", "t") == 1_700_000_000_000_000_000
+    assert format_ns(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456Z"
