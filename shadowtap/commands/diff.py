@@ -1,0 +1,157 @@
+"""`shadowtap diff`: compare the baseline with the candidate in tapes, store the results, report.
+
+It streams the tapes through the differ into a SQLite store (``--db``, in memory without it), builds
+the report from the store, prints the terminal summary and writes the requested report files. The
+exit code is the verdict: 0 pass, 1 regression, 2 too few samples or infrastructure errors. It must
+never load a whole tape and never print a traceback for a user mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from differ import DifferConfig
+    from differ.report_model import DiffReport
+    from recorder import Exchange
+
+NAME = "diff"
+HELP = "compare primary vs shadow (or recorded vs replayed) responses in tapes and report what changed"
+ORDER = 40
+
+EPILOG = """\
+examples:
+  shadowtap diff tapes/prod --candidate v2 --secondary secondary --html report.html
+  shadowtap diff results/ --candidate replay --fail-on 'severity>=medium&rate>0.01' --junit junit.xml
+  shadowtap diff tapes/prod --db diff.sqlite && shadowtap report --db diff.sqlite --since 2024-05-01T10:00
+
+--fail-on SPEC: clauses separated by ',' (any failing clause fails), conditions in a clause joined by
+'&': critical|high|medium|low, severity>=LEVEL, rate>X, count>=N, kind=KIND, any, never.
+Default: severity>=high (from the config file's fail_on when set). See docs/differ.md.
+"""
+
+#: Shadows looked at to guess the candidate when --candidate is not given: enough to see every
+#: shadow of a proxy tape, few enough that the guess costs nothing next to the diff itself.
+_PEEK_EXCHANGES = 1_000
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """The output and gate flags shared by `diff` and `report`."""
+    parser.add_argument("--config", type=Path, metavar="FILE", help="differ config (YAML/TOML; its 'diff' section)")
+    parser.add_argument("--html", type=Path, metavar="OUT", help="write the self-contained HTML report")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the JSON report (docs/report-schema.md)")
+    parser.add_argument("--markdown", type=Path, metavar="OUT", help="write a Markdown summary for a pull request")
+    parser.add_argument("--junit", type=Path, metavar="OUT", help="write JUnit XML, one test case per endpoint")
+    parser.add_argument("--fail-on", metavar="SPEC", help="what fails the run (default: severity>=high)")
+    parser.add_argument(
+        "--min-samples", type=int, metavar="N", help="fewer compared pairs than this exits 2 (default: 10)"
+    )
+    parser.add_argument("--no-color", action="store_true", help="never colour the terminal summary")
+    parser.add_argument("--quiet", action="store_true", help="print only the verdict line, not the summary")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.add_argument("tape", nargs="+", metavar="TAPE", help="tape directories, segment files or globs")
+    parser.add_argument("--primary", default="primary", metavar="NAME", help="the baseline outcome (default: primary)")
+    parser.add_argument(
+        "--candidate", metavar="NAME", help="the outcome under test (default: the tape's only shadow, or 'replay')"
+    )
+    parser.add_argument(
+        "--secondary",
+        metavar="NAME",
+        help="a second baseline-like outcome to learn noise from (default: a shadow named 'secondary', if any)",
+    )
+    parser.add_argument("--db", type=Path, metavar="PATH", help="SQLite results store to create or add to")
+    parser.add_argument("--salvage", action="store_true", help="skip corrupt ranges of the tape instead of stopping")
+    add_report_arguments(parser)
+
+
+def load_config(path: Path | None) -> DifferConfig:
+    from differ import DifferConfig, config_from_mapping
+    from shadowtap.config import load_mapping
+
+    return DifferConfig() if path is None else config_from_mapping(load_mapping(path))
+
+
+def _pick_names(exchanges: list[Exchange], args: argparse.Namespace) -> tuple[str, str | None]:
+    from recorder import REPLAY
+    from recorder.errors import ConfigError
+
+    seen: set[str] = set()
+    for exchange in exchanges:
+        seen.update(exchange.shadows)
+    others = seen - {args.primary}
+    secondary: str | None = args.secondary
+    if secondary is None and "secondary" in others and args.candidate != "secondary":
+        secondary = "secondary"
+    candidate: str | None = args.candidate
+    if candidate is None:
+        choices = sorted(others - {secondary})
+        if REPLAY in choices:
+            candidate = REPLAY
+        elif len(choices) == 1:
+            candidate = choices[0]
+        elif not choices:
+            raise ConfigError("the tape holds no shadow or replay responses to compare", field="--candidate")
+        else:
+            raise ConfigError(f"the tape holds several shadows ({', '.join(choices)}); pick one", field="--candidate")
+    if candidate in (args.primary, secondary):
+        raise ConfigError(f"{candidate!r} cannot be both the candidate and the baseline/secondary", field="--candidate")
+    return candidate, secondary
+
+
+def emit(report: DiffReport, args: argparse.Namespace) -> int:
+    """Print the summary, write every requested report file; the verdict's exit code."""
+    from differ.reports import render_terminal, write_html, write_json, write_junit, write_markdown
+
+    if not args.quiet:
+        render_terminal(report, sys.stdout, color=False if args.no_color else None)
+    for path, write in (
+        (args.html, write_html),
+        (args.json, write_json),
+        (args.markdown, write_markdown),
+        (args.junit, write_junit),
+    ):
+        if path is not None:
+            write(report, path)
+    verdict = report.verdict
+    print(f"verdict: exit {verdict.exit_code}: {verdict.reason}")
+    return verdict.exit_code
+
+
+def run(args: argparse.Namespace) -> int:
+    from itertools import islice
+
+    from differ import DiffSession, DiffStore, RunMeta, build_report, parse_fail_on
+    from recorder import TapeReader
+
+    config = load_config(args.config)
+    if args.fail_on is not None:
+        parse_fail_on(args.fail_on)  # a bad SPEC fails before the tape is read, not after
+    reader = TapeReader(args.tape, salvage=args.salvage)
+    if args.candidate is None or args.secondary is None:
+        candidate, secondary = _pick_names(list(islice(iter(reader), _PEEK_EXCHANGES)), args)
+    else:
+        candidate, secondary = args.candidate, args.secondary
+    store = DiffStore(":memory:" if args.db is None else args.db)
+    try:
+        session = DiffSession(
+            store, config, RunMeta(args.primary, candidate, secondary, tuple(str(t) for t in args.tape))
+        )
+        for exchange in reader:
+            session.add(exchange)
+        stats = session.finish()
+        for segment, tail in reader.report.torn_tails:
+            print(f"note: {segment}: torn tail at byte {tail.offset} ({tail.length} bytes) ignored", file=sys.stderr)
+        for segment, skipped in reader.report.skipped_ranges:
+            print(f"note: {segment}: skipped {skipped.length} corrupt bytes at {skipped.offset}", file=sys.stderr)
+        if stats.duplicates:
+            print(f"note: {stats.duplicates} exchanges were already in {args.db}; counted once", file=sys.stderr)
+        report = build_report(store, config, fail_on=args.fail_on, min_samples=args.min_samples)
+    finally:
+        store.close()
+    return emit(report, args)

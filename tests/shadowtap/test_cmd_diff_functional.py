@@ -1,0 +1,162 @@
+"""`shadowtap diff` and `shadowtap report` as a user runs them: real tapes, real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions
+from tests.differ.corpus.traffic import CANDIDATE, CONFIG, PLANTED, T0_NS, traffic
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shadowtap", *map(str, args)], capture_output=True, text=True, timeout=100, check=False
+    )
+
+
+def write_tape(directory: Path, exchanges: list[Exchange] | None = None, *, planted: bool = True) -> Path:
+    with SyncTapeWriter(directory, TapeOptions(fsync="none")) as writer:
+        for exchange in exchanges if exchanges is not None else traffic(1200, planted=planted):
+            writer.write(exchange)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    root = tmp_path_factory.mktemp("diff")
+    tape = write_tape(root / "tape")
+    (root / "diff.yaml").write_text(yaml.safe_dump(CONFIG))
+    result = run_cli(
+        "diff", tape, "--candidate", CANDIDATE, "--config", root / "diff.yaml", "--db", root / "results.sqlite",
+        "--json", root / "report.json", "--html", root / "report.html", "--markdown", root / "report.md",
+        "--junit", root / "junit.xml", "--no-color",
+    )  # fmt: skip
+    return root, result
+
+
+def test_diff_finds_the_planted_regressions_and_exits_1(
+    planted_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    root, result = planted_run
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "verdict: exit 1" in result.stdout
+    assert "POST /checkout" in result.stdout
+    document = json.loads((root / "report.json").read_text())
+    assert document["candidate_name"] == CANDIDATE and document["secondary_name"] == "secondary"
+    live = {
+        (s["endpoint"], s["path"], s["kind"], s["transition"])
+        for e in document["endpoints"]
+        for s in e["signatures"]
+        if not s["suppressed"]
+    }
+    assert live == PLANTED
+    assert (root / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
+    assert "POST /checkout" in (root / "report.md").read_text()
+    suites = ET.parse(root / "junit.xml").getroot()
+    assert len(suites.findall(".//testcase")) == len(document["endpoints"])
+
+
+def test_store_has_one_row_per_compared_exchange(planted_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    root, _ = planted_run
+    with sqlite3.connect(root / "results.sqlite") as db:
+        pairs = db.execute("SELECT count(*) FROM pairs").fetchone()[0]
+        endpoints = {row[0] for row in db.execute("SELECT DISTINCT endpoint FROM routes")}
+        signature_rows = db.execute("SELECT count(*) FROM signatures").fetchone()[0]
+    assert pairs == 1200
+    assert "GET /users/{id}" in endpoints
+    assert signature_rows > len(PLANTED)
+
+
+def test_report_rebuilds_from_the_store_alone(planted_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    root, _ = planted_run
+    result = run_cli("report", "--db", root / "results.sqlite", "--json", root / "again.json", "--quiet")
+    assert result.returncode == 1, result.stderr
+    again = json.loads((root / "again.json").read_text())
+    first = json.loads((root / "report.json").read_text())
+    again.pop("generated_at_ns")
+    first.pop("generated_at_ns")
+    assert again == first
+
+    window_end_s = (T0_NS + 100 * 1_000_000) / 1e9
+    windowed = run_cli(
+        "report", "--db", root / "results.sqlite", "--until", str(window_end_s), "--json", root / "w.json",
+        "--endpoint", "POST /checkout", "--min-samples", "1", "--quiet",
+    )  # fmt: skip
+    assert windowed.returncode in (0, 1), windowed.stderr
+    document = json.loads((root / "w.json").read_text())
+    assert [e["endpoint"] for e in document["endpoints"]] == ["POST /checkout"]
+    assert document["pairs"] < 100
+
+
+def test_fail_on_never_passes_and_min_samples_gates(planted_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    root, _ = planted_run
+    db = root / "results.sqlite"
+    assert run_cli("report", "--db", db, "--fail-on", "never", "--quiet").returncode == 0
+    assert run_cli("report", "--db", db, "--fail-on", "critical&rate>0.5", "--quiet").returncode == 0
+    assert run_cli("report", "--db", db, "--fail-on", "kind=added", "--quiet").returncode == 1
+    gated = run_cli("report", "--db", db, "--min-samples", "100000", "--quiet")
+    assert gated.returncode == 2
+    assert "fewer than 100000" in gated.stdout
+
+
+def test_clean_candidate_exits_0(tmp_path: Path) -> None:
+    tape = write_tape(tmp_path / "tape", planted=False)
+    (tmp_path / "diff.yaml").write_text(yaml.safe_dump(CONFIG))
+    result = run_cli("diff", tape, "--candidate", CANDIDATE, "--config", tmp_path / "diff.yaml", "--quiet")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_replay_tape_is_read_the_same_way(tmp_path: Path) -> None:
+    body = b'{"ok": true}'
+    exchanges = [
+        Exchange(
+            id=f"r{i}",
+            started_at_ns=T0_NS + i,
+            request=Request("GET", f"/items/{i}"),
+            primary=Response(200, "OK", ((b"Content-Type", b"application/json"),), body),
+            shadows={"replay": Response(200 if i % 2 else 503, "", ((b"Content-Type", b"application/json"),), body)},
+        )
+        for i in range(40)
+    ]
+    result = run_cli("diff", write_tape(tmp_path / "tape", exchanges), "--json", tmp_path / "r.json", "--quiet")
+    assert result.returncode == 1
+    document = json.loads((tmp_path / "r.json").read_text())
+    assert document["candidate_name"] == "replay"
+    [endpoint] = document["endpoints"]
+    assert endpoint["endpoint"] == "GET /items/{id}"
+    assert endpoint["signatures"][0]["transition"] == "200->503"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("diff", "/nonexistent/tape"), "no such tape"),
+        (("diff", "TAPE", "--fail-on", "sometimes"), "--fail-on"),
+        (("diff", "TAPE"), "several shadows"),
+        (("diff", "TAPE", "--candidate", "v2", "--config", "BADCONFIG"), "diff.noise.relative"),
+        (("report", "--db", "/nonexistent/db.sqlite"), "no such results database"),
+    ],
+)
+def test_user_mistakes_are_one_line(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
+    # Two candidates and no 'secondary': the differ cannot guess which one is under test.
+    two_shadows = [
+        Exchange(e.id, e.started_at_ns, e.request, e.primary, {"v2": e.shadows[CANDIDATE], "v3": e.shadows[CANDIDATE]})
+        for e in traffic(5)
+    ]
+    tape = write_tape(tmp_path / "tape", two_shadows)
+    (tmp_path / "bad.yaml").write_text("diff:\n  noise:\n    relative: -1\n")
+    resolved = [str(tape) if a == "TAPE" else str(tmp_path / "bad.yaml") if a == "BADCONFIG" else a for a in args]
+    result = run_cli(*resolved)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert needle in result.stderr
