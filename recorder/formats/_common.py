@@ -20,6 +20,7 @@ __all__ = [
     "http_version_from_wire",
     "drop_headers",
     "replace_header",
+    "text_to_wire",
 ]
 
 #: Formats an importer or exporter can name. ``tape`` only ever appears in detection results.
@@ -116,3 +117,11 @@ def replace_header(headers: Headers, name: bytes, value: bytes) -> Headers:
     """Set every ``name`` header (case-insensitive) to ``value``, keeping position and spelling."""
     wanted = name.lower()
     return tuple((k, value if k.lower() == wanted else v) for k, v in headers)
+
+
+def text_to_wire(text: str) -> bytes:
+    """``text`` as UTF-8 bytes that never fails: escaped bytes come back, other lone surrogates pass."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")

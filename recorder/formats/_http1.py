@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from recorder.formats._common import text_to_wire
 from recorder.model import Headers, Request, Response, header_value, header_values
 
 __all__ = ["HttpParseError", "ParsedBody", "parse_request", "parse_response", "request_bytes", "response_bytes"]
@@ -196,7 +197,7 @@ def _body_for_wire(headers: Headers, body: bytes, *, add_length: bool) -> tuple[
 
 def _wire_version(version: str) -> bytes:
     # GoReplay speaks HTTP/1.x only: an HTTP/2 or /3 exchange is written as the HTTP/1.1 equivalent.
-    return b"HTTP/1.1" if version.startswith(("2", "3")) or not version else b"HTTP/" + version.encode("ascii")
+    return b"HTTP/1.1" if version.startswith(("2", "3")) or not version else b"HTTP/" + text_to_wire(version)
 
 
 def request_bytes(request: Request) -> bytes:
@@ -204,13 +205,13 @@ def request_bytes(request: Request) -> bytes:
     headers = request.headers
     if header_value(headers, b"host") is None and request.authority:
         headers = (
-            (b"Host", request.authority.encode("idna" if not request.authority.isascii() else "ascii", "replace")),
+            (b"Host", text_to_wire(request.authority)),
             *headers,
         )
     headers, body = _body_for_wire(headers, request.body, add_length=True)
     line = b"%s %s %s" % (
-        request.method.encode("ascii"),
-        request.target.encode("utf-8"),
+        text_to_wire(request.method),
+        text_to_wire(request.target),
         _wire_version(request.http_version),
     )
     return bytes(_head_bytes(line, headers) + body)

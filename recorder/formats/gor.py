@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from recorder.errors import ConfigError, InputFormatError
-from recorder.formats._common import ExportReport, ImportReport, TornTail
+from recorder.formats._common import ExportReport, ImportReport, TornTail, text_to_wire
 from recorder.formats._http1 import HttpParseError, parse_request, parse_response, request_bytes, response_bytes
 from recorder.model import REPLAY, Exchange, Failure, Outcome, Request, Response, Timing
 
@@ -308,7 +308,7 @@ def _gor_id(exchange: Exchange) -> str:
     for candidate in (exchange.tags.get("gor.id", ""), exchange.id):
         if _HEX_ID_RE.fullmatch(candidate):
             return candidate
-    return hashlib.sha1(exchange.id.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return hashlib.sha1(text_to_wire(exchange.id)).hexdigest()[:24]
 
 
 def _latency_ns(timing: Timing | None) -> int:

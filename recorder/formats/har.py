@@ -28,7 +28,13 @@ from typing import IO, Any, BinaryIO, Final
 from urllib.parse import parse_qsl, quote_plus, urlsplit
 
 from recorder.errors import InputFormatError
-from recorder.formats._common import ExportReport, ImportReport, http_version_from_wire, replace_header
+from recorder.formats._common import (
+    ExportReport,
+    ImportReport,
+    http_version_from_wire,
+    replace_header,
+    text_to_wire,
+)
 from recorder.model import Exchange, Failure, FailureKind, Headers, Outcome, Request, Response, Timing, header_value
 
 __all__ = ["HarReader", "decode_content", "write_har"]
@@ -186,7 +192,7 @@ class _Entry:
             if name.startswith(":"):
                 # HTTP/2 pseudo-headers (Chrome) are not headers on the wire; the URL carries them.
                 continue
-            out.append((name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")))
+            out.append((text_to_wire(name), text_to_wire(value)))
         return tuple(out)
 
 
@@ -344,7 +350,9 @@ class HarReader:
             raise e.fail(f"bad url {url[:80]!r}: {exc}", _ptr(pointer, "url")) from exc
         if not parts.scheme or not parts.netloc:
             raise e.fail(f"url {url[:80]!r} is not absolute", _ptr(pointer, "url"))
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # An empty query ("/p?") is kept: the target is compared byte for byte downstream.
+        has_query = bool(parts.query) or url.split("#", 1)[0].endswith("?")
+        target = (parts.path or "/") + (f"?{parts.query}" if has_query else "")
         headers = e.headers(raw, pointer)
         body = b""
         post = e.get(raw, "postData", dict, pointer, required=False)
@@ -367,7 +375,7 @@ class HarReader:
         if text is not None:
             if post.get("encoding") == "base64":
                 return _b64(e, text, _ptr(pointer, "text"))
-            return text.encode("utf-8", "surrogateescape")
+            return text_to_wire(text)
         params = e.get(post, "params", list, pointer, required=False) or []
         mime = post.get("mimeType") if isinstance(post.get("mimeType"), str) else ""
         if not mime:
@@ -393,7 +401,10 @@ class HarReader:
             if not boundary:
                 raise e.fail("multipart params without a boundary in mimeType", _ptr(pointer, "mimeType"))
             return _multipart(fields, boundary)
-        return "&".join(f"{quote_plus(name)}={quote_plus(value)}" for name, value, _, _ in fields).encode("ascii")
+        return "&".join(
+            f"{quote_plus(name, errors='surrogatepass')}={quote_plus(value, errors='surrogatepass')}"
+            for name, value, _, _ in fields
+        ).encode("ascii")
 
     def _response(self, e: _Entry, raw: dict[str, Any], pointer: str, tags: dict[str, str], method: str) -> Outcome:
         status = e.get(raw, "status", int, pointer)
@@ -418,7 +429,7 @@ class HarReader:
         elif content.get("encoding") == "base64":
             body = _b64(e, text, _ptr(content_ptr, "text"))
         else:
-            body = text.encode("utf-8", "surrogateescape")
+            body = text_to_wire(text)
         if body:
             headers = _undo_content_coding(headers, body, tags, "response")
         version = raw.get("httpVersion")
@@ -443,15 +454,15 @@ def _b64(e: _Entry, text: str, pointer: str) -> bytes:
 def _multipart(fields: list[tuple[str, str, str | None, str | None]], boundary: str) -> bytes:
     out = bytearray()
     for name, value, file_name, content_type in fields:
-        out += f"--{boundary}\r\n".encode()
+        out += text_to_wire(f"--{boundary}\r\n")
         disposition = f'Content-Disposition: form-data; name="{name}"'
         if file_name is not None:
             disposition += f'; filename="{file_name}"'
-        out += disposition.encode("utf-8") + b"\r\n"
+        out += text_to_wire(disposition) + b"\r\n"
         if content_type:
-            out += f"Content-Type: {content_type}\r\n".encode()
-        out += b"\r\n" + value.encode("utf-8", "surrogateescape") + b"\r\n"
-    out += f"--{boundary}--\r\n".encode()
+            out += text_to_wire(f"Content-Type: {content_type}\r\n")
+        out += b"\r\n" + text_to_wire(value) + b"\r\n"
+    out += text_to_wire(f"--{boundary}--\r\n")
     return bytes(out)
 
 
@@ -491,11 +502,16 @@ def _text_or_base64(body: bytes) -> tuple[str, str | None]:
         return base64.b64encode(body).decode("ascii"), "base64"
 
 
+def _header_text(raw: bytes) -> str:
+    # JSON text cannot hold arbitrary bytes: UTF-8 round-trips exactly, anything else is read as Latin-1.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def _header_list(headers: Headers) -> list[dict[str, str]]:
-    return [
-        {"name": k.decode("utf-8", "surrogateescape"), "value": v.decode("utf-8", "surrogateescape")}
-        for k, v in headers
-    ]
+    return [{"name": _header_text(k), "value": _header_text(v)} for k, v in headers]
 
 
 def _har_version(version: str) -> str:
@@ -633,7 +649,8 @@ def write_har(exchanges: Iterable[Exchange], path: str | Path, *, creator_versio
         for exchange in exchanges:
             if report.exported:
                 out.write(",\n")
-            out.write(json.dumps(_entry(exchange, report), ensure_ascii=False))
+            # ASCII-escaped: a lone surrogate from a strange input cannot break the UTF-8 file.
+            out.write(json.dumps(_entry(exchange, report)))
             report.exported += 1
         out.write("\n]}}\n")
     return report

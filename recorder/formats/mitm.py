@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from recorder.errors import InputFormatError
-from recorder.formats._common import ExportReport, ImportReport, TornTail, http_version_from_wire
+from recorder.formats._common import ExportReport, ImportReport, TornTail, http_version_from_wire, text_to_wire
 from recorder.model import PRIMARY, Exchange, Failure, FailureKind, Outcome, Request, Response, Timing
 
 if TYPE_CHECKING:
@@ -30,7 +30,9 @@ _MAX_PREFIX_DIGITS: Final = 12
 
 
 def _ns(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * _NS_PER_S)
+    # Flow timestamps are float seconds (about 0.25 us of precision today): whole microseconds are
+    # all they hold, and rounding to them makes export -> import give back the same numbers.
+    return None if seconds is None else round(seconds * 1_000_000) * 1_000
 
 
 def _failure_kind(message: str) -> str:
@@ -235,11 +237,11 @@ def flow_from_exchange(exchange: Exchange) -> http.HTTPFlow:
     flow.request = http.Request(
         host=host,
         port=port,
-        method=req.method.encode("ascii"),
-        scheme=req.scheme.encode("ascii"),
+        method=text_to_wire(req.method),
+        scheme=text_to_wire(req.scheme),
         # HTTP/1 requests are origin-form (authority in Host); HTTP/2 carries it as :authority.
-        authority=b"" if is_http1 else req.authority.encode("ascii", "replace"),
-        path=req.target.encode("utf-8"),
+        authority=b"" if is_http1 else text_to_wire(req.authority),
+        path=text_to_wire(req.target),
         http_version=_mitm_version(req.http_version),
         headers=req.headers,
         content=req.body,
@@ -275,7 +277,7 @@ def _mitm_version(version: str) -> bytes:
         return b"HTTP/2.0"
     if version.startswith("3"):
         return b"HTTP/3"
-    return f"HTTP/{version or '1.1'}".encode("ascii")
+    return text_to_wire(f"HTTP/{version or '1.1'}")
 
 
 def write_mitm(exchanges: Iterable[Exchange], path: str | Path) -> ExportReport:
