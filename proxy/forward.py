@@ -1,0 +1,216 @@
+"""Forwarding settings and the request-side header policy for the primary path.
+
+``ForwardSettings`` is the one frozen description of how requests reach the primary (where, with
+which timeouts, pool, capture limit, forwarded headers and TLS checks); ``RequestRewriter`` turns a
+client request head into the head sent upstream. This module must never do I/O and never change a
+header other than the hop-by-hop ones and those the settings name (Host, Via, X-Forwarded-*).
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit
+
+from proxy import http1
+from recorder.errors import ConfigError
+from recorder.model import Header
+
+__all__ = ["ForwardSettings", "PrimaryTarget", "RequestRewriter", "parse_primary", "upstream_ssl_context"]
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryTarget:
+    """The primary URL taken apart once: where to connect and what to put before each target."""
+
+    scheme: str
+    host: str
+    port: int
+    #: Path prefix (no trailing slash) put before every request target; ``b""`` for none.
+    path_prefix: bytes
+    #: ``host[:port]`` as a Host header value, for ``preserve_host=False``.
+    authority: bytes
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+
+def parse_primary(url: str, field: str = "primary") -> PrimaryTarget:
+    """Split an ``http(s)://host[:port][/prefix]`` URL or raise ``ConfigError`` naming ``field``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"not a valid URL: {url!r} ({exc})", field=field) from exc
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise ConfigError(f"URL must start with http:// or https://, got {url!r}", field=field)
+    if not parts.hostname:
+        raise ConfigError(f"URL has no host: {url!r}", field=field)
+    if parts.query or parts.fragment:
+        raise ConfigError(f"URL must not have a query or fragment: {url!r}", field=field)
+    if parts.username or parts.password:
+        raise ConfigError(f"URL must not carry credentials: {url!r}", field=field)
+    default_port = _DEFAULT_PORTS[parts.scheme]
+    host = parts.hostname
+    host_for_header = f"[{host}]" if ":" in host else host
+    authority = host_for_header if port in (None, default_port) else f"{host_for_header}:{port}"
+    return PrimaryTarget(
+        scheme=parts.scheme,
+        host=host,
+        port=default_port if port is None else port,
+        path_prefix=parts.path.rstrip("/").encode("ascii", "strict") if parts.path.isascii() else b"",
+        authority=authority.encode("idna" if not authority.isascii() else "ascii"),
+    )
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"must be > 0, got {value!r}", field=name)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardSettings:
+    """How the data path reaches the primary. Every field is validated; errors name the field."""
+
+    #: The primary's base URL: ``http://127.0.0.1:9000`` or ``https://api.internal/prefix``.
+    primary: str
+    #: TCP (and TLS) connect to the primary; on expiry the client gets 504.
+    connect_timeout_s: float = 5.0
+    #: From the request fully sent to the response head; on expiry the client gets 504.
+    first_byte_timeout_s: float = 60.0
+    #: Whole exchange, from forwarding start to the last body byte; long downloads need room.
+    total_timeout_s: float = 300.0
+    #: Idle keep-alive connections kept per process; more are closed on release.
+    pool_max_idle: int = 256
+    #: Request and response bodies kept for stages (mirror, tape) up to this size; beyond it the
+    #: request body is streamed without a copy and the response copy is cut (``truncated_from``).
+    capture_limit_bytes: int = 1024 * 1024
+    #: Request line plus header fields; larger heads get 431 and the connection is closed.
+    max_header_bytes: int = 64 * 1024
+    #: Requests a client may pipeline ahead of the one being answered before we stop reading.
+    max_pipelined: int = 16
+    #: Request body bytes held while waiting for a primary connection before we stop reading.
+    max_buffered_body_bytes: int = 256 * 1024
+    #: An idle client connection is closed after this long without a request.
+    keepalive_timeout_s: float = 75.0
+    #: Keep the client's Host header (the usual sidecar case); False sends the primary's authority.
+    preserve_host: bool = True
+    #: ``Via: 1.1 <via>`` added to requests and responses when set (e.g. ``"shadowtap"``).
+    via: str | None = None
+    #: Append the client address to ``X-Forwarded-For``.
+    x_forwarded_for: bool = True
+    #: Add ``X-Forwarded-Proto`` (client-side scheme) when the client did not send one.
+    x_forwarded_proto: bool = True
+    #: Add ``X-Forwarded-Host`` (client's Host) when the client did not send one.
+    x_forwarded_host: bool = True
+    #: Verify an https primary's certificate and host name.
+    tls_verify: bool = True
+    #: PEM bundle to verify an https primary against instead of the system store.
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        parse_primary(self.primary)
+        for name in ("connect_timeout_s", "first_byte_timeout_s", "total_timeout_s", "keepalive_timeout_s"):
+            _positive(name, getattr(self, name))
+        for name in ("pool_max_idle", "capture_limit_bytes", "max_pipelined", "max_buffered_body_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"must be an integer >= 0, got {value!r}", field=name)
+        if self.max_pipelined < 1:
+            raise ConfigError(f"must be >= 1, got {self.max_pipelined!r}", field="max_pipelined")
+        if not isinstance(self.max_header_bytes, int) or self.max_header_bytes < 1024:
+            raise ConfigError(f"must be an integer >= 1024, got {self.max_header_bytes!r}", field="max_header_bytes")
+        if self.via is not None and (not self.via or not self.via.isascii() or any(c in self.via for c in "\r\n")):
+            raise ConfigError(f"must be a non-empty ASCII token, got {self.via!r}", field="via")
+        if self.ca_file is not None and not self.ca_file:
+            raise ConfigError("must be a file path or unset", field="ca_file")
+
+    @property
+    def target(self) -> PrimaryTarget:
+        return parse_primary(self.primary)
+
+
+def upstream_ssl_context(settings: ForwardSettings) -> ssl.SSLContext | None:
+    """The client TLS context for an https primary (verification on unless turned off), else None."""
+    if not settings.target.tls:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load CA file: {exc}", field="ca_file") from exc
+    if not settings.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class RequestRewriter:
+    """Turns a client request head into the head sent to the primary (one join per request)."""
+
+    __slots__ = ("_authority", "_forwarded_for", "_forwarded_host", "_forwarded_proto", "_host", "_prefix", "_via")
+
+    def __init__(self, settings: ForwardSettings) -> None:
+        target = settings.target
+        self._prefix = target.path_prefix
+        self._authority = target.authority
+        self._host = None if settings.preserve_host else target.authority
+        self._via = None if settings.via is None else b"1.1 " + settings.via.encode("ascii")
+        self._forwarded_for = settings.x_forwarded_for
+        self._forwarded_proto = settings.x_forwarded_proto
+        self._forwarded_host = settings.x_forwarded_host
+
+    @property
+    def via(self) -> bytes | None:
+        return self._via
+
+    def head(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[Header],
+        *,
+        client_ip: bytes,
+        scheme: bytes,
+        chunked: bool,
+        upgrade: bool = False,
+    ) -> bytes:
+        """The upstream request head for one client request; ``chunked`` re-frames the body."""
+        fields = http1.end_to_end(headers, upgrade=upgrade)
+        extra: list[Header] = []
+        seen_proto = seen_fwd_host = False
+        client_host: bytes | None = None
+        xff_index = -1
+        for index, (name, value) in enumerate(fields):
+            lower = name.lower()
+            if lower == b"host":
+                client_host = value
+                if self._host is not None:
+                    fields[index] = (name, self._host)
+            elif lower == b"x-forwarded-for":
+                xff_index = index
+            elif lower == b"x-forwarded-proto":
+                seen_proto = True
+            elif lower == b"x-forwarded-host":
+                seen_fwd_host = True
+        if client_host is None:
+            # HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
+            extra.append((b"Host", self._authority))
+        if self._forwarded_for:
+            if xff_index >= 0:
+                name, value = fields[xff_index]
+                fields[xff_index] = (name, value + b", " + client_ip)
+            else:
+                extra.append((b"X-Forwarded-For", client_ip))
+        if self._forwarded_proto and not seen_proto:
+            extra.append((b"X-Forwarded-Proto", scheme))
+        if self._forwarded_host and not seen_fwd_host and client_host is not None:
+            extra.append((b"X-Forwarded-Host", client_host))
+        if self._via is not None:
+            extra.append((b"Via", self._via))
+        if chunked:
+            extra.append((b"Transfer-Encoding", b"chunked"))
+        return http1.request_head(method, self._prefix + target if self._prefix else target, fields, extra)

@@ -1,0 +1,140 @@
+"""HTTP/1.1 framing for the proxy hot path: hop-by-hop filtering and head / chunk serialisation.
+
+Pure functions over bytes in the shape llhttp (httptools) hands them over: header names and values
+as received, in order. They must never do I/O, decode a body, or reorder, re-case or merge headers:
+what the client or the primary sent is what the other side gets, minus the hop-by-hop fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from recorder.model import Header
+
+__all__ = [
+    "CHUNKED_END",
+    "HOP_BY_HOP",
+    "ResponseFraming",
+    "chunk",
+    "connection_tokens",
+    "end_to_end",
+    "error_response",
+    "request_head",
+    "response_head",
+    "scan_response",
+]
+
+#: RFC 9110 §7.6.1 hop-by-hop fields (plus the legacy Proxy-Connection and RFC 7230's Trailer): they
+#: describe one connection, so a proxy consumes them and never forwards them.
+HOP_BY_HOP: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+#: For an Upgrade pass-through the two fields that ask for the switch must reach the primary.
+_HOP_BY_HOP_UPGRADE: Final = HOP_BY_HOP - {b"connection", b"upgrade"}
+
+CHUNKED_END: Final = b"0\r\n\r\n"
+_CRLF: Final = b"\r\n"
+_SEP: Final = b": "
+
+
+def connection_tokens(headers: Sequence[Header]) -> frozenset[bytes]:
+    """The lower-cased field names listed in every ``Connection`` header (also hop-by-hop)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def end_to_end(headers: Sequence[Header], *, upgrade: bool = False) -> list[Header]:
+    """``headers`` without the hop-by-hop fields and the names ``Connection`` lists, order kept.
+
+    With ``upgrade`` the ``Connection`` and ``Upgrade`` fields are kept (Upgrade pass-through);
+    names listed in ``Connection`` other than ``upgrade`` itself are still removed.
+    """
+    drop = _HOP_BY_HOP_UPGRADE if upgrade else HOP_BY_HOP
+    listed = connection_tokens(headers)
+    if listed:
+        drop = drop | (listed - {b"upgrade"} if upgrade else listed)
+    return [h for h in headers if h[0].lower() not in drop]
+
+
+class ResponseFraming:
+    """How the primary framed a response body (``Transfer-Encoding`` is re-framed, never forwarded)."""
+
+    __slots__ = ("content_length", "transfer_encoding")
+
+    def __init__(self, transfer_encoding: bytes | None, content_length: bytes | None) -> None:
+        #: The Transfer-Encoding value(s), comma-joined, or ``None``; ``chunked`` when chunked.
+        self.transfer_encoding = transfer_encoding
+        self.content_length = content_length
+
+    @property
+    def chunked(self) -> bool:
+        return self.transfer_encoding is not None
+
+    @property
+    def until_close(self) -> bool:
+        """No length and no chunking: the body ends when the primary closes the connection."""
+        return self.transfer_encoding is None and self.content_length is None
+
+
+def scan_response(headers: Sequence[Header]) -> tuple[list[Header], ResponseFraming]:
+    """The end-to-end headers of a response and its body framing, in one pass over the fields."""
+    listed = connection_tokens(headers)
+    drop = HOP_BY_HOP | listed if listed else HOP_BY_HOP
+    kept: list[Header] = []
+    transfer_encoding: bytes | None = None
+    content_length: bytes | None = None
+    for header in headers:
+        lower = header[0].lower()
+        if lower in drop:
+            if lower == b"transfer-encoding":
+                transfer_encoding = header[1] if transfer_encoding is None else transfer_encoding + b", " + header[1]
+            continue
+        if lower == b"content-length":
+            content_length = header[1]
+        kept.append(header)
+    return kept, ResponseFraming(transfer_encoding, content_length)
+
+
+def _fields(parts: list[bytes], headers: Iterable[Header]) -> None:
+    for name, value in headers:
+        parts += (name, _SEP, value, _CRLF)
+
+
+def request_head(method: bytes, target: bytes, headers: Iterable[Header], extra: Iterable[Header] = ()) -> bytes:
+    """An HTTP/1.1 request head, fields in the given order, built with one join."""
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    _fields(parts, headers)
+    _fields(parts, extra)
+    parts.append(_CRLF)
+    return b"".join(parts)
+
+
+def response_head(status: int, reason: bytes, headers: Iterable[Header], extra: Iterable[Header] = ()) -> bytes:
+    """An HTTP/1.1 status line and fields, in the given order, built with one join."""
+    parts = [b"HTTP/1.1 %d " % status, reason, _CRLF]
+    _fields(parts, headers)
+    _fields(parts, extra)
+    parts.append(_CRLF)
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """One chunk of a chunked body as buffers for ``transport.writelines`` (the data is not copied)."""
+    return [b"%x\r\n" % len(data), data, _CRLF]
+
+
+def error_response(status: int, reason: str, message: str, *, close: bool) -> bytes:
+    """A short plain-text response that shadowtap itself sends (502, 504, 400, 431 ...)."""
+    body = (message.rstrip("\n") + "\n").encode("utf-8", "replace")
+    fields: list[Header] = [
+        (b"Content-Type", b"text/plain; charset=utf-8"),
+        (b"Content-Length", b"%d" % len(body)),
+        (b"X-Shadowtap-Error", b"1"),
+    ]
+    if close:
+        fields.append((b"Connection", b"close"))
+    return response_head(status, reason.encode("ascii"), fields) + body

@@ -1,0 +1,953 @@
+"""The proxy's data path: client connections in, primary connections out, stages told at each step.
+
+``ProxyServer`` listens (plain or TLS, optionally with SO_REUSEPORT), parses requests with llhttp
+(httptools) in an ``asyncio.Protocol`` per client connection, and relays each request to the primary
+through the keep-alive pool, streaming bodies both ways with back-pressure. Pipelined requests are
+answered in order, one at a time. Each request fills one ``ProxiedExchange`` and every stage is called
+through ``call_stage`` when the request body is known and when the exchange is over.
+
+The primary path is sacred: this module must never wait on a stage, never buffer a body beyond the
+capture limit and the configured bounds, never decode a body, and never leave a client hanging (a
+failing primary gives 502/504 before the response head, a closed connection after it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import os
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import httptools
+
+from proxy import http1
+from proxy.forward import ForwardSettings, RequestRewriter, upstream_ssl_context
+from proxy.stages import ProxiedExchange, Stage, StageErrors, call_stage
+from proxy.upgrade import CLIENT, Tunnel
+from proxy.upstream import PoolStats, UpstreamConnection, UpstreamPool
+from recorder.model import Failure, FailureKind, Header, Response, Timing
+
+__all__ = ["ProxyServer", "ServerStats"]
+
+log = logging.getLogger(__name__)
+
+# Why the client's reading is paused; reading resumes only when no reason is left.
+_PAUSE_PIPELINE: Final = 1  # too many pipelined requests waiting for their turn
+_PAUSE_BUFFER: Final = 2  # request body buffered while no primary connection is attached
+_PAUSE_UPSTREAM: Final = 4  # the primary's socket buffer is full (slow upload consumer)
+_PAUSE_DRAIN: Final = 8  # shutting down: no new requests
+
+# How a response body is written to the client.
+_BODY_NONE: Final = 0  # HEAD, 204, 304, 101
+_BODY_RAW: Final = 1  # Content-Length, or delimited by closing the client connection
+_BODY_CHUNKED: Final = 2  # re-framed as chunked
+
+#: Deadlines (timeouts, keep-alive idle) are checked by one sweep per server at this period,
+#: instead of a timer per request: timeouts are seconds long, so 50 ms of slack is fine.
+_SWEEP_PERIOD_S: Final = 0.05
+
+_REASONS: Final = {400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented"}
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """Counters of the data path (plain ints and dicts; read by the admin stats and metrics)."""
+
+    requests: int = 0
+    in_flight: int = 0
+    connections: int = 0
+    upgrades: int = 0
+    #: Primary exchanges that failed, by ``FailureKind`` (connect-error, timeout, reset, ...).
+    primary_failures: dict[str, int] = field(default_factory=dict)
+    #: Requests refused before reaching the primary (malformed, head too large), by status.
+    client_errors: dict[int, int] = field(default_factory=dict)
+    stage_errors: StageErrors = field(default_factory=StageErrors)
+    pool: PoolStats = field(default_factory=PoolStats)
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside a parser callback when the request head passes ``max_header_bytes``."""
+
+
+class _Context:
+    """Per-server state shared by every connection (one object, so each holds one reference)."""
+
+    __slots__ = (
+        "capture_limit",
+        "closing",
+        "conn_ids",
+        "connections",
+        "ids",
+        "id_prefix",
+        "loop",
+        "max_buffered",
+        "max_header_bytes",
+        "max_pipelined",
+        "pool",
+        "rewriter",
+        "scheme",
+        "settings",
+        "stages",
+        "stats",
+        "via",
+    )
+
+    def __init__(
+        self,
+        settings: ForwardSettings,
+        stages: Sequence[Stage],
+        pool: UpstreamPool,
+        loop: asyncio.AbstractEventLoop,
+        scheme: str,
+    ) -> None:
+        self.settings = settings
+        self.stages = tuple(stages)
+        self.pool = pool
+        self.loop = loop
+        self.scheme = scheme
+        self.rewriter = RequestRewriter(settings)
+        self.via = self.rewriter.via
+        self.capture_limit = settings.capture_limit_bytes
+        self.max_header_bytes = settings.max_header_bytes
+        self.max_pipelined = settings.max_pipelined
+        self.max_buffered = settings.max_buffered_body_bytes
+        self.stats = ServerStats(pool=pool.stats)
+        self.connections: set[_ClientConnection] = set()
+        # Exchange ids: unique across processes and restarts (random prefix), cheap to make.
+        self.id_prefix = os.urandom(6).hex()
+        self.ids = itertools.count(1)
+        self.conn_ids = itertools.count(1)
+        self.closing = False
+
+
+class _Forward:
+    """One request on its way to the primary and back: the ``ResponseSink`` for its exchange."""
+
+    __slots__ = (
+        "_body_buffer",
+        "_body_buffered",
+        "_capture",
+        "_captured",
+        "_client",
+        "_close_after",
+        "_connect_task",
+        "_ctx",
+        "_head_sent",
+        "_mode",
+        "_resp_capture",
+        "_resp_captured",
+        "_resp_size",
+        "_retried",
+        "_sent_ns",
+        "_first_byte_ns",
+        "_streaming",
+        "body_done",
+        "chunked",
+        "conn",
+        "deadline",
+        "ex",
+        "finished",
+        "first_byte_deadline",
+        "headers",
+        "http10",
+        "keep_alive",
+        "method",
+        "started",
+        "target",
+        "upgrade",
+    )
+
+    def __init__(
+        self,
+        client: _ClientConnection,
+        ex: ProxiedExchange,
+        method: bytes,
+        target: bytes,
+        headers: list[Header],
+        *,
+        http10: bool,
+        keep_alive: bool,
+        chunked: bool,
+        upgrade: bool,
+    ) -> None:
+        self._client = client
+        self._ctx = client.ctx
+        self.ex = ex
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.http10 = http10
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.upgrade = upgrade
+        self.conn: UpstreamConnection | None = None
+        self.started = False
+        self.finished = False
+        self.body_done = False
+        self.deadline = math.inf
+        self.first_byte_deadline = math.inf
+        self._streaming = False
+        self._body_buffer: list[bytes] = []
+        self._body_buffered = 0
+        # The request body copy for stages; None once it passed the capture limit.
+        self._capture: list[bytes] | None = []
+        self._captured = 0
+        self._head_sent = False
+        self._mode = _BODY_NONE
+        self._close_after = False
+        self._resp_capture: list[bytes] = []
+        self._resp_captured = 0
+        self._resp_size = 0
+        self._retried = False
+        self._connect_task: asyncio.Task[None] | None = None
+        self._sent_ns: int | None = None
+        self._first_byte_ns: int | None = None
+
+    # --- request side (driven by the client connection's parser) ---------------------------------
+
+    def client_body(self, data: bytes) -> None:
+        size = len(data)
+        self.ex.request_body_size += size
+        capture = self._capture
+        if capture is not None:
+            if self._captured + size <= self._ctx.capture_limit:
+                capture.append(data)
+                self._captured += size
+            else:
+                self._capture = None
+        if self.finished:
+            return
+        conn = self.conn
+        if self._streaming and conn is not None:
+            if self.chunked:
+                conn.writelines(http1.chunk(data))
+            else:
+                conn.write(data)
+        else:
+            self._body_buffer.append(data)
+            self._body_buffered += size
+            if self._body_buffered > self._ctx.max_buffered:
+                self._client.pause_reading(_PAUSE_BUFFER)
+
+    def client_body_done(self) -> None:
+        self.body_done = True
+        ex = self.ex
+        capture = self._capture
+        ex.request_body = None if capture is None else (b"".join(capture) if capture else b"")
+        ctx = self._ctx
+        for stage in ctx.stages:
+            call_stage(ctx.stats.stage_errors, stage, stage.request_complete, ex)
+        if self._streaming and self.conn is not None and not self.finished:
+            if self.chunked:
+                self.conn.write(http1.CHUNKED_END)
+            self.first_byte_deadline = ctx.loop.time() + ctx.settings.first_byte_timeout_s
+
+    # --- forwarding ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Our turn on the client connection: get a primary connection and send the request."""
+        self.started = True
+        ctx = self._ctx
+        self.deadline = ctx.loop.time() + ctx.settings.total_timeout_s
+        conn = ctx.pool.try_acquire()
+        if conn is None:
+            self._connect_task = ctx.loop.create_task(self._connect())
+        else:
+            self._send(conn)
+
+    async def _connect(self) -> None:
+        settings = self._ctx.settings
+        try:
+            conn = await self._ctx.pool.connect()
+        except TimeoutError:
+            self._connect_task = None
+            self._fail(FailureKind.TIMEOUT, f"primary connect timed out after {settings.connect_timeout_s:g} s")
+            return
+        except ssl.SSLError as exc:
+            self._connect_task = None
+            self._fail(FailureKind.CONNECT_ERROR, f"TLS handshake with primary failed: {exc.reason or exc}")
+            return
+        except OSError as exc:
+            self._connect_task = None
+            self._fail(FailureKind.CONNECT_ERROR, f"cannot connect to primary: {exc.strerror or exc}")
+            return
+        self._connect_task = None
+        if self.finished:
+            self._ctx.pool.release(conn)
+            return
+        self._send(conn)
+
+    def _send(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        conn.begin(self, head_only=self.method == b"HEAD")
+        client = self._client
+        head = self._ctx.rewriter.head(
+            self.method,
+            self.target,
+            self.headers,
+            client_ip=client.client_ip,
+            scheme=client.scheme,
+            chunked=self.chunked,
+            upgrade=self.upgrade,
+        )
+        self._streaming = True
+        if self._retried:
+            # A retry resends the captured body (a retry is only tried when it is complete).
+            buffered = [] if not self.ex.request_body else [self.ex.request_body]
+        else:
+            buffered = self._body_buffer
+            self._body_buffer = []
+        if buffered:
+            parts = [head]
+            if self.chunked:
+                for piece in buffered:
+                    parts += http1.chunk(piece)
+            else:
+                parts += buffered
+            if self.body_done and self.chunked:
+                parts.append(http1.CHUNKED_END)
+            conn.writelines(parts)
+        elif self.body_done and self.chunked:
+            conn.writelines([head, http1.CHUNKED_END])
+        else:
+            conn.write(head)
+        if self._body_buffered:
+            self._body_buffered = 0
+            client.resume_reading(_PAUSE_BUFFER)
+        self._sent_ns = time.monotonic_ns() - self.ex.started_mono_ns
+        if self.body_done:
+            self.first_byte_deadline = self._ctx.loop.time() + self._ctx.settings.first_byte_timeout_s
+        if client.write_paused:
+            conn.pause_reading()
+
+    # --- ResponseSink ----------------------------------------------------------------------------
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        if paused:
+            self._client.pause_reading(_PAUSE_UPSTREAM)
+        else:
+            self._client.resume_reading(_PAUSE_UPSTREAM)
+
+    def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
+        # 1xx (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they come.
+        if not self.http10 and not self._head_sent:
+            self._client.write(http1.response_head(status, reason, http1.end_to_end(headers)))
+
+    def on_head(
+        self, status: int, reason: bytes, headers: list[Header], kept: list[Header], framing: http1.ResponseFraming
+    ) -> None:
+        self._first_byte_ns = time.monotonic_ns() - self.ex.started_mono_ns
+        self.first_byte_deadline = math.inf
+        ctx = self._ctx
+        self.ex.response = Response(status, reason.decode("latin-1"), tuple(headers))
+        extra: list[Header] = []
+        close = not self.keep_alive or ctx.closing or not self.body_done
+        if status == 101:
+            kept = http1.end_to_end(headers, upgrade=True)
+            self._mode = _BODY_NONE
+        elif self.method == b"HEAD" or status in (204, 304):
+            self._mode = _BODY_NONE
+            if framing.transfer_encoding is not None and not self.http10 and self.method == b"HEAD":
+                extra.append((b"Transfer-Encoding", framing.transfer_encoding))
+        elif framing.content_length is not None and framing.transfer_encoding is None:
+            self._mode = _BODY_RAW
+        elif self.http10:
+            # An HTTP/1.0 client knows no chunked: the body ends when we close.
+            self._mode = _BODY_RAW
+            close = True
+        else:
+            self._mode = _BODY_CHUNKED
+            extra.append((b"Transfer-Encoding", framing.transfer_encoding or b"chunked"))
+        self._close_after = close
+        if status != 101:
+            if close:
+                extra.append((b"Connection", b"close"))
+            elif self.http10:
+                extra.append((b"Connection", b"keep-alive"))
+        if ctx.via is not None:
+            extra.append((b"Via", ctx.via))
+        self._head_sent = True
+        self._client.write(http1.response_head(status, reason, kept, extra))
+
+    def on_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        size = len(data)
+        self._resp_size += size
+        room = self._ctx.capture_limit - self._resp_captured
+        if room > 0:
+            piece = data if size <= room else data[:room]
+            self._resp_capture.append(piece)
+            self._resp_captured += len(piece)
+        mode = self._mode
+        if mode == _BODY_RAW:
+            self._client.write(data)
+        elif mode == _BODY_CHUNKED and size:
+            self._client.writelines(http1.chunk(data))
+
+    def on_complete(self, reusable: bool) -> None:
+        if self.finished:
+            return
+        if self._mode == _BODY_CHUNKED:
+            self._client.write(http1.CHUNKED_END)
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            if reusable and self.body_done:
+                self._ctx.pool.release(conn)
+            else:
+                conn.close()
+        self._finish(self._close_after)
+
+    def on_upgraded(self, rest: bytes) -> None:
+        conn = self.conn
+        self.conn = None
+        client = self._client
+        if conn is None or conn.transport is None or client.transport is None or client.closed:
+            if conn is not None:
+                conn.abort()
+            self._finish(True)
+            return
+        self.ex.upgraded = True
+        self._ctx.stats.upgrades += 1
+        tunnel = Tunnel(client.transport, conn.transport, self._tunnel_closed)
+        conn.tunnel = tunnel
+        client.start_tunnel(tunnel)
+        tunnel.received(CLIENT, client.take_upgrade_rest())
+        tunnel.received(1 - CLIENT, rest)
+
+    def _tunnel_closed(self) -> None:
+        self._finish(True)
+
+    def on_failure(self, kind: str, message: str) -> None:
+        conn = self.conn
+        self.conn = None
+        if self.finished:
+            return
+        if (
+            kind == FailureKind.RESET
+            and conn is not None
+            and conn.served > 0
+            and not conn.received_any
+            and not self._head_sent
+            and not self._retried
+            and self.body_done
+            and self.ex.request_body is not None
+            and self.method in (b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE")
+        ):
+            # A pooled connection the primary had already closed: nothing of the exchange happened,
+            # so the idempotent request is sent once more on a fresh connection.
+            self._retried = True
+            self._streaming = False
+            self._connect_task = self._ctx.loop.create_task(self._connect())
+            return
+        self._fail(kind, message)
+
+    # --- endings ---------------------------------------------------------------------------------
+
+    def timed_out(self, what: str, limit_s: float) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.detach()
+        self._fail(FailureKind.TIMEOUT, f"primary {what} timed out after {limit_s:g} s")
+
+    def _fail(self, kind: str, message: str) -> None:
+        if self.finished:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.detach()
+        ctx = self._ctx
+        failures = ctx.stats.primary_failures
+        failures[kind] = failures.get(kind, 0) + 1
+        self.ex.failure = Failure(kind, message)
+        if self._head_sent:
+            # The status is on the wire already: closing is the only honest signal left.
+            self._finish(True)
+            return
+        if kind == FailureKind.TIMEOUT:
+            status, reason = 504, "Gateway Timeout"
+        else:
+            status, reason = 502, "Bad Gateway"
+        close = not self.body_done or not self.keep_alive or ctx.closing
+        self._client.write(http1.error_response(status, reason, f"shadowtap: {message}", close=close))
+        self._finish(close)
+
+    def client_gone(self) -> None:
+        """The client connection closed before this exchange ended."""
+        if self.finished:
+            return
+        task = self._connect_task
+        if task is not None:
+            task.cancel()
+            self._connect_task = None
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.detach()
+        if self.ex.failure is None:
+            self.ex.failure = Failure(FailureKind.CANCELLED, "client closed the connection")
+        if not self.body_done:
+            self.ex.request_body = None
+        self._finish(True)
+
+    def _finish(self, close_client: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._body_buffer = []
+        ex = self.ex
+        done_ns = time.monotonic_ns() - ex.started_mono_ns
+        ex.timing = Timing(self._sent_ns, self._first_byte_ns, done_ns if self._sent_ns is not None else None)
+        response = ex.response
+        if response is not None and self._resp_size:
+            ex.response = Response(
+                response.status,
+                response.reason,
+                response.headers,
+                b"".join(self._resp_capture),
+                truncated_from=self._resp_size if self._resp_size > self._resp_captured else None,
+            )
+        ctx = self._ctx
+        for stage in ctx.stages:
+            call_stage(ctx.stats.stage_errors, stage, stage.exchange_complete, ex)
+        self._client.request_done(self, close_client)
+
+
+class _LocalReply:
+    """A response shadowtap writes itself (malformed request, head too large), then closes."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+class _ClientConnection(asyncio.Protocol):
+    """One client connection: parses requests and relays them in order."""
+
+    __slots__ = (
+        "_active",
+        "_chunked",
+        "_head_bytes",
+        "_headers",
+        "_host",
+        "_parser",
+        "_parsing",
+        "_pause_mask",
+        "_pending",
+        "_tunnel",
+        "_upgrade_rest",
+        "_url",
+        "client_addr",
+        "client_ip",
+        "closed",
+        "conn_id",
+        "ctx",
+        "idle_since",
+        "scheme",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._pending: deque[_Forward | _LocalReply] = deque()  # bounded by max_pipelined (pause)
+        self._active: _Forward | None = None
+        self._parsing: _Forward | None = None
+        self._pause_mask = 0
+        self._tunnel: Tunnel | None = None
+        self._upgrade_rest: bytes | None = None
+        self._url = b""
+        self._headers: list[Header] = []
+        self._head_bytes = 0
+        self._host = b""
+        self._chunked = False
+        self.write_paused = False
+        self.closed = False
+        self.client_addr = ""
+        self.client_ip = b""
+        self.conn_id = ""
+        self.scheme = ctx.scheme.encode("ascii")
+        self.idle_since = ctx.loop.time()
+
+    # --- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        ctx = self.ctx
+        ctx.connections.add(self)
+        ctx.stats.connections += 1
+        self.conn_id = f"{ctx.id_prefix}-c{next(ctx.conn_ids):x}"
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            host = str(peer[0])
+            self.client_ip = host.encode("ascii", "replace")
+            self.client_addr = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+        if ctx.closing:
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.received(CLIENT, data)
+            return
+        if self._upgrade_rest is not None:
+            # Bytes after an Upgrade request wait for the 101; a client that does not wait for it is
+            # held back by stopping reads once the buffer is full.
+            self._upgrade_rest += data
+            if len(self._upgrade_rest) > self.ctx.max_buffered:
+                self.pause_reading(_PAUSE_BUFFER)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_rest = data[exc.args[0] :]
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._reject(431, "request head too large")
+            else:
+                log.error("request callback failed on %s", self.client_addr, exc_info=exc.__context__ or exc)
+                self._reject(400, "cannot process request")
+        except httptools.HttpParserError as exc:
+            self._reject(400, f"malformed request: {exc}")
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after its request still wants the response (HTTP/1.0 style);
+        # TLS transports cannot stay half-open, so they close as usual.
+        return self.scheme == b"http" and (self._active is not None or bool(self._pending))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        ctx.stats.connections -= 1
+        if self._tunnel is not None:
+            self._tunnel.lost(CLIENT)
+        active = self._active
+        self._active = None
+        pending = list(self._pending)
+        self._pending.clear()
+        if active is not None:
+            active.client_gone()
+        for item in pending:
+            if isinstance(item, _Forward):
+                item.client_gone()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self._tunnel is not None:
+            self._tunnel.write_paused(CLIENT, True)
+        elif self._active is not None and self._active.conn is not None:
+            self._active.conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._tunnel is not None:
+            self._tunnel.write_paused(CLIENT, False)
+        elif self._active is not None and self._active.conn is not None:
+            self._active.conn.resume_reading()
+
+    # --- llhttp callbacks ------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._host = b""
+        self._chunked = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self.ctx.max_header_bytes:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.ctx.max_header_bytes:
+            raise _HeadTooLarge
+        size = len(name)
+        if size == 4:
+            if name.lower() == b"host":
+                self._host = value
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            self._chunked = True
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        ctx = self.ctx
+        method = parser.get_method()
+        url = self._url
+        if url[:1] != b"/" and url != b"*":
+            # absolute-form (http://host/path): the primary gets origin-form.
+            scheme_end = url.find(b"://")
+            if scheme_end > 0:
+                path_start = url.find(b"/", scheme_end + 3)
+                url = url[path_start:] if path_start > 0 else b"/"
+        version = parser.get_http_version()
+        now_ns = time.time_ns()
+        headers = self._headers
+        ex = ProxiedExchange(
+            id=f"{ctx.id_prefix}-{next(ctx.ids):x}",
+            connection_id=self.conn_id,
+            client_addr=self.client_addr,
+            started_at_ns=now_ns,
+            started_mono_ns=time.monotonic_ns(),
+            method=method.decode("ascii", "replace"),
+            target=url.decode("latin-1"),
+            http_version=version,
+            request_headers=tuple(headers),
+            scheme=ctx.scheme,
+            authority=self._host.decode("latin-1"),
+            upgraded=parser.should_upgrade(),
+        )
+        forward = _Forward(
+            self,
+            ex,
+            method,
+            url,
+            headers,
+            http10=version == "1.0",
+            keep_alive=parser.should_keep_alive(),
+            chunked=self._chunked,
+            upgrade=ex.upgraded,
+        )
+        ctx.stats.requests += 1
+        ctx.stats.in_flight += 1
+        self._parsing = forward
+        self._pending.append(forward)
+        if len(self._pending) > ctx.max_pipelined:
+            self.pause_reading(_PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        forward = self._parsing
+        if forward is not None:
+            forward.client_body(body)
+
+    def on_message_complete(self) -> None:
+        forward = self._parsing
+        self._parsing = None
+        if forward is not None:
+            forward.client_body_done()
+        if self.ctx.closing:
+            self.pause_reading(_PAUSE_DRAIN)
+
+    # --- called by _Forward ----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.writelines(data)
+
+    def pause_reading(self, reason: int) -> None:
+        transport = self.transport
+        if not self._pause_mask and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+        self._pause_mask |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if not self._pause_mask & reason:
+            return
+        self._pause_mask &= ~reason
+        transport = self.transport
+        if not self._pause_mask and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def start_tunnel(self, tunnel: Tunnel) -> None:
+        self._tunnel = tunnel
+        self._pause_mask = 0
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def take_upgrade_rest(self) -> bytes:
+        rest = self._upgrade_rest or b""
+        self._upgrade_rest = None
+        return rest
+
+    def request_done(self, forward: _Forward, close: bool) -> None:
+        ctx = self.ctx
+        ctx.stats.in_flight -= 1
+        if forward is not self._active:
+            return  # a pending request cancelled with its connection
+        self._active = None
+        if close or self._upgrade_rest is not None:
+            self.close()
+            return
+        if self.closed:
+            return
+        self._pump()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    @property
+    def idle(self) -> bool:
+        return self._active is None and not self._pending and self._parsing is None and self._tunnel is None
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        pending = self._pending
+        while self._active is None and pending and not self.closed:
+            item = pending.popleft()
+            if len(pending) <= self.ctx.max_pipelined:
+                self.resume_reading(_PAUSE_PIPELINE)
+            if isinstance(item, _LocalReply):
+                self.write(item.payload)
+                self.close()
+                return
+            self._active = item
+            item.start()
+        if self._active is None and not pending:
+            self.idle_since = self.ctx.loop.time()
+            if self.ctx.closing and self._parsing is None:
+                self.close()
+
+    def _reject(self, status: int, message: str) -> None:
+        """Answer a bad request after those before it, then close (the stream cannot be trusted)."""
+        errors = self.ctx.stats.client_errors
+        errors[status] = errors.get(status, 0) + 1
+        self.pause_reading(_PAUSE_DRAIN)
+        partial = self._parsing
+        if partial is not None:
+            # The request whose head we accepted is broken mid-body: nothing sane can follow.
+            self._parsing = None
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self._pending.append(_LocalReply(http1.error_response(status, _REASONS[status], message, close=True)))
+
+    def sweep(self, now: float) -> None:
+        """Enforce deadlines: the active exchange's timeouts and the keep-alive idle limit."""
+        active = self._active
+        settings = self.ctx.settings
+        if active is not None:
+            if now >= active.first_byte_deadline:
+                active.timed_out("first byte", settings.first_byte_timeout_s)
+            elif now >= active.deadline and self._tunnel is None:
+                active.timed_out("exchange", settings.total_timeout_s)
+        elif self.idle and now - self.idle_since >= settings.keepalive_timeout_s:
+            self.close()
+
+
+class ProxyServer:
+    """The data path: listens, forwards every request to the primary, and calls the stages."""
+
+    def __init__(
+        self,
+        settings: ForwardSettings,
+        stages: Sequence[Stage] = (),
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = settings
+        self._stages = tuple(stages)
+        self._listen_ssl = ssl_context
+        self._upstream_ssl = upstream_ssl_context(settings)
+        self._ctx: _Context | None = None
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._stats = ServerStats()
+
+    @property
+    def stats(self) -> ServerStats:
+        return self._ctx.stats if self._ctx is not None else self._stats
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the proxy is not listening")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+        backlog: int = 1024,
+    ) -> None:
+        """Listen on ``host:port`` (or an already bound ``sock``) and start serving."""
+        if self._server is not None:
+            raise RuntimeError("the proxy is already started")
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        pool = UpstreamPool(
+            settings.target,
+            ssl_context=self._upstream_ssl,
+            connect_timeout_s=settings.connect_timeout_s,
+            max_idle=settings.pool_max_idle,
+        )
+        ctx = _Context(settings, self._stages, pool, loop, "https" if self._listen_ssl is not None else "http")
+        self._ctx = ctx
+        if sock is not None:
+            self._server = await loop.create_server(
+                lambda: _ClientConnection(ctx), sock=sock, ssl=self._listen_ssl, backlog=backlog
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: _ClientConnection(ctx),
+                host,
+                port,
+                reuse_port=reuse_port or None,
+                ssl=self._listen_ssl,
+                backlog=backlog,
+            )
+        self._sweeper = loop.call_later(_SWEEP_PERIOD_S, self._sweep)
+
+    def _sweep(self) -> None:
+        ctx = self._ctx
+        if ctx is None:
+            return
+        now = ctx.loop.time()
+        for conn in list(ctx.connections):
+            conn.sweep(now)
+        self._sweeper = ctx.loop.call_later(_SWEEP_PERIOD_S, self._sweep)
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """Stop accepting, let in-flight exchanges finish up to ``timeout_s``, then close everything."""
+        ctx = self._ctx
+        server = self._server
+        if ctx is None or server is None or ctx.closing:
+            return
+        ctx.closing = True
+        server.close()
+        loop = ctx.loop
+        deadline = loop.time() + timeout_s
+        for conn in list(ctx.connections):
+            if conn.idle:
+                conn.close()
+        while ctx.connections and loop.time() < deadline:
+            await asyncio.sleep(min(_SWEEP_PERIOD_S, max(0.0, deadline - loop.time())))
+        for conn in list(ctx.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        ctx.pool.abort_all()
+        await server.wait_closed()
+        # Let the aborted transports run connection_lost (stages hear about the cancelled exchanges).
+        await asyncio.sleep(0)

@@ -1,0 +1,258 @@
+"""Shared fixtures for the proxy data-path tests: a real aiohttp primary, a running ProxyServer, and a
+raw HTTP/1.1 client that shows exactly what went over the wire (no client library in between)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+import pytest
+from aiohttp import WSMsgType, web
+
+from proxy.forward import ForwardSettings
+from proxy.server import ProxyServer
+from proxy.stages import ProxiedExchange
+
+FIXED_DATE = "Sun, 06 Nov 1994 08:49:37 GMT"
+BIG = bytes(range(256)) * 4096  # 1 MiB of every byte value
+
+
+@dataclass
+class RawResponse:
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    chunked: bool = False
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+class _ResponseCollector:
+    def __init__(self) -> None:
+        self.responses: list[RawResponse] = []
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self.parser: Any = None
+
+    def on_message_begin(self) -> None:
+        self._reason = b""
+        self._headers = []
+        self._body = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        chunked = any(k.lower() == b"transfer-encoding" for k, _ in self._headers)
+        self.responses.append(
+            RawResponse(self.parser.get_status_code(), self._reason, self._headers, b"".join(self._body), chunked)
+        )
+
+
+async def raw_request(port: int, request: bytes, *, responses: int = 1, timeout_s: float = 10.0) -> list[RawResponse]:
+    """Send ``request`` bytes as they are, read ``responses`` responses (or until EOF)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    collector = _ResponseCollector()
+    parser = httptools.HttpResponseParser(collector)
+    collector.parser = parser
+    try:
+        writer.write(request)
+        async with asyncio.timeout(timeout_s):
+            while len(collector.responses) < responses:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                parser.feed_data(data)
+    finally:
+        writer.close()
+    return collector.responses
+
+
+async def raw_head_request(port: int, request: bytes, timeout_s: float = 10.0) -> bytes:
+    """Send a request and read until the peer closes (for HEAD and other bodiless checks)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(timeout_s):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+class RecordingStage:
+    """A real Stage that keeps what it was told, to check the seam."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.requests: list[ProxiedExchange] = []
+        self.exchanges: list[ProxiedExchange] = []
+        self.request_bodies: list[bytes | None] = []
+
+    def request_complete(self, exchange: ProxiedExchange) -> None:
+        self.requests.append(exchange)
+        self.request_bodies.append(exchange.request_body)
+
+    def exchange_complete(self, exchange: ProxiedExchange) -> None:
+        self.exchanges.append(exchange)
+
+    async def aclose(self, timeout_s: float) -> None:
+        return None
+
+
+async def _fixed_date(request: web.Request, response: web.StreamResponse) -> None:
+    # A fixed Date makes direct and proxied answers byte-comparable across a second boundary.
+    response.headers["Date"] = FIXED_DATE
+
+
+def build_primary_app() -> web.Application:
+    """The primary used by the transparency matrix: deterministic answers for every shape."""
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app.on_response_prepare.append(_fixed_date)
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        lines = [f"{request.method} {request.path_qs}".encode()]
+        lines += [k + b": " + v for k, v in request.raw_headers]
+        return web.Response(
+            body=b"\n".join(lines) + b"\n\n" + body,
+            headers={"X-Echo-Length": str(len(body))},
+            content_type="application/octet-stream",
+        )
+
+    async def utf8(request: web.Request) -> web.Response:
+        return web.Response(text="héllo wörld ✓ 日本", content_type="text/plain", charset="utf-8")
+
+    async def gzipped(request: web.Request) -> web.Response:
+        return web.Response(
+            body=gzip.compress(b'{"compressed": true}' * 50, mtime=0),
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"X-Kind": "chunked"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for i in range(5):
+            await response.write(f"piece {i}\n".encode())
+        await response.write_eof()
+        return response
+
+    async def streaming(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for i in range(4):
+            await response.write(f"tick {i}\n".encode())
+            await asyncio.sleep(0.05)
+        await response.write_eof()
+        return response
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=BIG, content_type="application/octet-stream")
+
+    async def no_content(request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={"X-Why": "nothing"})
+
+    async def not_modified(request: web.Request) -> web.Response:
+        return web.Response(status=304, headers={"ETag": '"v1"'})
+
+    async def redirect(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "/echo?from=redirect"})
+
+    async def repeated(request: web.Request) -> web.Response:
+        response = web.Response(text="repeated", headers={"Date": FIXED_DATE})
+        response.headers.add("Set-Cookie", "a=1; Path=/")
+        response.headers.add("Set-Cookie", "b=2; Path=/")
+        response.headers.add("X-Mixed-Case", "One")
+        response.headers.add("x-mixed-case", "two")
+        response.headers.add("Connection", "X-Hop")
+        response.headers.add("X-Hop", "must not pass")
+        return response
+
+    async def teapot(request: web.Request) -> web.Response:
+        return web.Response(status=418, reason="I'm A Teapot Indeed", text="short and stout")
+
+    async def websocket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str("echo:" + msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+        return ws
+
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/utf8", utf8)
+    app.router.add_get("/gzip", gzipped)
+    app.router.add_get("/chunked", chunked)
+    app.router.add_get("/streaming", streaming)
+    app.router.add_get("/big", big)
+    app.router.add_route("*", "/204", no_content)
+    app.router.add_get("/304", not_modified)
+    app.router.add_get("/redirect", redirect)
+    app.router.add_get("/repeated", repeated)
+    app.router.add_get("/teapot", teapot)
+    app.router.add_get("/ws", websocket)
+    return app
+
+
+@asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[int]:
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def running_proxy(
+    primary_port: int, *, stages: list[Any] | None = None, scheme: str = "http", **settings: Any
+) -> AsyncIterator[ProxyServer]:
+    server = ProxyServer(ForwardSettings(primary=f"{scheme}://127.0.0.1:{primary_port}", **settings), stages or [])
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server
+    finally:
+        await server.shutdown(2.0)
+
+
+@dataclass
+class Setup:
+    primary_port: int
+    proxy: ProxyServer
+    stage: RecordingStage = field(default_factory=RecordingStage)
+
+    @property
+    def proxy_port(self) -> int:
+        return self.proxy.port
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[Setup]:
+    """The matrix primary and a proxy in front of it with a recording stage."""
+    stage = RecordingStage()
+    async with serve_app(build_primary_app()) as primary_port, running_proxy(primary_port, stages=[stage]) as proxy:
+        yield Setup(primary_port, proxy, stage)
