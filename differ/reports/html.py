@@ -65,6 +65,15 @@ def _csp_hash(source: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _meter(rate: float) -> str:
+    # Chromium colours a meter by its low/high/optimum bands: green under 1%, amber to 10%, red above.
+    return f'<meter min="0" max="1" low="0.01" high="0.1" optimum="0" value="{rate:.4f}"></meter>'
+
+
 def _severity_badge(severity: Severity | None) -> str:
     return f'<span class="sev sev-{_e(severity or "none")}">{_e(_SEVERITY_LABEL[severity])}</span>'
 
@@ -280,7 +289,7 @@ def _signature_html(sig: SignatureReport, report: DiffReport, failing: frozenset
         f'<details class="{css}" id="sig-{_e(sig.id)}" data-signature="{_e(sig.id)}">{summary}'
         f'<div class="sig-body"><p class="muted">signature <code>{_e(sig.id)}</code>; first seen '
         f"{_e(fmt_ns(sig.first_seen_ns))}, last seen {_e(fmt_ns(sig.last_seen_ns))}; "
-        f"{len(sig.examples)} example{'s' if len(sig.examples) != 1 else ''}</p>"
+        f"{_plural(len(sig.examples), 'example')}</p>"
         f"{examples or '<p class=muted>no examples were sampled</p>'}</div></details>"
     )
 
@@ -314,10 +323,10 @@ def _fields_html(fields: Iterable[FieldStat]) -> str:
     for stat in ordered:
         rate = stat.differing / stat.compared if stat.compared else 0.0
         rows.append(
-            f'<tr class="d{depths.get(stat.path, 0)}{" hot" if stat.differing > stat.suppressed else ""}">'
+            f'<tr class="d{depths.get(stat.path, 0)}{" hot" if stat.differing else ""}">'
             f'<td><code class="path">{_e(stat.path)}</code></td><td class="num">{stat.differing}</td>'
             f'<td class="num">{stat.compared}</td><td class="num">{fmt_rate(rate)}'
-            f' <meter min="0" max="1" value="{rate:.4f}"></meter></td>'
+            f" {_meter(rate)}</td>"
             f'<td class="num">{stat.suppressed}</td><td class="num">{fmt_rate(stat.noise_rate)}</td></tr>'
         )
     if not rows:
@@ -332,12 +341,13 @@ def _endpoint_html(endpoint: EndpointReport, report: DiffReport, failing: frozen
     rate = endpoint_rate(endpoint)
     signatures = ranked_signatures(endpoint)
     suppressed = sum(1 for s in signatures if s.suppressed)
+    live = _plural(len(signatures) - suppressed, "signature")
     summary = (
         f'<summary>{_severity_badge(endpoint.severity)} <span class="ep-name">{_e(endpoint.endpoint)}</span> '
         f'<span class="ep-stats">{endpoint.differing}/{endpoint.compared} differ ({fmt_rate(rate)})'
-        f"{f', {endpoint.errors} errors' if endpoint.errors else ''}; {len(signatures) - suppressed} signatures"
+        f"{f', {endpoint.errors} errors' if endpoint.errors else ''}; {live}"
         f"{f', {suppressed} suppressed' if suppressed else ''}</span>"
-        f' <meter min="0" max="1" value="{rate:.4f}"></meter></summary>'
+        f" {_meter(rate)}</summary>"
     )
     body = (
         f'<div class="ep-body"><p class="muted">{endpoint.compared} compared, {endpoint.equal} equal, '

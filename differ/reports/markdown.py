@@ -43,7 +43,10 @@ _SEVERITY_ICON: Final[dict[Severity | None, str]] = {
     "low": ":large_blue_circle: low",
     None: ":white_circle: none",
 }
-_MARKDOWN_SPECIAL: Final = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+# Inline syntax anywhere in a line; block syntax (headings, lists) only at its start. A leading `>`
+# needs nothing: it becomes the entity &gt;, which never starts a quote.
+_MARKDOWN_INLINE: Final = re.compile(r"([\\`*_\[\]|~])")
+_MARKDOWN_BLOCK_START: Final = re.compile(r"^(?:([#+=-])|(\d+)([.)]))")
 
 
 def _flat(value: str) -> str:
@@ -54,8 +57,9 @@ def _flat(value: str) -> str:
 def _text(value: str) -> str:
     """Untrusted text as inert Markdown: HTML entities for <>&, backslashes for Markdown syntax."""
     flat = _flat(value)
-    flat = flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+    flat = _MARKDOWN_INLINE.sub(r"\\\1", flat)
+    flat = _MARKDOWN_BLOCK_START.sub(lambda m: f"\\{m[1]}" if m[1] else f"{m[2]}\\{m[3]}", flat)
+    return flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _code(value: str) -> str:
@@ -106,7 +110,7 @@ def _snippet(example: Example) -> list[str]:
 def _signature_line(sig: SignatureReport, failing: frozenset[str]) -> str:
     gate = " **fails the gate**" if sig.id in failing else ""
     noise = f", noise {fmt_rate(sig.noise_rate)}" if sig.noise_rate is not None else ""
-    suppressed = f", suppressed: {_text(sig.suppression_reason or 'yes')}" if sig.suppressed else ""
+    suppressed = f", suppressed: {_code(sig.suppression_reason or 'yes')}" if sig.suppressed else ""
     return (
         f"- {sig.severity} {_text(sig.kind)} at {_code(sig.path)}: {_code(sig.transition)}, "
         f"{sig.count} times ({fmt_rate(sig.rate)}{noise}{suppressed}){gate}"

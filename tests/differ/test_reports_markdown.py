@@ -52,7 +52,7 @@ def test_details_hold_signatures_and_short_redacted_snippets() -> None:
     assert '    - `body.email`: `"ann@example.com"` &rarr; `(absent)`' in text
     assert "    - `body.orders[1].total`: `25` &rarr; `26`" in text
     assert "  - example `ex-removed-1`: `GET /users/8?api_key=[redacted]`" in text
-    assert "suppressed: learned\\-noise" in text
+    assert "(43%, noise 45%, suppressed: `learned-noise`)" in text
 
 
 def test_no_secret_and_no_long_body_leaks_into_the_comment() -> None:
@@ -87,3 +87,17 @@ def test_big_reports_stay_within_a_pr_comment() -> None:
     text = render_markdown(dataclasses.replace(report, endpoints=many))
     assert len(text) < 65_536
     assert "*175 more endpoints*" in text
+
+
+def test_free_text_cannot_start_markdown_blocks_or_inline_syntax() -> None:
+    report = rich_report()
+    for reason, expected in (
+        ("# not a heading", "\\# not a heading"),
+        ("- not a list", "\\- not a list"),
+        ("12. not a list", "12\\. not a list"),
+        ("> not a quote", "&gt; not a quote"),
+        ("see [x](http://evil) *now* a_b", "see \\[x\\](http://evil) \\*now\\* a\\_b"),
+        ("2 signature(s) fail 'severity>=high'", "2 signature(s) fail 'severity&gt;=high'"),
+    ):
+        verdict = dataclasses.replace(report.verdict, reason=reason)
+        assert render_markdown(dataclasses.replace(report, verdict=verdict)).split("\n")[2] == expected
