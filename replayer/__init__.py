@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from replayer.html_report import render_html
-    from replayer.job import JobResult, ReplayJob, run_job
+    from replayer.job import ReplayJob, run_job
     from replayer.plan import (
         Filters,
         PlannedRequest,
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         plan_requests,
     )
     from replayer.report import SloGates, results_document, slo_failures, summary_text
+    from replayer.result import JobResult
     from replayer.runner import Progress, ReplayOutcome, RunnerSettings, replay
     from replayer.stats import EndpointStats, ReplayStats
     from replayer.transport import AiohttpTransport, ClientSettings, MemoryTransport, SendResult, Transport
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "render_html": "replayer.html_report",
-    "JobResult": "replayer.job",
+    "JobResult": "replayer.result",
     "ReplayJob": "replayer.job",
     "run_job": "replayer.job",
     "Filters": "replayer.plan",

@@ -13,8 +13,8 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
-from replayer.job import JobResult
 from replayer.report import SloGates, slo_failures
+from replayer.result import JobResult
 from replayer.stats import HISTOGRAMS, PERCENTILES, EndpointStats
 
 __all__ = ["render_html"]

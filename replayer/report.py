@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from recorder.errors import ConfigError
-from replayer.job import JobResult
+from replayer.result import JobResult
 from replayer.stats import ERROR_CLASSES, HISTOGRAMS, PERCENTILES, EndpointStats
 
 __all__ = ["RESULTS_SCHEMA_VERSION", "SloGates", "results_document", "slo_failures", "summary_text"]

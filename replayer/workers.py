@@ -22,7 +22,8 @@ from dataclasses import replace
 from typing import Any, Final
 
 from recorder.errors import ShadowtapError, UpstreamError
-from replayer.job import JobResult, ReplayJob, run_job
+from replayer.job import ReplayJob, run_job
+from replayer.result import JobResult
 from replayer.runner import Progress
 
 __all__ = ["LoopRunner", "run_workers"]

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from replayer.job import JobResult, ReplayJob
+    from replayer.job import ReplayJob
     from replayer.report import SloGates
+    from replayer.result import JobResult
 
 NAME = "replay"
 HELP = "replay tapes against a target as open-loop load; record what came back for `shadowtap diff`"
@@ -96,6 +97,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-p99-ms", type=float, metavar="MS", help="fail above this p99 response time")
     g.add_argument("--max-start-lag-ms", type=float, metavar="MS", help="fail above this p99 start lag")
     g.add_argument("--no-progress", action="store_true", help="no live progress on stderr")
+
+    g = parser.add_argument_group("distributed (Locust)")
+    g.add_argument("--locust", action="store_true", help="run on a local Locust master and --locust-workers workers")
+    g.add_argument("--locust-workers", type=int, default=2, help="Locust worker processes (default 2)")
+    g.add_argument("--locust-timeout", type=float, default=600.0, metavar="S", help="give up after S s (default 600)")
 
 
 def _parse_header(spec: str) -> tuple[str, str]:
@@ -236,7 +242,7 @@ def write_outputs(result: JobResult, job: ReplayJob, args: argparse.Namespace, g
     from replayer.html_report import render_html
     from replayer.report import results_document, slo_failures, summary_text
 
-    workers = args.workers
+    workers = args.locust_workers if args.locust else args.workers
     document: dict[str, Any] = results_document(
         result, target=job.target, tapes=job.tapes, workers=workers, gates=gates
     )
@@ -256,11 +262,18 @@ def write_outputs(result: JobResult, job: ReplayJob, args: argparse.Namespace, g
 
 
 def run(args: argparse.Namespace) -> int:
-    from replayer.job import raise_job_error
+    from replayer.result import raise_job_error
 
     job = build_job(args)
     gates = _gates(args)
-    result = _run_workers(job, args) if args.workers > 1 else _run_here(job, args)
+    if args.locust:
+        from replayer.locust_launch import run_locust
+
+        result = run_locust(job, workers=args.locust_workers, timeout_s=args.locust_timeout)
+    elif args.workers > 1:
+        result = _run_workers(job, args)
+    else:
+        result = _run_here(job, args)
     failures = write_outputs(result, job, args, gates)
     raise_job_error(result)
     if result.stopped:

@@ -237,3 +237,30 @@ async def test_workers_shard_sessions_with_nothing_lost_or_duplicated(tmp_path: 
     results = read_results(tmp_path / "results")
     assert len({e.id for e in results}) == 240
     assert len({e.tags.get("replay_clone") for e in results}) == 2
+
+
+async def test_locust_mode_runs_master_and_workers_and_reports(tmp_path: Path) -> None:
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i * 2, session=f"s{i % 5}") for i in range(60)])
+    async with Target() as target:
+        code, out, err = await shadowtap(
+            str(tape),
+            "--target",
+            target.url,
+            "--locust",
+            "--locust-workers",
+            "2",
+            "--locust-timeout",
+            "60",
+            "--json",
+            str(tmp_path / "out.json"),
+        )
+    assert code == 0, err
+    assert len(target.seen) == 60
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert document["summary"]["requests"] == 60 and document["workers"] == 2 and document["planned"] == 60
+
+
+async def test_locust_mode_refuses_a_results_tape(tmp_path: Path) -> None:
+    tape = write_tape(tmp_path / "tape", [make_exchange(0, 0)])
+    code, _, err = await shadowtap(str(tape), "--target", "http://127.0.0.1:9", "--locust", "--results", "r")
+    assert code == 2 and "results" in err and err.count("\n") == 1

@@ -1,0 +1,125 @@
+"""The Locust integration's pure half: the job as JSON, the shared start time, sharding, merging.
+
+``replayer/locustfile.py`` (the gevent edge) and ``shadowtap replay --locust`` (which launches the
+Locust processes) both use it. The job travels as a JSON file so every machine runs the same plan;
+the master broadcasts t0 as wall-clock ns (monotonic clocks are per machine), each worker converts
+it to its own monotonic clock once; workers keep the sessions whose stable hash falls on their
+index and ship their stats (encoded HdrHistograms) to the master, which merges them.
+
+It must never import locust, gevent or asyncio (it is imported on both sides of that divide).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Final
+
+from recorder.errors import ConfigError
+from replayer.plan import Filters, PlannedRequest, PlanOptions, PlanStats, Rewrites, Scaling, SessionKey, plan_requests
+from replayer.result import JobResult
+from replayer.source import tape_source
+
+__all__ = [
+    "MSG_STATS",
+    "MSG_T0",
+    "LocustJob",
+    "merge_reports",
+    "shard_plan",
+    "t0_monotonic_ns",
+]
+
+#: Custom Locust message types (master -> workers, workers -> master).
+MSG_T0: Final = "shadowtap_t0"
+MSG_STATS: Final = "shadowtap_stats"
+
+
+@dataclass(frozen=True, slots=True)
+class LocustJob:
+    """The replay every Locust worker runs (its own shard of it). ``start_delay_s`` is how far in
+    the future the master puts t0, so the broadcast reaches every worker before it is due."""
+
+    tapes: tuple[str, ...]
+    target: str
+    plan: PlanOptions = field(default_factory=PlanOptions)
+    max_connections: int = 256
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    lookahead_s: float = 0.25
+    max_pending: int = 50_000
+    start_delay_s: float = 2.0
+    salvage: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.tapes:
+            raise ConfigError("needs at least one tape", field="tapes")
+        if self.max_connections < 1:
+            raise ConfigError(f"must be >= 1, got {self.max_connections}", field="connections")
+        if self.start_delay_s <= 0:
+            raise ConfigError(f"must be > 0, got {self.start_delay_s}", field="locust-start-delay")
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["plan"]["filters"]["methods"] = sorted(self.plan.filters.methods)
+        data["plan"].pop("shard")
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, *, path: str = "<job>") -> LocustJob:
+        try:
+            data = json.loads(text)
+            plan = data.pop("plan")
+            filters = plan["filters"]
+            rewrites = plan["rewrites"]
+            return cls(
+                tapes=tuple(data.pop("tapes")),
+                plan=PlanOptions(
+                    session_key=SessionKey(**plan["session_key"]),
+                    filters=Filters(
+                        **{
+                            **filters,
+                            "methods": frozenset(filters["methods"]),
+                            "endpoints": tuple(filters["endpoints"]),
+                        }
+                    ),
+                    rewrites=Rewrites(
+                        host=rewrites["host"],
+                        set_headers=tuple((n, v) for n, v in rewrites["set_headers"]),
+                        remove_headers=tuple(rewrites["remove_headers"]),
+                        path_subs=tuple((p, r) for p, r in rewrites["path_subs"]),
+                        clone_id_fields=tuple(rewrites["clone_id_fields"]),
+                        clone_id_template=rewrites["clone_id_template"],
+                    ),
+                    scaling=Scaling(**plan["scaling"]),
+                ),
+                **data,
+            )
+        except ConfigError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"not a shadowtap Locust job: {exc}", path=path) from exc
+
+
+def t0_monotonic_ns(t0_wall_ns: int) -> int:
+    """The master's wall-clock t0 on this machine's monotonic clock (read both clocks once)."""
+    return time.monotonic_ns() + (t0_wall_ns - time.time_ns())
+
+
+def shard_plan(job: LocustJob, index: int, count: int, stats: PlanStats) -> Iterator[PlannedRequest]:
+    """Worker ``index`` of ``count``'s requests, in slot order (slots are the whole plan's)."""
+    if not 0 <= index < count:
+        raise ConfigError(f"worker index {index} is outside 0..{count - 1}", field="locust-workers")
+    source = tape_source(job.tapes, job.salvage)
+    return plan_requests(source, replace(job.plan, shard=(index, count)), stats)
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> JobResult:
+    """Merge the workers' encoded ``JobResult``s (the master's side)."""
+    if not reports:
+        raise ConfigError("no Locust worker reported", field="locust-workers")
+    merged = JobResult.decode(reports[0])
+    for report in reports[1:]:
+        merged.merge(JobResult.decode(report))
+    return merged

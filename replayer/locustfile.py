@@ -1,0 +1,260 @@
+"""shadowtap's locustfile: the replay plan on a Locust master and its workers (gevent edge).
+
+Master (one machine; it sends no requests)::
+
+    locust -f replayer/locustfile.py --headless --master --expect-workers 2 --users 2 --spawn-rate 2 \\
+        --host http://target:8080 --shadowtap-job job.json --shadowtap-out merged.json --run-time 10m
+
+Workers (any machines that can reach the master and the target, with the tapes at the job's paths)::
+
+    locust -f replayer/locustfile.py --worker --master-host master.example
+
+``--users`` must equal ``--expect-workers``: each worker runs one ReplayUser, which replays the
+sessions whose stable hash falls on the worker's index, open loop, from the t0 the master
+broadcasts with the job. Each worker sends its three HdrHistograms (encoded) to the master, which
+merges them, writes ``--shadowtap-out`` and stops the test. ``shadowtap replay --locust`` writes the
+job and runs all of this locally.
+
+Runs under gevent: it must never import asyncio code (only the pure ``replayer.locust_plan``,
+``plan``, ``stats`` and ``result`` modules), and never block the hub on anything but the network.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+from gevent.event import AsyncResult
+from gevent.pool import Group
+from locust import User, constant, events, task
+from locust.contrib.fasthttp import FastHttpSession
+from locust.exception import StopUser
+from locust.runners import MasterRunner, WorkerRunner
+
+from recorder.errors import ShadowtapError
+from replayer.locust_plan import MSG_STATS, MSG_T0, LocustJob, merge_reports, shard_plan, t0_monotonic_ns
+from replayer.plan import PlannedRequest, PlanStats
+from replayer.result import JobResult
+from replayer.stats import ReplayStats
+
+log = logging.getLogger("shadowtap.locust")
+
+# Set once per process by the master's broadcast (or locally without a master): the job and t0.
+_START: AsyncResult = AsyncResult()
+# The master's collected worker reports; the test ends when every worker has reported.
+_REPORTS: list[dict[str, Any]] = []
+# Below this much time to a deadline the scheduler yields instead of arming a (ms) timer.
+_SPIN_NS = 1_000_000
+
+
+def _add_arguments(parser: Any) -> None:
+    parser.add_argument("--shadowtap-job", default="", help="replay job JSON (written by shadowtap replay --locust)")
+    parser.add_argument("--shadowtap-out", default="", help="where the master writes the merged results JSON")
+
+
+def _on_init(environment: Any, **_: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        runner.register_message(MSG_STATS, _on_stats)
+    elif isinstance(runner, WorkerRunner):
+        runner.register_message(MSG_T0, lambda environment, msg, **_: _START.set(msg.data))
+
+
+def _load_job(environment: Any) -> str:
+    path = environment.parsed_options.shadowtap_job
+    if not path:
+        raise SystemExit("shadowtap locustfile: --shadowtap-job FILE is required on the master")
+    text = Path(path).read_text(encoding="utf-8")
+    LocustJob.from_json(text, path=path)  # fail on the master, before any worker starts
+    return text
+
+
+def _on_test_start(environment: Any, **_: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        return
+    text = _load_job(environment)
+    job = LocustJob.from_json(text)
+    workers = environment.parsed_options.expect_workers if isinstance(runner, MasterRunner) else 1
+    start = {"t0_wall_ns": time.time_ns() + int(job.start_delay_s * 1e9), "workers": workers, "job": text}
+    if isinstance(runner, MasterRunner):
+        runner.send_message(MSG_T0, start)
+    else:
+        _START.set(start)
+
+
+# Registered through an Any alias: locust's hook methods are untyped, the listeners are not.
+_events: Any = events
+_events.init_command_line_parser.add_listener(_add_arguments)
+_events.init.add_listener(_on_init)
+_events.test_start.add_listener(_on_test_start)
+
+
+def _on_stats(environment: Any, msg: Any, **_: Any) -> None:
+    _REPORTS.append(msg.data)
+    if len(_REPORTS) >= environment.parsed_options.expect_workers:
+        _finish(environment, _REPORTS)
+
+
+def _finish(environment: Any, reports: list[dict[str, Any]]) -> None:
+    merged = merge_reports(reports)
+    out = environment.parsed_options.shadowtap_out
+    if out:
+        per_worker = {str(r.get("worker")): r["stats"]["overall"]["requests"] for r in reports}
+        document = {"workers": len(reports), "requests_per_worker": per_worker, "result": merged.encode()}
+        Path(out).write_text(json.dumps(document), encoding="utf-8")
+    log.info("shadowtap: %d workers reported %d requests", len(reports), merged.stats.overall.requests)
+    # Quit from a fresh greenlet: quitting kills the greenlet that delivered this message.
+    gevent.spawn(environment.runner.quit)
+
+
+def _error_class(error: BaseException) -> str:
+    if isinstance(error, ConnectionRefusedError) or getattr(error, "errno", None) == errno.ECONNREFUSED:
+        return "connect"
+    if isinstance(error, socket.timeout | gevent.Timeout | TimeoutError):
+        return "timeout"
+    if isinstance(error, ConnectionResetError | BrokenPipeError):
+        return "reset"
+    return "other"
+
+
+def _sleep_until(deadline_ns: int) -> None:
+    while True:
+        remaining_ns = deadline_ns - time.monotonic_ns()
+        if remaining_ns <= 0:
+            return
+        gevent.sleep(0 if remaining_ns <= _SPIN_NS else (remaining_ns - _SPIN_NS) / 1e9)
+
+
+class _Session:
+    __slots__ = ("last_done_ns", "queue", "running")
+
+    def __init__(self) -> None:
+        self.queue: deque[PlannedRequest] = deque()
+        self.last_done_ns: int | None = None
+        self.running = False
+
+
+class _GeventReplay:
+    """The runner's schedule under gevent: open-loop sessions, due = max(slot, previous done + gap)."""
+
+    def __init__(self, client: FastHttpSession, job: LocustJob, t0_ns: int) -> None:
+        self.client = client
+        self.job = job
+        self.t0_ns = t0_ns
+        self.stats = ReplayStats()
+        self.sessions: dict[str, _Session] = {}
+        self.group = Group()
+        self.pending = 0
+
+    def run(self, plan: Iterator[PlannedRequest]) -> JobResult:
+        result = JobResult(self.stats, {})
+        lookahead_ns = int(self.job.lookahead_s * 1e9)
+        try:
+            for request in plan:
+                _sleep_until(self.t0_ns + request.slot_ns - lookahead_ns)
+                while self.pending >= self.job.max_pending:
+                    gevent.sleep(0.001)  # bounded memory: wait for requests to finish
+                result.planned += 1
+                self.stats.record_planned(request.slot_ns)
+                session = self.sessions.setdefault(request.session, _Session())
+                session.queue.append(request)
+                self.pending += 1
+                if not session.running:
+                    session.running = True
+                    self.group.spawn(self._run_session, request.session, session)
+        except ShadowtapError as exc:
+            result.error, result.error_type = str(exc), type(exc).__name__
+        self.group.join()
+        return result
+
+    def _run_session(self, key: str, session: _Session) -> None:
+        try:
+            while session.queue:
+                request = session.queue[0]
+                due_ns = self.t0_ns + request.slot_ns
+                if session.last_done_ns is not None:
+                    due_ns = max(due_ns, session.last_done_ns + request.gap_ns)
+                _sleep_until(due_ns)
+                session.last_done_ns = self._send(request, due_ns)
+                session.queue.popleft()
+                self.pending -= 1
+        finally:
+            session.running = False
+            if key.startswith("exchange="):
+                del self.sessions[key]
+
+    def _send(self, request: PlannedRequest, due_ns: int) -> int:
+        sent_ns = time.monotonic_ns()
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+        response = self.client.request(
+            request.method,
+            request.target,
+            name=request.endpoint,
+            # geventhttpclient sends a bytes payload as is; locust's annotation is narrower than that.
+            data=request.body or None,  # type: ignore[arg-type]
+            headers=headers,
+            allow_redirects=False,
+        )
+        done_ns = time.monotonic_ns()
+        error: BaseException | None = getattr(response, "error", None)
+        status: int | None = response.status_code or None
+        error_class = None
+        if status is None:
+            # No status: the request failed before a response head (refused, timed out, reset).
+            error_class = "other" if error is None else _error_class(error)
+        self.stats.record_done(
+            request.endpoint,
+            t0_ns=self.t0_ns,
+            due_ns=due_ns,
+            released_ns=sent_ns,
+            sent_ns=sent_ns,
+            done_ns=done_ns,
+            status=status,
+            error=error_class,
+        )
+        return done_ns
+
+
+class ReplayUser(User):
+    """One per worker: replays this worker's shard of the job once, reports, and stops."""
+
+    wait_time = constant(0)
+
+    @task
+    def replay_shard(self) -> None:
+        environment = self.environment
+        start = _START.get()
+        job = LocustJob.from_json(start["job"])
+        runner = environment.runner
+        index = runner.worker_index if isinstance(runner, WorkerRunner) else 0
+        plan_stats = PlanStats()
+        client = FastHttpSession(
+            job.target,
+            request_event=environment.events.request,
+            user=self,
+            concurrency=job.max_connections,
+            network_timeout=job.timeout_s,
+            connection_timeout=job.connect_timeout_s,
+        )
+        try:
+            plan = shard_plan(job, index, int(start["workers"]), plan_stats)
+            result = _GeventReplay(client, job, t0_monotonic_ns(int(start["t0_wall_ns"]))).run(plan)
+        except ShadowtapError as exc:
+            result = JobResult(ReplayStats(), {}, error=str(exc), error_type=type(exc).__name__)
+        result.plan_stats = plan_stats.as_dict()
+        report = result.encode()
+        report["worker"] = index
+        if isinstance(runner, WorkerRunner):
+            runner.send_message(MSG_STATS, report)
+        else:
+            _finish(environment, [report])
+        raise StopUser()

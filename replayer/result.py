@@ -1,0 +1,81 @@
+"""What a replay measured, in a form that crosses process and machine boundaries.
+
+Built by the asyncio runner, a ``--workers`` process or a Locust worker, shipped as plain data
+(``encode``/``decode``: histograms as HdrHistogram's base64 encoding) and merged in one place. Pure
+data, no asyncio: the locustfile uses it under gevent. It must never lose a count when merging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import recorder.errors as errors
+from recorder.errors import ShadowtapError
+from replayer.stats import ReplayStats
+
+__all__ = ["JobResult", "raise_job_error"]
+
+
+@dataclass(slots=True)
+class JobResult:
+    """What a job did, in a form that crosses process boundaries (``encode``/``decode``)."""
+
+    stats: ReplayStats
+    plan_stats: dict[str, int]
+    planned: int = 0
+    results_written: int = 0
+    results_dropped: int = 0
+    stopped: bool = False
+    error: str | None = None
+    error_type: str | None = None
+
+    def merge(self, other: JobResult) -> None:
+        self.stats.merge(other.stats)
+        for key, value in other.plan_stats.items():
+            # Every worker reads the whole tape: "read" and "iterations" are per tape, not per worker.
+            if key in ("read", "iterations"):
+                self.plan_stats[key] = max(self.plan_stats.get(key, 0), value)
+            elif key != "skipped_other_shard":
+                self.plan_stats[key] = self.plan_stats.get(key, 0) + value
+        self.planned += other.planned
+        self.results_written += other.results_written
+        self.results_dropped += other.results_dropped
+        self.stopped = self.stopped or other.stopped
+        if self.error is None:
+            self.error, self.error_type = other.error, other.error_type
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "stats": self.stats.encode(),
+            "plan_stats": self.plan_stats,
+            "planned": self.planned,
+            "results_written": self.results_written,
+            "results_dropped": self.results_dropped,
+            "stopped": self.stopped,
+            "error": self.error,
+            "error_type": self.error_type,
+        }
+
+    @classmethod
+    def decode(cls, data: dict[str, Any]) -> JobResult:
+        return cls(
+            stats=ReplayStats.decode(data["stats"]),
+            plan_stats={str(k): int(v) for k, v in data["plan_stats"].items()},
+            planned=int(data["planned"]),
+            results_written=int(data["results_written"]),
+            results_dropped=int(data["results_dropped"]),
+            stopped=bool(data["stopped"]),
+            error=data["error"],
+            error_type=data["error_type"],
+        )
+
+
+def raise_job_error(result: JobResult) -> None:
+    """Re-raise the error a job reported (possibly from another process) as its shadowtap class."""
+    if result.error is None:
+        return
+    cls = getattr(errors, result.error_type or "", None)
+    if not (isinstance(cls, type) and issubclass(cls, ShadowtapError)):
+        cls = ShadowtapError
+    raise cls(result.error)
