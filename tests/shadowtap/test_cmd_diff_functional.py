@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def test_diff_finds_the_planted_regressions_and_exits_1(
 
 def test_store_has_one_row_per_compared_exchange(planted_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     root, _ = planted_run
-    with sqlite3.connect(root / "results.sqlite") as db:
+    with closing(sqlite3.connect(root / "results.sqlite")) as db:
         pairs = db.execute("SELECT count(*) FROM pairs").fetchone()[0]
         endpoints = {row[0] for row in db.execute("SELECT DISTINCT endpoint FROM routes")}
         signature_rows = db.execute("SELECT count(*) FROM signatures").fetchone()[0]

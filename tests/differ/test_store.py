@@ -1,0 +1,85 @@
+"""The SQLite store: schema, refusals, and what a run leaves behind."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from differ import DifferConfig, DiffSession, DiffStore, RunMeta
+from differ.pipeline import EXAMPLE_BODY_LIMIT_BYTES
+from differ.store import SCHEMA_VERSION
+from recorder import Exchange, Request, Response
+from recorder.errors import ConfigError, InputFormatError
+
+META = RunMeta("primary", "v2", None, ("tape-a",))
+
+
+def test_meta_round_trip_and_sources_accumulate(tmp_path: Path) -> None:
+    store = DiffStore(tmp_path / "r.db")
+    assert store.meta() is None
+    store.set_meta(META)
+    store.set_meta(RunMeta("primary", "v2", None, ("tape-b", "tape-a")))
+    assert store.meta() == RunMeta("primary", "v2", None, ("tape-a", "tape-b"))
+    with pytest.raises(ConfigError, match="use another --db"):
+        store.set_meta(RunMeta("primary", "v3", None, ()))
+
+
+def test_refuses_other_files_and_versions(tmp_path: Path) -> None:
+    (tmp_path / "text.db").write_text("this is not sqlite" * 100)
+    with pytest.raises(InputFormatError):
+        DiffStore(tmp_path / "text.db")
+    with pytest.raises(ConfigError, match="no such results database"):
+        DiffStore(tmp_path / "missing.db", create=False)
+    DiffStore(tmp_path / "new.db").close()
+    with closing(sqlite3.connect(tmp_path / "new.db")) as db, db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(InputFormatError, match="schema version"):
+        DiffStore(tmp_path / "new.db")
+
+
+def test_examples_are_capped_and_redacted(tmp_path: Path) -> None:
+    store = DiffStore(tmp_path / "r.db")
+    session = DiffSession(store, DifferConfig(), META, rng=random.Random(3))
+    big = b"x" * (EXAMPLE_BODY_LIMIT_BYTES + 10)
+    session.add(
+        Exchange(
+            id="big",
+            started_at_ns=1,
+            request=Request("POST", "/u", ((b"Cookie", b"sid=secret"),), big),
+            primary=Response(200, "", ((b"Set-Cookie", b"sid=1"),), b"a"),
+            shadows={"v2": Response(200, "", (), b"b")},
+        )
+    )
+    session.finish()
+    with closing(sqlite3.connect(tmp_path / "r.db")) as db:
+        [(pair_id,)] = db.execute("SELECT DISTINCT pair_id FROM examples").fetchall()
+    example = store.example_exchange(pair_id)
+    assert example.request.header(b"cookie") == b"[redacted]"
+    assert isinstance(example.primary, Response) and example.primary.header(b"set-cookie") == b"[redacted]"
+    assert len(example.request.body) == EXAMPLE_BODY_LIMIT_BYTES
+    assert example.request.truncated_from == len(big)
+    assert example.response("candidate") == Response(200, "", (), b"b")
+
+
+def test_signatures_view(tmp_path: Path) -> None:
+    store = DiffStore(tmp_path / "r.db")
+    session = DiffSession(store, DifferConfig(), META, rng=random.Random(3))
+    for i in range(30):
+        session.add(
+            Exchange(
+                id=str(i),
+                started_at_ns=i,
+                request=Request("GET", f"/items/{i}"),
+                primary=Response(200, "", (), b'{"n": 1}'),
+                shadows={"v2": Response(200, "", (), b'{"n": 2}' if i % 3 else b'{"n": 1}')},
+            )
+        )
+    session.finish()
+    store.close()
+    with closing(sqlite3.connect(tmp_path / "r.db")) as db:
+        rows = db.execute("SELECT endpoint, path, kind, transition, pairs, first_seen_ns FROM signatures").fetchall()
+    assert rows == [("GET /items/{id}", "body.n", "value", "int->int", 20, 1)]
