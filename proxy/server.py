@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
 import httptools
 
@@ -142,6 +142,7 @@ class _Forward:
         "_ctx",
         "_head_sent",
         "_mode",
+        "_out",
         "_resp_capture",
         "_resp_captured",
         "_resp_size",
@@ -202,6 +203,8 @@ class _Forward:
         self._captured = 0
         self._head_sent = False
         self._mode = _BODY_NONE
+        # Client-bound bytes produced while handling one primary read, written by flush().
+        self._out: list[bytes] = []
         self._close_after = False
         self._resp_capture: list[bytes] = []
         self._resp_captured = 0
@@ -339,7 +342,7 @@ class _Forward:
     def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
         # 1xx (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they come.
         if not self.http10 and not self._head_sent:
-            self._client.write(http1.response_head(status, reason, http1.end_to_end(headers)))
+            self._out.append(http1.response_head(status, reason, http1.end_to_end(headers)))
 
     def on_head(
         self, status: int, reason: bytes, headers: list[Header], kept: list[Header], framing: http1.ResponseFraming
@@ -375,7 +378,14 @@ class _Forward:
         if ctx.via is not None:
             extra.append((b"Via", ctx.via))
         self._head_sent = True
-        self._client.write(http1.response_head(status, reason, kept, extra))
+        self._out.append(http1.response_head(status, reason, kept, extra))
+
+    def flush(self) -> None:
+        """Write what this read produced in one call: head and body usually leave in one segment."""
+        out = self._out
+        if out:
+            self._out = []
+            self._client.writelines(out)
 
     def on_body(self, data: bytes) -> None:
         if self.finished:
@@ -389,15 +399,15 @@ class _Forward:
             self._resp_captured += len(piece)
         mode = self._mode
         if mode == _BODY_RAW:
-            self._client.write(data)
+            self._out.append(data)
         elif mode == _BODY_CHUNKED and size:
-            self._client.writelines(http1.chunk(data))
+            self._out += http1.chunk(data)
 
     def on_complete(self, reusable: bool) -> None:
         if self.finished:
             return
         if self._mode == _BODY_CHUNKED:
-            self._client.write(http1.CHUNKED_END)
+            self._out.append(http1.CHUNKED_END)
         conn = self.conn
         self.conn = None
         if conn is not None:
@@ -416,7 +426,7 @@ class _Forward:
                 conn.abort()
             self._finish(True)
             return
-        self.ex.upgraded = True
+        self.flush()
         self._ctx.stats.upgrades += 1
         tunnel = Tunnel(client.transport, conn.transport, self._tunnel_closed)
         conn.tunnel = tunnel
@@ -480,7 +490,7 @@ class _Forward:
         else:
             status, reason = 502, "Bad Gateway"
         close = not self.body_done or not self.keep_alive or ctx.closing
-        self._client.write(http1.error_response(status, reason, f"shadowtap: {message}", close=close))
+        self._out.append(http1.error_response(status, reason, f"shadowtap: {message}", close=close))
         self._finish(close)
 
     def client_gone(self) -> None:
@@ -506,6 +516,7 @@ class _Forward:
             return
         self.finished = True
         self._body_buffer = []
+        self.flush()
         ex = self.ex
         done_ns = time.monotonic_ns() - ex.started_mono_ns
         ex.timing = Timing(self._sent_ns, self._first_byte_ns, done_ns if self._sent_ns is not None else None)
@@ -586,8 +597,8 @@ class _ClientConnection(asyncio.Protocol):
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
+        self.transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
         ctx.connections.add(self)
         ctx.stats.connections += 1

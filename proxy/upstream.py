@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -45,6 +45,8 @@ class ResponseSink(Protocol):
     def on_upgraded(self, rest: bytes) -> None: ...
 
     def on_failure(self, kind: str, message: str) -> None: ...
+
+    def flush(self) -> None: ...
 
     def upstream_write_paused(self, paused: bool) -> None: ...
 
@@ -150,8 +152,8 @@ class UpstreamConnection(asyncio.Protocol):
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
+        self.transport = cast(asyncio.Transport, transport)
         self._pool.track(self)
 
     def data_received(self, data: bytes) -> None:
@@ -181,6 +183,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._complete:
             self._finish(sink)
+        else:
+            sink.flush()
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close; connection_lost ends or fails the exchange
