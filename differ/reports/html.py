@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from importlib import resources
 from typing import Any, Final
 
+from differ.paths import full_path
 from differ.report_model import DiffReport, EndpointReport, Example, FieldStat, Severity, SignatureReport
 from differ.reports._bodies import DisplayBody, display_body, value_at
 from differ.reports._common import (
@@ -92,47 +93,67 @@ def _json_scalar(value: Any) -> str:
     return f'<span class="j{css}">{_e(text)}</span>'
 
 
+def _absent_children(
+    item: dict[str, Any] | list[Any], path: tuple[PathToken, ...], patterns: list[tuple[PathToken, ...]]
+) -> list[PathToken]:
+    """Highlighted children of ``item`` that it does not have: the other side's added/removed fields."""
+    absent: list[PathToken] = []
+    for pattern in patterns:
+        if len(pattern) != len(path) + 1 or not path_matches(pattern[:-1], path):
+            continue
+        step = pattern[-1]
+        if isinstance(item, dict):
+            missing = isinstance(step, str) and step not in item
+        else:
+            missing = isinstance(step, int) and step >= len(item)
+        if missing and step not in absent:
+            absent.append(step)
+    return absent
+
+
 def _json_html(value: Any, patterns: list[tuple[PathToken, ...]]) -> str:
-    """Pretty JSON (2-space indent) as HTML, with the subtrees at ``patterns`` wrapped in ``<mark>``."""
+    """Pretty JSON (2-space indent) as HTML, with the subtrees at ``patterns`` wrapped in ``<mark>``.
+
+    A highlighted path this side does not have (a field the other side added, or this side lost)
+    is shown as a marked ``(absent)`` placeholder where it would be, so both columns line up.
+    """
 
     def node(item: Any, path: tuple[PathToken, ...], depth: int) -> str:
+        if not isinstance(item, dict | list):
+            return _json_scalar(item)
         pad = "  " * (depth + 1)
-        if isinstance(item, dict) and item:
-            entries = []
-            for index, (key, child) in enumerate(item.items()):
+        entries = []
+        if isinstance(item, dict):
+            for key, child in item.items():
                 child_path = (*path, key)
-                comma = "," if index < len(item) - 1 else ""
                 entry = f'<span class="jk">{_e(json.dumps(key, ensure_ascii=False))}</span>: ' + node(
                     child, child_path, depth + 1
                 )
-                entries.append(pad + _wrap(entry, child_path) + comma)
-            return "{\n" + "\n".join(entries) + "\n" + "  " * depth + "}"
-        if isinstance(item, list) and item:
-            entries = []
+                entries.append(pad + _wrap(entry, child_path))
+        else:
             for index, child in enumerate(item):
                 child_path = (*path, index)
-                comma = "," if index < len(item) - 1 else ""
-                entries.append(pad + _wrap(node(child, child_path, depth + 1), child_path) + comma)
-            return "[\n" + "\n".join(entries) + "\n" + "  " * depth + "]"
-        if isinstance(item, dict):
-            return "{}"
-        if isinstance(item, list):
-            return "[]"
-        return _json_scalar(item)
+                entries.append(pad + _wrap(node(child, child_path, depth + 1), child_path))
+        ghosts = [
+            pad
+            + f'<mark class="hl absent" title="{_e(full_path("body", (*path, step)))}">'
+            + (f'<span class="jk">{_e(json.dumps(step, ensure_ascii=False))}</span>: ' if isinstance(step, str) else "")
+            + "(absent)</mark>"
+            for step in _absent_children(item, path, patterns)
+        ]
+        open_, close = ("{", "}") if isinstance(item, dict) else ("[", "]")
+        if not entries and not ghosts:
+            return open_ + close
+        # Commas separate real entries only: a placeholder is not JSON and must not look like it.
+        body = ",\n".join(entries) + ("\n" if entries and ghosts else "") + "\n".join(ghosts)
+        return open_ + "\n" + body + "\n" + "  " * depth + close
 
     def _wrap(fragment: str, path: tuple[PathToken, ...]) -> str:
         if not _is_highlighted(path, patterns):
             return fragment
-        return f'<mark class="hl" title="{_e(_path_name(path))}">{fragment}</mark>'
+        return f'<mark class="hl" title="{_e(full_path("body", path))}">{fragment}</mark>'
 
     return _wrap(node(value, (), 0), ())
-
-
-def _path_name(tokens: tuple[PathToken, ...]) -> str:
-    out = "body"
-    for token in tokens:
-        out += f"[{token}]" if isinstance(token, int) else f".{token}"
-    return out
 
 
 # --- examples ------------------------------------------------------------------------------------

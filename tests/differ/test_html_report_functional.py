@@ -119,6 +119,7 @@ def test_report_renders_expands_highlights_and_stays_offline(report_page: tuple[
     expect(baseline.locator('mark.hl[title="body.email"]')).to_be_visible()
     expect(baseline.locator('mark.hl[title="body.email"]')).to_contain_text("ann@example.com")
     expect(candidate.locator('mark.hl[title="body.orders[1].total"]')).to_have_text('"total": 26')
+    expect(candidate.locator('mark.absent[title="body.email"]')).to_have_text('"email": (absent)')
     expect(candidate).to_contain_text("decoded from gzip")
     expect(signature.locator("table.paths")).to_contain_text("(absent)")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from html.parser import HTMLParser
 
 from differ.reports import render_html
-from differ.reports.html import _asset
+from differ.reports.html import _asset, _json_html
 from tests.differ.report_fixtures import (
     HOSTILE_MARKERS,
     IMG_PAYLOAD,
@@ -162,3 +163,30 @@ def test_an_empty_report_still_renders_a_useful_page() -> None:
     assert "no endpoints were compared" in document
     assert "nothing was suppressed" in document
     assert '<p class="verdict inconclusive"><b>INCONCLUSIVE</b>' in document
+
+
+def test_a_path_missing_on_one_side_gets_a_placeholder_there() -> None:
+    removed = section(render_html(rich_report()), "sig-removed")
+    assert (
+        '<mark class="hl absent" title="body.email"><span class="jk">&quot;email&quot;</span>: (absent)</mark>'
+        in removed
+    )
+    assert removed.count('title="body.email"') == 2  # the value on one side, the placeholder on the other
+
+
+def test_json_highlighting_handles_odd_keys_indexes_and_empty_containers() -> None:
+    patterns = [("odd key", 1), ("gone",), ("list", 3), ("empty", "x")]
+    value = {"odd key": [0, {"a": 1}], "list": [1], "empty": {}}
+    rendered = _json_html(value, patterns)
+    assert '<mark class="hl" title="body[&quot;odd key&quot;][1]">{' in rendered
+    assert (
+        '<mark class="hl absent" title="body.gone"><span class="jk">&quot;gone&quot;</span>: (absent)</mark>'
+        in rendered
+    )
+    assert '<mark class="hl absent" title="body.list[3]">(absent)</mark>' in rendered
+    assert '"empty"' not in rendered and "&quot;empty&quot;</span>: {\n" in rendered
+    # Placeholders are not JSON: stripping the markup leaves a document that parses without them.
+    plain = re.sub(r"<[^>]+>", "", rendered)
+    plain = "\n".join(line for line in plain.split("\n") if "(absent)" not in line).replace("&quot;", '"')
+    assert json.loads(plain) == value
+    assert _json_html({"a": 1}, [()]).startswith('<mark class="hl" title="body">{')
