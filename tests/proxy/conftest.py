@@ -5,18 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
 import pytest
+import uvloop
 from aiohttp import WSMsgType, web
 
 from proxy.forward import ForwardSettings
 from proxy.server import ProxyServer
 from proxy.stages import ProxiedExchange
+
+# The data-path tests run on uvloop, the loop the proxy runs on in production (its transports are
+# not asyncio's classes and behave differently at the edges); other proxy tests keep the default.
+_UVLOOP_MODULES = ("test_server", "test_forward", "test_http1", "test_upstream", "test_upgrade", "test_transparency")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable[[], Any]]:
+    if item.path.name.startswith(_UVLOOP_MODULES):
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
 
 FIXED_DATE = "Sun, 06 Nov 1994 08:49:37 GMT"
 BIG = bytes(range(256)) * 4096  # 1 MiB of every byte value
