@@ -141,9 +141,15 @@ class FrameEncoder:
     def __init__(self) -> None:
         self._pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
-    def exchange_parts(self, exchange: Exchange, out: list[bytes]) -> int:
-        """Append one KIND_EXCHANGE frame to ``out`` (as 3 parts for a later join); return its size."""
-        payload: bytes = self._pack(exchange_to_wire(exchange))
+    def exchange_parts(self, exchange: Exchange, out: list[bytes], rewrite: Callable[[list[Any]], None] | None) -> int:
+        """Append one KIND_EXCHANGE frame to ``out`` (as 3 parts for a later join); return its size.
+
+        ``rewrite`` may change the record array in place before it is packed (redaction).
+        """
+        record = exchange_to_wire(exchange)
+        if rewrite is not None:
+            rewrite(record)
+        payload: bytes = self._pack(record)
         prefix = _FRAME_PREFIX.pack(FRAME_SYNC, KIND_EXCHANGE, len(payload))
         out.append(prefix)
         out.append(_CRC.pack(zlib.crc32(payload, zlib.crc32(prefix))))

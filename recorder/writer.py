@@ -126,7 +126,7 @@ class _SegmentSink:
         self.directory = directory
         self.options = options
         self.encoder = FrameEncoder()
-        self.redactor: Redactor | None = None
+        self.rewrite: Callable[[list[Any]], None] | None = None
         self.fd: int | None = None
         self.segment_path: Path | None = None
         self.segment_bytes = 0
@@ -154,13 +154,11 @@ class _SegmentSink:
             raise TapeWriteError("tape path is not a directory", path=str(self.directory))
         rules = self.options.redaction
         if rules is not None:
-            self.redactor = Redactor(rules, resolve_redaction_key(rules, self.directory))
+            self.rewrite = Redactor(rules, resolve_redaction_key(rules, self.directory)).redact_record
 
     def encode(self, exchange: Exchange, out: list[bytes]) -> int:
         """Redact and append ``exchange``'s frame parts to ``out``; return the bytes added."""
-        if self.redactor is not None:
-            exchange = self.redactor.redact(exchange)
-        return self.encoder.exchange_parts(exchange, out)
+        return self.encoder.exchange_parts(exchange, out, self.rewrite)
 
     def write(self, parts: list[bytes], size: int) -> None:
         """Write encoded frames (one zstd block when compressing), rotating and syncing by policy."""

@@ -18,6 +18,8 @@ from recorder import (
     SyncTapeWriter,
     TapeOptions,
     TapeReader,
+    exchange_from_wire,
+    exchange_to_wire,
     header_value,
 )
 from recorder.redact import resolve_redaction_key
@@ -193,3 +195,21 @@ def test_writer_redacts_by_default_and_not_when_off(tmp_path: Path, monkeypatch:
     assert on.request.header(b"authorization") == b"Bearer " + Redactor(RedactionRules(), key).hash_bytes(b"sekrit")
     (off,) = TapeReader(tmp_path / "off")
     assert off == ex
+
+
+def test_record_redaction_used_by_writers_matches_exchange_redaction() -> None:
+    rules = RedactionRules(hash_query_params=("token",), hash_json_fields=("password",), remove_headers=("x-drop",))
+    redactor = Redactor(rules, KEY)
+    body = b'{"password":"p","keep":1}'
+    json_headers = ((b"Content-Type", b"application/json"), (b"Content-Length", b"25"), (b"X-Drop", b"1"))
+    ex = exchange(
+        ((b"Authorization", b"Bearer t"), *json_headers),
+        target="/a?token=t&b=2",
+        body=body,
+        response_headers=((b"Set-Cookie", b"s=1; Secure"), *json_headers),
+        response_body=body,
+    )
+    record = exchange_to_wire(ex)
+    redactor.redact_record(record)
+    assert exchange_from_wire(record) == redactor.redact(ex) != ex
+    assert exchange_to_wire(ex) != record  # the model objects themselves were not touched

@@ -1,0 +1,207 @@
+"""Tape speed: write and read 1 KiB exchanges, against baselines measured in the same run.
+
+Budgets (DESIGN.md): write >= 50,000 exchanges/s of 1 KiB, read >= 100,000/s, one core. Absolute
+rates on a shared machine move from run to run, so each figure is also printed as a ratio against
+a baseline timed in the same run: for writing, bare msgpack encoding plus one buffered file write
+(no framing, checksum, redaction or rotation); for reading, bare msgpack decoding plus building the
+Exchange objects from bytes in memory (no file, framing or checksum). The ratio is the price of
+the tape's safety. This script must never assert on timings: it prints figures.
+
+    .venv/bin/python bench/tape_bench.py [--count N] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgpack
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recorder import (  # noqa: E402
+    Exchange,
+    Request,
+    Response,
+    SyncTapeWriter,
+    TapeOptions,
+    TapeReader,
+    TapeWriter,
+    Timing,
+    exchange_from_wire,
+    exchange_to_wire,
+)
+
+BUDGET_WRITE_PER_S = 50_000
+BUDGET_READ_PER_S = 100_000
+
+
+def make_exchanges(count: int) -> list[Exchange]:
+    """Realistic 1 KiB exchanges: a GET with a bearer token, a JSON answer that varies per request."""
+    out = []
+    for i in range(count):
+        body = json.dumps(
+            {
+                "id": i,
+                "name": f"user-{i}",
+                "email": f"user{i}@example.com",
+                "plan": ("free", "pro", "team")[i % 3],
+                "created_at": f"2026-11-{1 + i % 28:02d}T10:{i % 60:02d}:00Z",
+                "tags": ["alpha", "beta", "gamma"][: 1 + i % 3],
+                "balance_cents": (i * 7919) % 100_000,
+                "bio": "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "
+                "incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud "
+                "exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat. Duis aute irure "
+                "dolor in reprehenderit in voluptate velit esse cillum dolore eu fugiat nulla pariatur. "
+                "Excepteur sint occaecat cupidatat non proident.",
+                "request_id": f"{i * 2654435761 % 2**32:08x}-{i:06d}",
+            }
+        ).encode()
+        out.append(
+            Exchange(
+                id=f"{i:016x}",
+                started_at_ns=1_763_780_000_000_000_000 + i * 50_000,
+                started_mono_ns=i * 50_000,
+                request=Request(
+                    "GET",
+                    f"/api/users/{i}?fields=all",
+                    (
+                        (b"Host", b"api.internal:8080"),
+                        (b"User-Agent", b"shop-web/4.2 (+https://example.com)"),
+                        (b"Accept", b"application/json"),
+                        (b"Authorization", b"Bearer eyJhbGciOiJIUzI1NiJ9.user-%d" % (i % 50)),
+                    ),
+                    b"",
+                    authority="api.internal:8080",
+                ),
+                primary=Response(
+                    200,
+                    "OK",
+                    ((b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())),
+                    body,
+                ),
+                timings={"primary": Timing(1_000, 250_000, 300_000)},
+                session=f"s{i % 997}",
+                connection_id=f"c{i % 64}",
+                client_addr="10.0.0.7:51234",
+                tags={"source": "bench"},
+            )
+        )
+    return out
+
+
+def best_rate(count: int, repeat: int, run: Callable[[], object]) -> float:
+    """Best of ``repeat`` runs, in items per second: the least disturbed by other work on the machine."""
+    best_s = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        best_s = min(best_s, time.perf_counter() - start)
+    return count / best_s
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    count, repeat = args.count, args.repeat
+    exchanges = make_exchanges(count)
+    packed = [msgpack.packb(exchange_to_wire(e), use_bin_type=True) for e in exchanges]
+    record_bytes = sum(len(p) for p in packed) / count
+    work = Path(tempfile.mkdtemp(prefix="tape-bench-"))
+    results: dict[str, float] = {}
+    try:
+
+        def baseline_write() -> None:
+            pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+            with open(work / "baseline.bin", "wb") as f:
+                f.write(b"".join(pack(exchange_to_wire(e)) for e in exchanges))
+
+        def baseline_read() -> None:
+            unpackb = msgpack.unpackb
+            for p in packed:
+                exchange_from_wire(unpackb(p, raw=False, use_list=False))
+
+        def tape_write(name: str, options: TapeOptions) -> Callable[[], None]:
+            def run() -> None:
+                shutil.rmtree(work / name, ignore_errors=True)
+                with SyncTapeWriter(work / name, options) as writer:
+                    for e in exchanges:
+                        writer.write(e)
+
+            return run
+
+        def tape_read(name: str) -> Callable[[], None]:
+            def run() -> None:
+                n = sum(1 for _ in TapeReader(work / name))
+                assert n == count, n
+
+            return run
+
+        async def async_write() -> tuple[float, float]:
+            shutil.rmtree(work / "async", ignore_errors=True)
+            writer = TapeWriter(work / "async", TapeOptions(queue_size=count))
+            await writer.start()
+            start = time.perf_counter()
+            for e in exchanges:
+                writer.submit(e)
+            submitted_s = time.perf_counter() - start
+            await writer.close()
+            drained_s = time.perf_counter() - start
+            assert writer.stats.written == count, writer.stats
+            return count / submitted_s, count / drained_s
+
+        results["baseline write"] = best_rate(count, repeat, baseline_write)
+        results["baseline read"] = best_rate(count, repeat, baseline_read)
+        variants = {
+            "plain": TapeOptions(),
+            "plain, no redaction": TapeOptions(redaction=None),
+            "zstd": TapeOptions(compression="zstd"),
+        }
+        for name, options in variants.items():
+            directory = name.replace(",", "").replace(" ", "-")
+            results[f"write {name}"] = best_rate(count, repeat, tape_write(directory, options))
+            results[f"read {name}"] = best_rate(count, repeat, tape_read(directory))
+        submit_rate, drain_rate = asyncio.run(async_write())
+        sizes = {
+            name: sum(p.stat().st_size for p in (work / name.replace(",", "").replace(" ", "-")).glob("*.stape"))
+            for name in variants
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    mb = record_bytes * 1e-6
+    print(f"exchanges: {count} (msgpack record {record_bytes:.0f} B each), best of {repeat}")
+    print(f"{'':28}{'exch/s':>10}{'MB/s':>8}  {'vs baseline':>11}  {'vs budget':>9}")
+    for kind, baseline, budget in (
+        ("write", "baseline write", BUDGET_WRITE_PER_S),
+        ("read", "baseline read", BUDGET_READ_PER_S),
+    ):
+        print(f"{baseline:28}{results[baseline]:>10,.0f}{results[baseline] * mb:>8.1f}  {'1.00':>11}")
+        for name in variants:
+            rate = results[f"{kind} {name}"]
+            print(
+                f"{kind + ' ' + name:28}{rate:>10,.0f}{rate * mb:>8.1f}  {rate / results[baseline]:>11.2f}"
+                f"  {rate / budget:>9.2f}"
+            )
+    print(f"{'async submit (on the loop)':28}{submit_rate:>10,.0f}")
+    drain_vs_budget = drain_rate / BUDGET_WRITE_PER_S
+    print(
+        f"{'async submit+drain+close':28}{drain_rate:>10,.0f}{drain_rate * mb:>8.1f}  {'':>11}  {drain_vs_budget:>9.2f}"
+    )
+    plain = sizes["plain"]
+    for name, size in sizes.items():
+        print(f"size {name:23}{size / count:>10,.0f} B/exchange  {size / plain:.3f} of plain")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
