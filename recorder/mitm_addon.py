@@ -153,7 +153,7 @@ class TapeRecorder:
         exchange = exchange_from_flow(flow, body_cap_bytes=cap)
         # The flow's wall-clock start, mapped onto this host's monotonic clock for exact intervals.
         age_ns = time.time_ns() - exchange.started_at_ns
-        tags = {**exchange.tags, "source": "mitm-addon", "mitm.mode": str(flow.client_conn.proxy_mode)}
+        tags = {**exchange.tags, "source": "mitm-addon", "mitm.mode": flow.client_conn.proxy_mode.full_spec}
         exchange = dataclasses.replace(exchange, started_mono_ns=time.monotonic_ns() - age_ns, tags=tags)
         # False means dropped (queue full): the writer counts it, and the flow goes on untouched.
         writer.submit(exchange)

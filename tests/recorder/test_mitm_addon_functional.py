@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ipaddress
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -96,12 +98,14 @@ async def wait_listening(port: int, process: asyncio.subprocess.Process) -> None
     raise AssertionError("mitmdump did not start listening in time")
 
 
-async def run_mitmdump(upstream_port: int, tmp_path: Path, *settings: str) -> tuple[asyncio.subprocess.Process, int]:
+async def run_mitmdump(
+    upstream_port: int, tmp_path: Path, *settings: str, mode: str | None = None
+) -> tuple[asyncio.subprocess.Process, int]:
     port = free_port()
     process = await asyncio.create_subprocess_exec(
         str(MITMDUMP),
         "--mode",
-        f"reverse:http://127.0.0.1:{upstream_port}",
+        mode or f"reverse:http://127.0.0.1:{upstream_port}",
         "--listen-host",
         "127.0.0.1",
         "--listen-port",
@@ -211,3 +215,71 @@ async def test_bad_option_is_refused_at_start(upstream: int, tmp_path: Path) -> 
     output, _ = await asyncio.wait_for(process.communicate(), START_TIMEOUT_S)
     assert process.returncode != 0
     assert b"shadowtap_sample_percent" in output and b"must be from 0 to 100" in output
+
+
+@pytest.fixture
+async def tls_upstream(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    """An HTTPS upstream whose certificate comes from a private CA (like an internal service)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from mitmproxy.certs import CertStore
+
+    store = CertStore.from_store(tmp_path / "upstream-ca", "upstream", 2048)
+    entry = store.get_cert("localhost", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert_file, key_file = tmp_path / "upstream.pem", tmp_path / "upstream.key"
+    cert_file.write_bytes(entry.cert.to_pem())
+    key_file.write_bytes(
+        entry.privatekey.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+    try:
+        yield int(sockets[0].getsockname()[1]), tmp_path / "upstream-ca" / "upstream-ca-cert.pem"
+    finally:
+        await runner.cleanup()
+
+
+def trust_mitmproxy(tmp_path: Path) -> ssl.SSLContext:
+    # mitmdump generates its CA in confdir on first start; clients must trust it (docs/interop.md).
+    return ssl.create_default_context(cafile=str(tmp_path / "mitm-conf" / "mitmproxy-ca-cert.pem"))
+
+
+@pytest.mark.parametrize("mode", ["reverse", "regular"])
+async def test_https_is_captured_in_reverse_and_forward_mode(
+    tls_upstream: tuple[int, Path], tmp_path: Path, mode: str
+) -> None:
+    upstream_port, upstream_ca = tls_upstream
+    tape = tmp_path / "tape"
+    process, port = await run_mitmdump(
+        upstream_port,
+        tmp_path,
+        f"shadowtap_tape={tape}",
+        f"ssl_verify_upstream_trusted_ca={upstream_ca}",
+        mode=f"reverse:https://127.0.0.1:{upstream_port}" if mode == "reverse" else "regular",
+    )
+    try:
+        client_tls = trust_mitmproxy(tmp_path)
+        async with aiohttp.ClientSession() as session:
+            if mode == "reverse":
+                url, proxy = f"https://127.0.0.1:{port}/hello?via=reverse", None
+            else:
+                url, proxy = f"https://127.0.0.1:{upstream_port}/hello?via=forward", f"http://127.0.0.1:{port}"
+            async with session.get(url, proxy=proxy, ssl=client_tls, headers={"Cookie": "sid=abc"}) as r:
+                assert r.status == 200 and (await r.json())["path"] == "/hello"
+    finally:
+        output = await stop(process)
+    assert process.returncode == 0, output
+    (ex,) = [ex for ex in TapeReader(tape) if ex.request.path == "/hello"]
+    assert ex.request.scheme == "https" and ex.tags["mitm.mode"].startswith(mode)
+    assert ex.request.query == f"via={'reverse' if mode == 'reverse' else 'forward'}"
+    assert b"abc" not in (ex.request.header(b"cookie") or b"")
+    assert isinstance(ex.primary, Response) and ex.primary.status == 200
