@@ -26,6 +26,9 @@ __all__ = ["KINDS", "Comparator", "Difference"]
 KINDS: Final = ("status", "removed", "added", "type", "value", "length", "header", "text", "binary", "error")
 
 _MISSING: Final = object()
+#: Folded array paths whose rule is remembered. Real APIs have a few hundred; the bound only matters
+#: for documents with generated keys, where the cache is simply cleared and refilled.
+_ARRAY_RULE_CACHE_SIZE: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +51,10 @@ def _canonical(value: Any) -> str:
 
 
 class Comparator:
-    """Compares outcomes under one ``CompareOptions``. Holds no state between calls."""
+    """Compares outcomes under one ``CompareOptions``. Its only state is a bounded cache of which
+    array rule applies at each folded path, a pure function of the options."""
 
-    __slots__ = ("_abs_tol", "_array_rules", "_detectors", "_options", "_rel_tol")
+    __slots__ = ("_abs_tol", "_array_rule_cache", "_array_rules", "_detectors", "_options", "_rel_tol")
 
     def __init__(self, options: CompareOptions) -> None:
         self._options = options
@@ -58,6 +62,7 @@ class Comparator:
         self._abs_tol = options.absolute_tolerance
         self._rel_tol = options.relative_tolerance
         self._array_rules = options.unordered_all or bool(options.unordered_paths or options.list_keys)
+        self._array_rule_cache: dict[tuple[str | int, ...], tuple[str, str]] = {}
 
     # --- outcomes -------------------------------------------------------------------------------
 
@@ -213,7 +218,7 @@ class Comparator:
                 continue
             matched += 1
             tv = type(va)
-            if tv is type(vb) and (tv is str or tv is int) and va == vb:
+            if tv is type(vb) and tv is not dict and tv is not list and va == vb:
                 continue
             steps.append(key)
             self._walk(va, vb, steps, out)
@@ -225,19 +230,41 @@ class Comparator:
                     self._emit(steps, "added", f"missing->{value_class(vb, self._detectors)}", out)
                     steps.pop()
 
-    def _walk_array(self, a: list[Any], b: list[Any], steps: list[str | int], out: list[Difference]) -> None:
-        if self._array_rules:
+    def _array_rule(self, steps: list[str | int]) -> tuple[str, str]:
+        # Decided once per folded path: matching globs on every array would dominate the walk.
+        folded = tuple(-1 if type(s) is int else s for s in steps)
+        rule = self._array_rule_cache.get(folded)
+        if rule is None:
             path = folded_path("body", steps)
+            rule = ("ordered", "")
             for pattern, key in self._options.list_key_patterns:
                 if pattern.match(path):
-                    self._walk_keyed(a, b, key, steps, out)
-                    return
-            if self._options.unordered_all or any(p.match(path) for p in self._options.unordered_patterns):
+                    rule = ("keyed", key)
+                    break
+            else:
+                if self._options.unordered_all or any(p.match(path) for p in self._options.unordered_patterns):
+                    rule = ("unordered", "")
+            if len(self._array_rule_cache) >= _ARRAY_RULE_CACHE_SIZE:
+                self._array_rule_cache.clear()
+            self._array_rule_cache[folded] = rule
+        return rule
+
+    def _walk_array(self, a: list[Any], b: list[Any], steps: list[str | int], out: list[Difference]) -> None:
+        if self._array_rules:
+            mode, key = self._array_rule(steps)
+            if mode == "keyed":
+                self._walk_keyed(a, b, key, steps, out)
+                return
+            if mode == "unordered":
                 self._walk_unordered(a, b, steps, out)
                 return
         for index in range(min(len(a), len(b))):
+            va, vb = a[index], b[index]
+            tv = type(va)
+            if tv is type(vb) and tv is not dict and tv is not list and va == vb:
+                continue
             steps.append(index)
-            self._walk(a[index], b[index], steps, out)
+            self._walk(va, vb, steps, out)
             steps.pop()
         self._emit_length(a, b, steps, out)
 
