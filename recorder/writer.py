@@ -291,8 +291,10 @@ class SyncTapeWriter:
             raise TapeWriteError("tape writer is closed", path=str(self._sink.directory))
         self._buffered_bytes += self._sink.encode(exchange, self._parts)
         self._buffered_count += 1
-        if self._every or self._buffered_bytes >= self._block_bytes:
+        if self._every:
             self.flush()
+        elif self._buffered_bytes >= self._block_bytes:
+            self._write_buffered()
 
     def write_many(self, exchanges: Iterable[Exchange]) -> int:
         count = 0
@@ -302,14 +304,18 @@ class SyncTapeWriter:
         return count
 
     def flush(self) -> None:
-        """Write what is buffered (and sync it, unless ``fsync="none"``)."""
+        """Write what is buffered and sync it (unless ``fsync="none"``): durable when this returns."""
+        self._write_buffered()
+        if self._sink.options.fsync != "none":
+            self._sink.sync()
+
+    def _write_buffered(self) -> None:
+        # The sink applies the fsync policy ("interval" syncs here at most once per interval).
         if self._parts:
             parts, size, count = self._parts, self._buffered_bytes, self._buffered_count
             self._parts, self._buffered_bytes, self._buffered_count = [], 0, 0
             self._sink.write(parts, size)
             self._written += count
-        if self._sink.options.fsync != "none":
-            self._sink.sync()
 
     def close(self) -> None:
         if self._closed:
@@ -362,6 +368,15 @@ class TapeWriter:
             target=self._run, args=(loop, self._stopped), name=f"tape-writer:{self._sink.directory}", daemon=True
         )
         self._thread.start()
+
+    async def __aenter__(self) -> TapeWriter:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
 
     def submit(self, exchange: Exchange) -> bool:
         """Queue ``exchange`` for writing; False when it was dropped (queue full or closed)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import stat
 import time
 from pathlib import Path
@@ -140,3 +142,39 @@ async def test_unencodable_exchange_is_counted_not_raised(tmp_path: Path) -> Non
     assert writer.stats.encode_errors == 1
     assert writer.stats.written == 2
     assert [e.id for e in TapeReader(tmp_path)] == ["ex-000000", "ex-000002"]
+
+
+async def test_async_writer_as_context_manager_rotates_and_compresses(tmp_path: Path) -> None:
+    options = TapeOptions(redaction=None, compression="zstd", max_segment_bytes=4096, block_bytes=2048)
+    exchanges = [make_exchange(i, body=os.urandom(700)) for i in range(60)]
+    async with TapeWriter(tmp_path, options) as writer:
+        for e in exchanges:
+            assert writer.submit(e)
+            await asyncio.sleep(0)
+    assert len(segment_files(tmp_path)) > 3
+    assert writer.stats.segments == len(segment_files(tmp_path))
+    assert list(TapeReader(tmp_path)) == exchanges
+
+
+@pytest.mark.parametrize("fsync", ["none", "interval", "every"])
+async def test_every_fsync_policy_writes_the_same_tape(tmp_path: Path, fsync: str) -> None:
+    options = TapeOptions(redaction=None, fsync=fsync, fsync_interval_s=0.01)  # type: ignore[arg-type]
+    exchanges = [make_exchange(i) for i in range(30)]
+    async with TapeWriter(tmp_path, options) as writer:
+        for e in exchanges[:15]:
+            writer.submit(e)
+        await asyncio.sleep(0.05)  # lets the interval policy sync while idle
+        for e in exchanges[15:]:
+            writer.submit(e)
+    assert writer.stats.written == 30
+    assert list(TapeReader(tmp_path)) == exchanges
+
+
+async def test_start_on_an_unusable_directory_raises_before_any_submit(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    writer = TapeWriter(tmp_path / "file" / "tape")
+    with pytest.raises(TapeWriteError) as info:
+        await writer.start()
+    assert str(tmp_path / "file" / "tape") in str(info.value)
+    await writer.close()
+    assert not writer.submit(make_exchange(1))
