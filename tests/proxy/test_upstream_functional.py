@@ -1,0 +1,169 @@
+"""The primary connection pool over real sockets: reuse, stale-connection retry, odd framings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from recorder.model import FailureKind
+from tests.proxy.conftest import RecordingStage, raw_head_request, raw_request, running_proxy
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_primary(handler: Handler) -> AsyncIterator[tuple[int, list[int]]]:
+    """A hand-written primary; yields its port and a list counting accepted connections."""
+    accepted: list[int] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            tasks.discard(task)
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], accepted
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def _answer_once_then_drop_next(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # Answers one request with keep-alive, then hangs up when the next request arrives: the race a
+    # pooled connection meets when the primary's keep-alive timeout fires as we reuse it.
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+    writer.transport.abort()
+
+
+async def test_idempotent_request_on_a_stale_pooled_connection_is_retried() -> None:
+    stage = RecordingStage()
+    async with (
+        raw_primary(_answer_once_then_drop_next) as (port, accepted),
+        running_proxy(port, stages=[stage]) as proxy,
+    ):
+        first, second = await raw_request(
+            proxy.port, b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n", responses=2
+        )
+        assert (first.status, second.status) == (200, 200)
+        assert len(accepted) == 2  # the retry went out on a fresh connection
+    assert [ex.failure for ex in stage.exchanges] == [None, None]
+
+
+async def test_non_idempotent_request_is_not_retried() -> None:
+    async with raw_primary(_answer_once_then_drop_next) as (port, accepted), running_proxy(port) as proxy:
+        first, second = await raw_request(
+            proxy.port,
+            b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx",
+            responses=2,
+        )
+        assert (first.status, second.status) == (200, 502)
+        assert len(accepted) == 1
+        assert proxy.stats.primary_failures == {FailureKind.RESET: 1}
+
+
+async def _close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil ")
+    await writer.drain()
+    writer.write(b"the end")
+    await writer.drain()
+
+
+async def test_close_delimited_body_is_rechunked_for_http11_clients() -> None:
+    stage = RecordingStage()
+    async with raw_primary(_close_delimited) as (port, _), running_proxy(port, stages=[stage]) as proxy:
+        (resp,) = await raw_request(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert resp.chunked
+        assert resp.body == b"until the end"
+        # The client connection stays usable although the primary's had to close.
+        two = await raw_request(
+            proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", responses=2
+        )
+        assert [r.body for r in two] == [b"until the end", b"until the end"]
+    assert stage.exchanges[0].response is not None and stage.exchanges[0].response.body == b"until the end"
+
+
+async def _interim_then_final(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    await writer.drain()
+    body = await reader.readexactly(5)
+    writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\n\r\n" + body)
+    await writer.drain()
+    await reader.read()
+
+
+async def test_expect_100_continue_is_relayed() -> None:
+    async with raw_primary(_interim_then_final) as (port, _), running_proxy(port) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(b"PUT /u HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"hello")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 201 Created\r\n")
+            assert await reader.readexactly(5) == b"hello"
+        finally:
+            writer.close()
+
+
+async def test_slow_client_download_is_back_pressured() -> None:
+    size = 32 * 1024 * 1024
+    piece = b"z" * (256 * 1024)
+
+    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // len(piece)):
+            writer.write(piece)
+            await writer.drain()
+        await reader.read()
+
+    async with raw_primary(huge) as (port, _), running_proxy(port, capture_limit_bytes=1024) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=64 * 1024)
+        try:
+            writer.write(b"GET /huge HTTP/1.1\r\nHost: a\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(0.5)  # read nothing: the proxy must stop reading the primary
+            (client_conn,) = proxy._ctx.connections if proxy._ctx else ()
+            assert client_conn.transport is not None
+            buffered = client_conn.transport.get_write_buffer_size()
+            assert buffered < 8 * 1024 * 1024, buffered
+            received = 0
+            while received < size:
+                chunk = await asyncio.wait_for(reader.read(1 << 20), 10)
+                assert chunk
+                received += len(chunk)
+            assert received == size
+        finally:
+            writer.close()
+
+
+async def test_primary_closing_mid_head_is_a_502() -> None:
+    async def half_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Le")
+        await writer.drain()
+
+    async with raw_primary(half_head) as (port, _), running_proxy(port) as proxy:
+        raw = await raw_head_request(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+        assert b"before the response head" in raw
