@@ -3,18 +3,18 @@
 ``request_complete`` runs on the data path and only decides and enqueues: kill switch and flags,
 route rule, method, body size, sampling (consistent by key when configured), rate cap, queue space,
 breaker. It writes the decision into ``exchange.decisions[shadow]`` and counts it. Each shadow then
-has a bounded queue drained by ``concurrency`` worker tasks through its own aiohttp session, with
-its own timeouts, a response-size cap and a circuit breaker; each outcome (``Response`` or
-``Failure``) goes to the ``on_outcome`` listener (the record stage). This module must never delay,
-fail or alter the primary exchange: nothing here awaits on the data path, raises into it, or
-touches the objects the client's response is built from.
+has a bounded queue drained by ``concurrency`` worker tasks over a keep-alive pool of the same
+llhttp-based upstream connections the data path uses for the primary (``proxy.upstream``: about a
+third of aiohttp's client cost per copy), with its own timeouts, a response-size cap and a circuit
+breaker; each outcome (``Response`` or ``Failure``) goes to the ``on_outcome`` listener (the record
+stage). This module must never delay, fail or alter the primary exchange: nothing here awaits on
+the data path, raises into it, or touches the objects the client's response is built from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import ssl
 import time
@@ -22,34 +22,40 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
-
+from proxy import http1
 from proxy.breaker import CircuitBreaker
 from proxy.config import MirrorSettings, RuntimeFlags, ShadowSettings
+from proxy.forward import PrimaryTarget, parse_primary
 from proxy.metrics import ProxyMetrics
 from proxy.rules import RouteTable
 from proxy.sampling import TokenBucket, in_sample, key_in_sample
 from proxy.stages import ProxiedExchange
-from recorder.model import Failure, FailureKind, Headers, Outcome, Response, Timing
+from proxy.upstream import UpstreamConnection, UpstreamPool
+from recorder.model import Failure, FailureKind, Header, Headers, Outcome, Response, Timing
 
-__all__ = ["CORRELATION_HEADER", "MARKER_HEADER", "MIRRORED", "MirrorStage", "OutcomeListener", "ShadowMirror"]
+__all__ = [
+    "CORRELATION_HEADER",
+    "MARKER_HEADER",
+    "MIRRORED",
+    "MirrorStage",
+    "OutcomeListener",
+    "ShadowMirror",
+    "mirror_request_head",
+]
 
 log = logging.getLogger(__name__)
 
 MIRRORED: Final = "mirrored"
 MARKER_HEADER: Final = "X-Shadowtap-Shadow"
 CORRELATION_HEADER: Final = "X-Shadowtap-Correlation-Id"
-#: RFC 9110 7.6.1 hop-by-hop fields, plus the framing and routing fields the shadow client sets.
+#: RFC 9110 7.6.1 hop-by-hop fields, plus the framing and routing fields set for the shadow here.
 _NOT_FORWARDED: Final = frozenset(
     {
         b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
         b"content-length", b"host",
     }
 )  # fmt: skip
-# Header names aiohttp would otherwise add on its own; the shadow must see the client's headers.
-_SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
+_MARKER_LINE: Final = f"{MARKER_HEADER}: 1\r\n{CORRELATION_HEADER}: ".encode()
 
 #: (exchange id, shadow name, outcome, timing relative to the exchange start)
 OutcomeListener = Callable[[str, str, Outcome, Timing], None]
@@ -60,8 +66,9 @@ class _Job:
     exchange_id: str
     method: str
     target: str
-    headers: CIMultiDict[str]
-    body: bytes | None
+    headers: Headers
+    authority: str
+    body: bytes
     started_mono_ns: int
     enqueued_s: float
 
@@ -74,51 +81,116 @@ def _connection_listed(headers: Headers) -> frozenset[bytes]:
     return frozenset(listed)
 
 
-def mirror_headers(
+def mirror_request_head(
+    method: str,
+    target: str,
     headers: Headers,
+    body_size: int,
+    *,
     shadow: ShadowSettings,
+    upstream: PrimaryTarget,
+    drop: frozenset[bytes],
     credentials: Sequence[tuple[bytes, bytes]],
     exchange_id: str,
     authority: str,
-) -> CIMultiDict[str]:
-    """The headers a shadow gets: hop-by-hop and credentials removed, marker and correlation id added."""
-    drop = _NOT_FORWARDED | _connection_listed(headers) | {h.encode("latin-1") for h in shadow.strip_headers}
-    drop |= {name.lower() for name, _ in credentials}
-    out: CIMultiDict[str] = CIMultiDict()
-    # aiohttp's session replaces (rather than adds) a repeat whose name differs in case, so repeats
-    # are sent under the first spelling: values and order survive, header names are case-blind.
-    spelling: dict[bytes, str] = {}
+) -> bytes:
+    """The request head a shadow gets: same method, target and headers (order, case, repeats), minus
+    hop-by-hop fields and credentials, plus shadow credentials, the marker and the correlation id."""
+    listed = _connection_listed(headers) if any(n.lower() == b"connection" for n, _ in headers) else frozenset()
+    if shadow.host is not None:
+        host = shadow.host.encode("latin-1")
+    elif shadow.preserve_host and authority:
+        host = authority.encode("latin-1")
+    else:
+        host = upstream.authority
+    parts: list[bytes] = [
+        method.encode("ascii"), b" ", upstream.path_prefix, target.encode("latin-1"), b" HTTP/1.1\r\nHost: ",
+        host, b"\r\n",
+    ]  # fmt: skip
+    had_length = False
     for name, value in headers:
         lower = name.lower()
-        if lower not in drop:
-            out.add(spelling.setdefault(lower, name.decode("latin-1")), value.decode("latin-1"))
+        if lower in drop or lower in listed:
+            had_length = had_length or lower in (b"content-length", b"transfer-encoding")
+            continue
+        parts += (name, b": ", value, b"\r\n")
     for name, value in credentials:
-        out.add(name.decode("latin-1"), value.decode("latin-1"))
-    if shadow.host is not None:
-        out["Host"] = shadow.host
-    elif shadow.preserve_host and authority:
-        out["Host"] = authority
-    out[MARKER_HEADER] = "1"
-    out[CORRELATION_HEADER] = exchange_id
-    return out
+        parts += (name, b": ", value, b"\r\n")
+    parts += (_MARKER_LINE, exchange_id.encode("ascii"), b"\r\n")
+    if body_size or had_length:
+        parts += (b"Content-Length: ", str(body_size).encode("ascii"), b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
-def _failure_kind(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-        return FailureKind.TIMEOUT
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return FailureKind.CONNECT_ERROR
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return FailureKind.RESET
-    if isinstance(exc, aiohttp.ClientOSError):
-        return FailureKind.RESET if exc.errno in (errno.ECONNRESET, errno.EPIPE) else FailureKind.CONNECT_ERROR
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
-        return FailureKind.BAD_RESPONSE
-    return FailureKind.OTHER
+class _ShadowResponse:
+    """Collects one shadow response from an ``UpstreamConnection`` (its ``ResponseSink``)."""
+
+    __slots__ = ("cap", "chunks", "done", "first_byte_ns", "headers", "reason", "size", "status")
+
+    def __init__(self, done: asyncio.Future[Failure | bool], cap: int) -> None:
+        self.done = done
+        self.cap = cap
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.status = 0
+        self.reason = b""
+        self.headers: list[Header] = []
+        self.first_byte_ns: int | None = None
+
+    def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
+        return None
+
+    def on_head(
+        self, status: int, reason: bytes, headers: list[Header], kept: list[Header], framing: http1.ResponseFraming
+    ) -> None:
+        self.first_byte_ns = time.monotonic_ns()
+        self.status, self.reason, self.headers = status, reason, headers
+
+    def on_body(self, data: bytes) -> None:
+        room = self.cap - self.size
+        if room > 0:
+            self.chunks.append(data if len(data) <= room else data[:room])
+        self.size += len(data)
+
+    def on_complete(self, reusable: bool) -> None:
+        if not self.done.done():
+            self.done.set_result(reusable)
+
+    def on_upgraded(self, rest: bytes) -> None:
+        self.on_failure(FailureKind.BAD_RESPONSE, "shadow switched protocols")
+
+    def on_failure(self, kind: str, message: str) -> None:
+        if not self.done.done():
+            self.done.set_result(Failure(kind, message.replace("primary", "shadow")))
+
+    def flush(self) -> None:
+        return None
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        # A copy's body is at most max_body_bytes and already in memory; the transport buffers it.
+        return None
+
+    def response(self) -> Response:
+        return Response(
+            status=self.status,
+            reason=self.reason.decode("latin-1"),
+            headers=tuple(self.headers),
+            body=b"".join(self.chunks),
+            truncated_from=self.size if self.size > self.cap else None,
+        )
+
+
+def _client_ssl(settings: ShadowSettings) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=settings.ca_file)
+    if not settings.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class ShadowMirror:
-    """One shadow's queue, workers, session, breaker and rate cap."""
+    """One shadow's queue, workers, connection pool, breaker and rate cap."""
 
     def __init__(
         self,
@@ -132,13 +204,18 @@ class ShadowMirror:
         self._metrics = metrics
         self._on_outcome = on_outcome
         self._credentials = settings.credential_values()
-        self._base = settings.url.rstrip("/")
+        self._drop = (
+            _NOT_FORWARDED
+            | {h.encode("latin-1") for h in settings.strip_headers}
+            | {name.lower() for name, _ in self._credentials}
+        )
+        self._target = parse_primary(settings.url, field=f"shadows.{settings.name}.url")
         self.breaker = CircuitBreaker(settings.breaker)
         self._bucket: TokenBucket | None = None
         # Bounded: see ShadowSettings.queue_size (memory a stuck shadow can pin; drops are counted).
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.queue_size)
         self._workers: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
         self.in_flight = 0
 
     async def start(self) -> None:
@@ -146,19 +223,13 @@ class ShadowMirror:
         if self.settings.rate_per_s is not None:
             burst = self.settings.burst if self.settings.burst is not None else max(1.0, self.settings.rate_per_s)
             self._bucket = TokenBucket(self.settings.rate_per_s, burst, loop.time())
-        ssl_option: ssl.SSLContext | bool = True
-        if not self.settings.tls_verify:
-            ssl_option = False
-        elif self.settings.ca_file is not None:
-            ssl_option = ssl.create_default_context(cafile=self.settings.ca_file)
+        ssl_context = await asyncio.to_thread(_client_ssl, self.settings) if self._target.tls else None
         # One connection per worker: the concurrency cap is also the connection cap.
-        connector = aiohttp.TCPConnector(limit=self.settings.concurrency, ssl=ssl_option, enable_cleanup_closed=False)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.settings.total_timeout_s, connect=self.settings.connect_timeout_s),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
+        self._pool = UpstreamPool(
+            self._target,
+            ssl_context=ssl_context,
+            connect_timeout_s=self.settings.connect_timeout_s,
+            max_idle=self.settings.concurrency,
         )
         self._workers = [
             asyncio.create_task(self._work(), name=f"mirror-{self.settings.name}-{i}")
@@ -173,16 +244,14 @@ class ShadowMirror:
             return FailureKind.QUEUE_FULL
         if not self.breaker.allow(now_s):
             return FailureKind.BREAKER_OPEN
-        headers = mirror_headers(
-            exchange.request_headers, self.settings, self._credentials, exchange.id, exchange.authority
-        )
         self.queue.put_nowait(
             _Job(
                 exchange.id,
                 exchange.method,
                 exchange.target,
-                headers,
-                exchange.request_body or None,
+                exchange.request_headers,
+                exchange.authority,
+                exchange.request_body or b"",
                 exchange.started_mono_ns,
                 now_s,
             )
@@ -213,36 +282,51 @@ class ShadowMirror:
                 self.queue.task_done()
 
     async def _send(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._session is not None
+        pool = self._pool
+        assert pool is not None
+        head = mirror_request_head(
+            job.method,
+            job.target,
+            job.headers,
+            len(job.body),
+            shadow=self.settings,
+            upstream=self._target,
+            drop=self._drop,
+            credentials=self._credentials,
+            exchange_id=job.exchange_id,
+            authority=job.authority,
+        )
         sent_ns = time.monotonic_ns()
-        first_byte_ns: int | None = None
+        sink: _ShadowResponse | None = None
         outcome: Outcome
         try:
-            async with self._session.request(
-                job.method,
-                URL(self._base + job.target, encoded=True),
-                headers=job.headers,
-                data=job.body,
-                allow_redirects=False,
-            ) as resp:
-                first_byte_ns = time.monotonic_ns()
-                cap = self.settings.max_response_bytes
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.content.iter_any():
-                    if size < cap:
-                        chunks.append(chunk[: cap - size])
-                    size += len(chunk)
-                outcome = Response(
-                    status=resp.status,
-                    reason=resp.reason or "",
-                    headers=tuple(resp.raw_headers),
-                    body=b"".join(chunks),
-                    http_version=f"{resp.version.major}.{resp.version.minor}" if resp.version else "1.1",
-                    truncated_from=size if size > cap else None,
-                )
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            outcome = Failure(_failure_kind(exc), str(exc) or type(exc).__name__)
+            async with asyncio.timeout(self.settings.total_timeout_s):
+                conn = pool.try_acquire()
+                reused = conn is not None
+                if conn is None:
+                    conn = await pool.connect()
+                sink, result = await self._attempt(conn, head, job, loop)
+                if (
+                    reused
+                    and isinstance(result, Failure)
+                    and result.kind == FailureKind.RESET
+                    and not conn.received_any
+                ):
+                    # A pooled connection the shadow closed while idle: resend once on a fresh one.
+                    conn = await pool.connect()
+                    sink, result = await self._attempt(conn, head, job, loop)
+                if isinstance(result, Failure):
+                    outcome = result
+                else:
+                    if result:
+                        pool.release(conn)
+                    else:
+                        conn.close()
+                    outcome = sink.response()
+        except TimeoutError:
+            outcome = Failure(FailureKind.TIMEOUT, f"no complete response within {self.settings.total_timeout_s} s")
+        except (OSError, ssl.SSLError) as exc:
+            outcome = Failure(FailureKind.CONNECT_ERROR, f"cannot connect to shadow: {exc}")
         done_ns = time.monotonic_ns()
         if isinstance(outcome, Response):
             self.breaker.record_success(loop.time())
@@ -250,11 +334,20 @@ class ShadowMirror:
         else:
             self.breaker.record_failure(loop.time())
         base = job.started_mono_ns
-        self._finish(
-            job,
-            outcome,
-            Timing(sent_ns - base, None if first_byte_ns is None else first_byte_ns - base, done_ns - base),
-        )
+        first_byte_ns = None if sink is None or sink.first_byte_ns is None else sink.first_byte_ns - base
+        self._finish(job, outcome, Timing(sent_ns - base, first_byte_ns, done_ns - base))
+
+    async def _attempt(
+        self, conn: UpstreamConnection, head: bytes, job: _Job, loop: asyncio.AbstractEventLoop
+    ) -> tuple[_ShadowResponse, Failure | bool]:
+        sink = _ShadowResponse(loop.create_future(), self.settings.max_response_bytes)
+        conn.begin(sink, head_only=job.method == "HEAD")
+        conn.writelines([head, job.body] if job.body else [head])
+        try:
+            return sink, await sink.done
+        except BaseException:
+            conn.detach()  # timed out or cancelled mid-exchange: the connection cannot be reused
+            raise
 
     def _finish(self, job: _Job, outcome: Outcome, timing: Timing) -> None:
         self._metrics.count_mirror(self.settings.name, "ok" if isinstance(outcome, Response) else outcome.kind)
@@ -268,7 +361,7 @@ class ShadowMirror:
         await self.queue.join()
 
     async def stop(self) -> None:
-        """Cancel the workers (in-flight and queued copies end as ``cancelled``), close the session."""
+        """Cancel the workers (in-flight and queued copies end as ``cancelled``), close the pool."""
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -277,9 +370,9 @@ class ShadowMirror:
             job = self.queue.get_nowait()
             self._finish(job, Failure(FailureKind.CANCELLED, "proxy shutting down"), Timing())
             self.queue.task_done()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.abort_all()
+            self._pool = None
 
     def stats(self) -> dict[str, Any]:
         return {
