@@ -160,7 +160,11 @@ def tape_segments(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
-            out.extend(sorted(p for p in path.iterdir() if p.name.endswith(SEGMENT_SUFFIX) and p.is_file()))
+            try:
+                names = sorted(p for p in path.iterdir() if p.name.endswith(SEGMENT_SUFFIX) and p.is_file())
+            except OSError as exc:
+                raise InputFormatError(f"cannot list tape directory: {exc.strerror or exc}", path=text) from exc
+            out.extend(names)
         elif path.is_file():
             out.append(path)
         elif _GLOB_CHARS & set(text):

@@ -70,6 +70,10 @@ class TapeOptions:
     #: Encoded bytes gathered before one write (and one zstd block): bigger compresses better,
     #: smaller loses less in a torn tail.
     block_bytes: int = 1024 * 1024
+    #: After the disk refuses a write, batches in the next this-many seconds are counted as
+    #: write errors without touching the disk, so a full disk is not hammered with a new (empty)
+    #: segment per batch.
+    retry_after_error_s: float = 1.0
     redaction: RedactionRules | None = RedactionRules()
 
     def __post_init__(self) -> None:
@@ -87,6 +91,8 @@ class TapeOptions:
             raise ConfigError("must be a positive number of seconds", field="tape.fsync_interval_s")
         if not isinstance(self.queue_size, int) or self.queue_size < 1:
             raise ConfigError("must be a positive integer", field="tape.queue_size")
+        if not isinstance(self.retry_after_error_s, int | float) or self.retry_after_error_s < 0:
+            raise ConfigError("must be zero or a positive number of seconds", field="tape.retry_after_error_s")
         if not isinstance(self.block_bytes, int) or not 1024 <= self.block_bytes <= 64 * 1024 * 1024:
             raise ConfigError("must be an integer from 1024 to 67108864", field="tape.block_bytes")
         if self.redaction is not None and not isinstance(self.redaction, RedactionRules):
@@ -133,6 +139,7 @@ class _SegmentSink:
         self.segment_opened_s = 0.0
         self.last_sync_s = 0.0
         self.unsynced = False
+        self.failed_at_s: float | None = None
         self.sequence = 0
         self.segments = 0
         self.bytes_written = 0
@@ -172,6 +179,12 @@ class _SegmentSink:
         ):
             self.close_segment()
         if self.fd is None:
+            if self.failed_at_s is not None and now_s - self.failed_at_s < self.options.retry_after_error_s:
+                raise TapeWriteError(
+                    f"not written: the disk refused a write {now_s - self.failed_at_s:.1f} s ago "
+                    f"(retrying {self.options.retry_after_error_s:g} s after it)",
+                    path=str(self.directory),
+                )
             self._open_segment(now_s)
         assert self.fd is not None
         try:
@@ -227,6 +240,7 @@ class _SegmentSink:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as exc:
+            self.failed_at_s = now_s
             raise TapeWriteError(f"cannot create tape segment: {exc.strerror or exc}", path=str(path)) from exc
         self.fd, self.segment_path = fd, path
         header = encode_segment_header(flags)
@@ -253,6 +267,7 @@ class _SegmentSink:
     def _abandon_segment(self) -> None:
         # After a failed write the segment may end in a partial frame; readers report it as a torn
         # tail, and the next batch starts a fresh segment rather than appending after the damage.
+        self.failed_at_s = time.monotonic()
         if self.fd is not None:
             fd, self.fd = self.fd, None
             with contextlib.suppress(OSError):
@@ -456,7 +471,10 @@ class TapeWriter:
         except TapeWriteError as exc:
             self._write_errors += lost
             cause = exc.__cause__
-            kind = errno.errorcode.get(cause.errno, "EIO") if isinstance(cause, OSError) and cause.errno else "EIO"
+            if isinstance(cause, OSError) and cause.errno:
+                kind = errno.errorcode.get(cause.errno, "OSError")
+            else:
+                kind = "not-written"
             self._note_error(kind, str(exc))
             return False
         return True

@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from recorder import TapeReader
 from recorder._frames import SEGMENT_HEADER_SIZE
@@ -103,7 +104,9 @@ EFBIG_CHILD = textwrap.dedent(
     logging.basicConfig(level=logging.ERROR)
 
     async def main():
-        writer = TapeWriter(sys.argv[1], TapeOptions(redaction=None, block_bytes=16 * 1024, fsync="none"))
+        writer = TapeWriter(sys.argv[1], TapeOptions(
+            redaction=None, block_bytes=16 * 1024, fsync="none", retry_after_error_s=float(sys.argv[2])
+        ))
         await writer.start()
         submitted = 0
         for i in range(400):
@@ -120,9 +123,9 @@ EFBIG_CHILD = textwrap.dedent(
 )
 
 
-def test_disk_refusing_writes_is_counted_logged_once_and_never_raised(tmp_path: Path) -> None:
+def run_efbig_child(directory: Path, retry_after_error_s: float) -> tuple[dict[str, Any], str]:
     result = subprocess.run(
-        [sys.executable, "-c", EFBIG_CHILD, str(tmp_path)],
+        [sys.executable, "-c", EFBIG_CHILD, str(directory), str(retry_after_error_s)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -130,17 +133,31 @@ def test_disk_refusing_writes_is_counted_logged_once_and_never_raised(tmp_path: 
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    stats = json.loads(result.stdout)
+    stats: dict[str, Any] = json.loads(result.stdout)
+    return stats, result.stderr
+
+
+def test_disk_refusing_writes_is_counted_logged_once_and_never_raised(tmp_path: Path) -> None:
+    stats, stderr = run_efbig_child(tmp_path, retry_after_error_s=0.001)
     assert stats["submitted"] == 400
     assert stats["write_errors"] > 0
     assert stats["written"] > 0
     assert stats["written"] + stats["write_errors"] + stats["dropped"] == 400
     assert stats["segments"] > 1
-    assert "File too large" in stats["last_error"]
-    assert result.stderr.count("tape write failed") == 1
+    assert stderr.count("tape write failed: File too large") == 1
     reader = TapeReader(tmp_path)
     got = [e.id for e in reader]
     # Frames that reached the disk before the refusal within a failed batch are readable too.
     assert len(got) >= stats["written"]
     assert got == sorted(set(got))
     assert reader.report.torn_tails
+
+
+def test_after_a_refusal_the_disk_is_left_alone_for_a_while(tmp_path: Path) -> None:
+    stats, stderr = run_efbig_child(tmp_path, retry_after_error_s=60.0)
+    assert stats["segments"] == 1
+    assert stats["written"] > 0 and stats["write_errors"] > 0
+    assert stats["written"] + stats["write_errors"] == 400
+    assert "retrying 60 s after it" in stats["last_error"]
+    assert stderr.count("not written: the disk refused a write") == 1
+    assert [p.name for p in tmp_path.glob("*.stape")] == [p.name for p in tmp_path.glob("seg-*-000001.stape")]
