@@ -352,7 +352,8 @@ class _Forward:
         ctx = self._ctx
         self.ex.response = Response(status, reason.decode("latin-1"), tuple(headers))
         extra: list[Header] = []
-        close = not self.keep_alive or ctx.closing or not self.body_done
+        # An upgrade request that is answered without switching leaves unparsed bytes behind it.
+        close = not self.keep_alive or ctx.closing or not self.body_done or self.upgrade
         if status == 101:
             kept = http1.end_to_end(headers, upgrade=True)
             self._mode = _BODY_NONE
@@ -637,6 +638,10 @@ class _ClientConnection(asyncio.Protocol):
         self._pump()
 
     def eof_received(self) -> bool | None:
+        if self._tunnel is not None:
+            # Tunnelled protocols get no half-close: the end of either side ends the tunnel.
+            self._tunnel.lost(CLIENT)
+            return None
         # A client that half-closes after its request still wants the response (HTTP/1.0 style);
         # TLS transports cannot stay half-open, so they close as usual.
         return self.scheme == b"http" and (self._active is not None or bool(self._pending))

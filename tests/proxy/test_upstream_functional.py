@@ -16,29 +16,32 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 async def raw_primary(handler: Handler) -> AsyncIterator[tuple[int, list[int]]]:
     """A hand-written primary; yields its port and a list counting accepted connections."""
     accepted: list[int] = []
-    tasks: set[asyncio.Task[None]] = set()
+    writers: set[asyncio.StreamWriter] = set()
+    done = asyncio.Event()
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(1)
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
+        writers.add(writer)
         try:
             await handler(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
-            tasks.discard(task)
+            writers.discard(writer)
+            if not writers:
+                done.set()
 
     server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1], accepted
     finally:
         server.close()
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Hang up on handlers still waiting for the proxy, then let them finish.
+        for writer in list(writers):
+            writer.transport.abort()
+        if writers:
+            await asyncio.wait_for(done.wait(), 5)
         await server.wait_closed()
 
 

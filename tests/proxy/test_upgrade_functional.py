@@ -1,0 +1,91 @@
+"""Upgrade pass-through: the tunnel after a 101, a refused upgrade, and either side closing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.proxy.conftest import RecordingStage, running_proxy
+from tests.proxy.test_upstream_functional import raw_primary
+
+UPGRADE_REQUEST = b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: toy-protocol\r\nX-Keep: 1\r\n\r\n"
+
+
+async def _toy_switch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b"\r\nUpgrade: toy-protocol\r\n" in head and b"\r\nConnection: Upgrade\r\n" in head
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: toy-protocol\r\n\r\nHELLO\n")
+    await writer.drain()
+    while line := await reader.readline():
+        if line == b"quit\n":
+            writer.write(b"BYE\n")
+            await writer.drain()
+            return  # the primary ends the tunnel
+        writer.write(line.upper())
+        await writer.drain()
+
+
+async def test_tunnel_carries_bytes_both_ways_and_closes_with_the_primary() -> None:
+    stage = RecordingStage()
+    async with raw_primary(_toy_switch) as (port, _), running_proxy(port, stages=[stage]) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            # Tunnel bytes sent right behind the request must wait for the 101, then pass.
+            writer.write(UPGRADE_REQUEST + b"early\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+            assert b"Upgrade: toy-protocol" in head and b"Connection: Upgrade" in head
+            assert await asyncio.wait_for(reader.readline(), 5) == b"HELLO\n"
+            assert await asyncio.wait_for(reader.readline(), 5) == b"EARLY\n"
+            writer.write(b"x" * 50_000 + b"\n")
+            assert await asyncio.wait_for(reader.readline(), 5) == b"X" * 50_000 + b"\n"
+            writer.write(b"quit\n")
+            assert await asyncio.wait_for(reader.readline(), 5) == b"BYE\n"
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed with the primary
+        finally:
+            writer.close()
+        await asyncio.sleep(0.05)
+        assert proxy.stats.upgrades == 1
+        assert proxy.stats.in_flight == 0
+    (ex,) = stage.exchanges
+    assert ex.upgraded and ex.response is not None and ex.response.status == 101
+    assert ex.timing.done_ns is not None
+
+
+async def _refuse_upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 4\r\n\r\nnope")
+    await writer.drain()
+    await reader.read()
+
+
+async def test_refused_upgrade_is_relayed_and_the_connection_closed() -> None:
+    async with raw_primary(_refuse_upgrade) as (port, _), running_proxy(port) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(UPGRADE_REQUEST)
+            raw = await asyncio.wait_for(reader.read(), 5)  # read to EOF: the proxy closes after it
+        finally:
+            writer.close()
+    assert raw.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
+    assert raw.endswith(b"\r\n\r\nnope")
+    assert b"Connection: close" in raw
+
+
+async def test_client_closing_the_tunnel_closes_the_primary_side() -> None:
+    primary_saw_eof = asyncio.Event()
+
+    async def switch_and_wait(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: toy-protocol\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+        primary_saw_eof.set()
+
+    async with raw_primary(switch_and_wait) as (port, _), running_proxy(port) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(UPGRADE_REQUEST)
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+        await asyncio.wait_for(primary_saw_eof.wait(), 5)
+        await asyncio.sleep(0.05)
+        assert proxy.stats.in_flight == 0
