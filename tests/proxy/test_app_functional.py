@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -174,3 +176,56 @@ async def test_shutdown_finishes_in_flight_and_tapes_it(tmp_path: Path) -> None:
     await primary.close()
     (taped,) = TapeReader(tmp_path / "tape")
     assert taped.request.target == "/slow" and isinstance(taped.primary, Response)
+
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-days", "1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_listener_and_verified_https_shadow(tmp_path: Path) -> None:
+    cert, key = make_cert(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    primary = await Upstream().start()
+    shadow_app = web.Application()
+    shadow_seen: list[str] = []
+
+    async def shadow_handler(request: web.Request) -> web.Response:
+        shadow_seen.append(request.path)
+        return web.Response(text="tls shadow")
+
+    shadow_app.router.add_get("/{tail:.*}", shadow_handler)
+    runner = web.AppRunner(shadow_app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls).start()
+    shadow_url = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    app = await start_proxy(
+        {
+            "primary": primary.url,
+            "tls": {"cert_file": str(cert), "key_file": str(key)},
+            # Verification is on by default: the self-signed shadow is refused unless its CA is given.
+            "shadows": [{"name": "untrusted", "url": shadow_url}, {"name": "trusted", "url": shadow_url,
+                                                                    "ca_file": str(cert)}],
+        }
+    )  # fmt: skip
+    assert app.listen_url.startswith("https://")
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{app.listen_url}/secure", ssl=client_tls) as resp:
+            assert resp.status == 200 and await resp.text() == "GET /secure"
+        for _ in range(100):
+            if app.metrics.mirror_outcomes.get(("untrusted", "connect-error")) and shadow_seen:
+                break
+            await asyncio.sleep(0.02)
+    await app.shutdown()
+    await runner.cleanup()
+    await primary.close()
+    assert shadow_seen == ["/secure"]
+    assert app.metrics.mirror_outcomes["untrusted", "connect-error"] == 1
+    assert app.metrics.mirror_outcomes["trusted", "ok"] == 1
