@@ -1,7 +1,7 @@
 """The record stage: joins each primary exchange with its shadows' outcomes and hands it on.
 
-Per request it decides (once the body is known) whether the exchange goes to the tape (recording
-flag and sample percent), then waits for the primary to finish and for every shadow it was mirrored
+Per request it decides whether the exchange goes to the tape (recording flag and sample percent,
+hashed on the exchange id), then waits for the primary to finish and for every shadow it was mirrored
 to, up to ``join_timeout_s`` after the primary finished. The joined ``recorder.Exchange`` (bodies
 capped at ``max_body_bytes`` with truncation marked) goes to the tape writer's ``submit`` and to the
 wide-event log. Waiting exchanges are bounded (``max_pending``): beyond it the oldest is completed at
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from proxy.config import RecordSettings, RuntimeFlags
 from proxy.metrics import ProxyMetrics
 from proxy.mirror import MIRRORED
-from proxy.sampling import SampleKey, in_sample
+from proxy.sampling import SampleKey, key_in_sample
 from proxy.stages import ProxiedExchange
 from recorder.model import PRIMARY, Exchange, Failure, FailureKind, Outcome, Request, Response, Timing
 
@@ -168,12 +168,23 @@ class RecordStage:
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="record-join-sweeper")
 
-    def _open(self, exchange: ProxiedExchange) -> _Pending:
-        record = False
+    def _taped(self, exchange: ProxiedExchange) -> bool:
+        # Keyed on the exchange id, so both hooks of one exchange reach the same answer.
+        return (
+            self._tape is not None
+            and self._flags.recording
+            and key_in_sample(exchange.id.encode(), self._flags.record_percent)
+        )
+
+    def _count_untaped(self) -> None:
         if self._tape is not None and self._flags.recording:
-            record = in_sample(self._flags.record_percent)
-            if not record:
-                self.stats.sampled_out += 1
+            self.stats.sampled_out += 1
+
+    def _open(self, exchange: ProxiedExchange) -> _Pending | None:
+        """Start joining ``exchange``; None when nobody wants it (not taped, no event log)."""
+        record = self._taped(exchange)
+        if not record and self._on_joined is None:
+            return None
         waiting = {name for name, decision in exchange.decisions.items() if decision == MIRRORED}
         entry = _Pending(record=record, waiting=waiting)
         self._pending[exchange.id] = entry
@@ -194,8 +205,12 @@ class RecordStage:
         if entry is None:
             if self._closed:
                 return
-            # No request_complete (the request failed before its body was known): join it alone.
+            # Not taped and no event log, or no request_complete (the request failed before its
+            # body was known): decide again (the same way) and join it alone.
             entry = self._open(exchange)
+            if entry is None:
+                self._count_untaped()
+                return
         entry.exchange = exchange
         if not entry.waiting:
             del self._pending[exchange.id]
@@ -238,6 +253,8 @@ class RecordStage:
                 self.stats.submitted += 1
             else:
                 self.stats.dropped_by_writer += 1
+        else:
+            self._count_untaped()
         if self._on_joined is not None:
             try:
                 self._on_joined(joined, ex, entry.record)

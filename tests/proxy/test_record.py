@@ -165,3 +165,17 @@ async def test_shutdown_writes_waiting_exchanges(tmp_path: Path) -> None:
     stage.exchange_complete(ex)
     (written,) = await read_tape(stage, tape, tmp_path)
     assert written.shadows["v2"] == Failure(FailureKind.TIMEOUT, "proxy shut down before the shadow answered")
+
+
+async def test_record_percent_holds_and_untaped_exchanges_are_not_kept(tmp_path: Path) -> None:
+    stage, tape, _ = await make(tmp_path, {"sample_percent": 30})
+    for _ in range(2_000):
+        ex = proxied()
+        stage.request_complete(ex)
+        finish(ex)
+        stage.exchange_complete(ex)
+    # Without an event log nothing waits for an exchange that will not be taped.
+    assert stage.snapshot()["pending"] == 0
+    assert 500 <= stage.stats.submitted <= 700, stage.stats.submitted
+    assert stage.stats.sampled_out == 2_000 - stage.stats.submitted
+    assert len(await read_tape(stage, tape, tmp_path)) == stage.stats.submitted
