@@ -13,7 +13,7 @@ import glob
 import os
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -197,16 +197,17 @@ class TapeReader:
         for path in self.segments:
             segment = SegmentReport(path=str(path))
             self.report.segments.append(segment)
-            for ex in _SegmentReader(path, segment, self.salvage).exchanges():
-                if matches is None or matches(ex):
-                    yield ex
+            yield from _SegmentReader(path, segment, self.salvage, matches).exchanges()
 
 
 class _SegmentReader:
     """One pass over one segment file."""
 
-    def __init__(self, path: Path, report: SegmentReport, salvage: bool) -> None:
+    def __init__(
+        self, path: Path, report: SegmentReport, salvage: bool, matches: Callable[[Exchange], bool] | None
+    ) -> None:
         self.path = path
+        self.matches = matches
         self.name = str(path)
         self.report = report
         self.salvage = salvage
@@ -215,64 +216,67 @@ class _SegmentReader:
 
     def exchanges(self) -> Iterator[Exchange]:
         try:
-            with open(self.path, "rb") as f:
-                yield from self._read(f)
+            f = open(self.path, "rb")  # noqa: SIM115 (the with below closes it)
         except OSError as exc:
-            raise InputFormatError(f"cannot read tape segment: {exc.strerror or exc}", path=self.name) from exc
-
-    def _read(self, f: IO[bytes]) -> Iterator[Exchange]:
-        report = self.report
-        head = f.read(SEGMENT_HEADER_SIZE)
-        if len(head) < SEGMENT_HEADER_SIZE and MAGIC.startswith(head[: len(MAGIC)]):
-            # Created, then the writer died before the header was complete: an empty segment.
-            report.bytes = len(head)
-            report.torn_tail = TornTail(0, len(head), "segment header incomplete")
-            return
-        report.version, report.flags = parse_segment_header(head, self.name)
-        version = report.version
-        self.migrate = migration_chain(version, self.name)
-        w = _Window(f, SEGMENT_HEADER_SIZE)
-        migrate = self.migrate
-        unpackb = msgpack.unpackb
-        from_wire = exchange_from_wire
-        crc32 = zlib.crc32
-        try:
-            while True:
-                # Fast path: whole, valid frames already in the buffer. Kept inline and on locals:
-                # this loop runs once per exchange and sets the read speed.
-                buf, pos, base = w.buf, w.pos, w.base
-                view = memoryview(buf)
-                end_buf = len(buf)
-                while pos + FRAME_HEADER_SIZE <= end_buf:
-                    sync, kind, length, crc = _unpack_header(buf, pos)
-                    end = pos + FRAME_HEADER_SIZE + length
-                    if sync != FRAME_SYNC or end > end_buf:
-                        break
-                    payload = view[pos + FRAME_HEADER_SIZE : end]
-                    if crc32(payload, crc32(view[pos : pos + _PREFIX_BYTES])) != crc:
-                        break
-                    report.frames += 1
-                    if kind == KIND_EXCHANGE:
-                        try:
-                            record = unpackb(payload, raw=False, use_list=False)
-                            ex = from_wire(record if migrate is None else migrate(record))
-                        except _RECORD_ERRORS as exc:
-                            self._bad_record(exc, base + pos, end - pos)
-                        else:
-                            report.exchanges += 1
-                            yield ex
-                    elif kind == KIND_ZSTD_BLOCK:
-                        yield from self._block(payload, base + pos)
-                    elif kind < 0x80:
-                        reason = f"unknown frame kind {kind} (written by a newer shadowtap?)"
-                        self._problem(base + pos, end - pos, reason)
-                    # Kinds 0x80 and above are optional extensions, skipped by readers that do not know them.
-                    pos = end
-                w.pos = pos
-                if not self._slow(w):
-                    return
-        finally:
-            report.bytes = SEGMENT_HEADER_SIZE + w.consumed
+            raise InputFormatError(f"cannot open tape segment: {exc.strerror or exc}", path=self.name) from exc
+        with f:
+            try:
+                head = f.read(SEGMENT_HEADER_SIZE)
+            except OSError as exc:
+                raise InputFormatError(f"cannot read tape segment: {exc.strerror or exc}", path=self.name) from exc
+            report = self.report
+            if len(head) < SEGMENT_HEADER_SIZE and MAGIC.startswith(head[: len(MAGIC)]):
+                # Created, then the writer died before the header was complete: an empty segment.
+                report.bytes = len(head)
+                report.torn_tail = TornTail(0, len(head), "segment header incomplete")
+                return
+            report.version, report.flags = parse_segment_header(head, self.name)
+            version = report.version
+            self.migrate = migration_chain(version, self.name)
+            w = _Window(f, SEGMENT_HEADER_SIZE, self.name)
+            matches = self.matches
+            migrate = self.migrate
+            unpackb = msgpack.unpackb
+            from_wire = exchange_from_wire
+            crc32 = zlib.crc32
+            try:
+                while True:
+                    # Fast path: whole, valid frames already in the buffer. Kept inline and on locals:
+                    # this loop runs once per exchange and sets the read speed.
+                    buf, pos, base = w.buf, w.pos, w.base
+                    view = memoryview(buf)
+                    end_buf = len(buf)
+                    while pos + FRAME_HEADER_SIZE <= end_buf:
+                        sync, kind, length, crc = _unpack_header(buf, pos)
+                        end = pos + FRAME_HEADER_SIZE + length
+                        if sync != FRAME_SYNC or end > end_buf:
+                            break
+                        payload = view[pos + FRAME_HEADER_SIZE : end]
+                        if crc32(payload, crc32(view[pos : pos + _PREFIX_BYTES])) != crc:
+                            break
+                        report.frames += 1
+                        if kind == KIND_EXCHANGE:
+                            try:
+                                record = unpackb(payload, raw=False, use_list=False)
+                                ex = from_wire(record if migrate is None else migrate(record))
+                            except _RECORD_ERRORS as exc:
+                                self._bad_record(exc, base + pos, end - pos)
+                            else:
+                                report.exchanges += 1
+                                if matches is None or matches(ex):
+                                    yield ex
+                        elif kind == KIND_ZSTD_BLOCK:
+                            yield from self._block(payload, base + pos)
+                        elif kind < 0x80:
+                            reason = f"unknown frame kind {kind} (written by a newer shadowtap?)"
+                            self._problem(base + pos, end - pos, reason)
+                        # Kinds 0x80 and above are optional extensions, skipped by readers that do not know them.
+                        pos = end
+                    w.pos = pos
+                    if not self._slow(w):
+                        return
+            finally:
+                report.bytes = SEGMENT_HEADER_SIZE + w.consumed
 
     def _slow(self, w: _Window) -> bool:
         """The frame at ``w.pos`` is not whole in the buffer, or not valid. True: carry on reading."""
@@ -378,7 +382,8 @@ class _SegmentReader:
                 self._bad_record(exc, offset, frame_size)
             else:
                 report.exchanges += 1
-                yield ex
+                if self.matches is None or self.matches(ex):
+                    yield ex
             inner = end
 
 
@@ -390,10 +395,11 @@ def _frame_ok(buf: bytes, pos: int, size: int, crc: int) -> bool:
 class _Window:
     """A sliding buffer over a segment file: ``buf[pos:]`` is unread, ``base`` is buf[0]'s file offset."""
 
-    __slots__ = ("base", "buf", "consumed", "eof", "f", "pos")
+    __slots__ = ("base", "buf", "consumed", "eof", "f", "name", "pos")
 
-    def __init__(self, f: IO[bytes], base: int) -> None:
+    def __init__(self, f: IO[bytes], base: int, name: str) -> None:
         self.f = f
+        self.name = name
         self.buf = b""
         self.pos = 0
         self.base = base
@@ -409,7 +415,11 @@ class _Window:
         while len(self.buf) - self.pos < n:
             if self.eof:
                 return False
-            chunk = self.f.read(max(_CHUNK_BYTES, n - (len(self.buf) - self.pos)))
+            try:
+                chunk = self.f.read(max(_CHUNK_BYTES, n - (len(self.buf) - self.pos)))
+            except OSError as exc:
+                message = f"cannot read tape segment: {exc.strerror or exc}"
+                raise InputFormatError(message, path=self.name, offset=self.base + len(self.buf)) from exc
             if not chunk:
                 self.eof = True
                 return False
@@ -462,8 +472,3 @@ class _Window:
                 if self.fill(size) and _frame_ok(self.buf, self.pos, size, crc):
                     return True
             search = self.pos + 1
-
-
-def read_all(paths: Iterable[str | os.PathLike[str]]) -> list[Exchange]:
-    """Every exchange of a (small) tape as a list: for tests and tools, never for big tapes."""
-    return list(TapeReader(list(paths)))
