@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import groupby
+from operator import attrgetter
 from typing import Final
 
 from differ.config import DifferConfig, IgnoreRule, NoiseThresholds
@@ -25,7 +28,7 @@ from differ.report_model import (
     Suppression,
 )
 from differ.signatures import is_structural, severity, severity_rank, signature_id
-from differ.store import EXAMPLE_CANDIDATE, DiffStore
+from differ.store import EXAMPLE_CANDIDATE, DiffStore, StoredDifference
 from differ.verdict import decide, parse_fail_on
 from recorder.errors import ConfigError
 
@@ -55,18 +58,13 @@ def is_learned_noise(candidate_rate: float, noise_rate: float | None, thresholds
 
 
 @dataclass(slots=True)
-class _EndpointCounts:
-    pairs: int = 0
-    compared: int = 0
-    errors: int = 0
-    secondary: int = 0
-
-
-@dataclass(slots=True)
 class _SignatureCounts:
-    pairs: set[int]
+    pairs: int
     first_seen_ns: int
     last_seen_ns: int
+
+
+SigKey = tuple[str, int, str | None]
 
 
 def _rule_reason(rules: tuple[IgnoreRule, ...], endpoint: str, path: str) -> str | None:
@@ -74,6 +72,11 @@ def _rule_reason(rules: tuple[IgnoreRule, ...], endpoint: str, path: str) -> str
         if rule.matches(endpoint, path):
             return rule.reason
     return None
+
+
+def _by_pair(rows: Iterable[StoredDifference]) -> Iterator[list[StoredDifference]]:
+    for _, group in groupby(rows, key=attrgetter("pair_id")):
+        yield list(group)
 
 
 def build_report(
@@ -87,97 +90,98 @@ def build_report(
     min_samples: int | None = None,
     generated_at_ns: int | None = None,
 ) -> DiffReport:
-    """The report for the pairs in ``[since_ns, until_ns)`` (and ``endpoint``, when given)."""
+    """The report for the pairs in ``[since_ns, until_ns)`` (and ``endpoint``, when given).
+
+    Two streamed passes over the stored differences, one pair at a time, so memory follows the
+    number of signatures and fields, never the number of pairs.
+    """
     meta = store.meta()
     if meta is None:
         raise ConfigError("the results database holds no diff run", path=store.path)
     rule = parse_fail_on(fail_on if fail_on is not None else config.fail_on)
+    counts = {row.endpoint: row for row in store.endpoint_counts(since_ns, until_ns, endpoint)}
 
-    counts: dict[str, _EndpointCounts] = defaultdict(_EndpointCounts)
-    pair_info: dict[int, tuple[str, int, bool]] = {}
-    first_ns: int | None = None
-    last_ns: int | None = None
-    for pair in store.pairs(since_ns, until_ns, endpoint):
-        c = counts[pair.endpoint]
-        c.pairs += 1
-        if pair.status == "error":
-            c.errors += 1
-        else:
-            c.compared += 1
-            c.secondary += pair.has_secondary
-        pair_info[pair.id] = (pair.endpoint, pair.started_at_ns, pair.status == "error")
-        first_ns = pair.started_at_ns if first_ns is None else min(first_ns, pair.started_at_ns)
-        last_ns = pair.started_at_ns if last_ns is None else max(last_ns, pair.started_at_ns)
-
-    noise_pairs: dict[tuple[str, str], set[int]] = defaultdict(set)
-    signatures: dict[tuple[str, int, str | None], _SignatureCounts] = {}
+    # Pass 1: signature counts, per-field noise counts, and per-field candidate counts over what
+    # neither a detector nor a rule explains (the rate learned noise is judged on).
     key_info: dict[int, tuple[str, str, str]] = {}
-    for diff in store.differences(since_ns, until_ns, endpoint):
-        ep, started, _ = pair_info[diff.pair_id]
-        if diff.side == "secondary":
-            noise_pairs[(ep, diff.path)].add(diff.pair_id)
-            continue
-        key_info[diff.key_id] = (diff.path, diff.kind, diff.transition)
-        sig_key = (ep, diff.key_id, diff.volatile)
-        sig = signatures.get(sig_key)
-        if sig is None:
-            signatures[sig_key] = _SignatureCounts({diff.pair_id}, started, started)
-        else:
-            sig.pairs.add(diff.pair_id)
-            sig.first_seen_ns = min(sig.first_seen_ns, started)
-            sig.last_seen_ns = max(sig.last_seen_ns, started)
+    signatures: dict[SigKey, _SignatureCounts] = {}
+    fixed_reasons: dict[SigKey, str | None] = {}
+    noise_counts: dict[tuple[str, str], int] = defaultdict(int)
+    candidate_counts: dict[tuple[str, str], int] = defaultdict(int)
+    for rows in _by_pair(store.differences(since_ns, until_ns, endpoint)):
+        pair_sigs: set[SigKey] = set()
+        pair_noise: set[tuple[str, str]] = set()
+        pair_fields: set[tuple[str, str]] = set()
+        for row in rows:
+            ep = row.endpoint
+            if row.side == "secondary":
+                pair_noise.add((ep, row.path))
+                continue
+            key_info[row.key_id] = (row.path, row.kind, row.transition)
+            sig_key = (ep, row.key_id, row.volatile)
+            pair_sigs.add(sig_key)
+            if sig_key not in fixed_reasons:
+                fixed_reasons[sig_key] = row.volatile or _rule_reason(config.ignore, ep, row.path)
+            if fixed_reasons[sig_key] is None and not is_structural(row.kind, row.transition):
+                pair_fields.add((ep, row.path))
+        started = rows[0].started_at_ns
+        for sig_key in pair_sigs:
+            sig = signatures.get(sig_key)
+            if sig is None:
+                signatures[sig_key] = _SignatureCounts(1, started, started)
+            else:
+                sig.pairs += 1
+                sig.first_seen_ns = min(sig.first_seen_ns, started)
+                sig.last_seen_ns = max(sig.last_seen_ns, started)
+        for field_key in pair_noise:
+            noise_counts[field_key] += 1
+        for field_key in pair_fields:
+            candidate_counts[field_key] += 1
 
     def noise_rate(ep: str, path: str) -> float | None:
         secondary = counts[ep].secondary
-        return len(noise_pairs.get((ep, path), ())) / secondary if secondary else None
+        return noise_counts.get((ep, path), 0) / secondary if secondary else None
 
-    # First the reasons that do not depend on rates, then each field's candidate rate over what is
-    # left (non-structural only), which learned noise compares with the field's noise rate.
-    reasons: dict[tuple[str, int, str | None], str | None] = {}
-    field_candidate_pairs: dict[tuple[str, str], set[int]] = defaultdict(set)
-    for sig_key, sig in signatures.items():
-        ep, key_id, volatile = sig_key
-        path, kind, transition = key_info[key_id]
-        reason = volatile or _rule_reason(config.ignore, ep, path)
-        reasons[sig_key] = reason
-        if reason is None and not is_structural(kind, transition):
-            field_candidate_pairs[(ep, path)].update(sig.pairs)
-    for sig_key, reason in reasons.items():
+    reasons: dict[SigKey, str | None] = {}
+    for sig_key, reason in fixed_reasons.items():
         ep, key_id, _ = sig_key
         path, kind, transition = key_info[key_id]
-        if reason is not None or is_structural(kind, transition):
-            continue
-        compared = counts[ep].compared
-        rate = len(field_candidate_pairs[(ep, path)]) / compared if compared else 0.0
-        if is_learned_noise(rate, noise_rate(ep, path), config.noise):
-            reasons[sig_key] = LEARNED_NOISE
+        if reason is None and not is_structural(kind, transition):
+            compared = counts[ep].compared
+            rate = candidate_counts[(ep, path)] / compared if compared else 0.0
+            if is_learned_noise(rate, noise_rate(ep, path), config.noise):
+                reason = LEARNED_NOISE
+        reasons[sig_key] = reason
 
-    differing_pairs: set[int] = set()
-    for sig_key, sig in signatures.items():
-        if reasons[sig_key] is None:
-            differing_pairs.update(sig.pairs)
-    # A failed pair is an error, not a differing comparison.
+    # Pass 2: which pairs still differ, and each field's differing / suppressed pair counts.
     differing_by_endpoint: dict[str, int] = defaultdict(int)
-    for pair_id in differing_pairs:
-        ep, _, is_error = pair_info[pair_id]
-        if not is_error:
-            differing_by_endpoint[ep] += 1
+    field_live: dict[tuple[str, str], int] = defaultdict(int)
+    field_suppressed: dict[tuple[str, str], int] = defaultdict(int)
+    for rows in _by_pair(store.differences(since_ns, until_ns, endpoint)):
+        live: set[tuple[str, str]] = set()
+        suppressed: set[tuple[str, str]] = set()
+        for row in rows:
+            if row.side == "candidate":
+                field_key = (row.endpoint, row.path)
+                (live if reasons[(row.endpoint, row.key_id, row.volatile)] is None else suppressed).add(field_key)
+        if live and rows[0].pair_status == "compared":
+            differing_by_endpoint[rows[0].endpoint] += 1
+        for field_key in live:
+            field_live[field_key] += 1
+        for field_key in suppressed:
+            field_suppressed[field_key] += 1
 
     k = config.examples_per_signature
     by_endpoint: dict[str, list[SignatureReport]] = defaultdict(list)
-    field_stats: dict[tuple[str, str], tuple[set[int], set[int]]] = {}
     suppression_counts: dict[str, int] = defaultdict(int)
     for sig_key, sig in signatures.items():
         ep, key_id, volatile = sig_key
         path, kind, transition = key_info[key_id]
         reason = reasons[sig_key]
-        count = len(sig.pairs)
-        denominator = counts[ep].compared + counts[ep].errors if kind == "error" else counts[ep].compared
-        unsuppressed_pairs, suppressed_pairs = field_stats.setdefault((ep, path), (set(), set()))
-        (suppressed_pairs if reason is not None else unsuppressed_pairs).update(sig.pairs)
+        c = counts[ep]
+        denominator = c.compared + c.errors if kind == "error" else c.compared
         if reason is not None:
-            suppression_counts[reason] += count
-        examples = _examples(store, ep, key_id, volatile, k, since_ns, until_ns, reasons)
+            suppression_counts[reason] += sig.pairs
         by_endpoint[ep].append(
             SignatureReport(
                 id=signature_id(ep, path, kind, transition if volatile is None else f"{transition} {volatile}"),
@@ -186,14 +190,26 @@ def build_report(
                 kind=kind,
                 transition=transition,
                 severity=severity(kind, transition),
-                count=count,
-                rate=count / denominator if denominator else 0.0,
+                count=sig.pairs,
+                rate=sig.pairs / denominator if denominator else 0.0,
                 first_seen_ns=sig.first_seen_ns,
                 last_seen_ns=sig.last_seen_ns,
                 suppressed=reason is not None,
                 suppression_reason=reason,
                 noise_rate=noise_rate(ep, path),
-                examples=examples,
+                examples=_examples(store, ep, key_id, volatile, k, since_ns, until_ns, reasons),
+            )
+        )
+
+    fields_by_endpoint: dict[str, list[FieldStat]] = defaultdict(list)
+    for ep, path in sorted(field_live.keys() | field_suppressed.keys()):
+        fields_by_endpoint[ep].append(
+            FieldStat(
+                path,
+                field_live.get((ep, path), 0),
+                counts[ep].compared,
+                field_suppressed.get((ep, path), 0),
+                noise_rate(ep, path),
             )
         )
 
@@ -203,13 +219,7 @@ def build_report(
             by_endpoint.get(ep, []),
             key=lambda s: (s.suppressed, severity_rank(s.severity), -s.count, s.path, s.kind, s.transition),
         )
-        live = [s for s in sigs if not s.suppressed]
-        differing = differing_by_endpoint[ep]
-        fields = tuple(
-            FieldStat(path, len(unsup), c.compared, len(sup), noise_rate(ep, path))
-            for (field_ep, path), (unsup, sup) in sorted(field_stats.items())
-            if field_ep == ep
-        )
+        differing = differing_by_endpoint.get(ep, 0)
         endpoints.append(
             EndpointReport(
                 endpoint=ep,
@@ -217,8 +227,8 @@ def build_report(
                 equal=c.compared - differing,
                 differing=differing,
                 errors=c.errors,
-                severity=min((s.severity for s in live), key=severity_rank, default=None),
-                fields=fields,
+                severity=min((s.severity for s in sigs if not s.suppressed), key=severity_rank, default=None),
+                fields=tuple(fields_by_endpoint.get(ep, ())),
                 signatures=tuple(sigs),
             )
         )
@@ -226,12 +236,11 @@ def build_report(
         key=lambda e: (severity_rank(e.severity), -(e.differing / e.compared if e.compared else 0.0), e.endpoint)
     )
 
-    all_signatures = [s for e in endpoints for s in e.signatures]
     pairs = sum(c.pairs for c in counts.values())
     compared = sum(c.compared for c in counts.values())
     errors = sum(c.errors for c in counts.values())
     verdict = decide(
-        all_signatures,
+        [s for e in endpoints for s in e.signatures],
         rule=rule,
         pairs=pairs,
         compared=compared,
@@ -249,8 +258,8 @@ def build_report(
         baseline_name=meta.baseline,
         candidate_name=meta.candidate,
         secondary_name=meta.secondary,
-        window_start_ns=since_ns if since_ns is not None else first_ns,
-        window_end_ns=until_ns if until_ns is not None else last_ns,
+        window_start_ns=since_ns if since_ns is not None else min((c.first_ns for c in counts.values()), default=None),
+        window_end_ns=until_ns if until_ns is not None else max((c.last_ns for c in counts.values()), default=None),
         pairs=pairs,
         compared=compared,
         equal=compared - differing_total,
@@ -271,7 +280,7 @@ def _examples(
     k: int,
     since_ns: int | None,
     until_ns: int | None,
-    reasons: dict[tuple[str, int, str | None], str | None],
+    reasons: dict[SigKey, str | None],
 ) -> tuple[Example, ...]:
     if k <= 0:
         return ()

@@ -26,7 +26,7 @@ __all__ = [
     "EXAMPLE_SECONDARY",
     "SCHEMA_VERSION",
     "DiffStore",
-    "PairRow",
+    "EndpointCountsRow",
     "RunMeta",
     "StoredDifference",
 ]
@@ -107,17 +107,22 @@ class RunMeta:
 
 
 @dataclass(frozen=True, slots=True)
-class PairRow:
-    id: int
+class EndpointCountsRow:
     endpoint: str
-    started_at_ns: int
-    status: str
-    has_secondary: bool
+    pairs: int
+    compared: int
+    errors: int
+    secondary: int
+    first_ns: int
+    last_ns: int
 
 
 @dataclass(frozen=True, slots=True)
 class StoredDifference:
     pair_id: int
+    endpoint: str
+    started_at_ns: int
+    pair_status: str
     key_id: int
     path: str
     kind: str
@@ -269,23 +274,29 @@ class DiffStore:
             params.append(endpoint)
         return (" AND ".join(clauses) or "1"), params
 
-    def pairs(self, since_ns: int | None, until_ns: int | None, endpoint: str | None) -> Iterator[PairRow]:
+    def endpoint_counts(
+        self, since_ns: int | None, until_ns: int | None, endpoint: str | None
+    ) -> list[EndpointCountsRow]:
+        """Per endpoint: pairs, compared, errors, compared pairs with a secondary, first and last start."""
         where, params = self._window(since_ns, until_ns, endpoint)
-        for row in self._db.execute(
-            "SELECT p.id, r.endpoint, p.started_at_ns, p.status, p.has_secondary"
-            f" FROM pairs p JOIN routes r ON r.id = p.route_id WHERE {where}",
+        rows = self._db.execute(
+            "SELECT r.endpoint, count(*), sum(p.status = 'compared'), sum(p.status = 'error'),"
+            " sum(p.status = 'compared' AND p.has_secondary), min(p.started_at_ns), max(p.started_at_ns)"
+            f" FROM pairs p JOIN routes r ON r.id = p.route_id WHERE {where} GROUP BY r.endpoint",
             params,
-        ):
-            yield PairRow(row[0], row[1], row[2], row[3], bool(row[4]))
+        ).fetchall()
+        return [EndpointCountsRow(*row) for row in rows]
 
     def differences(
         self, since_ns: int | None, until_ns: int | None, endpoint: str | None
     ) -> Iterator[StoredDifference]:
+        """Every stored difference in the window, grouped by pair (ordered by pair id), streamed."""
         where, params = self._window(since_ns, until_ns, endpoint)
         for row in self._db.execute(
-            "SELECT d.pair_id, d.key_id, k.path, k.kind, k.transition, d.side, d.full_path, d.volatile"
+            "SELECT d.pair_id, r.endpoint, p.started_at_ns, p.status, d.key_id, k.path, k.kind, k.transition,"
+            " d.side, d.full_path, d.volatile"
             " FROM differences d JOIN pairs p ON p.id = d.pair_id JOIN routes r ON r.id = p.route_id"
-            f" JOIN diff_keys k ON k.id = d.key_id WHERE {where}",
+            f" JOIN diff_keys k ON k.id = d.key_id WHERE {where} ORDER BY d.pair_id",
             params,
         ):
             yield StoredDifference(*row)
