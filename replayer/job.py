@@ -19,7 +19,7 @@ from replayer.plan import PlanOptions, PlanStats, plan_requests
 from replayer.result import JobResult
 from replayer.runner import Progress, ReplayOutcome, RunnerSettings, replay
 from replayer.source import tape_source
-from replayer.transport import AiohttpTransport, ClientSettings
+from replayer.transport import ClientSettings, make_transport
 
 __all__ = ["ReplayJob", "run_job"]
 
@@ -62,7 +62,7 @@ async def run_job(
         await writer.start()
     outcome: ReplayOutcome
     try:
-        async with AiohttpTransport(job.target, job.client) as transport:
+        async with make_transport(job.target, job.client) as transport:
             outcome = await replay(
                 plan, transport, t0_ns=t0_ns, settings=job.runner, results=writer, progress=progress, stop=stop
             )

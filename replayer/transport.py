@@ -1,13 +1,18 @@
-"""How the runner sends one request: a one-method interface, an in-memory transport and aiohttp.
+"""How the runner sends one request: a one-method interface and its implementations.
 
 The runner only knows ``Transport.send``; tests drive the scheduler with ``MemoryTransport`` (a
-handler function, no sockets) and real-socket tests prove ``AiohttpTransport`` on the wire. A
-transport must never raise for an upstream failure: it returns a ``Failure`` classified as connect,
-timeout, reset or bad response, so one dead target cannot stop a replay.
+handler function, no sockets). On the wire, ``HttpTransport`` is the default for ``http://``: a
+keep-alive HTTP/1.1 client on asyncio protocols with llhttp (httptools) parsing, because the
+aiohttp client costs about ten times more CPU per request and cannot meet the replayer's
+5,000 requests/s budget (bench/replay_bench.py). ``AiohttpTransport`` serves ``https://`` and
+``--client aiohttp``. ``make_transport`` picks one. A transport must never raise for an upstream
+failure: it returns a ``Failure`` classified as connect, timeout, reset or bad response, so one
+dead target cannot stop a replay.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 import aiohttp
+import httptools
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -24,10 +30,12 @@ from recorder.model import Failure, FailureKind, Headers, Outcome, Response
 __all__ = [
     "AiohttpTransport",
     "ClientSettings",
+    "HttpTransport",
     "MemoryTransport",
     "SendResult",
     "Transport",
     "error_class",
+    "make_transport",
 ]
 
 # aiohttp adds these when absent; a replay sends what was recorded, so they are never added.
@@ -81,10 +89,18 @@ class ClientSettings:
     timeout_s: float = 30.0
     connect_timeout_s: float = 5.0
     keepalive_s: float = 30.0
+    #: A response body larger than this is a ``body-too-large`` failure (bounds memory per request).
+    max_body_bytes: int = 64 * 1024 * 1024
+    #: ``auto``: the raw HTTP/1.1 client for http://, aiohttp for https://; or force one.
+    client: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
             raise ConfigError(f"must be >= 1, got {self.max_connections}", field="connections")
+        if self.max_body_bytes < 1:
+            raise ConfigError(f"must be >= 1, got {self.max_body_bytes}", field="max-body-bytes")
+        if self.client not in ("auto", "raw", "aiohttp"):
+            raise ConfigError(f"must be auto, raw or aiohttp, not {self.client!r}", field="client")
         for name in ("timeout_s", "connect_timeout_s", "keepalive_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)}", field=name.replace("_s", ""))
@@ -153,7 +169,15 @@ class AiohttpTransport:
                 method, url, headers=request_headers, data=body or None, allow_redirects=False
             ) as resp:
                 first_byte_ns = time.monotonic_ns()
-                payload = await resp.read()
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > self._settings.max_body_bytes:
+                        limit = self._settings.max_body_bytes
+                        return SendResult(Failure(FailureKind.BODY_TOO_LARGE, f"response body over {limit} bytes"))
+                    chunks.append(chunk)
+                payload = b"".join(chunks)
                 return SendResult(
                     Response(
                         status=resp.status,
@@ -166,3 +190,223 @@ class AiohttpTransport:
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return SendResult(_failure_from(exc))
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: one request at a time, its response parsed by llhttp."""
+
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_first_byte_ns",
+        "_headers",
+        "_head_only",
+        "_max_body",
+        "_parser",
+        "_timer",
+        "_waiter",
+        "closed",
+        "transport",
+    )
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self._max_body = max_body_bytes
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[SendResult] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._first_byte_ns: int | None = None
+        self._head_only = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:
+            self._fail(Failure(FailureKind.BAD_RESPONSE, "data received with no request outstanding"))
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(Failure(FailureKind.BAD_RESPONSE, f"unparsable response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(SendResult(Failure(FailureKind.RESET, str(exc or "connection closed early"))))
+        self._waiter = None
+
+    # -- llhttp callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._first_byte_ns = time.monotonic_ns()
+        if self._head_only:
+            # A HEAD response announces a body it never sends; llhttp cannot be told the method,
+            # so the response ends here and the next response gets a fresh parser.
+            self._complete()
+            self._parser = httptools.HttpResponseParser(self)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._max_body:
+            self._fail(Failure(FailureKind.BODY_TOO_LARGE, f"response body over {self._max_body} bytes"))
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self._head_only:
+            self._complete()
+
+    # -- requests
+    def send(self, payload: bytes, head_only: bool, timeout_s: float) -> asyncio.Future[SendResult]:
+        assert self.transport is not None and self._waiter is None
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        # One timer handle per request: cheaper than an asyncio.timeout scope on the hot path.
+        self._timer = loop.call_later(timeout_s, self._timed_out, timeout_s)
+        self._headers, self._body, self._body_size = [], [], 0
+        self._first_byte_ns = None
+        self._head_only = head_only
+        self.transport.write(payload)
+        return self._waiter
+
+    def _timed_out(self, timeout_s: float) -> None:
+        self._timer = None
+        self._fail(Failure(FailureKind.TIMEOUT, f"no response within {timeout_s:g} s"))
+
+    def _complete(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiter, self._waiter = self._waiter, None
+        parser = self._parser
+        version = parser.get_http_version()
+        if not parser.should_keep_alive():
+            self.close()
+        if waiter is not None and not waiter.done():
+            response = Response(
+                status=parser.get_status_code(),
+                headers=tuple(self._headers),
+                body=b"".join(self._body),
+                http_version=version,
+            )
+            waiter.set_result(SendResult(response, self._first_byte_ns))
+
+    def _fail(self, failure: Failure) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiter, self._waiter = self._waiter, None
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(SendResult(failure))
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class HttpTransport:
+    """A lean keep-alive HTTP/1.1 client for ``http://`` targets (see the module docstring).
+
+    Requests go out with the recorded headers in their recorded order and case; ``Host`` is the
+    target's unless the plan set one, ``Content-Length`` is recomputed. Bodies come back as they
+    were sent (no decompression). At most ``max_connections`` connections are open; idle ones are
+    reused most-recent first. Use as an async context manager.
+    """
+
+    def __init__(self, base_url: str, settings: ClientSettings | None = None) -> None:
+        url = URL(base_url)
+        if url.scheme != "http" or not url.host:
+            raise ConfigError(f"not an http:// URL: {base_url!r}", field="target")
+        self._host = url.host
+        self._port = url.port or 80
+        self._prefix = url.raw_path.rstrip("/")
+        default_port = url.port is None or url.port == 80
+        self._host_header = (url.raw_host or url.host) + ("" if default_port else f":{url.port}")
+        self._settings = settings or ClientSettings()
+        # Bounded by max_connections: a connection is either idle here or lent to one request.
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(self._settings.max_connections)
+        self._all: set[_Connection] = set()
+
+    async def __aenter__(self) -> HttpTransport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for conn in list(self._all):
+            conn.close()
+        self._all.clear()
+        self._idle.clear()
+
+    def _payload(self, method: str, target: str, headers: Headers, body: bytes) -> bytes:
+        has_host = False
+        lines = [f"{method} {self._prefix}{target} HTTP/1.1\r\n".encode("latin-1")]
+        for name, value in headers:
+            if not has_host and name.lower() == b"host":
+                has_host = True
+            lines += (name, b": ", value, b"\r\n")
+        if not has_host:
+            lines.append(f"Host: {self._host_header}\r\n".encode("latin-1"))
+        if body or method not in ("GET", "HEAD", "OPTIONS", "DELETE", "TRACE"):
+            lines.append(b"Content-Length: %d\r\n" % len(body))
+        lines.append(b"\r\n")
+        if body:
+            lines.append(body)
+        return b"".join(lines)
+
+    async def _connect(self) -> _Connection | Failure:
+        s = self._settings
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(s.connect_timeout_s):
+                _, conn = await loop.create_connection(lambda: _Connection(s.max_body_bytes), self._host, self._port)
+        except TimeoutError:
+            return Failure(FailureKind.TIMEOUT, f"connect to {self._host}:{self._port} timed out")
+        except OSError as exc:
+            return Failure(FailureKind.CONNECT_ERROR, f"connect to {self._host}:{self._port}: {exc.strerror or exc}")
+        self._all.add(conn)
+        return conn
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+            self._all.discard(conn)
+        return None
+
+    async def send(self, method: str, target: str, headers: Headers, body: bytes) -> SendResult:
+        payload = self._payload(method, target, headers, body)
+        async with self._slots:
+            conn = self._take_idle()
+            if conn is None:
+                made = await self._connect()
+                if isinstance(made, Failure):
+                    return SendResult(made)
+                conn = made
+            result = await conn.send(payload, method == "HEAD", self._settings.timeout_s)
+            if conn.closed:
+                self._all.discard(conn)
+            else:
+                self._idle.append(conn)
+            return result
+
+
+def make_transport(base_url: str, settings: ClientSettings | None = None) -> HttpTransport | AiohttpTransport:
+    """The transport for ``base_url``: the raw client for http:// unless told otherwise."""
+    settings = settings or ClientSettings()
+    scheme = URL(base_url).scheme
+    if settings.client == "raw" or (settings.client == "auto" and scheme == "http"):
+        return HttpTransport(base_url, settings)
+    return AiohttpTransport(base_url, settings)

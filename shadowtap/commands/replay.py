@@ -86,6 +86,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-in-flight", type=int, help="cap on concurrent requests (default: --connections)")
     g.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per-request timeout (default 30)")
     g.add_argument("--connect-timeout", type=float, default=5.0, metavar="S", help="connect timeout (default 5)")
+    g.add_argument(
+        "--client",
+        choices=["auto", "raw", "aiohttp"],
+        default="auto",
+        help="HTTP client: auto = the fast raw HTTP/1.1 client for http://, aiohttp for https://",
+    )
     g.add_argument("--workers", type=int, default=1, help="processes to shard sessions over (default 1)")
 
     g = parser.add_argument_group("outputs and gates")
@@ -153,7 +159,10 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
         ),
     )
     client = ClientSettings(
-        max_connections=args.connections, timeout_s=args.timeout, connect_timeout_s=args.connect_timeout
+        max_connections=args.connections,
+        timeout_s=args.timeout,
+        connect_timeout_s=args.connect_timeout,
+        client=args.client,
     )
     # The cap defaults to the pool size: then the pool never queues a request where we cannot see
     # it, and every wait is counted as held back instead of hiding inside service time.

@@ -13,7 +13,7 @@ from aiohttp import web
 from recorder import Exchange
 from replayer.plan import PlanOptions, Scaling, plan_requests
 from replayer.runner import RunnerSettings, replay
-from replayer.transport import AiohttpTransport, ClientSettings
+from replayer.transport import ClientSettings, HttpTransport
 from tests.replayer.tapes import MS, make_exchange
 
 
@@ -50,7 +50,7 @@ async def test_arrivals_follow_the_plan_without_cumulative_drift(speed: float) -
     app.router.add_get("/r/{i}", handle)
     server, url = await start_server(app)
     try:
-        async with AiohttpTransport(url) as transport:
+        async with HttpTransport(url) as transport:
             # Warm one connection so the first arrival does not carry a connect.
             await transport.send("GET", "/r/999", (), b"")
             arrivals.clear()
@@ -84,7 +84,7 @@ async def test_a_stall_shows_in_corrected_time_not_only_in_service_time() -> Non
     server, url = await start_server(app)
     tape = [make_exchange(i, i * 10.0) for i in range(150)]  # 100 requests/s for 1.5 s
     try:
-        async with AiohttpTransport(url, ClientSettings(max_connections=1)) as transport:
+        async with HttpTransport(url, ClientSettings(max_connections=1)) as transport:
             plan = plan_requests(lambda: tape, PlanOptions())
             outcome = await replay(plan, transport, settings=RunnerSettings(max_in_flight=1))
     finally:
@@ -115,7 +115,7 @@ async def test_a_target_that_refuses_connections_is_counted_as_connect_errors() 
             results.append(exchange)
             return True
 
-    async with AiohttpTransport(f"http://127.0.0.1:{closed_port()}") as transport:
+    async with HttpTransport(f"http://127.0.0.1:{closed_port()}") as transport:
         outcome = await replay(plan_requests(lambda: tape, PlanOptions()), transport, results=Sink())
     assert outcome.stats.overall.errors["connect"] == 10
     assert outcome.stats.summary().error_rate == 1.0

@@ -1,0 +1,163 @@
+"""Both HTTP transports on real sockets: what goes out, what comes back, how failures are classed."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from aiohttp import web
+
+from recorder import Failure, FailureKind, Response
+from replayer.transport import AiohttpTransport, ClientSettings, HttpTransport, make_transport
+
+TransportFactory = Callable[..., HttpTransport | AiohttpTransport]
+CLIENTS = [pytest.param(HttpTransport, id="raw"), pytest.param(AiohttpTransport, id="aiohttp")]
+
+
+class Server:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, list[tuple[bytes, bytes]], bytes]] = []
+        self.peers: set[object] = set()
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append((request.method, request.path_qs, list(request.raw_headers), body))
+        self.peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        if request.path == "/gzip":
+            return web.Response(body=gzip.compress(b"hello " * 50), headers={"Content-Encoding": "gzip"})
+        if request.path == "/head":
+            return web.Response(body=b"x" * 1000)
+        if request.path == "/chunked":
+            resp = web.StreamResponse()
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            for part in (b"one,", b"two,", b"three"):
+                await resp.write(part)
+            await resp.write_eof()
+            return resp
+        if request.path == "/close":
+            return web.Response(text="bye", headers={"Connection": "close"})
+        if request.path == "/slow":
+            await asyncio.sleep(1)
+        if request.path == "/boom":
+            return web.Response(status=503, text="down")
+        return web.Response(text=f"{request.method} {request.path_qs}")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", srv.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    srv.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield srv
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("factory", CLIENTS)
+async def test_headers_go_out_in_recorded_order_case_and_duplicates(server: Server, factory: TransportFactory) -> None:
+    headers = ((b"X-B", b"2"), (b"x-a", b"1"), (b"X-Dup", b"first"), (b"X-Dup", b"second"))
+    async with factory(server.url) as transport:
+        result = await transport.send("GET", "/p?q=1&q=2", headers, b"")
+    assert isinstance(result.outcome, Response) and result.outcome.status == 200
+    assert result.outcome.body == b"GET /p?q=1&q=2"
+    ((_, path, raw, _),) = server.requests
+    mine = [(k, v) for k, v in raw if k.lower().startswith(b"x-")]
+    assert mine == list(headers)
+    assert path == "/p?q=1&q=2"
+    assert not any(k.lower() in (b"user-agent", b"accept-encoding") for k, _ in raw)
+
+
+@pytest.mark.parametrize("factory", CLIENTS)
+async def test_bodies_both_ways_stay_as_on_the_wire(server: Server, factory: TransportFactory) -> None:
+    async with factory(server.url) as transport:
+        posted = await transport.send("POST", "/post", ((b"Content-Type", b"application/json"),), b'{"a":1}')
+        zipped = await transport.send("GET", "/gzip", ((b"Accept-Encoding", b"gzip"),), b"")
+        chunked = await transport.send("GET", "/chunked", (), b"")
+    assert server.requests[0][3] == b'{"a":1}'
+    assert isinstance(posted.outcome, Response)
+    assert isinstance(zipped.outcome, Response) and gzip.decompress(zipped.outcome.body) == b"hello " * 50
+    assert zipped.outcome.header(b"content-encoding") == b"gzip"
+    assert isinstance(chunked.outcome, Response) and chunked.outcome.body == b"one,two,three"
+
+
+@pytest.mark.parametrize("factory", CLIENTS)
+async def test_keep_alive_head_and_connection_close(server: Server, factory: TransportFactory) -> None:
+    async with factory(server.url, ClientSettings(max_connections=1)) as transport:
+        for _ in range(5):
+            assert isinstance((await transport.send("GET", "/", (), b"")).outcome, Response)
+        head = await transport.send("HEAD", "/head", (), b"")
+        after_head = await transport.send("GET", "/after", (), b"")
+        closing = await transport.send("GET", "/close", (), b"")
+        after_close = await transport.send("GET", "/again", (), b"")
+    assert len(server.peers) == 2  # one connection until the server said close, then a new one
+    assert isinstance(head.outcome, Response) and head.outcome.status == 200 and head.outcome.body == b""
+    assert head.outcome.header(b"content-length") == b"1000"
+    assert isinstance(after_head.outcome, Response) and after_head.outcome.body == b"GET /after"
+    assert isinstance(closing.outcome, Response) and closing.outcome.body == b"bye"
+    assert isinstance(after_close.outcome, Response) and after_close.outcome.body == b"GET /again"
+    assert after_head.first_byte_ns is not None
+
+
+@pytest.mark.parametrize("factory", CLIENTS)
+async def test_timeouts_refusals_and_5xx_are_outcomes_not_exceptions(server: Server, factory: TransportFactory) -> None:
+    async with factory(server.url, ClientSettings(timeout_s=0.3)) as transport:
+        slow = await transport.send("GET", "/slow", (), b"")
+        boom = await transport.send("GET", "/boom", (), b"")
+        fine = await transport.send("GET", "/", (), b"")
+    assert isinstance(slow.outcome, Failure) and slow.outcome.kind == FailureKind.TIMEOUT
+    assert isinstance(boom.outcome, Response) and boom.outcome.status == 503
+    assert isinstance(fine.outcome, Response) and fine.outcome.status == 200
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with factory(f"http://127.0.0.1:{port}") as transport:
+        refused = await transport.send("GET", "/", (), b"")
+    assert isinstance(refused.outcome, Failure) and refused.outcome.kind == FailureKind.CONNECT_ERROR
+
+
+async def raw_server(reply: bytes) -> tuple[asyncio.Server, str]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return srv, f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize("factory", CLIENTS)
+async def test_a_cut_response_is_a_reset_and_garbage_is_a_bad_response(factory: TransportFactory) -> None:
+    srv, url = await raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+    async with srv, factory(url) as transport:
+        cut = await transport.send("GET", "/", (), b"")
+    assert isinstance(cut.outcome, Failure) and cut.outcome.kind == FailureKind.RESET
+    srv, url = await raw_server(b"this is not http at all\r\n\r\n")
+    async with srv, factory(url) as transport:
+        garbage = await transport.send("GET", "/", (), b"")
+    assert isinstance(garbage.outcome, Failure)
+    assert garbage.outcome.kind in (FailureKind.BAD_RESPONSE, FailureKind.RESET)
+
+
+@pytest.mark.parametrize("factory", CLIENTS)
+async def test_the_body_is_bounded(server: Server, factory: TransportFactory) -> None:
+    async with factory(server.url, ClientSettings(max_body_bytes=100)) as transport:
+        big = await transport.send("GET", "/head", (), b"")
+        small = await transport.send("GET", "/", (), b"")
+    assert isinstance(big.outcome, Failure) and big.outcome.kind == FailureKind.BODY_TOO_LARGE
+    assert isinstance(small.outcome, Response)
+
+
+def test_make_transport_picks_the_raw_client_for_http_only() -> None:
+    assert isinstance(make_transport("http://127.0.0.1:1"), HttpTransport)
+    assert isinstance(make_transport("https://127.0.0.1:1"), AiohttpTransport)
+    assert isinstance(make_transport("http://127.0.0.1:1", ClientSettings(client="aiohttp")), AiohttpTransport)
