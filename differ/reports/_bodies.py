@@ -8,6 +8,7 @@ are untrusted: a small bomb must not exhaust memory) and never do I/O.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -35,7 +36,6 @@ _BROTLI_SLICE_BYTES: Final = 1024
 #: JSON bodies up to this size are parsed (so examples are pretty-printed with paths highlighted);
 #: larger ones are shown as capped text.
 JSON_PARSE_LIMIT_CHARS: Final = 256 * 1024
-_JSON_MAX_DEPTH: Final = 200
 _NOT_JSON: Final = object()
 
 BodyKind = Literal["empty", "json", "text", "binary"]
@@ -45,7 +45,8 @@ BodyKind = Literal["empty", "json", "text", "binary"]
 class DisplayBody:
     """A body ready to show.
 
-    ``text`` is the redacted text (pretty JSON for ``json``, a size/hash/hex summary for ``binary``);
+    ``text`` is the redacted text (for ``json``: as sent, or re-serialised compactly when something
+    was redacted; for ``binary``: a size/hash/hex summary);
     ``value`` the redacted parsed JSON (``json`` only); ``binary`` the decoded bytes, capped at
     ``DISPLAY_LIMIT_CHARS`` (``binary`` only). ``wire_bytes`` is the size as recorded,
     ``decoded_from`` the content-codings removed, ``omitted_chars`` how much ``text`` was cut,
@@ -137,19 +138,6 @@ def _looks_like_json(content_type: str, data: bytes) -> bool:
     return head in (b"{", b"[")
 
 
-def _depth_ok(value: Any) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > _JSON_MAX_DEPTH:
-            return False
-        if isinstance(node, dict):
-            stack.extend((child, depth + 1) for child in node.values())
-        elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node)
-    return True
-
-
 def _cap(text: str) -> tuple[str, int]:
     if len(text) <= DISPLAY_LIMIT_CHARS:
         return text, 0
@@ -163,8 +151,12 @@ def _is_texty(text: str) -> bool:
     return bad <= len(sample) // 100
 
 
+# Rendering one example asks for the same body several times (the body itself, then each differing
+# path's value), and signatures of one endpoint often sample the same exchange; a few recent bodies
+# are enough to decode and parse each only once. Small, because an entry can hold a 64 K-char text.
+@functools.lru_cache(maxsize=32)
 def display_body(headers: Headers, body: bytes, truncated_from: int | None = None) -> DisplayBody:
-    """How ``body`` (with its message's ``headers``) is shown in every report."""
+    """How ``body`` (with its message's ``headers``) is shown in every report. The result is shared: read only."""
     digest = hashlib.sha256(body).hexdigest()
     notes: list[str] = []
     if truncated_from is not None:
@@ -185,12 +177,14 @@ def display_body(headers: Headers, body: bytes, truncated_from: int | None = Non
     if text is not None and _looks_like_json(content_type, data) and len(text) <= JSON_PARSE_LIMIT_CHARS:
         try:
             parsed = json.loads(text)
+            # The redaction walk (and later the HTML renderer) recurse per level: a document nested
+            # near the interpreter's limit is shown as text rather than crashing the report.
+            value, redacted = redact_json(parsed, text)
         except (ValueError, RecursionError):
             parsed = _NOT_JSON
-        if parsed is not _NOT_JSON and _depth_ok(parsed):
-            value, redacted = redact_json(parsed)
-            pretty = json.dumps(value, indent=2, ensure_ascii=False)
-            return DisplayBody("json", pretty, value, b"", len(body), digest, decoded_from, 0, redacted, note)
+        if parsed is not _NOT_JSON:
+            shown_text = json.dumps(value, ensure_ascii=False, separators=(",", ":")) if redacted else text
+            return DisplayBody("json", shown_text, value, b"", len(body), digest, decoded_from, 0, redacted, note)
     if text is not None and _is_texty(text):
         redacted_text = redact_form(text) if content_type == "application/x-www-form-urlencoded" else redact_text(text)
         shown, omitted = _cap(redacted_text)
@@ -232,7 +226,10 @@ def value_at(outcome: Outcome | None, path: str, limit_chars: int = 80) -> str:
         found = lookup_json(shown.value, tokens)
         if found is MISSING:
             return "(absent)"
-        return _shorten(json.dumps(found, ensure_ascii=False), limit_chars)
+        try:
+            return _shorten(json.dumps(found, ensure_ascii=False), limit_chars)
+        except RecursionError:
+            return "(nested too deep to show)"
     if shown.kind == "empty":
         return "(empty)"
     return _shorten(shown.text, limit_chars)

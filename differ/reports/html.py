@@ -18,6 +18,7 @@ import json
 import os
 from collections.abc import Iterable
 from importlib import resources
+from json.encoder import encode_basestring
 from typing import Any, Final
 
 from differ.paths import full_path
@@ -29,7 +30,6 @@ from differ.reports._common import (
     fmt_ns,
     fmt_rate,
     parse_body_path,
-    path_matches,
     ranked_endpoints,
     ranked_signatures,
     verdict_word,
@@ -44,6 +44,11 @@ __all__ = ["render_html", "write_html"]
 #: is capped anyway.
 _LINE_DIFF_MAX_LINES: Final = 2000
 _MAX_INDENT_CLASS: Final = 8
+#: Characters of full example HTML (request, headers, pretty bodies) one report may hold. Beyond it,
+#: examples keep their differing-path table but drop the full messages: a report with thousands of
+#: signatures must still open in a browser. The most important examples (ranked endpoints and
+#: signatures, rendered first) get the budget; suppressed signatures only get its first half.
+EXAMPLES_BUDGET_CHARS: Final = 16 * 1024 * 1024
 _SEVERITY_LABEL: Final[dict[Severity | None, str]] = {
     "critical": "critical",
     "high": "high",
@@ -82,64 +87,65 @@ def _severity_badge(severity: Severity | None) -> str:
 # --- JSON with highlighted paths -----------------------------------------------------------------
 
 
-def _is_highlighted(path: tuple[PathToken, ...], patterns: list[tuple[PathToken, ...]]) -> bool:
-    return any(path_matches(pattern, path) for pattern in patterns)
-
-
 def _json_scalar(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    kind = "null" if value is None else "bool" if isinstance(value, bool) else type(value).__name__
-    css = {"str": "s", "int": "n", "float": "n", "bool": "b", "null": "z"}.get(kind, "s")
-    return f'<span class="j{css}">{_e(text)}</span>'
+    # Called once per scalar of every example body: the C string encoder and no json.dumps round
+    # trip per value keep a 10 KiB body at a few milliseconds.
+    if isinstance(value, str):
+        return f'<span class="js">{_e(encode_basestring(value))}</span>'
+    if value is None:
+        return '<span class="jz">null</span>'
+    if isinstance(value, bool):
+        return f'<span class="jb">{"true" if value else "false"}</span>'
+    if isinstance(value, int):
+        return f'<span class="jn">{value}</span>'
+    return f'<span class="jn">{_e(json.dumps(value))}</span>'
 
 
-def _absent_children(
-    item: dict[str, Any] | list[Any], path: tuple[PathToken, ...], patterns: list[tuple[PathToken, ...]]
-) -> list[PathToken]:
-    """Highlighted children of ``item`` that it does not have: the other side's added/removed fields."""
-    absent: list[PathToken] = []
-    for pattern in patterns:
-        if len(pattern) != len(path) + 1 or not path_matches(pattern[:-1], path):
-            continue
-        step = pattern[-1]
-        if isinstance(item, dict):
-            missing = isinstance(step, str) and step not in item
-        else:
-            missing = isinstance(step, int) and step >= len(item)
-        if missing and step not in absent:
-            absent.append(step)
-    return absent
+def _step_matches(pattern_step: PathToken, step: PathToken) -> bool:
+    return pattern_step == step or (pattern_step == "*" and isinstance(step, int))
 
 
-def _json_html(value: Any, patterns: list[tuple[PathToken, ...]]) -> str:
+Patterns = list[tuple[PathToken, ...]]
+
+
+def _json_html(value: Any, patterns: Patterns) -> str:
     """Pretty JSON (2-space indent) as HTML, with the subtrees at ``patterns`` wrapped in ``<mark>``.
 
     A highlighted path this side does not have (a field the other side added, or this side lost)
     is shown as a marked ``(absent)`` placeholder where it would be, so both columns line up.
+    Each level passes down only the patterns that can still match beneath it, so the (usual) large
+    unhighlighted rest of a body costs no path bookkeeping at all.
     """
 
-    def node(item: Any, path: tuple[PathToken, ...], depth: int) -> str:
+    def mark(fragment: str, path: tuple[PathToken, ...], css: str = "hl") -> str:
+        return f'<mark class="{css}" title="{_e(full_path("body", path))}">{fragment}</mark>'
+
+    def node(item: Any, path: tuple[PathToken, ...], live: Patterns) -> str:
         if not isinstance(item, dict | list):
             return _json_scalar(item)
+        depth = len(path)
         pad = "  " * (depth + 1)
+        steps: Iterable[tuple[PathToken, Any]] = item.items() if isinstance(item, dict) else enumerate(item)
         entries = []
-        if isinstance(item, dict):
-            for key, child in item.items():
-                child_path = (*path, key)
-                entry = f'<span class="jk">{_e(json.dumps(key, ensure_ascii=False))}</span>: ' + node(
-                    child, child_path, depth + 1
-                )
-                entries.append(pad + _wrap(entry, child_path))
-        else:
-            for index, child in enumerate(item):
-                child_path = (*path, index)
-                entries.append(pad + _wrap(node(child, child_path, depth + 1), child_path))
+        for step, child in steps:
+            key = f'<span class="jk">{_e(encode_basestring(step))}</span>: ' if isinstance(step, str) else ""
+            if not live:
+                entries.append(pad + key + node(child, path, live))
+                continue
+            child_live = [p for p in live if _step_matches(p[depth], step)]
+            child_path = (*path, step)
+            entry = key + node(child, child_path, [p for p in child_live if len(p) > depth + 1])
+            highlighted = any(len(p) == depth + 1 for p in child_live)
+            entries.append(pad + (mark(entry, child_path) if highlighted else entry))
         ghosts = [
             pad
-            + f'<mark class="hl absent" title="{_e(full_path("body", (*path, step)))}">'
-            + (f'<span class="jk">{_e(json.dumps(step, ensure_ascii=False))}</span>: ' if isinstance(step, str) else "")
-            + "(absent)</mark>"
-            for step in _absent_children(item, path, patterns)
+            + mark(
+                (f'<span class="jk">{_e(encode_basestring(step))}</span>: ' if isinstance(step, str) else "")
+                + "(absent)",
+                (*path, step),
+                "hl absent",
+            )
+            for step in _absent_steps(item, [p[depth] for p in live if len(p) == depth + 1])
         ]
         open_, close = ("{", "}") if isinstance(item, dict) else ("[", "]")
         if not entries and not ghosts:
@@ -148,12 +154,22 @@ def _json_html(value: Any, patterns: list[tuple[PathToken, ...]]) -> str:
         body = ",\n".join(entries) + ("\n" if entries and ghosts else "") + "\n".join(ghosts)
         return open_ + "\n" + body + "\n" + "  " * depth + close
 
-    def _wrap(fragment: str, path: tuple[PathToken, ...]) -> str:
-        if not _is_highlighted(path, patterns):
-            return fragment
-        return f'<mark class="hl" title="{_e(full_path("body", path))}">{fragment}</mark>'
+    root_highlighted = () in patterns
+    rendered = node(value, (), [p for p in patterns if p])
+    return mark(rendered, ()) if root_highlighted else rendered
 
-    return _wrap(node(value, (), 0), ())
+
+def _absent_steps(item: dict[str, Any] | list[Any], last_steps: list[PathToken]) -> list[PathToken]:
+    """Of the highlighted child steps of ``item``, those it does not have, in first-seen order."""
+    absent: list[PathToken] = []
+    for step in last_steps:
+        if isinstance(item, dict):
+            missing = isinstance(step, str) and step not in item
+        else:
+            missing = isinstance(step, int) and step >= len(item)
+        if missing and step not in absent:
+            absent.append(step)
+    return absent
 
 
 # --- examples ------------------------------------------------------------------------------------
@@ -194,17 +210,24 @@ def _text_lines_html(text: str, changed_lines: frozenset[int]) -> str:
 def _body_html(shown: DisplayBody, paths: tuple[str, ...], changed_lines: frozenset[int] | None) -> str:
     if shown.kind == "empty":
         return '<p class="muted">empty body</p>' + (_body_notes(shown) if shown.note else "")
+    # ``whole``: the body differs as a block (binary, a JSON/text swap); a JSON tree or a line diff
+    # marks its own parts instead.
     whole = "body" in paths
+    content: str | None = None
     if shown.kind == "json":
-        parsed = [parse_body_path(p) for p in paths]
-        patterns = [p for p in parsed if p is not None]
-        content = _json_html(shown.value, patterns)
+        patterns = [p for p in (parse_body_path(path) for path in paths) if p is not None]
+        try:
+            content = _json_html(shown.value, patterns)
+            whole = False
+        except RecursionError:
+            # Nested too deep to render as a tree: shown as its text, marked as a whole.
+            whole = whole or bool(patterns)
     elif shown.kind == "text" and changed_lines is not None:
         content = _text_lines_html(shown.text, changed_lines)
         whole = False
-    else:
+    if content is None:
         content = _e(shown.text)
-    css = "body hl-block" if whole and shown.kind != "json" else "body"
+    css = "body hl-block" if whole else "body"
     return _body_notes(shown) + f'<pre class="{css}">{content}</pre>'
 
 
@@ -253,7 +276,16 @@ def _shown(outcome: Outcome | None) -> DisplayBody | None:
     return display_body(outcome.headers, outcome.body, outcome.truncated_from)
 
 
-def _example_html(example: Example, report: DiffReport, number: int) -> str:
+class _Budget:
+    """What is left of ``EXAMPLES_BUDGET_CHARS`` while one report renders."""
+
+    __slots__ = ("remaining_chars",)
+
+    def __init__(self, chars: int) -> None:
+        self.remaining_chars = chars
+
+
+def _example_html(example: Example, report: DiffReport, number: int, budget: _Budget, reserve_chars: int) -> str:
     request = example.request
     paths_rows = "".join(
         f'<tr><td><code class="path">{_e(path)}</code></td>'
@@ -267,6 +299,16 @@ def _example_html(example: Example, report: DiffReport, number: int) -> str:
         if example.paths
         else ""
     )
+    head = (
+        f'<p class="ex-head">example {number}: exchange <code>{_e(example.exchange_id)}</code> '
+        f"at {_e(fmt_ns(example.started_at_ns))}</p>"
+    )
+    if budget.remaining_chars <= reserve_chars:
+        return (
+            f'<div class="example">{head}{paths_table}<p class="reqline"><b>{_e(request.method)}</b> '
+            f'{_e(redact_target(request.target))}</p><p class="muted omitted">full request and responses '
+            "omitted: this report reached its size budget (the JSON report has every example)</p></div>"
+        )
     request_body = display_body(request.headers, request.body, request.truncated_from)
     request_html = (
         f'<div class="request"><h5>request</h5>'
@@ -279,20 +321,21 @@ def _example_html(example: Example, report: DiffReport, number: int) -> str:
     changed = _changed_lines(left, right)
     left_changed, right_changed = changed if changed is not None else (None, None)
     baseline_title, candidate_title = f"baseline: {report.baseline_name}", f"candidate: {report.candidate_name}"
-    return (
-        f'<div class="example"><p class="ex-head">example {number}: exchange <code>{_e(example.exchange_id)}</code> '
-        f"at {_e(fmt_ns(example.started_at_ns))}</p>{paths_table}{request_html}"
+    full = (
+        f'<div class="example">{head}{paths_table}{request_html}'
         f'<div class="sides">'
         f"{_outcome_html(baseline_title, example.baseline, left, example.paths, left_changed)}"
         f"{_outcome_html(candidate_title, example.candidate, right, example.paths, right_changed)}"
         f"</div></div>"
     )
+    budget.remaining_chars -= len(full)
+    return full
 
 
 # --- endpoints -----------------------------------------------------------------------------------
 
 
-def _signature_html(sig: SignatureReport, report: DiffReport, failing: frozenset[str]) -> str:
+def _signature_html(sig: SignatureReport, report: DiffReport, failing: frozenset[str], budget: _Budget) -> str:
     badges = _severity_badge(sig.severity)
     if sig.id in failing:
         badges += ' <span class="gate">fails the gate</span>'
@@ -304,7 +347,8 @@ def _signature_html(sig: SignatureReport, report: DiffReport, failing: frozenset
         f'<span class="transition">{_e(sig.transition)}</span> '
         f'<span class="count">{sig.count}&times; ({fmt_rate(sig.rate)}, {_e(noise)})</span></summary>'
     )
-    examples = "".join(_example_html(e, report, i + 1) for i, e in enumerate(sig.examples))
+    reserve_chars = EXAMPLES_BUDGET_CHARS // 2 if sig.suppressed else 0
+    examples = "".join(_example_html(e, report, i + 1, budget, reserve_chars) for i, e in enumerate(sig.examples))
     css = "signature suppressed" if sig.suppressed else "signature"
     return (
         f'<details class="{css}" id="sig-{_e(sig.id)}" data-signature="{_e(sig.id)}">{summary}'
@@ -358,7 +402,9 @@ def _fields_html(fields: Iterable[FieldStat]) -> str:
     )
 
 
-def _endpoint_html(endpoint: EndpointReport, report: DiffReport, failing: frozenset[str], rank: int) -> str:
+def _endpoint_html(
+    endpoint: EndpointReport, report: DiffReport, failing: frozenset[str], rank: int, budget: _Budget
+) -> str:
     rate = endpoint_rate(endpoint)
     signatures = ranked_signatures(endpoint)
     suppressed = sum(1 for s in signatures if s.suppressed)
@@ -375,7 +421,7 @@ def _endpoint_html(endpoint: EndpointReport, report: DiffReport, failing: frozen
         f"{endpoint.differing} differing, {endpoint.errors} errors</p>"
         f"<h4>Field tree</h4>{_fields_html(endpoint.fields)}"
         f"<h4>Signatures</h4>"
-        + ("".join(_signature_html(s, report, failing) for s in signatures) or '<p class="muted">none</p>')
+        + ("".join(_signature_html(s, report, failing, budget) for s in signatures) or '<p class="muted">none</p>')
         + "</div>"
     )
     return (
@@ -457,7 +503,8 @@ def render_html(report: DiffReport) -> str:
     if report.sources:
         meta.append("tapes: " + ", ".join(f"<code>{_e(s)}</code>" for s in report.sources))
     endpoints = ranked_endpoints(report)
-    endpoints_html = "".join(_endpoint_html(e, report, failing, i) for i, e in enumerate(endpoints))
+    budget = _Budget(EXAMPLES_BUDGET_CHARS)
+    endpoints_html = "".join(_endpoint_html(e, report, failing, i, budget) for i, e in enumerate(endpoints))
     title = f"shadowtap diff: {verdict_word(verdict.exit_code)} ({report.baseline_name} vs {report.candidate_name})"
     return f"""<!doctype html>
 <html lang="en">

@@ -38,9 +38,7 @@ def _headers(headers: Headers) -> list[list[str]]:
 def _body(headers: Headers, body: bytes, truncated_from: int | None) -> dict[str, Any]:
     shown = display_body(headers, body, truncated_from)
     doc: dict[str, Any] = {"kind": shown.kind}
-    if shown.kind == "json":
-        doc["text"] = json.dumps(shown.value, ensure_ascii=False, separators=(",", ":"))
-    elif shown.kind == "binary":
+    if shown.kind == "binary":
         doc["base64"] = base64.b64encode(shown.binary).decode("ascii")
     else:
         doc["text"] = shown.text

@@ -130,12 +130,37 @@ def redact_text(text: str) -> str:
     return _JWT.sub("[redacted jwt]", text)
 
 
-def redact_json(value: Any) -> tuple[Any, bool]:
+# Anything redact_json could act on contains one of these (lower-cased); most bodies contain none,
+# and a few substring scans of the text are much cheaper than walking every node of the document.
+_JSON_HINTS: Final = (
+    "token",
+    "secret",
+    "passw",
+    "passphrase",
+    "key",
+    "credential",
+    "authorization",
+    "session",
+    '"auth"',
+    '"signature"',
+    '"pwd"',
+    '"otp"',
+    "eyj",
+)
+
+
+def redact_json(value: Any, source_text: str | None = None) -> tuple[Any, bool]:
     """A copy of a parsed JSON value with secret-named fields' string values replaced; and whether any was.
 
     Only strings are replaced: counters such as ``tokens_used: 12`` are not secrets and a reviewer
-    needs to see them change. Containers keep their shape so paths into them still resolve.
+    needs to see them change. Containers keep their shape so paths into them still resolve. With
+    ``source_text`` (the JSON ``value`` was parsed from), a document that cannot hold a secret is
+    returned as it is, uncopied.
     """
+    if source_text is not None:
+        lowered = source_text.lower()
+        if not any(hint in lowered for hint in _JSON_HINTS):
+            return value, False
     changed = False
 
     def walk(node: Any) -> Any:

@@ -79,8 +79,10 @@ def test_json_is_sniffed_and_invalid_json_is_text() -> None:
     assert display_body((), b' [1, {"a": null}]').kind == "json"
     invalid = display_body((JSON_TYPE,), b'{"a": 1,')
     assert (invalid.kind, invalid.text) == ("text", '{"a": 1,')
-    deep = display_body((JSON_TYPE,), b"[" * 300 + b"]" * 300)
-    assert deep.kind == "text"
+    nested = display_body((JSON_TYPE,), b'[{"token": ' * 300 + b'"t"' + b"}]" * 300)
+    assert nested.kind == "json" and nested.redacted
+    too_deep = display_body((JSON_TYPE,), b"[" * 100_000 + b"]" * 100_000)
+    assert too_deep.kind == "text"
 
 
 def test_text_is_capped_and_binary_summarised() -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import re
 from html.parser import HTMLParser
 
+from pytest import MonkeyPatch
+
+import differ.reports.html
 from differ.reports import render_html
 from differ.reports.html import _asset, _json_html
 from tests.differ.report_fixtures import (
@@ -190,3 +194,21 @@ def test_json_highlighting_handles_odd_keys_indexes_and_empty_containers() -> No
     plain = "\n".join(line for line in plain.split("\n") if "(absent)" not in line).replace("&quot;", '"')
     assert json.loads(plain) == value
     assert _json_html({"a": 1}, [()]).startswith('<mark class="hl" title="body">{')
+
+
+def test_a_huge_report_keeps_full_examples_for_the_top_and_tables_for_the_rest(monkeypatch: MonkeyPatch) -> None:
+    monkeypatch.setattr(differ.reports.html, "EXAMPLES_BUDGET_CHARS", 60_000)
+    report = rich_report()
+    many = tuple(dataclasses.replace(report.endpoints[1], endpoint=f"POST /orders/{i}") for i in range(30))
+    document = render_html(dataclasses.replace(report, endpoints=(report.endpoints[0], *many)))
+    omitted = "full request and responses omitted: this report reached its size budget"
+    first = section(document, "sig-status")
+    assert omitted not in first and '<div class="request">' in first
+    full, compact = document.count('<div class="request">'), document.count(omitted)
+    assert full + compact == 3 + 30 * 2  # every example is there, in one form or the other
+    assert compact > full > 3
+    # Even an omitted example keeps what differed, with both values.
+    last = document[document.rindex('<div class="example">') :]
+    assert omitted in last
+    assert "<td><code>20</code></td><td><code>&quot;20.00&quot;</code></td>" in last
+    assert len(document) < 300_000
