@@ -27,6 +27,8 @@ _COMMIT_EVERY_PAIRS: Final = 5_000
 #: Secrets never reach the results database, whatever the tape held.
 _SECRET_HEADERS: Final = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"x-api-key"})
 _REDACTED: Final = b"[redacted]"
+#: Methods whose replay against the primary measures noise (RFC 9110 safe methods).
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(slots=True)
@@ -36,6 +38,8 @@ class IngestStats:
     duplicates: int = 0
     compared: int = 0
     errors: int = 0
+    noise_pairs: int = 0
+    noise_skipped: int = 0
 
 
 def _redact_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
@@ -76,6 +80,7 @@ class DiffSession:
     _sampler: dict[tuple[str, int], list[tuple[float, int]]] = field(init=False, default_factory=dict)
     _example_exchanges: dict[int, Exchange] = field(init=False, default_factory=dict)
     _since_commit: int = field(init=False, default=0)
+    _noise_engines: dict[str, DiffEngine] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.engine = DiffEngine(
@@ -132,11 +137,44 @@ class DiffSession:
             store.add_differences(rows)
         if sampled:
             self._keep(pair_id, exchange, endpoint, sampled)
+        self._count_write()
+        return result
+
+    def _count_write(self) -> None:
         self._since_commit += 1
         if self._since_commit >= _COMMIT_EVERY_PAIRS:
-            store.commit()
+            self.store.commit()
             self._since_commit = 0
-        return result
+
+    def add_noise(self, exchange: Exchange, second_name: str) -> None:
+        """Learn noise from an exchange answered twice by the baseline's version: ``primary`` and
+        ``second_name`` (a replay of the request against the primary). Only safe methods count: a
+        replayed write answers differently because it was a second write, not because of noise."""
+        self.stats.noise_pairs += 1
+        request = exchange.request
+        engine = self._noise_engines.get(second_name)
+        if engine is None:
+            engine = self._noise_engines[second_name] = DiffEngine(self.config.compare, candidate=second_name)
+        result = engine.compare_exchange(exchange) if request.method.upper() in _SAFE_METHODS else None
+        if result is None or result.status != "compared":
+            self.stats.noise_skipped += 1
+            return
+        method, path = request.method, request.path
+        self.templater.observe(method, path)
+        store = self.store
+        route_id = store.route_id(method, path, self.templater.template(method, path))
+        pair_id = store.add_pair(f"noise:{exchange.id}", exchange.started_at_ns, route_id, "noise", True)
+        if pair_id is None:
+            self.stats.duplicates += 1
+            return
+        rows = [
+            (pair_id, store.key_id(d.path, d.kind, d.transition), "secondary", d.full_path, None)
+            for d in result.differences
+            if d.volatile is None
+        ]
+        if rows:
+            store.add_differences(rows)
+        self._count_write()
 
     # Bottom-k per (provisional endpoint, key): the k smallest priorities are a uniform sample, and
     # the store merges samples of endpoints that later learn to be one template the same way.

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS pairs (
     exchange_id TEXT NOT NULL UNIQUE,
     started_at_ns INTEGER NOT NULL,
     route_id INTEGER NOT NULL REFERENCES routes (id),
-    status TEXT NOT NULL CHECK (status IN ('compared', 'error')),
+    status TEXT NOT NULL CHECK (status IN ('compared', 'error', 'noise')),
     has_secondary INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS pairs_time ON pairs (started_at_ns);
@@ -277,12 +277,17 @@ class DiffStore:
     def endpoint_counts(
         self, since_ns: int | None, until_ns: int | None, endpoint: str | None
     ) -> list[EndpointCountsRow]:
-        """Per endpoint: pairs, compared, errors, compared pairs with a secondary, first and last start."""
+        """Per endpoint: pairs, compared, errors, pairs with a secondary answer (compared pairs with
+        one, plus noise-only pairs from a noise tape), first and last start of the real pairs.
+        Endpoints seen only in a noise tape are left out."""
         where, params = self._window(since_ns, until_ns, endpoint)
         rows = self._db.execute(
-            "SELECT r.endpoint, count(*), sum(p.status = 'compared'), sum(p.status = 'error'),"
-            " sum(p.status = 'compared' AND p.has_secondary), min(p.started_at_ns), max(p.started_at_ns)"
-            f" FROM pairs p JOIN routes r ON r.id = p.route_id WHERE {where} GROUP BY r.endpoint",
+            "SELECT r.endpoint, sum(p.status != 'noise'), sum(p.status = 'compared'), sum(p.status = 'error'),"
+            " sum(p.status != 'error' AND p.has_secondary),"
+            " min(CASE WHEN p.status != 'noise' THEN p.started_at_ns END),"
+            " max(CASE WHEN p.status != 'noise' THEN p.started_at_ns END)"
+            f" FROM pairs p JOIN routes r ON r.id = p.route_id WHERE {where} GROUP BY r.endpoint"
+            " HAVING sum(p.status != 'noise') > 0",
             params,
         ).fetchall()
         return [EndpointCountsRow(*row) for row in rows]

@@ -65,6 +65,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a second baseline-like outcome to learn noise from (default: a shadow named 'secondary', if any)",
     )
+    parser.add_argument(
+        "--noise-tape",
+        action="append",
+        default=[],
+        metavar="TAPE",
+        help="a replay results tape of the baseline against itself (safe methods count): learned noise "
+        "without a secondary shadow; repeatable",
+    )
+    parser.add_argument(
+        "--noise-name",
+        default="replay",
+        metavar="NAME",
+        help="the second baseline answer in --noise-tape exchanges (default: replay)",
+    )
     parser.add_argument("--db", type=Path, metavar="PATH", help="SQLite results store to create or add to")
     parser.add_argument("--salvage", action="store_true", help="skip corrupt ranges of the tape instead of stopping")
     add_report_arguments(parser)
@@ -137,18 +151,31 @@ def run(args: argparse.Namespace) -> int:
         candidate, secondary = _pick_names(list(islice(iter(reader), _PEEK_EXCHANGES)), args)
     else:
         candidate, secondary = args.candidate, args.secondary
+    noise_reader = TapeReader(args.noise_tape, salvage=args.salvage) if args.noise_tape else None
+    sources = (*(str(t) for t in args.tape), *(f"noise:{t}" for t in args.noise_tape))
     store = DiffStore(":memory:" if args.db is None else args.db)
     try:
-        session = DiffSession(
-            store, config, RunMeta(args.primary, candidate, secondary, tuple(str(t) for t in args.tape))
-        )
+        session = DiffSession(store, config, RunMeta(args.primary, candidate, secondary, sources))
         for exchange in reader:
             session.add(exchange)
+        if noise_reader is not None:
+            for exchange in noise_reader:
+                session.add_noise(exchange, args.noise_name)
         stats = session.finish()
-        for segment, tail in reader.report.torn_tails:
-            print(f"note: {segment}: torn tail at byte {tail.offset} ({tail.length} bytes) ignored", file=sys.stderr)
-        for segment, skipped in reader.report.skipped_ranges:
-            print(f"note: {segment}: skipped {skipped.length} corrupt bytes at {skipped.offset}", file=sys.stderr)
+        for read in (reader, noise_reader):
+            if read is None:
+                continue
+            for segment, tail in read.report.torn_tails:
+                print(
+                    f"note: {segment}: torn tail at byte {tail.offset} ({tail.length} bytes) ignored", file=sys.stderr
+                )
+            for segment, skipped in read.report.skipped_ranges:
+                print(f"note: {segment}: skipped {skipped.length} corrupt bytes at {skipped.offset}", file=sys.stderr)
+        if noise_reader is not None and stats.noise_pairs == stats.noise_skipped:
+            print(
+                f"note: no usable pair in --noise-tape (safe methods with both primary and {args.noise_name!r})",
+                file=sys.stderr,
+            )
         if stats.duplicates:
             print(f"note: {stats.duplicates} exchanges were already in {args.db}; counted once", file=sys.stderr)
         report = build_report(store, config, fail_on=args.fail_on, min_samples=args.min_samples)

@@ -9,6 +9,7 @@ import pytest
 
 from differ import DiffSession, DiffStore, NoiseThresholds, RunMeta, build_report, config_from_mapping, is_learned_noise
 from differ.report_model import DiffReport
+from recorder import Exchange
 from tests.differ.corpus.traffic import CANDIDATE, CONFIG, PLANTED, SECONDARY, SLUGS, T0_NS, traffic
 
 
@@ -173,3 +174,27 @@ def test_too_few_samples_is_exit_2(tmp_path: Path) -> None:
 )
 def test_diffy_rule(candidate: float, noise: float | None, is_noise: bool) -> None:
     assert is_learned_noise(candidate, noise, NoiseThresholds()) is is_noise
+
+
+def test_noise_learned_from_a_replay_of_the_baseline(tmp_path: Path) -> None:
+    store = DiffStore(tmp_path / "r.db")
+    config = config_from_mapping(CONFIG)
+    session = DiffSession(store, config, RunMeta("primary", CANDIDATE, None, ("generated",)), rng=random.Random(1))
+    exchanges = list(traffic(3000))
+    for exchange in exchanges:
+        session.add(Exchange(exchange.id, exchange.started_at_ns, exchange.request, exchange.primary,
+                             {CANDIDATE: exchange.shadows[CANDIDATE]}))  # fmt: skip
+    # The same requests replayed against the baseline's version: a separate tape in real life.
+    for exchange in exchanges:
+        session.add_noise(
+            Exchange(exchange.id, exchange.started_at_ns, exchange.request, exchange.primary,
+                     {"replay": exchange.shadows[SECONDARY]}),
+            "replay",
+        )  # fmt: skip
+    stats = session.finish()
+    assert stats.noise_skipped > 0  # POST /checkout is not replayed for noise
+    report = build_report(store, config)
+    assert unsuppressed(report) == PLANTED
+    assert report.pairs == 3000
+    score = next(s for e in report.endpoints for s in e.signatures if s.path == "body.score")
+    assert score.suppression_reason == "learned-noise" and score.noise_rate is not None

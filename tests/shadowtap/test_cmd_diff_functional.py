@@ -161,3 +161,23 @@ def test_user_mistakes_are_one_line(tmp_path: Path, args: tuple[str, ...], needl
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert needle in result.stderr
+
+
+def test_noise_tape_teaches_noise_without_a_secondary_shadow(tmp_path: Path) -> None:
+    exchanges = list(traffic(1200))
+    main = [Exchange(e.id, e.started_at_ns, e.request, e.primary, {CANDIDATE: e.shadows[CANDIDATE]}) for e in exchanges]
+    replays = [
+        Exchange(e.id, e.started_at_ns, e.request, e.primary, {"replay": e.shadows["secondary"]}) for e in exchanges
+    ]
+    (tmp_path / "diff.yaml").write_text(yaml.safe_dump(CONFIG))
+    result = run_cli(
+        "diff", write_tape(tmp_path / "tape", main), "--noise-tape", write_tape(tmp_path / "replayed", replays),
+        "--config", tmp_path / "diff.yaml", "--json", tmp_path / "r.json", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    document = json.loads((tmp_path / "r.json").read_text())
+    assert document["candidate_name"] == CANDIDATE
+    reasons = {
+        s["path"]: s["suppression_reason"] for e in document["endpoints"] for s in e["signatures"] if s["suppressed"]
+    }
+    assert reasons["body.score"] == "learned-noise"
