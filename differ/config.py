@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from differ.paths import compile_glob
+from differ.verdict import parse_fail_on
 from recorder.errors import ConfigError
 
 __all__ = [
@@ -190,6 +191,10 @@ class DifferConfig:
             raise ConfigError("must be between 0 and 100", field="diff.examples_per_signature")
         if self.min_samples < 0:
             raise ConfigError("must be >= 0", field="diff.min_samples")
+        try:
+            parse_fail_on(self.fail_on)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, field="diff.fail_on") from exc
 
 
 def _compile_endpoint_glob(glob: str) -> re.Pattern[str]:

@@ -89,6 +89,7 @@ def test_header_allowlist() -> None:
         ({"examples_per_signature": 1000}, "diff.examples_per_signature"),
         ({"min_samples": True}, "diff.min_samples"),
         ({"fail_on": 3}, "diff.fail_on"),
+        ({"fail_on": "severity>=apocalyptic"}, "diff.fail_on"),
         ({"diff": [1]}, "diff"),
     ],
 )
