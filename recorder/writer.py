@@ -121,7 +121,9 @@ class TapeWriterStats:
 
 def segment_name(now_ns: int, sequence: int) -> str:
     """``seg-<UTC start>-p<pid>-<sequence>.stape``: sorting names sorts segments by start time."""
-    stamp = datetime.datetime.fromtimestamp(now_ns / 1e9, tz=datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    seconds, ns = divmod(now_ns, 1_000_000_000)
+    stamp = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    stamp = f"{stamp}.{ns // 1000:06d}Z"
     return f"seg-{stamp}-p{os.getpid()}-{sequence:06d}{SEGMENT_SUFFIX}"
 
 
@@ -167,7 +169,7 @@ class _SegmentSink:
         """Redact and append ``exchange``'s frame parts to ``out``; return the bytes added."""
         return self.encoder.exchange_parts(exchange, out, self.rewrite)
 
-    def write(self, parts: list[bytes], size: int) -> None:
+    def write(self, parts: list[bytes]) -> None:
         """Write encoded frames (one zstd block when compressing), rotating and syncing by policy."""
         data = b"".join(parts)
         if self.compressor is not None:
@@ -327,9 +329,9 @@ class SyncTapeWriter:
     def _write_buffered(self) -> None:
         # The sink applies the fsync policy ("interval" syncs here at most once per interval).
         if self._parts:
-            parts, size, count = self._parts, self._buffered_bytes, self._buffered_count
+            parts, count = self._parts, self._buffered_count
             self._parts, self._buffered_bytes, self._buffered_count = [], 0, 0
-            self._sink.write(parts, size)
+            self._sink.write(parts)
             self._written += count
 
     def close(self) -> None:
@@ -462,7 +464,7 @@ class TapeWriter:
                     self._note_error("encode", f"cannot encode exchange {getattr(exchange, 'id', '?')!r}: {exc}")
                     continue
                 count += 1
-            if count and self._guard(self._sink.write, parts, size, lost=count):
+            if count and self._guard(self._sink.write, parts, lost=count):
                 self._written += count
 
     def _guard(self, action: Callable[..., None], *args: Any, lost: int) -> bool:
