@@ -1,0 +1,53 @@
+"""`shadowtap demo` end to end: its report lists exactly the planted changes, and nothing is left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shadowtap.demo.run import summary_endpoints
+from shadowtap.demo.services import PLANTED
+
+
+@pytest.mark.timeout(240)
+def test_demo_reports_exactly_the_planted_changes(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "shadowtap", "demo", "--out", str(out), "--sessions", "30"],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+    report = json.loads((out / "report.json").read_text())
+    found = summary_endpoints(report)
+    assert found == {(p.endpoint, p.path) for p in PLANTED}
+    severities = {
+        (s["endpoint"], s["path"]): s["severity"]
+        for e in report["endpoints"]
+        for s in e["signatures"]
+        if not s["suppressed"]
+    }
+    assert severities == {(p.endpoint, p.path): p.severity for p in PLANTED}
+    assert report["verdict"]["exit_code"] == 1, "the planted critical and high changes must fail the gate"
+    assert report["noise_suppressed"] > 0, "the demo's noise must be seen and suppressed, not absent"
+
+    html = (out / "report.html").read_text()
+    assert "/api/orders/{id}" in html
+    assert any((out / "tape").iterdir()) and any((out / "replay-tape").iterdir())
+    for planted in PLANTED:
+        assert planted.endpoint in result.stdout
+
+    # Every process the demo started is gone: the services and every shadowtap command it ran.
+    for pattern in ("shadowtap.demo.services", f"shadowtap.*{out}"):
+        leftover = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False, timeout=10)
+        assert leftover.stdout.strip() == "", f"demo left processes running ({pattern}): {leftover.stdout}"
