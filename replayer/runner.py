@@ -14,6 +14,7 @@ never let a failed request or a broken results sink stop the replay.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +34,11 @@ __all__ = ["Progress", "ReplayOutcome", "ResultSink", "RunnerSettings", "replay"
 _SPIN_NS: Final = 1_500_000
 # A session idle this long forgets when its last request finished (see RunnerSettings).
 _SESSION_MEMORY_NS: Final = 60_000_000_000
+# The live p99 walks a whole histogram (pure Python, milliseconds): refreshed this often only.
+_P99_REFRESH_NS: Final = 2_000_000_000
+# While replaying, the GIL is handed between the plan-reading thread and the event loop this often
+# (Python's default is 5 ms, which would make requests up to 5 ms late while the reader decodes).
+_SWITCH_INTERVAL_S: Final = 0.0005
 
 
 async def sleep_until(deadline_ns: int) -> None:
@@ -68,7 +74,7 @@ class RunnerSettings:
     max_in_flight: int | None = None
     lookahead_s: float = 0.25
     max_pending: int = 50_000
-    batch_size: int = 256
+    batch_size: int = 64
     progress_interval_s: float = 0.5
 
     def __post_init__(self) -> None:
@@ -168,11 +174,15 @@ class _Runner:
         self.pending = 0
         self.in_flight = 0
         self.space = asyncio.Event()
+        self.p99_ms = 0.0
+        self.p99_at_ns = 0
         # Wall clock minus monotonic, once: results carry wall times without a syscall each.
         self.wall_offset_ns = time.time_ns() - time.monotonic_ns()
 
     async def run(self, plan: Iterable[PlannedRequest]) -> ReplayOutcome:
         ticker = asyncio.create_task(self._tick())
+        switch_interval_s = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval_s, _SWITCH_INTERVAL_S))
         try:
             await self._dispatch(iter(plan))
         except ShadowtapError as exc:
@@ -181,8 +191,10 @@ class _Runner:
         finally:
             while self.tasks:
                 await asyncio.gather(*list(self.tasks))
+            sys.setswitchinterval(switch_interval_s)
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
+            self.p99_at_ns = 0  # the last report carries the final p99
             self._report_progress()
         return self.outcome
 
@@ -349,6 +361,8 @@ class _Runner:
             return
         overall = self.stats.overall
         now_ns = time.monotonic_ns()
+        if now_ns - self.p99_at_ns >= _P99_REFRESH_NS:
+            self.p99_ms, self.p99_at_ns = overall.percentile_ms("corrected", 99.0), now_ns
         elapsed_s = max(0.0, (now_ns - self.t0_ns) / 1e9)
         window = self.stats.timeline[-3:-1] if len(self.stats.timeline) > 2 else self.stats.timeline
         recent = sum(row[2] + row[3] for row in window) / max(1, len(window))
@@ -360,7 +374,7 @@ class _Runner:
                 errors=overall.error_count,
                 in_flight=self.in_flight,
                 rate_per_s=float(recent),
-                p99_ms=overall.percentile_ms("corrected", 99.0),
+                p99_ms=self.p99_ms,
                 held_back=self.stats.held_back,
             )
         )

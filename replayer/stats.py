@@ -34,8 +34,9 @@ _DIGITS: Final = 3
 _NS_PER_US: Final = 1_000
 #: The timeline keeps at most this many one-second buckets (a day); later seconds fold into the last.
 _MAX_TIMELINE_S: Final = 86_400
-#: Buffered latencies folded into the histograms at once (about 0.2 MB of tuples at most).
-_FLUSH_EVERY: Final = 4096
+#: Buffered latencies folded into the histograms at once: small, because a fold runs on the event
+#: loop and a large one (thousands of pure-Python histogram updates) would show up as start lag.
+_FLUSH_EVERY: Final = 128
 
 HISTOGRAMS: Final = ("service", "corrected", "start_lag")
 ERROR_CLASSES: Final = ("connect", "timeout", "reset", "5xx", "other")
