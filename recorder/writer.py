@@ -445,6 +445,10 @@ class TapeWriter:
                 if self._closing and not self._pending:
                     break
             self._guard(self._sink.close_segment, lost=0)
+        except Exception:
+            # A bug, not a disk error: stop accepting, so the loss shows in dropped_closed, and say so.
+            self._closing = True
+            log.exception("tape writer for %s stopped; exchanges are no longer written", self._sink.directory)
         finally:
             with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody is waiting
                 loop.call_soon_threadsafe(_resolve, stopped)
