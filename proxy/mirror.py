@@ -2,12 +2,13 @@
 
 ``request_complete`` runs on the data path and only decides and enqueues: kill switch and flags,
 route rule, method, body size, sampling (consistent by key when configured), rate cap, queue space,
-breaker. It writes the decision into ``exchange.decisions[shadow]`` and counts it. Each shadow then
-has a bounded queue drained by ``concurrency`` worker tasks over a keep-alive pool of the same
-llhttp-based upstream connections the data path uses for the primary (``proxy.upstream``: about a
-third of aiohttp's client cost per copy), with its own timeouts, a response-size cap and a circuit
-breaker; each outcome (``Response`` or ``Failure``) goes to the ``on_outcome`` listener (the record
-stage). This module must never delay, fail or alter the primary exchange: nothing here awaits on
+breaker. It writes the decision into ``exchange.decisions[shadow]`` and counts it. Each shadow
+sends at most ``concurrency`` copies at a time (the rest wait in a bounded queue) over a keep-alive
+pool of the same llhttp-based upstream connections the data path uses for the primary
+(``proxy.upstream``), driven by callbacks and timers rather than a task per copy (a fraction of
+aiohttp's client cost), with its own timeouts, a response-size cap and a circuit breaker; each
+outcome (``Response`` or ``Failure``) goes to the ``on_outcome`` listener (the record stage).
+This module must never delay, fail or alter the primary exchange: nothing here awaits on
 the data path, raises into it, or touches the objects the client's response is built from.
 """
 
@@ -18,6 +19,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -123,20 +125,46 @@ def mirror_request_head(
     return b"".join(parts)
 
 
-class _ShadowResponse:
-    """Collects one shadow response from an ``UpstreamConnection`` (its ``ResponseSink``)."""
+class _Copy:
+    """One copy in flight: the ``ResponseSink`` of its upstream connection, and its deadline.
 
-    __slots__ = ("cap", "chunks", "done", "first_byte_ns", "headers", "reason", "size", "status")
+    Callback-driven (no task per copy): the connection calls ``on_head`` / ``on_body`` /
+    ``on_complete`` / ``on_failure`` as bytes arrive, a timer handles the deadline, and the shadow
+    is told once through ``ShadowMirror._copy_done``.
+    """
 
-    def __init__(self, done: asyncio.Future[Failure | bool], cap: int) -> None:
-        self.done = done
-        self.cap = cap
+    __slots__ = (
+        "chunks", "conn", "connecting", "deadline", "first_byte_ns", "head", "headers", "job", "mirror", "reason",
+        "retried", "reused", "sent_ns", "size", "status", "timer",
+    )  # fmt: skip
+
+    def __init__(self, mirror: ShadowMirror, job: _Job, head: bytes, sent_ns: int) -> None:
+        self.mirror = mirror
+        self.job = job
+        self.head = head
+        self.sent_ns = sent_ns
+        self.conn: UpstreamConnection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.reused = False
+        self.retried = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
         self.chunks: list[bytes] = []
         self.size = 0
         self.status = 0
         self.reason = b""
         self.headers: list[Header] = []
         self.first_byte_ns: int | None = None
+
+    def send(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        self.chunks.clear()
+        self.size = 0
+        conn.begin(self, head_only=self.job.method == "HEAD")
+        body = self.job.body
+        conn.writelines([self.head, body] if body else [self.head])
+
+    # --- ResponseSink ------------------------------------------------------------------------------
 
     def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
         return None
@@ -148,21 +176,45 @@ class _ShadowResponse:
         self.status, self.reason, self.headers = status, reason, headers
 
     def on_body(self, data: bytes) -> None:
-        room = self.cap - self.size
+        room = self.mirror.settings.max_response_bytes - self.size
         if room > 0:
             self.chunks.append(data if len(data) <= room else data[:room])
         self.size += len(data)
 
     def on_complete(self, reusable: bool) -> None:
-        if not self.done.done():
-            self.done.set_result(reusable)
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            self.mirror.release(conn, reusable)
+        cap = self.mirror.settings.max_response_bytes
+        response = Response(
+            status=self.status,
+            reason=self.reason.decode("latin-1"),
+            headers=tuple(self.headers),
+            body=b"".join(self.chunks),
+            truncated_from=self.size if self.size > cap else None,
+        )
+        self.mirror.copy_done(self, response)
 
     def on_upgraded(self, rest: bytes) -> None:
         self.on_failure(FailureKind.BAD_RESPONSE, "shadow switched protocols")
 
     def on_failure(self, kind: str, message: str) -> None:
-        if not self.done.done():
-            self.done.set_result(Failure(kind, message.replace("primary", "shadow")))
+        conn = self.conn
+        self.conn = None
+        if (
+            kind == FailureKind.RESET
+            and self.reused
+            and not self.retried
+            and conn is not None
+            and not conn.received_any
+        ):
+            # A pooled connection the shadow closed while idle: resend once on a fresh one.
+            self.retried = True
+            self.reused = False
+            self.mirror.connect_for(self)
+            return
+        self.mirror.copy_done(self, Failure(kind, message.replace("primary", "shadow")))
 
     def flush(self) -> None:
         return None
@@ -171,14 +223,15 @@ class _ShadowResponse:
         # A copy's body is at most max_body_bytes and already in memory; the transport buffers it.
         return None
 
-    def response(self) -> Response:
-        return Response(
-            status=self.status,
-            reason=self.reason.decode("latin-1"),
-            headers=tuple(self.headers),
-            body=b"".join(self.chunks),
-            truncated_from=self.size if self.size > self.cap else None,
-        )
+    def abandon(self) -> None:
+        """Deadline passed or shutting down: drop the connection (it cannot be reused) and the dial."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.detach()
 
 
 def _client_ssl(settings: ShadowSettings) -> ssl.SSLContext:
@@ -190,7 +243,7 @@ def _client_ssl(settings: ShadowSettings) -> ssl.SSLContext:
 
 
 class ShadowMirror:
-    """One shadow's queue, workers, connection pool, breaker and rate cap."""
+    """One shadow's bounded queue, copies in flight (at most ``concurrency``), pool, breaker, rate cap."""
 
     def __init__(
         self,
@@ -212,39 +265,53 @@ class ShadowMirror:
         self._target = parse_primary(settings.url, field=f"shadows.{settings.name}.url")
         self.breaker = CircuitBreaker(settings.breaker)
         self._bucket: TokenBucket | None = None
-        # Bounded: see ShadowSettings.queue_size (memory a stuck shadow can pin; drops are counted).
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.queue_size)
-        self._workers: list[asyncio.Task[None]] = []
+        # Bounded by settings.queue_size (checked in offer): the memory a stuck shadow can pin is
+        # queue_size x max_body_bytes at worst; beyond it drops are counted, never waited for.
+        self._waiting: deque[_Job] = deque()
+        self._active: set[_Copy] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._pool: UpstreamPool | None = None
-        self.in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pump_scheduled = False
+        self._stopped = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         if self.settings.rate_per_s is not None:
             burst = self.settings.burst if self.settings.burst is not None else max(1.0, self.settings.rate_per_s)
             self._bucket = TokenBucket(self.settings.rate_per_s, burst, loop.time())
         ssl_context = await asyncio.to_thread(_client_ssl, self.settings) if self._target.tls else None
-        # One connection per worker: the concurrency cap is also the connection cap.
+        # Keep as many idle connections as copies may be in flight: the concurrency cap is also the
+        # connection cap.
         self._pool = UpstreamPool(
             self._target,
             ssl_context=ssl_context,
             connect_timeout_s=self.settings.connect_timeout_s,
             max_idle=self.settings.concurrency,
         )
-        self._workers = [
-            asyncio.create_task(self._work(), name=f"mirror-{self.settings.name}-{i}")
-            for i in range(self.settings.concurrency)
-        ]
 
     def offer(self, exchange: ProxiedExchange, now_s: float) -> str:
-        """Queue a copy of ``exchange`` if the rate cap, queue and breaker allow; return the decision."""
+        """Send or queue a copy of ``exchange`` if rate cap, queue and breaker allow; return the decision."""
+        if self._stopped or self._pool is None:
+            return FailureKind.DISABLED
         if self._bucket is not None and not self._bucket.try_take(now_s):
             return FailureKind.RATE_LIMITED
-        if self.queue.full():
+        free_slots = self.settings.concurrency - len(self._active)
+        if len(self._waiting) >= self.settings.queue_size + max(free_slots, 0):
             return FailureKind.QUEUE_FULL
         if not self.breaker.allow(now_s):
             return FailureKind.BREAKER_OPEN
-        self.queue.put_nowait(
+        self._waiting.append(
             _Job(
                 exchange.id,
                 exchange.method,
@@ -256,34 +323,18 @@ class ShadowMirror:
                 now_s,
             )
         )
+        self._idle.clear()
+        if free_slots > 0 and not self._pump_scheduled:
+            # Sent from the next loop turn: the data path's own write goes first, and this call
+            # returns at once.
+            self._pump_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._pump)
         return MIRRORED
 
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            job = await self.queue.get()
-            try:
-                if loop.time() - job.enqueued_s > self.settings.total_timeout_s:
-                    # Stale: the shadow is too far behind for this copy to be worth sending.
-                    self._finish(job, Failure(FailureKind.TIMEOUT, "waited too long in the mirror queue"), Timing())
-                    self.breaker.record_failure(loop.time())
-                    continue
-                self.in_flight += 1
-                try:
-                    await self._send(job, loop)
-                finally:
-                    self.in_flight -= 1
-            except asyncio.CancelledError:
-                self._finish(job, Failure(FailureKind.CANCELLED, "proxy shutting down"), Timing())
-                raise
-            except Exception:  # a bug here must not kill the worker and stall the queue
-                log.exception("mirror worker for %s failed", self.settings.name)
-            finally:
-                self.queue.task_done()
-
-    async def _send(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
-        pool = self._pool
-        assert pool is not None
+    def _start(self, job: _Job, now_s: float) -> None:
+        loop = self._loop
+        assert loop is not None and self._pool is not None
         head = mirror_request_head(
             job.method,
             job.target,
@@ -296,58 +347,92 @@ class ShadowMirror:
             exchange_id=job.exchange_id,
             authority=job.authority,
         )
-        sent_ns = time.monotonic_ns()
-        sink: _ShadowResponse | None = None
-        outcome: Outcome
+        copy = _Copy(self, job, head, time.monotonic_ns())
+        self._active.add(copy)
+        copy.deadline = now_s + self.settings.total_timeout_s
+        copy.timer = loop.call_at(copy.deadline, self._timed_out, copy)
+        conn = self._pool.try_acquire()
+        if conn is None:
+            self.connect_for(copy)
+        else:
+            copy.reused = True
+            copy.send(conn)
+
+    def connect_for(self, copy: _Copy) -> None:
+        """Dial a fresh connection for ``copy`` in a task (kept on the copy, cancelled with it)."""
+        assert self._loop is not None
+        copy.connecting = self._loop.create_task(self._connect(copy), name=f"mirror-connect-{self.settings.name}")
+
+    async def _connect(self, copy: _Copy) -> None:
+        assert self._pool is not None
         try:
-            async with asyncio.timeout(self.settings.total_timeout_s):
-                conn = pool.try_acquire()
-                reused = conn is not None
-                if conn is None:
-                    conn = await pool.connect()
-                sink, result = await self._attempt(conn, head, job, loop)
-                if (
-                    reused
-                    and isinstance(result, Failure)
-                    and result.kind == FailureKind.RESET
-                    and not conn.received_any
-                ):
-                    # A pooled connection the shadow closed while idle: resend once on a fresh one.
-                    conn = await pool.connect()
-                    sink, result = await self._attempt(conn, head, job, loop)
-                if isinstance(result, Failure):
-                    outcome = result
-                else:
-                    if result:
-                        pool.release(conn)
-                    else:
-                        conn.close()
-                    outcome = sink.response()
-        except TimeoutError:
-            outcome = Failure(FailureKind.TIMEOUT, f"no complete response within {self.settings.total_timeout_s} s")
-        except (OSError, ssl.SSLError) as exc:
-            outcome = Failure(FailureKind.CONNECT_ERROR, f"cannot connect to shadow: {exc}")
+            conn = await self._pool.connect()
+        except asyncio.CancelledError:
+            raise
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            copy.connecting = None
+            self.copy_done(copy, Failure(FailureKind.CONNECT_ERROR, f"cannot connect to shadow: {exc}"))
+            return
+        copy.connecting = None
+        if copy not in self._active:  # timed out or stopped while dialling
+            conn.close()
+            return
+        copy.send(conn)
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        if reusable and self._pool is not None:
+            self._pool.release(conn)
+        else:
+            conn.close()
+
+    def _timed_out(self, copy: _Copy) -> None:
+        copy.timer = None
+        copy.abandon()
+        self.copy_done(
+            copy, Failure(FailureKind.TIMEOUT, f"no complete response within {self.settings.total_timeout_s} s")
+        )
+
+    def copy_done(self, copy: _Copy, outcome: Outcome) -> None:
+        """Exactly once per copy: count, feed the breaker, tell the listener, start the next copy."""
+        if copy not in self._active:
+            return
+        self._active.discard(copy)
+        if copy.timer is not None:
+            copy.timer.cancel()
+            copy.timer = None
+        loop = self._loop
+        assert loop is not None
         done_ns = time.monotonic_ns()
         if isinstance(outcome, Response):
             self.breaker.record_success(loop.time())
-            self._metrics.observe_shadow(self.settings.name, (done_ns - sent_ns) / 1e9)
-        else:
+            self._metrics.observe_shadow(self.settings.name, (done_ns - copy.sent_ns) / 1e9)
+        elif outcome.kind != FailureKind.CANCELLED:
             self.breaker.record_failure(loop.time())
-        base = job.started_mono_ns
-        first_byte_ns = None if sink is None or sink.first_byte_ns is None else sink.first_byte_ns - base
-        self._finish(job, outcome, Timing(sent_ns - base, first_byte_ns, done_ns - base))
+        base = copy.job.started_mono_ns
+        first_byte_ns = None if copy.first_byte_ns is None else copy.first_byte_ns - base
+        self._finish(copy.job, outcome, Timing(copy.sent_ns - base, first_byte_ns, done_ns - base))
+        if self._waiting and not self._pump_scheduled and not self._stopped:
+            # Next copy from a fresh loop turn: this may run inside a connection's data callback.
+            self._pump_scheduled = True
+            loop.call_soon(self._pump)
+        elif not self._active and not self._waiting:
+            self._idle.set()
 
-    async def _attempt(
-        self, conn: UpstreamConnection, head: bytes, job: _Job, loop: asyncio.AbstractEventLoop
-    ) -> tuple[_ShadowResponse, Failure | bool]:
-        sink = _ShadowResponse(loop.create_future(), self.settings.max_response_bytes)
-        conn.begin(sink, head_only=job.method == "HEAD")
-        conn.writelines([head, job.body] if job.body else [head])
-        try:
-            return sink, await sink.done
-        except BaseException:
-            conn.detach()  # timed out or cancelled mid-exchange: the connection cannot be reused
-            raise
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        loop = self._loop
+        assert loop is not None
+        now_s = loop.time()
+        while self._waiting and len(self._active) < self.settings.concurrency and not self._stopped:
+            job = self._waiting.popleft()
+            if now_s - job.enqueued_s > self.settings.total_timeout_s:
+                # Stale: the shadow is too far behind for this copy to be worth sending.
+                self.breaker.record_failure(now_s)
+                self._finish(job, Failure(FailureKind.TIMEOUT, "waited too long in the mirror queue"), Timing())
+                continue
+            self._start(job, now_s)
+        if not self._active and not self._waiting:
+            self._idle.set()
 
     def _finish(self, job: _Job, outcome: Outcome, timing: Timing) -> None:
         self._metrics.count_mirror(self.settings.name, "ok" if isinstance(outcome, Response) else outcome.kind)
@@ -358,27 +443,30 @@ class ShadowMirror:
                 log.exception("mirror outcome listener failed for %s", self.settings.name)
 
     async def drain(self) -> None:
-        await self.queue.join()
+        """Until nothing is queued or in flight."""
+        await self._idle.wait()
 
     async def stop(self) -> None:
-        """Cancel the workers (in-flight and queued copies end as ``cancelled``), close the pool."""
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers.clear()
-        while not self.queue.empty():
-            job = self.queue.get_nowait()
-            self._finish(job, Failure(FailureKind.CANCELLED, "proxy shutting down"), Timing())
-            self.queue.task_done()
+        """Refuse new copies; in-flight and queued ones end as ``cancelled``; close the pool."""
+        self._stopped = True
+        cancelled = Failure(FailureKind.CANCELLED, "proxy shutting down")
+        connecting = [c.connecting for c in self._active if c.connecting is not None]
+        for copy in list(self._active):
+            copy.abandon()
+            self.copy_done(copy, cancelled)
+        await asyncio.gather(*connecting, return_exceptions=True)
+        while self._waiting:
+            self._finish(self._waiting.popleft(), cancelled, Timing())
+        self._idle.set()
         if self._pool is not None:
             self._pool.abort_all()
             self._pool = None
 
     def stats(self) -> dict[str, Any]:
         return {
-            "queue_depth": self.queue.qsize(),
+            "queue_depth": len(self._waiting),
             "queue_size": self.settings.queue_size,
-            "in_flight": self.in_flight,
+            "in_flight": len(self._active),
             "breaker": self.breaker.state,
             "breaker_opened": self.breaker.times_opened,
         }
@@ -405,7 +493,7 @@ class MirrorStage:
         self._closed = False
         metrics.add_source(
             "gauge", "shadowtap_mirror_queue_depth", "Copies waiting in each shadow's queue", "shadow",
-            lambda: {m.settings.name: float(m.queue.qsize()) for m in self.shadows},
+            lambda: {m.settings.name: float(m.queue_depth) for m in self.shadows},
         )  # fmt: skip
         metrics.add_source(
             "gauge", "shadowtap_mirror_in_flight", "Copies being sent to each shadow", "shadow",
