@@ -32,6 +32,7 @@ from differ.reports._common import (
     parse_body_path,
     ranked_endpoints,
     ranked_signatures,
+    severity_rank,
     verdict_word,
 )
 from differ.reports._files import write_atomically
@@ -433,6 +434,30 @@ def _endpoint_html(
 # --- page ----------------------------------------------------------------------------------------
 
 
+def _failing_html(report: DiffReport, endpoints: list[EndpointReport]) -> str:
+    """The signatures that fail the gate, most severe then most frequent first, linking to their examples."""
+    failing = frozenset(report.verdict.failing_signatures)
+    signatures = sorted(
+        (sig for endpoint in endpoints for sig in endpoint.signatures if sig.id in failing),
+        key=lambda s: (severity_rank(s.severity), -s.rate, -s.count, s.endpoint, s.path),
+    )
+    rows = [
+        f"<tr><td>{_severity_badge(sig.severity)}</td><td><code>{_e(sig.endpoint)}</code></td>"
+        f'<td>{_e(sig.kind)}</td><td><a href="#sig-{_e(sig.id)}"><code class="path">{_e(sig.path)}</code></a></td>'
+        f'<td><span class="transition">{_e(sig.transition)}</span></td><td class="num">{sig.count}</td>'
+        f'<td class="num">{fmt_rate(sig.rate)}</td><td class="num">{fmt_rate(sig.noise_rate)}</td></tr>'
+        for sig in signatures
+    ]
+    if not rows:
+        return ""
+    return (
+        f'<section id="failing"><h2>Failing the gate ({len(rows)})</h2>'
+        '<table class="failing"><thead><tr><th>severity</th><th>endpoint</th><th>kind</th><th>path</th>'
+        '<th>change</th><th class="num">count</th><th class="num">rate</th><th class="num">noise</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></section>"
+    )
+
+
 def _cards(report: DiffReport) -> str:
     verdict = report.verdict
     cards = [
@@ -525,6 +550,7 @@ def render_html(report: DiffReport) -> str:
 </header>
 <main>
 {_cards(report)}
+{_failing_html(report, endpoints)}
 <section id="endpoints">
 <h2>Endpoints ({len(endpoints)})</h2>
 <div class="toolbar">

@@ -212,3 +212,15 @@ def test_a_huge_report_keeps_full_examples_for_the_top_and_tables_for_the_rest(m
     assert omitted in last
     assert "<td><code>20</code></td><td><code>&quot;20.00&quot;</code></td>" in last
     assert len(document) < 300_000
+
+
+def test_failing_signatures_are_listed_up_front_with_links() -> None:
+    document = render_html(rich_report())
+    failing = document[
+        document.index('<section id="failing">') : document.index("</section>", document.index('id="failing"'))
+    ]
+    assert "<h2>Failing the gate (5)</h2>" in failing
+    links = re.findall(r'<a href="#sig-([^"]+)">', failing)
+    # Most severe first, then by rate: the timeout at 25% before the 500s at 2.4%.
+    assert links == ["sig-error", "sig-status", "sig-currency", "sig-type", "sig-removed"]
+    assert '<section id="failing">' not in render_html(passing_report())
