@@ -231,12 +231,19 @@ class DiffSession:
 
 
 def relearn_endpoints(store: DiffStore, config: DifferConfig) -> None:
-    """Re-template every stored path with everything now known (and the config's current routes)."""
-    routes = store.routes()
+    """Re-template every stored path with everything now known (and the config's current routes).
+
+    Streams the routes table three times (two learning passes, see ``EndpointTemplater.learn``,
+    then templating) rather than holding every distinct path in memory.
+    """
     templater = EndpointTemplater(config.routes, max_literal_children=config.max_literal_children)
-    templater.learn([(method, path) for _, method, path, _ in routes])
+    for _ in range(2):
+        for _, method, path, _ in store.routes():
+            templater.observe(method, path)
     updates = [
-        (new, route_id) for route_id, method, path, old in routes if (new := templater.template(method, path)) != old
+        (new, route_id)
+        for route_id, method, path, old in store.routes()
+        if (new := templater.template(method, path)) != old
     ]
     if updates:
         store.set_endpoints(updates)

@@ -36,6 +36,9 @@ SCHEMA_VERSION: Final = 1
 #: it reads the same whatever the run called them.
 EXAMPLE_CANDIDATE: Final = "candidate"
 EXAMPLE_SECONDARY: Final = "secondary"
+#: Row ids remembered per cache (routes, diff keys). Paths full of ids make one route per request;
+#: past this the cache starts over and SQLite's unique index answers, so memory stays flat.
+_ID_CACHE_SIZE: Final = 65_536
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -211,7 +214,8 @@ class DiffStore:
             return found
         self._db.execute("INSERT OR IGNORE INTO routes (method, path, endpoint) VALUES (?, ?, ?)", (*key, endpoint))
         route_id: int = self._db.execute("SELECT id FROM routes WHERE method = ? AND path = ?", key).fetchone()[0]
-        # Bounded by the distinct paths of the run, which the routes table holds anyway.
+        if len(self._route_ids) >= _ID_CACHE_SIZE:
+            self._route_ids.clear()
         self._route_ids[key] = route_id
         return route_id
 
@@ -224,6 +228,8 @@ class DiffStore:
         key_id: int = self._db.execute(
             "SELECT id FROM diff_keys WHERE path = ? AND kind = ? AND transition = ?", key
         ).fetchone()[0]
+        if len(self._key_ids) >= _ID_CACHE_SIZE:
+            self._key_ids.clear()
         self._key_ids[key] = key_id
         return key_id
 
@@ -249,8 +255,9 @@ class DiffStore:
             "INSERT OR REPLACE INTO examples VALUES (?, ?, ?)", [(pair_id, key_id, p) for key_id, p in keys]
         )
 
-    def routes(self) -> list[tuple[int, str, str, str]]:
-        return self._db.execute("SELECT id, method, path, endpoint FROM routes ORDER BY id").fetchall()
+    def routes(self) -> Iterator[tuple[int, str, str, str]]:
+        """(id, method, path, endpoint) of every stored route, streamed."""
+        yield from self._db.execute("SELECT id, method, path, endpoint FROM routes ORDER BY id")
 
     def set_endpoints(self, updates: Sequence[tuple[str, int]]) -> None:
         """Rows of (endpoint, route_id): the learned templates, applied once all paths are known."""
