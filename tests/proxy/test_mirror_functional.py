@@ -339,3 +339,53 @@ async def test_shutdown_cancels_what_it_cannot_finish() -> None:
     stage.request_complete(late)
     assert late.decisions == {"bh": FailureKind.DISABLED}
     await server.close()
+
+
+async def test_idle_connection_closed_by_shadow_is_retried_once() -> None:
+    requests_seen = 0
+
+    async def close_when_idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests_seen
+        await reader.readuntil(b"\r\n\r\n")
+        requests_seen += 1
+        # Keep-alive response, then the server drops the idle connection (as many servers do).
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+
+    server = RawServer(close_when_idle)
+    url = await server.start()
+    stage, _, metrics, outcomes = stage_for([{"name": "v2", "url": url}])
+    await stage.start()
+    first, second = exchange(), exchange()
+    stage.request_complete(first)
+    await outcomes.wait_for(1)
+    await asyncio.sleep(0.2)  # the pooled connection is closed by now
+    stage.request_complete(second)
+    await outcomes.wait_for(2)
+    await stage.aclose(1.0)
+    await server.close()
+    assert [outcomes.items[ex.id, "v2"][0] for ex in (first, second)] == [
+        Response(200, "OK", ((b"Content-Length", b"2"),), b"ok")
+    ] * 2
+    assert requests_seen == 2 and metrics.mirror_outcomes["v2", "ok"] == 2
+
+
+async def test_head_copies_end_at_the_head_and_keep_the_connection() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=b"0123456789")
+
+    runner, url = await start_app(handler)
+    stage, _, _, outcomes = stage_for([{"name": "v2", "url": url, "concurrency": 1}])
+    await stage.start()
+    head, get = exchange("HEAD", "/h"), exchange("GET", "/g")
+    stage.request_complete(head)
+    stage.request_complete(get)
+    await outcomes.wait_for(2, timeout_s=5.0)
+    await stage.aclose(1.0)
+    await runner.cleanup()
+    head_outcome, get_outcome = outcomes.items[head.id, "v2"][0], outcomes.items[get.id, "v2"][0]
+    assert isinstance(head_outcome, Response) and head_outcome.body == b""
+    assert head_outcome.header(b"Content-Length") == b"10"
+    assert isinstance(get_outcome, Response) and get_outcome.body == b"0123456789"
