@@ -64,7 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--since", type=float, metavar="S", help="skip the tape's first S seconds")
     g.add_argument("--until", type=float, metavar="S", help="stop at S seconds into the tape")
     g.add_argument("--sample-percent", type=float, default=100.0, help="replay this share of sessions")
-    g.add_argument("--allow-writes", action="store_true", help="also replay methods other than GET/HEAD/OPTIONS")
+    g.add_argument("--allow-writes", action="store_true", help="also replay methods other than GET/HEAD/OPTIONS/TRACE")
     g.add_argument("--salvage", action="store_true", help="skip corrupt frames in the tapes instead of stopping")
 
     g = parser.add_argument_group("rewrites")
@@ -108,6 +108,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--locust", action="store_true", help="run on a local Locust master and --locust-workers workers")
     g.add_argument("--locust-workers", type=int, default=2, help="Locust worker processes (default 2)")
     g.add_argument("--locust-timeout", type=float, default=600.0, metavar="S", help="give up after S s (default 600)")
+    g.add_argument(
+        "--locust-job-out",
+        metavar="FILE",
+        help="only write the Locust job for these flags (for a multi-machine run, see docs/replay.md) and exit",
+    )
 
 
 def _parse_header(spec: str) -> tuple[str, str]:
@@ -275,6 +280,12 @@ def run(args: argparse.Namespace) -> int:
 
     job = build_job(args)
     gates = _gates(args)
+    if args.locust_job_out:
+        from replayer.locust_launch import locust_job
+
+        _write_text(args.locust_job_out, locust_job(job).to_json() + "\n")
+        print(f"wrote the Locust job to {args.locust_job_out}", file=sys.stderr)
+        return 0
     if args.locust:
         from replayer.locust_launch import run_locust
 

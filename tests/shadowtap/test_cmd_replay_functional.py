@@ -264,3 +264,16 @@ async def test_locust_mode_refuses_a_results_tape(tmp_path: Path) -> None:
     tape = write_tape(tmp_path / "tape", [make_exchange(0, 0)])
     code, _, err = await shadowtap(str(tape), "--target", "http://127.0.0.1:9", "--locust", "--results", "r")
     assert code == 2 and "results" in err and err.count("\n") == 1
+
+
+async def test_locust_job_out_writes_the_job_for_other_machines(tmp_path: Path) -> None:
+    from replayer.locust_plan import LocustJob
+
+    tape = write_tape(tmp_path / "tape", [make_exchange(0, 0)])
+    code, _, err = await shadowtap(
+        str(tape), "--target", "http://10.0.0.9:8080", "--rate", "500", "--locust-job-out", str(tmp_path / "job.json")
+    )
+    assert code == 0, err
+    job = LocustJob.from_json((tmp_path / "job.json").read_text())
+    assert job.target == "http://10.0.0.9:8080" and job.plan.scaling.rate_per_s == 500.0
+    assert job.tapes == (str(tape.resolve()),)
