@@ -82,15 +82,19 @@ def test_any_exchange_round_trips_byte_exactly(batch: list[Exchange], compressio
     assert [packed(e) for e in back] == [packed(e) for e in batch]
 
 
-def sample_segment() -> bytes:
+def sample_segment(options: TapeOptions = PLAIN, body: bytes = b'{"ok":true}') -> bytes:
     with tempfile.TemporaryDirectory() as directory:
-        with SyncTapeWriter(directory, PLAIN) as writer:
-            writer.write_many(make_exchange(i) for i in range(4))
+        with SyncTapeWriter(directory, options) as writer:
+            writer.write_many(make_exchange(i, body=body) for i in range(4))
         (segment,) = Path(directory).glob("*.stape")
         return segment.read_bytes()
 
 
 SAMPLE = sample_segment()
+# One exchange per zstd block (each is over block_bytes), so truncation can lose one block at a time.
+SAMPLE_ZSTD = sample_segment(
+    TapeOptions(redaction=None, fsync="none", compression="zstd", block_bytes=1024), body=bytes(range(256)) * 5
+)
 SAMPLE_IDS = [f"ex-{i:06d}" for i in range(4)]
 
 
@@ -121,6 +125,25 @@ def test_truncation_anywhere_gives_the_complete_frames_before_it(cut: int) -> No
         pos += _frames.FRAME_HEADER_SIZE + length
         frame_ends.append(pos)
     assert len(got) == sum(1 for end in frame_ends if end <= cut)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=0, max_value=len(SAMPLE_ZSTD)))
+def test_truncated_zstd_tape_gives_the_blocks_before_the_cut(cut: int) -> None:
+    got, error = read_bytes(SAMPLE_ZSTD[:cut])
+    assert error is None
+    assert got == SAMPLE_IDS[: len(got)]
+    assert (len(got) == 4) == (cut == len(SAMPLE_ZSTD))
+
+
+def test_zstd_sample_has_one_block_per_exchange() -> None:
+    blocks, pos = 0, _frames.SEGMENT_HEADER_SIZE
+    while pos < len(SAMPLE_ZSTD):
+        _s, kind, length, _c = _frames.FRAME_HEADER.unpack_from(SAMPLE_ZSTD, pos)
+        assert kind == _frames.KIND_ZSTD_BLOCK
+        pos += _frames.FRAME_HEADER_SIZE + length
+        blocks += 1
+    assert blocks == 4
 
 
 @settings(max_examples=300, deadline=None)
