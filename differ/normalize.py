@@ -8,7 +8,7 @@ raw bytes it was. This module must never raise on response content and never com
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import zlib
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ BodyKind = Literal["empty", "json", "form", "text", "binary"]
 #: one response must not be able to take the differ's memory.
 MAX_DECODED_BYTES: Final = 64 * 1024 * 1024
 
+_BROTLI_SLICE_BYTES: Final = 1024
 _TEXT_TYPES: Final = ("text/", "application/xml", "application/javascript", "application/xhtml")
 
 
@@ -37,10 +38,6 @@ class Body:
     kind: BodyKind
     value: Any
     data: bytes
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
 
 
 def header_map(headers: Headers) -> dict[str, tuple[str, ...]]:
@@ -70,14 +67,29 @@ def _decode_one(data: bytes, coding: str) -> bytes:
             # Many servers send raw deflate without the zlib wrapper.
             return _bounded_zlib(data, -zlib.MAX_WBITS)
     if coding == "br":
-        out: bytes = brotli.decompress(data)
-        return out
+        # Brotli has no output cap: feed small slices and check the output after each.
+        decoder = brotli.Decompressor()
+        parts: list[bytes] = []
+        size = 0
+        for start in range(0, len(data), _BROTLI_SLICE_BYTES):
+            part: bytes = decoder.process(data[start : start + _BROTLI_SLICE_BYTES])
+            size += len(part)
+            if size > MAX_DECODED_BYTES:
+                raise ValueError("decoded body exceeds the size bound")
+            parts.append(part)
+        return b"".join(parts)
     if coding == "zstd":
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().decompressobj()
-        result: bytes = reader.decompress(data)
-        return result
+        chunks: list[bytes] = []
+        total = 0
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+            while chunk := reader.read(1 << 20):
+                total += len(chunk)
+                if total > MAX_DECODED_BYTES:
+                    raise ValueError("decoded body exceeds the size bound")
+                chunks.append(chunk)
+        return b"".join(chunks)
     if coding in ("identity", ""):
         return data
     raise ValueError(f"unknown content-encoding {coding!r}")
@@ -87,16 +99,17 @@ def decode_content(data: bytes, content_encoding: str | None) -> tuple[bytes, bo
     """Undo ``content_encoding`` (``gzip, br`` means br was applied last); ``(bytes, decoded_ok)``."""
     if not content_encoding or not data:
         return data, True
+    decoded = data
     try:
         for coding in reversed([c.strip().lower() for c in content_encoding.split(",")]):
-            data = _decode_one(data, coding)
-            if len(data) > MAX_DECODED_BYTES:
+            decoded = _decode_one(decoded, coding)
+            if len(decoded) > MAX_DECODED_BYTES:
                 raise ValueError("decoded body exceeds the size bound")
     except Exception:
         # Each decoder has its own error type (zlib.error, brotli.error, ZstdError ...); whatever it
         # is, the body is compared as the bytes that were recorded.
         return data, False
-    return data, True
+    return decoded, True
 
 
 def _media_type(content_type: str | None) -> str:
