@@ -81,8 +81,7 @@ class Comparator:
             if a.status // 100 != b.status // 100:
                 # Another class of answer is another document: its fields would only bury the status.
                 return out
-        same_headers = a.headers == b.headers
-        if not same_headers:
+        if a.headers != b.headers:
             self._compare_headers(a, b, out)
         if a.body != b.body:
             self._compare_bodies(a, b, out)
