@@ -277,3 +277,31 @@ async def test_locust_job_out_writes_the_job_for_other_machines(tmp_path: Path) 
     job = LocustJob.from_json((tmp_path / "job.json").read_text())
     assert job.target == "http://10.0.0.9:8080" and job.plan.scaling.rate_per_s == 500.0
     assert job.tapes == (str(tape.resolve()),)
+
+
+async def test_the_results_tape_is_what_shadowtap_diff_reads(tmp_path: Path) -> None:
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i, target=f"/items/{i}") for i in range(12)])
+    async with Target() as target:
+        code, _, err = await shadowtap(
+            str(tape), "--target", target.url, "--results", str(tmp_path / "results"), "--no-progress"
+        )
+    assert code == 0, err
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shadowtap",
+        "diff",
+        str(tmp_path / "results"),
+        "--candidate",
+        "replay",
+        "--json",
+        str(tmp_path / "diff.json"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, diff_err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode in (0, 1), diff_err.decode()
+    report = json.loads((tmp_path / "diff.json").read_text())
+    # Every replayed exchange pairs the recorded response ("recorded i") with the replayed one.
+    assert report["baseline_name"] == "primary" and report["candidate_name"] == "replay"
+    assert report["pairs"] == 12 and report["compared"] == 12 and report["differing"] == 12
