@@ -9,6 +9,7 @@ compute results.
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from typing import Final, TextIO
 
@@ -181,21 +182,19 @@ def _signature_table(endpoint: EndpointReport, failing: frozenset[str]) -> Table
     return table
 
 
-def render_terminal(report: DiffReport, file: TextIO, *, color: bool | None = None) -> None:
-    """Write the terminal summary of ``report`` to ``file``; colour iff ``color``, or iff a TTY when None."""
-    is_tty = file.isatty()
-    use_color = is_tty if color is None else color
-    console = Console(
-        file=file,
-        force_terminal=use_color,
-        no_color=not use_color,
-        color_system="standard" if use_color else None,
-        width=None if is_tty else _NON_TTY_WIDTH,
-        highlight=False,
-        emoji=False,
-        markup=False,
-        soft_wrap=False,
-    )
+class _Sink(io.StringIO):
+    """Collects the rendering; claims the real stream's encoding so rich picks ASCII boxes for it."""
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__()
+        self._target_encoding = encoding
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._target_encoding
+
+
+def _render(report: DiffReport, console: Console) -> None:
     _header(report, console)
     endpoints = ranked_endpoints(report)
     if not endpoints:
@@ -216,3 +215,29 @@ def render_terminal(report: DiffReport, file: TextIO, *, color: bool | None = No
         console.print(line)
     if failing:
         console.print(Text("! = the signature fails the gate", style="dim"))
+
+
+def render_terminal(report: DiffReport, file: TextIO, *, color: bool | None = None) -> None:
+    """Write the terminal summary of ``report`` to ``file``; colour iff ``color``, or iff a TTY when None.
+
+    The summary is rendered in memory and written once, in whatever encoding ``file`` has: on an
+    ASCII-only stream boxes are ASCII and other characters from traffic become escapes, never an
+    UnicodeEncodeError.
+    """
+    is_tty = file.isatty()
+    use_color = is_tty if color is None else color
+    encoding = getattr(file, "encoding", None) or "utf-8"
+    sink = _Sink(encoding)
+    console = Console(
+        file=sink,
+        force_terminal=use_color,
+        no_color=not use_color,
+        color_system="standard" if use_color else None,
+        width=Console(file=file).width if is_tty else _NON_TTY_WIDTH,
+        highlight=False,
+        emoji=False,
+        markup=False,
+        soft_wrap=False,
+    )
+    _render(report, console)
+    file.write(sink.getvalue().encode(encoding, "backslashreplace").decode(encoding))

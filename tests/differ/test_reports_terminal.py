@@ -103,3 +103,15 @@ def test_long_reports_are_summarised_not_dumped() -> None:
     text = render(dataclasses.replace(report, endpoints=many), color=False)
     assert "+10 more endpoints (see --html)" in text
     assert "+30 more endpoints with differences" in text
+
+
+def test_an_ascii_only_stream_gets_ascii_boxes_and_escapes_not_an_error() -> None:
+    report = rich_report()
+    accented = dataclasses.replace(report.endpoints[0], endpoint="GET /caf\u00e9/\u2603")
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii")
+    render_terminal(dataclasses.replace(report, endpoints=(accented,)), stream)
+    stream.flush()
+    text = raw.getvalue().decode("ascii")
+    assert "GET /caf\\xe9/\\u2603" in text
+    assert "+-----" in text and "\u2500" not in text
