@@ -6,6 +6,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from recorder import (
@@ -18,6 +19,7 @@ from recorder import (
     TapeReader,
     TapeVersionError,
     _frames,
+    exchange_to_wire,
     tape_segments,
 )
 from tests.recorder.tape_samples import BASE_NS, make_exchange
@@ -257,3 +259,34 @@ def test_header_layout_is_as_documented(tmp_path: Path) -> None:
     assert (data[16:18], kind, len(data)) == (b"\xf5\x1d", 1, 16 + 11 + length)
     assert frame_crc == zlib.crc32(data[27:], zlib.crc32(data[16:23]))
     assert crc == zlib.crc32(data[:12])
+
+
+def test_checksummed_but_undecodable_zstd_block_is_an_error_or_salvaged(tmp_path: Path) -> None:
+    segment = write_tape(tmp_path, 2)
+    data = segment.read_bytes()
+    bad_block = _frames.encode_frame(_frames.KIND_ZSTD_BLOCK, b"not zstd at all")
+    segment.write_bytes(data + bad_block)
+    with pytest.raises(TapeFormatError, match="undecodable zstd block") as info:
+        list(TapeReader(tmp_path))
+    assert info.value.offset == len(data)
+    reader = TapeReader(tmp_path, salvage=True)
+    assert len(ids(reader)) == 2
+    ((_, skipped),) = reader.report.skipped_ranges
+    assert (skipped.offset, skipped.length) == (len(data), len(bad_block))
+
+
+def test_zstd_block_holding_a_damaged_inner_frame_keeps_the_frames_before_it(tmp_path: Path) -> None:
+    import zstandard
+
+    inner = b"".join(
+        _frames.encode_frame(
+            _frames.KIND_EXCHANGE, msgpack.packb(exchange_to_wire(make_exchange(i)), use_bin_type=True)
+        )
+        for i in range(3)
+    )
+    damaged = inner[:-3] + bytes(b ^ 0xFF for b in inner[-3:])
+    block = _frames.encode_frame(_frames.KIND_ZSTD_BLOCK, zstandard.ZstdCompressor().compress(damaged))
+    (tmp_path / "seg.stape").write_bytes(_frames.encode_segment_header(_frames.FLAG_ZSTD) + block)
+    reader = TapeReader(tmp_path, salvage=True)
+    assert ids(reader) == ["ex-000000", "ex-000001"]
+    assert "inside zstd block" in reader.report.skipped_ranges[0][1].reason
