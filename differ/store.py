@@ -144,9 +144,19 @@ class DiffStore:
             raise ConfigError("no such results database", path=self.path)
         try:
             self._db = sqlite3.connect(self.path)
+            if (
+                not create
+                and not self._db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+                ).fetchone()
+            ):
+                # Reading must never add our tables to somebody else's database.
+                self._db.close()
+                raise InputFormatError("not a shadowtap results database (no meta table)", path=self.path)
             self._db.executescript(_SCHEMA)
             self._check_version()
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             raise InputFormatError(f"not a shadowtap results database: {exc}", path=self.path) from exc
         self._route_ids: dict[tuple[str, str], int] = {}
         self._key_ids: dict[tuple[str, str, str], int] = {}

@@ -34,6 +34,12 @@ def test_refuses_other_files_and_versions(tmp_path: Path) -> None:
         DiffStore(tmp_path / "text.db")
     with pytest.raises(ConfigError, match="no such results database"):
         DiffStore(tmp_path / "missing.db", create=False)
+    with closing(sqlite3.connect(tmp_path / "other.db")) as db, db:
+        db.execute("CREATE TABLE mine (x)")
+    with pytest.raises(InputFormatError, match="no meta table"):
+        DiffStore(tmp_path / "other.db", create=False)
+    with closing(sqlite3.connect(tmp_path / "other.db")) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["mine"]
     DiffStore(tmp_path / "new.db").close()
     with closing(sqlite3.connect(tmp_path / "new.db")) as db, db:
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
