@@ -20,11 +20,11 @@ __all__ = [
     "fmt_rate",
     "lookup_json",
     "parse_body_path",
-    "path_matches",
     "printable",
     "ranked_endpoints",
     "ranked_signatures",
     "severity_rank",
+    "step_matches",
     "verdict_word",
 ]
 
@@ -131,11 +131,9 @@ def parse_body_path(path: str) -> tuple[PathToken, ...] | None:
     return tuple(tokens)
 
 
-def path_matches(pattern: tuple[PathToken, ...], path: tuple[PathToken, ...]) -> bool:
-    """Whether ``path`` equals ``pattern``, with ``"*"`` in the pattern matching any array index."""
-    if len(pattern) != len(path):
-        return False
-    return all(p == q or (p == "*" and isinstance(q, int)) for p, q in zip(pattern, path, strict=True))
+def step_matches(pattern_step: PathToken, step: PathToken) -> bool:
+    """Whether one path step matches a pattern's step; ``"*"`` (a folded index) matches any index."""
+    return pattern_step == step or (pattern_step == "*" and isinstance(step, int))
 
 
 MISSING: Final = object()

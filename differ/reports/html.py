@@ -3,9 +3,10 @@
 Overview cards, endpoints ranked by severity and rate (each a ``<details>`` holding its field tree and
 signatures), each signature holding side-by-side examples of the request and both responses with the
 differing paths highlighted, and the suppressed noise with its reasons. CSS and JS are inlined from
-``assets/``; a Content-Security-Policy admits only those two inline blocks by hash and no network at
-all. Bodies are untrusted: every traffic-derived string is escaped here and secrets are redacted
-again. It must never reference anything outside the file and never compute results.
+``report.css`` and ``report.js``; a Content-Security-Policy admits only those two inline blocks by
+hash and no network at all. Bodies are untrusted: every traffic-derived string is escaped here and
+secrets are redacted again. It must never reference anything outside the file and never compute
+results.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from differ.reports._common import (
     ranked_endpoints,
     ranked_signatures,
     severity_rank,
+    step_matches,
     verdict_word,
 )
 from differ.reports._files import write_atomically
@@ -65,7 +67,8 @@ def _e(value: object) -> str:
 
 
 def _asset(name: str) -> str:
-    return resources.files("differ.reports").joinpath("assets", name).read_text(encoding="utf-8")
+    # Next to this module (not in a subfolder) so pyproject's package-data globs ship them in a wheel.
+    return resources.files("differ.reports").joinpath(name).read_text(encoding="utf-8")
 
 
 def _csp_hash(source: str) -> str:
@@ -102,10 +105,6 @@ def _json_scalar(value: Any) -> str:
     return f'<span class="jn">{_e(json.dumps(value))}</span>'
 
 
-def _step_matches(pattern_step: PathToken, step: PathToken) -> bool:
-    return pattern_step == step or (pattern_step == "*" and isinstance(step, int))
-
-
 Patterns = list[tuple[PathToken, ...]]
 
 
@@ -133,7 +132,7 @@ def _json_html(value: Any, patterns: Patterns) -> str:
             if not live:
                 entries.append(pad + key + node(child, path, live))
                 continue
-            child_live = [p for p in live if _step_matches(p[depth], step)]
+            child_live = [p for p in live if step_matches(p[depth], step)]
             child_path = (*path, step)
             entry = key + node(child, child_path, [p for p in child_live if len(p) > depth + 1])
             highlighted = any(len(p) == depth + 1 for p in child_live)
