@@ -15,7 +15,7 @@ step in a fresh subprocess (so peak RSS belongs to that step alone):
 Figures are printed as rates and as ratios against the baseline of the same run. It never times
 anything in a test and never touches the network.
 
-    .venv/bin/python bench/import_bench.py [--exchanges 50000] [--body-bytes 512]
+    .venv/bin/python bench/import_bench.py [--exchanges 50000] [--body-bytes 512] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,15 +108,22 @@ def measure(kind: str, path: Path, work: Path) -> dict[str, float]:
     return {"count": count, "seconds": seconds, "peak_rss_mib": peak_mib}
 
 
-def run_step(kind: str, path: Path, work: Path) -> dict[str, float]:
-    result = subprocess.run(
-        [sys.executable, __file__, "--measure", kind, str(path), str(work)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    figures: dict[str, float] = json.loads(result.stdout)
-    return figures
+def run_step(kind: str, path: Path, work: Path, repeat: int) -> dict[str, float]:
+    """The fastest of ``repeat`` runs: on a shared machine the minimum is the least disturbed one."""
+    best: dict[str, float] | None = None
+    for _ in range(repeat):
+        shutil.rmtree(work / "tape", ignore_errors=True)
+        result = subprocess.run(
+            [sys.executable, __file__, "--measure", kind, str(path), str(work)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        figures: dict[str, float] = json.loads(result.stdout)
+        if best is None or figures["seconds"] < best["seconds"]:
+            best = figures
+    assert best is not None
+    return best
 
 
 def main() -> int:
@@ -123,6 +131,7 @@ def main() -> int:
     parser.add_argument("--exchanges", type=int, default=50_000)
     parser.add_argument("--mitm-exchanges", type=int, default=10_000, help="flow files are slower to generate")
     parser.add_argument("--body-bytes", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per step; the fastest is reported")
     parser.add_argument("--measure", nargs=3, metavar=("KIND", "PATH", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -151,14 +160,17 @@ def main() -> int:
             ("mitm", "mitm -> tape", "mitm FlowReader"),
         ]
         results: dict[str, dict[str, float]] = {}
-        print(f"exchanges: {args.exchanges} (mitm: {args.mitm_exchanges}), body {args.body_bytes} B")
+        print(
+            f"exchanges: {args.exchanges} (mitm: {args.mitm_exchanges}), body {args.body_bytes} B, "
+            f"best of {args.repeat} runs per step"
+        )
         for fmt, path in files.items():
             print(f"{fmt} file: {path.stat().st_size / 2**20:.1f} MiB")
         header = f"{'step':<18}{'exchanges/s':>14}{'MiB/s':>10}{'peak RSS MiB':>14}{'vs baseline':>13}"
         print(header)
         print("-" * len(header))
         for fmt, kind, baseline in plan:
-            figures = run_step(kind, files[fmt], root)
+            figures = run_step(kind, files[fmt], root, args.repeat)
             results[kind] = figures
             rate = figures["count"] / figures["seconds"]
             mib_s = files[fmt].stat().st_size / 2**20 / figures["seconds"]

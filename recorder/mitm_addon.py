@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Optional
 
-from recorder.errors import ConfigError
+from recorder.errors import ConfigError, ShadowtapError
 from recorder.formats.mitm import exchange_from_flow
 from recorder.redact import RedactionRules
 from recorder.writer import TapeOptions, TapeWriter
@@ -130,7 +130,12 @@ class TapeRecorder:
             redaction=RedactionRules() if settings.redact else None,
         )
         writer = TapeWriter(settings.tape, options)
-        await writer.start()
+        try:
+            await writer.start()
+        except ShadowtapError as exc:
+            # One clear line; mitmproxy's errorcheck then stops mitmdump, as it does for its own errors.
+            log.error("shadowtap: cannot record: %s", exc)
+            return
         self.writer = writer
         log.info("shadowtap: recording into %s (redaction %s)", settings.tape, "on" if settings.redact else "off")
 

@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, NamedTuple
 
 from recorder.errors import ConfigError, InputFormatError
 from recorder.formats._common import ExportReport, ImportReport, TornTail, text_to_wire
@@ -48,9 +48,11 @@ DEFAULT_MAX_PENDING: Final = 1_000
 DEFAULT_MAX_PENDING_BYTES: Final = 64 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class GorRecord:
-    """One record: ``kind`` is ``b"1"``/``b"2"``/``b"3"``; ``offset`` is where its header starts."""
+class GorRecord(NamedTuple):
+    """One record: ``kind`` is ``b"1"``/``b"2"``/``b"3"``; ``offset`` is where its header starts.
+
+    A NamedTuple rather than a frozen dataclass: one is built per record, and tuples build in C.
+    """
 
     kind: bytes
     id: str
@@ -133,7 +135,7 @@ def iter_gor_records(
         report.torn_tail = TornTail(base + pos, len(rest), "last record ends before its separator")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity equality: deque.remove must not compare bodies
 class _Pending:
     sequence: int
     gor_id: str
@@ -214,8 +216,12 @@ class GorReader:
                     item.tags["gor.id_reused"] = "1"
                 pending[sequence] = item
                 pending_bytes += item.size_bytes
-                await_original.setdefault(record.id, deque()).append(item)
-                await_replay.setdefault(record.id, deque()).append(item)
+                for waiting_by_id in (await_original, await_replay):
+                    waiting = waiting_by_id.get(record.id)
+                    if waiting is None:
+                        waiting_by_id[record.id] = deque((item,))
+                    else:
+                        waiting.append(item)
                 sequence += 1
             elif record.kind in (ORIGINAL_RESPONSE, REPLAYED_RESPONSE):
                 is_original = record.kind == ORIGINAL_RESPONSE

@@ -18,8 +18,8 @@ from __future__ import annotations
 import base64
 import codecs
 import gzip
+import hashlib
 import json
-import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -61,12 +61,20 @@ class _JsonStream:
         self._buf = ""
         self._pos = 0
         self._base_bytes = 0  # file offset of ``_buf[0]``
+        # The last computed (char position, byte offset) pair in ``_buf``: offsets are asked for in
+        # increasing order, so each costs only the text since the previous one.
+        self._mark_pos = 0
+        self._mark_bytes = 0
         self._read_bytes = 0
         self._eof = False
 
     def byte_offset(self, pos: int | None = None) -> int:
         at = self._pos if pos is None else pos
-        return self._base_bytes + len(self._buf[:at].encode("utf-8", "surrogatepass"))
+        if at < self._mark_pos:
+            return self._base_bytes + len(self._buf[:at].encode("utf-8", "surrogatepass"))
+        self._mark_bytes += len(self._buf[self._mark_pos : at].encode("utf-8", "surrogatepass"))
+        self._mark_pos = at
+        return self._base_bytes + self._mark_bytes
 
     def error(self, message: str, pointer: str | None, pos: int | None = None) -> InputFormatError:
         return InputFormatError(message, path=self._path, offset=self.byte_offset(pos), field=pointer or None)
@@ -74,8 +82,8 @@ class _JsonStream:
     def _fill(self) -> bool:
         if self._eof:
             return False
-        consumed = self._buf[: self._pos]
-        self._base_bytes += len(consumed.encode("utf-8", "surrogatepass"))
+        self._base_bytes = self.byte_offset(self._pos)
+        self._mark_pos = self._mark_bytes = 0
         # Read at least as much as is buffered, so a huge value is re-scanned O(log n) times, not O(n).
         want = max(_CHUNK_BYTES, len(self._buf) - self._pos)
         data = self._stream.read(want)
@@ -184,11 +192,15 @@ class _Entry:
         raw = self.get(message, "headers", list, pointer)
         out: list[tuple[bytes, bytes]] = []
         for i, header in enumerate(raw):
-            where = _ptr(_ptr(pointer, "headers"), i)
-            if not isinstance(header, dict):
-                raise self.fail("header must be an object with 'name' and 'value'", where)
-            name = self.get(header, "name", str, where)
-            value = self.get(header, "value", str, where)
+            name = header.get("name") if type(header) is dict else None
+            value = header.get("value") if type(header) is dict else None
+            if type(name) is not str or type(value) is not str:
+                # The slow path only runs to name the problem.
+                where = _ptr(_ptr(pointer, "headers"), i)
+                if not isinstance(header, dict):
+                    raise self.fail("header must be an object with 'name' and 'value'", where)
+                name = self.get(header, "name", str, where)
+                value = self.get(header, "value", str, where)
             if name.startswith(":"):
                 # HTTP/2 pseudo-headers (Chrome) are not headers on the wire; the URL carries them.
                 continue
@@ -330,8 +342,10 @@ class HarReader:
         connection = entry.get("connection")
         if "har.decoded.response" in tags or "har.decoded.request" in tags:
             self.report.note("bodies stored decoded by HAR (Content-Encoding dropped)")
+        # Deterministic ids: importing the same file twice gives the same tape.
+        identity = f"har:{index}:{started}:{request.method}:{request.scheme}://{request.authority}{request.target}"
         return Exchange(
-            id=uuid.uuid4().hex,
+            id=hashlib.sha1(text_to_wire(identity)).hexdigest()[:32],
             started_at_ns=started_ns,
             started_mono_ns=started_ns,
             request=request,

@@ -283,3 +283,29 @@ async def test_https_is_captured_in_reverse_and_forward_mode(
     assert ex.request.query == f"via={'reverse' if mode == 'reverse' else 'forward'}"
     assert b"abc" not in (ex.request.header(b"cookie") or b"")
     assert isinstance(ex.primary, Response) and ex.primary.status == 200
+
+
+async def test_an_unusable_tape_path_stops_mitmdump_with_one_line(upstream: int, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    process = await asyncio.create_subprocess_exec(
+        str(MITMDUMP),
+        "--mode",
+        f"reverse:http://127.0.0.1:{upstream}",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(free_port()),
+        "--set",
+        f"confdir={tmp_path / 'conf'}",
+        "-s",
+        str(ADDON),
+        "--set",
+        f"shadowtap_tape={blocker / 'tape'}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), START_TIMEOUT_S)
+    text = output.decode(errors="replace")
+    assert "shadowtap: cannot record:" in text and "Traceback" not in text
+    assert "Error logged during startup, exiting" in text
