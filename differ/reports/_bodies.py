@@ -36,7 +36,6 @@ _BROTLI_SLICE_BYTES: Final = 1024
 #: JSON bodies up to this size are parsed (so examples are pretty-printed with paths highlighted);
 #: larger ones are shown as capped text.
 JSON_PARSE_LIMIT_CHARS: Final = 256 * 1024
-_NOT_JSON: Final = object()
 
 BodyKind = Literal["empty", "json", "text", "binary"]
 
@@ -176,13 +175,12 @@ def display_body(headers: Headers, body: bytes, truncated_from: int | None = Non
         text = None
     if text is not None and _looks_like_json(content_type, data) and len(text) <= JSON_PARSE_LIMIT_CHARS:
         try:
-            parsed = json.loads(text)
             # The redaction walk (and later the HTML renderer) recurse per level: a document nested
             # near the interpreter's limit is shown as text rather than crashing the report.
-            value, redacted = redact_json(parsed, text)
+            value, redacted = redact_json(json.loads(text), text)
         except (ValueError, RecursionError):
-            parsed = _NOT_JSON
-        if parsed is not _NOT_JSON:
+            pass  # invalid JSON is shown as text, as the engine compares it
+        else:
             shown_text = json.dumps(value, ensure_ascii=False, separators=(",", ":")) if redacted else text
             return DisplayBody("json", shown_text, value, b"", len(body), digest, decoded_from, 0, redacted, note)
     if text is not None and _is_texty(text):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
 from typing import Final
 
 from differ.report_model import DiffReport, EndpointReport
@@ -86,6 +87,8 @@ def render_junit(report: DiffReport) -> str:
         ET.SubElement(case, "error", type="inconclusive", message=_xml_text(report.verdict.reason))
         errors = 1
     tests = len(endpoints) + errors
+    # The JUnit schema's timestamp: ISO 8601 local form without a zone; ours is UTC.
+    suite.set("timestamp", datetime.fromtimestamp(report.generated_at_ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S"))
     for element in (suites, suite):
         element.set("tests", str(tests))
         element.set("failures", str(failures))

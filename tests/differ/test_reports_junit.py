@@ -28,6 +28,7 @@ def test_one_case_per_endpoint_failing_where_the_verdict_says(tmp_path: Path) ->
     assert failed == {"GET /users/{id}", "POST /orders", f"GET /orders/{{id}}/<b>{SCRIPT_PAYLOAD}"}
     assert (suite.attrib["tests"], suite.attrib["failures"], suite.attrib["errors"]) == ("7", "3", "0")
     assert root.attrib["failures"] == "3"
+    assert suite.attrib["timestamp"] == "2025-11-22T03:46:40"  # generated_at, UTC
 
     users = found["GET /users/{id}"].find("failure")
     assert users is not None
