@@ -179,38 +179,74 @@ class RequestRewriter:
         upgrade: bool = False,
     ) -> bytes:
         """The upstream request head for one client request; ``chunked`` re-frames the body."""
-        fields = http1.end_to_end(headers, upgrade=upgrade)
-        extra: list[Header] = []
+        return self._build(method, target, headers, client_ip, scheme, chunked, upgrade, None)
+
+    def _build(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[Header],
+        client_ip: bytes,
+        scheme: bytes,
+        chunked: bool,
+        upgrade: bool,
+        exclude: frozenset[bytes] | None,
+    ) -> bytes:
+        drop = _DROP_UPGRADE if upgrade else http1.HOP_BY_HOP
+        if exclude is not None:
+            drop = drop | exclude
+        parts = [method, b" ", self._prefix + target if self._prefix else target, b" HTTP/1.1\r\n"]
         seen_proto = seen_fwd_host = False
         client_host: bytes | None = None
-        xff_index = -1
-        for index, (name, value) in enumerate(fields):
+        forwarded_for = self._forwarded_for
+        listed: list[bytes] | None = None
+        # One pass over the fields builds the head; the rare Connection-listed names (found only
+        # once the Connection field is seen) cost a second pass that skips them.
+        for name, value in headers:
             lower = name.lower()
+            if lower == b"connection" and exclude is None:
+                listed = _listed(value, listed, upgrade)
+            if lower in drop:
+                continue
             if lower == b"host":
                 client_host = value
                 if self._host is not None:
-                    fields[index] = (name, self._host)
-            elif lower == b"x-forwarded-for":
-                xff_index = index
+                    value = self._host
+            elif lower == b"x-forwarded-for" and forwarded_for:
+                value = value + b", " + client_ip
+                forwarded_for = False
             elif lower == b"x-forwarded-proto":
                 seen_proto = True
             elif lower == b"x-forwarded-host":
                 seen_fwd_host = True
+            parts += (name, b": ", value, b"\r\n")
+        if listed:
+            return self._build(method, target, headers, client_ip, scheme, chunked, upgrade, frozenset(listed))
         if client_host is None:
             # HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
-            extra.append((b"Host", self._authority))
-        if self._forwarded_for:
-            if xff_index >= 0:
-                name, value = fields[xff_index]
-                fields[xff_index] = (name, value + b", " + client_ip)
-            else:
-                extra.append((b"X-Forwarded-For", client_ip))
+            parts += (b"Host: ", self._authority, b"\r\n")
+        if forwarded_for:
+            parts += (b"X-Forwarded-For: ", client_ip, b"\r\n")
         if self._forwarded_proto and not seen_proto:
-            extra.append((b"X-Forwarded-Proto", scheme))
+            parts += (b"X-Forwarded-Proto: ", scheme, b"\r\n")
         if self._forwarded_host and not seen_fwd_host and client_host is not None:
-            extra.append((b"X-Forwarded-Host", client_host))
+            parts += (b"X-Forwarded-Host: ", client_host, b"\r\n")
         if self._via is not None:
-            extra.append((b"Via", self._via))
-        if chunked:
-            extra.append((b"Transfer-Encoding", b"chunked"))
-        return http1.request_head(method, self._prefix + target if self._prefix else target, fields, extra)
+            parts += (b"Via: ", self._via, b"\r\n")
+        parts.append(b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
+        return b"".join(parts)
+
+
+_DROP_UPGRADE: Final = http1.HOP_BY_HOP - {b"connection", b"upgrade"}
+
+
+def _listed(value: bytes, listed: list[bytes] | None, upgrade: bool) -> list[bytes] | None:
+    """Add the field names a Connection header lists beyond the standard hop-by-hop ones."""
+    extra = [
+        t
+        for t in (part.strip().lower() for part in value.split(b","))
+        if t and t not in http1.HOP_BY_HOP and t != b"close" and not (upgrade and t == b"upgrade")
+    ]
+    if not extra:
+        return listed
+    return extra if listed is None else listed + extra

@@ -43,8 +43,12 @@ def connection_tokens(headers: Sequence[Header]) -> frozenset[bytes]:
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+            tokens.update(_tokens(value))
     return frozenset(tokens)
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [t for t in (part.strip().lower() for part in value.split(b",")) if t]
 
 
 def end_to_end(headers: Sequence[Header], *, upgrade: bool = False) -> list[Header]:
@@ -54,10 +58,20 @@ def end_to_end(headers: Sequence[Header], *, upgrade: bool = False) -> list[Head
     names listed in ``Connection`` other than ``upgrade`` itself are still removed.
     """
     drop = _HOP_BY_HOP_UPGRADE if upgrade else HOP_BY_HOP
-    listed = connection_tokens(headers)
+    kept: list[Header] = []
+    listed: list[bytes] | None = None
+    # One pass in the usual case; a second only when Connection names fields beyond the standard.
+    for header in headers:
+        lower = header[0].lower()
+        if lower == b"connection":
+            extra = [t for t in _tokens(header[1]) if t not in HOP_BY_HOP and t != b"close"]
+            if extra:
+                listed = extra if listed is None else listed + extra
+        if lower not in drop:
+            kept.append(header)
     if listed:
-        drop = drop | (listed - {b"upgrade"} if upgrade else listed)
-    return [h for h in headers if h[0].lower() not in drop]
+        return [h for h in kept if h[0].lower() not in listed]
+    return kept
 
 
 class ResponseFraming:
@@ -82,20 +96,26 @@ class ResponseFraming:
 
 def scan_response(headers: Sequence[Header]) -> tuple[list[Header], ResponseFraming]:
     """The end-to-end headers of a response and its body framing, in one pass over the fields."""
-    listed = connection_tokens(headers)
-    drop = HOP_BY_HOP | listed if listed else HOP_BY_HOP
     kept: list[Header] = []
     transfer_encoding: bytes | None = None
     content_length: bytes | None = None
+    listed: list[bytes] | None = None
     for header in headers:
         lower = header[0].lower()
-        if lower in drop:
+        if lower in HOP_BY_HOP:
             if lower == b"transfer-encoding":
-                transfer_encoding = header[1] if transfer_encoding is None else transfer_encoding + b", " + header[1]
+                value = header[1]
+                transfer_encoding = value if transfer_encoding is None else transfer_encoding + b", " + value
+            elif lower == b"connection":
+                extra = [t for t in _tokens(header[1]) if t not in HOP_BY_HOP and t != b"close"]
+                if extra:
+                    listed = extra if listed is None else listed + extra
             continue
         if lower == b"content-length":
             content_length = header[1]
         kept.append(header)
+    if listed:
+        kept = [h for h in kept if h[0].lower() not in listed]
     return kept, ResponseFraming(transfer_encoding, content_length)
 
 

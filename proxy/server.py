@@ -144,6 +144,7 @@ class _Forward:
         "_mode",
         "_out",
         "_resp_capture",
+        "_resp_head",
         "_resp_captured",
         "_resp_size",
         "_retried",
@@ -207,6 +208,7 @@ class _Forward:
         self._out: list[bytes] = []
         self._close_after = False
         self._resp_capture: list[bytes] = []
+        self._resp_head: tuple[int, bytes, list[Header]] | None = None
         self._resp_captured = 0
         self._resp_size = 0
         self._retried = False
@@ -350,7 +352,7 @@ class _Forward:
         self._first_byte_ns = time.monotonic_ns() - self.ex.started_mono_ns
         self.first_byte_deadline = math.inf
         ctx = self._ctx
-        self.ex.response = Response(status, reason.decode("latin-1"), tuple(headers))
+        self._resp_head = (status, reason, headers)
         extra: list[Header] = []
         # An upgrade request that is answered without switching leaves unparsed bytes behind it.
         close = not self.keep_alive or ctx.closing or not self.body_done or self.upgrade
@@ -521,14 +523,15 @@ class _Forward:
         ex = self.ex
         done_ns = time.monotonic_ns() - ex.started_mono_ns
         ex.timing = Timing(self._sent_ns, self._first_byte_ns, done_ns if self._sent_ns is not None else None)
-        response = ex.response
-        if response is not None and self._resp_size:
+        head = self._resp_head
+        if head is not None:
+            size = self._resp_size
             ex.response = Response(
-                response.status,
-                response.reason,
-                response.headers,
-                b"".join(self._resp_capture),
-                truncated_from=self._resp_size if self._resp_size > self._resp_captured else None,
+                head[0],
+                head[1].decode("latin-1"),
+                tuple(head[2]),
+                b"".join(self._resp_capture) if size else b"",
+                truncated_from=size if size > self._resp_captured else None,
             )
         ctx = self._ctx
         for stage in ctx.stages:
