@@ -91,7 +91,10 @@ def fmt_ns(ns: int | None) -> str:
     """Wall-clock ns since the epoch as ``2026-11-22 02:46:06Z``; ``-`` when unknown."""
     if ns is None:
         return "-"
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"{ns} ns"  # beyond what datetime can show: still say what the report holds
 
 
 # A JSON path inside a body, as differ.paths spells it: ``body.user.name``, ``body.items[3].id``,

@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 import re
 import xml.etree.ElementTree as ET
-from datetime import UTC, datetime
 from typing import Final
 
 from differ.report_model import DiffReport, EndpointReport
-from differ.reports._common import endpoint_rate, fmt_rate, ranked_endpoints, ranked_signatures, verdict_word
+from differ.reports._common import endpoint_rate, fmt_ns, fmt_rate, ranked_endpoints, ranked_signatures, verdict_word
 from differ.reports._files import write_atomically
 
 __all__ = ["JUNIT_CLASSNAME", "render_junit", "write_junit"]
@@ -88,7 +87,9 @@ def render_junit(report: DiffReport) -> str:
         errors = 1
     tests = len(endpoints) + errors
     # The JUnit schema's timestamp: ISO 8601 local form without a zone; ours is UTC.
-    suite.set("timestamp", datetime.fromtimestamp(report.generated_at_ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    generated = fmt_ns(report.generated_at_ns)
+    if generated.endswith("Z"):
+        suite.set("timestamp", generated[:-1].replace(" ", "T"))
     for element in (suites, suite):
         element.set("tests", str(tests))
         element.set("failures", str(failures))

@@ -19,7 +19,7 @@ from differ.reports import (
     write_junit,
     write_markdown,
 )
-from differ.reports._common import fmt_rate, parse_body_path, ranked_endpoints, ranked_signatures, step_matches
+from differ.reports._common import fmt_ns, fmt_rate, parse_body_path, ranked_endpoints, ranked_signatures, step_matches
 from recorder.errors import ConfigError, ShadowtapError
 from tests.differ.report_fixtures import inconclusive_report, passing_report, rich_report
 
@@ -66,6 +66,13 @@ def test_signatures_rank_unsuppressed_first_then_severity_then_count() -> None:
 )
 def test_rates_read_well_at_every_magnitude(rate: float | None, text: str) -> None:
     assert fmt_rate(rate) == text
+
+
+def test_times_read_as_utc_and_never_overflow() -> None:
+    assert fmt_ns(1_763_776_000_000_000_000) == "2025-11-22 01:46:40Z"
+    assert fmt_ns(None) == "-"
+    assert fmt_ns(2**63 - 1) == "2262-04-11 23:47:16Z"
+    assert fmt_ns(10**30) == f"{10**30} ns"
 
 
 def test_body_paths_parse_dotted_indexed_folded_and_quoted_forms() -> None:

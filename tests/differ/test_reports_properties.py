@@ -32,6 +32,7 @@ from differ.reports import render_html, render_junit, render_markdown, render_te
 from differ.reports._bodies import display_body
 from recorder.model import Failure, Request, Response
 
+timestamps = st.integers(-(2**63), 2**63 - 1)
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=24)
@@ -61,7 +62,7 @@ outcomes = st.one_of(
 examples = st.builds(
     Example,
     any_text,
-    st.integers(0, 2**62),
+    timestamps,
     st.builds(Request, st.sampled_from(["GET", "POST"]), any_text, headers, bodies),
     outcomes,
     outcomes,
@@ -91,8 +92,8 @@ def reports(draw: st.DrawFn) -> DiffReport:
                     severity=draw(st.sampled_from(SEVERITIES)),
                     count=draw(st.integers(0, 10**6)),
                     rate=draw(st.floats(0, 1)),
-                    first_seen_ns=draw(st.integers(0, 2**62)),
-                    last_seen_ns=draw(st.integers(0, 2**62)),
+                    first_seen_ns=draw(timestamps),
+                    last_seen_ns=draw(timestamps),
                     suppressed=suppressed,
                     suppression_reason=draw(any_text) if suppressed else None,
                     noise_rate=draw(st.none() | st.floats(0, 1)),
@@ -114,7 +115,7 @@ def reports(draw: st.DrawFn) -> DiffReport:
         )  # fmt: skip
     return DiffReport(
         schema_version=REPORT_SCHEMA_VERSION,
-        generated_at_ns=draw(st.integers(0, 2**62)),
+        generated_at_ns=draw(timestamps),
         sources=tuple(draw(st.lists(any_text, max_size=2))),
         baseline_name=draw(any_text),
         candidate_name=draw(any_text),
