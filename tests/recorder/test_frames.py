@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +23,7 @@ from recorder import (
     _frames,
     exchange_to_wire,
 )
+from recorder import reader as reader_module
 from tests.recorder.tape_samples import make_exchange
 
 PLAIN = TapeOptions(redaction=None, fsync="none")
@@ -195,3 +197,29 @@ def test_garbage_between_frames_is_skipped_by_salvage(garbage: bytes, where: int
     got, error = read_bytes(SAMPLE[:at] + garbage + SAMPLE[at:], salvage=True)
     assert error is None
     assert got == SAMPLE_IDS
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(min_value=0, max_value=4), st.binary(min_size=1, max_size=300)), max_size=3),
+    st.integers(min_value=1, max_value=64),
+)
+def test_salvage_across_tiny_read_chunks(insertions: list[tuple[int, bytes]], chunk_bytes: int) -> None:
+    # Tiny chunks put frame and garbage boundaries across reads at every possible place.
+    offsets = []
+    pos = _frames.SEGMENT_HEADER_SIZE
+    while pos < len(SAMPLE):
+        offsets.append(pos)
+        _s, _k, length, _c = _frames.FRAME_HEADER.unpack_from(SAMPLE, pos)
+        pos += _frames.FRAME_HEADER_SIZE + length
+    offsets.append(len(SAMPLE))
+    cuts = sorted({offsets[where] for where, _ in insertions} | {0, len(SAMPLE)})
+    garbage = {offsets[where]: junk for where, junk in insertions}
+    data = b"".join(SAMPLE[a:b] + garbage.get(b, b"") for a, b in zip(cuts, cuts[1:], strict=False))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reader_module, "_CHUNK_BYTES", chunk_bytes)
+        got, error = read_bytes(data, salvage=True)
+        strict_got, _strict_error = read_bytes(data, salvage=False)
+    assert error is None
+    assert got == SAMPLE_IDS
+    assert strict_got == SAMPLE_IDS[: len(strict_got)]
