@@ -15,6 +15,7 @@ from differ.report_model import SEVERITIES, DiffReport, EndpointReport, Severity
 __all__ = [
     "MISSING",
     "PathToken",
+    "clip",
     "endpoint_rate",
     "fmt_ns",
     "fmt_rate",
@@ -33,6 +34,11 @@ _VERDICT_WORDS: Final = {0: "PASS", 1: "FAIL", 2: "INCONCLUSIVE"}
 # hide text (bidi overrides, zero-width): traffic must not be able to restyle a terminal or make a
 # path read as something else.
 _UNPRINTABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def clip(text: str, limit_chars: int) -> str:
+    """``text`` cut to ``limit_chars`` with a visible ``...`` when it was longer."""
+    return text if len(text) <= limit_chars else text[: limit_chars - 3] + "..."
 
 
 def printable(text: str) -> str:

@@ -16,6 +16,7 @@ from typing import Final
 from differ.report_model import DiffReport, EndpointReport, Example, Severity, SignatureReport
 from differ.reports._bodies import value_at
 from differ.reports._common import (
+    clip,
     endpoint_rate,
     fmt_rate,
     printable,
@@ -34,6 +35,8 @@ DETAILED_ENDPOINTS: Final = 10
 SIGNATURES_PER_ENDPOINT: Final = 8
 SNIPPET_PATHS: Final = 4
 SNIPPET_CHARS: Final = 60
+#: Longest endpoint, path or reason shown: one pathological name must not eat the comment's budget.
+TEXT_CHARS: Final = 200
 
 _VERDICT_ICON: Final = {0: ":white_check_mark:", 1: ":x:", 2: ":warning:"}
 _SEVERITY_ICON: Final[dict[Severity | None, str]] = {
@@ -51,7 +54,7 @@ _MARKDOWN_BLOCK_START: Final = re.compile(r"^(?:([#+=-])|(\d+)([.)]))")
 
 def _flat(value: str) -> str:
     # One line, no control characters: a PR comment line must stay one line and one table row.
-    return " ".join(printable(value).split())
+    return clip(" ".join(printable(value).split()), TEXT_CHARS)
 
 
 def _text(value: str) -> str:

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from differ.report_model import DiffReport, EndpointReport, Severity
 from differ.reports._common import (
+    clip,
     endpoint_rate,
     fmt_ns,
     fmt_rate,
@@ -38,6 +39,8 @@ SIGNATURES_PER_ENDPOINT: Final = 5
 #: Endpoints in the ranked table; a service with hundreds of routes must not flood the log.
 TABLE_ENDPOINTS: Final = 30
 _NON_TTY_WIDTH: Final = 80
+#: Longest endpoint, path or reason printed; a pathological name must not fill the screen.
+_TEXT_CHARS: Final = 300
 
 _SEVERITY_STYLE: Final[dict[Severity | None, str]] = {
     "critical": "bold white on red",
@@ -57,7 +60,7 @@ _VERDICT_STYLE: Final = {0: "bold white on green", 1: "bold white on red", 2: "b
 
 
 def _t(value: str, style: str = "") -> Text:
-    return Text(printable(value), style=style)
+    return Text(clip(printable(value), _TEXT_CHARS), style=style)
 
 
 def _severity(severity: Severity | None) -> Text:

@@ -101,3 +101,11 @@ def test_free_text_cannot_start_markdown_blocks_or_inline_syntax() -> None:
     ):
         verdict = dataclasses.replace(report.verdict, reason=reason)
         assert render_markdown(dataclasses.replace(report, verdict=verdict)).split("\n")[2] == expected
+
+
+def test_pathological_names_are_clipped() -> None:
+    report = rich_report()
+    long_name = dataclasses.replace(report.endpoints[0], endpoint="GET /" + "a" * 5000)
+    text = render_markdown(dataclasses.replace(report, endpoints=(long_name,)))
+    assert "a" * 5000 not in text
+    assert "`GET /" + "a" * 192 + "...`" in text

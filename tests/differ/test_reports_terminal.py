@@ -115,3 +115,14 @@ def test_an_ascii_only_stream_gets_ascii_boxes_and_escapes_not_an_error() -> Non
     text = raw.getvalue().decode("ascii")
     assert "GET /caf\\xe9/\\u2603" in text
     assert "+-----" in text and "\u2500" not in text
+
+
+def test_pathological_names_are_clipped() -> None:
+    report = rich_report()
+
+    def a_count(endpoint: str) -> int:
+        named = dataclasses.replace(report.endpoints[0], endpoint=endpoint)
+        return render(dataclasses.replace(report, endpoints=(named,))).count("a")
+
+    # Two mentions (the ranked table and the signature table's title), each clipped to 300 chars.
+    assert a_count("GET /" + "a" * 5000) - a_count("GET /") == 2 * (300 - len("GET /") - len("..."))
