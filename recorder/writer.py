@@ -354,7 +354,13 @@ class SyncTapeWriter:
 
 
 class TapeWriter:
-    """The asyncio tape writer: ``submit`` never blocks or raises; a thread does the disk work."""
+    """The asyncio tape writer: ``submit`` never blocks or raises; a thread does the disk work.
+
+    ``await start()`` creates the directory and key (raising ``TapeWriteError`` for an unusable
+    path); ``await close()`` (or leaving ``async with``) writes everything queued and syncs. The
+    thread is a daemon, so a process that exits without ``close()`` loses what was still queued,
+    like a crash: the tape stays readable up to its last complete frame.
+    """
 
     def __init__(self, directory: str | os.PathLike[str], options: TapeOptions | None = None) -> None:
         self._sink = _SegmentSink(Path(directory), options or TapeOptions())
