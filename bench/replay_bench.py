@@ -5,7 +5,9 @@ Against nginx on loopback (one worker, a 60-byte JSON), through the real `shadow
 1. the maximum sustained rate of one process (``--speed 0``: no waiting, 64 connections);
 2. the same with ``--workers 2``;
 3. the start-lag p99 and cumulative drift at ``--rate 2000`` (budget: p99 <= 2 ms, no drift);
-4. the same tape replayed closed loop by ``wrk`` (one thread, 64 connections) as the reference.
+4. the same tape replayed closed loop by ``wrk`` (one thread, 64 connections) as the reference;
+5. the timer baseline for start lag: a bare loop awaiting the same 2,000/s deadlines with the
+   runner's ``sleep_until`` and sending nothing (what the machine's scheduling allows at best).
 
 Figures are printed as ratios against the wrk baseline measured in the same run, because absolute
 numbers on a shared machine move from run to run. Usage::
@@ -101,6 +103,26 @@ def wrk_rate(url: str, tmp: Path, count: int, seconds: int) -> float:
     return float(match.group(1))
 
 
+def timer_baseline(seconds: int) -> list[float]:
+    """Start lag (ms) of bare 2,000/s deadlines on uvloop: the floor the machine allows."""
+    code = (
+        "import time, uvloop\n"
+        "from replayer.runner import sleep_until\n"
+        "async def main():\n"
+        "    t0 = time.monotonic_ns() + 50_000_000\n"
+        "    lags = []\n"
+        f"    for i in range({2000 * seconds}):\n"
+        "        due = t0 + i * 500_000\n"
+        "        await sleep_until(due)\n"
+        "        lags.append((time.monotonic_ns() - due) / 1e6)\n"
+        "    lags.sort()\n"
+        "    print(' '.join(str(lags[min(len(lags) - 1, int(len(lags) * q))]) for q in (0.5, 0.99, 0.999)))\n"
+        "uvloop.run(main())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    return [float(v) for v in out.stdout.split()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=40_000, help="requests for the throughput runs")
@@ -134,6 +156,7 @@ def main() -> int:
             one = replay(tmp / "fast", url, tmp / "one.json", "--speed", "0", "--connections", "64")
             two = replay(tmp / "fast", url, tmp / "two.json", "--speed", "0", "--connections", "64", "--workers", "2")
             paced = replay(tmp / "rate", url, tmp / "rate.json", "--rate", "2000", "--connections", "64")
+            floor = timer_baseline(args.rate_seconds)
         finally:
             nginx.terminate()
             nginx.wait(timeout=10)
@@ -156,6 +179,10 @@ def main() -> int:
     print(
         f"replay --rate 2000 for {args.rate_seconds} s: start lag p50 {lag['p50']:.3f} ms, "
         f"p99 {lag['p99']:.3f} ms, p99.9 {lag['p99.9']:.3f} ms, max {lag['p100']:.3f} ms"
+    )
+    print(
+        f"  timer baseline (bare deadlines, same rate): p50 {floor[0]:.3f} ms, p99 {floor[1]:.3f} ms, "
+        f"p99.9 {floor[2]:.3f} ms; replay p99 / baseline p99 = {lag['p99'] / max(floor[1], 0.001):.2f}"
     )
     print(
         f"  drift: planned span {planned_span_s:.3f} s, first send to last done {elapsed_s:.3f} s; "

@@ -29,9 +29,11 @@ from replayer.transport import Transport, error_class
 
 __all__ = ["Progress", "ReplayOutcome", "ResultSink", "RunnerSettings", "replay", "sleep_until"]
 
-# Below this much time to a deadline the runner yields instead of arming a timer: uvloop timers
-# have millisecond resolution and would make every request up to a millisecond late.
-_SPIN_NS: Final = 1_500_000
+# Below this much time to a deadline the runner yields instead of arming a timer. Small: every
+# yield is a trip round the loop, and yielding from further out burns a core spinning (measured:
+# a 1.5 ms spin window made the replayer use a whole core at 2,000 requests/s), which on a shared
+# machine costs more lateness than it saves.
+_SPIN_NS: Final = 200_000
 # A session idle this long forgets when its last request finished (see RunnerSettings).
 _SESSION_MEMORY_NS: Final = 60_000_000_000
 # The live p99 walks a whole histogram (pure Python, milliseconds): refreshed this often only.
@@ -47,10 +49,7 @@ async def sleep_until(deadline_ns: int) -> None:
         remaining_ns = deadline_ns - time.monotonic_ns()
         if remaining_ns <= 0:
             return
-        if remaining_ns <= _SPIN_NS:
-            await asyncio.sleep(0)
-        else:
-            await asyncio.sleep((remaining_ns - _SPIN_NS) / 1e9)
+        await asyncio.sleep(0 if remaining_ns <= _SPIN_NS else remaining_ns / 1e9)
 
 
 class ResultSink(Protocol):
@@ -152,14 +151,17 @@ class _Runner:
     def __init__(
         self,
         transport: Transport,
-        t0_ns: int,
+        t0_ns: int | None,
         settings: RunnerSettings,
         results: ResultSink | None,
         progress: Callable[[Progress], None] | None,
         stop: asyncio.Event | None,
     ) -> None:
         self.transport = transport
-        self.t0_ns = t0_ns
+        # None: t0 is "now" once the first batch of the plan has been read (opening a tape must
+        # not make the first requests late).
+        self.t0_ns = 0 if t0_ns is None else t0_ns
+        self.t0_pending = t0_ns is None
         self.settings = settings
         self.results = results
         self.progress = progress
@@ -205,6 +207,8 @@ class _Runner:
         try:
             while True:
                 batch = await fetch
+                if self.t0_pending:
+                    self.t0_ns, self.t0_pending = time.monotonic_ns(), False
                 if not batch:
                     return
                 # Read the next batch while this one is handed out.
@@ -363,7 +367,7 @@ class _Runner:
         now_ns = time.monotonic_ns()
         if now_ns - self.p99_at_ns >= _P99_REFRESH_NS:
             self.p99_ms, self.p99_at_ns = overall.percentile_ms("corrected", 99.0), now_ns
-        elapsed_s = max(0.0, (now_ns - self.t0_ns) / 1e9)
+        elapsed_s = 0.0 if self.t0_pending else max(0.0, (now_ns - self.t0_ns) / 1e9)
         window = self.stats.timeline[-3:-1] if len(self.stats.timeline) > 2 else self.stats.timeline
         recent = sum(row[2] + row[3] for row in window) / max(1, len(window))
         self.progress(
@@ -391,14 +395,15 @@ async def replay(
     stop: asyncio.Event | None = None,
 ) -> ReplayOutcome:
     """Replay ``plan`` through ``transport``. ``t0_ns`` is a ``time.monotonic_ns()`` value (shared by
-    worker processes: CLOCK_MONOTONIC is system-wide on Linux); default: now.
+    worker processes: CLOCK_MONOTONIC is system-wide on Linux); default: as soon as the plan's first
+    batch has been read.
 
     A ``ShadowtapError`` from the plan (a corrupt tape) ends dispatching; requests in flight finish,
     and the error is returned in the outcome so partial results can still be written.
     """
     runner = _Runner(
         transport,
-        time.monotonic_ns() if t0_ns is None else t0_ns,
+        t0_ns,
         settings or RunnerSettings(),
         results,
         progress,
