@@ -81,7 +81,10 @@ def _plural(count: int, noun: str) -> str:
 
 def _meter(rate: float) -> str:
     # Chromium colours a meter by its low/high/optimum bands: green under 1%, amber to 10%, red above.
-    return f'<meter min="0" max="1" low="0.01" high="0.1" optimum="0" value="{rate:.4f}"></meter>'
+    return (
+        f'<meter min="0" max="1" low="0.01" high="0.1" optimum="0" value="{rate:.4f}" '
+        f'title="{fmt_rate(rate)} differ">{fmt_rate(rate)}</meter>'
+    )
 
 
 def _severity_badge(severity: Severity | None) -> str:
