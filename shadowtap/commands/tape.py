@@ -96,7 +96,7 @@ def parse_time_ns(text: str, field: str) -> int:
 
     try:
         return int(float(text) * 1e9)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or "inf"/"nan"
         pass
     try:
         moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -116,12 +116,24 @@ def format_ns(ns: int) -> str:
 def _filter(args: argparse.Namespace) -> TapeFilter | None:
     if args.since is None and args.until is None and not args.method and args.path is None:
         return None
-    return TapeFilter(
-        since_ns=None if args.since is None else parse_time_ns(args.since, "--since"),
-        until_ns=None if args.until is None else parse_time_ns(args.until, "--until"),
-        methods=frozenset(args.method) if args.method else None,
-        path_regex=args.path,
-    )
+    from recorder import ConfigError
+
+    try:
+        return TapeFilter(
+            since_ns=None if args.since is None else parse_time_ns(args.since, "--since"),
+            until_ns=None if args.until is None else parse_time_ns(args.until, "--until"),
+            methods=frozenset(args.method) if args.method else None,
+            path_regex=args.path,
+        )
+    except ConfigError as exc:
+        # Name the flag the user typed, not the library's field.
+        flag = _FILTER_FLAGS.get(exc.field or "")
+        if flag is None:
+            raise
+        raise ConfigError(exc.message, field=flag) from exc
+
+
+_FILTER_FLAGS = {"filter.path_regex": "--path", "filter.until": "--until"}
 
 
 def _report_problems(report: TapeReadReport) -> None:

@@ -111,10 +111,11 @@ def test_corrupt_tape_is_one_line_naming_file_and_offset(tape: Path, capsys: pyt
     assert "skipped" in err
 
 
-def test_bad_time_is_a_clear_error(tape: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "tape", "cat", str(tape), "--since", "yesterday-ish")
+@pytest.mark.parametrize("when", ["yesterday-ish", "inf", "nan"])
+def test_bad_time_is_a_clear_error(tape: Path, capsys: pytest.CaptureFixture[str], when: str) -> None:
+    code, _, err = run(capsys, "tape", "cat", str(tape), "--since", when)
     assert code == 2
-    assert "--since" in err and "yesterday-ish" in err
+    assert "--since" in err and repr(when) in err and err.count("\n") == 1
 
 
 def test_merge_interleaves_by_time_and_keeps_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -141,3 +142,15 @@ def test_times_parse_iso_and_epoch() -> None:
     assert parse_time_ns("2023-11-14T22:13:20Z", "t") == 1_700_000_000_000_000_000
     assert parse_time_ns("2023-11-14T22:13:20", "t") == 1_700_000_000_000_000_000
     assert format_ns(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456Z"
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [(("--path", "(unclosed"), "--path"), (("--since", "2026-01-02", "--until", "2026-01-01"), "--until")],
+)
+def test_bad_filters_name_the_flag(
+    tape: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, ...], named: str
+) -> None:
+    code, _, err = run(capsys, "tape", "info", str(tape), *flags)
+    assert code == 2
+    assert f"field '{named}'" in err and err.count("\n") == 1
