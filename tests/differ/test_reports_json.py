@@ -180,3 +180,51 @@ def test_hostile_text_is_kept_verbatim_as_data() -> None:
     flat = json.dumps(decoded, ensure_ascii=False)
     for marker in HOSTILE_MARKERS:
         assert marker.replace('"', '\\"') in flat
+
+
+def documented_types() -> dict[str, dict[str, str]]:
+    """Section heading -> field -> the documented type (the table's second column)."""
+    sections: dict[str, dict[str, str]] = {}
+    heading = ""
+    for line in SCHEMA_DOC.read_text("utf-8").splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        match = re.match(r"\| `(\w+)` \| ([^|]+) \|", line)
+        if match:
+            sections.setdefault(heading, {})[match.group(1)] = match.group(2).strip()
+    return sections
+
+
+OBJECT_TYPES = {"Suppression", "Endpoint", "FieldStat", "Signature", "Example", "Request", "Body", "Verdict", "Outcome"}
+
+
+def conforms(value: Any, declared: str) -> bool:
+    if declared.endswith(" or null"):
+        return value is None or conforms(value, declared.removesuffix(" or null"))
+    if declared.startswith("array of "):
+        item = declared.removeprefix("array of ")
+        return isinstance(value, list) and all(conforms(v, item) for v in value)
+    if declared == "[string, string]":
+        return isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+    if declared == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if declared == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if declared == "boolean":
+        return isinstance(value, bool)
+    if declared == "string":
+        return isinstance(value, str)
+    if declared == "severity":
+        return value in ("critical", "high", "medium", "low")
+    if declared in OBJECT_TYPES:
+        return isinstance(value, dict)
+    raise AssertionError(f"docs/report-schema.md uses a type this test does not know: {declared!r}")
+
+
+def test_every_rendered_value_has_its_documented_type() -> None:
+    types = documented_types()
+    for report in (rich_report(), passing_report(), inconclusive_report()):
+        for section, objects in rendered_objects(report_to_dict(report)).items():
+            for obj in objects:
+                for key, value in obj.items():
+                    assert conforms(value, types[section][key]), (section, key, value)
