@@ -21,6 +21,7 @@ from typing import IO, Any, Final
 import msgpack
 
 from recorder._frames import (
+    FLAG_ZSTD,
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
     FRAME_SYNC,
@@ -123,6 +124,11 @@ class SegmentReport:
     bytes: int = 0
     torn_tail: TornTail | None = None
     skipped: list[SkippedRange] = field(default_factory=list)
+
+    @property
+    def compression(self) -> str:
+        """What the writer declared in the header: ``"zstd"`` or ``"none"``."""
+        return "zstd" if self.flags & FLAG_ZSTD else "none"
 
 
 @dataclass(slots=True)

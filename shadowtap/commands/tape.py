@@ -20,7 +20,19 @@ from pathlib import Path
 from typing import Any
 
 # The recorder package is already loaded by the CLI (its error tree lives there): nothing heavy here.
-from recorder import Exchange, Outcome, Response, TapeFilter, TapeReadReport, Timing
+from recorder import (
+    ConfigError,
+    Exchange,
+    Outcome,
+    RedactionRules,
+    Response,
+    TapeFilter,
+    TapeOptions,
+    TapeReader,
+    TapeReadReport,
+    Timing,
+    merge_tapes,
+)
 
 NAME = "tape"
 HELP = "inspect tapes (info), print them as JSON lines (cat), merge tapes by time (merge)"
@@ -92,8 +104,6 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_time_ns(text: str, field: str) -> int:
     """Epoch ns from ISO 8601 (naive means UTC) or a number of epoch seconds."""
-    from recorder import ConfigError
-
     try:
         return int(float(text) * 1e9)
     except (ValueError, OverflowError):  # not a number, or "inf"/"nan"
@@ -116,8 +126,6 @@ def format_ns(ns: int) -> str:
 def _filter(args: argparse.Namespace) -> TapeFilter | None:
     if args.since is None and args.until is None and not args.method and args.path is None:
         return None
-    from recorder import ConfigError
-
     try:
         return TapeFilter(
             since_ns=None if args.since is None else parse_time_ns(args.since, "--since"),
@@ -155,9 +163,6 @@ def _report_problems(report: TapeReadReport) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from recorder import TapeReader
-    from recorder._frames import FLAG_ZSTD
-
     reader = TapeReader(args.tapes, filter=_filter(args), salvage=args.salvage)
     methods: Counter[str] = Counter()
     hosts: Counter[str] = Counter()
@@ -207,7 +212,7 @@ def _run_info(args: argparse.Namespace) -> int:
                 "path": s.path,
                 "bytes": s.bytes,
                 "format_version": s.version,
-                "compression": "zstd" if s.flags & FLAG_ZSTD else "none",
+                "compression": s.compression,
                 "frames": s.frames,
                 "exchanges": s.exchanges,
                 "torn_tail": None
@@ -276,8 +281,6 @@ def _print_info(summary: Mapping[str, Any]) -> None:
 
 
 def _run_cat(args: argparse.Namespace) -> int:
-    from recorder import ConfigError, TapeReader
-
     if args.limit is not None and args.limit < 0:
         raise ConfigError("must be zero or more", field="--limit")
     reader = TapeReader(args.tapes, filter=_filter(args), salvage=args.salvage)
@@ -364,8 +367,6 @@ def exchange_to_json(ex: Exchange, bodies: str = "text") -> dict[str, Any]:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from recorder import RedactionRules, TapeOptions, merge_tapes
-
     options = TapeOptions(
         compression=args.compression,
         # A merge can simply be run again, so syncing every block would only slow it down.
