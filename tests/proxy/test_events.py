@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -48,17 +49,22 @@ def test_wide_event_carries_the_context() -> None:
     }
 
 
-async def test_lines_are_written_off_loop_and_drops_counted(tmp_path: Path) -> None:
+async def test_lines_are_written_off_loop_in_batches_and_drops_counted(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
-    log = EventLog(str(path), ROUTES, queue_size=3)
+    log = EventLog(str(path), ROUTES, queue_size=10)
     proxied = ProxiedExchange("p", "c", "a", 0, 0, "GET", "/", "1.1", ())
-    # The writer is not running yet, so the bounded queue fills and the rest are dropped.
-    for i in range(5):
+    # The writer is not running yet: the first batch fills the bounded queue, the second is dropped.
+    for i in range(3):
         log.on_joined(joined(i), proxied, False)
+    await asyncio.sleep(0.05)  # the batch timer hands the three over
+    for i in range(3, 5):
+        log.on_joined(joined(i), proxied, False)
+    await asyncio.sleep(0.05)
     assert log.dropped == 2
     await log.start()
     log.on_joined(joined(9), proxied, True)
     await log.aclose(5.0)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [e["id"] for e in lines] == ["e0", "e1", "e2", "e9"]
+    assert lines[-1]["recorded"] is True
     assert log.snapshot()["written"] == 4
