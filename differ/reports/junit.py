@@ -1,9 +1,11 @@
 """The JUnit XML report: one test case per endpoint, so CI dashboards show which endpoints regressed.
 
 A case fails when the endpoint holds a signature the verdict names in ``failing_signatures`` (the
-gate decided; this module never re-decides). An inconclusive verdict (exit 2) adds one erroring case,
-so "not enough samples" can never look green. It must never emit text XML 1.0 cannot carry: control
-characters from traffic are replaced, everything is escaped by ElementTree.
+gate decided; this module never re-decides). The XML's outcome always matches the exit code: an
+inconclusive verdict (exit 2) adds one erroring ``(verdict)`` case, so "not enough samples" can never
+look green, and a failing verdict whose signatures no endpoint case shows adds one failing case.
+It must never emit text XML 1.0 cannot carry: control characters from traffic are replaced,
+everything is escaped by ElementTree.
 """
 
 from __future__ import annotations
@@ -81,11 +83,18 @@ def render_junit(report: DiffReport) -> str:
     endpoints = ranked_endpoints(report)
     failures = sum(_case(suite, endpoint, failing) for endpoint in endpoints)
     errors = 0
+    verdict_case: ET.Element | None = None
     if report.verdict.exit_code == 2:
-        case = ET.SubElement(suite, "testcase", classname=JUNIT_CLASSNAME, name=VERDICT_CASE_NAME, time="0")
-        ET.SubElement(case, "error", type="inconclusive", message=_xml_text(report.verdict.reason))
+        verdict_case = ET.SubElement(suite, "testcase", classname=JUNIT_CLASSNAME, name=VERDICT_CASE_NAME, time="0")
+        ET.SubElement(verdict_case, "error", type="inconclusive", message=_xml_text(report.verdict.reason))
         errors = 1
-    tests = len(endpoints) + errors
+    elif report.verdict.exit_code != 0 and failures == 0:
+        # The gate failed on something no endpoint case shows (a signature id the report does not
+        # list): the XML must still fail, as the exit code does.
+        verdict_case = ET.SubElement(suite, "testcase", classname=JUNIT_CLASSNAME, name=VERDICT_CASE_NAME, time="0")
+        ET.SubElement(verdict_case, "failure", type="regression", message=_xml_text(report.verdict.reason))
+        failures = 1
+    tests = len(endpoints) + (verdict_case is not None)
     # The JUnit schema's timestamp: ISO 8601 local form without a zone; ours is UTC.
     generated = fmt_ns(report.generated_at_ns)
     if generated.endswith("Z"):

@@ -67,3 +67,12 @@ def test_characters_xml_cannot_carry_are_replaced_not_fatal() -> None:
     assert text.startswith("<?xml version='1.0' encoding='utf-8'?>")
     assert "GET /x\ufffd\ufffd\ufffdy" in cases(text)
     ET.fromstring(text.encode("utf-8"))  # encodable: no lone surrogate left
+
+
+def test_a_failing_verdict_always_fails_the_xml() -> None:
+    report = rich_report()
+    odd = dataclasses.replace(report, verdict=dataclasses.replace(report.verdict, failing_signatures=("elsewhere",)))
+    root = ET.fromstring(render_junit(odd))
+    assert (root.attrib["tests"], root.attrib["failures"], root.attrib["errors"]) == ("8", "1", "0")
+    failure = cases(render_junit(odd))["(verdict)"].find("failure")
+    assert failure is not None and failure.attrib["message"] == report.verdict.reason
