@@ -33,8 +33,14 @@ def unsuppressed(report: DiffReport) -> set[tuple[str, str, str, str]]:
     }
 
 
-def test_planted_regressions_are_reported_exactly(tmp_path: Path) -> None:
-    store = ingest(tmp_path / "r.db", 3000)
+@pytest.fixture(scope="module")
+def planted_store(tmp_path_factory: pytest.TempPathFactory) -> DiffStore:
+    """One planted run shared by the read-only tests (building reports never writes the store)."""
+    return ingest(tmp_path_factory.mktemp("planted") / "r.db", 3000)
+
+
+def test_planted_regressions_are_reported_exactly(planted_store: DiffStore) -> None:
+    store = planted_store
     report = build_report(store, config_from_mapping(CONFIG))
     assert unsuppressed(report) == PLANTED
     assert report.pairs == report.compared + report.errors
@@ -65,8 +71,8 @@ def test_planted_regressions_are_reported_exactly(tmp_path: Path) -> None:
     assert report.endpoints[0].endpoint == "POST /checkout"
 
 
-def test_examples_show_request_both_sides_and_paths_without_secrets(tmp_path: Path) -> None:
-    report = build_report(ingest(tmp_path / "r.db", 1500), config_from_mapping(CONFIG))
+def test_examples_show_request_both_sides_and_paths_without_secrets(planted_store: DiffStore) -> None:
+    report = build_report(planted_store, config_from_mapping(CONFIG))
     email = next(s for e in report.endpoints for s in e.signatures if s.path == "body.email")
     assert 1 <= len(email.examples) <= 3
     for example in email.examples:
@@ -78,8 +84,8 @@ def test_examples_show_request_both_sides_and_paths_without_secrets(tmp_path: Pa
     assert len({ex.exchange_id for ex in email.examples}) == len(email.examples)
 
 
-def test_high_cardinality_segments_are_learned_as_ids(tmp_path: Path) -> None:
-    report = build_report(ingest(tmp_path / "r.db", 2000), config_from_mapping(CONFIG))
+def test_high_cardinality_segments_are_learned_as_ids(planted_store: DiffStore) -> None:
+    report = build_report(planted_store, config_from_mapping(CONFIG))
     endpoints = {e.endpoint for e in report.endpoints}
     assert "GET /page/{id}" in endpoints
     assert not any(slug in endpoint for endpoint in endpoints for slug in SLUGS)
@@ -118,11 +124,11 @@ def test_without_a_secondary_the_noisy_field_is_reported(tmp_path: Path) -> None
     assert all(s.noise_rate is None for e in report.endpoints for s in e.signatures)
 
 
-def test_ignore_rules_silence_and_say_why(tmp_path: Path) -> None:
+def test_ignore_rules_silence_and_say_why(planted_store: DiffStore) -> None:
     config = config_from_mapping(
         {"diff": {**CONFIG["diff"], "ignore": ["body.**.badge", {"endpoint": "GET /prices/*", "path": "body.price"}]}}
     )
-    report = build_report(ingest(tmp_path / "r.db", 1500), config)
+    report = build_report(planted_store, config)
     live = unsuppressed(report)
     assert ("GET /products", "body.products[*].badge", "added", "missing->str") not in live
     assert ("GET /prices/{id}", "body.price", "value", "float->float") not in live
@@ -130,8 +136,8 @@ def test_ignore_rules_silence_and_say_why(tmp_path: Path) -> None:
     assert {"rule:body.**.badge", "rule:GET /prices/* body.price"} <= reasons
 
 
-def test_window_and_endpoint_filters_recompute_from_the_store(tmp_path: Path) -> None:
-    store = ingest(tmp_path / "r.db", 2000)
+def test_window_and_endpoint_filters_recompute_from_the_store(planted_store: DiffStore) -> None:
+    store = planted_store
     config = config_from_mapping(CONFIG)
     whole = build_report(store, config)
     first_half = build_report(store, config, until_ns=T0_NS + 1000 * 1_000_000)
