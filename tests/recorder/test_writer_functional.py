@@ -92,6 +92,53 @@ def test_sigkill_mid_write_keeps_every_acknowledged_exchange_and_reports_the_tor
     assert torn_seen == 1, "the kill never landed inside the write in 3 attempts"
 
 
+ASYNC_KILL_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from recorder import TapeOptions, TapeWriter
+    from tests.recorder.tape_samples import make_exchange
+
+    async def main():
+        options = TapeOptions(fsync="every", redaction=None, block_bytes=8 * 1024)
+        async with TapeWriter(sys.argv[1], options) as writer:
+            reported, deadline = 0, time.monotonic() + 20
+            for i in range(100_000):  # bounded: the parent kills us long before
+                writer.submit(make_exchange(i, body=b"d" * 500))
+                if i % 50 == 49:
+                    await asyncio.sleep(0.001)
+                    if writer.stats.written != reported:
+                        reported = writer.stats.written
+                        print(f"written {reported}", flush=True)
+                if time.monotonic() > deadline:
+                    break
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_sigkill_of_the_async_writer_keeps_everything_counted_as_written(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", ASYNC_KILL_CHILD, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    written = 0
+    try:
+        for line in child.stdout:
+            written = int(line.split()[1])
+            if written >= 1000:
+                break
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+        child.stdout.close()
+    assert written >= 1000
+    got = [e.id for e in TapeReader(tmp_path)]
+    assert len(got) >= written
+    assert got == [f"ex-{i:06d}" for i in range(len(got))]
+
+
 EFBIG_CHILD = textwrap.dedent(
     """
     import asyncio, json, logging, resource, signal, sys
