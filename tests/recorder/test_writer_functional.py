@@ -2,9 +2,9 @@
 
 A child process writes a tape; the parent kills it with SIGKILL in the middle of a write, then
 reads the tape: every exchange the child acknowledged (fsync "every") is there, and the partial
-frame is reported as the torn tail; the same holds for the asyncio writer's ``written`` count. A
-child writing under RLIMIT_FSIZE, so the kernel refuses
-writes past a size (EFBIG): the writer counts and keeps going, and never raises.
+frame is reported as the torn tail; the same holds for the asyncio writer's ``written`` count.
+Another child writes under RLIMIT_FSIZE, so the kernel refuses writes past a size (EFBIG): the
+writer counts, backs off, keeps going, and never raises.
 """
 
 from __future__ import annotations
