@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions
+from recorder import Exchange, Failure, FailureKind, Request, Response, SyncTapeWriter, TapeOptions
 from tests.differ.corpus.traffic import CANDIDATE, CONFIG, PLANTED, T0_NS, traffic
 
 
@@ -181,3 +181,31 @@ def test_noise_tape_teaches_noise_without_a_secondary_shadow(tmp_path: Path) -> 
         s["path"]: s["suppression_reason"] for e in document["endpoints"] for s in e["signatures"] if s["suppressed"]
     }
     assert reasons["body.score"] == "learned-noise"
+
+
+def test_mostly_failing_candidate_is_exit_2(tmp_path: Path) -> None:
+    ok = Response(200, "OK", ((b"Content-Type", b"application/json"),), b"{}")
+    exchanges = [
+        Exchange(
+            id=f"f{i}",
+            started_at_ns=T0_NS + i,
+            request=Request("GET", "/slow"),
+            primary=ok,
+            shadows={"v2": ok if i % 4 == 0 else Failure(FailureKind.TIMEOUT, "5s")},
+        )
+        for i in range(40)
+    ]
+    result = run_cli("diff", write_tape(tmp_path / "tape", exchanges), "--quiet")
+    assert result.returncode == 2
+    assert "30 of 40 pairs failed" in result.stdout
+
+
+def test_torn_tail_is_noted_and_the_rest_is_diffed(tmp_path: Path) -> None:
+    tape = write_tape(tmp_path / "tape")
+    [segment] = sorted(tape.glob("*.stape"))
+    with segment.open("r+b") as f:
+        f.truncate(segment.stat().st_size - 7)  # a crash in the middle of the last frame
+    result = run_cli("diff", tape, "--candidate", CANDIDATE, "--json", tmp_path / "r.json", "--quiet")
+    assert result.returncode == 1, result.stderr
+    assert "torn tail" in result.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["pairs"] == 1199
