@@ -554,6 +554,7 @@ class _ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_active",
         "_chunked",
+        "_eof",
         "_head_bytes",
         "_headers",
         "_host",
@@ -590,6 +591,7 @@ class _ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._host = b""
         self._chunked = False
+        self._eof = False
         self.write_paused = False
         self.closed = False
         self.client_addr = ""
@@ -647,6 +649,7 @@ class _ClientConnection(asyncio.Protocol):
             return None
         # A client that half-closes after its request still wants the response (HTTP/1.0 style);
         # TLS transports cannot stay half-open, so they close as usual.
+        self._eof = True
         return self.scheme == b"http" and (self._active is not None or bool(self._pending))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -840,7 +843,7 @@ class _ClientConnection(asyncio.Protocol):
             item.start()
         if self._active is None and not pending:
             self.idle_since = self.ctx.loop.time()
-            if self.ctx.closing and self._parsing is None:
+            if (self.ctx.closing or self._eof) and self._parsing is None:
                 self.close()
 
     def _reject(self, status: int, message: str) -> None:

@@ -288,3 +288,15 @@ async def test_reuse_port_lets_two_servers_share_a_port(setup: Setup) -> None:
     finally:
         await second.shutdown(1)
         await first.shutdown(1)
+
+
+async def test_half_closed_client_still_gets_its_answer_then_the_connection_closes(setup: Setup) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", setup.proxy_port)
+    try:
+        writer.write(b"GET /utf8 HTTP/1.1\r\nHost: a\r\n\r\n")
+        writer.write_eof()
+        raw = await asyncio.wait_for(reader.read(), 5)  # EOF comes right after the response
+    finally:
+        writer.close()
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert raw.endswith("héllo wörld ✓ 日本".encode())
