@@ -1,4 +1,5 @@
-// The HTML report's only script: expand/collapse, filter, hide suppressed, open deep links.
+// The HTML report's only script: expand/collapse, filter, hide suppressed, open deep links, and
+// scroll long bodies to their first highlighted change.
 // It must never fetch anything (the page's CSP forbids it anyway) and never write untrusted text as HTML.
 (function () {
   "use strict";
@@ -16,6 +17,19 @@
   });
   document.getElementById("hide-suppressed").addEventListener("change", function (event) {
     document.body.classList.toggle("hide-suppressed", event.target.checked);
+  });
+  // A long body scrolls inside its box; bring its first highlighted change into view when a
+  // signature opens, so the reviewer does not hunt for it.
+  function revealChanges(details) {
+    details.querySelectorAll("pre.body").forEach(function (pre) {
+      var mark = pre.querySelector("mark");
+      if (mark && pre.scrollHeight > pre.clientHeight) {
+        pre.scrollTop = Math.max(0, mark.offsetTop - 24);
+      }
+    });
+  }
+  document.querySelectorAll("details.signature").forEach(function (d) {
+    d.addEventListener("toggle", function () { if (d.open) { revealChanges(d); } });
   });
   function openTarget() {
     var id = decodeURIComponent(window.location.hash.slice(1));

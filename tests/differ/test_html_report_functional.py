@@ -7,6 +7,8 @@ and saves a screenshot to test-artifacts/ for a human to look at.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, expect, sync_playwright
 
 from differ.reports import write_html
+from recorder.model import Response
 from tests.differ.report_fixtures import SECRETS, rich_report
 
 CHROMIUM: Final = "/usr/bin/chromium"
@@ -180,5 +183,43 @@ def test_deep_link_to_a_signature_opens_it_and_its_endpoint(browser: Browser, tm
         expect(page.locator("#sig-sig-type")).to_have_attribute("open", "")
         expect(page.locator("details.endpoint", has=page.locator("#sig-sig-type"))).to_have_attribute("open", "")
         expect(page.locator("#sig-sig-type .side").nth(1).locator('mark.hl[title="body.total"]')).to_be_visible()
+    finally:
+        context.close()
+
+
+def test_a_change_deep_in_a_long_body_is_scrolled_into_view(browser: Browser, tmp_path: Path) -> None:
+    report = rich_report()
+    search = report.endpoints[3]
+    (signature,) = search.signatures
+    (example,) = signature.examples
+    items = [{"id": i, "name": f"item {i}"} for i in range(300)]
+    changed = [dict(item, name="renamed") if item["id"] == 250 else item for item in items]
+    long_example = dataclasses.replace(
+        example,
+        baseline=Response(200, "OK", ((b"Content-Type", b"application/json"),), json.dumps(items).encode()),
+        candidate=Response(200, "OK", ((b"Content-Type", b"application/json"),), json.dumps(changed).encode()),
+        paths=("body[250].name",),
+    )
+    long_search = dataclasses.replace(search, signatures=(dataclasses.replace(signature, examples=(long_example,)),))
+    endpoints = tuple(long_search if e is search else e for e in report.endpoints)
+    path = tmp_path / "report.html"
+    write_html(dataclasses.replace(report, endpoints=endpoints), path)
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, offline=True)
+    try:
+        page = context.new_page()
+        page.goto(path.as_uri())
+        page.locator('details.endpoint[data-endpoint="GET /search"] > summary').click()
+        page.locator("#sig-sig-text > summary").click()
+        for side in (0, 1):
+            mark = page.locator("#sig-sig-text .side").nth(side).locator('mark.hl[title="body[250].name"]')
+            expect(mark).to_have_count(1)
+            # The body box scrolled itself so that the change shows inside it.
+            shown = mark.evaluate(
+                """(el) => {
+                    const pre = el.closest('pre'), box = pre.getBoundingClientRect(), at = el.getBoundingClientRect();
+                    return pre.scrollTop > 0 && at.top >= box.top && at.bottom <= box.bottom;
+                }"""
+            )
+            assert shown
     finally:
         context.close()
