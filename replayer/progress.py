@@ -47,7 +47,7 @@ class ProgressDisplay:
         self._rich = enabled and self._stream.isatty()
         self._bar: Progress | None = None
         self._task: TaskID | None = None
-        self._last_plain = 0.0
+        self._last_plain: float | None = None
         self.last: Snapshot | None = None
 
     def __enter__(self) -> ProgressDisplay:
@@ -84,6 +84,6 @@ class ProgressDisplay:
             self._bar.update(self._task, completed=snapshot.elapsed_s, line=line)
             return
         now = time.monotonic()
-        if now - self._last_plain >= self._plain_interval_s:
+        if self._last_plain is None or now - self._last_plain >= self._plain_interval_s:
             self._last_plain = now
             print(_line(snapshot), file=self._stream, flush=True)

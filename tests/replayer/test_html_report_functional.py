@@ -1,0 +1,66 @@
+"""The HTML report renders in a real browser (Debian's chromium), offline, with its charts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from replayer.html_report import render_html
+from replayer.report import SloGates
+from replayer.result import JobResult
+from replayer.stats import ReplayStats
+
+MS = 1_000_000
+CHROMIUM = "/usr/bin/chromium"
+
+
+def sample_result() -> JobResult:
+    stats = ReplayStats()
+    for i in range(3000):
+        ms = 2 + (i % 50) + (400 if i % 300 == 0 else 0)
+        stats.record_planned(i * MS)
+        stats.record_done(
+            f"GET /<script>alert({i % 3})</script>",
+            t0_ns=0,
+            due_ns=i * MS,
+            released_ns=i * MS + 100_000,
+            sent_ns=i * MS + 100_000,
+            done_ns=(i + ms) * MS,
+            status=503 if i % 97 == 0 else 200,
+            error=None,
+        )
+    return JobResult(stats, {}, planned=3000, error="tape.stape at byte 12: <b>corrupt</b>")
+
+
+def test_report_is_self_contained_and_escapes_tape_text() -> None:
+    page = render_html(sample_result(), target="http://t", tapes=("t",), gates=SloGates(max_p99_ms=10))
+    assert page.count("<svg") == 3 and "<script>" not in page and "&lt;script&gt;" in page
+    assert "http://" not in page.replace("http://t", "").replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "failed" in page and "&lt;b&gt;corrupt&lt;/b&gt;" in page
+
+
+@pytest.mark.skipif(shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists(), reason="needs chromium")
+def test_report_renders_in_chromium_without_network(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "report.html"
+    out.write_text(render_html(sample_result(), target="http://t", tapes=("t",), gates=SloGates()))
+    requests: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(out.as_uri())
+            charts = page.locator("svg")
+            assert charts.count() == 3
+            for i in range(3):
+                box = charts.nth(i).bounding_box()
+                assert box is not None and box["width"] > 300 and box["height"] > 80
+            assert page.locator("polyline").count() >= 4  # three percentile curves and the rate lines
+            assert page.locator("table tr").count() >= 4
+        finally:
+            browser.close()
+    assert requests == [out.as_uri()]

@@ -1,0 +1,32 @@
+"""Progress on stderr: plain lines when not a terminal, rate-limited, never on stdout."""
+
+from __future__ import annotations
+
+import io
+
+from replayer.progress import ProgressDisplay
+from replayer.runner import Progress
+
+
+def snapshot(done: int) -> Progress:
+    return Progress(
+        elapsed_s=done / 100, planned=done, done=done, errors=1, in_flight=3, rate_per_s=99.0, p99_ms=12.5, held_back=0
+    )
+
+
+def test_plain_lines_are_rate_limited_and_the_last_is_printed_at_exit() -> None:
+    stream = io.StringIO()
+    with ProgressDisplay(stream=stream, plain_interval_s=3600) as display:
+        for done in (10, 20, 30):
+            display.update(snapshot(done))
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2  # the first update, then the final state at exit
+    assert "sent        10" in lines[0] and "sent        30" in lines[1]
+    assert "p99     12.5 ms" in lines[1] and "errors       1" in lines[1]
+
+
+def test_disabled_prints_nothing_but_keeps_the_last_snapshot() -> None:
+    stream = io.StringIO()
+    with ProgressDisplay(enabled=False, stream=stream) as display:
+        display.update(snapshot(5))
+    assert stream.getvalue() == "" and display.last is not None and display.last.done == 5

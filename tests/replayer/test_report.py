@@ -1,0 +1,63 @@
+"""Results as data: the JSON document, the summary text and the SLO gates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recorder import ConfigError
+from replayer.report import SloGates, results_document, slo_failures, summary_text
+from replayer.result import JobResult
+from replayer.stats import ReplayStats
+
+MS = 1_000_000
+
+
+def result_with(latencies_ms: list[int], errors: int = 0) -> JobResult:
+    stats = ReplayStats()
+    for i, ms in enumerate(latencies_ms):
+        failed = i < errors
+        stats.record_done(
+            "GET /users/{id}" if i % 2 else "GET /",
+            t0_ns=0,
+            due_ns=i * MS,
+            released_ns=i * MS,
+            sent_ns=i * MS,
+            done_ns=(i + ms) * MS,
+            status=None if failed else 200,
+            error="timeout" if failed else None,
+        )
+    return JobResult(stats, {"read": len(latencies_ms), "planned": len(latencies_ms)}, planned=len(latencies_ms))
+
+
+def test_gates_pass_and_fail_with_one_sentence_each() -> None:
+    result = result_with([10] * 95 + [500] * 5, errors=2)
+    assert slo_failures(result, SloGates()) == []
+    assert slo_failures(result, SloGates(max_error_rate=0.05, max_p99_ms=1000, max_start_lag_ms=5)) == []
+    failures = slo_failures(result, SloGates(max_error_rate=0.01, max_p99_ms=100))
+    assert len(failures) == 2
+    assert failures[0].startswith("error rate 2.00% is above 1.00%")
+    assert "p99 response time" in failures[1]
+    with pytest.raises(ConfigError, match="max-error-rate"):
+        SloGates(max_error_rate=5)
+
+
+def test_document_is_json_with_the_documented_fields() -> None:
+    result = result_with([1, 2, 3, 4])
+    document = json.loads(
+        json.dumps(results_document(result, target="http://t", tapes=("a",), workers=1, gates=SloGates()))
+    )
+    assert document["schema"] == 1 and document["planned"] == 4
+    assert document["summary"]["requests"] == 4 and document["summary"]["error_rate"] == 0.0
+    assert set(document["latency_ms"]) == {"service", "corrected", "start_lag"}
+    assert set(document["latency_ms"]["corrected"]) == {"p50", "p90", "p99", "p99.9", "p100"}
+    assert [e["endpoint"] for e in document["endpoints"]] == ["GET /", "GET /users/{id}"]
+    assert document["timeline"][0] == {"second": 0, "planned": 0, "sent": 4, "ok": 4, "errors": 0}
+    assert document["slo"] == {"passed": True, "failures": []} and document["error"] is None
+
+
+def test_summary_text_has_the_three_latency_rows_and_endpoints() -> None:
+    text = summary_text(result_with([5] * 10, errors=1))
+    assert "service time" in text and "response (from intended)" in text and "start lag" in text
+    assert "GET /users/{id}" in text and "timeout 1" in text
