@@ -13,7 +13,8 @@ from pytest import MonkeyPatch
 
 import differ.reports.html
 from differ.reports import render_html
-from differ.reports.html import _asset, _json_html
+from differ.reports._bodies import DisplayBody, display_body
+from differ.reports.html import _asset, _changed_lines, _json_html
 from tests.differ.report_fixtures import (
     HOSTILE_MARKERS,
     IMG_PAYLOAD,
@@ -224,3 +225,24 @@ def test_failing_signatures_are_listed_up_front_with_links() -> None:
     # Most severe first, then by rate: the timeout at 25% before the 500s at 2.4%.
     assert links == ["sig-error", "sig-status", "sig-currency", "sig-type", "sig-removed"]
     assert '<section id="failing">' not in render_html(passing_report())
+
+
+def _text_body(text: str) -> DisplayBody:
+    return display_body(((b"Content-Type", b"text/plain"),), text.encode())
+
+
+def test_line_diffs_mark_exactly_the_changed_lines() -> None:
+    left = _text_body("a\nb\nc\nd\ne")
+    right = _text_body("a\nB\nc\nd\ne\nf")
+    assert _changed_lines(left, right) == (frozenset({1}), frozenset({1, 5}))
+    assert _changed_lines(left, left) == (frozenset(), frozenset())
+    assert _changed_lines(left, _text_body("")) is None  # text vs empty: the whole body is the change
+
+
+def test_line_diffs_stay_bounded_on_repetitive_text() -> None:
+    # 2,000 periodic lines took difflib 29 s; the changed middle is now marked as a block instead.
+    left = _text_body("\n".join(f"l{i % 7}" for i in range(2000)))
+    right = _text_body("\n".join(f"l{(i * 3) % 7}" for i in range(2000)))
+    changed = _changed_lines(left, right)
+    assert changed is not None
+    assert len(changed[0]) > 1900 and len(changed[1]) > 1900
