@@ -22,7 +22,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection, wait
 from typing import Any, TextIO
 
@@ -42,6 +42,9 @@ from recorder.errors import ConfigError, ShadowtapError
 __all__ = ["ProxyApp", "build_forward_settings", "listen_ssl_context", "serve"]
 
 log = logging.getLogger(__name__)
+
+#: Runs a coroutine to completion on a fresh event loop (``asyncio.run``, ``uvloop.run``).
+LoopRunner = Callable[[Coroutine[Any, Any, None]], Any]
 
 #: How long the parent waits for every worker to report that it is listening.
 _WORKER_READY_TIMEOUT_S = 30.0
@@ -105,7 +108,11 @@ class ProxyApp:
                 await self.tape.start()
             if config.events.path is not None:
                 self.events = EventLog(config.events.path, RouteTable(config.mirror.routes), config.events.queue_size)
-                await self.events.start()
+                try:
+                    await self.events.start()
+                except OSError as exc:
+                    self.events = None
+                    raise ConfigError(f"cannot open: {exc.strerror or exc}", field="events.path") from exc
             record: RecordStage | None = None
             if self.tape is not None or self.events is not None:
                 record = RecordStage(
@@ -135,13 +142,20 @@ class ProxyApp:
             self._stages = stages
             self._register_sources()
             self.server = ProxyServer(forward, stages, ssl_context)
-            await self.server.start(config.listen.host, config.listen.port, reuse_port=reuse_port)
+            try:
+                await self.server.start(config.listen.host, config.listen.port, reuse_port=reuse_port)
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}", field="listen") from exc
             if config.admin.listen is not None:
                 self.admin = AdminServer(
                     self.flags, self.metrics, self.stats, lambda: self._ready, config.admin.token()
                 )
                 port = config.admin.listen.port if admin_port is None else admin_port
-                await self.admin.start(config.admin.listen.host, port)
+                try:
+                    await self.admin.start(config.admin.listen.host, port)
+                except OSError as exc:
+                    where = f"{config.admin.listen.host}:{port}"
+                    raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}", field="admin.listen") from exc
         except BaseException:
             await self.shutdown()
             raise
@@ -304,19 +318,9 @@ async def _serve_one(
         await app.shutdown()
 
 
-def _run_loop(main: Any) -> None:
-    if os.environ.get("SHADOWTAP_LOOP", "uvloop") != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            uvloop.run(main)
-            return
-    asyncio.run(main)
-
-
-def _worker_main(config: ProxyConfig, worker: int, flags_array: Any, admin_port: int | None, ready: Connection) -> None:
+def _worker_main(
+    config: ProxyConfig, worker: int, flags_array: Any, admin_port: int | None, ready: Connection, run: LoopRunner
+) -> None:
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s worker {worker} %(levelname)s %(name)s: %(message)s"
     )
@@ -327,7 +331,7 @@ def _worker_main(config: ProxyConfig, worker: int, flags_array: Any, admin_port:
         ready.send(("ready", app.port, app.admin_url))
 
     try:
-        _run_loop(
+        run(
             _serve_one(
                 config, worker=worker, flags_array=flags_array, reuse_port=True, admin_port=admin_port,
                 on_ready=on_ready,
@@ -335,6 +339,9 @@ def _worker_main(config: ProxyConfig, worker: int, flags_array: Any, admin_port:
         )  # fmt: skip
     except ShadowtapError as exc:
         ready.send(("error", str(exc), None))
+        raise SystemExit(2) from None
+    except OSError as exc:
+        ready.send(("error", f"worker {worker}: {exc.strerror or exc}", None))
         raise SystemExit(2) from None
     finally:
         ready.close()
@@ -353,19 +360,23 @@ def _reserve_port(config: ProxyConfig) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def serve(config: ProxyConfig, out: TextIO = sys.stdout) -> int:
-    """Run the proxy until SIGTERM/SIGINT; one line on ``out`` once listening. Returns an exit code."""
+def serve(config: ProxyConfig, out: TextIO = sys.stdout, run: LoopRunner = asyncio.run) -> int:
+    """Run the proxy until SIGTERM/SIGINT; one line on ``out`` once listening. Returns an exit code.
+
+    ``run`` runs a coroutine to completion on an event loop (the CLI passes its uvloop runner); it
+    must be a module-level function, as worker processes receive it by reference.
+    """
     if config.workers == 1:
 
         def on_ready(app: ProxyApp) -> None:
             _announce(out, app.listen_url, [app.admin_url] if app.admin_url else [], 1)
 
-        _run_loop(_serve_one(config, worker=0, flags_array=None, reuse_port=False, admin_port=None, on_ready=on_ready))
+        run(_serve_one(config, worker=0, flags_array=None, reuse_port=False, admin_port=None, on_ready=on_ready))
         return 0
-    return _serve_workers(config, out)
+    return _serve_workers(config, out, run)
 
 
-def _serve_workers(config: ProxyConfig, out: TextIO) -> int:
+def _serve_workers(config: ProxyConfig, out: TextIO, run: LoopRunner) -> int:
     reserved, port = _reserve_port(config)
     config = dataclasses.replace(config, listen=dataclasses.replace(config.listen, port=port))
     context = multiprocessing.get_context("spawn")
@@ -390,7 +401,7 @@ def _serve_workers(config: ProxyConfig, out: TextIO) -> int:
             admin_port = None if not base_admin else base_admin + worker
             process = context.Process(
                 target=_worker_main,
-                args=(config, worker, flags.shared_array, admin_port, send),
+                args=(config, worker, flags.shared_array, admin_port, send, run),
                 name=f"shadowtap-proxy-{worker}",
             )
             process.start()

@@ -248,6 +248,7 @@ def load_config(args: argparse.Namespace, path: str | None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from proxy.app import serve
+    from shadowtap import runtime
 
     if args.check_config:
         config = load_config(args, args.check_config)
@@ -255,4 +256,4 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_mapping(), indent=2, sort_keys=True))
         return 0
     config = load_config(args, args.config)
-    return serve(config)
+    return serve(config, run=runtime.run)

@@ -192,3 +192,20 @@ def test_bad_flags_are_one_line(args: tuple[str, ...], needle: str) -> None:
     code, _, err = run_cli(*args)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert needle in err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_port_in_use_and_unwritable_events_are_one_line(tmp_path: Path, workers: str) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = run_cli("--listen", f"127.0.0.1:{port}", "--primary", "http://127.0.0.1:9", "--workers", workers)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "'listen'" in err and str(port) in err
+    code, _, err = run_cli(
+        "--primary", "http://127.0.0.1:9", "--events", str(tmp_path / "missing" / "e.jsonl"), "--workers", workers
+    )
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and "events.path" in err, err
