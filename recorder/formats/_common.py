@@ -5,7 +5,7 @@ It must never do I/O or know any one format: the format modules own their parsin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -18,12 +18,11 @@ __all__ = [
     "ImportReport",
     "TornTail",
     "http_version_from_wire",
-    "drop_headers",
     "replace_header",
     "text_to_wire",
 ]
 
-#: Formats an importer or exporter can name. ``tape`` only ever appears in detection results.
+#: The formats ``--from`` / ``--to`` accept.
 FORMAT_NAMES: Final = ("har", "mitm", "gor")
 
 
@@ -106,11 +105,6 @@ def http_version_from_wire(text: str) -> str:
     if lowered.startswith("http/"):
         return lowered[5:] or "1.1"
     return lowered or "1.1"
-
-
-def drop_headers(headers: Iterable[tuple[bytes, bytes]], names: frozenset[bytes]) -> Headers:
-    """``headers`` without any header whose lower-cased name is in ``names``."""
-    return tuple((k, v) for k, v in headers if k.lower() not in names)
 
 
 def replace_header(headers: Headers, name: bytes, value: bytes) -> Headers:
