@@ -17,7 +17,7 @@ import hashlib
 import html
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from json.encoder import encode_basestring
 from typing import Any, Final
@@ -53,6 +53,8 @@ _MAX_INDENT_CLASS: Final = 8
 #: signatures must still open in a browser. The most important examples (ranked endpoints and
 #: signatures, rendered first) get the budget; suppressed signatures only get its first half.
 EXAMPLES_BUDGET_CHARS: Final = 16 * 1024 * 1024
+#: Field-tree rows per endpoint (the busiest paths): a JSON API can have thousands of paths.
+FIELD_ROWS: Final = 300
 _SEVERITY_LABEL: Final[dict[Severity | None, str]] = {
     "critical": "critical",
     "high": "high",
@@ -394,8 +396,10 @@ def _field_depths(fields: list[FieldStat]) -> dict[str, int]:
     }
 
 
-def _fields_html(fields: Iterable[FieldStat]) -> str:
-    ordered = sorted(fields, key=_field_sort_key)
+def _fields_html(fields: Sequence[FieldStat]) -> str:
+    # The busiest paths, shown as a tree; a reviewer reads hundreds of rows at most.
+    busiest = sorted(fields, key=lambda f: (-(f.differing + f.suppressed), f.path))[:FIELD_ROWS]
+    ordered = sorted(busiest, key=_field_sort_key)
     depths = _field_depths(ordered)
     rows = []
     for stat in ordered:
@@ -409,9 +413,13 @@ def _fields_html(fields: Iterable[FieldStat]) -> str:
         )
     if not rows:
         return '<p class="muted">no field differed</p>'
+    more = len(fields) - len(busiest)
     return (
         '<table class="fields"><thead><tr><th>path</th><th>differing</th><th>compared</th><th>rate</th>'
-        "<th>suppressed</th><th>noise rate</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        "<th>suppressed</th><th>noise rate</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+        + (f'<p class="muted">{more} quieter paths not shown (the JSON report lists them all)</p>' if more else "")
     )
 
 

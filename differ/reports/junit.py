@@ -23,6 +23,8 @@ __all__ = ["JUNIT_CLASSNAME", "render_junit", "write_junit"]
 
 JUNIT_CLASSNAME: Final = "shadowtap.diff"
 VERDICT_CASE_NAME: Final = "(verdict)"
+#: Signatures listed in a case's output; CI dashboards show it inline, the HTML report has the rest.
+SIGNATURES_PER_CASE: Final = 50
 # XML 1.0 Char production: everything else (NUL, most C0 controls, lone surrogates, U+FFFE/F) is
 # unrepresentable even as a character reference.
 _NOT_XML_CHAR: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -46,11 +48,14 @@ def _endpoint_out(endpoint: EndpointReport) -> str:
         f"{endpoint.endpoint}: {endpoint.compared} compared, {endpoint.equal} equal, {endpoint.differing} differing "
         f"({fmt_rate(endpoint_rate(endpoint))}), {endpoint.errors} errors"
     ]
-    for sig in ranked_signatures(endpoint):
+    signatures = ranked_signatures(endpoint)
+    for sig in signatures[:SIGNATURES_PER_CASE]:
         state = f" [suppressed: {sig.suppression_reason or 'yes'}]" if sig.suppressed else ""
         lines.append(
             f"  {sig.severity:<8} {sig.kind:<7} {sig.path} {sig.transition} x{sig.count} ({fmt_rate(sig.rate)}){state}"
         )
+    if len(signatures) > SIGNATURES_PER_CASE:
+        lines.append(f"  +{len(signatures) - SIGNATURES_PER_CASE} more signatures")
     return "\n".join(lines)
 
 

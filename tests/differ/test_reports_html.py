@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 from pytest import MonkeyPatch
 
 import differ.reports.html
+from differ.report_model import FieldStat
 from differ.reports import render_html
 from differ.reports._bodies import DisplayBody, display_body
 from differ.reports.html import _asset, _changed_lines, _json_html
@@ -246,3 +247,13 @@ def test_line_diffs_stay_bounded_on_repetitive_text() -> None:
     changed = _changed_lines(left, right)
     assert changed is not None
     assert len(changed[0]) > 1900 and len(changed[1]) > 1900
+
+
+def test_field_tree_shows_the_busiest_paths_of_a_huge_endpoint() -> None:
+    report = rich_report()
+    fields = tuple(FieldStat(f"body.f{i}", i, 1000, 0, None) for i in range(1000))
+    wide = dataclasses.replace(report.endpoints[0], fields=fields)
+    document = render_html(dataclasses.replace(report, endpoints=(wide,)))
+    assert document.count('<code class="path">body.f') == 300
+    assert '<code class="path">body.f999</code>' in document and '<code class="path">body.f699</code>' not in document
+    assert "700 quieter paths not shown (the JSON report lists them all)" in document

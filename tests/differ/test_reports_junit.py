@@ -76,3 +76,14 @@ def test_a_failing_verdict_always_fails_the_xml() -> None:
     assert (root.attrib["tests"], root.attrib["failures"], root.attrib["errors"]) == ("8", "1", "0")
     failure = cases(render_junit(odd))["(verdict)"].find("failure")
     assert failure is not None and failure.attrib["message"] == report.verdict.reason
+
+
+def test_case_output_lists_a_bounded_number_of_signatures() -> None:
+    report = rich_report()
+    sig = report.endpoints[0].signatures[0]
+    many = tuple(dataclasses.replace(sig, id=f"s{i}", path=f"body.p{i}") for i in range(80))
+    endpoint = dataclasses.replace(report.endpoints[0], signatures=many)
+    out = cases(render_junit(dataclasses.replace(report, endpoints=(endpoint,))))["GET /users/{id}"].find("system-out")
+    assert out is not None and out.text is not None
+    assert out.text.count("body.p") == 50
+    assert out.text.endswith("+30 more signatures")
