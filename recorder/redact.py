@@ -44,6 +44,13 @@ _REDACTED_PREFIX_BYTES: Final = REDACTED_PREFIX.encode()
 #: Bound on the secret -> hash cache: a few hundred KiB at most, far more than the distinct
 #: credentials a sidecar sees in a second.
 _CACHE_ENTRIES: Final = 4096
+#: Bound on the (header, value) -> redacted value cache: values are larger (cookies run to a few
+#: KiB), so fewer entries: at most a few MiB.
+_VALUE_CACHE_ENTRIES: Final = 1024
+# What happens to a header; compared by identity in the hot loop.
+_KEEP: Final = "keep"
+_HASH: Final = "hash"
+_REMOVE: Final = "remove"
 # Headers whose value is a scheme then a credential: the scheme is kept (the differ may care).
 _SCHEME_HEADERS: Final = frozenset({b"authorization", b"proxy-authorization"})
 _COOKIE: Final = b"cookie"
@@ -204,10 +211,11 @@ class Redactor:
         "_remove_headers",
         "_remove_json",
         "_remove_query",
-        "_header_names",
         "_query_names",
         "_json_names",
         "_cache",
+        "_header_actions",
+        "_value_cache",
     )
 
     def __init__(self, rules: RedactionRules, key: bytes) -> None:
@@ -215,7 +223,6 @@ class Redactor:
         self._hash_chars = rules.hash_hex_chars
         self._hash_headers = frozenset(n.lower().encode() for n in rules.hash_headers)
         self._remove_headers = frozenset(n.lower().encode() for n in rules.remove_headers)
-        self._header_names = self._hash_headers | self._remove_headers
         self._hash_query = frozenset(rules.hash_query_params)
         self._remove_query = frozenset(rules.remove_query_params)
         self._query_names = self._hash_query | self._remove_query
@@ -225,6 +232,9 @@ class Redactor:
         # Secret -> hash. The same few tokens and cookies recur in most traffic; an HMAC costs more
         # than the rest of encoding an exchange. Bounded by clearing when full.
         self._cache: dict[bytes, bytes] = {}
+        # Header name as sent -> action, and (name, value) -> redacted value; bounded like _cache.
+        self._header_actions: dict[bytes, str] = {}
+        self._value_cache: dict[tuple[bytes, bytes], bytes] = {}
 
     def hash_bytes(self, value: bytes) -> bytes:
         """The redacted form of ``value`` (already redacted values pass through unchanged)."""
@@ -310,21 +320,43 @@ class Redactor:
         return Response(*values)
 
     def _headers(self, headers: Headers) -> Headers:
-        names = self._header_names
+        # Runs for every header of every exchange written: one dict lookup per header name as
+        # sent (no lower-casing) decides it, and whole redacted values are cached.
+        actions = self._header_actions
         for key, _ in headers:
-            if key.lower() in names:
+            action = actions.get(key)
+            if action is None:
+                action = self._learn_header(key)
+            if action is not _KEEP:
                 break
         else:
             return headers
         out: list[tuple[bytes, bytes]] = []
+        values = self._value_cache
         for key, value in headers:
-            lower = key.lower()
-            if lower in self._remove_headers:
+            action = actions.get(key)
+            if action is None:
+                action = self._learn_header(key)
+            if action is _REMOVE:
                 continue
-            if lower in self._hash_headers:
-                value = self._header_value(lower, value)
+            if action is _HASH:
+                redacted = values.get((key, value))
+                if redacted is None:
+                    redacted = self._header_value(key.lower(), value)
+                    if len(values) >= _VALUE_CACHE_ENTRIES:
+                        values.clear()
+                    values[(key, value)] = redacted
+                value = redacted
             out.append((key, value))
         return tuple(out)
+
+    def _learn_header(self, name: bytes) -> str:
+        lower = name.lower()
+        action = _REMOVE if lower in self._remove_headers else _HASH if lower in self._hash_headers else _KEEP
+        if len(self._header_actions) >= _CACHE_ENTRIES:
+            self._header_actions.clear()
+        self._header_actions[name] = action
+        return action
 
     def _header_value(self, lower_name: bytes, value: bytes) -> bytes:
         if lower_name == _COOKIE:
