@@ -50,11 +50,12 @@ log = logging.getLogger(__name__)
 MIRRORED: Final = "mirrored"
 MARKER_HEADER: Final = "X-Shadowtap-Shadow"
 CORRELATION_HEADER: Final = "X-Shadowtap-Correlation-Id"
-#: RFC 9110 7.6.1 hop-by-hop fields, plus the framing and routing fields set for the shadow here.
+#: RFC 9110 7.6.1 hop-by-hop fields, plus the framing and routing fields set for the shadow here, and
+#: Expect (a copy's body is sent at once, never after a 100 Continue).
 _NOT_FORWARDED: Final = frozenset(
     {
         b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-        b"content-length", b"host",
+        b"content-length", b"host", b"expect",
     }
 )  # fmt: skip
 _MARKER_LINE: Final = f"{MARKER_HEADER}: 1\r\n{CORRELATION_HEADER}: ".encode()

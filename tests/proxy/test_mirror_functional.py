@@ -133,7 +133,7 @@ async def test_mirrored_copy_is_marked_stripped_and_recorded(echo_shadow: Any, m
         headers=[
             (b"Authorization", b"Bearer real"), (b"Cookie", b"sid=1"), (b"X-Api-Key", b"real-key"),
             (b"Connection", b"keep-alive, X-Hop"), (b"X-Hop", b"1"), (b"Keep-Alive", b"timeout=5"),
-            (b"X-Dup", b"a"), (b"x-dup", b"b"), (b"Host", b"front.example"),
+            (b"X-Dup", b"a"), (b"x-dup", b"b"), (b"Host", b"front.example"), (b"Expect", b"100-continue"),
         ]
     )  # fmt: skip
     stage.request_complete(ex)
@@ -149,7 +149,7 @@ async def test_mirrored_copy_is_marked_stripped_and_recorded(echo_shadow: Any, m
     assert headers[b"x-shadowtap-correlation-id"] == ex.id.encode()
     assert headers[b"x-api-key"] == b"shadow-key"
     assert headers[b"host"] == b"v2.internal"
-    for gone in (b"authorization", b"cookie", b"x-hop", b"keep-alive"):
+    for gone in (b"authorization", b"cookie", b"x-hop", b"keep-alive", b"expect"):
         assert gone not in names
     assert [(k, v) for k, v in got["headers"] if k.lower() == b"x-dup"] == [(b"X-Dup", b"a"), (b"x-dup", b"b")]
     assert b"user-agent" not in names and b"accept-encoding" not in names
