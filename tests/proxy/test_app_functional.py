@@ -229,3 +229,29 @@ async def test_tls_listener_and_verified_https_shadow(tmp_path: Path) -> None:
     assert shadow_seen == ["/secure"]
     assert app.metrics.mirror_outcomes["untrusted", "connect-error"] == 1
     assert app.metrics.mirror_outcomes["trusted", "ok"] == 1
+
+
+async def test_websocket_passes_through_is_never_mirrored_and_is_taped(tmp_path: Path) -> None:
+    async def ws_echo(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_str(f"echo {message.data}")
+        return ws
+
+    primary = await Upstream(ws_echo).start()
+    shadow = await Upstream().start()
+    app = await start_proxy(
+        {"primary": primary.url, "shadows": {"v2": shadow.url}, "record": {"tape": str(tmp_path / "tape")}}
+    )
+    async with aiohttp.ClientSession() as client, client.ws_connect(f"{app.listen_url}/ws") as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo hi"
+        await ws.close()
+    await app.shutdown()
+    await primary.close()
+    await shadow.close()
+    assert shadow.seen == []
+    (taped,) = TapeReader(tmp_path / "tape")
+    assert taped.tags.get("upgraded") == "1" and taped.decisions == {"v2": "method-not-allowed"}
+    assert isinstance(taped.primary, Response) and taped.primary.status == 101
