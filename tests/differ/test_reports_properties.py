@@ -7,6 +7,7 @@ the Markdown table keeps its columns, the JSON round-trips and the terminal stay
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -211,3 +212,40 @@ def test_display_body_never_raises_and_always_bounds_its_output(
     shown = display_body(message_headers, body, truncated_from)
     assert shown.kind in ("empty", "json", "text", "binary")
     assert shown.wire_bytes == len(body)
+
+
+secrets_text = st.text("ABCDEFGHJKLMNPQRSTUVWXYZ23456789", min_size=16, max_size=24).map(lambda s: "S3" + s)
+
+
+@PROPERTY_SETTINGS
+@given(reports(), secrets_text, st.sampled_from(["password", "api_key", "access_token", "client_secret"]))
+def test_planted_secrets_never_reach_any_report(report: DiffReport, secret: str, field: str) -> None:
+    request = Request(
+        "POST",
+        f"/login?{field}={secret}&next=/home",
+        ((b"Authorization", b"Bearer " + secret.encode()), (b"Cookie", b"sid=" + secret.encode())),
+        json.dumps({"user": "ann", field: secret}).encode(),
+    )
+    response = Response(
+        200,
+        "OK",
+        ((b"Set-Cookie", b"sid=" + secret.encode() + b"; Path=/"), (b"Content-Type", b"application/json")),
+        json.dumps({"ok": True, "session": {field: secret}}).encode(),
+    )
+    example = Example("ex", 0, request, response, response, ("body.session", f"body.session.{field}"))
+    endpoint = EndpointReport(
+        "POST /login", 1, 0, 1, 0, "medium", (),
+        (SignatureReport("sig", "POST /login", "body.session", "value", "str->str", "medium", 1, 1.0, 0, 0, False,
+                         None, None, (example,)),),
+    )  # fmt: skip
+    planted = dataclasses.replace(report, endpoints=(*report.endpoints, endpoint))
+    out = io.StringIO()
+    render_terminal(planted, out)
+    for rendered in (
+        render_html(planted),
+        render_markdown(planted),
+        render_junit(planted),
+        json.dumps(report_to_dict(planted)),
+        out.getvalue(),
+    ):
+        assert secret not in rendered
