@@ -36,6 +36,8 @@ __all__ = ["Progress", "ReplayOutcome", "ResultSink", "RunnerSettings", "replay"
 _SPIN_NS: Final = 200_000
 # A session idle this long forgets when its last request finished (see RunnerSettings).
 _SESSION_MEMORY_NS: Final = 60_000_000_000
+# A stop (Ctrl-C) is noticed by a waiting session or the dispatcher within this long.
+_STOP_CHECK_NS: Final = 100_000_000
 # The live p99 walks a whole histogram (pure Python, milliseconds): refreshed this often only.
 _P99_REFRESH_NS: Final = 2_000_000_000
 # While replaying, the GIL is handed between the plan-reading thread and the event loop this often
@@ -218,8 +220,9 @@ class _Runner:
                         self.outcome.stopped = True
                         return
                     feed_at_ns = self.t0_ns + request.slot_ns - lookahead_ns
-                    if feed_at_ns > time.monotonic_ns():
-                        await sleep_until(feed_at_ns)
+                    if feed_at_ns > time.monotonic_ns() and not await self._wait_until(feed_at_ns):
+                        self.outcome.stopped = True
+                        return
                     while self.pending >= self.settings.max_pending:
                         self.space.clear()
                         await self.space.wait()
@@ -228,6 +231,20 @@ class _Runner:
             # Stopped early: let the reader thread finish its batch rather than leave it running.
             if not fetch.done():
                 await asyncio.gather(fetch, return_exceptions=True)
+
+    async def _wait_until(self, deadline_ns: int) -> bool:
+        """Sleep until ``deadline_ns``; False when the stop event was set first."""
+        stop = self.stop
+        if stop is None:
+            await sleep_until(deadline_ns)
+            return True
+        # Long waits are cut into slices so a stop is noticed within _STOP_CHECK_NS.
+        while not stop.is_set():
+            if deadline_ns - time.monotonic_ns() <= _STOP_CHECK_NS:
+                await sleep_until(deadline_ns)
+                return not stop.is_set()
+            await sleep_until(time.monotonic_ns() + _STOP_CHECK_NS)
+        return False
 
     def _hand_out(self, request: PlannedRequest) -> None:
         self.outcome.planned += 1
@@ -252,8 +269,14 @@ class _Runner:
                 due_ns = self.t0_ns + request.slot_ns
                 if session.last_done_ns is not None:
                     due_ns = max(due_ns, session.last_done_ns + request.gap_ns)
-                if due_ns > time.monotonic_ns():
-                    await sleep_until(due_ns)
+                if due_ns > time.monotonic_ns() and not await self._wait_until(due_ns):
+                    # Stopped: what was not sent is dropped (it counts as neither sent nor planned).
+                    self.outcome.stopped = True
+                    self.outcome.planned -= len(session.queue)
+                    self.pending -= len(session.queue)
+                    session.queue.clear()
+                    self.space.set()
+                    return
                 session.last_done_ns = await self._send(request, due_ns)
                 session.queue.popleft()
                 self.pending -= 1

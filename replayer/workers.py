@@ -12,9 +12,12 @@ never wait forever on a worker that died: a dead worker is an error naming its i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
+import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -58,7 +61,11 @@ def _worker_main(
         barrier.wait(_READY_TIMEOUT_S)
         if not go.wait(_READY_TIMEOUT_S):
             raise UpstreamError(f"replay worker {index}: the parent never gave a start time")
-        return await run_job(job, t0_ns=int(t0_value.value), progress=progress)
+        # Ctrl-C reaches every process of the terminal's group: stop scheduling, finish what is
+        # in flight and report, like a single-process replay.
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+        return await run_job(job, t0_ns=int(t0_value.value), progress=progress, stop=stop)
 
     try:
         result = loop_runner(main())
@@ -108,6 +115,16 @@ def run_workers(
     ]
     for process in processes:
         process.start()
+
+    # The workers handle Ctrl-C themselves (they stop and report) and the parent keeps collecting;
+    # an interrupt sent to the parent alone is passed on to them.
+    def forward_sigint(signum: int, frame: object) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGINT)
+
+    previous_sigint = signal.signal(signal.SIGINT, forward_sigint)
     try:
         # t0 is chosen once every worker has started (spawning takes a second or more), written
         # before `go` is set and read after it, so every worker sees the same value.
@@ -141,6 +158,7 @@ def run_workers(
         assert merged is not None
         return merged
     finally:
+        signal.signal(signal.SIGINT, previous_sigint)
         for process in processes:
             process.join(timeout=5.0)
             if process.is_alive():

@@ -4,7 +4,7 @@ This module only turns flags into the replayer's settings, runs the job (in this
 ``--workers`` processes, or on Locust with ``--locust``) and writes the outputs. It must never
 print a traceback for a user mistake, and never skip writing the results it has when a tape turns
 out to be corrupt half-way: outputs are written first, then the error is raised (exit 2). Exit 1
-means an SLO gate failed.
+means an SLO gate failed, 130 an interrupt (after the outputs were written).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ HELP = "replay tapes against a target as open-loop load; record what came back f
 ORDER = 30
 
 EXIT_SLO_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 _EPILOG = """\
 examples:
@@ -297,5 +298,6 @@ def run(args: argparse.Namespace) -> int:
     failures = write_outputs(result, job, args, gates)
     raise_job_error(result)
     if result.stopped:
-        print("shadowtap replay: stopped early (interrupted); outputs cover what was sent", file=sys.stderr)
+        print("shadowtap replay: interrupted; the outputs cover what was sent", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_SLO_FAILED if failures else 0

@@ -138,3 +138,18 @@ async def test_start_lag_is_small_in_memory() -> None:
     outcome = await replay(planned(tape), MemoryTransport(handler), t0_ns=time.monotonic_ns() + 50 * MS)
     # Loose for a shared machine; the real figure is measured by bench/replay_bench.py.
     assert outcome.stats.overall.percentile_ms("start_lag", 50) < 5
+
+
+async def test_a_stop_cuts_long_waits_short() -> None:
+    # One session whose second request is due a minute later: a stop must not wait for it.
+    tape = [make_exchange(0, 0, session="s"), make_exchange(1, 60_000, session="s")]
+    stop = asyncio.Event()
+
+    async def handler(method: str, target: str, headers: Headers, body: bytes) -> Outcome:
+        asyncio.get_running_loop().call_later(0.05, stop.set)
+        return Response(200)
+
+    started = time.monotonic()
+    outcome = await replay(planned(tape), MemoryTransport(handler), stop=stop, settings=RunnerSettings(lookahead_s=120))
+    assert time.monotonic() - started < 1.0
+    assert outcome.stopped and outcome.stats.overall.requests == 1 and outcome.planned == 1

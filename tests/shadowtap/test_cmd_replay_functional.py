@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import sys
 from collections import Counter
@@ -305,3 +306,40 @@ async def test_the_results_tape_is_what_shadowtap_diff_reads(tmp_path: Path) -> 
     # Every replayed exchange pairs the recorded response ("recorded i") with the replayed one.
     assert report["baseline_name"] == "primary" and report["candidate_name"] == "replay"
     assert report["pairs"] == 12 and report["compared"] == 12 and report["differing"] == 12
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_ctrl_c_stops_scheduling_and_still_writes_outputs(tmp_path: Path, workers: str) -> None:
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i * 20) for i in range(500)])  # 10 s of schedule
+    async with Target() as target:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "shadowtap",
+            "replay",
+            str(tape),
+            "--target",
+            target.url,
+            "--workers",
+            workers,
+            "--json",
+            str(tmp_path / "out.json"),
+            "--results",
+            str(tmp_path / "results"),
+            "--no-progress",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group, like a terminal's foreground job
+        )
+        for _ in range(300):  # wait until requests flow, at most 30 s
+            if len(target.seen) >= 5:
+                break
+            await asyncio.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted" in err.decode() and "Traceback" not in err.decode()
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert document["stopped"] and 5 <= document["summary"]["requests"] < 500
+    assert document["summary"]["requests"] == len(target.seen)
+    assert len(read_results(tmp_path / "results")) == len(target.seen)
