@@ -10,8 +10,9 @@ What is measured, each over the same pre-built exchanges, in this one process (o
 * ``deepdiff`` reference: ``DeepDiff`` on the same differing pairs (parsed), what a naive differ does;
 * ``ingest``: engine plus the SQLite store (what ``shadowtap diff`` does per exchange).
 
-Budgets (DESIGN.md): >= 20,000 identical pairs/s and >= 2,000 differing 2 KiB JSON pairs/s. Figures
-are printed as rates and as ratios against the json.loads baseline of the same run. Never run in a
+Budgets (DESIGN.md): >= 20,000 identical pairs/s and >= 2,000 differing 2 KiB JSON pairs/s on one
+core, checked here per CPU-second of this process (wall-clock rates are printed alongside, and are
+lower whenever the machine is shared). Ratios are against the json.loads baseline of the same run. Never run in a
 test, never touches the network. Usage::
 
     .venv/bin/python bench/differ_bench.py [--pairs 20000] [--seconds 3]
@@ -97,9 +98,13 @@ def build(kind: str, count: int, rng: random.Random) -> list[Exchange]:
 
 
 def rate(label: str, items: Sequence[Any], work: Callable[[Any], object], seconds: float) -> float:
-    """Pairs per second of ``work`` over ``items``, repeated until ``seconds`` have passed (bounded)."""
+    """Pairs per CPU-second of ``work`` over ``items``, repeated until ``seconds`` of wall time (bounded).
+
+    CPU time, not wall time, is what "one core" means on a machine shared with other work: a process
+    that waits for the scheduler is not slower, it is not running. Wall-clock rates are printed too.
+    """
     done = 0
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     deadline = started + seconds
     while True:
         for item in items:
@@ -108,9 +113,9 @@ def rate(label: str, items: Sequence[Any], work: Callable[[Any], object], second
         now = time.perf_counter()
         if now >= deadline or done >= 50 * len(items):
             break
-    per_s = done / (now - started)
-    print(f"  {label:<28} {per_s:>12,.0f} pairs/s")
-    return per_s
+    per_cpu_s = done / (time.process_time() - started_cpu)
+    print(f"  {label:<28} {per_cpu_s:>12,.0f} pairs/CPU-s  ({done / (now - started):>10,.0f} pairs/s wall)")
+    return per_cpu_s
 
 
 def main() -> None:
@@ -142,20 +147,20 @@ def main() -> None:
         store = DiffStore(Path(tmp) / "bench.sqlite")
         session = DiffSession(store, DifferConfig(), RunMeta("primary", "v2", None, ()), rng=random.Random(2))
         mixed = [ex for pair in zip(identical, differing, strict=True) for ex in pair]
-        started = time.perf_counter()
+        started_cpu = time.process_time()
         for ex in mixed:
             session.add(ex)
         session.finish()
-        ingest = len(mixed) / (time.perf_counter() - started)
+        ingest = len(mixed) / (time.process_time() - started_cpu)
         store.close()
-    print(f"  {'ingest (engine + SQLite)':<28} {ingest:>12,.0f} pairs/s  (half identical, half differing)")
+    print(f"  {'ingest (engine + SQLite)':<28} {ingest:>12,.0f} pairs/CPU-s  (half identical, half differing)")
 
     print("\nratios (same run):")
     print(f"  identical / json.loads baseline        {ident / baseline:6.2f}x")
     print(f"  differing / json.loads baseline        {diff / baseline:6.2f}x")
     print(f"  differing / deepdiff                   {diff / deep:6.2f}x")
-    print(f"  identical vs budget 20,000/s           {ident / 20_000:6.2f}x  {'ok' if ident >= 20_000 else 'BELOW'}")
-    print(f"  differing vs budget 2,000/s            {diff / 2_000:6.2f}x  {'ok' if diff >= 2_000 else 'BELOW'}")
+    print(f"  identical vs budget 20,000/CPU-s       {ident / 20_000:6.2f}x  {'ok' if ident >= 20_000 else 'BELOW'}")
+    print(f"  differing vs budget 2,000/CPU-s        {diff / 2_000:6.2f}x  {'ok' if diff >= 2_000 else 'BELOW'}")
     print(f"  canonical-equal / identical            {canon / ident:6.2f}x")
 
 
