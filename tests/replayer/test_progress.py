@@ -30,3 +30,16 @@ def test_disabled_prints_nothing_but_keeps_the_last_snapshot() -> None:
     with ProgressDisplay(enabled=False, stream=stream) as display:
         display.update(snapshot(5))
     assert stream.getvalue() == "" and display.last is not None and display.last.done == 5
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_live_bar_with_rate_errors_and_p99() -> None:
+    stream = FakeTerminal()
+    with ProgressDisplay(stream=stream, total_s=10.0) as display:
+        display.update(snapshot(500))
+    text = stream.getvalue()
+    assert "replay" in text and "500 sent" in text and "99/s" in text and "p99 12.5 ms" in text
