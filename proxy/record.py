@@ -65,7 +65,9 @@ class RecordStats:
     sampled_out: int = 0
     shadow_join_timeouts: int = 0
     evicted_at_capacity: int = 0
-    late_shadow_outcomes: int = 0
+    #: Shadow outcomes for exchanges not being joined: past their join timeout, or neither taped nor
+    #: sent to the event log.
+    unjoined_shadow_outcomes: int = 0
 
 
 def _cap(body: bytes, cap: int, truncated_from: int | None) -> tuple[bytes, int | None]:
@@ -233,7 +235,7 @@ class RecordStage:
         """The mirror stage's listener: one call per mirrored copy."""
         entry = self._pending.get(exchange_id)
         if entry is None or shadow not in entry.waiting:
-            self.stats.late_shadow_outcomes += 1
+            self.stats.unjoined_shadow_outcomes += 1
             return
         entry.waiting.discard(shadow)
         entry.shadows[shadow] = outcome

@@ -84,7 +84,7 @@ async def test_joins_shadows_in_any_order_and_writes_once(tmp_path: Path) -> Non
     assert stage.stats.joined == 1
     stage.on_shadow_outcome(b.id, "v3", Failure(FailureKind.RESET, "reset"), Timing(1, None, 3))
     stage.on_shadow_outcome(b.id, "v3", Failure(FailureKind.RESET, "again"), Timing())
-    assert stage.stats.joined == 2 and stage.stats.late_shadow_outcomes == 1
+    assert stage.stats.joined == 2 and stage.stats.unjoined_shadow_outcomes == 1
     # Handed to the tape writer in a batch a few milliseconds later, without waiting for shutdown.
     assert stage.stats.submitted == 0
     await asyncio.sleep(0.1)
