@@ -140,6 +140,12 @@ class TapeRecorder:
         log.info("shadowtap: recording into %s (redaction %s)", settings.tape, "on" if settings.redact else "off")
 
     def response(self, flow: "http.HTTPFlow") -> None:
+        if flow.websocket is not None:
+            # A WebSocket follows this 101: record once it ends, with its message count.
+            return
+        self._record(flow)
+
+    def websocket_end(self, flow: "http.HTTPFlow") -> None:
         self._record(flow)
 
     def error(self, flow: "http.HTTPFlow") -> None:

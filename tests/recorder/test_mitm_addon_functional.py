@@ -48,6 +48,14 @@ async def streamed(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def websocket_echo(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        await ws.send_str(f"echo {message.data}")
+    return ws
+
+
 async def broken(request: web.Request) -> web.StreamResponse:
     # Close the connection without any response: mitmproxy records the flow with an error.
     assert request.transport is not None
@@ -70,6 +78,7 @@ async def upstream() -> AsyncIterator[int]:
     app.router.add_get("/gzip", zipped)
     app.router.add_get("/stream", streamed)
     app.router.add_get("/broken", broken)
+    app.router.add_get("/ws", websocket_echo)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -152,12 +161,16 @@ async def test_reverse_mode_traffic_lands_on_the_tape_redacted(upstream: int, tm
             async with session.get(f"{base}/broken") as r:
                 assert r.status == 502  # mitmproxy answers for the dead upstream
                 await r.read()
+            async with session.ws_connect(f"{base}/ws") as ws:
+                for text in ("a", "b"):
+                    await ws.send_str(text)
+                    assert await ws.receive_str() == f"echo {text}"
     finally:
         output = await stop(process)
     assert process.returncode == 0, output
     exchanges = list(TapeReader(tape))
     by_path = {ex.request.path: ex for ex in exchanges}
-    assert sorted(by_path) == ["/broken", "/echo", "/gzip", "/hello", "/stream"], output
+    assert sorted(by_path) == ["/broken", "/echo", "/gzip", "/hello", "/stream", "/ws"], output
     hello_ex = by_path["/hello"]
     assert hello_ex.request.target == "/hello?x=1" and hello_ex.tags["source"] == "mitm-addon"
     auth = hello_ex.request.header(b"authorization") or b""
@@ -172,6 +185,9 @@ async def test_reverse_mode_traffic_lands_on_the_tape_redacted(upstream: int, tm
     chunked = by_path["/stream"].primary
     assert isinstance(chunked, Response) and chunked.body == b"part 0\npart 1\npart 2\n"
     assert isinstance(by_path["/broken"].primary, Failure)
+    upgrade = by_path["/ws"]
+    assert isinstance(upgrade.primary, Response) and upgrade.primary.status == 101
+    assert upgrade.tags["mitm.websocket_messages"] == "4"  # recorded when the WebSocket ended
     timing = hello_ex.timings["primary"]
     assert timing.done_ns is not None and 0 < timing.done_ns < 10_000_000_000
 
