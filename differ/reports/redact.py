@@ -1,9 +1,11 @@
 """Render-time redaction: removes secrets from what a report shows, whatever the tape kept.
 
 Tapes are redacted when written, but a report is the thing people paste into tickets and CI
-artifacts, so every renderer passes requests, headers and bodies through here once more. It must
-never change the shape of what it redacts (header order, JSON structure, query parameter order stay
-as they were, so highlighted paths still point at the right place) and never do I/O.
+artifacts, so every renderer passes requests, headers and bodies through here once more. Values the
+tape already replaced (``redacted:hmac:...``, see ``recorder.redact``) are kept: they are safe and
+show a reviewer whether two credentials were equal. It must never change the shape of what it
+redacts (header order, JSON structure, query parameter order stay as they were, so highlighted
+paths still point at the right place) and never do I/O.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 from typing import Any, Final
 
 from recorder.model import Headers
+from recorder.redact import DEFAULT_SECRET_HEADERS, REDACTED_PREFIX
 
 __all__ = [
     "REDACTED",
@@ -27,19 +30,15 @@ __all__ = [
 
 REDACTED: Final = "[redacted]"
 
-_SECRET_HEADERS: Final = frozenset(
-    {
-        b"authorization",
-        b"proxy-authorization",
-        b"cookie",
-        b"set-cookie",
-        b"x-api-key",
-        b"x-auth-token",
-        b"x-csrf-token",
-        b"x-xsrf-token",
-        b"x-amz-security-token",
-    }
-)
+# The tape's defaults, and more: render time can afford to be stricter than the recorder.
+_SECRET_HEADERS: Final = frozenset(name.encode() for name in DEFAULT_SECRET_HEADERS) | {
+    b"x-auth-token",
+    b"x-csrf-token",
+    b"x-xsrf-token",
+    b"x-amz-security-token",
+}
+_TAPE_REDACTED: Final = REDACTED_PREFIX.encode()
+_TAPE_REDACTED_QUERY: Final = ("redacted:", "redacted%3a")
 # Field / parameter names whose values are credentials. Substring match on purpose: `access_token`,
 # `client_secret` and `X-Session-Token` are all caught; short names only as whole names because as
 # substrings they would blank out `monkey`, `zip_code` or `author`. `key`, `sig` and `code` are
@@ -74,9 +73,10 @@ def _redact_cookie_pairs(value: bytes, separator: bytes) -> bytes:
     # Cookie names and attributes (Path, HttpOnly, Max-Age) help a reviewer and are not secret.
     parts = []
     for index, part in enumerate(value.split(separator)):
-        name, eq, _ = part.partition(b"=")
+        name, eq, cookie_value = part.partition(b"=")
         is_attribute = separator == b";" and index > 0 and _is_cookie_attribute(name.strip())
-        parts.append(part if is_attribute or not eq else name + b"=" + REDACTED.encode())
+        keep = is_attribute or not eq or cookie_value.strip().startswith(_TAPE_REDACTED)
+        parts.append(part if keep else name + b"=" + REDACTED.encode())
     return separator.join(parts)
 
 
@@ -98,6 +98,9 @@ def redact_header_value(name: bytes, value: bytes) -> bytes:
         return b";".join(_redact_cookie_pairs(p, b";") for p in value.split(b";"))
     if is_secret_header(name):
         scheme = _AUTH_SCHEME.match(value) if lowered.endswith(b"authorization") else None
+        credential = value[scheme.end(1) :].strip() if scheme else value.strip()
+        if credential.startswith(_TAPE_REDACTED):
+            return value
         return (scheme.group(1) + b" " if scheme else b"") + REDACTED.encode()
     return _JWT_BYTES.sub(b"[redacted jwt]", value)
 
@@ -112,7 +115,8 @@ def redact_form(encoded: str) -> str:
 
     def replace(match: re.Match[str]) -> str:
         name = match.group("name")
-        if match.group("eq") and is_secret_name(name.replace("+", " "), in_query=True):
+        tape_redacted = match.group("value").lower().startswith(_TAPE_REDACTED_QUERY)
+        if match.group("eq") and not tape_redacted and is_secret_name(name.replace("+", " "), in_query=True):
             return f"{name}={REDACTED}"
         return match.group(0)
 
@@ -168,7 +172,7 @@ def redact_json(value: Any, source_text: str | None = None) -> tuple[Any, bool]:
         if isinstance(node, dict):
             out: dict[str, Any] = {}
             for key, child in node.items():
-                if isinstance(child, str) and is_secret_name(key):
+                if isinstance(child, str) and not child.startswith(REDACTED_PREFIX) and is_secret_name(key):
                     out[key] = REDACTED
                     changed = True
                 else:

@@ -115,3 +115,15 @@ def test_short_names_are_secrets_in_queries_only() -> None:
         assert not is_secret_name(name)
     assert redact_json({"code": "E_TIMEOUT", "key": "user-7"}) == ({"code": "E_TIMEOUT", "key": "user-7"}, False)
     assert redact_target("/cb?code=abc&state=1") == "/cb?code=[redacted]&state=1"
+
+
+def test_values_the_tape_already_hashed_are_kept() -> None:
+    hashed = "redacted:hmac:0123456789abcdef"
+    assert redact_header_value(b"Authorization", b"Bearer " + hashed.encode()) == b"Bearer " + hashed.encode()
+    assert redact_header_value(b"X-Api-Key", hashed.encode()) == hashed.encode()
+    assert redact_header_value(b"Cookie", b"a=" + hashed.encode() + b"; b=live") == (
+        b"a=" + hashed.encode() + b"; b=[redacted]"
+    )
+    assert redact_target(f"/u?token={hashed}&api_key=live") == f"/u?token={hashed}&api_key=[redacted]"
+    assert redact_target("/u?token=redacted%3Ahmac%3Aab") == "/u?token=redacted%3Ahmac%3Aab"
+    assert redact_json({"password": hashed, "token": "live"}) == ({"password": hashed, "token": REDACTED}, True)
