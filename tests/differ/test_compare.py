@@ -108,3 +108,40 @@ def test_diff_is_symmetric_in_paths(
     backward = comparator.compare(as_response(b, hb), as_response(a, ha))
     assert {d.path for d in forward} == {d.path for d in backward}
     assert {d.full_path for d in forward} == {d.full_path for d in backward} or unordered
+
+
+content_types = st.sampled_from(
+    [b"application/json", b"text/html", b"application/x-www-form-urlencoded", b"image/png", b"", b"text/plain; x"]
+)
+encodings = st.sampled_from([b"", b"gzip", b"br", b"deflate", b"zstd", b"gzip, br", b"bogus"])
+
+
+def raw_response(body: bytes, content_type: bytes, encoding: bytes, status: int) -> Response:
+    hdrs = [(b"Content-Type", content_type)] if content_type else []
+    if encoding:
+        hdrs.append((b"Content-Encoding", encoding))
+    return Response(status, "", tuple(hdrs), body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    bodies=st.tuples(st.binary(max_size=64), st.binary(max_size=64)),
+    types=st.tuples(content_types, content_types),
+    codings=st.tuples(encodings, encodings),
+    statuses=st.tuples(st.sampled_from([200, 201, 404, 500]), st.sampled_from([200, 201, 404, 500])),
+)
+def test_arbitrary_bytes_never_raise_and_stay_symmetric(
+    bodies: tuple[bytes, bytes],
+    types: tuple[bytes, bytes],
+    codings: tuple[bytes, bytes],
+    statuses: tuple[int, int],
+) -> None:
+    comparator = Comparator(CompareOptions())
+    a = raw_response(bodies[0], types[0], codings[0], statuses[0])
+    b = raw_response(bodies[1], types[1], codings[1], statuses[1])
+    forward, backward = comparator.compare(a, b), comparator.compare(b, a)
+    assert {d.path for d in forward} == {d.path for d in backward}
+    assert comparator.compare(a, a) == []
+    assert all(
+        d.kind in {"status", "header", "type", "value", "removed", "added", "length", "text", "binary"} for d in forward
+    )
