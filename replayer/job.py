@@ -71,7 +71,7 @@ async def run_job(
             await writer.close()
     result = JobResult(
         stats=outcome.stats,
-        plan_stats=plan_stats.as_dict(),
+        plan_stats={**plan_stats.as_dict(), **source.problems()},
         planned=outcome.planned,
         results_dropped=outcome.results_dropped,
         stopped=outcome.stopped,

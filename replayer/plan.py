@@ -22,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import heapq
+import itertools
 import json
 import math
 import os
@@ -487,8 +488,10 @@ def _plan(
     iteration = 0
     while True:
         stats.iterations = iteration + 1
-        # Clone copies waiting for their (later) slot, ordered by slot then arrival.
+        # Clone copies waiting for their (later) slot, ordered by slot then arrival (a unique
+        # counter, so two copies due at the same nanosecond never compare as requests).
         pending: list[tuple[int, int, PlannedRequest]] = []
+        arrival = itertools.count()
         last_base_ns = -1
         base_count = 0
         for base, ex, session in _base_stream(source(), options, rewrites, stats, iteration):
@@ -514,7 +517,7 @@ def _plan(
                         return
                     continue
                 if clone > 0 and recorded_timing:
-                    heapq.heappush(pending, (slot, len(pending) + base_count * scaling.clones + clone, planned))
+                    heapq.heappush(pending, (slot, next(arrival), planned))
                     continue
                 while pending and pending[0][0] <= slot:
                     waiting = heapq.heappop(pending)[2]

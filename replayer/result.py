@@ -33,8 +33,8 @@ class JobResult:
     def merge(self, other: JobResult) -> None:
         self.stats.merge(other.stats)
         for key, value in other.plan_stats.items():
-            # Every worker reads the whole tape: "read" and "iterations" are per tape, not per worker.
-            if key in ("read", "iterations"):
+            # Every worker reads the whole tape: these are per tape, not per worker.
+            if key in ("read", "iterations", "torn_tails", "skipped_ranges"):
                 self.plan_stats[key] = max(self.plan_stats.get(key, 0), value)
             elif key != "skipped_other_shard":
                 self.plan_stats[key] = self.plan_stats.get(key, 0) + value

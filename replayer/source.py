@@ -6,23 +6,37 @@ the Locust worker under gevent). It must never load a whole tape: readers stream
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 
 from recorder import TapeReader
 from recorder.model import Exchange
 from replayer.plan import merge_by_time
 
-__all__ = ["tape_source"]
+__all__ = ["TapeSource", "tape_source"]
 
 
-def tape_source(tapes: tuple[str, ...], salvage: bool = False) -> Callable[[], Iterable[Exchange]]:
-    """A fresh exchange stream over ``tapes`` merged by time, each time it is called."""
-    # Resolve the segment lists now so a missing tape is an error before anything is sent.
-    readers = [TapeReader(tape, salvage=salvage) for tape in tapes]
+class TapeSource:
+    """A fresh exchange stream over ``tapes`` merged by time, each time it is called.
 
-    def source() -> Iterator[Exchange]:
-        if len(readers) == 1:
-            return iter(readers[0])
-        return merge_by_time(readers)
+    The segment lists are resolved at construction, so a missing tape is an error before anything
+    is sent; ``problems`` counts what the readers reported (torn tails, ranges skipped by salvage).
+    """
 
-    return source
+    def __init__(self, tapes: tuple[str, ...], salvage: bool = False) -> None:
+        self.readers = [TapeReader(tape, salvage=salvage) for tape in tapes]
+
+    def __call__(self) -> Iterator[Exchange]:
+        if len(self.readers) == 1:
+            return iter(self.readers[0])
+        return merge_by_time(self.readers)
+
+    def problems(self) -> dict[str, int]:
+        return {
+            "torn_tails": sum(len(r.report.torn_tails) for r in self.readers),
+            "skipped_ranges": sum(len(r.report.skipped_ranges) for r in self.readers),
+        }
+
+
+def tape_source(tapes: tuple[str, ...], salvage: bool = False) -> TapeSource:
+    """The exchange source for ``tapes`` (see ``TapeSource``)."""
+    return TapeSource(tapes, salvage)

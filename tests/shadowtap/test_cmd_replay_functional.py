@@ -186,6 +186,16 @@ async def test_a_tape_corrupt_midway_is_one_line_and_partial_results_are_written
     document = json.loads((tmp_path / "out.json").read_text())
     assert document["summary"]["requests"] == len(written) and document["error"]
 
+    # With --salvage the damaged range is skipped and reported, and the rest is replayed.
+    async with Target() as target:
+        code, _, err = await shadowtap(
+            str(tape), "--target", target.url, "--salvage", "--json", str(tmp_path / "salvaged.json"), "--no-progress"
+        )
+    assert code == 0, err
+    salvaged = json.loads((tmp_path / "salvaged.json").read_text())
+    assert salvaged["plan"]["skipped_ranges"] >= 1 and salvaged["error"] is None
+    assert len(written) < salvaged["summary"]["requests"] < 400 and len(target.seen) == salvaged["summary"]["requests"]
+
 
 @pytest.mark.parametrize(
     ("flags", "expected"),
