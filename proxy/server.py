@@ -521,6 +521,11 @@ class _Forward:
         self._body_buffer = []
         self.flush()
         ex = self.ex
+        ctx = self._ctx
+        if not ctx.stages:
+            # Nobody watches: skip building the record (pass-through pays for no copies).
+            self._client.request_done(self, close_client)
+            return
         done_ns = time.monotonic_ns() - ex.started_mono_ns
         ex.timing = Timing(self._sent_ns, self._first_byte_ns, done_ns if self._sent_ns is not None else None)
         head = self._resp_head
@@ -533,7 +538,6 @@ class _Forward:
                 b"".join(self._resp_capture) if size else b"",
                 truncated_from=size if size > self._resp_captured else None,
             )
-        ctx = self._ctx
         for stage in ctx.stages:
             call_stage(ctx.stats.stage_errors, stage, stage.exchange_complete, ex)
         self._client.request_done(self, close_client)

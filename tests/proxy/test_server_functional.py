@@ -300,3 +300,20 @@ async def test_half_closed_client_still_gets_its_answer_then_the_connection_clos
         writer.close()
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
     assert raw.endswith("héllo wörld ✓ 日本".encode())
+
+
+async def test_forwarded_headers_and_via() -> None:
+    async with (
+        serve_app(build_primary_app()) as primary,
+        running_proxy(primary, via="shadowtap-test") as proxy,
+    ):
+        (resp,) = await raw_request(
+            proxy.port, b"GET /echo HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n"
+        )
+    seen = resp.body.split(b"\n\n", 1)[0].split(b"\n")
+    assert b"Host: shop.example" in seen  # the client's Host is kept by default
+    assert b"X-Forwarded-For: 203.0.113.7, 127.0.0.1" in seen
+    assert b"X-Forwarded-Proto: http" in seen
+    assert b"X-Forwarded-Host: shop.example" in seen
+    assert b"Via: 1.1 shadowtap-test" in seen
+    assert resp.header(b"Via") == b"1.1 shadowtap-test"

@@ -1,0 +1,456 @@
+"""Proxy speed and isolation: shadowtap against direct access and nginx, all measured in one run.
+
+A fast upstream (nginx, 1 worker, a 60-byte JSON ``return``) is hit with ``wrk -t1 -c32`` directly,
+through nginx ``proxy_pass`` and nginx ``mirror`` (1 worker each), and through ``shadowtap proxy``
+(pass-through with 1 and 2 workers, mirroring, mirroring + recording). Each figure is printed with its
+ratio to a direct run made right before it, because absolute numbers on a shared 2-core machine move
+from minute to minute. Then a
+paced open-loop client sends a fixed 1,000 requests/s to measure added latency (p50/p99 against
+direct) and isolation: the primary's latency with the shadow healthy, 10x slower (a delay of ten
+times the direct p50 or more), and black-holed (accepts, never answers), for shadowtap and for nginx
+``mirror``. This script prints figures; it never asserts on them.
+
+    .venv/bin/python bench/proxy_bench.py [--duration 8] [--paced-duration 5] [--rate 1000] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+SHADOWTAP = [PYTHON, "-m", "shadowtap"]
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+BODY = '{"status":"ok","service":"shadowtap-bench","payload":"abcdef"}'  # 60 bytes
+
+#: The slow shadow's delay: ten times a loopback nginx answer (~0.1-0.5 ms here) or more.
+SLOW_SHADOW_DELAY_S = 0.005
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+
+def nginx_config(workdir: Path, servers: str) -> Path:
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log error;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/body;
+  proxy_temp_path {workdir}/proxy;
+  fastcgi_temp_path {workdir}/fastcgi;
+  uwsgi_temp_path {workdir}/uwsgi;
+  scgi_temp_path {workdir}/scgi;
+  keepalive_requests 1000000;
+{servers}
+}}
+"""
+    )
+    return conf
+
+
+@contextlib.contextmanager
+def process(argv: list[str], ready_port: int | None = None, **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload]
+    try:
+        if ready_port is not None:
+            wait_port(ready_port)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def nginx(workdir: Path, servers: str, port: int) -> Iterator[None]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = nginx_config(workdir, servers)
+    with process([NGINX, "-c", str(conf), "-p", str(workdir)], ready_port=port, stderr=subprocess.DEVNULL):
+        yield
+
+
+@contextlib.contextmanager
+def shadowtap_proxy(port: int, primary: int, extra: list[str]) -> Iterator[None]:
+    argv = [*SHADOWTAP, "proxy", "--listen", f"127.0.0.1:{port}", "--primary", f"http://127.0.0.1:{primary}"]
+    argv += ["--admin", "off", *extra]
+    with process(argv, ready_port=port, cwd=ROOT, stdout=subprocess.DEVNULL):
+        yield
+
+
+@contextlib.contextmanager
+def misbehaving_shadows(slow_port: int, blackhole_port: int) -> Iterator[None]:
+    argv = [PYTHON, __file__, "--serve-shadows", str(slow_port), str(blackhole_port), str(SLOW_SHADOW_DELAY_S)]
+    with process(argv, ready_port=slow_port):
+        wait_port(blackhole_port)
+        yield
+
+
+async def serve_shadows(slow_port: int, blackhole_port: int, delay_s: float) -> None:
+    """A shadow that answers after ``delay_s`` and one that accepts and never answers."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(BODY),
+        BODY.encode(),
+    )
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                if length:
+                    await reader.readexactly(int(length.group(1)))
+                await asyncio.sleep(delay_s)
+                writer.write(answer)
+        writer.close()
+
+    async def blackhole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+        writer.close()
+
+    slow_server = await asyncio.start_server(slow, "127.0.0.1", slow_port, backlog=4096)
+    hole_server = await asyncio.start_server(blackhole, "127.0.0.1", blackhole_port, backlog=4096)
+    async with slow_server, hole_server:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+
+
+# --- load generators -------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    name: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+    #: Direct throughput measured right before this case (the load from other work drifts).
+    direct_requests_per_s: float = 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.requests_per_s / self.direct_requests_per_s if self.direct_requests_per_s else 1.0
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not match:
+        raise ValueError(f"cannot read wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(name: str, port: int, duration_s: int, baseline_port: int | None = None, baseline_s: int = 3) -> Result:
+    """One wrk run; with ``baseline_port`` a short direct run right before gives its ratio."""
+    direct = run_wrk("direct (adjacent baseline)", baseline_port, baseline_s) if baseline_port else None
+    out = subprocess.run(
+        [WRK, "-t1", "-c32", f"-d{duration_s}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    for pattern in (r"Non-2xx or 3xx responses:\s+(\d+)", r"Socket errors:.*?timeout (\d+)"):
+        found = re.search(pattern, out)
+        if found:
+            errors += int(found.group(1))
+    result = Result(name, rps, p50, p99, errors, direct.requests_per_s if direct else rps)
+    print(
+        f"  wrk {name:<42} {rps:>9,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  x direct {result.ratio:.3f}",
+        flush=True,
+    )
+    return result
+
+
+def paced(name: str, port: int, rate_per_s: float, duration_s: float, connections: int = 16) -> Result:
+    """Open loop at ``rate_per_s``: request i is due at t0 + i/rate; latency counts from when it was
+    due (so a stalled proxy cannot hide its queueing). Runs in a child so wrk-free timing is clean."""
+    out = subprocess.run(
+        [PYTHON, __file__, "--paced", str(port), str(rate_per_s), str(duration_s), str(connections)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    data = json.loads(out)
+    result = Result(name, data["rate"], data["p50_ms"], data["p99_ms"], data["errors"])
+    print(
+        f"  paced {name:<40} {data['rate']:>9,.0f} req/s  p50 {result.p50_ms:6.3f} ms  p99 {result.p99_ms:6.3f} ms"
+        f"  errors {result.errors:g}",
+        flush=True,
+    )
+    return result
+
+
+async def paced_client(port: int, rate_per_s: float, duration_s: float, connections: int) -> dict[str, float]:
+    count = int(rate_per_s * duration_s)
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    latencies_ms: list[float] = []
+    errors = 0
+    clock = time.perf_counter  # uvloop's loop.time() has millisecond resolution
+    t0 = clock() + 0.2
+    # Bounded: a proxy that stalls (nginx mirror with a black-holed shadow) must not stall the bench.
+    hard_deadline = t0 + duration_s + 3.0
+
+    async def worker(k: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in range(k, count, connections):
+                due = t0 + i / rate_per_s
+                if due >= hard_deadline:
+                    return
+                delay = due - clock()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                writer.write(request)
+                try:
+                    async with asyncio.timeout(max(0.0, hard_deadline - clock())):
+                        head = await reader.readuntil(b"\r\n\r\n")
+                        length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                        await reader.readexactly(int(length.group(1)) if length else 0)
+                except TimeoutError:
+                    # Count this and every later request of this connection as lost: their latency
+                    # is at least the time left to the deadline.
+                    lost = range(i, count, connections)
+                    latencies_ms.extend((hard_deadline - (t0 + j / rate_per_s)) * 1000.0 for j in lost)
+                    errors += len(lost)
+                    return
+                latencies_ms.append((clock() - due) * 1000.0)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    errors += 1
+        finally:
+            writer.close()
+
+    started = clock()
+    await asyncio.gather(*(worker(k) for k in range(connections)))
+    elapsed = clock() - started
+    latencies_ms.sort()
+    return {
+        "rate": len(latencies_ms) / elapsed,
+        "p50_ms": latencies_ms[len(latencies_ms) // 2],
+        "p99_ms": latencies_ms[int(len(latencies_ms) * 0.99)],
+        "errors": float(errors),
+    }
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run (default 8)")
+    parser.add_argument("--paced-duration", type=float, default=5.0, help="seconds per paced run (default 5)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="paced requests/s (default 1000)")
+    parser.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
+    parser.add_argument(
+        "--serve-shadows", nargs=3, metavar=("SLOW_PORT", "HOLE_PORT", "DELAY_S"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--paced", nargs=4, metavar=("PORT", "RATE", "SECONDS", "CONNS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.serve_shadows:
+        import uvloop
+
+        slow, hole, delay = args.serve_shadows
+        uvloop.run(serve_shadows(int(slow), int(hole), float(delay)))
+        return 0
+    if args.paced:
+        import uvloop
+
+        port, rate, seconds, conns = args.paced
+        print(json.dumps(uvloop.run(paced_client(int(port), float(rate), float(seconds), int(conns)))))
+        return 0
+
+    for tool in (NGINX, WRK):
+        if not Path(tool).exists():
+            print(f"proxy_bench: {tool} is not installed (scripts/ensure-system-deps.sh nginx wrk)", file=sys.stderr)
+            return 2
+
+    ports = {name: free_port() for name in ("origin", "shadow", "nginx_proxy", "nginx_mirror", "slow", "hole")}
+    ports.update({name: free_port() for name in ("nginx_mirror_slow", "nginx_mirror_hole", "tap")})
+    wrk_results: list[Result] = []
+    paced_results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="shadowtap-bench-") as tmp:
+        work = Path(tmp)
+        origin_servers = f"""
+  server {{ listen 127.0.0.1:{ports["origin"]}; location / {{ default_type application/json; return 200 '{BODY}'; }} }}
+  server {{ listen 127.0.0.1:{ports["shadow"]}; location / {{ default_type application/json; return 200 '{BODY}'; }} }}
+"""
+
+        def mirror_server(port: int, shadow_port: int) -> str:
+            return f"""
+  upstream shadow_{port} {{ server 127.0.0.1:{shadow_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ mirror /mirror; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://origin; }}
+    location = /mirror {{
+      internal; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_connect_timeout 1s; proxy_read_timeout 1s; proxy_pass http://shadow_{port}$request_uri;
+    }}
+  }}"""
+
+        proxy_servers = f"""
+  upstream origin {{ server 127.0.0.1:{ports["origin"]}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{ports["nginx_proxy"]};
+    location / {{ proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://origin; }}
+  }}
+{mirror_server(ports["nginx_mirror"], ports["shadow"])}
+{mirror_server(ports["nginx_mirror_slow"], ports["slow"])}
+{mirror_server(ports["nginx_mirror_hole"], ports["hole"])}
+"""
+        shadow = ["--shadow", f"v2=http://127.0.0.1:{ports['shadow']}", "--sample-percent", "100"]
+        slow_shadow = ["--shadow", f"v2=http://127.0.0.1:{ports['slow']}", "--sample-percent", "100"]
+        hole_shadow = ["--shadow", f"v2=http://127.0.0.1:{ports['hole']}", "--sample-percent", "100"]
+        shadow_timeout = ["--shadow-timeout", "1"]
+
+        def tape(name: str) -> list[str]:
+            return ["--tape", str(work / f"tape-{name}")]
+
+        print(f"proxy_bench: wrk -t1 -c32 -d{args.duration}s, paced {args.rate:g} req/s x {args.paced_duration:g} s")
+        print(f"  cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f} (shared machine: ratios matter)")
+        tap = ports["tap"]
+        with (
+            nginx(work / "origin", origin_servers, ports["origin"]),
+            misbehaving_shadows(ports["slow"], ports["hole"]),
+            nginx(work / "proxy", proxy_servers, ports["nginx_proxy"]),
+        ):
+            print("throughput (wrk):")
+            origin = ports["origin"]
+
+            def measure(name: str, port: int) -> None:
+                wrk_results.append(run_wrk(name, port, args.duration, baseline_port=origin))
+
+            wrk_results.append(run_wrk("direct", origin, args.duration))
+            measure("nginx proxy_pass (1 worker)", ports["nginx_proxy"])
+            measure("nginx mirror (1 worker)", ports["nginx_mirror"])
+            with shadowtap_proxy(tap, ports["origin"], []):
+                measure("shadowtap pass-through (1 process)", tap)
+            with shadowtap_proxy(tap, ports["origin"], ["--workers", "2"]):
+                time.sleep(0.5)  # both workers listening before the load starts
+                measure("shadowtap pass-through (--workers 2)", tap)
+            with shadowtap_proxy(tap, ports["origin"], shadow):
+                measure("shadowtap mirroring (1 process)", tap)
+            with shadowtap_proxy(tap, ports["origin"], shadow + tape("wrk")):
+                measure("shadowtap mirroring+recording (1 process)", tap)
+            with shadowtap_proxy(tap, ports["origin"], slow_shadow + shadow_timeout + tape("wrk-slow")):
+                measure("shadowtap mirror+record, shadow 10x slower", tap)
+            measure("nginx mirror, shadow 10x slower", ports["nginx_mirror_slow"])
+
+            print(f"latency at a fixed {args.rate:g} req/s (paced, open loop, from the intended send time):")
+            dur = args.paced_duration
+            paced_results.append(paced("direct", ports["origin"], args.rate, dur))
+            with shadowtap_proxy(tap, ports["origin"], []):
+                paced_results.append(paced("shadowtap pass-through", tap, args.rate, dur))
+            with shadowtap_proxy(tap, ports["origin"], shadow + tape("paced")):
+                paced_results.append(paced("shadowtap mirror+record, shadow healthy", tap, args.rate, dur))
+            with shadowtap_proxy(tap, ports["origin"], slow_shadow + shadow_timeout + tape("paced-slow")):
+                paced_results.append(paced("shadowtap mirror+record, shadow 10x slower", tap, args.rate, dur))
+            with shadowtap_proxy(tap, ports["origin"], hole_shadow + shadow_timeout + tape("paced-hole")):
+                paced_results.append(paced("shadowtap mirror+record, shadow black-holed", tap, args.rate, dur))
+            paced_results.append(paced("nginx mirror, shadow healthy", ports["nginx_mirror"], args.rate, dur))
+            paced_results.append(paced("nginx mirror, shadow 10x slower", ports["nginx_mirror_slow"], args.rate, dur))
+            paced_results.append(paced("nginx mirror, shadow black-holed", ports["nginx_mirror_hole"], args.rate, dur))
+
+    print()
+    print(
+        f"{'throughput (wrk -t1 -c32)':<46} {'req/s':>9} {'direct':>9} {'x direct':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'errors':>7}"
+    )
+    for r in wrk_results:
+        print(
+            f"{r.name:<46} {r.requests_per_s:>9,.0f} {r.direct_requests_per_s:>9,.0f} {r.ratio:>9.3f}"
+            f" {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}"
+        )
+    paced_direct = paced_results[0]
+    print()
+    title = f"latency at {args.rate:g} req/s"
+    print(f"{title:<46} {'p50 ms':>8} {'+p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for r in paced_results:
+        added = r.p50_ms - paced_direct.p50_ms
+        print(f"{r.name:<46} {r.p50_ms:>8.3f} {added:>+8.3f} {r.p99_ms:>8.3f} {r.errors:>7g}")
+    by_name = {r.name: r for r in wrk_results}
+    tap1 = by_name["shadowtap pass-through (1 process)"]
+    tap2 = by_name["shadowtap pass-through (--workers 2)"]
+    full = by_name["shadowtap mirroring+recording (1 process)"]
+    nginx_mirror = by_name["nginx mirror (1 worker)"]
+    paced_by = {r.name: r for r in paced_results}
+    healthy = paced_by["shadowtap mirror+record, shadow healthy"]
+    print()
+    print("budgets (DESIGN.md):")
+    print(f"  pass-through >= 0.20 x direct:            {tap1.ratio:.3f}")
+    added_p50 = paced_by["shadowtap pass-through"].p50_ms - paced_direct.p50_ms
+    print(f"  added p50 <= 1 ms at {args.rate:g} req/s:          {added_p50:+.3f} ms")
+    print(f"  --workers 2 / 1 process (x direct):       {tap2.ratio / tap1.ratio:.2f}x")
+    print(f"  mirror+record / nginx mirror >= 1:        {full.ratio / nginx_mirror.ratio:.2f}x (both x direct)")
+    for case in ("shadow 10x slower", "shadow black-holed"):
+        r = paced_by[f"shadowtap mirror+record, {case}"]
+        print(
+            f"  primary p99, {case:<19} / healthy <= 1.10: {r.p99_ms / healthy.p99_ms:.2f}"
+            f"  (/ pass-through: {r.p99_ms / paced_by['shadowtap pass-through'].p99_ms:.2f})"
+        )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "wrk": [{**asdict(r), "ratio": r.ratio} for r in wrk_results],
+                    "paced": [asdict(r) for r in paced_results],
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
