@@ -26,8 +26,17 @@ if TYPE_CHECKING:
     from replayer.report import SloGates, results_document, slo_failures, summary_text
     from replayer.result import JobResult
     from replayer.runner import Progress, ReplayOutcome, RunnerSettings, replay
+    from replayer.source import TapeSource, tape_source
     from replayer.stats import EndpointStats, ReplayStats
-    from replayer.transport import AiohttpTransport, ClientSettings, MemoryTransport, SendResult, Transport
+    from replayer.transport import (
+        AiohttpTransport,
+        ClientSettings,
+        HttpTransport,
+        MemoryTransport,
+        SendResult,
+        Transport,
+        make_transport,
+    )
     from replayer.workers import run_workers
 
 _EXPORTS = {
@@ -54,6 +63,10 @@ _EXPORTS = {
     "replay": "replayer.runner",
     "EndpointStats": "replayer.stats",
     "ReplayStats": "replayer.stats",
+    "TapeSource": "replayer.source",
+    "tape_source": "replayer.source",
+    "HttpTransport": "replayer.transport",
+    "make_transport": "replayer.transport",
     "AiohttpTransport": "replayer.transport",
     "ClientSettings": "replayer.transport",
     "MemoryTransport": "replayer.transport",
@@ -67,6 +80,7 @@ __all__ = [
     "ClientSettings",
     "EndpointStats",
     "Filters",
+    "HttpTransport",
     "JobResult",
     "MemoryTransport",
     "PlanOptions",
@@ -82,7 +96,9 @@ __all__ = [
     "SendResult",
     "SessionKey",
     "SloGates",
+    "TapeSource",
     "Transport",
+    "make_transport",
     "merge_by_time",
     "plan_requests",
     "render_html",
@@ -92,6 +108,7 @@ __all__ = [
     "run_workers",
     "slo_failures",
     "summary_text",
+    "tape_source",
 ]
 
 

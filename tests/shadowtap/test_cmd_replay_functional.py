@@ -353,3 +353,12 @@ async def test_ctrl_c_stops_scheduling_and_still_writes_outputs(tmp_path: Path, 
     assert document["stopped"] and 5 <= document["summary"]["requests"] < 500
     assert document["summary"]["requests"] == len(target.seen)
     assert len(read_results(tmp_path / "results")) == len(target.seen)
+
+
+async def test_json_to_stdout_moves_the_summary_to_stderr(tmp_path: Path) -> None:
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i) for i in range(3)])
+    async with Target() as target:
+        code, out, err = await shadowtap(str(tape), "--target", target.url, "--json", "-", "--no-progress")
+    assert code == 0, err
+    assert json.loads(out)["summary"]["requests"] == 3
+    assert "requests 3" in err
