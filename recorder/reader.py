@@ -399,7 +399,11 @@ def _frame_ok(buf: bytes, pos: int, size: int, crc: int) -> bool:
 
 
 class _Window:
-    """A sliding buffer over a segment file: ``buf[pos:]`` is unread, ``base`` is buf[0]'s file offset."""
+    """A sliding buffer over a segment file: ``buf[pos:]`` is unread, ``base`` is buf[0]'s file offset.
+
+    Bounded: it holds at most one read chunk plus the frame being completed, and a frame longer
+    than MAX_FRAME_BYTES is damage, never buffered; a zero-filled or skipped rest is dropped as read.
+    """
 
     __slots__ = ("base", "buf", "consumed", "eof", "f", "name", "pos")
 
