@@ -170,3 +170,78 @@ async def test_primary_closing_mid_head_is_a_502() -> None:
         raw = await raw_head_request(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         assert raw.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
         assert b"before the response head" in raw
+
+
+async def test_fast_upload_to_a_slow_primary_is_back_pressured() -> None:
+    size = 32 * 1024 * 1024
+    primary_reading = asyncio.Event()
+
+    async def slow_reader(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await primary_reading.wait()
+        received = 0
+        while received < length:
+            received += len(await reader.read(1 << 20))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d" % (len(str(received)), received))
+        await writer.drain()
+        await reader.read()
+
+    async with raw_primary(slow_reader) as (port, _), running_proxy(port, capture_limit_bytes=1024) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(b"PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
+            piece = b"u" * (1 << 20)
+            sending = asyncio.ensure_future(_send_all(writer, piece, size // len(piece)))
+            await asyncio.sleep(0.5)  # the primary reads nothing yet: the proxy must stop reading us
+            assert not sending.done()
+            upstream = list(proxy._ctx.pool._all) if proxy._ctx else []
+            assert len(upstream) == 1 and upstream[0].transport is not None
+            assert upstream[0].transport.get_write_buffer_size() < 8 * 1024 * 1024
+            primary_reading.set()
+            await asyncio.wait_for(sending, 20)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200 OK")
+            assert await reader.readexactly(len(str(size))) == str(size).encode()
+        finally:
+            writer.close()
+
+
+async def _send_all(writer: asyncio.StreamWriter, piece: bytes, count: int) -> None:
+    for _ in range(count):
+        writer.write(piece)
+        await writer.drain()
+
+
+async def test_total_timeout_closes_a_response_that_never_ends() -> None:
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while True:
+            writer.write(b"1\r\n.\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    stage = RecordingStage()
+    async with raw_primary(trickle) as (port, _), running_proxy(port, stages=[stage], total_timeout_s=0.4) as proxy:
+        raw = await raw_head_request(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", timeout_s=5)
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert not raw.endswith(b"0\r\n\r\n")  # cut, not completed: the client can tell
+    failure = stage.exchanges[0].failure
+    assert failure is not None and failure.kind == FailureKind.TIMEOUT
+
+
+async def test_idle_keep_alive_client_connections_are_closed() -> None:
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with raw_primary(ok) as (port, _), running_proxy(port, keepalive_timeout_s=0.3) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\nok"), 5)
+            assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the proxy when idle
+        finally:
+            writer.close()
