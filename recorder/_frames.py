@@ -39,6 +39,7 @@ __all__ = [
     "frame_crc",
     "migration_chain",
     "parse_segment_header",
+    "segment_header_checksum_ok",
 ]
 
 #: First 8 bytes of every segment. The high-bit byte catches 7-bit transports and the CR LF pair
@@ -97,8 +98,8 @@ def parse_segment_header(head: bytes, path: str) -> tuple[int, int]:
         raise TapeFormatError("not a shadowtap tape segment (bad magic)", path=path, offset=0)
     if len(head) < SEGMENT_HEADER_SIZE:
         raise TapeFormatError("segment header is incomplete", path=path, offset=len(head))
-    _magic, version, flags, crc = _SEGMENT_HEADER.unpack_from(head)
-    if zlib.crc32(head[:12]) != crc:
+    _magic, version, flags, _crc = _SEGMENT_HEADER.unpack_from(head)
+    if not segment_header_checksum_ok(head):
         raise TapeFormatError("segment header checksum mismatch", path=path, offset=12)
     if version > FORMAT_VERSION:
         raise TapeVersionError(
@@ -108,6 +109,12 @@ def parse_segment_header(head: bytes, path: str) -> tuple[int, int]:
             offset=8,
         )
     return version, flags
+
+
+def segment_header_checksum_ok(head: bytes) -> bool:
+    """Whether a 16-byte segment header's checksum matches its first 12 bytes."""
+    stored: int = _CRC.unpack_from(head, 12)[0]
+    return zlib.crc32(head[:12]) == stored
 
 
 def migration_chain(version: int, path: str) -> Migration | None:

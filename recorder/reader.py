@@ -22,6 +22,7 @@ import msgpack
 
 from recorder._frames import (
     FLAG_ZSTD,
+    FORMAT_VERSION,
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
     FRAME_SYNC,
@@ -36,6 +37,7 @@ from recorder._frames import (
     find_sync,
     migration_chain,
     parse_segment_header,
+    segment_header_checksum_ok,
 )
 from recorder.errors import ConfigError, InputFormatError, TapeFormatError
 from recorder.model import Exchange, exchange_from_wire
@@ -236,7 +238,13 @@ class _SegmentReader:
                 report.bytes = len(head)
                 report.torn_tail = TornTail(0, len(head), "segment header incomplete")
                 return
-            report.version, report.flags = parse_segment_header(head, self.name)
+            if self.salvage and head[: len(MAGIC)] == MAGIC and not segment_header_checksum_ok(head):
+                # Only the header is damaged: salvage reads the frames as the current version.
+                report.version, report.flags = FORMAT_VERSION, 0
+                reason = f"segment header checksum mismatch; read as format v{FORMAT_VERSION}"
+                report.skipped.append(SkippedRange(0, SEGMENT_HEADER_SIZE, reason))
+            else:
+                report.version, report.flags = parse_segment_header(head, self.name)
             version = report.version
             self.migrate = migration_chain(version, self.name)
             w = _Window(f, SEGMENT_HEADER_SIZE, self.name)

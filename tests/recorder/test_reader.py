@@ -290,3 +290,17 @@ def test_zstd_block_holding_a_damaged_inner_frame_keeps_the_frames_before_it(tmp
     reader = TapeReader(tmp_path, salvage=True)
     assert ids(reader) == ["ex-000000", "ex-000001"]
     assert "inside zstd block" in reader.report.skipped_ranges[0][1].reason
+
+
+def test_damaged_segment_header_is_an_error_and_salvage_reads_on(tmp_path: Path) -> None:
+    segment = write_tape(tmp_path, 3)
+    data = bytearray(segment.read_bytes())
+    data[10] ^= 0x01  # the flags: only the header checksum can tell
+    segment.write_bytes(bytes(data))
+    with pytest.raises(TapeFormatError, match="header checksum") as info:
+        list(TapeReader(tmp_path))
+    assert info.value.offset == 12
+    reader = TapeReader(tmp_path, salvage=True)
+    assert len(ids(reader)) == 3
+    ((_, skipped),) = reader.report.skipped_ranges
+    assert (skipped.offset, skipped.length) == (0, 16)
