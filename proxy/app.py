@@ -101,7 +101,7 @@ class ProxyApp:
         """Build and start everything; on failure, stop what was started and re-raise."""
         config = self.config
         forward = build_forward_settings(config)
-        ssl_context = listen_ssl_context(config)
+        ssl_context = await asyncio.to_thread(listen_ssl_context, config)  # reads the key files
         try:
             if config.record.tape is not None:
                 self.tape = TapeWriter(config.record.tape, tape_options(config))
