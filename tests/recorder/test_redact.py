@@ -18,6 +18,7 @@ from recorder import (
     SyncTapeWriter,
     TapeOptions,
     TapeReader,
+    TapeWriter,
     exchange_from_wire,
     exchange_to_wire,
     header_value,
@@ -213,3 +214,17 @@ def test_record_redaction_used_by_writers_matches_exchange_redaction() -> None:
     redactor.redact_record(record)
     assert exchange_from_wire(record) == redactor.redact(ex) != ex
     assert exchange_to_wire(ex) != record  # the model objects themselves were not touched
+
+
+async def test_async_writer_redacts_with_the_environment_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHADOWTAP_REDACTION_KEY", "shared-by-all-sidecars")
+    ex = exchange(((b"Cookie", b"sid=s3cret"),), target="/x?api_key=k3y")
+    options = TapeOptions(redaction=RedactionRules(hash_query_params=("api_key",)))
+    async with TapeWriter(tmp_path, options) as writer:
+        assert writer.submit(ex)
+    assert not (tmp_path / "redaction.key").exists()
+    (segment,) = tmp_path.glob("*.stape")
+    assert b"s3cret" not in segment.read_bytes() and b"k3y" not in segment.read_bytes()
+    (back,) = TapeReader(tmp_path)
+    expected = Redactor(RedactionRules(hash_query_params=("api_key",)), b"shared-by-all-sidecars").redact(ex)
+    assert back == expected
