@@ -20,7 +20,7 @@ import brotli
 import zstandard
 
 from differ.reports._common import MISSING, lookup_json, parse_body_path
-from differ.reports.redact import redact_form, redact_header_value, redact_json, redact_text
+from differ.reports.redact import redact_form, redact_header_value, redact_json, redact_multipart, redact_text
 from recorder.model import Failure, Headers, Outcome, header_value, header_values
 
 __all__ = ["DECODE_LIMIT_BYTES", "DISPLAY_LIMIT_CHARS", "DisplayBody", "display_body", "value_at"]
@@ -184,10 +184,16 @@ def display_body(headers: Headers, body: bytes, truncated_from: int | None = Non
             shown_text = json.dumps(value, ensure_ascii=False, separators=(",", ":")) if redacted else text
             return DisplayBody("json", shown_text, value, b"", len(body), digest, decoded_from, 0, redacted, note)
     if text is not None and _is_texty(text):
-        redacted_text = redact_form(text) if content_type == "application/x-www-form-urlencoded" else redact_text(text)
-        shown, omitted = _cap(redacted_text)
+        # Cut first, then redact: the redaction regexes then never scan more than what is shown.
+        shown, omitted = _cap(text)
+        if content_type == "application/x-www-form-urlencoded":
+            redacted_text = redact_form(shown)
+        elif content_type == "multipart/form-data":
+            redacted_text = redact_multipart(shown)
+        else:
+            redacted_text = redact_text(shown)
         return DisplayBody(
-            "text", shown, None, b"", len(body), digest, decoded_from, omitted, redacted_text != text, note
+            "text", redacted_text, None, b"", len(body), digest, decoded_from, omitted, redacted_text != shown, note
         )
     preview = data[:64].hex(" ")
     summary = f"binary, {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}...\n{preview}"

@@ -24,6 +24,7 @@ __all__ = [
     "redact_header_value",
     "redact_headers",
     "redact_json",
+    "redact_multipart",
     "redact_target",
     "redact_text",
 ]
@@ -121,6 +122,26 @@ def redact_form(encoded: str) -> str:
         return match.group(0)
 
     return redact_text(_QUERY_PAIR.sub(replace, encoded))
+
+
+# Boundary delimiter lines split a multipart body into parts (linear, unlike one regex per part
+# scanning ahead for the next boundary, which is quadratic on hostile input).
+_MULTIPART_DELIMITER: Final = re.compile(r"(\r?\n--[^\r\n]*)")
+_PART_HEAD_END: Final = re.compile(r"\r?\n\r?\n")
+_PART_FIELD_NAME: Final = re.compile(r'^Content-Disposition:[^\r\n]*?\bname="([^"]*)"', re.IGNORECASE | re.MULTILINE)
+
+
+def redact_multipart(text: str) -> str:
+    """A multipart/form-data body with the values of secret-named fields replaced."""
+    pieces = _MULTIPART_DELIMITER.split(text)
+    for index in range(0, len(pieces), 2):  # even pieces are part contents, odd ones delimiters
+        head_end = _PART_HEAD_END.search(pieces[index])
+        if head_end is None:
+            continue
+        name = _PART_FIELD_NAME.search(pieces[index], 0, head_end.start())
+        if name is not None and is_secret_name(name.group(1), in_query=True):
+            pieces[index] = pieces[index][: head_end.end()] + REDACTED
+    return redact_text("".join(pieces))
 
 
 def redact_target(target: str) -> str:

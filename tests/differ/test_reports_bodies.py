@@ -123,3 +123,20 @@ def test_value_at_gives_short_redacted_values_for_every_path_form() -> None:
     assert value_at(None, "status") == "(no response)"
     assert value_at(Failure("timeout", "2s"), "status") == "failure timeout: 2s"
     assert value_at(Response(204), "body") == "(empty)"
+
+
+def test_multipart_bodies_are_redacted_by_field_name() -> None:
+    body = (
+        b"--b1\r\n"
+        b'Content-Disposition: form-data; name="api_key"\r\n\r\n'
+        b"k-123\r\n"
+        b"--b1\r\n"
+        b'Content-Disposition: form-data; name="comment"\r\n\r\n'
+        b"hello\r\n"
+        b"--b1--\r\n"
+    )
+    shown = display_body(((b"Content-Type", b"multipart/form-data; boundary=b1"),), body)
+    assert shown.kind == "text" and shown.redacted
+    assert "k-123" not in shown.text
+    assert shown.text.startswith('--b1\r\nContent-Disposition: form-data; name="api_key"\r\n\r\n[redacted]\r\n--b1')
+    assert "hello" in shown.text

@@ -13,6 +13,7 @@ from differ.reports.redact import (
     redact_header_value,
     redact_headers,
     redact_json,
+    redact_multipart,
     redact_target,
     redact_text,
 )
@@ -127,3 +128,23 @@ def test_values_the_tape_already_hashed_are_kept() -> None:
     assert redact_target(f"/u?token={hashed}&api_key=live") == f"/u?token={hashed}&api_key=[redacted]"
     assert redact_target("/u?token=redacted%3Ahmac%3Aab") == "/u?token=redacted%3Ahmac%3Aab"
     assert redact_json({"password": hashed, "token": "live"}) == ({"password": hashed, "token": REDACTED}, True)
+
+
+def test_multipart_fields_named_like_secrets_are_redacted() -> None:
+    body = (
+        "--XyZ\r\n"
+        'Content-Disposition: form-data; name="user"\r\n\r\n'
+        "ann\r\n"
+        "--XyZ\r\n"
+        'Content-Disposition: form-data; name="password"\r\n'
+        "Content-Type: text/plain\r\n\r\n"
+        "hunter2\r\nsecond line\r\n"
+        "--XyZ\r\n"
+        'Content-Disposition: form-data; name="avatar"; filename="a.png"\r\n\r\n'
+        "PNGDATA\r\n"
+        "--XyZ--\r\n"
+    )
+    redacted = redact_multipart(body)
+    assert "hunter2" not in redacted and "second line" not in redacted
+    assert 'name="password"\r\nContent-Type: text/plain\r\n\r\n[redacted]\r\n--XyZ' in redacted
+    assert "ann\r\n" in redacted and "PNGDATA" in redacted
