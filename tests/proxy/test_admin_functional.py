@@ -73,7 +73,8 @@ async def test_put_flags_is_all_or_nothing_and_immediate(admin: Admin) -> None:
             assert resp.status == 200
             body: dict[str, Any] = await resp.json()
         assert body["mirroring"] is False and body["shadows"]["v3"]["sample_percent"] == 2.0
-        assert not admin.flags.mirroring and admin.flags.shadow_percent(1) == 2.0
+        # Shared-memory flags: what the stages read at the next request.
+        assert admin.flags.snapshot()["mirroring"] is False and admin.flags.shadow_percent(1) == 2.0
         async with client.put(f"{admin.url}/flags", data=b"x" * 100_000) as resp:
             assert resp.status == 413
         async with client.put(f"{admin.url}/flags", data=b"[not json") as resp:
