@@ -5,10 +5,13 @@ It must never do I/O or know any one format: the format modules own their parsin
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from pathlib import Path
+from typing import BinaryIO, Final, Protocol
 
+from recorder.errors import InputFormatError
 from recorder.model import Exchange, Headers
 
 __all__ = [
@@ -17,13 +20,21 @@ __all__ = [
     "Importer",
     "ImportReport",
     "TornTail",
+    "GZIP_MAGIC",
+    "GunzipStream",
     "http_version_from_wire",
+    "open_input",
     "replace_header",
     "text_to_wire",
 ]
 
 #: The formats ``--from`` / ``--to`` accept.
 FORMAT_NAMES: Final = ("har", "mitm", "gor")
+#: GoReplay writes gzip when its output file name ends in ``.gz``; such inputs are read through it.
+GZIP_MAGIC: Final = b"\x1f\x8b"
+_GZIP_READ_BYTES: Final = 256 * 1024
+#: At most this much comes out of one decompression step (see GunzipStream).
+_GZIP_PIECE_BYTES: Final = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,3 +130,72 @@ def text_to_wire(text: str) -> bytes:
         return text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogatepass")
+
+
+class GunzipStream:
+    """A gzip file decompressed as it is read. Unlike ``gzip.GzipFile``, a stream cut before its
+    trailer (a killed writer) gives back everything that was decompressed and sets ``cut``.
+
+    Memory is bounded: compressed input is read ``_GZIP_READ_BYTES`` at a time and each
+    decompression step yields at most ``_GZIP_PIECE_BYTES``, so a small bomb cannot expand at once.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._inflate = zlib.decompressobj(wbits=31)
+        self._input = b""  # compressed bytes not yet given to the decompressor
+        self._buffer = b""  # decompressed bytes not yet returned
+        self._raw_eof = False
+        self.cut = False
+
+    def _fill(self) -> bool:
+        """Decompress one more piece into the buffer; False at the end of the data."""
+        while True:
+            if self._inflate.eof:
+                # One member ended: another may follow (``cat a.gz b.gz``), or zero padding, or nothing.
+                rest = self._inflate.unused_data or self._read_raw()
+                if not rest.strip(b"\x00"):
+                    return False
+                self._inflate = zlib.decompressobj(wbits=31)
+                self._input = rest
+            if not self._input:
+                self._input = self._read_raw()
+                if not self._input:
+                    self.cut = True
+                    return False
+            piece = self._inflate.decompress(self._input, _GZIP_PIECE_BYTES)
+            self._input = self._inflate.unconsumed_tail
+            if piece:
+                self._buffer += piece
+                return True
+
+    def _read_raw(self) -> bytes:
+        if self._raw_eof:
+            return b""
+        data = self._raw.read(_GZIP_READ_BYTES)
+        self._raw_eof = not data
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` decompressed bytes (all when negative); ``b""`` at the end. May raise zlib.error."""
+        while (size < 0 or len(self._buffer) < size) and self._fill():
+            pass
+        if size < 0:
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def open_input(path: str | Path) -> BinaryIO | GunzipStream:
+    """``path`` opened for streaming reads; a gzip file comes back as a ``GunzipStream``."""
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    except OSError as exc:
+        raise InputFormatError(f"cannot read: {exc.strerror or exc}", path=str(path)) from exc
+    if raw.peek(2)[:2] != GZIP_MAGIC:
+        return raw
+    return GunzipStream(raw)

@@ -1,16 +1,18 @@
 """Guessing an input file's format (HAR, mitmproxy flows, GoReplay) from its first bytes.
 
-It reads at most ``SNIFF_BYTES`` from the start of the file and never parses further: a wrong guess
-is corrected by ``--from``, and the importer itself reports malformed input.
+It reads at most ``SNIFF_BYTES`` from the start of the file (of its content, for gzip) and never
+parses further: a wrong guess is corrected by ``--from``, and the importer reports malformed input.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 from pathlib import Path
 from typing import Final
 
 from recorder.errors import InputFormatError
+from recorder.formats._common import open_input
 
 __all__ = ["SNIFF_BYTES", "detect_format", "sniff"]
 
@@ -34,13 +36,15 @@ def sniff(head: bytes) -> str | None:
 
 def detect_format(path: str | Path) -> str:
     """The format of the file at ``path``; ``InputFormatError`` when it cannot be told."""
+    if Path(path).is_dir():
+        raise InputFormatError("is a directory (a tape?), not a HAR, flow or .gor file", path=str(path))
+    stream = open_input(path)
     try:
-        with open(path, "rb") as stream:
-            head = stream.read(SNIFF_BYTES)
-    except IsADirectoryError as exc:
-        raise InputFormatError("is a directory (a tape?), not a HAR, flow or .gor file", path=str(path)) from exc
-    except OSError as exc:
-        raise InputFormatError(f"cannot read: {exc.strerror or exc}", path=str(path)) from exc
+        head = stream.read(SNIFF_BYTES)
+    except zlib.error as exc:
+        raise InputFormatError(f"corrupt gzip data: {exc}", path=str(path), offset=0) from exc
+    finally:
+        stream.close()
     found = sniff(head)
     if found is None:
         what = "the file is empty" if not head else "its start matches none of HAR, mitmproxy flows or GoReplay"

@@ -1,5 +1,8 @@
 """GoReplay ``.gor`` files: stream them into Exchanges, and write Exchanges as files GoReplay replays.
 
+Gzip files (GoReplay writes them for output names ending in ``.gz``) are read and written the same
+way, decompressed or compressed as they stream; offsets then count decompressed bytes.
+
 A record is a header line ``TYPE ID TIMESTAMP_NS [LATENCY_NS]``, the raw HTTP/1.x payload, then the
 separator ``\\n🐵🙈🙉\\n``. Type 1 is a request, 2 the response the original server gave, 3 the
 response of a replay target. This module must never load a whole file, never let a response land on
@@ -12,16 +15,18 @@ request order once complete; a bounded window of waiting requests (``max_pending
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final, NamedTuple
+from typing import BinaryIO, Final, NamedTuple, cast
 
 from recorder.errors import ConfigError, InputFormatError
-from recorder.formats._common import ExportReport, ImportReport, TornTail, text_to_wire
+from recorder.formats._common import ExportReport, GunzipStream, ImportReport, TornTail, open_input, text_to_wire
 from recorder.formats._http1 import HttpParseError, parse_request, parse_response, request_bytes, response_bytes
 from recorder.model import REPLAY, Exchange, Failure, Outcome, Request, Response, Timing
 
@@ -83,8 +88,16 @@ def _parse_header(line: bytes, path: str, offset: int) -> tuple[bytes, str, int,
     return fields[0], fields[1].decode("ascii"), timestamp_ns, latency_ns
 
 
+def _read(stream: BinaryIO | GunzipStream, path: str, offset: int) -> bytes:
+    """The next chunk, ``b""`` at the end; bad gzip data is an error at the decompressed offset."""
+    try:
+        return stream.read(_CHUNK_BYTES)
+    except zlib.error as exc:
+        raise InputFormatError(f"corrupt gzip data: {exc}", path=path, offset=offset) from exc
+
+
 def iter_gor_records(
-    stream: BinaryIO,
+    stream: BinaryIO | GunzipStream,
     path: str,
     report: ImportReport,
     *,
@@ -107,7 +120,7 @@ def iter_gor_records(
                     path=path,
                     offset=base + pos,
                 )
-            chunk = stream.read(_CHUNK_BYTES)
+            chunk = _read(stream, path, base + len(buffer))
             # Compact only when refilling, so consuming a record never copies the rest of the buffer.
             searched = len(buffer) - pos
             base += pos
@@ -177,14 +190,13 @@ class GorReader:
         self.report = ImportReport(self.path, "gor")
 
     def __iter__(self) -> Iterator[Exchange]:
-        try:
-            stream = open(self.path, "rb")  # noqa: SIM115 - closed in finally; a generator holds it
-        except OSError as exc:
-            raise InputFormatError(f"cannot read: {exc.strerror or exc}", path=self.path) from exc
+        stream = open_input(self.path)
         try:
             yield from self._pair(
                 iter_gor_records(stream, self.path, self.report, max_record_bytes=self.max_record_bytes)
             )
+            if isinstance(stream, GunzipStream) and stream.cut:
+                self.report.note("gzip stream cut before its end (everything before the cut was read)")
         finally:
             stream.close()
 
@@ -340,8 +352,13 @@ def write_gor(exchanges: Iterable[Exchange], path: str | Path) -> ExportReport:
     and other shadows have no place in the format and are counted in the report.
     """
     report = ExportReport(str(path), "gor")
+    out: BinaryIO
     try:
-        out = open(path, "wb", buffering=_CHUNK_BYTES)  # noqa: SIM115 - closed below
+        if str(path).endswith(".gz"):
+            # GoReplay's --input-file reads gzip when the name ends in .gz, as its output does.
+            out = cast(BinaryIO, gzip.open(path, "wb", compresslevel=6))  # noqa: SIM115 - closed below
+        else:
+            out = open(path, "wb", buffering=_CHUNK_BYTES)  # noqa: SIM115 - closed below
     except OSError as exc:
         raise InputFormatError(f"cannot write: {exc.strerror or exc}", path=str(path)) from exc
     with out:

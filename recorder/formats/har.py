@@ -30,8 +30,10 @@ from urllib.parse import parse_qsl, quote_plus, urlsplit
 from recorder.errors import InputFormatError
 from recorder.formats._common import (
     ExportReport,
+    GunzipStream,
     ImportReport,
     http_version_from_wire,
+    open_input,
     replace_header,
     text_to_wire,
 )
@@ -52,7 +54,7 @@ _CONTENT_CODING_HEADERS: Final = frozenset({b"content-encoding"})
 class _JsonStream:
     """An incremental JSON reader over a binary stream: single characters and whole values."""
 
-    def __init__(self, stream: BinaryIO, path: str, max_value_chars: int) -> None:
+    def __init__(self, stream: BinaryIO | GunzipStream, path: str, max_value_chars: int) -> None:
         self._stream = stream
         self._path = path
         self._max_value_chars = max_value_chars
@@ -86,7 +88,11 @@ class _JsonStream:
         self._mark_pos = self._mark_bytes = 0
         # Read at least as much as is buffered, so a huge value is re-scanned O(log n) times, not O(n).
         want = max(_CHUNK_BYTES, len(self._buf) - self._pos)
-        data = self._stream.read(want)
+        try:
+            data = self._stream.read(want)
+        except zlib.error as exc:
+            # Only a gzip input (a .har.gz) can fail here; the offset counts decompressed bytes.
+            raise InputFormatError(f"corrupt gzip data: {exc}", path=self._path, offset=self._read_bytes) from exc
         try:
             text = self._decoder.decode(data, final=not data)
         except UnicodeDecodeError as exc:
@@ -265,10 +271,7 @@ class HarReader:
         self.report = ImportReport(self.path, "har")
 
     def __iter__(self) -> Iterator[Exchange]:
-        try:
-            stream = open(self.path, "rb")  # noqa: SIM115 - closed in finally; a generator holds it
-        except OSError as exc:
-            raise InputFormatError(f"cannot read: {exc.strerror or exc}", path=self.path) from exc
+        stream = open_input(self.path)
         try:
             js = _JsonStream(stream, self.path, self.max_entry_bytes)
             for index, offset, entry in self._entries(js):

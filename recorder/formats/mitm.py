@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from recorder.errors import InputFormatError
-from recorder.formats._common import ExportReport, ImportReport, TornTail, http_version_from_wire, text_to_wire
+from recorder.formats._common import (
+    GZIP_MAGIC,
+    ExportReport,
+    ImportReport,
+    TornTail,
+    http_version_from_wire,
+    text_to_wire,
+)
 from recorder.model import PRIMARY, Exchange, Failure, FailureKind, Outcome, Request, Response, Timing
 
 if TYPE_CHECKING:
@@ -151,10 +158,13 @@ class MitmReader:
         except OSError as exc:
             raise InputFormatError(f"cannot read: {exc.strerror or exc}", path=self.path) from exc
         try:
-            if stream.read(1) in (b"{", b"\xef"):
+            first = stream.read(2)
+            if first[:1] in (b"{", b"\xef"):
                 raise InputFormatError(
                     "this is JSON (a HAR file?), not a mitmproxy flow file", path=self.path, offset=0
                 )
+            if first == GZIP_MAGIC:
+                raise InputFormatError("gzip-compressed flow files are not read: gunzip it first", path=self.path)
             stream.seek(0)
             size = os.fstat(stream.fileno()).st_size
             flows = iter(FlowReader(stream).stream())

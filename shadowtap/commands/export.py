@@ -18,6 +18,7 @@ examples:
   shadowtap export --to har tapes/prod --out prod.har      # open in Chromium DevTools or mitmweb
   shadowtap export --to gor tapes/prod --out prod.gor      # gor --input-file prod.gor ...
   shadowtap export tapes/prod --out prod.mitm              # format from the suffix
+  shadowtap export tapes/prod --out prod.gor.gz            # gzip, as GoReplay writes and reads
 """
 
 _SUFFIXES = {".har": "har", ".gor": "gor", ".mitm": "mitm", ".flow": "mitm", ".flows": "mitm"}
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from recorder.formats import export_exchanges
     from shadowtap import __version__
 
-    fmt = args.fmt or _SUFFIXES.get(args.out.suffix.lower())
+    name = args.out.name.lower().removesuffix(".gz")  # out.gor.gz: GoReplay reads gzip files
+    fmt = args.fmt or _SUFFIXES.get(Path(name).suffix)
     if fmt is None:
         raise ConfigError("cannot tell the format from the file name; name it with --to", field="to")
     reader = TapeReader(args.tape, salvage=args.salvage)

@@ -46,6 +46,15 @@ def test_sniff(head: bytes, fmt: str | None) -> None:
     assert sniff(head) == fmt
 
 
+def test_gzip_content_is_sniffed(tmp_path: Path) -> None:
+    import gzip
+
+    for name, fmt in (("goreplay/httpbin.gor", "gor"), ("mitmproxy/httpbin.har", "har")):
+        packed = tmp_path / f"x.{fmt}.gz"
+        packed.write_bytes(gzip.compress((FIXTURES / name).read_bytes()))
+        assert detect_format(packed) == fmt
+
+
 def test_unknown_empty_and_directory_inputs_are_clear_errors(tmp_path: Path) -> None:
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00\x01 not a capture")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,41 @@ def _parse_with_reader(data: bytes, **kwargs: int) -> tuple[list[Exchange], GorR
 
 def _parse(data: bytes) -> list[Exchange]:
     return _parse_with_reader(data)[0]
+
+
+def test_gzip_captures_read_like_plain_ones_and_export_to_gz(tmp_path: Path) -> None:
+    plain = (FIXTURES / "httpbin.gor").read_bytes()
+    packed = tmp_path / "httpbin.gor.gz"
+    packed.write_bytes(gzip.compress(plain))
+    expected, _ = read(FIXTURES / "httpbin.gor")
+    got, reader = read(packed)
+    assert got == expected and reader.report.torn_tail is None
+    out = tmp_path / "out.gor.gz"
+    write_gor(got, out)
+    assert gzip.decompress(out.read_bytes()) == write_gor_bytes(got, tmp_path)
+
+
+def write_gor_bytes(exchanges: list[Exchange], tmp_path: Path) -> bytes:
+    write_gor(exchanges, tmp_path / "plain.gor")
+    return (tmp_path / "plain.gor").read_bytes()
+
+
+def test_a_cut_gzip_capture_gives_its_complete_records(tmp_path: Path) -> None:
+    # A raw deflate stream without gzip's trailer, as a killed writer leaves it, cut mid-record.
+    plain = (FIXTURES / "httpbin.gor").read_bytes()
+    compressor = zlib.compressobj(wbits=31)
+    data = compressor.compress(plain[:12_000]) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    cut = tmp_path / "cut.gor.gz"
+    cut.write_bytes(data)
+    exchanges, reader = read(cut)
+    assert reader.report.records == plain[:12_000].count(SEPARATOR)
+    assert reader.report.torn_tail is not None and len(exchanges) >= 10
+    assert "gzip stream cut before its end (everything before the cut was read)" in reader.report.notes
+
+
+def test_corrupt_gzip_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gor.gz"
+    bad.write_bytes(gzip.compress(b"1 " + b"a" * 24 + b" 1 1\n")[:10] + b"\xff" * 40)
+    with pytest.raises(InputFormatError, match="gzip") as info:
+        list(GorReader(bad))
+    assert info.value.path == str(bad)

@@ -354,3 +354,18 @@ def test_fuzz_random_json_never_escapes_the_error_tree(tmp_path: Path, doc: Any)
         list(HarReader(path))
     except InputFormatError as exc:
         assert exc.path == str(path) and str(exc)
+
+
+def test_gzipped_har_is_read_as_it_streams(tmp_path: Path) -> None:
+    packed = tmp_path / "httpbin.har.gz"
+    packed.write_bytes(gzip.compress(FIXTURE.read_bytes()))
+    assert [(e.request, e.primary) for e in read(packed)[0]] == [(e.request, e.primary) for e in read(FIXTURE)[0]]
+    cut = tmp_path / "cut.har.gz"
+    cut.write_bytes(packed.read_bytes()[:-100])
+    with pytest.raises(InputFormatError, match="file ends inside this value") as info:
+        list(HarReader(cut))
+    assert info.value.path == str(cut)
+    corrupt = tmp_path / "corrupt.har.gz"
+    corrupt.write_bytes(packed.read_bytes()[:10] + b"\xff" * 50)  # gzip header, then an invalid block type
+    with pytest.raises(InputFormatError, match="corrupt gzip data"):
+        list(HarReader(corrupt))

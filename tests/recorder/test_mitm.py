@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,10 @@ def test_har_and_garbage_are_refused(tmp_path: Path) -> None:
     har.write_text('{"log": {"entries": []}}')
     with pytest.raises(InputFormatError, match="not a mitmproxy flow file"):
         list(MitmReader(har))
+    packed = tmp_path / "flows.mitm.gz"
+    packed.write_bytes(gzip.compress(FIXTURE.read_bytes()))
+    with pytest.raises(InputFormatError, match="gunzip it first"):
+        list(MitmReader(packed))
     junk = tmp_path / "junk.mitm"
     junk.write_bytes(b"hello, this is not tnetstring")
     with pytest.raises(InputFormatError, match="not a valid mitmproxy flow"):

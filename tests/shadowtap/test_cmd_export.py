@@ -31,7 +31,7 @@ def make_tape(directory: Path) -> None:
         writer.write_many(exchanges)
 
 
-@pytest.mark.parametrize("name", ["out.har", "out.gor", "out.mitm"])
+@pytest.mark.parametrize("name", ["out.har", "out.gor", "out.mitm", "out.gor.gz"])
 def test_format_from_suffix(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
     make_tape(tmp_path / "tape")
     out = tmp_path / name
