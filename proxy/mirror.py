@@ -249,12 +249,13 @@ class ShadowMirror:
     def __init__(
         self,
         settings: ShadowSettings,
-        index: int,
+        flags: RuntimeFlags,
         metrics: ProxyMetrics,
         on_outcome: OutcomeListener | None,
     ) -> None:
         self.settings = settings
-        self.index = index
+        self._flags = flags
+        self.index = flags.shadow_index[settings.name]
         self._metrics = metrics
         self._on_outcome = on_outcome
         self._credentials = settings.credential_values()
@@ -424,8 +425,13 @@ class ShadowMirror:
         loop = self._loop
         assert loop is not None
         now_s = loop.time()
+        flags = self._flags
         while self._waiting and len(self._active) < self.settings.concurrency and not self._stopped:
             job = self._waiting.popleft()
+            if not (flags.mirroring and flags.shadow_mirroring(self.index)):
+                # The kill switch also stops copies already queued, not only new decisions.
+                self._finish(job, Failure(FailureKind.CANCELLED, "mirroring turned off"), Timing())
+                continue
             if now_s - job.enqueued_s > self.settings.total_timeout_s:
                 # Stale: the shadow is too far behind for this copy to be worth sending.
                 self.breaker.record_failure(now_s)
@@ -490,7 +496,7 @@ class MirrorStage:
         self._routes = RouteTable(settings.routes)
         self._flags = flags
         self._metrics = metrics
-        self.shadows = [ShadowMirror(s, flags.shadow_index[s.name], metrics, on_outcome) for s in shadows]
+        self.shadows = [ShadowMirror(s, flags, metrics, on_outcome) for s in shadows]
         self._closed = False
         metrics.add_source(
             "gauge", "shadowtap_mirror_queue_depth", "Copies waiting in each shadow's queue", "shadow",

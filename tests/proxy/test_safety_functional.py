@@ -164,3 +164,47 @@ async def test_kill_switch_stops_mirroring_at_once(pair: tuple[Recorder, Recorde
     assert not [p for p in paths if p.startswith("/after") or p == "/shadow-off"]
     assert sorted(paths) == sorted([f"/before/{i}" for i in range(20)] + ["/back-on"])
     assert app.metrics.mirror_outcomes["v2", "disabled"] == 51
+
+
+async def test_kill_switch_also_stops_queued_copies() -> None:
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def stuck(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        await release.wait()
+        return web.Response(text="late")
+
+    app_shadow = web.Application()
+    app_shadow.router.add_get("/{tail:.*}", stuck)
+    runner = web.AppRunner(app_shadow, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    primary = await Recorder().start()
+    app = ProxyApp(
+        ProxyConfig.from_mapping(
+            {
+                "listen": "127.0.0.1:0",
+                "primary": primary.url,
+                "shadows": [{"name": "v2", "url": f"http://127.0.0.1:{runner.addresses[0][1]}", "concurrency": 1}],
+            }
+        )
+    )
+    await app.start()
+    async with aiohttp.ClientSession() as client:
+        for i in range(5):
+            async with client.get(f"{app.listen_url}/q/{i}") as resp:
+                assert resp.status == 200
+        async with asyncio.timeout(5):
+            while not seen:
+                await asyncio.sleep(0.01)
+        assert app.mirror is not None and app.mirror.stats()["v2"]["queue_depth"] == 4
+        async with client.put(f"{app.admin_url}/flags", json={"mirroring": False}) as resp:
+            assert resp.status == 200
+    release.set()
+    await asyncio.sleep(0.3)
+    await app.shutdown()
+    await runner.cleanup()
+    await primary.close()
+    assert seen == ["/q/0"]
+    assert app.metrics.mirror_outcomes["v2", "cancelled"] == 4
