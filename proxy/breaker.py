@@ -47,7 +47,8 @@ class BreakerSettings:
 
 
 class CircuitBreaker:
-    """Call ``allow(now)`` before sending; then exactly one of ``record_success`` / ``record_failure``."""
+    """Call ``allow(now)`` before sending; then exactly one of ``record_success``, ``record_failure``
+    or ``record_cancelled``."""
 
     __slots__ = (
         "_consecutive",
@@ -83,6 +84,11 @@ class CircuitBreaker:
             self._probes += 1
             return True
         return False
+
+    def record_cancelled(self) -> None:
+        """An allowed request was dropped before it could succeed or fail: free its probe slot."""
+        if self.state == HALF_OPEN and self._probes > 0:
+            self._probes -= 1
 
     def record_success(self, now_s: float) -> None:
         if self.state == HALF_OPEN:

@@ -408,7 +408,9 @@ class ShadowMirror:
         if isinstance(outcome, Response):
             self.breaker.record_success(loop.time())
             self._metrics.observe_shadow(self.settings.name, (done_ns - copy.sent_ns) / 1e9)
-        elif outcome.kind != FailureKind.CANCELLED:
+        elif outcome.kind == FailureKind.CANCELLED:
+            self.breaker.record_cancelled()
+        else:
             self.breaker.record_failure(loop.time())
         base = copy.job.started_mono_ns
         first_byte_ns = None if copy.first_byte_ns is None else copy.first_byte_ns - base
@@ -430,6 +432,7 @@ class ShadowMirror:
             job = self._waiting.popleft()
             if not (flags.mirroring and flags.shadow_mirroring(self.index)):
                 # The kill switch also stops copies already queued, not only new decisions.
+                self.breaker.record_cancelled()
                 self._finish(job, Failure(FailureKind.CANCELLED, "mirroring turned off"), Timing())
                 continue
             if now_s - job.enqueued_s > self.settings.total_timeout_s:
@@ -463,6 +466,7 @@ class ShadowMirror:
             self.copy_done(copy, cancelled)
         await asyncio.gather(*connecting, return_exceptions=True)
         while self._waiting:
+            self.breaker.record_cancelled()
             self._finish(self._waiting.popleft(), cancelled, Timing())
         self._idle.set()
         if self._pool is not None:

@@ -30,6 +30,18 @@ def test_failed_probe_reopens() -> None:
     assert b.state == "open" and not b.allow(1.5) and b.allow(2.0)
 
 
+def test_cancelled_probe_frees_its_slot() -> None:
+    b = CircuitBreaker(BreakerSettings(consecutive_failures=1, open_s=1.0))
+    b.record_failure(0.0)
+    assert b.allow(1.0) and not b.allow(1.0)
+    b.record_cancelled()  # the probe was dropped (shutdown, kill switch) before it could tell
+    assert b.state == "half-open" and b.allow(1.0)
+    b.record_success(1.1)
+    assert b.state == "closed"
+    b.record_cancelled()
+    assert b.state == "closed"
+
+
 def test_failure_ratio_opens_without_a_run() -> None:
     b = CircuitBreaker(BreakerSettings(consecutive_failures=100, failure_ratio=0.5, window=10, min_calls=10))
     for i in range(9):
