@@ -105,7 +105,9 @@ class TapeWriterStats:
 
     Every submitted exchange ends in exactly one of ``written``, ``dropped_queue_full``,
     ``dropped_closed``, ``encode_errors`` (it could not be encoded) or ``write_errors`` (the disk
-    refused the batch that held it); ``queue_depth`` are still waiting.
+    refused the batch that held it, or it arrived while the writer was backing off after such a
+    refusal); ``queue_depth`` are still waiting. ``write_errors`` is "not known to be written": the
+    frames of a failed batch that reached the disk before the refusal are still readable.
     """
 
     written: int = 0
