@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,9 @@ __all__ = [
 #: Credentials never forwarded to a shadow unless the config swaps in shadow credentials for them.
 DEFAULT_STRIPPED_HEADERS: Final = ("authorization", "cookie", "proxy-authorization", "x-api-key")
 _MiB: Final = 1024 * 1024
+#: RFC 9110 token (a header name), and a header value that cannot split a header: visible ASCII.
+_TOKEN_RE: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_VISIBLE_RE: Final = re.compile(r"^[!-~]+\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +144,13 @@ class ShadowSettings:
         if self.burst is not None and self.burst < 1:
             raise ConfigError(f"must be >= 1, not {self.burst!r}", field="burst")
         object.__setattr__(self, "strip_headers", tuple(h.lower() for h in self.strip_headers))
+        if self.host is not None and not _VISIBLE_RE.match(self.host):
+            raise ConfigError(f"not a valid Host header value: {self.host!r}", field="host")
+        for index, (header, env_name) in enumerate(self.credentials):
+            if not _TOKEN_RE.match(header):
+                raise ConfigError(f"not a header name: {header!r}", field=f"credentials[{index}]")
+            if not env_name:
+                raise ConfigError(f"no environment variable named for {header!r}", field=f"credentials[{index}]")
 
     def credential_values(self) -> tuple[tuple[bytes, bytes], ...]:
         """The shadow credentials from the environment; a missing variable is a ConfigError."""
@@ -150,7 +161,12 @@ class ShadowSettings:
                 raise ConfigError(
                     f"environment variable {env_name!r} is not set", field=f"shadows.{self.name}.credentials.{header}"
                 )
-            values.append((header.encode("latin-1"), value.encode("latin-1")))
+            if any(c in value for c in "\r\n\0") or not value.isascii():
+                raise ConfigError(
+                    f"environment variable {env_name!r} holds characters a header value cannot carry",
+                    field=f"shadows.{self.name}.credentials.{header}",
+                )
+            values.append((header.encode("ascii"), value.encode("ascii")))
         return tuple(values)
 
 

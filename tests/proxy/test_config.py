@@ -78,6 +78,12 @@ def test_defaults_are_safe() -> None:
         ({"admin": {"listen": "0.0.0.0:9"}}, "admin.listen", "0.0.0.0"),
         ({"tls": {"cert_file": "c.pem"}}, "tls.cert_file", ""),
         ({"events": {"queue_size": -1}}, "events.queue_size", "-1"),
+        ({"shadows": [{"name": "a", "url": "http://h", "host": "two words"}]}, "shadows[0].host", "two words"),
+        (
+            {"shadows": [{"name": "a", "url": "http://h", "credentials": {"Bad Name": "E"}}]},
+            "shadows[0].credentials[0]",
+            "",
+        ),
     ],
 )
 def test_errors_name_key_and_value(change: dict[str, Any], field: str, value_text: str) -> None:
@@ -104,6 +110,9 @@ def test_credentials_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     shadow = ProxyConfig.from_mapping(FULL).shadows[0]
     monkeypatch.delenv("V2_TOKEN", raising=False)
     with pytest.raises(ConfigError, match="V2_TOKEN"):
+        shadow.credential_values()
+    monkeypatch.setenv("V2_TOKEN", "Bearer shadow\r\nX-Injected: 1")
+    with pytest.raises(ConfigError, match="cannot carry"):
         shadow.credential_values()
     monkeypatch.setenv("V2_TOKEN", "Bearer shadow")
     assert shadow.credential_values() == ((b"Authorization", b"Bearer shadow"),)
