@@ -10,6 +10,7 @@ compute results.
 from __future__ import annotations
 
 import io
+import os
 from collections import Counter
 from typing import Final, TextIO
 
@@ -221,14 +222,16 @@ def _render(report: DiffReport, console: Console) -> None:
 
 
 def render_terminal(report: DiffReport, file: TextIO, *, color: bool | None = None) -> None:
-    """Write the terminal summary of ``report`` to ``file``; colour iff ``color``, or iff a TTY when None.
+    """Write the terminal summary of ``report`` to ``file``.
+
+    Colour iff ``color``; when it is None, iff ``file`` is a TTY and ``NO_COLOR`` is not set (no-color.org).
 
     The summary is rendered in memory and written once, in whatever encoding ``file`` has: on an
     ASCII-only stream boxes are ASCII and other characters from traffic become escapes, never an
     UnicodeEncodeError.
     """
     is_tty = file.isatty()
-    use_color = is_tty if color is None else color
+    use_color = (is_tty and not os.environ.get("NO_COLOR")) if color is None else color
     encoding = getattr(file, "encoding", None) or "utf-8"
     sink = _Sink(encoding)
     console = Console(

@@ -58,19 +58,26 @@ def test_colour_when_asked_and_only_styles_change() -> None:
     ]
 
 
-def test_colour_follows_the_tty_when_not_specified() -> None:
+def render_to_tty() -> str:
     read_fd, write_fd = os.openpty()
     try:
         with os.fdopen(write_fd, "w", encoding="utf-8", closefd=False) as tty:
             assert tty.isatty()
             render_terminal(passing_report(), tty)
             tty.flush()
-            written = os.read(read_fd, 65536).decode("utf-8")
-        assert ANSI.search(written)
+            return os.read(read_fd, 65536).decode("utf-8")
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_colour_follows_the_tty_and_no_color_when_not_specified(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert ANSI.search(render_to_tty())
     assert "\x1b" not in render(passing_report())  # a StringIO is not a TTY
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert "\x1b" not in render_to_tty()
+    assert ANSI.search(render(passing_report(), color=True))  # an explicit request still wins
 
 
 def test_markup_and_control_characters_from_traffic_print_as_text() -> None:
