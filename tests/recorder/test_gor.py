@@ -358,3 +358,33 @@ def test_corrupt_gzip_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InputFormatError, match="gzip") as info:
         list(GorReader(bad))
     assert info.value.path == str(bad)
+
+
+def test_memory_stays_bounded_however_long_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemalloc
+
+    from recorder.formats import gor as gor_module
+
+    body = b"x" * 900
+    exchanges = (
+        Exchange(
+            id=f"{i:024x}",
+            started_at_ns=10**18 + i,
+            request=Request("GET", f"/{i}", ((b"Host", b"h.test"),)),
+            primary=Response(200, "OK", ((b"Content-Length", b"900"),), body),
+        )
+        for i in range(4000)
+    )
+    path = tmp_path / "long.gor"
+    write_gor(exchanges, path)
+    assert path.stat().st_size > 4_000_000
+    monkeypatch.setattr(gor_module, "_CHUNK_BYTES", 64 * 1024)
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in GorReader(path, max_pending=20))
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 4000
+    # A read chunk, its copy while compacting, and 20 waiting exchanges: far below the 4 MB file.
+    assert peak_bytes < 1_000_000

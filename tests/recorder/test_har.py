@@ -369,3 +369,26 @@ def test_gzipped_har_is_read_as_it_streams(tmp_path: Path) -> None:
     corrupt.write_bytes(packed.read_bytes()[:10] + b"\xff" * 50)  # gzip header, then an invalid block type
     with pytest.raises(InputFormatError, match="corrupt gzip data"):
         list(HarReader(corrupt))
+
+
+def test_memory_stays_bounded_however_long_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemalloc
+
+    one = entry()
+    one["response"]["content"]["text"] = "y" * 900
+    path = tmp_path / "long.har"
+    with path.open("w") as out:
+        out.write('{"log": {"version": "1.2", "entries": [')
+        out.write(",".join(json.dumps(one) for _ in range(3000)))
+        out.write("]}}")
+    assert path.stat().st_size > 4_000_000
+    monkeypatch.setattr(har_module, "_CHUNK_BYTES", 64 * 1024)
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in HarReader(path))
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 3000
+    # The sliding buffer holds about one read chunk plus one entry, never the 4 MB document.
+    assert peak_bytes < 1_000_000
