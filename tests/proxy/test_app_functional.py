@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app import ProxyApp
 from proxy.config import ProxyConfig
 from recorder import TapeReader
-from recorder.model import Response
+from recorder.model import Failure, Response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -255,3 +255,27 @@ async def test_websocket_passes_through_is_never_mirrored_and_is_taped(tmp_path:
     (taped,) = TapeReader(tmp_path / "tape")
     assert taped.tags.get("upgraded") == "1" and taped.decisions == {"v2": "method-not-allowed"}
     assert isinstance(taped.primary, Response) and taped.primary.status == 101
+
+
+async def test_primary_down_is_a_fast_502_counted_and_taped(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    app = await start_proxy({"primary": dead, "record": {"tape": str(tmp_path / "tape")}})
+    async with aiohttp.ClientSession() as client:
+        started = time.monotonic()
+        async with client.get(f"{app.listen_url}/anything") as resp:
+            assert resp.status == 502
+        assert time.monotonic() - started < 2.0
+        async with client.get(f"{app.admin_url}/metrics") as resp:
+            text = await resp.text()
+    await app.shutdown()
+    # Counted as a failed primary (the client's 502 came from the proxy, not from the primary).
+    assert 'shadowtap_proxy_requests_total{status="error"} 1.0' in text
+    assert 'shadowtap_primary_failures_total{kind="connect-error"} 1.0' in text
+    (taped,) = TapeReader(tmp_path / "tape")
+    assert taped.request.target == "/anything"
+    assert isinstance(taped.primary, Failure) and taped.primary.kind == "connect-error"
