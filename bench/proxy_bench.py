@@ -10,7 +10,8 @@ direct) and isolation: the primary's latency with the shadow healthy, 10x slower
 times the direct p50 or more), and black-holed (accepts, never answers), for shadowtap and for nginx
 ``mirror``. This script prints figures; it never asserts on them.
 
-    .venv/bin/python bench/proxy_bench.py [--duration 8] [--paced-duration 5] [--rate 1000] [--json OUT]
+    .venv/bin/python bench/proxy_bench.py [--duration 8] [--paced-duration 5] [--rate 1000] [--repeat 2]
+                                          [--json OUT]
 """
 
 from __future__ import annotations
@@ -212,20 +213,26 @@ def run_wrk(name: str, port: int, duration_s: int, baseline_port: int | None = N
     return result
 
 
-def paced(name: str, port: int, rate_per_s: float, duration_s: float, connections: int = 16) -> Result:
+def paced(name: str, port: int, rate_per_s: float, duration_s: float, repeat: int, connections: int = 16) -> Result:
     """Open loop at ``rate_per_s``: request i is due at t0 + i/rate; latency counts from when it was
-    due (so a stalled proxy cannot hide its queueing). Runs in a child so wrk-free timing is clean."""
-    out = subprocess.run(
-        [PYTHON, __file__, "--paced", str(port), str(rate_per_s), str(duration_s), str(connections)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    data = json.loads(out)
-    result = Result(name, data["rate"], data["p50_ms"], data["p99_ms"], data["errors"])
+    due (so a stalled proxy cannot hide its queueing). Runs in a child process, ``repeat`` times; the
+    run with the lowest p99 is kept (as timeit keeps its best), since other work on a shared machine
+    only ever adds latency. Every case gets the same treatment, nginx and direct included."""
+    runs: list[Result] = []
+    for _ in range(repeat):
+        out = subprocess.run(
+            [PYTHON, __file__, "--paced", str(port), str(rate_per_s), str(duration_s), str(connections)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        data = json.loads(out)
+        runs.append(Result(name, data["rate"], data["p50_ms"], data["p99_ms"], int(data["errors"])))
+    result = min(runs, key=lambda r: r.p99_ms)
+    all_p99 = ", ".join(f"{r.p99_ms:.2f}" for r in runs)
     print(
-        f"  paced {name:<40} {data['rate']:>9,.0f} req/s  p50 {result.p50_ms:6.3f} ms  p99 {result.p99_ms:6.3f} ms"
-        f"  errors {result.errors:g}",
+        f"  paced {name:<40} {result.requests_per_s:>6,.0f} req/s  p50 {result.p50_ms:6.3f} ms"
+        f"  p99 {result.p99_ms:7.3f} ms (runs: {all_p99})  errors {result.errors}",
         flush=True,
     )
     return result
@@ -291,6 +298,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run (default 8)")
     parser.add_argument("--paced-duration", type=float, default=5.0, help="seconds per paced run (default 5)")
     parser.add_argument("--rate", type=float, default=1000.0, help="paced requests/s (default 1000)")
+    parser.add_argument("--repeat", type=int, default=2, help="paced runs per case, best p99 kept (default 2)")
     parser.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
     parser.add_argument(
         "--serve-shadows", nargs=3, metavar=("SLOW_PORT", "HOLE_PORT", "DELAY_S"), help=argparse.SUPPRESS
@@ -389,18 +397,28 @@ def main() -> int:
 
             print(f"latency at a fixed {args.rate:g} req/s (paced, open loop, from the intended send time):")
             dur = args.paced_duration
-            paced_results.append(paced("direct", ports["origin"], args.rate, dur))
+            paced_results.append(paced("direct", ports["origin"], args.rate, dur, args.repeat))
             with shadowtap_proxy(tap, ports["origin"], []):
-                paced_results.append(paced("shadowtap pass-through", tap, args.rate, dur))
+                paced_results.append(paced("shadowtap pass-through", tap, args.rate, dur, args.repeat))
             with shadowtap_proxy(tap, ports["origin"], shadow + tape("paced")):
-                paced_results.append(paced("shadowtap mirror+record, shadow healthy", tap, args.rate, dur))
+                paced_results.append(paced("shadowtap mirror+record, shadow healthy", tap, args.rate, dur, args.repeat))
             with shadowtap_proxy(tap, ports["origin"], slow_shadow + shadow_timeout + tape("paced-slow")):
-                paced_results.append(paced("shadowtap mirror+record, shadow 10x slower", tap, args.rate, dur))
+                paced_results.append(
+                    paced("shadowtap mirror+record, shadow 10x slower", tap, args.rate, dur, args.repeat)
+                )
             with shadowtap_proxy(tap, ports["origin"], hole_shadow + shadow_timeout + tape("paced-hole")):
-                paced_results.append(paced("shadowtap mirror+record, shadow black-holed", tap, args.rate, dur))
-            paced_results.append(paced("nginx mirror, shadow healthy", ports["nginx_mirror"], args.rate, dur))
-            paced_results.append(paced("nginx mirror, shadow 10x slower", ports["nginx_mirror_slow"], args.rate, dur))
-            paced_results.append(paced("nginx mirror, shadow black-holed", ports["nginx_mirror_hole"], args.rate, dur))
+                paced_results.append(
+                    paced("shadowtap mirror+record, shadow black-holed", tap, args.rate, dur, args.repeat)
+                )
+            paced_results.append(
+                paced("nginx mirror, shadow healthy", ports["nginx_mirror"], args.rate, dur, args.repeat)
+            )
+            paced_results.append(
+                paced("nginx mirror, shadow 10x slower", ports["nginx_mirror_slow"], args.rate, dur, args.repeat)
+            )
+            paced_results.append(
+                paced("nginx mirror, shadow black-holed", ports["nginx_mirror_hole"], args.rate, dur, args.repeat)
+            )
 
     print()
     print(
@@ -418,7 +436,7 @@ def main() -> int:
     print(f"{title:<46} {'p50 ms':>8} {'+p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for r in paced_results:
         added = r.p50_ms - paced_direct.p50_ms
-        print(f"{r.name:<46} {r.p50_ms:>8.3f} {added:>+8.3f} {r.p99_ms:>8.3f} {r.errors:>7g}")
+        print(f"{r.name:<46} {r.p50_ms:>8.3f} {added:>+8.3f} {r.p99_ms:>8.3f} {r.errors:>7}")
     by_name = {r.name: r for r in wrk_results}
     tap1 = by_name["shadowtap pass-through (1 process)"]
     tap2 = by_name["shadowtap pass-through (--workers 2)"]
