@@ -155,7 +155,8 @@ async def test_bad_shadow_does_not_slow_or_fail_the_primary(behaviour: str) -> N
     # Generous: the shadow's own delay is 1-2 s (or forever); a leak of it would blow these bounds.
     assert shadow_p50 < base_p50 * 3 + 0.005, (base_p50, shadow_p50)
     assert shadow_p90 < base_p90 * 3 + 0.010, (base_p90, shadow_p90)
-    assert max(shadowed) < 0.5, max(shadowed)
+    # No request waited for the shadow (its timeout is 1 s, the slow one answers after 2 s).
+    assert max(shadowed) < 0.9, max(shadowed)
     dropped = {outcome: n for (name, outcome), n in outcomes.items() if outcome not in ("mirrored", "ok")}
     assert sum(dropped.values()) > 0, outcomes
     assert shadow.connections > 0
