@@ -13,12 +13,14 @@ shorter array as "the newer fields are at their defaults".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, TypeAlias, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from recorder.errors import TapeFormatError
+
+T = TypeVar("T")
 
 __all__ = [
     "PRIMARY",
@@ -238,6 +240,51 @@ def exchange_to_wire(ex: Exchange) -> list[Any]:
     ]
 
 
+def _slot_builder(cls: type[T]) -> Callable[..., T]:
+    """A positional constructor for ``cls`` that stores straight into its slots.
+
+    A frozen dataclass's ``__init__`` sets every field through ``object.__setattr__``, several times
+    the cost of a slot store, and the reader builds four such objects per exchange: that was most of
+    the read cost. The builder skips ``__init__`` (no defaults, no ``__post_init__``), so it is only
+    for values laid out by the wire format, with every field given.
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    for name in names:
+        namespace[f"_set_{name}"] = cls.__dict__[name].__set__
+    body = "".join(f"    _set_{name}(obj, {name})\n" for name in names)
+    exec(f"def build({', '.join(names)}):\n    obj = _new(_cls)\n{body}    return obj\n", namespace)
+    return cast(Callable[..., T], namespace["build"])
+
+
+_build_request = _slot_builder(Request)
+_build_response = _slot_builder(Response)
+_build_failure = _slot_builder(Failure)
+_build_timing = _slot_builder(Timing)
+_build_exchange = _slot_builder(Exchange)
+
+# Trailing fields a writer may leave out (an older writer, or another language's), with the value
+# they then have. Positions before these are required.
+_REQUEST_REQUIRED, _REQUEST_DEFAULTS = 2, ((), b"", "http", "", "1.1", None)
+_RESPONSE_REQUIRED, _RESPONSE_DEFAULTS = 2, ("", (), b"", "1.1", None)
+_FAILURE_REQUIRED, _FAILURE_DEFAULTS = 2, ("",)
+_TIMING_REQUIRED, _TIMING_DEFAULTS = 0, (None, None, None)
+_EXCHANGE_REQUIRED, _EXCHANGE_DEFAULTS = 4, (None, None, None, "", "", "", None, None)
+
+
+def _complete(a: Any, required: int, defaults: tuple[Any, ...], what: str) -> Any:
+    n = len(a)
+    full = required + len(defaults)
+    if n == full:
+        return a
+    if n < required:
+        raise ValueError(f"{what} record has {n} fields, needs at least {required}")
+    if n > full:
+        # A newer writer appended fields this version does not know; they are ignored.
+        return a[:full]
+    return tuple(a) + defaults[n - required :]
+
+
 def _headers_from_wire(raw: Any) -> Headers:
     # msgpack unpacked with use_list=False already gives tuples of tuples; lists come from tests
     # or other writers and are normalised here.
@@ -247,38 +294,55 @@ def _headers_from_wire(raw: Any) -> Headers:
 
 
 def _request_from_wire(a: Any) -> Request:
-    return Request(a[0], a[1], _headers_from_wire(a[2]), a[3], a[4], a[5], a[6], a[7])
+    a = _complete(a, _REQUEST_REQUIRED, _REQUEST_DEFAULTS, "request")
+    return _build_request(a[0], a[1], _headers_from_wire(a[2]), a[3], a[4], a[5], a[6], a[7])
 
 
 def _outcome_from_wire(a: Any) -> Outcome:
     tag = a[0]
     if tag == _TAG_RESPONSE:
-        return Response(a[1], a[2], _headers_from_wire(a[3]), a[4], a[5], a[6])
+        a = _complete(a[1:], _RESPONSE_REQUIRED - 1, _RESPONSE_DEFAULTS, "response")
+        return _build_response(a[0], a[1], _headers_from_wire(a[2]), a[3], a[4], a[5])
     if tag == _TAG_FAILURE:
-        return Failure(a[1], a[2])
+        a = _complete(a[1:], _FAILURE_REQUIRED - 1, _FAILURE_DEFAULTS, "failure")
+        return _build_failure(a[0], a[1])
     raise ValueError(f"unknown outcome tag {tag!r}")
+
+
+def _str_map(raw: Any) -> dict[str, str]:
+    return {} if raw is None else raw if type(raw) is dict else dict(raw)
 
 
 def exchange_from_wire(a: Any) -> Exchange:
     """Rebuild an Exchange from its msgpack array; a malformed array raises ``TapeFormatError``.
 
-    The tape reader adds file and offset to the error.
+    Trailing fields may be missing (they take their defaults) and unknown trailing fields are
+    ignored, so records stay readable across additions. The tape reader adds file and offset to the
+    error.
     """
     try:
-        primary = a[4]
-        return Exchange(
-            id=a[0],
-            started_at_ns=a[1],
-            started_mono_ns=a[2],
-            request=_request_from_wire(a[3]),
-            primary=None if primary is None else _outcome_from_wire(primary),
-            shadows={name: _outcome_from_wire(o) for name, o in a[5].items()},
-            timings={name: Timing(t[0], t[1], t[2]) for name, t in a[6].items()},
-            session=a[7],
-            connection_id=a[8],
-            client_addr=a[9],
-            decisions=dict(a[10]),
-            tags=dict(a[11]),
+        if type(a) is str or type(a) is bytes:
+            raise TypeError(f"an exchange record is an array, not {type(a).__name__}")
+        a = _complete(a, _EXCHANGE_REQUIRED, _EXCHANGE_DEFAULTS, "exchange")
+        primary, shadows, timings = a[4], a[5], a[6]
+        return _build_exchange(
+            a[0],
+            a[1],
+            _request_from_wire(a[3]),
+            None if primary is None else _outcome_from_wire(primary),
+            {} if not shadows else {name: _outcome_from_wire(o) for name, o in shadows.items()},
+            {}
+            if not timings
+            else {
+                name: _build_timing(*_complete(t, _TIMING_REQUIRED, _TIMING_DEFAULTS, "timing"))
+                for name, t in timings.items()
+            },
+            a[2],
+            a[7],
+            a[8],
+            a[9],
+            _str_map(a[10]),
+            _str_map(a[11]),
         )
     except (IndexError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise TapeFormatError(f"malformed exchange record: {exc}") from exc

@@ -94,3 +94,40 @@ def test_unknown_outcome_tag_is_a_format_error() -> None:
     wire[4] = [9, "?"]
     with pytest.raises(TapeFormatError, match="unknown outcome tag"):
         exchange_from_wire(wire)
+
+
+def test_missing_trailing_fields_take_their_defaults() -> None:
+    """An older writer (or another language's) may leave trailing fields out."""
+    minimal = ["id1", 5, 6, ["GET", "/"]]
+    ex = exchange_from_wire(minimal)
+    assert ex == Exchange(id="id1", started_at_ns=5, started_mono_ns=6, request=Request("GET", "/"))
+    assert ex.shadows == {} and ex.timings == {} and ex.decisions == {} and ex.tags == {}
+    with_outcomes = ["id2", 5, 6, ["GET", "/", [[b"a", b"b"]]], [0, 204], {"v2": [1, "timeout"]}, {"v2": [1]}]
+    ex2 = exchange_from_wire(with_outcomes)
+    assert ex2.primary == Response(204)
+    assert ex2.shadows == {"v2": Failure("timeout")}
+    assert ex2.timings == {"v2": Timing(1)}
+    assert ex2.request.headers == ((b"a", b"b"),)
+
+
+def test_unknown_trailing_fields_from_a_newer_writer_are_ignored() -> None:
+    ex = sample_exchange()
+    wire = exchange_to_wire(ex)
+    wire[3] = [*wire[3], "future-request-field"]
+    wire[4] = [*wire[4], "future-response-field"]
+    assert exchange_from_wire([*wire, "future-exchange-field"]) == ex
+
+
+def test_too_short_records_are_format_errors() -> None:
+    with pytest.raises(TapeFormatError, match="needs at least 4"):
+        exchange_from_wire(["id", 1, 2])
+    with pytest.raises(TapeFormatError, match="request record"):
+        exchange_from_wire(["id", 1, 2, ["GET"]])
+
+
+def test_decoded_objects_are_still_frozen() -> None:
+    ex = exchange_from_wire(exchange_to_wire(sample_exchange()))
+    with pytest.raises(AttributeError):
+        ex.id = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        ex.request.method = "POST"  # type: ignore[misc]
