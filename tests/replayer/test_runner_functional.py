@@ -36,34 +36,59 @@ def arrival_pattern() -> list[float]:
     return offsets
 
 
+class ArrivalRecorder(asyncio.Protocol):
+    """A minimal HTTP/1.1 server protocol: notes when each request's first bytes arrive and
+    answers at once, so server work does not crowd the schedule on a shared 2-core machine."""
+
+    arrivals: dict[int, int]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        now_ns = time.monotonic_ns()
+        if not self.buffer:
+            self.first_ns = now_ns
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            path = head.split(b" ", 2)[1].decode()
+            self.arrivals[int(path.rsplit("/", 1)[1])] = self.first_ns
+            self.first_ns = now_ns
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("speed", [1.0, 5.0, 20.0])
 async def test_arrivals_follow_the_plan_without_cumulative_drift(speed: float) -> None:
-    offsets = arrival_pattern()
+    # The recorded pattern is stretched by the speed so every run lasts about a second: a short
+    # descheduling of the process (the machine is shared) then cannot move the median.
+    offsets = [at * speed / 2 for at in arrival_pattern()]
     tape = [make_exchange(i, at) for i, at in enumerate(offsets)]
     arrivals: dict[int, int] = {}
 
-    async def handle(request: web.Request) -> web.Response:
-        arrivals[int(request.match_info["i"])] = time.monotonic_ns()
-        return web.Response(text="ok")
+    class Recorder(ArrivalRecorder):
+        pass
 
-    app = web.Application()
-    app.router.add_get("/r/{i}", handle)
-    server, url = await start_server(app)
+    Recorder.arrivals = arrivals
+    server = await asyncio.get_running_loop().create_server(Recorder, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
         async with HttpTransport(url) as transport:
-            # Warm one connection so the first arrival does not carry a connect.
-            await transport.send("GET", "/r/999", (), b"")
+            # Warm a few connections so the first arrivals do not carry a connect.
+            await asyncio.gather(*(transport.send("GET", f"/r/{999 + i}", (), b"") for i in range(4)))
             arrivals.clear()
             t0_ns = time.monotonic_ns() + 100 * MS
             plan = plan_requests(lambda: tape, PlanOptions(scaling=Scaling(speed=speed)))
             outcome = await replay(plan, transport, t0_ns=t0_ns)
     finally:
-        await server.cleanup()
+        server.close()
+        await server.wait_closed()
     assert outcome.stats.overall.requests == len(tape) == len(arrivals)
     lags_ms = [(arrivals[i] - (t0_ns + int(offsets[i] * MS / speed))) / MS for i in range(len(tape))]
     assert min(lags_ms) > -0.5, "a request went out before its slot"
     # Bounds loose enough for a shared 2-core machine; the bench measures the real p99.
-    assert statistics.median(lags_ms) < 5.0
+    assert statistics.median(lags_ms) < 5.0, [round(x, 1) for x in lags_ms]
     assert max(lags_ms) < 100.0
     quarter = len(lags_ms) // 4
     drift_ms = statistics.median(lags_ms[-quarter:]) - statistics.median(lags_ms[:quarter])

@@ -56,3 +56,35 @@ def test_encode_decode_merge_keeps_every_count() -> None:
     assert merged.endpoints["GET /a"].requests == 150 and merged.endpoints["GET /c"].requests == 50
     assert merged.held_back == 1 and merged.held_back_ns == 5 * MS
     assert sum(row[1] for row in merged.timeline) == 200 and len(merged.timeline) == 3
+
+
+def test_batched_recording_matches_hdrhistogram_record_value() -> None:
+    import random
+
+    from hdrh.histogram import HdrHistogram
+
+    rng = random.Random(7)
+    stats = ReplayStats()
+    reference = {name: HdrHistogram(1, 3_600_000_000, 3) for name in ("service", "corrected", "start_lag")}
+    for i in range(3000):
+        lag_us = rng.choice([1, 2, 50, 999, 1000, 1001, 123_456])
+        service_us = int(rng.lognormvariate(6, 2)) + 1
+        due = 10**12 + i * 1000 * MS
+        stats.record_done(
+            "GET /",
+            t0_ns=10**12,
+            due_ns=due,
+            released_ns=due + lag_us * 1000,
+            sent_ns=due + lag_us * 1000,
+            done_ns=due + (lag_us + service_us) * 1000,
+            status=200,
+            error=None,
+        )
+        reference["service"].record_value(min(service_us, 3_600_000_000))
+        reference["corrected"].record_value(min(lag_us + service_us, 3_600_000_000))
+        reference["start_lag"].record_value(lag_us)
+    for name, hist in reference.items():
+        mine = stats.overall.histogram(name)
+        assert list(mine.counts) == list(hist.counts), name
+        assert (mine.total_count, mine.min_value, mine.max_value) == (hist.total_count, hist.min_value, hist.max_value)
+        assert stats.endpoints["GET /"].histogram(name).encode() == hist.encode()
