@@ -296,6 +296,15 @@ class ProxyConfig:
         for index, name in enumerate(names):
             if names.index(name) != index:
                 raise ConfigError(f"duplicate shadow name {name!r}", field=f"shadows[{index}].name")
+        for index, shadow in enumerate(self.shadows):
+            # A copy may wait in its queue up to total_timeout_s and then run as long again; a join
+            # shorter than one run would tape answers that came in time as timeouts.
+            if shadow.total_timeout_s > self.record.join_timeout_s:
+                raise ConfigError(
+                    f"must be at least shadows[{index}].total_timeout_s ({shadow.total_timeout_s}), "
+                    f"not {self.record.join_timeout_s}",
+                    field="record.join_timeout_s",
+                )
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ProxyConfig:

@@ -78,6 +78,11 @@ def test_defaults_are_safe() -> None:
         ({"admin": {"listen": "0.0.0.0:9"}}, "admin.listen", "0.0.0.0"),
         ({"tls": {"cert_file": "c.pem"}}, "tls.cert_file", ""),
         ({"events": {"queue_size": -1}}, "events.queue_size", "-1"),
+        (
+            {"shadows": [{"name": "a", "url": "http://h", "total_timeout_s": 30}], "record": {"join_timeout_s": 5}},
+            "record.join_timeout_s",
+            "30",
+        ),
         ({"shadows": [{"name": "a", "url": "http://h", "host": "two words"}]}, "shadows[0].host", "two words"),
         (
             {"shadows": [{"name": "a", "url": "http://h", "credentials": {"Bad Name": "E"}}]},

@@ -326,7 +326,7 @@ async def test_response_cap_marks_truncation() -> None:
 async def test_shutdown_cancels_what_it_cannot_finish() -> None:
     server = RawServer(_black_hole)
     url = await server.start()
-    stage, _, _, outcomes = stage_for([{"name": "bh", "url": url, "concurrency": 1, "total_timeout_s": 30}])
+    stage, _, _, outcomes = stage_for([{"name": "bh", "url": url, "concurrency": 1, "total_timeout_s": 9}])
     await stage.start()
     pending = [exchange() for _ in range(3)]
     for ex in pending:

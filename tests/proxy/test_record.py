@@ -49,7 +49,11 @@ async def make(
     config = ProxyConfig.from_mapping(
         {
             "primary": "http://127.0.0.1:1",
-            "shadows": {"v2": "http://127.0.0.1:2", "v3": "http://127.0.0.1:3"},
+            # Short shadow timeouts, so short join timeouts are valid.
+            "shadows": {
+                "v2": {"url": "http://127.0.0.1:2", "total_timeout_s": 0.1},
+                "v3": {"url": "http://127.0.0.1:3", "total_timeout_s": 0.1},
+            },
             "record": {"tape": str(tmp_path / "tape"), **(record or {})},
         }
     )
