@@ -440,7 +440,12 @@ class ShadowMirror:
                 self.breaker.record_failure(now_s)
                 self._finish(job, Failure(FailureKind.TIMEOUT, "waited too long in the mirror queue"), Timing())
                 continue
-            self._start(job, now_s)
+            try:
+                self._start(job, now_s)
+            except Exception as exc:  # a bug must cost this copy only, never the queue behind it
+                log.exception("mirror copy for %s could not start", self.settings.name)
+                self.breaker.record_cancelled()
+                self._finish(job, Failure(FailureKind.OTHER, f"copy could not start: {exc}"), Timing())
         if not self._active and not self._waiting:
             self._idle.set()
 
