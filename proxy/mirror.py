@@ -33,6 +33,7 @@ from proxy.rules import RouteTable
 from proxy.sampling import TokenBucket, in_sample, key_in_sample
 from proxy.stages import ProxiedExchange
 from proxy.upstream import UpstreamConnection, UpstreamPool
+from recorder.errors import ConfigError
 from recorder.model import Failure, FailureKind, Header, Headers, Outcome, Response, Timing
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "OutcomeListener",
     "ShadowMirror",
     "mirror_request_head",
+    "shadow_ssl_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -131,7 +133,7 @@ class _Copy:
 
     Callback-driven (no task per copy): the connection calls ``on_head`` / ``on_body`` /
     ``on_complete`` / ``on_failure`` as bytes arrive, a timer handles the deadline, and the shadow
-    is told once through ``ShadowMirror._copy_done``.
+    is told once through ``ShadowMirror.copy_done``.
     """
 
     __slots__ = (
@@ -235,8 +237,15 @@ class _Copy:
             conn.detach()
 
 
-def _client_ssl(settings: ShadowSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=settings.ca_file)
+def shadow_ssl_context(settings: ShadowSettings) -> ssl.SSLContext:
+    """The client TLS context for an https shadow: verification on unless ``tls_verify`` is false.
+
+    Reads ``ca_file`` (blocking: call it off the event loop); a bad file is a ``ConfigError``.
+    """
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load CA file: {exc}", field=f"shadows.{settings.name}.ca_file") from exc
     if not settings.tls_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -292,7 +301,7 @@ class ShadowMirror:
         if self.settings.rate_per_s is not None:
             burst = self.settings.burst if self.settings.burst is not None else max(1.0, self.settings.rate_per_s)
             self._bucket = TokenBucket(self.settings.rate_per_s, burst, loop.time())
-        ssl_context = await asyncio.to_thread(_client_ssl, self.settings) if self._target.tls else None
+        ssl_context = await asyncio.to_thread(shadow_ssl_context, self.settings) if self._target.tls else None
         # Keep as many idle connections as copies may be in flight: the concurrency cap is also the
         # connection cap.
         self._pool = UpstreamPool(

@@ -234,6 +234,7 @@ def load_config(args: argparse.Namespace, path: str | None) -> Any:
     """The validated ``ProxyConfig`` (and, through the data path, its forward settings)."""
     from proxy.app import build_forward_settings, listen_ssl_context
     from proxy.config import ProxyConfig
+    from proxy.mirror import shadow_ssl_context
     from shadowtap.config import load_mapping
 
     base = load_mapping(path) if path else {}
@@ -242,6 +243,8 @@ def load_config(args: argparse.Namespace, path: str | None) -> Any:
     listen_ssl_context(config)
     for shadow in config.shadows:
         shadow.credential_values()
+        if shadow.url.startswith("https:"):
+            shadow_ssl_context(shadow)
     config.admin.token()
     return config
 

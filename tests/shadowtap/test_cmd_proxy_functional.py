@@ -186,6 +186,11 @@ def test_check_config_accepts_good_and_names_the_bad_key(tmp_path: Path) -> None
         (("--listen", "127.0.0.1:0"), "primary"),
         (("--primary", "http://127.0.0.1:9", "--admin", "0.0.0.0:0"), "admin.listen"),
         (("--primary", "http://127.0.0.1:9", "--set", "forward.connect_timeout_s=-1"), "forward.connect_timeout_s"),
+        (
+            ("--primary", "http://127.0.0.1:9", "--shadow", "v2=https://127.0.0.1:9", "--shadow-ca-file", "/nope.pem"),
+            "shadows.v2.ca_file",
+        ),
+        (("--primary", "http://127.0.0.1:9", "--shadow", "v2=http://127.0.0.1:9", "--shadow-timeout", "30"), "join"),
     ],
 )
 def test_bad_flags_are_one_line(args: tuple[str, ...], needle: str) -> None:
