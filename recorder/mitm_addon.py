@@ -14,10 +14,12 @@ See docs/interop.md for HTTPS capture in forward and reverse mode.
 
 # No ``from __future__ import annotations``: mitmproxy runs this file as a script module that is not
 # in sys.modules, where dataclasses cannot resolve string annotations.
+import asyncio
 import dataclasses
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Optional
@@ -67,6 +69,9 @@ class TapeRecorder:
         self.writer: TapeWriter | None = None
         self.sampled_out = 0
         self._random = random.Random()
+        self._starting: asyncio.Task[None] | None = None
+        # Start and close run as tasks; the references keep them from being collected mid-flight.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def load(self, loader: Any) -> None:
         # mitmproxy compares typespecs against ``Optional[str]`` itself, so the spelling matters here.
@@ -121,23 +126,38 @@ class TapeRecorder:
             )
         self.settings = settings
 
-    async def running(self) -> None:
+    def running(self) -> "asyncio.Task[None] | None":
+        # Hooks are plain functions returning a task: mitmproxy awaits it at start-up and shutdown,
+        # and calls hooks synchronously when it hot-reloads this script, where an async def fails.
         settings = self.settings
         if settings.tape is None or self.writer is not None:
-            return
+            return None
         options = TapeOptions(
             compression="zstd" if settings.compression == "zstd" else "none",
             redaction=RedactionRules() if settings.redact else None,
         )
-        writer = TapeWriter(settings.tape, options)
+        # submit() queues (bounded) until the writer's thread is up.
+        self.writer = TapeWriter(settings.tape, options)
+        self._starting = self._track(self._start(self.writer))
+        return self._starting
+
+    async def _start(self, writer: TapeWriter) -> None:
         try:
             await writer.start()
         except ShadowtapError as exc:
             # One clear line; mitmproxy's errorcheck then stops mitmdump, as it does for its own errors.
             log.error("shadowtap: cannot record: %s", exc)
+            if self.writer is writer:
+                self.writer = None
             return
-        self.writer = writer
+        settings = self.settings
         log.info("shadowtap: recording into %s (redaction %s)", settings.tape, "on" if settings.redact else "off")
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> "asyncio.Task[None]":
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def response(self, flow: "http.HTTPFlow") -> None:
         if flow.websocket is not None:
@@ -169,10 +189,15 @@ class TapeRecorder:
         # False means dropped (queue full): the writer counts it, and the flow goes on untouched.
         writer.submit(exchange)
 
-    async def done(self) -> None:
+    def done(self) -> "asyncio.Task[None] | None":
         writer, self.writer = self.writer, None
         if writer is None:
-            return
+            return None
+        return self._track(self._close(writer, self._starting))
+
+    async def _close(self, writer: TapeWriter, starting: "asyncio.Task[None] | None") -> None:
+        if starting is not None:
+            await starting  # closing before the thread is up would drop what is queued
         await writer.close()
         stats = writer.stats
         log.info(

@@ -325,3 +325,46 @@ async def test_an_unusable_tape_path_stops_mitmdump_with_one_line(upstream: int,
     text = output.decode(errors="replace")
     assert "shadowtap: cannot record:" in text and "Traceback" not in text
     assert "Error logged during startup, exiting" in text
+
+
+async def test_hot_reload_of_the_script_keeps_recording(upstream: int, tmp_path: Path) -> None:
+    # mitmproxy reloads a script whose file changes and then calls its hooks synchronously.
+    script = tmp_path / "shadowtap_addon.py"
+    script.write_text(ADDON.read_text())
+    tape = tmp_path / "tape"
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        str(MITMDUMP),
+        "--mode",
+        f"reverse:http://127.0.0.1:{upstream}",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port),
+        "--set",
+        f"confdir={tmp_path / 'conf'}",
+        "-s",
+        str(script),
+        "--set",
+        f"shadowtap_tape={tape}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await wait_listening(port, process)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/hello?before=1") as r:
+                assert r.status == 200
+            script.write_text(ADDON.read_text() + "\n# changed\n")
+            await asyncio.sleep(2.5)  # mitmproxy polls the script's mtime about once a second
+            async with session.get(f"http://127.0.0.1:{port}/hello?after=1") as r:
+                assert r.status == 200
+    finally:
+        output = await stop(process)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output and "cannot be called from sync context" not in output, output
+    assert output.count("Loading script") == 2, output
+    # The old instance closed its writer (nothing left in its queue) and the new one started its own.
+    assert output.count("shadowtap: recording into") == 2, output
+    assert "shadowtap: 1 exchanges written" in output, output
+    assert sorted(ex.request.query for ex in TapeReader(tape)) == ["after=1", "before=1"]
