@@ -48,6 +48,7 @@ class ProgressDisplay:
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         self._last_plain: float | None = None
+        self._printed: Snapshot | None = None
         self.last: Snapshot | None = None
 
     def __enter__(self) -> ProgressDisplay:
@@ -69,7 +70,7 @@ class ProgressDisplay:
     ) -> None:
         if self._bar is not None:
             self._bar.stop()
-        elif self._enabled and self.last is not None:
+        elif self._enabled and self.last is not None and self.last is not self._printed:
             print(_line(self.last), file=self._stream, flush=True)
 
     def update(self, snapshot: Snapshot) -> None:
@@ -86,4 +87,5 @@ class ProgressDisplay:
         now = time.monotonic()
         if self._last_plain is None or now - self._last_plain >= self._plain_interval_s:
             self._last_plain = now
+            self._printed = snapshot
             print(_line(snapshot), file=self._stream, flush=True)

@@ -65,7 +65,9 @@ def _worker_main(
         # in flight and report, like a single-process replay.
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
-        return await run_job(job, t0_ns=int(t0_value.value), progress=progress, stop=stop)
+        return await run_job(
+            job, t0_ns=int(t0_value.value), progress=progress if progress_queue is not None else None, stop=stop
+        )
 
     try:
         result = loop_runner(main())
@@ -94,7 +96,8 @@ def run_workers(
     go = ctx.Event()
     t0_value = ctx.Value("q", 0)
     results = ctx.Queue()
-    progress_queue = ctx.Queue(_PROGRESS_QUEUE_SIZE)
+    # No listener, no queue: the workers then skip computing live figures altogether.
+    progress_queue = None if progress is None else ctx.Queue(_PROGRESS_QUEUE_SIZE)
     processes = [
         ctx.Process(
             target=_worker_main,
@@ -165,7 +168,8 @@ def run_workers(
                 process.terminate()
                 process.join()
         results.close()
-        progress_queue.close()
+        if progress_queue is not None:
+            progress_queue.close()
 
 
 def _drain_progress(progress_queue: Any, progress: Callable[[int, Progress], None]) -> None:

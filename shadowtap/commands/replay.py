@@ -207,7 +207,9 @@ def _run_here(job: ReplayJob, args: argparse.Namespace) -> JobResult:
         # Ctrl-C stops scheduling, lets in-flight requests finish and still writes every output.
         loop.add_signal_handler(signal.SIGINT, stop.set)
         try:
-            return await run_job(job, progress=display.update, stop=stop)
+            # No display, no live p99: walking a histogram on the loop is not free.
+            progress = None if args.no_progress else display.update
+            return await run_job(job, progress=progress, stop=stop)
         finally:
             loop.remove_signal_handler(signal.SIGINT)
 
@@ -240,7 +242,7 @@ def _run_workers(job: ReplayJob, args: argparse.Namespace) -> JobResult:
                 )
             )
 
-        return run_workers(job, args.workers, loop_runner=run, progress=on_progress)
+        return run_workers(job, args.workers, loop_runner=run, progress=None if args.no_progress else on_progress)
 
 
 def _write_text(path: str, text: str) -> None:
