@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import parse_qsl
@@ -19,7 +20,16 @@ import brotli
 
 from recorder.model import Headers
 
-__all__ = ["MAX_DECODED_BYTES", "Body", "BodyKind", "decode_content", "header_map", "parse_body"]
+__all__ = [
+    "MAX_DECODED_BYTES",
+    "Body",
+    "BodyDecodeError",
+    "BodyKind",
+    "decode_codings",
+    "decode_content",
+    "header_map",
+    "parse_body",
+]
 
 BodyKind = Literal["empty", "json", "form", "text", "binary"]
 
@@ -49,23 +59,27 @@ def header_map(headers: Headers) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _bounded_zlib(data: bytes, wbits: int) -> bytes:
+class BodyDecodeError(ValueError):
+    """A body could not be decoded from its content-encoding, or decoded past the size limit."""
+
+
+def _bounded_zlib(data: bytes, wbits: int, limit_bytes: int) -> bytes:
     decoder = zlib.decompressobj(wbits)
-    out = decoder.decompress(data, MAX_DECODED_BYTES)
+    out = decoder.decompress(data, limit_bytes)
     if decoder.unconsumed_tail:
-        raise ValueError("decoded body exceeds the size bound")
+        raise BodyDecodeError(f"decoded body exceeds {limit_bytes} bytes")
     return out
 
 
-def _decode_one(data: bytes, coding: str) -> bytes:
+def _decode_one(data: bytes, coding: str, limit_bytes: int) -> bytes:
     if coding in ("gzip", "x-gzip"):
-        return _bounded_zlib(data, 16 + zlib.MAX_WBITS)
+        return _bounded_zlib(data, 16 + zlib.MAX_WBITS, limit_bytes)
     if coding == "deflate":
         try:
-            return _bounded_zlib(data, zlib.MAX_WBITS)
+            return _bounded_zlib(data, zlib.MAX_WBITS, limit_bytes)
         except zlib.error:
             # Many servers send raw deflate without the zlib wrapper.
-            return _bounded_zlib(data, -zlib.MAX_WBITS)
+            return _bounded_zlib(data, -zlib.MAX_WBITS, limit_bytes)
     if coding == "br":
         # Brotli has no output cap: feed small slices and check the output after each.
         decoder = brotli.Decompressor()
@@ -74,42 +88,53 @@ def _decode_one(data: bytes, coding: str) -> bytes:
         for start in range(0, len(data), _BROTLI_SLICE_BYTES):
             part: bytes = decoder.process(data[start : start + _BROTLI_SLICE_BYTES])
             size += len(part)
-            if size > MAX_DECODED_BYTES:
-                raise ValueError("decoded body exceeds the size bound")
+            if size > limit_bytes:
+                raise BodyDecodeError(f"decoded body exceeds {limit_bytes} bytes")
             parts.append(part)
         return b"".join(parts)
     if coding == "zstd":
         import zstandard
 
-        chunks: list[bytes] = []
-        total = 0
         with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-            while chunk := reader.read(1 << 20):
-                total += len(chunk)
-                if total > MAX_DECODED_BYTES:
-                    raise ValueError("decoded body exceeds the size bound")
-                chunks.append(chunk)
-        return b"".join(chunks)
+            out = reader.read(limit_bytes + 1)
+        if len(out) > limit_bytes:
+            raise BodyDecodeError(f"decoded body exceeds {limit_bytes} bytes")
+        return bytes(out)
     if coding in ("identity", ""):
         return data
-    raise ValueError(f"unknown content-encoding {coding!r}")
+    raise BodyDecodeError(f"unknown content-encoding {coding!r}")
+
+
+def decode_codings(data: bytes, codings: Sequence[str], limit_bytes: int) -> bytes:
+    """Undo ``codings`` (in the order they were applied), never producing more than ``limit_bytes``.
+
+    Raises ``BodyDecodeError`` for damaged data, an unknown coding, or output over the limit (a
+    compression bomb in a tape must not exhaust memory).
+    """
+    decoded = data
+    for coding in reversed(codings):
+        try:
+            decoded = _decode_one(decoded, coding, limit_bytes)
+        except BodyDecodeError:
+            raise
+        except Exception as exc:
+            # Each decoder has its own error type (zlib.error, brotli.error, ZstdError ...).
+            raise BodyDecodeError(f"cannot decode {coding}: {exc}") from exc
+    return decoded
 
 
 def decode_content(data: bytes, content_encoding: str | None) -> tuple[bytes, bool]:
-    """Undo ``content_encoding`` (``gzip, br`` means br was applied last); ``(bytes, decoded_ok)``."""
+    """Undo ``content_encoding`` (``gzip, br`` means br was applied last); ``(bytes, decoded_ok)``.
+
+    A body that cannot be decoded is compared as the bytes that were recorded.
+    """
     if not content_encoding or not data:
         return data, True
-    decoded = data
     try:
-        for coding in reversed([c.strip().lower() for c in content_encoding.split(",")]):
-            decoded = _decode_one(decoded, coding)
-            if len(decoded) > MAX_DECODED_BYTES:
-                raise ValueError("decoded body exceeds the size bound")
-    except Exception:
-        # Each decoder has its own error type (zlib.error, brotli.error, ZstdError ...); whatever it
-        # is, the body is compared as the bytes that were recorded.
+        codings = [c.strip().lower() for c in content_encoding.split(",")]
+        return decode_codings(data, codings, MAX_DECODED_BYTES), True
+    except BodyDecodeError:
         return data, False
-    return decoded, True
 
 
 def _media_type(content_type: str | None) -> str:

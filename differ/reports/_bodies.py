@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
-import zlib
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-import brotli
-import zstandard
-
+from differ.normalize import BodyDecodeError, decode_codings
 from differ.reports._common import MISSING, lookup_json, parse_body_path
 from differ.reports.redact import redact_form, redact_header_value, redact_json, redact_multipart, redact_text
 from recorder.model import Failure, Headers, Outcome, header_value, header_values
@@ -31,8 +27,6 @@ DECODE_LIMIT_BYTES: Final = 1 << 20
 #: Characters of body text a report shows per example; keeps one HTML report loadable in a browser
 #: even with hundreds of examples.
 DISPLAY_LIMIT_CHARS: Final = 64 * 1024
-# Brotli 1.1 has no output cap, so input is fed in small slices and output checked after each.
-_BROTLI_SLICE_BYTES: Final = 1024
 #: JSON bodies up to this size are parsed (so examples are pretty-printed with paths highlighted);
 #: larger ones are shown as capped text.
 JSON_PARSE_LIMIT_CHARS: Final = 256 * 1024
@@ -64,54 +58,6 @@ class DisplayBody:
     note: str | None
 
 
-class _DecodeError(Exception):
-    pass
-
-
-def _inflate(data: bytes, wbits: int) -> bytes:
-    decoder = zlib.decompressobj(wbits)
-    out = decoder.decompress(data, DECODE_LIMIT_BYTES)
-    if decoder.unconsumed_tail:
-        raise _DecodeError(f"decoded body exceeds {DECODE_LIMIT_BYTES} bytes")
-    return out
-
-
-def _unbrotli(data: bytes) -> bytes:
-    decoder = brotli.Decompressor()
-    chunks: list[bytes] = []
-    size = 0
-    for start in range(0, len(data), _BROTLI_SLICE_BYTES):
-        chunk = decoder.process(data[start : start + _BROTLI_SLICE_BYTES])
-        size += len(chunk)
-        if size > DECODE_LIMIT_BYTES:
-            raise _DecodeError(f"decoded body exceeds {DECODE_LIMIT_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _decode_one(coding: str, data: bytes) -> bytes:
-    try:
-        if coding in ("gzip", "x-gzip"):
-            return _inflate(data, 16 + zlib.MAX_WBITS)
-        if coding == "deflate":
-            # RFC 9110 says zlib-wrapped, but raw deflate is common in the wild.
-            try:
-                return _inflate(data, zlib.MAX_WBITS)
-            except zlib.error:
-                return _inflate(data, -zlib.MAX_WBITS)
-        if coding == "br":
-            return _unbrotli(data)
-        if coding == "zstd":
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-                out = reader.read(DECODE_LIMIT_BYTES + 1)
-            if len(out) > DECODE_LIMIT_BYTES:
-                raise _DecodeError(f"decoded body exceeds {DECODE_LIMIT_BYTES} bytes")
-            return bytes(out)
-    except (zlib.error, brotli.error, zstandard.ZstdError) as exc:
-        raise _DecodeError(f"cannot decode {coding}: {exc}") from exc
-    raise _DecodeError(f"unknown content-encoding {coding!r}")
-
-
 def _decode(headers: Headers, body: bytes) -> tuple[bytes, str | None]:
     raw = header_value(headers, b"content-encoding")
     if raw is None:
@@ -120,9 +66,7 @@ def _decode(headers: Headers, body: bytes) -> tuple[bytes, str | None]:
     codings = [c for c in codings if c != "identity"]
     if not codings or not body:
         return body, None
-    for coding in reversed(codings):
-        body = _decode_one(coding, body)
-    return body, ", ".join(codings)
+    return decode_codings(body, codings, DECODE_LIMIT_BYTES), ", ".join(codings)
 
 
 def _content_type(headers: Headers) -> str:
@@ -162,7 +106,7 @@ def display_body(headers: Headers, body: bytes, truncated_from: int | None = Non
         notes.append(f"recorded body was cut at {len(body)} of {truncated_from} bytes")
     try:
         data, decoded_from = _decode(headers, body)
-    except _DecodeError as exc:
+    except BodyDecodeError as exc:
         notes.append(str(exc))
         data, decoded_from = body, None
     note = "; ".join(notes) or None
