@@ -406,8 +406,11 @@ def _construct(cls: type[_T], values: dict[str, Any], prefix: str) -> _T:
         return cls(**values)
     except ConfigError as exc:
         key = exc.field or ""
-        value = values.get(key.split(".")[0].split("[")[0])
-        shown = f" (got {value!r})" if value is not None and not isinstance(value, tuple) else ""
+        value = values.get(key)
+        # Name the value when the message does not already (nested sections name their own).
+        shown = ""
+        if isinstance(value, str | int | float) and repr(value) not in exc.message and str(value) not in exc.message:
+            shown = f" (got {value!r})"
         raise ConfigError(f"{exc.message}{shown}", field=f"{prefix}{key}") from exc
 
 
