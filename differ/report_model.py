@@ -79,7 +79,11 @@ class SignatureReport:
 
 @dataclass(frozen=True, slots=True)
 class FieldStat:
-    """One node of an endpoint's field tree: how often this (folded) path differed."""
+    """One node of an endpoint's field tree: how often this (folded) path differed.
+
+    ``differing`` counts pairs where the path differed and was not suppressed; ``suppressed`` those
+    where it differed but noise rules silenced it; ``compared`` the endpoint's compared pairs.
+    """
 
     path: str
     differing: int
