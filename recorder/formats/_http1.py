@@ -8,8 +8,7 @@ so every importer hands the differ the same kind of body.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from recorder.formats._common import text_to_wire
 from recorder.model import Headers, Request, Response, header_value, header_values
@@ -27,8 +26,7 @@ class HttpParseError(ValueError):
         self.offset = offset
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedBody:
+class ParsedBody(NamedTuple):
     """A body after framing: ``body``, the declared size when it was cut short, and notes."""
 
     body: bytes
@@ -46,30 +44,53 @@ def _split_head(payload: bytes) -> tuple[bytes, bytes, int]:
     raise HttpParseError("HTTP head has no blank line after the headers (cut or not HTTP)", len(payload))
 
 
-def _parse_headers(lines: list[bytes], first_offset: int) -> Headers:
+class _Head(NamedTuple):
+    """Headers, plus the two that decide body framing, found in the same pass."""
+
+    headers: Headers
+    transfer_encoding: bytes | None
+    content_length: bytes | None
+
+
+def _parse_headers(lines: list[bytes], first_offset: int) -> _Head:
     headers: list[tuple[bytes, bytes]] = []
+    transfer_encoding: bytes | None = None
+    content_length: bytes | None = None
     offset = first_offset
     for line in lines:
-        if line[:1] in (b" ", b"\t") and headers:
+        first = line[:1]
+        if (first == b" " or first == b"\t") and headers:
             # obs-fold (RFC 9112 5.2): a continuation joins the previous value with one space.
             name, value = headers[-1]
             headers[-1] = (name, value + b" " + line.strip())
         else:
             name, colon, value = line.partition(b":")
-            if not colon or not name or name != name.strip():
+            if not colon or not name or name[-1:] in (b" ", b"\t") or first in (b" ", b"\t"):
                 raise HttpParseError(f"malformed header line {line[:60]!r}", offset)
-            headers.append((name, value.strip(b" \t")))
+            value = value.strip(b" \t")
+            headers.append((name, value))
+            # Only two names matter for framing; comparing lengths first skips most lower() calls.
+            size = len(name)
+            if size == 17 and name.lower() == b"transfer-encoding":
+                transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
+            elif size == 14 and content_length is None and name.lower() == b"content-length":
+                content_length = value
         offset += len(line) + 2
-    return tuple(headers)
+    return _Head(tuple(headers), transfer_encoding, content_length)
 
 
 def _lines(head: bytes) -> list[bytes]:
     return [line.rstrip(b"\r") for line in head.split(b"\n")]
 
 
+def _chunked(transfer_encoding: bytes | None) -> bool:
+    # Chunked applies when it is the last coding listed (RFC 9112 6.1).
+    return transfer_encoding is not None and transfer_encoding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+
+
 def _is_chunked(headers: Headers) -> bool:
-    codings = b",".join(header_values(headers, b"transfer-encoding")).lower()
-    return codings.rsplit(b",", 1)[-1].strip() == b"chunked" if codings else False
+    codings = header_values(headers, b"transfer-encoding")
+    return _chunked(b",".join(codings)) if codings else False
 
 
 def dechunk(data: bytes) -> tuple[bytes, bool]:
@@ -99,13 +120,11 @@ def dechunk(data: bytes) -> tuple[bytes, bool]:
             pos += 1
 
 
-def _frame_body(headers: Headers, rest: bytes, *, is_response_to_head: bool = False) -> ParsedBody:
-    if is_response_to_head:
-        return ParsedBody(b"", None, "")
-    if _is_chunked(headers):
+def _frame_body(head: _Head, rest: bytes) -> ParsedBody:
+    if _chunked(head.transfer_encoding):
         body, complete = dechunk(rest)
         return ParsedBody(body, None, "" if complete else "chunked-incomplete")
-    length = header_value(headers, b"content-length")
+    length = head.content_length
     if length is not None:
         try:
             declared = int(length.split(b",")[0].strip())
@@ -128,8 +147,9 @@ def parse_request(payload: bytes) -> tuple[Request, str]:
         method, target, version = (p.decode("ascii") for p in parts)
     except UnicodeDecodeError as exc:
         raise HttpParseError("request line is not ASCII", exc.start) from exc
-    headers = _parse_headers(lines[1:], len(lines[0]) + 2)
-    framed = _frame_body(headers, rest)
+    head_fields = _parse_headers(lines[1:], len(lines[0]) + 2)
+    headers = head_fields.headers
+    framed = _frame_body(head_fields, rest)
     scheme = "http"
     authority = (header_value(headers, b"host") or b"").decode("latin-1")
     if "://" in target:
@@ -160,10 +180,12 @@ def parse_response(payload: bytes, *, request_method: str = "GET") -> tuple[Resp
     status_text, _, reason = after.partition(b" ")
     if not version.startswith(b"HTTP/") or len(status_text) != 3 or not status_text.isdigit():
         raise HttpParseError(f"malformed status line {lines[0][:80]!r}", 0)
-    headers = _parse_headers(lines[1:], len(lines[0]) + 2)
+    head_fields = _parse_headers(lines[1:], len(lines[0]) + 2)
+    headers = head_fields.headers
     status = int(status_text)
     no_body = request_method == "HEAD" or status in (204, 304) or 100 <= status < 200
-    framed = _frame_body(headers, rest, is_response_to_head=no_body and not rest)
+    # A bodiless response may still declare a Content-Length: that is not a cut body.
+    framed = ParsedBody(b"", None, "") if no_body and not rest else _frame_body(head_fields, rest)
     return (
         Response(
             status=status,
