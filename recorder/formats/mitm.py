@@ -175,7 +175,9 @@ class MitmReader:
                     flow = next(flows)
                 except StopIteration:
                     break
-                except exceptions.FlowReadException as exc:
+                except (exceptions.FlowReadException, AttributeError, KeyError, TypeError, ValueError) as exc:
+                    # FlowReader wraps only some failures: a well-formed record holding something
+                    # other than a flow state (a number, a list) surfaces as a plain Python error.
                     torn = _torn_length(stream, offset, size)
                     if torn is None:
                         raise InputFormatError(

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.io import FlowReader, FlowWriter, tnetstring
 from mitmproxy.test import tflow
@@ -219,3 +221,27 @@ def test_export_of_exchanges_from_other_sources(tmp_path: Path) -> None:
     assert isinstance(second, http.HTTPFlow) and second.error is not None and second.error.msg == "slow"
     back = flow_from_exchange(exchanges[0])
     assert exchange_from_flow(back).request == exchanges[0].request
+
+
+@pytest.mark.parametrize("data", [b"1:5#", b"4:1:x,]", b"11:4:name,1:x,}"])
+def test_records_that_are_not_flows_are_clear_errors(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "odd.mitm"
+    path.write_bytes(data)
+    with pytest.raises(InputFormatError, match="not a valid mitmproxy flow") as info:
+        list(MitmReader(path))
+    assert info.value.offset == 0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.binary(max_size=200)
+    | st.integers(min_value=0, max_value=len(FIXTURE.read_bytes())).map(lambda n: FIXTURE.read_bytes()[:n])
+)
+def test_fuzz_random_or_cut_input_never_escapes_the_error_tree(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "fuzz.mitm"
+    path.write_bytes(data)
+    reader = MitmReader(path)
+    try:
+        list(reader)
+    except InputFormatError as exc:
+        assert exc.path == str(path) and str(exc)
