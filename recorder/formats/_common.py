@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
-from recorder.errors import InputFormatError
+from recorder.errors import InputFormatError, ShadowtapError, TapeWriteError
 from recorder.model import Exchange, Headers
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "open_input",
     "replace_header",
     "text_to_wire",
+    "writing",
 ]
 
 #: The formats ``--from`` / ``--to`` accept.
@@ -199,3 +201,14 @@ def open_input(path: str | Path) -> BinaryIO | GunzipStream:
     if raw.peek(2)[:2] != GZIP_MAGIC:
         return raw
     return GunzipStream(raw)
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Disk errors while an exporter writes ``path`` become one ``TapeWriteError`` naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, ShadowtapError):
+            raise
+        raise TapeWriteError(f"cannot write: {exc.strerror or exc}", path=str(path)) from exc

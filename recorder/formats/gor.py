@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import BinaryIO, Final, NamedTuple, cast
 
 from recorder.errors import ConfigError, InputFormatError
-from recorder.formats._common import ExportReport, GunzipStream, ImportReport, TornTail, open_input, text_to_wire
+from recorder.formats._common import (
+    ExportReport,
+    GunzipStream,
+    ImportReport,
+    TornTail,
+    open_input,
+    text_to_wire,
+    writing,
+)
 from recorder.formats._http1 import HttpParseError, parse_request, parse_response, request_bytes, response_bytes
 from recorder.model import REPLAY, Exchange, Failure, Outcome, Request, Response, Timing
 
@@ -352,39 +360,37 @@ def write_gor(exchanges: Iterable[Exchange], path: str | Path) -> ExportReport:
     and other shadows have no place in the format and are counted in the report.
     """
     report = ExportReport(str(path), "gor")
-    out: BinaryIO
-    try:
+    with writing(path):
+        out: BinaryIO
         if str(path).endswith(".gz"):
             # GoReplay's --input-file reads gzip when the name ends in .gz, as its output does.
             out = cast(BinaryIO, gzip.open(path, "wb", compresslevel=6))  # noqa: SIM115 - closed below
         else:
             out = open(path, "wb", buffering=_CHUNK_BYTES)  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise InputFormatError(f"cannot write: {exc.strerror or exc}", path=str(path)) from exc
-    with out:
-        for exchange in exchanges:
-            gor_id = _gor_id(exchange)
-            started_ns = exchange.started_at_ns
-            request_latency_ns = _int_tag(exchange, "gor.request_latency_ns", 0)
-            out.write(b"1 %s %d %d\n" % (gor_id.encode("ascii"), started_ns, request_latency_ns))
-            out.write(request_bytes(exchange.request))
-            out.write(SEPARATOR)
-            for name, kind in (("primary", ORIGINAL_RESPONSE), (REPLAY, REPLAYED_RESPONSE)):
-                outcome = exchange.outcome(name)
-                if isinstance(outcome, Failure):
-                    report.skip(f"{name} failures (no error record in .gor)")
-                    continue
-                if not isinstance(outcome, Response):
-                    continue
-                latency_ns = _latency_ns(exchange.timings.get(name))
-                default_ts = started_ns + latency_ns
-                ts_key = "gor.response_ts_ns" if kind == ORIGINAL_RESPONSE else "gor.replay_ts_ns"
-                timestamp_ns = _int_tag(exchange, ts_key, default_ts)
-                out.write(b"%s %s %d %d\n" % (kind, gor_id.encode("ascii"), timestamp_ns, latency_ns))
-                out.write(response_bytes(outcome))
+        with out:
+            for exchange in exchanges:
+                gor_id = _gor_id(exchange)
+                started_ns = exchange.started_at_ns
+                request_latency_ns = _int_tag(exchange, "gor.request_latency_ns", 0)
+                out.write(b"1 %s %d %d\n" % (gor_id.encode("ascii"), started_ns, request_latency_ns))
+                out.write(request_bytes(exchange.request))
                 out.write(SEPARATOR)
-            other_shadows = [name for name in exchange.shadows if name != REPLAY]
-            if other_shadows:
-                report.skip("shadow responses (only 'replay' maps to type 3)", len(other_shadows))
-            report.exported += 1
+                for name, kind in (("primary", ORIGINAL_RESPONSE), (REPLAY, REPLAYED_RESPONSE)):
+                    outcome = exchange.outcome(name)
+                    if isinstance(outcome, Failure):
+                        report.skip(f"{name} failures (no error record in .gor)")
+                        continue
+                    if not isinstance(outcome, Response):
+                        continue
+                    latency_ns = _latency_ns(exchange.timings.get(name))
+                    default_ts = started_ns + latency_ns
+                    ts_key = "gor.response_ts_ns" if kind == ORIGINAL_RESPONSE else "gor.replay_ts_ns"
+                    timestamp_ns = _int_tag(exchange, ts_key, default_ts)
+                    out.write(b"%s %s %d %d\n" % (kind, gor_id.encode("ascii"), timestamp_ns, latency_ns))
+                    out.write(response_bytes(outcome))
+                    out.write(SEPARATOR)
+                other_shadows = [name for name in exchange.shadows if name != REPLAY]
+                if other_shadows:
+                    report.skip("shadow responses (only 'replay' maps to type 3)", len(other_shadows))
+                report.exported += 1
     return report

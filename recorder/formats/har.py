@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final
 from urllib.parse import parse_qsl, quote_plus, urlsplit
 
 from recorder.errors import InputFormatError
@@ -36,6 +36,7 @@ from recorder.formats._common import (
     open_input,
     replace_header,
     text_to_wire,
+    writing,
 )
 from recorder.model import Exchange, Failure, FailureKind, Headers, Outcome, Request, Response, Timing, header_value
 
@@ -656,11 +657,7 @@ def _entry(exchange: Exchange, report: ExportReport) -> dict[str, Any]:
 def write_har(exchanges: Iterable[Exchange], path: str | Path, *, creator_version: str = "") -> ExportReport:
     """Write ``exchanges`` as one HAR 1.2 file, one entry at a time (memory stays flat)."""
     report = ExportReport(str(path), "har")
-    try:
-        out: IO[str] = open(path, "w", encoding="utf-8", buffering=_CHUNK_BYTES)  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise InputFormatError(f"cannot write: {exc.strerror or exc}", path=str(path)) from exc
-    with out:
+    with writing(path), open(path, "w", encoding="utf-8", buffering=_CHUNK_BYTES) as out:
         creator = json.dumps({"name": "shadowtap", "version": creator_version})
         out.write('{"log": {"version": "1.2", "creator": ' + creator + ', "pages": [], "entries": [\n')
         for exchange in exchanges:

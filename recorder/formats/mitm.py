@@ -23,6 +23,7 @@ from recorder.formats._common import (
     TornTail,
     http_version_from_wire,
     text_to_wire,
+    writing,
 )
 from recorder.model import PRIMARY, Exchange, Failure, FailureKind, Outcome, Request, Response, Timing
 
@@ -297,11 +298,7 @@ def write_mitm(exchanges: Iterable[Exchange], path: str | Path) -> ExportReport:
     from mitmproxy.io import FlowWriter
 
     report = ExportReport(str(path), "mitm")
-    try:
-        out = open(path, "wb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise InputFormatError(f"cannot write: {exc.strerror or exc}", path=str(path)) from exc
-    with out:
+    with writing(path), open(path, "wb") as out:
         writer = FlowWriter(out)  # type: ignore[no-untyped-call]
         for exchange in exchanges:
             writer.add(flow_from_exchange(exchange))

@@ -69,3 +69,21 @@ def test_unknown_suffix_and_missing_tape_are_one_line(tmp_path: Path, capsys: py
     assert main(["export", "--to", "har", str(tmp_path / "nope"), "--out", str(tmp_path / "o.har")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope" in err
+
+
+@pytest.mark.parametrize("fmt", ["har", "gor", "mitm"])
+def test_an_unwritable_output_is_one_line(tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    make_tape(tmp_path / "tape")
+    out = tmp_path / "missing-dir" / f"out.{fmt}"
+    assert main(["export", str(tmp_path / "tape"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out}: cannot write: No such file or directory" in err
+
+
+def test_a_full_disk_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not Path("/dev/full").exists():
+        pytest.fail("/dev/full is missing on this Linux machine")
+    make_tape(tmp_path / "tape")
+    assert main(["export", "--to", "har", str(tmp_path / "tape"), "--out", "/dev/full"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/dev/full: cannot write: No space left on device" in err
