@@ -317,3 +317,16 @@ async def test_forwarded_headers_and_via() -> None:
     assert b"X-Forwarded-Host: shop.example" in seen
     assert b"Via: 1.1 shadowtap-test" in seen
     assert resp.header(b"Via") == b"1.1 shadowtap-test"
+
+
+async def test_pipelined_upload_waits_for_its_turn_with_bounded_buffering(setup: Setup) -> None:
+    body = bytes(range(256)) * 2400  # 600 KiB: more than max_buffered_body_bytes (256 KiB)
+    request = (
+        b"GET /streaming HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    first, second = await raw_request(setup.proxy_port, request, responses=2)
+    assert first.body == b"".join(f"tick {i}\n".encode() for i in range(4))
+    assert second.body.endswith(b"\n\n" + body)
+    assert second.header(b"X-Echo-Length") == str(len(body)).encode()
+    assert setup.stage.request_bodies[1] == body
