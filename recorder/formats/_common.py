@@ -198,9 +198,12 @@ def open_input(path: str | Path) -> BinaryIO | GunzipStream:
         raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     except OSError as exc:
         raise InputFormatError(f"cannot read: {exc.strerror or exc}", path=str(path)) from exc
-    if raw.peek(2)[:2] != GZIP_MAGIC:
-        return raw
-    return GunzipStream(raw)
+    try:
+        magic = raw.peek(2)[:2]
+    except OSError as exc:
+        raw.close()
+        raise InputFormatError(f"cannot read: {exc.strerror or exc}", path=str(path), offset=0) from exc
+    return GunzipStream(raw) if magic == GZIP_MAGIC else raw
 
 
 @contextmanager

@@ -102,6 +102,8 @@ def _read(stream: BinaryIO | GunzipStream, path: str, offset: int) -> bytes:
         return stream.read(_CHUNK_BYTES)
     except zlib.error as exc:
         raise InputFormatError(f"corrupt gzip data: {exc}", path=path, offset=offset) from exc
+    except OSError as exc:
+        raise InputFormatError(f"cannot read: {exc.strerror or exc}", path=path, offset=offset) from exc
 
 
 def iter_gor_records(

@@ -94,6 +94,10 @@ class _JsonStream:
         except zlib.error as exc:
             # Only a gzip input (a .har.gz) can fail here; the offset counts decompressed bytes.
             raise InputFormatError(f"corrupt gzip data: {exc}", path=self._path, offset=self._read_bytes) from exc
+        except OSError as exc:
+            raise InputFormatError(
+                f"cannot read: {exc.strerror or exc}", path=self._path, offset=self._read_bytes
+            ) from exc
         try:
             text = self._decoder.decode(data, final=not data)
         except UnicodeDecodeError as exc:

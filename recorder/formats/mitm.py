@@ -159,15 +159,18 @@ class MitmReader:
         except OSError as exc:
             raise InputFormatError(f"cannot read: {exc.strerror or exc}", path=self.path) from exc
         try:
-            first = stream.read(2)
+            try:
+                first = stream.read(2)
+                stream.seek(0)
+                size = os.fstat(stream.fileno()).st_size
+            except OSError as exc:
+                raise InputFormatError(f"cannot read: {exc.strerror or exc}", path=self.path, offset=0) from exc
             if first[:1] in (b"{", b"\xef"):
                 raise InputFormatError(
                     "this is JSON (a HAR file?), not a mitmproxy flow file", path=self.path, offset=0
                 )
             if first == GZIP_MAGIC:
                 raise InputFormatError("gzip-compressed flow files are not read: gunzip it first", path=self.path)
-            stream.seek(0)
-            size = os.fstat(stream.fileno()).st_size
             flows = iter(FlowReader(stream).stream())
             while True:
                 # FlowReader reads exactly one record per flow, so the position is the next record's start.
@@ -176,6 +179,10 @@ class MitmReader:
                     flow = next(flows)
                 except StopIteration:
                     break
+                except OSError as exc:
+                    raise InputFormatError(
+                        f"cannot read: {exc.strerror or exc}", path=self.path, offset=offset
+                    ) from exc
                 except (exceptions.FlowReadException, AttributeError, KeyError, TypeError, ValueError) as exc:
                     # FlowReader wraps only some failures: a well-formed record holding something
                     # other than a flow state (a number, a list) surfaces as a plain Python error.

@@ -76,3 +76,13 @@ def test_malformed_content_names_file_and_position(tmp_path: Path, capsys: pytes
     assert main(["import", "--from", "har", str(bad), "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
     assert f"{bad} at byte 21, field 'log.entries[0].request.url': missing 'url'" in err
+
+
+@pytest.mark.parametrize("fmt", ["har", "mitm", "gor"])
+def test_a_read_error_is_one_line(tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Reading /proc/self/mem from offset 0 fails with EIO on Linux: a real I/O error on demand.
+    unreadable = Path("/proc/self/mem")
+    assert unreadable.exists()
+    assert main(["import", "--from", fmt, str(unreadable), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/proc/self/mem at byte 0: cannot read: Input/output error" in err
