@@ -85,10 +85,6 @@ class ResponseFraming:
         self.content_length = content_length
 
     @property
-    def chunked(self) -> bool:
-        return self.transfer_encoding is not None
-
-    @property
     def until_close(self) -> bool:
         """No length and no chunking: the body ends when the primary closes the connection."""
         return self.transfer_encoding is None and self.content_length is None

@@ -162,7 +162,6 @@ class _Forward:
         "http10",
         "keep_alive",
         "method",
-        "started",
         "target",
         "upgrade",
     )
@@ -191,7 +190,6 @@ class _Forward:
         self.chunked = chunked
         self.upgrade = upgrade
         self.conn: UpstreamConnection | None = None
-        self.started = False
         self.finished = False
         self.body_done = False
         self.deadline = math.inf
@@ -259,7 +257,6 @@ class _Forward:
 
     def start(self) -> None:
         """Our turn on the client connection: get a primary connection and send the request."""
-        self.started = True
         ctx = self._ctx
         self.deadline = ctx.loop.time() + ctx.settings.total_timeout_s
         conn = ctx.pool.try_acquire()

@@ -20,7 +20,7 @@ PRIMARY_SIDE: Final = 1
 class Tunnel:
     """Two transports spliced together; each protocol forwards its events here."""
 
-    __slots__ = ("_closed", "_on_closed", "_transports", "bytes_from_client", "bytes_from_primary")
+    __slots__ = ("_closed", "_on_closed", "_transports")
 
     def __init__(
         self,
@@ -31,8 +31,6 @@ class Tunnel:
         self._transports = (client, primary)
         self._on_closed = on_closed
         self._closed = False
-        self.bytes_from_client = 0
-        self.bytes_from_primary = 0
 
     @property
     def closed(self) -> bool:
@@ -42,10 +40,6 @@ class Tunnel:
         """Bytes read on ``side`` go to the other side."""
         if self._closed or not data:
             return
-        if side == CLIENT:
-            self.bytes_from_client += len(data)
-        else:
-            self.bytes_from_primary += len(data)
         self._transports[1 - side].write(data)
 
     def write_paused(self, side: int, paused: bool) -> None:

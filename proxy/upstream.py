@@ -330,14 +330,6 @@ class UpstreamPool:
         self._closed = False
         self.stats = PoolStats()
 
-    @property
-    def idle_count(self) -> int:
-        return sum(1 for c in self._idle if not c.closed)
-
-    @property
-    def open_count(self) -> int:
-        return len(self._all)
-
     def try_acquire(self) -> UpstreamConnection | None:
         """An idle connection, or ``None`` when a new one must be dialled."""
         idle = self._idle

@@ -37,10 +37,10 @@ def test_end_to_end_for_upgrade_keeps_the_switch_fields() -> None:
 def test_scan_response_reports_framing() -> None:
     kept, framing = http1.scan_response([(b"Transfer-Encoding", b"chunked"), (b"X-A", b"1")])
     assert kept == [(b"X-A", b"1")]
-    assert framing.chunked and not framing.until_close and framing.transfer_encoding == b"chunked"
+    assert not framing.until_close and framing.transfer_encoding == b"chunked"
     kept, framing = http1.scan_response([(b"content-length", b"12"), (b"Connection", b"close")])
     assert kept == [(b"content-length", b"12")]
-    assert framing.content_length == b"12" and not framing.chunked and not framing.until_close
+    assert framing.content_length == b"12" and framing.transfer_encoding is None and not framing.until_close
     _, framing = http1.scan_response([(b"Content-Type", b"text/plain")])
     assert framing.until_close
     _, framing = http1.scan_response([(b"Transfer-Encoding", b"gzip"), (b"Transfer-Encoding", b"chunked")])
