@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -330,3 +331,18 @@ async def test_pipelined_upload_waits_for_its_turn_with_bounded_buffering(setup:
     assert second.body.endswith(b"\n\n" + body)
     assert second.header(b"X-Echo-Length") == str(len(body)).encode()
     assert setup.stage.request_bodies[1] == body
+
+
+async def test_garbage_after_a_bad_request_gets_one_error_only(setup: Setup) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", setup.proxy_port)
+    try:
+        writer.write(b"NOT HTTP\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        with contextlib.suppress(ConnectionError):
+            writer.write(b"more garbage\r\n\r\n" * 100)
+            await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert raw.count(b"HTTP/1.1 400 Bad Request") == 1
