@@ -42,6 +42,10 @@ __all__ = [
 _SKIP_AUTO_HEADERS: Final = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
 
+# Requests that may be sent twice without changing the outcome (RFC 9110, 9.2.2).
+_IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
 @dataclass(frozen=True, slots=True)
 class SendResult:
     """What came back: the outcome, and when its head arrived (monotonic ns, None on failure)."""
@@ -205,7 +209,9 @@ class _Connection(asyncio.Protocol):
         "_parser",
         "_timer",
         "_waiter",
+        "answered",
         "closed",
+        "idle_since_ns",
         "transport",
     )
 
@@ -221,12 +227,16 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        #: Whether any byte came back for the current request (a stale keep-alive gets none).
+        self.answered = False
+        self.idle_since_ns = 0
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         if self._waiter is None:
             self._fail(Failure(FailureKind.BAD_RESPONSE, "data received with no request outstanding"))
             return
@@ -276,6 +286,7 @@ class _Connection(asyncio.Protocol):
         self._headers, self._body, self._body_size = [], [], 0
         self._first_byte_ns = None
         self._head_only = head_only
+        self.answered = False
         self.transport.write(payload)
         return self._waiter
 
@@ -379,10 +390,14 @@ class HttpTransport:
         return conn
 
     def _take_idle(self) -> _Connection | None:
+        # Most recent first; a connection idle longer than keepalive_s is closed rather than
+        # reused, since the server has likely dropped it by then.
+        oldest_ok_ns = time.monotonic_ns() - int(self._settings.keepalive_s * 1e9)
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed:
+            if not conn.closed and conn.idle_since_ns >= oldest_ok_ns:
                 return conn
+            conn.close()
             self._all.discard(conn)
         return None
 
@@ -390,17 +405,28 @@ class HttpTransport:
         payload = self._payload(method, target, headers, body)
         async with self._slots:
             conn = self._take_idle()
-            if conn is None:
-                made = await self._connect()
-                if isinstance(made, Failure):
-                    return SendResult(made)
-                conn = made
-            result = await conn.send(payload, method == "HEAD", self._settings.timeout_s)
-            if conn.closed:
-                self._all.discard(conn)
-            else:
-                self._idle.append(conn)
-            return result
+            reused = conn is not None
+            while True:
+                if conn is None:
+                    made = await self._connect()
+                    if isinstance(made, Failure):
+                        return SendResult(made)
+                    conn = made
+                result = await conn.send(payload, method == "HEAD", self._settings.timeout_s)
+                if conn.closed:
+                    self._all.discard(conn)
+                else:
+                    conn.idle_since_ns = time.monotonic_ns()
+                    self._idle.append(conn)
+                # A kept-alive connection the server closed while it sat idle fails before any
+                # byte comes back: that says nothing about the target, so an idempotent request is
+                # sent once more on a new connection (as browsers and HTTP clients do).
+                outcome = result.outcome
+                stale = isinstance(outcome, Failure) and outcome.kind == FailureKind.RESET and not conn.answered
+                if reused and stale and method in _IDEMPOTENT_METHODS:
+                    conn, reused = None, False
+                    continue
+                return result
 
 
 def make_transport(base_url: str, settings: ClientSettings | None = None) -> HttpTransport | AiohttpTransport:

@@ -161,3 +161,37 @@ def test_make_transport_picks_the_raw_client_for_http_only() -> None:
     assert isinstance(make_transport("http://127.0.0.1:1"), HttpTransport)
     assert isinstance(make_transport("https://127.0.0.1:1"), AiohttpTransport)
     assert isinstance(make_transport("http://127.0.0.1:1", ClientSettings(client="aiohttp")), AiohttpTransport)
+
+
+async def test_raw_client_resends_idempotent_requests_once_on_a_stale_keep_alive() -> None:
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answers one request with keep-alive, then drops the connection when the next arrives:
+        # what a client sees when the server timed the idle connection out as it was reused.
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read(1)
+        writer.close()
+        await writer.wait_closed()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    async with srv, HttpTransport(url, ClientSettings(max_connections=1)) as transport:
+        first = await transport.send("GET", "/", (), b"")
+        second = await transport.send("GET", "/", (), b"")  # stale on connection 1, resent on 2
+        post = await transport.send("POST", "/", (), b"x")  # stale on connection 2: never resent
+    assert isinstance(first.outcome, Response) and isinstance(second.outcome, Response)
+    assert isinstance(post.outcome, Failure) and post.outcome.kind == FailureKind.RESET
+    assert connections == 2
+
+
+async def test_raw_client_drops_connections_idle_past_keepalive(server: Server) -> None:
+    async with HttpTransport(server.url, ClientSettings(keepalive_s=0.05)) as transport:
+        await transport.send("GET", "/", (), b"")
+        await asyncio.sleep(0.15)
+        await transport.send("GET", "/", (), b"")
+    assert len(server.peers) == 2
