@@ -198,7 +198,7 @@ class RequestRewriter:
         parts = [method, b" ", self._prefix + target if self._prefix else target, b" HTTP/1.1\r\n"]
         seen_proto = seen_fwd_host = False
         client_host: bytes | None = None
-        forwarded_for = self._forwarded_for
+        xff_at = -1
         listed: list[bytes] | None = None
         # One pass over the fields builds the head; the rare Connection-listed names (found only
         # once the Connection field is seen) cost a second pass that skips them.
@@ -212,9 +212,9 @@ class RequestRewriter:
                 client_host = value
                 if self._host is not None:
                     value = self._host
-            elif lower == b"x-forwarded-for" and forwarded_for:
-                value = value + b", " + client_ip
-                forwarded_for = False
+            elif lower == b"x-forwarded-for":
+                # The client address goes after the last hop listed (the last field if repeated).
+                xff_at = len(parts) + 2
             elif lower == b"x-forwarded-proto":
                 seen_proto = True
             elif lower == b"x-forwarded-host":
@@ -225,8 +225,11 @@ class RequestRewriter:
         if client_host is None:
             # HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
             parts += (b"Host: ", self._authority, b"\r\n")
-        if forwarded_for:
-            parts += (b"X-Forwarded-For: ", client_ip, b"\r\n")
+        if self._forwarded_for:
+            if xff_at >= 0:
+                parts[xff_at] += b", " + client_ip
+            else:
+                parts += (b"X-Forwarded-For: ", client_ip, b"\r\n")
         if self._forwarded_proto and not seen_proto:
             parts += (b"X-Forwarded-Proto: ", scheme, b"\r\n")
         if self._forwarded_host and not seen_fwd_host and client_host is not None:

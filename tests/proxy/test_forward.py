@@ -82,6 +82,10 @@ def test_rewriter_appends_to_forwarded_for_and_keeps_client_forwarded_fields() -
         ],
     )
     assert b"x-forwarded-for: 1.2.3.4, 10.0.0.9\r\n" in head
+    repeated = _rewrite(settings, [(b"X-Forwarded-For", b"1.1.1.1"), (b"X-Forwarded-For", b"2.2.2.2")])
+    assert b"X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2, 10.0.0.9\r\n" in repeated
+    off = _rewrite(ForwardSettings(primary="http://h", x_forwarded_for=False), [(b"X-Forwarded-For", b"1.1.1.1")])
+    assert b"X-Forwarded-For: 1.1.1.1\r\n" in off
     assert head.count(b"X-Forwarded-Proto") == 1 and b"X-Forwarded-Proto: https" in head
     assert head.count(b"X-Forwarded-Host") == 1
 
