@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
 import sys
 import threading
-from typing import IO, Any, Final
+from typing import Any, Final
 
 from proxy.rules import RouteTable
 from proxy.stages import ProxiedExchange
@@ -83,6 +84,12 @@ _BATCH_MAX: Final = 256
 _BATCH_DELAY_S: Final = 0.01
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class EventLog:
     """A bounded queue of event batches and the thread that writes them as JSON lines."""
 
@@ -95,7 +102,7 @@ class EventLog:
         self._batch: list[tuple[Exchange, bool]] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
-        self._stream: IO[str] | None = None
+        self._fd: int | None = None
         self.written = 0
         self.dropped = 0
         self.write_errors = 0
@@ -103,9 +110,12 @@ class EventLog:
     async def start(self) -> None:
         """Open the file (append, off the loop) and start the writer thread."""
         if self.path == "-":
-            self._stream = sys.stdout
+            sys.stdout.flush()  # lines printed before (the listening line) stay in order
+            self._fd = sys.stdout.fileno()
         else:
-            self._stream = await asyncio.to_thread(open, self.path, "a", encoding="utf-8")
+            self._fd = await asyncio.to_thread(
+                os.open, self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
         self._thread = threading.Thread(target=self._run, name="shadowtap-events", daemon=True)
         self._thread.start()
 
@@ -130,30 +140,28 @@ class EventLog:
             self.dropped += len(batch)
 
     def _run(self) -> None:
-        stream = self._stream
-        assert stream is not None
+        fd = self._fd
+        assert fd is not None
+        to_stdout = self.path == "-"
         while True:
             item = self._queue.get()
             if item is _STOP:
                 break
             assert isinstance(item, list)
             try:
-                stream.write(
-                    "".join(
-                        json.dumps(wide_event(ex, self._routes, recorded), separators=(",", ":")) + "\n"
-                        for ex, recorded in item
-                    )
-                )
+                lines = [
+                    json.dumps(wide_event(ex, self._routes, recorded), separators=(",", ":")).encode() + b"\n"
+                    for ex, recorded in item
+                ]
+                # Unbuffered, one write per batch (per line to a pipe, which is atomic up to
+                # PIPE_BUF): with --workers several processes append to one file or stdout, and
+                # a line must never be split by another process's write.
+                for chunk in lines if to_stdout else [b"".join(lines)]:
+                    _write_all(fd, chunk)
                 self.written += len(item)
-                if self._queue.empty():
-                    stream.flush()
             except Exception as exc:  # a full disk or a bug: count it, keep the thread alive
                 self.write_errors += 1
                 log.warning("wide event write to %s failed: %s", self.path, exc)
-        try:
-            stream.flush()
-        except (OSError, ValueError) as exc:
-            log.warning("wide event flush to %s failed: %s", self.path, exc)
 
     async def aclose(self, timeout_s: float) -> None:
         """Write what is queued (up to ``timeout_s``), then close the file."""
@@ -165,8 +173,9 @@ class EventLog:
         with contextlib.suppress(queue.Full):
             await asyncio.to_thread(self._queue.put, _STOP, True, timeout_s)
         await asyncio.to_thread(thread.join, timeout_s)
-        if self._stream is not None and self._stream is not sys.stdout:
-            await asyncio.to_thread(self._stream.close)
+        if self._fd is not None and self.path != "-" and not thread.is_alive():
+            await asyncio.to_thread(os.close, self._fd)
+        self._fd = None
 
     def snapshot(self) -> dict[str, Any]:
         return {"path": self.path, "written": self.written, "dropped": self.dropped, "write_errors": self.write_errors,

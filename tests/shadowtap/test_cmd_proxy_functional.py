@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import sys
@@ -128,9 +129,11 @@ async def test_workers_share_the_port_and_the_kill_switch(
 ) -> None:
     primary, shadow, _ = upstreams
     tape = tmp_path / "tape"
+    events = tmp_path / "events.jsonl"
     process, match = await start(
-        processes, "--primary", primary, "--shadow", f"v2={shadow}", "--tape", str(tape), "--workers", "2"
-    )
+        processes, "--primary", primary, "--shadow", f"v2={shadow}", "--tape", str(tape), "--workers", "2",
+        "--events", str(events),
+    )  # fmt: skip
     url, admins = match.group(1), match.group(2).split(",")
     assert match.group(3) == "2" and len(admins) == 2
     async with aiohttp.ClientSession() as client:
@@ -150,6 +153,25 @@ async def test_workers_share_the_port_and_the_kill_switch(
     code, stderr = await stop(process)
     assert code == 0, stderr
     assert len(list(TapeReader(tape))) == 40
+    # Both workers append to one events file; every line is whole.
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert sorted(e["path"] for e in lines) == sorted(f"/w/{i}" for i in range(40))
+
+
+async def test_events_on_stdout_follow_the_listening_line(
+    upstreams: tuple[str, str, list[str]], processes: list[asyncio.subprocess.Process]
+) -> None:
+    primary, _, _ = upstreams
+    process, match = await start(processes, "--primary", primary, "--events", "-")
+    async with aiohttp.ClientSession() as client:
+        for i in range(3):
+            async with client.get(f"{match.group(1)}/e/{i}") as resp:
+                assert resp.status == 200
+    process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        stdout, _ = await process.communicate()
+    events = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert [(e["path"], e["primary"]["status"]) for e in events] == [(f"/e/{i}", 200) for i in range(3)]
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
