@@ -25,8 +25,10 @@ _PAD_L: Final = 64
 _PAD_R: Final = 16
 _PAD_T: Final = 16
 _PAD_B: Final = 40
-_COLORS: Final = {"service": "#2b6cb0", "corrected": "#c53030", "start_lag": "#718096", "planned": "#a0aec0"}
+_COLORS: Final = {"service": "#2b6cb0", "corrected": "#c53030", "start_lag": "#718096", "planned": "#dd6b20"}
 _LABELS: Final = {"service": "service time", "corrected": "response from intended send", "start_lag": "start lag"}
+# Latencies below this are drawn at it: a start lag of 1 us would stretch the log axis for nothing.
+_FLOOR_MS: Final = 0.01
 # Percentile axis in "nines": x = log10(1 / (1 - p)), 0 .. 5 covers p0 .. p99.999.
 _MAX_NINES: Final = 5.0
 
@@ -69,9 +71,10 @@ def _axes(x_label: str, y_label: str) -> list[str]:
     ]
 
 
-def _polyline(points: Sequence[tuple[float, float]], color: str) -> str:
+def _polyline(points: Sequence[tuple[float, float]], color: str, dashed: bool = False) -> str:
     coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-    return f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}"/>'
+    dash = ' stroke-dasharray="6 4"' if dashed else ""
+    return f'<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{coords}"/>'
 
 
 def _legend(names: Sequence[tuple[str, str]]) -> str:
@@ -94,7 +97,7 @@ def _percentile_chart(stats: EndpointStats) -> str:
         for i in range(steps + 1):
             nines = _MAX_NINES * i / steps
             percentile = 100.0 * (1.0 - 10.0**-nines)
-            ms = max(0.001, hist.get_value_at_percentile(percentile) / 1000.0)
+            ms = max(_FLOOR_MS, hist.get_value_at_percentile(percentile) / 1000.0)
             points.append((nines, ms))
             values.append(ms)
         curves[name] = points
@@ -109,26 +112,29 @@ def _percentile_chart(stats: EndpointStats) -> str:
         body.append(f'<text x="{_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{10.0**decade:g}</text>')
     for nines, label in ((0, "p0"), (1, "p90"), (2, "p99"), (3, "p99.9"), (4, "p99.99"), (5, "p99.999")):
         x = _x(nines, 0, _MAX_NINES)
-        body.append(f'<text x="{x:.1f}" y="{_H - _PAD_B + 14}" text-anchor="middle">{label}</text>')
+        anchor = "end" if nines == _MAX_NINES else "start" if nines == 0 else "middle"
+        body.append(f'<text x="{x:.1f}" y="{_H - _PAD_B + 14}" text-anchor="{anchor}">{label}</text>')
     for name, points in curves.items():
         body.append(_polyline([(_x(n, 0, _MAX_NINES), _y(math.log10(ms), lo, hi)) for n, ms in points], _COLORS[name]))
     return _svg(body, "latency percentiles") + _legend([(_LABELS[n], _COLORS[n]) for n in curves])
 
 
-def _time_chart(series: list[tuple[str, str, list[int]]], y_label: str, bars: bool = False) -> str:
+def _time_chart(
+    series: list[tuple[str, str, list[int]]], y_label: str, bars: bool = False, empty: str = "No data."
+) -> str:
     length = max((len(values) for _, _, values in series), default=0)
-    if length == 0:
-        return "<p>No data.</p>"
+    if length == 0 or not any(any(values) for _, _, values in series):
+        return f"<p>{html.escape(empty)}</p>"
     top = max(1, max(max(values, default=0) for _, _, values in series))
     body = _axes("seconds since start", y_label)
     for frac in (0.0, 0.5, 1.0):
         y = _y(top * frac, 0, top)
-        body.append(f'<text x="{_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{top * frac:,.0f}</text>')
+        body.append(f'<text x="{_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{top * frac:,.4g}</text>')
     for t in range(0, length, max(1, length // 8)):
         body.append(
             f'<text x="{_x(t, 0, max(1, length - 1)):.1f}" y="{_H - _PAD_B + 14}" text-anchor="middle">{t}</text>'
         )
-    for _, color, values in series:
+    for name, color, values in series:
         if bars:
             width = max(1.0, (_W - _PAD_L - _PAD_R) / max(1, length) - 1)
             for t, v in enumerate(values):
@@ -139,7 +145,8 @@ def _time_chart(series: list[tuple[str, str, list[int]]], y_label: str, bars: bo
                         f'<rect x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{height:.1f}" fill="{color}"/>'
                     )
         else:
-            body.append(_polyline([(_x(t, 0, max(1, length - 1)), _y(v, 0, top)) for t, v in enumerate(values)], color))
+            points = [(_x(t, 0, max(1, length - 1)), _y(v, 0, top)) for t, v in enumerate(values)]
+            body.append(_polyline(points, color, dashed=name == "planned"))
     return _svg(body, y_label) + _legend([(name, color) for name, color, _ in series])
 
 
@@ -187,6 +194,17 @@ def render_html(result: JobResult, *, target: str, tapes: tuple[str, ...], gates
         for name in HISTOGRAMS
     )
     pct_head = "<tr><th>ms</th>" + "".join(f"<th>p{p:g}</th>" for p in PERCENTILES) + "</tr>"
+    # Sent first, then the plan dashed on top: where they coincide both stay visible.
+    rate_chart = _time_chart(
+        [
+            ("sent", _COLORS["service"], [r[1] for r in timeline]),
+            ("planned", _COLORS["planned"], [r[0] for r in timeline]),
+        ],
+        "requests per second",
+    )
+    error_chart = _time_chart(
+        [("errors", _COLORS["corrected"], [r[3] for r in timeline])], "errors per second", bars=True, empty="No errors."
+    )
     problem = f"<p class='fail'>Stopped early: {html.escape(result.error)}</p>" if result.error else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>shadowtap replay report</title>
@@ -201,18 +219,10 @@ replayer's own delay.</p>
 {_percentile_chart(overall)}
 <table>{pct_head}{pct_rows}</table>
 <h2>Achieved vs planned rate</h2>
-{
-        _time_chart(
-            [
-                ("planned", _COLORS["planned"], [r[0] for r in timeline]),
-                ("sent", _COLORS["service"], [r[1] for r in timeline]),
-            ],
-            "requests per second",
-        )
-    }
+{rate_chart}
 <h2>Errors over time</h2>
 <p>By class: {html.escape(errors_by_class)}.</p>
-{_time_chart([("errors", _COLORS["corrected"], [r[3] for r in timeline])], "errors per second", bars=True)}
+{error_chart}
 <h2>Endpoints</h2>
 <p>Response time (ms, from the intended send) per endpoint template.</p>
 {_endpoint_table(result)}

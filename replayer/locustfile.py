@@ -52,7 +52,9 @@ _START: AsyncResult = AsyncResult()
 # The master's collected worker reports; the test ends when every worker has reported.
 _REPORTS: list[dict[str, Any]] = []
 # Below this much time to a deadline the scheduler yields instead of arming a (ms) timer.
-_SPIN_NS = 1_000_000
+_SPIN_NS = 200_000
+# A worker that hears no start from the master within this long gives up (raises, test ends).
+_START_TIMEOUT_S = 120.0
 
 
 def _add_arguments(parser: Any) -> None:
@@ -131,7 +133,7 @@ def _sleep_until(deadline_ns: int) -> None:
         remaining_ns = deadline_ns - time.monotonic_ns()
         if remaining_ns <= 0:
             return
-        gevent.sleep(0 if remaining_ns <= _SPIN_NS else (remaining_ns - _SPIN_NS) / 1e9)
+        gevent.sleep(0 if remaining_ns <= _SPIN_NS else remaining_ns / 1e9)
 
 
 class _Session:
@@ -232,7 +234,7 @@ class ReplayUser(User):
     @task
     def replay_shard(self) -> None:
         environment = self.environment
-        start = _START.get()
+        start = _START.get(timeout=_START_TIMEOUT_S)
         job = LocustJob.from_json(start["job"])
         runner = environment.runner
         index = runner.worker_index if isinstance(runner, WorkerRunner) else 0

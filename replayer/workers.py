@@ -95,6 +95,7 @@ def run_workers(
     barrier = ctx.Barrier(count + 1)
     go = ctx.Event()
     t0_value = ctx.Value("q", 0)
+    # Unbounded by type but holds at most one result per worker.
     results = ctx.Queue()
     # No listener, no queue: the workers then skip computing live figures altogether.
     progress_queue = None if progress is None else ctx.Queue(_PROGRESS_QUEUE_SIZE)
