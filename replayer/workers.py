@@ -128,7 +128,9 @@ def run_workers(
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGINT)
 
-    previous_sigint = signal.signal(signal.SIGINT, forward_sigint)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    # Signal handlers can only be set from the main thread (an embedding caller may use another).
+    previous_sigint = signal.signal(signal.SIGINT, forward_sigint) if in_main_thread else None
     try:
         # t0 is chosen once every worker has started (spawning takes a second or more), written
         # before `go` is set and read after it, so every worker sees the same value.
@@ -162,7 +164,8 @@ def run_workers(
         assert merged is not None
         return merged
     finally:
-        signal.signal(signal.SIGINT, previous_sigint)
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_sigint)
         for process in processes:
             process.join(timeout=5.0)
             if process.is_alive():
