@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -22,6 +23,8 @@ from proxy.metrics import ProxyMetrics
 from recorder.errors import ConfigError
 
 __all__ = ["AdminServer"]
+
+log = logging.getLogger(__name__)
 
 _OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
 #: A flags document is a few hundred bytes; anything bigger is a mistake or an attack.
@@ -114,6 +117,8 @@ class AdminServer:
             self._flags.apply(document)
         except ConfigError as exc:
             return _json({"error": str(exc)}, 400)
+        # An audit trail: who threw the kill switch, and when, belongs in the log.
+        log.warning("runtime flags changed by %s: %s", request.remote, json.dumps(document, sort_keys=True))
         return _json(self._flags.snapshot())
 
     async def _stats_handler(self, request: web.Request) -> web.Response:

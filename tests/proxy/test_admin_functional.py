@@ -61,7 +61,7 @@ async def test_metrics_and_stats(admin: Admin) -> None:
             assert await resp.json() == {"worker": 0, "ok": True}
 
 
-async def test_put_flags_is_all_or_nothing_and_immediate(admin: Admin) -> None:
+async def test_put_flags_is_all_or_nothing_and_immediate(admin: Admin, caplog: pytest.LogCaptureFixture) -> None:
     async with aiohttp.ClientSession() as client:
         async with client.put(f"{admin.url}/flags", json={"mirroring": False, "recording": "no"}) as resp:
             assert resp.status == 400
@@ -73,6 +73,7 @@ async def test_put_flags_is_all_or_nothing_and_immediate(admin: Admin) -> None:
             assert resp.status == 200
             body: dict[str, Any] = await resp.json()
         assert body["mirroring"] is False and body["shadows"]["v3"]["sample_percent"] == 2.0
+        assert "runtime flags changed by 127.0.0.1" in caplog.text and '"mirroring": false' in caplog.text
         # Shared-memory flags: what the stages read at the next request.
         assert admin.flags.snapshot()["mirroring"] is False and admin.flags.shadow_percent(1) == 2.0
         async with client.put(f"{admin.url}/flags", data=b"x" * 100_000) as resp:
