@@ -44,11 +44,11 @@ SEPARATOR: Final = "\n🐵🙈🙉\n".encode()
 REQUEST: Final = b"1"
 ORIGINAL_RESPONSE: Final = b"2"
 REPLAYED_RESPONSE: Final = b"3"
-_KNOWN_TYPES: Final = (REQUEST, ORIGINAL_RESPONSE, REPLAYED_RESPONSE)
 # GoReplay writes 40-hex (1.0-1.2) or 24-hex (1.3+) ids; other writers use other tokens, so any
 # short token without spaces is accepted and kept in the ``gor.id`` tag.
 _ID_RE: Final = re.compile(rb"[0-9A-Za-z_.:-]{1,128}")
 _HEX_ID_RE: Final = re.compile(r"(?:[0-9a-f]{24}|[0-9a-f]{40})")
+#: A header line is about 80 bytes; a longer "header" means this is not a GoReplay record.
 _HEADER_MAX_BYTES: Final = 512
 #: Read size: large enough that syscalls are rare, small enough to stay cache-friendly.
 _CHUNK_BYTES: Final = 1 << 20
