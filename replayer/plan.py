@@ -54,8 +54,10 @@ __all__ = [
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 # Hop-by-hop and framing headers: the client recomputes them for the new connection and body.
+# Expect goes too: the body is sent at once, and a 100 Continue would only be an extra response.
 _DROPPED_HEADERS: Final = frozenset(
     {
+        b"expect",
         b"host",
         b"connection",
         b"keep-alive",

@@ -117,6 +117,7 @@ def test_rewrites_path_headers_host_and_env_and_hop_by_hop() -> None:
             (b"Host", b"prod.example"),
             (b"Authorization", b"hmac:redacted"),
             (b"Connection", b"keep-alive"),
+            (b"Expect", b"100-continue"),
             (b"X-Debug", b"1"),
             (b"Accept", b"*/*"),
         ),
