@@ -258,7 +258,10 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._first_byte_ns = time.monotonic_ns()
+        if self._first_byte_ns is None:
+            self._first_byte_ns = time.monotonic_ns()
+        if self._informational():
+            return
         if self._head_only:
             # A HEAD response announces a body it never sends; llhttp cannot be told the method,
             # so the response ends here and the next response gets a fresh parser.
@@ -273,8 +276,16 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._informational():
+            # 1xx (103 Early Hints, an unasked 100 Continue) precedes the real response.
+            self._headers, self._body, self._body_size = [], [], 0
+            return
         if not self._head_only:
             self._complete()
+
+    def _informational(self) -> bool:
+        status = self._parser.get_status_code()
+        return 100 <= status < 200 and status != 101
 
     # -- requests
     def send(self, payload: bytes, head_only: bool, timeout_s: float) -> asyncio.Future[SendResult]:

@@ -195,3 +195,16 @@ async def test_raw_client_drops_connections_idle_past_keepalive(server: Server) 
         await asyncio.sleep(0.15)
         await transport.send("GET", "/", (), b"")
     assert len(server.peers) == 2
+
+
+@pytest.mark.parametrize("factory", CLIENTS)
+async def test_informational_responses_are_skipped(factory: TransportFactory) -> None:
+    srv, url = await raw_server(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Final: yes\r\n\r\nfinal"
+    )
+    async with srv, factory(url) as transport:
+        result = await transport.send("GET", "/", (), b"")
+    assert isinstance(result.outcome, Response) and result.outcome.status == 200
+    assert result.outcome.body == b"final" and result.outcome.header(b"x-final") == b"yes"
+    assert result.outcome.header(b"link") is None
