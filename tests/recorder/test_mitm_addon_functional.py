@@ -128,8 +128,25 @@ async def run_mitmdump(
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "SHADOWTAP_REDACTION_KEY": "test-key"},
     )
-    await wait_listening(port, process)
+    try:
+        await wait_listening(port, process)
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        raise
     return process, port
+
+
+async def exit_output(process: asyncio.subprocess.Process) -> bytes:
+    """The output of a mitmdump expected to exit on its own; killed if it does not, in time."""
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), START_TIMEOUT_S)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    return output
 
 
 async def stop(process: asyncio.subprocess.Process) -> str:
@@ -228,7 +245,7 @@ async def test_bad_option_is_refused_at_start(upstream: int, tmp_path: Path) -> 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), START_TIMEOUT_S)
+    output = await exit_output(process)
     assert process.returncode != 0
     assert b"shadowtap_sample_percent" in output and b"must be from 0 to 100" in output
 
@@ -321,7 +338,7 @@ async def test_an_unusable_tape_path_stops_mitmdump_with_one_line(upstream: int,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), START_TIMEOUT_S)
+    output = await exit_output(process)
     text = output.decode(errors="replace")
     assert "shadowtap: cannot record:" in text and "Traceback" not in text
     assert "Error logged during startup, exiting" in text
