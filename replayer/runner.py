@@ -14,6 +14,7 @@ never let a failed request or a broken results sink stop the replay.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections import OrderedDict, deque
@@ -22,12 +23,14 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from recorder.errors import ConfigError, ShadowtapError
-from recorder.model import PRIMARY, REPLAY, Exchange, Outcome, Response, Timing
+from recorder.model import PRIMARY, REPLAY, Exchange, Failure, FailureKind, Outcome, Response, Timing
 from replayer.plan import PlannedRequest
 from replayer.stats import ReplayStats
-from replayer.transport import Transport, error_class
+from replayer.transport import SendResult, Transport, error_class
 
 __all__ = ["Progress", "ReplayOutcome", "ResultSink", "RunnerSettings", "replay", "sleep_until"]
+
+log = logging.getLogger(__name__)
 
 # Below this much time to a deadline the runner yields instead of arming a timer. Small: every
 # yield is a trip round the loop, and yielding from further out burns a core spinning (measured:
@@ -301,6 +304,9 @@ class _Runner:
         sent_ns = time.monotonic_ns()
         try:
             result = await self.transport.send(request.method, request.target, request.headers, request.body)
+        except Exception as exc:  # a transport bug must cost one request, not the replay
+            log.exception("transport failed on %s %s", request.method, request.target)
+            result = SendResult(Failure(FailureKind.OTHER, f"{type(exc).__name__}: {exc}"))
         finally:
             self.in_flight -= 1
             if self.cap is not None:

@@ -153,3 +153,18 @@ async def test_a_stop_cuts_long_waits_short() -> None:
     outcome = await replay(planned(tape), MemoryTransport(handler), stop=stop, settings=RunnerSettings(lookahead_s=120))
     assert time.monotonic() - started < 1.0
     assert outcome.stopped and outcome.stats.overall.requests == 1 and outcome.planned == 1
+
+
+async def test_a_transport_that_raises_costs_one_request_not_the_replay() -> None:
+    tape = [make_exchange(i, 0) for i in range(5)]
+
+    async def handler(method: str, target: str, headers: Headers, body: bytes) -> Outcome:
+        if target == "/r/2":
+            raise ValueError("bug in a transport")
+        return Response(200)
+
+    sink = Sink()
+    outcome = await replay(planned(tape, speed=0.0), MemoryTransport(handler), results=sink)
+    assert outcome.stats.overall.requests == 5 and outcome.stats.overall.errors == {"other": 1}
+    failed = next(e for e in sink.exchanges if e.id == "ex2").outcome(REPLAY)
+    assert isinstance(failed, Failure) and "bug in a transport" in failed.message
