@@ -346,3 +346,27 @@ async def test_garbage_after_a_bad_request_gets_one_error_only(setup: Setup) -> 
     finally:
         writer.close()
     assert raw.count(b"HTTP/1.1 400 Bad Request") == 1
+
+
+async def test_concurrent_mixed_requests_all_complete(setup: Setup) -> None:
+    paths = ["/utf8", "/chunked", "/gzip", "/204", "/big", "/echo?x=1", "/teapot"]
+    connector = aiohttp.TCPConnector(limit=20)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+        async def one(i: int) -> tuple[int, int]:
+            path = paths[i % len(paths)]
+            if i % 5 == 0:
+                async with session.post(f"http://127.0.0.1:{setup.proxy_port}/echo", data=b"p" * (i * 997)) as r:
+                    body = await r.read()
+                    assert body.endswith(b"p" * (i * 997))
+                    return r.status, len(body)
+            async with session.get(f"http://127.0.0.1:{setup.proxy_port}{path}") as r:
+                return r.status, len(await r.read())
+
+        results = await asyncio.gather(*(one(i) for i in range(200)))
+    statuses = {status for status, _ in results}
+    assert statuses <= {200, 204, 418}
+    assert len(setup.stage.exchanges) == 200
+    assert all(ex.failure is None for ex in setup.stage.exchanges)
+    assert setup.proxy.stats.in_flight == 0
+    assert setup.proxy.stats.pool.connects <= 20  # keep-alive reuse, bounded by client concurrency
