@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import httptools
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy import http1
 
@@ -88,3 +90,23 @@ def test_response_head_and_error_response() -> None:
     assert b"Content-Length: %d" % len(body) in head
     assert b"Connection: close" in head
     assert body == b"shadowtap: cannot connect\n"
+
+
+_names = st.sampled_from(
+    [b"Host", b"Connection", b"connection", b"Keep-Alive", b"TE", b"X-A", b"x-a", b"X-B", b"Upgrade", b"Accept"]
+)
+_values = st.sampled_from([b"1", b"x-a", b"X-B, keep-alive", b"close", b"upgrade", b""])
+
+
+@given(st.lists(st.tuples(_names, _values), max_size=12), st.booleans())
+def test_end_to_end_keeps_exactly_the_end_to_end_fields_in_order(
+    headers: list[tuple[bytes, bytes]], upgrade: bool
+) -> None:
+    listed = http1.connection_tokens(headers)
+    hop = http1.HOP_BY_HOP - ({b"connection", b"upgrade"} if upgrade else set())
+    drop = hop | (listed - {b"upgrade", b"connection"} if upgrade else listed)
+    expected = [h for h in headers if h[0].lower() not in drop]
+    assert http1.end_to_end(headers, upgrade=upgrade) == expected
+    if not upgrade:
+        kept, _ = http1.scan_response(headers)
+        assert kept == expected
