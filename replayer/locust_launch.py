@@ -34,9 +34,7 @@ _WORKER_EXIT_S: Final = 10.0
 
 
 def locust_job(job: ReplayJob) -> LocustJob:
-    """The Locust form of a replay job (tape paths made absolute: workers may run elsewhere)."""
-    if job.results_dir is not None:
-        raise ConfigError("a results tape is not written in Locust mode; use --workers for that", field="results")
+    """The Locust form of a replay job (paths made absolute: workers may run elsewhere)."""
     return LocustJob(
         tapes=tuple(str(Path(t).resolve()) for t in job.tapes),
         target=job.target,
@@ -47,6 +45,8 @@ def locust_job(job: ReplayJob) -> LocustJob:
         lookahead_s=job.runner.lookahead_s,
         max_pending=job.runner.max_pending,
         salvage=job.salvage,
+        results_dir=None if job.results_dir is None else str(Path(job.results_dir).resolve()),
+        redact_results=job.redact_results,
     )
 
 

@@ -51,6 +51,9 @@ class LocustJob:
     max_pending: int = 50_000
     start_delay_s: float = 2.0
     salvage: bool = False
+    #: Each worker writes its results segments here, on its own machine (segment names carry the pid).
+    results_dir: str | None = None
+    redact_results: bool = True
 
     def __post_init__(self) -> None:
         if not self.tapes:

@@ -39,10 +39,12 @@ from locust.contrib.fasthttp import FastHttpSession
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
+from recorder import RedactionRules, SyncTapeWriter, TapeOptions
 from recorder.errors import ShadowtapError
+from recorder.model import Failure, FailureKind, Outcome, Response
 from replayer.locust_plan import MSG_STATS, MSG_T0, LocustJob, merge_reports, shard_plan, t0_monotonic_ns
 from replayer.plan import PlannedRequest, PlanStats
-from replayer.result import JobResult
+from replayer.result import JobResult, replay_exchange
 from replayer.stats import ReplayStats
 
 log = logging.getLogger("shadowtap.locust")
@@ -148,10 +150,14 @@ class _Session:
 class _GeventReplay:
     """The runner's schedule under gevent: open-loop sessions, due = max(slot, previous done + gap)."""
 
-    def __init__(self, client: FastHttpSession, job: LocustJob, t0_ns: int) -> None:
+    def __init__(self, client: FastHttpSession, job: LocustJob, t0_ns: int, results: SyncTapeWriter | None) -> None:
         self.client = client
         self.job = job
         self.t0_ns = t0_ns
+        # Disk writes block the hub briefly: the writer buffers a block (1 MiB) between writes.
+        self.results = results
+        self.results_failed = 0
+        self.wall_offset_ns = time.time_ns() - time.monotonic_ns()
         self.stats = ReplayStats()
         self.sessions: dict[str, _Session] = {}
         self.group = Group()
@@ -223,7 +229,33 @@ class _GeventReplay:
             status=status,
             error=error_class,
         )
+        if self.results is not None:
+            self._record_result(request, due_ns, sent_ns, done_ns, response, error, status)
         return done_ns
+
+    def _record_result(
+        self,
+        request: PlannedRequest,
+        due_ns: int,
+        sent_ns: int,
+        done_ns: int,
+        response: Any,
+        error: BaseException | None,
+        status: int | None,
+    ) -> None:
+        assert self.results is not None
+        outcome: Outcome
+        if status is None:
+            kind = {"connect": FailureKind.CONNECT_ERROR, "timeout": FailureKind.TIMEOUT, "reset": FailureKind.RESET}
+            outcome = Failure(kind.get(_error_class(error) if error else "other", FailureKind.OTHER), str(error or ""))
+        else:
+            raw_headers = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items())
+            outcome = Response(status, "", raw_headers, response.content or b"")
+        exchange = replay_exchange(request, due_ns, sent_ns, None, done_ns, outcome, self.wall_offset_ns)
+        try:
+            self.results.write(exchange)
+        except ShadowtapError:
+            self.results_failed += 1
 
 
 class ReplayUser(User):
@@ -247,11 +279,24 @@ class ReplayUser(User):
             network_timeout=job.timeout_s,
             connection_timeout=job.connect_timeout_s,
         )
+        results: SyncTapeWriter | None = None
         try:
+            if job.results_dir is not None:
+                redaction = RedactionRules() if job.redact_results else None
+                results = SyncTapeWriter(job.results_dir, TapeOptions(redaction=redaction))
             plan = shard_plan(job, index, int(start["workers"]), plan_stats)
-            result = _GeventReplay(client, job, t0_monotonic_ns(int(start["t0_wall_ns"]))).run(plan)
+            replayer = _GeventReplay(client, job, t0_monotonic_ns(int(start["t0_wall_ns"])), results)
+            result = replayer.run(plan)
+            result.results_dropped = replayer.results_failed
         except ShadowtapError as exc:
             result = JobResult(ReplayStats(), {}, error=str(exc), error_type=type(exc).__name__)
+        finally:
+            if results is not None:
+                results.close()
+        if results is not None:
+            written = results.stats
+            result.results_written = written.written
+            result.results_dropped += written.write_errors + written.encode_errors
         result.plan_stats = plan_stats.as_dict()
         report = result.encode()
         report["worker"] = index

@@ -1,4 +1,5 @@
-"""What a replay measured, in a form that crosses process and machine boundaries.
+"""What a replay produced: the measurements, in a form that crosses process and machine
+boundaries, and the results-tape record of each replayed request.
 
 Built by the asyncio runner, a ``--workers`` process or a Locust worker, shipped as plain data
 (``encode``/``decode``: histograms as HdrHistogram's base64 encoding) and merged in one place. Pure
@@ -12,9 +13,11 @@ from typing import Any
 
 import recorder.errors as errors
 from recorder.errors import ShadowtapError
+from recorder.model import PRIMARY, REPLAY, Exchange, Outcome, Timing
+from replayer.plan import PlannedRequest
 from replayer.stats import ReplayStats
 
-__all__ = ["JobResult", "raise_job_error"]
+__all__ = ["JobResult", "raise_job_error", "replay_exchange"]
 
 
 @dataclass(slots=True)
@@ -79,3 +82,47 @@ def raise_job_error(result: JobResult) -> None:
     if not (isinstance(cls, type) and issubclass(cls, ShadowtapError)):
         cls = ShadowtapError
     raise cls(result.error)
+
+
+def replay_exchange(
+    request: PlannedRequest,
+    due_ns: int,
+    sent_ns: int,
+    first_byte_ns: int | None,
+    done_ns: int,
+    outcome: Outcome,
+    wall_offset_ns: int,
+) -> Exchange:
+    """One results-tape record: the recorded request and response, and what the target answered.
+
+    Times are monotonic ns; ``wall_offset_ns`` (wall clock minus monotonic) dates the record. The
+    replay's timing is relative to the due time (``started_mono_ns``); the recorded primary timing
+    is kept as it was (relative to its own start). See docs/replay.md, "The results tape".
+    """
+    source = request.source
+    first_byte = None if first_byte_ns is None else first_byte_ns - due_ns
+    timings = {REPLAY: Timing(sent_ns - due_ns, first_byte, done_ns - due_ns)}
+    recorded_timing = source.timings.get(PRIMARY)
+    if recorded_timing is not None:
+        timings[PRIMARY] = recorded_timing
+    return Exchange(
+        id=request.replay_id,
+        started_at_ns=due_ns + wall_offset_ns,
+        started_mono_ns=due_ns,
+        request=source.request,
+        primary=source.primary,
+        shadows={REPLAY: outcome},
+        timings=timings,
+        session=request.session,
+        connection_id=source.connection_id,
+        client_addr=source.client_addr,
+        tags={
+            **source.tags,
+            "source": "replay",
+            "recorded_id": source.id,
+            "recorded_at_ns": str(source.started_at_ns),
+            "replay_target": request.target,
+            "replay_clone": str(request.clone),
+            "replay_iteration": str(request.iteration),
+        },
+    )

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from recorder.errors import ConfigError, ShadowtapError
-from recorder.model import PRIMARY, REPLAY, Exchange, Failure, FailureKind, Outcome, Response, Timing
+from recorder.model import Exchange, Failure, FailureKind, Outcome, Response
 from replayer.plan import PlannedRequest
+from replayer.result import replay_exchange
 from replayer.stats import ReplayStats
 from replayer.transport import SendResult, Transport, error_class
 
@@ -337,33 +338,7 @@ class _Runner:
         outcome: Outcome,
     ) -> None:
         assert self.results is not None
-        source = request.source
-        first_byte = None if first_byte_ns is None else first_byte_ns - due_ns
-        timings = {REPLAY: Timing(sent_ns - due_ns, first_byte, done_ns - due_ns)}
-        recorded_timing = source.timings.get(PRIMARY)
-        if recorded_timing is not None:
-            timings[PRIMARY] = recorded_timing
-        exchange = Exchange(
-            id=request.replay_id,
-            started_at_ns=due_ns + self.wall_offset_ns,
-            started_mono_ns=due_ns,
-            request=source.request,
-            primary=source.primary,
-            shadows={REPLAY: outcome},
-            timings=timings,
-            session=request.session,
-            connection_id=source.connection_id,
-            client_addr=source.client_addr,
-            tags={
-                **source.tags,
-                "source": "replay",
-                "recorded_id": source.id,
-                "recorded_at_ns": str(source.started_at_ns),
-                "replay_target": request.target,
-                "replay_clone": str(request.clone),
-                "replay_iteration": str(request.iteration),
-            },
-        )
+        exchange = replay_exchange(request, due_ns, sent_ns, first_byte_ns, done_ns, outcome, self.wall_offset_ns)
         if self.results.submit(exchange):
             self.outcome.results_submitted += 1
         else:

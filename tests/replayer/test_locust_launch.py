@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from recorder import ConfigError
 from replayer.job import ReplayJob
 from replayer.locust_launch import LOCUSTFILE, locust_job
 from replayer.plan import PlanOptions, Scaling
@@ -26,6 +23,6 @@ def test_the_locust_job_carries_the_plan_and_absolute_tapes() -> None:
     assert LOCUSTFILE.name == "locustfile.py" and LOCUSTFILE.exists()
 
 
-def test_a_results_tape_is_refused_in_locust_mode() -> None:
-    with pytest.raises(ConfigError, match="results"):
-        locust_job(ReplayJob(tapes=("t",), target="http://127.0.0.1:1", results_dir="out"))
+def test_the_results_directory_is_made_absolute() -> None:
+    spec = locust_job(ReplayJob(tapes=("t",), target="http://127.0.0.1:1", results_dir="out", redact_results=False))
+    assert spec.results_dir == str(Path("out").resolve()) and not spec.redact_results

@@ -265,17 +265,18 @@ async def test_locust_mode_runs_master_and_workers_and_reports(tmp_path: Path) -
             "60",
             "--json",
             str(tmp_path / "out.json"),
+            "--results",
+            str(tmp_path / "results"),
         )
     assert code == 0, err
     assert len(target.seen) == 60
     document = json.loads((tmp_path / "out.json").read_text())
     assert document["summary"]["requests"] == 60 and document["workers"] == 2 and document["planned"] == 60
-
-
-async def test_locust_mode_refuses_a_results_tape(tmp_path: Path) -> None:
-    tape = write_tape(tmp_path / "tape", [make_exchange(0, 0)])
-    code, _, err = await shadowtap(str(tape), "--target", "http://127.0.0.1:9", "--locust", "--results", "r")
-    assert code == 2 and "results" in err and err.count("\n") == 1
+    assert document["results_tape"] == {"written": 60, "dropped": 0}
+    results = read_results(tmp_path / "results")
+    assert sorted(e.id for e in results) == sorted(f"ex{i}" for i in range(60))
+    replayed = results[0].response(REPLAY)
+    assert replayed is not None and replayed.body.startswith(b"replayed /r/") and results[0].primary is not None
 
 
 async def test_locust_job_out_writes_the_job_for_other_machines(tmp_path: Path) -> None:
