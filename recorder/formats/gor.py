@@ -328,15 +328,33 @@ class GorReader:
             primary=item.original_response,
             shadows=shadows,
             timings=timings,
+            connection_id=_connection_id(item.gor_id),
             tags=tags,
         )
 
 
+def _connection_id(gor_id: str) -> str:
+    """The client connection for a GoReplay 1.3+ id, ``""`` for other ids.
+
+    A 24-hex id is client port, server port and client IP (16 hex digits), then the TCP
+    acknowledgement number: the first part names the connection, so requests on one keep-alive
+    connection share it. The 40-hex ids of older GoReplay are hashes and name nothing.
+    """
+    return f"gor:{gor_id[:16]}" if len(gor_id) == 24 and _HEX_ID_RE.fullmatch(gor_id) else ""
+
+
 def _gor_id(exchange: Exchange) -> str:
-    for candidate in (exchange.tags.get("gor.id", ""), exchange.id):
-        if _HEX_ID_RE.fullmatch(candidate):
-            return candidate
-    return hashlib.sha1(text_to_wire(exchange.id)).hexdigest()[:24]
+    """The id GoReplay gave this exchange, else a 40-hex hash of its id.
+
+    Only an id that came from GoReplay may have the 24-hex form, which names a connection; any
+    other id becomes the hash form of GoReplay 1.2, which names nothing.
+    """
+    original = exchange.tags.get("gor.id", "")
+    if _HEX_ID_RE.fullmatch(original):
+        return original
+    if len(exchange.id) == 40 and _HEX_ID_RE.fullmatch(exchange.id):
+        return exchange.id
+    return hashlib.sha1(text_to_wire(exchange.id)).hexdigest()
 
 
 def _latency_ns(timing: Timing | None) -> int:

@@ -105,6 +105,23 @@ def test_reused_id_pairs_responses_in_order_and_never_crosses_requests() -> None
     assert exchanges[0].id != exchanges[1].id and exchanges[1].tags["gor.id_reused"] == "1"
 
 
+def test_goreplay_13_ids_name_the_client_connection() -> None:
+    # Client port 0xc350, server port 0x1f90, client IP 10.0.0.7, then the ack number.
+    same_connection = ["c3501f900a000007" + ack for ack in ("00000001", "000001f4")]
+    other = "c3511f900a000007" + "00000001"
+    data = b"".join(
+        record(1, rid, i, get(f"/{i}")) + record(2, rid, i + 1, ok(b"x"))
+        for i, rid in enumerate([*same_connection, other, "f" * 40])
+    )
+    exchanges = _parse(data)
+    assert [ex.connection_id for ex in exchanges] == [
+        "gor:c3501f900a000007",
+        "gor:c3501f900a000007",
+        "gor:c3511f900a000007",
+        "",  # a GoReplay 1.2 id is a hash: no connection to name
+    ]
+
+
 def test_interleaved_ids_keep_request_order_and_pair_by_id() -> None:
     a, b = "1" * 40, "2" * 40
     data = (
@@ -235,7 +252,7 @@ def test_export_rechunks_chunked_bodies_and_adds_missing_lengths(tmp_path: Path)
     (back,) = list(GorReader(out))
     assert back.request.body == b"payload" and isinstance(back.primary, Response)
     assert back.primary.body == b"hello chunks"
-    assert len(back.tags["gor.id"]) == 24
+    assert len(back.tags["gor.id"]) == 40 and back.connection_id == ""
 
 
 def test_export_counts_what_gor_cannot_hold(tmp_path: Path) -> None:
