@@ -250,6 +250,12 @@ class _GeventReplay:
             outcome = Failure(kind.get(_error_class(error) if error else "other", FailureKind.OTHER), str(error or ""))
         else:
             raw_headers = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items())
+            # geventhttpclient hands the body back decompressed: drop the encoding (and the length
+            # of the encoded body) so the record says what the body is and the differ decodes nothing.
+            if any(k.lower() == b"content-encoding" for k, _ in raw_headers):
+                raw_headers = tuple(
+                    (k, v) for k, v in raw_headers if k.lower() not in (b"content-encoding", b"content-length")
+                )
             outcome = Response(status, "", raw_headers, response.content or b"")
         exchange = replay_exchange(request, due_ns, sent_ns, None, done_ns, outcome, self.wall_offset_ns)
         try:
