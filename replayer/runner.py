@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 # a 1.5 ms spin window made the replayer use a whole core at 2,000 requests/s), which on a shared
 # machine costs more lateness than it saves.
 _SPIN_NS: Final = 200_000
-# A session idle this long forgets when its last request finished (see RunnerSettings).
+# A session idle this long forgets when its last request finished (memory stays bounded); its
+# next request, if one ever comes, then goes at its slot. See docs/replay.md, "Memory".
 _SESSION_MEMORY_NS: Final = 60_000_000_000
 # A stop (Ctrl-C) is noticed by a waiting session or the dispatcher within this long.
 _STOP_CHECK_NS: Final = 100_000_000
