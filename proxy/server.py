@@ -301,13 +301,19 @@ class _Forward:
             upgrade=self.upgrade,
         )
         self._streaming = True
-        if self._retried:
+        if self.upgrade:
+            # llhttp hands over everything after an Upgrade request's head as it came (a body with
+            # its framing, early frames): it follows the head unchanged.
+            buffered = [client.take_upgrade_rest()]
+        elif self._retried:
             # A retry resends the captured body (a retry is only tried when it is complete).
             buffered = [] if not self.ex.request_body else [self.ex.request_body]
         else:
             buffered = self._body_buffer
             self._body_buffer = []
-        if buffered:
+        if self.upgrade:
+            conn.writelines([head, *buffered])
+        elif buffered:
             parts = [head]
             if self.chunked:
                 for piece in buffered:
@@ -449,6 +455,7 @@ class _Forward:
             and not conn.received_any
             and not self._head_sent
             and not self._retried
+            and not self.upgrade
             and self.body_done
             and self.ex.request_body is not None
             and self.method in (b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE")
@@ -623,8 +630,13 @@ class _ClientConnection(asyncio.Protocol):
             self._tunnel.received(CLIENT, data)
             return
         if self._upgrade_rest is not None:
-            # Bytes after an Upgrade request wait for the 101; a client that does not wait for it is
-            # held back by stopping reads once the buffer is full.
+            # Bytes after an Upgrade request (its body, or early frames) go to the primary in order,
+            # as soon as the request is on its way there; until then they wait, and a client that
+            # sends too much is held back by stopping reads.
+            active = self._active
+            if active is not None and active.conn is not None and active.upgrade:
+                active.conn.write(data)
+                return
             self._upgrade_rest += data
             if len(self._upgrade_rest) > self.ctx.max_buffered:
                 self.pause_reading(_PAUSE_BUFFER)
@@ -803,8 +815,11 @@ class _ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def take_upgrade_rest(self) -> bytes:
+        """The bytes held after an Upgrade request; later ones go straight to the primary."""
         rest = self._upgrade_rest or b""
-        self._upgrade_rest = None
+        if rest:
+            self._upgrade_rest = b""
+            self.resume_reading(_PAUSE_BUFFER)
         return rest
 
     def request_done(self, forward: _Forward, close: bool) -> None:

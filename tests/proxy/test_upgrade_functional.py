@@ -89,3 +89,29 @@ async def test_client_closing_the_tunnel_closes_the_primary_side() -> None:
         await asyncio.wait_for(primary_saw_eof.wait(), 5)
         await asyncio.sleep(0.05)
         assert proxy.stats.in_flight == 0
+
+
+async def _read_body_and_decline(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    body = await reader.readexactly(length)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    await writer.drain()
+    await reader.read()
+
+
+async def test_upgrade_request_with_a_body_that_is_declined_is_answered() -> None:
+    # h2c-style: an Upgrade offer on a request with a body; the primary ignores the offer.
+    request = (
+        b"POST /form HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 11\r\n\r\nhello world"
+    )
+    async with raw_primary(_read_body_and_decline) as (port, _), running_proxy(port, first_byte_timeout_s=3) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(request)
+            raw = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert raw.endswith(b"\r\n\r\nhello world")
