@@ -48,7 +48,7 @@ class LocustJob:
     timeout_s: float = 30.0
     connect_timeout_s: float = 5.0
     lookahead_s: float = 0.25
-    max_pending: int = 50_000
+    max_pending: int = 10_000
     start_delay_s: float = 2.0
     salvage: bool = False
     #: Each worker writes its results segments here, on its own machine (segment names carry the pid).

@@ -73,13 +73,14 @@ class RunnerSettings:
     ``lookahead_s``: how long before its slot a request is pulled from the plan into its session.
     ``max_pending``: bound on requests pulled but not finished, so ``--speed 0`` or a stalled
     target cannot pull a whole tape into memory (the schedule then waits: it shows as start lag).
+    Each pending request is a task of about 2 KiB; 10,000 covers 40,000 requests/s of lookahead.
     ``batch_size``: requests pulled from the plan per trip to the reader thread.
     ``progress_interval_s``: how often the progress callback runs.
     """
 
     max_in_flight: int | None = None
     lookahead_s: float = 0.25
-    max_pending: int = 50_000
+    max_pending: int = 10_000
     batch_size: int = 64
     progress_interval_s: float = 0.5
 
