@@ -20,7 +20,7 @@ def main() -> int:
     for name in BENCHES:
         print(f"\n=== {name} ===", flush=True)
         started = time.monotonic()
-        code = subprocess.call([sys.executable, str(here / name), *sys.argv[1:]])
+        code = subprocess.call([sys.executable, str(here / name)])
         print(f"=== {name}: exit {code} after {time.monotonic() - started:.0f}s ===", flush=True)
         if code != 0:
             failed.append(name)
