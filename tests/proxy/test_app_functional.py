@@ -279,3 +279,27 @@ async def test_primary_down_is_a_fast_502_counted_and_taped(tmp_path: Path) -> N
     (taped,) = TapeReader(tmp_path / "tape")
     assert taped.request.target == "/anything"
     assert isinstance(taped.primary, Failure) and taped.primary.kind == "connect-error"
+
+
+async def test_shutdown_waits_for_copies_in_flight_and_tapes_their_answers(tmp_path: Path) -> None:
+    async def slow_shadow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.3)
+        return web.Response(text="shadow, late but in time")
+
+    primary = await Upstream().start()
+    shadow = await Upstream(slow_shadow).start()
+    app = await start_proxy(
+        {"primary": primary.url, "shadows": {"v2": shadow.url}, "record": {"tape": str(tmp_path / "tape")}}
+    )
+    async with aiohttp.ClientSession() as client:
+        for i in range(5):
+            async with client.get(f"{app.listen_url}/d/{i}") as resp:
+                assert resp.status == 200
+    await app.shutdown()  # right away: the five copies are still at the shadow
+    await primary.close()
+    await shadow.close()
+    taped = list(TapeReader(tmp_path / "tape"))
+    assert len(taped) == 5
+    for ex in taped:
+        answer = ex.shadows["v2"]
+        assert isinstance(answer, Response) and answer.body == b"shadow, late but in time"
