@@ -16,7 +16,9 @@ from differ.verdict import parse_fail_on
 from recorder.errors import ConfigError
 
 __all__ = [
+    "CONFIG_KEYS",
     "DEFAULT_IGNORED_HEADERS",
+    "ConfigKey",
     "VOLATILE_DETECTORS",
     "CompareOptions",
     "DifferConfig",
@@ -76,23 +78,58 @@ DEFAULT_IGNORED_HEADERS: Final[frozenset[str]] = frozenset(
 #: The built-in volatile detectors (see differ/volatile.py), all on by default.
 VOLATILE_DETECTORS: Final[tuple[str, ...]] = ("uuid", "iso-date", "http-date", "epoch", "jwt", "hex-id")
 
-_KNOWN_KEYS: Final = frozenset(
-    {
-        "headers",
+
+@dataclass(frozen=True, slots=True)
+class ConfigKey:
+    """One key of the ``diff`` config section: the single list that validation and docs/config.md read."""
+
+    key: str
+    type: str
+    default: Any
+    help: str
+
+
+#: Every key ``config_from_mapping`` accepts (dotted, under ``diff``), with its default in file form.
+#: A key missing here is rejected as unknown, so the reference cannot fall behind the parser.
+CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
+    ConfigKey("headers.ignore", "list of header names", [], "added to the built-in ignore list of volatile headers"),
+    ConfigKey("headers.compare", "list of header names", [], "removed from the built-in ignore list"),
+    ConfigKey("headers.only", "list of header names or null", None, "allowlist: compare only these headers"),
+    ConfigKey(
         "ignore",
-        "routes",
-        "unordered_arrays",
-        "list_keys",
-        "numeric_tolerance",
-        "noise",
-        "volatile",
-        "templates",
-        "examples_per_signature",
-        "fail_on",
-        "min_samples",
-    }
+        "list of path globs or {path, endpoint}",
+        [],
+        "differences silenced at report time, globally or for endpoints matching `endpoint` (a glob)",
+    ),
+    ConfigKey("routes", "list of route patterns", [], "endpoint templates, first match wins: `GET /users/{id}`"),
+    ConfigKey("unordered_arrays", "bool or list of path globs", False, "arrays compared as multisets (`true`: all)"),
+    ConfigKey("list_keys", "map of array path glob to field", {}, "match array elements by this field, order ignored"),
+    ConfigKey("numeric_tolerance.absolute", "number", 0.0, "numbers closer than this are equal"),
+    ConfigKey("numeric_tolerance.relative", "number", 0.0, "numbers within this fraction of each other are equal"),
+    ConfigKey("noise.relative", "number (fraction)", 0.2, "Diffy's relative threshold for learned noise"),
+    ConfigKey("noise.absolute", "number (fraction)", 0.0003, "Diffy's absolute threshold for learned noise"),
+    ConfigKey("volatile.enabled", "bool", True, "suppress same-class volatile values (uuid->uuid, date->date ...)"),
+    ConfigKey("volatile.detectors", "list of detector names", list(VOLATILE_DETECTORS), "the detectors in use"),
+    ConfigKey(
+        "templates.max_literal_children",
+        "integer",
+        20,
+        "distinct values a path segment may take before it is learned as `{id}`",
+    ),
+    ConfigKey("examples_per_signature", "integer", 3, "reservoir-sampled examples kept per signature"),
+    ConfigKey("fail_on", "string", "severity>=high", "the gate (see --fail-on); overridden by the flag"),
+    ConfigKey("min_samples", "integer", 10, "fewer compared pairs than this exits 2; overridden by the flag"),
 )
+
+
 _ROUTE_RE: Final = re.compile(r"(?:(?P<method>[A-Z]+|\*)\s+)?(?P<path>/\S*)\Z")
+
+
+def _known(prefix: str) -> frozenset[str]:
+    """The keys directly under ``prefix`` ("" for the section itself) according to ``CONFIG_KEYS``."""
+    depth = 0 if not prefix else prefix.count(".") + 1
+    start = f"{prefix}." if prefix else ""
+    return frozenset(k.key.split(".")[depth] for k in CONFIG_KEYS if k.key.startswith(start))
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,10 +304,10 @@ def _ignore_rules(value: Any) -> tuple[IgnoreRule, ...]:
 def config_from_mapping(raw: Mapping[str, Any]) -> DifferConfig:
     """Build a ``DifferConfig`` from a parsed config file: its ``diff`` section if it has one."""
     section = _section(raw.get("diff"), "diff") if "diff" in raw else raw
-    _check_keys(section, _KNOWN_KEYS, "diff")
+    _check_keys(section, _known(""), "diff")
 
     headers = _section(section.get("headers"), "diff.headers")
-    _check_keys(headers, {"ignore", "compare", "only"}, "diff.headers")
+    _check_keys(headers, _known("headers"), "diff.headers")
     extra_ignored = {h.lower() for h in _str_list(headers.get("ignore"), "diff.headers.ignore")}
     compared = {h.lower() for h in _str_list(headers.get("compare"), "diff.headers.compare")}
     ignored = (DEFAULT_IGNORED_HEADERS | extra_ignored) - compared
@@ -290,10 +327,10 @@ def config_from_mapping(raw: Mapping[str, Any]) -> DifferConfig:
             raise ConfigError("must map an array path to the key field's name", field=f"diff.list_keys.{path}")
 
     tolerance = _section(section.get("numeric_tolerance"), "diff.numeric_tolerance")
-    _check_keys(tolerance, {"absolute", "relative"}, "diff.numeric_tolerance")
+    _check_keys(tolerance, _known("numeric_tolerance"), "diff.numeric_tolerance")
 
     volatile = _section(section.get("volatile"), "diff.volatile")
-    _check_keys(volatile, {"enabled", "detectors"}, "diff.volatile")
+    _check_keys(volatile, _known("volatile"), "diff.volatile")
     enabled = volatile.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError("must be true or false", field="diff.volatile.enabled")
@@ -315,9 +352,9 @@ def config_from_mapping(raw: Mapping[str, Any]) -> DifferConfig:
     )
 
     noise = _section(section.get("noise"), "diff.noise")
-    _check_keys(noise, {"relative", "absolute"}, "diff.noise")
+    _check_keys(noise, _known("noise"), "diff.noise")
     templates = _section(section.get("templates"), "diff.templates")
-    _check_keys(templates, {"max_literal_children"}, "diff.templates")
+    _check_keys(templates, _known("templates"), "diff.templates")
     fail_on = section.get("fail_on", "severity>=high")
     if not isinstance(fail_on, str):
         raise ConfigError("must be a string such as 'severity>=high'", field="diff.fail_on")
