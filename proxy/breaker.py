@@ -24,11 +24,17 @@ HALF_OPEN: Final = "half-open"
 
 @dataclass(frozen=True, slots=True)
 class BreakerSettings:
+    #: Failures in a row that open the breaker.
     consecutive_failures: int = 5
+    #: Share of failures in the recent window that opens the breaker (once ``min_calls`` were made).
     failure_ratio: float = 0.5
+    #: How many recent calls the failure ratio is measured over.
     window: int = 50
+    #: Calls in the window before the failure ratio is trusted.
     min_calls: int = 20
+    #: Seconds the breaker stays open (copies dropped as ``breaker-open``) before probing.
     open_s: float = 5.0
+    #: Copies let through while half-open; their success closes the breaker, a failure reopens it.
     half_open_probes: int = 1
 
     def __post_init__(self) -> None:

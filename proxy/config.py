@@ -100,8 +100,11 @@ def _check_url(url: str, *, field: str) -> None:
 class ShadowSettings:
     """One shadow: where it is, how much it gets, and the guard rails around it."""
 
+    #: The shadow's name on the tape, in metrics and in ``diff --candidate`` (not ``primary``).
     name: str
+    #: Base URL the copies go to (``http://`` or ``https://``).
     url: str
+    #: Percent of eligible requests mirrored to this shadow.
     sample_percent: float = 100.0
     # Bounds the memory a stuck shadow can pin: queue_size x max_body_bytes at worst, and about a
     # second of traffic at 1k req/s, after which drops (counted) are better than growing latency.
@@ -115,8 +118,9 @@ class ShadowSettings:
     burst: float | None = None
     host: str | None = None
     preserve_host: bool = False
+    #: Request headers never sent to the shadow (credentials, by default).
     strip_headers: tuple[str, ...] = DEFAULT_STRIPPED_HEADERS
-    #: (header name, environment variable): the shadow gets the variable's value for that header.
+    #: Header name -> environment variable: the shadow gets the variable's value for that header.
     credentials: tuple[tuple[str, str], ...] = ()
     tls_verify: bool = True
     ca_file: str | None = None
@@ -174,8 +178,11 @@ class ShadowSettings:
 class MirrorSettings:
     """Mirroring as a whole: the master switch, the consistent-sampling key and the route rules."""
 
+    #: The master switch (the admin API's kill switch flips it at runtime).
     enabled: bool = True
+    #: Consistent sampling: a key's requests are all mirrored or none are.
     sample_key: SampleKey | None = None
+    #: Route rules, first match wins; requests matching none use the defaults.
     routes: tuple[RouteRule, ...] = ()
 
 
@@ -183,19 +190,28 @@ class MirrorSettings:
 class RecordSettings:
     """Recording to a tape directory (``tape=None``: no tape)."""
 
+    #: Tape directory to record into (``null``: no recording).
     tape: str | None = None
+    #: Percent of exchanges recorded (hashed on the exchange id).
     sample_percent: float = 100.0
+    #: Body bytes recorded per message; longer bodies are cut and marked truncated.
     max_body_bytes: int = _MiB
     #: How long a finished primary exchange waits for its shadows before it is written without them.
     join_timeout_s: float = 10.0
     # Exchanges waiting for their shadows; beyond this the oldest is written at once (counted), so
     # a stuck shadow cannot grow memory without bound.
     max_pending: int = 10_000
+    #: The tape writer's queue; when full, exchanges are dropped (counted), never waited for.
     queue_size: int = 10_000
+    #: Tape segments rotate at this size.
     max_segment_bytes: int = 64 * _MiB
+    #: ... and at this age, seconds.
     max_segment_age_s: float = 300.0
+    #: Tape block compression: ``none`` or ``zstd``.
     compression: str = "none"
+    #: When the tape is fsynced: ``none``, ``interval`` (about every second) or ``every`` batch.
     fsync: str = "interval"
+    #: Redact credentials with a keyed hash at write time.
     redaction: bool = True
 
     def __post_init__(self) -> None:
@@ -220,9 +236,11 @@ class RecordSettings:
 class AdminSettings:
     """The admin API. ``listen=None`` turns it off; a non-loopback address needs ``allow_remote``."""
 
+    #: Admin API address (``off`` or ``null``: no admin API); port 0 picks a free one.
     listen: ListenAddress | None = ListenAddress("127.0.0.1", 0)
     #: Environment variable holding the bearer token (never the token itself in a file).
     token_env: str | None = None
+    #: Allow a non-loopback admin address (use a token then).
     allow_remote: bool = False
 
     def __post_init__(self) -> None:
@@ -244,6 +262,7 @@ class AdminSettings:
 class EventsSettings:
     """Wide events: one JSON line per exchange to ``path`` (``-`` is stdout; ``None`` is off)."""
 
+    #: Where the JSON lines go: a file, ``-`` for stdout, ``null`` for off.
     path: str | None = None
     # Events waiting for the writer thread; a full queue drops (counted) rather than slow the proxy.
     queue_size: int = 10_000
@@ -257,7 +276,9 @@ class EventsSettings:
 class TlsSettings:
     """Listen with TLS when both files are given."""
 
+    #: Certificate chain (PEM) to listen with TLS.
     cert_file: str | None = None
+    #: Its private key (PEM).
     key_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -274,9 +295,13 @@ class ProxyConfig:
     """Everything ``shadowtap proxy`` runs with. ``forward`` is the data path's own settings mapping,
     validated by ``proxy.forward.ForwardSettings`` when the proxy is built (``forward_settings()``)."""
 
+    #: URL of the primary service: every request is forwarded there and its answer returned.
     primary: str
+    #: Address the proxy listens on; port 0 picks a free one.
     listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
+    #: Processes sharing the listen port (SO_REUSEPORT).
     workers: int = 1
+    #: On SIGTERM: seconds to finish in-flight requests, drain mirrors and close the tape.
     shutdown_timeout_s: float = 10.0
     forward: Mapping[str, Any] = field(default_factory=dict)
     tls: TlsSettings = field(default_factory=TlsSettings)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from recorder.errors import ConfigError
@@ -65,14 +65,21 @@ class RouteRule:
     ``shadows`` limits the route to those shadow names (``None`` = all).
     """
 
+    #: Shown in logs and stats (default: the path pattern).
     name: str
+    #: Path pattern: ``*`` matches within a segment, ``**`` across segments (``None``: any path).
     path: str | None = None
+    #: Methods the route applies to (``None``: any).
     methods: frozenset[str] | None = None
+    #: ``false`` never mirrors requests on this route.
     mirror: bool = True
+    #: Methods mirrored on this route, replacing the safe-method default (the opt-in for POST ...).
     mirror_methods: frozenset[str] | None = None
+    #: Percent mirrored on this route, overriding each shadow's ``sample_percent``.
     sample_percent: float | None = None
+    #: Shadow names this route mirrors to (``None``: all shadows).
     shadows: tuple[str, ...] | None = None
-    path_re: re.Pattern[str] | None = None
+    path_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.sample_percent is not None and not 0.0 <= self.sample_percent <= 100.0:
@@ -107,7 +114,7 @@ class RouteRule:
         if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int | float)):
             raise ConfigError(f"expected a number, not {percent!r}", field=f"{field}.sample_percent")
         shadows: tuple[str, ...] | None = None
-        if "shadows" in data:
+        if data.get("shadows") is not None:
             raw = data["shadows"]
             if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
                 raise ConfigError(f"expected a list of shadow names, not {raw!r}", field=f"{field}.shadows")
@@ -120,10 +127,12 @@ class RouteRule:
             return cls(
                 name=str(data.get("name", path or field)),
                 path=path,
-                methods=None if "methods" not in data else parse_methods(data["methods"], field=f"{field}.methods"),
+                methods=None
+                if data.get("methods") is None
+                else parse_methods(data["methods"], field=f"{field}.methods"),
                 mirror=mirror,
                 mirror_methods=None
-                if "mirror_methods" not in data
+                if data.get("mirror_methods") is None
                 else parse_methods(data["mirror_methods"], field=f"{field}.mirror_methods"),
                 sample_percent=None if percent is None else float(percent),
                 shadows=shadows,
