@@ -1,8 +1,8 @@
-"""Generates docs/cli.md from the argparse tree, so the reference can never drift from the CLI.
+"""Generates docs/cli.md (from the argparse tree) and docs/config.md (from the config parsers).
 
-``python -m shadowtap.docgen`` rewrites the file; ``python -m shadowtap.docgen --check`` exits 1 when
-the checked-in file differs (the test suite runs the same comparison). It must never hand-edit
-content: everything comes from the parsers' own help strings.
+``python -m shadowtap.docgen`` rewrites both; ``--check`` exits 1 when a checked-in file differs (the
+test suite runs the same comparison). It must never hand-edit content: everything comes from the
+parsers' own help strings, fields and key tables.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from pathlib import Path
 
 from shadowtap.cli import build_parser, discover_commands
 
-CLI_DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+CLI_DOC = DOCS / "cli.md"
+CONFIG_DOC = DOCS / "config.md"
 
 HEADER = """\
 # Command-line reference
@@ -50,20 +52,31 @@ def render() -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+def generated() -> dict[Path, str]:
+    from shadowtap import configdoc
+
+    return {CLI_DOC: render(), CONFIG_DOC: configdoc.render()}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shadowtap.docgen", description="Regenerate docs/cli.md.")
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/cli.md is out of date")
+    parser = argparse.ArgumentParser(
+        prog="python -m shadowtap.docgen", description="Regenerate docs/cli.md and docs/config.md."
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if a generated doc is out of date")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = CLI_DOC.read_text(encoding="utf-8") if CLI_DOC.exists() else ""
-        if current != text:
-            print(f"{CLI_DOC} is out of date: run `make docs`", file=sys.stderr)
-            return 1
-        return 0
-    CLI_DOC.write_text(text, encoding="utf-8")
-    print(f"wrote {CLI_DOC}")
-    return 0
+    stale = []
+    for path, text in generated().items():
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if current == text:
+            continue
+        if args.check:
+            stale.append(path)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+    for path in stale:
+        print(f"{path} is out of date: run `make docs`", file=sys.stderr)
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
