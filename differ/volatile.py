@@ -93,19 +93,9 @@ def value_class(value: Any, detectors: Collection[str]) -> str:
     kind = type(value)
     if kind is str:
         return string_class(value, detectors)
-    if kind is int:
-        return _epoch_class(value, detectors) or "int"
-    if kind is float:
-        return _epoch_class(value, detectors) or "float"
-    if value is None:
-        return "null"
-    if kind is bool:
-        return "bool"
-    if kind is dict:
-        return "object"
-    if kind is list:
-        return "array"
-    return kind.__name__
+    if kind is int or kind is float:
+        return _epoch_class(value, detectors) or base_class(value)
+    return base_class(value)
 
 
 def base_class(value: Any) -> str:
