@@ -79,8 +79,14 @@ class Children:
         log_path = self.log_dir / f"{name}.log"
         log_file = log_path.open("wb")
         try:
+            # A session of its own: Ctrl-C in the terminal reaches only the demo, which then stops its
+            # children in order (the services must outlive the proxy for the replay and diff steps).
             process = await asyncio.create_subprocess_exec(
-                *argv, stdout=log_file, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL
+                *argv,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
             )
         finally:
             log_file.close()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,38 @@ def test_demo_reports_exactly_the_planted_changes(tmp_path: Path) -> None:
     for pattern in ("shadowtap.demo.services", f"shadowtap.*{out}"):
         leftover = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False, timeout=10)
         assert leftover.stdout.strip() == "", f"demo left processes running ({pattern}): {leftover.stdout}"
+
+
+@pytest.mark.timeout(240)
+def test_keep_running_serves_until_ctrl_c_then_finishes(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "shadowtap", "demo", "--out", str(out), "--sessions", "5", "--keep-running"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a foreground job
+    )
+    assert demo.stdout is not None
+    lines: list[str] = []
+    for line in demo.stdout:
+        lines.append(line)
+        if line.startswith("Press Ctrl-C"):
+            break
+    try_it = "".join(lines)
+    proxy_url = re.search(r"curl -s (http://127\.0\.0\.1:\d+)/api/users/7", try_it)
+    assert proxy_url is not None, try_it
+    # The printed commands work while the demo waits.
+    with urllib.request.urlopen(proxy_url.group(1) + "/api/users/7", timeout=10) as response:
+        assert response.status == 200
+    # Ctrl-C in a terminal: SIGINT to the whole foreground process group. Only the demo may act on
+    # it; it then stops the proxy in order and goes on with replay and diff against live services.
+    os.killpg(demo.pid, signal.SIGINT)
+    rest, _ = demo.communicate(timeout=180)
+    assert demo.returncode == 0, try_it + rest
+    assert "Traceback" not in rest
+    assert (out / "report.json").exists()
+    leftover = subprocess.run(
+        ["pgrep", "-f", "shadowtap.demo.services"], capture_output=True, text=True, check=False, timeout=10
+    )
+    assert leftover.stdout.strip() == ""
