@@ -196,7 +196,9 @@ def build_report(
                 last_seen_ns=sig.last_seen_ns,
                 suppressed=reason is not None,
                 suppression_reason=reason,
-                noise_rate=noise_rate(ep, path),
+                # Noise is learned only over what no detector or rule explains: for a signature they
+                # explain, a measured rate would read as "this field never differs", so it is None.
+                noise_rate=None if fixed_reasons[sig_key] is not None else noise_rate(ep, path),
                 examples=_examples(store, ep, key_id, volatile, k, since_ns, until_ns, reasons),
             )
         )

@@ -58,7 +58,8 @@ class SignatureReport:
     ``kind``: status, removed, added, type, value, length, header, text, binary, error.
     ``transition``: the value-class change (``200->500``, ``int->null``, ``present->missing``).
     ``rate`` is ``count`` over the endpoint's compared pairs; ``noise_rate`` the rate at which the
-    same path differed between baseline and secondary (``None`` without a secondary).
+    same path differed between baseline and secondary beyond what detectors and rules explain
+    (``None`` without a secondary, and for signatures a detector or ignore rule suppressed).
     """
 
     id: str
