@@ -260,7 +260,9 @@ def _print_info(summary: Mapping[str, Any]) -> None:
         f"statuses    {_counts(summary['primary_statuses'])}",
     ]
     for name, counts in summary["shadows"].items():
-        lines.append(f"shadow {name:<5}{_counts(counts)}")
+        # Labels are 12 wide; a longer shadow name still gets a space before its counts.
+        label = f"shadow {name}"
+        lines.append(f"{label:<11} {_counts(counts)}")
     req, resp = summary["request_body_bytes"], summary["primary_body_bytes"]
     lines += [
         f"bodies      requests {_size(req['total'])} (max {_size(req['max'])}), "

@@ -57,8 +57,22 @@ def test_info_text_and_torn_tail_note(tape: Path, capsys: pytest.CaptureFixture[
     assert code == 0
     assert "exchanges   11" in out
     assert "methods     GET 8, POST 3" in out
+    assert "shadow v2   200 11" in out
     assert "torn tail" in out
     assert err.count("\n") == 1 and "torn tail of" in err and str(segment) in err
+
+
+def test_info_text_keeps_long_shadow_names_apart_from_their_counts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ex = make_exchange(0)
+    long_named = Exchange(
+        id=ex.id, started_at_ns=ex.started_at_ns, request=ex.request, primary=ex.primary,
+        shadows={"secondary": Response(200)},
+    )  # fmt: skip
+    code, out, _ = run(capsys, "tape", "info", str(write(tmp_path / "t", [long_named])))
+    assert code == 0
+    assert "shadow secondary 200 1" in out
 
 
 def test_cat_prints_json_lines_with_filters(tape: Path, capsys: pytest.CaptureFixture[str]) -> None:
