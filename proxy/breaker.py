@@ -91,6 +91,10 @@ class CircuitBreaker:
             return True
         return False
 
+    def refusing(self, now_s: float) -> bool:
+        """Open and still within ``open_s``: what ``allow`` would refuse, without taking a probe."""
+        return self.state == OPEN and now_s - self._opened_at_s < self.settings.open_s
+
     def record_cancelled(self) -> None:
         """An allowed request was dropped before it could succeed or fail: free its probe slot."""
         if self.state == HALF_OPEN and self._probes > 0:

@@ -33,6 +33,9 @@ HOP_BY_HOP: Final = frozenset(
 #: For an Upgrade pass-through the two fields that ask for the switch must reach the primary.
 _HOP_BY_HOP_UPGRADE: Final = HOP_BY_HOP - {b"connection", b"upgrade"}
 
+#: The Connection values nearly every response carries: they list no field, so need no parsing.
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
+
 CHUNKED_END: Final = b"0\r\n\r\n"
 _CRLF: Final = b"\r\n"
 _SEP: Final = b": "
@@ -102,7 +105,7 @@ def scan_response(headers: Sequence[Header]) -> tuple[list[Header], ResponseFram
             if lower == b"transfer-encoding":
                 value = header[1]
                 transfer_encoding = value if transfer_encoding is None else transfer_encoding + b", " + value
-            elif lower == b"connection":
+            elif lower == b"connection" and header[1].lower() not in _PLAIN_CONNECTION:
                 extra = [t for t in _tokens(header[1]) if t not in HOP_BY_HOP and t != b"close"]
                 if extra:
                     listed = extra if listed is None else listed + extra

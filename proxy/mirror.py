@@ -60,7 +60,15 @@ _NOT_FORWARDED: Final = frozenset(
         b"content-length", b"host", b"expect",
     }
 )  # fmt: skip
+#: The timing of a copy that was never sent (shared: Timing is frozen).
+_NO_TIMING: Final = Timing()
 _MARKER_LINE: Final = f"{MARKER_HEADER}: 1\r\n{CORRELATION_HEADER}: ".encode()
+
+#: Queued copies ended without sending (stale, breaker open, kill switch) per loop turn. A
+#: black-holed shadow can leave a full queue (1,000 by default) to be dropped at once; each drop
+#: also joins a record, so ending them all in one turn stalls the primary path for tens of ms. The
+#: rest are ended on the next turns, with primary I/O between.
+_MAX_DROPS_PER_TURN: Final = 32
 
 #: (exchange id, shadow name, outcome, timing relative to the exchange start)
 OutcomeListener = Callable[[str, str, Outcome, Timing], None]
@@ -437,25 +445,40 @@ class ShadowMirror:
         assert loop is not None
         now_s = loop.time()
         flags = self._flags
-        while self._waiting and len(self._active) < self.settings.concurrency and not self._stopped:
-            job = self._waiting.popleft()
+        breaker = self.breaker
+        waiting = self._waiting
+        drops = 0
+        while waiting and len(self._active) < self.settings.concurrency and not self._stopped:
+            if drops >= _MAX_DROPS_PER_TURN:
+                self._pump_scheduled = True
+                loop.call_soon(self._pump)
+                return
+            job = waiting.popleft()
             if not (flags.mirroring and flags.shadow_mirroring(self.index)):
                 # The kill switch also stops copies already queued, not only new decisions.
-                self.breaker.record_cancelled()
-                self._finish(job, Failure(FailureKind.CANCELLED, "mirroring turned off"), Timing())
+                drops += 1
+                breaker.record_cancelled()
+                self._finish(job, Failure(FailureKind.CANCELLED, "mirroring turned off"), _NO_TIMING)
                 continue
             if now_s - job.enqueued_s > self.settings.total_timeout_s:
                 # Stale: the shadow is too far behind for this copy to be worth sending.
-                self.breaker.record_failure(now_s)
-                self._finish(job, Failure(FailureKind.TIMEOUT, "waited too long in the mirror queue"), Timing())
+                drops += 1
+                breaker.record_failure(now_s)
+                self._finish(job, Failure(FailureKind.TIMEOUT, "waited too long in the mirror queue"), _NO_TIMING)
+                continue
+            if breaker.refusing(now_s):
+                # The breaker opened after this copy was queued: sending it would only feed a shadow
+                # known to be failing (a black hole holds each copy for its whole timeout).
+                drops += 1
+                self._finish(job, Failure(FailureKind.BREAKER_OPEN, "breaker opened while queued"), _NO_TIMING)
                 continue
             try:
                 self._start(job, now_s)
             except Exception as exc:  # a bug must cost this copy only, never the queue behind it
                 log.exception("mirror copy for %s could not start", self.settings.name)
-                self.breaker.record_cancelled()
-                self._finish(job, Failure(FailureKind.OTHER, f"copy could not start: {exc}"), Timing())
-        if not self._active and not self._waiting:
+                breaker.record_cancelled()
+                self._finish(job, Failure(FailureKind.OTHER, f"copy could not start: {exc}"), _NO_TIMING)
+        if not self._active and not waiting:
             self._idle.set()
 
     def _finish(self, job: _Job, outcome: Outcome, timing: Timing) -> None:
@@ -481,7 +504,7 @@ class ShadowMirror:
         await asyncio.gather(*connecting, return_exceptions=True)
         while self._waiting:
             self.breaker.record_cancelled()
-            self._finish(self._waiting.popleft(), cancelled, Timing())
+            self._finish(self._waiting.popleft(), cancelled, _NO_TIMING)
         self._idle.set()
         if self._pool is not None:
             self._pool.abort_all()
@@ -515,6 +538,8 @@ class MirrorStage:
         self._flags = flags
         self._metrics = metrics
         self.shadows = [ShadowMirror(s, flags, metrics, on_outcome) for s in shadows]
+        # Cached: asyncio.get_running_loop() costs a getpid() system call on every call.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         metrics.add_source(
             "gauge", "shadowtap_mirror_queue_depth", "Copies waiting in each shadow's queue", "shadow",
@@ -548,7 +573,10 @@ class MirrorStage:
         key: bytes | None = None
         if self._settings.sample_key is not None:
             key = self._settings.sample_key.extract(exchange.target, exchange.request_headers)
-        now_s = asyncio.get_running_loop().time()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        now_s = loop.time()
         for shadow in self.shadows:
             name = shadow.settings.name
             if (

@@ -34,6 +34,11 @@ __all__ = ["ExchangeSink", "RecordStage", "build_exchange"]
 #: Joined exchanges handed to the tape writer at once, at the latest after _BATCH_DELAY_S.
 _BATCH_MAX: Final = 256
 _BATCH_DELAY_S: Final = 0.01
+#: Join deadlines are checked this often, and at most _MAX_LATE_PER_SWEEP exchanges past theirs are
+#: completed per check: a shadow that stops answering leaves a deadline per mirrored request, and
+#: completing a quarter second's worth at once (hundreds of builds) stalls the primary path.
+_SWEEP_PERIOD_S: Final = 0.01
+_MAX_LATE_PER_SWEEP: Final = 32
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +164,8 @@ class RecordStage:
         # GIL) once per batch rather than once per exchange; bounded by _BATCH_MAX.
         self._batch: list[Exchange] = []
         self._flush_timer: asyncio.TimerHandle | None = None
+        # Cached: asyncio.get_running_loop() costs a getpid() system call on every call.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         for key in ("joined", "submitted", "dropped_by_writer", "evicted_at_capacity", "shadow_join_timeouts"):
             metrics.add_source(
@@ -176,6 +183,12 @@ class RecordStage:
     @property
     def active(self) -> bool:
         return self._tape is not None or self._on_joined is not None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="record-join-sweeper")
@@ -228,8 +241,7 @@ class RecordStage:
             del self._pending[exchange.id]
             self._complete(entry, "")
             return
-        loop = asyncio.get_running_loop()
-        self._deadlines.append((loop.time() + self._settings.join_timeout_s, exchange.id))
+        self._deadlines.append((self._running_loop().time() + self._settings.join_timeout_s, exchange.id))
 
     def on_shadow_outcome(self, exchange_id: str, shadow: str, outcome: Outcome, timing: Timing) -> None:
         """The mirror stage's listener: one call per mirrored copy."""
@@ -266,7 +278,7 @@ class RecordStage:
             if len(batch) >= _BATCH_MAX:
                 self._flush()
             elif self._flush_timer is None:
-                self._flush_timer = asyncio.get_running_loop().call_later(_BATCH_DELAY_S, self._flush)
+                self._flush_timer = self._running_loop().call_later(_BATCH_DELAY_S, self._flush)
         else:
             self._count_untaped()
         if self._on_joined is not None:
@@ -289,19 +301,26 @@ class RecordStage:
                 self.stats.dropped_by_writer += 1
 
     async def _sweep(self) -> None:
-        interval_s = min(0.25, self._settings.join_timeout_s / 4)
+        interval_s = min(_SWEEP_PERIOD_S, self._settings.join_timeout_s / 4)
         loop = asyncio.get_running_loop()
+        more = False
         while True:
-            await asyncio.sleep(interval_s)
-            self.sweep(loop.time())
+            # More late ones left: carry on after one loop turn (primary I/O first), not a period.
+            await asyncio.sleep(0 if more else interval_s)
+            more = self.sweep(loop.time())
 
-    def sweep(self, now_s: float) -> None:
-        """Complete every exchange whose join deadline has passed."""
-        while self._deadlines and self._deadlines[0][0] <= now_s:
-            _, exchange_id = self._deadlines.popleft()
+    def sweep(self, now_s: float) -> bool:
+        """Complete exchanges whose join deadline has passed, at most _MAX_LATE_PER_SWEEP of them;
+        True when more are already late."""
+        deadlines = self._deadlines
+        for _ in range(_MAX_LATE_PER_SWEEP):
+            if not deadlines or deadlines[0][0] > now_s:
+                return False
+            _, exchange_id = deadlines.popleft()
             entry = self._pending.pop(exchange_id, None)
             if entry is not None:
                 self._complete(entry, "no shadow outcome within the join timeout")
+        return bool(deadlines) and deadlines[0][0] <= now_s
 
     async def aclose(self, timeout_s: float) -> None:
         """Complete everything still waiting (call after the mirror stage has closed)."""

@@ -22,6 +22,8 @@ __all__ = ["ProxiedExchange", "Stage", "StageErrors", "call_stage"]
 
 log = logging.getLogger(__name__)
 
+_NOT_TIMED = Timing()
+
 
 @dataclass(slots=True)
 class ProxiedExchange:
@@ -50,7 +52,8 @@ class ProxiedExchange:
     upgraded: bool = False
     response: Response | None = None
     failure: Failure | None = None
-    timing: Timing = field(default_factory=Timing)
+    #: Replaced (never mutated: Timing is frozen) when the exchange ends, so one shared default serves.
+    timing: Timing = _NOT_TIMED
     #: Set by stages for the wide event and the tape: shadow name -> "mirrored" or drop reason.
     decisions: dict[str, str] = field(default_factory=dict)
 

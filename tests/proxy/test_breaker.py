@@ -72,3 +72,14 @@ def test_settings_validated(kwargs: dict[str, float], field: str) -> None:
     with pytest.raises(ConfigError) as info:
         BreakerSettings(**kwargs)  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+def test_refusing_reports_open_without_taking_a_probe() -> None:
+    b = CircuitBreaker(BreakerSettings(consecutive_failures=1, open_s=1.0))
+    assert not b.refusing(0.0)
+    b.record_failure(0.0)
+    assert b.refusing(0.5)
+    assert not b.refusing(1.0)  # cooled down: the next allow() may probe
+    assert b.state == "open"
+    assert b.allow(1.0) and b.state == "half-open"
+    assert not b.refusing(1.0)

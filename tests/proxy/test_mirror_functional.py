@@ -389,3 +389,39 @@ async def test_head_copies_end_at_the_head_and_keep_the_connection() -> None:
     assert isinstance(head_outcome, Response) and head_outcome.body == b""
     assert head_outcome.header(b"Content-Length") == b"10"
     assert isinstance(get_outcome, Response) and get_outcome.body == b"0123456789"
+
+
+async def test_copies_queued_when_the_breaker_opens_are_dropped_not_sent() -> None:
+    connections = 0
+
+    async def counting_black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await _black_hole(reader, writer)
+
+    server = RawServer(counting_black_hole)
+    url = await server.start()
+    stage, _, metrics, outcomes = stage_for(
+        [{"name": "bh", "url": url, "concurrency": 1, "queue_size": 100, "total_timeout_s": 0.4,
+          "breaker": {"consecutive_failures": 1, "open_s": 60}}]
+    )  # fmt: skip
+    await stage.start()
+    first = exchange()
+    stage.request_complete(first)
+    await asyncio.sleep(0.15)
+    # Queued behind the black-holed copy, young enough not to be stale when it times out; more than
+    # one turn's worth of drops, so the rest must be ended on later turns.
+    queued = [exchange() for _ in range(70)]
+    for ex in queued:
+        stage.request_complete(ex)
+    assert {ex.decisions["bh"] for ex in queued} == {"mirrored"}
+    await outcomes.wait_for(71)
+    assert outcomes.items[first.id, "bh"][0].kind == FailureKind.TIMEOUT  # type: ignore[union-attr]
+    assert {outcomes.items[ex.id, "bh"][0] for ex in queued} == {
+        Failure(FailureKind.BREAKER_OPEN, "breaker opened while queued")
+    }
+    assert metrics.mirror_outcomes[("bh", FailureKind.BREAKER_OPEN)] == 70
+    assert connections == 1  # nothing more was sent to the failing shadow
+    assert stage.stats()["bh"]["queue_depth"] == 0
+    await stage.aclose(1.0)
+    await server.close()

@@ -187,3 +187,23 @@ async def test_record_percent_holds_and_untaped_exchanges_are_not_kept(tmp_path:
     taped = len(await read_tape(stage, tape, tmp_path))
     assert taped == stage.stats.submitted and 500 <= taped <= 700, taped
     assert stage.stats.sampled_out == 2_000 - taped
+
+
+async def test_late_joins_are_completed_a_bounded_number_per_sweep(tmp_path: Path) -> None:
+    # join_timeout_s 60: the background sweeper never gets to them, only the sweeps called here.
+    joined: list[Any] = []
+    stage, tape, _ = await make(tmp_path, {"join_timeout_s": 60}, joined)
+    late = [proxied(decisions={"v2": "mirrored"}) for _ in range(80)]
+    for ex in late:
+        stage.request_complete(ex)
+        finish(ex)
+        stage.exchange_complete(ex)
+    later_s = asyncio.get_running_loop().time() + 61
+    assert stage.sweep(later_s) is True
+    assert len(joined) == 32
+    assert stage.sweep(later_s) is True
+    assert stage.sweep(later_s) is False
+    assert len(joined) == 80 and stage.snapshot()["pending"] == 0
+    assert stage.stats.shadow_join_timeouts == 80
+    written = await read_tape(stage, tape, tmp_path)
+    assert [ex.id for ex in written] == [ex.id for ex in late]
