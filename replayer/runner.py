@@ -5,15 +5,25 @@ request and then ``gap_ns`` more, so it goes at ``max(slot, previous done + gap)
 on schedule however many are in flight (open loop); an optional in-flight cap holds requests back
 and counts them, and the time they waited shows in the corrected histogram, never hidden.
 
-The plan is pulled in batches on a worker thread (it reads tapes from disk) a short lookahead
-ahead of the schedule, into bounded per-session queues. This module must never sleep for a
-relative interval (every wait is computed from an absolute deadline), never block the loop, and
-never let a failed request or a broken results sink stop the replay.
+The plan is pulled on the loop a short lookahead ahead of the schedule, in slices of at most
+``read_slice_s`` between which due requests go, into bounded per-session queues; the first pull
+(which opens the tapes) runs on a worker thread. The heap that exists when the replay starts is
+frozen out of the garbage collector for its duration. This module must never sleep for a relative
+interval (every wait is computed from an absolute deadline), never hold the loop longer than a
+slice, and never let a failed request or a broken results sink stop the replay.
+
+Why not a reader thread: decoding tapes is CPU work under the GIL, so every due timer that fired
+while the reader held the GIL waited for a switch interval, and much longer whenever the reader
+thread was descheduled while holding it (measured: late requests clustered on the reader's
+batches, up to 4 to 20 ms on a 2-core machine). Why freeze: full collections walked the whole
+start-up heap (modules, the plan's state) for 15 to 20 ms every few seconds at 2,000 requests/s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import logging
 import sys
 import time
@@ -45,8 +55,9 @@ _SESSION_MEMORY_NS: Final = 60_000_000_000
 _STOP_CHECK_NS: Final = 100_000_000
 # The live p99 walks a whole histogram (pure Python, milliseconds): refreshed this often only.
 _P99_REFRESH_NS: Final = 2_000_000_000
-# While replaying, the GIL is handed between the plan-reading thread and the event loop this often
-# (Python's default is 5 ms, which would make requests up to 5 ms late while the reader decodes).
+# While replaying, the GIL is handed between the event loop and any other thread (the results tape
+# writer encodes and redacts on one) this often: Python's default, 5 ms, would make requests up to
+# 5 ms late while that thread works.
 _SWITCH_INTERVAL_S: Final = 0.0005
 
 
@@ -74,14 +85,15 @@ class RunnerSettings:
     ``max_pending``: bound on requests pulled but not finished, so ``--speed 0`` or a stalled
     target cannot pull a whole tape into memory (the schedule then waits: it shows as start lag).
     Each pending request is a task of about 2 KiB; 10,000 covers 40,000 requests/s of lookahead.
-    ``batch_size``: requests pulled from the plan per trip to the reader thread.
+    ``read_slice_s``: longest the dispatcher reads the plan on the loop before letting due requests
+    go (the start lag it may add; reading one request costs tens of microseconds).
     ``progress_interval_s``: how often the progress callback runs.
     """
 
     max_in_flight: int | None = None
     lookahead_s: float = 0.25
     max_pending: int = 10_000
-    batch_size: int = 64
+    read_slice_s: float = 0.0002
     progress_interval_s: float = 0.5
 
     def __post_init__(self) -> None:
@@ -91,8 +103,8 @@ class RunnerSettings:
             raise ConfigError(f"must be >= 0, got {self.lookahead_s}", field="lookahead")
         if self.max_pending < 1:
             raise ConfigError(f"must be >= 1, got {self.max_pending}", field="max-pending")
-        if self.batch_size < 1:
-            raise ConfigError(f"must be >= 1, got {self.batch_size}", field="batch-size")
+        if self.read_slice_s <= 0:
+            raise ConfigError(f"must be > 0, got {self.read_slice_s}", field="read-slice")
         if self.progress_interval_s <= 0:
             raise ConfigError(f"must be > 0, got {self.progress_interval_s}", field="progress-interval")
 
@@ -130,31 +142,6 @@ class _Session:
     task: asyncio.Task[None] | None = None
 
 
-class _BatchReader:
-    """Pulls batches from the plan on a worker thread; a plan error is raised after the requests
-    read before it have been handed out, so they are still replayed and recorded."""
-
-    def __init__(self, iterator: Iterator[PlannedRequest], batch_size: int) -> None:
-        self._iterator = iterator
-        self._batch_size = batch_size
-        self._error: ShadowtapError | None = None
-
-    def take(self) -> list[PlannedRequest]:
-        if self._error is not None:
-            raise self._error
-        batch: list[PlannedRequest] = []
-        try:
-            for request in self._iterator:
-                batch.append(request)
-                if len(batch) >= self._batch_size:
-                    break
-        except ShadowtapError as exc:
-            self._error = exc
-            if not batch:
-                raise
-        return batch
-
-
 class _Runner:
     def __init__(
         self,
@@ -166,7 +153,7 @@ class _Runner:
         stop: asyncio.Event | None,
     ) -> None:
         self.transport = transport
-        # None: t0 is "now" once the first batch of the plan has been read (opening a tape must
+        # None: t0 is "now" once the first request of the plan has been read (opening a tape must
         # not make the first requests late).
         self.t0_ns = 0 if t0_ns is None else t0_ns
         self.t0_pending = t0_ns is None
@@ -193,6 +180,8 @@ class _Runner:
         ticker = asyncio.create_task(self._tick())
         switch_interval_s = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval_s, _SWITCH_INTERVAL_S))
+        # Everything alive now lives as long as the replay: keep the collector from walking it.
+        gc.freeze()
         try:
             await self._dispatch(iter(plan))
         except ShadowtapError as exc:
@@ -202,6 +191,7 @@ class _Runner:
             while self.tasks:
                 await asyncio.gather(*list(self.tasks))
             sys.setswitchinterval(switch_interval_s)
+            gc.unfreeze()
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
             self.p99_at_ns = 0  # the last report carries the final p99
@@ -210,33 +200,34 @@ class _Runner:
 
     async def _dispatch(self, iterator: Iterator[PlannedRequest]) -> None:
         lookahead_ns = int(self.settings.lookahead_s * 1e9)
-        reader = _BatchReader(iterator, self.settings.batch_size)
-        fetch = asyncio.ensure_future(asyncio.to_thread(reader.take))
-        try:
-            while True:
-                batch = await fetch
-                if self.t0_pending:
-                    self.t0_ns, self.t0_pending = time.monotonic_ns(), False
-                if not batch:
+        slice_ns = int(self.settings.read_slice_s * 1e9)
+        # The first pull opens the tapes and reads their first blocks: off the loop.
+        first = await asyncio.to_thread(next, iterator, None)
+        if first is None:
+            return
+        slice_end_ns = time.monotonic_ns() + slice_ns
+        for request in itertools.chain((first,), iterator):
+            if self.stop is not None and self.stop.is_set():
+                self.outcome.stopped = True
+                return
+            now_ns = time.monotonic_ns()
+            if self.t0_pending:
+                self.t0_ns, self.t0_pending = now_ns, False
+            feed_at_ns = self.t0_ns + request.slot_ns - lookahead_ns
+            if feed_at_ns > now_ns:
+                if not await self._wait_until(feed_at_ns):
+                    self.outcome.stopped = True
                     return
-                # Read the next batch while this one is handed out.
-                fetch = asyncio.ensure_future(asyncio.to_thread(reader.take))
-                for request in batch:
-                    if self.stop is not None and self.stop.is_set():
-                        self.outcome.stopped = True
-                        return
-                    feed_at_ns = self.t0_ns + request.slot_ns - lookahead_ns
-                    if feed_at_ns > time.monotonic_ns() and not await self._wait_until(feed_at_ns):
-                        self.outcome.stopped = True
-                        return
-                    while self.pending >= self.settings.max_pending:
-                        self.space.clear()
-                        await self.space.wait()
-                    self._hand_out(request)
-        finally:
-            # Stopped early: let the reader thread finish its batch rather than leave it running.
-            if not fetch.done():
-                await asyncio.gather(fetch, return_exceptions=True)
+                slice_end_ns = time.monotonic_ns() + slice_ns
+            elif now_ns >= slice_end_ns:
+                # Behind the lookahead (the start, --speed 0): let due requests go between slices.
+                await asyncio.sleep(0)
+                slice_end_ns = time.monotonic_ns() + slice_ns
+            while self.pending >= self.settings.max_pending:
+                self.space.clear()
+                await self.space.wait()
+                slice_end_ns = time.monotonic_ns() + slice_ns
+            self._hand_out(request)
 
     async def _wait_until(self, deadline_ns: int) -> bool:
         """Sleep until ``deadline_ns``; False when the stop event was set first."""
@@ -402,7 +393,7 @@ async def replay(
 ) -> ReplayOutcome:
     """Replay ``plan`` through ``transport``. ``t0_ns`` is a ``time.monotonic_ns()`` value (shared by
     worker processes: CLOCK_MONOTONIC is system-wide on Linux); default: as soon as the plan's first
-    batch has been read.
+    request has been read.
 
     A ``ShadowtapError`` from the plan (a corrupt tape) ends dispatching; requests in flight finish,
     and the error is returned in the outcome so partial results can still be written.

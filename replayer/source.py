@@ -1,7 +1,8 @@
 """Where a replay's exchanges come from: tapes on disk, merged by time, re-readable for --loop.
 
-Plain synchronous iteration over ``recorder.TapeReader`` (the runner calls it on a worker thread,
-the Locust worker under gevent). It must never load a whole tape: readers stream.
+Plain synchronous iteration over ``recorder.TapeReader`` (the runner opens it on a worker thread
+and pulls the rest on the loop in short slices, the Locust worker under gevent). It must never
+load a whole tape: readers stream.
 """
 
 from __future__ import annotations

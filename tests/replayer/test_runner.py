@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Iterator
 
-from recorder import PRIMARY, REPLAY, Exchange, Failure, FailureKind, Headers, Outcome, Response, TapeFormatError
+import pytest
+
+from recorder import (
+    PRIMARY,
+    REPLAY,
+    ConfigError,
+    Exchange,
+    Failure,
+    FailureKind,
+    Headers,
+    Outcome,
+    Response,
+    TapeFormatError,
+)
 from replayer.plan import PlannedRequest, PlanOptions, Scaling, plan_requests
 from replayer.runner import Progress, RunnerSettings, replay
 from replayer.transport import MemoryTransport
@@ -168,3 +182,51 @@ async def test_a_transport_that_raises_costs_one_request_not_the_replay() -> Non
     assert outcome.stats.overall.requests == 5 and outcome.stats.overall.errors == {"other": 1}
     failed = next(e for e in sink.exchanges if e.id == "ex2").outcome(REPLAY)
     assert isinstance(failed, Failure) and "bug in a transport" in failed.message
+
+
+def test_read_slice_must_be_positive() -> None:
+    with pytest.raises(ConfigError) as info:
+        RunnerSettings(read_slice_s=0)
+    assert info.value.field == "read-slice"
+
+
+async def test_due_requests_go_between_slices_of_a_slow_plan() -> None:
+    # Every request is due at once and reading each costs 0.1 ms: the dispatcher must let the
+    # first ones go after a slice instead of reading the whole plan first (that was start lag).
+    tape = [make_exchange(i, 0) for i in range(200)]
+    read = 0
+    read_when_first_sent: list[int] = []
+
+    def slow_plan() -> Iterator[PlannedRequest]:
+        nonlocal read
+        for request in planned(tape, speed=0.0):
+            spin_until_ns = time.monotonic_ns() + 100_000
+            while time.monotonic_ns() < spin_until_ns:
+                pass
+            read += 1
+            yield request
+
+    async def handler(method: str, target: str, headers: Headers, body: bytes) -> Outcome:
+        if not read_when_first_sent:
+            read_when_first_sent.append(read)
+        return Response(200)
+
+    settings = RunnerSettings(read_slice_s=0.0005, lookahead_s=60)
+    outcome = await replay(slow_plan(), MemoryTransport(handler), settings=settings)
+    assert outcome.stats.overall.requests == 200
+    # The first pull runs on a thread, then a 0.5 ms slice reads about 5 more before yielding.
+    assert read_when_first_sent[0] < 50
+
+
+async def test_the_heap_is_frozen_while_replaying_and_thawed_after() -> None:
+    frozen_while_sending: list[int] = []
+
+    async def handler(method: str, target: str, headers: Headers, body: bytes) -> Outcome:
+        frozen_while_sending.append(gc.get_freeze_count())
+        return Response(200)
+
+    assert gc.get_freeze_count() == 0
+    outcome = await replay(planned([make_exchange(i, 0) for i in range(3)], speed=0.0), MemoryTransport(handler))
+    assert outcome.stats.overall.requests == 3
+    assert min(frozen_while_sending) > 0
+    assert gc.get_freeze_count() == 0
