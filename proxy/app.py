@@ -123,7 +123,7 @@ class ProxyApp:
                     None if self.events is None else self.events.on_joined,
                     config.mirror.sample_key,
                 )
-            stages: list[Stage] = [MetricsStage(self.metrics)]
+            stages: list[Stage] = []
             if config.shadows:
                 self.mirror = MirrorStage(
                     config.shadows,
@@ -141,7 +141,7 @@ class ProxyApp:
                 stages.append(record)
             self._stages = stages
             self._register_sources()
-            self.server = ProxyServer(forward, stages, ssl_context)
+            self.server = ProxyServer(forward, stages, ssl_context, observers=[MetricsStage(self.metrics)])
             try:
                 await self.server.start(config.listen.host, config.listen.port, reuse_port=reuse_port)
             except OSError as exc:

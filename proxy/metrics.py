@@ -54,6 +54,8 @@ class LatencyHistogram:
         return out
 
 
+_STATUS_CLASSES: Final = tuple(f"{n}xx" for n in range(6))
+
 GaugeSource = Callable[[], Mapping[str, float]]
 
 
@@ -128,7 +130,10 @@ class _Collector(Collector):
 
 
 class MetricsStage:
-    """Counts every primary exchange by status class and observes its latency."""
+    """Counts every primary exchange by status class and observes its latency.
+
+    Both a ``Stage`` and a ``PrimaryObserver``: the app hands it to the data path as an observer,
+    which costs a call per exchange instead of two stage calls and a ``Response`` build."""
 
     name = "metrics"
 
@@ -139,13 +144,17 @@ class MetricsStage:
         return None
 
     def exchange_complete(self, exchange: ProxiedExchange) -> None:
+        status = None if exchange.response is None else exchange.response.status
+        self.observe_primary(status, exchange.failure is not None, exchange.timing.done_ns)
+
+    def observe_primary(self, status: int | None, failed: bool, done_ns: int | None) -> None:
+        """The ``PrimaryObserver`` side: how the data path reports to it without building records."""
         m = self._metrics
-        if exchange.response is not None:
-            status = f"{exchange.response.status // 100}xx"
+        if status is not None:
+            label = _STATUS_CLASSES[status // 100] if 1 <= status < 600 else f"{status // 100}xx"
         else:
-            status = "error" if exchange.failure is not None else "unknown"
-        m.requests_by_status[status] = m.requests_by_status.get(status, 0) + 1
-        done_ns = exchange.timing.done_ns
+            label = "error" if failed else "unknown"
+        m.requests_by_status[label] = m.requests_by_status.get(label, 0) + 1
         if done_ns is not None:
             m.primary_latency.observe(done_ns / 1e9)
 

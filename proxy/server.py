@@ -30,7 +30,7 @@ import httptools
 
 from proxy import http1
 from proxy.forward import ForwardSettings, RequestRewriter, upstream_ssl_context
-from proxy.stages import ProxiedExchange, Stage, StageErrors, call_stage
+from proxy.stages import PrimaryObserver, ProxiedExchange, Stage, StageErrors, call_stage
 from proxy.upgrade import CLIENT, Tunnel
 from proxy.upstream import PoolStats, UpstreamConnection, UpstreamPool
 from recorder.model import Failure, FailureKind, Header, Response, Timing
@@ -91,6 +91,7 @@ class _Context:
         "max_buffered",
         "max_header_bytes",
         "max_pipelined",
+        "observers",
         "pool",
         "rewriter",
         "scheme",
@@ -104,12 +105,14 @@ class _Context:
         self,
         settings: ForwardSettings,
         stages: Sequence[Stage],
+        observers: Sequence[PrimaryObserver],
         pool: UpstreamPool,
         loop: asyncio.AbstractEventLoop,
         scheme: str,
     ) -> None:
         self.settings = settings
         self.stages = tuple(stages)
+        self.observers = tuple(observers)
         self.pool = pool
         self.loop = loop
         self.scheme = scheme
@@ -526,13 +529,21 @@ class _Forward:
         self.flush()
         ex = self.ex
         ctx = self._ctx
+        head = self._resp_head
+        sent_ns = self._sent_ns
+        done_ns = None if sent_ns is None else time.monotonic_ns() - ex.started_mono_ns
+        for observer in ctx.observers:
+            try:
+                observer.observe_primary(None if head is None else head[0], ex.failure is not None, done_ns)
+            except Exception:
+                errors = ctx.stats.stage_errors.by_stage
+                errors[observer.name] = errors.get(observer.name, 0) + 1
+                log.exception("proxy observer %s failed on exchange %s", observer.name, ex.id)
         if not ctx.stages:
-            # Nobody watches: skip building the record (pass-through pays for no copies).
+            # Nobody watches the exchange itself: skip building the record (no copies).
             self._client.request_done(self, close_client)
             return
-        done_ns = time.monotonic_ns() - ex.started_mono_ns
-        ex.timing = Timing(self._sent_ns, self._first_byte_ns, done_ns if self._sent_ns is not None else None)
-        head = self._resp_head
+        ex.timing = Timing(sent_ns, self._first_byte_ns, done_ns)
         if head is not None:
             size = self._resp_size
             ex.response = Response(
@@ -897,9 +908,11 @@ class ProxyServer:
         settings: ForwardSettings,
         stages: Sequence[Stage] = (),
         ssl_context: ssl.SSLContext | None = None,
+        observers: Sequence[PrimaryObserver] = (),
     ) -> None:
         self.settings = settings
         self._stages = tuple(stages)
+        self._observers = tuple(observers)
         self._listen_ssl = ssl_context
         self._upstream_ssl = upstream_ssl_context(settings)
         self._ctx: _Context | None = None
@@ -938,7 +951,9 @@ class ProxyServer:
             connect_timeout_s=settings.connect_timeout_s,
             max_idle=settings.pool_max_idle,
         )
-        ctx = _Context(settings, self._stages, pool, loop, "https" if self._listen_ssl is not None else "http")
+        ctx = _Context(
+            settings, self._stages, self._observers, pool, loop, "https" if self._listen_ssl is not None else "http"
+        )
         self._ctx = ctx
         if sock is not None:
             self._server = await loop.create_server(

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from recorder.model import Failure, Headers, Response, Timing
 
-__all__ = ["ProxiedExchange", "Stage", "StageErrors", "call_stage"]
+__all__ = ["PrimaryObserver", "ProxiedExchange", "Stage", "StageErrors", "call_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,20 @@ class Stage(Protocol):
     async def aclose(self, timeout_s: float) -> None:
         """Stop taking work, finish or drop queued work within ``timeout_s``."""
         ...
+
+
+class PrimaryObserver(Protocol):
+    """Something that only counts primary outcomes (the metrics): cheaper than a ``Stage``.
+
+    The data path calls ``observe_primary`` once per exchange with the status (``None`` when no
+    response head came), whether it failed, and its duration in ns (``None`` when the request never
+    reached the primary), without building a ``Response`` or ``Timing``, so pass-through with
+    metrics still pays for no copies. Same rules as a stage: return at once, never raise.
+    """
+
+    name: str
+
+    def observe_primary(self, status: int | None, failed: bool, done_ns: int | None) -> None: ...
 
 
 @dataclass(slots=True)

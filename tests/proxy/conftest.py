@@ -241,9 +241,15 @@ async def serve_app(app: web.Application) -> AsyncIterator[int]:
 
 @asynccontextmanager
 async def running_proxy(
-    primary_port: int, *, stages: list[Any] | None = None, scheme: str = "http", **settings: Any
+    primary_port: int,
+    *,
+    stages: list[Any] | None = None,
+    observers: list[Any] | None = None,
+    scheme: str = "http",
+    **settings: Any,
 ) -> AsyncIterator[ProxyServer]:
-    server = ProxyServer(ForwardSettings(primary=f"{scheme}://127.0.0.1:{primary_port}", **settings), stages or [])
+    forward = ForwardSettings(primary=f"{scheme}://127.0.0.1:{primary_port}", **settings)
+    server = ProxyServer(forward, stages or [], observers=observers or [])
     await server.start("127.0.0.1", 0)
     try:
         yield server

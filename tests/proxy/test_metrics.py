@@ -51,3 +51,15 @@ def test_stage_counts_and_registries_are_separate() -> None:
     depth["v2"] = 7.0
     assert samples(metrics)["shadowtap_test_depth", (("shadow", "v2"),)] == 7
     assert "shadowtap_proxy_requests_total" not in str(samples(ProxyMetrics()))
+
+
+def test_observer_side_counts_like_the_stage_side() -> None:
+    metrics = ProxyMetrics()
+    stage = MetricsStage(metrics)
+    stage.observe_primary(503, False, 3_000_000)
+    stage.observe_primary(200, True, 1_000_000)  # failed after the head: counted by its status
+    stage.observe_primary(None, True, None)
+    stage.observe_primary(None, False, None)
+    stage.observe_primary(999, False, 1)  # llhttp accepts any three digits
+    assert metrics.requests_by_status == {"5xx": 1, "2xx": 1, "error": 1, "unknown": 1, "9xx": 1}
+    assert metrics.primary_latency.count == 3

@@ -370,3 +370,34 @@ async def test_concurrent_mixed_requests_all_complete(setup: Setup) -> None:
     assert all(ex.failure is None for ex in setup.stage.exchanges)
     assert setup.proxy.stats.in_flight == 0
     assert setup.proxy.stats.pool.connects <= 20  # keep-alive reuse, bounded by client concurrency
+
+
+async def test_observers_see_every_outcome_without_stages(setup: Setup) -> None:
+    seen: list[tuple[int | None, bool, int | None]] = []
+
+    class Observer:
+        name = "observer"
+
+        def observe_primary(self, status: int | None, failed: bool, done_ns: int | None) -> None:
+            seen.append((status, failed, done_ns))
+
+    class Broken:
+        name = "broken-observer"
+
+        def observe_primary(self, status: int | None, failed: bool, done_ns: int | None) -> None:
+            raise RuntimeError("boom")
+
+    async with running_proxy(setup.primary_port, observers=[Broken(), Observer()]) as proxy:
+        (resp,) = await raw_request(proxy.port, b"GET /utf8 HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert resp.status == 200
+        assert proxy.stats.stage_errors.by_stage == {"broken-observer": 1}
+    ((status, failed, done_ns),) = seen
+    assert status == 200 and not failed and done_ns is not None and done_ns > 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    async with running_proxy(closed_port, observers=[Observer()]) as proxy:
+        (resp,) = await raw_request(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert resp.status == 502
+    # Never reached the primary: no status and no duration, but counted as failed.
+    assert seen[1] == (None, True, None)
