@@ -19,7 +19,7 @@ import dataclasses
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from proxy.config import RecordSettings, RuntimeFlags
@@ -53,13 +53,17 @@ class ExchangeSink(Protocol):
 JoinedListener = Callable[[Exchange, ProxiedExchange, bool], None]
 
 
-@dataclass(slots=True)
 class _Pending:
-    record: bool
-    waiting: set[str]
-    exchange: ProxiedExchange | None = None
-    shadows: dict[str, Outcome] = field(default_factory=dict)
-    timings: dict[str, Timing] = field(default_factory=dict)
+    """One exchange being joined (a plain slotted class: one is made per recorded request)."""
+
+    __slots__ = ("exchange", "record", "shadows", "timings", "waiting")
+
+    def __init__(self, record: bool, waiting: set[str]) -> None:
+        self.record = record
+        self.waiting = waiting
+        self.exchange: ProxiedExchange | None = None
+        self.shadows: dict[str, Outcome] = {}
+        self.timings: dict[str, Timing] = {}
 
 
 @dataclass(slots=True)
@@ -118,18 +122,21 @@ def build_exchange(
     tags = {"source": "proxy", "correlation_id": ex.id}
     if ex.upgraded:
         tags["upgraded"] = "1"
+    all_timings = {PRIMARY: ex.timing}
+    all_timings.update(timings)
     return Exchange(
         id=ex.id,
         started_at_ns=ex.started_at_ns,
         started_mono_ns=ex.started_mono_ns,
         request=request,
         primary=primary,
-        shadows={name: _capped_outcome(o, max_body_bytes) for name, o in shadows.items()},
-        timings={PRIMARY: ex.timing, **timings},
+        shadows={name: _capped_outcome(o, max_body_bytes) for name, o in shadows.items()} if shadows else {},
+        timings=all_timings,
         session=session,
         connection_id=ex.connection_id,
         client_addr=ex.client_addr,
-        decisions=dict(ex.decisions),
+        # Not copied: stages write decisions only in request_complete, and this exchange is over.
+        decisions=ex.decisions,
         tags=tags,
     )
 
@@ -195,11 +202,10 @@ class RecordStage:
 
     def _taped(self, exchange: ProxiedExchange) -> bool:
         # Keyed on the exchange id, so both hooks of one exchange reach the same answer.
-        return (
-            self._tape is not None
-            and self._flags.recording
-            and key_in_sample(exchange.id.encode(), self._flags.record_percent)
-        )
+        if self._tape is None or not self._flags.recording:
+            return False
+        percent = self._flags.record_percent
+        return percent >= 100.0 or key_in_sample(exchange.id.encode(), percent)
 
     def _count_untaped(self) -> None:
         if self._tape is not None and self._flags.recording:
@@ -211,7 +217,7 @@ class RecordStage:
         if not record and self._on_joined is None:
             return None
         waiting = {name for name, decision in exchange.decisions.items() if decision == MIRRORED}
-        entry = _Pending(record=record, waiting=waiting)
+        entry = _Pending(record, waiting)
         self._pending[exchange.id] = entry
         if len(self._pending) > self._settings.max_pending:
             _, oldest = self._pending.popitem(last=False)
