@@ -113,11 +113,11 @@ def nginx(workdir: Path, servers: str, port: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def shadowtap_proxy(port: int, primary: int, extra: list[str]) -> Iterator[None]:
+def shadowtap_proxy(port: int, primary: int, extra: list[str]) -> Iterator[subprocess.Popen[bytes]]:
     argv = [*SHADOWTAP, "proxy", "--listen", f"127.0.0.1:{port}", "--primary", f"http://127.0.0.1:{primary}"]
     argv += ["--admin", "off", *extra]
-    with process(argv, ready_port=port, cwd=ROOT, stdout=subprocess.DEVNULL):
-        yield
+    with process(argv, ready_port=port, cwd=ROOT, stdout=subprocess.DEVNULL) as proc:
+        yield proc
 
 
 @contextlib.contextmanager
@@ -172,6 +172,9 @@ class Result:
     errors: int = 0
     #: Direct throughput measured right before this case (the load from other work drifts).
     direct_requests_per_s: float = 0.0
+    #: CPU time (user + system, all its processes) the proxy under test spent per request, in us;
+    #: disturbed far less by other work on the machine than throughput is. 0 when not measured.
+    cpu_us_per_request: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -188,16 +191,42 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(name: str, port: int, duration_s: int, baseline_port: int | None = None, baseline_s: int = 3) -> Result:
-    """One wrk run; with ``baseline_port`` a short direct run right before gives its ratio."""
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (``--workers`` children), from /proc."""
+    total_ticks = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            # Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            total_ticks += int(fields[11]) + int(fields[12])
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+    return total_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    name: str,
+    port: int,
+    duration_s: int,
+    baseline_port: int | None = None,
+    baseline_s: int = 3,
+    cpu_pid: int | None = None,
+) -> Result:
+    """One wrk run; with ``baseline_port`` a short direct run right before gives its ratio, with
+    ``cpu_pid`` the CPU that process (and its children) spent per request is measured."""
     direct = run_wrk("direct (adjacent baseline)", baseline_port, baseline_s) if baseline_port else None
+    cpu_before_s = process_tree_cpu_s(cpu_pid) if cpu_pid is not None else 0.0
     out = subprocess.run(
         [WRK, "-t1", "-c32", f"-d{duration_s}s", "--latency", f"http://127.0.0.1:{port}/"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    cpu_s = process_tree_cpu_s(cpu_pid) - cpu_before_s if cpu_pid is not None else 0.0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     errors = 0
@@ -205,9 +234,12 @@ def run_wrk(name: str, port: int, duration_s: int, baseline_port: int | None = N
         found = re.search(pattern, out)
         if found:
             errors += int(found.group(1))
-    result = Result(name, rps, p50, p99, errors, direct.requests_per_s if direct else rps)
+    cpu_us = cpu_s * 1e6 / requests if requests else 0.0
+    result = Result(name, rps, p50, p99, errors, direct.requests_per_s if direct else rps, cpu_us)
+    cpu_text = f"  cpu {cpu_us:5.1f} us/req" if cpu_pid is not None else ""
     print(
-        f"  wrk {name:<42} {rps:>9,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  x direct {result.ratio:.3f}",
+        f"  wrk {name:<42} {rps:>9,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  x direct {result.ratio:.3f}"
+        + cpu_text,
         flush=True,
     )
     return result
@@ -376,23 +408,24 @@ def main() -> int:
             print("throughput (wrk):")
             origin = ports["origin"]
 
-            def measure(name: str, port: int) -> None:
-                wrk_results.append(run_wrk(name, port, args.duration, baseline_port=origin))
+            def measure(name: str, port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+                pid = None if proc is None else proc.pid
+                wrk_results.append(run_wrk(name, port, args.duration, baseline_port=origin, cpu_pid=pid))
 
             wrk_results.append(run_wrk("direct", origin, args.duration))
             measure("nginx proxy_pass (1 worker)", ports["nginx_proxy"])
             measure("nginx mirror (1 worker)", ports["nginx_mirror"])
-            with shadowtap_proxy(tap, ports["origin"], []):
-                measure("shadowtap pass-through (1 process)", tap)
-            with shadowtap_proxy(tap, ports["origin"], ["--workers", "2"]):
+            with shadowtap_proxy(tap, ports["origin"], []) as proc:
+                measure("shadowtap pass-through (1 process)", tap, proc)
+            with shadowtap_proxy(tap, ports["origin"], ["--workers", "2"]) as proc:
                 time.sleep(0.5)  # both workers listening before the load starts
-                measure("shadowtap pass-through (--workers 2)", tap)
-            with shadowtap_proxy(tap, ports["origin"], shadow):
-                measure("shadowtap mirroring (1 process)", tap)
-            with shadowtap_proxy(tap, ports["origin"], shadow + tape("wrk")):
-                measure("shadowtap mirroring+recording (1 process)", tap)
-            with shadowtap_proxy(tap, ports["origin"], slow_shadow + shadow_timeout + tape("wrk-slow")):
-                measure("shadowtap mirror+record, shadow 10x slower", tap)
+                measure("shadowtap pass-through (--workers 2)", tap, proc)
+            with shadowtap_proxy(tap, ports["origin"], shadow) as proc:
+                measure("shadowtap mirroring (1 process)", tap, proc)
+            with shadowtap_proxy(tap, ports["origin"], shadow + tape("wrk")) as proc:
+                measure("shadowtap mirroring+recording (1 process)", tap, proc)
+            with shadowtap_proxy(tap, ports["origin"], slow_shadow + shadow_timeout + tape("wrk-slow")) as proc:
+                measure("shadowtap mirror+record, shadow 10x slower", tap, proc)
             measure("nginx mirror, shadow 10x slower", ports["nginx_mirror_slow"])
 
             print(f"latency at a fixed {args.rate:g} req/s (paced, open loop, from the intended send time):")
@@ -423,12 +456,13 @@ def main() -> int:
     print()
     print(
         f"{'throughput (wrk -t1 -c32)':<46} {'req/s':>9} {'direct':>9} {'x direct':>9} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'errors':>7}"
+        f" {'errors':>7} {'cpu us/req':>10}"
     )
     for r in wrk_results:
+        cpu = f"{r.cpu_us_per_request:>10.1f}" if r.cpu_us_per_request else f"{'':>10}"
         print(
             f"{r.name:<46} {r.requests_per_s:>9,.0f} {r.direct_requests_per_s:>9,.0f} {r.ratio:>9.3f}"
-            f" {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}"
+            f" {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7} {cpu}"
         )
     paced_direct = paced_results[0]
     print()
