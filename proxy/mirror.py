@@ -173,7 +173,10 @@ class _Copy:
         self.size = 0
         conn.begin(self, head_only=self.job.method == "HEAD")
         body = self.job.body
-        conn.writelines([self.head, body] if body else [self.head])
+        if body:
+            conn.writelines([self.head, body])
+        else:
+            conn.write(self.head)
 
     # --- ResponseSink ------------------------------------------------------------------------------
 
@@ -524,6 +527,8 @@ class MirrorStage:
     """The stage that mirrors sampled, safe requests to every configured shadow."""
 
     name = "mirror"
+    #: Decides in request_complete only: the data path need not build the finished exchange for it.
+    watches_completion = False
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ import httptools
 
 from proxy import http1
 from proxy.forward import ForwardSettings, RequestRewriter, upstream_ssl_context
-from proxy.stages import PrimaryObserver, ProxiedExchange, Stage, StageErrors, call_stage
+from proxy.stages import PrimaryObserver, ProxiedExchange, Stage, StageErrors, call_stage, watches_completion
 from proxy.upgrade import CLIENT, Tunnel
 from proxy.upstream import PoolStats, UpstreamConnection, UpstreamPool
 from recorder.model import Failure, FailureKind, Header, Response, Timing
@@ -83,6 +83,7 @@ class _Context:
     __slots__ = (
         "capture_limit",
         "closing",
+        "completion_stages",
         "conn_ids",
         "connections",
         "ids",
@@ -112,6 +113,7 @@ class _Context:
     ) -> None:
         self.settings = settings
         self.stages = tuple(stages)
+        self.completion_stages = tuple(stage for stage in stages if watches_completion(stage))
         self.observers = tuple(observers)
         self.pool = pool
         self.loop = loop
@@ -539,8 +541,8 @@ class _Forward:
                 errors = ctx.stats.stage_errors.by_stage
                 errors[observer.name] = errors.get(observer.name, 0) + 1
                 log.exception("proxy observer %s failed on exchange %s", observer.name, ex.id)
-        if not ctx.stages:
-            # Nobody watches the exchange itself: skip building the record (no copies).
+        if not ctx.completion_stages:
+            # Nobody watches the exchange's end: skip building the record (no copies).
             self._client.request_done(self, close_client)
             return
         ex.timing = Timing(sent_ns, self._first_byte_ns, done_ns)
@@ -553,7 +555,7 @@ class _Forward:
                 b"".join(self._resp_capture) if size else b"",
                 truncated_from=size if size > self._resp_captured else None,
             )
-        for stage in ctx.stages:
+        for stage in ctx.completion_stages:
             call_stage(ctx.stats.stage_errors, stage, stage.exchange_complete, ex)
         self._client.request_done(self, close_client)
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from recorder.model import Failure, Headers, Response, Timing
 
-__all__ = ["PrimaryObserver", "ProxiedExchange", "Stage", "StageErrors", "call_stage"]
+__all__ = ["PrimaryObserver", "ProxiedExchange", "Stage", "StageErrors", "call_stage", "watches_completion"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,12 @@ class ProxiedExchange:
 
 
 class Stage(Protocol):
-    """Something that watches exchanges. Both calls run on the event loop and must return at once."""
+    """Something that watches exchanges. Both calls run on the event loop and must return at once.
+
+    A stage whose ``exchange_complete`` does nothing sets a class attribute ``watches_completion =
+    False`` (read with a default of True, so other stages need not declare it): when no stage
+    watches completion the data path skips building the exchange's ``Response`` and ``Timing``.
+    """
 
     name: str
 
@@ -91,6 +96,11 @@ class StageErrors:
     """How many times each stage raised into the data path (a bug, but never a lost request)."""
 
     by_stage: dict[str, int] = field(default_factory=dict)
+
+
+def watches_completion(stage: Stage) -> bool:
+    """Whether ``stage`` needs ``exchange_complete`` (see ``Stage``)."""
+    return bool(getattr(stage, "watches_completion", True))
 
 
 def call_stage(

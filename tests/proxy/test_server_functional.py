@@ -401,3 +401,29 @@ async def test_observers_see_every_outcome_without_stages(setup: Setup) -> None:
         assert resp.status == 502
     # Never reached the primary: no status and no duration, but counted as failed.
     assert seen[1] == (None, True, None)
+
+
+async def test_stage_that_does_not_watch_completion_is_only_told_of_requests(setup: Setup) -> None:
+    calls: list[str] = []
+
+    class RequestOnly:
+        name = "request-only"
+        watches_completion = False
+
+        def request_complete(self, exchange: object) -> None:
+            calls.append("request")
+
+        def exchange_complete(self, exchange: object) -> None:
+            calls.append("complete")
+
+        async def aclose(self, timeout_s: float) -> None:
+            return None
+
+    async with running_proxy(setup.primary_port, stages=[RequestOnly()]) as proxy:
+        (resp,) = await raw_request(proxy.port, b"GET /utf8 HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert resp.status == 200
+    assert calls == ["request"]
+    # A stage that does not say (RecordingStage) is told of both, with the response built.
+    (resp,) = await raw_request(setup.proxy_port, b"GET /utf8 HTTP/1.1\r\nHost: a\r\n\r\n")
+    (ex,) = setup.stage.exchanges
+    assert ex.response is not None and ex.response.status == resp.status and ex.timing.done_ns is not None
