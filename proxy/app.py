@@ -1,9 +1,10 @@
 """Assembly of a running proxy: the data path with its stages, the tape, events, admin, workers.
 
 ``ProxyApp`` builds one process's proxy from a ``ProxyConfig`` (``ProxyServer`` from the data path,
-the metrics, mirror and record stages, the tape writer, the wide-event log and the admin server)
-and shuts it down in the order that loses nothing: stop accepting and finish in-flight requests up
-to the deadline, drain the mirrors, complete the joins, close the tape and the event log.
+the metrics as its primary observer, the mirror and record stages, the tape writer, the wide-event
+log and the admin server) and shuts it down in the order that loses nothing: stop accepting and
+finish in-flight requests up to the deadline, drain the mirrors, complete the joins, close the tape
+and the event log.
 ``serve`` runs it until SIGTERM/SIGINT, in this process or in ``workers`` processes that share the
 listen port through SO_REUSEPORT and the runtime flags through shared memory. This module must never
 import ``shadowtap`` (the CLI composes it), and never start anything it does not stop.

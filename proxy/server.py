@@ -4,7 +4,8 @@
 (httptools) in an ``asyncio.Protocol`` per client connection, and relays each request to the primary
 through the keep-alive pool, streaming bodies both ways with back-pressure. Pipelined requests are
 answered in order, one at a time. Each request fills one ``ProxiedExchange`` and every stage is called
-through ``call_stage`` when the request body is known and when the exchange is over.
+through ``call_stage`` when the request body is known and (if it watches completion) when the
+exchange is over; observers are told each primary outcome without a record being built.
 
 The primary path is sacred: this module must never wait on a stage, never buffer a body beyond the
 capture limit and the configured bounds, never decode a body, and never leave a client hanging (a

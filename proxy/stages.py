@@ -3,7 +3,8 @@
 The data path (``proxy.server``) owns the client and primary sockets. For every request it fills one
 ``ProxiedExchange`` and calls each ``Stage`` twice: ``request_complete`` once the request body is
 known, ``exchange_complete`` once the primary's response has been delivered to the client (or has
-failed). Stages run on the event loop and must return at once: anything slow (shadow requests, disk,
+failed; only for stages that watch completion). A ``PrimaryObserver`` (the metrics) gets one cheap
+call per exchange instead. Stages run on the event loop and must return at once: anything slow (shadow requests, disk,
 diffs) is queued by the stage and done elsewhere. A stage must never alter the exchange's request
 or response, never block, and never raise into the data path: the data path still guards each call
 (``call_stage``), counts a failure and carries on, so a broken stage cannot cost a primary request.
