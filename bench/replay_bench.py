@@ -10,7 +10,8 @@ Against nginx on loopback (one worker, a 60-byte JSON), through the real `shadow
    runner's ``sleep_until`` and sending nothing (what the machine's scheduling allows at best).
 
 Figures are printed as ratios against the wrk baseline measured in the same run, because absolute
-numbers on a shared machine move from run to run. Usage::
+numbers on a shared machine move from run to run; each replay also prints its CPU time per request
+(the CLI and its workers, from ``getrusage``), which other work disturbs far less. Usage::
 
     .venv/bin/python bench/replay_bench.py [--requests 40000] [--rate-seconds 10]
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from recorder import Exchange, Request, SyncTapeWriter, TapeOptions
 
@@ -76,10 +79,19 @@ def write_tape(directory: Path, count: int, spacing_us: int) -> None:
             )
 
 
-def replay(tape: Path, url: str, out: Path, *flags: str) -> dict[str, object]:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def replay(tape: Path, url: str, out: Path, *flags: str) -> dict[str, Any]:
+    """Run the CLI; the document gets ``cpu_s``: CPU seconds of the replay and its workers, which
+    other work on a shared machine disturbs far less than throughput."""
     cmd = [sys.executable, "-m", "shadowtap", "replay", str(tape), "--target", url, "--json", str(out), "--no-progress"]
+    cpu_before_s = _children_cpu_s()
     subprocess.run([*cmd, *flags], check=True, stdout=subprocess.DEVNULL, timeout=600)
-    document: dict[str, object] = json.loads(out.read_text())
+    document: dict[str, Any] = json.loads(out.read_text())
+    document["cpu_s"] = _children_cpu_s() - cpu_before_s
     return document
 
 
@@ -161,20 +173,30 @@ def main() -> int:
             nginx.terminate()
             nginx.wait(timeout=10)
 
-    def rate(doc: dict[str, object]) -> float:
-        return float(doc["summary"]["achieved_rate_per_s"])  # type: ignore[index]
+    def rate(doc: dict[str, Any]) -> float:
+        return float(doc["summary"]["achieved_rate_per_s"])
 
-    lag = paced["latency_ms"]["start_lag"]  # type: ignore[index]
-    timeline = paced["timeline"]  # type: ignore[index]
+    def cpu_us(doc: dict[str, Any]) -> str:
+        requests = int(doc["summary"]["requests"])
+        return f"{float(doc['cpu_s']) / max(1, requests) * 1e6:.0f} us CPU/request"
+
+    lag = paced["latency_ms"]["start_lag"]
+    timeline = paced["timeline"]
     # Drift: whole seconds where sent fell behind planned, and the last send against the plan.
-    full_seconds = [row for row in timeline if row["planned"] == 2000]  # type: ignore[index]
-    behind = max((row["planned"] - row["sent"] for row in full_seconds), default=0)  # type: ignore[index]
-    elapsed_s = float(paced["summary"]["elapsed_s"])  # type: ignore[index]
+    full_seconds = [row for row in timeline if row["planned"] == 2000]
+    behind = max((row["planned"] - row["sent"] for row in full_seconds), default=0)
+    elapsed_s = float(paced["summary"]["elapsed_s"])
     planned_span_s = (rate_count - 1) / 2000
 
     print(f"wrk closed loop, 1 thread, 64 connections:  {wrk:10,.0f} req/s  (baseline 1.00)")
-    print(f"replay --speed 0, one process:             {rate(one):10,.0f} req/s  ({rate(one) / wrk:.2f} of wrk)")
-    print(f"replay --speed 0, --workers 2:             {rate(two):10,.0f} req/s  ({rate(two) / wrk:.2f} of wrk)")
+    print(
+        f"replay --speed 0, one process:             {rate(one):10,.0f} req/s  ({rate(one) / wrk:.2f} of wrk; "
+        f"{cpu_us(one)})"
+    )
+    print(
+        f"replay --speed 0, --workers 2:             {rate(two):10,.0f} req/s  ({rate(two) / wrk:.2f} of wrk; "
+        f"{cpu_us(two)})"
+    )
     print(f"  scaling with --workers 2:                {rate(two) / rate(one):.2f}x one process")
     print(
         f"replay --rate 2000 for {args.rate_seconds} s: start lag p50 {lag['p50']:.3f} ms, "
@@ -186,9 +208,9 @@ def main() -> int:
     )
     print(
         f"  drift: planned span {planned_span_s:.3f} s, first send to last done {elapsed_s:.3f} s; "
-        f"worst full second {behind} requests behind plan; achieved {rate(paced):,.0f} req/s"
+        f"worst full second {behind} requests behind plan; achieved {rate(paced):,.0f} req/s; {cpu_us(paced)}"
     )
-    errors = {name: doc["summary"]["errors"] for name, doc in (("one", one), ("two", two), ("paced", paced))}  # type: ignore[index]
+    errors = {name: doc["summary"]["errors"] for name, doc in (("one", one), ("two", two), ("paced", paced))}
     print(f"  errors: {errors}")
     return 0
 
