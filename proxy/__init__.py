@@ -28,7 +28,7 @@ from proxy.record import RecordStage
 from proxy.rules import RouteRule
 from proxy.sampling import SampleKey
 from proxy.server import ProxyServer
-from proxy.stages import ProxiedExchange, Stage
+from proxy.stages import PrimaryObserver, ProxiedExchange, Stage
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -44,6 +44,7 @@ __all__ = [
     "MetricsStage",
     "MirrorSettings",
     "MirrorStage",
+    "PrimaryObserver",
     "ProxiedExchange",
     "ProxyApp",
     "ProxyConfig",

@@ -18,7 +18,8 @@ def test_public_api_is_pinned() -> None:
         [
             "CORRELATION_HEADER", "MARKER_HEADER", "AdminServer", "AdminSettings", "BreakerSettings",
             "CircuitBreaker", "EventLog", "EventsSettings", "ForwardSettings", "ListenAddress", "MetricsStage",
-            "MirrorSettings", "MirrorStage", "ProxiedExchange", "ProxyApp", "ProxyConfig", "ProxyMetrics",
+            "MirrorSettings", "MirrorStage", "PrimaryObserver", "ProxiedExchange", "ProxyApp", "ProxyConfig",
+            "ProxyMetrics",
             "ProxyServer", "RecordSettings", "RecordStage", "RouteRule", "RuntimeFlags", "SampleKey",
             "ShadowSettings", "Stage", "TlsSettings", "build_forward_settings", "serve",
         ]
