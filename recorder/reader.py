@@ -193,10 +193,16 @@ class TapeReader:
         paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         filter: TapeFilter | None = None,
         salvage: bool = False,
+        chunk_bytes: int = _CHUNK_BYTES,
     ) -> None:
+        """``chunk_bytes`` is how much one file read asks for: large is fastest; a caller reading on
+        an event loop asks for less, so that one read holds the loop for less time."""
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be positive, not {chunk_bytes}")
         self.segments = tape_segments(paths)
         self.filter = filter
         self.salvage = salvage
+        self.chunk_bytes = chunk_bytes
         self.report = TapeReadReport()
 
     def __iter__(self) -> Iterator[Exchange]:
@@ -205,16 +211,22 @@ class TapeReader:
         for path in self.segments:
             segment = SegmentReport(path=str(path))
             self.report.segments.append(segment)
-            yield from _SegmentReader(path, segment, self.salvage, matches).exchanges()
+            yield from _SegmentReader(path, segment, self.salvage, matches, self.chunk_bytes).exchanges()
 
 
 class _SegmentReader:
     """One pass over one segment file."""
 
     def __init__(
-        self, path: Path, report: SegmentReport, salvage: bool, matches: Callable[[Exchange], bool] | None
+        self,
+        path: Path,
+        report: SegmentReport,
+        salvage: bool,
+        matches: Callable[[Exchange], bool] | None,
+        chunk_bytes: int = _CHUNK_BYTES,
     ) -> None:
         self.path = path
+        self.chunk_bytes = chunk_bytes
         self.matches = matches
         self.name = str(path)
         self.report = report
@@ -247,7 +259,7 @@ class _SegmentReader:
                 report.version, report.flags = parse_segment_header(head, self.name)
             version = report.version
             self.migrate = migration_chain(version, self.name)
-            w = _Window(f, SEGMENT_HEADER_SIZE, self.name)
+            w = _Window(f, SEGMENT_HEADER_SIZE, self.name, self.chunk_bytes)
             matches = self.matches
             migrate = self.migrate
             unpackb = msgpack.unpackb
@@ -413,9 +425,10 @@ class _Window:
     than MAX_FRAME_BYTES is damage, never buffered; a zero-filled or skipped rest is dropped as read.
     """
 
-    __slots__ = ("base", "buf", "consumed", "eof", "f", "name", "pos")
+    __slots__ = ("base", "buf", "chunk_bytes", "consumed", "eof", "f", "name", "pos")
 
-    def __init__(self, f: IO[bytes], base: int, name: str) -> None:
+    def __init__(self, f: IO[bytes], base: int, name: str, chunk_bytes: int = _CHUNK_BYTES) -> None:
+        self.chunk_bytes = chunk_bytes
         self.f = f
         self.name = name
         self.buf = b""
@@ -434,7 +447,7 @@ class _Window:
             if self.eof:
                 return False
             try:
-                chunk = self.f.read(max(_CHUNK_BYTES, n - (len(self.buf) - self.pos)))
+                chunk = self.f.read(max(self.chunk_bytes, n - (len(self.buf) - self.pos)))
             except OSError as exc:
                 message = f"cannot read tape segment: {exc.strerror or exc}"
                 raise InputFormatError(message, path=self.name, offset=self.base + len(self.buf)) from exc

@@ -304,3 +304,14 @@ def test_damaged_segment_header_is_an_error_and_salvage_reads_on(tmp_path: Path)
     assert len(ids(reader)) == 3
     ((_, skipped),) = reader.report.skipped_ranges
     assert (skipped.offset, skipped.length) == (0, 16)
+
+
+def test_small_read_chunks_give_the_same_exchanges(tmp_path: Path) -> None:
+    """A caller on an event loop reads in small chunks; frames spanning chunk edges still decode."""
+    tape = tmp_path / "t"
+    exchanges = [make_exchange(i) for i in range(50)]
+    with SyncTapeWriter(tape, TapeOptions(redaction=None, fsync="none")) as writer:
+        writer.write_many(exchanges)
+    assert list(TapeReader(tape, chunk_bytes=7)) == list(TapeReader(tape)) == exchanges
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        TapeReader(tape, chunk_bytes=0)
