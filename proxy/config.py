@@ -547,26 +547,29 @@ class RuntimeFlags:
     """The settings the admin API changes while running, shared by every worker process.
 
     Layout of the shared array of doubles: [mirroring on, recording on, record percent] then, per
-    shadow, [mirroring on, sample percent]. Plain doubles are written and read whole, so a reader
+    shadow, [mirroring on, sample percent, recording on]. Plain doubles are written and read whole, so a reader
     sees the old or the new value, never a mix; a change is visible at the next request.
     """
 
     __slots__ = ("_array", "shadow_index", "shadow_names")
 
     _GLOBAL_SLOTS: Final = 3
+    _SHADOW_SLOTS: Final = 3
 
     def __init__(self, config: ProxyConfig, array: Any | None = None) -> None:
         self.shadow_names = tuple(s.name for s in config.shadows)
         self.shadow_index = {name: i for i, name in enumerate(self.shadow_names)}
-        size = self._GLOBAL_SLOTS + 2 * len(self.shadow_names)
+        size = self._GLOBAL_SLOTS + self._SHADOW_SLOTS * len(self.shadow_names)
         if array is None:
             array = multiprocessing.get_context("spawn").RawArray("d", size)
             array[0] = 1.0 if config.mirror.enabled else 0.0
             array[1] = 1.0 if config.record.tape is not None else 0.0
             array[2] = config.record.sample_percent
             for i, shadow in enumerate(config.shadows):
-                array[self._GLOBAL_SLOTS + 2 * i] = 1.0
-                array[self._GLOBAL_SLOTS + 2 * i + 1] = shadow.sample_percent
+                base = self._GLOBAL_SLOTS + self._SHADOW_SLOTS * i
+                array[base] = 1.0
+                array[base + 1] = shadow.sample_percent
+                array[base + 2] = 1.0
         self._array = array
 
     @property
@@ -599,16 +602,23 @@ class RuntimeFlags:
         self._array[2] = percent
 
     def shadow_mirroring(self, index: int) -> bool:
-        return bool(self._array[self._GLOBAL_SLOTS + 2 * index] != 0.0)
+        return bool(self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index] != 0.0)
 
     def set_shadow_mirroring(self, index: int, on: bool) -> None:
-        self._array[self._GLOBAL_SLOTS + 2 * index] = 1.0 if on else 0.0
+        self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index] = 1.0 if on else 0.0
 
     def shadow_percent(self, index: int) -> float:
-        return float(self._array[self._GLOBAL_SLOTS + 2 * index + 1])
+        return float(self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index + 1])
 
     def set_shadow_percent(self, index: int, percent: float) -> None:
-        self._array[self._GLOBAL_SLOTS + 2 * index + 1] = percent
+        self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index + 1] = percent
+
+    def shadow_recording(self, index: int) -> bool:
+        """Whether this shadow's answers go on the tape (recording as a whole must be on too)."""
+        return bool(self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index + 2] != 0.0)
+
+    def set_shadow_recording(self, index: int, on: bool) -> None:
+        self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index + 2] = 1.0 if on else 0.0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -616,7 +626,11 @@ class RuntimeFlags:
             "recording": self.recording,
             "record_sample_percent": self.record_percent,
             "shadows": {
-                name: {"mirroring": self.shadow_mirroring(i), "sample_percent": self.shadow_percent(i)}
+                name: {
+                    "mirroring": self.shadow_mirroring(i),
+                    "sample_percent": self.shadow_percent(i),
+                    "recording": self.shadow_recording(i),
+                }
                 for i, name in enumerate(self.shadow_names)
             },
         }
@@ -647,8 +661,12 @@ class RuntimeFlags:
                             )
                         elif sub == "sample_percent":
                             updates.append(("shadow_percent", self.shadow_index[name], _percent(sub_value, where)))
+                        elif sub == "recording":
+                            updates.append(
+                                ("shadow_recording", self.shadow_index[name], _typed(sub_value, bool, where))
+                            )
                         else:
-                            raise ConfigError("unknown flag (known: mirroring, sample_percent)", field=where)
+                            raise ConfigError("unknown flag (known: mirroring, recording, sample_percent)", field=where)
             else:
                 raise ConfigError(
                     "unknown flag (known: mirroring, recording, record_sample_percent, sample_percent, shadows)",
@@ -666,6 +684,8 @@ class RuntimeFlags:
                     self.set_shadow_percent(i, value)
             elif key == "shadow_mirroring":
                 self.set_shadow_mirroring(index, value)
+            elif key == "shadow_recording":
+                self.set_shadow_recording(index, value)
             else:
                 self.set_shadow_percent(index, value)
 

@@ -280,7 +280,7 @@ class RecordStage:
         self.stats.joined += 1
         if entry.record and self._tape is not None:
             batch = self._batch
-            batch.append(joined)
+            batch.append(self._without_unrecorded_shadows(joined))
             if len(batch) >= _BATCH_MAX:
                 self._flush()
             elif self._flush_timer is None:
@@ -292,6 +292,23 @@ class RecordStage:
                 self._on_joined(joined, ex, entry.record)
             except Exception:
                 log.exception("joined-exchange listener failed on %s", ex.id)
+
+    def _without_unrecorded_shadows(self, joined: Exchange) -> Exchange:
+        """The tape's copy: outcomes of shadows whose recording is switched off are left out.
+
+        Their decisions stay, and the tag ``not_recorded`` names them, so a reader can tell an
+        answer left off on purpose from one that never came. Wide events still see everything.
+        """
+        flags = self._flags
+        off = [name for name in joined.shadows if not flags.shadow_recording(flags.shadow_index[name])]
+        if not off:
+            return joined
+        return dataclasses.replace(
+            joined,
+            shadows={n: o for n, o in joined.shadows.items() if n not in off},
+            timings={n: t for n, t in joined.timings.items() if n not in off},
+            tags={**joined.tags, "not_recorded": ",".join(off)},
+        )
 
     def _flush(self) -> None:
         if self._flush_timer is not None:

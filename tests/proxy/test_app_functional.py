@@ -148,8 +148,14 @@ async def test_admin_token_and_flags(upstreams: tuple[Upstream, Upstream], monke
             assert resp.status == 400 and "v9" in (await resp.json())["error"]
         async with client.put(f"{admin}/flags", headers=good, data=b"{nope") as resp:
             assert resp.status == 400
+        async with client.put(f"{admin}/flags", headers=good, json={"shadows": {"v2": {"recording": False}}}) as resp:
+            assert resp.status == 200
         async with client.get(f"{admin}/flags", headers=good) as resp:
-            assert (await resp.json())["shadows"]["v2"] == {"mirroring": True, "sample_percent": 7.0}
+            assert (await resp.json())["shadows"]["v2"] == {
+                "mirroring": True,
+                "sample_percent": 7.0,
+                "recording": False,
+            }
     await app.shutdown()
 
 

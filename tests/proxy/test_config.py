@@ -131,13 +131,17 @@ def test_runtime_flags_apply_and_share() -> None:
         "recording": True,
         "record_sample_percent": 50.0,
         "shadows": {
-            "v2": {"mirroring": True, "sample_percent": 25.0},
-            "v3": {"mirroring": True, "sample_percent": 100.0},
+            "v2": {"mirroring": True, "sample_percent": 25.0, "recording": True},
+            "v3": {"mirroring": True, "sample_percent": 100.0, "recording": True},
         },
     }
     other_worker_view = RuntimeFlags(config, flags.shared_array)
     flags.apply({"mirroring": False, "shadows": {"v3": {"sample_percent": 5}}})
     assert not other_worker_view.mirroring and other_worker_view.shadow_percent(1) == 5.0
+    flags.apply({"shadows": {"v2": {"recording": False}}})
+    assert not other_worker_view.shadow_recording(0) and other_worker_view.shadow_recording(1)
+    # Each shadow's slots are its own: switching v2's recording moved nothing of v3's.
+    assert other_worker_view.shadow_mirroring(1) and other_worker_view.shadow_percent(1) == 5.0
     flags.apply({"sample_percent": 1})
     assert other_worker_view.shadow_percent(0) == 1.0
     # A bad document changes nothing, even when its first part was good.
@@ -145,6 +149,7 @@ def test_runtime_flags_apply_and_share() -> None:
         ({"recording": False, "shadows": {"nope": {}}}, "flags.shadows.nope"),
         ({"recording": False, "sample_percent": 200}, "flags.sample_percent"),
         ({"recording": "off"}, "flags.recording"),
+        ({"shadows": {"v2": {"recording": "no"}}}, "flags.shadows.v2.recording"),
         ({"kill": True}, "flags.kill"),
         ([1], "flags"),
     ]:

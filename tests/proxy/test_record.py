@@ -207,3 +207,23 @@ async def test_late_joins_are_completed_a_bounded_number_per_sweep(tmp_path: Pat
     assert stage.stats.shadow_join_timeouts == 80
     written = await read_tape(stage, tape, tmp_path)
     assert [ex.id for ex in written] == [ex.id for ex in late]
+
+
+async def test_a_shadow_switched_off_for_recording_is_left_off_the_tape(tmp_path: Path) -> None:
+    joined: list[Any] = []
+    stage, tape, flags = await make(tmp_path, joined=joined)
+    flags.apply({"shadows": {"v2": {"recording": False}}})
+    ex = proxied(decisions={"v2": "mirrored", "v3": "mirrored"})
+    stage.request_complete(ex)
+    stage.on_shadow_outcome(ex.id, "v2", Response(200, "OK", (), b"v2"), Timing(1, 2, 3))
+    stage.on_shadow_outcome(ex.id, "v3", Response(200, "OK", (), b"v3"), Timing(4, 5, 6))
+    finish(ex)
+    stage.exchange_complete(ex)
+    (taped,) = await read_tape(stage, tape, tmp_path)
+    assert taped.shadows == {"v3": Response(200, "OK", (), b"v3")}
+    assert set(taped.timings) == {"primary", "v3"}
+    assert taped.decisions == {"v2": "mirrored", "v3": "mirrored"}
+    assert taped.tags["not_recorded"] == "v2"
+    # Wide events (the joined-exchange listener) still see every answer.
+    ((seen, recorded),) = joined
+    assert set(seen.shadows) == {"v2", "v3"} and recorded
