@@ -39,6 +39,7 @@ __all__ = [
     "TlsSettings",
     "parse_listen",
     "settings_from_mapping",
+    "file_value",
 ]
 
 #: Credentials never forwarded to a shadow unless the config swaps in shadow credentials for them.
@@ -372,7 +373,7 @@ class ProxyConfig:
 
     def to_mapping(self) -> dict[str, Any]:
         """A plain mapping that ``from_mapping`` turns back into this config (for worker processes)."""
-        return _plain(self)  # type: ignore[no-any-return]
+        return file_value(self)  # type: ignore[no-any-return]
 
 
 # --- mapping -> dataclasses ------------------------------------------------------------------------
@@ -509,7 +510,8 @@ def _admin(data: Any) -> AdminSettings:
     return _construct(AdminSettings, values, "admin.")
 
 
-def _plain(value: Any) -> Any:
+def file_value(value: Any) -> Any:
+    """``value`` (a setting or a whole config) as it is written in a config file: the inverse of parsing."""
     if isinstance(value, ListenAddress):
         return str(value)
     if isinstance(value, SampleKey):
@@ -528,15 +530,15 @@ def _plain(value: Any) -> Any:
             out["shadows"] = list(value.shadows)
         return out
     if isinstance(value, ShadowSettings):
-        out = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        out = {f.name: file_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
         out["credentials"] = dict(value.credentials)
         return out
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: file_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
+        return [file_value(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: file_value(v) for k, v in value.items()}
     return value
 
 

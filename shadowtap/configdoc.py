@@ -90,7 +90,7 @@ def _default(field: dataclasses.Field[Any], hint: Any) -> str:
         value = field.default_factory()
     else:
         return REQUIRED
-    return json.dumps(dict(value) if _is_pairs(hint) else proxy_config._plain(value))
+    return json.dumps(dict(value) if _is_pairs(hint) else proxy_config.file_value(value))
 
 
 def _flags() -> dict[str, tuple[str, str]]:
