@@ -34,7 +34,7 @@ from proxy.sampling import TokenBucket, in_sample, key_in_sample
 from proxy.stages import ProxiedExchange
 from proxy.upstream import UpstreamConnection, UpstreamPool
 from recorder.errors import ConfigError
-from recorder.model import Failure, FailureKind, Header, Headers, Outcome, Response, Timing
+from recorder.model import Failure, FailureKind, Header, Headers, Outcome, Response, Timing, new_response, new_timing
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -201,12 +201,13 @@ class _Copy:
         if conn is not None:
             self.mirror.release(conn, reusable)
         cap = self.mirror.settings.max_response_bytes
-        response = Response(
-            status=self.status,
-            reason=self.reason.decode("latin-1"),
-            headers=tuple(self.headers),
-            body=b"".join(self.chunks),
-            truncated_from=self.size if self.size > cap else None,
+        response = new_response(
+            self.status,
+            self.reason.decode("latin-1"),
+            tuple(self.headers),
+            b"".join(self.chunks),
+            "1.1",
+            self.size if self.size > cap else None,
         )
         self.mirror.copy_done(self, response)
 
@@ -434,7 +435,7 @@ class ShadowMirror:
             self.breaker.record_failure(loop.time())
         base = copy.job.started_mono_ns
         first_byte_ns = None if copy.first_byte_ns is None else copy.first_byte_ns - base
-        self._finish(copy.job, outcome, Timing(copy.sent_ns - base, first_byte_ns, done_ns - base))
+        self._finish(copy.job, outcome, new_timing(copy.sent_ns - base, first_byte_ns, done_ns - base))
         if self._waiting and not self._pump_scheduled and not self._stopped:
             # Next copy from a fresh loop turn: this may run inside a connection's data callback.
             self._pump_scheduled = True

@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -27,9 +27,22 @@ from proxy.metrics import ProxyMetrics
 from proxy.mirror import MIRRORED
 from proxy.sampling import SampleKey, key_in_sample
 from proxy.stages import ProxiedExchange
-from recorder.model import PRIMARY, Exchange, Failure, FailureKind, Outcome, Request, Response, Timing
+from recorder.model import (
+    PRIMARY,
+    Exchange,
+    Failure,
+    FailureKind,
+    Outcome,
+    Request,
+    Response,
+    Timing,
+    exchange_record,
+    outcome_to_wire,
+    request_record,
+    timing_to_wire,
+)
 
-__all__ = ["ExchangeSink", "RecordStage", "build_exchange"]
+__all__ = ["ExchangeSink", "RecordStage", "build_exchange", "exchange_wire_record"]
 
 #: Joined exchanges handed to the tape writer at once, at the latest after _BATCH_DELAY_S.
 _BATCH_MAX: Final = 256
@@ -44,9 +57,11 @@ log = logging.getLogger(__name__)
 
 
 class ExchangeSink(Protocol):
-    """Where joined exchanges go: ``recorder.TapeWriter`` fits; ``submit`` never blocks."""
+    """Where joined exchanges go: ``recorder.TapeWriter`` fits. ``submit_records`` takes record
+    arrays in wire form (``recorder.model.exchange_record``), never blocks, and returns how many it
+    took (the rest were dropped, and the sink counts them)."""
 
-    def submit(self, exchange: Exchange) -> bool: ...
+    def submit_records(self, records: list[list[Any]]) -> int: ...
 
 
 #: Called with every joined exchange, whether or not it was taped (the wide-event log).
@@ -141,6 +156,61 @@ def build_exchange(
     )
 
 
+def exchange_wire_record(
+    ex: ProxiedExchange,
+    shadows: dict[str, Outcome],
+    timings: dict[str, Timing],
+    max_body_bytes: int,
+    session: str = "",
+    unrecorded: Collection[str] = frozenset(),
+) -> list[Any]:
+    """The tape record of a proxied exchange, built straight in wire form: the same record as
+    ``exchange_to_wire(build_exchange(...))`` without the outcomes of ``unrecorded`` shadows (their
+    decisions stay, and the tag ``not_recorded`` names them), and without building the frozen
+    ``Exchange`` and ``Request`` first (the record stage's hot path; the writer owns the lists)."""
+    truncated_from: int | None
+    if ex.request_body is None:
+        body, truncated_from = b"", ex.request_body_size
+    else:
+        body, truncated_from = _cap(ex.request_body, max_body_bytes, None)
+    request = request_record(
+        ex.method, ex.target, ex.request_headers, body, ex.scheme, ex.authority, ex.http_version, truncated_from
+    )
+    primary: Outcome | None = ex.response if ex.response is not None else ex.failure
+    tags = {"source": "proxy", "correlation_id": ex.id}
+    if ex.upgraded:
+        tags["upgraded"] = "1"
+    wire_timings = {PRIMARY: timing_to_wire(ex.timing)}
+    wire_shadows: dict[str, list[Any]] = {}
+    if shadows:
+        left_out: list[str] = []
+        for name, outcome in shadows.items():
+            if name in unrecorded:
+                left_out.append(name)
+                continue
+            wire_shadows[name] = outcome_to_wire(_capped_outcome(outcome, max_body_bytes))
+        # Timings in the order they came, as build_exchange keeps them.
+        for name, timing in timings.items():
+            if name not in unrecorded:
+                wire_timings[name] = timing_to_wire(timing)
+        if left_out:
+            tags["not_recorded"] = ",".join(left_out)
+    return exchange_record(
+        ex.id,
+        ex.started_at_ns,
+        ex.started_mono_ns,
+        request,
+        None if primary is None else outcome_to_wire(_capped_outcome(primary, max_body_bytes)),
+        wire_shadows,
+        wire_timings,
+        session,
+        ex.connection_id,
+        ex.client_addr,
+        dict(ex.decisions),
+        tags,
+    )
+
+
 class RecordStage:
     """Joins primary and shadow outcomes; feeds the tape (sampled) and the joined-exchange listener."""
 
@@ -169,7 +239,7 @@ class RecordStage:
         self._sweeper: asyncio.Task[None] | None = None
         # Joined exchanges go to the tape writer in batches, so its thread wakes (and takes the
         # GIL) once per batch rather than once per exchange; bounded by _BATCH_MAX.
-        self._batch: list[Exchange] = []
+        self._batch: list[list[Any]] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         # Cached: asyncio.get_running_loop() costs a getpid() system call on every call.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -276,11 +346,12 @@ class RecordStage:
         if self._sample_key is not None:
             key = self._sample_key.extract(ex.target, ex.request_headers)
             session = "" if key is None else key.decode("utf-8", "replace")
-        joined = build_exchange(ex, entry.shadows, entry.timings, self._settings.max_body_bytes, session)
         self.stats.joined += 1
+        cap = self._settings.max_body_bytes
         if entry.record and self._tape is not None:
             batch = self._batch
-            batch.append(self._without_unrecorded_shadows(joined))
+            unrecorded = self._unrecorded(entry.shadows) if entry.shadows else frozenset()
+            batch.append(exchange_wire_record(ex, entry.shadows, entry.timings, cap, session, unrecorded))
             if len(batch) >= _BATCH_MAX:
                 self._flush()
             elif self._flush_timer is None:
@@ -289,26 +360,14 @@ class RecordStage:
             self._count_untaped()
         if self._on_joined is not None:
             try:
-                self._on_joined(joined, ex, entry.record)
+                self._on_joined(build_exchange(ex, entry.shadows, entry.timings, cap, session), ex, entry.record)
             except Exception:
                 log.exception("joined-exchange listener failed on %s", ex.id)
 
-    def _without_unrecorded_shadows(self, joined: Exchange) -> Exchange:
-        """The tape's copy: outcomes of shadows whose recording is switched off are left out.
-
-        Their decisions stay, and the tag ``not_recorded`` names them, so a reader can tell an
-        answer left off on purpose from one that never came. Wide events still see everything.
-        """
+    def _unrecorded(self, shadows: dict[str, Outcome]) -> set[str]:
+        """Those of ``shadows`` whose recording is switched off (``PUT /flags``): left off the tape."""
         flags = self._flags
-        off = [name for name in joined.shadows if not flags.shadow_recording(flags.shadow_index[name])]
-        if not off:
-            return joined
-        return dataclasses.replace(
-            joined,
-            shadows={n: o for n, o in joined.shadows.items() if n not in off},
-            timings={n: t for n, t in joined.timings.items() if n not in off},
-            tags={**joined.tags, "not_recorded": ",".join(off)},
-        )
+        return {name for name in shadows if not flags.shadow_recording(flags.shadow_index[name])}
 
     def _flush(self) -> None:
         if self._flush_timer is not None:
@@ -317,11 +376,9 @@ class RecordStage:
         batch, self._batch = self._batch, []
         tape = self._tape
         assert tape is not None
-        for joined in batch:
-            if tape.submit(joined):
-                self.stats.submitted += 1
-            else:
-                self.stats.dropped_by_writer += 1
+        taken = tape.submit_records(batch)
+        self.stats.submitted += taken
+        self.stats.dropped_by_writer += len(batch) - taken
 
     async def _sweep(self) -> None:
         interval_s = min(_SWEEP_PERIOD_S, self._settings.join_timeout_s / 4)

@@ -34,7 +34,7 @@ from proxy.forward import ForwardSettings, RequestRewriter, upstream_ssl_context
 from proxy.stages import PrimaryObserver, ProxiedExchange, Stage, StageErrors, call_stage, watches_completion
 from proxy.upgrade import CLIENT, Tunnel
 from proxy.upstream import PoolStats, UpstreamConnection, UpstreamPool
-from recorder.model import Failure, FailureKind, Header, Response, Timing
+from recorder.model import Failure, FailureKind, Header, new_response, new_timing
 
 __all__ = ["ProxyServer", "ServerStats"]
 
@@ -546,15 +546,16 @@ class _Forward:
             # Nobody watches the exchange's end: skip building the record (no copies).
             self._client.request_done(self, close_client)
             return
-        ex.timing = Timing(sent_ns, self._first_byte_ns, done_ns)
+        ex.timing = new_timing(sent_ns, self._first_byte_ns, done_ns)
         if head is not None:
             size = self._resp_size
-            ex.response = Response(
+            ex.response = new_response(
                 head[0],
                 head[1].decode("latin-1"),
                 tuple(head[2]),
                 b"".join(self._resp_capture) if size else b"",
-                truncated_from=size if size > self._resp_captured else None,
+                "1.1",
+                size if size > self._resp_captured else None,
             )
         for stage in ctx.completion_stages:
             call_stage(ctx.stats.stage_errors, stage, stage.exchange_complete, ex)

@@ -153,7 +153,10 @@ class FrameEncoder:
 
         ``rewrite`` may change the record array in place before it is packed (redaction).
         """
-        record = exchange_to_wire(exchange)
+        return self.record_parts(exchange_to_wire(exchange), out, rewrite)
+
+    def record_parts(self, record: list[Any], out: list[bytes], rewrite: Callable[[list[Any]], None] | None) -> int:
+        """``exchange_parts`` for a record array already in wire form (``recorder.model.exchange_record``)."""
         if rewrite is not None:
             rewrite(record)
         payload: bytes = self._pack(record)

@@ -35,9 +35,16 @@ __all__ = [
     "Response",
     "Timing",
     "exchange_from_wire",
+    "exchange_record",
     "exchange_to_wire",
     "header_value",
     "header_values",
+    "new_response",
+    "new_timing",
+    "outcome_to_wire",
+    "request_record",
+    "request_to_wire",
+    "timing_to_wire",
 ]
 
 #: Name of the response that the client got (proxy) or that was recorded (replay results).
@@ -208,36 +215,87 @@ _TAG_RESPONSE: Final = 0
 _TAG_FAILURE: Final = 1
 
 
-def _request_to_wire(r: Request) -> list[Any]:
-    return [r.method, r.target, r.headers, r.body, r.scheme, r.authority, r.http_version, r.truncated_from]
+def request_record(
+    method: str,
+    target: str,
+    headers: Headers,
+    body: bytes,
+    scheme: str,
+    authority: str,
+    http_version: str,
+    truncated_from: int | None,
+) -> list[Any]:
+    """The array of a request record (docs/tape-format.md, "Request") from its fields."""
+    return [method, target, headers, body, scheme, authority, http_version, truncated_from]
 
 
-def _outcome_to_wire(o: Outcome) -> list[Any]:
+def request_to_wire(r: Request) -> list[Any]:
+    return request_record(
+        r.method, r.target, r.headers, r.body, r.scheme, r.authority, r.http_version, r.truncated_from
+    )
+
+
+def outcome_to_wire(o: Outcome) -> list[Any]:
+    """The array of an outcome record: a response or a failure, behind its tag."""
     if isinstance(o, Response):
         return [_TAG_RESPONSE, o.status, o.reason, o.headers, o.body, o.http_version, o.truncated_from]
     return [_TAG_FAILURE, o.kind, o.message]
 
 
-def _timing_to_wire(t: Timing) -> list[Any]:
+def timing_to_wire(t: Timing) -> list[Any]:
     return [t.sent_ns, t.first_byte_ns, t.done_ns]
+
+
+def exchange_record(
+    exchange_id: str,
+    started_at_ns: int,
+    started_mono_ns: int,
+    request: list[Any],
+    primary: list[Any] | None,
+    shadows: dict[str, list[Any]],
+    timings: dict[str, list[Any]],
+    session: str,
+    connection_id: str,
+    client_addr: str,
+    decisions: dict[str, str],
+    tags: dict[str, str],
+) -> list[Any]:
+    """An exchange record array from its parts, already in wire form (``request_to_wire``,
+    ``outcome_to_wire``, ``timing_to_wire``): for writers that never build an ``Exchange`` (the
+    proxy's record stage). ``exchange_from_wire`` of the packed record gives the same Exchange as
+    building one from these values; the writer owns the lists from here on (redaction edits them)."""
+    return [
+        exchange_id,
+        started_at_ns,
+        started_mono_ns,
+        request,
+        primary,
+        shadows,
+        timings,
+        session,
+        connection_id,
+        client_addr,
+        decisions,
+        tags,
+    ]
 
 
 def exchange_to_wire(ex: Exchange) -> list[Any]:
     """The msgpack-ready array for ``ex`` (see docs/tape-format.md, "Exchange record")."""
-    return [
+    return exchange_record(
         ex.id,
         ex.started_at_ns,
         ex.started_mono_ns,
-        _request_to_wire(ex.request),
-        None if ex.primary is None else _outcome_to_wire(ex.primary),
-        {name: _outcome_to_wire(o) for name, o in ex.shadows.items()},
-        {name: _timing_to_wire(t) for name, t in ex.timings.items()},
+        request_to_wire(ex.request),
+        None if ex.primary is None else outcome_to_wire(ex.primary),
+        {name: outcome_to_wire(o) for name, o in ex.shadows.items()},
+        {name: timing_to_wire(t) for name, t in ex.timings.items()},
         ex.session,
         ex.connection_id,
         ex.client_addr,
         dict(ex.decisions),
         dict(ex.tags),
-    ]
+    )
 
 
 def _slot_builder(cls: type[T]) -> Callable[..., T]:
@@ -262,6 +320,12 @@ _build_response = _slot_builder(Response)
 _build_failure = _slot_builder(Failure)
 _build_timing = _slot_builder(Timing)
 _build_exchange = _slot_builder(Exchange)
+
+#: Fast positional constructors for hot paths that have every field at hand (the proxy builds one
+#: Response and one Timing per upstream exchange): they store straight into the slots, at a fraction
+#: of the frozen ``__init__``'s cost. Every field must be given, in declaration order.
+new_response: Callable[[int, str, Headers, bytes, str, int | None], Response] = _build_response
+new_timing: Callable[[int | None, int | None, int | None], Timing] = _build_timing
 
 # Trailing fields a writer may leave out (an older writer, or another language's), with the value
 # they then have. Positions before these are required.

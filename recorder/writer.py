@@ -19,11 +19,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from recorder._frames import (
     FLAG_ZSTD,
@@ -167,9 +167,11 @@ class _SegmentSink:
         if rules is not None:
             self.rewrite = Redactor(rules, resolve_redaction_key(rules, self.directory)).redact_record
 
-    def encode(self, exchange: Exchange, out: list[bytes]) -> int:
+    def encode(self, exchange: Exchange | list[Any], out: list[bytes]) -> int:
         """Redact and append ``exchange``'s frame parts to ``out``; return the bytes added."""
-        return self.encoder.exchange_parts(exchange, out, self.rewrite)
+        if type(exchange) is list:
+            return self.encoder.record_parts(exchange, out, self.rewrite)
+        return self.encoder.exchange_parts(cast(Exchange, exchange), out, self.rewrite)
 
     def write(self, parts: list[bytes]) -> None:
         """Write encoded frames (one zstd block when compressing), rotating and syncing by policy."""
@@ -369,7 +371,7 @@ class TapeWriter:
         self._options = self._sink.options
         # Bounded by the check in submit() against options.queue_size (see TapeOptions.queue_size).
         # deque.append/popleft are atomic, so submit takes no lock.
-        self._pending: collections.deque[Exchange] = collections.deque()
+        self._pending: collections.deque[Exchange | list[Any]] = collections.deque()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None
@@ -405,17 +407,25 @@ class TapeWriter:
 
     def submit(self, exchange: Exchange) -> bool:
         """Queue ``exchange`` for writing; False when it was dropped (queue full or closed)."""
+        return self.submit_records([exchange]) == 1
+
+    def submit_records(self, records: Sequence[Exchange | list[Any]]) -> int:
+        """Queue exchanges, or records already in wire form (``recorder.model.exchange_record``,
+        which the writer then owns), in order; return how many were taken. The rest were dropped and
+        counted: the queue was full, or the writer is closing. One wake-up of the thread for all."""
         if self._closing:
-            self._dropped_closed += 1
-            return False
+            self._dropped_closed += len(records)
+            return 0
         pending = self._pending
-        if len(pending) >= self._options.queue_size:
-            self._dropped_queue_full += 1
-            return False
-        pending.append(exchange)
-        if not self._wake.is_set():
-            self._wake.set()
-        return True
+        room = self._options.queue_size - len(pending)
+        if room < len(records):
+            self._dropped_queue_full += len(records) - max(room, 0)
+            records = records[: max(room, 0)]
+        if records:
+            pending.extend(records)
+            if not self._wake.is_set():
+                self._wake.set()
+        return len(records)
 
     async def close(self) -> None:
         """Stop accepting, write everything queued, sync and close the segment."""
@@ -473,7 +483,8 @@ class TapeWriter:
                     size += self._sink.encode(exchange, parts)
                 except Exception as exc:  # a malformed exchange must not stop the writer
                     self._encode_errors += 1
-                    self._note_error("encode", f"cannot encode exchange {getattr(exchange, 'id', '?')!r}: {exc}")
+                    ident = exchange[0] if type(exchange) is list and exchange else getattr(exchange, "id", "?")
+                    self._note_error("encode", f"cannot encode exchange {ident!r}: {exc}")
                     continue
                 count += 1
             if count and self._guard(self._sink.write, parts, lost=count):

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from proxy.config import ProxyConfig, RuntimeFlags
 from proxy.metrics import ProxyMetrics
-from proxy.record import RecordStage
+from proxy.record import RecordStage, build_exchange, exchange_wire_record
 from proxy.sampling import SampleKey
 from proxy.stages import ProxiedExchange
 from recorder import TapeOptions, TapeReader, TapeWriter
-from recorder.model import Exchange, Failure, FailureKind, Response, Timing
+from recorder.model import Exchange, Failure, FailureKind, Response, Timing, exchange_from_wire
 
 _ids = itertools.count()
 
@@ -227,3 +230,39 @@ async def test_a_shadow_switched_off_for_recording_is_left_off_the_tape(tmp_path
     # Wide events (the joined-exchange listener) still see every answer.
     ((seen, recorded),) = joined
     assert set(seen.shadows) == {"v2", "v3"} and recorded
+
+
+def test_the_wire_record_is_exactly_the_built_exchange_on_the_wire() -> None:
+    """The stage writes ``exchange_wire_record`` without building an Exchange; reading it back must
+    give what ``build_exchange`` gives, in every shape (caps, failures, timeouts, upgrades)."""
+    big = b"x" * 50
+    streamed = proxied(body=None)
+    streamed.request_body_size = 9_000
+    streamed.failure = Failure(FailureKind.RESET, "primary closed the connection")
+    upgraded = proxied(body=big, decisions={"v2": "mirrored", "v3": "mirrored"})
+    upgraded.upgraded = True
+    finish(upgraded, body=big)
+    cases: list[tuple[ProxiedExchange, dict[str, Any], dict[str, Timing]]] = [
+        (streamed, {}, {}),
+        (
+            upgraded,
+            {"v3": Response(502, "Bad", ((b"A", b"1"), (b"a", b"2")), big), "v2": Failure(FailureKind.TIMEOUT, "late")},
+            {"v3": Timing(1, None, 9)},
+        ),
+    ]
+    for ex, shadows, timings in cases:
+        for unrecorded in (set(), {"v2"}):
+            record = exchange_wire_record(ex, shadows, timings, 20, "session-1", unrecorded)
+            back = exchange_from_wire(msgpack.unpackb(msgpack.packb(record, use_bin_type=True), use_list=False))
+            expected = build_exchange(ex, shadows, timings, 20, "session-1")
+            if unrecorded & set(shadows):
+                expected = dataclasses.replace(
+                    expected,
+                    shadows={n: o for n, o in expected.shadows.items() if n not in unrecorded},
+                    timings={n: t for n, t in expected.timings.items() if n not in unrecorded},
+                    tags={**expected.tags, "not_recorded": "v2"},
+                )
+            assert back == expected
+            assert list(back.shadows) == list(expected.shadows) and list(back.timings) == list(expected.timings)
+    # The caps marked truncation where they cut.
+    assert back.request.truncated_from == 50 and back.primary.truncated_from == 50  # type: ignore[union-attr]
