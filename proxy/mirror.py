@@ -5,11 +5,12 @@ route rule, method, body size, sampling (consistent by key when configured), rat
 breaker. It writes the decision into ``exchange.decisions[shadow]`` and counts it. Each shadow
 sends at most ``concurrency`` copies at a time (the rest wait in a bounded queue) over a keep-alive
 pool of the same llhttp-based upstream connections the data path uses for the primary
-(``proxy.upstream``), driven by callbacks and timers rather than a task per copy (a fraction of
-aiohttp's client cost), with its own timeouts, a response-size cap and a circuit breaker; each
-outcome (``Response`` or ``Failure``) goes to the ``on_outcome`` listener (the record stage).
-This module must never delay, fail or alter the primary exchange: nothing here awaits on
-the data path, raises into it, or touches the objects the client's response is built from.
+(``proxy.upstream``), driven by callbacks rather than a task per copy (a fraction of aiohttp's
+client cost), with its own timeouts (checked by one sweep per shadow, not a timer per copy), a
+response-size cap and a circuit breaker; each outcome (``Response`` or ``Failure``) goes to the
+``on_outcome`` listener (the record stage). This module must never delay, fail or alter the primary
+exchange: nothing here awaits on the data path, raises into it, or touches the objects the client's
+response is built from.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ _MARKER_LINE: Final = f"{MARKER_HEADER}: 1\r\n{CORRELATION_HEADER}: ".encode()
 #: also joins a record, so ending them all in one turn stalls the primary path for tens of ms. The
 #: rest are ended on the next turns, with primary I/O between.
 _MAX_DROPS_PER_TURN: Final = 32
+#: How often a shadow's in-flight copies are checked against their deadlines, at most.
+_SWEEP_PERIOD_S: Final = 0.05
 
 #: (exchange id, shadow name, outcome, timing relative to the exchange start)
 OutcomeListener = Callable[[str, str, Outcome, Timing], None]
@@ -140,13 +143,13 @@ class _Copy:
     """One copy in flight: the ``ResponseSink`` of its upstream connection, and its deadline.
 
     Callback-driven (no task per copy): the connection calls ``on_head`` / ``on_body`` /
-    ``on_complete`` / ``on_failure`` as bytes arrive, a timer handles the deadline, and the shadow
+    ``on_complete`` / ``on_failure`` as bytes arrive, the shadow's sweep enforces the deadline, and the shadow
     is told once through ``ShadowMirror.copy_done``.
     """
 
     __slots__ = (
         "chunks", "conn", "connecting", "deadline", "first_byte_ns", "head", "headers", "job", "mirror", "reason",
-        "retried", "reused", "sent_ns", "size", "status", "timer",
+        "retried", "reused", "sent_ns", "size", "status",
     )  # fmt: skip
 
     def __init__(self, mirror: ShadowMirror, job: _Job, head: bytes, sent_ns: int) -> None:
@@ -158,7 +161,6 @@ class _Copy:
         self.connecting: asyncio.Task[None] | None = None
         self.reused = False
         self.retried = False
-        self.timer: asyncio.TimerHandle | None = None
         self.deadline = 0.0
         self.chunks: list[bytes] = []
         self.size = 0
@@ -298,6 +300,10 @@ class ShadowMirror:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pump_scheduled = False
         self._stopped = False
+        # Deadlines are at least total_timeout_s away, so checking a tenth of that (at most every
+        # 50 ms) keeps a copy's overrun small against its timeout.
+        self._sweep_period_s = min(_SWEEP_PERIOD_S, self.settings.total_timeout_s / 10)
+        self._sweeper: asyncio.TimerHandle | None = None
 
     @property
     def in_flight(self) -> int:
@@ -322,6 +328,7 @@ class ShadowMirror:
             connect_timeout_s=self.settings.connect_timeout_s,
             max_idle=self.settings.concurrency,
         )
+        self._sweeper = loop.call_later(self._sweep_period_s, self._sweep)
 
     def offer(self, exchange: ProxiedExchange, now_s: float) -> str:
         """Send or queue a copy of ``exchange`` if rate cap, queue and breaker allow; return the decision."""
@@ -373,7 +380,6 @@ class ShadowMirror:
         copy = _Copy(self, job, head, time.monotonic_ns())
         self._active.add(copy)
         copy.deadline = now_s + self.settings.total_timeout_s
-        copy.timer = loop.call_at(copy.deadline, self._timed_out, copy)
         conn = self._pool.try_acquire()
         if conn is None:
             self.connect_for(copy)
@@ -408,8 +414,20 @@ class ShadowMirror:
         else:
             conn.close()
 
+    def _sweep(self) -> None:
+        """Time out copies past their deadline. One call every _SWEEP_PERIOD_S per shadow over at
+        most ``concurrency`` copies: a timer per copy cost more (a libuv timer started and stopped
+        for every mirrored request) than all the deadlines it ever enforced."""
+        loop = self._loop
+        if loop is None or self._pool is None:
+            return
+        now_s = loop.time()
+        late = [copy for copy in self._active if copy.deadline <= now_s]
+        for copy in late:
+            self._timed_out(copy)
+        self._sweeper = loop.call_at(now_s + self._sweep_period_s, self._sweep)
+
     def _timed_out(self, copy: _Copy) -> None:
-        copy.timer = None
         copy.abandon()
         self.copy_done(
             copy, Failure(FailureKind.TIMEOUT, f"no complete response within {self.settings.total_timeout_s} s")
@@ -420,9 +438,6 @@ class ShadowMirror:
         if copy not in self._active:
             return
         self._active.discard(copy)
-        if copy.timer is not None:
-            copy.timer.cancel()
-            copy.timer = None
         loop = self._loop
         assert loop is not None
         done_ns = time.monotonic_ns()
@@ -510,6 +525,9 @@ class ShadowMirror:
             self.breaker.record_cancelled()
             self._finish(self._waiting.popleft(), cancelled, _NO_TIMING)
         self._idle.set()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._pool is not None:
             self._pool.abort_all()
             self._pool = None
