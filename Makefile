@@ -38,7 +38,7 @@ pytest: dev
 test: lint typecheck pytest
 
 bench: dev
-	scripts/ensure-system-deps.sh nginx wrk
+	scripts/ensure-system-deps.sh nginx wrk valgrind
 	$(PY) bench/run_all.py
 
 docs: dev

@@ -11,7 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("tape_bench.py", "differ_bench.py", "import_bench.py", "replay_bench.py", "proxy_bench.py")
+BENCHES = (
+    "tape_bench.py",
+    "differ_bench.py",
+    "import_bench.py",
+    "replay_bench.py",
+    "proxy_bench.py",
+    "proxy_instructions.py",
+)
 
 
 def main() -> int:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages a target needs (chromium for the HTML report test, nginx and wrk for
-# benchmarks) when they are missing. Idempotent; prints what it does. Usage: ensure-system-deps.sh CMD...
+# Installs the Debian packages a target needs (chromium for the HTML report test, nginx, wrk and
+# valgrind for benchmarks) when they are missing. Idempotent; prints what it does. Usage: ensure-system-deps.sh CMD...
 set -euo pipefail
-declare -A package_for=( [chromium]=chromium [nginx]=nginx-light [wrk]=wrk )
+declare -A package_for=( [chromium]=chromium [nginx]=nginx-light [wrk]=wrk [valgrind]=valgrind [callgrind_control]=valgrind )
 missing=()
 for cmd in "$@"; do
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
