@@ -111,6 +111,9 @@ class ShadowSettings:
     # second of traffic at 1k req/s, after which drops (counted) are better than growing latency.
     queue_size: int = 1000
     concurrency: int = 16
+    #: Copies one connection carries at once (HTTP/1.1 pipelining, safe methods only in practice as
+    #: mirrors are); 1 turns pipelining off for a shadow that mishandles it.
+    pipeline_depth: int = 8
     connect_timeout_s: float = 1.0
     total_timeout_s: float = 5.0
     max_body_bytes: int = _MiB
@@ -135,7 +138,7 @@ class ShadowSettings:
         _check_url(self.url, field="url")
         if not 0.0 <= self.sample_percent <= 100.0:
             raise ConfigError(f"must be within 0..100, not {self.sample_percent!r}", field="sample_percent")
-        for key in ("queue_size", "concurrency"):
+        for key in ("queue_size", "concurrency", "pipeline_depth"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"must be >= 1, not {getattr(self, key)!r}", field=key)
         for key in ("connect_timeout_s", "total_timeout_s"):

@@ -33,7 +33,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.rules import RouteTable
 from proxy.sampling import TokenBucket, in_sample, key_in_sample
 from proxy.stages import ProxiedExchange
-from proxy.upstream import UpstreamConnection, UpstreamPool
+from proxy.upstream import PipelinedConnection, UpstreamConnection, UpstreamPool
 from recorder.errors import ConfigError
 from recorder.model import Failure, FailureKind, Header, Headers, Outcome, Response, Timing, new_response, new_timing
 
@@ -170,15 +170,18 @@ class _Copy:
         self.first_byte_ns: int | None = None
 
     def send(self, conn: UpstreamConnection) -> None:
+        """Attach to ``conn`` and send: behind the copies already on it when it pipelines (the bytes
+        leave with theirs at ``flush_writes``), else at once."""
         self.conn = conn
         self.chunks.clear()
         self.size = 0
-        conn.begin(self, head_only=self.job.method == "HEAD")
         body = self.job.body
-        if body:
-            conn.writelines([self.head, body])
-        else:
-            conn.write(self.head)
+        data = [self.head, body] if body else [self.head]
+        if isinstance(conn, PipelinedConnection) and self.job.method != "HEAD":
+            conn.pipeline(self, data)
+            return
+        conn.begin(self, head_only=self.job.method == "HEAD")
+        conn.writelines(data)
 
     # --- ResponseSink ------------------------------------------------------------------------------
 
@@ -304,6 +307,10 @@ class ShadowMirror:
         # 50 ms) keeps a copy's overrun small against its timeout.
         self._sweep_period_s = min(_SWEEP_PERIOD_S, self.settings.total_timeout_s / 10)
         self._sweeper: asyncio.TimerHandle | None = None
+        # The connection this loop turn's copies are being pipelined onto, and every connection
+        # given bytes this turn (written once each at the end of the turn).
+        self._filling: PipelinedConnection | None = None
+        self._unflushed: list[PipelinedConnection] = []
 
     @property
     def in_flight(self) -> int:
@@ -327,6 +334,7 @@ class ShadowMirror:
             ssl_context=ssl_context,
             connect_timeout_s=self.settings.connect_timeout_s,
             max_idle=self.settings.concurrency,
+            pipelined=self.settings.pipeline_depth > 1,
         )
         self._sweeper = loop.call_later(self._sweep_period_s, self._sweep)
 
@@ -380,12 +388,32 @@ class ShadowMirror:
         copy = _Copy(self, job, head, time.monotonic_ns())
         self._active.add(copy)
         copy.deadline = now_s + self.settings.total_timeout_s
-        conn = self._pool.try_acquire()
+        head_only = job.method == "HEAD"
+        conn: UpstreamConnection | None = None if head_only or not self._filling_has_room() else self._filling
         if conn is None:
-            self.connect_for(copy)
-        else:
-            copy.reused = True
-            copy.send(conn)
+            conn = self._pool.try_acquire()
+            if conn is None:
+                self.connect_for(copy)
+                return
+            if isinstance(conn, PipelinedConnection) and not head_only:
+                # Later copies of this turn queue behind this one (a HEAD copy goes alone).
+                self._filling = conn
+                self._unflushed.append(conn)
+        copy.reused = True
+        copy.send(conn)
+
+    def _filling_has_room(self) -> bool:
+        filling = self._filling
+        return filling is not None and filling.can_pipeline(self.settings.pipeline_depth)
+
+    def _flush_writes(self) -> None:
+        """End of a pump turn: each connection that got copies writes them all at once."""
+        self._filling = None
+        unflushed = self._unflushed
+        if unflushed:
+            self._unflushed = []
+            for conn in unflushed:
+                conn.flush_writes()
 
     def connect_for(self, copy: _Copy) -> None:
         """Dial a fresh connection for ``copy`` in a task (kept on the copy, cancelled with it)."""
@@ -407,6 +435,8 @@ class ShadowMirror:
             conn.close()
             return
         copy.send(conn)
+        if isinstance(conn, PipelinedConnection):
+            conn.flush_writes()
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         if reusable and self._pool is not None:
@@ -460,6 +490,13 @@ class ShadowMirror:
 
     def _pump(self) -> None:
         self._pump_scheduled = False
+        try:
+            self._start_waiting()
+        finally:
+            self._flush_writes()
+
+    def _start_waiting(self) -> None:
+        """Start queued copies up to the concurrency cap, ending the ones not worth sending."""
         loop = self._loop
         assert loop is not None
         now_s = loop.time()

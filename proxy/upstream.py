@@ -9,6 +9,7 @@ must never buffer a whole body, decode one, or decide what the client sees: that
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
 from typing import Protocol, cast
@@ -20,7 +21,7 @@ from proxy.forward import PrimaryTarget
 from proxy.upgrade import PRIMARY_SIDE, Tunnel
 from recorder.model import FailureKind, Header
 
-__all__ = ["PoolStats", "ResponseSink", "UpstreamConnection", "UpstreamPool"]
+__all__ = ["PipelinedConnection", "PoolStats", "ResponseSink", "UpstreamConnection", "UpstreamPool"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_seen = False
         self._complete = False
         self.received_any = False
+
+    @property
+    def outstanding(self) -> int:
+        """Exchanges attached and not yet finished (0 or 1 here; more on a ``PipelinedConnection``)."""
+        return 0 if self._sink is None else 1
 
     def detach(self) -> None:
         """The exchange is over without this connection finishing it: it cannot be reused."""
@@ -297,6 +303,100 @@ class UpstreamConnection(asyncio.Protocol):
         sink.on_failure(kind, message)
 
 
+class PipelinedConnection(UpstreamConnection):
+    """An upstream connection that carries several exchanges at once (HTTP/1.1 pipelining, RFC 9112
+    section 9.3.2), for the mirror: copies sent in one loop turn leave in one write and their answers
+    usually come back in one read, where a connection per copy costs a send and a receive each.
+
+    Sinks are answered in the order their requests were written. A HEAD exchange is never pipelined
+    (llhttp cannot tell a HEAD answer has no body), and nothing is queued behind one. When the
+    connection fails, every exchange still on it fails: the one being answered with the cause, those
+    behind it as ``reset``, marked as having received bytes, so none of them is retried (a request
+    behind others may have been processed already).
+    """
+
+    __slots__ = ("_outbox", "_queued")
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        super().__init__(pool)
+        self._queued: collections.deque[ResponseSink] = collections.deque()
+        self._outbox: list[bytes] = []
+
+    @property
+    def outstanding(self) -> int:
+        return (0 if self._sink is None else 1) + len(self._queued)
+
+    def can_pipeline(self, depth: int) -> bool:
+        """Whether one more (non-HEAD) exchange may be queued behind those on this connection."""
+        return not self.closed and not self._head_only and self.outstanding < depth
+
+    def pipeline(self, sink: ResponseSink, data: list[bytes]) -> None:
+        """Attach ``sink`` behind the exchanges already here; its request bytes wait in the outbox
+        until ``flush_writes`` (one write for everything queued in this loop turn)."""
+        if self._sink is None:
+            self.begin(sink, head_only=False)
+        else:
+            self._queued.append(sink)
+        self._outbox += data
+
+    def flush_writes(self) -> None:
+        outbox = self._outbox
+        if outbox:
+            self._outbox = []
+            self.writelines(outbox)
+
+    def detach(self) -> None:
+        # One exchange gave up (its deadline passed): the connection goes, and every exchange on it
+        # hears so from connection_lost (the one that gave up has already ended and ignores it).
+        self.abort()
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        # The next answer may follow in the same read: hand this one over now, inside the parse (so
+        # data_received finds nothing complete left to finish after it).
+        sink = self._sink
+        assert sink is not None
+        self._finish(sink)
+
+    def _finish(self, sink: ResponseSink) -> None:
+        reusable = not self.closed and self._keep_alive and self._status != 101
+        if self._head_only:
+            self._parser = httptools.HttpResponseParser(self)
+        self._complete = False
+        self.served += 1
+        queued = self._queued
+        if queued and reusable:
+            self.begin(queued.popleft(), head_only=False)
+            # Written behind another request, it may have been processed already: never retried.
+            self.received_any = True
+        else:
+            self._sink = None
+        sink.on_complete(reusable)
+        if queued and not reusable:
+            self._fail_queued("shadow closed the connection after an earlier answer")
+            self.close()
+
+    def _fail(self, kind: str, message: str) -> None:
+        super()._fail(kind, message)
+        self._fail_queued(f"connection failed before this answer: {message}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._fail_queued("connection closed before this answer")
+
+    def _fail_queued(self, message: str) -> None:
+        queued = self._queued
+        if not queued:
+            return
+        self.received_any = True  # see the class docstring: queued exchanges are never retried
+        sinks = list(queued)
+        queued.clear()
+        for sink in sinks:
+            sink.on_failure(FailureKind.RESET, message)
+
+
 class UpstreamPool:
     """Keep-alive connections to one primary. Concurrency is bounded by client connections: each
     client connection uses at most one primary connection at a time."""
@@ -305,6 +405,7 @@ class UpstreamPool:
         "_all",
         "_closed",
         "_connect_timeout_s",
+        "_factory",
         "_idle",
         "_max_idle",
         "_ssl",
@@ -319,8 +420,12 @@ class UpstreamPool:
         ssl_context: ssl.SSLContext | None,
         connect_timeout_s: float,
         max_idle: int,
+        pipelined: bool = False,
     ) -> None:
         self._target = target
+        # Pipelined connections carry several requests at once (the mirror's copies); the primary's
+        # never do (one client's request must not wait behind another's).
+        self._factory: type[UpstreamConnection] = PipelinedConnection if pipelined else UpstreamConnection
         self._ssl = ssl_context
         self._connect_timeout_s = connect_timeout_s
         self._max_idle = max_idle
@@ -349,7 +454,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self),
+                    lambda: self._factory(self),
                     target.host,
                     target.port,
                     ssl=self._ssl,
@@ -363,7 +468,7 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """Return a connection whose exchange completed cleanly."""
-        if conn.closed:
+        if conn.closed or conn.outstanding:
             return
         if self._closed or len(self._idle) >= self._max_idle:
             conn.close()

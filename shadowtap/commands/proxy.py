@@ -56,6 +56,7 @@ _FLAGS: Final[list[tuple[str, str, Callable[[str], Any] | None, Any, str]]] = [
     ("--sample-percent", "shadows.*.sample_percent", float, None, "percent of requests mirrored to each shadow"),
     ("--shadow-queue-size", "shadows.*.queue_size", int, None, "copies queued per shadow before dropping"),
     ("--shadow-concurrency", "shadows.*.concurrency", int, None, "copies in flight per shadow"),
+    ("--shadow-pipeline", "shadows.*.pipeline_depth", int, None, "copies per shadow connection (1: no pipelining)"),
     ("--shadow-connect-timeout", "shadows.*.connect_timeout_s", float, None, "shadow connect timeout, seconds"),
     ("--shadow-timeout", "shadows.*.total_timeout_s", float, None, "shadow whole-exchange timeout, seconds"),
     ("--shadow-max-body", "shadows.*.max_body_bytes", int, None, "largest request body mirrored, bytes"),

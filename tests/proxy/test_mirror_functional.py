@@ -425,3 +425,128 @@ async def test_copies_queued_when_the_breaker_opens_are_dropped_not_sent() -> No
     assert stage.stats()["bh"]["queue_depth"] == 0
     await stage.aclose(1.0)
     await server.close()
+
+
+class _PipelineShadow:
+    """A raw HTTP/1.1 shadow that answers requests in order and notes, per connection, the targets it
+    got and the most requests that arrived in one read: what a pipelining client looks like from the
+    other side. With ``close_after`` it resets a connection on the request after that many."""
+
+    def __init__(self, close_after: int | None = None) -> None:
+        self.per_connection: list[list[bytes]] = []
+        self.max_in_one_read = 0
+        self._close_after = close_after
+        self.server = RawServer(self._serve)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        targets: list[bytes] = []
+        self.per_connection.append(targets)
+        buffer = b""
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            buffer += data
+            heads = buffer.split(b"\r\n\r\n")
+            buffer = heads.pop()
+            self.max_in_one_read = max(self.max_in_one_read, len(heads))
+            for head in heads:
+                target = head.split(b" ", 2)[1]
+                targets.append(target)
+                if self._close_after is not None and len(targets) > self._close_after:
+                    writer.transport.abort()  # the rest of the pipeline is never answered
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(target), target))
+
+
+async def _warm(stage: MirrorStage, outcomes: Outcomes, count: int) -> None:
+    """Copies one at a time, so the shadow's pool holds an idle connection to pipeline onto."""
+    for i in range(count):
+        stage.request_complete(exchange(target=f"/warm/{i}"))
+        await outcomes.wait_for(len(outcomes.items) + 1)
+
+
+async def test_copies_sent_together_share_a_connection_and_each_gets_its_own_answer() -> None:
+    shadow = _PipelineShadow()
+    url = await shadow.server.start()
+    stage, _, metrics, outcomes = stage_for([{"name": "v2", "url": url, "concurrency": 16, "pipeline_depth": 4}])
+    await stage.start()
+    # Cold: no idle connection yet, so each copy dials its own (up to the concurrency cap).
+    warm_up = [exchange(target=f"/warm/{i}") for i in range(12)]
+    for ex in warm_up:
+        stage.request_complete(ex)
+    await outcomes.wait_for(12)
+    assert len(shadow.per_connection) == 12 and shadow.max_in_one_read == 1
+    before = [len(targets) for targets in shadow.per_connection]
+    copies = [exchange(target=f"/item/{i}") for i in range(12)]
+    for ex in copies:  # one loop turn: sent by the same pump, pipelined four to a pooled connection
+        stage.request_complete(ex)
+    await outcomes.wait_for(24)
+    await stage.aclose(1.0)
+    await shadow.server.close()
+    for i, ex in enumerate(copies):
+        outcome = outcomes.items[ex.id, "v2"][0]
+        assert isinstance(outcome, Response) and outcome.body == f"/item/{i}".encode(), (i, outcome)
+    assert metrics.mirror_outcomes["v2", "ok"] == 24
+    added = [len(targets) - n for targets, n in zip(shadow.per_connection, before, strict=True)]
+    assert len(shadow.per_connection) == 12 and sorted(n for n in added if n) == [4, 4, 4]
+    assert shadow.max_in_one_read == 4  # each connection's four requests left in one write
+
+
+async def test_depth_one_sends_one_copy_per_connection_at_a_time() -> None:
+    shadow = _PipelineShadow()
+    url = await shadow.server.start()
+    stage, _, _, outcomes = stage_for([{"name": "v2", "url": url, "concurrency": 4, "pipeline_depth": 1}])
+    await stage.start()
+    copies = [exchange(target=f"/one/{i}") for i in range(8)]
+    for ex in copies:
+        stage.request_complete(ex)
+    await outcomes.wait_for(8)
+    await stage.aclose(1.0)
+    await shadow.server.close()
+    assert all(isinstance(outcomes.items[ex.id, "v2"][0], Response) for ex in copies)
+    assert shadow.max_in_one_read == 1 and len(shadow.per_connection) == 4
+
+
+async def test_a_pipeline_cut_short_fails_the_copies_behind_without_resending_them() -> None:
+    shadow = _PipelineShadow(close_after=2)  # answers two requests per connection, then resets
+    url = await shadow.server.start()
+    stage, _, metrics, outcomes = stage_for(
+        [{"name": "v2", "url": url, "concurrency": 3, "pipeline_depth": 3, "breaker": {"consecutive_failures": 100}}]
+    )
+    await stage.start()
+    await _warm(stage, outcomes, 1)
+    copies = [exchange(target=f"/cut/{i}") for i in range(3)]
+    for ex in copies:
+        stage.request_complete(ex)
+    await outcomes.wait_for(4)
+    await asyncio.sleep(0.1)  # a wrongful resend would show up by now
+    await stage.aclose(1.0)
+    await shadow.server.close()
+    kinds = [outcomes.items[ex.id, "v2"][0] for ex in copies]
+    assert isinstance(kinds[0], Response) and kinds[0].body == b"/cut/0"
+    assert [getattr(k, "kind", None) for k in kinds[1:]] == [FailureKind.RESET, FailureKind.RESET]
+    # Each request reached the shadow once, on the one connection: a copy behind others may have
+    # been processed, so none is sent again.
+    assert shadow.per_connection == [[b"/warm/0", b"/cut/0", b"/cut/1"]]
+    assert metrics.mirror_outcomes["v2", FailureKind.RESET] == 2
+
+
+async def test_a_head_copy_is_never_pipelined() -> None:
+    shadow = _PipelineShadow()
+    url = await shadow.server.start()
+    stage, _, _, outcomes = stage_for([{"name": "v2", "url": url, "concurrency": 4, "pipeline_depth": 4}])
+    await stage.start()
+    warm = [exchange(target=f"/warm/{i}") for i in range(2)]
+    for ex in warm:  # two idle connections in the pool
+        stage.request_complete(ex)
+    await outcomes.wait_for(2)
+    copies = [exchange("GET", "/a"), exchange("HEAD", "/b"), exchange("GET", "/c"), exchange("GET", "/d")]
+    for ex in copies:
+        stage.request_complete(ex)
+    await outcomes.wait_for(6)
+    await stage.aclose(1.0)
+    await shadow.server.close()
+    assert all(isinstance(outcomes.items[ex.id, "v2"][0], Response) for ex in copies)
+    # GET /a takes one pooled connection, HEAD /b the other alone, and /c, /d queue behind /a.
+    assert sorted(targets[1:] for targets in shadow.per_connection) == [[b"/a", b"/c", b"/d"], [b"/b"]]
