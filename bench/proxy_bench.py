@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,9 +114,11 @@ def nginx(workdir: Path, servers: str, port: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def shadowtap_proxy(port: int, primary: int, extra: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+def shadowtap_proxy(
+    port: int, primary: int, extra: list[str], admin_port: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     argv = [*SHADOWTAP, "proxy", "--listen", f"127.0.0.1:{port}", "--primary", f"http://127.0.0.1:{primary}"]
-    argv += ["--admin", "off", *extra]
+    argv += ["--admin", "off" if admin_port is None else f"127.0.0.1:{admin_port}", *extra]
     with process(argv, ready_port=port, cwd=ROOT, stdout=subprocess.DEVNULL) as proc:
         yield proc
 
@@ -175,6 +178,11 @@ class Result:
     #: CPU time (user + system, all its processes) the proxy under test spent per request, in us;
     #: disturbed far less by other work on the machine than throughput is. 0 when not measured.
     cpu_us_per_request: float = 0.0
+    #: Of the requests the proxy answered: the share whose copy the shadow answered, and the share
+    #: written to the tape (from the proxy's /metrics after the run; -1 when not measured). A proxy
+    #: that kept up by dropping copies would show it here.
+    mirrored_share: float = -1.0
+    taped_share: float = -1.0
 
     @property
     def ratio(self) -> float:
@@ -189,6 +197,29 @@ def _ms(text: str) -> float:
     if not match:
         raise ValueError(f"cannot read wrk latency {text!r}")
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+_METRIC_LINE = re.compile(r"^(shadowtap_[a-z_]+)(\{[^}]*\})?\s+([0-9.e+]+)$", re.M)
+
+
+def delivery_shares(result: Result, admin_port: int) -> None:
+    """Fill ``result``'s mirrored and taped shares from the proxy's Prometheus metrics."""
+    time.sleep(0.5)  # the last copies, joins and the tape batch
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    requests = mirrored_ok = taped = 0.0
+    for name, labels, value in _METRIC_LINE.findall(text):
+        if name == "shadowtap_proxy_requests_total":
+            requests += float(value)
+        elif name == "shadowtap_mirror_outcomes_total" and 'outcome="ok"' in labels:
+            mirrored_ok += float(value)
+        elif name == "shadowtap_tape_writes_total":
+            taped += float(value)
+    if requests:
+        result.mirrored_share = mirrored_ok / requests
+        result.taped_share = taped / requests if "shadowtap_tape_writes_total" in text else -1.0
+    taped_text = f", written to the tape {result.taped_share:.1%}" if result.taped_share >= 0 else ""
+    print(f"      of {requests:,.0f} requests: copy answered by the shadow {result.mirrored_share:.1%}{taped_text}")
 
 
 def process_tree_cpu_s(pid: int) -> float:
@@ -357,7 +388,7 @@ def main() -> int:
             return 2
 
     ports = {name: free_port() for name in ("origin", "shadow", "nginx_proxy", "nginx_mirror", "slow", "hole")}
-    ports.update({name: free_port() for name in ("nginx_mirror_slow", "nginx_mirror_hole", "tap")})
+    ports.update({name: free_port() for name in ("nginx_mirror_slow", "nginx_mirror_hole", "tap", "admin")})
     wrk_results: list[Result] = []
     paced_results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="shadowtap-bench-") as tmp:
@@ -408,9 +439,13 @@ def main() -> int:
             print("throughput (wrk):")
             origin = ports["origin"]
 
-            def measure(name: str, port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+            def measure(
+                name: str, port: int, proc: subprocess.Popen[bytes] | None = None, admin: int | None = None
+            ) -> None:
                 pid = None if proc is None else proc.pid
                 wrk_results.append(run_wrk(name, port, args.duration, baseline_port=origin, cpu_pid=pid))
+                if admin is not None:
+                    delivery_shares(wrk_results[-1], admin)
 
             wrk_results.append(run_wrk("direct", origin, args.duration))
             measure("nginx proxy_pass (1 worker)", ports["nginx_proxy"])
@@ -420,12 +455,14 @@ def main() -> int:
             with shadowtap_proxy(tap, ports["origin"], ["--workers", "2"]) as proc:
                 time.sleep(0.5)  # both workers listening before the load starts
                 measure("shadowtap pass-through (--workers 2)", tap, proc)
-            with shadowtap_proxy(tap, ports["origin"], shadow) as proc:
-                measure("shadowtap mirroring (1 process)", tap, proc)
-            with shadowtap_proxy(tap, ports["origin"], shadow + tape("wrk")) as proc:
-                measure("shadowtap mirroring+recording (1 process)", tap, proc)
-            with shadowtap_proxy(tap, ports["origin"], slow_shadow + shadow_timeout + tape("wrk-slow")) as proc:
-                measure("shadowtap mirror+record, shadow 10x slower", tap, proc)
+            admin = ports["admin"]
+            with shadowtap_proxy(tap, ports["origin"], shadow, admin) as proc:
+                measure("shadowtap mirroring (1 process)", tap, proc, admin)
+            with shadowtap_proxy(tap, ports["origin"], shadow + tape("wrk"), admin) as proc:
+                measure("shadowtap mirroring+recording (1 process)", tap, proc, admin)
+            slow_args = slow_shadow + shadow_timeout + tape("wrk-slow")
+            with shadowtap_proxy(tap, ports["origin"], slow_args, admin) as proc:
+                measure("shadowtap mirror+record, shadow 10x slower", tap, proc, admin)
             measure("nginx mirror, shadow 10x slower", ports["nginx_mirror_slow"])
 
             print(f"latency at a fixed {args.rate:g} req/s (paced, open loop, from the intended send time):")
