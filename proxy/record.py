@@ -33,9 +33,9 @@ from recorder.model import (
     Failure,
     FailureKind,
     Outcome,
-    Request,
     Response,
     Timing,
+    exchange_from_wire,
     exchange_record,
     outcome_to_wire,
     request_record,
@@ -114,46 +114,9 @@ def build_exchange(
     max_body_bytes: int,
     session: str = "",
 ) -> Exchange:
-    """The tape's view of a proxied exchange, with bodies capped and truncation marked."""
-    truncated_from: int | None
-    if ex.request_body is None:
-        # The data path streamed a body larger than its capture limit without keeping it.
-        body, truncated_from = b"", ex.request_body_size
-    else:
-        body, truncated_from = _cap(ex.request_body, max_body_bytes, None)
-    request = Request(
-        method=ex.method,
-        target=ex.target,
-        headers=ex.request_headers,
-        body=body,
-        scheme=ex.scheme,
-        authority=ex.authority,
-        http_version=ex.http_version,
-        truncated_from=truncated_from,
-    )
-    primary: Outcome | None = ex.response if ex.response is not None else ex.failure
-    if primary is not None:
-        primary = _capped_outcome(primary, max_body_bytes)
-    tags = {"source": "proxy", "correlation_id": ex.id}
-    if ex.upgraded:
-        tags["upgraded"] = "1"
-    all_timings = {PRIMARY: ex.timing}
-    all_timings.update(timings)
-    return Exchange(
-        id=ex.id,
-        started_at_ns=ex.started_at_ns,
-        started_mono_ns=ex.started_mono_ns,
-        request=request,
-        primary=primary,
-        shadows={name: _capped_outcome(o, max_body_bytes) for name, o in shadows.items()} if shadows else {},
-        timings=all_timings,
-        session=session,
-        connection_id=ex.connection_id,
-        client_addr=ex.client_addr,
-        # Not copied: stages write decisions only in request_complete, and this exchange is over.
-        decisions=ex.decisions,
-        tags=tags,
-    )
+    """The tape's view of a proxied exchange, with bodies capped and truncation marked (for the
+    wide-event log: read from the same record the tape gets, so the two cannot disagree)."""
+    return exchange_from_wire(exchange_wire_record(ex, shadows, timings, max_body_bytes, session))
 
 
 def exchange_wire_record(

@@ -233,8 +233,9 @@ async def test_a_shadow_switched_off_for_recording_is_left_off_the_tape(tmp_path
 
 
 def test_the_wire_record_is_exactly_the_built_exchange_on_the_wire() -> None:
-    """The stage writes ``exchange_wire_record`` without building an Exchange; reading it back must
-    give what ``build_exchange`` gives, in every shape (caps, failures, timeouts, upgrades)."""
+    """The stage writes ``exchange_wire_record`` without building an Exchange: packed and read back
+    it must give the wide events' ``build_exchange``, minus the unrecorded shadows, in every shape
+    (caps, failures, timeouts, upgrades)."""
     big = b"x" * 50
     streamed = proxied(body=None)
     streamed.request_body_size = 9_000
