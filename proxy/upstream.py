@@ -281,7 +281,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._sink = None
         self._complete = False
         self.served += 1
+        self._advance(reusable)
         sink.on_complete(reusable)
+
+    def _advance(self, reusable: bool) -> None:
+        """An exchange just finished (before its sink hears so): a pipelining subclass attaches the
+        next one here. One exchange at a time on this class, so nothing follows."""
+        return None
 
     def _upgraded(self, sink: ResponseSink, rest: bytes) -> None:
         self._sink = None
@@ -360,21 +366,15 @@ class PipelinedConnection(UpstreamConnection):
         assert sink is not None
         self._finish(sink)
 
-    def _finish(self, sink: ResponseSink) -> None:
-        reusable = not self.closed and self._keep_alive and self._status != 101
-        if self._head_only:
-            self._parser = httptools.HttpResponseParser(self)
-        self._complete = False
-        self.served += 1
+    def _advance(self, reusable: bool) -> None:
         queued = self._queued
-        if queued and reusable:
+        if not queued:
+            return
+        if reusable:
             self.begin(queued.popleft(), head_only=False)
             # Written behind another request, it may have been processed already: never retried.
             self.received_any = True
         else:
-            self._sink = None
-        sink.on_complete(reusable)
-        if queued and not reusable:
             self._fail_queued("shadow closed the connection after an earlier answer")
             self.close()
 
