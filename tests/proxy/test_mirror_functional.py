@@ -430,12 +430,15 @@ async def test_copies_queued_when_the_breaker_opens_are_dropped_not_sent() -> No
 class _PipelineShadow:
     """A raw HTTP/1.1 shadow that answers requests in order and notes, per connection, the targets it
     got and the most requests that arrived in one read: what a pipelining client looks like from the
-    other side. With ``close_after`` it resets a connection on the request after that many."""
+    other side. With ``close_after`` it resets a connection on the request after that many; with
+    ``last_answer`` it answers that many requests per connection, the last with ``Connection:
+    close``, then closes the connection cleanly, leaving any request behind it unanswered."""
 
-    def __init__(self, close_after: int | None = None) -> None:
+    def __init__(self, close_after: int | None = None, last_answer: int | None = None) -> None:
         self.per_connection: list[list[bytes]] = []
         self.max_in_one_read = 0
         self._close_after = close_after
+        self._last_answer = last_answer
         self.server = RawServer(self._serve)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -455,6 +458,13 @@ class _PipelineShadow:
                 targets.append(target)
                 if self._close_after is not None and len(targets) > self._close_after:
                     writer.transport.abort()  # the rest of the pipeline is never answered
+                    return
+                if self._last_answer is not None and len(targets) == self._last_answer:
+                    targets.extend(later.split(b" ", 2)[1] for later in heads[heads.index(head) + 1 :])
+                    close = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                    writer.write(close % (len(target), target))
+                    writer.close()
+                    await writer.wait_closed()
                     return
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(target), target))
 
@@ -530,6 +540,36 @@ async def test_a_pipeline_cut_short_fails_the_copies_behind_without_resending_th
     # been processed, so none is sent again.
     assert shadow.per_connection == [[b"/warm/0", b"/cut/0", b"/cut/1"]]
     assert metrics.mirror_outcomes["v2", FailureKind.RESET] == 2
+
+
+async def test_a_connection_close_answer_mid_pipeline_fails_the_copies_behind_and_retires_the_connection() -> None:
+    shadow = _PipelineShadow(last_answer=2)  # the second answer says Connection: close, then FIN
+    url = await shadow.server.start()
+    stage, _, metrics, outcomes = stage_for(
+        [{"name": "v2", "url": url, "concurrency": 3, "pipeline_depth": 3, "breaker": {"consecutive_failures": 100}}]
+    )
+    await stage.start()
+    await _warm(stage, outcomes, 1)
+    copies = [exchange(target=f"/last/{i}") for i in range(3)]
+    for ex in copies:
+        stage.request_complete(ex)
+    await outcomes.wait_for(4)
+    await asyncio.sleep(0.1)  # a wrongful resend, or a reuse of the closed connection, shows by now
+    kinds = [outcomes.items[ex.id, "v2"][0] for ex in copies]
+    assert isinstance(kinds[0], Response) and kinds[0].body == b"/last/0"
+    assert [getattr(k, "kind", None) for k in kinds[1:]] == [FailureKind.RESET, FailureKind.RESET]
+    assert "closed the connection after an earlier answer" in getattr(kinds[1], "message", "")
+    assert shadow.per_connection == [[b"/warm/0", b"/last/0", b"/last/1", b"/last/2"]]
+    # The closed connection is not pooled: the next copy dials a fresh one and is answered.
+    after = exchange(target="/after")
+    stage.request_complete(after)
+    await outcomes.wait_for(5)
+    await stage.aclose(1.0)
+    await shadow.server.close()
+    answer = outcomes.items[after.id, "v2"][0]
+    assert isinstance(answer, Response) and answer.body == b"/after"
+    assert len(shadow.per_connection) == 2 and shadow.per_connection[1] == [b"/after"]
+    assert metrics.mirror_outcomes["v2", "ok"] == 3 and metrics.mirror_outcomes["v2", FailureKind.RESET] == 2
 
 
 async def test_a_head_copy_is_never_pipelined() -> None:
