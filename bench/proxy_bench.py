@@ -2,7 +2,8 @@
 
 A fast upstream (nginx, 1 worker, a 60-byte JSON ``return``) is hit with ``wrk -t1 -c32`` directly,
 through nginx ``proxy_pass`` and nginx ``mirror`` (1 worker each), and through ``shadowtap proxy``
-(pass-through with 1 and 2 workers, mirroring, mirroring + recording). Each figure is printed with its
+(pass-through with 1 and 2 workers, mirroring, mirroring + recording), and through the naive
+aiohttp.web proxy DESIGN.md calibrates its budgets with (``bench/naive_proxy.py``). Each figure is printed with its
 ratio to a direct run made right before it, because absolute numbers on a shared 2-core machine move
 from minute to minute. Then a
 paced open-loop client sends a fixed 1,000 requests/s to measure added latency (p50/p99 against
@@ -40,6 +41,13 @@ SHADOWTAP = [PYTHON, "-m", "shadowtap"]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 BODY = '{"status":"ok","service":"shadowtap-bench","payload":"abcdef"}'  # 60 bytes
+
+NAIVE_PASS = "naive aiohttp.web proxy, pass-through"
+NAIVE_MIRROR = "naive aiohttp.web proxy, mirroring"
+#: DESIGN.md's reference machine: the naive aiohttp.web design at ~2.1k and ~1.2k req/s against
+#: 35-39k direct (midpoint 37k).
+REFERENCE_NAIVE_PASS = 2100 / 37000
+REFERENCE_NAIVE_MIRROR = 1200 / 37000
 
 #: The slow shadow's delay: ten times a loopback nginx answer (~0.1-0.5 ms here) or more.
 SLOW_SHADOW_DELAY_S = 0.005
@@ -388,7 +396,7 @@ def main() -> int:
             return 2
 
     ports = {name: free_port() for name in ("origin", "shadow", "nginx_proxy", "nginx_mirror", "slow", "hole")}
-    ports.update({name: free_port() for name in ("nginx_mirror_slow", "nginx_mirror_hole", "tap", "admin")})
+    ports.update({name: free_port() for name in ("nginx_mirror_slow", "nginx_mirror_hole", "tap", "admin", "naive")})
     wrk_results: list[Result] = []
     paced_results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="shadowtap-bench-") as tmp:
@@ -450,6 +458,13 @@ def main() -> int:
             wrk_results.append(run_wrk("direct", origin, args.duration))
             measure("nginx proxy_pass (1 worker)", ports["nginx_proxy"])
             measure("nginx mirror (1 worker)", ports["nginx_mirror"])
+            # DESIGN.md's reference design, for calibrating this machine against the reference one.
+            naive = [PYTHON, str(ROOT / "bench" / "naive_proxy.py"), str(ports["naive"]), f"http://127.0.0.1:{origin}"]
+            with process(naive, ready_port=ports["naive"]) as proc:
+                measure(NAIVE_PASS, ports["naive"], proc)
+            naive_mirror_argv = [*naive, "--shadow", f"http://127.0.0.1:{ports['shadow']}"]
+            with process(naive_mirror_argv, ready_port=ports["naive"]) as proc:
+                measure(NAIVE_MIRROR, ports["naive"], proc)
             with shadowtap_proxy(tap, ports["origin"], []) as proc:
                 measure("shadowtap pass-through (1 process)", tap, proc)
             with shadowtap_proxy(tap, ports["origin"], ["--workers", "2"]) as proc:
@@ -518,6 +533,13 @@ def main() -> int:
     print()
     print("budgets (DESIGN.md):")
     print(f"  pass-through >= 0.20 x direct:            {tap1.ratio:.3f}")
+    naive_pass, naive_mirror = by_name[NAIVE_PASS], by_name[NAIVE_MIRROR]
+    print(
+        f"    calibration: naive aiohttp.web here {naive_pass.ratio:.3f} (pass) / {naive_mirror.ratio:.3f} (mirror)"
+        f" x direct, on the reference machine {REFERENCE_NAIVE_PASS:.3f} / {REFERENCE_NAIVE_MIRROR:.3f};"
+        f" shadowtap pass-through = {tap1.requests_per_s / naive_pass.requests_per_s:.1f}x naive"
+        f" (the budget asks {0.20 / REFERENCE_NAIVE_PASS:.1f}x on the reference machine)"
+    )
     added_p50 = paced_by["shadowtap pass-through"].p50_ms - paced_direct.p50_ms
     print(f"  added p50 <= 1 ms at {args.rate:g} req/s:          {added_p50:+.3f} ms")
     print(f"  --workers 2 / 1 process (x direct):       {tap2.ratio / tap1.ratio:.2f}x")
