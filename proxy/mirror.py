@@ -97,6 +97,22 @@ def _connection_listed(headers: Headers) -> frozenset[bytes]:
     return frozenset(listed)
 
 
+def _copy_fields(parts: list[bytes], headers: Headers, drop: frozenset[bytes]) -> tuple[bool, bool]:
+    """Append the fields not in ``drop`` to ``parts``; return whether a length field (Content-Length,
+    Transfer-Encoding) and whether a Connection field were dropped. ``drop`` holds both."""
+    had_length = saw_connection = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower in drop:
+            if lower == b"connection":
+                saw_connection = True
+            elif lower == b"content-length" or lower == b"transfer-encoding":
+                had_length = True
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    return had_length, saw_connection
+
+
 def mirror_request_head(
     method: str,
     target: str,
@@ -112,7 +128,6 @@ def mirror_request_head(
 ) -> bytes:
     """The request head a shadow gets: same method, target and headers (order, case, repeats), minus
     hop-by-hop fields and credentials, plus shadow credentials, the marker and the correlation id."""
-    listed = _connection_listed(headers) if any(n.lower() == b"connection" for n, _ in headers) else frozenset()
     if shadow.host is not None:
         host = shadow.host.encode("latin-1")
     elif shadow.preserve_host and authority:
@@ -123,13 +138,12 @@ def mirror_request_head(
         method.encode("ascii"), b" ", upstream.path_prefix, target.encode("latin-1"), b" HTTP/1.1\r\nHost: ",
         host, b"\r\n",
     ]  # fmt: skip
-    had_length = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower in drop or lower in listed:
-            had_length = had_length or lower in (b"content-length", b"transfer-encoding")
-            continue
-        parts += (name, b": ", value, b"\r\n")
+    start = len(parts)
+    had_length, saw_connection = _copy_fields(parts, headers, drop)
+    if saw_connection:
+        # Rare: the names a Connection field lists are hop-by-hop too (RFC 9110 section 7.6.1).
+        del parts[start:]
+        had_length, _ = _copy_fields(parts, headers, drop | _connection_listed(headers))
     for name, value in credentials:
         parts += (name, b": ", value, b"\r\n")
     parts += (_MARKER_LINE, exchange_id.encode("ascii"), b"\r\n")
@@ -335,6 +349,7 @@ class ShadowMirror:
             connect_timeout_s=self.settings.connect_timeout_s,
             max_idle=self.settings.concurrency,
             pipelined=self.settings.pipeline_depth > 1,
+            relay=False,
         )
         self._sweeper = loop.call_later(self._sweep_period_s, self._sweep)
 

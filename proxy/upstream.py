@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 import ssl
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -63,6 +63,10 @@ class PoolStats:
         self.reuses = 0
 
 
+#: The framing handed to a capturing sink's ``on_head``: not worked out (see ``UpstreamPool.relay``).
+_CAPTURED: Final = http1.ResponseFraming(None, None)
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to the primary; parses responses and feeds the attached sink."""
 
@@ -77,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_parser",
         "_pool",
         "_reason",
+        "_relay",
         "_sink",
         "_status",
         "closed",
@@ -88,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
+        self._relay = pool.relay
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._sink: ResponseSink | None = None
@@ -207,7 +213,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._sink = None
         if self._complete:
             self._finish(sink)
-        elif self._head_seen and self._framing is not None and self._framing.until_close:
+        elif self._head_seen and self._until_close():
             # A body delimited by the end of the connection has just ended normally.
             sink.on_complete(False)
         else:
@@ -254,9 +260,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_seen = True
         # llhttp resets its flags once the message completes: ask while the head is current.
         self._keep_alive = self._parser.should_keep_alive()
-        kept, framing = http1.scan_response(self._headers)
-        self._framing = framing
-        sink.on_head(status, self._reason, self._headers, kept, framing)
+        if self._relay:
+            kept, framing = http1.scan_response(self._headers)
+            self._framing = framing
+            sink.on_head(status, self._reason, self._headers, kept, framing)
+        else:
+            # Captured, never relayed (the mirror): the framing is only needed if the shadow closes
+            # mid-body, so it is worked out then (``_until_close``), not for every response.
+            self._framing = None
+            sink.on_head(status, self._reason, self._headers, self._headers, _CAPTURED)
         if self._head_only and status != 101:
             # llhttp cannot be told that a HEAD response has no body; end it here and give the
             # next exchange a fresh parser so a Content-Length is not read as pending body bytes.
@@ -288,6 +300,13 @@ class UpstreamConnection(asyncio.Protocol):
         """An exchange just finished (before its sink hears so): a pipelining subclass attaches the
         next one here. One exchange at a time on this class, so nothing follows."""
         return None
+
+    def _until_close(self) -> bool:
+        """Whether the current response's body is delimited by the end of the connection."""
+        framing = self._framing
+        if framing is None:
+            framing = http1.scan_response(self._headers)[1]
+        return framing.until_close
 
     def _upgraded(self, sink: ResponseSink, rest: bytes) -> None:
         self._sink = None
@@ -410,6 +429,7 @@ class UpstreamPool:
         "_max_idle",
         "_ssl",
         "_target",
+        "relay",
         "stats",
     )
 
@@ -421,7 +441,14 @@ class UpstreamPool:
         connect_timeout_s: float,
         max_idle: int,
         pipelined: bool = False,
+        relay: bool = True,
     ) -> None:
+        self._target = target
+        #: Responses are relayed to a client, so each head's end-to-end fields and body framing are
+        #: worked out as it arrives (``ResponseSink.on_head``'s ``kept`` and ``framing``). False for
+        #: the mirror, which only captures responses: its sinks get all fields as ``kept`` and a
+        #: framing with neither length nor chunking, and must not read them.
+        self.relay = relay
         self._target = target
         # Pipelined connections carry several requests at once (the mirror's copies); the primary's
         # never do (one client's request must not wait behind another's).
