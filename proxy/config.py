@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import random
 import re
 import types
 import typing
@@ -554,15 +555,18 @@ def file_value(value: Any) -> Any:
 class RuntimeFlags:
     """The settings the admin API changes while running, shared by every worker process.
 
-    Layout of the shared array of doubles: [mirroring on, recording on, record percent] then, per
-    shadow, [mirroring on, sample percent, recording on]. Plain doubles are written and read whole, so a reader
-    sees the old or the new value, never a mix; a change is visible at the next request.
+    Layout of the shared array of doubles: [mirroring on, recording on, record percent, changes] then,
+    per shadow, [mirroring on, sample percent, recording on]. Plain doubles are written and read whole,
+    so a reader sees the old or the new value, never a mix; a change is visible at the next request.
+    ``changes`` is stamped anew at every per-shadow recording switch, so ``unrecorded_shadows`` (read
+    for every recorded exchange) reads one slot, not one per shadow, while nothing changed.
     """
 
-    __slots__ = ("_array", "shadow_index", "shadow_names")
+    __slots__ = ("_array", "_unrecorded", "shadow_index", "shadow_names")
 
-    _GLOBAL_SLOTS: Final = 3
+    _GLOBAL_SLOTS: Final = 4
     _SHADOW_SLOTS: Final = 3
+    _CHANGES: Final = 3
 
     def __init__(self, config: ProxyConfig, array: Any | None = None) -> None:
         self.shadow_names = tuple(s.name for s in config.shadows)
@@ -579,6 +583,8 @@ class RuntimeFlags:
                 array[base + 1] = shadow.sample_percent
                 array[base + 2] = 1.0
         self._array = array
+        # (the changes stamp it was read at, the names): see unrecorded_shadows.
+        self._unrecorded: tuple[float, frozenset[str]] = (-1.0, frozenset())
 
     @property
     def shared_array(self) -> Any:
@@ -627,6 +633,19 @@ class RuntimeFlags:
 
     def set_shadow_recording(self, index: int, on: bool) -> None:
         self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index + 2] = 1.0 if on else 0.0
+        # After the switch itself, so a reader that sees the new stamp also sees the new switch. A
+        # random stamp, not a count: two workers' admin servers may switch at once, and two
+        # read-increment-writes could both write the same count, hiding the second switch.
+        self._array[self._CHANGES] = random.random()
+
+    def unrecorded_shadows(self) -> frozenset[str]:
+        """The shadows whose recording is switched off (their answers stay off the tape)."""
+        changes = self._array[self._CHANGES]
+        seen, names = self._unrecorded
+        if changes != seen:
+            names = frozenset(name for i, name in enumerate(self.shadow_names) if not self.shadow_recording(i))
+            self._unrecorded = (changes, names)
+        return names
 
     def snapshot(self) -> dict[str, Any]:
         return {

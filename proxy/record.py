@@ -55,6 +55,8 @@ _MAX_LATE_PER_SWEEP: Final = 32
 
 log = logging.getLogger(__name__)
 
+_NONE: Final[frozenset[str]] = frozenset()
+
 
 class ExchangeSink(Protocol):
     """Where joined exchanges go: ``recorder.TapeWriter`` fits. ``submit_records`` takes record
@@ -100,11 +102,12 @@ def _cap(body: bytes, cap: int, truncated_from: int | None) -> tuple[bytes, int 
     return body[:cap], truncated_from if truncated_from is not None else len(body)
 
 
-def _capped_outcome(outcome: Outcome, cap: int) -> Outcome:
-    if isinstance(outcome, Response) and len(outcome.body) > cap:
+def _outcome_record(outcome: Outcome, cap: int) -> list[Any]:
+    """``outcome``'s wire array, its body capped at ``cap`` with the truncation marked."""
+    if type(outcome) is Response and len(outcome.body) > cap:
         body, truncated_from = _cap(outcome.body, cap, outcome.truncated_from)
-        return Response(outcome.status, outcome.reason, outcome.headers, body, outcome.http_version, truncated_from)
-    return outcome
+        outcome = Response(outcome.status, outcome.reason, outcome.headers, body, outcome.http_version, truncated_from)
+    return outcome_to_wire(outcome)
 
 
 def build_exchange(
@@ -146,24 +149,23 @@ def exchange_wire_record(
     wire_timings = {PRIMARY: timing_to_wire(ex.timing)}
     wire_shadows: dict[str, list[Any]] = {}
     if shadows:
-        left_out: list[str] = []
+        if unrecorded:
+            left_out = [name for name in shadows if name in unrecorded]
+            if left_out:
+                tags["not_recorded"] = ",".join(left_out)
         for name, outcome in shadows.items():
-            if name in unrecorded:
-                left_out.append(name)
-                continue
-            wire_shadows[name] = outcome_to_wire(_capped_outcome(outcome, max_body_bytes))
+            if name not in unrecorded:
+                wire_shadows[name] = _outcome_record(outcome, max_body_bytes)
         # Timings in the order they came, as build_exchange keeps them.
         for name, timing in timings.items():
             if name not in unrecorded:
                 wire_timings[name] = timing_to_wire(timing)
-        if left_out:
-            tags["not_recorded"] = ",".join(left_out)
     return exchange_record(
         ex.id,
         ex.started_at_ns,
         ex.started_mono_ns,
         request,
-        None if primary is None else outcome_to_wire(_capped_outcome(primary, max_body_bytes)),
+        None if primary is None else _outcome_record(primary, max_body_bytes),
         wire_shadows,
         wire_timings,
         session,
@@ -200,6 +202,8 @@ class RecordStage:
         # Bounded by _pending: each entry is appended once, and stale ids are skipped on pop.
         self._deadlines: deque[tuple[float, str]] = deque()
         self._sweeper: asyncio.Task[None] | None = None
+        #: Whether anybody wants joined exchanges (a tape or the event log): else every hook returns.
+        self.active = tape is not None or on_joined is not None
         # Joined exchanges go to the tape writer in batches, so its thread wakes (and takes the
         # GIL) once per batch rather than once per exchange; bounded by _BATCH_MAX.
         self._batch: list[list[Any]] = []
@@ -220,10 +224,6 @@ class RecordStage:
             lambda: {"": float(len(self._pending))},
         )  # fmt: skip
 
-    @property
-    def active(self) -> bool:
-        return self._tape is not None or self._on_joined is not None
-
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         if loop is None:
@@ -231,6 +231,7 @@ class RecordStage:
         return loop
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._sweeper = asyncio.create_task(self._sweep(), name="record-join-sweeper")
 
     def _taped(self, exchange: ProxiedExchange) -> bool:
@@ -249,7 +250,10 @@ class RecordStage:
         record = self._taped(exchange)
         if not record and self._on_joined is None:
             return None
-        waiting = {name for name, decision in exchange.decisions.items() if decision == MIRRORED}
+        waiting: set[str] = set()
+        for name, decision in exchange.decisions.items():
+            if decision == MIRRORED:
+                waiting.add(name)
         entry = _Pending(record, waiting)
         self._pending[exchange.id] = entry
         if len(self._pending) > self._settings.max_pending:
@@ -313,7 +317,7 @@ class RecordStage:
         cap = self._settings.max_body_bytes
         if entry.record and self._tape is not None:
             batch = self._batch
-            unrecorded = self._unrecorded(entry.shadows) if entry.shadows else frozenset()
+            unrecorded = self._flags.unrecorded_shadows() if entry.shadows else _NONE
             batch.append(exchange_wire_record(ex, entry.shadows, entry.timings, cap, session, unrecorded))
             if len(batch) >= _BATCH_MAX:
                 self._flush()
@@ -326,11 +330,6 @@ class RecordStage:
                 self._on_joined(build_exchange(ex, entry.shadows, entry.timings, cap, session), ex, entry.record)
             except Exception:
                 log.exception("joined-exchange listener failed on %s", ex.id)
-
-    def _unrecorded(self, shadows: dict[str, Outcome]) -> set[str]:
-        """Those of ``shadows`` whose recording is switched off (``PUT /flags``): left off the tape."""
-        flags = self._flags
-        return {name for name in shadows if not flags.shadow_recording(flags.shadow_index[name])}
 
     def _flush(self) -> None:
         if self._flush_timer is not None:

@@ -136,10 +136,17 @@ def test_runtime_flags_apply_and_share() -> None:
         },
     }
     other_worker_view = RuntimeFlags(config, flags.shared_array)
+    assert other_worker_view.unrecorded_shadows() == frozenset()  # read once: now cached
     flags.apply({"mirroring": False, "shadows": {"v3": {"sample_percent": 5}}})
     assert not other_worker_view.mirroring and other_worker_view.shadow_percent(1) == 5.0
     flags.apply({"shadows": {"v2": {"recording": False}}})
     assert not other_worker_view.shadow_recording(0) and other_worker_view.shadow_recording(1)
+    # The cached answer of the other worker follows the switch (and the switch back).
+    assert other_worker_view.unrecorded_shadows() == {"v2"}
+    flags.apply({"shadows": {"v2": {"recording": True}, "v3": {"recording": False}}})
+    assert other_worker_view.unrecorded_shadows() == {"v3"} and flags.unrecorded_shadows() == {"v3"}
+    flags.apply({"shadows": {"v2": {"recording": False}, "v3": {"recording": True}}})
+    assert other_worker_view.unrecorded_shadows() == {"v2"}
     # Each shadow's slots are its own: switching v2's recording moved nothing of v3's.
     assert other_worker_view.shadow_mirroring(1) and other_worker_view.shadow_percent(1) == 5.0
     flags.apply({"sample_percent": 1})
