@@ -22,13 +22,15 @@ import signal
 import socket
 import ssl
 import sys
+import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
 from typing import Any, TextIO
 
-from proxy.admin import AdminServer
-from proxy.config import ProxyConfig, RuntimeFlags, settings_from_mapping
+from proxy.admin import AdminServer, LocalSource, WorkersSource
+from proxy.config import ListenAddress, ProxyConfig, RuntimeFlags, settings_from_mapping
 from proxy.events import EventLog
 from proxy.forward import ForwardSettings
 from proxy.metrics import MetricsStage, ProxyMetrics
@@ -98,7 +100,7 @@ class ProxyApp:
         self._ready = False
         self._started_at_s = 0.0
 
-    async def start(self, *, reuse_port: bool = False, admin_port: int | None = None) -> None:
+    async def start(self, *, reuse_port: bool = False) -> None:
         """Build and start everything; on failure, stop what was started and re-raise."""
         config = self.config
         forward = build_forward_settings(config)
@@ -148,10 +150,9 @@ class ProxyApp:
             except OSError as exc:
                 raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}", field="listen") from exc
             if config.admin.listen is not None:
-                self.admin = AdminServer(
-                    self.flags, self.metrics, self.stats, lambda: self._ready, config.admin.token()
-                )
-                port = config.admin.listen.port if admin_port is None else admin_port
+                source = LocalSource(self.metrics, self.stats, lambda: self._ready)
+                self.admin = AdminServer(self.flags, source, config.admin.token())
+                port = config.admin.listen.port
                 try:
                     await self.admin.start(config.admin.listen.host, port)
                 except OSError as exc:
@@ -300,7 +301,6 @@ async def _serve_one(
     worker: int,
     flags_array: Any | None,
     reuse_port: bool,
-    admin_port: int | None,
     on_ready: Callable[[ProxyApp], None],
 ) -> None:
     app = ProxyApp(config, worker=worker, flags_array=flags_array)
@@ -309,7 +309,7 @@ async def _serve_one(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await app.start(reuse_port=reuse_port, admin_port=admin_port)
+        await app.start(reuse_port=reuse_port)
         on_ready(app)
         await stop.wait()
         log.info("worker %d: signal received, draining", worker)
@@ -319,9 +319,7 @@ async def _serve_one(
         await app.shutdown()
 
 
-def _worker_main(
-    config: ProxyConfig, worker: int, flags_array: Any, admin_port: int | None, ready: Connection, run: LoopRunner
-) -> None:
+def _worker_main(config: ProxyConfig, worker: int, flags_array: Any, ready: Connection, run: LoopRunner) -> None:
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s worker {worker} %(levelname)s %(name)s: %(message)s"
     )
@@ -332,12 +330,7 @@ def _worker_main(
         ready.send(("ready", app.port, app.admin_url))
 
     try:
-        run(
-            _serve_one(
-                config, worker=worker, flags_array=flags_array, reuse_port=True, admin_port=admin_port,
-                on_ready=on_ready,
-            )
-        )  # fmt: skip
+        run(_serve_one(config, worker=worker, flags_array=flags_array, reuse_port=True, on_ready=on_ready))
     except ShadowtapError as exc:
         ready.send(("error", str(exc), None))
         raise SystemExit(2) from None
@@ -372,9 +365,68 @@ def serve(config: ProxyConfig, out: TextIO = sys.stdout, run: LoopRunner = async
         def on_ready(app: ProxyApp) -> None:
             _announce(out, app.listen_url, [app.admin_url] if app.admin_url else [], 1)
 
-        run(_serve_one(config, worker=0, flags_array=None, reuse_port=False, admin_port=None, on_ready=on_ready))
+        run(_serve_one(config, worker=0, flags_array=None, reuse_port=False, on_ready=on_ready))
         return 0
     return _serve_workers(config, out, run)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+class _WorkersAdmin:
+    """The admin API of ``--workers N``, served by the parent process on the configured address from
+    a thread of its own (the parent's main thread supervises the workers), for every worker at once:
+    see ``proxy.admin.WorkersSource``."""
+
+    def __init__(self, config: ProxyConfig, flags: RuntimeFlags, worker_urls: Sequence[str]) -> None:
+        assert config.admin.listen is not None
+        self._listen = config.admin.listen
+        self._token = config.admin.token()
+        self._flags = flags
+        self._worker_urls = list(worker_urls)
+        self._started: Future[str] = Future()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="shadowtap-admin", daemon=True)
+
+    def start(self) -> str:
+        """Bind and serve; the admin URL. Raises ``ConfigError`` when the address cannot be had."""
+        self._thread.start()
+        return self._started.result(timeout=_WORKER_READY_TIMEOUT_S)
+
+    def stop(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stop.set)
+        if self._thread.is_alive():
+            self._thread.join(10.0)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to start(), never lost in a thread
+            if not self._started.done():
+                self._started.set_exception(exc)
+            else:
+                log.exception("the workers' admin server stopped")
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = AdminServer(self._flags, WorkersSource(self._worker_urls, self._token), self._token)
+        try:
+            port = await server.start(self._listen.host, self._listen.port)
+        except OSError as exc:
+            await server.close()
+            where = f"{self._listen.host}:{self._listen.port}"
+            raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}", field="admin.listen") from exc
+        self._started.set_result(_url(self._listen.host, port))
+        try:
+            await self._stop.wait()
+        finally:
+            await server.close()
 
 
 def _serve_workers(config: ProxyConfig, out: TextIO, run: LoopRunner) -> int:
@@ -385,6 +437,14 @@ def _serve_workers(config: ProxyConfig, out: TextIO, run: LoopRunner) -> int:
     processes: list[multiprocessing.process.BaseProcess] = []
     pipes: list[Connection] = []
     stopping = False
+    combined: _WorkersAdmin | None = None
+    worker_config = config
+    if config.admin.listen is not None:
+        # Each worker's own admin server is private: loopback, a free port; the parent serves the
+        # configured address for all of them.
+        loopback = "::1" if ":" in config.admin.listen.host else "127.0.0.1"
+        admin = dataclasses.replace(config.admin, listen=ListenAddress(loopback, 0))
+        worker_config = dataclasses.replace(config, admin=admin)
 
     def forward_signal(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -396,13 +456,11 @@ def _serve_workers(config: ProxyConfig, out: TextIO, run: LoopRunner) -> int:
 
     previous = {s: signal.signal(s, forward_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        base_admin = None if config.admin.listen is None else config.admin.listen.port
         for worker in range(config.workers):
             receive, send = context.Pipe(duplex=False)
-            admin_port = None if not base_admin else base_admin + worker
             process = context.Process(
                 target=_worker_main,
-                args=(config, worker, flags.shared_array, admin_port, send, run),
+                args=(worker_config, worker, flags.shared_array, send, run),
                 name=f"shadowtap-proxy-{worker}",
             )
             process.start()
@@ -423,6 +481,9 @@ def _serve_workers(config: ProxyConfig, out: TextIO, run: LoopRunner) -> int:
             if admin_url:
                 admin_urls.append(admin_url)
         reserved.close()
+        if config.admin.listen is not None:
+            combined = _WorkersAdmin(config, flags, admin_urls)
+            admin_urls = [combined.start()]
         scheme = "https" if config.tls.enabled else "http"
         _announce(out, f"{scheme}://{config.listen}", admin_urls, config.workers)
         while any(p.exitcode is None for p in processes):
@@ -433,6 +494,8 @@ def _serve_workers(config: ProxyConfig, out: TextIO, run: LoopRunner) -> int:
                 forward_signal(signal.SIGTERM, None)
         return 0 if all(p.exitcode == 0 for p in processes) else 1
     finally:
+        if combined is not None:
+            combined.stop()
         forward_signal(signal.SIGTERM, None)
         for child in processes:
             child.join(config.shutdown_timeout_s + 5.0)

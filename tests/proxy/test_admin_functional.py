@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.admin import AdminServer
+from proxy.admin import AdminServer, LocalSource, WorkersSource, merge_worker_metrics
 from proxy.config import ProxyConfig, RuntimeFlags
 from proxy.metrics import ProxyMetrics
 
@@ -22,9 +24,8 @@ class Admin:
         self.flags = RuntimeFlags(CONFIG)
         self.metrics = ProxyMetrics()
         self.ready = False
-        self.server = AdminServer(
-            self.flags, self.metrics, lambda: {"worker": 0, "ok": True}, lambda: self.ready, token
-        )
+        source = LocalSource(self.metrics, lambda: {"worker": 0, "ok": True}, lambda: self.ready)
+        self.server = AdminServer(self.flags, source, token)
         self.url = ""
 
     async def start(self) -> Admin:
@@ -99,3 +100,65 @@ async def test_bearer_token_guards_all_but_probes() -> None:
                     assert resp.status == 200
     finally:
         await running.server.close()
+
+
+async def test_merged_metrics_label_every_worker_and_keep_each_family_once() -> None:
+    first, second = ProxyMetrics(), ProxyMetrics()
+    first.count_mirror("v2", "ok")
+    second.count_mirror("v2", "ok")
+    second.count_mirror("v2", "ok")
+    first.primary_latency.observe(0.002)
+    text = merge_worker_metrics([first.render().decode(), second.render().decode(), None]).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in families:  # one HELP and one TYPE per family, whatever the number of workers
+        assert text.count(f"# TYPE {name}") == 1 or text.count(f"# TYPE {name}_total") == 1, name
+    up = {s.labels["worker"]: s.value for s in families["shadowtap_worker_up"].samples}
+    assert up == {"0": 1.0, "1": 1.0, "2": 0.0}
+    outcomes = {
+        s.labels["worker"]: s.value
+        for s in families["shadowtap_mirror_outcomes"].samples
+        if s.name.endswith("_total") and s.labels.get("outcome") == "ok"
+    }
+    assert outcomes == {"0": 1.0, "1": 2.0}
+    latency = families["shadowtap_primary_latency_seconds"]
+    assert latency.type == "histogram"
+    counts = {s.labels["worker"]: s.value for s in latency.samples if s.name.endswith("_count")}
+    assert counts == {"0": 1.0, "1": 0.0}
+    assert all("worker" in s.labels for f in families.values() for s in f.samples)
+
+
+async def test_workers_source_reports_a_worker_that_does_not_answer() -> None:
+    healthy = await Admin(token="s3cret").start()
+    healthy.ready = True
+    healthy.metrics.count_mirror("v2", "ok")
+    with socket.socket() as closed:  # a port nothing listens on: the "worker" is down
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    flags = RuntimeFlags(CONFIG)
+    combined = AdminServer(flags, WorkersSource([healthy.url, down], "s3cret", timeout_s=1.0), "s3cret")
+    port = await combined.start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": "Bearer s3cret"}
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{url}/healthz") as resp:
+                assert resp.status == 503 and "worker 1:" in await resp.text()
+            async with client.get(f"{url}/readyz") as resp:
+                assert resp.status == 503
+            async with client.get(f"{url}/metrics") as resp:
+                assert resp.status == 401  # the combined server guards what the workers guard
+            async with client.get(f"{url}/metrics", headers=auth) as resp:
+                text = await resp.text()
+            assert 'shadowtap_worker_up{worker="0"} 1.0' in text and 'shadowtap_worker_up{worker="1"} 0.0' in text
+            assert 'shadowtap_mirror_outcomes_total{outcome="ok",shadow="v2",worker="0"} 1.0' in text
+            async with client.get(f"{url}/stats", headers=auth) as resp:
+                workers = (await resp.json())["workers"]
+            assert workers[0]["stats"] == {"worker": 0, "ok": True} and workers[0]["admin"] == healthy.url
+            assert workers[1]["admin"] == down and "error" in workers[1] and "stats" not in workers[1]
+            # The flags are the shared array itself: no worker needs to answer to change them.
+            async with client.put(f"{url}/flags", headers=auth, json={"mirroring": False}) as resp:
+                assert resp.status == 200
+            assert not flags.mirroring
+    finally:
+        await combined.close()
+        await healthy.server.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from recorder import TapeReader
 from recorder.model import Response
@@ -134,22 +135,33 @@ async def test_workers_share_the_port_and_the_kill_switch(
         processes, "--primary", primary, "--shadow", f"v2={shadow}", "--tape", str(tape), "--workers", "2",
         "--events", str(events),
     )  # fmt: skip
-    url, admins = match.group(1), match.group(2).split(",")
-    assert match.group(3) == "2" and len(admins) == 2
+    url, admin = match.group(1), match.group(2)
+    assert match.group(3) == "2" and "," not in admin  # one admin address for the whole proxy
     async with aiohttp.ClientSession() as client:
         for i in range(40):
             # A fresh connection each time, so the kernel spreads them over both workers.
             async with client.get(f"{url}/w/{i}", headers={"Connection": "close"}) as resp:
                 assert resp.status == 200
-        served = []
-        for admin in admins:
-            async with client.get(f"{admin}/stats") as resp:
-                served.append((await resp.json())["server"]["requests"])
-        assert sum(served) == 40 and all(n > 0 for n in served), served
-        async with client.put(f"{admins[0]}/flags", json={"mirroring": False}) as resp:
+        async with client.get(f"{admin}/readyz") as resp:
             assert resp.status == 200
-        async with client.get(f"{admins[1]}/flags") as resp:
-            assert (await resp.json())["mirroring"] is False
+        async with client.get(f"{admin}/stats") as resp:
+            workers = (await resp.json())["workers"]
+        served = [w["stats"]["server"]["requests"] for w in workers]
+        assert [w["worker"] for w in workers] == [0, 1] and [w["stats"]["worker"] for w in workers] == [0, 1]
+        assert sum(served) == 40 and all(n > 0 for n in served), served
+        async with client.get(f"{admin}/metrics") as resp:
+            families = {f.name: f for f in text_string_to_metric_families(await resp.text())}
+        by_worker = {
+            s.labels["worker"]: s.value
+            for s in families["shadowtap_proxy_requests"].samples
+            if s.name.endswith("_total") and s.labels["status"] == "2xx"
+        }
+        assert by_worker == {"0": served[0], "1": served[1]}
+        # The kill switch on the one admin address reaches both workers at once.
+        async with client.put(f"{admin}/flags", json={"mirroring": False}) as resp:
+            assert resp.status == 200
+        async with client.get(f"{admin}/stats") as resp:
+            assert [w["stats"]["flags"]["mirroring"] for w in (await resp.json())["workers"]] == [False, False]
     code, stderr = await stop(process)
     assert code == 0, stderr
     assert len(list(TapeReader(tape))) == 40
@@ -232,6 +244,13 @@ def test_port_in_use_and_unwritable_events_are_one_line(tmp_path: Path, workers:
         code, _, err = run_cli("--listen", f"127.0.0.1:{port}", "--primary", "http://127.0.0.1:9", "--workers", workers)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "'listen'" in err and str(port) in err
+    with socket.socket() as busy:  # the admin address taken (with workers: the parent's own server)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = run_cli("--primary", "http://127.0.0.1:9", "--admin", f"127.0.0.1:{port}", "--workers", workers)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "admin.listen" in err and str(port) in err
     code, _, err = run_cli(
         "--primary", "http://127.0.0.1:9", "--events", str(tmp_path / "missing" / "e.jsonl"), "--workers", workers
     )
