@@ -518,19 +518,29 @@ async def test_depth_one_sends_one_copy_per_connection_at_a_time() -> None:
     assert shadow.max_in_one_read == 1 and len(shadow.per_connection) == 4
 
 
-async def test_a_pipeline_cut_short_fails_the_copies_behind_without_resending_them() -> None:
-    shadow = _PipelineShadow(close_after=2)  # answers two requests per connection, then resets
+async def _three_pipelined(
+    shadow: _PipelineShadow, prefix: str
+) -> tuple[MirrorStage, ProxyMetrics, Outcomes, list[ProxiedExchange]]:
+    """One pooled connection warmed by a first copy, then three copies sent in one loop turn, so all
+    three are pipelined onto it; returns once the four have outcomes and a wrongful resend (or a
+    reuse of a connection the shadow closed) has had time to show."""
     url = await shadow.server.start()
     stage, _, metrics, outcomes = stage_for(
         [{"name": "v2", "url": url, "concurrency": 3, "pipeline_depth": 3, "breaker": {"consecutive_failures": 100}}]
     )
     await stage.start()
     await _warm(stage, outcomes, 1)
-    copies = [exchange(target=f"/cut/{i}") for i in range(3)]
+    copies = [exchange(target=f"/{prefix}/{i}") for i in range(3)]
     for ex in copies:
         stage.request_complete(ex)
     await outcomes.wait_for(4)
-    await asyncio.sleep(0.1)  # a wrongful resend would show up by now
+    await asyncio.sleep(0.1)
+    return stage, metrics, outcomes, copies
+
+
+async def test_a_pipeline_cut_short_fails_the_copies_behind_without_resending_them() -> None:
+    shadow = _PipelineShadow(close_after=2)  # answers two requests per connection, then resets
+    stage, metrics, outcomes, copies = await _three_pipelined(shadow, "cut")
     await stage.aclose(1.0)
     await shadow.server.close()
     kinds = [outcomes.items[ex.id, "v2"][0] for ex in copies]
@@ -544,17 +554,7 @@ async def test_a_pipeline_cut_short_fails_the_copies_behind_without_resending_th
 
 async def test_a_connection_close_answer_mid_pipeline_fails_the_copies_behind_and_retires_the_connection() -> None:
     shadow = _PipelineShadow(last_answer=2)  # the second answer says Connection: close, then FIN
-    url = await shadow.server.start()
-    stage, _, metrics, outcomes = stage_for(
-        [{"name": "v2", "url": url, "concurrency": 3, "pipeline_depth": 3, "breaker": {"consecutive_failures": 100}}]
-    )
-    await stage.start()
-    await _warm(stage, outcomes, 1)
-    copies = [exchange(target=f"/last/{i}") for i in range(3)]
-    for ex in copies:
-        stage.request_complete(ex)
-    await outcomes.wait_for(4)
-    await asyncio.sleep(0.1)  # a wrongful resend, or a reuse of the closed connection, shows by now
+    stage, metrics, outcomes, copies = await _three_pipelined(shadow, "last")
     kinds = [outcomes.items[ex.id, "v2"][0] for ex in copies]
     assert isinstance(kinds[0], Response) and kinds[0].body == b"/last/0"
     assert [getattr(k, "kind", None) for k in kinds[1:]] == [FailureKind.RESET, FailureKind.RESET]
