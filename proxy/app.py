@@ -179,8 +179,7 @@ class ProxyApp:
     def admin_url(self) -> str | None:
         if self.admin is None or self.config.admin.listen is None:
             return None
-        host = self.config.admin.listen.host
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.admin.port}"
+        return _url(self.config.admin.listen.host, self.admin.port)
 
     def _register_sources(self) -> None:
         m = self.metrics
