@@ -172,29 +172,18 @@ class RequestRewriter:
         method: bytes,
         target: bytes,
         headers: list[Header],
-        *,
         client_ip: bytes,
         scheme: bytes,
         chunked: bool,
         upgrade: bool = False,
+        exclude: frozenset[bytes] | None = None,
     ) -> bytes:
-        """The upstream request head for one client request; ``chunked`` re-frames the body."""
-        return self._build(method, target, headers, client_ip, scheme, chunked, upgrade, None)
+        """The upstream request head for one client request; ``chunked`` re-frames the body.
 
-    def _build(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: list[Header],
-        client_ip: bytes,
-        scheme: bytes,
-        chunked: bool,
-        upgrade: bool,
-        exclude: frozenset[bytes] | None,
-    ) -> bytes:
-        drop = _DROP_UPGRADE if upgrade else http1.HOP_BY_HOP
-        if exclude is not None:
-            drop = drop | exclude
+        ``exclude`` is for the rare second pass, when a ``Connection`` field listed more fields to
+        drop: the first pass finds them, the second leaves them out.
+        """
+        kinds = _REQUEST_FIELD_KINDS_UPGRADE if upgrade else _REQUEST_FIELD_KINDS
         parts = [method, b" ", self._prefix + target if self._prefix else target, b" HTTP/1.1\r\n"]
         seen_proto = seen_fwd_host = False
         client_host: bytes | None = None
@@ -204,24 +193,31 @@ class RequestRewriter:
         # once the Connection field is seen) cost a second pass that skips them.
         for name, value in headers:
             lower = name.lower()
-            if lower == b"connection" and exclude is None:
-                listed = _listed(value, listed, upgrade)
-            if lower in drop:
+            if exclude is not None and lower in exclude:
                 continue
-            if lower == b"host":
-                client_host = value
-                if self._host is not None:
-                    value = self._host
-            elif lower == b"x-forwarded-for":
-                # The client address goes after the last hop listed (the last field if repeated).
-                xff_at = len(parts) + 2
-            elif lower == b"x-forwarded-proto":
-                seen_proto = True
-            elif lower == b"x-forwarded-host":
-                seen_fwd_host = True
+            kind = kinds.get(lower)
+            if kind is not None:
+                if kind == _DROP:
+                    continue
+                if kind == _CONNECTION:
+                    if exclude is None:
+                        listed = _listed(value, listed, upgrade)
+                    if not upgrade:
+                        continue
+                elif kind == _HOST:
+                    client_host = value
+                    if self._host is not None:
+                        value = self._host
+                elif kind == _FORWARDED_FOR:
+                    # The client address goes after the last hop listed (the last field if repeated).
+                    xff_at = len(parts) + 2
+                elif kind == _FORWARDED_PROTO:
+                    seen_proto = True
+                elif kind == _FORWARDED_HOST:
+                    seen_fwd_host = True
             parts += (name, b": ", value, b"\r\n")
         if listed:
-            return self._build(method, target, headers, client_ip, scheme, chunked, upgrade, frozenset(listed))
+            return self.head(method, target, headers, client_ip, scheme, chunked, upgrade, frozenset(listed))
         if client_host is None:
             # HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
             parts += (b"Host: ", self._authority, b"\r\n")
@@ -240,7 +236,24 @@ class RequestRewriter:
         return b"".join(parts)
 
 
-_DROP_UPGRADE: Final = http1.HOP_BY_HOP - {b"connection", b"upgrade"}
+_DROP: Final = 1
+_CONNECTION: Final = 2
+_HOST: Final = 3
+_FORWARDED_FOR: Final = 4
+_FORWARDED_PROTO: Final = 5
+_FORWARDED_HOST: Final = 6
+#: What the rewriter must do with a request field, by lower-cased name; absent means copy it as is.
+_REQUEST_FIELD_KINDS: Final = {
+    **{name: _DROP for name in http1.HOP_BY_HOP},
+    b"connection": _CONNECTION,
+    b"host": _HOST,
+    b"x-forwarded-for": _FORWARDED_FOR,
+    b"x-forwarded-proto": _FORWARDED_PROTO,
+    b"x-forwarded-host": _FORWARDED_HOST,
+}
+#: For an Upgrade pass-through the fields that ask for the switch reach the primary (Connection is
+#: still read for the names it lists).
+_REQUEST_FIELD_KINDS_UPGRADE: Final = {name: kind for name, kind in _REQUEST_FIELD_KINDS.items() if name != b"upgrade"}
 
 
 def _listed(value: bytes, listed: list[bytes] | None, upgrade: bool) -> list[bytes] | None:

@@ -15,14 +15,16 @@ from recorder.model import Header
 __all__ = [
     "CHUNKED_END",
     "HOP_BY_HOP",
-    "ResponseFraming",
+    "STATUS_LINES",
+    "body_until_close",
     "chunk",
     "connection_tokens",
     "end_to_end",
     "error_response",
+    "fields",
     "request_head",
+    "response_fields",
     "response_head",
-    "scan_response",
 ]
 
 #: RFC 9110 §7.6.1 hop-by-hop fields (plus the legacy Proxy-Connection and RFC 7230's Trailer): they
@@ -77,48 +79,60 @@ def end_to_end(headers: Sequence[Header], *, upgrade: bool = False) -> list[Head
     return kept
 
 
-class ResponseFraming:
-    """How the primary framed a response body (``Transfer-Encoding`` is re-framed, never forwarded)."""
+def response_fields(parts: list[bytes], headers: Sequence[Header]) -> tuple[bytes | None, bytes | None]:
+    """Append a response's end-to-end fields to ``parts`` as ``name: value CRLF`` pieces, in order,
+    and return its body framing: the Transfer-Encoding value(s), comma-joined, and the Content-Length
+    (each ``None`` when absent). Transfer-Encoding is hop-by-hop: a relaying proxy re-frames the body.
 
-    __slots__ = ("content_length", "transfer_encoding")
-
-    def __init__(self, transfer_encoding: bytes | None, content_length: bytes | None) -> None:
-        #: The Transfer-Encoding value(s), comma-joined, or ``None``; ``chunked`` when chunked.
-        self.transfer_encoding = transfer_encoding
-        self.content_length = content_length
-
-    @property
-    def until_close(self) -> bool:
-        """No length and no chunking: the body ends when the primary closes the connection."""
-        return self.transfer_encoding is None and self.content_length is None
-
-
-def scan_response(headers: Sequence[Header]) -> tuple[list[Header], ResponseFraming]:
-    """The end-to-end headers of a response and its body framing, in one pass over the fields."""
-    kept: list[Header] = []
+    One pass over the fields in the usual case; a second only when ``Connection`` lists field names
+    beyond the standard hop-by-hop ones (those fields are then left out too).
+    """
+    start = len(parts)
     transfer_encoding: bytes | None = None
     content_length: bytes | None = None
     listed: list[bytes] | None = None
-    for header in headers:
-        lower = header[0].lower()
-        if lower in HOP_BY_HOP:
-            if lower == b"transfer-encoding":
-                value = header[1]
-                transfer_encoding = value if transfer_encoding is None else transfer_encoding + b", " + value
-            elif lower == b"connection" and header[1].lower() not in _PLAIN_CONNECTION:
-                extra = [t for t in _tokens(header[1]) if t not in HOP_BY_HOP and t != b"close"]
-                if extra:
-                    listed = extra if listed is None else listed + extra
-            continue
-        if lower == b"content-length":
-            content_length = header[1]
-        kept.append(header)
+    for name, value in headers:
+        kind = _RESPONSE_FIELD_KINDS.get(name.lower())
+        if kind is None:
+            parts += (name, _SEP, value, _CRLF)
+        elif kind == _CONTENT_LENGTH:
+            content_length = value
+            parts += (name, _SEP, value, _CRLF)
+        elif kind == _TRANSFER_ENCODING:
+            transfer_encoding = value if transfer_encoding is None else transfer_encoding + b", " + value
+        elif kind == _CONNECTION and value.lower() not in _PLAIN_CONNECTION:
+            extra = [t for t in _tokens(value) if t not in HOP_BY_HOP and t != b"close"]
+            if extra:
+                listed = extra if listed is None else listed + extra
     if listed:
-        kept = [h for h in kept if h[0].lower() not in listed]
-    return kept, ResponseFraming(transfer_encoding, content_length)
+        del parts[start:]
+        fields(parts, [h for h in headers if h[0].lower() not in HOP_BY_HOP and h[0].lower() not in listed])
+    return transfer_encoding, content_length
 
 
-def _fields(parts: list[bytes], headers: Iterable[Header]) -> None:
+def body_until_close(headers: Sequence[Header]) -> bool:
+    """Whether a response's body ends only when the connection closes: no length and no chunking."""
+    return all(name.lower() not in (b"content-length", b"transfer-encoding") for name, _ in headers)
+
+
+_CONTENT_LENGTH: Final = 1
+_TRANSFER_ENCODING: Final = 2
+_CONNECTION: Final = 3
+_OTHER_HOP: Final = 4
+#: What ``response_fields`` must do with a field, by lower-cased name; absent means copy it as is.
+_RESPONSE_FIELD_KINDS: Final = {
+    **{name: _OTHER_HOP for name in HOP_BY_HOP},
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+    b"content-length": _CONTENT_LENGTH,
+}
+
+#: ``HTTP/1.1 <code> `` for every status a response may carry, so relaying one formats nothing.
+STATUS_LINES: Final = {code: b"HTTP/1.1 %d " % code for code in range(100, 1000)}
+
+
+def fields(parts: list[bytes], headers: Iterable[Header]) -> None:
+    """Append ``name: value CRLF`` pieces for each field to ``parts``."""
     for name, value in headers:
         parts += (name, _SEP, value, _CRLF)
 
@@ -126,17 +140,17 @@ def _fields(parts: list[bytes], headers: Iterable[Header]) -> None:
 def request_head(method: bytes, target: bytes, headers: Iterable[Header], extra: Iterable[Header] = ()) -> bytes:
     """An HTTP/1.1 request head, fields in the given order, built with one join."""
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    _fields(parts, headers)
-    _fields(parts, extra)
+    fields(parts, headers)
+    fields(parts, extra)
     parts.append(_CRLF)
     return b"".join(parts)
 
 
 def response_head(status: int, reason: bytes, headers: Iterable[Header], extra: Iterable[Header] = ()) -> bytes:
     """An HTTP/1.1 status line and fields, in the given order, built with one join."""
-    parts = [b"HTTP/1.1 %d " % status, reason, _CRLF]
-    _fields(parts, headers)
-    _fields(parts, extra)
+    parts = [STATUS_LINES.get(status) or b"HTTP/1.1 %d " % status, reason, _CRLF]
+    fields(parts, headers)
+    fields(parts, extra)
     parts.append(_CRLF)
     return b"".join(parts)
 

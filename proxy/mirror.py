@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy import http1
 from proxy.breaker import CircuitBreaker
 from proxy.config import MirrorSettings, RuntimeFlags, ShadowSettings
 from proxy.forward import PrimaryTarget, parse_primary
@@ -202,9 +201,7 @@ class _Copy:
     def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
         return None
 
-    def on_head(
-        self, status: int, reason: bytes, headers: list[Header], kept: list[Header], framing: http1.ResponseFraming
-    ) -> None:
+    def on_head(self, status: int, reason: bytes, headers: list[Header]) -> None:
         self.first_byte_ns = time.monotonic_ns()
         self.status, self.reason, self.headers = status, reason, headers
 
@@ -349,7 +346,6 @@ class ShadowMirror:
             connect_timeout_s=self.settings.connect_timeout_s,
             max_idle=self.settings.concurrency,
             pipelined=self.settings.pipeline_depth > 1,
-            relay=False,
         )
         self._sweeper = loop.call_later(self._sweep_period_s, self._sweep)
 

@@ -135,7 +135,12 @@ class _Context:
 
 
 class _Forward:
-    """One request on its way to the primary and back: the ``ResponseSink`` for its exchange."""
+    """One request on its way to the primary and back: the ``ResponseSink`` for its exchange.
+
+    ``ex`` is the ``ProxiedExchange`` stages see; with no stages (plain pass-through) there is none,
+    and nothing of the response is copied. The request body is always kept up to the capture limit:
+    a request on a pooled connection the primary had closed is resent from it.
+    """
 
     __slots__ = (
         "_body_buffer",
@@ -146,28 +151,33 @@ class _Forward:
         "_close_after",
         "_connect_task",
         "_ctx",
+        "_first_byte_ns",
         "_head_sent",
         "_mode",
         "_out",
         "_resp_capture",
-        "_resp_head",
         "_resp_captured",
+        "_resp_head",
+        "_resp_room",
         "_resp_size",
         "_retried",
         "_sent_ns",
-        "_first_byte_ns",
+        "_started_ns",
         "_streaming",
         "body_done",
         "chunked",
         "conn",
         "deadline",
         "ex",
+        "failure",
         "finished",
         "first_byte_deadline",
         "headers",
         "http10",
         "keep_alive",
         "method",
+        "request_body",
+        "request_body_size",
         "target",
         "upgrade",
     )
@@ -175,19 +185,21 @@ class _Forward:
     def __init__(
         self,
         client: _ClientConnection,
-        ex: ProxiedExchange,
+        ex: ProxiedExchange | None,
+        started_ns: int,
         method: bytes,
         target: bytes,
         headers: list[Header],
-        *,
         http10: bool,
         keep_alive: bool,
         chunked: bool,
         upgrade: bool,
     ) -> None:
+        ctx = client.ctx
         self._client = client
-        self._ctx = client.ctx
+        self._ctx = ctx
         self.ex = ex
+        self._started_ns = started_ns
         self.method = method
         self.target = target
         self.headers = headers
@@ -198,22 +210,27 @@ class _Forward:
         self.conn: UpstreamConnection | None = None
         self.finished = False
         self.body_done = False
+        self.failure: Failure | None = None
         self.deadline = math.inf
         self.first_byte_deadline = math.inf
         self._streaming = False
         self._body_buffer: list[bytes] = []
         self._body_buffered = 0
-        # The request body copy for stages; None once it passed the capture limit.
+        # The request body copy (stages, retries); None once it passed the capture limit.
         self._capture: list[bytes] | None = []
         self._captured = 0
+        self.request_body: bytes | None = b""
+        self.request_body_size = 0
         self._head_sent = False
         self._mode = _BODY_NONE
         # Client-bound bytes produced while handling one primary read, written by flush().
         self._out: list[bytes] = []
         self._close_after = False
+        # The response copy for stages: nothing is kept when no stage will read it.
         self._resp_capture: list[bytes] = []
-        self._resp_head: tuple[int, bytes, list[Header]] | None = None
+        self._resp_room = ctx.capture_limit if ex is not None else 0
         self._resp_captured = 0
+        self._resp_head: tuple[int, bytes, list[Header]] | None = None
         self._resp_size = 0
         self._retried = False
         self._connect_task: asyncio.Task[None] | None = None
@@ -224,7 +241,7 @@ class _Forward:
 
     def client_body(self, data: bytes) -> None:
         size = len(data)
-        self.ex.request_body_size += size
+        self.request_body_size += size
         capture = self._capture
         if capture is not None:
             if self._captured + size <= self._ctx.capture_limit:
@@ -248,12 +265,18 @@ class _Forward:
 
     def client_body_done(self) -> None:
         self.body_done = True
-        ex = self.ex
         capture = self._capture
-        ex.request_body = None if capture is None else (b"".join(capture) if capture else b"")
+        if capture:
+            self.request_body = b"".join(capture)
+        elif capture is None:
+            self.request_body = None
         ctx = self._ctx
-        for stage in ctx.stages:
-            call_stage(ctx.stats.stage_errors, stage, stage.request_complete, ex)
+        ex = self.ex
+        if ex is not None:
+            ex.request_body = self.request_body
+            ex.request_body_size = self.request_body_size
+            for stage in ctx.stages:
+                call_stage(ctx.stats.stage_errors, stage, stage.request_complete, ex)
         if self._streaming and self.conn is not None and not self.finished:
             if self.chunked:
                 self.conn.write(http1.CHUNKED_END)
@@ -295,50 +318,44 @@ class _Forward:
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn = conn
-        conn.begin(self, head_only=self.method == b"HEAD")
+        conn.begin(self, self.method == b"HEAD")
         client = self._client
-        head = self._ctx.rewriter.head(
-            self.method,
-            self.target,
-            self.headers,
-            client_ip=client.client_ip,
-            scheme=client.scheme,
-            chunked=self.chunked,
-            upgrade=self.upgrade,
+        ctx = self._ctx
+        head = ctx.rewriter.head(
+            self.method, self.target, self.headers, client.client_ip, client.scheme, self.chunked, self.upgrade
         )
         self._streaming = True
         if self.upgrade:
             # llhttp hands over everything after an Upgrade request's head as it came (a body with
             # its framing, early frames): it follows the head unchanged.
-            buffered = [client.take_upgrade_rest()]
-        elif self._retried:
-            # A retry resends the captured body (a retry is only tried when it is complete).
-            buffered = [] if not self.ex.request_body else [self.ex.request_body]
+            conn.writelines([head, client.take_upgrade_rest()])
         else:
-            buffered = self._body_buffer
-            self._body_buffer = []
-        if self.upgrade:
-            conn.writelines([head, *buffered])
-        elif buffered:
-            parts = [head]
-            if self.chunked:
-                for piece in buffered:
-                    parts += http1.chunk(piece)
+            if self._retried:
+                # A retry resends the captured body (a retry is only tried when it is complete).
+                buffered = [self.request_body] if self.request_body else []
             else:
-                parts += buffered
-            if self.body_done and self.chunked:
-                parts.append(http1.CHUNKED_END)
-            conn.writelines(parts)
-        elif self.body_done and self.chunked:
-            conn.writelines([head, http1.CHUNKED_END])
-        else:
-            conn.write(head)
+                buffered = self._body_buffer
+                self._body_buffer = []
+            if buffered:
+                parts = [head]
+                if self.chunked:
+                    for piece in buffered:
+                        parts += http1.chunk(piece)
+                else:
+                    parts += buffered
+                if self.body_done and self.chunked:
+                    parts.append(http1.CHUNKED_END)
+                conn.writelines(parts)
+            elif self.body_done and self.chunked:
+                conn.writelines([head, http1.CHUNKED_END])
+            else:
+                conn.write(head)
         if self._body_buffered:
             self._body_buffered = 0
             client.resume_reading(_PAUSE_BUFFER)
-        self._sent_ns = time.monotonic_ns() - self.ex.started_mono_ns
+        self._sent_ns = time.monotonic_ns() - self._started_ns
         if self.body_done:
-            self.first_byte_deadline = self._ctx.loop.time() + self._ctx.settings.first_byte_timeout_s
+            self.first_byte_deadline = ctx.loop.time() + ctx.settings.first_byte_timeout_s
         if client.write_paused:
             conn.pause_reading()
 
@@ -355,42 +372,43 @@ class _Forward:
         if not self.http10 and not self._head_sent:
             self._out.append(http1.response_head(status, reason, http1.end_to_end(headers)))
 
-    def on_head(
-        self, status: int, reason: bytes, headers: list[Header], kept: list[Header], framing: http1.ResponseFraming
-    ) -> None:
-        self._first_byte_ns = time.monotonic_ns() - self.ex.started_mono_ns
+    def on_head(self, status: int, reason: bytes, headers: list[Header]) -> None:
+        if self.ex is not None:
+            self._first_byte_ns = time.monotonic_ns() - self._started_ns
         self.first_byte_deadline = math.inf
         ctx = self._ctx
         self._resp_head = (status, reason, headers)
-        extra: list[Header] = []
+        parts = [http1.STATUS_LINES.get(status) or b"HTTP/1.1 %d " % status, reason, b"\r\n"]
         # An upgrade request that is answered without switching leaves unparsed bytes behind it.
         close = not self.keep_alive or ctx.closing or not self.body_done or self.upgrade
         if status == 101:
-            kept = http1.end_to_end(headers, upgrade=True)
+            http1.fields(parts, http1.end_to_end(headers, upgrade=True))
             self._mode = _BODY_NONE
-        elif self.method == b"HEAD" or status in (204, 304):
-            self._mode = _BODY_NONE
-            if framing.transfer_encoding is not None and not self.http10 and self.method == b"HEAD":
-                extra.append((b"Transfer-Encoding", framing.transfer_encoding))
-        elif framing.content_length is not None and framing.transfer_encoding is None:
-            self._mode = _BODY_RAW
-        elif self.http10:
-            # An HTTP/1.0 client knows no chunked: the body ends when we close.
-            self._mode = _BODY_RAW
-            close = True
         else:
-            self._mode = _BODY_CHUNKED
-            extra.append((b"Transfer-Encoding", framing.transfer_encoding or b"chunked"))
-        self._close_after = close
-        if status != 101:
-            if close:
-                extra.append((b"Connection", b"close"))
+            transfer_encoding, content_length = http1.response_fields(parts, headers)
+            if self.method == b"HEAD" or status == 204 or status == 304:
+                self._mode = _BODY_NONE
+                if transfer_encoding is not None and not self.http10 and self.method == b"HEAD":
+                    parts += (b"Transfer-Encoding: ", transfer_encoding, b"\r\n")
+            elif content_length is not None and transfer_encoding is None:
+                self._mode = _BODY_RAW
             elif self.http10:
-                extra.append((b"Connection", b"keep-alive"))
+                # An HTTP/1.0 client knows no chunked: the body ends when we close.
+                self._mode = _BODY_RAW
+                close = True
+            else:
+                self._mode = _BODY_CHUNKED
+                parts += (b"Transfer-Encoding: ", transfer_encoding or b"chunked", b"\r\n")
+            if close:
+                parts.append(b"Connection: close\r\n")
+            elif self.http10:
+                parts.append(b"Connection: keep-alive\r\n")
+        self._close_after = close
         if ctx.via is not None:
-            extra.append((b"Via", ctx.via))
+            parts += (b"Via: ", ctx.via, b"\r\n")
+        parts.append(b"\r\n")
         self._head_sent = True
-        self._out.append(http1.response_head(status, reason, kept, extra))
+        self._out.append(b"".join(parts))
 
     def flush(self) -> None:
         """Write what this read produced in one call: head and body usually leave in one segment."""
@@ -404,11 +422,12 @@ class _Forward:
             return
         size = len(data)
         self._resp_size += size
-        room = self._ctx.capture_limit - self._resp_captured
+        room = self._resp_room
         if room > 0:
             piece = data if size <= room else data[:room]
             self._resp_capture.append(piece)
             self._resp_captured += len(piece)
+            self._resp_room = room - len(piece)
         mode = self._mode
         if mode == _BODY_RAW:
             self._out.append(data)
@@ -463,7 +482,7 @@ class _Forward:
             and not self._retried
             and not self.upgrade
             and self.body_done
-            and self.ex.request_body is not None
+            and self.request_body is not None
             and self.method in (b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE")
         ):
             # A pooled connection the primary had already closed: nothing of the exchange happened,
@@ -493,7 +512,7 @@ class _Forward:
         ctx = self._ctx
         failures = ctx.stats.primary_failures
         failures[kind] = failures.get(kind, 0) + 1
-        self.ex.failure = Failure(kind, message)
+        self.failure = Failure(kind, message)
         if self._head_sent:
             # The status is on the wire already: closing is the only honest signal left.
             self._finish(True)
@@ -518,10 +537,10 @@ class _Forward:
         self.conn = None
         if conn is not None:
             conn.detach()
-        if self.ex.failure is None:
-            self.ex.failure = Failure(FailureKind.CANCELLED, "client closed the connection")
+        if self.failure is None:
+            self.failure = Failure(FailureKind.CANCELLED, "client closed the connection")
         if not self.body_done:
-            self.ex.request_body = None
+            self.request_body = None
         self._finish(True)
 
     def _finish(self, close_client: bool) -> None:
@@ -529,37 +548,42 @@ class _Forward:
             return
         self.finished = True
         self._body_buffer = []
-        self.flush()
-        ex = self.ex
+        out = self._out
+        client = self._client
+        if out:
+            self._out = []
+            client.writelines(out)
         ctx = self._ctx
         head = self._resp_head
         sent_ns = self._sent_ns
-        done_ns = None if sent_ns is None else time.monotonic_ns() - ex.started_mono_ns
+        done_ns = None if sent_ns is None else time.monotonic_ns() - self._started_ns
+        failed = self.failure is not None
         for observer in ctx.observers:
             try:
-                observer.observe_primary(None if head is None else head[0], ex.failure is not None, done_ns)
+                observer.observe_primary(None if head is None else head[0], failed, done_ns)
             except Exception:
                 errors = ctx.stats.stage_errors.by_stage
                 errors[observer.name] = errors.get(observer.name, 0) + 1
-                log.exception("proxy observer %s failed on exchange %s", observer.name, ex.id)
-        if not ctx.completion_stages:
-            # Nobody watches the exchange's end: skip building the record (no copies).
-            self._client.request_done(self, close_client)
-            return
-        ex.timing = new_timing(sent_ns, self._first_byte_ns, done_ns)
-        if head is not None:
-            size = self._resp_size
-            ex.response = new_response(
-                head[0],
-                head[1].decode("latin-1"),
-                tuple(head[2]),
-                b"".join(self._resp_capture) if size else b"",
-                "1.1",
-                size if size > self._resp_captured else None,
-            )
-        for stage in ctx.completion_stages:
-            call_stage(ctx.stats.stage_errors, stage, stage.exchange_complete, ex)
-        self._client.request_done(self, close_client)
+                log.exception("proxy observer %s failed on a primary exchange", observer.name)
+        ex = self.ex
+        if ex is not None and ctx.completion_stages:
+            ex.failure = self.failure
+            ex.request_body = self.request_body
+            ex.request_body_size = self.request_body_size
+            ex.timing = new_timing(sent_ns, self._first_byte_ns, done_ns)
+            if head is not None:
+                size = self._resp_size
+                ex.response = new_response(
+                    head[0],
+                    head[1].decode("latin-1"),
+                    tuple(head[2]),
+                    b"".join(self._resp_capture) if size else b"",
+                    "1.1",
+                    size if size > self._resp_captured else None,
+                )
+            for stage in ctx.completion_stages:
+                call_stage(ctx.stats.stage_errors, stage, stage.exchange_complete, ex)
+        client.request_done(self, close_client)
 
 
 class _LocalReply:
@@ -580,7 +604,6 @@ class _ClientConnection(asyncio.Protocol):
         "_eof",
         "_head_bytes",
         "_headers",
-        "_host",
         "_parser",
         "_parsing",
         "_pause_mask",
@@ -612,7 +635,6 @@ class _ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[Header] = []
         self._head_bytes = 0
-        self._host = b""
         self._chunked = False
         self._eof = False
         self.write_paused = False
@@ -713,12 +735,8 @@ class _ClientConnection(asyncio.Protocol):
 
     # --- llhttp callbacks ------------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._head_bytes = 0
-        self._host = b""
-        self._chunked = False
+    # No on_message_begin: the head state is reset when a head is complete (and is fresh on a new
+    # connection), which saves a callback per request.
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -731,58 +749,65 @@ class _ClientConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self.ctx.max_header_bytes:
             raise _HeadTooLarge
-        size = len(name)
-        if size == 4:
-            if name.lower() == b"host":
-                self._host = value
-        elif size == 17 and name.lower() == b"transfer-encoding":
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
             self._chunked = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         ctx = self.ctx
-        method = parser.get_method()
         url = self._url
+        headers = self._headers
+        chunked = self._chunked
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._chunked = False
         if url[:1] != b"/" and url != b"*":
             # absolute-form (http://host/path): the primary gets origin-form.
             scheme_end = url.find(b"://")
             if scheme_end > 0:
                 path_start = url.find(b"/", scheme_end + 3)
                 url = url[path_start:] if path_start > 0 else b"/"
+        method = parser.get_method()
         version = parser.get_http_version()
-        now_ns = time.time_ns()
-        headers = self._headers
-        ex = ProxiedExchange(
+        upgrade = parser.should_upgrade()
+        started_ns = time.monotonic_ns()
+        # Plain pass-through has no stage to hand an exchange to: none is built.
+        ex = self._exchange(method, url, version, headers, started_ns, upgrade) if ctx.stages else None
+        forward = _Forward(
+            self, ex, started_ns, method, url, headers, version == "1.0", parser.should_keep_alive(), chunked, upgrade
+        )
+        stats = ctx.stats
+        stats.requests += 1
+        stats.in_flight += 1
+        self._parsing = forward
+        pending = self._pending
+        pending.append(forward)
+        if len(pending) > ctx.max_pipelined:
+            self.pause_reading(_PAUSE_PIPELINE)
+
+    def _exchange(
+        self, method: bytes, url: bytes, version: str, headers: list[Header], started_ns: int, upgrade: bool
+    ) -> ProxiedExchange:
+        ctx = self.ctx
+        host = b""
+        for name, value in headers:
+            if len(name) == 4 and name.lower() == b"host":
+                host = value
+        return ProxiedExchange(
             id=f"{ctx.id_prefix}-{next(ctx.ids):x}",
             connection_id=self.conn_id,
             client_addr=self.client_addr,
-            started_at_ns=now_ns,
-            started_mono_ns=time.monotonic_ns(),
+            started_at_ns=time.time_ns(),
+            started_mono_ns=started_ns,
             method=method.decode("ascii", "replace"),
             target=url.decode("latin-1"),
             http_version=version,
             request_headers=tuple(headers),
             scheme=ctx.scheme,
-            authority=self._host.decode("latin-1"),
-            upgraded=parser.should_upgrade(),
+            authority=host.decode("latin-1"),
+            upgraded=upgrade,
         )
-        forward = _Forward(
-            self,
-            ex,
-            method,
-            url,
-            headers,
-            http10=version == "1.0",
-            keep_alive=parser.should_keep_alive(),
-            chunked=self._chunked,
-            upgrade=ex.upgraded,
-        )
-        ctx.stats.requests += 1
-        ctx.stats.in_flight += 1
-        self._parsing = forward
-        self._pending.append(forward)
-        if len(self._pending) > ctx.max_pipelined:
-            self.pause_reading(_PAUSE_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
         forward = self._parsing
@@ -864,7 +889,7 @@ class _ClientConnection(asyncio.Protocol):
         pending = self._pending
         while self._active is None and pending and not self.closed:
             item = pending.popleft()
-            if len(pending) <= self.ctx.max_pipelined:
+            if self._pause_mask & _PAUSE_PIPELINE and len(pending) <= self.ctx.max_pipelined:
                 self.resume_reading(_PAUSE_PIPELINE)
             if isinstance(item, _LocalReply):
                 self.write(item.payload)

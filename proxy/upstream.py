@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 import ssl
-from typing import Final, Protocol, cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -35,9 +35,7 @@ class ResponseSink(Protocol):
 
     def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None: ...
 
-    def on_head(
-        self, status: int, reason: bytes, headers: list[Header], kept: list[Header], framing: http1.ResponseFraming
-    ) -> None: ...
+    def on_head(self, status: int, reason: bytes, headers: list[Header]) -> None: ...
 
     def on_body(self, data: bytes) -> None: ...
 
@@ -63,16 +61,11 @@ class PoolStats:
         self.reuses = 0
 
 
-#: The framing handed to a capturing sink's ``on_head``: not worked out (see ``UpstreamPool.relay``).
-_CAPTURED: Final = http1.ResponseFraming(None, None)
-
-
 class UpstreamConnection(asyncio.Protocol):
     """One connection to the primary; parses responses and feeds the attached sink."""
 
     __slots__ = (
         "_complete",
-        "_framing",
         "_head_only",
         "_head_seen",
         "_headers",
@@ -80,8 +73,8 @@ class UpstreamConnection(asyncio.Protocol):
         "_keep_alive",
         "_parser",
         "_pool",
+        "_paused",
         "_reason",
-        "_relay",
         "_sink",
         "_status",
         "closed",
@@ -93,7 +86,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
-        self._relay = pool.relay
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._sink: ResponseSink | None = None
@@ -105,7 +97,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = False
         self._keep_alive = False
         self._complete = False
-        self._framing: http1.ResponseFraming | None = None
+        self._paused = False
         #: A response byte arrived for the current exchange (a retry is then unsafe).
         self.received_any = False
         #: Exchanges completed on this connection; > 0 means it came from the pool.
@@ -115,7 +107,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- used by the data path -------------------------------------------------------------------
 
-    def begin(self, sink: ResponseSink, *, head_only: bool) -> None:
+    def begin(self, sink: ResponseSink, head_only: bool) -> None:
         """Attach the exchange that is about to be written; ``head_only`` for HEAD requests."""
         self._sink = sink
         self._head_only = head_only
@@ -145,10 +137,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self._paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
@@ -260,15 +254,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_seen = True
         # llhttp resets its flags once the message completes: ask while the head is current.
         self._keep_alive = self._parser.should_keep_alive()
-        if self._relay:
-            kept, framing = http1.scan_response(self._headers)
-            self._framing = framing
-            sink.on_head(status, self._reason, self._headers, kept, framing)
-        else:
-            # Captured, never relayed (the mirror): the framing is only needed if the shadow closes
-            # mid-body, so it is worked out then (``_until_close``), not for every response.
-            self._framing = None
-            sink.on_head(status, self._reason, self._headers, self._headers, _CAPTURED)
+        sink.on_head(status, self._reason, self._headers)
         if self._head_only and status != 101:
             # llhttp cannot be told that a HEAD response has no body; end it here and give the
             # next exchange a fresh parser so a Content-Length is not read as pending body bytes.
@@ -302,11 +288,9 @@ class UpstreamConnection(asyncio.Protocol):
         return None
 
     def _until_close(self) -> bool:
-        """Whether the current response's body is delimited by the end of the connection."""
-        framing = self._framing
-        if framing is None:
-            framing = http1.scan_response(self._headers)[1]
-        return framing.until_close
+        """Whether the current response's body is delimited by the end of the connection (worked out
+        only when the connection closes mid-body, not for every response)."""
+        return http1.body_until_close(self._headers)
 
     def _upgraded(self, sink: ResponseSink, rest: bytes) -> None:
         self._sink = None
@@ -429,7 +413,6 @@ class UpstreamPool:
         "_max_idle",
         "_ssl",
         "_target",
-        "relay",
         "stats",
     )
 
@@ -441,14 +424,7 @@ class UpstreamPool:
         connect_timeout_s: float,
         max_idle: int,
         pipelined: bool = False,
-        relay: bool = True,
     ) -> None:
-        self._target = target
-        #: Responses are relayed to a client, so each head's end-to-end fields and body framing are
-        #: worked out as it arrives (``ResponseSink.on_head``'s ``kept`` and ``framing``). False for
-        #: the mirror, which only captures responses: its sinks get all fields as ``kept`` and a
-        #: framing with neither length nor chunking, and must not read them.
-        self.relay = relay
         self._target = target
         # Pipelined connections carry several requests at once (the mirror's copies); the primary's
         # never do (one client's request must not wait behind another's).

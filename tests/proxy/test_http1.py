@@ -36,17 +36,29 @@ def test_end_to_end_for_upgrade_keeps_the_switch_fields() -> None:
     ]
 
 
-def test_scan_response_reports_framing() -> None:
-    kept, framing = http1.scan_response([(b"Transfer-Encoding", b"chunked"), (b"X-A", b"1")])
-    assert kept == [(b"X-A", b"1")]
-    assert not framing.until_close and framing.transfer_encoding == b"chunked"
-    kept, framing = http1.scan_response([(b"content-length", b"12"), (b"Connection", b"close")])
-    assert kept == [(b"content-length", b"12")]
-    assert framing.content_length == b"12" and framing.transfer_encoding is None and not framing.until_close
-    _, framing = http1.scan_response([(b"Content-Type", b"text/plain")])
-    assert framing.until_close
-    _, framing = http1.scan_response([(b"Transfer-Encoding", b"gzip"), (b"Transfer-Encoding", b"chunked")])
-    assert framing.transfer_encoding == b"gzip, chunked"
+def _relayed(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | None, bytes | None]:
+    parts: list[bytes] = [b"prefix"]
+    transfer_encoding, content_length = http1.response_fields(parts, headers)
+    assert parts[0] == b"prefix"
+    return b"".join(parts[1:]), transfer_encoding, content_length
+
+
+def test_response_fields_copy_end_to_end_fields_and_report_framing() -> None:
+    assert _relayed([(b"Transfer-Encoding", b"chunked"), (b"X-A", b"1")]) == (b"X-A: 1\r\n", b"chunked", None)
+    assert _relayed([(b"content-length", b"12"), (b"Connection", b"close")]) == (b"content-length: 12\r\n", None, b"12")
+    assert _relayed([(b"Content-Type", b"text/plain")]) == (b"Content-Type: text/plain\r\n", None, None)
+    assert _relayed([(b"Transfer-Encoding", b"gzip"), (b"Transfer-Encoding", b"chunked")])[1] == b"gzip, chunked"
+
+
+def test_response_fields_drop_names_connection_lists_even_before_it() -> None:
+    headers = [(b"X-Hop", b"1"), (b"A", b"b"), (b"Connection", b"X-Hop, keep-alive"), (b"Keep-Alive", b"5")]
+    assert _relayed(headers) == (b"A: b\r\n", None, None)
+
+
+def test_body_until_close() -> None:
+    assert http1.body_until_close([(b"Content-Type", b"text/plain")])
+    assert not http1.body_until_close([(b"content-length", b"0")])
+    assert not http1.body_until_close([(b"Transfer-Encoding", b"chunked")])
 
 
 class _Collect:
@@ -108,5 +120,4 @@ def test_end_to_end_keeps_exactly_the_end_to_end_fields_in_order(
     expected = [h for h in headers if h[0].lower() not in drop]
     assert http1.end_to_end(headers, upgrade=upgrade) == expected
     if not upgrade:
-        kept, _ = http1.scan_response(headers)
-        assert kept == expected
+        assert _relayed(headers)[0] == b"".join(name + b": " + value + b"\r\n" for name, value in expected)
