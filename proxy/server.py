@@ -348,6 +348,9 @@ class _Forward:
                 conn.writelines(parts)
             elif self.body_done and self.chunked:
                 conn.writelines([head, http1.CHUNKED_END])
+            elif conn.transport is not None and not conn.closed:
+                # The usual request, a head alone: straight to the transport.
+                conn.transport.write(head)
             else:
                 conn.write(head)
         if self._body_buffered:
