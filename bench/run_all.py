@@ -18,6 +18,7 @@ BENCHES = (
     "replay_bench.py",
     "proxy_bench.py",
     "proxy_instructions.py",
+    "proxy_inprocess.py",
 )
 
 

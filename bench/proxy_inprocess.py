@@ -1,0 +1,180 @@
+"""The proxy data path's own cost per request, in process: no sockets, no kernel, no other processes.
+
+The wall-clock bench (``proxy_bench.py``) mixes the proxy's Python with system calls and with wrk and
+nginx sharing two cores; ``proxy_instructions.py`` is steady but slow (callgrind). This one drives the
+real ``_ClientConnection`` and ``UpstreamConnection`` objects of a started ``ProxyServer`` with
+transports that only collect what is written: a client request goes in, the primary's response goes
+in, and the time per request is the best of five rounds. It is the quick gauge for hot-path edits.
+
+Cases: pass-through with the metrics observer (what ``shadowtap proxy`` runs without shadows or a
+tape), pass-through with no observer, and pass-through with one stage that watches completion (the
+exchange record and response copy are built, as for mirroring or recording, minus the stages' own
+work). The baseline, measured in the same run, is llhttp (httptools) alone parsing the same request
+and response with no callbacks but message completion: what any Python proxy built on it pays.
+This script prints figures; it never asserts on them.
+
+    .venv/bin/python bench/proxy_inprocess.py [--requests 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httptools
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxy import server as data_path  # noqa: E402
+from proxy.forward import ForwardSettings  # noqa: E402
+from proxy.metrics import MetricsStage, ProxyMetrics  # noqa: E402
+from proxy.stages import ProxiedExchange  # noqa: E402
+from proxy.upstream import UpstreamConnection  # noqa: E402
+
+REQUEST = b"GET /api/items?page=2 HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 22 Nov 2026 06:00:00 GMT\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 60\r\nConnection: keep-alive\r\n\r\n" + b"x" * 60
+)
+
+
+class _Collecting:
+    """A transport that keeps what is written (cleared between rounds) and notes a close."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.written.extend(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+class _WatchesCompletion:
+    """A stage that does nothing but makes the data path build each exchange's record."""
+
+    name = "noop"
+
+    def request_complete(self, exchange: ProxiedExchange) -> None:
+        return None
+
+    def exchange_complete(self, exchange: ProxiedExchange) -> None:
+        return None
+
+    async def aclose(self, timeout_s: float) -> None:
+        return None
+
+
+def _best_ns(step: Callable[[], None], requests: int) -> float:
+    for _ in range(2000):
+        step()
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter_ns()
+        for _ in range(requests):
+            step()
+        best = min(best, (time.perf_counter_ns() - started) / requests)
+    return best
+
+
+async def _data_path_ns(requests: int, observers: bool, stage: bool) -> float:
+    settings = ForwardSettings(primary="http://127.0.0.1:9")
+    server = data_path.ProxyServer(
+        settings,
+        stages=[_WatchesCompletion()] if stage else [],
+        observers=[MetricsStage(ProxyMetrics())] if observers else [],
+    )
+    await server.start("127.0.0.1", 0)
+    try:
+        ctx = server._ctx
+        assert ctx is not None
+        client = data_path._ClientConnection(ctx)
+        client_side = _Collecting()
+        client.connection_made(client_side)  # type: ignore[arg-type]
+        primary = UpstreamConnection(ctx.pool)
+        primary_side = _Collecting()
+        primary.connection_made(primary_side)  # type: ignore[arg-type]
+        ctx.pool.release(primary)
+
+        def step() -> None:
+            client.data_received(REQUEST)
+            primary.data_received(RESPONSE)
+            client_side.written.clear()
+            primary_side.written.clear()
+
+        step()
+        client.data_received(REQUEST)
+        sent = b"".join(primary_side.written)
+        primary.data_received(RESPONSE)
+        answered = b"".join(client_side.written)
+        if not sent.startswith(b"GET /api/items?page=2 HTTP/1.1\r\n") or not answered.endswith(b"x" * 60):
+            raise SystemExit(f"the data path did not relay the exchange: {sent!r} / {answered!r}")
+        ns = _best_ns(step, requests)
+        if client_side.closed or primary_side.closed:
+            raise SystemExit("the data path closed a keep-alive connection during the rounds")
+        return ns
+    finally:
+        await server.shutdown(1.0)
+
+
+class _Completes:
+    def on_message_complete(self) -> None:
+        return None
+
+
+def _parse_only_ns(requests: int) -> float:
+    request_parser = httptools.HttpRequestParser(_Completes())
+    response_parser = httptools.HttpResponseParser(_Completes())
+
+    def step() -> None:
+        request_parser.feed_data(REQUEST)
+        response_parser.feed_data(RESPONSE)
+
+    return _best_ns(step, requests)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=100_000, help="requests per round (best of 5 rounds)")
+    args = parser.parse_args()
+    requests = max(1000, args.requests)
+    print(f"proxy_inprocess: {requests:,} requests per round, best of 5, fake transports")
+    baseline = _parse_only_ns(requests)
+    rows = [("llhttp parse only (baseline)", baseline)]
+    for name, observers, stage in (
+        ("pass-through, metrics observer", True, False),
+        ("pass-through, no observer", False, False),
+        ("pass-through + a completion stage", True, True),
+    ):
+        rows.append((name, uvloop.run(_data_path_ns(requests, observers, stage))))
+    print(f"\n{'case':<38} {'ns/request':>11} {'x baseline':>11}")
+    for name, ns in rows:
+        print(f"{name:<38} {ns:>11,.0f} {ns / baseline:>11.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
