@@ -551,11 +551,7 @@ class _Forward:
             return
         self.finished = True
         self._body_buffer = []
-        out = self._out
-        client = self._client
-        if out:
-            self._out = []
-            client.writelines(out)
+        self.flush()
         ctx = self._ctx
         head = self._resp_head
         sent_ns = self._sent_ns
@@ -586,7 +582,7 @@ class _Forward:
                 )
             for stage in ctx.completion_stages:
                 call_stage(ctx.stats.stage_errors, stage, stage.exchange_complete, ex)
-        client.request_done(self, close_client)
+        self._client.request_done(self, close_client)
 
 
 class _LocalReply:
