@@ -163,11 +163,11 @@ def chunk(data: bytes) -> list[bytes]:
 def error_response(status: int, reason: str, message: str, *, close: bool) -> bytes:
     """A short plain-text response that shadowtap itself sends (502, 504, 400, 431 ...)."""
     body = (message.rstrip("\n") + "\n").encode("utf-8", "replace")
-    fields: list[Header] = [
+    own: list[Header] = [
         (b"Content-Type", b"text/plain; charset=utf-8"),
         (b"Content-Length", b"%d" % len(body)),
         (b"X-Shadowtap-Error", b"1"),
     ]
     if close:
-        fields.append((b"Connection", b"close"))
-    return response_head(status, reason.encode("ascii"), fields) + body
+        own.append((b"Connection", b"close"))
+    return response_head(status, reason.encode("ascii"), own) + body

@@ -156,11 +156,7 @@ class MetricsStage:
             label = "error" if failed else "unknown"
         m.requests_by_status[label] = m.requests_by_status.get(label, 0) + 1
         if done_ns is not None:
-            # LatencyHistogram.observe, inlined: this runs once per primary exchange.
-            seconds = done_ns / 1e9
-            histogram = m.primary_latency
-            histogram.counts[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-            histogram.sum_s += seconds
+            m.primary_latency.observe(done_ns / 1e9)
 
     async def aclose(self, timeout_s: float) -> None:
         return None
