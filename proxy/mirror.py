@@ -445,6 +445,11 @@ class ShadowMirror:
         if copy not in self._active:  # timed out or stopped while dialling
             conn.close()
             return
+        if conn.closed:
+            # Lost between the dial and this task's turn (the shadow accepted, then hung up): the
+            # copy would wait out its timeout on a connection nobody answers.
+            self.copy_done(copy, Failure(FailureKind.RESET, "shadow closed the connection before the copy was sent"))
+            return
         copy.send(conn)
         if isinstance(conn, PipelinedConnection):
             conn.flush_writes()

@@ -314,6 +314,11 @@ class _Forward:
         if self.finished:
             self._ctx.pool.release(conn)
             return
+        if conn.closed:
+            # Lost between the dial and this task's turn (the primary accepted, then hung up):
+            # nobody would ever answer on it, so fail now rather than at the first-byte timeout.
+            self._fail(FailureKind.RESET, "primary closed the connection before the request was sent")
+            return
         self._send(conn)
 
     def _send(self, conn: UpstreamConnection) -> None:
