@@ -9,9 +9,14 @@ in, and the time per request is the best of five rounds. It is the quick gauge f
 Cases: pass-through with the metrics observer (what ``shadowtap proxy`` runs without shadows or a
 tape), pass-through with no observer, and pass-through with one stage that watches completion (the
 exchange record and response copy are built, as for mirroring or recording, minus the stages' own
-work). The baseline, measured in the same run, is llhttp (httptools) alone parsing the same request
-and response with no callbacks but message completion: what any Python proxy built on it pays.
-This script prints figures; it never asserts on them.
+work). The mirror cases run a whole ``ProxyApp`` with one shadow sampled at 100 %: eight clients'
+requests per loop turn (as under load), their copies pipelined on one shadow connection whose
+answers arrive in one read; with recording, the tape goes to a real ``TapeWriter`` in a temporary
+directory (its thread's work counts only where it holds the GIL during the rounds), or to a sink
+that takes records and drops them (the record stage alone). The baseline, measured in the same
+run, is llhttp (httptools) alone parsing the same request and response with no callbacks but
+message completion: what any Python proxy built on it pays. This script prints figures; it never
+asserts on them (it stops with an error only when the proxy did not relay or mirror every request).
 
     .venv/bin/python bench/proxy_inprocess.py [--requests 100000]
 """
@@ -19,9 +24,11 @@ This script prints figures; it never asserts on them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httptools
@@ -30,10 +37,12 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy import server as data_path  # noqa: E402
+from proxy.app import ProxyApp  # noqa: E402
+from proxy.config import ProxyConfig  # noqa: E402
 from proxy.forward import ForwardSettings  # noqa: E402
 from proxy.metrics import MetricsStage, ProxyMetrics  # noqa: E402
 from proxy.stages import ProxiedExchange  # noqa: E402
-from proxy.upstream import UpstreamConnection  # noqa: E402
+from proxy.upstream import PipelinedConnection, UpstreamConnection  # noqa: E402
 
 REQUEST = b"GET /api/items?page=2 HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
 RESPONSE = (
@@ -140,6 +149,94 @@ async def _data_path_ns(requests: int, observers: bool, stage: bool) -> float:
         await server.shutdown(1.0)
 
 
+#: Client connections whose requests arrive in one loop turn in the mirror cases.
+_CLIENTS = 8
+
+
+class _DropsRecords:
+    """A tape sink that takes every record and keeps none: the record stage's own cost."""
+
+    def submit_records(self, records: list[list[object]]) -> int:
+        return len(records)
+
+
+async def _best_async_ns(step: Callable[[], Awaitable[None]], requests: int) -> float:
+    for _ in range(2000 // _CLIENTS):
+        await step()
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter_ns()
+        for _ in range(requests // _CLIENTS):
+            await step()
+        best = min(best, (time.perf_counter_ns() - started) / (requests // _CLIENTS * _CLIENTS))
+    return best
+
+
+async def _mirror_ns(requests: int, tape: str) -> float:
+    """Per request, with one shadow at 100 %; ``tape`` is "" (no recording), "drop" or "writer"."""
+    with tempfile.TemporaryDirectory() as work:
+        mapping: dict[str, object] = {
+            "primary": "http://127.0.0.1:9",
+            "listen": "127.0.0.1:0",
+            "shadows": [{"name": "v2", "url": "http://127.0.0.1:9", "sample_percent": 100}],
+            "admin": {"listen": "off"},
+        }
+        if tape:
+            mapping["record"] = {"tape": f"{work}/tape"}
+        app = ProxyApp(ProxyConfig.from_mapping(mapping))
+        await app.start()
+        try:
+            assert app.server is not None and app.mirror is not None
+            if tape == "drop":
+                assert app.record is not None
+                app.record._tape = _DropsRecords()
+            ctx = app.server._ctx
+            assert ctx is not None
+            clients = []
+            for _ in range(_CLIENTS):
+                client = data_path._ClientConnection(ctx)
+                client_side = _Collecting()
+                client.connection_made(client_side)  # type: ignore[arg-type]
+                primary = UpstreamConnection(ctx.pool)
+                primary.connection_made(_Collecting())  # type: ignore[arg-type]
+                ctx.pool.release(primary)  # back in the pool after each exchange (keep-alive)
+                clients.append((client, client_side, primary))
+            shadow_mirror = app.mirror.shadows[0]
+            assert shadow_mirror._pool is not None
+            shadow = PipelinedConnection(shadow_mirror._pool)
+            shadow_side = _Collecting()
+            shadow.connection_made(shadow_side)  # type: ignore[arg-type]
+            shadow_mirror._pool.release(shadow)
+            answers = RESPONSE * _CLIENTS
+
+            async def step() -> None:
+                for client, _, _ in clients:
+                    client.data_received(REQUEST)
+                for _, _, primary in clients:
+                    primary.data_received(RESPONSE)
+                await asyncio.sleep(0)  # the mirror's pump: the copies leave in one write
+                shadow.data_received(answers)
+                for _, client_side, primary in clients:
+                    client_side.written.clear()
+                    primary.transport.written.clear()  # type: ignore[union-attr]
+                shadow_side.written.clear()
+
+            await step()
+            ns = await _best_async_ns(step, requests)
+            state = app.mirror.stats()["v2"]
+            answered = app.metrics.mirror_outcomes.get(("v2", "ok"), 0)
+            if state["in_flight"] or state["queue_depth"] or shadow.closed or answered < requests:
+                raise SystemExit(f"the mirror did not keep up: {answered} answered, {state}")
+            if tape:
+                assert app.record is not None
+                stats = app.record.snapshot()
+                if stats["joined"] < requests:
+                    raise SystemExit(f"the record stage joined too few exchanges: {stats}")
+            return ns
+        finally:
+            await app.shutdown()
+
+
 class _Completes:
     def on_message_complete(self) -> None:
         return None
@@ -170,6 +267,12 @@ def main() -> int:
         ("pass-through + a completion stage", True, True),
     ):
         rows.append((name, uvloop.run(_data_path_ns(requests, observers, stage))))
+    for name, tape in (
+        ("mirroring (1 shadow, 100 %)", ""),
+        ("mirroring + record stage, no tape", "drop"),
+        ("mirroring + recording to a tape", "writer"),
+    ):
+        rows.append((name, uvloop.run(_mirror_ns(requests, tape))))
     print(f"\n{'case':<38} {'ns/request':>11} {'x baseline':>11}")
     for name, ns in rows:
         print(f"{name:<38} {ns:>11,.0f} {ns / baseline:>11.1f}")
