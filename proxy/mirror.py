@@ -22,14 +22,13 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 from proxy.breaker import CircuitBreaker
 from proxy.config import MirrorSettings, RuntimeFlags, ShadowSettings
 from proxy.forward import PrimaryTarget, parse_primary
 from proxy.metrics import ProxyMetrics
-from proxy.rules import RouteTable
+from proxy.rules import DEFAULT_RULE, RouteTable
 from proxy.sampling import TokenBucket, in_sample, key_in_sample
 from proxy.stages import ProxiedExchange
 from proxy.upstream import PipelinedConnection, UpstreamConnection, UpstreamPool
@@ -76,18 +75,6 @@ _SWEEP_PERIOD_S: Final = 0.05
 OutcomeListener = Callable[[str, str, Outcome, Timing], None]
 
 
-@dataclass(slots=True)
-class _Job:
-    exchange_id: str
-    method: str
-    target: str
-    headers: Headers
-    authority: str
-    body: bytes
-    started_mono_ns: int
-    enqueued_s: float
-
-
 def _connection_listed(headers: Headers) -> frozenset[bytes]:
     listed: set[bytes] = set()
     for name, value in headers:
@@ -117,7 +104,6 @@ def mirror_request_head(
     target: str,
     headers: Headers,
     body_size: int,
-    *,
     shadow: ShadowSettings,
     upstream: PrimaryTarget,
     drop: frozenset[bytes],
@@ -161,13 +147,14 @@ class _Copy:
     """
 
     __slots__ = (
-        "chunks", "conn", "connecting", "deadline", "first_byte_ns", "head", "headers", "job", "mirror", "reason",
-        "retried", "reused", "sent_ns", "size", "status",
+        "chunks", "conn", "connecting", "deadline", "exchange", "first_byte_ns", "head", "headers", "mirror",
+        "reason", "retried", "reused", "sent_ns", "size", "status",
     )  # fmt: skip
 
-    def __init__(self, mirror: ShadowMirror, job: _Job, head: bytes, sent_ns: int) -> None:
+    def __init__(self, mirror: ShadowMirror, exchange: ProxiedExchange, head: bytes, sent_ns: int) -> None:
         self.mirror = mirror
-        self.job = job
+        #: The exchange copied: its request fields never change once it is offered to the mirror.
+        self.exchange = exchange
         self.head = head
         self.sent_ns = sent_ns
         self.conn: UpstreamConnection | None = None
@@ -188,12 +175,13 @@ class _Copy:
         self.conn = conn
         self.chunks.clear()
         self.size = 0
-        body = self.job.body
+        body = self.exchange.request_body
         data = [self.head, body] if body else [self.head]
-        if isinstance(conn, PipelinedConnection) and self.job.method != "HEAD":
+        head_only = self.exchange.method == "HEAD"
+        if not head_only and isinstance(conn, PipelinedConnection):
             conn.pipeline(self, data)
             return
-        conn.begin(self, head_only=self.job.method == "HEAD")
+        conn.begin(self, head_only)
         conn.writelines(data)
 
     # --- ResponseSink ------------------------------------------------------------------------------
@@ -304,9 +292,11 @@ class ShadowMirror:
         self._target = parse_primary(settings.url, field=f"shadows.{settings.name}.url")
         self.breaker = CircuitBreaker(settings.breaker)
         self._bucket: TokenBucket | None = None
-        # Bounded by settings.queue_size (checked in offer): the memory a stuck shadow can pin is
-        # queue_size x max_body_bytes at worst; beyond it drops are counted, never waited for.
-        self._waiting: deque[_Job] = deque()
+        # (exchange, when queued). Bounded by settings.queue_size (checked in offer): the memory a
+        # stuck shadow can pin is queue_size exchanges (request bodies of at most max_body_bytes;
+        # response copies only when the record stage holds them anyway); beyond it drops are
+        # counted, never waited for.
+        self._waiting: deque[tuple[ProxiedExchange, float]] = deque()
         self._active: set[_Copy] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -360,18 +350,7 @@ class ShadowMirror:
             return FailureKind.QUEUE_FULL
         if not self.breaker.allow(now_s):
             return FailureKind.BREAKER_OPEN
-        self._waiting.append(
-            _Job(
-                exchange.id,
-                exchange.method,
-                exchange.target,
-                exchange.request_headers,
-                exchange.authority,
-                exchange.request_body or b"",
-                exchange.started_mono_ns,
-                now_s,
-            )
-        )
+        self._waiting.append((exchange, now_s))
         self._idle.clear()
         if free_slots > 0 and not self._pump_scheduled:
             # Sent from the next loop turn: the data path's own write goes first, and this call
@@ -381,25 +360,25 @@ class ShadowMirror:
             self._loop.call_soon(self._pump)
         return MIRRORED
 
-    def _start(self, job: _Job, now_s: float) -> None:
-        loop = self._loop
-        assert loop is not None and self._pool is not None
+    def _start(self, exchange: ProxiedExchange, now_s: float) -> None:
+        assert self._pool is not None
+        body = exchange.request_body
         head = mirror_request_head(
-            job.method,
-            job.target,
-            job.headers,
-            len(job.body),
-            shadow=self.settings,
-            upstream=self._target,
-            drop=self._drop,
-            credentials=self._credentials,
-            exchange_id=job.exchange_id,
-            authority=job.authority,
+            exchange.method,
+            exchange.target,
+            exchange.request_headers,
+            0 if body is None else len(body),
+            self.settings,
+            self._target,
+            self._drop,
+            self._credentials,
+            exchange.id,
+            exchange.authority,
         )
-        copy = _Copy(self, job, head, time.monotonic_ns())
+        copy = _Copy(self, exchange, head, time.monotonic_ns())
         self._active.add(copy)
         copy.deadline = now_s + self.settings.total_timeout_s
-        head_only = job.method == "HEAD"
+        head_only = exchange.method == "HEAD"
         conn: UpstreamConnection | None = None if head_only or not self._filling_has_room() else self._filling
         if conn is None:
             conn = self._pool.try_acquire()
@@ -494,9 +473,9 @@ class ShadowMirror:
             self.breaker.record_cancelled()
         else:
             self.breaker.record_failure(loop.time())
-        base = copy.job.started_mono_ns
+        base = copy.exchange.started_mono_ns
         first_byte_ns = None if copy.first_byte_ns is None else copy.first_byte_ns - base
-        self._finish(copy.job, outcome, new_timing(copy.sent_ns - base, first_byte_ns, done_ns - base))
+        self._finish(copy.exchange, outcome, new_timing(copy.sent_ns - base, first_byte_ns, done_ns - base))
         if self._waiting and not self._pump_scheduled and not self._stopped:
             # Next copy from a fresh loop turn: this may run inside a connection's data callback.
             self._pump_scheduled = True
@@ -525,39 +504,39 @@ class ShadowMirror:
                 self._pump_scheduled = True
                 loop.call_soon(self._pump)
                 return
-            job = waiting.popleft()
+            exchange, enqueued_s = waiting.popleft()
             if not (flags.mirroring and flags.shadow_mirroring(self.index)):
                 # The kill switch also stops copies already queued, not only new decisions.
                 drops += 1
                 breaker.record_cancelled()
-                self._finish(job, Failure(FailureKind.CANCELLED, "mirroring turned off"), _NO_TIMING)
+                self._finish(exchange, Failure(FailureKind.CANCELLED, "mirroring turned off"), _NO_TIMING)
                 continue
-            if now_s - job.enqueued_s > self.settings.total_timeout_s:
+            if now_s - enqueued_s > self.settings.total_timeout_s:
                 # Stale: the shadow is too far behind for this copy to be worth sending.
                 drops += 1
                 breaker.record_failure(now_s)
-                self._finish(job, Failure(FailureKind.TIMEOUT, "waited too long in the mirror queue"), _NO_TIMING)
+                self._finish(exchange, Failure(FailureKind.TIMEOUT, "waited too long in the mirror queue"), _NO_TIMING)
                 continue
             if breaker.refusing(now_s):
                 # The breaker opened after this copy was queued: sending it would only feed a shadow
                 # known to be failing (a black hole holds each copy for its whole timeout).
                 drops += 1
-                self._finish(job, Failure(FailureKind.BREAKER_OPEN, "breaker opened while queued"), _NO_TIMING)
+                self._finish(exchange, Failure(FailureKind.BREAKER_OPEN, "breaker opened while queued"), _NO_TIMING)
                 continue
             try:
-                self._start(job, now_s)
+                self._start(exchange, now_s)
             except Exception as exc:  # a bug must cost this copy only, never the queue behind it
                 log.exception("mirror copy for %s could not start", self.settings.name)
                 breaker.record_cancelled()
-                self._finish(job, Failure(FailureKind.OTHER, f"copy could not start: {exc}"), _NO_TIMING)
+                self._finish(exchange, Failure(FailureKind.OTHER, f"copy could not start: {exc}"), _NO_TIMING)
         if not self._active and not waiting:
             self._idle.set()
 
-    def _finish(self, job: _Job, outcome: Outcome, timing: Timing) -> None:
+    def _finish(self, exchange: ProxiedExchange, outcome: Outcome, timing: Timing) -> None:
         self._metrics.count_mirror(self.settings.name, "ok" if isinstance(outcome, Response) else outcome.kind)
         if self._on_outcome is not None:
             try:
-                self._on_outcome(job.exchange_id, self.settings.name, outcome, timing)
+                self._on_outcome(exchange.id, self.settings.name, outcome, timing)
             except Exception:
                 log.exception("mirror outcome listener failed for %s", self.settings.name)
 
@@ -576,7 +555,7 @@ class ShadowMirror:
         await asyncio.gather(*connecting, return_exceptions=True)
         while self._waiting:
             self.breaker.record_cancelled()
-            self._finish(self._waiting.popleft(), cancelled, _NO_TIMING)
+            self._finish(self._waiting.popleft()[0], cancelled, _NO_TIMING)
         self._idle.set()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -645,7 +624,8 @@ class MirrorStage:
                 self._decide(decisions, shadow, FailureKind.DISABLED)
             return
         method = exchange.method
-        rule = self._routes.match(method, exchange.target.split("?", 1)[0])
+        # Without routes every request gets the default rule: no path to cut out of the target.
+        rule = self._routes.match(method, exchange.target.split("?", 1)[0]) if self._routes.rules else DEFAULT_RULE
         body = exchange.request_body
         key: bytes | None = None
         if self._settings.sample_key is not None:
