@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 from proxy.forward import ForwardSettings
 from proxy.server import ProxyServer
 from proxy.stages import ProxiedExchange
+from proxy.upstream import UpstreamConnection, UpstreamPool
 
 # The data-path tests run on uvloop, the loop the proxy runs on in production (its transports are
 # not asyncio's classes and behave differently at the edges); other proxy tests keep the default.
@@ -274,3 +275,25 @@ async def setup() -> AsyncIterator[Setup]:
     stage = RecordingStage()
     async with serve_app(build_primary_app()) as primary_port, running_proxy(primary_port, stages=[stage]) as proxy:
         yield Setup(primary_port, proxy, stage)
+
+
+async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A server's connection handler that accepts and hangs up at once."""
+    writer.transport.abort()
+
+
+@pytest.fixture
+def dials_resume_after_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fresh upstream connection (primary or shadow) is handed to the task that dialled it
+    only once it is lost: the race where a server accepts and hangs up before that task resumes,
+    taken every time instead of now and then. Real sockets; only the dial's return is held back."""
+    dial = UpstreamPool.connect
+
+    async def dial_then_lose(pool: UpstreamPool) -> UpstreamConnection:
+        conn = await dial(pool)
+        async with asyncio.timeout(5):
+            while not conn.closed:
+                await asyncio.sleep(0.005)
+        return conn
+
+    monkeypatch.setattr(UpstreamPool, "connect", dial_then_lose)

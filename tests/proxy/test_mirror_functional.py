@@ -18,8 +18,8 @@ from proxy.config import ProxyConfig, RuntimeFlags
 from proxy.metrics import ProxyMetrics
 from proxy.mirror import MirrorStage
 from proxy.stages import ProxiedExchange
-from proxy.upstream import UpstreamConnection, UpstreamPool
 from recorder.model import Failure, FailureKind, Outcome, Response, Timing
+from tests.proxy.conftest import hang_up
 
 _ids = itertools.count()
 
@@ -593,23 +593,10 @@ async def test_a_head_copy_is_never_pipelined() -> None:
     assert sorted(targets[1:] for targets in shadow.per_connection) == [[b"/a", b"/c", b"/d"], [b"/b"]]
 
 
-async def test_a_shadow_lost_before_the_copy_is_sent_fails_the_copy_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_shadow_lost_before_the_copy_is_sent_fails_the_copy_at_once(dials_resume_after_loss: None) -> None:
     # The race the data path also meets: the shadow accepts and hangs up before the task that
     # dialled it resumes. The dial resumes only after the loss, so the race is taken every time;
     # the copy must fail then, not wait out its 10 s timeout on a dead connection.
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.transport.abort()
-
-    dial = UpstreamPool.connect
-
-    async def dial_then_lose(pool: UpstreamPool) -> UpstreamConnection:
-        conn = await dial(pool)
-        async with asyncio.timeout(5):
-            while not conn.closed:
-                await asyncio.sleep(0.005)
-        return conn
-
-    monkeypatch.setattr(UpstreamPool, "connect", dial_then_lose)
     server = RawServer(hang_up)
     url = await server.start()
     stage, _, metrics, outcomes = stage_for([{"name": "gone", "url": url, "total_timeout_s": 10}])

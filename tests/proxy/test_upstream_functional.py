@@ -6,11 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import pytest
-
-from proxy.upstream import UpstreamConnection, UpstreamPool
 from recorder.model import FailureKind
-from tests.proxy.conftest import RecordingStage, raw_head_request, raw_request, running_proxy
+from tests.proxy.conftest import RecordingStage, hang_up, raw_head_request, raw_request, running_proxy
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -251,24 +248,11 @@ async def test_idle_keep_alive_client_connections_are_closed() -> None:
             writer.close()
 
 
-async def test_primary_closing_before_the_request_is_sent_is_a_fast_502(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_primary_closing_before_the_request_is_sent_is_a_fast_502(dials_resume_after_loss: None) -> None:
     # The race: a fresh primary connection is lost (the primary accepted, then hung up) before the
     # task that dialled it resumes and sends. The dial is made to resume only after the loss, so
     # the race is taken every time; the client must get a 502 at once, not a 504 after the
     # first-byte timeout.
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.transport.abort()
-
-    dial = UpstreamPool.connect
-
-    async def dial_then_lose(pool: UpstreamPool) -> UpstreamConnection:
-        conn = await dial(pool)
-        async with asyncio.timeout(5):
-            while not conn.closed:
-                await asyncio.sleep(0.005)
-        return conn
-
-    monkeypatch.setattr(UpstreamPool, "connect", dial_then_lose)
     async with raw_primary(hang_up) as (port, accepted), running_proxy(port, first_byte_timeout_s=30.0) as proxy:
         request = b"GET /gone HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
         raw = await asyncio.wait_for(raw_head_request(proxy.port, request), 10)
