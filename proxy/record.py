@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -196,9 +196,10 @@ class RecordStage:
         self._on_joined = on_joined
         self._sample_key = sample_key
         self.stats = RecordStats()
-        # Insertion-ordered (a plain dict is) so the oldest is evicted first at capacity (see
-        # RecordSettings.max_pending).
-        self._pending: dict[str, _Pending] = {}
+        # Insertion-ordered so the oldest is evicted first at capacity (see RecordSettings.max_pending).
+        # An OrderedDict, not a dict: finding a plain dict's first item walks over the slots its
+        # earlier deletions left, so evicting at capacity (a stuck shadow) would slow with each one.
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
         # (deadline, id) in deadline order: the join timeout is constant, so appends stay sorted.
         # Bounded by _pending: each entry is appended once, and stale ids are skipped on pop.
         self._deadlines: deque[tuple[float, str]] = deque()
@@ -251,12 +252,14 @@ class RecordStage:
         record = self._taped(exchange)
         if not record and self._on_joined is None:
             return None
-        entry = _Pending(record, {name for name, decision in exchange.decisions.items() if decision == MIRRORED})
-        pending = self._pending
-        pending[exchange.id] = entry
-        if len(pending) > self._settings.max_pending:
-            # The oldest is first: a plain dict keeps insertion order.
-            oldest = pending.pop(next(iter(pending)))
+        waiting: set[str] = set()
+        for name, decision in exchange.decisions.items():
+            if decision == MIRRORED:
+                waiting.add(name)
+        entry = _Pending(record, waiting)
+        self._pending[exchange.id] = entry
+        if len(self._pending) > self._settings.max_pending:
+            _, oldest = self._pending.popitem(last=False)
             self.stats.evicted_at_capacity += 1
             self._complete(oldest, "too many exchanges waiting for shadows")
         return entry
@@ -372,8 +375,8 @@ class RecordStage:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        pending, self._pending = self._pending, {}
-        for entry in pending.values():
+        while self._pending:
+            _, entry = self._pending.popitem(last=False)
             self._complete(entry, "proxy shut down before the shadow answered")
         self._deadlines.clear()
         if self._batch:
