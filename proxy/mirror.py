@@ -28,7 +28,7 @@ from proxy.breaker import CircuitBreaker
 from proxy.config import MirrorSettings, RuntimeFlags, ShadowSettings
 from proxy.forward import PrimaryTarget, parse_primary
 from proxy.metrics import ProxyMetrics
-from proxy.rules import DEFAULT_RULE, RouteTable
+from proxy.rules import RouteTable
 from proxy.sampling import TokenBucket, in_sample, key_in_sample
 from proxy.stages import ProxiedExchange
 from proxy.upstream import PipelinedConnection, UpstreamConnection, UpstreamPool
@@ -624,8 +624,7 @@ class MirrorStage:
                 self._decide(decisions, shadow, FailureKind.DISABLED)
             return
         method = exchange.method
-        # Without routes every request gets the default rule: no path to cut out of the target.
-        rule = self._routes.match(method, exchange.target.split("?", 1)[0]) if self._routes.rules else DEFAULT_RULE
+        rule = self._routes.match_target(method, exchange.target)
         body = exchange.request_body
         key: bytes | None = None
         if self._settings.sample_key is not None:

@@ -160,3 +160,10 @@ class RouteTable:
             if rule.matches(method, path):
                 return rule
         return DEFAULT_RULE
+
+    def match_target(self, method: str, target: str) -> RouteRule:
+        """``match`` for a request target (path and query). With no rules, the default rule without
+        cutting the path out of the target: the mirror asks this for every request."""
+        if not self.rules:
+            return DEFAULT_RULE
+        return self.match(method, target.split("?", 1)[0])

@@ -40,6 +40,9 @@ def test_first_match_wins_and_default() -> None:
     assert table.match("GET", "/other") is DEFAULT_RULE
     assert DEFAULT_RULE.allows_method("GET") and DEFAULT_RULE.allows_method("OPTIONS")
     assert not DEFAULT_RULE.allows_method("POST") and not DEFAULT_RULE.allows_method("DELETE")
+    # A target matches by its path: the query never decides a route.
+    assert table.match_target("POST", "/orders/1?next=/other") is orders
+    assert RouteTable([]).match_target("POST", "/orders/1?x=1") is DEFAULT_RULE
 
 
 @pytest.mark.parametrize(
