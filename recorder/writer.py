@@ -280,6 +280,69 @@ class _SegmentSink:
                 os.close(fd)
 
 
+class _BlockWriter:
+    """Encodes records into blocks and writes them through a sink, counting every record's fate.
+
+    The loop the tape writer's thread runs and the tape writer process (``recorder.tape_process``)
+    runs: one place decides what is written, what failed to encode and what the disk refused. Used by
+    one thread at a time; never raises for a bad record or a disk error (both are counted, and logged
+    once per kind).
+    """
+
+    def __init__(self, sink: _SegmentSink) -> None:
+        self.sink = sink
+        self.written = 0
+        self.encode_errors = 0
+        self.write_errors = 0
+        self.last_error = ""
+        self._logged_errors: set[str] = set()
+
+    def write_from(self, take: Callable[[], Exchange | list[Any] | None]) -> None:
+        """Encode and write records from ``take`` until it returns None, one block at a time."""
+        block_bytes = self.sink.options.block_bytes
+        exchange = take()
+        while exchange is not None:
+            parts: list[bytes] = []
+            size = count = 0
+            while exchange is not None:
+                try:
+                    size += self.sink.encode(exchange, parts)
+                except Exception as exc:  # a malformed exchange must not stop the writer
+                    self.encode_errors += 1
+                    ident = exchange[0] if type(exchange) is list and exchange else getattr(exchange, "id", "?")
+                    self.note_error("encode", f"cannot encode exchange {ident!r}: {exc}")
+                else:
+                    count += 1
+                if count >= _BATCH_EXCHANGES or size >= block_bytes:
+                    break
+                exchange = take()
+            if count and self.guard(self.sink.write, parts, lost=count):
+                self.written += count
+            if exchange is not None:
+                exchange = take()
+
+    def guard(self, action: Callable[..., None], *args: Any, lost: int) -> bool:
+        """Run a disk action; on ``TapeWriteError`` count ``lost`` records as write errors."""
+        try:
+            action(*args)
+        except TapeWriteError as exc:
+            self.write_errors += lost
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and cause.errno:
+                kind = errno.errorcode.get(cause.errno, "OSError")
+            else:
+                kind = "not-written"
+            self.note_error(kind, str(exc))
+            return False
+        return True
+
+    def note_error(self, kind: str, message: str) -> None:
+        self.last_error = message
+        if kind not in self._logged_errors:
+            self._logged_errors.add(kind)
+            log.error("%s (further %s errors are counted, not logged)", message, kind)
+
+
 class SyncTapeWriter:
     """A blocking tape writer for importers, the CLI and tests (same bytes as ``TapeWriter``).
 
@@ -376,13 +439,9 @@ class TapeWriter:
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._closing = False
-        self._written = 0
+        self._blocks = _BlockWriter(self._sink)
         self._dropped_queue_full = 0
         self._dropped_closed = 0
-        self._encode_errors = 0
-        self._write_errors = 0
-        self._last_error = ""
-        self._logged_errors: set[str] = set()
 
     async def start(self) -> None:
         """Create the directory and key, then start the background writer. Raises on a bad path."""
@@ -437,32 +496,34 @@ class TapeWriter:
 
     @property
     def stats(self) -> TapeWriterStats:
+        blocks = self._blocks
         return TapeWriterStats(
-            written=self._written,
+            written=blocks.written,
             dropped_queue_full=self._dropped_queue_full,
             dropped_closed=self._dropped_closed,
-            encode_errors=self._encode_errors,
-            write_errors=self._write_errors,
+            encode_errors=blocks.encode_errors,
+            write_errors=blocks.write_errors,
             queue_depth=len(self._pending),
             bytes_written=self._sink.bytes_written,
             segments=self._sink.segments,
-            last_error=self._last_error,
+            last_error=blocks.last_error,
         )
 
     # --- background thread ---------------------------------------------------------------------
 
     def _run(self, loop: asyncio.AbstractEventLoop, stopped: asyncio.Future[None]) -> None:
         wait_s = min(self._options.fsync_interval_s, 1.0) if self._options.fsync == "interval" else 1.0
+        blocks = self._blocks
         try:
             while True:
                 self._wake.wait(wait_s)
                 self._wake.clear()
-                self._drain()
+                blocks.write_from(self._take)
                 if self._options.fsync == "interval":
-                    self._guard(self._sink.sync_if_due, time.monotonic(), lost=0)
+                    blocks.guard(self._sink.sync_if_due, time.monotonic(), lost=0)
                 if self._closing and not self._pending:
                     break
-            self._guard(self._sink.close_segment, lost=0)
+            blocks.guard(self._sink.close_segment, lost=0)
         except Exception:
             # A bug, not a disk error: stop accepting, so the loss shows in dropped_closed, and say so.
             self._closing = True
@@ -471,44 +532,9 @@ class TapeWriter:
             with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody is waiting
                 loop.call_soon_threadsafe(_resolve, stopped)
 
-    def _drain(self) -> None:
+    def _take(self) -> Exchange | list[Any] | None:
         pending = self._pending
-        block_bytes = self._options.block_bytes
-        while pending:
-            parts: list[bytes] = []
-            size = count = 0
-            while pending and count < _BATCH_EXCHANGES and size < block_bytes:
-                exchange = pending.popleft()
-                try:
-                    size += self._sink.encode(exchange, parts)
-                except Exception as exc:  # a malformed exchange must not stop the writer
-                    self._encode_errors += 1
-                    ident = exchange[0] if type(exchange) is list and exchange else getattr(exchange, "id", "?")
-                    self._note_error("encode", f"cannot encode exchange {ident!r}: {exc}")
-                    continue
-                count += 1
-            if count and self._guard(self._sink.write, parts, lost=count):
-                self._written += count
-
-    def _guard(self, action: Callable[..., None], *args: Any, lost: int) -> bool:
-        try:
-            action(*args)
-        except TapeWriteError as exc:
-            self._write_errors += lost
-            cause = exc.__cause__
-            if isinstance(cause, OSError) and cause.errno:
-                kind = errno.errorcode.get(cause.errno, "OSError")
-            else:
-                kind = "not-written"
-            self._note_error(kind, str(exc))
-            return False
-        return True
-
-    def _note_error(self, kind: str, message: str) -> None:
-        self._last_error = message
-        if kind not in self._logged_errors:
-            self._logged_errors.add(kind)
-            log.error("%s (further %s errors are counted, not logged)", message, kind)
+        return pending.popleft() if pending else None
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
