@@ -41,6 +41,7 @@ from proxy.server import ProxyServer
 from proxy.stages import Stage
 from recorder import RedactionRules, TapeOptions, TapeWriter
 from recorder.errors import ConfigError, ShadowtapError
+from recorder.tape_process import ProcessTapeWriter
 
 __all__ = ["ProxyApp", "build_forward_settings", "listen_ssl_context", "serve"]
 
@@ -90,7 +91,7 @@ class ProxyApp:
         self.worker = worker
         self.flags = RuntimeFlags(config, flags_array)
         self.metrics = ProxyMetrics(worker)
-        self.tape: TapeWriter | None = None
+        self.tape: TapeWriter | ProcessTapeWriter | None = None
         self.events: EventLog | None = None
         self.admin: AdminServer | None = None
         self.server: ProxyServer | None = None
@@ -107,7 +108,8 @@ class ProxyApp:
         ssl_context = await asyncio.to_thread(listen_ssl_context, config)  # reads the key files
         try:
             if config.record.tape is not None:
-                self.tape = TapeWriter(config.record.tape, tape_options(config))
+                writer = ProcessTapeWriter if config.record.writer == "process" else TapeWriter
+                self.tape = writer(config.record.tape, tape_options(config))
                 await self.tape.start()
             if config.events.path is not None:
                 self.events = EventLog(config.events.path, RouteTable(config.mirror.routes), config.events.queue_size)

@@ -221,6 +221,9 @@ class RecordSettings:
     fsync: str = "interval"
     #: Redact credentials with a keyed hash at write time.
     redaction: bool = True
+    #: Where the tape is encoded and written: ``process`` (a child process per worker, off the
+    #: proxy's GIL) or ``thread`` (a thread in the worker; no extra process).
+    writer: str = "process"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_percent <= 100.0:
@@ -238,6 +241,8 @@ class RecordSettings:
             raise ConfigError(f"must be 'none' or 'zstd', not {self.compression!r}", field="compression")
         if self.fsync not in ("none", "interval", "every"):
             raise ConfigError(f"must be 'none', 'interval' or 'every', not {self.fsync!r}", field="fsync")
+        if self.writer not in ("process", "thread"):
+            raise ConfigError(f"must be 'process' or 'thread', not {self.writer!r}", field="writer")
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,7 @@ _FLAGS: Final[list[tuple[str, str, Callable[[str], Any] | None, Any, str]]] = [
     ("--join-timeout", "record.join_timeout_s", float, None, "seconds an exchange waits for its shadows"),
     ("--tape-compression", "record.compression", str, None, "none or zstd"),
     ("--tape-fsync", "record.fsync", str, None, "none, interval or every"),
+    ("--tape-writer", "record.writer", str, None, "process (default: off the proxy's GIL) or thread"),
     ("--tape-segment-bytes", "record.max_segment_bytes", int, None, "rotate tape segments at this size"),
     ("--no-redaction", "record.redaction", None, False, "record credentials as they are (redaction is on by default)"),
     ("--events", "events.path", str, None, "write one JSON line per exchange to FILE ('-' for stdout)"),

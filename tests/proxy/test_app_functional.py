@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -309,3 +311,68 @@ async def test_shutdown_waits_for_copies_in_flight_and_tapes_their_answers(tmp_p
     for ex in taped:
         answer = ex.shadows["v2"]
         assert isinstance(answer, Response) and answer.body == b"shadow, late but in time"
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+async def test_either_tape_writer_records_the_same_exchanges(
+    upstreams: tuple[Upstream, Upstream], tmp_path: Path, writer: str
+) -> None:
+    primary, shadow = upstreams
+    tape = tmp_path / "tape"
+    app = await start_proxy(
+        {"primary": primary.url, "shadows": {"v2": shadow.url}, "record": {"tape": str(tape), "writer": writer}}
+    )
+    assert app.tape is not None
+    assert (getattr(app.tape, "pid", None) is not None) == (writer == "process")
+    async with aiohttp.ClientSession() as client:
+        for i in range(40):
+            async with client.get(f"{app.listen_url}/orders/{i}") as resp:
+                assert resp.status == 200
+    tape_writer = app.tape
+    await app.shutdown()
+    stats = tape_writer.stats
+    assert (stats.written, stats.write_errors, stats.queue_depth) == (40, 0, 0)
+    taped = sorted(TapeReader(tape), key=lambda ex: int(ex.request.target.rsplit("/", 1)[1]))
+    assert [ex.request.target for ex in taped] == [f"/orders/{i}" for i in range(40)]
+    assert [ex.shadows["v2"] for ex in taped] == [ex.primary for ex in taped]
+
+
+async def test_a_killed_tape_writer_costs_no_primary_request(
+    upstreams: tuple[Upstream, Upstream], tmp_path: Path
+) -> None:
+    primary, shadow = upstreams
+    tape = tmp_path / "tape"
+    app = await start_proxy({"primary": primary.url, "shadows": {"v2": shadow.url}, "record": {"tape": str(tape)}})
+    writer = app.tape
+    assert writer is not None
+    first = getattr(writer, "pid", None)
+    assert first is not None
+    statuses: list[int] = []
+    async with aiohttp.ClientSession() as client:
+
+        async def get(i: int) -> None:
+            async with client.get(f"{app.listen_url}/k/{i}") as resp:
+                await resp.read()
+                statuses.append(resp.status)
+
+        await asyncio.gather(*(get(i) for i in range(30)))
+        for _ in range(500):  # joined, batched, sent and written
+            if writer.stats.written == 30:
+                break
+            await asyncio.sleep(0.01)
+        os.kill(first, signal.SIGKILL)
+        await asyncio.gather(*(get(i) for i in range(30, 60)))
+        for _ in range(500):  # a new writer is started about a second later
+            if getattr(writer, "pid", None) not in (None, first):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        await asyncio.gather(*(get(i) for i in range(60, 90)))
+    await app.shutdown()
+    assert statuses == [200] * 90
+    stats = writer.stats
+    # The ones while no writer ran are counted; the ones before the kill and after the restart are
+    # on the tape.
+    assert (stats.written, stats.write_errors) == (60, 30)
+    targets = {ex.request.target for ex in TapeReader(tape)}
+    assert targets == {f"/k/{i}" for i in [*range(30), *range(60, 90)]}

@@ -74,6 +74,7 @@ def test_defaults_are_safe() -> None:
         ({"mirror": {"sample_key": "body:x"}}, "mirror.sample_key", "body:x"),
         ({"mirror": {"routes": [{"shadows": ["zz"]}]}}, "mirror.routes[0].shadows[0]", "zz"),
         ({"record": {"compression": "lz4"}}, "record.compression", "lz4"),
+        ({"record": {"writer": "fork"}}, "record.writer", "fork"),
         ({"record": {"join_timeout_s": 0}}, "record.join_timeout_s", "0"),
         ({"admin": {"listen": "0.0.0.0:9"}}, "admin.listen", "0.0.0.0"),
         ({"tls": {"cert_file": "c.pem"}}, "tls.cert_file", ""),

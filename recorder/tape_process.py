@@ -1,0 +1,397 @@
+"""The tape writer in a child process, so the disk work never holds the proxy's GIL.
+
+``ProcessTapeWriter`` has ``TapeWriter``'s interface. The event loop packs each record (ormsgpack,
+a microsecond or two) and writes a batch to a pipe in one call; a child process running this module
+(``python -m recorder.tape_process DIR``) unpacks, redacts, encodes, compresses, writes and syncs
+with the same ``_BlockWriter`` and ``_SegmentSink`` as the thread, so the tape is the same bytes.
+With the thread, that work takes the GIL from the proxy's loop about a quarter of the time it runs;
+here it runs on another core.
+
+The contract is the thread writer's: ``submit_records`` never blocks or raises, and every record
+ends in exactly one counter of ``TapeWriterStats``.
+
+- Bound: at most ``queue_size`` records are in flight (sent, not yet reported done by the child);
+  beyond that, records are dropped and counted, so a stopped child costs bounded memory.
+- The child reports its cumulative counters on stdout after every batch it writes (and at least
+  every second): the parent's stats lag by one batch.
+- The child ignores SIGINT and SIGTERM: the parent owns its life. ``close()`` closes the pipe; the
+  child writes what it was sent, syncs, closes the segment and exits. If the parent dies, the child
+  sees the pipe close and does the same, so a crash of the proxy loses nothing it had sent.
+- If the child dies, what it had not reported done is counted in ``write_errors`` (not known to be
+  written: the frames that reached the disk are still readable), and a new child starts after
+  ``_RESTART_AFTER_S``; records submitted meanwhile are counted as write errors too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import select
+import signal
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import msgpack
+
+from recorder._frames import FrameEncoder
+from recorder.errors import TapeWriteError
+from recorder.model import Exchange, exchange_to_wire
+from recorder.writer import TapeOptions, TapeWriterStats, _BlockWriter, _SegmentSink
+
+__all__ = ["ProcessTapeWriter"]
+
+log = logging.getLogger(__name__)
+
+#: A dead child is replaced after this long: soon enough that a one-off crash loses about a second
+#: of recording, late enough that a child that cannot start does not spin.
+_RESTART_AFTER_S: Final = 1.0
+#: How long start() waits for the child's first report (interpreter start and imports: ~0.2 s).
+_START_TIMEOUT_S: Final = 30.0
+#: The child reads the pipe in chunks this big: one chunk is one or a few blocks on disk.
+_READ_BYTES: Final = 1 << 20
+#: The options message before the record stream: its length, then the pickled TapeOptions.
+_OPTIONS_LENGTH = struct.Struct("!I")
+
+
+@dataclass(slots=True)
+class _Report:
+    """One child's cumulative counters; ``consumed`` = written + encode_errors + write_errors."""
+
+    consumed: int = 0
+    written: int = 0
+    encode_errors: int = 0
+    write_errors: int = 0
+    bytes_written: int = 0
+    segments: int = 0
+    last_error: str = ""
+
+
+class _Child:
+    """One writer process and what the parent has sent it."""
+
+    __slots__ = ("exited", "process", "ready", "report", "sent")
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.sent = 0
+        self.report = _Report()
+        self.ready = asyncio.get_running_loop().create_future()
+        self.exited = asyncio.get_running_loop().create_future()
+
+
+class ProcessTapeWriter:
+    """The asyncio tape writer whose disk work runs in a child process (module docstring).
+
+    ``await start()`` creates the directory and key (raising ``TapeWriteError`` for an unusable
+    path) and starts the child; ``await close()`` (or leaving ``async with``) has it write
+    everything sent, sync and exit.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], options: TapeOptions | None = None) -> None:
+        self._directory = Path(directory)
+        self._options = options or TapeOptions()
+        self._pack = FrameEncoder().pack
+        self._child: _Child | None = None
+        self._started = False
+        self._closing = False
+        self._restart: asyncio.Task[None] | None = None
+        # Counters of children that have exited, plus what the parent counted itself.
+        self._done = _Report()
+        self._dropped_queue_full = 0
+        self._dropped_closed = 0
+        self._last_error = ""
+        self._logged_errors: set[str] = set()
+
+    async def start(self) -> None:
+        """Create the directory and key, then start the child. Raises ``TapeWriteError``."""
+        if self._started:
+            return
+        # The parent resolves the key first, so an unusable path fails here, in the caller's
+        # terms, and the child only reads the key file (or the environment) it finds.
+        await asyncio.to_thread(_SegmentSink(self._directory, self._options).prepare)
+        await self._spawn()
+        self._started = True
+
+    async def __aenter__(self) -> ProcessTapeWriter:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def submit(self, exchange: Exchange) -> bool:
+        """Queue ``exchange`` for writing; False when it was dropped (queue full or closed)."""
+        return self.submit_records([exchange_to_wire(exchange)]) == 1
+
+    def submit_records(self, records: Sequence[list[Any]]) -> int:
+        """Send records in wire form (``recorder.model.exchange_record``) to the child, in order;
+        return how many were taken. The rest were dropped and counted (``TapeWriter.submit_records``)."""
+        if self._closing:
+            self._dropped_closed += len(records)
+            return 0
+        child = self._child
+        if child is None or not child.ready.done() or child.exited.done():
+            self._done.write_errors += len(records)
+            self._note_error("down", "not written: the tape writer process is not running (restarting)")
+            return 0
+        room = self._options.queue_size - (child.sent - child.report.consumed)
+        if room < len(records):
+            self._dropped_queue_full += len(records) - max(room, 0)
+            records = records[: max(room, 0)]
+        pack = self._pack
+        parts: list[bytes] = []
+        for record in records:
+            try:
+                parts.append(pack(record))
+            except Exception as exc:  # a record msgpack cannot hold must not reach the pipe
+                self._done.encode_errors += 1
+                ident = record[0] if type(record) is list and record else "?"
+                self._note_error("encode", f"cannot encode exchange {ident!r}: {exc}")
+        if parts:
+            stdin = child.process.stdin
+            assert stdin is not None
+            stdin.write(b"".join(parts))  # buffered by the transport if the pipe is full
+            child.sent += len(parts)
+        return len(records)
+
+    async def close(self) -> None:
+        """Stop accepting; the child writes everything sent, syncs, closes the segment and exits."""
+        self._closing = True
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
+        child = self._child
+        if child is None:
+            return
+        stdin = child.process.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()
+        await asyncio.shield(child.exited)
+
+    @property
+    def stats(self) -> TapeWriterStats:
+        done = self._done
+        child = self._child
+        now = child.report if child is not None else _Report()
+        return TapeWriterStats(
+            written=done.written + now.written,
+            dropped_queue_full=self._dropped_queue_full,
+            dropped_closed=self._dropped_closed,
+            encode_errors=done.encode_errors + now.encode_errors,
+            write_errors=done.write_errors + now.write_errors,
+            queue_depth=child.sent - now.consumed if child is not None else 0,
+            bytes_written=done.bytes_written + now.bytes_written,
+            segments=done.segments + now.segments,
+            last_error=now.last_error or self._last_error,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's pid (for operators and tests), or None."""
+        child = self._child
+        if child is None or not child.ready.done() or child.exited.done():
+            return None
+        return child.process.pid
+
+    # --- the child's life ------------------------------------------------------------------------
+
+    async def _spawn(self) -> None:
+        env = dict(os.environ)
+        # The child imports this package from where the parent did (a source tree or a worktree
+        # runs without being installed).
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "recorder.tape_process",
+                str(self._directory),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+            )
+        except OSError as exc:
+            raise TapeWriteError(
+                f"cannot start the tape writer process: {exc.strerror or exc}", path=str(self._directory)
+            ) from exc
+        child = _Child(process)
+        assert process.stdin is not None
+        options = pickle.dumps(self._options)
+        process.stdin.write(_OPTIONS_LENGTH.pack(len(options)) + options)
+        self._child = child
+        watcher = asyncio.create_task(self._watch(child), name=f"tape-writer:{self._directory}")
+        try:
+            await asyncio.wait_for(asyncio.shield(child.ready), _START_TIMEOUT_S)
+        except TimeoutError:
+            process.kill()
+            await watcher
+            raise TapeWriteError(
+                f"the tape writer process did not start within {_START_TIMEOUT_S:g} s", path=str(self._directory)
+            ) from None
+        except asyncio.CancelledError:
+            process.kill()
+            raise
+        if not child.ready.result():
+            await watcher
+            raise TapeWriteError(
+                f"the tape writer process exited with code {process.returncode} as it started "
+                "(its error is above, on stderr)",
+                path=str(self._directory),
+            )
+
+    async def _watch(self, child: _Child) -> None:
+        """Read the child's reports until it exits, then settle its accounts."""
+        stdout = child.process.stdout
+        assert stdout is not None
+        unpacker = msgpack.Unpacker(raw=False)
+        try:
+            while data := await stdout.read(65536):
+                unpacker.feed(data)
+                for fields in unpacker:
+                    child.report = _Report(*fields)
+                    if not child.ready.done():
+                        child.ready.set_result(True)
+        except Exception:  # a garbled report is a bug; the child is stopped and replaced
+            log.exception("bad report from the tape writer process %d; stopping it", child.process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+        code = await child.process.wait()
+        if not child.ready.done():
+            child.ready.set_result(False)
+        self._retire(child, code)
+
+    def _retire(self, child: _Child, code: int) -> None:
+        stdin = child.process.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()  # the transport is done with once every pipe is closed
+        report, done = child.report, self._done
+        done.written += report.written
+        done.encode_errors += report.encode_errors
+        done.write_errors += report.write_errors
+        done.bytes_written += report.bytes_written
+        done.segments += report.segments
+        self._last_error = report.last_error or self._last_error
+        lost = child.sent - report.consumed
+        if code != 0 or lost:
+            done.write_errors += lost
+            self._note_error(
+                "exit",
+                f"the tape writer process {child.process.pid} exited with code {code}; "
+                f"{lost} exchanges it was sent are not known to be written",
+            )
+        if self._child is child:
+            self._child = None
+        if not child.exited.done():
+            child.exited.set_result(None)
+        if not self._closing and self._started and child.ready.result():
+            # (A child that never became ready is _spawn's to report, and _restart_later's to retry.)
+            self._restart = asyncio.get_running_loop().create_task(self._restart_later())
+
+    async def _restart_later(self) -> None:
+        await asyncio.sleep(_RESTART_AFTER_S)
+        if self._closing:
+            return
+        try:
+            await self._spawn()
+        except TapeWriteError as exc:
+            self._note_error("spawn", str(exc))
+            if not self._closing and self._child is None:
+                self._restart = asyncio.get_running_loop().create_task(self._restart_later())
+        else:
+            log.warning("tape writer process restarted (pid %s)", self.pid)
+
+    def _note_error(self, kind: str, message: str) -> None:
+        self._last_error = message
+        if kind not in self._logged_errors:
+            self._logged_errors.add(kind)
+            log.error("%s (further %s errors are counted, not logged)", message, kind)
+
+
+# --- the child ---------------------------------------------------------------------------------
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise EOFError(f"the tape writer's input ended after {len(data)} of {size} option bytes")
+        data += chunk
+    return data
+
+
+def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
+    """Write the records piped to ``stdin`` into the tape at ``directory``; report on ``stdout``."""
+    # The parent owns this process's life: Ctrl-C or a TERM to the process group must not cut the
+    # tape short. The parent closes the pipe (or dies) and this writes what it was sent, then exits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(stream=sys.stderr, format="shadowtap tape writer [%(process)d]: %(message)s")
+    (length,) = _OPTIONS_LENGTH.unpack(_read_exactly(stdin, _OPTIONS_LENGTH.size))
+    options = pickle.loads(_read_exactly(stdin, length))
+    if not isinstance(options, TapeOptions):
+        raise TypeError(f"expected TapeOptions on the tape writer's input, got {type(options).__name__}")
+    sink = _SegmentSink(Path(directory), options)
+    sink.prepare()
+    blocks = _BlockWriter(sink)
+    # max_buffer_size=0: no limit of msgpack's own; records are as big as max_body_bytes allows.
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
+
+    def take() -> list[Any] | None:
+        return next(unpacker, None)
+
+    def report() -> None:
+        fields = [
+            blocks.written + blocks.encode_errors + blocks.write_errors,
+            blocks.written,
+            blocks.encode_errors,
+            blocks.write_errors,
+            sink.bytes_written,
+            sink.segments,
+            blocks.last_error,
+        ]
+        data = msgpack.packb(fields)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(stdout, view) :]
+
+    interval = options.fsync == "interval"
+    wait_s = min(options.fsync_interval_s, 1.0) if interval else 1.0
+    report()  # ready
+    while True:
+        readable, _, _ = select.select([stdin], [], [], wait_s)
+        if readable:
+            data = os.read(stdin, _READ_BYTES)
+            if not data:
+                break
+            unpacker.feed(data)
+            blocks.write_from(take)
+        if interval:
+            blocks.guard(sink.sync_if_due, time.monotonic(), lost=0)
+        report()
+    blocks.guard(sink.close_segment, lost=0)
+    report()
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m recorder.tape_process TAPE_DIRECTORY (run by ProcessTapeWriter)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        sys.exit(child_main(sys.argv[1]))
+    except (TapeWriteError, EOFError) as exc:
+        print(f"shadowtap tape writer: {exc}", file=sys.stderr)
+        sys.exit(1)
