@@ -3,9 +3,9 @@
 Per request it decides whether the exchange goes to the tape (recording flag and sample percent,
 hashed on the exchange id), then waits for the primary to finish and for every shadow it was mirrored
 to, up to ``join_timeout_s`` after the primary finished. The joined ``recorder.Exchange`` (bodies
-capped at ``max_body_bytes`` with truncation marked) goes to the wide-event log, and to the tape
-writer's ``submit`` in batches every few milliseconds (one writer-thread wake-up per batch instead
-of per exchange: about a third of the tape's cost on the proxy). Waiting exchanges are bounded
+capped at ``max_body_bytes`` with truncation marked) goes to the wide-event log, and its record to
+the tape writer's ``submit_record`` as soon as it is joined (the writer batches: one pipe write or
+thread wake-up per few milliseconds, while the record is packed fresh). Waiting exchanges are bounded
 (``max_pending``): beyond it the oldest is completed at once without its missing shadows, and
 counted. This stage must never block, never wait on the data
 path, and never keep an exchange longer than its join deadline.
@@ -44,9 +44,6 @@ from recorder.model import (
 
 __all__ = ["ExchangeSink", "RecordStage", "build_exchange", "exchange_wire_record"]
 
-#: Joined exchanges handed to the tape writer at once, at the latest after _BATCH_DELAY_S.
-_BATCH_MAX: Final = 256
-_BATCH_DELAY_S: Final = 0.01
 #: Join deadlines are checked this often, and at most _MAX_LATE_PER_SWEEP exchanges past theirs are
 #: completed per check: a shadow that stops answering leaves a deadline per mirrored request, and
 #: completing a quarter second's worth at once (hundreds of builds) stalls the primary path.
@@ -59,11 +56,11 @@ _NONE: Final[frozenset[str]] = frozenset()
 
 
 class ExchangeSink(Protocol):
-    """Where joined exchanges go: ``recorder.TapeWriter`` fits. ``submit_records`` takes record
-    arrays in wire form (``recorder.model.exchange_record``), never blocks, and returns how many it
-    took (the rest were dropped, and the sink counts them)."""
+    """Where joined exchanges go: ``recorder.TapeWriter`` or ``ProcessTapeWriter``. ``submit_record``
+    takes a record array in wire form (``recorder.model.exchange_record``), never blocks, and says
+    whether it took it (if not, it was dropped, and the sink counts it)."""
 
-    def submit_records(self, records: list[list[Any]]) -> int: ...
+    def submit_record(self, record: list[Any]) -> bool: ...
 
 
 #: Called with every joined exchange, whether or not it was taped (the wide-event log).
@@ -206,10 +203,6 @@ class RecordStage:
         self._sweeper: asyncio.Task[None] | None = None
         #: Whether anybody wants joined exchanges (a tape or the event log): else every hook returns.
         self.active = tape is not None or on_joined is not None
-        # Joined exchanges go to the tape writer in batches, so its thread wakes (and takes the
-        # GIL) once per batch rather than once per exchange; bounded by _BATCH_MAX.
-        self._batch: list[list[Any]] = []
-        self._flush_timer: asyncio.TimerHandle | None = None
         # Cached: asyncio.get_running_loop() costs a getpid() system call on every call.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -318,13 +311,13 @@ class RecordStage:
         self.stats.joined += 1
         cap = self._settings.max_body_bytes
         if entry.record and self._tape is not None:
-            batch = self._batch
             unrecorded = self._flags.unrecorded_shadows() if entry.shadows else _NONE
-            batch.append(exchange_wire_record(ex, entry.shadows, entry.timings, cap, session, unrecorded))
-            if len(batch) >= _BATCH_MAX:
-                self._flush()
-            elif self._flush_timer is None:
-                self._flush_timer = self._running_loop().call_later(_BATCH_DELAY_S, self._flush)
+            if self._tape.submit_record(
+                exchange_wire_record(ex, entry.shadows, entry.timings, cap, session, unrecorded)
+            ):
+                self.stats.submitted += 1
+            else:
+                self.stats.dropped_by_writer += 1
         else:
             self._count_untaped()
         if self._on_joined is not None:
@@ -332,17 +325,6 @@ class RecordStage:
                 self._on_joined(build_exchange(ex, entry.shadows, entry.timings, cap, session), ex, entry.record)
             except Exception:
                 log.exception("joined-exchange listener failed on %s", ex.id)
-
-    def _flush(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        batch, self._batch = self._batch, []
-        tape = self._tape
-        assert tape is not None
-        taken = tape.submit_records(batch)
-        self.stats.submitted += taken
-        self.stats.dropped_by_writer += len(batch) - taken
 
     async def _sweep(self) -> None:
         interval_s = min(_SWEEP_PERIOD_S, self._settings.join_timeout_s / 4)
@@ -379,8 +361,6 @@ class RecordStage:
             _, entry = self._pending.popitem(last=False)
             self._complete(entry, "proxy shut down before the shadow answered")
         self._deadlines.clear()
-        if self._batch:
-            self._flush()
 
     def snapshot(self) -> dict[str, Any]:
         return {"pending": len(self._pending), **dataclasses.asdict(self.stats)}

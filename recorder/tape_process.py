@@ -7,7 +7,7 @@ with the same ``_BlockWriter`` and ``_SegmentSink`` as the thread, so the tape i
 With the thread, that work takes the GIL from the proxy's loop about a quarter of the time it runs;
 here it runs on another core.
 
-The contract is the thread writer's: ``submit_records`` never blocks or raises, and every record
+The contract is the thread writer's: ``submit_record`` never blocks or raises, and every record
 ends in exactly one counter of ``TapeWriterStats``.
 
 - Bound: at most ``queue_size`` records are in flight (sent, not yet reported done by the child);
@@ -58,6 +58,10 @@ _RESTART_AFTER_S: Final = 1.0
 _START_TIMEOUT_S: Final = 30.0
 #: The child reads the pipe in chunks this big: one chunk is one or a few blocks on disk.
 _READ_BYTES: Final = 1 << 20
+#: Packed records wait at most this long (or until _SEND_BYTES of them) before one write to the
+#: pipe: one system call per batch, not per exchange.
+_SEND_DELAY_S: Final = 0.005
+_SEND_BYTES: Final = 256 * 1024
 #: The options message before the record stream: its length, then the pickled TapeOptions.
 _OPTIONS_LENGTH = struct.Struct("!I")
 
@@ -101,6 +105,10 @@ class ProcessTapeWriter:
         self._options = options or TapeOptions()
         self._pack = FrameEncoder().pack
         self._child: _Child | None = None
+        # Records packed for the child, not yet written to the pipe (counted in child.sent).
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._send_timer: asyncio.TimerHandle | None = None
         self._started = False
         self._closing = False
         self._restart: asyncio.Task[None] | None = None
@@ -132,38 +140,55 @@ class ProcessTapeWriter:
 
     def submit(self, exchange: Exchange) -> bool:
         """Queue ``exchange`` for writing; False when it was dropped (queue full or closed)."""
-        return self.submit_records([exchange_to_wire(exchange)]) == 1
+        return self.submit_record(exchange_to_wire(exchange))
 
-    def submit_records(self, records: Sequence[list[Any]]) -> int:
-        """Send records in wire form (``recorder.model.exchange_record``) to the child, in order;
-        return how many were taken. The rest were dropped and counted (``TapeWriter.submit_records``)."""
+    def submit_record(self, record: list[Any]) -> bool:
+        """Pack one record in wire form (``recorder.model.exchange_record``) for the child; False
+        when it was dropped and counted (``TapeWriter.submit_record``). Packed now, while the
+        record is fresh in the cache; written to the pipe with others within ``_SEND_DELAY_S``."""
         if self._closing:
-            self._dropped_closed += len(records)
-            return 0
+            self._dropped_closed += 1
+            return False
         child = self._child
         if child is None or not child.ready.done() or child.exited.done():
-            self._done.write_errors += len(records)
+            self._done.write_errors += 1
             self._note_error("down", "not written: the tape writer process is not running (restarting)")
-            return 0
-        room = self._options.queue_size - (child.sent - child.report.consumed)
-        if room < len(records):
-            self._dropped_queue_full += len(records) - max(room, 0)
-            records = records[: max(room, 0)]
-        pack = self._pack
-        parts: list[bytes] = []
-        for record in records:
-            try:
-                parts.append(pack(record))
-            except Exception as exc:  # a record msgpack cannot hold must not reach the pipe
-                self._done.encode_errors += 1
-                ident = record[0] if type(record) is list and record else "?"
-                self._note_error("encode", f"cannot encode exchange {ident!r}: {exc}")
-        if parts:
+            return False
+        if child.sent - child.report.consumed >= self._options.queue_size:
+            self._dropped_queue_full += 1
+            return False
+        try:
+            data = self._pack(record)
+        except Exception as exc:  # a record msgpack cannot hold must not reach the pipe
+            self._done.encode_errors += 1
+            ident = record[0] if type(record) is list and record else "?"
+            self._note_error("encode", f"cannot encode exchange {ident!r}: {exc}")
+            return True
+        self._out.append(data)
+        self._out_bytes += len(data)
+        child.sent += 1
+        if self._out_bytes >= _SEND_BYTES:
+            self._send()
+        elif self._send_timer is None:
+            self._send_timer = asyncio.get_running_loop().call_later(_SEND_DELAY_S, self._send)
+        return True
+
+    def submit_records(self, records: Sequence[list[Any]]) -> int:
+        """``submit_record`` for each, sent at once; how many were taken."""
+        taken = sum(self.submit_record(record) for record in records)
+        self._send()
+        return taken
+
+    def _send(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        out, self._out, self._out_bytes = self._out, [], 0
+        child = self._child
+        if out and child is not None:
             stdin = child.process.stdin
             assert stdin is not None
-            stdin.write(b"".join(parts))  # buffered by the transport if the pipe is full
-            child.sent += len(parts)
-        return len(records)
+            stdin.write(b"".join(out))  # buffered by the transport if the pipe is full
 
     async def close(self) -> None:
         """Stop accepting; the child writes everything sent, syncs, closes the segment and exits."""
@@ -171,6 +196,7 @@ class ProcessTapeWriter:
         if self._restart is not None:
             self._restart.cancel()
             self._restart = None
+        self._send()
         child = self._child
         if child is None:
             return
@@ -273,6 +299,8 @@ class ProcessTapeWriter:
         self._retire(child, code)
 
     def _retire(self, child: _Child, code: int) -> None:
+        if self._child is child:  # what was packed for it is lost with it (counted below)
+            self._out, self._out_bytes = [], 0
         stdin = child.process.stdin
         if stdin is not None and not stdin.is_closing():
             stdin.close()  # the transport is done with once every pipe is closed

@@ -47,6 +47,9 @@ FsyncPolicy = Literal["none", "interval", "every"]
 #: Exchanges the background thread takes per batch: large enough to amortise a write() and a zstd
 #: block, small enough that one batch is a few MiB at most.
 _BATCH_EXCHANGES: Final = 1024
+#: ``submit_record`` wakes the thread at most this long after the first record it queued, so the
+#: thread wakes (and takes the GIL) once per batch rather than once per exchange.
+WAKE_DELAY_S: Final = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,12 +445,14 @@ class TapeWriter:
         self._blocks = _BlockWriter(self._sink)
         self._dropped_queue_full = 0
         self._dropped_closed = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_scheduled = False
 
     async def start(self) -> None:
         """Create the directory and key, then start the background writer. Raises on a bad path."""
         if self._thread is not None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._sink.prepare)
         self._stopped = loop.create_future()
         self._thread = threading.Thread(
@@ -467,6 +472,30 @@ class TapeWriter:
     def submit(self, exchange: Exchange) -> bool:
         """Queue ``exchange`` for writing; False when it was dropped (queue full or closed)."""
         return self.submit_records([exchange]) == 1
+
+    def submit_record(self, record: list[Any]) -> bool:
+        """Queue one record in wire form (``recorder.model.exchange_record``, which the writer then
+        owns); False when it was dropped (queue full or closing) and counted. For a caller on the
+        event loop that ``start``ed the writer: the thread is woken once per ``WAKE_DELAY_S``."""
+        if self._closing:
+            self._dropped_closed += 1
+            return False
+        pending = self._pending
+        if len(pending) >= self._options.queue_size:
+            self._dropped_queue_full += 1
+            return False
+        pending.append(record)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            if self._loop is None:
+                self._wake_now()
+            else:
+                self._loop.call_later(WAKE_DELAY_S, self._wake_now)
+        return True
+
+    def _wake_now(self) -> None:
+        self._wake_scheduled = False
+        self._wake.set()
 
     def submit_records(self, records: Sequence[Exchange | list[Any]]) -> int:
         """Queue exchanges, or records already in wire form (``recorder.model.exchange_record``,

@@ -92,10 +92,12 @@ async def test_joins_shadows_in_any_order_and_writes_once(tmp_path: Path) -> Non
     stage.on_shadow_outcome(b.id, "v3", Failure(FailureKind.RESET, "reset"), Timing(1, None, 3))
     stage.on_shadow_outcome(b.id, "v3", Failure(FailureKind.RESET, "again"), Timing())
     assert stage.stats.joined == 2 and stage.stats.unjoined_shadow_outcomes == 1
-    # Handed to the tape writer in a batch a few milliseconds later, without waiting for shutdown.
-    assert stage.stats.submitted == 0
-    await asyncio.sleep(0.1)
+    # Handed to the tape writer at once; it writes them in a batch a few milliseconds later,
+    # without waiting for shutdown.
     assert stage.stats.submitted == 2
+    assert tape.stats.queue_depth == 2
+    await asyncio.sleep(0.1)
+    assert (tape.stats.written, tape.stats.queue_depth) == (2, 0)
 
     first, second = await read_tape(stage, tape, tmp_path)
     assert first.id == a.id and second.id == b.id

@@ -197,6 +197,7 @@ async def test_records_sent_survive_the_parents_death(tmp_path: Path) -> None:
             await writer.start()
             for i in range(300):
                 writer.submit(make_exchange(i, body=os.urandom(500)))
+            await asyncio.sleep(0.05)  # the batch goes to the pipe within 5 ms
             stdin = writer._child.process.stdin
             while stdin.transport.get_write_buffer_size():
                 await asyncio.sleep(0.001)

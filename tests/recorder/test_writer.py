@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from recorder import ConfigError, SyncTapeWriter, TapeOptions, TapeReader, TapeWriteError, TapeWriter
+from recorder.model import exchange_to_wire
 from tests.recorder.tape_samples import make_exchange
 
 PLAIN = TapeOptions(redaction=None, fsync="none")
@@ -178,3 +179,30 @@ async def test_start_on_an_unusable_directory_raises_before_any_submit(tmp_path:
     assert str(tmp_path / "file" / "tape") in str(info.value)
     await writer.close()
     assert not writer.submit(make_exchange(1))
+
+
+async def test_submit_record_wakes_the_thread_once_per_batch(tmp_path: Path) -> None:
+    writer = TapeWriter(tmp_path, TapeOptions(redaction=None, fsync="none", queue_size=30))
+    await writer.start()
+    wakes = 0
+    set_wake = writer._wake.set
+
+    def counting_set() -> None:
+        nonlocal wakes
+        wakes += 1
+        set_wake()
+
+    writer._wake.set = counting_set  # type: ignore[method-assign]
+    records = [exchange_to_wire(make_exchange(i)) for i in range(40)]
+    taken = [writer.submit_record(r) for r in records]
+    assert taken == [True] * 30 + [False] * 10  # the bound holds before the thread has woken
+    assert (writer.stats.queue_depth, writer.stats.dropped_queue_full, wakes) == (30, 10, 0)
+    for _ in range(100):
+        if writer.stats.written == 30:
+            break
+        await asyncio.sleep(0.01)
+    assert (writer.stats.written, wakes) == (30, 1)
+    await writer.close()
+    assert not writer.submit_record(records[0])
+    assert writer.stats.dropped_closed == 1
+    assert [e.id for e in TapeReader(tmp_path)] == [f"ex-{i:06d}" for i in range(30)]
