@@ -187,8 +187,11 @@ class ProcessTapeWriter:
         child = self._child
         if out and child is not None:
             stdin = child.process.stdin
-            assert stdin is not None
-            stdin.write(b"".join(out))  # buffered by the transport if the pipe is full
+            if stdin is not None and not stdin.is_closing():
+                # Buffered by the transport if the pipe is full; a pipe that broke under it (the child
+                # died) costs these records, counted as write errors when the child is retired.
+                with contextlib.suppress(Exception):
+                    stdin.write(b"".join(out))
 
     async def close(self) -> None:
         """Stop accepting; the child writes everything sent, syncs, closes the segment and exits."""

@@ -2,10 +2,12 @@
 
 ``SyncTapeWriter`` is the blocking writer (importers, the CLI, tests); ``TapeWriter`` is the asyncio
 front: ``submit`` puts an exchange on a bounded queue and returns at once, and one background thread
-redacts, encodes, compresses, writes and syncs in batches. Both share ``_SegmentSink`` so a tape is
-the same bytes whichever wrote it. This module must never block the event loop, never raise from
-``submit``, and never let a disk error (ENOSPC, EIO) reach the caller's request path: it is counted
-in ``write_errors``, logged once per kind, and the next batch starts a fresh segment.
+redacts, encodes, compresses, writes and syncs in batches. ``recorder.tape_process.ProcessTapeWriter``
+is the same front with that work in a child process (the proxy's default). All share ``_SegmentSink``
+and ``_BlockWriter``, so a tape is the same bytes whichever wrote it. This module must never block
+the event loop, never raise from ``submit``, and never let a disk error (ENOSPC, EIO) reach the
+caller's request path: it is counted in ``write_errors``, logged once per kind, and the next batch
+starts a fresh segment.
 """
 
 from __future__ import annotations
