@@ -45,7 +45,7 @@ import msgpack
 from recorder._frames import FrameEncoder
 from recorder.errors import TapeWriteError
 from recorder.model import Exchange, exchange_to_wire
-from recorder.writer import TapeOptions, TapeWriterStats, _BlockWriter, _SegmentSink
+from recorder.writer import TapeOptions, TapeWriterStats, _BlockWriter, _ErrorNotes, _SegmentSink
 
 __all__ = ["ProcessTapeWriter"]
 
@@ -116,8 +116,7 @@ class ProcessTapeWriter:
         self._done = _Report()
         self._dropped_queue_full = 0
         self._dropped_closed = 0
-        self._last_error = ""
-        self._logged_errors: set[str] = set()
+        self._errors = _ErrorNotes(log)
 
     async def start(self) -> None:
         """Create the directory and key, then start the child. Raises ``TapeWriteError``."""
@@ -152,7 +151,7 @@ class ProcessTapeWriter:
         child = self._child
         if child is None or not child.ready.done() or child.exited.done():
             self._done.write_errors += 1
-            self._note_error("down", "not written: the tape writer process is not running (restarting)")
+            self._errors.note("down", "not written: the tape writer process is not running (restarting)")
             return False
         if child.sent - child.report.consumed >= self._options.queue_size:
             self._dropped_queue_full += 1
@@ -161,8 +160,7 @@ class ProcessTapeWriter:
             data = self._pack(record)
         except Exception as exc:  # a record msgpack cannot hold must not reach the pipe
             self._done.encode_errors += 1
-            ident = record[0] if type(record) is list and record else "?"
-            self._note_error("encode", f"cannot encode exchange {ident!r}: {exc}")
+            self._errors.encode_failed(record, exc)
             return True
         self._out.append(data)
         self._out_bytes += len(data)
@@ -222,7 +220,7 @@ class ProcessTapeWriter:
             queue_depth=child.sent - now.consumed if child is not None else 0,
             bytes_written=done.bytes_written + now.bytes_written,
             segments=done.segments + now.segments,
-            last_error=now.last_error or self._last_error,
+            last_error=now.last_error or self._errors.last,
         )
 
     @property
@@ -313,11 +311,11 @@ class ProcessTapeWriter:
         done.write_errors += report.write_errors
         done.bytes_written += report.bytes_written
         done.segments += report.segments
-        self._last_error = report.last_error or self._last_error
+        self._errors.last = report.last_error or self._errors.last
         lost = child.sent - report.consumed
         if code != 0 or lost:
             done.write_errors += lost
-            self._note_error(
+            self._errors.note(
                 "exit",
                 f"the tape writer process {child.process.pid} exited with code {code}; "
                 f"{lost} exchanges it was sent are not known to be written",
@@ -337,17 +335,11 @@ class ProcessTapeWriter:
         try:
             await self._spawn()
         except TapeWriteError as exc:
-            self._note_error("spawn", str(exc))
+            self._errors.note("spawn", str(exc))
             if not self._closing and self._child is None:
                 self._restart = asyncio.get_running_loop().create_task(self._restart_later())
         else:
             log.warning("tape writer process restarted (pid %s)", self.pid)
-
-    def _note_error(self, kind: str, message: str) -> None:
-        self._last_error = message
-        if kind not in self._logged_errors:
-            self._logged_errors.add(kind)
-            log.error("%s (further %s errors are counted, not logged)", message, kind)
 
 
 # --- the child ---------------------------------------------------------------------------------
@@ -391,7 +383,7 @@ def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
             blocks.write_errors,
             sink.bytes_written,
             sink.segments,
-            blocks.last_error,
+            blocks.errors.last,
         ]
         data = msgpack.packb(fields)
         view = memoryview(data)

@@ -285,6 +285,25 @@ class _SegmentSink:
                 os.close(fd)
 
 
+class _ErrorNotes:
+    """The last error message, with each kind of error logged once (later ones are only counted)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.last = ""
+        self._log = logger
+        self._logged: set[str] = set()
+
+    def note(self, kind: str, message: str) -> None:
+        self.last = message
+        if kind not in self._logged:
+            self._logged.add(kind)
+            self._log.error("%s (further %s errors are counted, not logged)", message, kind)
+
+    def encode_failed(self, record: Any, exc: Exception) -> None:
+        ident = record[0] if type(record) is list and record else getattr(record, "id", "?")
+        self.note("encode", f"cannot encode exchange {ident!r}: {exc}")
+
+
 class _BlockWriter:
     """Encodes records into blocks and writes them through a sink, counting every record's fate.
 
@@ -299,8 +318,7 @@ class _BlockWriter:
         self.written = 0
         self.encode_errors = 0
         self.write_errors = 0
-        self.last_error = ""
-        self._logged_errors: set[str] = set()
+        self.errors = _ErrorNotes(log)
 
     def write_from(self, take: Callable[[], Exchange | list[Any] | None]) -> None:
         """Encode and write records from ``take`` until it returns None, one block at a time."""
@@ -314,8 +332,7 @@ class _BlockWriter:
                     size += self.sink.encode(exchange, parts)
                 except Exception as exc:  # a malformed exchange must not stop the writer
                     self.encode_errors += 1
-                    ident = exchange[0] if type(exchange) is list and exchange else getattr(exchange, "id", "?")
-                    self.note_error("encode", f"cannot encode exchange {ident!r}: {exc}")
+                    self.errors.encode_failed(exchange, exc)
                 else:
                     count += 1
                 if count >= _BATCH_EXCHANGES or size >= block_bytes:
@@ -337,15 +354,9 @@ class _BlockWriter:
                 kind = errno.errorcode.get(cause.errno, "OSError")
             else:
                 kind = "not-written"
-            self.note_error(kind, str(exc))
+            self.errors.note(kind, str(exc))
             return False
         return True
-
-    def note_error(self, kind: str, message: str) -> None:
-        self.last_error = message
-        if kind not in self._logged_errors:
-            self._logged_errors.add(kind)
-            log.error("%s (further %s errors are counted, not logged)", message, kind)
 
 
 class SyncTapeWriter:
@@ -537,7 +548,7 @@ class TapeWriter:
             queue_depth=len(self._pending),
             bytes_written=self._sink.bytes_written,
             segments=self._sink.segments,
-            last_error=blocks.last_error,
+            last_error=blocks.errors.last,
         )
 
     # --- background thread ---------------------------------------------------------------------
