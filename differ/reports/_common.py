@@ -33,7 +33,9 @@ _VERDICT_WORDS: Final = {0: "PASS", 1: "FAIL", 2: "INCONCLUSIVE"}
 # C0/C1 controls (ESC starts terminal escape sequences), and the format characters that reorder or
 # hide text (bidi overrides, zero-width): traffic must not be able to restyle a terminal or make a
 # path read as something else.
-_UNPRINTABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+# Lone surrogates too: no encoding can write them, so left in they would become escapes only at
+# output, after the layout measured them as one character (a table row would overflow its width).
+_UNPRINTABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
 
 
 def clip(text: str, limit_chars: int) -> str:
@@ -42,7 +44,8 @@ def clip(text: str, limit_chars: int) -> str:
 
 
 def printable(text: str) -> str:
-    """``text`` with control and bidi/zero-width characters shown as ``\\xNN`` / ``\\uNNNN`` escapes."""
+    """``text`` with control, bidi/zero-width and lone surrogate characters shown as ``\\xNN`` /
+    ``\\uNNNN`` escapes."""
     return _UNPRINTABLE.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 

@@ -31,6 +31,7 @@ from differ.report_model import (
 )
 from differ.reports import render_html, render_junit, render_markdown, render_terminal, report_to_dict
 from differ.reports._bodies import display_body
+from differ.reports._common import printable
 from recorder.model import Failure, Request, Response
 
 timestamps = st.integers(-(2**63), 2**63 - 1)
@@ -249,3 +250,25 @@ def test_planted_secrets_never_reach_any_report(report: DiffReport, secret: str,
         out.getvalue(),
     ):
         assert secret not in rendered
+
+
+def test_a_lone_surrogate_is_escaped_before_layout_so_rows_keep_their_width() -> None:
+    # Found by test_terminal_stays_plain_and_narrow: a path of "\ud800" was laid out as one
+    # character and written as six, pushing its row past 80 columns.
+    assert printable("a\ud800b") == "a\\ud800b"
+    sig = SignatureReport(
+        id="0-0", endpoint="", path="\ud800", kind="", transition="", severity="critical", count=0, rate=0.0,
+        first_seen_ns=0, last_seen_ns=0, suppressed=False, suppression_reason=None, noise_rate=None, examples=(),
+    )  # fmt: skip
+    endpoint = EndpointReport(
+        endpoint="", compared=0, equal=0, differing=0, errors=0, severity="critical", fields=(), signatures=(sig,)
+    )
+    report = DiffReport(
+        schema_version=1, generated_at_ns=0, sources=(), baseline_name="", candidate_name="", secondary_name=None,
+        window_start_ns=None, window_end_ns=None, pairs=1, compared=1, equal=0, differing=1, errors=0,
+        noise_suppressed=0, suppressions=(), endpoints=(endpoint,), verdict=Verdict(0, "", ()),
+    )  # fmt: skip
+    out = io.StringIO()
+    render_terminal(report, out, color=False)
+    assert "\\ud800" in out.getvalue()
+    assert max(len(line.rstrip()) for line in out.getvalue().splitlines()) <= 80
