@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import os
@@ -230,6 +231,7 @@ class ProxyApp:
             "uptime_s": round(time.monotonic() - self._started_at_s, 3) if self._started_at_s else 0.0,
             "ready": self._ready,
             "flags": self.flags.snapshot(),
+            "gc": {"frozen": gc.get_freeze_count(), "collections": [g["collections"] for g in gc.get_stats()]},
         }
         if self.server is not None:
             s = self.server.stats
@@ -311,6 +313,11 @@ async def _serve_one(
         loop.add_signal_handler(signum, stop.set)
     try:
         await app.start(reuse_port=reuse_port)
+        # Everything alive now (modules, config, pools, the app) lives as long as the process: keep
+        # the collector from walking it again in every full pass (the replayer does the same). On
+        # the bench that pass cost recording proxies about 10 % of their throughput.
+        gc.collect()
+        gc.freeze()
         on_ready(app)
         await stop.wait()
         log.info("worker %d: signal received, draining", worker)
