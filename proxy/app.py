@@ -42,6 +42,7 @@ from proxy.server import ProxyServer
 from proxy.stages import Stage
 from recorder import RedactionRules, TapeOptions, TapeWriter
 from recorder.errors import ConfigError, ShadowtapError
+from recorder.join import JoinSettings
 from recorder.tape_process import ProcessTapeWriter
 
 __all__ = ["ProxyApp", "build_forward_settings", "listen_ssl_context", "serve"]
@@ -109,8 +110,12 @@ class ProxyApp:
         ssl_context = await asyncio.to_thread(listen_ssl_context, config)  # reads the key files
         try:
             if config.record.tape is not None:
-                writer = ProcessTapeWriter if config.record.writer == "process" else TapeWriter
-                self.tape = writer(config.record.tape, tape_options(config))
+                if config.record.writer == "process":
+                    # The child joins exchanges too, unless the event log needs them joined here.
+                    join = JoinSettings(config.record.join_timeout_s, config.record.max_pending)
+                    self.tape = ProcessTapeWriter(config.record.tape, tape_options(config), join)
+                else:
+                    self.tape = TapeWriter(config.record.tape, tape_options(config))
                 await self.tape.start()
             if config.events.path is not None:
                 self.events = EventLog(config.events.path, RouteTable(config.mirror.routes), config.events.queue_size)

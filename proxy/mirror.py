@@ -71,8 +71,9 @@ _MAX_DROPS_PER_TURN: Final = 32
 #: How often a shadow's in-flight copies are checked against their deadlines, at most.
 _SWEEP_PERIOD_S: Final = 0.05
 
-#: (exchange id, shadow name, outcome, timing relative to the exchange start)
-OutcomeListener = Callable[[str, str, Outcome, Timing], None]
+#: (the exchange, shadow name, outcome, timing relative to the exchange start): the exchange, not its
+#: id, so the listener can tell whether its primary has ended yet (``stages.NOT_TIMED``).
+OutcomeListener = Callable[[ProxiedExchange, str, Outcome, Timing], None]
 
 
 def _connection_listed(headers: Headers) -> frozenset[bytes]:
@@ -536,7 +537,7 @@ class ShadowMirror:
         self._metrics.count_mirror(self.settings.name, "ok" if isinstance(outcome, Response) else outcome.kind)
         if self._on_outcome is not None:
             try:
-                self._on_outcome(exchange.id, self.settings.name, outcome, timing)
+                self._on_outcome(exchange, self.settings.name, outcome, timing)
             except Exception:
                 log.exception("mirror outcome listener failed for %s", self.settings.name)
 

@@ -1,14 +1,22 @@
-"""The record stage: joins each primary exchange with its shadows' outcomes and hands it on.
+"""The record stage: has each primary exchange joined with its shadows' outcomes and taped.
 
-Per request it decides whether the exchange goes to the tape (recording flag and sample percent,
-hashed on the exchange id), then waits for the primary to finish and for every shadow it was mirrored
-to, up to ``join_timeout_s`` after the primary finished. The joined ``recorder.Exchange`` (bodies
-capped at ``max_body_bytes`` with truncation marked) goes to the wide-event log, and its record to
-the tape writer's ``submit_record`` as soon as it is joined (the writer batches: one pipe write or
-thread wake-up per few milliseconds, while the record is packed fresh). Waiting exchanges are bounded
-(``max_pending``): beyond it the oldest is completed at once without its missing shadows, and
-counted. This stage must never block, never wait on the data
-path, and never keep an exchange longer than its join deadline.
+When the primary exchange ends, it decides whether the exchange goes to the tape (recording flag and
+sample percent, hashed on the exchange id) and builds its record in wire form, bodies capped at
+``max_body_bytes`` with truncation marked, with no shadows yet. Each mirrored copy's outcome follows
+as a part of its own. ``recorder.join.RecordJoiner`` joins them: it waits for every shadow the
+exchange was mirrored to, up to ``join_timeout_s`` after the primary finished, and at most
+``max_pending`` exchanges wait (beyond it the oldest is completed at once without its missing
+shadows, and counted).
+
+Where the join runs:
+- in the tape writer process (``ProcessTapeWriter``, the default) when no wide-event log is on. The
+  stage packs the parts and keeps nothing per exchange, so the event loop pays for a record and a
+  few lists per exchange, not for the join;
+- here, on the loop, otherwise: the event log needs every joined ``recorder.Exchange``, and the
+  thread writer takes whole records.
+
+This stage must never block, never wait on the data path, and never keep an exchange longer than
+its join deadline.
 """
 
 from __future__ import annotations
@@ -17,21 +25,19 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 from proxy.config import RecordSettings, RuntimeFlags
 from proxy.metrics import ProxyMetrics
 from proxy.mirror import MIRRORED
 from proxy.sampling import SampleKey, key_in_sample
-from proxy.stages import ProxiedExchange
+from proxy.stages import NOT_TIMED, ProxiedExchange
+from recorder.join import SHUTDOWN_REASON, Joined, JoinSettings, JoinStats, RecordJoiner
 from recorder.model import (
     PRIMARY,
     Exchange,
-    Failure,
-    FailureKind,
     Outcome,
     Response,
     Timing,
@@ -42,7 +48,7 @@ from recorder.model import (
     timing_to_wire,
 )
 
-__all__ = ["ExchangeSink", "RecordStage", "build_exchange", "exchange_wire_record"]
+__all__ = ["ExchangeSink", "JoiningSink", "RecordStage", "RecordStats", "build_exchange", "exchange_wire_record"]
 
 #: Join deadlines are checked this often, and at most _MAX_LATE_PER_SWEEP exchanges past theirs are
 #: completed per check: a shadow that stops answering leaves a deadline per mirrored request, and
@@ -53,6 +59,9 @@ _MAX_LATE_PER_SWEEP: Final = 32
 log = logging.getLogger(__name__)
 
 _NONE: Final[frozenset[str]] = frozenset()
+# A record's shadows before the join (exchange_wire_record builds fresh dicts; these are only read).
+_NO_OUTCOMES: Final[dict[str, Outcome]] = {}
+_NO_TIMINGS: Final[dict[str, Timing]] = {}
 
 
 class ExchangeSink(Protocol):
@@ -63,21 +72,31 @@ class ExchangeSink(Protocol):
     def submit_record(self, record: list[Any]) -> bool: ...
 
 
+@runtime_checkable
+class JoiningSink(ExchangeSink, Protocol):
+    """A sink that can join exchanges itself (``ProcessTapeWriter`` given ``JoinSettings``, when
+    ``joins`` is true): the stage hands it each exchange's record when the primary ends and each
+    shadow's outcome when the copy ends, and keeps nothing per exchange. The submits never block,
+    and say whether the part was taken."""
+
+    @property
+    def joins(self) -> bool: ...
+
+    @property
+    def join_stats(self) -> JoinStats: ...
+
+    @property
+    def join_pending(self) -> int: ...
+
+    def submit_primary(self, record: list[Any], mirrored: list[str], unrecorded: Collection[str]) -> bool: ...
+
+    def submit_shadow(
+        self, exchange_id: str, name: str, outcome: list[Any] | None, timing: list[Any], early: bool
+    ) -> bool: ...
+
+
 #: Called with every joined exchange, whether or not it was taped (the wide-event log).
 JoinedListener = Callable[[Exchange, ProxiedExchange, bool], None]
-
-
-class _Pending:
-    """One exchange being joined (a plain slotted class: one is made per recorded request)."""
-
-    __slots__ = ("exchange", "record", "shadows", "timings", "waiting")
-
-    def __init__(self, record: bool, waiting: set[str]) -> None:
-        self.record = record
-        self.waiting = waiting
-        self.exchange: ProxiedExchange | None = None
-        self.shadows: dict[str, Outcome] = {}
-        self.timings: dict[str, Timing] = {}
 
 
 @dataclass(slots=True)
@@ -88,9 +107,11 @@ class RecordStats:
     sampled_out: int = 0
     shadow_join_timeouts: int = 0
     evicted_at_capacity: int = 0
-    #: Shadow outcomes for exchanges not being joined: past their join timeout, or neither taped nor
-    #: sent to the event log.
+    #: Shadow outcomes not joined: past their join timeout, duplicates, or for exchanges neither
+    #: taped nor sent to the event log.
     unjoined_shadow_outcomes: int = 0
+    #: Shadow outcomes the joining tape writer refused (its queue was full).
+    shadow_outcomes_dropped: int = 0
 
 
 def _cap(body: bytes, cap: int, truncated_from: int | None) -> tuple[bytes, int | None]:
@@ -174,7 +195,9 @@ def exchange_wire_record(
 
 
 class RecordStage:
-    """Joins primary and shadow outcomes; feeds the tape (sampled) and the joined-exchange listener."""
+    """Decides what is taped, builds each exchange's record and its shadows' parts, and has them
+    joined: in the tape writer process when it can join and no event log needs the joined exchange,
+    else here, on the loop (``recorder.join.RecordJoiner``)."""
 
     name = "record"
 
@@ -192,14 +215,15 @@ class RecordStage:
         self._tape = tape
         self._on_joined = on_joined
         self._sample_key = sample_key
-        self.stats = RecordStats()
-        # Insertion-ordered so the oldest is evicted first at capacity (see RecordSettings.max_pending).
-        # An OrderedDict, not a dict: finding a plain dict's first item walks over the slots its
-        # earlier deletions left, so evicting at capacity (a stuck shadow) would slow with each one.
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
-        # (deadline, id) in deadline order: the join timeout is constant, so appends stay sorted.
-        # Bounded by _pending: each entry is appended once, and stale ids are skipped on pop.
-        self._deadlines: deque[tuple[float, str]] = deque()
+        self._counts = RecordStats()
+        #: The sink that joins, when it can and nothing here needs the joined exchange; else the
+        #: joiner here.
+        self._remote: JoiningSink | None = None
+        self._joiner: RecordJoiner | None = None
+        if on_joined is None and isinstance(tape, JoiningSink) and tape.joins:
+            self._remote = tape
+        else:
+            self._joiner = RecordJoiner(JoinSettings(settings.join_timeout_s, settings.max_pending), self._joined)
         self._sweeper: asyncio.Task[None] | None = None
         #: Whether anybody wants joined exchanges (a tape or the event log): else every hook returns.
         self.active = tape is not None or on_joined is not None
@@ -216,115 +240,123 @@ class RecordStage:
             )
         metrics.add_source(
             "gauge", "shadowtap_record_pending", "Exchanges waiting for their shadows", "",
-            lambda: {"": float(len(self._pending))},
+            lambda: {"": float(self.pending)},
         )  # fmt: skip
 
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop
+    @property
+    def joins_in_writer(self) -> bool:
+        """Whether the tape writer process joins the exchanges (nothing is kept here per exchange)."""
+        return self._remote is not None
+
+    @property
+    def stats(self) -> RecordStats:
+        """The stage's counters, with the join's from wherever it runs (the writer's lag a batch)."""
+        counts = dataclasses.replace(self._counts)
+        if self._remote is not None:
+            join = self._remote.join_stats
+        else:
+            assert self._joiner is not None
+            join = self._joiner.stats
+        counts.joined = join.joined
+        counts.shadow_join_timeouts = join.shadow_join_timeouts
+        counts.evicted_at_capacity = join.evicted_at_capacity
+        counts.unjoined_shadow_outcomes += join.unjoined_shadow_outcomes
+        return counts
+
+    @property
+    def pending(self) -> int:
+        """Exchanges waiting for their shadows."""
+        if self._remote is not None:
+            return self._remote.join_pending
+        assert self._joiner is not None
+        return self._joiner.pending
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._sweeper = asyncio.create_task(self._sweep(), name="record-join-sweeper")
+        if self._joiner is not None:
+            self._sweeper = asyncio.create_task(self._sweep(), name="record-join-sweeper")
 
-    def _taped(self, exchange: ProxiedExchange) -> bool:
-        # Keyed on the exchange id, so both hooks of one exchange reach the same answer.
+    def _taped(self, exchange_id: str) -> bool:
+        # Keyed on the exchange id, so the primary and its shadows reach the same answer.
         if self._tape is None or not self._flags.recording:
             return False
         percent = self._flags.record_percent
-        return percent >= 100.0 or key_in_sample(exchange.id.encode(), percent)
+        return percent >= 100.0 or key_in_sample(exchange_id.encode(), percent)
 
     def _count_untaped(self) -> None:
         if self._tape is not None and self._flags.recording:
-            self.stats.sampled_out += 1
-
-    def _open(self, exchange: ProxiedExchange) -> _Pending | None:
-        """Start joining ``exchange``; None when nobody wants it (not taped, no event log)."""
-        record = self._taped(exchange)
-        if not record and self._on_joined is None:
-            return None
-        waiting: set[str] = set()
-        for name, decision in exchange.decisions.items():
-            if decision == MIRRORED:
-                waiting.add(name)
-        entry = _Pending(record, waiting)
-        self._pending[exchange.id] = entry
-        if len(self._pending) > self._settings.max_pending:
-            _, oldest = self._pending.popitem(last=False)
-            self.stats.evicted_at_capacity += 1
-            self._complete(oldest, "too many exchanges waiting for shadows")
-        return entry
+            self._counts.sampled_out += 1
 
     def request_complete(self, exchange: ProxiedExchange) -> None:
-        if self.active and not self._closed:
-            self._open(exchange)
+        # Nothing to do yet: a shadow that answers before the primary ends says so (``early``).
+        return None
 
     def exchange_complete(self, exchange: ProxiedExchange) -> None:
-        if not self.active:
+        if not self.active or self._closed:
             return
-        entry = self._pending.get(exchange.id)
-        if entry is None:
-            if self._closed:
-                return
-            # Not taped and no event log, or no request_complete (the request failed before its
-            # body was known): decide again (the same way) and join it alone.
-            entry = self._open(exchange)
-            if entry is None:
-                self._count_untaped()
-                return
-        entry.exchange = exchange
-        if not entry.waiting:
-            del self._pending[exchange.id]
-            self._complete(entry, "")
+        taped = self._taped(exchange.id)
+        if not taped and self._on_joined is None:
+            self._count_untaped()
             return
-        self._deadlines.append((self._running_loop().time() + self._settings.join_timeout_s, exchange.id))
-
-    def on_shadow_outcome(self, exchange_id: str, shadow: str, outcome: Outcome, timing: Timing) -> None:
-        """The mirror stage's listener: one call per mirrored copy."""
-        entry = self._pending.get(exchange_id)
-        if entry is None or shadow not in entry.waiting:
-            self.stats.unjoined_shadow_outcomes += 1
-            return
-        entry.waiting.discard(shadow)
-        entry.shadows[shadow] = outcome
-        entry.timings[shadow] = timing
-        if not entry.waiting and entry.exchange is not None:
-            del self._pending[exchange_id]
-            self._complete(entry, "")
-
-    def _complete(self, entry: _Pending, missing_reason: str) -> None:
-        if entry.exchange is None:
-            # Evicted or shut down before the primary finished: nothing the tape could hold.
-            return
-        if entry.waiting:
-            self.stats.shadow_join_timeouts += len(entry.waiting)
-            for name in entry.waiting:
-                entry.shadows[name] = Failure(FailureKind.TIMEOUT, missing_reason)
-            entry.waiting.clear()
-        ex = entry.exchange
         session = ""
         if self._sample_key is not None:
-            key = self._sample_key.extract(ex.target, ex.request_headers)
+            key = self._sample_key.extract(exchange.target, exchange.request_headers)
             session = "" if key is None else key.decode("utf-8", "replace")
-        self.stats.joined += 1
-        cap = self._settings.max_body_bytes
-        if entry.record and self._tape is not None:
-            unrecorded = self._flags.unrecorded_shadows() if entry.shadows else _NONE
-            if self._tape.submit_record(
-                exchange_wire_record(ex, entry.shadows, entry.timings, cap, session, unrecorded)
-            ):
-                self.stats.submitted += 1
+        record = exchange_wire_record(exchange, _NO_OUTCOMES, _NO_TIMINGS, self._settings.max_body_bytes, session)
+        mirrored = [name for name, decision in exchange.decisions.items() if decision == MIRRORED]
+        unrecorded = self._flags.unrecorded_shadows() if mirrored else _NONE
+        remote = self._remote
+        if remote is not None:
+            if remote.submit_primary(record, mirrored, unrecorded):
+                self._counts.submitted += 1
             else:
-                self.stats.dropped_by_writer += 1
-        else:
-            self._count_untaped()
+                self._counts.dropped_by_writer += 1
+            return
+        assert self._joiner is not None
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self._joiner.primary(record, mirrored, unrecorded, (exchange, taped), loop.time())
+
+    def on_shadow_outcome(self, exchange: ProxiedExchange, shadow: str, outcome: Outcome, timing: Timing) -> None:
+        """The mirror stage's listener: one call per mirrored copy."""
+        if not self.active:
+            return
+        # The data path sets the exchange's timing as it ends, just before exchange_complete.
+        early = exchange.timing is NOT_TIMED
+        remote = self._remote
+        if remote is None:
+            assert self._joiner is not None
+            if self._closed:
+                self._counts.unjoined_shadow_outcomes += 1
+                return
+            wire = _outcome_record(outcome, self._settings.max_body_bytes)
+            self._joiner.shadow(exchange.id, shadow, wire, timing_to_wire(timing), early)
+            return
+        if not self._taped(exchange.id):
+            self._counts.unjoined_shadow_outcomes += 1
+            return
+        recorded = shadow not in self._flags.unrecorded_shadows()
+        part = _outcome_record(outcome, self._settings.max_body_bytes) if recorded else None
+        if not remote.submit_shadow(exchange.id, shadow, part, timing_to_wire(timing), early):
+            self._counts.shadow_outcomes_dropped += 1
+
+    def _joined(self, entry: Joined) -> None:
+        """The joiner's output: to the event log (every exchange) and the tape (if taped)."""
+        exchange, taped = entry.context
         if self._on_joined is not None:
             try:
-                self._on_joined(build_exchange(ex, entry.shadows, entry.timings, cap, session), ex, entry.record)
+                self._on_joined(exchange_from_wire(entry.full_record()), exchange, taped)
             except Exception:
-                log.exception("joined-exchange listener failed on %s", ex.id)
+                log.exception("joined-exchange listener failed on %s", exchange.id)
+        if not taped:
+            self._count_untaped()
+            return
+        assert self._tape is not None
+        if self._tape.submit_record(entry.tape_record()):
+            self._counts.submitted += 1
+        else:
+            self._counts.dropped_by_writer += 1
 
     async def _sweep(self) -> None:
         interval_s = min(_SWEEP_PERIOD_S, self._settings.join_timeout_s / 4)
@@ -336,20 +368,13 @@ class RecordStage:
             more = self.sweep(loop.time())
 
     def sweep(self, now_s: float) -> bool:
-        """Complete exchanges whose join deadline has passed, at most _MAX_LATE_PER_SWEEP of them;
-        True when more are already late."""
-        deadlines = self._deadlines
-        for _ in range(_MAX_LATE_PER_SWEEP):
-            if not deadlines or deadlines[0][0] > now_s:
-                return False
-            _, exchange_id = deadlines.popleft()
-            entry = self._pending.pop(exchange_id, None)
-            if entry is not None:
-                self._complete(entry, "no shadow outcome within the join timeout")
-        return bool(deadlines) and deadlines[0][0] <= now_s
+        """Complete exchanges joined here whose join deadline has passed, at most
+        _MAX_LATE_PER_SWEEP of them; True when more are already late."""
+        return self._joiner is not None and self._joiner.sweep(now_s, _MAX_LATE_PER_SWEEP)
 
     async def aclose(self, timeout_s: float) -> None:
-        """Complete everything still waiting (call after the mirror stage has closed)."""
+        """Complete everything still waiting here (call after the mirror stage has closed). The
+        writer process completes what it joins when its pipe closes, with the same reason."""
         if self._closed:
             return
         self._closed = True
@@ -357,10 +382,8 @@ class RecordStage:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        while self._pending:
-            _, entry = self._pending.popitem(last=False)
-            self._complete(entry, "proxy shut down before the shadow answered")
-        self._deadlines.clear()
+        if self._joiner is not None:
+            self._joiner.close(SHUTDOWN_REASON)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"pending": len(self._pending), **dataclasses.asdict(self.stats)}
+        return {"pending": self.pending, "joins_in_writer": self.joins_in_writer, **dataclasses.asdict(self.stats)}

@@ -15,15 +15,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from recorder.model import Failure, Headers, Response, Timing
 
-__all__ = ["PrimaryObserver", "ProxiedExchange", "Stage", "StageErrors", "call_stage", "watches_completion"]
+__all__ = [
+    "NOT_TIMED",
+    "PrimaryObserver",
+    "ProxiedExchange",
+    "Stage",
+    "StageErrors",
+    "call_stage",
+    "watches_completion",
+]
 
 log = logging.getLogger(__name__)
 
-_NOT_TIMED = Timing()
+#: An exchange's ``timing`` until it ends (the data path replaces it then, before exchange_complete).
+NOT_TIMED: Final = Timing()
 
 
 @dataclass(slots=True)
@@ -54,7 +63,7 @@ class ProxiedExchange:
     response: Response | None = None
     failure: Failure | None = None
     #: Replaced (never mutated: Timing is frozen) when the exchange ends, so one shared default serves.
-    timing: Timing = _NOT_TIMED
+    timing: Timing = NOT_TIMED
     #: Set by stages for the wide event and the tape: shadow name -> "mirrored" or drop reason.
     decisions: dict[str, str] = field(default_factory=dict)
 

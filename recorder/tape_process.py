@@ -10,16 +10,26 @@ here it runs on another core.
 The contract is the thread writer's: ``submit_record`` never blocks or raises, and every record
 ends in exactly one counter of ``TapeWriterStats``.
 
-- Bound: at most ``queue_size`` records are in flight (sent, not yet reported done by the child);
-  beyond that, records are dropped and counted, so a stopped child costs bounded memory.
+Given ``JoinSettings``, the child also joins exchanges (``recorder.join.RecordJoiner``), so the
+proxy's record stage keeps nothing per exchange: ``submit_primary`` sends an exchange's record
+without shadows, with the names of the shadows to wait for; ``submit_shadow`` sends one shadow's
+outcome. The child joins them and writes the joined record. Its join counters come back with its
+other counters (``join_stats``). A primary part is a record for every counter above. A shadow part
+is not a record: a dropped one is only refused (the caller counts it), and its exchange is written
+with a timeout for that shadow.
+
+- Bound: at most ``queue_size`` records and parts are in flight (sent, not yet reported read by the
+  child); beyond that, they are dropped and counted, so a stopped child costs bounded memory.
+  Exchanges the child holds for their shadows are bounded by ``JoinSettings.max_pending``.
 - The child reports its cumulative counters on stdout after every batch it writes (and at least
   every second): the parent's stats lag by one batch.
 - The child ignores SIGINT and SIGTERM: the parent owns its life. ``close()`` closes the pipe; the
   child writes what it was sent, syncs, closes the segment and exits. If the parent dies, the child
   sees the pipe close and does the same, so a crash of the proxy loses nothing it had sent.
-- If the child dies, what it had not reported done is counted in ``write_errors`` (not known to be
-  written: the frames that reached the disk are still readable), and a new child starts after
-  ``_RESTART_AFTER_S``; records submitted meanwhile are counted as write errors too.
+- If the child dies, the records it had not reported done are counted in ``write_errors`` (not
+  known to be written: the frames that reached the disk are still readable). That includes the
+  exchanges it held for their shadows. A new child starts after ``_RESTART_AFTER_S``; records
+  submitted meanwhile are counted as write errors too.
 """
 
 from __future__ import annotations
@@ -34,7 +44,8 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +55,7 @@ import msgpack
 
 from recorder._frames import FrameEncoder
 from recorder.errors import TapeWriteError
+from recorder.join import SHUTDOWN_REASON, Joined, JoinSettings, JoinStats, RecordJoiner
 from recorder.model import Exchange, exchange_to_wire
 from recorder.writer import TapeOptions, TapeWriterStats, _BlockWriter, _ErrorNotes, _SegmentSink
 
@@ -62,13 +74,23 @@ _READ_BYTES: Final = 1 << 20
 #: pipe: one system call per batch, not per exchange.
 _SEND_DELAY_S: Final = 0.005
 _SEND_BYTES: Final = 256 * 1024
-#: The options message before the record stream: its length, then the pickled TapeOptions.
+#: The options message before the record stream: its length, then the pickled (TapeOptions,
+#: JoinSettings or None).
 _OPTIONS_LENGTH = struct.Struct("!I")
+#: The first element of a part on the pipe (a record's first element is its id, a string).
+_PRIMARY_PART: Final = 1
+_SHADOW_PART: Final = 2
+#: With joins, the child checks deadlines at least this often while the pipe is quiet.
+_MAX_SWEEP_WAIT_S: Final = 0.1
 
 
 @dataclass(slots=True)
 class _Report:
-    """One child's cumulative counters; ``consumed`` = written + encode_errors + write_errors."""
+    """One child's cumulative counters; ``consumed`` = written + encode_errors + write_errors.
+
+    ``records_taken`` and ``parts_taken`` count what it has read off the pipe (records and primary
+    parts; shadow parts); the join's counters follow, then how many exchanges it holds.
+    """
 
     consumed: int = 0
     written: int = 0
@@ -77,16 +99,30 @@ class _Report:
     bytes_written: int = 0
     segments: int = 0
     last_error: str = ""
+    records_taken: int = 0
+    parts_taken: int = 0
+    joined: int = 0
+    shadow_join_timeouts: int = 0
+    evicted_at_capacity: int = 0
+    unjoined_shadow_outcomes: int = 0
+    join_pending: int = 0
+
+    def join_stats(self) -> JoinStats:
+        return JoinStats(
+            self.joined, self.shadow_join_timeouts, self.evicted_at_capacity, self.unjoined_shadow_outcomes
+        )
 
 
 class _Child:
     """One writer process and what the parent has sent it."""
 
-    __slots__ = ("exited", "process", "ready", "report", "sent")
+    __slots__ = ("exited", "parts_sent", "process", "ready", "report", "sent")
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
+        #: Records (and primary parts) sent; shadow parts sent.
         self.sent = 0
+        self.parts_sent = 0
         self.report = _Report()
         self.ready = asyncio.get_running_loop().create_future()
         self.exited = asyncio.get_running_loop().create_future()
@@ -97,12 +133,18 @@ class ProcessTapeWriter:
 
     ``await start()`` creates the directory and key (raising ``TapeWriteError`` for an unusable
     path) and starts the child; ``await close()`` (or leaving ``async with``) has it write
-    everything sent, sync and exit.
+    everything sent, sync and exit. With ``join``, the child joins exchanges too (module docstring).
     """
 
-    def __init__(self, directory: str | os.PathLike[str], options: TapeOptions | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        options: TapeOptions | None = None,
+        join: JoinSettings | None = None,
+    ) -> None:
         self._directory = Path(directory)
         self._options = options or TapeOptions()
+        self._join = join
         self._pack = FrameEncoder().pack
         self._child: _Child | None = None
         # Records packed for the child, not yet written to the pipe (counted in child.sent).
@@ -145,26 +187,58 @@ class ProcessTapeWriter:
         """Pack one record in wire form (``recorder.model.exchange_record``) for the child; False
         when it was dropped and counted (``TapeWriter.submit_record``). Packed now, while the
         record is fresh in the cache; written to the pipe with others within ``_SEND_DELAY_S``."""
+        return self._submit(record, True)
+
+    @property
+    def joins(self) -> bool:
+        """Whether the child joins exchanges (``submit_primary`` and ``submit_shadow``)."""
+        return self._join is not None
+
+    def submit_primary(self, record: list[Any], mirrored: list[str], unrecorded: Collection[str]) -> bool:
+        """An exchange's record with no shadows yet, to be joined in the child with the shadows
+        named in ``mirrored`` (``recorder.join.RecordJoiner.primary``). A record for every
+        counter: False when it was dropped and counted, like ``submit_record``."""
+        assert self._join is not None, "submit_primary needs a writer made with JoinSettings"
+        return self._submit([_PRIMARY_PART, record, mirrored, list(unrecorded) if unrecorded else None], True)
+
+    def submit_shadow(
+        self, exchange_id: str, name: str, outcome: list[Any] | None, timing: list[Any], early: bool
+    ) -> bool:
+        """One shadow's outcome for the child's join (``RecordJoiner.shadow``; None: recording of
+        this shadow is off). Not a record: False when it was refused, and the caller counts it."""
+        assert self._join is not None, "submit_shadow needs a writer made with JoinSettings"
+        return self._submit([_SHADOW_PART, exchange_id, name, outcome, timing, early], False)
+
+    def _submit(self, item: list[Any], is_record: bool) -> bool:
         if self._closing:
-            self._dropped_closed += 1
+            if is_record:
+                self._dropped_closed += 1
             return False
         child = self._child
         if child is None or not child.ready.done() or child.exited.done():
-            self._done.write_errors += 1
-            self._errors.note("down", "not written: the tape writer process is not running (restarting)")
+            if is_record:
+                self._done.write_errors += 1
+                self._errors.note("down", "not written: the tape writer process is not running (restarting)")
             return False
-        if child.sent - child.report.consumed >= self._options.queue_size:
-            self._dropped_queue_full += 1
+        report = child.report
+        if (child.sent - report.records_taken) + (child.parts_sent - report.parts_taken) >= self._options.queue_size:
+            if is_record:
+                self._dropped_queue_full += 1
             return False
         try:
-            data = self._pack(record)
+            data = self._pack(item)
         except Exception as exc:  # a record msgpack cannot hold must not reach the pipe
+            if not is_record:
+                return False
             self._done.encode_errors += 1
-            self._errors.encode_failed(record, exc)
+            self._errors.encode_failed(item, exc)
             return True
         self._out.append(data)
         self._out_bytes += len(data)
-        child.sent += 1
+        if is_record:
+            child.sent += 1
+        else:
+            child.parts_sent += 1
         if self._out_bytes >= _SEND_BYTES:
             self._send()
         elif self._send_timer is None:
@@ -217,11 +291,30 @@ class ProcessTapeWriter:
             dropped_closed=self._dropped_closed,
             encode_errors=done.encode_errors + now.encode_errors,
             write_errors=done.write_errors + now.write_errors,
-            queue_depth=child.sent - now.consumed if child is not None else 0,
+            queue_depth=(child.sent - now.records_taken) + (child.parts_sent - now.parts_taken) if child else 0,
             bytes_written=done.bytes_written + now.bytes_written,
             segments=done.segments + now.segments,
             last_error=now.last_error or self._errors.last,
         )
+
+    @property
+    def join_stats(self) -> JoinStats:
+        """The child's join counters, over every child this writer ran (they lag a batch)."""
+        done = self._done.join_stats()
+        child = self._child
+        if child is not None:
+            now = child.report
+            done.joined += now.joined
+            done.shadow_join_timeouts += now.shadow_join_timeouts
+            done.evicted_at_capacity += now.evicted_at_capacity
+            done.unjoined_shadow_outcomes += now.unjoined_shadow_outcomes
+        return done
+
+    @property
+    def join_pending(self) -> int:
+        """Exchanges the running child holds for their shadows."""
+        child = self._child
+        return 0 if child is None else child.report.join_pending
 
     @property
     def pid(self) -> int | None:
@@ -242,6 +335,9 @@ class ProcessTapeWriter:
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
+                # -P: not the working directory first on sys.path, so a "recorder" there cannot
+                # shadow the package this process runs.
+                "-P",
                 "-m",
                 "recorder.tape_process",
                 str(self._directory),
@@ -255,7 +351,7 @@ class ProcessTapeWriter:
             ) from exc
         child = _Child(process)
         assert process.stdin is not None
-        options = pickle.dumps(self._options)
+        options = pickle.dumps((self._options, self._join))
         process.stdin.write(_OPTIONS_LENGTH.pack(len(options)) + options)
         self._child = child
         watcher = asyncio.create_task(self._watch(child), name=f"tape-writer:{self._directory}")
@@ -311,6 +407,10 @@ class ProcessTapeWriter:
         done.write_errors += report.write_errors
         done.bytes_written += report.bytes_written
         done.segments += report.segments
+        done.joined += report.joined
+        done.shadow_join_timeouts += report.shadow_join_timeouts
+        done.evicted_at_capacity += report.evicted_at_capacity
+        done.unjoined_shadow_outcomes += report.unjoined_shadow_outcomes
         self._errors.last = report.last_error or self._errors.last
         lost = child.sent - report.consumed
         if code != 0 or lost:
@@ -355,6 +455,90 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return data
 
 
+class _ChildInput:
+    """What the child reads off the pipe: records to write, and parts to join when it joins."""
+
+    def __init__(self, blocks: _BlockWriter, join: JoinSettings | None) -> None:
+        self.blocks = blocks
+        # max_buffer_size=0: no limit of msgpack's own; records are as big as max_body_bytes allows.
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
+        self.records_taken = 0
+        self.parts_taken = 0
+        # Joined records, written before anything else is read.
+        self.ready: deque[list[Any]] = deque()
+        self.joiner = None if join is None else RecordJoiner(join, self._joined)
+
+    def _joined(self, entry: Joined) -> None:
+        self.ready.append(entry.tape_record())
+
+    def take(self) -> list[Any] | None:
+        """The next record to write: a joined one, else the next off the pipe; None when neither."""
+        ready = self.ready
+        while not ready:
+            item = next(self.unpacker, None)
+            if item is None:
+                return None
+            kind = item[0] if type(item) is list and item else None
+            if type(kind) is not int:
+                self.records_taken += 1
+                record: list[Any] = item  # a record (its first element is its id)
+                return record
+            self._part(item, kind)
+        return ready.popleft()
+
+    def _part(self, item: list[Any], kind: int) -> None:
+        joiner = self.joiner
+        if kind == _PRIMARY_PART:
+            self.records_taken += 1
+            try:
+                if joiner is None:
+                    raise ValueError("a primary part, but this writer was not given JoinSettings")
+                _, record, mirrored, unrecorded = item
+                joiner.primary(record, mirrored, unrecorded or (), None, time.monotonic())
+            except Exception as exc:  # a malformed part costs its record, counted, never the writer
+                self.blocks.encode_errors += 1
+                self.blocks.errors.encode_failed(item, exc)
+            return
+        self.parts_taken += 1
+        try:
+            if joiner is None or kind != _SHADOW_PART:
+                raise ValueError(f"part kind {kind} (this writer joins: {joiner is not None})")
+            _, exchange_id, name, outcome, timing, early = item
+            joiner.shadow(exchange_id, name, outcome, timing, early, outcome is not None)
+        except Exception as exc:
+            self.blocks.errors.note("part", f"a shadow part could not be joined: {exc}")
+            if joiner is not None:
+                joiner.stats.unjoined_shadow_outcomes += 1
+
+    def sweep(self) -> None:
+        if self.joiner is not None:
+            self.joiner.sweep(time.monotonic())
+
+    def close(self) -> None:
+        if self.joiner is not None:
+            self.joiner.close(SHUTDOWN_REASON)
+
+    def report(self, sink: _SegmentSink) -> list[Any]:
+        blocks = self.blocks
+        join = JoinStats() if self.joiner is None else self.joiner.stats
+        return [
+            blocks.written + blocks.encode_errors + blocks.write_errors,
+            blocks.written,
+            blocks.encode_errors,
+            blocks.write_errors,
+            sink.bytes_written,
+            sink.segments,
+            blocks.errors.last,
+            self.records_taken,
+            self.parts_taken,
+            join.joined,
+            join.shadow_join_timeouts,
+            join.evicted_at_capacity,
+            join.unjoined_shadow_outcomes,
+            0 if self.joiner is None else self.joiner.pending,
+        ]
+
+
 def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
     """Write the records piped to ``stdin`` into the tape at ``directory``; report on ``stdout``."""
     # The parent owns this process's life: Ctrl-C or a TERM to the process group must not cut the
@@ -363,35 +547,25 @@ def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(stream=sys.stderr, format="shadowtap tape writer [%(process)d]: %(message)s")
     (length,) = _OPTIONS_LENGTH.unpack(_read_exactly(stdin, _OPTIONS_LENGTH.size))
-    options = pickle.loads(_read_exactly(stdin, length))
-    if not isinstance(options, TapeOptions):
-        raise TypeError(f"expected TapeOptions on the tape writer's input, got {type(options).__name__}")
+    loaded = pickle.loads(_read_exactly(stdin, length))
+    options, join = loaded if type(loaded) is tuple and len(loaded) == 2 else (loaded, None)
+    if not isinstance(options, TapeOptions) or not (join is None or isinstance(join, JoinSettings)):
+        raise TypeError(f"expected TapeOptions and JoinSettings on the tape writer's input, got {loaded!r:.200}")
     sink = _SegmentSink(Path(directory), options)
     sink.prepare()
     blocks = _BlockWriter(sink)
-    # max_buffer_size=0: no limit of msgpack's own; records are as big as max_body_bytes allows.
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
-
-    def take() -> list[Any] | None:
-        return next(unpacker, None)
+    source = _ChildInput(blocks, join)
 
     def report() -> None:
-        fields = [
-            blocks.written + blocks.encode_errors + blocks.write_errors,
-            blocks.written,
-            blocks.encode_errors,
-            blocks.write_errors,
-            sink.bytes_written,
-            sink.segments,
-            blocks.errors.last,
-        ]
-        data = msgpack.packb(fields)
+        data = msgpack.packb(source.report(sink))
         view = memoryview(data)
         while view:
             view = view[os.write(stdout, view) :]
 
     interval = options.fsync == "interval"
     wait_s = min(options.fsync_interval_s, 1.0) if interval else 1.0
+    if join is not None:
+        wait_s = min(wait_s, join.timeout_s / 4, _MAX_SWEEP_WAIT_S)
     report()  # ready
     while True:
         readable, _, _ = select.select([stdin], [], [], wait_s)
@@ -399,11 +573,14 @@ def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
             data = os.read(stdin, _READ_BYTES)
             if not data:
                 break
-            unpacker.feed(data)
-            blocks.write_from(take)
+            source.unpacker.feed(data)
+        source.sweep()
+        blocks.write_from(source.take)
         if interval:
             blocks.guard(sink.sync_if_due, time.monotonic(), lost=0)
         report()
+    source.close()
+    blocks.write_from(source.take)
     blocks.guard(sink.close_segment, lost=0)
     report()
     return 0

@@ -48,8 +48,8 @@ class Outcomes:
         self.items: dict[tuple[str, str], tuple[Outcome, Timing]] = {}
         self.changed = asyncio.Event()
 
-    def __call__(self, exchange_id: str, shadow: str, outcome: Outcome, timing: Timing) -> None:
-        self.items[exchange_id, shadow] = (outcome, timing)
+    def __call__(self, exchange: ProxiedExchange, shadow: str, outcome: Outcome, timing: Timing) -> None:
+        self.items[exchange.id, shadow] = (outcome, timing)
         self.changed.set()
 
     async def wait_for(self, count: int, timeout_s: float = 10.0) -> None:

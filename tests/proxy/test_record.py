@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from proxy.record import RecordStage, build_exchange, exchange_wire_record
 from proxy.sampling import SampleKey
 from proxy.stages import ProxiedExchange
 from recorder import TapeOptions, TapeReader, TapeWriter
+from recorder.join import SHUTDOWN_REASON, JoinSettings
 from recorder.model import Exchange, Failure, FailureKind, Response, Timing, exchange_from_wire
+from recorder.tape_process import ProcessTapeWriter
 
 _ids = itertools.count()
 
@@ -69,6 +72,12 @@ async def make(
     return stage, tape, flags
 
 
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
 async def read_tape(stage: RecordStage, tape: TapeWriter, tmp_path: Path) -> list[Exchange]:
     await stage.aclose(1.0)
     await tape.close()
@@ -82,15 +91,15 @@ async def test_joins_shadows_in_any_order_and_writes_once(tmp_path: Path) -> Non
     for ex in (a, b):
         stage.request_complete(ex)
     # a: the shadow answers before the primary finishes; b: after.
-    stage.on_shadow_outcome(a.id, "v2", Response(200, "OK", (), b"v2"), Timing(5, 6, 7))
+    stage.on_shadow_outcome(a, "v2", Response(200, "OK", (), b"v2"), Timing(5, 6, 7))
     finish(a)
     stage.exchange_complete(a)
     finish(b)
     stage.exchange_complete(b)
-    stage.on_shadow_outcome(b.id, "v2", Response(500, "Oops", (), b"err"), Timing(1, 2, 3))
+    stage.on_shadow_outcome(b, "v2", Response(500, "Oops", (), b"err"), Timing(1, 2, 3))
     assert stage.stats.joined == 1
-    stage.on_shadow_outcome(b.id, "v3", Failure(FailureKind.RESET, "reset"), Timing(1, None, 3))
-    stage.on_shadow_outcome(b.id, "v3", Failure(FailureKind.RESET, "again"), Timing())
+    stage.on_shadow_outcome(b, "v3", Failure(FailureKind.RESET, "reset"), Timing(1, None, 3))
+    stage.on_shadow_outcome(b, "v3", Failure(FailureKind.RESET, "again"), Timing())
     assert stage.stats.joined == 2 and stage.stats.unjoined_shadow_outcomes == 1
     # Handed to the tape writer at once; it writes them in a batch a few milliseconds later,
     # without waiting for shutdown.
@@ -120,16 +129,31 @@ async def test_missing_shadow_times_out_and_capacity_is_bounded(tmp_path: Path) 
     stage.exchange_complete(slow)
     await asyncio.sleep(0.6)  # the sweeper completes it without v2
     assert stage.stats.shadow_join_timeouts == 1
-    in_flight = [proxied(decisions={"v2": "mirrored"}) for _ in range(3)]
+    in_flight = [proxied(decisions={"v2": "mirrored", "v3": "mirrored"}) for _ in range(3)]
     for ex in in_flight:
-        stage.request_complete(ex)
-    finish(in_flight[0])
+        # v2 answers before the primaries end: each answer waits for its primary.
+        stage.on_shadow_outcome(ex, "v2", Response(200, "OK", (), b"v2"), Timing(1, 2, 3))
     # The oldest waiting exchange was pushed out at capacity; its primary had not finished, so there
-    # was nothing to write.
-    assert stage.stats.evicted_at_capacity == 1
+    # was nothing to write, and its shadow's answer is counted as unjoined.
+    assert (stage.stats.evicted_at_capacity, stage.stats.unjoined_shadow_outcomes) == (1, 1)
+    assert stage.snapshot()["pending"] == 2
+    # A finished primary pushed out at capacity is written at once, its missing shadow marked.
+    finish(in_flight[1])
+    stage.exchange_complete(in_flight[1])
+    third = proxied(decisions={"v2": "mirrored"})
+    finish(third)
+    stage.exchange_complete(third)
+    assert stage.stats.evicted_at_capacity == 2
     written = await read_tape(stage, tape, tmp_path)
-    assert [ex.id for ex in written] == [slow.id]
+    # in_flight[2]'s primary never ended: nothing to write at shutdown either.
+    assert [ex.id for ex in written] == [slow.id, in_flight[1].id, third.id]
     assert written[0].shadows["v2"] == Failure(FailureKind.TIMEOUT, "no shadow outcome within the join timeout")
+    assert written[1].shadows == {
+        "v2": Response(200, "OK", (), b"v2"),
+        "v3": Failure(FailureKind.TIMEOUT, "too many exchanges waiting for shadows"),
+    }
+    assert written[2].shadows["v2"] == Failure(FailureKind.TIMEOUT, "proxy shut down before the shadow answered")
+    assert stage.stats.unjoined_shadow_outcomes == 2
 
 
 async def test_sampling_flags_and_body_caps(tmp_path: Path) -> None:
@@ -220,8 +244,8 @@ async def test_a_shadow_switched_off_for_recording_is_left_off_the_tape(tmp_path
     flags.apply({"shadows": {"v2": {"recording": False}}})
     ex = proxied(decisions={"v2": "mirrored", "v3": "mirrored"})
     stage.request_complete(ex)
-    stage.on_shadow_outcome(ex.id, "v2", Response(200, "OK", (), b"v2"), Timing(1, 2, 3))
-    stage.on_shadow_outcome(ex.id, "v3", Response(200, "OK", (), b"v3"), Timing(4, 5, 6))
+    stage.on_shadow_outcome(ex, "v2", Response(200, "OK", (), b"v2"), Timing(1, 2, 3))
+    stage.on_shadow_outcome(ex, "v3", Response(200, "OK", (), b"v3"), Timing(4, 5, 6))
     finish(ex)
     stage.exchange_complete(ex)
     (taped,) = await read_tape(stage, tape, tmp_path)
@@ -269,3 +293,87 @@ def test_the_wire_record_is_exactly_the_built_exchange_on_the_wire() -> None:
             assert list(back.shadows) == list(expected.shadows) and list(back.timings) == list(expected.timings)
     # The caps marked truncation where they cut.
     assert back.request.truncated_from == 50 and back.primary.truncated_from == 50  # type: ignore[union-attr]
+
+
+async def scenario(stage: RecordStage) -> list[ProxiedExchange]:
+    """Early and late answers, a duplicate, a shadow switched off for recording, a sampled-out
+    exchange and one whose shadow never answers (completed at shutdown)."""
+    a = proxied(decisions={"v2": "mirrored", "v3": FailureKind.SAMPLED_OUT})
+    b = proxied(decisions={"v2": "mirrored", "v3": "mirrored"})
+    c = proxied(decisions={"v2": "mirrored"})
+    stage.on_shadow_outcome(a, "v2", Response(200, "OK", (), b"v2"), Timing(5, 6, 7))
+    for ex in (a, b, c):
+        finish(ex)
+        stage.exchange_complete(ex)
+    stage.on_shadow_outcome(b, "v3", Failure(FailureKind.RESET, "reset"), Timing(1, None, 3))
+    stage.on_shadow_outcome(b, "v3", Failure(FailureKind.RESET, "again"), Timing())
+    stage.on_shadow_outcome(b, "v2", Response(500, "Oops", (), b"err"), Timing(1, 2, 3))
+    return [a, b, c]
+
+
+async def test_the_writer_process_joins_as_the_stage_would(tmp_path: Path) -> None:
+    config = ProxyConfig.from_mapping(
+        {
+            "primary": "http://127.0.0.1:1",
+            "shadows": {"v2": "http://127.0.0.1:2", "v3": "http://127.0.0.1:3"},
+            "record": {"tape": str(tmp_path / "t")},
+        }
+    )
+    options = TapeOptions(fsync="none", redaction=None)
+    tapes: list[list[Exchange]] = []
+    writers: list[tuple[TapeWriter | ProcessTapeWriter, Path]] = [
+        (TapeWriter(tmp_path / "thread", options), tmp_path / "thread"),
+        (ProcessTapeWriter(tmp_path / "process", options, JoinSettings(60.0, 100)), tmp_path / "process"),
+    ]
+    for writer, directory in writers:
+        await writer.start()
+        stage = RecordStage(config.record, RuntimeFlags(config), ProxyMetrics(), writer, None, None)
+        await stage.start()
+        assert stage.joins_in_writer is isinstance(writer, ProcessTapeWriter)
+        a, b, c = await scenario(stage)
+        # c waits for v2. The writer process reports its join a batch later.
+        await wait_until(lambda stage=stage: stage.stats.joined == 2)  # type: ignore[misc]
+        assert (stage.pending, stage.stats.unjoined_shadow_outcomes) == (1, 1)
+        await stage.aclose(1.0)
+        await writer.close()
+        stats = stage.stats
+        assert (stage.pending, stats.joined, stats.shadow_join_timeouts, stats.submitted) == (0, 3, 1, 3)
+        tapes.append(list(TapeReader(directory)))
+
+    def same(e: Exchange) -> Exchange:  # each run made its own exchanges: other ids and times
+        tags = {k: v for k, v in e.tags.items() if k != "correlation_id"}
+        return dataclasses.replace(e, id="", started_at_ns=0, started_mono_ns=0, tags=tags)
+
+    thread_tape, process_tape = tapes
+    assert [same(e) for e in process_tape] == [same(e) for e in thread_tape]
+    assert [e.id for e in process_tape] == [a.id, b.id, c.id]
+    assert process_tape[1].shadows == {
+        "v3": Failure(FailureKind.RESET, "reset"),
+        "v2": Response(500, "Oops", (), b"err"),
+    }
+    assert process_tape[2].shadows["v2"] == Failure(FailureKind.TIMEOUT, SHUTDOWN_REASON)
+
+
+async def test_with_the_event_log_on_the_stage_joins_itself(tmp_path: Path) -> None:
+    config = ProxyConfig.from_mapping(
+        {"primary": "http://127.0.0.1:1", "shadows": {"v2": "http://127.0.0.1:2"}, "record": {"tape": str(tmp_path)}}
+    )
+    joined: list[tuple[Exchange, bool]] = []
+    writer = ProcessTapeWriter(tmp_path, TapeOptions(fsync="none"), JoinSettings(60.0, 100))
+    await writer.start()
+    stage = RecordStage(
+        config.record, RuntimeFlags(config), ProxyMetrics(), writer, lambda ex, _, taped: joined.append((ex, taped))
+    )
+    await stage.start()
+    assert not stage.joins_in_writer
+    ex = proxied(decisions={"v2": "mirrored"})
+    finish(ex)
+    stage.exchange_complete(ex)
+    stage.on_shadow_outcome(ex, "v2", Response(200, "OK", (), b"v2"), Timing(1, 2, 3))
+    await stage.aclose(1.0)
+    await writer.close()
+    ((event, taped),) = joined
+    assert taped and event.shadows == {"v2": Response(200, "OK", (), b"v2")}
+    (on_tape,) = TapeReader(tmp_path)
+    assert on_tape.id == ex.id and on_tape.shadows == event.shadows
+    assert writer.join_stats.joined == 0  # whole records reached the writer

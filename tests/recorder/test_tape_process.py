@@ -10,11 +10,13 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from recorder import RedactionRules, TapeOptions, TapeReader, TapeWriteError, TapeWriter
-from recorder.model import exchange_to_wire
+from recorder.join import SHUTDOWN_REASON, Joined, JoinSettings, RecordJoiner
+from recorder.model import Failure, FailureKind, exchange_to_wire
 from recorder.tape_process import ProcessTapeWriter
 from tests.recorder.tape_samples import make_exchange
 
@@ -225,3 +227,104 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"  # an orphan's zombie waits for a reaper that may never come
+
+
+# --- joining in the child ------------------------------------------------------------------------
+
+JOIN = JoinSettings(timeout_s=60.0, max_pending=1_000)
+
+
+def join_script(n: int) -> list[tuple[Any, ...]]:
+    """Primary and shadow parts in the order a proxy would send them, freshly built (the writers
+    own the lists they are given): early and late answers, a shadow whose recording is off, and
+    exchanges left waiting for a shadow that never answers (completed at close).
+
+    Steps are ("primary", record, mirrored, unrecorded) and ("shadow", id, name, outcome, timing,
+    early), the arguments of ``submit_primary`` and ``submit_shadow``."""
+    script: list[tuple[Any, ...]] = []
+    for i in range(n):
+        record = exchange_to_wire(make_exchange(i, body=b"x" * (i % 50)))
+        record[5], record[6] = {}, {"primary": [1, 2, 3]}
+        record[3][2] = [*record[3][2], (b"Authorization", b"Bearer secret")]
+        exchange_id = record[0]
+        v2 = [0, 200, "OK", [(b"Set-Cookie", b"session=1")], b"v2 %d" % i, "1.1", None]
+        if i % 3 == 0:
+            script.append(("shadow", exchange_id, "v2", v2, [4, 5, 6], True))
+        script.append(("primary", record, ["v2", "v3"], {"v3"} if i % 5 == 0 else frozenset()))
+        if i % 3 != 0:
+            script.append(("shadow", exchange_id, "v2", v2, [4, 5, 6], False))
+        if i % 4 != 0:
+            v3 = None if i % 5 == 0 else [1, "reset", "peer reset"]
+            script.append(("shadow", exchange_id, "v3", v3, [7, None, 9], False))
+    return script
+
+
+def feed(writer: ProcessTapeWriter, script: list[tuple[Any, ...]]) -> list[bool]:
+    return [
+        writer.submit_primary(s[1], s[2], s[3]) if s[0] == "primary" else writer.submit_shadow(*s[1:]) for s in script
+    ]
+
+
+async def test_the_child_joins_exactly_as_the_proxy_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = RedactionRules()
+    monkeypatch.setenv(rules.key_env, "k" * 32)
+    options = TapeOptions(fsync="none")
+    # Joined here, as the proxy does with the event log on, into the thread writer.
+    async with TapeWriter(tmp_path / "here", options) as thread_writer:
+
+        def write(entry: Joined) -> None:
+            thread_writer.submit_record(entry.tape_record())
+
+        local = RecordJoiner(JOIN, write)
+        for step in join_script(120):
+            if step[0] == "primary":
+                local.primary(step[1], step[2], step[3], None, 0.0)
+            else:
+                local.shadow(step[1], step[2], step[3], step[4], step[5], recorded=step[3] is not None)
+        local.close(SHUTDOWN_REASON)
+    # Joined in the child.
+    async with ProcessTapeWriter(tmp_path / "child", options, JOIN) as writer:
+        assert writer.joins
+        assert all(feed(writer, join_script(120)))
+        await wait_for(lambda: writer.stats.queue_depth == 0 and writer.join_pending == 30)
+        assert writer.stats.written == 90  # a quarter wait for v3 until the pipe closes
+    assert writer.join_stats == local.stats
+    assert (local.stats.joined, local.stats.shadow_join_timeouts) == (120, 30)
+    assert (writer.stats.written, writer.stats.queue_depth, writer.join_pending) == (120, 0, 0)
+    (here,) = segment_files(tmp_path / "here")
+    (child,) = segment_files(tmp_path / "child")
+    assert child.read_bytes() == here.read_bytes()
+    taped = {e.id: e for e in TapeReader(tmp_path / "child")}
+    assert taped["ex-000004"].shadows["v3"] == Failure(FailureKind.TIMEOUT, SHUTDOWN_REASON)
+    assert taped["ex-000000"].tags["not_recorded"] == "v3"  # off, and it never answered
+    assert taped["ex-000005"].tags["not_recorded"] == "v3" and set(taped["ex-000005"].shadows) == {"v2"}
+    assert all(b"secret" not in v for e in taped.values() for _, v in e.request.headers)
+
+
+async def test_a_killed_child_counts_the_exchanges_it_held(tmp_path: Path) -> None:
+    writer = ProcessTapeWriter(tmp_path, TapeOptions(redaction=None, fsync="none", queue_size=40), JOIN)
+    await writer.start()
+    first = writer.pid
+    assert first is not None
+    script = join_script(8)  # exchanges 0, 4: waiting for v3; the others joined and written
+    assert all(feed(writer, script))
+    await wait_for(lambda: writer.stats.written == 6 and writer.join_pending == 2)
+    os.kill(first, signal.SIGSTOP)
+    # The bound counts shadow parts too; a refused part is not a record, so no record counter moves.
+    record = exchange_to_wire(make_exchange(99))
+    taken = [writer.submit_shadow(f"x{i}", "v2", None, [1, 2, 3], False) for i in range(40)]
+    assert taken == [True] * 40
+    assert not writer.submit_shadow("x40", "v2", None, [1, 2, 3], False)
+    assert not writer.submit_primary(record, [], ())
+    assert (writer.stats.dropped_queue_full, writer.stats.queue_depth) == (1, 40)
+    os.kill(first, signal.SIGKILL)
+    os.kill(first, signal.SIGCONT)
+    await wait_for(lambda: writer.pid not in (None, first))
+    # The two exchanges it held were lost with it.
+    assert (writer.stats.written, writer.stats.write_errors) == (6, 2)
+    assert all(feed(writer, join_script(3)))
+    await writer.close()
+    stats = writer.stats
+    assert (stats.written, stats.write_errors, stats.dropped_queue_full) == (9, 2, 1)
+    # The first child's counters are kept: 6 joined; the new child 3 (one completed at close).
+    assert (writer.join_stats.joined, writer.join_stats.shadow_join_timeouts) == (9, 1)

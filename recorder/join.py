@@ -1,0 +1,238 @@
+"""Joining each exchange record with its shadows' outcomes, all in wire form.
+
+The proxy's record stage builds an exchange's record when its primary exchange ends
+(``recorder.model.exchange_record``, with no shadows yet) and one part per mirrored copy when that
+copy ends. ``RecordJoiner`` puts them together. It hands an exchange on once every shadow it was
+mirrored to has answered, or failed, and the exchange is counted in ``joined``. It also hands one
+on early:
+- when ``timeout_s`` has passed since its primary part came; each missing shadow becomes a timeout
+  failure, counted in ``shadow_join_timeouts``;
+- when more than ``max_pending`` exchanges wait; the oldest goes at once, counted in
+  ``evicted_at_capacity``;
+- at ``close``.
+
+A shadow can answer before the client has the primary's last byte, so a shadow part may come before
+its primary part. Such a part says so (``early``) and waits, without a deadline, for its primary.
+A part that is not early, for an exchange no longer waiting, came after its exchange was handed on;
+it is counted in ``unjoined_shadow_outcomes``, as are duplicates and early parts whose primary never
+came.
+
+The joiner runs where the joined records are needed: in the tape writer's child process, so the
+proxy keeps no state per exchange, or in the proxy itself when the wide-event log needs the joined
+exchange. It knows nothing of the proxy: records, outcomes and timings are the arrays of
+docs/tape-format.md. It is not thread-safe and never reads a clock: callers pass ``now_s``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from recorder.model import Failure, FailureKind, outcome_to_wire
+
+__all__ = ["SHUTDOWN_REASON", "JoinSettings", "JoinStats", "Joined", "RecordJoiner"]
+
+#: The missing shadows' failure message for exchanges completed because the proxy stopped.
+SHUTDOWN_REASON: Final = "proxy shut down before the shadow answered"
+
+# Positions in an exchange record (docs/tape-format.md, "Exchange record").
+_ID: Final = 0
+_SHADOWS: Final = 5
+_TIMINGS: Final = 6
+_TAGS: Final = 11
+
+
+@dataclass(frozen=True, slots=True)
+class JoinSettings:
+    """How long a finished primary waits for its shadows, and how many exchanges may wait at once."""
+
+    timeout_s: float = 10.0
+    max_pending: int = 10_000
+
+
+@dataclass(slots=True)
+class JoinStats:
+    joined: int = 0
+    shadow_join_timeouts: int = 0
+    evicted_at_capacity: int = 0
+    unjoined_shadow_outcomes: int = 0
+
+
+class Joined:
+    """One exchange being joined: its record once the primary part came, and its shadows so far.
+
+    ``shadows`` and ``timings`` keep the order the parts came in. An outcome is None when only
+    its arrival was sent: the shadow's recording was off, so only its name is needed.
+    """
+
+    __slots__ = ("context", "record", "shadows", "timings", "unrecorded", "waiting")
+
+    def __init__(self) -> None:
+        self.record: list[Any] | None = None
+        self.waiting: set[str] = set()
+        self.shadows: dict[str, list[Any] | None] = {}
+        self.timings: dict[str, list[Any]] = {}
+        self.unrecorded: set[str] = set()
+        #: Whatever the caller passed with the primary part (the proxy: its exchange, for events).
+        self.context: Any = None
+
+    def tape_record(self) -> list[Any]:
+        """The record for the tape. It leaves out the outcomes and timings of the shadows whose
+        recording was off, and names those shadows in the tag ``not_recorded``."""
+        record = self.record
+        assert record is not None
+        shadows, timings, unrecorded = self.shadows, self.timings, self.unrecorded
+        if not shadows:
+            return record
+        if not unrecorded:
+            record[_SHADOWS] = shadows
+            record[_TIMINGS].update(timings)
+            return record
+        left_out = [name for name in shadows if name in unrecorded]
+        if left_out:
+            record[_TAGS]["not_recorded"] = ",".join(left_out)
+        record[_SHADOWS] = {name: o for name, o in shadows.items() if name not in unrecorded}
+        record[_TIMINGS].update((name, t) for name, t in timings.items() if name not in unrecorded)
+        return record
+
+    def full_record(self) -> list[Any]:
+        """The record with every shadow's outcome, recorded or not (for the wide-event log). A
+        new outer array: ``tape_record`` may still be taken after it."""
+        record = self.record
+        assert record is not None
+        out = list(record)
+        out[_SHADOWS] = {name: o for name, o in self.shadows.items() if o is not None}
+        out[_TIMINGS] = {**record[_TIMINGS], **self.timings}
+        return out
+
+
+class RecordJoiner:
+    """Joins primary parts with shadow parts (module docstring); ``on_joined`` gets each exchange
+    once, complete or given up on."""
+
+    def __init__(self, settings: JoinSettings, on_joined: Callable[[Joined], None]) -> None:
+        self.settings = settings
+        self.stats = JoinStats()
+        self._on_joined = on_joined
+        # Insertion-ordered so the oldest is evicted first at capacity. An OrderedDict, not a dict:
+        # finding a plain dict's first item walks over the slots its earlier deletions left, so
+        # evicting at capacity (a stuck shadow) would slow with each one.
+        self._pending: OrderedDict[str, Joined] = OrderedDict()
+        # (deadline, id) in deadline order: the timeout is constant, so appends stay sorted. Bounded
+        # by _pending: each entry is appended once, and stale ids are skipped on pop.
+        self._deadlines: deque[tuple[float, str]] = deque()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _add(self, exchange_id: str, entry: Joined) -> None:
+        pending = self._pending
+        pending[exchange_id] = entry
+        if len(pending) > self.settings.max_pending:
+            _, oldest = pending.popitem(last=False)
+            self.stats.evicted_at_capacity += 1
+            self._complete(oldest, "too many exchanges waiting for shadows")
+
+    def primary(
+        self,
+        record: list[Any],
+        mirrored: Iterable[str],
+        unrecorded: Collection[str],
+        context: Any,
+        now_s: float,
+    ) -> None:
+        """An exchange's record, with no shadows yet; ``mirrored`` names the shadows to wait for,
+        ``unrecorded`` those whose outcomes stay off the tape."""
+        exchange_id: str = record[_ID]
+        entry = self._pending.get(exchange_id)
+        new = entry is None
+        if entry is None:
+            entry = Joined()
+        entry.record = record
+        entry.context = context
+        if unrecorded:
+            entry.unrecorded.update(unrecorded)
+        shadows = entry.shadows
+        waiting = {name for name in mirrored if name not in shadows}
+        if not waiting:
+            if not new:
+                del self._pending[exchange_id]
+            self._complete(entry, "")
+            return
+        entry.waiting = waiting
+        self._deadlines.append((now_s + self.settings.timeout_s, exchange_id))
+        if new:
+            self._add(exchange_id, entry)
+
+    def shadow(
+        self,
+        exchange_id: str,
+        name: str,
+        outcome: list[Any] | None,
+        timing: list[Any],
+        early: bool,
+        recorded: bool = True,
+    ) -> None:
+        """One shadow's outcome (None when ``recorded`` is false and only its arrival matters)
+        and timing. ``early`` if the primary part had not been sent when this was."""
+        entry = self._pending.get(exchange_id)
+        if entry is None:
+            if not early:
+                self.stats.unjoined_shadow_outcomes += 1
+                return
+            entry = Joined()
+            self._add(exchange_id, entry)
+        elif name in entry.shadows or (entry.record is not None and name not in entry.waiting):
+            self.stats.unjoined_shadow_outcomes += 1
+            return
+        entry.shadows[name] = outcome
+        entry.timings[name] = timing
+        if not recorded:
+            entry.unrecorded.add(name)
+        if entry.record is not None:
+            waiting = entry.waiting
+            waiting.discard(name)
+            if not waiting:
+                del self._pending[exchange_id]
+                self._complete(entry, "")
+
+    def _complete(self, entry: Joined, missing_reason: str) -> None:
+        if entry.record is None:
+            # Given up on before its primary part came: nothing the tape could hold.
+            self.stats.unjoined_shadow_outcomes += len(entry.shadows)
+            return
+        if entry.waiting:
+            self.stats.shadow_join_timeouts += len(entry.waiting)
+            timeout = outcome_to_wire(Failure(FailureKind.TIMEOUT, missing_reason))
+            for name in entry.waiting:
+                entry.shadows[name] = list(timeout)
+            entry.waiting = set()
+        self.stats.joined += 1
+        self._on_joined(entry)
+
+    def sweep(self, now_s: float, limit: int | None = None) -> bool:
+        """Hand on the exchanges whose deadline has passed, at most ``limit`` of them; True when
+        more are already late."""
+        deadlines = self._deadlines
+        done = 0
+        while deadlines and deadlines[0][0] <= now_s:
+            if limit is not None and done >= limit:
+                return True
+            _, exchange_id = deadlines.popleft()
+            entry = self._pending.get(exchange_id)
+            if entry is not None and entry.record is not None:
+                del self._pending[exchange_id]
+                self._complete(entry, "no shadow outcome within the join timeout")
+                done += 1
+        return False
+
+    def close(self, reason: str) -> None:
+        """Hand on everything still waiting, oldest first, with ``reason`` for the missing shadows."""
+        pending = self._pending
+        while pending:
+            _, entry = pending.popitem(last=False)
+            self._complete(entry, reason)
+        self._deadlines.clear()
