@@ -48,7 +48,7 @@ from recorder.model import (
     timing_to_wire,
 )
 
-__all__ = ["ExchangeSink", "JoiningSink", "RecordStage", "RecordStats", "build_exchange", "exchange_wire_record"]
+__all__ = ["ExchangeSink", "JoiningSink", "RecordStage", "RecordStats", "exchange_wire_record"]
 
 #: Join deadlines are checked this often, and at most _MAX_LATE_PER_SWEEP exchanges past theirs are
 #: completed per check: a shadow that stops answering leaves a deadline per mirrored request, and
@@ -59,9 +59,6 @@ _MAX_LATE_PER_SWEEP: Final = 32
 log = logging.getLogger(__name__)
 
 _NONE: Final[frozenset[str]] = frozenset()
-# A record's shadows before the join (exchange_wire_record builds fresh dicts; these are only read).
-_NO_OUTCOMES: Final[dict[str, Outcome]] = {}
-_NO_TIMINGS: Final[dict[str, Timing]] = {}
 
 
 class ExchangeSink(Protocol):
@@ -128,30 +125,11 @@ def _outcome_record(outcome: Outcome, cap: int) -> list[Any]:
     return outcome_to_wire(outcome)
 
 
-def build_exchange(
-    ex: ProxiedExchange,
-    shadows: dict[str, Outcome],
-    timings: dict[str, Timing],
-    max_body_bytes: int,
-    session: str = "",
-) -> Exchange:
-    """The tape's view of a proxied exchange, with bodies capped and truncation marked (for the
-    wide-event log: read from the same record the tape gets, so the two cannot disagree)."""
-    return exchange_from_wire(exchange_wire_record(ex, shadows, timings, max_body_bytes, session))
-
-
-def exchange_wire_record(
-    ex: ProxiedExchange,
-    shadows: dict[str, Outcome],
-    timings: dict[str, Timing],
-    max_body_bytes: int,
-    session: str = "",
-    unrecorded: Collection[str] = frozenset(),
-) -> list[Any]:
-    """The tape record of a proxied exchange, built straight in wire form: the same record as
-    ``exchange_to_wire(build_exchange(...))`` without the outcomes of ``unrecorded`` shadows (their
-    decisions stay, and the tag ``not_recorded`` names them), and without building the frozen
-    ``Exchange`` and ``Request`` first (the record stage's hot path; the writer owns the lists)."""
+def exchange_wire_record(ex: ProxiedExchange, max_body_bytes: int, session: str = "") -> list[Any]:
+    """The tape record of a proxied exchange as its primary ends, with no shadows yet (the joiner
+    adds them), built straight in wire form: bodies capped at ``max_body_bytes`` with truncation
+    marked, and no frozen ``Exchange`` or ``Request`` built first (the record stage's hot path; the
+    joiner and then the writer own the lists)."""
     truncated_from: int | None
     if ex.request_body is None:
         body, truncated_from = b"", ex.request_body_size
@@ -164,28 +142,14 @@ def exchange_wire_record(
     tags = {"source": "proxy", "correlation_id": ex.id}
     if ex.upgraded:
         tags["upgraded"] = "1"
-    wire_timings = {PRIMARY: timing_to_wire(ex.timing)}
-    wire_shadows: dict[str, list[Any]] = {}
-    if shadows:
-        if unrecorded:
-            left_out = [name for name in shadows if name in unrecorded]
-            if left_out:
-                tags["not_recorded"] = ",".join(left_out)
-        for name, outcome in shadows.items():
-            if name not in unrecorded:
-                wire_shadows[name] = _outcome_record(outcome, max_body_bytes)
-        # Timings in the order they came, as build_exchange keeps them.
-        for name, timing in timings.items():
-            if name not in unrecorded:
-                wire_timings[name] = timing_to_wire(timing)
     return exchange_record(
         ex.id,
         ex.started_at_ns,
         ex.started_mono_ns,
         request,
         None if primary is None else _outcome_record(primary, max_body_bytes),
-        wire_shadows,
-        wire_timings,
+        {},
+        {PRIMARY: timing_to_wire(ex.timing)},
         session,
         ex.connection_id,
         ex.client_addr,
@@ -302,7 +266,7 @@ class RecordStage:
         if self._sample_key is not None:
             key = self._sample_key.extract(exchange.target, exchange.request_headers)
             session = "" if key is None else key.decode("utf-8", "replace")
-        record = exchange_wire_record(exchange, _NO_OUTCOMES, _NO_TIMINGS, self._settings.max_body_bytes, session)
+        record = exchange_wire_record(exchange, self._settings.max_body_bytes, session)
         mirrored = [name for name, decision in exchange.decisions.items() if decision == MIRRORED]
         unrecorded = self._flags.unrecorded_shadows() if mirrored else _NONE
         remote = self._remote
