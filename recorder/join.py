@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Final
 
 from recorder.model import Failure, FailureKind, outcome_to_wire
@@ -58,6 +58,10 @@ class JoinStats:
     shadow_join_timeouts: int = 0
     evicted_at_capacity: int = 0
     unjoined_shadow_outcomes: int = 0
+
+    def plus(self, other: JoinStats) -> JoinStats:
+        """Both counts summed (a writer's children, one after another)."""
+        return JoinStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 class Joined:

@@ -156,6 +156,7 @@ class ProcessTapeWriter:
         self._restart: asyncio.Task[None] | None = None
         # Counters of children that have exited, plus what the parent counted itself.
         self._done = _Report()
+        self._done_join = JoinStats()
         self._dropped_queue_full = 0
         self._dropped_closed = 0
         self._errors = _ErrorNotes(log)
@@ -300,15 +301,8 @@ class ProcessTapeWriter:
     @property
     def join_stats(self) -> JoinStats:
         """The child's join counters, over every child this writer ran (they lag a batch)."""
-        done = self._done.join_stats()
         child = self._child
-        if child is not None:
-            now = child.report
-            done.joined += now.joined
-            done.shadow_join_timeouts += now.shadow_join_timeouts
-            done.evicted_at_capacity += now.evicted_at_capacity
-            done.unjoined_shadow_outcomes += now.unjoined_shadow_outcomes
-        return done
+        return self._done_join.plus(JoinStats() if child is None else child.report.join_stats())
 
     @property
     def join_pending(self) -> int:
@@ -407,10 +401,7 @@ class ProcessTapeWriter:
         done.write_errors += report.write_errors
         done.bytes_written += report.bytes_written
         done.segments += report.segments
-        done.joined += report.joined
-        done.shadow_join_timeouts += report.shadow_join_timeouts
-        done.evicted_at_capacity += report.evicted_at_capacity
-        done.unjoined_shadow_outcomes += report.unjoined_shadow_outcomes
+        self._done_join = self._done_join.plus(report.join_stats())
         self._errors.last = report.last_error or self._errors.last
         lost = child.sent - report.consumed
         if code != 0 or lost:
