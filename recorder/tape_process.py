@@ -48,7 +48,6 @@ from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 import msgpack
@@ -57,7 +56,7 @@ from recorder._frames import FrameEncoder
 from recorder.errors import TapeWriteError
 from recorder.join import SHUTDOWN_REASON, Joined, JoinSettings, JoinStats, RecordJoiner
 from recorder.model import Exchange, exchange_to_wire
-from recorder.writer import TapeOptions, TapeWriterStats, _BlockWriter, _ErrorNotes, _SegmentSink
+from recorder.writer import TapeOptions, TapeWriterStats, _AsyncWriter, _BlockWriter, _ErrorNotes, _SegmentSink
 
 __all__ = ["ProcessTapeWriter"]
 
@@ -128,7 +127,7 @@ class _Child:
         self.exited = asyncio.get_running_loop().create_future()
 
 
-class ProcessTapeWriter:
+class ProcessTapeWriter(_AsyncWriter):
     """The asyncio tape writer whose disk work runs in a child process (module docstring).
 
     ``await start()`` creates the directory and key (raising ``TapeWriteError`` for an unusable
@@ -170,15 +169,6 @@ class ProcessTapeWriter:
         await asyncio.to_thread(_SegmentSink(self._directory, self._options).prepare)
         await self._spawn()
         self._started = True
-
-    async def __aenter__(self) -> ProcessTapeWriter:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     def submit(self, exchange: Exchange) -> bool:
         """Queue ``exchange`` for writing; False when it was dropped (queue full or closed)."""

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, Self, cast
 
 from recorder._frames import (
     FLAG_ZSTD,
@@ -436,7 +436,26 @@ class SyncTapeWriter:
         )
 
 
-class TapeWriter:
+class _AsyncWriter:
+    """``async with`` for the asyncio tape writers: ``start()`` on entry, ``close()`` on exit."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class TapeWriter(_AsyncWriter):
     """The asyncio tape writer: ``submit`` never blocks or raises; a thread does the disk work.
 
     ``await start()`` creates the directory and key (raising ``TapeWriteError`` for an unusable
@@ -472,15 +491,6 @@ class TapeWriter:
             target=self._run, args=(loop, self._stopped), name=f"tape-writer:{self._sink.directory}", daemon=True
         )
         self._thread.start()
-
-    async def __aenter__(self) -> TapeWriter:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     def submit(self, exchange: Exchange) -> bool:
         """Queue ``exchange`` for writing; False when it was dropped (queue full or closed)."""
