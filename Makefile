@@ -1,5 +1,6 @@
 # The README's two commands are the contract: `make demo` and `make test` on a fresh machine.
-PYTHON ?= python3
+# The venv's interpreter: an optimized CPython build when the machine has one (scripts/pick-python).
+PYTHON ?= $(shell scripts/pick-python)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
@@ -7,7 +8,7 @@ PIP    := $(PY) -m pip
 .PHONY: demo test lint typecheck pytest bench install dev clean docs
 
 $(PY):
-	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "shadowtap needs Python >= 3.11"'
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "shadowtap needs Python >= 3.11"; print("creating $(VENV) with", sys.executable, sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 

@@ -56,6 +56,15 @@ REFERENCE_NAIVE_MIRROR = 1200 / 37000
 SLOW_SHADOW_DELAY_S = 0.005
 
 
+def interpreter() -> str:
+    """Which Python runs shadowtap here, and whether its libpython is a shared library: builds with
+    one (pyenv's default) spend about a fifth more CPU on the data path (scripts/pick-python)."""
+    with open("/proc/self/maps") as maps:
+        shared = "/libpython3" in maps.read()
+    build = "libpython shared (--enable-shared build)" if shared else "libpython linked in"
+    return f"python {sys.version.split()[0]} at {sys.executable}, {build}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -448,6 +457,7 @@ def main() -> int:
 
         print(f"proxy_bench: wrk -t1 -c32 -d{args.duration}s, paced {args.rate:g} req/s x {args.paced_duration:g} s")
         print(f"  cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f} (shared machine: ratios matter)")
+        print(f"  {interpreter()}")
         tap = ports["tap"]
         with (
             nginx(work / "origin", origin_servers, ports["origin"]),

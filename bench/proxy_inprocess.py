@@ -36,6 +36,8 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import proxy_bench  # noqa: E402
+
 from proxy import server as data_path  # noqa: E402
 from proxy.app import ProxyApp  # noqa: E402
 from proxy.config import ProxyConfig  # noqa: E402
@@ -285,6 +287,7 @@ def main() -> int:
     args = parser.parse_args()
     requests = max(1000, args.requests)
     print(f"proxy_inprocess: {requests:,} requests per round, best of 5, fake transports")
+    print(f"  {proxy_bench.interpreter()}")
     baseline = _parse_only_ns(requests)
     rows = [("llhttp parse only (baseline)", baseline)]
     for name, observers, stage in (
