@@ -164,6 +164,8 @@ class RecordStage:
     else here, on the loop (``recorder.join.RecordJoiner``)."""
 
     name = "record"
+    #: Nothing to do when a request ends: a shadow that answers before the primary says so (``early``).
+    watches_requests = False
 
     def __init__(
         self,
@@ -252,7 +254,6 @@ class RecordStage:
             self._counts.sampled_out += 1
 
     def request_complete(self, exchange: ProxiedExchange) -> None:
-        # Nothing to do yet: a shadow that answers before the primary ends says so (``early``).
         return None
 
     def exchange_complete(self, exchange: ProxiedExchange) -> None:

@@ -31,7 +31,15 @@ import httptools
 
 from proxy import http1
 from proxy.forward import ForwardSettings, RequestRewriter, upstream_ssl_context
-from proxy.stages import PrimaryObserver, ProxiedExchange, Stage, StageErrors, call_stage, watches_completion
+from proxy.stages import (
+    PrimaryObserver,
+    ProxiedExchange,
+    Stage,
+    StageErrors,
+    call_stage,
+    watches_completion,
+    watches_requests,
+)
 from proxy.upgrade import CLIENT, Tunnel
 from proxy.upstream import PoolStats, UpstreamConnection, UpstreamPool
 from recorder.model import Failure, FailureKind, Header, new_response, new_timing
@@ -85,6 +93,7 @@ class _Context:
         "capture_limit",
         "closing",
         "completion_stages",
+        "request_stages",
         "conn_ids",
         "connections",
         "ids",
@@ -114,6 +123,7 @@ class _Context:
     ) -> None:
         self.settings = settings
         self.stages = tuple(stages)
+        self.request_stages = tuple(stage for stage in stages if watches_requests(stage))
         self.completion_stages = tuple(stage for stage in stages if watches_completion(stage))
         self.observers = tuple(observers)
         self.pool = pool
@@ -275,7 +285,7 @@ class _Forward:
         if ex is not None:
             ex.request_body = self.request_body
             ex.request_body_size = self.request_body_size
-            for stage in ctx.stages:
+            for stage in ctx.request_stages:
                 call_stage(ctx.stats.stage_errors, stage, stage.request_complete, ex)
         if self._streaming and self.conn is not None and not self.finished:
             if self.chunked:

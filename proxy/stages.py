@@ -27,6 +27,7 @@ __all__ = [
     "StageErrors",
     "call_stage",
     "watches_completion",
+    "watches_requests",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class Stage(Protocol):
     A stage whose ``exchange_complete`` does nothing sets a class attribute ``watches_completion =
     False`` (read with a default of True, so other stages need not declare it): when no stage
     watches completion the data path skips building the exchange's ``Response`` and ``Timing``.
+    Likewise ``watches_requests = False`` for a stage whose ``request_complete`` does nothing: the
+    data path then does not call it.
     """
 
     name: str
@@ -106,6 +109,11 @@ class StageErrors:
     """How many times each stage raised into the data path (a bug, but never a lost request)."""
 
     by_stage: dict[str, int] = field(default_factory=dict)
+
+
+def watches_requests(stage: Stage) -> bool:
+    """Whether ``stage`` needs ``request_complete`` (see ``Stage``)."""
+    return bool(getattr(stage, "watches_requests", True))
 
 
 def watches_completion(stage: Stage) -> bool:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from proxy.forward import ForwardSettings
 from proxy.server import ProxyServer
+from proxy.stages import ProxiedExchange
 from recorder.model import FailureKind
 from tests.proxy.conftest import (
     RecordingStage,
@@ -427,3 +428,26 @@ async def test_stage_that_does_not_watch_completion_is_only_told_of_requests(set
     (resp,) = await raw_request(setup.proxy_port, b"GET /utf8 HTTP/1.1\r\nHost: a\r\n\r\n")
     (ex,) = setup.stage.exchanges
     assert ex.response is not None and ex.response.status == resp.status and ex.timing.done_ns is not None
+
+
+async def test_stage_that_does_not_watch_requests_is_only_told_of_completion(setup: Setup) -> None:
+    calls: list[str] = []
+
+    class CompletionOnly:
+        name = "completion-only"
+        watches_requests = False
+
+        def request_complete(self, exchange: object) -> None:
+            calls.append("request")
+
+        def exchange_complete(self, exchange: ProxiedExchange) -> None:
+            assert exchange.response is not None
+            calls.append(f"complete {exchange.response.status}")
+
+        async def aclose(self, timeout_s: float) -> None:
+            return None
+
+    async with running_proxy(setup.primary_port, stages=[CompletionOnly()]) as proxy:
+        (resp,) = await raw_request(proxy.port, b"GET /utf8 HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert resp.status == 200
+    assert calls == ["complete 200"]
