@@ -28,7 +28,7 @@ import asyncio
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httptools
@@ -173,15 +173,13 @@ class _DropsRecords:
         self._pack(record)
         return True
 
-    def submit_primary(self, record: list[object], mirrored: list[str], unrecorded: Collection[str]) -> bool:
-        self._pack([1, record, mirrored, list(unrecorded) if unrecorded else None])
+    def submit_primary(self, part: list[object]) -> bool:
+        self._pack(part)
         self.join_stats.joined += 1
         return True
 
-    def submit_shadow(
-        self, exchange_id: str, name: str, outcome: list[object] | None, timing: list[object], early: bool
-    ) -> bool:
-        self._pack([2, exchange_id, name, outcome, timing, early])
+    def submit_shadow(self, part: list[object]) -> bool:
+        self._pack(part)
         return True
 
 

@@ -1,17 +1,17 @@
 """The record stage: has each primary exchange joined with its shadows' outcomes and taped.
 
 When the primary exchange ends, it decides whether the exchange goes to the tape (recording flag and
-sample percent, hashed on the exchange id) and builds its record in wire form, bodies capped at
-``max_body_bytes`` with truncation marked, with no shadows yet. Each mirrored copy's outcome follows
-as a part of its own. ``recorder.join.RecordJoiner`` joins them: it waits for every shadow the
-exchange was mirrored to, up to ``join_timeout_s`` after the primary finished, and at most
-``max_pending`` exchanges wait (beyond it the oldest is completed at once without its missing
-shadows, and counted).
+sample percent, hashed on the exchange id) and sends it on as one flat part
+(``recorder.join.primary_part``), bodies capped at ``max_body_bytes`` with truncation marked, with
+no shadows yet. Each mirrored copy's outcome follows as a part of its own (``shadow_part``).
+``recorder.join.RecordJoiner`` joins them: it waits for every shadow the exchange was mirrored to,
+up to ``join_timeout_s`` after the primary finished, and at most ``max_pending`` exchanges wait
+(beyond it the oldest is completed at once without its missing shadows, and counted).
 
 Where the join runs:
 - in the tape writer process (``ProcessTapeWriter``, the default) when no wide-event log is on. The
-  stage packs the parts and keeps nothing per exchange, so the event loop pays for a record and a
-  few lists per exchange, not for the join;
+  stage packs the parts and keeps nothing per exchange, so the event loop pays for two flat lists
+  per exchange; the child builds the nested record and joins it;
 - here, on the loop, otherwise: the event log needs every joined ``recorder.Exchange``, and the
   thread writer takes whole records.
 
@@ -34,21 +34,20 @@ from proxy.metrics import ProxyMetrics
 from proxy.mirror import MIRRORED
 from proxy.sampling import SampleKey, key_in_sample
 from proxy.stages import NOT_TIMED, ProxiedExchange
-from recorder.join import SHUTDOWN_REASON, Joined, JoinSettings, JoinStats, RecordJoiner
-from recorder.model import (
-    PRIMARY,
-    Exchange,
-    Outcome,
-    Response,
-    Timing,
-    exchange_from_wire,
-    exchange_record,
-    outcome_to_wire,
-    request_record,
-    timing_to_wire,
+from recorder.join import (
+    SHUTDOWN_REASON,
+    Joined,
+    JoinSettings,
+    JoinStats,
+    RecordJoiner,
+    primary_from_part,
+    primary_part,
+    shadow_from_part,
+    shadow_part,
 )
+from recorder.model import Exchange, Failure, Headers, Outcome, Response, Timing, exchange_from_wire
 
-__all__ = ["ExchangeSink", "JoiningSink", "RecordStage", "RecordStats", "exchange_wire_record"]
+__all__ = ["ExchangeSink", "JoiningSink", "RecordStage", "RecordStats", "exchange_primary_part", "outcome_part"]
 
 #: Join deadlines are checked this often, and at most _MAX_LATE_PER_SWEEP exchanges past theirs are
 #: completed per check: a shadow that stops answering leaves a deadline per mirrored request, and
@@ -85,11 +84,9 @@ class JoiningSink(ExchangeSink, Protocol):
     @property
     def join_pending(self) -> int: ...
 
-    def submit_primary(self, record: list[Any], mirrored: list[str], unrecorded: Collection[str]) -> bool: ...
+    def submit_primary(self, part: list[Any]) -> bool: ...
 
-    def submit_shadow(
-        self, exchange_id: str, name: str, outcome: list[Any] | None, timing: list[Any], early: bool
-    ) -> bool: ...
+    def submit_shadow(self, part: list[Any]) -> bool: ...
 
 
 #: Called with every joined exchange, whether or not it was taped (the wide-event log).
@@ -111,51 +108,62 @@ class RecordStats:
     shadow_outcomes_dropped: int = 0
 
 
-def _cap(body: bytes, cap: int, truncated_from: int | None) -> tuple[bytes, int | None]:
-    if len(body) <= cap:
-        return body, truncated_from
-    return body[:cap], truncated_from if truncated_from is not None else len(body)
-
-
-def _outcome_record(outcome: Outcome, cap: int) -> list[Any]:
-    """``outcome``'s wire array, its body capped at ``cap`` with the truncation marked."""
-    if type(outcome) is Response and len(outcome.body) > cap:
-        body, truncated_from = _cap(outcome.body, cap, outcome.truncated_from)
-        outcome = Response(outcome.status, outcome.reason, outcome.headers, body, outcome.http_version, truncated_from)
-    return outcome_to_wire(outcome)
-
-
-def exchange_wire_record(ex: ProxiedExchange, max_body_bytes: int, session: str = "") -> list[Any]:
-    """The tape record of a proxied exchange as its primary ends, with no shadows yet (the joiner
-    adds them), built straight in wire form: bodies capped at ``max_body_bytes`` with truncation
-    marked, and no frozen ``Exchange`` or ``Request`` built first (the record stage's hot path; the
-    joiner and then the writer own the lists)."""
-    truncated_from: int | None
-    if ex.request_body is None:
-        body, truncated_from = b"", ex.request_body_size
-    else:
-        body, truncated_from = _cap(ex.request_body, max_body_bytes, None)
-    request = request_record(
-        ex.method, ex.target, ex.request_headers, body, ex.scheme, ex.authority, ex.http_version, truncated_from
-    )
-    primary: Outcome | None = ex.response if ex.response is not None else ex.failure
+def exchange_primary_part(
+    ex: ProxiedExchange, max_body_bytes: int, session: str, mirrored: list[str], unrecorded: Collection[str]
+) -> list[Any]:
+    """The exchange as its primary ends, as a flat part for the joiner (``recorder.join.primary_part``):
+    bodies capped at ``max_body_bytes`` with truncation marked, no nested record built here (the
+    record stage's hot path; the joiner's side builds it, in the tape writer process by default)."""
+    cap = max_body_bytes
+    body = ex.request_body
+    request_truncated_from: int | None = None
+    if body is None:
+        body, request_truncated_from = b"", ex.request_body_size
+    elif len(body) > cap:
+        body, request_truncated_from = body[:cap], len(body)
+    response = ex.response
+    timing = ex.timing
     tags = {"source": "proxy", "correlation_id": ex.id}
     if ex.upgraded:
         tags["upgraded"] = "1"
-    return exchange_record(
-        ex.id,
-        ex.started_at_ns,
-        ex.started_mono_ns,
-        request,
-        None if primary is None else _outcome_record(primary, max_body_bytes),
-        {},
-        {PRIMARY: timing_to_wire(ex.timing)},
-        session,
-        ex.connection_id,
-        ex.client_addr,
-        dict(ex.decisions),
-        tags,
-    )
+    status: int | None = None
+    headers: Headers = ()
+    reason, response_body, version, truncated_from = "", b"", "", None
+    if response is not None:
+        status, reason, headers = response.status, response.reason, response.headers
+        response_body, version, truncated_from = response.body, response.http_version, response.truncated_from
+        if len(response_body) > cap:
+            if truncated_from is None:
+                truncated_from = len(response_body)
+            response_body = response_body[:cap]
+    return primary_part(
+        ex.id, ex.started_at_ns, ex.started_mono_ns, ex.method, ex.target, ex.request_headers, body, ex.scheme,
+        ex.authority, ex.http_version, request_truncated_from, status, reason, headers, response_body, version,
+        truncated_from, ex.failure, timing.sent_ns, timing.first_byte_ns, timing.done_ns, session, ex.connection_id,
+        ex.client_addr, dict(ex.decisions), tags, mirrored, unrecorded,
+    )  # fmt: skip
+
+
+def outcome_part(
+    exchange_id: str, shadow: str, outcome: Outcome, timing: Timing, early: bool, recorded: bool, max_body_bytes: int
+) -> list[Any]:
+    """A shadow's outcome as a flat part for the joiner (``recorder.join.shadow_part``), its body
+    capped at ``max_body_bytes`` with the truncation marked."""
+    if isinstance(outcome, Response):
+        body, truncated_from = outcome.body, outcome.truncated_from
+        if len(body) > max_body_bytes:
+            if truncated_from is None:
+                truncated_from = len(body)
+            body = body[:max_body_bytes]
+        return shadow_part(
+            exchange_id, shadow, outcome.status, outcome.reason, outcome.headers, body, outcome.http_version,
+            truncated_from, None, timing.sent_ns, timing.first_byte_ns, timing.done_ns, early, recorded,
+        )  # fmt: skip
+    failure = outcome if isinstance(outcome, Failure) else None
+    return shadow_part(  # a failure
+        exchange_id, shadow, None, "", (), b"", "", None, failure, timing.sent_ns, timing.first_byte_ns,
+        timing.done_ns, early, recorded,
+    )  # fmt: skip
 
 
 class RecordStage:
@@ -267,12 +275,12 @@ class RecordStage:
         if self._sample_key is not None:
             key = self._sample_key.extract(exchange.target, exchange.request_headers)
             session = "" if key is None else key.decode("utf-8", "replace")
-        record = exchange_wire_record(exchange, self._settings.max_body_bytes, session)
         mirrored = [name for name, decision in exchange.decisions.items() if decision == MIRRORED]
         unrecorded = self._flags.unrecorded_shadows() if mirrored else _NONE
+        part = exchange_primary_part(exchange, self._settings.max_body_bytes, session, mirrored, unrecorded)
         remote = self._remote
         if remote is not None:
-            if remote.submit_primary(record, mirrored, unrecorded):
+            if remote.submit_primary(part):
                 self._counts.submitted += 1
             else:
                 self._counts.dropped_by_writer += 1
@@ -281,7 +289,8 @@ class RecordStage:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        self._joiner.primary(record, mirrored, unrecorded, (exchange, taped), loop.time())
+        record, waiting_for, off_tape = primary_from_part(part)
+        self._joiner.primary(record, waiting_for, off_tape, (exchange, taped), loop.time())
 
     def on_shadow_outcome(self, exchange: ProxiedExchange, shadow: str, outcome: Outcome, timing: Timing) -> None:
         """The mirror stage's listener: one call per mirrored copy."""
@@ -295,15 +304,17 @@ class RecordStage:
             if self._closed:
                 self._counts.unjoined_shadow_outcomes += 1
                 return
-            wire = _outcome_record(outcome, self._settings.max_body_bytes)
-            self._joiner.shadow(exchange.id, shadow, wire, timing_to_wire(timing), early)
+            # Kept whole here: the event log shows every outcome (the tape view leaves the
+            # unrecorded ones out).
+            part = outcome_part(exchange.id, shadow, outcome, timing, early, True, self._settings.max_body_bytes)
+            self._joiner.shadow(*shadow_from_part(part))
             return
         if not self._taped(exchange.id):
             self._counts.unjoined_shadow_outcomes += 1
             return
         recorded = shadow not in self._flags.unrecorded_shadows()
-        part = _outcome_record(outcome, self._settings.max_body_bytes) if recorded else None
-        if not remote.submit_shadow(exchange.id, shadow, part, timing_to_wire(timing), early):
+        part = outcome_part(exchange.id, shadow, outcome, timing, early, recorded, self._settings.max_body_bytes)
+        if not remote.submit_shadow(part):
             self._counts.shadow_outcomes_dropped += 1
 
     def _joined(self, entry: Joined) -> None:

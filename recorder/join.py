@@ -1,8 +1,10 @@
 """Joining each exchange record with its shadows' outcomes, all in wire form.
 
-The proxy's record stage builds an exchange's record when its primary exchange ends
-(``recorder.model.exchange_record``, with no shadows yet) and one part per mirrored copy when that
-copy ends. ``RecordJoiner`` puts them together. It hands an exchange on once every shadow it was
+The proxy's record stage sends a part for each exchange when its primary exchange ends (no shadows
+yet) and one part per mirrored copy when that copy ends; both are flat lists (``primary_part``,
+``shadow_part``), from which ``primary_from_part`` builds the exchange's record
+(``recorder.model.exchange_record``) and ``shadow_from_part`` the outcome. ``RecordJoiner`` puts
+them together. It hands an exchange on once every shadow it was
 mirrored to has answered, or failed, and the exchange is counted in ``joined``. It also hands one
 on early:
 - when ``timeout_s`` has passed since its primary part came; each missing shadow becomes a timeout
@@ -30,9 +32,31 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
-from recorder.model import Failure, FailureKind, outcome_to_wire
+from recorder.model import (
+    PRIMARY,
+    Failure,
+    FailureKind,
+    Headers,
+    exchange_record,
+    failure_record,
+    outcome_to_wire,
+    request_record,
+    response_record,
+)
 
-__all__ = ["SHUTDOWN_REASON", "JoinSettings", "JoinStats", "Joined", "RecordJoiner"]
+__all__ = [
+    "PRIMARY_PART",
+    "SHADOW_PART",
+    "SHUTDOWN_REASON",
+    "JoinSettings",
+    "JoinStats",
+    "Joined",
+    "RecordJoiner",
+    "primary_from_part",
+    "primary_part",
+    "shadow_from_part",
+    "shadow_part",
+]
 
 #: The missing shadows' failure message for exchanges completed because the proxy stopped.
 SHUTDOWN_REASON: Final = "proxy shut down before the shadow answered"
@@ -42,6 +66,143 @@ _ID: Final = 0
 _SHADOWS: Final = 5
 _TIMINGS: Final = 6
 _TAGS: Final = 11
+
+
+# --- parts: what the joiner is fed, flat ---------------------------------------------------------
+#
+# The proxy builds one part per exchange when its primary ends and one per shadow outcome, on its
+# event loop, where every list and dict it makes costs: so a part is one flat list of the fields,
+# and the side that joins (the tape writer's child, most of the time) builds the nested record
+# from it. The first element tells the kind (a record's first element is its id, a string).
+
+PRIMARY_PART: Final = 1
+SHADOW_PART: Final = 2
+
+
+def primary_part(
+    exchange_id: str,
+    started_at_ns: int,
+    started_mono_ns: int,
+    method: str,
+    target: str,
+    request_headers: Headers,
+    request_body: bytes,
+    scheme: str,
+    authority: str,
+    http_version: str,
+    request_truncated_from: int | None,
+    status: int | None,
+    reason: str,
+    response_headers: Headers,
+    response_body: bytes,
+    response_version: str,
+    response_truncated_from: int | None,
+    failure: Failure | None,
+    sent_ns: int | None,
+    first_byte_ns: int | None,
+    done_ns: int | None,
+    session: str,
+    connection_id: str,
+    client_addr: str,
+    decisions: dict[str, str],
+    tags: dict[str, str],
+    mirrored: list[str],
+    unrecorded: Collection[str],
+) -> list[Any]:
+    """An exchange as its primary ends, flat, with the shadows to wait for (``mirrored``) and those
+    whose outcomes stay off the tape (``unrecorded``). ``status`` is None when no response came
+    (then ``failure`` says why, or the exchange has no primary outcome at all); a response is
+    taken over a failure. Bodies are as they go on the tape (capped, truncation marked)."""
+    return [
+        PRIMARY_PART, exchange_id, started_at_ns, started_mono_ns, method, target, request_headers,
+        request_body, scheme, authority, http_version, request_truncated_from, status, reason,
+        response_headers, response_body, response_version, response_truncated_from,
+        None if failure is None else failure.kind, None if failure is None else failure.message,
+        sent_ns, first_byte_ns, done_ns, session, connection_id, client_addr, decisions, tags, mirrored,
+        list(unrecorded) if unrecorded else None,
+    ]  # fmt: skip
+
+
+def primary_from_part(part: list[Any]) -> tuple[list[Any], list[str], Collection[str]]:
+    """The exchange record (no shadows yet), the shadows to wait for and the unrecorded ones."""
+    (
+        _, exchange_id, started_at_ns, started_mono_ns, method, target, request_headers, request_body,
+        scheme, authority, http_version, request_truncated_from, status, reason, response_headers,
+        response_body, response_version, response_truncated_from, failure_kind, failure_message,
+        sent_ns, first_byte_ns, done_ns, session, connection_id, client_addr, decisions, tags, mirrored,
+        unrecorded,
+    ) = part  # fmt: skip
+    if status is not None:
+        primary = response_record(
+            status, reason, response_headers, response_body, response_version, response_truncated_from
+        )
+    elif failure_kind is not None:
+        primary = failure_record(failure_kind, failure_message)
+    else:
+        primary = None
+    request = request_record(
+        method, target, request_headers, request_body, scheme, authority, http_version, request_truncated_from
+    )
+    record = exchange_record(
+        exchange_id,
+        started_at_ns,
+        started_mono_ns,
+        request,
+        primary,
+        {},
+        {PRIMARY: [sent_ns, first_byte_ns, done_ns]},
+        session,
+        connection_id,
+        client_addr,
+        decisions,
+        tags,
+    )
+    return record, mirrored, unrecorded or ()
+
+
+def shadow_part(
+    exchange_id: str,
+    name: str,
+    status: int | None,
+    reason: str,
+    headers: Headers,
+    body: bytes,
+    http_version: str,
+    truncated_from: int | None,
+    failure: Failure | None,
+    sent_ns: int | None,
+    first_byte_ns: int | None,
+    done_ns: int | None,
+    early: bool,
+    recorded: bool,
+) -> list[Any]:
+    """One shadow's outcome, flat: a response when ``status`` is set, else ``failure``; with
+    ``recorded`` false only its arrival counts (the outcome fields are not sent)."""
+    if not recorded:
+        return [SHADOW_PART, exchange_id, name, None, "", (), b"", "", None, None, None, sent_ns, first_byte_ns,
+                done_ns, early, False]  # fmt: skip
+    return [
+        SHADOW_PART, exchange_id, name, status, reason, headers, body, http_version, truncated_from,
+        None if failure is None else failure.kind, None if failure is None else failure.message, sent_ns,
+        first_byte_ns, done_ns, early, True,
+    ]  # fmt: skip
+
+
+def shadow_from_part(part: list[Any]) -> tuple[str, str, list[Any] | None, list[Any], bool, bool]:
+    """``RecordJoiner.shadow``'s arguments: exchange id, shadow name, outcome array (None when not
+    recorded), timing array, early, recorded."""
+    (
+        _, exchange_id, name, status, reason, headers, body, http_version, truncated_from, failure_kind,
+        failure_message, sent_ns, first_byte_ns, done_ns, early, recorded,
+    ) = part  # fmt: skip
+    outcome: list[Any] | None
+    if not recorded:
+        outcome = None
+    elif status is not None:
+        outcome = response_record(status, reason, headers, body, http_version, truncated_from)
+    else:
+        outcome = failure_record(failure_kind, failure_message)
+    return exchange_id, name, outcome, [sent_ns, first_byte_ns, done_ns], early, recorded
 
 
 @dataclass(frozen=True, slots=True)

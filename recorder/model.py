@@ -37,6 +37,7 @@ __all__ = [
     "exchange_from_wire",
     "exchange_record",
     "exchange_to_wire",
+    "failure_record",
     "header_value",
     "header_values",
     "new_response",
@@ -44,6 +45,7 @@ __all__ = [
     "outcome_to_wire",
     "request_record",
     "request_to_wire",
+    "response_record",
     "timing_to_wire",
 ]
 
@@ -235,11 +237,23 @@ def request_to_wire(r: Request) -> list[Any]:
     )
 
 
+def response_record(
+    status: int, reason: str, headers: Headers, body: bytes, http_version: str, truncated_from: int | None
+) -> list[Any]:
+    """The array of a response outcome (docs/tape-format.md, "Outcome") from its fields."""
+    return [_TAG_RESPONSE, status, reason, headers, body, http_version, truncated_from]
+
+
+def failure_record(kind: str, message: str) -> list[Any]:
+    """The array of a failure outcome (docs/tape-format.md, "Outcome") from its fields."""
+    return [_TAG_FAILURE, kind, message]
+
+
 def outcome_to_wire(o: Outcome) -> list[Any]:
     """The array of an outcome record: a response or a failure, behind its tag."""
     if isinstance(o, Response):
-        return [_TAG_RESPONSE, o.status, o.reason, o.headers, o.body, o.http_version, o.truncated_from]
-    return [_TAG_FAILURE, o.kind, o.message]
+        return response_record(o.status, o.reason, o.headers, o.body, o.http_version, o.truncated_from)
+    return failure_record(o.kind, o.message)
 
 
 def timing_to_wire(t: Timing) -> list[Any]:

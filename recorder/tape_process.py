@@ -11,9 +11,10 @@ The contract is the thread writer's: ``submit_record`` never blocks or raises, a
 ends in exactly one counter of ``TapeWriterStats``.
 
 Given ``JoinSettings``, the child also joins exchanges (``recorder.join.RecordJoiner``), so the
-proxy's record stage keeps nothing per exchange: ``submit_primary`` sends an exchange's record
-without shadows, with the names of the shadows to wait for; ``submit_shadow`` sends one shadow's
-outcome. The child joins them and writes the joined record. Its join counters come back with its
+proxy's record stage keeps nothing per exchange: ``submit_primary`` sends an exchange as its primary
+ends, with the names of the shadows to wait for; ``submit_shadow`` sends one shadow's outcome. Both
+are flat parts (``recorder.join.primary_part``, ``shadow_part``): the child builds the record from
+them, joins and writes it. Its join counters come back with its
 other counters (``join_stats``). A primary part is a record for every counter above. A shadow part
 is not a record: a dropped one is only refused (the caller counts it), and its exchange is written
 with a timeout for that shadow.
@@ -45,7 +46,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -54,7 +55,17 @@ import msgpack
 
 from recorder._frames import FrameEncoder
 from recorder.errors import TapeWriteError
-from recorder.join import SHUTDOWN_REASON, Joined, JoinSettings, JoinStats, RecordJoiner
+from recorder.join import (
+    PRIMARY_PART,
+    SHADOW_PART,
+    SHUTDOWN_REASON,
+    Joined,
+    JoinSettings,
+    JoinStats,
+    RecordJoiner,
+    primary_from_part,
+    shadow_from_part,
+)
 from recorder.model import Exchange, exchange_to_wire
 from recorder.writer import TapeOptions, TapeWriterStats, _AsyncWriter, _BlockWriter, _ErrorNotes, _SegmentSink
 
@@ -76,9 +87,6 @@ _SEND_BYTES: Final = 256 * 1024
 #: The options message before the record stream: its length, then the pickled (TapeOptions,
 #: JoinSettings or None).
 _OPTIONS_LENGTH = struct.Struct("!I")
-#: The first element of a part on the pipe (a record's first element is its id, a string).
-_PRIMARY_PART: Final = 1
-_SHADOW_PART: Final = 2
 #: With joins, the child checks deadlines at least this often while the pipe is quiet.
 _MAX_SWEEP_WAIT_S: Final = 0.1
 
@@ -185,20 +193,18 @@ class ProcessTapeWriter(_AsyncWriter):
         """Whether the child joins exchanges (``submit_primary`` and ``submit_shadow``)."""
         return self._join is not None
 
-    def submit_primary(self, record: list[Any], mirrored: list[str], unrecorded: Collection[str]) -> bool:
-        """An exchange's record with no shadows yet, to be joined in the child with the shadows
-        named in ``mirrored`` (``recorder.join.RecordJoiner.primary``). A record for every
-        counter: False when it was dropped and counted, like ``submit_record``."""
+    def submit_primary(self, part: list[Any]) -> bool:
+        """An exchange as its primary ended (``recorder.join.primary_part``), to be joined in the
+        child with the shadows it names. A record for every counter: False when it was dropped and
+        counted, like ``submit_record``."""
         assert self._join is not None, "submit_primary needs a writer made with JoinSettings"
-        return self._submit([_PRIMARY_PART, record, mirrored, list(unrecorded) if unrecorded else None], True)
+        return self._submit(part, True)
 
-    def submit_shadow(
-        self, exchange_id: str, name: str, outcome: list[Any] | None, timing: list[Any], early: bool
-    ) -> bool:
-        """One shadow's outcome for the child's join (``RecordJoiner.shadow``; None: recording of
-        this shadow is off). Not a record: False when it was refused, and the caller counts it."""
+    def submit_shadow(self, part: list[Any]) -> bool:
+        """One shadow's outcome for the child's join (``recorder.join.shadow_part``). Not a record:
+        False when it was refused, and the caller counts it."""
         assert self._join is not None, "submit_shadow needs a writer made with JoinSettings"
-        return self._submit([_SHADOW_PART, exchange_id, name, outcome, timing, early], False)
+        return self._submit(part, False)
 
     def _submit(self, item: list[Any], is_record: bool) -> bool:
         if self._closing:
@@ -469,23 +475,22 @@ class _ChildInput:
 
     def _part(self, item: list[Any], kind: int) -> None:
         joiner = self.joiner
-        if kind == _PRIMARY_PART:
+        if kind == PRIMARY_PART:
             self.records_taken += 1
             try:
                 if joiner is None:
                     raise ValueError("a primary part, but this writer was not given JoinSettings")
-                _, record, mirrored, unrecorded = item
-                joiner.primary(record, mirrored, unrecorded or (), None, time.monotonic())
+                record, mirrored, unrecorded = primary_from_part(item)
+                joiner.primary(record, mirrored, unrecorded, None, time.monotonic())
             except Exception as exc:  # a malformed part costs its record, counted, never the writer
                 self.blocks.encode_errors += 1
                 self.blocks.errors.encode_failed(item, exc)
             return
         self.parts_taken += 1
         try:
-            if joiner is None or kind != _SHADOW_PART:
+            if joiner is None or kind != SHADOW_PART:
                 raise ValueError(f"part kind {kind} (this writer joins: {joiner is not None})")
-            _, exchange_id, name, outcome, timing, early = item
-            joiner.shadow(exchange_id, name, outcome, timing, early, outcome is not None)
+            joiner.shadow(*shadow_from_part(item))
         except Exception as exc:
             self.blocks.errors.note("part", f"a shadow part could not be joined: {exc}")
             if joiner is not None:

@@ -6,8 +6,25 @@ from typing import Any
 
 import msgpack
 
-from recorder.join import Joined, JoinSettings, RecordJoiner
-from recorder.model import Exchange, Failure, FailureKind, Response, Timing, exchange_from_wire, exchange_to_wire
+from recorder.join import (
+    Joined,
+    JoinSettings,
+    RecordJoiner,
+    primary_from_part,
+    primary_part,
+    shadow_from_part,
+    shadow_part,
+)
+from recorder.model import (
+    Exchange,
+    Failure,
+    FailureKind,
+    Request,
+    Response,
+    Timing,
+    exchange_from_wire,
+    exchange_to_wire,
+)
 from tests.recorder.tape_samples import make_exchange
 
 
@@ -138,3 +155,56 @@ def test_unrecorded_shadows_stay_off_the_tape_but_not_out_of_the_full_record() -
     assert list(taped.shadows) == ["v4", "v5"] and set(taped.timings) == {"primary", "v4", "v5"}
     assert taped.tags["not_recorded"] == "v3,v2"
     assert taped.decisions == read(base_record(1)).decisions
+
+
+def test_a_primary_part_gives_the_record_of_its_exchange() -> None:
+    """The flat part the proxy sends holds the whole exchange: the record built from it is the
+    record of the same exchange with no shadows, for a response, a failure and neither."""
+    request = Request("POST", "/a?b=1", ((b"Host", b"h"), (b"X", b"1"), (b"x", b"2")), b"body", "https", "h", "1.0", 9)
+    for primary in (Response(201, "Created", ((b"A", b"b"),), b"cut", "1.1", 100), Failure("reset", "gone"), None):
+        ex = Exchange(
+            id="id-1",
+            started_at_ns=10,
+            started_mono_ns=20,
+            request=request,
+            primary=primary,
+            timings={"primary": Timing(1, None, 3)},
+            session="s",
+            connection_id="c",
+            client_addr="a:1",
+            decisions={"v2": "mirrored", "v3": "sampled-out"},
+            tags={"source": "proxy"},
+        )
+        response = primary if isinstance(primary, Response) else None
+        part = primary_part(
+            ex.id, 10, 20, "POST", "/a?b=1", request.headers, b"body", "https", "h", "1.0", 9,
+            None if response is None else response.status, "" if response is None else response.reason,
+            () if response is None else response.headers, b"" if response is None else response.body,
+            "" if response is None else response.http_version, None if response is None else response.truncated_from,
+            primary if isinstance(primary, Failure) else None, 1, None, 3, "s", "c", "a:1", dict(ex.decisions),
+            dict(ex.tags), ["v2"], {"v9"},
+        )  # fmt: skip
+        record, mirrored, unrecorded = primary_from_part(read_part(part))
+        assert read(record) == ex
+        assert (mirrored, list(unrecorded)) == (["v2"], ["v9"])
+
+
+def test_a_shadow_part_gives_the_joiner_its_outcome_and_timing() -> None:
+    response = shadow_part("id-1", "v2", 200, "OK", ((b"A", b"b"),), b"x", "1.1", 50, None, 4, 5, 6, True, True)
+    expected = read_part(exchange_to_wire(_with_primary(Response(200, "OK", ((b"A", b"b"),), b"x", "1.1", 50))))[4]
+    assert shadow_from_part(read_part(response)) == ("id-1", "v2", expected, [4, 5, 6], True, True)
+    failure = shadow_part("id-1", "v3", None, "", (), b"", "", None, Failure("timeout", "2s"), 4, None, 6, False, True)
+    assert shadow_from_part(read_part(failure))[2:4] == ([1, "timeout", "2s"], [4, None, 6])
+    unrecorded = shadow_part("id-1", "v4", 200, "OK", (), b"secret", "1.1", None, None, 4, 5, 6, False, False)
+    assert b"secret" not in msgpack.packb(unrecorded, use_bin_type=True)
+    assert shadow_from_part(read_part(unrecorded))[2:] == (None, [4, 5, 6], False, False)
+
+
+def read_part(part: list[Any]) -> list[Any]:
+    """As the child gets it: packed and unpacked."""
+    unpacked: list[Any] = msgpack.unpackb(msgpack.packb(part, use_bin_type=True), use_list=True)
+    return unpacked
+
+
+def _with_primary(primary: Response) -> Exchange:
+    return Exchange(id="i", started_at_ns=0, request=Request("GET", "/"), primary=primary)

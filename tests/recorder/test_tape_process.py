@@ -9,14 +9,24 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from recorder import RedactionRules, TapeOptions, TapeReader, TapeWriteError, TapeWriter
-from recorder.join import SHUTDOWN_REASON, Joined, JoinSettings, RecordJoiner
-from recorder.model import Failure, FailureKind, exchange_to_wire
+from recorder.join import (
+    SHUTDOWN_REASON,
+    Joined,
+    JoinSettings,
+    RecordJoiner,
+    primary_from_part,
+    primary_part,
+    shadow_from_part,
+    shadow_part,
+)
+from recorder.model import Exchange, Failure, FailureKind, Response, exchange_to_wire
 from recorder.tape_process import ProcessTapeWriter
 from tests.recorder.tape_samples import make_exchange
 
@@ -234,35 +244,47 @@ def _running(pid: int) -> bool:
 JOIN = JoinSettings(timeout_s=60.0, max_pending=1_000)
 
 
-def join_script(n: int) -> list[tuple[Any, ...]]:
-    """Primary and shadow parts in the order a proxy would send them, freshly built (the writers
-    own the lists they are given): early and late answers, a shadow whose recording is off, and
-    exchanges left waiting for a shadow that never answers (completed at close).
+def primary_of(ex: Exchange, mirrored: list[str], unrecorded: Collection[str]) -> list[Any]:
+    """``ex`` as the proxy sends it when its primary ends: no shadows, timings 1/2/3, and an
+    Authorization header for the redaction to remove."""
+    request, response = ex.request, ex.primary
+    assert isinstance(response, Response)
+    return primary_part(
+        ex.id, ex.started_at_ns, ex.started_mono_ns, request.method, request.target,
+        [*request.headers, (b"Authorization", b"Bearer secret")], request.body, request.scheme, request.authority,
+        request.http_version, request.truncated_from, response.status, response.reason, response.headers,
+        response.body, response.http_version, response.truncated_from, None, 1, 2, 3, ex.session,
+        ex.connection_id, ex.client_addr, dict(ex.decisions), dict(ex.tags), mirrored, unrecorded,
+    )  # fmt: skip
 
-    Steps are ("primary", record, mirrored, unrecorded) and ("shadow", id, name, outcome, timing,
-    early), the arguments of ``submit_primary`` and ``submit_shadow``."""
-    script: list[tuple[Any, ...]] = []
+
+def join_script(n: int) -> list[tuple[str, list[Any]]]:
+    """Primary and shadow parts in the order a proxy would send them, freshly built (the writers
+    own the lists they are given): early and late answers, a shadow whose recording is off, a
+    failed shadow, and exchanges left waiting for a shadow that never answers (completed at close)."""
+    script: list[tuple[str, list[Any]]] = []
     for i in range(n):
-        record = exchange_to_wire(make_exchange(i, body=b"x" * (i % 50)))
-        record[5], record[6] = {}, {"primary": [1, 2, 3]}
-        record[3][2] = [*record[3][2], (b"Authorization", b"Bearer secret")]
-        exchange_id = record[0]
-        v2 = [0, 200, "OK", [(b"Set-Cookie", b"session=1")], b"v2 %d" % i, "1.1", None]
+        ex = make_exchange(i, body=b"x" * (i % 50))
+
+        def v2(early: bool, ex: Exchange = ex, i: int = i) -> list[Any]:
+            cookie = [(b"Set-Cookie", b"session=1")]
+            return shadow_part(ex.id, "v2", 200, "OK", cookie, b"v2 %d" % i, "1.1", None, None, 4, 5, 6, early, True)
+
         if i % 3 == 0:
-            script.append(("shadow", exchange_id, "v2", v2, [4, 5, 6], True))
-        script.append(("primary", record, ["v2", "v3"], {"v3"} if i % 5 == 0 else frozenset()))
+            script.append(("shadow", v2(True)))
+        script.append(("primary", primary_of(ex, ["v2", "v3"], {"v3"} if i % 5 == 0 else frozenset())))
         if i % 3 != 0:
-            script.append(("shadow", exchange_id, "v2", v2, [4, 5, 6], False))
+            script.append(("shadow", v2(False)))
         if i % 4 != 0:
-            v3 = None if i % 5 == 0 else [1, "reset", "peer reset"]
-            script.append(("shadow", exchange_id, "v3", v3, [7, None, 9], False))
+            recorded = i % 5 != 0
+            reset = Failure("reset", "peer reset")
+            part = shadow_part(ex.id, "v3", None, "", (), b"", "", None, reset, 7, None, 9, False, recorded)
+            script.append(("shadow", part))
     return script
 
 
-def feed(writer: ProcessTapeWriter, script: list[tuple[Any, ...]]) -> list[bool]:
-    return [
-        writer.submit_primary(s[1], s[2], s[3]) if s[0] == "primary" else writer.submit_shadow(*s[1:]) for s in script
-    ]
+def feed(writer: ProcessTapeWriter, script: list[tuple[str, list[Any]]]) -> list[bool]:
+    return [writer.submit_primary(part) if kind == "primary" else writer.submit_shadow(part) for kind, part in script]
 
 
 async def test_the_child_joins_exactly_as_the_proxy_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -276,11 +298,12 @@ async def test_the_child_joins_exactly_as_the_proxy_would(tmp_path: Path, monkey
             thread_writer.submit_record(entry.tape_record())
 
         local = RecordJoiner(JOIN, write)
-        for step in join_script(120):
-            if step[0] == "primary":
-                local.primary(step[1], step[2], step[3], None, 0.0)
+        for kind, part in join_script(120):
+            if kind == "primary":
+                record, mirrored, unrecorded = primary_from_part(part)
+                local.primary(record, mirrored, unrecorded, None, 0.0)
             else:
-                local.shadow(step[1], step[2], step[3], step[4], step[5], recorded=step[3] is not None)
+                local.shadow(*shadow_from_part(part))
         local.close(SHUTDOWN_REASON)
     # Joined in the child.
     async with ProcessTapeWriter(tmp_path / "child", options, JOIN) as writer:
@@ -310,12 +333,15 @@ async def test_a_killed_child_counts_the_exchanges_it_held(tmp_path: Path) -> No
     assert all(feed(writer, script))
     await wait_for(lambda: writer.stats.written == 6 and writer.join_pending == 2)
     os.kill(first, signal.SIGSTOP)
+
     # The bound counts shadow parts too; a refused part is not a record, so no record counter moves.
-    record = exchange_to_wire(make_exchange(99))
-    taken = [writer.submit_shadow(f"x{i}", "v2", None, [1, 2, 3], False) for i in range(40)]
+    def arrival(i: int) -> list[Any]:
+        return shadow_part(f"x{i}", "v2", None, "", (), b"", "", None, None, 1, 2, 3, False, False)
+
+    taken = [writer.submit_shadow(arrival(i)) for i in range(40)]
     assert taken == [True] * 40
-    assert not writer.submit_shadow("x40", "v2", None, [1, 2, 3], False)
-    assert not writer.submit_primary(record, [], ())
+    assert not writer.submit_shadow(arrival(40))
+    assert not writer.submit_primary(primary_of(make_exchange(99), [], ()))
     assert (writer.stats.dropped_queue_full, writer.stats.queue_depth) == (1, 40)
     os.kill(first, signal.SIGKILL)
     os.kill(first, signal.SIGCONT)
