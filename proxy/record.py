@@ -45,7 +45,7 @@ from recorder.join import (
     shadow_from_part,
     shadow_part,
 )
-from recorder.model import Exchange, Failure, Headers, Outcome, Response, Timing, exchange_from_wire
+from recorder.model import Exchange, Headers, Outcome, Response, Timing, exchange_from_wire
 
 __all__ = ["ExchangeSink", "JoiningSink", "RecordStage", "RecordStats", "exchange_primary_part", "outcome_part"]
 
@@ -108,6 +108,11 @@ class RecordStats:
     shadow_outcomes_dropped: int = 0
 
 
+def _capped(body: bytes, cap: int, truncated_from: int | None) -> tuple[bytes, int | None]:
+    """``body`` cut to ``cap`` bytes, marked with the size it had (unless it was cut before)."""
+    return body[:cap], len(body) if truncated_from is None else truncated_from
+
+
 def exchange_primary_part(
     ex: ProxiedExchange, max_body_bytes: int, session: str, mirrored: list[str], unrecorded: Collection[str]
 ) -> list[Any]:
@@ -120,7 +125,7 @@ def exchange_primary_part(
     if body is None:
         body, request_truncated_from = b"", ex.request_body_size
     elif len(body) > cap:
-        body, request_truncated_from = body[:cap], len(body)
+        body, request_truncated_from = _capped(body, cap, None)
     response = ex.response
     timing = ex.timing
     tags = {"source": "proxy", "correlation_id": ex.id}
@@ -133,9 +138,7 @@ def exchange_primary_part(
         status, reason, headers = response.status, response.reason, response.headers
         response_body, version, truncated_from = response.body, response.http_version, response.truncated_from
         if len(response_body) > cap:
-            if truncated_from is None:
-                truncated_from = len(response_body)
-            response_body = response_body[:cap]
+            response_body, truncated_from = _capped(response_body, cap, truncated_from)
     return primary_part(
         ex.id, ex.started_at_ns, ex.started_mono_ns, ex.method, ex.target, ex.request_headers, body, ex.scheme,
         ex.authority, ex.http_version, request_truncated_from, status, reason, headers, response_body, version,
@@ -152,16 +155,13 @@ def outcome_part(
     if isinstance(outcome, Response):
         body, truncated_from = outcome.body, outcome.truncated_from
         if len(body) > max_body_bytes:
-            if truncated_from is None:
-                truncated_from = len(body)
-            body = body[:max_body_bytes]
+            body, truncated_from = _capped(body, max_body_bytes, truncated_from)
         return shadow_part(
             exchange_id, shadow, outcome.status, outcome.reason, outcome.headers, body, outcome.http_version,
             truncated_from, None, timing.sent_ns, timing.first_byte_ns, timing.done_ns, early, recorded,
         )  # fmt: skip
-    failure = outcome if isinstance(outcome, Failure) else None
     return shadow_part(  # a failure
-        exchange_id, shadow, None, "", (), b"", "", None, failure, timing.sent_ns, timing.first_byte_ns,
+        exchange_id, shadow, None, "", (), b"", "", None, outcome, timing.sent_ns, timing.first_byte_ns,
         timing.done_ns, early, recorded,
     )  # fmt: skip
 
