@@ -14,10 +14,9 @@ Given ``JoinSettings``, the child also joins exchanges (``recorder.join.RecordJo
 proxy's record stage keeps nothing per exchange: ``submit_primary`` sends an exchange as its primary
 ends, with the names of the shadows to wait for; ``submit_shadow`` sends one shadow's outcome. Both
 are flat parts (``recorder.join.primary_part``, ``shadow_part``): the child builds the record from
-them, joins and writes it. Its join counters come back with its
-other counters (``join_stats``). A primary part is a record for every counter above. A shadow part
-is not a record: a dropped one is only refused (the caller counts it), and its exchange is written
-with a timeout for that shadow.
+them, joins and writes it. Its join counters come back with its other counters (``join_stats``). A
+primary part is a record for every counter above. A shadow part is not a record: a dropped one is
+only refused (the caller counts it), and its exchange is written with a timeout for that shadow.
 
 - Bound: at most ``queue_size`` records and parts are in flight (sent, not yet reported read by the
   child); beyond that, they are dropped and counted, so a stopped child costs bounded memory.
