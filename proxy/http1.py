@@ -29,7 +29,7 @@ __all__ = [
 
 #: RFC 9110 §7.6.1 hop-by-hop fields (plus the legacy Proxy-Connection and RFC 7230's Trailer): they
 #: describe one connection, so a proxy consumes them and never forwards them.
-HOP_BY_HOP: Final = frozenset(
+HOP_BY_HOP: Final[frozenset[bytes]] = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
 #: For an Upgrade pass-through the two fields that ask for the switch must reach the primary.

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, cast
 
 from proxy.config import RecordSettings, RuntimeFlags
 from proxy.metrics import ProxyMetrics
@@ -68,12 +68,16 @@ class ExchangeSink(Protocol):
     def submit_record(self, record: list[Any]) -> bool: ...
 
 
-@runtime_checkable
-class JoiningSink(ExchangeSink, Protocol):
+class JoiningSink(Protocol):
     """A sink that can join exchanges itself (``ProcessTapeWriter`` given ``JoinSettings``, when
     ``joins`` is true): the stage hands it each exchange's record when the primary ends and each
     shadow's outcome when the copy ends, and keeps nothing per exchange. The submits never block,
-    and say whether the part was taken."""
+    and say whether the part was taken.
+
+    Told apart by its ``joins`` attribute rather than ``isinstance``: mypyc compiles this module,
+    and a compiled protocol class is neither runtime-checkable nor extendable."""
+
+    def submit_record(self, record: list[Any]) -> bool: ...
 
     @property
     def joins(self) -> bool: ...
@@ -194,8 +198,8 @@ class RecordStage:
         #: joiner here.
         self._remote: JoiningSink | None = None
         self._joiner: RecordJoiner | None = None
-        if on_joined is None and isinstance(tape, JoiningSink) and tape.joins:
-            self._remote = tape
+        if on_joined is None and getattr(tape, "joins", False) is True:
+            self._remote = cast(JoiningSink, tape)
         else:
             self._joiner = RecordJoiner(JoinSettings(settings.join_timeout_s, settings.max_pending), self._joined)
         self._sweeper: asyncio.Task[None] | None = None

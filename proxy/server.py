@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import httptools
 
@@ -969,9 +969,12 @@ class ProxyServer:
 
     @property
     def port(self) -> int:
-        if self._server is None or not self._server.sockets:
+        # uvloop's servers list their sockets where asyncio's typing says a tuple.
+        server: Any = self._server
+        sockets = None if server is None else server.sockets
+        if not sockets:
             raise RuntimeError("the proxy is not listening")
-        port: int = self._server.sockets[0].getsockname()[1]
+        port: int = sockets[0].getsockname()[1]
         return port
 
     async def start(
