@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test lint typecheck pytest bench install dev clean docs
+.PHONY: demo test lint typecheck pytest pytest-interpreted bench install dev native native-or-interpreted clean docs
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "shadowtap needs Python >= 3.11"; print("creating $(VENV) with", sys.executable, sys.version.split()[0])'
@@ -20,10 +20,23 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PIP) install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-native: pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[native]'
+	touch $@ $(VENV)/.installed
+
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
-demo: install
+# The proxy's data path compiled with mypyc (proxy/native.py); rebuilt only when a source changed.
+native: $(VENV)/.installed-native
+	$(PY) scripts/build_native.py --check || $(PY) scripts/build_native.py
+
+# The demo runs without a C compiler too: then the data path runs interpreted, and says so.
+native-or-interpreted: $(VENV)/.installed-native
+	$(PY) scripts/build_native.py --check || $(PY) scripts/build_native.py || \
+		echo "make: no compiled data path (see above); the proxy runs interpreted"
+
+demo: install native-or-interpreted
 	$(VENV)/bin/shadowtap demo
 
 lint: dev
@@ -32,13 +45,17 @@ lint: dev
 typecheck: dev
 	$(VENV)/bin/mypy
 
-pytest: dev
+pytest: dev native
 	scripts/ensure-system-deps.sh chromium
-	$(PY) -m pytest
+	SHADOWTAP_EXPECT_COMPILED=1 $(PY) -m pytest
 
-test: lint typecheck pytest
+# The proxy's tests once more on the interpreted sources, the fallback where nothing was compiled.
+pytest-interpreted: dev
+	SHADOWTAP_PURE=1 $(PY) -m pytest -q tests/proxy
 
-bench: dev
+test: lint typecheck pytest pytest-interpreted
+
+bench: dev native
 	scripts/ensure-system-deps.sh nginx wrk valgrind
 	$(PY) bench/run_all.py
 
@@ -46,4 +63,4 @@ docs: dev
 	$(PY) -m shadowtap.docgen
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache proxy/_compiled

@@ -4,7 +4,15 @@ The public surface: run a proxy from a config (``ProxyConfig``, ``ProxyApp``, ``
 the data path (``ProxyServer``, ``ForwardSettings``) with stages (``MirrorStage``, ``RecordStage``,
 ``MetricsStage``) behind the ``Stage`` protocol. Everything else is internal. This package imports
 ``recorder`` and never ``shadowtap``, ``replayer`` or ``differ``.
+
+The data path's modules run compiled (mypyc) when a build matching these sources is present; see
+``proxy.native``. Activation has to come before any of them is imported.
 """
+
+# ruff: noqa: E402  (the compiled modules are chosen before any of them is imported)
+from proxy import native
+
+native.activate(__path__)
 
 from proxy.admin import AdminServer
 from proxy.app import ProxyApp, build_forward_settings, serve

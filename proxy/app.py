@@ -30,6 +30,7 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
 from typing import Any, TextIO
 
+from proxy import native
 from proxy.admin import AdminServer, LocalSource, WorkersSource
 from proxy.config import ListenAddress, ProxyConfig, RuntimeFlags, settings_from_mapping
 from proxy.events import EventLog
@@ -237,6 +238,8 @@ class ProxyApp:
             "ready": self._ready,
             "flags": self.flags.snapshot(),
             "gc": {"frozen": gc.get_freeze_count(), "collections": [g["collections"] for g in gc.get_stats()]},
+            # Whether the data path runs compiled (mypyc) or interpreted, and why (proxy.native).
+            "data_path": native.STATUS,
         }
         if self.server is not None:
             s = self.server.stats
