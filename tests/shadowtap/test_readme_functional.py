@@ -122,7 +122,13 @@ def test_quickstart_runs_as_written(tmp_path: Path, services: dict[str, int]) ->
     )  # fmt: skip
     admin, front = services["8081"], services["8080"]
     try:
-        wait_for(f"http://127.0.0.1:{admin}/healthz")
+        try:
+            wait_for(f"http://127.0.0.1:{admin}/healthz")
+        except AssertionError:
+            if proxy.poll() is not None:  # it exited: say why rather than only that it is not up
+                assert proxy.stderr is not None
+                raise AssertionError(f"the proxy exited with {proxy.returncode}: {proxy.stderr.read()}") from None
+            raise
         # Clients use the service through the sidecar, as they would in production. The README
         # mirrors 10%: 400 requests give ~40 pairs (sd ~6), far above the differ's minimum of 10.
         for n in range(400):
