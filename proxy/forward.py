@@ -1,9 +1,9 @@
-"""Forwarding settings and the request-side header policy for the primary path.
+"""Forwarding settings for the primary path.
 
 ``ForwardSettings`` is the one frozen description of how requests reach the primary (where, with
-which timeouts, pool, capture limit, forwarded headers and TLS checks); ``RequestRewriter`` turns a
-client request head into the head sent upstream. This module must never do I/O and never change a
-header other than the hop-by-hop ones and those the settings name (Host, Via, X-Forwarded-*).
+which timeouts, pool, capture limit, forwarded headers and TLS checks); ``proxy.rewrite`` turns a
+client request head into the head sent upstream by these settings. This module stays interpreted
+(``proxy.native``): ``proxy.config`` and the config docs read its field types and comments.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
-from proxy import http1
 from recorder.errors import ConfigError
-from recorder.model import Header
 
-__all__ = ["ForwardSettings", "PrimaryTarget", "RequestRewriter", "parse_primary", "upstream_ssl_context"]
+__all__ = ["ForwardSettings", "PrimaryTarget", "parse_primary", "upstream_ssl_context"]
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
@@ -146,123 +144,3 @@ def upstream_ssl_context(settings: ForwardSettings) -> ssl.SSLContext | None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-class RequestRewriter:
-    """Turns a client request head into the head sent to the primary (one join per request)."""
-
-    __slots__ = ("_authority", "_forwarded_for", "_forwarded_host", "_forwarded_proto", "_host", "_prefix", "_via")
-
-    def __init__(self, settings: ForwardSettings) -> None:
-        target = settings.target
-        self._prefix = target.path_prefix
-        self._authority = target.authority
-        self._host = None if settings.preserve_host else target.authority
-        self._via = None if settings.via is None else b"1.1 " + settings.via.encode("ascii")
-        self._forwarded_for = settings.x_forwarded_for
-        self._forwarded_proto = settings.x_forwarded_proto
-        self._forwarded_host = settings.x_forwarded_host
-
-    @property
-    def via(self) -> bytes | None:
-        return self._via
-
-    def head(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: list[Header],
-        client_ip: bytes,
-        scheme: bytes,
-        chunked: bool,
-        upgrade: bool = False,
-        exclude: frozenset[bytes] | None = None,
-    ) -> bytes:
-        """The upstream request head for one client request; ``chunked`` re-frames the body.
-
-        ``exclude`` is for the rare second pass, when a ``Connection`` field listed more fields to
-        drop: the first pass finds them, the second leaves them out.
-        """
-        kinds = _REQUEST_FIELD_KINDS_UPGRADE if upgrade else _REQUEST_FIELD_KINDS
-        parts = [method, b" ", self._prefix + target if self._prefix else target, b" HTTP/1.1\r\n"]
-        seen_proto = seen_fwd_host = False
-        client_host: bytes | None = None
-        xff_at = -1
-        listed: list[bytes] | None = None
-        # One pass over the fields builds the head; the rare Connection-listed names (found only
-        # once the Connection field is seen) cost a second pass that skips them.
-        for name, value in headers:
-            lower = name.lower()
-            if exclude is not None and lower in exclude:
-                continue
-            kind = kinds.get(lower)
-            if kind is not None:
-                if kind == _DROP:
-                    continue
-                if kind == _CONNECTION:
-                    if exclude is None:
-                        listed = _listed(value, listed, upgrade)
-                    if not upgrade:
-                        continue
-                elif kind == _HOST:
-                    client_host = value
-                    if self._host is not None:
-                        value = self._host
-                elif kind == _FORWARDED_FOR:
-                    # The client address goes after the last hop listed (the last field if repeated).
-                    xff_at = len(parts) + 2
-                elif kind == _FORWARDED_PROTO:
-                    seen_proto = True
-                elif kind == _FORWARDED_HOST:
-                    seen_fwd_host = True
-            parts += (name, b": ", value, b"\r\n")
-        if listed:
-            return self.head(method, target, headers, client_ip, scheme, chunked, upgrade, frozenset(listed))
-        if client_host is None:
-            # HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
-            parts += (b"Host: ", self._authority, b"\r\n")
-        if self._forwarded_for:
-            if xff_at >= 0:
-                parts[xff_at] += b", " + client_ip
-            else:
-                parts += (b"X-Forwarded-For: ", client_ip, b"\r\n")
-        if self._forwarded_proto and not seen_proto:
-            parts += (b"X-Forwarded-Proto: ", scheme, b"\r\n")
-        if self._forwarded_host and not seen_fwd_host and client_host is not None:
-            parts += (b"X-Forwarded-Host: ", client_host, b"\r\n")
-        if self._via is not None:
-            parts += (b"Via: ", self._via, b"\r\n")
-        parts.append(b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
-        return b"".join(parts)
-
-
-_DROP: Final = 1
-_CONNECTION: Final = 2
-_HOST: Final = 3
-_FORWARDED_FOR: Final = 4
-_FORWARDED_PROTO: Final = 5
-_FORWARDED_HOST: Final = 6
-#: What the rewriter must do with a request field, by lower-cased name; absent means copy it as is.
-_REQUEST_FIELD_KINDS: Final = {
-    **{name: _DROP for name in http1.HOP_BY_HOP},
-    b"connection": _CONNECTION,
-    b"host": _HOST,
-    b"x-forwarded-for": _FORWARDED_FOR,
-    b"x-forwarded-proto": _FORWARDED_PROTO,
-    b"x-forwarded-host": _FORWARDED_HOST,
-}
-#: For an Upgrade pass-through the fields that ask for the switch reach the primary (Connection is
-#: still read for the names it lists).
-_REQUEST_FIELD_KINDS_UPGRADE: Final = {name: kind for name, kind in _REQUEST_FIELD_KINDS.items() if name != b"upgrade"}
-
-
-def _listed(value: bytes, listed: list[bytes] | None, upgrade: bool) -> list[bytes] | None:
-    """Add the field names a Connection header lists beyond the standard hop-by-hop ones."""
-    extra = [
-        t
-        for t in (part.strip().lower() for part in value.split(b","))
-        if t and t not in http1.HOP_BY_HOP and t != b"close" and not (upgrade and t == b"upgrade")
-    ]
-    if not extra:
-        return listed
-    return extra if listed is None else listed + extra

@@ -32,7 +32,8 @@ __all__ = ["COMPILED_DIR", "COMPILED_MODULES", "MANIFEST", "STATUS", "activate",
 
 #: The modules mypyc compiles: the ones every proxied request runs through. Modules whose
 #: dataclasses ``proxy.config`` reads field types from (forward, breaker, rules, sampling) stay
-#: interpreted: mypyc keeps no union annotations on the classes it compiles.
+#: interpreted: mypyc keeps no union annotations on the classes it compiles (not even with
+#: ``native_class=False``), and the config docs read their field comments from the source.
 COMPILED_MODULES: Final = (
     "proxy.http1",
     "proxy.upstream",
@@ -41,6 +42,7 @@ COMPILED_MODULES: Final = (
     "proxy.mirror",
     "proxy.record",
     "proxy.metrics",
+    "proxy.rewrite",
 )
 PACKAGE_DIR: Final = Path(__file__).resolve().parent
 COMPILED_DIR: Final = PACKAGE_DIR / "_compiled"

@@ -30,7 +30,8 @@ from typing import Any, Final, cast
 import httptools
 
 from proxy import http1
-from proxy.forward import ForwardSettings, RequestRewriter, upstream_ssl_context
+from proxy.forward import ForwardSettings, upstream_ssl_context
+from proxy.rewrite import RequestRewriter
 from proxy.stages import (
     PrimaryObserver,
     ProxiedExchange,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.forward import ForwardSettings, RequestRewriter, parse_primary, upstream_ssl_context
+from proxy.forward import ForwardSettings, parse_primary, upstream_ssl_context
+from proxy.rewrite import RequestRewriter
 from recorder.errors import ConfigError
 
 
