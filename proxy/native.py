@@ -10,7 +10,7 @@ every other case nothing changes and the sources run as they are.
 
 All or nothing: compiled modules call each other directly, so one stale module would run old code
 from inside the others. An edited source makes the whole build stale until it is rebuilt
-(``make native``), and the reason is in ``STATUS`` (``/stats``, the start-up line, the benches).
+(``make native``), and the reason is in ``STATUS`` (``/stats`` and the benches' header).
 ``SHADOWTAP_PURE=1`` in the environment runs the sources even when the build matches.
 
 This module must stay importable as plain Python and import nothing of the package.
@@ -64,9 +64,11 @@ def interpreter_tag() -> str:
     return f"{sys.implementation.cache_tag} {sys.version.split()[0]} {sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
-def check(compiled_dir: Path, package_dir: Path) -> tuple[dict[str, Any] | None, str]:
-    """The manifest when the build in ``compiled_dir`` matches the sources in ``package_dir`` and this
-    interpreter, else None; and a one-line reason either way."""
+def check(
+    compiled_dir: Path, package_dir: Path, expected: tuple[str, ...] = COMPILED_MODULES
+) -> tuple[dict[str, Any] | None, str]:
+    """The manifest when the build in ``compiled_dir`` holds the ``expected`` modules and matches
+    their sources in ``package_dir`` and this interpreter, else None; and a one-line reason."""
     manifest_path = compiled_dir / MANIFEST
     if not manifest_path.exists():
         return None, "no compiled build (make native)"
@@ -77,6 +79,9 @@ def check(compiled_dir: Path, package_dir: Path) -> tuple[dict[str, Any] | None,
         if manifest["interpreter"] != interpreter_tag():
             return None, f"{manifest_path}: built for {manifest['interpreter']}, running {interpreter_tag()}"
         modules: dict[str, str] = manifest["modules"]
+        if sorted(modules) != sorted(expected):
+            held = ", ".join(sorted(modules))
+            return None, f"stale compiled build: it holds {held}, not the modules this tree compiles (make native)"
         for name, digest in modules.items():
             source = package_dir / f"{name.rpartition('.')[2]}.py"
             if not source.exists() or source_digest(source) != digest:

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # proxy.native imports nothing of the package, but importing it as proxy.native would run
 # proxy/__init__ (and activate an old build): load the file on its own.

@@ -22,7 +22,8 @@ EXPECT_COMPILED = os.environ.get("SHADOWTAP_EXPECT_COMPILED") == "1"
 
 
 def _fake_build(tmp: Path, modules: dict[str, str]) -> tuple[Path, Path]:
-    """A package directory with the given sources and a compiled directory whose manifest matches."""
+    """A package directory with the given sources and a compiled directory whose manifest matches
+    (its modules are ``proxy.<name>``, as ``_names`` spells them)."""
     package = tmp / "pkg"
     compiled = package / "_compiled"
     compiled.mkdir(parents=True)
@@ -45,9 +46,13 @@ def _fake_build(tmp: Path, modules: dict[str, str]) -> tuple[Path, Path]:
     return compiled, package
 
 
+def _names(*short: str) -> tuple[str, ...]:
+    return tuple(f"proxy.{name}" for name in short)
+
+
 def test_a_matching_build_is_accepted(tmp_path: Path) -> None:
     compiled, package = _fake_build(tmp_path, {"server": "x = 1\n", "upstream": "y = 2\n"})
-    manifest, reason = native.check(compiled, package)
+    manifest, reason = native.check(compiled, package, _names("upstream", "server"))
     assert manifest is not None and manifest["mypyc"] == "9.9"
     assert reason == "compiled (mypyc 9.9, 2 modules)"
 
@@ -55,7 +60,7 @@ def test_a_matching_build_is_accepted(tmp_path: Path) -> None:
 def test_one_edited_source_makes_the_whole_build_stale_and_names_it(tmp_path: Path) -> None:
     compiled, package = _fake_build(tmp_path, {"server": "x = 1\n", "upstream": "y = 2\n"})
     (package / "upstream.py").write_text("y = 3\n")
-    manifest, reason = native.check(compiled, package)
+    manifest, reason = native.check(compiled, package, _names("server", "upstream"))
     assert manifest is None
     assert reason == f"stale compiled build: {package / 'upstream.py'} changed since it was compiled (make native)"
 
@@ -65,7 +70,7 @@ def test_a_build_for_another_interpreter_is_refused(tmp_path: Path) -> None:
     manifest = json.loads((compiled / native.MANIFEST).read_text())
     manifest["interpreter"] = "cpython-312 3.12.1 .cpython-312-x86_64-linux-gnu.so"
     (compiled / native.MANIFEST).write_text(json.dumps(manifest))
-    found, reason = native.check(compiled, package)
+    found, reason = native.check(compiled, package, _names("server"))
     assert found is None
     assert "built for cpython-312 3.12.1" in reason and native.interpreter_tag() in reason
 
@@ -73,18 +78,30 @@ def test_a_build_for_another_interpreter_is_refused(tmp_path: Path) -> None:
 def test_missing_or_broken_pieces_are_named(tmp_path: Path) -> None:
     compiled, package = _fake_build(tmp_path, {"server": "x = 1\n"})
     (compiled / f"server{EXT}").unlink()
-    assert native.check(compiled, package) == (None, f"{compiled}: the extension of proxy.server is missing")
+    assert native.check(compiled, package, _names("server")) == (
+        None,
+        f"{compiled}: the extension of proxy.server is missing",
+    )
 
     compiled, package = _fake_build(tmp_path / "b", {"server": "x = 1\n"})
     (compiled / f"group__mypyc{EXT}").unlink()
-    assert native.check(compiled, package) == (None, f"{compiled}: group__mypyc{EXT} is missing")
+    assert native.check(compiled, package, _names("server")) == (None, f"{compiled}: group__mypyc{EXT} is missing")
 
     compiled, package = _fake_build(tmp_path / "c", {"server": "x = 1\n"})
     (compiled / native.MANIFEST).write_text("{not json")
-    found, reason = native.check(compiled, package)
+    found, reason = native.check(compiled, package, _names("server"))
     assert found is None and reason.startswith(f"{compiled / native.MANIFEST}: unreadable manifest")
 
-    assert native.check(tmp_path / "none", package) == (None, "no compiled build (make native)")
+    assert native.check(tmp_path / "none", package, _names("server")) == (None, "no compiled build (make native)")
+
+
+def test_a_build_of_other_modules_than_the_tree_compiles_is_stale(tmp_path: Path) -> None:
+    # A module added to COMPILED_MODULES after the build: every source the build has still matches.
+    compiled, package = _fake_build(tmp_path, {"server": "x = 1\n"})
+    (package / "rewrite.py").write_text("z = 1\n")
+    found, reason = native.check(compiled, package, _names("server", "rewrite"))
+    assert found is None
+    assert reason == "stale compiled build: it holds proxy.server, not the modules this tree compiles (make native)"
 
 
 def _import_in_child(tree: Path, env: dict[str, str]) -> dict[str, str]:
