@@ -46,6 +46,8 @@ __all__ = [
 #: Credentials never forwarded to a shadow unless the config swaps in shadow credentials for them.
 DEFAULT_STRIPPED_HEADERS: Final = ("authorization", "cookie", "proxy-authorization", "x-api-key")
 _MiB: Final = 1024 * 1024
+#: The least a byte bound on a recording buffer may be: a few records of ordinary size.
+_MIN_BUFFER_BYTES: Final = 64 * 1024
 #: RFC 9110 token (a header name), and a header value that cannot split a header: visible ASCII.
 _TOKEN_RE: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _VISIBLE_RE: Final = re.compile(r"^[!-~]+\Z")
@@ -209,8 +211,15 @@ class RecordSettings:
     # Exchanges waiting for their shadows; beyond this the oldest is written at once (counted), so
     # a stuck shadow cannot grow memory without bound.
     max_pending: int = 10_000
+    #: Bytes of exchanges waiting for their shadows (bodies as taped); beyond this the oldest is
+    #: written at once (counted), so large bodies cannot pin more than this while shadows lag.
+    max_pending_bytes: int = 64 * _MiB
     #: The tape writer's queue; when full, exchanges are dropped (counted), never waited for.
     queue_size: int = 10_000
+    #: Bytes of exchanges between the proxy and the disk (the writer's queue, or the pipe to the
+    #: writer process); beyond this they are dropped (counted), so a hung disk costs at most this.
+    #: Together with ``max_pending_bytes``, 128 MiB per worker by default.
+    queue_bytes: int = 64 * _MiB
     #: Tape segments rotate at this size.
     max_segment_bytes: int = 64 * _MiB
     #: ... and at this age, seconds.
@@ -235,6 +244,9 @@ class RecordSettings:
         for key in ("max_pending", "queue_size", "max_segment_bytes"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"must be >= 1, not {getattr(self, key)!r}", field=key)
+        for key in ("max_pending_bytes", "queue_bytes"):
+            if getattr(self, key) < _MIN_BUFFER_BYTES:
+                raise ConfigError(f"must be >= {_MIN_BUFFER_BYTES}, not {getattr(self, key)!r}", field=key)
         if self.max_segment_age_s <= 0:
             raise ConfigError(f"must be > 0, not {self.max_segment_age_s!r}", field="max_segment_age_s")
         if self.compression not in ("none", "zstd"):
