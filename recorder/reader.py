@@ -3,8 +3,11 @@
 A reader never loads a whole tape: it reads each segment in large chunks and decodes frame by frame.
 It returns every complete frame after a crash and reports the torn tail; a corrupt frame with data
 after it is a ``TapeFormatError`` naming the file and byte offset, unless ``salvage`` is on, when the
-reader skips to the next valid frame and reports the skipped range. It must never return a frame
-whose checksum failed, and never hang or crash on arbitrary bytes.
+reader skips to the next valid frame and reports the skipped range. A checksummed record of the wrong
+shape (a header value that is not bytes, a status that is not an int) is the same, its error also
+naming the field (``recorder.model.exchange_from_wire`` checks every value). It must never return a
+frame whose checksum failed or an Exchange whose values have the wrong types, and never hang or
+crash on arbitrary bytes.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ _GLOB_CHARS: Final = frozenset("*?[")
 _unpack_header = FRAME_HEADER.unpack_from
 _PREFIX_BYTES: Final = 7  # the header bytes covered by the checksum (all but the checksum itself)
 _SYNC_BYTES: Final = FRAME_SYNC.to_bytes(2, "little")
-# What decoding a checksummed record can raise: msgpack's errors are ValueError subclasses, and a
-# migration or the model may raise TypeError, KeyError or IndexError on a record of the wrong shape.
+# What decoding a checksummed record can raise: msgpack's errors are ValueError subclasses, the model
+# raises TapeFormatError (a ValueError) naming the field, and a migration may raise anything of these
+# on a record of the wrong shape.
 _RECORD_ERRORS: Final = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 
 
@@ -360,15 +364,20 @@ class _SegmentReader:
         self.report.skipped.append(SkippedRange(offset, w.base + w.pos - offset, reason))
         return w.available > 0 or w.fill(1)
 
-    def _problem(self, offset: int, length: int, reason: str) -> None:
+    def _problem(self, offset: int, length: int, reason: str, field: str | None = None, hint: str = "") -> None:
         """A frame that passed its checksum but cannot be used: an error, or skipped when salvaging."""
         if not self.salvage:
-            raise TapeFormatError(reason, path=self.name, offset=offset)
-        self.report.skipped.append(SkippedRange(offset, length, reason))
+            raise TapeFormatError(reason + hint, path=self.name, offset=offset, field=field)
+        self.report.skipped.append(SkippedRange(offset, length, reason if field is None else f"{field}: {reason}"))
 
-    def _bad_record(self, exc: Exception, offset: int, length: int) -> None:
-        reason = exc.message if isinstance(exc, TapeFormatError) else f"undecodable exchange record: {exc}"
-        self._problem(offset, length, reason)
+    def _bad_record(self, exc: Exception, offset: int, length: int, where: str = "") -> None:
+        """A checksummed record that does not decode, or decodes to the wrong shape (the error's
+        ``field`` names where); ``where`` places a record inside a zstd block."""
+        if isinstance(exc, TapeFormatError):
+            reason, field = exc.message, exc.field
+        else:
+            reason, field = f"undecodable exchange record: {exc}", None
+        self._problem(offset, length, reason + where, field, " (use --salvage to skip it)")
 
     def _block(self, payload: memoryview, offset: int) -> Iterator[Exchange]:
         """The exchanges of one zstd block; damage inside it (checksum passed) ends the block."""
@@ -405,7 +414,7 @@ class _SegmentReader:
                 record = msgpack.unpackb(inner_payload, raw=False, use_list=False)
                 ex = exchange_from_wire(record if migrate is None else migrate(record))
             except _RECORD_ERRORS as exc:
-                self._bad_record(exc, offset, frame_size)
+                self._bad_record(exc, offset, frame_size, f" (the record at block byte {inner})")
             else:
                 report.exchanges += 1
                 if self.matches is None or self.matches(ex):

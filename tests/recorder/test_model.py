@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import pytest
 
@@ -131,3 +133,65 @@ def test_decoded_objects_are_still_frozen() -> None:
         ex.id = "other"  # type: ignore[misc]
     with pytest.raises(AttributeError):
         ex.request.method = "POST"  # type: ignore[misc]
+
+
+def test_arrays_may_be_lists_or_tuples_anywhere() -> None:
+    """In-memory records (the proxy's joiner) and other writers give lists; msgpack gives tuples."""
+    ex = sample_exchange()
+    wire = exchange_to_wire(ex)
+    wire[3][2] = [list(h) for h in wire[3][2]]
+    wire[4][3] = list(wire[4][3])
+    assert exchange_from_wire(wire) == ex
+    assert exchange_from_wire(tuple(wire)) == ex
+
+
+def test_maps_may_be_nil_but_not_empty_arrays() -> None:
+    wire = exchange_to_wire(sample_exchange())
+    wire[5:7] = [None, None]
+    wire[10:12] = [None, None]
+    ex = exchange_from_wire(wire)
+    assert (ex.shadows, ex.timings, ex.decisions, ex.tags) == ({}, {}, {}, {})
+    wire[11] = []
+    with pytest.raises(TapeFormatError) as info:
+        exchange_from_wire(wire)
+    assert info.value.field == "tags"
+
+
+@pytest.mark.parametrize(
+    ("position", "value", "field", "found"),
+    [
+        ((3, 2, 1, 1), "a", "request.headers[1][1]", "found a str"),
+        ((3, 2, 1), (b"X-Dup", b"a", b"b"), "request.headers[1]", "found an array of 3"),
+        ((4, 1), True, "primary.status", "found a boolean"),
+        ((4, 1), 201.0, "primary.status", "found a float"),
+        ((4, 4), None, "primary.body", "found nil"),
+        ((5, "v3", 2), b"2s", "shadows['v3'].message", "found a bin"),
+        ((6, "v3", 1), "1000", "timings['v3'].first_byte_ns", "found a str"),
+        ((10, "v4"), 0, "decisions['v4']", "found an int"),
+        ((1,), -1.5, "started_at_ns", "found a float"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_by_its_field(
+    position: tuple[object, ...], value: object, field: str, found: str
+) -> None:
+    wire = exchange_to_wire(sample_exchange())
+    wire[3] = [*wire[3][:2], [list(h) for h in wire[3][2]], *wire[3][3:]]
+    target: Any = wire
+    for key in position[:-1]:
+        target[key] = list(target[key]) if isinstance(target[key], tuple) else target[key]
+        target = target[key]
+    target[position[-1]] = value
+    with pytest.raises(TapeFormatError) as info:
+        exchange_from_wire(wire)
+    assert info.value.field == field
+    assert info.value.message.startswith("malformed exchange record: expected ")
+    assert info.value.message.endswith(found)
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def test_a_shadow_name_that_is_not_a_string_is_named() -> None:
+    wire = exchange_to_wire(sample_exchange())
+    wire[5] = {b"v2": wire[5]["v2"]}
+    with pytest.raises(TapeFormatError) as info:
+        exchange_from_wire(wire)
+    assert info.value.field == "shadows[b'v2']"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -315,3 +317,125 @@ def test_small_read_chunks_give_the_same_exchanges(tmp_path: Path) -> None:
     assert list(TapeReader(tape, chunk_bytes=7)) == list(TapeReader(tape)) == exchanges
     with pytest.raises(ValueError, match="chunk_bytes"):
         TapeReader(tape, chunk_bytes=0)
+
+
+# --- records with valid checksums but the wrong shape ---------------------------------------------
+
+
+def plain_record(i: int) -> list[Any]:
+    """The wire record of sample exchange ``i`` with every array a list, ready to be mutated."""
+
+    def lists(value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [lists(v) for v in value]
+        if isinstance(value, dict):
+            return {k: lists(v) for k, v in value.items()}
+        return value
+
+    record: list[Any] = lists(exchange_to_wire(make_exchange(i)))
+    return record
+
+
+def write_records(directory: Path, records: list[Any], *, zstd: bool = False) -> Path:
+    """A segment holding ``records`` as they are, each in a frame with a valid checksum."""
+    directory.mkdir(parents=True, exist_ok=True)
+    frames = b"".join(_frames.encode_frame(_frames.KIND_EXCHANGE, msgpack.packb(r, use_bin_type=True)) for r in records)
+    if zstd:
+        import zstandard
+
+        frames = _frames.encode_frame(_frames.KIND_ZSTD_BLOCK, zstandard.ZstdCompressor().compress(frames))
+    segment = directory / "seg-00000000T000000.000000Z-p1-000001.stape"
+    segment.write_bytes(_frames.encode_segment_header(_frames.FLAG_ZSTD if zstd else 0) + frames)
+    return segment
+
+
+def _set(path: tuple[Any, ...], value: Any) -> Callable[[list[Any]], None]:
+    def mutate(record: list[Any]) -> None:
+        target: Any = record
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return mutate
+
+
+#: Type mutations of a sample record, by the field the error must name. Each one crashed a
+#: command with a traceback (or went through to the exporters) before records were validated.
+MUTATIONS: dict[str, Callable[[list[Any]], None]] = {
+    "request.headers[1][1]": _set((3, 2, 1, 1), "application/json"),
+    "request.headers[0]": _set((3, 2, 0), {"Host": "api.local"}),
+    "request.headers[2]": _set((3, 2, 2), [b"X-Dup"]),
+    "request.headers": _set((3, 2), 7),
+    "request.body": _set((3, 3), 5),
+    "request.method": _set((3, 0), 5),
+    "request.target": _set((3, 1), b"/users/1"),
+    "request.truncated_from": _set((3, 7), "5"),
+    "request": _set((3,), {"method": "GET"}),
+    "primary.status": _set((4, 1), "200"),
+    "primary.reason": _set((4, 2), 5),
+    "primary.headers[0][0]": _set((4, 3, 0, 0), 1),
+    "primary.body": _set((4, 4), 5),
+    "primary.tag": _set((4, 0), "0"),
+    "primary": _set((4,), "200 OK"),
+    "shadows['v2'].status": _set((5, "v2", 1), True),
+    "shadows['v3'].kind": _set((5, "v3", 1), 5),
+    "shadows": _set((5,), [[0, 200]]),
+    "timings['primary'].sent_ns": _set((6, "primary", 0), "10"),
+    "timings['primary']": _set((6, "primary"), {"sent_ns": 10}),
+    "timings": _set((6,), [[10, 200, 300]]),
+    "id": _set((0,), 3),
+    "started_at_ns": _set((1,), "2026-11-22T10:00:00Z"),
+    "started_mono_ns": _set((2,), 1.5),
+    "session": _set((7,), None),
+    "decisions['v2']": _set((10, "v2"), 1),
+    "decisions": _set((10,), [["v2", "mirrored"]]),
+    "tags['source']": _set((11, "source"), ["test"]),
+}
+
+
+def mutated_record(field: str, i: int = 1) -> list[Any]:
+    record = plain_record(i)
+    MUTATIONS[field](record)
+    return record
+
+
+@pytest.mark.parametrize("field", MUTATIONS)
+def test_a_record_of_the_wrong_shape_names_file_offset_and_field(tmp_path: Path, field: str) -> None:
+    segment = write_records(tmp_path, [plain_record(0), mutated_record(field), plain_record(2)])
+    bad_offset = frame_offsets(segment)[1]
+    seen: list[str] = []
+    with pytest.raises(TapeFormatError) as info:
+        seen.extend(e.id for e in TapeReader(tmp_path))
+    assert seen == ["ex-000000"]
+    error = info.value
+    assert (error.path, error.offset, error.field) == (str(segment), bad_offset, field)
+    assert f"{segment} at byte {bad_offset}, field {field!r}: malformed exchange record" in str(error)
+    assert "--salvage" in str(error)
+
+
+@pytest.mark.parametrize("field", MUTATIONS)
+def test_salvage_skips_a_record_of_the_wrong_shape_and_reports_it(tmp_path: Path, field: str) -> None:
+    segment = write_records(tmp_path, [plain_record(0), mutated_record(field), plain_record(2)])
+    offsets = frame_offsets(segment)
+    reader = TapeReader(tmp_path, salvage=True)
+    assert ids(reader) == ["ex-000000", "ex-000002"]
+    ((path, skipped),) = reader.report.skipped_ranges
+    assert (path, skipped.offset, skipped.length) == (str(segment), offsets[1], offsets[2] - offsets[1])
+    assert field in skipped.reason
+
+
+def test_a_record_of_the_wrong_shape_inside_a_zstd_block(tmp_path: Path) -> None:
+    records = [plain_record(0), mutated_record("request.headers[1][1]"), plain_record(2)]
+    segment = write_records(tmp_path, records, zstd=True)
+    with pytest.raises(TapeFormatError) as info:
+        list(TapeReader(tmp_path))
+    error = info.value
+    assert (error.path, error.offset, error.field) == (
+        str(segment),
+        _frames.SEGMENT_HEADER_SIZE,
+        "request.headers[1][1]",
+    )
+    assert "block byte" in error.message
+    reader = TapeReader(tmp_path, salvage=True)
+    assert ids(reader) == ["ex-000000", "ex-000002"]
+    assert "request.headers[1][1]" in reader.report.skipped_ranges[0][1].reason
