@@ -5,8 +5,9 @@ sample percent, hashed on the exchange id) and sends it on as one flat part
 (``recorder.join.primary_part``), bodies capped at ``max_body_bytes`` with truncation marked, with
 no shadows yet. Each mirrored copy's outcome follows as a part of its own (``shadow_part``).
 ``recorder.join.RecordJoiner`` joins them: it waits for every shadow the exchange was mirrored to,
-up to ``join_timeout_s`` after the primary finished, and at most ``max_pending`` exchanges wait
-(beyond it the oldest is completed at once without its missing shadows, and counted).
+up to ``join_timeout_s`` after the primary finished, and at most ``max_pending`` exchanges, holding
+at most ``max_pending_bytes``, wait (beyond either the oldest is completed at once without its
+missing shadows, and counted).
 
 Where the join runs:
 - in the tape writer process (``ProcessTapeWriter``, the default) when no wide-event log is on. The
@@ -40,6 +41,7 @@ from recorder.join import (
     JoinSettings,
     JoinStats,
     RecordJoiner,
+    part_bytes,
     primary_from_part,
     primary_part,
     shadow_from_part,
@@ -88,6 +90,9 @@ class JoiningSink(Protocol):
     @property
     def join_pending(self) -> int: ...
 
+    @property
+    def join_pending_bytes(self) -> int: ...
+
     def submit_primary(self, part: list[Any]) -> bool: ...
 
     def submit_shadow(self, part: list[Any]) -> bool: ...
@@ -105,6 +110,8 @@ class RecordStats:
     sampled_out: int = 0
     shadow_join_timeouts: int = 0
     evicted_at_capacity: int = 0
+    #: Exchanges completed early because those waiting held ``max_pending_bytes``.
+    evicted_at_byte_capacity: int = 0
     #: Shadow outcomes not joined: past their join timeout, duplicates, or for exchanges neither
     #: taped nor sent to the event log.
     unjoined_shadow_outcomes: int = 0
@@ -201,14 +208,19 @@ class RecordStage:
         if on_joined is None and getattr(tape, "joins", False) is True:
             self._remote = cast(JoiningSink, tape)
         else:
-            self._joiner = RecordJoiner(JoinSettings(settings.join_timeout_s, settings.max_pending), self._joined)
+            self._joiner = RecordJoiner(
+                JoinSettings(settings.join_timeout_s, settings.max_pending, settings.max_pending_bytes), self._joined
+            )
         self._sweeper: asyncio.Task[None] | None = None
         #: Whether anybody wants joined exchanges (a tape or the event log): else every hook returns.
         self.active = tape is not None or on_joined is not None
         # Cached: asyncio.get_running_loop() costs a getpid() system call on every call.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        for key in ("joined", "submitted", "dropped_by_writer", "evicted_at_capacity", "shadow_join_timeouts"):
+        for key in (
+            "joined", "submitted", "dropped_by_writer", "evicted_at_capacity", "evicted_at_byte_capacity",
+            "shadow_join_timeouts",
+        ):  # fmt: skip
             metrics.add_source(
                 "counter",
                 f"shadowtap_record_{key}",
@@ -219,6 +231,32 @@ class RecordStage:
         metrics.add_source(
             "gauge", "shadowtap_record_pending", "Exchanges waiting for their shadows", "",
             lambda: {"": float(self.pending)},
+        )  # fmt: skip
+        if tape is not None and hasattr(type(tape), "stats"):
+            self._add_tape_sources(metrics, tape)
+        metrics.add_source(
+            "gauge", "shadowtap_record_pending_bytes", "Bytes of the exchanges waiting for their shadows", "",
+            lambda: {"": float(self.pending_bytes)},
+        )  # fmt: skip
+
+    @staticmethod
+    def _add_tape_sources(metrics: ProxyMetrics, tape: ExchangeSink) -> None:
+        """The tape writer's byte bound, beside its other figures: the drops it caused join the
+        ``shadowtap_tape_dropped`` family (the app names the other reasons), and the bytes waiting
+        for the writer are a gauge. A ``TapeWriter`` or ``ProcessTapeWriter`` (``TapeWriterStats``)."""
+
+        writer: Any = tape  # its stats are not part of ExchangeSink (test sinks lack them)
+
+        def stats() -> Any:
+            return writer.stats
+
+        metrics.add_source(
+            "counter", "shadowtap_tape_dropped", "Exchanges the tape writer dropped, by reason", "reason",
+            lambda: {"queue_bytes_full": float(stats().dropped_queue_bytes_full)},
+        )  # fmt: skip
+        metrics.add_source(
+            "gauge", "shadowtap_tape_queue_bytes", "Bytes of the exchanges waiting for the tape writer", "",
+            lambda: {"": float(stats().queue_bytes)},
         )  # fmt: skip
 
     @property
@@ -238,6 +276,7 @@ class RecordStage:
         counts.joined = join.joined
         counts.shadow_join_timeouts = join.shadow_join_timeouts
         counts.evicted_at_capacity = join.evicted_at_capacity
+        counts.evicted_at_byte_capacity = join.evicted_at_byte_capacity
         counts.unjoined_shadow_outcomes += join.unjoined_shadow_outcomes
         return counts
 
@@ -248,6 +287,14 @@ class RecordStage:
             return self._remote.join_pending
         assert self._joiner is not None
         return self._joiner.pending
+
+    @property
+    def pending_bytes(self) -> int:
+        """The bytes of the exchanges waiting for their shadows."""
+        if self._remote is not None:
+            return self._remote.join_pending_bytes
+        assert self._joiner is not None
+        return self._joiner.pending_bytes
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -293,8 +340,9 @@ class RecordStage:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
+        size = part_bytes(part)
         record, waiting_for, off_tape = primary_from_part(part)
-        self._joiner.primary(record, waiting_for, off_tape, (exchange, taped), loop.time())
+        self._joiner.primary(record, waiting_for, off_tape, (exchange, taped), loop.time(), size)
 
     def on_shadow_outcome(self, exchange: ProxiedExchange, shadow: str, outcome: Outcome, timing: Timing) -> None:
         """The mirror stage's listener: one call per mirrored copy."""
@@ -311,7 +359,7 @@ class RecordStage:
             # Kept whole here: the event log shows every outcome (the tape view leaves the
             # unrecorded ones out).
             part = outcome_part(exchange.id, shadow, outcome, timing, early, True, self._settings.max_body_bytes)
-            self._joiner.shadow(*shadow_from_part(part))
+            self._joiner.shadow(*shadow_from_part(part), part_bytes(part))
             return
         if not self._taped(exchange.id):
             self._counts.unjoined_shadow_outcomes += 1
@@ -366,4 +414,9 @@ class RecordStage:
             self._joiner.close(SHUTDOWN_REASON)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"pending": self.pending, "joins_in_writer": self.joins_in_writer, **dataclasses.asdict(self.stats)}
+        return {
+            "pending": self.pending,
+            "pending_bytes": self.pending_bytes,
+            "joins_in_writer": self.joins_in_writer,
+            **dataclasses.asdict(self.stats),
+        }

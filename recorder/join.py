@@ -11,6 +11,10 @@ on early:
   failure, counted in ``shadow_join_timeouts``;
 - when more than ``max_pending`` exchanges wait; the oldest goes at once, counted in
   ``evicted_at_capacity``;
+- when the exchanges waiting hold more than ``max_pending_bytes`` (each part's size, as its caller
+  measured it: ``part_bytes``, or its packed length in the tape writer's child); the oldest go at
+  once, counted in ``evicted_at_byte_capacity``. The newest is never evicted for its own size: one
+  exchange bigger than the bound waits alone;
 - at ``close``.
 
 A shadow can answer before the client has the primary's last byte, so a shadow part may come before
@@ -53,7 +57,9 @@ __all__ = [
     "Joined",
     "RecordJoiner",
     "primary_from_part",
+    "part_bytes",
     "primary_part",
+    "record_bytes",
     "shadow_from_part",
     "shadow_part",
 ]
@@ -63,9 +69,15 @@ SHUTDOWN_REASON: Final = "proxy shut down before the shadow answered"
 
 # Positions in an exchange record (docs/tape-format.md, "Exchange record").
 _ID: Final = 0
+_REQUEST: Final = 3
+_PRIMARY: Final = 4
 _SHADOWS: Final = 5
 _TIMINGS: Final = 6
 _TAGS: Final = 11
+
+#: What a record or part costs beyond its bodies and header bytes (ids, timings, the lists and small
+#: objects that hold them), roughly: byte bounds count bodies and headers exactly and this per item.
+RECORD_OVERHEAD_BYTES: Final = 512
 
 
 # --- parts: what the joiner is fed, flat ---------------------------------------------------------
@@ -205,12 +217,59 @@ def shadow_from_part(part: list[Any]) -> tuple[str, str, list[Any] | None, list[
     return exchange_id, name, outcome, [sent_ns, first_byte_ns, done_ns], early, recorded
 
 
+def headers_bytes(headers: Any) -> int:
+    """The bytes of a header list's names and values."""
+    total = 0
+    for name, value in headers:
+        total += len(name) + len(value)
+    return total
+
+
+def part_bytes(part: list[Any]) -> int:
+    """About what ``part`` (a primary or shadow part) holds: its bodies and headers, exactly, and
+    ``RECORD_OVERHEAD_BYTES``. For byte bounds, where the part was not packed (its packed length is
+    the measure where it was)."""
+    if part[0] == PRIMARY_PART:
+        return (RECORD_OVERHEAD_BYTES + len(part[7]) + len(part[15]) + headers_bytes(part[6])
+                + headers_bytes(part[14]))  # fmt: skip
+    return RECORD_OVERHEAD_BYTES + len(part[6]) + headers_bytes(part[5])
+
+
+def _outcome_bytes(outcome: Any) -> int:
+    # A response record: [tag, status, reason, headers, body, ...]; a failure: [tag, kind, message].
+    if outcome is None or len(outcome) < 5:
+        return 0
+    return len(outcome[4]) + headers_bytes(outcome[3])
+
+
+def record_bytes(record: list[Any]) -> int:
+    """About what an exchange record (``recorder.model.exchange_record``) holds, measured like
+    ``part_bytes``: for byte bounds on records that are not packed (the thread writer's queue)."""
+    request = record[_REQUEST]
+    total = RECORD_OVERHEAD_BYTES + len(request[3]) + headers_bytes(request[2]) + _outcome_bytes(record[_PRIMARY])
+    shadows = record[_SHADOWS]
+    if shadows:
+        for outcome in shadows.values():
+            total += _outcome_bytes(outcome)
+    return total
+
+
+#: Stale deadline entries tolerated beyond twice the exchanges waiting before the deque is compacted:
+#: compacting then costs about one step per append, and small joiners never bother.
+_COMPACT_SLACK: Final = 1024
+
+#: The default bound on the bytes held by exchanges waiting for their shadows (``JoinSettings``).
+DEFAULT_MAX_PENDING_BYTES: Final = 64 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class JoinSettings:
-    """How long a finished primary waits for its shadows, and how many exchanges may wait at once."""
+    """How long a finished primary waits for its shadows, and how many exchanges, and how many
+    bytes of them, may wait at once."""
 
     timeout_s: float = 10.0
     max_pending: int = 10_000
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
 
 
 @dataclass(slots=True)
@@ -219,6 +278,7 @@ class JoinStats:
     shadow_join_timeouts: int = 0
     evicted_at_capacity: int = 0
     unjoined_shadow_outcomes: int = 0
+    evicted_at_byte_capacity: int = 0
 
     def plus(self, other: JoinStats) -> JoinStats:
         """Both counts summed (a writer's children, one after another)."""
@@ -232,10 +292,12 @@ class Joined:
     its arrival was sent: the shadow's recording was off, so only its name is needed.
     """
 
-    __slots__ = ("context", "record", "shadows", "timings", "unrecorded", "waiting")
+    __slots__ = ("context", "record", "shadows", "size", "timings", "unrecorded", "waiting")
 
     def __init__(self) -> None:
         self.record: list[Any] | None = None
+        #: The bytes its parts hold, as counted against ``JoinSettings.max_pending_bytes``.
+        self.size = 0
         self.waiting: set[str] = set()
         self.shadows: dict[str, list[Any] | None] = {}
         self.timings: dict[str, list[Any]] = {}
@@ -285,20 +347,36 @@ class RecordJoiner:
         # finding a plain dict's first item walks over the slots its earlier deletions left, so
         # evicting at capacity (a stuck shadow) would slow with each one.
         self._pending: OrderedDict[str, Joined] = OrderedDict()
-        # (deadline, id) in deadline order: the timeout is constant, so appends stay sorted. Bounded
-        # by _pending: each entry is appended once, and stale ids are skipped on pop.
+        #: The bytes the entries in _pending hold (the sum of their ``size``).
+        self.pending_bytes = 0
+        # (deadline, id) in deadline order: the timeout is constant, so appends stay sorted. An
+        # exchange joined before its deadline leaves its entry behind, skipped on pop; once stale
+        # entries outnumber live ones the deque is compacted (_compact), so it stays within twice
+        # _pending (plus _COMPACT_SLACK) rather than growing with the request rate times the timeout.
         self._deadlines: deque[tuple[float, str]] = deque()
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
-    def _add(self, exchange_id: str, entry: Joined) -> None:
-        pending = self._pending
-        pending[exchange_id] = entry
-        if len(pending) > self.settings.max_pending:
+    def _pop(self, exchange_id: str) -> Joined:
+        entry = self._pending.pop(exchange_id)
+        self.pending_bytes -= entry.size
+        return entry
+
+    def _trim(self) -> None:
+        """Hand on the oldest exchanges while too many wait, or they hold too many bytes (never the
+        last one for its bytes alone)."""
+        pending, settings = self._pending, self.settings
+        while len(pending) > settings.max_pending or (
+            self.pending_bytes > settings.max_pending_bytes and len(pending) > 1
+        ):
+            if len(pending) > settings.max_pending:
+                self.stats.evicted_at_capacity += 1
+            else:
+                self.stats.evicted_at_byte_capacity += 1
             _, oldest = pending.popitem(last=False)
-            self.stats.evicted_at_capacity += 1
+            self.pending_bytes -= oldest.size
             self._complete(oldest, "too many exchanges waiting for shadows")
 
     def primary(
@@ -308,9 +386,11 @@ class RecordJoiner:
         unrecorded: Collection[str],
         context: Any,
         now_s: float,
+        size_bytes: int | None = None,
     ) -> None:
         """An exchange's record, with no shadows yet; ``mirrored`` names the shadows to wait for,
-        ``unrecorded`` those whose outcomes stay off the tape."""
+        ``unrecorded`` those whose outcomes stay off the tape. ``size_bytes`` is what it holds, for
+        ``max_pending_bytes`` (``record_bytes(record)`` when not given)."""
         exchange_id: str = record[_ID]
         entry = self._pending.get(exchange_id)
         new = entry is None
@@ -324,13 +404,20 @@ class RecordJoiner:
         waiting = {name for name in mirrored if name not in shadows}
         if not waiting:
             if not new:
-                del self._pending[exchange_id]
+                self._pop(exchange_id)
             self._complete(entry, "")
             return
         entry.waiting = waiting
-        self._deadlines.append((now_s + self.settings.timeout_s, exchange_id))
+        size = record_bytes(record) if size_bytes is None else size_bytes
+        entry.size += size
+        self.pending_bytes += size
+        deadlines = self._deadlines
+        deadlines.append((now_s + self.settings.timeout_s, exchange_id))
         if new:
-            self._add(exchange_id, entry)
+            self._pending[exchange_id] = entry
+        if len(deadlines) > 2 * len(self._pending) + _COMPACT_SLACK:
+            self._compact()
+        self._trim()
 
     def shadow(
         self,
@@ -340,16 +427,19 @@ class RecordJoiner:
         timing: list[Any],
         early: bool,
         recorded: bool = True,
+        size_bytes: int | None = None,
     ) -> None:
         """One shadow's outcome (None when ``recorded`` is false and only its arrival matters)
-        and timing. ``early`` if the primary part had not been sent when this was."""
+        and timing. ``early`` if the primary part had not been sent when this was. ``size_bytes``
+        is what it holds (``RECORD_OVERHEAD_BYTES`` and the outcome's body and headers when not
+        given)."""
         entry = self._pending.get(exchange_id)
         if entry is None:
             if not early:
                 self.stats.unjoined_shadow_outcomes += 1
                 return
             entry = Joined()
-            self._add(exchange_id, entry)
+            self._pending[exchange_id] = entry
         elif name in entry.shadows or (entry.record is not None and name not in entry.waiting):
             self.stats.unjoined_shadow_outcomes += 1
             return
@@ -361,8 +451,13 @@ class RecordJoiner:
             waiting = entry.waiting
             waiting.discard(name)
             if not waiting:
-                del self._pending[exchange_id]
+                self._pop(exchange_id)
                 self._complete(entry, "")
+                return
+        size = RECORD_OVERHEAD_BYTES + _outcome_bytes(outcome) if size_bytes is None else size_bytes
+        entry.size += size
+        self.pending_bytes += size
+        self._trim()
 
     def _complete(self, entry: Joined, missing_reason: str) -> None:
         if entry.record is None:
@@ -378,6 +473,12 @@ class RecordJoiner:
         self.stats.joined += 1
         self._on_joined(entry)
 
+    def _compact(self) -> None:
+        pending = self._pending
+        self._deadlines = deque(
+            item for item in self._deadlines if (entry := pending.get(item[1])) is not None and entry.record is not None
+        )
+
     def sweep(self, now_s: float, limit: int | None = None) -> bool:
         """Hand on the exchanges whose deadline has passed, at most ``limit`` of them; True when
         more are already late."""
@@ -389,7 +490,7 @@ class RecordJoiner:
             _, exchange_id = deadlines.popleft()
             entry = self._pending.get(exchange_id)
             if entry is not None and entry.record is not None:
-                del self._pending[exchange_id]
+                self._pop(exchange_id)
                 self._complete(entry, "no shadow outcome within the join timeout")
                 done += 1
         return False
@@ -400,4 +501,5 @@ class RecordJoiner:
         while pending:
             _, entry = pending.popitem(last=False)
             self._complete(entry, reason)
+        self.pending_bytes = 0
         self._deadlines.clear()

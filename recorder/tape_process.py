@@ -18,9 +18,12 @@ them, joins and writes it. Its join counters come back with its other counters (
 primary part is a record for every counter above. A shadow part is not a record: a dropped one is
 only refused (the caller counts it), and its exchange is written with a timeout for that shadow.
 
-- Bound: at most ``queue_size`` records and parts are in flight (sent, not yet reported read by the
-  child); beyond that, they are dropped and counted, so a stopped child costs bounded memory.
-  Exchanges the child holds for their shadows are bounded by ``JoinSettings.max_pending``.
+- Bound: at most ``queue_size`` records and parts, and ``queue_bytes`` of them packed, are in
+  flight (packed, not yet reported read off the pipe by the child: what waits to be sent, the
+  transport's buffer, the pipe, the child's unread input); beyond either, they are dropped and
+  counted (``dropped_queue_full``, ``dropped_queue_bytes_full``), so a stopped child or a hung disk
+  costs bounded memory. Exchanges the child holds for their shadows are bounded by
+  ``JoinSettings.max_pending`` and ``max_pending_bytes`` (each part measured by its packed length).
 - The child reports its cumulative counters on stdout after every batch it writes (and at least
   every second): the parent's stats lag by one batch.
 - The child ignores SIGINT and SIGTERM: the parent owns its life. ``close()`` closes the pipe; the
@@ -95,7 +98,8 @@ class _Report:
     """One child's cumulative counters; ``consumed`` = written + encode_errors + write_errors.
 
     ``records_taken`` and ``parts_taken`` count what it has read off the pipe (records and primary
-    parts; shadow parts); the join's counters follow, then how many exchanges it holds.
+    parts; shadow parts); the join's counters follow, then how many exchanges it holds; then the
+    packed bytes it has read off the pipe, the bytes its join holds, and its byte evictions.
     """
 
     consumed: int = 0
@@ -112,23 +116,31 @@ class _Report:
     evicted_at_capacity: int = 0
     unjoined_shadow_outcomes: int = 0
     join_pending: int = 0
+    bytes_taken: int = 0
+    join_pending_bytes: int = 0
+    evicted_at_byte_capacity: int = 0
 
     def join_stats(self) -> JoinStats:
         return JoinStats(
-            self.joined, self.shadow_join_timeouts, self.evicted_at_capacity, self.unjoined_shadow_outcomes
+            self.joined,
+            self.shadow_join_timeouts,
+            self.evicted_at_capacity,
+            self.unjoined_shadow_outcomes,
+            self.evicted_at_byte_capacity,
         )
 
 
 class _Child:
     """One writer process and what the parent has sent it."""
 
-    __slots__ = ("exited", "parts_sent", "process", "ready", "report", "sent")
+    __slots__ = ("bytes_sent", "exited", "parts_sent", "process", "ready", "report", "sent")
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
-        #: Records (and primary parts) sent; shadow parts sent.
+        #: Records (and primary parts) sent; shadow parts sent; the packed bytes of both.
         self.sent = 0
         self.parts_sent = 0
+        self.bytes_sent = 0
         self.report = _Report()
         self.ready = asyncio.get_running_loop().create_future()
         self.exited = asyncio.get_running_loop().create_future()
@@ -164,6 +176,7 @@ class ProcessTapeWriter(_AsyncWriter):
         self._done = _Report()
         self._done_join = JoinStats()
         self._dropped_queue_full = 0
+        self._dropped_queue_bytes_full = 0
         self._dropped_closed = 0
         self._errors = _ErrorNotes(log)
 
@@ -217,9 +230,15 @@ class ProcessTapeWriter(_AsyncWriter):
                 self._errors.note("down", "not written: the tape writer process is not running (restarting)")
             return False
         report = child.report
-        if (child.sent - report.records_taken) + (child.parts_sent - report.parts_taken) >= self._options.queue_size:
+        options = self._options
+        if (child.sent - report.records_taken) + (child.parts_sent - report.parts_taken) >= options.queue_size:
             if is_record:
                 self._dropped_queue_full += 1
+            return False
+        held = child.bytes_sent - report.bytes_taken
+        if held >= options.queue_bytes:  # full already: not worth packing
+            if is_record:
+                self._dropped_queue_bytes_full += 1
             return False
         try:
             data = self._pack(item)
@@ -229,8 +248,14 @@ class ProcessTapeWriter(_AsyncWriter):
             self._done.encode_errors += 1
             self._errors.encode_failed(item, exc)
             return True
+        size = len(data)
+        if held and held + size > options.queue_bytes:
+            if is_record:
+                self._dropped_queue_bytes_full += 1
+            return False
+        child.bytes_sent += size
         self._out.append(data)
-        self._out_bytes += len(data)
+        self._out_bytes += size
         if is_record:
             child.sent += 1
         else:
@@ -291,6 +316,8 @@ class ProcessTapeWriter(_AsyncWriter):
             bytes_written=done.bytes_written + now.bytes_written,
             segments=done.segments + now.segments,
             last_error=now.last_error or self._errors.last,
+            dropped_queue_bytes_full=self._dropped_queue_bytes_full,
+            queue_bytes=child.bytes_sent - now.bytes_taken if child else 0,
         )
 
     @property
@@ -304,6 +331,12 @@ class ProcessTapeWriter(_AsyncWriter):
         """Exchanges the running child holds for their shadows."""
         child = self._child
         return 0 if child is None else child.report.join_pending
+
+    @property
+    def join_pending_bytes(self) -> int:
+        """The bytes of the exchanges the running child holds for their shadows."""
+        child = self._child
+        return 0 if child is None else child.report.join_pending_bytes
 
     @property
     def pid(self) -> int | None:
@@ -450,6 +483,9 @@ class _ChildInput:
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
         self.records_taken = 0
         self.parts_taken = 0
+        #: Where the last whole item read off the pipe ended (msgpack's position can stand inside
+        #: an item that has not fully arrived): the packed bytes taken, and each item's size.
+        self.position = 0
         # Joined records, written before anything else is read.
         self.ready: deque[list[Any]] = deque()
         self.joiner = None if join is None else RecordJoiner(join, self._joined)
@@ -460,19 +496,21 @@ class _ChildInput:
     def take(self) -> list[Any] | None:
         """The next record to write: a joined one, else the next off the pipe; None when neither."""
         ready = self.ready
+        unpacker = self.unpacker
         while not ready:
-            item = next(self.unpacker, None)
+            item = next(unpacker, None)
             if item is None:
                 return None
+            start, self.position = self.position, unpacker.tell()
             kind = item[0] if type(item) is list and item else None
             if type(kind) is not int:
                 self.records_taken += 1
                 record: list[Any] = item  # a record (its first element is its id)
                 return record
-            self._part(item, kind)
+            self._part(item, kind, self.position - start)
         return ready.popleft()
 
-    def _part(self, item: list[Any], kind: int) -> None:
+    def _part(self, item: list[Any], kind: int, size: int) -> None:
         joiner = self.joiner
         if kind == PRIMARY_PART:
             self.records_taken += 1
@@ -480,7 +518,7 @@ class _ChildInput:
                 if joiner is None:
                     raise ValueError("a primary part, but this writer was not given JoinSettings")
                 record, mirrored, unrecorded = primary_from_part(item)
-                joiner.primary(record, mirrored, unrecorded, None, time.monotonic())
+                joiner.primary(record, mirrored, unrecorded, None, time.monotonic(), size)
             except Exception as exc:  # a malformed part costs its record, counted, never the writer
                 self.blocks.encode_errors += 1
                 self.blocks.errors.encode_failed(item, exc)
@@ -489,7 +527,7 @@ class _ChildInput:
         try:
             if joiner is None or kind != SHADOW_PART:
                 raise ValueError(f"part kind {kind} (this writer joins: {joiner is not None})")
-            joiner.shadow(*shadow_from_part(item))
+            joiner.shadow(*shadow_from_part(item), size)
         except Exception as exc:
             self.blocks.errors.note("part", f"a shadow part could not be joined: {exc}")
             if joiner is not None:
@@ -521,6 +559,9 @@ class _ChildInput:
             join.evicted_at_capacity,
             join.unjoined_shadow_outcomes,
             0 if self.joiner is None else self.joiner.pending,
+            self.position,
+            0 if self.joiner is None else self.joiner.pending_bytes,
+            join.evicted_at_byte_capacity,
         ]
 
 

@@ -36,7 +36,8 @@ from recorder._frames import (
     encode_segment_header,
 )
 from recorder.errors import ConfigError, TapeWriteError
-from recorder.model import Exchange
+from recorder.join import RECORD_OVERHEAD_BYTES, headers_bytes, record_bytes
+from recorder.model import Exchange, Response
 from recorder.redact import RedactionRules, Redactor, resolve_redaction_key
 
 __all__ = ["SyncTapeWriter", "TapeOptions", "TapeWriter", "TapeWriterStats"]
@@ -72,6 +73,10 @@ class TapeOptions:
     #: the 50k/s budget and ~10 MiB of 1 KiB exchanges: enough to ride out a disk hiccup, small
     #: enough that a stuck disk costs bounded memory; beyond it exchanges are dropped and counted.
     queue_size: int = 10_000
+    #: Bound on the bytes of those exchanges (bodies and headers; the packed records on their way
+    #: to the writer process): with 1 MiB bodies the item bound alone allows ~20 GiB. One exchange
+    #: bigger than this is taken when nothing else waits; beyond it they are dropped and counted.
+    queue_bytes: int = 64 * 1024 * 1024
     #: Encoded bytes gathered before one write (and one zstd block): bigger compresses better,
     #: smaller loses less in a torn tail.
     block_bytes: int = 1024 * 1024
@@ -96,6 +101,8 @@ class TapeOptions:
             raise ConfigError("must be a positive number of seconds", field="tape.fsync_interval_s")
         if not isinstance(self.queue_size, int) or self.queue_size < 1:
             raise ConfigError("must be a positive integer", field="tape.queue_size")
+        if not isinstance(self.queue_bytes, int) or self.queue_bytes < 1024:
+            raise ConfigError("must be an integer of at least 1024", field="tape.queue_bytes")
         if not isinstance(self.retry_after_error_s, int | float) or self.retry_after_error_s < 0:
             raise ConfigError("must be zero or a positive number of seconds", field="tape.retry_after_error_s")
         if not isinstance(self.block_bytes, int) or not 1024 <= self.block_bytes <= 64 * 1024 * 1024:
@@ -108,11 +115,13 @@ class TapeOptions:
 class TapeWriterStats:
     """A snapshot of a writer's counters.
 
-    Every submitted exchange ends in exactly one of ``written``, ``dropped_queue_full``,
+    Every submitted exchange ends in exactly one of ``written``, ``dropped_queue_full`` (the queue
+    held ``queue_size`` exchanges), ``dropped_queue_bytes_full`` (it held ``queue_bytes``),
     ``dropped_closed``, ``encode_errors`` (it could not be encoded) or ``write_errors`` (the disk
     refused the batch that held it, or it arrived while the writer was backing off after such a
-    refusal); ``queue_depth`` are still waiting. ``write_errors`` is "not known to be written": the
-    frames of a failed batch that reached the disk before the refusal are still readable.
+    refusal); ``queue_depth`` are still waiting, holding ``queue_bytes``. ``write_errors`` is "not
+    known to be written": the frames of a failed batch that reached the disk before the refusal
+    are still readable.
     """
 
     written: int = 0
@@ -124,6 +133,20 @@ class TapeWriterStats:
     bytes_written: int = 0
     segments: int = 0
     last_error: str = ""
+    dropped_queue_bytes_full: int = 0
+    queue_bytes: int = 0
+
+
+def _exchange_bytes(exchange: Exchange | list[Any]) -> int:
+    """What an exchange or record waiting in the queue holds, as ``recorder.join.record_bytes``."""
+    if type(exchange) is list:
+        return record_bytes(exchange)
+    ex = cast(Exchange, exchange)
+    total = RECORD_OVERHEAD_BYTES + len(ex.request.body) + headers_bytes(ex.request.headers)
+    for outcome in (ex.primary, *ex.shadows.values()):
+        if isinstance(outcome, Response):
+            total += len(outcome.body) + headers_bytes(outcome.headers)
+    return total
 
 
 def segment_name(now_ns: int, sequence: int) -> str:
@@ -467,9 +490,15 @@ class TapeWriter(_AsyncWriter):
     def __init__(self, directory: str | os.PathLike[str], options: TapeOptions | None = None) -> None:
         self._sink = _SegmentSink(Path(directory), options or TapeOptions())
         self._options = self._sink.options
-        # Bounded by the check in submit() against options.queue_size (see TapeOptions.queue_size).
-        # deque.append/popleft are atomic, so submit takes no lock.
-        self._pending: collections.deque[Exchange | list[Any]] = collections.deque()
+        # Bounded by the checks in submit_record() against options.queue_size and queue_bytes (see
+        # TapeOptions). Each exchange waits with its size. deque.append/popleft are atomic, so
+        # submit takes no lock.
+        self._pending: collections.deque[tuple[Exchange | list[Any], int]] = collections.deque()
+        # The bytes queued (added to by the loop only) and taken (by the thread only): each has one
+        # writer, so neither needs a lock; their difference is what the queue holds.
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._dropped_queue_bytes_full = 0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None
@@ -503,17 +532,29 @@ class TapeWriter(_AsyncWriter):
         if self._closing:
             self._dropped_closed += 1
             return False
-        pending = self._pending
-        if len(pending) >= self._options.queue_size:
-            self._dropped_queue_full += 1
+        if not self._admit(record):
             return False
-        pending.append(record)
         if not self._wake_scheduled:
             self._wake_scheduled = True
             if self._loop is None:
                 self._wake_now()
             else:
                 self._loop.call_later(WAKE_DELAY_S, self._wake_now)
+        return True
+
+    def _admit(self, exchange: Exchange | list[Any]) -> bool:
+        """Queue one exchange if the bounds allow; else count it dropped, by the bound it hit."""
+        pending = self._pending
+        if len(pending) >= self._options.queue_size:
+            self._dropped_queue_full += 1
+            return False
+        size = _exchange_bytes(exchange)
+        held = self._bytes_in - self._bytes_out
+        if held and held + size > self._options.queue_bytes:
+            self._dropped_queue_bytes_full += 1
+            return False
+        self._bytes_in += size
+        pending.append((exchange, size))
         return True
 
     def _wake_now(self) -> None:
@@ -527,16 +568,12 @@ class TapeWriter(_AsyncWriter):
         if self._closing:
             self._dropped_closed += len(records)
             return 0
-        pending = self._pending
-        room = self._options.queue_size - len(pending)
-        if room < len(records):
-            self._dropped_queue_full += len(records) - max(room, 0)
-            records = records[: max(room, 0)]
-        if records:
-            pending.extend(records)
-            if not self._wake.is_set():
-                self._wake.set()
-        return len(records)
+        taken = 0
+        for record in records:
+            taken += self._admit(record)
+        if taken and not self._wake.is_set():
+            self._wake.set()
+        return taken
 
     async def close(self) -> None:
         """Stop accepting, write everything queued, sync and close the segment."""
@@ -559,6 +596,8 @@ class TapeWriter(_AsyncWriter):
             bytes_written=self._sink.bytes_written,
             segments=self._sink.segments,
             last_error=blocks.errors.last,
+            dropped_queue_bytes_full=self._dropped_queue_bytes_full,
+            queue_bytes=self._bytes_in - self._bytes_out,
         )
 
     # --- background thread ---------------------------------------------------------------------
@@ -586,7 +625,11 @@ class TapeWriter(_AsyncWriter):
 
     def _take(self) -> Exchange | list[Any] | None:
         pending = self._pending
-        return pending.popleft() if pending else None
+        if not pending:
+            return None
+        exchange, size = pending.popleft()
+        self._bytes_out += size
+        return exchange
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -48,7 +48,10 @@ def finish(ex: ProxiedExchange, body: bytes = b'{"ok":true}') -> None:
 
 
 async def make(
-    tmp_path: Path, record: dict[str, Any] | None = None, joined: list[Any] | None = None
+    tmp_path: Path,
+    record: dict[str, Any] | None = None,
+    joined: list[Any] | None = None,
+    metrics: ProxyMetrics | None = None,
 ) -> tuple[RecordStage, TapeWriter, RuntimeFlags]:
     config = ProxyConfig.from_mapping(
         {
@@ -65,7 +68,8 @@ async def make(
     tape = TapeWriter(tmp_path / "tape", TapeOptions(fsync="none"))
     await tape.start()
     listener = None if joined is None else (lambda ex, proxied, recorded: joined.append((ex, recorded)))
-    stage = RecordStage(config.record, flags, ProxyMetrics(), tape, listener, SampleKey("header", "X-User"))
+    metrics = metrics or ProxyMetrics()
+    stage = RecordStage(config.record, flags, metrics, tape, listener, SampleKey("header", "X-User"))
     await stage.start()
     return stage, tape, flags
 
@@ -152,6 +156,36 @@ async def test_missing_shadow_times_out_and_capacity_is_bounded(tmp_path: Path) 
     }
     assert written[2].shadows["v2"] == Failure(FailureKind.TIMEOUT, "proxy shut down before the shadow answered")
     assert stage.stats.unjoined_shadow_outcomes == 2
+
+
+async def test_waiting_exchanges_are_bounded_in_bytes_too(tmp_path: Path) -> None:
+    joined: list[Any] = []  # the event log on: the stage joins here
+    metrics = ProxyMetrics()
+    stage, tape, _ = await make(tmp_path, {"join_timeout_s": 60, "max_pending_bytes": 64 * 1024}, joined, metrics)
+    body = b"p" * 10_000
+    waiting = [proxied("POST", body=body, decisions={"v2": "mirrored"}) for _ in range(12)]
+    for ex in waiting:
+        finish(ex, body)  # request and response: ~20 KiB each, three fit in 64 KiB
+        stage.exchange_complete(ex)
+        assert stage.pending_bytes <= 64 * 1024
+    assert stage.pending == 3 and stage.pending_bytes > 3 * 20_000
+    stats = stage.stats
+    assert (stats.evicted_at_byte_capacity, stats.evicted_at_capacity, stats.submitted) == (9, 0, 9)
+    # A shadow's answer counts too: v2 answers the newest with 30 KiB, which pushes out the oldest.
+    stage.on_shadow_outcome(waiting[9], "v2", Response(200, "OK", (), b"s" * 30_000), Timing(1, 2, 3))
+    assert (stage.pending, stage.stats.evicted_at_byte_capacity) == (2, 9)  # the answered one is done
+    early = proxied(decisions={"v2": "mirrored"})
+    stage.on_shadow_outcome(early, "v2", Response(200, "OK", (), b"s" * 50_000), Timing(1, 2, 3))
+    assert (stage.pending, stage.stats.evicted_at_byte_capacity) == (1, 11)
+    assert stage.snapshot()["pending_bytes"] == stage.pending_bytes > 50_000
+    text = metrics.render().decode()
+    assert "shadowtap_record_evicted_at_byte_capacity_total 11.0" in text
+    assert f"shadowtap_record_pending_bytes {float(stage.pending_bytes)}" in text
+    assert 'shadowtap_tape_dropped_total{reason="queue_bytes_full"} 0.0' in text
+    written = await read_tape(stage, tape, tmp_path)
+    assert [ex.id for ex in written] == [ex.id for ex in waiting]
+    assert written[0].shadows["v2"] == Failure(FailureKind.TIMEOUT, "too many exchanges waiting for shadows")
+    assert stage.pending_bytes == 0
 
 
 async def test_sampling_flags_and_body_caps(tmp_path: Path) -> None:

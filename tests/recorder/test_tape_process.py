@@ -119,6 +119,34 @@ async def test_a_stopped_child_costs_bounded_records_never_a_blocked_loop(tmp_pa
     assert [e.id for e in TapeReader(tmp_path)] == [f"ex-{i:06d}" for i in range(50)]
 
 
+async def test_a_stopped_child_costs_bounded_bytes_too(tmp_path: Path) -> None:
+    bound = 256 * 1024
+    writer = ProcessTapeWriter(tmp_path, TapeOptions(redaction=None, queue_bytes=bound, fsync="none"))
+    await writer.start()
+    assert writer.pid is not None
+    child = writer._child
+    assert child is not None and child.process.stdin is not None
+    os.kill(writer.pid, signal.SIGSTOP)
+    try:
+        body = os.urandom(30_000)  # a primary and a shadow answer: ~60 KiB packed, 4 fit in the bound
+        taken = [writer.submit(make_exchange(i, body=body)) for i in range(40)]
+        writer._send()
+        await asyncio.sleep(0.05)
+        stats = writer.stats
+        assert taken == [True] * 4 + [False] * 36
+        assert (stats.queue_depth, stats.dropped_queue_bytes_full, stats.dropped_queue_full) == (4, 36, 0)
+        assert 4 * 60_000 < stats.queue_bytes <= bound
+        # What the parent really holds: the pipe took 64 KiB, the transport buffers the rest.
+        assert child.process.stdin.transport.get_write_buffer_size() <= bound
+    finally:
+        os.kill(writer.pid, signal.SIGCONT)
+    await wait_for(lambda: writer.stats.queue_bytes == 0)  # the child's reports catch up
+    assert writer.submit(make_exchange(40, body=body))  # room again
+    await writer.close()
+    assert (writer.stats.written, writer.stats.queue_depth, writer.stats.queue_bytes) == (5, 0, 0)
+    assert [e.id for e in TapeReader(tmp_path)] == [f"ex-{i:06d}" for i in (0, 1, 2, 3, 40)]
+
+
 async def test_a_killed_child_is_counted_and_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     writer = ProcessTapeWriter(tmp_path, PLAIN)
     await writer.start()
@@ -354,3 +382,23 @@ async def test_a_killed_child_counts_the_exchanges_it_held(tmp_path: Path) -> No
     assert (stats.written, stats.write_errors, stats.dropped_queue_full) == (9, 2, 1)
     # The first child's counters are kept: 6 joined; the new child 3 (one completed at close).
     assert (writer.join_stats.joined, writer.join_stats.shadow_join_timeouts) == (9, 1)
+
+
+async def test_the_childs_join_is_bounded_in_bytes(tmp_path: Path) -> None:
+    bound = 128 * 1024
+    join = JoinSettings(timeout_s=60.0, max_pending=1_000, max_pending_bytes=bound)
+    async with ProcessTapeWriter(tmp_path, TapeOptions(redaction=None, fsync="none"), join) as writer:
+        # Each waits for a v2 that never answers, holding ~40 KiB: three fit, the rest push the
+        # oldest out (written at once, v2 marked as a timeout).
+        parts = [primary_of(make_exchange(i, body=b"r" * 40_000), ["v2"], ()) for i in range(10)]
+        assert all(writer.submit_primary(part) for part in parts)
+        await wait_for(lambda: writer.stats.written == 7)
+        assert writer.join_pending == 3
+        assert 3 * 40_000 < writer.join_pending_bytes <= bound
+        assert writer.join_stats.evicted_at_byte_capacity == 7
+        assert writer.join_stats.evicted_at_capacity == 0
+    assert writer.join_stats.shadow_join_timeouts == 10
+    assert writer.join_pending_bytes == 0
+    taped = list(TapeReader(tmp_path))
+    assert [e.id for e in taped] == [f"ex-{i:06d}" for i in range(10)]
+    assert taped[0].shadows["v2"] == Failure(FailureKind.TIMEOUT, "too many exchanges waiting for shadows")

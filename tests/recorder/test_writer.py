@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from recorder import ConfigError, SyncTapeWriter, TapeOptions, TapeReader, TapeWriteError, TapeWriter
+from recorder.join import record_bytes
 from recorder.model import exchange_to_wire
 from tests.recorder.tape_samples import make_exchange
 
@@ -92,6 +93,7 @@ def test_a_file_where_the_directory_should_be_is_a_clear_error(tmp_path: Path) -
         ({"compression": "lz4"}, "tape.compression"),
         ({"fsync": "sometimes"}, "tape.fsync"),
         ({"queue_size": 0}, "tape.queue_size"),
+        ({"queue_bytes": 100}, "tape.queue_bytes"),
         ({"max_segment_bytes": 10}, "tape.max_segment_bytes"),
         ({"max_segment_age_s": 0}, "tape.max_segment_age_s"),
         ({"fsync_interval_s": -1.0}, "tape.fsync_interval_s"),
@@ -129,6 +131,34 @@ async def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> N
     assert not writer.submit(make_exchange(99))
     assert writer.stats.dropped_closed == 1
     assert [e.id for e in TapeReader(tmp_path)] == [f"ex-{i:06d}" for i in range(10)]
+
+
+async def test_the_queue_is_bounded_in_bytes_as_well_as_exchanges(tmp_path: Path) -> None:
+    writer = TapeWriter(tmp_path, TapeOptions(redaction=None, queue_bytes=100_000))
+    body = b"b" * 10_000  # a primary and a shadow answer: ~21 KiB an exchange, 4 fit in 100,000
+    size = record_bytes(exchange_to_wire(make_exchange(0, body=body)))
+    assert 20_000 < size < 25_000
+    # Not started yet: nothing drains, so the bound is exact.
+    results = [writer.submit(make_exchange(i, body=body)) for i in range(6)]
+    assert results == [True] * 4 + [False] * 2
+    assert writer.submit_record(exchange_to_wire(make_exchange(6)))  # a small one still fits
+    stats = writer.stats
+    assert (stats.dropped_queue_bytes_full, stats.dropped_queue_full, stats.queue_depth) == (2, 0, 5)
+    assert stats.queue_bytes == 4 * size + record_bytes(exchange_to_wire(make_exchange(6))) <= 100_000
+    await writer.start()
+    await writer.close()
+    assert (writer.stats.written, writer.stats.queue_bytes) == (5, 0)
+    assert [e.id for e in TapeReader(tmp_path)] == [f"ex-{i:06d}" for i in (0, 1, 2, 3, 6)]
+
+
+async def test_one_exchange_bigger_than_the_byte_bound_is_taken_when_nothing_waits(tmp_path: Path) -> None:
+    writer = TapeWriter(tmp_path, TapeOptions(redaction=None, queue_bytes=2048))
+    assert writer.submit(make_exchange(0, body=b"x" * 5000))
+    assert not writer.submit(make_exchange(1))  # the big one holds more than the bound
+    assert writer.stats.dropped_queue_bytes_full == 1
+    await writer.start()
+    await writer.close()
+    assert [e.id for e in TapeReader(tmp_path)] == ["ex-000000"]
 
 
 async def test_unencodable_exchange_is_counted_not_raised(tmp_path: Path) -> None:
