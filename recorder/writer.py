@@ -6,8 +6,10 @@ redacts, encodes, compresses, writes and syncs in batches. ``recorder.tape_proce
 is the same front with that work in a child process (the proxy's default). All share ``_SegmentSink``
 and ``_BlockWriter``, so a tape is the same bytes whichever wrote it. This module must never block
 the event loop, never raise from ``submit``, and never let a disk error (ENOSPC, EIO) reach the
-caller's request path: it is counted in ``write_errors``, logged once per kind, and the next batch
-starts a fresh segment.
+caller's request path: it is counted in ``write_errors``, logged once per kind, and the disk is left
+alone for ``retry_after_error_s``. The refused block is cut off the segment, so it never ends in a
+torn frame; a full disk (ENOSPC, EDQUOT) keeps the segment open for the retry, any other error has the
+next batch start a fresh one; and a segment nothing was written to is removed, not left empty.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Final, Literal, Self, cast
 from recorder._frames import (
     FLAG_ZSTD,
     KIND_ZSTD_BLOCK,
+    SEGMENT_HEADER_SIZE,
     SEGMENT_SUFFIX,
     FrameEncoder,
     encode_frame,
@@ -50,6 +53,9 @@ FsyncPolicy = Literal["none", "interval", "every"]
 #: Exchanges the background thread takes per batch: large enough to amortise a write() and a zstd
 #: block, small enough that one batch is a few MiB at most.
 _BATCH_EXCHANGES: Final = 1024
+#: A refused write on these means the disk (or quota) is full: a new segment would not help, so the
+#: open one is kept for the retry rather than one more file left behind per retry.
+_DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: ``submit_record`` wakes the thread at most this long after the first record it queued, so the
 #: thread wakes (and takes the GIL) once per batch rather than once per exchange.
 WAKE_DELAY_S: Final = 0.01
@@ -81,8 +87,7 @@ class TapeOptions:
     #: smaller loses less in a torn tail.
     block_bytes: int = 1024 * 1024
     #: After the disk refuses a write, batches in the next this-many seconds are counted as
-    #: write errors without touching the disk, so a full disk is not hammered with a new (empty)
-    #: segment per batch.
+    #: write errors without touching the disk, so a full disk is not hammered once per batch.
     retry_after_error_s: float = 1.0
     redaction: RedactionRules | None = RedactionRules()
 
@@ -192,7 +197,7 @@ class _SegmentSink:
         if not self.directory.is_dir():
             raise TapeWriteError("tape path is not a directory", path=str(self.directory))
         rules = self.options.redaction
-        if rules is not None:
+        if rules is not None and rules.enabled:
             self.rewrite = Redactor(rules, resolve_redaction_key(rules, self.directory)).redact_record
 
     def encode(self, exchange: Exchange | list[Any], out: list[bytes]) -> int:
@@ -207,18 +212,18 @@ class _SegmentSink:
         if self.compressor is not None:
             data = encode_frame(KIND_ZSTD_BLOCK, self.compressor.compress(data))
         now_s = time.monotonic()
+        if self.failed_at_s is not None and now_s - self.failed_at_s < self.options.retry_after_error_s:
+            raise TapeWriteError(
+                f"not written: the disk refused a write {now_s - self.failed_at_s:.1f} s ago "
+                f"(retrying {self.options.retry_after_error_s:g} s after it)",
+                path=str(self.directory),
+            )
         if self.fd is not None and (
             self.segment_bytes + len(data) > self.options.max_segment_bytes
             or now_s - self.segment_opened_s >= self.options.max_segment_age_s
         ):
             self.close_segment()
         if self.fd is None:
-            if self.failed_at_s is not None and now_s - self.failed_at_s < self.options.retry_after_error_s:
-                raise TapeWriteError(
-                    f"not written: the disk refused a write {now_s - self.failed_at_s:.1f} s ago "
-                    f"(retrying {self.options.retry_after_error_s:g} s after it)",
-                    path=str(self.directory),
-                )
             self._open_segment(now_s)
         assert self.fd is not None
         try:
@@ -226,7 +231,7 @@ class _SegmentSink:
             while view:
                 view = view[os.write(self.fd, view) :]
         except OSError as exc:
-            self._abandon_segment()
+            self._refused(exc)
             raise TapeWriteError(f"tape write failed: {exc.strerror or exc}", path=str(self.segment_path)) from exc
         self.segment_bytes += len(data)
         self.bytes_written += len(data)
@@ -266,6 +271,8 @@ class _SegmentSink:
                     raise TapeWriteError(
                         f"tape close failed: {exc.strerror or exc}", path=str(self.segment_path)
                     ) from exc
+                finally:
+                    self._remove_if_empty()
 
     def _open_segment(self, now_s: float) -> None:
         self.sequence += 1
@@ -277,6 +284,7 @@ class _SegmentSink:
             self.failed_at_s = now_s
             raise TapeWriteError(f"cannot create tape segment: {exc.strerror or exc}", path=str(path)) from exc
         self.fd, self.segment_path = fd, path
+        self.segment_bytes = 0
         header = encode_segment_header(flags)
         try:
             os.write(fd, header)
@@ -298,14 +306,40 @@ class _SegmentSink:
         self.unsynced = False
         self.segments += 1
 
+    def _refused(self, exc: OSError) -> None:
+        """After a refused write: cut the segment back to its last whole block, so it never ends in
+        a torn frame, and keep it for the retry when the disk is full; else close it."""
+        self.failed_at_s = time.monotonic()
+        assert self.fd is not None
+        try:
+            os.ftruncate(self.fd, self.segment_bytes)
+        except OSError:
+            self._abandon_segment()  # the partial frame stays: readers report it as a torn tail
+            return
+        if exc.errno not in _DISK_FULL:
+            self._abandon_segment()
+
     def _abandon_segment(self) -> None:
-        # After a failed write the segment may end in a partial frame; readers report it as a torn
-        # tail, and the next batch starts a fresh segment rather than appending after the damage.
+        # After a failed write or sync the next batch starts a fresh segment rather than appending
+        # after possible damage.
         self.failed_at_s = time.monotonic()
         if self.fd is not None:
             fd, self.fd = self.fd, None
             with contextlib.suppress(OSError):
                 os.close(fd)
+            self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """Remove the closed segment if nothing but (part of) its header reached it: a file with no
+        exchange in it is only something for readers to report as torn."""
+        if self.segment_bytes > SEGMENT_HEADER_SIZE or self.segment_path is None:
+            return
+        with contextlib.suppress(OSError):
+            self.segment_path.unlink()
+            self.bytes_written -= self.segment_bytes
+            if self.segment_bytes == SEGMENT_HEADER_SIZE:
+                self.segments -= 1
+        self.segment_bytes = 0
 
 
 class _ErrorNotes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
 import time
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from recorder import ConfigError, SyncTapeWriter, TapeOptions, TapeReader, TapeWriteError, TapeWriter
+from recorder import writer as writer_module
+from recorder._frames import SEGMENT_HEADER_SIZE
 from recorder.join import record_bytes
 from recorder.model import exchange_to_wire
 from tests.recorder.tape_samples import make_exchange
@@ -34,7 +37,8 @@ def test_segments_are_private_files(tmp_path: Path) -> None:
     with SyncTapeWriter(tmp_path / "tape", TapeOptions()) as writer:
         writer.write(make_exchange(1))
     files = list((tmp_path / "tape").iterdir())
-    assert {f.suffix for f in files} == {".stape", ".key"}
+    # The redaction key lives outside the tape (recorder.redact.default_key_path): a tape is copied whole.
+    assert {f.suffix for f in files} == {".stape"}
     for f in files:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
 
@@ -236,3 +240,72 @@ async def test_submit_record_wakes_the_thread_once_per_batch(tmp_path: Path) -> 
     assert not writer.submit_record(records[0])
     assert writer.stats.dropped_closed == 1
     assert [e.id for e in TapeReader(tmp_path)] == [f"ex-{i:06d}" for i in range(30)]
+
+
+class FillingDisk:
+    """The writer's ``os`` module over a disk with room for ``room`` more bytes: past them, a
+    write takes what fits and the next raises ENOSPC, as a full filesystem does (the real one, a
+    small tmpfs, is in test_writer_functional.py and needs root)."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = os.write(fd, bytes(data[: self.room]))
+        self.room -= written
+        return written
+
+
+def write_refused(writer: SyncTapeWriter, i: int) -> bool:
+    try:
+        writer.write(make_exchange(i, body=b"e" * 3000))
+    except TapeWriteError:
+        return True
+    return False
+
+
+def test_a_full_disk_reuses_the_segment_cut_back_to_its_last_whole_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = FillingDisk(room=20_000)
+    monkeypatch.setattr(writer_module, "os", disk)
+    options = TapeOptions(redaction=None, fsync="none", block_bytes=1024, retry_after_error_s=0.0)
+    with SyncTapeWriter(tmp_path, options) as writer:
+        refused = [write_refused(writer, i) for i in range(40)]  # each one a block, each refused one a retry
+        disk.room = 10_000  # some room again: the same segment takes more
+        refused += [write_refused(writer, i) for i in range(40, 60)]
+    assert refused.count(False) == writer.stats.written and refused.count(True) > 30
+    (segment,) = sorted(tmp_path.glob("*.stape"))
+    reader = TapeReader(tmp_path)
+    got = [int(e.id[3:]) for e in reader]
+    assert reader.report.torn_tails == []
+    assert got == [i for i, no in enumerate(refused) if not no] and max(got) >= 40
+    assert segment.stat().st_size == writer.stats.bytes_written
+    assert writer.stats.segments == 1
+
+
+def test_a_disk_full_from_the_start_leaves_no_segment_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "os", FillingDisk(room=0))
+    options = TapeOptions(redaction=None, fsync="none", block_bytes=1024, retry_after_error_s=0.0)
+    with SyncTapeWriter(tmp_path, options) as writer:
+        assert all(write_refused(writer, i) for i in range(10))
+    assert list(tmp_path.glob("*.stape")) == []
+    assert (writer.stats.segments, writer.stats.bytes_written) == (0, 0)
+
+
+def test_a_segment_left_with_its_header_alone_is_removed_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Room for the header and nothing more: the segment is opened, every block is refused.
+    monkeypatch.setattr(writer_module, "os", FillingDisk(room=SEGMENT_HEADER_SIZE))
+    options = TapeOptions(redaction=None, fsync="none", block_bytes=1024, retry_after_error_s=0.0)
+    with SyncTapeWriter(tmp_path, options) as writer:
+        assert write_refused(writer, 0)
+        assert len(list(tmp_path.glob("*.stape"))) == 1  # kept open for the retry
+    assert list(tmp_path.glob("*.stape")) == []
+    assert (writer.stats.segments, writer.stats.bytes_written) == (0, 0)

@@ -4,23 +4,31 @@ A child process writes a tape; the parent kills it with SIGKILL in the middle of
 reads the tape: every exchange the child acknowledged (fsync "every") is there, and the partial
 frame is reported as the torn tail; the same holds for the asyncio writer's ``written`` count.
 Another child writes under RLIMIT_FSIZE, so the kernel refuses writes past a size (EFBIG): the
-writer counts, backs off, keeps going, and never raises.
+writer counts, backs off, keeps going, and never raises. On a small tmpfs (when the tests run as
+root) the disk fills up: the writer reuses its segment rather than leaving an empty file per retry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from recorder import TapeReader
+import pytest
+
+from recorder import TapeOptions, TapeReader
 from recorder._frames import SEGMENT_HEADER_SIZE
+from recorder.tape_process import ProcessTapeWriter
+from tests.recorder.tape_samples import make_exchange
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -195,10 +203,12 @@ def test_disk_refusing_writes_is_counted_logged_once_and_never_raised(tmp_path: 
     assert stderr.count("tape write failed: File too large") == 1
     reader = TapeReader(tmp_path)
     got = [e.id for e in reader]
-    # Frames that reached the disk before the refusal within a failed batch are readable too.
-    assert len(got) >= stats["written"]
+    # The refused block was cut off its segment (which was then closed: a file too large is not
+    # a full disk): the tape holds what was counted written, and no segment ends torn.
+    assert len(got) == stats["written"]
     assert got == sorted(set(got))
-    assert reader.report.torn_tails
+    assert reader.report.torn_tails == []
+    assert all(p.stat().st_size > SEGMENT_HEADER_SIZE for p in tmp_path.glob("*.stape"))
 
 
 def test_after_a_refusal_the_disk_is_left_alone_for_a_while(tmp_path: Path) -> None:
@@ -209,3 +219,50 @@ def test_after_a_refusal_the_disk_is_left_alone_for_a_while(tmp_path: Path) -> N
     assert "retrying 60 s after it" in stats["last_error"]
     assert stderr.count("not written: the disk refused a write") == 1
     assert [p.name for p in tmp_path.glob("*.stape")] == [p.name for p in tmp_path.glob("seg-*-000001.stape")]
+
+
+# --- a full disk -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real filesystem with room for 128 KiB: a tmpfs mounted for the test (needs root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=128k,mode=0700", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_full_disk_leaves_no_empty_segments_and_no_torn_tail(full_disk: Path) -> None:
+    """The proxy's writer (the process) on a disk that fills up and stays full for two seconds,
+    retrying every 50 ms: the segment it was writing is reused (cut back to its last whole block),
+    never replaced by a new, empty file per retry; what it counted as written is all readable."""
+    tape = full_disk / "tape"
+    options = TapeOptions(redaction=None, fsync="interval", block_bytes=8 * 1024, retry_after_error_s=0.05)
+    submitted = 0
+    async with ProcessTapeWriter(tape, options) as writer:
+        deadline = time.monotonic() + 2.0
+        i = 0
+        while time.monotonic() < deadline:
+            submitted += writer.submit(make_exchange(i, body=b"f" * 3000))
+            i += 1
+            await asyncio.sleep(0.003)
+    stats = writer.stats
+    assert stats.write_errors > 0 and stats.written > 0
+    assert stats.written + stats.write_errors == submitted
+    segments = sorted(tape.glob("*.stape"))
+    assert len(segments) == stats.segments == 1, [(p.name, p.stat().st_size) for p in segments]
+    assert all(p.stat().st_size > SEGMENT_HEADER_SIZE for p in segments)
+    reader = TapeReader(tape)
+    got = [e.id for e in reader]
+    assert reader.report.torn_tails == []
+    assert got == [f"ex-{n:06d}" for n in range(len(got))] and len(got) == stats.written
