@@ -17,6 +17,8 @@ job and runs all of this locally.
 
 Runs under gevent: it must never import asyncio code (only the pure ``replayer.locust_plan``,
 ``plan``, ``stats`` and ``result`` modules), and never block the hub on anything but the network.
+Nor may it leave an error to Locust, which logs a failed task into a worker's log and carries on:
+every error ends in the worker's report, so ``shadowtap replay --locust`` fails (exit 2).
 """
 
 from __future__ import annotations
@@ -158,6 +160,9 @@ class _GeventReplay:
         self.results = results
         self.results_failed = 0
         self.wall_offset_ns = time.time_ns() - time.monotonic_ns()
+        # Bugs met in a session or the plan (with the first one's place): they fail the job.
+        self.internal_errors = 0
+        self.first_internal_error = ""
         self.stats = ReplayStats()
         self.sessions: dict[str, _Session] = {}
         self.group = Group()
@@ -181,8 +186,22 @@ class _GeventReplay:
                     self.group.spawn(self._run_session, request.session, session)
         except ShadowtapError as exc:
             result.error, result.error_type = str(exc), type(exc).__name__
+        except Exception as exc:  # a bug in the plan: end as for a bad tape, keeping what was sent
+            self._internal_error(exc, "reading the plan")
         self.group.join()
+        if result.error is None and self.internal_errors:
+            count = self.internal_errors
+            result.error = (
+                f"the replayer failed {count} time{'s' if count > 1 else ''}, first on {self.first_internal_error}"
+            )
+            result.error_type = "ShadowtapError"
         return result
+
+    def _internal_error(self, exc: Exception, where: str) -> None:
+        self.internal_errors += 1
+        if not self.first_internal_error:
+            self.first_internal_error = f"{where}: {type(exc).__name__}: {exc}"
+        log.debug("replayer failed on %s", where, exc_info=exc)
 
     def _run_session(self, key: str, session: _Session) -> None:
         try:
@@ -195,6 +214,10 @@ class _GeventReplay:
                 session.last_done_ns = self._send(request, due_ns)
                 session.queue.popleft()
                 self.pending -= 1
+        except Exception as exc:  # a bug: this session ends, its requests unsent, and the job fails
+            self._internal_error(exc, f"session {key!r}")
+            self.pending -= len(session.queue)
+            session.queue.clear()
         finally:
             session.running = False
             if key.startswith("exchange="):
@@ -230,7 +253,11 @@ class _GeventReplay:
             error=error_class,
         )
         if self.results is not None:
-            self._record_result(request, due_ns, sent_ns, done_ns, response, error, status)
+            try:
+                self._record_result(request, due_ns, sent_ns, done_ns, response, error, status)
+            except Exception as exc:  # a broken results path must not stop the replay (but fails the job)
+                self.results_failed += 1
+                self._internal_error(exc, f"{request.method} {request.target} (its result)")
         return done_ns
 
     def _record_result(
@@ -296,6 +323,10 @@ class ReplayUser(User):
             result.results_dropped = replayer.results_failed
         except ShadowtapError as exc:
             result = JobResult(ReplayStats(), {}, error=str(exc), error_type=type(exc).__name__)
+        except Exception as exc:  # report it: Locust would log it in the worker and run the task again
+            log.debug("replay worker %d failed", index, exc_info=exc)
+            error = f"replay worker {index} crashed: {type(exc).__name__}: {exc}"
+            result = JobResult(ReplayStats(), {}, error=error, error_type="ShadowtapError")
         finally:
             if results is not None:
                 results.close()

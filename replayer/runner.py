@@ -10,7 +10,9 @@ The plan is pulled on the loop a short lookahead ahead of the schedule, in slice
 (which opens the tapes) runs on a worker thread. The heap that exists when the replay starts is
 frozen out of the garbage collector for its duration. This module must never sleep for a relative
 interval (every wait is computed from an absolute deadline), never hold the loop longer than a
-slice, and never let a failed request or a broken results sink stop the replay.
+slice, and never let a failed request or a broken results sink stop the replay. Nor may it lose an
+error: a bug met on the way (in the client, the results path, the plan) ends in
+``ReplayOutcome.error``, so the run fails however much of it went well.
 
 Why not a reader thread: decoding tapes is CPU work under the GIL, so every due timer that fired
 while the reader held the GIL waited for a switch interval, and much longer whenever the reader
@@ -138,6 +140,7 @@ class ReplayOutcome:
     results_dropped: int = 0
     error: ShadowtapError | None = None
     stopped: bool = False
+    internal_errors: int = 0
 
 
 @dataclass(slots=True)
@@ -178,6 +181,9 @@ class _Runner:
         self.space = asyncio.Event()
         self.p99_ms = 0.0
         self.p99_at_ns = 0
+        # The first bug met (see _internal_error), and whether one broke the replay off.
+        self.first_internal_error = ""
+        self.halt = asyncio.Event()
         # Wall clock minus monotonic, once: results carry wall times without a syscall each.
         self.wall_offset_ns = time.time_ns() - time.monotonic_ns()
 
@@ -192,6 +198,8 @@ class _Runner:
         except ShadowtapError as exc:
             # A tape went bad mid-replay: finish what is in flight so its results are kept.
             self.outcome.error = exc
+        except Exception as exc:  # a bug in the plan: end as for a bad tape, keeping what was sent
+            self._internal_error(exc, "reading the plan")
         finally:
             while self.tasks:
                 await asyncio.gather(*list(self.tasks))
@@ -201,7 +209,20 @@ class _Runner:
             await asyncio.gather(ticker, return_exceptions=True)
             self.p99_at_ns = 0  # the last report carries the final p99
             self._report_progress()
+        if self.outcome.error is None and self.outcome.internal_errors:
+            count = self.outcome.internal_errors
+            self.outcome.error = ShadowtapError(
+                f"the replayer failed {count} time{'s' if count > 1 else ''}, first on {self.first_internal_error} "
+                "(a bug; --log-level debug shows the traceback)"
+            )
         return self.outcome
+
+    def _internal_error(self, exc: Exception, where: str) -> None:
+        """Count a bug met on ``where`` (it fails the run once the replay is over); never raises."""
+        self.outcome.internal_errors += 1
+        if not self.first_internal_error:
+            self.first_internal_error = f"{where}: {type(exc).__name__}: {exc}"
+        log.debug("replayer failed on %s", where, exc_info=exc)
 
     async def _dispatch(self, iterator: Iterator[PlannedRequest]) -> None:
         lookahead_ns = int(self.settings.lookahead_s * 1e9)
@@ -212,6 +233,8 @@ class _Runner:
             return
         slice_end_ns = time.monotonic_ns() + slice_ns
         for request in itertools.chain((first,), iterator):
+            if self.halt.is_set():
+                return
             if self.stop is not None and self.stop.is_set():
                 self.outcome.stopped = True
                 return
@@ -221,7 +244,7 @@ class _Runner:
             feed_at_ns = self.t0_ns + request.slot_ns - lookahead_ns
             if feed_at_ns > now_ns:
                 if not await self._wait_until(feed_at_ns):
-                    self.outcome.stopped = True
+                    self._note_stop()
                     return
                 slice_end_ns = time.monotonic_ns() + slice_ns
             elif now_ns >= slice_end_ns:
@@ -232,21 +255,29 @@ class _Runner:
                 self.space.clear()
                 await self.space.wait()
                 slice_end_ns = time.monotonic_ns() + slice_ns
+            if self.halt.is_set():
+                return
             self._hand_out(request)
 
     async def _wait_until(self, deadline_ns: int) -> bool:
-        """Sleep until ``deadline_ns``; False when the stop event was set first."""
+        """Sleep until ``deadline_ns``; False when the stop event was set (or a bug halted the
+        replay) first."""
         stop = self.stop
         if stop is None:
             await sleep_until(deadline_ns)
-            return True
+            return not self.halt.is_set()
         # Long waits are cut into slices so a stop is noticed within _STOP_CHECK_NS.
-        while not stop.is_set():
+        while not stop.is_set() and not self.halt.is_set():
             if deadline_ns - time.monotonic_ns() <= _STOP_CHECK_NS:
                 await sleep_until(deadline_ns)
-                return not stop.is_set()
+                return not stop.is_set() and not self.halt.is_set()
             await sleep_until(time.monotonic_ns() + _STOP_CHECK_NS)
         return False
+
+    def _note_stop(self) -> None:
+        """A wait ended early: the user's stop, unless a bug halted the replay (its error says so)."""
+        if not self.halt.is_set():
+            self.outcome.stopped = True
 
     def _hand_out(self, request: PlannedRequest) -> None:
         self.outcome.planned += 1
@@ -273,16 +304,17 @@ class _Runner:
                     due_ns = max(due_ns, session.last_done_ns + request.gap_ns)
                 if due_ns > time.monotonic_ns() and not await self._wait_until(due_ns):
                     # Stopped: what was not sent is dropped (it counts as neither sent nor planned).
-                    self.outcome.stopped = True
-                    self.outcome.planned -= len(session.queue)
-                    self.pending -= len(session.queue)
-                    session.queue.clear()
-                    self.space.set()
+                    self._note_stop()
+                    self._drop_queue(session)
                     return
                 session.last_done_ns = await self._send(request, due_ns)
                 session.queue.popleft()
                 self.pending -= 1
                 self.space.set()
+        except Exception as exc:  # a bug: this queue would never drain, so scheduling stops
+            self._internal_error(exc, f"session {key!r}")
+            self.halt.set()
+            self._drop_queue(session)
         finally:
             session.task = None
             if key.startswith("exchange="):
@@ -290,6 +322,13 @@ class _Runner:
                 del self.sessions[key]
             else:
                 self.idle[key] = time.monotonic_ns()
+
+    def _drop_queue(self, session: _Session) -> None:
+        """Forget the requests ``session`` will not send: they count as neither sent nor planned."""
+        self.outcome.planned -= len(session.queue)
+        self.pending -= len(session.queue)
+        session.queue.clear()
+        self.space.set()
 
     async def _send(self, request: PlannedRequest, due_ns: int) -> int:
         released_ns = time.monotonic_ns()
@@ -303,8 +342,8 @@ class _Runner:
         sent_ns = time.monotonic_ns()
         try:
             result = await self.transport.send(request.method, request.target, request.headers, request.body)
-        except Exception as exc:  # a transport bug must cost one request, not the replay
-            log.exception("transport failed on %s %s", request.method, request.target)
+        except Exception as exc:  # a transport bug must cost one request, not the replay (but fails the run)
+            self._internal_error(exc, f"{request.method} {request.target}")
             result = SendResult(Failure(FailureKind.OTHER, f"{type(exc).__name__}: {exc}"))
         finally:
             self.in_flight -= 1
@@ -323,7 +362,11 @@ class _Runner:
             error=error_class(outcome),
         )
         if self.results is not None:
-            self._submit_result(request, due_ns, sent_ns, result.first_byte_ns, done_ns, outcome)
+            try:
+                self._submit_result(request, due_ns, sent_ns, result.first_byte_ns, done_ns, outcome)
+            except Exception as exc:  # a broken results path must not stop the replay (but fails the run)
+                self.outcome.results_dropped += 1
+                self._internal_error(exc, f"{request.method} {request.target} (its result)")
         return done_ns
 
     def _submit_result(

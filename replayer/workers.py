@@ -6,20 +6,24 @@ t0 the parent chose: a CLOCK_MONOTONIC value, which is system-wide on Linux, so 
 share the schedule. Each worker writes its own results segments into the shared results directory
 (segment names carry the pid) and sends its stats back encoded; the parent merges them.
 
-It must never fork a process that has an event loop running (workers are spawned fresh), and
-never wait forever on a worker that died: a dead worker is an error naming its index.
+It must never fork a process that has an event loop running (workers are spawned fresh), never
+wait forever on a worker that died (a dead worker is an error naming its index), and never let a
+worker's failure pass unreported: each one reaches the parent as an error, its traceback logged at
+debug level there (a worker prints none of its own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import os
 import queue
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any, Final
@@ -30,6 +34,8 @@ from replayer.result import JobResult
 from replayer.runner import Progress
 
 __all__ = ["LoopRunner", "run_workers"]
+
+log = logging.getLogger(__name__)
 
 LoopRunner = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -51,7 +57,11 @@ def _worker_main(
     results: Any,
     progress_queue: Any,
     index: int,
+    log_level: int,
 ) -> None:
+    # A spawned interpreter starts without the parent's logging set-up.
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s")
+
     def progress(snapshot: Progress) -> None:
         # The parent is behind when the queue is full: this snapshot would be stale when read.
         with contextlib.suppress(queue.Full):
@@ -73,10 +83,12 @@ def _worker_main(
         result = loop_runner(main())
         results.put((index, result.encode(), None))
     except ShadowtapError as exc:
-        results.put((index, None, (type(exc).__name__, str(exc))))
+        results.put((index, None, (type(exc).__name__, str(exc), None)))
     except BaseException as exc:  # report, then die: the parent must not hang on a silent worker
-        results.put((index, None, ("ShadowtapError", f"worker {index} crashed: {type(exc).__name__}: {exc}")))
-        raise
+        message = f"replay worker {index} crashed: {type(exc).__name__}: {exc}"
+        results.put((index, None, ("ShadowtapError", message, traceback.format_exc())))
+        # The parent prints the one line; exiting quietly keeps the traceback off the terminal.
+        raise SystemExit(1) from None
 
 
 def run_workers(
@@ -111,6 +123,7 @@ def run_workers(
                 results,
                 progress_queue,
                 i,
+                logging.getLogger().getEffectiveLevel(),
             ),
             name=f"shadowtap-replay-worker-{i}",
             daemon=True,
@@ -154,8 +167,13 @@ def run_workers(
             if error is not None:
                 import recorder.errors as errors
 
-                cls = getattr(errors, error[0], ShadowtapError)
-                raise cls(error[1])
+                type_name, message, trace = error
+                if trace is not None:
+                    log.debug("replay worker %d failed:\n%s", index, trace)
+                cls = getattr(errors, type_name, None)
+                if not (isinstance(cls, type) and issubclass(cls, ShadowtapError)):
+                    cls = ShadowtapError
+                raise cls(message)
             part = JobResult.decode(encoded)
             if merged is None:
                 merged = part

@@ -278,6 +278,18 @@ def write_outputs(result: JobResult, job: ReplayJob, args: argparse.Namespace, g
     return failures
 
 
+def _report_tape_problems(result: JobResult) -> None:
+    """Say what the readers skipped (``--salvage``) or found torn, as `shadowtap tape` does."""
+    torn = result.plan_stats.get("torn_tails", 0)
+    skipped = result.plan_stats.get("skipped_ranges", 0)
+    if torn or skipped:
+        print(
+            f"shadowtap replay: note: the tapes had {torn} torn tail(s) and {skipped} skipped range(s) "
+            "(corrupt or malformed records); `shadowtap tape info --salvage` lists them",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from replayer.result import raise_job_error
 
@@ -298,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = _run_here(job, args)
     failures = write_outputs(result, job, args, gates)
+    _report_tape_problems(result)
     raise_job_error(result)
     if result.stopped:
         print("shadowtap replay: interrupted; the outputs cover what was sent", file=sys.stderr)

@@ -364,3 +364,120 @@ async def test_json_to_stdout_moves_the_summary_to_stderr(tmp_path: Path) -> Non
     assert code == 0, err
     assert json.loads(out)["summary"]["requests"] == 3
     assert "requests 3" in err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_record_of_the_wrong_shape_is_one_line_naming_the_field(tmp_path: Path, workers: str) -> None:
+    from tests.recorder.test_reader import mutated_record, plain_record, write_records
+
+    # A header value stored as str went through to the client, which logged a traceback and exited 0.
+    records = [plain_record(i) for i in range(6)]
+    records[3] = mutated_record("request.headers[1][1]", 3)
+    segment = write_records(tmp_path / "tape", records)
+    args = ["--workers", workers, "--speed", "0", "--json", str(tmp_path / "out.json"), "--no-progress"]
+    async with Target() as target:
+        code, _, err = await shadowtap(str(tmp_path / "tape"), "--target", target.url, *args)
+        assert code == 2, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert f"{segment} at byte " in err and "field 'request.headers[1][1]'" in err
+        assert json.loads((tmp_path / "out.json").read_text())["error"]
+
+        code, _, err = await shadowtap(str(tmp_path / "tape"), "--target", target.url, "--salvage", *args)
+        assert code == 0, err
+        assert "skipped range" in err and "Traceback" not in err
+        document = json.loads((tmp_path / "out.json").read_text())
+        assert document["plan"]["skipped_ranges"] == 1 and document["summary"]["requests"] == 5
+
+
+#: Put on the PYTHONPATH of a replay (and so of its --workers and Locust processes, which start
+#: fresh interpreters): a bug in the replayer's client or its results path, on the requests it
+#: names. It patches the modules as they are imported, so a Locust process imports nothing early.
+_FAULT_INJECTOR = """
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+FAULT = os.environ.get("SHADOWTAP_TEST_FAULT")
+
+
+def patch(module):
+    if FAULT == "transport" and module.__name__ == "replayer.transport":
+        send = module.HttpTransport.send
+
+        async def broken_send(self, method, target, headers, body):
+            if target.endswith("/2"):
+                raise TypeError("injected transport bug")
+            return await send(self, method, target, headers, body)
+
+        module.HttpTransport.send = broken_send
+    if FAULT == "results" and module.__name__ == "replayer.result":
+        record = module.replay_exchange
+
+        def broken_record(request, *args):
+            if request.target.endswith("/2"):
+                raise KeyError("injected results bug")
+            return record(request, *args)
+
+        module.replay_exchange = broken_record
+
+
+class PatchOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in ("replayer.transport", "replayer.result"):
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if FAULT:
+    sys.meta_path.insert(0, PatchOnImport())
+"""
+
+
+@pytest.mark.parametrize(
+    ("fault", "mode"),
+    [
+        ("transport", ["--workers", "1"]),
+        ("transport", ["--workers", "2"]),
+        ("results", ["--workers", "1"]),
+        ("results", ["--workers", "2"]),
+        ("results", ["--locust", "--locust-workers", "2", "--locust-timeout", "60"]),
+    ],
+)
+async def test_an_error_inside_the_replayer_never_exits_0(tmp_path: Path, fault: str, mode: list[str]) -> None:
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(_FAULT_INJECTOR)
+    python_path = os.pathsep.join(p for p in (str(tmp_path / "inject"), os.environ.get("PYTHONPATH")) if p)
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i, session=f"s{i % 3}") for i in range(9)])
+    async with Target() as target:
+        code, out, err = await shadowtap(
+            str(tape),
+            "--target",
+            target.url,
+            *mode,
+            "--results",
+            str(tmp_path / "results"),
+            "--json",
+            str(tmp_path / "out.json"),
+            "--no-progress",
+            env={"SHADOWTAP_TEST_FAULT": fault, "PYTHONPATH": python_path},
+        )
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert f"injected {fault} bug" in err and "GET /r/2" in err
+    # The outputs are written before the error, as for a tape that breaks mid-way.
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert f"injected {fault} bug" in document["error"]
+    assert document["summary"]["requests"] >= 1 and "requests" in out
