@@ -12,11 +12,11 @@ import heapq
 import operator
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from recorder.errors import ConfigError
-from recorder.reader import TapeFilter, TapeReader
+from recorder.reader import TapeFilter, TapeReader, TapeReadReport
 from recorder.writer import SyncTapeWriter, TapeOptions
 
 __all__ = ["MergeResult", "merge_tapes"]
@@ -24,10 +24,13 @@ __all__ = ["MergeResult", "merge_tapes"]
 
 @dataclass(frozen=True, slots=True)
 class MergeResult:
+    """What a merge wrote, and what its readers met (``reports``: one per input, in order)."""
+
     exchanges: int
     inputs: int
     torn_tails: int
     skipped_ranges: int
+    reports: tuple[TapeReadReport, ...] = field(default=(), compare=False)
 
 
 def merge_tapes(
@@ -57,4 +60,5 @@ def merge_tapes(
         inputs=len(readers),
         torn_tails=sum(len(r.report.torn_tails) for r in readers),
         skipped_ranges=sum(len(r.report.skipped_ranges) for r in readers),
+        reports=tuple(r.report for r in readers),
     )

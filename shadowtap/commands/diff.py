@@ -170,7 +170,10 @@ def run(args: argparse.Namespace) -> int:
                     f"note: {segment}: torn tail at byte {tail.offset} ({tail.length} bytes) ignored", file=sys.stderr
                 )
             for segment, skipped in read.report.skipped_ranges:
-                print(f"note: {segment}: skipped {skipped.length} corrupt bytes at {skipped.offset}", file=sys.stderr)
+                print(
+                    f"note: {segment}: skipped {skipped.length} corrupt bytes at {skipped.offset}: {skipped.reason}",
+                    file=sys.stderr,
+                )
         if noise_reader is not None and stats.noise_pairs == stats.noise_skipped:
             print(
                 f"note: no usable pair in --noise-tape (safe methods with both primary and {args.noise_name!r})",

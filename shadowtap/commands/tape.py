@@ -377,6 +377,8 @@ def _run_merge(args: argparse.Namespace) -> int:
     )
     result = merge_tapes(args.out, args.tapes, options, filter=_filter(args), salvage=args.salvage)
     print(f"merged {result.exchanges} exchanges from {result.inputs} tape(s) into {args.out}")
+    for report in result.reports:
+        _report_problems(report)
     if result.torn_tails or result.skipped_ranges:
         print(
             f"shadowtap tape merge: note: inputs had {result.torn_tails} torn tail(s) and "

@@ -209,3 +209,24 @@ def test_torn_tail_is_noted_and_the_rest_is_diffed(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     assert "torn tail" in result.stderr
     assert json.loads((tmp_path / "r.json").read_text())["pairs"] == 1199
+
+
+def test_a_record_of_the_wrong_shape_is_one_line_and_salvage_skips_it(tmp_path: Path) -> None:
+    from tests.recorder.test_reader import frame_offsets, mutated_record, plain_record, write_records
+
+    # A status stored as str: the differ crashed on it with a traceback.
+    records = [plain_record(i) for i in range(12)]
+    records[5] = mutated_record("shadows['v2'].status", 5)
+    segment = write_records(tmp_path / "tape", records)
+    offset = frame_offsets(segment)[5]
+    result = run_cli("diff", tmp_path / "tape", "--candidate", "v2", "--min-samples", "1")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"{segment} at byte {offset}, field \"shadows['v2'].status\"" in result.stderr
+    result = run_cli(
+        "diff", tmp_path / "tape", "--candidate", "v2", "--min-samples", "1", "--salvage", "--json", tmp_path / "r.json"
+    )
+    assert result.returncode in (0, 1), result.stderr
+    assert f"skipped {frame_offsets(segment)[6] - offset} corrupt bytes at {offset}" in result.stderr
+    assert "shadows['v2'].status" in result.stderr and "Traceback" not in result.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["pairs"] == 11

@@ -87,3 +87,25 @@ def test_a_full_disk_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["export", "--to", "har", str(tmp_path / "tape"), "--out", "/dev/full"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "/dev/full: cannot write: No space left on device" in err
+
+
+@pytest.mark.parametrize("fmt", ["har", "gor", "mitm"])
+def test_a_record_of_the_wrong_shape_is_one_line_and_salvage_skips_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    from tests.recorder.test_reader import frame_offsets, mutated_record, plain_record, write_records
+
+    # A header value stored as str: the exporters crashed on it with a traceback.
+    records = [plain_record(i) for i in range(3)]
+    records[1] = mutated_record("request.headers[1][1]", 1)
+    segment = write_records(tmp_path / "tape", records)
+    offset = frame_offsets(segment)[1]
+    out = tmp_path / f"out.{fmt}"
+    assert main(["export", "--to", fmt, str(tmp_path / "tape"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{segment} at byte {offset}, field 'request.headers[1][1]'" in err
+    assert main(["export", "--to", fmt, str(tmp_path / "tape"), "--out", str(out), "--salvage"]) == 0
+    captured = capsys.readouterr()
+    assert "2 exchanges exported" in captured.out
+    assert f"skipped {frame_offsets(segment)[2] - offset} corrupt bytes at {offset}" in captured.out
+    assert "request.headers[1][1]" in captured.out

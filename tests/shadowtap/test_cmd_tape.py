@@ -168,3 +168,50 @@ def test_bad_filters_name_the_flag(
     code, _, err = run(capsys, "tape", "info", str(tape), *flags)
     assert code == 2
     assert f"field '{named}'" in err and err.count("\n") == 1
+
+
+def malformed_tape(directory: Path, field: str) -> tuple[Path, int]:
+    """A tape of 4 exchanges whose third record has valid checksums but ``field`` of the wrong type."""
+    from tests.recorder.test_reader import frame_offsets, mutated_record, plain_record, write_records
+
+    records = [plain_record(i) for i in range(4)]
+    records[2] = mutated_record(field, 2)
+    segment = write_records(directory, records)
+    return segment, frame_offsets(segment)[2]
+
+
+def _mutations() -> list[str]:
+    from tests.recorder.test_reader import MUTATIONS
+
+    return list(MUTATIONS)
+
+
+@pytest.mark.parametrize("field", _mutations())
+def test_cat_of_a_record_of_the_wrong_shape_is_one_line_naming_file_offset_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str
+) -> None:
+    segment, offset = malformed_tape(tmp_path / "tape", field)
+    code, out, err = run(capsys, "tape", "cat", str(tmp_path / "tape"))
+    assert code == 2
+    assert len(out.splitlines()) == 2 and err.count("\n") == 1
+    assert err.startswith(f"shadowtap tape: error: {segment} at byte {offset}, field {field!r}: malformed")
+    code, out, err = run(capsys, "tape", "cat", str(tmp_path / "tape"), "--salvage")
+    assert code == 0
+    assert [json.loads(line)["id"] for line in out.splitlines()] == ["ex-000000", "ex-000001", "ex-000003"]
+    assert err.count("\n") == 1 and f"{segment} at byte {offset}: skipped" in err and field in err
+
+
+def test_info_and_merge_of_a_record_of_the_wrong_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    segment, offset = malformed_tape(tmp_path / "tape", "primary.status")
+    where = f"{segment} at byte {offset}, field 'primary.status'"
+    for argv in (["info"], ["merge", str(tmp_path / "merged")]):
+        code, _, err = run(capsys, "tape", *argv, str(tmp_path / "tape"))
+        assert code == 2
+        assert err.count("\n") == 1 and where in err
+    code, out, err = run(capsys, "tape", "info", str(tmp_path / "tape"), "--salvage", "--json")
+    assert code == 0 and json.loads(out)["exchanges"] == 3
+    assert "skipped" in err and "primary.status" in err
+    code, out, err = run(capsys, "tape", "merge", str(tmp_path / "salvaged"), str(tmp_path / "tape"), "--salvage")
+    assert code == 0 and "merged 3 exchanges" in out
+    assert f"{segment} at byte {offset}: skipped" in err and "primary.status" in err and "1 skipped range" in err
+    assert [e.id for e in TapeReader(tmp_path / "salvaged")] == ["ex-000000", "ex-000001", "ex-000003"]
