@@ -41,7 +41,7 @@ from proxy.record import RecordStage
 from proxy.rules import RouteTable
 from proxy.server import ProxyServer
 from proxy.stages import Stage
-from recorder import RedactionRules, TapeOptions, TapeWriter
+from recorder import TapeOptions, TapeWriter
 from recorder.errors import ConfigError, ShadowtapError
 from recorder.join import JoinSettings
 from recorder.tape_process import ProcessTapeWriter
@@ -82,7 +82,7 @@ def tape_options(config: ProxyConfig) -> TapeOptions:
         compression="zstd" if r.compression == "zstd" else "none",
         fsync="every" if r.fsync == "every" else "none" if r.fsync == "none" else "interval",
         queue_size=r.queue_size,
-        redaction=RedactionRules() if r.redaction else None,
+        redaction=r.redaction if r.redaction.enabled else None,
     )
 
 
@@ -143,6 +143,7 @@ class ProxyApp:
                     self.flags,
                     self.metrics,
                     None if record is None else record.on_shadow_outcome,
+                    config.record.redaction,
                 )
                 await self.mirror.start()
                 stages.append(self.mirror)
@@ -207,12 +208,35 @@ class ProxyApp:
                 return {}
             return {k: float(v) for k, v in self.server.stats.stage_errors.by_stage.items()}
 
+        def client_errors() -> dict[str, float]:
+            return {} if self.server is None else {str(k): float(v) for k, v in self.server.stats.client_errors.items()}
+
+        def client_timeouts() -> dict[str, float]:
+            return {} if self.server is None else {k: float(v) for k, v in self.server.stats.client_timeouts.items()}
+
+        def connection_limits() -> dict[str, float]:
+            if self.server is None:
+                return {}
+            s = self.server.stats
+            return {"refused": float(s.connections_refused), "evicted": float(s.connections_evicted)}
+
         m.add_source("gauge", "shadowtap_proxy_open", "Requests in flight and client connections open", "kind",
                      server_counts)  # fmt: skip
         m.add_source("counter", "shadowtap_primary_failures", "Primary exchanges that failed, by kind", "kind",
                      primary_failures)  # fmt: skip
         m.add_source("counter", "shadowtap_stage_errors", "Stage calls that raised (a bug; never a lost request)",
                      "stage", stage_errors)  # fmt: skip
+        m.add_source("counter", "shadowtap_client_errors", "Requests refused before the primary, by status",
+                     "status", client_errors)  # fmt: skip
+        m.add_source("counter", "shadowtap_client_timeouts",
+                     "Client connections closed at a deadline, by what was awaited (head, body, send, linger)",
+                     "wait", client_timeouts)  # fmt: skip
+        m.add_source("counter", "shadowtap_connection_limit",
+                     "Client connections closed at max_client_connections: refused new, evicted idle", "action",
+                     connection_limits)  # fmt: skip
+        m.add_source("counter", "shadowtap_capture_budget_cuts",
+                     "Request or response copies cut because capture_budget_bytes was held", "",
+                     lambda: {"": float(self.server.stats.capture_budget_cuts) if self.server else 0.0})  # fmt: skip
         tape = self.tape
         if tape is not None:
             m.add_source("counter", "shadowtap_tape_writes", "Exchanges written to the tape", "",
@@ -250,6 +274,10 @@ class ProxyApp:
                 "upgrades": s.upgrades,
                 "primary_failures": dict(s.primary_failures),
                 "client_errors": {str(k): v for k, v in s.client_errors.items()},
+                "client_timeouts": dict(s.client_timeouts),
+                "connections_refused": s.connections_refused,
+                "connections_evicted": s.connections_evicted,
+                "capture_budget_cuts": s.capture_budget_cuts,
                 "stage_errors": dict(s.stage_errors.by_stage),
             }
         out["requests_by_status"] = dict(self.metrics.requests_by_status)

@@ -8,6 +8,10 @@ client request head into the head sent upstream by these settings. This module s
 
 from __future__ import annotations
 
+import ipaddress
+import math
+import re
+import resource
 import ssl
 from dataclasses import dataclass
 from typing import Final
@@ -15,7 +19,14 @@ from urllib.parse import urlsplit
 
 from recorder.errors import ConfigError
 
-__all__ = ["ForwardSettings", "PrimaryTarget", "parse_primary", "upstream_ssl_context"]
+__all__ = [
+    "ForwardSettings",
+    "PrimaryTarget",
+    "check_host",
+    "default_max_client_connections",
+    "parse_primary",
+    "upstream_ssl_context",
+]
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
@@ -37,8 +48,43 @@ class PrimaryTarget:
         return self.scheme == "https"
 
 
+#: A host name as DNS carries it (LDH labels; ``_`` too, as container names have it), or an IPv4
+#: address; a trailing dot is allowed. IPv6 literals are checked by ``ipaddress``.
+_HOST_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?\Z")
+
+
+def check_host(host: str, *, field: str, shown: str) -> None:
+    """Raise ``ConfigError`` naming ``field`` unless ``host`` is an IP address or a host name.
+
+    ``host`` is bare (no brackets); ``shown`` is the whole value, for the message.
+    """
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"not an IPv6 address: {host!r} in {shown!r}", field=field) from None
+        return
+    try:
+        ascii_host = host if host.isascii() else host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigError(f"not a valid host name: {host!r} in {shown!r}", field=field) from None
+    if not _HOST_NAME_RE.match(ascii_host):
+        raise ConfigError(f"not a valid host name: {host!r} in {shown!r}", field=field)
+
+
 def parse_primary(url: str, field: str = "primary") -> PrimaryTarget:
-    """Split an ``http(s)://host[:port][/prefix]`` URL or raise ``ConfigError`` naming ``field``."""
+    """Split an ``http(s)://host[:port][/prefix]`` URL or raise ``ConfigError`` naming ``field``.
+
+    The one URL check for the primary and every shadow: ``proxy.config`` calls it too, so a URL it
+    accepts is one the data path can use.
+    """
+    # urlsplit drops tabs and newlines without a word and keeps spaces; either would put a URL on the
+    # wire that is not the one configured, or split a request line.
+    for index, char in enumerate(url):
+        if char <= " " or char == "\x7f":
+            raise ConfigError(
+                f"URL must not contain spaces or control characters ({char!r} at {index}): {url!r}", field=field
+            )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -48,10 +94,18 @@ def parse_primary(url: str, field: str = "primary") -> PrimaryTarget:
         raise ConfigError(f"URL must start with http:// or https://, got {url!r}", field=field)
     if not parts.hostname:
         raise ConfigError(f"URL has no host: {url!r}", field=field)
-    if parts.query or parts.fragment:
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
         raise ConfigError(f"URL must not have a query or fragment: {url!r}", field=field)
-    if parts.username or parts.password:
+    if "@" in parts.netloc:
         raise ConfigError(f"URL must not carry credentials: {url!r}", field=field)
+    bracketed = parts.netloc.startswith("[")
+    if bracketed != (":" in parts.hostname):
+        raise ConfigError(f"only an IPv6 address goes in brackets, and it must: {url!r}", field=field)
+    check_host(parts.hostname, field=field, shown=url)
+    if port == 0:
+        raise ConfigError(f"port must be within 1..65535: {url!r}", field=field)
+    if not parts.path.isascii():
+        raise ConfigError(f"URL path must be ASCII (percent-encode it): {url!r}", field=field)
     default_port = _DEFAULT_PORTS[parts.scheme]
     host = parts.hostname
     host_for_header = f"[{host}]" if ":" in host else host
@@ -60,14 +114,23 @@ def parse_primary(url: str, field: str = "primary") -> PrimaryTarget:
         scheme=parts.scheme,
         host=host,
         port=default_port if port is None else port,
-        path_prefix=parts.path.rstrip("/").encode("ascii", "strict") if parts.path.isascii() else b"",
+        path_prefix=parts.path.rstrip("/").encode("ascii"),
         authority=authority.encode("idna" if not authority.isascii() else "ascii"),
     )
 
 
 def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"must be > 0, got {value!r}", field=name)
+    if not value > 0 or not math.isfinite(value):
+        raise ConfigError(f"must be a finite number > 0, got {value!r}", field=name)
+
+
+def default_max_client_connections() -> int:
+    """Half the file descriptors this process may open, less a reserve: each client connection may
+    hold a primary connection too, and the admin API, the tape and the shadows need some."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(16, (soft - 256) // 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +158,32 @@ class ForwardSettings:
     max_buffered_body_bytes: int = 256 * 1024
     #: An idle client connection is closed after this long without a request.
     keepalive_timeout_s: float = 75.0
+    #: The whole request head must arrive within this long of its first byte, or the client gets
+    #: 408 and the connection closes (nginx ``client_header_timeout``, 60 s).
+    client_header_timeout_s: float = 60.0
+    #: A request body that stalls this long between two reads gets 408 and the connection closes
+    #: (nginx ``client_body_timeout``, 60 s).
+    client_body_timeout_s: float = 60.0
+    #: A client that reads none of its response for this long is disconnected (nginx
+    #: ``send_timeout``, 60 s).
+    send_timeout_s: float = 60.0
+    #: After the response head, the primary may be silent this long between two reads before the
+    #: exchange fails as a timeout (nginx ``proxy_read_timeout``, 60 s).
+    primary_read_timeout_s: float = 60.0
+    #: Open client connections per process; beyond it an idle or head-sending connection is closed to
+    #: make room, or the new one is (both counted). 0: half the file-descriptor limit, less a reserve.
+    max_client_connections: int = 0
+    #: Request and response copies held for stages across all exchanges in flight; beyond it new
+    #: copies are cut (marked truncated) rather than the primary path slowed.
+    capture_budget_bytes: int = 256 * 1024 * 1024
+    #: When a response is sent before its request body has fully arrived, the rest of the body is
+    #: read and discarded for up to this long before closing, so the client can read the answer
+    #: (nginx ``lingering_time``, 30 s) ...
+    lingering_time_s: float = 30.0
+    #: ... while it keeps sending at least every this many seconds (nginx ``lingering_timeout``, 5 s)
+    lingering_timeout_s: float = 5.0
+    #: ... and up to this many bytes.
+    lingering_max_bytes: int = 64 * 1024 * 1024
     #: Keep the client's Host header (the usual sidecar case); False sends the primary's authority.
     preserve_host: bool = True
     #: ``Via: 1.1 <via>`` added to requests and responses when set (e.g. ``"shadowtap"``).
@@ -112,9 +201,28 @@ class ForwardSettings:
 
     def __post_init__(self) -> None:
         parse_primary(self.primary)
-        for name in ("connect_timeout_s", "first_byte_timeout_s", "total_timeout_s", "keepalive_timeout_s"):
+        for name in (
+            "connect_timeout_s",
+            "first_byte_timeout_s",
+            "total_timeout_s",
+            "keepalive_timeout_s",
+            "client_header_timeout_s",
+            "client_body_timeout_s",
+            "send_timeout_s",
+            "primary_read_timeout_s",
+            "lingering_time_s",
+            "lingering_timeout_s",
+        ):
             _positive(name, getattr(self, name))
-        for name in ("pool_max_idle", "capture_limit_bytes", "max_pipelined", "max_buffered_body_bytes"):
+        for name in (
+            "pool_max_idle",
+            "capture_limit_bytes",
+            "max_pipelined",
+            "max_buffered_body_bytes",
+            "max_client_connections",
+            "capture_budget_bytes",
+            "lingering_max_bytes",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"must be an integer >= 0, got {value!r}", field=name)

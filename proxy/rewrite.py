@@ -16,7 +16,7 @@ from recorder.model import Header
 if TYPE_CHECKING:
     from proxy.forward import ForwardSettings
 
-__all__ = ["RequestRewriter"]
+__all__ = ["RequestRewriter", "climbs_above_root"]
 
 
 class RequestRewriter:
@@ -37,6 +37,11 @@ class RequestRewriter:
     @property
     def via(self) -> bytes | None:
         return self._via
+
+    def escapes_prefix(self, target: bytes) -> bool:
+        """Whether ``target`` would leave the primary's path prefix once the primary resolves its dot
+        segments (``/../admin`` under ``/api``). Always False without a prefix."""
+        return bool(self._prefix) and climbs_above_root(target)
 
     def head(
         self,
@@ -105,6 +110,26 @@ class RequestRewriter:
             parts += (b"Via: ", self._via, b"\r\n")
         parts.append(b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
         return b"".join(parts)
+
+
+def climbs_above_root(target: bytes) -> bool:
+    """Whether an origin-form target's path climbs above ``/`` through ``..`` segments, counting the
+    spellings a server may decode first (``%2e``, ``%2f``, ``%5c``, backslash), as nginx refuses."""
+    path = target.split(b"?", 1)[0]
+    if b"." not in path and b"%" not in path:
+        return False
+    path = path.lower().replace(b"\\", b"/")
+    if b"%" in path:
+        path = path.replace(b"%2e", b".").replace(b"%2f", b"/").replace(b"%5c", b"/")
+    depth = 0
+    for segment in path.split(b"/")[1:]:
+        if segment == b"..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif segment and segment != b".":
+            depth += 1
+    return False
 
 
 _DROP: Final = 1

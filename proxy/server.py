@@ -30,7 +30,7 @@ from typing import Any, Final, cast
 import httptools
 
 from proxy import http1
-from proxy.forward import ForwardSettings, upstream_ssl_context
+from proxy.forward import ForwardSettings, default_max_client_connections, upstream_ssl_context
 from proxy.rewrite import RequestRewriter
 from proxy.stages import (
     PrimaryObserver,
@@ -64,7 +64,13 @@ _BODY_CHUNKED: Final = 2  # re-framed as chunked
 #: instead of a timer per request: timeouts are seconds long, so 50 ms of slack is fine.
 _SWEEP_PERIOD_S: Final = 0.05
 
-_REASONS: Final = {400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented"}
+_REASONS: Final = {
+    400: "Bad Request",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+}
 
 
 @dataclass(slots=True)
@@ -79,18 +85,35 @@ class ServerStats:
     primary_failures: dict[str, int] = field(default_factory=dict)
     #: Requests refused before reaching the primary (malformed, head too large), by status.
     client_errors: dict[int, int] = field(default_factory=dict)
+    #: Client connections closed because a client-controlled wait passed its deadline, by what was
+    #: awaited: ``head``, ``body``, ``send`` (the client read none of its response), ``linger``.
+    client_timeouts: dict[str, int] = field(default_factory=dict)
+    #: New connections closed at once because ``max_client_connections`` were open and busy.
+    connections_refused: int = 0
+    #: Idle (or head-sending) connections closed to make room for a new one at the cap.
+    connections_evicted: int = 0
+    #: Request or response copies cut because ``capture_budget_bytes`` was held already.
+    capture_budget_cuts: int = 0
     stage_errors: StageErrors = field(default_factory=StageErrors)
     pool: PoolStats = field(default_factory=PoolStats)
 
 
-class _HeadTooLarge(Exception):
-    """Raised inside a parser callback when the request head passes ``max_header_bytes``."""
+class _Refused(Exception):
+    """Raised inside a parser callback to refuse a request before anything of it reaches the primary:
+    the client gets ``status`` with ``message``, then the connection closes."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class _Context:
     """Per-server state shared by every connection (one object, so each holds one reference)."""
 
     __slots__ = (
+        "capture_budget",
+        "capture_held",
         "capture_limit",
         "closing",
         "completion_stages",
@@ -100,7 +123,9 @@ class _Context:
         "ids",
         "id_prefix",
         "loop",
+        "now",
         "max_buffered",
+        "max_connections",
         "max_header_bytes",
         "max_pipelined",
         "observers",
@@ -136,6 +161,12 @@ class _Context:
         self.max_header_bytes = settings.max_header_bytes
         self.max_pipelined = settings.max_pipelined
         self.max_buffered = settings.max_buffered_body_bytes
+        self.max_connections = settings.max_client_connections or default_max_client_connections()
+        self.capture_budget = settings.capture_budget_bytes
+        #: Bytes of request and response copies held by exchanges in flight (``capture_budget``).
+        self.capture_held = 0
+        #: The loop's clock as of the last sweep: deadlines need no better than its period.
+        self.now = loop.time()
         self.stats = ServerStats(pool=pool.stats)
         self.connections: set[_ClientConnection] = set()
         # Exchange ids: unique across processes and restarts (random prefix), cheap to make.
@@ -164,11 +195,13 @@ class _Forward:
         "_ctx",
         "_first_byte_ns",
         "_head_sent",
+        "_held",
         "_mode",
         "_out",
         "_resp_capture",
         "_resp_captured",
         "_resp_head",
+        "_resp_read_at",
         "_resp_room",
         "_resp_size",
         "_retried",
@@ -243,6 +276,10 @@ class _Forward:
         self._resp_captured = 0
         self._resp_head: tuple[int, bytes, list[Header]] | None = None
         self._resp_size = 0
+        #: When the primary last sent response bytes (the sweep's clock), for its read timeout.
+        self._resp_read_at = 0.0
+        #: Bytes this exchange's copies add to ``capture_held`` (given back when it finishes).
+        self._held = 0
         self._retried = False
         self._connect_task: asyncio.Task[None] | None = None
         self._sent_ns: int | None = None
@@ -255,11 +292,17 @@ class _Forward:
         self.request_body_size += size
         capture = self._capture
         if capture is not None:
-            if self._captured + size <= self._ctx.capture_limit:
+            ctx = self._ctx
+            if self._captured + size <= ctx.capture_limit and (
+                self.finished or ctx.capture_held + size <= ctx.capture_budget
+            ):
                 capture.append(data)
                 self._captured += size
+                if not self.finished:
+                    ctx.capture_held += size
+                    self._held += size
             else:
-                self._capture = None
+                self._drop_request_capture(self._captured + size <= ctx.capture_limit)
         if self.finished:
             return
         conn = self.conn
@@ -273,6 +316,19 @@ class _Forward:
             self._body_buffered += size
             if self._body_buffered > self._ctx.max_buffered:
                 self._client.pause_reading(_PAUSE_BUFFER)
+
+    def _drop_request_capture(self, over_budget: bool) -> None:
+        """Stop copying the request body (past the capture limit, or the budget shared by everything
+        in flight): stages see it as not captured, and what the copy held is given back."""
+        ctx = self._ctx
+        if not self.finished:
+            # After the finish the copy's bytes were given back already.
+            ctx.capture_held -= self._captured
+            self._held -= self._captured
+        if over_budget:
+            ctx.stats.capture_budget_cuts += 1
+        self._capture = None
+        self._captured = 0
 
     def client_body_done(self) -> None:
         self.body_done = True
@@ -341,34 +397,31 @@ class _Forward:
             self.method, self.target, self.headers, client.client_ip, client.scheme, self.chunked, self.upgrade
         )
         self._streaming = True
-        if self.upgrade:
-            # llhttp hands over everything after an Upgrade request's head as it came (a body with
-            # its framing, early frames): it follows the head unchanged.
-            conn.writelines([head, client.take_upgrade_rest()])
+        # An Upgrade offer goes like any request, with its own body: the bytes the client sent
+        # behind it stay with the client connection until the primary switches protocols.
+        if self._retried:
+            # A retry resends the captured body (a retry is only tried when it is complete).
+            buffered = [self.request_body] if self.request_body else []
         else:
-            if self._retried:
-                # A retry resends the captured body (a retry is only tried when it is complete).
-                buffered = [self.request_body] if self.request_body else []
+            buffered = self._body_buffer
+            self._body_buffer = []
+        if buffered:
+            parts = [head]
+            if self.chunked:
+                for piece in buffered:
+                    parts += http1.chunk(piece)
             else:
-                buffered = self._body_buffer
-                self._body_buffer = []
-            if buffered:
-                parts = [head]
-                if self.chunked:
-                    for piece in buffered:
-                        parts += http1.chunk(piece)
-                else:
-                    parts += buffered
-                if self.body_done and self.chunked:
-                    parts.append(http1.CHUNKED_END)
-                conn.writelines(parts)
-            elif self.body_done and self.chunked:
-                conn.writelines([head, http1.CHUNKED_END])
-            elif conn.transport is not None and not conn.closed:
-                # The usual request, a head alone: straight to the transport.
-                conn.transport.write(head)
-            else:
-                conn.write(head)
+                parts += buffered
+            if self.body_done and self.chunked:
+                parts.append(http1.CHUNKED_END)
+            conn.writelines(parts)
+        elif self.body_done and self.chunked:
+            conn.writelines([head, http1.CHUNKED_END])
+        elif conn.transport is not None and not conn.closed:
+            # The usual request, a head alone: straight to the transport.
+            conn.transport.write(head)
+        else:
+            conn.write(head)
         if self._body_buffered:
             self._body_buffered = 0
             client.resume_reading(_PAUSE_BUFFER)
@@ -392,19 +445,26 @@ class _Forward:
             self._out.append(http1.response_head(status, reason, http1.end_to_end(headers)))
 
     def on_head(self, status: int, reason: bytes, headers: list[Header]) -> None:
+        if status < 100 or (status == 101 and not self.upgrade):
+            # Nothing a client could take for an answer (nginx: "upstream sent invalid status").
+            self._fail(FailureKind.BAD_RESPONSE, f"primary sent status {status} to a request that cannot have it")
+            return
         if self.ex is not None:
             self._first_byte_ns = time.monotonic_ns() - self._started_ns
         self.first_byte_deadline = math.inf
         ctx = self._ctx
-        self._resp_head = (status, reason, headers)
+        self._resp_read_at = ctx.now
         parts = [http1.STATUS_LINES.get(status) or b"HTTP/1.1 %d " % status, reason, b"\r\n"]
-        # An upgrade request that is answered without switching leaves unparsed bytes behind it.
-        close = not self.keep_alive or ctx.closing or not self.body_done or self.upgrade
+        close = not self.keep_alive or ctx.closing or not self.body_done
         if status == 101:
             http1.fields(parts, http1.end_to_end(headers, upgrade=True))
             self._mode = _BODY_NONE
         else:
             transfer_encoding, content_length = http1.response_fields(parts, headers)
+            if status == 204 and (transfer_encoding is not None or (content_length or b"0").strip() != b"0"):
+                # Its body would be read by the client as the start of the next response.
+                self._fail(FailureKind.BAD_RESPONSE, "primary sent a 204 response with a body")
+                return
             if self.method == b"HEAD" or status == 204 or status == 304:
                 self._mode = _BODY_NONE
                 if transfer_encoding is not None and not self.http10 and self.method == b"HEAD":
@@ -422,6 +482,7 @@ class _Forward:
                 parts.append(b"Connection: close\r\n")
             elif self.http10:
                 parts.append(b"Connection: keep-alive\r\n")
+        self._resp_head = (status, reason, headers)
         self._close_after = close
         if ctx.via is not None:
             parts += (b"Via: ", ctx.via, b"\r\n")
@@ -441,12 +502,22 @@ class _Forward:
             return
         size = len(data)
         self._resp_size += size
+        ctx = self._ctx
+        self._resp_read_at = ctx.now
         room = self._resp_room
         if room > 0:
             piece = data if size <= room else data[:room]
-            self._resp_capture.append(piece)
-            self._resp_captured += len(piece)
-            self._resp_room = room - len(piece)
+            taken = len(piece)
+            if ctx.capture_held + taken <= ctx.capture_budget:
+                self._resp_capture.append(piece)
+                self._resp_captured += taken
+                self._resp_room = room - taken
+                ctx.capture_held += taken
+                self._held += taken
+            else:
+                # The rest of the copy is cut (the response is marked truncated), never the wire.
+                self._resp_room = 0
+                ctx.stats.capture_budget_cuts += 1
         mode = self._mode
         if mode == _BODY_RAW:
             self._out.append(data)
@@ -461,7 +532,8 @@ class _Forward:
         conn = self.conn
         self.conn = None
         if conn is not None:
-            if reusable and self.body_done:
+            # After an Upgrade offer the primary may still act on it: its connection is not reused.
+            if reusable and self.body_done and not self.upgrade:
                 self._ctx.pool.release(conn)
             else:
                 conn.close()
@@ -514,6 +586,14 @@ class _Forward:
 
     # --- endings ---------------------------------------------------------------------------------
 
+    def reading_resumed(self, now: float) -> None:
+        """The client drained its buffer and the primary is read again: its silence counts from now."""
+        self._resp_read_at = now
+
+    def read_stalled(self, now: float, limit_s: float) -> bool:
+        """Whether the primary has sent nothing for ``limit_s`` since its response head began."""
+        return self._head_sent and not self.finished and self.conn is not None and now - self._resp_read_at >= limit_s
+
     def timed_out(self, what: str, limit_s: float) -> None:
         conn = self.conn
         self.conn = None
@@ -544,6 +624,25 @@ class _Forward:
         self._out.append(http1.error_response(status, reason, f"shadowtap: {message}", close=close))
         self._finish(close)
 
+    def client_timed_out(self, message: str) -> None:
+        """The client stalled its request body past ``client_body_timeout_s``: 408 if the response
+        has not started, and the connection closes (the primary's connection goes with it)."""
+        if self.finished:
+            return
+        task = self._connect_task
+        if task is not None:
+            task.cancel()
+            self._connect_task = None
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.detach()
+        self.failure = Failure(FailureKind.CANCELLED, message)
+        self.request_body = None
+        if not self._head_sent:
+            self._out.append(http1.error_response(408, "Request Timeout", f"shadowtap: {message}", close=True))
+        self._finish(True)
+
     def client_gone(self) -> None:
         """The client connection closed before this exchange ended."""
         if self.finished:
@@ -569,6 +668,8 @@ class _Forward:
         self._body_buffer = []
         self.flush()
         ctx = self._ctx
+        ctx.capture_held -= self._held
+        self._held = 0
         head = self._resp_head
         sent_ns = self._sent_ns
         done_ns = None if sent_ns is None else time.monotonic_ns() - self._started_ns
@@ -582,11 +683,19 @@ class _Forward:
                 log.exception("proxy observer %s failed on a primary exchange", observer.name)
         ex = self.ex
         if ex is not None and ctx.completion_stages:
-            ex.failure = self.failure
+            failure = self.failure
+            ex.failure = failure
             ex.request_body = self.request_body
             ex.request_body_size = self.request_body_size
             ex.timing = new_timing(sent_ns, self._first_byte_ns, done_ns)
-            if head is not None:
+            if head is not None and failure is not None:
+                # Cut after its head (reset, short body, bad chunk, timeout): no answer to compare or
+                # replay, however normal its status looked.
+                ex.failure = Failure(
+                    FailureKind.INCOMPLETE,
+                    f"{head[0]} response cut after {self._resp_size} body bytes: {failure.message}",
+                )
+            elif head is not None:
                 size = self._resp_size
                 ex.response = new_response(
                     head[0],
@@ -599,6 +708,17 @@ class _Forward:
             for stage in ctx.completion_stages:
                 call_stage(ctx.stats.stage_errors, stage, stage.exchange_complete, ex)
         self._client.request_done(self, close_client)
+
+
+def _content_length(headers: list[Header]) -> int:
+    """An Upgrade offer's Content-Length (llhttp has checked the value), 0 without one."""
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
 
 
 class _LocalReply:
@@ -616,22 +736,31 @@ class _ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_active",
         "_chunked",
+        "_bad_transfer_encoding",
         "_eof",
         "_head_bytes",
+        "_head_since",
         "_headers",
+        "_hosts",
+        "_linger_bytes",
+        "_linger_until",
+        "_lingering",
         "_parser",
         "_parsing",
         "_pause_mask",
         "_pending",
         "_tunnel",
+        "_upgrade_body_left",
         "_upgrade_rest",
         "_url",
+        "_write_paused_since",
         "client_addr",
         "client_ip",
         "closed",
         "conn_id",
         "ctx",
         "idle_since",
+        "last_read",
         "scheme",
         "transport",
         "write_paused",
@@ -646,19 +775,34 @@ class _ClientConnection(asyncio.Protocol):
         self._parsing: _Forward | None = None
         self._pause_mask = 0
         self._tunnel: Tunnel | None = None
+        # Bytes the client sent behind an Upgrade offer: held (never forwarded) until the primary
+        # switches protocols, parsed as the next request if it declines. None: no offer pending.
         self._upgrade_rest: bytes | None = None
+        #: Body bytes of the pending Upgrade offer still to come (llhttp leaves its body to us).
+        self._upgrade_body_left = 0
         self._url = b""
         self._headers: list[Header] = []
         self._head_bytes = 0
         self._chunked = False
+        self._hosts = 0
+        self._bad_transfer_encoding = False
         self._eof = False
+        #: When the request head being read began (the sweep's clock); 0.0 between heads.
+        self._head_since = 0.0
+        # Lingering close: the response went out before its request body came in; the rest of the
+        # body is read and dropped until it ends, then the connection closes.
+        self._lingering = False
+        self._linger_until = 0.0
+        self._linger_bytes = 0
         self.write_paused = False
+        self._write_paused_since = 0.0
         self.closed = False
         self.client_addr = ""
         self.client_ip = b""
         self.conn_id = ""
         self.scheme = ctx.scheme.encode("ascii")
-        self.idle_since = ctx.loop.time()
+        self.idle_since = ctx.now
+        self.last_read = ctx.now
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -666,8 +810,14 @@ class _ClientConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
         self.transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
+        if len(ctx.connections) >= ctx.max_connections and not self._make_room():
+            # Accept and close at once: no request of ours is lost, and the descriptor is free again.
+            ctx.stats.connections_refused += 1
+            self.closed = True
+            transport.close()
+            return
         ctx.connections.add(self)
-        ctx.stats.connections += 1
+        ctx.stats.connections = len(ctx.connections)
         self.conn_id = f"{ctx.id_prefix}-c{next(ctx.conn_ids):x}"
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
@@ -681,25 +831,26 @@ class _ClientConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.received(CLIENT, data)
             return
-        if self._upgrade_rest is not None:
-            # Bytes after an Upgrade request (its body, or early frames) go to the primary in order,
-            # as soon as the request is on its way there; until then they wait, and a client that
-            # sends too much is held back by stopping reads.
-            active = self._active
-            if active is not None and active.conn is not None and active.upgrade:
-                active.conn.write(data)
-                return
-            self._upgrade_rest += data
-            if len(self._upgrade_rest) > self.ctx.max_buffered:
-                self.pause_reading(_PAUSE_BUFFER)
+        now = self.ctx.now
+        self.last_read = now
+        if self._lingering:
+            self._linger(data)
             return
+        if self._upgrade_rest is not None:
+            self._hold(data)
+            return
+        if self._parsing is None and not self._head_since:
+            self._head_since = now
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._upgrade_rest = data[exc.args[0] :]
+            # llhttp stops after an Upgrade offer's head (or a CONNECT) and leaves the rest to us.
+            self._upgrade_rest = b""
+            self._hold(data[exc.args[0] :])
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
-                self._reject(431, "request head too large")
+            refused = exc.__context__
+            if isinstance(refused, _Refused):
+                self._reject(refused.status, refused.message)
             else:
                 log.error("request callback failed on %s", self.client_addr, exc_info=exc.__context__ or exc)
                 self._reject(400, "cannot process request")
@@ -721,7 +872,7 @@ class _ClientConnection(asyncio.Protocol):
         self.closed = True
         ctx = self.ctx
         ctx.connections.discard(self)
-        ctx.stats.connections -= 1
+        ctx.stats.connections = len(ctx.connections)
         if self._tunnel is not None:
             self._tunnel.lost(CLIENT)
         active = self._active
@@ -736,6 +887,7 @@ class _ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._write_paused_since = self.ctx.now
         if self._tunnel is not None:
             self._tunnel.write_paused(CLIENT, True)
         elif self._active is not None and self._active.conn is not None:
@@ -746,6 +898,7 @@ class _ClientConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.write_paused(CLIENT, False)
         elif self._active is not None and self._active.conn is not None:
+            self._active.reading_resumed(self.ctx.now)
             self._active.conn.resume_reading()
 
     # --- llhttp callbacks ------------------------------------------------------------------------
@@ -757,14 +910,22 @@ class _ClientConnection(asyncio.Protocol):
         self._url += url
         self._head_bytes += len(url)
         if self._head_bytes > self.ctx.max_header_bytes:
-            raise _HeadTooLarge
+            raise _Refused(431, "request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self.ctx.max_header_bytes:
-            raise _HeadTooLarge
-        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            raise _Refused(431, "request head too large")
+        size = len(name)
+        if size == 4:
+            if name.lower() == b"host":
+                self._hosts += 1
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            # Only a lone "chunked" is relayed: any other coding (or a second field) would be
+            # re-framed as plain chunked and reach the primary as something the client did not send.
+            if self._chunked or value.strip().lower() != b"chunked":
+                self._bad_transfer_encoding = True
             self._chunked = True
 
     def on_headers_complete(self) -> None:
@@ -773,10 +934,18 @@ class _ClientConnection(asyncio.Protocol):
         url = self._url
         headers = self._headers
         chunked = self._chunked
+        hosts = self._hosts
         self._url = b""
         self._headers = []
         self._head_bytes = 0
         self._chunked = False
+        self._hosts = 0
+        self._head_since = 0.0
+        if self._lingering:
+            raise _Refused(400, "no request is read after a response closed the connection")
+        if self._bad_transfer_encoding:
+            self._bad_transfer_encoding = False
+            raise _Refused(501, "only Transfer-Encoding: chunked is supported")
         if url[:1] != b"/" and url != b"*":
             # absolute-form (http://host/path): the primary gets origin-form.
             scheme_end = url.find(b"://")
@@ -785,7 +954,17 @@ class _ClientConnection(asyncio.Protocol):
                 url = url[path_start:] if path_start > 0 else b"/"
         method = parser.get_method()
         version = parser.get_http_version()
+        if hosts != 1 and (hosts > 1 or version != "1.0"):
+            raise _Refused(400, "an HTTP/1.1 request needs exactly one Host header")
         upgrade = parser.should_upgrade()
+        if upgrade:
+            if method == b"CONNECT":
+                raise _Refused(405, "CONNECT is not allowed: shadowtap is a reverse proxy, not a tunnel")
+            if chunked:
+                raise _Refused(501, "an Upgrade request with a chunked body is not supported")
+            self._upgrade_body_left = _content_length(headers)
+        if ctx.rewriter.escapes_prefix(url):
+            raise _Refused(400, "the request path climbs above the root")
         started_ns = time.monotonic_ns()
         # Plain pass-through has no stage to hand an exchange to: none is built.
         ex = self._exchange(method, url, version, headers, started_ns, upgrade) if ctx.stages else None
@@ -831,6 +1010,8 @@ class _ClientConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         forward = self._parsing
+        if self._upgrade_body_left:
+            return  # llhttp skips an Upgrade offer's body: it comes through _hold
         self._parsing = None
         if forward is not None:
             forward.client_body_done()
@@ -861,6 +1042,8 @@ class _ClientConnection(asyncio.Protocol):
         self._pause_mask &= ~reason
         transport = self.transport
         if not self._pause_mask and transport is not None and not transport.is_closing():
+            # The body-read timeout counts the client's silence, not ours.
+            self.last_read = self.ctx.now
             transport.resume_reading()
 
     def start_tunnel(self, tunnel: Tunnel) -> None:
@@ -870,11 +1053,10 @@ class _ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def take_upgrade_rest(self) -> bytes:
-        """The bytes held after an Upgrade request; later ones go straight to the primary."""
+        """The primary switched protocols: the bytes held behind the offer, for the tunnel."""
         rest = self._upgrade_rest or b""
-        if rest:
-            self._upgrade_rest = b""
-            self.resume_reading(_PAUSE_BUFFER)
+        self._upgrade_rest = None
+        self._upgrade_body_left = 0
         return rest
 
     def request_done(self, forward: _Forward, close: bool) -> None:
@@ -883,11 +1065,23 @@ class _ClientConnection(asyncio.Protocol):
         if forward is not self._active:
             return  # a pending request cancelled with its connection
         self._active = None
-        if close or self._upgrade_rest is not None:
-            self.close()
-            return
         if self.closed:
             return
+        if close:
+            if self._parsing is forward and self._tunnel is None:
+                self._start_linger()
+            else:
+                self.close()
+            return
+        rest = self._upgrade_rest
+        if rest is not None:
+            # The primary declined the Upgrade offer: plain HTTP/1.1 goes on, and what the client
+            # sent behind the offer is read as its next request (as nginx does).
+            self._upgrade_rest = None
+            self.resume_reading(_PAUSE_BUFFER)
+            if rest:
+                self.data_received(rest)
+                return
         self._pump()
 
     def close(self) -> None:
@@ -899,6 +1093,78 @@ class _ClientConnection(asyncio.Protocol):
         return self._active is None and not self._pending and self._parsing is None and self._tunnel is None
 
     # --- internals -------------------------------------------------------------------------------
+
+    def _hold(self, data: bytes) -> None:
+        """Bytes behind an Upgrade offer: its own body (framed by its Content-Length) goes on to the
+        exchange; the rest waits for the primary's answer, bounded (reading stops beyond it)."""
+        left = self._upgrade_body_left
+        if left:
+            piece = data[:left]
+            left -= len(piece)
+            self._upgrade_body_left = left
+            forward = self._parsing
+            if forward is not None:
+                forward.client_body(piece)
+                if not left:
+                    self._parsing = None
+                    forward.client_body_done()
+            data = data[len(piece) :]
+        if not data:
+            return
+        held = (self._upgrade_rest or b"") + data
+        self._upgrade_rest = held
+        if len(held) > self.ctx.max_buffered:
+            self.pause_reading(_PAUSE_BUFFER)
+
+    def _make_room(self) -> bool:
+        """At the connection cap: close a connection that has no exchange in progress (idle between
+        requests, or still sending a head) so a new client gets in. False when every one is busy."""
+        ctx = self.ctx
+        for conn in ctx.connections:
+            if conn._active is None and not conn._pending and conn._parsing is None and conn._tunnel is None:
+                ctx.stats.connections_evicted += 1
+                ctx.connections.discard(conn)
+                conn.close()
+                return True
+        return False
+
+    def _start_linger(self) -> None:
+        """The response is out before the request body is in: keep reading (and dropping) the body,
+        bounded in time and bytes, then close, so a client that sends its whole body before it reads
+        gets the answer instead of a reset."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        ctx = self.ctx
+        self._lingering = True
+        self._linger_until = ctx.now + ctx.settings.lingering_time_s
+        self._linger_bytes = 0
+        self._upgrade_rest = None
+        self._upgrade_body_left = 0
+        if self._pause_mask:
+            self._pause_mask = 0
+            self.last_read = ctx.now
+            transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+
+    def _linger(self, data: bytes) -> None:
+        self._linger_bytes += len(data)
+        if self._linger_bytes > self.ctx.settings.lingering_max_bytes:
+            self._client_timeout("linger")
+            return
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self.close()
+            return
+        if self._parsing is None:
+            self.close()  # the body has ended
+
+    def _client_timeout(self, what: str) -> None:
+        timeouts = self.ctx.stats.client_timeouts
+        timeouts[what] = timeouts.get(what, 0) + 1
+        self.close()
 
     def _pump(self) -> None:
         pending = self._pending
@@ -932,14 +1198,45 @@ class _ClientConnection(asyncio.Protocol):
         self._pending.append(_LocalReply(http1.error_response(status, _REASONS[status], message, close=True)))
 
     def sweep(self, now: float) -> None:
-        """Enforce deadlines: the active exchange's timeouts and the keep-alive idle limit."""
-        active = self._active
+        """Enforce deadlines: the client's (head, body, reading its answer, lingering), the active
+        exchange's (first byte, primary silence, whole exchange) and the keep-alive idle limit."""
         settings = self.ctx.settings
+        if self._lingering:
+            if now >= self._linger_until or now - self.last_read >= settings.lingering_timeout_s:
+                self._client_timeout("linger")
+            return
+        if self._tunnel is not None:
+            return  # a tunnel's bytes are the two ends' business (either closing ends it)
+        if self._head_since and now - self._head_since >= settings.client_header_timeout_s:
+            self._head_since = 0.0
+            if self._active is None and not self._pending and self._parsing is None:
+                message = "shadowtap: request head timed out"
+                self.write(http1.error_response(408, "Request Timeout", message, close=True))
+            self._client_timeout("head")
+            return
+        if self.write_paused and now - self._write_paused_since >= settings.send_timeout_s:
+            self._client_timeout("send")
+            if self.transport is not None:
+                self.transport.abort()  # what is buffered for it would never be read
+            return
+        parsing = self._parsing
+        if (
+            parsing is not None
+            and not self._pause_mask
+            and not parsing.body_done
+            and now - self.last_read >= settings.client_body_timeout_s
+        ):
+            parsing.client_timed_out(f"request body stalled for {settings.client_body_timeout_s:g} s")
+            self._client_timeout("body")
+            return
+        active = self._active
         if active is not None:
             if now >= active.first_byte_deadline:
                 active.timed_out("first byte", settings.first_byte_timeout_s)
-            elif now >= active.deadline and self._tunnel is None:
+            elif now >= active.deadline:
                 active.timed_out("exchange", settings.total_timeout_s)
+            elif active.read_stalled(now, settings.primary_read_timeout_s) and not self.write_paused:
+                active.timed_out("read", settings.primary_read_timeout_s)
         elif self.idle and now - self.idle_since >= settings.keepalive_timeout_s:
             self.close()
 
@@ -997,6 +1294,7 @@ class ProxyServer:
             ssl_context=self._upstream_ssl,
             connect_timeout_s=settings.connect_timeout_s,
             max_idle=settings.pool_max_idle,
+            max_head_bytes=settings.max_header_bytes,
         )
         ctx = _Context(
             settings, self._stages, self._observers, pool, loop, "https" if self._listen_ssl is not None else "http"
@@ -1021,7 +1319,7 @@ class ProxyServer:
         ctx = self._ctx
         if ctx is None:
             return
-        now = ctx.loop.time()
+        now = ctx.now = ctx.loop.time()
         for conn in list(ctx.connections):
             conn.sweep(now)
         self._sweeper = ctx.loop.call_later(_SWEEP_PERIOD_S, self._sweep)

@@ -66,6 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_complete",
+        "_head_bytes",
         "_head_only",
         "_head_seen",
         "_headers",
@@ -92,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = False
         self._headers: list[Header] = []
         self._reason = b""
+        self._head_bytes = 0
         self._status = 0
         self._head_seen = False
         self._interim = False
@@ -234,12 +236,19 @@ class UpstreamConnection(asyncio.Protocol):
             raise _UnexpectedResponse("response bytes after the response ended")
         self._headers = []
         self._reason = b""
+        self._head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
+        self._head_bytes += len(reason)
+        if self._head_bytes > self._pool.max_head_bytes:
+            raise _UnexpectedResponse(f"response head larger than {self._pool.max_head_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._pool.max_head_bytes:
+            raise _UnexpectedResponse(f"response head larger than {self._pool.max_head_bytes} bytes")
 
     def on_headers_complete(self) -> None:
         sink = self._sink
@@ -413,6 +422,7 @@ class UpstreamPool:
         "_max_idle",
         "_ssl",
         "_target",
+        "max_head_bytes",
         "stats",
     )
 
@@ -424,8 +434,12 @@ class UpstreamPool:
         connect_timeout_s: float,
         max_idle: int,
         pipelined: bool = False,
+        max_head_bytes: int = 64 * 1024,
     ) -> None:
         self._target = target
+        #: A response head (status line and fields) beyond this is a bad response (nginx: 502 past
+        #: ``proxy_buffer_size``).
+        self.max_head_bytes = max_head_bytes
         # Pipelined connections carry several requests at once (the mirror's copies); the primary's
         # never do (one client's request must not wait behind another's).
         self._factory: type[UpstreamConnection] = PipelinedConnection if pipelined else UpstreamConnection

@@ -23,7 +23,16 @@ from proxy.upstream import UpstreamConnection, UpstreamPool
 
 # The data-path tests run on uvloop, the loop the proxy runs on in production (its transports are
 # not asyncio's classes and behave differently at the edges); other proxy tests keep the default.
-_UVLOOP_MODULES = ("test_server", "test_forward", "test_http1", "test_upstream", "test_upgrade", "test_transparency")
+_UVLOOP_MODULES = (
+    "test_server",
+    "test_forward",
+    "test_http1",
+    "test_upstream",
+    "test_upgrade",
+    "test_transparency",
+    "test_smuggling",
+    "test_hostile",
+)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable[[], Any]]:

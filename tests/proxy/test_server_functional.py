@@ -25,6 +25,10 @@ from tests.proxy.conftest import (
 )
 
 
+def setup_failures(proxy: ProxyServer) -> dict[str, int]:
+    return dict(proxy.stats.primary_failures)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,9 +163,12 @@ async def test_reset_after_head_closes_the_client_connection() -> None:
     finally:
         server.close()
         await server.wait_closed()
+    # Cut after its head: an incomplete answer, never a response to compare or replay.
     ex = stage.exchanges[0]
-    assert ex.failure is not None and ex.failure.kind == FailureKind.RESET
-    assert ex.response is not None and ex.response.status == 200
+    assert ex.failure is not None and ex.failure.kind == FailureKind.INCOMPLETE
+    assert ex.failure.message.startswith("200 response cut after 7 body bytes: primary closed the connection")
+    assert ex.response is None
+    assert setup_failures(proxy) == {FailureKind.RESET: 1}
 
 
 async def test_garbage_from_primary_gives_502() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.proxy.conftest import RecordingStage, running_proxy
+from tests.proxy.conftest import RecordingStage, raw_request, running_proxy
 from tests.proxy.test_upstream_functional import raw_primary
 
 UPGRADE_REQUEST = b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: toy-protocol\r\nX-Keep: 1\r\n\r\n"
@@ -58,17 +58,25 @@ async def _refuse_upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     await reader.read()
 
 
-async def test_refused_upgrade_is_relayed_and_the_connection_closed() -> None:
-    async with raw_primary(_refuse_upgrade) as (port, _), running_proxy(port) as proxy:
+async def test_refused_upgrade_is_relayed_and_plain_http_goes_on() -> None:
+    # The client connection stays HTTP/1.1 (as with nginx); the primary's connection, which may
+    # still act on the offer, is closed rather than pooled.
+    async with raw_primary(_refuse_upgrade) as (port, accepted), running_proxy(port) as proxy:
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         try:
             writer.write(UPGRADE_REQUEST)
-            raw = await asyncio.wait_for(reader.read(), 5)  # read to EOF: the proxy closes after it
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
+            assert b"Connection: close" not in head
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"nope"
+            writer.write(UPGRADE_REQUEST)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"nope"
         finally:
             writer.close()
-    assert raw.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
-    assert raw.endswith(b"\r\n\r\nnope")
-    assert b"Connection: close" in raw
+        assert len(accepted) == 2
+        assert proxy.stats.pool.reuses == 0
 
 
 async def test_client_closing_the_tunnel_closes_the_primary_side() -> None:
@@ -107,11 +115,6 @@ async def test_upgrade_request_with_a_body_that_is_declined_is_answered() -> Non
         b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 11\r\n\r\nhello world"
     )
     async with raw_primary(_read_body_and_decline) as (port, _), running_proxy(port, first_byte_timeout_s=3) as proxy:
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        try:
-            writer.write(request)
-            raw = await asyncio.wait_for(reader.read(), 5)
-        finally:
-            writer.close()
-    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert raw.endswith(b"\r\n\r\nhello world")
+        (response,) = await raw_request(proxy.port, request)
+    assert response.status == 200
+    assert response.body == b"hello world"

@@ -228,8 +228,12 @@ async def test_total_timeout_closes_a_response_that_never_ends() -> None:
         raw = await raw_head_request(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", timeout_s=5)
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
     assert not raw.endswith(b"0\r\n\r\n")  # cut, not completed: the client can tell
+    assert proxy.stats.primary_failures == {FailureKind.TIMEOUT: 1}
+    # On the tape it is an incomplete answer, with why it was cut.
     failure = stage.exchanges[0].failure
-    assert failure is not None and failure.kind == FailureKind.TIMEOUT
+    assert failure is not None and failure.kind == FailureKind.INCOMPLETE
+    assert "timed out after 0.4 s" in failure.message
+    assert stage.exchanges[0].response is None
 
 
 async def test_idle_keep_alive_client_connections_are_closed() -> None:
