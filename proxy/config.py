@@ -26,6 +26,7 @@ from proxy.breaker import BreakerSettings
 from proxy.rules import RouteRule
 from proxy.sampling import SampleKey
 from recorder.errors import ConfigError
+from recorder.redact import RULE_KINDS, RedactionRules, parse_json_path
 
 __all__ = [
     "DEFAULT_STRIPPED_HEADERS",
@@ -130,7 +131,13 @@ class ShadowSettings:
     preserve_host: bool = False
     #: Request headers never sent to the shadow (credentials, by default).
     strip_headers: tuple[str, ...] = DEFAULT_STRIPPED_HEADERS
+    #: Strip the headers ``record.redaction`` names from the shadow's copies, and hash or remove the
+    #: query parameters, JSON fields and form fields it names, as on the tape (``false``: send them
+    #: as the client did; ``credentials`` still apply).
+    redact_secrets: bool = True
     #: Header name -> environment variable: the shadow gets the variable's value for that header.
+    #: ``query:NAME``, ``json:PATH`` or ``form:NAME`` instead of a header name swaps the variable's
+    #: value into that query parameter, JSON field or form field when the request has it.
     credentials: tuple[tuple[str, str], ...] = ()
     tls_verify: bool = True
     ca_file: str | None = None
@@ -161,27 +168,66 @@ class ShadowSettings:
         if self.host is not None and not _VISIBLE_RE.match(self.host):
             raise ConfigError(f"not a valid Host header value: {self.host!r}", field="host")
         for index, (header, env_name) in enumerate(self.credentials):
-            if not _TOKEN_RE.match(header):
-                raise ConfigError(f"not a header name: {header!r}", field=f"credentials[{index}]")
+            kind, name = _credential_target(header)
+            if kind is None and not _TOKEN_RE.match(header):
+                raise ConfigError(
+                    f"not a header name, nor query:NAME, json:PATH or form:NAME: {header!r}",
+                    field=f"credentials[{index}]",
+                )
+            if kind is not None and not name:
+                raise ConfigError(f"no field named in {header!r}", field=f"credentials[{index}]")
+            if kind == "json_fields":
+                parse_json_path(name, field=f"credentials[{index}]")
             if not env_name:
                 raise ConfigError(f"no environment variable named for {header!r}", field=f"credentials[{index}]")
 
     def credential_values(self) -> tuple[tuple[bytes, bytes], ...]:
-        """The shadow credentials from the environment; a missing variable is a ConfigError."""
+        """The shadow's header credentials from the environment. Every variable ``credentials``
+        names is checked, fields' too; a missing one is a ConfigError."""
         values: list[tuple[bytes, bytes]] = []
-        for header, env_name in self.credentials:
-            value = os.environ.get(env_name)
-            if value is None:
-                raise ConfigError(
-                    f"environment variable {env_name!r} is not set", field=f"shadows.{self.name}.credentials.{header}"
-                )
+        for header, value in self._credential_texts():
+            if _credential_target(header)[0] is not None:
+                continue
             if any(c in value for c in "\r\n\0") or not value.isascii():
                 raise ConfigError(
-                    f"environment variable {env_name!r} holds characters a header value cannot carry",
+                    f"environment variable {dict(self.credentials)[header]!r} holds characters a header value "
+                    "cannot carry",
                     field=f"shadows.{self.name}.credentials.{header}",
                 )
             values.append((header.encode("ascii"), value.encode("ascii")))
         return tuple(values)
+
+    def field_credentials(self) -> tuple[tuple[str, str, str], ...]:
+        """The shadow's query parameter, JSON field and form field credentials from the environment,
+        as ``(kind, name, value)`` (``recorder.Redactor``'s swaps)."""
+        out: list[tuple[str, str, str]] = []
+        for target, value in self._credential_texts():
+            kind, name = _credential_target(target)
+            if kind is not None:
+                out.append((kind, name, value))
+        return tuple(out)
+
+    def _credential_texts(self) -> list[tuple[str, str]]:
+        texts: list[tuple[str, str]] = []
+        for target, env_name in self.credentials:
+            value = os.environ.get(env_name)
+            if value is None:
+                raise ConfigError(
+                    f"environment variable {env_name!r} is not set", field=f"shadows.{self.name}.credentials.{target}"
+                )
+            texts.append((target, value))
+        return texts
+
+
+#: ``shadows[].credentials`` keys that name a field rather than a header, and the rule kind of each.
+_CREDENTIAL_KINDS: Final = {"query": "query_params", "json": "json_fields", "form": "form_fields"}
+
+
+def _credential_target(key: str) -> tuple[str | None, str]:
+    """``query:api_key`` -> ``("query_params", "api_key")``; a header name -> ``(None, name)``."""
+    prefix, sep, name = key.partition(":")
+    kind = _CREDENTIAL_KINDS.get(prefix) if sep else None
+    return (kind, name) if kind is not None else (None, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,8 +274,9 @@ class RecordSettings:
     compression: str = "none"
     #: When the tape is fsynced: ``none``, ``interval`` (about every second) or ``every`` batch.
     fsync: str = "interval"
-    #: Redact credentials with a keyed hash at write time.
-    redaction: bool = True
+    #: What is redacted on the tape and stripped from shadows' copies (``true``/``false`` or the
+    #: rules: see the keys below).
+    redaction: RedactionRules = field(default_factory=RedactionRules)
     #: Where the tape is encoded and written: ``process`` (a child process per worker, off the
     #: proxy's GIL) or ``thread`` (a thread in the worker; no extra process).
     writer: str = "process"
@@ -383,7 +430,7 @@ class ProxyConfig:
             "forward": dict(forward),
             "shadows": shadows,
             "mirror": _mirror(data.get("mirror", {}), names),
-            "record": settings_from_mapping(RecordSettings, data.get("record", {}), "record"),
+            "record": _record(data.get("record", {})),
             "admin": _admin(data.get("admin", {})),
             "events": settings_from_mapping(EventsSettings, data.get("events", {}), "events"),
             "tls": settings_from_mapping(TlsSettings, data.get("tls", {}), "tls"),
@@ -493,11 +540,24 @@ def _shadow(data: Any, where: str) -> ShadowSettings:
             if not isinstance(value, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()
             ):
-                raise ConfigError(f"expected a mapping HEADER: ENV_VAR, not {value!r}", field=f"{where}.credentials")
+                raise ConfigError(
+                    f"expected a mapping HEADER (or query:NAME, json:PATH, form:NAME): ENV_VAR, not {value!r}",
+                    field=f"{where}.credentials",
+                )
             values[key] = tuple(value.items())
         else:
             values[key] = _typed(value, _field_type(ShadowSettings, key), f"{where}.{key}")
     return _construct(ShadowSettings, values, f"{where}.")
+
+
+def _record(data: Any) -> RecordSettings:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping, not {data!r}", field="record")
+    settings = settings_from_mapping(RecordSettings, {k: v for k, v in data.items() if k != "redaction"}, "record")
+    if "redaction" not in data:
+        return settings
+    rules = RedactionRules.from_mapping(data["redaction"], "record.redaction")
+    return dataclasses.replace(settings, redaction=rules)
 
 
 def _mirror(data: Any, shadow_names: Sequence[str]) -> MirrorSettings:
@@ -556,6 +616,10 @@ def file_value(value: Any) -> Any:
     if isinstance(value, ShadowSettings):
         out = {f.name: file_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
         out["credentials"] = dict(value.credentials)
+        return out
+    if isinstance(value, RedactionRules):
+        out = {f.name: file_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        out.update({kind: dict(getattr(value, kind)) for kind in RULE_KINDS})
         return out
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: file_value(getattr(value, f.name)) for f in dataclasses.fields(value)}

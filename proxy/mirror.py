@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import ssl
 import time
 from collections import deque
@@ -32,8 +33,9 @@ from proxy.rules import RouteTable
 from proxy.sampling import TokenBucket, in_sample, key_in_sample
 from proxy.stages import ProxiedExchange
 from proxy.upstream import PipelinedConnection, UpstreamConnection, UpstreamPool
-from recorder.errors import ConfigError
+from recorder.errors import ConfigError, ShadowtapError
 from recorder.model import Failure, FailureKind, Header, Headers, Outcome, Response, Timing, new_response, new_timing
+from recorder.redact import RULE_KINDS, RedactionRules, Redactor, resolve_redaction_key
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -59,6 +61,10 @@ _NOT_FORWARDED: Final = frozenset(
         b"content-length", b"host", b"expect",
     }
 )  # fmt: skip
+#: The rules of a shadow whose copies keep their secrets (``redact_secrets: false``).
+_NO_RULES: Final = RedactionRules(extend_defaults=False)
+#: The rule kinds a copy's target or body may need rewriting for (headers are dropped in the head).
+_VALUE_KINDS: Final = tuple(kind for kind in RULE_KINDS if kind != "headers")
 #: The timing of a copy that was never sent (shared: Timing is frozen).
 _NO_TIMING: Final = Timing()
 _MARKER_LINE: Final = f"{MARKER_HEADER}: 1\r\n{CORRELATION_HEADER}: ".encode()
@@ -148,15 +154,17 @@ class _Copy:
     """
 
     __slots__ = (
-        "chunks", "conn", "connecting", "deadline", "exchange", "first_byte_ns", "head", "headers", "mirror",
-        "reason", "retried", "reused", "sent_ns", "size", "status",
+        "body", "chunks", "conn", "connecting", "deadline", "exchange", "first_byte_ns", "head", "headers",
+        "mirror", "reason", "retried", "reused", "sent_ns", "size", "status",
     )  # fmt: skip
 
-    def __init__(self, mirror: ShadowMirror, exchange: ProxiedExchange, head: bytes, sent_ns: int) -> None:
+    def __init__(self, mirror: ShadowMirror, exchange: ProxiedExchange, head: bytes, body: bytes, sent_ns: int) -> None:
         self.mirror = mirror
         #: The exchange copied: its request fields never change once it is offered to the mirror.
         self.exchange = exchange
         self.head = head
+        #: The body sent: the request's, with the fields the redaction rules name rewritten.
+        self.body = body
         self.sent_ns = sent_ns
         self.conn: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
@@ -176,7 +184,7 @@ class _Copy:
         self.conn = conn
         self.chunks.clear()
         self.size = 0
-        body = self.exchange.request_body
+        body = self.body
         data = [self.head, body] if body else [self.head]
         head_only = self.exchange.method == "HEAD"
         if not head_only and isinstance(conn, PipelinedConnection):
@@ -278,6 +286,7 @@ class ShadowMirror:
         flags: RuntimeFlags,
         metrics: ProxyMetrics,
         on_outcome: OutcomeListener | None,
+        redaction: RedactionRules | None = None,
     ) -> None:
         self.settings = settings
         self._flags = flags
@@ -285,11 +294,21 @@ class ShadowMirror:
         self._metrics = metrics
         self._on_outcome = on_outcome
         self._credentials = settings.credential_values()
+        # The tape's rules strip the shadow's copies too (its defaults when none are given), unless
+        # this shadow keeps secrets; its own credentials are swapped in either way.
+        if not settings.redact_secrets:
+            self._rules = _NO_RULES
+        else:
+            self._rules = redaction if redaction is not None else RedactionRules()
+        self._swaps = settings.field_credentials()
         self._drop = (
             _NOT_FORWARDED
             | {h.encode("latin-1") for h in settings.strip_headers}
+            | {name.encode("latin-1") for name in self._rules.names("headers")}
             | {name.lower() for name, _ in self._credentials}
         )
+        #: Rewrites the query parameters and body fields the rules name (None: nothing to rewrite).
+        self._redactor: Redactor | None = None
         self._target = parse_primary(settings.url, field=f"shadows.{settings.name}.url")
         self.breaker = CircuitBreaker(settings.breaker)
         self._bucket: TokenBucket | None = None
@@ -329,6 +348,7 @@ class ShadowMirror:
             burst = self.settings.burst if self.settings.burst is not None else max(1.0, self.settings.rate_per_s)
             self._bucket = TokenBucket(self.settings.rate_per_s, burst, loop.time())
         ssl_context = await asyncio.to_thread(shadow_ssl_context, self.settings) if self._target.tls else None
+        self._redactor = await self._make_redactor()
         # Keep as many idle connections as copies may be in flight: the concurrency cap is also the
         # connection cap.
         self._pool = UpstreamPool(
@@ -339,6 +359,22 @@ class ShadowMirror:
             pipelined=self.settings.pipeline_depth > 1,
         )
         self._sweeper = loop.call_later(self._sweep_period_s, self._sweep)
+
+    async def _make_redactor(self) -> Redactor | None:
+        rules = self._rules
+        hashes = any(action == "hash" for kind in _VALUE_KINDS for _, action in getattr(rules, kind))
+        key = b""
+        if hashes:
+            try:
+                # The tape's key: a value a shadow echoes back then matches the tape's hash of it.
+                key = await asyncio.to_thread(resolve_redaction_key, rules)
+            except ShadowtapError as exc:
+                log.warning(
+                    "shadow %s: %s; hashing its copies' secrets under a key of this process", self.settings.name, exc
+                )
+                key = secrets.token_hex(32).encode()
+        redactor = Redactor(rules, key, self._swaps)
+        return redactor if redactor.rewrites_targets or redactor.rewrites_bodies else None
 
     def offer(self, exchange: ProxiedExchange, now_s: float) -> str:
         """Send or queue a copy of ``exchange`` if rate cap, queue and breaker allow; return the decision."""
@@ -364,11 +400,22 @@ class ShadowMirror:
     def _start(self, exchange: ProxiedExchange, now_s: float) -> None:
         assert self._pool is not None
         body = exchange.request_body
+        if body is None:  # never offered: request_complete refuses a body it did not capture
+            body = b""
+        target = exchange.target
+        redactor = self._redactor
+        if redactor is not None:
+            # Off the primary path (a later loop turn), and cheap unless a rule can match: bodies are
+            # parsed only when JSON or form rules exist, the type says so and a rule name appears.
+            if body:
+                body = redactor.redact_request_body(body, exchange.request_headers)
+            if "?" in target:
+                target = redactor.redact_target(target)
         head = mirror_request_head(
             exchange.method,
-            exchange.target,
+            target,
             exchange.request_headers,
-            0 if body is None else len(body),
+            len(body),
             self.settings,
             self._target,
             self._drop,
@@ -376,7 +423,7 @@ class ShadowMirror:
             exchange.id,
             exchange.authority,
         )
-        copy = _Copy(self, exchange, head, time.monotonic_ns())
+        copy = _Copy(self, exchange, head, body, time.monotonic_ns())
         self._active.add(copy)
         copy.deadline = now_s + self.settings.total_timeout_s
         head_only = exchange.method == "HEAD"
@@ -589,12 +636,13 @@ class MirrorStage:
         flags: RuntimeFlags,
         metrics: ProxyMetrics,
         on_outcome: OutcomeListener | None = None,
+        redaction: RedactionRules | None = None,
     ) -> None:
         self._settings = settings
         self._routes = RouteTable(settings.routes)
         self._flags = flags
         self._metrics = metrics
-        self.shadows = [ShadowMirror(s, flags, metrics, on_outcome) for s in shadows]
+        self.shadows = [ShadowMirror(s, flags, metrics, on_outcome, redaction) for s in shadows]
         # Cached: asyncio.get_running_loop() costs a getpid() system call on every call.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False

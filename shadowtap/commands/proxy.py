@@ -77,7 +77,8 @@ _FLAGS: Final[list[tuple[str, str, Callable[[str], Any] | None, Any, str]]] = [
     ("--tape-fsync", "record.fsync", str, None, "none, interval or every"),
     ("--tape-writer", "record.writer", str, None, "process (default: off the proxy's GIL) or thread"),
     ("--tape-segment-bytes", "record.max_segment_bytes", int, None, "rotate tape segments at this size"),
-    ("--no-redaction", "record.redaction", None, False, "record credentials as they are (redaction is on by default)"),
+    ("--no-redaction", "record.redaction.enabled", None, False,
+     "record secrets as they are (redaction is on by default; shadows' copies are still stripped)"),
     ("--events", "events.path", str, None, "write one JSON line per exchange to FILE ('-' for stdout)"),
     ("--admin", "admin.listen", str, None, "admin API HOST:PORT (default 127.0.0.1:0) or 'off'"),
     ("--admin-token-env", "admin.token_env", str, None, "environment variable holding the admin bearer token"),
@@ -199,6 +200,10 @@ def build_mapping(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, A
     from recorder.errors import ConfigError
 
     data = copy.deepcopy(base)
+    record = data.get("record")
+    if isinstance(record, dict) and isinstance(record.get("redaction"), bool):
+        # `redaction: false` in the file is the rules' switch, which flags and --set keys go under.
+        record["redaction"] = {"enabled": record["redaction"]}
     if "shadows" in data:
         data["shadows"] = _shadow_list(data["shadows"])
     for spec in args.shadow:

@@ -124,6 +124,83 @@ def test_credentials_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert shadow.credential_values() == ((b"Authorization", b"Bearer shadow"),)
 
 
+def test_redaction_takes_true_false_or_rules_and_round_trips() -> None:
+    base = {"primary": "http://127.0.0.1:9000"}
+    on = ProxyConfig.from_mapping(base).record.redaction
+    assert on.enabled and ("x-auth-token", "hash") in on.headers and "access_token" in on.names("query_params")
+    assert ProxyConfig.from_mapping({**base, "record": {"redaction": True}}).record.redaction == on
+    assert not ProxyConfig.from_mapping({**base, "record": {"redaction": False}}).record.redaction.enabled
+    config = ProxyConfig.from_mapping(
+        {
+            **base,
+            "record": {
+                "redaction": {
+                    "headers": ["X-Session"],
+                    "query_params": {"sig": "remove"},
+                    "json_fields": ["user.pin", {"items[*].card": "remove"}],
+                    "form_fields": {"action": "remove", "names": ["otp"]},
+                    "key_file": "/run/keys/redaction",
+                }
+            },
+        }
+    )
+    rules = config.record.redaction
+    assert {("x-session", "hash"), ("authorization", "hash")} <= set(rules.headers)
+    assert ("sig", "remove") in rules.query_params and ("items[*].card", "remove") in rules.json_fields
+    assert ("otp", "remove") in rules.form_fields and rules.key_file == "/run/keys/redaction"
+    assert ProxyConfig.from_mapping(config.to_mapping()) == config
+    replaced = ProxyConfig.from_mapping(
+        {**base, "record": {"redaction": {"extend_defaults": False, "json_fields": ["pin"]}}}
+    ).record.redaction
+    assert replaced.json_fields == (("pin", "hash"),) and replaced.headers == ()
+
+
+@pytest.mark.parametrize(
+    ("redaction", "field"),
+    [
+        ({"json_fields": ["password", "token", "a..b"]}, "record.redaction.json_fields[2]"),
+        ({"headers": ["Authorization", "no spaces allowed"]}, "record.redaction.headers[1]"),
+        ({"query_params": {"sig": "shred"}}, "record.redaction.query_params.sig"),
+        ({"form_fields": "password"}, "record.redaction.form_fields"),
+        ({"action": "shred"}, "record.redaction.action"),
+        ({"colour": "red"}, "record.redaction.colour"),
+        ({"enabled": "yes"}, "record.redaction.enabled"),
+        ("on", "record.redaction"),
+    ],
+)
+def test_redaction_errors_name_the_key(redaction: Any, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ProxyConfig.from_mapping({"primary": "http://127.0.0.1:9000", "record": {"redaction": redaction}})
+    assert info.value.field == field
+
+
+def test_shadow_credentials_can_swap_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials = {"X-Api-Key": "V2_KEY", "query:api_key": "V2_QUERY_KEY", "json:user.token": "V2_TOKEN"}
+    shadow = ProxyConfig.from_mapping(
+        {"primary": "http://127.0.0.1:9000", "shadows": [{"name": "v2", "url": "http://h", "credentials": credentials}]}
+    ).shadows[0]
+    monkeypatch.setenv("V2_KEY", "k")
+    monkeypatch.setenv("V2_QUERY_KEY", "q")
+    monkeypatch.delenv("V2_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="V2_TOKEN"):
+        shadow.credential_values()  # every variable is checked up front, not only the headers'
+    monkeypatch.setenv("V2_TOKEN", "line one\nline two")  # fine in a JSON field, never in a header
+    assert shadow.credential_values() == ((b"X-Api-Key", b"k"),)
+    assert shadow.field_credentials() == (
+        ("query_params", "api_key", "q"),
+        ("json_fields", "user.token", "line one\nline two"),
+    )
+    for bad in ("json:a..b", "query:", "bad header"):
+        with pytest.raises(ConfigError) as info:
+            ProxyConfig.from_mapping(
+                {
+                    "primary": "http://127.0.0.1:9000",
+                    "shadows": [{"name": "v2", "url": "http://h", "credentials": {bad: "E"}}],
+                }
+            )
+        assert info.value.field == "shadows[0].credentials[0]"
+
+
 def test_runtime_flags_apply_and_share() -> None:
     config = ProxyConfig.from_mapping(FULL)
     flags = RuntimeFlags(config)

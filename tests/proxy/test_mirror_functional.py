@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import socket
 import struct
 import time
@@ -19,6 +20,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.mirror import MirrorStage
 from proxy.stages import ProxiedExchange
 from recorder.model import Failure, FailureKind, Outcome, Response, Timing
+from recorder.redact import RedactionRules, Redactor, resolve_redaction_key
 from tests.proxy.conftest import hang_up
 
 _ids = itertools.count()
@@ -114,13 +116,16 @@ async def echo_shadow() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
 
 def stage_for(
-    shadows: list[dict[str, Any]], mirror: dict[str, Any] | None = None
+    shadows: list[dict[str, Any]], mirror: dict[str, Any] | None = None, record: dict[str, Any] | None = None
 ) -> tuple[MirrorStage, RuntimeFlags, ProxyMetrics, Outcomes]:
-    config = ProxyConfig.from_mapping({"primary": "http://127.0.0.1:1", "shadows": shadows, "mirror": mirror or {}})
+    config = ProxyConfig.from_mapping(
+        {"primary": "http://127.0.0.1:1", "shadows": shadows, "mirror": mirror or {}, "record": record or {}}
+    )
     flags = RuntimeFlags(config)
     metrics = ProxyMetrics()
     outcomes = Outcomes()
-    return MirrorStage(config.shadows, config.mirror, flags, metrics, outcomes), flags, metrics, outcomes
+    stage = MirrorStage(config.shadows, config.mirror, flags, metrics, outcomes, config.record.redaction)
+    return stage, flags, metrics, outcomes
 
 
 async def test_mirrored_copy_is_marked_stripped_and_recorded(echo_shadow: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,6 +166,96 @@ async def test_mirrored_copy_is_marked_stripped_and_recorded(echo_shadow: Any, m
     assert timing.sent_ns is not None and timing.done_ns is not None and timing.done_ns >= timing.sent_ns
     assert metrics.mirror_outcomes[("v2", "mirrored")] == 1 and metrics.mirror_outcomes[("v2", "ok")] == 1
     assert metrics.shadow_latency["v2"].count == 1
+
+
+POST_OPT_IN: dict[str, Any] = {"routes": [{"path": "/**", "mirror_methods": ["GET", "POST"]}]}
+JSON = (b"Content-Type", b"application/json")
+
+
+async def mirror_all(stage: MirrorStage, outcomes: Outcomes, *exchanges: ProxiedExchange) -> None:
+    await stage.start()
+    for ex in exchanges:
+        stage.request_complete(ex)
+        assert set(ex.decisions.values()) == {"mirrored"}, ex.decisions
+    await outcomes.wait_for(len(exchanges) * len(stage.shadows))
+    await stage.aclose(5.0)
+
+
+def content_length(seen: dict[str, Any]) -> int:
+    return int(next(v for k, v in seen["headers"] if k.lower() == b"content-length"))
+
+
+async def test_copies_lose_secrets_by_the_tape_rules_hashed_under_the_tape_key(echo_shadow: Any) -> None:
+    url, seen = echo_shadow
+    stage, _, _, outcomes = stage_for([{"name": "v2", "url": url}], POST_OPT_IN)
+    body = json.dumps({"user": "al", "password": "pw-1", "creds": [{"Token": "tk-1"}], "tokenizer": "wp"}).encode()
+    form = b"user=al&passwd=pw-2&password_hint_shown=1"
+    multipart = (
+        b'--b1\r\nContent-Disposition: form-data; name="client_secret"\r\n\r\ncs-1\r\n'
+        b'--b1\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--b1--\r\n'
+    )
+    await mirror_all(
+        stage,
+        outcomes,
+        exchange("POST", "/login?api_key=ak-1&q=1", [JSON, (b"X-Auth-Token", b"xa-1")], body),
+        exchange("POST", "/form", [(b"Content-Type", b"application/x-www-form-urlencoded")], form),
+        exchange("POST", "/upload", [(b"Content-Type", b"multipart/form-data; boundary=b1")], multipart),
+    )
+    # Equal secrets hash equal, under the tape's key: an echo of one matches the tape's hash of it.
+    redactor = Redactor(RedactionRules(), resolve_redaction_key(RedactionRules()))
+
+    def hashed(secret: bytes) -> str:
+        return redactor.hash_bytes(secret).decode()
+
+    by_path = {s["target"].split("?")[0]: s for s in seen}
+    login = by_path["/login"]
+    assert login["target"] == f"/login?api_key={hashed(b'ak-1')}&q=1"
+    assert b"x-auth-token" not in [k.lower() for k, _ in login["headers"]]
+    assert json.loads(login["body"]) == {
+        "user": "al",
+        "password": hashed(b"pw-1"),
+        "creds": [{"Token": hashed(b"tk-1")}],
+        "tokenizer": "wp",
+    }
+    assert by_path["/form"]["body"] == f"user=al&passwd={hashed(b'pw-2')}&password_hint_shown=1".encode()
+    assert by_path["/upload"]["body"] == multipart.replace(b"cs-1", redactor.hash_bytes(b"cs-1"))
+    for got in seen:
+        assert content_length(got) == len(got["body"])
+        for secret in (b"ak-1", b"xa-1", b"pw-1", b"tk-1", b"pw-2", b"cs-1"):
+            assert secret not in got["target"].encode() + got["body"] + b"".join(v for _, v in got["headers"])
+
+
+async def test_shadow_credentials_are_swapped_into_fields_and_configured_rules_apply(
+    echo_shadow: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, seen = echo_shadow
+    monkeypatch.setenv("V2_API_KEY", "v2 key/1")
+    monkeypatch.setenv("V2_TOKEN", "v2-token")
+    swapping = {"query:api_key": "V2_API_KEY", "json:session.token": "V2_TOKEN", "form:otp": "V2_TOKEN"}
+    stage, _, _, outcomes = stage_for(
+        [
+            {"name": "v2", "url": url, "credentials": swapping},
+            {"name": "v3", "url": url, "redact_secrets": False},
+        ],
+        POST_OPT_IN,
+        {"redaction": {"json_fields": {"card.number": "remove"}, "query_params": ["tenant_key"]}},
+    )
+    body = json.dumps({"session": {"token": "client-token"}, "card": {"number": "4111", "exp": "12/30"}}).encode()
+    await mirror_all(
+        stage,
+        outcomes,
+        exchange("POST", "/pay?api_key=client-key&tenant_key=tk", [JSON, (b"Authorization", b"Bearer c")], body),
+    )
+    # One exchange, two shadows at one URL: told apart by what each got.
+    v2 = next(s for s in seen if b"client" not in s["body"])
+    v3 = next(s for s in seen if s is not v2)
+    tenant = Redactor(RedactionRules(), resolve_redaction_key(RedactionRules())).hash_bytes(b"tk").decode()
+    assert v2["target"] == f"/pay?api_key=v2+key%2F1&tenant_key={tenant}"
+    assert json.loads(v2["body"]) == {"session": {"token": "v2-token"}, "card": {"exp": "12/30"}}
+    assert b"authorization" not in [k.lower() for k, _ in v2["headers"]]
+    # A shadow that keeps secrets gets the request as it came (hop-by-hop and strip_headers aside).
+    assert v3["target"] == "/pay?api_key=client-key&tenant_key=tk" and v3["body"] == body
+    assert b"authorization" not in [k.lower() for k, _ in v3["headers"]]  # strip_headers still holds
 
 
 async def test_unsafe_methods_only_by_route_opt_in(echo_shadow: Any) -> None:

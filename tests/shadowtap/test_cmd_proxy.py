@@ -39,7 +39,8 @@ def test_flags_override_the_file_and_apply_to_every_shadow() -> None:
     assert {s.sample_percent for s in config.shadows} == {5.0}
     assert {s.rate_per_s for s in config.shadows} == {20.0}
     assert by_name["v3"].strip_headers == ("authorization",)
-    assert config.record.tape == "/tmp/t" and not config.record.redaction and config.record.join_timeout_s == 7.0
+    assert config.record.tape == "/tmp/t" and config.record.join_timeout_s == 7.0
+    assert not config.record.redaction.enabled
     assert config.admin.listen is None and config.workers == 3 and not config.mirror.enabled
     assert config.forward == {"via": "shadowtap"}
     first, second = config.mirror.routes
