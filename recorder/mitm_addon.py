@@ -1,7 +1,8 @@
 """A mitmproxy addon that records every HTTP flow into a shadowtap tape: ``mitmdump -s recorder/mitm_addon.py``.
 
 mitmproxy does what shadowtap's proxy does not (TLS interception, HTTP/2 and HTTP/3, forward-proxy
-mode); this addon turns what it sees into the same tape, with the same redaction rules. Options are
+mode); this addon turns what it sees into the same tape, with the same redaction rules (the defaults,
+or ``shadowtap_redaction_config``: a file with the proxy's ``record.redaction`` section). Options are
 declared the mitmproxy way in ``load`` and read once per change in ``configure`` into a validated
 ``RecorderSettings``. This module must never block mitmproxy's event loop: hooks only build an
 Exchange and hand it to ``TapeWriter.submit`` (a bounded queue; a thread encodes, redacts and writes),
@@ -19,6 +20,7 @@ import dataclasses
 import logging
 import random
 import time
+import tomllib
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,8 @@ class RecorderSettings:
 
     tape: Path | None = None
     redact: bool = True
+    #: What is redacted (``redact`` switches it off).
+    rules: RedactionRules = RedactionRules()
     sample_percent: int = 100
     #: Bodies longer than this are cut (``truncated_from`` keeps the size); 0 keeps whole bodies.
     body_cap_bytes: int = 1024 * 1024
@@ -59,6 +63,39 @@ class RecorderSettings:
             raise ConfigError("must be 0 (no cap) or a positive number of bytes", field="shadowtap_body_cap_bytes")
         if self.compression not in ("none", "zstd"):
             raise ConfigError("must be 'none' or 'zstd'", field="shadowtap_compression")
+
+
+def load_redaction_rules(path: Optional[str]) -> RedactionRules:  # noqa: UP045 - see the imports' note
+    """The rules in ``path`` (YAML, or TOML by extension): its ``redaction`` section, or
+    ``record.redaction`` as a proxy config holds it; the defaults when ``path`` is None."""
+    if path is None:
+        return RedactionRules()
+    where = "shadowtap_redaction_config"
+    try:
+        if path.endswith(".toml"):
+            with open(path, "rb") as binary:
+                try:
+                    data: Any = tomllib.load(binary)
+                except tomllib.TOMLDecodeError as exc:
+                    raise ConfigError(f"not TOML: {exc}", field=where, path=path) from exc
+        else:
+            import yaml
+
+            with open(path, encoding="utf-8") as text:
+                try:
+                    data = yaml.safe_load(text)
+                except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                    raise ConfigError(f"not YAML: {exc}", field=where, path=path) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", field=where, path=path) from exc
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping with a 'redaction' section", field=where, path=path)
+    if "redaction" in data:
+        return RedactionRules.from_mapping(data["redaction"], "redaction")
+    record = data.get("record")
+    if isinstance(record, dict) and "redaction" in record:
+        return RedactionRules.from_mapping(record["redaction"], "record.redaction")
+    raise ConfigError("no 'redaction' (or 'record.redaction') section", field=where, path=path)
 
 
 class TapeRecorder:
@@ -85,8 +122,16 @@ class TapeRecorder:
             "shadowtap_redact",
             bool,
             True,
-            "shadowtap: redact Authorization, Cookie, Set-Cookie, Proxy-Authorization and X-Api-Key "
-            "with a keyed hash at write time (the key is $SHADOWTAP_REDACTION_KEY or redaction.key in the tape)",
+            "shadowtap: redact credentials (Authorization, Cookie, X-Api-Key, X-Auth-Token, ...; query, JSON and "
+            "form fields such as password, token, access_token, api_key) with a keyed hash at write time; the "
+            "key is $SHADOWTAP_REDACTION_KEY or $XDG_STATE_HOME/shadowtap/redaction.key, never in the tape",
+        )
+        loader.add_option(
+            "shadowtap_redaction_config",
+            Optional[str],  # noqa: UP045
+            None,
+            "shadowtap: YAML or TOML file whose 'redaction' section (or 'record.redaction', as in a "
+            "shadowtap proxy config) sets the redaction rules",
         )
         loader.add_option("shadowtap_sample_percent", int, 100, "shadowtap: percentage of flows to record (0-100)")
         loader.add_option(
@@ -109,20 +154,22 @@ class TapeRecorder:
             settings = RecorderSettings(
                 tape=Path(options.shadowtap_tape) if options.shadowtap_tape else None,
                 redact=options.shadowtap_redact,
+                rules=load_redaction_rules(options.shadowtap_redaction_config),
                 sample_percent=options.shadowtap_sample_percent,
                 body_cap_bytes=options.shadowtap_body_cap_bytes,
                 compression=options.shadowtap_compression,
             )
         except ConfigError as exc:
             raise exceptions.OptionsError(str(exc)) from exc  # type: ignore[no-untyped-call]
-        if self.writer is not None and (settings.tape, settings.redact, settings.compression) != (
+        if self.writer is not None and (settings.tape, settings.redact, settings.rules, settings.compression) != (
             self.settings.tape,
             self.settings.redact,
+            self.settings.rules,
             self.settings.compression,
         ):
             # Switching tapes needs an await (close the old writer): restart mitmdump instead.
             raise exceptions.OptionsError(  # type: ignore[no-untyped-call]
-                "shadowtap_tape, _redact and _compression cannot change while recording"
+                "shadowtap_tape, _redact, _redaction_config and _compression cannot change while recording"
             )
         self.settings = settings
 
@@ -134,7 +181,7 @@ class TapeRecorder:
             return None
         options = TapeOptions(
             compression="zstd" if settings.compression == "zstd" else "none",
-            redaction=RedactionRules() if settings.redact else None,
+            redaction=settings.rules if settings.redact else None,
         )
         # submit() queues (bounded) until the writer's thread is up.
         self.writer = TapeWriter(settings.tape, options)
