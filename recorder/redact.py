@@ -463,13 +463,13 @@ def _compile(pairs: Iterable[tuple[str, str]], swaps: Iterable[tuple[str, str]])
     return out
 
 
-def _needles(names: Iterable[str]) -> tuple[tuple[bytes, tuple[bytes, ...]], ...]:
+def _needles(names: Iterable[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """A few substrings, at least one of which every name holds (``token`` stands for the ten
-    ``*token`` names), each with the quoted names it stands for. A body holding none of the
-    substrings (any case) cannot name any of the fields, and one substring search costs about what
-    reading the body once does, so few short ones are cheapest; a hit is confirmed by its names."""
+    ``*token`` names), each with the names it stands for. Text holding none of the substrings (any
+    case) cannot hold any of the names, and one substring search costs about what reading the text
+    once does, so few short ones are cheapest."""
     uncovered = set(names)
-    chosen: list[tuple[bytes, tuple[bytes, ...]]] = []
+    chosen: list[tuple[str, tuple[str, ...]]] = []
     while uncovered:
         counts: dict[str, int] = {}
         for name in uncovered:
@@ -478,8 +478,8 @@ def _needles(names: Iterable[str]) -> tuple[tuple[bytes, tuple[bytes, ...]], ...
             for piece in pieces:
                 counts[piece] = counts.get(piece, 0) + 1
         best = max(counts, key=lambda piece: (counts[piece], len(piece), piece))
-        covered = sorted(name for name in uncovered if best in name)
-        chosen.append((best.encode(), tuple(f'"{name}"'.encode() for name in covered)))
+        covered = tuple(sorted(name for name in uncovered if best in name))
+        chosen.append((best, covered))
         uncovered.difference_update(covered)
     return tuple(chosen)
 
@@ -515,6 +515,7 @@ class Redactor:
         "_bodies",
         "_key",
         "_query",
+        "_query_needles",
         "_value_cache",
     )
 
@@ -544,8 +545,15 @@ class Redactor:
         self._json_roots: tuple[_PathNode, ...] = (root,) if has_paths else ()
         # What a body must hold for any rule to match, to skip parsing most bodies. Only ASCII
         # names: bytes case-folding knows no other letters.
+        # Each substring with the quoted names it stands for: a hit is confirmed by one of them.
         self._json_leaves: tuple[tuple[bytes, tuple[bytes, ...]], ...] | None = (
-            _needles(leaves) if all(leaf.isascii() for leaf in leaves) else None
+            tuple((n.encode(), tuple(f'"{name}"'.encode() for name in names)) for n, names in _needles(leaves))
+            if all(leaf.isascii() for leaf in leaves)
+            else None
+        )
+        # Substrings one of which a query must hold (lower-cased) for a parameter rule to match.
+        self._query_needles: tuple[str, ...] | None = (
+            tuple(n for n, _ in _needles(self._query)) if all(name.isascii() for name in self._query) else None
         )
         self._bodies = bool(self._json_leaves is None or self._json_leaves or self._form)
         # Secret -> hash. The same few tokens and cookies recur in most traffic; an HMAC costs more
@@ -618,6 +626,12 @@ class Redactor:
         if not sep or not self._query:
             return target
         query, hash_sign, fragment = query.partition("#")
+        needles = self._query_needles
+        if needles is not None and "%" not in query and "+" not in query:
+            # Most queries name no secret: a few substring searches say so without splitting them.
+            lowered = query.lower()
+            if not any(needle in lowered for needle in needles):
+                return target
         rebuilt, changed = self._pairs(query, self._query, "utf-8")
         if not changed:
             return target

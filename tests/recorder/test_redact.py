@@ -183,6 +183,13 @@ def test_escaped_json_names_are_still_found() -> None:
     assert b"hunter2" not in out.request.body
 
 
+def test_encoded_query_names_are_still_found() -> None:
+    redactor = Redactor(RedactionRules(), KEY)
+    out = redactor.redact(exchange(target="/p?p%61ssword=hunter2&q=a+b&ACCESS_TOKEN=t"))
+    assert "hunter2" not in out.request.target and "=t" not in out.request.target
+    assert out.request.target.endswith("&q=a+b&ACCESS_TOKEN=" + redactor.hash_bytes(b"t").decode())
+
+
 def test_form_bodies_urlencoded_and_multipart() -> None:
     redactor = Redactor(RedactionRules(form_fields=(("otp", "remove"),)), KEY)
     form = ((b"Content-Type", b"application/x-www-form-urlencoded"), (b"Content-Length", b"39"))
