@@ -356,6 +356,9 @@ _REQUEST_FIELDS: Final = _REQUEST_REQUIRED + len(_REQUEST_DEFAULTS)
 _RESPONSE_FIELDS: Final = _RESPONSE_REQUIRED + len(_RESPONSE_DEFAULTS)
 _TIMING_FIELDS: Final = _TIMING_REQUIRED + len(_TIMING_DEFAULTS)
 _EXCHANGE_FIELDS: Final = _EXCHANGE_REQUIRED + len(_EXCHANGE_DEFAULTS)
+# msgpack ints reach 2**64 - 1; a start time beyond a signed 64-bit int fits no SQLite store (the
+# differ's) nor any clock: refused too, the one value a type check alone would let through.
+_INT64_MAX: Final = 2**63 - 1
 
 # Decoding checks every value's type as it builds the objects (``type(x) is str``: exact types, so a
 # msgpack ``true`` is not a status and ``1.0`` is not a time) and raises a bare TypeError at the first
@@ -500,6 +503,7 @@ def exchange_from_wire(a: Any) -> Exchange:
         if (
             type(exchange_id) is not str
             or type(started_at_ns) is not int
+            or started_at_ns > _INT64_MAX
             or type(started_mono_ns) is not int
             or type(session) is not str
             or type(connection_id) is not str
@@ -654,6 +658,8 @@ def _locate(a: Any) -> None:
     session, connection_id, client_addr, decisions, tags = record[7:]
     _leaf(exchange_id, "id", str)
     _leaf(started_at_ns, "started_at_ns", int)
+    if started_at_ns is not _ABSENT and started_at_ns > _INT64_MAX:
+        raise _Misfit("started_at_ns", f"expected a signed 64-bit int, found {started_at_ns}")
     _leaf(started_mono_ns, "started_mono_ns", int)
     method, target, headers, body, scheme, authority, version, truncated = _array(
         request, "request", "request", _REQUEST_REQUIRED, _REQUEST_FIELDS

@@ -169,6 +169,7 @@ def test_maps_may_be_nil_but_not_empty_arrays() -> None:
         ((6, "v3", 1), "1000", "timings['v3'].first_byte_ns", "found a str"),
         ((10, "v4"), 0, "decisions['v4']", "found an int"),
         ((1,), -1.5, "started_at_ns", "found a float"),
+        ((1,), 2**63, "started_at_ns", f"found {2**63}"),
     ],
 )
 def test_a_value_of_the_wrong_type_is_named_by_its_field(
