@@ -60,7 +60,9 @@ class RequestRewriter:
         drop: the first pass finds them, the second leaves them out.
         """
         kinds = _REQUEST_FIELD_KINDS_UPGRADE if upgrade else _REQUEST_FIELD_KINDS
-        parts = [method, b" ", self._prefix + target if self._prefix else target, b" HTTP/1.1\r\n"]
+        # The asterisk-form (OPTIONS *) names the server, not a path: no prefix goes before it.
+        prefixed = self._prefix + target if self._prefix and target != b"*" else target
+        parts = [method, b" ", prefixed, b" HTTP/1.1\r\n"]
         seen_proto = seen_fwd_host = False
         client_host: bytes | None = None
         xff_at = -1

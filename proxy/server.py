@@ -946,20 +946,21 @@ class _ClientConnection(asyncio.Protocol):
         if self._bad_transfer_encoding:
             self._bad_transfer_encoding = False
             raise _Refused(501, "only Transfer-Encoding: chunked is supported")
+        method = parser.get_method()
+        upgrade = parser.should_upgrade()
+        if upgrade and method == b"CONNECT":
+            raise _Refused(405, "CONNECT is not allowed: shadowtap is a reverse proxy, not a tunnel")
         if url[:1] != b"/" and url != b"*":
             # absolute-form (http://host/path): the primary gets origin-form.
             scheme_end = url.find(b"://")
-            if scheme_end > 0:
-                path_start = url.find(b"/", scheme_end + 3)
-                url = url[path_start:] if path_start > 0 else b"/"
-        method = parser.get_method()
+            if scheme_end <= 0:
+                raise _Refused(400, "the request target must be a path, * or an absolute URL")
+            path_start = url.find(b"/", scheme_end + 3)
+            url = url[path_start:] if path_start > 0 else b"/"
         version = parser.get_http_version()
         if hosts != 1 and (hosts > 1 or version != "1.0"):
             raise _Refused(400, "an HTTP/1.1 request needs exactly one Host header")
-        upgrade = parser.should_upgrade()
         if upgrade:
-            if method == b"CONNECT":
-                raise _Refused(405, "CONNECT is not allowed: shadowtap is a reverse proxy, not a tunnel")
             if chunked:
                 raise _Refused(501, "an Upgrade request with a chunked body is not supported")
             self._upgrade_body_left = _content_length(headers)

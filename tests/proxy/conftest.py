@@ -312,3 +312,109 @@ def dials_resume_after_loss(monkeypatch: pytest.MonkeyPatch) -> None:
         return conn
 
     monkeypatch.setattr(UpstreamPool, "connect", dial_then_lose)
+
+
+class LoggingPrimary:
+    """A keep-alive HTTP/1.1 server on a raw socket: parses requests with llhttp, keeps the exact bytes
+    it received, and answers each in order with its path as body and cookie. The answer to
+    ``/smuggled`` comes late, so the connection has gone back to the proxy's pool when it is sent."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.paths: list[bytes] = []
+        self.heads: list[list[tuple[bytes, bytes]]] = []
+        #: What the primary could not parse: the proxy must never forward such bytes.
+        self.parse_errors: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        owner = self
+
+        class Collector:
+            def __init__(self) -> None:
+                self.url = b""
+                self.headers: list[tuple[bytes, bytes]] = []
+                self.last_length = 0
+
+            def on_url(self, url: bytes) -> None:
+                self.url += url
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                self.headers.append((name, value))
+
+            def on_message_complete(self) -> None:
+                owner.paths.append(self.url)
+                owner.heads.append(self.headers)
+                lengths = [int(v) for k, v in self.headers if k.lower() == b"content-length"]
+                self.last_length = lengths[0] if lengths else 0
+                queue.put_nowait(self.url)
+                self.url = b""
+                self.headers = []
+
+        collector = Collector()
+        parser = httptools.HttpRequestParser(collector)
+
+        async def answer() -> None:
+            while True:
+                path = await queue.get()
+                if path == b"/smuggled":
+                    await asyncio.sleep(0.05)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nSet-Cookie: owner=%s\r\nContent-Length: %d\r\n\r\n%s"
+                    % (path, len(path), path)
+                )
+                await writer.drain()
+
+        answering = asyncio.create_task(answer())
+        skip = 0  # body bytes of a declined Upgrade offer still to drop (llhttp leaves them to us)
+        try:
+            while data := await reader.read(65536):
+                self.received += data
+                try:
+                    while data:
+                        if skip:
+                            taken = min(skip, len(data))
+                            skip -= taken
+                            data = data[taken:]
+                            continue
+                        try:
+                            parser.feed_data(data)
+                            data = b""
+                        except httptools.HttpParserUpgrade as exc:
+                            # The upgrade is declined; after its body comes the next request.
+                            skip = collector.last_length
+                            data = data[exc.args[0] :]
+                except httptools.HttpParserError as exc:
+                    self.parse_errors.append(f"{exc!r} in {bytes(self.received)[-200:]!r}")
+                    break
+            await asyncio.sleep(0.2)  # let late answers go out before closing
+        except ConnectionError:
+            pass
+        finally:
+            answering.cancel()
+            writer.close()
+
+
+@asynccontextmanager
+async def logging_primary() -> AsyncIterator[tuple[int, LoggingPrimary]]:
+    primary = LoggingPrimary()
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await primary.handle(reader, writer)
+        finally:
+            handlers.discard(task)
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], primary
+    finally:
+        server.close()
+        for task in list(handlers):
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()

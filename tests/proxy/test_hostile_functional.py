@@ -20,8 +20,14 @@ from proxy.config import ProxyConfig
 from proxy.forward import ForwardSettings
 from proxy.server import ProxyServer
 from recorder.model import FailureKind
-from tests.proxy.conftest import RecordingStage, raw_head_request, raw_request, running_proxy, serve_app
-from tests.proxy.test_smuggling_functional import raw_primary as logging_primary
+from tests.proxy.conftest import (
+    RecordingStage,
+    logging_primary,
+    raw_head_request,
+    raw_request,
+    running_proxy,
+    serve_app,
+)
 from tests.proxy.test_upstream_functional import raw_primary
 
 
@@ -310,6 +316,8 @@ async def test_lingering_is_bounded_in_bytes() -> None:
         (b"GET /%2e%2e/admin HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         (b"GET /..%2fadmin HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
+        (b"OPTIONS *x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ],
 )
 async def test_requests_nginx_refuses_never_reach_the_primary(request_bytes: bytes, status: int) -> None:
@@ -340,6 +348,13 @@ async def test_dot_segments_that_stay_under_the_prefix_pass(target: bytes, forwa
         (response,) = await raw_request(proxy.port, b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % target)
     assert response.status == 200
     assert primary.paths == [forwarded]
+
+
+async def test_an_asterisk_target_gets_no_prefix() -> None:
+    async with logging_primary() as (port, primary), prefixed_proxy(port) as proxy:
+        (response,) = await raw_request(proxy.port, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert response.status == 200
+    assert primary.paths == [b"*"]
 
 
 async def test_an_http10_request_without_host_is_fine() -> None:

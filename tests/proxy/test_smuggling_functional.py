@@ -17,11 +17,10 @@ from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httptools
 import pytest
 from aiohttp import web
 
-from tests.proxy.conftest import RecordingStage, raw_request, running_proxy, serve_app
+from tests.proxy.conftest import RecordingStage, logging_primary, raw_request, running_proxy, serve_app
 
 ATTACKS = {
     "websocket": (
@@ -35,93 +34,6 @@ ATTACKS = {
     "connect": b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
 }
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
-
-
-class _RawPrimary:
-    """A keep-alive HTTP/1.1 server on a raw socket: parses requests with llhttp, keeps the exact bytes
-    it received, and answers each in order with its path as body and cookie. The answer to
-    ``/smuggled`` comes late, so the connection has gone back to the proxy's pool when it is sent."""
-
-    def __init__(self) -> None:
-        self.received = bytearray()
-        self.paths: list[bytes] = []
-        self.heads: list[list[tuple[bytes, bytes]]] = []
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        owner = self
-
-        class Collector:
-            def __init__(self) -> None:
-                self.url = b""
-                self.headers: list[tuple[bytes, bytes]] = []
-
-            def on_url(self, url: bytes) -> None:
-                self.url += url
-
-            def on_header(self, name: bytes, value: bytes) -> None:
-                self.headers.append((name, value))
-
-            def on_message_complete(self) -> None:
-                owner.paths.append(self.url)
-                owner.heads.append(self.headers)
-                queue.put_nowait(self.url)
-                self.url = b""
-                self.headers = []
-
-        parser = httptools.HttpRequestParser(Collector())
-
-        async def answer() -> None:
-            while True:
-                path = await queue.get()
-                if path == b"/smuggled":
-                    await asyncio.sleep(0.05)
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nSet-Cookie: owner=%s\r\nContent-Length: %d\r\n\r\n%s"
-                    % (path, len(path), path)
-                )
-                await writer.drain()
-
-        answering = asyncio.create_task(answer())
-        try:
-            while data := await reader.read(65536):
-                self.received += data
-                try:
-                    parser.feed_data(data)
-                except httptools.HttpParserUpgrade as exc:
-                    # The upgrade is declined; what follows is read as the next request.
-                    parser.feed_data(data[exc.args[0] :])
-            await asyncio.sleep(0.2)  # let late answers go out before closing
-        except ConnectionError:
-            pass
-        finally:
-            answering.cancel()
-            writer.close()
-
-
-@asynccontextmanager
-async def raw_primary() -> AsyncIterator[tuple[int, _RawPrimary]]:
-    primary = _RawPrimary()
-    handlers: set[asyncio.Task[None]] = set()
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.add(task)
-        try:
-            await primary.handle(reader, writer)
-        finally:
-            handlers.discard(task)
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], primary
-    finally:
-        server.close()
-        for task in list(handlers):
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-        await server.wait_closed()
 
 
 class _StdlibHandler(BaseHTTPRequestHandler):
@@ -222,7 +134,7 @@ def _check_attacker(attack: str, answers: list[Any]) -> None:
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 async def test_raw_primary_every_client_gets_its_own_answer(attack: str) -> None:
     stage = RecordingStage()
-    async with raw_primary() as (port, primary), running_proxy(port, stages=[stage]) as proxy:
+    async with logging_primary() as (port, primary), running_proxy(port, stages=[stage]) as proxy:
         answers, wrong = await _run_attack(proxy.port, attack)
     assert wrong == []
     _check_attacker(attack, answers)
@@ -259,7 +171,7 @@ async def test_aiohttp_primary_every_client_gets_its_own_answer(attack: str) -> 
 
 async def test_refused_upgrade_never_pools_the_primary_connection() -> None:
     # The primary answered the offer without switching: that connection is closed, never reused.
-    async with raw_primary() as (port, _), running_proxy(port) as proxy:
+    async with logging_primary() as (port, _), running_proxy(port) as proxy:
         responses = await raw_request(proxy.port, ATTACKS["websocket"], responses=1)
         assert [r.status for r in responses] == [200]
         await raw_request(proxy.port, b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -284,7 +196,7 @@ async def test_upgrade_offer_with_a_chunked_body_is_refused() -> None:
         b"POST /form HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + SMUGGLED
     )
-    async with raw_primary() as (port, primary), running_proxy(port) as proxy:
+    async with logging_primary() as (port, primary), running_proxy(port) as proxy:
         responses = await raw_request(proxy.port, request, responses=2)
     assert [r.status for r in responses] == [501]
     assert primary.received == b""
