@@ -354,6 +354,7 @@ _TIMING_REQUIRED, _TIMING_DEFAULTS = 0, (None, None, None)
 _EXCHANGE_REQUIRED, _EXCHANGE_DEFAULTS = 4, (None, None, None, "", "", "", None, None)
 _REQUEST_FIELDS: Final = _REQUEST_REQUIRED + len(_REQUEST_DEFAULTS)
 _RESPONSE_FIELDS: Final = _RESPONSE_REQUIRED + len(_RESPONSE_DEFAULTS)
+_FAILURE_FIELDS: Final = _FAILURE_REQUIRED + len(_FAILURE_DEFAULTS)
 _TIMING_FIELDS: Final = _TIMING_REQUIRED + len(_TIMING_DEFAULTS)
 _EXCHANGE_FIELDS: Final = _EXCHANGE_REQUIRED + len(_EXCHANGE_DEFAULTS)
 # msgpack ints reach 2**64 - 1; a start time beyond a signed 64-bit int fits no SQLite store (the
@@ -579,6 +580,11 @@ def _msgpack_type(value: Any) -> str:
     return type(value).__name__  # an ext type
 
 
+#: A trailing field the record leaves out (it takes its default, so it fits).
+_ABSENT: Final = object()
+_LEAF_NAMES: Final = {str: "a str", bytes: "a bin", int: "an int"}
+
+
 def _want(ok: bool, field: str, expected: str, value: Any) -> None:
     if not ok:
         raise _Misfit(field, f"expected {expected}, found {_msgpack_type(value)}")
@@ -592,14 +598,10 @@ def _array(value: Any, field: str, what: str, required: int, known: int) -> list
     return [*value[:known], *(_ABSENT,) * (known - len(value))]
 
 
-_ABSENT: Final = object()
-
-
 def _leaf(value: Any, field: str, kind: type, optional: bool = False) -> None:
     if value is _ABSENT or (optional and value is None):
         return
-    names = {str: "a str", bytes: "a bin", int: "an int"}
-    _want(type(value) is kind, field, names[kind] + (" or nil" if optional else ""), value)
+    _want(type(value) is kind, field, _LEAF_NAMES[kind] + (" or nil" if optional else ""), value)
 
 
 def _locate_headers(value: Any, field: str) -> None:
@@ -622,7 +624,8 @@ def _locate_outcome(value: Any, field: str) -> None:
     tag = value[0]
     _want(type(tag) is int, f"{field}.tag", "an int", tag)
     if tag == _TAG_RESPONSE:
-        status, reason, headers, body, version, truncated = _array(value, field, "response", 2, 7)[1:]
+        parts = _array(value, field, "response", _RESPONSE_REQUIRED, _RESPONSE_FIELDS)
+        status, reason, headers, body, version, truncated = parts[1:]
         _leaf(status, f"{field}.status", int)
         _leaf(reason, f"{field}.reason", str)
         _locate_headers(headers, f"{field}.headers")
@@ -630,7 +633,7 @@ def _locate_outcome(value: Any, field: str) -> None:
         _leaf(version, f"{field}.http_version", str)
         _leaf(truncated, f"{field}.truncated_from", int, optional=True)
     elif tag == _TAG_FAILURE:
-        kind, message = _array(value, field, "failure", 2, 3)[1:]
+        kind, message = _array(value, field, "failure", _FAILURE_REQUIRED, _FAILURE_FIELDS)[1:]
         _leaf(kind, f"{field}.kind", str)
         _leaf(message, f"{field}.message", str)
     else:
@@ -647,7 +650,8 @@ def _locate_map(value: Any, field: str, what: str) -> dict[Any, Any]:
 
 
 def _locate_timing(value: Any, field: str) -> None:
-    for name, ns in zip(("sent_ns", "first_byte_ns", "done_ns"), _array(value, field, "timing", 0, 3), strict=True):
+    values = _array(value, field, "timing", _TIMING_REQUIRED, _TIMING_FIELDS)
+    for name, ns in zip(("sent_ns", "first_byte_ns", "done_ns"), values, strict=True):
         _leaf(ns, f"{field}.{name}", int, optional=True)
 
 
@@ -681,9 +685,8 @@ def _locate(a: Any) -> None:
     _leaf(session, "session", str)
     _leaf(connection_id, "connection_id", str)
     _leaf(client_addr, "client_addr", str)
-    for field_name in ("decisions", "tags"):
-        value = decisions if field_name == "decisions" else tags
-        for key, text in _locate_map(value, field_name, "str to str").items():
+    for field_name, strings in (("decisions", decisions), ("tags", tags)):
+        for key, text in _locate_map(strings, field_name, "str to str").items():
             _leaf(text, f"{field_name}[{key!r}]", str)
 
 
