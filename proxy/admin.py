@@ -28,7 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config import RuntimeFlags
+from proxy.config import RuntimeFlags, is_loopback_host
 from proxy.metrics import ProxyMetrics
 from recorder.errors import ConfigError
 
@@ -223,6 +223,13 @@ class AdminServer:
         return app
 
     async def start(self, host: str, port: int) -> int:
+        if self._token is None and not is_loopback_host(host):
+            # The config refuses this unless told admin.insecure_no_token; say so where it is seen.
+            log.warning(
+                "the admin API on %s has no token: anyone who can reach it can switch recording and mirroring "
+                "(admin.insecure_no_token)",
+                host or "every interface",
+            )
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)

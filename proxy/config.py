@@ -11,6 +11,8 @@ and, for shadow credentials, the environment variables the config names.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import multiprocessing
 import os
 import random
@@ -20,9 +22,9 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Union, get_args, get_origin
-from urllib.parse import urlsplit
 
 from proxy.breaker import BreakerSettings
+from proxy.forward import check_host, parse_primary
 from proxy.rules import RouteRule
 from proxy.sampling import SampleKey
 from recorder.errors import ConfigError
@@ -42,6 +44,7 @@ __all__ = [
     "parse_listen",
     "settings_from_mapping",
     "file_value",
+    "is_loopback_host",
 ]
 
 #: Credentials never forwarded to a shadow unless the config swaps in shadow credentials for them.
@@ -52,6 +55,20 @@ _MIN_BUFFER_BYTES: Final = 64 * 1024
 #: RFC 9110 token (a header name), and a header value that cannot split a header: visible ASCII.
 _TOKEN_RE: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _VISIBLE_RE: Final = re.compile(r"^[!-~]+\Z")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether only this machine can reach ``host``: the address is parsed, never matched by prefix
+    (a name such as ``127.x.example`` can resolve anywhere); of names, only ``localhost`` counts."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +84,7 @@ class ListenAddress:
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+        return is_loopback_host(self.host)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -80,9 +97,14 @@ def parse_listen(value: Any, *, field: str) -> ListenAddress:
     if not isinstance(value, str):
         raise ConfigError(f"expected HOST:PORT, not {value!r}", field=field)
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not port_text.isascii() or not port_text.isdigit():
         raise ConfigError(f"expected HOST:PORT, not {value!r}", field=field)
-    host = host.strip("[]") or "127.0.0.1"
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]") and ":" in host):
+            raise ConfigError(f"expected [IPv6]:PORT, not {value!r}", field=field)
+        host = host[1:-1]
+    host = host or "127.0.0.1"
+    check_host(host, field=field, shown=value)
     try:
         return ListenAddress(host, int(port_text))
     except ConfigError as exc:
@@ -90,15 +112,8 @@ def parse_listen(value: Any, *, field: str) -> ListenAddress:
 
 
 def _check_url(url: str, *, field: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"expected an http:// or https:// URL, not {url!r}", field=field)
-    try:
-        parts.port  # noqa: B018 - a bad port raises only when read
-    except ValueError as exc:
-        raise ConfigError(f"bad port in {url!r}", field=field) from exc
-    if parts.query or parts.fragment:
-        raise ConfigError(f"must not carry a query or fragment: {url!r}", field=field)
+    # The data path's own parser: a URL that passes here is one the forwarder and mirror can use.
+    parse_primary(url, field=field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,13 +327,26 @@ class AdminSettings:
     listen: ListenAddress | None = ListenAddress("127.0.0.1", 0)
     #: Environment variable holding the bearer token (never the token itself in a file).
     token_env: str | None = None
-    #: Allow a non-loopback admin address (use a token then).
+    #: Allow a non-loopback admin address (it needs ``token_env`` then, or ``insecure_no_token``).
     allow_remote: bool = False
+    #: Serve a non-loopback admin address without a token (a warning is logged at start-up).
+    insecure_no_token: bool = False
 
     def __post_init__(self) -> None:
-        if self.listen is not None and not self.listen.is_loopback and not self.allow_remote:
+        if self.listen is None or self.listen.is_loopback:
+            return
+        if not self.allow_remote:
             raise ConfigError(
                 f"{self.listen} is not loopback; set admin.allow_remote (and a token) to expose it", field="listen"
+            )
+        if self.token_env is None and not self.insecure_no_token:
+            # Whoever reaches the admin API can switch recording on (capturing traffic) or mirroring
+            # off, and read every metric: from another host that must be a choice, not a default.
+            raise ConfigError(
+                f"{self.listen} is reachable from other hosts, and without a token anyone who reaches it can "
+                "switch recording and mirroring; name the token's environment variable in admin.token_env "
+                "(--admin-token-env), or accept that with admin.insecure_no_token (--admin-insecure-no-token)",
+                field="listen",
             )
 
     def token(self) -> str | None:
@@ -487,7 +515,15 @@ def _typed(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"expected a number, not {value!r}", field=where)
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any double
+            number = math.inf
+        # Every float setting is a timeout, rate, size or percent: infinity and NaN slip past the
+        # range checks (NaN compares false both ways) and then stall or break the data path.
+        if not math.isfinite(number):
+            raise ConfigError(f"expected a finite number, not {value!r}", field=where)
+        return number
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"expected a string, not {value!r}", field=where)
@@ -588,7 +624,7 @@ def _admin(data: Any) -> AdminSettings:
     if "listen" in data:
         raw = data["listen"]
         values["listen"] = None if raw in (None, "off", False) else parse_listen(raw, field="admin.listen")
-    for key in ("token_env", "allow_remote"):
+    for key in ("token_env", "allow_remote", "insecure_no_token"):
         if key in data:
             values[key] = _typed(data[key], _field_type(AdminSettings, key), f"admin.{key}")
     return _construct(AdminSettings, values, "admin.")

@@ -82,7 +82,9 @@ _FLAGS: Final[list[tuple[str, str, Callable[[str], Any] | None, Any, str]]] = [
     ("--events", "events.path", str, None, "write one JSON line per exchange to FILE ('-' for stdout)"),
     ("--admin", "admin.listen", str, None, "admin API HOST:PORT (default 127.0.0.1:0) or 'off'"),
     ("--admin-token-env", "admin.token_env", str, None, "environment variable holding the admin bearer token"),
-    ("--admin-allow-remote", "admin.allow_remote", None, True, "allow a non-loopback admin address"),
+    ("--admin-allow-remote", "admin.allow_remote", None, True, "allow a non-loopback admin address (needs a token)"),
+    ("--admin-insecure-no-token", "admin.insecure_no_token", None, True,
+     "serve a non-loopback admin address without a token (anyone reaching it can switch recording)"),
 ]  # fmt: skip
 
 
@@ -195,9 +197,8 @@ def _parse_route(spec: str) -> dict[str, Any]:
 
 def build_mapping(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     """The config file's mapping with every given flag applied on top."""
-    import yaml
-
     from recorder.errors import ConfigError
+    from shadowtap.config import parse_yaml_value
 
     data = copy.deepcopy(base)
     record = data.get("record")
@@ -229,11 +230,7 @@ def build_mapping(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, A
         key, sep, text = assignment.partition("=")
         if not sep or not key:
             raise ConfigError(f"expected KEY=VALUE, not {assignment!r}", field="--set")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"value is not YAML: {exc}", field=key) from exc
-        _set_path(data, key, value)
+        _set_path(data, key, parse_yaml_value(text, field=key))
     return data
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -162,3 +164,50 @@ async def test_workers_source_reports_a_worker_that_does_not_answer() -> None:
     finally:
         await combined.close()
         await healthy.server.close()
+
+
+async def test_a_remote_address_without_a_token_warns_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    for token, host in ((None, "0.0.0.0"), ("s3cret", "0.0.0.0"), (None, "127.0.0.1")):
+        caplog.clear()
+        server = Admin(token=token).server
+        try:
+            with caplog.at_level("WARNING", logger="proxy.admin"):
+                await server.start(host, 0)
+        finally:
+            await server.close()
+        warned = [r for r in caplog.records if "no token" in r.getMessage()]
+        assert bool(warned) is (token is None and host == "0.0.0.0"), (token, host)
+
+
+async def _proxy(*admin_args: str) -> tuple[int | None, str, str]:
+    """Start `shadowtap proxy` with these admin flags; its exit code (None: it started), stdout line, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shadowtap", "proxy", "--listen", "127.0.0.1:0", "--primary", "http://127.0.0.1:9",
+        *admin_args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            line = (await process.stdout.readline()).decode()
+            started = process.returncode is None and "listening on" in line
+            if started:
+                process.terminate()
+            _out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return (None if started else process.returncode), line, err.decode()
+
+
+async def test_remote_admin_refuses_without_a_token_and_says_why() -> None:
+    code, _line, err = await _proxy("--admin", "0.0.0.0:0", "--admin-allow-remote")
+    assert code == 2 and "Traceback" not in err
+    assert "without a token" in err and "--admin-insecure-no-token" in err and "--admin-token-env" in err
+
+
+async def test_remote_admin_without_a_token_starts_when_told_and_warns() -> None:
+    code, line, err = await _proxy("--admin", "0.0.0.0:0", "--admin-allow-remote", "--admin-insecure-no-token")
+    assert code is None, err
+    assert "admin http://0.0.0.0:" in line
+    assert "the admin API on 0.0.0.0 has no token" in err

@@ -242,3 +242,89 @@ def test_runtime_flags_apply_and_share() -> None:
             flags.apply(bad)
         assert info.value.field == field
     assert flags.recording
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"primary": "http://[::1"}, "primary"),
+        ({"primary": "http://a b/"}, "primary"),
+        ({"primary": "http://ab/c d"}, "primary"),
+        ({"primary": "http://ab/\tc"}, "primary"),
+        ({"primary": " http://ab/"}, "primary"),
+        ({"primary": "http://a<b>/"}, "primary"),
+        ({"primary": "http://ab:0/"}, "primary"),
+        ({"shadows": {"v2": "http://[::1"}}, "shadows[0].url"),
+        ({"shadows": {"v2": "http://a b"}}, "shadows[0].url"),
+        ({"shadows": {"v2": "http://h\n/"}}, "shadows[0].url"),
+        ({"shadows": {"v2": "http://u:p@h/"}}, "shadows[0].url"),
+    ],
+)
+def test_bad_urls_are_refused_not_raised(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ProxyConfig.from_mapping({"primary": "http://127.0.0.1:9000", **change})
+    assert info.value.field == field and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize(
+    "place",
+    [
+        lambda v: {"shutdown_timeout_s": v},
+        lambda v: {"record": {"join_timeout_s": v}},
+        lambda v: {"shadows": [{"name": "a", "url": "http://h", "total_timeout_s": v}]},
+        lambda v: {"shadows": [{"name": "a", "url": "http://h", "rate_per_s": v}]},
+        lambda v: {"shadows": [{"name": "a", "url": "http://h", "breaker": {"open_s": v}}]},
+    ],
+)
+def test_numbers_must_be_finite(bad: float, place: Any) -> None:
+    with pytest.raises(ConfigError, match="finite"):
+        ProxyConfig.from_mapping({"primary": "http://127.0.0.1:9000", **place(bad)})
+
+
+def test_runtime_flags_refuse_nan() -> None:
+    flags = RuntimeFlags(ProxyConfig.from_mapping(FULL))
+    with pytest.raises(ConfigError, match="finite"):
+        flags.apply({"sample_percent": float("nan")})
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("localhost", True),
+        ("LocalHost", True),
+        ("::ffff:127.0.0.1", True),
+        ("127.x.example", False),
+        ("127.0.0.1.example", False),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.1", False),
+        ("example.com", False),
+    ],
+)
+def test_is_loopback_parses_the_address(host: str, loopback: bool) -> None:
+    assert ListenAddress(host, 80).is_loopback is loopback
+
+
+@pytest.mark.parametrize("text", ["[::1:80", "::1]:80", "a b:80", "[nothex]:80", "ho\tst:80", "[127.0.0.1]:80"])
+def test_parse_listen_refuses_bad_hosts(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_listen(text, field="listen")
+    assert info.value.field == "listen"
+
+
+def test_remote_admin_needs_a_token_or_an_explicit_insecure() -> None:
+    base = {"primary": "http://127.0.0.1:9000"}
+    with pytest.raises(ConfigError, match="token") as info:
+        ProxyConfig.from_mapping({**base, "admin": {"listen": "0.0.0.0:9", "allow_remote": True}})
+    assert info.value.field == "admin.listen" and "insecure_no_token" in str(info.value)
+    with pytest.raises(ConfigError, match="not loopback"):
+        ProxyConfig.from_mapping({**base, "admin": {"listen": "127.x.example:9"}})
+    tokened = {"listen": "0.0.0.0:9", "allow_remote": True, "token_env": "ADMIN_TOKEN"}
+    assert ProxyConfig.from_mapping({**base, "admin": tokened}).admin.token_env == "ADMIN_TOKEN"
+    insecure = {"listen": "0.0.0.0:9", "allow_remote": True, "insecure_no_token": True}
+    config = ProxyConfig.from_mapping({**base, "admin": insecure})
+    assert config.admin.insecure_no_token and ProxyConfig.from_mapping(config.to_mapping()) == config

@@ -127,3 +127,36 @@ def test_upstream_tls_context(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         upstream_ssl_context(ForwardSettings(primary="https://h", ca_file=str(bad)))
     assert info.value.field == "ca_file"
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("http://[::1", "not a valid URL"),
+        ("http://[::1]x/", "not a valid URL"),
+        ("http://[127.0.0.1]/", "not a valid URL"),
+        ("http://[v1.x]/", "brackets"),
+        ("http://a b/", "spaces"),
+        ("http://ab/c d", "spaces"),
+        ("http://ab/c\td", "control"),
+        ("http://ab\n/", "control"),
+        (" http://ab/", "spaces"),
+        ("http://ab/\x7f", "control"),
+        ("http://a<b>/", "host name"),
+        ("http://a..b/", "host name"),
+        ("http://ab:0/", "1..65535"),
+        ("http://@ab/", "credentials"),
+        ("http://ab/?", "query"),
+        ("http://ab/caf\u00e9", "ASCII"),
+    ],
+)
+def test_parse_primary_refuses_in_one_line(url: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_primary(url, field="shadows.v2.url")
+    assert info.value.field == "shadows.v2.url" and needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_parse_primary_accepts_names_and_addresses() -> None:
+    for url in ("http://api_v2.internal:8080/", "http://host./", "http://10.0.0.1/", "https://b\u00fccher.example/"):
+        parse_primary(url)
+    assert parse_primary("http://[fe80::1]:81").authority == b"[fe80::1]:81"

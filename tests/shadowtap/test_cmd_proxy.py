@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,3 +66,77 @@ def test_bad_flags_name_themselves(argv: tuple[str, ...], field: str) -> None:
     with pytest.raises(ConfigError) as info:
         cmd.build_mapping(parse(*argv), FILE)
     assert info.value.field == field
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    from shadowtap.cli import main
+
+    assert main(["proxy", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("shadowtap proxy: error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+DEEP_FILES = {
+    "deep.yaml": "primary: http://127.0.0.1:9\nx: " + "[" * 10_000 + "]" * 10_000 + "\n",
+    "deep.toml": 'primary = "http://127.0.0.1:9"\nx = ' + "[" * 10_000 + "]" * 10_000 + "\n",
+    "deep-table.toml": 'primary = "http://127.0.0.1:9"\nx = ' + "{a = " * 10_000 + "1" + "}" * 10_000 + "\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        *((DEEP_FILES[name], ("nested more than",)) for name in DEEP_FILES),
+        ("primary: http://127.0.0.1:9\nforward:\n  connect_timeout_s: .inf\n", ("finite", "connect_timeout_s")),
+        ("primary: http://127.0.0.1:9\nshadows:\n  v2:\n    url: http://h\n    total_timeout_s: .nan\n", ("finite",)),
+        ("primary: http://127.0.0.1:9\nrecord:\n  join_timeout_s: -.inf\n", ("finite",)),
+        ("primary: http://127.0.0.1:9\nrecord: {tape: t}\nrecord: {tape: u}\n", ("duplicate key 'record'", "line 3")),
+        ('primary: "http://127.0.0.1:9\x01"\n', ("unacceptable character", "line 1")),
+        ("primary: http://127.0.0.1:9\nshadows: [a, b\nmirror: {}\n", ("expected ',' or ']'", "line 3")),
+        ("primary: 'http://a b/'\n", ("spaces",)),
+        ("primary: 'http://[::1'\n", ("not a valid URL",)),
+        ("primary: http://127.0.0.1:9\nshadows: {v2: 'http://[::1'}\n", ("shadows[0].url",)),
+    ],
+)
+def test_bad_config_files_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needles: tuple[str, ...]
+) -> None:
+    name = "c.toml" if text.startswith("primary =") else "c.yaml"
+    (tmp_path / name).write_text(text)
+    err = _one_line_error(capsys, "--check-config", str(tmp_path / name))
+    for needle in needles:
+        assert needle in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (("--primary", "http://[::1", "--listen", "127.0.0.1:0"), "Invalid IPv6 URL"),
+        (("--primary", "http://a b/"), "spaces"),
+        (("--primary", "http://127.0.0.1:9", "--connect-timeout", "inf"), "finite"),
+        (("--primary", "http://127.0.0.1:9", "--shadow", "v2=http://h", "--shadow-timeout", "nan"), "finite"),
+        (("--primary", "http://127.0.0.1:9", "--set", "record.tape=[1"), "line 1"),
+        (("--primary", "http://127.0.0.1:9", "--set", "mirror={a: 1, a: 2}"), "duplicate key 'a'"),
+        (("--primary", "http://127.0.0.1:9", "--listen", "[::1:80"), "listen"),
+        (("--primary", "http://127.0.0.1:9", "--admin", "127.x.example:0"), "not loopback"),
+        (("--primary", "http://127.0.0.1:9", "--admin", "0.0.0.0:0", "--admin-allow-remote"), "without a token"),
+    ],
+)
+def test_bad_flags_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], needle: str
+) -> None:
+    (tmp_path / "empty.yaml").write_text("")
+    # --check-config: a value wrongly accepted prints the config and exits 0 instead of serving.
+    check = ("--check-config", str(tmp_path / "empty.yaml")) if "--listen" not in argv else ()
+    assert needle in _one_line_error(capsys, *check, *argv)
+
+
+def test_remote_admin_without_token_on_explicit_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shadowtap.cli import main
+
+    (tmp_path / "c.yaml").write_text("primary: http://127.0.0.1:9\n")
+    argv = ["--admin", "0.0.0.0:0", "--admin-allow-remote", "--admin-insecure-no-token"]
+    assert main(["proxy", "--check-config", str(tmp_path / "c.yaml"), *argv]) == 0
+    assert '"insecure_no_token": true' in capsys.readouterr().out
