@@ -6,6 +6,7 @@ never read files (``shadowtap.config`` does) and never compare anything: it only
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -263,7 +264,15 @@ def _number(value: Any, key: str, default: float) -> float:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"must be a number, not {value!r}", field=key)
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any double
+        number = math.inf
+    # NaN passes every range check (it compares false both ways), and an infinite tolerance or
+    # threshold silences everything: neither is a setting anyone means.
+    if not math.isfinite(number):
+        raise ConfigError(f"must be a finite number, not {value!r}", field=key)
+    return number
 
 
 def _integer(value: Any, key: str, default: int) -> int:

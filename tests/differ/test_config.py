@@ -97,3 +97,19 @@ def test_bad_values_name_the_key(raw: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_mapping(raw)
     assert info.value.field == key
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 10**400])
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("noise", "relative"),
+        ("noise", "absolute"),
+        ("numeric_tolerance", "absolute"),
+        ("numeric_tolerance", "relative"),
+    ],
+)
+def test_numbers_must_be_finite(bad: float, section: str, key: str) -> None:
+    with pytest.raises(ConfigError, match="finite") as info:
+        config_from_mapping({"diff": {section: {key: bad}}})
+    assert info.value.field == f"diff.{section}.{key}"
