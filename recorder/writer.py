@@ -41,6 +41,7 @@ from recorder._frames import (
 from recorder.errors import ConfigError, TapeWriteError
 from recorder.join import RECORD_OVERHEAD_BYTES, headers_bytes, record_bytes
 from recorder.model import Exchange, Response
+from recorder.private import warn_if_shared_directory
 from recorder.redact import RedactionRules, Redactor, resolve_redaction_key
 
 __all__ = ["SyncTapeWriter", "TapeOptions", "TapeWriter", "TapeWriterStats"]
@@ -196,6 +197,8 @@ class _SegmentSink:
             ) from exc
         if not self.directory.is_dir():
             raise TapeWriteError("tape path is not a directory", path=str(self.directory))
+        # mkdir's 0700 holds only for a directory it made; one that was there may let others in.
+        warn_if_shared_directory(self.directory)
         rules = self.options.redaction
         if rules is not None and rules.enabled:
             self.rewrite = Redactor(rules, resolve_redaction_key(rules, self.directory)).redact_record

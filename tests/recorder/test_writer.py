@@ -309,3 +309,25 @@ def test_a_segment_left_with_its_header_alone_is_removed_at_close(
         assert len(list(tmp_path.glob("*.stape"))) == 1  # kept open for the retry
     assert list(tmp_path.glob("*.stape")) == []
     assert (writer.stats.segments, writer.stats.bytes_written) == (0, 0)
+
+
+def test_a_new_tape_directory_is_private_and_a_shared_one_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    previous = os.umask(0o022)
+    try:
+        with caplog.at_level("WARNING", logger="recorder.private"):
+            with SyncTapeWriter(tmp_path / "new" / "tape", PLAIN) as writer:
+                writer.write(make_exchange(1))
+            assert stat.S_IMODE((tmp_path / "new" / "tape").stat().st_mode) == 0o700
+            assert not caplog.records
+            shared = tmp_path / "shared"
+            shared.mkdir()
+            shared.chmod(0o755)
+            with SyncTapeWriter(shared, PLAIN) as writer:
+                writer.write(make_exchange(2))
+    finally:
+        os.umask(previous)
+    (record,) = caplog.records
+    assert str(shared) in record.getMessage() and "755" in record.getMessage()
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in shared.iterdir())
