@@ -91,6 +91,12 @@ _SEND_BYTES: Final = 256 * 1024
 _OPTIONS_LENGTH = struct.Struct("!I")
 #: With joins, the child checks deadlines at least this often while the pipe is quiet.
 _MAX_SWEEP_WAIT_S: Final = 0.1
+#: The parent reads the child's reports (~50 bytes each) this many bytes at a time, into an unpacker
+#: whose buffer starts at _REPORT_BUFFER_BYTES. msgpack's default buffer is 1 MiB, filled from the
+#: front and wrapped only at its end: the reports touched a new page of it every ~80 reports, which
+#: showed as the proxy's RSS creeping ~0.5 byte per recorded request for its first ~2M requests.
+_REPORT_READ_BYTES: Final = 4096
+_REPORT_BUFFER_BYTES: Final = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -400,9 +406,9 @@ class ProcessTapeWriter(_AsyncWriter):
         """Read the child's reports until it exits, then settle its accounts."""
         stdout = child.process.stdout
         assert stdout is not None
-        unpacker = msgpack.Unpacker(raw=False)
+        unpacker = msgpack.Unpacker(raw=False, read_size=_REPORT_BUFFER_BYTES)
         try:
-            while data := await stdout.read(65536):
+            while data := await stdout.read(_REPORT_READ_BYTES):
                 unpacker.feed(data)
                 for fields in unpacker:
                     child.report = _Report(*fields)

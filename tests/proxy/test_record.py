@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import itertools
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -417,3 +419,69 @@ async def test_with_the_event_log_on_the_stage_joins_itself(tmp_path: Path) -> N
     (on_tape,) = TapeReader(tmp_path)
     assert on_tape.id == ex.id and on_tape.shadows == event.shadows
     assert writer.join_stats.joined == 0  # whole records reached the writer
+
+
+async def test_a_long_run_leaves_nothing_behind_in_the_join(tmp_path: Path) -> None:
+    """The bounded form of bench/record_soak.py for the join on the loop: 10,000 exchanges, each
+    mirrored to v2 whose answer comes before or after its primary, then a few left to time out.
+    Everything the join held drains to zero, its deadline queue stays within its compaction bound
+    (not one entry per exchange of the last join timeout), and the traced heap does not grow."""
+    config = ProxyConfig.from_mapping(
+        {"primary": "http://127.0.0.1:1", "shadows": {"v2": "http://127.0.0.1:2"},
+         "record": {"tape": str(tmp_path), "join_timeout_s": 60}}
+    )  # fmt: skip
+    tape = TapeWriter(tmp_path, TapeOptions(fsync="none", redaction=None))
+    await tape.start()
+    seen = [0]
+
+    def listener(ex: Exchange, proxied: ProxiedExchange, taped: bool) -> None:
+        seen[0] += 1
+
+    stage = RecordStage(config.record, RuntimeFlags(config), ProxyMetrics(), tape, listener)
+    await stage.start()
+    joiner = stage._joiner
+    assert joiner is not None
+
+    async def run(count: int) -> None:
+        for i in range(count):
+            ex = proxied(decisions={"v2": "mirrored"})
+            answer = Response(200, "OK", (), b"v2")
+            if i % 2:
+                stage.on_shadow_outcome(ex, "v2", answer, Timing(1, 2, 3))
+            finish(ex)
+            stage.exchange_complete(ex)
+            if not i % 2:
+                stage.on_shadow_outcome(ex, "v2", answer, Timing(1, 2, 3))
+            if i % 500 == 499:
+                await wait_until(lambda: tape.stats.queue_depth == 0)
+        await wait_until(lambda: tape.stats.queue_depth == 0)
+
+    await run(1_000)  # warm-up: free lists, dict sizes, the writer's buffers
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await run(10_000)
+        # Joined exchanges leave their deadline behind until the queue is compacted, which keeps it
+        # within 2 x pending + 1024 entries, not one per exchange of the last join timeout.
+        assert (stage.pending, stage.pending_bytes) == (0, 0) and len(joiner._deadlines) <= 1024
+        joiner._compact()  # now the stale ones go, and what is left must be nothing
+        assert len(joiner._deadlines) == 0
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 16 * 1024, f"{grown} bytes for 10,000 exchanges"
+    # Some never answered: held, then timed out, then nothing is held.
+    late = [proxied(decisions={"v2": "mirrored"}) for _ in range(50)]
+    for ex in late:
+        finish(ex)
+        stage.exchange_complete(ex)
+    assert stage.pending == 50 and stage.pending_bytes > 0
+    assert stage.sweep(asyncio.get_running_loop().time() + 61) is True  # 32 per sweep
+    assert stage.sweep(asyncio.get_running_loop().time() + 61) is False
+    assert (stage.pending, stage.pending_bytes, len(joiner._deadlines)) == (0, 0, 0)
+    assert seen[0] == 11_050 and stage.stats.joined == 11_050
+    await stage.aclose(1.0)
+    await tape.close()
+    assert tape.stats.written == 11_050
