@@ -20,6 +20,7 @@ import msgpack
 
 from recorder.errors import ConfigError, InputFormatError
 from recorder.model import Exchange, exchange_from_wire, exchange_to_wire
+from recorder.private import create_private, narrow_existing
 
 __all__ = [
     "EXAMPLE_CANDIDATE",
@@ -135,6 +136,20 @@ class StoredDifference:
     volatile: str | None
 
 
+def _make_private(path: str) -> None:
+    """The database file 0600 before SQLite opens it (it stores recorded bodies as examples).
+
+    SQLite gives its -journal, -wal and -shm files the database's mode, so they follow; any left
+    behind with a wider mode by an earlier run are narrowed too.
+    """
+    try:
+        create_private(path)
+        for suffix in ("-journal", "-wal", "-shm"):
+            narrow_existing(path + suffix)
+    except OSError as exc:
+        raise ConfigError(f"cannot create results database: {exc.strerror or exc}", path=path) from exc
+
+
 class DiffStore:
     """One SQLite database of diff results. Writes are batched into transactions by the caller."""
 
@@ -142,6 +157,8 @@ class DiffStore:
         self.path = str(path)
         if not create and (self.path == ":memory:" or not Path(self.path).is_file()):
             raise ConfigError("no such results database", path=self.path)
+        if create and self.path not in (":memory:", ""):
+            _make_private(self.path)
         try:
             self._db = sqlite3.connect(self.path)
             if (

@@ -114,3 +114,22 @@ def test_an_unwritable_path_is_one_clear_error_naming_it(tmp_path: Path) -> None
     assert isinstance(caught.value, ShadowtapError)
     assert str(target) in str(caught.value)
     assert "cannot write report" in str(caught.value)
+
+
+@pytest.mark.parametrize("existing_mode", [None, 0o644])
+def test_every_report_file_is_private(tmp_path: Path, existing_mode: int | None) -> None:
+    import os
+    import stat
+
+    names = {"r.json": write_json, "r.html": write_html, "r.md": write_markdown, "r.xml": write_junit}
+    if existing_mode is not None:
+        for name in names:
+            (tmp_path / name).write_text("old")
+            (tmp_path / name).chmod(existing_mode)
+    previous = os.umask(0o022)
+    try:
+        for name, write in names.items():
+            write(rich_report(), tmp_path / name)
+    finally:
+        os.umask(previous)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == dict.fromkeys(names, 0o600)

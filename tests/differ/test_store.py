@@ -89,3 +89,30 @@ def test_signatures_view(tmp_path: Path) -> None:
     with closing(sqlite3.connect(tmp_path / "r.db")) as db:
         rows = db.execute("SELECT endpoint, path, kind, transition, pairs, first_seen_ns FROM signatures").fetchall()
     assert rows == [("GET /items/{id}", "body.n", "value", "int->int", 20, 1)]
+
+
+def test_the_store_and_its_journals_are_private(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    stale = tmp_path / "r.db-wal"
+    stale.write_bytes(b"")
+    stale.chmod(0o644)
+    previous = os.umask(0o022)
+    try:
+        store = DiffStore(tmp_path / "r.db")
+        store.set_meta(META)
+        store._db.execute("PRAGMA journal_mode=PERSIST")  # keep the rollback journal to look at
+        store.set_meta(RunMeta("primary", "v2", None, ("tape-b",)))
+        store.close()
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert {"r.db", "r.db-journal", "r.db-wal"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes
+
+
+def test_an_uncreatable_store_is_one_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot create results database") as info:
+        DiffStore(tmp_path / "missing-dir" / "r.db")
+    assert info.value.path == str(tmp_path / "missing-dir" / "r.db")
