@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import re
 import zlib
 from collections import OrderedDict, deque
@@ -37,6 +38,7 @@ from recorder.formats._common import (
 )
 from recorder.formats._http1 import HttpParseError, parse_request, parse_response, request_bytes, response_bytes
 from recorder.model import REPLAY, Exchange, Failure, Outcome, Request, Response, Timing
+from recorder.private import open_private
 
 __all__ = ["SEPARATOR", "GorReader", "GorRecord", "iter_gor_records", "write_gor"]
 
@@ -382,12 +384,15 @@ def write_gor(exchanges: Iterable[Exchange], path: str | Path) -> ExportReport:
     report = ExportReport(str(path), "gor")
     with writing(path):
         out: BinaryIO
+        raw = cast(BinaryIO, open_private(path, "wb", buffering=_CHUNK_BYTES))
         if str(path).endswith(".gz"):
             # GoReplay's --input-file reads gzip when the name ends in .gz, as its output does.
-            out = cast(BinaryIO, gzip.open(path, "wb", compresslevel=6))  # noqa: SIM115 - closed below
+            gz = gzip.GzipFile(filename=os.fspath(path), mode="wb", compresslevel=6, fileobj=raw)
+            out = cast(BinaryIO, gz)
         else:
-            out = open(path, "wb", buffering=_CHUNK_BYTES)  # noqa: SIM115 - closed below
-        with out:
+            out = raw
+        # A GzipFile leaves the file it wraps open: close both, the gzip trailer first.
+        with raw, out:
             for exchange in exchanges:
                 gor_id = _gor_id(exchange)
                 started_ns = exchange.started_at_ns

@@ -39,6 +39,7 @@ from recorder.formats._common import (
     writing,
 )
 from recorder.model import Exchange, Failure, FailureKind, Headers, Outcome, Request, Response, Timing, header_value
+from recorder.private import open_private
 
 __all__ = ["HarReader", "decode_content", "write_har"]
 
@@ -661,7 +662,7 @@ def _entry(exchange: Exchange, report: ExportReport) -> dict[str, Any]:
 def write_har(exchanges: Iterable[Exchange], path: str | Path, *, creator_version: str = "") -> ExportReport:
     """Write ``exchanges`` as one HAR 1.2 file, one entry at a time (memory stays flat)."""
     report = ExportReport(str(path), "har")
-    with writing(path), open(path, "w", encoding="utf-8", buffering=_CHUNK_BYTES) as out:
+    with writing(path), open_private(path, "w", encoding="utf-8", buffering=_CHUNK_BYTES) as out:
         creator = json.dumps({"name": "shadowtap", "version": creator_version})
         out.write('{"log": {"version": "1.2", "creator": ' + creator + ', "pages": [], "entries": [\n')
         for exchange in exchanges:

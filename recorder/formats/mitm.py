@@ -26,6 +26,7 @@ from recorder.formats._common import (
     writing,
 )
 from recorder.model import PRIMARY, Exchange, Failure, FailureKind, Outcome, Request, Response, Timing
+from recorder.private import open_private
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -305,7 +306,7 @@ def write_mitm(exchanges: Iterable[Exchange], path: str | Path) -> ExportReport:
     from mitmproxy.io import FlowWriter
 
     report = ExportReport(str(path), "mitm")
-    with writing(path), open(path, "wb") as out:
+    with writing(path), open_private(path, "wb") as out:
         writer = FlowWriter(out)  # type: ignore[no-untyped-call]
         for exchange in exchanges:
             writer.add(flow_from_exchange(exchange))

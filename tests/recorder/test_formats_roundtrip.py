@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -124,3 +127,31 @@ def test_real_captures_survive_every_round_trip() -> None:
         before = list(reader)
         assert len(before) == 14
         assert_same_http(before, through(before, write, suffix))
+
+
+@pytest.mark.parametrize(
+    ("write", "name"),
+    [(write_har, "x.har"), (write_mitm, "x.mitm"), (write_gor, "x.gor"), (write_gor, "x.gor.gz")],
+)
+@pytest.mark.parametrize("existing_mode", [None, 0o644])
+def test_exports_are_private_files(
+    tmp_path: Path, write: Callable[[Iterable[Exchange], Path], ExportReport], name: str, existing_mode: int | None
+) -> None:
+    item = Exchange(
+        id="e1",
+        started_at_ns=1_700_000_000_000_000_000,
+        request=Request("GET", "/a", headers=((b"host", b"h"),)),
+        primary=Response(200, "OK", headers=((b"content-length", b"2"),), body=b"ok"),
+    )
+    path = tmp_path / name
+    if existing_mode is not None:
+        path.write_bytes(b"old")
+        path.chmod(existing_mode)
+    previous = os.umask(0o022)
+    try:
+        write([item], path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    (back,) = open_importer(path)
+    assert back.request.path == "/a" and isinstance(back.primary, Response) and back.primary.body == b"ok"
