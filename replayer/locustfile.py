@@ -44,6 +44,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from recorder import RedactionRules, SyncTapeWriter, TapeOptions
 from recorder.errors import ShadowtapError
 from recorder.model import Failure, FailureKind, Outcome, Response
+from recorder.private import open_private
 from replayer.locust_plan import MSG_STATS, MSG_T0, LocustJob, merge_reports, shard_plan, t0_monotonic_ns
 from replayer.plan import PlannedRequest, PlanStats
 from replayer.result import JobResult, replay_exchange
@@ -116,7 +117,8 @@ def _finish(environment: Any, reports: list[dict[str, Any]]) -> None:
     if out:
         per_worker = {str(r.get("worker")): r["stats"]["overall"]["requests"] for r in reports}
         document = {"workers": len(reports), "requests_per_worker": per_worker, "result": merged.encode()}
-        Path(out).write_text(json.dumps(document), encoding="utf-8")
+        with open_private(out, "w", encoding="utf-8") as file:
+            file.write(json.dumps(document))
     log.info("shadowtap: %d workers reported %d requests", len(reports), merged.stats.overall.requests)
     # Quit from a fresh greenlet: quitting kills the greenlet that delivered this message.
     gevent.spawn(environment.runner.quit)

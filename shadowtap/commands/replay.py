@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -247,9 +246,12 @@ def _run_workers(job: ReplayJob, args: argparse.Namespace) -> JobResult:
 
 def _write_text(path: str, text: str) -> None:
     from recorder.errors import ConfigError
+    from recorder.private import open_private
 
     try:
-        Path(path).write_text(text, encoding="utf-8")
+        # Owner-only: reports name the recorded paths and the job names its rewrites (tokens too).
+        with open_private(path, "w", encoding="utf-8") as out:
+            out.write(text)
     except OSError as exc:
         raise ConfigError(f"cannot write: {exc.strerror or exc}", path=path) from exc
 

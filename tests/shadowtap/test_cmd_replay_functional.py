@@ -481,3 +481,33 @@ async def test_an_error_inside_the_replayer_never_exits_0(tmp_path: Path, fault:
     document = json.loads((tmp_path / "out.json").read_text())
     assert f"injected {fault} bug" in document["error"]
     assert document["summary"]["requests"] >= 1 and "requests" in out
+
+
+async def test_reports_and_results_are_private(tmp_path: Path) -> None:
+    import stat
+
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i, target=f"/p/{i}") for i in range(3)])
+    (tmp_path / "out.json").write_text("old")
+    (tmp_path / "out.json").chmod(0o644)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results").chmod(0o755)
+    previous = os.umask(0o022)  # the child inherits it
+    try:
+        async with Target() as target:
+            code, _out, err = await shadowtap(
+                str(tape), "--target", target.url, "--rate", "100", "--no-progress",
+                "--results", str(tmp_path / "results"), "--json", str(tmp_path / "out.json"),
+                "--html", str(tmp_path / "out.html"), "--locust-job-out", str(tmp_path / "job.json"),
+            )  # fmt: skip
+            assert code == 0, err
+            code, _out, err = await shadowtap(
+                str(tape), "--target", target.url, "--rate", "100", "--no-progress",
+                "--results", str(tmp_path / "results"), "--json", str(tmp_path / "out.json"),
+                "--html", str(tmp_path / "out.html"),
+            )  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    assert "results" in err and "open to other users (mode 755)" in err
+    outputs = [tmp_path / "out.json", tmp_path / "out.html", tmp_path / "job.json", *(tmp_path / "results").iterdir()]
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in outputs} == {p.name: 0o600 for p in outputs}
