@@ -82,6 +82,7 @@ def tape_options(config: ProxyConfig) -> TapeOptions:
         compression="zstd" if r.compression == "zstd" else "none",
         fsync="every" if r.fsync == "every" else "none" if r.fsync == "none" else "interval",
         queue_size=r.queue_size,
+        queue_bytes=r.queue_bytes,
         redaction=r.redaction if r.redaction.enabled else None,
     )
 
@@ -113,7 +114,9 @@ class ProxyApp:
             if config.record.tape is not None:
                 if config.record.writer == "process":
                     # The child joins exchanges too, unless the event log needs them joined here.
-                    join = JoinSettings(config.record.join_timeout_s, config.record.max_pending)
+                    join = JoinSettings(
+                        config.record.join_timeout_s, config.record.max_pending, config.record.max_pending_bytes
+                    )
                     self.tape = ProcessTapeWriter(config.record.tape, tape_options(config), join)
                 else:
                     self.tape = TapeWriter(config.record.tape, tape_options(config))
@@ -243,11 +246,14 @@ class ProxyApp:
                          lambda: {"": float(tape.stats.written)})  # fmt: skip
             m.add_source("counter", "shadowtap_tape_dropped", "Exchanges the tape writer dropped, by reason", "reason",
                          lambda: {"queue_full": float(tape.stats.dropped_queue_full),
+                                  "queue_bytes_full": float(tape.stats.dropped_queue_bytes_full),
                                   "closed": float(tape.stats.dropped_closed),
                                   "write_error": float(tape.stats.write_errors),
                                   "encode_error": float(tape.stats.encode_errors)})  # fmt: skip
             m.add_source("gauge", "shadowtap_tape_queue_depth", "Exchanges waiting for the tape writer", "",
                          lambda: {"": float(tape.stats.queue_depth)})  # fmt: skip
+            m.add_source("gauge", "shadowtap_tape_queue_bytes", "Bytes of the exchanges waiting for the tape writer",
+                         "", lambda: {"": float(tape.stats.queue_bytes)})  # fmt: skip
         events = self.events
         if events is not None:
             m.add_source("counter", "shadowtap_events", "Wide events written or dropped", "result",

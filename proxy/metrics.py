@@ -83,11 +83,7 @@ class ProxyMetrics:
         histogram.observe(seconds)
 
     def add_source(self, kind: str, name: str, help_text: str, label: str, source: GaugeSource) -> None:
-        """Register values read at scrape: ``kind`` is ``gauge`` or ``counter``; ``label`` may be ''.
-
-        Sources may share a ``name``: their samples form one family (kind, help and label from the
-        first), so a part can add a reason to another's family; a label value given twice takes the
-        later source's."""
+        """Register values read at scrape: ``kind`` is ``gauge`` or ``counter``; ``label`` may be ''."""
         self._sources.append((kind, name, help_text, label, source))
 
     def render(self) -> bytes:
@@ -125,16 +121,10 @@ class _Collector(Collector):
         for (name, outcome), n in sorted(m.mirror_outcomes.items()):
             outcomes.add_metric([name, outcome], n)
         yield outcomes
-        merged: dict[str, tuple[str, str, str, dict[str, float]]] = {}
         for kind, name, help_text, label, source in m._sources:
-            entry = merged.get(name)
-            if entry is None:
-                entry = merged[name] = (kind, help_text, label, {})
-            entry[3].update(source())
-        for name, (kind, help_text, label, values) in merged.items():
             family_type = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
             family = family_type(name, help_text, labels=[label] if label else None)
-            for label_value, value in sorted(values.items()):
+            for label_value, value in sorted(source().items()):
                 family.add_metric([label_value] if label else [], value)
             yield family
 

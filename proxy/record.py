@@ -232,31 +232,9 @@ class RecordStage:
             "gauge", "shadowtap_record_pending", "Exchanges waiting for their shadows", "",
             lambda: {"": float(self.pending)},
         )  # fmt: skip
-        if tape is not None and hasattr(type(tape), "stats"):
-            self._add_tape_sources(metrics, tape)
         metrics.add_source(
             "gauge", "shadowtap_record_pending_bytes", "Bytes of the exchanges waiting for their shadows", "",
             lambda: {"": float(self.pending_bytes)},
-        )  # fmt: skip
-
-    @staticmethod
-    def _add_tape_sources(metrics: ProxyMetrics, tape: ExchangeSink) -> None:
-        """The tape writer's byte bound, beside its other figures: the drops it caused join the
-        ``shadowtap_tape_dropped`` family (the app names the other reasons), and the bytes waiting
-        for the writer are a gauge. A ``TapeWriter`` or ``ProcessTapeWriter`` (``TapeWriterStats``)."""
-
-        writer: Any = tape  # its stats are not part of ExchangeSink (test sinks lack them)
-
-        def stats() -> Any:
-            return writer.stats
-
-        metrics.add_source(
-            "counter", "shadowtap_tape_dropped", "Exchanges the tape writer dropped, by reason", "reason",
-            lambda: {"queue_bytes_full": float(stats().dropped_queue_bytes_full)},
-        )  # fmt: skip
-        metrics.add_source(
-            "gauge", "shadowtap_tape_queue_bytes", "Bytes of the exchanges waiting for the tape writer", "",
-            lambda: {"": float(stats().queue_bytes)},
         )  # fmt: skip
 
     @property

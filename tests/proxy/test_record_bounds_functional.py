@@ -52,7 +52,10 @@ async def primary() -> AsyncIterator[str]:
 
 
 async def start_proxy(primary: str, tape: Path, writer: str) -> ProxyApp:
-    config = {"listen": "127.0.0.1:0", "primary": primary, "record": {"tape": str(tape), "writer": writer}}
+    # Bounds below the defaults: the configured ones must be the ones kept.
+    bound = 16 * 1024 * 1024
+    record = {"tape": str(tape), "writer": writer, "queue_bytes": bound, "max_pending_bytes": bound}
+    config = {"listen": "127.0.0.1:0", "primary": primary, "record": record}
     app = ProxyApp(ProxyConfig.from_mapping(config))
     await app.start()
     return app
@@ -107,7 +110,6 @@ async def test_a_stopped_writer_process_costs_bounded_bytes_and_every_request_su
         assert record is not None and record.stats.dropped_by_writer == stats.dropped_queue_bytes_full
         metrics = await admin_get(app, "/metrics")
         dropped = stats.dropped_queue_bytes_full
-        # One family: the app's reasons and the byte bound's, side by side.
         families = [f for f in text_string_to_metric_families(metrics) if f.name == "shadowtap_tape_dropped"]
         (family,) = families
         by_reason = {s.labels["reason"]: s.value for s in family.samples}
