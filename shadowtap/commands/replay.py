@@ -126,6 +126,7 @@ def _parse_header(spec: str) -> tuple[str, str]:
 
 def build_job(args: argparse.Namespace) -> ReplayJob:
     """The job the flags describe; every bad value raises ``ConfigError`` naming the flag."""
+    from proxy.forward import parse_primary
     from recorder.errors import ConfigError
     from replayer.job import ReplayJob
     from replayer.plan import Filters, PlanOptions, Rewrites, Scaling, SessionKey
@@ -134,6 +135,9 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
 
     if args.workers < 1:
         raise ConfigError(f"must be >= 1, got {args.workers}", field="workers")
+    # The proxy's URL check, so a target is refused here (one line) rather than by a URL parser
+    # deep in a transport (a traceback), or accepted with a space that would split the request line.
+    parse_primary(args.target, field="--target")
     plan = PlanOptions(
         session_key=SessionKey.parse(args.session_key),
         filters=Filters(

@@ -204,6 +204,14 @@ async def test_a_tape_corrupt_midway_is_one_line_and_partial_results_are_written
         (["--rewrite-path", "([", "x"], "rewrite-path"),
         (["--header", "Authorization: ${SHADOWTAP_TEST_UNSET_VAR}"], "SHADOWTAP_TEST_UNSET_VAR"),
         (["--clones", "0"], "clones"),
+        # The target goes through the proxy's URL check: nothing it refuses reaches a client.
+        (["--target", "http://[::1"], "field '--target': not a valid URL"),
+        (["--target", "http://127.0.0.1:99999"], "field '--target': not a valid URL"),
+        (["--target", "http://stag ing:8080"], "field '--target': URL must not contain spaces"),
+        (["--target", "http://127.0.0.1:9/a b"], "field '--target': URL must not contain spaces"),
+        (["--target", "http://127.0.0.1:9/?x=1"], "field '--target': URL must not have a query"),
+        (["--target", "http://user:pw@127.0.0.1:9"], "field '--target': URL must not carry credentials"),
+        (["--target", "ftp://127.0.0.1:9"], "field '--target': URL must start with http"),
     ],
 )
 async def test_bad_flags_are_one_line(tmp_path: Path, flags: list[str], expected: str) -> None:
