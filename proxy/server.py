@@ -627,24 +627,16 @@ class _Forward:
     def client_timed_out(self, message: str) -> None:
         """The client stalled its request body past ``client_body_timeout_s``: 408 if the response
         has not started, and the connection closes (the primary's connection goes with it)."""
-        if self.finished:
-            return
-        task = self._connect_task
-        if task is not None:
-            task.cancel()
-            self._connect_task = None
-        conn = self.conn
-        self.conn = None
-        if conn is not None:
-            conn.detach()
-        self.failure = Failure(FailureKind.CANCELLED, message)
-        self.request_body = None
-        if not self._head_sent:
+        if not self.finished and not self._head_sent:
             self._out.append(http1.error_response(408, "Request Timeout", f"shadowtap: {message}", close=True))
-        self._finish(True)
+        self._abandon(message)
 
     def client_gone(self) -> None:
         """The client connection closed before this exchange ended."""
+        self._abandon("client closed the connection")
+
+    def _abandon(self, why: str) -> None:
+        """End the exchange for the client's sake: nothing more is sent or read for it."""
         if self.finished:
             return
         task = self._connect_task
@@ -656,7 +648,7 @@ class _Forward:
         if conn is not None:
             conn.detach()
         if self.failure is None:
-            self.failure = Failure(FailureKind.CANCELLED, "client closed the connection")
+            self.failure = Failure(FailureKind.CANCELLED, why)
         if not self.body_done:
             self.request_body = None
         self._finish(True)
@@ -1227,6 +1219,7 @@ class _ClientConnection(asyncio.Protocol):
             and not parsing.body_done
             and now - self.last_read >= settings.client_body_timeout_s
         ):
+            self._parsing = None  # no lingering for a client that stopped sending
             parsing.client_timed_out(f"request body stalled for {settings.client_body_timeout_s:g} s")
             self._client_timeout("body")
             return
