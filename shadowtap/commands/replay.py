@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from replayer.job import ReplayJob
@@ -115,13 +116,85 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: RFC 9110 token characters: all a header name may hold.
+_TOKEN_RE: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+def _check_header_name(name: str, field: str) -> None:
+    from recorder.errors import ConfigError
+
+    if not _TOKEN_RE.match(name):
+        raise ConfigError(f"not a valid header name: {name!r}", field=field)
+
+
+def _check_header_text(text: str, field: str, *, latin1: bool = True) -> None:
+    """Refuse what would split the request head (CR, LF, other controls) or not encode in it."""
+    from recorder.errors import ConfigError
+
+    for index, char in enumerate(text):
+        if (char < " " and char != "\t") or char == "\x7f" or (latin1 and char > "\xff"):
+            raise ConfigError(
+                f"must not contain control characters or characters beyond Latin-1 ({char!r} at {index}): {text!r}",
+                field=field,
+            )
+
+
 def _parse_header(spec: str) -> tuple[str, str]:
     from recorder.errors import ConfigError
 
     name, sep, value = spec.partition(":")
     if not sep or not name.strip():
         raise ConfigError(f"{spec!r} is not 'NAME: VALUE'", field="header")
+    _check_header_name(name.strip(), "--header")
+    _check_header_text(value, "--header")
     return name.strip(), value.strip()
+
+
+def _checked_host(value: str) -> str:
+    """``--host`` as a Host header: ``host[:port]``, a non-ASCII name in IDNA form.
+
+    A value with ``${VAR}`` is only checked for what would break the head; the plan expands it.
+    """
+    from proxy.forward import check_host
+    from recorder.errors import ConfigError
+
+    _check_header_text(value, "--host")
+    if "${" in value:
+        return value
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]")
+        if not sep or ":" not in host:
+            raise ConfigError(f"only an IPv6 address goes in brackets, and it must: {value!r}", field="--host")
+    else:
+        host, colon, digits = value.partition(":")
+        port = colon + digits
+    if port:
+        digits = port.removeprefix(":")
+        if not port.startswith(":") or not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= 65535:
+            raise ConfigError(f"port must be within 1..65535: {value!r}", field="--host")
+    check_host(host, field="--host", shown=value)
+    if host.isascii():
+        return value
+    return host.encode("idna").decode("ascii") + port
+
+
+def _check_rewrites(args: argparse.Namespace) -> None:
+    """The rewrite flags' literal text, before any request is built from it."""
+    from recorder.errors import ConfigError
+
+    for name in args.remove_header:
+        _check_header_name(name, "--remove-header")
+    for _, replacement in args.rewrite_path:
+        # The result is the request target: ASCII with no spaces, or the request line splits.
+        if not replacement.isascii() or any(c <= " " or c == "\x7f" for c in replacement):
+            raise ConfigError(
+                f"the replacement must be ASCII without spaces or control characters (percent-encode them): "
+                f"{replacement!r}",
+                field="--rewrite-path",
+            )
+    # Clone ids go into headers and cookies as Latin-1; a JSON field may hold any text.
+    in_head = any(spec.startswith(("header:", "cookie:")) for spec in args.clone_id)
+    _check_header_text(args.clone_id_template, "--clone-id-template", latin1=in_head)
 
 
 def build_job(args: argparse.Namespace) -> ReplayJob:
@@ -138,6 +211,7 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
     # The proxy's URL check, so a target is refused here (one line) rather than by a URL parser
     # deep in a transport (a traceback), or accepted with a space that would split the request line.
     parse_primary(args.target, field="--target")
+    _check_rewrites(args)
     plan = PlanOptions(
         session_key=SessionKey.parse(args.session_key),
         filters=Filters(
@@ -150,7 +224,7 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
             allow_writes=args.allow_writes,
         ),
         rewrites=Rewrites(
-            host=args.host,
+            host=None if args.host is None else _checked_host(args.host),
             set_headers=tuple(_parse_header(h) for h in args.header),
             remove_headers=tuple(args.remove_header),
             path_subs=tuple((p, r) for p, r in args.rewrite_path),

@@ -212,6 +212,20 @@ async def test_a_tape_corrupt_midway_is_one_line_and_partial_results_are_written
         (["--target", "http://127.0.0.1:9/?x=1"], "field '--target': URL must not have a query"),
         (["--target", "http://user:pw@127.0.0.1:9"], "field '--target': URL must not carry credentials"),
         (["--target", "ftp://127.0.0.1:9"], "field '--target': URL must start with http"),
+        # Rewrites go into the request head as they are: nothing may split a line or fail to encode.
+        (["--host", "staging\r\nX-Injected: 1"], "field '--host': must not contain control characters"),
+        (["--host", "stag ing"], "field '--host': not a valid host name"),
+        (["--host", "staging:0"], "field '--host': port must be within 1..65535"),
+        (["--host", "staging/v2"], "field '--host'"),
+        (["--host", "::1"], "field '--host'"),
+        (["--header", "X-A: 1\r\nX-Injected: 1"], "field '--header': must not contain control characters"),
+        (["--header", "X-A: \u65e5\u672c"], "field '--header': must not contain control characters or char"),
+        (["--header", "X A: 1"], "field '--header': not a valid header name"),
+        (["--remove-header", "\u65e5\u672c"], "field '--remove-header': not a valid header name"),
+        (["--rewrite-path", "^/r", "/a b"], "field '--rewrite-path'"),
+        (["--rewrite-path", "^/r", "/\u65e5"], "field '--rewrite-path'"),
+        (["--clone-id", "header:X-User", "--clone-id-template", "{value}\r\nX-Injected: 1"], "--clone-id-template"),
+        (["--clone-id", "header:X-User", "--clone-id-template", "{value}-\u65e5"], "--clone-id-template"),
     ],
 )
 async def test_bad_flags_are_one_line(tmp_path: Path, flags: list[str], expected: str) -> None:
@@ -219,6 +233,28 @@ async def test_bad_flags_are_one_line(tmp_path: Path, flags: list[str], expected
     code, _, err = await shadowtap(str(tape), "--target", "http://127.0.0.1:9", *flags, "--no-progress")
     assert code == 2
     assert err.count("\n") == 1 and expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "host"),
+    [
+        (["--host", "staging.internal:8443"], "staging.internal:8443"),
+        (["--host", "[::1]:8080"], "[::1]:8080"),
+        (["--host", "b\u00fccher.example"], "xn--bcher-kva.example"),
+        (["--host", "${STAGING_HOST}"], "${STAGING_HOST}"),
+    ],
+)
+def test_good_rewrites_are_kept_and_a_unicode_host_goes_out_as_idna(flags: list[str], host: str) -> None:
+    from shadowtap.cli import build_parser
+    from shadowtap.commands.replay import build_job
+
+    args = build_parser().parse_args(
+        ["replay", "TAPE", "--target", "http://[::1]:9000/prefix", *flags, "--header", "X-A: a\tb ${T}",
+         "--remove-header", "Cookie", "--rewrite-path", "^/v1/(.*)", "/v2/\\1?x=%20"]
+    )  # fmt: skip
+    rewrites = build_job(args).plan.rewrites
+    assert rewrites.host == host
+    assert rewrites.set_headers == (("X-A", "a\tb ${T}"),) and rewrites.remove_headers == ("Cookie",)
 
 
 async def test_unreadable_tape_is_one_line(tmp_path: Path) -> None:
