@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import decimal
 import itertools
 import json
 import sys
@@ -102,19 +103,43 @@ def run(args: argparse.Namespace) -> int:
 # --- shared ----------------------------------------------------------------------------------------
 
 
+#: Tapes and the diff store keep times as ns since the epoch in a signed 64-bit int, so a time
+#: outside 1677-09-21..2262-04-11 can match nothing, and the store cannot even be asked about it.
+_MIN_TIME_NS = -(2**63)
+_MAX_TIME_NS = 2**63 - 1
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
 def parse_time_ns(text: str, field: str) -> int:
-    """Epoch ns from ISO 8601 (naive means UTC) or a number of epoch seconds."""
+    """Epoch ns from ISO 8601 (naive means UTC) or a number of epoch seconds, exact to the ns.
+
+    The one parser for every command's time flags. Anything but a time a tape can hold raises
+    ``ConfigError`` naming ``field``: it is never an ``OverflowError`` from a float.
+    """
     try:
-        return int(float(text) * 1e9)
-    except (ValueError, OverflowError):  # not a number, or "inf"/"nan"
-        pass
+        seconds = decimal.Decimal(text)  # not float: exact, and no inf * 1e9 to overflow
+    except decimal.InvalidOperation:
+        ns = _iso_time_ns(text, field)
+    else:
+        if not seconds.is_finite():
+            raise ConfigError(f"not a finite number of epoch seconds: {text!r}", field=field)
+        # Compared before scaling, so a huge exponent never reaches the decimal context.
+        ns = int(seconds.scaleb(9)) if abs(seconds) < 10**10 else _MAX_TIME_NS + 1
+    if not _MIN_TIME_NS <= ns <= _MAX_TIME_NS:
+        raise ConfigError(
+            f"out of range: tape times run from 1677-09-21 to 2262-04-11 (ns in 64 bits): {text!r}", field=field
+        )
+    return ns
+
+
+def _iso_time_ns(text: str, field: str) -> int:
     try:
         moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise ConfigError(f"not an ISO 8601 time or epoch seconds: {text!r}", field=field) from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
-    delta = moment - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 

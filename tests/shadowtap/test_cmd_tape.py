@@ -151,8 +151,37 @@ def test_merge_refuses_to_write_into_an_input(tape: Path, capsys: pytest.Capture
     assert "also an input" in err
 
 
+@pytest.mark.parametrize(
+    ("when", "reason"),
+    [
+        ("inf", "not a finite number"),
+        ("-Infinity", "not a finite number"),
+        ("nan", "not a finite number"),
+        ("1e300", "out of range"),
+        ("1e20", "out of range"),
+        ("-1e20", "out of range"),
+        ("9999-12-31T00:00:00", "out of range"),
+        ("0001-01-01T00:00:00+14:00", "out of range"),
+    ],
+)
+def test_a_time_beyond_the_tapes_clock_is_refused_naming_why(
+    tape: Path, capsys: pytest.CaptureFixture[str], when: str, reason: str
+) -> None:
+    # Tape times are ns since the epoch in a signed 64-bit int: 1677-09-21 to 2262-04-11.
+    for command in ("info", "cat"):
+        code, _, err = run(capsys, "tape", command, str(tape), f"--until={when}")
+        assert code == 2
+        assert "field '--until'" in err and reason in err and repr(when) in err and err.count("\n") == 1
+
+
 def test_times_parse_iso_and_epoch() -> None:
     assert parse_time_ns("1700000000.5", "t") == 1_700_000_000_500_000_000
+    # Exact to the nanosecond, as a float of epoch seconds is not.
+    assert parse_time_ns("1700000000.123456789", "t") == 1_700_000_000_123_456_789
+    assert parse_time_ns("-1.5", "t") == -1_500_000_000
+    assert parse_time_ns("9223372036.854775807", "t") == 2**63 - 1
+    assert parse_time_ns("2262-04-11T23:47:16.854775Z", "t") == 9_223_372_036_854_775_000
+    assert parse_time_ns("1677-09-21T00:12:43.145225Z", "t") == -9_223_372_036_854_775_000
     assert parse_time_ns("2023-11-14T22:13:20Z", "t") == 1_700_000_000_000_000_000
     assert parse_time_ns("2023-11-14T22:13:20", "t") == 1_700_000_000_000_000_000
     assert format_ns(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456Z"
