@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from typing import TYPE_CHECKING, Any, Final
@@ -37,6 +38,39 @@ See docs/replay.md for every flag, the JSON format and multi-machine replay with
 """
 
 
+#: Seconds become int nanoseconds in the plan and on the monotonic clock; 64 bits hold ~292 years.
+_MAX_SECONDS: Final = 9_223_372_036.0
+#: Below this a speed factor or rate stretches the gap between two requests beyond that clock.
+_MIN_PACE: Final = 1e-9
+
+
+def _finite(text: str) -> float:
+    """An argparse type: a float, but never inf or nan (which no check downstream catches whole)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type for a time in seconds; the sign is the replayer's to check."""
+    value = _finite(text)
+    if abs(value) > _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"out of range: at most {_MAX_SECONDS:.0f} s, got {text!r}")
+    return value
+
+
+def _pace(text: str) -> float:
+    """An argparse type for --speed and --rate: finite, and not so small the schedule overflows."""
+    value = _finite(text)
+    if 0 < value < _MIN_PACE:
+        raise argparse.ArgumentTypeError(f"too slow: at least {_MIN_PACE:g} (or 0 for --speed), got {text!r}")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _EPILOG
     parser.add_argument("tapes", nargs="+", metavar="TAPE", help="tape directories or segment files (merged by time)")
@@ -44,13 +78,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("scaling")
     pace = g.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0, help="time factor: 2 = twice as fast, 0 = no waiting")
-    pace.add_argument("--rate", type=float, help="fixed arrivals per second, in recorded order")
+    pace.add_argument("--speed", type=_pace, default=1.0, help="time factor: 2 = twice as fast, 0 = no waiting")
+    pace.add_argument("--rate", type=_pace, help="fixed arrivals per second, in recorded order")
     g.add_argument("--clones", type=int, default=1, help="copies of every session (default 1)")
-    g.add_argument("--clone-offset", type=float, default=0.5, metavar="S", help="delay between clones (s)")
-    g.add_argument("--duration", type=float, metavar="S", help="stop scheduling after S seconds")
+    g.add_argument("--clone-offset", type=_seconds, default=0.5, metavar="S", help="delay between clones (s)")
+    g.add_argument("--duration", type=_seconds, metavar="S", help="stop scheduling after S seconds")
     g.add_argument("--loop", action="store_true", help="replay the tape again until --duration")
-    g.add_argument("--ramp", type=float, default=0.0, metavar="S", help="grow the rate linearly over S seconds")
+    g.add_argument("--ramp", type=_seconds, default=0.0, metavar="S", help="grow the rate linearly over S seconds")
 
     g = parser.add_argument_group("sessions and filters")
     g.add_argument(
@@ -62,9 +96,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--method", action="append", default=[], help="only these methods (repeatable)")
     g.add_argument("--path-regex", help="only requests whose path matches")
     g.add_argument("--endpoint", action="append", default=[], metavar="GLOB", help="e.g. 'GET /users/{id}' (repeat)")
-    g.add_argument("--since", type=float, metavar="S", help="skip the tape's first S seconds")
-    g.add_argument("--until", type=float, metavar="S", help="stop at S seconds into the tape")
-    g.add_argument("--sample-percent", type=float, default=100.0, help="replay this share of sessions")
+    g.add_argument("--since", type=_seconds, metavar="S", help="skip the tape's first S seconds")
+    g.add_argument("--until", type=_seconds, metavar="S", help="stop at S seconds into the tape")
+    g.add_argument("--sample-percent", type=_finite, default=100.0, help="replay this share of sessions")
     g.add_argument("--allow-writes", action="store_true", help="also replay methods other than GET/HEAD/OPTIONS/TRACE")
     g.add_argument("--salvage", action="store_true", help="skip corrupt frames in the tapes instead of stopping")
 
@@ -85,8 +119,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("client")
     g.add_argument("--connections", type=int, default=256, help="connection pool size (default 256)")
     g.add_argument("--max-in-flight", type=int, help="cap on concurrent requests (default: --connections)")
-    g.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per-request timeout (default 30)")
-    g.add_argument("--connect-timeout", type=float, default=5.0, metavar="S", help="connect timeout (default 5)")
+    g.add_argument("--timeout", type=_seconds, default=30.0, metavar="S", help="per-request timeout (default 30)")
+    g.add_argument("--connect-timeout", type=_seconds, default=5.0, metavar="S", help="connect timeout (default 5)")
     g.add_argument(
         "--client",
         choices=["auto", "raw", "aiohttp"],
@@ -100,15 +134,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-redact-results", action="store_true", help="keep secrets in the results tape")
     g.add_argument("--json", metavar="OUT", help="write JSON results ('-' for stdout)")
     g.add_argument("--html", metavar="OUT", help="write a self-contained HTML report")
-    g.add_argument("--max-error-rate", type=float, metavar="F", help="fail (exit 1) above this error fraction")
-    g.add_argument("--max-p99-ms", type=float, metavar="MS", help="fail above this p99 response time")
-    g.add_argument("--max-start-lag-ms", type=float, metavar="MS", help="fail above this p99 start lag")
+    g.add_argument("--max-error-rate", type=_finite, metavar="F", help="fail (exit 1) above this error fraction")
+    g.add_argument("--max-p99-ms", type=_finite, metavar="MS", help="fail above this p99 response time")
+    g.add_argument("--max-start-lag-ms", type=_finite, metavar="MS", help="fail above this p99 start lag")
     g.add_argument("--no-progress", action="store_true", help="no live progress on stderr")
 
     g = parser.add_argument_group("distributed (Locust)")
     g.add_argument("--locust", action="store_true", help="run on a local Locust master and --locust-workers workers")
     g.add_argument("--locust-workers", type=int, default=2, help="Locust worker processes (default 2)")
-    g.add_argument("--locust-timeout", type=float, default=600.0, metavar="S", help="give up after S s (default 600)")
+    g.add_argument(
+        "--locust-timeout", type=_seconds, default=600.0, metavar="S", help="give up after S s (default 600)"
+    )
     g.add_argument(
         "--locust-job-out",
         metavar="FILE",

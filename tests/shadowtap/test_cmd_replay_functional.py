@@ -226,6 +226,8 @@ async def test_a_tape_corrupt_midway_is_one_line_and_partial_results_are_written
         (["--rewrite-path", "^/r", "/\u65e5"], "field '--rewrite-path'"),
         (["--clone-id", "header:X-User", "--clone-id-template", "{value}\r\nX-Injected: 1"], "--clone-id-template"),
         (["--clone-id", "header:X-User", "--clone-id-template", "{value}-\u65e5"], "--clone-id-template"),
+        (["--duration", "inf"], "argument --duration: not a finite number: 'inf'"),
+        (["--rate", "1e-310"], "argument --rate: "),
     ],
 )
 async def test_bad_flags_are_one_line(tmp_path: Path, flags: list[str], expected: str) -> None:
@@ -255,6 +257,32 @@ def test_good_rewrites_are_kept_and_a_unicode_host_goes_out_as_idna(flags: list[
     rewrites = build_job(args).plan.rewrites
     assert rewrites.host == host
     assert rewrites.set_headers == (("X-A", "a\tb ${T}"),) and rewrites.remove_headers == ("Cookie",)
+
+
+_SECONDS_FLAGS = ["--clone-offset", "--duration", "--ramp", "--since", "--until", "--timeout", "--connect-timeout",
+                  "--locust-timeout"]  # fmt: skip
+_NUMBER_FLAGS = ["--speed", "--rate", "--sample-percent", "--max-error-rate", "--max-p99-ms", "--max-start-lag-ms"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "reason"),
+    [(flag, value, "not a finite number") for flag in _SECONDS_FLAGS + _NUMBER_FLAGS for value in ("inf", "nan")]
+    # Seconds become 64-bit nanoseconds in the plan and on the clock.
+    + [(flag, value, "out of range") for flag in _SECONDS_FLAGS for value in ("1e308", "-1e12")]
+    # Slower than this, the gap between two requests outgrows the clock.
+    + [(flag, "1e-310", "too slow") for flag in ("--speed", "--rate")],
+)
+def test_numbers_are_finite_and_fit_the_clock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, reason: str
+) -> None:
+    from shadowtap.cli import main
+
+    # Refused while the flags are parsed: before any tape is opened (this one does not exist).
+    with pytest.raises(SystemExit) as exited:
+        main(["replay", str(tmp_path / "no-tape"), "--target", "http://127.0.0.1:9", f"{flag}={value}"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert f"argument {flag}: {reason}" in err and repr(value) in err and err.count("\n") == 1
 
 
 async def test_unreadable_tape_is_one_line(tmp_path: Path) -> None:
