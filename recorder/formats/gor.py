@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import re
 import zlib
 from collections import OrderedDict, deque
@@ -386,8 +385,9 @@ def write_gor(exchanges: Iterable[Exchange], path: str | Path) -> ExportReport:
         out: BinaryIO
         raw = cast(BinaryIO, open_private(path, "wb", buffering=_CHUNK_BYTES))
         if str(path).endswith(".gz"):
-            # GoReplay's --input-file reads gzip when the name ends in .gz, as its output does.
-            gz = gzip.GzipFile(filename=os.fspath(path), mode="wb", compresslevel=6, fileobj=raw)
+            # GoReplay's --input-file reads gzip when the name ends in .gz, as its output does. Its
+            # header names no file, as Go's gzip writer's does: ``path`` may be a temporary name.
+            gz = gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=raw)
             out = cast(BinaryIO, gz)
         else:
             out = raw

@@ -109,3 +109,79 @@ def test_a_record_of_the_wrong_shape_is_one_line_and_salvage_skips_it(
     assert "2 exchanges exported" in captured.out
     assert f"skipped {frame_offsets(segment)[2] - offset} corrupt bytes at {offset}" in captured.out
     assert "request.headers[1][1]" in captured.out
+
+
+def broken_tape(directory: Path) -> None:
+    """A tape whose third of four records is malformed: the export fails after two are written."""
+    from tests.recorder.test_reader import mutated_record, plain_record, write_records
+
+    records = [plain_record(i) for i in range(4)]
+    records[2] = mutated_record("request.headers[1][1]", 2)
+    write_records(directory, records)
+
+
+@pytest.mark.parametrize("name", ["out.har", "out.gor", "out.gor.gz", "out.mitm"])
+def test_a_tape_that_breaks_midway_leaves_no_partial_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    broken_tape(tmp_path / "tape")
+    out = tmp_path / "exports" / name
+    out.parent.mkdir()
+    assert main(["export", str(tmp_path / "tape"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "request.headers[1][1]" in err
+    assert list(out.parent.iterdir()) == []  # neither a half-written file nor its temporary
+
+
+@pytest.mark.parametrize("name", ["out.har", "out.gor", "out.mitm"])
+def test_a_failed_export_leaves_the_previous_output_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    make_tape(tmp_path / "good")
+    broken_tape(tmp_path / "broken")
+    out = tmp_path / "exports" / name
+    out.parent.mkdir()
+    assert main(["export", str(tmp_path / "good"), "--out", str(out)]) == 0
+    before = out.read_bytes()
+    assert main(["export", str(tmp_path / "broken"), "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert out.read_bytes() == before
+    assert [p.name for p in out.parent.iterdir()] == [name]
+
+
+def test_a_finished_export_replaces_the_output_privately_and_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gzip
+    import stat
+
+    make_tape(tmp_path / "tape")
+    out = tmp_path / "exports" / "out.gor.gz"
+    out.parent.mkdir()
+    out.write_bytes(b"an older export")
+    out.chmod(0o644)
+    assert main(["export", str(tmp_path / "tape"), "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith(f"{out} (gor): 4 exchanges exported")
+    assert [p.name for p in out.parent.iterdir()] == ["out.gor.gz"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    raw = out.read_bytes()
+    assert gzip.decompress(raw).startswith(b"1 ")
+    if raw[3] & 0x08:  # FNAME: the name in the gzip header, if any, is not the temporary's
+        assert raw[10 : raw.index(b"\0", 10)] == b"out.gor"
+
+
+def test_an_export_through_a_symlink_replaces_the_file_it_points_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_tape(tmp_path / "tape")
+    (tmp_path / "real").mkdir()
+    real = tmp_path / "real" / "out.har"
+    real.write_text("old")
+    link = tmp_path / "link.har"
+    link.symlink_to(real)
+    assert main(["export", str(tmp_path / "tape"), "--out", str(link)]) == 0
+    capsys.readouterr()
+    assert link.is_symlink() and link.resolve() == real
+    assert len(json.loads(real.read_text())["log"]["entries"]) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.har", "real", "tape"]
