@@ -22,6 +22,7 @@ from typing import Any, Final
 from proxy.rules import RouteTable
 from proxy.stages import ProxiedExchange
 from recorder.model import PRIMARY, Exchange, Failure, Outcome, Timing
+from recorder.private import PRIVATE_FILE_MODE, create_private
 
 __all__ = ["EventLog", "wide_event"]
 
@@ -84,6 +85,13 @@ _BATCH_MAX: Final = 256
 _BATCH_DELAY_S: Final = 0.01
 
 
+def _open_append(path: str) -> int:
+    """The log file for appending, owner-only: created 0600, or an existing wider file narrowed
+    first (events name clients, paths and sessions). Its lines are kept."""
+    create_private(path)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -113,9 +121,7 @@ class EventLog:
             sys.stdout.flush()  # lines printed before (the listening line) stay in order
             self._fd = sys.stdout.fileno()
         else:
-            self._fd = await asyncio.to_thread(
-                os.open, self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
+            self._fd = await asyncio.to_thread(_open_append, self.path)
         self._thread = threading.Thread(target=self._run, name="shadowtap-events", daemon=True)
         self._thread.start()
 

@@ -68,3 +68,20 @@ async def test_lines_are_written_off_loop_in_batches_and_drops_counted(tmp_path:
     assert [e["id"] for e in lines] == ["e0", "e1", "e2", "e9"]
     assert lines[-1]["recorded"] is True
     assert log.snapshot()["written"] == 4
+
+
+async def test_the_log_is_private_and_an_existing_wider_one_is_narrowed_and_kept(tmp_path: Path) -> None:
+    import stat
+
+    proxied = ProxiedExchange("p", "c", "a", 0, 0, "GET", "/", "1.1", ())
+    fresh, old = tmp_path / "fresh.jsonl", tmp_path / "old.jsonl"
+    old.write_text('{"id": "from-yesterday"}\n')
+    old.chmod(0o644)  # as an older shadowtap, or another tool, left it
+    for path in (fresh, old):
+        log = EventLog(str(path), ROUTES, queue_size=10)
+        await log.start()
+        log.on_joined(joined(1), proxied, True)
+        await log.aclose(5.0)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [json.loads(line)["id"] for line in old.read_text().splitlines()] == ["from-yesterday", "e1"]
+    assert [json.loads(line)["id"] for line in fresh.read_text().splitlines()] == ["e1"]
