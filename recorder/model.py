@@ -77,6 +77,8 @@ class FailureKind:
     CANCELLED: Final = "cancelled"
     #: A response that failed after its head (reset, short body, bad chunk, timeout): never an answer.
     INCOMPLETE: Final = "incomplete"
+    #: The client gave up or was stopped before any response (a browser's aborted or blocked request in a HAR).
+    ABORTED: Final = "aborted"
     OTHER: Final = "other"
 
 
