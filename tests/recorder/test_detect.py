@@ -9,7 +9,7 @@ import pytest
 from recorder import ConfigError, InputFormatError
 from recorder.formats import GorReader, HarReader, MitmReader, detect_format, open_importer, sniff
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions, T
 from recorder.formats import GorReader, HarReader, MitmReader, open_importer, write_gor, write_har, write_mitm
 from recorder.formats._common import ExportReport
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RAW = TapeOptions(fsync="none", redaction=None)
 
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", min_size=1, max_size=12)

@@ -14,7 +14,7 @@ from recorder import REPLAY, Exchange, Failure, FailureKind, InputFormatError, R
 from recorder.formats import GorReader, write_gor
 from recorder.formats.gor import SEPARATOR
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "goreplay"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "goreplay"
 
 
 def read(path: Path, **kwargs: int) -> tuple[list[Exchange], GorReader]:

@@ -17,7 +17,7 @@ from recorder import Exchange, Failure, FailureKind, InputFormatError, Request, 
 from recorder.formats import HarReader, write_har
 from recorder.formats import har as har_module
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "mitmproxy" / "httpbin.har"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mitmproxy" / "httpbin.har"
 
 
 def entry(**overrides: Any) -> dict[str, Any]:

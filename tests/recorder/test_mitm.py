@@ -16,7 +16,7 @@ from mitmproxy.test import tflow
 from recorder import Exchange, Failure, FailureKind, InputFormatError, Request, Response, Timing
 from recorder.formats import MitmReader, exchange_from_flow, flow_from_exchange, write_mitm
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "mitmproxy" / "httpbin.mitm"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mitmproxy" / "httpbin.mitm"
 
 
 def read(path: Path) -> tuple[list[Exchange], MitmReader]:

@@ -10,7 +10,7 @@ import pytest
 from recorder import Response, TapeReader
 from shadowtap.cli import main
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ALL = [
     FIXTURES / "goreplay" / "httpbin.gor",
     FIXTURES / "goreplay" / "httpbin-run2.gor",
