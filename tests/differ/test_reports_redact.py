@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import pytest
 
 from differ.reports.redact import (
     REDACTED,
+    is_secret_header,
     is_secret_name,
     redact_form,
     redact_header_value,
@@ -110,8 +113,8 @@ def test_ordinary_names(name: str) -> None:
     assert not is_secret_name(name, in_query=True)
 
 
-def test_short_names_are_secrets_in_queries_only() -> None:
-    for name in ("key", "sig", "code"):
+def test_url_credential_names_are_secrets_in_queries_only() -> None:
+    for name in ("key", "sig", "signature", "X-Amz-Signature", "code", "session", "jsessionid"):
         assert is_secret_name(name, in_query=True)
         assert not is_secret_name(name)
     assert redact_json({"code": "E_TIMEOUT", "key": "user-7"}) == ({"code": "E_TIMEOUT", "key": "user-7"}, False)
@@ -157,3 +160,159 @@ def test_jwt_detection_is_linear_on_hostile_runs_and_still_finds_tokens() -> Non
     assert redact_text(hostile) == hostile
     assert redact_text(f"a={JWT_SECRET}&b") == "a=[redacted jwt]&b"
     assert redact_text(f'{{"t": "{JWT_SECRET}"}}') == '{"t": "[redacted jwt]"}'
+
+
+# Credentials, not words: names are matched exactly (any case), with the tape's own default lists.
+SECRET_HEADER_NAMES = [
+    "authorization",
+    "Proxy-Authorization",
+    "cookie",
+    "Set-Cookie",
+    "x-api-key",
+    "X-Auth-Token",
+    "x-csrf-token",
+    "X-Amz-Security-Token",
+]
+ORDINARY_HEADER_NAMES = [
+    "access-control-allow-credentials",
+    "Access-Control-Allow-Headers",
+    "WWW-Authenticate",
+    "X-RateLimit-Remaining-Tokens",
+    "X-Session-Count",
+    "Content-Type",
+    "Keep-Alive",
+]
+SECRET_FIELD_NAMES = [
+    "password",
+    "Passwd",
+    "passphrase",
+    "secret",
+    "client_secret",
+    "token",
+    "access_token",
+    "accessToken",
+    "refresh_token",
+    "id_token",
+    "session_token",
+    "api_key",
+    "apiKey",
+    "api-key",
+    "private_key",
+]
+ORDINARY_FIELD_NAMES = [
+    "total_tokens",
+    "max_tokens",
+    "prompt_tokens",
+    "tokens_used",
+    "password_changed_at",
+    "password_hint",
+    "tokenizer",
+    "keyboard",
+    "author",
+    "monkey",
+    "secretary",
+    "sessions_count",
+    "credentials_expire_at",
+    "description",
+]
+
+
+@pytest.mark.parametrize("name", SECRET_HEADER_NAMES)
+def test_credential_headers_are_secret(name: str) -> None:
+    assert is_secret_header(name.encode())
+    assert redact_header_value(name.encode(), b"live-value-123") != b"live-value-123"
+
+
+@pytest.mark.parametrize("name", ORDINARY_HEADER_NAMES)
+def test_headers_that_merely_mention_a_word_are_shown(name: str) -> None:
+    assert not is_secret_header(name.encode())
+    assert redact_header_value(name.encode(), b"true") == b"true"
+
+
+@pytest.mark.parametrize("name", SECRET_FIELD_NAMES)
+def test_credential_fields_are_secret_everywhere(name: str) -> None:
+    assert is_secret_name(name)
+    assert is_secret_name(name, in_query=True)
+    assert redact_json({name: "live"}) == ({name: REDACTED}, True)
+    assert redact_target(f"/u?{name}=live") == f"/u?{name}={REDACTED}"
+    assert redact_form(f"{name}=live&a=1") == f"{name}={REDACTED}&a=1"
+
+
+@pytest.mark.parametrize("name", ORDINARY_FIELD_NAMES)
+def test_fields_that_merely_mention_a_word_are_shown(name: str) -> None:
+    assert not is_secret_name(name)
+    assert not is_secret_name(name, in_query=True)
+    document = {name: "2025-11-22T00:00:00Z", "n": {name: "v"}}
+    assert redact_json(document, json.dumps(document)) == (document, False)
+    assert redact_target(f"/u?{name}=v") == f"/u?{name}=v"
+
+
+def test_an_llm_usage_block_and_cors_headers_survive_intact() -> None:
+    usage = {"usage": {"prompt_tokens": "12", "total_tokens": "40", "max_tokens": "512"}, "tokenizer": "cl100k"}
+    assert redact_json(usage, json.dumps(usage)) == (usage, False)
+    cors = ((b"Access-Control-Allow-Credentials", b"true"), (b"Access-Control-Allow-Origin", b"https://a.example"))
+    assert redact_headers(cors) == cors
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Bearer abcdef0123456789", "Bearer [redacted]"),
+        ("auth: bearer abcdef0123456789.xyz~", "auth: bearer [redacted]"),
+        ("Basic dXNlcjpwYXNzd29yZA==", "Basic [redacted]"),
+        ("call with Basic dXNlcjpwYXNz== please", "call with Basic [redacted] please"),
+        ("key AKIAIOSFODNN7EXAMPLE here", "key [redacted] here"),
+        ("ghp_" + "a1B2c3D4e5" * 4, "[redacted]"),
+        ("xoxb-1234567890-abcdefghij", "[redacted]"),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEpA\n-----END RSA PRIVATE KEY-----", "[redacted]"),
+        # Words and challenges are not credentials.
+        ("Basic plan", "Basic plan"),
+        ("a Bearer of bad news", "a Bearer of bad news"),
+        ('Bearer realm="api", error="invalid_token"', 'Bearer realm="api", error="invalid_token"'),
+        ('Basic realm="Restricted Area"', 'Basic realm="Restricted Area"'),
+        ('Bearer error_description="token expired"', 'Bearer error_description="token expired"'),
+        ("sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", None),
+        ('etag W/"5d41402abc4b2a76b9719d911017c592"', None),
+    ],
+)
+def test_values_shaped_like_secrets_are_redacted_wherever_they_are(text: str, expected: str | None) -> None:
+    assert redact_text(text) == (text if expected is None else expected)
+
+
+def test_secret_shaped_values_are_caught_under_ordinary_names() -> None:
+    assert redact_header_value(b"X-Forwarded-Authorization", b"Bearer abcdef0123456789") == b"Bearer [redacted]"
+    assert redact_header_value(b"X-Upstream", b"Basic dXNlcjpwYXNz==") == b"Basic [redacted]"
+    assert redact_json({"note": "Bearer abcdef0123456789"}) == ({"note": "Bearer [redacted]"}, True)
+    document = {"header": "Basic dXNlcjpwYXNzd29yZA=="}
+    assert redact_json(document, json.dumps(document)) == ({"header": "Basic [redacted]"}, True)
+    assert redact_target("/cb?note=Bearer+abcdef0123456789") == "/cb?note=Bearer+[redacted]"
+
+
+def test_credential_header_names_are_credentials_in_json_too() -> None:
+    echoed = {"headers": {"Authorization": "opaque-credential", "Cookie": "sid=1", "Accept": "*/*"}}
+    assert redact_json(echoed, json.dumps(echoed)) == (
+        {"headers": {"Authorization": REDACTED, "Cookie": REDACTED, "Accept": "*/*"}},
+        True,
+    )
+
+
+def test_nameless_cookies_are_values() -> None:
+    assert redact_header_value(b"Cookie", b"opaque; a=1; ") == b"[redacted]; a=[redacted]; "
+    assert redact_header_value(b"Set-Cookie", b"opaque; Secure; HttpOnly") == b"[redacted]; Secure; HttpOnly"
+
+
+def test_json_names_spelled_with_escapes_are_still_found() -> None:
+    text = '{"pass\\u0077ord": "hunter2"}'
+    assert redact_json(json.loads(text), text) == ({"password": REDACTED}, True)
+
+
+def test_shape_detection_is_linear_on_hostile_runs() -> None:
+    for hostile in (
+        "Bearer " * 100_000 + "Basic " + "A" * 500_000 + '"',
+        "-----BEGIN PRIVATE KEY-----" * 20_000,
+        "ghp_" * 100_000 + "xoxb-" * 100_000 + "AKIA" * 100_000,
+        "Bearer x=" * 100_000,
+    ):
+        started = time.perf_counter()
+        redact_text(hostile)
+        assert time.perf_counter() - started < 1.0, hostile[:20]
