@@ -4,23 +4,29 @@ Each subcommand is a module in ``shadowtap/commands/`` exposing ``NAME``, ``HELP
 ``configure(parser)`` and ``run(args) -> int``; this module finds them, so adding a subcommand never
 edits this file. Command modules import their heavy dependencies inside ``run`` so ``--help`` stays
 fast. This module must never let a user mistake end in a traceback: a ``ShadowtapError`` is printed
-as one line and exits 2.
+as one line and exits 2. Nor may a closed stdout (``shadowtap diff ... | head -1``) change a
+command's verdict or stop it writing its output files: printing simply stops (see ``_GuardedStdout``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import NoReturn, Protocol, cast
+from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
 import shadowtap.commands
 from recorder.errors import ShadowtapError
 from shadowtap import __version__
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -41,6 +47,59 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _GuardedStdout(io.FileIO):
+    """Standard output that outlives its reader: the first EPIPE points fd 1 at /dev/null.
+
+    What the Python docs' "Note on SIGPIPE" does, but without ending the command: the command goes
+    on computing its verdict and writing its files, only what it prints is lost (``reader_gone``
+    tells a command whose whole output is stdout, ``tape cat``, that it may stop).
+    """
+
+    reader_gone = False
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            self.reader_gone = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self.fileno())
+            finally:
+                os.close(devnull)
+            return memoryview(data).nbytes
+
+
+_guarded_stdout: _GuardedStdout | None = None
+
+
+def stdout_reader_gone() -> bool:
+    """True once a write to stdout found its reader gone (``| head``): nothing printed is read."""
+    return _guarded_stdout is not None and _guarded_stdout.reader_gone
+
+
+def _guard_stdout() -> None:
+    """Put ``_GuardedStdout`` under ``sys.stdout``, when stdout is a real file descriptor."""
+    global _guarded_stdout
+    stream = sys.__stdout__
+    # Only the interpreter's own stdout: not one a test harness put there, nor a closed one.
+    if _guarded_stdout is not None or stream is None or sys.stdout is not stream:
+        return
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        return
+    stream.flush()
+    raw = _GuardedStdout(fd, "w", closefd=False)
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(raw),
+        encoding=stream.encoding,
+        errors=stream.errors,
+        line_buffering=stream.line_buffering,
+    )
+    _guarded_stdout = raw
 
 
 def discover_commands() -> list[CommandModule]:
@@ -83,15 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _guard_stdout()
     try:
-        return run(args)
+        code = run(args)
+        sys.stdout.flush()
+        return code
     except ShadowtapError as exc:
         print(f"shadowtap {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"shadowtap {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # `shadowtap tape cat | head`: the reader went away; that is not an error.
-        sys.stderr.close()
-        return 0

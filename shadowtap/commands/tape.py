@@ -310,12 +310,17 @@ def _print_info(summary: Mapping[str, Any]) -> None:
 def _run_cat(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0:
         raise ConfigError("must be zero or more", field="--limit")
+    from shadowtap.cli import stdout_reader_gone
+
     reader = TapeReader(args.tapes, filter=_filter(args), salvage=args.salvage)
     out = sys.stdout
     exchanges = iter(reader) if args.limit is None else itertools.islice(reader, args.limit)
     for ex in exchanges:
         out.write(json.dumps(exchange_to_json(ex, args.bodies), ensure_ascii=False))
         out.write("\n")
+        if stdout_reader_gone():
+            # `tape cat | head`: the output is all cat makes, and nobody reads it any more.
+            return 0
     out.flush()
     _report_problems(reader.report)
     return 0

@@ -230,3 +230,29 @@ def test_a_record_of_the_wrong_shape_is_one_line_and_salvage_skips_it(tmp_path: 
     assert f"skipped {frame_offsets(segment)[6] - offset} corrupt bytes at {offset}" in result.stderr
     assert "shadows['v2'].status" in result.stderr and "Traceback" not in result.stderr
     assert json.loads((tmp_path / "r.json").read_text())["pairs"] == 11
+
+
+def run_into_closed_pipe(*args: str | Path) -> tuple[int, str]:
+    """Run the CLI with its stdout a pipe nobody reads any more (`shadowtap diff ... | head -0`)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shadowtap", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the first byte: every write the command makes meets EPIPE
+    _, err = proc.communicate(timeout=100)
+    return proc.returncode, err.decode()
+
+
+def test_a_closed_stdout_keeps_the_verdict_and_writes_every_report(tmp_path: Path) -> None:
+    # `diff ... | head -1` exited 0 on a failing gate, without writing the reports it was asked for.
+    tape = write_tape(tmp_path / "tape")
+    (tmp_path / "diff.yaml").write_text(yaml.safe_dump(CONFIG))
+    outputs = {name: tmp_path / name for name in ("r.html", "r.json", "r.md", "junit.xml")}
+    code, err = run_into_closed_pipe(
+        "diff", tape, "--candidate", CANDIDATE, "--config", tmp_path / "diff.yaml", "--html", outputs["r.html"],
+        "--json", outputs["r.json"], "--markdown", outputs["r.md"], "--junit", outputs["junit.xml"],
+    )  # fmt: skip
+    assert code == 1, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert all(path.stat().st_size > 0 for path in outputs.values())
+    assert json.loads(outputs["r.json"].read_text())["verdict"]["exit_code"] == 1

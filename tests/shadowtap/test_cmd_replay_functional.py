@@ -583,3 +583,30 @@ async def test_reports_and_results_are_private(tmp_path: Path) -> None:
     assert "results" in err and "open to other users (mode 755)" in err
     outputs = [tmp_path / "out.json", tmp_path / "out.html", tmp_path / "job.json", *(tmp_path / "results").iterdir()]
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in outputs} == {p.name: 0o600 for p in outputs}
+
+
+def run_into_closed_pipe(*args: str) -> tuple[int, str]:
+    """`shadowtap replay ARGS | head -0`: stdout a pipe nobody reads, closed before the first byte."""
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shadowtap", "replay", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err.decode()
+
+
+async def test_a_closed_stdout_still_writes_the_html_and_enforces_the_slo(tmp_path: Path) -> None:
+    # `replay --html x ... | head -1` exited 0 without writing the HTML or enforcing the SLO.
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i) for i in range(5)])
+    async with Target(delay_s=0.05) as target:
+        code, err = await asyncio.to_thread(
+            run_into_closed_pipe, str(tape), "--target", target.url, "--max-p99-ms", "10",
+            "--html", str(tmp_path / "out.html"), "--json", str(tmp_path / "out.json"), "--no-progress",
+        )  # fmt: skip
+    assert code == 1, err
+    assert "SLO failed: p99 response time" in err and "Traceback" not in err and "Exception ignored" not in err
+    assert (tmp_path / "out.html").read_text().lstrip().startswith("<!doctype html")
+    assert json.loads((tmp_path / "out.json").read_text())["slo"]["passed"] is False

@@ -59,3 +59,27 @@ def test_missing_tape_is_one_line(tmp_path: Path) -> None:
     result = shadowtap("info", str(tmp_path / "absent"))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "no such tape" in result.stderr
+
+
+def test_cat_stops_reading_once_its_reader_is_gone(tmp_path: Path) -> None:
+    # A closed stdout no longer ends a command (it must not change a verdict), so cat stops itself:
+    # it never reaches the damage at the end of this tape, which it would report with exit 2.
+    with SyncTapeWriter(tmp_path, TapeOptions(redaction=None, fsync="none")) as writer:
+        writer.write_many(make_exchange(i, body=b"z" * 2000) for i in range(3000))
+    (segment,) = tmp_path.glob("*.stape")
+    with segment.open("r+b") as f:
+        f.seek(-10_000, 2)  # a frame before the last: corruption, not a torn tail
+        f.write(b"\xff" * 50)
+    assert shadowtap("cat", str(tmp_path)).returncode == 2
+    cat = subprocess.Popen(
+        [sys.executable, "-m", "shadowtap", "tape", "cat", str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert cat.stdout is not None
+    assert cat.stdout.readline().startswith(b'{"id": "ex-000000"')
+    cat.stdout.close()
+    _, err = cat.communicate(timeout=60)
+    assert cat.returncode == 0, err
+    assert err == b""
