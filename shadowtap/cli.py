@@ -134,8 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_end_of_options_as_value(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Python 3.11's argparse drops '--' from ``--opt=--`` and hands the command an empty list."""
+    for arg in argv:
+        if arg == "--":
+            return  # what follows is positional, whatever it looks like
+        option, sep, value = arg.partition("=")
+        if sep and value == "--" and option.startswith("-"):
+            parser.error(f"argument {option}: '--' is not a value (it marks the end of the options)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _refuse_end_of_options_as_value(parser, argv)
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], int] | None = getattr(args, "_run", None)
     if run is None:

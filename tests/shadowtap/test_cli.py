@@ -43,3 +43,24 @@ def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("shadowtap ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tape", "info", "TAPE", "--since=--"),
+        ("diff", "TAPE", "--html=--"),
+        ("diff", "TAPE", "--min-samples=--"),
+        ("report", "--db=--"),
+        ("replay", "TAPE", "--target=--"),
+        ("replay", "TAPE", "--target", "http://127.0.0.1:9", "--header=--"),
+        ("--log-level=--", "tape", "info", "TAPE"),
+    ],
+)
+def test_an_option_given_the_end_of_options_marker_is_one_line(args: tuple[str, ...]) -> None:
+    # argparse hands `--opt=--` to the command as an empty list: it ended in a traceback.
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    option = next(a for a in args if a.endswith("=--")).removesuffix("=--")
+    assert f"argument {option}: '--' is not a value" in result.stderr
