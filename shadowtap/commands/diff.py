@@ -38,6 +38,17 @@ Default: severity>=high (from the config file's fail_on when set). See docs/diff
 _PEEK_EXCHANGES = 1_000
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """The output and gate flags shared by `diff` and `report`."""
     parser.add_argument("--config", type=Path, metavar="FILE", help="differ config (YAML/TOML; its 'diff' section)")
@@ -47,7 +58,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--junit", type=Path, metavar="OUT", help="write JUnit XML, one test case per endpoint")
     parser.add_argument("--fail-on", metavar="SPEC", help="what fails the run (default: severity>=high)")
     parser.add_argument(
-        "--min-samples", type=int, metavar="N", help="fewer compared pairs than this exits 2 (default: 10)"
+        "--min-samples", type=_count, metavar="N", help="fewer compared pairs than this exits 2 (default: 10)"
     )
     parser.add_argument("--no-color", action="store_true", help="never colour the terminal summary")
     parser.add_argument("--quiet", action="store_true", help="print only the verdict line, not the summary")

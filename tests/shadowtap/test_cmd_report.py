@@ -38,3 +38,14 @@ def test_a_window_that_ends_before_it_starts_is_refused(tmp_path: Path, capsys: 
     code = main(["report", "--db", db, "--since", "2024-05-01T11:00", "--until", "1714557600"])  # 10:00 UTC
     err = capsys.readouterr().err
     assert code == 2 and "field '--until'" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["diff", "report"])
+def test_a_negative_min_samples_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    # A negative floor passed silently: a gate that cannot be missed looks like one that was met.
+    where = [str(tmp_path / "tape")] if command == "diff" else ["--db", str(tmp_path / "missing.sqlite")]
+    with pytest.raises(SystemExit) as exited:
+        main([command, *where, "--min-samples", "-1"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "argument --min-samples: must be 0 or more, got '-1'" in err and err.count("\n") == 1
