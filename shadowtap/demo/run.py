@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -35,6 +36,14 @@ from shadowtap.demo.services import CATEGORIES, PLANTED
 STEP_TIMEOUT_S = 60.0
 #: The diff's own exit codes: 1 means it found regressions, which is what the demo is for.
 DIFF_EXIT_OK = (0, 1)
+
+#: Marks a folder as the demo's output, so a later run may clear it.
+OUTPUT_MARKER = ".shadowtap-demo"
+#: Everything the demo writes in its output folder: a new run removes exactly these first.
+OUTPUT_NAMES = (
+    OUTPUT_MARKER, "tape", "replay-tape", "logs", "report.html", "report.json", "diff-config.yaml",
+    "diff.sqlite", "diff.sqlite-journal", "diff.sqlite-wal", "diff.sqlite-shm",
+)  # fmt: skip
 
 DEMO_DIFF_CONFIG = """\
 # Differ settings for the demo service. Lists whose order carries no meaning are compared as sets.
@@ -180,6 +189,39 @@ async def drive_traffic(base: str, plans: list[list[tuple[str, str]]], spread_s:
     return statuses
 
 
+def prepare_out_dir(out_dir: Path) -> list[str]:
+    """Make ``out_dir`` ready for a run: created, marked, and cleared of an earlier run's output.
+
+    A run that appends to the last one's tape, replay tape and results store tells a different story
+    (twice the pairs, the idle gap between the runs replayed), so each starts clean. Only the names in
+    ``OUTPUT_NAMES`` are ever removed, symlinks unlinked rather than followed, and only in a folder the
+    demo marked or that holds nothing else (an earlier run from before the marker): a ``tape`` in
+    some other folder given as ``--out`` is never the demo's to delete. Returns the names removed.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ShadowtapError(f"demo output {out_dir} is not a folder; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = {entry.name: entry for entry in out_dir.iterdir()}
+    ours = sorted(name for name in entries if name in OUTPUT_NAMES and name != OUTPUT_MARKER)
+    foreign = sorted(name for name in entries if name not in OUTPUT_NAMES)
+    if ours and foreign and OUTPUT_MARKER not in entries:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ShadowtapError(
+            f"{out_dir} holds files the demo did not write ({shown}) beside names it writes "
+            f"({', '.join(ours)}); choose another --out or empty it"
+        )
+    for name in ours:
+        entry = entries[name]
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (out_dir / OUTPUT_MARKER).write_text(
+        "Written by `shadowtap demo`: its next run removes this folder's demo output first.\n", encoding="utf-8"
+    )
+    return ours
+
+
 @dataclass(frozen=True, slots=True)
 class DemoResult:
     out_dir: Path
@@ -195,9 +237,10 @@ async def run_demo(
     out_dir: Path, *, keep_running: bool = False, sessions: int = 40, per_session: int = 10, seed: int = 7
 ) -> DemoResult:
     step = Step(lambda line: print(line, flush=True))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if prepare_out_dir(out_dir):
+        step.say(f"cleared the previous run's output from {out_dir}")
     logs = out_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir()
     tape = out_dir / "tape"
     replay_tape = out_dir / "replay-tape"
     html_report, json_report = out_dir / "report.html", out_dir / "report.json"

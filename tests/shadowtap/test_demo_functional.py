@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shadowtap.demo.run import summary_endpoints
+from shadowtap.demo.run import OUTPUT_NAMES, summary_endpoints
 from shadowtap.demo.services import PLANTED
 
 
@@ -54,6 +54,53 @@ def test_demo_reports_exactly_the_planted_changes(tmp_path: Path) -> None:
     for pattern in ("shadowtap.demo.services", f"shadowtap.*{out}"):
         leftover = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False, timeout=10)
         assert leftover.stdout.strip() == "", f"demo left processes running ({pattern}): {leftover.stdout}"
+
+
+def _run_demo(out: Path, sessions: int) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "shadowtap", "demo", "--out", str(out), "--sessions", str(sessions)],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _story(out: Path, stdout: str) -> dict[str, object]:
+    """The figures a reader takes from a demo run."""
+    report = json.loads((out / "report.json").read_text())
+    replayed = re.search(r"requests (\d+) in", stdout)
+    assert replayed is not None, stdout
+    return {
+        "tape segments": len(list((out / "tape").iterdir())),
+        "replayed": int(replayed.group(1)),
+        "totals": {k: report[k] for k in ("pairs", "compared", "equal", "differing", "errors")},
+        "signatures": sorted(
+            (s["endpoint"], s["path"], s["severity"], s["count"])
+            for e in report["endpoints"]
+            for s in e["signatures"]
+            if not s["suppressed"]
+        ),
+        "exit": report["verdict"]["exit_code"],
+    }
+
+
+@pytest.mark.timeout(240)
+def test_a_second_run_tells_the_same_story(tmp_path: Path) -> None:
+    out = tmp_path / "demo-output"
+    first_stdout = _run_demo(out, sessions=8)
+    assert {p.name for p in out.iterdir()} <= set(OUTPUT_NAMES), "the demo wrote a file it would not clean"
+    first = _story(out, first_stdout)
+    second_stdout = _run_demo(out, sessions=8)
+    second = _story(out, second_stdout)
+    assert second == first
+    assert first["tape segments"] == 1
+    driven = re.search(r"driving (\d+) requests", first_stdout)
+    assert driven is not None and first["replayed"] == int(driven.group(1))
+    assert "already in" not in second_stdout
 
 
 @pytest.mark.timeout(240)
