@@ -20,7 +20,7 @@ from playwright.sync_api import sync_playwright
 from recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions
 from shadowtap.cli import main
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 CHROMIUM: Final = "/usr/bin/chromium"
 LAUNCH_ARGS: Final = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
