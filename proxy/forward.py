@@ -184,6 +184,10 @@ class ForwardSettings:
     lingering_timeout_s: float = 5.0
     #: ... and up to this many bytes.
     lingering_max_bytes: int = 64 * 1024 * 1024
+    #: ``host:port`` targets a ``CONNECT`` may name: it goes to the primary (which must accept
+    #: CONNECT: a forward proxy, a TCP gateway), and a 2xx answer makes the connection a tunnel,
+    #: never mirrored. Any other CONNECT gets 405 (none is allowed by default).
+    connect_targets: tuple[str, ...] = ()
     #: Keep the client's Host header (the usual sidecar case); False sends the primary's authority.
     preserve_host: bool = True
     #: ``Via: 1.1 <via>`` added to requests and responses when set (e.g. ``"shadowtap"``).
@@ -232,6 +236,10 @@ class ForwardSettings:
             raise ConfigError(f"must be an integer >= 1024, got {self.max_header_bytes!r}", field="max_header_bytes")
         if self.via is not None and (not self.via or not self.via.isascii() or any(c in self.via for c in "\r\n")):
             raise ConfigError(f"must be a non-empty ASCII token, got {self.via!r}", field="via")
+        for index, target in enumerate(self.connect_targets):
+            host, sep, port = target.rpartition(":")
+            if not isinstance(target, str) or not sep or not host or not port.isdigit() or not target.isascii():
+                raise ConfigError(f"must be host:port, got {target!r}", field=f"connect_targets[{index}]")
         if self.ca_file is not None and not self.ca_file:
             raise ConfigError("must be a file path or unset", field="ca_file")
 

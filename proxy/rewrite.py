@@ -60,8 +60,8 @@ class RequestRewriter:
         drop: the first pass finds them, the second leaves them out.
         """
         kinds = _REQUEST_FIELD_KINDS_UPGRADE if upgrade else _REQUEST_FIELD_KINDS
-        # The asterisk-form (OPTIONS *) names the server, not a path: no prefix goes before it.
-        prefixed = self._prefix + target if self._prefix and target != b"*" else target
+        # The asterisk-form (OPTIONS *) and the authority-form (CONNECT) name no path: no prefix.
+        prefixed = self._prefix + target if self._prefix and target[:1] == b"/" else target
         parts = [method, b" ", prefixed, b" HTTP/1.1\r\n"]
         seen_proto = seen_fwd_host = False
         client_host: bytes | None = None

@@ -117,6 +117,7 @@ class _Context:
         "capture_limit",
         "closing",
         "completion_stages",
+        "connect_targets",
         "request_stages",
         "conn_ids",
         "connections",
@@ -161,6 +162,7 @@ class _Context:
         self.max_header_bytes = settings.max_header_bytes
         self.max_pipelined = settings.max_pipelined
         self.max_buffered = settings.max_buffered_body_bytes
+        self.connect_targets = frozenset(t.lower().encode("ascii") for t in settings.connect_targets)
         self.max_connections = settings.max_client_connections or default_max_client_connections()
         self.capture_budget = settings.capture_budget_bytes
         #: Bytes of request and response copies held by exchanges in flight (``capture_budget``).
@@ -208,6 +210,7 @@ class _Forward:
         "_sent_ns",
         "_started_ns",
         "_streaming",
+        "_tunneled",
         "body_done",
         "chunked",
         "conn",
@@ -281,6 +284,8 @@ class _Forward:
         #: Bytes this exchange's copies add to ``capture_held`` (given back when it finishes).
         self._held = 0
         self._retried = False
+        #: A CONNECT the primary accepted: the connection is a tunnel from its answer's head on.
+        self._tunneled = False
         self._connect_task: asyncio.Task[None] | None = None
         self._sent_ns: int | None = None
         self._first_byte_ns: int | None = None
@@ -459,6 +464,14 @@ class _Forward:
         if status == 101:
             http1.fields(parts, http1.end_to_end(headers, upgrade=True))
             self._mode = _BODY_NONE
+        elif 200 <= status < 300 and self.method == b"CONNECT":
+            # RFC 9110 9.3.6: a 2xx to CONNECT has no body; what follows its head is the tunnel's.
+            framing = (b"content-length", b"transfer-encoding")
+            http1.fields(parts, [h for h in http1.end_to_end(headers) if h[0].lower() not in framing])
+            self._mode = _BODY_RAW
+            self._resp_room = 0
+            if self._start_tunnel() is None:
+                return
         else:
             transfer_encoding, content_length = http1.response_fields(parts, headers)
             if status == 204 and (transfer_encoding is not None or (content_length or b"0").strip() != b"0"):
@@ -525,7 +538,7 @@ class _Forward:
             self._out += http1.chunk(data)
 
     def on_complete(self, reusable: bool) -> None:
-        if self.finished:
+        if self.finished or self._tunneled:
             return
         if self._mode == _BODY_CHUNKED:
             self._out.append(http1.CHUNKED_END)
@@ -540,21 +553,30 @@ class _Forward:
         self._finish(self._close_after)
 
     def on_upgraded(self, rest: bytes) -> None:
+        self.flush()
+        tunnel = self._start_tunnel()
+        if tunnel is not None:
+            tunnel.received(1 - CLIENT, rest)
+
+    def _start_tunnel(self) -> Tunnel | None:
+        """Splice the client and the primary (after a 101, or a 2xx to CONNECT) with the bytes the
+        client sent behind its request; None when either side is gone (the exchange then ends)."""
         conn = self.conn
-        self.conn = None
         client = self._client
         if conn is None or conn.transport is None or client.transport is None or client.closed:
+            self.conn = None
             if conn is not None:
                 conn.abort()
             self._finish(True)
-            return
-        self.flush()
+            return None
+        self.conn = None  # the tunnel has it now
+        self._tunneled = True
         self._ctx.stats.upgrades += 1
         tunnel = Tunnel(client.transport, conn.transport, self._tunnel_closed)
         conn.tunnel = tunnel
         client.start_tunnel(tunnel)
         tunnel.received(CLIENT, client.take_upgrade_rest())
-        tunnel.received(1 - CLIENT, rest)
+        return tunnel
 
     def _tunnel_closed(self) -> None:
         self._finish(True)
@@ -941,8 +963,9 @@ class _ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         upgrade = parser.should_upgrade()
         if upgrade and method == b"CONNECT":
-            raise _Refused(405, "CONNECT is not allowed: shadowtap is a reverse proxy, not a tunnel")
-        if url[:1] != b"/" and url != b"*":
+            if url.lower() not in ctx.connect_targets:
+                raise _Refused(405, "CONNECT is not allowed to this target (forward.connect_targets)")
+        elif url[:1] != b"/" and url != b"*":
             # absolute-form (http://host/path): the primary gets origin-form.
             scheme_end = url.find(b"://")
             if scheme_end <= 0:

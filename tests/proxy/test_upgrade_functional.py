@@ -118,3 +118,59 @@ async def test_upgrade_request_with_a_body_that_is_declined_is_answered() -> Non
         (response,) = await raw_request(proxy.port, request)
     assert response.status == 200
     assert response.body == b"hello world"
+
+
+async def _connect_gateway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A primary that accepts CONNECT (a TCP gateway): it speaks first, in the segment of its 200."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"CONNECT echo.internal:7 HTTP/1.1\r\n"):
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
+        await writer.drain()
+        return
+    writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\nBANNER\n")
+    await writer.drain()
+    while line := await reader.readline():
+        writer.write(line.upper())
+        await writer.drain()
+
+
+async def test_connect_to_an_allowed_target_becomes_a_tunnel_after_the_primary_accepts() -> None:
+    stage = RecordingStage()
+    async with (
+        raw_primary(_connect_gateway) as (port, _),
+        running_proxy(port, stages=[stage], connect_targets=("echo.internal:7",)) as proxy,
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            # Bytes behind the CONNECT wait for the primary's 2xx, then go through the tunnel.
+            writer.write(b"CONNECT echo.internal:7 HTTP/1.1\r\nHost: echo.internal:7\r\n\r\nearly\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 Connection Established\r\n")
+            assert b"Transfer-Encoding" not in head and b"Content-Length" not in head
+            assert await asyncio.wait_for(reader.readline(), 5) == b"BANNER\n"
+            assert await asyncio.wait_for(reader.readline(), 5) == b"EARLY\n"
+            writer.write(b"x" * 50_000 + b"\n")
+            assert await asyncio.wait_for(reader.readline(), 5) == b"X" * 50_000 + b"\n"
+        finally:
+            writer.close()
+        await asyncio.sleep(0.1)
+        assert proxy.stats.upgrades == 1
+        assert proxy.stats.in_flight == 0
+    (ex,) = stage.exchanges
+    assert ex.method == "CONNECT" and ex.upgraded
+    assert ex.response is not None and ex.response.status == 200 and ex.response.body == b""
+
+
+async def test_connect_the_primary_refuses_is_relayed_and_other_targets_get_405() -> None:
+    async with (
+        raw_primary(_connect_gateway) as (port, accepted),
+        running_proxy(port, connect_targets=("other.internal:22", "echo.internal:7")) as proxy,
+    ):
+        other = b"CONNECT other.internal:22 HTTP/1.1\r\nHost: other.internal:22\r\n\r\n"
+        (refused,) = await raw_request(proxy.port, other)
+        db = b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal\r\n\r\n"
+        (not_allowed,) = await raw_request(proxy.port, db)
+        assert len(accepted) == 1
+    assert (refused.status, refused.body) == (403, b"no")
+    assert not_allowed.status == 405
+    assert proxy.stats.client_errors == {405: 1}
