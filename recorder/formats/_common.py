@@ -58,6 +58,8 @@ class ImportReport:
     records: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     notes: dict[str, int] = field(default_factory=dict)
+    #: Imported exchanges whose primary outcome is a failure (no response), by ``FailureKind``.
+    failures: dict[str, int] = field(default_factory=dict)
     torn_tail: TornTail | None = None
 
     def skip(self, reason: str, count: int = 1) -> None:
@@ -68,9 +70,15 @@ class ImportReport:
         """Count an imported exchange that lost or changed something on the way in, by fact."""
         self.notes[fact] = self.notes.get(fact, 0) + count
 
+    def fail(self, kind: str) -> None:
+        """Count an imported exchange whose primary outcome is a failure of ``kind``."""
+        self.failures[kind] = self.failures.get(kind, 0) + 1
+
     def summary(self) -> str:
-        """One human line: ``path (fmt): N exchanges from M records; skipped ...; torn tail ...``."""
+        """One human line: ``path (fmt): N exchanges from M records; failures ...; skipped ...; torn tail ...``."""
         parts = [f"{self.path} ({self.format}): {self.imported} exchanges imported from {self.records} records"]
+        if self.failures:
+            parts.append("failures: " + ", ".join(f"{n} {kind}" for kind, n in sorted(self.failures.items())))
         if self.skipped:
             parts.append("skipped " + ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())))
         if self.notes:

@@ -11,6 +11,11 @@ keeps wire bytes. On import the body is the decoded content, so ``Content-Encodi
 ``Content-Length`` (when present) is set to the decoded length, and tag ``har.decoded`` names the
 coding that was undone. On export the wire body is decoded for ``content.text`` and the headers are
 kept as they were on the wire, as browsers do.
+
+Browsers write what HAR 1.2 does not say: a request that got no response (aborted, blocked, refused)
+has status -1 (Playwright) or 0 (DevTools, Firefox) with the reason in ``_failureText`` or ``_error``;
+it becomes a ``Failure`` whose kind is read from the browser's error name. Playwright's "attach" mode
+keeps bodies in files beside the HAR (``_file``), which are read from that folder only.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import hashlib
 import json
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -41,7 +47,7 @@ from recorder.formats._common import (
 from recorder.model import Exchange, Failure, FailureKind, Headers, Outcome, Request, Response, Timing, header_value
 from recorder.private import open_private
 
-__all__ = ["HarReader", "decode_content", "write_har"]
+__all__ = ["HarReader", "browser_failure_kind", "decode_content", "write_har"]
 
 #: Text read per refill. Large enough to make syscalls rare, small next to the entry bound.
 _CHUNK_BYTES: Final = 1 << 20
@@ -51,6 +57,60 @@ _WHITESPACE: Final = " \t\r\n"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _NS_PER_MS: Final = 1_000_000
 _CONTENT_CODING_HEADERS: Final = frozenset({b"content-encoding"})
+#: The statuses browsers write for "no response": -1 (Playwright) and 0 (DevTools, Firefox).
+_NO_RESPONSE_STATUSES: Final = frozenset({-1, 0})
+#: Responses that have no body whatever their headers say.
+_BODILESS_STATUSES: Final = frozenset({204, 304})
+_WEBSOCKET_SCHEMES: Final = {"ws": "http", "wss": "https"}
+#: Browser error names (Chromium's net::ERR_*, Firefox's NS_*) by the failure they mean. Checked in
+#: order; the first family with a matching word wins, so "CONNECTION_TIMED_OUT" is a timeout.
+_BROWSER_ERROR_KINDS: Final = (
+    (FailureKind.TIMEOUT, ("TIMED_OUT", "TIMEOUT")),
+    (
+        FailureKind.CONNECT_ERROR,
+        (
+            "REFUSED",
+            "NAME_NOT_RESOLVED",
+            "NAME_RESOLUTION_FAILED",
+            "UNKNOWN_HOST",
+            "UNREACHABLE",
+            "CONNECTION_FAILED",
+            "INTERNET_DISCONNECTED",
+            "ADDRESS_INVALID",
+            "ERR_CERT_",
+            "ERR_SSL_",
+        ),
+    ),
+    (FailureKind.RESET, ("RESET", "CONNECTION_CLOSED", "CONNECTION_ABORTED", "EMPTY_RESPONSE", "NET_INTERRUPT")),
+    (
+        FailureKind.BAD_RESPONSE,
+        (
+            "INVALID_HTTP_RESPONSE",
+            "INVALID_CHUNKED_ENCODING",
+            "INCOMPLETE_CHUNKED_ENCODING",
+            "CONTENT_LENGTH_MISMATCH",
+            "RESPONSE_HEADERS",
+            "CONTENT_DECODING_FAILED",
+        ),
+    ),
+    # The page (or an extension, a policy, Playwright's route.abort) stopped the request itself.
+    (FailureKind.ABORTED, ("ABORTED", "BLOCKED", "ERR_FAILED", "NS_ERROR_ABORT")),
+)
+
+
+def browser_failure_kind(error: str) -> str:
+    """The ``FailureKind`` of a browser's error name: ``net::ERR_ABORTED`` -> ``aborted``, ...
+
+    No name at all (Firefox writes none; DevTools none for a request still pending) is ``aborted``:
+    the browser recorded a request and no response, and nothing says the server failed.
+    """
+    name = error.strip().upper().removeprefix("NET::").split(".", 1)[0]
+    if not name:
+        return FailureKind.ABORTED
+    for kind, words in _BROWSER_ERROR_KINDS:
+        if any(word in name for word in words):
+            return kind
+    return FailureKind.OTHER
 
 
 class _JsonStream:
@@ -275,6 +335,9 @@ class HarReader:
         self.path = str(path)
         self.max_entry_bytes = max_entry_bytes
         self.report = ImportReport(self.path, "har")
+        # Firefox writes the server's port as ``connection``; known once ``log.creator`` was read,
+        # which Firefox (like every producer seen) writes before the entries.
+        self._connection_is_port = False
 
     def __iter__(self) -> Iterator[Exchange]:
         stream = open_input(self.path)
@@ -285,6 +348,8 @@ class HarReader:
                 exchange = self._exchange(entry, index, _Entry(self, offset))
                 if exchange is not None:
                     self.report.imported += 1
+                    if isinstance(exchange.primary, Failure):
+                        self.report.fail(exchange.primary.kind)
                     yield exchange
         finally:
             stream.close()
@@ -302,6 +367,11 @@ class HarReader:
             js.expect("{", "log")
             saw_entries = False
             for log_key in js.object_keys("log"):
+                if log_key == "creator":
+                    creator = js.value("log.creator")
+                    name = creator.get("name") if isinstance(creator, dict) else None
+                    self._connection_is_port = isinstance(name, str) and name.strip().lower() == "firefox"
+                    continue
                 if log_key != "entries":
                     js.value(_ptr("log", log_key))
                     continue
@@ -336,19 +406,38 @@ class HarReader:
         started_ns = _parse_started(started)
         if started_ns is None:
             raise e.fail(f"startedDateTime {started[:40]!r} is not an ISO 8601 date", _ptr(pointer, "startedDateTime"))
+        websocket = request.scheme in _WEBSOCKET_SCHEMES or entry.get("_resourceType") == "websocket"
+        if request.scheme in _WEBSOCKET_SCHEMES:
+            # The entry is the HTTP upgrade; its URL has the WebSocket scheme the page used.
+            request = replace(request, scheme=_WEBSOCKET_SCHEMES[request.scheme])
         raw_response = e.get(entry, "response", dict, pointer, required=False)
         primary: Outcome | None
         if raw_response is None:
             primary = Failure(FailureKind.OTHER, "no response in HAR entry")
-            self.report.note("entries without a response (kept as a failure)")
         else:
-            primary = self._response(e, raw_response, _ptr(pointer, "response"), tags, request.method)
+            response_ptr = _ptr(pointer, "response")
+            primary = self._response(e, raw_response, response_ptr, tags, request.method, websocket=websocket)
+        if websocket:
+            messages = self._websocket_messages(e, entry, raw_response, pointer)
+            if messages is not None:
+                tags["har.websocket_messages"] = str(messages)
+            self.report.note("WebSocket entries (the upgrade kept, messages as a count in tags)")
+        from_cache = entry.get("_fromCache")
+        if isinstance(from_cache, str) and from_cache and isinstance(primary, Response):
+            tags["har.from_cache"] = from_cache
+            self.report.note("responses the browser served from its cache (tag har.from_cache)")
         timings_raw = e.get(entry, "timings", dict, pointer, required=False)
         timings = {"primary": _timing(timings_raw)} if timings_raw is not None and isinstance(primary, Response) else {}
         server_ip = entry.get("serverIPAddress")
         if isinstance(server_ip, str) and server_ip:
             tags["har.server_ip"] = server_ip
         connection = entry.get("connection")
+        if self._connection_is_port and isinstance(connection, str) and connection:
+            # Firefox's ``connection`` is the server's port: as a connection id it would chain every
+            # request to one port into one replay session.
+            tags["har.server_port"] = connection
+            connection = None
+            self.report.note("entries whose 'connection' is the server port (Firefox; tag har.server_port)")
         if "har.decoded.response" in tags or "har.decoded.request" in tags:
             self.report.note("bodies stored decoded by HAR (Content-Encoding dropped)")
         # Deterministic ids: importing the same file twice gives the same tape.
@@ -378,10 +467,17 @@ class HarReader:
         target = (parts.path or "/") + (f"?{parts.query}" if has_query else "")
         headers = e.headers(raw, pointer)
         body = b""
+        truncated_from: int | None = None
         post = e.get(raw, "postData", dict, pointer, required=False)
         if post is not None:
             body = self._post_body(e, post, _ptr(pointer, "postData"), headers)
             headers = _undo_content_coding(headers, body, tags, "request") if body else headers
+            declared = _size(raw.get("bodySize"))
+            if not body and declared:
+                # Playwright keeps no text for an octet-stream body, only how long it was.
+                truncated_from = declared
+                if "_file" not in post:
+                    self.report.note("request bodies the HAR does not hold (body empty, truncated_from set)")
         version = raw.get("httpVersion")
         return Request(
             method=method,
@@ -391,14 +487,19 @@ class HarReader:
             scheme=parts.scheme,
             authority=parts.netloc,
             http_version=http_version_from_wire(version) if isinstance(version, str) else "1.1",
+            truncated_from=truncated_from,
         )
 
     def _post_body(self, e: _Entry, post: dict[str, Any], pointer: str, headers: Headers) -> bytes:
+        attached = self._attached(e, post, pointer)
+        if attached is not None:
+            return attached
         text: str | None = e.get(post, "text", str, pointer, required=False)
-        if text is not None:
+        if text:
             if post.get("encoding") == "base64":
                 return _b64(e, text, _ptr(pointer, "text"))
             return text_to_wire(text)
+        # HAR 1.2 has ``text`` or ``params``; Firefox writes ``text: ""`` beside the params.
         params = e.get(post, "params", list, pointer, required=False) or []
         mime = post.get("mimeType") if isinstance(post.get("mimeType"), str) else ""
         if not mime:
@@ -429,26 +530,86 @@ class HarReader:
             for name, value, _, _ in fields
         ).encode("ascii")
 
-    def _response(self, e: _Entry, raw: dict[str, Any], pointer: str, tags: dict[str, str], method: str) -> Outcome:
+    def _attached(self, e: _Entry, holder: dict[str, Any], pointer: str, *, body: bool = True) -> bytes | None:
+        """The bytes of ``holder["_file"]`` (Playwright's "attach" mode), ``None`` when there is none.
+
+        Only a plain file name in the HAR's own folder is read: a HAR cannot make the import read
+        anything else. A named file that is missing is counted and read as ``None`` too, so the
+        caller falls back to the sizes the HAR gives.
+        """
+        name = holder.get("_file")
+        if name is None:
+            return None
+        where = _ptr(pointer, "_file")
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\x00" in name:
+            raise e.fail(f"_file must name a file beside the HAR, not {str(name)[:80]!r}", where)
+        path = Path(self.path).parent / name
+        try:
+            with path.open("rb") as attached:
+                data = attached.read(self.max_entry_bytes + 1)
+        except FileNotFoundError:
+            self.report.note("bodies whose _file is missing (body empty, truncated_from set)")
+            return None
+        except OSError as exc:
+            raise e.fail(f"cannot read _file {name!r}: {exc.strerror or exc}", where) from exc
+        if len(data) > self.max_entry_bytes:
+            raise e.fail(f"_file {name!r} is larger than {self.max_entry_bytes} bytes", where)
+        if body:
+            self.report.note("bodies read from the files beside the HAR (_file)")
+        return data
+
+    def _websocket_messages(
+        self, e: _Entry, entry: dict[str, Any], raw_response: dict[str, Any] | None, pointer: str
+    ) -> int | None:
+        """How many messages a WebSocket entry lists: ``_webSocketMessages``, or JSON lines in ``_file``."""
+        messages = entry.get("_webSocketMessages")
+        if isinstance(messages, list):
+            return len(messages)
+        content = raw_response.get("content") if raw_response is not None else None
+        if isinstance(content, dict) and isinstance(content.get("_file"), str):
+            data = self._attached(e, content, _ptr(_ptr(pointer, "response"), "content"), body=False)
+            return None if data is None else sum(1 for line in data.splitlines() if line.strip())
+        return None
+
+    def _response(
+        self, e: _Entry, raw: dict[str, Any], pointer: str, tags: dict[str, str], method: str, *, websocket: bool
+    ) -> Outcome:
         status = e.get(raw, "status", int, pointer)
         headers = e.headers(raw, pointer)
-        if status == 0:
-            # Chrome writes status 0 for a request that got no response, with the reason in ``_error``.
-            error = raw.get("_error")
-            self.report.note("entries without a response (kept as a failure)")
-            return Failure(FailureKind.OTHER, error if isinstance(error, str) and error else "no response (status 0)")
+        # DevTools writes ``_error`` (null when fine), Playwright ``_failureText``.
+        error = ""
+        for key in ("_error", "_failureText"):
+            value = raw.get(key)
+            if isinstance(value, str) and value:
+                error = value
+                break
+        if status in _NO_RESPONSE_STATUSES:
+            return Failure(browser_failure_kind(error), error or f"no response (status {status})")
         if not 100 <= status <= 999:
             raise e.fail(f"status {status} is not an HTTP status", _ptr(pointer, "status"))
+        if error:
+            # The head came, then the transfer failed (or the page stopped reading): keep the answer.
+            tags["har.error"] = error
+            self.report.note("responses with a browser error after the head (tag har.error)")
         content = e.get(raw, "content", dict, pointer)
         content_ptr = _ptr(pointer, "content")
+        bodiless = websocket or method == "HEAD" or status < 200 or status in _BODILESS_STATUSES
+        # A WebSocket's ``_file`` holds its messages, not a body.
+        attached = None if bodiless else self._attached(e, content, content_ptr)
         text = e.get(content, "text", str, content_ptr, required=False)
         truncated_from: int | None = None
-        if text is None:
+        if attached is not None:
+            body = attached
+        elif text is None:
             body = b""
-            size = content.get("size")
-            if isinstance(size, int) and not isinstance(size, bool) and size > 0 and method != "HEAD":
+            # ``size`` is the decoded length, ``bodySize`` what came over the wire; -1 is "unknown".
+            size = _size(content.get("size")) or _size(raw.get("bodySize"))
+            if size and not bodiless:
                 truncated_from = size
-                self.report.note("responses whose HAR holds no content text (body empty, truncated_from set)")
+                if "_file" not in content:
+                    self.report.note("responses whose HAR holds no content text (body empty, truncated_from set)")
+            elif size is None and not bodiless:
+                self.report.note("responses whose body the HAR does not hold and whose size it does not know")
         elif content.get("encoding") == "base64":
             body = _b64(e, text, _ptr(content_ptr, "text"))
         else:
@@ -465,6 +626,11 @@ class HarReader:
             http_version=http_version_from_wire(version) if isinstance(version, str) else "1.1",
             truncated_from=truncated_from,
         )
+
+
+def _size(value: Any) -> int | None:
+    """A HAR size: the number when it is one and not negative, ``None`` for -1 / missing / junk."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _b64(e: _Entry, text: str, pointer: str) -> bytes:

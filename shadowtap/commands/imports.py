@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
                         "format": r.format,
                         "records": r.records,
                         "imported": r.imported,
+                        "failures": r.failures,
                         "skipped": r.skipped,
                         "notes": r.notes,
                         "torn_tail": None

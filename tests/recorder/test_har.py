@@ -16,8 +16,12 @@ from hypothesis import strategies as st
 from recorder import Exchange, Failure, FailureKind, InputFormatError, Request, Response, Timing
 from recorder.formats import HarReader, write_har
 from recorder.formats import har as har_module
+from tests.recorder.browser_har import BINARY, GZIPPED_JSON, UPLOAD
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mitmproxy" / "httpbin.har"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURE = FIXTURES / "mitmproxy" / "httpbin.har"
+CHROMIUM_HAR = FIXTURES / "chromium" / "playwright.har"
+CHROMIUM_ATTACH_HAR = FIXTURES / "chromium" / "attach" / "playwright.har"
 
 
 def entry(**overrides: Any) -> dict[str, Any]:
@@ -134,8 +138,8 @@ def test_mapping_of_a_browser_style_entry(tmp_path: Path) -> None:
     assert ok.connection_id == "4711" and ok.tags["har.server_ip"] == "10.0.0.1"
     assert ok.started_at_ns == 1714557600250000000
     assert ok.timings["primary"] == Timing(sent_ns=3_000_000, first_byte_ns=11_500_000, done_ns=12_500_000)
-    assert err.primary == Failure(FailureKind.OTHER, "net::ERR_CONNECTION_REFUSED")
-    assert reader.report.notes == {"entries without a response (kept as a failure)": 1}
+    assert err.primary == Failure(FailureKind.CONNECT_ERROR, "net::ERR_CONNECTION_REFUSED")
+    assert reader.report.failures == {"connect-error": 1} and reader.report.notes == {}
 
 
 def test_post_params_without_text_are_encoded(tmp_path: Path) -> None:
@@ -392,3 +396,258 @@ def test_memory_stays_bounded_however_long_the_file(tmp_path: Path, monkeypatch:
     assert count == 3000
     # The sliding buffer holds about one read chunk plus one entry, never the 4 MB document.
     assert peak_bytes < 1_000_000
+
+
+# --- what real producers write ------------------------------------------------------------------------
+
+
+def by_target(exchanges: list[Exchange]) -> dict[str, Exchange]:
+    return {ex.request.target: ex for ex in exchanges}
+
+
+def test_real_chromium_har_imports_every_entry_and_aborted_ones_as_failures() -> None:
+    # Recorded by Chromium through Playwright (tests/recorder/browser_har.py): aborted, blocked and
+    # refused requests are written with status -1, no headers and the reason in ``_failureText``.
+    exchanges, reader = read(CHROMIUM_HAR)
+    report = reader.report
+    assert report.records == report.imported == 15 and report.skipped == {}
+    assert report.failures == {"aborted": 3, "connect-error": 1}
+    got = by_target(exchanges)
+    assert got["/blocked/pixel.png"].primary == Failure(FailureKind.ABORTED, "net::ERR_BLOCKED_BY_CLIENT.Inspector")
+    assert got["/slow"].primary == Failure(FailureKind.ABORTED, "net::ERR_ABORTED")
+    assert got["/blocked/api"].primary == Failure(FailureKind.ABORTED, "net::ERR_FAILED")
+    assert got["/nothing"].primary == Failure(FailureKind.CONNECT_ERROR, "net::ERR_CONNECTION_REFUSED")
+    assert all(ex.timings == {} for ex in exchanges if isinstance(ex.primary, Failure))
+
+    def answer(target: str) -> Response:
+        outcome = got[target].primary
+        assert isinstance(outcome, Response), target
+        return outcome
+
+    assert answer("/").body.startswith(b"<!doctype html>") and answer("/api/items?page=1").status == 200
+    echo = got["/api/echo"]
+    assert json.loads(echo.request.body) == {"name": "café", "n": 1} == json.loads(answer("/api/echo").body)
+    assert answer("/binary").body == BINARY  # base64 content
+    assert answer("/gzip").body == GZIPPED_JSON and got["/gzip"].tags["har.decoded.response"] == "gzip"
+    assert answer("/gzip").header(b"content-encoding") is None
+    # Playwright keeps no text for an application/octet-stream request body, only its bodySize.
+    upload = got["/upload"].request
+    assert upload.body == b"" and upload.truncated_from == len(UPLOAD)
+    assert got["/form"].request.body == b"q=a+b&lang=%C3%A9"
+    multipart = got["/multipart"].request
+    assert len(multipart.body) == 276 and multipart.body.startswith(b"------WebKitFormBoundary")
+    websocket = got["/ws"]
+    assert websocket.request.scheme == "http" and answer("/ws").status == 101 and answer("/ws").body == b""
+    assert websocket.tags["har.websocket_messages"] == "2"
+    # A redirect's body is not kept: content.size -1, but bodySize says 10 bytes came.
+    assert answer("/redirect").status == 302 and answer("/redirect").truncated_from == 10
+    assert json.loads(answer("/api/items?from=redirect").body) == {"items": [1, 2, 3]}
+    assert report.notes["request bodies the HAR does not hold (body empty, truncated_from set)"] == 1
+    assert report.notes["WebSocket entries (the upgrade kept, messages as a count in tags)"] == 1
+    assert "failures: 3 aborted, 1 connect-error" in report.summary()
+
+
+def test_playwright_attach_mode_bodies_come_from_the_files_beside_the_har() -> None:
+    # record_har_content="attach": every body is a file named in ``_file``; postData.text is "".
+    exchanges, reader = read(CHROMIUM_ATTACH_HAR)
+    got = by_target(exchanges)
+    assert reader.report.imported == 15 and reader.report.failures == {"aborted": 3, "connect-error": 1}
+    assert got["/upload"].request.body == UPLOAD and got["/upload"].request.truncated_from is None
+    assert json.loads(got["/api/echo"].request.body) == {"name": "café", "n": 1}
+    assert got["/form"].request.body == b"q=a+b&lang=%C3%A9"
+    assert len(got["/multipart"].request.body) == 276
+    binary = got["/binary"].primary
+    assert isinstance(binary, Response) and binary.body == BINARY
+    gz = got["/gzip"].primary
+    assert isinstance(gz, Response) and gz.body == GZIPPED_JSON and gz.header(b"content-encoding") is None
+    # The WebSocket's ``_file`` holds its messages (JSON lines), not a body.
+    ws = got["/ws"]
+    assert isinstance(ws.primary, Response) and ws.primary.body == b"" and ws.tags["har.websocket_messages"] == "2"
+    # 8 response and 4 request bodies; the WebSocket's messages file is not counted as a body.
+    assert reader.report.notes["bodies read from the files beside the HAR (_file)"] == 12
+    # Playwright may end the HAR before the body of a followed redirect is in: no file, size -1.
+    assert reader.report.notes["responses whose body the HAR does not hold and whose size it does not know"] == 1
+
+
+def test_attached_body_files_must_sit_beside_the_har(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("not yours")
+    for name in ("../secret", "/etc/passwd", "sub/x.bin", "..", ""):
+        e = entry()
+        e["response"]["content"] = {"size": 9, "mimeType": "text/plain", "_file": name}
+        with pytest.raises(InputFormatError, match="_file must name a file beside the HAR") as info:
+            list(HarReader(har_file(tmp_path, [e])))
+        assert info.value.field == "log.entries[0].response.content._file"
+    gone = entry()
+    gone["response"]["content"] = {"size": 9, "mimeType": "text/plain", "_file": "gone.txt"}
+    (ex,), reader = read(har_file(tmp_path, [gone]))
+    assert isinstance(ex.primary, Response) and ex.primary.body == b"" and ex.primary.truncated_from == 9
+    assert reader.report.notes == {"bodies whose _file is missing (body empty, truncated_from set)": 1}
+
+
+def devtools_entry(**overrides: Any) -> dict[str, Any]:
+    # Chrome DevTools "Save all as HAR" (front_end/models/har/Log.ts): ``_error`` on every response
+    # (null when fine), ``_initiator``, ``_priority``, ``_resourceType``, ``_transferSize``, queueing time.
+    e = entry(_initiator={"type": "script", "stack": {"callFrames": []}}, _priority="High", _resourceType="fetch")
+    e["response"].update(_transferSize=180, _error=None)
+    e["timings"].update(_blocked_queueing=0.4, ssl=-1)
+    e.update(overrides)
+    return e
+
+
+def test_devtools_har_failures_cache_hits_and_websockets(tmp_path: Path) -> None:
+    blocked = devtools_entry()
+    blocked["request"]["url"] = "https://ads.test/pixel.gif"
+    blocked["response"] = {
+        "status": 0,
+        "statusText": "",
+        "httpVersion": "",
+        "headers": [],
+        "cookies": [],
+        "content": {"size": 0, "mimeType": "x-unknown"},
+        "redirectURL": "",
+        "headersSize": -1,
+        "bodySize": -1,
+        "_transferSize": 0,
+        "_error": "net::ERR_BLOCKED_BY_CLIENT",
+    }
+    cached = devtools_entry(_fromCache="memory")
+    cached["response"]["bodySize"] = 0
+    cut = devtools_entry()
+    cut["response"]["_error"] = "net::ERR_INCOMPLETE_CHUNKED_ENCODING"
+    socket = devtools_entry(
+        _resourceType="websocket",
+        _webSocketMessages=[
+            {"type": "send", "time": 1714557600.3, "opcode": 1, "data": "hi"},
+            {"type": "receive", "time": 1714557600.4, "opcode": 1, "data": "hello"},
+            {"type": "receive", "time": 1714557600.5, "opcode": 2, "data": "AAE="},
+        ],
+    )
+    socket["request"]["url"] = "wss://api.test/live"
+    socket["response"].update(
+        status=101, statusText="Switching Protocols", content={"size": 0, "mimeType": "x-unknown"}
+    )
+    (b, c, t, w), reader = read(har_file(tmp_path, [blocked, cached, cut, socket]))
+    assert b.primary == Failure(FailureKind.ABORTED, "net::ERR_BLOCKED_BY_CLIENT")
+    assert isinstance(c.primary, Response) and c.primary.body == b"hi" and c.tags["har.from_cache"] == "memory"
+    assert isinstance(t.primary, Response) and t.tags["har.error"] == "net::ERR_INCOMPLETE_CHUNKED_ENCODING"
+    assert w.request.scheme == "https" and w.tags["har.websocket_messages"] == "3"
+    assert isinstance(w.primary, Response) and w.primary.status == 101
+    assert reader.report.failures == {"aborted": 1}
+    assert reader.report.notes == {
+        "responses the browser served from its cache (tag har.from_cache)": 1,
+        "responses with a browser error after the head (tag har.error)": 1,
+        "WebSocket entries (the upgrade kept, messages as a count in tags)": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        ("net::ERR_ABORTED", FailureKind.ABORTED),
+        ("net::ERR_FAILED", FailureKind.ABORTED),
+        ("net::ERR_BLOCKED_BY_CLIENT", FailureKind.ABORTED),
+        ("net::ERR_BLOCKED_BY_ORB", FailureKind.ABORTED),
+        ("net::ERR_BLOCKED_BY_RESPONSE.NotSameOrigin", FailureKind.ABORTED),
+        ("NS_BINDING_ABORTED", FailureKind.ABORTED),
+        ("", FailureKind.ABORTED),
+        ("net::ERR_CONNECTION_REFUSED", FailureKind.CONNECT_ERROR),
+        ("net::ERR_NAME_NOT_RESOLVED", FailureKind.CONNECT_ERROR),
+        ("net::ERR_ADDRESS_UNREACHABLE", FailureKind.CONNECT_ERROR),
+        ("net::ERR_CERT_AUTHORITY_INVALID", FailureKind.CONNECT_ERROR),
+        ("net::ERR_SSL_PROTOCOL_ERROR", FailureKind.CONNECT_ERROR),
+        ("net::ERR_TIMED_OUT", FailureKind.TIMEOUT),
+        ("net::ERR_CONNECTION_TIMED_OUT", FailureKind.TIMEOUT),
+        ("net::ERR_CONNECTION_RESET", FailureKind.RESET),
+        ("net::ERR_CONNECTION_CLOSED", FailureKind.RESET),
+        ("net::ERR_EMPTY_RESPONSE", FailureKind.RESET),
+        ("net::ERR_INVALID_HTTP_RESPONSE", FailureKind.BAD_RESPONSE),
+        ("net::ERR_TOO_MANY_REDIRECTS", FailureKind.OTHER),
+    ],
+)
+def test_browser_error_names_map_to_failure_kinds(tmp_path: Path, error: str, kind: str) -> None:
+    failed = entry()
+    failed["response"] = {"status": -1, "headers": [], "content": {"size": -1}, "_failureText": error}
+    (ex,), reader = read(har_file(tmp_path, [failed]))
+    assert ex.primary == Failure(kind, error or "no response (status -1)")
+    assert reader.report.failures == {kind: 1}
+
+
+def test_other_statuses_below_100_are_still_errors(tmp_path: Path) -> None:
+    odd = entry()
+    odd["response"]["status"] = -2
+    with pytest.raises(InputFormatError, match="status -2 is not an HTTP status"):
+        list(HarReader(har_file(tmp_path, [odd])))
+
+
+def firefox_har(tmp_path: Path, entries: list[Any]) -> Path:
+    # Firefox's netmonitor (devtools/client/netmonitor/src/har/har-builder.js): creator first,
+    # ``connection`` is the server's port, ``_securityState`` on every entry, dates with an offset.
+    path = tmp_path / "firefox.har"
+    log = {
+        "version": "1.2",
+        "creator": {"name": "Firefox", "version": "128.0"},
+        "browser": {"name": "Firefox", "version": "128.0"},
+        "pages": [{"id": "page_1", "title": "https://api.test/", "startedDateTime": "2024-05-01T12:00:00.250+02:00"}],
+        "entries": entries,
+    }
+    path.write_text(json.dumps({"log": log}))
+    return path
+
+
+def firefox_entry(**overrides: Any) -> dict[str, Any]:
+    e = entry(startedDateTime="2024-05-01T12:00:00.250+02:00", connection="443", _securityState="secure")
+    e["serverIPAddress"] = "10.0.0.1"
+    e["request"]["httpVersion"] = "HTTP/2"
+    e["response"]["httpVersion"] = "HTTP/2"
+    e.update(overrides)
+    return e
+
+
+def test_firefox_har_quirks(tmp_path: Path) -> None:
+    aborted = firefox_entry()
+    # Firefox writes status 0 and no reason for an aborted or blocked request; mimeType is left out.
+    aborted["response"] = {
+        "status": 0,
+        "statusText": "",
+        "httpVersion": "",
+        "headers": [],
+        "cookies": [],
+        "content": {"size": -1},
+        "redirectURL": "",
+        "headersSize": -1,
+        "bodySize": -1,
+    }
+    aborted["timings"] = {}
+    not_included = firefox_entry()
+    not_included["response"]["content"] = {
+        "mimeType": "image/png",
+        "size": 1234,
+        "comment": "Response bodies are not included.",
+    }
+    not_included["response"]["bodySize"] = -1
+    image = firefox_entry()
+    image["response"]["content"] = {"mimeType": "image/png", "size": 3, "encoding": "base64", "text": "iVBO"}
+    form = firefox_entry()
+    form["request"]["method"] = "POST"
+    form["request"]["bodySize"] = -1
+    form["request"]["postData"] = {
+        "mimeType": "application/x-www-form-urlencoded",
+        "params": [{"name": "q", "value": "a b"}],
+        "text": "",
+    }
+    (a, n, i, f), reader = read(firefox_har(tmp_path, [aborted, not_included, image, form]))
+    assert a.primary == Failure(FailureKind.ABORTED, "no response (status 0)")
+    assert isinstance(n.primary, Response) and n.primary.body == b"" and n.primary.truncated_from == 1234
+    assert isinstance(i.primary, Response) and i.primary.body == b"\x89PN"
+    assert f.request.body == b"q=a+b"
+    # The port is no connection: requests must not be chained into one replay session by it.
+    assert {ex.connection_id for ex in (a, n, i, f)} == {""}
+    assert {ex.tags["har.server_port"] for ex in (a, n, i, f)} == {"443"}
+    assert i.started_at_ns == 1714557600250000000 and i.request.http_version == "2"
+    assert reader.report.failures == {"aborted": 1}
+    assert reader.report.notes["entries whose 'connection' is the server port (Firefox; tag har.server_port)"] == 4
+
+
+def test_connection_is_a_connection_id_for_other_producers(tmp_path: Path) -> None:
+    (ex,), _ = read(har_file(tmp_path, [entry(connection="443")]))
+    assert ex.connection_id == "443" and "har.server_port" not in ex.tags

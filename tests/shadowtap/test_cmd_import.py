@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder import Response, TapeReader
+from recorder import Failure, Response, TapeReader
 from shadowtap.cli import main
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -86,3 +86,17 @@ def test_a_read_error_is_one_line(tmp_path: Path, fmt: str, capsys: pytest.Captu
     assert main(["import", "--from", fmt, str(unreadable), "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "/proc/self/mem at byte 0: cannot read: Input/output error" in err
+
+
+def test_a_browser_har_with_aborted_requests_imports_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Chromium's own HAR (through Playwright): one aborted entry used to fail the whole import.
+    har = str(FIXTURES / "chromium" / "playwright.har")
+    assert main(["import", har, "--out", str(tmp_path / "text")]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"{har} (har): 15 exchanges imported from 15 records; failures: 3 aborted, 1 connect-error")
+    assert main(["import", har, "--out", str(tmp_path / "json"), "--json"]) == 0
+    (report,) = json.loads(capsys.readouterr().out)["inputs"]
+    assert report["imported"] == 15 and report["failures"] == {"aborted": 3, "connect-error": 1}
+    exchanges = list(TapeReader(tmp_path / "json"))
+    failed = sorted(ex.primary.kind for ex in exchanges if isinstance(ex.primary, Failure))
+    assert len(exchanges) == 15 and failed == ["aborted", "aborted", "aborted", "connect-error"]
