@@ -106,6 +106,8 @@ def _pick_names(exchanges: list[Exchange], args: argparse.Namespace) -> tuple[st
     from recorder import REPLAY
     from recorder.errors import ConfigError
 
+    if not exchanges:
+        raise ConfigError("the tape holds no exchanges to compare")
     seen: set[str] = set()
     for exchange in exchanges:
         seen.update(exchange.shadows)
@@ -153,10 +155,12 @@ def run(args: argparse.Namespace) -> int:
 
     from differ import DiffSession, DiffStore, RunMeta, build_report, parse_fail_on
     from recorder import TapeReader
+    from shadowtap.commands.tape import refuse_files_that_are_not_tapes
 
     config = load_config(args.config)
     if args.fail_on is not None:
         parse_fail_on(args.fail_on)  # a bad SPEC fails before the tape is read, not after
+    refuse_files_that_are_not_tapes([*args.tape, *args.noise_tape], args.salvage)
     reader = TapeReader(args.tape, salvage=args.salvage)
     if args.candidate is None or args.secondary is None:
         candidate, secondary = _pick_names(list(islice(iter(reader), _PEEK_EXCHANGES)), args)

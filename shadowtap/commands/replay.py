@@ -408,9 +408,11 @@ def _report_tape_problems(result: JobResult) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from replayer.result import raise_job_error
+    from shadowtap.commands.tape import refuse_files_that_are_not_tapes
 
     job = build_job(args)
     gates = _gates(args)
+    refuse_files_that_are_not_tapes(job.tapes, job.salvage)
     if args.locust_job_out:
         from replayer.locust_launch import locust_job
 

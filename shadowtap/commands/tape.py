@@ -3,6 +3,7 @@
 All three stream: a tape is never loaded whole, so they work on tapes larger than memory. Torn tails
 (a recorder that crashed) are reported on stderr and are not an error; a corrupt frame is one line
 naming the file and byte offset, exit 2, unless ``--salvage`` skips it (and says what it skipped).
+A file named as a tape that is not one (empty, too short, no magic) is one line saying so, exit 2.
 This module must never print a traceback and never write into an input tape.
 """
 
@@ -16,7 +17,7 @@ import itertools
 import json
 import sys
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from recorder import (
     RedactionRules,
     Response,
     TapeFilter,
+    TapeFormatError,
     TapeOptions,
     TapeReader,
     TapeReadReport,
@@ -169,6 +171,32 @@ def _filter(args: argparse.Namespace) -> TapeFilter | None:
 _FILTER_FLAGS = {"filter.path_regex": "--path", "filter.until": "--until"}
 
 
+def refuse_files_that_are_not_tapes(tapes: Sequence[str | Path], salvage: bool = False) -> None:
+    """Raise ``TapeFormatError`` for a file named as a tape that is not one, before anything is read.
+
+    The reader reports a segment too short for its header as a torn tail: in a tape directory that is
+    what a writer killed at birth leaves. A file the user named is another matter: empty, or a few
+    bytes, it is not a tape, and neither is a file without the magic (the reader's own check).
+    """
+    for tape in tapes:
+        if not Path(tape).is_file():
+            continue  # a directory or a glob: its segments are the reader's to judge
+        reader = TapeReader(tape, salvage=salvage, chunk_bytes=_SNIFF_BYTES)
+        exchanges = iter(reader)
+        try:
+            next(exchanges, None)  # reads the header (and a first frame), checks the magic
+        finally:
+            exchanges.close()
+        segment = reader.report.segments[0]
+        if segment.version == 0:  # no complete header was read
+            what = "the file is empty" if segment.bytes == 0 else f"{segment.bytes} bytes, less than a segment header"
+            raise TapeFormatError(f"not a shadowtap tape: {what}", path=segment.path, offset=0)
+
+
+#: Read from a named file to tell whether it is a tape: the header, and the first frame if it is small.
+_SNIFF_BYTES = 64 * 1024
+
+
 def _report_problems(report: TapeReadReport) -> None:
     for path, torn in report.torn_tails:
         print(
@@ -188,6 +216,7 @@ def _report_problems(report: TapeReadReport) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    refuse_files_that_are_not_tapes(args.tapes, args.salvage)
     reader = TapeReader(args.tapes, filter=_filter(args), salvage=args.salvage)
     methods: Counter[str] = Counter()
     hosts: Counter[str] = Counter()
@@ -312,6 +341,7 @@ def _run_cat(args: argparse.Namespace) -> int:
         raise ConfigError("must be zero or more", field="--limit")
     from shadowtap.cli import stdout_reader_gone
 
+    refuse_files_that_are_not_tapes(args.tapes, args.salvage)
     reader = TapeReader(args.tapes, filter=_filter(args), salvage=args.salvage)
     out = sys.stdout
     exchanges = iter(reader) if args.limit is None else itertools.islice(reader, args.limit)
@@ -399,6 +429,7 @@ def exchange_to_json(ex: Exchange, bodies: str = "text") -> dict[str, Any]:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
+    refuse_files_that_are_not_tapes(args.tapes, args.salvage)
     options = TapeOptions(
         compression=args.compression,
         # A merge can simply be run again, so syncing every block would only slow it down.

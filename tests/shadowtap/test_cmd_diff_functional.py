@@ -256,3 +256,24 @@ def test_a_closed_stdout_keeps_the_verdict_and_writes_every_report(tmp_path: Pat
     assert "Traceback" not in err and "Exception ignored" not in err
     assert all(path.stat().st_size > 0 for path in outputs.values())
     assert json.loads(outputs["r.json"].read_text())["verdict"]["exit_code"] == 1
+
+
+@pytest.mark.parametrize("kind", ["empty", "short", "foreign"])
+def test_diff_of_a_file_that_is_not_a_tape_says_so(tmp_path: Path, kind: str) -> None:
+    from tests.shadowtap.test_cmd_tape import not_a_tape
+
+    # An empty file got "field '--candidate': the tape holds no shadow or replay responses".
+    path = not_a_tape(tmp_path, kind)
+    result = run_cli("diff", path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"{path}" in result.stderr and "not a shadowtap tape" in result.stderr
+    assert "--candidate" not in result.stderr
+
+
+def test_diff_of_an_empty_tape_says_it_is_empty(tmp_path: Path) -> None:
+    (tmp_path / "tape").mkdir()  # a proxy that recorded nothing leaves this
+    result = run_cli("diff", tmp_path / "tape")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "the tape holds no exchanges" in result.stderr
+    assert "--candidate" not in result.stderr

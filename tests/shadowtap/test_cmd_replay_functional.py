@@ -285,11 +285,14 @@ def test_numbers_are_finite_and_fit_the_clock(
     assert f"argument {flag}: {reason}" in err and repr(value) in err and err.count("\n") == 1
 
 
-async def test_unreadable_tape_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("data", [b"this is not a tape at all" * 10, b""])
+async def test_unreadable_tape_is_one_line(tmp_path: Path, data: bytes) -> None:
+    # An empty file replayed nothing and exited 0, as if it were an empty tape.
     garbage = tmp_path / "garbage.stape"
-    garbage.write_bytes(b"this is not a tape at all" * 10)
+    garbage.write_bytes(data)
     code, _, err = await shadowtap(str(garbage), "--target", "http://127.0.0.1:9", "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "garbage.stape" in err and "Traceback" not in err
+    assert "not a shadowtap tape" in err
 
 
 async def test_workers_shard_sessions_with_nothing_lost_or_duplicated(tmp_path: Path) -> None:

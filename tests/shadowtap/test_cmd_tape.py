@@ -244,3 +244,33 @@ def test_info_and_merge_of_a_record_of_the_wrong_shape(tmp_path: Path, capsys: p
     assert code == 0 and "merged 3 exchanges" in out
     assert f"{segment} at byte {offset}: skipped" in err and "primary.status" in err and "1 skipped range" in err
     assert [e.id for e in TapeReader(tmp_path / "salvaged")] == ["ex-000000", "ex-000001", "ex-000003"]
+
+
+def not_a_tape(tmp_path: Path, kind: str) -> Path:
+    """A file a user might mistake for a tape."""
+    path = tmp_path / {"empty": "empty.stape", "short": "magic-start.bin", "foreign": "notes.txt"}[kind]
+    path.write_bytes({"empty": b"", "short": _frames.MAGIC[:3], "foreign": b"hello, this is not a tape\n" * 4}[kind])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["empty", "short", "foreign"])
+@pytest.mark.parametrize("action", ["info", "cat", "merge"])
+def test_a_file_that_is_not_a_tape_is_said_plainly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, action: str
+) -> None:
+    # An empty file was reported as a tape with a torn segment, and exit 0.
+    path = not_a_tape(tmp_path, kind)
+    out_dir = [str(tmp_path / "merged")] if action == "merge" else []
+    code, out, err = run(capsys, "tape", action, *out_dir, str(path))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and f"{path}" in err and "not a shadowtap tape" in err, err
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_tape_directory_keeps_its_crash_artefacts_as_torn_segments(
+    tape: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found in a tape directory, an empty segment is what a writer killed at birth leaves: torn, fine.
+    (tape / "seg-zzzz.stape").write_bytes(b"")
+    code, out, err = run(capsys, "tape", "info", str(tape))
+    assert code == 0 and "exchanges   12" in out and "torn tail" in err
