@@ -17,7 +17,7 @@ import itertools
 import json
 import sys
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,8 @@ def refuse_files_that_are_not_tapes(tapes: Sequence[str | Path], salvage: bool =
         try:
             next(exchanges, None)  # reads the header (and a first frame), checks the magic
         finally:
-            exchanges.close()
+            if isinstance(exchanges, Generator):
+                exchanges.close()  # and the file with it
         segment = reader.report.segments[0]
         if segment.version == 0:  # no complete header was read
             what = "the file is empty" if segment.bytes == 0 else f"{segment.bytes} bytes, less than a segment header"
