@@ -159,21 +159,29 @@ def exchange_primary_part(
 
 
 def outcome_part(
-    exchange_id: str, shadow: str, outcome: Outcome, timing: Timing, early: bool, recorded: bool, max_body_bytes: int
+    exchange_id: str,
+    shadow: str,
+    outcome: Outcome,
+    timing: Timing,
+    early: bool,
+    recorded: bool,
+    max_body_bytes: int,
+    delta: list[Any] | None = None,
 ) -> list[Any]:
     """A shadow's outcome as a flat part for the joiner (``recorder.join.shadow_part``), its body
-    capped at ``max_body_bytes`` with the truncation marked."""
+    capped at ``max_body_bytes`` with the truncation marked, with what the proxy changed in the
+    copy's request (``delta``, in wire form; None when no copy was sent)."""
     if isinstance(outcome, Response):
         body, truncated_from = outcome.body, outcome.truncated_from
         if len(body) > max_body_bytes:
             body, truncated_from = _capped(body, max_body_bytes, truncated_from)
         return shadow_part(
             exchange_id, shadow, outcome.status, outcome.reason, outcome.headers, body, outcome.http_version,
-            truncated_from, None, timing.sent_ns, timing.first_byte_ns, timing.done_ns, early, recorded,
+            truncated_from, None, timing.sent_ns, timing.first_byte_ns, timing.done_ns, early, recorded, delta,
         )  # fmt: skip
     return shadow_part(  # a failure
         exchange_id, shadow, None, "", (), b"", "", None, outcome, timing.sent_ns, timing.first_byte_ns,
-        timing.done_ns, early, recorded,
+        timing.done_ns, early, recorded, delta,
     )  # fmt: skip
 
 
@@ -322,8 +330,16 @@ class RecordStage:
         record, waiting_for, off_tape = primary_from_part(part)
         self._joiner.primary(record, waiting_for, off_tape, (exchange, taped), loop.time(), size)
 
-    def on_shadow_outcome(self, exchange: ProxiedExchange, shadow: str, outcome: Outcome, timing: Timing) -> None:
-        """The mirror stage's listener: one call per mirrored copy."""
+    def on_shadow_outcome(
+        self,
+        exchange: ProxiedExchange,
+        shadow: str,
+        outcome: Outcome,
+        timing: Timing,
+        delta: list[Any] | None = None,
+    ) -> None:
+        """The mirror stage's listener: one call per mirrored copy, with what the proxy changed in
+        the copy's request (``delta``, None when the copy was never sent)."""
         if not self.active:
             return
         # The data path sets the exchange's timing as it ends, just before exchange_complete.
@@ -336,14 +352,14 @@ class RecordStage:
                 return
             # Kept whole here: the event log shows every outcome (the tape view leaves the
             # unrecorded ones out).
-            part = outcome_part(exchange.id, shadow, outcome, timing, early, True, self._settings.max_body_bytes)
+            part = outcome_part(exchange.id, shadow, outcome, timing, early, True, self._settings.max_body_bytes, delta)
             self._joiner.shadow(*shadow_from_part(part), part_bytes(part))
             return
         if not self._taped(exchange.id):
             self._counts.unjoined_shadow_outcomes += 1
             return
         recorded = shadow not in self._flags.unrecorded_shadows()
-        part = outcome_part(exchange.id, shadow, outcome, timing, early, recorded, self._settings.max_body_bytes)
+        part = outcome_part(exchange.id, shadow, outcome, timing, early, recorded, self._settings.max_body_bytes, delta)
         if not remote.submit_shadow(part):
             self._counts.shadow_outcomes_dropped += 1
 

@@ -74,6 +74,7 @@ _PRIMARY: Final = 4
 _SHADOWS: Final = 5
 _TIMINGS: Final = 6
 _TAGS: Final = 11
+_DELTAS: Final = 12
 
 #: What a record or part costs beyond its bodies and header bytes (ids, timings, the lists and small
 #: objects that hold them), roughly: byte bounds count bodies and headers exactly and this per item.
@@ -168,6 +169,7 @@ def primary_from_part(part: list[Any]) -> tuple[list[Any], list[str], Collection
         client_addr,
         decisions,
         tags,
+        None,
     )
     return record, mirrored, unrecorded or ()
 
@@ -187,25 +189,28 @@ def shadow_part(
     done_ns: int | None,
     early: bool,
     recorded: bool,
+    delta: list[Any] | None = None,
 ) -> list[Any]:
     """One shadow's outcome, flat: a response when ``status`` is set, else ``failure``; with
-    ``recorded`` false only its arrival counts (the outcome fields are not sent)."""
+    ``recorded`` false only its arrival counts (the outcome fields are not sent). ``delta`` is what
+    the proxy changed in the copy's request (``recorder.model.delta_to_wire``), None when no copy
+    was sent."""
     if not recorded:
         return [SHADOW_PART, exchange_id, name, None, "", (), b"", "", None, None, None, sent_ns, first_byte_ns,
-                done_ns, early, False]  # fmt: skip
+                done_ns, early, False, None]  # fmt: skip
     return [
         SHADOW_PART, exchange_id, name, status, reason, headers, body, http_version, truncated_from,
         None if failure is None else failure.kind, None if failure is None else failure.message, sent_ns,
-        first_byte_ns, done_ns, early, True,
+        first_byte_ns, done_ns, early, True, delta,
     ]  # fmt: skip
 
 
-def shadow_from_part(part: list[Any]) -> tuple[str, str, list[Any] | None, list[Any], bool, bool]:
+def shadow_from_part(part: list[Any]) -> tuple[str, str, list[Any] | None, list[Any], bool, bool, list[Any] | None]:
     """``RecordJoiner.shadow``'s arguments: exchange id, shadow name, outcome array (None when not
-    recorded), timing array, early, recorded."""
+    recorded), timing array, early, recorded, request delta (None when none)."""
     (
         _, exchange_id, name, status, reason, headers, body, http_version, truncated_from, failure_kind,
-        failure_message, sent_ns, first_byte_ns, done_ns, early, recorded,
+        failure_message, sent_ns, first_byte_ns, done_ns, early, recorded, delta,
     ) = part  # fmt: skip
     outcome: list[Any] | None
     if not recorded:
@@ -214,7 +219,7 @@ def shadow_from_part(part: list[Any]) -> tuple[str, str, list[Any] | None, list[
         outcome = response_record(status, reason, headers, body, http_version, truncated_from)
     else:
         outcome = failure_record(failure_kind, failure_message)
-    return exchange_id, name, outcome, [sent_ns, first_byte_ns, done_ns], early, recorded
+    return exchange_id, name, outcome, [sent_ns, first_byte_ns, done_ns], early, recorded, delta
 
 
 def headers_bytes(headers: Any) -> int:
@@ -289,10 +294,11 @@ class Joined:
     """One exchange being joined: its record once the primary part came, and its shadows so far.
 
     ``shadows`` and ``timings`` keep the order the parts came in. An outcome is None when only
-    its arrival was sent: the shadow's recording was off, so only its name is needed.
+    its arrival was sent: the shadow's recording was off, so only its name is needed. ``deltas``
+    holds the request delta of each shadow whose copy was sent, when its part carried one.
     """
 
-    __slots__ = ("context", "record", "shadows", "size", "timings", "unrecorded", "waiting")
+    __slots__ = ("context", "deltas", "record", "shadows", "size", "timings", "unrecorded", "waiting")
 
     def __init__(self) -> None:
         self.record: list[Any] | None = None
@@ -302,6 +308,7 @@ class Joined:
         self.shadows: dict[str, list[Any] | None] = {}
         self.timings: dict[str, list[Any]] = {}
         self.unrecorded: set[str] = set()
+        self.deltas: dict[str, list[Any]] = {}
         #: Whatever the caller passed with the primary part (the proxy: its exchange, for events).
         self.context: Any = None
 
@@ -310,18 +317,23 @@ class Joined:
         recording was off, and names those shadows in the tag ``not_recorded``."""
         record = self.record
         assert record is not None
-        shadows, timings, unrecorded = self.shadows, self.timings, self.unrecorded
+        shadows, timings, unrecorded, deltas = self.shadows, self.timings, self.unrecorded, self.deltas
         if not shadows:
             return record
         if not unrecorded:
             record[_SHADOWS] = shadows
             record[_TIMINGS].update(timings)
+            if deltas:
+                record[_DELTAS] = deltas
             return record
         left_out = [name for name in shadows if name in unrecorded]
         if left_out:
             record[_TAGS]["not_recorded"] = ",".join(left_out)
         record[_SHADOWS] = {name: o for name, o in shadows.items() if name not in unrecorded}
         record[_TIMINGS].update((name, t) for name, t in timings.items() if name not in unrecorded)
+        kept = {name: d for name, d in deltas.items() if name not in unrecorded}
+        if kept:
+            record[_DELTAS] = kept
         return record
 
     def full_record(self) -> list[Any]:
@@ -332,6 +344,8 @@ class Joined:
         out = list(record)
         out[_SHADOWS] = {name: o for name, o in self.shadows.items() if o is not None}
         out[_TIMINGS] = {**record[_TIMINGS], **self.timings}
+        if self.deltas:
+            out[_DELTAS] = dict(self.deltas)
         return out
 
 
@@ -427,10 +441,12 @@ class RecordJoiner:
         timing: list[Any],
         early: bool,
         recorded: bool = True,
+        delta: list[Any] | None = None,
         size_bytes: int | None = None,
     ) -> None:
         """One shadow's outcome (None when ``recorded`` is false and only its arrival matters)
-        and timing. ``early`` if the primary part had not been sent when this was. ``size_bytes``
+        and timing, and what the proxy changed in its copy's request (``delta``, None when no copy
+        was sent). ``early`` if the primary part had not been sent when this was. ``size_bytes``
         is what it holds (``RECORD_OVERHEAD_BYTES`` and the outcome's body and headers when not
         given)."""
         entry = self._pending.get(exchange_id)
@@ -445,6 +461,8 @@ class RecordJoiner:
             return
         entry.shadows[name] = outcome
         entry.timings[name] = timing
+        if delta is not None:
+            entry.deltas[name] = delta
         if not recorded:
             entry.unrecorded.add(name)
         if entry.record is not None:

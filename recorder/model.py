@@ -27,6 +27,7 @@ T = TypeVar("T")
 __all__ = [
     "PRIMARY",
     "REPLAY",
+    "UNRECORDED_PREFIX",
     "Exchange",
     "Failure",
     "FailureKind",
@@ -34,8 +35,10 @@ __all__ = [
     "Headers",
     "Outcome",
     "Request",
+    "RequestDelta",
     "Response",
     "Timing",
+    "delta_to_wire",
     "exchange_from_wire",
     "exchange_record",
     "exchange_to_wire",
@@ -157,6 +160,31 @@ class Failure:
 
 Outcome: TypeAlias = Response | Failure
 
+#: A header or query value in a ``RequestDelta`` that starts with this is a secret the tape does not
+#: hold (a shadow's own credential): it stands for "some value".
+UNRECORDED_PREFIX: Final = "redacted:"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDelta:
+    """What the proxy changed in one shadow's copy of a request, against the request the primary got.
+
+    ``removed``: names of the header fields the primary got and the copy did not (stripped
+    credentials, ``Expect``), in request order; their values are the request's. ``added``: fields
+    only the copy got (the marker, the correlation id, a shadow's own credentials). ``replaced``:
+    fields both got, with the value the copy got. ``authority``: the Host the primary got and the
+    Host the copy got, when they differ. ``query``: the query parameters the copy got with another
+    value (a secret hashed or swapped) or without (``None``), by name. A value starting with
+    ``redacted:`` was not recorded (a secret): it stands for any value. Forwarding headers
+    (``X-Forwarded-*``, ``Via``) are the same for the primary and every copy, so never appear here.
+    """
+
+    removed: tuple[bytes, ...] = ()
+    added: Headers = ()
+    replaced: Headers = ()
+    authority: tuple[str, str] | None = None
+    query: tuple[tuple[str, str | None], ...] = ()
+
 
 @dataclass(frozen=True, slots=True)
 class Timing:
@@ -185,7 +213,9 @@ class Exchange:
     the recording host at the same instant (for exact intervals within one recorder). ``session`` is
     the session key when known, ``connection_id`` the client connection. ``decisions`` holds, per
     shadow name, ``"mirrored"`` or the ``FailureKind`` reason it was not mirrored. ``tags`` carries
-    free-form string metadata (``source``, ``correlation_id``, importer notes).
+    free-form string metadata (``source``, ``correlation_id``, importer notes). ``request_deltas``
+    holds, per shadow whose copy was sent, what the proxy changed in that copy's request
+    (``RequestDelta``); a tape written before deltas were recorded has none.
 
     The mappings must be treated as read-only.
     """
@@ -202,6 +232,7 @@ class Exchange:
     client_addr: str = ""
     decisions: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    request_deltas: Mapping[str, RequestDelta] = field(default_factory=dict)
 
     def outcome(self, name: str) -> Outcome | None:
         """The outcome named ``name``: ``"primary"`` or a shadow / replay name."""
@@ -266,6 +297,17 @@ def timing_to_wire(t: Timing) -> list[Any]:
     return [t.sent_ns, t.first_byte_ns, t.done_ns]
 
 
+def delta_to_wire(d: RequestDelta) -> list[Any]:
+    """The array of a request delta (docs/tape-format.md, "RequestDelta")."""
+    return [
+        list(d.removed),
+        d.added,
+        d.replaced,
+        None if d.authority is None else list(d.authority),
+        [list(pair) for pair in d.query],
+    ]
+
+
 def exchange_record(
     exchange_id: str,
     started_at_ns: int,
@@ -279,11 +321,13 @@ def exchange_record(
     client_addr: str,
     decisions: dict[str, str],
     tags: dict[str, str],
+    request_deltas: dict[str, list[Any]] | None = None,
 ) -> list[Any]:
     """An exchange record array from its parts, already in wire form (``request_to_wire``,
-    ``outcome_to_wire``, ``timing_to_wire``): for writers that never build an ``Exchange`` (the
-    proxy's record stage). ``exchange_from_wire`` of the packed record gives the same Exchange as
-    building one from these values; the writer owns the lists from here on (redaction edits them)."""
+    ``outcome_to_wire``, ``timing_to_wire``, ``delta_to_wire``; ``request_deltas`` None when there
+    are none): for writers that never build an ``Exchange`` (the proxy's record stage).
+    ``exchange_from_wire`` of the packed record gives the same Exchange as building one from these
+    values; the writer owns the lists from here on (redaction edits them)."""
     return [
         exchange_id,
         started_at_ns,
@@ -297,6 +341,7 @@ def exchange_record(
         client_addr,
         decisions,
         tags,
+        request_deltas,
     ]
 
 
@@ -315,6 +360,7 @@ def exchange_to_wire(ex: Exchange) -> list[Any]:
         ex.client_addr,
         dict(ex.decisions),
         dict(ex.tags),
+        {name: delta_to_wire(d) for name, d in ex.request_deltas.items()} if ex.request_deltas else None,
     )
 
 
@@ -340,6 +386,7 @@ _build_response = _slot_builder(Response)
 _build_failure = _slot_builder(Failure)
 _build_timing = _slot_builder(Timing)
 _build_exchange = _slot_builder(Exchange)
+_build_delta = _slot_builder(RequestDelta)
 
 #: Fast positional constructors for hot paths that have every field at hand (the proxy builds one
 #: Response and one Timing per upstream exchange): they store straight into the slots, at a fraction
@@ -353,11 +400,13 @@ _REQUEST_REQUIRED, _REQUEST_DEFAULTS = 2, ((), b"", "http", "", "1.1", None)
 _RESPONSE_REQUIRED, _RESPONSE_DEFAULTS = 2, ("", (), b"", "1.1", None)
 _FAILURE_REQUIRED, _FAILURE_DEFAULTS = 2, ("",)
 _TIMING_REQUIRED, _TIMING_DEFAULTS = 0, (None, None, None)
-_EXCHANGE_REQUIRED, _EXCHANGE_DEFAULTS = 4, (None, None, None, "", "", "", None, None)
+_EXCHANGE_REQUIRED, _EXCHANGE_DEFAULTS = 4, (None, None, None, "", "", "", None, None, None)
+_DELTA_REQUIRED, _DELTA_DEFAULTS = 3, (None, ())
 _REQUEST_FIELDS: Final = _REQUEST_REQUIRED + len(_REQUEST_DEFAULTS)
 _RESPONSE_FIELDS: Final = _RESPONSE_REQUIRED + len(_RESPONSE_DEFAULTS)
 _FAILURE_FIELDS: Final = _FAILURE_REQUIRED + len(_FAILURE_DEFAULTS)
 _TIMING_FIELDS: Final = _TIMING_REQUIRED + len(_TIMING_DEFAULTS)
+_DELTA_FIELDS: Final = _DELTA_REQUIRED + len(_DELTA_DEFAULTS)
 _EXCHANGE_FIELDS: Final = _EXCHANGE_REQUIRED + len(_EXCHANGE_DEFAULTS)
 # msgpack ints reach 2**64 - 1; a start time beyond a signed 64-bit int fits no SQLite store (the
 # differ's) nor any clock: refused too, the one value a type check alone would let through.
@@ -477,6 +526,49 @@ def _timing_from_wire(a: Any) -> Timing:
     return _build_timing(sent_ns, first_byte_ns, done_ns)
 
 
+def _names_from_wire(raw: Any) -> tuple[bytes, ...]:
+    if type(raw) is not tuple and type(raw) is not list:
+        raise TypeError
+    for name in raw:
+        if type(name) is not bytes:
+            raise TypeError
+    return tuple(raw)
+
+
+def _query_from_wire(raw: Any) -> tuple[tuple[str, str | None], ...]:
+    if type(raw) is not tuple and type(raw) is not list:
+        raise TypeError
+    out = []
+    for pair in raw:
+        if (type(pair) is not tuple and type(pair) is not list) or len(pair) != 2:
+            raise TypeError
+        name, value = pair
+        if type(name) is not str or (value is not None and type(value) is not str):
+            raise TypeError
+        out.append((name, value))
+    return tuple(out)
+
+
+def _delta_from_wire(a: Any) -> RequestDelta:
+    if type(a) is not tuple or len(a) != _DELTA_FIELDS:
+        a = _complete(a, _DELTA_REQUIRED, _DELTA_DEFAULTS)
+    removed, added, replaced, authority, query = a
+    if authority is not None:
+        if (type(authority) is not tuple and type(authority) is not list) or len(authority) != 2:
+            raise TypeError
+        primary_host, copy_host = authority
+        if type(primary_host) is not str or type(copy_host) is not str:
+            raise TypeError
+        authority = (primary_host, copy_host)
+    return _build_delta(
+        _names_from_wire(removed),
+        _headers_from_wire(added),
+        _headers_from_wire(replaced),
+        authority,
+        _query_from_wire(query),
+    )
+
+
 def _str_map(raw: Any) -> dict[str, str]:
     if type(raw) is dict:
         for k, v in raw.items():
@@ -501,7 +593,7 @@ def exchange_from_wire(a: Any) -> Exchange:
             a = _complete(a, _EXCHANGE_REQUIRED, _EXCHANGE_DEFAULTS)
         (
             exchange_id, started_at_ns, started_mono_ns, request, primary, shadows, timings, session,
-            connection_id, client_addr, decisions, tags,
+            connection_id, client_addr, decisions, tags, deltas,
         ) = a  # fmt: skip
         if (
             type(exchange_id) is not str
@@ -529,6 +621,14 @@ def exchange_from_wire(a: Any) -> Exchange:
                 timing_map[name] = _timing_from_wire(timing)
         elif timings is not None:
             raise TypeError
+        delta_map: dict[str, RequestDelta] = {}
+        if deltas is not None:
+            if type(deltas) is not dict:
+                raise TypeError
+            for name, delta in deltas.items():
+                if type(name) is not str:
+                    raise TypeError
+                delta_map[name] = _delta_from_wire(delta)
         return _build_exchange(
             exchange_id,
             started_at_ns,
@@ -542,6 +642,7 @@ def exchange_from_wire(a: Any) -> Exchange:
             client_addr,
             _str_map(decisions),
             _str_map(tags),
+            delta_map,
         )
     except (TypeError, ValueError):  # ValueError: an array of the wrong length, unpacked
         pass
@@ -661,7 +762,7 @@ def _locate(a: Any) -> None:
     """Raise ``_Misfit`` naming the first value of record ``a`` that does not fit its layout."""
     record = _array(a, "record", "exchange", _EXCHANGE_REQUIRED, _EXCHANGE_FIELDS)
     exchange_id, started_at_ns, started_mono_ns, request, primary, shadows, timings = record[:7]
-    session, connection_id, client_addr, decisions, tags = record[7:]
+    session, connection_id, client_addr, decisions, tags, deltas = record[7:]
     _leaf(exchange_id, "id", str)
     _leaf(started_at_ns, "started_at_ns", int)
     if started_at_ns is not _ABSENT and started_at_ns > _INT64_MAX:
@@ -690,6 +791,33 @@ def _locate(a: Any) -> None:
     for field_name, strings in (("decisions", decisions), ("tags", tags)):
         for key, text in _locate_map(strings, field_name, "str to str").items():
             _leaf(text, f"{field_name}[{key!r}]", str)
+    for name, delta in _locate_map(deltas, "request_deltas", "request deltas").items():
+        _locate_delta(delta, f"request_deltas[{name!r}]")
+
+
+def _locate_delta(value: Any, field: str) -> None:
+    removed, added, replaced, authority, query = _array(value, field, "request delta", _DELTA_REQUIRED, _DELTA_FIELDS)
+    _want(type(removed) is tuple or type(removed) is list, f"{field}.removed", "an array of header names", removed)
+    for i, name in enumerate(removed):
+        _leaf(name, f"{field}.removed[{i}]", bytes)
+    _locate_headers(added, f"{field}.added")
+    _locate_headers(replaced, f"{field}.replaced")
+    if authority is not _ABSENT and authority is not None:
+        at = f"{field}.authority"
+        _want(type(authority) is tuple or type(authority) is list, at, "a [primary, copy] array, or nil", authority)
+        if len(authority) != 2:
+            raise _Misfit(at, f"expected a [primary, copy] array, found an array of {len(authority)}")
+        _leaf(authority[0], f"{at}[0]", str)
+        _leaf(authority[1], f"{at}[1]", str)
+    if query is not _ABSENT:
+        _want(type(query) is tuple or type(query) is list, f"{field}.query", "an array of [name, value]", query)
+        for i, pair in enumerate(query):
+            at = f"{field}.query[{i}]"
+            _want(type(pair) is tuple or type(pair) is list, at, "a [name, value] array", pair)
+            if len(pair) != 2:
+                raise _Misfit(at, f"expected a [name, value] array, found an array of {len(pair)}")
+            _leaf(pair[0], f"{at}[0]", str)
+            _leaf(pair[1], f"{at}[1]", str, optional=True)
 
 
 def _malformed(a: Any) -> TapeFormatError:

@@ -20,8 +20,10 @@ from recorder.model import (
     Failure,
     FailureKind,
     Request,
+    RequestDelta,
     Response,
     Timing,
+    delta_to_wire,
     exchange_from_wire,
     exchange_to_wire,
 )
@@ -192,12 +194,12 @@ def test_a_primary_part_gives_the_record_of_its_exchange() -> None:
 def test_a_shadow_part_gives_the_joiner_its_outcome_and_timing() -> None:
     response = shadow_part("id-1", "v2", 200, "OK", ((b"A", b"b"),), b"x", "1.1", 50, None, 4, 5, 6, True, True)
     expected = read_part(exchange_to_wire(_with_primary(Response(200, "OK", ((b"A", b"b"),), b"x", "1.1", 50))))[4]
-    assert shadow_from_part(read_part(response)) == ("id-1", "v2", expected, [4, 5, 6], True, True)
+    assert shadow_from_part(read_part(response)) == ("id-1", "v2", expected, [4, 5, 6], True, True, None)
     failure = shadow_part("id-1", "v3", None, "", (), b"", "", None, Failure("timeout", "2s"), 4, None, 6, False, True)
     assert shadow_from_part(read_part(failure))[2:4] == ([1, "timeout", "2s"], [4, None, 6])
     unrecorded = shadow_part("id-1", "v4", 200, "OK", (), b"secret", "1.1", None, None, 4, 5, 6, False, False)
     assert b"secret" not in msgpack.packb(unrecorded, use_bin_type=True)
-    assert shadow_from_part(read_part(unrecorded))[2:] == (None, [4, 5, 6], False, False)
+    assert shadow_from_part(read_part(unrecorded))[2:] == (None, [4, 5, 6], False, False, None)
 
 
 def read_part(part: list[Any]) -> list[Any]:
@@ -208,3 +210,24 @@ def read_part(part: list[Any]) -> list[Any]:
 
 def _with_primary(primary: Response) -> Exchange:
     return Exchange(id="i", started_at_ns=0, request=Request("GET", "/"), primary=primary)
+
+
+def test_request_deltas_are_taped_with_their_recorded_shadows() -> None:
+    """Each copy's request delta travels with its outcome, early or late, through a flat part, and
+    is taped only for the shadows whose outcome is taped."""
+    j, out = joiner()
+    record = base_record(1)
+    v2 = RequestDelta(removed=(b"Cookie",), added=((b"X-Shadowtap-Shadow", b"1"),), authority=("front", "v2:80"))
+    v3 = RequestDelta(added=((b"X-Shadowtap-Shadow", b"1"),))
+    early = shadow_part(record[0], "v2", 200, "OK", (), b"", "1.1", None, None, 1, 2, 3, True, True, delta_to_wire(v2))
+    j.shadow(*shadow_from_part(read_part(early)))
+    j.primary(record, ["v2", "v3", "v4"], (), None, now_s=0.0)
+    j.shadow(record[0], "v3", None, [4, 5, 6], early=False, recorded=False, delta=delta_to_wire(v3))
+    j.close("shut down")  # v4 never answers: no copy known, no delta
+    (entry,) = out.joined
+    assert read(entry.full_record()).request_deltas == {"v2": v2, "v3": v3}
+    assert read(entry.tape_record()).request_deltas == {"v2": v2}
+    alone, out_alone = joiner()
+    alone.primary(base_record(2), ["v4"], (), None, now_s=0.0)
+    alone.close("shut down")
+    assert read(out_alone.joined[0].tape_record()).request_deltas == {}

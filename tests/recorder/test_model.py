@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -14,12 +15,17 @@ from recorder import (
     Request,
     Response,
     TapeFormatError,
+    TapeReader,
     Timing,
     exchange_from_wire,
     exchange_to_wire,
     header_value,
     header_values,
 )
+from recorder.model import RequestDelta
+
+#: A proxy tape written before request deltas were recorded (12-element exchange records).
+OLD_PROXY_TAPE = Path(__file__).parents[1] / "fixtures" / "shadowtap" / "proxy-v1-before-deltas.stape"
 
 
 def sample_exchange() -> Exchange:
@@ -45,6 +51,16 @@ def sample_exchange() -> Exchange:
         client_addr="127.0.0.1:5555",
         decisions={"v2": "mirrored", "v3": "mirrored", "v4": FailureKind.SAMPLED_OUT},
         tags={"source": "test"},
+        request_deltas={
+            "v2": RequestDelta(
+                removed=(b"Authorization", b"Cookie"),
+                added=((b"X-Shadowtap-Shadow", b"1"), (b"X-Api-Key", b"redacted:credential")),
+                replaced=((b"X-Tenant", b"shadow"),),
+                authority=("api", "v2.internal:8080"),
+                query=(("token", "redacted:hmac:0011223344556677"), ("sig", None)),
+            ),
+            "v3": RequestDelta(added=((b"X-Shadowtap-Shadow", b"1"),)),
+        },
     )
 
 
@@ -170,6 +186,12 @@ def test_maps_may_be_nil_but_not_empty_arrays() -> None:
         ((10, "v4"), 0, "decisions['v4']", "found an int"),
         ((1,), -1.5, "started_at_ns", "found a float"),
         ((1,), 2**63, "started_at_ns", f"found {2**63}"),
+        ((12, "v2", 0, 1), "Cookie", "request_deltas['v2'].removed[1]", "found a str"),
+        ((12, "v2", 1, 0, 1), 1, "request_deltas['v2'].added[0][1]", "found an int"),
+        ((12, "v2", 3), ["api"], "request_deltas['v2'].authority", "found an array of 1"),
+        ((12, "v2", 3, 1), b"v2", "request_deltas['v2'].authority[1]", "found a bin"),
+        ((12, "v2", 4, 1, 1), 0, "request_deltas['v2'].query[1][1]", "found an int"),
+        ((12, "v3"), {}, "request_deltas['v3']", "found a map"),
     ],
 )
 def test_a_value_of_the_wrong_type_is_named_by_its_field(
@@ -196,3 +218,48 @@ def test_a_shadow_name_that_is_not_a_string_is_named() -> None:
     with pytest.raises(TapeFormatError) as info:
         exchange_from_wire(wire)
     assert info.value.field == "shadows[b'v2']"
+
+
+def test_request_deltas_are_written_only_when_there_are_some() -> None:
+    ex = sample_exchange()
+    wire = exchange_to_wire(ex)
+    assert len(wire) == 13 and set(wire[12]) == {"v2", "v3"}
+    assert wire[12]["v2"][3] == ["api", "v2.internal:8080"]
+    bare = Exchange(id="x", started_at_ns=1, request=Request("GET", "/"))
+    assert exchange_to_wire(bare)[12] is None
+    assert exchange_from_wire(exchange_to_wire(bare)).request_deltas == {}
+
+
+def test_records_from_before_request_deltas_read_without_them() -> None:
+    """Version-1 writers before request deltas wrote 12 elements: no delta means none was recorded."""
+    ex = sample_exchange()
+    old = exchange_to_wire(ex)[:12]
+    back = exchange_from_wire(old)
+    assert back.request_deltas == {}
+    assert back.shadows == ex.shadows and back.decisions == ex.decisions and back.tags == ex.tags
+
+
+def test_a_delta_may_leave_out_its_trailing_fields() -> None:
+    wire = exchange_to_wire(sample_exchange())
+    wire[12] = {"v2": [[b"Cookie"], [], []]}
+    assert exchange_from_wire(wire).request_deltas == {"v2": RequestDelta(removed=(b"Cookie",))}
+    wire[12] = {"v2": [[b"Cookie"], []]}
+    with pytest.raises(TapeFormatError) as info:
+        exchange_from_wire(wire)
+    assert info.value.field == "request_deltas['v2']"
+    assert "request delta record has 2 fields, needs at least 3" in info.value.message
+
+
+def test_a_proxy_tape_from_before_request_deltas_is_read_whole() -> None:
+    """A real tape the proxy wrote before deltas existed (tests/fixtures/README.md): every exchange,
+    its shadow outcomes and decisions, and no deltas."""
+    reader = TapeReader(OLD_PROXY_TAPE)
+    exchanges = list(reader)
+    assert [ex.request.target for ex in exchanges] == [
+        "/get?page=1", "/headers", "/absolute-redirect/1", "/post", "/status/503",
+    ]  # fmt: skip
+    assert reader.report.segments[0].version == 1
+    assert all(ex.request_deltas == {} for ex in exchanges)
+    assert [ex.decisions["v2"] for ex in exchanges] == ["mirrored"] * 3 + ["method-not-allowed", "mirrored"]
+    assert [getattr(ex.shadows.get("v2"), "status", None) for ex in exchanges] == [200, 200, 302, None, 503]
+    assert exchanges[1].request.header(b"Cookie", b"").startswith(b"sid=redacted:hmac:")
