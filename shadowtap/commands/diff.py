@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from differ import DifferConfig
     from differ.report_model import DiffReport
     from recorder import Exchange
+    from recorder.errors import ConfigError
 
 NAME = "diff"
 HELP = "compare primary vs shadow (or recorded vs replayed) responses in tapes and report what changed"
@@ -102,16 +105,24 @@ def load_config(path: Path | None) -> DifferConfig:
     return DifferConfig() if path is None else config_from_mapping(load_mapping(path))
 
 
-def _pick_names(exchanges: list[Exchange], args: argparse.Namespace) -> tuple[str, str | None]:
-    from recorder import REPLAY
+def _names_on(exchanges: Iterable[Exchange], names: set[str]) -> None:
+    """Add the names of the responses ``exchanges`` hold (``primary`` and each shadow's) to ``names``."""
+    from recorder import PRIMARY
+
+    for exchange in exchanges:
+        if exchange.primary is not None:
+            names.add(PRIMARY)
+        names.update(exchange.shadows)
+
+
+def _pick_names(exchanges: list[Exchange], seen: set[str], args: argparse.Namespace) -> tuple[str, str | None]:
+    """The candidate and secondary: as given, or guessed from the names ``seen`` at the tape's start."""
+    from recorder import PRIMARY, REPLAY
     from recorder.errors import ConfigError
 
     if not exchanges:
         raise ConfigError("the tape holds no exchanges to compare")
-    seen: set[str] = set()
-    for exchange in exchanges:
-        seen.update(exchange.shadows)
-    others = seen - {args.primary}
+    others = seen - {args.primary, PRIMARY}  # guessed among the shadows (and replays) only
     secondary: str | None = args.secondary
     if secondary is None and "secondary" in others and args.candidate != "secondary":
         secondary = "secondary"
@@ -129,6 +140,17 @@ def _pick_names(exchanges: list[Exchange], args: argparse.Namespace) -> tuple[st
     if candidate in (args.primary, secondary):
         raise ConfigError(f"{candidate!r} cannot be both the candidate and the baseline/secondary", field="--candidate")
     return candidate, secondary
+
+
+def _unknown_name(args: argparse.Namespace, seen: set[str]) -> ConfigError | None:
+    """The error for a name given on the command line that no response ``seen`` has, listing theirs."""
+    from recorder.errors import ConfigError
+
+    for flag, name in (("--primary", args.primary), ("--candidate", args.candidate), ("--secondary", args.secondary)):
+        if name is not None and name not in seen:
+            holds = ", ".join(sorted(seen)) or "no responses"
+            return ConfigError(f"no response named {name!r} on the tape; it holds: {holds}", field=flag)
+    return None
 
 
 def emit(report: DiffReport, args: argparse.Namespace) -> int:
@@ -162,10 +184,18 @@ def run(args: argparse.Namespace) -> int:
         parse_fail_on(args.fail_on)  # a bad SPEC fails before the tape is read, not after
     refuse_files_that_are_not_tapes([*args.tape, *args.noise_tape], args.salvage)
     reader = TapeReader(args.tape, salvage=args.salvage)
-    if args.candidate is None or args.secondary is None:
-        candidate, secondary = _pick_names(list(islice(iter(reader), _PEEK_EXCHANGES)), args)
-    else:
-        candidate, secondary = args.candidate, args.secondary
+    peek = list(islice(iter(reader), _PEEK_EXCHANGES))
+    seen: set[str] = set()
+    _names_on(peek, seen)
+    candidate, secondary = _pick_names(peek, seen, args)
+    # A name missing from the tape's start may still come later: then the whole pass decides.
+    names_to_check: set[str] | None = None
+    unknown = _unknown_name(args, seen)
+    if unknown is not None:
+        if len(peek) < _PEEK_EXCHANGES:
+            raise unknown
+        names_to_check = seen
+    del peek
     noise_reader = TapeReader(args.noise_tape, salvage=args.salvage) if args.noise_tape else None
     sources = (*(str(t) for t in args.tape), *(f"noise:{t}" for t in args.noise_tape))
     store = DiffStore(":memory:" if args.db is None else args.db)
@@ -173,6 +203,12 @@ def run(args: argparse.Namespace) -> int:
         session = DiffSession(store, config, RunMeta(args.primary, candidate, secondary, sources))
         for exchange in reader:
             session.add(exchange)
+            if names_to_check is not None:
+                _names_on((exchange,), names_to_check)
+        if names_to_check is not None:
+            unknown = _unknown_name(args, names_to_check)
+            if unknown is not None:
+                raise unknown
         if noise_reader is not None:
             for exchange in noise_reader:
                 session.add_noise(exchange, args.noise_name)

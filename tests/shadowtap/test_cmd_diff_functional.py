@@ -277,3 +277,16 @@ def test_diff_of_an_empty_tape_says_it_is_empty(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "the tape holds no exchanges" in result.stderr
     assert "--candidate" not in result.stderr
+
+
+@pytest.mark.parametrize("count", [20, 1200])  # the tape's start (1,000 exchanges) holds them all, or not
+@pytest.mark.parametrize("flag", ["--candidate", "--secondary"])
+def test_a_name_not_on_the_tape_lists_the_names_that_are(tmp_path: Path, count: int, flag: str) -> None:
+    # --candidate v3 on a tape of v2 and secondary compared nothing and said only "0 pairs compared".
+    tape = write_tape(tmp_path / "tape", list(traffic(count)))
+    names = ["--candidate", CANDIDATE, "--secondary", "secondary"]
+    names[names.index(flag) + 1] = "v3"
+    result = run_cli("diff", tape, *names)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"field '{flag}': no response named 'v3' on the tape; it holds: primary, secondary, v2" in result.stderr
