@@ -44,16 +44,34 @@ def _ns(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1_000_000) * 1_000
 
 
+#: Words of the errors mitmproxy records when it cannot reach the server: its own messages, and the
+#: OSError text of a failed connect ("[Errno 111] Connect call failed ('127.0.0.1', 8080)").
+_CONNECT_ERROR_WORDS: Final = (
+    "refused",
+    "resolve",
+    "unreachable",
+    "connect to",
+    "connect call failed",
+    "no route",
+    "name or service not known",
+    "nodename nor servname",
+    "no address associated",
+)
+
+
 def _failure_kind(message: str) -> str:
     lowered = message.lower()
     # Most mitmproxy messages start with "Connection", so the specific words decide, in this order.
     if "timeout" in lowered or "timed out" in lowered:
         return FailureKind.TIMEOUT
-    if "reset" in lowered:
+    if "reset" in lowered or "server disconnected" in lowered:
         return FailureKind.RESET
     if "killed" in lowered:
         return FailureKind.CANCELLED
-    if any(word in lowered for word in ("refused", "resolve", "unreachable", "connect to", "no route")):
+    if "client disconnected" in lowered:
+        # The client went away before the response: nothing says the server failed.
+        return FailureKind.ABORTED
+    if any(word in lowered for word in _CONNECT_ERROR_WORDS):
         return FailureKind.CONNECT_ERROR
     return FailureKind.OTHER
 
@@ -76,7 +94,7 @@ def exchange_from_flow(flow: http.HTTPFlow, *, body_cap_bytes: int | None = None
         or (req.host if req.port == (443 if req.scheme == "https" else 80) else f"{req.host}:{req.port}")
     )
     tags: dict[str, str] = {"source": "mitm"}
-    request_body, request_cut = _cap(req.raw_content, body_cap_bytes)
+    request_body, request_cut = _cap(req.raw_content, body_cap_bytes, req.headers.get("content-length"))
     if req.raw_content is None:
         tags["mitm.request_body"] = "missing"
     request = Request(
@@ -93,7 +111,7 @@ def exchange_from_flow(flow: http.HTTPFlow, *, body_cap_bytes: int | None = None
     timings: dict[str, Timing] = {}
     resp = flow.response
     if resp is not None:
-        response_body, response_cut = _cap(resp.raw_content, body_cap_bytes)
+        response_body, response_cut = _cap(resp.raw_content, body_cap_bytes, resp.headers.get("content-length"))
         if resp.raw_content is None:
             tags["mitm.response_body"] = "missing"
         primary = Response(
@@ -136,9 +154,12 @@ def exchange_from_flow(flow: http.HTTPFlow, *, body_cap_bytes: int | None = None
     )
 
 
-def _cap(body: bytes | None, cap_bytes: int | None) -> tuple[bytes, int | None]:
+def _cap(body: bytes | None, cap_bytes: int | None, content_length: str | None) -> tuple[bytes, int | None]:
     if body is None:
-        return b"", None
+        # mitmproxy streamed the body (stream_large_bodies) without keeping it: its size is only known
+        # from Content-Length, and it stays unknown for a chunked body.
+        declared = content_length.strip() if content_length else ""
+        return b"", int(declared) if declared.isdigit() else None
     if cap_bytes is not None and len(body) > cap_bytes:
         return body[:cap_bytes], len(body)
     return body, None
@@ -202,7 +223,9 @@ class MitmReader:
                 if "mitm.websocket_messages" in exchange.tags:
                     self.report.note("WebSocket flows (messages kept as a count in tags)")
                 if isinstance(exchange.primary, Failure):
-                    self.report.note("flows with an error instead of a response")
+                    self.report.fail(exchange.primary.kind)
+                if "mitm.request_body" in exchange.tags or "mitm.response_body" in exchange.tags:
+                    self.report.note("bodies mitmproxy streamed without keeping (body empty, size from Content-Length)")
                 self.report.imported += 1
                 yield exchange
         finally:

@@ -17,6 +17,7 @@ from recorder import Exchange, Failure, FailureKind, InputFormatError, Request, 
 from recorder.formats import MitmReader, exchange_from_flow, flow_from_exchange, write_mitm
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mitmproxy" / "httpbin.mitm"
+EVERY_TYPE = FIXTURE.with_name("every-type.mitm")
 
 
 def read(path: Path) -> tuple[list[Exchange], MitmReader]:
@@ -73,10 +74,8 @@ def test_errors_websockets_and_non_http_flows(tmp_path: Path) -> None:
     assert isinstance(first.primary, Failure) and first.primary.message == "error"
     assert isinstance(second.primary, Response) and second.tags["mitm.error"] == "error"
     assert third.tags["mitm.websocket_messages"] == str(len(websocket.websocket.messages))  # type: ignore[union-attr]
-    assert reader.report.notes == {
-        "WebSocket flows (messages kept as a count in tags)": 1,
-        "flows with an error instead of a response": 1,
-    }
+    assert reader.report.notes == {"WebSocket flows (messages kept as a count in tags)": 1}
+    assert reader.report.failures == {"other": 1}
 
 
 @pytest.mark.parametrize(
@@ -86,6 +85,10 @@ def test_errors_websockets_and_non_http_flows(tmp_path: Path) -> None:
         ("Connection refused", FailureKind.CONNECT_ERROR),
         ("connection reset by peer", FailureKind.RESET),
         ("Connection killed.", FailureKind.CANCELLED),
+        # What mitmproxy 11 writes, from tests/fixtures/mitmproxy/every-type.mitm:
+        ("[Errno 111] Connect call failed ('127.0.0.1', 42845)", FailureKind.CONNECT_ERROR),
+        ("[Errno -2] Name or service not known", FailureKind.CONNECT_ERROR),
+        ("Client disconnected.", FailureKind.ABORTED),
         ("something odd", FailureKind.OTHER),
     ],
 )
@@ -245,3 +248,39 @@ def test_fuzz_random_or_cut_input_never_escapes_the_error_tree(tmp_path: Path, d
         list(reader)
     except InputFormatError as exc:
         assert exc.path == str(path) and str(exc)
+
+
+def test_real_flows_of_every_type() -> None:
+    # mitmdump 11.0.2 in six modes at once (tests/recorder/mitm_flows.py): HTTP/1.1 and HTTP/2 in
+    # reverse mode, forward mode (absolute-form and a CONNECT tunnel), WebSocket, TCP, UDP and DNS.
+    exchanges, reader = read(EVERY_TYPE)
+    report = reader.report
+    assert report.records == 15 and report.imported == 12 and report.torn_tail is None
+    assert report.skipped == {
+        "TCPFlow flows (not HTTP)": 1,
+        "UDPFlow flows (not HTTP)": 1,
+        "DNSFlow flows (not HTTP)": 1,
+    }
+    assert report.failures == {"aborted": 1, "cancelled": 2, "connect-error": 1}
+    got = {ex.request.target: ex for ex in exchanges}
+    assert got["/slow"].primary == Failure(FailureKind.ABORTED, "Client disconnected.")
+    refused = got["/nothing"].primary
+    assert isinstance(refused, Failure) and refused.kind == FailureKind.CONNECT_ERROR
+    assert refused.message.startswith("[Errno 111] Connect call failed")
+    assert got["/kill"].primary == Failure(FailureKind.CANCELLED, "Connection killed.")
+    # stream_large_bodies: mitmdump passed the 64 KiB body on without keeping it.
+    big = got["/big"]
+    assert isinstance(big.primary, Response) and big.primary.body == b"" and big.primary.truncated_from == 65536
+    assert big.tags["mitm.response_body"] == "missing"
+    assert report.notes["bodies mitmproxy streamed without keeping (body empty, size from Content-Length)"] == 1
+    h2 = got["/get?h2=1"]
+    assert h2.request.http_version == "2" and h2.request.authority.startswith("127.0.0.1:")
+    assert not any(name.startswith(b":") for name, _ in h2.request.headers)
+    assert got["/ws"].tags["mitm.websocket_messages"] == "4"
+    for target in ("/get?via=proxy", "/get?tunnel=1"):
+        forwarded = got[target]
+        assert isinstance(forwarded.primary, Response) and forwarded.primary.status == 200
+        assert forwarded.request.authority == got["/get?x=1"].request.authority
+    # One keep-alive connection carried the first requests: they share its id.
+    first = [got[t].connection_id for t in ("/get?x=1", "/post", "/big")]
+    assert first[0] and first.count(first[0]) == 3 and got["/get?h2=1"].connection_id != first[0]
