@@ -44,6 +44,8 @@ __all__ = [
     "Rewrites",
     "Scaling",
     "SessionKey",
+    "check_header_name",
+    "check_header_text",
     "endpoint_template",
     "merge_by_time",
     "plan_requests",
@@ -72,6 +74,8 @@ _DROPPED_HEADERS: Final = frozenset(
 _SESSION_KINDS: Final = ("auto", "recorded", "connection", "client", "header", "cookie", "query", "none")
 _CLONE_FIELD_KINDS: Final = ("header", "cookie", "query", "json")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: RFC 9110 token characters: all a header name may hold.
+_TOKEN_RE: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _ID_SEGMENT = re.compile(
     r"^(?:\d+|[0-9a-fA-F]{16,}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
 )
@@ -328,12 +332,48 @@ def _compile(pattern: str, field_name: str) -> re.Pattern[str]:
         raise ConfigError(f"regular expression {pattern!r} does not compile: {exc}", field=field_name) from exc
 
 
+def check_header_name(name: str, field: str) -> None:
+    """Refuse a header name that is not an RFC 9110 token (it would not parse, or split the head)."""
+    if not _TOKEN_RE.match(name):
+        raise ConfigError(f"not a valid header name: {name!r}", field=field)
+
+
+def _bad_header_char(text: str, latin1: bool) -> int | None:
+    """Where ``text`` holds what would split a request head (CR, LF, other controls) or, with
+    ``latin1``, not encode in it; None when it may go into one."""
+    for index, char in enumerate(text):
+        if (char < " " and char != "\t") or char == "\x7f" or (latin1 and char > "\xff"):
+            return index
+    return None
+
+
+def check_header_text(text: str, field: str, *, latin1: bool = True) -> None:
+    """Refuse header text (a value, a Host) that would split the request head or not encode in it."""
+    index = _bad_header_char(text, latin1)
+    if index is not None:
+        raise ConfigError(
+            f"must not contain control characters or characters beyond Latin-1 ({text[index]!r} at {index}): {text!r}",
+            field=field,
+        )
+
+
 def _expand_env(text: str, environ: Mapping[str, str], field_name: str) -> str:
+    """``${VAR}`` from ``environ``; each value checked as header text (it goes into the request head)."""
+
     def sub(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in environ:
             raise ConfigError(f"environment variable {name} is not set", field=field_name)
-        return environ[name]
+        value = environ[name]
+        index = _bad_header_char(value, latin1=True)
+        if index is not None:
+            # Named, never shown: the value is usually a credential.
+            raise ConfigError(
+                f"environment variable {name} holds a control character or a character beyond Latin-1 "
+                f"(at {index} of its value), which cannot go into a request head",
+                field=field_name,
+            )
+        return value
 
     return _ENV_REF.sub(sub, text)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
@@ -152,37 +151,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-#: RFC 9110 token characters: all a header name may hold.
-_TOKEN_RE: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-
-
-def _check_header_name(name: str, field: str) -> None:
-    from recorder.errors import ConfigError
-
-    if not _TOKEN_RE.match(name):
-        raise ConfigError(f"not a valid header name: {name!r}", field=field)
-
-
-def _check_header_text(text: str, field: str, *, latin1: bool = True) -> None:
-    """Refuse what would split the request head (CR, LF, other controls) or not encode in it."""
-    from recorder.errors import ConfigError
-
-    for index, char in enumerate(text):
-        if (char < " " and char != "\t") or char == "\x7f" or (latin1 and char > "\xff"):
-            raise ConfigError(
-                f"must not contain control characters or characters beyond Latin-1 ({char!r} at {index}): {text!r}",
-                field=field,
-            )
-
-
 def _parse_header(spec: str) -> tuple[str, str]:
     from recorder.errors import ConfigError
+    from replayer.plan import check_header_name, check_header_text
 
     name, sep, value = spec.partition(":")
     if not sep or not name.strip():
         raise ConfigError(f"{spec!r} is not 'NAME: VALUE'", field="header")
-    _check_header_name(name.strip(), "--header")
-    _check_header_text(value, "--header")
+    check_header_name(name.strip(), "--header")
+    check_header_text(value, "--header")
     return name.strip(), value.strip()
 
 
@@ -193,8 +170,9 @@ def _checked_host(value: str) -> str:
     """
     from proxy.forward import check_host
     from recorder.errors import ConfigError
+    from replayer.plan import check_header_text
 
-    _check_header_text(value, "--host")
+    check_header_text(value, "--host")
     if "${" in value:
         return value
     if value.startswith("["):
@@ -215,11 +193,13 @@ def _checked_host(value: str) -> str:
 
 
 def _check_rewrites(args: argparse.Namespace) -> None:
-    """The rewrite flags' literal text, before any request is built from it."""
+    """The rewrite flags' literal text, before any request is built from it (the plan checks what
+    ``${VAR}`` brings in)."""
     from recorder.errors import ConfigError
+    from replayer.plan import check_header_name, check_header_text
 
     for name in args.remove_header:
-        _check_header_name(name, "--remove-header")
+        check_header_name(name, "--remove-header")
     for _, replacement in args.rewrite_path:
         # The result is the request target: ASCII with no spaces, or the request line splits.
         if not replacement.isascii() or any(c <= " " or c == "\x7f" for c in replacement):
@@ -230,7 +210,7 @@ def _check_rewrites(args: argparse.Namespace) -> None:
             )
     # Clone ids go into headers and cookies as Latin-1; a JSON field may hold any text.
     in_head = any(spec.startswith(("header:", "cookie:")) for spec in args.clone_id)
-    _check_header_text(args.clone_id_template, "--clone-id-template", latin1=in_head)
+    check_header_text(args.clone_id_template, "--clone-id-template", latin1=in_head)
 
 
 def build_job(args: argparse.Namespace) -> ReplayJob:

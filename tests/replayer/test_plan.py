@@ -143,6 +143,29 @@ def test_bad_rewrite_and_missing_env_are_config_errors_naming_the_field() -> Non
         Rewrites(clone_id_fields=("body:x",))
 
 
+@pytest.mark.parametrize(
+    ("value", "at"),
+    [
+        ("t0k3n\r\nX-Injected: 1", 5),  # it went out as a second header
+        ("t\u00f6k\u65e5", 3),  # it ended in a UnicodeEncodeError traceback
+        ("t\x00k", 1),
+    ],
+)
+@pytest.mark.parametrize("where", ["header", "host"])
+def test_values_from_the_environment_are_checked_like_flag_text(value: str, at: int, where: str) -> None:
+    rewrites = (
+        Rewrites(set_headers=(("Authorization", "Bearer ${TOKEN}"),))
+        if where == "header"
+        else Rewrites(host="${TOKEN}.staging")
+    )
+    with pytest.raises(ConfigError) as info:
+        list(plan_requests(lambda: [ex(0, 0)], PlanOptions(rewrites=rewrites), environ={"TOKEN": value}))
+    message = str(info.value)
+    assert ("field 'header Authorization'" if where == "header" else "field 'host'") in message
+    assert f"environment variable TOKEN holds a control character or a character beyond Latin-1 (at {at} " in message
+    assert value not in message  # the value is a secret: named, never shown
+
+
 def test_clones_get_distinct_ids_sessions_and_offset_slots() -> None:
     body = json.dumps({"user": {"id": 42}, "n": 1}).encode()
     e = ex(

@@ -613,3 +613,21 @@ async def test_a_closed_stdout_still_writes_the_html_and_enforces_the_slo(tmp_pa
     assert "SLO failed: p99 response time" in err and "Traceback" not in err and "Exception ignored" not in err
     assert (tmp_path / "out.html").read_text().lstrip().startswith("<!doctype html")
     assert json.loads((tmp_path / "out.json").read_text())["slo"]["passed"] is False
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("flag", ["--header", "--host"])
+async def test_a_bad_value_from_the_environment_is_one_line_naming_the_variable(
+    tmp_path: Path, workers: str, flag: str
+) -> None:
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i) for i in range(3)])
+    value = "X-Auth: ${STAGING_TOKEN}" if flag == "--header" else "${STAGING_TOKEN}"
+    async with Target() as target:
+        code, _, err = await shadowtap(
+            str(tape), "--target", target.url, flag, value, "--workers", workers, "--no-progress",
+            env={"STAGING_TOKEN": "s3cr3t\r\nX-Injected: 1"},
+        )  # fmt: skip
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "environment variable STAGING_TOKEN holds a control character" in err and "s3cr3t" not in err
+    assert target.seen == []
