@@ -147,6 +147,7 @@ class ProxyApp:
                     self.metrics,
                     None if record is None else record.on_shadow_outcome,
                     config.record.redaction,
+                    forward,
                 )
                 await self.mirror.start()
                 stages.append(self.mirror)

@@ -8,9 +8,17 @@ pool of the same llhttp-based upstream connections the data path uses for the pr
 (``proxy.upstream``), driven by callbacks rather than a task per copy (a fraction of aiohttp's
 client cost), with its own timeouts (checked by one sweep per shadow, not a timer per copy), a
 response-size cap and a circuit breaker; each outcome (``Response`` or ``Failure``) goes to the
-``on_outcome`` listener (the record stage). This module must never delay, fail or alter the primary
-exchange: nothing here awaits on the data path, raises into it, or touches the objects the client's
-response is built from.
+``on_outcome`` listener (the record stage) with the copy's request delta.
+
+A copy is the request the primary got, as far as the shadow may see it: the same forwarding fields
+(``X-Forwarded-*``, ``Via``: the primary's rewriter computes them once per request, from the first
+copy's loop turn, for all the shadows), minus hop-by-hop fields and credentials, plus the shadow's
+own credentials, the marker and the correlation id, with the shadow's Host. What a copy got that the
+primary did not, or lost, is its request delta (``recorder.model.RequestDelta``, in wire form), which
+the tape keeps so that the differ can tell an answer that echoes it from a regression.
+
+This module must never delay, fail or alter the primary exchange: nothing here awaits on the data
+path, raises into it, or touches the objects the client's response is built from.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from typing import Any, Final
 
 from proxy.breaker import CircuitBreaker
 from proxy.config import MirrorSettings, RuntimeFlags, ShadowSettings
-from proxy.forward import PrimaryTarget, parse_primary
+from proxy.forward import ForwardSettings, PrimaryTarget, parse_primary
 from proxy.metrics import ProxyMetrics
+from proxy.rewrite import NO_FORWARDING, Forwarding, RequestRewriter
 from proxy.rules import RouteTable
 from proxy.sampling import TokenBucket, in_sample, key_in_sample
 from proxy.stages import ProxiedExchange
@@ -44,6 +53,8 @@ __all__ = [
     "MirrorStage",
     "OutcomeListener",
     "ShadowMirror",
+    "client_ip",
+    "copy_host",
     "mirror_request_head",
     "shadow_ssl_context",
 ]
@@ -68,6 +79,14 @@ _VALUE_KINDS: Final = tuple(kind for kind in RULE_KINDS if kind != "headers")
 #: The timing of a copy that was never sent (shared: Timing is frozen).
 _NO_TIMING: Final = Timing()
 _MARKER_LINE: Final = f"{MARKER_HEADER}: 1\r\n{CORRELATION_HEADER}: ".encode()
+_MARKER: Final = (MARKER_HEADER.encode(), b"1")
+_CORRELATION: Final = CORRELATION_HEADER.encode()
+#: Fields a copy is sent without that are no change of the request: the primary is sent without
+#: them too (hop-by-hop), or they are framing, or the Host rule (the delta's ``authority``).
+_NOT_A_CHANGE: Final = _NOT_FORWARDED - {b"expect"}
+#: A secret a delta does not record (a shadow's own credential): it stands for "some value".
+_UNRECORDED: Final = b"redacted:credential"
+_UNRECORDED_TEXT: Final = _UNRECORDED.decode()
 
 #: Queued copies ended without sending (stale, breaker open, kill switch) per loop turn. A
 #: black-holed shadow can leave a full queue (1,000 by default) to be dropped at once; each drop
@@ -77,9 +96,30 @@ _MAX_DROPS_PER_TURN: Final = 32
 #: How often a shadow's in-flight copies are checked against their deadlines, at most.
 _SWEEP_PERIOD_S: Final = 0.05
 
-#: (the exchange, shadow name, outcome, timing relative to the exchange start): the exchange, not its
-#: id, so the listener can tell whether its primary has ended yet (``stages.NOT_TIMED``).
-OutcomeListener = Callable[[ProxiedExchange, str, Outcome, Timing], None]
+#: (the exchange, shadow name, outcome, timing relative to the exchange start, the copy's request
+#: delta in wire form or None when no copy was sent): the exchange, not its id, so the listener can
+#: tell whether its primary has ended yet (``stages.NOT_TIMED``).
+OutcomeListener = Callable[[ProxiedExchange, str, Outcome, Timing, list[Any] | None], None]
+
+
+class _Offer:
+    """One request offered to the shadows, queued by each that took it: what all its copies share
+    (the forwarding fields) is computed once, by the first copy that starts."""
+
+    __slots__ = ("exchange", "forwarding", "offered_s")
+
+    def __init__(self, exchange: ProxiedExchange, offered_s: float) -> None:
+        self.exchange = exchange
+        self.offered_s = offered_s
+        self.forwarding: Forwarding | None = None
+
+
+def client_ip(client_addr: str) -> bytes:
+    """The client address as the data path writes it into X-Forwarded-For, from ``host:port`` or
+    ``[v6]:port`` (``ProxiedExchange.client_addr``)."""
+    if client_addr.startswith("["):
+        return client_addr[1 : client_addr.find("]")].encode("ascii", "replace")
+    return client_addr.rpartition(":")[0].encode("ascii", "replace")
 
 
 def _connection_listed(headers: Headers) -> frozenset[bytes]:
@@ -90,20 +130,43 @@ def _connection_listed(headers: Headers) -> frozenset[bytes]:
     return frozenset(listed)
 
 
-def _copy_fields(parts: list[bytes], headers: Headers, drop: frozenset[bytes]) -> tuple[bool, bool]:
-    """Append the fields not in ``drop`` to ``parts``; return whether a length field (Content-Length,
-    Transfer-Encoding) and whether a Connection field were dropped. ``drop`` holds both."""
+def _copy_fields(
+    parts: list[bytes],
+    headers: Headers,
+    drop: frozenset[bytes],
+    xff_at: int,
+    xff_value: bytes,
+    removable: frozenset[bytes],
+    removed: list[bytes] | None,
+) -> tuple[bool, bool]:
+    """Append the fields not in ``drop`` to ``parts``, the one at ``xff_at`` with ``xff_value``;
+    return whether a length field (Content-Length, Transfer-Encoding) and whether a Connection field
+    were dropped. ``drop`` holds both. Dropped fields named in ``removable`` go to ``removed``."""
     had_length = saw_connection = False
+    index = -1
     for name, value in headers:
+        index += 1
         lower = name.lower()
         if lower in drop:
             if lower == b"connection":
                 saw_connection = True
             elif lower == b"content-length" or lower == b"transfer-encoding":
                 had_length = True
+            elif removed is not None and lower in removable:
+                removed.append(name)
             continue
-        parts += (name, b": ", value, b"\r\n")
+        parts += (name, b": ", xff_value if index == xff_at else value, b"\r\n")
     return had_length, saw_connection
+
+
+def copy_host(shadow: ShadowSettings, upstream: PrimaryTarget, authority: str) -> bytes:
+    """The Host a shadow's copy is sent with: ``host`` when set, the client's with ``preserve_host``,
+    else the shadow URL's authority."""
+    if shadow.host is not None:
+        return shadow.host.encode("latin-1")
+    if shadow.preserve_host and authority:
+        return authority.encode("latin-1")
+    return upstream.authority
 
 
 def mirror_request_head(
@@ -117,25 +180,35 @@ def mirror_request_head(
     credentials: Sequence[tuple[bytes, bytes]],
     exchange_id: str,
     authority: str,
+    forwarding: Forwarding = NO_FORWARDING,
+    removable: frozenset[bytes] = frozenset(),
+    removed: list[bytes] | None = None,
 ) -> bytes:
-    """The request head a shadow gets: same method, target and headers (order, case, repeats), minus
-    hop-by-hop fields and credentials, plus shadow credentials, the marker and the correlation id."""
-    if shadow.host is not None:
-        host = shadow.host.encode("latin-1")
-    elif shadow.preserve_host and authority:
-        host = authority.encode("latin-1")
-    else:
-        host = upstream.authority
+    """The request head a shadow gets: same method, target and headers (order, case, repeats) and the
+    same forwarding fields as the primary's (``RequestRewriter.forwarding``), minus hop-by-hop fields
+    and credentials, plus shadow credentials, the marker and the correlation id. The names of the
+    dropped fields in ``removable`` (what the primary got and the copy did not) go to ``removed``."""
     parts: list[bytes] = [
         method.encode("ascii"), b" ", upstream.path_prefix, target.encode("latin-1"), b" HTTP/1.1\r\nHost: ",
-        host, b"\r\n",
+        copy_host(shadow, upstream, authority), b"\r\n",
     ]  # fmt: skip
     start = len(parts)
-    had_length, saw_connection = _copy_fields(parts, headers, drop)
+    xff_at, xff_value, forwarded = forwarding
+    had_length, saw_connection = _copy_fields(parts, headers, drop, xff_at, xff_value, removable, removed)
     if saw_connection:
         # Rare: the names a Connection field lists are hop-by-hop too (RFC 9110 section 7.6.1).
         del parts[start:]
-        had_length, _ = _copy_fields(parts, headers, drop | _connection_listed(headers))
+        if removed is not None:
+            del removed[:]
+        listed = _connection_listed(headers)
+        had_length, _ = _copy_fields(parts, headers, drop | listed, xff_at, xff_value, removable - listed, removed)
+    for name, value in forwarded:
+        if name.lower() in drop:
+            # A shadow told to strip a forwarding field (``strip_headers``) is sent without it.
+            if removed is not None:
+                removed.append(name)
+            continue
+        parts += (name, b": ", value, b"\r\n")
     for name, value in credentials:
         parts += (name, b": ", value, b"\r\n")
     parts += (_MARKER_LINE, exchange_id.encode("ascii"), b"\r\n")
@@ -154,15 +227,19 @@ class _Copy:
     """
 
     __slots__ = (
-        "body", "chunks", "conn", "connecting", "deadline", "exchange", "first_byte_ns", "head", "headers",
-        "mirror", "reason", "retried", "reused", "sent_ns", "size", "status",
+        "body", "chunks", "conn", "connecting", "deadline", "delta", "exchange", "first_byte_ns", "head",
+        "headers", "mirror", "reason", "retried", "reused", "sent_ns", "size", "status",
     )  # fmt: skip
 
-    def __init__(self, mirror: ShadowMirror, exchange: ProxiedExchange, head: bytes, body: bytes, sent_ns: int) -> None:
+    def __init__(
+        self, mirror: ShadowMirror, exchange: ProxiedExchange, head: bytes, body: bytes, sent_ns: int, delta: list[Any]
+    ) -> None:
         self.mirror = mirror
         #: The exchange copied: its request fields never change once it is offered to the mirror.
         self.exchange = exchange
         self.head = head
+        #: What this copy's request has that the primary's had not, or lacks (wire form).
+        self.delta = delta
         #: The body sent: the request's, with the fields the redaction rules name rewritten.
         self.body = body
         self.sent_ns = sent_ns
@@ -287,9 +364,12 @@ class ShadowMirror:
         metrics: ProxyMetrics,
         on_outcome: OutcomeListener | None,
         redaction: RedactionRules | None = None,
+        rewriter: RequestRewriter | None = None,
     ) -> None:
         self.settings = settings
         self._flags = flags
+        #: The primary's rewriter: for the forwarding fields and the Host the primary got.
+        self._rewriter = rewriter
         self.index = flags.shadow_index[settings.name]
         self._metrics = metrics
         self._on_outcome = on_outcome
@@ -307,16 +387,21 @@ class ShadowMirror:
             | {name.encode("latin-1") for name in self._rules.names("headers")}
             | {name.lower() for name, _ in self._credentials}
         )
+        #: Dropped fields that are a change of the request (the primary got them): its delta's removed.
+        self._removable = self._drop - _NOT_A_CHANGE
+        #: Shadow credential header names: replacing the client's when it sent one, else added.
+        self._credential_names = frozenset(name.lower() for name, _ in self._credentials)
+        self._added_credentials = tuple((name, _UNRECORDED) for name, _ in self._credentials)
         #: Rewrites the query parameters and body fields the rules name (None: nothing to rewrite).
         self._redactor: Redactor | None = None
         self._target = parse_primary(settings.url, field=f"shadows.{settings.name}.url")
         self.breaker = CircuitBreaker(settings.breaker)
         self._bucket: TokenBucket | None = None
-        # (exchange, when queued). Bounded by settings.queue_size (checked in offer): the memory a
-        # stuck shadow can pin is queue_size exchanges (request bodies of at most max_body_bytes;
-        # response copies only when the record stage holds them anyway); beyond it drops are
-        # counted, never waited for.
-        self._waiting: deque[tuple[ProxiedExchange, float]] = deque()
+        # Offers, each with when it was queued. Bounded by settings.queue_size (checked in offer):
+        # the memory a stuck shadow can pin is queue_size exchanges (request bodies of at most
+        # max_body_bytes; response copies only when the record stage holds them anyway); beyond it
+        # drops are counted, never waited for.
+        self._waiting: deque[_Offer] = deque()
         self._active: set[_Copy] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -376,8 +461,10 @@ class ShadowMirror:
         redactor = Redactor(rules, key, self._swaps)
         return redactor if redactor.rewrites_targets or redactor.rewrites_bodies else None
 
-    def offer(self, exchange: ProxiedExchange, now_s: float) -> str:
-        """Send or queue a copy of ``exchange`` if rate cap, queue and breaker allow; return the decision."""
+    def offer(self, offer: _Offer) -> str:
+        """Send or queue a copy of the offer's exchange if rate cap, queue and breaker allow; return the
+        decision. ``offer`` is shared by every shadow the request is offered to."""
+        now_s = offer.offered_s
         if self._stopped or self._pool is None:
             return FailureKind.DISABLED
         if self._bucket is not None and not self._bucket.try_take(now_s):
@@ -387,7 +474,7 @@ class ShadowMirror:
             return FailureKind.QUEUE_FULL
         if not self.breaker.allow(now_s):
             return FailureKind.BREAKER_OPEN
-        self._waiting.append((exchange, now_s))
+        self._waiting.append(offer)
         self._idle.clear()
         if free_slots > 0 and not self._pump_scheduled:
             # Sent from the next loop turn: the data path's own write goes first, and this call
@@ -397,8 +484,20 @@ class ShadowMirror:
             self._loop.call_soon(self._pump)
         return MIRRORED
 
-    def _start(self, exchange: ProxiedExchange, now_s: float) -> None:
+    def _start(self, offer: _Offer, now_s: float) -> None:
         assert self._pool is not None
+        exchange = offer.exchange
+        forwarding = offer.forwarding
+        if forwarding is None:
+            # Once per request, for every shadow: the first copy to start computes it.
+            rewriter = self._rewriter
+            forwarding = offer.forwarding = (
+                NO_FORWARDING
+                if rewriter is None
+                else rewriter.forwarding(
+                    exchange.request_headers, client_ip(exchange.client_addr), exchange.scheme.encode("ascii")
+                )
+            )
         body = exchange.request_body
         if body is None:  # never offered: request_complete refuses a body it did not capture
             body = b""
@@ -411,6 +510,7 @@ class ShadowMirror:
                 body = redactor.redact_request_body(body, exchange.request_headers)
             if "?" in target:
                 target = redactor.redact_target(target)
+        removed: list[bytes] = []
         head = mirror_request_head(
             exchange.method,
             target,
@@ -422,8 +522,11 @@ class ShadowMirror:
             self._credentials,
             exchange.id,
             exchange.authority,
+            forwarding,
+            self._removable,
+            removed,
         )
-        copy = _Copy(self, exchange, head, body, time.monotonic_ns())
+        copy = _Copy(self, exchange, head, body, time.monotonic_ns(), self._delta(exchange, removed, target))
         self._active.add(copy)
         copy.deadline = now_s + self.settings.total_timeout_s
         head_only = exchange.method == "HEAD"
@@ -439,6 +542,34 @@ class ShadowMirror:
                 self._unflushed.append(conn)
         copy.reused = True
         copy.send(conn)
+
+    def _delta(self, exchange: ProxiedExchange, removed: list[bytes], target: str) -> list[Any]:
+        """The copy's request delta in wire form (``recorder.model.delta_to_wire``): ``removed`` as
+        the head left them out, a client credential the shadow's own replaced, the marker and the
+        correlation id, the Host each got, and the query parameters rewritten."""
+        credentials = self._credential_names
+        replaced: list[tuple[bytes, bytes]] = []
+        names: list[bytes] = []
+        seen: set[bytes] = set()
+        for name in removed:
+            lower = name.lower()
+            if lower in seen:
+                continue
+            seen.add(lower)
+            if lower in credentials:
+                replaced.append((name, _UNRECORDED))
+            else:
+                names.append(name)
+        added = [(name, value) for name, value in self._added_credentials if name.lower() not in seen]
+        added += (_MARKER, (_CORRELATION, exchange.id.encode("ascii")))
+        authority = exchange.authority
+        client_host = authority.encode("latin-1") if authority else None
+        rewriter = self._rewriter
+        primary_host = (client_host or b"") if rewriter is None else rewriter.host_sent(client_host)
+        shadow_host = copy_host(self.settings, self._target, authority)
+        hosts = None if shadow_host == primary_host else [primary_host.decode("latin-1"), shadow_host.decode("latin-1")]
+        query = [] if target == exchange.target else _query_delta(exchange.target, target)
+        return [names, added, replaced, hosts, query]
 
     def _filling_has_room(self) -> bool:
         filling = self._filling
@@ -523,7 +654,7 @@ class ShadowMirror:
             self.breaker.record_failure(loop.time())
         base = copy.exchange.started_mono_ns
         first_byte_ns = None if copy.first_byte_ns is None else copy.first_byte_ns - base
-        self._finish(copy.exchange, outcome, new_timing(copy.sent_ns - base, first_byte_ns, done_ns - base))
+        self._finish(copy.exchange, outcome, new_timing(copy.sent_ns - base, first_byte_ns, done_ns - base), copy.delta)
         if self._waiting and not self._pump_scheduled and not self._stopped:
             # Next copy from a fresh loop turn: this may run inside a connection's data callback.
             self._pump_scheduled = True
@@ -552,7 +683,8 @@ class ShadowMirror:
                 self._pump_scheduled = True
                 loop.call_soon(self._pump)
                 return
-            exchange, enqueued_s = waiting.popleft()
+            offer = waiting.popleft()
+            exchange, enqueued_s = offer.exchange, offer.offered_s
             if not (flags.mirroring and flags.shadow_mirroring(self.index)):
                 # The kill switch also stops copies already queued, not only new decisions.
                 drops += 1
@@ -572,7 +704,7 @@ class ShadowMirror:
                 self._finish(exchange, Failure(FailureKind.BREAKER_OPEN, "breaker opened while queued"), _NO_TIMING)
                 continue
             try:
-                self._start(exchange, now_s)
+                self._start(offer, now_s)
             except Exception as exc:  # a bug must cost this copy only, never the queue behind it
                 log.exception("mirror copy for %s could not start", self.settings.name)
                 breaker.record_cancelled()
@@ -580,11 +712,13 @@ class ShadowMirror:
         if not self._active and not waiting:
             self._idle.set()
 
-    def _finish(self, exchange: ProxiedExchange, outcome: Outcome, timing: Timing) -> None:
+    def _finish(
+        self, exchange: ProxiedExchange, outcome: Outcome, timing: Timing, delta: list[Any] | None = None
+    ) -> None:
         self._metrics.count_mirror(self.settings.name, "ok" if isinstance(outcome, Response) else outcome.kind)
         if self._on_outcome is not None:
             try:
-                self._on_outcome(exchange, self.settings.name, outcome, timing)
+                self._on_outcome(exchange, self.settings.name, outcome, timing, delta)
             except Exception:
                 log.exception("mirror outcome listener failed for %s", self.settings.name)
 
@@ -603,7 +737,7 @@ class ShadowMirror:
         await asyncio.gather(*connecting, return_exceptions=True)
         while self._waiting:
             self.breaker.record_cancelled()
-            self._finish(self._waiting.popleft()[0], cancelled, _NO_TIMING)
+            self._finish(self._waiting.popleft().exchange, cancelled, _NO_TIMING)
         self._idle.set()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -637,12 +771,16 @@ class MirrorStage:
         metrics: ProxyMetrics,
         on_outcome: OutcomeListener | None = None,
         redaction: RedactionRules | None = None,
+        forward: ForwardSettings | None = None,
     ) -> None:
+        """``forward`` is the data path's settings: the copies get the forwarding fields (and the
+        deltas the Host) the primary got by them; without it, no forwarding fields."""
         self._settings = settings
         self._routes = RouteTable(settings.routes)
         self._flags = flags
         self._metrics = metrics
-        self.shadows = [ShadowMirror(s, flags, metrics, on_outcome, redaction) for s in shadows]
+        rewriter = None if forward is None else RequestRewriter(forward)
+        self.shadows = [ShadowMirror(s, flags, metrics, on_outcome, redaction, rewriter) for s in shadows]
         # Cached: asyncio.get_running_loop() costs a getpid() system call on every call.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -682,6 +820,7 @@ class MirrorStage:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         now_s = loop.time()
+        offer: _Offer | None = None
         for shadow in self.shadows:
             name = shadow.settings.name
             if (
@@ -697,7 +836,12 @@ class MirrorStage:
             else:
                 percent = rule.sample_percent if rule.sample_percent is not None else flags.shadow_percent(shadow.index)
                 sampled = key_in_sample(key, percent) if key is not None else in_sample(percent)
-                decision = shadow.offer(exchange, now_s) if sampled else FailureKind.SAMPLED_OUT
+                if sampled:
+                    if offer is None:
+                        offer = _Offer(exchange, now_s)
+                    decision = shadow.offer(offer)
+                else:
+                    decision = FailureKind.SAMPLED_OUT
             self._decide(decisions, shadow, decision)
 
     def _decide(self, decisions: dict[str, str], shadow: ShadowMirror, decision: str) -> None:
@@ -719,3 +863,28 @@ class MirrorStage:
 
     def stats(self) -> dict[str, Any]:
         return {shadow.settings.name: shadow.stats() for shadow in self.shadows}
+
+
+def _query_pairs(target: str) -> dict[str, str]:
+    """The first raw value of each query parameter of ``target``."""
+    query = target.partition("?")[2].partition("#")[0]
+    pairs: dict[str, str] = {}
+    for item in query.split("&"):
+        name, _, value = item.partition("=")
+        if name not in pairs:
+            pairs[name] = value
+    return pairs
+
+
+def _query_delta(original: str, copy: str) -> list[list[str | None]]:
+    """The query parameters the copy got another value of, or none, as ``[name, copy's value]``;
+    a value the proxy swapped in (a shadow's credential, not a hash the tape shares) is not kept."""
+    before, after = _query_pairs(original), _query_pairs(copy)
+    out: list[list[str | None]] = []
+    for name, value in before.items():
+        new = after.get(name)
+        if new is None:
+            out.append([name, None])
+        elif new != value:
+            out.append([name, new if new.startswith("redacted:") else _UNRECORDED_TEXT])
+    return out

@@ -1,13 +1,16 @@
 """The request-side header policy for the primary path: the head sent upstream for each request.
 
 ``RequestRewriter`` turns a client request head into the head sent to the primary, by the
-``ForwardSettings`` it was made with. It must never do I/O and never change a header other than the
-hop-by-hop ones and those the settings name (Host, Via, X-Forwarded-*). Compiled with the rest of
-the data path (``proxy.native``); the settings stay in ``proxy.forward``, which is not.
+``ForwardSettings`` it was made with, and tells the mirror stage the forwarding fields
+(X-Forwarded-*, Via) that head carried (``forwarding``), so that every copy carries the same. It must
+never do I/O and never change a header other than the hop-by-hop ones and those the settings name
+(Host, Via, X-Forwarded-*). Compiled with the rest of the data path (``proxy.native``); the settings
+stay in ``proxy.forward``, which is not.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from proxy import http1
@@ -16,7 +19,14 @@ from recorder.model import Header
 if TYPE_CHECKING:
     from proxy.forward import ForwardSettings
 
-__all__ = ["RequestRewriter", "climbs_above_root"]
+__all__ = ["NO_FORWARDING", "Forwarding", "RequestRewriter", "climbs_above_root"]
+
+#: The forwarding fields a request's primary head carried, for its copies: the index (in the
+#: client's header list) of the X-Forwarded-For field the client address was appended to and that
+#: field's new value (-1 and b"" when none was), then the fields added after the client's, in order.
+Forwarding = tuple[int, bytes, tuple[Header, ...]]
+#: No forwarding fields at all (every ``x_forwarded_*`` off and no ``via``).
+NO_FORWARDING: Final[Forwarding] = (-1, b"", ())
 
 
 class RequestRewriter:
@@ -37,6 +47,60 @@ class RequestRewriter:
     @property
     def via(self) -> bytes | None:
         return self._via
+
+    def host_sent(self, client_host: bytes | None) -> bytes:
+        """The Host the primary gets for a request whose Host was ``client_host`` (None: none)."""
+        if self._host is not None or client_host is None:
+            return self._authority
+        return client_host
+
+    def forwarding(self, headers: Sequence[Header], client_ip: bytes, scheme: bytes) -> Forwarding:
+        """The forwarding fields ``head`` gives the primary for a (non-Upgrade) request, by the same
+        rules, for the mirror stage to give every copy the same values: computed once per request,
+        off the data path (the copies are sent from a later loop turn).
+
+        ``head`` puts the client address after the last hop of the last X-Forwarded-For field, or
+        adds the field; adds X-Forwarded-Proto and X-Forwarded-Host unless the client sent them
+        (X-Forwarded-Host only when it sent a Host), then Via. Fields a Connection field lists are
+        dropped before any of this, as there.
+        """
+        listed: list[bytes] | None = None
+        for name, value in headers:
+            if name.lower() == b"connection":
+                listed = _listed(value, listed, False)
+        excluded = frozenset(listed) if listed else frozenset()
+        xff_at = -1
+        seen_proto = seen_fwd_host = False
+        client_host: bytes | None = None
+        for index, (name, value) in enumerate(headers):
+            lower = name.lower()
+            if lower in excluded:
+                continue
+            kind = _REQUEST_FIELD_KINDS.get(lower)
+            if kind == _HOST:
+                client_host = value
+            elif kind == _FORWARDED_FOR:
+                xff_at = index
+            elif kind == _FORWARDED_PROTO:
+                seen_proto = True
+            elif kind == _FORWARDED_HOST:
+                seen_fwd_host = True
+        xff_value = b""
+        added: list[Header] = []
+        if self._forwarded_for:
+            if xff_at >= 0:
+                xff_value = headers[xff_at][1] + b", " + client_ip
+            else:
+                added.append((b"X-Forwarded-For", client_ip))
+        else:
+            xff_at = -1
+        if self._forwarded_proto and not seen_proto:
+            added.append((b"X-Forwarded-Proto", scheme))
+        if self._forwarded_host and not seen_fwd_host and client_host is not None:
+            added.append((b"X-Forwarded-Host", client_host))
+        if self._via is not None:
+            added.append((b"Via", self._via))
+        return xff_at, xff_value, tuple(added)
 
     def escapes_prefix(self, target: bytes) -> bool:
         """Whether ``target`` would leave the primary's path prefix once the primary resolves its dot

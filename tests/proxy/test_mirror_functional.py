@@ -10,16 +10,19 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from proxy.app import ProxyApp
 from proxy.config import ProxyConfig, RuntimeFlags
 from proxy.metrics import ProxyMetrics
 from proxy.mirror import MirrorStage
 from proxy.stages import ProxiedExchange
-from recorder.model import Failure, FailureKind, Outcome, Response, Timing
+from recorder import TapeReader
+from recorder.model import Failure, FailureKind, Outcome, RequestDelta, Response, Timing
 from recorder.redact import RedactionRules, Redactor, resolve_redaction_key
 from tests.proxy.conftest import hang_up
 
@@ -48,10 +51,14 @@ def exchange(
 class Outcomes:
     def __init__(self) -> None:
         self.items: dict[tuple[str, str], tuple[Outcome, Timing]] = {}
+        self.deltas: dict[tuple[str, str], list[Any] | None] = {}
         self.changed = asyncio.Event()
 
-    def __call__(self, exchange: ProxiedExchange, shadow: str, outcome: Outcome, timing: Timing) -> None:
+    def __call__(
+        self, exchange: ProxiedExchange, shadow: str, outcome: Outcome, timing: Timing, delta: list[Any] | None
+    ) -> None:
         self.items[exchange.id, shadow] = (outcome, timing)
+        self.deltas[exchange.id, shadow] = delta
         self.changed.set()
 
     async def wait_for(self, count: int, timeout_s: float = 10.0) -> None:
@@ -166,6 +173,16 @@ async def test_mirrored_copy_is_marked_stripped_and_recorded(echo_shadow: Any, m
     assert timing.sent_ns is not None and timing.done_ns is not None and timing.done_ns >= timing.sent_ns
     assert metrics.mirror_outcomes[("v2", "mirrored")] == 1 and metrics.mirror_outcomes[("v2", "ok")] == 1
     assert metrics.shadow_latency["v2"].count == 1
+    # What the copy lost and gained against the request the primary got, for the tape: hop-by-hop
+    # fields are no change (the primary lacks them too), the client's X-Api-Key was replaced by the
+    # shadow's (a secret: not recorded), and each got its own Host.
+    assert outcomes.deltas[ex.id, "v2"] == [
+        [b"Authorization", b"Cookie", b"Expect"],
+        [(b"X-Shadowtap-Shadow", b"1"), (b"X-Shadowtap-Correlation-Id", ex.id.encode())],
+        [(b"X-Api-Key", b"redacted:credential")],
+        ["front.example", "v2.internal"],
+        [],
+    ]
 
 
 POST_OPT_IN: dict[str, Any] = {"routes": [{"path": "/**", "mirror_methods": ["GET", "POST"]}]}
@@ -256,6 +273,12 @@ async def test_shadow_credentials_are_swapped_into_fields_and_configured_rules_a
     # A shadow that keeps secrets gets the request as it came (hop-by-hop and strip_headers aside).
     assert v3["target"] == "/pay?api_key=client-key&tenant_key=tk" and v3["body"] == body
     assert b"authorization" not in [k.lower() for k, _ in v3["headers"]]  # strip_headers still holds
+    # The deltas name the rewritten parameters: a hash the tape shares is kept, a swapped-in secret not.
+    ((ex_id, _),) = {key for key in outcomes.deltas if key[1] == "v2"}
+    v2_delta, v3_delta = outcomes.deltas[ex_id, "v2"], outcomes.deltas[ex_id, "v3"]
+    assert v2_delta is not None and v3_delta is not None
+    assert v2_delta[4] == [["api_key", "redacted:credential"], ["tenant_key", tenant]]
+    assert v2_delta[0] == [b"Authorization"] and v3_delta[0] == [b"Authorization"] and v3_delta[4] == []
 
 
 async def test_unsafe_methods_only_by_route_opt_in(echo_shadow: Any) -> None:
@@ -706,3 +729,74 @@ async def test_a_shadow_lost_before_the_copy_is_sent_fails_the_copy_at_once(dial
     assert stage.stats()["gone"]["in_flight"] == 0
     await stage.aclose(1.0)
     await server.close()
+
+
+async def test_a_copy_gets_the_forwarding_fields_the_primary_got_and_the_tape_its_delta(tmp_path: Path) -> None:
+    """Through the assembled proxy: the primary and the shadow see the same X-Forwarded-* and Via
+    values (computed once for both), and the tape says what else the copy had or lacked."""
+    primary_seen: list[list[tuple[bytes, bytes]]] = []
+    shadow_seen: list[list[tuple[bytes, bytes]]] = []
+
+    def recorder(seen: list[list[tuple[bytes, bytes]]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            seen.append(list(request.raw_headers))
+            return web.Response(text="ok")
+
+        return handler
+
+    primary_runner, primary_url = await start_app(recorder(primary_seen))
+    shadow_runner, shadow_url = await start_app(recorder(shadow_seen))
+    app = ProxyApp(
+        ProxyConfig.from_mapping(
+            {
+                "listen": "127.0.0.1:0", "admin": {"listen": None}, "primary": primary_url,
+                "forward": {"via": "edge"}, "shadows": {"v2": shadow_url},
+                "record": {"tape": str(tmp_path / "tape"), "redaction": False},
+            }
+        )
+    )  # fmt: skip
+    await app.start()
+    try:
+        assert app.listen_url is not None
+        host = app.listen_url.removeprefix("http://")
+        reader, writer = await asyncio.open_connection(*host.rsplit(":", 1))
+        writer.write(
+            b"GET /items?x=1 HTTP/1.1\r\nHost: front.example\r\nX-Forwarded-For: 203.0.113.9\r\n"
+            b"Authorization: Bearer client\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        assert (await reader.read()).startswith(b"HTTP/1.1 200")
+        writer.close()
+        for _ in range(200):
+            if shadow_seen:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await app.shutdown()
+        await primary_runner.cleanup()
+        await shadow_runner.cleanup()
+
+    def forwarded(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        names = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via")
+        return [(k.lower(), v) for k, v in headers if k.lower() in names]
+
+    (primary_headers,), (shadow_headers,) = primary_seen, shadow_seen
+    assert (
+        forwarded(shadow_headers)
+        == forwarded(primary_headers)
+        == [
+            (b"x-forwarded-for", b"203.0.113.9, 127.0.0.1"),
+            (b"x-forwarded-proto", b"http"),
+            (b"x-forwarded-host", b"front.example"),
+            (b"via", b"1.1 edge"),
+        ]
+    )
+    (taped,) = list(TapeReader(tmp_path / "tape"))
+    shadow_host = shadow_url.removeprefix("http://")
+    assert taped.request_deltas == {
+        "v2": RequestDelta(
+            removed=(b"Authorization",),
+            added=((b"X-Shadowtap-Shadow", b"1"), (b"X-Shadowtap-Correlation-Id", taped.id.encode())),
+            authority=("front.example", shadow_host),
+        )
+    }
