@@ -9,8 +9,12 @@ response of a replay target. This module must never load a whole file, never let
 a request it does not answer, and never make a cut last record fatal (it is reported as a torn tail).
 
 Pairing: responses are matched to requests by id, and within one id strictly in arrival order (HTTP/1.x
-answers in request order on a connection, and GoReplay can reuse an id there). Exchanges are emitted in
-request order once complete; a bounded window of waiting requests (``max_pending``) keeps memory flat.
+answers in request order on a connection, and GoReplay can reuse an id there). GoReplay 1.3 ids end in
+a TCP number (a request's ack, a response's seq): requests pipelined on one connection share an id
+while their responses do not, so a response whose id matches nothing is paired with the oldest waiting
+request of its connection when it starts exactly where that connection's previous response ended.
+Interim 1xx responses (``100 Continue``) never become the answer. Exchanges are emitted in request
+order once complete; a bounded window of waiting requests (``max_pending``) keeps memory flat.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ DEFAULT_MAX_RECORD_BYTES: Final = 64 << 20
 DEFAULT_MAX_PENDING: Final = 1_000
 #: The same window in payload bytes, so a run of large bodies cannot hold much memory.
 DEFAULT_MAX_PENDING_BYTES: Final = 64 << 20
+_SEQ_MODULO: Final = 1 << 32
 
 
 class GorRecord(NamedTuple):
@@ -216,6 +221,10 @@ class GorReader:
         # Per id, requests still waiting for a type-2 (resp. type-3) record, oldest first.
         await_original: dict[str, deque[_Pending]] = {}
         await_replay: dict[str, deque[_Pending]] = {}
+        # Per (record type, GoReplay 1.3 connection): the TCP sequence number where the next response
+        # starts, the last response's plus its length. Only connections with requests in the window
+        # need one, so it keeps the most recent ``max_pending`` connections.
+        next_seq: OrderedDict[tuple[bytes, str], int] = OrderedDict()
         sequence = 0
         pending_bytes = 0
         for record in records:
@@ -248,13 +257,35 @@ class GorReader:
                 sequence += 1
             elif record.kind in (ORIGINAL_RESPONSE, REPLAYED_RESPONSE):
                 is_original = record.kind == ORIGINAL_RESPONSE
-                waiting = (await_original if is_original else await_replay).get(record.id)
+                awaiting = await_original if is_original else await_replay
+                position = _connection_seq(record.id)
+                continues = False
+                if position is not None:
+                    key = (record.kind, position[0])
+                    continues = next_seq.pop(key, None) == position[1]
+                    next_seq[key] = (position[1] + len(record.payload)) % _SEQ_MODULO
+                    if len(next_seq) > self.max_pending:
+                        next_seq.popitem(last=False)
+                if _is_interim(record.payload):
+                    # 100 Continue and friends: the final response follows (GoReplay 1.3 even writes the
+                    # interim one before its request, on the request's id before its shift).
+                    self.report.note("interim 1xx responses (100 Continue: not kept, the final response is)")
+                    continue
+                rid = record.id
+                waiting = awaiting.get(rid)
+                if not waiting and continues and position is not None:
+                    rid = _oldest_on_connection(awaiting, position[0]) or rid
+                    waiting = awaiting.get(rid)
+                    if waiting:
+                        self.report.note(
+                            "responses paired by connection and TCP sequence (pipelined requests sharing an id)"
+                        )
                 if not waiting:
                     self.report.skip(f"type {record.kind.decode()} responses with no waiting request")
                     continue
                 item = waiting.popleft()
                 if not waiting:
-                    del (await_original if is_original else await_replay)[record.id]
+                    del awaiting[rid]
                 try:
                     response, note = parse_response(record.payload, request_method=item.request.method)
                 except HttpParseError as exc:
@@ -332,6 +363,29 @@ class GorReader:
             connection_id=_connection_id(item.gor_id),
             tags=tags,
         )
+
+
+def _connection_seq(gor_id: str) -> tuple[str, int] | None:
+    """A GoReplay 1.3 id as (connection, TCP number); ``None`` for other ids."""
+    if len(gor_id) == 24 and _HEX_ID_RE.fullmatch(gor_id):
+        return gor_id[:16], int(gor_id[16:], 16)
+    return None
+
+
+def _oldest_on_connection(awaiting: dict[str, deque[_Pending]], connection: str) -> str | None:
+    """The id of the oldest request waiting on ``connection`` (a scan, but only for unmatched responses)."""
+    best: _Pending | None = None
+    for rid, waiting in awaiting.items():
+        on_connection = len(rid) == 24 and rid.startswith(connection)
+        if waiting and on_connection and (best is None or waiting[0].sequence < best.sequence):
+            best = waiting[0]
+    return None if best is None else best.gor_id
+
+
+def _is_interim(payload: bytes) -> bool:
+    """Whether ``payload`` is a 1xx response other than 101 (which ends the HTTP exchange)."""
+    status = payload[9:12] if payload.startswith(b"HTTP/1.") else b""
+    return len(status) == 3 and status.startswith(b"1") and status.isdigit() and status != b"101"
 
 
 def _connection_id(gor_id: str) -> str:

@@ -105,6 +105,65 @@ def test_reused_id_pairs_responses_in_order_and_never_crosses_requests() -> None
     assert exchanges[0].id != exchanges[1].id and exchanges[1].tags["gor.id_reused"] == "1"
 
 
+def test_keep_alive_connection_with_pipelined_requests_sharing_an_id() -> None:
+    # GoReplay 1.3's ids (tests/recorder/gor_keepalive.py): two pipelined requests share one id, their
+    # responses do not (the second's is the first's sequence number plus its length); an
+    # Expect: 100-continue request has its interim answer first, on the unshifted id.
+    exchanges, reader = read(FIXTURES / "keepalive-1.3.gor")
+    report = reader.report
+    assert report.records == 13 and report.imported == 6 and report.skipped == {}
+    assert [ex.request.target for ex in exchanges] == [
+        "/items/1",
+        "/items/2",
+        "/items/3",
+        "/items/4",
+        "/other",
+        "/items",
+    ]
+    for ex in exchanges:
+        assert isinstance(ex.primary, Response), ex.request.target
+    for ex, name in zip(exchanges, [b"first", b"second", b"third", b"fourth"], strict=False):
+        assert isinstance(ex.primary, Response) and b'"name": "' + name + b'"' in ex.primary.body
+    post = exchanges[5].primary
+    assert isinstance(post, Response) and post.status == 201  # never the 100 Continue
+    assert {ex.connection_id for ex in exchanges if ex.request.target != "/other"} == {"gor:d4311f907f000001"}
+    assert exchanges[3].id == exchanges[2].id + ".3" and exchanges[3].timings["primary"].first_byte_ns == 1_000_000
+    assert report.notes == {
+        "requests reusing the id of a waiting request (paired in order)": 1,
+        "responses paired by connection and TCP sequence (pipelined requests sharing an id)": 1,
+        "interim 1xx responses (100 Continue: not kept, the final response is)": 1,
+    }
+
+
+def test_an_interim_response_on_the_same_id_is_not_the_answer() -> None:
+    # GoReplay 1.2 ids are one hash for a request and all its responses.
+    rid = "9" * 40
+    post = b"POST /up HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi"
+    data = (
+        record(1, rid, 100, post)
+        + record(2, rid, 110, b"HTTP/1.1 100 Continue\r\n\r\n")
+        + record(2, rid, 120, ok(b"done"))
+    )
+    (ex,), reader = _parse_with_reader(data)
+    assert isinstance(ex.primary, Response) and ex.primary.status == 200 and ex.primary.body == b"done"
+    assert reader.report.skipped == {}
+
+
+def test_a_response_is_paired_by_sequence_only_when_it_continues_the_connection() -> None:
+    conn = "c3501f900a000007"
+    first = ok(b"first")
+    data = (
+        record(1, f"{conn}00000100", 1, get("/a"))
+        + record(1, f"{conn}00000100", 2, get("/b"))
+        + record(2, f"{conn}00000100", 3, first)
+        # Not where the connection's next answer starts: no guess, it is skipped and counted.
+        + record(2, f"{conn}{0x100 + len(first) + 1:08x}", 4, ok(b"second"))
+    )
+    exchanges, reader = _parse_with_reader(data)
+    assert [ex.primary is None for ex in exchanges] == [False, True]
+    assert reader.report.skipped == {"type 2 responses with no waiting request": 1}
+
+
 def test_goreplay_13_ids_name_the_client_connection() -> None:
     # Client port 0xc350, server port 0x1f90, client IP 10.0.0.7, then the ack number.
     same_connection = ["c3501f900a000007" + ack for ack in ("00000001", "000001f4")]
@@ -405,3 +464,13 @@ def test_memory_stays_bounded_however_long_the_file(tmp_path: Path, monkeypatch:
     assert count == 4000
     # A read chunk, its copy while compacting, and 20 waiting exchanges: far below the 4 MB file.
     assert peak_bytes < 1_000_000
+
+
+def test_keep_alive_capture_exports_and_reads_back_the_same_pairs(tmp_path: Path) -> None:
+    original, _ = read(FIXTURES / "keepalive-1.3.gor")
+    out = tmp_path / "again.gor"
+    assert write_gor(original, out).exported == 6
+    again, reader = read(out)
+    # Written back, each response carries its request's id, so no sequence pairing is needed.
+    assert [(ex.request, ex.primary) for ex in again] == [(ex.request, ex.primary) for ex in original]
+    assert reader.report.skipped == {} and reader.report.imported == 6
