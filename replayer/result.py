@@ -20,6 +20,21 @@ from replayer.stats import ReplayStats
 __all__ = ["JobResult", "raise_job_error", "replay_exchange"]
 
 
+#: Plan figures every worker of a job counts in full (see ``JobResult.merge``).
+_PER_TAPE = frozenset(
+    {
+        "read",
+        "iterations",
+        "torn_tails",
+        "skipped_ranges",
+        "skipped_unsafe_method",
+        "skipped_filter",
+        "skipped_window",
+        "skipped_sample",
+    }
+)
+
+
 @dataclass(slots=True)
 class JobResult:
     """What a job did, in a form that crosses process boundaries (``encode``/``decode``)."""
@@ -36,8 +51,9 @@ class JobResult:
     def merge(self, other: JobResult) -> None:
         self.stats.merge(other.stats)
         for key, value in other.plan_stats.items():
-            # Every worker reads the whole tape: these are per tape, not per worker.
-            if key in ("read", "iterations", "torn_tails", "skipped_ranges"):
+            # Every worker reads the whole tape and leaves out the same exchanges before it keeps
+            # its own sessions: these are per tape, not per worker.
+            if key in _PER_TAPE:
                 self.plan_stats[key] = max(self.plan_stats.get(key, 0), value)
             elif key != "skipped_other_shard":
                 self.plan_stats[key] = self.plan_stats.get(key, 0) + value

@@ -18,6 +18,7 @@ def result(requests: int, **kw: object) -> JobResult:
             "GET /", t0_ns=0, due_ns=i, released_ns=i, sent_ns=i, done_ns=i + 10_000, status=200, error=None
         )
     plan = {"read": 100, "planned": requests, "iterations": 1, "torn_tails": 1, "skipped_other_shard": 7}
+    plan |= {"skipped_unsafe_method": 4, "skipped_filter": 3, "skipped_window": 2, "skipped_sample": 1}
     return JobResult(stats, plan, planned=requests, results_written=requests, **kw)  # type: ignore[arg-type]
 
 
@@ -28,6 +29,9 @@ def test_round_trip_and_merge() -> None:
     assert a.results_dropped == 2 and a.stopped
     # Per-tape figures are not added up across workers; per-worker ones are.
     assert a.plan_stats["read"] == 100 and a.plan_stats["torn_tails"] == 1 and a.plan_stats["planned"] == 15
+    # Every worker reads the whole tape, so each skips the same exchanges (--workers 2 showed twice as many).
+    skipped = {k: v for k, v in a.plan_stats.items() if k.startswith("skipped_") and k != "skipped_other_shard"}
+    assert skipped == {"skipped_unsafe_method": 4, "skipped_filter": 3, "skipped_window": 2, "skipped_sample": 1}
 
 
 def test_errors_come_back_as_their_shadowtap_class() -> None:
