@@ -20,6 +20,7 @@ SNIFF_BYTES: Final = 4096
 _GOR_HEADER: Final = re.compile(rb"[123] [0-9A-Za-z_.:-]{1,128} \d+( -?\d+)?\r?\n")
 _TNETSTRING: Final = re.compile(rb"\d{1,12}:")
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
+_ZIP_MAGIC: Final = b"PK\x03\x04"
 
 
 def sniff(head: bytes) -> str | None:
@@ -46,6 +47,13 @@ def detect_format(path: str | Path) -> str:
     finally:
         stream.close()
     found = sniff(head)
+    if found is None and head.startswith(_ZIP_MAGIC):
+        raise InputFormatError(
+            "is a zip archive (Playwright writes its HAR so when the name ends in .zip): "
+            "unzip it and import the .har inside, with its body files beside it",
+            path=str(path),
+            offset=0,
+        )
     if found is None:
         what = "the file is empty" if not head else "its start matches none of HAR, mitmproxy flows or GoReplay"
         raise InputFormatError(f"cannot tell the format ({what}); name it with --from", path=str(path), offset=0)

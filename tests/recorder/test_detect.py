@@ -20,6 +20,10 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
         ("goreplay/httpbin-cut.gor", "gor", GorReader, 12),
         ("mitmproxy/httpbin.mitm", "mitm", MitmReader, 14),
         ("mitmproxy/httpbin.har", "har", HarReader, 14),
+        ("mitmproxy/every-type.mitm", "mitm", MitmReader, 12),
+        ("chromium/playwright.har", "har", HarReader, 15),
+        ("chromium/attach/playwright.har", "har", HarReader, 15),
+        ("goreplay/keepalive-1.3.gor", "gor", GorReader, 6),
     ],
 )
 def test_every_fixture_is_recognised_and_imports(name: str, fmt: str, reader: type, count: int) -> None:
@@ -71,3 +75,15 @@ def test_unknown_empty_and_directory_inputs_are_clear_errors(tmp_path: Path) -> 
         detect_format(tmp_path / "missing.har")
     with pytest.raises(ConfigError, match="unknown format 'pcap'"):
         open_importer(junk, "pcap")
+
+
+def test_a_playwright_har_zip_says_to_unzip_it(tmp_path: Path) -> None:
+    import zipfile
+
+    # Playwright writes the HAR and its bodies as a zip when record_har_path ends in .zip.
+    packed = tmp_path / "session.zip"
+    with zipfile.ZipFile(packed, "w") as archive:
+        archive.write(FIXTURES / "chromium" / "playwright.har", "har.har")
+    with pytest.raises(InputFormatError, match="zip archive") as info:
+        detect_format(packed)
+    assert "unzip it" in str(info.value) and info.value.path == str(packed)
