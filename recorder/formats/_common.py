@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
 from recorder.errors import InputFormatError, ShadowtapError, TapeWriteError
-from recorder.model import Exchange, Headers
+from recorder.model import Exchange, FailureKind, Headers
 
 __all__ = [
+    "FAILURE_KINDS",
     "FORMAT_NAMES",
     "ExportReport",
     "Importer",
@@ -30,6 +31,8 @@ __all__ = [
     "writing",
 ]
 
+#: Every ``FailureKind`` value: an exported failure carries its kind, and an import trusts only these.
+FAILURE_KINDS: Final = frozenset(v for k, v in vars(FailureKind).items() if k.isupper() and isinstance(v, str))
 #: The formats ``--from`` / ``--to`` accept.
 FORMAT_NAMES: Final = ("har", "mitm", "gor")
 #: GoReplay writes gzip when its output file name ends in ``.gz``; such inputs are read through it.

@@ -35,6 +35,7 @@ from urllib.parse import parse_qsl, quote_plus, urlsplit
 
 from recorder.errors import InputFormatError
 from recorder.formats._common import (
+    FAILURE_KINDS,
     ExportReport,
     GunzipStream,
     ImportReport,
@@ -62,6 +63,8 @@ _NO_RESPONSE_STATUSES: Final = frozenset({-1, 0})
 #: Responses that have no body whatever their headers say.
 _BODILESS_STATUSES: Final = frozenset({204, 304})
 _WEBSOCKET_SCHEMES: Final = {"ws": "http", "wss": "https"}
+#: Where shadowtap's HAR export keeps a failure's kind, so it survives a round trip.
+_FAILURE_KIND_FIELD: Final = "_shadowtapFailureKind"
 #: Browser error names (Chromium's net::ERR_*, Firefox's NS_*) by the failure they mean. Checked in
 #: order; the first family with a matching word wins, so "CONNECTION_TIMED_OUT" is a timeout.
 _BROWSER_ERROR_KINDS: Final = (
@@ -584,7 +587,10 @@ class HarReader:
                 error = value
                 break
         if status in _NO_RESPONSE_STATUSES:
-            return Failure(browser_failure_kind(error), error or f"no response (status {status})")
+            kind = raw.get(_FAILURE_KIND_FIELD)
+            if not (isinstance(kind, str) and kind in FAILURE_KINDS):
+                kind = browser_failure_kind(error)
+            return Failure(kind, error or f"no response (status {status})")
         if not 100 <= status <= 999:
             raise e.fail(f"status {status} is not an HTTP status", _ptr(pointer, "status"))
         if error:
@@ -793,6 +799,8 @@ def _entry(exchange: Exchange, report: ExportReport) -> dict[str, Any]:
             "bodySize": -1,
             "_error": outcome.message or outcome.kind if isinstance(outcome, Failure) else "no response recorded",
         }
+        if isinstance(outcome, Failure):
+            response_json[_FAILURE_KIND_FIELD] = outcome.kind
     sent_ms = (timing.sent_ns or 0) / _NS_PER_MS if timing else 0.0
     first_byte_ms = (timing.first_byte_ns or 0) / _NS_PER_MS if timing else 0.0
     done_ms = (timing.done_ns or 0) / _NS_PER_MS if timing else 0.0

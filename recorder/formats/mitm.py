@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from recorder.errors import InputFormatError
 from recorder.formats._common import (
+    FAILURE_KINDS,
     GZIP_MAGIC,
     ExportReport,
     ImportReport,
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["MitmReader", "exchange_from_flow", "flow_from_exchange", "write_mitm"]
 
 _NS_PER_S: Final = 1_000_000_000
+#: The flow metadata key where shadowtap's export keeps a failure's kind, so it survives a round trip.
+_FAILURE_KIND_KEY: Final = "shadowtap.failure_kind"
 #: A tnetstring length prefix is at most 12 digits (mitmproxy's own limit).
 _MAX_PREFIX_DIGITS: Final = 12
 
@@ -132,7 +135,10 @@ def exchange_from_flow(flow: http.HTTPFlow, *, body_cap_bytes: int | None = None
         )
     if flow.error is not None:
         if primary is None:
-            primary = Failure(_failure_kind(flow.error.msg), flow.error.msg)
+            kind = flow.metadata.get(_FAILURE_KIND_KEY)
+            if not (isinstance(kind, str) and kind in FAILURE_KINDS):
+                kind = _failure_kind(flow.error.msg)
+            primary = Failure(kind, flow.error.msg)
         else:
             tags["mitm.error"] = flow.error.msg
     if flow.websocket is not None:
@@ -310,6 +316,7 @@ def flow_from_exchange(exchange: Exchange) -> http.HTTPFlow:
             flow.error = mflow.Error(error)
     elif isinstance(outcome, Failure):
         flow.error = mflow.Error(outcome.message or outcome.kind)
+        flow.metadata[_FAILURE_KIND_KEY] = outcome.kind
     comment = exchange.tags.get("mitm.comment")
     if comment:
         flow.comment = comment

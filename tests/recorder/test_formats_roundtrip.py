@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions, TapeReader
+from recorder import Exchange, Failure, FailureKind, Request, Response, SyncTapeWriter, TapeOptions, TapeReader
 from recorder.formats import GorReader, HarReader, MitmReader, open_importer, write_gor, write_har, write_mitm
 from recorder.formats._common import ExportReport
 
@@ -155,3 +155,17 @@ def test_exports_are_private_files(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     (back,) = open_importer(path)
     assert back.request.path == "/a" and isinstance(back.primary, Response) and back.primary.body == b"ok"
+
+
+def test_a_browser_hars_failures_keep_their_kind_through_har_and_mitm() -> None:
+    before = list(HarReader(FIXTURES / "chromium" / "playwright.har"))
+    kinds = [ex.primary.kind if isinstance(ex.primary, Failure) else None for ex in before]
+    assert sorted(k for k in kinds if k) == ["aborted", "aborted", "aborted", "connect-error"]
+    failure = Exchange(
+        id="f", started_at_ns=1, request=Request("GET", "/x"), primary=Failure(FailureKind.TIMEOUT, "upstream slow")
+    )
+    for write, suffix in ((write_har, "har"), (write_mitm, "mitm")):
+        after = through([*before, failure], write, suffix)
+        assert [ex.primary for ex in after if isinstance(ex.primary, Failure)] == [
+            ex.primary for ex in [*before, failure] if isinstance(ex.primary, Failure)
+        ], suffix

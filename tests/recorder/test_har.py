@@ -282,9 +282,10 @@ def test_export_decodes_wire_bodies_and_marks_binary_as_base64(tmp_path: Path) -
     assert post["encoding"] == "base64" and base64.b64decode(post["text"]) == b"\xff\x00binary"
     assert first["timings"]["connect"] == 1.0 and first["timings"]["wait"] == 2.0 and first["time"] == 4.0
     assert second["response"]["status"] == 0 and second["response"]["_error"] == "slow"
+    assert second["response"]["_shadowtapFailureKind"] == "timeout"
     back, _ = read(out)
     assert back[0].request.body == b"\xff\x00binary"
-    assert back[1].primary == Failure(FailureKind.OTHER, "slow")
+    assert back[1].primary == Failure(FailureKind.TIMEOUT, "slow")
 
 
 def test_exported_har_loads_in_mitmproxy(tmp_path: Path) -> None:
@@ -651,3 +652,11 @@ def test_firefox_har_quirks(tmp_path: Path) -> None:
 def test_connection_is_a_connection_id_for_other_producers(tmp_path: Path) -> None:
     (ex,), _ = read(har_file(tmp_path, [entry(connection="443")]))
     assert ex.connection_id == "443" and "har.server_port" not in ex.tags
+
+
+def test_an_unknown_failure_kind_in_the_har_is_not_trusted(tmp_path: Path) -> None:
+    failed = entry()
+    failed["response"] = {"status": 0, "headers": [], "content": {}, "_error": "net::ERR_ABORTED"}
+    failed["response"]["_shadowtapFailureKind"] = "made-up"
+    (ex,), _ = read(har_file(tmp_path, [failed]))
+    assert ex.primary == Failure(FailureKind.ABORTED, "net::ERR_ABORTED")
