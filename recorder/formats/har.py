@@ -25,6 +25,7 @@ import codecs
 import gzip
 import hashlib
 import json
+import re
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -63,6 +64,9 @@ _NO_RESPONSE_STATUSES: Final = frozenset({-1, 0})
 #: Responses that have no body whatever their headers say.
 _BODILESS_STATUSES: Final = frozenset({204, 304})
 _WEBSOCKET_SCHEMES: Final = {"ws": "http", "wss": "https"}
+_HTTP_SCHEMES: Final = frozenset({"http", "https", *_WEBSOCKET_SCHEMES})
+#: A URL's scheme; "host:8080/..." (a port, no scheme) does not match, and stays a malformed URL.
+_URL_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(?!\d)")
 #: Where shadowtap's HAR export keeps a failure's kind, so it survives a round trip.
 _FAILURE_KIND_FIELD: Final = "_shadowtapFailureKind"
 #: Browser error names (Chromium's net::ERR_*, Firefox's NS_*) by the failure they mean. Checked in
@@ -404,7 +408,13 @@ class HarReader:
         if not isinstance(entry, dict):
             raise e.fail("entry must be an object", pointer)
         tags: dict[str, str] = {"source": "har"}
-        request = self._request(e, e.get(entry, "request", dict, pointer), _ptr(pointer, "request"), tags)
+        raw_request = e.get(entry, "request", dict, pointer)
+        scheme = _URL_SCHEME.match(raw_request.get("url") or "") if isinstance(raw_request.get("url"), str) else None
+        if scheme is not None and scheme.group(1).lower() not in _HTTP_SCHEMES:
+            # blob:, data:, chrome-extension:... (Playwright records blob: fetches): no HTTP request.
+            self.report.skip(f"entries with a {scheme.group(1).lower()}: URL (not HTTP)")
+            return None
+        request = self._request(e, raw_request, _ptr(pointer, "request"), tags)
         started = e.get(entry, "startedDateTime", str, pointer)
         started_ns = _parse_started(started)
         if started_ns is None:

@@ -176,6 +176,7 @@ def test_missing_content_text_marks_the_body_truncated(tmp_path: Path) -> None:
         (lambda e: e["request"]["headers"].append({"name": "x"}), "log.entries[1].request.headers[1].value", "missing"),
         (lambda e: e["request"].pop("url"), "log.entries[1].request.url", "missing 'url'"),
         (lambda e: e["request"].update(url="/relative"), "log.entries[1].request.url", "not absolute"),
+        (lambda e: e["request"].update(url="api.test:8080/p"), "log.entries[1].request.url", "not absolute"),
         (lambda e: e.update(startedDateTime="yesterday"), "log.entries[1].startedDateTime", "ISO 8601"),
         (lambda e: e["response"].update(status="200"), "log.entries[1].response.status", "must be a number"),
         (lambda e: e["response"].update(status=True), "log.entries[1].response.status", "must be a number"),
@@ -660,3 +661,16 @@ def test_an_unknown_failure_kind_in_the_har_is_not_trusted(tmp_path: Path) -> No
     failed["response"]["_shadowtapFailureKind"] = "made-up"
     (ex,), _ = read(har_file(tmp_path, [failed]))
     assert ex.primary == Failure(FailureKind.ABORTED, "net::ERR_ABORTED")
+
+
+def test_entries_that_are_not_http_are_skipped_and_counted(tmp_path: Path) -> None:
+    # Playwright records a fetch of a blob: URL made on an about:blank page (seen with Chromium 156) as
+    # an entry; a data: URL entry has no host either. Neither was an HTTP request.
+    blob = entry()
+    blob["request"]["url"] = "blob:null/1e17e82f-10f3-452d-aaac-0e64f8d1b2c3"
+    data = entry()
+    data["request"]["url"] = "data:text/plain,hello"
+    (ex,), reader = read(har_file(tmp_path, [blob, entry(), data]))
+    assert ex.request.authority == "api.test"
+    assert reader.report.records == 3 and reader.report.imported == 1
+    assert reader.report.skipped == {"entries with a blob: URL (not HTTP)": 1, "entries with a data: URL (not HTTP)": 1}
