@@ -17,6 +17,10 @@ ALL = [
     FIXTURES / "goreplay" / "httpbin-cut.gor",
     FIXTURES / "mitmproxy" / "httpbin.mitm",
     FIXTURES / "mitmproxy" / "httpbin.har",
+    FIXTURES / "chromium" / "playwright.har",
+    FIXTURES / "chromium" / "attach" / "playwright.har",
+    FIXTURES / "mitmproxy" / "every-type.mitm",
+    FIXTURES / "goreplay" / "keepalive-1.3.gor",
 ]
 
 
@@ -24,13 +28,14 @@ def test_all_fixtures_import_with_expected_counts(tmp_path: Path, capsys: pytest
     tape = tmp_path / "tape"
     assert main(["import", *map(str, ALL), "--out", str(tape), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert [i["imported"] for i in report["inputs"]] == [14, 12, 12, 14, 14]
-    assert [i["format"] for i in report["inputs"]] == ["gor", "gor", "gor", "mitm", "har"]
-    assert [i["records"] for i in report["inputs"]] == [28, 24, 23, 14, 14]
+    assert [i["imported"] for i in report["inputs"]] == [14, 12, 12, 14, 14, 15, 15, 12, 6]
+    assert [i["format"] for i in report["inputs"]] == ["gor", "gor", "gor", "mitm", "har", "har", "har", "mitm", "gor"]
+    assert [i["records"] for i in report["inputs"]] == [28, 24, 23, 14, 14, 15, 15, 15, 13]
+    assert [sum(i["failures"].values()) for i in report["inputs"]] == [0, 0, 0, 0, 0, 4, 4, 4, 0]
     torn = report["inputs"][2]["torn_tail"]
     assert torn == {"offset": 8629, "length_bytes": 371, "reason": "last record ends before its separator"}
     exchanges = list(TapeReader(tape))
-    assert len(exchanges) == 66
+    assert len(exchanges) == 66 + 15 + 15 + 12 + 6
     assert {ex.tags["source"] for ex in exchanges} == {"gor", "mitm", "har"}
 
 
