@@ -3,8 +3,9 @@
 Fast path first: equal status, equal raw headers and equal body bytes cost a few comparisons. Only
 then are headers filtered and bodies decoded and parsed, and JSON walked as a tree. Each difference
 names its folded path (array indexes as ``[*]``, for counting), its full path (for examples), its
-kind and the value-class transition, and says when a volatile detector explains it. This module is
-pure and synchronous: it must never do I/O, and never decide what is noise beyond the detectors.
+kind and the value-class transition, and says when a volatile detector explains it, or the proxy's
+own change of the candidate's request (``differ.rewrites``: the answer merely echoes it). This module
+is pure and synchronous: it must never do I/O, and never decide what is noise beyond these.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Final
 from differ.config import CompareOptions
 from differ.normalize import Body, header_map, parse_body
 from differ.paths import folded_path, full_path
+from differ.rewrites import Rewrites
 from differ.volatile import VOLATILE_FAMILY, base_class, mask_text, string_class, value_class
 from recorder.model import Failure, Outcome, Response
 
@@ -33,7 +35,9 @@ _ARRAY_RULE_CACHE_SIZE: Final = 4096
 
 @dataclass(frozen=True, slots=True)
 class Difference:
-    """One place where two outcomes differ. ``volatile`` is ``volatile:<detector>`` when one explains it."""
+    """One place where two outcomes differ. ``volatile`` is the reason decided at compare time, when
+    there is one: ``volatile:<detector>`` (a detector explains it) or ``rewrite:<what>`` (the answer
+    echoes what the proxy changed in the candidate's request)."""
 
     path: str
     full_path: str
@@ -52,9 +56,12 @@ def _canonical(value: Any) -> str:
 
 class Comparator:
     """Compares outcomes under one ``CompareOptions``. Its only state is a bounded cache of which
-    array rule applies at each folded path, a pure function of the options."""
+    array rule applies at each folded path, a pure function of the options, and the ``Rewrites`` of
+    the call in progress (not thread-safe: one comparator per thread)."""
 
-    __slots__ = ("_abs_tol", "_array_rule_cache", "_array_rules", "_detectors", "_options", "_rel_tol")
+    __slots__ = (
+        "_abs_tol", "_array_rule_cache", "_array_rules", "_detectors", "_options", "_rel_tol", "_rewrites",
+    )  # fmt: skip
 
     def __init__(self, options: CompareOptions) -> None:
         self._options = options
@@ -63,13 +70,22 @@ class Comparator:
         self._rel_tol = options.relative_tolerance
         self._array_rules = options.unordered_all or bool(options.unordered_paths or options.list_keys)
         self._array_rule_cache: dict[tuple[str | int, ...], tuple[str, str]] = {}
+        self._rewrites: Rewrites | None = None
 
     # --- outcomes -------------------------------------------------------------------------------
 
-    def compare(self, baseline: Outcome, candidate: Outcome) -> list[Difference]:
-        """The differences between two outcomes; empty when they are equal."""
+    def compare(self, baseline: Outcome, candidate: Outcome, rewrites: Rewrites | None = None) -> list[Difference]:
+        """The differences between two outcomes; empty when they are equal. With ``rewrites`` (what
+        the proxy changed in the candidate's request), a difference that merely echoes that change
+        carries its ``rewrite:<what>`` reason."""
         if isinstance(baseline, Response) and isinstance(candidate, Response):
-            return self.compare_responses(baseline, candidate)
+            if rewrites is None:
+                return self.compare_responses(baseline, candidate)
+            self._rewrites = rewrites
+            try:
+                return self.compare_responses(baseline, candidate)
+            finally:
+                self._rewrites = None
         if isinstance(baseline, Failure) and isinstance(candidate, Failure) and baseline.kind == candidate.kind:
             return []
         return [Difference("status", "status", "error", f"{_outcome_label(baseline)}->{_outcome_label(candidate)}")]
@@ -99,16 +115,22 @@ class Comparator:
             if va == vb:
                 continue
             path = f"header.{name}"
+            rewrites = self._rewrites
             if va is None:
-                out.append(Difference(path, path, "header", "missing->present"))
+                reason = None if rewrites is None else rewrites.header(name, va, vb)
+                out.append(Difference(path, path, "header", "missing->present", reason))
             elif vb is None:
-                out.append(Difference(path, path, "header", "present->missing"))
+                reason = None if rewrites is None else rewrites.header(name, va, vb)
+                out.append(Difference(path, path, "header", "present->missing", reason))
             elif name == "set-cookie":
                 # Cookie values are sessions and signatures; which cookies are set is the contract.
                 if sorted(c.split("=", 1)[0].strip() for c in va) != sorted(c.split("=", 1)[0].strip() for c in vb):
                     out.append(Difference(path, path, "header", "cookie-names"))
             else:
-                out.append(Difference(path, path, "header", "changed", self._volatile_values(va, vb)))
+                reason = self._volatile_values(va, vb)
+                if reason is None and rewrites is not None:
+                    reason = rewrites.header(name, va, vb)
+                out.append(Difference(path, path, "header", "changed", reason))
 
     def _volatile_values(self, va: tuple[str, ...], vb: tuple[str, ...]) -> str | None:
         if len(va) != len(vb):
@@ -164,7 +186,10 @@ class Comparator:
             if masked_a != masked_b:
                 # Only line endings differ: the same text, re-wrapped by a different writer.
                 return
-        out.append(Difference("body", "body", "text", "text->text"))
+        rewrites = self._rewrites
+        out.append(
+            Difference("body", "body", "text", "text->text", None if rewrites is None else rewrites.text(ta, tb))
+        )
 
     # --- JSON tree --------------------------------------------------------------------------------
 
@@ -195,6 +220,10 @@ class Comparator:
                 return
             ca, cb = value_class(a, self._detectors), value_class(b, self._detectors)
             volatile = f"volatile:{VOLATILE_FAMILY[ca]}" if ca == cb and ca in VOLATILE_FAMILY else None
+            rewrites = self._rewrites
+            if volatile is None and rewrites is not None and ta is str:
+                key = steps[-1] if steps and type(steps[-1]) is str else None
+                volatile = rewrites.changed(key, a, b)
             self._emit(steps, "value", f"{ca}->{cb}", out, volatile)
             return
         if (ta is int or ta is float) and (tb is int or tb is float):
@@ -216,7 +245,8 @@ class Comparator:
             vb = b.get(key, _MISSING)
             if vb is _MISSING:
                 steps.append(key)
-                self._emit(steps, "removed", f"{value_class(va, self._detectors)}->missing", out)
+                reason = None if self._rewrites is None else self._rewrites.removed(key, va)
+                self._emit(steps, "removed", f"{value_class(va, self._detectors)}->missing", out, reason)
                 steps.pop()
                 continue
             matched += 1
@@ -230,7 +260,8 @@ class Comparator:
             for key, vb in b.items():
                 if key not in a:
                     steps.append(key)
-                    self._emit(steps, "added", f"missing->{value_class(vb, self._detectors)}", out)
+                    reason = None if self._rewrites is None else self._rewrites.added(key, vb)
+                    self._emit(steps, "added", f"missing->{value_class(vb, self._detectors)}", out, reason)
                     steps.pop()
 
     def _array_rule(self, steps: list[str | int]) -> tuple[str, str]:

@@ -2,8 +2,10 @@
 
 ``DiffEngine.compare_exchange`` is a pure function of one exchange, usable from the CLI's loop or off
 the proxy's event loop in a worker. It picks the named outcomes, skips exchanges whose candidate was
-never sent (sampled out, queue full ...), and compares. It must never do I/O, keep state between
-calls, or decide severity and noise: that happens when results are aggregated.
+never sent (sampled out, queue full ...), and compares, each shadow against the primary with what
+the proxy changed in that shadow's request (its recorded request delta, ``differ.rewrites``). It
+must never do I/O, keep state between calls, or decide severity and noise: that happens when
+results are aggregated.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Final, Literal
 
 from differ.compare import Comparator, Difference
 from differ.config import CompareOptions
+from differ.rewrites import Rewrites
 from recorder.model import PRIMARY, Exchange, Failure, FailureKind, Response
 
 __all__ = ["DiffEngine", "PairResult", "PairStatus"]
@@ -68,6 +71,14 @@ class DiffEngine:
         self.candidate = candidate
         self.secondary = secondary
 
+    def _rewrites(self, exchange: Exchange, name: str) -> Rewrites | None:
+        """What the proxy changed in ``name``'s copy, against the request the baseline answered."""
+        deltas = exchange.request_deltas
+        if not deltas or self.baseline != PRIMARY:
+            return None
+        delta = deltas.get(name)
+        return None if delta is None else Rewrites(exchange.request, delta)
+
     def compare_exchange(self, exchange: Exchange) -> PairResult:
         baseline = exchange.outcome(self.baseline)
         candidate = exchange.outcome(self.candidate)
@@ -80,8 +91,8 @@ class DiffEngine:
         if self.secondary is not None:
             secondary = exchange.outcome(self.secondary)
             if isinstance(secondary, Response):
-                noise = tuple(compare(baseline, secondary))
-        differences = compare(baseline, candidate)
+                noise = tuple(compare(baseline, secondary, self._rewrites(exchange, self.secondary)))
+        differences = compare(baseline, candidate, self._rewrites(exchange, self.candidate))
         if not differences and noise is None:
             return _EQUAL
         return PairResult("compared", tuple(differences), noise)

@@ -43,7 +43,18 @@ from proxy.sampling import TokenBucket, in_sample, key_in_sample
 from proxy.stages import ProxiedExchange
 from proxy.upstream import PipelinedConnection, UpstreamConnection, UpstreamPool
 from recorder.errors import ConfigError, ShadowtapError
-from recorder.model import Failure, FailureKind, Header, Headers, Outcome, Response, Timing, new_response, new_timing
+from recorder.model import (
+    UNRECORDED,
+    Failure,
+    FailureKind,
+    Header,
+    Headers,
+    Outcome,
+    Response,
+    Timing,
+    new_response,
+    new_timing,
+)
 from recorder.redact import RULE_KINDS, RedactionRules, Redactor, resolve_redaction_key
 
 __all__ = [
@@ -85,8 +96,7 @@ _CORRELATION: Final = CORRELATION_HEADER.encode()
 #: them too (hop-by-hop), or they are framing, or the Host rule (the delta's ``authority``).
 _NOT_A_CHANGE: Final = _NOT_FORWARDED - {b"expect"}
 #: A secret a delta does not record (a shadow's own credential): it stands for "some value".
-_UNRECORDED: Final = b"redacted:credential"
-_UNRECORDED_TEXT: Final = _UNRECORDED.decode()
+_UNRECORDED: Final = UNRECORDED.encode()
 
 #: Queued copies ended without sending (stale, breaker open, kill switch) per loop turn. A
 #: black-holed shadow can leave a full queue (1,000 by default) to be dropped at once; each drop
@@ -886,5 +896,5 @@ def _query_delta(original: str, copy: str) -> list[list[str | None]]:
         if new is None:
             out.append([name, None])
         elif new != value:
-            out.append([name, new if new.startswith("redacted:") else _UNRECORDED_TEXT])
+            out.append([name, new if new.startswith("redacted:") else UNRECORDED])
     return out

@@ -27,7 +27,7 @@ T = TypeVar("T")
 __all__ = [
     "PRIMARY",
     "REPLAY",
-    "UNRECORDED_PREFIX",
+    "UNRECORDED",
     "Exchange",
     "Failure",
     "FailureKind",
@@ -160,9 +160,9 @@ class Failure:
 
 Outcome: TypeAlias = Response | Failure
 
-#: A header or query value in a ``RequestDelta`` that starts with this is a secret the tape does not
-#: hold (a shadow's own credential): it stands for "some value".
-UNRECORDED_PREFIX: Final = "redacted:"
+#: A header or query value in a ``RequestDelta`` that the tape does not hold (a shadow's own
+#: credential, a secret): it stands for "some value".
+UNRECORDED: Final = "redacted:credential"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +174,9 @@ class RequestDelta:
     only the copy got (the marker, the correlation id, a shadow's own credentials). ``replaced``:
     fields both got, with the value the copy got. ``authority``: the Host the primary got and the
     Host the copy got, when they differ. ``query``: the query parameters the copy got with another
-    value (a secret hashed or swapped) or without (``None``), by name. A value starting with
-    ``redacted:`` was not recorded (a secret): it stands for any value. Forwarding headers
+    value (a secret hashed or swapped) or without (``None``), by name. A value of ``UNRECORDED``
+    was not recorded (a shadow's own credential): it stands for any value; a hash
+    (``redacted:hmac:...``) is the one the tape gives the client's value. Forwarding headers
     (``X-Forwarded-*``, ``Via``) are the same for the primary and every copy, so never appear here.
     """
 
