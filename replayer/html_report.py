@@ -1,7 +1,9 @@
 """The replay report as one self-contained HTML page with inline SVG charts (works offline).
 
-Latency percentile curves (service vs corrected vs start lag, both axes log), achieved vs planned
-rate per second, errors per second, and the per-endpoint table. Pure string building over a
+The failed requests first when there are any (counts by kind, the first examples), what the plan
+left out, then latency percentile curves (service vs corrected vs start lag, both axes log; none
+when every request failed), achieved vs planned rate per second, errors per second, and the
+per-endpoint table. Pure string building over a
 ``JobResult``; it must never reference a network resource (no scripts, fonts or images from
 anywhere) and never put unescaped text from a tape into the page.
 """
@@ -13,7 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
-from replayer.report import SloGates, slo_failures
+from replayer.report import SloGates, errors_lead, skipped_text, slo_failures
 from replayer.result import JobResult
 from replayer.stats import HISTOGRAMS, PERCENTILES, EndpointStats
 
@@ -39,6 +41,8 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 .card{border:1px solid #e2e8f0;border-radius:8px;padding:10px 14px;min-width:120px}
 .card b{display:block;font-size:20px}.card span{color:#4a5568;font-size:12px}
 .pass{color:#276749}.fail{color:#c53030}
+.errors{border:2px solid #c53030;border-radius:8px;padding:10px 14px;margin:16px 0;background:#fff5f5}
+.errors ul{margin:6px 0 0;padding-left:20px;font-size:13px}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{text-align:right;padding:4px 8px;border-bottom:1px solid #edf2f7}th:first-child,td:first-child{text-align:left}
 svg text{font-size:11px;fill:#4a5568}.legend span{margin-right:14px}.legend i{display:inline-block;width:12px;
@@ -154,11 +158,11 @@ def _endpoint_table(result: JobResult) -> str:
     rows = []
     for name, per in sorted(result.stats.endpoints.items(), key=lambda item: -item[1].requests):
         rate = per.error_count / per.requests if per.requests else 0.0
-        cells = "".join(f"<td>{per.percentile_ms('corrected', p):,.2f}</td>" for p in (50.0, 90.0, 99.0, 100.0))
-        rows.append(
-            f"<tr><td>{html.escape(name)}</td><td>{per.requests:,}</td><td>{rate:.2%}</td>{cells}"
-            f"<td>{per.percentile_ms('service', 99):,.2f}</td></tr>"
-        )
+        # An endpoint where nothing succeeded has only times of failures: none are shown.
+        times = [per.percentile_ms("corrected", p) for p in (50.0, 90.0, 99.0, 100.0)]
+        times.append(per.percentile_ms("service", 99))
+        cells = "".join(f"<td>{t:,.2f}</td>" if per.ok else "<td>-</td>" for t in times)
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{per.requests:,}</td><td>{rate:.2%}</td>{cells}</tr>")
     head = (
         "<tr><th>endpoint</th><th>requests</th><th>errors</th><th>p50</th><th>p90</th><th>p99</th><th>max</th>"
         "<th>service p99</th></tr>"
@@ -171,11 +175,24 @@ def render_html(result: JobResult, *, target: str, tapes: tuple[str, ...], gates
     s = result.stats.summary()
     overall = result.stats.overall
     failures = slo_failures(result, gates)
-    verdict = (
-        '<b class="pass">passed</b>'
-        if not failures
-        else '<b class="fail">failed</b>: ' + "; ".join(html.escape(f) for f in failures)
-    )
+    checked = gates.describe()
+    if failures:
+        verdict = 'SLO <b class="fail">failed</b>: ' + "; ".join(html.escape(f) for f in failures)
+    elif checked:
+        verdict = f'SLO <b class="pass">passed</b> ({html.escape(", ".join(checked))})'
+    else:
+        verdict = "no SLO gates were set"
+    lead = errors_lead(result)
+    errors_box = ""
+    if lead:
+        examples = "".join(f"<li>{html.escape(line)}</li>" for line in lead[1:])
+        errors_box = (
+            f'<div class="errors"><b class="fail">{html.escape(lead[0])}</b>'
+            + (f"<ul>{examples}</ul>" if examples else "")
+            + "</div>"
+        )
+    skipped = skipped_text(result)
+    skipped_line = f"<p>Not replayed: {html.escape(skipped)}.</p>" if skipped else ""
     cards = [
         (f"{s.requests:,}", "requests"),
         (f"{s.achieved_rate_per_s:,.0f}/s", "achieved rate"),
@@ -206,18 +223,24 @@ def render_html(result: JobResult, *, target: str, tapes: tuple[str, ...], gates
         [("errors", _COLORS["corrected"], [r[3] for r in timeline])], "errors per second", bars=True, empty="No errors."
     )
     problem = f"<p class='fail'>Stopped early: {html.escape(result.error)}</p>" if result.error else ""
+    if s.requests and not s.ok:
+        latency = "<p>No request succeeded: the times would be those of the failures, so none are shown.</p>"
+    else:
+        latency = (
+            "<p>Response time is measured from when each request was due, so time spent waiting behind a "
+            "stall (coordinated omission) is counted; service time starts when the request was sent; start "
+            "lag is the replayer's own delay."
+            + (" Failed requests are included." if s.ok < s.requests else "")
+            + f"</p>\n{_percentile_chart(overall)}\n<table>{pct_head}{pct_rows}</table>"
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>shadowtap replay report</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head><body>
 <h1>Replay of {html.escape(", ".join(tapes))}</h1>
-<div>against {html.escape(target)} &middot; SLO {verdict}</div>{problem}
+<div>against {html.escape(target)} &middot; {verdict}</div>{problem}{errors_box}{skipped_line}
 <div class="cards">{"".join(f"<div class='card'><b>{v}</b><span>{k}</span></div>" for v, k in cards)}</div>
 <h2>Latency percentiles</h2>
-<p>Response time is measured from when each request was due, so time spent waiting behind a stall
-(coordinated omission) is counted; service time starts when the request was sent; start lag is the
-replayer's own delay.</p>
-{_percentile_chart(overall)}
-<table>{pct_head}{pct_rows}</table>
+{latency}
 <h2>Achieved vs planned rate</h2>
 {rate_chart}
 <h2>Errors over time</h2>

@@ -48,7 +48,7 @@ from recorder.private import open_private
 from replayer.locust_plan import MSG_STATS, MSG_T0, LocustJob, merge_reports, shard_plan, t0_monotonic_ns
 from replayer.plan import PlannedRequest, PlanStats
 from replayer.result import JobResult, replay_exchange
-from replayer.stats import ReplayStats
+from replayer.stats import ErrorExample, ReplayStats
 
 log = logging.getLogger("shadowtap.locust")
 
@@ -254,6 +254,11 @@ class _GeventReplay:
             status=status,
             error=error_class,
         )
+        kind = error_class if status is None else "5xx" if status >= 500 else None
+        if kind is not None and self.stats.wants_example(kind):
+            detail = str(status) if status is not None else f"{kind}: {error}" if error else kind
+            path = request.target.partition("?")[0]
+            self.stats.record_example(ErrorExample(kind, done_ns - self.t0_ns, f"{request.method} {path}", detail))
         if self.results is not None:
             try:
                 self._record_result(request, due_ns, sent_ns, done_ns, response, error, status)

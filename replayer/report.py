@@ -1,5 +1,8 @@
 """Replay results as data and text: the JSON document, the summary table and the SLO gates.
 
+Failed requests lead every report (counts by kind, the first examples), and what the plan left out
+is said where the totals are.
+
 Pure formatting over a ``JobResult`` (no I/O: the command writes the files). The JSON field names
 are documented in docs/replay.md, so renaming one is a format change. It must never compute a
 latency figure of its own: every number comes from the merged HdrHistograms.
@@ -14,9 +17,28 @@ from recorder.errors import ConfigError
 from replayer.result import JobResult
 from replayer.stats import ERROR_CLASSES, HISTOGRAMS, PERCENTILES, EndpointStats
 
-__all__ = ["RESULTS_SCHEMA_VERSION", "SloGates", "results_document", "slo_failures", "summary_text"]
+__all__ = [
+    "DEFAULT_MAX_ERROR_RATE",
+    "RESULTS_SCHEMA_VERSION",
+    "SloGates",
+    "errors_lead",
+    "results_document",
+    "skipped_text",
+    "slo_failures",
+    "summary_text",
+]
 
 RESULTS_SCHEMA_VERSION: Final = 1
+#: The error-rate gate of `shadowtap replay` unless --max-error-rate says otherwise: a replay with
+#: more than 1 % failed requests (a target down fails them all) is not a load test that passed.
+DEFAULT_MAX_ERROR_RATE: Final = 0.01
+#: What the plan leaves out, and how the summaries say so (PlanStats field -> words).
+_SKIPPED: Final = (
+    ("skipped_unsafe_method", "with unsafe methods (--allow-writes replays them)"),
+    ("skipped_filter", "by filters"),
+    ("skipped_window", "outside --since/--until"),
+    ("skipped_sample", "by --sample-percent"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +56,25 @@ class SloGates:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"must be > 0, got {value}", field=name.replace("_", "-"))
+
+    def describe(self) -> list[str]:
+        """The gates that can fail, as short conditions (``error rate <= 1.00%``); empty when none."""
+        gates: list[str] = []
+        # An error rate cannot exceed 1: that gate is off.
+        if self.max_error_rate is not None and self.max_error_rate < 1.0:
+            gates.append(f"error rate <= {self.max_error_rate:.2%}")
+        if self.max_p99_ms is not None:
+            gates.append(f"p99 <= {self.max_p99_ms:g} ms")
+        if self.max_start_lag_ms is not None:
+            gates.append(f"start lag p99 <= {self.max_start_lag_ms:g} ms")
+        return gates
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "max_error_rate": self.max_error_rate,
+            "max_p99_ms": self.max_p99_ms,
+            "max_start_lag_ms": self.max_start_lag_ms,
+        }
 
 
 def slo_failures(result: JobResult, gates: SloGates) -> list[str]:
@@ -54,6 +95,25 @@ def slo_failures(result: JobResult, gates: SloGates) -> list[str]:
     return failures
 
 
+def errors_lead(result: JobResult) -> list[str]:
+    """What failed, for the top of a report: a count line, then the first examples; empty when
+    nothing failed."""
+    s = result.stats.summary()
+    failed = s.requests - s.ok
+    if not failed:
+        return []
+    kinds = ", ".join(f"{k} {v:,}" for k, v in s.errors.items())
+    lines = [f"{failed:,} of {s.requests:,} requests failed ({s.error_rate:.2%}): {kinds}"]
+    for example in result.stats.error_examples:
+        lines.append(f"{example.kind:<8} {example.request}  {example.detail}  (at {example.at_ns / 1e9:.2f} s)")
+    return lines
+
+
+def skipped_text(result: JobResult) -> str:
+    """What the plan left out (``4 with unsafe methods (--allow-writes ...), 2 by filters``), or ''."""
+    return ", ".join(f"{result.plan_stats[key]:,} {words}" for key, words in _SKIPPED if result.plan_stats.get(key, 0))
+
+
 def _latency(stats: EndpointStats) -> dict[str, dict[str, float]]:
     return {name: {f"p{p:g}": round(stats.percentile_ms(name, p), 3) for p in PERCENTILES} for name in HISTOGRAMS}
 
@@ -66,6 +126,17 @@ def results_document(
     failures = slo_failures(result, gates)
     return {
         "schema": RESULTS_SCHEMA_VERSION,
+        # First, because it is the first thing to know about a replay.
+        "errors": {
+            "requests": summary.requests,
+            "failed": summary.requests - summary.ok,
+            "rate": summary.error_rate,
+            "by_kind": summary.errors,
+            "examples": [
+                {"kind": e.kind, "at_s": round(e.at_ns / 1e9, 6), "request": e.request, "detail": e.detail}
+                for e in result.stats.error_examples
+            ],
+        },
         "target": target,
         "tapes": list(tapes),
         "workers": workers,
@@ -98,34 +169,50 @@ def results_document(
             for i, row in enumerate(result.stats.timeline)
         ],
         "results_tape": {"written": result.results_written, "dropped": result.results_dropped},
-        "slo": {"passed": not failures, "failures": failures},
+        "slo": {"passed": not failures, "failures": failures, "gates": gates.as_dict()},
         "stopped": result.stopped,
         "error": result.error,
     }
 
 
 def summary_text(result: JobResult, *, max_endpoints: int = 15) -> str:
-    """The terminal summary: totals, the three latency rows and the busiest endpoints."""
+    """The terminal summary: the errors first when there are any, totals, what the plan left out,
+    the three latency rows (unless every request failed: those would be times of failures) and the
+    busiest endpoints."""
     s = result.stats.summary()
     overall = result.stats.overall
+    lead = errors_lead(result)
+    lines = [f"ERRORS   {lead[0]}", *(f"  {line}" for line in lead[1:]), ""] if lead else []
     errors = ", ".join(f"{k} {v:,}" for k, v in s.errors.items()) or "none"
-    lines = [
+    lines += [
         f"requests {s.requests:,} in {s.elapsed_s:.1f} s ({s.achieved_rate_per_s:,.0f}/s), planned {result.planned:,}",
         f"errors   {errors} (rate {s.error_rate:.2%}); held back by the in-flight cap: {s.held_back:,}",
-        "",
-        f"{'latency (ms)':<28}" + "".join(f"{f'p{p:g}':>10}" for p in PERCENTILES),
     ]
-    labels = {"service": "service time", "corrected": "response (from intended)", "start_lag": "start lag"}
-    for name in HISTOGRAMS:
-        lines.append(f"{labels[name]:<28}" + "".join(f"{overall.percentile_ms(name, p):>10.2f}" for p in PERCENTILES))
+    skipped = skipped_text(result)
+    if skipped:
+        lines.append(f"skipped  {skipped}")
+    lines.append("")
+    if s.requests and not s.ok:
+        lines.append("latency: not shown, no request succeeded (the times would be those of the failures)")
+    else:
+        label = "latency (ms, failures included)" if s.ok < s.requests else "latency (ms)"
+        lines.append(f"{label:<32}" + "".join(f"{f'p{p:g}':>10}" for p in PERCENTILES))
+        labels = {"service": "service time", "corrected": "response (from intended)", "start_lag": "start lag"}
+        for name in HISTOGRAMS:
+            lines.append(
+                f"{labels[name]:<32}" + "".join(f"{overall.percentile_ms(name, p):>10.2f}" for p in PERCENTILES)
+            )
     endpoints = sorted(result.stats.endpoints.items(), key=lambda item: -item[1].requests)
     if endpoints:
         lines += ["", f"{'endpoint':<40}{'requests':>10}{'errors':>8}{'p50':>10}{'p99':>10}  (response ms)"]
         for name, per in endpoints[:max_endpoints]:
-            lines.append(
-                f"{name[:39]:<40}{per.requests:>10,}{per.error_count:>8,}"
-                f"{per.percentile_ms('corrected', 50):>10.2f}{per.percentile_ms('corrected', 99):>10.2f}"
+            # An endpoint where nothing succeeded has only times of failures: none are shown.
+            p50, p99 = (
+                (f"{per.percentile_ms('corrected', 50):>10.2f}", f"{per.percentile_ms('corrected', 99):>10.2f}")
+                if per.ok
+                else (f"{'-':>10}", f"{'-':>10}")
             )
+            lines.append(f"{name[:39]:<40}{per.requests:>10,}{per.error_count:>8,}{p50}{p99}")
         if len(endpoints) > max_endpoints:
             lines.append(f"... and {len(endpoints) - max_endpoints} more endpoints (see --json / --html)")
     if result.results_written or result.results_dropped:

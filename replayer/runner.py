@@ -38,8 +38,8 @@ from recorder.errors import ConfigError, ShadowtapError
 from recorder.model import Exchange, Failure, FailureKind, Outcome, Response
 from replayer.plan import PlannedRequest
 from replayer.result import replay_exchange
-from replayer.stats import ReplayStats
-from replayer.transport import SendResult, Transport, error_class
+from replayer.stats import ErrorExample, ReplayStats
+from replayer.transport import SendResult, Transport, describe_outcome, error_class
 
 __all__ = ["Progress", "ReplayOutcome", "ResultSink", "RunnerSettings", "replay", "sleep_until"]
 
@@ -351,6 +351,7 @@ class _Runner:
                 self.cap.release()
         done_ns = time.monotonic_ns()
         outcome = result.outcome
+        error = error_class(outcome)
         self.stats.record_done(
             request.endpoint,
             t0_ns=self.t0_ns,
@@ -359,8 +360,13 @@ class _Runner:
             sent_ns=sent_ns,
             done_ns=done_ns,
             status=outcome.status if isinstance(outcome, Response) else None,
-            error=error_class(outcome),
+            error=error,
         )
+        if error is not None and self.stats.wants_example(error):
+            path = request.target.partition("?")[0]
+            self.stats.record_example(
+                ErrorExample(error, done_ns - self.t0_ns, f"{request.method} {path}", describe_outcome(outcome))
+            )
         if self.results is not None:
             try:
                 self._submit_result(request, due_ns, sent_ns, result.first_byte_ns, done_ns, outcome)

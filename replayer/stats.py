@@ -3,9 +3,10 @@
 Service time (sent -> done), response time from the intended send (due -> done: corrected for
 coordinated omission, so a stall shows up for every request that waited behind it) and start lag
 (due -> released by the scheduler: the replayer's own health). Errors are classified as connect,
-timeout, reset, 5xx and other. A per-second timeline (planned, sent, ok, errors) feeds the HTML
-report. Everything encodes to plain data (histograms as HdrHistogram's base64 encoding) so worker
-processes and Locust workers ship it to one place and ``merge`` adds it up.
+timeout, reset, 5xx and other, the first few of each kept as examples. A per-second timeline
+(planned, sent, ok, errors) feeds the HTML report. Everything encodes to plain data (histograms
+as HdrHistogram's base64 encoding) so worker processes and Locust workers ship it to one place and
+``merge`` adds it up.
 
 Pure code, no asyncio and no I/O: the locustfile uses it under gevent. It must never record a
 negative or unbounded value (clamped into the histogram range) and never lose a count when merging.
@@ -22,8 +23,10 @@ from hdrh.histogram import HdrHistogram
 
 __all__ = [
     "ERROR_CLASSES",
+    "ERROR_EXAMPLES_PER_CLASS",
     "HISTOGRAMS",
     "EndpointStats",
+    "ErrorExample",
     "ReplayStats",
     "Summary",
 ]
@@ -42,6 +45,9 @@ _FLUSH_EVERY: Final = 256
 HISTOGRAMS: Final = ("service", "corrected", "start_lag")
 ERROR_CLASSES: Final = ("connect", "timeout", "reset", "5xx", "other")
 PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9, 100.0)
+#: Failed requests kept as examples, per error class: the first ones, enough to see what went wrong
+#: (a dead target fails every request the same way) while the memory stays a few lines.
+ERROR_EXAMPLES_PER_CLASS: Final = 3
 
 
 def _histogram() -> HdrHistogram:
@@ -134,6 +140,25 @@ class EndpointStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorExample:
+    """One failed request, for the reports: its error class, when it ended (ns after t0), which
+    request (method and path, no query: it may hold credentials) and what came back."""
+
+    kind: str
+    at_ns: int
+    request: str
+    detail: str
+
+    def encode(self) -> list[Any]:
+        return [self.kind, self.at_ns, self.request, self.detail]
+
+    @classmethod
+    def decode(cls, data: list[Any]) -> ErrorExample:
+        kind, at_ns, request, detail = data
+        return cls(str(kind), int(at_ns), str(request), str(detail))
+
+
+@dataclass(frozen=True, slots=True)
 class Summary:
     """The figures the summary table, the JSON results and the SLO gates read."""
 
@@ -161,6 +186,7 @@ class ReplayStats:
         "_overall",
         "_pending",
         "_pending_count",
+        "error_examples",
         "first_sent_ns",
         "held_back",
         "held_back_ns",
@@ -177,6 +203,7 @@ class ReplayStats:
         timeline: list[list[int]] | None = None,
         first_sent_ns: int | None = None,
         last_done_ns: int | None = None,
+        error_examples: list[ErrorExample] | None = None,
     ) -> None:
         self._overall = overall or EndpointStats()
         self._endpoints = endpoints or {}
@@ -191,6 +218,8 @@ class ReplayStats:
         self.first_sent_ns = first_sent_ns
         self.last_done_ns = last_done_ns
         self._pending_count = 0
+        #: The first failed requests of each error class, in completion order (``record_example``).
+        self.error_examples: list[ErrorExample] = error_examples if error_examples is not None else []
 
     @property
     def overall(self) -> EndpointStats:
@@ -274,6 +303,15 @@ class ReplayStats:
         if self.last_done_ns is None or done_ns > self.last_done_ns:
             self.last_done_ns = done_ns
 
+    def wants_example(self, kind: str) -> bool:
+        """Whether a failure of error class ``kind`` should be described (``record_example``): only
+        the first few are, so the caller builds the text for those alone."""
+        return sum(1 for e in self.error_examples if e.kind == kind) < ERROR_EXAMPLES_PER_CLASS
+
+    def record_example(self, example: ErrorExample) -> None:
+        if self.wants_example(example.kind):
+            self.error_examples.append(example)
+
     def record_held_back(self, waited_ns: int) -> None:
         self.held_back += 1
         self.held_back_ns += waited_ns
@@ -293,6 +331,11 @@ class ReplayStats:
         ends = [t for t in (self.last_done_ns, other.last_done_ns) if t is not None]
         self.first_sent_ns = min(starts) if starts else None
         self.last_done_ns = max(ends) if ends else None
+        # The earliest of both, per class: the same t0, so their times compare.
+        examples = sorted(self.error_examples + other.error_examples, key=lambda e: e.at_ns)
+        self.error_examples = []
+        for example in examples:
+            self.record_example(example)
 
     def encode(self) -> dict[str, Any]:
         return {
@@ -303,6 +346,7 @@ class ReplayStats:
             "timeline": self.timeline,
             "first_sent_ns": self.first_sent_ns,
             "last_done_ns": self.last_done_ns,
+            "error_examples": [e.encode() for e in self.error_examples],
         }
 
     @classmethod
@@ -315,6 +359,7 @@ class ReplayStats:
             timeline=[list(map(int, row)) for row in data["timeline"]],
             first_sent_ns=data["first_sent_ns"],
             last_done_ns=data["last_done_ns"],
+            error_examples=[ErrorExample.decode(e) for e in data["error_examples"]],
         )
 
     def summary(self) -> Summary:

@@ -34,6 +34,7 @@ __all__ = [
     "MemoryTransport",
     "SendResult",
     "Transport",
+    "describe_outcome",
     "error_class",
     "make_transport",
 ]
@@ -67,6 +68,19 @@ def error_class(outcome: Outcome) -> str | None:
         FailureKind.TIMEOUT: "timeout",
         FailureKind.RESET: "reset",
     }.get(outcome.kind, "other")
+
+
+#: Longest failure message an error example keeps (an exception can carry a whole response).
+_DETAIL_CHARS: Final = 200
+
+
+def describe_outcome(outcome: Outcome) -> str:
+    """One line saying what came back, for an error example: ``503 Service Unavailable`` or
+    ``connect-error: [Errno 111] Connection refused``."""
+    if isinstance(outcome, Response):
+        return f"{outcome.status} {outcome.reason}".rstrip()
+    text = f"{outcome.kind}: {outcome.message}" if outcome.message else outcome.kind
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 3] + "..."
 
 
 class MemoryTransport:

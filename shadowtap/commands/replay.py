@@ -4,7 +4,8 @@ This module only turns flags into the replayer's settings, runs the job (in this
 ``--workers`` processes, or on Locust with ``--locust``) and writes the outputs. It must never
 print a traceback for a user mistake, and never skip writing the results it has when a tape turns
 out to be corrupt half-way: outputs are written first, then the error is raised (exit 2). Exit 1
-means an SLO gate failed, 130 an interrupt (after the outputs were written).
+means an SLO gate failed (the error-rate gate is on unless turned off: a target that fails every
+request is never a pass), 130 an interrupt (after the outputs were written).
 """
 
 from __future__ import annotations
@@ -133,7 +134,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-redact-results", action="store_true", help="keep secrets in the results tape")
     g.add_argument("--json", metavar="OUT", help="write JSON results ('-' for stdout)")
     g.add_argument("--html", metavar="OUT", help="write a self-contained HTML report")
-    g.add_argument("--max-error-rate", type=_finite, metavar="F", help="fail (exit 1) above this error fraction")
+    g.add_argument(
+        "--max-error-rate",
+        type=_finite,
+        metavar="F",
+        # The default is replayer.report.DEFAULT_MAX_ERROR_RATE (not imported here: --help stays fast).
+        help="fail (exit 1) above this fraction of failed requests (default 0.01; 1 = off)",
+    )
     g.add_argument("--max-p99-ms", type=_finite, metavar="MS", help="fail above this p99 response time")
     g.add_argument("--max-start-lag-ms", type=_finite, metavar="MS", help="fail above this p99 start lag")
     g.add_argument("--no-progress", action="store_true", help="no live progress on stderr")
@@ -279,10 +286,12 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
 
 
 def _gates(args: argparse.Namespace) -> SloGates:
-    from replayer.report import SloGates
+    from replayer.report import DEFAULT_MAX_ERROR_RATE, SloGates
 
     return SloGates(
-        max_error_rate=args.max_error_rate, max_p99_ms=args.max_p99_ms, max_start_lag_ms=args.max_start_lag_ms
+        max_error_rate=DEFAULT_MAX_ERROR_RATE if args.max_error_rate is None else args.max_error_rate,
+        max_p99_ms=args.max_p99_ms,
+        max_start_lag_ms=args.max_start_lag_ms,
     )
 
 
@@ -351,7 +360,8 @@ def _write_text(path: str, text: str) -> None:
 
 
 def write_outputs(result: JobResult, job: ReplayJob, args: argparse.Namespace, gates: SloGates) -> list[str]:
-    """Print the summary and write --json/--html; returns the SLO failures."""
+    """Print the summary and write --json/--html; returns the SLO failures (for the caller to print:
+    an error that cut the replay short is the one line that matters then)."""
     from replayer.html_report import render_html
     from replayer.report import results_document, slo_failures, summary_text
 
@@ -368,10 +378,7 @@ def write_outputs(result: JobResult, job: ReplayJob, args: argparse.Namespace, g
         _write_text(args.json, json.dumps(document, indent=2) + "\n")
     if args.html:
         _write_text(args.html, render_html(result, target=job.target, tapes=job.tapes, gates=gates))
-    failures = slo_failures(result, gates)
-    for failure in failures:
-        print(f"shadowtap replay: SLO failed: {failure}", file=sys.stderr)
-    return failures
+    return slo_failures(result, gates)
 
 
 def _report_tape_problems(result: JobResult) -> None:
@@ -410,6 +417,8 @@ def run(args: argparse.Namespace) -> int:
     failures = write_outputs(result, job, args, gates)
     _report_tape_problems(result)
     raise_job_error(result)
+    for failure in failures:
+        print(f"shadowtap replay: SLO failed: {failure}", file=sys.stderr)
     if result.stopped:
         print("shadowtap replay: interrupted; the outputs cover what was sent", file=sys.stderr)
         return EXIT_INTERRUPTED

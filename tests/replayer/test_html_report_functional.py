@@ -64,3 +64,22 @@ def test_report_renders_in_chromium_without_network(tmp_path: Path) -> None:
         finally:
             browser.close()
     assert requests == [out.as_uri()]
+
+
+def test_without_gates_the_page_never_says_the_slo_passed() -> None:
+    page = render_html(sample_result(), target="http://t", tapes=("t",), gates=SloGates())
+    assert "no SLO gates were set" in page and "passed" not in page
+    page = render_html(sample_result(), target="http://t", tapes=("t",), gates=SloGates(max_error_rate=0.5))
+    assert 'SLO <b class="pass">passed</b> (error rate &lt;= 50.00%)' in page
+
+
+def test_the_page_leads_with_the_errors_and_says_what_was_skipped() -> None:
+    from tests.replayer.test_report import failing_result
+
+    page = render_html(failing_result(10, 3), target="http://t", tapes=("t",), gates=SloGates())
+    errors = page.index("3 of 10 requests failed (30.00%): timeout 3")
+    assert errors < page.index('class="cards"')
+    assert page.index("GET /r/0") < page.index("<h2>Latency percentiles</h2>")
+    assert "Not replayed: 4 with unsafe methods (--allow-writes replays them), 2 by filters." in page
+    everything_failed = render_html(failing_result(8, 8), target="http://t", tapes=("t",), gates=SloGates())
+    assert "No request succeeded" in everything_failed and everything_failed.count("<svg") == 2

@@ -12,6 +12,7 @@ from replayer.result import JobResult
 from replayer.stats import ReplayStats
 
 MS = 1_000_000
+GATES = ("max_error_rate", "max_p99_ms", "max_start_lag_ms")
 
 
 def result_with(latencies_ms: list[int], errors: int = 0) -> JobResult:
@@ -54,10 +55,64 @@ def test_document_is_json_with_the_documented_fields() -> None:
     assert set(document["latency_ms"]["corrected"]) == {"p50", "p90", "p99", "p99.9", "p100"}
     assert [e["endpoint"] for e in document["endpoints"]] == ["GET /", "GET /users/{id}"]
     assert document["timeline"][0] == {"second": 0, "planned": 0, "sent": 4, "ok": 4, "errors": 0}
-    assert document["slo"] == {"passed": True, "failures": []} and document["error"] is None
+    assert document["slo"] == {"passed": True, "failures": [], "gates": dict.fromkeys(GATES)}
+    assert document["error"] is None
 
 
 def test_summary_text_has_the_three_latency_rows_and_endpoints() -> None:
     text = summary_text(result_with([5] * 10, errors=1))
     assert "service time" in text and "response (from intended)" in text and "start lag" in text
     assert "GET /users/{id}" in text and "timeout 1" in text
+
+
+def failing_result(requests: int, failed: int) -> JobResult:
+    from replayer.stats import ErrorExample
+
+    result = result_with([3] * requests, errors=failed)
+    for i in range(min(failed, 2)):
+        result.stats.record_example(ErrorExample("timeout", i * MS, f"GET /r/{i}", "timeout: no answer in 30 s"))
+    result.plan_stats.update(skipped_unsafe_method=4, skipped_filter=2)
+    return result
+
+
+def test_a_summary_leads_with_the_errors_and_their_first_examples() -> None:
+    lines = summary_text(failing_result(10, 3)).splitlines()
+    assert lines[0] == "ERRORS   3 of 10 requests failed (30.00%): timeout 3"
+    assert lines[1] == "  timeout  GET /r/0  timeout: no answer in 30 s  (at 0.00 s)"
+    assert "latency (ms, failures included)" in "\n".join(lines)
+
+
+def test_when_every_request_failed_no_latency_of_failures_is_shown() -> None:
+    text = summary_text(failing_result(8, 8))
+    assert text.startswith("ERRORS   8 of 8 requests failed (100.00%): timeout 8")
+    assert "latency: not shown, no request succeeded" in text and "p99.9" not in text
+
+
+def test_the_summary_says_what_the_plan_left_out() -> None:
+    text = summary_text(failing_result(5, 0))
+    assert not text.startswith("ERRORS")
+    assert "skipped  4 with unsafe methods (--allow-writes replays them), 2 by filters" in text
+
+
+def test_json_leads_with_the_errors_and_names_the_gates() -> None:
+    result = failing_result(10, 3)
+    document = results_document(result, target="http://t", tapes=("a",), workers=1, gates=SloGates(max_error_rate=0.01))
+    assert list(document)[:2] == ["schema", "errors"]
+    assert document["errors"] == {
+        "requests": 10,
+        "failed": 3,
+        "rate": 0.3,
+        "by_kind": {"timeout": 3},
+        "examples": [
+            {"kind": "timeout", "at_s": 0.0, "request": "GET /r/0", "detail": "timeout: no answer in 30 s"},
+            {"kind": "timeout", "at_s": 0.001, "request": "GET /r/1", "detail": "timeout: no answer in 30 s"},
+        ],
+    }
+    assert document["slo"]["gates"] == {"max_error_rate": 0.01, "max_p99_ms": None, "max_start_lag_ms": None}
+    assert document["slo"]["passed"] is False
+
+
+def test_gates_describe_what_they_check() -> None:
+    assert SloGates().describe() == []
+    assert SloGates(max_error_rate=1.0).describe() == []  # a rate cannot exceed 1: the gate is off
+    assert SloGates(max_error_rate=0.01, max_p99_ms=250).describe() == ["error rate <= 1.00%", "p99 <= 250 ms"]

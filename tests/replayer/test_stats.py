@@ -88,3 +88,22 @@ def test_batched_recording_matches_hdrhistogram_record_value() -> None:
         assert list(mine.counts) == list(hist.counts), name
         assert (mine.total_count, mine.min_value, mine.max_value) == (hist.total_count, hist.min_value, hist.max_value)
         assert stats.endpoints["GET /"].histogram(name).encode() == hist.encode()
+
+
+def test_the_first_error_examples_of_each_class_are_kept_merged_and_shipped() -> None:
+    from replayer.stats import ERROR_EXAMPLES_PER_CLASS, ErrorExample
+
+    a, b = ReplayStats(), ReplayStats()
+    for i in range(10):
+        for stats, offset in ((a, 1), (b, 0)):
+            if stats.wants_example("connect"):
+                stats.record_example(ErrorExample("connect", (2 * i + offset) * MS, f"GET /c/{i}", "refused"))
+    assert not a.wants_example("connect") and a.wants_example("timeout")
+    b.record_example(ErrorExample("5xx", 7 * MS, "GET /s", "503 Service Unavailable"))
+    merged = ReplayStats()
+    merged.merge(a)
+    merged.merge(ReplayStats.decode(json.loads(json.dumps(b.encode()))))
+    connect = [e for e in merged.error_examples if e.kind == "connect"]
+    # The earliest of both workers, in time order, bounded per class.
+    assert [e.at_ns for e in connect] == [0, 1 * MS, 2 * MS][:ERROR_EXAMPLES_PER_CLASS]
+    assert [e.kind for e in merged.error_examples].count("5xx") == 1

@@ -103,7 +103,7 @@ async def test_replay_rewrites_skips_writes_and_records_results(tmp_path: Path) 
             env={"REPLAY_TOKEN": "t0k3n"},
         )
     assert code == 0, err
-    assert "requests 30" in out
+    assert "requests 30" in out and "skipped  1 with unsafe methods (--allow-writes replays them)" in out
     assert sorted(path for _, path, _ in target.seen) == sorted(f"/v2/items/{i}" for i in range(30))
     assert {method for method, _, _ in target.seen} == {"GET"}
     assert all(headers["Authorization"] == "Bearer t0k3n" for _, _, headers in target.seen)
@@ -121,6 +121,7 @@ async def test_replay_rewrites_skips_writes_and_records_results(tmp_path: Path) 
     assert first.outcome(PRIMARY) is not None
     page = (tmp_path / "out.html").read_text()
     assert page.count("<svg") == 2 and "No errors." in page  # no errors: no empty chart
+    assert "Not replayed: 1 with unsafe methods" in page and 'SLO <b class="pass">passed</b> (error rate' in page
     assert "<script" not in page and "src=" not in page
 
 
@@ -158,6 +159,29 @@ async def test_a_refusing_target_is_reported_and_results_still_written(tmp_path:
     assert document["summary"]["errors"] == {"connect": 8}
     results = read_results(tmp_path / "results")
     assert len(results) == 8 and all(e.response(REPLAY) is None and e.outcome(REPLAY) for e in results)
+
+
+async def test_a_target_that_is_down_fails_by_default_and_the_summary_leads_with_it(tmp_path: Path) -> None:
+    # Every request failed, yet the replay exited 0 and printed latency percentiles of the failures.
+    tape = write_tape(tmp_path / "tape", [make_exchange(i, i) for i in range(8)])
+    target = f"http://127.0.0.1:{closed_port()}"
+    code, out, err = await shadowtap(
+        str(tape), "--target", target, "--json", str(tmp_path / "out.json"), "--no-progress"
+    )
+    assert code == 1, err
+    assert "SLO failed: error rate 100.00% is above 1.00%" in err and "Traceback" not in err
+    lines = out.splitlines()
+    assert lines[0] == "ERRORS   8 of 8 requests failed (100.00%): connect 8"
+    assert lines[1].startswith("  connect  GET /r/") and "connect-error" in lines[1]
+    assert "latency: not shown, no request succeeded" in out and "p99.9" not in out
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert document["errors"]["failed"] == 8 and document["errors"]["by_kind"] == {"connect": 8}
+    assert len(document["errors"]["examples"]) == 3 and document["slo"]["gates"]["max_error_rate"] == 0.01
+
+    # --max-error-rate 1 turns the gate off; the errors still lead the summary.
+    code, out, err = await shadowtap(str(tape), "--target", target, "--max-error-rate", "1", "--no-progress")
+    assert code == 0, err
+    assert out.startswith("ERRORS   8 of 8 requests failed")
 
 
 async def test_a_tape_corrupt_midway_is_one_line_and_partial_results_are_written(tmp_path: Path) -> None:
@@ -631,3 +655,12 @@ async def test_a_bad_value_from_the_environment_is_one_line_naming_the_variable(
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "environment variable STAGING_TOKEN holds a control character" in err and "s3cr3t" not in err
     assert target.seen == []
+
+
+def test_the_help_states_the_error_rate_gate_the_replay_applies(capsys: pytest.CaptureFixture[str]) -> None:
+    from replayer.report import DEFAULT_MAX_ERROR_RATE
+    from shadowtap.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    assert f"(default {DEFAULT_MAX_ERROR_RATE:g}; 1 = off)" in " ".join(capsys.readouterr().out.split())
