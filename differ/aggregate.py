@@ -2,9 +2,11 @@
 
 Everything a report says is recomputed here from stored pairs and differences, for any time window
 or endpoint, so ``shadowtap report`` and ``shadowtap diff`` agree by construction. Suppression is
-decided per signature, in order: a volatile detector (decided at compare time), a user ignore rule,
-then learned noise (Diffy's rule, see ``is_learned_noise``), never for structural kinds. This module
-must never read tapes, and reads the store only through ``DiffStore``.
+decided per signature, in order: a reason decided at compare time (a volatile detector, or an echo of
+what the proxy changed in the candidate's request), a user ignore rule, then learned noise (Diffy's
+rule, see ``is_learned_noise``): per field for value changes, and per signature for structural ones,
+which only the secondary showing the same change (same path and transition) at a comparable rate
+can silence. This module must never read tapes, and reads the store only through ``DiffStore``.
 """
 
 from __future__ import annotations
@@ -107,15 +109,19 @@ def build_report(
     signatures: dict[SigKey, _SignatureCounts] = {}
     fixed_reasons: dict[SigKey, str | None] = {}
     noise_counts: dict[tuple[str, str], int] = defaultdict(int)
+    #: Pairs whose secondary showed the very same change (endpoint, key: path, kind and transition).
+    noise_key_counts: dict[tuple[str, int], int] = defaultdict(int)
     candidate_counts: dict[tuple[str, str], int] = defaultdict(int)
     for rows in _by_pair(store.differences(since_ns, until_ns, endpoint)):
         pair_sigs: set[SigKey] = set()
         pair_noise: set[tuple[str, str]] = set()
+        pair_noise_keys: set[tuple[str, int]] = set()
         pair_fields: set[tuple[str, str]] = set()
         for row in rows:
             ep = row.endpoint
             if row.side == "secondary":
                 pair_noise.add((ep, row.path))
+                pair_noise_keys.add((ep, row.key_id))
                 continue
             key_info[row.key_id] = (row.path, row.kind, row.transition)
             sig_key = (ep, row.key_id, row.volatile)
@@ -135,6 +141,8 @@ def build_report(
                 sig.last_seen_ns = max(sig.last_seen_ns, started)
         for field_key in pair_noise:
             noise_counts[field_key] += 1
+        for noise_key in pair_noise_keys:
+            noise_key_counts[noise_key] += 1
         for field_key in pair_fields:
             candidate_counts[field_key] += 1
 
@@ -142,14 +150,31 @@ def build_report(
         secondary = counts[ep].secondary
         return noise_counts.get((ep, path), 0) / secondary if secondary else None
 
+    def change_noise_rate(ep: str, key_id: int) -> float | None:
+        secondary = counts[ep].secondary
+        return noise_key_counts.get((ep, key_id), 0) / secondary if secondary else None
+
+    def signature_noise_rate(sig_key: SigKey) -> float | None:
+        """The secondary's rate behind the signature's noise decision: the field's for value
+        changes, the same change's for structural ones."""
+        ep, key_id, _ = sig_key
+        path, kind, transition = key_info[key_id]
+        return change_noise_rate(ep, key_id) if is_structural(kind, transition) else noise_rate(ep, path)
+
     reasons: dict[SigKey, str | None] = {}
     for sig_key, reason in fixed_reasons.items():
         ep, key_id, _ = sig_key
         path, kind, transition = key_info[key_id]
+        compared = counts[ep].compared
         if reason is None and not is_structural(kind, transition):
-            compared = counts[ep].compared
             rate = candidate_counts[(ep, path)] / compared if compared else 0.0
             if is_learned_noise(rate, noise_rate(ep, path), config.noise):
+                reason = LEARNED_NOISE
+        elif reason is None and kind != "error":
+            # A structural change the secondary shows too, as often: the environment's, not the
+            # candidate's (a failed secondary is no answer to compare, so errors never are).
+            rate = signatures[sig_key].pairs / compared if compared else 0.0
+            if is_learned_noise(rate, change_noise_rate(ep, key_id), config.noise):
                 reason = LEARNED_NOISE
         reasons[sig_key] = reason
 
@@ -198,7 +223,7 @@ def build_report(
                 suppression_reason=reason,
                 # Noise is learned only over what no detector or rule explains: for a signature they
                 # explain, a measured rate would read as "this field never differs", so it is None.
-                noise_rate=None if fixed_reasons[sig_key] is not None else noise_rate(ep, path),
+                noise_rate=None if fixed_reasons[sig_key] is not None else signature_noise_rate(sig_key),
                 examples=_examples(store, ep, key_id, volatile, k, since_ns, until_ns, reasons),
             )
         )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from differ import DiffSession, DiffStore, NoiseThresholds, RunMeta, build_report, config_from_mapping, is_learned_noise
 from differ.report_model import DiffReport
-from recorder import Exchange
+from recorder import Exchange, Request, Response
 from tests.differ.corpus.traffic import CANDIDATE, CONFIG, PLANTED, SECONDARY, SLUGS, T0_NS, traffic
 
 
@@ -204,3 +207,63 @@ def test_noise_learned_from_a_replay_of_the_baseline(tmp_path: Path) -> None:
     assert report.pairs == 3000
     score = next(s for e in report.endpoints for s in e.signatures if s.path == "body.score")
     assert score.suppression_reason == "learned-noise" and score.noise_rate is not None
+
+
+def _structural_run(db: Path, secondary_shape: Callable[[int], dict[str, Any]] | None) -> DiffReport:
+    """100 pairs of GET /profile: the candidate drops `legacy` in every other pair and `email` in
+    every fourth; the secondary answers as ``secondary_shape(i)`` says (None: no secondary)."""
+    store = DiffStore(db)
+    config = config_from_mapping({})
+    secondary = None if secondary_shape is None else "secondary"
+    session = DiffSession(store, config, RunMeta("primary", "v2", secondary, ()), rng=random.Random(1))
+
+    def answer(doc: dict[str, Any]) -> Response:
+        return Response(200, "OK", ((b"Content-Type", b"application/json"),), json.dumps(doc).encode())
+
+    full = {"id": 1, "email": "a@example.com", "legacy": "x"}
+    for i in range(100):
+        candidate = dict(full)
+        if i % 2 == 0:
+            del candidate["legacy"]
+        if i % 4 == 0:
+            del candidate["email"]
+        shadows = {"v2": answer(candidate)}
+        if secondary_shape is not None:
+            shadows["secondary"] = answer(secondary_shape(i))
+        session.add(Exchange(f"e{i}", T0_NS + i, Request("GET", "/profile"), answer(full), shadows))
+    session.finish()
+    return build_report(store, config)
+
+
+def _signature(report: DiffReport, path: str) -> Any:
+    return next(s for e in report.endpoints for s in e.signatures if s.path == path)
+
+
+def test_a_structural_change_the_secondary_shows_as_often_is_learned_noise(tmp_path: Path) -> None:
+    """The secondary (the baseline's version again) also drops `legacy` in about half its answers:
+    the environment's doing, not the candidate's. It never drops `email`: that stays a regression."""
+    full = {"id": 1, "email": "a@example.com", "legacy": "x"}
+    report = _structural_run(tmp_path / "r.db", lambda i: {"id": 1, "email": "a@example.com"} if i % 2 else full)
+    legacy, email = _signature(report, "body.legacy"), _signature(report, "body.email")
+    assert (legacy.kind, legacy.suppressed, legacy.suppression_reason) == ("removed", True, "learned-noise")
+    assert legacy.noise_rate == 0.5 and legacy.rate == 0.5
+    assert (email.kind, email.suppressed, email.noise_rate) == ("removed", False, 0.0)
+    assert {s.reason: s.count for s in report.suppressions} == {"learned-noise": 50}
+    assert report.verdict.exit_code == 1 and report.verdict.failing_signatures == (email.id,)
+
+
+def test_a_structural_change_is_learned_only_from_the_same_change_at_a_comparable_rate(tmp_path: Path) -> None:
+    # The secondary's `legacy` is noisy, but its value changes; it never goes missing.
+    report = _structural_run(tmp_path / "value.db", lambda i: {"id": 1, "email": "a@example.com", "legacy": str(i)})
+    legacy = _signature(report, "body.legacy")
+    assert not legacy.suppressed and legacy.noise_rate == 0.0
+    # The same change, but in 5% of the secondary's answers against the candidate's 50%.
+    full = {"id": 1, "email": "a@example.com", "legacy": "x"}
+    report = _structural_run(
+        tmp_path / "rare.db", lambda i: {"id": 1, "email": "a@example.com"} if i % 20 == 0 else full
+    )
+    legacy = _signature(report, "body.legacy")
+    assert not legacy.suppressed and legacy.noise_rate == 0.05
+    # Without a secondary nothing structural is ever learned.
+    report = _structural_run(tmp_path / "none.db", None)
+    assert not _signature(report, "body.legacy").suppressed and _signature(report, "body.legacy").noise_rate is None
