@@ -3,7 +3,8 @@
 Everything a report says is recomputed here from stored pairs and differences, for any time window
 or endpoint, so ``shadowtap report`` and ``shadowtap diff`` agree by construction. Suppression is
 decided per signature, in order: a reason decided at compare time (a volatile detector, or an echo of
-what the proxy changed in the candidate's request), a user ignore rule, then learned noise (Diffy's
+what the proxy changed in the candidate's request), a user ignore rule (never for a structural
+change), then learned noise (Diffy's
 rule, see ``is_learned_noise``): per field for value changes, and per signature for structural ones,
 which only the secondary showing the same change (same path and transition) at a comparable rate
 can silence. This module must never read tapes, and reads the store only through ``DiffStore``.
@@ -127,7 +128,12 @@ def build_report(
             sig_key = (ep, row.key_id, row.volatile)
             pair_sigs.add(sig_key)
             if sig_key not in fixed_reasons:
-                fixed_reasons[sig_key] = row.volatile or _rule_reason(config.ignore, ep, row.path)
+                # Ignore rules never silence structure (DESIGN.md): a rule over a field hides its
+                # value changes, not the field vanishing or changing type.
+                structural = is_structural(row.kind, row.transition)
+                fixed_reasons[sig_key] = row.volatile or (
+                    None if structural else _rule_reason(config.ignore, ep, row.path)
+                )
             if fixed_reasons[sig_key] is None and not is_structural(row.kind, row.transition):
                 pair_fields.add((ep, row.path))
         started = rows[0].started_at_ns

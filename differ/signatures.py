@@ -16,9 +16,9 @@ from differ.report_model import SEVERITIES, Severity
 
 __all__ = ["STRUCTURAL_KINDS", "is_structural", "severity", "severity_rank", "signature_id"]
 
-#: Kinds no detector silences: a field that vanished or changed type is a contract change however
-#: often the secondary disagrees about its value. Only the secondary showing the same change (same
-#: path and transition) at a comparable rate makes one learned noise.
+#: Kinds no detector or ignore rule silences: a field that vanished or changed type is a contract
+#: change however often the secondary disagrees about its value. Only the secondary showing the same
+#: change (same path and transition) at a comparable rate makes one learned noise.
 STRUCTURAL_KINDS: Final = frozenset({"removed", "added", "type", "error"})
 
 _HIGH_KINDS: Final = frozenset({"removed", "type"})
@@ -33,8 +33,8 @@ def _statuses(transition: str) -> tuple[int, int] | None:
 
 
 def is_structural(kind: str, transition: str) -> bool:
-    """Whether a difference is structural: never silenced by a detector, nor by the secondary's noise
-    at its field; learned noise only when the secondary shows the same change."""
+    """Whether a difference is structural: never silenced by a detector or an ignore rule, nor by the
+    secondary's noise at its field; learned noise only when the secondary shows the same change."""
     if kind in STRUCTURAL_KINDS:
         return True
     if kind == "status":

@@ -127,16 +127,17 @@ def test_without_a_secondary_the_noisy_field_is_reported(tmp_path: Path) -> None
     assert all(s.noise_rate is None for e in report.endpoints for s in e.signatures)
 
 
-def test_ignore_rules_silence_and_say_why(planted_store: DiffStore) -> None:
+def test_ignore_rules_silence_value_changes_and_say_why_but_never_structure(planted_store: DiffStore) -> None:
     config = config_from_mapping(
         {"diff": {**CONFIG["diff"], "ignore": ["body.**.badge", {"endpoint": "GET /prices/*", "path": "body.price"}]}}
     )
     report = build_report(planted_store, config)
     live = unsuppressed(report)
-    assert ("GET /products", "body.products[*].badge", "added", "missing->str") not in live
     assert ("GET /prices/{id}", "body.price", "value", "float->float") not in live
+    # A rule over a field hides its value changes, never the field appearing or vanishing.
+    assert ("GET /products", "body.products[*].badge", "added", "missing->str") in live
     reasons = {s.reason for s in report.suppressions}
-    assert {"rule:body.**.badge", "rule:GET /prices/* body.price"} <= reasons
+    assert "rule:GET /prices/* body.price" in reasons and "rule:body.**.badge" not in reasons
 
 
 def test_window_and_endpoint_filters_recompute_from_the_store(planted_store: DiffStore) -> None:
