@@ -15,6 +15,8 @@ What it holds in memory, and the bound:
 Slots are nanoseconds relative to the replay's t0. Inside a session the runner sends a request at
 ``max(slot, previous done + gap_ns)`` (DESIGN.md); ``gap_ns`` is the recorded think time over speed:
 from the previous response's recorded end (its start when no timing was recorded) to this start.
+``Scaling.max_gap_s`` caps both, after the speed factor: a stretch of the schedule with nothing to
+send (two recordings a day apart) and a session's think time last at most that long.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ __all__ = [
     "PlannedRequest",
     "Rewrites",
     "Scaling",
+    "SchedulePreview",
     "SessionKey",
     "check_header_name",
     "check_header_text",
     "endpoint_template",
     "merge_by_time",
     "plan_requests",
+    "preview_schedule",
     "session_shard",
 ]
 
@@ -232,6 +236,8 @@ class Scaling:
     timing. ``clones``: copies of every session, clone c starting ``c * clone_offset_s`` later.
     ``duration_s``: stop planning at that offset; ``loop``: replay the tape again until the duration.
     ``ramp_s``: the arrival rate grows linearly from zero to full over the first ``ramp_s`` seconds.
+    ``max_gap_s``: no recorded gap lasts longer than this in the replay (measured after ``speed``):
+    longer stretches with nothing to send are cut to it, and so is a session's think time.
     """
 
     speed: float = 1.0
@@ -241,6 +247,7 @@ class Scaling:
     duration_s: float | None = None
     loop: bool = False
     ramp_s: float = 0.0
+    max_gap_s: float | None = None
 
     def __post_init__(self) -> None:
         if not (self.speed >= 0.0 and math.isfinite(self.speed)):
@@ -259,6 +266,13 @@ class Scaling:
             raise ConfigError(f"must be >= 0, got {self.ramp_s}", field="ramp")
         if self.loop and self.speed == 0.0 and self.rate_per_s is None:
             raise ConfigError("--loop with --speed 0 has no schedule to end at --duration; use --rate", field="loop")
+        if self.max_gap_s is not None:
+            if not self.max_gap_s > 0.0:
+                raise ConfigError(f"must be > 0, got {self.max_gap_s}", field="max-gap")
+            if self.rate_per_s is not None:
+                raise ConfigError("a replay at a fixed --rate has no recorded gaps to cap", field="max-gap")
+            if self.speed == 0.0:
+                raise ConfigError("a replay at --speed 0 has no recorded gaps to cap", field="max-gap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,6 +594,36 @@ def _plan(
             iteration_offset_ns += last_base_ns + mean_gap_ns
 
 
+@dataclass(frozen=True, slots=True)
+class SchedulePreview:
+    """The shape of a plan's schedule, known before it starts: how many requests, over how long,
+    and its longest stretch with nothing to send (``longest_gap_at_ns``: when it begins)."""
+
+    requests: int = 0
+    span_ns: int = 0
+    longest_gap_ns: int = 0
+    longest_gap_at_ns: int = 0
+
+
+def preview_schedule(
+    source: Callable[[], Iterable[Exchange]], options: PlanOptions, environ: Mapping[str, str] | None = None
+) -> SchedulePreview:
+    """Walk the plan ``options`` describe once (every shard's requests, one pass of ``--loop``) and
+    say how long it runs and where it idles. It reads the tapes once more: the plan streams, so its
+    span is known only at its end."""
+    whole = replace(options, shard=None, scaling=replace(options.scaling, loop=False))
+    requests = span_ns = longest_ns = longest_at_ns = 0
+    latest_ns: int | None = None
+    for planned in plan_requests(source, whole, environ=environ):
+        requests += 1
+        slot_ns = planned.slot_ns
+        if latest_ns is not None and slot_ns - latest_ns > longest_ns:
+            longest_ns, longest_at_ns = slot_ns - latest_ns, latest_ns
+        latest_ns = slot_ns if latest_ns is None else max(latest_ns, slot_ns)
+        span_ns = max(span_ns, slot_ns)
+    return SchedulePreview(requests, span_ns, longest_ns, longest_at_ns)
+
+
 def _clone(
     base: PlannedRequest, ex: Exchange, session: str, clone: int, iteration: int, rewrites: _CompiledRewrites
 ) -> PlannedRequest:
@@ -595,6 +639,11 @@ def _base_stream(
     """Clone 0 of every kept exchange, with its recorded-time slot (speed applied, no offset)."""
     filters = options.filters
     speed = options.scaling.speed
+    max_gap_s = options.scaling.max_gap_s
+    max_gap_ns = None if max_gap_s is None else int(max_gap_s * _NS_PER_S)
+    # Replay time cut out of gaps longer than max_gap_ns so far, and the latest uncut time.
+    cut_ns = 0
+    latest_ns: int | None = None
     path_re = None if filters.path_regex is None else re.compile(filters.path_regex)
     sample_bound = int(filters.sample_percent / 100.0 * 2**64)
     tape_start_ns: int | None = None
@@ -639,12 +688,20 @@ def _base_stream(
         gap_ns = 0
         if previous is not None and speed > 0.0 and options.scaling.rate_per_s is None:
             gap_ns = max(0, int((ex.started_at_ns - previous[0]) / speed))
+            if max_gap_ns is not None:
+                gap_ns = min(gap_ns, max_gap_ns)
         # The gap is think time: from the previous response's end (when recorded) to this start,
         # so a slow replayed response delays the session once, not once per later request.
         timing = ex.timings.get(PRIMARY)
         done_ns = None if timing is None else timing.done_ns
         sessions[key] = (ex.started_at_ns + (done_ns or 0), seq + 1)
         slot_ns = 0 if speed == 0.0 else int((ex.started_at_ns - first_kept_ns) / speed)
+        if max_gap_ns is not None:
+            if latest_ns is not None and slot_ns - latest_ns > max_gap_ns:
+                cut_ns += slot_ns - latest_ns - max_gap_ns
+            # The latest, not the last: a request recorded out of order opens no gap.
+            latest_ns = slot_ns if latest_ns is None else max(latest_ns, slot_ns)
+            slot_ns -= cut_ns
         target, headers, body = rewrites.apply(ex, 0, iteration)
         session = key if iteration == 0 else f"{key}#c0i{iteration}"
         yield (

@@ -210,6 +210,51 @@ def test_speed_zero_sends_everything_at_once_with_no_gaps() -> None:
     assert [(p.slot_ns, p.gap_ns, p.seq) for p in out] == [(0, 0, 0), (0, 0, 1)]
 
 
+def test_max_gap_caps_idle_gaps_after_speed_and_keeps_session_order() -> None:
+    # Two recordings ten seconds apart (a day, in real life): at speed 2 the replay idled 5 s.
+    tape = [ex(0, 0, session="a"), ex(1, 100, session="b"), ex(2, 10_100, session="a"), ex(3, 10_200, session="b")]
+    out = plan(tape, scaling=Scaling(speed=2.0, max_gap_s=1.0))
+    assert [p.slot_ns for p in out] == [0, 50 * MS, 1050 * MS, 1100 * MS]
+    # The think time inside a session is capped too (else the session would still wait 5 s).
+    assert [p.gap_ns for p in out] == [0, 0, 1 * S, 1 * S]
+    assert [(p.session, p.seq) for p in out] == [("auto=a", 0), ("auto=b", 0), ("auto=a", 1), ("auto=b", 1)]
+    # Gaps at or under the cap keep their recorded length; without a cap nothing changes.
+    recorded = [0, 50 * MS, 5050 * MS, 5100 * MS]
+    assert [p.slot_ns for p in plan(tape, scaling=Scaling(speed=2.0, max_gap_s=5.0))] == recorded
+    assert [p.slot_ns for p in plan(tape, scaling=Scaling(speed=2.0))] == recorded
+
+
+@pytest.mark.parametrize(
+    ("scaling", "reason"),
+    [
+        ({"max_gap_s": 0.0}, "must be > 0"),
+        ({"max_gap_s": -1.0}, "must be > 0"),
+        ({"max_gap_s": 1.0, "rate_per_s": 10.0}, "--rate has no recorded gaps"),
+        ({"max_gap_s": 1.0, "speed": 0.0}, "--speed 0 has no recorded gaps"),
+    ],
+)
+def test_max_gap_is_refused_where_it_means_nothing(scaling: dict[str, float], reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason) as info:
+        Scaling(**scaling)  # type: ignore[arg-type]
+    assert info.value.field == "max-gap"
+
+
+def test_the_preview_gives_the_span_and_the_longest_idle_gap() -> None:
+    from replayer.plan import preview_schedule
+
+    tape = [ex(0, 0), ex(1, 100), ex(2, 10_100), ex(3, 10_200), ex(4, 10_300)]
+    preview = preview_schedule(lambda: tape, PlanOptions(scaling=Scaling(speed=2.0)))
+    assert (preview.requests, preview.span_ns) == (5, 5150 * MS)
+    assert (preview.longest_gap_ns, preview.longest_gap_at_ns) == (5000 * MS, 50 * MS)
+    capped = preview_schedule(lambda: tape, PlanOptions(scaling=Scaling(speed=2.0, max_gap_s=1.0)))
+    assert (capped.span_ns, capped.longest_gap_ns) == (1150 * MS, 1000 * MS)
+    # The whole plan, whatever the shard, and one pass of a loop.
+    looped = PlanOptions(scaling=Scaling(speed=2.0, duration_s=60.0, loop=True), shard=(1, 2))
+    assert preview_schedule(lambda: tape, looped).requests == 5
+    empty = preview_schedule(list, PlanOptions())
+    assert (empty.requests, empty.span_ns, empty.longest_gap_ns) == (0, 0, 0)
+
+
 def test_loop_until_duration_repeats_with_fresh_sessions_and_no_overlap() -> None:
     tape = [ex(0, 0, session="a"), ex(1, 100, session="a"), ex(2, 200, session="b")]
     stats = PlanStats()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,3 +68,21 @@ def test_shards_are_a_partition_with_the_same_slots(tape: list[Exchange], scalin
         shard = PlanOptions(scaling=scaling, shard=(index, workers))
         parts.extend((p.replay_id, p.slot_ns) for p in plan_requests(lambda: tape, shard))
     assert sorted(parts) == whole
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    tape=tapes(),
+    speed=st.sampled_from([0.5, 1.0, 3.0]),
+    max_gap_ms=st.integers(min_value=1, max_value=400),
+)
+def test_max_gap_only_ever_shortens_gaps_to_the_cap(tape: list[Exchange], speed: float, max_gap_ms: int) -> None:
+    options = PlanOptions(scaling=Scaling(speed=speed), filters=Filters(allow_writes=True))
+    capped_options = PlanOptions(scaling=Scaling(speed=speed, max_gap_s=max_gap_ms / 1000), filters=options.filters)
+    plain = list(plan_requests(lambda: tape, options))
+    capped = list(plan_requests(lambda: tape, capped_options))
+    assert [(p.replay_id, p.session, p.seq) for p in capped] == [(p.replay_id, p.session, p.seq) for p in plain]
+    cap_ns = max_gap_ms * 1_000_000
+    for (a, b), (pa, pb) in zip(pairwise(capped), pairwise(plain), strict=True):
+        assert b.slot_ns - a.slot_ns == min(pb.slot_ns - pa.slot_ns, cap_ns)
+    assert all(c.gap_ns == min(p.gap_ns, cap_ns) for c, p in zip(capped, plain, strict=True))
