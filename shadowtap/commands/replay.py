@@ -85,6 +85,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--duration", type=_seconds, metavar="S", help="stop scheduling after S seconds")
     g.add_argument("--loop", action="store_true", help="replay the tape again until --duration")
     g.add_argument("--ramp", type=_seconds, default=0.0, metavar="S", help="grow the rate linearly over S seconds")
+    g.add_argument(
+        "--max-gap",
+        type=_seconds,
+        metavar="S",
+        help="cut every idle stretch of the recorded schedule (and think time in a session) to at most S "
+        "seconds of replay, after --speed",
+    )
 
     g = parser.add_argument_group("sessions and filters")
     g.add_argument(
@@ -262,6 +269,7 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
             duration_s=args.duration,
             loop=args.loop,
             ramp_s=args.ramp,
+            max_gap_s=args.max_gap,
         ),
     )
     client = ClientSettings(
@@ -295,7 +303,58 @@ def _gates(args: argparse.Namespace) -> SloGates:
     )
 
 
-def _run_here(job: ReplayJob, args: argparse.Namespace) -> JobResult:
+#: An idle stretch of the schedule this long is announced even with --no-progress: a replay that
+#: sits silent for a minute or more looks hung.
+_LONG_GAP_NS: Final = 60_000_000_000
+
+
+def _span(ns: int) -> str:
+    """A duration for people: ``0.3 s``, ``12m 05s``, ``26h 40m 00s``."""
+    seconds = ns / 1e9
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m {whole % 60:02d}s"
+
+
+def _announce_plan(job: ReplayJob, args: argparse.Namespace) -> float | None:
+    """Say how long the recorded schedule runs and where it idles, before it starts (a tape of two
+    recordings a day apart idles for hours); the planned span in seconds, or None when unknown.
+
+    Only for recorded timing: a fixed --rate or --speed 0 has no idle stretches."""
+    from recorder.errors import InputFormatError
+    from replayer.plan import preview_schedule
+    from replayer.source import tape_source
+
+    scaling = job.plan.scaling
+    if scaling.rate_per_s is not None or scaling.speed == 0.0:
+        return None
+    try:
+        preview = preview_schedule(tape_source(job.tapes, job.salvage), job.plan)
+    except InputFormatError:
+        return None  # a tape damaged half-way: the replay sends what comes before and says so
+    long_gap = preview.longest_gap_ns >= _LONG_GAP_NS
+    if args.no_progress and not long_gap:
+        return preview.span_ns / 1e9
+    line = f"plan: {preview.requests:,} requests over {_span(preview.span_ns)}"
+    if scaling.speed != 1.0:
+        line += f" at --speed {scaling.speed:g}"
+    if scaling.loop:
+        line += ", each pass of --loop"
+    if preview.longest_gap_ns:
+        gap, at = _span(preview.longest_gap_ns), _span(preview.longest_gap_at_ns)
+        line += f"; longest with nothing to send: {gap}, from {at} in"
+    if scaling.max_gap_s is not None:
+        line += f" (gaps cut to {scaling.max_gap_s:g} s by --max-gap)"
+    elif long_gap:
+        line += " (a gap in the recording: --max-gap S cuts such gaps to S seconds)"
+    print(f"shadowtap replay: {'warning: ' if long_gap else ''}{line}", file=sys.stderr, flush=True)
+    return preview.span_ns / 1e9
+
+
+def _run_here(job: ReplayJob, args: argparse.Namespace, total_s: float | None) -> JobResult:
     import asyncio
     import signal
 
@@ -315,18 +374,18 @@ def _run_here(job: ReplayJob, args: argparse.Namespace) -> JobResult:
         finally:
             loop.remove_signal_handler(signal.SIGINT)
 
-    with ProgressDisplay(enabled=not args.no_progress, total_s=job.plan.scaling.duration_s) as display:
+    with ProgressDisplay(enabled=not args.no_progress, total_s=total_s) as display:
         return run(main(display))
 
 
-def _run_workers(job: ReplayJob, args: argparse.Namespace) -> JobResult:
+def _run_workers(job: ReplayJob, args: argparse.Namespace, total_s: float | None) -> JobResult:
     from replayer.progress import ProgressDisplay
     from replayer.runner import Progress
     from replayer.workers import run_workers
     from shadowtap.runtime import run
 
     latest: dict[int, Progress] = {}
-    with ProgressDisplay(enabled=not args.no_progress, total_s=job.plan.scaling.duration_s) as display:
+    with ProgressDisplay(enabled=not args.no_progress, total_s=total_s) as display:
 
         def on_progress(index: int, snapshot: Progress) -> None:
             latest[index] = snapshot
@@ -406,14 +465,19 @@ def run(args: argparse.Namespace) -> int:
         _write_text(args.locust_job_out, locust_job(job).to_json() + "\n")
         print(f"wrote the Locust job to {args.locust_job_out}", file=sys.stderr)
         return 0
+    span_s = _announce_plan(job, args)
+    duration_s = job.plan.scaling.duration_s
+    total_s = duration_s
+    if span_s and not job.plan.scaling.loop:  # the progress bar's length
+        total_s = span_s if duration_s is None else min(span_s, duration_s)
     if args.locust:
         from replayer.locust_launch import run_locust
 
         result = run_locust(job, workers=args.locust_workers, timeout_s=args.locust_timeout)
     elif args.workers > 1:
-        result = _run_workers(job, args)
+        result = _run_workers(job, args, total_s)
     else:
-        result = _run_here(job, args)
+        result = _run_here(job, args, total_s)
     failures = write_outputs(result, job, args, gates)
     _report_tape_problems(result)
     raise_job_error(result)

@@ -664,3 +664,66 @@ def test_the_help_states_the_error_rate_gate_the_replay_applies(capsys: pytest.C
     with pytest.raises(SystemExit):
         main(["replay", "--help"])
     assert f"(default {DEFAULT_MAX_ERROR_RATE:g}; 1 = off)" in " ".join(capsys.readouterr().out.split())
+
+
+def two_recordings_an_hour_apart(directory: Path) -> Path:
+    return write_tape(
+        directory, [make_exchange(i, i * 20 + (3_600_000 if i >= 5 else 0), session=f"s{i % 2}") for i in range(10)]
+    )
+
+
+async def test_a_long_idle_gap_is_announced_before_the_replay_starts(tmp_path: Path) -> None:
+    # At --speed 5 this tape idles for 12 minutes between its two halves, and nothing said so.
+    tape = two_recordings_an_hour_apart(tmp_path / "tape")
+    async with Target() as target:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shadowtap", "replay", str(tape), "--target", target.url, "--speed", "5",
+            "--json", str(tmp_path / "out.json"), "--no-progress",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        first = (await asyncio.wait_for(proc.stderr.readline(), timeout=30)).decode()
+        for _ in range(300):  # the first half goes out, then the replay idles
+            if len(target.seen) >= 5:
+                break
+            await asyncio.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        rest = (await asyncio.wait_for(proc.stderr.read(), timeout=60)).decode()
+        await proc.wait()
+    assert first == (
+        "shadowtap replay: warning: plan: 10 requests over 12m 00s at --speed 5; longest with nothing to send: "
+        "12m 00s, from 0.0 s in (a gap in the recording: --max-gap S cuts such gaps to S seconds)\n"
+    )
+    assert proc.returncode == 130, rest
+    assert len(target.seen) == 5
+
+
+async def test_max_gap_cuts_the_idle_stretch_and_keeps_every_request(tmp_path: Path) -> None:
+    tape = two_recordings_an_hour_apart(tmp_path / "tape")
+    async with Target() as target:
+        code, out, err = await shadowtap(
+            str(tape), "--target", target.url, "--speed", "5", "--max-gap", "0.3",
+            "--json", str(tmp_path / "out.json"),
+        )  # fmt: skip
+    assert code == 0, err
+    assert sorted(path for _, path, _ in target.seen) == sorted(f"/r/{i}" for i in range(10))
+    # Progress on: the plan is said before it starts, with the cap.
+    assert err.startswith("shadowtap replay: plan: 10 requests over 0.3 s at --speed 5; ") and "--max-gap" in err
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert document["summary"]["requests"] == 10 and document["summary"]["elapsed_s"] < 5
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--max-gap", "0"], "field 'max-gap': must be > 0"),
+        (["--max-gap", "1", "--rate", "10"], "field 'max-gap': a replay at a fixed --rate has no recorded gaps"),
+        (["--max-gap", "1", "--speed", "0"], "field 'max-gap': a replay at --speed 0 has no recorded gaps"),
+        (["--max-gap", "inf"], "argument --max-gap: not a finite number"),
+    ],
+)
+async def test_max_gap_is_refused_where_it_means_nothing(tmp_path: Path, flags: list[str], expected: str) -> None:
+    tape = write_tape(tmp_path / "tape", [make_exchange(0, 0)])
+    code, _, err = await shadowtap(str(tape), "--target", "http://127.0.0.1:9", *flags, "--no-progress")
+    assert code == 2
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err
