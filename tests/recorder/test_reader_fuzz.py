@@ -30,6 +30,7 @@ from recorder import (
     _frames,
     exchange_to_wire,
 )
+from recorder.model import RequestDelta
 from tests.recorder.tape_samples import make_exchange
 from tests.recorder.test_reader import frame_offsets, write_records
 
@@ -56,6 +57,15 @@ def _bases() -> list[list[Any]]:
         shadows={"v2": Response(503, "Unavailable", ((b"Retry-After", b"1"),), b"", "2", truncated_from=9)},
         timings={"primary": Timing(1, None, None), "v2": Timing()},
         decisions={"v2": "mirrored", "v3": FailureKind.SAMPLED_OUT},
+        request_deltas={
+            "v2": RequestDelta(
+                removed=(b"Cookie",),
+                added=((b"X-Shadowtap-Shadow", b"1"),),
+                replaced=((b"Authorization", b"redacted:credential"),),
+                authority=("api", "v2:80"),
+                query=(("token", "redacted:hmac:00"), ("sig", None)),
+            )
+        },
     )
     bare = Exchange(id="bare", started_at_ns=5, request=Request("OPTIONS", "*"))
     return [_lists(exchange_to_wire(e)) for e in (full, varied, bare)]
@@ -63,7 +73,7 @@ def _bases() -> list[list[Any]]:
 
 BASES = _bases()
 _FIELD_NAMES = ["id", "started_at_ns", "started_mono_ns", "request", "primary", "shadows", "timings"]
-_FIELD_NAMES += ["session", "connection_id", "client_addr", "decisions", "tags"]
+_FIELD_NAMES += ["session", "connection_id", "client_addr", "decisions", "tags", "request_deltas"]
 
 
 def _paths(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -167,6 +177,20 @@ def _assert_well_typed(ex: Exchange) -> None:
             optional_int(ns)
     str_map(ex.decisions)
     str_map(ex.tags)
+    assert type(ex.request_deltas) is dict and all(type(k) is str for k in ex.request_deltas)
+    for delta in ex.request_deltas.values():
+        assert type(delta) is RequestDelta
+        assert type(delta.removed) is tuple and all(type(name) is bytes for name in delta.removed)
+        headers(delta.added)
+        headers(delta.replaced)
+        assert delta.authority is None or (
+            type(delta.authority) is tuple
+            and len(delta.authority) == 2
+            and all(type(h) is str for h in delta.authority)
+        )
+        assert type(delta.query) is tuple
+        for name, value in delta.query:
+            assert type(name) is str and (value is None or type(value) is str)
 
 
 def _names_its_place(field: str, path: tuple[Any, ...]) -> bool:
