@@ -37,7 +37,7 @@ from proxy.breaker import CircuitBreaker
 from proxy.config import MirrorSettings, RuntimeFlags, ShadowSettings
 from proxy.forward import ForwardSettings, PrimaryTarget, parse_primary
 from proxy.metrics import ProxyMetrics
-from proxy.rewrite import NO_FORWARDING, Forwarding, RequestRewriter
+from proxy.rewrite import Forwarding, RequestRewriter, no_forwarding
 from proxy.rules import RouteTable
 from proxy.sampling import TokenBucket, in_sample, key_in_sample
 from proxy.stages import ProxiedExchange
@@ -95,6 +95,10 @@ _CORRELATION: Final = CORRELATION_HEADER.encode()
 #: Fields a copy is sent without that are no change of the request: the primary is sent without
 #: them too (hop-by-hop), or they are framing, or the Host rule (the delta's ``authority``).
 _NOT_A_CHANGE: Final = _NOT_FORWARDED - {b"expect"}
+#: The fields the data path may add to the primary's request (``RequestRewriter.forwarding``).
+_FORWARDED_NAMES: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via"})
+#: A delta's query when the copy's target is the request's (a tuple: shared, never changed).
+_NO_QUERY: Final = ()
 #: A secret a delta does not record (a shadow's own credential): it stands for "some value".
 _UNRECORDED: Final = UNRECORDED.encode()
 
@@ -144,18 +148,14 @@ def _copy_fields(
     parts: list[bytes],
     headers: Headers,
     drop: frozenset[bytes],
-    xff_at: int,
-    xff_value: bytes,
     removable: frozenset[bytes],
     removed: list[bytes] | None,
 ) -> tuple[bool, bool]:
-    """Append the fields not in ``drop`` to ``parts``, the one at ``xff_at`` with ``xff_value``;
-    return whether a length field (Content-Length, Transfer-Encoding) and whether a Connection field
-    were dropped. ``drop`` holds both. Dropped fields named in ``removable`` go to ``removed``."""
+    """Append the fields not in ``drop`` to ``parts``; return whether a length field (Content-Length,
+    Transfer-Encoding) and whether a Connection field were dropped. ``drop`` holds both. Dropped
+    fields named in ``removable`` go to ``removed``."""
     had_length = saw_connection = False
-    index = -1
     for name, value in headers:
-        index += 1
         lower = name.lower()
         if lower in drop:
             if lower == b"connection":
@@ -165,7 +165,7 @@ def _copy_fields(
             elif removed is not None and lower in removable:
                 removed.append(name)
             continue
-        parts += (name, b": ", xff_value if index == xff_at else value, b"\r\n")
+        parts += (name, b": ", value, b"\r\n")
     return had_length, saw_connection
 
 
@@ -190,35 +190,42 @@ def mirror_request_head(
     credentials: Sequence[tuple[bytes, bytes]],
     exchange_id: str,
     authority: str,
-    forwarding: Forwarding = NO_FORWARDING,
+    forwarding: Forwarding | None = None,
     removable: frozenset[bytes] = frozenset(),
     removed: list[bytes] | None = None,
+    drops_forwarded: bool = False,
 ) -> bytes:
     """The request head a shadow gets: same method, target and headers (order, case, repeats) and the
-    same forwarding fields as the primary's (``RequestRewriter.forwarding``), minus hop-by-hop fields
-    and credentials, plus shadow credentials, the marker and the correlation id. The names of the
-    dropped fields in ``removable`` (what the primary got and the copy did not) go to ``removed``."""
+    same forwarding fields as the primary's (``RequestRewriter.forwarding`` of ``headers``; None:
+    none), minus hop-by-hop fields and credentials, plus shadow credentials, the marker and the
+    correlation id. The names of the dropped fields in ``removable`` (what the primary got and the
+    copy did not) go to ``removed``. ``drops_forwarded``: ``drop`` names a forwarding field."""
     parts: list[bytes] = [
         method.encode("ascii"), b" ", upstream.path_prefix, target.encode("latin-1"), b" HTTP/1.1\r\nHost: ",
         copy_host(shadow, upstream, authority), b"\r\n",
     ]  # fmt: skip
     start = len(parts)
-    xff_at, xff_value, forwarded = forwarding
-    had_length, saw_connection = _copy_fields(parts, headers, drop, xff_at, xff_value, removable, removed)
+    if forwarding is not None:
+        headers = forwarding[0]
+    had_length, saw_connection = _copy_fields(parts, headers, drop, removable, removed)
     if saw_connection:
         # Rare: the names a Connection field lists are hop-by-hop too (RFC 9110 section 7.6.1).
         del parts[start:]
         if removed is not None:
             del removed[:]
         listed = _connection_listed(headers)
-        had_length, _ = _copy_fields(parts, headers, drop | listed, xff_at, xff_value, removable - listed, removed)
-    for name, value in forwarded:
-        if name.lower() in drop:
-            # A shadow told to strip a forwarding field (``strip_headers``) is sent without it.
-            if removed is not None:
-                removed.append(name)
-            continue
-        parts += (name, b": ", value, b"\r\n")
+        had_length, _ = _copy_fields(parts, headers, drop | listed, removable - listed, removed)
+    if forwarding is not None:
+        if not drops_forwarded:
+            parts.append(forwarding[2])
+        else:
+            for name, value in forwarding[1]:
+                if name.lower() in drop:
+                    # A shadow told to strip a forwarding field (``strip_headers``) goes without it.
+                    if removed is not None:
+                        removed.append(name)
+                    continue
+                parts += (name, b": ", value, b"\r\n")
     for name, value in credentials:
         parts += (name, b": ", value, b"\r\n")
     parts += (_MARKER_LINE, exchange_id.encode("ascii"), b"\r\n")
@@ -399,12 +406,18 @@ class ShadowMirror:
         )
         #: Dropped fields that are a change of the request (the primary got them): its delta's removed.
         self._removable = self._drop - _NOT_A_CHANGE
+        self._drops_forwarded = not self._drop.isdisjoint(_FORWARDED_NAMES)
         #: Shadow credential header names: replacing the client's when it sent one, else added.
         self._credential_names = frozenset(name.lower() for name, _ in self._credentials)
         self._added_credentials = tuple((name, _UNRECORDED) for name, _ in self._credentials)
         #: Rewrites the query parameters and body fields the rules name (None: nothing to rewrite).
         self._redactor: Redactor | None = None
         self._target = parse_primary(settings.url, field=f"shadows.{settings.name}.url")
+        #: The Host every copy gets (None: the client's, ``preserve_host``), as text for the delta.
+        self._target_authority = self._target.authority.decode("latin-1")
+        self._fixed_host: str | None = (
+            settings.host if settings.host is not None else None if settings.preserve_host else self._target_authority
+        )
         self.breaker = CircuitBreaker(settings.breaker)
         self._bucket: TokenBucket | None = None
         # Offers, each with when it was queued. Bounded by settings.queue_size (checked in offer):
@@ -502,7 +515,7 @@ class ShadowMirror:
             # Once per request, for every shadow: the first copy to start computes it.
             rewriter = self._rewriter
             forwarding = offer.forwarding = (
-                NO_FORWARDING
+                no_forwarding(exchange.request_headers)
                 if rewriter is None
                 else rewriter.forwarding(
                     exchange.request_headers, client_ip(exchange.client_addr), exchange.scheme.encode("ascii")
@@ -535,6 +548,7 @@ class ShadowMirror:
             forwarding,
             self._removable,
             removed,
+            self._drops_forwarded,
         )
         copy = _Copy(self, exchange, head, body, time.monotonic_ns(), self._delta(exchange, removed, target))
         self._active.add(copy)
@@ -557,28 +571,35 @@ class ShadowMirror:
         """The copy's request delta in wire form (``recorder.model.delta_to_wire``): ``removed`` as
         the head left them out, a client credential the shadow's own replaced, the marker and the
         correlation id, the Host each got, and the query parameters rewritten."""
-        credentials = self._credential_names
+        names: list[bytes] = removed
         replaced: list[tuple[bytes, bytes]] = []
-        names: list[bytes] = []
-        seen: set[bytes] = set()
-        for name in removed:
-            lower = name.lower()
-            if lower in seen:
-                continue
-            seen.add(lower)
-            if lower in credentials:
-                replaced.append((name, _UNRECORDED))
-            else:
-                names.append(name)
-        added = [(name, value) for name, value in self._added_credentials if name.lower() not in seen]
+        added: list[tuple[bytes, bytes]] = []
+        credentials = self._credential_names
+        if len(removed) > 1 or credentials:
+            # Rare: repeated fields, or a shadow with credentials of its own to account for.
+            names, seen = [], set()
+            for name in removed:
+                lower = name.lower()
+                if lower in seen:
+                    continue
+                seen.add(lower)
+                if lower in credentials:
+                    replaced.append((name, _UNRECORDED))
+                else:
+                    names.append(name)
+            added = [(name, value) for name, value in self._added_credentials if name.lower() not in seen]
         added += (_MARKER, (_CORRELATION, exchange.id.encode("ascii")))
         authority = exchange.authority
-        client_host = authority.encode("latin-1") if authority else None
-        rewriter = self._rewriter
-        primary_host = (client_host or b"") if rewriter is None else rewriter.host_sent(client_host)
-        shadow_host = copy_host(self.settings, self._target, authority)
-        hosts = None if shadow_host == primary_host else [primary_host.decode("latin-1"), shadow_host.decode("latin-1")]
-        query = [] if target == exchange.target else _query_delta(exchange.target, target)
+        host = self._fixed_host
+        if host is None:  # preserve_host: the client's, when it sent one
+            host = authority or self._target_authority
+        primary_host = authority
+        if self._rewriter is not None:
+            primary_host = self._rewriter.host_sent(authority.encode("latin-1") if authority else None).decode(
+                "latin-1"
+            )
+        hosts = None if host == primary_host else [primary_host, host]
+        query = _NO_QUERY if target == exchange.target else _query_delta(exchange.target, target)
         return [names, added, replaced, hosts, query]
 
     def _filling_has_room(self) -> bool:

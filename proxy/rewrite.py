@@ -10,7 +10,6 @@ stay in ``proxy.forward``, which is not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from proxy import http1
@@ -19,14 +18,17 @@ from recorder.model import Header
 if TYPE_CHECKING:
     from proxy.forward import ForwardSettings
 
-__all__ = ["NO_FORWARDING", "Forwarding", "RequestRewriter", "climbs_above_root"]
+__all__ = ["Forwarding", "RequestRewriter", "climbs_above_root", "no_forwarding"]
 
-#: The forwarding fields a request's primary head carried, for its copies: the index (in the
-#: client's header list) of the X-Forwarded-For field the client address was appended to and that
-#: field's new value (-1 and b"" when none was), then the fields added after the client's, in order.
-Forwarding = tuple[int, bytes, tuple[Header, ...]]
-#: No forwarding fields at all (every ``x_forwarded_*`` off and no ``via``).
-NO_FORWARDING: Final[Forwarding] = (-1, b"", ())
+#: The forwarding fields a request's primary head carried, for its copies: the client's header
+#: fields with the X-Forwarded-For value the primary got (the same tuple when the client sent none),
+#: the fields added after them, and those rendered as head lines (so each copy appends one string).
+Forwarding = tuple[tuple[Header, ...], tuple[Header, ...], bytes]
+
+
+def no_forwarding(headers: tuple[Header, ...]) -> Forwarding:
+    """No forwarding fields at all for a request with ``headers`` (no rewriter to say which)."""
+    return headers, (), b""
 
 
 class RequestRewriter:
@@ -54,7 +56,9 @@ class RequestRewriter:
             return self._authority
         return client_host
 
-    def forwarding(self, headers: Sequence[Header], client_ip: bytes, scheme: bytes) -> Forwarding:
+    def forwarding(
+        self, headers: tuple[Header, ...], client_ip: bytes, scheme: bytes, exclude: frozenset[bytes] | None = None
+    ) -> Forwarding:
         """The forwarding fields ``head`` gives the primary for a (non-Upgrade) request, by the same
         rules, for the mirror stage to give every copy the same values: computed once per request,
         off the data path (the copies are sent from a later loop turn).
@@ -62,22 +66,23 @@ class RequestRewriter:
         ``head`` puts the client address after the last hop of the last X-Forwarded-For field, or
         adds the field; adds X-Forwarded-Proto and X-Forwarded-Host unless the client sent them
         (X-Forwarded-Host only when it sent a Host), then Via. Fields a Connection field lists are
-        dropped before any of this, as there.
+        left out of all this, as there (``exclude``, found by a first pass).
         """
-        listed: list[bytes] | None = None
-        for name, value in headers:
-            if name.lower() == b"connection":
-                listed = _listed(value, listed, False)
-        excluded = frozenset(listed) if listed else frozenset()
         xff_at = -1
         seen_proto = seen_fwd_host = False
         client_host: bytes | None = None
-        for index, (name, value) in enumerate(headers):
+        listed: list[bytes] | None = None
+        index = -1
+        for name, value in headers:
+            index += 1
             lower = name.lower()
-            if lower in excluded:
-                continue
             kind = _REQUEST_FIELD_KINDS.get(lower)
-            if kind == _HOST:
+            if kind is None or kind == _DROP or (exclude is not None and lower in exclude):
+                continue
+            if kind == _CONNECTION:
+                if exclude is None:
+                    listed = _listed(value, listed, False)
+            elif kind == _HOST:
                 client_host = value
             elif kind == _FORWARDED_FOR:
                 xff_at = index
@@ -85,22 +90,28 @@ class RequestRewriter:
                 seen_proto = True
             elif kind == _FORWARDED_HOST:
                 seen_fwd_host = True
-        xff_value = b""
+        if listed:
+            return self.forwarding(headers, client_ip, scheme, frozenset(listed))
         added: list[Header] = []
+        lines: list[bytes] = []
         if self._forwarded_for:
             if xff_at >= 0:
-                xff_value = headers[xff_at][1] + b", " + client_ip
+                name, value = headers[xff_at]
+                headers = (*headers[:xff_at], (name, value + b", " + client_ip), *headers[xff_at + 1 :])
             else:
                 added.append((b"X-Forwarded-For", client_ip))
-        else:
-            xff_at = -1
+                lines += (b"X-Forwarded-For: ", client_ip, b"\r\n")
         if self._forwarded_proto and not seen_proto:
             added.append((b"X-Forwarded-Proto", scheme))
+            lines += (b"X-Forwarded-Proto: ", scheme, b"\r\n")
         if self._forwarded_host and not seen_fwd_host and client_host is not None:
             added.append((b"X-Forwarded-Host", client_host))
-        if self._via is not None:
-            added.append((b"Via", self._via))
-        return xff_at, xff_value, tuple(added)
+            lines += (b"X-Forwarded-Host: ", client_host, b"\r\n")
+        via = self._via
+        if via is not None:
+            added.append((b"Via", via))
+            lines += (b"Via: ", via, b"\r\n")
+        return headers, tuple(added), b"".join(lines)
 
     def escapes_prefix(self, target: bytes) -> bool:
         """Whether ``target`` would leave the primary's path prefix once the primary resolves its dot
