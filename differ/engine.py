@@ -72,12 +72,10 @@ class DiffEngine:
         self.secondary = secondary
 
     def _rewrites(self, exchange: Exchange, name: str) -> Rewrites | None:
-        """What the proxy changed in ``name``'s copy, against the request the baseline answered."""
-        deltas = exchange.request_deltas
-        if not deltas or self.baseline != PRIMARY:
-            return None
-        delta = deltas.get(name)
-        return None if delta is None else Rewrites(exchange.request, delta)
+        """What the proxy changed in ``name``'s copy, against the request the baseline (the primary)
+        answered; None without a recorded delta."""
+        delta = exchange.request_deltas.get(name)
+        return None if delta is None or self.baseline != PRIMARY else Rewrites(exchange.request, delta)
 
     def compare_exchange(self, exchange: Exchange) -> PairResult:
         baseline = exchange.outcome(self.baseline)
@@ -88,11 +86,13 @@ class DiffEngine:
         if not (isinstance(baseline, Response) and isinstance(candidate, Response)):
             return PairResult("error", tuple(compare(baseline, candidate)))
         noise: tuple[Difference, ...] | None = None
+        deltas = exchange.request_deltas
         if self.secondary is not None:
             secondary = exchange.outcome(self.secondary)
             if isinstance(secondary, Response):
-                noise = tuple(compare(baseline, secondary, self._rewrites(exchange, self.secondary)))
-        differences = compare(baseline, candidate, self._rewrites(exchange, self.candidate))
+                rewrites = self._rewrites(exchange, self.secondary) if deltas else None
+                noise = tuple(compare(baseline, secondary, rewrites))
+        differences = compare(baseline, candidate, self._rewrites(exchange, self.candidate) if deltas else None)
         if not differences and noise is None:
             return _EQUAL
         return PairResult("compared", tuple(differences), noise)
