@@ -100,7 +100,8 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         "ignore",
         "list of path globs or {path, endpoint}",
         [],
-        "differences silenced at report time, globally or for endpoints matching `endpoint` (a glob)",
+        "value changes silenced at report time, globally or for endpoints matching `endpoint` (a glob);"
+        " a structural change (removed field, type change) is never silenced by a rule",
     ),
     ConfigKey("routes", "list of route patterns", [], "endpoint templates, first match wins: `GET /users/{id}`"),
     ConfigKey("unordered_arrays", "bool or list of path globs", False, "arrays compared as multisets (`true`: all)"),

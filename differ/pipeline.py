@@ -17,6 +17,7 @@ from differ.engine import DiffEngine, PairResult
 from differ.store import EXAMPLE_CANDIDATE, EXAMPLE_SECONDARY, DiffStore, RunMeta
 from differ.templates import EndpointTemplater
 from recorder.model import Exchange, Outcome, Request, Response
+from recorder.redact import DEFAULT_SECRET_HEADERS
 
 __all__ = ["EXAMPLE_BODY_LIMIT_BYTES", "DiffSession", "IngestStats"]
 
@@ -24,8 +25,9 @@ __all__ = ["EXAMPLE_BODY_LIMIT_BYTES", "DiffSession", "IngestStats"]
 EXAMPLE_BODY_LIMIT_BYTES: Final = 1 << 20
 #: Pairs per SQLite transaction: large enough to amortise the commit, small enough to lose little on a kill.
 _COMMIT_EVERY_PAIRS: Final = 5_000
-#: Secrets never reach the results database, whatever the tape held.
-_SECRET_HEADERS: Final = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"x-api-key"})
+#: Secrets never reach the results database, whatever the tape held: the tape's own list of
+#: credential headers (exact names), so the two can never disagree.
+_SECRET_HEADERS: Final = frozenset(name.encode() for name in DEFAULT_SECRET_HEADERS)
 _REDACTED: Final = b"[redacted]"
 #: Methods whose replay against the primary measures noise (RFC 9110 safe methods).
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})

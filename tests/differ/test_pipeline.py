@@ -66,3 +66,24 @@ def test_relearn_applies_new_routes(tmp_path: Path) -> None:
     assert {r[3] for r in store.routes()} == {f"GET /docs/page-{chr(97 + i)}" for i in range(5)}
     relearn_endpoints(store, config_from_mapping({"routes": ["GET /docs/{page}"]}))
     assert {r[3] for r in store.routes()} == {"GET /docs/{page}"}
+
+
+def test_examples_keep_no_credential_header_the_tape_redacts(tmp_path: Path) -> None:
+    # The results store blanks the tape's own list of credential headers, X-Auth-Token included.
+    store = DiffStore(":memory:")
+    session = DiffSession(store, DifferConfig(examples_per_signature=1), META, rng=random.Random(1))
+    headers = ((b"X-Auth-Token", b"tok-123"), (b"Authorization", b"Bearer abc"), (b"Accept", b"*/*"))
+    exchange = Exchange(
+        id="e1",
+        started_at_ns=1,
+        request=Request("GET", "/secret", headers),
+        primary=Response(200, "", ((b"Set-Cookie", b"sid=1"),), b'{"n": 1}'),
+        shadows={"v2": Response(200, "", (), b'{"n": 2}')},
+    )
+    session.add(exchange)
+    session.finish()
+    [stored] = [store.example_exchange(p) for p in store.example_pairs("GET /secret", 1, 1, None, None)]
+    assert stored.request.headers == ((b"X-Auth-Token", b"[redacted]"), (b"Authorization", b"[redacted]"),
+                                      (b"Accept", b"*/*"))  # fmt: skip
+    assert isinstance(stored.primary, Response)
+    assert stored.primary.headers == ((b"Set-Cookie", b"[redacted]"),)
