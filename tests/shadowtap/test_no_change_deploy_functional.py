@@ -164,6 +164,8 @@ def _diff(tape: Path, report: Path, *extra: str) -> subprocess.CompletedProcess[
 
 
 def _failing(report: Path) -> list[str]:
+    if not report.exists():
+        return ["(no report was written)"]
     data = json.loads(report.read_text())
     return [
         f"{s['severity']} {s['kind']} {e['endpoint']} {s['path']} ({s['transition']})"
