@@ -7,7 +7,9 @@ transition), must equal what DeepDiff reports for the same pair, mapped into the
 
 The engine runs with every volatile detector off and no request delta, so nothing is explained away
 at compare time; ignore rules and learned noise are applied later (aggregation), never here, and the
-arrays are ordered (no ``unordered_arrays``, no ``list_keys``), numeric tolerance 0.
+arrays are ordered (no ``unordered_arrays``, no ``list_keys``), numeric tolerance 0. One more test
+keeps the default detectors on but draws only values none of them matches (short strings, numbers
+below the epoch range), so a detector that fired on a plain value would show as a divergence.
 
 DeepDiff settings, each chosen to match the engine's semantics (docs/differ.md, "What is compared"):
 
@@ -60,8 +62,8 @@ def json_class(value: Any) -> str:
     return _CLASS[type(value)]
 
 
-def engine_report(a: Any, b: Any) -> Report:
-    comparator = Comparator(OPTIONS)
+def engine_report(a: Any, b: Any, options: CompareOptions = OPTIONS) -> Report:
+    comparator = Comparator(options)
     headers = ((b"Content-Type", b"application/json"),)
     got = comparator.compare(
         Response(200, "", headers, json.dumps(a).encode()), Response(200, "", headers, json.dumps(b).encode())
@@ -216,6 +218,27 @@ def test_engine_agrees_with_deepdiff_on_mutated_documents(pair: tuple[Any, Any])
 @given(a=documents, b=documents)
 def test_engine_agrees_with_deepdiff_on_independent_documents(a: Any, b: Any) -> None:
     assert engine_report(a, b) == oracle_report(a, b)
+
+
+# Values no built-in detector matches: strings under 9 characters (the shortest volatile string is
+# longer), numbers below the epoch range (2000-01-01 in seconds).
+_PLAIN_LIMIT = 946_684_800
+plain_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-_PLAIN_LIMIT + 1, max_value=_PLAIN_LIMIT - 1)
+    | st.floats(min_value=-_PLAIN_LIMIT + 1, max_value=_PLAIN_LIMIT - 1)
+    | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=st.dictionaries(keys, plain_values, max_size=5), b=st.dictionaries(keys, plain_values, max_size=5))
+def test_default_detectors_agree_with_deepdiff_on_plain_values(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """With the default options the detectors stay silent on values that look like nothing."""
+    assert engine_report(a, b, CompareOptions()) == oracle_report(a, b)
 
 
 def test_each_documented_normalisation_is_needed() -> None:
