@@ -41,7 +41,7 @@ from proxy.rewrite import Forwarding, RequestRewriter, no_forwarding
 from proxy.rules import RouteTable
 from proxy.sampling import TokenBucket, in_sample, key_in_sample
 from proxy.stages import ProxiedExchange
-from proxy.upstream import PipelinedConnection, UpstreamConnection, UpstreamPool
+from proxy.upstream import Dialer, PipelinedConnection, UpstreamConnection, UpstreamPool
 from recorder.errors import ConfigError, ShadowtapError
 from recorder.model import (
     UNRECORDED,
@@ -382,8 +382,11 @@ class ShadowMirror:
         on_outcome: OutcomeListener | None,
         redaction: RedactionRules | None = None,
         rewriter: RequestRewriter | None = None,
+        dial: Dialer | None = None,
     ) -> None:
         self.settings = settings
+        #: Opens the shadow's connections (``proxy.upstream.dial_tcp`` when None).
+        self._dial = dial
         self._flags = flags
         #: The primary's rewriter: for the forwarding fields and the Host the primary got.
         self._rewriter = rewriter
@@ -465,6 +468,7 @@ class ShadowMirror:
             connect_timeout_s=self.settings.connect_timeout_s,
             max_idle=self.settings.concurrency,
             pipelined=self.settings.pipeline_depth > 1,
+            dial=self._dial,
         )
         self._sweeper = loop.call_later(self._sweep_period_s, self._sweep)
 
@@ -803,15 +807,17 @@ class MirrorStage:
         on_outcome: OutcomeListener | None = None,
         redaction: RedactionRules | None = None,
         forward: ForwardSettings | None = None,
+        dial: Dialer | None = None,
     ) -> None:
         """``forward`` is the data path's settings: the copies get the forwarding fields (and the
-        deltas the Host) the primary got by them; without it, no forwarding fields."""
+        deltas the Host) the primary got by them; without it, no forwarding fields. ``dial`` opens
+        the shadows' connections (``proxy.upstream.dial_tcp`` when not given)."""
         self._settings = settings
         self._routes = RouteTable(settings.routes)
         self._flags = flags
         self._metrics = metrics
         rewriter = None if forward is None else RequestRewriter(forward)
-        self.shadows = [ShadowMirror(s, flags, metrics, on_outcome, redaction, rewriter) for s in shadows]
+        self.shadows = [ShadowMirror(s, flags, metrics, on_outcome, redaction, rewriter, dial) for s in shadows]
         # Cached: asyncio.get_running_loop() costs a getpid() system call on every call.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False

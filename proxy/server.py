@@ -42,7 +42,7 @@ from proxy.stages import (
     watches_requests,
 )
 from proxy.upgrade import CLIENT, Tunnel
-from proxy.upstream import PoolStats, UpstreamConnection, UpstreamPool
+from proxy.upstream import Dialer, PoolStats, UpstreamConnection, UpstreamPool
 from recorder.model import Failure, FailureKind, Header, new_response, new_timing
 
 __all__ = ["ProxyServer", "ServerStats"]
@@ -1267,8 +1267,11 @@ class ProxyServer:
         stages: Sequence[Stage] = (),
         ssl_context: ssl.SSLContext | None = None,
         observers: Sequence[PrimaryObserver] = (),
+        dial: Dialer | None = None,
     ) -> None:
+        """``dial`` opens the primary connections (``proxy.upstream.dial_tcp`` when not given)."""
         self.settings = settings
+        self._dial = dial
         self._stages = tuple(stages)
         self._observers = tuple(observers)
         self._listen_ssl = ssl_context
@@ -1312,6 +1315,7 @@ class ProxyServer:
             connect_timeout_s=settings.connect_timeout_s,
             max_idle=settings.pool_max_idle,
             max_head_bytes=settings.max_header_bytes,
+            dial=self._dial,
         )
         ctx = _Context(
             settings, self._stages, self._observers, pool, loop, "https" if self._listen_ssl is not None else "http"

@@ -2,8 +2,9 @@
 
 One ``UpstreamConnection`` carries one exchange at a time (no upstream pipelining) and hands the
 response to a ``ResponseSink`` as it is parsed: head, body pieces, end or failure. The pool keeps idle
-connections (LIFO, so the warmest is reused) and dials new ones with a connect timeout. This module
-must never buffer a whole body, decode one, or decide what the client sees: that is the sink's job.
+connections (LIFO, so the warmest is reused) and dials new ones with a connect timeout, through a
+``Dialer`` (``dial_tcp`` unless one is given: tests inject failures there). This module must never
+buffer a whole body, decode one, or decide what the client sees: that is the sink's job.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import collections
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import httptools
@@ -21,7 +23,15 @@ from proxy.forward import PrimaryTarget
 from proxy.upgrade import PRIMARY_SIDE, Tunnel
 from recorder.model import FailureKind, Header
 
-__all__ = ["PipelinedConnection", "PoolStats", "ResponseSink", "UpstreamConnection", "UpstreamPool"]
+__all__ = [
+    "Dialer",
+    "PipelinedConnection",
+    "PoolStats",
+    "ResponseSink",
+    "UpstreamConnection",
+    "UpstreamPool",
+    "dial_tcp",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,35 @@ class ResponseSink(Protocol):
     def flush(self) -> None: ...
 
     def upstream_write_paused(self, paused: bool) -> None: ...
+
+
+class Dialer(Protocol):
+    """Opens one connection for a pool: calls ``factory`` for the protocol (which tracks itself in the
+    pool once connected) and returns it. Raises ``OSError`` (TLS failures included) when it cannot;
+    the pool applies the connect timeout and counts the outcome."""
+
+    async def __call__(
+        self,
+        factory: Callable[[], UpstreamConnection],
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> UpstreamConnection: ...
+
+
+async def dial_tcp(
+    factory: Callable[[], UpstreamConnection],
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+) -> UpstreamConnection:
+    """The ``Dialer`` every pool uses unless given another: the running loop's ``create_connection``."""
+    _, conn = await asyncio.get_running_loop().create_connection(
+        factory, host, port, ssl=ssl_context, server_hostname=server_hostname
+    )
+    return conn
 
 
 class PoolStats:
@@ -417,6 +456,7 @@ class UpstreamPool:
         "_all",
         "_closed",
         "_connect_timeout_s",
+        "_dial",
         "_factory",
         "_idle",
         "_max_idle",
@@ -435,8 +475,11 @@ class UpstreamPool:
         max_idle: int,
         pipelined: bool = False,
         max_head_bytes: int = 64 * 1024,
+        dial: Dialer | None = None,
     ) -> None:
         self._target = target
+        # Only new connections go through it: one call per dial, nothing per exchange.
+        self._dial: Dialer = dial_tcp if dial is None else dial
         #: A response head (status line and fields) beyond this is a bad response (nginx: 502 past
         #: ``proxy_buffer_size``).
         self.max_head_bytes = max_head_bytes
@@ -466,16 +509,15 @@ class UpstreamPool:
         """Dial the primary; raises ``TimeoutError`` or ``OSError`` (incl. TLS failures)."""
         if self._closed:
             raise ConnectionRefusedError("the proxy is shutting down")
-        loop = asyncio.get_running_loop()
         target = self._target
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                _, conn = await loop.create_connection(
+                conn = await self._dial(
                     lambda: self._factory(self),
                     target.host,
                     target.port,
-                    ssl=self._ssl,
-                    server_hostname=target.host if self._ssl is not None else None,
+                    self._ssl,
+                    target.host if self._ssl is not None else None,
                 )
         except (OSError, TimeoutError):
             self.stats.connect_errors += 1
