@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,11 +16,10 @@ import pytest
 import uvloop
 from aiohttp import WSMsgType, web
 
-from proxy import native
 from proxy.forward import ForwardSettings
 from proxy.server import ProxyServer
 from proxy.stages import ProxiedExchange
-from proxy.upstream import UpstreamConnection, UpstreamPool
+from proxy.upstream import Dialer, UpstreamConnection, dial_tcp
 
 # The data-path tests run on uvloop, the loop the proxy runs on in production (its transports are
 # not asyncio's classes and behave differently at the edges); other proxy tests keep the default.
@@ -257,10 +257,11 @@ async def running_proxy(
     stages: list[Any] | None = None,
     observers: list[Any] | None = None,
     scheme: str = "http",
+    dial: Dialer | None = None,
     **settings: Any,
 ) -> AsyncIterator[ProxyServer]:
     forward = ForwardSettings(primary=f"{scheme}://127.0.0.1:{primary_port}", **settings)
-    server = ProxyServer(forward, stages or [], observers=observers or [])
+    server = ProxyServer(forward, stages or [], observers=observers or [], dial=dial)
     await server.start("127.0.0.1", 0)
     try:
         yield server
@@ -293,25 +294,26 @@ async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 
 
 @pytest.fixture
-def dials_resume_after_loss(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every fresh upstream connection (primary or shadow) is handed to the task that dialled it
-    only once it is lost: the race where a server accepts and hangs up before that task resumes,
-    taken every time instead of now and then. Real sockets; only the dial's return is held back.
+def dials_resume_after_loss() -> Dialer:
+    """A dialer (for ``running_proxy(dial=...)`` or a mirror stage) that hands each fresh upstream
+    connection to the task that dialled it only once it is lost: the race where a server accepts and
+    hangs up before that task resumes, taken every time instead of now and then. Real sockets; only
+    the dial's return is held back. Injected, not patched, so compiled callers take it too."""
 
-    Patching a method takes the interpreted modules: compiled callers call ``UpstreamPool.connect``
-    directly. ``make test`` runs these tests in its interpreted pass (``pytest-interpreted``)."""
-    if native.STATUS.startswith("compiled"):
-        pytest.skip(f"patches UpstreamPool.connect, which compiled callers bypass: {native.PURE_ENV}=1 runs it")
-    dial = UpstreamPool.connect
-
-    async def dial_then_lose(pool: UpstreamPool) -> UpstreamConnection:
-        conn = await dial(pool)
+    async def dial_then_lose(
+        factory: Callable[[], UpstreamConnection],
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> UpstreamConnection:
+        conn = await dial_tcp(factory, host, port, ssl_context, server_hostname)
         async with asyncio.timeout(5):
             while not conn.closed:
                 await asyncio.sleep(0.005)
         return conn
 
-    monkeypatch.setattr(UpstreamPool, "connect", dial_then_lose)
+    return dial_then_lose
 
 
 class LoggingPrimary:
@@ -360,8 +362,7 @@ class LoggingPrimary:
                 if path == b"/smuggled":
                     await asyncio.sleep(0.05)
                 writer.write(
-                    b"HTTP/1.1 200 OK\r\nSet-Cookie: owner=%s\r\nContent-Length: %d\r\n\r\n%s"
-                    % (path, len(path), path)
+                    b"HTTP/1.1 200 OK\r\nSet-Cookie: owner=%s\r\nContent-Length: %d\r\n\r\n%s" % (path, len(path), path)
                 )
                 await writer.drain()
 

@@ -22,6 +22,7 @@ from proxy.config import ProxyConfig, RuntimeFlags
 from proxy.metrics import ProxyMetrics
 from proxy.mirror import MirrorStage
 from proxy.stages import ProxiedExchange
+from proxy.upstream import Dialer
 from recorder import TapeReader
 from recorder.model import Failure, FailureKind, Outcome, RequestDelta, Response, Timing, exchange_from_wire
 from recorder.redact import RedactionRules, Redactor, resolve_redaction_key
@@ -131,7 +132,10 @@ async def echo_shadow() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
 
 def stage_for(
-    shadows: list[dict[str, Any]], mirror: dict[str, Any] | None = None, record: dict[str, Any] | None = None
+    shadows: list[dict[str, Any]],
+    mirror: dict[str, Any] | None = None,
+    record: dict[str, Any] | None = None,
+    dial: Dialer | None = None,
 ) -> tuple[MirrorStage, RuntimeFlags, ProxyMetrics, Outcomes]:
     config = ProxyConfig.from_mapping(
         {"primary": "http://127.0.0.1:1", "shadows": shadows, "mirror": mirror or {}, "record": record or {}}
@@ -139,7 +143,7 @@ def stage_for(
     flags = RuntimeFlags(config)
     metrics = ProxyMetrics()
     outcomes = Outcomes()
-    stage = MirrorStage(config.shadows, config.mirror, flags, metrics, outcomes, config.record.redaction)
+    stage = MirrorStage(config.shadows, config.mirror, flags, metrics, outcomes, config.record.redaction, dial=dial)
     return stage, flags, metrics, outcomes
 
 
@@ -717,13 +721,15 @@ async def test_a_head_copy_is_never_pipelined() -> None:
     assert sorted(targets[1:] for targets in shadow.per_connection) == [[b"/a", b"/c", b"/d"], [b"/b"]]
 
 
-async def test_a_shadow_lost_before_the_copy_is_sent_fails_the_copy_at_once(dials_resume_after_loss: None) -> None:
+async def test_a_shadow_lost_before_the_copy_is_sent_fails_the_copy_at_once(dials_resume_after_loss: Dialer) -> None:
     # The race the data path also meets: the shadow accepts and hangs up before the task that
     # dialled it resumes. The dial resumes only after the loss, so the race is taken every time;
     # the copy must fail then, not wait out its 10 s timeout on a dead connection.
     server = RawServer(hang_up)
     url = await server.start()
-    stage, _, metrics, outcomes = stage_for([{"name": "gone", "url": url, "total_timeout_s": 10}])
+    stage, _, metrics, outcomes = stage_for(
+        [{"name": "gone", "url": url, "total_timeout_s": 10}], dial=dials_resume_after_loss
+    )
     await stage.start()
     ex = exchange()
     stage.request_complete(ex)

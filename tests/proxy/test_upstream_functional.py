@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+from proxy.upstream import Dialer
 from recorder.model import FailureKind
 from tests.proxy.conftest import RecordingStage, hang_up, raw_head_request, raw_request, running_proxy
 
@@ -252,12 +253,15 @@ async def test_idle_keep_alive_client_connections_are_closed() -> None:
             writer.close()
 
 
-async def test_primary_closing_before_the_request_is_sent_is_a_fast_502(dials_resume_after_loss: None) -> None:
+async def test_primary_closing_before_the_request_is_sent_is_a_fast_502(dials_resume_after_loss: Dialer) -> None:
     # The race: a fresh primary connection is lost (the primary accepted, then hung up) before the
     # task that dialled it resumes and sends. The dial is made to resume only after the loss, so
     # the race is taken every time; the client must get a 502 at once, not a 504 after the
     # first-byte timeout.
-    async with raw_primary(hang_up) as (port, accepted), running_proxy(port, first_byte_timeout_s=30.0) as proxy:
+    async with (
+        raw_primary(hang_up) as (port, accepted),
+        running_proxy(port, first_byte_timeout_s=30.0, dial=dials_resume_after_loss) as proxy,
+    ):
         request = b"GET /gone HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
         raw = await asyncio.wait_for(raw_head_request(proxy.port, request), 10)
         assert raw.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), raw
