@@ -24,11 +24,11 @@ from proxy.config import (
     MirrorSettings,
     ProxyConfig,
     RecordSettings,
-    RuntimeFlags,
     ShadowSettings,
     TlsSettings,
 )
 from proxy.events import EventLog
+from proxy.flags import RuntimeFlags
 from proxy.forward import ForwardSettings
 from proxy.metrics import MetricsStage, ProxyMetrics
 from proxy.mirror import CORRELATION_HEADER, MARKER_HEADER, MirrorStage

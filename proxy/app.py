@@ -32,8 +32,9 @@ from typing import Any, TextIO
 
 from proxy import native
 from proxy.admin import AdminServer, LocalSource, WorkersSource
-from proxy.config import ListenAddress, ProxyConfig, RuntimeFlags, settings_from_mapping
+from proxy.config import ListenAddress, ProxyConfig, settings_from_mapping
 from proxy.events import EventLog
+from proxy.flags import RuntimeFlags
 from proxy.forward import ForwardSettings
 from proxy.metrics import MetricsStage, ProxyMetrics
 from proxy.mirror import MirrorStage

@@ -1,10 +1,9 @@
 """The proxy's settings: a YAML/TOML mapping (or CLI flags) validated into frozen dataclasses.
 
 ``ProxyConfig.from_mapping(d)`` is the one way in; every error is a ``ConfigError`` naming the key
-and the value (``shadows[0].url``). It also holds ``RuntimeFlags``, the few settings the admin API
-changes while running (sampling percent, mirroring and recording on/off: the kill switch), kept in
-a shared-memory array so every worker process sees a change at once. This module must never do
-network or disk I/O (the CLI reads the file) and never read settings from anywhere but its input
+and the value (``shadows[0].url``); ``typed_value`` is the one decoder of a setting's value, which
+``proxy.flags.RuntimeFlags`` (the settings the admin API changes while running) uses too. This module
+must never do network or disk I/O (the CLI reads the file) and never read settings from anywhere but its input
 and, for shadow credentials, the environment variables the config names.
 """
 
@@ -13,9 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
-import multiprocessing
 import os
-import random
 import re
 import types
 import typing
@@ -38,11 +35,11 @@ __all__ = [
     "MirrorSettings",
     "ProxyConfig",
     "RecordSettings",
-    "RuntimeFlags",
     "ShadowSettings",
     "TlsSettings",
     "parse_listen",
     "settings_from_mapping",
+    "typed_value",
     "file_value",
     "is_loopback_host",
 ]
@@ -454,7 +451,7 @@ class ProxyConfig:
         if "primary" not in data:
             raise ConfigError("is required (the URL of the service being proxied)", field="primary")
         values: dict[str, Any] = {
-            "primary": _typed(data["primary"], str, "primary"),
+            "primary": typed_value(data["primary"], str, "primary"),
             "forward": dict(forward),
             "shadows": shadows,
             "mirror": _mirror(data.get("mirror", {}), names),
@@ -467,7 +464,7 @@ class ProxyConfig:
             values["listen"] = parse_listen(data["listen"], field="listen")
         for key in ("workers", "shutdown_timeout_s"):
             if key in data:
-                values[key] = _typed(data[key], _field_type(cls, key), key)
+                values[key] = typed_value(data[key], _field_type(cls, key), key)
         return _construct(cls, values, "")
 
     def to_mapping(self) -> dict[str, Any]:
@@ -489,7 +486,7 @@ def _reject_unknown(data: Mapping[str, Any], cls: type, prefix: str, extra: Sequ
             raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})", field=f"{prefix}{key}")
 
 
-def _typed(value: Any, annotation: Any, where: str) -> Any:
+def typed_value(value: Any, annotation: Any, where: str) -> Any:
     """Check ``value`` against a simple annotation (str/int/float/bool, optional, tuple[str, ...])."""
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
@@ -497,13 +494,13 @@ def _typed(value: Any, annotation: Any, where: str) -> Any:
         if value is None and type(None) in options:
             return None
         (inner,) = [a for a in options if a is not type(None)]
-        return _typed(value, inner, where)
+        return typed_value(value, inner, where)
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"expected a list, not {value!r}", field=where)
-        return tuple(_typed(v, get_args(annotation)[0], f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(typed_value(v, get_args(annotation)[0], f"{where}[{i}]") for i, v in enumerate(value))
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"expected true or false, not {value!r}", field=where)
@@ -552,7 +549,7 @@ def settings_from_mapping(cls: type[_T], data: Any, section: str) -> _T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"expected a mapping, not {data!r}", field=section)
     _reject_unknown(data, cls, f"{section}.")
-    values = {key: _typed(value, _field_type(cls, key), f"{section}.{key}") for key, value in data.items()}
+    values = {key: typed_value(value, _field_type(cls, key), f"{section}.{key}") for key, value in data.items()}
     return _construct(cls, values, f"{section}.")
 
 
@@ -582,7 +579,7 @@ def _shadow(data: Any, where: str) -> ShadowSettings:
                 )
             values[key] = tuple(value.items())
         else:
-            values[key] = _typed(value, _field_type(ShadowSettings, key), f"{where}.{key}")
+            values[key] = typed_value(value, _field_type(ShadowSettings, key), f"{where}.{key}")
     return _construct(ShadowSettings, values, f"{where}.")
 
 
@@ -602,10 +599,10 @@ def _mirror(data: Any, shadow_names: Sequence[str]) -> MirrorSettings:
     _reject_unknown(data, MirrorSettings, "mirror.")
     values: dict[str, Any] = {}
     if "enabled" in data:
-        values["enabled"] = _typed(data["enabled"], bool, "mirror.enabled")
+        values["enabled"] = typed_value(data["enabled"], bool, "mirror.enabled")
     if data.get("sample_key") is not None:
         values["sample_key"] = SampleKey.parse(
-            _typed(data["sample_key"], str, "mirror.sample_key"), field="mirror.sample_key"
+            typed_value(data["sample_key"], str, "mirror.sample_key"), field="mirror.sample_key"
         )
     routes = data.get("routes", [])
     if not isinstance(routes, list):
@@ -626,7 +623,7 @@ def _admin(data: Any) -> AdminSettings:
         values["listen"] = None if raw in (None, "off", False) else parse_listen(raw, field="admin.listen")
     for key in ("token_env", "allow_remote", "insecure_no_token"):
         if key in data:
-            values[key] = _typed(data[key], _field_type(AdminSettings, key), f"admin.{key}")
+            values[key] = typed_value(data[key], _field_type(AdminSettings, key), f"admin.{key}")
     return _construct(AdminSettings, values, "admin.")
 
 
@@ -664,178 +661,3 @@ def file_value(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: file_value(v) for k, v in value.items()}
     return value
-
-
-# --- runtime flags ---------------------------------------------------------------------------------
-
-
-class RuntimeFlags:
-    """The settings the admin API changes while running, shared by every worker process.
-
-    Layout of the shared array of doubles: [mirroring on, recording on, record percent, changes] then,
-    per shadow, [mirroring on, sample percent, recording on]. Plain doubles are written and read whole,
-    so a reader sees the old or the new value, never a mix; a change is visible at the next request.
-    ``changes`` is stamped anew at every per-shadow recording switch, so ``unrecorded_shadows`` (read
-    for every recorded exchange) reads one slot, not one per shadow, while nothing changed.
-    """
-
-    __slots__ = ("_array", "_unrecorded", "shadow_index", "shadow_names")
-
-    _GLOBAL_SLOTS: Final = 4
-    _SHADOW_SLOTS: Final = 3
-    _CHANGES: Final = 3
-
-    def __init__(self, config: ProxyConfig, array: Any | None = None) -> None:
-        self.shadow_names = tuple(s.name for s in config.shadows)
-        self.shadow_index = {name: i for i, name in enumerate(self.shadow_names)}
-        size = self._GLOBAL_SLOTS + self._SHADOW_SLOTS * len(self.shadow_names)
-        if array is None:
-            array = multiprocessing.get_context("spawn").RawArray("d", size)
-            array[0] = 1.0 if config.mirror.enabled else 0.0
-            array[1] = 1.0 if config.record.tape is not None else 0.0
-            array[2] = config.record.sample_percent
-            for i, shadow in enumerate(config.shadows):
-                base = self._GLOBAL_SLOTS + self._SHADOW_SLOTS * i
-                array[base] = 1.0
-                array[base + 1] = shadow.sample_percent
-                array[base + 2] = 1.0
-        self._array = array
-        # (the changes stamp it was read at, the names): see unrecorded_shadows.
-        self._unrecorded: tuple[float, frozenset[str]] = (-1.0, frozenset())
-
-    @property
-    def shared_array(self) -> Any:
-        """Pass this to a worker process (``RuntimeFlags(config, array)``) to share the flags."""
-        return self._array
-
-    @property
-    def mirroring(self) -> bool:
-        return bool(self._array[0] != 0.0)
-
-    @mirroring.setter
-    def mirroring(self, on: bool) -> None:
-        self._array[0] = 1.0 if on else 0.0
-
-    @property
-    def recording(self) -> bool:
-        return bool(self._array[1] != 0.0)
-
-    @recording.setter
-    def recording(self, on: bool) -> None:
-        self._array[1] = 1.0 if on else 0.0
-
-    @property
-    def record_percent(self) -> float:
-        return float(self._array[2])
-
-    @record_percent.setter
-    def record_percent(self, percent: float) -> None:
-        self._array[2] = percent
-
-    def shadow_mirroring(self, index: int) -> bool:
-        return bool(self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index] != 0.0)
-
-    def set_shadow_mirroring(self, index: int, on: bool) -> None:
-        self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index] = 1.0 if on else 0.0
-
-    def shadow_percent(self, index: int) -> float:
-        return float(self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index + 1])
-
-    def set_shadow_percent(self, index: int, percent: float) -> None:
-        self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index + 1] = percent
-
-    def shadow_recording(self, index: int) -> bool:
-        """Whether this shadow's answers go on the tape (recording as a whole must be on too)."""
-        return bool(self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index + 2] != 0.0)
-
-    def set_shadow_recording(self, index: int, on: bool) -> None:
-        self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index + 2] = 1.0 if on else 0.0
-        # After the switch itself, so a reader that sees the new stamp also sees the new switch. A
-        # random stamp, not a count: two workers' admin servers may switch at once, and two
-        # read-increment-writes could both write the same count, hiding the second switch.
-        self._array[self._CHANGES] = random.random()
-
-    def unrecorded_shadows(self) -> frozenset[str]:
-        """The shadows whose recording is switched off (their answers stay off the tape)."""
-        changes = self._array[self._CHANGES]
-        seen, names = self._unrecorded
-        if changes != seen:
-            names = frozenset(name for i, name in enumerate(self.shadow_names) if not self.shadow_recording(i))
-            self._unrecorded = (changes, names)
-        return names
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "mirroring": self.mirroring,
-            "recording": self.recording,
-            "record_sample_percent": self.record_percent,
-            "shadows": {
-                name: {
-                    "mirroring": self.shadow_mirroring(i),
-                    "sample_percent": self.shadow_percent(i),
-                    "recording": self.shadow_recording(i),
-                }
-                for i, name in enumerate(self.shadow_names)
-            },
-        }
-
-    def apply(self, change: Any) -> None:
-        """Apply a ``PUT /flags`` document; validates everything before changing anything."""
-        if not isinstance(change, Mapping):
-            raise ConfigError(f"expected a JSON object, not {change!r}", field="flags")
-        updates: list[tuple[str, int, Any]] = []
-        for key, value in change.items():
-            if key in ("mirroring", "recording"):
-                updates.append((key, -1, _typed(value, bool, f"flags.{key}")))
-            elif key in ("record_sample_percent", "sample_percent"):
-                updates.append((key, -1, _percent(value, f"flags.{key}")))
-            elif key == "shadows":
-                if not isinstance(value, Mapping):
-                    raise ConfigError(f"expected an object of shadow names, not {value!r}", field="flags.shadows")
-                for name, spec in value.items():
-                    if name not in self.shadow_index:
-                        raise ConfigError(f"no shadow named {name!r}", field=f"flags.shadows.{name}")
-                    if not isinstance(spec, Mapping):
-                        raise ConfigError(f"expected an object, not {spec!r}", field=f"flags.shadows.{name}")
-                    for sub, sub_value in spec.items():
-                        where = f"flags.shadows.{name}.{sub}"
-                        if sub == "mirroring":
-                            updates.append(
-                                ("shadow_mirroring", self.shadow_index[name], _typed(sub_value, bool, where))
-                            )
-                        elif sub == "sample_percent":
-                            updates.append(("shadow_percent", self.shadow_index[name], _percent(sub_value, where)))
-                        elif sub == "recording":
-                            updates.append(
-                                ("shadow_recording", self.shadow_index[name], _typed(sub_value, bool, where))
-                            )
-                        else:
-                            raise ConfigError("unknown flag (known: mirroring, recording, sample_percent)", field=where)
-            else:
-                raise ConfigError(
-                    "unknown flag (known: mirroring, recording, record_sample_percent, sample_percent, shadows)",
-                    field=f"flags.{key}",
-                )
-        for key, index, value in updates:
-            if key == "mirroring":
-                self.mirroring = value
-            elif key == "recording":
-                self.recording = value
-            elif key == "record_sample_percent":
-                self.record_percent = value
-            elif key == "sample_percent":
-                for i in range(len(self.shadow_names)):
-                    self.set_shadow_percent(i, value)
-            elif key == "shadow_mirroring":
-                self.set_shadow_mirroring(index, value)
-            elif key == "shadow_recording":
-                self.set_shadow_recording(index, value)
-            else:
-                self.set_shadow_percent(index, value)
-
-
-def _percent(value: Any, where: str) -> float:
-    percent: float = _typed(value, float, where)
-    if not 0.0 <= percent <= 100.0:
-        raise ConfigError(f"must be within 0..100, not {value!r}", field=where)
-    return percent

@@ -34,7 +34,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from proxy.breaker import CircuitBreaker
-from proxy.config import MirrorSettings, RuntimeFlags, ShadowSettings
+from proxy.config import MirrorSettings, ShadowSettings
+from proxy.flags import RuntimeFlags
 from proxy.forward import ForwardSettings, PrimaryTarget, parse_primary
 from proxy.metrics import ProxyMetrics
 from proxy.rewrite import Forwarding, RequestRewriter, no_forwarding

@@ -30,7 +30,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
-from proxy.config import RecordSettings, RuntimeFlags
+from proxy.config import RecordSettings
+from proxy.flags import RuntimeFlags
 from proxy.metrics import ProxyMetrics
 from proxy.mirror import MIRRORED
 from proxy.sampling import SampleKey, key_in_sample

@@ -13,7 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.admin import AdminServer, LocalSource, WorkersSource, merge_worker_metrics
-from proxy.config import ProxyConfig, RuntimeFlags
+from proxy.config import ProxyConfig
+from proxy.flags import RuntimeFlags
 from proxy.metrics import ProxyMetrics
 
 CONFIG = ProxyConfig.from_mapping(

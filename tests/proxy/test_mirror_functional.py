@@ -18,7 +18,8 @@ import pytest
 from aiohttp import web
 
 from proxy.app import ProxyApp
-from proxy.config import ProxyConfig, RuntimeFlags
+from proxy.config import ProxyConfig
+from proxy.flags import RuntimeFlags
 from proxy.metrics import ProxyMetrics
 from proxy.mirror import MirrorStage
 from proxy.stages import ProxiedExchange

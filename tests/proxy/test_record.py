@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proxy.config import ProxyConfig, RuntimeFlags
+from proxy.config import ProxyConfig
+from proxy.flags import RuntimeFlags
 from proxy.metrics import ProxyMetrics
 from proxy.record import RecordStage
 from proxy.sampling import SampleKey
