@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from differ import CompareOptions, DiffEngine, DifferConfig, DiffSession, DiffStore, RunMeta
-from recorder import Exchange, Request, Response
+from shadowtap.differ import CompareOptions, DiffEngine, DifferConfig, DiffSession, DiffStore, RunMeta
+from shadowtap.recorder import Exchange, Request, Response
 
 CT = (b"Content-Type", b"application/json")
 

@@ -31,10 +31,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions, Timing
-from recorder.formats import GorReader, HarReader, MitmReader, write_gor, write_har, write_mitm
-from recorder.formats._http1 import parse_request, parse_response
-from recorder.formats.gor import SEPARATOR
+from shadowtap.recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions, Timing
+from shadowtap.recorder.formats import GorReader, HarReader, MitmReader, write_gor, write_har, write_mitm
+from shadowtap.recorder.formats._http1 import parse_request, parse_response
+from shadowtap.recorder.formats.gor import SEPARATOR
 
 
 def synthetic(count: int, body_bytes: int) -> Iterator[Exchange]:

@@ -64,7 +64,10 @@ def interpreter() -> str:
     build = "libpython shared (--enable-shared build)" if shared else "libpython linked in"
     # Asked the way the proxy processes start (same tree, same environment): compiled or not.
     data_path = subprocess.run(
-        [PYTHON, "-c", "from proxy import native; print(native.STATUS)"], cwd=ROOT, capture_output=True, text=True
+        [PYTHON, "-c", "from shadowtap.proxy import native; print(native.STATUS)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     return f"python {sys.version.split()[0]} at {sys.executable}, {build}\n  data path: {data_path or 'unknown'}"
 

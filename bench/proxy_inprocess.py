@@ -38,15 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import proxy_bench  # noqa: E402
 
-from proxy import server as data_path  # noqa: E402
-from proxy.app import ProxyApp  # noqa: E402
-from proxy.config import ProxyConfig  # noqa: E402
-from proxy.forward import ForwardSettings  # noqa: E402
-from proxy.metrics import MetricsStage, ProxyMetrics  # noqa: E402
-from proxy.stages import ProxiedExchange  # noqa: E402
-from proxy.upstream import PipelinedConnection, UpstreamConnection  # noqa: E402
-from recorder._frames import FrameEncoder  # noqa: E402
-from recorder.join import JoinStats  # noqa: E402
+from shadowtap.proxy import server as data_path  # noqa: E402
+from shadowtap.proxy.app import ProxyApp  # noqa: E402
+from shadowtap.proxy.config import ProxyConfig  # noqa: E402
+from shadowtap.proxy.forward import ForwardSettings  # noqa: E402
+from shadowtap.proxy.metrics import MetricsStage, ProxyMetrics  # noqa: E402
+from shadowtap.proxy.stages import ProxiedExchange  # noqa: E402
+from shadowtap.proxy.upstream import PipelinedConnection, UpstreamConnection  # noqa: E402
+from shadowtap.recorder._frames import FrameEncoder  # noqa: E402
+from shadowtap.recorder.join import JoinStats  # noqa: E402
 
 REQUEST = b"GET /api/items?page=2 HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
 RESPONSE = (

@@ -1,6 +1,6 @@
 """Recording soak: does the proxy's memory level off over millions of recorded requests?
 
-A real proxy (``proxy.app.serve`` on uvloop, in its own process, as ``shadowtap proxy`` runs it)
+A real proxy (``shadowtap.proxy.app.serve`` on uvloop, in its own process, as ``shadowtap proxy`` runs it)
 records every exchange to a tape in a temporary directory, with its tape writer process; a fixed
 upstream answers 60 bytes of JSON from another process; this process drives keep-alive GETs over
 ``--connections`` connections (no client library: a small asyncio protocol) for ``--requests``
@@ -67,8 +67,8 @@ uvloop.run(main())
 
 PROXY = """
 import json, signal, sys, tracemalloc, uvloop
-from proxy.app import serve
-from proxy.config import ProxyConfig
+from shadowtap.proxy.app import serve
+from shadowtap.proxy.config import ProxyConfig
 
 config = ProxyConfig.from_mapping(json.loads(sys.argv[1]))
 frames = int(sys.argv[2])

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recorder import Exchange, Request, SyncTapeWriter, TapeOptions
+from shadowtap.recorder import Exchange, Request, SyncTapeWriter, TapeOptions
 
 NGINX_CONF = """
 worker_processes 1;
@@ -119,7 +119,7 @@ def timer_baseline(seconds: int) -> list[float]:
     """Start lag (ms) of bare 2,000/s deadlines on uvloop: the floor the machine allows."""
     code = (
         "import time, uvloop\n"
-        "from replayer.runner import sleep_until\n"
+        "from shadowtap.replayer.runner import sleep_until\n"
         "async def main():\n"
         "    t0 = time.monotonic_ns() + 50_000_000\n"
         "    lags = []\n"

@@ -32,7 +32,7 @@ import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recorder import (  # noqa: E402
+from shadowtap.recorder import (  # noqa: E402
     Exchange,
     Failure,
     FailureKind,

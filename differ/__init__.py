@@ -2,18 +2,18 @@
 
 The engine (``DiffEngine``, ``Comparator``) is pure code over ``recorder.Exchange``; ``DiffSession``
 feeds it into a SQLite ``DiffStore``; ``build_report`` turns the store into a ``DiffReport`` that
-``differ.reports`` renders. Imports only ``recorder``.
+``shadowtap.differ.reports`` renders. Imports only ``recorder``.
 """
 
-from differ.aggregate import build_report, is_learned_noise
-from differ.compare import KINDS, Comparator, Difference
-from differ.config import CompareOptions, DifferConfig, IgnoreRule, NoiseThresholds, config_from_mapping
-from differ.engine import DiffEngine, PairResult
-from differ.pipeline import DiffSession, IngestStats, relearn_endpoints
-from differ.signatures import is_structural, severity, signature_id
-from differ.store import DiffStore, RunMeta
-from differ.templates import EndpointTemplater
-from differ.verdict import FailRule, decide, parse_fail_on
+from shadowtap.differ.aggregate import build_report, is_learned_noise
+from shadowtap.differ.compare import KINDS, Comparator, Difference
+from shadowtap.differ.config import CompareOptions, DifferConfig, IgnoreRule, NoiseThresholds, config_from_mapping
+from shadowtap.differ.engine import DiffEngine, PairResult
+from shadowtap.differ.pipeline import DiffSession, IngestStats, relearn_endpoints
+from shadowtap.differ.signatures import is_structural, severity, signature_id
+from shadowtap.differ.store import DiffStore, RunMeta
+from shadowtap.differ.templates import EndpointTemplater
+from shadowtap.differ.verdict import FailRule, decide, parse_fail_on
 
 __all__ = [
     "KINDS",

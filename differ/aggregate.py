@@ -20,8 +20,8 @@ from itertools import groupby
 from operator import attrgetter
 from typing import Final
 
-from differ.config import DifferConfig, IgnoreRule, NoiseThresholds
-from differ.report_model import (
+from shadowtap.differ.config import DifferConfig, IgnoreRule, NoiseThresholds
+from shadowtap.differ.report_model import (
     REPORT_SCHEMA_VERSION,
     DiffReport,
     EndpointReport,
@@ -30,10 +30,10 @@ from differ.report_model import (
     SignatureReport,
     Suppression,
 )
-from differ.signatures import is_structural, severity, severity_rank, signature_id
-from differ.store import EXAMPLE_CANDIDATE, DiffStore, StoredDifference
-from differ.verdict import decide, parse_fail_on
-from recorder.errors import ConfigError
+from shadowtap.differ.signatures import is_structural, severity, severity_rank, signature_id
+from shadowtap.differ.store import EXAMPLE_CANDIDATE, DiffStore, StoredDifference
+from shadowtap.differ.verdict import decide, parse_fail_on
+from shadowtap.recorder.errors import ConfigError
 
 __all__ = ["LEARNED_NOISE", "build_report", "is_learned_noise"]
 

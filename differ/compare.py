@@ -4,7 +4,7 @@ Fast path first: equal status, equal raw headers and equal body bytes cost a few
 then are headers filtered and bodies decoded and parsed, and JSON walked as a tree. Each difference
 names its folded path (array indexes as ``[*]``, for counting), its full path (for examples), its
 kind and the value-class transition, and says when a volatile detector explains it, or the proxy's
-own change of the candidate's request (``differ.rewrites``: the answer merely echoes it). This module
+own change of the candidate's request (``shadowtap.differ.rewrites``: the answer merely echoes it). This module
 is pure and synchronous: it must never do I/O, and never decide what is noise beyond these.
 """
 
@@ -15,12 +15,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Final
 
-from differ.config import CompareOptions
-from differ.normalize import Body, header_map, parse_body
-from differ.paths import folded_path, full_path
-from differ.rewrites import Rewrites
-from differ.volatile import VOLATILE_FAMILY, base_class, mask_text, string_class, value_class
-from recorder.model import Failure, Outcome, Response
+from shadowtap.differ.config import CompareOptions
+from shadowtap.differ.normalize import Body, header_map, parse_body
+from shadowtap.differ.paths import folded_path, full_path
+from shadowtap.differ.rewrites import Rewrites
+from shadowtap.differ.volatile import VOLATILE_FAMILY, base_class, mask_text, string_class, value_class
+from shadowtap.recorder.model import Failure, Outcome, Response
 
 __all__ = ["KINDS", "Comparator", "Difference"]
 

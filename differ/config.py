@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from differ.paths import compile_glob
-from differ.verdict import parse_fail_on
-from recorder.errors import ConfigError
+from shadowtap.differ.paths import compile_glob
+from shadowtap.differ.verdict import parse_fail_on
+from shadowtap.recorder.errors import ConfigError
 
 __all__ = [
     "CONFIG_KEYS",

@@ -3,7 +3,7 @@
 ``DiffEngine.compare_exchange`` is a pure function of one exchange, usable from the CLI's loop or off
 the proxy's event loop in a worker. It picks the named outcomes, skips exchanges whose candidate was
 never sent (sampled out, queue full ...), and compares, each shadow against the primary with what
-the proxy changed in that shadow's request (its recorded request delta, ``differ.rewrites``). It
+the proxy changed in that shadow's request (its recorded request delta, ``shadowtap.differ.rewrites``). It
 must never do I/O, keep state between calls, or decide severity and noise: that happens when
 results are aggregated.
 """
@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from differ.compare import Comparator, Difference
-from differ.config import CompareOptions
-from differ.rewrites import Rewrites
-from recorder.model import PRIMARY, Exchange, Failure, FailureKind, Response
+from shadowtap.differ.compare import Comparator, Difference
+from shadowtap.differ.config import CompareOptions
+from shadowtap.differ.rewrites import Rewrites
+from shadowtap.recorder.model import PRIMARY, Exchange, Failure, FailureKind, Response
 
 __all__ = ["DiffEngine", "PairResult", "PairStatus"]
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 import brotli
 
-from recorder.model import Headers
+from shadowtap.recorder.model import Headers
 
 __all__ = [
     "MAX_DECODED_BYTES",

@@ -3,7 +3,7 @@
 ``DiffSession.add`` compares one exchange (``DiffEngine``), keeps its pair and differences in the
 store, and offers each difference to a bounded example sampler; ``finish`` writes the samples and
 applies the endpoint templates learned from every path seen. It must never read tapes (the CLI
-streams them in) and never decide noise or severity (``differ.aggregate`` does, at report time).
+streams them in) and never decide noise or severity (``shadowtap.differ.aggregate`` does, at report time).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from differ.config import DifferConfig
-from differ.engine import DiffEngine, PairResult
-from differ.store import EXAMPLE_CANDIDATE, EXAMPLE_SECONDARY, DiffStore, RunMeta
-from differ.templates import EndpointTemplater
-from recorder.model import Exchange, Outcome, Request, Response
-from recorder.redact import DEFAULT_SECRET_HEADERS
+from shadowtap.differ.config import DifferConfig
+from shadowtap.differ.engine import DiffEngine, PairResult
+from shadowtap.differ.store import EXAMPLE_CANDIDATE, EXAMPLE_SECONDARY, DiffStore, RunMeta
+from shadowtap.differ.templates import EndpointTemplater
+from shadowtap.recorder.model import Exchange, Outcome, Request, Response
+from shadowtap.recorder.redact import DEFAULT_SECRET_HEADERS
 
 __all__ = ["EXAMPLE_BODY_LIMIT_BYTES", "DiffSession", "IngestStats"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from recorder.model import Outcome, Request
+from shadowtap.recorder.model import Outcome, Request
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",

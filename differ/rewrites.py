@@ -2,7 +2,7 @@
 
 The proxy sends each shadow a copy of the request the primary got, changed in documented ways only:
 its own Host, credentials stripped or swapped, secret query parameters hashed, the marker and the
-correlation id added. The tape keeps those changes per shadow (``recorder.model.RequestDelta``). An
+correlation id added. The tape keeps those changes per shadow (``shadowtap.recorder.model.RequestDelta``). An
 echo service shows them in its answers (a ``headers`` object, an absolute URL, a redirect's
 ``Location``, a ``cookies`` object), and without this module every one of them reads as a regression.
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from recorder.model import UNRECORDED, Request, RequestDelta
+from shadowtap.recorder.model import UNRECORDED, Request, RequestDelta
 
 __all__ = ["REWRITE_PREFIX", "Rewrites"]
 

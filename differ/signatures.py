@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-from differ.report_model import SEVERITIES, Severity
+from shadowtap.differ.report_model import SEVERITIES, Severity
 
 __all__ = ["STRUCTURAL_KINDS", "is_structural", "severity", "severity_rank", "signature_id"]
 

@@ -18,9 +18,9 @@ from typing import Any, Final
 
 import msgpack
 
-from recorder.errors import ConfigError, InputFormatError
-from recorder.model import Exchange, exchange_from_wire, exchange_to_wire
-from recorder.private import create_private, narrow_existing
+from shadowtap.recorder.errors import ConfigError, InputFormatError
+from shadowtap.recorder.model import Exchange, exchange_from_wire, exchange_to_wire
+from shadowtap.recorder.private import create_private, narrow_existing
 
 __all__ = [
     "EXAMPLE_CANDIDATE",

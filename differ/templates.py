@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from recorder.errors import ConfigError
+from shadowtap.recorder.errors import ConfigError
 
 __all__ = ["ID", "EndpointTemplater", "segment_is_id"]
 

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from differ.report_model import SEVERITIES, SignatureReport, Verdict
-from differ.signatures import severity_rank
-from recorder.errors import ConfigError
+from shadowtap.differ.report_model import SEVERITIES, SignatureReport, Verdict
+from shadowtap.differ.signatures import severity_rank
+from shadowtap.recorder.errors import ConfigError
 
 __all__ = ["EXIT_INFRASTRUCTURE", "EXIT_PASS", "EXIT_REGRESSION", "FailRule", "decide", "parse_fail_on"]
 

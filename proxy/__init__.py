@@ -6,18 +6,18 @@ the data path (``ProxyServer``, ``ForwardSettings``) with stages (``MirrorStage`
 ``recorder`` and never ``shadowtap``, ``replayer`` or ``differ``.
 
 The data path's modules run compiled (mypyc) when a build matching these sources is present; see
-``proxy.native``. Activation has to come before any of them is imported.
+``shadowtap.proxy.native``. Activation has to come before any of them is imported.
 """
 
 # ruff: noqa: E402  (the compiled modules are chosen before any of them is imported)
-from proxy import native
+from shadowtap.proxy import native
 
 native.activate(__path__)
 
-from proxy.admin import AdminServer
-from proxy.app import ProxyApp, build_forward_settings, serve
-from proxy.breaker import BreakerSettings, CircuitBreaker
-from proxy.config import (
+from shadowtap.proxy.admin import AdminServer
+from shadowtap.proxy.app import ProxyApp, build_forward_settings, serve
+from shadowtap.proxy.breaker import BreakerSettings, CircuitBreaker
+from shadowtap.proxy.config import (
     AdminSettings,
     EventsSettings,
     ListenAddress,
@@ -27,16 +27,16 @@ from proxy.config import (
     ShadowSettings,
     TlsSettings,
 )
-from proxy.events import EventLog
-from proxy.flags import RuntimeFlags
-from proxy.forward import ForwardSettings
-from proxy.metrics import MetricsStage, ProxyMetrics
-from proxy.mirror import CORRELATION_HEADER, MARKER_HEADER, MirrorStage
-from proxy.record import RecordStage
-from proxy.rules import RouteRule
-from proxy.sampling import SampleKey
-from proxy.server import ProxyServer
-from proxy.stages import PrimaryObserver, ProxiedExchange, Stage
+from shadowtap.proxy.events import EventLog
+from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.proxy.forward import ForwardSettings
+from shadowtap.proxy.metrics import MetricsStage, ProxyMetrics
+from shadowtap.proxy.mirror import CORRELATION_HEADER, MARKER_HEADER, MirrorStage
+from shadowtap.proxy.record import RecordStage
+from shadowtap.proxy.rules import RouteRule
+from shadowtap.proxy.sampling import SampleKey
+from shadowtap.proxy.server import ProxyServer
+from shadowtap.proxy.stages import PrimaryObserver, ProxiedExchange, Stage
 
 __all__ = [
     "CORRELATION_HEADER",

@@ -28,10 +28,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config import is_loopback_host
-from proxy.flags import RuntimeFlags
-from proxy.metrics import ProxyMetrics
-from recorder.errors import ConfigError
+from shadowtap.proxy.config import is_loopback_host
+from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.proxy.metrics import ProxyMetrics
+from shadowtap.recorder.errors import ConfigError
 
 __all__ = ["AdminServer", "AdminSource", "LocalSource", "WorkersSource", "merge_worker_metrics"]
 

@@ -30,22 +30,22 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
 from typing import Any, TextIO
 
-from proxy import native
-from proxy.admin import AdminServer, LocalSource, WorkersSource
-from proxy.config import ListenAddress, ProxyConfig, settings_from_mapping
-from proxy.events import EventLog
-from proxy.flags import RuntimeFlags
-from proxy.forward import ForwardSettings
-from proxy.metrics import MetricsStage, ProxyMetrics
-from proxy.mirror import MirrorStage
-from proxy.record import RecordStage
-from proxy.rules import RouteTable
-from proxy.server import ProxyServer
-from proxy.stages import Stage
-from recorder import TapeOptions, TapeWriter
-from recorder.errors import ConfigError, ShadowtapError
-from recorder.join import JoinSettings
-from recorder.tape_process import ProcessTapeWriter
+from shadowtap.proxy import native
+from shadowtap.proxy.admin import AdminServer, LocalSource, WorkersSource
+from shadowtap.proxy.config import ListenAddress, ProxyConfig, settings_from_mapping
+from shadowtap.proxy.events import EventLog
+from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.proxy.forward import ForwardSettings
+from shadowtap.proxy.metrics import MetricsStage, ProxyMetrics
+from shadowtap.proxy.mirror import MirrorStage
+from shadowtap.proxy.record import RecordStage
+from shadowtap.proxy.rules import RouteTable
+from shadowtap.proxy.server import ProxyServer
+from shadowtap.proxy.stages import Stage
+from shadowtap.recorder import TapeOptions, TapeWriter
+from shadowtap.recorder.errors import ConfigError, ShadowtapError
+from shadowtap.recorder.join import JoinSettings
+from shadowtap.recorder.tape_process import ProcessTapeWriter
 
 __all__ = ["ProxyApp", "build_forward_settings", "listen_ssl_context", "serve"]
 
@@ -270,7 +270,7 @@ class ProxyApp:
             "ready": self._ready,
             "flags": self.flags.snapshot(),
             "gc": {"frozen": gc.get_freeze_count(), "collections": [g["collections"] for g in gc.get_stats()]},
-            # Whether the data path runs compiled (mypyc) or interpreted, and why (proxy.native).
+            # Whether the data path runs compiled (mypyc) or interpreted, and why (shadowtap.proxy.native).
             "data_path": native.STATUS,
         }
         if self.server is not None:
@@ -429,7 +429,7 @@ def _url(host: str, port: int) -> str:
 class _WorkersAdmin:
     """The admin API of ``--workers N``, served by the parent process on the configured address from
     a thread of its own (the parent's main thread supervises the workers), for every worker at once:
-    see ``proxy.admin.WorkersSource``."""
+    see ``shadowtap.proxy.admin.WorkersSource``."""
 
     def __init__(self, config: ProxyConfig, flags: RuntimeFlags, worker_urls: Sequence[str]) -> None:
         assert config.admin.listen is not None

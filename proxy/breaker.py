@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
-from recorder.errors import ConfigError
+from shadowtap.recorder.errors import ConfigError
 
 __all__ = ["BreakerSettings", "CircuitBreaker"]
 

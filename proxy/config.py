@@ -2,7 +2,7 @@
 
 ``ProxyConfig.from_mapping(d)`` is the one way in; every error is a ``ConfigError`` naming the key
 and the value (``shadows[0].url``); ``typed_value`` is the one decoder of a setting's value, which
-``proxy.flags.RuntimeFlags`` (the settings the admin API changes while running) uses too. This module
+``shadowtap.proxy.flags.RuntimeFlags`` (the settings the admin API changes while running) uses too. This module
 must never do network or disk I/O (the CLI reads the file) and never read settings from anywhere but its input
 and, for shadow credentials, the environment variables the config names.
 """
@@ -20,12 +20,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Union, get_args, get_origin
 
-from proxy.breaker import BreakerSettings
-from proxy.forward import check_host, parse_primary
-from proxy.rules import RouteRule
-from proxy.sampling import SampleKey
-from recorder.errors import ConfigError
-from recorder.redact import RULE_KINDS, RedactionRules, parse_json_path
+from shadowtap.proxy.breaker import BreakerSettings
+from shadowtap.proxy.forward import check_host, parse_primary
+from shadowtap.proxy.rules import RouteRule
+from shadowtap.proxy.sampling import SampleKey
+from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.redact import RULE_KINDS, RedactionRules, parse_json_path
 
 __all__ = [
     "DEFAULT_STRIPPED_HEADERS",
@@ -390,7 +390,7 @@ class TlsSettings:
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     """Everything ``shadowtap proxy`` runs with. ``forward`` is the data path's own settings mapping,
-    validated by ``proxy.forward.ForwardSettings`` when the proxy is built (``forward_settings()``)."""
+    validated by ``shadowtap.proxy.forward.ForwardSettings`` when the proxy is built (``forward_settings()``)."""
 
     #: URL of the primary service: every request is forwarded there and its answer returned.
     primary: str

@@ -19,10 +19,10 @@ import sys
 import threading
 from typing import Any, Final
 
-from proxy.rules import RouteTable
-from proxy.stages import ProxiedExchange
-from recorder.model import PRIMARY, Exchange, Failure, Outcome, Timing
-from recorder.private import PRIVATE_FILE_MODE, create_private
+from shadowtap.proxy.rules import RouteTable
+from shadowtap.proxy.stages import ProxiedExchange
+from shadowtap.recorder.model import PRIMARY, Exchange, Failure, Outcome, Timing
+from shadowtap.recorder.private import PRIVATE_FILE_MODE, create_private
 
 __all__ = ["EventLog", "wide_event"]
 

@@ -11,8 +11,8 @@ import random
 from collections.abc import Mapping
 from typing import Any, Final
 
-from proxy.config import ProxyConfig, typed_value
-from recorder.errors import ConfigError
+from shadowtap.proxy.config import ProxyConfig, typed_value
+from shadowtap.recorder.errors import ConfigError
 
 __all__ = ["RuntimeFlags"]
 

@@ -1,9 +1,9 @@
 """Forwarding settings for the primary path.
 
 ``ForwardSettings`` is the one frozen description of how requests reach the primary (where, with
-which timeouts, pool, capture limit, forwarded headers and TLS checks); ``proxy.rewrite`` turns a
+which timeouts, pool, capture limit, forwarded headers and TLS checks); ``shadowtap.proxy.rewrite`` turns a
 client request head into the head sent upstream by these settings. This module stays interpreted
-(``proxy.native``): ``proxy.config`` and the config docs read its field types and comments.
+(``shadowtap.proxy.native``): ``shadowtap.proxy.config`` and the config docs read its field types and comments.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
-from recorder.errors import ConfigError
+from shadowtap.recorder.errors import ConfigError
 
 __all__ = [
     "ForwardSettings",
@@ -75,7 +75,7 @@ def check_host(host: str, *, field: str, shown: str) -> None:
 def parse_primary(url: str, field: str = "primary") -> PrimaryTarget:
     """Split an ``http(s)://host[:port][/prefix]`` URL or raise ``ConfigError`` naming ``field``.
 
-    The one URL check for the primary and every shadow: ``proxy.config`` calls it too, so a URL it
+    The one URL check for the primary and every shadow: ``shadowtap.proxy.config`` calls it too, so a URL it
     accepts is one the data path can use.
     """
     # urlsplit drops tabs and newlines without a word and keeps spaces; either would put a URL on the

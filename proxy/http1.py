@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from recorder.model import Header
+from shadowtap.recorder.model import Header
 
 __all__ = [
     "CHUNKED_END",

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from proxy.stages import ProxiedExchange
+from shadowtap.proxy.stages import ProxiedExchange
 
 __all__ = ["LATENCY_BUCKETS_S", "LatencyHistogram", "MetricsStage", "ProxyMetrics"]
 

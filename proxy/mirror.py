@@ -5,7 +5,7 @@ route rule, method, body size, sampling (consistent by key when configured), rat
 breaker. It writes the decision into ``exchange.decisions[shadow]`` and counts it. Each shadow
 sends at most ``concurrency`` copies at a time (the rest wait in a bounded queue) over a keep-alive
 pool of the same llhttp-based upstream connections the data path uses for the primary
-(``proxy.upstream``), driven by callbacks rather than a task per copy (a fraction of aiohttp's
+(``shadowtap.proxy.upstream``), driven by callbacks rather than a task per copy (a fraction of aiohttp's
 client cost), with its own timeouts (checked by one sweep per shadow, not a timer per copy), a
 response-size cap and a circuit breaker; each outcome (``Response`` or ``Failure``) goes to the
 ``on_outcome`` listener (the record stage) with the copy's request delta.
@@ -14,7 +14,7 @@ A copy is the request the primary got, as far as the shadow may see it: the same
 (``X-Forwarded-*``, ``Via``: the primary's rewriter computes them once per request, from the first
 copy's loop turn, for all the shadows), minus hop-by-hop fields and credentials, plus the shadow's
 own credentials, the marker and the correlation id, with the shadow's Host. What a copy got that the
-primary did not, or lost, is its request delta (``recorder.model.RequestDelta``, in wire form), which
+primary did not, or lost, is its request delta (``shadowtap.recorder.model.RequestDelta``, in wire form), which
 the tape keeps so that the differ can tell an answer that echoes it from a regression.
 
 This module must never delay, fail or alter the primary exchange: nothing here awaits on the data
@@ -33,18 +33,18 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from proxy.breaker import CircuitBreaker
-from proxy.config import MirrorSettings, ShadowSettings
-from proxy.flags import RuntimeFlags
-from proxy.forward import ForwardSettings, PrimaryTarget, parse_primary
-from proxy.metrics import ProxyMetrics
-from proxy.rewrite import Forwarding, RequestRewriter, no_forwarding
-from proxy.rules import RouteTable
-from proxy.sampling import TokenBucket, in_sample, key_in_sample
-from proxy.stages import ProxiedExchange
-from proxy.upstream import Dialer, PipelinedConnection, UpstreamConnection, UpstreamPool
-from recorder.errors import ConfigError, ShadowtapError
-from recorder.model import (
+from shadowtap.proxy.breaker import CircuitBreaker
+from shadowtap.proxy.config import MirrorSettings, ShadowSettings
+from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.proxy.forward import ForwardSettings, PrimaryTarget, parse_primary
+from shadowtap.proxy.metrics import ProxyMetrics
+from shadowtap.proxy.rewrite import Forwarding, RequestRewriter, no_forwarding
+from shadowtap.proxy.rules import RouteTable
+from shadowtap.proxy.sampling import TokenBucket, in_sample, key_in_sample
+from shadowtap.proxy.stages import ProxiedExchange
+from shadowtap.proxy.upstream import Dialer, PipelinedConnection, UpstreamConnection, UpstreamPool
+from shadowtap.recorder.errors import ConfigError, ShadowtapError
+from shadowtap.recorder.model import (
     UNRECORDED,
     Failure,
     FailureKind,
@@ -56,7 +56,7 @@ from recorder.model import (
     new_response,
     new_timing,
 )
-from recorder.redact import RULE_KINDS, RedactionRules, Redactor, resolve_redaction_key
+from shadowtap.recorder.redact import RULE_KINDS, RedactionRules, Redactor, resolve_redaction_key
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -386,7 +386,7 @@ class ShadowMirror:
         dial: Dialer | None = None,
     ) -> None:
         self.settings = settings
-        #: Opens the shadow's connections (``proxy.upstream.dial_tcp`` when None).
+        #: Opens the shadow's connections (``shadowtap.proxy.upstream.dial_tcp`` when None).
         self._dial = dial
         self._flags = flags
         #: The primary's rewriter: for the forwarding fields and the Host the primary got.
@@ -573,7 +573,7 @@ class ShadowMirror:
         copy.send(conn)
 
     def _delta(self, exchange: ProxiedExchange, removed: list[bytes], target: str) -> list[Any]:
-        """The copy's request delta in wire form (``recorder.model.delta_to_wire``): ``removed`` as
+        """The copy's request delta in wire form (``shadowtap.recorder.model.delta_to_wire``): ``removed`` as
         the head left them out, a client credential the shadow's own replaced, the marker and the
         correlation id, the Host each got, and the query parameters rewritten."""
         names: list[bytes] = removed
@@ -812,7 +812,7 @@ class MirrorStage:
     ) -> None:
         """``forward`` is the data path's settings: the copies get the forwarding fields (and the
         deltas the Host) the primary got by them; without it, no forwarding fields. ``dial`` opens
-        the shadows' connections (``proxy.upstream.dial_tcp`` when not given)."""
+        the shadows' connections (``shadowtap.proxy.upstream.dial_tcp`` when not given)."""
         self._settings = settings
         self._routes = RouteTable(settings.routes)
         self._flags = flags

@@ -5,7 +5,7 @@ build_native.py`` compiles them with mypyc into ``proxy/_compiled/`` (C extensio
 library for the group) and writes a manifest there: the interpreter they were built for and a
 SHA-256 of each source. ``activate`` runs first in ``proxy/__init__``: when the manifest matches
 this interpreter and every source byte for byte, it loads the shared library and puts the compiled
-directory first on the package's ``__path__``, so ``import proxy.server`` finds the extension; in
+directory first on the package's ``__path__``, so ``import shadowtap.proxy.server`` finds the extension; in
 every other case nothing changes and the sources run as they are.
 
 All or nothing: compiled modules call each other directly, so one stale module would run old code
@@ -31,20 +31,20 @@ from typing import Any, Final
 __all__ = ["COMPILED_DIR", "COMPILED_MODULES", "MANIFEST", "STATUS", "activate", "check", "source_digest"]
 
 #: The modules mypyc compiles: the ones every proxied request runs through. Modules whose
-#: dataclasses ``proxy.config`` reads field types from (forward, breaker, rules, sampling) stay
+#: dataclasses ``shadowtap.proxy.config`` reads field types from (forward, breaker, rules, sampling) stay
 #: interpreted: mypyc keeps no union annotations on the classes it compiles (not even with
 #: ``native_class=False``), and the config docs read their field comments from the source.
 COMPILED_MODULES: Final = (
-    "proxy.http1",
-    "proxy.upstream",
-    "proxy.server",
-    "proxy.stages",
-    "proxy.mirror",
-    "proxy.record",
-    "proxy.metrics",
-    "proxy.rewrite",
+    "shadowtap.proxy.http1",
+    "shadowtap.proxy.upstream",
+    "shadowtap.proxy.server",
+    "shadowtap.proxy.stages",
+    "shadowtap.proxy.mirror",
+    "shadowtap.proxy.record",
+    "shadowtap.proxy.metrics",
+    "shadowtap.proxy.rewrite",
 )
-PACKAGE_DIR: Final = Path(__file__).resolve().parent
+PACKAGE_DIR: Final = Path(os.path.abspath(__file__)).parent
 COMPILED_DIR: Final = PACKAGE_DIR / "_compiled"
 MANIFEST: Final = "manifest.json"
 #: Bumped when the manifest's shape changes; an older build is then stale.

@@ -2,9 +2,9 @@
 
 When the primary exchange ends, it decides whether the exchange goes to the tape (recording flag and
 sample percent, hashed on the exchange id) and sends it on as one flat part
-(``recorder.join.primary_part``), bodies capped at ``max_body_bytes`` with truncation marked, with
+(``shadowtap.recorder.join.primary_part``), bodies capped at ``max_body_bytes`` with truncation marked, with
 no shadows yet. Each mirrored copy's outcome follows as a part of its own (``shadow_part``).
-``recorder.join.RecordJoiner`` joins them: it waits for every shadow the exchange was mirrored to,
+``shadowtap.recorder.join.RecordJoiner`` joins them: it waits for every shadow the exchange was mirrored to,
 up to ``join_timeout_s`` after the primary finished, and at most ``max_pending`` exchanges, holding
 at most ``max_pending_bytes``, wait (beyond either the oldest is completed at once without its
 missing shadows, and counted).
@@ -30,13 +30,13 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
-from proxy.config import RecordSettings
-from proxy.flags import RuntimeFlags
-from proxy.metrics import ProxyMetrics
-from proxy.mirror import MIRRORED
-from proxy.sampling import SampleKey, key_in_sample
-from proxy.stages import NOT_TIMED, ProxiedExchange
-from recorder.join import (
+from shadowtap.proxy.config import RecordSettings
+from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.proxy.metrics import ProxyMetrics
+from shadowtap.proxy.mirror import MIRRORED
+from shadowtap.proxy.sampling import SampleKey, key_in_sample
+from shadowtap.proxy.stages import NOT_TIMED, ProxiedExchange
+from shadowtap.recorder.join import (
     SHUTDOWN_REASON,
     Joined,
     JoinSettings,
@@ -48,7 +48,7 @@ from recorder.join import (
     shadow_from_part,
     shadow_part,
 )
-from recorder.model import Exchange, Headers, Outcome, Response, Timing, exchange_from_wire
+from shadowtap.recorder.model import Exchange, Headers, Outcome, Response, Timing, exchange_from_wire
 
 __all__ = ["ExchangeSink", "JoiningSink", "RecordStage", "RecordStats", "exchange_primary_part", "outcome_part"]
 
@@ -65,7 +65,7 @@ _NONE: Final[frozenset[str]] = frozenset()
 
 class ExchangeSink(Protocol):
     """Where joined exchanges go: ``recorder.TapeWriter`` or ``ProcessTapeWriter``. ``submit_record``
-    takes a record array in wire form (``recorder.model.exchange_record``), never blocks, and says
+    takes a record array in wire form (``shadowtap.recorder.model.exchange_record``), never blocks, and says
     whether it took it (if not, it was dropped, and the sink counts it)."""
 
     def submit_record(self, record: list[Any]) -> bool: ...
@@ -128,7 +128,7 @@ def _capped(body: bytes, cap: int, truncated_from: int | None) -> tuple[bytes, i
 def exchange_primary_part(
     ex: ProxiedExchange, max_body_bytes: int, session: str, mirrored: list[str], unrecorded: Collection[str]
 ) -> list[Any]:
-    """The exchange as its primary ends, as a flat part for the joiner (``recorder.join.primary_part``):
+    """The exchange as its primary ends, as a flat part for the joiner (``shadowtap.recorder.join.primary_part``):
     bodies capped at ``max_body_bytes`` with truncation marked, no nested record built here (the
     record stage's hot path; the joiner's side builds it, in the tape writer process by default)."""
     cap = max_body_bytes
@@ -169,7 +169,7 @@ def outcome_part(
     max_body_bytes: int,
     delta: list[Any] | None = None,
 ) -> list[Any]:
-    """A shadow's outcome as a flat part for the joiner (``recorder.join.shadow_part``), its body
+    """A shadow's outcome as a flat part for the joiner (``shadowtap.recorder.join.shadow_part``), its body
     capped at ``max_body_bytes`` with the truncation marked, with what the proxy changed in the
     copy's request (``delta``, in wire form; None when no copy was sent)."""
     if isinstance(outcome, Response):
@@ -189,7 +189,7 @@ def outcome_part(
 class RecordStage:
     """Decides what is taped, builds each exchange's record and its shadows' parts, and has them
     joined: in the tape writer process when it can join and no event log needs the joined exchange,
-    else here, on the loop (``recorder.join.RecordJoiner``)."""
+    else here, on the loop (``shadowtap.recorder.join.RecordJoiner``)."""
 
     name = "record"
     #: Nothing to do when a request ends: a shadow that answers before the primary says so (``early``).

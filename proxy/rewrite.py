@@ -4,19 +4,19 @@
 ``ForwardSettings`` it was made with, and tells the mirror stage the forwarding fields
 (X-Forwarded-*, Via) that head carried (``forwarding``), so that every copy carries the same. It must
 never do I/O and never change a header other than the hop-by-hop ones and those the settings name
-(Host, Via, X-Forwarded-*). Compiled with the rest of the data path (``proxy.native``); the settings
-stay in ``proxy.forward``, which is not.
+(Host, Via, X-Forwarded-*). Compiled with the rest of the data path (``shadowtap.proxy.native``); the settings
+stay in ``shadowtap.proxy.forward``, which is not.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from proxy import http1
-from recorder.model import Header
+from shadowtap.proxy import http1
+from shadowtap.recorder.model import Header
 
 if TYPE_CHECKING:
-    from proxy.forward import ForwardSettings
+    from shadowtap.proxy.forward import ForwardSettings
 
 __all__ = ["Forwarding", "RequestRewriter", "climbs_above_root", "no_forwarding"]
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from recorder.errors import ConfigError
+from shadowtap.recorder.errors import ConfigError
 
 __all__ = ["DEFAULT_RULE", "SAFE_METHODS", "RouteRule", "RouteTable", "compile_path_pattern", "parse_methods"]
 

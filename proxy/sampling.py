@@ -16,8 +16,8 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Final
 from urllib.parse import parse_qsl
 
-from recorder.errors import ConfigError
-from recorder.model import Headers, header_value
+from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.model import Headers, header_value
 
 __all__ = ["SampleKey", "TokenBucket", "in_sample", "key_in_sample"]
 

@@ -29,10 +29,10 @@ from typing import Any, Final, cast
 
 import httptools
 
-from proxy import http1
-from proxy.forward import ForwardSettings, default_max_client_connections, upstream_ssl_context
-from proxy.rewrite import RequestRewriter
-from proxy.stages import (
+from shadowtap.proxy import http1
+from shadowtap.proxy.forward import ForwardSettings, default_max_client_connections, upstream_ssl_context
+from shadowtap.proxy.rewrite import RequestRewriter
+from shadowtap.proxy.stages import (
     PrimaryObserver,
     ProxiedExchange,
     Stage,
@@ -41,9 +41,9 @@ from proxy.stages import (
     watches_completion,
     watches_requests,
 )
-from proxy.upgrade import CLIENT, Tunnel
-from proxy.upstream import Dialer, PoolStats, UpstreamConnection, UpstreamPool
-from recorder.model import Failure, FailureKind, Header, new_response, new_timing
+from shadowtap.proxy.upgrade import CLIENT, Tunnel
+from shadowtap.proxy.upstream import Dialer, PoolStats, UpstreamConnection, UpstreamPool
+from shadowtap.recorder.model import Failure, FailureKind, Header, new_response, new_timing
 
 __all__ = ["ProxyServer", "ServerStats"]
 
@@ -1269,7 +1269,7 @@ class ProxyServer:
         observers: Sequence[PrimaryObserver] = (),
         dial: Dialer | None = None,
     ) -> None:
-        """``dial`` opens the primary connections (``proxy.upstream.dial_tcp`` when not given)."""
+        """``dial`` opens the primary connections (``shadowtap.proxy.upstream.dial_tcp`` when not given)."""
         self.settings = settings
         self._dial = dial
         self._stages = tuple(stages)

@@ -1,6 +1,6 @@
 """The seam between the proxy's data path and everything that watches it (mirror, record, events).
 
-The data path (``proxy.server``) owns the client and primary sockets. For every request it fills one
+The data path (``shadowtap.proxy.server``) owns the client and primary sockets. For every request it fills one
 ``ProxiedExchange`` and calls each ``Stage`` twice: ``request_complete`` once the request body is
 known, ``exchange_complete`` once the primary's response has been delivered to the client (or has
 failed; only for stages that watch completion). A ``PrimaryObserver`` (the metrics) gets one cheap
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from recorder.model import Failure, Headers, Response, Timing
+from shadowtap.recorder.model import Failure, Headers, Response, Timing
 
 __all__ = [
     "NOT_TIMED",

@@ -18,10 +18,10 @@ from typing import Protocol, cast
 
 import httptools
 
-from proxy import http1
-from proxy.forward import PrimaryTarget
-from proxy.upgrade import PRIMARY_SIDE, Tunnel
-from recorder.model import FailureKind, Header
+from shadowtap.proxy import http1
+from shadowtap.proxy.forward import PrimaryTarget
+from shadowtap.proxy.upgrade import PRIMARY_SIDE, Tunnel
+from shadowtap.recorder.model import FailureKind, Header
 
 __all__ = [
     "Dialer",

@@ -3,7 +3,7 @@
 It imports no other shadowtap package; every other package may import it.
 """
 
-from recorder.errors import (
+from shadowtap.recorder.errors import (
     ConfigError,
     InputFormatError,
     ShadowtapError,
@@ -12,8 +12,8 @@ from recorder.errors import (
     TapeWriteError,
     UpstreamError,
 )
-from recorder.merge import MergeResult, merge_tapes
-from recorder.model import (
+from shadowtap.recorder.merge import MergeResult, merge_tapes
+from shadowtap.recorder.model import (
     PRIMARY,
     REPLAY,
     Exchange,
@@ -30,7 +30,7 @@ from recorder.model import (
     header_value,
     header_values,
 )
-from recorder.reader import (
+from shadowtap.recorder.reader import (
     SegmentReport,
     SkippedRange,
     TapeFilter,
@@ -39,8 +39,8 @@ from recorder.reader import (
     TornTail,
     tape_segments,
 )
-from recorder.redact import RedactionRules, Redactor
-from recorder.writer import SyncTapeWriter, TapeOptions, TapeWriter, TapeWriterStats
+from shadowtap.recorder.redact import RedactionRules, Redactor
+from shadowtap.recorder.writer import SyncTapeWriter, TapeOptions, TapeWriter, TapeWriterStats
 
 __all__ = [
     "PRIMARY",

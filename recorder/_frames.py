@@ -15,8 +15,8 @@ from typing import Any, Final
 import msgpack
 import ormsgpack
 
-from recorder.errors import TapeFormatError, TapeVersionError
-from recorder.model import Exchange, exchange_to_wire
+from shadowtap.recorder.errors import TapeFormatError, TapeVersionError
+from shadowtap.recorder.model import Exchange, exchange_to_wire
 
 __all__ = [
     "FLAG_ZSTD",
@@ -168,7 +168,7 @@ class FrameEncoder:
         return self.record_parts(exchange_to_wire(exchange), out, rewrite)
 
     def record_parts(self, record: list[Any], out: list[bytes], rewrite: Callable[[list[Any]], None] | None) -> int:
-        """``exchange_parts`` for a record array already in wire form (``recorder.model.exchange_record``)."""
+        """``exchange_parts`` for a record array already in wire form (``shadowtap.recorder.model.exchange_record``)."""
         if rewrite is not None:
             rewrite(record)
         payload: bytes = self.pack(record)

@@ -3,7 +3,7 @@
 The proxy's record stage sends a part for each exchange when its primary exchange ends (no shadows
 yet) and one part per mirrored copy when that copy ends; both are flat lists (``primary_part``,
 ``shadow_part``), from which ``primary_from_part`` builds the exchange's record
-(``recorder.model.exchange_record``) and ``shadow_from_part`` the outcome. ``RecordJoiner`` puts
+(``shadowtap.recorder.model.exchange_record``) and ``shadow_from_part`` the outcome. ``RecordJoiner`` puts
 them together. It hands an exchange on once every shadow it was
 mirrored to has answered, or failed, and the exchange is counted in ``joined``. It also hands one
 on early:
@@ -36,7 +36,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
-from recorder.model import (
+from shadowtap.recorder.model import (
     PRIMARY,
     Failure,
     FailureKind,
@@ -193,7 +193,7 @@ def shadow_part(
 ) -> list[Any]:
     """One shadow's outcome, flat: a response when ``status`` is set, else ``failure``; with
     ``recorded`` false only its arrival counts (the outcome fields are not sent). ``delta`` is what
-    the proxy changed in the copy's request (``recorder.model.delta_to_wire``), None when no copy
+    the proxy changed in the copy's request (``shadowtap.recorder.model.delta_to_wire``), None when no copy
     was sent."""
     if not recorded:
         return [SHADOW_PART, exchange_id, name, None, "", (), b"", "", None, None, None, sent_ns, first_byte_ns,
@@ -248,7 +248,7 @@ def _outcome_bytes(outcome: Any) -> int:
 
 
 def record_bytes(record: list[Any]) -> int:
-    """About what an exchange record (``recorder.model.exchange_record``) holds, measured like
+    """About what an exchange record (``shadowtap.recorder.model.exchange_record``) holds, measured like
     ``part_bytes``: for byte bounds on records that are not packed (the thread writer's queue)."""
     request = record[_REQUEST]
     total = RECORD_OVERHEAD_BYTES + len(request[3]) + headers_bytes(request[2]) + _outcome_bytes(record[_PRIMARY])

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recorder.errors import ConfigError
-from recorder.reader import TapeFilter, TapeReader, TapeReadReport
-from recorder.writer import SyncTapeWriter, TapeOptions
+from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.reader import TapeFilter, TapeReader, TapeReadReport
+from shadowtap.recorder.writer import SyncTapeWriter, TapeOptions
 
 __all__ = ["MergeResult", "merge_tapes"]
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Optional
 
-from recorder.errors import ConfigError, ShadowtapError
-from recorder.formats.mitm import exchange_from_flow
-from recorder.redact import RedactionRules
-from recorder.writer import TapeOptions, TapeWriter
+from shadowtap.recorder.errors import ConfigError, ShadowtapError
+from shadowtap.recorder.formats.mitm import exchange_from_flow
+from shadowtap.recorder.redact import RedactionRules
+from shadowtap.recorder.writer import TapeOptions, TapeWriter
 
 if TYPE_CHECKING:
     from mitmproxy import http

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Final, TypeAlias, TypeVar, cast
 from urllib.parse import parse_qsl
 
-from recorder.errors import TapeFormatError
+from shadowtap.recorder.errors import TapeFormatError
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ It returns every complete frame after a crash and reports the torn tail; a corru
 after it is a ``TapeFormatError`` naming the file and byte offset, unless ``salvage`` is on, when the
 reader skips to the next valid frame and reports the skipped range. A checksummed record of the wrong
 shape (a header value that is not bytes, a status that is not an int) is the same, its error also
-naming the field (``recorder.model.exchange_from_wire`` checks every value). It must never return a
+naming the field (``shadowtap.recorder.model.exchange_from_wire`` checks every value). It must never return a
 frame whose checksum failed or an Exchange whose values have the wrong types, and never hang or
 crash on arbitrary bytes.
 """
@@ -23,7 +23,7 @@ from typing import IO, Any, Final
 
 import msgpack
 
-from recorder._frames import (
+from shadowtap.recorder._frames import (
     FLAG_ZSTD,
     FORMAT_VERSION,
     FRAME_HEADER,
@@ -42,8 +42,8 @@ from recorder._frames import (
     parse_segment_header,
     segment_header_checksum_ok,
 )
-from recorder.errors import ConfigError, InputFormatError, TapeFormatError
-from recorder.model import Exchange, exchange_from_wire
+from shadowtap.recorder.errors import ConfigError, InputFormatError, TapeFormatError
+from shadowtap.recorder.model import Exchange, exchange_from_wire
 
 __all__ = [
     "SegmentReport",

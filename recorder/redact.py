@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote_plus, unquote_plus
 
-from recorder.errors import ConfigError, TapeWriteError
-from recorder.model import Exchange, Failure, Headers, Outcome, Request, Response
+from shadowtap.recorder.errors import ConfigError, TapeWriteError
+from shadowtap.recorder.model import Exchange, Failure, Headers, Outcome, Request, Response
 
 __all__ = [
     "ACTIONS",

@@ -2,7 +2,7 @@
 
 ``ProcessTapeWriter`` has ``TapeWriter``'s interface. The event loop packs each record (ormsgpack,
 a microsecond or two) and writes a batch to a pipe in one call; a child process running this module
-(``python -m recorder.tape_process DIR``) unpacks, redacts, encodes, compresses, writes and syncs
+(``python -m shadowtap.recorder.tape_process DIR``) unpacks, redacts, encodes, compresses, writes and syncs
 with the same ``_BlockWriter`` and ``_SegmentSink`` as the thread, so the tape is the same bytes.
 With the thread, that work takes the GIL from the proxy's loop about a quarter of the time it runs;
 here it runs on another core.
@@ -10,10 +10,10 @@ here it runs on another core.
 The contract is the thread writer's: ``submit_record`` never blocks or raises, and every record
 ends in exactly one counter of ``TapeWriterStats``.
 
-Given ``JoinSettings``, the child also joins exchanges (``recorder.join.RecordJoiner``), so the
+Given ``JoinSettings``, the child also joins exchanges (``shadowtap.recorder.join.RecordJoiner``), so the
 proxy's record stage keeps nothing per exchange: ``submit_primary`` sends an exchange as its primary
 ends, with the names of the shadows to wait for; ``submit_shadow`` sends one shadow's outcome. Both
-are flat parts (``recorder.join.primary_part``, ``shadow_part``): the child builds the record from
+are flat parts (``shadowtap.recorder.join.primary_part``, ``shadow_part``): the child builds the record from
 them, joins and writes it. Its join counters come back with its other counters (``join_stats``). A
 primary part is a record for every counter above. A shadow part is not a record: a dropped one is
 only refused (the caller counts it), and its exchange is written with a timeout for that shadow.
@@ -55,9 +55,9 @@ from typing import Any, Final
 
 import msgpack
 
-from recorder._frames import FrameEncoder
-from recorder.errors import TapeWriteError
-from recorder.join import (
+from shadowtap.recorder._frames import FrameEncoder
+from shadowtap.recorder.errors import TapeWriteError
+from shadowtap.recorder.join import (
     PRIMARY_PART,
     SHADOW_PART,
     SHUTDOWN_REASON,
@@ -68,8 +68,15 @@ from recorder.join import (
     primary_from_part,
     shadow_from_part,
 )
-from recorder.model import Exchange, exchange_to_wire
-from recorder.writer import TapeOptions, TapeWriterStats, _AsyncWriter, _BlockWriter, _ErrorNotes, _SegmentSink
+from shadowtap.recorder.model import Exchange, exchange_to_wire
+from shadowtap.recorder.writer import (
+    TapeOptions,
+    TapeWriterStats,
+    _AsyncWriter,
+    _BlockWriter,
+    _ErrorNotes,
+    _SegmentSink,
+)
 
 __all__ = ["ProcessTapeWriter"]
 
@@ -201,7 +208,7 @@ class ProcessTapeWriter(_AsyncWriter):
         return self.submit_record(exchange_to_wire(exchange))
 
     def submit_record(self, record: list[Any]) -> bool:
-        """Pack one record in wire form (``recorder.model.exchange_record``) for the child; False
+        """Pack one record in wire form (``shadowtap.recorder.model.exchange_record``) for the child; False
         when it was dropped and counted (``TapeWriter.submit_record``). Packed now, while the
         record is fresh in the cache; written to the pipe with others within ``_SEND_DELAY_S``."""
         return self._submit(record, True)
@@ -212,14 +219,14 @@ class ProcessTapeWriter(_AsyncWriter):
         return self._join is not None
 
     def submit_primary(self, part: list[Any]) -> bool:
-        """An exchange as its primary ended (``recorder.join.primary_part``), to be joined in the
+        """An exchange as its primary ended (``shadowtap.recorder.join.primary_part``), to be joined in the
         child with the shadows it names. A record for every counter: False when it was dropped and
         counted, like ``submit_record``."""
         assert self._join is not None, "submit_primary needs a writer made with JoinSettings"
         return self._submit(part, True)
 
     def submit_shadow(self, part: list[Any]) -> bool:
-        """One shadow's outcome for the child's join (``recorder.join.shadow_part``). Not a record:
+        """One shadow's outcome for the child's join (``shadowtap.recorder.join.shadow_part``). Not a record:
         False when it was refused, and the caller counts it."""
         assert self._join is not None, "submit_shadow needs a writer made with JoinSettings"
         return self._submit(part, False)
@@ -367,7 +374,7 @@ class ProcessTapeWriter(_AsyncWriter):
                 # shadow the package this process runs.
                 "-P",
                 "-m",
-                "recorder.tape_process",
+                "shadowtap.recorder.tape_process",
                 str(self._directory),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -620,7 +627,10 @@ def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        print("usage: python -m recorder.tape_process TAPE_DIRECTORY (run by ProcessTapeWriter)", file=sys.stderr)
+        print(
+            "usage: python -m shadowtap.recorder.tape_process TAPE_DIRECTORY (run by ProcessTapeWriter)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     try:
         sys.exit(child_main(sys.argv[1]))

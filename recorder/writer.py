@@ -2,7 +2,7 @@
 
 ``SyncTapeWriter`` is the blocking writer (importers, the CLI, tests); ``TapeWriter`` is the asyncio
 front: ``submit`` puts an exchange on a bounded queue and returns at once, and one background thread
-redacts, encodes, compresses, writes and syncs in batches. ``recorder.tape_process.ProcessTapeWriter``
+redacts, encodes, compresses, writes and syncs in batches. ``shadowtap.recorder.tape_process.ProcessTapeWriter``
 is the same front with that work in a child process (the proxy's default). All share ``_SegmentSink``
 and ``_BlockWriter``, so a tape is the same bytes whichever wrote it. This module must never block
 the event loop, never raise from ``submit``, and never let a disk error (ENOSPC, EIO) reach the
@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self, cast
 
-from recorder._frames import (
+from shadowtap.recorder._frames import (
     FLAG_ZSTD,
     KIND_ZSTD_BLOCK,
     SEGMENT_HEADER_SIZE,
@@ -38,11 +38,11 @@ from recorder._frames import (
     encode_frame,
     encode_segment_header,
 )
-from recorder.errors import ConfigError, TapeWriteError
-from recorder.join import RECORD_OVERHEAD_BYTES, headers_bytes, record_bytes
-from recorder.model import Exchange, Response
-from recorder.private import warn_if_shared_directory
-from recorder.redact import RedactionRules, Redactor, resolve_redaction_key
+from shadowtap.recorder.errors import ConfigError, TapeWriteError
+from shadowtap.recorder.join import RECORD_OVERHEAD_BYTES, headers_bytes, record_bytes
+from shadowtap.recorder.model import Exchange, Response
+from shadowtap.recorder.private import warn_if_shared_directory
+from shadowtap.recorder.redact import RedactionRules, Redactor, resolve_redaction_key
 
 __all__ = ["SyncTapeWriter", "TapeOptions", "TapeWriter", "TapeWriterStats"]
 
@@ -144,7 +144,7 @@ class TapeWriterStats:
 
 
 def _exchange_bytes(exchange: Exchange | list[Any]) -> int:
-    """What an exchange or record waiting in the queue holds, as ``recorder.join.record_bytes``."""
+    """What an exchange or record waiting in the queue holds, as ``shadowtap.recorder.join.record_bytes``."""
     if type(exchange) is list:
         return record_bytes(exchange)
     ex = cast(Exchange, exchange)
@@ -367,7 +367,7 @@ class _ErrorNotes:
 class _BlockWriter:
     """Encodes records into blocks and writes them through a sink, counting every record's fate.
 
-    The loop the tape writer's thread runs and the tape writer process (``recorder.tape_process``)
+    The loop the tape writer's thread runs and the tape writer process (``shadowtap.recorder.tape_process``)
     runs: one place decides what is written, what failed to encode and what the disk refused. Used by
     one thread at a time; never raises for a bad record or a disk error (both are counted, and logged
     once per kind).
@@ -563,7 +563,7 @@ class TapeWriter(_AsyncWriter):
         return self.submit_records([exchange]) == 1
 
     def submit_record(self, record: list[Any]) -> bool:
-        """Queue one record in wire form (``recorder.model.exchange_record``, which the writer then
+        """Queue one record in wire form (``shadowtap.recorder.model.exchange_record``, which the writer then
         owns); False when it was dropped (queue full or closing) and counted. For a caller on the
         event loop that ``start``ed the writer: the thread is woken once per ``WAKE_DELAY_S``."""
         if self._closing:
@@ -599,7 +599,7 @@ class TapeWriter(_AsyncWriter):
         self._wake.set()
 
     def submit_records(self, records: Sequence[Exchange | list[Any]]) -> int:
-        """Queue exchanges, or records already in wire form (``recorder.model.exchange_record``,
+        """Queue exchanges, or records already in wire form (``shadowtap.recorder.model.exchange_record``,
         which the writer then owns), in order; return how many were taken. The rest were dropped and
         counted: the queue was full, or the writer is closing. One wake-up of the thread for all."""
         if self._closing:

@@ -10,9 +10,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from replayer.html_report import render_html
-    from replayer.job import ReplayJob, run_job
-    from replayer.plan import (
+    from shadowtap.replayer.html_report import render_html
+    from shadowtap.replayer.job import ReplayJob, run_job
+    from shadowtap.replayer.plan import (
         Filters,
         PlannedRequest,
         PlanOptions,
@@ -23,12 +23,12 @@ if TYPE_CHECKING:
         merge_by_time,
         plan_requests,
     )
-    from replayer.report import SloGates, results_document, slo_failures, summary_text
-    from replayer.result import JobResult
-    from replayer.runner import Progress, ReplayOutcome, RunnerSettings, replay
-    from replayer.source import TapeSource, tape_source
-    from replayer.stats import EndpointStats, ReplayStats
-    from replayer.transport import (
+    from shadowtap.replayer.report import SloGates, results_document, slo_failures, summary_text
+    from shadowtap.replayer.result import JobResult
+    from shadowtap.replayer.runner import Progress, ReplayOutcome, RunnerSettings, replay
+    from shadowtap.replayer.source import TapeSource, tape_source
+    from shadowtap.replayer.stats import EndpointStats, ReplayStats
+    from shadowtap.replayer.transport import (
         AiohttpTransport,
         ClientSettings,
         HttpTransport,
@@ -37,42 +37,42 @@ if TYPE_CHECKING:
         Transport,
         make_transport,
     )
-    from replayer.workers import run_workers
+    from shadowtap.replayer.workers import run_workers
 
 _EXPORTS = {
-    "render_html": "replayer.html_report",
-    "JobResult": "replayer.result",
-    "ReplayJob": "replayer.job",
-    "run_job": "replayer.job",
-    "Filters": "replayer.plan",
-    "PlanOptions": "replayer.plan",
-    "PlanStats": "replayer.plan",
-    "PlannedRequest": "replayer.plan",
-    "Rewrites": "replayer.plan",
-    "Scaling": "replayer.plan",
-    "SessionKey": "replayer.plan",
-    "merge_by_time": "replayer.plan",
-    "plan_requests": "replayer.plan",
-    "SloGates": "replayer.report",
-    "results_document": "replayer.report",
-    "slo_failures": "replayer.report",
-    "summary_text": "replayer.report",
-    "Progress": "replayer.runner",
-    "ReplayOutcome": "replayer.runner",
-    "RunnerSettings": "replayer.runner",
-    "replay": "replayer.runner",
-    "EndpointStats": "replayer.stats",
-    "ReplayStats": "replayer.stats",
-    "TapeSource": "replayer.source",
-    "tape_source": "replayer.source",
-    "HttpTransport": "replayer.transport",
-    "make_transport": "replayer.transport",
-    "AiohttpTransport": "replayer.transport",
-    "ClientSettings": "replayer.transport",
-    "MemoryTransport": "replayer.transport",
-    "SendResult": "replayer.transport",
-    "Transport": "replayer.transport",
-    "run_workers": "replayer.workers",
+    "render_html": "shadowtap.replayer.html_report",
+    "JobResult": "shadowtap.replayer.result",
+    "ReplayJob": "shadowtap.replayer.job",
+    "run_job": "shadowtap.replayer.job",
+    "Filters": "shadowtap.replayer.plan",
+    "PlanOptions": "shadowtap.replayer.plan",
+    "PlanStats": "shadowtap.replayer.plan",
+    "PlannedRequest": "shadowtap.replayer.plan",
+    "Rewrites": "shadowtap.replayer.plan",
+    "Scaling": "shadowtap.replayer.plan",
+    "SessionKey": "shadowtap.replayer.plan",
+    "merge_by_time": "shadowtap.replayer.plan",
+    "plan_requests": "shadowtap.replayer.plan",
+    "SloGates": "shadowtap.replayer.report",
+    "results_document": "shadowtap.replayer.report",
+    "slo_failures": "shadowtap.replayer.report",
+    "summary_text": "shadowtap.replayer.report",
+    "Progress": "shadowtap.replayer.runner",
+    "ReplayOutcome": "shadowtap.replayer.runner",
+    "RunnerSettings": "shadowtap.replayer.runner",
+    "replay": "shadowtap.replayer.runner",
+    "EndpointStats": "shadowtap.replayer.stats",
+    "ReplayStats": "shadowtap.replayer.stats",
+    "TapeSource": "shadowtap.replayer.source",
+    "tape_source": "shadowtap.replayer.source",
+    "HttpTransport": "shadowtap.replayer.transport",
+    "make_transport": "shadowtap.replayer.transport",
+    "AiohttpTransport": "shadowtap.replayer.transport",
+    "ClientSettings": "shadowtap.replayer.transport",
+    "MemoryTransport": "shadowtap.replayer.transport",
+    "SendResult": "shadowtap.replayer.transport",
+    "Transport": "shadowtap.replayer.transport",
+    "run_workers": "shadowtap.replayer.workers",
 }
 
 __all__ = [

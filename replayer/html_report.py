@@ -15,9 +15,9 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
-from replayer.report import SloGates, errors_lead, skipped_text, slo_failures
-from replayer.result import JobResult
-from replayer.stats import HISTOGRAMS, PERCENTILES, EndpointStats
+from shadowtap.replayer.report import SloGates, errors_lead, skipped_text, slo_failures
+from shadowtap.replayer.result import JobResult
+from shadowtap.replayer.stats import HISTOGRAMS, PERCENTILES, EndpointStats
 
 __all__ = ["render_html"]
 

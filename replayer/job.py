@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from recorder import RedactionRules, TapeOptions, TapeWriter
-from replayer.plan import PlanOptions, PlanStats, plan_requests
-from replayer.result import JobResult
-from replayer.runner import Progress, ReplayOutcome, RunnerSettings, replay
-from replayer.source import tape_source
-from replayer.transport import ClientSettings, make_transport
+from shadowtap.recorder import RedactionRules, TapeOptions, TapeWriter
+from shadowtap.replayer.plan import PlanOptions, PlanStats, plan_requests
+from shadowtap.replayer.result import JobResult
+from shadowtap.replayer.runner import Progress, ReplayOutcome, RunnerSettings, replay
+from shadowtap.replayer.source import tape_source
+from shadowtap.replayer.transport import ClientSettings, make_transport
 
 __all__ = ["ReplayJob", "run_job"]
 

@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from recorder.errors import ConfigError, UpstreamError
-from replayer.job import ReplayJob
-from replayer.locust_plan import LocustJob
-from replayer.result import JobResult
+from shadowtap.recorder.errors import ConfigError, UpstreamError
+from shadowtap.replayer.job import ReplayJob
+from shadowtap.replayer.locust_plan import LocustJob
+from shadowtap.replayer.result import JobResult
 
 __all__ = ["LOCUSTFILE", "locust_job", "run_locust"]
 

@@ -17,10 +17,19 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
-from recorder.errors import ConfigError
-from replayer.plan import Filters, PlannedRequest, PlanOptions, PlanStats, Rewrites, Scaling, SessionKey, plan_requests
-from replayer.result import JobResult
-from replayer.source import tape_source
+from shadowtap.recorder.errors import ConfigError
+from shadowtap.replayer.plan import (
+    Filters,
+    PlannedRequest,
+    PlanOptions,
+    PlanStats,
+    Rewrites,
+    Scaling,
+    SessionKey,
+    plan_requests,
+)
+from shadowtap.replayer.result import JobResult
+from shadowtap.replayer.source import tape_source
 
 __all__ = [
     "MSG_STATS",

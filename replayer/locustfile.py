@@ -15,7 +15,7 @@ broadcasts with the job. Each worker sends its three HdrHistograms (encoded) to 
 merges them, writes ``--shadowtap-out`` and stops the test. ``shadowtap replay --locust`` writes the
 job and runs all of this locally.
 
-Runs under gevent: it must never import asyncio code (only the pure ``replayer.locust_plan``,
+Runs under gevent: it must never import asyncio code (only the pure ``shadowtap.replayer.locust_plan``,
 ``plan``, ``stats`` and ``result`` modules), and never block the hub on anything but the network.
 Nor may it leave an error to Locust, which logs a failed task into a worker's log and carries on:
 every error ends in the worker's report, so ``shadowtap replay --locust`` fails (exit 2).
@@ -41,14 +41,14 @@ from locust.contrib.fasthttp import FastHttpSession
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
-from recorder import RedactionRules, SyncTapeWriter, TapeOptions
-from recorder.errors import ShadowtapError
-from recorder.model import Failure, FailureKind, Outcome, Response
-from recorder.private import open_private
-from replayer.locust_plan import MSG_STATS, MSG_T0, LocustJob, merge_reports, shard_plan, t0_monotonic_ns
-from replayer.plan import PlannedRequest, PlanStats
-from replayer.result import JobResult, replay_exchange
-from replayer.stats import ErrorExample, ReplayStats
+from shadowtap.recorder import RedactionRules, SyncTapeWriter, TapeOptions
+from shadowtap.recorder.errors import ShadowtapError
+from shadowtap.recorder.model import Failure, FailureKind, Outcome, Response
+from shadowtap.recorder.private import open_private
+from shadowtap.replayer.locust_plan import MSG_STATS, MSG_T0, LocustJob, merge_reports, shard_plan, t0_monotonic_ns
+from shadowtap.replayer.plan import PlannedRequest, PlanStats
+from shadowtap.replayer.result import JobResult, replay_exchange
+from shadowtap.replayer.stats import ErrorExample, ReplayStats
 
 log = logging.getLogger("shadowtap.locust")
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, urlencode
 
-from recorder.errors import ConfigError
-from recorder.model import PRIMARY, Exchange, Headers
+from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.model import PRIMARY, Exchange, Headers
 
 __all__ = [
     "SAFE_METHODS",

@@ -15,7 +15,7 @@ from typing import IO, Final
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from replayer.runner import Progress as Snapshot
+from shadowtap.replayer.runner import Progress as Snapshot
 
 __all__ = ["ProgressDisplay"]
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from recorder.errors import ConfigError
-from replayer.result import JobResult
-from replayer.stats import ERROR_CLASSES, HISTOGRAMS, PERCENTILES, EndpointStats
+from shadowtap.recorder.errors import ConfigError
+from shadowtap.replayer.result import JobResult
+from shadowtap.replayer.stats import ERROR_CLASSES, HISTOGRAMS, PERCENTILES, EndpointStats
 
 __all__ = [
     "DEFAULT_MAX_ERROR_RATE",

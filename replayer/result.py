@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import recorder.errors as errors
-from recorder.errors import ShadowtapError
-from recorder.model import PRIMARY, REPLAY, Exchange, Outcome, Timing
-from replayer.plan import PlannedRequest
-from replayer.stats import ReplayStats
+import shadowtap.recorder.errors as errors
+from shadowtap.recorder.errors import ShadowtapError
+from shadowtap.recorder.model import PRIMARY, REPLAY, Exchange, Outcome, Timing
+from shadowtap.replayer.plan import PlannedRequest
+from shadowtap.replayer.stats import ReplayStats
 
 __all__ = ["JobResult", "raise_job_error", "replay_exchange"]
 

@@ -34,12 +34,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from recorder.errors import ConfigError, ShadowtapError
-from recorder.model import Exchange, Failure, FailureKind, Outcome, Response
-from replayer.plan import PlannedRequest
-from replayer.result import replay_exchange
-from replayer.stats import ErrorExample, ReplayStats
-from replayer.transport import SendResult, Transport, describe_outcome, error_class
+from shadowtap.recorder.errors import ConfigError, ShadowtapError
+from shadowtap.recorder.model import Exchange, Failure, FailureKind, Outcome, Response
+from shadowtap.replayer.plan import PlannedRequest
+from shadowtap.replayer.result import replay_exchange
+from shadowtap.replayer.stats import ErrorExample, ReplayStats
+from shadowtap.replayer.transport import SendResult, Transport, describe_outcome, error_class
 
 __all__ = ["Progress", "ReplayOutcome", "ResultSink", "RunnerSettings", "replay", "sleep_until"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from recorder import TapeReader
-from recorder.model import Exchange
-from replayer.plan import merge_by_time
+from shadowtap.recorder import TapeReader
+from shadowtap.recorder.model import Exchange
+from shadowtap.replayer.plan import merge_by_time
 
 __all__ = ["TapeSource", "tape_source"]
 

@@ -24,8 +24,8 @@ import httptools
 from multidict import CIMultiDict
 from yarl import URL
 
-from recorder.errors import ConfigError
-from recorder.model import Failure, FailureKind, Headers, Outcome, Response
+from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.model import Failure, FailureKind, Headers, Outcome, Response
 
 __all__ = [
     "AiohttpTransport",
@@ -60,7 +60,7 @@ class Transport(Protocol):
 
 
 def error_class(outcome: Outcome) -> str | None:
-    """The stats error class of an outcome (``replayer.stats.ERROR_CLASSES``), None when it is fine."""
+    """The stats error class of an outcome (``shadowtap.replayer.stats.ERROR_CLASSES``), None when it is fine."""
     if isinstance(outcome, Response):
         return "5xx" if outcome.status >= 500 else None
     return {

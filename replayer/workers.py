@@ -28,10 +28,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any, Final
 
-from recorder.errors import ShadowtapError, UpstreamError
-from replayer.job import ReplayJob, run_job
-from replayer.result import JobResult
-from replayer.runner import Progress
+from shadowtap.recorder.errors import ShadowtapError, UpstreamError
+from shadowtap.replayer.job import ReplayJob, run_job
+from shadowtap.replayer.result import JobResult
+from shadowtap.replayer.runner import Progress
 
 __all__ = ["LoopRunner", "run_workers"]
 
@@ -165,7 +165,7 @@ def run_workers(
                 continue
             pending.discard(index)
             if error is not None:
-                import recorder.errors as errors
+                import shadowtap.recorder.errors as errors
 
                 type_name, message, trace = error
                 if trace is not None:

@@ -4,7 +4,7 @@ Usage: python scripts/build_native.py [--check]
 
 Needs mypy (mypyc ships with it), setuptools, a C compiler and the interpreter's headers. Builds in a
 temporary directory and replaces proxy/_compiled/ only when everything compiled, so a failed build
-leaves the previous one (or none) in place; ``proxy.native`` then decides whether it matches. With
+leaves the previous one (or none) in place; ``shadowtap.proxy.native`` then decides whether it matches. With
 ``--check`` it only says whether the current build matches the sources (exit 0) or not (exit 1).
 """
 
@@ -25,14 +25,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# proxy.native imports nothing of the package, but importing it as proxy.native would run
+# shadowtap.proxy.native imports nothing of the package, but importing it as shadowtap.proxy.native would run
 # proxy/__init__ (and activate an old build): load the file on its own.
-_spec = importlib.util.spec_from_file_location("_shadowtap_native", ROOT / "proxy" / "native.py")
+_spec = importlib.util.spec_from_file_location("_shadowtap_native", ROOT / "shadowtap" / "proxy" / "native.py")
 assert _spec is not None and _spec.loader is not None
 native = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(native)
 
-#: The shared library's module name: one library for the whole group, loaded by proxy.native.
+#: The shared library's module name: one library for the whole group, loaded by shadowtap.proxy.native.
 GROUP = "shadowtap_proxy"
 
 
@@ -47,7 +47,7 @@ def build() -> int:
     if not Path(sysconfig.get_paths()["include"], "Python.h").exists():
         print(f"build_native: no Python.h in {sysconfig.get_paths()['include']} (install python3-dev)", file=sys.stderr)
         return 2
-    sources = [ROOT / "proxy" / f"{name.rpartition('.')[2]}.py" for name in native.COMPILED_MODULES]
+    sources = [ROOT / "shadowtap" / "proxy" / f"{name.rpartition('.')[2]}.py" for name in native.COMPILED_MODULES]
     digests = {name: native.source_digest(path) for name, path in zip(native.COMPILED_MODULES, sources, strict=True)}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="shadowtap-native-") as tmp:
@@ -82,7 +82,7 @@ def build() -> int:
         shutil.copy2(work / "lib" / library, staged / library)
         for name in native.COMPILED_MODULES:
             short = name.rpartition(".")[2]
-            shutil.copy2(work / "lib" / "proxy" / f"{short}{suffix}", staged / f"{short}{suffix}")
+            shutil.copy2(work / "lib" / "shadowtap" / "proxy" / f"{short}{suffix}", staged / f"{short}{suffix}")
         manifest = {
             "format": native.MANIFEST_FORMAT,
             "interpreter": native.interpreter_tag(),

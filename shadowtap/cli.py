@@ -22,8 +22,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
 import shadowtap.commands
-from recorder.errors import ShadowtapError
 from shadowtap import __version__
+from shadowtap.recorder.errors import ShadowtapError
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer

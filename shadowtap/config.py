@@ -2,7 +2,7 @@
 
 This module must never interpret settings: it turns a file into a dict or raises ``ConfigError``
 naming the file (and line, where the parser knows it) in one line. Validation into frozen
-dataclasses happens in the owning package (``proxy.config``, ``differ.config`` ...), whose errors
+dataclasses happens in the owning package (``shadowtap.proxy.config``, ``shadowtap.differ.config`` ...), whose errors
 name the key. What it does refuse is what the parsers would let through to become a traceback or a
 silent surprise later: documents nested deeper than any config goes, YAML keys given twice (the
 last would win unseen), and aliases that contain themselves.
@@ -20,7 +20,7 @@ from yaml.constructor import ConstructorError
 from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from recorder.errors import ConfigError
+from shadowtap.recorder.errors import ConfigError
 
 __all__ = ["MAX_DEPTH", "load_mapping", "parse_yaml_value"]
 

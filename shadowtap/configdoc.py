@@ -2,7 +2,7 @@
 
 Proxy keys come from the config dataclasses themselves (the proxy accepts exactly their fields), with
 each key's type, its default in file form, its flag, and a description taken from the flag's help or
-the field's own comment. Differ keys come from ``differ.config.CONFIG_KEYS``, the table its parser
+the field's own comment. Differ keys come from ``shadowtap.differ.config.CONFIG_KEYS``, the table its parser
 validates against. This module must never carry a key list of its own: what it prints is what the
 parsers accept, and tests/shadowtap/test_docgen.py feeds every documented key back to them.
 """
@@ -19,11 +19,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from differ.config import CONFIG_KEYS
-from proxy import config as proxy_config
-from proxy.forward import ForwardSettings
-from proxy.rules import RouteRule
-from proxy.sampling import SampleKey
+from shadowtap.differ.config import CONFIG_KEYS
+from shadowtap.proxy import config as proxy_config
+from shadowtap.proxy.forward import ForwardSettings
+from shadowtap.proxy.rules import RouteRule
+from shadowtap.proxy.sampling import SampleKey
 
 REQUIRED = "(required)"
 #: Keys whose default is computed from another key when the file leaves them out.

@@ -1,15 +1,15 @@
-"""differ.reports: renders a ``DiffReport`` for people and machines.
+"""shadowtap.differ.reports: renders a ``DiffReport`` for people and machines.
 
 Terminal (rich), JSON (schema in docs/report-schema.md), one self-contained HTML file, a Markdown
 pull-request comment and JUnit XML. Renderers only format: they never compare, rank differently from
-each other, or show a secret (everything passes through ``differ.reports.redact`` at render time).
+each other, or show a secret (everything passes through ``shadowtap.differ.reports.redact`` at render time).
 """
 
-from differ.reports.html import render_html, write_html
-from differ.reports.json_report import report_to_dict, write_json
-from differ.reports.junit import render_junit, write_junit
-from differ.reports.markdown import render_markdown, write_markdown
-from differ.reports.terminal import render_terminal
+from shadowtap.differ.reports.html import render_html, write_html
+from shadowtap.differ.reports.json_report import report_to_dict, write_json
+from shadowtap.differ.reports.junit import render_junit, write_junit
+from shadowtap.differ.reports.markdown import render_markdown, write_markdown
+from shadowtap.differ.reports.terminal import render_terminal
 
 __all__ = [
     "render_html",

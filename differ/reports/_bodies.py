@@ -14,10 +14,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from differ.normalize import BodyDecodeError, decode_codings
-from differ.reports._common import MISSING, lookup_json, parse_body_path
-from differ.reports.redact import redact_form, redact_header_value, redact_json, redact_multipart, redact_text
-from recorder.model import Failure, Headers, Outcome, header_value, header_values
+from shadowtap.differ.normalize import BodyDecodeError, decode_codings
+from shadowtap.differ.reports._common import MISSING, lookup_json, parse_body_path
+from shadowtap.differ.reports.redact import redact_form, redact_header_value, redact_json, redact_multipart, redact_text
+from shadowtap.recorder.model import Failure, Headers, Outcome, header_value, header_values
 
 __all__ = ["DECODE_LIMIT_BYTES", "DISPLAY_LIMIT_CHARS", "DisplayBody", "display_body", "value_at"]
 

@@ -10,7 +10,7 @@ import re
 from datetime import UTC, datetime
 from typing import Final
 
-from differ.report_model import SEVERITIES, DiffReport, EndpointReport, Severity, SignatureReport
+from shadowtap.differ.report_model import SEVERITIES, DiffReport, EndpointReport, Severity, SignatureReport
 
 __all__ = [
     "MISSING",
@@ -106,7 +106,7 @@ def fmt_ns(ns: int | None) -> str:
         return f"{ns} ns"  # beyond what datetime can show: still say what the report holds
 
 
-# A JSON path inside a body, as differ.paths spells it: ``body.user.name``, ``body.items[3].id``,
+# A JSON path inside a body, as shadowtap.differ.paths spells it: ``body.user.name``, ``body.items[3].id``,
 # ``body[0]``, and ``body["odd key"]`` with the key as a JSON string.
 PathToken = str | int
 _TOKEN: Final = re.compile(r"""\.(?P<name>[^.\[]+)|\[(?P<index>\d+|\*)\]|\[(?P<quoted>"(?:[^"\\]|\\.)*")\]""")

@@ -12,8 +12,8 @@ import os
 import secrets
 from pathlib import Path
 
-from recorder.errors import ConfigError
-from recorder.private import open_private
+from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.private import open_private
 
 __all__ = ["write_atomically"]
 

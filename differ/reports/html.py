@@ -22,10 +22,10 @@ from importlib import resources
 from json.encoder import encode_basestring
 from typing import Any, Final
 
-from differ.paths import full_path
-from differ.report_model import DiffReport, EndpointReport, Example, FieldStat, Severity, SignatureReport
-from differ.reports._bodies import DisplayBody, display_body, value_at
-from differ.reports._common import (
+from shadowtap.differ.paths import full_path
+from shadowtap.differ.report_model import DiffReport, EndpointReport, Example, FieldStat, Severity, SignatureReport
+from shadowtap.differ.reports._bodies import DisplayBody, display_body, value_at
+from shadowtap.differ.reports._common import (
     PathToken,
     endpoint_rate,
     fmt_ns,
@@ -37,9 +37,9 @@ from differ.reports._common import (
     step_matches,
     verdict_word,
 )
-from differ.reports._files import write_atomically
-from differ.reports.redact import redact_headers, redact_target
-from recorder.model import Failure, Headers, Outcome
+from shadowtap.differ.reports._files import write_atomically
+from shadowtap.differ.reports.redact import redact_headers, redact_target
+from shadowtap.recorder.model import Failure, Headers, Outcome
 
 __all__ = ["render_html", "write_html"]
 
@@ -71,7 +71,7 @@ def _e(value: object) -> str:
 
 def _asset(name: str) -> str:
     # Next to this module (not in a subfolder) so pyproject's package-data globs ship them in a wheel.
-    return resources.files("differ.reports").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("shadowtap.differ.reports").joinpath(name).read_text(encoding="utf-8")
 
 
 def _csp_hash(source: str) -> str:

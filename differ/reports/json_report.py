@@ -1,6 +1,6 @@
 """The JSON report: the ``DiffReport`` as a stable JSON document (schema: docs/report-schema.md).
 
-Field names are the dataclass field names of ``differ.report_model``; only bytes-bearing values get
+Field names are the dataclass field names of ``shadowtap.differ.report_model``; only bytes-bearing values get
 a representation of their own (headers as ``[[name, value], ...]``, bodies as body objects). Secrets
 are redacted here as in every report. It must never compute or reorder results: the document is the
 report, field for field.
@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from differ.report_model import (
+from shadowtap.differ.report_model import (
     DiffReport,
     EndpointReport,
     Example,
@@ -22,10 +22,10 @@ from differ.report_model import (
     Suppression,
     Verdict,
 )
-from differ.reports._bodies import display_body
-from differ.reports._files import write_atomically
-from differ.reports.redact import redact_headers, redact_target
-from recorder.model import Failure, Headers, Outcome, Request
+from shadowtap.differ.reports._bodies import display_body
+from shadowtap.differ.reports._files import write_atomically
+from shadowtap.differ.reports.redact import redact_headers, redact_target
+from shadowtap.recorder.model import Failure, Headers, Outcome, Request
 
 __all__ = ["report_to_dict", "write_json"]
 

@@ -15,9 +15,16 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Final
 
-from differ.report_model import DiffReport, EndpointReport
-from differ.reports._common import endpoint_rate, fmt_ns, fmt_rate, ranked_endpoints, ranked_signatures, verdict_word
-from differ.reports._files import write_atomically
+from shadowtap.differ.report_model import DiffReport, EndpointReport
+from shadowtap.differ.reports._common import (
+    endpoint_rate,
+    fmt_ns,
+    fmt_rate,
+    ranked_endpoints,
+    ranked_signatures,
+    verdict_word,
+)
+from shadowtap.differ.reports._files import write_atomically
 
 __all__ = ["JUNIT_CLASSNAME", "render_junit", "write_junit"]
 

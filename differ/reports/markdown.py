@@ -13,9 +13,9 @@ import os
 import re
 from typing import Final
 
-from differ.report_model import DiffReport, EndpointReport, Example, Severity, SignatureReport
-from differ.reports._bodies import value_at
-from differ.reports._common import (
+from shadowtap.differ.report_model import DiffReport, EndpointReport, Example, Severity, SignatureReport
+from shadowtap.differ.reports._bodies import value_at
+from shadowtap.differ.reports._common import (
     clip,
     endpoint_rate,
     fmt_rate,
@@ -24,8 +24,8 @@ from differ.reports._common import (
     ranked_signatures,
     verdict_word,
 )
-from differ.reports._files import write_atomically
-from differ.reports.redact import redact_target
+from shadowtap.differ.reports._files import write_atomically
+from shadowtap.differ.reports.redact import redact_target
 
 __all__ = ["render_markdown", "write_markdown"]
 

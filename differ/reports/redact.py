@@ -3,7 +3,7 @@
 Tapes are redacted when written, but a report is the thing people paste into tickets and CI
 artifacts, so every renderer passes requests, headers and bodies through here once more. It redacts
 credentials, not words: header, parameter and field names are matched exactly (any case) against
-the tape's own default lists (``recorder.redact``, one place for them), so ``Authorization`` and
+the tape's own default lists (``shadowtap.recorder.redact``, one place for them), so ``Authorization`` and
 ``access_token`` go while ``Access-Control-Allow-Credentials`` and ``total_tokens`` stay; and values
 are redacted wherever they are when their shape is unmistakably a secret (a JWT, a ``Bearer`` or
 ``Basic`` credential, a private key block, a few vendors' prefixed API keys). Random-looking strings
@@ -22,8 +22,8 @@ import re
 from typing import Any, Final
 from urllib.parse import unquote_plus
 
-from recorder.model import Headers
-from recorder.redact import DEFAULT_SECRET_FIELDS, DEFAULT_SECRET_HEADERS, REDACTED_PREFIX
+from shadowtap.recorder.model import Headers
+from shadowtap.recorder.redact import DEFAULT_SECRET_FIELDS, DEFAULT_SECRET_HEADERS, REDACTED_PREFIX
 
 __all__ = [
     "REDACTED",

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from differ.report_model import DiffReport, EndpointReport, Severity
-from differ.reports._common import (
+from shadowtap.differ.report_model import DiffReport, EndpointReport, Severity
+from shadowtap.differ.reports._common import (
     clip,
     endpoint_rate,
     fmt_ns,

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from recorder.errors import ConfigError
-from recorder.formats._common import FORMAT_NAMES, ExportReport, Importer, ImportReport, TornTail
-from recorder.formats.detect import detect_format, sniff
-from recorder.formats.gor import GorReader, write_gor
-from recorder.formats.har import HarReader, write_har
-from recorder.formats.mitm import MitmReader, exchange_from_flow, flow_from_exchange, write_mitm
-from recorder.model import Exchange
+from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.formats._common import FORMAT_NAMES, ExportReport, Importer, ImportReport, TornTail
+from shadowtap.recorder.formats.detect import detect_format, sniff
+from shadowtap.recorder.formats.gor import GorReader, write_gor
+from shadowtap.recorder.formats.har import HarReader, write_har
+from shadowtap.recorder.formats.mitm import MitmReader, exchange_from_flow, flow_from_exchange, write_mitm
+from shadowtap.recorder.model import Exchange
 
 __all__ = [
     "FORMAT_NAMES",

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
-from recorder.errors import InputFormatError, ShadowtapError, TapeWriteError
-from recorder.model import Exchange, FailureKind, Headers
+from shadowtap.recorder.errors import InputFormatError, ShadowtapError, TapeWriteError
+from shadowtap.recorder.model import Exchange, FailureKind, Headers
 
 __all__ = [
     "FAILURE_KINDS",

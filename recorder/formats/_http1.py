@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
-from recorder.formats._common import text_to_wire
-from recorder.model import Headers, Request, Response, header_value, header_values
+from shadowtap.recorder.formats._common import text_to_wire
+from shadowtap.recorder.model import Headers, Request, Response, header_value, header_values
 
 __all__ = ["HttpParseError", "ParsedBody", "parse_request", "parse_response", "request_bytes", "response_bytes"]
 

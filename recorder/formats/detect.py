@@ -11,8 +11,8 @@ import zlib
 from pathlib import Path
 from typing import Final
 
-from recorder.errors import InputFormatError
-from recorder.formats._common import open_input
+from shadowtap.recorder.errors import InputFormatError
+from shadowtap.recorder.formats._common import open_input
 
 __all__ = ["SNIFF_BYTES", "detect_format", "sniff"]
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final, NamedTuple, cast
 
-from recorder.errors import ConfigError, InputFormatError
-from recorder.formats._common import (
+from shadowtap.recorder.errors import ConfigError, InputFormatError
+from shadowtap.recorder.formats._common import (
     ExportReport,
     GunzipStream,
     ImportReport,
@@ -39,9 +39,15 @@ from recorder.formats._common import (
     text_to_wire,
     writing,
 )
-from recorder.formats._http1 import HttpParseError, parse_request, parse_response, request_bytes, response_bytes
-from recorder.model import REPLAY, Exchange, Failure, Outcome, Request, Response, Timing
-from recorder.private import open_private
+from shadowtap.recorder.formats._http1 import (
+    HttpParseError,
+    parse_request,
+    parse_response,
+    request_bytes,
+    response_bytes,
+)
+from shadowtap.recorder.model import REPLAY, Exchange, Failure, Outcome, Request, Response, Timing
+from shadowtap.recorder.private import open_private
 
 __all__ = ["SEPARATOR", "GorReader", "GorRecord", "iter_gor_records", "write_gor"]
 

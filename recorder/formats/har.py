@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 from urllib.parse import parse_qsl, quote_plus, urlsplit
 
-from recorder.errors import InputFormatError
-from recorder.formats._common import (
+from shadowtap.recorder.errors import InputFormatError
+from shadowtap.recorder.formats._common import (
     FAILURE_KINDS,
     ExportReport,
     GunzipStream,
@@ -46,8 +46,18 @@ from recorder.formats._common import (
     text_to_wire,
     writing,
 )
-from recorder.model import Exchange, Failure, FailureKind, Headers, Outcome, Request, Response, Timing, header_value
-from recorder.private import open_private
+from shadowtap.recorder.model import (
+    Exchange,
+    Failure,
+    FailureKind,
+    Headers,
+    Outcome,
+    Request,
+    Response,
+    Timing,
+    header_value,
+)
+from shadowtap.recorder.private import open_private
 
 __all__ = ["HarReader", "browser_failure_kind", "decode_content", "write_har"]
 

@@ -5,7 +5,7 @@
 framing removed) and headers are ``.fields`` (order, case and duplicates kept). This module must never
 crash on a flow it does not model: WebSocket messages become a count in ``tags``, TCP/UDP/DNS flows are
 skipped and counted, flows with errors keep the error. mitmproxy is imported lazily, in the functions
-that need it, so importing ``recorder.formats`` stays cheap.
+that need it, so importing ``shadowtap.recorder.formats`` stays cheap.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
-from recorder.errors import InputFormatError
-from recorder.formats._common import (
+from shadowtap.recorder.errors import InputFormatError
+from shadowtap.recorder.formats._common import (
     FAILURE_KINDS,
     GZIP_MAGIC,
     ExportReport,
@@ -26,8 +26,8 @@ from recorder.formats._common import (
     text_to_wire,
     writing,
 )
-from recorder.model import PRIMARY, Exchange, Failure, FailureKind, Outcome, Request, Response, Timing
-from recorder.private import open_private
+from shadowtap.recorder.model import PRIMARY, Exchange, Failure, FailureKind, Outcome, Request, Response, Timing
+from shadowtap.recorder.private import open_private
 
 if TYPE_CHECKING:
     from mitmproxy import http

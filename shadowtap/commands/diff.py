@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from differ import DifferConfig
-    from differ.report_model import DiffReport
-    from recorder import Exchange
-    from recorder.errors import ConfigError
+    from shadowtap.differ import DifferConfig
+    from shadowtap.differ.report_model import DiffReport
+    from shadowtap.recorder import Exchange
+    from shadowtap.recorder.errors import ConfigError
 
 NAME = "diff"
 HELP = "compare primary vs shadow (or recorded vs replayed) responses in tapes and report what changed"
@@ -99,15 +99,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(path: Path | None) -> DifferConfig:
-    from differ import DifferConfig, config_from_mapping
     from shadowtap.config import load_mapping
+    from shadowtap.differ import DifferConfig, config_from_mapping
 
     return DifferConfig() if path is None else config_from_mapping(load_mapping(path))
 
 
 def _names_on(exchanges: Iterable[Exchange], names: set[str]) -> None:
     """Add the names of the responses ``exchanges`` hold (``primary`` and each shadow's) to ``names``."""
-    from recorder import PRIMARY
+    from shadowtap.recorder import PRIMARY
 
     for exchange in exchanges:
         if exchange.primary is not None:
@@ -117,8 +117,8 @@ def _names_on(exchanges: Iterable[Exchange], names: set[str]) -> None:
 
 def _pick_names(exchanges: list[Exchange], seen: set[str], args: argparse.Namespace) -> tuple[str, str | None]:
     """The candidate and secondary: as given, or guessed from the names ``seen`` at the tape's start."""
-    from recorder import PRIMARY, REPLAY
-    from recorder.errors import ConfigError
+    from shadowtap.recorder import PRIMARY, REPLAY
+    from shadowtap.recorder.errors import ConfigError
 
     if not exchanges:
         raise ConfigError("the tape holds no exchanges to compare")
@@ -144,7 +144,7 @@ def _pick_names(exchanges: list[Exchange], seen: set[str], args: argparse.Namesp
 
 def _unknown_name(args: argparse.Namespace, seen: set[str]) -> ConfigError | None:
     """The error for a name given on the command line that no response ``seen`` has, listing theirs."""
-    from recorder.errors import ConfigError
+    from shadowtap.recorder.errors import ConfigError
 
     for flag, name in (("--primary", args.primary), ("--candidate", args.candidate), ("--secondary", args.secondary)):
         if name is not None and name not in seen:
@@ -155,7 +155,7 @@ def _unknown_name(args: argparse.Namespace, seen: set[str]) -> ConfigError | Non
 
 def emit(report: DiffReport, args: argparse.Namespace) -> int:
     """Print the summary, write every requested report file; the verdict's exit code."""
-    from differ.reports import render_terminal, write_html, write_json, write_junit, write_markdown
+    from shadowtap.differ.reports import render_terminal, write_html, write_json, write_junit, write_markdown
 
     if not args.quiet:
         render_terminal(report, sys.stdout, color=False if args.no_color else None)
@@ -175,9 +175,9 @@ def emit(report: DiffReport, args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from itertools import islice
 
-    from differ import DiffSession, DiffStore, RunMeta, build_report, parse_fail_on
-    from recorder import TapeReader
     from shadowtap.commands.tape import refuse_files_that_are_not_tapes
+    from shadowtap.differ import DiffSession, DiffStore, RunMeta, build_report, parse_fail_on
+    from shadowtap.recorder import TapeReader
 
     config = load_config(args.config)
     if args.fail_on is not None:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from recorder.formats import ExportReport
-    from recorder.model import Exchange
+    from shadowtap.recorder.formats import ExportReport
+    from shadowtap.recorder.model import Exchange
 
 NAME = "export"
 HELP = "export a tape as HAR, a mitmproxy flow file or a GoReplay (.gor) file"
@@ -61,10 +61,10 @@ def _target(out: Path) -> Path | None:
 
 
 def _export(reader: Iterable[Exchange], out: Path, fmt: str) -> ExportReport:
-    from recorder.errors import TapeWriteError
-    from recorder.formats import export_exchanges
-    from recorder.private import open_private
     from shadowtap import __version__
+    from shadowtap.recorder.errors import TapeWriteError
+    from shadowtap.recorder.formats import export_exchanges
+    from shadowtap.recorder.private import open_private
 
     target = _target(out)
     if target is None:
@@ -91,8 +91,8 @@ def _export(reader: Iterable[Exchange], out: Path, fmt: str) -> ExportReport:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recorder import TapeReader
-    from recorder.errors import ConfigError
+    from shadowtap.recorder import TapeReader
+    from shadowtap.recorder.errors import ConfigError
 
     name = args.out.name.lower().removesuffix(".gz")  # out.gor.gz: GoReplay reads gzip files
     fmt = args.fmt or _SUFFIXES.get(Path(name).suffix)

@@ -54,9 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recorder import RedactionRules, SyncTapeWriter, TapeOptions
-    from recorder.errors import ConfigError
-    from recorder.formats import open_importer
+    from shadowtap.recorder import RedactionRules, SyncTapeWriter, TapeOptions
+    from shadowtap.recorder.errors import ConfigError
+    from shadowtap.recorder.formats import open_importer
 
     redaction: RedactionRules | None = RedactionRules()
     if args.config is not None:

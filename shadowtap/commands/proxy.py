@@ -3,7 +3,7 @@
 Settings come from ``--config FILE`` (YAML or TOML) overlaid with flags; every config key is also a
 flag, either a named one below or ``--set KEY=VALUE`` (``--set shadows.v2.rate_per_s=50``).
 ``--check-config FILE`` validates and prints the effective config without starting anything. This
-module must never validate settings itself: it builds one mapping and ``proxy.config`` judges it.
+module must never validate settings itself: it builds one mapping and ``shadowtap.proxy.config`` judges it.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def _shadow_list(raw: Any) -> list[Any]:
         return [{"name": name, **(spec if isinstance(spec, dict) else {"url": spec})} for name, spec in raw.items()]
     if isinstance(raw, list):
         return [_shadow_entry(s) for s in raw]
-    return raw  # type: ignore[no-any-return]  # proxy.config reports the wrong type
+    return raw  # type: ignore[no-any-return]  # shadowtap.proxy.config reports the wrong type
 
 
 def _shadow_entry(spec: Any) -> Any:
@@ -144,7 +144,7 @@ def _shadow_entry(spec: Any) -> Any:
 
 
 def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    from recorder.errors import ConfigError
+    from shadowtap.recorder.errors import ConfigError
 
     keys = path.split(".")
     if keys[0] == "shadows" and len(keys) > 2:
@@ -159,7 +159,7 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
 
 
 def _set_nested(data: dict[str, Any], keys: list[str], value: Any, path: str) -> None:
-    from recorder.errors import ConfigError
+    from shadowtap.recorder.errors import ConfigError
 
     node = data
     for key in keys[:-1]:
@@ -171,7 +171,7 @@ def _set_nested(data: dict[str, Any], keys: list[str], value: Any, path: str) ->
 
 
 def _parse_route(spec: str) -> dict[str, Any]:
-    from recorder.errors import ConfigError
+    from shadowtap.recorder.errors import ConfigError
 
     route: dict[str, Any] = {}
     for part in spec.split(";"):
@@ -197,8 +197,8 @@ def _parse_route(spec: str) -> dict[str, Any]:
 
 def build_mapping(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     """The config file's mapping with every given flag applied on top."""
-    from recorder.errors import ConfigError
     from shadowtap.config import parse_yaml_value
+    from shadowtap.recorder.errors import ConfigError
 
     data = copy.deepcopy(base)
     record = data.get("record")
@@ -236,10 +236,10 @@ def build_mapping(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, A
 
 def load_config(args: argparse.Namespace, path: str | None) -> Any:
     """The validated ``ProxyConfig`` (and, through the data path, its forward settings)."""
-    from proxy.app import build_forward_settings, listen_ssl_context
-    from proxy.config import ProxyConfig
-    from proxy.mirror import shadow_ssl_context
     from shadowtap.config import load_mapping
+    from shadowtap.proxy.app import build_forward_settings, listen_ssl_context
+    from shadowtap.proxy.config import ProxyConfig
+    from shadowtap.proxy.mirror import shadow_ssl_context
 
     base = load_mapping(path) if path else {}
     config = ProxyConfig.from_mapping(build_mapping(args, base))
@@ -254,8 +254,8 @@ def load_config(args: argparse.Namespace, path: str | None) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from proxy.app import serve
     from shadowtap import runtime
+    from shadowtap.proxy.app import serve
 
     if args.check_config:
         config = load_config(args, args.check_config)

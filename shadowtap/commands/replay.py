@@ -17,9 +17,9 @@ import sys
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from replayer.job import ReplayJob
-    from replayer.report import SloGates
-    from replayer.result import JobResult
+    from shadowtap.replayer.job import ReplayJob
+    from shadowtap.replayer.report import SloGates
+    from shadowtap.replayer.result import JobResult
 
 NAME = "replay"
 HELP = "replay tapes against a target as open-loop load; record what came back for `shadowtap diff`"
@@ -145,7 +145,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--max-error-rate",
         type=_finite,
         metavar="F",
-        # The default is replayer.report.DEFAULT_MAX_ERROR_RATE (not imported here: --help stays fast).
+        # The default is shadowtap.replayer.report.DEFAULT_MAX_ERROR_RATE (not imported here: --help stays fast).
         help="fail (exit 1) above this fraction of failed requests (default 0.01; 1 = off)",
     )
     g.add_argument("--max-p99-ms", type=_finite, metavar="MS", help="fail above this p99 response time")
@@ -166,8 +166,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_header(spec: str) -> tuple[str, str]:
-    from recorder.errors import ConfigError
-    from replayer.plan import check_header_name, check_header_text
+    from shadowtap.recorder.errors import ConfigError
+    from shadowtap.replayer.plan import check_header_name, check_header_text
 
     name, sep, value = spec.partition(":")
     if not sep or not name.strip():
@@ -182,9 +182,9 @@ def _checked_host(value: str) -> str:
 
     A value with ``${VAR}`` is only checked for what would break the head; the plan expands it.
     """
-    from proxy.forward import check_host
-    from recorder.errors import ConfigError
-    from replayer.plan import check_header_text
+    from shadowtap.proxy.forward import check_host
+    from shadowtap.recorder.errors import ConfigError
+    from shadowtap.replayer.plan import check_header_text
 
     check_header_text(value, "--host")
     if "${" in value:
@@ -209,8 +209,8 @@ def _checked_host(value: str) -> str:
 def _check_rewrites(args: argparse.Namespace) -> None:
     """The rewrite flags' literal text, before any request is built from it (the plan checks what
     ``${VAR}`` brings in)."""
-    from recorder.errors import ConfigError
-    from replayer.plan import check_header_name, check_header_text
+    from shadowtap.recorder.errors import ConfigError
+    from shadowtap.replayer.plan import check_header_name, check_header_text
 
     for name in args.remove_header:
         check_header_name(name, "--remove-header")
@@ -229,12 +229,12 @@ def _check_rewrites(args: argparse.Namespace) -> None:
 
 def build_job(args: argparse.Namespace) -> ReplayJob:
     """The job the flags describe; every bad value raises ``ConfigError`` naming the flag."""
-    from proxy.forward import parse_primary
-    from recorder.errors import ConfigError
-    from replayer.job import ReplayJob
-    from replayer.plan import Filters, PlanOptions, Rewrites, Scaling, SessionKey
-    from replayer.runner import RunnerSettings
-    from replayer.transport import ClientSettings
+    from shadowtap.proxy.forward import parse_primary
+    from shadowtap.recorder.errors import ConfigError
+    from shadowtap.replayer.job import ReplayJob
+    from shadowtap.replayer.plan import Filters, PlanOptions, Rewrites, Scaling, SessionKey
+    from shadowtap.replayer.runner import RunnerSettings
+    from shadowtap.replayer.transport import ClientSettings
 
     if args.workers < 1:
         raise ConfigError(f"must be >= 1, got {args.workers}", field="workers")
@@ -294,7 +294,7 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
 
 
 def _gates(args: argparse.Namespace) -> SloGates:
-    from replayer.report import DEFAULT_MAX_ERROR_RATE, SloGates
+    from shadowtap.replayer.report import DEFAULT_MAX_ERROR_RATE, SloGates
 
     return SloGates(
         max_error_rate=DEFAULT_MAX_ERROR_RATE if args.max_error_rate is None else args.max_error_rate,
@@ -324,9 +324,9 @@ def _announce_plan(job: ReplayJob, args: argparse.Namespace) -> float | None:
     recordings a day apart idles for hours); the planned span in seconds, or None when unknown.
 
     Only for recorded timing: a fixed --rate or --speed 0 has no idle stretches."""
-    from recorder.errors import InputFormatError
-    from replayer.plan import preview_schedule
-    from replayer.source import tape_source
+    from shadowtap.recorder.errors import InputFormatError
+    from shadowtap.replayer.plan import preview_schedule
+    from shadowtap.replayer.source import tape_source
 
     scaling = job.plan.scaling
     if scaling.rate_per_s is not None or scaling.speed == 0.0:
@@ -358,8 +358,8 @@ def _run_here(job: ReplayJob, args: argparse.Namespace, total_s: float | None) -
     import asyncio
     import signal
 
-    from replayer.job import run_job
-    from replayer.progress import ProgressDisplay
+    from shadowtap.replayer.job import run_job
+    from shadowtap.replayer.progress import ProgressDisplay
     from shadowtap.runtime import run
 
     async def main(display: ProgressDisplay) -> JobResult:
@@ -379,9 +379,9 @@ def _run_here(job: ReplayJob, args: argparse.Namespace, total_s: float | None) -
 
 
 def _run_workers(job: ReplayJob, args: argparse.Namespace, total_s: float | None) -> JobResult:
-    from replayer.progress import ProgressDisplay
-    from replayer.runner import Progress
-    from replayer.workers import run_workers
+    from shadowtap.replayer.progress import ProgressDisplay
+    from shadowtap.replayer.runner import Progress
+    from shadowtap.replayer.workers import run_workers
     from shadowtap.runtime import run
 
     latest: dict[int, Progress] = {}
@@ -407,8 +407,8 @@ def _run_workers(job: ReplayJob, args: argparse.Namespace, total_s: float | None
 
 
 def _write_text(path: str, text: str) -> None:
-    from recorder.errors import ConfigError
-    from recorder.private import open_private
+    from shadowtap.recorder.errors import ConfigError
+    from shadowtap.recorder.private import open_private
 
     try:
         # Owner-only: reports name the recorded paths and the job names its rewrites (tokens too).
@@ -421,8 +421,8 @@ def _write_text(path: str, text: str) -> None:
 def write_outputs(result: JobResult, job: ReplayJob, args: argparse.Namespace, gates: SloGates) -> list[str]:
     """Print the summary and write --json/--html; returns the SLO failures (for the caller to print:
     an error that cut the replay short is the one line that matters then)."""
-    from replayer.html_report import render_html
-    from replayer.report import results_document, slo_failures, summary_text
+    from shadowtap.replayer.html_report import render_html
+    from shadowtap.replayer.report import results_document, slo_failures, summary_text
 
     workers = args.locust_workers if args.locust else args.workers
     document: dict[str, Any] = results_document(
@@ -453,14 +453,14 @@ def _report_tape_problems(result: JobResult) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from replayer.result import raise_job_error
     from shadowtap.commands.tape import refuse_files_that_are_not_tapes
+    from shadowtap.replayer.result import raise_job_error
 
     job = build_job(args)
     gates = _gates(args)
     refuse_files_that_are_not_tapes(job.tapes, job.salvage)
     if args.locust_job_out:
-        from replayer.locust_launch import locust_job
+        from shadowtap.replayer.locust_launch import locust_job
 
         _write_text(args.locust_job_out, locust_job(job).to_json() + "\n")
         print(f"wrote the Locust job to {args.locust_job_out}", file=sys.stderr)
@@ -471,7 +471,7 @@ def run(args: argparse.Namespace) -> int:
     if span_s and not job.plan.scaling.loop:  # the progress bar's length
         total_s = span_s if duration_s is None else min(span_s, duration_s)
     if args.locust:
-        from replayer.locust_launch import run_locust
+        from shadowtap.replayer.locust_launch import run_locust
 
         result = run_locust(job, workers=args.locust_workers, timeout_s=args.locust_timeout)
     elif args.workers > 1:

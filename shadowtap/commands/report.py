@@ -35,10 +35,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from differ import DiffStore, build_report
-    from recorder.errors import ConfigError
     from shadowtap.commands.diff import emit, load_config
     from shadowtap.commands.tape import parse_time_ns
+    from shadowtap.differ import DiffStore, build_report
+    from shadowtap.recorder.errors import ConfigError
 
     # Parsed here, not as argparse types: a bad time is then one line naming the flag and why.
     since_ns = None if args.since is None else parse_time_ns(args.since, "--since")

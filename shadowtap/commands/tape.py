@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 # The recorder package is already loaded by the CLI (its error tree lives there): nothing heavy here.
-from recorder import (
+from shadowtap.recorder import (
     ConfigError,
     Exchange,
     Outcome,

@@ -29,8 +29,8 @@ from typing import Any
 
 import aiohttp
 
-from recorder.errors import ShadowtapError
 from shadowtap.demo.services import CATEGORIES, PLANTED
+from shadowtap.recorder.errors import ShadowtapError
 
 #: How long any one step may take before the demo gives up with a clear message.
 STEP_TIMEOUT_S = 60.0

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import brotli
 
-from differ.report_model import (
+from shadowtap.differ.report_model import (
     REPORT_SCHEMA_VERSION,
     DiffReport,
     EndpointReport,
@@ -22,7 +22,7 @@ from differ.report_model import (
     Suppression,
     Verdict,
 )
-from recorder.model import Failure, FailureKind, Request, Response
+from shadowtap.recorder.model import Failure, FailureKind, Request, Response
 
 T0: Final = 1_763_776_000_000_000_000  # 2025-11-22 01:46:40Z
 

@@ -10,9 +10,17 @@ from typing import Any
 
 import pytest
 
-from differ import DiffSession, DiffStore, NoiseThresholds, RunMeta, build_report, config_from_mapping, is_learned_noise
-from differ.report_model import DiffReport
-from recorder import Exchange, Request, Response
+from shadowtap.differ import (
+    DiffSession,
+    DiffStore,
+    NoiseThresholds,
+    RunMeta,
+    build_report,
+    config_from_mapping,
+    is_learned_noise,
+)
+from shadowtap.differ.report_model import DiffReport
+from shadowtap.recorder import Exchange, Request, Response
 from tests.differ.corpus.traffic import CANDIDATE, CONFIG, PLANTED, SECONDARY, SLUGS, T0_NS, traffic
 
 

@@ -14,8 +14,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from differ import Comparator, CompareOptions, config_from_mapping
-from recorder import Failure, Outcome, Response
+from shadowtap.differ import Comparator, CompareOptions, config_from_mapping
+from shadowtap.recorder import Failure, Outcome, Response
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "corpus" / "pairs.yaml").read_text(encoding="utf-8"))
 

@@ -45,9 +45,9 @@ from deepdiff import DeepDiff
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from differ import Comparator, CompareOptions
-from differ.paths import folded_path
-from recorder import Response
+from shadowtap.differ import Comparator, CompareOptions
+from shadowtap.differ.paths import folded_path
+from shadowtap.recorder import Response
 
 Report = set[tuple[str, str, str]]
 
@@ -58,7 +58,7 @@ _CLASS = {type(None): "null", bool: "bool", int: "int", float: "float", str: "st
 
 
 def json_class(value: Any) -> str:
-    """The engine's value class, written independently of ``differ.volatile`` (detectors are off)."""
+    """The engine's value class, written independently of ``shadowtap.differ.volatile`` (detectors are off)."""
     return _CLASS[type(value)]
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from differ import DifferConfig, config_from_mapping
-from differ.config import DEFAULT_IGNORED_HEADERS
-from recorder.errors import ConfigError
+from shadowtap.differ import DifferConfig, config_from_mapping
+from shadowtap.differ.config import DEFAULT_IGNORED_HEADERS
+from shadowtap.recorder.errors import ConfigError
 
 
 def test_defaults() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from differ import CompareOptions, DiffEngine
-from recorder import Exchange, Failure, FailureKind, Request, Response
+from shadowtap.differ import CompareOptions, DiffEngine
+from shadowtap.recorder import Exchange, Failure, FailureKind, Request, Response
 
 OK = Response(200, "OK", ((b"Content-Type", b"application/json"),), b'{"a": 1}')
 CHANGED = Response(200, "OK", ((b"Content-Type", b"application/json"),), b'{"a": 2}')

@@ -17,8 +17,8 @@ from typing import Final
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, expect, sync_playwright
 
-from differ.reports import write_html
-from recorder.model import Response
+from shadowtap.differ.reports import write_html
+from shadowtap.recorder.model import Response
 from tests.differ.report_fixtures import SECRETS, rich_report
 
 CHROMIUM: Final = "/usr/bin/chromium"

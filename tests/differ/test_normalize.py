@@ -9,8 +9,8 @@ import brotli
 import pytest
 import zstandard
 
-from differ import normalize
-from differ.normalize import MAX_DECODED_BYTES, decode_content, header_map, parse_body
+from shadowtap.differ import normalize
+from shadowtap.differ.normalize import MAX_DECODED_BYTES, decode_content, header_map, parse_body
 
 
 def test_header_map_lowercases_and_keeps_duplicates() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from differ.paths import compile_glob, folded_path, full_path
+from shadowtap.differ.paths import compile_glob, folded_path, full_path
 
 
 def test_spelling() -> None:

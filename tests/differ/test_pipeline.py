@@ -7,8 +7,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from differ import DifferConfig, DiffSession, DiffStore, RunMeta, config_from_mapping, relearn_endpoints
-from recorder import Exchange, Failure, FailureKind, Request, Response
+from shadowtap.differ import DifferConfig, DiffSession, DiffStore, RunMeta, config_from_mapping, relearn_endpoints
+from shadowtap.recorder import Exchange, Failure, FailureKind, Request, Response
 
 META = RunMeta("primary", "v2", None, ())
 

@@ -1,4 +1,4 @@
-"""differ.reports: the public API, the shared ranking, and every writer producing its file."""
+"""shadowtap.differ.reports: the public API, the shared ranking, and every writer producing its file."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import differ.reports
-from differ.report_model import DiffReport
-from differ.reports import (
+import shadowtap.differ.reports
+from shadowtap.differ.report_model import DiffReport
+from shadowtap.differ.reports import (
     render_terminal,
     report_to_dict,
     write_html,
@@ -19,13 +19,20 @@ from differ.reports import (
     write_junit,
     write_markdown,
 )
-from differ.reports._common import fmt_ns, fmt_rate, parse_body_path, ranked_endpoints, ranked_signatures, step_matches
-from recorder.errors import ConfigError, ShadowtapError
+from shadowtap.differ.reports._common import (
+    fmt_ns,
+    fmt_rate,
+    parse_body_path,
+    ranked_endpoints,
+    ranked_signatures,
+    step_matches,
+)
+from shadowtap.recorder.errors import ConfigError, ShadowtapError
 from tests.differ.report_fixtures import inconclusive_report, passing_report, rich_report
 
 
 def test_public_api_is_pinned() -> None:
-    assert sorted(differ.reports.__all__) == [
+    assert sorted(shadowtap.differ.reports.__all__) == [
         "render_html",
         "render_junit",
         "render_markdown",
@@ -36,8 +43,8 @@ def test_public_api_is_pinned() -> None:
         "write_junit",
         "write_markdown",
     ]
-    for name in differ.reports.__all__:
-        assert callable(getattr(differ.reports, name))
+    for name in shadowtap.differ.reports.__all__:
+        assert callable(getattr(shadowtap.differ.reports, name))
 
 
 def test_endpoints_rank_by_severity_then_rate() -> None:

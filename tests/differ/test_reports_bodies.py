@@ -10,8 +10,8 @@ import brotli
 import pytest
 import zstandard
 
-from differ.reports._bodies import DECODE_LIMIT_BYTES, DISPLAY_LIMIT_CHARS, display_body, value_at
-from recorder.model import Failure, Response
+from shadowtap.differ.reports._bodies import DECODE_LIMIT_BYTES, DISPLAY_LIMIT_CHARS, display_body, value_at
+from shadowtap.recorder.model import Failure, Response
 
 JSON_TYPE = (b"Content-Type", b"application/json")
 DOC = {"id": 7, "items": [1, 2], "password": "hunter2"}

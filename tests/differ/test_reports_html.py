@@ -11,11 +11,11 @@ from html.parser import HTMLParser
 
 from pytest import MonkeyPatch
 
-import differ.reports.html
-from differ.report_model import FieldStat
-from differ.reports import render_html
-from differ.reports._bodies import DisplayBody, display_body
-from differ.reports.html import _asset, _changed_lines, _json_html
+import shadowtap.differ.reports.html
+from shadowtap.differ.report_model import FieldStat
+from shadowtap.differ.reports import render_html
+from shadowtap.differ.reports._bodies import DisplayBody, display_body
+from shadowtap.differ.reports.html import _asset, _changed_lines, _json_html
 from tests.differ.report_fixtures import (
     HOSTILE_MARKERS,
     IMG_PAYLOAD,
@@ -199,7 +199,7 @@ def test_json_highlighting_handles_odd_keys_indexes_and_empty_containers() -> No
 
 
 def test_a_huge_report_keeps_full_examples_for_the_top_and_tables_for_the_rest(monkeypatch: MonkeyPatch) -> None:
-    monkeypatch.setattr(differ.reports.html, "EXAMPLES_BUDGET_CHARS", 60_000)
+    monkeypatch.setattr(shadowtap.differ.reports.html, "EXAMPLES_BUDGET_CHARS", 60_000)
     report = rich_report()
     many = tuple(dataclasses.replace(report.endpoints[1], endpoint=f"POST /orders/{i}") for i in range(30))
     document = render_html(dataclasses.replace(report, endpoints=(report.endpoints[0], *many)))

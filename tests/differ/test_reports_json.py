@@ -9,9 +9,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-from differ.report_model import DiffReport, EndpointReport, Example, FieldStat, SignatureReport, Suppression, Verdict
-from differ.reports import report_to_dict, write_json
-from recorder.model import Failure, Request, Response
+from shadowtap.differ.report_model import (
+    DiffReport,
+    EndpointReport,
+    Example,
+    FieldStat,
+    SignatureReport,
+    Suppression,
+    Verdict,
+)
+from shadowtap.differ.reports import report_to_dict, write_json
+from shadowtap.recorder.model import Failure, Request, Response
 from tests.differ.report_fixtures import (
     HOSTILE_MARKERS,
     JSON_PASSWORD_SECRET,

@@ -6,7 +6,7 @@ import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from differ.reports import render_junit, write_junit
+from shadowtap.differ.reports import render_junit, write_junit
 from tests.differ.report_fixtures import SCRIPT_PAYLOAD, inconclusive_report, passing_report, rich_report
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from differ.reports import render_markdown
+from shadowtap.differ.reports import render_markdown
 from tests.differ.report_fixtures import (
     SCRIPT_PAYLOAD,
     SECRETS,

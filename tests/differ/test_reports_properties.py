@@ -18,7 +18,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from differ.report_model import (
+from shadowtap.differ.report_model import (
     REPORT_SCHEMA_VERSION,
     SEVERITIES,
     DiffReport,
@@ -29,10 +29,10 @@ from differ.report_model import (
     Suppression,
     Verdict,
 )
-from differ.reports import render_html, render_junit, render_markdown, render_terminal, report_to_dict
-from differ.reports._bodies import display_body
-from differ.reports._common import printable
-from recorder.model import Failure, Request, Response
+from shadowtap.differ.reports import render_html, render_junit, render_markdown, render_terminal, report_to_dict
+from shadowtap.differ.reports._bodies import display_body
+from shadowtap.differ.reports._common import printable
+from shadowtap.recorder.model import Failure, Request, Response
 
 timestamps = st.integers(-(2**63), 2**63 - 1)
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

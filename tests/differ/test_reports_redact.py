@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from differ.reports.redact import (
+from shadowtap.differ.reports.redact import (
     REDACTED,
     is_secret_header,
     is_secret_name,

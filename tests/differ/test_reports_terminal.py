@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from differ.report_model import DiffReport
-from differ.reports import render_terminal
+from shadowtap.differ.report_model import DiffReport
+from shadowtap.differ.reports import render_terminal
 from tests.differ.report_fixtures import inconclusive_report, passing_report, rich_report
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

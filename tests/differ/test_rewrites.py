@@ -7,9 +7,17 @@ import random
 from pathlib import Path
 from typing import Any
 
-from differ import CompareOptions, DiffEngine, DiffSession, DiffStore, RunMeta, build_report, config_from_mapping
-from differ.compare import Difference
-from recorder.model import Exchange, Request, RequestDelta, Response
+from shadowtap.differ import (
+    CompareOptions,
+    DiffEngine,
+    DiffSession,
+    DiffStore,
+    RunMeta,
+    build_report,
+    config_from_mapping,
+)
+from shadowtap.differ.compare import Difference
+from shadowtap.recorder.model import Exchange, Request, RequestDelta, Response
 
 PRIMARY_HOST = "front.example:8080"
 SHADOW_HOST = "v2.internal:9001"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from differ.signatures import is_structural, severity, severity_rank, signature_id
+from shadowtap.differ.signatures import is_structural, severity, severity_rank, signature_id
 
 
 @pytest.mark.parametrize(

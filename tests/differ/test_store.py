@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from differ import DifferConfig, DiffSession, DiffStore, RunMeta
-from differ.pipeline import EXAMPLE_BODY_LIMIT_BYTES
-from differ.store import SCHEMA_VERSION
-from recorder import Exchange, Request, Response
-from recorder.errors import ConfigError, InputFormatError
+from shadowtap.differ import DifferConfig, DiffSession, DiffStore, RunMeta
+from shadowtap.differ.pipeline import EXAMPLE_BODY_LIMIT_BYTES
+from shadowtap.differ.store import SCHEMA_VERSION
+from shadowtap.recorder import Exchange, Request, Response
+from shadowtap.recorder.errors import ConfigError, InputFormatError
 
 META = RunMeta("primary", "v2", None, ("tape-a",))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from differ.templates import EndpointTemplater, segment_is_id
-from recorder.errors import ConfigError
+from shadowtap.differ.templates import EndpointTemplater, segment_is_id
+from shadowtap.recorder.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from differ.report_model import SignatureReport
-from differ.verdict import decide, parse_fail_on
-from recorder.errors import ConfigError
+from shadowtap.differ.report_model import SignatureReport
+from shadowtap.differ.verdict import decide, parse_fail_on
+from shadowtap.recorder.errors import ConfigError
 
 SIG = SignatureReport(
     id="s1",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from differ.config import VOLATILE_DETECTORS
-from differ.volatile import base_class, mask_text, string_class, value_class
+from shadowtap.differ.config import VOLATILE_DETECTORS
+from shadowtap.differ.volatile import base_class, mask_text, string_class, value_class
 
 ALL = frozenset(VOLATILE_DETECTORS)
 

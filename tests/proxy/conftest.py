@@ -16,10 +16,10 @@ import pytest
 import uvloop
 from aiohttp import WSMsgType, web
 
-from proxy.forward import ForwardSettings
-from proxy.server import ProxyServer
-from proxy.stages import ProxiedExchange
-from proxy.upstream import Dialer, UpstreamConnection, dial_tcp
+from shadowtap.proxy.forward import ForwardSettings
+from shadowtap.proxy.server import ProxyServer
+from shadowtap.proxy.stages import ProxiedExchange
+from shadowtap.proxy.upstream import Dialer, UpstreamConnection, dial_tcp
 
 # The data-path tests run on uvloop, the loop the proxy runs on in production (its transports are
 # not asyncio's classes and behave differently at the edges); other proxy tests keep the default.

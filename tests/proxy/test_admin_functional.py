@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.admin import AdminServer, LocalSource, WorkersSource, merge_worker_metrics
-from proxy.config import ProxyConfig
-from proxy.flags import RuntimeFlags
-from proxy.metrics import ProxyMetrics
+from shadowtap.proxy.admin import AdminServer, LocalSource, WorkersSource, merge_worker_metrics
+from shadowtap.proxy.config import ProxyConfig
+from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.proxy.metrics import ProxyMetrics
 
 CONFIG = ProxyConfig.from_mapping(
     {"primary": "http://127.0.0.1:9", "shadows": {"v2": "http://127.0.0.1:10", "v3": "http://127.0.0.1:11"}}
@@ -172,7 +172,7 @@ async def test_a_remote_address_without_a_token_warns_at_start(caplog: pytest.Lo
         caplog.clear()
         server = Admin(token=token).server
         try:
-            with caplog.at_level("WARNING", logger="proxy.admin"):
+            with caplog.at_level("WARNING", logger="shadowtap.proxy.admin"):
                 await server.start(host, 0)
         finally:
             await server.close()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import proxy
-from proxy.app import build_forward_settings, listen_ssl_context, tape_options
-from proxy.config import ProxyConfig
-from recorder.errors import ConfigError
+from shadowtap import proxy
+from shadowtap.proxy.app import build_forward_settings, listen_ssl_context, tape_options
+from shadowtap.proxy.config import ProxyConfig
+from shadowtap.recorder.errors import ConfigError
 
 
 def test_public_api_is_pinned() -> None:

@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.app import ProxyApp
-from proxy.config import ProxyConfig
-from recorder import TapeReader
-from recorder.model import Failure, Response
+from shadowtap.proxy.app import ProxyApp
+from shadowtap.proxy.config import ProxyConfig
+from shadowtap.recorder import TapeReader
+from shadowtap.recorder.model import Failure, Response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.breaker import BreakerSettings, CircuitBreaker
-from recorder.errors import ConfigError
+from shadowtap.proxy.breaker import BreakerSettings, CircuitBreaker
+from shadowtap.recorder.errors import ConfigError
 
 
 def test_opens_after_consecutive_failures_then_half_open_probe_closes() -> None:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from proxy.config import ListenAddress, ProxyConfig, parse_listen
-from recorder.errors import ConfigError
+from shadowtap.proxy.config import ListenAddress, ProxyConfig, parse_listen
+from shadowtap.recorder.errors import ConfigError
 
 FULL: dict[str, Any] = {
     "listen": "127.0.0.1:0",

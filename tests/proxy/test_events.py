@@ -6,10 +6,10 @@ import asyncio
 import json
 from pathlib import Path
 
-from proxy.events import EventLog, wide_event
-from proxy.rules import RouteRule, RouteTable
-from proxy.stages import ProxiedExchange
-from recorder.model import Exchange, Failure, FailureKind, Request, Response, Timing
+from shadowtap.proxy.events import EventLog, wide_event
+from shadowtap.proxy.rules import RouteRule, RouteTable
+from shadowtap.proxy.stages import ProxiedExchange
+from shadowtap.recorder.model import Exchange, Failure, FailureKind, Request, Response, Timing
 
 ROUTES = RouteTable([RouteRule(name="orders", path="/orders/**")])
 

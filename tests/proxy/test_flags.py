@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import ProxyConfig
-from proxy.flags import RuntimeFlags
-from recorder.errors import ConfigError
+from shadowtap.proxy.config import ProxyConfig
+from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.recorder.errors import ConfigError
 from tests.proxy.test_config import FULL
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.forward import ForwardSettings, parse_primary, upstream_ssl_context
-from proxy.rewrite import RequestRewriter
-from recorder.errors import ConfigError
+from shadowtap.proxy.forward import ForwardSettings, parse_primary, upstream_ssl_context
+from shadowtap.proxy.rewrite import RequestRewriter
+from shadowtap.recorder.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,8 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.forward import ForwardSettings
-from proxy.server import ProxyServer
+from shadowtap.proxy.forward import ForwardSettings
+from shadowtap.proxy.server import ProxyServer
 from tests.proxy.conftest import LoggingPrimary, RecordingStage, logging_primary
 
 SEEDS = [

@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.app import ProxyApp
-from proxy.config import ProxyConfig
-from proxy.forward import ForwardSettings
-from proxy.server import ProxyServer
-from recorder.model import FailureKind
+from shadowtap.proxy.app import ProxyApp
+from shadowtap.proxy.config import ProxyConfig
+from shadowtap.proxy.forward import ForwardSettings
+from shadowtap.proxy.server import ProxyServer
+from shadowtap.recorder.model import FailureKind
 from tests.proxy.conftest import (
     RecordingStage,
     logging_primary,

@@ -6,7 +6,7 @@ import httptools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import http1
+from shadowtap.proxy import http1
 
 
 def test_end_to_end_drops_hop_by_hop_and_connection_listed_names_only() -> None:

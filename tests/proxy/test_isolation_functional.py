@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.app import ProxyApp
-from proxy.config import ProxyConfig
+from shadowtap.proxy.app import ProxyApp
+from shadowtap.proxy.config import ProxyConfig
 
 REQUESTS = 150
 CLIENTS = 4

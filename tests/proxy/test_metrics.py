@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import LatencyHistogram, MetricsStage, ProxyMetrics
-from proxy.stages import ProxiedExchange
-from recorder.model import Failure, FailureKind, Response, Timing
+from shadowtap.proxy.metrics import LatencyHistogram, MetricsStage, ProxyMetrics
+from shadowtap.proxy.stages import ProxiedExchange
+from shadowtap.recorder.model import Failure, FailureKind, Response, Timing
 
 
 def samples(metrics: ProxyMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -7,10 +7,10 @@ import httptools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config import ShadowSettings
-from proxy.forward import ForwardSettings, parse_primary
-from proxy.mirror import _NOT_A_CHANGE, _NOT_FORWARDED, client_ip, mirror_request_head
-from proxy.rewrite import RequestRewriter
+from shadowtap.proxy.config import ShadowSettings
+from shadowtap.proxy.forward import ForwardSettings, parse_primary
+from shadowtap.proxy.mirror import _NOT_A_CHANGE, _NOT_FORWARDED, client_ip, mirror_request_head
+from shadowtap.proxy.rewrite import RequestRewriter
 
 NAMES = st.sampled_from(
     [b"Accept", b"X-User", b"x-user", b"Authorization", b"Cookie", b"Connection", b"Keep-Alive", b"Host",

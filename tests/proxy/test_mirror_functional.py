@@ -17,16 +17,16 @@ import msgpack
 import pytest
 from aiohttp import web
 
-from proxy.app import ProxyApp
-from proxy.config import ProxyConfig
-from proxy.flags import RuntimeFlags
-from proxy.metrics import ProxyMetrics
-from proxy.mirror import MirrorStage
-from proxy.stages import ProxiedExchange
-from proxy.upstream import Dialer
-from recorder import TapeReader
-from recorder.model import Failure, FailureKind, Outcome, RequestDelta, Response, Timing, exchange_from_wire
-from recorder.redact import RedactionRules, Redactor, resolve_redaction_key
+from shadowtap.proxy.app import ProxyApp
+from shadowtap.proxy.config import ProxyConfig
+from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.proxy.metrics import ProxyMetrics
+from shadowtap.proxy.mirror import MirrorStage
+from shadowtap.proxy.stages import ProxiedExchange
+from shadowtap.proxy.upstream import Dialer
+from shadowtap.recorder import TapeReader
+from shadowtap.recorder.model import Failure, FailureKind, Outcome, RequestDelta, Response, Timing, exchange_from_wire
+from shadowtap.recorder.redact import RedactionRules, Redactor, resolve_redaction_key
 from tests.proxy.conftest import hang_up
 
 _ids = itertools.count()

@@ -1,4 +1,4 @@
-"""The compiled data path (proxy.native): used only when the build matches the sources and this
+"""The compiled data path (shadowtap.proxy.native): used only when the build matches the sources and this
 interpreter, all or nothing, with the reason told; the interpreted sources otherwise."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy import native
+from shadowtap.proxy import native
 
 EXT = sysconfig.get_config_var("EXT_SUFFIX")
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ EXPECT_COMPILED = os.environ.get("SHADOWTAP_EXPECT_COMPILED") == "1"
 
 def _fake_build(tmp: Path, modules: dict[str, str]) -> tuple[Path, Path]:
     """A package directory with the given sources and a compiled directory whose manifest matches
-    (its modules are ``proxy.<name>``, as ``_names`` spells them)."""
+    (its modules are ``shadowtap.proxy.<name>``, as ``_names`` spells them)."""
     package = tmp / "pkg"
     compiled = package / "_compiled"
     compiled.mkdir(parents=True)
@@ -31,7 +31,7 @@ def _fake_build(tmp: Path, modules: dict[str, str]) -> tuple[Path, Path]:
     for name, text in modules.items():
         source = package / f"{name}.py"
         source.write_text(text)
-        digests[f"proxy.{name}"] = native.source_digest(source)
+        digests[f"shadowtap.proxy.{name}"] = native.source_digest(source)
         (compiled / f"{name}{EXT}").write_bytes(b"\x7fELF")
     (compiled / f"group__mypyc{EXT}").write_bytes(b"\x7fELF")
     manifest = {
@@ -47,7 +47,7 @@ def _fake_build(tmp: Path, modules: dict[str, str]) -> tuple[Path, Path]:
 
 
 def _names(*short: str) -> tuple[str, ...]:
-    return tuple(f"proxy.{name}" for name in short)
+    return tuple(f"shadowtap.proxy.{name}" for name in short)
 
 
 def test_a_matching_build_is_accepted(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_missing_or_broken_pieces_are_named(tmp_path: Path) -> None:
     (compiled / f"server{EXT}").unlink()
     assert native.check(compiled, package, _names("server")) == (
         None,
-        f"{compiled}: the extension of proxy.server is missing",
+        f"{compiled}: the extension of shadowtap.proxy.server is missing",
     )
 
     compiled, package = _fake_build(tmp_path / "b", {"server": "x = 1\n"})
@@ -101,14 +101,17 @@ def test_a_build_of_other_modules_than_the_tree_compiles_is_stale(tmp_path: Path
     (package / "rewrite.py").write_text("z = 1\n")
     found, reason = native.check(compiled, package, _names("server", "rewrite"))
     assert found is None
-    assert reason == "stale compiled build: it holds proxy.server, not the modules this tree compiles (make native)"
+    assert reason == (
+        "stale compiled build: it holds shadowtap.proxy.server, not the modules this tree compiles (make native)"
+    )
 
 
 def _import_in_child(tree: Path, env: dict[str, str]) -> dict[str, str]:
     """Import the package from ``tree`` in a fresh interpreter: the status and each module's file."""
     code = (
-        "import json, proxy, proxy.config; from proxy import native; import importlib\n"
-        "files = {m: importlib.import_module(m).__file__ for m in native.COMPILED_MODULES + ('proxy.config',)}\n"
+        "import json, importlib, shadowtap.proxy.config; from shadowtap.proxy import native\n"
+        "names = native.COMPILED_MODULES + ('shadowtap.proxy.config',)\n"
+        "files = {m: importlib.import_module(m).__file__ for m in names}\n"
         "print(json.dumps({'status': native.STATUS, **files}))\n"
     )
     clean = {k: v for k, v in os.environ.items() if k not in (native.PURE_ENV, "PYTHONPATH")}
@@ -137,7 +140,7 @@ def test_the_process_runs_what_the_build_and_environment_say() -> None:
     else:
         assert compiled["status"].startswith("interpreted: ")
         assert all(compiled[m].endswith(".py") for m in native.COMPILED_MODULES)
-    assert compiled["proxy.config"] == str(native.PACKAGE_DIR / "config.py")  # never compiled
+    assert compiled["shadowtap.proxy.config"] == str(native.PACKAGE_DIR / "config.py")  # never compiled
 
     interpreted = _import_in_child(ROOT, {native.PURE_ENV: "1"})
     assert interpreted["status"] == f"interpreted: {native.PURE_ENV} is set"
@@ -149,13 +152,16 @@ def test_an_edited_source_runs_interpreted_with_the_reason(tmp_path: Path) -> No
     if not _built():
         pytest.skip("no compiled build to make stale (make native builds one)")
     # A copy of the tree with the build, then one compiled source edited after the build.
-    for package in ("proxy", "recorder"):
-        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    # The child imports shadowtap.* from the copy: the package with its links to the parts.
+    for package in ("shadowtap", "proxy", "recorder", "differ", "wire"):
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(ROOT / package, tmp_path / package, symlinks=True, ignore=ignore)
     edited = tmp_path / "proxy" / "mirror.py"
     edited.write_text(edited.read_text() + "\nEDITED_AFTER_THE_BUILD = True\n")
     result = _import_in_child(tmp_path, {})
     assert result["status"] == (
-        f"interpreted: stale compiled build: {edited} changed since it was compiled (make native)"
+        f"interpreted: stale compiled build: {tmp_path / 'shadowtap' / 'proxy' / 'mirror.py'} changed since it was"
+        " compiled (make native)"
     )
     for module in native.COMPILED_MODULES:
-        assert result[module] == str(tmp_path / "proxy" / f"{module.rpartition('.')[2]}.py")
+        assert result[module] == str(tmp_path / "shadowtap" / "proxy" / f"{module.rpartition('.')[2]}.py")

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proxy.config import ProxyConfig
-from proxy.flags import RuntimeFlags
-from proxy.metrics import ProxyMetrics
-from proxy.record import RecordStage
-from proxy.sampling import SampleKey
-from proxy.stages import ProxiedExchange
-from recorder import TapeOptions, TapeReader, TapeWriter
-from recorder.join import SHUTDOWN_REASON, JoinSettings
-from recorder.model import Exchange, Failure, FailureKind, Response, Timing
-from recorder.tape_process import ProcessTapeWriter
+from shadowtap.proxy.config import ProxyConfig
+from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.proxy.metrics import ProxyMetrics
+from shadowtap.proxy.record import RecordStage
+from shadowtap.proxy.sampling import SampleKey
+from shadowtap.proxy.stages import ProxiedExchange
+from shadowtap.recorder import TapeOptions, TapeReader, TapeWriter
+from shadowtap.recorder.join import SHUTDOWN_REASON, JoinSettings
+from shadowtap.recorder.model import Exchange, Failure, FailureKind, Response, Timing
+from shadowtap.recorder.tape_process import ProcessTapeWriter
 
 _ids = itertools.count()
 

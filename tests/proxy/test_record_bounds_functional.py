@@ -23,11 +23,11 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.app import ProxyApp
-from proxy.config import ProxyConfig
-from recorder import TapeReader
-from recorder import writer as writer_module
-from recorder.tape_process import ProcessTapeWriter
+from shadowtap.proxy.app import ProxyApp
+from shadowtap.proxy.config import ProxyConfig
+from shadowtap.recorder import TapeReader
+from shadowtap.recorder import writer as writer_module
+from shadowtap.recorder.tape_process import ProcessTapeWriter
 
 MiB = 1024 * 1024
 BODY = os.urandom(MiB)

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.app import ProxyApp
-from proxy.config import ProxyConfig
-from recorder import TapeReader
+from shadowtap.proxy.app import ProxyApp
+from shadowtap.proxy.config import ProxyConfig
+from shadowtap.recorder import TapeReader
 
 # Each secret is distinct so a leak names the rule that failed.
 SECRETS = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.rules import DEFAULT_RULE, RouteRule, RouteTable, compile_path_pattern
-from recorder.errors import ConfigError
+from shadowtap.proxy.rules import DEFAULT_RULE, RouteRule, RouteTable, compile_path_pattern
+from shadowtap.recorder.errors import ConfigError
 
 
 @pytest.mark.parametrize(

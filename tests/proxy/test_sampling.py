@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from proxy.sampling import SampleKey, TokenBucket, in_sample, key_in_sample
-from recorder.errors import ConfigError
+from shadowtap.proxy.sampling import SampleKey, TokenBucket, in_sample, key_in_sample
+from shadowtap.recorder.errors import ConfigError
 
 
 @pytest.mark.parametrize("percent", [1.0, 10.0, 25.0, 50.0, 90.0])

@@ -10,10 +10,10 @@ import time
 import aiohttp
 from aiohttp import web
 
-from proxy.forward import ForwardSettings
-from proxy.server import ProxyServer
-from proxy.stages import ProxiedExchange
-from recorder.model import FailureKind
+from shadowtap.proxy.forward import ForwardSettings
+from shadowtap.proxy.server import ProxyServer
+from shadowtap.proxy.stages import ProxiedExchange
+from shadowtap.recorder.model import FailureKind
 from tests.proxy.conftest import (
     RecordingStage,
     Setup,

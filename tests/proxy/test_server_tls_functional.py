@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from proxy.forward import ForwardSettings
-from proxy.server import ProxyServer
-from recorder.model import FailureKind
+from shadowtap.proxy.forward import ForwardSettings
+from shadowtap.proxy.server import ProxyServer
+from shadowtap.recorder.model import FailureKind
 from tests.proxy.conftest import RecordingStage, raw_request
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recorder import Exchange, Failure, FailureKind, Request, Response, Timing
+from shadowtap.recorder import Exchange, Failure, FailureKind, Request, Response, Timing
 
 BASE_NS = 1_700_000_000_000_000_000
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from recorder import ConfigError, InputFormatError
-from recorder.formats import GorReader, HarReader, MitmReader, detect_format, open_importer, sniff
+from shadowtap.recorder import ConfigError, InputFormatError
+from shadowtap.recorder.formats import GorReader, HarReader, MitmReader, detect_format, open_importer, sniff
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

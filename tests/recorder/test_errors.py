@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recorder.errors import (
+from shadowtap.recorder.errors import (
     ConfigError,
     InputFormatError,
     ShadowtapError,

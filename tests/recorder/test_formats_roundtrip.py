@@ -12,9 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder import Exchange, Failure, FailureKind, Request, Response, SyncTapeWriter, TapeOptions, TapeReader
-from recorder.formats import GorReader, HarReader, MitmReader, open_importer, write_gor, write_har, write_mitm
-from recorder.formats._common import ExportReport
+from shadowtap.recorder import (
+    Exchange,
+    Failure,
+    FailureKind,
+    Request,
+    Response,
+    SyncTapeWriter,
+    TapeOptions,
+    TapeReader,
+)
+from shadowtap.recorder.formats import GorReader, HarReader, MitmReader, open_importer, write_gor, write_har, write_mitm
+from shadowtap.recorder.formats._common import ExportReport
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RAW = TapeOptions(fsync="none", redaction=None)

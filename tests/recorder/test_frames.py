@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recorder import (
+from shadowtap.recorder import (
     Exchange,
     Failure,
     Request,
@@ -23,7 +23,7 @@ from recorder import (
     _frames,
     exchange_to_wire,
 )
-from recorder import reader as reader_module
+from shadowtap.recorder import reader as reader_module
 from tests.recorder.tape_samples import make_exchange
 
 PLAIN = TapeOptions(redaction=None, fsync="none")

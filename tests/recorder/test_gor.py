@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recorder import REPLAY, Exchange, Failure, FailureKind, InputFormatError, Request, Response, Timing
-from recorder.formats import GorReader, write_gor
-from recorder.formats.gor import SEPARATOR
+from shadowtap.recorder import REPLAY, Exchange, Failure, FailureKind, InputFormatError, Request, Response, Timing
+from shadowtap.recorder.formats import GorReader, write_gor
+from shadowtap.recorder.formats.gor import SEPARATOR
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "goreplay"
 
@@ -439,7 +439,7 @@ def test_corrupt_gzip_is_a_clear_error(tmp_path: Path) -> None:
 def test_memory_stays_bounded_however_long_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tracemalloc
 
-    from recorder.formats import gor as gor_module
+    from shadowtap.recorder.formats import gor as gor_module
 
     body = b"x" * 900
     exchanges = (

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recorder import Exchange, Failure, FailureKind, InputFormatError, Request, Response, Timing
-from recorder.formats import HarReader, write_har
-from recorder.formats import har as har_module
+from shadowtap.recorder import Exchange, Failure, FailureKind, InputFormatError, Request, Response, Timing
+from shadowtap.recorder.formats import HarReader, write_har
+from shadowtap.recorder.formats import har as har_module
 from tests.recorder.browser_har import BINARY, GZIPPED_JSON, UPLOAD
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

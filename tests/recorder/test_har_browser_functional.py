@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from recorder import Exchange, Failure, FailureKind, Response
-from recorder.formats import HarReader, open_importer
+from shadowtap.recorder import Exchange, Failure, FailureKind, Response
+from shadowtap.recorder.formats import HarReader, open_importer
 from tests.recorder.browser_har import BINARY, CHROMIUM, GZIPPED_JSON, UPLOAD, record
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgpack
 
-from recorder.join import (
+from shadowtap.recorder.join import (
     Joined,
     JoinSettings,
     RecordJoiner,
@@ -15,7 +15,7 @@ from recorder.join import (
     shadow_from_part,
     shadow_part,
 )
-from recorder.model import (
+from shadowtap.recorder.model import (
     Exchange,
     Failure,
     FailureKind,

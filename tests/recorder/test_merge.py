@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder import ConfigError, SyncTapeWriter, TapeFilter, TapeOptions, TapeReader, merge_tapes
+from shadowtap.recorder import ConfigError, SyncTapeWriter, TapeFilter, TapeOptions, TapeReader, merge_tapes
 from tests.recorder.tape_samples import BASE_NS, make_exchange
 
 PLAIN = TapeOptions(redaction=None, fsync="none")

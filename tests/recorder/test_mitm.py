@@ -13,8 +13,8 @@ from mitmproxy import http
 from mitmproxy.io import FlowReader, FlowWriter, tnetstring
 from mitmproxy.test import tflow
 
-from recorder import Exchange, Failure, FailureKind, InputFormatError, Request, Response, Timing
-from recorder.formats import MitmReader, exchange_from_flow, flow_from_exchange, write_mitm
+from shadowtap.recorder import Exchange, Failure, FailureKind, InputFormatError, Request, Response, Timing
+from shadowtap.recorder.formats import MitmReader, exchange_from_flow, flow_from_exchange, write_mitm
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mitmproxy" / "httpbin.mitm"
 EVERY_TYPE = FIXTURE.with_name("every-type.mitm")

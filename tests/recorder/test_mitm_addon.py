@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from recorder import ConfigError, RedactionRules
-from recorder.mitm_addon import RecorderSettings, load_redaction_rules
+from shadowtap.recorder import ConfigError, RedactionRules
+from shadowtap.recorder.mitm_addon import RecorderSettings, load_redaction_rules
 
 
 def test_defaults_without_a_file() -> None:

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from recorder import Failure, Response, TapeReader
+from shadowtap.recorder import Failure, Response, TapeReader
 
 REPO = Path(__file__).resolve().parents[2]
 MITMDUMP = Path(sys.executable).parent / "mitmdump"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recorder import Failure, FailureKind, Response
-from recorder.formats import MitmReader, open_importer
+from shadowtap.recorder import Failure, FailureKind, Response
+from shadowtap.recorder.formats import MitmReader, open_importer
 from tests.recorder.mitm_flows import BIG_BYTES, record
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from recorder import (
+from shadowtap.recorder import (
     Exchange,
     Failure,
     FailureKind,
@@ -22,7 +22,7 @@ from recorder import (
     header_value,
     header_values,
 )
-from recorder.model import RequestDelta
+from shadowtap.recorder.model import RequestDelta
 
 #: A proxy tape written before request deltas were recorded (12-element exchange records).
 OLD_PROXY_TAPE = Path(__file__).parents[1] / "fixtures" / "shadowtap" / "proxy-v1-before-deltas.stape"

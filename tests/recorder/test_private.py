@@ -1,4 +1,4 @@
-"""recorder.private: outputs that may hold recorded traffic are owner-only from their first byte."""
+"""shadowtap.recorder.private: outputs that may hold recorded traffic are owner-only from their first byte."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder.private import create_private, narrow_existing, open_private, warn_if_shared_directory
+from shadowtap.recorder.private import create_private, narrow_existing, open_private, warn_if_shared_directory
 
 
 @pytest.fixture(params=[0o022, 0o000])
@@ -86,7 +86,7 @@ def test_a_shared_directory_warns(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     shared.chmod(0o755)
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    with caplog.at_level(logging.WARNING, logger="recorder.private"):
+    with caplog.at_level(logging.WARNING, logger="shadowtap.recorder.private"):
         assert warn_if_shared_directory(shared) is True
         assert warn_if_shared_directory(private) is False
         assert warn_if_shared_directory(tmp_path / "missing") is False

@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from recorder import (
+from shadowtap.recorder import (
     ConfigError,
     InputFormatError,
     SyncTapeWriter,
@@ -153,7 +153,7 @@ def test_salvage_skips_to_the_next_valid_frame_and_reports_it(tmp_path: Path) ->
 
 
 def test_salvage_over_garbage_spanning_read_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from recorder import reader as reader_module
+    from shadowtap.recorder import reader as reader_module
 
     monkeypatch.setattr(reader_module, "_CHUNK_BYTES", 64)
     segment = write_tape(tmp_path, 4)

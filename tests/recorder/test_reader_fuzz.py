@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recorder import (
+from shadowtap.recorder import (
     Exchange,
     Failure,
     FailureKind,
@@ -30,7 +30,7 @@ from recorder import (
     _frames,
     exchange_to_wire,
 )
-from recorder.model import RequestDelta
+from shadowtap.recorder.model import RequestDelta
 from tests.recorder.tape_samples import make_exchange
 from tests.recorder.test_reader import frame_offsets, write_records
 

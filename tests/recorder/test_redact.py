@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder import (
+from shadowtap.recorder import (
     ConfigError,
     Exchange,
     RedactionRules,
@@ -24,7 +24,7 @@ from recorder import (
     exchange_to_wire,
     header_value,
 )
-from recorder.redact import default_key_path, resolve_redaction_key
+from shadowtap.recorder.redact import default_key_path, resolve_redaction_key
 
 KEY = b"test-key"
 
@@ -365,7 +365,7 @@ def test_an_old_key_beside_the_tape_is_warned_about_and_not_used(
     tape = tmp_path / "tape"
     tape.mkdir()
     (tape / "redaction.key").write_text("old-key-in-the-tape\n")
-    with caplog.at_level(logging.WARNING, logger="recorder.redact"):
+    with caplog.at_level(logging.WARNING, logger="shadowtap.recorder.redact"):
         key = resolve_redaction_key(RedactionRules(), tape)
         resolve_redaction_key(RedactionRules(), tape)
     assert key != b"old-key-in-the-tape"

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from recorder import RedactionRules, TapeOptions, TapeReader, TapeWriteError, TapeWriter
-from recorder.join import (
+from shadowtap.recorder import RedactionRules, TapeOptions, TapeReader, TapeWriteError, TapeWriter
+from shadowtap.recorder.join import (
     SHUTDOWN_REASON,
     Joined,
     JoinSettings,
@@ -27,8 +27,8 @@ from recorder.join import (
     shadow_from_part,
     shadow_part,
 )
-from recorder.model import Exchange, Failure, FailureKind, Response, exchange_to_wire
-from recorder.tape_process import ProcessTapeWriter
+from shadowtap.recorder.model import Exchange, Failure, FailureKind, Response, exchange_to_wire
+from shadowtap.recorder.tape_process import ProcessTapeWriter
 from tests.recorder.tape_samples import make_exchange
 
 PLAIN = TapeOptions(redaction=None, fsync="none")
@@ -229,8 +229,8 @@ async def test_records_sent_survive_the_parents_death(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import asyncio, os, sys
-        from recorder import TapeOptions
-        from recorder.tape_process import ProcessTapeWriter
+        from shadowtap.recorder import TapeOptions
+        from shadowtap.recorder.tape_process import ProcessTapeWriter
         from tests.recorder.tape_samples import make_exchange
 
         async def main() -> None:

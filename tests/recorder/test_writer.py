@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from recorder import ConfigError, SyncTapeWriter, TapeOptions, TapeReader, TapeWriteError, TapeWriter
-from recorder import writer as writer_module
-from recorder._frames import SEGMENT_HEADER_SIZE
-from recorder.join import record_bytes
-from recorder.model import exchange_to_wire
+from shadowtap.recorder import ConfigError, SyncTapeWriter, TapeOptions, TapeReader, TapeWriteError, TapeWriter
+from shadowtap.recorder import writer as writer_module
+from shadowtap.recorder._frames import SEGMENT_HEADER_SIZE
+from shadowtap.recorder.join import record_bytes
+from shadowtap.recorder.model import exchange_to_wire
 from tests.recorder.tape_samples import make_exchange
 
 PLAIN = TapeOptions(redaction=None, fsync="none")
@@ -37,7 +37,7 @@ def test_segments_are_private_files(tmp_path: Path) -> None:
     with SyncTapeWriter(tmp_path / "tape", TapeOptions()) as writer:
         writer.write(make_exchange(1))
     files = list((tmp_path / "tape").iterdir())
-    # The redaction key lives outside the tape (recorder.redact.default_key_path): a tape is copied whole.
+    # The redaction key lives outside the tape (shadowtap.recorder.redact.default_key_path): a tape is copied whole.
     assert {f.suffix for f in files} == {".stape"}
     for f in files:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
@@ -316,7 +316,7 @@ def test_a_new_tape_directory_is_private_and_a_shared_one_warns(
 ) -> None:
     previous = os.umask(0o022)
     try:
-        with caplog.at_level("WARNING", logger="recorder.private"):
+        with caplog.at_level("WARNING", logger="shadowtap.recorder.private"):
             with SyncTapeWriter(tmp_path / "new" / "tape", PLAIN) as writer:
                 writer.write(make_exchange(1))
             assert stat.S_IMODE((tmp_path / "new" / "tape").stat().st_mode) == 0o700

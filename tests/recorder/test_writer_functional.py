@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from recorder import TapeOptions, TapeReader
-from recorder._frames import SEGMENT_HEADER_SIZE
-from recorder.tape_process import ProcessTapeWriter
+from shadowtap.recorder import TapeOptions, TapeReader
+from shadowtap.recorder._frames import SEGMENT_HEADER_SIZE
+from shadowtap.recorder.tape_process import ProcessTapeWriter
 from tests.recorder.tape_samples import make_exchange
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 KILL_CHILD = textwrap.dedent(
     """
     import sys
-    from recorder import SyncTapeWriter, TapeOptions
+    from shadowtap.recorder import SyncTapeWriter, TapeOptions
     from tests.recorder.tape_samples import make_exchange
 
     directory, acked = sys.argv[1], int(sys.argv[2])
@@ -104,7 +104,7 @@ def test_sigkill_mid_write_keeps_every_acknowledged_exchange_and_reports_the_tor
 ASYNC_KILL_CHILD = textwrap.dedent(
     """
     import asyncio, sys, time
-    from recorder import TapeOptions, TapeWriter
+    from shadowtap.recorder import TapeOptions, TapeWriter
     from tests.recorder.tape_samples import make_exchange
 
     async def main():
@@ -151,7 +151,7 @@ def test_sigkill_of_the_async_writer_keeps_everything_counted_as_written(tmp_pat
 EFBIG_CHILD = textwrap.dedent(
     """
     import asyncio, json, logging, resource, signal, sys
-    from recorder import TapeOptions, TapeWriter
+    from shadowtap.recorder import TapeOptions, TapeWriter
     from tests.recorder.tape_samples import make_exchange
 
     # Past this size the kernel refuses writes with EFBIG (instead of killing us with SIGXFSZ).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recorder import Exchange, Request, Response
+from shadowtap.recorder import Exchange, Request, Response
 
 S = 1_000_000_000
 MS = 1_000_000

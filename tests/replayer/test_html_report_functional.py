@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from replayer.html_report import render_html
-from replayer.report import SloGates
-from replayer.result import JobResult
-from replayer.stats import ReplayStats
+from shadowtap.replayer.html_report import render_html
+from shadowtap.replayer.report import SloGates
+from shadowtap.replayer.result import JobResult
+from shadowtap.replayer.stats import ReplayStats
 
 MS = 1_000_000
 CHROMIUM = "/usr/bin/chromium"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import replayer
+from shadowtap import replayer
 
 
 def test_every_export_resolves() -> None:
@@ -16,8 +16,8 @@ def test_every_export_resolves() -> None:
 
 def test_the_plan_imports_without_aiohttp_or_the_runner() -> None:
     code = (
-        "import sys, replayer.plan, replayer.stats; "
-        "bad = [m for m in ('aiohttp', 'replayer.runner', 'uvloop') if m in sys.modules]; "
+        "import sys, shadowtap.replayer.plan, shadowtap.replayer.stats; "
+        "bad = [m for m in ('aiohttp', 'shadowtap.replayer.runner', 'uvloop') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)

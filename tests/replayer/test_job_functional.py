@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from recorder import REPLAY, InputFormatError, SyncTapeWriter, TapeOptions, TapeReader
-from replayer.job import ReplayJob, run_job
+from shadowtap.recorder import REPLAY, InputFormatError, SyncTapeWriter, TapeOptions, TapeReader
+from shadowtap.replayer.job import ReplayJob, run_job
 from tests.replayer.tapes import make_exchange
 
 

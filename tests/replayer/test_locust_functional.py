@@ -11,11 +11,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from recorder import SyncTapeWriter, TapeOptions
-from replayer.locust_launch import LOCUSTFILE
-from replayer.locust_plan import LocustJob
-from replayer.plan import PlanOptions, Rewrites, Scaling, plan_requests
-from replayer.source import tape_source
+from shadowtap.recorder import SyncTapeWriter, TapeOptions
+from shadowtap.replayer.locust_launch import LOCUSTFILE
+from shadowtap.replayer.locust_plan import LocustJob
+from shadowtap.replayer.plan import PlanOptions, Rewrites, Scaling, plan_requests
+from shadowtap.replayer.source import tape_source
 from tests.replayer.tapes import make_exchange
 
 LOCUST = str(Path(sys.executable).with_name("locust"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from replayer.job import ReplayJob
-from replayer.locust_launch import LOCUSTFILE, locust_job
-from replayer.plan import PlanOptions, Scaling
-from replayer.transport import ClientSettings
+from shadowtap.replayer.job import ReplayJob
+from shadowtap.replayer.locust_launch import LOCUSTFILE, locust_job
+from shadowtap.replayer.plan import PlanOptions, Scaling
+from shadowtap.replayer.transport import ClientSettings
 
 
 def test_the_locust_job_carries_the_plan_and_absolute_tapes() -> None:

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from recorder import ConfigError
-from replayer.locust_plan import LocustJob, merge_reports, t0_monotonic_ns
-from replayer.plan import Filters, PlanOptions, Rewrites, Scaling, SessionKey
-from replayer.result import JobResult
-from replayer.stats import ReplayStats
+from shadowtap.recorder import ConfigError
+from shadowtap.replayer.locust_plan import LocustJob, merge_reports, t0_monotonic_ns
+from shadowtap.replayer.plan import Filters, PlanOptions, Rewrites, Scaling, SessionKey
+from shadowtap.replayer.result import JobResult
+from shadowtap.replayer.stats import ReplayStats
 
 
 def test_job_round_trips_through_json() -> None:

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from recorder import ConfigError, Exchange, Request
-from replayer.plan import (
+from shadowtap.recorder import ConfigError, Exchange, Request
+from shadowtap.replayer.plan import (
     Filters,
     PlannedRequest,
     PlanOptions,
@@ -240,7 +240,7 @@ def test_max_gap_is_refused_where_it_means_nothing(scaling: dict[str, float], re
 
 
 def test_the_preview_gives_the_span_and_the_longest_idle_gap() -> None:
-    from replayer.plan import preview_schedule
+    from shadowtap.replayer.plan import preview_schedule
 
     tape = [ex(0, 0), ex(1, 100), ex(2, 10_100), ex(3, 10_200), ex(4, 10_300)]
     preview = preview_schedule(lambda: tape, PlanOptions(scaling=Scaling(speed=2.0)))
@@ -303,7 +303,7 @@ def test_scaling_errors_name_the_flag() -> None:
 
 
 def test_gap_is_think_time_after_the_recorded_response() -> None:
-    from recorder import PRIMARY, Timing
+    from shadowtap.recorder import PRIMARY, Timing
 
     recorded = ex(0, 0, session="a")
     first = Exchange(

@@ -8,8 +8,8 @@ from itertools import pairwise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder import Exchange, Request
-from replayer.plan import Filters, PlanOptions, Scaling, plan_requests
+from shadowtap.recorder import Exchange, Request
+from shadowtap.replayer.plan import Filters, PlanOptions, Scaling, plan_requests
 
 S = 1_000_000_000
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from replayer.progress import ProgressDisplay
-from replayer.runner import Progress
+from shadowtap.replayer.progress import ProgressDisplay
+from shadowtap.replayer.runner import Progress
 
 
 def snapshot(done: int) -> Progress:

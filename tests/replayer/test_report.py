@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from recorder import ConfigError
-from replayer.report import SloGates, results_document, slo_failures, summary_text
-from replayer.result import JobResult
-from replayer.stats import ReplayStats
+from shadowtap.recorder import ConfigError
+from shadowtap.replayer.report import SloGates, results_document, slo_failures, summary_text
+from shadowtap.replayer.result import JobResult
+from shadowtap.replayer.stats import ReplayStats
 
 MS = 1_000_000
 GATES = ("max_error_rate", "max_p99_ms", "max_start_lag_ms")
@@ -66,7 +66,7 @@ def test_summary_text_has_the_three_latency_rows_and_endpoints() -> None:
 
 
 def failing_result(requests: int, failed: int) -> JobResult:
-    from replayer.stats import ErrorExample
+    from shadowtap.replayer.stats import ErrorExample
 
     result = result_with([3] * requests, errors=failed)
     for i in range(min(failed, 2)):

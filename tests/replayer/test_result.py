@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from recorder import ShadowtapError, TapeFormatError
-from replayer.result import JobResult, raise_job_error
-from replayer.stats import ReplayStats
+from shadowtap.recorder import ShadowtapError, TapeFormatError
+from shadowtap.replayer.result import JobResult, raise_job_error
+from shadowtap.replayer.stats import ReplayStats
 
 
 def result(requests: int, **kw: object) -> JobResult:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from recorder import (
+from shadowtap.recorder import (
     PRIMARY,
     REPLAY,
     ConfigError,
@@ -21,9 +21,9 @@ from recorder import (
     Response,
     TapeFormatError,
 )
-from replayer.plan import PlannedRequest, PlanOptions, Scaling, plan_requests
-from replayer.runner import Progress, RunnerSettings, replay
-from replayer.transport import MemoryTransport
+from shadowtap.replayer.plan import PlannedRequest, PlanOptions, Scaling, plan_requests
+from shadowtap.replayer.runner import Progress, RunnerSettings, replay
+from shadowtap.replayer.transport import MemoryTransport
 from tests.replayer.tapes import MS, make_exchange
 
 

@@ -10,10 +10,10 @@ import time
 import pytest
 from aiohttp import web
 
-from recorder import Exchange
-from replayer.plan import PlanOptions, Scaling, plan_requests
-from replayer.runner import RunnerSettings, replay
-from replayer.transport import ClientSettings, HttpTransport
+from shadowtap.recorder import Exchange
+from shadowtap.replayer.plan import PlanOptions, Scaling, plan_requests
+from shadowtap.replayer.runner import RunnerSettings, replay
+from shadowtap.replayer.transport import ClientSettings, HttpTransport
 from tests.replayer.tapes import MS, make_exchange
 
 

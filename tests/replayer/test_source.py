@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from recorder import InputFormatError, SyncTapeWriter, TapeOptions
-from replayer.source import tape_source
+from shadowtap.recorder import InputFormatError, SyncTapeWriter, TapeOptions
+from shadowtap.replayer.source import tape_source
 from tests.replayer.tapes import make_exchange
 
 

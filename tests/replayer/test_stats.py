@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from replayer.stats import ReplayStats
+from shadowtap.replayer.stats import ReplayStats
 
 MS = 1_000_000
 
@@ -91,7 +91,7 @@ def test_batched_recording_matches_hdrhistogram_record_value() -> None:
 
 
 def test_the_first_error_examples_of_each_class_are_kept_merged_and_shipped() -> None:
-    from replayer.stats import ERROR_EXAMPLES_PER_CLASS, ErrorExample
+    from shadowtap.replayer.stats import ERROR_EXAMPLES_PER_CLASS, ErrorExample
 
     a, b = ReplayStats(), ReplayStats()
     for i in range(10):

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aiohttp import web
 
-from recorder import Failure, FailureKind, Response
-from replayer.transport import AiohttpTransport, ClientSettings, HttpTransport, make_transport
+from shadowtap.recorder import Failure, FailureKind, Response
+from shadowtap.replayer.transport import AiohttpTransport, ClientSettings, HttpTransport, make_transport
 
 TransportFactory = Callable[..., HttpTransport | AiohttpTransport]
 CLIENTS = [pytest.param(HttpTransport, id="raw"), pytest.param(AiohttpTransport, id="aiohttp")]

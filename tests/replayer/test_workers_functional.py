@@ -8,9 +8,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from recorder import SyncTapeWriter, TapeOptions
-from replayer.job import ReplayJob
-from replayer.workers import run_workers
+from shadowtap.recorder import SyncTapeWriter, TapeOptions
+from shadowtap.replayer.job import ReplayJob
+from shadowtap.replayer.workers import run_workers
 from tests.replayer.tapes import make_exchange
 
 

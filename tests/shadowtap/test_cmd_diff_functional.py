@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recorder import Exchange, Failure, FailureKind, Request, Response, SyncTapeWriter, TapeOptions
+from shadowtap.recorder import Exchange, Failure, FailureKind, Request, Response, SyncTapeWriter, TapeOptions
 from tests.differ.corpus.traffic import CANDIDATE, CONFIG, PLANTED, T0_NS, traffic
 
 

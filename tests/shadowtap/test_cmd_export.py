@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from mitmproxy.io import FlowReader
 
-from recorder import Exchange, Failure, FailureKind, Request, Response, SyncTapeWriter, TapeOptions
-from recorder.formats import GorReader
 from shadowtap.cli import main
+from shadowtap.recorder import Exchange, Failure, FailureKind, Request, Response, SyncTapeWriter, TapeOptions
+from shadowtap.recorder.formats import GorReader
 
 
 def make_tape(directory: Path) -> None:

@@ -17,8 +17,8 @@ from typing import Final
 import pytest
 from playwright.sync_api import sync_playwright
 
-from recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions
 from shadowtap.cli import main
+from shadowtap.recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"

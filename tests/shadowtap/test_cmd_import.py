@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from recorder import Failure, Response, TapeReader
 from shadowtap.cli import main
+from shadowtap.recorder import Failure, Response, TapeReader
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ALL = [

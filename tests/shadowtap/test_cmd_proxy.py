@@ -1,4 +1,4 @@
-"""`shadowtap proxy` flags become one mapping on top of the config file, judged by proxy.config."""
+"""`shadowtap proxy` flags become one mapping on top of the config file, judged by shadowtap.proxy.config."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from proxy.config import ProxyConfig
-from recorder.errors import ConfigError
 from shadowtap.commands import proxy as cmd
+from shadowtap.proxy.config import ProxyConfig
+from shadowtap.recorder.errors import ConfigError
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from recorder import TapeReader
-from recorder.model import Response
+from shadowtap.recorder import TapeReader
+from shadowtap.recorder.model import Response
 
 LINE_RE = re.compile(r"listening on (\S+) admin (\S+) workers (\d+) pid (\d+)")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from recorder import PRIMARY, REPLAY, Exchange, Response, SyncTapeWriter, TapeOptions, TapeReader
+from shadowtap.recorder import PRIMARY, REPLAY, Exchange, Response, SyncTapeWriter, TapeOptions, TapeReader
 from tests.replayer.tapes import make_exchange
 
 
@@ -379,7 +379,7 @@ async def test_locust_mode_runs_master_and_workers_and_reports(tmp_path: Path) -
 
 
 async def test_locust_job_out_writes_the_job_for_other_machines(tmp_path: Path) -> None:
-    from replayer.locust_plan import LocustJob
+    from shadowtap.replayer.locust_plan import LocustJob
 
     tape = write_tape(tmp_path / "tape", [make_exchange(0, 0)])
     code, _, err = await shadowtap(
@@ -501,7 +501,7 @@ FAULT = os.environ.get("SHADOWTAP_TEST_FAULT")
 
 
 def patch(module):
-    if FAULT == "transport" and module.__name__ == "replayer.transport":
+    if FAULT == "transport" and module.__name__ == "shadowtap.replayer.transport":
         send = module.HttpTransport.send
 
         async def broken_send(self, method, target, headers, body):
@@ -510,7 +510,7 @@ def patch(module):
             return await send(self, method, target, headers, body)
 
         module.HttpTransport.send = broken_send
-    if FAULT == "results" and module.__name__ == "replayer.result":
+    if FAULT == "results" and module.__name__ == "shadowtap.replayer.result":
         record = module.replay_exchange
 
         def broken_record(request, *args):
@@ -523,7 +523,7 @@ def patch(module):
 
 class PatchOnImport(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name not in ("replayer.transport", "replayer.result"):
+        if name not in ("shadowtap.replayer.transport", "shadowtap.replayer.result"):
             return None
         sys.meta_path.remove(self)
         try:
@@ -658,8 +658,8 @@ async def test_a_bad_value_from_the_environment_is_one_line_naming_the_variable(
 
 
 def test_the_help_states_the_error_rate_gate_the_replay_applies(capsys: pytest.CaptureFixture[str]) -> None:
-    from replayer.report import DEFAULT_MAX_ERROR_RATE
     from shadowtap.cli import main
+    from shadowtap.replayer.report import DEFAULT_MAX_ERROR_RATE
 
     with pytest.raises(SystemExit):
         main(["replay", "--help"])

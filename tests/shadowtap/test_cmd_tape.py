@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions, TapeReader, _frames
 from shadowtap.cli import main
 from shadowtap.commands.tape import format_ns, parse_time_ns
+from shadowtap.recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions, TapeReader, _frames
 from tests.recorder.tape_samples import BASE_NS, make_exchange
 
 PLAIN = TapeOptions(redaction=None, fsync="none")

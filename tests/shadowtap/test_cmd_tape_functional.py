@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from recorder import SyncTapeWriter, TapeOptions
+from shadowtap.recorder import SyncTapeWriter, TapeOptions
 from tests.recorder.tape_samples import make_exchange
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from recorder.errors import ConfigError
 from shadowtap.config import load_mapping
+from shadowtap.recorder.errors import ConfigError
 
 
 def test_yaml_and_toml(tmp_path: Path) -> None:

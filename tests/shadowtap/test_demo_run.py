@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from recorder.errors import ShadowtapError
 from shadowtap.demo.run import OUTPUT_MARKER, OUTPUT_NAMES, prepare_out_dir
+from shadowtap.recorder.errors import ShadowtapError
 
 
 def _previous_run(out: Path) -> None:

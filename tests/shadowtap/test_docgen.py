@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from differ.config import CONFIG_KEYS, config_from_mapping
-from proxy import ProxyConfig, build_forward_settings
 from shadowtap import configdoc, docgen
+from shadowtap.differ.config import CONFIG_KEYS, config_from_mapping
+from shadowtap.proxy import ProxyConfig, build_forward_settings
 
 SHADOW = {"name": "v2", "url": "http://127.0.0.1:9001"}
 BASE: dict[str, Any] = {"primary": "http://127.0.0.1:9000", "shadows": [SHADOW]}
@@ -75,7 +75,7 @@ def test_every_documented_proxy_key_has_its_real_default(row: configdoc.KeyDoc) 
 
 
 def test_an_undocumented_proxy_key_is_refused() -> None:
-    from recorder.errors import ConfigError
+    from shadowtap.recorder.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown key"):
         ProxyConfig.from_mapping(with_key("record.no_such_key", 1))

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Final
 
-from recorder import Exchange, Failure, FailureKind, Request, Response
+from shadowtap.recorder import Exchange, Failure, FailureKind, Request, Response
 
 CANDIDATE: Final = "v2"
 SECONDARY: Final = "secondary"
