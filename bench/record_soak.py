@@ -1,6 +1,6 @@
 """Recording soak: does the proxy's memory level off over millions of recorded requests?
 
-A real proxy (``shadowtap.proxy.app.serve`` on uvloop, in its own process, as ``shadowtap proxy`` runs it)
+A real proxy (``shadowtap.workers.serve_proxy`` on uvloop, in its own process, as ``shadowtap proxy`` runs it)
 records every exchange to a tape in a temporary directory, with its tape writer process; a fixed
 upstream answers 60 bytes of JSON from another process; this process drives keep-alive GETs over
 ``--connections`` connections (no client library: a small asyncio protocol) for ``--requests``
@@ -67,7 +67,7 @@ uvloop.run(main())
 
 PROXY = """
 import json, signal, sys, tracemalloc, uvloop
-from shadowtap.proxy.app import serve
+from shadowtap.workers import serve_proxy
 from shadowtap.proxy.config import ProxyConfig
 
 config = ProxyConfig.from_mapping(json.loads(sys.argv[1]))
@@ -89,7 +89,7 @@ if frames:
         print("\\n".join(out), file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGUSR1, dump)
-serve(config, run=uvloop.run)
+serve_proxy(config, run=uvloop.run)
 """
 
 

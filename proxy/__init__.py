@@ -1,6 +1,6 @@
 """proxy: the sidecar reverse proxy. Forwards to the primary untouched, mirrors a sample to shadows.
 
-The public surface: run a proxy from a config (``ProxyConfig``, ``ProxyApp``, ``serve``), or compose
+The public surface: run a proxy from a config (``ProxyConfig``, ``ProxyApp``, ``serve_app``), or compose
 the data path (``ProxyServer``, ``ForwardSettings``) with stages (``MirrorStage``, ``RecordStage``,
 ``MetricsStage``) behind the ``Stage`` protocol. Everything else is internal. This package imports
 ``recorder`` and never ``shadowtap``, ``replayer`` or ``differ``.
@@ -15,7 +15,7 @@ from shadowtap.proxy import native
 native.activate(__path__)
 
 from shadowtap.proxy.admin import AdminServer
-from shadowtap.proxy.app import ProxyApp, build_forward_settings, serve
+from shadowtap.proxy.app import ProxyApp, build_forward_settings, serve_app
 from shadowtap.proxy.breaker import BreakerSettings, CircuitBreaker
 from shadowtap.proxy.config import (
     AdminSettings,
@@ -67,5 +67,5 @@ __all__ = [
     "Stage",
     "TlsSettings",
     "build_forward_settings",
-    "serve",
+    "serve_app",
 ]

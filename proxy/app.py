@@ -5,9 +5,9 @@ the metrics as its primary observer, the mirror and record stages, the tape writ
 log and the admin server) and shuts it down in the order that loses nothing: stop accepting and
 finish in-flight requests up to the deadline, drain the mirrors, complete the joins, close the tape
 and the event log.
-``serve`` runs it until SIGTERM/SIGINT, in this process or in ``workers`` processes that share the
-listen port through SO_REUSEPORT and the runtime flags through shared memory. This module must never
-import ``shadowtap`` (the CLI composes it), and never start anything it does not stop.
+``serve_app`` runs one until SIGTERM/SIGINT; ``WorkersAdmin`` serves the admin API for every worker
+of ``--workers N`` from the parent (``shadowtap.workers`` starts and supervises the processes). This
+module must never import ``shadowtap`` (the CLI composes it), and never start anything it does not stop.
 """
 
 from __future__ import annotations
@@ -17,22 +17,18 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import multiprocessing
 import os
 import signal
-import socket
 import ssl
-import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from multiprocessing.connection import Connection, wait
-from typing import Any, TextIO
+from typing import Any
 
 from shadowtap.proxy import native
 from shadowtap.proxy.admin import AdminServer, LocalSource, WorkersSource
-from shadowtap.proxy.config import ListenAddress, ProxyConfig, settings_from_mapping
+from shadowtap.proxy.config import ProxyConfig, settings_from_mapping
 from shadowtap.proxy.events import EventLog
 from shadowtap.proxy.flags import RuntimeFlags
 from shadowtap.proxy.forward import ForwardSettings
@@ -43,19 +39,17 @@ from shadowtap.proxy.rules import RouteTable
 from shadowtap.proxy.server import ProxyServer
 from shadowtap.proxy.stages import Stage
 from shadowtap.recorder import TapeOptions, TapeWriter
-from shadowtap.recorder.errors import ConfigError, ShadowtapError
+from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.join import JoinSettings
 from shadowtap.recorder.tape_process import ProcessTapeWriter
 
-__all__ = ["ProxyApp", "build_forward_settings", "listen_ssl_context", "serve"]
+__all__ = ["ProxyApp", "WorkersAdmin", "build_forward_settings", "listen_ssl_context", "serve_app"]
 
 log = logging.getLogger(__name__)
 
 #: Runs a coroutine to completion on a fresh event loop (``asyncio.run``, ``uvloop.run``).
-LoopRunner = Callable[[Coroutine[Any, Any, None]], Any]
 
 #: How long the parent waits for every worker to report that it is listening.
-_WORKER_READY_TIMEOUT_S = 30.0
 
 
 def build_forward_settings(config: ProxyConfig) -> ForwardSettings:
@@ -336,13 +330,7 @@ class ProxyApp:
 # --- running until a signal ------------------------------------------------------------------------
 
 
-def _announce(out: TextIO, listen_url: str, admin_urls: list[str], workers: int) -> None:
-    admin = ",".join(admin_urls) if admin_urls else "off"
-    print(f"shadowtap proxy: listening on {listen_url} admin {admin} workers {workers} pid {os.getpid()}",
-          file=out, flush=True)  # fmt: skip
-
-
-async def _serve_one(
+async def serve_app(
     config: ProxyConfig,
     *,
     worker: int,
@@ -350,6 +338,7 @@ async def _serve_one(
     reuse_port: bool,
     on_ready: Callable[[ProxyApp], None],
 ) -> None:
+    """Run one proxy process until SIGTERM/SIGINT: start, ``on_ready``, drain and shut down."""
     app = ProxyApp(config, worker=worker, flags_array=flags_array)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -371,72 +360,24 @@ async def _serve_one(
         await app.shutdown()
 
 
-def _worker_main(config: ProxyConfig, worker: int, flags_array: Any, ready: Connection, run: LoopRunner) -> None:
-    logging.basicConfig(
-        level=logging.WARNING, format=f"%(asctime)s worker {worker} %(levelname)s %(name)s: %(message)s"
-    )
-    # The parent forwards SIGINT as SIGTERM; a terminal's Ctrl-C must not hit workers twice.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def on_ready(app: ProxyApp) -> None:
-        ready.send(("ready", app.port, app.admin_url))
-
-    try:
-        run(_serve_one(config, worker=worker, flags_array=flags_array, reuse_port=True, on_ready=on_ready))
-    except ShadowtapError as exc:
-        ready.send(("error", str(exc), None))
-        raise SystemExit(2) from None
-    except OSError as exc:
-        ready.send(("error", f"worker {worker}: {exc.strerror or exc}", None))
-        raise SystemExit(2) from None
-    finally:
-        ready.close()
-
-
-def _reserve_port(config: ProxyConfig) -> tuple[socket.socket, int]:
-    """Bind (not listen) with SO_REUSEPORT so ``:0`` becomes one port every worker can share."""
-    family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((config.listen.host, config.listen.port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot bind {config.listen}: {exc.strerror or exc}", field="listen") from exc
-    return sock, sock.getsockname()[1]
-
-
-def serve(config: ProxyConfig, out: TextIO = sys.stdout, run: LoopRunner = asyncio.run) -> int:
-    """Run the proxy until SIGTERM/SIGINT; one line on ``out`` once listening. Returns an exit code.
-
-    ``run`` runs a coroutine to completion on an event loop (the CLI passes its uvloop runner); it
-    must be a module-level function, as worker processes receive it by reference.
-    """
-    if config.workers == 1:
-
-        def on_ready(app: ProxyApp) -> None:
-            _announce(out, app.listen_url, [app.admin_url] if app.admin_url else [], 1)
-
-        run(_serve_one(config, worker=0, flags_array=None, reuse_port=False, on_ready=on_ready))
-        return 0
-    return _serve_workers(config, out, run)
-
-
 def _url(host: str, port: int) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-class _WorkersAdmin:
+class WorkersAdmin:
     """The admin API of ``--workers N``, served by the parent process on the configured address from
     a thread of its own (the parent's main thread supervises the workers), for every worker at once:
     see ``shadowtap.proxy.admin.WorkersSource``."""
 
-    def __init__(self, config: ProxyConfig, flags: RuntimeFlags, worker_urls: Sequence[str]) -> None:
+    def __init__(
+        self, config: ProxyConfig, flags: RuntimeFlags, worker_urls: Sequence[str], start_timeout_s: float = 30.0
+    ) -> None:
         assert config.admin.listen is not None
         self._listen = config.admin.listen
         self._token = config.admin.token()
         self._flags = flags
         self._worker_urls = list(worker_urls)
+        self._start_timeout_s = start_timeout_s
         self._started: Future[str] = Future()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -445,7 +386,7 @@ class _WorkersAdmin:
     def start(self) -> str:
         """Bind and serve; the admin URL. Raises ``ConfigError`` when the address cannot be had."""
         self._thread.start()
-        return self._started.result(timeout=_WORKER_READY_TIMEOUT_S)
+        return self._started.result(timeout=self._start_timeout_s)
 
     def stop(self) -> None:
         loop, stop = self._loop, self._stop
@@ -479,83 +420,3 @@ class _WorkersAdmin:
             await self._stop.wait()
         finally:
             await server.close()
-
-
-def _serve_workers(config: ProxyConfig, out: TextIO, run: LoopRunner) -> int:
-    reserved, port = _reserve_port(config)
-    config = dataclasses.replace(config, listen=dataclasses.replace(config.listen, port=port))
-    context = multiprocessing.get_context("spawn")
-    flags = RuntimeFlags(config)
-    processes: list[multiprocessing.process.BaseProcess] = []
-    pipes: list[Connection] = []
-    stopping = False
-    combined: _WorkersAdmin | None = None
-    worker_config = config
-    if config.admin.listen is not None:
-        # Each worker's own admin server is private: loopback, a free port; the parent serves the
-        # configured address for all of them.
-        loopback = "::1" if ":" in config.admin.listen.host else "127.0.0.1"
-        admin = dataclasses.replace(config.admin, listen=ListenAddress(loopback, 0))
-        worker_config = dataclasses.replace(config, admin=admin)
-
-    def forward_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in processes:
-            if child.pid is not None and child.exitcode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signal.SIGTERM)
-
-    previous = {s: signal.signal(s, forward_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        for worker in range(config.workers):
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(
-                target=_worker_main,
-                args=(worker_config, worker, flags.shared_array, send, run),
-                name=f"shadowtap-proxy-{worker}",
-            )
-            process.start()
-            send.close()
-            processes.append(process)
-            pipes.append(receive)
-        admin_urls: list[str] = []
-        deadline = time.monotonic() + _WORKER_READY_TIMEOUT_S
-        for worker, pipe in enumerate(pipes):
-            if not pipe.poll(max(0.0, deadline - time.monotonic())):
-                raise ShadowtapError(f"worker {worker} did not start within {_WORKER_READY_TIMEOUT_S:.0f} s")
-            try:
-                status, detail, admin_url = pipe.recv()
-            except EOFError:
-                raise ShadowtapError(f"worker {worker} exited during start-up") from None
-            if status != "ready":
-                raise ShadowtapError(str(detail))
-            if admin_url:
-                admin_urls.append(admin_url)
-        reserved.close()
-        if config.admin.listen is not None:
-            combined = _WorkersAdmin(config, flags, admin_urls)
-            admin_urls = [combined.start()]
-        scheme = "https" if config.tls.enabled else "http"
-        _announce(out, f"{scheme}://{config.listen}", admin_urls, config.workers)
-        while any(p.exitcode is None for p in processes):
-            wait([p.sentinel for p in processes if p.exitcode is None], timeout=1.0)
-            if not stopping and any(p.exitcode is not None for p in processes):
-                # A worker died on its own: stop the others rather than serve at reduced capacity.
-                log.error("a proxy worker exited unexpectedly; stopping the others")
-                forward_signal(signal.SIGTERM, None)
-        return 0 if all(p.exitcode == 0 for p in processes) else 1
-    finally:
-        if combined is not None:
-            combined.stop()
-        forward_signal(signal.SIGTERM, None)
-        for child in processes:
-            child.join(config.shutdown_timeout_s + 5.0)
-            if child.exitcode is None:
-                child.kill()
-                child.join()
-        reserved.close()
-        for pipe in pipes:
-            pipe.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

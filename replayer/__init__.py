@@ -37,7 +37,6 @@ if TYPE_CHECKING:
         Transport,
         make_transport,
     )
-    from shadowtap.replayer.workers import run_workers
 
 _EXPORTS = {
     "render_html": "shadowtap.replayer.html_report",
@@ -72,7 +71,6 @@ _EXPORTS = {
     "MemoryTransport": "shadowtap.replayer.transport",
     "SendResult": "shadowtap.replayer.transport",
     "Transport": "shadowtap.replayer.transport",
-    "run_workers": "shadowtap.replayer.workers",
 }
 
 __all__ = [
@@ -105,7 +103,6 @@ __all__ = [
     "replay",
     "results_document",
     "run_job",
-    "run_workers",
     "slo_failures",
     "summary_text",
     "tape_source",

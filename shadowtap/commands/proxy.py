@@ -255,7 +255,7 @@ def load_config(args: argparse.Namespace, path: str | None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from shadowtap import runtime
-    from shadowtap.proxy.app import serve
+    from shadowtap.workers import serve_proxy
 
     if args.check_config:
         config = load_config(args, args.check_config)
@@ -263,4 +263,4 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_mapping(), indent=2, sort_keys=True))
         return 0
     config = load_config(args, args.config)
-    return serve(config, run=runtime.run)
+    return serve_proxy(config, run=runtime.run)

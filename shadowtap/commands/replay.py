@@ -381,8 +381,8 @@ def _run_here(job: ReplayJob, args: argparse.Namespace, total_s: float | None) -
 def _run_workers(job: ReplayJob, args: argparse.Namespace, total_s: float | None) -> JobResult:
     from shadowtap.replayer.progress import ProgressDisplay
     from shadowtap.replayer.runner import Progress
-    from shadowtap.replayer.workers import run_workers
     from shadowtap.runtime import run
+    from shadowtap.workers import run_replay
 
     latest: dict[int, Progress] = {}
     with ProgressDisplay(enabled=not args.no_progress, total_s=total_s) as display:
@@ -403,7 +403,7 @@ def _run_workers(job: ReplayJob, args: argparse.Namespace, total_s: float | None
                 )
             )
 
-        return run_workers(job, args.workers, loop_runner=run, progress=None if args.no_progress else on_progress)
+        return run_replay(job, args.workers, loop_runner=run, progress=None if args.no_progress else on_progress)
 
 
 def _write_text(path: str, text: str) -> None:

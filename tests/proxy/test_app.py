@@ -21,7 +21,7 @@ def test_public_api_is_pinned() -> None:
             "MirrorSettings", "MirrorStage", "PrimaryObserver", "ProxiedExchange", "ProxyApp", "ProxyConfig",
             "ProxyMetrics",
             "ProxyServer", "RecordSettings", "RecordStage", "RouteRule", "RuntimeFlags", "SampleKey",
-            "ShadowSettings", "Stage", "TlsSettings", "build_forward_settings", "serve",
+            "ShadowSettings", "Stage", "TlsSettings", "build_forward_settings", "serve_app",
         ]
     )  # fmt: skip
     for name in proxy.__all__:

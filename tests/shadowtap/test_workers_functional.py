@@ -10,7 +10,7 @@ from aiohttp import web
 
 from shadowtap.recorder import SyncTapeWriter, TapeOptions
 from shadowtap.replayer.job import ReplayJob
-from shadowtap.replayer.workers import run_workers
+from shadowtap.workers import run_replay
 from tests.replayer.tapes import make_exchange
 
 
@@ -33,7 +33,7 @@ async def test_workers_merge_to_the_whole_plan(tmp_path: Path) -> None:
     try:
         job = ReplayJob(tapes=(str(tmp_path / "tape"),), target=f"http://127.0.0.1:{runner.addresses[0][1]}")
         # The parent blocks while it collects: run it off this loop, which serves the target.
-        result = await asyncio.to_thread(run_workers, job, 3, loop_runner=asyncio.run)
+        result = await asyncio.to_thread(run_replay, job, 3, loop_runner=asyncio.run)
     finally:
         await runner.cleanup()
     assert result.planned == 90 and result.stats.overall.requests == 90
