@@ -1,12 +1,12 @@
 """The differ's settings: one frozen dataclass tree built from the ``diff`` section of a config file.
 
-It validates every key and names the bad one (``diff.noise.relative``) in a ``ConfigError``. It must
+It validates every key and names the bad one (``diff.noise.relative``) in a ``ConfigError``; values
+are decoded by ``shadowtap.recorder.settings``, the same decoder as the proxy's settings. It must
 never read files (``shadowtap.config`` does) and never compare anything: it only says how to.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +15,8 @@ from typing import Any, Final
 from shadowtap.differ.paths import compile_glob
 from shadowtap.differ.verdict import parse_fail_on
 from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.settings import reject_unknown, typed_value
+from shadowtap.recorder.settings import section as _section
 
 __all__ = [
     "CONFIG_KEYS",
@@ -241,53 +243,29 @@ def _compile_endpoint_glob(glob: str) -> re.Pattern[str]:
     return re.compile(".*".join(re.escape(part) for part in glob.split("*")) + r"\Z")
 
 
-def _section(value: Any, key: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"must be a mapping, not {type(value).__name__}", field=key)
-    return value
-
-
 def _str_list(value: Any, key: str) -> tuple[str, ...]:
+    """A list of non-empty strings (or one comma-separated string); absent or null is empty."""
     if value is None:
         return ()
-    if isinstance(value, str) or not isinstance(value, list | tuple):
-        raise ConfigError("must be a list of strings", field=key)
-    for item in value:
-        if not isinstance(item, str) or not item:
-            raise ConfigError(f"must be a list of non-empty strings, found {item!r}", field=key)
-    return tuple(value)
+    items: tuple[str, ...] = typed_value(value, tuple[str, ...], key)
+    for index, item in enumerate(items):
+        if not item:
+            raise ConfigError("must be a non-empty string", field=f"{key}[{index}]")
+    return items
 
 
 def _number(value: Any, key: str, default: float) -> float:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"must be a number, not {value!r}", field=key)
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond any double
-        number = math.inf
-    # NaN passes every range check (it compares false both ways), and an infinite tolerance or
-    # threshold silences everything: neither is a setting anyone means.
-    if not math.isfinite(number):
-        raise ConfigError(f"must be a finite number, not {value!r}", field=key)
+    number: float = default if value is None else typed_value(value, float, key)
     return number
 
 
 def _integer(value: Any, key: str, default: int) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"must be an integer, not {value!r}", field=key)
-    return value
+    number: int = default if value is None else typed_value(value, int, key)
+    return number
 
 
-def _check_keys(section: Mapping[str, Any], known: set[str] | frozenset[str], prefix: str) -> None:
-    for key in section:
-        if key not in known:
-            raise ConfigError(f"unknown key; known keys: {', '.join(sorted(known))}", field=f"{prefix}.{key}")
+def _check_keys(data: Mapping[str, Any], known: set[str] | frozenset[str], prefix: str) -> None:
+    reject_unknown(data, known, f"{prefix}.")
 
 
 def _ignore_rules(value: Any) -> tuple[IgnoreRule, ...]:
@@ -341,9 +319,7 @@ def config_from_mapping(raw: Mapping[str, Any]) -> DifferConfig:
 
     volatile = _section(section.get("volatile"), "diff.volatile")
     _check_keys(volatile, _known("volatile"), "diff.volatile")
-    enabled = volatile.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise ConfigError("must be true or false", field="diff.volatile.enabled")
+    enabled = typed_value(volatile.get("enabled", True), bool, "diff.volatile.enabled")
     detectors = (
         frozenset(_str_list(volatile["detectors"], "diff.volatile.detectors"))
         if "detectors" in volatile
@@ -365,9 +341,7 @@ def config_from_mapping(raw: Mapping[str, Any]) -> DifferConfig:
     _check_keys(noise, _known("noise"), "diff.noise")
     templates = _section(section.get("templates"), "diff.templates")
     _check_keys(templates, _known("templates"), "diff.templates")
-    fail_on = section.get("fail_on", "severity>=high")
-    if not isinstance(fail_on, str):
-        raise ConfigError("must be a string such as 'severity>=high'", field="diff.fail_on")
+    fail_on = typed_value(section.get("fail_on", "severity>=high"), str, "diff.fail_on")
     return DifferConfig(
         compare=compare,
         ignore=_ignore_rules(section.get("ignore")),

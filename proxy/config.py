@@ -1,8 +1,9 @@
 """The proxy's settings: a YAML/TOML mapping (or CLI flags) validated into frozen dataclasses.
 
 ``ProxyConfig.from_mapping(d)`` is the one way in; every error is a ``ConfigError`` naming the key
-and the value (``shadows[0].url``); ``typed_value`` is the one decoder of a setting's value, which
-``shadowtap.proxy.flags.RuntimeFlags`` (the settings the admin API changes while running) uses too. This module
+and the value (``shadows[0].url``). Values are decoded by ``shadowtap.recorder.settings``
+(``typed_value``), the one decoder the differ's settings and ``shadowtap.proxy.flags.RuntimeFlags``
+(the settings the admin API changes while running) use too. This module
 must never do network or disk I/O (the CLI reads the file) and never read settings from anywhere but its input
 and, for shadow credentials, the environment variables the config names.
 """
@@ -11,14 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import os
 import re
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Union, get_args, get_origin
+from typing import Any, Final
 
 from shadowtap.proxy.breaker import BreakerSettings
 from shadowtap.proxy.forward import check_host, parse_primary
@@ -26,6 +24,13 @@ from shadowtap.proxy.rules import RouteRule
 from shadowtap.proxy.sampling import SampleKey
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.redact import RULE_KINDS, RedactionRules, parse_json_path
+from shadowtap.recorder.settings import (
+    construct,
+    field_type,
+    reject_unknown,
+    settings_from_mapping,
+    typed_value,
+)
 
 __all__ = [
     "DEFAULT_STRIPPED_HEADERS",
@@ -464,8 +469,8 @@ class ProxyConfig:
             values["listen"] = parse_listen(data["listen"], field="listen")
         for key in ("workers", "shutdown_timeout_s"):
             if key in data:
-                values[key] = typed_value(data[key], _field_type(cls, key), key)
-        return _construct(cls, values, "")
+                values[key] = typed_value(data[key], field_type(cls, key), key)
+        return construct(cls, values, "")
 
     def to_mapping(self) -> dict[str, Any]:
         """A plain mapping that ``from_mapping`` turns back into this config (for worker processes)."""
@@ -475,82 +480,8 @@ class ProxyConfig:
 # --- mapping -> dataclasses ------------------------------------------------------------------------
 
 
-def _field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
 def _reject_unknown(data: Mapping[str, Any], cls: type, prefix: str, extra: Sequence[str] = ()) -> None:
-    known = {f.name for f in dataclasses.fields(cls)} | set(extra)
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})", field=f"{prefix}{key}")
-
-
-def typed_value(value: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` against a simple annotation (str/int/float/bool, optional, tuple[str, ...])."""
-    origin = get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        options = get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        (inner,) = [a for a in options if a is not type(None)]
-        return typed_value(value, inner, where)
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"expected a list, not {value!r}", field=where)
-        return tuple(typed_value(v, get_args(annotation)[0], f"{where}[{i}]") for i, v in enumerate(value))
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"expected true or false, not {value!r}", field=where)
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"expected an integer, not {value!r}", field=where)
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"expected a number, not {value!r}", field=where)
-        try:
-            number = float(value)
-        except OverflowError:  # an integer beyond any double
-            number = math.inf
-        # Every float setting is a timeout, rate, size or percent: infinity and NaN slip past the
-        # range checks (NaN compares false both ways) and then stall or break the data path.
-        if not math.isfinite(number):
-            raise ConfigError(f"expected a finite number, not {value!r}", field=where)
-        return number
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"expected a string, not {value!r}", field=where)
-        return value
-    raise ConfigError(f"unsupported value {value!r}", field=where)
-
-
-_T = typing.TypeVar("_T")
-
-
-def _construct(cls: type[_T], values: dict[str, Any], prefix: str) -> _T:
-    try:
-        return cls(**values)
-    except ConfigError as exc:
-        key = exc.field or ""
-        value = values.get(key)
-        # Name the value when the message does not already (nested sections name their own).
-        shown = ""
-        if isinstance(value, str | int | float) and repr(value) not in exc.message and str(value) not in exc.message:
-            shown = f" (got {value!r})"
-        raise ConfigError(f"{exc.message}{shown}", field=f"{prefix}{key}") from exc
-
-
-def settings_from_mapping(cls: type[_T], data: Any, section: str) -> _T:
-    """Validate ``data`` into the flat settings dataclass ``cls``; errors are named ``section.key``."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"expected a mapping, not {data!r}", field=section)
-    _reject_unknown(data, cls, f"{section}.")
-    values = {key: typed_value(value, _field_type(cls, key), f"{section}.{key}") for key, value in data.items()}
-    return _construct(cls, values, f"{section}.")
+    reject_unknown(data, [*(f.name for f in dataclasses.fields(cls)), *extra], prefix)
 
 
 def _shadow(data: Any, where: str) -> ShadowSettings:
@@ -579,8 +510,8 @@ def _shadow(data: Any, where: str) -> ShadowSettings:
                 )
             values[key] = tuple(value.items())
         else:
-            values[key] = typed_value(value, _field_type(ShadowSettings, key), f"{where}.{key}")
-    return _construct(ShadowSettings, values, f"{where}.")
+            values[key] = typed_value(value, field_type(ShadowSettings, key), f"{where}.{key}")
+    return construct(ShadowSettings, values, f"{where}.")
 
 
 def _record(data: Any) -> RecordSettings:
@@ -623,8 +554,8 @@ def _admin(data: Any) -> AdminSettings:
         values["listen"] = None if raw in (None, "off", False) else parse_listen(raw, field="admin.listen")
     for key in ("token_env", "allow_remote", "insecure_no_token"):
         if key in data:
-            values[key] = typed_value(data[key], _field_type(AdminSettings, key), f"admin.{key}")
-    return _construct(AdminSettings, values, "admin.")
+            values[key] = typed_value(data[key], field_type(AdminSettings, key), f"admin.{key}")
+    return construct(AdminSettings, values, "admin.")
 
 
 def file_value(value: Any) -> Any:

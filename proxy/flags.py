@@ -11,8 +11,9 @@ import random
 from collections.abc import Mapping
 from typing import Any, Final
 
-from shadowtap.proxy.config import ProxyConfig, typed_value
+from shadowtap.proxy.config import ProxyConfig
 from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.settings import typed_value
 
 __all__ = ["RuntimeFlags"]
 

@@ -77,7 +77,8 @@ def test_header_allowlist() -> None:
         ({"noise": {"absolute": 2}}, "diff.noise.absolute"),
         ({"noise": {"relative": "lots"}}, "diff.noise.relative"),
         ({"noise": {"typo": 1}}, "diff.noise.typo"),
-        ({"headers": {"ignore": "date"}}, "diff.headers.ignore"),
+        ({"headers": {"ignore": 3}}, "diff.headers.ignore"),
+        ({"headers": {"ignore": ["date", ""]}}, "diff.headers.ignore[1]"),
         ({"ignore": [{"path": "body.a", "where": "x"}]}, "diff.ignore[0].where"),
         ({"ignore": [3]}, "diff.ignore[0]"),
         ({"routes": ["users/{id}"]}, "diff.routes"),
@@ -97,6 +98,17 @@ def test_bad_values_name_the_key(raw: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_mapping(raw)
     assert info.value.field == key
+
+
+def test_values_decode_as_the_proxy_settings_do() -> None:
+    # One decoder (shadowtap.recorder.settings) for every part: a list may be one comma-separated
+    # string, as in the proxy's config, and the messages are the proxy's.
+    spelled = config_from_mapping({"diff": {"headers": {"ignore": "x-trace, x-span"}}})
+    listed = config_from_mapping({"diff": {"headers": {"ignore": ["x-trace", "x-span"]}}})
+    assert spelled == listed and "x-span" in spelled.compare.ignored_headers
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping({"diff": {"noise": {"relative": "lots"}}})
+    assert str(info.value) == "field 'diff.noise.relative': expected a number, not 'lots'"
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan"), 10**400])
