@@ -1,7 +1,9 @@
 """The admin API: health, readiness, Prometheus metrics, runtime flags (the kill switch) and stats.
 
 An aiohttp.web server on its own port, loopback unless the config says otherwise, with an optional
-bearer token on everything but ``/healthz`` and ``/readyz``. ``PUT /flags`` validates the whole
+bearer token on everything but ``/healthz`` and ``/readyz`` (and ``/metrics`` when
+``admin.public_metrics`` says so, for annotation-based Prometheus scraping, which sends no token; the
+flags and stats stay behind the token). ``PUT /flags`` validates the whole
 document before changing anything and takes effect at the next request in every worker (the flags
 live in shared memory). This module must never touch the data path: it reads counters and flips
 flags, nothing else.
@@ -206,10 +208,13 @@ def merge_worker_metrics(expositions: Sequence[str | None]) -> bytes:
 class AdminServer:
     """Serves the admin API: for one proxy process (``LocalSource``) or for its workers."""
 
-    def __init__(self, flags: RuntimeFlags, source: AdminSource, token: str | None = None) -> None:
+    def __init__(
+        self, flags: RuntimeFlags, source: AdminSource, token: str | None = None, *, public_metrics: bool = False
+    ) -> None:
         self._flags = flags
         self._source = source
         self._token = token
+        self._open_paths = _OPEN_PATHS | {"/metrics"} if public_metrics else _OPEN_PATHS
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -246,7 +251,7 @@ class AdminServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._token is not None and request.path not in _OPEN_PATHS:
+        if self._token is not None and request.path not in self._open_paths:
             expected = f"Bearer {self._token}".encode()
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):

@@ -160,7 +160,9 @@ class ProxyApp:
                 raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}", field="listen") from exc
             if config.admin.listen is not None:
                 source = LocalSource(self.metrics, self.stats, lambda: self._ready)
-                self.admin = AdminServer(self.flags, source, config.admin.token())
+                self.admin = AdminServer(
+                    self.flags, source, config.admin.token(), public_metrics=config.admin.public_metrics
+                )
                 port = config.admin.listen.port
                 try:
                     await self.admin.start(config.admin.listen.host, port)
@@ -375,6 +377,7 @@ class WorkersAdmin:
         assert config.admin.listen is not None
         self._listen = config.admin.listen
         self._token = config.admin.token()
+        self._public_metrics = config.admin.public_metrics
         self._flags = flags
         self._worker_urls = list(worker_urls)
         self._start_timeout_s = start_timeout_s
@@ -408,7 +411,8 @@ class WorkersAdmin:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = AdminServer(self._flags, WorkersSource(self._worker_urls, self._token), self._token)
+        source = WorkersSource(self._worker_urls, self._token)
+        server = AdminServer(self._flags, source, self._token, public_metrics=self._public_metrics)
         try:
             port = await server.start(self._listen.host, self._listen.port)
         except OSError as exc:

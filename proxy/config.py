@@ -333,6 +333,9 @@ class AdminSettings:
     allow_remote: bool = False
     #: Serve a non-loopback admin address without a token (a warning is logged at start-up).
     insecure_no_token: bool = False
+    #: Serve ``/metrics`` without the token, like ``/healthz`` and ``/readyz`` (Prometheus scraping by
+    #: pod annotations sends none); the flags (the kill switch) and ``/stats`` still need it.
+    public_metrics: bool = False
 
     def __post_init__(self) -> None:
         if self.listen is None or self.listen.is_loopback:
@@ -552,7 +555,7 @@ def _admin(data: Any) -> AdminSettings:
     if "listen" in data:
         raw = data["listen"]
         values["listen"] = None if raw in (None, "off", False) else parse_listen(raw, field="admin.listen")
-    for key in ("token_env", "allow_remote", "insecure_no_token"):
+    for key in ("token_env", "allow_remote", "insecure_no_token", "public_metrics"):
         if key in data:
             values[key] = typed_value(data[key], field_type(AdminSettings, key), f"admin.{key}")
     return construct(AdminSettings, values, "admin.")

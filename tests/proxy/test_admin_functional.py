@@ -23,12 +23,12 @@ CONFIG = ProxyConfig.from_mapping(
 
 
 class Admin:
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, *, public_metrics: bool = False) -> None:
         self.flags = RuntimeFlags(CONFIG)
         self.metrics = ProxyMetrics()
         self.ready = False
         source = LocalSource(self.metrics, lambda: {"worker": 0, "ok": True}, lambda: self.ready)
-        self.server = AdminServer(self.flags, source, token)
+        self.server = AdminServer(self.flags, source, token, public_metrics=public_metrics)
         self.url = ""
 
     async def start(self) -> Admin:
@@ -101,6 +101,20 @@ async def test_bearer_token_guards_all_but_probes() -> None:
                     method, f"{running.url}{path}", headers={"Authorization": "Bearer s3cret"}, json={}
                 ) as resp:
                     assert resp.status == 200
+    finally:
+        await running.server.close()
+
+
+async def test_public_metrics_opens_metrics_alone() -> None:
+    # Prometheus scraping by pod annotations sends no token: /metrics may be opened, nothing else.
+    running = await Admin(token="s3cret", public_metrics=True).start()
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{running.url}/metrics") as resp:
+                assert resp.status == 200 and "shadowtap_" in await resp.text()
+            for method, path in (("GET", "/flags"), ("PUT", "/flags"), ("GET", "/stats")):
+                async with client.request(method, f"{running.url}{path}", json={}) as resp:
+                    assert resp.status == 401
     finally:
         await running.server.close()
 
