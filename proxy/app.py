@@ -26,12 +26,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from shadowtap.proxy import native
 from shadowtap.proxy.admin import AdminServer, LocalSource, WorkersSource
 from shadowtap.proxy.config import ProxyConfig, settings_from_mapping
 from shadowtap.proxy.events import EventLog
 from shadowtap.proxy.flags import RuntimeFlags
 from shadowtap.proxy.forward import ForwardSettings
+from shadowtap.proxy.join import JoinIntake, JoinSettings
 from shadowtap.proxy.metrics import MetricsStage, ProxyMetrics
 from shadowtap.proxy.mirror import MirrorStage
 from shadowtap.proxy.record import RecordStage
@@ -40,8 +40,8 @@ from shadowtap.proxy.server import ProxyServer
 from shadowtap.proxy.stages import Stage
 from shadowtap.recorder import TapeOptions, TapeWriter
 from shadowtap.recorder.errors import ConfigError
-from shadowtap.recorder.join import JoinSettings
 from shadowtap.recorder.tape_process import ProcessTapeWriter
+from shadowtap.wire import native
 
 __all__ = ["ProxyApp", "WorkersAdmin", "build_forward_settings", "listen_ssl_context", "serve_app"]
 
@@ -107,14 +107,16 @@ class ProxyApp:
         ssl_context = await asyncio.to_thread(listen_ssl_context, config)  # reads the key files
         try:
             if config.record.tape is not None:
+                # The writer hosts the join, unless the event log needs the joined exchanges here
+                # (then the record stage hosts it on the loop and sends the writer whole records).
+                intake = None
+                if config.events.path is None:
+                    r = config.record
+                    intake = JoinIntake(JoinSettings(r.join_timeout_s, r.max_pending, r.max_pending_bytes))
                 if config.record.writer == "process":
-                    # The child joins exchanges too, unless the event log needs them joined here.
-                    join = JoinSettings(
-                        config.record.join_timeout_s, config.record.max_pending, config.record.max_pending_bytes
-                    )
-                    self.tape = ProcessTapeWriter(config.record.tape, tape_options(config), join)
+                    self.tape = ProcessTapeWriter(config.record.tape, tape_options(config), intake)
                 else:
-                    self.tape = TapeWriter(config.record.tape, tape_options(config))
+                    self.tape = TapeWriter(config.record.tape, tape_options(config), intake)
                 await self.tape.start()
             if config.events.path is not None:
                 self.events = EventLog(config.events.path, RouteTable(config.mirror.routes), config.events.queue_size)
@@ -266,7 +268,7 @@ class ProxyApp:
             "ready": self._ready,
             "flags": self.flags.snapshot(),
             "gc": {"frozen": gc.get_freeze_count(), "collections": [g["collections"] for g in gc.get_stats()]},
-            # Whether the data path runs compiled (mypyc) or interpreted, and why (shadowtap.proxy.native).
+            # Whether the data path runs compiled (mypyc) or interpreted, and why (shadowtap.wire.native).
             "data_path": native.STATUS,
         }
         if self.server is not None:

@@ -1,7 +1,8 @@
 """Wide events: one JSON line per exchange, with all its context, to a file or stdout.
 
-The loop only collects joined exchanges (immutable) and, every few milliseconds, puts the batch
-into a bounded queue; a writer thread builds each event (route, method, path, statuses, latencies,
+The loop only collects the record join's joined exchanges (``shadowtap.proxy.join.Joined``, never
+changed once joined) and, every few milliseconds, puts the batch into a bounded queue; a writer
+thread builds each event from the joined records (route, method, path, statuses, latencies,
 decisions, failure kinds), serialises and writes it. A full queue drops the batch and counts its
 events. This module must never write, serialise or flush
 on the event loop, and never let a slow disk slow a request.
@@ -19,8 +20,8 @@ import sys
 import threading
 from typing import Any, Final
 
+from shadowtap.proxy.join import Joined
 from shadowtap.proxy.rules import RouteTable
-from shadowtap.proxy.stages import ProxiedExchange
 from shadowtap.recorder.model import PRIMARY, Exchange, Failure, Outcome, Timing
 from shadowtap.recorder.private import PRIVATE_FILE_MODE, create_private
 
@@ -107,7 +108,7 @@ class EventLog:
         # Bounded so a stalled disk costs dropped events (counted), never memory or latency:
         # at most queue_size events, in batches of up to _BATCH_MAX.
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, queue_size // _BATCH_MAX))
-        self._batch: list[tuple[Exchange, bool]] = []
+        self._batch: list[tuple[Joined | Exchange, bool]] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
         self._fd: int | None = None
@@ -125,8 +126,9 @@ class EventLog:
         self._thread = threading.Thread(target=self._run, name="shadowtap-events", daemon=True)
         self._thread.start()
 
-    def on_joined(self, exchange: Exchange, proxied: ProxiedExchange, recorded: bool) -> None:
-        """The record stage's listener: collect the exchange for the next batch."""
+    def on_joined(self, exchange: Joined | Exchange, recorded: bool) -> None:
+        """The record stage's listener: collect the joined exchange for the next batch (an
+        ``Exchange`` is taken too)."""
         self._batch.append((exchange, recorded))
         if len(self._batch) >= _BATCH_MAX:
             self._flush()
@@ -156,7 +158,11 @@ class EventLog:
             assert isinstance(item, list)
             try:
                 lines = [
-                    json.dumps(wide_event(ex, self._routes, recorded), separators=(",", ":")).encode() + b"\n"
+                    json.dumps(
+                        wide_event(ex.exchange() if isinstance(ex, Joined) else ex, self._routes, recorded),
+                        separators=(",", ":"),
+                    ).encode()
+                    + b"\n"
                     for ex, recorded in item
                 ]
                 # Unbuffered, one write per batch (per line to a pipe, which is atomic up to

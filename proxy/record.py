@@ -1,23 +1,22 @@
-"""The record stage: has each primary exchange joined with its shadows' outcomes and taped.
+"""The record stage: hands each primary exchange and each shadow outcome to the join, as typed records.
 
-When the primary exchange ends, it decides whether the exchange goes to the tape (recording flag and
-sample percent, hashed on the exchange id) and sends it on as one flat part
-(``shadowtap.recorder.join.primary_part``), bodies capped at ``max_body_bytes`` with truncation marked, with
-no shadows yet. Each mirrored copy's outcome follows as a part of its own (``shadow_part``).
-``shadowtap.recorder.join.RecordJoiner`` joins them: it waits for every shadow the exchange was mirrored to,
-up to ``join_timeout_s`` after the primary finished, and at most ``max_pending`` exchanges, holding
-at most ``max_pending_bytes``, wait (beyond either the oldest is completed at once without its
-missing shadows, and counted).
+When the primary exchange ends, the stage decides whether the exchange goes to the tape (recording
+flag and sample percent, hashed on the exchange id) and builds one ``PrimaryRecord`` straight from
+what the data path holds, bodies capped at ``max_body_bytes`` with truncation marked. Each mirrored
+copy's outcome becomes one ``ShadowRecord``. ``shadowtap.proxy.join`` joins them: it waits for every
+shadow the exchange was mirrored to, up to ``join_timeout_s`` after the primary finished, and at
+most ``max_pending`` exchanges, holding at most ``max_pending_bytes``, wait (beyond either the oldest
+is completed at once without its missing shadows, and counted).
 
-Where the join runs:
-- in the tape writer process (``ProcessTapeWriter``, the default) when no wide-event log is on. The
-  stage packs the parts and keeps nothing per exchange, so the event loop pays for two flat lists
-  per exchange; the child builds the nested record and joins it;
-- here, on the loop, otherwise: the event log needs every joined ``recorder.Exchange``, and the
-  thread writer takes whole records.
+The join runs in one piece of code (``shadowtap.proxy.join.JoinIntake``), hosted where its output goes:
+- by the tape writer (its thread, or its child process), when only the tape needs the joined
+  exchanges: the stage submits the records and keeps nothing per exchange;
+- here, on the loop, when the wide-event log is on: it needs every joined exchange, taped or not,
+  and takes the joined records as objects; the taped ones go to the writer as finished records.
 
-This stage must never block, never wait on the data path, and never keep an exchange longer than
-its join deadline.
+A record's ``wire()`` is its msgpack array (for the pipe to the writer process); nothing else
+flattens it. This stage must never block, never wait on the data path, and never keep an exchange
+longer than its join deadline.
 """
 
 from __future__ import annotations
@@ -26,9 +25,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Protocol, final
 
 from shadowtap.proxy.config import RecordSettings
 from shadowtap.proxy.flags import RuntimeFlags
@@ -36,21 +35,19 @@ from shadowtap.proxy.metrics import ProxyMetrics
 from shadowtap.proxy.mirror import MIRRORED
 from shadowtap.proxy.sampling import SampleKey, key_in_sample
 from shadowtap.proxy.stages import NOT_TIMED, ProxiedExchange
-from shadowtap.recorder.join import (
-    SHUTDOWN_REASON,
-    Joined,
-    JoinSettings,
-    JoinStats,
-    RecordJoiner,
-    part_bytes,
-    primary_from_part,
-    primary_part,
-    shadow_from_part,
-    shadow_part,
-)
-from shadowtap.recorder.model import Exchange, Headers, Outcome, Response, Timing, exchange_from_wire
+from shadowtap.recorder.model import Failure, Headers, Outcome, Response, Timing, new_response
 
-__all__ = ["ExchangeSink", "JoiningSink", "RecordStage", "RecordStats", "exchange_primary_part", "outcome_part"]
+__all__ = [
+    "PRIMARY_KIND",
+    "RECORD_OVERHEAD_BYTES",
+    "SHADOW_KIND",
+    "PrimaryRecord",
+    "RecordStage",
+    "RecordStats",
+    "ShadowRecord",
+    "primary_record",
+    "shadow_record",
+]
 
 #: Join deadlines are checked this often, and at most _MAX_LATE_PER_SWEEP exchanges past theirs are
 #: completed per check: a shadow that stops answering leaves a deadline per mirrored request, and
@@ -58,49 +55,269 @@ __all__ = ["ExchangeSink", "JoiningSink", "RecordStage", "RecordStats", "exchang
 _SWEEP_PERIOD_S: Final = 0.01
 _MAX_LATE_PER_SWEEP: Final = 32
 
+#: The first element of a record's ``wire()`` array: which record it is.
+PRIMARY_KIND: Final = 1
+SHADOW_KIND: Final = 2
+
+#: What a record costs beyond its bodies and header bytes (ids, timings, the objects that hold
+#: them), roughly: byte bounds count bodies and headers exactly and this per record.
+RECORD_OVERHEAD_BYTES: Final = 512
+
 log = logging.getLogger(__name__)
 
 _NONE: Final[frozenset[str]] = frozenset()
 
 
-class ExchangeSink(Protocol):
-    """Where joined exchanges go: ``recorder.TapeWriter`` or ``ProcessTapeWriter``. ``submit_record``
-    takes a record array in wire form (``shadowtap.recorder.model.exchange_record``), never blocks, and says
-    whether it took it (if not, it was dropped, and the sink counts it)."""
+def headers_bytes(headers: Sequence[Sequence[bytes]]) -> int:
+    """The bytes of a header list's names and values."""
+    total = 0
+    for pair in headers:
+        total += len(pair[0]) + len(pair[1])
+    return total
+
+
+def _outcome_bytes(outcome: Outcome | None) -> int:
+    if isinstance(outcome, Response):
+        return len(outcome.body) + headers_bytes(outcome.headers)
+    return 0
+
+
+@final
+class PrimaryRecord:
+    """An exchange as its primary ended: the request, the primary's outcome (a ``Response``, a
+    ``Failure``, or None when it has none) and timing, bodies as they go on the tape (capped,
+    truncation marked); ``mirrored`` names the shadows to wait for, ``unrecorded`` those whose
+    outcomes stay off the tape. ``taped`` is false for an exchange only the event log sees.
+    Read-only once built."""
+
+    def __init__(
+        self,
+        exchange_id: str,
+        started_at_ns: int,
+        started_mono_ns: int,
+        method: str,
+        target: str,
+        request_headers: Headers,
+        request_body: bytes,
+        scheme: str,
+        authority: str,
+        http_version: str,
+        request_truncated_from: int | None,
+        primary: Response | Failure | None,
+        timing: Timing,
+        session: str,
+        connection_id: str,
+        client_addr: str,
+        decisions: dict[str, str],
+        tags: dict[str, str],
+        mirrored: Sequence[str],
+        unrecorded: Collection[str],
+        taped: bool = True,
+    ) -> None:
+        self.exchange_id = exchange_id
+        self.started_at_ns = started_at_ns
+        self.started_mono_ns = started_mono_ns
+        self.method = method
+        self.target = target
+        self.request_headers = request_headers
+        self.request_body = request_body
+        self.scheme = scheme
+        self.authority = authority
+        self.http_version = http_version
+        self.request_truncated_from = request_truncated_from
+        self.primary = primary
+        self.timing = timing
+        self.session = session
+        self.connection_id = connection_id
+        self.client_addr = client_addr
+        self.decisions = decisions
+        self.tags = tags
+        self.mirrored = mirrored
+        self.unrecorded = unrecorded
+        self.taped = taped
+
+    def size_bytes(self) -> int:
+        """Its bodies and headers, exactly, and ``RECORD_OVERHEAD_BYTES`` (for byte bounds)."""
+        return (
+            RECORD_OVERHEAD_BYTES
+            + len(self.request_body)
+            + headers_bytes(self.request_headers)
+            + _outcome_bytes(self.primary)
+        )
+
+    def wire(self) -> list[Any]:
+        """The record as one flat msgpack array (``shadowtap.proxy.join.load_record`` reads it back)."""
+        primary = self.primary
+        timing = self.timing
+        status: int | None = None
+        headers: Headers = ()
+        reason, body, version = "", b"", ""
+        truncated_from: int | None = None
+        failure_kind: str | None = None
+        failure_message: str | None = None
+        if isinstance(primary, Response):
+            status, reason, headers, body = primary.status, primary.reason, primary.headers, primary.body
+            version, truncated_from = primary.http_version, primary.truncated_from
+        elif primary is not None:
+            failure_kind, failure_message = primary.kind, primary.message
+        return [
+            PRIMARY_KIND, self.exchange_id, self.started_at_ns, self.started_mono_ns, self.method, self.target,
+            self.request_headers, self.request_body, self.scheme, self.authority, self.http_version,
+            self.request_truncated_from, status, reason, headers, body, version, truncated_from, failure_kind,
+            failure_message, timing.sent_ns, timing.first_byte_ns, timing.done_ns, self.session,
+            self.connection_id, self.client_addr, self.decisions, self.tags, self.mirrored,
+            list(self.unrecorded) if self.unrecorded else None,
+        ]  # fmt: skip
+
+
+@final
+class ShadowRecord:
+    """One shadow's outcome for an exchange: a ``Response`` or a ``Failure``, or None when its
+    recording was off (``recorded`` false: only its arrival counts), its timing, ``early`` when it
+    came before its primary ended, and what the proxy changed in the copy's request (``delta``, in
+    wire form, ``shadowtap.recorder.model.delta_to_wire``; None when no copy was sent). Read-only once
+    built."""
+
+    def __init__(
+        self,
+        exchange_id: str,
+        shadow: str,
+        outcome: Response | Failure | None,
+        timing: Timing,
+        early: bool,
+        recorded: bool,
+        delta: Sequence[Any] | None,
+    ) -> None:
+        self.exchange_id = exchange_id
+        self.shadow = shadow
+        self.outcome = outcome
+        self.timing = timing
+        self.early = early
+        self.recorded = recorded
+        self.delta = delta
+
+    def size_bytes(self) -> int:
+        """Its body and headers, exactly, and ``RECORD_OVERHEAD_BYTES`` (for byte bounds)."""
+        return RECORD_OVERHEAD_BYTES + _outcome_bytes(self.outcome)
+
+    def wire(self) -> list[Any]:
+        """The record as one flat msgpack array (``shadowtap.proxy.join.load_record`` reads it back)."""
+        outcome = self.outcome
+        timing = self.timing
+        if isinstance(outcome, Response):
+            return [
+                SHADOW_KIND, self.exchange_id, self.shadow, outcome.status, outcome.reason, outcome.headers,
+                outcome.body, outcome.http_version, outcome.truncated_from, None, None, timing.sent_ns,
+                timing.first_byte_ns, timing.done_ns, self.early, self.recorded, self.delta,
+            ]  # fmt: skip
+        kind: str | None = None
+        message: str | None = None
+        if outcome is not None:
+            kind, message = outcome.kind, outcome.message
+        return [
+            SHADOW_KIND, self.exchange_id, self.shadow, None, "", (), b"", "", None, kind, message, timing.sent_ns,
+            timing.first_byte_ns, timing.done_ns, self.early, self.recorded, self.delta,
+        ]  # fmt: skip
+
+
+def _capped(response: Response, cap: int) -> Response:
+    """``response`` with its body cut to ``cap`` bytes, marked with the size it had (unless it was
+    cut before)."""
+    body = response.body
+    truncated_from = len(body) if response.truncated_from is None else response.truncated_from
+    return new_response(response.status, response.reason, response.headers, body[:cap], response.http_version,
+                        truncated_from)  # fmt: skip
+
+
+def primary_record(
+    ex: ProxiedExchange,
+    max_body_bytes: int,
+    session: str,
+    mirrored: Sequence[str],
+    unrecorded: Collection[str],
+    taped: bool = True,
+) -> PrimaryRecord:
+    """The exchange as its primary ends, straight from what the data path holds: bodies capped at
+    ``max_body_bytes`` with truncation marked, no shadows yet."""
+    body = ex.request_body
+    request_truncated_from: int | None = None
+    if body is None:
+        body, request_truncated_from = b"", ex.request_body_size
+    elif len(body) > max_body_bytes:
+        body, request_truncated_from = body[:max_body_bytes], len(body)
+    response = ex.response
+    primary: Response | Failure | None = ex.failure
+    if response is not None:
+        primary = _capped(response, max_body_bytes) if len(response.body) > max_body_bytes else response
+    tags = {"source": "proxy", "correlation_id": ex.id}
+    if ex.upgraded:
+        tags["upgraded"] = "1"
+    return PrimaryRecord(
+        ex.id, ex.started_at_ns, ex.started_mono_ns, ex.method, ex.target, ex.request_headers, body, ex.scheme,
+        ex.authority, ex.http_version, request_truncated_from, primary, ex.timing, session, ex.connection_id,
+        ex.client_addr, dict(ex.decisions), tags, mirrored, unrecorded, taped,
+    )  # fmt: skip
+
+
+def shadow_record(
+    exchange_id: str,
+    shadow: str,
+    outcome: Outcome,
+    timing: Timing,
+    early: bool,
+    recorded: bool,
+    max_body_bytes: int,
+    delta: Sequence[Any] | None = None,
+) -> ShadowRecord:
+    """A shadow's outcome, its body capped at ``max_body_bytes`` with the truncation marked; with
+    ``recorded`` false, only its arrival (the outcome is left out)."""
+    kept: Response | Failure | None = outcome
+    if not recorded:
+        kept, delta = None, None
+    elif isinstance(outcome, Response) and len(outcome.body) > max_body_bytes:
+        kept = _capped(outcome, max_body_bytes)
+    return ShadowRecord(exchange_id, shadow, kept, timing, early, recorded, delta)
+
+
+class TapeSink(Protocol):
+    """Where the stage's records go: ``recorder.TapeWriter`` or ``ProcessTapeWriter``. Every submit
+    never blocks and says whether it was taken (if not, it was dropped, and the writer counts it,
+    except ``submit_extra``'s, which the stage counts). ``submit_entry`` and ``submit_extra`` are for
+    a writer that hosts the join (``hosts_intake``): a ``PrimaryRecord`` is an entry (it ends as one
+    exchange on the tape), a ``ShadowRecord`` an extra. ``submit_record`` takes a finished record in
+    wire form (``shadowtap.recorder.model.exchange_record``).
+
+    Told apart by ``hosts_intake`` rather than ``isinstance``: mypyc compiles this module, and a
+    compiled protocol class is neither runtime-checkable nor extendable."""
 
     def submit_record(self, record: list[Any]) -> bool: ...
 
+    def submit_entry(self, item: Any) -> bool: ...
 
-class JoiningSink(Protocol):
-    """A sink that can join exchanges itself (``ProcessTapeWriter`` given ``JoinSettings``, when
-    ``joins`` is true): the stage hands it each exchange's record when the primary ends and each
-    shadow's outcome when the copy ends, and keeps nothing per exchange. The submits never block,
-    and say whether the part was taken.
-
-    Told apart by its ``joins`` attribute rather than ``isinstance``: mypyc compiles this module,
-    and a compiled protocol class is neither runtime-checkable nor extendable."""
-
-    def submit_record(self, record: list[Any]) -> bool: ...
+    def submit_extra(self, item: Any) -> bool: ...
 
     @property
-    def joins(self) -> bool: ...
+    def hosts_intake(self) -> bool: ...
 
     @property
-    def join_stats(self) -> JoinStats: ...
-
-    @property
-    def join_pending(self) -> int: ...
-
-    @property
-    def join_pending_bytes(self) -> int: ...
-
-    def submit_primary(self, part: list[Any]) -> bool: ...
-
-    def submit_shadow(self, part: list[Any]) -> bool: ...
+    def intake_stats(self) -> Any: ...
 
 
-#: Called with every joined exchange, whether or not it was taped (the wide-event log).
-JoinedListener = Callable[[Exchange, ProxiedExchange, bool], None]
+class Join(Protocol):
+    """``shadowtap.proxy.join.JoinIntake`` as the stage drives it when it hosts the join itself."""
+
+    def take(self, item: Any, size_bytes: int, now_s: float) -> None: ...
+
+    def sweep(self, now_s: float, limit: int | None = None) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def stats(self) -> Any: ...
+
+
+#: Called with every joined exchange (``shadowtap.proxy.join.Joined``) and whether it was taped (the
+#: wide-event log). Typed ``Any`` here: the join module imports this one.
+JoinedListener = Callable[[Any, bool], None]
 
 
 @dataclass(slots=True)
@@ -120,76 +337,10 @@ class RecordStats:
     shadow_outcomes_dropped: int = 0
 
 
-def _capped(body: bytes, cap: int, truncated_from: int | None) -> tuple[bytes, int | None]:
-    """``body`` cut to ``cap`` bytes, marked with the size it had (unless it was cut before)."""
-    return body[:cap], len(body) if truncated_from is None else truncated_from
-
-
-def exchange_primary_part(
-    ex: ProxiedExchange, max_body_bytes: int, session: str, mirrored: list[str], unrecorded: Collection[str]
-) -> list[Any]:
-    """The exchange as its primary ends, as a flat part for the joiner (``shadowtap.recorder.join.primary_part``):
-    bodies capped at ``max_body_bytes`` with truncation marked, no nested record built here (the
-    record stage's hot path; the joiner's side builds it, in the tape writer process by default)."""
-    cap = max_body_bytes
-    body = ex.request_body
-    request_truncated_from: int | None = None
-    if body is None:
-        body, request_truncated_from = b"", ex.request_body_size
-    elif len(body) > cap:
-        body, request_truncated_from = _capped(body, cap, None)
-    response = ex.response
-    timing = ex.timing
-    tags = {"source": "proxy", "correlation_id": ex.id}
-    if ex.upgraded:
-        tags["upgraded"] = "1"
-    status: int | None = None
-    headers: Headers = ()
-    reason, response_body, version, truncated_from = "", b"", "", None
-    if response is not None:
-        status, reason, headers = response.status, response.reason, response.headers
-        response_body, version, truncated_from = response.body, response.http_version, response.truncated_from
-        if len(response_body) > cap:
-            response_body, truncated_from = _capped(response_body, cap, truncated_from)
-    return primary_part(
-        ex.id, ex.started_at_ns, ex.started_mono_ns, ex.method, ex.target, ex.request_headers, body, ex.scheme,
-        ex.authority, ex.http_version, request_truncated_from, status, reason, headers, response_body, version,
-        truncated_from, ex.failure, timing.sent_ns, timing.first_byte_ns, timing.done_ns, session, ex.connection_id,
-        ex.client_addr, dict(ex.decisions), tags, mirrored, unrecorded,
-    )  # fmt: skip
-
-
-def outcome_part(
-    exchange_id: str,
-    shadow: str,
-    outcome: Outcome,
-    timing: Timing,
-    early: bool,
-    recorded: bool,
-    max_body_bytes: int,
-    delta: list[Any] | None = None,
-) -> list[Any]:
-    """A shadow's outcome as a flat part for the joiner (``shadowtap.recorder.join.shadow_part``), its body
-    capped at ``max_body_bytes`` with the truncation marked, with what the proxy changed in the
-    copy's request (``delta``, in wire form; None when no copy was sent)."""
-    if isinstance(outcome, Response):
-        body, truncated_from = outcome.body, outcome.truncated_from
-        if len(body) > max_body_bytes:
-            body, truncated_from = _capped(body, max_body_bytes, truncated_from)
-        return shadow_part(
-            exchange_id, shadow, outcome.status, outcome.reason, outcome.headers, body, outcome.http_version,
-            truncated_from, None, timing.sent_ns, timing.first_byte_ns, timing.done_ns, early, recorded, delta,
-        )  # fmt: skip
-    return shadow_part(  # a failure
-        exchange_id, shadow, None, "", (), b"", "", None, outcome, timing.sent_ns, timing.first_byte_ns,
-        timing.done_ns, early, recorded, delta,
-    )  # fmt: skip
-
-
 class RecordStage:
-    """Decides what is taped, builds each exchange's record and its shadows' parts, and has them
-    joined: in the tape writer process when it can join and no event log needs the joined exchange,
-    else here, on the loop (``shadowtap.recorder.join.RecordJoiner``)."""
+    """Decides what is taped, builds each exchange's ``PrimaryRecord`` and its shadows'
+    ``ShadowRecord``s, and has them joined: by the tape writer when it hosts the join and no event
+    log needs the joined exchanges, else here, on the loop (module docstring)."""
 
     name = "record"
     #: Nothing to do when a request ends: a shadow that answers before the primary says so (``early``).
@@ -200,7 +351,7 @@ class RecordStage:
         settings: RecordSettings,
         flags: RuntimeFlags,
         metrics: ProxyMetrics,
-        tape: ExchangeSink | None,
+        tape: TapeSink | None,
         on_joined: JoinedListener | None = None,
         sample_key: SampleKey | None = None,
     ) -> None:
@@ -210,16 +361,17 @@ class RecordStage:
         self._on_joined = on_joined
         self._sample_key = sample_key
         self._counts = RecordStats()
-        #: The sink that joins, when it can and nothing here needs the joined exchange; else the
-        #: joiner here.
-        self._remote: JoiningSink | None = None
-        self._joiner: RecordJoiner | None = None
-        if on_joined is None and getattr(tape, "joins", False) is True:
-            self._remote = cast(JoiningSink, tape)
+        #: The writer that hosts the join, when it does and nothing here needs the joined
+        #: exchanges; else the join hosted here.
+        self._remote: TapeSink | None = None
+        self._join: Join | None = None
+        if on_joined is None and tape is not None and tape.hosts_intake:
+            self._remote = tape
         else:
-            self._joiner = RecordJoiner(
-                JoinSettings(settings.join_timeout_s, settings.max_pending, settings.max_pending_bytes), self._joined
-            )
+            from shadowtap.proxy.join import JoinIntake, JoinSettings  # the join module imports this one
+
+            join = JoinSettings(settings.join_timeout_s, settings.max_pending, settings.max_pending_bytes)
+            self._join = JoinIntake(join, self._joined)
         self._sweeper: asyncio.Task[None] | None = None
         #: Whether anybody wants joined exchanges (a tape or the event log): else every hook returns.
         self.active = tape is not None or on_joined is not None
@@ -248,44 +400,43 @@ class RecordStage:
 
     @property
     def joins_in_writer(self) -> bool:
-        """Whether the tape writer process joins the exchanges (nothing is kept here per exchange)."""
+        """Whether the tape writer hosts the join (nothing is kept here per exchange)."""
         return self._remote is not None
+
+    def _join_stats(self) -> Any:
+        """The join's ``recorder.IntakeStats``, from wherever it runs (the writer process's lag a batch)."""
+        if self._remote is not None:
+            return self._remote.intake_stats
+        assert self._join is not None
+        return self._join.stats()
 
     @property
     def stats(self) -> RecordStats:
-        """The stage's counters, with the join's from wherever it runs (the writer's lag a batch)."""
+        """The stage's counters, with the join's."""
         counts = dataclasses.replace(self._counts)
-        if self._remote is not None:
-            join = self._remote.join_stats
-        else:
-            assert self._joiner is not None
-            join = self._joiner.stats
-        counts.joined = join.joined
-        counts.shadow_join_timeouts = join.shadow_join_timeouts
-        counts.evicted_at_capacity = join.evicted_at_capacity
-        counts.evicted_at_byte_capacity = join.evicted_at_byte_capacity
-        counts.unjoined_shadow_outcomes += join.unjoined_shadow_outcomes
+        join: dict[str, int] = self._join_stats().counters
+        counts.joined = join.get("joined", 0)
+        counts.shadow_join_timeouts = join.get("shadow_join_timeouts", 0)
+        counts.evicted_at_capacity = join.get("evicted_at_capacity", 0)
+        counts.evicted_at_byte_capacity = join.get("evicted_at_byte_capacity", 0)
+        counts.unjoined_shadow_outcomes += join.get("unjoined_shadow_outcomes", 0)
         return counts
 
     @property
     def pending(self) -> int:
         """Exchanges waiting for their shadows."""
-        if self._remote is not None:
-            return self._remote.join_pending
-        assert self._joiner is not None
-        return self._joiner.pending
+        held: int = self._join_stats().held
+        return held
 
     @property
     def pending_bytes(self) -> int:
         """The bytes of the exchanges waiting for their shadows."""
-        if self._remote is not None:
-            return self._remote.join_pending_bytes
-        assert self._joiner is not None
-        return self._joiner.pending_bytes
+        held_bytes: int = self._join_stats().held_bytes
+        return held_bytes
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        if self._joiner is not None:
+        if self._join is not None:
             self._sweeper = asyncio.create_task(self._sweep(), name="record-join-sweeper")
 
     def _taped(self, exchange_id: str) -> bool:
@@ -315,21 +466,19 @@ class RecordStage:
             session = "" if key is None else key.decode("utf-8", "replace")
         mirrored = [name for name, decision in exchange.decisions.items() if decision == MIRRORED]
         unrecorded = self._flags.unrecorded_shadows() if mirrored else _NONE
-        part = exchange_primary_part(exchange, self._settings.max_body_bytes, session, mirrored, unrecorded)
+        record = primary_record(exchange, self._settings.max_body_bytes, session, mirrored, unrecorded, taped)
         remote = self._remote
         if remote is not None:
-            if remote.submit_primary(part):
+            if remote.submit_entry(record):
                 self._counts.submitted += 1
             else:
                 self._counts.dropped_by_writer += 1
             return
-        assert self._joiner is not None
+        assert self._join is not None
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        size = part_bytes(part)
-        record, waiting_for, off_tape = primary_from_part(part)
-        self._joiner.primary(record, waiting_for, off_tape, (exchange, taped), loop.time(), size)
+        self._join.take(record, record.size_bytes(), loop.time())
 
     def on_shadow_outcome(
         self,
@@ -347,36 +496,41 @@ class RecordStage:
         early = exchange.timing is NOT_TIMED
         remote = self._remote
         if remote is None:
-            assert self._joiner is not None
+            assert self._join is not None
             if self._closed:
                 self._counts.unjoined_shadow_outcomes += 1
                 return
             # Kept whole here: the event log shows every outcome (the tape view leaves the
             # unrecorded ones out).
-            part = outcome_part(exchange.id, shadow, outcome, timing, early, True, self._settings.max_body_bytes, delta)
-            self._joiner.shadow(*shadow_from_part(part), part_bytes(part))
+            record = shadow_record(exchange.id, shadow, outcome, timing, early, True, self._settings.max_body_bytes,
+                                   delta)  # fmt: skip
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            self._join.take(record, record.size_bytes(), loop.time())
             return
         if not self._taped(exchange.id):
             self._counts.unjoined_shadow_outcomes += 1
             return
         recorded = shadow not in self._flags.unrecorded_shadows()
-        part = outcome_part(exchange.id, shadow, outcome, timing, early, recorded, self._settings.max_body_bytes, delta)
-        if not remote.submit_shadow(part):
+        record = shadow_record(exchange.id, shadow, outcome, timing, early, recorded, self._settings.max_body_bytes,
+                               delta)  # fmt: skip
+        if not remote.submit_extra(record):
             self._counts.shadow_outcomes_dropped += 1
 
-    def _joined(self, entry: Joined) -> None:
-        """The joiner's output: to the event log (every exchange) and the tape (if taped)."""
-        exchange, taped = entry.context
+    def _joined(self, joined: Any, taped: bool) -> None:
+        """The join's output here (a ``shadowtap.proxy.join.Joined``): to the event log (every
+        exchange) and the tape (if taped)."""
         if self._on_joined is not None:
             try:
-                self._on_joined(exchange_from_wire(entry.full_record()), exchange, taped)
+                self._on_joined(joined, taped)
             except Exception:
-                log.exception("joined-exchange listener failed on %s", exchange.id)
+                log.exception("joined-exchange listener failed on %s", joined.exchange_id)
         if not taped:
             self._count_untaped()
             return
         assert self._tape is not None
-        if self._tape.submit_record(entry.tape_record()):
+        if self._tape.submit_record(joined.tape_record()):
             self._counts.submitted += 1
         else:
             self._counts.dropped_by_writer += 1
@@ -393,11 +547,11 @@ class RecordStage:
     def sweep(self, now_s: float) -> bool:
         """Complete exchanges joined here whose join deadline has passed, at most
         _MAX_LATE_PER_SWEEP of them; True when more are already late."""
-        return self._joiner is not None and self._joiner.sweep(now_s, _MAX_LATE_PER_SWEEP)
+        return self._join is not None and self._join.sweep(now_s, _MAX_LATE_PER_SWEEP)
 
     async def aclose(self, timeout_s: float) -> None:
-        """Complete everything still waiting here (call after the mirror stage has closed). The
-        writer process completes what it joins when its pipe closes, with the same reason."""
+        """Complete everything still waiting here (call after the mirror stage has closed). A writer
+        that hosts the join completes what it holds when it closes, with the same reason."""
         if self._closed:
             return
         self._closed = True
@@ -405,8 +559,8 @@ class RecordStage:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        if self._joiner is not None:
-            self._joiner.close(SHUTDOWN_REASON)
+        if self._join is not None:
+            self._join.close()
 
     def snapshot(self) -> dict[str, Any]:
         return {

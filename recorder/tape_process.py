@@ -10,20 +10,19 @@ here it runs on another core.
 The contract is the thread writer's: ``submit_record`` never blocks or raises, and every record
 ends in exactly one counter of ``TapeWriterStats``.
 
-Given ``JoinSettings``, the child also joins exchanges (``shadowtap.recorder.join.RecordJoiner``), so the
-proxy's record stage keeps nothing per exchange: ``submit_primary`` sends an exchange as its primary
-ends, with the names of the shadows to wait for; ``submit_shadow`` sends one shadow's outcome. Both
-are flat parts (``shadowtap.recorder.join.primary_part``, ``shadow_part``): the child builds the record from
-them, joins and writes it. Its join counters come back with its other counters (``join_stats``). A
-primary part is a record for every counter above. A shadow part is not a record: a dropped one is
-only refused (the caller counts it), and its exchange is written with a timeout for that shadow.
+Given an ``Intake`` (``shadowtap.recorder.writer.Intake``), the child runs it: the parent sends it
+pickled before anything else, so its class must be importable by name in the child. ``submit_entry``
+and ``submit_extra`` pack an item's ``wire()`` array; the child reads it back with the intake's
+``load`` and hands it to ``take``, and writes the records the intake finishes. Its counters and what
+it holds come back with the child's other counters (``intake_stats``). An entry is a record for every
+counter above. An extra is not: a dropped one is only refused (the caller counts it).
 
 - Bound: at most ``queue_size`` records and parts, and ``queue_bytes`` of them packed, are in
   flight (packed, not yet reported read off the pipe by the child: what waits to be sent, the
   transport's buffer, the pipe, the child's unread input); beyond either, they are dropped and
   counted (``dropped_queue_full``, ``dropped_queue_bytes_full``), so a stopped child or a hung disk
-  costs bounded memory. Exchanges the child holds for their shadows are bounded by
-  ``JoinSettings.max_pending`` and ``max_pending_bytes`` (each part measured by its packed length).
+  costs bounded memory. What an intake holds is bounded by the intake (each item is measured by
+  its packed length).
 - The child reports its cumulative counters on stdout after every batch it writes (and at least
   every second): the parent's stats lag by one batch.
 - The child ignores SIGINT and SIGTERM: the parent owns its life. ``close()`` closes the pipe; the
@@ -31,7 +30,7 @@ only refused (the caller counts it), and its exchange is written with a timeout 
   sees the pipe close and does the same, so a crash of the proxy loses nothing it had sent.
 - If the child dies, the records it had not reported done are counted in ``write_errors`` (not
   known to be written: the frames that reached the disk are still readable). That includes the
-  exchanges it held for their shadows. A new child starts after ``_RESTART_AFTER_S``; records
+  entries its intake held. A new child starts after ``_RESTART_AFTER_S``; records
   submitted meanwhile are counted as write errors too.
 """
 
@@ -48,8 +47,8 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -57,25 +56,20 @@ import msgpack
 
 from shadowtap.recorder._frames import FrameEncoder
 from shadowtap.recorder.errors import TapeWriteError
-from shadowtap.recorder.join import (
-    PRIMARY_PART,
-    SHADOW_PART,
-    SHUTDOWN_REASON,
-    Joined,
-    JoinSettings,
-    JoinStats,
-    RecordJoiner,
-    primary_from_part,
-    shadow_from_part,
-)
 from shadowtap.recorder.model import Exchange, exchange_to_wire
 from shadowtap.recorder.writer import (
+    ITEM_ENTRY,
+    ITEM_EXTRA,
+    ITEM_RECORD,
+    Intake,
+    IntakeStats,
     TapeOptions,
     TapeWriterStats,
     _AsyncWriter,
     _BlockWriter,
     _ErrorNotes,
     _SegmentSink,
+    intake_item,
 )
 
 __all__ = ["ProcessTapeWriter"]
@@ -93,11 +87,12 @@ _READ_BYTES: Final = 1 << 20
 #: pipe: one system call per batch, not per exchange.
 _SEND_DELAY_S: Final = 0.005
 _SEND_BYTES: Final = 256 * 1024
-#: The options message before the record stream: its length, then the pickled (TapeOptions,
-#: JoinSettings or None).
+#: The options message before the item stream: its length, then the pickled (TapeOptions, Intake
+#: or None).
 _OPTIONS_LENGTH = struct.Struct("!I")
-#: With joins, the child checks deadlines at least this often while the pipe is quiet.
-_MAX_SWEEP_WAIT_S: Final = 0.1
+#: Each item on the pipe follows one byte, its kind (ITEM_*), a msgpack positive fixint: the child
+#: knows an entry from an extra however malformed the item is.
+_KIND_BYTES: Final = (bytes([ITEM_RECORD]), bytes([ITEM_ENTRY]), bytes([ITEM_EXTRA]))
 #: The parent reads the child's reports (~50 bytes each) this many bytes at a time, into an unpacker
 #: whose buffer starts at _REPORT_BUFFER_BYTES. msgpack's default buffer is 1 MiB, filled from the
 #: front and wrapped only at its end: the reports touched a new page of it every ~80 reports, which
@@ -110,9 +105,9 @@ _REPORT_BUFFER_BYTES: Final = 16 * 1024
 class _Report:
     """One child's cumulative counters; ``consumed`` = written + encode_errors + write_errors.
 
-    ``records_taken`` and ``parts_taken`` count what it has read off the pipe (records and primary
-    parts; shadow parts); the join's counters follow, then how many exchanges it holds; then the
-    packed bytes it has read off the pipe, the bytes its join holds, and its byte evictions.
+    ``records_taken`` and ``extras_taken`` count what it has read off the pipe (records and
+    entries; extras), ``bytes_taken`` their packed bytes; then its intake's counters and what the
+    intake holds.
     """
 
     consumed: int = 0
@@ -123,36 +118,27 @@ class _Report:
     segments: int = 0
     last_error: str = ""
     records_taken: int = 0
-    parts_taken: int = 0
-    joined: int = 0
-    shadow_join_timeouts: int = 0
-    evicted_at_capacity: int = 0
-    unjoined_shadow_outcomes: int = 0
-    join_pending: int = 0
+    extras_taken: int = 0
     bytes_taken: int = 0
-    join_pending_bytes: int = 0
-    evicted_at_byte_capacity: int = 0
+    intake_counters: dict[str, int] = field(default_factory=dict)
+    intake_held: int = 0
+    intake_held_bytes: int = 0
 
-    def join_stats(self) -> JoinStats:
-        return JoinStats(
-            self.joined,
-            self.shadow_join_timeouts,
-            self.evicted_at_capacity,
-            self.unjoined_shadow_outcomes,
-            self.evicted_at_byte_capacity,
-        )
+
+def _summed(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    return {**a, **{name: a.get(name, 0) + value for name, value in b.items()}}
 
 
 class _Child:
     """One writer process and what the parent has sent it."""
 
-    __slots__ = ("bytes_sent", "exited", "parts_sent", "process", "ready", "report", "sent")
+    __slots__ = ("bytes_sent", "exited", "extras_sent", "process", "ready", "report", "sent")
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
-        #: Records (and primary parts) sent; shadow parts sent; the packed bytes of both.
+        #: Records (and entries) sent; extras sent; the packed bytes of both.
         self.sent = 0
-        self.parts_sent = 0
+        self.extras_sent = 0
         self.bytes_sent = 0
         self.report = _Report()
         self.ready = asyncio.get_running_loop().create_future()
@@ -164,18 +150,18 @@ class ProcessTapeWriter(_AsyncWriter):
 
     ``await start()`` creates the directory and key (raising ``TapeWriteError`` for an unusable
     path) and starts the child; ``await close()`` (or leaving ``async with``) has it write
-    everything sent, sync and exit. With ``join``, the child joins exchanges too (module docstring).
+    everything sent, sync and exit. With an ``intake``, the child runs it (module docstring).
     """
 
     def __init__(
         self,
         directory: str | os.PathLike[str],
         options: TapeOptions | None = None,
-        join: JoinSettings | None = None,
+        intake: Intake | None = None,
     ) -> None:
         self._directory = Path(directory)
         self._options = options or TapeOptions()
-        self._join = join
+        self._intake = intake
         self._pack = FrameEncoder().pack
         self._child: _Child | None = None
         # Records packed for the child, not yet written to the pipe (counted in child.sent).
@@ -187,7 +173,6 @@ class ProcessTapeWriter(_AsyncWriter):
         self._restart: asyncio.Task[None] | None = None
         # Counters of children that have exited, plus what the parent counted itself.
         self._done = _Report()
-        self._done_join = JoinStats()
         self._dropped_queue_full = 0
         self._dropped_queue_bytes_full = 0
         self._dropped_closed = 0
@@ -211,27 +196,27 @@ class ProcessTapeWriter(_AsyncWriter):
         """Pack one record in wire form (``shadowtap.recorder.model.exchange_record``) for the child; False
         when it was dropped and counted (``TapeWriter.submit_record``). Packed now, while the
         record is fresh in the cache; written to the pipe with others within ``_SEND_DELAY_S``."""
-        return self._submit(record, True)
+        return self._submit(record, ITEM_RECORD)
 
     @property
-    def joins(self) -> bool:
-        """Whether the child joins exchanges (``submit_primary`` and ``submit_shadow``)."""
-        return self._join is not None
+    def hosts_intake(self) -> bool:
+        """Whether the child runs an intake (``submit_entry`` and ``submit_extra``)."""
+        return self._intake is not None
 
-    def submit_primary(self, part: list[Any]) -> bool:
-        """An exchange as its primary ended (``shadowtap.recorder.join.primary_part``), to be joined in the
-        child with the shadows it names. A record for every counter: False when it was dropped and
-        counted, like ``submit_record``."""
-        assert self._join is not None, "submit_primary needs a writer made with JoinSettings"
-        return self._submit(part, True)
+    def submit_entry(self, item: Any) -> bool:
+        """An item for the child's intake that ends as one record (its ``wire()`` array is sent). A
+        record for every counter: False when it was dropped and counted, like ``submit_record``."""
+        assert self._intake is not None, "submit_entry needs a writer given an intake"
+        return self._submit(item.wire(), ITEM_ENTRY)
 
-    def submit_shadow(self, part: list[Any]) -> bool:
-        """One shadow's outcome for the child's join (``shadowtap.recorder.join.shadow_part``). Not a record:
-        False when it was refused, and the caller counts it."""
-        assert self._join is not None, "submit_shadow needs a writer made with JoinSettings"
-        return self._submit(part, False)
+    def submit_extra(self, item: Any) -> bool:
+        """An item for the child's intake that only adds to an entry. Not a record: False when it
+        was refused, and the caller counts it."""
+        assert self._intake is not None, "submit_extra needs a writer given an intake"
+        return self._submit(item.wire(), ITEM_EXTRA)
 
-    def _submit(self, item: list[Any], is_record: bool) -> bool:
+    def _submit(self, item: Any, kind: int) -> bool:
+        is_record = kind != ITEM_EXTRA
         if self._closing:
             if is_record:
                 self._dropped_closed += 1
@@ -244,7 +229,7 @@ class ProcessTapeWriter(_AsyncWriter):
             return False
         report = child.report
         options = self._options
-        if (child.sent - report.records_taken) + (child.parts_sent - report.parts_taken) >= options.queue_size:
+        if (child.sent - report.records_taken) + (child.extras_sent - report.extras_taken) >= options.queue_size:
             if is_record:
                 self._dropped_queue_full += 1
             return False
@@ -261,18 +246,20 @@ class ProcessTapeWriter(_AsyncWriter):
             self._done.encode_errors += 1
             self._errors.encode_failed(item, exc)
             return True
-        size = len(data)
+        size = len(data) + 1
         if held and held + size > options.queue_bytes:
             if is_record:
                 self._dropped_queue_bytes_full += 1
             return False
         child.bytes_sent += size
-        self._out.append(data)
+        out = self._out
+        out.append(_KIND_BYTES[kind])
+        out.append(data)
         self._out_bytes += size
         if is_record:
             child.sent += 1
         else:
-            child.parts_sent += 1
+            child.extras_sent += 1
         if self._out_bytes >= _SEND_BYTES:
             self._send()
         elif self._send_timer is None:
@@ -325,7 +312,7 @@ class ProcessTapeWriter(_AsyncWriter):
             dropped_closed=self._dropped_closed,
             encode_errors=done.encode_errors + now.encode_errors,
             write_errors=done.write_errors + now.write_errors,
-            queue_depth=(child.sent - now.records_taken) + (child.parts_sent - now.parts_taken) if child else 0,
+            queue_depth=(child.sent - now.records_taken) + (child.extras_sent - now.extras_taken) if child else 0,
             bytes_written=done.bytes_written + now.bytes_written,
             segments=done.segments + now.segments,
             last_error=now.last_error or self._errors.last,
@@ -334,22 +321,16 @@ class ProcessTapeWriter(_AsyncWriter):
         )
 
     @property
-    def join_stats(self) -> JoinStats:
-        """The child's join counters, over every child this writer ran (they lag a batch)."""
+    def intake_stats(self) -> IntakeStats:
+        """The intake's counters, over every child this writer ran (they lag a batch), and what the
+        running child's intake holds."""
         child = self._child
-        return self._done_join.plus(JoinStats() if child is None else child.report.join_stats())
-
-    @property
-    def join_pending(self) -> int:
-        """Exchanges the running child holds for their shadows."""
-        child = self._child
-        return 0 if child is None else child.report.join_pending
-
-    @property
-    def join_pending_bytes(self) -> int:
-        """The bytes of the exchanges the running child holds for their shadows."""
-        child = self._child
-        return 0 if child is None else child.report.join_pending_bytes
+        if child is None:
+            return IntakeStats(dict(self._done.intake_counters))
+        now = child.report
+        return IntakeStats(
+            _summed(self._done.intake_counters, now.intake_counters), now.intake_held, now.intake_held_bytes
+        )
 
     @property
     def pid(self) -> int | None:
@@ -386,7 +367,7 @@ class ProcessTapeWriter(_AsyncWriter):
             ) from exc
         child = _Child(process)
         assert process.stdin is not None
-        options = pickle.dumps((self._options, self._join))
+        options = pickle.dumps((self._options, self._intake))
         process.stdin.write(_OPTIONS_LENGTH.pack(len(options)) + options)
         self._child = child
         watcher = asyncio.create_task(self._watch(child), name=f"tape-writer:{self._directory}")
@@ -442,7 +423,7 @@ class ProcessTapeWriter(_AsyncWriter):
         done.write_errors += report.write_errors
         done.bytes_written += report.bytes_written
         done.segments += report.segments
-        self._done_join = self._done_join.plus(report.join_stats())
+        done.intake_counters = _summed(done.intake_counters, report.intake_counters)
         self._errors.last = report.last_error or self._errors.last
         lost = child.sent - report.consumed
         if code != 0 or lost:
@@ -488,75 +469,62 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 
 class _ChildInput:
-    """What the child reads off the pipe: records to write, and parts to join when it joins."""
+    """What the child reads off the pipe: records to write, and items for its intake."""
 
-    def __init__(self, blocks: _BlockWriter, join: JoinSettings | None) -> None:
+    def __init__(self, blocks: _BlockWriter, intake: Intake | None) -> None:
         self.blocks = blocks
         # max_buffer_size=0: no limit of msgpack's own; records are as big as max_body_bytes allows.
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
         self.records_taken = 0
-        self.parts_taken = 0
+        self.extras_taken = 0
         #: Where the last whole item read off the pipe ended (msgpack's position can stand inside
         #: an item that has not fully arrived): the packed bytes taken, and each item's size.
         self.position = 0
-        # Joined records, written before anything else is read.
+        #: The kind of the item whose kind byte was read and whose body has not fully arrived.
+        self.kind: int | None = None
+        # Records the intake finished, written before anything else is read.
         self.ready: deque[list[Any]] = deque()
-        self.joiner = None if join is None else RecordJoiner(join, self._joined)
-
-    def _joined(self, entry: Joined) -> None:
-        self.ready.append(entry.tape_record())
+        self.intake = intake
+        if intake is not None:
+            intake.start(self.ready.append)
 
     def take(self) -> list[Any] | None:
-        """The next record to write: a joined one, else the next off the pipe; None when neither."""
+        """The next record to write: one the intake finished, else the next off the pipe; None when neither."""
         ready = self.ready
         unpacker = self.unpacker
         while not ready:
+            kind = self.kind
+            if kind is None:
+                kind = next(unpacker, None)
+                if kind is None:
+                    return None
+                self.kind = kind
             item = next(unpacker, None)
             if item is None:
                 return None
+            self.kind = None
             start, self.position = self.position, unpacker.tell()
-            kind = item[0] if type(item) is list and item else None
-            if type(kind) is not int:
+            if kind == ITEM_EXTRA:
+                self.extras_taken += 1
+            else:
                 self.records_taken += 1
-                record: list[Any] = item  # a record (its first element is its id)
+            if kind == ITEM_RECORD:
+                record: list[Any] = item
                 return record
-            self._part(item, kind, self.position - start)
+            intake_item(self.intake, self.blocks, item, self.position - start, kind == ITEM_ENTRY, packed=True)
         return ready.popleft()
 
-    def _part(self, item: list[Any], kind: int, size: int) -> None:
-        joiner = self.joiner
-        if kind == PRIMARY_PART:
-            self.records_taken += 1
-            try:
-                if joiner is None:
-                    raise ValueError("a primary part, but this writer was not given JoinSettings")
-                record, mirrored, unrecorded = primary_from_part(item)
-                joiner.primary(record, mirrored, unrecorded, None, time.monotonic(), size)
-            except Exception as exc:  # a malformed part costs its record, counted, never the writer
-                self.blocks.encode_errors += 1
-                self.blocks.errors.encode_failed(item, exc)
-            return
-        self.parts_taken += 1
-        try:
-            if joiner is None or kind != SHADOW_PART:
-                raise ValueError(f"part kind {kind} (this writer joins: {joiner is not None})")
-            joiner.shadow(*shadow_from_part(item), size)
-        except Exception as exc:
-            self.blocks.errors.note("part", f"a shadow part could not be joined: {exc}")
-            if joiner is not None:
-                joiner.stats.unjoined_shadow_outcomes += 1
-
     def sweep(self) -> None:
-        if self.joiner is not None:
-            self.joiner.sweep(time.monotonic())
+        if self.intake is not None:
+            self.intake.sweep(time.monotonic())
 
     def close(self) -> None:
-        if self.joiner is not None:
-            self.joiner.close(SHUTDOWN_REASON)
+        if self.intake is not None:
+            self.intake.close()
 
     def report(self, sink: _SegmentSink) -> list[Any]:
         blocks = self.blocks
-        join = JoinStats() if self.joiner is None else self.joiner.stats
+        intake = IntakeStats({}) if self.intake is None else self.intake.stats()
         return [
             blocks.written + blocks.encode_errors + blocks.write_errors,
             blocks.written,
@@ -566,15 +534,11 @@ class _ChildInput:
             sink.segments,
             blocks.errors.last,
             self.records_taken,
-            self.parts_taken,
-            join.joined,
-            join.shadow_join_timeouts,
-            join.evicted_at_capacity,
-            join.unjoined_shadow_outcomes,
-            0 if self.joiner is None else self.joiner.pending,
+            self.extras_taken,
             self.position,
-            0 if self.joiner is None else self.joiner.pending_bytes,
-            join.evicted_at_byte_capacity,
+            dict(intake.counters),
+            intake.held,
+            intake.held_bytes,
         ]
 
 
@@ -587,13 +551,13 @@ def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
     logging.basicConfig(stream=sys.stderr, format="shadowtap tape writer [%(process)d]: %(message)s")
     (length,) = _OPTIONS_LENGTH.unpack(_read_exactly(stdin, _OPTIONS_LENGTH.size))
     loaded = pickle.loads(_read_exactly(stdin, length))
-    options, join = loaded if type(loaded) is tuple and len(loaded) == 2 else (loaded, None)
-    if not isinstance(options, TapeOptions) or not (join is None or isinstance(join, JoinSettings)):
-        raise TypeError(f"expected TapeOptions and JoinSettings on the tape writer's input, got {loaded!r:.200}")
+    options, intake = loaded if type(loaded) is tuple and len(loaded) == 2 else (loaded, None)
+    if not isinstance(options, TapeOptions):
+        raise TypeError(f"expected TapeOptions and an intake on the tape writer's input, got {loaded!r:.200}")
     sink = _SegmentSink(Path(directory), options)
     sink.prepare()
     blocks = _BlockWriter(sink)
-    source = _ChildInput(blocks, join)
+    source = _ChildInput(blocks, intake)
 
     def report() -> None:
         data = msgpack.packb(source.report(sink))
@@ -603,8 +567,8 @@ def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
 
     interval = options.fsync == "interval"
     wait_s = min(options.fsync_interval_s, 1.0) if interval else 1.0
-    if join is not None:
-        wait_s = min(wait_s, join.timeout_s / 4, _MAX_SWEEP_WAIT_S)
+    if intake is not None:
+        wait_s = min(wait_s, intake.sweep_every_s)
     report()  # ready
     while True:
         readable, _, _ = select.select([stdin], [], [], wait_s)

@@ -3,7 +3,10 @@
 ``SyncTapeWriter`` is the blocking writer (importers, the CLI, tests); ``TapeWriter`` is the asyncio
 front: ``submit`` puts an exchange on a bounded queue and returns at once, and one background thread
 redacts, encodes, compresses, writes and syncs in batches. ``shadowtap.recorder.tape_process.ProcessTapeWriter``
-is the same front with that work in a child process (the proxy's default). All share ``_SegmentSink``
+is the same front with that work in a child process (the proxy's default). Either can host an
+``Intake``: a producer's own step between what it submits and the exchange records written (it
+takes entries, each of which ends as one record, and extras that only add to an entry; it is swept
+on a period and closed last), run in the thread or the child. All share ``_SegmentSink``
 and ``_BlockWriter``, so a tape is the same bytes whichever wrote it. This module must never block
 the event loop, never raise from ``submit``, and never let a disk error (ENOSPC, EIO) reach the
 caller's request path: it is counted in ``write_errors``, logged once per kind, and the disk is left
@@ -23,11 +26,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Self, cast
+from typing import Any, Final, Literal, Protocol, Self, cast
 
 from shadowtap.recorder._frames import (
     FLAG_ZSTD,
@@ -39,12 +42,11 @@ from shadowtap.recorder._frames import (
     encode_segment_header,
 )
 from shadowtap.recorder.errors import ConfigError, TapeWriteError
-from shadowtap.recorder.join import RECORD_OVERHEAD_BYTES, headers_bytes, record_bytes
 from shadowtap.recorder.model import Exchange, Response
 from shadowtap.recorder.private import warn_if_shared_directory
 from shadowtap.recorder.redact import RedactionRules, Redactor, resolve_redaction_key
 
-__all__ = ["SyncTapeWriter", "TapeOptions", "TapeWriter", "TapeWriterStats"]
+__all__ = ["Intake", "IntakeStats", "SyncTapeWriter", "TapeOptions", "TapeWriter", "TapeWriterStats"]
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +145,82 @@ class TapeWriterStats:
     queue_bytes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class IntakeStats:
+    """What an ``Intake`` reports: its own cumulative ``counters``, by name (a writer sums them
+    over the children it ran), and what it holds now: ``held`` entries of ``held_bytes``."""
+
+    counters: Mapping[str, int]
+    held: int = 0
+    held_bytes: int = 0
+
+
+class Intake(Protocol):
+    """A producer's step between what it submits to a tape writer and the records written.
+
+    The writer calls ``start`` once in the thread or process that runs it, with where its finished
+    exchange records (``shadowtap.recorder.model.exchange_record``) go; then ``take`` for each item
+    submitted (``submit_entry``: each ends as one record, or is counted like one; ``submit_extra``:
+    adds to an entry), with its size for the intake's own bounds and the monotonic time; ``sweep``
+    at least every ``sweep_every_s``; and ``close`` after the last item. In the writer process items
+    arrive as msgpack gave back their ``wire()`` array, and ``load`` makes the item again. A writer
+    process gets the intake pickled: its class must be importable by its qualified name. ``take``
+    and ``load`` may raise for a malformed item (counted as an encode error for an entry; for an
+    extra, ``discard`` is called). Not thread-safe: one host at a time.
+    """
+
+    @property
+    def sweep_every_s(self) -> float: ...
+
+    def start(self, emit: Callable[[list[Any]], None]) -> None: ...
+
+    def load(self, raw: Any) -> Any: ...
+
+    def take(self, item: Any, size_bytes: int, now_s: float) -> None: ...
+
+    def discard(self) -> None: ...
+
+    def sweep(self, now_s: float, limit: int | None = None) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def stats(self) -> IntakeStats: ...
+
+
+#: What a record costs beyond its bodies and header bytes (ids, timings, the lists and small objects
+#: that hold them), roughly: byte bounds count bodies and headers exactly and this per record.
+RECORD_OVERHEAD_BYTES: Final = 512
+
+
+def headers_bytes(headers: Any) -> int:
+    """The bytes of a header list's names and values."""
+    total = 0
+    for name, value in headers:
+        total += len(name) + len(value)
+    return total
+
+
+def _outcome_bytes(outcome: Any) -> int:
+    # A response record: [tag, status, reason, headers, body, ...]; a failure: [tag, kind, message].
+    if outcome is None or len(outcome) < 5:
+        return 0
+    return len(outcome[4]) + headers_bytes(outcome[3])
+
+
+def record_bytes(record: list[Any]) -> int:
+    """About what an exchange record (``shadowtap.recorder.model.exchange_record``) holds: its bodies
+    and headers, exactly, and ``RECORD_OVERHEAD_BYTES``."""
+    request = record[3]
+    total = RECORD_OVERHEAD_BYTES + len(request[3]) + headers_bytes(request[2]) + _outcome_bytes(record[4])
+    shadows = record[5]
+    if shadows:
+        for outcome in shadows.values():
+            total += _outcome_bytes(outcome)
+    return total
+
+
 def _exchange_bytes(exchange: Exchange | list[Any]) -> int:
-    """What an exchange or record waiting in the queue holds, as ``shadowtap.recorder.join.record_bytes``."""
+    """What an exchange or record waiting in the queue holds, as ``record_bytes``."""
     if type(exchange) is list:
         return record_bytes(exchange)
     ex = cast(Exchange, exchange)
@@ -360,7 +436,9 @@ class _ErrorNotes:
             self._log.error("%s (further %s errors are counted, not logged)", message, kind)
 
     def encode_failed(self, record: Any, exc: Exception) -> None:
-        ident = record[0] if type(record) is list and record else getattr(record, "id", "?")
+        ident = record[0] if type(record) is list and record else getattr(record, "id", None)
+        if ident is None:
+            ident = getattr(record, "exchange_id", "?")
         self.note("encode", f"cannot encode exchange {ident!r}: {exc}")
 
 
@@ -515,22 +593,34 @@ class _AsyncWriter:
         await self.close()
 
 
+#: What an item in a writer's queue is: a record or exchange to write, or an intake's entry or extra.
+ITEM_RECORD: Final = 0
+ITEM_ENTRY: Final = 1
+ITEM_EXTRA: Final = 2
+
+
 class TapeWriter(_AsyncWriter):
     """The asyncio tape writer: ``submit`` never blocks or raises; a thread does the disk work.
 
     ``await start()`` creates the directory and key (raising ``TapeWriteError`` for an unusable
     path); ``await close()`` (or leaving ``async with``) writes everything queued and syncs. The
     thread is a daemon, so a process that exits without ``close()`` loses what was still queued,
-    like a crash: the tape stays readable up to its last complete frame.
+    like a crash: the tape stays readable up to its last complete frame. Given an ``intake``, the
+    thread runs it (``submit_entry``, ``submit_extra``); its entries count as records everywhere.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], options: TapeOptions | None = None) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], options: TapeOptions | None = None, intake: Intake | None = None
+    ) -> None:
         self._sink = _SegmentSink(Path(directory), options or TapeOptions())
         self._options = self._sink.options
-        # Bounded by the checks in submit_record() against options.queue_size and queue_bytes (see
-        # TapeOptions). Each exchange waits with its size. deque.append/popleft are atomic, so
-        # submit takes no lock.
-        self._pending: collections.deque[tuple[Exchange | list[Any], int]] = collections.deque()
+        self._intake = intake
+        # Bounded by the checks in _admit() against options.queue_size and queue_bytes (see
+        # TapeOptions). Each item waits with its size and kind (ITEM_*). deque.append/popleft are
+        # atomic, so submit takes no lock.
+        self._pending: collections.deque[tuple[Any, int, int]] = collections.deque()
+        # Records the intake finished, written before the next item is taken (the thread's only).
+        self._ready: collections.deque[list[Any]] = collections.deque()
         # The bytes queued (added to by the loop only) and taken (by the thread only): each has one
         # writer, so neither needs a lock; their difference is what the queue holds.
         self._bytes_in = 0
@@ -566,10 +656,37 @@ class TapeWriter(_AsyncWriter):
         """Queue one record in wire form (``shadowtap.recorder.model.exchange_record``, which the writer then
         owns); False when it was dropped (queue full or closing) and counted. For a caller on the
         event loop that ``start``ed the writer: the thread is woken once per ``WAKE_DELAY_S``."""
+        return self._submit(record, _exchange_bytes(record), ITEM_RECORD)
+
+    @property
+    def hosts_intake(self) -> bool:
+        """Whether the thread runs an intake (``submit_entry``, ``submit_extra``)."""
+        return self._intake is not None
+
+    def submit_entry(self, item: Any) -> bool:
+        """Queue an item for the intake that ends as one record (it has ``size_bytes()``); False when
+        it was dropped and counted, like ``submit_record``."""
+        assert self._intake is not None, "submit_entry needs a writer given an intake"
+        return self._submit(item, item.size_bytes(), ITEM_ENTRY)
+
+    def submit_extra(self, item: Any) -> bool:
+        """Queue an item for the intake that only adds to an entry; False when it was refused (the
+        caller counts it: it is not a record)."""
+        assert self._intake is not None, "submit_extra needs a writer given an intake"
+        return self._submit(item, item.size_bytes(), ITEM_EXTRA)
+
+    @property
+    def intake_stats(self) -> IntakeStats:
+        """The intake's counters and what it holds (read while the thread runs it: a snapshot)."""
+        return IntakeStats({}) if self._intake is None else self._intake.stats()
+
+    def _submit(self, item: Any, size: int, kind: int) -> bool:
+        counted = kind != ITEM_EXTRA
         if self._closing:
-            self._dropped_closed += 1
+            if counted:
+                self._dropped_closed += 1
             return False
-        if not self._admit(record):
+        if not self._admit(item, size, kind):
             return False
         if not self._wake_scheduled:
             self._wake_scheduled = True
@@ -579,19 +696,21 @@ class TapeWriter(_AsyncWriter):
                 self._loop.call_later(WAKE_DELAY_S, self._wake_now)
         return True
 
-    def _admit(self, exchange: Exchange | list[Any]) -> bool:
-        """Queue one exchange if the bounds allow; else count it dropped, by the bound it hit."""
+    def _admit(self, item: Any, size: int, kind: int) -> bool:
+        """Queue one item if the bounds allow; else count it dropped (a record or an entry), by the
+        bound it hit."""
         pending = self._pending
         if len(pending) >= self._options.queue_size:
-            self._dropped_queue_full += 1
+            if kind != ITEM_EXTRA:
+                self._dropped_queue_full += 1
             return False
-        size = _exchange_bytes(exchange)
         held = self._bytes_in - self._bytes_out
         if held and held + size > self._options.queue_bytes:
-            self._dropped_queue_bytes_full += 1
+            if kind != ITEM_EXTRA:
+                self._dropped_queue_bytes_full += 1
             return False
         self._bytes_in += size
-        pending.append((exchange, size))
+        pending.append((item, size, kind))
         return True
 
     def _wake_now(self) -> None:
@@ -607,13 +726,13 @@ class TapeWriter(_AsyncWriter):
             return 0
         taken = 0
         for record in records:
-            taken += self._admit(record)
+            taken += self._admit(record, _exchange_bytes(record), ITEM_RECORD)
         if taken and not self._wake.is_set():
             self._wake.set()
         return taken
 
     async def close(self) -> None:
-        """Stop accepting, write everything queued, sync and close the segment."""
+        """Stop accepting, write everything queued (and all the intake holds), sync and close the segment."""
         self._closing = True
         if self._thread is None or self._stopped is None:
             return
@@ -641,16 +760,25 @@ class TapeWriter(_AsyncWriter):
 
     def _run(self, loop: asyncio.AbstractEventLoop, stopped: asyncio.Future[None]) -> None:
         wait_s = min(self._options.fsync_interval_s, 1.0) if self._options.fsync == "interval" else 1.0
+        intake = self._intake
+        if intake is not None:
+            intake.start(self._ready.append)
+            wait_s = min(wait_s, intake.sweep_every_s)
         blocks = self._blocks
         try:
             while True:
                 self._wake.wait(wait_s)
                 self._wake.clear()
+                if intake is not None:
+                    intake.sweep(time.monotonic())
                 blocks.write_from(self._take)
                 if self._options.fsync == "interval":
                     blocks.guard(self._sink.sync_if_due, time.monotonic(), lost=0)
                 if self._closing and not self._pending:
                     break
+            if intake is not None:
+                intake.close()
+                blocks.write_from(self._take)
             blocks.guard(self._sink.close_segment, lost=0)
         except Exception:
             # A bug, not a disk error: stop accepting, so the loss shows in dropped_closed, and say so.
@@ -661,12 +789,36 @@ class TapeWriter(_AsyncWriter):
                 loop.call_soon_threadsafe(_resolve, stopped)
 
     def _take(self) -> Exchange | list[Any] | None:
-        pending = self._pending
-        if not pending:
-            return None
-        exchange, size = pending.popleft()
-        self._bytes_out += size
-        return exchange
+        ready, pending = self._ready, self._pending
+        while not ready:
+            if not pending:
+                return None
+            item, size, kind = pending.popleft()
+            self._bytes_out += size
+            if kind == ITEM_RECORD:
+                return cast(Exchange | list[Any], item)
+            intake_item(self._intake, self._blocks, item, size, kind == ITEM_ENTRY)
+        return ready.popleft()
+
+
+def intake_item(
+    intake: Intake | None, blocks: _BlockWriter, item: Any, size: int, entry: bool, packed: bool = False
+) -> None:
+    """Hand one item to ``intake`` (``packed``: as msgpack gave back its ``wire()`` array, for
+    ``Intake.load``): a malformed entry is an encode error (it was a record for every counter), a
+    malformed extra is discarded."""
+    try:
+        if intake is None:
+            raise ValueError("an item for an intake, but this writer has none")
+        intake.take(intake.load(item) if packed else item, size, time.monotonic())
+    except Exception as exc:  # a malformed item costs itself, counted, never the writer
+        if entry:
+            blocks.encode_errors += 1
+            blocks.errors.encode_failed(item, exc)
+        else:
+            blocks.errors.note("extra", f"an item could not be taken: {exc}")
+            if intake is not None:
+                intake.discard()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

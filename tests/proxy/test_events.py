@@ -8,7 +8,6 @@ from pathlib import Path
 
 from shadowtap.proxy.events import EventLog, wide_event
 from shadowtap.proxy.rules import RouteRule, RouteTable
-from shadowtap.proxy.stages import ProxiedExchange
 from shadowtap.recorder.model import Exchange, Failure, FailureKind, Request, Response, Timing
 
 ROUTES = RouteTable([RouteRule(name="orders", path="/orders/**")])
@@ -52,17 +51,16 @@ def test_wide_event_carries_the_context() -> None:
 async def test_lines_are_written_off_loop_in_batches_and_drops_counted(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     log = EventLog(str(path), ROUTES, queue_size=10)
-    proxied = ProxiedExchange("p", "c", "a", 0, 0, "GET", "/", "1.1", ())
     # The writer is not running yet: the first batch fills the bounded queue, the second is dropped.
     for i in range(3):
-        log.on_joined(joined(i), proxied, False)
+        log.on_joined(joined(i), False)
     await asyncio.sleep(0.05)  # the batch timer hands the three over
     for i in range(3, 5):
-        log.on_joined(joined(i), proxied, False)
+        log.on_joined(joined(i), False)
     await asyncio.sleep(0.05)
     assert log.dropped == 2
     await log.start()
-    log.on_joined(joined(9), proxied, True)
+    log.on_joined(joined(9), True)
     await log.aclose(5.0)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [e["id"] for e in lines] == ["e0", "e1", "e2", "e9"]
@@ -73,14 +71,13 @@ async def test_lines_are_written_off_loop_in_batches_and_drops_counted(tmp_path:
 async def test_the_log_is_private_and_an_existing_wider_one_is_narrowed_and_kept(tmp_path: Path) -> None:
     import stat
 
-    proxied = ProxiedExchange("p", "c", "a", 0, 0, "GET", "/", "1.1", ())
     fresh, old = tmp_path / "fresh.jsonl", tmp_path / "old.jsonl"
     old.write_text('{"id": "from-yesterday"}\n')
     old.chmod(0o644)  # as an older shadowtap, or another tool, left it
     for path in (fresh, old):
         log = EventLog(str(path), ROUTES, queue_size=10)
         await log.start()
-        log.on_joined(joined(1), proxied, True)
+        log.on_joined(joined(1), True)
         await log.aclose(5.0)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [json.loads(line)["id"] for line in old.read_text().splitlines()] == ["from-yesterday", "e1"]

@@ -14,12 +14,12 @@ from typing import Any
 
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.proxy.join import SHUTDOWN_REASON, Joined, JoinIntake, JoinSettings
 from shadowtap.proxy.metrics import ProxyMetrics
 from shadowtap.proxy.record import RecordStage
 from shadowtap.proxy.sampling import SampleKey
 from shadowtap.proxy.stages import ProxiedExchange
 from shadowtap.recorder import TapeOptions, TapeReader, TapeWriter
-from shadowtap.recorder.join import SHUTDOWN_REASON, JoinSettings
 from shadowtap.recorder.model import Exchange, Failure, FailureKind, Response, Timing
 from shadowtap.recorder.tape_process import ProcessTapeWriter
 
@@ -70,7 +70,7 @@ async def make(
     flags = RuntimeFlags(config)
     tape = TapeWriter(tmp_path / "tape", TapeOptions(fsync="none"))
     await tape.start()
-    listener = None if joined is None else (lambda ex, proxied, recorded: joined.append((ex, recorded)))
+    listener = None if joined is None else (lambda j, recorded: joined.append((j.exchange(), recorded)))
     metrics = metrics or ProxyMetrics()
     stage = RecordStage(config.record, flags, metrics, tape, listener, SampleKey("header", "X-User"))
     await stage.start()
@@ -365,13 +365,14 @@ async def test_the_writer_process_joins_as_the_stage_would(tmp_path: Path) -> No
     tapes: list[list[Exchange]] = []
     writers: list[tuple[TapeWriter | ProcessTapeWriter, Path]] = [
         (TapeWriter(tmp_path / "thread", options), tmp_path / "thread"),
-        (ProcessTapeWriter(tmp_path / "process", options, JoinSettings(60.0, 100)), tmp_path / "process"),
+        (TapeWriter(tmp_path / "joins", options, JoinIntake(JoinSettings(60.0, 100))), tmp_path / "joins"),
+        (ProcessTapeWriter(tmp_path / "process", options, JoinIntake(JoinSettings(60.0, 100))), tmp_path / "process"),
     ]
     for writer, directory in writers:
         await writer.start()
         stage = RecordStage(config.record, RuntimeFlags(config), ProxyMetrics(), writer, None, None)
         await stage.start()
-        assert stage.joins_in_writer is isinstance(writer, ProcessTapeWriter)
+        assert stage.joins_in_writer is writer.hosts_intake
         a, b, c = await scenario(stage)
         # c waits for v2. The writer process reports its join a batch later.
         await wait_until(lambda stage=stage: stage.stats.joined == 2)  # type: ignore[misc]
@@ -386,8 +387,8 @@ async def test_the_writer_process_joins_as_the_stage_would(tmp_path: Path) -> No
         tags = {k: v for k, v in e.tags.items() if k != "correlation_id"}
         return dataclasses.replace(e, id="", started_at_ns=0, started_mono_ns=0, tags=tags)
 
-    thread_tape, process_tape = tapes
-    assert [same(e) for e in process_tape] == [same(e) for e in thread_tape]
+    thread_tape, thread_joins_tape, process_tape = tapes
+    assert [same(e) for e in process_tape] == [same(e) for e in thread_tape] == [same(e) for e in thread_joins_tape]
     assert [e.id for e in process_tape] == [a.id, b.id, c.id]
     assert process_tape[1].shadows == {
         "v3": Failure(FailureKind.RESET, "reset"),
@@ -401,10 +402,10 @@ async def test_with_the_event_log_on_the_stage_joins_itself(tmp_path: Path) -> N
         {"primary": "http://127.0.0.1:1", "shadows": {"v2": "http://127.0.0.1:2"}, "record": {"tape": str(tmp_path)}}
     )
     joined: list[tuple[Exchange, bool]] = []
-    writer = ProcessTapeWriter(tmp_path, TapeOptions(fsync="none"), JoinSettings(60.0, 100))
+    writer = ProcessTapeWriter(tmp_path, TapeOptions(fsync="none"), JoinIntake(JoinSettings(60.0, 100)))
     await writer.start()
     stage = RecordStage(
-        config.record, RuntimeFlags(config), ProxyMetrics(), writer, lambda ex, _, taped: joined.append((ex, taped))
+        config.record, RuntimeFlags(config), ProxyMetrics(), writer, lambda j, t: joined.append((j.exchange(), t))
     )
     await stage.start()
     assert not stage.joins_in_writer
@@ -418,7 +419,7 @@ async def test_with_the_event_log_on_the_stage_joins_itself(tmp_path: Path) -> N
     assert taped and event.shadows == {"v2": Response(200, "OK", (), b"v2")}
     (on_tape,) = TapeReader(tmp_path)
     assert on_tape.id == ex.id and on_tape.shadows == event.shadows
-    assert writer.join_stats.joined == 0  # whole records reached the writer
+    assert writer.intake_stats.counters.get("joined", 0) == 0  # whole records reached the writer
 
 
 async def test_a_long_run_leaves_nothing_behind_in_the_join(tmp_path: Path) -> None:
@@ -434,13 +435,14 @@ async def test_a_long_run_leaves_nothing_behind_in_the_join(tmp_path: Path) -> N
     await tape.start()
     seen = [0]
 
-    def listener(ex: Exchange, proxied: ProxiedExchange, taped: bool) -> None:
+    def listener(joined: Joined, taped: bool) -> None:
         seen[0] += 1
 
     stage = RecordStage(config.record, RuntimeFlags(config), ProxyMetrics(), tape, listener)
     await stage.start()
-    joiner = stage._joiner
-    assert joiner is not None
+    join = stage._join
+    assert isinstance(join, JoinIntake)
+    joiner = join.joiner
 
     async def run(count: int) -> None:
         for i in range(count):

@@ -14,8 +14,8 @@ import pytest
 from shadowtap.recorder import ConfigError, SyncTapeWriter, TapeOptions, TapeReader, TapeWriteError, TapeWriter
 from shadowtap.recorder import writer as writer_module
 from shadowtap.recorder._frames import SEGMENT_HEADER_SIZE
-from shadowtap.recorder.join import record_bytes
 from shadowtap.recorder.model import exchange_to_wire
+from shadowtap.recorder.writer import record_bytes
 from tests.recorder.tape_samples import make_exchange
 
 PLAIN = TapeOptions(redaction=None, fsync="none")
