@@ -27,7 +27,7 @@ $(VENV)/.installed-native: pyproject.toml | $(PY)
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
-# The proxy's data path compiled with mypyc (proxy/native.py); rebuilt only when a source changed.
+# The data path (wire and the proxy hot modules) compiled with mypyc (wire/native.py); rebuilt only when a source changed.
 native: $(VENV)/.installed-native
 	$(PY) scripts/build_native.py --check || $(PY) scripts/build_native.py
 
@@ -63,4 +63,4 @@ docs: dev
 	$(PY) -m shadowtap.docgen
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache proxy/_compiled
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache proxy/_compiled wire/_compiled

@@ -64,7 +64,7 @@ def interpreter() -> str:
     build = "libpython shared (--enable-shared build)" if shared else "libpython linked in"
     # Asked the way the proxy processes start (same tree, same environment): compiled or not.
     data_path = subprocess.run(
-        [PYTHON, "-c", "from shadowtap.proxy import native; print(native.STATUS)"],
+        [PYTHON, "-c", "import shadowtap.proxy; from shadowtap.wire import native; print(native.STATUS)"],
         cwd=ROOT,
         capture_output=True,
         text=True,

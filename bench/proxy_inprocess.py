@@ -2,7 +2,7 @@
 
 The wall-clock bench (``proxy_bench.py``) mixes the proxy's Python with system calls and with wrk and
 nginx sharing two cores; ``proxy_instructions.py`` is steady but slow (callgrind). This one drives the
-real ``_ClientConnection`` and ``UpstreamConnection`` objects of a started ``ProxyServer`` with
+real ``_ClientConnection`` and ``Http1Connection`` objects of a started ``ProxyServer`` with
 transports that only collect what is written: a client request goes in, the primary's response goes
 in, and the time per request is the best of five rounds. It is the quick gauge for hot-path edits.
 
@@ -44,9 +44,9 @@ from shadowtap.proxy.config import ProxyConfig  # noqa: E402
 from shadowtap.proxy.forward import ForwardSettings  # noqa: E402
 from shadowtap.proxy.metrics import MetricsStage, ProxyMetrics  # noqa: E402
 from shadowtap.proxy.stages import ProxiedExchange  # noqa: E402
-from shadowtap.proxy.upstream import PipelinedConnection, UpstreamConnection  # noqa: E402
 from shadowtap.recorder._frames import FrameEncoder  # noqa: E402
 from shadowtap.recorder.join import JoinStats  # noqa: E402
+from shadowtap.wire.client import Http1Connection, PipelinedConnection  # noqa: E402
 
 REQUEST = b"GET /api/items?page=2 HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
 RESPONSE = (
@@ -127,7 +127,7 @@ async def _data_path_ns(requests: int, observers: bool, stage: bool) -> float:
         client = data_path._ClientConnection(ctx)
         client_side = _Collecting()
         client.connection_made(client_side)  # type: ignore[arg-type]
-        primary = UpstreamConnection(ctx.pool)
+        primary = Http1Connection(ctx.pool)
         primary_side = _Collecting()
         primary.connection_made(primary_side)  # type: ignore[arg-type]
         ctx.pool.release(primary)
@@ -223,7 +223,7 @@ async def _mirror_ns(requests: int, tape: str) -> float:
                 client = data_path._ClientConnection(ctx)
                 client_side = _Collecting()
                 client.connection_made(client_side)  # type: ignore[arg-type]
-                primary = UpstreamConnection(ctx.pool)
+                primary = Http1Connection(ctx.pool)
                 primary.connection_made(_Collecting())  # type: ignore[arg-type]
                 ctx.pool.release(primary)  # back in the pool after each exchange (keep-alive)
                 clients.append((client, client_side, primary))

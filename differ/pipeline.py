@@ -18,6 +18,7 @@ from shadowtap.differ.store import EXAMPLE_CANDIDATE, EXAMPLE_SECONDARY, DiffSto
 from shadowtap.differ.templates import EndpointTemplater
 from shadowtap.recorder.model import Exchange, Outcome, Request, Response
 from shadowtap.recorder.redact import DEFAULT_SECRET_HEADERS
+from shadowtap.wire import http1
 
 __all__ = ["EXAMPLE_BODY_LIMIT_BYTES", "DiffSession", "IngestStats"]
 
@@ -29,8 +30,8 @@ _COMMIT_EVERY_PAIRS: Final = 5_000
 #: credential headers (exact names), so the two can never disagree.
 _SECRET_HEADERS: Final = frozenset(name.encode() for name in DEFAULT_SECRET_HEADERS)
 _REDACTED: Final = b"[redacted]"
-#: Methods whose replay against the primary measures noise (RFC 9110 safe methods).
-_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Methods whose replay against the primary measures noise (RFC 9110 safe methods, TRACE included).
+_SAFE_METHODS: Final = http1.SAFE_METHODS
 
 
 @dataclass(slots=True)

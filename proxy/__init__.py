@@ -6,13 +6,13 @@ the data path (``ProxyServer``, ``ForwardSettings``) with stages (``MirrorStage`
 ``recorder`` and never ``shadowtap``, ``replayer`` or ``differ``.
 
 The data path's modules run compiled (mypyc) when a build matching these sources is present; see
-``shadowtap.proxy.native``. Activation has to come before any of them is imported.
+``shadowtap.wire.native``. Activation has to come before any of them is imported.
 """
 
 # ruff: noqa: E402  (the compiled modules are chosen before any of them is imported)
-from shadowtap.proxy import native
+from shadowtap.wire import native
 
-native.activate(__path__)
+native.activate(__path__, "proxy")
 
 from shadowtap.proxy.admin import AdminServer
 from shadowtap.proxy.app import ProxyApp, build_forward_settings, serve_app

@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from shadowtap.proxy import native
 from shadowtap.proxy.admin import AdminServer, LocalSource, WorkersSource
 from shadowtap.proxy.config import ProxyConfig, settings_from_mapping
 from shadowtap.proxy.events import EventLog
@@ -42,6 +41,7 @@ from shadowtap.proxy.stages import Stage
 from shadowtap.recorder import TapeOptions, TapeWriter
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.tape_process import ProcessTapeWriter
+from shadowtap.wire import native
 
 __all__ = ["ProxyApp", "WorkersAdmin", "build_forward_settings", "listen_ssl_context", "serve_app"]
 
@@ -268,7 +268,7 @@ class ProxyApp:
             "ready": self._ready,
             "flags": self.flags.snapshot(),
             "gc": {"frozen": gc.get_freeze_count(), "collections": [g["collections"] for g in gc.get_stats()]},
-            # Whether the data path runs compiled (mypyc) or interpreted, and why (shadowtap.proxy.native).
+            # Whether the data path runs compiled (mypyc) or interpreted, and why (shadowtap.wire.native).
             "data_path": native.STATUS,
         }
         if self.server is not None:

@@ -5,7 +5,7 @@ route rule, method, body size, sampling (consistent by key when configured), rat
 breaker. It writes the decision into ``exchange.decisions[shadow]`` and counts it. Each shadow
 sends at most ``concurrency`` copies at a time (the rest wait in a bounded queue) over a keep-alive
 pool of the same llhttp-based upstream connections the data path uses for the primary
-(``shadowtap.proxy.upstream``), driven by callbacks rather than a task per copy (a fraction of aiohttp's
+(``shadowtap.wire.client``), driven by callbacks rather than a task per copy (a fraction of aiohttp's
 client cost), with its own timeouts (checked by one sweep per shadow, not a timer per copy), a
 response-size cap and a circuit breaker; each outcome (``Response`` or ``Failure``) goes to the
 ``on_outcome`` listener (the record stage) with the copy's request delta.
@@ -42,7 +42,6 @@ from shadowtap.proxy.rewrite import Forwarding, RequestRewriter, no_forwarding
 from shadowtap.proxy.rules import RouteTable
 from shadowtap.proxy.sampling import TokenBucket, in_sample, key_in_sample
 from shadowtap.proxy.stages import ProxiedExchange
-from shadowtap.proxy.upstream import Dialer, PipelinedConnection, UpstreamConnection, UpstreamPool
 from shadowtap.recorder.errors import ConfigError, ShadowtapError
 from shadowtap.recorder.model import (
     UNRECORDED,
@@ -57,6 +56,8 @@ from shadowtap.recorder.model import (
     new_timing,
 )
 from shadowtap.recorder.redact import RULE_KINDS, RedactionRules, Redactor, resolve_redaction_key
+from shadowtap.wire import http1
+from shadowtap.wire.client import Dialer, Http1Connection, PipelinedConnection, Pool
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -76,14 +77,8 @@ log = logging.getLogger(__name__)
 MIRRORED: Final = "mirrored"
 MARKER_HEADER: Final = "X-Shadowtap-Shadow"
 CORRELATION_HEADER: Final = "X-Shadowtap-Correlation-Id"
-#: RFC 9110 7.6.1 hop-by-hop fields, plus the framing and routing fields set for the shadow here, and
-#: Expect (a copy's body is sent at once, never after a 100 Continue).
-_NOT_FORWARDED: Final = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-        b"content-length", b"host", b"expect",
-    }
-)  # fmt: skip
+#: Hop-by-hop, framing and routing fields, set for the shadow here, and Expect (``http1.REGENERATED``).
+_NOT_FORWARDED: Final = http1.REGENERATED
 #: The rules of a shadow whose copies keep their secrets (``redact_secrets: false``).
 _NO_RULES: Final = RedactionRules(extend_defaults=False)
 #: The rule kinds a copy's target or body may need rewriting for (headers are dropped in the head).
@@ -261,7 +256,7 @@ class _Copy:
         #: The body sent: the request's, with the fields the redaction rules name rewritten.
         self.body = body
         self.sent_ns = sent_ns
-        self.conn: UpstreamConnection | None = None
+        self.conn: Http1Connection | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.reused = False
         self.retried = False
@@ -273,7 +268,7 @@ class _Copy:
         self.headers: list[Header] = []
         self.first_byte_ns: int | None = None
 
-    def send(self, conn: UpstreamConnection) -> None:
+    def send(self, conn: Http1Connection) -> None:
         """Attach to ``conn`` and send: behind the copies already on it when it pipelines (the bytes
         leave with theirs at ``flush_writes``), else at once."""
         self.conn = conn
@@ -386,7 +381,7 @@ class ShadowMirror:
         dial: Dialer | None = None,
     ) -> None:
         self.settings = settings
-        #: Opens the shadow's connections (``shadowtap.proxy.upstream.dial_tcp`` when None).
+        #: Opens the shadow's connections (``shadowtap.wire.client.dial_tcp`` when None).
         self._dial = dial
         self._flags = flags
         #: The primary's rewriter: for the forwarding fields and the Host the primary got.
@@ -432,7 +427,7 @@ class ShadowMirror:
         self._active: set[_Copy] = set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._pool: UpstreamPool | None = None
+        self._pool: Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pump_scheduled = False
         self._stopped = False
@@ -463,12 +458,14 @@ class ShadowMirror:
         self._redactor = await self._make_redactor()
         # Keep as many idle connections as copies may be in flight: the concurrency cap is also the
         # connection cap.
-        self._pool = UpstreamPool(
-            self._target,
+        self._pool = Pool(
+            self._target.host,
+            self._target.port,
             ssl_context=ssl_context,
             connect_timeout_s=self.settings.connect_timeout_s,
             max_idle=self.settings.concurrency,
             pipelined=self.settings.pipeline_depth > 1,
+            peer="shadow",
             dial=self._dial,
         )
         self._sweeper = loop.call_later(self._sweep_period_s, self._sweep)
@@ -559,7 +556,7 @@ class ShadowMirror:
         self._active.add(copy)
         copy.deadline = now_s + self.settings.total_timeout_s
         head_only = exchange.method == "HEAD"
-        conn: UpstreamConnection | None = None if head_only or not self._filling_has_room() else self._filling
+        conn: Http1Connection | None = None if head_only or not self._filling_has_room() else self._filling
         if conn is None:
             conn = self._pool.try_acquire()
             if conn is None:
@@ -648,7 +645,7 @@ class ShadowMirror:
         if isinstance(conn, PipelinedConnection):
             conn.flush_writes()
 
-    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+    def release(self, conn: Http1Connection, reusable: bool) -> None:
         if reusable and self._pool is not None:
             self._pool.release(conn)
         else:
@@ -812,7 +809,7 @@ class MirrorStage:
     ) -> None:
         """``forward`` is the data path's settings: the copies get the forwarding fields (and the
         deltas the Host) the primary got by them; without it, no forwarding fields. ``dial`` opens
-        the shadows' connections (``shadowtap.proxy.upstream.dial_tcp`` when not given)."""
+        the shadows' connections (``shadowtap.wire.client.dial_tcp`` when not given)."""
         self._settings = settings
         self._routes = RouteTable(settings.routes)
         self._flags = flags

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from shadowtap.proxy import http1
 from shadowtap.recorder.model import Header
+from shadowtap.wire import http1
 
 if TYPE_CHECKING:
     from shadowtap.proxy.forward import ForwardSettings

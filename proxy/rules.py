@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from shadowtap.recorder.errors import ConfigError
+from shadowtap.wire import http1
 
-__all__ = ["DEFAULT_RULE", "SAFE_METHODS", "RouteRule", "RouteTable", "compile_path_pattern", "parse_methods"]
+__all__ = ["DEFAULT_MIRROR_METHODS", "DEFAULT_RULE", "RouteRule", "RouteTable", "compile_path_pattern", "parse_methods"]
 
-#: Mirrored unless a route opts others in (RFC 9110 safe methods; TRACE is never worth mirroring).
-SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Mirrored unless a route opts others in: the RFC 9110 safe methods but TRACE, which echoes the
+#: request back (headers included) and is never worth mirroring.
+DEFAULT_MIRROR_METHODS: Final = http1.SAFE_METHODS - {"TRACE"}
 _TOKEN_RE: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -93,7 +95,7 @@ class RouteRule:
         return self.path_re is None or self.path_re.match(path) is not None
 
     def allows_method(self, method: str) -> bool:
-        allowed = SAFE_METHODS if self.mirror_methods is None else self.mirror_methods
+        allowed = DEFAULT_MIRROR_METHODS if self.mirror_methods is None else self.mirror_methods
         return method in allowed
 
     @classmethod

@@ -29,7 +29,6 @@ from typing import Any, Final, cast
 
 import httptools
 
-from shadowtap.proxy import http1
 from shadowtap.proxy.forward import ForwardSettings, default_max_client_connections, upstream_ssl_context
 from shadowtap.proxy.rewrite import RequestRewriter
 from shadowtap.proxy.stages import (
@@ -42,8 +41,9 @@ from shadowtap.proxy.stages import (
     watches_requests,
 )
 from shadowtap.proxy.upgrade import CLIENT, Tunnel
-from shadowtap.proxy.upstream import Dialer, PoolStats, UpstreamConnection, UpstreamPool
 from shadowtap.recorder.model import Failure, FailureKind, Header, new_response, new_timing
+from shadowtap.wire import http1
+from shadowtap.wire.client import Dialer, Http1Connection, Pool, PoolStats
 
 __all__ = ["ProxyServer", "ServerStats"]
 
@@ -71,6 +71,20 @@ _REASONS: Final = {
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
 }
+
+
+def error_response(status: int, reason: str, message: str, *, close: bool) -> bytes:
+    """A short plain-text response that shadowtap itself sends (502, 504, 400, 431 ...), marked with
+    ``X-Shadowtap-Error`` so a client can tell it from the primary's."""
+    body = (message.rstrip("\n") + "\n").encode("utf-8", "replace")
+    own: list[Header] = [
+        (b"Content-Type", b"text/plain; charset=utf-8"),
+        (b"Content-Length", b"%d" % len(body)),
+        (b"X-Shadowtap-Error", b"1"),
+    ]
+    if close:
+        own.append((b"Connection", b"close"))
+    return http1.response_head(status, reason.encode("ascii"), own) + body
 
 
 @dataclass(slots=True)
@@ -144,7 +158,7 @@ class _Context:
         settings: ForwardSettings,
         stages: Sequence[Stage],
         observers: Sequence[PrimaryObserver],
-        pool: UpstreamPool,
+        pool: Pool,
         loop: asyncio.AbstractEventLoop,
         scheme: str,
     ) -> None:
@@ -254,7 +268,7 @@ class _Forward:
         self.keep_alive = keep_alive
         self.chunked = chunked
         self.upgrade = upgrade
-        self.conn: UpstreamConnection | None = None
+        self.conn: Http1Connection | None = None
         self.finished = False
         self.body_done = False
         self.failure: Failure | None = None
@@ -393,7 +407,7 @@ class _Forward:
             return
         self._send(conn)
 
-    def _send(self, conn: UpstreamConnection) -> None:
+    def _send(self, conn: Http1Connection) -> None:
         self.conn = conn
         conn.begin(self, self.method == b"HEAD")
         client = self._client
@@ -589,14 +603,13 @@ class _Forward:
         if (
             kind == FailureKind.RESET
             and conn is not None
-            and conn.served > 0
-            and not conn.received_any
+            and conn.stale
             and not self._head_sent
             and not self._retried
             and not self.upgrade
             and self.body_done
             and self.request_body is not None
-            and self.method in (b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE")
+            and self.method in http1.IDEMPOTENT_METHOD_BYTES
         ):
             # A pooled connection the primary had already closed: nothing of the exchange happened,
             # so the idempotent request is sent once more on a fresh connection.
@@ -643,14 +656,14 @@ class _Forward:
         else:
             status, reason = 502, "Bad Gateway"
         close = not self.body_done or not self.keep_alive or ctx.closing
-        self._out.append(http1.error_response(status, reason, f"shadowtap: {message}", close=close))
+        self._out.append(error_response(status, reason, f"shadowtap: {message}", close=close))
         self._finish(close)
 
     def client_timed_out(self, message: str) -> None:
         """The client stalled its request body past ``client_body_timeout_s``: 408 if the response
         has not started, and the connection closes (the primary's connection goes with it)."""
         if not self.finished and not self._head_sent:
-            self._out.append(http1.error_response(408, "Request Timeout", f"shadowtap: {message}", close=True))
+            self._out.append(error_response(408, "Request Timeout", f"shadowtap: {message}", close=True))
         self._abandon(message)
 
     def client_gone(self) -> None:
@@ -1211,7 +1224,7 @@ class _ClientConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             return
-        self._pending.append(_LocalReply(http1.error_response(status, _REASONS[status], message, close=True)))
+        self._pending.append(_LocalReply(error_response(status, _REASONS[status], message, close=True)))
 
     def sweep(self, now: float) -> None:
         """Enforce deadlines: the client's (head, body, reading its answer, lingering), the active
@@ -1227,7 +1240,7 @@ class _ClientConnection(asyncio.Protocol):
             self._head_since = 0.0
             if self._active is None and not self._pending and self._parsing is None:
                 message = "shadowtap: request head timed out"
-                self.write(http1.error_response(408, "Request Timeout", message, close=True))
+                self.write(error_response(408, "Request Timeout", message, close=True))
             self._client_timeout("head")
             return
         if self.write_paused and now - self._write_paused_since >= settings.send_timeout_s:
@@ -1269,7 +1282,7 @@ class ProxyServer:
         observers: Sequence[PrimaryObserver] = (),
         dial: Dialer | None = None,
     ) -> None:
-        """``dial`` opens the primary connections (``shadowtap.proxy.upstream.dial_tcp`` when not given)."""
+        """``dial`` opens the primary connections (``shadowtap.wire.client.dial_tcp`` when not given)."""
         self.settings = settings
         self._dial = dial
         self._stages = tuple(stages)
@@ -1309,12 +1322,14 @@ class ProxyServer:
             raise RuntimeError("the proxy is already started")
         loop = asyncio.get_running_loop()
         settings = self.settings
-        pool = UpstreamPool(
-            settings.target,
+        pool = Pool(
+            settings.target.host,
+            settings.target.port,
             ssl_context=self._upstream_ssl,
             connect_timeout_s=settings.connect_timeout_s,
             max_idle=settings.pool_max_idle,
             max_head_bytes=settings.max_header_bytes,
+            peer="primary",
             dial=self._dial,
         )
         ctx = _Context(

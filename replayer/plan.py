@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.model import PRIMARY, Exchange, Headers
+from shadowtap.wire import http1
 
 __all__ = [
     "SAFE_METHODS",
@@ -56,25 +57,13 @@ __all__ = [
     "session_shard",
 ]
 
-#: Methods replayed by default; anything else may change state on the target (``--allow-writes``).
-SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+#: Methods replayed by default (RFC 9110 safe methods); anything else may change state on the target
+#: (``--allow-writes``).
+SAFE_METHODS: Final = http1.SAFE_METHODS
 
-# Hop-by-hop and framing headers: the client recomputes them for the new connection and body.
-# Expect goes too: the body is sent at once, and a 100 Continue would only be an extra response.
-_DROPPED_HEADERS: Final = frozenset(
-    {
-        b"expect",
-        b"host",
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"te",
-        b"upgrade",
-        b"content-length",
-        b"trailer",
-    }
-)
+# Hop-by-hop, framing and routing fields, and Expect: the client sets them for the new connection
+# and body (``http1.REGENERATED``).
+_DROPPED_HEADERS: Final = http1.REGENERATED
 _SESSION_KINDS: Final = ("auto", "recorded", "connection", "client", "header", "cookie", "query", "none")
 _CLONE_FIELD_KINDS: Final = ("header", "cookie", "query", "json")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

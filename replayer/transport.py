@@ -1,11 +1,12 @@
 """How the runner sends one request: a one-method interface and its implementations.
 
 The runner only knows ``Transport.send``; tests drive the scheduler with ``MemoryTransport`` (a
-handler function, no sockets). On the wire, ``HttpTransport`` is the default for ``http://``: a
-keep-alive HTTP/1.1 client on asyncio protocols with llhttp (httptools) parsing, because the
-aiohttp client costs about ten times more CPU per request and cannot meet the replayer's
-5,000 requests/s budget (bench/replay_bench.py). ``AiohttpTransport`` serves ``https://`` and
-``--client aiohttp``. ``make_transport`` picks one. A transport must never raise for an upstream
+handler function, no sockets). On the wire, ``HttpTransport`` is the default for ``http://``: a thin
+adapter over ``shadowtap.wire.client``, the keep-alive HTTP/1.1 client on asyncio protocols with
+llhttp (httptools) parsing that the proxy uses too, because the aiohttp client costs about ten times
+more CPU per request and cannot meet the replayer's budget (bench/replay_bench.py).
+``AiohttpTransport`` serves ``https://`` (certificate verification, SNI and proxies as aiohttp does
+them) and ``--client aiohttp``. ``make_transport`` picks one. A transport must never raise for an upstream
 failure: it returns a ``Failure`` classified as connect, timeout, reset or bad response, so one
 dead target cannot stop a replay.
 """
@@ -20,12 +21,12 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 import aiohttp
-import httptools
 from multidict import CIMultiDict
 from yarl import URL
 
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.model import Failure, FailureKind, Headers, Outcome, Response
+from shadowtap.wire import client, http1
 
 __all__ = [
     "AiohttpTransport",
@@ -43,8 +44,9 @@ __all__ = [
 _SKIP_AUTO_HEADERS: Final = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
 
-# Requests that may be sent twice without changing the outcome (RFC 9110, 9.2.2).
-_IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Methods sent without a Content-Length when their body is empty (what clients do; a GET with
+# ``Content-Length: 0`` is legal but unusual, and a recording did not have it).
+_NO_LENGTH_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,248 +212,71 @@ class AiohttpTransport:
             return SendResult(_failure_from(exc))
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection: one request at a time, its response parsed by llhttp."""
-
-    __slots__ = (
-        "_body",
-        "_body_size",
-        "_first_byte_ns",
-        "_headers",
-        "_head_only",
-        "_max_body",
-        "_parser",
-        "_timer",
-        "_waiter",
-        "answered",
-        "closed",
-        "idle_since_ns",
-        "transport",
-    )
-
-    def __init__(self, max_body_bytes: int) -> None:
-        self._max_body = max_body_bytes
-        self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[SendResult] | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._first_byte_ns: int | None = None
-        self._head_only = False
-        self._timer: asyncio.TimerHandle | None = None
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        #: Whether any byte came back for the current request (a stale keep-alive gets none).
-        self.answered = False
-        self.idle_since_ns = 0
-
-    # -- asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.answered = True
-        if self._waiter is None:
-            self._fail(Failure(FailureKind.BAD_RESPONSE, "data received with no request outstanding"))
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(Failure(FailureKind.BAD_RESPONSE, f"unparsable response: {exc}"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(SendResult(Failure(FailureKind.RESET, str(exc or "connection closed early"))))
-        self._waiter = None
-
-    # -- llhttp callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        if self._first_byte_ns is None:
-            self._first_byte_ns = time.monotonic_ns()
-        if self._informational():
-            return
-        if self._head_only:
-            # A HEAD response announces a body it never sends; llhttp cannot be told the method,
-            # so the response ends here and the next response gets a fresh parser.
-            self._complete()
-            self._parser = httptools.HttpResponseParser(self)
-
-    def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
-        if self._body_size > self._max_body:
-            self._fail(Failure(FailureKind.BODY_TOO_LARGE, f"response body over {self._max_body} bytes"))
-            return
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        if self._informational():
-            # 1xx (103 Early Hints, an unasked 100 Continue) precedes the real response.
-            self._headers, self._body, self._body_size = [], [], 0
-            return
-        if not self._head_only:
-            self._complete()
-
-    def _informational(self) -> bool:
-        status = self._parser.get_status_code()
-        return 100 <= status < 200 and status != 101
-
-    # -- requests
-    def send(self, payload: bytes, head_only: bool, timeout_s: float) -> asyncio.Future[SendResult]:
-        assert self.transport is not None and self._waiter is None
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
-        # One timer handle per request: cheaper than an asyncio.timeout scope on the hot path.
-        self._timer = loop.call_later(timeout_s, self._timed_out, timeout_s)
-        self._headers, self._body, self._body_size = [], [], 0
-        self._first_byte_ns = None
-        self._head_only = head_only
-        self.answered = False
-        self.transport.write(payload)
-        return self._waiter
-
-    def _timed_out(self, timeout_s: float) -> None:
-        self._timer = None
-        self._fail(Failure(FailureKind.TIMEOUT, f"no response within {timeout_s:g} s"))
-
-    def _complete(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        waiter, self._waiter = self._waiter, None
-        parser = self._parser
-        version = parser.get_http_version()
-        if not parser.should_keep_alive():
-            self.close()
-        if waiter is not None and not waiter.done():
-            response = Response(
-                status=parser.get_status_code(),
-                headers=tuple(self._headers),
-                body=b"".join(self._body),
-                http_version=version,
-            )
-            waiter.set_result(SendResult(response, self._first_byte_ns))
-
-    def _fail(self, failure: Failure) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        waiter, self._waiter = self._waiter, None
-        self.close()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(SendResult(failure))
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-
 class HttpTransport:
-    """A lean keep-alive HTTP/1.1 client for ``http://`` targets (see the module docstring).
+    """The replayer's adapter over the HTTP/1.1 client of ``shadowtap.wire.client`` (the one the proxy
+    uses for its primary and shadows), for ``http://`` targets (see the module docstring).
 
     Requests go out with the recorded headers in their recorded order and case; ``Host`` is the
     target's unless the plan set one, ``Content-Length`` is recomputed. Bodies come back as they
-    were sent (no decompression). At most ``max_connections`` connections are open; idle ones are
-    reused most-recent first. Use as an async context manager.
+    were sent (no decompression), with the status line's reason phrase. At most ``max_connections``
+    connections are open; idle ones are reused most-recent first, and closed after ``keepalive_s``.
+    A pooled connection the target closed while idle is retried once for an idempotent method
+    (``wire.client.fetch``). Use as an async context manager.
     """
 
     def __init__(self, base_url: str, settings: ClientSettings | None = None) -> None:
         url = URL(base_url)
         if url.scheme != "http" or not url.host:
             raise ConfigError(f"not an http:// URL: {base_url!r}", field="target")
-        self._host = url.host
-        self._port = url.port or 80
-        self._prefix = url.raw_path.rstrip("/")
+        self._prefix = url.raw_path.rstrip("/").encode("latin-1")
         default_port = url.port is None or url.port == 80
-        self._host_header = (url.raw_host or url.host) + ("" if default_port else f":{url.port}")
-        self._settings = settings or ClientSettings()
-        # Bounded by max_connections: a connection is either idle here or lent to one request.
-        self._idle: list[_Connection] = []
-        self._slots = asyncio.Semaphore(self._settings.max_connections)
-        self._all: set[_Connection] = set()
+        host_header = (url.raw_host or url.host) + ("" if default_port else f":{url.port}")
+        self._host_field: list[tuple[bytes, bytes]] = [(b"Host", host_header.encode("latin-1"))]
+        self._settings = s = settings or ClientSettings()
+        # Bounded by max_connections: a connection is either idle in the pool or lent to one request.
+        self._slots = asyncio.Semaphore(s.max_connections)
+        self._pool = client.Pool(
+            url.host,
+            url.port or 80,
+            connect_timeout_s=s.connect_timeout_s,
+            max_idle=s.max_connections,
+            # Replayed responses may carry large heads; the body limit is max_body_bytes.
+            max_head_bytes=1024 * 1024,
+            idle_timeout_s=s.keepalive_s,
+            peer="target",
+        )
 
     async def __aenter__(self) -> HttpTransport:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for conn in list(self._all):
-            conn.close()
-        self._all.clear()
-        self._idle.clear()
+        self._pool.abort_all()
 
-    def _payload(self, method: str, target: str, headers: Headers, body: bytes) -> bytes:
-        has_host = False
-        lines = [f"{method} {self._prefix}{target} HTTP/1.1\r\n".encode("latin-1")]
-        for name, value in headers:
-            if not has_host and name.lower() == b"host":
-                has_host = True
-            lines += (name, b": ", value, b"\r\n")
-        if not has_host:
-            lines.append(f"Host: {self._host_header}\r\n".encode("latin-1"))
-        if body or method not in ("GET", "HEAD", "OPTIONS", "DELETE", "TRACE"):
-            lines.append(b"Content-Length: %d\r\n" % len(body))
-        lines.append(b"\r\n")
-        if body:
-            lines.append(body)
-        return b"".join(lines)
-
-    async def _connect(self) -> _Connection | Failure:
-        s = self._settings
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(s.connect_timeout_s):
-                _, conn = await loop.create_connection(lambda: _Connection(s.max_body_bytes), self._host, self._port)
-        except TimeoutError:
-            return Failure(FailureKind.TIMEOUT, f"connect to {self._host}:{self._port} timed out")
-        except OSError as exc:
-            return Failure(FailureKind.CONNECT_ERROR, f"connect to {self._host}:{self._port}: {exc.strerror or exc}")
-        self._all.add(conn)
-        return conn
-
-    def _take_idle(self) -> _Connection | None:
-        # Most recent first; a connection idle longer than keepalive_s is closed rather than
-        # reused, since the server has likely dropped it by then.
-        oldest_ok_ns = time.monotonic_ns() - int(self._settings.keepalive_s * 1e9)
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed and conn.idle_since_ns >= oldest_ok_ns:
-                return conn
-            conn.close()
-            self._all.discard(conn)
-        return None
+    def _request(self, method: str, target: str, headers: Headers, body: bytes) -> list[bytes]:
+        has_host = any(name.lower() == b"host" for name, _ in headers)
+        extra = [] if has_host else self._host_field
+        if body or method not in _NO_LENGTH_METHODS:
+            extra = [*extra, (b"Content-Length", b"%d" % len(body))]
+        head = http1.request_head(method.encode("latin-1"), self._prefix + target.encode("latin-1"), headers, extra)
+        return [head, body] if body else [head]
 
     async def send(self, method: str, target: str, headers: Headers, body: bytes) -> SendResult:
-        payload = self._payload(method, target, headers, body)
+        request = self._request(method, target, headers, body)
+        s = self._settings
         async with self._slots:
-            conn = self._take_idle()
-            reused = conn is not None
-            while True:
-                if conn is None:
-                    made = await self._connect()
-                    if isinstance(made, Failure):
-                        return SendResult(made)
-                    conn = made
-                result = await conn.send(payload, method == "HEAD", self._settings.timeout_s)
-                if conn.closed:
-                    self._all.discard(conn)
-                else:
-                    conn.idle_since_ns = time.monotonic_ns()
-                    self._idle.append(conn)
-                # A kept-alive connection the server closed while it sat idle fails before any
-                # byte comes back: that says nothing about the target, so an idempotent request is
-                # sent once more on a new connection (as browsers and HTTP clients do).
-                outcome = result.outcome
-                stale = isinstance(outcome, Failure) and outcome.kind == FailureKind.RESET and not conn.answered
-                if reused and stale and method in _IDEMPOTENT_METHODS:
-                    conn, reused = None, False
-                    continue
-                return result
+            result = await client.fetch(
+                self._pool, method, request, timeout_s=s.timeout_s, max_body_bytes=s.max_body_bytes
+            )
+        if isinstance(result, client.FetchFailure):
+            return SendResult(Failure(result.kind, result.message))
+        response = Response(
+            status=result.status,
+            reason=result.reason.decode("latin-1"),
+            headers=tuple(result.headers),
+            body=result.body,
+            http_version=result.http_version,
+        )
+        return SendResult(response, result.first_byte_ns)
 
 
 def make_transport(base_url: str, settings: ClientSettings | None = None) -> HttpTransport | AiohttpTransport:

@@ -1,11 +1,13 @@
-"""Compile the proxy's data path with mypyc into proxy/_compiled/ (see proxy/native.py).
+"""Compile the data path (wire's framing and client, the proxy's hot modules) with mypyc into
+wire/_compiled/ and proxy/_compiled/ (see wire/native.py).
 
 Usage: python scripts/build_native.py [--check]
 
 Needs mypy (mypyc ships with it), setuptools, a C compiler and the interpreter's headers. Builds in a
-temporary directory and replaces proxy/_compiled/ only when everything compiled, so a failed build
-leaves the previous one (or none) in place; ``shadowtap.proxy.native`` then decides whether it matches. With
-``--check`` it only says whether the current build matches the sources (exit 0) or not (exit 1).
+temporary directory and replaces the ``_compiled/`` directories only when everything compiled, so a
+failed build leaves the previous one (or none) in place; ``shadowtap.wire.native`` then decides
+whether it matches. With ``--check`` it only says whether the current build matches the sources
+(exit 0) or not (exit 1).
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# shadowtap.proxy.native imports nothing of the package, but importing it as shadowtap.proxy.native would run
-# proxy/__init__ (and activate an old build): load the file on its own.
-_spec = importlib.util.spec_from_file_location("_shadowtap_native", ROOT / "shadowtap" / "proxy" / "native.py")
+# shadowtap.wire.native imports nothing of the project, but importing it as shadowtap.wire.native would run
+# wire/__init__ (and activate an old build): load the file on its own.
+_spec = importlib.util.spec_from_file_location("_shadowtap_native", ROOT / "shadowtap" / "wire" / "native.py")
 assert _spec is not None and _spec.loader is not None
 native = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(native)
 
-#: The shared library's module name: one library for the whole group, loaded by shadowtap.proxy.native.
-GROUP = "shadowtap_proxy"
+#: The shared library's module name: one library for the whole group, loaded by shadowtap.wire.native.
+GROUP = "shadowtap_native"
+#: Where the sources are, as the package imports them (``shadowtap/proxy`` links to ``proxy/``).
+PACKAGE_ROOT = ROOT / "shadowtap"
 
 
 def build() -> int:
@@ -47,7 +51,7 @@ def build() -> int:
     if not Path(sysconfig.get_paths()["include"], "Python.h").exists():
         print(f"build_native: no Python.h in {sysconfig.get_paths()['include']} (install python3-dev)", file=sys.stderr)
         return 2
-    sources = [ROOT / "shadowtap" / "proxy" / f"{name.rpartition('.')[2]}.py" for name in native.COMPILED_MODULES]
+    sources = [native.source_path(PACKAGE_ROOT, name) for name in native.COMPILED_MODULES]
     digests = {name: native.source_digest(path) for name, path in zip(native.COMPILED_MODULES, sources, strict=True)}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="shadowtap-native-") as tmp:
@@ -76,13 +80,16 @@ def build() -> int:
             print("build_native: a source changed while compiling; run it again", file=sys.stderr)
             return 1
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
-        staged = work / "staged"
-        staged.mkdir()
+        parts = sorted({name.split(".")[1] for name in native.COMPILED_MODULES} | {native.GROUP_PACKAGE})
+        staged = {part: work / "staged" / part for part in parts}
+        for where in staged.values():
+            where.mkdir(parents=True)
+        group_dir = staged[native.GROUP_PACKAGE]
         library = f"{GROUP}__mypyc{suffix}"
-        shutil.copy2(work / "lib" / library, staged / library)
+        shutil.copy2(work / "lib" / library, group_dir / library)
         for name in native.COMPILED_MODULES:
-            short = name.rpartition(".")[2]
-            shutil.copy2(work / "lib" / "shadowtap" / "proxy" / f"{short}{suffix}", staged / f"{short}{suffix}")
+            _, part, short = name.split(".")
+            shutil.copy2(work / "lib" / "shadowtap" / part / f"{short}{suffix}", staged[part] / f"{short}{suffix}")
         manifest = {
             "format": native.MANIFEST_FORMAT,
             "interpreter": native.interpreter_tag(),
@@ -91,17 +98,23 @@ def build() -> int:
             "group_library": library,
             "modules": digests,
         }
-        (staged / native.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        # Swap in the new build whole: a reader sees the old build or the new one, never a mix.
-        target = native.COMPILED_DIR
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        shutil.move(str(staged), target)
-        shutil.rmtree(old, ignore_errors=True)
+        # The manifest goes in last: until it is there, no build is seen (a reader sees the old build,
+        # none, or the new one, never a mix: the old manifest goes first).
+        (native.compiled_dir(PACKAGE_ROOT, native.GROUP_PACKAGE) / native.MANIFEST).unlink(missing_ok=True)
+        for part in parts:
+            target = native.compiled_dir(PACKAGE_ROOT, part)
+            old = target.with_name(target.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            if target.exists():
+                target.rename(old)
+            shutil.move(str(staged[part]), target)
+            shutil.rmtree(old, ignore_errors=True)
+        (native.compiled_dir(PACKAGE_ROOT, native.GROUP_PACKAGE) / native.MANIFEST).write_text(
+            json.dumps(manifest, indent=2) + "\n"
+        )
     took = time.monotonic() - started
-    print(f"build_native: compiled {len(digests)} modules into {target.relative_to(ROOT)} in {took:.0f} s")
+    where = ", ".join(f"{part}/_compiled" for part in parts)
+    print(f"build_native: compiled {len(digests)} modules into {where} in {took:.0f} s")
     return 0
 
 
@@ -110,7 +123,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="only say whether the build matches the sources")
     args = parser.parse_args()
     if args.check:
-        manifest, reason = native.check(native.COMPILED_DIR, native.PACKAGE_DIR)
+        manifest, reason = native.check(PACKAGE_ROOT)
         print(f"build_native: {reason}")
         return 0 if manifest is not None else 1
     return build()

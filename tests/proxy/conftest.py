@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from shadowtap.proxy.forward import ForwardSettings
 from shadowtap.proxy.server import ProxyServer
 from shadowtap.proxy.stages import ProxiedExchange
-from shadowtap.proxy.upstream import Dialer, UpstreamConnection, dial_tcp
+from shadowtap.wire.client import Dialer, Http1Connection, dial_tcp
 
 # The data-path tests run on uvloop, the loop the proxy runs on in production (its transports are
 # not asyncio's classes and behave differently at the edges); other proxy tests keep the default.
@@ -301,12 +301,12 @@ def dials_resume_after_loss() -> Dialer:
     the dial's return is held back. Injected, not patched, so compiled callers take it too."""
 
     async def dial_then_lose(
-        factory: Callable[[], UpstreamConnection],
+        factory: Callable[[], Http1Connection],
         host: str,
         port: int,
         ssl_context: ssl.SSLContext | None,
         server_hostname: str | None,
-    ) -> UpstreamConnection:
+    ) -> Http1Connection:
         conn = await dial_tcp(factory, host, port, ssl_context, server_hostname)
         async with asyncio.timeout(5):
             while not conn.closed:

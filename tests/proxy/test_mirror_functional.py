@@ -23,10 +23,10 @@ from shadowtap.proxy.flags import RuntimeFlags
 from shadowtap.proxy.metrics import ProxyMetrics
 from shadowtap.proxy.mirror import MirrorStage
 from shadowtap.proxy.stages import ProxiedExchange
-from shadowtap.proxy.upstream import Dialer
 from shadowtap.recorder import TapeReader
 from shadowtap.recorder.model import Failure, FailureKind, Outcome, RequestDelta, Response, Timing, exchange_from_wire
 from shadowtap.recorder.redact import RedactionRules, Redactor, resolve_redaction_key
+from shadowtap.wire.client import Dialer
 from tests.proxy.conftest import hang_up
 
 _ids = itertools.count()

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from shadowtap.proxy import http1
+from shadowtap.wire import http1
 from tests.proxy.conftest import (
     BIG,
     RawResponse,

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from shadowtap.proxy.upstream import Dialer
 from shadowtap.recorder.model import FailureKind
+from shadowtap.wire.client import Dialer
 from tests.proxy.conftest import RecordingStage, hang_up, raw_head_request, raw_request, running_proxy
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

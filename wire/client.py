@@ -1,10 +1,22 @@
-"""Keep-alive connections to the primary: an asyncio Protocol with llhttp's response parser, and a pool.
+"""The HTTP/1.1 client: an asyncio Protocol with llhttp's response parser, a pool, and one whole
+exchange with the stale-connection retry. The proxy (primary and shadows) and the replayer use it.
 
-One ``UpstreamConnection`` carries one exchange at a time (no upstream pipelining) and hands the
-response to a ``ResponseSink`` as it is parsed: head, body pieces, end or failure. The pool keeps idle
-connections (LIFO, so the warmest is reused) and dials new ones with a connect timeout, through a
-``Dialer`` (``dial_tcp`` unless one is given: tests inject failures there). This module must never
-buffer a whole body, decode one, or decide what the client sees: that is the sink's job.
+One ``Http1Connection`` carries one exchange at a time and hands the response to a ``ResponseSink``
+as it is parsed: interim (1xx) heads, the head, body pieces, then the end or a failure. HEAD answers
+end at their head; a body delimited by the end of the connection completes when it closes (never a
+reset). A ``PipelinedConnection`` carries several exchanges at once. The ``Pool`` keeps idle
+connections (LIFO, so the warmest is reused) and dials new ones with a connect timeout through a
+``Dialer`` (``dial_tcp`` unless one is given: tests inject failures there). ``fetch`` runs one whole
+exchange and collects the response, for callers that want it in memory (the replayer).
+
+A connection that came from the pool and failed before any response byte arrived was closed by the
+peer while it sat idle (``Http1Connection.stale``): nothing of the exchange happened, so an
+idempotent request (``http1.IDEMPOTENT_METHODS``) may be sent once more on a fresh connection.
+
+This module has no policy: no metrics, breakers or flags, no knowledge of who the peer is beyond
+the name its messages use. It must never decode a body or decide what a client sees: that is the
+sink's job. An HTTP/2 connection would sit beside this one behind the same shape: open an exchange
+(``begin``), send head and body, receive head, data, end or failure through the sink.
 """
 
 from __future__ import annotations
@@ -13,35 +25,56 @@ import asyncio
 import collections
 import logging
 import ssl
+import time
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
-from shadowtap.proxy import http1
-from shadowtap.proxy.forward import PrimaryTarget
-from shadowtap.proxy.upgrade import PRIMARY_SIDE, Tunnel
-from shadowtap.recorder.model import FailureKind, Header
+from shadowtap.wire import http1
+from shadowtap.wire.http1 import Header
 
 __all__ = [
+    "BAD_RESPONSE",
+    "BODY_TOO_LARGE",
+    "CONNECT_ERROR",
+    "OTHER",
+    "RESET",
+    "TIMEOUT",
+    "UPSTREAM_SIDE",
     "Dialer",
+    "FetchFailure",
+    "FetchedResponse",
+    "Http1Connection",
     "PipelinedConnection",
+    "Pool",
     "PoolStats",
     "ResponseSink",
-    "UpstreamConnection",
-    "UpstreamPool",
+    "TunnelEnd",
     "dial_tcp",
+    "fetch",
 ]
 
 log = logging.getLogger(__name__)
 
+# Failure kinds, as strings: the same values as ``shadowtap.recorder.model.FailureKind``.
+CONNECT_ERROR: Final = "connect-error"
+TIMEOUT: Final = "timeout"
+RESET: Final = "reset"
+BAD_RESPONSE: Final = "bad-response"
+BODY_TOO_LARGE: Final = "body-too-large"
+OTHER: Final = "other"
+
+#: The side a connection speaks for when it feeds a ``TunnelEnd`` (the client's side is 0).
+UPSTREAM_SIDE: Final = 1
+
 
 class _UnexpectedResponse(Exception):
-    """Raised inside a parser callback when the primary sends bytes no request asked for."""
+    """Raised inside a parser callback when the peer sends bytes no request asked for."""
 
 
 class ResponseSink(Protocol):
-    """Receives one primary response as it is parsed. Every call runs on the event loop."""
+    """Receives one response as it is parsed. Every call runs on the event loop."""
 
     def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None: ...
 
@@ -60,6 +93,16 @@ class ResponseSink(Protocol):
     def upstream_write_paused(self, paused: bool) -> None: ...
 
 
+class TunnelEnd(Protocol):
+    """Where a connection's bytes go once its HTTP part is over (after a 101, or a 2xx to CONNECT)."""
+
+    def received(self, side: int, data: bytes) -> None: ...
+
+    def write_paused(self, side: int, paused: bool) -> None: ...
+
+    def lost(self, side: int) -> None: ...
+
+
 class Dialer(Protocol):
     """Opens one connection for a pool: calls ``factory`` for the protocol (which tracks itself in the
     pool once connected) and returns it. Raises ``OSError`` (TLS failures included) when it cannot;
@@ -67,21 +110,21 @@ class Dialer(Protocol):
 
     async def __call__(
         self,
-        factory: Callable[[], UpstreamConnection],
+        factory: Callable[[], Http1Connection],
         host: str,
         port: int,
         ssl_context: ssl.SSLContext | None,
         server_hostname: str | None,
-    ) -> UpstreamConnection: ...
+    ) -> Http1Connection: ...
 
 
 async def dial_tcp(
-    factory: Callable[[], UpstreamConnection],
+    factory: Callable[[], Http1Connection],
     host: str,
     port: int,
     ssl_context: ssl.SSLContext | None,
     server_hostname: str | None,
-) -> UpstreamConnection:
+) -> Http1Connection:
     """The ``Dialer`` every pool uses unless given another: the running loop's ``create_connection``."""
     _, conn = await asyncio.get_running_loop().create_connection(
         factory, host, port, ssl=ssl_context, server_hostname=server_hostname
@@ -100,8 +143,8 @@ class PoolStats:
         self.reuses = 0
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One connection to the primary; parses responses and feeds the attached sink."""
+class Http1Connection(asyncio.Protocol):
+    """One connection to a server; parses responses and feeds the attached sink."""
 
     __slots__ = (
         "_complete",
@@ -118,13 +161,14 @@ class UpstreamConnection(asyncio.Protocol):
         "_sink",
         "_status",
         "closed",
+        "idle_since_s",
         "received_any",
         "served",
         "transport",
         "tunnel",
     )
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -144,7 +188,9 @@ class UpstreamConnection(asyncio.Protocol):
         #: Exchanges completed on this connection; > 0 means it came from the pool.
         self.served = 0
         self.closed = False
-        self.tunnel: Tunnel | None = None
+        #: When it was last released to the pool (loop time), for the pool's idle timeout.
+        self.idle_since_s = 0.0
+        self.tunnel: TunnelEnd | None = None
 
     # --- used by the data path -------------------------------------------------------------------
 
@@ -155,6 +201,17 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_seen = False
         self._complete = False
         self.received_any = False
+
+    @property
+    def stale(self) -> bool:
+        """Whether the current exchange failed on a pooled connection before any response byte: the
+        peer closed it while idle, so nothing of the exchange happened (a retry is safe for an
+        idempotent request)."""
+        return self.served > 0 and not self.received_any
+
+    def response_version(self) -> str:
+        """The HTTP version of the response being parsed ("1.1"); valid from its head to its end."""
+        return self._parser.get_http_version()
 
     @property
     def outstanding(self) -> int:
@@ -205,7 +262,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
-            self.tunnel.received(PRIMARY_SIDE, data)
+            self.tunnel.received(UPSTREAM_SIDE, data)
             return
         sink = self._sink
         if sink is None:
@@ -220,13 +277,13 @@ class UpstreamConnection(asyncio.Protocol):
             return
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _UnexpectedResponse):
-                self._fail(FailureKind.BAD_RESPONSE, str(exc.__context__))
+                self._fail(BAD_RESPONSE, str(exc.__context__))
                 return
-            log.exception("response callback failed; closing the primary connection")
-            self._fail(FailureKind.OTHER, "internal error while relaying the response")
+            log.exception("response callback failed; closing the %s connection", self._pool.peer)
+            self._fail(OTHER, "internal error while relaying the response")
             return
         except httptools.HttpParserError as exc:
-            self._fail(FailureKind.BAD_RESPONSE, f"malformed response from primary: {exc}")
+            self._fail(BAD_RESPONSE, f"malformed response from {self._pool.peer}: {exc}")
             return
         if self._complete:
             self._finish(sink)
@@ -240,7 +297,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self._pool.untrack(self)
         if self.tunnel is not None:
-            self.tunnel.lost(PRIMARY_SIDE)
+            self.tunnel.lost(UPSTREAM_SIDE)
             return
         sink = self._sink
         if sink is None:
@@ -254,17 +311,17 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             where = "after the response head" if self._head_seen else "before the response head"
             detail = f": {exc}" if exc is not None else ""
-            sink.on_failure(FailureKind.RESET, f"primary closed the connection {where}{detail}")
+            sink.on_failure(RESET, f"{self._pool.peer} closed the connection {where}{detail}")
 
     def pause_writing(self) -> None:
         if self.tunnel is not None:
-            self.tunnel.write_paused(PRIMARY_SIDE, True)
+            self.tunnel.write_paused(UPSTREAM_SIDE, True)
         elif self._sink is not None:
             self._sink.upstream_write_paused(True)
 
     def resume_writing(self) -> None:
         if self.tunnel is not None:
-            self.tunnel.write_paused(PRIMARY_SIDE, False)
+            self.tunnel.write_paused(UPSTREAM_SIDE, False)
         elif self._sink is not None:
             self._sink.upstream_write_paused(False)
 
@@ -343,7 +400,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _upgraded(self, sink: ResponseSink, rest: bytes) -> None:
         self._sink = None
         if self._status != 101:
-            self._fail_with(sink, FailureKind.BAD_RESPONSE, "primary switched protocols without a 101")
+            self._fail_with(sink, BAD_RESPONSE, f"{self._pool.peer} switched protocols without a 101")
             return
         sink.on_upgraded(rest)
 
@@ -360,7 +417,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink.on_failure(kind, message)
 
 
-class PipelinedConnection(UpstreamConnection):
+class PipelinedConnection(Http1Connection):
     """An upstream connection that carries several exchanges at once (HTTP/1.1 pipelining, RFC 9112
     section 9.3.2), for the mirror: copies sent in one loop turn leave in one write and their answers
     usually come back in one read, where a connection per copy costs a send and a receive each.
@@ -374,7 +431,7 @@ class PipelinedConnection(UpstreamConnection):
 
     __slots__ = ("_outbox", "_queued")
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: Pool) -> None:
         super().__init__(pool)
         self._queued: collections.deque[ResponseSink] = collections.deque()
         self._outbox: list[bytes] = []
@@ -426,7 +483,7 @@ class PipelinedConnection(UpstreamConnection):
             # Written behind another request, it may have been processed already: never retried.
             self.received_any = True
         else:
-            self._fail_queued("shadow closed the connection after an earlier answer")
+            self._fail_queued(f"{self._pool.peer} closed the connection after an earlier answer")
             self.close()
 
     def _fail(self, kind: str, message: str) -> None:
@@ -445,12 +502,13 @@ class PipelinedConnection(UpstreamConnection):
         sinks = list(queued)
         queued.clear()
         for sink in sinks:
-            sink.on_failure(FailureKind.RESET, message)
+            sink.on_failure(RESET, message)
 
 
-class UpstreamPool:
-    """Keep-alive connections to one primary. Concurrency is bounded by client connections: each
-    client connection uses at most one primary connection at a time."""
+class Pool:
+    """Keep-alive connections to one server (host and port; TLS when given a context). It does not
+    bound how many are busy: callers do (the proxy by its client connections, the mirror by its
+    concurrency cap, the replayer by a semaphore)."""
 
     __slots__ = (
         "_all",
@@ -458,46 +516,65 @@ class UpstreamPool:
         "_connect_timeout_s",
         "_dial",
         "_factory",
+        "_host",
         "_idle",
+        "_idle_timeout_s",
         "_max_idle",
+        "_port",
+        "_server_hostname",
         "_ssl",
-        "_target",
+        "address",
         "max_head_bytes",
+        "peer",
         "stats",
     )
 
     def __init__(
         self,
-        target: PrimaryTarget,
+        host: str,
+        port: int,
         *,
-        ssl_context: ssl.SSLContext | None,
+        ssl_context: ssl.SSLContext | None = None,
         connect_timeout_s: float,
         max_idle: int,
         pipelined: bool = False,
         max_head_bytes: int = 64 * 1024,
+        idle_timeout_s: float | None = None,
+        peer: str = "server",
         dial: Dialer | None = None,
     ) -> None:
-        self._target = target
+        self._host = host
+        self._port = port
+        #: ``host:port``, for messages.
+        self.address = f"{host}:{port}"
+        #: What failure messages call the other end ("primary", "shadow", "target").
+        self.peer = peer
         # Only new connections go through it: one call per dial, nothing per exchange.
         self._dial: Dialer = dial_tcp if dial is None else dial
         #: A response head (status line and fields) beyond this is a bad response (nginx: 502 past
         #: ``proxy_buffer_size``).
         self.max_head_bytes = max_head_bytes
-        # Pipelined connections carry several requests at once (the mirror's copies); the primary's
-        # never do (one client's request must not wait behind another's).
-        self._factory: type[UpstreamConnection] = PipelinedConnection if pipelined else UpstreamConnection
+        # Pipelined connections carry several requests at once (the mirror's copies); others never
+        # do (one client's request must not wait behind another's).
+        self._factory: type[Http1Connection] = PipelinedConnection if pipelined else Http1Connection
         self._ssl = ssl_context
+        self._server_hostname = host if ssl_context is not None else None
         self._connect_timeout_s = connect_timeout_s
         self._max_idle = max_idle
+        #: A connection idle longer than this is closed rather than reused (the server has likely
+        #: dropped it by then); None keeps idle connections until the server closes them.
+        self._idle_timeout_s = idle_timeout_s
         # LIFO of idle connections; closed ones are skipped lazily (bounded by max_idle).
-        self._idle: list[UpstreamConnection] = []
-        self._all: set[UpstreamConnection] = set()
+        self._idle: list[Http1Connection] = []
+        self._all: set[Http1Connection] = set()
         self._closed = False
         self.stats = PoolStats()
 
-    def try_acquire(self) -> UpstreamConnection | None:
+    def try_acquire(self) -> Http1Connection | None:
         """An idle connection, or ``None`` when a new one must be dialled."""
         idle = self._idle
+        if self._idle_timeout_s is not None and idle:
+            self._expire_idle()
         while idle:
             conn = idle.pop()
             if not conn.closed:
@@ -505,19 +582,28 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def connect(self) -> UpstreamConnection:
-        """Dial the primary; raises ``TimeoutError`` or ``OSError`` (incl. TLS failures)."""
+    def _expire_idle(self) -> None:
+        assert self._idle_timeout_s is not None
+        oldest_ok_s = time.monotonic() - self._idle_timeout_s
+        idle = self._idle
+        # Oldest first: they sit at the bottom of the LIFO.
+        expired = 0
+        for conn in idle:
+            if conn.idle_since_s >= oldest_ok_s:
+                break
+            conn.close()
+            expired += 1
+        if expired:
+            del idle[:expired]
+
+    async def connect(self) -> Http1Connection:
+        """Dial the server; raises ``TimeoutError`` or ``OSError`` (incl. TLS failures)."""
         if self._closed:
-            raise ConnectionRefusedError("the proxy is shutting down")
-        target = self._target
+            raise ConnectionRefusedError("the pool is closed (shutting down)")
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 conn = await self._dial(
-                    lambda: self._factory(self),
-                    target.host,
-                    target.port,
-                    self._ssl,
-                    target.host if self._ssl is not None else None,
+                    lambda: self._factory(self), self._host, self._port, self._ssl, self._server_hostname
                 )
         except (OSError, TimeoutError):
             self.stats.connect_errors += 1
@@ -525,7 +611,7 @@ class UpstreamPool:
         self.stats.connects += 1
         return conn
 
-    def release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: Http1Connection) -> None:
         """Return a connection whose exchange completed cleanly."""
         if conn.closed or conn.outstanding:
             return
@@ -533,12 +619,14 @@ class UpstreamPool:
             conn.close()
             return
         conn.resume_reading()
+        if self._idle_timeout_s is not None:
+            conn.idle_since_s = time.monotonic()
         self._idle.append(conn)
 
-    def track(self, conn: UpstreamConnection) -> None:
+    def track(self, conn: Http1Connection) -> None:
         self._all.add(conn)
 
-    def untrack(self, conn: UpstreamConnection) -> None:
+    def untrack(self, conn: Http1Connection) -> None:
         self._all.discard(conn)
 
     def close(self) -> None:
@@ -553,3 +641,173 @@ class UpstreamPool:
         self.close()
         for conn in list(self._all):
             conn.abort()
+
+
+class FetchedResponse:
+    """A whole response as ``fetch`` collected it: the head as received and the body without its
+    transfer framing; ``first_byte_ns`` (monotonic) when its first head (1xx included) arrived."""
+
+    __slots__ = ("body", "first_byte_ns", "headers", "http_version", "reason", "status")
+
+    def __init__(
+        self, status: int, reason: bytes, headers: list[Header], body: bytes, http_version: str, first_byte_ns: int
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        self.http_version = http_version
+        self.first_byte_ns = first_byte_ns
+
+
+class FetchFailure:
+    """Why ``fetch`` got no response: a failure kind (``CONNECT_ERROR``, ``TIMEOUT``, ...) and a message."""
+
+    __slots__ = ("kind", "message")
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        self.message = message
+
+
+class _Collector:
+    """The ``ResponseSink`` behind ``fetch``: collects one response and resolves its future once."""
+
+    __slots__ = ("_body", "_first_byte_ns", "_headers", "_max_body", "_reason", "_size", "_status", "_version",
+                 "conn", "pool", "timer", "waiter")  # fmt: skip
+
+    def __init__(self, pool: Pool, waiter: asyncio.Future[FetchedResponse | FetchFailure], max_body: int) -> None:
+        self.pool = pool
+        self.waiter = waiter
+        self.conn: Http1Connection | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self._max_body = max_body
+        self._status = 0
+        self._reason = b""
+        self._headers: list[Header] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._first_byte_ns = 0
+        self._version = "1.1"
+
+    def _resolve(self, result: FetchedResponse | FetchFailure) -> None:
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+        if not self.waiter.done():
+            self.waiter.set_result(result)
+
+    def fail(self, kind: str, message: str) -> None:
+        """End the exchange from outside (its deadline): the connection cannot be reused."""
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.detach()
+        self._resolve(FetchFailure(kind, message))
+
+    def timed_out(self, timeout_s: float) -> None:
+        self.timer = None
+        self.fail(TIMEOUT, f"no response within {timeout_s:g} s")
+
+    # --- ResponseSink ----------------------------------------------------------------------------
+
+    def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
+        if not self._first_byte_ns:
+            self._first_byte_ns = time.monotonic_ns()
+
+    def on_head(self, status: int, reason: bytes, headers: list[Header]) -> None:
+        if not self._first_byte_ns:
+            self._first_byte_ns = time.monotonic_ns()
+        self._status = status
+        self._reason = reason
+        self._headers = headers
+        conn = self.conn
+        if conn is not None:
+            self._version = conn.response_version()
+
+    def on_body(self, data: bytes) -> None:
+        if self.conn is None:
+            return
+        self._size += len(data)
+        if self._size > self._max_body:
+            self.fail(BODY_TOO_LARGE, f"response body over {self._max_body} bytes")
+            return
+        self._body.append(data)
+
+    def on_complete(self, reusable: bool) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        self.conn = None
+        if reusable:
+            self.pool.release(conn)
+        else:
+            conn.close()
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._resolve(
+            FetchedResponse(self._status, self._reason, self._headers, body, self._version, self._first_byte_ns)
+        )
+
+    def on_upgraded(self, rest: bytes) -> None:
+        self.fail(BAD_RESPONSE, f"{self.pool.peer} switched protocols")
+
+    def on_failure(self, kind: str, message: str) -> None:
+        if self.conn is None:
+            return
+        self.conn = None
+        self._resolve(FetchFailure(kind, message))
+
+    def flush(self) -> None:
+        return None
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        # The request is in memory already; the transport buffers it.
+        return None
+
+
+async def fetch(
+    pool: Pool, method: str, request: list[bytes], *, timeout_s: float, max_body_bytes: int
+) -> FetchedResponse | FetchFailure:
+    """Send one request (``request``: its head and body as buffers) on a pooled or new connection and
+    collect the whole response. Never raises for the server's failures: a ``FetchFailure`` says
+    what went wrong. ``timeout_s`` bounds each attempt from the write to the response's end.
+
+    A stale pooled connection (``Http1Connection.stale``) is retried once on a fresh one when the
+    method is idempotent; the retry is a new attempt with its own deadline.
+    """
+    conn = pool.try_acquire()
+    retry_allowed = method in http1.IDEMPOTENT_METHODS
+    head_only = method == "HEAD"
+    loop = asyncio.get_running_loop()
+    while True:
+        if conn is None:
+            try:
+                conn = await pool.connect()
+            except TimeoutError:
+                return FetchFailure(TIMEOUT, f"connect to {pool.address} timed out")
+            except ssl.SSLError as exc:
+                return FetchFailure(CONNECT_ERROR, f"TLS handshake with {pool.address} failed: {exc}")
+            except OSError as exc:
+                return FetchFailure(CONNECT_ERROR, f"connect to {pool.address}: {exc.strerror or exc}")
+        waiter: asyncio.Future[FetchedResponse | FetchFailure] = loop.create_future()
+        sink = _Collector(pool, waiter, max_body_bytes)
+        sink.conn = conn
+        # One timer handle per attempt: cheaper than an asyncio.timeout scope on the hot path.
+        sink.timer = loop.call_later(timeout_s, sink.timed_out, timeout_s)
+        if conn.closed:
+            # Closed between the pool and this turn: the same as a stale connection.
+            sink.on_failure(RESET, f"{pool.peer} closed the connection before the request was sent")
+        else:
+            conn.begin(sink, head_only)
+            conn.writelines(request)
+        try:
+            result = await waiter
+        except asyncio.CancelledError:
+            sink.fail(OTHER, "cancelled")
+            raise
+        if retry_allowed and isinstance(result, FetchFailure) and result.kind == RESET and conn.stale:
+            retry_allowed = False
+            conn = None
+            continue
+        return result

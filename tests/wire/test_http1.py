@@ -1,4 +1,5 @@
-"""HTTP/1.1 framing helpers: hop-by-hop filtering keeps everything else exactly as it came."""
+"""HTTP/1.1 framing (shadowtap.wire.http1): hop-by-hop filtering keeps everything else exactly as it came;
+the method sets are RFC 9110's; heads and chunks parse back with llhttp."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import httptools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shadowtap.proxy import http1
+from shadowtap.wire import http1
 
 
 def test_end_to_end_drops_hop_by_hop_and_connection_listed_names_only() -> None:
@@ -94,14 +95,42 @@ def test_request_head_and_chunks_parse_back() -> None:
     assert collected.body == b"hello" + b"x" * 300
 
 
-def test_response_head_and_error_response() -> None:
+def test_response_head() -> None:
     assert http1.response_head(418, b"I'm a teapot", [(b"A", b"1")]) == b"HTTP/1.1 418 I'm a teapot\r\nA: 1\r\n\r\n"
-    raw = http1.error_response(502, "Bad Gateway", "shadowtap: cannot connect", close=True)
-    head, body = raw.split(b"\r\n\r\n", 1)
-    assert head.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
-    assert b"Content-Length: %d" % len(body) in head
-    assert b"Connection: close" in head
-    assert body == b"shadowtap: cannot connect\n"
+    assert http1.response_head(299, b"", []) == b"HTTP/1.1 299 \r\n\r\n"
+
+
+def test_request_head_in_another_version() -> None:
+    assert http1.request_head(b"GET", b"/", [(b"Host", b"h")], version=b"HTTP/1.0") == (
+        b"GET / HTTP/1.0\r\nHost: h\r\n\r\n"
+    )
+
+
+def test_method_sets_are_rfc_9110s() -> None:
+    assert {"GET", "HEAD", "OPTIONS", "TRACE"} == http1.SAFE_METHODS
+    assert {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"} == http1.IDEMPOTENT_METHODS
+    assert {m.encode() for m in http1.IDEMPOTENT_METHODS} == http1.IDEMPOTENT_METHOD_BYTES
+    assert "POST" not in http1.IDEMPOTENT_METHODS and "PATCH" not in http1.IDEMPOTENT_METHODS
+
+
+def test_regenerated_fields_are_the_hop_by_hop_ones_plus_framing_routing_and_expect() -> None:
+    assert http1.HOP_BY_HOP | {b"content-length", b"host", b"expect"} == http1.REGENERATED
+
+
+def test_chunked_applies_only_as_the_last_coding() -> None:
+    assert http1.chunked_last(b"chunked")
+    assert http1.chunked_last(b"gzip, Chunked ")
+    assert not http1.chunked_last(b"chunked, gzip")
+    assert not http1.chunked_last(None)
+
+
+def test_dechunk_whole_cut_and_lenient_bodies() -> None:
+    framed = b"".join(http1.chunk(b"hello")) + b"".join(http1.chunk(b" world")) + http1.CHUNKED_END
+    assert http1.dechunk(framed) == (b"hello world", True)
+    assert http1.dechunk(b"5;ext=1\nhello\n0\n\n") == (b"hello", True)
+    assert http1.dechunk(b"5\r\nhel") == (b"hel", False)
+    assert http1.dechunk(b"zz\r\nhello") == (b"", False)
+    assert http1.dechunk(b"") == (b"", False)
 
 
 _names = st.sampled_from(

@@ -1,37 +1,58 @@
-"""HTTP/1.1 framing for the proxy hot path: hop-by-hop filtering and head / chunk serialisation.
+"""HTTP/1.1 framing, sans-IO: the protocol's rules (hop-by-hop fields, method sets, body framing) and
+head / chunk serialisation, in one place for the proxy, the mirror, the replayer and the importers.
 
 Pure functions over bytes in the shape llhttp (httptools) hands them over: header names and values
-as received, in order. They must never do I/O, decode a body, or reorder, re-case or merge headers:
-what the client or the primary sent is what the other side gets, minus the hop-by-hop fields.
+as received, in order. They must never do I/O, decode a content-coding, or reorder, re-case or
+merge headers: what one side sent is what the other side gets, minus the hop-by-hop fields.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Final
-
-from shadowtap.recorder.model import Header
+from typing import Final, TypeAlias
 
 __all__ = [
     "CHUNKED_END",
     "HOP_BY_HOP",
+    "IDEMPOTENT_METHODS",
+    "IDEMPOTENT_METHOD_BYTES",
+    "REGENERATED",
+    "SAFE_METHODS",
     "STATUS_LINES",
+    "Header",
     "body_until_close",
     "chunk",
+    "chunked_last",
     "connection_tokens",
+    "dechunk",
     "end_to_end",
-    "error_response",
     "fields",
     "request_head",
     "response_fields",
     "response_head",
 ]
 
+#: One field as received: name and value bytes, case and order kept (``recorder.model.Header`` too).
+Header: TypeAlias = tuple[bytes, bytes]
+
+#: RFC 9110 section 9.2.1: the methods whose semantics are read-only. What a user of the set does with
+#: them is its own policy (the proxy mirrors a narrower default; see ``shadowtap.proxy.rules``).
+SAFE_METHODS: Final[frozenset[str]] = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+#: RFC 9110 section 9.2.2: the safe methods plus PUT and DELETE. Only these are ever sent twice (the
+#: stale-connection retry, ``shadowtap.wire.client``).
+IDEMPOTENT_METHODS: Final[frozenset[str]] = SAFE_METHODS | {"PUT", "DELETE"}
+#: ``IDEMPOTENT_METHODS`` as the bytes llhttp hands over.
+IDEMPOTENT_METHOD_BYTES: Final[frozenset[bytes]] = frozenset(m.encode("ascii") for m in IDEMPOTENT_METHODS)
+
 #: RFC 9110 §7.6.1 hop-by-hop fields (plus the legacy Proxy-Connection and RFC 7230's Trailer): they
 #: describe one connection, so a proxy consumes them and never forwards them.
 HOP_BY_HOP: Final[frozenset[bytes]] = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
+#: The fields a client sending a copy of a recorded or mirrored request sets for itself: the hop-by-hop
+#: ones, the framing (Content-Length, recomputed), the routing (Host) and Expect (the body is sent at
+#: once, so a 100 Continue would only be an extra response).
+REGENERATED: Final[frozenset[bytes]] = HOP_BY_HOP | {b"content-length", b"host", b"expect"}
 #: For an Upgrade pass-through the two fields that ask for the switch must reach the primary.
 _HOP_BY_HOP_UPGRADE: Final = HOP_BY_HOP - {b"connection", b"upgrade"}
 
@@ -137,9 +158,15 @@ def fields(parts: list[bytes], headers: Iterable[Header]) -> None:
         parts += (name, _SEP, value, _CRLF)
 
 
-def request_head(method: bytes, target: bytes, headers: Iterable[Header], extra: Iterable[Header] = ()) -> bytes:
-    """An HTTP/1.1 request head, fields in the given order, built with one join."""
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+def request_head(
+    method: bytes,
+    target: bytes,
+    headers: Iterable[Header],
+    extra: Iterable[Header] = (),
+    version: bytes = b"HTTP/1.1",
+) -> bytes:
+    """A request head, fields in the given order, built with one join."""
+    parts = [method, b" ", target, b" ", version, _CRLF]
     fields(parts, headers)
     fields(parts, extra)
     parts.append(_CRLF)
@@ -160,14 +187,36 @@ def chunk(data: bytes) -> list[bytes]:
     return [b"%x\r\n" % len(data), data, _CRLF]
 
 
-def error_response(status: int, reason: str, message: str, *, close: bool) -> bytes:
-    """A short plain-text response that shadowtap itself sends (502, 504, 400, 431 ...)."""
-    body = (message.rstrip("\n") + "\n").encode("utf-8", "replace")
-    own: list[Header] = [
-        (b"Content-Type", b"text/plain; charset=utf-8"),
-        (b"Content-Length", b"%d" % len(body)),
-        (b"X-Shadowtap-Error", b"1"),
-    ]
-    if close:
-        own.append((b"Connection", b"close"))
-    return response_head(status, reason.encode("ascii"), own) + body
+def chunked_last(transfer_encoding: bytes | None) -> bool:
+    """Whether a body with these Transfer-Encoding values (comma-joined) is chunked: chunked applies
+    only as the last coding listed (RFC 9112 section 6.1)."""
+    return transfer_encoding is not None and transfer_encoding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+
+
+def dechunk(data: bytes) -> tuple[bytes, bool]:
+    """The body inside chunked framing held whole in memory (a capture), and whether the framing ended
+    with its last chunk. Lenient as a capture needs: bare LF line ends, chunk extensions, a cut tail
+    (what arrived is kept)."""
+    out = bytearray()
+    pos = 0
+    while True:
+        line_end = data.find(b"\n", pos)
+        if line_end < 0:
+            return bytes(out), False
+        size_text = data[pos:line_end].rstrip(b"\r").split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            return bytes(out), False
+        pos = line_end + 1
+        if size == 0:
+            return bytes(out), True
+        if pos + size > len(data):
+            out += data[pos:]
+            return bytes(out), False
+        out += data[pos : pos + size]
+        pos += size
+        if data[pos : pos + 2] == _CRLF:
+            pos += 2
+        elif data[pos : pos + 1] == b"\n":
+            pos += 1
