@@ -11,11 +11,13 @@ command's verdict or stop it writing its output files: printing simply stops (se
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import io
 import logging
 import os
 import pkgutil
+import re
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
 import shadowtap.commands
 from shadowtap import __version__
+from shadowtap.commands._options import HelpFormatter
 from shadowtap.recorder.errors import ShadowtapError
 
 if TYPE_CHECKING:
@@ -43,10 +46,53 @@ class CommandModule(Protocol):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line on stderr and exit 2."""
+    """An ArgumentParser whose usage errors are one line on stderr and exit 2.
+
+    The line names the nearest valid spelling when the mistake looks like a typo (``did you mean
+    --speed?``) and points to this parser's own ``--help``.
+    """
 
     def error(self, message: str) -> NoReturn:
+        hint = _nearest_choice(message)
+        if hint:
+            message += f"; did you mean {hint!r}?"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def reject_unrecognized(self, extras: Sequence[str]) -> NoReturn:
+        """The error for arguments this parser does not know, with the nearest option for each."""
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        known = [
+            option
+            for action in self._actions
+            if action.help is not argparse.SUPPRESS
+            for option in action.option_strings
+        ]
+        hints = []
+        for extra in extras:
+            if not extra.startswith("-"):
+                continue
+            option = extra.partition("=")[0]
+            close = difflib.get_close_matches(option, known, n=1, cutoff=_CLOSE_ENOUGH)
+            if close and close[0] not in hints:
+                hints.append(close[0])
+        if hints:
+            message += f"; did you mean {' or '.join(hints)}?"
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+#: difflib's similarity ratio above which a mistyped name is taken for a known one (its default).
+_CLOSE_ENOUGH = 0.6
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<value>[^']*)' \(choose from (?P<choices>.*)\)")
+
+
+def _nearest_choice(message: str) -> str | None:
+    """For argparse's "invalid choice" message, the closest of the choices it lists."""
+    match = _INVALID_CHOICE.search(message)
+    if match is None:
+        return None
+    choices = re.findall(r"'([^']*)'", match["choices"])
+    close = difflib.get_close_matches(match["value"], choices, n=1, cutoff=_CLOSE_ENOUGH)
+    return close[0] if close else None
 
 
 class _GuardedStdout(io.FileIO):
@@ -127,11 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for module in discover_commands():
         command_parser = sub.add_parser(
-            module.NAME, help=module.HELP, description=module.HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+            module.NAME, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter
         )
         module.configure(command_parser)
         command_parser.set_defaults(_run=module.run)
+        for each in _parsers_under(command_parser):
+            # The parser that reports an unknown argument: the innermost one the command line reached.
+            each.set_defaults(_parser=each)
     return parser
+
+
+def _parsers_under(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and its nested subcommand parsers (``tape info``), each with the shared formatter."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                nested.formatter_class = HelpFormatter
+                found += _parsers_under(nested)
+    return found
 
 
 def _refuse_end_of_options_as_value(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
@@ -148,7 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     _refuse_end_of_options_as_value(parser, argv)
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        reporter = getattr(args, "_parser", None)
+        if isinstance(reporter, OneLineParser):
+            reporter.reject_unrecognized(extras)
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     run: Callable[[argparse.Namespace], int] | None = getattr(args, "_run", None)
     if run is None:
         parser.print_help(sys.stderr)

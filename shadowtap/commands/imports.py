@@ -1,7 +1,7 @@
 """`shadowtap import`: turn HAR, mitmproxy flow or GoReplay files into a tape.
 
 It streams each input through its importer into one ``SyncTapeWriter`` (redaction on unless
-``--no-redact``) and prints one summary line per input. It must never load a whole input and never
+``--no-redaction``) and prints one summary line per input. It must never load a whole input and never
 print a traceback for a bad file: the importer's ``InputFormatError`` names the file and position.
 """
 
@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from shadowtap.commands._options import NO_REDACTION, deprecated_switch
+
 NAME = "import"
 HELP = "import HAR, mitmproxy flow or GoReplay (.gor) files into a tape"
 ORDER = 60
@@ -20,7 +22,7 @@ EPILOG = """\
 examples:
   shadowtap import --from har session.har --out tapes/from-browser
   shadowtap import capture.gor more.gor --out tapes/prod   # format guessed from content
-  shadowtap import --from mitm flows.mitm --out tapes/mitm --no-redact
+  shadowtap import --from mitm flows.mitm --out tapes/mitm --no-redaction
 
 Exchanges already written stay in the tape when a later input turns out to be malformed.
 """
@@ -38,10 +40,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, type=Path, metavar="TAPE", help="tape directory to write")
     parser.add_argument(
-        "--no-redact",
+        NO_REDACTION,
         action="store_true",
         help="write secrets (Authorization, Cookie, ...) as they are; redaction is on by default",
     )
+    deprecated_switch(parser, "--no-redact", NO_REDACTION, "no_redaction")
     parser.add_argument(
         "--config",
         type=Path,
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(section, dict):
             raise ConfigError("must be a mapping", field="redaction", path=str(args.config))
         redaction = RedactionRules.from_mapping(section)
-    if args.no_redact:
+    if args.no_redaction:
         redaction = None
     # An import can simply be run again, so syncing every block would only slow it down.
     options = TapeOptions(compression=args.compression, fsync="none", redaction=redaction)

@@ -16,6 +16,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
+from shadowtap.commands._options import NO_REDACTION, PATH_REGEX, deprecated_option, deprecated_switch
+
 if TYPE_CHECKING:
     from shadowtap.replayer.job import ReplayJob
     from shadowtap.replayer.report import SloGates
@@ -101,10 +103,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="auto, recorded, connection, client, none, header:NAME, cookie:NAME, query:NAME (default auto)",
     )
     g.add_argument("--method", action="append", default=[], help="only these methods (repeatable)")
-    g.add_argument("--path-regex", help="only requests whose path matches")
+    g.add_argument(PATH_REGEX, metavar="REGEX", help="only requests whose path matches REGEX (searched, no query)")
     g.add_argument("--endpoint", action="append", default=[], metavar="GLOB", help="e.g. 'GET /users/{id}' (repeat)")
-    g.add_argument("--since", type=_seconds, metavar="S", help="skip the tape's first S seconds")
-    g.add_argument("--until", type=_seconds, metavar="S", help="stop at S seconds into the tape")
+    g.add_argument("--from-offset", type=_seconds, metavar="S", help="skip the tape's first S seconds")
+    g.add_argument("--to-offset", type=_seconds, metavar="S", help="stop at S seconds into the tape")
+    # Elsewhere --since/--until are wall-clock times; here they were seconds into the tape.
+    for old, new in (("--since", "--from-offset"), ("--until", "--to-offset")):
+        deprecated_option(g, old, new, new.lstrip("-").replace("-", "_"), note="seconds into the tape",
+                          type=_seconds, metavar="S")  # fmt: skip
     g.add_argument("--sample-percent", type=_finite, default=100.0, help="replay this share of sessions")
     g.add_argument("--allow-writes", action="store_true", help="also replay methods other than GET/HEAD/OPTIONS/TRACE")
     g.add_argument("--salvage", action="store_true", help="skip corrupt frames in the tapes instead of stopping")
@@ -138,7 +144,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("outputs and gates")
     g.add_argument("--results", metavar="TAPE", help="write recorded + replayed exchanges to this tape directory")
-    g.add_argument("--no-redact-results", action="store_true", help="keep secrets in the results tape")
+    g.add_argument(NO_REDACTION, action="store_true", help="keep secrets in the results tape (redacted by default)")
+    deprecated_switch(g, "--no-redact-results", NO_REDACTION, "no_redaction")
     g.add_argument("--json", metavar="OUT", help="write JSON results ('-' for stdout)")
     g.add_argument("--html", metavar="OUT", help="write a self-contained HTML report")
     g.add_argument(
@@ -227,6 +234,9 @@ def _check_rewrites(args: argparse.Namespace) -> None:
     check_header_text(args.clone_id_template, "--clone-id-template", latin1=in_head)
 
 
+_FILTER_FLAGS: Final = {"path-regex": PATH_REGEX, "until": "--to-offset"}
+
+
 def build_job(args: argparse.Namespace) -> ReplayJob:
     """The job the flags describe; every bad value raises ``ConfigError`` naming the flag."""
     from shadowtap.proxy.forward import parse_primary
@@ -242,17 +252,25 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
     # deep in a transport (a traceback), or accepted with a space that would split the request line.
     parse_primary(args.target, field="--target")
     _check_rewrites(args)
-    plan = PlanOptions(
-        session_key=SessionKey.parse(args.session_key),
-        filters=Filters(
+    try:
+        filters = Filters(
             methods=frozenset(args.method),
             path_regex=args.path_regex,
             endpoints=tuple(args.endpoint),
-            since_s=args.since,
-            until_s=args.until,
+            since_s=args.from_offset,
+            until_s=args.to_offset,
             sample_percent=args.sample_percent,
             allow_writes=args.allow_writes,
-        ),
+        )
+    except ConfigError as exc:
+        # Name the flag the user typed, not the plan's field.
+        flag = _FILTER_FLAGS.get(exc.field or "")
+        if flag is None:
+            raise
+        raise ConfigError(exc.message, field=flag) from exc
+    plan = PlanOptions(
+        session_key=SessionKey.parse(args.session_key),
+        filters=filters,
         rewrites=Rewrites(
             host=None if args.host is None else _checked_host(args.host),
             set_headers=tuple(_parse_header(h) for h in args.header),
@@ -289,7 +307,7 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
         runner=RunnerSettings(max_in_flight=max_in_flight),
         results_dir=args.results,
         salvage=args.salvage,
-        redact_results=not args.no_redact_results,
+        redact_results=not args.no_redaction,
     )
 
 

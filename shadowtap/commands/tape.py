@@ -21,6 +21,8 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from shadowtap.commands._options import NO_REDACTION, PATH_REGEX, deprecated_option, deprecated_switch
+
 # The recorder package is already loaded by the CLI (its error tree lives there): nothing heavy here.
 from shadowtap.recorder import (
     ConfigError,
@@ -44,7 +46,7 @@ ORDER = 50
 EPILOG = """\
 examples:
   shadowtap tape info tapes/prod
-  shadowtap tape cat tapes/prod --method POST --path '^/orders' --since 2026-11-22T10:00:00Z | jq .
+  shadowtap tape cat tapes/prod --method POST --path-regex '^/orders' --since 2026-11-22T10:00:00Z | jq .
   shadowtap tape merge tapes/all tapes/sidecar-a tapes/sidecar-b 'tapes/old/*.stape'
 
 A TAPE is a segment file, a directory of segments, or a glob pattern (quote it).
@@ -79,11 +81,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _add_read_options(merge)
     merge.add_argument("--compression", choices=["none", "zstd"], default="none", help="output block compression")
     merge.add_argument(
-        "--no-redact",
+        NO_REDACTION,
         action="store_true",
         help="copy exchanges as they are; by default secrets left in inputs are redacted (already "
         "redacted values are kept, so hashes still match across merged tapes)",
     )
+    deprecated_switch(merge, "--no-redact", NO_REDACTION, "no_redaction")
     merge.set_defaults(_tape_run=_run_merge)
 
 
@@ -91,7 +94,8 @@ def _add_read_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", metavar="TIME", help="only exchanges started at or after TIME (ISO 8601 or epoch s)")
     parser.add_argument("--until", metavar="TIME", help="only exchanges started before TIME")
     parser.add_argument("--method", action="append", metavar="METHOD", help="only this method (repeatable)")
-    parser.add_argument("--path", metavar="REGEX", help="only request paths matching REGEX (searched, no query)")
+    parser.add_argument(PATH_REGEX, metavar="REGEX", help="only request paths matching REGEX (searched, no query)")
+    deprecated_option(parser, "--path", PATH_REGEX, "path_regex", metavar="REGEX")
     parser.add_argument(
         "--salvage", action="store_true", help="skip corrupt frames (and report them) instead of stopping"
     )
@@ -151,14 +155,14 @@ def format_ns(ns: int) -> str:
 
 
 def _filter(args: argparse.Namespace) -> TapeFilter | None:
-    if args.since is None and args.until is None and not args.method and args.path is None:
+    if args.since is None and args.until is None and not args.method and args.path_regex is None:
         return None
     try:
         return TapeFilter(
             since_ns=None if args.since is None else parse_time_ns(args.since, "--since"),
             until_ns=None if args.until is None else parse_time_ns(args.until, "--until"),
             methods=frozenset(args.method) if args.method else None,
-            path_regex=args.path,
+            path_regex=args.path_regex,
         )
     except ConfigError as exc:
         # Name the flag the user typed, not the library's field.
@@ -168,7 +172,7 @@ def _filter(args: argparse.Namespace) -> TapeFilter | None:
         raise ConfigError(exc.message, field=flag) from exc
 
 
-_FILTER_FLAGS = {"filter.path_regex": "--path", "filter.until": "--until"}
+_FILTER_FLAGS = {"filter.path_regex": PATH_REGEX, "filter.until": "--until"}
 
 
 def refuse_files_that_are_not_tapes(tapes: Sequence[str | Path], salvage: bool = False) -> None:
@@ -435,7 +439,7 @@ def _run_merge(args: argparse.Namespace) -> int:
         compression=args.compression,
         # A merge can simply be run again, so syncing every block would only slow it down.
         fsync="none",
-        redaction=None if args.no_redact else RedactionRules(),
+        redaction=None if args.no_redaction else RedactionRules(),
     )
     result = merge_tapes(args.out, args.tapes, options, filter=_filter(args), salvage=args.salvage)
     print(f"merged {result.exchanges} exchanges from {result.inputs} tape(s) into {args.out}")

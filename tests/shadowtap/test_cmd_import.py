@@ -42,7 +42,7 @@ def test_all_fixtures_import_with_expected_counts(tmp_path: Path, capsys: pytest
 def test_secrets_are_redacted_unless_asked_not_to(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gor = str(FIXTURES / "goreplay" / "httpbin.gor")
     assert main(["import", gor, "--out", str(tmp_path / "red")]) == 0
-    assert main(["import", "--from", "gor", gor, "--out", str(tmp_path / "raw"), "--no-redact"]) == 0
+    assert main(["import", "--from", "gor", gor, "--out", str(tmp_path / "raw"), "--no-redaction"]) == 0
     out = capsys.readouterr().out
     assert "14 exchanges written" in out and "(not redacted)" in out
 

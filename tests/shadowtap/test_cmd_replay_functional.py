@@ -283,8 +283,8 @@ def test_good_rewrites_are_kept_and_a_unicode_host_goes_out_as_idna(flags: list[
     assert rewrites.set_headers == (("X-A", "a\tb ${T}"),) and rewrites.remove_headers == ("Cookie",)
 
 
-_SECONDS_FLAGS = ["--clone-offset", "--duration", "--ramp", "--since", "--until", "--timeout", "--connect-timeout",
-                  "--locust-timeout"]  # fmt: skip
+_SECONDS_FLAGS = ["--clone-offset", "--duration", "--ramp", "--from-offset", "--to-offset", "--timeout",
+                  "--connect-timeout", "--locust-timeout", "--since", "--until"]  # fmt: skip
 _NUMBER_FLAGS = ["--speed", "--rate", "--sample-percent", "--max-error-rate", "--max-p99-ms", "--max-start-lag-ms"]
 
 

@@ -105,7 +105,7 @@ def test_cat_bodies_text_base64_none(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_cat_limit_and_path_regex(tape: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _, out, _ = run(capsys, "tape", "cat", str(tape), "--path", r"^/users/1\d$", "--limit", "1")
+    _, out, _ = run(capsys, "tape", "cat", str(tape), "--path-regex", r"^/users/1\d$", "--limit", "1")
     assert [json.loads(line)["id"] for line in out.splitlines()] == ["ex-000010"]
 
 
@@ -137,7 +137,7 @@ def test_merge_interleaves_by_time_and_keeps_everything(tmp_path: Path, capsys: 
     b = write(
         tmp_path / "b", [make_exchange(i) for i in range(1, 30, 2)], TapeOptions(redaction=None, compression="zstd")
     )
-    code, out, _ = run(capsys, "tape", "merge", str(tmp_path / "all"), str(a), str(b), "--no-redact")
+    code, out, _ = run(capsys, "tape", "merge", str(tmp_path / "all"), str(a), str(b), "--no-redaction")
     assert code == 0
     assert "merged 30 exchanges from 2 tape(s)" in out
     merged = list(TapeReader(tmp_path / "all"))
@@ -189,7 +189,7 @@ def test_times_parse_iso_and_epoch() -> None:
 
 @pytest.mark.parametrize(
     ("flags", "named"),
-    [(("--path", "(unclosed"), "--path"), (("--since", "2026-01-02", "--until", "2026-01-01"), "--until")],
+    [(("--path-regex", "(unclosed"), "--path-regex"), (("--since", "2026-01-02", "--until", "2026-01-01"), "--until")],
 )
 def test_bad_filters_name_the_flag(
     tape: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, ...], named: str
