@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 from collections.abc import Callable
 from typing import Any, Final
+
+from shadowtap.commands._options import HelpFormatter
 
 NAME = "proxy"
 HELP = "Run the sidecar proxy: forward to the primary, mirror a sample to shadows, record a tape."
@@ -75,7 +78,7 @@ _FLAGS: Final[list[tuple[str, str, Callable[[str], Any] | None, Any, str]]] = [
     ("--join-timeout", "record.join_timeout_s", float, None, "seconds an exchange waits for its shadows"),
     ("--tape-compression", "record.compression", str, None, "none or zstd"),
     ("--tape-fsync", "record.fsync", str, None, "none, interval or every"),
-    ("--tape-writer", "record.writer", str, None, "process (default: off the proxy's GIL) or thread"),
+    ("--tape-writer", "record.writer", str, None, "process (off the proxy's GIL) or thread"),
     ("--tape-segment-bytes", "record.max_segment_bytes", int, None, "rotate tape segments at this size"),
     ("--no-redaction", "record.redaction.enabled", None, False,
      "record secrets as they are (redaction is on by default; shadows' copies are still stripped)"),
@@ -88,24 +91,82 @@ _FLAGS: Final[list[tuple[str, str, Callable[[str], Any] | None, Any, str]]] = [
 ]  # fmt: skip
 
 
+#: How ``--help`` groups the flags: by the config section each sets (a path equal to a prefix, or
+#: under one ending in "."), in the order a reader sets a proxy up.
+_GROUPS: Final = (
+    ("listening", ("listen", "workers", "shutdown_timeout_s")),
+    ("primary", ("primary", "forward.")),
+    ("shadows", ("shadows.",)),
+    ("mirroring rules", ("mirror.",)),
+    ("recording", ("record.",)),
+    ("admin and events", ("admin.", "events.")),
+    ("TLS (listening)", ("tls.",)),
+)
+
+
+def _group_of(path: str) -> str:
+    for title, prefixes in _GROUPS:
+        if any(path == p or (p.endswith(".") and path.startswith(p)) for p in prefixes):
+            return title
+    raise AssertionError(f"config path {path!r} is in no --help group")
+
+
 def _dest(flag: str) -> str:
     return "opt_" + flag.lstrip("-").replace("-", "_")
 
 
+@functools.cache
+def _config_defaults() -> dict[str, str]:
+    """Each valued flag's default as the config reference (docs/config.md) spells it, by ``dest``.
+
+    Read from the config classes, the one place defaults live; imported only when help is printed,
+    so ``--help`` of the other commands and the proxy's start-up do not pay for it."""
+    from shadowtap.configdoc import proxy_keys
+
+    by_key = {doc.key: doc.default for doc in proxy_keys()}
+    defaults = {}
+    for flag, path, kind, _constant, _help in _FLAGS:
+        shown = by_key.get(path.replace("shadows.*.", "shadows[]."))
+        if kind is not None and shown is not None and shown not in ("null", "(required)"):
+            defaults[_dest(flag)] = shown.strip('"')
+    return defaults
+
+
+class _HelpFormatter(HelpFormatter):
+    """The shared formatter, with each config-backed flag's default taken from the config classes."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        default = _config_defaults().get(action.dest)
+        if not text or default is None or "default" in text:
+            return super()._get_help_string(action)
+        return f"{text} (default: {default.replace('%', '%%')})"
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _EPILOG
-    parser.add_argument("--config", metavar="FILE", help="YAML or TOML config file (flags override it)")
-    parser.add_argument(
+    parser.formatter_class = _HelpFormatter
+    config = parser.add_argument_group("config file")
+    groups = {title: parser.add_argument_group(title) for title, _ in _GROUPS}
+    config.add_argument("--config", metavar="FILE", help="YAML or TOML config file (flags override it)")
+    config.add_argument(
         "--check-config", metavar="FILE", help="validate FILE (with any flags), print the effective config, exit"
     )
-    parser.add_argument(
+    config.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any config key by dotted path, value in YAML (shadows.NAME.KEY for one shadow)",
+    )
+    groups["shadows"].add_argument(
         "--shadow",
         action="append",
         default=[],
         metavar="NAME=URL",
         help="mirror to this shadow (repeatable; adds to the config file's shadows)",
     )
-    parser.add_argument(
+    groups["mirroring rules"].add_argument(
         "--route",
         action="append",
         default=[],
@@ -113,19 +174,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="a route rule, e.g. 'path=/orders/**;methods=POST;mirror_methods=POST;sample_percent=10' "
         "(repeatable; keys as in the config's mirror.routes; lists comma-separated)",
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set any config key by dotted path, value in YAML (shadows.NAME.KEY for one shadow)",
-    )
     for flag, path, kind, constant, help_text in _FLAGS:
+        group = groups[_group_of(path)]
         if kind is None:
-            parser.add_argument(flag, dest=_dest(flag), action="store_const", const=constant, help=help_text)
+            group.add_argument(flag, dest=_dest(flag), action="store_const", const=constant, help=help_text)
         else:
-            parser.add_argument(flag, dest=_dest(flag), type=kind, metavar=path.rsplit(".", 1)[-1].upper(),
-                                help=help_text)  # fmt: skip
+            group.add_argument(flag, dest=_dest(flag), type=kind, metavar=path.rsplit(".", 1)[-1].upper(),
+                               help=help_text)  # fmt: skip
 
 
 def _shadow_list(raw: Any) -> list[Any]:

@@ -140,3 +140,73 @@ def test_remote_admin_without_token_on_explicit_request(tmp_path: Path, capsys: 
     argv = ["--admin", "0.0.0.0:0", "--admin-allow-remote", "--admin-insecure-no-token"]
     assert main(["proxy", "--check-config", str(tmp_path / "c.yaml"), *argv]) == 0
     assert '"insecure_no_token": true' in capsys.readouterr().out
+
+
+def _help_sections() -> dict[str, list[str]]:
+    """``shadowtap proxy --help`` as section title -> the flags listed under it, in order."""
+    from shadowtap.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    text = commands.choices["proxy"].format_help()
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            current = line[:-1]
+            sections[current] = []
+        elif line.startswith("  --") and current:
+            sections[current].append(line.split()[0])
+    return sections
+
+
+def test_help_groups_every_flag_by_what_it_configures() -> None:
+    sections = _help_sections()
+    assert list(sections)[:9] == [
+        "options", "config file", "listening", "primary", "shadows", "mirroring rules", "recording",
+        "admin and events", "TLS (listening)",
+    ]  # fmt: skip
+    listed = [flag for flags in sections.values() for flag in flags]
+    assert len(listed) == len(set(listed))  # each flag once
+    assert set(listed) == {flag for flag, *_ in cmd._FLAGS} | {"--config", "--check-config", "--set", "--shadow",
+                                                               "--route"}  # fmt: skip
+    assert {"--listen", "--workers"} <= set(sections["listening"])
+    assert {"--primary", "--connect-timeout", "--primary-insecure"} <= set(sections["primary"])
+    assert {"--shadow", "--shadow-timeout", "--breaker-open"} <= set(sections["shadows"])
+    assert {"--route", "--no-mirror", "--sample-key"} <= set(sections["mirroring rules"])
+    assert {"--tape", "--tape-fsync", "--no-redaction"} <= set(sections["recording"])
+    assert {"--admin", "--admin-token-env", "--events"} <= set(sections["admin and events"])
+    assert sections["TLS (listening)"] == ["--tls-cert", "--tls-key"]
+
+
+def test_help_shows_the_config_defaults() -> None:
+    import re
+
+    from shadowtap.cli import build_parser
+    from shadowtap.proxy.forward import ForwardSettings
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    text = " ".join(commands.choices["proxy"].format_help().split())
+    config = ProxyConfig.from_mapping(
+        {"primary": "http://127.0.0.1:1", "shadows": [{"name": "a", "url": "http://127.0.0.1:2"}]}
+    )
+    actual = config.to_mapping()
+    actual["shadows"] = actual["shadows"][0]
+    forward = ForwardSettings("http://127.0.0.1:1")
+    actual["forward"] = {path.split(".")[1]: getattr(forward, path.split(".")[1], None) for _, path, *_ in cmd._FLAGS
+                         if path.startswith("forward.")}  # fmt: skip
+    shown = 0
+    for flag, path, kind, _constant, _help in cmd._FLAGS:
+        value: Any = actual
+        for key in path.replace("shadows.*", "shadows").split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if kind is None or value is None or path == "primary":  # a switch, no default, or required
+            continue
+        entry = re.search(rf"{re.escape(flag)} [A-Z_]+ ((?:(?! --).)*)", text)
+        assert entry is not None, flag
+        default = re.search(r"\(default:? ([^;)]+)[;)]", entry[1])
+        assert default is not None, flag
+        assert default[1] == str(value), flag
+        shown += 1
+    assert shown >= 20
