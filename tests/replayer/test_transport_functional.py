@@ -208,3 +208,23 @@ async def test_informational_responses_are_skipped(factory: TransportFactory) ->
     assert isinstance(result.outcome, Response) and result.outcome.status == 200
     assert result.outcome.body == b"final" and result.outcome.header(b"x-final") == b"yes"
     assert result.outcome.header(b"link") is None
+
+
+@pytest.mark.parametrize("factory", CLIENTS)
+async def test_a_body_that_ends_when_the_connection_closes_is_a_response(factory: TransportFactory) -> None:
+    # No Content-Length, no chunking: the body is delimited by the close (RFC 9112 section 6.3),
+    # as the proxy relays it too.
+    srv, url = await raw_server(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+    async with srv, factory(url) as transport:
+        result = await transport.send("GET", "/", (), b"")
+    assert isinstance(result.outcome, Response)
+    assert result.outcome.status == 200 and result.outcome.body == b"until the end"
+
+
+@pytest.mark.parametrize("factory", CLIENTS)
+async def test_the_reason_phrase_is_kept(factory: TransportFactory) -> None:
+    srv, url = await raw_server(b"HTTP/1.1 418 I'm a teapot, really\r\nContent-Length: 2\r\n\r\nno")
+    async with srv, factory(url) as transport:
+        result = await transport.send("GET", "/", (), b"")
+    assert isinstance(result.outcome, Response)
+    assert (result.outcome.status, result.outcome.reason, result.outcome.body) == (418, "I'm a teapot, really", b"no")
