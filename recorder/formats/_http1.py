@@ -4,6 +4,11 @@ It parses one complete message that is already in memory (a GoReplay payload) an
 back; it must never read files or sockets, and never decode a content-encoding: bodies stay as on
 the wire except for the chunked transfer framing, which is removed (and re-added on the way out)
 so every importer hands the differ the same kind of body.
+
+The framing rules (which coding is chunked, the chunked coding itself, head serialisation) are
+``shadowtap.wire.http1``'s, the ones the proxy and the replayer use. The head is split here rather
+than by llhttp: a capture holds messages llhttp refuses and an importer must keep (cut bodies,
+bare LF line ends, methods llhttp does not know), each with a note saying what was odd.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Final, NamedTuple
 
 from shadowtap.recorder.formats._common import text_to_wire
 from shadowtap.recorder.model import Headers, Request, Response, header_value, header_values
+from shadowtap.wire import http1
 
 __all__ = ["HttpParseError", "ParsedBody", "parse_request", "parse_response", "request_bytes", "response_bytes"]
 
@@ -83,46 +89,14 @@ def _lines(head: bytes) -> list[bytes]:
     return [line.rstrip(b"\r") for line in head.split(b"\n")]
 
 
-def _chunked(transfer_encoding: bytes | None) -> bool:
-    # Chunked applies when it is the last coding listed (RFC 9112 6.1).
-    return transfer_encoding is not None and transfer_encoding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-
-
 def _is_chunked(headers: Headers) -> bool:
     codings = header_values(headers, b"transfer-encoding")
-    return _chunked(b",".join(codings)) if codings else False
-
-
-def dechunk(data: bytes) -> tuple[bytes, bool]:
-    """The body inside chunked framing, and whether the framing ended with its last chunk."""
-    out = bytearray()
-    pos = 0
-    while True:
-        line_end = data.find(b"\n", pos)
-        if line_end < 0:
-            return bytes(out), False
-        size_text = data[pos:line_end].rstrip(b"\r").split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            return bytes(out), False
-        pos = line_end + 1
-        if size == 0:
-            return bytes(out), True
-        if pos + size > len(data):
-            out += data[pos:]
-            return bytes(out), False
-        out += data[pos : pos + size]
-        pos += size
-        if data[pos : pos + 2] == _CRLF:
-            pos += 2
-        elif data[pos : pos + 1] == b"\n":
-            pos += 1
+    return http1.chunked_last(b",".join(codings)) if codings else False
 
 
 def _frame_body(head: _Head, rest: bytes) -> ParsedBody:
-    if _chunked(head.transfer_encoding):
-        body, complete = dechunk(rest)
+    if http1.chunked_last(head.transfer_encoding):
+        body, complete = http1.dechunk(rest)
         return ParsedBody(body, None, "" if complete else "chunked-incomplete")
     length = head.content_length
     if length is not None:
@@ -199,18 +173,9 @@ def parse_response(payload: bytes, *, request_method: str = "GET") -> tuple[Resp
     )
 
 
-def _head_bytes(start_line: bytes, headers: Headers) -> bytearray:
-    out = bytearray(start_line)
-    out += _CRLF
-    for name, value in headers:
-        out += name + b": " + value + _CRLF
-    out += _CRLF
-    return out
-
-
 def _body_for_wire(headers: Headers, body: bytes, *, add_length: bool) -> tuple[Headers, bytes]:
     if _is_chunked(headers):
-        framed = (b"%x\r\n" % len(body) + body + _CRLF if body else b"") + b"0\r\n\r\n"
+        framed = (b"".join(http1.chunk(body)) if body else b"") + http1.CHUNKED_END
         return headers, framed
     if add_length and body and header_value(headers, b"content-length") is None:
         return (*headers, (b"Content-Length", str(len(body)).encode("ascii"))), body
@@ -231,20 +196,21 @@ def request_bytes(request: Request) -> bytes:
             *headers,
         )
     headers, body = _body_for_wire(headers, request.body, add_length=True)
-    line = b"%s %s %s" % (
-        text_to_wire(request.method),
-        text_to_wire(request.target),
-        _wire_version(request.http_version),
+    head = http1.request_head(
+        text_to_wire(request.method), text_to_wire(request.target), headers, version=_wire_version(request.http_version)
     )
-    return bytes(_head_bytes(line, headers) + body)
+    return head + body
 
 
 def response_bytes(response: Response) -> bytes:
     """The response as HTTP/1.x bytes; chunked bodies are re-framed."""
     headers, body = _body_for_wire(response.headers, response.body, add_length=True)
-    line = b"%s %d %s" % (
+    line = b"%s %d %s\r\n" % (
         _wire_version(response.http_version),
         response.status,
         response.reason.encode("latin-1", "replace"),
     )
-    return bytes(_head_bytes(line, headers) + body)
+    parts = [line]
+    http1.fields(parts, headers)
+    parts += (_CRLF, body)
+    return b"".join(parts)
