@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.replayer.result import JobResult
-from shadowtap.replayer.stats import ERROR_CLASSES, HISTOGRAMS, PERCENTILES, EndpointStats
+from shadowtap.replayer.stats import ERROR_CLASSES, HISTOGRAMS, PERCENTILES, SERIES_PERCENTILES, EndpointStats, Series
 
 __all__ = [
     "DEFAULT_MAX_ERROR_RATE",
@@ -118,6 +118,18 @@ def _latency(stats: EndpointStats) -> dict[str, dict[str, float]]:
     return {name: {f"p{p:g}": round(stats.percentile_ms(name, p), 3) for p in PERCENTILES} for name in HISTOGRAMS}
 
 
+def _timeline(series: Series) -> list[dict[str, Any]]:
+    interval_s = series.interval_s
+    rows = []
+    for i in range(len(series.rows)):
+        row: dict[str, Any] = {"second": i * interval_s, **series.row_counts(i)}
+        row["latency_ms"] = (
+            {f"p{p:g}": round(series.percentile_ms(i, p), 3) for p in SERIES_PERCENTILES} if series.latency[i] else None
+        )
+        rows.append(row)
+    return rows
+
+
 def results_document(
     result: JobResult, *, target: str, tapes: tuple[str, ...], workers: int, gates: SloGates
 ) -> dict[str, Any]:
@@ -164,10 +176,8 @@ def results_document(
             }
             for name, per in sorted(result.stats.endpoints.items(), key=lambda item: -item[1].requests)
         ],
-        "timeline": [
-            {"second": i, "planned": row[0], "sent": row[1], "ok": row[2], "errors": row[3]}
-            for i, row in enumerate(result.stats.timeline)
-        ],
+        "timeline_interval_s": result.stats.series.interval_s,
+        "timeline": _timeline(result.stats.series),
         "results_tape": {"written": result.results_written, "dropped": result.results_dropped},
         "slo": {"passed": not failures, "failures": failures, "gates": gates.as_dict()},
         "stopped": result.stopped,

@@ -24,10 +24,15 @@ from hdrh.histogram import HdrHistogram
 __all__ = [
     "ERROR_CLASSES",
     "ERROR_EXAMPLES_PER_CLASS",
+    "FAILURE_KINDS",
     "HISTOGRAMS",
+    "SERIES_MAX_POINTS",
+    "SERIES_PERCENTILES",
+    "STATUS_CLASSES",
     "EndpointStats",
     "ErrorExample",
     "ReplayStats",
+    "Series",
     "Summary",
 ]
 
@@ -36,15 +41,23 @@ _LOWEST_US: Final = 1
 _HIGHEST_US: Final = 3_600_000_000
 _DIGITS: Final = 3
 _NS_PER_US: Final = 1_000
-#: The timeline keeps at most this many one-second buckets (a day); later seconds fold into the last.
-_MAX_TIMELINE_S: Final = 86_400
+#: Intervals the series keeps at most: one second each until a run outgrows them (10 minutes), then
+#: the interval doubles and neighbours fold together, so memory and the charts stay bounded however
+#: long a replay runs.
+SERIES_MAX_POINTS: Final = 600
+_NS_PER_S: Final = 1_000_000_000
 #: Buffered latencies folded into the histograms at once: small, because a fold runs on the event
 #: loop and a large one would show up as start lag (256 rows fold in well under a millisecond).
 _FLUSH_EVERY: Final = 256
 
 HISTOGRAMS: Final = ("service", "corrected", "start_lag")
 ERROR_CLASSES: Final = ("connect", "timeout", "reset", "5xx", "other")
+#: Response status classes, and the kinds of request that got no response, counted per interval.
+STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
+FAILURE_KINDS: Final = ("connect", "timeout", "reset", "other")
 PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9, 100.0)
+#: The response-time percentiles reported per interval of the series.
+SERIES_PERCENTILES: Final = (50.0, 90.0, 99.0)
 #: Failed requests kept as examples, per error class: the first ones, enough to see what went wrong
 #: (a dead target fails every request the same way) while the memory stays a few lines.
 ERROR_EXAMPLES_PER_CLASS: Final = 3
@@ -80,6 +93,153 @@ _counts_index = _make_counts_index()
 
 def _us(value_ns: int) -> int:
     return min(_HIGHEST_US, max(_LOWEST_US, value_ns // _NS_PER_US))
+
+
+# Columns of a series row: four totals, then the status classes, then the failure kinds.
+_PLANNED: Final = 0
+_SENT: Final = 1
+_OK: Final = 2
+_ERRORS: Final = 3
+_FIRST_STATUS: Final = 4
+_FIRST_FAILURE: Final = _FIRST_STATUS + len(STATUS_CLASSES)
+_COLUMNS: Final = _FIRST_FAILURE + len(FAILURE_KINDS)
+_FAILURE_COLUMN: Final = {kind: _FIRST_FAILURE + i for i, kind in enumerate(FAILURE_KINDS)}
+_OTHER_FAILURE: Final = _FAILURE_COLUMN["other"]
+#: Column of a status by ``status // 100`` (0 -> 1xx: a status below 100 is out of range anyway).
+_STATUS_COLUMN: Final = tuple(_FIRST_STATUS + max(0, min(4, c - 1)) for c in range(6))
+_LAST_STATUS: Final = _FIRST_FAILURE - 1
+#: Latency log buckets: 16 per power of two (a bucket is at most 1/16 = 6.25 % wide), exact below
+#: 32 us. Index 463 holds the histogram's ceiling (an hour), so a row has at most 464 buckets.
+_LOG_SUB_BITS: Final = 4
+_LOG_EXACT_BITS: Final = _LOG_SUB_BITS + 1
+
+
+def log_bucket(value_us: int) -> int:
+    """The series' latency bucket of a value in microseconds (see ``bucket_ceiling_us``)."""
+    shift = value_us.bit_length() - _LOG_EXACT_BITS
+    return value_us if shift <= 0 else (shift << _LOG_SUB_BITS) + (value_us >> shift)
+
+
+def bucket_ceiling_us(index: int) -> int:
+    """The largest value in microseconds that falls into log bucket ``index``."""
+    if index < 1 << _LOG_EXACT_BITS:
+        return index
+    shift = (index >> _LOG_SUB_BITS) - 1
+    mantissa = index - (shift << _LOG_SUB_BITS)
+    return ((mantissa + 1) << shift) - 1
+
+
+class Series:
+    """Counts per interval since t0, for the charts over time: what was planned (by slot) and sent
+    (by send time); by completion time, ok and errors (5xx and failures), status classes, failure
+    kinds and a log-bucket histogram of the response time from the intended send.
+
+    Cheap on purpose: a row is a flat list of ``_COLUMNS`` counters and its latencies a sparse dict
+    of at most 464 log buckets, so recording a request is a few additions. Starts at 1 s intervals
+    and doubles the interval whenever a run would need more than ``SERIES_MAX_POINTS``; series of
+    different intervals merge at the coarser one.
+    """
+
+    __slots__ = ("interval_ns", "latency", "rows")
+
+    def __init__(
+        self, interval_s: int = 1, rows: list[list[int]] | None = None, latency: list[dict[int, int]] | None = None
+    ) -> None:
+        self.interval_ns = interval_s * _NS_PER_S
+        self.rows: list[list[int]] = rows if rows is not None else []
+        self.latency: list[dict[int, int]] = latency if latency is not None else [{} for _ in self.rows]
+
+    @property
+    def interval_s(self) -> int:
+        return self.interval_ns // _NS_PER_S
+
+    def index(self, offset_ns: int) -> int:
+        """The row of ``offset_ns`` after t0 (clamped at 0), added (and coarsened) as needed."""
+        i = offset_ns // self.interval_ns
+        if 0 <= i < len(self.rows):
+            return i
+        offset_ns = max(0, offset_ns)
+        i = offset_ns // self.interval_ns
+        while i >= SERIES_MAX_POINTS:
+            self.coarsen()
+            i = offset_ns // self.interval_ns
+        while len(self.rows) <= i:
+            self.rows.append([0] * _COLUMNS)
+            self.latency.append({})
+        return i
+
+    def coarsen(self) -> None:
+        """Double the interval: each pair of neighbouring rows becomes one."""
+        rows: list[list[int]] = []
+        latency: list[dict[int, int]] = []
+        for i in range(0, len(self.rows), 2):
+            row, buckets = list(self.rows[i]), dict(self.latency[i])
+            if i + 1 < len(self.rows):
+                _add_row(row, buckets, self.rows[i + 1], self.latency[i + 1])
+            rows.append(row)
+            latency.append(buckets)
+        self.interval_ns *= 2
+        self.rows, self.latency = rows, latency
+
+    def merge(self, other: Series) -> None:
+        """Add ``other`` (measured against the same t0) into this series, at the coarser interval."""
+        while self.interval_ns < other.interval_ns:
+            self.coarsen()
+        for j, row in enumerate(other.rows):
+            i = self.index(j * other.interval_ns)
+            _add_row(self.rows[i], self.latency[i], row, other.latency[j])
+
+    def percentile_ms(self, i: int, percentile: float) -> float:
+        """Response time (from the intended send) at ``percentile`` in row ``i``, in ms: the ceiling
+        of its log bucket, so at most 6.25 % above the true value; 0.0 when nothing completed."""
+        buckets = self.latency[i]
+        total = sum(buckets.values())
+        if not total:
+            return 0.0
+        wanted = max(1, -(-total * percentile // 100))
+        seen = 0
+        for index in sorted(buckets):
+            seen += buckets[index]
+            if seen >= wanted:
+                return bucket_ceiling_us(index) / 1000.0
+        return bucket_ceiling_us(max(buckets)) / 1000.0
+
+    def encode(self) -> dict[str, Any]:
+        # Latency buckets as flat [index, count, ...] lists: integer keys survive every encoding.
+        return {
+            "interval_s": self.interval_s,
+            "rows": self.rows,
+            "latency": [[n for item in sorted(b.items()) for n in item] for b in self.latency],
+        }
+
+    @classmethod
+    def decode(cls, data: dict[str, Any]) -> Series:
+        rows = [list(map(int, row)) for row in data["rows"]]
+        if any(len(row) != _COLUMNS for row in rows):
+            raise ValueError(f"a series row must have {_COLUMNS} counters")
+        latency = [{int(flat[k]): int(flat[k + 1]) for k in range(0, len(flat), 2)} for flat in data["latency"]]
+        if len(latency) != len(rows):
+            raise ValueError("a series needs one latency row per row")
+        return cls(int(data["interval_s"]), rows, latency)
+
+    def row_counts(self, i: int) -> dict[str, Any]:
+        """Row ``i`` by name: the four totals, and the status classes and failure kinds that occurred."""
+        row = self.rows[i]
+        return {
+            "planned": row[_PLANNED],
+            "sent": row[_SENT],
+            "ok": row[_OK],
+            "errors": row[_ERRORS],
+            "statuses": {c: row[_FIRST_STATUS + k] for k, c in enumerate(STATUS_CLASSES) if row[_FIRST_STATUS + k]},
+            "failures": {f: row[_FIRST_FAILURE + k] for k, f in enumerate(FAILURE_KINDS) if row[_FIRST_FAILURE + k]},
+        }
+
+
+def _add_row(row: list[int], buckets: dict[int, int], other_row: list[int], other_buckets: dict[int, int]) -> None:
+    for k, value in enumerate(other_row):
+        row[k] += value
+    for index, count in other_buckets.items():
+        buckets[index] = buckets.get(index, 0) + count
 
 
 @dataclass(slots=True)
@@ -191,7 +351,7 @@ class ReplayStats:
         "held_back",
         "held_back_ns",
         "last_done_ns",
-        "timeline",
+        "series",
     )
 
     def __init__(
@@ -200,7 +360,7 @@ class ReplayStats:
         endpoints: dict[str, EndpointStats] | None = None,
         held_back: int = 0,
         held_back_ns: int = 0,
-        timeline: list[list[int]] | None = None,
+        series: Series | None = None,
         first_sent_ns: int | None = None,
         last_done_ns: int | None = None,
         error_examples: list[ErrorExample] | None = None,
@@ -213,13 +373,19 @@ class ReplayStats:
         #: Requests that waited for the in-flight cap (their wait is in the corrected histogram).
         self.held_back = held_back
         self.held_back_ns = held_back_ns
-        #: Per second since t0: [planned, sent, ok, errors].
-        self.timeline: list[list[int]] = timeline if timeline is not None else []
+        #: Counts and response times per interval since t0.
+        self.series = series if series is not None else Series()
         self.first_sent_ns = first_sent_ns
         self.last_done_ns = last_done_ns
         self._pending_count = 0
         #: The first failed requests of each error class, in completion order (``record_example``).
         self.error_examples: list[ErrorExample] = error_examples if error_examples is not None else []
+
+    @property
+    def timeline(self) -> list[list[int]]:
+        """The series' rows: each starts with [planned, sent, ok, errors] for one interval of
+        ``series.interval_s`` seconds (1 s until a run outgrows ``SERIES_MAX_POINTS`` of them)."""
+        return self.series.rows
 
     @property
     def overall(self) -> EndpointStats:
@@ -254,14 +420,10 @@ class ReplayStats:
         self._pending = {}
         self._pending_count = 0
 
-    def _second(self, offset_ns: int) -> list[int]:
-        index = min(_MAX_TIMELINE_S - 1, max(0, offset_ns // 1_000_000_000))
-        while len(self.timeline) <= index:
-            self.timeline.append([0, 0, 0, 0])
-        return self.timeline[index]
-
     def record_planned(self, slot_ns: int) -> None:
-        self._second(slot_ns)[0] += 1
+        series = self.series
+        i = series.index(slot_ns)  # first: it may coarsen, replacing ``rows``
+        series.rows[i][_PLANNED] += 1
 
     def record_done(
         self,
@@ -284,7 +446,8 @@ class ReplayStats:
         rows = self._pending.get(endpoint)
         if rows is None:
             rows = self._pending[endpoint] = []
-        rows.append((_us(done_ns - sent_ns), _us(done_ns - due_ns), _us(released_ns - due_ns)))
+        corrected_us = _us(done_ns - due_ns)
+        rows.append((_us(done_ns - sent_ns), corrected_us, _us(released_ns - due_ns)))
         self._pending_count += 1
         if self._pending_count >= _FLUSH_EVERY:
             self.flush()
@@ -296,8 +459,31 @@ class ReplayStats:
                 target.ok += 1
             else:
                 target.errors[error] += 1
-        self._second(sent_ns - t0_ns)[1] += 1
-        self._second(done_ns - t0_ns)[2 if error is None else 3] += 1
+        # The series, inlined (this runs once per request): the row's index without a call when it
+        # exists, the log bucket as in ``log_bucket``.
+        series = self.series
+        rows_by_interval = series.rows
+        interval_ns = series.interval_ns
+        i = (sent_ns - t0_ns) // interval_ns
+        if not 0 <= i < len(rows_by_interval):
+            i = series.index(sent_ns - t0_ns)
+            rows_by_interval = series.rows
+        rows_by_interval[i][1] += 1  # _SENT
+        i = (done_ns - t0_ns) // series.interval_ns
+        if not 0 <= i < len(rows_by_interval):
+            i = series.index(done_ns - t0_ns)
+            rows_by_interval = series.rows
+        row = rows_by_interval[i]
+        if status is None:
+            row[3] += 1  # _ERRORS
+            row[_FAILURE_COLUMN.get(error or "other", _OTHER_FAILURE)] += 1
+        else:
+            row[2 if error is None else 3] += 1  # _OK or _ERRORS
+            row[_STATUS_COLUMN[status // 100] if status < 600 else _LAST_STATUS] += 1
+        shift = corrected_us.bit_length() - 5  # _LOG_EXACT_BITS
+        bucket = corrected_us if shift <= 0 else (shift << 4) + (corrected_us >> shift)
+        buckets = series.latency[i]
+        buckets[bucket] = buckets.get(bucket, 0) + 1
         if self.first_sent_ns is None or sent_ns < self.first_sent_ns:
             self.first_sent_ns = sent_ns
         if self.last_done_ns is None or done_ns > self.last_done_ns:
@@ -323,10 +509,7 @@ class ReplayStats:
             self.endpoints.setdefault(name, EndpointStats()).add(per)
         self.held_back += other.held_back
         self.held_back_ns += other.held_back_ns
-        for i, row in enumerate(other.timeline):
-            mine = self._second(i * 1_000_000_000)
-            for j, value in enumerate(row):
-                mine[j] += value
+        self.series.merge(other.series)
         starts = [t for t in (self.first_sent_ns, other.first_sent_ns) if t is not None]
         ends = [t for t in (self.last_done_ns, other.last_done_ns) if t is not None]
         self.first_sent_ns = min(starts) if starts else None
@@ -343,7 +526,7 @@ class ReplayStats:
             "endpoints": {name: per.encode() for name, per in self.endpoints.items()},
             "held_back": self.held_back,
             "held_back_ns": self.held_back_ns,
-            "timeline": self.timeline,
+            "series": self.series.encode(),
             "first_sent_ns": self.first_sent_ns,
             "last_done_ns": self.last_done_ns,
             "error_examples": [e.encode() for e in self.error_examples],
@@ -356,7 +539,7 @@ class ReplayStats:
             endpoints={name: EndpointStats.decode(per) for name, per in data["endpoints"].items()},
             held_back=int(data["held_back"]),
             held_back_ns=int(data["held_back_ns"]),
-            timeline=[list(map(int, row)) for row in data["timeline"]],
+            series=Series.decode(data["series"]),
             first_sent_ns=data["first_sent_ns"],
             last_done_ns=data["last_done_ns"],
             error_examples=[ErrorExample.decode(e) for e in data["error_examples"]],

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 
-from shadowtap.replayer.stats import ReplayStats
+import pytest
+
+from shadowtap.replayer.stats import SERIES_MAX_POINTS, ReplayStats, Series, bucket_ceiling_us, log_bucket
 
 MS = 1_000_000
 
@@ -107,3 +110,94 @@ def test_the_first_error_examples_of_each_class_are_kept_merged_and_shipped() ->
     # The earliest of both workers, in time order, bounded per class.
     assert [e.at_ns for e in connect] == [0, 1 * MS, 2 * MS][:ERROR_EXAMPLES_PER_CLASS]
     assert [e.kind for e in merged.error_examples].count("5xx") == 1
+
+
+def test_the_series_counts_statuses_failures_and_latency_per_second() -> None:
+    stats = ReplayStats()
+    for i in range(10):
+        stats.record_planned(i * 100 * MS)
+    record(stats, "GET /a", 0, 0, 10)
+    record(stats, "GET /a", 100, 0, 20, status=404)
+    record(stats, "GET /b", 200, 0, 30, status=503)
+    record(stats, "GET /b", 1200, 0, 40, status=None, error="connect")
+    record(stats, "GET /b", 1300, 0, 50, status=None, error="bogus")
+    record(stats, "GET /b", 1400, 0, 60, status=302)
+    series = stats.series
+    assert series.interval_s == 1 and len(series.rows) == 2
+    first, second = series.row_counts(0), series.row_counts(1)
+    assert first == {
+        "planned": 10,
+        "sent": 3,
+        "ok": 2,
+        "errors": 1,
+        "statuses": {"2xx": 1, "4xx": 1, "5xx": 1},
+        "failures": {},
+    }
+    assert second == {
+        "planned": 0,
+        "sent": 3,
+        "ok": 1,
+        "errors": 2,
+        "statuses": {"3xx": 1},
+        "failures": {"connect": 1, "other": 1},
+    }
+    assert 20 <= series.percentile_ms(0, 50) <= 20 * 1.0625
+    assert 30 <= series.percentile_ms(0, 99) <= 30 * 1.0625
+    assert 60 <= series.percentile_ms(1, 99) <= 60 * 1.0625
+
+
+def test_log_buckets_are_exact_below_32_us_and_within_a_sixteenth_above() -> None:
+    rng = random.Random(3)
+    values = list(range(1, 5000)) + [rng.randrange(1, 3_600_000_001) for _ in range(20_000)] + [3_600_000_000]
+    for value in values:
+        index = log_bucket(value)
+        ceiling = bucket_ceiling_us(index)
+        assert value <= ceiling <= value * 1.0625, value
+        assert log_bucket(ceiling) == index and log_bucket(ceiling + 1) == index + 1
+    assert log_bucket(3_600_000_000) < 464
+
+
+def test_a_long_run_coarsens_the_series_and_keeps_every_count() -> None:
+    stats = ReplayStats()
+    hours = 5
+    for second in range(0, hours * 3600, 7):
+        stats.record_planned(second * 1000 * MS)
+        record(stats, "GET /", second * 1000, 0, 5)
+    series = stats.series
+    assert len(series.rows) <= SERIES_MAX_POINTS
+    assert series.interval_s == 32  # 18,000 s in at most 600 intervals: 1 s doubled five times
+    sent = len(range(0, hours * 3600, 7))
+    assert sum(row[1] for row in series.rows) == sent and sum(row[0] for row in series.rows) == sent
+    assert sum(sum(b.values()) for b in series.latency) == sent
+    # Interval i covers [32 i, 32 (i + 1)) seconds.
+    assert series.row_counts(1)["sent"] == len(range(32 // 7 * 7 + 7, 64, 7))
+
+
+def test_series_of_different_intervals_merge_at_the_coarser_one() -> None:
+    short, long = ReplayStats(), ReplayStats()
+    for i in range(100):
+        record(short, "GET /", i * 1000, 0, 2, status=500 if i % 10 == 0 else 200)
+    for i in range(1000):
+        failed = i % 100 == 0
+        record(long, "GET /", i * 1000, 0, 4, status=None if failed else 200, error="timeout" if failed else None)
+    assert (short.series.interval_s, long.series.interval_s) == (1, 2)
+    merged = ReplayStats()
+    merged.merge(short)
+    merged.merge(ReplayStats.decode(json.loads(json.dumps(long.encode()))))
+    series = merged.series
+    assert series.interval_s == 2 and len(series.rows) == len(long.series.rows)
+    totals = [sum(row[k] for row in series.rows) for k in range(4)]
+    assert totals == [0, 1100, 1100 - 10 - 10, 20]
+    first = series.row_counts(0)
+    assert first["statuses"] == {"2xx": 2, "5xx": 1} and first["failures"] == {"timeout": 1}
+    # The other way round: a fine series merged into a coarse one lands in the same intervals.
+    other = ReplayStats.decode(long.encode())
+    other.merge(short)
+    assert other.series.rows == series.rows and other.series.latency == series.latency
+
+
+def test_a_series_refuses_a_malformed_encoding() -> None:
+    with pytest.raises(ValueError, match="counters"):
+        Series.decode({"interval_s": 1, "rows": [[1, 2]], "latency": [[]]})
+    with pytest.raises(ValueError, match="latency"):
+        Series.decode({"interval_s": 1, "rows": [], "latency": [[]]})
