@@ -48,7 +48,7 @@ from shadowtap.recorder.model import (
     request_record,
     timing_to_wire,
 )
-from shadowtap.recorder.writer import IntakeStats
+from shadowtap.recorder.writer import ITEM_ENTRY, ITEM_EXTRA, IntakeStats
 
 __all__ = [
     "SHUTDOWN_REASON",
@@ -59,6 +59,9 @@ __all__ = [
     "RecordJoiner",
     "load_record",
 ]
+
+# A record's wire() array starts with its kind, which the tape writer process reads as the item's.
+assert (PRIMARY_KIND, SHADOW_KIND) == (ITEM_ENTRY, ITEM_EXTRA)
 
 #: The missing shadows' failure message for exchanges completed because the proxy stopped.
 SHUTDOWN_REASON: Final = "proxy shut down before the shadow answered"

@@ -55,7 +55,8 @@ __all__ = [
 _SWEEP_PERIOD_S: Final = 0.01
 _MAX_LATE_PER_SWEEP: Final = 32
 
-#: The first element of a record's ``wire()`` array: which record it is.
+#: The first element of a record's ``wire()`` array: which record it is (for the tape writer process,
+#: an entry or an extra: ``shadowtap.recorder.writer.ITEM_ENTRY``, ``ITEM_EXTRA``).
 PRIMARY_KIND: Final = 1
 SHADOW_KIND: Final = 2
 

@@ -47,7 +47,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -90,9 +90,6 @@ _SEND_BYTES: Final = 256 * 1024
 #: The options message before the item stream: its length, then the pickled (TapeOptions, Intake
 #: or None).
 _OPTIONS_LENGTH = struct.Struct("!I")
-#: Each item on the pipe follows one byte, its kind (ITEM_*), a msgpack positive fixint: the child
-#: knows an entry from an extra however malformed the item is.
-_KIND_BYTES: Final = (bytes([ITEM_RECORD]), bytes([ITEM_ENTRY]), bytes([ITEM_EXTRA]))
 #: The parent reads the child's reports (~50 bytes each) this many bytes at a time, into an unpacker
 #: whose buffer starts at _REPORT_BUFFER_BYTES. msgpack's default buffer is 1 MiB, filled from the
 #: front and wrapped only at its end: the reports touched a new page of it every ~80 reports, which
@@ -120,13 +117,14 @@ class _Report:
     records_taken: int = 0
     extras_taken: int = 0
     bytes_taken: int = 0
-    intake_counters: dict[str, int] = field(default_factory=dict)
+    #: The intake's counter values, in the order of its ``stats().counters`` (names are not sent).
+    intake_counters: list[int] = field(default_factory=list)
     intake_held: int = 0
     intake_held_bytes: int = 0
 
 
-def _summed(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
-    return {**a, **{name: a.get(name, 0) + value for name, value in b.items()}}
+def _summed(a: Sequence[int], b: Sequence[int]) -> list[int]:
+    return [x + y for x, y in zip(a, b, strict=True)] if a and b else list(a or b)
 
 
 class _Child:
@@ -162,6 +160,8 @@ class ProcessTapeWriter(_AsyncWriter):
         self._directory = Path(directory)
         self._options = options or TapeOptions()
         self._intake = intake
+        #: The intake's counter names, in the order the child reports their values.
+        self._counter_names = () if intake is None else tuple(intake.stats().counters)
         self._pack = FrameEncoder().pack
         self._child: _Child | None = None
         # Records packed for the child, not yet written to the pipe (counted in child.sent).
@@ -246,15 +246,13 @@ class ProcessTapeWriter(_AsyncWriter):
             self._done.encode_errors += 1
             self._errors.encode_failed(item, exc)
             return True
-        size = len(data) + 1
+        size = len(data)
         if held and held + size > options.queue_bytes:
             if is_record:
                 self._dropped_queue_bytes_full += 1
             return False
         child.bytes_sent += size
-        out = self._out
-        out.append(_KIND_BYTES[kind])
-        out.append(data)
+        self._out.append(data)
         self._out_bytes += size
         if is_record:
             child.sent += 1
@@ -324,13 +322,13 @@ class ProcessTapeWriter(_AsyncWriter):
     def intake_stats(self) -> IntakeStats:
         """The intake's counters, over every child this writer ran (they lag a batch), and what the
         running child's intake holds."""
+        names = self._counter_names
         child = self._child
         if child is None:
-            return IntakeStats(dict(self._done.intake_counters))
+            return IntakeStats(dict(zip(names, self._done.intake_counters, strict=False)))
         now = child.report
-        return IntakeStats(
-            _summed(self._done.intake_counters, now.intake_counters), now.intake_held, now.intake_held_bytes
-        )
+        counters = _summed(self._done.intake_counters, now.intake_counters)
+        return IntakeStats(dict(zip(names, counters, strict=False)), now.intake_held, now.intake_held_bytes)
 
     @property
     def pid(self) -> int | None:
@@ -480,8 +478,6 @@ class _ChildInput:
         #: Where the last whole item read off the pipe ended (msgpack's position can stand inside
         #: an item that has not fully arrived): the packed bytes taken, and each item's size.
         self.position = 0
-        #: The kind of the item whose kind byte was read and whose body has not fully arrived.
-        self.kind: int | None = None
         # Records the intake finished, written before anything else is read.
         self.ready: deque[list[Any]] = deque()
         self.intake = intake
@@ -493,17 +489,12 @@ class _ChildInput:
         ready = self.ready
         unpacker = self.unpacker
         while not ready:
-            kind = self.kind
-            if kind is None:
-                kind = next(unpacker, None)
-                if kind is None:
-                    return None
-                self.kind = kind
             item = next(unpacker, None)
             if item is None:
                 return None
-            self.kind = None
             start, self.position = self.position, unpacker.tell()
+            # An intake's item is its wire() array, which starts with its kind; a record starts with its id.
+            kind = item[0] if type(item) is list and item and type(item[0]) is int else ITEM_RECORD
             if kind == ITEM_EXTRA:
                 self.extras_taken += 1
             else:
@@ -536,7 +527,7 @@ class _ChildInput:
             self.records_taken,
             self.extras_taken,
             self.position,
-            dict(intake.counters),
+            list(intake.counters.values()),
             intake.held,
             intake.held_bytes,
         ]

@@ -163,7 +163,9 @@ class Intake(Protocol):
     submitted (``submit_entry``: each ends as one record, or is counted like one; ``submit_extra``:
     adds to an entry), with its size for the intake's own bounds and the monotonic time; ``sweep``
     at least every ``sweep_every_s``; and ``close`` after the last item. In the writer process items
-    arrive as msgpack gave back their ``wire()`` array, and ``load`` makes the item again. A writer
+    arrive as msgpack gave back their ``wire()`` array, which starts with their kind (``ITEM_ENTRY``
+    or ``ITEM_EXTRA``), and ``load`` makes the item again. ``stats().counters`` has the same names,
+    in the same order, in every state. A writer
     process gets the intake pickled: its class must be importable by its qualified name. ``take``
     and ``load`` may raise for a malformed item (counted as an encode error for an entry; for an
     extra, ``discard`` is called). Not thread-safe: one host at a time.
