@@ -1,6 +1,9 @@
-"""The terminal report: a ranked summary a reviewer reads in a CI log or a shell, at 80 columns.
+"""The terminal report: a ranked summary a reviewer reads in a CI log or a shell.
 
-Renders with rich, colour only when asked or when writing to a TTY. Every piece of report text goes
+Renders with rich at the terminal's width (``WIDE_DEFAULT`` columns when not writing to one), colour
+only when asked or when writing to a TTY. Paths and endpoints wrap only at their separators (``.``,
+``/``, ``[``), never mid-name, and whatever is left out for length says how to see it (``full``, the
+``--full`` flag, lists everything). Every piece of report text goes
 in as a ``rich.text.Text`` (never markup) after ``printable`` (no control characters), because
 endpoints and paths come from traffic: ``[red]`` must print as itself and an ESC byte must not
 restyle the reader's terminal. It must never print bodies (the HTML report has examples) and never
@@ -11,7 +14,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from typing import Final, TextIO
 
 from rich import box
@@ -39,7 +44,16 @@ DETAILED_ENDPOINTS: Final = 10
 SIGNATURES_PER_ENDPOINT: Final = 5
 #: Endpoints in the ranked table; a service with hundreds of routes must not flood the log.
 TABLE_ENDPOINTS: Final = 30
-_NON_TTY_WIDTH: Final = 80
+#: Columns when not writing to a terminal (a CI log, a file): wide enough for real paths, which a
+#: log viewer shows whole or wraps itself.
+WIDE_DEFAULT: Final = 120
+#: Where a path or endpoint may wrap: after these, and before an index or template (``[*]``, ``{id}``).
+_BREAK_AFTER: Final = frozenset("./ ,>)")
+_BREAK_BEFORE: Final = frozenset("[{")
+#: Below this many columns for a path there is no sensible table left: rich folds as it can.
+_MIN_WRAP_COLUMNS: Final = 12
+#: How to see what a summary left out, said wherever it leaves something out.
+_SEE_ALL: Final = "--full lists them; --json and --html have all"
 #: Longest endpoint, path or reason printed; a pathological name must not fill the screen.
 _TEXT_CHARS: Final = 300
 
@@ -62,6 +76,73 @@ _VERDICT_STYLE: Final = {0: "bold white on green", 1: "bold white on red", 2: "b
 
 def _t(value: str, style: str = "") -> Text:
     return Text(clip(printable(value), _TEXT_CHARS), style=style)
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """``text`` cut where it may wrap (``_BREAK_AFTER``, ``_BREAK_BEFORE``); the pieces join back to it."""
+    start = 0
+    for i, char in enumerate(text):
+        if char in _BREAK_BEFORE and i > start:
+            yield text[start:i]
+            start = i
+        elif char in _BREAK_AFTER:
+            yield text[start : i + 1]
+            start = i + 1
+    if start < len(text):
+        yield text[start:]
+
+
+def wrap_at_separators(text: str, width: int) -> list[str]:
+    """``text`` as lines of at most ``width``, broken only between ``_pieces``; a piece longer than a
+    whole line (a name with no separator in ``width`` characters) is the one thing cut mid-name."""
+    lines: list[str] = []
+    line = ""
+    for piece in _pieces(text):
+        while len(piece) > width:
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(piece[:width])
+            piece = piece[width:]
+        if len(line) + len(piece) > width:
+            lines.append(line)
+            line = piece
+        else:
+            line += piece
+    if line or not lines:
+        lines.append(line)
+    return lines
+
+
+def _wrapped(value: str, width: int | None, style: str = "") -> Text:
+    """``_t(value)``, pre-wrapped at separators to ``width`` columns when a width is given."""
+    text = clip(printable(value), _TEXT_CHARS)
+    if width is not None and width >= _MIN_WRAP_COLUMNS:
+        text = "\n".join(wrap_at_separators(text, width))
+    return Text(text, style=style)
+
+
+def _flexible_widths(total: int, fixed: Sequence[int], wanted: Sequence[int], floor: Sequence[int]) -> list[int]:
+    """Widths for the wrapping columns of a table ``total`` wide whose other columns take ``fixed``.
+
+    Each wrapping column gets what it ``wanted`` when everything fits; otherwise the columns past the
+    first keep at least their ``floor`` (or what they want, if less) and the first, the path, gets the
+    rest. A SIMPLE_HEAD table without edge padding spends 3 columns between cells and 1 at each edge.
+    """
+    columns = len(fixed) + len(wanted)
+    room = total - sum(fixed) - (3 * columns - 1)
+    if sum(wanted) <= room:
+        return list(wanted)
+    others = [min(w, f) for w, f in zip(wanted[1:], floor[1:], strict=True)]
+    first = max(room - sum(others), 0)
+    if first > wanted[0]:  # the path fits: the rest goes to the others, in order
+        spare = first - wanted[0]
+        first = wanted[0]
+        for i, w in enumerate(wanted[1:]):
+            extra = min(spare, w - others[i])
+            others[i] += extra
+            spare -= extra
+    return [first, *others]
 
 
 def _severity(severity: Severity | None) -> Text:
@@ -93,7 +174,7 @@ def _header(report: DiffReport, console: Console) -> None:
             end = end[11:]
         console.print(Text(f"window {fmt_ns(report.window_start_ns)} to {end}", style="dim"))
     if report.sources:
-        console.print(_t("tapes: " + ", ".join(report.sources), "dim"), overflow="fold")
+        console.print(_wrapped("tapes: " + ", ".join(report.sources), console.width, "dim"))
     # Two short lines rather than one that wraps mid-figure at 80 columns.
     for figures in (
         (
@@ -116,74 +197,111 @@ def _header(report: DiffReport, console: Console) -> None:
         console.print(counts)
 
 
-def _endpoint_table(endpoints: list[EndpointReport]) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, title="Endpoints", title_justify="left", title_style="bold", pad_edge=False)
-    table.add_column("Sev", no_wrap=True)
-    table.add_column("Endpoint", overflow="fold", ratio=1)
-    table.add_column("Compared", justify="right", no_wrap=True)
-    table.add_column("Differ", justify="right", no_wrap=True)
-    table.add_column("Rate", justify="right", no_wrap=True)
-    table.add_column("Errors", justify="right", no_wrap=True)
-    for endpoint in endpoints[:TABLE_ENDPOINTS]:
-        table.add_row(
+#: A heading, a table and a note under it. Heading and note are printed as lines of their own, at the
+#: console's width: as a table's title or caption they would wrap at the table's.
+_Block = tuple[Text | None, Table, Text | None]
+
+
+def _endpoint_table(endpoints: list[EndpointReport], width: int, full: bool) -> _Block:
+    """The ranked table, and the line that says what it left out."""
+    shown = endpoints if full else endpoints[:TABLE_ENDPOINTS]
+    rows = [
+        (
             _severity(endpoint.severity),
-            _t(endpoint.endpoint),
+            clip(printable(endpoint.endpoint), _TEXT_CHARS),
             str(endpoint.compared),
             str(endpoint.differing),
             fmt_rate(endpoint_rate(endpoint)),
             Text(str(endpoint.errors), style="red" if endpoint.errors else ""),
         )
-    if len(endpoints) > TABLE_ENDPOINTS:
-        table.caption = Text(f"+{len(endpoints) - TABLE_ENDPOINTS} more endpoints (see --html)", style="dim")
-        table.caption_justify = "left"
-    return table
+        for endpoint in shown
+    ]
+    headers = ("Sev", "Endpoint", "Compared", "Differ", "Rate", "Errors")
+    fixed = [max([len(headers[i]), *(len(str(row[i])) for row in rows)]) for i in (0, 2, 3, 4, 5)]
+    (endpoint_width,) = _flexible_widths(
+        width, fixed, [max([len(headers[1]), *(len(row[1]) for row in rows)])], [len(headers[1])]
+    )
+    table = Table(box=box.SIMPLE_HEAD, title="Endpoints", title_justify="left", title_style="bold", pad_edge=False)
+    table.add_column("Sev", no_wrap=True)
+    table.add_column("Endpoint", overflow="fold", width=endpoint_width)
+    table.add_column("Compared", justify="right", no_wrap=True)
+    table.add_column("Differ", justify="right", no_wrap=True)
+    table.add_column("Rate", justify="right", no_wrap=True)
+    table.add_column("Errors", justify="right", no_wrap=True)
+    for severity, endpoint_text, compared, differing, rate, errors in rows:
+        table.add_row(severity, _wrapped(endpoint_text, endpoint_width), compared, differing, rate, errors)
+    if len(endpoints) > len(shown):
+        return None, table, Text(f"+{len(endpoints) - len(shown)} more endpoints ({_SEE_ALL})", style="dim")
+    return None, table, None
 
 
-def _signature_table(endpoint: EndpointReport, failing: frozenset[str]) -> Table:
+def _signature_table(endpoint: EndpointReport, failing: frozenset[str], width: int, full: bool) -> _Block:
+    """One endpoint's top signatures: its heading, the table, and the line that says what it left out."""
     title = Text()
     title.append_text(_severity(endpoint.severity))
     title.append(" ")
-    title.append_text(_t(endpoint.endpoint, "bold"))
+    title.append_text(_wrapped(endpoint.endpoint, width - len(title), "bold"))
     title.append(f"  {endpoint.differing}/{endpoint.compared} differ ({fmt_rate(endpoint_rate(endpoint))})", "dim")
     signatures = ranked_signatures(endpoint)
-    shown = [s for s in signatures if not s.suppressed][:SIGNATURES_PER_ENDPOINT]
+    unsuppressed = [s for s in signatures if not s.suppressed]
+    shown = unsuppressed if full else unsuppressed[:SIGNATURES_PER_ENDPOINT]
     with_noise = any(s.noise_rate is not None for s in shown)
-    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, expand=True)
-    table.add_column("Sev", no_wrap=True, min_width=5)
-    table.add_column("Kind", no_wrap=True)
-    table.add_column("Path", overflow="fold", ratio=3)
-    table.add_column("Change", overflow="fold", ratio=2)
-    table.add_column("Count", justify="right", no_wrap=True)
-    table.add_column("Rate", justify="right", no_wrap=True)
-    if with_noise:
-        table.add_column("Noise", justify="right", no_wrap=True)
+    rows: list[tuple[Text, str, str, str, str, str, str | None]] = []
     for sig in shown:
         severity = _severity(sig.severity)
         if sig.id in failing:
             severity.append("!", style="bold red")
+        rows.append(
+            (
+                severity,
+                clip(printable(sig.kind), _TEXT_CHARS),
+                clip(printable(sig.path), _TEXT_CHARS),
+                clip(printable(sig.transition), _TEXT_CHARS),
+                str(sig.count),
+                fmt_rate(sig.rate),
+                fmt_rate(sig.noise_rate) if with_noise else None,
+            )
+        )
+    fixed = [
+        max(5, *(len(row[0]) for row in rows)) if rows else 5,
+        max([4, *(len(row[1]) for row in rows)]),
+        max([5, *(len(row[4]) for row in rows)]),
+        max([4, *(len(row[5]) for row in rows)]),
+    ]
+    if with_noise:
+        fixed.append(max([5, *(len(row[6] or "") for row in rows)]))
+    wanted = [max([4, *(len(row[2]) for row in rows)]), max([6, *(len(row[3]) for row in rows)])]
+    path_width, change_width = _flexible_widths(width, fixed, wanted, [4, 10])
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("Sev", no_wrap=True, min_width=5)
+    table.add_column("Kind", no_wrap=True)
+    table.add_column("Path", overflow="fold", width=path_width)
+    table.add_column("Change", overflow="fold", width=change_width)
+    table.add_column("Count", justify="right", no_wrap=True)
+    table.add_column("Rate", justify="right", no_wrap=True)
+    if with_noise:
+        table.add_column("Noise", justify="right", no_wrap=True)
+    for severity, kind, path, change, count, rate, noise in rows:
         cells: list[Text | str] = [
             severity,
-            _t(sig.kind),
-            _t(sig.path),
-            _t(sig.transition),
-            str(sig.count),
-            fmt_rate(sig.rate),
+            Text(kind),
+            _wrapped(path, path_width),
+            _wrapped(change, change_width),
+            count,
+            rate,
         ]
-        if with_noise:
-            cells.append(fmt_rate(sig.noise_rate))
+        if noise is not None:
+            cells.append(noise)
         table.add_row(*cells)
-    hidden = sum(1 for s in signatures if not s.suppressed) - len(shown)
+    hidden = len(unsuppressed) - len(shown)
     suppressed = Counter(s.suppression_reason or "suppressed" for s in signatures if s.suppressed)
     notes: list[str] = []
     if hidden > 0:
-        notes.append(f"+{hidden} more signatures")
+        notes.append(f"+{hidden} more signatures ({_SEE_ALL})")
     if suppressed:
         detail = ", ".join(f"{reason} {count}" for reason, count in suppressed.most_common())
         notes.append(f"{sum(suppressed.values())} suppressed: {detail}")
-    if notes:
-        table.caption = _t("; ".join(notes), "dim")
-        table.caption_justify = "left"
-    return table
+    return title, table, _t("; ".join(notes), "dim") if notes else None
 
 
 class _Sink(io.StringIO):
@@ -198,21 +316,31 @@ class _Sink(io.StringIO):
         return self._target_encoding
 
 
-def _render(report: DiffReport, console: Console) -> None:
+def _render(report: DiffReport, console: Console, full: bool) -> None:
     _header(report, console)
     endpoints = ranked_endpoints(report)
     if not endpoints:
         console.print(Text("no endpoints were compared", style="dim"))
         return
     console.print()
-    console.print(_endpoint_table(endpoints))
     failing = frozenset(report.verdict.failing_signatures)
     detailed = [e for e in endpoints if any(not s.suppressed for s in e.signatures)]
-    for endpoint in detailed[:DETAILED_ENDPOINTS]:
-        console.print()
-        console.print(_signature_table(endpoint, failing))
-    if len(detailed) > DETAILED_ENDPOINTS:
-        console.print(Text(f"+{len(detailed) - DETAILED_ENDPOINTS} more endpoints with differences", style="dim"))
+    tables = [_endpoint_table(endpoints, console.width, full)]
+    tables += [
+        _signature_table(e, failing, console.width, full) for e in (detailed if full else detailed[:DETAILED_ENDPOINTS])
+    ]
+    for i, (heading, table, notes) in enumerate(tables):
+        if i:
+            console.print()
+        if heading is not None:
+            console.print(heading)
+        console.print(table)
+        if notes is not None:
+            console.print(notes)
+    if not full and len(detailed) > DETAILED_ENDPOINTS:
+        console.print(
+            Text(f"+{len(detailed) - DETAILED_ENDPOINTS} more endpoints with differences ({_SEE_ALL})", style="dim")
+        )
     if report.suppressions:
         line = Text("noise suppressed: ", style="dim")
         line.append_text(_t(", ".join(f"{s.reason} {s.count}" for s in report.suppressions), "dim"))
@@ -221,10 +349,25 @@ def _render(report: DiffReport, console: Console) -> None:
         console.print(Text("! = the signature fails the gate", style="dim"))
 
 
-def render_terminal(report: DiffReport, file: TextIO, *, color: bool | None = None) -> None:
+def terminal_width(file: TextIO) -> int:
+    """The width to render for: the terminal's when ``file`` is one, else ``WIDE_DEFAULT``."""
+    if not file.isatty():
+        return WIDE_DEFAULT
+    try:
+        columns = os.get_terminal_size(file.fileno()).columns
+    except (OSError, ValueError, io.UnsupportedOperation):
+        columns = shutil.get_terminal_size((WIDE_DEFAULT, 24)).columns
+    return columns if columns > 0 else WIDE_DEFAULT  # a terminal that never said its size reports 0
+
+
+def render_terminal(
+    report: DiffReport, file: TextIO, *, color: bool | None = None, width: int | None = None, full: bool = False
+) -> None:
     """Write the terminal summary of ``report`` to ``file``.
 
     Colour iff ``color``; when it is None, iff ``file`` is a TTY and ``NO_COLOR`` is not set (no-color.org).
+    ``width`` defaults to ``terminal_width(file)``; ``full`` lists every endpoint and signature
+    instead of the top ones.
 
     The summary is rendered in memory and written once, in whatever encoding ``file`` has: on an
     ASCII-only stream boxes are ASCII and other characters from traffic become escapes, never an
@@ -239,11 +382,11 @@ def render_terminal(report: DiffReport, file: TextIO, *, color: bool | None = No
         force_terminal=use_color,
         no_color=not use_color,
         color_system="standard" if use_color else None,
-        width=Console(file=file).width if is_tty else _NON_TTY_WIDTH,
+        width=terminal_width(file) if width is None else width,
         highlight=False,
         emoji=False,
         markup=False,
         soft_wrap=False,
     )
-    _render(report, console)
+    _render(report, console, full)
     file.write(sink.getvalue().encode(encoding, "backslashreplace").decode(encoding))

@@ -64,6 +64,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-samples", type=_count, metavar="N", help="fewer compared pairs than this exits 2 (default: 10)"
     )
     parser.add_argument("--no-color", action="store_true", help="never colour the terminal summary")
+    parser.add_argument(
+        "--full", action="store_true", help="list every endpoint and signature in the summary, not only the top ones"
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the verdict line, not the summary")
 
 
@@ -158,7 +161,7 @@ def emit(report: DiffReport, args: argparse.Namespace) -> int:
     from shadowtap.differ.reports import render_terminal, write_html, write_json, write_junit, write_markdown
 
     if not args.quiet:
-        render_terminal(report, sys.stdout, color=False if args.no_color else None)
+        render_terminal(report, sys.stdout, color=False if args.no_color else None, full=args.full)
     for path, write in (
         (args.html, write_html),
         (args.json, write_json),

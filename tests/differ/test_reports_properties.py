@@ -199,7 +199,7 @@ def test_json_round_trips_strictly(report: DiffReport) -> None:
 @given(reports())
 def test_terminal_stays_plain_and_narrow(report: DiffReport) -> None:
     out = io.StringIO()
-    render_terminal(report, out, color=False)
+    render_terminal(report, out, color=False, width=80)
     text = out.getvalue()
     assert "\x1b" not in text
     assert max((len(line.rstrip()) for line in text.splitlines()), default=0) <= 80
@@ -269,6 +269,6 @@ def test_a_lone_surrogate_is_escaped_before_layout_so_rows_keep_their_width() ->
         noise_suppressed=0, suppressions=(), endpoints=(endpoint,), verdict=Verdict(0, "", ()),
     )  # fmt: skip
     out = io.StringIO()
-    render_terminal(report, out, color=False)
+    render_terminal(report, out, color=False, width=80)
     assert "\\ud800" in out.getvalue()
     assert max(len(line.rstrip()) for line in out.getvalue().splitlines()) <= 80

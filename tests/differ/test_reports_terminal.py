@@ -1,4 +1,5 @@
-"""The terminal report: ranked, readable at 80 columns, coloured only when asked, inert to hostile text."""
+"""The terminal report: ranked, at the terminal's width (or a wide default), paths whole, nothing hidden without
+a way to see it, coloured only when asked, inert to hostile text."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from shadowtap.differ.report_model import DiffReport
 from shadowtap.differ.reports import render_terminal
+from shadowtap.differ.reports.terminal import WIDE_DEFAULT, wrap_at_separators
 from tests.differ.report_fixtures import inconclusive_report, passing_report, rich_report
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -43,10 +45,14 @@ def test_plain_output_has_overview_ranked_endpoints_and_top_signatures() -> None
     assert "noise suppressed: volatile:header 500, volatile:timestamp 480, learned-noise 130" in text
 
 
-def test_fits_80_columns_and_has_no_colour_unless_asked() -> None:
+def test_fits_its_width_and_has_no_colour_unless_asked() -> None:
     text = render(rich_report(), color=False)
     assert "\x1b" not in text
-    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
+    # Not a terminal: one wide default, not 80 columns.
+    assert 80 < max(len(line.rstrip()) for line in text.splitlines()) <= WIDE_DEFAULT
+    out = io.StringIO()
+    render_terminal(rich_report(), out, color=False, width=80)
+    assert max(len(line.rstrip()) for line in out.getvalue().splitlines()) <= 80
 
 
 def test_colour_when_asked_and_only_styles_change() -> None:
@@ -104,12 +110,65 @@ def test_passing_and_inconclusive_reports(make: object, first_word: str, expecte
     assert "!" not in text  # nothing fails the gate
 
 
-def test_long_reports_are_summarised_not_dumped() -> None:
+def test_long_reports_are_summarised_and_say_how_to_see_everything() -> None:
     report = rich_report()
     many = tuple(dataclasses.replace(report.endpoints[1], endpoint=f"POST /orders/{i}") for i in range(40))
     text = render(dataclasses.replace(report, endpoints=many), color=False)
-    assert "+10 more endpoints (see --html)" in text
-    assert "+30 more endpoints with differences" in text
+    see_all = "(--full lists them; --json and --html have all)"
+    assert f"+10 more endpoints {see_all}" in text
+    assert f"+30 more endpoints with differences {see_all}" in text
+    assert "POST /orders/39" not in text
+    out = io.StringIO()
+    render_terminal(dataclasses.replace(report, endpoints=many), out, color=False, full=True)
+    full = out.getvalue()
+    assert "more endpoints" not in full and all(f"POST /orders/{i} " in full for i in range(40))
+    assert full.count("differ (") == 40  # every endpoint's signature table
+
+
+def test_hidden_signatures_say_how_to_see_them() -> None:
+    report = rich_report()
+    endpoint = report.endpoints[0]
+    extra = tuple(
+        dataclasses.replace(endpoint.signatures[0], id=f"x{i}", path=f"body.extra_{i}", suppressed=False)
+        for i in range(8)
+    )
+    crowded = dataclasses.replace(endpoint, signatures=(*endpoint.signatures, *extra))
+    report = dataclasses.replace(report, endpoints=(crowded,))
+    text = render(report, color=False)
+    assert re.search(r"\+\d+ more signatures \(--full lists them; --json and --html have all\)", text)
+    out = io.StringIO()
+    render_terminal(report, out, color=False, full=True)
+    assert "more signatures" not in out.getvalue()
+    assert all(f"body.extra_{i}" in out.getvalue() for i in range(8))
+
+
+@pytest.mark.parametrize("width", [80, 100, 120, 200])
+def test_long_paths_wrap_at_separators_never_mid_name(width: int) -> None:
+    report = rich_report()
+    endpoint = report.endpoints[0]
+    names = [f"segment_{i:02d}_name" for i in range(9)]
+    long_path = "body." + ".".join(names) + "[*].total_amount_in_cents"
+    long_endpoint = "GET /api/v1/organisations/{id}/projects/{id}/environments/{id}/deployments/{id}"
+    sig = dataclasses.replace(endpoint.signatures[0], path=long_path, transition="present->missing")
+    wide = dataclasses.replace(endpoint, endpoint=long_endpoint, signatures=(sig,))
+    out = io.StringIO()
+    render_terminal(dataclasses.replace(report, endpoints=(wide,)), out, color=False, width=width)
+    text = out.getvalue()
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= width
+    # Every name is whole on one line, and the path reads back whole from its column.
+    for name in [*names, "total_amount_in_cents", "organisations/", "environments/", "deployments/"]:
+        assert name in text, (name, text)
+    path_lines = [line for line in text.splitlines() if "segment_" in line or "total_amount" in line]
+    assert "".join(re.search(r"(\S*(?:segment_|total_amount)\S*)", line)[1] for line in path_lines) == long_path  # type: ignore[index]
+
+
+def test_wrap_at_separators_keeps_every_character() -> None:
+    text = "body.items[*].price/amount{id} a->b"
+    for width in range(1, len(text) + 2):
+        lines = wrap_at_separators(text, width)
+        assert "".join(lines) == text and all(len(line) <= width for line in lines)
+    assert wrap_at_separators("body.items[*].price", 12) == ["body.items", "[*].price"]
+    assert wrap_at_separators("", 10) == [""]
 
 
 def test_an_ascii_only_stream_gets_ascii_boxes_and_escapes_not_an_error() -> None:
