@@ -41,7 +41,7 @@ from shadowtap.differ.reports._files import write_atomically
 from shadowtap.differ.reports.redact import redact_headers, redact_target
 from shadowtap.recorder.model import Failure, Headers, Outcome
 
-__all__ = ["render_html", "write_html"]
+__all__ = ["content_security_policy", "render_html", "report_stylesheet", "write_html"]
 
 #: After trimming the common first and last lines, difflib runs only when (lines a) x (lines b) is at
 #: most this: on repetitive text it is worse than quadratic (2,000 periodic lines took 29 s), and
@@ -76,6 +76,22 @@ def _asset(name: str) -> str:
 
 def _csp_hash(source: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def report_stylesheet() -> str:
+    """The stylesheet every shadowtap HTML report inlines (this one and the replay report): one
+    look, light and dark."""
+    return _asset("report.css")
+
+
+def content_security_policy(css: str, script: str | None = None) -> str:
+    """The page's policy: exactly the inline ``css`` (and ``script``, if any) by hash, data: images,
+    and no network at all."""
+    scripts = _csp_hash(script) if script is not None else "'none'"
+    return (
+        f"default-src 'none'; style-src {_csp_hash(css)}; script-src {scripts}; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
+    )
 
 
 def _plural(count: int, noun: str) -> str:
@@ -531,12 +547,9 @@ def _suppressions_html(report: DiffReport) -> str:
 
 def render_html(report: DiffReport) -> str:
     """The complete HTML document for ``report``."""
-    css = _asset("report.css")
+    css = report_stylesheet()
     script = _asset("report.js")
-    csp = (
-        f"default-src 'none'; style-src {_csp_hash(css)}; script-src {_csp_hash(script)}; "
-        "img-src data:; base-uri 'none'; form-action 'none'"
-    )
+    csp = content_security_policy(css, script)
     verdict = report.verdict
     failing = frozenset(verdict.failing_signatures)
     versus = f"<b>{_e(report.baseline_name)}</b> vs <b>{_e(report.candidate_name)}</b>"

@@ -120,7 +120,7 @@ async def test_replay_rewrites_skips_writes_and_records_results(tmp_path: Path) 
     assert first.tags["replay_target"] == "/v2/items/3" and REPLAY in first.timings
     assert first.outcome(PRIMARY) is not None
     page = (tmp_path / "out.html").read_text()
-    assert page.count("<svg") == 2 and "No errors." in page  # no errors: no empty chart
+    assert page.count("<svg") == 4 and "No errors." in page  # rate, latency, statuses over time; percentiles
     assert "Not replayed: 1 with unsafe methods" in page and 'SLO <b class="pass">passed</b> (error rate' in page
     assert "<script" not in page and "src=" not in page
 
