@@ -19,6 +19,9 @@ from typing import Any
 NO_REDACTION = "--no-redaction"
 #: The one spelling of the request path filter: a regular expression searched in the path (no query).
 PATH_REGEX = "--path-regex"
+#: The one spelling of "no live progress on stderr" (it is only ever drawn on a terminal).
+NO_PROGRESS = "--no-progress"
+NO_PROGRESS_HELP = "no progress bar on stderr (one is drawn only on a terminal, for large inputs)"
 
 
 class _DeprecatedAlias(argparse.Action):

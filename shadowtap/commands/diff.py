@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shadowtap.commands._options import NO_PROGRESS, NO_PROGRESS_HELP
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -98,6 +100,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--db", type=Path, metavar="PATH", help="SQLite results store to create or add to")
     parser.add_argument("--salvage", action="store_true", help="skip corrupt ranges of the tape instead of stopping")
+    parser.add_argument(NO_PROGRESS, action="store_true", help=NO_PROGRESS_HELP)
     add_report_arguments(parser)
 
 
@@ -178,6 +181,7 @@ def emit(report: DiffReport, args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from itertools import islice
 
+    from shadowtap.commands._progress import ReadProgress, file_sizes
     from shadowtap.commands.tape import refuse_files_that_are_not_tapes
     from shadowtap.differ import DiffSession, DiffStore, RunMeta, build_report, parse_fail_on
     from shadowtap.recorder import TapeReader
@@ -204,10 +208,11 @@ def run(args: argparse.Namespace) -> int:
     store = DiffStore(":memory:" if args.db is None else args.db)
     try:
         session = DiffSession(store, config, RunMeta(args.primary, candidate, secondary, sources))
-        for exchange in reader:
-            session.add(exchange)
-            if names_to_check is not None:
-                _names_on((exchange,), names_to_check)
+        with ReadProgress("diff", file_sizes(reader.segments), enabled=not args.no_progress) as progress:
+            for exchange in progress.wrap(reader, lambda: len(reader.report.segments) - 1):
+                session.add(exchange)
+                if names_to_check is not None:
+                    _names_on((exchange,), names_to_check)
         if names_to_check is not None:
             unknown = _unknown_name(args, names_to_check)
             if unknown is not None:

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shadowtap.commands._options import NO_PROGRESS, NO_PROGRESS_HELP
+
 if TYPE_CHECKING:
     from shadowtap.recorder.formats import ExportReport
     from shadowtap.recorder.model import Exchange
@@ -47,6 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, type=Path, metavar="FILE", help="file to write")
     parser.add_argument("--salvage", action="store_true", help="skip corrupt ranges of the tape instead of stopping")
+    parser.add_argument(NO_PROGRESS, action="store_true", help=NO_PROGRESS_HELP)
 
 
 def _target(out: Path) -> Path | None:
@@ -91,6 +94,7 @@ def _export(reader: Iterable[Exchange], out: Path, fmt: str) -> ExportReport:
 
 
 def run(args: argparse.Namespace) -> int:
+    from shadowtap.commands._progress import ReadProgress, file_sizes
     from shadowtap.recorder import TapeReader
     from shadowtap.recorder.errors import ConfigError
 
@@ -99,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     if fmt is None:
         raise ConfigError("cannot tell the format from the file name; name it with --to", field="to")
     reader = TapeReader(args.tape, salvage=args.salvage)
-    report = _export(reader, args.out, fmt)
+    with ReadProgress("export", file_sizes(reader.segments), enabled=not args.no_progress) as progress:
+        report = _export(progress.wrap(reader, lambda: len(reader.report.segments) - 1), args.out, fmt)
     print(report.summary())
     for segment, tail in reader.report.torn_tails:
         print(f"note: {segment}: torn tail at byte {tail.offset} ({tail.length} bytes) ignored")

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from shadowtap.commands._options import NO_REDACTION, deprecated_switch
+from shadowtap.commands._options import NO_PROGRESS, NO_PROGRESS_HELP, NO_REDACTION, deprecated_switch
 
 NAME = "import"
 HELP = "import HAR, mitmproxy flow or GoReplay (.gor) files into a tape"
@@ -54,9 +54,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--compression", choices=["none", "zstd"], default="none", help="tape block compression")
     parser.add_argument("--json", action="store_true", help="print the reports as one JSON object on stdout")
+    parser.add_argument(NO_PROGRESS, action="store_true", help=NO_PROGRESS_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
+    from shadowtap.commands._progress import ReadProgress, file_sizes
     from shadowtap.recorder import RedactionRules, SyncTapeWriter, TapeOptions
     from shadowtap.recorder.errors import ConfigError
     from shadowtap.recorder.formats import open_importer
@@ -76,9 +78,12 @@ def run(args: argparse.Namespace) -> int:
     # Every input's format is settled before the tape is created, so a wrong file costs nothing.
     importers = [open_importer(path, args.fmt) for path in args.inputs]
     reports = []
-    with SyncTapeWriter(args.out, options) as writer:
-        for importer in importers:
-            writer.write_many(importer)
+    with (
+        SyncTapeWriter(args.out, options) as writer,
+        ReadProgress("import", file_sizes(args.inputs), enabled=not args.no_progress) as progress,
+    ):
+        for index, importer in enumerate(importers):
+            writer.write_many(progress.wrap(importer, lambda index=index: index))  # type: ignore[misc]
             reports.append(importer.report)
             if not args.json:
                 print(importer.report.summary())

@@ -20,6 +20,7 @@ from shadowtap.commands._options import NO_REDACTION, PATH_REGEX, deprecated_opt
 
 if TYPE_CHECKING:
     from shadowtap.replayer.job import ReplayJob
+    from shadowtap.replayer.plan import SchedulePreview
     from shadowtap.replayer.report import SloGates
     from shadowtap.replayer.result import JobResult
 
@@ -337,25 +338,30 @@ def _span(ns: int) -> str:
     return f"{whole // 3600}h {whole % 3600 // 60:02d}m {whole % 60:02d}s"
 
 
-def _announce_plan(job: ReplayJob, args: argparse.Namespace) -> float | None:
+def _announce_plan(job: ReplayJob, args: argparse.Namespace) -> SchedulePreview | None:
     """Say how long the recorded schedule runs and where it idles, before it starts (a tape of two
-    recordings a day apart idles for hours); the planned span in seconds, or None when unknown.
+    recordings a day apart idles for hours); the preview (the plan's size and span), or None when
+    unknown.
 
-    Only for recorded timing: a fixed --rate or --speed 0 has no idle stretches."""
+    Announced only for recorded timing: a fixed --rate or --speed 0 has no idle stretches. Their
+    preview is still read for a progress bar on a terminal, which then counts requests of the plan."""
     from shadowtap.recorder.errors import InputFormatError
     from shadowtap.replayer.plan import preview_schedule
     from shadowtap.replayer.source import tape_source
 
     scaling = job.plan.scaling
-    if scaling.rate_per_s is not None or scaling.speed == 0.0:
+    paced_by_recording = scaling.rate_per_s is None and scaling.speed != 0.0
+    if not paced_by_recording and (args.no_progress or not sys.stderr.isatty()):
         return None
     try:
         preview = preview_schedule(tape_source(job.tapes, job.salvage), job.plan)
     except InputFormatError:
         return None  # a tape damaged half-way: the replay sends what comes before and says so
+    if not paced_by_recording:
+        return preview
     long_gap = preview.longest_gap_ns >= _LONG_GAP_NS
     if args.no_progress and not long_gap:
-        return preview.span_ns / 1e9
+        return preview
     line = f"plan: {preview.requests:,} requests over {_span(preview.span_ns)}"
     if scaling.speed != 1.0:
         line += f" at --speed {scaling.speed:g}"
@@ -369,10 +375,10 @@ def _announce_plan(job: ReplayJob, args: argparse.Namespace) -> float | None:
     elif long_gap:
         line += " (a gap in the recording: --max-gap S cuts such gaps to S seconds)"
     print(f"shadowtap replay: {'warning: ' if long_gap else ''}{line}", file=sys.stderr, flush=True)
-    return preview.span_ns / 1e9
+    return preview
 
 
-def _run_here(job: ReplayJob, args: argparse.Namespace, total_s: float | None) -> JobResult:
+def _run_here(job: ReplayJob, args: argparse.Namespace, total_s: float | None, total_requests: int | None) -> JobResult:
     import asyncio
     import signal
 
@@ -392,18 +398,20 @@ def _run_here(job: ReplayJob, args: argparse.Namespace, total_s: float | None) -
         finally:
             loop.remove_signal_handler(signal.SIGINT)
 
-    with ProgressDisplay(enabled=not args.no_progress, total_s=total_s) as display:
+    with ProgressDisplay(enabled=not args.no_progress, total_s=total_s, total_requests=total_requests) as display:
         return run(main(display))
 
 
-def _run_workers(job: ReplayJob, args: argparse.Namespace, total_s: float | None) -> JobResult:
+def _run_workers(
+    job: ReplayJob, args: argparse.Namespace, total_s: float | None, total_requests: int | None
+) -> JobResult:
     from shadowtap.replayer.progress import ProgressDisplay
     from shadowtap.replayer.runner import Progress
     from shadowtap.runtime import run
     from shadowtap.workers import run_replay
 
     latest: dict[int, Progress] = {}
-    with ProgressDisplay(enabled=not args.no_progress, total_s=total_s) as display:
+    with ProgressDisplay(enabled=not args.no_progress, total_s=total_s, total_requests=total_requests) as display:
 
         def on_progress(index: int, snapshot: Progress) -> None:
             latest[index] = snapshot
@@ -483,19 +491,24 @@ def run(args: argparse.Namespace) -> int:
         _write_text(args.locust_job_out, locust_job(job).to_json() + "\n")
         print(f"wrote the Locust job to {args.locust_job_out}", file=sys.stderr)
         return 0
-    span_s = _announce_plan(job, args)
+    preview = _announce_plan(job, args)
     duration_s = job.plan.scaling.duration_s
     total_s = duration_s
-    if span_s and not job.plan.scaling.loop:  # the progress bar's length
-        total_s = span_s if duration_s is None else min(span_s, duration_s)
+    total_requests = None
+    if preview is not None and not job.plan.scaling.loop:  # the progress bar's length
+        span_s = preview.span_ns / 1e9
+        if span_s:
+            total_s = span_s if duration_s is None else min(span_s, duration_s)
+        if duration_s is None or duration_s >= span_s:  # else --duration cuts the plan short
+            total_requests = preview.requests
     if args.locust:
         from shadowtap.replayer.locust_launch import run_locust
 
         result = run_locust(job, workers=args.locust_workers, timeout_s=args.locust_timeout)
     elif args.workers > 1:
-        result = _run_workers(job, args, total_s)
+        result = _run_workers(job, args, total_s, total_requests)
     else:
-        result = _run_here(job, args, total_s)
+        result = _run_here(job, args, total_s, total_requests)
     failures = write_outputs(result, job, args, gates)
     _report_tape_problems(result)
     raise_job_error(result)

@@ -293,7 +293,9 @@ def _run_info(args: argparse.Namespace) -> int:
 def _counts(counts: Mapping[str, int], limit: int = 10) -> str:
     items = list(counts.items())
     text = ", ".join(f"{key} {value}" for key, value in items[:limit])
-    return text + (f", ... ({len(items) - limit} more)" if len(items) > limit else "") if items else "-"
+    return (
+        text + (f", ... ({len(items) - limit} more; --json lists all)" if len(items) > limit else "") if items else "-"
+    )
 
 
 def _size(n: int) -> str:
