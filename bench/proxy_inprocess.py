@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httptools
 import uvloop
@@ -45,7 +46,7 @@ from shadowtap.proxy.forward import ForwardSettings  # noqa: E402
 from shadowtap.proxy.metrics import MetricsStage, ProxyMetrics  # noqa: E402
 from shadowtap.proxy.stages import ProxiedExchange  # noqa: E402
 from shadowtap.recorder._frames import FrameEncoder  # noqa: E402
-from shadowtap.recorder.join import JoinStats  # noqa: E402
+from shadowtap.recorder.writer import IntakeStats  # noqa: E402
 from shadowtap.wire.client import Http1Connection, PipelinedConnection  # noqa: E402
 
 REQUEST = b"GET /api/items?page=2 HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
@@ -159,27 +160,30 @@ _CLIENTS = 8
 
 class _DropsRecords:
     """A tape sink that joins in "another process", as ``ProcessTapeWriter`` does: it packs every
-    record and part as that writer would, then drops them. What is left is the record stage's cost
-    on the loop; the pipe write is not counted (one per batch of a few milliseconds)."""
+    record's ``wire()`` array as that writer would, then drops them. What is left is the record
+    stage's cost on the loop; the pipe write is not counted (one per batch of a few milliseconds)."""
 
-    joins = True
-    join_pending = 0
+    hosts_intake = True
 
     def __init__(self) -> None:
         self._pack = FrameEncoder().pack
-        self.join_stats = JoinStats()
+        self.joined = 0
+
+    @property
+    def intake_stats(self) -> IntakeStats:
+        return IntakeStats({"joined": self.joined})
 
     def submit_record(self, record: list[object]) -> bool:
         self._pack(record)
         return True
 
-    def submit_primary(self, part: list[object]) -> bool:
-        self._pack(part)
-        self.join_stats.joined += 1
+    def submit_entry(self, item: Any) -> bool:
+        self._pack(item.wire())
+        self.joined += 1
         return True
 
-    def submit_shadow(self, part: list[object]) -> bool:
-        self._pack(part)
+    def submit_extra(self, item: Any) -> bool:
+        self._pack(item.wire())
         return True
 
 
