@@ -39,7 +39,7 @@ from shadowtap.differ.reports._common import (
 )
 from shadowtap.differ.reports._files import write_atomically
 from shadowtap.differ.reports.redact import redact_headers, redact_target
-from shadowtap.recorder.model import Failure, Headers, Outcome
+from shadowtap.recorder.model import Failure, Headers, Outcome, Request
 
 __all__ = ["content_security_policy", "render_html", "report_stylesheet", "write_html"]
 
@@ -48,11 +48,14 @@ __all__ = ["content_security_policy", "render_html", "report_stylesheet", "write
 #: 300 x 300 stays near 0.1 s. A larger changed middle is marked as one block.
 _LINE_DIFF_MAX_PAIRS: Final = 90_000
 _MAX_INDENT_CLASS: Final = 8
-#: Characters of full example HTML (request, headers, pretty bodies) one report may hold. Beyond it,
-#: examples keep their differing-path table but drop the full messages: a report with thousands of
-#: signatures must still open in a browser. The most important examples (ranked endpoints and
-#: signatures, rendered first) get the budget; suppressed signatures only get its first half.
-EXAMPLES_BUDGET_CHARS: Final = 16 * 1024 * 1024
+#: Characters of full example HTML (request, both responses, pretty bodies) one report may hold.
+#: Each signature shows one example in full (the same exchange or identical messages only once,
+#: linked to after that) and its other examples by their differing paths and values; once this
+#: budget is spent, full examples shrink to that too. So a report stays small enough to mail and
+#: open anywhere (a few hundred differing pairs: well under 200 KB) and the JSON report has every
+#: example. The most important examples (ranked endpoints and signatures, rendered first) get the
+#: budget; suppressed signatures only get its first half.
+EXAMPLES_BUDGET_CHARS: Final = 96 * 1024
 #: Field-tree rows per endpoint (the busiest paths): a JSON API can have thousands of paths.
 FIELD_ROWS: Final = 300
 _SEVERITY_LABEL: Final[dict[Severity | None, str]] = {
@@ -67,6 +70,11 @@ _VERDICT_CLASS: Final = {0: "pass", 1: "fail", 2: "inconclusive"}
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _text(value: str) -> str:
+    # Element text, never an attribute: quotes need no escaping (JSON bodies are full of them).
+    return html.escape(value, quote=False)
 
 
 def _asset(name: str) -> str:
@@ -117,14 +125,14 @@ def _json_scalar(value: Any) -> str:
     # Called once per scalar of every example body: the C string encoder and no json.dumps round
     # trip per value keep a 10 KiB body at a few milliseconds.
     if isinstance(value, str):
-        return f'<span class="js">{_e(encode_basestring(value))}</span>'
+        return f'<span class="js">{_text(encode_basestring(value))}</span>'
     if value is None:
         return '<span class="jz">null</span>'
     if isinstance(value, bool):
         return f'<span class="jb">{"true" if value else "false"}</span>'
     if isinstance(value, int):
         return f'<span class="jn">{value}</span>'
-    return f'<span class="jn">{_e(json.dumps(value))}</span>'
+    return f'<span class="jn">{_text(json.dumps(value))}</span>'
 
 
 Patterns = list[tuple[PathToken, ...]]
@@ -142,27 +150,27 @@ def _json_html(value: Any, patterns: Patterns) -> str:
     def mark(fragment: str, path: tuple[PathToken, ...], css: str = "hl") -> str:
         return f'<mark class="{css}" title="{_e(full_path("body", path))}">{fragment}</mark>'
 
-    def node(item: Any, path: tuple[PathToken, ...], live: Patterns) -> str:
+    def node(item: Any, path: tuple[PathToken, ...], live: Patterns, depth: int) -> str:
+        # ``depth`` is the nesting level (the indent); ``path`` is only kept while patterns live.
         if not isinstance(item, dict | list):
             return _json_scalar(item)
-        depth = len(path)
         pad = "  " * (depth + 1)
         steps: Iterable[tuple[PathToken, Any]] = item.items() if isinstance(item, dict) else enumerate(item)
         entries = []
         for step, child in steps:
-            key = f'<span class="jk">{_e(encode_basestring(step))}</span>: ' if isinstance(step, str) else ""
+            key = f'<span class="jk">{_text(encode_basestring(step))}</span>: ' if isinstance(step, str) else ""
             if not live:
-                entries.append(pad + key + node(child, path, live))
+                entries.append(pad + key + node(child, path, live, depth + 1))
                 continue
             child_live = [p for p in live if step_matches(p[depth], step)]
             child_path = (*path, step)
-            entry = key + node(child, child_path, [p for p in child_live if len(p) > depth + 1])
+            entry = key + node(child, child_path, [p for p in child_live if len(p) > depth + 1], depth + 1)
             highlighted = any(len(p) == depth + 1 for p in child_live)
             entries.append(pad + (mark(entry, child_path) if highlighted else entry))
         ghosts = [
             pad
             + mark(
-                (f'<span class="jk">{_e(encode_basestring(step))}</span>: ' if isinstance(step, str) else "")
+                (f'<span class="jk">{_text(encode_basestring(step))}</span>: ' if isinstance(step, str) else "")
                 + "(absent)",
                 (*path, step),
                 "hl absent",
@@ -177,7 +185,7 @@ def _json_html(value: Any, patterns: Patterns) -> str:
         return open_ + "\n" + body + "\n" + "  " * depth + close
 
     root_highlighted = () in patterns
-    rendered = node(value, (), [p for p in patterns if p])
+    rendered = node(value, (), [p for p in patterns if p], 0)
     return mark(rendered, ()) if root_highlighted else rendered
 
 
@@ -198,14 +206,23 @@ def _absent_steps(item: dict[str, Any] | list[Any], last_steps: list[PathToken])
 
 
 def _headers_html(headers: Headers, highlighted: frozenset[str]) -> str:
+    """The headers folded behind the body they came with: a closed ``<details>``, open when one of
+    them differs (and is highlighted)."""
     if not headers:
         return '<p class="muted">no headers</p>'
     rows = []
+    differing = 0
     for name, value in redact_headers(headers):
         lowered = name.decode("latin-1").lower()
-        css = ' class="hl"' if f"header.{lowered}" in highlighted else ""
+        hot = f"header.{lowered}" in highlighted
+        differing += hot
+        css = ' class="hl"' if hot else ""
         rows.append(f"<tr{css}><th>{_e(name.decode('latin-1'))}</th><td>{_e(value.decode('latin-1'))}</td></tr>")
-    return '<table class="headers">' + "".join(rows) + "</table>"
+    label = _plural(len(rows), "header") + (f", {differing} differing" if differing else "")
+    return (
+        f'<details class="hdrs"{" open" if differing else ""}><summary>{label}</summary>'
+        '<table class="headers">' + "".join(rows) + "</table></details>"
+    )
 
 
 def _body_notes(shown: DisplayBody) -> str:
@@ -297,8 +314,8 @@ def _outcome_html(
     status_css = ' class="status hl"' if "status" in highlighted else ' class="status"'
     status = f"<p{status_css}>HTTP/{_e(outcome.http_version)} <b>{outcome.status}</b> {_e(outcome.reason)}</p>"
     return (
-        f'<div class="side">{head}{status}{_headers_html(outcome.headers, highlighted)}'
-        f"{_body_html(shown, paths, changed)}</div>"
+        f'<div class="side">{head}{status}{_body_html(shown, paths, changed)}'
+        f"{_headers_html(outcome.headers, highlighted)}</div>"
     )
 
 
@@ -308,66 +325,132 @@ def _shown(outcome: Outcome | None) -> DisplayBody | None:
     return display_body(outcome.headers, outcome.body, outcome.truncated_from)
 
 
-class _Budget:
-    """What is left of ``EXAMPLES_BUDGET_CHARS`` while one report renders."""
+class _RenderState:
+    """What one report's rendering has spent and shown so far.
 
-    __slots__ = ("remaining_chars",)
+    ``remaining_chars`` is what is left of ``EXAMPLES_BUDGET_CHARS``; ``shown`` maps the messages
+    of every example rendered in full (request, both outcomes, highlighted paths) to its anchor, so
+    the same exchange sampled for several signatures (or identical exchanges) is written once and
+    linked to after that.
+    """
+
+    __slots__ = ("remaining_chars", "shown")
 
     def __init__(self, chars: int) -> None:
         self.remaining_chars = chars
+        self.shown: dict[_MessagesKey, tuple[str, str]] = {}
 
 
-def _example_html(example: Example, report: DiffReport, number: int, budget: _Budget, reserve_chars: int) -> str:
-    request = example.request
-    paths_rows = "".join(
+_MessagesKey = tuple[Request, Outcome | None, Outcome | None, frozenset[str]]
+
+
+def _messages_key(example: Example) -> _MessagesKey:
+    return (example.request, example.baseline, example.candidate, frozenset(example.paths))
+
+
+def _paths_table(example: Example, report: DiffReport) -> str:
+    if not example.paths:
+        return ""
+    rows = "".join(
         f'<tr><td><code class="path">{_e(path)}</code></td>'
         f"<td><code>{_e(value_at(example.baseline, path, 120))}</code></td>"
         f"<td><code>{_e(value_at(example.candidate, path, 120))}</code></td></tr>"
         for path in example.paths
     )
-    paths_table = (
+    return (
         f'<table class="paths"><thead><tr><th>differing path</th><th>{_e(report.baseline_name)}</th>'
-        f"<th>{_e(report.candidate_name)}</th></tr></thead><tbody>{paths_rows}</tbody></table>"
-        if example.paths
-        else ""
+        f"<th>{_e(report.candidate_name)}</th></tr></thead><tbody>{rows}</tbody></table>"
     )
-    head = (
-        f'<p class="ex-head">example {number}: exchange <code>{_e(example.exchange_id)}</code> '
-        f"at {_e(fmt_ns(example.started_at_ns))}</p>"
-    )
-    if budget.remaining_chars <= reserve_chars:
-        return (
-            f'<div class="example">{head}{paths_table}<p class="reqline"><b>{_e(request.method)}</b> '
-            f'{_e(redact_target(request.target))}</p><p class="muted omitted">full request and responses '
-            "omitted: this report reached its size budget (the JSON report has every example)</p></div>"
-        )
+
+
+def _request_line(request: Request) -> str:
+    return f"<b>{_e(request.method)}</b> {_e(redact_target(request.target))}"
+
+
+def _messages_html(example: Example, report: DiffReport) -> str:
+    """The request and both outcomes side by side, differing paths highlighted, headers folded."""
+    request = example.request
     request_body = display_body(request.headers, request.body, request.truncated_from)
     request_html = (
         f'<div class="request"><h5>request</h5>'
-        f'<p class="reqline"><b>{_e(request.method)}</b> {_e(redact_target(request.target))}'
+        f'<p class="reqline">{_request_line(request)}'
         f"{' <span class=muted>@ ' + _e(request.authority) + '</span>' if request.authority else ''}</p>"
-        f"{_headers_html(request.headers, frozenset())}"
-        f"{_body_html(request_body, (), None) if request_body.kind != 'empty' else ''}</div>"
+        f"{_body_html(request_body, (), None) if request_body.kind != 'empty' else ''}"
+        f"{_headers_html(request.headers, frozenset())}</div>"
     )
     left, right = _shown(example.baseline), _shown(example.candidate)
     changed = _changed_lines(left, right)
     left_changed, right_changed = changed if changed is not None else (None, None)
     baseline_title, candidate_title = f"baseline: {report.baseline_name}", f"candidate: {report.candidate_name}"
-    full = (
-        f'<div class="example">{head}{paths_table}{request_html}'
-        f'<div class="sides">'
+    return (
+        f'{request_html}<div class="sides">'
         f"{_outcome_html(baseline_title, example.baseline, left, example.paths, left_changed)}"
         f"{_outcome_html(candidate_title, example.candidate, right, example.paths, right_changed)}"
-        f"</div></div>"
+        "</div>"
     )
-    budget.remaining_chars -= len(full)
+
+
+def _example_head(example: Example, number: int) -> str:
+    return (
+        f'<p class="ex-head">example {number}: exchange <code>{_e(example.exchange_id)}</code> '
+        f"at {_e(fmt_ns(example.started_at_ns))}</p>"
+    )
+
+
+def _full_example_html(
+    example: Example, report: DiffReport, state: _RenderState, reserve_chars: int, sig: SignatureReport
+) -> str:
+    """An example with its full messages, or a link to the signature that already shows the same
+    messages, or (once the report's budget is spent) its differing paths and request line only."""
+    head = _example_head(example, 1)
+    paths_table = _paths_table(example, report)
+    key = _messages_key(example)
+    seen = state.shown.get(key)
+    if seen is not None:
+        anchor, where = seen
+        return (
+            f'<div class="example">{head}{paths_table}<p class="reqline">{_request_line(example.request)}</p>'
+            f'<p class="muted seen">request and responses shown once, under <a href="#{_e(anchor)}">{_e(where)}</a></p>'
+            "</div>"
+        )
+    if state.remaining_chars <= reserve_chars:
+        return (
+            f'<div class="example">{head}{paths_table}<p class="reqline">{_request_line(example.request)}</p>'
+            '<p class="muted omitted">full request and responses omitted: this report reached its size budget '
+            "(the JSON report has every example)</p></div>"
+        )
+    state.shown[key] = (f"sig-{sig.id}", f"{sig.endpoint} {sig.kind} {sig.path}")
+    full = f'<div class="example">{head}{paths_table}{_messages_html(example, report)}</div>'
+    state.remaining_chars -= len(full)
     return full
+
+
+def _more_examples_html(examples: Sequence[Example], report: DiffReport, first_number: int) -> str:
+    """The examples after the one shown in full: differing paths and request line each, examples
+    with the same differing values folded into the first of them."""
+    if not examples:
+        return ""
+    groups: dict[str, list[Example]] = {}
+    for example in examples:
+        groups.setdefault(_paths_table(example, report), []).append(example)
+    parts = []
+    for number, (table, group) in enumerate(groups.items(), first_number):
+        first = group[0]
+        same = ""
+        if len(group) > 1:
+            ids = ", ".join(f"<code>{_e(e.exchange_id)}</code>" for e in group[1:])
+            same = f'<p class="muted">{_plural(len(group) - 1, "more example")} with the same values: {ids}</p>'
+        parts.append(
+            f'<div class="example compact">{_example_head(first, number)}{table}'
+            f'<p class="reqline">{_request_line(first.request)}</p>{same}</div>'
+        )
+    return "".join(parts)
 
 
 # --- endpoints -----------------------------------------------------------------------------------
 
 
-def _signature_html(sig: SignatureReport, report: DiffReport, failing: frozenset[str], budget: _Budget) -> str:
+def _signature_html(sig: SignatureReport, report: DiffReport, failing: frozenset[str], state: _RenderState) -> str:
     badges = _severity_badge(sig.severity)
     if sig.id in failing:
         badges += ' <span class="gate">fails the gate</span>'
@@ -380,7 +463,13 @@ def _signature_html(sig: SignatureReport, report: DiffReport, failing: frozenset
         f'<span class="count">{sig.count}&times; ({fmt_rate(sig.rate)}, {_e(noise)})</span></summary>'
     )
     reserve_chars = EXAMPLES_BUDGET_CHARS // 2 if sig.suppressed else 0
-    examples = "".join(_example_html(e, report, i + 1, budget, reserve_chars) for i, e in enumerate(sig.examples))
+    examples = ""
+    if sig.examples:
+        # One example in full: one whose messages are already on the page if there is one (a link
+        # then costs a line), else the first; the others by their differing paths.
+        full = next((e for e in sig.examples if _messages_key(e) in state.shown), sig.examples[0])
+        rest = [e for e in sig.examples if e is not full]
+        examples = _full_example_html(full, report, state, reserve_chars, sig) + _more_examples_html(rest, report, 2)
     css = "signature suppressed" if sig.suppressed else "signature"
     return (
         f'<details class="{css}" id="sig-{_e(sig.id)}" data-signature="{_e(sig.id)}">{summary}'
@@ -440,7 +529,7 @@ def _fields_html(fields: Sequence[FieldStat]) -> str:
 
 
 def _endpoint_html(
-    endpoint: EndpointReport, report: DiffReport, failing: frozenset[str], rank: int, budget: _Budget
+    endpoint: EndpointReport, report: DiffReport, failing: frozenset[str], rank: int, state: _RenderState
 ) -> str:
     rate = endpoint_rate(endpoint)
     signatures = ranked_signatures(endpoint)
@@ -458,12 +547,14 @@ def _endpoint_html(
         f"{endpoint.differing} differing, {endpoint.errors} errors</p>"
         f"<h4>Field tree</h4>{_fields_html(endpoint.fields)}"
         f"<h4>Signatures</h4>"
-        + ("".join(_signature_html(s, report, failing, budget) for s in signatures) or '<p class="muted">none</p>')
+        + ("".join(_signature_html(s, report, failing, state) for s in signatures) or '<p class="muted">none</p>')
         + "</div>"
     )
+    # Open when it fails the gate: that is what the reviewer came for; the rest wait for a click.
+    fails = any(s.id in failing for s in signatures)
     return (
-        f'<details class="endpoint ep-{_e(endpoint.severity or "none")}" id="ep-{rank}" '
-        f'data-endpoint="{_e(endpoint.endpoint)}">{summary}{body}</details>'
+        f'<details class="endpoint ep-{_e(endpoint.severity or "none")}{" fails-gate" if fails else ""}" '
+        f'id="ep-{rank}" data-endpoint="{_e(endpoint.endpoint)}"{" open" if fails else ""}>{summary}{body}</details>'
     )
 
 
@@ -561,8 +652,8 @@ def render_html(report: DiffReport) -> str:
     if report.sources:
         meta.append("tapes: " + ", ".join(f"<code>{_e(s)}</code>" for s in report.sources))
     endpoints = ranked_endpoints(report)
-    budget = _Budget(EXAMPLES_BUDGET_CHARS)
-    endpoints_html = "".join(_endpoint_html(e, report, failing, i, budget) for i, e in enumerate(endpoints))
+    state = _RenderState(EXAMPLES_BUDGET_CHARS)
+    endpoints_html = "".join(_endpoint_html(e, report, failing, i, state) for i, e in enumerate(endpoints))
     title = f"shadowtap diff: {verdict_word(verdict.exit_code)} ({report.baseline_name} vs {report.candidate_name})"
     return f"""<!doctype html>
 <html lang="en">

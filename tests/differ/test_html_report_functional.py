@@ -20,6 +20,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, e
 from shadowtap.differ.reports import write_html
 from shadowtap.recorder.model import Response
 from tests.differ.report_fixtures import SECRETS, rich_report
+from tests.differ.test_reports_html import many_pairs_report
 
 CHROMIUM: Final = "/usr/bin/chromium"
 ARTIFACTS: Final = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -108,15 +109,20 @@ def test_report_renders_expands_highlights_and_stays_offline(report_page: tuple[
     endpoints = page.locator("details.endpoint")
     expect(endpoints).to_have_count(7)
     expect(endpoints.first).to_have_attribute("data-endpoint", "GET /users/{id}")
+    # The endpoints failing the gate are open from the start; the others wait for a click.
     users = endpoints.first
-    expect(users.locator("table.fields")).not_to_be_visible()
-    users.locator("summary").first.click()
+    expect(users).to_have_attribute("open", "")
     expect(users.locator("table.fields")).to_be_visible()
     expect(users.locator("table.fields")).to_contain_text("body.orders[*].total")
+    search = page.locator('details.endpoint[data-endpoint="GET /search"]')
+    expect(search).not_to_have_attribute("open", "")
+    expect(search.locator("table.fields")).not_to_be_visible()
+    search.locator("summary").first.click()
+    expect(search.locator("table.fields")).to_be_visible()
 
     signature = page.locator("#sig-sig-removed")
     expect(signature.locator("mark.hl").first).not_to_be_visible()
-    signature.locator("summary").click()
+    signature.locator(":scope > summary").click()
     # The baseline still has the removed field (highlighted); the candidate has the changed total.
     baseline, candidate = signature.locator(".side").nth(0), signature.locator(".side").nth(1)
     expect(baseline.locator('mark.hl[title="body.email"]')).to_be_visible()
@@ -126,10 +132,15 @@ def test_report_renders_expands_highlights_and_stays_offline(report_page: tuple[
     expect(candidate).to_contain_text("decoded from gzip")
     expect(signature.locator("table.paths")).to_contain_text("(absent)")
 
-    # Expanding a signature also shows the request, with its secrets redacted.
+    # Expanding a signature also shows the request, with its secrets redacted; headers are folded
+    # behind the bodies until asked for.
     request_block = signature.locator(".request")
     expect(request_block).to_contain_text("/users/8?api_key=[redacted]")
-    expect(request_block).to_contain_text("Bearer [redacted]")
+    request_headers = request_block.locator("details.hdrs")
+    expect(request_headers.locator("table.headers")).not_to_be_visible()
+    request_headers.locator("summary").click()
+    expect(request_headers.locator("table.headers")).to_be_visible()
+    expect(request_headers).to_contain_text("Bearer [redacted]")
     page_html = page.content()
     for secret in SECRETS:
         assert secret not in page_html
@@ -162,7 +173,7 @@ def test_report_renders_expands_highlights_and_stays_offline(report_page: tuple[
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#collapse-all").click()
     page.locator("details.endpoint").first.locator("summary").first.click()
-    page.locator("#sig-sig-removed summary").click()
+    page.locator("#sig-sig-removed > summary").click()
     shot = ARTIFACTS / "html-report.png"
     page.screenshot(path=str(shot), full_page=True)
     print(f"\nHTML report screenshot: {shot}")
@@ -179,10 +190,21 @@ def test_deep_link_to_a_signature_opens_it_and_its_endpoint(browser: Browser, tm
     context = browser.new_context(offline=True)
     try:
         page = context.new_page()
-        page.goto(path.as_uri() + "#sig-sig-type")
-        expect(page.locator("#sig-sig-type")).to_have_attribute("open", "")
-        expect(page.locator("details.endpoint", has=page.locator("#sig-sig-type"))).to_have_attribute("open", "")
-        expect(page.locator("#sig-sig-type .side").nth(1).locator('mark.hl[title="body.total"]')).to_be_visible()
+        # GET /search passes the gate: closed until the link opens it.
+        page.goto(path.as_uri() + "#sig-sig-text")
+        expect(page.locator("#sig-sig-text")).to_have_attribute("open", "")
+        expect(page.locator("details.endpoint", has=page.locator("#sig-sig-text"))).to_have_attribute("open", "")
+        expect(page.locator("#sig-sig-text .side").nth(1).locator("mark.hl").first).to_be_visible()
+        # sig-type sampled the exchange sig-currency shows in full: it links there, and the link opens it.
+        page.locator("#sig-sig-type > summary").click()
+        link = page.locator("#sig-sig-type .seen a")
+        expect(link).to_have_text("POST /orders removed body.currency")
+        anchor = link.get_attribute("href")
+        assert anchor == "#sig-sig-currency"
+        page.locator("#sig-sig-currency").evaluate("(d) => { d.open = false; }")
+        link.click()
+        expect(page.locator("#sig-sig-currency")).to_have_attribute("open", "")
+        expect(page.locator(f"{anchor} .side").nth(1).locator('mark.hl[title="body.total"]')).to_be_visible()
     finally:
         context.close()
 
@@ -221,5 +243,45 @@ def test_a_change_deep_in_a_long_body_is_scrolled_into_view(browser: Browser, tm
                 }"""
             )
             assert shown
+    finally:
+        context.close()
+
+
+def test_a_few_hundred_pairs_open_what_fails_the_gate_and_fold_the_rest(browser: Browser, tmp_path: Path) -> None:
+    report = many_pairs_report()
+    failing = {s.endpoint for e in report.endpoints for s in e.signatures if s.id in report.verdict.failing_signatures}
+    path = tmp_path / "report.html"
+    write_html(report, path)
+    assert path.stat().st_size < 200_000
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, offline=True)
+    try:
+        page = context.new_page()
+        watch = PageWatch(page, path.as_uri())
+        page.goto(path.as_uri())
+        endpoints = page.locator("details.endpoint")
+        expect(endpoints).to_have_count(20)
+        opened = page.locator("details.endpoint[open]")
+        expect(opened).to_have_count(len(failing))
+        names = {opened.nth(i).get_attribute("data-endpoint") for i in range(opened.count())}
+        assert names == failing
+        failing_one = opened.first
+        expect(failing_one.locator("table.fields")).to_be_visible()
+        expect(failing_one.locator("details.signature > summary").first).to_contain_text("fails the gate")
+        passing = page.locator("details.endpoint:not([open])").first
+        assert passing.get_attribute("data-endpoint") not in failing
+        expect(passing.locator("table.fields")).not_to_be_visible()
+        # A signature shows its example's bodies side by side; the headers wait behind a fold.
+        signature = failing_one.locator("details.signature").first
+        signature.locator(":scope > summary").click()
+        side = signature.locator(".side").nth(1)
+        expect(side.locator("pre.body")).to_be_visible()
+        expect(side.locator("details.hdrs > summary")).to_have_text("8 headers")
+        expect(side.locator("table.headers")).not_to_be_visible()
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "html-report-many-pairs.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"\nHTML report (300 differing pairs) screenshot: {shot}")
+        assert shot.stat().st_size > 10_000
+        assert watch.console_errors == [] and watch.foreign_requests == [] and watch.blocked == []
     finally:
         context.close()

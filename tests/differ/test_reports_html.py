@@ -5,17 +5,23 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import html
 import json
+import random
 import re
 from html.parser import HTMLParser
+from typing import Any
 
 from pytest import MonkeyPatch
 
 import shadowtap.differ.reports.html
-from shadowtap.differ.report_model import FieldStat
+from shadowtap.differ import DifferConfig, DiffSession, DiffStore, RunMeta
+from shadowtap.differ.aggregate import build_report
+from shadowtap.differ.report_model import DiffReport, EndpointReport, FieldStat
 from shadowtap.differ.reports import render_html
 from shadowtap.differ.reports._bodies import DisplayBody, display_body
 from shadowtap.differ.reports.html import _asset, _changed_lines, _json_html
+from shadowtap.recorder import Exchange, Request, Response
 from tests.differ.report_fixtures import (
     HOSTILE_MARKERS,
     IMG_PAYLOAD,
@@ -113,13 +119,14 @@ def test_secrets_are_redacted() -> None:
 
 def section(document: str, signature_id: str) -> str:
     start = document.index(f'id="sig-{signature_id}"')
-    return document[start : document.index("</details>", start)]
+    # A signature's <details> ends its body <div>; the header folds inside it end their <table>.
+    return document[start : document.index("</div></details>", start)]
 
 
 def test_differing_paths_are_highlighted_on_each_side() -> None:
     document = render_html(rich_report())
     removed = section(document, "sig-removed")
-    assert '<mark class="hl" title="body.email"><span class="jk">&quot;email&quot;</span>: ' in removed
+    assert '<mark class="hl" title="body.email"><span class="jk">"email"</span>: ' in removed
     assert '<mark class="hl" title="body.orders[1].total">' in removed
     status = section(document, "sig-status")
     assert status.count('<p class="status hl">') == 2
@@ -140,7 +147,7 @@ def test_overview_endpoints_fields_and_suppressions() -> None:
     for card, number in (("pairs", 1300), ("differing", 260), ("noise-suppressed", 1110), ("errors", 7)):
         assert f'data-card="{card}"><span class="num">{number}</span>' in document
     assert '<p class="verdict fail"><b>FAIL</b>' in document
-    order = re.findall(r'<details class="endpoint ep-(\w+)" id="ep-(\d+)" data-endpoint="([^"]*)"', document)
+    order = re.findall(r'<details class="endpoint ep-(\w+)[^"]*" id="ep-(\d+)" data-endpoint="([^"]*)"', document)
     assert [(sev, name) for sev, _, name in order][:3] == [
         ("critical", "GET /users/{id}"),
         ("critical", "GET /orders/{id}/&lt;b&gt;&lt;script&gt;window.__pwned = 1&lt;/script&gt;"),
@@ -173,10 +180,7 @@ def test_an_empty_report_still_renders_a_useful_page() -> None:
 
 def test_a_path_missing_on_one_side_gets_a_placeholder_there() -> None:
     removed = section(render_html(rich_report()), "sig-removed")
-    assert (
-        '<mark class="hl absent" title="body.email"><span class="jk">&quot;email&quot;</span>: (absent)</mark>'
-        in removed
-    )
+    assert '<mark class="hl absent" title="body.email"><span class="jk">"email"</span>: (absent)</mark>' in removed
     assert removed.count('title="body.email"') == 2  # the value on one side, the placeholder on the other
 
 
@@ -185,12 +189,9 @@ def test_json_highlighting_handles_odd_keys_indexes_and_empty_containers() -> No
     value = {"odd key": [0, {"a": 1}], "list": [1], "empty": {}}
     rendered = _json_html(value, patterns)
     assert '<mark class="hl" title="body[&quot;odd key&quot;][1]">{' in rendered
-    assert (
-        '<mark class="hl absent" title="body.gone"><span class="jk">&quot;gone&quot;</span>: (absent)</mark>'
-        in rendered
-    )
+    assert '<mark class="hl absent" title="body.gone"><span class="jk">"gone"</span>: (absent)</mark>' in rendered
     assert '<mark class="hl absent" title="body.list[3]">(absent)</mark>' in rendered
-    assert '"empty"' not in rendered and "&quot;empty&quot;</span>: {\n" in rendered
+    assert '<span class="jk">"empty"</span>: {\n' in rendered
     # Placeholders are not JSON: stripping the markup leaves a document that parses without them.
     plain = re.sub(r"<[^>]+>", "", rendered)
     plain = "\n".join(line for line in plain.split("\n") if "(absent)" not in line).replace("&quot;", '"')
@@ -198,22 +199,136 @@ def test_json_highlighting_handles_odd_keys_indexes_and_empty_containers() -> No
     assert _json_html({"a": 1}, [()]).startswith('<mark class="hl" title="body">{')
 
 
+def test_json_is_indented_like_json_dumps_inside_and_outside_highlighted_subtrees() -> None:
+    value = {"a": {"b": [1, {"c": '<x> & "y"'}], "d": {}}, "e": [[], [2, 3]], "f": None}
+    for patterns in ([], [("e",)], [("a", "b", 1, "c")], [("a", "b", "*", "c")], [()]):
+        rendered = _json_html(value, patterns)  # type: ignore[arg-type]
+        assert html.unescape(re.sub(r"<[^>]+>", "", rendered)) == json.dumps(value, indent=2), patterns
+        # Text is escaped for an element, never left as markup.
+        assert "&lt;x&gt; &amp;" in rendered
+
+
 def test_a_huge_report_keeps_full_examples_for_the_top_and_tables_for_the_rest(monkeypatch: MonkeyPatch) -> None:
     monkeypatch.setattr(shadowtap.differ.reports.html, "EXAMPLES_BUDGET_CHARS", 60_000)
     report = rich_report()
-    many = tuple(dataclasses.replace(report.endpoints[1], endpoint=f"POST /orders/{i}") for i in range(30))
-    document = render_html(dataclasses.replace(report, endpoints=(report.endpoints[0], *many)))
+    orders = report.endpoints[1]  # two signatures sampled the same exchange
+
+    def copy(i: int) -> EndpointReport:
+        signatures = tuple(
+            dataclasses.replace(
+                sig,
+                id=f"{sig.id}-{i}",
+                examples=tuple(
+                    dataclasses.replace(e, request=dataclasses.replace(e.request, target=f"/orders?copy={i}"))
+                    for e in sig.examples
+                ),
+            )
+            for sig in orders.signatures
+        )
+        return dataclasses.replace(orders, endpoint=f"POST /orders/{i}", signatures=signatures)
+
+    document = render_html(dataclasses.replace(report, endpoints=(report.endpoints[0], *(copy(i) for i in range(30)))))
     omitted = "full request and responses omitted: this report reached its size budget"
+    linked = "request and responses shown once, under"
     first = section(document, "sig-status")
     assert omitted not in first and '<div class="request">' in first
-    full, compact = document.count('<div class="request">'), document.count(omitted)
-    assert full + compact == 3 + 30 * 2  # every example is there, in one form or the other
-    assert compact > full > 3
+    full, compact, links = document.count('<div class="request">'), document.count(omitted), document.count(linked)
+    # Every example is there in one form or another: GET /users/{id} has three (two of them the
+    # same exchange), each copy two (the same exchange).
+    assert full + compact + links == 3 + 30 * 2
+    assert full > 3 and compact > 3 and links == full - 1
+    # A link leads to the example shown in full.
+    anchors = re.findall(r'shown once, under <a href="#(sig-[^"]+)">', document)
+    assert len(anchors) == links
+    for anchor in anchors:
+        assert '<div class="request">' in section(document, anchor.removeprefix("sig-"))
     # Even an omitted example keeps what differed, with both values.
     last = document[document.rindex('<div class="example">') :]
     assert omitted in last
     assert "<td><code>20</code></td><td><code>&quot;20.00&quot;</code></td>" in last
-    assert len(document) < 300_000
+    assert len(document) < 200_000
+
+
+def many_pairs_report(endpoints: int = 20, pairs_per_endpoint: int = 15) -> DiffReport:
+    """A real run through the engine and the store: ``endpoints`` x ``pairs_per_endpoint`` differing
+    pairs (and five equal ones per endpoint) of a 600-byte JSON customer with eight headers.
+
+    Every pair changes an order total (medium); every fifth endpoint also loses ``email`` (high:
+    fails the default gate), every fifth from the second answers a third of its pairs with a 500.
+    """
+    store = DiffStore(":memory:")
+    session = DiffSession(store, DifferConfig(), RunMeta("primary", "v2", None, ()), rng=random.Random(1))
+
+    def response(i: int, status: int, doc: dict[str, Any]) -> Response:
+        body = json.dumps(doc).encode()
+        headers = (
+            (b"Content-Type", b"application/json"),
+            (b"Date", b"Tue, 14 Nov 2023 22:13:20 GMT"),
+            (b"Server", b"nginx/1.25"),
+            (b"Cache-Control", b"private, max-age=0"),
+            (b"X-Request-Id", f"req-{i:08x}-4b1c".encode()),
+            (b"ETag", f'W/"{i:x}-{len(body)}"'.encode()),
+            (b"Vary", b"Accept-Encoding"),
+            (b"Content-Length", str(len(body)).encode()),
+        )
+        return Response(status, "OK", headers, body)
+
+    n = 0
+    for k in range(endpoints):
+        for j in range(pairs_per_endpoint + 5):
+            n += 1
+            i = 1000 + n
+            doc: dict[str, Any] = {
+                "id": i,
+                "name": f"customer {i}",
+                "email": f"c{i}@example.com",
+                "address": {"street": f"{i} Main St", "city": "Springfield", "zip": f"{10000 + i}"},
+                "orders": [{"id": i * 10 + o, "total": 10 * o + 0.5, "status": "shipped"} for o in range(6)],
+            }
+            changed = json.loads(json.dumps(doc))
+            status = 200
+            if j < pairs_per_endpoint:
+                changed["orders"][1]["total"] += 1
+                if k % 5 == 0:
+                    del changed["email"]
+                if k % 5 == 1 and j % 3 == 0:
+                    status = 500
+            request = Request("GET", f"/api{k}/customers/{i}?expand=orders", ((b"Accept", b"application/json"),))
+            session.add(
+                Exchange(
+                    id=f"e{i}",
+                    started_at_ns=1_700_000_000 * 10**9 + i * 10**6,
+                    request=request,
+                    primary=response(i, 200, doc),
+                    shadows={"v2": response(i + 7, status, changed)},
+                )
+            )
+    session.finish()
+    return build_report(store, DifferConfig())
+
+
+def test_a_few_hundred_differing_pairs_make_a_small_report() -> None:
+    report = many_pairs_report()
+    assert (report.differing, len(report.endpoints)) == (300, 20)
+    assert sum(len(s.examples) for e in report.endpoints for s in e.signatures) > 60
+    document = render_html(report)
+    assert len(document.encode()) < 200_000
+    # Small by showing each signature one example in full and the others by their differing values.
+    signatures = sum(len(e.signatures) for e in report.endpoints)
+    full = document.count('<div class="request">')
+    linked = document.count("request and responses shown once, under")
+    assert 8 <= full <= signatures and full + linked + document.count("size budget") == signatures
+    # Examples with the same differing values are one entry that names the others.
+    assert document.count('<div class="example compact">') > 0
+    assert re.search(r"\d more examples? with the same values: <code>e\d+</code>", document)
+    # The endpoints that fail the gate are open, the others closed; headers fold behind the bodies.
+    opened = re.findall(r'<details class="endpoint [^"]*" id="ep-\d+" data-endpoint="([^"]*)" open>', document)
+    failing = {s.endpoint for e in report.endpoints for s in e.signatures if s.id in report.verdict.failing_signatures}
+    assert set(opened) == failing and len(failing) == 8
+    assert document.count('<details class="endpoint') == 20
+    assert '<details class="hdrs"><summary>8 headers</summary>' in document
+    side = document[document.index('<div class="side">') :]
+    assert side.index('<pre class="body">') < side.index('<details class="hdrs">')
 
 
 def test_failing_signatures_are_listed_up_front_with_links() -> None:
