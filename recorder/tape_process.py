@@ -3,7 +3,7 @@
 ``ProcessTapeWriter`` has ``TapeWriter``'s interface. The event loop packs each record (ormsgpack,
 a microsecond or two) and writes a batch to a pipe in one call; a child process running this module
 (``python -m shadowtap.recorder.tape_process DIR``) unpacks, redacts, encodes, compresses, writes and syncs
-with the same ``_BlockWriter`` and ``_SegmentSink`` as the thread, so the tape is the same bytes.
+with the same ``BlockWriter`` and ``SegmentSink`` as the thread, so the tape is the same bytes.
 With the thread, that work takes the GIL from the proxy's loop about a quarter of the time it runs;
 here it runs on another core.
 
@@ -61,14 +61,14 @@ from shadowtap.recorder.writer import (
     ITEM_ENTRY,
     ITEM_EXTRA,
     ITEM_RECORD,
+    AsyncWriterBase,
+    BlockWriter,
+    ErrorNotes,
     Intake,
     IntakeStats,
+    SegmentSink,
     TapeOptions,
     TapeWriterStats,
-    _AsyncWriter,
-    _BlockWriter,
-    _ErrorNotes,
-    _SegmentSink,
     intake_item,
 )
 
@@ -143,7 +143,7 @@ class _Child:
         self.exited = asyncio.get_running_loop().create_future()
 
 
-class ProcessTapeWriter(_AsyncWriter):
+class ProcessTapeWriter(AsyncWriterBase):
     """The asyncio tape writer whose disk work runs in a child process (module docstring).
 
     ``await start()`` creates the directory and key (raising ``TapeWriteError`` for an unusable
@@ -176,7 +176,7 @@ class ProcessTapeWriter(_AsyncWriter):
         self._dropped_queue_full = 0
         self._dropped_queue_bytes_full = 0
         self._dropped_closed = 0
-        self._errors = _ErrorNotes(log)
+        self._errors = ErrorNotes(log)
 
     async def start(self) -> None:
         """Create the directory and key, then start the child. Raises ``TapeWriteError``."""
@@ -184,7 +184,7 @@ class ProcessTapeWriter(_AsyncWriter):
             return
         # The parent resolves the key first, so an unusable path fails here, in the caller's
         # terms, and the child only reads the key file (or the environment) it finds.
-        await asyncio.to_thread(_SegmentSink(self._directory, self._options).prepare)
+        await asyncio.to_thread(SegmentSink(self._directory, self._options).prepare)
         await self._spawn()
         self._started = True
 
@@ -469,7 +469,7 @@ def _read_exactly(fd: int, size: int) -> bytes:
 class _ChildInput:
     """What the child reads off the pipe: records to write, and items for its intake."""
 
-    def __init__(self, blocks: _BlockWriter, intake: Intake | None) -> None:
+    def __init__(self, blocks: BlockWriter, intake: Intake | None) -> None:
         self.blocks = blocks
         # max_buffer_size=0: no limit of msgpack's own; records are as big as max_body_bytes allows.
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
@@ -513,7 +513,7 @@ class _ChildInput:
         if self.intake is not None:
             self.intake.close()
 
-    def report(self, sink: _SegmentSink) -> list[Any]:
+    def report(self, sink: SegmentSink) -> list[Any]:
         blocks = self.blocks
         intake = IntakeStats({}) if self.intake is None else self.intake.stats()
         return [
@@ -545,9 +545,9 @@ def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
     options, intake = loaded if type(loaded) is tuple and len(loaded) == 2 else (loaded, None)
     if not isinstance(options, TapeOptions):
         raise TypeError(f"expected TapeOptions and an intake on the tape writer's input, got {loaded!r:.200}")
-    sink = _SegmentSink(Path(directory), options)
+    sink = SegmentSink(Path(directory), options)
     sink.prepare()
-    blocks = _BlockWriter(sink)
+    blocks = BlockWriter(sink)
     source = _ChildInput(blocks, intake)
 
     def report() -> None:

@@ -6,8 +6,8 @@ redacts, encodes, compresses, writes and syncs in batches. ``shadowtap.recorder.
 is the same front with that work in a child process (the proxy's default). Either can host an
 ``Intake``: a producer's own step between what it submits and the exchange records written (it
 takes entries, each of which ends as one record, and extras that only add to an entry; it is swept
-on a period and closed last), run in the thread or the child. All share ``_SegmentSink``
-and ``_BlockWriter``, so a tape is the same bytes whichever wrote it. This module must never block
+on a period and closed last), run in the thread or the child. All share ``SegmentSink``
+and ``BlockWriter``, so a tape is the same bytes whichever wrote it. This module must never block
 the event loop, never raise from ``submit``, and never let a disk error (ENOSPC, EIO) reach the
 caller's request path: it is counted in ``write_errors``, logged once per kind, and the disk is left
 alone for ``retry_after_error_s``. The refused block is cut off the segment, so it never ends in a
@@ -46,7 +46,18 @@ from shadowtap.recorder.model import Exchange, Response
 from shadowtap.recorder.private import warn_if_shared_directory
 from shadowtap.recorder.redact import RedactionRules, Redactor, resolve_redaction_key
 
-__all__ = ["Intake", "IntakeStats", "SyncTapeWriter", "TapeOptions", "TapeWriter", "TapeWriterStats"]
+__all__ = [
+    "AsyncWriterBase",
+    "BlockWriter",
+    "ErrorNotes",
+    "Intake",
+    "IntakeStats",
+    "SegmentSink",
+    "SyncTapeWriter",
+    "TapeOptions",
+    "TapeWriter",
+    "TapeWriterStats",
+]
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +252,7 @@ def segment_name(now_ns: int, sequence: int) -> str:
     return f"seg-{stamp}-p{os.getpid()}-{sequence:06d}{SEGMENT_SUFFIX}"
 
 
-class _SegmentSink:
+class SegmentSink:
     """The open segment of one tape directory. Used by one thread at a time; raises TapeWriteError."""
 
     def __init__(self, directory: Path, options: TapeOptions) -> None:
@@ -423,7 +434,7 @@ class _SegmentSink:
         self.segment_bytes = 0
 
 
-class _ErrorNotes:
+class ErrorNotes:
     """The last error message, with each kind of error logged once (later ones are only counted)."""
 
     def __init__(self, logger: logging.Logger) -> None:
@@ -444,7 +455,7 @@ class _ErrorNotes:
         self.note("encode", f"cannot encode exchange {ident!r}: {exc}")
 
 
-class _BlockWriter:
+class BlockWriter:
     """Encodes records into blocks and writes them through a sink, counting every record's fate.
 
     The loop the tape writer's thread runs and the tape writer process (``shadowtap.recorder.tape_process``)
@@ -453,12 +464,12 @@ class _BlockWriter:
     once per kind).
     """
 
-    def __init__(self, sink: _SegmentSink) -> None:
+    def __init__(self, sink: SegmentSink) -> None:
         self.sink = sink
         self.written = 0
         self.encode_errors = 0
         self.write_errors = 0
-        self.errors = _ErrorNotes(log)
+        self.errors = ErrorNotes(log)
 
     def write_from(self, take: Callable[[], Exchange | list[Any] | None]) -> None:
         """Encode and write records from ``take`` until it returns None, one block at a time."""
@@ -507,7 +518,7 @@ class SyncTapeWriter:
     """
 
     def __init__(self, directory: str | os.PathLike[str], options: TapeOptions | None = None) -> None:
-        self._sink = _SegmentSink(Path(directory), options or TapeOptions())
+        self._sink = SegmentSink(Path(directory), options or TapeOptions())
         self._every = self._sink.options.fsync == "every"
         self._block_bytes = self._sink.options.block_bytes
         self._parts: list[bytes] = []
@@ -576,7 +587,7 @@ class SyncTapeWriter:
         )
 
 
-class _AsyncWriter:
+class AsyncWriterBase:
     """``async with`` for the asyncio tape writers: ``start()`` on entry, ``close()`` on exit."""
 
     async def start(self) -> None:
@@ -601,7 +612,7 @@ ITEM_ENTRY: Final = 1
 ITEM_EXTRA: Final = 2
 
 
-class TapeWriter(_AsyncWriter):
+class TapeWriter(AsyncWriterBase):
     """The asyncio tape writer: ``submit`` never blocks or raises; a thread does the disk work.
 
     ``await start()`` creates the directory and key (raising ``TapeWriteError`` for an unusable
@@ -614,7 +625,7 @@ class TapeWriter(_AsyncWriter):
     def __init__(
         self, directory: str | os.PathLike[str], options: TapeOptions | None = None, intake: Intake | None = None
     ) -> None:
-        self._sink = _SegmentSink(Path(directory), options or TapeOptions())
+        self._sink = SegmentSink(Path(directory), options or TapeOptions())
         self._options = self._sink.options
         self._intake = intake
         # Bounded by the checks in _admit() against options.queue_size and queue_bytes (see
@@ -632,7 +643,7 @@ class TapeWriter(_AsyncWriter):
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._closing = False
-        self._blocks = _BlockWriter(self._sink)
+        self._blocks = BlockWriter(self._sink)
         self._dropped_queue_full = 0
         self._dropped_closed = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -804,7 +815,7 @@ class TapeWriter(_AsyncWriter):
 
 
 def intake_item(
-    intake: Intake | None, blocks: _BlockWriter, item: Any, size: int, entry: bool, packed: bool = False
+    intake: Intake | None, blocks: BlockWriter, item: Any, size: int, entry: bool, packed: bool = False
 ) -> None:
     """Hand one item to ``intake`` (``packed``: as msgpack gave back its ``wire()`` array, for
     ``Intake.load``): a malformed entry is an encode error (it was a record for every counter), a

@@ -137,14 +137,14 @@ async def test_a_blocked_writer_thread_costs_bounded_bytes_and_every_request_suc
 ) -> None:
     release = threading.Event()
     entered = threading.Event()
-    write = writer_module._SegmentSink.write
+    write = writer_module.SegmentSink.write
 
     def hung_disk(self: Any, parts: list[bytes]) -> None:
         entered.set()
         release.wait(60)
         write(self, parts)
 
-    monkeypatch.setattr(writer_module._SegmentSink, "write", hung_disk)
+    monkeypatch.setattr(writer_module.SegmentSink, "write", hung_disk)
     app = await start_proxy(primary, tmp_path / "tape", "thread")
     tape = app.tape
     assert tape is not None
