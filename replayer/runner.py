@@ -420,7 +420,8 @@ class _Runner:
             self.p99_ms, self.p99_at_ns = overall.percentile_ms("corrected", 99.0), now_ns
         elapsed_s = 0.0 if self.t0_pending else max(0.0, (now_ns - self.t0_ns) / 1e9)
         window = self.stats.timeline[-3:-1] if len(self.stats.timeline) > 2 else self.stats.timeline
-        recent = sum(row[2] + row[3] for row in window) / max(1, len(window))
+        # Rows cover series.interval_s each (1 s, doubled for long runs): a rate per second.
+        recent = sum(row[2] + row[3] for row in window) / max(1, len(window)) / self.stats.series.interval_s
         self.progress(
             Progress(
                 elapsed_s=elapsed_s,
