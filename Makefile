@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test lint typecheck pytest pytest-interpreted bench install dev native native-or-interpreted clean docs
+.PHONY: demo test lint typecheck pytest pytest-interpreted bench install dev native native-or-interpreted clean docs wheel
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "shadowtap needs Python >= 3.11"; print("creating $(VENV) with", sys.executable, sys.version.split()[0])'
@@ -59,8 +59,14 @@ bench: dev native
 	scripts/ensure-system-deps.sh nginx wrk valgrind
 	$(PY) bench/run_all.py
 
+# The sdist and a platform wheel with the compiled data path, into dist/ (README, "Install").
+# SHADOWTAP_NATIVE=0 makes the wheel pure (it then runs interpreted, and says so).
+wheel: dev
+	rm -rf dist
+	SHADOWTAP_NATIVE=$${SHADOWTAP_NATIVE:-1} $(PY) -m build --no-isolation --outdir dist
+
 docs: dev
 	$(PY) -m shadowtap.docgen
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache proxy/_compiled wire/_compiled
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache proxy/_compiled wire/_compiled build dist

@@ -1,13 +1,14 @@
 """Compile the data path (wire's framing and client, the proxy's hot modules) with mypyc into
 wire/_compiled/ and proxy/_compiled/ (see wire/native.py).
 
-Usage: python scripts/build_native.py [--check]
+Usage: python scripts/build_native.py [--check] [--into PACKAGE_DIR]
 
 Needs mypy (mypyc ships with it), setuptools, a C compiler and the interpreter's headers. Builds in a
 temporary directory and replaces the ``_compiled/`` directories only when everything compiled, so a
 failed build leaves the previous one (or none) in place; ``shadowtap.wire.native`` then decides
 whether it matches. With ``--check`` it only says whether the current build matches the sources
-(exit 0) or not (exit 1).
+(exit 0) or not (exit 1). ``--into`` puts the build beside a copy of the ``shadowtap`` package (a
+wheel's build directory, ``setup.py``) instead of the checkout's, and checks it matches that copy.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ GROUP = "shadowtap_native"
 PACKAGE_ROOT = ROOT / "shadowtap"
 
 
-def build() -> int:
+def build(package_root: Path = PACKAGE_ROOT) -> int:
     try:
         import mypy.version
         from mypyc.build import mypycify
@@ -100,18 +101,24 @@ def build() -> int:
         }
         # The manifest goes in last: until it is there, no build is seen (a reader sees the old build,
         # none, or the new one, never a mix: the old manifest goes first).
-        (native.compiled_dir(PACKAGE_ROOT, native.GROUP_PACKAGE) / native.MANIFEST).unlink(missing_ok=True)
+        (native.compiled_dir(package_root, native.GROUP_PACKAGE) / native.MANIFEST).unlink(missing_ok=True)
         for part in parts:
-            target = native.compiled_dir(PACKAGE_ROOT, part)
+            target = native.compiled_dir(package_root, part)
             old = target.with_name(target.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
             if target.exists():
                 target.rename(old)
             shutil.move(str(staged[part]), target)
             shutil.rmtree(old, ignore_errors=True)
-        (native.compiled_dir(PACKAGE_ROOT, native.GROUP_PACKAGE) / native.MANIFEST).write_text(
+        (native.compiled_dir(package_root, native.GROUP_PACKAGE) / native.MANIFEST).write_text(
             json.dumps(manifest, indent=2) + "\n"
         )
+    if package_root != PACKAGE_ROOT:
+        # A copy of the package (a wheel's): its sources must be the ones compiled, byte for byte.
+        found, reason = native.check(package_root)
+        if found is None:
+            print(f"build_native: the build does not match {package_root}: {reason}", file=sys.stderr)
+            return 1
     took = time.monotonic() - started
     where = ", ".join(f"{part}/_compiled" for part in parts)
     print(f"build_native: compiled {len(digests)} modules into {where} in {took:.0f} s")
@@ -121,12 +128,13 @@ def build() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only say whether the build matches the sources")
+    parser.add_argument("--into", type=Path, default=PACKAGE_ROOT, help="the shadowtap package directory to build for")
     args = parser.parse_args()
     if args.check:
-        manifest, reason = native.check(PACKAGE_ROOT)
+        manifest, reason = native.check(args.into)
         print(f"build_native: {reason}")
         return 0 if manifest is not None else 1
-    return build()
+    return build(args.into.resolve() if args.into != PACKAGE_ROOT else PACKAGE_ROOT)
 
 
 if __name__ == "__main__":

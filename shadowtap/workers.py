@@ -33,6 +33,7 @@ from shadowtap.replayer.job import ReplayJob, run_job
 from shadowtap.replayer.result import JobResult
 from shadowtap.replayer.runner import Progress
 from shadowtap.supervisor import LoopRunner, Supervisor, WorkerLink
+from shadowtap.wire import native
 
 __all__ = ["run_replay", "serve_proxy"]
 
@@ -53,9 +54,10 @@ _PROGRESS_QUEUE_SIZE: Final = 64
 
 
 def _announce(out: TextIO, listen_url: str, admin_urls: list[str], workers: int) -> None:
+    """The start-up line: where it listens, and which data path runs (compiled or not, and why)."""
     admin = ",".join(admin_urls) if admin_urls else "off"
-    print(f"shadowtap proxy: listening on {listen_url} admin {admin} workers {workers} pid {os.getpid()}",
-          file=out, flush=True)  # fmt: skip
+    print(f"shadowtap proxy: listening on {listen_url} admin {admin} workers {workers} pid {os.getpid()} "
+          f"data path {native.STATUS}", file=out, flush=True)  # fmt: skip
 
 
 def _proxy_worker(link: WorkerLink, config: ProxyConfig, flags_array: Any, run: LoopRunner) -> None:

@@ -80,8 +80,9 @@ def source_digest(path: Path) -> str:
 
 
 def interpreter_tag() -> str:
-    """What a build must match: the same interpreter version and extension ABI."""
-    return f"{sys.implementation.cache_tag} {sys.version.split()[0]} {sysconfig.get_config_var('EXT_SUFFIX')}"
+    """What a build must match: the same interpreter (implementation and minor version) and
+    extension ABI, as a wheel's ``cp311`` tag says; any 3.11.x runs a 3.11 build."""
+    return f"{sys.implementation.cache_tag} {sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
 def _part_and_short(module: str) -> tuple[str, str]:
@@ -105,7 +106,7 @@ def check(root: Path, expected: tuple[str, ...] = COMPILED_MODULES) -> tuple[dic
     group_dir = compiled_dir(root, GROUP_PACKAGE)
     manifest_path = group_dir / MANIFEST
     if not manifest_path.exists():
-        return None, "no compiled build (make native)"
+        return None, "no compiled build (make native in a checkout; a pure wheel has none)"
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     try:
         manifest = json.loads(manifest_path.read_text())

@@ -15,7 +15,13 @@ from shadowtap.recorder.formats._common import FORMAT_NAMES, ExportReport, Impor
 from shadowtap.recorder.formats.detect import detect_format, sniff
 from shadowtap.recorder.formats.gor import GorReader, write_gor
 from shadowtap.recorder.formats.har import HarReader, write_har
-from shadowtap.recorder.formats.mitm import MitmReader, exchange_from_flow, flow_from_exchange, write_mitm
+from shadowtap.recorder.formats.mitm import (
+    MitmReader,
+    exchange_from_flow,
+    flow_from_exchange,
+    require_mitmproxy,
+    write_mitm,
+)
 from shadowtap.recorder.model import Exchange
 
 __all__ = [
@@ -47,6 +53,7 @@ def open_importer(path: str | Path, fmt: str | None = None) -> Importer:
     if chosen == "gor":
         return GorReader(path)
     if chosen == "mitm":
+        require_mitmproxy()  # before any tape is created
         return MitmReader(path)
     raise ConfigError(f"unknown format {chosen!r}; use one of {', '.join(FORMAT_NAMES)}", field="from")
 

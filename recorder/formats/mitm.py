@@ -5,7 +5,8 @@
 framing removed) and headers are ``.fields`` (order, case and duplicates kept). This module must never
 crash on a flow it does not model: WebSocket messages become a count in ``tags``, TCP/UDP/DNS flows are
 skipped and counted, flows with errors keep the error. mitmproxy is imported lazily, in the functions
-that need it, so importing ``shadowtap.recorder.formats`` stays cheap.
+that need it, so importing ``shadowtap.recorder.formats`` stays cheap, and it is an extra
+(``shadowtap[mitm]``): without it, reading or writing a flow file is one ``ConfigError`` saying so.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
-from shadowtap.recorder.errors import InputFormatError
+from shadowtap.recorder.errors import ConfigError, InputFormatError
 from shadowtap.recorder.formats._common import (
     FAILURE_KINDS,
     GZIP_MAGIC,
@@ -35,6 +36,16 @@ if TYPE_CHECKING:
 __all__ = ["MitmReader", "exchange_from_flow", "flow_from_exchange", "write_mitm"]
 
 _NS_PER_S: Final = 1_000_000_000
+#: What a user without the extra is told, in one line.
+MITM_EXTRA: Final = "mitmproxy flow files need mitmproxy: pip install 'shadowtap[mitm]'"
+
+
+def require_mitmproxy() -> None:
+    """Raise a ``ConfigError`` naming the extra when mitmproxy is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("mitmproxy") is None:
+        raise ConfigError(MITM_EXTRA)
 #: The flow metadata key where shadowtap's export keeps a failure's kind, so it survives a round trip.
 _FAILURE_KIND_KEY: Final = "shadowtap.failure_kind"
 #: A tnetstring length prefix is at most 12 digits (mitmproxy's own limit).
@@ -179,6 +190,7 @@ class MitmReader:
         self.report = ImportReport(self.path, "mitm")
 
     def __iter__(self) -> Iterator[Exchange]:
+        require_mitmproxy()
         from mitmproxy import exceptions, http
         from mitmproxy.io import FlowReader
 
@@ -252,6 +264,7 @@ def _torn_length(stream: BinaryIO, offset: int, size: int) -> int | None:
 
 def flow_from_exchange(exchange: Exchange) -> http.HTTPFlow:
     """An Exchange as a mitmproxy HTTP flow: the primary response (or error) only."""
+    require_mitmproxy()
     from mitmproxy import connection, http
     from mitmproxy import flow as mflow
 
@@ -333,6 +346,7 @@ def _mitm_version(version: str) -> bytes:
 
 def write_mitm(exchanges: Iterable[Exchange], path: str | Path) -> ExportReport:
     """Write ``exchanges`` as a mitmproxy flow file (``mitmproxy -r`` / ``mitmdump -r`` read it)."""
+    require_mitmproxy()
     from mitmproxy.io import FlowWriter
 
     report = ExportReport(str(path), "mitm")
