@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from shadowtap.proxy.record import PRIMARY_KIND, SHADOW_KIND, PrimaryRecord, ShadowRecord
 from shadowtap.recorder.model import PRIMARY as PRIMARY_NAME
@@ -42,10 +42,12 @@ from shadowtap.recorder.model import (
     Response,
     Timing,
     exchange_record,
+    failure_record,
     new_response,
     new_timing,
     outcome_to_wire,
     request_record,
+    response_record,
     timing_to_wire,
 )
 from shadowtap.recorder.writer import ITEM_ENTRY, ITEM_EXTRA, IntakeStats
@@ -57,7 +59,10 @@ __all__ = [
     "JoinStats",
     "Joined",
     "RecordJoiner",
+    "WiredPrimary",
+    "WiredShadow",
     "load_record",
+    "load_wired",
 ]
 
 # A record's wire() array starts with its kind, which the tape writer process reads as the item's.
@@ -102,7 +107,8 @@ def _unwired_headers(raw: Any) -> tuple[tuple[bytes, bytes], ...]:
 
 
 def load_record(raw: Any) -> PrimaryRecord | ShadowRecord:
-    """A record from its ``wire()`` array as msgpack gives it back (the writer process's side)."""
+    """A record from its ``wire()`` array as msgpack gives it back, as objects again (the tests'
+    round trip; the writer process uses ``load_wired``, which builds no objects)."""
     kind = raw[0]
     if kind == PRIMARY_KIND:
         (
@@ -141,6 +147,74 @@ def load_record(raw: Any) -> PrimaryRecord | ShadowRecord:
     raise ValueError(f"not a record: kind {kind!r}")
 
 
+class WiredPrimary:
+    """A primary record as the writer process joins it: the tape's own arrays (request, outcome,
+    timing), made once from the ``wire()`` array msgpack gave back, with no object rebuilt between
+    the pipe and the tape. The loop's side keeps the typed ``PrimaryRecord``."""
+
+    __slots__ = ("exchange_id", "head", "mirrored", "outcome", "request", "timing", "unrecorded")
+
+    taped = True  # only exchanges for the tape reach a writer
+
+    def __init__(self, raw: list[Any]) -> None:
+        (
+            _, exchange_id, started_at_ns, started_mono_ns, method, target, request_headers, request_body,
+            scheme, authority, http_version, request_truncated_from, status, reason, response_headers,
+            response_body, response_version, response_truncated_from, failure_kind, failure_message,
+            sent_ns, first_byte_ns, done_ns, session, connection_id, client_addr, decisions, tags, mirrored,
+            unrecorded,
+        ) = raw  # fmt: skip
+        self.exchange_id: str = exchange_id
+        self.request = request_record(method, target, request_headers, request_body, scheme, authority,
+                                      http_version, request_truncated_from)  # fmt: skip
+        self.outcome: list[Any] | None = None
+        if status is not None:
+            self.outcome = response_record(status, reason, response_headers, response_body, response_version,
+                                           response_truncated_from)  # fmt: skip
+        elif failure_kind is not None:
+            self.outcome = failure_record(failure_kind, failure_message)
+        self.timing = [sent_ns, first_byte_ns, done_ns]
+        self.head = (started_at_ns, started_mono_ns, session, connection_id, client_addr, decisions, tags)
+        self.mirrored: list[str] = mirrored
+        self.unrecorded: list[str] = unrecorded or []
+
+
+class WiredShadow:
+    """A shadow record as the writer process joins it: its outcome and timing as the tape's arrays."""
+
+    __slots__ = ("delta", "early", "exchange_id", "outcome", "recorded", "shadow", "timing")
+
+    def __init__(self, raw: list[Any]) -> None:
+        (
+            _, exchange_id, name, status, reason, headers, body, http_version, truncated_from, failure_kind,
+            failure_message, sent_ns, first_byte_ns, done_ns, early, recorded, delta,
+        ) = raw  # fmt: skip
+        self.exchange_id: str = exchange_id
+        self.shadow: str = name
+        self.outcome: list[Any] | None = None
+        if not recorded:
+            pass
+        elif status is not None:
+            self.outcome = response_record(status, reason, headers, body, http_version, truncated_from)
+        elif failure_kind is not None:
+            self.outcome = failure_record(failure_kind, failure_message)
+        self.timing = [sent_ns, first_byte_ns, done_ns]
+        self.early: bool = early
+        self.recorded: bool = recorded
+        self.delta: Any = delta
+
+
+def load_wired(raw: Any) -> WiredPrimary | WiredShadow:
+    """A record back from its ``wire()`` array, in the tape's arrays (``Intake.load`` in the writer
+    process)."""
+    kind = raw[0]
+    if kind == PRIMARY_KIND:
+        return WiredPrimary(raw)
+    if kind == SHADOW_KIND:
+        return WiredShadow(raw)
+    raise ValueError(f"not a record: kind {kind!r}")
+
+
 class Joined:
     """One exchange being joined: its primary record once it came, and its shadows so far.
 
@@ -154,12 +228,13 @@ class Joined:
 
     def __init__(self, exchange_id: str) -> None:
         self.exchange_id = exchange_id
-        self.primary: PrimaryRecord | None = None
+        self.primary: PrimaryRecord | WiredPrimary | None = None
         #: The bytes its records hold, as counted against ``JoinSettings.max_pending_bytes``.
         self.size = 0
         self.waiting: set[str] = set()
-        self.shadows: dict[str, Outcome | None] = {}
-        self.timings: dict[str, Timing] = {}
+        #: Outcomes as objects (``ShadowRecord``) or already as the tape's arrays (``WiredShadow``).
+        self.shadows: dict[str, Outcome | list[Any] | None] = {}
+        self.timings: dict[str, Timing | list[Any]] = {}
         self.unrecorded: set[str] = set()
         self.deltas: dict[str, Any] = {}
 
@@ -174,20 +249,29 @@ class Joined:
         p = self.primary
         assert p is not None
         unrecorded = self.unrecorded
-        tags = p.tags
         shadows: dict[str, list[Any]] = {}
-        timings: dict[str, list[Any]] = {PRIMARY_NAME: timing_to_wire(p.timing)}
         deltas: dict[str, Any] | None = None
         left_out: list[str] = []
+        if type(p) is WiredPrimary:
+            started_at_ns, started_mono_ns, session, connection_id, client_addr, decisions, tags = p.head
+            request, primary, timings = p.request, p.outcome, {PRIMARY_NAME: p.timing}
+        else:
+            assert isinstance(p, PrimaryRecord)
+            started_at_ns, started_mono_ns, session = p.started_at_ns, p.started_mono_ns, p.session
+            connection_id, client_addr, decisions, tags = p.connection_id, p.client_addr, p.decisions, p.tags
+            request = request_record(p.method, p.target, p.request_headers, p.request_body, p.scheme,
+                                     p.authority, p.http_version, p.request_truncated_from)  # fmt: skip
+            primary = None if p.primary is None else outcome_to_wire(p.primary)
+            timings = {PRIMARY_NAME: timing_to_wire(p.timing)}
         for name, outcome in self.shadows.items():
             if name in unrecorded:
                 left_out.append(name)
                 continue
             if outcome is not None:
-                shadows[name] = outcome_to_wire(outcome)
+                shadows[name] = outcome if type(outcome) is list else outcome_to_wire(outcome)  # type: ignore[arg-type]
             timing = self.timings.get(name)
             if timing is not None:
-                timings[name] = timing_to_wire(timing)
+                timings[name] = timing if type(timing) is list else timing_to_wire(timing)  # type: ignore[arg-type]
             delta = self.deltas.get(name)
             if delta is not None:
                 if deltas is None:
@@ -195,37 +279,19 @@ class Joined:
                 deltas[name] = delta
         if left_out:
             tags = {**tags, "not_recorded": ",".join(left_out)}
-        primary = p.primary
         return exchange_record(
-            p.exchange_id,
-            p.started_at_ns,
-            p.started_mono_ns,
-            request_record(
-                p.method,
-                p.target,
-                p.request_headers,
-                p.request_body,
-                p.scheme,
-                p.authority,
-                p.http_version,
-                p.request_truncated_from,
-            ),  # fmt: skip
-            None if primary is None else outcome_to_wire(primary),
-            shadows,
-            timings,
-            p.session,
-            p.connection_id,
-            p.client_addr,
-            p.decisions,
-            tags,
-            deltas,
-        )
+            p.exchange_id, started_at_ns, started_mono_ns, request, primary, shadows, timings, session,
+            connection_id, client_addr, decisions, tags, deltas,
+        )  # fmt: skip
 
     def exchange(self) -> Exchange:
         """The exchange with every shadow's outcome, recorded or not (for the wide-event log), built
-        from the records as they are; request deltas are left out (no event shows them)."""
+        from the records as they are (the loop's typed records: the event log is fed on the loop);
+        request deltas are left out (no event shows them)."""
         p = self.primary
-        assert p is not None
+        assert isinstance(p, PrimaryRecord)
+        shadows = cast(dict[str, Outcome | None], self.shadows)
+        timings = cast(dict[str, Timing], self.timings)
         return Exchange(
             id=p.exchange_id,
             started_at_ns=p.started_at_ns,
@@ -240,8 +306,8 @@ class Joined:
                 p.request_truncated_from,
             ),  # fmt: skip
             primary=p.primary,
-            shadows={name: o for name, o in self.shadows.items() if o is not None},
-            timings={PRIMARY_NAME: p.timing, **self.timings},
+            shadows={name: o for name, o in shadows.items() if o is not None},
+            timings={PRIMARY_NAME: p.timing, **timings},
             started_mono_ns=p.started_mono_ns,
             session=p.session,
             connection_id=p.connection_id,
@@ -295,7 +361,7 @@ class RecordJoiner:
             self.pending_bytes -= oldest.size
             self._complete(oldest, _AT_CAPACITY)
 
-    def primary(self, record: PrimaryRecord, now_s: float, size_bytes: int) -> None:
+    def primary(self, record: PrimaryRecord | WiredPrimary, now_s: float, size_bytes: int) -> None:
         """An exchange's primary record; its ``mirrored`` shadows are waited for."""
         exchange_id = record.exchange_id
         entry = self._pending.get(exchange_id)
@@ -323,7 +389,7 @@ class RecordJoiner:
             self._compact()
         self._trim()
 
-    def shadow(self, record: ShadowRecord, size_bytes: int) -> None:
+    def shadow(self, record: ShadowRecord | WiredShadow, size_bytes: int) -> None:
         """One shadow's outcome and timing, and what the proxy changed in its copy's request."""
         exchange_id, name = record.exchange_id, record.shadow
         entry = self._pending.get(exchange_id)
@@ -435,15 +501,15 @@ class JoinIntake:
         elif self._emit is not None and entry.taped:
             self._emit(entry.tape_record())
 
-    def load(self, raw: Any) -> PrimaryRecord | ShadowRecord:
-        """A record back from the msgpack array its ``wire()`` made."""
-        return load_record(raw)
+    def load(self, raw: Any) -> WiredPrimary | WiredShadow:
+        """A record back from the msgpack array its ``wire()`` made, in the tape's arrays."""
+        return load_wired(raw)
 
     def take(self, item: Any, size_bytes: int, now_s: float) -> None:
         """One record, ``size_bytes`` big for the join's byte bound."""
-        if isinstance(item, PrimaryRecord):
+        if isinstance(item, PrimaryRecord | WiredPrimary):
             self.joiner.primary(item, now_s, size_bytes)
-        elif isinstance(item, ShadowRecord):
+        elif isinstance(item, ShadowRecord | WiredShadow):
             self.joiner.shadow(item, size_bytes)
         else:
             raise TypeError(f"not a record: {type(item).__name__}")
