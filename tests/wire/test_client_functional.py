@@ -163,3 +163,13 @@ async def test_idle_connections_past_the_idle_timeout_are_not_reused() -> None:
         await fetch(pool)
         pool.abort_all()
     assert pool.stats.connects == 2
+
+
+def test_failure_kinds_are_the_tapes_strings() -> None:
+    # wire imports nothing of the recorder, so it spells the failure kinds itself: they must stay
+    # the strings the tape and every report use.
+    from shadowtap.recorder.model import FailureKind
+    from shadowtap.wire import client
+
+    for name in ("CONNECT_ERROR", "TIMEOUT", "RESET", "BAD_RESPONSE", "BODY_TOO_LARGE", "OTHER"):
+        assert getattr(client, name) == getattr(FailureKind, name), name
