@@ -507,9 +507,10 @@ class JoinIntake:
 
     def take(self, item: Any, size_bytes: int, now_s: float) -> None:
         """One record, ``size_bytes`` big for the join's byte bound."""
-        if isinstance(item, PrimaryRecord | WiredPrimary):
+        kind = type(item)  # (not isinstance with a union: that builds the union on every call)
+        if kind is WiredPrimary or kind is PrimaryRecord:
             self.joiner.primary(item, now_s, size_bytes)
-        elif isinstance(item, ShadowRecord | WiredShadow):
+        elif kind is WiredShadow or kind is ShadowRecord:
             self.joiner.shadow(item, size_bytes)
         else:
             raise TypeError(f"not a record: {type(item).__name__}")
