@@ -39,12 +39,9 @@ from shadowtap.recorder.model import (
     FailureKind,
     Outcome,
     Request,
-    Response,
     Timing,
     exchange_record,
     failure_record,
-    new_response,
-    new_timing,
     outcome_to_wire,
     request_record,
     response_record,
@@ -61,7 +58,6 @@ __all__ = [
     "RecordJoiner",
     "WiredPrimary",
     "WiredShadow",
-    "load_record",
     "load_wired",
 ]
 
@@ -100,51 +96,6 @@ class JoinStats:
     evicted_at_capacity: int = 0
     unjoined_shadow_outcomes: int = 0
     evicted_at_byte_capacity: int = 0
-
-
-def _unwired_headers(raw: Any) -> tuple[tuple[bytes, bytes], ...]:
-    return tuple((name, value) for name, value in raw)
-
-
-def load_record(raw: Any) -> PrimaryRecord | ShadowRecord:
-    """A record from its ``wire()`` array as msgpack gives it back, as objects again (the tests'
-    round trip; the writer process uses ``load_wired``, which builds no objects)."""
-    kind = raw[0]
-    if kind == PRIMARY_KIND:
-        (
-            _, exchange_id, started_at_ns, started_mono_ns, method, target, request_headers, request_body,
-            scheme, authority, http_version, request_truncated_from, status, reason, response_headers,
-            response_body, response_version, response_truncated_from, failure_kind, failure_message,
-            sent_ns, first_byte_ns, done_ns, session, connection_id, client_addr, decisions, tags, mirrored,
-            unrecorded,
-        ) = raw  # fmt: skip
-        primary: Response | Failure | None = None
-        if status is not None:
-            primary = new_response(status, reason, _unwired_headers(response_headers), response_body,
-                                   response_version, response_truncated_from)  # fmt: skip
-        elif failure_kind is not None:
-            primary = Failure(failure_kind, failure_message)
-        return PrimaryRecord(
-            exchange_id, started_at_ns, started_mono_ns, method, target, _unwired_headers(request_headers),
-            request_body, scheme, authority, http_version, request_truncated_from, primary,
-            new_timing(sent_ns, first_byte_ns, done_ns), session, connection_id, client_addr, decisions, tags,
-            mirrored, unrecorded or (),
-        )  # fmt: skip
-    if kind == SHADOW_KIND:
-        (
-            _, exchange_id, name, status, reason, headers, body, http_version, truncated_from, failure_kind,
-            failure_message, sent_ns, first_byte_ns, done_ns, early, recorded, delta,
-        ) = raw  # fmt: skip
-        outcome: Response | Failure | None = None
-        if not recorded:
-            pass
-        elif status is not None:
-            outcome = new_response(status, reason, _unwired_headers(headers), body, http_version, truncated_from)
-        elif failure_kind is not None:
-            outcome = Failure(failure_kind, failure_message)
-        return ShadowRecord(exchange_id, name, outcome, new_timing(sent_ns, first_byte_ns, done_ns), early,
-                            recorded, delta)  # fmt: skip
-    raise ValueError(f"not a record: kind {kind!r}")
 
 
 class WiredPrimary:

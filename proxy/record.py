@@ -147,7 +147,7 @@ class PrimaryRecord:
         )
 
     def wire(self) -> list[Any]:
-        """The record as one flat msgpack array (``shadowtap.proxy.join.load_record`` reads it back)."""
+        """The record as one flat msgpack array (``shadowtap.proxy.join.load_wired`` reads it back)."""
         primary = self.primary
         timing = self.timing
         status: int | None = None
@@ -202,7 +202,7 @@ class ShadowRecord:
         return RECORD_OVERHEAD_BYTES + _outcome_bytes(self.outcome)
 
     def wire(self) -> list[Any]:
-        """The record as one flat msgpack array (``shadowtap.proxy.join.load_record`` reads it back)."""
+        """The record as one flat msgpack array (``shadowtap.proxy.join.load_wired`` reads it back)."""
         outcome = self.outcome
         timing = self.timing
         if isinstance(outcome, Response):

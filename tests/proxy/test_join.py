@@ -21,7 +21,9 @@ from shadowtap.proxy.join import (
     JoinIntake,
     JoinSettings,
     RecordJoiner,
-    load_record,
+    WiredPrimary,
+    WiredShadow,
+    load_wired,
 )
 from shadowtap.proxy.record import PrimaryRecord, ShadowRecord
 from shadowtap.recorder import RedactionRules, TapeOptions, TapeReader, TapeWriter
@@ -95,11 +97,14 @@ def joiner(timeout_s: float = 10.0, max_pending: int = 100) -> tuple[RecordJoine
     return RecordJoiner(JoinSettings(timeout_s, max_pending), out), out
 
 
-def feed(j: RecordJoiner, record: PrimaryRecord | ShadowRecord, now_s: float = 0.0) -> None:
-    if isinstance(record, PrimaryRecord):
-        j.primary(record, now_s, record.size_bytes())
+def feed(
+    j: RecordJoiner, record: PrimaryRecord | ShadowRecord | WiredPrimary | WiredShadow, now_s: float = 0.0
+) -> None:
+    size = record.size_bytes() if isinstance(record, PrimaryRecord | ShadowRecord) else 0
+    if isinstance(record, PrimaryRecord | WiredPrimary):
+        j.primary(record, now_s, size)
     else:
-        j.shadow(record, record.size_bytes())
+        j.shadow(record, size)
 
 
 def test_shadows_join_before_or_after_their_primary() -> None:
@@ -218,7 +223,7 @@ def test_request_deltas_are_taped_with_their_recorded_shadows() -> None:
     v2 = RequestDelta(removed=(b"Cookie",), added=((b"X-Shadowtap-Shadow", b"1"),), authority=("front", "v2:80"))
     v3 = RequestDelta(added=((b"X-Shadowtap-Shadow", b"1"),))
     early = shadow(ex.id, "v2", ok(b""), early=True, delta=delta_to_wire(v2))
-    feed(j, load_record(unwired(early)))  # as the writer process reads it
+    feed(j, load_wired(unwired(early)))  # as the writer process reads it
     feed(j, primary_of(ex, ["v2", "v3", "v4"], {"v3"}))
     feed(j, shadow(ex.id, "v3", ok(b"v3"), delta=delta_to_wire(v3)))
     j.close("shut down")  # v4 never answers: no copy known, no delta
@@ -231,32 +236,39 @@ def unwired(record: PrimaryRecord | ShadowRecord) -> object:
     return msgpack.unpackb(msgpack.packb(record.wire(), use_bin_type=True), raw=False, strict_map_key=False)
 
 
-def test_a_record_reads_back_from_its_wire_array_as_it_was() -> None:
-    """``wire()`` and ``load_record`` carry every field, for a response, a failure and neither."""
+def test_the_writer_process_tapes_what_the_loop_tapes() -> None:
+    """The loop joins typed records; the writer process joins what msgpack gives back of their
+    ``wire()`` arrays (``load_wired``). Both tape the same exchange, for a response, a failure and
+    neither, with a shadow that answered, one that failed, one not recorded and one never heard of."""
     request = Request("POST", "/a?b=1", ((b"Host", b"h"), (b"X", b"1"), (b"x", b"2")), b"body", "https", "h", "1.0", 9)
     for outcome in (Response(201, "Created", ((b"A", b"b"),), b"cut", "1.1", 100), Failure("reset", "gone"), None):
         ex = Exchange(
             id="id-1", started_at_ns=10, started_mono_ns=20, request=request, primary=outcome, session="s",
             connection_id="c", client_addr="a:1", decisions={"v2": "mirrored"}, tags={"source": "proxy"},
         )  # fmt: skip
-        record = primary_of(ex, ["v2"], ["v9"])
-        back = load_record(unwired(record))
-        assert isinstance(back, PrimaryRecord)
-        assert vars_of(back) == {**vars_of(record), "unrecorded": ["v9"]}
-        sent = shadow("id-1", "v2", outcome, Timing(4, None, 6), early=True, delta=[[b"Cookie"], [], [], None, []])
-        back_shadow = load_record(unwired(sent))
-        assert isinstance(back_shadow, ShadowRecord)
-        assert vars_of(back_shadow) == {**vars_of(sent), "delta": [[b"Cookie"], [], [], None, []]}
+        records = [
+            shadow("id-1", "v2", ok(b"v2"), Timing(4, None, 6), early=True, delta=[[b"Cookie"], [], [], None, []]),
+            primary_of(ex, ["v2", "v3", "v4", "v5"], ["v4"]),
+            shadow("id-1", "v3", Failure("timeout", "slow")),
+            shadow("id-1", "v4", ok(b"secret"), recorded=False),
+        ]
+        taped = []
+        for wired in (False, True):
+            j, out = joiner()
+            for record in records:
+                feed(j, load_wired(unwired(record)) if wired else record)
+            j.close(SHUTDOWN_REASON)  # v5 never answers
+            (entry,) = out.joined
+            taped.append(read(entry.tape_record()))
+        assert taped[0] == taped[1]
+        assert set(taped[1].shadows) == {"v2", "v3", "v5"} and taped[1].tags["not_recorded"] == "v4"
     # Recording off: only the arrival travels.
     off = ShadowRecord("id-1", "v4", None, Timing(4, 5, 6), False, False, None)
-    assert b"secret" not in msgpack.packb(off.wire()) and load_record(unwired(off)).outcome is None  # type: ignore[union-attr]
+    wired_off = load_wired(unwired(off))
+    assert b"secret" not in msgpack.packb(off.wire()) and isinstance(wired_off, WiredShadow)
+    assert wired_off.outcome is None
     with pytest.raises(ValueError):
-        load_record([9, "x"])
-
-
-def vars_of(record: PrimaryRecord | ShadowRecord) -> dict[str, object]:
-    names = [n for n in dir(record) if not n.startswith("_") and not callable(getattr(record, n))]
-    return {n: getattr(record, n) for n in names}
+        load_wired([9, "x"])
 
 
 def test_the_intake_pickles_with_its_settings_only() -> None:
