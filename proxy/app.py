@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from shadowtap.proxy.admin import AdminServer, LocalSource, WorkersSource
-from shadowtap.proxy.config import ProxyConfig, settings_from_mapping
+from shadowtap.proxy.config import ProxyConfig
 from shadowtap.proxy.events import EventLog
 from shadowtap.proxy.flags import RuntimeFlags
 from shadowtap.proxy.forward import ForwardSettings
@@ -40,6 +40,7 @@ from shadowtap.proxy.server import ProxyServer
 from shadowtap.proxy.stages import Stage
 from shadowtap.recorder import TapeOptions, TapeWriter
 from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.settings import settings_from_mapping
 from shadowtap.recorder.tape_process import ProcessTapeWriter
 from shadowtap.wire import native
 

@@ -43,8 +43,6 @@ __all__ = [
     "ShadowSettings",
     "TlsSettings",
     "parse_listen",
-    "settings_from_mapping",
-    "typed_value",
     "file_value",
     "is_loopback_host",
 ]
