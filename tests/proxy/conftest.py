@@ -9,7 +9,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import httptools
 import pytest
@@ -236,6 +236,31 @@ def build_primary_app() -> web.Application:
     app.router.add_get("/teapot", teapot)
     app.router.add_get("/ws", websocket)
     return app
+
+
+class AppUpstream:
+    """A real aiohttp server on 127.0.0.1, port 0, answering every method and path with ``handle``;
+    subclasses keep what they need of each request. ``await start()``, then ``url``; ``close()``."""
+
+    def __init__(self) -> None:
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def start(self) -> Self:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 @asynccontextmanager

@@ -20,40 +20,28 @@ from shadowtap.proxy.app import ProxyApp
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.recorder import TapeReader
 from shadowtap.recorder.model import Failure, Response
+from tests.proxy.conftest import AppUpstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class Upstream:
+class Upstream(AppUpstream):
     """A real aiohttp server that remembers the requests it saw."""
 
     def __init__(self, handler: Handler | None = None) -> None:
+        super().__init__()
         self.seen: list[web.Request] = []
         self.bodies: list[bytes] = []
         self._handler = handler
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(request)
         self.bodies.append(await request.read())
         if self._handler is not None:
             return await self._handler(request)
         return web.Response(text=f"{request.method} {request.path_qs}", headers={"X-From": "upstream"})
 
-    async def start(self) -> Upstream:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
 
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from aiohttp import web
 from shadowtap.proxy.app import ProxyApp
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.recorder import TapeReader
+from tests.proxy.conftest import AppUpstream
 
 # Each secret is distinct so a leak names the rule that failed.
 SECRETS = {
@@ -29,35 +30,22 @@ SECRETS = {
 }
 
 
-class Upstream:
+class Upstream(AppUpstream):
     """A real aiohttp server on 127.0.0.1 port 0 that keeps each request as it arrived."""
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
         self.seen: list[dict[str, Any]] = []
         self.arrived = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.seen.append({"target": request.raw_path, "headers": list(request.raw_headers), "body": body})
         self.arrived.set()
         return web.json_response({"served_by": self.name})
 
-    async def start(self) -> Upstream:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
 
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 @pytest.fixture

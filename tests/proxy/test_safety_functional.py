@@ -13,33 +13,20 @@ from aiohttp import web
 
 from shadowtap.proxy.app import ProxyApp
 from shadowtap.proxy.config import ProxyConfig
+from tests.proxy.conftest import AppUpstream
 
 
-class Recorder:
+class Recorder(AppUpstream):
     """A real upstream that records method, path and headers of what it receives."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.seen: list[tuple[str, str, dict[str, str]]] = []
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         await request.read()
         self.seen.append((request.method, request.path_qs, {k.lower(): v for k, v in request.headers.items()}))
         return web.Response(text="ok")
-
-    async def start(self) -> Recorder:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def settle(self, expected: int, timeout_s: float = 5.0) -> None:
         """Wait until ``expected`` copies arrived (mirrors are asynchronous), then a little more."""
