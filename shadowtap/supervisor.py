@@ -84,14 +84,14 @@ class WorkerLink:
     def result(self, payload: Any) -> None:
         self._messages.put((self.index, _RESULT, payload))
 
-    def failed(self, exc: BaseException, *, with_traceback: bool = True) -> None:
+    def failed(self, exc: BaseException) -> None:
         """Report ``exc``; a ``ShadowtapError`` reaches the parent as itself, anything else as a
         ``ShadowtapError`` naming the worker, its traceback logged at debug level there."""
         report: tuple[str, str, str | None]
         if isinstance(exc, ShadowtapError):
             report = (type(exc).__name__, str(exc), None)
         else:
-            trace = traceback.format_exc() if with_traceback else None
+            trace = traceback.format_exc()
             report = ("ShadowtapError", f"worker {self.index} crashed: {type(exc).__name__}: {exc}", trace)
         self._messages.put((self.index, _FAILED, report))
 
