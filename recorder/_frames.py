@@ -47,7 +47,7 @@ __all__ = [
 #: catches newline translation, as PNG's signature does.
 MAGIC: Final = b"\x89STAPE\r\n"
 #: The version this code writes. Readers refuse newer versions and migrate older ones.
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 SEGMENT_SUFFIX: Final = ".stape"
 
 # magic, version u16, flags u16, crc32 of the 12 bytes before it.
@@ -78,9 +78,49 @@ MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
 MAX_BLOCK_DECOMPRESSED_BYTES: Final = 512 * 1024 * 1024
 
 Migration = Callable[[Any], Any]
+
+# Version 2 gave request element 8 and response element 7 (after the tag) a meaning: trailers, then
+# the gRPC message list. A version-1 reader ignores them, and would read a gRPC call that failed
+# (its grpc-status lives in the trailers) as a success: hence the bump.
+_V1_REQUEST_FIELDS: Final = 8
+_V1_RESPONSE_FIELDS: Final = 7
+
+
+def _v1_outcome(outcome: Any) -> Any:
+    if type(outcome) in (tuple, list) and len(outcome) > _V1_RESPONSE_FIELDS and outcome[0] == 0:
+        return outcome[:_V1_RESPONSE_FIELDS]
+    return outcome
+
+
+def _v1_to_v2(record: Any) -> Any:
+    """A version-1 exchange record as version 2: requests and responses have no trailers and no
+    messages, and an HTTP version left out is 1.1 (as in v1). A v1 writer could append elements a v1
+    reader ignores; the positions v2 defines are cut from v1 records, so such an element is never
+    read as trailers. Records are left as they are otherwise (a malformed one is refused by the
+    decoder, naming its field)."""
+    if type(record) not in (tuple, list) or len(record) < 4:
+        return record
+    request = record[3]
+    long_request = type(request) in (tuple, list) and len(request) > _V1_REQUEST_FIELDS
+    shadows = record[5] if len(record) > 5 else None
+    long_outcome = any(
+        type(o) in (tuple, list) and len(o) > _V1_RESPONSE_FIELDS
+        for o in (record[4] if len(record) > 4 else None, *(shadows.values() if type(shadows) is dict else ()))
+    )
+    if not (long_request or long_outcome):
+        return record
+    out = list(record)
+    if long_request:
+        out[3] = request[:_V1_REQUEST_FIELDS]
+    if len(out) > 4:
+        out[4] = _v1_outcome(out[4])
+    if type(shadows) is dict:
+        out[5] = {name: _v1_outcome(o) for name, o in shadows.items()}
+    return out
+
+
 #: ``MIGRATIONS[n]`` turns one exchange record array of format version ``n`` into version ``n + 1``.
-#: Version 1 is the first; when version 2 arrives, its upgrade of v1 records goes here under key 1.
-MIGRATIONS: dict[int, Migration] = {}
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
 
 
 def frame_crc(kind: int, payload: bytes | memoryview) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "Request",
     "RequestDelta",
     "Response",
+    "StreamMessage",
     "Timing",
     "delta_to_wire",
     "exchange_from_wire",
@@ -51,6 +52,7 @@ __all__ = [
     "request_record",
     "request_to_wire",
     "response_record",
+    "stream_message_to_wire",
     "timing_to_wire",
 ]
 
@@ -101,13 +103,36 @@ def header_value(headers: Headers, name: bytes, default: bytes | None = None) ->
 
 
 @dataclass(frozen=True, slots=True)
+class StreamMessage:
+    """One gRPC message of a request or response body: its framing and when it passed.
+
+    The message's bytes are not repeated here: they are in the body, which holds the call's
+    length-prefixed messages as on the wire (``shadowtap.wire.grpc.split_messages`` splits it).
+    ``flags`` is the message's flag byte (bit 0: compressed with the call's ``grpc-encoding``),
+    ``length`` its length without the 5-byte prefix (kept even when the body was cut at a recording
+    cap), ``at_ns`` when its last byte passed, in ns relative to the exchange's ``started_mono_ns``
+    (``None`` when unknown, as in imports).
+    """
+
+    flags: int
+    length: int
+    at_ns: int | None = None
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.flags & 1)
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """An HTTP request as the client sent it.
 
     ``target`` is the origin-form request target (path and query, ``/users/7?x=1``) exactly as sent.
     ``authority`` is the host[:port] the client addressed (Host header or absolute-form), ``scheme``
-    how it reached us. ``truncated_from`` is the original body size when ``body`` was cut at a
-    recording cap, ``None`` when ``body`` is complete.
+    how it reached us. ``http_version`` is ``"1.0"``, ``"1.1"`` or ``"2"``. ``truncated_from`` is the
+    original body size when ``body`` was cut at a recording cap, ``None`` when ``body`` is complete.
+    ``trailers`` are the trailer fields after the body (HTTP/2, or chunked HTTP/1.1), in order;
+    ``messages`` the gRPC messages of the body with their timing (empty for anything but gRPC).
     """
 
     method: str
@@ -118,6 +143,8 @@ class Request:
     authority: str = ""
     http_version: str = "1.1"
     truncated_from: int | None = None
+    trailers: Headers = ()
+    messages: tuple[StreamMessage, ...] = ()
 
     @property
     def path(self) -> str:
@@ -137,7 +164,11 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """An HTTP response as an upstream sent it (body still content-encoded)."""
+    """An HTTP response as an upstream sent it (body still content-encoded).
+
+    ``trailers`` and ``messages`` as in ``Request``: a gRPC response's ``grpc-status`` and
+    ``grpc-message`` are in its trailers (or in its headers, for a trailers-only response).
+    """
 
     status: int
     reason: str = ""
@@ -145,6 +176,8 @@ class Response:
     body: bytes = b""
     http_version: str = "1.1"
     truncated_from: int | None = None
+    trailers: Headers = ()
+    messages: tuple[StreamMessage, ...] = ()
 
     def header(self, name: bytes, default: bytes | None = None) -> bytes | None:
         return header_value(self.headers, name, default)
@@ -255,6 +288,11 @@ _TAG_RESPONSE: Final = 0
 _TAG_FAILURE: Final = 1
 
 
+def stream_message_to_wire(m: StreamMessage) -> list[Any]:
+    """The array of a gRPC message entry (docs/tape-format.md, "StreamMessage")."""
+    return [m.flags, m.length, m.at_ns]
+
+
 def request_record(
     method: str,
     target: str,
@@ -264,22 +302,34 @@ def request_record(
     authority: str,
     http_version: str,
     truncated_from: int | None,
+    trailers: Headers = (),
+    messages: list[list[Any]] | tuple[()] = (),
 ) -> list[Any]:
-    """The array of a request record (docs/tape-format.md, "Request") from its fields."""
-    return [method, target, headers, body, scheme, authority, http_version, truncated_from]
+    """The array of a request record (docs/tape-format.md, "Request") from its fields;
+    ``messages`` already in wire form (``stream_message_to_wire``)."""
+    return [method, target, headers, body, scheme, authority, http_version, truncated_from, trailers, messages]
 
 
 def request_to_wire(r: Request) -> list[Any]:
     return request_record(
-        r.method, r.target, r.headers, r.body, r.scheme, r.authority, r.http_version, r.truncated_from
-    )
+        r.method, r.target, r.headers, r.body, r.scheme, r.authority, r.http_version, r.truncated_from,
+        r.trailers, [stream_message_to_wire(m) for m in r.messages] if r.messages else (),
+    )  # fmt: skip
 
 
 def response_record(
-    status: int, reason: str, headers: Headers, body: bytes, http_version: str, truncated_from: int | None
+    status: int,
+    reason: str,
+    headers: Headers,
+    body: bytes,
+    http_version: str,
+    truncated_from: int | None,
+    trailers: Headers = (),
+    messages: list[list[Any]] | tuple[()] = (),
 ) -> list[Any]:
-    """The array of a response outcome (docs/tape-format.md, "Outcome") from its fields."""
-    return [_TAG_RESPONSE, status, reason, headers, body, http_version, truncated_from]
+    """The array of a response outcome (docs/tape-format.md, "Outcome") from its fields;
+    ``messages`` already in wire form (``stream_message_to_wire``)."""
+    return [_TAG_RESPONSE, status, reason, headers, body, http_version, truncated_from, trailers, messages]
 
 
 def failure_record(kind: str, message: str) -> list[Any]:
@@ -290,7 +340,10 @@ def failure_record(kind: str, message: str) -> list[Any]:
 def outcome_to_wire(o: Outcome) -> list[Any]:
     """The array of an outcome record: a response or a failure, behind its tag."""
     if isinstance(o, Response):
-        return response_record(o.status, o.reason, o.headers, o.body, o.http_version, o.truncated_from)
+        return response_record(
+            o.status, o.reason, o.headers, o.body, o.http_version, o.truncated_from,
+            o.trailers, [stream_message_to_wire(m) for m in o.messages] if o.messages else (),
+        )  # fmt: skip
     return failure_record(o.kind, o.message)
 
 
@@ -365,25 +418,34 @@ def exchange_to_wire(ex: Exchange) -> list[Any]:
     )
 
 
-def _slot_builder(cls: type[T]) -> Callable[..., T]:
+def _slot_builder(cls: type[T], optional: tuple[str, ...] = ()) -> Callable[..., T]:
     """A positional constructor for ``cls`` that stores straight into its slots.
 
     A frozen dataclass's ``__init__`` sets every field through ``object.__setattr__``, several times
     the cost of a slot store, and the reader builds four such objects per exchange: that was most of
-    the read cost. The builder skips ``__init__`` (no defaults, no ``__post_init__``), so it is only
-    for values laid out by the wire format, with every field given.
+    the read cost. The builder skips ``__init__`` (no ``__post_init__``), so it is only for values
+    laid out by the wire format, with every field given but the trailing ``optional`` ones (which
+    take the field's default, an immutable value).
     """
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    all_fields = fields(cls)  # type: ignore[arg-type]
+    names = [f.name for f in all_fields]
     namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    for name in names:
-        namespace[f"_set_{name}"] = cls.__dict__[name].__set__
+    params = []
+    for f in all_fields:
+        namespace[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        if f.name in optional:
+            namespace[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        else:
+            params.append(f.name)
     body = "".join(f"    _set_{name}(obj, {name})\n" for name in names)
-    exec(f"def build({', '.join(names)}):\n    obj = _new(_cls)\n{body}    return obj\n", namespace)
+    exec(f"def build({', '.join(params)}):\n    obj = _new(_cls)\n{body}    return obj\n", namespace)
     return cast(Callable[..., T], namespace["build"])
 
 
-_build_request = _slot_builder(Request)
-_build_response = _slot_builder(Response)
+_build_request = _slot_builder(Request, ("trailers", "messages"))
+_build_response = _slot_builder(Response, ("trailers", "messages"))
+_build_stream_message = _slot_builder(StreamMessage)
 _build_failure = _slot_builder(Failure)
 _build_timing = _slot_builder(Timing)
 _build_exchange = _slot_builder(Exchange)
@@ -391,14 +453,16 @@ _build_delta = _slot_builder(RequestDelta)
 
 #: Fast positional constructors for hot paths that have every field at hand (the proxy builds one
 #: Response and one Timing per upstream exchange): they store straight into the slots, at a fraction
-#: of the frozen ``__init__``'s cost. Every field must be given, in declaration order.
+#: of the frozen ``__init__``'s cost. Every field must be given, in declaration order (but a
+#: response's trailers and messages, empty when left out).
 new_response: Callable[[int, str, Headers, bytes, str, int | None], Response] = _build_response
 new_timing: Callable[[int | None, int | None, int | None], Timing] = _build_timing
 
 # Trailing fields a writer may leave out (an older writer, or another language's), with the value
 # they then have. Positions before these are required.
-_REQUEST_REQUIRED, _REQUEST_DEFAULTS = 2, ((), b"", "http", "", "1.1", None)
-_RESPONSE_REQUIRED, _RESPONSE_DEFAULTS = 2, ("", (), b"", "1.1", None)
+_REQUEST_REQUIRED, _REQUEST_DEFAULTS = 2, ((), b"", "http", "", "1.1", None, (), ())
+_RESPONSE_REQUIRED, _RESPONSE_DEFAULTS = 2, ("", (), b"", "1.1", None, (), ())
+_MESSAGE_REQUIRED, _MESSAGE_DEFAULTS = 2, (None,)
 _FAILURE_REQUIRED, _FAILURE_DEFAULTS = 2, ("",)
 _TIMING_REQUIRED, _TIMING_DEFAULTS = 0, (None, None, None)
 _EXCHANGE_REQUIRED, _EXCHANGE_DEFAULTS = 4, (None, None, None, "", "", "", None, None, None)
@@ -408,6 +472,7 @@ _RESPONSE_FIELDS: Final = _RESPONSE_REQUIRED + len(_RESPONSE_DEFAULTS)
 _FAILURE_FIELDS: Final = _FAILURE_REQUIRED + len(_FAILURE_DEFAULTS)
 _TIMING_FIELDS: Final = _TIMING_REQUIRED + len(_TIMING_DEFAULTS)
 _DELTA_FIELDS: Final = _DELTA_REQUIRED + len(_DELTA_DEFAULTS)
+_MESSAGE_FIELDS: Final = _MESSAGE_REQUIRED + len(_MESSAGE_DEFAULTS)
 _EXCHANGE_FIELDS: Final = _EXCHANGE_REQUIRED + len(_EXCHANGE_DEFAULTS)
 # msgpack ints reach 2**64 - 1; a start time beyond a signed 64-bit int fits no SQLite store (the
 # differ's) nor any clock: refused too, the one value a type check alone would let through.
@@ -468,7 +533,7 @@ def _header_lists(raw: Any) -> Headers:
 def _request_from_wire(a: Any) -> Request:
     if type(a) is not tuple or len(a) != _REQUEST_FIELDS:
         a = _complete(a, _REQUEST_REQUIRED, _REQUEST_DEFAULTS)
-    method, target, headers, body, scheme, authority, http_version, truncated_from = a
+    method, target, headers, body, scheme, authority, http_version, truncated_from, trailers, messages = a
     if (
         type(method) is not str
         or type(target) is not str
@@ -480,8 +545,24 @@ def _request_from_wire(a: Any) -> Request:
     ):
         raise TypeError
     return _build_request(
-        method, target, _headers_from_wire(headers), body, scheme, authority, http_version, truncated_from
-    )
+        method, target, _headers_from_wire(headers), body, scheme, authority, http_version, truncated_from,
+        trailers if trailers == () else _headers_from_wire(trailers),
+        messages if messages == () else _messages_from_wire(messages),
+    )  # fmt: skip
+
+
+def _messages_from_wire(raw: Any) -> tuple[StreamMessage, ...]:
+    if type(raw) is not tuple and type(raw) is not list:
+        raise TypeError
+    out = []
+    for m in raw:
+        if type(m) is not tuple or len(m) != _MESSAGE_FIELDS:
+            m = _complete(m, _MESSAGE_REQUIRED, _MESSAGE_DEFAULTS)
+        flags, length, at_ns = m
+        if type(flags) is not int or type(length) is not int or (at_ns is not None and type(at_ns) is not int):
+            raise TypeError
+        out.append(_build_stream_message(flags, length, at_ns))
+    return tuple(out)
 
 
 def _outcome_from_wire(a: Any) -> Outcome:
@@ -492,9 +573,9 @@ def _outcome_from_wire(a: Any) -> Outcome:
         raise TypeError
     if tag == _TAG_RESPONSE:
         if len(a) == _RESPONSE_FIELDS:
-            _tag, status, reason, headers, body, http_version, truncated_from = a
+            _tag, status, reason, headers, body, http_version, truncated_from, trailers, messages = a
         else:
-            status, reason, headers, body, http_version, truncated_from = _complete(
+            status, reason, headers, body, http_version, truncated_from, trailers, messages = _complete(
                 a[1:], _RESPONSE_REQUIRED - 1, _RESPONSE_DEFAULTS
             )
         if (
@@ -505,7 +586,11 @@ def _outcome_from_wire(a: Any) -> Outcome:
             or (truncated_from is not None and type(truncated_from) is not int)
         ):
             raise TypeError
-        return _build_response(status, reason, _headers_from_wire(headers), body, http_version, truncated_from)
+        return _build_response(
+            status, reason, _headers_from_wire(headers), body, http_version, truncated_from,
+            trailers if trailers == () else _headers_from_wire(trailers),
+            messages if messages == () else _messages_from_wire(messages),
+        )  # fmt: skip
     if tag == _TAG_FAILURE:
         kind, message = _complete(a[1:], _FAILURE_REQUIRED - 1, _FAILURE_DEFAULTS)
         if type(kind) is not str or type(message) is not str:
@@ -733,6 +818,18 @@ def _locate_headers(value: Any, field: str) -> None:
         _leaf(header[1], f"{at}[1]", bytes)
 
 
+def _locate_messages(value: Any, field: str) -> None:
+    if value is _ABSENT:
+        return
+    _want(type(value) is tuple or type(value) is list, field, "an array of [flags, length, at_ns] messages", value)
+    for i, message in enumerate(value):
+        at = f"{field}[{i}]"
+        flags, length, at_ns = _array(message, at, "message", _MESSAGE_REQUIRED, _MESSAGE_FIELDS)
+        _leaf(flags, f"{at}.flags", int)
+        _leaf(length, f"{at}.length", int)
+        _leaf(at_ns, f"{at}.at_ns", int, optional=True)
+
+
 def _locate_outcome(value: Any, field: str) -> None:
     _want(type(value) is tuple or type(value) is list, field, "an array (outcome record)", value)
     if not value:
@@ -741,13 +838,15 @@ def _locate_outcome(value: Any, field: str) -> None:
     _want(type(tag) is int, f"{field}.tag", "an int", tag)
     if tag == _TAG_RESPONSE:
         parts = _array(value, field, "response", _RESPONSE_REQUIRED, _RESPONSE_FIELDS)
-        status, reason, headers, body, version, truncated = parts[1:]
+        status, reason, headers, body, version, truncated, trailers, messages = parts[1:]
         _leaf(status, f"{field}.status", int)
         _leaf(reason, f"{field}.reason", str)
         _locate_headers(headers, f"{field}.headers")
         _leaf(body, f"{field}.body", bytes)
         _leaf(version, f"{field}.http_version", str)
         _leaf(truncated, f"{field}.truncated_from", int, optional=True)
+        _locate_headers(trailers, f"{field}.trailers")
+        _locate_messages(messages, f"{field}.messages")
     elif tag == _TAG_FAILURE:
         kind, message = _array(value, field, "failure", _FAILURE_REQUIRED, _FAILURE_FIELDS)[1:]
         _leaf(kind, f"{field}.kind", str)
@@ -781,7 +880,7 @@ def _locate(a: Any) -> None:
     if started_at_ns is not _ABSENT and started_at_ns > _INT64_MAX:
         raise _Misfit("started_at_ns", f"expected a signed 64-bit int, found {started_at_ns}")
     _leaf(started_mono_ns, "started_mono_ns", int)
-    method, target, headers, body, scheme, authority, version, truncated = _array(
+    method, target, headers, body, scheme, authority, version, truncated, trailers, messages = _array(
         request, "request", "request", _REQUEST_REQUIRED, _REQUEST_FIELDS
     )
     _leaf(method, "request.method", str)
@@ -792,6 +891,8 @@ def _locate(a: Any) -> None:
     _leaf(authority, "request.authority", str)
     _leaf(version, "request.http_version", str)
     _leaf(truncated, "request.truncated_from", int, optional=True)
+    _locate_headers(trailers, "request.trailers")
+    _locate_messages(messages, "request.messages")
     if primary is not _ABSENT and primary is not None:
         _locate_outcome(primary, "primary")
     for name, outcome in _locate_map(shadows, "shadows", "outcomes").items():

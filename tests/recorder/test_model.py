@@ -260,6 +260,113 @@ def test_a_proxy_tape_from_before_request_deltas_is_read_whole() -> None:
     ]  # fmt: skip
     assert reader.report.segments[0].version == 1
     assert all(ex.request_deltas == {} for ex in exchanges)
+    # Read through the v1 -> v2 migration: HTTP/1.1, no trailers, no gRPC messages.
+    outcomes = [o for ex in exchanges for o in (ex.primary, *ex.shadows.values()) if isinstance(o, Response)]
+    assert {ex.request.http_version for ex in exchanges} == {"1.1"} == {o.http_version for o in outcomes}
+    assert all(ex.request.trailers == () == ex.request.messages for ex in exchanges)
+    assert all(o.trailers == () == o.messages for o in outcomes)
     assert [ex.decisions["v2"] for ex in exchanges] == ["mirrored"] * 3 + ["method-not-allowed", "mirrored"]
     assert [getattr(ex.shadows.get("v2"), "status", None) for ex in exchanges] == [200, 200, 302, None, 503]
     assert exchanges[1].request.header(b"Cookie", b"").startswith(b"sid=redacted:hmac:")
+
+
+def grpc_exchange() -> Exchange:
+    from shadowtap.recorder.model import StreamMessage
+
+    return Exchange(
+        id="grpc-1",
+        started_at_ns=1_700_000_000_000_000_000,
+        request=Request(
+            "POST",
+            "/shop.Catalog/GetProduct",
+            ((b":authority", b"shop"), (b"content-type", b"application/grpc"), (b"te", b"trailers")),
+            b"\x00\x00\x00\x00\x04\x0a\x02p1",
+            http_version="2",
+            messages=(StreamMessage(0, 4, 1_500),),
+        ),
+        primary=Response(
+            200,
+            headers=((b"content-type", b"application/grpc"),),
+            body=b"\x00\x00\x00\x00\x02\x08\x01\x01\x00\x00\x00\x02\x08\x02",
+            http_version="2",
+            trailers=((b"grpc-status", b"0"), (b"grpc-message", b"")),
+            messages=(StreamMessage(0, 2, 9_000), StreamMessage(1, 2, None)),
+        ),
+        shadows={"v2": Response(200, http_version="2", trailers=((b"grpc-status", b"5"),))},
+    )
+
+
+def test_http2_and_grpc_fields_round_trip_through_msgpack() -> None:
+    ex = grpc_exchange()
+    wire = msgpack.unpackb(msgpack.packb(exchange_to_wire(ex), use_bin_type=True), raw=False, use_list=False)
+    back = exchange_from_wire(wire)
+    assert back == ex
+    assert back.primary is not None and isinstance(back.primary, Response)
+    assert back.primary.messages[1].compressed and not back.primary.messages[0].compressed
+    assert back.request.http_version == "2" and back.request.trailers == ()
+    # The layout is docs/tape-format.md's: request 8 trailers, 9 messages; response 7 and 8 after the tag.
+    assert len(wire[3]) == 10 and wire[3][9] == ((0, 4, 1_500),)
+    assert wire[4][7] == ((b"grpc-status", b"0"), (b"grpc-message", b""))
+
+
+def test_records_without_trailers_and_messages_read_as_empty() -> None:
+    wire = exchange_to_wire(grpc_exchange())
+    wire[3] = wire[3][:8]
+    wire[4] = wire[4][:7]
+    ex = exchange_from_wire(wire)
+    assert ex.request.messages == () and ex.request.trailers == ()
+    assert isinstance(ex.primary, Response) and ex.primary.trailers == () and ex.primary.messages == ()
+    # A message entry may leave out its time.
+    wire = exchange_to_wire(grpc_exchange())
+    wire[3][9] = [[0, 4]]
+    assert exchange_from_wire(wire).request.messages[0].at_ns is None
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "field", "expected"),
+    [
+        ("request", 8, "request.trailers", "expected an array of [name, value] headers"),
+        ("request", [[b"grpc-status", "0"]], "request.trailers[0][1]", "expected a bin"),
+        ("request", "x", "request.messages", "expected an array of [flags, length, at_ns] messages"),
+        ("request", [[0, "4", 5]], "request.messages[0].length", "expected an int"),
+        ("request", [[0]], "request.messages[0]", "message record has 1 fields, needs at least 2"),
+        ("primary", [[0, 2, 1.5]], "primary.messages[0].at_ns", "expected an int or nil"),
+    ],
+)
+def test_bad_trailers_and_messages_are_named(where: str, value: Any, field: str, expected: str) -> None:
+    wire = exchange_to_wire(grpc_exchange())
+    if where == "request":
+        wire[3][8 if field.startswith("request.trailers") else 9] = value
+    else:
+        wire[4][8] = value
+    with pytest.raises(TapeFormatError) as info:
+        exchange_from_wire(wire)
+    assert info.value.field == field
+    assert expected in info.value.message
+
+
+def test_a_version_1_record_migrates_without_reading_unknown_elements_as_trailers() -> None:
+    from shadowtap.recorder import _frames
+
+    wire = exchange_to_wire(sample_exchange())
+    wire[3] = [*wire[3][:8], "a v1 writer's extra", 7]
+    wire[4] = [*wire[4][:7], {"extra": 1}]
+    wire[5]["v2"] = [*wire[5]["v2"][:7], None, None]
+    migrated = _frames.MIGRATIONS[1](tuple(wire))
+    ex = exchange_from_wire(migrated)
+    assert ex.request.trailers == () and ex.request.messages == ()
+    assert ex.request == sample_exchange().request
+    assert ex.primary == sample_exchange().primary and ex.shadows["v2"] == sample_exchange().shadows["v2"]
+    # A record without such elements is handed back as it is (no copy per record read).
+    plain = tuple(exchange_to_wire(sample_exchange()))
+    shadows = {name: o[:7] for name, o in plain[5].items()}
+    plain = (*plain[:3], plain[3][:8], plain[4][:7], shadows, *plain[6:])
+    assert _frames.MIGRATIONS[1](plain) is plain
+
+
+def test_the_proxys_positional_response_builder_still_takes_six_fields() -> None:
+    from shadowtap.recorder.model import new_response
+
+    response = new_response(200, "OK", ((b"a", b"b"),), b"x", "2", None)
+    assert response == Response(200, "OK", ((b"a", b"b"),), b"x", "2")
+    assert response.trailers == () and response.messages == ()
