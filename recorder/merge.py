@@ -2,8 +2,10 @@
 
 A k-way heap merge over one reader per input: memory holds one exchange per input, never a whole
 tape. Inputs are each assumed to be in time order (as a recorder writes them); the merge is stable,
-so exchanges with equal start times keep the order of the inputs as given. It must never load a
-whole tape and never write into one of its inputs.
+so exchanges with equal start times keep the order of the inputs as given. Inputs and the output may
+be ``s3://bucket/prefix`` URLs (the output is then written to a local spool and each closed segment
+uploaded: ``shadowtap.recorder.writer.tape_target``). It must never load a whole tape and never write
+into one of its inputs.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.objectstore import ObjectUrl, is_object_url
 from shadowtap.recorder.reader import TapeFilter, TapeReader, TapeReadReport
-from shadowtap.recorder.writer import SyncTapeWriter, TapeOptions
+from shadowtap.recorder.writer import SyncTapeWriter, TapeOptions, tape_target
 
 __all__ = ["MergeResult", "merge_tapes"]
 
@@ -40,15 +43,26 @@ def merge_tapes(
     *,
     filter: TapeFilter | None = None,
     salvage: bool = False,
+    spool: str | os.PathLike[str] | None = None,
 ) -> MergeResult:
-    """Write every exchange of ``inputs`` into the tape ``out_directory`` in start-time order."""
+    """Write every exchange of ``inputs`` into the tape ``out_directory`` (a directory, or an
+    ``s3://`` URL spooled in ``spool``) in start-time order."""
     if not inputs:
         raise ConfigError("at least one input tape is needed", field="inputs")
-    out = Path(out_directory).resolve()
+    directory, options = tape_target(out_directory, options, spool)
+    out = directory.resolve()
+    if is_object_url(out_directory):
+        target = ObjectUrl.parse(str(out_directory))
+        for path in inputs:
+            if is_object_url(path):
+                source = ObjectUrl.parse(str(path))
+                same_bucket = source.bucket == target.bucket
+                if same_bucket and (not source.prefix or f"{target.prefix}/".startswith(f"{source.prefix}/")):
+                    raise ConfigError("the output tape is inside an input tape's prefix", field=str(path))
     readers = [TapeReader(path, filter=filter, salvage=salvage) for path in inputs]
     for reader in readers:
         for segment in reader.segments:
-            if segment.resolve().parent == out:
+            if isinstance(segment, Path) and segment.resolve().parent == out:
                 raise ConfigError("the output tape is also an input", field=str(segment))
     count = 0
     with SyncTapeWriter(out, options) as writer:

@@ -1,6 +1,9 @@
 """Reading tapes: streams exchanges from segment files, directories or globs, in order, with filters.
 
 A reader never loads a whole tape: it reads each segment in large chunks and decodes frame by frame.
+A tape may also be an ``s3://bucket/prefix`` URL (``shadowtap.recorder.objectstore``): its segment
+objects are streamed, and when the prefix holds several sources (one folder per sidecar), their
+exchanges are merged by start time, as ``shadowtap tape merge`` would.
 It returns every complete frame after a crash and reports the torn tail; a corrupt frame with data
 after it is a ``TapeFormatError`` naming the file and byte offset, unless ``salvage`` is on, when the
 reader skips to the next valid frame and reports the skipped range. A checksummed record of the wrong
@@ -13,6 +16,8 @@ crash on arbitrary bytes.
 from __future__ import annotations
 
 import glob
+import heapq
+import operator
 import os
 import re
 import zlib
@@ -44,6 +49,7 @@ from shadowtap.recorder._frames import (
 )
 from shadowtap.recorder.errors import ConfigError, InputFormatError, TapeFormatError
 from shadowtap.recorder.model import Exchange, exchange_from_wire
+from shadowtap.recorder.objectstore import ObjectSegment, is_object_url, list_object_segments, open_object_segment
 
 __all__ = [
     "SegmentReport",
@@ -57,6 +63,9 @@ __all__ = [
 
 #: Bytes read from a segment at a time: large reads keep the per-frame cost in Python, not syscalls.
 _CHUNK_BYTES: Final = 4 * 1024 * 1024
+#: A read of an object's body asks for at most this much: a reader merging many sources holds one
+#: window per source, so 50 sidecars cost ~50 MiB of windows, not 200.
+_OBJECT_CHUNK_BYTES: Final = 1024 * 1024
 _GLOB_CHARS: Final = frozenset("*?[")
 _unpack_header = FRAME_HEADER.unpack_from
 _PREFIX_BYTES: Final = 7  # the header bytes covered by the checksum (all but the checksum itself)
@@ -160,15 +169,23 @@ class TapeReadReport:
         return [(s.path, r) for s in self.segments for r in s.skipped]
 
 
-def tape_segments(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The segment files of a tape, in reading order.
+#: A segment: a file, or an object in object storage.
+Segment = Path | ObjectSegment
+
+
+def tape_segments(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Segment]:
+    """The segments of a tape, in reading order.
 
     Each path is a segment file, a directory (its ``*.stape`` files sorted by name, which sorts them
-    by start time) or a glob pattern (matches sorted, directories expanded).
+    by start time), a glob pattern (matches sorted, directories expanded) or an ``s3://bucket/prefix``
+    URL (its segment objects, sorted by source, then name).
     """
     items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
-    out: list[Path] = []
+    out: list[Segment] = []
     for item in items:
+        if is_object_url(item):
+            out.extend(list_object_segments(os.fspath(item)))
+            continue
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
@@ -209,13 +226,57 @@ class TapeReader:
         self.chunk_bytes = chunk_bytes
         self.report = TapeReadReport()
 
+    def segment_sizes(self) -> list[int]:
+        """Each segment's size in bytes, in reading order (0 for a file that cannot be looked at)."""
+        sizes = []
+        for segment in self.segments:
+            if isinstance(segment, ObjectSegment):
+                sizes.append(segment.size)
+                continue
+            try:
+                sizes.append(segment.stat().st_size)
+            except OSError:
+                sizes.append(0)
+        return sizes
+
     def __iter__(self) -> Iterator[Exchange]:
         self.report = TapeReadReport()
+        runs = _source_runs(self.segments)
+        if len(runs) == 1:
+            return self._read(runs[0])
+        # Several sidecars' segments under one object prefix: one stream per source, merged by
+        # start time (stable: equal times keep the sources' order). Memory: one window per source.
+        return heapq.merge(*(self._read(run) for run in runs), key=operator.attrgetter("started_at_ns"))
+
+    def _read(self, segments: list[Segment]) -> Iterator[Exchange]:
         matches = None if self.filter is None else self.filter.matches
-        for path in self.segments:
+        for path in segments:
             segment = SegmentReport(path=str(path))
             self.report.segments.append(segment)
-            yield from _SegmentReader(path, segment, self.salvage, matches, self.chunk_bytes).exchanges()
+            chunk_bytes = self.chunk_bytes
+            if isinstance(path, ObjectSegment):
+                chunk_bytes = min(chunk_bytes, _OBJECT_CHUNK_BYTES)
+            yield from _SegmentReader(path, segment, self.salvage, matches, chunk_bytes).exchanges()
+
+
+def _source_runs(segments: list[Segment]) -> list[list[Segment]]:
+    """The segments split into what is read one after the other: files in the order given, and the
+    objects of each source (a folder under an ``s3://`` prefix) apart, to be merged by time."""
+    runs: list[list[Segment]] = []
+    by_source: dict[tuple[str, str], list[Segment]] = {}
+    files: list[Segment] = []
+    for segment in segments:
+        if isinstance(segment, ObjectSegment):
+            run = by_source.get((segment.bucket, segment.source))
+            if run is None:
+                run = by_source[(segment.bucket, segment.source)] = []
+                runs.append(run)
+            run.append(segment)
+        else:
+            if not files:
+                runs.append(files)
+            files.append(segment)
+    return runs or [[]]
 
 
 class _SegmentReader:
@@ -223,7 +284,7 @@ class _SegmentReader:
 
     def __init__(
         self,
-        path: Path,
+        path: Segment,
         report: SegmentReport,
         salvage: bool,
         matches: Callable[[Exchange], bool] | None,
@@ -239,10 +300,14 @@ class _SegmentReader:
         self.decompressor: Any = None
 
     def exchanges(self) -> Iterator[Exchange]:
-        try:
-            f = open(self.path, "rb")  # noqa: SIM115 (the with below closes it)
-        except OSError as exc:
-            raise InputFormatError(f"cannot open tape segment: {exc.strerror or exc}", path=self.name) from exc
+        f: Any
+        if isinstance(self.path, ObjectSegment):
+            f = open_object_segment(self.path)
+        else:
+            try:
+                f = open(self.path, "rb")  # noqa: SIM115 (the with below closes it)
+            except OSError as exc:
+                raise InputFormatError(f"cannot open tape segment: {exc.strerror or exc}", path=self.name) from exc
         with f:
             try:
                 head = f.read(SEGMENT_HEADER_SIZE)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import datetime
 import errno
 import logging
@@ -43,6 +44,7 @@ from shadowtap.recorder._frames import (
 )
 from shadowtap.recorder.errors import ConfigError, TapeWriteError
 from shadowtap.recorder.model import Exchange, Response
+from shadowtap.recorder.objectstore import SegmentUploader, UploadOptions, default_spool_directory, is_object_url
 from shadowtap.recorder.private import warn_if_shared_directory
 from shadowtap.recorder.redact import RedactionRules, Redactor, resolve_redaction_key
 
@@ -57,6 +59,7 @@ __all__ = [
     "TapeOptions",
     "TapeWriter",
     "TapeWriterStats",
+    "tape_target",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,8 @@ class TapeOptions:
     max_segment_bytes: int = 128 * 1024 * 1024
     #: Rotate to a new segment once the current one is this old (checked when writing).
     max_segment_age_s: float = 3600.0
+    #: zstd by default: 1 KiB JSON exchanges take about a fifth of the bytes, and writing and reading
+    #: stay within the tape's budgets (bench/tape_bench.py; figures in docs/benchmarks.md).
     compression: Compression = "none"
     zstd_level: int = 3
     #: ``none``: leave it to the OS; ``interval``: fsync at most every ``fsync_interval_s``;
@@ -104,6 +109,8 @@ class TapeOptions:
     #: write errors without touching the disk, so a full disk is not hammered once per batch.
     retry_after_error_s: float = 1.0
     redaction: RedactionRules | None = RedactionRules()
+    #: Upload each closed segment to object storage (the tape directory is then the local spool).
+    upload: UploadOptions | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_segment_bytes, int) or self.max_segment_bytes < 4096:
@@ -128,6 +135,24 @@ class TapeOptions:
             raise ConfigError("must be an integer from 1024 to 67108864", field="tape.block_bytes")
         if self.redaction is not None and not isinstance(self.redaction, RedactionRules):
             raise ConfigError("must be redaction rules or None", field="tape.redaction")
+        if self.upload is not None and not isinstance(self.upload, UploadOptions):
+            raise ConfigError("must be upload options or None", field="tape.upload")
+
+
+def tape_target(
+    target: str | os.PathLike[str], options: TapeOptions | None = None, spool: str | os.PathLike[str] | None = None
+) -> tuple[Path, TapeOptions]:
+    """Where a writer writes ``target``, and with what options: a directory as it is, or for an
+    ``s3://bucket/prefix`` URL a local spool directory (``spool``, else
+    ``shadowtap.recorder.objectstore.default_spool_directory``) whose closed segments are uploaded."""
+    options = options or TapeOptions()
+    if not is_object_url(target):
+        return Path(target), options
+    url = os.fspath(target)
+    upload = options.upload
+    upload = UploadOptions(url=url) if upload is None else dataclasses.replace(upload, url=url)
+    directory = Path(spool) if spool is not None else default_spool_directory(url)
+    return directory, dataclasses.replace(options, upload=upload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +179,13 @@ class TapeWriterStats:
     last_error: str = ""
     dropped_queue_bytes_full: int = 0
     queue_bytes: int = 0
+    #: With ``TapeOptions.upload``: segments uploaded, failed upload attempts (each retried), bytes
+    #: of closed segments waiting in the spool, and batches refused because the spool was full
+    #: (their exchanges are in ``write_errors``).
+    uploaded_segments: int = 0
+    upload_failures: int = 0
+    upload_pending_bytes: int = 0
+    spool_full: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +285,12 @@ def segment_name(now_ns: int, sequence: int) -> str:
 
 
 class SegmentSink:
-    """The open segment of one tape directory. Used by one thread at a time; raises TapeWriteError."""
+    """The open segment of one tape directory. Used by one thread at a time; raises TapeWriteError.
+
+    With ``options.upload`` the directory is a spool: each segment it closes goes to a
+    ``SegmentUploader`` (started with the first segment it opens, so only the process that writes
+    uploads), and a batch that would take the spool past ``max_spool_bytes`` is refused.
+    """
 
     def __init__(self, directory: Path, options: TapeOptions) -> None:
         self.directory = directory
@@ -271,6 +308,7 @@ class SegmentSink:
         self.segments = 0
         self.bytes_written = 0
         self.compressor: Any = None
+        self.uploader = None if options.upload is None else SegmentUploader(directory, options.upload)
         if options.compression == "zstd":
             import zstandard
 
@@ -315,6 +353,13 @@ class SegmentSink:
             or now_s - self.segment_opened_s >= self.options.max_segment_age_s
         ):
             self.close_segment()
+        uploader = self.uploader
+        if uploader is not None and not uploader.admits(len(data) + (self.segment_bytes if self.fd is not None else 0)):
+            raise TapeWriteError(
+                f"not written: the spool holds {uploader.pending_bytes} bytes not yet uploaded to "
+                f"{uploader.url} (max_spool_bytes {uploader.options.max_spool_bytes})",
+                path=str(self.directory),
+            )
         if self.fd is None:
             self._open_segment(now_s)
         assert self.fd is not None
@@ -365,8 +410,38 @@ class SegmentSink:
                     ) from exc
                 finally:
                     self._remove_if_empty()
+                    self._hand_over()
+
+    def close(self) -> None:
+        """Close the segment, then wait (up to ``upload.drain_timeout_s``) for the uploads left."""
+        try:
+            self.close_segment()
+        finally:
+            if self.uploader is not None:
+                self.uploader.close()
+
+    def with_upload_counters(self, stats: TapeWriterStats) -> TapeWriterStats:
+        """``stats`` with the uploader's counters (as they are without upload)."""
+        if self.uploader is None:
+            return stats
+        upload = self.uploader.stats
+        return dataclasses.replace(
+            stats,
+            uploaded_segments=upload.uploaded,
+            upload_failures=upload.failures,
+            upload_pending_bytes=upload.pending_bytes,
+            spool_full=upload.spool_full,
+            last_error=stats.last_error or upload.last_error,
+        )
+
+    def _hand_over(self) -> None:
+        """A closed segment with exchanges in it goes to the uploader."""
+        if self.uploader is not None and self.segment_path is not None and self.segment_bytes > SEGMENT_HEADER_SIZE:
+            self.uploader.submit(self.segment_path)
 
     def _open_segment(self, now_s: float) -> None:
+        if self.uploader is not None:
+            self.uploader.start()
         self.sequence += 1
         path = self.directory / segment_name(time.time_ns(), self.sequence)
         flags = FLAG_ZSTD if self.compressor is not None else 0
@@ -420,6 +495,7 @@ class SegmentSink:
             with contextlib.suppress(OSError):
                 os.close(fd)
             self._remove_if_empty()
+            self._hand_over()
 
     def _remove_if_empty(self) -> None:
         """Remove the closed segment if nothing but (part of) its header reached it: a file with no
@@ -518,7 +594,7 @@ class SyncTapeWriter:
     """
 
     def __init__(self, directory: str | os.PathLike[str], options: TapeOptions | None = None) -> None:
-        self._sink = SegmentSink(Path(directory), options or TapeOptions())
+        self._sink = SegmentSink(*tape_target(directory, options))
         self._every = self._sink.options.fsync == "every"
         self._block_bytes = self._sink.options.block_bytes
         self._parts: list[bytes] = []
@@ -575,16 +651,17 @@ class SyncTapeWriter:
             self.flush()
         finally:
             self._closed = True
-            self._sink.close_segment()
+            self._sink.close()
 
     @property
     def stats(self) -> TapeWriterStats:
-        return TapeWriterStats(
+        stats = TapeWriterStats(
             written=self._written,
             queue_depth=self._buffered_count,
             bytes_written=self._sink.bytes_written,
             segments=self._sink.segments,
         )
+        return self._sink.with_upload_counters(stats)
 
 
 class AsyncWriterBase:
@@ -625,7 +702,7 @@ class TapeWriter(AsyncWriterBase):
     def __init__(
         self, directory: str | os.PathLike[str], options: TapeOptions | None = None, intake: Intake | None = None
     ) -> None:
-        self._sink = SegmentSink(Path(directory), options or TapeOptions())
+        self._sink = SegmentSink(*tape_target(directory, options))
         self._options = self._sink.options
         self._intake = intake
         # Bounded by the checks in _admit() against options.queue_size and queue_bytes (see
@@ -755,7 +832,7 @@ class TapeWriter(AsyncWriterBase):
     @property
     def stats(self) -> TapeWriterStats:
         blocks = self._blocks
-        return TapeWriterStats(
+        stats = TapeWriterStats(
             written=blocks.written,
             dropped_queue_full=self._dropped_queue_full,
             dropped_closed=self._dropped_closed,
@@ -768,6 +845,7 @@ class TapeWriter(AsyncWriterBase):
             dropped_queue_bytes_full=self._dropped_queue_bytes_full,
             queue_bytes=self._bytes_in - self._bytes_out,
         )
+        return self._sink.with_upload_counters(stats)
 
     # --- background thread ---------------------------------------------------------------------
 
@@ -792,7 +870,7 @@ class TapeWriter(AsyncWriterBase):
             if intake is not None:
                 intake.close()
                 blocks.write_from(self._take)
-            blocks.guard(self._sink.close_segment, lost=0)
+            blocks.guard(self._sink.close, lost=0)
         except Exception:
             # A bug, not a disk error: stop accepting, so the loss shows in dropped_closed, and say so.
             self._closing = True

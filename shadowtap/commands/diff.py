@@ -181,7 +181,7 @@ def emit(report: DiffReport, args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from itertools import islice
 
-    from shadowtap.commands._progress import ReadProgress, file_sizes
+    from shadowtap.commands._progress import ReadProgress
     from shadowtap.commands.tape import refuse_files_that_are_not_tapes
     from shadowtap.differ import DiffSession, DiffStore, RunMeta, build_report, parse_fail_on
     from shadowtap.recorder import TapeReader
@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     store = DiffStore(":memory:" if args.db is None else args.db)
     try:
         session = DiffSession(store, config, RunMeta(args.primary, candidate, secondary, sources))
-        with ReadProgress("diff", file_sizes(reader.segments), enabled=not args.no_progress) as progress:
+        with ReadProgress("diff", reader.segment_sizes(), enabled=not args.no_progress) as progress:
             for exchange in progress.wrap(reader, lambda: len(reader.report.segments) - 1):
                 session.add(exchange)
                 if names_to_check is not None:

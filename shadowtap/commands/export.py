@@ -94,7 +94,7 @@ def _export(reader: Iterable[Exchange], out: Path, fmt: str) -> ExportReport:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shadowtap.commands._progress import ReadProgress, file_sizes
+    from shadowtap.commands._progress import ReadProgress
     from shadowtap.recorder import TapeReader
     from shadowtap.recorder.errors import ConfigError
 
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if fmt is None:
         raise ConfigError("cannot tell the format from the file name; name it with --to", field="to")
     reader = TapeReader(args.tape, salvage=args.salvage)
-    with ReadProgress("export", file_sizes(reader.segments), enabled=not args.no_progress) as progress:
+    with ReadProgress("export", reader.segment_sizes(), enabled=not args.no_progress) as progress:
         report = _export(progress.wrap(reader, lambda: len(reader.report.segments) - 1), args.out, fmt)
     print(report.summary())
     for segment, tail in reader.report.torn_tails:
