@@ -111,9 +111,12 @@ def parse_listen(value: Any, *, field: str) -> ListenAddress:
         raise ConfigError(f"{exc.message} (in {value!r})", field=field) from exc
 
 
-def _check_url(url: str, *, field: str) -> None:
+def _check_url(url: str, *, field: str, http2: bool = False) -> None:
     # The data path's own parser: a URL that passes here is one the forwarder and mirror can use.
-    parse_primary(url, field=field)
+    # ``h2c://`` (HTTP/2 by prior knowledge) is for the primary only: the mirror speaks HTTP/1.
+    target = parse_primary(url, field=field)
+    if target.scheme == "h2c" and not http2:
+        raise ConfigError(f"an h2c:// URL is for the primary only (shadows speak HTTP/1): {url!r}", field=field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +418,7 @@ class ProxyConfig:
     events: EventsSettings = field(default_factory=EventsSettings)
 
     def __post_init__(self) -> None:
-        _check_url(self.primary, field="primary")
+        _check_url(self.primary, field="primary", http2=True)
         if not 1 <= self.workers <= 256:
             raise ConfigError(f"must be within 1..256, not {self.workers!r}", field="workers")
         if self.shutdown_timeout_s <= 0:

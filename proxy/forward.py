@@ -28,7 +28,8 @@ __all__ = [
     "upstream_ssl_context",
 ]
 
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+#: ``h2c`` is HTTP/2 over cleartext by prior knowledge (the primary only: ``shadowtap.proxy.h2server``).
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443, "h2c": 80}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,7 @@ def parse_primary(url: str, field: str = "primary") -> PrimaryTarget:
     except ValueError as exc:
         raise ConfigError(f"not a valid URL: {url!r} ({exc})", field=field) from exc
     if parts.scheme not in _DEFAULT_PORTS:
-        raise ConfigError(f"URL must start with http:// or https://, got {url!r}", field=field)
+        raise ConfigError(f"URL must start with http://, https:// or h2c://, got {url!r}", field=field)
     if not parts.hostname:
         raise ConfigError(f"URL has no host: {url!r}", field=field)
     if parts.query or parts.fragment or url.endswith(("?", "#")):
@@ -202,6 +203,11 @@ class ForwardSettings:
     tls_verify: bool = True
     #: PEM bundle to verify an https primary against instead of the system store.
     ca_file: str | None = None
+    #: Speak HTTP/2 to an https primary (ALPN ``h2``) for HTTP/2 clients' streams; an ``h2c://``
+    #: primary always gets HTTP/2. HTTP/1.1 clients' requests still go over HTTP/1.1.
+    primary_http2: bool = False
+    #: HTTP/2 connections to the primary per process; streams are multiplexed over them.
+    primary_http2_connections: int = 4
 
     def __post_init__(self) -> None:
         parse_primary(self.primary)
@@ -226,6 +232,7 @@ class ForwardSettings:
             "max_client_connections",
             "capture_budget_bytes",
             "lingering_max_bytes",
+            "primary_http2_connections",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

@@ -29,6 +29,7 @@ from typing import Any, Final, cast
 
 import httptools
 
+from shadowtap.proxy import h2server
 from shadowtap.proxy.forward import ForwardSettings, default_max_client_connections, upstream_ssl_context
 from shadowtap.proxy.rewrite import RequestRewriter
 from shadowtap.proxy.stages import (
@@ -110,6 +111,11 @@ class ServerStats:
     capture_budget_cuts: int = 0
     stage_errors: StageErrors = field(default_factory=StageErrors)
     pool: PoolStats = field(default_factory=PoolStats)
+    #: Client connections that spoke HTTP/2 (h2c or ALPN h2), and the streams they opened.
+    h2_connections: int = 0
+    h2_streams: int = 0
+    #: HTTP/2 connections or streams ended for bad input, by cause (``shadowtap.proxy.h2server``).
+    h2_errors: dict[str, int] = field(default_factory=dict)
 
 
 class _Refused(Exception):
@@ -135,6 +141,8 @@ class _Context:
         "request_stages",
         "conn_ids",
         "connections",
+        "h2_pool",
+        "h2_sessions",
         "ids",
         "id_prefix",
         "loop",
@@ -185,6 +193,10 @@ class _Context:
         self.now = loop.time()
         self.stats = ServerStats(pool=pool.stats)
         self.connections: set[_ClientConnection] = set()
+        #: Client connections handed over to HTTP/2, and the HTTP/2 pool to the primary (made on
+        #: first use, when the primary speaks HTTP/2): ``shadowtap.proxy.h2server``.
+        self.h2_sessions: set[h2server.H2Session] = set()
+        self.h2_pool: Any = None
         # Exchange ids: unique across processes and restarts (random prefix), cheap to make.
         self.id_prefix = os.urandom(6).hex()
         self.ids = itertools.count(1)
@@ -837,7 +849,7 @@ class _ClientConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
         self.transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
-        if len(ctx.connections) >= ctx.max_connections and not self._make_room():
+        if len(ctx.connections) + len(ctx.h2_sessions) >= ctx.max_connections and not self._make_room():
             # Accept and close at once: no request of ours is lost, and the descriptor is free again.
             ctx.stats.connections_refused += 1
             self.closed = True
@@ -853,6 +865,17 @@ class _ClientConnection(asyncio.Protocol):
             self.client_addr = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
         if ctx.closing:
             transport.close()
+        elif self.scheme == b"https" and h2server.wants_h2(transport):
+            self._to_h2(b"")
+
+    def _to_h2(self, replay: bytes) -> None:
+        """The client speaks HTTP/2: its connection goes to an ``h2server.H2Session``."""
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        ctx.stats.connections = len(ctx.connections)
+        self.closed = True
+        assert self.transport is not None
+        h2server.start_session(ctx, self.transport, self.client_addr, self.client_ip, self.conn_id, replay)
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
@@ -882,6 +905,11 @@ class _ClientConnection(asyncio.Protocol):
                 log.error("request callback failed on %s", self.client_addr, exc_info=exc.__context__ or exc)
                 self._reject(400, "cannot process request")
         except httptools.HttpParserError as exc:
+            # llhttp stops on the h2c preface (PRI * HTTP/2.0): only this error path looks for it.
+            replay = None if not self.idle else h2server.h2c_replay(exc, data)
+            if replay is not None:
+                self._to_h2(replay)
+                return
             self._reject(400, f"malformed request: {exc}")
         self._pump()
 
@@ -1358,6 +1386,9 @@ class ProxyServer:
         now = ctx.now = ctx.loop.time()
         for conn in list(ctx.connections):
             conn.sweep(now)
+        if ctx.h2_sessions:
+            for session in list(ctx.h2_sessions):
+                session.sweep(now)
         self._sweeper = ctx.loop.call_later(_SWEEP_PERIOD_S, self._sweep)
 
     async def shutdown(self, timeout_s: float) -> None:
@@ -1373,11 +1404,17 @@ class ProxyServer:
         for conn in list(ctx.connections):
             if conn.idle:
                 conn.close()
-        while ctx.connections and loop.time() < deadline:
+        for session in list(ctx.h2_sessions):
+            session.go_away()
+        while (ctx.connections or ctx.h2_sessions) and loop.time() < deadline:
             await asyncio.sleep(min(_SWEEP_PERIOD_S, max(0.0, deadline - loop.time())))
         for conn in list(ctx.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        for session in list(ctx.h2_sessions):
+            session.abort()
+        if ctx.h2_pool is not None:
+            ctx.h2_pool.abort_all()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -1,0 +1,819 @@
+"""The proxy's HTTP/2 side: client connections that speak h2 (TLS with ALPN ``h2``) or h2c (by prior
+knowledge), and their streams forwarded to the primary.
+
+The HTTP/1 connection (``shadowtap.proxy.server``) hands its transport over when it meets the h2c
+preface (llhttp stops on ``PRI * HTTP/2.0``: nothing is checked on the HTTP/1 path) or when TLS
+chose ``h2``; an ``H2Session`` then owns the connection, with ``h2``'s server state machine. Each
+client stream becomes an ``_H2Forward``: to an HTTP/2 primary (``h2c://`` or ``https://`` with
+``forward.primary_http2``) it is a stream on the shared ``shadowtap.wire.h2.H2Pool``; to an HTTP/1
+primary the request is translated and sent on the HTTP/1 pool.
+
+Flow control both ways, with a bound per stream: the client's DATA is acknowledged (its window
+reopened) only when the bytes left for the primary, and the primary's DATA only when they were
+written to the client; a stream whose client does not read holds the primary back, never a buffer
+here. Trailers pass through; pseudo-header and connection-specific fields are handled per RFC 9113
+(``h2`` refuses malformed ones on the way in). A primary that resets a stream resets the client's;
+a primary that cannot be reached answers gRPC clients (``content-type: application/grpc*``) with a
+trailers-only ``grpc-status: 14`` (UNAVAILABLE) and others with 502 (504 for timeouts).
+
+Bad input ends only what it touches: a protocol error closes its connection (GOAWAY with the
+error), a stream that stalls past a deadline is reset; each is counted by cause in
+``ServerStats.h2_errors`` and logged once per cause per process. Streams are not handed to the
+proxy's stages yet (no mirroring or recording of HTTP/2); the primary observers (metrics) hear them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Final, cast
+
+import h2.config  # type: ignore[import-untyped]
+import h2.connection  # type: ignore[import-untyped]
+import h2.events  # type: ignore[import-untyped]
+import h2.exceptions  # type: ignore[import-untyped]
+import h2.settings  # type: ignore[import-untyped]
+
+from shadowtap.recorder.model import FailureKind
+from shadowtap.wire import http1
+from shadowtap.wire.client import Http1Connection
+from shadowtap.wire.h2 import H2Pool, H2Stream, Header, error_name
+
+if TYPE_CHECKING:
+    from shadowtap.proxy.server import _Context
+
+__all__ = ["PREFACE", "H2Session", "h2c_replay", "start_session", "upstream_pool", "wants_h2"]
+
+log = logging.getLogger(__name__)
+
+#: The client connection preface of RFC 9113 section 3.4.
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: What llhttp has read when it stops on the preface (it knows PRI as a method).
+_PREFACE_HEAD: Final = PREFACE[:18]
+
+#: Streams a client may have open at once (advertised); more is a protocol error on its connection
+#: (``h2`` refuses them), which is what a HEADERS flood gets.
+MAX_CONCURRENT_STREAMS: Final = 128
+#: Our receive window per client stream: request bytes held here for one stream never exceed it
+#: (they are acknowledged only once sent on to the primary).
+CLIENT_STREAM_WINDOW: Final = 256 * 1024
+#: Response bytes held for one stream while its client's window is shut (the primary's window for
+#: the stream, ``shadowtap.wire.h2.STREAM_WINDOW_BYTES``, bounds it as well).
+_CAUSES_LOGGED: set[str] = set()
+
+_GRPC_UNAVAILABLE: Final = b"14"
+_GRPC_DEADLINE_EXCEEDED: Final = b"4"
+_INTERNAL_ERROR: Final = 0x2
+_CANCEL: Final = 0x8
+_PROTOCOL_ERROR: Final = 0x1
+_ENHANCE_YOUR_CALM: Final = 0xB
+
+#: Response fields that are about one HTTP/1 connection and have no place in HTTP/2 (RFC 9113 8.2.2).
+_CONNECTION_SPECIFIC: Final = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
+
+
+def h2c_replay(exc: Exception, data: bytes) -> bytes | None:
+    """When llhttp stopped on the HTTP/2 preface (called on its error path only): the bytes to feed
+    an HTTP/2 session, the whole preface and what followed it in ``data``; else None."""
+    if not str(exc).startswith("Pause on PRI"):
+        return None
+    rest = _preface_rest(data)
+    return None if rest is None else _PREFACE_HEAD + rest
+
+
+def _preface_rest(data: bytes) -> bytes | None:
+    """What follows the part of the preface llhttp read, within ``data`` (the read it stopped in):
+    ``data`` starts with the end of the preface's first 18 bytes, then the rest of the stream."""
+    tail = PREFACE[18:]
+    for taken in range(min(len(data), 18), 0, -1):
+        if data[:taken] == _PREFACE_HEAD[18 - taken :]:
+            rest = data[taken:]
+            if rest[: len(tail)] == tail[: len(rest)]:
+                return rest
+    return None
+
+
+def wants_h2(transport: asyncio.BaseTransport) -> bool:
+    """Whether TLS chose ``h2`` by ALPN on this connection."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    return ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+
+
+def upstream_pool(ctx: _Context) -> H2Pool | None:
+    """The HTTP/2 pool to the primary when it speaks HTTP/2 (made on first use), else None."""
+    pool = cast("H2Pool | None", ctx.h2_pool)
+    if pool is not None:
+        return pool
+    settings = ctx.settings
+    target = settings.target
+    if target.scheme == "h2c":
+        ssl_context = None
+    elif target.tls and settings.primary_http2:
+        from shadowtap.proxy.forward import upstream_ssl_context
+
+        ssl_context = upstream_ssl_context(settings)  # a context of its own: the pool sets its ALPN
+    else:
+        return None
+    pool = H2Pool(
+        target.host,
+        target.port,
+        ssl_context=ssl_context,
+        connect_timeout_s=settings.connect_timeout_s,
+        max_connections=settings.primary_http2_connections,
+        peer="primary",
+    )
+    ctx.h2_pool = pool
+    return pool
+
+
+def start_session(
+    ctx: _Context, transport: asyncio.Transport, client_addr: str, client_ip: bytes, conn_id: str, replay: bytes
+) -> None:
+    """Take a client connection over for HTTP/2; ``replay`` is what to feed the session first (the
+    preface and what followed it for h2c, nothing after ALPN)."""
+    session = H2Session(ctx, transport, client_addr, client_ip, conn_id)
+    transport.set_protocol(session)
+    session.start(replay)
+
+
+def _count(ctx: _Context, cause: str, detail: str) -> None:
+    errors = ctx.stats.h2_errors
+    errors[cause] = errors.get(cause, 0) + 1
+    if cause not in _CAUSES_LOGGED:
+        _CAUSES_LOGGED.add(cause)
+        log.warning("HTTP/2: %s (%s); further cases are counted, not logged", cause, detail)
+
+
+class H2Session(asyncio.Protocol):
+    """One client connection speaking HTTP/2."""
+
+    def __init__(
+        self, ctx: _Context, transport: asyncio.Transport, client_addr: str, client_ip: bytes, conn_id: str
+    ) -> None:
+        self.ctx = ctx
+        self.transport = transport
+        self.client_addr = client_addr
+        self.client_ip = client_ip
+        self.conn_id = conn_id
+        self.scheme = b"https" if transport.get_extra_info("ssl_object") is not None else b"http"
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.streams: dict[int, _H2Forward] = {}
+        #: Streams whose response bytes wait for the client's window or for the socket to drain.
+        self.blocked: set[_H2Forward] = set()
+        self.closed = False
+        self.write_paused = False
+        self._write_paused_since = 0.0
+        self.idle_since = ctx.now
+        self._preface_deadline = ctx.now + ctx.settings.client_header_timeout_s
+        self._going_away = False
+
+    def start(self, initial: bytes) -> None:
+        ctx = self.ctx
+        ctx.h2_sessions.add(self)
+        ctx.stats.h2_connections += 1
+        h2conn = self.h2
+        h2conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: CLIENT_STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: ctx.settings.max_header_bytes,
+            },
+        )
+        h2conn.initiate_connection()
+        self._write()
+        if ctx.closing:
+            self.go_away()
+        if initial:
+            self.data_received(initial)
+
+    # --- asyncio.Protocol (set_protocol: connection_made is not called again) ---------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.TooManyStreamsError as exc:
+            self._protocol_error("too many concurrent streams", str(exc), _ENHANCE_YOUR_CALM)
+            return
+        except h2.exceptions.ProtocolError as exc:
+            cause = "continuation flood" if "continuation" in str(exc).lower() else "protocol error"
+            self._protocol_error(cause, str(exc), _PROTOCOL_ERROR)
+            return
+        self._preface_deadline = math.inf
+        now = self.ctx.now
+        for event in events:
+            kind = type(event)
+            if kind is h2.events.DataReceived:
+                forward = self.streams.get(event.stream_id)
+                padding = event.flow_controlled_length - len(event.data)
+                if forward is None or padding:
+                    # Nothing will consume it (a stream we ended), or padding: credit it at once.
+                    self._ack(event.stream_id, event.flow_controlled_length if forward is None else padding)
+                if forward is not None:
+                    forward.last_read = now
+                    forward.client_body(event.data)
+            elif kind is h2.events.RequestReceived:
+                self._request(event.stream_id, event.headers, event.stream_ended is not None)
+            elif kind is h2.events.StreamEnded:
+                forward = self.streams.get(event.stream_id)
+                if forward is not None:
+                    forward.client_body_done(None)
+            elif kind is h2.events.TrailersReceived:
+                forward = self.streams.get(event.stream_id)
+                if forward is not None:
+                    forward.client_body_done(list(event.headers))
+            elif kind is h2.events.WindowUpdated or kind is h2.events.RemoteSettingsChanged:
+                self.flush_blocked()
+            elif kind is h2.events.StreamReset:
+                forward = self.streams.get(event.stream_id)
+                if forward is not None:
+                    forward.client_reset(int(event.error_code))
+            elif kind is h2.events.ConnectionTerminated:
+                self._going_away = True
+                for forward in list(self.streams.values()):
+                    if forward.stream_id > (event.last_stream_id or 0):
+                        forward.client_reset(_CANCEL)
+                if not self.streams:
+                    self.close()
+        self._write()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        ctx = self.ctx
+        ctx.h2_sessions.discard(self)
+        for forward in list(self.streams.values()):
+            forward.client_reset(_CANCEL)
+        self.streams.clear()
+        self.blocked.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._write_paused_since = self.ctx.now
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.flush_blocked()
+        self._write()
+
+    # --- used by the streams ---------------------------------------------------------------------------
+
+    def _write(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.closed:
+            self.transport.write(data)
+
+    def write_soon(self) -> None:
+        """Write what the state machine has for the client (called after a stream acted outside
+        ``data_received``: a primary event, a timer)."""
+        self._write()
+
+    def _ack(self, stream_id: int, size: int) -> None:
+        if size and not self.closed:
+            self.h2.acknowledge_received_data(size, stream_id)
+
+    def ack_request_bytes(self, stream_id: int, size: int) -> None:
+        """``size`` request bytes of the stream left for the primary: the client may send more."""
+        self._ack(stream_id, size)
+        self._write()
+
+    def flush_blocked(self) -> None:
+        for forward in list(self.blocked):
+            if self.write_paused or self.closed:
+                return
+            forward.flush_response()
+
+    def stream_done(self, forward: _H2Forward) -> None:
+        self.streams.pop(forward.stream_id, None)
+        self.blocked.discard(forward)
+        if not self.streams:
+            self.idle_since = self.ctx.now
+            if self._going_away:
+                self.close()
+
+    def reset_client(self, stream_id: int, code: int) -> None:
+        if self.closed:
+            return
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.h2.reset_stream(stream_id, error_code=code)
+        self._write()
+
+    def go_away(self) -> None:
+        """Shutting down: no new stream; the connection closes when its streams end."""
+        if self.closed or self._going_away:
+            return
+        self._going_away = True
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
+        self._write()
+        if not self.streams:
+            self.close()
+
+    def close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    # --- internals -------------------------------------------------------------------------------------
+
+    def _protocol_error(self, cause: str, detail: str, code: int) -> None:
+        _count(self.ctx, cause, f"{self.client_addr}: {detail}")
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.close_connection(error_code=code, additional_data=cause.encode("ascii"))
+        self._write()
+        self.closed = True
+        self.close()
+        for forward in list(self.streams.values()):
+            forward.client_reset(_CANCEL)
+
+    def _request(self, stream_id: int, raw: list[Header], ended: bool) -> None:
+        ctx = self.ctx
+        method = path = authority = b""
+        headers: list[Header] = []
+        for name, value in raw:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+            elif name == b"host":
+                if not authority:
+                    authority = value
+            else:
+                headers.append((name, value))
+        ctx.stats.requests += 1
+        ctx.stats.h2_streams += 1
+        if method == b"CONNECT" or not path.startswith(b"/") or ctx.rewriter.escapes_prefix(path):
+            errors = ctx.stats.client_errors
+            errors[400] = errors.get(400, 0) + 1
+            self._local_response(stream_id, 400, "shadowtap: this request cannot be forwarded over HTTP/2")
+            return
+        ctx.stats.in_flight += 1
+        forward = _H2Forward(self, stream_id, method, path, authority, headers)
+        self.streams[stream_id] = forward
+        if ended:
+            forward.body_done = True
+        forward.start()
+
+    def _local_response(self, stream_id: int, status: int, message: str) -> None:
+        body = (message + "\n").encode("utf-8", "replace")
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.send_headers(
+                stream_id,
+                [(b":status", b"%d" % status), (b"content-type", b"text/plain; charset=utf-8"),
+                 (b"content-length", b"%d" % len(body)), (b"x-shadowtap-error", b"1")],
+            )  # fmt: skip
+            self.h2.send_data(stream_id, body, end_stream=True)
+
+    def sweep(self, now: float) -> None:
+        """Deadlines: the preface, idle keep-alive, a client that reads nothing, and each stream's."""
+        if self.closed:
+            return
+        settings = self.ctx.settings
+        if now >= self._preface_deadline:
+            self._client_timeout("head")
+            return
+        if self.write_paused and now - self._write_paused_since >= settings.send_timeout_s:
+            self._client_timeout("send")
+            self.abort()
+            return
+        if not self.streams:
+            if now - self.idle_since >= settings.keepalive_timeout_s or self.ctx.closing:
+                self.go_away()
+                self.close()
+            return
+        for forward in list(self.streams.values()):
+            forward.sweep(now)
+        self._write()
+
+    def _client_timeout(self, what: str) -> None:
+        timeouts = self.ctx.stats.client_timeouts
+        timeouts[what] = timeouts.get(what, 0) + 1
+        self.close()
+
+
+class _H2Forward:
+    """One client stream on its way to the primary and back (the primary's ``StreamSink``, or the
+    HTTP/1 ``ResponseSink`` when the primary speaks HTTP/1)."""
+
+    def __init__(
+        self, session: H2Session, stream_id: int, method: bytes, path: bytes, authority: bytes, headers: list[Header]
+    ) -> None:
+        self.session = session
+        self.ctx = session.ctx
+        self.stream_id = stream_id
+        self.method = method
+        self.path = path
+        self.authority = authority
+        self.headers = headers
+        self.grpc = False
+        for name, value in headers:
+            if name == b"content-type" and value.startswith(b"application/grpc"):
+                self.grpc = True
+        self.upstream: H2Stream | None = None
+        self.http1: Http1Connection | None = None
+        self.finished = False
+        self.body_done = False
+        self.head_sent = False
+        now = self.ctx.now
+        self.last_read = now
+        self.resp_read_at = now
+        self.deadline = math.inf
+        self.first_byte_deadline = math.inf
+        self.started_ns = time.monotonic_ns()
+        self.status: int | None = None
+        # Request body bytes read before the primary stream opened (bounded by our window: they
+        # are not acknowledged until sent on).
+        self._pending: list[bytes] = []
+        self._pending_trailers: list[Header] | None = None
+        #: A copy of the request body while it is small, so a refused stream can be sent again.
+        self._copy: list[bytes] | None = []
+        self._copied = 0
+        self._retried = False
+        # Response bytes waiting for the client's window, and what the client gets after them.
+        self._out: collections.deque[bytes] = collections.deque()
+        self._out_trailers: list[Header] | None = None
+        self._out_end = False
+        self._task: asyncio.Task[None] | None = None
+
+    # --- request side ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        ctx = self.ctx
+        settings = ctx.settings
+        self.deadline = ctx.now + settings.total_timeout_s
+        if self.body_done:
+            self.first_byte_deadline = ctx.now + settings.first_byte_timeout_s
+        pool = upstream_pool(ctx)
+        if pool is None:
+            self._task = ctx.loop.create_task(self._start_http1())
+            return
+        headers = self._upstream_headers(pool)
+        stream = pool.try_open(headers, self, self.body_done and not self._pending)
+        if stream is not None:
+            self._attached(stream)
+        else:
+            self._task = ctx.loop.create_task(self._open(pool, headers))
+
+    def _upstream_headers(self, pool: H2Pool) -> list[Header]:
+        ctx = self.ctx
+        settings = ctx.settings
+        target = settings.target
+        session = self.session
+        authority = self.authority if settings.preserve_host and self.authority else target.authority
+        out: list[Header] = [
+            (b":method", self.method),
+            (b":scheme", b"https" if target.tls else b"http"),
+            (b":authority", authority),
+            (b":path", target.path_prefix + self.path),
+        ]
+        xff_seen = proto_seen = host_seen = False
+        for name, value in self.headers:
+            if name == b"x-forwarded-for" and settings.x_forwarded_for and not xff_seen:
+                xff_seen = True
+                value = value + b", " + session.client_ip
+            elif name == b"x-forwarded-proto":
+                proto_seen = True
+            elif name == b"x-forwarded-host":
+                host_seen = True
+            out.append((name, value))
+        if settings.x_forwarded_for and not xff_seen:
+            out.append((b"x-forwarded-for", session.client_ip))
+        if settings.x_forwarded_proto and not proto_seen:
+            out.append((b"x-forwarded-proto", session.scheme))
+        if settings.x_forwarded_host and not host_seen and self.authority:
+            out.append((b"x-forwarded-host", self.authority))
+        via = ctx.via
+        if via is not None:
+            out.append((b"via", b"2 " + via[4:]))
+        return out
+
+    async def _open(self, pool: H2Pool, headers: list[Header]) -> None:
+        settings = self.ctx.settings
+        try:
+            stream = await pool.open(headers, self, self.body_done and not self._pending)
+        except TimeoutError:
+            self._task = None
+            self._fail(FailureKind.TIMEOUT, f"primary connect timed out after {settings.connect_timeout_s:g} s")
+            return
+        except OSError as exc:
+            self._task = None
+            self._fail(FailureKind.CONNECT_ERROR, f"cannot connect to primary: {exc.strerror or exc}")
+            return
+        self._task = None
+        if self.finished:
+            stream.reset()
+            return
+        self._attached(stream)
+        self.session.write_soon()
+
+    def _attached(self, stream: H2Stream) -> None:
+        self.upstream = stream
+        pending = self._pending
+        if pending:
+            self._pending = []
+            for piece in pending:
+                stream.send_data(piece)
+        if self.body_done and not stream.ended_local:
+            stream.end(self._pending_trailers)
+
+    def client_body(self, data: bytes) -> None:
+        if self.finished or not data:
+            return
+        copy = self._copy
+        if copy is not None:
+            self._copied += len(data)
+            if self._copied <= self.ctx.settings.max_buffered_body_bytes:
+                copy.append(data)
+            else:
+                self._copy = None
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.send_data(data)
+        elif self.http1 is not None:
+            self.http1.writelines(http1.chunk(data))
+            self.session.ack_request_bytes(self.stream_id, len(data))
+        else:
+            self._pending.append(data)
+
+    def client_body_done(self, trailers: list[Header] | None) -> None:
+        if self.finished or self.body_done:
+            return
+        self.body_done = True
+        self.first_byte_deadline = self.ctx.now + self.ctx.settings.first_byte_timeout_s
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.end(trailers)
+        elif self.http1 is not None:
+            self.http1.write(http1.CHUNKED_END)
+        else:
+            self._pending_trailers = trailers
+
+    def client_reset(self, code: int) -> None:
+        """The client reset the stream (or its connection went): the primary's stream goes too."""
+        self._abandon(f"client reset the stream ({error_name(code)})")
+
+    # --- StreamSink (HTTP/2 primary) -------------------------------------------------------------------
+
+    def on_request_drained(self, sent: int) -> None:
+        self.session.ack_request_bytes(self.stream_id, sent)
+
+    def on_head(self, status: int, headers: list[Header], ended: bool) -> None:
+        if self.finished:
+            return
+        session = self.session
+        self.status = status
+        self.first_byte_deadline = math.inf
+        self.resp_read_at = self.ctx.now
+        out: list[Header] = [(b":status", b"%d" % status)]
+        for name, value in headers:
+            if name not in _CONNECTION_SPECIFIC:
+                out.append((name, value))
+        via = self.ctx.via
+        if via is not None:
+            out.append((b"via", b"2 " + via[4:]))
+        self.head_sent = True
+        try:
+            session.h2.send_headers(self.stream_id, out, end_stream=ended)
+        except h2.exceptions.ProtocolError as exc:
+            self._count_and_reset("bad response head", str(exc))
+            return
+        if ended:
+            # Trailers-only (a gRPC error): the one HEADERS frame ends the stream, as it came.
+            self.upstream = None
+            self._finish()
+        session.write_soon()
+
+    def on_data(self, data: bytes) -> None:
+        if self.finished:
+            return
+        self.resp_read_at = self.ctx.now
+        self._out.append(data)
+        self.flush_response()
+
+    def on_trailers(self, headers: list[Header]) -> None:
+        if not self.finished:
+            self._out_trailers = headers
+
+    def on_end(self) -> None:
+        if self.finished:
+            return
+        self.upstream = None
+        self._out_end = True
+        self.flush_response()
+
+    def on_reset(self, kind: str, message: str, refused: bool) -> None:
+        self.upstream = None
+        if self.finished:
+            return
+        if refused and not self.head_sent and not self._retried and self.body_done and self._copy is not None:
+            # The primary never processed it (REFUSED_STREAM, or above a GOAWAY's last stream): once more.
+            self._retried = True
+            self._pending = list(self._copy)
+            self.start()
+            return
+        if self.head_sent or kind == FailureKind.RESET:
+            # A reset by the primary is a reset to the client (not a made-up answer, not a hang).
+            self._count_failure(kind)
+            self.session.reset_client(self.stream_id, _INTERNAL_ERROR if kind != FailureKind.RESET else _CANCEL)
+            self._finish()
+            return
+        self._fail(kind, message)
+
+    # --- the response towards the client -----------------------------------------------------------------
+
+    def flush_response(self) -> None:
+        """Send what the client's window allows; acknowledge to the primary what left."""
+        session = self.session
+        if session.closed:
+            return
+        if session.write_paused:
+            session.blocked.add(self)
+            return
+        h2conn = session.h2
+        out = self._out
+        stream_id = self.stream_id
+        sent = 0
+        try:
+            if out:
+                max_frame = h2conn.max_outbound_frame_size
+                while out:
+                    window = h2conn.local_flow_control_window(stream_id)
+                    if window <= 0:
+                        break
+                    chunk = out[0]
+                    size = min(len(chunk), window, max_frame)
+                    if size == len(chunk):
+                        out.popleft()
+                        h2conn.send_data(stream_id, chunk)
+                    else:
+                        out[0] = chunk[size:]
+                        h2conn.send_data(stream_id, chunk[:size])
+                    sent += size
+            if not out and self._out_end:
+                trailers = self._out_trailers
+                if trailers:
+                    h2conn.send_headers(stream_id, trailers, end_stream=True)
+                else:
+                    h2conn.end_stream(stream_id)
+                self._finish()
+        except h2.exceptions.StreamClosedError:
+            self._abandon("client closed the stream")
+            return
+        if out:
+            session.blocked.add(self)
+        else:
+            session.blocked.discard(self)
+        if sent:
+            upstream = self.upstream
+            if upstream is not None:
+                upstream.consumed(sent)
+            elif self.http1 is not None:
+                self.http1.resume_reading()
+        session.write_soon()
+
+    # --- endings -------------------------------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        settings = self.ctx.settings
+        if self.finished:
+            return
+        if now >= self.first_byte_deadline:
+            self._timed_out("first byte", settings.first_byte_timeout_s)
+        elif now >= self.deadline:
+            self._timed_out("exchange", settings.total_timeout_s)
+        elif (
+            not self.body_done
+            and (self.upstream is None or not self.upstream.outbox_bytes)
+            and now - self.last_read >= settings.client_body_timeout_s
+        ):
+            # The client stopped sending its body (and nothing of ours held it back).
+            timeouts = self.ctx.stats.client_timeouts
+            timeouts["body"] = timeouts.get("body", 0) + 1
+            _count(self.ctx, "stream body timeout", f"stalled for {settings.client_body_timeout_s:g} s")
+            self.session.reset_client(self.stream_id, _CANCEL)
+            self._abandon("request body stalled")
+        elif (
+            self.head_sent
+            and not self._out
+            and not self.session.write_paused
+            and now - self.resp_read_at >= settings.primary_read_timeout_s
+        ):
+            self._timed_out("read", settings.primary_read_timeout_s)
+
+    def _timed_out(self, what: str, limit_s: float) -> None:
+        self._drop_upstream()
+        self._fail(FailureKind.TIMEOUT, f"primary {what} timed out after {limit_s:g} s")
+
+    def _count_failure(self, kind: str) -> None:
+        failures = self.ctx.stats.primary_failures
+        failures[kind] = failures.get(kind, 0) + 1
+
+    def _count_and_reset(self, cause: str, detail: str) -> None:
+        _count(self.ctx, cause, detail)
+        self._drop_upstream()
+        self.session.reset_client(self.stream_id, _INTERNAL_ERROR)
+        self._finish()
+
+    def _fail(self, kind: str, message: str) -> None:
+        if self.finished:
+            return
+        self._drop_upstream()
+        self._count_failure(kind)
+        session = self.session
+        if self.head_sent:
+            session.reset_client(self.stream_id, _INTERNAL_ERROR)
+            self._finish()
+            return
+        timeout = kind == FailureKind.TIMEOUT
+        try:
+            if self.grpc:
+                # Trailers-only (gRPC over HTTP/2): the status is in the one HEADERS frame.
+                grpc_status = _GRPC_DEADLINE_EXCEEDED if timeout else _GRPC_UNAVAILABLE
+                session.h2.send_headers(
+                    self.stream_id,
+                    [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", grpc_status),
+                     (b"grpc-message", _grpc_message(f"shadowtap: {message}")), (b"x-shadowtap-error", b"1")],
+                    end_stream=True,
+                )  # fmt: skip
+                self.status = 200
+            else:
+                status = 504 if timeout else 502
+                session._local_response(self.stream_id, status, f"shadowtap: {message}")
+                self.status = status
+        except h2.exceptions.ProtocolError:
+            pass
+        if not self.body_done:
+            # The request is answered: the client need not send the rest (RFC 9113 8.1).
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                session.h2.reset_stream(self.stream_id, error_code=0)
+        self._finish(failed=True)
+        session.write_soon()
+
+    def _abandon(self, why: str) -> None:
+        if self.finished:
+            return
+        self._drop_upstream()
+        self._finish(failed=True)
+
+    def _drop_upstream(self) -> None:
+        task = self._task
+        if task is not None:
+            self._task = None
+            task.cancel()
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            upstream.reset()
+        conn = self.http1
+        self.http1 = None
+        if conn is not None:
+            conn.detach()
+
+    def _finish(self, failed: bool = False) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._out.clear()
+        ctx = self.ctx
+        ctx.stats.in_flight -= 1
+        self.session.stream_done(self)
+        done_ns = time.monotonic_ns() - self.started_ns
+        for observer in ctx.observers:
+            try:
+                observer.observe_primary(self.status, failed, done_ns)
+            except Exception:
+                errors = ctx.stats.stage_errors.by_stage
+                errors[observer.name] = errors.get(observer.name, 0) + 1
+                log.exception("proxy observer %s failed on a primary exchange", observer.name)
+
+    # --- HTTP/1 primary (translation) ----------------------------------------------------------------------
+
+    async def _start_http1(self) -> None:
+        raise NotImplementedError
+
+
+def _grpc_message(text: str) -> bytes:
+    """Percent-encode a grpc-message value (the gRPC HTTP/2 protocol's rule for non-printable bytes)."""
+    out = bytearray()
+    for byte in text.encode("utf-8"):
+        if 0x20 <= byte <= 0x7E and byte != 0x25:
+            out.append(byte)
+        else:
+            out += b"%%%02X" % byte
+    return bytes(out)
