@@ -1,6 +1,6 @@
 """Builds the ``DiffReport`` from the store: counts, noise decisions, signatures, examples, verdict.
 
-Everything a report says is recomputed here from stored pairs and differences, for any time window
+Everything a report says is recomputed here from stored pairs and difference sets, for any time window
 or endpoint, so ``shadowtap report`` and ``shadowtap diff`` agree by construction. Suppression is
 decided per signature, in order: a reason decided at compare time (a volatile detector, or an echo of
 what the proxy changed in the candidate's request), a user ignore rule (never for a structural
@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import groupby
-from operator import attrgetter
 from typing import Final
 
 from shadowtap.differ.config import DifferConfig, IgnoreRule, NoiseThresholds
@@ -31,7 +28,7 @@ from shadowtap.differ.report_model import (
     Suppression,
 )
 from shadowtap.differ.signatures import is_structural, severity, severity_rank, signature_id
-from shadowtap.differ.store import EXAMPLE_CANDIDATE, DiffStore, StoredDifference
+from shadowtap.differ.store import EMPTY_SET, EXAMPLE_CANDIDATE, DiffStore, PairGroup
 from shadowtap.differ.verdict import decide, parse_fail_on
 from shadowtap.recorder.errors import ConfigError
 
@@ -61,6 +58,33 @@ def is_learned_noise(candidate_rate: float, noise_rate: float | None, thresholds
 
 
 @dataclass(slots=True)
+class _EndpointCounts:
+    """Per endpoint: pairs, compared, errors, pairs with a secondary answer (compared pairs with
+    one, plus noise-only pairs from a noise tape), first and last start of the real pairs."""
+
+    pairs: int = 0
+    compared: int = 0
+    errors: int = 0
+    secondary: int = 0
+    first_ns: int = 1 << 63
+    last_ns: int = -(1 << 63)
+
+    def add(self, group: PairGroup) -> None:
+        n = group.count
+        if group.status != "error" and group.has_secondary:
+            self.secondary += n
+        if group.status == "noise":
+            return
+        self.pairs += n
+        if group.status == "compared":
+            self.compared += n
+        else:
+            self.errors += n
+        self.first_ns = min(self.first_ns, group.first_ns)
+        self.last_ns = max(self.last_ns, group.last_ns)
+
+
+@dataclass(slots=True)
 class _SignatureCounts:
     pairs: int
     first_seen_ns: int
@@ -77,11 +101,6 @@ def _rule_reason(rules: tuple[IgnoreRule, ...], endpoint: str, path: str) -> str
     return None
 
 
-def _by_pair(rows: Iterable[StoredDifference]) -> Iterator[list[StoredDifference]]:
-    for _, group in groupby(rows, key=attrgetter("pair_id")):
-        yield list(group)
-
-
 def build_report(
     store: DiffStore,
     config: DifferConfig,
@@ -95,17 +114,20 @@ def build_report(
 ) -> DiffReport:
     """The report for the pairs in ``[since_ns, until_ns)`` (and ``endpoint``, when given).
 
-    Two streamed passes over the stored differences, one pair at a time, so memory follows the
-    number of signatures and fields, never the number of pairs.
+    Two streamed passes over the pairs grouped by the differences they showed (SQLite groups them,
+    with its indexes for the window and the endpoint), then one ordered pass over the samples: the
+    work follows the number of distinct kinds of pair, signatures and fields, never the number of
+    pairs, and never endpoints times signatures.
     """
     meta = store.meta()
     if meta is None:
         raise ConfigError("the results database holds no diff run", path=store.path)
     rule = parse_fail_on(fail_on if fail_on is not None else config.fail_on)
-    counts = {row.endpoint: row for row in store.endpoint_counts(since_ns, until_ns, endpoint)}
 
-    # Pass 1: signature counts, per-field noise counts, and per-field candidate counts over what
-    # neither a detector nor a rule explains (the rate learned noise is judged on).
+    # Pass 1, over groups of pairs that showed the same differences (weighted by their count):
+    # endpoint counts, signature counts, per-field noise counts, and per-field candidate counts over
+    # what neither a detector nor a rule explains (the rate learned noise is judged on).
+    counts: dict[str, _EndpointCounts] = {}
     key_info: dict[int, tuple[str, str, str]] = {}
     signatures: dict[SigKey, _SignatureCounts] = {}
     fixed_reasons: dict[SigKey, str | None] = {}
@@ -113,44 +135,48 @@ def build_report(
     #: Pairs whose secondary showed the very same change (endpoint, key: path, kind and transition).
     noise_key_counts: dict[tuple[str, int], int] = defaultdict(int)
     candidate_counts: dict[tuple[str, str], int] = defaultdict(int)
-    for rows in _by_pair(store.differences(since_ns, until_ns, endpoint)):
-        pair_sigs: set[SigKey] = set()
+
+    def key(key_id: int) -> tuple[str, str, str]:
+        info = key_info.get(key_id)
+        if info is None:
+            info = key_info[key_id] = store.diff_key(key_id)
+        return info
+
+    for group in store.pair_groups(since_ns, until_ns, endpoint):
+        ep, n = group.endpoint, group.count
+        c = counts.get(ep)
+        if c is None:
+            c = counts[ep] = _EndpointCounts()
+        c.add(group)
         pair_noise: set[tuple[str, str]] = set()
-        pair_noise_keys: set[tuple[str, int]] = set()
+        for noise_key, _ in store.members(group.noise_set):
+            pair_noise.add((ep, key(noise_key)[0]))
+            noise_key_counts[(ep, noise_key)] += n
+        for field_key in pair_noise:
+            noise_counts[field_key] += n
         pair_fields: set[tuple[str, str]] = set()
-        for row in rows:
-            ep = row.endpoint
-            if row.side == "secondary":
-                pair_noise.add((ep, row.path))
-                pair_noise_keys.add((ep, row.key_id))
-                continue
-            key_info[row.key_id] = (row.path, row.kind, row.transition)
-            sig_key = (ep, row.key_id, row.volatile)
-            pair_sigs.add(sig_key)
+        for key_id, volatile_text in store.members(group.diff_set):
+            path, kind, transition = key(key_id)
+            volatile = volatile_text or None
+            sig_key = (ep, key_id, volatile)
+            sig = signatures.get(sig_key)
+            if sig is None:
+                signatures[sig_key] = _SignatureCounts(n, group.first_ns, group.last_ns)
+            else:
+                sig.pairs += n
+                sig.first_seen_ns = min(sig.first_seen_ns, group.first_ns)
+                sig.last_seen_ns = max(sig.last_seen_ns, group.last_ns)
+            structural = is_structural(kind, transition)
             if sig_key not in fixed_reasons:
                 # Ignore rules never silence structure (DESIGN.md): a rule over a field hides its
                 # value changes, not the field vanishing or changing type.
-                structural = is_structural(row.kind, row.transition)
-                fixed_reasons[sig_key] = row.volatile or (
-                    None if structural else _rule_reason(config.ignore, ep, row.path)
-                )
-            if fixed_reasons[sig_key] is None and not is_structural(row.kind, row.transition):
-                pair_fields.add((ep, row.path))
-        started = rows[0].started_at_ns
-        for sig_key in pair_sigs:
-            sig = signatures.get(sig_key)
-            if sig is None:
-                signatures[sig_key] = _SignatureCounts(1, started, started)
-            else:
-                sig.pairs += 1
-                sig.first_seen_ns = min(sig.first_seen_ns, started)
-                sig.last_seen_ns = max(sig.last_seen_ns, started)
-        for field_key in pair_noise:
-            noise_counts[field_key] += 1
-        for noise_key in pair_noise_keys:
-            noise_key_counts[noise_key] += 1
+                fixed_reasons[sig_key] = volatile or (None if structural else _rule_reason(config.ignore, ep, path))
+            if fixed_reasons[sig_key] is None and not structural:
+                pair_fields.add((ep, path))
         for field_key in pair_fields:
-            candidate_counts[field_key] += 1
+            candidate_counts[field_key] += n
+    # Endpoints seen only in a noise tape are left out.
+    counts = {ep: c for ep, c in counts.items() if c.pairs > 0}
 
     def noise_rate(ep: str, path: str) -> float | None:
         secondary = counts[ep].secondary
@@ -188,21 +214,23 @@ def build_report(
     differing_by_endpoint: dict[str, int] = defaultdict(int)
     field_live: dict[tuple[str, str], int] = defaultdict(int)
     field_suppressed: dict[tuple[str, str], int] = defaultdict(int)
-    for rows in _by_pair(store.differences(since_ns, until_ns, endpoint)):
+    for group in store.pair_groups(since_ns, until_ns, endpoint):
+        if group.diff_set == EMPTY_SET or group.endpoint not in counts:
+            continue
+        ep, n = group.endpoint, group.count
         live: set[tuple[str, str]] = set()
         suppressed: set[tuple[str, str]] = set()
-        for row in rows:
-            if row.side == "candidate":
-                field_key = (row.endpoint, row.path)
-                (live if reasons[(row.endpoint, row.key_id, row.volatile)] is None else suppressed).add(field_key)
-        if live and rows[0].pair_status == "compared":
-            differing_by_endpoint[rows[0].endpoint] += 1
+        for key_id, volatile_text in store.members(group.diff_set):
+            field_key = (ep, key_info[key_id][0])
+            (live if reasons[(ep, key_id, volatile_text or None)] is None else suppressed).add(field_key)
+        if live and group.status == "compared":
+            differing_by_endpoint[ep] += n
         for field_key in live:
-            field_live[field_key] += 1
+            field_live[field_key] += n
         for field_key in suppressed:
-            field_suppressed[field_key] += 1
+            field_suppressed[field_key] += n
 
-    k = config.examples_per_signature
+    examples = _examples(store, config.examples_per_signature, since_ns, until_ns, endpoint, reasons)
     by_endpoint: dict[str, list[SignatureReport]] = defaultdict(list)
     suppression_counts: dict[str, int] = defaultdict(int)
     for sig_key, sig in signatures.items():
@@ -230,7 +258,8 @@ def build_report(
                 # Noise is learned only over what no detector or rule explains: for a signature they
                 # explain, a measured rate would read as "this field never differs", so it is None.
                 noise_rate=None if fixed_reasons[sig_key] is not None else signature_noise_rate(sig_key),
-                examples=_examples(store, ep, key_id, volatile, k, since_ns, until_ns, reasons),
+                # Suppressed signatures are summarised (count, rate, reason), never exemplified.
+                examples=() if reason is not None else examples.get(sig_key, ()),
             )
         )
 
@@ -307,41 +336,50 @@ def build_report(
 
 def _examples(
     store: DiffStore,
-    endpoint: str,
-    key_id: int,
-    volatile: str | None,
     k: int,
     since_ns: int | None,
     until_ns: int | None,
+    endpoint: str | None,
     reasons: dict[SigKey, str | None],
-) -> tuple[Example, ...]:
+) -> dict[SigKey, tuple[Example, ...]]:
+    """The first ``k`` sampled examples of every unsuppressed signature, read in one ordered pass
+    over the samples (which the sampler bounds per signature), then each kept exchange once."""
     if k <= 0:
-        return ()
-    examples: list[Example] = []
-    # Over-fetch: a stored sample may show the same key with another volatile verdict.
-    for pair_id in store.example_pairs(endpoint, key_id, 4 * k, since_ns, until_ns):
-        rows = store.pair_differences(pair_id)
-        own = [path for other_key, path, other_volatile in rows if (other_key, other_volatile) == (key_id, volatile)]
-        if not own:
+        return {}
+    chosen: dict[SigKey, list[int]] = {}
+    for row in store.examples_in(since_ns, until_ns, endpoint):
+        sig_key = (row.endpoint, row.key_id, row.volatile)
+        if sig_key not in reasons or reasons[sig_key] is not None:
             continue
-        # The paths to highlight: this signature's, then every other unsuppressed one in the pair.
-        others = [
-            path
-            for other_key, path, other_volatile in rows
-            if (other_key, other_volatile) != (key_id, volatile)
-            and reasons.get((endpoint, other_key, other_volatile)) is None
-        ]
-        exchange = store.example_exchange(pair_id)
-        examples.append(
-            Example(
-                exchange_id=exchange.id,
-                started_at_ns=exchange.started_at_ns,
-                request=exchange.request,
-                baseline=exchange.primary,
-                candidate=exchange.shadows.get(EXAMPLE_CANDIDATE),
-                paths=tuple(dict.fromkeys([*own, *others])),
+        picked = chosen.setdefault(sig_key, [])
+        if len(picked) < k:
+            picked.append(row.pair_id)
+    out: dict[SigKey, tuple[Example, ...]] = {}
+    for sig_key, pair_ids in chosen.items():
+        ep, key_id, volatile = sig_key
+        examples: list[Example] = []
+        for pair_id in pair_ids:
+            rows = store.example_differences(pair_id)
+            own = [
+                path for other_key, path, other_volatile in rows if (other_key, other_volatile) == (key_id, volatile)
+            ]
+            # The paths to highlight: this signature's, then every other unsuppressed one in the pair.
+            others = [
+                path
+                for other_key, path, other_volatile in rows
+                if (other_key, other_volatile) != (key_id, volatile)
+                and reasons.get((ep, other_key, other_volatile)) is None
+            ]
+            exchange = store.example_exchange(pair_id)
+            examples.append(
+                Example(
+                    exchange_id=exchange.id,
+                    started_at_ns=exchange.started_at_ns,
+                    request=exchange.request,
+                    baseline=exchange.primary,
+                    candidate=exchange.shadows.get(EXAMPLE_CANDIDATE),
+                    paths=tuple(dict.fromkeys([*own, *others])),
+                )
             )
-        )
-        if len(examples) >= k:
-            break
-    return tuple(examples)
+        out[sig_key] = tuple(examples)
+    return out

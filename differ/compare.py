@@ -11,18 +11,20 @@ is pure and synchronous: it must never do I/O, and never decide what is noise be
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Final
 
 from shadowtap.differ.config import CompareOptions
 from shadowtap.differ.normalize import Body, header_map, parse_body
-from shadowtap.differ.paths import folded_path, full_path
+from shadowtap.differ.paths import KEY, IdKey, folded_path, full_path
 from shadowtap.differ.rewrites import Rewrites
+from shadowtap.differ.templates import segment_is_id
 from shadowtap.differ.volatile import VOLATILE_FAMILY, base_class, mask_text, string_class, value_class
 from shadowtap.recorder.model import Failure, Outcome, Response
 
-__all__ = ["KINDS", "Comparator", "Difference"]
+__all__ = ["KINDS", "Comparator", "Difference", "key_is_id", "keyed_by_ids"]
 
 #: Every kind of difference, in the vocabulary of the report.
 KINDS: Final = ("status", "removed", "added", "type", "value", "length", "header", "text", "binary", "error")
@@ -31,6 +33,34 @@ _MISSING: Final = object()
 #: Folded array paths whose rule is remembered. Real APIs have a few hundred; the bound only matters
 #: for documents with generated keys, where the cache is simply cleared and refilled.
 _ARRAY_RULE_CACHE_SIZE: Final = 4096
+#: A key with a short prefix and a run of digits (``u123``, ``id_0042``) names one of many: a map
+#: keyed by ids. Longer words with digits (``sha256``, ``iso8601``) stay literal.
+_PREFIXED_ID: Final = re.compile(r"[A-Za-z]{1,2}[-_]?\d{3,}\Z")
+#: An object with this many keys, all of one shape (letters and digit runs alike) and each holding a
+#: digit, is a map keyed by ids whatever its keys look like alone (``room-17``, ``a1b2``).
+_KEYED_OBJECT_MIN_KEYS: Final = 16
+_SHAPE: Final = re.compile(r"[A-Za-z]+|\d+")
+#: Keys whose id-ness is remembered: real APIs have a few thousand; maps keyed by ids would grow it
+#: without end, so past this it starts over.
+_KEY_CACHE_SIZE: Final = 16_384
+
+
+def key_is_id(key: str) -> bool:
+    """Whether an object key names one of many by its shape alone (the path segments' rules, or a
+    short prefix and a run of digits)."""
+    return segment_is_id(key) or _PREFIXED_ID.match(key) is not None
+
+
+def _shape(key: str) -> str:
+    return _SHAPE.sub(lambda m: "9" if m.group().isdigit() else "a", key)
+
+
+def keyed_by_ids(obj: dict[str, Any]) -> bool:
+    """Whether a large object's keys are all of one shape with digits: a map keyed by ids."""
+    if len(obj) < _KEYED_OBJECT_MIN_KEYS:
+        return False
+    shapes = {_shape(key) for key in obj}
+    return len(shapes) == 1 and "9" in next(iter(shapes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +90,8 @@ class Comparator:
     the call in progress (not thread-safe: one comparator per thread)."""
 
     __slots__ = (
-        "_abs_tol", "_array_rule_cache", "_array_rules", "_detectors", "_options", "_rel_tol", "_rewrites",
+        "_abs_tol", "_array_rule_cache", "_array_rules", "_detectors", "_key_steps", "_options", "_rel_tol",
+        "_rewrites",
     )  # fmt: skip
 
     def __init__(self, options: CompareOptions) -> None:
@@ -70,6 +101,7 @@ class Comparator:
         self._rel_tol = options.relative_tolerance
         self._array_rules = options.unordered_all or bool(options.unordered_paths or options.list_keys)
         self._array_rule_cache: dict[tuple[str | int, ...], tuple[str, str]] = {}
+        self._key_steps: dict[str, str] = {}
         self._rewrites: Rewrites | None = None
 
     # --- outcomes -------------------------------------------------------------------------------
@@ -222,7 +254,7 @@ class Comparator:
             volatile = f"volatile:{VOLATILE_FAMILY[ca]}" if ca == cb and ca in VOLATILE_FAMILY else None
             rewrites = self._rewrites
             if volatile is None and rewrites is not None and ta is str:
-                key = steps[-1] if steps and type(steps[-1]) is str else None
+                key = steps[-1] if steps and isinstance(steps[-1], str) else None
                 volatile = rewrites.changed(key, a, b)
             self._emit(steps, "value", f"{ca}->{cb}", out, volatile)
             return
@@ -239,12 +271,23 @@ class Comparator:
         transition = f"{value_class(a, self._detectors)}->{value_class(b, self._detectors)}"
         self._emit(steps, "type" if base_class(a) != base_class(b) else "value", transition, out)
 
+    def _key_step(self, key: str) -> str:
+        """``key`` as a path step: an ``IdKey`` when it names one of many."""
+        step = self._key_steps.get(key)
+        if step is None:
+            step = IdKey(key) if key_is_id(key) else key
+            if len(self._key_steps) >= _KEY_CACHE_SIZE:
+                self._key_steps.clear()
+            self._key_steps[key] = step
+        return step
+
     def _walk_object(self, a: dict[str, Any], b: dict[str, Any], steps: list[str | int], out: list[Difference]) -> None:
         matched = 0
+        step = IdKey if len(a) >= _KEYED_OBJECT_MIN_KEYS and keyed_by_ids(a) else self._key_step
         for key, va in a.items():
             vb = b.get(key, _MISSING)
             if vb is _MISSING:
-                steps.append(key)
+                steps.append(step(key))
                 reason = None if self._rewrites is None else self._rewrites.removed(key, va)
                 self._emit(steps, "removed", f"{value_class(va, self._detectors)}->missing", out, reason)
                 steps.pop()
@@ -253,20 +296,21 @@ class Comparator:
             tv = type(va)
             if tv is type(vb) and tv is not dict and tv is not list and va == vb:
                 continue
-            steps.append(key)
+            steps.append(step(key))
             self._walk(va, vb, steps, out)
             steps.pop()
         if matched < len(b):
+            step = IdKey if len(b) >= _KEYED_OBJECT_MIN_KEYS and keyed_by_ids(b) else self._key_step
             for key, vb in b.items():
                 if key not in a:
-                    steps.append(key)
+                    steps.append(step(key))
                     reason = None if self._rewrites is None else self._rewrites.added(key, vb)
                     self._emit(steps, "added", f"missing->{value_class(vb, self._detectors)}", out, reason)
                     steps.pop()
 
     def _array_rule(self, steps: list[str | int]) -> tuple[str, str]:
         # Decided once per folded path: matching globs on every array would dominate the walk.
-        folded = tuple(-1 if type(s) is int else s for s in steps)
+        folded = tuple(-1 if type(s) is int else (KEY if type(s) is IdKey else s) for s in steps)
         rule = self._array_rule_cache.get(folded)
         if rule is None:
             path = folded_path("body", steps)

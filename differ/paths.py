@@ -2,7 +2,9 @@
 
 A path is ``status``, ``header.<name>``, ``body`` or ``body`` followed by JSON steps: ``.key`` for
 identifier-like keys, ``["odd key"]`` otherwise, ``[3]`` for an array index; the folded form writes
-every index as ``[*]``. This module must never compare values: it only spells and matches paths.
+every index as ``[*]`` and every key of a map keyed by ids (an ``IdKey``, chosen by the comparator) as
+``.{key}``, so ``{"users": {"u123": {...}}}`` counts under ``body.users.{key}.name`` while examples keep
+``body.users.u123.name``. This module must never compare values: it only spells and matches paths.
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["compile_glob", "folded_path", "full_path", "key_step"]
+__all__ = ["KEY", "IdKey", "compile_glob", "folded_path", "full_path", "key_step"]
 
+#: What every key of a map keyed by ids reads as in a folded path.
+KEY: Final = "{key}"
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_$@][\w$@-]*\Z")
+
+
+class IdKey(str):
+    """An object key that is an id: ``.{key}`` in folded paths, itself in full paths."""
+
+    __slots__ = ()
 
 
 def key_step(key: str) -> str:
@@ -28,8 +38,11 @@ def full_path(root: str, steps: Sequence[str | int]) -> str:
 
 
 def folded_path(root: str, steps: Sequence[str | int]) -> str:
-    """``root`` followed by ``steps`` with every array index folded to ``[*]``."""
-    return root + "".join("[*]" if type(s) is int else key_step(str(s)) for s in steps)
+    """``root`` followed by ``steps`` with every array index folded to ``[*]`` and every ``IdKey`` to
+    ``.{key}``."""
+    return root + "".join(
+        "[*]" if type(s) is int else ("." + KEY if type(s) is IdKey else key_step(str(s))) for s in steps
+    )
 
 
 def compile_glob(glob: str) -> re.Pattern[str]:

@@ -1,26 +1,29 @@
 """Feeding exchanges through the engine into the store: the ``shadowtap diff`` ingestion loop.
 
-``DiffSession.add`` compares one exchange (``DiffEngine``), keeps its pair and differences in the
-store, and offers each difference to a bounded example sampler; ``finish`` writes the samples and
-applies the endpoint templates learned from every path seen. It must never read tapes (the CLI
+``DiffSession.add`` compares one exchange (``DiffEngine``), keeps its pair and the sets of
+differences it showed in the store, and offers each of its signatures to a bounded example sampler
+(bottom-k by a hash of the exchange id: examples are written when sampled, dropped when pushed out);
+``finish`` releases unsampled examples and applies the endpoint templates learned from every path
+seen. It must never read tapes (the CLI
 streams them in) and never decide noise or severity (``shadowtap.differ.aggregate`` does, at report time).
 """
 
 from __future__ import annotations
 
-import random
+import bisect
+import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Final
 
 from shadowtap.differ.config import DifferConfig
 from shadowtap.differ.engine import DiffEngine, PairResult
-from shadowtap.differ.store import EXAMPLE_CANDIDATE, EXAMPLE_SECONDARY, DiffStore, RunMeta
+from shadowtap.differ.store import EMPTY_SET, EXAMPLE_CANDIDATE, EXAMPLE_SECONDARY, DiffStore, RunMeta
 from shadowtap.differ.templates import EndpointTemplater
 from shadowtap.recorder.model import Exchange, Outcome, Request, Response
 from shadowtap.recorder.redact import DEFAULT_SECRET_HEADERS
 from shadowtap.wire import http1
 
-__all__ = ["EXAMPLE_BODY_LIMIT_BYTES", "DiffSession", "IngestStats"]
+__all__ = ["EXAMPLE_BODY_LIMIT_BYTES", "DiffSession", "IngestStats", "example_priority"]
 
 #: Bodies kept in an example beyond this are cut (and marked): examples illustrate, they do not archive.
 EXAMPLE_BODY_LIMIT_BYTES: Final = 1 << 20
@@ -69,6 +72,13 @@ def _example_request(request: Request) -> Request:
     return replace(request, headers=_redact_headers(request.headers), body=body, truncated_from=truncated_from)
 
 
+def example_priority(exchange_id: str) -> float:
+    """An exchange's place in every sample, in [0, 1): a hash of its id, so a sample is uniform over
+    the exchanges, and the same whichever worker (and in whichever order) saw them."""
+    digest = hashlib.blake2b(exchange_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
 @dataclass(slots=True)
 class DiffSession:
     """One ingestion run into ``store``. Not thread-safe; one per process."""
@@ -76,12 +86,11 @@ class DiffSession:
     store: DiffStore
     config: DifferConfig
     meta: RunMeta
-    rng: random.Random = field(default_factory=random.Random)
     stats: IngestStats = field(default_factory=IngestStats)
     engine: DiffEngine = field(init=False)
     templater: EndpointTemplater = field(init=False)
-    _sampler: dict[tuple[str, int], list[tuple[float, int]]] = field(init=False, default_factory=dict)
-    _example_exchanges: dict[int, Exchange] = field(init=False, default_factory=dict)
+    #: Bottom-k per (provisional endpoint, key, volatile): (priority, exchange id, pair id), sorted.
+    _sampler: dict[tuple[str, int, str], list[tuple[float, str, int]]] = field(init=False, default_factory=dict)
     _since_commit: int = field(init=False, default=0)
     _noise_engines: dict[str, DiffEngine] = field(init=False, default_factory=dict)
 
@@ -106,12 +115,26 @@ class DiffSession:
         self.templater.observe(method, path)
         endpoint = self.templater.template(method, path)
         store = self.store
+        key_id = store.key_id
+        members: dict[tuple[int, str], None] = {}
+        full: list[tuple[int, str, str]] = []
+        for diff in result.differences:
+            member = (key_id(diff.path, diff.kind, diff.transition), diff.volatile or "")
+            members[member] = None
+            full.append((member[0], diff.full_path, member[1]))
+        noise_set = EMPTY_SET
+        if result.noise:
+            noise_set = store.set_id(
+                tuple(sorted({(key_id(d.path, d.kind, d.transition), "") for d in result.noise if d.volatile is None}))
+            )
         pair_id = store.add_pair(
             exchange.id,
             exchange.started_at_ns,
             store.route_id(method, path, endpoint),
             result.status,
             result.noise is not None,
+            store.set_id(tuple(sorted(members))) if members else EMPTY_SET,
+            noise_set,
         )
         if pair_id is None:
             self.stats.duplicates += 1
@@ -120,26 +143,8 @@ class DiffSession:
             self.stats.errors += 1
         else:
             self.stats.compared += 1
-        rows: list[tuple[int, int, str, str, str | None]] = []
-        sampled: list[tuple[int, float]] = []
-        seen_keys: set[int] = set()
-        for diff in result.differences:
-            key_id = store.key_id(diff.path, diff.kind, diff.transition)
-            rows.append((pair_id, key_id, "candidate", diff.full_path, diff.volatile))
-            if key_id not in seen_keys:
-                seen_keys.add(key_id)
-                priority = self._offer(endpoint, key_id)
-                if priority is not None:
-                    sampled.append((key_id, priority))
-        for diff in result.noise or ():
-            if diff.volatile is None:
-                rows.append(
-                    (pair_id, store.key_id(diff.path, diff.kind, diff.transition), "secondary", diff.full_path, None)
-                )
-        if rows:
-            store.add_differences(rows)
-        if sampled:
-            self._keep(pair_id, exchange, endpoint, sampled)
+        if members and self.config.examples_per_signature > 0:
+            self._sample(pair_id, exchange, endpoint, members, full)
         self._count_write()
         return result
 
@@ -166,39 +171,55 @@ class DiffSession:
         self.templater.observe(method, path)
         store = self.store
         route_id = store.route_id(method, path, self.templater.template(method, path))
-        pair_id = store.add_pair(f"noise:{exchange.id}", exchange.started_at_ns, route_id, "noise", True)
+        noise_set = store.set_id(
+            tuple(
+                sorted(
+                    {(store.key_id(d.path, d.kind, d.transition), "") for d in result.differences if d.volatile is None}
+                )
+            )
+        )
+        pair_id = store.add_pair(
+            f"noise:{exchange.id}", exchange.started_at_ns, route_id, "noise", True, EMPTY_SET, noise_set
+        )
         if pair_id is None:
             self.stats.duplicates += 1
             return
-        rows = [
-            (pair_id, store.key_id(d.path, d.kind, d.transition), "secondary", d.full_path, None)
-            for d in result.differences
-            if d.volatile is None
-        ]
-        if rows:
-            store.add_differences(rows)
         self._count_write()
 
-    # Bottom-k per (provisional endpoint, key): the k smallest priorities are a uniform sample, and
-    # the store merges samples of endpoints that later learn to be one template the same way.
-    def _offer(self, endpoint: str, key_id: int) -> float | None:
+    # Bottom-k per (provisional endpoint, key, volatile): the k smallest priorities are a uniform
+    # sample, and the report merges samples of endpoints that later learn to be one template the
+    # same way (the k smallest of the union are among the union of each one's k smallest).
+    def _sample(
+        self,
+        pair_id: int,
+        exchange: Exchange,
+        endpoint: str,
+        members: dict[tuple[int, str], None],
+        full: list[tuple[int, str, str]],
+    ) -> None:
         k = self.config.examples_per_signature
-        if k <= 0:
-            return None
-        priority = self.rng.random()
-        kept = self._sampler.get((endpoint, key_id))
-        if kept is None or len(kept) < k or priority < kept[-1][0]:
-            return priority
-        return None
+        sampler = self._sampler
+        priority = example_priority(exchange.id)
+        entry = (priority, exchange.id, pair_id)
+        taken: list[tuple[int, str, float]] = []
+        for key_id, volatile in members:
+            kept = sampler.get((endpoint, key_id, volatile))
+            if kept is None:
+                sampler[(endpoint, key_id, volatile)] = [entry]
+            elif len(kept) < k:
+                bisect.insort(kept, entry)
+            elif entry < kept[-1]:
+                bisect.insort(kept, entry)
+                _, _, dropped = kept.pop()
+                self.store.drop_example(dropped, key_id, volatile)
+            else:
+                continue
+            taken.append((key_id, volatile, priority))
+        if taken:
+            self.store.add_example(pair_id, self._example(exchange), full, taken)
 
-    def _keep(self, pair_id: int, exchange: Exchange, endpoint: str, sampled: list[tuple[int, float]]) -> None:
-        k = self.config.examples_per_signature
-        for key_id, priority in sampled:
-            kept = self._sampler.setdefault((endpoint, key_id), [])
-            kept.append((priority, pair_id))
-            kept.sort()
-            del kept[k:]
-        self._example_exchanges[pair_id] = Exchange(
+    def _example(self, exchange: Exchange) -> Exchange:
+        return Exchange(
             id=exchange.id,
             started_at_ns=exchange.started_at_ns,
             request=_example_request(exchange.request),
@@ -209,26 +230,15 @@ class DiffSession:
                 if name is not None and (outcome := _example_outcome(exchange.outcome(name))) is not None
             },
         )
-        if len(self._example_exchanges) > 4 * k * max(1, len(self._sampler)):
-            self._drop_unsampled()
 
-    def _drop_unsampled(self) -> None:
-        # Exchanges pushed out of every sample are released, so memory follows the samples' size.
-        live = {pair_id for kept in self._sampler.values() for _, pair_id in kept}
-        self._example_exchanges = {p: ex for p, ex in self._example_exchanges.items() if p in live}
-
-    def finish(self) -> IngestStats:
-        """Write the samples, learn endpoint templates from every stored path, commit."""
+    def finish(self, *, relearn: bool = True) -> IngestStats:
+        """Release the exchanges no sample keeps, learn endpoint templates from every stored path
+        (unless ``relearn`` is false: a worker whose store is merged into another), commit."""
         store = self.store
-        by_pair: dict[int, list[tuple[int, float]]] = {}
-        for (_, key_id), kept in self._sampler.items():
-            for priority, pair_id in kept:
-                by_pair.setdefault(pair_id, []).append((key_id, priority))
-        for pair_id, keys in by_pair.items():
-            store.add_example(pair_id, self._example_exchanges[pair_id], keys)
+        store.prune_examples()
         self._sampler.clear()
-        self._example_exchanges.clear()
-        relearn_endpoints(store, self.config)
+        if relearn:
+            relearn_endpoints(store, self.config)
         store.commit()
         return self.stats
 

@@ -1,14 +1,19 @@
-"""The results store: SQLite (stdlib) holding one row per compared exchange, its differences and
-sampled examples, so reports can be rebuilt for any time window or endpoint without the tapes.
+"""The results store: SQLite (stdlib) holding one row per compared exchange, the sets of differences
+pairs showed and sampled examples, so reports can be rebuilt for any time window or endpoint without
+the tapes.
 
 Schema (documented in docs/differ.md): ``meta``, ``routes`` (method, raw path, learned endpoint),
-``pairs``, ``diff_keys`` (folded path, kind, transition), ``differences``, ``example_exchanges``,
-``examples`` and the ``signatures`` view. This module is the only one that speaks SQL; it must never
-compare responses or decide noise, and it never keeps more than one batch of rows in memory.
+``pairs`` (each pointing at its candidate's and its secondary's difference set), ``diff_keys``
+(folded path, kind, transition), ``diff_sets``, ``example_exchanges``, ``examples`` and the
+``signatures`` view. Keys and sets are named by a hash of their content, so the stores of several
+workers merge as they are. This module is the only one that speaks SQL; it must never compare
+responses or decide noise, and it never keeps more than one batch of rows (and bounded id caches)
+in memory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -25,21 +30,32 @@ from shadowtap.recorder.private import create_private, narrow_existing
 __all__ = [
     "EXAMPLE_CANDIDATE",
     "EXAMPLE_SECONDARY",
+    "EMPTY_SET",
     "SCHEMA_VERSION",
     "DiffStore",
-    "EndpointCountsRow",
+    "ExampleRow",
+    "PairGroup",
     "RunMeta",
-    "StoredDifference",
+    "SetMember",
+    "content_id",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 #: An example exchange keeps the baseline as ``primary`` and the others under these fixed names, so
 #: it reads the same whatever the run called them.
 EXAMPLE_CANDIDATE: Final = "candidate"
 EXAMPLE_SECONDARY: Final = "secondary"
-#: Row ids remembered per cache (routes, diff keys). Paths full of ids make one route per request;
-#: past this the cache starts over and SQLite's unique index answers, so memory stays flat.
+#: Row ids remembered per cache (routes, diff keys, difference sets). Paths full of ids make one
+#: route per request; past this the cache starts over and SQLite's unique index answers, so memory
+#: stays flat.
 _ID_CACHE_SIZE: Final = 65_536
+#: The set of no differences: a pair that differs in nothing (or only noise) points here.
+EMPTY_SET: Final = 0
+#: Full paths kept per example pair (to highlight): a pair differing at every element of a huge
+#: array shows the first ones, and the signature's count says how many pairs there were.
+_EXAMPLE_PATHS_MAX: Final = 200
+#: Pages SQLite may cache (negative: KiB): the store's memory stays this, whatever the tape.
+_CACHE_KIB: Final = 16_384
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,53 +67,63 @@ CREATE TABLE IF NOT EXISTS routes (
     UNIQUE (method, path)
 );
 CREATE INDEX IF NOT EXISTS routes_endpoint ON routes (endpoint);
+CREATE TABLE IF NOT EXISTS diff_keys (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    transition TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS diff_sets (
+    id INTEGER PRIMARY KEY,
+    members TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pairs (
     id INTEGER PRIMARY KEY,
     exchange_id TEXT NOT NULL UNIQUE,
     started_at_ns INTEGER NOT NULL,
     route_id INTEGER NOT NULL REFERENCES routes (id),
     status TEXT NOT NULL CHECK (status IN ('compared', 'error', 'noise')),
-    has_secondary INTEGER NOT NULL
+    has_secondary INTEGER NOT NULL,
+    diff_set INTEGER NOT NULL REFERENCES diff_sets (id),
+    noise_set INTEGER NOT NULL REFERENCES diff_sets (id)
 );
 CREATE INDEX IF NOT EXISTS pairs_time ON pairs (started_at_ns);
 CREATE INDEX IF NOT EXISTS pairs_route ON pairs (route_id);
-CREATE TABLE IF NOT EXISTS diff_keys (
-    id INTEGER PRIMARY KEY,
-    path TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    transition TEXT NOT NULL,
-    UNIQUE (path, kind, transition)
-);
-CREATE TABLE IF NOT EXISTS differences (
-    pair_id INTEGER NOT NULL REFERENCES pairs (id),
-    key_id INTEGER NOT NULL REFERENCES diff_keys (id),
-    side TEXT NOT NULL CHECK (side IN ('candidate', 'secondary')),
-    full_path TEXT NOT NULL,
-    volatile TEXT
-);
-CREATE INDEX IF NOT EXISTS differences_pair ON differences (pair_id);
 CREATE TABLE IF NOT EXISTS example_exchanges (
     pair_id INTEGER PRIMARY KEY REFERENCES pairs (id),
-    exchange BLOB NOT NULL
+    exchange BLOB NOT NULL,
+    differences TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS examples (
     pair_id INTEGER NOT NULL REFERENCES example_exchanges (pair_id),
     key_id INTEGER NOT NULL REFERENCES diff_keys (id),
+    volatile TEXT NOT NULL,
     priority REAL NOT NULL,
-    PRIMARY KEY (pair_id, key_id)
+    PRIMARY KEY (pair_id, key_id, volatile)
 );
-CREATE INDEX IF NOT EXISTS examples_key ON examples (key_id, priority);
 CREATE VIEW IF NOT EXISTS signatures AS
-    SELECT r.endpoint, k.path, k.kind, k.transition, d.volatile,
-           count(DISTINCT d.pair_id) AS pairs,
+    SELECT r.endpoint, k.path, k.kind, k.transition, nullif(json_extract(m.value, '$[1]'), '') AS volatile,
+           count(*) AS pairs,
            min(p.started_at_ns) AS first_seen_ns, max(p.started_at_ns) AS last_seen_ns
-    FROM differences d
-    JOIN pairs p ON p.id = d.pair_id
+    FROM pairs p
     JOIN routes r ON r.id = p.route_id
-    JOIN diff_keys k ON k.id = d.key_id
-    WHERE d.side = 'candidate'
-    GROUP BY r.endpoint, k.path, k.kind, k.transition, d.volatile;
+    JOIN diff_sets s ON s.id = p.diff_set
+    JOIN json_each(s.members) m
+    JOIN diff_keys k ON k.id = json_extract(m.value, '$[0]')
+    WHERE p.diff_set != 0
+    GROUP BY r.endpoint, k.path, k.kind, k.transition, volatile;
 """
+
+
+def content_id(*parts: str) -> int:
+    """A 63-bit id that is a hash of ``parts``: the same key or set has the same id in every store,
+    so stores written by several workers merge without renumbering."""
+    digest = hashlib.blake2b("\x00".join(parts).encode("utf-8"), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 1) or 1
+
+
+#: One member of a difference set: (key id, volatile reason or "" for none).
+SetMember = tuple[int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,29 +137,25 @@ class RunMeta:
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointCountsRow:
+class PairGroup:
+    """Pairs of one endpoint that showed the same differences: ``count`` of them, first and last start."""
+
     endpoint: str
-    pairs: int
-    compared: int
-    errors: int
-    secondary: int
+    status: str
+    has_secondary: bool
+    diff_set: int
+    noise_set: int
+    count: int
     first_ns: int
     last_ns: int
 
 
 @dataclass(frozen=True, slots=True)
-class StoredDifference:
-    pair_id: int
+class ExampleRow:
     endpoint: str
-    started_at_ns: int
-    pair_status: str
     key_id: int
-    path: str
-    kind: str
-    transition: str
-    side: str
-    full_path: str
     volatile: str | None
+    pair_id: int
 
 
 def _make_private(path: str) -> None:
@@ -151,7 +173,12 @@ def _make_private(path: str) -> None:
 
 
 class DiffStore:
-    """One SQLite database of diff results. Writes are batched into transactions by the caller."""
+    """One SQLite database of diff results. Writes are batched into transactions by the caller.
+
+    A pair is one row pointing at two difference sets (what the candidate showed, what the secondary
+    showed): sets repeat across pairs, so a difference is stored once per distinct set, not per pair,
+    and noise is counted through the pairs that point at it.
+    """
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = str(path)
@@ -161,31 +188,41 @@ class DiffStore:
             _make_private(self.path)
         try:
             self._db = sqlite3.connect(self.path)
-            if (
-                not create
-                and not self._db.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-                ).fetchone()
-            ):
+            has_meta = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+            if not create and not has_meta:
                 # Reading must never add our tables to somebody else's database.
                 self._db.close()
                 raise InputFormatError("not a shadowtap results database (no meta table)", path=self.path)
+            if has_meta:
+                self._check_version()
+            self._db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             self._db.executescript(_SCHEMA)
-            self._check_version()
+            if not has_meta:
+                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self._db.commit()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise InputFormatError(f"not a shadowtap results database: {exc}", path=self.path) from exc
+        except InputFormatError:
+            self._db.close()
+            raise
         self._route_ids: dict[tuple[str, str], int] = {}
         self._key_ids: dict[tuple[str, str, str], int] = {}
+        self._set_ids: dict[tuple[SetMember, ...] | tuple[int, ...], int] = {}
+        self._members: dict[int, tuple[SetMember, ...]] = {}
 
     def _check_version(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            self._db.commit()
-        elif int(row[0]) != SCHEMA_VERSION:
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            found = "no" if row is None else row[0]
+            hint = (
+                "; it was written by an older shadowtap: run `shadowtap diff` on the tapes again into a new --db"
+                if row is not None and int(row[0]) < SCHEMA_VERSION
+                else ""
+            )
             raise InputFormatError(
-                f"results database schema version {row[0]}, this shadowtap reads {SCHEMA_VERSION}", path=self.path
+                f"results database schema version {found}, this shadowtap reads {SCHEMA_VERSION}{hint}",
+                path=self.path,
             )
 
     def close(self) -> None:
@@ -251,45 +288,111 @@ class DiffStore:
         found = self._key_ids.get(key)
         if found is not None:
             return found
-        self._db.execute("INSERT OR IGNORE INTO diff_keys (path, kind, transition) VALUES (?, ?, ?)", key)
-        key_id: int = self._db.execute(
-            "SELECT id FROM diff_keys WHERE path = ? AND kind = ? AND transition = ?", key
-        ).fetchone()[0]
+        key_id = content_id(*key)
+        self._db.execute("INSERT OR IGNORE INTO diff_keys VALUES (?, ?, ?, ?)", (key_id, *key))
         if len(self._key_ids) >= _ID_CACHE_SIZE:
             self._key_ids.clear()
         self._key_ids[key] = key_id
         return key_id
 
+    def set_id(self, members: tuple[SetMember, ...]) -> int:
+        """The id of a difference set, members sorted and distinct; ``EMPTY_SET`` for none."""
+        if not members:
+            return EMPTY_SET
+        found = self._set_ids.get(members)
+        if found is not None:
+            return found
+        text = json.dumps(members, separators=(",", ":"))
+        set_id = content_id("set", text)
+        self._db.execute("INSERT OR IGNORE INTO diff_sets VALUES (?, ?)", (set_id, text))
+        if len(self._set_ids) >= _ID_CACHE_SIZE:
+            self._set_ids.clear()
+        self._set_ids[members] = set_id
+        return set_id
+
     def add_pair(
-        self, exchange_id: str, started_at_ns: int, route_id: int, status: str, has_secondary: bool
+        self,
+        exchange_id: str,
+        started_at_ns: int,
+        route_id: int,
+        status: str,
+        has_secondary: bool,
+        diff_set: int = EMPTY_SET,
+        noise_set: int = EMPTY_SET,
     ) -> int | None:
         """Insert one pair; ``None`` when this exchange is already in the store (a tape read twice)."""
         cursor = self._db.execute(
-            "INSERT OR IGNORE INTO pairs (exchange_id, started_at_ns, route_id, status, has_secondary)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (exchange_id, started_at_ns, route_id, status, int(has_secondary)),
+            "INSERT OR IGNORE INTO pairs (exchange_id, started_at_ns, route_id, status, has_secondary, diff_set,"
+            " noise_set) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (exchange_id, started_at_ns, route_id, status, int(has_secondary), diff_set, noise_set),
         )
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
-    def add_differences(self, rows: Sequence[tuple[int, int, str, str, str | None]]) -> None:
-        """Rows of (pair_id, key_id, side, full_path, volatile)."""
-        self._db.executemany("INSERT INTO differences VALUES (?, ?, ?, ?, ?)", rows)
-
-    def add_example(self, pair_id: int, exchange: Exchange, keys: Sequence[tuple[int, float]]) -> None:
+    def add_example(
+        self,
+        pair_id: int,
+        exchange: Exchange,
+        differences: Sequence[tuple[int, str, str]],
+        keys: Sequence[tuple[int, str, float]],
+    ) -> None:
+        """Keep ``exchange`` as the example of its pair for ``keys`` ((key id, volatile or "",
+        priority)); ``differences`` are the pair's (key id, full path, volatile or "")."""
         blob = msgpack.packb(exchange_to_wire(exchange), use_bin_type=True)
-        self._db.execute("INSERT OR REPLACE INTO example_exchanges VALUES (?, ?)", (pair_id, blob))
+        paths = json.dumps(list(differences[:_EXAMPLE_PATHS_MAX]), separators=(",", ":"))
+        self._db.execute("INSERT OR REPLACE INTO example_exchanges VALUES (?, ?, ?)", (pair_id, blob, paths))
         self._db.executemany(
-            "INSERT OR REPLACE INTO examples VALUES (?, ?, ?)", [(pair_id, key_id, p) for key_id, p in keys]
+            "INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?)", [(pair_id, k, v, p) for k, v, p in keys]
         )
 
+    def drop_example(self, pair_id: int, key_id: int, volatile: str) -> None:
+        """A pair pushed out of one sample; its exchange goes at ``prune_examples`` when no sample keeps it."""
+        self._db.execute(
+            "DELETE FROM examples WHERE pair_id = ? AND key_id = ? AND volatile = ?", (pair_id, key_id, volatile)
+        )
+
+    def prune_examples(self) -> None:
+        self._db.execute("DELETE FROM example_exchanges WHERE pair_id NOT IN (SELECT DISTINCT pair_id FROM examples)")
+
     def routes(self) -> Iterator[tuple[int, str, str, str]]:
-        """(id, method, path, endpoint) of every stored route, streamed."""
-        yield from self._db.execute("SELECT id, method, path, endpoint FROM routes ORDER BY id")
+        """(id, method, path, endpoint) of every stored route, streamed in (method, path) order."""
+        yield from self._db.execute("SELECT id, method, path, endpoint FROM routes ORDER BY method, path")
 
     def set_endpoints(self, updates: Sequence[tuple[str, int]]) -> None:
         """Rows of (endpoint, route_id): the learned templates, applied once all paths are known."""
         self._db.executemany("UPDATE routes SET endpoint = ? WHERE id = ?", updates)
         self._db.commit()
+
+    def merge_from(self, path: str) -> None:
+        """Add everything of another store of the same run (a worker's): routes by (method, path),
+        pairs by exchange id, and keys and sets as they are (their ids are their content)."""
+        self._db.commit()
+        self._db.execute("ATTACH DATABASE ? AS part", (path,))
+        try:
+            db = self._db
+            db.execute("INSERT OR IGNORE INTO diff_keys SELECT * FROM part.diff_keys")
+            db.execute("INSERT OR IGNORE INTO diff_sets SELECT * FROM part.diff_sets")
+            db.execute(
+                "INSERT OR IGNORE INTO routes (method, path, endpoint) SELECT method, path, endpoint FROM part.routes"
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO pairs (exchange_id, started_at_ns, route_id, status, has_secondary, diff_set,"
+                " noise_set) SELECT p.exchange_id, p.started_at_ns, r.id, p.status, p.has_secondary, p.diff_set,"
+                " p.noise_set FROM part.pairs p JOIN part.routes pr ON pr.id = p.route_id"
+                " JOIN main.routes r ON r.method = pr.method AND r.path = pr.path ORDER BY p.id"
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO example_exchanges SELECT mp.id, e.exchange, e.differences"
+                " FROM part.example_exchanges e JOIN part.pairs pp ON pp.id = e.pair_id"
+                " JOIN main.pairs mp ON mp.exchange_id = pp.exchange_id"
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO examples SELECT mp.id, e.key_id, e.volatile, e.priority"
+                " FROM part.examples e JOIN part.pairs pp ON pp.id = e.pair_id"
+                " JOIN main.pairs mp ON mp.exchange_id = pp.exchange_id"
+            )
+            db.commit()
+        finally:
+            self._db.execute("DETACH DATABASE part")
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -308,57 +411,71 @@ class DiffStore:
             params.append(endpoint)
         return (" AND ".join(clauses) or "1"), params
 
-    def endpoint_counts(
-        self, since_ns: int | None, until_ns: int | None, endpoint: str | None
-    ) -> list[EndpointCountsRow]:
-        """Per endpoint: pairs, compared, errors, pairs with a secondary answer (compared pairs with
-        one, plus noise-only pairs from a noise tape), first and last start of the real pairs.
-        Endpoints seen only in a noise tape are left out."""
-        where, params = self._window(since_ns, until_ns, endpoint)
-        rows = self._db.execute(
-            "SELECT r.endpoint, sum(p.status != 'noise'), sum(p.status = 'compared'), sum(p.status = 'error'),"
-            " sum(p.status != 'error' AND p.has_secondary),"
-            " min(CASE WHEN p.status != 'noise' THEN p.started_at_ns END),"
-            " max(CASE WHEN p.status != 'noise' THEN p.started_at_ns END)"
-            f" FROM pairs p JOIN routes r ON r.id = p.route_id WHERE {where} GROUP BY r.endpoint"
-            " HAVING sum(p.status != 'noise') > 0",
-            params,
-        ).fetchall()
-        return [EndpointCountsRow(*row) for row in rows]
-
-    def differences(
-        self, since_ns: int | None, until_ns: int | None, endpoint: str | None
-    ) -> Iterator[StoredDifference]:
-        """Every stored difference in the window, grouped by pair (ordered by pair id), streamed."""
+    def pair_groups(self, since_ns: int | None, until_ns: int | None, endpoint: str | None) -> Iterator[PairGroup]:
+        """The pairs in the window grouped by endpoint, status, secondary and both difference sets,
+        streamed: one row per distinct kind of pair, whatever the number of pairs."""
         where, params = self._window(since_ns, until_ns, endpoint)
         for row in self._db.execute(
-            "SELECT d.pair_id, r.endpoint, p.started_at_ns, p.status, d.key_id, k.path, k.kind, k.transition,"
-            " d.side, d.full_path, d.volatile"
-            " FROM differences d JOIN pairs p ON p.id = d.pair_id JOIN routes r ON r.id = p.route_id"
-            f" JOIN diff_keys k ON k.id = d.key_id WHERE {where} ORDER BY d.pair_id",
+            "SELECT r.endpoint, p.status, p.has_secondary, p.diff_set, p.noise_set, count(*),"
+            " min(p.started_at_ns), max(p.started_at_ns)"
+            f" FROM pairs p JOIN routes r ON r.id = p.route_id WHERE {where}"
+            " GROUP BY r.endpoint, p.status, p.has_secondary, p.diff_set, p.noise_set",
             params,
         ):
-            yield StoredDifference(*row)
+            yield PairGroup(row[0], row[1], bool(row[2]), *row[3:])
+
+    def members(self, set_id: int) -> tuple[SetMember, ...]:
+        """The (key id, volatile or "") members of one difference set."""
+        if set_id == EMPTY_SET:
+            return ()
+        found = self._members.get(set_id)
+        if found is None:
+            row = self._db.execute("SELECT members FROM diff_sets WHERE id = ?", (set_id,)).fetchone()
+            if row is None:
+                raise InputFormatError(f"difference set {set_id} is missing", path=self.path)
+            found = tuple((int(key), str(volatile)) for key, volatile in json.loads(row[0]))
+            if len(self._members) >= _ID_CACHE_SIZE:
+                self._members.clear()
+            self._members[set_id] = found
+        return found
+
+    def diff_key(self, key_id: int) -> tuple[str, str, str]:
+        """(folded path, kind, transition) of one key."""
+        row = self._db.execute("SELECT path, kind, transition FROM diff_keys WHERE id = ?", (key_id,)).fetchone()
+        if row is None:
+            raise InputFormatError(f"difference key {key_id} is missing", path=self.path)
+        return row[0], row[1], row[2]
+
+    def examples_in(self, since_ns: int | None, until_ns: int | None, endpoint: str | None) -> Iterator[ExampleRow]:
+        """Every sampled (endpoint, key, volatile, pair) in the window, ordered by signature then
+        priority (then exchange id), streamed: the first ``k`` of a signature are a uniform sample of it."""
+        where, params = self._window(since_ns, until_ns, endpoint)
+        for row in self._db.execute(
+            "SELECT r.endpoint, e.key_id, e.volatile, e.pair_id FROM examples e JOIN pairs p ON p.id = e.pair_id"
+            f" JOIN routes r ON r.id = p.route_id WHERE {where}"
+            " ORDER BY r.endpoint, e.key_id, e.volatile, e.priority, p.exchange_id",
+            params,
+        ):
+            yield ExampleRow(row[0], row[1], row[2] or None, row[3])
 
     def example_pairs(
         self, endpoint: str, key_id: int, limit: int, since_ns: int | None, until_ns: int | None
     ) -> list[int]:
-        """The sampled pairs showing ``key_id`` at ``endpoint``: the ``limit`` smallest priorities,
-        which is a uniform sample of the union of the samples taken during ingestion."""
+        """The sampled pairs showing ``key_id`` at ``endpoint``: the ``limit`` smallest priorities."""
         where, params = self._window(since_ns, until_ns, endpoint)
         rows = self._db.execute(
             "SELECT e.pair_id FROM examples e JOIN pairs p ON p.id = e.pair_id JOIN routes r ON r.id = p.route_id"
-            f" WHERE e.key_id = ? AND {where} ORDER BY e.priority LIMIT ?",
+            f" WHERE e.key_id = ? AND {where} ORDER BY e.priority, p.exchange_id LIMIT ?",
             [key_id, *params, limit],
         ).fetchall()
         return [row[0] for row in rows]
 
-    def pair_differences(self, pair_id: int) -> list[tuple[int, str, str | None]]:
-        """(key_id, full_path, volatile) of one pair's candidate-side differences."""
-        return self._db.execute(
-            "SELECT key_id, full_path, volatile FROM differences WHERE pair_id = ? AND side = 'candidate'",
-            (pair_id,),
-        ).fetchall()
+    def example_differences(self, pair_id: int) -> list[tuple[int, str, str | None]]:
+        """(key id, full path, volatile) of one example pair's candidate-side differences."""
+        row = self._db.execute("SELECT differences FROM example_exchanges WHERE pair_id = ?", (pair_id,)).fetchone()
+        if row is None:
+            raise InputFormatError(f"example for pair {pair_id} is missing", path=self.path)
+        return [(int(key), str(path), volatile or None) for key, path, volatile in json.loads(row[0])]
 
     def example_exchange(self, pair_id: int) -> Exchange:
         row = self._db.execute("SELECT exchange FROM example_exchanges WHERE pair_id = ?", (pair_id,)).fetchone()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -205,7 +206,10 @@ def run(args: argparse.Namespace) -> int:
     del peek
     noise_reader = TapeReader(args.noise_tape, salvage=args.salvage) if args.noise_tape else None
     sources = (*(str(t) for t in args.tape), *(f"noise:{t}" for t in args.noise_tape))
-    store = DiffStore(":memory:" if args.db is None else args.db)
+    # Without --db the store is a temporary file, not memory: its pages stay on disk, so memory
+    # does not grow with the tape.
+    scratch = tempfile.TemporaryDirectory(prefix="shadowtap-diff-") if args.db is None else None
+    store = DiffStore(args.db if scratch is None else Path(scratch.name) / "diff.sqlite")
     try:
         session = DiffSession(store, config, RunMeta(args.primary, candidate, secondary, sources))
         with ReadProgress("diff", reader.segment_sizes(), enabled=not args.no_progress) as progress:
@@ -243,4 +247,6 @@ def run(args: argparse.Namespace) -> int:
         report = build_report(store, config, fail_on=args.fail_on, min_samples=args.min_samples)
     finally:
         store.close()
+        if scratch is not None:
+            scratch.cleanup()
     return emit(report, args)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ def ingest(db: Path, count: int, *, planted: bool = True, secondary: str | None 
         store,
         config_from_mapping(CONFIG),
         RunMeta("primary", CANDIDATE, secondary, ("generated",)),
-        rng=random.Random(1),
     )
     for exchange in traffic(count, planted=planted):
         session.add(exchange)
@@ -114,7 +112,7 @@ def test_high_cardinality_segments_are_learned_as_ids(planted_store: DiffStore) 
 def test_user_routes_take_precedence(tmp_path: Path) -> None:
     config = config_from_mapping({"diff": {**CONFIG["diff"], "routes": ["GET /page/{slug}", "/users/{user}"]}})
     store = DiffStore(tmp_path / "r.db")
-    session = DiffSession(store, config, RunMeta("primary", CANDIDATE, SECONDARY, ()), rng=random.Random(1))
+    session = DiffSession(store, config, RunMeta("primary", CANDIDATE, SECONDARY, ()))
     for exchange in traffic(500):
         session.add(exchange)
     session.finish()
@@ -197,7 +195,7 @@ def test_diffy_rule(candidate: float, noise: float | None, is_noise: bool) -> No
 def test_noise_learned_from_a_replay_of_the_baseline(tmp_path: Path) -> None:
     store = DiffStore(tmp_path / "r.db")
     config = config_from_mapping(CONFIG)
-    session = DiffSession(store, config, RunMeta("primary", CANDIDATE, None, ("generated",)), rng=random.Random(1))
+    session = DiffSession(store, config, RunMeta("primary", CANDIDATE, None, ("generated",)))
     exchanges = list(traffic(3000))
     for exchange in exchanges:
         session.add(Exchange(exchange.id, exchange.started_at_ns, exchange.request, exchange.primary,
@@ -224,7 +222,7 @@ def _structural_run(db: Path, secondary_shape: Callable[[int], dict[str, Any]] |
     store = DiffStore(db)
     config = config_from_mapping({})
     secondary = None if secondary_shape is None else "secondary"
-    session = DiffSession(store, config, RunMeta("primary", "v2", secondary, ()), rng=random.Random(1))
+    session = DiffSession(store, config, RunMeta("primary", "v2", secondary, ()))
 
     def answer(doc: dict[str, Any]) -> Response:
         return Response(200, "OK", ((b"Content-Type", b"application/json"),), json.dumps(doc).encode())

@@ -145,3 +145,26 @@ def test_arbitrary_bytes_never_raise_and_stay_symmetric(
     assert all(
         d.kind in {"status", "header", "type", "value", "removed", "added", "length", "text", "binary"} for d in forward
     )
+
+
+def test_maps_keyed_by_ids_fold_their_keys_in_signatures_not_in_examples() -> None:
+    comparator = Comparator(CompareOptions())
+    rooms_a = {f"room-{i}": {"free": True} for i in range(20)}
+    rooms_b = {f"room-{i}": {"free": i % 2 == 0} for i in range(20)}
+    a = {"users": {"u123": {"name": "a"}, "u456": {"name": "b"}}, "rooms": rooms_a, "sha256": "x", "v2": 1}
+    b = {"users": {"u123": {"name": "z"}, "u789": {"name": "b"}}, "rooms": rooms_b, "sha256": "y", "v2": 2}
+    diffs = comparator.compare(as_response(a, []), as_response(b, []))
+    assert {(d.path, d.kind) for d in diffs} == {
+        ("body.users.{key}.name", "value"),
+        ("body.users.{key}", "removed"),
+        ("body.users.{key}", "added"),
+        ("body.rooms.{key}.free", "value"),  # 20 keys of one shape: a map, whatever each key looks like
+        ("body.sha256", "value"),  # a word with digits stays a field
+        ("body.v2", "value"),
+    }
+    assert {d.full_path for d in diffs if d.kind != "value" or "users" in d.path} == {
+        "body.users.u123.name",
+        "body.users.u456",
+        "body.users.u789",
+    }
+    assert len([d for d in diffs if d.path == "body.rooms.{key}.free"]) == 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shadowtap.differ.paths import compile_glob, folded_path, full_path
+from shadowtap.differ.paths import IdKey, compile_glob, folded_path, full_path
 
 
 def test_spelling() -> None:
@@ -35,3 +35,10 @@ def test_spelling() -> None:
 )
 def test_globs(glob: str, path: str, matches: bool) -> None:
     assert (compile_glob(glob).match(path) is not None) is matches
+
+
+def test_keys_that_are_ids_fold_in_the_folded_path_only() -> None:
+    steps: list[str | int] = ["users", IdKey("u123"), "name"]
+    assert folded_path("body", steps) == "body.users.{key}.name"
+    assert full_path("body", steps) == "body.users.u123.name"
+    assert compile_glob("body.users.*.name").match(folded_path("body", steps))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import random
+import dataclasses
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -25,7 +25,7 @@ def pair(i: int, candidate: Response | Failure, path: str = "") -> Exchange:
 
 def test_stats_and_samples(tmp_path: Path) -> None:
     store = DiffStore(tmp_path / "r.db")
-    session = DiffSession(store, DifferConfig(examples_per_signature=2), META, rng=random.Random(5))
+    session = DiffSession(store, DifferConfig(examples_per_signature=2), META)
     for i in range(300):
         session.add(pair(i, Response(200, "", (), b'{"n": 2, "s": "b"}')))
     session.add(pair(0, Response(200, "", (), b"{}")))  # the same exchange id again
@@ -45,15 +45,18 @@ def test_stats_and_samples(tmp_path: Path) -> None:
 
 def test_samples_are_uniform_over_the_run(tmp_path: Path) -> None:
     picked: list[int] = []
-    for seed in range(40):
+    for run in range(40):
         store = DiffStore(":memory:")
-        session = DiffSession(store, DifferConfig(examples_per_signature=1), META, rng=random.Random(seed))
+        session = DiffSession(store, DifferConfig(examples_per_signature=1), META)
         for i in range(20):
-            session.add(pair(i, Response(200, "", (), b'{"n": 2, "s": "a"}'), path="/same"))
+            exchange = pair(i, Response(200, "", (), b'{"n": 2, "s": "a"}'), path="/same")
+            session.add(dataclasses.replace(exchange, id=f"run{run}-{i}"))
         session.finish()
-        [exchange] = [store.example_exchange(p) for p in store.example_pairs("GET /same", 1, 1, None, None)]
-        picked.append(int(exchange.id[1:]))
-    # Bottom-k keeps the smallest priorities: every position can win, not just the first ones.
+        key = store.key_id("body.n", "value", "int->int")
+        [exchange] = [store.example_exchange(p) for p in store.example_pairs("GET /same", key, 1, None, None)]
+        picked.append(int(exchange.id.rpartition("-")[2]))
+    # Bottom-k keeps the smallest priorities (a hash of the exchange id): every position can win,
+    # not just the first ones.
     assert len(set(picked)) > 8 and max(picked) >= 10
 
 
@@ -71,7 +74,7 @@ def test_relearn_applies_new_routes(tmp_path: Path) -> None:
 def test_examples_keep_no_credential_header_the_tape_redacts(tmp_path: Path) -> None:
     # The results store blanks the tape's own list of credential headers, X-Auth-Token included.
     store = DiffStore(":memory:")
-    session = DiffSession(store, DifferConfig(examples_per_signature=1), META, rng=random.Random(1))
+    session = DiffSession(store, DifferConfig(examples_per_signature=1), META)
     headers = ((b"X-Auth-Token", b"tok-123"), (b"Authorization", b"Bearer abc"), (b"Accept", b"*/*"))
     exchange = Exchange(
         id="e1",
@@ -82,7 +85,8 @@ def test_examples_keep_no_credential_header_the_tape_redacts(tmp_path: Path) -> 
     )
     session.add(exchange)
     session.finish()
-    [stored] = [store.example_exchange(p) for p in store.example_pairs("GET /secret", 1, 1, None, None)]
+    key = store.key_id("body.n", "value", "int->int")
+    [stored] = [store.example_exchange(p) for p in store.example_pairs("GET /secret", key, 1, None, None)]
     assert stored.request.headers == ((b"X-Auth-Token", b"[redacted]"), (b"Authorization", b"[redacted]"),
                                       (b"Accept", b"*/*"))  # fmt: skip
     assert isinstance(stored.primary, Response)

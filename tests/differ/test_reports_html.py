@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import html
 import json
-import random
 import re
 from html.parser import HTMLParser
 from typing import Any
@@ -257,7 +256,7 @@ def many_pairs_report(endpoints: int = 20, pairs_per_endpoint: int = 15) -> Diff
     fails the default gate), every fifth from the second answers a third of its pairs with a 500.
     """
     store = DiffStore(":memory:")
-    session = DiffSession(store, DifferConfig(), RunMeta("primary", "v2", None, ()), rng=random.Random(1))
+    session = DiffSession(store, DifferConfig(), RunMeta("primary", "v2", None, ()))
 
     def response(i: int, status: int, doc: dict[str, Any]) -> Response:
         body = json.dumps(doc).encode()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +167,7 @@ def test_the_secondary_is_compared_with_its_own_delta() -> None:
 def test_the_report_counts_rewrites_like_other_noise_and_the_gate_passes(tmp_path: Path) -> None:
     store = DiffStore(tmp_path / "r.db")
     config = config_from_mapping({})
-    session = DiffSession(store, config, RunMeta("primary", "v2", None, ("t",)), rng=random.Random(1))
+    session = DiffSession(store, config, RunMeta("primary", "v2", None, ("t",)))
     for i in range(20):
         ex = exchange(SHADOW_ANSWER)
         session.add(Exchange(ex.id + str(i), ex.started_at_ns + i, ex.request, ex.primary, ex.shadows,

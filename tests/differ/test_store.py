@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -49,7 +48,7 @@ def test_refuses_other_files_and_versions(tmp_path: Path) -> None:
 
 def test_examples_are_capped_and_redacted(tmp_path: Path) -> None:
     store = DiffStore(tmp_path / "r.db")
-    session = DiffSession(store, DifferConfig(), META, rng=random.Random(3))
+    session = DiffSession(store, DifferConfig(), META)
     big = b"x" * (EXAMPLE_BODY_LIMIT_BYTES + 10)
     session.add(
         Exchange(
@@ -73,7 +72,7 @@ def test_examples_are_capped_and_redacted(tmp_path: Path) -> None:
 
 def test_signatures_view(tmp_path: Path) -> None:
     store = DiffStore(tmp_path / "r.db")
-    session = DiffSession(store, DifferConfig(), META, rng=random.Random(3))
+    session = DiffSession(store, DifferConfig(), META)
     for i in range(30):
         session.add(
             Exchange(
@@ -116,3 +115,38 @@ def test_an_uncreatable_store_is_one_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot create results database") as info:
         DiffStore(tmp_path / "missing-dir" / "r.db")
     assert info.value.path == str(tmp_path / "missing-dir" / "r.db")
+
+
+def test_a_store_of_an_older_schema_is_refused_untouched_with_its_version(tmp_path: Path) -> None:
+    with closing(sqlite3.connect(tmp_path / "old.db")) as db, db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        db.execute("CREATE TABLE differences (pair_id INTEGER)")
+    with pytest.raises(InputFormatError, match=r"schema version 1, this shadowtap reads 2; .*shadowtap diff"):
+        DiffStore(tmp_path / "old.db", create=False)
+    with closing(sqlite3.connect(tmp_path / "old.db")) as db:
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
+    assert names == {"meta", "differences"}
+
+
+def test_noise_is_counted_through_sets_not_stored_per_pair(tmp_path: Path) -> None:
+    store = DiffStore(tmp_path / "r.db")
+    session = DiffSession(store, DifferConfig(), RunMeta("primary", "v2", "secondary", ()))
+    for i in range(200):
+        noisy = Response(200, "", (), b'{"n": 1, "t": %d}' % i)
+        session.add(
+            Exchange(
+                id=str(i),
+                started_at_ns=i,
+                request=Request("GET", f"/items/{i}"),
+                primary=Response(200, "", (), b'{"n": 1, "t": 0}'),
+                shadows={"v2": Response(200, "", (), b'{"n": 2, "t": 0}'), "secondary": noisy},
+            )
+        )
+    session.finish()
+    store.close()
+    with closing(sqlite3.connect(tmp_path / "r.db")) as db:
+        assert db.execute("SELECT count(*) FROM pairs").fetchone() == (200,)
+        # One candidate set (body.n), one noise set (body.t) and nothing per pair beyond the pair row.
+        assert db.execute("SELECT count(*) FROM diff_sets").fetchone() == (2,)
+        assert db.execute("SELECT count(DISTINCT noise_set) FROM pairs WHERE noise_set != 0").fetchone() == (1,)
