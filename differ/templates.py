@@ -1,33 +1,92 @@
 """Endpoint templates: ``GET /users/123`` becomes ``GET /users/{id}``, so counts group by endpoint.
 
-User route patterns from the config win (first match). Otherwise a segment is an id when its shape
-says so (digits, UUID, hex, long random tokens) or when, under the same templated prefix, more than
-``max_literal_children`` distinct values were seen at that position. This module must never look at
-responses; it learns from request paths only, and its memory is bounded per position.
+The one template learner of shadowtap: the differ groups signatures with it, the replayer keys its
+latency stats with it and the proxy may label metrics with it (so this module imports nothing but
+the standard library and the error type). It learns from request paths only and must never look at
+responses; every structure it keeps is bounded, whatever the number of distinct paths.
+
+How a path is templated, segment by segment:
+
+- user route patterns from the config win (first match);
+- gRPC method paths (``/package.Service/Method``) stay literal;
+- a segment shaped like an identifier is ``{id}``: digits, UUIDs, hex hashes, dates
+  (``2026-12-05``, ``20261205``), long random tokens;
+- otherwise the position (method, templated prefix) decides. It counts its literal values and folds
+  into a parameter when they are *many and sparse*, a long tail that keeps growing with the
+  traffic: at checkpoints (32, 64, 128 ... observations) it has at least ``min_distinct`` distinct
+  values (id-shaped ones count as new) and their number grew by at least 70 % while the traffic
+  doubled, at two checkpoints in a row; or more than ``max_values`` new values keep arriving after
+  its count is full. Values repeated again and again saturate long before: a position with 22 real
+  resources, each hit many times, never folds however many siblings it has. When a position folds,
+  the values hit far more often than its typical one (at least ``keep_min_hits`` and four times the
+  median, the busiest ``max_kept``) stay apart: ``/files/recent`` beside ``/files/{id}``.
+
+Learning is monotone: a position, once a parameter, stays one, so a template only ever gets more
+general, and re-templating an earlier template (``retemplate``) gives the current one; stats started
+under a raw path merge into its template when it folds (``generation`` says when to look).
+
+Bounded: at most ``max_positions`` positions, ``max_values`` counted values each; at most
+``max_templates`` templates per method, past which paths go to ``METHOD {overflow}``, whose number
+of distinct paths is counted exactly up to 1,024 and estimated beyond (k minimum values).
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import re
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from shadowtap.recorder.errors import ConfigError
 
-__all__ = ["ID", "EndpointTemplater", "segment_is_id"]
+__all__ = [
+    "ID",
+    "OVERFLOW",
+    "DistinctCounter",
+    "EndpointTemplater",
+    "segment_is_id",
+    "shape_template",
+]
 
 ID: Final = "{id}"
+#: The path of the bucket that holds every path past the template cap (``GET {overflow}``).
+OVERFLOW: Final = "{overflow}"
 
-_DIGITS: Final = re.compile(r"\d+\Z")
-_UUID: Final = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\Z")
-_HEX: Final = re.compile(r"(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\Z")
-_TOKEN: Final = re.compile(r"(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[\w-]{16,}\Z")
+_ID_SHAPE: Final = re.compile(
+    r"(?:"
+    r"\d+"  # numbers, compact dates (20261205)
+    r"|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"  # UUIDs
+    r"|(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}"  # hex hashes and ids
+    r"|(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[\w-]{16,}"  # long random tokens
+    r"|\d{4}-\d{2}-\d{2}(?:[T_ ]?\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"  # dates
+    r"|\{[^{}/]*\}"  # a placeholder: the segment of an earlier template
+    r")\Z"
+)
 _PLACEHOLDER: Final = re.compile(r"\{[^{}/]*\}\Z")
+_GRPC_METHOD: Final = re.compile(r"/[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+/[A-Za-z_]\w*\Z")
 
 
 def segment_is_id(segment: str) -> bool:
     """Whether one path segment looks like an identifier by its shape alone."""
-    return bool(_DIGITS.match(segment) or _UUID.match(segment) or _HEX.match(segment) or _TOKEN.match(segment))
+    return _ID_SHAPE.match(segment) is not None
+
+
+def _path_of(path: str) -> str:
+    return path.split("?", 1)[0]
+
+
+def _segments(path: str) -> list[str]:
+    return path.split("/")[1:] if path.startswith("/") else [path]
+
+
+def shape_template(method: str, path: str) -> str:
+    """``METHOD /path`` with id-shaped segments as ``{id}``: no learning, no state (for filters
+    that must not change meaning as traffic goes by)."""
+    path = _path_of(path)
+    if _GRPC_METHOD.match(path):
+        return f"{method} {path}"
+    return f"{method} /" + "/".join(ID if segment_is_id(s) else s for s in _segments(path))
 
 
 class _Route:
@@ -49,21 +108,148 @@ class _Route:
         return all(want is None or want == got for want, got in zip(self.segments, segments, strict=True))
 
 
+def _stable_hash(text: str) -> int:
+    # blake2b, not hash(): sketches from worker processes merge.
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big")
+
+
+class DistinctCounter:
+    """How many distinct strings were added: exact up to ``k``, then a k-minimum-values estimate
+    (standard error about 1/sqrt(k), 3 % at 1,024), in at most ``k`` integers of memory."""
+
+    __slots__ = ("_heap", "_k", "_kept")
+
+    def __init__(self, k: int = 1024) -> None:
+        self._k = k
+        self._kept: set[int] = set()
+        self._heap: list[int] = []  # the kept hashes, negated: a max-heap of the k smallest
+
+    def add(self, value: str) -> None:
+        self._add_hash(_stable_hash(value))
+
+    def _add_hash(self, h: int) -> None:
+        if h in self._kept:
+            return
+        if len(self._kept) < self._k:
+            self._kept.add(h)
+            heapq.heappush(self._heap, -h)
+        elif h < -self._heap[0]:
+            self._kept.discard(-heapq.heappushpop(self._heap, -h))
+            self._kept.add(h)
+
+    @property
+    def exact(self) -> bool:
+        return len(self._kept) < self._k
+
+    def count(self) -> int:
+        if self.exact:
+            return len(self._kept)
+        return int((self._k - 1) * 2**64 / (-self._heap[0] + 1))
+
+    def merge(self, other: DistinctCounter) -> None:
+        for h in other._kept:
+            self._add_hash(h)
+
+    def encode(self) -> list[int]:
+        return sorted(self._kept)
+
+    @classmethod
+    def decode(cls, data: Iterable[int], k: int = 1024) -> DistinctCounter:
+        out = cls(k)
+        for h in data:
+            out._add_hash(int(h))
+        return out
+
+
+class _Position:
+    """One segment position under a templated prefix: its counts, or its verdict once folded."""
+
+    __slots__ = (
+        "armed",
+        "check_at",
+        "children",
+        "counts",
+        "distinct_at_check",
+        "folded",
+        "ids",
+        "kept",
+        "n",
+        "untracked",
+    )
+
+    def __init__(self, first_check: int) -> None:
+        self.children: dict[str, _Position] = {}
+        self.counts: dict[str, int] | None = {}
+        self.n = 0
+        self.ids = 0  # observations of id-shaped values
+        self.untracked = 0  # new literal values met while ``counts`` was full
+        self.check_at = first_check
+        self.distinct_at_check = 0  # distinct values at the previous checkpoint
+        self.armed = False  # the previous checkpoint found the position sparse
+        self.folded = False
+        self.kept: frozenset[str] = frozenset()
+
+
+def _size(pos: _Position) -> int:
+    """Positions in the subtree at ``pos``, itself included."""
+    return 1 + sum(_size(child) for child in pos.children.values())
+
+
 class EndpointTemplater:
-    """Learns endpoint templates from observed (method, path) pairs; ``template`` gives the current view."""
+    """Learns endpoint templates from observed (method, path) pairs; ``template`` gives the current view.
 
-    __slots__ = ("_max_children", "_routes", "_seen")
+    ``max_literal_children`` is the old sibling-count knob, kept for callers: it is now the least
+    number of sparse values (``min_distinct``) before a position may fold, never a reason alone.
+    """
 
-    def __init__(self, routes: Iterable[str] = (), *, max_literal_children: int = 20) -> None:
+    __slots__ = (
+        "_first_check",
+        "_keep_min_hits",
+        "_max_kept",
+        "_max_positions",
+        "_max_templates",
+        "_max_values",
+        "_min_distinct",
+        "_overflow",
+        "_positions",
+        "_pruned_at",
+        "_roots",
+        "_routes",
+        "_templates",
+        "generation",
+    )
+
+    def __init__(
+        self,
+        routes: Iterable[str] = (),
+        *,
+        max_literal_children: int = 16,
+        max_templates: int = 2000,
+        max_positions: int = 4096,
+        max_values: int = 128,
+        min_observations: int = 64,
+        keep_min_hits: int = 3,
+        max_kept: int = 64,
+    ) -> None:
         self._routes = tuple(_Route(r) for r in routes)
-        self._max_children = max_literal_children
-        # (method, templated prefix) -> distinct literal segments seen next; capped at max + 1, the
-        # point where the position is known to be an id, so memory stays bounded per position.
-        self._seen: dict[tuple[str, tuple[str, ...]], set[str]] = {}
+        self._min_distinct = max(1, max_literal_children)
+        self._max_templates = max(1, max_templates)
+        self._max_positions = max(1, max_positions)
+        self._max_values = max(1, max_values)
+        # The first checkpoint only records the distinct count: growth is judged from the second.
+        self._first_check = max(1, min_observations // 2)
+        self._keep_min_hits = max(1, keep_min_hits)
+        self._max_kept = max(0, max_kept)
+        self._roots: dict[str, _Position] = {}
+        self._positions = 0
+        # Per method: the templates handed out (an ordered set), and the overflow's distinct paths.
+        self._templates: dict[str, dict[str, None]] = {}
+        self._overflow: dict[str, DistinctCounter] = {}
+        self._pruned_at: dict[str, int] = {}
+        #: Bumped whenever a position folds: templates handed out earlier may have changed.
+        self.generation = 0
 
-    @staticmethod
-    def _segments(path: str) -> list[str]:
-        return path.split("?", 1)[0].split("/")[1:] if path.startswith("/") else [path]
+    # -- learning -----------------------------------------------------------------------------------
 
     def _route(self, method: str, segments: Sequence[str]) -> _Route | None:
         for route in self._routes:
@@ -71,41 +257,194 @@ class EndpointTemplater:
                 return route
         return None
 
+    def _new_position(self) -> _Position | None:
+        if self._positions >= self._max_positions:
+            return None
+        self._positions += 1
+        return _Position(self._first_check)
+
+    def _fold(self, pos: _Position, kept: frozenset[str] | None = None) -> None:
+        if kept is None:
+            # Kept apart: values hit far more often than the typical one (a long tail of ids
+            # fetched three times each keeps none; ``recent`` hit thousands of times stays).
+            counts = pos.counts or {}
+            hits = sorted(counts.values())
+            floor = max(self._keep_min_hits, 4 * hits[len(hits) // 2]) if hits else self._keep_min_hits
+            busy = sorted((n, value) for value, n in counts.items() if n >= floor)
+            kept = frozenset(value for _, value in busy[len(busy) - self._max_kept :] if self._max_kept)
+        pos.kept = kept
+        pos.folded, pos.counts = True, None
+        # Children under values that folded now live under {id}: what they learned is dropped.
+        for part in [k for k in pos.children if k not in pos.kept and k != ID]:
+            self._positions -= _size(pos.children.pop(part))
+        self.generation += 1
+
+    def _check(self, pos: _Position) -> None:
+        while pos.n >= pos.check_at:
+            pos.check_at *= 2
+            counted = len(pos.counts) if pos.counts is not None else 0
+            distinct = counted + pos.untracked + pos.ids
+            before, pos.distinct_at_check = pos.distinct_at_check, distinct
+            # Still growing: the traffic doubled since the last checkpoint and the distinct values
+            # grew by at least 70 % (values repeated again and again saturate long before that).
+            growing = distinct >= self._min_distinct and before > 0 and (distinct - before) * 10 >= before * 7
+            if growing and pos.armed:
+                self._fold(pos)
+                return
+            pos.armed = growing
+
+    def _step(self, pos: _Position, segment: str, learn: bool) -> str:
+        """The template segment for ``segment`` at ``pos`` (counted first when ``learn``)."""
+        if pos.folded:
+            return segment if segment in pos.kept else ID
+        counts = pos.counts
+        assert counts is not None
+        hits = counts.get(segment)
+        if hits is None and segment_is_id(segment):
+            if learn:
+                pos.ids += 1
+                pos.n += 1
+                self._check(pos)
+            return ID
+        if not learn:
+            return segment
+        if hits is not None:
+            counts[segment] = hits + 1
+        elif len(counts) < self._max_values:
+            counts[segment] = 1
+        else:
+            pos.untracked += 1
+        pos.n += 1
+        if pos.untracked > self._max_values:
+            self._fold(pos)  # new values keep coming past a full count: a parameter
+        else:
+            self._check(pos)
+        # Its counts go when the position folds (just now, perhaps).
+        return ID if pos.counts is None and segment not in pos.kept else segment
+
+    def _walk(self, method: str, path: str, learn: bool) -> str | None:
+        """The template path (``/users/{id}``), or None when it overflows the template cap."""
+        path = _path_of(path)
+        if _GRPC_METHOD.match(path):
+            out = path
+        else:
+            segments = _segments(path)
+            route = self._route(method, segments)
+            if route is not None:
+                return route.path
+            pos = self._roots.get(method)
+            if pos is None and learn:
+                pos = self._roots[method] = _Position(self._first_check)
+            parts: list[str] = []
+            for segment in segments:
+                if pos is None:
+                    parts.append(ID if segment_is_id(segment) else segment)
+                    continue
+                part = self._step(pos, segment, learn)
+                parts.append(part)
+                child = pos.children.get(part)
+                if child is None and learn:
+                    child = self._new_position()
+                    if child is not None:
+                        pos.children[part] = child
+                pos = child
+            out = "/" + "/".join(parts)
+        return out if self._admit(method, out, learn) else None
+
+    def _admit(self, method: str, template_path: str, learn: bool) -> bool:
+        """Whether ``template_path`` has (or, when ``learn``, gets) a place under the cap."""
+        known = self._templates.get(method)
+        if known is None:
+            if not learn:
+                return True
+            known = self._templates[method] = {}
+        if template_path in known or template_path == OVERFLOW:
+            return True
+        if len(known) >= self._max_templates and self._pruned_at.get(method) != self.generation:
+            # Templates that have since folded into others free their places.
+            self._pruned_at[method] = self.generation
+            for stale in [t for t in known if self._walk(method, t, False) != t]:
+                del known[stale]
+        if len(known) >= self._max_templates:
+            return False
+        if learn:
+            known[template_path] = None
+        return True
+
+    def observe_template(self, method: str, path: str) -> str:
+        """Learn from one request and give its template (``observe`` then ``template``, in one walk)."""
+        out = self._walk(method, path, True)
+        if out is None:
+            self._overflow.setdefault(method, DistinctCounter()).add(_path_of(path))
+            out = OVERFLOW
+        return f"{method} {out}"
+
     def observe(self, method: str, path: str) -> None:
-        segments = self._segments(path)
-        if self._route(method, segments) is not None:
-            return
-        prefix: tuple[str, ...] = ()
-        limit = self._max_children
-        for segment in segments:
-            if segment_is_id(segment):
-                prefix = (*prefix, ID)
-                continue
-            seen = self._seen.setdefault((method, prefix), set())
-            if len(seen) <= limit:
-                seen.add(segment)
-            prefix = (*prefix, ID if len(seen) > limit else segment)
+        self.observe_template(method, path)
 
     def template(self, method: str, path: str) -> str:
-        """``METHOD /templated/path`` for one request."""
-        segments = self._segments(path)
-        route = self._route(method, segments)
-        if route is not None:
-            return f"{method} {route.path}"
-        prefix: tuple[str, ...] = ()
-        limit = self._max_children
-        for segment in segments:
-            if segment_is_id(segment):
-                prefix = (*prefix, ID)
-                continue
-            seen = self._seen.get((method, prefix))
-            prefix = (*prefix, ID if seen is not None and len(seen) > limit else segment)
-        return f"{method} /" + "/".join(prefix)
+        """``METHOD /templated/path`` for one request, from what was learned so far."""
+        out = self._walk(method, path, False)
+        return f"{method} {OVERFLOW if out is None else out}"
+
+    def retemplate(self, endpoint: str) -> str:
+        """The current template of ``endpoint``, a template handed out earlier (``GET /files/abc``
+        may since have become ``GET /files/{id}``)."""
+        method, _, path = endpoint.partition(" ")
+        if path == OVERFLOW:
+            return endpoint
+        return self.template(method, path)
 
     def learn(self, requests: Sequence[tuple[str, str]]) -> None:
         """Observe every request twice: the second pass counts deeper positions under prefixes that
-        the first pass found to be ids, so the result does not depend on the order seen."""
+        the first pass found to be parameters, so the result depends less on the order seen."""
         for method, path in requests:
             self.observe(method, path)
         for method, path in requests:
             self.observe(method, path)
+
+    # -- what it holds --------------------------------------------------------------------------------
+
+    def overflow(self) -> dict[str, tuple[int, bool]]:
+        """Per method with an overflow bucket: (distinct paths in it, whether that count is exact)."""
+        return {m: (c.count(), c.exact) for m, c in sorted(self._overflow.items())}
+
+    def template_count(self) -> int:
+        return sum(len(known) for known in self._templates.values())
+
+    def export(self) -> dict[str, Any]:
+        """What a templater in another process needs to fold the same way (``absorb``): the folded
+        positions as (method, templated prefix, literals kept apart), and the overflow sketches."""
+        folds: list[list[Any]] = []
+        stack: list[tuple[str, list[str], _Position]] = [(m, [], p) for m, p in self._roots.items()]
+        while stack:
+            method, prefix, pos = stack.pop()
+            if pos.folded:
+                folds.append([method, prefix, sorted(pos.kept)])
+            stack.extend((method, [*prefix, part], child) for part, child in pos.children.items())
+        folds.sort()
+        return {"folds": folds, "overflow": {m: c.encode() for m, c in self._overflow.items()}}
+
+    def absorb(self, data: dict[str, Any]) -> None:
+        """Fold every position another templater folded (``export``), and count its overflow."""
+        for method, prefix, kept in data.get("folds", ()):
+            pos = self._roots.get(method)
+            if pos is None:
+                pos = self._roots[method] = _Position(self._first_check)
+            for part in prefix:
+                child = pos.children.get(part)
+                if child is None:
+                    child = self._new_position()
+                    if child is None:
+                        break
+                    pos.children[part] = child
+                pos = child
+            else:
+                if not pos.folded:
+                    self._fold(pos, frozenset(str(v) for v in kept))
+                else:
+                    # Kept by either side: a literal one process kept stays apart here too.
+                    pos.kept = pos.kept | {str(v) for v in kept}
+        for method, hashes in data.get("overflow", {}).items():
+            self._overflow.setdefault(method, DistinctCounter()).merge(DistinctCounter.decode(hashes))
+        self.generation += 1

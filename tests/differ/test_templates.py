@@ -1,24 +1,46 @@
-"""Endpoint templates from id shapes, cardinality and user routes."""
+"""Endpoint templates: id shapes, learned sparse positions, user routes, the caps and the overflow."""
 
 from __future__ import annotations
 
+import random
+import uuid
+
 import pytest
 
-from shadowtap.differ.templates import EndpointTemplater, segment_is_id
+from shadowtap.differ.templates import DistinctCounter, EndpointTemplater, segment_is_id, shape_template
 from shadowtap.recorder.errors import ConfigError
+
+_NAMES = "account alert badge basket brand campaign card carrier coupon device event invoice locale merchant note offer"
+RESOURCES = [f"{name}s" for name in (*_NAMES.split(" "), "plan", "refund", "region", "ticket", "widget", "zone")]
+_LETTERS = "abcdefghij"
+
+
+def slug(n: int) -> str:
+    """A non-id-shaped value (letters only): only its cardinality can say it is a parameter."""
+    out = []
+    for _ in range(5):
+        n, r = divmod(n, len(_LETTERS))
+        out.append(_LETTERS[r])
+    return "doc-" + "".join(out)
 
 
 @pytest.mark.parametrize(
     ("segment", "is_id"),
     [
         ("123", True),
+        ("20261205", True),
+        ("2026-12-05", True),
+        ("2026-12-05T10:20:30Z", True),
         ("123e4567-e89b-12d3-a456-426614174000", True),
         ("5f3a9c2b", True),
+        ("da39a3ee5e6b4b0d3255bfef95601890afd80709", True),
         ("AbC123xyz789QrS456", True),
+        ("{id}", True),
         ("users", False),
         ("v1", False),
         ("blue-river", False),
         ("deadbeef", False),
+        ("recent", False),
     ],
 )
 def test_shapes(segment: str, is_id: bool) -> None:
@@ -30,24 +52,81 @@ def test_shape_ids_and_query_strings() -> None:
     assert templater.template("GET", "/users/42/orders/9f86d081884c?x=1") == "GET /users/{id}/orders/{id}"
     assert templater.template("GET", "/") == "GET /"
     assert templater.template("GET", "/api/v1/users") == "GET /api/v1/users"
+    assert templater.observe_template("GET", "/days/2026-12-05/summary") == "GET /days/{id}/summary"
+    assert shape_template("GET", "/users/42?x=1") == "GET /users/{id}"
 
 
-def test_cardinality_learns_ids_per_position_and_method() -> None:
-    templater = EndpointTemplater(max_literal_children=5)
-    names = [f"name{chr(97 + i)}x" for i in range(8)]
-    requests = [("GET", f"/people/{n}/avatar") for n in names] + [("GET", "/static/app.js"), ("GET", "/static/a.css")]
-    templater.learn(requests)
-    assert {templater.template(m, p) for m, p in requests[:8]} == {"GET /people/{id}/avatar"}
+def test_grpc_method_paths_stay_literal() -> None:
+    templater = EndpointTemplater(max_literal_children=2, min_observations=4)
+    for i in range(500):
+        templater.observe("POST", f"/shop.Catalog/GetProduct{i}")
+    assert templater.template("POST", "/shop.Catalog/GetProduct") == "POST /shop.Catalog/GetProduct"
+    assert templater.template("POST", "/grpc.health.v1.Health/Check") == "POST /grpc.health.v1.Health/Check"
+    assert shape_template("POST", "/shop.Catalog/GetProduct") == "POST /shop.Catalog/GetProduct"
+
+
+def test_many_real_resources_each_hit_often_stay_apart() -> None:
+    """22 top-level resources (more than any sibling count would allow) are 22 endpoints."""
+    templater = EndpointTemplater()
+    rnd = random.Random(7)
+    for _ in range(5_000):
+        templater.observe("GET", f"/api/v1/{rnd.choice(RESOURCES)}")
+    assert {templater.template("GET", f"/api/v1/{r}") for r in RESOURCES} == {f"GET /api/v1/{r}" for r in RESOURCES}
+    assert templater.generation == 0
+
+
+def test_a_busy_literal_stays_apart_from_a_long_tail_of_sparse_values() -> None:
+    templater = EndpointTemplater()
+    for i in range(3_000):
+        templater.observe("GET", "/files/recent")
+        if i % 3 == 0:
+            templater.observe("GET", f"/files/{slug(i)}")
+    assert templater.template("GET", "/files/recent") == "GET /files/recent"
+    assert templater.template("GET", f"/files/{slug(5)}") == "GET /files/{id}"
+    assert templater.template("GET", "/files/never-seen") == "GET /files/{id}"
+    assert templater.template("GET", "/files/recent/x") == "GET /files/recent/x"
+
+
+def test_sparse_values_hit_twice_still_fold_and_stable_ones_never_do() -> None:
+    """Ids fetched twice each (a GET then a refresh) are sparse; a few values hit forever are not."""
+    twice, stable = EndpointTemplater(), EndpointTemplater()
+    for i in range(1_000):
+        for _ in range(2):
+            twice.observe("GET", f"/people/{slug(i)}/avatar")
+        stable.observe("GET", f"/people/{slug(i % 12)}/avatar")
+    assert twice.template("GET", f"/people/{slug(3)}/avatar") == "GET /people/{id}/avatar"
+    assert stable.template("GET", f"/people/{slug(3)}/avatar") == f"GET /people/{slug(3)}/avatar"
+
+
+def test_learning_is_per_position_and_method() -> None:
+    templater = EndpointTemplater()
+    for i in range(400):
+        templater.observe("GET", f"/people/{slug(i)}")
+        templater.observe("GET", "/static/app.js")
+    assert templater.template("GET", "/people/alice") == "GET /people/{id}"
     assert templater.template("GET", "/static/app.js") == "GET /static/app.js"
-    assert templater.template("POST", "/people/namea/avatar") == "POST /people/namea/avatar"
+    assert templater.template("POST", f"/people/{slug(1)}") == f"POST /people/{slug(1)}"
+
+
+def test_folding_is_monotone_and_earlier_templates_retemplate_to_the_current_one() -> None:
+    templater = EndpointTemplater()
+    early = [templater.observe_template("GET", f"/files/{slug(i)}/raw") for i in range(10)]
+    assert early[0] == f"GET /files/{slug(0)}/raw"
+    generation = templater.generation
+    for i in range(10, 500):
+        templater.observe("GET", f"/files/{slug(i)}/raw")
+    assert templater.generation > generation
+    assert {templater.retemplate(e) for e in early} == {"GET /files/{id}/raw"}
+    assert templater.retemplate("GET /files/{id}/raw") == "GET /files/{id}/raw"
 
 
 def test_learning_does_not_depend_on_order() -> None:
-    requests = [("GET", f"/t/{chr(97 + i)}{chr(97 + j)}/x{j}") for i in range(6) for j in range(6)]
-    forward, backward = EndpointTemplater(max_literal_children=4), EndpointTemplater(max_literal_children=4)
+    requests = [("GET", f"/t/{slug(i)}/x{j}") for i in range(150) for j in range(3)]
+    forward, backward = EndpointTemplater(), EndpointTemplater()
     forward.learn(requests)
     backward.learn(requests[::-1])
-    assert [forward.template(*r) for r in requests] == [backward.template(*r) for r in requests]
+    assert {forward.template(*r) for r in requests} == {backward.template(*r) for r in requests}
+    assert {forward.template(*r) for r in requests} == {"GET /t/{id}/x0", "GET /t/{id}/x1", "GET /t/{id}/x2"}
 
 
 def test_routes_first() -> None:
@@ -56,5 +135,70 @@ def test_routes_first() -> None:
     assert templater.template("POST", "/users/alice") == "POST /users/alice"
     assert templater.template("PUT", "/files/a.txt/raw") == "PUT /files/{path}/raw"
     assert templater.template("DELETE", "/any/1") == "DELETE /any/{x}"
+    assert templater.retemplate("GET /users/{name}") == "GET /users/{name}"
     with pytest.raises(ConfigError):
         EndpointTemplater(["users/{id}"])
+
+
+def test_past_the_template_cap_paths_go_to_an_overflow_bucket_that_counts_them() -> None:
+    templater = EndpointTemplater(max_templates=10)
+    # Stable literal paths (each hit often), more than the cap allows.
+    for _ in range(5):
+        for i in range(30):
+            templater.observe("GET", f"/r{slug(i)}")
+    kept = {templater.template("GET", f"/r{slug(i)}") for i in range(30)}
+    assert len(kept - {"GET {overflow}"}) == 10 and "GET {overflow}" in kept
+    assert templater.observe_template("GET", f"/r{slug(29)}") == "GET {overflow}"
+    assert templater.overflow() == {"GET": (20, True)}
+    assert templater.template_count() == 10
+    # Another method has its own cap.
+    assert templater.observe_template("PUT", "/a") == "PUT /a"
+
+
+def test_templates_that_folded_free_their_places_under_the_cap() -> None:
+    templater = EndpointTemplater(max_templates=20)
+    for i in range(2_000):
+        templater.observe("GET", f"/files/{slug(i)}")
+    templater.observe("GET", "/healthz")
+    assert templater.template("GET", "/healthz") == "GET /healthz"
+    assert templater.template("GET", f"/files/{slug(3)}") == "GET /files/{id}"
+
+
+def test_memory_per_position_is_bounded() -> None:
+    templater = EndpointTemplater(max_values=32, max_positions=50)
+    for i in range(20_000):
+        templater.observe("GET", f"/p/{slug(i)}/{slug(i + 1)}/{slug(i + 2)}")
+    root = templater._roots["GET"]
+    stack = [root]
+    positions = 0
+    while stack:
+        pos = stack.pop()
+        positions += 1
+        assert pos.counts is None or len(pos.counts) <= 32
+        stack.extend(pos.children.values())
+    assert positions <= 51
+    assert templater.template("GET", f"/p/{slug(1)}/{slug(2)}/{slug(3)}") == "GET /p/{id}/{id}/{id}"
+
+
+def test_export_and_absorb_fold_another_process_the_same_way() -> None:
+    worker = EndpointTemplater()
+    for i in range(500):
+        worker.observe("GET", f"/files/{slug(i)}")
+        worker.observe("GET", "/files/recent")
+    parent = EndpointTemplater()
+    assert parent.template("GET", "/files/doc-abc") == "GET /files/doc-abc"
+    parent.absorb(worker.export())
+    assert parent.template("GET", "/files/doc-abc") == "GET /files/{id}"
+    assert parent.template("GET", "/files/recent") == "GET /files/recent"
+
+
+def test_distinct_counter_is_exact_then_estimates_and_merges() -> None:
+    small = DistinctCounter()
+    for i in range(500):
+        small.add(f"/p/{i % 300}")
+    assert (small.count(), small.exact) == (300, True)
+    big, other = DistinctCounter(), DistinctCounter()
+    for i in range(50_000):
+        (big if i % 2 else other).add(str(uuid.UUID(int=i)))
+    big.merge(DistinctCounter.decode(other.encode()))
+    assert not big.exact and 45_000 < big.count() < 55_000
