@@ -42,6 +42,7 @@ from shadowtap.recorder import TapeOptions, TapeWriter
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.settings import settings_from_mapping
 from shadowtap.recorder.tape_process import ProcessTapeWriter
+from shadowtap.recorder.writer import tape_target
 from shadowtap.wire import native
 
 __all__ = ["ProxyApp", "WorkersAdmin", "build_forward_settings", "listen_ssl_context", "serve_app"]
@@ -114,10 +115,11 @@ class ProxyApp:
                 if config.events.path is None:
                     r = config.record
                     intake = JoinIntake(JoinSettings(r.join_timeout_s, r.max_pending, r.max_pending_bytes))
+                directory, options = tape_target(config.record.tape, tape_options(config), config.record.spool)
                 if config.record.writer == "process":
-                    self.tape = ProcessTapeWriter(config.record.tape, tape_options(config), intake)
+                    self.tape = ProcessTapeWriter(directory, options, intake)
                 else:
-                    self.tape = TapeWriter(config.record.tape, tape_options(config), intake)
+                    self.tape = TapeWriter(directory, options, intake)
                 await self.tape.start()
             if config.events.path is not None:
                 self.events = EventLog(config.events.path, RouteTable(config.mirror.routes), config.events.queue_size)

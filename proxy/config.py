@@ -264,8 +264,12 @@ class MirrorSettings:
 class RecordSettings:
     """Recording to a tape directory (``tape=None``: no tape)."""
 
-    #: Tape directory to record into (``null``: no recording).
+    #: Tape directory to record into, or an ``s3://bucket/prefix`` URL (segments are written to
+    #: ``spool`` and each closed one uploaded) (``null``: no recording).
     tape: str | None = None
+    #: The local directory an ``s3://`` tape is written to before upload (default: under
+    #: ``$XDG_STATE_HOME/shadowtap/spool/``).
+    spool: str | None = None
     #: Percent of exchanges recorded (hashed on the exchange id).
     sample_percent: float = 100.0
     #: Body bytes recorded per message; longer bodies are cut and marked truncated.

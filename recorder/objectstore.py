@@ -419,7 +419,7 @@ class SegmentUploader:
             names = sorted(p for p in self.directory.iterdir() if p.name.endswith(_SEGMENT_SUFFIX) and p.is_file())
         except OSError:
             return []
-        return [p for p in names if not _writer_alive(p.name)]
+        return [p for p in names if not _writer_alive(p)]
 
     def _run(self) -> None:
         delay_s = self.options.retry_initial_s
@@ -491,14 +491,26 @@ class SegmentUploader:
             log.error("%s (retried with backoff; further %s errors are counted, not logged)", message, kind)
 
 
-def _writer_alive(name: str) -> bool:
-    """Whether the process that wrote segment ``name`` (``seg-...-p<pid>-...``) still runs."""
-    match = re.search(r"-p(\d+)-\d+\.stape$", name)
+#: The segments writers in this process have open (a spool may be shared by two writers here).
+_open_here: set[Path] = set()
+
+
+def segment_opened(path: Path) -> None:
+    _open_here.add(path)
+
+
+def segment_closed(path: Path) -> None:
+    _open_here.discard(path)
+
+
+def _writer_alive(path: Path) -> bool:
+    """Whether the writer of segment ``path`` (``seg-...-p<pid>-...``) may still have it open."""
+    match = re.search(r"-p(\d+)-\d+\.stape$", path.name)
     if match is None:
         return False
     pid = int(match.group(1))
     if pid == os.getpid():
-        return True  # this process's own: another writer here may have it open
+        return path in _open_here
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -44,7 +44,14 @@ from shadowtap.recorder._frames import (
 )
 from shadowtap.recorder.errors import ConfigError, TapeWriteError
 from shadowtap.recorder.model import Exchange, Response
-from shadowtap.recorder.objectstore import SegmentUploader, UploadOptions, default_spool_directory, is_object_url
+from shadowtap.recorder.objectstore import (
+    SegmentUploader,
+    UploadOptions,
+    default_spool_directory,
+    is_object_url,
+    segment_closed,
+    segment_opened,
+)
 from shadowtap.recorder.private import warn_if_shared_directory
 from shadowtap.recorder.redact import RedactionRules, Redactor, resolve_redaction_key
 
@@ -436,8 +443,10 @@ class SegmentSink:
 
     def _hand_over(self) -> None:
         """A closed segment with exchanges in it goes to the uploader."""
-        if self.uploader is not None and self.segment_path is not None and self.segment_bytes > SEGMENT_HEADER_SIZE:
-            self.uploader.submit(self.segment_path)
+        if self.uploader is not None and self.segment_path is not None:
+            segment_closed(self.segment_path)
+            if self.segment_bytes > SEGMENT_HEADER_SIZE:
+                self.uploader.submit(self.segment_path)
 
     def _open_segment(self, now_s: float) -> None:
         if self.uploader is not None:
@@ -451,6 +460,8 @@ class SegmentSink:
             self.failed_at_s = now_s
             raise TapeWriteError(f"cannot create tape segment: {exc.strerror or exc}", path=str(path)) from exc
         self.fd, self.segment_path = fd, path
+        if self.uploader is not None:
+            segment_opened(path)
         self.segment_bytes = 0
         header = encode_segment_header(flags)
         try:
