@@ -61,8 +61,9 @@ MAX_CONCURRENT_STREAMS: Final = 128
 #: Our receive window per client stream: request bytes held here for one stream never exceed it
 #: (they are acknowledged only once sent on to the primary).
 CLIENT_STREAM_WINDOW: Final = 256 * 1024
-#: Response bytes held for one stream while its client's window is shut (the primary's window for
-#: the stream, ``shadowtap.wire.h2.STREAM_WINDOW_BYTES``, bounds it as well).
+#: Response bytes an HTTP/1 primary may have waiting for one stream's client before its reading stops.
+_HTTP1_READ_BOUND: Final = 256 * 1024
+#: Causes already logged (once per process each; every case is counted).
 _CAUSES_LOGGED: set[str] = set()
 
 _GRPC_UNAVAILABLE: Final = b"14"
@@ -450,6 +451,11 @@ class _H2Forward:
         self._out_trailers: list[Header] | None = None
         self._out_end = False
         self._task: asyncio.Task[None] | None = None
+        #: The HTTP/1 request body is chunked (the client sent no content-length).
+        self._chunked = False
+        #: Request bytes written to an HTTP/1 primary whose socket is full, not yet acknowledged to
+        #: the client (-1: the socket takes them, they are acknowledged at once).
+        self._unacked = -1
 
     # --- request side ---------------------------------------------------------------------------------
 
@@ -470,7 +476,7 @@ class _H2Forward:
         else:
             self._task = ctx.loop.create_task(self._open(pool, headers))
 
-    def _upstream_headers(self, pool: H2Pool) -> list[Header]:
+    def _upstream_headers(self, pool: H2Pool | None) -> list[Header]:
         ctx = self.ctx
         settings = ctx.settings
         target = settings.target
@@ -546,8 +552,11 @@ class _H2Forward:
         if upstream is not None:
             upstream.send_data(data)
         elif self.http1 is not None:
-            self.http1.writelines(http1.chunk(data))
-            self.session.ack_request_bytes(self.stream_id, len(data))
+            self.http1.writelines(http1.chunk(data) if self._chunked else [data])
+            if self._unacked >= 0:
+                self._unacked += len(data)  # the primary's socket is full: the client waits
+            else:
+                self.session.ack_request_bytes(self.stream_id, len(data))
         else:
             self._pending.append(data)
 
@@ -560,7 +569,8 @@ class _H2Forward:
         if upstream is not None:
             upstream.end(trailers)
         elif self.http1 is not None:
-            self.http1.write(http1.CHUNKED_END)
+            if self._chunked:
+                self.http1.write(http1.CHUNKED_END)  # request trailers have no HTTP/1 translation here
         else:
             self._pending_trailers = trailers
 
@@ -683,7 +693,7 @@ class _H2Forward:
             upstream = self.upstream
             if upstream is not None:
                 upstream.consumed(sent)
-            elif self.http1 is not None:
+            elif self.http1 is not None and sum(map(len, out)) < _HTTP1_READ_BOUND:
                 self.http1.resume_reading()
         session.write_soon()
 
@@ -805,7 +815,118 @@ class _H2Forward:
     # --- HTTP/1 primary (translation) ----------------------------------------------------------------------
 
     async def _start_http1(self) -> None:
-        raise NotImplementedError
+        """Translate the stream into an HTTP/1.1 exchange on the primary's HTTP/1 pool."""
+        ctx = self.ctx
+        pool = ctx.pool
+        conn = pool.try_acquire()
+        if conn is None:
+            try:
+                conn = await pool.connect()
+            except TimeoutError:
+                self._task = None
+                message = f"primary connect timed out after {ctx.settings.connect_timeout_s:g} s"
+                self._fail(FailureKind.TIMEOUT, message)
+                return
+            except OSError as exc:
+                self._task = None
+                self._fail(FailureKind.CONNECT_ERROR, f"cannot connect to primary: {exc.strerror or exc}")
+                return
+        self._task = None
+        if self.finished or conn.closed:
+            if conn.closed and not self.finished:
+                self._fail(FailureKind.RESET, "primary closed the connection before the request was sent")
+            else:
+                pool.release(conn)
+            return
+        self.http1 = conn
+        sink = _Http1Sink(self, conn)
+        conn.begin(sink, self.method == b"HEAD")
+        target = ctx.settings.target
+        headers = [(n, v) for n, v in self._upstream_headers(None)[4:] if n != b"te"]
+        authority = self.authority if ctx.settings.preserve_host and self.authority else target.authority
+        pending = self._pending
+        self._pending = []
+        length = None
+        for name, value in headers:
+            if name == b"content-length":
+                length = value
+        extra: list[Header] = [(b"host", authority)]
+        framed = length is None and not (self.body_done and not pending)
+        if framed:
+            extra.append((b"transfer-encoding", b"chunked"))
+        elif length is None and self.method in (b"POST", b"PUT", b"PATCH"):
+            extra.append((b"content-length", b"0"))
+        parts = [http1.request_head(self.method, target.path_prefix + self.path, http1.end_to_end(headers), extra)]
+        sent = 0
+        for piece in pending:
+            sent += len(piece)
+            parts += http1.chunk(piece) if framed else [piece]
+        if self.body_done and framed:
+            parts.append(http1.CHUNKED_END)
+        self._chunked = framed
+        conn.writelines(parts)
+        if sent:
+            self.session.ack_request_bytes(self.stream_id, sent)
+        self.session.write_soon()
+
+
+class _Http1Sink:
+    """The HTTP/1 ``ResponseSink`` of a stream translated for an HTTP/1 primary."""
+
+    __slots__ = ("_conn", "_forward")
+
+    def __init__(self, forward: _H2Forward, conn: Http1Connection) -> None:
+        self._forward = forward
+        self._conn = conn
+
+    def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
+        return None  # 1xx are not relayed to HTTP/2 clients
+
+    def on_head(self, status: int, reason: bytes, headers: list[Header]) -> None:
+        fields = [(name.lower(), value) for name, value in http1.end_to_end(headers)]
+        self._forward.on_head(status, fields, False)
+
+    def on_body(self, data: bytes) -> None:
+        forward = self._forward
+        if data:
+            forward.on_data(data)
+            if forward.http1 is not None and sum(map(len, forward._out)) >= _HTTP1_READ_BOUND:
+                # The client's window is shut: stop reading the primary until it opens.
+                self._conn.pause_reading()
+
+    def on_complete(self, reusable: bool) -> None:
+        forward = self._forward
+        conn = self._conn
+        if forward.http1 is conn:
+            forward.http1 = None
+            if reusable and forward.body_done:
+                forward.ctx.pool.release(conn)
+            else:
+                conn.close()
+        forward.on_end()
+
+    def on_upgraded(self, rest: bytes) -> None:
+        self.on_failure(FailureKind.BAD_RESPONSE, "primary switched protocols on an HTTP/2 stream")
+
+    def on_failure(self, kind: str, message: str) -> None:
+        forward = self._forward
+        if forward.http1 is self._conn:
+            forward.http1 = None
+            self._conn.abort()
+        forward._fail(kind, message)
+
+    def flush(self) -> None:
+        return None
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        forward = self._forward
+        if paused:
+            forward._unacked = max(forward._unacked, 0)
+            return
+        unacked = forward._unacked
+        forward._unacked = -1
+        if unacked > 0:
+            forward.session.ack_request_bytes(forward.stream_id, unacked)
 
 
 def _grpc_message(text: str) -> bytes:

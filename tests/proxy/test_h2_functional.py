@@ -1,0 +1,398 @@
+"""HTTP/2 through the proxy, against real peers: grpcio servers and clients over h2c (unary and every
+streaming kind, status errors, large messages, a primary that is down), and a plain HTTP/2 client
+and server on ``h2`` (tests/wire/h2peer.py) for trailers, resets, 502, flow control, ALPN over TLS,
+an HTTP/1 primary behind an HTTP/2 client, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from aiohttp import web
+
+from shadowtap.proxy.forward import ForwardSettings
+from shadowtap.proxy.h2server import PREFACE
+from shadowtap.proxy.server import ProxyServer
+from shadowtap.wire.h2 import STREAM_WINDOW_BYTES
+from tests.grpc_fixtures import CompiledShop, compile_shop
+from tests.grpc_fixtures.server import start_catalog
+from tests.proxy.conftest import raw_request
+from tests.proxy.test_server_tls_functional import Pki, pki  # noqa: F401  (the fixture)
+from tests.wire.h2peer import H2TestClient, H2TestServer, Responder
+
+Header = tuple[bytes, bytes]
+BIG_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> CompiledShop:
+    return compile_shop(tmp_path_factory.mktemp("shop"))
+
+
+@pytest.fixture
+async def catalog(shop: CompiledShop) -> AsyncIterator[int]:
+    server, port = await start_catalog(shop)
+    try:
+        yield port
+    finally:
+        await server.stop(None)
+
+
+async def _proxy(primary: str, ssl_context: ssl.SSLContext | None = None, **settings: Any) -> ProxyServer:
+    proxy = ProxyServer(ForwardSettings(primary=primary, **settings), ssl_context=ssl_context)
+    await proxy.start("127.0.0.1", 0)
+    return proxy
+
+
+@pytest.fixture
+async def grpc_proxy(catalog: int) -> AsyncIterator[ProxyServer]:
+    proxy = await _proxy(f"h2c://127.0.0.1:{catalog}")
+    try:
+        yield proxy
+    finally:
+        await proxy.shutdown(1)
+
+
+@pytest.fixture
+async def stub(shop: CompiledShop, grpc_proxy: ProxyServer) -> AsyncIterator[Any]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_proxy.port}", options=BIG_OPTIONS) as channel:
+        yield shop.pb2_grpc.CatalogStub(channel)
+
+
+# --- gRPC ----------------------------------------------------------------------------------------------
+
+
+async def test_grpc_unary_through_h2c(shop: CompiledShop, stub: Any, grpc_proxy: ProxyServer) -> None:
+    product = await stub.GetProduct(shop.pb2.GetProductRequest(id="p1"), timeout=10)
+    assert product.name == "p1 (v1)"
+    assert [v.sku for v in product.variants] == ["p1-0", "p1-1"]
+    assert product.availability == shop.pb2.IN_STOCK
+    stats = grpc_proxy.stats
+    assert stats.h2_connections == 1 and stats.h2_streams == 1 and stats.in_flight == 0
+
+
+async def test_grpc_error_status_passes_through_trailers_only(shop: CompiledShop, stub: Any) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetProduct(shop.pb2.GetProductRequest(id="missing"), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert raised.value.details() == "no product missing"
+
+
+async def test_grpc_server_streaming(shop: CompiledShop, stub: Any) -> None:
+    call = stub.ListProducts(shop.pb2.ListProductsRequest(category="c", limit=200), timeout=10)
+    ids = [product.id async for product in call]
+    assert ids == [f"c-{i}" for i in range(200)]
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_grpc_client_streaming(shop: CompiledShop, stub: Any) -> None:
+    async def updates() -> AsyncIterator[Any]:
+        for i in range(300):
+            yield shop.pb2.PriceUpdate(sku="" if i % 10 == 0 else f"s{i}", at_unix_ms=i)
+
+    summary = await stub.UploadPrices(updates(), timeout=10)
+    assert (summary.accepted, summary.rejected) == (270, 30)
+
+
+async def test_grpc_bidi_streaming(shop: CompiledShop, stub: Any) -> None:
+    call = stub.Chat(timeout=10)
+    for text in ("hello", "over", "http2"):
+        await call.write(shop.pb2.ChatMessage(text=text, sent_at_unix_ms=7))
+        answer = await call.read()
+        assert (answer.text, getattr(answer, "from"), answer.sent_at_unix_ms) == (text.upper(), "v1", 7)
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_grpc_large_messages_both_ways(shop: CompiledShop, stub: Any) -> None:
+    product = await stub.GetProduct(shop.pb2.GetProductRequest(id="big-8000000"), timeout=30)
+    assert product.blob == bytes(range(256)) * (8_000_000 // 256)
+
+    async def big_updates() -> AsyncIterator[Any]:
+        for i in range(3):
+            yield shop.pb2.PriceUpdate(sku=f"{i}" * 3_000_000)
+
+    summary = await stub.UploadPrices(big_updates(), timeout=30)
+    assert summary.accepted == 3
+
+
+async def test_many_concurrent_grpc_calls_share_a_few_primary_connections(
+    shop: CompiledShop, stub: Any, grpc_proxy: ProxyServer
+) -> None:
+    answers = await asyncio.gather(*(stub.GetProduct(shop.pb2.GetProductRequest(id=f"p{i}"), timeout=20)
+                                     for i in range(300)))  # fmt: skip
+    assert [a.id for a in answers] == [f"p{i}" for i in range(300)]
+    pool = grpc_proxy._ctx.h2_pool  # type: ignore[union-attr]
+    assert 1 <= pool.connects <= 4
+
+
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_primary_down_gives_grpc_unavailable_and_502_to_others(shop: CompiledShop) -> None:
+    proxy = await _proxy(f"h2c://127.0.0.1:{_unused_port()}")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await shop.pb2_grpc.CatalogStub(channel).GetProduct(shop.pb2.GetProductRequest(id="x"), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "cannot connect to primary" in (raised.value.details() or "")
+        client = await H2TestClient.connect(proxy.port)
+        response = await client.get("/plain")
+        await client.close()
+        assert response.status == 502
+        assert response.header(b"x-shadowtap-error") == b"1"
+        assert b"cannot connect to primary" in response.body
+        assert proxy.stats.primary_failures == {"connect-error": 2}
+    finally:
+        await proxy.shutdown(1)
+
+
+# --- plain HTTP/2 against an h2 server -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def h2_primary() -> AsyncIterator[H2TestServer]:
+    async def handler(headers: list[Header], body: bytes, trailers: list[Header], reply: Responder) -> None:
+        fields = dict(headers)
+        path = fields[b":path"]
+        if path == b"/reset":
+            reply.reset(0x2)
+        elif path == b"/trailers":
+            reply.head(200, [(b"content-type", b"text/plain")])
+            await reply.data(b"body-" + body)
+            reply.trailers([(b"x-checksum", b"abc"), (b"x-request-trailer", dict(trailers).get(b"x-up", b"-"))])
+        elif path.startswith(b"/big/"):
+            size = int(path[5:])
+            reply.head(200, [(b"content-length", b"%d" % size)])
+            await reply.data(bytes(range(256)) * (size // 256), end=True)
+        else:
+            echo = [(b"x-path", path), (b"x-method", fields[b":method"]), (b"x-authority", fields[b":authority"]),
+                    (b"x-forwarded-for", fields.get(b"x-forwarded-for", b"")),
+                    (b"x-te", fields.get(b"te", b""))]  # fmt: skip
+            reply.head(200, echo)
+            await reply.data(b"echo:" + body, end=True)
+
+    server = await H2TestServer(handler).start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def h2_proxy(h2_primary: H2TestServer) -> AsyncIterator[ProxyServer]:
+    proxy = await _proxy(f"h2c://127.0.0.1:{h2_primary.port}", client_body_timeout_s=0.5)
+    try:
+        yield proxy
+    finally:
+        await proxy.shutdown(1)
+
+
+async def test_plain_h2_request_and_forwarding_fields(h2_proxy: ProxyServer) -> None:
+    client = await H2TestClient.connect(h2_proxy.port)
+    try:
+        stream = client.request("POST", "/echo?q=1", [(b"te", b"trailers")], b"payload")
+        response = await client.response(stream)
+    finally:
+        await client.close()
+    assert response.status == 200 and response.body == b"echo:payload"
+    assert response.header(b"x-path") == b"/echo?q=1"
+    assert response.header(b"x-method") == b"POST"
+    assert response.header(b"x-authority") == b"test.local"
+    assert response.header(b"x-forwarded-for") == b"127.0.0.1"
+    assert response.header(b"x-te") == b"trailers"
+
+
+async def test_trailers_pass_through_both_ways(h2_proxy: ProxyServer) -> None:
+    client = await H2TestClient.connect(h2_proxy.port)
+    try:
+        stream = client.request("POST", "/trailers", body=b"abc", end=False)
+        client.end(stream, [(b"x-up", b"sent-as-trailer")])
+        response = await client.response(stream)
+    finally:
+        await client.close()
+    assert response.body == b"body-abc"
+    assert response.trailers == [(b"x-checksum", b"abc"), (b"x-request-trailer", b"sent-as-trailer")]
+
+
+async def test_primary_reset_becomes_client_reset_not_a_hang(h2_proxy: ProxyServer) -> None:
+    client = await H2TestClient.connect(h2_proxy.port)
+    try:
+        reset = client.request("GET", "/reset")
+        fine = client.request("GET", "/fine")
+        reset_response, fine_response = await client.response(reset), await client.response(fine)
+    finally:
+        await client.close()
+    assert reset_response.reset_code is not None and reset_response.status == 0
+    assert fine_response.status == 200 and fine_response.body == b"echo:"
+    assert h2_proxy.stats.primary_failures == {"reset": 1}
+
+
+async def test_a_client_that_does_not_read_holds_the_primary_back(h2_proxy: ProxyServer) -> None:
+    size = 8 * 1024 * 1024
+    client = await H2TestClient.connect(h2_proxy.port, auto_ack=False)
+    try:
+        stream = client.request("GET", f"/big/{size}")
+        # The client's initial window (65,535 bytes) fills; nothing more comes until it acknowledges.
+        while len(client.responses[stream].body) < 65535:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert len(client.responses[stream].body) == 65535
+        session = next(iter(h2_proxy._ctx.h2_sessions))  # type: ignore[union-attr]
+        held = sum(len(piece) for forward in session.streams.values() for piece in forward._out)
+        # What the proxy holds for the stream is bounded by the window it gave the primary.
+        assert held <= STREAM_WINDOW_BYTES
+        while not client._done[stream].done():
+            client.ack(stream)
+            await asyncio.sleep(0.005)
+        response = await client.response(stream)
+    finally:
+        await client.close()
+    assert response.body == bytes(range(256)) * (size // 256)
+
+
+async def test_a_stream_that_never_ends_is_reset_alone(h2_proxy: ProxyServer) -> None:
+    client = await H2TestClient.connect(h2_proxy.port)
+    try:
+        stalled = client.request("POST", "/echo", body=b"part", end=False)
+        reset = await client.response(stalled)
+        after = await client.get("/after")
+    finally:
+        await client.close()
+    assert reset.reset_code == 0x8 and reset.status == 0
+    assert after.status == 200
+    assert h2_proxy.stats.h2_errors == {"stream body timeout": 1}
+    assert h2_proxy.stats.client_timeouts == {"body": 1}
+
+
+async def test_malformed_frames_end_their_connection_only(h2_proxy: ProxyServer) -> None:
+    bystander = await H2TestClient.connect(h2_proxy.port)
+    bad = await H2TestClient.connect(h2_proxy.port, preface=False)
+    try:
+        # The preface, then a HEADERS frame on stream 0 (a connection error, RFC 9113 6.2).
+        bad.send_raw(PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + b"\x00\x00\x05\x01\x05\x00\x00\x00\x00hello")
+        await asyncio.wait_for(bad.closed, 10)
+        assert (await bystander.get("/still-here")).status == 200
+    finally:
+        await bad.close()
+        await bystander.close()
+    assert h2_proxy.stats.h2_errors == {"protocol error": 1}
+
+
+async def test_headers_flood_ends_that_connection_only(h2_proxy: ProxyServer) -> None:
+    bystander = await H2TestClient.connect(h2_proxy.port)
+    flood = await H2TestClient.connect(h2_proxy.port)
+    try:
+        # The proxy allows 128 open streams; a client ignoring that loses its connection.
+        flood.conn.remote_settings.max_concurrent_streams = 10_000
+        for _ in range(300):
+            flood.request("POST", "/echo", end=False)
+        await asyncio.wait_for(flood.closed, 10)
+        assert flood.terminated is not None and flood.terminated.error_code == 0xB
+        assert (await bystander.get("/still-here")).status == 200
+    finally:
+        await flood.close()
+        await bystander.close()
+    assert h2_proxy.stats.h2_errors == {"too many concurrent streams": 1}
+
+
+async def test_a_preface_that_is_neither_http1_nor_http2_gets_400(h2_proxy: ProxyServer) -> None:
+    (response,) = await raw_request(h2_proxy.port, b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
+    assert response.status == 400
+
+
+async def test_http1_keeps_working_on_the_same_port(h2_proxy: ProxyServer) -> None:
+    # The primary speaks HTTP/2 only: an HTTP/1 client's request gets an honest 502.
+    (response,) = await raw_request(h2_proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.status == 502
+
+
+# --- an HTTP/1 primary behind an HTTP/2 client -------------------------------------------------------------
+
+
+@pytest.fixture
+async def http1_primary() -> AsyncIterator[int]:
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.Response(body=b"h1:" + body, headers={"X-Seen-Host": request.host, "X-Method": request.method})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def test_h2_client_in_front_of_an_http1_primary(http1_primary: int) -> None:
+    proxy = await _proxy(f"http://127.0.0.1:{http1_primary}")
+    client = await H2TestClient.connect(proxy.port)
+    try:
+        get = await client.get("/a")
+        post_id = client.request("POST", "/b", end=False)
+        await client.upload(post_id, b"x" * 200_000)
+        post = await client.response(post_id)
+        (h1,) = await raw_request(proxy.port, b"GET /h1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        await client.close()
+        await proxy.shutdown(1)
+    assert (get.status, get.body, get.header(b"x-seen-host")) == (200, b"h1:", b"test.local")
+    assert (post.status, post.body) == (200, b"h1:" + b"x" * 200_000)
+    assert post.header(b"x-method") == b"POST"
+    assert h1.status == 200 and h1.body == b"h1:"
+
+
+# --- TLS with ALPN ---------------------------------------------------------------------------------------
+
+
+async def test_alpn_h2_and_http1_on_one_tls_port(pki: Pki, h2_primary: H2TestServer) -> None:  # noqa: F811
+    server_context = pki.server_context()
+    server_context.set_alpn_protocols(["h2", "http/1.1"])
+    proxy = await _proxy(f"h2c://127.0.0.1:{h2_primary.port}", ssl_context=server_context)
+    try:
+        client_context = pki.client_context()
+        client_context.set_alpn_protocols(["h2"])
+        client = await H2TestClient.connect(proxy.port, ssl_context=client_context)
+        response = await client.get("/over-tls")
+        await client.close()
+        assert response.status == 200 and response.header(b"x-path") == b"/over-tls"
+        assert proxy.stats.h2_connections == 1
+        # A client that offers only http/1.1 is served HTTP/1.1 on the same port.
+        h1_context = pki.client_context()
+        h1_context.set_alpn_protocols(["http/1.1"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, ssl=h1_context,
+                                                       server_hostname="localhost")  # fmt: skip
+        ssl_object = writer.get_extra_info("ssl_object")
+        assert ssl_object.selected_alpn_protocol() == "http/1.1"
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head = await reader.readline()
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 502")  # the primary speaks HTTP/2 only
+    finally:
+        await proxy.shutdown(1)
+
+
+def test_h2c_urls_are_for_the_primary_only(tmp_path: Path) -> None:
+    from shadowtap.proxy.config import ProxyConfig
+    from shadowtap.recorder.errors import ConfigError
+
+    assert ProxyConfig.from_mapping({"primary": "h2c://127.0.0.1:50051"}).primary == "h2c://127.0.0.1:50051"
+    with pytest.raises(ConfigError, match="h2c:// URL is for the primary only"):
+        ProxyConfig.from_mapping(
+            {"primary": "http://127.0.0.1:1", "shadows": [{"name": "v2", "url": "h2c://127.0.0.1:2"}]}
+        )
