@@ -68,6 +68,8 @@ def listen_ssl_context(config: ProxyConfig) -> ssl.SSLContext | None:
         context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load certificate and key: {exc}", field="tls.cert_file") from exc
+    # HTTP/2 by ALPN when the client offers it, HTTP/1.1 otherwise (shadowtap.proxy.h2server).
+    context.set_alpn_protocols(["h2", "http/1.1"])
     return context
 
 
@@ -226,6 +228,9 @@ class ProxyApp:
             s = self.server.stats
             return {"refused": float(s.connections_refused), "evicted": float(s.connections_evicted)}
 
+        def h2_errors() -> dict[str, float]:
+            return {} if self.server is None else {k: float(v) for k, v in self.server.stats.h2_errors.items()}
+
         m.add_source("gauge", "shadowtap_proxy_open", "Requests in flight and client connections open", "kind",
                      server_counts)  # fmt: skip
         m.add_source("counter", "shadowtap_primary_failures", "Primary exchanges that failed, by kind", "kind",
@@ -240,6 +245,8 @@ class ProxyApp:
         m.add_source("counter", "shadowtap_connection_limit",
                      "Client connections closed at max_client_connections: refused new, evicted idle", "action",
                      connection_limits)  # fmt: skip
+        m.add_source("counter", "shadowtap_h2_errors", "HTTP/2 connections or streams ended for bad input, by cause",
+                     "cause", h2_errors)  # fmt: skip
         m.add_source("counter", "shadowtap_capture_budget_cuts",
                      "Request or response copies cut because capture_budget_bytes was held", "",
                      lambda: {"": float(self.server.stats.capture_budget_cuts) if self.server else 0.0})  # fmt: skip
@@ -288,6 +295,7 @@ class ProxyApp:
                 "connections_evicted": s.connections_evicted,
                 "capture_budget_cuts": s.capture_budget_cuts,
                 "stage_errors": dict(s.stage_errors.by_stage),
+                "h2": {"connections": s.h2_connections, "streams": s.h2_streams, "errors": dict(s.h2_errors)},
             }
         out["requests_by_status"] = dict(self.metrics.requests_by_status)
         if self.mirror is not None:

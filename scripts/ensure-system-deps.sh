@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages a target needs (chromium for the HTML report test, nginx, wrk and
+# Installs the Debian packages a target needs (chromium for the HTML report test, nginx, wrk, h2load and
 # valgrind for benchmarks) when they are missing. Idempotent; prints what it does. Usage: ensure-system-deps.sh CMD...
 set -euo pipefail
-declare -A package_for=( [chromium]=chromium [nginx]=nginx-light [wrk]=wrk [valgrind]=valgrind [callgrind_control]=valgrind )
+declare -A package_for=( [chromium]=chromium [nginx]=nginx-light [wrk]=wrk [valgrind]=valgrind [callgrind_control]=valgrind [h2load]=nghttp2-client [nghttp]=nghttp2-client )
 missing=()
 for cmd in "$@"; do
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
