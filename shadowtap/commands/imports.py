@@ -38,7 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="input format (default: guessed from each file's first bytes)",
     )
-    parser.add_argument("--out", required=True, type=Path, metavar="TAPE", help="tape directory to write")
+    parser.add_argument("--out", required=True, metavar="TAPE", help="tape directory or s3://bucket/prefix to write")
+    parser.add_argument("--spool", metavar="DIR", help="local directory an s3:// --out is written to before upload")
     parser.add_argument(
         NO_REDACTION,
         action="store_true",
@@ -52,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="YAML/TOML file whose 'redaction' section sets the redaction rules",
     )
-    parser.add_argument("--compression", choices=["none", "zstd"], default="none", help="tape block compression")
+    parser.add_argument("--compression", choices=["none", "zstd"], default="zstd", help="tape block compression")
     parser.add_argument("--json", action="store_true", help="print the reports as one JSON object on stdout")
     parser.add_argument(NO_PROGRESS, action="store_true", help=NO_PROGRESS_HELP)
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from shadowtap.recorder import RedactionRules, SyncTapeWriter, TapeOptions
     from shadowtap.recorder.errors import ConfigError
     from shadowtap.recorder.formats import open_importer
+    from shadowtap.recorder.writer import tape_target
 
     redaction: RedactionRules | None = RedactionRules()
     if args.config is not None:
@@ -75,11 +77,12 @@ def run(args: argparse.Namespace) -> int:
         redaction = None
     # An import can simply be run again, so syncing every block would only slow it down.
     options = TapeOptions(compression=args.compression, fsync="none", redaction=redaction)
+    directory, options = tape_target(args.out, options, args.spool)
     # Every input's format is settled before the tape is created, so a wrong file costs nothing.
     importers = [open_importer(path, args.fmt) for path in args.inputs]
     reports = []
     with (
-        SyncTapeWriter(args.out, options) as writer,
+        SyncTapeWriter(directory, options) as writer,
         ReadProgress("import", file_sizes(args.inputs), enabled=not args.no_progress) as progress,
     ):
         for index, importer in enumerate(importers):

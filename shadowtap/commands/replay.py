@@ -144,7 +144,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=1, help="processes to shard sessions over (default 1)")
 
     g = parser.add_argument_group("outputs and gates")
-    g.add_argument("--results", metavar="TAPE", help="write recorded + replayed exchanges to this tape directory")
+    g.add_argument(
+        "--results",
+        metavar="TAPE",
+        help="write recorded + replayed exchanges to this tape directory or s3://bucket/prefix",
+    )
     g.add_argument(NO_REDACTION, action="store_true", help="keep secrets in the results tape (redacted by default)")
     deprecated_switch(g, "--no-redact-results", NO_REDACTION, "no_redaction")
     g.add_argument("--json", metavar="OUT", help="write JSON results ('-' for stdout)")

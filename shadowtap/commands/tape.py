@@ -49,7 +49,8 @@ examples:
   shadowtap tape cat tapes/prod --method POST --path-regex '^/orders' --since 2026-11-22T10:00:00Z | jq .
   shadowtap tape merge tapes/all tapes/sidecar-a tapes/sidecar-b 'tapes/old/*.stape'
 
-A TAPE is a segment file, a directory of segments, or a glob pattern (quote it).
+A TAPE is a segment file, a directory of segments, a glob pattern (quote it), or s3://bucket/prefix
+(every segment below the prefix; one folder per sidecar, merged by time).
 """
 
 
@@ -76,10 +77,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     cat.set_defaults(_tape_run=_run_cat)
 
     merge = sub.add_parser("merge", help="k-way merge tapes (e.g. one per sidecar) into one, ordered by time")
-    merge.add_argument("out", metavar="OUT", type=Path, help="tape directory to write (must not be an input)")
+    merge.add_argument("out", metavar="OUT", help="tape directory or s3://bucket/prefix to write (not an input)")
     merge.add_argument("tapes", nargs="+", metavar="IN")
     _add_read_options(merge)
-    merge.add_argument("--compression", choices=["none", "zstd"], default="none", help="output block compression")
+    merge.add_argument(
+        "--compression", choices=["none", "zstd"], default=TapeOptions().compression, help="output block compression"
+    )
+    merge.add_argument("--spool", metavar="DIR", help="local directory an s3:// OUT is written to before upload")
     merge.add_argument(
         NO_REDACTION,
         action="store_true",
@@ -443,7 +447,7 @@ def _run_merge(args: argparse.Namespace) -> int:
         fsync="none",
         redaction=None if args.no_redaction else RedactionRules(),
     )
-    result = merge_tapes(args.out, args.tapes, options, filter=_filter(args), salvage=args.salvage)
+    result = merge_tapes(args.out, args.tapes, options, filter=_filter(args), salvage=args.salvage, spool=args.spool)
     print(f"merged {result.exchanges} exchanges from {result.inputs} tape(s) into {args.out}")
     for report in result.reports:
         _report_problems(report)
