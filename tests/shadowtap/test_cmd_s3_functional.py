@@ -87,8 +87,9 @@ async def test_every_command_reads_and_writes_a_bucket(tmp_path: Path, monkeypat
     ]
 
     imported = f"s3://{bucket}/imported"
+    spool = str(tmp_path / "import-spool")
     code, out, err = await shadowtap(
-        "import", "--from", "har", str(har), "--out", imported, "--spool", str(tmp_path / "import-spool"), "--no-progress"
+        "import", "--from", "har", str(har), "--out", imported, "--spool", spool, "--no-progress"
     )
     assert code == 0, err
     assert sum(1 for _ in TapeReader(imported)) == EXCHANGES
