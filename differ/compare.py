@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from shadowtap.differ.config import CompareOptions
+from shadowtap.differ.grpc import STATUS_FIELDS, grpc_body, grpc_status_changes, is_grpc, trailer_map
 from shadowtap.differ.normalize import Body, header_map, parse_body
 from shadowtap.differ.paths import KEY, IdKey, folded_path, full_path
 from shadowtap.differ.rewrites import Rewrites
@@ -90,8 +91,8 @@ class Comparator:
     the call in progress (not thread-safe: one comparator per thread)."""
 
     __slots__ = (
-        "_abs_tol", "_array_rule_cache", "_array_rules", "_detectors", "_key_steps", "_options", "_rel_tol",
-        "_rewrites",
+        "_abs_tol", "_array_rule_cache", "_array_rules", "_detectors", "_key_steps", "_literal_keys", "_options",
+        "_rel_tol", "_rewrites",
     )  # fmt: skip
 
     def __init__(self, options: CompareOptions) -> None:
@@ -102,43 +103,68 @@ class Comparator:
         self._array_rules = options.unordered_all or bool(options.unordered_paths or options.list_keys)
         self._array_rule_cache: dict[tuple[str | int, ...], tuple[str, str]] = {}
         self._key_steps: dict[str, str] = {}
+        # A protobuf tree's keys are field names and numbers, never ids: not folded to {key}.
+        self._literal_keys = False
         self._rewrites: Rewrites | None = None
 
     # --- outcomes -------------------------------------------------------------------------------
 
-    def compare(self, baseline: Outcome, candidate: Outcome, rewrites: Rewrites | None = None) -> list[Difference]:
+    def compare(
+        self, baseline: Outcome, candidate: Outcome, rewrites: Rewrites | None = None, method: str = ""
+    ) -> list[Difference]:
         """The differences between two outcomes; empty when they are equal. With ``rewrites`` (what
         the proxy changed in the candidate's request), a difference that merely echoes that change
-        carries its ``rewrite:<what>`` reason."""
+        carries its ``rewrite:<what>`` reason. ``method`` is the request's path: a gRPC answer's
+        message types are the method's (``/shop.Catalog/GetProduct``)."""
         if isinstance(baseline, Response) and isinstance(candidate, Response):
             if rewrites is None:
-                return self.compare_responses(baseline, candidate)
+                return self.compare_responses(baseline, candidate, method)
             self._rewrites = rewrites
             try:
-                return self.compare_responses(baseline, candidate)
+                return self.compare_responses(baseline, candidate, method)
             finally:
                 self._rewrites = None
         if isinstance(baseline, Failure) and isinstance(candidate, Failure) and baseline.kind == candidate.kind:
             return []
         return [Difference("status", "status", "error", f"{_outcome_label(baseline)}->{_outcome_label(candidate)}")]
 
-    def compare_responses(self, a: Response, b: Response) -> list[Difference]:
+    def compare_responses(self, a: Response, b: Response, method: str = "") -> list[Difference]:
         out: list[Difference] = []
         if a.status != b.status:
             out.append(Difference("status", "status", "status", f"{a.status}->{b.status}"))
             if a.status // 100 != b.status // 100:
                 # Another class of answer is another document: its fields would only bury the status.
                 return out
+        # Only a pair that differs somewhere looks at the content type: equal pairs stay a few compares.
+        grpc = (a.body != b.body or a.headers != b.headers or a.trailers != b.trailers) and (
+            is_grpc(a.headers) and is_grpc(b.headers)
+        )
+        if grpc:  # grpc-status is the status (shadowtap.differ.grpc), other trailers are headers
+            changes, moot = grpc_status_changes(a, b, self._volatile_values)
+            out.extend(Difference(path, path, kind, transition, why) for path, kind, transition, why in changes)
+            if moot:
+                return out
+            if a.trailers != b.trailers:
+                self._compare_header_maps(trailer_map(a), trailer_map(b), "trailer", out)
         if a.headers != b.headers:
-            self._compare_headers(a, b, out)
+            self._compare_headers(a, b, out, STATUS_FIELDS if grpc else None)
         if a.body != b.body:
-            self._compare_bodies(a, b, out)
+            self._compare_bodies(a, b, out, method if grpc else None)
         return out
 
     # --- headers --------------------------------------------------------------------------------
 
-    def _compare_headers(self, a: Response, b: Response, out: list[Difference]) -> None:
+    def _compare_headers(self, a: Response, b: Response, out: list[Difference], skip: frozenset[str] | None) -> None:
         ha, hb = header_map(a.headers), header_map(b.headers)
+        if skip:
+            for name in skip:
+                ha.pop(name, None)
+                hb.pop(name, None)
+        self._compare_header_maps(ha, hb, "header", out)
+
+    def _compare_header_maps(
+        self, ha: dict[str, tuple[str, ...]], hb: dict[str, tuple[str, ...]], part: str, out: list[Difference]
+    ) -> None:
         compared = self._options.header_compared
         for name in sorted(ha.keys() | hb.keys()):
             if not compared(name):
@@ -146,7 +172,7 @@ class Comparator:
             va, vb = ha.get(name), hb.get(name)
             if va == vb:
                 continue
-            path = f"header.{name}"
+            path = f"{part}.{name}"
             rewrites = self._rewrites
             if va is None:
                 reason = None if rewrites is None else rewrites.header(name, va, vb)
@@ -179,8 +205,10 @@ class Comparator:
 
     # --- bodies ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _body(r: Response) -> Body:
+    def _body(self, r: Response, method: str | None) -> Body:
+        if method is not None:
+            proto = self._options.proto
+            return grpc_body(r.headers, r.body, r.truncated_from is not None, method, proto)
         content_type = r.header(b"content-type")
         content_encoding = r.header(b"content-encoding")
         return parse_body(
@@ -190,8 +218,9 @@ class Comparator:
             r.truncated_from is not None,
         )
 
-    def _compare_bodies(self, a: Response, b: Response, out: list[Difference]) -> None:
-        ba, bb = self._body(a), self._body(b)
+    def _compare_bodies(self, a: Response, b: Response, out: list[Difference], method: str | None) -> None:
+        ba, bb = self._body(a, method), self._body(b, method)
+        self._literal_keys = method is not None
         if ba.kind != bb.kind:
             out.append(Difference("body", "body", "type", f"{ba.kind}->{bb.kind}"))
         elif ba.kind in ("json", "form"):
@@ -202,7 +231,7 @@ class Comparator:
             self._walk(ba.value, bb.value, [], out)
         elif ba.kind == "text":
             self._compare_text(ba.value, bb.value, out)
-        elif ba.kind == "binary" and ba.data != bb.data:
+        elif ba.kind in ("binary", "invalid") and ba.data != bb.data:
             transition = "same-size" if len(ba.data) == len(bb.data) else "size-changed"
             out.append(Difference("body", "body", "binary", transition))
 
@@ -283,7 +312,13 @@ class Comparator:
 
     def _walk_object(self, a: dict[str, Any], b: dict[str, Any], steps: list[str | int], out: list[Difference]) -> None:
         matched = 0
-        step = IdKey if len(a) >= _KEYED_OBJECT_MIN_KEYS and keyed_by_ids(a) else self._key_step
+        step = (
+            str
+            if self._literal_keys
+            else IdKey
+            if len(a) >= _KEYED_OBJECT_MIN_KEYS and keyed_by_ids(a)
+            else self._key_step
+        )
         for key, va in a.items():
             vb = b.get(key, _MISSING)
             if vb is _MISSING:
@@ -300,7 +335,13 @@ class Comparator:
             self._walk(va, vb, steps, out)
             steps.pop()
         if matched < len(b):
-            step = IdKey if len(b) >= _KEYED_OBJECT_MIN_KEYS and keyed_by_ids(b) else self._key_step
+            step = (
+                str
+                if self._literal_keys
+                else IdKey
+                if len(b) >= _KEYED_OBJECT_MIN_KEYS and keyed_by_ids(b)
+                else self._key_step
+            )
             for key, vb in b.items():
                 if key not in a:
                     steps.append(step(key))

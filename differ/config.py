@@ -10,13 +10,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from shadowtap.differ.paths import compile_glob
 from shadowtap.differ.verdict import parse_fail_on
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.settings import reject_unknown, typed_value
 from shadowtap.recorder.settings import section as _section
+
+if TYPE_CHECKING:
+    from shadowtap.differ.protobuf import ProtoSchema
 
 __all__ = [
     "CONFIG_KEYS",
@@ -32,7 +35,8 @@ __all__ = [
 
 #: Headers whose values change on every response or describe the hop, not the content: never compared
 #: unless listed under ``headers.compare``. Content-Length is here because bodies are compared after
-#: decoding, so its difference is either an encoding detail or already reported as a body change.
+#: decoding, so its difference is either an encoding detail or already reported as a body change (as
+#: are gRPC's message encodings).
 DEFAULT_IGNORED_HEADERS: Final[frozenset[str]] = frozenset(
     {
         "date",
@@ -47,6 +51,8 @@ DEFAULT_IGNORED_HEADERS: Final[frozenset[str]] = frozenset(
         "transfer-encoding",
         "content-length",
         "content-encoding",
+        "grpc-encoding",
+        "grpc-accept-encoding",
         "x-request-id",
         "x-correlation-id",
         "request-id",
@@ -123,6 +129,20 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
     ConfigKey("examples_per_signature", "integer", 3, "reservoir-sampled examples kept per signature"),
     ConfigKey("fail_on", "string", "severity>=high", "the gate (see --fail-on); overridden by the flag"),
     ConfigKey("min_samples", "integer", 10, "fewer compared pairs than this exits 2; overridden by the flag"),
+    ConfigKey(
+        "proto.descriptor",
+        "path or null",
+        None,
+        "gRPC bodies decoded with this descriptor set (`protoc --descriptor_set_out=FILE --include_imports`);"
+        " overridden by --proto-descriptor",
+    ),
+    ConfigKey(
+        "proto.reflection",
+        "host:port or null",
+        None,
+        "gRPC bodies decoded with the descriptors this server gives by server reflection; overridden by"
+        " --proto-reflection",
+    ),
 )
 
 
@@ -185,6 +205,8 @@ class CompareOptions:
     absolute_tolerance: float = 0.0
     relative_tolerance: float = 0.0
     volatile_detectors: frozenset[str] = frozenset(VOLATILE_DETECTORS)
+    #: Descriptors for gRPC bodies (``shadowtap.differ.protobuf``); None: decoded schema-less.
+    proto: ProtoSchema | None = None
     unordered_patterns: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
     list_key_patterns: tuple[tuple[re.Pattern[str], str], ...] = field(init=False, repr=False, compare=False)
 
@@ -221,6 +243,8 @@ class DifferConfig:
     examples_per_signature: int = 3
     fail_on: str = "severity>=high"
     min_samples: int = 10
+    proto_descriptor: str | None = None
+    proto_reflection: str | None = None
 
     def __post_init__(self) -> None:
         for route in self.routes:
@@ -342,6 +366,13 @@ def config_from_mapping(raw: Mapping[str, Any]) -> DifferConfig:
     templates = _section(section.get("templates"), "diff.templates")
     _check_keys(templates, _known("templates"), "diff.templates")
     fail_on = typed_value(section.get("fail_on", "severity>=high"), str, "diff.fail_on")
+    proto = _section(section.get("proto"), "diff.proto")
+    _check_keys(proto, _known("proto"), "diff.proto")
+    proto_descriptor, proto_reflection = proto.get("descriptor"), proto.get("reflection")
+    if proto_descriptor is not None:
+        proto_descriptor = typed_value(proto_descriptor, str, "diff.proto.descriptor")
+    if proto_reflection is not None:
+        proto_reflection = typed_value(proto_reflection, str, "diff.proto.reflection")
     return DifferConfig(
         compare=compare,
         ignore=_ignore_rules(section.get("ignore")),
@@ -354,4 +385,6 @@ def config_from_mapping(raw: Mapping[str, Any]) -> DifferConfig:
         examples_per_signature=_integer(section.get("examples_per_signature"), "diff.examples_per_signature", 3),
         fail_on=fail_on,
         min_samples=_integer(section.get("min_samples"), "diff.min_samples", 10),
+        proto_descriptor=proto_descriptor,
+        proto_reflection=proto_reflection,
     )

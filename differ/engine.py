@@ -91,8 +91,9 @@ class DiffEngine:
             secondary = exchange.outcome(self.secondary)
             if isinstance(secondary, Response):
                 rewrites = self._rewrites(exchange, self.secondary) if deltas else None
-                noise = tuple(compare(baseline, secondary, rewrites))
-        differences = compare(baseline, candidate, self._rewrites(exchange, self.candidate) if deltas else None)
+                noise = tuple(compare(baseline, secondary, rewrites, exchange.request.target))
+        rewrites = self._rewrites(exchange, self.candidate) if deltas else None
+        differences = compare(baseline, candidate, rewrites, exchange.request.target)
         if not differences and noise is None:
             return _EQUAL
         return PairResult("compared", tuple(differences), noise)

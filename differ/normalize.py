@@ -31,7 +31,9 @@ __all__ = [
     "parse_body",
 ]
 
-BodyKind = Literal["empty", "json", "form", "text", "binary"]
+#: ``invalid``: a body its content type promises a structure for, that does not have it (a gRPC body
+#: whose framing or protobuf does not decode, ``shadowtap.differ.grpc``); ``value`` says why.
+BodyKind = Literal["empty", "json", "form", "text", "binary", "invalid"]
 
 #: Decoding stops past this size: a small compressed body can expand without limit (a zip bomb), and
 #: one response must not be able to take the differ's memory.
@@ -43,7 +45,8 @@ _TEXT_TYPES: Final = ("text/", "application/xml", "application/javascript", "app
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    """A decoded body: ``value`` is the parsed JSON / form mapping / text, ``None`` for binary/empty."""
+    """A decoded body: ``value`` is the parsed JSON / form mapping / text (a protobuf message's field
+    tree is ``json``), the reason for ``invalid``, ``None`` for binary/empty."""
 
     kind: BodyKind
     value: Any

@@ -1,7 +1,7 @@
 """Path strings that name a place in a response, and the glob syntax that selects them.
 
 A path is ``status``, ``header.<name>``, ``body`` or ``body`` followed by JSON steps: ``.key`` for
-identifier-like keys, ``["odd key"]`` otherwise, ``[3]`` for an array index; the folded form writes
+identifier-like keys and whole numbers, ``["odd key"]`` otherwise, ``[3]`` for an array index; the folded form writes
 every index as ``[*]`` and every key of a map keyed by ids (an ``IdKey``, chosen by the comparator) as
 ``.{key}``, so ``{"users": {"u123": {...}}}`` counts under ``body.users.{key}.name`` while examples keep
 ``body.users.u123.name``. This module must never compare values: it only spells and matches paths.
@@ -18,7 +18,8 @@ __all__ = ["KEY", "IdKey", "compile_glob", "folded_path", "full_path", "key_step
 
 #: What every key of a map keyed by ids reads as in a folded path.
 KEY: Final = "{key}"
-_IDENTIFIER: Final = re.compile(r"[A-Za-z_$@][\w$@-]*\Z")
+# Whole numbers too: a protobuf field without a schema is keyed by its number (``body.3[*].2``).
+_IDENTIFIER: Final = re.compile(r"(?:[A-Za-z_$@][\w$@-]*|\d+)\Z")
 
 
 class IdKey(str):

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from shadowtap.differ.grpc import grpc_body, is_grpc
 from shadowtap.differ.normalize import BodyDecodeError, decode_codings
 from shadowtap.differ.reports._common import MISSING, lookup_json, parse_body_path
 from shadowtap.differ.reports.redact import redact_form, redact_header_value, redact_json, redact_multipart, redact_text
@@ -113,6 +114,16 @@ def display_body(headers: Headers, body: bytes, truncated_from: int | None = Non
     if not data:
         return DisplayBody("empty", "", None, b"", len(body), digest, decoded_from, 0, False, note)
     content_type = _content_type(headers)
+    if is_grpc(headers) and truncated_from is None:
+        # Protobuf messages shown as their field trees (numbered: a report has no schema at hand).
+        tree = grpc_body(headers, data, False, "", None)
+        if tree.kind == "json":
+            value, redacted = redact_json(tree.value)
+            shown_text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            return DisplayBody("json", shown_text, value, b"", len(body), digest, decoded_from, 0, redacted, note)
+        if tree.kind == "invalid":
+            notes.append(str(tree.value))
+            note = "; ".join(notes)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -25,7 +25,7 @@ from shadowtap.differ.report_model import (
 from shadowtap.differ.reports._bodies import display_body
 from shadowtap.differ.reports._files import write_atomically
 from shadowtap.differ.reports.redact import redact_headers, redact_target
-from shadowtap.recorder.model import Failure, Headers, Outcome, Request
+from shadowtap.recorder.model import Failure, Headers, Outcome, Request, StreamMessage
 
 __all__ = ["report_to_dict", "write_json"]
 
@@ -53,6 +53,10 @@ def _body(headers: Headers, body: bytes, truncated_from: int | None) -> dict[str
     return doc
 
 
+def _messages(messages: tuple[StreamMessage, ...]) -> list[dict[str, Any]]:
+    return [{"flags": m.flags, "length": m.length, "at_ns": m.at_ns} for m in messages]
+
+
 def _request(request: Request) -> dict[str, Any]:
     return {
         "method": request.method,
@@ -63,6 +67,8 @@ def _request(request: Request) -> dict[str, Any]:
         "authority": request.authority,
         "http_version": request.http_version,
         "truncated_from": request.truncated_from,
+        "trailers": _headers(request.trailers),
+        "messages": _messages(request.messages),
     }
 
 
@@ -79,6 +85,8 @@ def _outcome(outcome: Outcome | None) -> dict[str, Any] | None:
         "body": _body(outcome.headers, outcome.body, outcome.truncated_from),
         "http_version": outcome.http_version,
         "truncated_from": outcome.truncated_from,
+        "trailers": _headers(outcome.trailers),
+        "messages": _messages(outcome.messages),
     }
 
 
