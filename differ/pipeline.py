@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Final
 
 from shadowtap.differ.config import DifferConfig
 from shadowtap.differ.engine import DiffEngine, PairResult
 from shadowtap.differ.store import EMPTY_SET, EXAMPLE_CANDIDATE, EXAMPLE_SECONDARY, DiffStore, RunMeta
-from shadowtap.differ.templates import EndpointTemplater
+from shadowtap.differ.templates import ID, EndpointTemplater, segment_is_id
 from shadowtap.recorder.model import Exchange, Outcome, Request, Response
 from shadowtap.recorder.redact import DEFAULT_SECRET_HEADERS
 from shadowtap.wire import http1
 
-__all__ = ["EXAMPLE_BODY_LIMIT_BYTES", "DiffSession", "IngestStats", "example_priority"]
+__all__ = ["EXAMPLE_BODY_LIMIT_BYTES", "DiffSession", "IngestStats", "add_stats", "example_priority", "shard_of"]
 
 #: Bodies kept in an example beyond this are cut (and marked): examples illustrate, they do not archive.
 EXAMPLE_BODY_LIMIT_BYTES: Final = 1 << 20
@@ -70,6 +71,23 @@ def _example_outcome(outcome: Outcome | None) -> Outcome | None:
 def _example_request(request: Request) -> Request:
     body, truncated_from = _cap_body(request.body, request.truncated_from)
     return replace(request, headers=_redact_headers(request.headers), body=body, truncated_from=truncated_from)
+
+
+def shard_of(method: str, path: str, shards: int) -> int:
+    """Which of ``shards`` workers diffs a request: a hash of its method and its path with every
+    id-shaped segment as ``{id}``, a pure function of the request, so every path of one endpoint
+    goes to one worker (its samples and counts whole there) whoever reads the tape."""
+    if shards <= 1:
+        return 0
+    segments = path.split("?", 1)[0].split("/")
+    shape = "/".join(ID if segment_is_id(segment) else segment for segment in segments)
+    return zlib.crc32(f"{method} {shape}".encode("utf-8", "surrogatepass")) % shards
+
+
+def add_stats(total: IngestStats, part: IngestStats) -> None:
+    """Add one worker's counts to ``total``."""
+    for name in IngestStats.__slots__:
+        setattr(total, name, getattr(total, name) + getattr(part, name))
 
 
 def example_priority(exchange_id: str) -> float:

@@ -9,8 +9,10 @@ never load a whole tape and never print a traceback for a user mistake.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,9 +21,9 @@ from shadowtap.commands._options import NO_PROGRESS, NO_PROGRESS_HELP
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from shadowtap.differ import DifferConfig
+    from shadowtap.differ import DifferConfig, DiffSession, DiffStore, IngestStats, RunMeta
     from shadowtap.differ.report_model import DiffReport
-    from shadowtap.recorder import Exchange
+    from shadowtap.recorder import Exchange, TapeReader
     from shadowtap.recorder.errors import ConfigError
 
 NAME = "diff"
@@ -42,6 +44,8 @@ Default: severity>=high (from the config file's fail_on when set). See docs/diff
 #: Shadows looked at to guess the candidate when --candidate is not given: enough to see every
 #: shadow of a proxy tape, few enough that the guess costs nothing next to the diff itself.
 _PEEK_EXCHANGES = 1_000
+#: Below this much tape, ``--workers`` defaults to one: starting a process costs about a second.
+_WORKERS_MIN_TAPE_BYTES = 64 << 20
 
 
 def _count(text: str) -> int:
@@ -52,6 +56,14 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number, 1 or more."""
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text!r}")
     return value
 
 
@@ -101,6 +113,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--db", type=Path, metavar="PATH", help="SQLite results store to create or add to")
     parser.add_argument("--salvage", action="store_true", help="skip corrupt ranges of the tape instead of stopping")
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="diff in N processes, each the exchanges of its endpoints, merged exactly (default: the cores "
+        "available; one for tapes under 64 MiB)",
+    )
     parser.add_argument(NO_PROGRESS, action="store_true", help=NO_PROGRESS_HELP)
     add_report_arguments(parser)
 
@@ -179,10 +198,122 @@ def emit(report: DiffReport, args: argparse.Namespace) -> int:
     return verdict.exit_code
 
 
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What one worker process needs to diff its shard of the tapes into its own store."""
+
+    tapes: tuple[str, ...]
+    noise_tapes: tuple[str, ...]
+    noise_name: str
+    salvage: bool
+    config: Path | None
+    meta: RunMeta
+    shard: int
+    shards: int
+    db: str
+    progress: bool
+    collect_names: bool
+
+
+@dataclass(slots=True)
+class _Done:
+    stats: IngestStats
+    notes: list[str]
+    names: set[str]
+
+
+def _read_notes(readers: Iterable[TapeReader | None]) -> list[str]:
+    notes: list[str] = []
+    for read in readers:
+        if read is None:
+            continue
+        for segment, tail in read.report.torn_tails:
+            notes.append(f"note: {segment}: torn tail at byte {tail.offset} ({tail.length} bytes) ignored")
+        for segment, skipped in read.report.skipped_ranges:
+            notes.append(
+                f"note: {segment}: skipped {skipped.length} corrupt bytes at {skipped.offset}: {skipped.reason}"
+            )
+    return notes
+
+
+def _ingest(session: DiffSession, job: _Job) -> _Done:
+    """Feed the tapes (this job's shard of them) through ``session``; the store is not finished."""
+    from shadowtap.commands._progress import ReadProgress
+    from shadowtap.differ.pipeline import shard_of
+    from shadowtap.recorder import TapeReader
+
+    reader = TapeReader(job.tapes, salvage=job.salvage)
+    names: set[str] = set()
+    shard, shards = job.shard, job.shards
+    with ReadProgress("diff", reader.segment_sizes(), enabled=job.progress) as progress:
+        for exchange in progress.wrap(reader, lambda: len(reader.report.segments) - 1):
+            request = exchange.request
+            if shards == 1 or shard_of(request.method, request.path, shards) == shard:
+                session.add(exchange)
+            if job.collect_names:
+                _names_on((exchange,), names)
+    noise_reader = TapeReader(job.noise_tapes, salvage=job.salvage) if job.noise_tapes else None
+    if noise_reader is not None:
+        for exchange in noise_reader:
+            request = exchange.request
+            if shards == 1 or shard_of(request.method, request.path, shards) == shard:
+                session.add_noise(exchange, job.noise_name)
+    return _Done(session.stats, _read_notes((reader, noise_reader)) if shard == 0 else [], names)
+
+
+def _diff_shard(job: _Job) -> _Done:
+    """One worker process: its shard of the tapes into its own store, merged by the parent."""
+    from shadowtap.differ import DiffSession, DiffStore
+
+    store = DiffStore(job.db)
+    try:
+        session = DiffSession(store, load_config(job.config), job.meta)
+        done = _ingest(session, job)
+        session.finish(relearn=False)
+    finally:
+        store.close()
+    return done
+
+
+def _run_workers(store: DiffStore, config: DifferConfig, job: _Job, scratch: str) -> _Done:
+    """``job.shards`` processes, each diffing the exchanges of its endpoints into a store of its own;
+    their stores merge into ``store`` (keys and sets are content-addressed, samples are bottom-k by
+    a hash of the exchange id, so the merge is the one-process result), then endpoints are learned."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from shadowtap.differ import IngestStats, relearn_endpoints
+    from shadowtap.differ.pipeline import add_stats
+
+    store.set_meta(job.meta)
+    jobs = [
+        replace(job, shard=i, db=str(Path(scratch) / f"shard-{i}.sqlite"), progress=job.progress and i == 0)
+        for i in range(job.shards)
+    ]
+    total = _Done(IngestStats(), [], set())
+    # spawn, not fork: the parent may hold open files and threads a forked child must not inherit.
+    with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for part_job, done in zip(jobs, pool.map(_diff_shard, jobs), strict=True):
+            store.merge_from(part_job.db)
+            Path(part_job.db).unlink()
+            add_stats(total.stats, done.stats)
+            total.notes += done.notes
+            total.names |= done.names
+    relearn_endpoints(store, config)
+    store.commit()
+    return total
+
+
 def run(args: argparse.Namespace) -> int:
     from itertools import islice
 
-    from shadowtap.commands._progress import ReadProgress
     from shadowtap.commands.tape import refuse_files_that_are_not_tapes
     from shadowtap.differ import DiffSession, DiffStore, RunMeta, build_report, parse_fail_on
     from shadowtap.recorder import TapeReader
@@ -197,47 +328,47 @@ def run(args: argparse.Namespace) -> int:
     _names_on(peek, seen)
     candidate, secondary = _pick_names(peek, seen, args)
     # A name missing from the tape's start may still come later: then the whole pass decides.
-    names_to_check: set[str] | None = None
     unknown = _unknown_name(args, seen)
-    if unknown is not None:
-        if len(peek) < _PEEK_EXCHANGES:
-            raise unknown
-        names_to_check = seen
+    if unknown is not None and len(peek) < _PEEK_EXCHANGES:
+        raise unknown
+    workers = args.workers if args.workers is not None else _default_workers()
+    if args.workers is None and sum(reader.segment_sizes()) < _WORKERS_MIN_TAPE_BYTES:
+        workers = 1  # starting processes would cost more than they save
     del peek
-    noise_reader = TapeReader(args.noise_tape, salvage=args.salvage) if args.noise_tape else None
     sources = (*(str(t) for t in args.tape), *(f"noise:{t}" for t in args.noise_tape))
+    meta = RunMeta(args.primary, candidate, secondary, sources)
+    job = _Job(
+        tapes=tuple(str(t) for t in args.tape),
+        noise_tapes=tuple(str(t) for t in args.noise_tape),
+        noise_name=args.noise_name,
+        salvage=args.salvage,
+        config=args.config,
+        meta=meta,
+        shard=0,
+        shards=workers,
+        db="",
+        progress=not args.no_progress,
+        collect_names=unknown is not None,
+    )
     # Without --db the store is a temporary file, not memory: its pages stay on disk, so memory
-    # does not grow with the tape.
-    scratch = tempfile.TemporaryDirectory(prefix="shadowtap-diff-") if args.db is None else None
-    store = DiffStore(args.db if scratch is None else Path(scratch.name) / "diff.sqlite")
+    # does not grow with the tape. Workers' stores live there too until merged.
+    scratch = tempfile.TemporaryDirectory(prefix="shadowtap-diff-")
+    store = DiffStore(args.db if args.db is not None else Path(scratch.name) / "diff.sqlite")
     try:
-        session = DiffSession(store, config, RunMeta(args.primary, candidate, secondary, sources))
-        with ReadProgress("diff", reader.segment_sizes(), enabled=not args.no_progress) as progress:
-            for exchange in progress.wrap(reader, lambda: len(reader.report.segments) - 1):
-                session.add(exchange)
-                if names_to_check is not None:
-                    _names_on((exchange,), names_to_check)
-        if names_to_check is not None:
-            unknown = _unknown_name(args, names_to_check)
+        if workers > 1:
+            done = _run_workers(store, config, job, scratch.name)
+        else:
+            session = DiffSession(store, config, meta)
+            done = _ingest(session, job)
+            session.finish()
+        stats = done.stats
+        if unknown is not None:
+            unknown = _unknown_name(args, seen | done.names)
             if unknown is not None:
                 raise unknown
-        if noise_reader is not None:
-            for exchange in noise_reader:
-                session.add_noise(exchange, args.noise_name)
-        stats = session.finish()
-        for read in (reader, noise_reader):
-            if read is None:
-                continue
-            for segment, tail in read.report.torn_tails:
-                print(
-                    f"note: {segment}: torn tail at byte {tail.offset} ({tail.length} bytes) ignored", file=sys.stderr
-                )
-            for segment, skipped in read.report.skipped_ranges:
-                print(
-                    f"note: {segment}: skipped {skipped.length} corrupt bytes at {skipped.offset}: {skipped.reason}",
-                    file=sys.stderr,
-                )
-        if noise_reader is not None and stats.noise_pairs == stats.noise_skipped:
+        for note in done.notes:
+            print(note, file=sys.stderr)
+        if args.noise_tape and stats.noise_pairs == stats.noise_skipped:
             print(
                 f"note: no usable pair in --noise-tape (safe methods with both primary and {args.noise_name!r})",
                 file=sys.stderr,
@@ -247,6 +378,5 @@ def run(args: argparse.Namespace) -> int:
         report = build_report(store, config, fail_on=args.fail_on, min_samples=args.min_samples)
     finally:
         store.close()
-        if scratch is not None:
-            scratch.cleanup()
+        scratch.cleanup()
     return emit(report, args)

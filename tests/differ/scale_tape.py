@@ -17,7 +17,12 @@ __all__ = ["BASE_NS", "RESOURCES", "scale_exchange", "shop_exchange", "write_tap
 
 BASE_NS: Final = 1_714_557_600_000_000_000
 #: Top-level resources of the generated API: a few with ids in the path, one answering maps keyed by ids.
-RESOURCES: Final = tuple(f"res{i:02d}" for i in range(40))
+RESOURCES: Final = (
+    "accounts", "alerts", "badges", "baskets", "brands", "campaigns", "cards", "carriers", "coupons", "devices",
+    "events", "invoices", "locales", "merchants", "notes", "offers", "plans", "refunds", "regions", "tickets",
+    "widgets", "zones", "orders", "payments", "returns", "reviews", "shipments", "stores", "suppliers", "taxes",
+    "teams", "tokens", "users", "vendors", "venues", "wallets", "warehouses", "webhooks", "workflows", "wishlists",
+)  # fmt: skip
 _JSON: Final = ((b"Content-Type", b"application/json"),)
 _LOCALES: Final = ("en-us", "en-gb", "de-de", "fr-fr", "es-es", "it-it", "nl-nl", "pt-br", "ja-jp", "ko-kr")
 _CATEGORIES: Final = ("shoes", "shirts", "coats", "hats", "bags", "belts", "socks", "gloves", "scarves", "skirts")
@@ -71,10 +76,12 @@ def _pair(i: int, path: str, *, keyed: bool) -> Exchange:
 
 
 def scale_exchange(i: int, distinct_paths: int = 100_000) -> Exchange:
-    """Exchange ``i`` of the scale tape: 40 resources, half of the requests with an id among
-    ``distinct_paths`` in their path, every tenth answering a map keyed by user ids."""
+    """Exchange ``i`` of the scale tape: 40 resources, each with and without an id among
+    ``distinct_paths`` in its path (half of the requests), every tenth answering a map keyed by user ids."""
     resource = RESOURCES[i % len(RESOURCES)]
-    path = f"/api/v1/{resource}/{(i * 2_654_435_761) % distinct_paths}/detail" if i % 2 else f"/api/v1/{resource}"
+    path = f"/api/v1/{resource}"
+    if (i // len(RESOURCES)) % 2:
+        path += f"/{(i * 2_654_435_761) % distinct_paths}/detail"
     return _pair(i, path, keyed=i % 10 == 3)
 
 

@@ -1,0 +1,93 @@
+"""`shadowtap diff` at scale: several workers give the one-worker report, memory stays bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from shadowtap.recorder import SyncTapeWriter, TapeOptions
+from tests.differ.corpus.traffic import CANDIDATE, CONFIG, traffic
+from tests.differ.scale_tape import RESOURCES, scale_exchange, write_tape
+
+#: The budget of issue 25: a diff of any tape fits in this, whatever its number of distinct paths.
+PEAK_RSS_LIMIT_BYTES = 300 * 2**20
+
+
+def diff(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shadowtap", "diff", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def without_timings(text: str) -> str:
+    """A report with its generation time blanked: the only thing allowed to differ between runs."""
+    text = re.sub(r'"generated_at_ns": \d+', '"generated_at_ns": 0', text)
+    text = re.sub(r'timestamp="[\d:T-]+"', 'timestamp="-"', text)
+    return re.sub(r"generated \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", "generated -", text)
+
+
+def test_workers_give_the_one_worker_report_byte_for_byte(tmp_path: Path) -> None:
+    tape = tmp_path / "tape"
+    with SyncTapeWriter(tape, TapeOptions(fsync="none")) as writer:
+        writer.write_many(traffic(1200, planted=True))
+        # Maps keyed by ids and many endpoints, over the planted traffic with its secondary.
+        writer.write_many(scale_exchange(i, 300) for i in range(1500))
+    (tmp_path / "diff.yaml").write_text(yaml.safe_dump(CONFIG))
+    outputs: dict[int, dict[str, str]] = {}
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        result = diff(
+            tape, "--candidate", CANDIDATE, "--config", tmp_path / "diff.yaml", "--workers", workers,
+            "--db", out / "r.sqlite", "--json", out / "r.json", "--html", out / "r.html",
+            "--markdown", out / "r.md", "--junit", out / "r.xml", "--no-color", "--full",
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        outputs[workers] = {
+            "terminal": result.stdout,
+            **{p.suffix: without_timings(p.read_text()) for p in sorted(out.glob("r.*")) if p.suffix != ".sqlite"},
+        }
+    assert outputs[1] == outputs[3]
+    report = json.loads(outputs[3][".json"])
+    # The planted traffic's endpoints and the scale tape's resources, with and without an id.
+    assert len(report["endpoints"]) > 2 * len(RESOURCES)
+    assert report["compared"] + report["errors"] == report["pairs"] > 1500
+    keyed = [s for e in report["endpoints"] for s in e["signatures"] if ".{key}" in s["path"]]
+    assert keyed and all("users.{key}" in s["path"] for s in keyed)
+
+
+def test_memory_stays_bounded_with_a_distinct_path_per_exchange(tmp_path: Path) -> None:
+    count = 40_000
+    tape = write_tape(tmp_path / "tape", (scale_exchange(i, count) for i in range(count)))
+    with (tmp_path / "stderr").open("wb") as stderr:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "shadowtap", "diff", str(tape), "--candidate", "v2", "--workers", "1",
+                "--json", str(tmp_path / "r.json"), "--quiet", "--no-progress",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )  # fmt: skip
+        # wait4, not wait: the peak RSS of this one child, not of every child the test run had.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 1, (tmp_path / "stderr").read_text()
+    assert usage.ru_maxrss * 1024 < PEAK_RSS_LIMIT_BYTES
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["pairs"], report["compared"]) == (count, count)
+    assert report["differing"] == count - count // 4
+    endpoints = {e["endpoint"] for e in report["endpoints"]}
+    assert endpoints == {f"GET /api/v1/{r}" for r in RESOURCES} | {f"GET /api/v1/{r}/{{id}}/detail" for r in RESOURCES}
+    # Twenty thousand distinct ids in paths and twelve thousand in maps: a few signatures per endpoint.
+    assert max(len(e["signatures"]) for e in report["endpoints"]) <= 10
+    assert any(s["path"] == "body.users.{key}.score" for e in report["endpoints"] for s in e["signatures"])
