@@ -58,6 +58,7 @@ from shadowtap.recorder.model import (
 from shadowtap.recorder.redact import RULE_KINDS, RedactionRules, Redactor, resolve_redaction_key
 from shadowtap.wire import http1
 from shadowtap.wire.client import Dialer, Http1Connection, PipelinedConnection, Pool
+from shadowtap.wire.http1 import add_field, add_fields, add_value, end_head, field_line, field_prefix, request_line
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -85,8 +86,12 @@ _NO_RULES: Final = RedactionRules(extend_defaults=False)
 _VALUE_KINDS: Final = tuple(kind for kind in RULE_KINDS if kind != "headers")
 #: The timing of a copy that was never sent (shared: Timing is frozen).
 _NO_TIMING: Final = Timing()
-_MARKER_LINE: Final = f"{MARKER_HEADER}: 1\r\n{CORRELATION_HEADER}: ".encode()
 _MARKER: Final = (MARKER_HEADER.encode(), b"1")
+#: The fields every copy's head gets, serialised once by the wire layer.
+_MARKER_LINE: Final = field_line(*_MARKER)
+_CORRELATION_FIELD: Final = field_prefix(CORRELATION_HEADER.encode())
+_HOST: Final = field_prefix(b"Host")
+_CONTENT_LENGTH: Final = field_prefix(b"Content-Length")
 _CORRELATION: Final = CORRELATION_HEADER.encode()
 #: Fields a copy is sent without that are no change of the request: the primary is sent without
 #: them too (hop-by-hop), or they are framing, or the Host rule (the delta's ``authority``).
@@ -161,7 +166,7 @@ def _copy_fields(
             elif removed is not None and lower in removable:
                 removed.append(name)
             continue
-        parts += (name, b": ", value, b"\r\n")
+        add_field(parts, name, value)
     return had_length, saw_connection
 
 
@@ -196,10 +201,9 @@ def mirror_request_head(
     none), minus hop-by-hop fields and credentials, plus shadow credentials, the marker and the
     correlation id. The names of the dropped fields in ``removable`` (what the primary got and the
     copy did not) go to ``removed``. ``drops_forwarded``: ``drop`` names a forwarding field."""
-    parts: list[bytes] = [
-        method.encode("ascii"), b" ", upstream.path_prefix, target.encode("latin-1"), b" HTTP/1.1\r\nHost: ",
-        copy_host(shadow, upstream, authority), b"\r\n",
-    ]  # fmt: skip
+    path = target.encode("latin-1")
+    parts = request_line(method.encode("ascii"), upstream.path_prefix + path if upstream.path_prefix else path)
+    add_value(parts, _HOST, copy_host(shadow, upstream, authority))
     start = len(parts)
     if forwarding is not None:
         headers = forwarding[0]
@@ -221,14 +225,13 @@ def mirror_request_head(
                     if removed is not None:
                         removed.append(name)
                     continue
-                parts += (name, b": ", value, b"\r\n")
-    for name, value in credentials:
-        parts += (name, b": ", value, b"\r\n")
-    parts += (_MARKER_LINE, exchange_id.encode("ascii"), b"\r\n")
+                add_field(parts, name, value)
+    add_fields(parts, credentials)
+    parts.append(_MARKER_LINE)
+    add_value(parts, _CORRELATION_FIELD, exchange_id.encode("ascii"))
     if body_size or had_length:
-        parts += (b"Content-Length: ", str(body_size).encode("ascii"), b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        add_value(parts, _CONTENT_LENGTH, str(body_size).encode("ascii"))
+    return end_head(parts)
 
 
 class _Copy:

@@ -14,11 +14,20 @@ from typing import TYPE_CHECKING, Final
 
 from shadowtap.recorder.model import Header
 from shadowtap.wire import http1
+from shadowtap.wire.http1 import add_field, add_fields, add_value, end_head, field_line, field_prefix, request_line
 
 if TYPE_CHECKING:
     from shadowtap.proxy.forward import ForwardSettings
 
 __all__ = ["Forwarding", "RequestRewriter", "climbs_above_root", "no_forwarding"]
+
+#: The pieces of the fields the primary's head adds (serialised once, by the wire layer).
+_HOST_FIELD: Final = field_prefix(b"Host")
+_FORWARDED_FOR_FIELD: Final = field_prefix(b"X-Forwarded-For")
+_FORWARDED_PROTO_FIELD: Final = field_prefix(b"X-Forwarded-Proto")
+_FORWARDED_HOST_FIELD: Final = field_prefix(b"X-Forwarded-Host")
+_VIA_FIELD: Final = field_prefix(b"Via")
+_CHUNKED: Final = field_line(b"Transfer-Encoding", b"chunked")
 
 #: The forwarding fields a request's primary head carried, for its copies: the client's header
 #: fields with the X-Forwarded-For value the primary got (the same tuple when the client sent none),
@@ -93,24 +102,21 @@ class RequestRewriter:
         if listed:
             return self.forwarding(headers, client_ip, scheme, frozenset(listed))
         added: list[Header] = []
-        lines: list[bytes] = []
         if self._forwarded_for:
             if xff_at >= 0:
                 name, value = headers[xff_at]
                 headers = (*headers[:xff_at], (name, value + b", " + client_ip), *headers[xff_at + 1 :])
             else:
                 added.append((b"X-Forwarded-For", client_ip))
-                lines += (b"X-Forwarded-For: ", client_ip, b"\r\n")
         if self._forwarded_proto and not seen_proto:
             added.append((b"X-Forwarded-Proto", scheme))
-            lines += (b"X-Forwarded-Proto: ", scheme, b"\r\n")
         if self._forwarded_host and not seen_fwd_host and client_host is not None:
             added.append((b"X-Forwarded-Host", client_host))
-            lines += (b"X-Forwarded-Host: ", client_host, b"\r\n")
         via = self._via
         if via is not None:
             added.append((b"Via", via))
-            lines += (b"Via: ", via, b"\r\n")
+        lines: list[bytes] = []
+        add_fields(lines, added)
         return headers, tuple(added), b"".join(lines)
 
     def escapes_prefix(self, target: bytes) -> bool:
@@ -137,7 +143,7 @@ class RequestRewriter:
         kinds = _REQUEST_FIELD_KINDS_UPGRADE if upgrade else _REQUEST_FIELD_KINDS
         # The asterisk-form (OPTIONS *) and the authority-form (CONNECT) name no path: no prefix.
         prefixed = self._prefix + target if self._prefix and target[:1] == b"/" else target
-        parts = [method, b" ", prefixed, b" HTTP/1.1\r\n"]
+        parts = request_line(method, prefixed)
         seen_proto = seen_fwd_host = False
         client_host: bytes | None = None
         xff_at = -1
@@ -162,31 +168,33 @@ class RequestRewriter:
                     if self._host is not None:
                         value = self._host
                 elif kind == _FORWARDED_FOR:
-                    # The client address goes after the last hop listed (the last field if repeated).
+                    # The client address goes after the last hop listed (the last field if repeated):
+                    # the value is the last piece but one of the field ``http1.field`` adds next.
                     xff_at = len(parts) + 2
                 elif kind == _FORWARDED_PROTO:
                     seen_proto = True
                 elif kind == _FORWARDED_HOST:
                     seen_fwd_host = True
-            parts += (name, b": ", value, b"\r\n")
+            add_field(parts, name, value)
         if listed:
             return self.head(method, target, headers, client_ip, scheme, chunked, upgrade, frozenset(listed))
         if client_host is None:
             # HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
-            parts += (b"Host: ", self._authority, b"\r\n")
+            add_value(parts, _HOST_FIELD, self._authority)
         if self._forwarded_for:
             if xff_at >= 0:
                 parts[xff_at] += b", " + client_ip
             else:
-                parts += (b"X-Forwarded-For: ", client_ip, b"\r\n")
+                add_value(parts, _FORWARDED_FOR_FIELD, client_ip)
         if self._forwarded_proto and not seen_proto:
-            parts += (b"X-Forwarded-Proto: ", scheme, b"\r\n")
+            add_value(parts, _FORWARDED_PROTO_FIELD, scheme)
         if self._forwarded_host and not seen_fwd_host and client_host is not None:
-            parts += (b"X-Forwarded-Host: ", client_host, b"\r\n")
+            add_value(parts, _FORWARDED_HOST_FIELD, client_host)
         if self._via is not None:
-            parts += (b"Via: ", self._via, b"\r\n")
-        parts.append(b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
-        return b"".join(parts)
+            add_value(parts, _VIA_FIELD, self._via)
+        if chunked:
+            parts.append(_CHUNKED)
+        return end_head(parts)
 
 
 def climbs_above_root(target: bytes) -> bool:

@@ -45,12 +45,30 @@ from shadowtap.proxy.upgrade import CLIENT, Tunnel
 from shadowtap.recorder.model import Failure, FailureKind, Header, new_response, new_timing
 from shadowtap.wire import http1
 from shadowtap.wire.client import Dialer, Http1Connection, Pool, PoolStats
+from shadowtap.wire.http1 import (
+    add_fields,
+    add_value,
+    chunk,
+    end_head,
+    end_to_end,
+    field_line,
+    field_prefix,
+    response_fields,
+    response_head,
+    status_line,
+)
 
 __all__ = ["ProxyServer", "ServerStats"]
 
 log = logging.getLogger(__name__)
 
 # Why the client's reading is paused; reading resumes only when no reason is left.
+#: Response fields the proxy sets, serialised once by the wire layer.
+_TRANSFER_ENCODING: Final = field_prefix(b"Transfer-Encoding")
+_CONNECTION_CLOSE: Final = field_line(b"Connection", b"close")
+_CONNECTION_KEEP_ALIVE: Final = field_line(b"Connection", b"keep-alive")
+_VIA: Final = field_prefix(b"Via")
+
 _PAUSE_PIPELINE: Final = 1  # too many pipelined requests waiting for their turn
 _PAUSE_BUFFER: Final = 2  # request body buffered while no primary connection is attached
 _PAUSE_UPSTREAM: Final = 4  # the primary's socket buffer is full (slow upload consumer)
@@ -85,7 +103,7 @@ def error_response(status: int, reason: str, message: str, *, close: bool) -> by
     ]
     if close:
         own.append((b"Connection", b"close"))
-    return http1.response_head(status, reason.encode("ascii"), own) + body
+    return response_head(status, reason.encode("ascii"), own) + body
 
 
 @dataclass(slots=True)
@@ -194,7 +212,7 @@ class _Context:
         self.stats = ServerStats(pool=pool.stats)
         self.connections: set[_ClientConnection] = set()
         #: Client connections handed over to HTTP/2, and the HTTP/2 pool to the primary (made on
-        #: first use, when the primary speaks HTTP/2): ``shadowtap.proxy.h2server``.
+        #: first use; False when the primary speaks HTTP/1): ``shadowtap.proxy.h2server``.
         self.h2_sessions: set[h2server.H2Session] = set()
         self.h2_pool: Any = None
         # Exchange ids: unique across processes and restarts (random prefix), cheap to make.
@@ -339,7 +357,7 @@ class _Forward:
         conn = self.conn
         if self._streaming and conn is not None:
             if self.chunked:
-                conn.writelines(http1.chunk(data))
+                conn.writelines(chunk(data))
             else:
                 conn.write(data)
         else:
@@ -440,7 +458,7 @@ class _Forward:
             parts = [head]
             if self.chunked:
                 for piece in buffered:
-                    parts += http1.chunk(piece)
+                    parts += chunk(piece)
             else:
                 parts += buffered
             if self.body_done and self.chunked:
@@ -473,7 +491,7 @@ class _Forward:
     def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
         # 1xx (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they come.
         if not self.http10 and not self._head_sent:
-            self._out.append(http1.response_head(status, reason, http1.end_to_end(headers)))
+            self._out.append(response_head(status, reason, end_to_end(headers)))
 
     def on_head(self, status: int, reason: bytes, headers: list[Header]) -> None:
         if status < 100 or (status == 101 and not self.upgrade):
@@ -485,21 +503,21 @@ class _Forward:
         self.first_byte_deadline = math.inf
         ctx = self._ctx
         self._resp_read_at = ctx.now
-        parts = [http1.STATUS_LINES.get(status) or b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+        parts = status_line(status, reason)
         close = not self.keep_alive or ctx.closing or not self.body_done
         if status == 101:
-            http1.fields(parts, http1.end_to_end(headers, upgrade=True))
+            add_fields(parts, end_to_end(headers, upgrade=True))
             self._mode = _BODY_NONE
         elif 200 <= status < 300 and self.method == b"CONNECT":
             # RFC 9110 9.3.6: a 2xx to CONNECT has no body; what follows its head is the tunnel's.
             framing = (b"content-length", b"transfer-encoding")
-            http1.fields(parts, [h for h in http1.end_to_end(headers) if h[0].lower() not in framing])
+            add_fields(parts, [h for h in end_to_end(headers) if h[0].lower() not in framing])
             self._mode = _BODY_RAW
             self._resp_room = 0
             if self._start_tunnel() is None:
                 return
         else:
-            transfer_encoding, content_length = http1.response_fields(parts, headers)
+            transfer_encoding, content_length = response_fields(parts, headers)
             if status == 204 and (transfer_encoding is not None or (content_length or b"0").strip() != b"0"):
                 # Its body would be read by the client as the start of the next response.
                 self._fail(FailureKind.BAD_RESPONSE, "primary sent a 204 response with a body")
@@ -507,7 +525,7 @@ class _Forward:
             if self.method == b"HEAD" or status == 204 or status == 304:
                 self._mode = _BODY_NONE
                 if transfer_encoding is not None and not self.http10 and self.method == b"HEAD":
-                    parts += (b"Transfer-Encoding: ", transfer_encoding, b"\r\n")
+                    add_value(parts, _TRANSFER_ENCODING, transfer_encoding)
             elif content_length is not None and transfer_encoding is None:
                 self._mode = _BODY_RAW
             elif self.http10:
@@ -516,18 +534,17 @@ class _Forward:
                 close = True
             else:
                 self._mode = _BODY_CHUNKED
-                parts += (b"Transfer-Encoding: ", transfer_encoding or b"chunked", b"\r\n")
+                add_value(parts, _TRANSFER_ENCODING, transfer_encoding or b"chunked")
             if close:
-                parts.append(b"Connection: close\r\n")
+                parts.append(_CONNECTION_CLOSE)
             elif self.http10:
-                parts.append(b"Connection: keep-alive\r\n")
+                parts.append(_CONNECTION_KEEP_ALIVE)
         self._resp_head = (status, reason, headers)
         self._close_after = close
         if ctx.via is not None:
-            parts += (b"Via: ", ctx.via, b"\r\n")
-        parts.append(b"\r\n")
+            add_value(parts, _VIA, ctx.via)
         self._head_sent = True
-        self._out.append(b"".join(parts))
+        self._out.append(end_head(parts))
 
     def flush(self) -> None:
         """Write what this read produced in one call: head and body usually leave in one segment."""
@@ -561,7 +578,7 @@ class _Forward:
         if mode == _BODY_RAW:
             self._out.append(data)
         elif mode == _BODY_CHUNKED and size:
-            self._out += http1.chunk(data)
+            self._out += chunk(data)
 
     def on_complete(self, reusable: bool) -> None:
         if self.finished or self._tunneled:
@@ -1413,7 +1430,7 @@ class ProxyServer:
                 conn.transport.abort()
         for session in list(ctx.h2_sessions):
             session.abort()
-        if ctx.h2_pool is not None:
+        if ctx.h2_pool:
             ctx.h2_pool.abort_all()
         if self._sweeper is not None:
             self._sweeper.cancel()

@@ -20,16 +20,23 @@ __all__ = [
     "SAFE_METHODS",
     "STATUS_LINES",
     "Header",
+    "add_field",
+    "add_fields",
+    "add_value",
     "body_until_close",
     "chunk",
     "chunked_last",
     "connection_tokens",
     "dechunk",
+    "end_head",
     "end_to_end",
-    "fields",
+    "field_line",
+    "field_prefix",
     "request_head",
+    "request_line",
     "response_fields",
     "response_head",
+    "status_line",
 ]
 
 #: One field as received: name and value bytes, case and order kept (``recorder.model.Header`` too).
@@ -62,6 +69,7 @@ _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 CHUNKED_END: Final = b"0\r\n\r\n"
 _CRLF: Final = b"\r\n"
 _SEP: Final = b": "
+_HTTP11_END: Final = b" HTTP/1.1\r\n"
 
 
 def connection_tokens(headers: Sequence[Header]) -> frozenset[bytes]:
@@ -127,7 +135,7 @@ def response_fields(parts: list[bytes], headers: Sequence[Header]) -> tuple[byte
                 listed = extra if listed is None else listed + extra
     if listed:
         del parts[start:]
-        fields(parts, [h for h in headers if h[0].lower() not in HOP_BY_HOP and h[0].lower() not in listed])
+        add_fields(parts, [h for h in headers if h[0].lower() not in HOP_BY_HOP and h[0].lower() not in listed])
     return transfer_encoding, content_length
 
 
@@ -152,10 +160,62 @@ _RESPONSE_FIELD_KINDS: Final = {
 STATUS_LINES: Final = {code: b"HTTP/1.1 %d " % code for code in range(100, 1000)}
 
 
-def fields(parts: list[bytes], headers: Iterable[Header]) -> None:
+# A head is built as a list of byte pieces joined once: ``request_line`` or ``status_line`` starts
+# it, ``add_field``, ``add_fields`` and ``add_value`` add to it (``field_line`` and ``field_prefix``
+# make the constant pieces once), ``end_head`` closes and joins it. Every head the proxy, the
+# replayer and the capture writers send is serialised by these functions, whatever policy chose its
+# fields (``shadowtap.proxy.rewrite`` for the primary, ``shadowtap.proxy.mirror`` for a shadow).
+
+
+def request_line(method: bytes, target: bytes, version: bytes = b"HTTP/1.1") -> list[bytes]:
+    """The pieces of a request line: a new head for ``add_field`` and ``end_head``."""
+    return [method, b" ", target, _HTTP11_END if version == b"HTTP/1.1" else b" " + version + _CRLF]
+
+
+def status_line(status: int, reason: bytes) -> list[bytes]:
+    """The pieces of an HTTP/1.1 status line: a new head for ``add_field`` and ``end_head``."""
+    return [STATUS_LINES.get(status) or b"HTTP/1.1 %d " % status, reason, _CRLF]
+
+
+def add_field(parts: list[bytes], name: bytes, value: bytes) -> None:
+    """Append one ``name: value CRLF`` field to a head; the value is the last piece but one."""
+    # Four appends cost less than a tuple built, concatenated and freed (compiled, per field).
+    parts.append(name)
+    parts.append(_SEP)
+    parts.append(value)
+    parts.append(_CRLF)
+
+
+def add_fields(parts: list[bytes], headers: Iterable[Header]) -> None:
     """Append ``name: value CRLF`` pieces for each field to ``parts``."""
     for name, value in headers:
-        parts += (name, _SEP, value, _CRLF)
+        parts.append(name)
+        parts.append(_SEP)
+        parts.append(value)
+        parts.append(_CRLF)
+
+
+def field_line(name: bytes, value: bytes) -> bytes:
+    """One field as a single piece, for a field whose name and value never change (made once)."""
+    return name + _SEP + value + _CRLF
+
+
+def field_prefix(name: bytes) -> bytes:
+    """``name: `` as one piece, for a field whose name never changes (made once; ``add_value``)."""
+    return name + _SEP
+
+
+def add_value(parts: list[bytes], prefix: bytes, value: bytes) -> None:
+    """Append one field whose name came from ``field_prefix``; the value is the last piece but one."""
+    parts.append(prefix)
+    parts.append(value)
+    parts.append(_CRLF)
+
+
+def end_head(parts: list[bytes]) -> bytes:
+    """Close a head with its empty line and join it into one buffer."""
+    parts.append(_CRLF)
+    return b"".join(parts)
 
 
 def request_head(
@@ -166,20 +226,18 @@ def request_head(
     version: bytes = b"HTTP/1.1",
 ) -> bytes:
     """A request head, fields in the given order, built with one join."""
-    parts = [method, b" ", target, b" ", version, _CRLF]
-    fields(parts, headers)
-    fields(parts, extra)
-    parts.append(_CRLF)
-    return b"".join(parts)
+    parts = request_line(method, target, version)
+    add_fields(parts, headers)
+    add_fields(parts, extra)
+    return end_head(parts)
 
 
 def response_head(status: int, reason: bytes, headers: Iterable[Header], extra: Iterable[Header] = ()) -> bytes:
     """An HTTP/1.1 status line and fields, in the given order, built with one join."""
-    parts = [STATUS_LINES.get(status) or b"HTTP/1.1 %d " % status, reason, _CRLF]
-    fields(parts, headers)
-    fields(parts, extra)
-    parts.append(_CRLF)
-    return b"".join(parts)
+    parts = status_line(status, reason)
+    add_fields(parts, headers)
+    add_fields(parts, extra)
+    return end_head(parts)
 
 
 def chunk(data: bytes) -> list[bytes]:

@@ -211,6 +211,6 @@ def response_bytes(response: Response) -> bytes:
         response.reason.encode("latin-1", "replace"),
     )
     parts = [line]
-    http1.fields(parts, headers)
+    http1.add_fields(parts, headers)
     parts += (_CRLF, body)
     return b"".join(parts)
