@@ -5,14 +5,20 @@ request and then ``gap_ns`` more, so it goes at ``max(slot, previous done + gap)
 on schedule however many are in flight (open loop); an optional in-flight cap holds requests back
 and counts them, and the time they waited shows in the corrected histogram, never hidden.
 
+One timer paces everything (``shadowtap.replayer.pacer``): sessions whose next request is not yet
+due, and the dispatcher waiting to read further, sit in one ``DueQueue`` as plain data; a timerfd
+wakes the loop at the earliest due time (at most once per ``batch_window_s``), and that wake-up
+starts a task for every session now due. A request waiting for its slot costs a heap entry, not a
+task, a timer and a future; no wait spins.
+
 The plan is pulled on the loop a short lookahead ahead of the schedule, in slices of at most
 ``read_slice_s`` between which due requests go, into bounded per-session queues; the first pull
 (which opens the tapes) runs on a worker thread. The heap that exists when the replay starts is
 frozen out of the garbage collector for its duration. This module must never sleep for a relative
-interval (every wait is computed from an absolute deadline), never hold the loop longer than a
-slice, and never let a failed request or a broken results sink stop the replay. Nor may it lose an
-error: a bug met on the way (in the client, the results path, the plan) ends in
-``ReplayOutcome.error``, so the run fails however much of it went well.
+interval (every wait is computed from an absolute deadline), never release a request before it is
+due, never hold the loop longer than a slice, and never let a failed request or a broken results
+sink stop the replay. Nor may it lose an error: a bug met on the way (in the client, the results
+path, the plan) ends in ``ReplayOutcome.error``, so the run fails however much of it went well.
 
 Why not a reader thread: decoding tapes is CPU work under the GIL, so every due timer that fired
 while the reader held the GIL waited for a switch interval, and much longer whenever the reader
@@ -36,40 +42,25 @@ from typing import Final, Protocol
 
 from shadowtap.recorder.errors import ConfigError, ShadowtapError
 from shadowtap.recorder.model import Exchange, Failure, FailureKind, Outcome, Response
+from shadowtap.replayer.pacer import WAKE_TIMERS, DueQueue, WakeTimer, make_wake_timer
 from shadowtap.replayer.plan import PlannedRequest
 from shadowtap.replayer.result import replay_exchange
 from shadowtap.replayer.stats import ErrorExample, ReplayStats
 from shadowtap.replayer.transport import SendResult, Transport, describe_outcome, error_class
 
-__all__ = ["Progress", "ReplayOutcome", "ResultSink", "RunnerSettings", "replay", "sleep_until"]
+__all__ = ["Progress", "ReplayOutcome", "ResultSink", "RunnerSettings", "replay"]
 
 log = logging.getLogger(__name__)
 
-# Below this much time to a deadline the runner yields instead of arming a timer. Small: every
-# yield is a trip round the loop, and yielding from further out burns a core spinning (measured:
-# a 1.5 ms spin window made the replayer use a whole core at 2,000 requests/s), which on a shared
-# machine costs more lateness than it saves.
-_SPIN_NS: Final = 200_000
 # A session idle this long forgets when its last request finished (memory stays bounded); its
 # next request, if one ever comes, then goes at its slot. See docs/replay.md, "Memory".
 _SESSION_MEMORY_NS: Final = 60_000_000_000
-# A stop (Ctrl-C) is noticed by a waiting session or the dispatcher within this long.
-_STOP_CHECK_NS: Final = 100_000_000
 # The live p99 walks a whole histogram (pure Python, milliseconds): refreshed this often only.
 _P99_REFRESH_NS: Final = 2_000_000_000
 # While replaying, the GIL is handed between the event loop and any other thread (the results tape
 # writer encodes and redacts on one) this often: Python's default, 5 ms, would make requests up to
 # 5 ms late while that thread works.
 _SWITCH_INTERVAL_S: Final = 0.0005
-
-
-async def sleep_until(deadline_ns: int) -> None:
-    """Wait until ``time.monotonic_ns()`` reaches ``deadline_ns`` (an absolute deadline)."""
-    while True:
-        remaining_ns = deadline_ns - time.monotonic_ns()
-        if remaining_ns <= 0:
-            return
-        await asyncio.sleep(0 if remaining_ns <= _SPIN_NS else remaining_ns / 1e9)
 
 
 class ResultSink(Protocol):
@@ -84,16 +75,17 @@ class RunnerSettings:
 
     ``max_in_flight``: cap on concurrent requests (None: only the client's connection limit).
     ``lookahead_s``: how long before its slot a request is pulled from the plan into its session.
-    Short, because every pulled request is a waiting task (a coroutine, a timer, a future, a
-    context: about 25 objects the collector tracks) and they pile up in the youngest generation:
-    at 0.25 s and 2,000 requests/s a gen-0 pass walked 9,000 objects (about 2 ms, measured), at
-    20 ms it walks a few hundred. Reading one request costs tens of microseconds, so 20 ms is
-    ample slack.
+    A pulled request waits as an entry in the due queue (tens of bytes), so this only bounds how
+    far the reader runs ahead; it reads in batches of half the lookahead.
     ``max_pending``: bound on requests pulled but not finished, so ``--speed 0`` or a stalled
     target cannot pull a whole tape into memory (the schedule then waits: it shows as start lag).
-    Each pending request is a task of about 2 KiB; 10,000 is 0.25 s of lookahead at 40,000/s.
     ``read_slice_s``: longest the dispatcher reads the plan on the loop before letting due requests
     go (the start lag it may add; reading one request costs tens of microseconds).
+    ``batch_window_s``: the loop wakes for due requests at most once per window, releasing all that
+    are due; a request goes at most this long after it is due (plus the wake-up's own latency), and
+    at 20,000 requests/s a wake-up serves about ten of them.
+    ``wake_timer``: ``auto`` (a timerfd on Linux, else the loop's millisecond timer), ``timerfd``
+    or ``loop`` (see ``shadowtap.replayer.pacer``).
     ``progress_interval_s``: how often the progress callback runs.
     """
 
@@ -101,6 +93,8 @@ class RunnerSettings:
     lookahead_s: float = 0.02
     max_pending: int = 10_000
     read_slice_s: float = 0.0002
+    batch_window_s: float = 0.0005
+    wake_timer: str = "auto"
     progress_interval_s: float = 0.5
 
     def __post_init__(self) -> None:
@@ -112,6 +106,10 @@ class RunnerSettings:
             raise ConfigError(f"must be >= 1, got {self.max_pending}", field="max-pending")
         if self.read_slice_s <= 0:
             raise ConfigError(f"must be > 0, got {self.read_slice_s}", field="read-slice")
+        if not 0 <= self.batch_window_s <= 0.1:
+            raise ConfigError(f"must be between 0 and 0.1, got {self.batch_window_s}", field="batch-window")
+        if self.wake_timer not in WAKE_TIMERS:
+            raise ConfigError(f"must be one of {', '.join(WAKE_TIMERS)}, not {self.wake_timer!r}", field="wake-timer")
         if self.progress_interval_s <= 0:
             raise ConfigError(f"must be > 0, got {self.progress_interval_s}", field="progress-interval")
 
@@ -145,9 +143,11 @@ class ReplayOutcome:
 
 @dataclass(slots=True)
 class _Session:
+    key: str
     queue: deque[PlannedRequest] = field(default_factory=deque)
     last_done_ns: int | None = None
-    task: asyncio.Task[None] | None = None
+    # Its head request waits in the due queue or is being sent: the session is not idle.
+    busy: bool = False
 
 
 class _Runner:
@@ -176,37 +176,56 @@ class _Runner:
         self.idle: OrderedDict[str, int] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
         self.cap = None if settings.max_in_flight is None else asyncio.Semaphore(settings.max_in_flight)
+        # Requests pulled from the plan and neither finished nor dropped.
         self.pending = 0
         self.in_flight = 0
-        self.space = asyncio.Event()
+        # Sessions whose next request is not due yet, and waiters (the dispatcher), by due time.
+        self.due: DueQueue[_Session | asyncio.Future[None]] = DueQueue(int(settings.batch_window_s * 1e9))
+        self.timer: WakeTimer | None = None
+        self.armed_ns: int | None = None
+        # The dispatcher waiting for pending to fall below max_pending, or run() for it to reach 0.
+        self.space_waiter: asyncio.Future[None] | None = None
+        self.drained_waiter: asyncio.Future[None] | None = None
         self.p99_ms = 0.0
         self.p99_at_ns = 0
         # The first bug met (see _internal_error), and whether one broke the replay off.
         self.first_internal_error = ""
-        self.halt = asyncio.Event()
+        self.halted = False
+        # A stop or a bug: nothing more is read or released; what is in flight finishes.
+        self.aborting = False
         # Wall clock minus monotonic, once: results carry wall times without a syscall each.
         self.wall_offset_ns = time.time_ns() - time.monotonic_ns()
 
     async def run(self, plan: Iterable[PlannedRequest]) -> ReplayOutcome:
+        loop = asyncio.get_running_loop()
+        self.timer = make_wake_timer(loop, self._on_wake, self.settings.wake_timer)
         ticker = asyncio.create_task(self._tick())
+        watcher = None if self.stop is None else asyncio.create_task(self._watch_stop(self.stop))
         switch_interval_s = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval_s, _SWITCH_INTERVAL_S))
         # Everything alive now lives as long as the replay: keep the collector from walking it.
         gc.freeze()
         try:
-            await self._dispatch(iter(plan))
-        except ShadowtapError as exc:
-            # A tape went bad mid-replay: finish what is in flight so its results are kept.
-            self.outcome.error = exc
-        except Exception as exc:  # a bug in the plan: end as for a bad tape, keeping what was sent
-            self._internal_error(exc, "reading the plan")
+            try:
+                await self._dispatch(iter(plan))
+            except ShadowtapError as exc:
+                # A tape went bad mid-replay: finish what was read so its results are kept.
+                self.outcome.error = exc
+            except Exception as exc:  # a bug in the plan: end as for a bad tape, keeping what was sent
+                self._internal_error(exc, "reading the plan")
+            if self.pending and not self.aborting:
+                self.drained_waiter = loop.create_future()
+                await self.drained_waiter
         finally:
             while self.tasks:
                 await asyncio.gather(*list(self.tasks))
             sys.setswitchinterval(switch_interval_s)
             gc.unfreeze()
-            ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
+            self.timer.close()
+            for task in (ticker, watcher):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             self.p99_at_ns = 0  # the last report carries the final p99
             self._report_progress()
         if self.outcome.error is None and self.outcome.internal_errors:
@@ -233,102 +252,181 @@ class _Runner:
             return
         slice_end_ns = time.monotonic_ns() + slice_ns
         for request in itertools.chain((first,), iterator):
-            if self.halt.is_set():
-                return
-            if self.stop is not None and self.stop.is_set():
-                self.outcome.stopped = True
+            if self.aborting:
                 return
             now_ns = time.monotonic_ns()
             if self.t0_pending:
                 self.t0_ns, self.t0_pending = now_ns, False
             feed_at_ns = self.t0_ns + request.slot_ns - lookahead_ns
             if feed_at_ns > now_ns:
-                if not await self._wait_until(feed_at_ns):
-                    self._note_stop()
+                # Wake when half the lookahead is left, then read up to a whole lookahead ahead:
+                # one wake-up reads a batch rather than one per request.
+                if not await self._wait_until(feed_at_ns + lookahead_ns // 2):
                     return
                 slice_end_ns = time.monotonic_ns() + slice_ns
             elif now_ns >= slice_end_ns:
-                # Behind the lookahead (the start, --speed 0): let due requests go between slices.
+                # A batch, or behind the lookahead (the start, --speed 0): let due requests go
+                # between slices.
                 await asyncio.sleep(0)
                 slice_end_ns = time.monotonic_ns() + slice_ns
-            while self.pending >= self.settings.max_pending:
-                self.space.clear()
-                await self.space.wait()
+            if self.pending >= self.settings.max_pending:
+                if not await self._wait_for_room():
+                    return
                 slice_end_ns = time.monotonic_ns() + slice_ns
-            if self.halt.is_set():
-                return
             self._hand_out(request)
 
-    async def _wait_until(self, deadline_ns: int) -> bool:
-        """Sleep until ``deadline_ns``; False when the stop event was set (or a bug halted the
-        replay) first."""
-        stop = self.stop
-        if stop is None:
-            await sleep_until(deadline_ns)
-            return not self.halt.is_set()
-        # Long waits are cut into slices so a stop is noticed within _STOP_CHECK_NS.
-        while not stop.is_set() and not self.halt.is_set():
-            if deadline_ns - time.monotonic_ns() <= _STOP_CHECK_NS:
-                await sleep_until(deadline_ns)
-                return not stop.is_set() and not self.halt.is_set()
-            await sleep_until(time.monotonic_ns() + _STOP_CHECK_NS)
-        return False
+    async def _wait_for_room(self) -> bool:
+        """Wait until fewer than ``max_pending`` requests are pending; False when the replay was
+        stopped (or a bug halted it) first."""
+        while self.pending >= self.settings.max_pending and not self.aborting:
+            self.space_waiter = asyncio.get_running_loop().create_future()
+            await self.space_waiter
+        return not self.aborting
 
-    def _note_stop(self) -> None:
-        """A wait ended early: the user's stop, unless a bug halted the replay (its error says so)."""
-        if not self.halt.is_set():
+    async def _wait_until(self, deadline_ns: int) -> bool:
+        """Wait until ``deadline_ns``; False when the replay was stopped (or a bug halted it) first."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._push(deadline_ns, waiter)
+        await waiter
+        return not self.aborting
+
+    async def _watch_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._abort()
+
+    def _abort(self) -> None:
+        """Stop reading and releasing: the user's stop, unless a bug halted the replay (its error
+        says so). Requests not sent are dropped (neither sent nor planned); in flight ones finish."""
+        if self.aborting:
+            return
+        self.aborting = True
+        if not self.halted:
             self.outcome.stopped = True
+        if self.timer is not None:
+            self.timer.disarm()
+        self.armed_ns = None
+        for item in self.due.drain():
+            if isinstance(item, _Session):
+                self._drop_queue(item)
+                self._session_idle(item)
+            elif not item.done():
+                item.set_result(None)
+        for waiter in (self.space_waiter, self.drained_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _push(self, due_ns: int, item: _Session | asyncio.Future[None]) -> None:
+        if self.due.push(due_ns, item):
+            self._arm()
+
+    def _arm(self) -> None:
+        wake_ns = self.due.wake_ns()
+        if wake_ns == self.armed_ns or self.timer is None:
+            return
+        self.armed_ns = wake_ns
+        if wake_ns is None:
+            self.timer.disarm()
+        else:
+            self.timer.arm(wake_ns)
+
+    def _on_wake(self) -> None:
+        """The timer fired: release what is due and arm for the next."""
+        self.armed_ns = None
+        self._release(time.monotonic_ns())
+
+    def _release(self, now_ns: int) -> None:
+        """Start every session due by ``now_ns`` and wake due waiters, in due order; arm for the next."""
+        for due_ns, item in self.due.pop_due(now_ns):
+            if isinstance(item, _Session):
+                self._start(item, due_ns)
+            elif not item.done():
+                item.set_result(None)
+        self._arm()
 
     def _hand_out(self, request: PlannedRequest) -> None:
         self.outcome.planned += 1
         self.stats.record_planned(request.slot_ns)
-        session = self.sessions.get(request.session)
+        key = request.session
+        session = self.sessions.get(key)
         if session is None:
-            session = self.sessions[request.session] = _Session()
+            session = self.sessions[key] = _Session(key)
         else:
-            self.idle.pop(request.session, None)
+            self.idle.pop(key, None)
         session.queue.append(request)
         self.pending += 1
-        if session.task is None:
-            task = asyncio.create_task(self._run_session(request.session, session))
-            session.task = task
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+        if not session.busy:
+            session.busy = True
+            self._schedule(session)
 
-    async def _run_session(self, key: str, session: _Session) -> None:
+    def _schedule(self, session: _Session) -> None:
+        """Start ``session``'s head request now if it is due, else queue the session until it is."""
+        request = session.queue[0]
+        due_ns = self.t0_ns + request.slot_ns
+        if session.last_done_ns is not None:
+            due_ns = max(due_ns, session.last_done_ns + request.gap_ns)
+        now_ns = time.monotonic_ns()
+        if due_ns > now_ns:
+            self._push(due_ns, session)
+            return
+        if self.due.wake_ns() is not None:
+            # Late (the reader fell behind): anything due earlier that waits for its batch goes first.
+            self._release(now_ns)
+        self._start(session, due_ns)
+
+    def _start(self, session: _Session, due_ns: int) -> None:
+        task = asyncio.create_task(self._run_session(session, due_ns))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run_session(self, session: _Session, due_ns: int) -> None:
+        """Send ``session``'s requests from its head while each is due; queue it when one is not."""
         try:
-            while session.queue:
+            while True:
                 request = session.queue[0]
-                due_ns = self.t0_ns + request.slot_ns
-                if session.last_done_ns is not None:
-                    due_ns = max(due_ns, session.last_done_ns + request.gap_ns)
-                if due_ns > time.monotonic_ns() and not await self._wait_until(due_ns):
-                    # Stopped: what was not sent is dropped (it counts as neither sent nor planned).
-                    self._note_stop()
-                    self._drop_queue(session)
-                    return
                 session.last_done_ns = await self._send(request, due_ns)
                 session.queue.popleft()
-                self.pending -= 1
-                self.space.set()
+                self._finished(1)
+                if not session.queue:
+                    break
+                if self.aborting:
+                    self._drop_queue(session)
+                    break
+                request = session.queue[0]
+                due_ns = max(self.t0_ns + request.slot_ns, session.last_done_ns + request.gap_ns)
+                if due_ns > time.monotonic_ns():
+                    self._push(due_ns, session)
+                    return
         except Exception as exc:  # a bug: this queue would never drain, so scheduling stops
-            self._internal_error(exc, f"session {key!r}")
-            self.halt.set()
+            self._internal_error(exc, f"session {session.key!r}")
+            self.halted = True
             self._drop_queue(session)
-        finally:
-            session.task = None
-            if key.startswith("exchange="):
-                # A session of one exchange never gets another request.
-                del self.sessions[key]
-            else:
-                self.idle[key] = time.monotonic_ns()
+            self._abort()
+        self._session_idle(session)
+
+    def _session_idle(self, session: _Session) -> None:
+        session.busy = False
+        if session.key.startswith("exchange="):
+            # A session of one exchange never gets another request.
+            self.sessions.pop(session.key, None)
+        else:
+            self.idle[session.key] = time.monotonic_ns()
+
+    def _finished(self, count: int) -> None:
+        """``count`` pulled requests are done with (sent or dropped): wake whoever waits for room."""
+        self.pending -= count
+        waiter = self.space_waiter
+        if waiter is not None and self.pending < self.settings.max_pending and not waiter.done():
+            waiter.set_result(None)
+        waiter = self.drained_waiter
+        if waiter is not None and self.pending == 0 and not waiter.done():
+            waiter.set_result(None)
 
     def _drop_queue(self, session: _Session) -> None:
         """Forget the requests ``session`` will not send: they count as neither sent nor planned."""
-        self.outcome.planned -= len(session.queue)
-        self.pending -= len(session.queue)
+        dropped = len(session.queue)
+        self.outcome.planned -= dropped
         session.queue.clear()
-        self.space.set()
+        self._finished(dropped)
 
     async def _send(self, request: PlannedRequest, due_ns: int) -> int:
         released_ns = time.monotonic_ns()
@@ -395,7 +493,8 @@ class _Runner:
         interval_ns = int(self.settings.progress_interval_s * 1e9)
         next_ns = time.monotonic_ns() + interval_ns
         while True:
-            await sleep_until(next_ns)
+            # Not through the due queue: a stop must not end the progress reports.
+            await asyncio.sleep(max(0, next_ns - time.monotonic_ns()) / 1e9)
             next_ns += interval_ns
             self._forget_idle_sessions()
             self._report_progress()
@@ -408,7 +507,7 @@ class _Runner:
                 return
             del self.idle[key]
             session = self.sessions.get(key)
-            if session is not None and session.task is None and not session.queue:
+            if session is not None and not session.busy and not session.queue:
                 del self.sessions[key]
 
     def _report_progress(self) -> None:
@@ -445,6 +544,7 @@ async def replay(
     results: ResultSink | None = None,
     progress: Callable[[Progress], None] | None = None,
     stop: asyncio.Event | None = None,
+    stats: ReplayStats | None = None,
 ) -> ReplayOutcome:
     """Replay ``plan`` through ``transport``. ``t0_ns`` is a ``time.monotonic_ns()`` value (shared by
     worker processes: CLOCK_MONOTONIC is system-wide on Linux); default: as soon as the plan's first
@@ -461,4 +561,6 @@ async def replay(
         progress,
         stop,
     )
+    if stats is not None:  # the caller's, sharing the plan's endpoint templater
+        runner.stats = runner.outcome.stats = stats
     return await runner.run(plan)

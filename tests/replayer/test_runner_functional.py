@@ -10,7 +10,7 @@ import time
 import pytest
 from aiohttp import web
 
-from shadowtap.recorder import Exchange
+from shadowtap.recorder import REPLAY, Exchange
 from shadowtap.replayer.plan import PlanOptions, Scaling, plan_requests
 from shadowtap.replayer.runner import RunnerSettings, replay
 from shadowtap.replayer.transport import ClientSettings, HttpTransport
@@ -145,3 +145,125 @@ async def test_a_target_that_refuses_connections_is_counted_as_connect_errors() 
     assert outcome.stats.overall.errors["connect"] == 10
     assert outcome.stats.summary().error_rate == 1.0
     assert len(results) == 10
+
+
+class Results:
+    """A results sink that keeps every replayed exchange by its request number."""
+
+    def __init__(self) -> None:
+        self.by_index: dict[int, Exchange] = {}
+
+    def submit(self, exchange: Exchange) -> bool:
+        self.by_index[int(exchange.id.removeprefix("ex"))] = exchange
+        return True
+
+    def sent_ns(self, i: int) -> int:
+        exchange = self.by_index[i]
+        timing = exchange.timings[REPLAY]
+        assert exchange.started_mono_ns is not None and timing.sent_ns is not None
+        return exchange.started_mono_ns + timing.sent_ns
+
+    def done_ns(self, i: int) -> int:
+        exchange = self.by_index[i]
+        timing = exchange.timings[REPLAY]
+        assert exchange.started_mono_ns is not None and timing.done_ns is not None
+        return exchange.started_mono_ns + timing.done_ns
+
+
+async def serve(arrivals: dict[int, int], *, slow_every: int = 0, slow_s: float = 0.0) -> asyncio.Server:
+    """The arrival recorder on port 0; every ``slow_every``-th request is answered ``slow_s`` late."""
+
+    class Recorder(ArrivalRecorder):
+        def data_received(self, data: bytes) -> None:
+            if not slow_every:
+                super().data_received(data)
+                return
+            # One request at a time per connection here: answer it now or later.
+            now_ns = time.monotonic_ns()
+            path = data.split(b" ", 2)[1].decode()
+            i = int(path.rsplit("/", 1)[1])
+            arrivals[i] = now_ns
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            if i % slow_every == 0:
+                asyncio.get_running_loop().call_later(slow_s, self.transport.write, answer)  # type: ignore[attr-defined]
+            else:
+                self.transport.write(answer)  # type: ignore[attr-defined]
+
+    Recorder.arrivals = arrivals
+    return await asyncio.get_running_loop().create_server(Recorder, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("wake_timer", ["timerfd", "loop"])
+async def test_paced_requests_go_in_order_and_never_before_their_slot(wake_timer: str) -> None:
+    # 300 sessions of one request at 3,000/s: several due in every batch window.
+    tape = [make_exchange(i, 0.0) for i in range(300)]
+    arrivals: dict[int, int] = {}
+    server = await serve(arrivals)
+    results = Results()
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with HttpTransport(url) as transport:
+            t0_ns = time.monotonic_ns() + 50 * MS
+            plan = plan_requests(lambda: tape, PlanOptions(scaling=Scaling(rate_per_s=3000.0)))
+            settings = RunnerSettings(wake_timer=wake_timer)
+            outcome = await replay(plan, transport, t0_ns=t0_ns, settings=settings, results=results)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert outcome.error is None and outcome.stats.overall.requests == 300 == len(arrivals)
+    slots_ns = [t0_ns + i * 1_000_000_000 // 3000 for i in range(300)]
+    # Never early: not by the runner's clock, and not by the target's.
+    assert all(results.by_index[i].started_mono_ns == slots_ns[i] for i in range(300))
+    assert all(results.sent_ns(i) >= slots_ns[i] for i in range(300))
+    assert all(arrivals[i] >= slots_ns[i] for i in range(300))
+    # In order: a request due later is never sent before one due earlier.
+    sent = [results.sent_ns(i) for i in range(300)]
+    assert sent == sorted(sent)
+
+
+@pytest.mark.parametrize("wake_timer", ["timerfd", "loop"])
+async def test_sessions_keep_their_order_and_recorded_gaps_on_the_wire(wake_timer: str) -> None:
+    # Three interleaved sessions, a request every 4 ms in each; every fifth answer takes 15 ms, so
+    # the gap after it (not the slot) decides when the session's next request may go.
+    tape = [make_exchange(i, i * 4 / 3, session=f"s{i % 3}") for i in range(90)]
+    arrivals: dict[int, int] = {}
+    server = await serve(arrivals, slow_every=5, slow_s=0.015)
+    results = Results()
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with HttpTransport(url) as transport:
+            t0_ns = time.monotonic_ns() + 50 * MS
+            plan = list(plan_requests(lambda: tape, PlanOptions()))
+            settings = RunnerSettings(wake_timer=wake_timer)
+            outcome = await replay(plan, transport, t0_ns=t0_ns, settings=settings, results=results)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert outcome.error is None and outcome.stats.overall.requests == 90 == len(arrivals)
+    by_index = {int(p.source.id.removeprefix("ex")): p for p in plan}
+    for s in range(3):
+        session = [i for i in range(90) if i % 3 == s]
+        for previous, i in zip(session, session[1:], strict=False):
+            gap_ns = by_index[i].gap_ns
+            assert gap_ns == 4 * MS
+            # After the previous answer came back, plus the recorded think time, and not before its slot.
+            assert arrivals[i] >= results.done_ns(previous) + gap_ns
+            assert arrivals[i] >= t0_ns + by_index[i].slot_ns
+            assert results.sent_ns(i) >= results.done_ns(previous)
+
+
+async def test_a_cap_holds_back_and_counts_every_request_it_made_wait() -> None:
+    # Ten requests due at once, two at a time: the first two go, the other eight are held back.
+    tape = [make_exchange(i, 0.0) for i in range(10)]
+    arrivals: dict[int, int] = {}
+    server = await serve(arrivals, slow_every=1, slow_s=0.02)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with HttpTransport(url, ClientSettings(max_connections=2)) as transport:
+            plan = plan_requests(lambda: tape, PlanOptions())
+            outcome = await replay(plan, transport, settings=RunnerSettings(max_in_flight=2))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert outcome.stats.overall.requests == 10 == len(arrivals)
+    assert outcome.stats.held_back == 8
