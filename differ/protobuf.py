@@ -36,6 +36,7 @@ __all__ = [
     "ProtoSchema",
     "ProtobufDecodeError",
     "decode_schemaless",
+    "load_schema",
     "reflect_descriptor_set",
 ]
 
@@ -347,3 +348,15 @@ def reflect_descriptor_set(target: str, timeout_s: float = 10.0) -> bytes:
     descriptor_set.file.extend(files[name] for name in ordered)
     serialized: bytes = descriptor_set.SerializeToString()
     return serialized
+
+
+def load_schema(descriptor_path: str | Path | None, reflection_target: str | None) -> ProtoSchema | None:
+    """The schema a run was told to use: a descriptor set file, or a server's reflection (not both);
+    None for neither (bodies are then read schema-less)."""
+    if descriptor_path is not None and reflection_target is not None:
+        raise ProtobufDecodeError("give a descriptor set or a reflection target, not both")
+    if descriptor_path is not None:
+        return ProtoSchema.from_file(Path(descriptor_path))
+    if reflection_target is not None:
+        return ProtoSchema(reflect_descriptor_set(reflection_target), f"reflection:{reflection_target}")
+    return None

@@ -269,7 +269,11 @@ class EndpointTemplater:
             # fetched three times each keeps none; ``recent`` hit thousands of times stays).
             counts = pos.counts or {}
             hits = sorted(counts.values())
-            floor = max(self._keep_min_hits, 4 * hits[len(hits) // 2]) if hits else self._keep_min_hits
+            # The median over every distinct value: id-shaped and untracked ones were new, one hit each.
+            ones = pos.ids + pos.untracked
+            middle = (len(hits) + ones) // 2
+            median = 1 if middle < ones or not hits else hits[middle - ones]
+            floor = max(self._keep_min_hits, 4 * median)
             busy = sorted((n, value) for value, n in counts.items() if n >= floor)
             kept = frozenset(value for _, value in busy[len(busy) - self._max_kept :] if self._max_kept)
         pos.kept = kept

@@ -20,7 +20,15 @@ from collections.abc import Sequence
 from typing import Final
 
 from shadowtap.differ.reports.html import content_security_policy, report_stylesheet
-from shadowtap.replayer.report import SloGates, errors_lead, skipped_text, slo_failures
+from shadowtap.replayer.report import (
+    MAX_ENDPOINTS,
+    SloGates,
+    busiest_endpoints,
+    errors_lead,
+    overflow_text,
+    skipped_text,
+    slo_failures,
+)
 from shadowtap.replayer.result import JobResult
 from shadowtap.replayer.stats import (
     FAILURE_KINDS,
@@ -300,7 +308,7 @@ def _endpoint_row(name: str, per: EndpointStats, elapsed_s: float, css: str = ""
 
 
 def _endpoint_table(result: JobResult, elapsed_s: float) -> str:
-    endpoints = sorted(result.stats.endpoints.items(), key=lambda item: (-item[1].requests, item[0]))
+    endpoints = busiest_endpoints(result)
     if not endpoints:
         return '<p class="muted">No requests were sent.</p>'
     rows = "".join(_endpoint_row(name, per, elapsed_s) for name, per in endpoints[:ENDPOINT_ROWS])
@@ -311,10 +319,16 @@ def _endpoint_table(result: JobResult, elapsed_s: float) -> str:
         "<th class=num>p90</th><th class=num>p99</th><th class=num>max</th><th class=num>service p99</th></tr></thead>"
     )
     total = _endpoint_row("all endpoints", result.stats.overall, elapsed_s, ' class="total"')
-    return f'<table class="endpoints">{head}<tbody>{rows}</tbody><tfoot>{total}</tfoot></table>' + (
-        f'<p class="muted">{more:,} quieter endpoints not shown (the JSON results list them all)</p>'
-        if more > 0
-        else ""
+    overflow = overflow_text(result)
+    return (
+        f'<table class="endpoints">{head}<tbody>{rows}</tbody><tfoot>{total}</tfoot></table>'
+        + (
+            f'<p class="muted">{more:,} quieter endpoint templates not shown (the JSON results list the busiest '
+            f"{MAX_ENDPOINTS:,})</p>"
+            if more > 0
+            else ""
+        )
+        + (f'<p class="muted">Past the template cap: {_e(overflow)}.</p>' if overflow else "")
     )
 
 

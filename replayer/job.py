@@ -14,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from shadowtap.differ.templates import EndpointTemplater
 from shadowtap.recorder import RedactionRules, TapeOptions, TapeWriter
 from shadowtap.replayer.plan import PlanOptions, PlanStats, plan_requests
 from shadowtap.replayer.result import JobResult
 from shadowtap.replayer.runner import Progress, ReplayOutcome, RunnerSettings, replay
 from shadowtap.replayer.source import tape_source
+from shadowtap.replayer.stats import ReplayStats
 from shadowtap.replayer.transport import ClientSettings, make_transport
 
 __all__ = ["ReplayJob", "run_job"]
@@ -26,6 +28,9 @@ __all__ = ["ReplayJob", "run_job"]
 #: Results waiting for the tape writer: about 10 s at the 5,000 requests/s budget, so a slow disk
 #: is ridden out; beyond it results are dropped and counted (the replay itself is never slowed).
 RESULTS_QUEUE_SIZE: Final = 50_000
+#: Endpoint templates per method the replay's stats keep apart; the rest share ``METHOD {overflow}``.
+#: Each costs three histograms (82 KiB), so this bounds the stats near 40 MiB per method.
+MAX_TEMPLATES: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +59,10 @@ async def run_job(
     request is sent; a tape that breaks mid-way is reported in ``JobResult.error``."""
     source = tape_source(job.tapes, job.salvage)
     plan_stats = PlanStats()
-    plan = plan_requests(source, job.plan, plan_stats, os.environ if environ is None else environ)
+    # One learner for the plan and the stats: requests planned before a position folds are
+    # counted under the template it folds into.
+    templater = EndpointTemplater(max_templates=MAX_TEMPLATES)
+    plan = plan_requests(source, job.plan, plan_stats, os.environ if environ is None else environ, templater)
     writer: TapeWriter | None = None
     if job.results_dir is not None:
         redaction = RedactionRules() if job.redact_results else None
@@ -64,7 +72,14 @@ async def run_job(
     try:
         async with make_transport(job.target, job.client) as transport:
             outcome = await replay(
-                plan, transport, t0_ns=t0_ns, settings=job.runner, results=writer, progress=progress, stop=stop
+                plan,
+                transport,
+                t0_ns=t0_ns,
+                settings=job.runner,
+                results=writer,
+                progress=progress,
+                stop=stop,
+                stats=ReplayStats(templater=templater),
             )
     finally:
         if writer is not None:

@@ -6,8 +6,11 @@ tape itself (the caller passes a source), never sleep, and never hold a whole ta
 
 What it holds in memory, and the bound:
 
-- per session key: the previous request's recorded time and its sequence number (two ints per
-  distinct session key, for the whole replay; a tape of a million sessions costs tens of MB);
+- per session key: the previous request's recorded time and its sequence number, for at most
+  ``MAX_SESSIONS`` keys (the least recently seen is forgotten: its next request, if one ever
+  comes, starts the session afresh, counted in ``PlanStats.sessions_forgotten``); an exchange
+  that is a session of its own is not remembered at all;
+- the endpoint templater (``differ.templates``), bounded by its caps;
 - clones: copies of a request wait in a heap until their offset slot comes up, bounded by the
   requests recorded within ``(clones - 1) * clone_offset_s`` times the clone count;
 - nothing else: requests stream through in recorded order.
@@ -29,16 +32,19 @@ import json
 import math
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, urlencode
 
+from shadowtap.differ.templates import EndpointTemplater, shape_template
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.model import PRIMARY, Exchange, Headers
 from shadowtap.wire import http1
 
 __all__ = [
+    "MAX_SESSIONS",
     "SAFE_METHODS",
     "Filters",
     "PlanOptions",
@@ -50,7 +56,6 @@ __all__ = [
     "SessionKey",
     "check_header_name",
     "check_header_text",
-    "endpoint_template",
     "merge_by_time",
     "plan_requests",
     "preview_schedule",
@@ -69,16 +74,9 @@ _CLONE_FIELD_KINDS: Final = ("header", "cookie", "query", "json")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: RFC 9110 token characters: all a header name may hold.
 _TOKEN_RE: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_ID_SEGMENT = re.compile(
-    r"^(?:\d+|[0-9a-fA-F]{16,}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
-)
 _NS_PER_S: Final = 1_000_000_000
-
-
-def endpoint_template(method: str, path: str) -> str:
-    """``GET /users/{id}`` for ``GET /users/123``: the stats key, so ids do not explode the table."""
-    parts = ["{id}" if _ID_SEGMENT.match(part) else part for part in path.split("/")]
-    return f"{method} {'/'.join(parts) or '/'}"
+#: Session keys whose last request the plan remembers (about 200 bytes each: 20 MB at most).
+MAX_SESSIONS: Final = 100_000
 
 
 def _stable_hash(text: str) -> int:
@@ -293,6 +291,7 @@ class PlanStats:
     skipped_sample: int = 0
     skipped_other_shard: int = 0
     iterations: int = 0
+    sessions_forgotten: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -497,19 +496,28 @@ def plan_requests(
     options: PlanOptions,
     stats: PlanStats | None = None,
     environ: Mapping[str, str] | None = None,
+    templater: EndpointTemplater | None = None,
 ) -> Iterator[PlannedRequest]:
     """Stream the planned requests in slot order.
 
     ``source`` returns a fresh, time-ordered iterable of exchanges each time it is called (it is
     called once per loop iteration). Configuration errors (a regex that does not compile, a missing
     environment variable) raise ``ConfigError`` when the generator is created, before any request.
+    ``templater`` learns endpoint templates from every planned request (each request's
+    ``endpoint`` is its template when planned; the stats that share it fold later ones); without
+    one, a plan of its own learns.
     """
     rewrites = _CompiledRewrites(options.rewrites, os.environ if environ is None else environ)
-    return _plan(source, options, rewrites, stats if stats is not None else PlanStats())
+    learner = templater if templater is not None else EndpointTemplater()
+    return _plan(source, options, rewrites, stats if stats is not None else PlanStats(), learner)
 
 
 def _plan(
-    source: Callable[[], Iterable[Exchange]], options: PlanOptions, rewrites: _CompiledRewrites, stats: PlanStats
+    source: Callable[[], Iterable[Exchange]],
+    options: PlanOptions,
+    rewrites: _CompiledRewrites,
+    stats: PlanStats,
+    templater: EndpointTemplater | None,
 ) -> Iterator[PlannedRequest]:
     scaling = options.scaling
     ramp = _Ramp(scaling.ramp_s)
@@ -539,7 +547,7 @@ def _plan(
         arrival = itertools.count()
         last_base_ns = -1
         base_count = 0
-        for base, ex, session in _base_stream(source(), options, rewrites, stats, iteration):
+        for base, ex, session in _base_stream(source(), options, rewrites, stats, iteration, templater):
             base_count += 1
             last_base_ns = base.slot_ns
             for clone in range(scaling.clones):
@@ -603,7 +611,9 @@ def preview_schedule(
     whole = replace(options, shard=None, scaling=replace(options.scaling, loop=False))
     requests = span_ns = longest_ns = longest_at_ns = 0
     latest_ns: int | None = None
-    for planned in plan_requests(source, whole, environ=environ):
+    rewrites = _CompiledRewrites(whole.rewrites, os.environ if environ is None else environ)
+    # No templater: the preview needs no endpoints, and learning would cost a walk per request.
+    for planned in _plan(source, whole, rewrites, PlanStats(), None):
         requests += 1
         slot_ns = planned.slot_ns
         if latest_ns is not None and slot_ns - latest_ns > longest_ns:
@@ -623,7 +633,12 @@ def _clone(
 
 
 def _base_stream(
-    exchanges: Iterable[Exchange], options: PlanOptions, rewrites: _CompiledRewrites, stats: PlanStats, iteration: int
+    exchanges: Iterable[Exchange],
+    options: PlanOptions,
+    rewrites: _CompiledRewrites,
+    stats: PlanStats,
+    iteration: int,
+    templater: EndpointTemplater | None,
 ) -> Iterator[tuple[PlannedRequest, Exchange, str]]:
     """Clone 0 of every kept exchange, with its recorded-time slot (speed applied, no offset)."""
     filters = options.filters
@@ -637,8 +652,9 @@ def _base_stream(
     sample_bound = int(filters.sample_percent / 100.0 * 2**64)
     tape_start_ns: int | None = None
     first_kept_ns: int | None = None
-    # Per session key: previous recorded end (or start) and the next sequence number (module doc).
-    sessions: dict[str, tuple[int, int]] = {}
+    # Per session key: previous recorded end (or start) and the next sequence number, least
+    # recently seen first (module doc).
+    sessions: OrderedDict[str, tuple[int, int]] = OrderedDict()
     for ex in exchanges:
         stats.read += 1
         if tape_start_ns is None:
@@ -659,20 +675,22 @@ def _base_stream(
         ):
             stats.skipped_filter += 1
             continue
-        endpoint = endpoint_template(method, req.path)
-        if filters.endpoints and not any(
-            fnmatch.fnmatchcase(endpoint, pattern) or fnmatch.fnmatchcase(req.path, pattern)
-            for pattern in filters.endpoints
-        ):
-            stats.skipped_filter += 1
-            continue
+        # Filters match the template by shape alone: a learned one would change their meaning mid-run.
+        if filters.endpoints:
+            shape = shape_template(method, req.path)
+            if not any(
+                fnmatch.fnmatchcase(shape, pattern) or fnmatch.fnmatchcase(req.path, pattern)
+                for pattern in filters.endpoints
+            ):
+                stats.skipped_filter += 1
+                continue
         key = options.session_key.of(ex)
         if sample_bound < 2**64 and _stable_hash(key) >= sample_bound:
             stats.skipped_sample += 1
             continue
         if first_kept_ns is None:
             first_kept_ns = ex.started_at_ns
-        previous = sessions.get(key)
+        previous = sessions.pop(key, None)
         seq = 0 if previous is None else previous[1]
         gap_ns = 0
         if previous is not None and speed > 0.0 and options.scaling.rate_per_s is None:
@@ -683,7 +701,11 @@ def _base_stream(
         # so a slow replayed response delays the session once, not once per later request.
         timing = ex.timings.get(PRIMARY)
         done_ns = None if timing is None else timing.done_ns
-        sessions[key] = (ex.started_at_ns + (done_ns or 0), seq + 1)
+        if not key.startswith("exchange="):  # a session of one exchange has no next request
+            sessions[key] = (ex.started_at_ns + (done_ns or 0), seq + 1)
+            if len(sessions) > MAX_SESSIONS:
+                sessions.popitem(last=False)
+                stats.sessions_forgotten += 1
         slot_ns = 0 if speed == 0.0 else int((ex.started_at_ns - first_kept_ns) / speed)
         if max_gap_ns is not None:
             if latest_ns is not None and slot_ns - latest_ns > max_gap_ns:
@@ -691,6 +713,9 @@ def _base_stream(
             # The latest, not the last: a request recorded out of order opens no gap.
             latest_ns = slot_ns if latest_ns is None else max(latest_ns, slot_ns)
             slot_ns -= cut_ns
+        endpoint = (
+            shape_template(method, req.path) if templater is None else templater.observe_template(method, req.path)
+        )
         target, headers, body = rewrites.apply(ex, 0, iteration)
         session = key if iteration == 0 else f"{key}#c0i{iteration}"
         yield (

@@ -19,9 +19,12 @@ from shadowtap.replayer.stats import ERROR_CLASSES, HISTOGRAMS, PERCENTILES, SER
 
 __all__ = [
     "DEFAULT_MAX_ERROR_RATE",
+    "MAX_ENDPOINTS",
     "RESULTS_SCHEMA_VERSION",
     "SloGates",
+    "busiest_endpoints",
     "errors_lead",
+    "overflow_text",
     "results_document",
     "skipped_text",
     "slo_failures",
@@ -29,6 +32,8 @@ __all__ = [
 ]
 
 RESULTS_SCHEMA_VERSION: Final = 1
+#: Endpoint templates the JSON results list (the busiest); the rest are counted in ``endpoints_more``.
+MAX_ENDPOINTS: Final = 200
 #: The error-rate gate of `shadowtap replay` unless --max-error-rate says otherwise: a replay with
 #: more than 1 % failed requests (a target down fails them all) is not a load test that passed.
 DEFAULT_MAX_ERROR_RATE: Final = 0.01
@@ -130,12 +135,32 @@ def _timeline(series: Series) -> list[dict[str, Any]]:
     return rows
 
 
+def busiest_endpoints(result: JobResult) -> list[tuple[str, EndpointStats]]:
+    """Endpoint templates by traffic, busiest first (ties by name, so reports are stable)."""
+    return sorted(result.stats.endpoints.items(), key=lambda item: (-item[1].requests, item[0]))
+
+
+def overflow_text(result: JobResult) -> str:
+    """``GET {overflow} holds 1,234 distinct paths`` per method past the template cap, or ''."""
+    return "; ".join(
+        f"{method} {{overflow}} holds {'' if exact else 'about '}{count:,} distinct paths"
+        for method, (count, exact) in result.stats.overflow().items()
+    )
+
+
 def results_document(
-    result: JobResult, *, target: str, tapes: tuple[str, ...], workers: int, gates: SloGates
+    result: JobResult,
+    *,
+    target: str,
+    tapes: tuple[str, ...],
+    workers: int,
+    gates: SloGates,
+    max_endpoints: int = MAX_ENDPOINTS,
 ) -> dict[str, Any]:
     """The JSON results (schema in docs/replay.md)."""
     summary = result.stats.summary()
     failures = slo_failures(result, gates)
+    endpoints = busiest_endpoints(result)
     return {
         "schema": RESULTS_SCHEMA_VERSION,
         # First, because it is the first thing to know about a replay.
@@ -174,8 +199,13 @@ def results_document(
                 "statuses": {str(k): v for k, v in sorted(per.statuses.items())},
                 "latency_ms": _latency(per),
             }
-            for name, per in sorted(result.stats.endpoints.items(), key=lambda item: -item[1].requests)
+            for name, per in endpoints[:max_endpoints]
         ],
+        "endpoints_more": max(0, len(endpoints) - max_endpoints),
+        "endpoints_overflow": {
+            method: {"distinct_paths": count, "exact": exact}
+            for method, (count, exact) in result.stats.overflow().items()
+        },
         "timeline_interval_s": result.stats.series.interval_s,
         "timeline": _timeline(result.stats.series),
         "results_tape": {"written": result.results_written, "dropped": result.results_dropped},
@@ -212,7 +242,7 @@ def summary_text(result: JobResult, *, max_endpoints: int = 15) -> str:
             lines.append(
                 f"{labels[name]:<32}" + "".join(f"{overall.percentile_ms(name, p):>10.2f}" for p in PERCENTILES)
             )
-    endpoints = sorted(result.stats.endpoints.items(), key=lambda item: -item[1].requests)
+    endpoints = busiest_endpoints(result)
     if endpoints:
         lines += ["", f"{'endpoint':<40}{'requests':>10}{'errors':>8}{'p50':>10}{'p99':>10}  (response ms)"]
         for name, per in endpoints[:max_endpoints]:
@@ -224,7 +254,10 @@ def summary_text(result: JobResult, *, max_endpoints: int = 15) -> str:
             )
             lines.append(f"{name[:39]:<40}{per.requests:>10,}{per.error_count:>8,}{p50}{p99}")
         if len(endpoints) > max_endpoints:
-            lines.append(f"... and {len(endpoints) - max_endpoints} more endpoints (see --json / --html)")
+            lines.append(f"... and {len(endpoints) - max_endpoints:,} more templates (see --json / --html)")
+        overflow = overflow_text(result)
+        if overflow:
+            lines.append(f"past the template cap: {overflow}")
     if result.results_written or result.results_dropped:
         lines += ["", f"results tape: {result.results_written:,} written, {result.results_dropped:,} dropped"]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Replay latency statistics: three HdrHistograms per endpoint and overall, errors and a timeline.
+"""Replay latency statistics: three HdrHistograms per endpoint template and overall, errors and a timeline.
 
 Service time (sent -> done), response time from the intended send (due -> done: corrected for
 coordinated omission, so a stall shows up for every request that waited behind it) and start lag
@@ -7,6 +7,11 @@ timeout, reset, 5xx and other, the first few of each kept as examples. A per-sec
 (planned, sent, ok, errors) feeds the HTML report. Everything encodes to plain data (histograms
 as HdrHistogram's base64 encoding) so worker processes and Locust workers ship it to one place and
 ``merge`` adds it up.
+
+Endpoints are templates from the shared learner (``differ.templates``), never raw paths: a request
+planned under ``GET /files/abc`` is counted under ``GET /files/{id}`` once that position folds, and
+stats already kept under the old key merge into the template's (``ReplayStats.templater``). So the
+per-endpoint state is bounded by the learner's template cap (and its overflow bucket).
 
 Pure code, no asyncio and no I/O: the locustfile uses it under gevent. It must never record a
 negative or unbounded value (clamped into the histogram range) and never lose a count when merging.
@@ -20,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from hdrh.histogram import HdrHistogram
+
+from shadowtap.differ.templates import EndpointTemplater
 
 __all__ = [
     "ERROR_CLASSES",
@@ -36,10 +43,12 @@ __all__ = [
     "Summary",
 ]
 
-#: Histogram unit: microseconds, 1 us .. 1 h at 3 significant digits (about 30 KiB each).
+#: Histogram unit: microseconds, 1 us .. 1 h; 3 significant digits overall (186 KiB each), 2 per
+#: endpoint (27 KiB each: the three of an endpoint cost 82 KiB, not 560, and stay within 1 %).
 _LOWEST_US: Final = 1
 _HIGHEST_US: Final = 3_600_000_000
 _DIGITS: Final = 3
+_ENDPOINT_DIGITS: Final = 2
 _NS_PER_US: Final = 1_000
 #: Intervals the series keeps at most: one second each until a run outgrows them (10 minutes), then
 #: the interval doubles and neighbours fold together, so memory and the charts stay bounded however
@@ -67,15 +76,19 @@ def _histogram() -> HdrHistogram:
     return HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
 
 
-def _make_counts_index() -> Callable[[int], int]:
+def _endpoint_histogram() -> HdrHistogram:
+    return HdrHistogram(_LOWEST_US, _HIGHEST_US, _ENDPOINT_DIGITS)
+
+
+def _make_counts_index(digits: int = _DIGITS) -> Callable[[int], int]:
     """HdrHistogram's counts-array index of a value, computed once for both histograms it goes to.
 
     The same arithmetic as ``HdrHistogram._counts_index_for`` (bucket from the bit length, then
     the sub-bucket), inlined: ``record_value``'s call chain was most of the replayer's recording
-    cost. Every histogram here has the same range and precision, hence the same layout; a test
-    pins this against ``record_value``.
+    cost. Every histogram of one precision has the same layout; a test pins this against
+    ``record_value``.
     """
-    layout = _histogram()
+    layout = HdrHistogram(_LOWEST_US, _HIGHEST_US, digits)
     unit: int = layout.unit_magnitude
     half_magnitude: int = layout.sub_bucket_half_count_magnitude
     mask: int = layout.sub_bucket_mask
@@ -89,6 +102,7 @@ def _make_counts_index() -> Callable[[int], int]:
 
 
 _counts_index = _make_counts_index()
+_endpoint_counts_index = _make_counts_index(_ENDPOINT_DIGITS)
 
 
 def _us(value_ns: int) -> int:
@@ -244,7 +258,8 @@ def _add_row(row: list[int], buckets: dict[int, int], other_row: list[int], othe
 
 @dataclass(slots=True)
 class EndpointStats:
-    """The three histograms and the outcome counts of one endpoint (or of all of them)."""
+    """The three histograms and the outcome counts of one endpoint (or of all of them: built with
+    ``_histogram``, three significant digits; an endpoint's, ``endpoint()``, have two)."""
 
     service: HdrHistogram = field(default_factory=_histogram)
     corrected: HdrHistogram = field(default_factory=_histogram)
@@ -253,6 +268,10 @@ class EndpointStats:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
+
+    @classmethod
+    def endpoint(cls) -> EndpointStats:
+        return cls(_endpoint_histogram(), _endpoint_histogram(), _endpoint_histogram())
 
     def histogram(self, name: str) -> HdrHistogram:
         return {"service": self.service, "corrected": self.corrected, "start_lag": self.start_lag}[name]
@@ -288,8 +307,8 @@ class EndpointStats:
         }
 
     @classmethod
-    def decode(cls, data: dict[str, Any]) -> EndpointStats:
-        out = cls()
+    def decode(cls, data: dict[str, Any], *, endpoint: bool = False) -> EndpointStats:
+        out = cls.endpoint() if endpoint else cls()
         for name in HISTOGRAMS:
             out.histogram(name).decode_and_add(data[name].encode("ascii"))
         out.requests = int(data["requests"])
@@ -352,6 +371,8 @@ class ReplayStats:
         "held_back_ns",
         "last_done_ns",
         "series",
+        "templater",
+        "_generation",
     )
 
     def __init__(
@@ -364,9 +385,13 @@ class ReplayStats:
         first_sent_ns: int | None = None,
         last_done_ns: int | None = None,
         error_examples: list[ErrorExample] | None = None,
+        templater: EndpointTemplater | None = None,
     ) -> None:
         self._overall = overall or EndpointStats()
         self._endpoints = endpoints or {}
+        #: The learner the plan templates endpoints with (shared, so stats follow its folds).
+        self.templater = templater
+        self._generation = -1 if templater is None else templater.generation
         # Per endpoint: latencies (service, corrected, start lag in us) not yet in the histograms.
         # Bounded by _FLUSH_EVERY in total.
         self._pending: dict[str, list[tuple[int, int, int]]] = {}
@@ -395,25 +420,48 @@ class ReplayStats:
     @property
     def endpoints(self) -> dict[str, EndpointStats]:
         self.flush()
+        if self.templater is not None and self.templater.generation != self._generation:
+            self._refold()
         return self._endpoints
+
+    def overflow(self) -> dict[str, tuple[int, bool]]:
+        """Per method with an overflow bucket (``GET {overflow}``): its distinct paths, and
+        whether that count is exact (see ``EndpointTemplater.overflow``)."""
+        return {} if self.templater is None else self.templater.overflow()
+
+    def _refold(self) -> None:
+        """Merge the stats of endpoints whose template has since become a more general one."""
+        assert self.templater is not None
+        self.flush()
+        retemplate = self.templater.retemplate
+        folded: dict[str, EndpointStats] = {}
+        for name, per in self._endpoints.items():
+            current = retemplate(name)
+            into = folded.get(current)
+            if into is None:
+                folded[current] = per
+            else:
+                into.add(per)
+        self._endpoints = folded
+        self._generation = self.templater.generation
 
     def flush(self) -> None:
         """Fold buffered latencies into the histograms."""
         if not self._pending:
             return
         overall = self._overall
-        index = _counts_index
         for endpoint, rows in self._pending.items():
             per = self._endpoints[endpoint]
             for column, name in enumerate(HISTOGRAMS):
                 counts = Counter(row[column] for row in rows)
-                targets = (per.histogram(name), overall.histogram(name))
-                for value, count in counts.items():
-                    i = index(value)
-                    for hist in targets:
-                        hist.counts[i] += count
                 low, high, added = min(counts), max(counts), len(rows)
-                for hist in targets:
+                for hist, index in (
+                    (per.histogram(name), _endpoint_counts_index),
+                    (overall.histogram(name), _counts_index),
+                ):
+                    hist_counts = hist.counts
+                    for value, count in counts.items():
+                        hist_counts[index(value)] += count
                     hist.total_count += added
                     hist.min_value = min(hist.min_value, low)
                     hist.max_value = max(hist.max_value, high)
@@ -438,9 +486,17 @@ class ReplayStats:
         error: str | None,
     ) -> None:
         """One finished request. ``error`` is an ``ERROR_CLASSES`` name for a failure (``status`` None)."""
+        templater = self.templater
+        if templater is not None and templater.generation != self._generation:
+            self._refold()
         per = self._endpoints.get(endpoint)
         if per is None:
-            per = self._endpoints[endpoint] = EndpointStats()
+            if templater is not None:
+                # Planned before its position folded: count it under the template it has now.
+                endpoint = templater.retemplate(endpoint)
+                per = self._endpoints.get(endpoint)
+            if per is None:
+                per = self._endpoints[endpoint] = EndpointStats.endpoint()
         if status is not None and status >= 500:
             error = "5xx"
         rows = self._pending.get(endpoint)
@@ -503,10 +559,18 @@ class ReplayStats:
         self.held_back_ns += waited_ns
 
     def merge(self, other: ReplayStats) -> None:
-        """Add ``other`` (another worker's stats against the same t0) into this one."""
+        """Add ``other`` (another worker's stats against the same t0) into this one; endpoints that
+        either side's templater folded are folded in both."""
+        if other.templater is not None:
+            if self.templater is None:
+                self.templater = EndpointTemplater()
+            self.templater.absorb(other.templater.export())
         self.overall.add(other.overall)
+        endpoints = self.endpoints
         for name, per in other.endpoints.items():
-            self.endpoints.setdefault(name, EndpointStats()).add(per)
+            endpoints.setdefault(name, EndpointStats.endpoint()).add(per)
+        if self.templater is not None:
+            self._generation = -1  # the other side's keys may fold into this side's templates
         self.held_back += other.held_back
         self.held_back_ns += other.held_back_ns
         self.series.merge(other.series)
@@ -530,13 +594,19 @@ class ReplayStats:
             "first_sent_ns": self.first_sent_ns,
             "last_done_ns": self.last_done_ns,
             "error_examples": [e.encode() for e in self.error_examples],
+            "templates": None if self.templater is None else self.templater.export(),
         }
 
     @classmethod
     def decode(cls, data: dict[str, Any]) -> ReplayStats:
+        templater = None
+        if data.get("templates") is not None:
+            templater = EndpointTemplater()
+            templater.absorb(data["templates"])
         return cls(
             overall=EndpointStats.decode(data["overall"]),
-            endpoints={name: EndpointStats.decode(per) for name, per in data["endpoints"].items()},
+            endpoints={name: EndpointStats.decode(per, endpoint=True) for name, per in data["endpoints"].items()},
+            templater=templater,
             held_back=int(data["held_back"]),
             held_back_ns=int(data["held_back_ns"]),
             series=Series.decode(data["series"]),

@@ -111,6 +111,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the second baseline answer in --noise-tape exchanges (default: replay)",
     )
+    parser.add_argument(
+        "--proto-descriptor",
+        type=Path,
+        metavar="FILE",
+        help="decode gRPC bodies with this descriptor set (protoc --descriptor_set_out=FILE --include_imports)",
+    )
+    parser.add_argument(
+        "--proto-reflection",
+        metavar="HOST:PORT",
+        help="decode gRPC bodies with the descriptors this server gives by gRPC server reflection",
+    )
     parser.add_argument("--db", type=Path, metavar="PATH", help="SQLite results store to create or add to")
     parser.add_argument("--salvage", action="store_true", help="skip corrupt ranges of the tape instead of stopping")
     parser.add_argument(
@@ -129,6 +140,23 @@ def load_config(path: Path | None) -> DifferConfig:
     from shadowtap.differ import DifferConfig, config_from_mapping
 
     return DifferConfig() if path is None else config_from_mapping(load_mapping(path))
+
+
+def with_proto_schema(config: DifferConfig, args: argparse.Namespace) -> DifferConfig:
+    """``config`` with the protobuf schema the flags (or else the config file) name, loaded."""
+    from dataclasses import replace
+
+    from shadowtap.differ.protobuf import ProtobufDecodeError, load_schema
+    from shadowtap.recorder.errors import ConfigError
+
+    flags = args.proto_descriptor is not None or args.proto_reflection is not None
+    descriptor = args.proto_descriptor if flags else config.proto_descriptor
+    reflection = args.proto_reflection if flags else config.proto_reflection
+    try:
+        schema = load_schema(descriptor, reflection)
+    except ProtobufDecodeError as exc:
+        raise ConfigError(str(exc), field="--proto-descriptor" if descriptor else "--proto-reflection") from exc
+    return config if schema is None else replace(config, compare=replace(config.compare, proto=schema))
 
 
 def _names_on(exchanges: Iterable[Exchange], names: set[str]) -> None:
@@ -318,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     from shadowtap.differ import DiffSession, DiffStore, RunMeta, build_report, parse_fail_on
     from shadowtap.recorder import TapeReader
 
-    config = load_config(args.config)
+    config = with_proto_schema(load_config(args.config), args)
     if args.fail_on is not None:
         parse_fail_on(args.fail_on)  # a bad SPEC fails before the tape is read, not after
     refuse_files_that_are_not_tapes([*args.tape, *args.noise_tape], args.salvage)

@@ -202,3 +202,14 @@ def test_distinct_counter_is_exact_then_estimates_and_merges() -> None:
         (big if i % 2 else other).add(str(uuid.UUID(int=i)))
     big.merge(DistinctCounter.decode(other.encode()))
     assert not big.exact and 45_000 < big.count() < 55_000
+
+
+def test_a_busy_literal_beside_id_shaped_values_stays_apart() -> None:
+    templater = EndpointTemplater()
+    for i in range(2_000):
+        templater.observe("GET", f"/users/{i}")
+        if i % 5 == 0:
+            templater.observe("GET", "/users/me")
+    assert templater.template("GET", "/users/me") == "GET /users/me"
+    assert templater.template("GET", "/users/alice") == "GET /users/{id}"
+

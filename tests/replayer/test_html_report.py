@@ -108,7 +108,7 @@ def test_the_endpoint_table_has_a_row_per_endpoint_a_total_and_a_cap() -> None:
     page = render_html(JobResult(stats, {}, planned=1), target="http://t", tapes=("t",), gates=SloGates())
     table = page[page.index('<table class="endpoints">') : page.index("</table>", page.index('class="endpoints"'))]
     assert table.count("<tr>") == ENDPOINT_ROWS + 1  # the head row, then the busiest endpoints
-    assert "20 quieter endpoints not shown" in page
+    assert "20 quieter endpoint templates not shown" in page
     busiest = table.split("<tbody>")[1].split("</tr>")[0]
     assert "GET /e7" in busiest and "200&nbsp;&times;4, 404&nbsp;&times;1" in busiest
     assert '<span class="fail">reset&nbsp;&times;1</span>' in busiest

@@ -7,7 +7,9 @@ from collections.abc import Iterable
 
 import pytest
 
+from shadowtap.differ.templates import EndpointTemplater
 from shadowtap.recorder import ConfigError, Exchange, Request
+from shadowtap.replayer import plan as plan_module
 from shadowtap.replayer.plan import (
     Filters,
     PlannedRequest,
@@ -16,7 +18,6 @@ from shadowtap.replayer.plan import (
     Rewrites,
     Scaling,
     SessionKey,
-    endpoint_template,
     merge_by_time,
     plan_requests,
 )
@@ -286,11 +287,36 @@ def test_shards_partition_the_plan() -> None:
     assert all(parts)
 
 
-def test_endpoint_template_folds_ids() -> None:
-    assert endpoint_template("GET", "/users/123/orders/9f1c2e4d-1111-2222-3333-444455556666") == (
-        "GET /users/{id}/orders/{id}"
-    )
-    assert endpoint_template("GET", "/") == "GET /"
+LETTERS = "abcdefghij"
+
+
+def test_endpoints_are_learned_templates_shared_with_the_caller() -> None:
+    tape = [ex(2 * i, 2 * i, target=f"/users/{i}/orders/9f1c2e4d-1111-2222-3333-44445555{i:04d}") for i in range(3)]
+    tape += [
+        ex(2 * i + 1, 2 * i + 1, target=f"/pages/page-{LETTERS[i % 10]}{LETTERS[i // 10 % 10]}{LETTERS[i // 100]}")
+        for i in range(300)
+    ]
+    tape.sort(key=lambda e: e.started_at_ns)
+    templater = EndpointTemplater()
+    endpoints = [p.endpoint for p in plan_requests(lambda: tape, PlanOptions(), templater=templater)]
+    assert endpoints[0] == "GET /users/{id}/orders/{id}"
+    # The first sparse pages are planned under their own path; once the position folds, as {id},
+    # and the earlier ones retemplate to it.
+    assert endpoints[1] == "GET /pages/page-aaa" and endpoints[-1] == "GET /pages/{id}"
+    assert {templater.retemplate(e) for e in endpoints} == {"GET /users/{id}/orders/{id}", "GET /pages/{id}"}
+
+
+def test_the_plan_remembers_a_bounded_number_of_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plan_module, "MAX_SESSIONS", 4)
+    tape = [ex(i, i, session=f"s{i % 6}") for i in range(24)]
+    stats = PlanStats()
+    planned = list(plan_requests(lambda: tape, PlanOptions(), stats))
+    # Six sessions in turn through room for four: each is forgotten before it comes back.
+    assert [p.seq for p in planned] == [0] * 24
+    assert stats.sessions_forgotten == 20
+    stats = PlanStats()
+    planned = list(plan_requests(lambda: [ex(i, i, session=f"s{i % 3}") for i in range(9)], PlanOptions(), stats))
+    assert [p.seq for p in planned] == [0, 0, 0, 1, 1, 1, 2, 2, 2] and stats.sessions_forgotten == 0
 
 
 def test_scaling_errors_name_the_flag() -> None:

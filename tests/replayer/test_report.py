@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from shadowtap.differ.templates import EndpointTemplater
 from shadowtap.recorder import ConfigError
 from shadowtap.replayer.report import SloGates, results_document, slo_failures, summary_text
 from shadowtap.replayer.result import JobResult
@@ -130,3 +131,28 @@ def test_gates_describe_what_they_check() -> None:
     assert SloGates().describe() == []
     assert SloGates(max_error_rate=1.0).describe() == []  # a rate cannot exceed 1: the gate is off
     assert SloGates(max_error_rate=0.01, max_p99_ms=250).describe() == ["error rate <= 1.00%", "p99 <= 250 ms"]
+
+
+def test_the_endpoint_list_is_the_busiest_templates_then_how_many_more_and_the_overflow() -> None:
+    templater = EndpointTemplater(max_templates=8)
+    stats = ReplayStats(templater=templater)
+    for i in range(40):
+        for _ in range(i % 10 + 1):
+            stats.record_done(
+                templater.observe_template("GET", f"/r{'abcdefghij'[i % 10]}{'abcdefghij'[i // 10]}"),
+                t0_ns=0,
+                due_ns=i * MS,
+                released_ns=i * MS,
+                sent_ns=i * MS,
+                done_ns=(i + 1) * MS,
+                status=200,
+                error=None,
+            )
+    result = JobResult(stats, {}, planned=stats.overall.requests)
+    document = results_document(result, target="http://t", tapes=("a",), workers=1, gates=SloGates(), max_endpoints=3)
+    assert [e["endpoint"] for e in document["endpoints"]] == ["GET {overflow}", "GET /rha", "GET /rga"]
+    assert document["endpoints_more"] == 6
+    assert document["endpoints_overflow"] == {"GET": {"distinct_paths": 32, "exact": True}}
+    text = summary_text(result, max_endpoints=3)
+    assert "... and 6 more templates" in text
+    assert "past the template cap: GET {overflow} holds 32 distinct paths" in text
