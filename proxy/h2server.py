@@ -108,9 +108,9 @@ def wants_h2(transport: asyncio.BaseTransport) -> bool:
 
 def upstream_pool(ctx: _Context) -> H2Pool | None:
     """The HTTP/2 pool to the primary when it speaks HTTP/2 (made on first use), else None."""
-    pool = cast("H2Pool | None", ctx.h2_pool)
+    pool = ctx.h2_pool
     if pool is not None:
-        return pool
+        return None if pool is False else cast(H2Pool, pool)
     settings = ctx.settings
     target = settings.target
     if target.scheme == "h2c":
@@ -120,6 +120,7 @@ def upstream_pool(ctx: _Context) -> H2Pool | None:
 
         ssl_context = upstream_ssl_context(settings)  # a context of its own: the pool sets its ALPN
     else:
+        ctx.h2_pool = False  # an HTTP/1 primary: streams are translated (asked once)
         return None
     pool = H2Pool(
         target.host,
@@ -163,17 +164,25 @@ class H2Session(asyncio.Protocol):
         self.client_ip = client_ip
         self.conn_id = conn_id
         self.scheme = b"https" if transport.get_extra_info("ssl_object") is not None else b"http"
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # What the client sends is validated; what we send was validated on its way in (or is ours).
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
         self.h2 = h2.connection.H2Connection(config=config)
         self.streams: dict[int, _H2Forward] = {}
         #: Streams whose response bytes wait for the client's window or for the socket to drain.
         self.blocked: set[_H2Forward] = set()
+        #: Streams with response bytes (or their end) to send at the end of this loop turn.
+        self.dirty: set[_H2Forward] = set()
         self.closed = False
         self.write_paused = False
         self._write_paused_since = 0.0
         self.idle_since = ctx.now
         self._preface_deadline = ctx.now + ctx.settings.client_header_timeout_s
         self._going_away = False
+        #: The primary URL taken apart once per connection (``ForwardSettings.target`` parses it).
+        self.target = ctx.settings.target
+        self._write_scheduled = False
 
     def start(self, initial: bytes) -> None:
         ctx = self.ctx
@@ -271,14 +280,23 @@ class H2Session(asyncio.Protocol):
     # --- used by the streams ---------------------------------------------------------------------------
 
     def _write(self) -> None:
+        dirty = self.dirty
+        if dirty:
+            self.dirty = set()
+            for forward in dirty:
+                forward.flush_response()
+        self._write_scheduled = False
         data = self.h2.data_to_send()
         if data and not self.closed:
             self.transport.write(data)
 
     def write_soon(self) -> None:
-        """Write what the state machine has for the client (called after a stream acted outside
-        ``data_received``: a primary event, a timer)."""
-        self._write()
+        """Write what the state machine has for the client at the end of this loop turn (called when
+        a stream acted outside ``data_received``: a primary event, a timer), so the frames of many
+        streams answered in one turn leave in one send."""
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            self.ctx.loop.call_soon(self._write)
 
     def _ack(self, stream_id: int, size: int) -> None:
         if size and not self.closed:
@@ -287,7 +305,7 @@ class H2Session(asyncio.Protocol):
     def ack_request_bytes(self, stream_id: int, size: int) -> None:
         """``size`` request bytes of the stream left for the primary: the client may send more."""
         self._ack(stream_id, size)
-        self._write()
+        self.write_soon()
 
     def flush_blocked(self) -> None:
         for forward in list(self.blocked):
@@ -479,8 +497,8 @@ class _H2Forward:
     def _upstream_headers(self, pool: H2Pool | None) -> list[Header]:
         ctx = self.ctx
         settings = ctx.settings
-        target = settings.target
         session = self.session
+        target = session.target
         authority = self.authority if settings.preserve_host and self.authority else target.authority
         out: list[Header] = [
             (b":method", self.method),
@@ -614,7 +632,11 @@ class _H2Forward:
             return
         self.resp_read_at = self.ctx.now
         self._out.append(data)
-        self.flush_response()
+        # Sent at the end of this loop turn: a response that ends in the same read leaves as one
+        # DATA frame carrying END_STREAM.
+        session = self.session
+        session.dirty.add(self)
+        session.write_soon()
 
     def on_trailers(self, headers: list[Header]) -> None:
         if not self.finished:
@@ -623,9 +645,11 @@ class _H2Forward:
     def on_end(self) -> None:
         if self.finished:
             return
-        self.upstream = None
+        # ``upstream`` stays: what is still to be sent is acknowledged to its connection when sent.
         self._out_end = True
-        self.flush_response()
+        session = self.session
+        session.dirty.add(self)
+        session.write_soon()
 
     def on_reset(self, kind: str, message: str, refused: bool) -> None:
         self.upstream = None
@@ -650,7 +674,7 @@ class _H2Forward:
     def flush_response(self) -> None:
         """Send what the client's window allows; acknowledge to the primary what left."""
         session = self.session
-        if session.closed:
+        if session.closed or self.finished:
             return
         if session.write_paused:
             session.blocked.add(self)
@@ -659,9 +683,11 @@ class _H2Forward:
         out = self._out
         stream_id = self.stream_id
         sent = 0
+        ended = False
         try:
             if out:
                 max_frame = h2conn.max_outbound_frame_size
+                end_with_data = self._out_end and not self._out_trailers
                 while out:
                     window = h2conn.local_flow_control_window(stream_id)
                     if window <= 0:
@@ -670,19 +696,21 @@ class _H2Forward:
                     size = min(len(chunk), window, max_frame)
                     if size == len(chunk):
                         out.popleft()
-                        h2conn.send_data(stream_id, chunk)
+                        ended = end_with_data and not out
+                        h2conn.send_data(stream_id, chunk, end_stream=ended)
                     else:
                         out[0] = chunk[size:]
                         h2conn.send_data(stream_id, chunk[:size])
                     sent += size
-            if not out and self._out_end:
+            if not out and self._out_end and not ended:
                 trailers = self._out_trailers
                 if trailers:
                     h2conn.send_headers(stream_id, trailers, end_stream=True)
                 else:
                     h2conn.end_stream(stream_id)
-                self._finish()
-        except h2.exceptions.StreamClosedError:
+                ended = True
+        except h2.exceptions.ProtocolError:
+            # The client closed the stream, or its connection (a GOAWAY closes h2's side at once).
             self._abandon("client closed the stream")
             return
         if out:
@@ -695,6 +723,8 @@ class _H2Forward:
                 upstream.consumed(sent)
             elif self.http1 is not None and sum(map(len, out)) < _HTTP1_READ_BOUND:
                 self.http1.resume_reading()
+        if ended:
+            self._finish()
         session.write_soon()
 
     # --- endings -------------------------------------------------------------------------------------
@@ -841,7 +871,7 @@ class _H2Forward:
         self.http1 = conn
         sink = _Http1Sink(self, conn)
         conn.begin(sink, self.method == b"HEAD")
-        target = ctx.settings.target
+        target = self.session.target
         headers = [(n, v) for n, v in self._upstream_headers(None)[4:] if n != b"te"]
         authority = self.authority if ctx.settings.preserve_host and self.authority else target.authority
         pending = self._pending

@@ -183,7 +183,16 @@ class H2ClientConnection(asyncio.Protocol):
 
     def __init__(self, pool: H2Pool) -> None:
         self._pool = pool
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        # Outbound fields are the caller's (the proxy passes on fields h2 validated on their way in),
+        # and the server's answers are taken as they come (its pseudo-header is read here; the caller
+        # drops connection-specific fields): h2's checks cost as much as the rest of a stream's work.
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            validate_inbound_headers=False,
+        )
         self._h2 = h2.connection.H2Connection(config=config)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
@@ -195,7 +204,10 @@ class H2ClientConnection(asyncio.Protocol):
         self._blocked: set[H2Stream] = set()
         #: Whether the peer's first SETTINGS arrived (its MAX_CONCURRENT_STREAMS is known).
         self.settled = False
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = self._loop.create_future()
+        #: A write is scheduled for the end of this loop turn (frames of many streams, one send).
+        self._write_scheduled = False
 
     # --- used by the pool and streams --------------------------------------------------------------
 
@@ -206,7 +218,8 @@ class H2ClientConnection(asyncio.Protocol):
             return 0
         h2conn = self._h2
         limit = min(self._pool.max_streams_per_connection, int(h2conn.remote_settings.max_concurrent_streams))
-        return limit - int(h2conn.open_outbound_streams)
+        # Our own count: h2's open_outbound_streams walks every stream it knows on each call.
+        return limit - len(self.streams)
 
     def open_stream(self, headers: list[Header], sink: StreamSink, end_stream: bool) -> H2Stream:
         """Send a request head on a new stream (the caller checked ``capacity``)."""
@@ -216,7 +229,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.streams[stream_id] = stream
         h2conn.send_headers(stream_id, headers, end_stream=end_stream)
         stream.ended_local = end_stream
-        self._write()
+        self._write_soon()
         return stream
 
     def flush_stream(self, stream: H2Stream) -> None:
@@ -229,7 +242,7 @@ class H2ClientConnection(asyncio.Protocol):
             sent = stream._drain(self._h2)
         except h2.exceptions.StreamClosedError:
             return
-        self._write()
+        self._write_soon()
         if stream._outbox or stream._end_pending:
             self._blocked.add(stream)
         else:
@@ -242,7 +255,7 @@ class H2ClientConnection(asyncio.Protocol):
             return
         # A stream that has ended still credits the connection's window (h2 does so for closed ones).
         self._h2.acknowledge_received_data(size, stream_id)
-        self._write()
+        self._write_soon()
 
     def reset_stream(self, stream: H2Stream, code: int) -> None:
         self.streams.pop(stream.stream_id, None)
@@ -320,11 +333,17 @@ class H2ClientConnection(asyncio.Protocol):
     # --- internals ---------------------------------------------------------------------------------
 
     def _write(self) -> None:
+        self._write_scheduled = False
         data = self._h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     _write_now = _write
+
+    def _write_soon(self) -> None:
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            self._loop.call_soon(self._write)
 
     def _flush_blocked(self) -> None:
         if not self._blocked:

@@ -1,0 +1,127 @@
+"""HTTP/2 pass-through speed: shadowtap against nginx, measured in one run with ``h2load``.
+
+A fast upstream (nginx, 1 worker, a 60-byte JSON ``return``) listens for h2c (prior knowledge) and
+for HTTP/1.1. ``h2load -c32 -m10`` (32 connections, 10 streams each) runs against it directly,
+through nginx (1 worker, ``listen ... http2`` and ``proxy_pass`` to the upstream's HTTP/1.1 port:
+nginx cannot proxy plain HTTP/2 upstream), and through ``shadowtap proxy`` (1 worker) with an
+``h2c://`` primary (streams multiplexed onto the upstream's h2c port) and with an ``http://`` primary
+(streams translated to HTTP/1.1, as nginx does). Each shadowtap figure is printed with its ratio to
+nginx's (the budget: at least 0.5x). This script prints figures; it never asserts on them.
+
+    .venv/bin/python bench/h2_bench.py [--duration 8] [--json OUT]
+
+Needs nginx and h2load (``scripts/ensure-system-deps.sh nginx h2load``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proxy_bench import BODY, ROOT, SHADOWTAP, free_port, interpreter, nginx, process  # noqa: E402
+
+H2LOAD = shutil.which("h2load") or "/usr/bin/h2load"
+
+
+def run_h2load(port: int, duration_s: float, warmup_s: float = 1.0) -> dict[str, float]:
+    """h2load over h2c (prior knowledge): requests/s and the mean request time."""
+    out = subprocess.run(
+        [H2LOAD, "-c32", "-m10", "-t1", f"-D{duration_s:g}", f"--warm-up-time={warmup_s:g}",
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=duration_s + warmup_s + 60,
+    )  # fmt: skip
+    text = out.stdout
+    rate = re.search(r"finished in [^,]+, ([\d.]+) req/s", text)
+    status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", text)
+    if rate is None or status is None:
+        raise RuntimeError(f"h2load output not understood:\n{text}\n{out.stderr}")
+    return {
+        "req_per_s": float(rate.group(1)),
+        "ok": float(status.group(1)),
+        "errors": float(sum(int(status.group(i)) for i in (2, 3, 4))),
+        "mean_request": _ms(mean.group(1)) if mean else float("nan"),
+    }
+
+
+def _ms(text: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per h2load run (default 8)")
+    parser.add_argument("--json", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args()
+    for tool in (shutil.which("nginx") or "/usr/sbin/nginx", H2LOAD):
+        if not os.path.exists(tool):
+            print(f"h2_bench: {tool} is not installed (scripts/ensure-system-deps.sh nginx h2load)", file=sys.stderr)
+            return 2
+    ports = {name: free_port() for name in ("origin_h1", "origin_h2", "nginx_h2", "tap_h2", "tap_h1")}
+    results: dict[str, dict[str, float]] = {}
+    print(f"h2_bench: h2load -c32 -m10 -t1 -D{args.duration:g} (h2c), 1 worker each")
+    print(f"  cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f} (shared machine: ratios matter)")
+    print(f"  {interpreter()}")
+    with tempfile.TemporaryDirectory(prefix="shadowtap-h2-bench-") as tmp:
+        work = Path(tmp)
+        answer = f"location / {{ default_type application/json; return 200 '{BODY}'; }}"
+        origin = f"""
+  server {{ listen 127.0.0.1:{ports["origin_h1"]}; {answer} }}
+  server {{ listen 127.0.0.1:{ports["origin_h2"]} http2; http2_max_concurrent_streams 1024; {answer} }}
+"""
+        proxy = f"""
+  upstream origin {{ server 127.0.0.1:{ports["origin_h1"]}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{ports["nginx_h2"]} http2;
+    location / {{ proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://origin; }}
+  }}
+"""
+
+        def tap(port: int, primary: str) -> list[str]:
+            return [*SHADOWTAP, "proxy", "--listen", f"127.0.0.1:{port}", "--primary", primary,
+                    "--admin", "off", "--workers", "1"]  # fmt: skip
+
+        def measure(name: str, port: int, reference: str | None = None) -> None:
+            result = run_h2load(port, args.duration)
+            results[name] = result
+            ratio = ""
+            if reference is not None and results[reference]["req_per_s"]:
+                result["ratio_to_nginx"] = result["req_per_s"] / results[reference]["req_per_s"]
+                ratio = f"  {result['ratio_to_nginx']:.2f}x nginx"
+            errors = f", {result['errors']:.0f} non-2xx" if result["errors"] else ""
+            print(
+                f"  {name:<44} {result['req_per_s']:>9,.0f} req/s  mean {result['mean_request']:.2f} ms{errors}{ratio}"
+            )
+
+        nginx_name = "nginx h2 proxy_pass (1 worker)"
+        with (
+            nginx(work / "origin", origin, ports["origin_h1"]),
+            nginx(work / "proxy", proxy, ports["nginx_h2"]),
+        ):
+            measure("direct (nginx h2c upstream)", ports["origin_h2"])
+            measure(nginx_name, ports["nginx_h2"])
+            with process(tap(ports["tap_h2"], f"h2c://127.0.0.1:{ports['origin_h2']}"), ready_port=ports["tap_h2"],
+                         cwd=ROOT, stdout=subprocess.DEVNULL):  # fmt: skip
+                measure("shadowtap, h2c primary (multiplexed)", ports["tap_h2"], nginx_name)
+            with process(tap(ports["tap_h1"], f"http://127.0.0.1:{ports['origin_h1']}"), ready_port=ports["tap_h1"],
+                         cwd=ROOT, stdout=subprocess.DEVNULL):  # fmt: skip
+                measure("shadowtap, http/1.1 primary (translated)", ports["tap_h1"], nginx_name)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
