@@ -1,21 +1,26 @@
-"""Replayer benchmark: throughput per process and with --workers 2, start lag at a fixed rate, drift.
+"""Replayer benchmark: unpaced throughput and CPU, then paced CPU and start lag at 2k, 10k and 20k/s.
 
-Against nginx on loopback (one worker, a 60-byte JSON), through the real `shadowtap replay` CLI:
+Against a fast server in its own process on loopback (nginx, one worker, a 60-byte JSON, when
+``/usr/sbin/nginx`` exists; else a small asyncio server), through the real ``shadowtap replay`` CLI
+with ``--no-progress`` and 64 connections, in one run:
 
-1. the maximum sustained rate of one process (``--speed 0``: no waiting, 64 connections);
-2. the same with ``--workers 2``;
-3. the start-lag p99 and cumulative drift at ``--rate 2000`` (budget: p99 <= 2 ms, no drift);
-4. the same tape replayed closed loop by ``wrk`` (one thread, 64 connections) as the reference;
-5. the timer baseline for start lag: a bare loop awaiting the same 2,000/s deadlines with the
-   runner's ``sleep_until`` and sending nothing (what the machine's scheduling allows at best).
+1. the fixed cost of a replay (start-up, opening the tape, the report) from a one-request replay;
+2. the maximum rate of one process unpaced (``--speed 0``) and its CPU per request;
+3. paced (``--rate R``) at 2,000, 10,000 and 20,000 requests/s for a few seconds each: CPU per
+   request beside the unpaced figure, start-lag p50/p99, the rate achieved, and (at 2,000/s) the
+   cumulative drift;
+4. the floor of the machine: a bare loop woken by the same timer and due queue at the same rates,
+   sending nothing (the wake-up cost and the lag the machine allows at best);
+5. with ``--reference``: ``wrk`` closed loop (one thread, 64 connections) and ``--workers 2``.
 
-Figures are printed as ratios against the wrk baseline measured in the same run, because absolute
-numbers on a shared machine move from run to run; each replay also prints its CPU time per request
-(the CLI and its workers, from ``getrusage``), which other work disturbs far less. Usage::
+CPU per request is the CLI's CPU time (``getrusage`` of the child) less the fixed cost, over the
+requests it sent; the raw figure is printed beside it. Each paced run is repeated ``--repeat`` times
+and printed as the median with the spread (min..max), because the machine is shared. Usage::
 
-    .venv/bin/python bench/replay_bench.py [--requests 40000] [--rate-seconds 10]
+    .venv/bin/python bench/replay_bench.py [--seconds 3] [--repeat 2] [--requests 40000] [--reference]
+                                           [--server auto|nginx|asyncio]
 
-It must never leave nginx running: the server is stopped whatever happens.
+It must never leave the server running: it is stopped whatever happens.
 """
 
 from __future__ import annotations
@@ -26,14 +31,20 @@ import re
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from shadowtap.recorder import Exchange, Request, SyncTapeWriter, TapeOptions
+
+RATES = (2_000, 10_000, 20_000)
+BODY = '{"id":12345,"name":"shadowtap","ok":true,"tags":["a","b"],"n":1}'
 
 NGINX_CONF = """
 worker_processes 1;
@@ -53,10 +64,69 @@ http {{
         listen 127.0.0.1:{port};
         location / {{
             default_type application/json;
-            return 200 '{{"id":12345,"name":"shadowtap","ok":true,"tags":["a","b"],"n":1}}';
+            return 200 '{body}';
         }}
     }}
 }}
+"""
+
+# The fallback target: keep-alive HTTP/1.1, every request answered at once with the same JSON.
+ASYNCIO_SERVER = """
+import asyncio, sys
+import uvloop
+BODY = sys.argv[2].encode()
+HEAD = b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n"
+ANSWER = HEAD % len(BODY) + BODY
+class Answer(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.buffer = transport, b""
+    def data_received(self, data):
+        self.buffer += data
+        count = self.buffer.count(b"\\r\\n\\r\\n")
+        if count:
+            self.buffer = self.buffer[self.buffer.rindex(b"\\r\\n\\r\\n") + 4 :]
+            self.transport.write(ANSWER * count)
+async def main():
+    server = await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", int(sys.argv[1]), backlog=1024)
+    await server.serve_forever()
+uvloop.run(main())
+"""
+
+# A bare wake loop: the DueQueue and wake timer the runner uses, at one rate, sending nothing.
+FLOOR = """
+import asyncio, resource, sys, time
+import uvloop
+from shadowtap.replayer.pacer import DueQueue, make_wake_timer
+from shadowtap.replayer.runner import RunnerSettings
+rate, seconds = int(sys.argv[1]), float(sys.argv[2])
+async def main():
+    loop = asyncio.get_running_loop()
+    queue = DueQueue(int(RunnerSettings().batch_window_s * 1e9))
+    count = int(rate * seconds)
+    t0 = time.monotonic_ns() + 20_000_000
+    for i in range(count):
+        queue.push(t0 + i * 1_000_000_000 // rate, i)
+    lags = []
+    done = loop.create_future()
+    def wake():
+        now = time.monotonic_ns()
+        lags.extend(now - due for due, _ in queue.pop_due(now))
+        wake_ns = queue.wake_ns()
+        if wake_ns is None:
+            done.set_result(None)
+        else:
+            timer.arm(wake_ns)
+    timer = make_wake_timer(loop, wake)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
+    timer.arm(queue.wake_ns())
+    await done
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    timer.close()
+    lags.sort()
+    cpu_us = (usage.ru_utime + usage.ru_stime - cpu) / count * 1e6
+    print(cpu_us, lags[len(lags) // 2] / 1e6, lags[int(len(lags) * 0.99)] / 1e6)
+uvloop.run(main())
 """
 
 
@@ -79,17 +149,43 @@ def write_tape(directory: Path, count: int, spacing_us: int) -> None:
             )
 
 
+@contextmanager
+def target_server(tmp: Path, kind: str) -> Iterator[tuple[str, str]]:
+    """(URL, description) of the target, in its own process, stopped on the way out."""
+    port = free_port()
+    if kind == "nginx" or (kind == "auto" and Path("/usr/sbin/nginx").exists()):
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port, body=BODY))
+        process = subprocess.Popen(["/usr/sbin/nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
+        description = "nginx (1 worker)"
+    else:
+        process = subprocess.Popen([sys.executable, "-c", ASYNCIO_SERVER, str(port), BODY])
+        description = "asyncio + uvloop server"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", description
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
 def replay(tape: Path, url: str, out: Path, *flags: str) -> dict[str, Any]:
-    """Run the CLI; the document gets ``cpu_s``: CPU seconds of the replay and its workers, which
-    other work on a shared machine disturbs far less than throughput."""
+    """Run the CLI; the document gets ``cpu_s``: CPU seconds of the replay and its workers."""
     cmd = [sys.executable, "-m", "shadowtap", "replay", str(tape), "--target", url, "--json", str(out), "--no-progress"]
     cpu_before_s = _children_cpu_s()
-    subprocess.run([*cmd, *flags], check=True, stdout=subprocess.DEVNULL, timeout=600)
+    subprocess.run([*cmd, "--connections", "64", *flags], check=True, stdout=subprocess.DEVNULL, timeout=600)
     document: dict[str, Any] = json.loads(out.read_text())
     document["cpu_s"] = _children_cpu_s() - cpu_before_s
     return document
@@ -115,103 +211,112 @@ def wrk_rate(url: str, tmp: Path, count: int, seconds: int) -> float:
     return float(match.group(1))
 
 
-def timer_baseline(seconds: int) -> list[float]:
-    """Start lag (ms) of bare 2,000/s deadlines on uvloop: the floor the machine allows."""
-    code = (
-        "import time, uvloop\n"
-        "from shadowtap.replayer.runner import sleep_until\n"
-        "async def main():\n"
-        "    t0 = time.monotonic_ns() + 50_000_000\n"
-        "    lags = []\n"
-        f"    for i in range({2000 * seconds}):\n"
-        "        due = t0 + i * 500_000\n"
-        "        await sleep_until(due)\n"
-        "        lags.append((time.monotonic_ns() - due) / 1e6)\n"
-        "    lags.sort()\n"
-        "    print(' '.join(str(lags[min(len(lags) - 1, int(len(lags) * q))]) for q in (0.5, 0.99, 0.999)))\n"
-        "uvloop.run(main())\n"
+def floor(rate: int, seconds: float) -> tuple[float, float, float]:
+    """(CPU us per request, lag p50 ms, lag p99 ms) of a bare wake loop at ``rate``."""
+    out = subprocess.run(
+        [sys.executable, "-c", FLOOR, str(rate), str(seconds)], capture_output=True, text=True, check=True, timeout=120
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    return [float(v) for v in out.stdout.split()]
+    cpu_us, p50_ms, p99_ms = (float(v) for v in out.stdout.split())
+    return cpu_us, p50_ms, p99_ms
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """The median, and the range when there are several."""
+    median = format(statistics.median(values), fmt)
+    if len(values) < 2:
+        return median
+    return f"{median} ({format(min(values), fmt)}..{format(max(values), fmt)})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=40_000, help="requests for the throughput runs")
-    parser.add_argument("--rate-seconds", type=int, default=10, help="length of the 2,000/s run")
+    parser.add_argument("--requests", type=int, default=40_000, help="requests for the unpaced run")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each paced run")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each paced rate")
+    parser.add_argument("--reference", action="store_true", help="also wrk closed loop and --workers 2")
+    parser.add_argument("--server", choices=("auto", "nginx", "asyncio"), default="auto", help="the target")
     args = parser.parse_args()
-    for tool in ("nginx", "wrk"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            print(f"{tool} is not installed (scripts/ensure-system-deps.sh nginx wrk)", file=sys.stderr)
-            return 2
+    if args.reference and shutil.which("wrk") is None:
+        print("wrk is not installed (scripts/ensure-system-deps.sh wrk)", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="replay-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        port = free_port()
-        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port))
-        nginx = subprocess.Popen(["/usr/sbin/nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            write_tape(tmp / "fast", args.requests, spacing_us=1)
-            rate_count = 2000 * args.rate_seconds
-            write_tape(tmp / "rate", rate_count, spacing_us=500)
+        write_tape(tmp / "one", 1, spacing_us=1)
+        write_tape(tmp / "fast", args.requests, spacing_us=1)
+        for rate in RATES:
+            write_tape(tmp / f"rate{rate}", int(rate * args.seconds), spacing_us=1)
+        with target_server(tmp, args.server) as (url, server):
+            fixed_s = min(replay(tmp / "one", url, tmp / "one.json", "--speed", "0")["cpu_s"] for _ in range(2))
+            unpaced = [replay(tmp / "fast", url, tmp / "fast.json", "--speed", "0") for _ in range(args.repeat)]
+            paced: dict[int, list[dict[str, Any]]] = {rate: [] for rate in RATES}
+            for _ in range(args.repeat):
+                for rate in RATES:
+                    out = tmp / f"rate{rate}.json"
+                    paced[rate].append(replay(tmp / f"rate{rate}", url, out, "--rate", str(rate)))
+            floors = {rate: [floor(rate, min(args.seconds, 2.0)) for _ in range(args.repeat)] for rate in RATES}
+            wrk = two = None
+            if args.reference:
+                wrk = wrk_rate(url, tmp, args.requests, 3)
+                two = replay(tmp / "fast", url, tmp / "two.json", "--speed", "0", "--workers", "2")
 
-            wrk = wrk_rate(url, tmp, args.requests, 10)
-            one = replay(tmp / "fast", url, tmp / "one.json", "--speed", "0", "--connections", "64")
-            two = replay(tmp / "fast", url, tmp / "two.json", "--speed", "0", "--connections", "64", "--workers", "2")
-            paced = replay(tmp / "rate", url, tmp / "rate.json", "--rate", "2000", "--connections", "64")
-            floor = timer_baseline(args.rate_seconds)
-        finally:
-            nginx.terminate()
-            nginx.wait(timeout=10)
+    def requests(doc: dict[str, Any]) -> int:
+        return max(1, int(doc["summary"]["requests"]))
 
-    def rate(doc: dict[str, Any]) -> float:
+    def cpu_us(doc: dict[str, Any]) -> float:
+        return max(0.0, float(doc["cpu_s"]) - fixed_s) / requests(doc) * 1e6
+
+    def raw_cpu_us(doc: dict[str, Any]) -> float:
+        return float(doc["cpu_s"]) / requests(doc) * 1e6
+
+    def rate_of(doc: dict[str, Any]) -> float:
         return float(doc["summary"]["achieved_rate_per_s"])
 
-    def cpu_us(doc: dict[str, Any]) -> str:
-        requests = int(doc["summary"]["requests"])
-        return f"{float(doc['cpu_s']) / max(1, requests) * 1e6:.0f} us CPU/request"
+    def lag(doc: dict[str, Any], key: str) -> float:
+        return float(doc["latency_ms"]["start_lag"][key])
 
-    lag = paced["latency_ms"]["start_lag"]
-    timeline = paced["timeline"]
-    # Drift: whole seconds where sent fell behind planned, and the last send against the plan.
-    full_seconds = [row for row in timeline if row["planned"] == 2000]
+    unpaced_cpu = statistics.median(cpu_us(doc) for doc in unpaced)
+    print(f"target: {server} on loopback; the replay CLI, 64 connections; fixed cost {fixed_s * 1000:.0f} ms CPU")
+    print(
+        f"unpaced (--speed 0), {args.requests:,} requests:  {spread([rate_of(d) for d in unpaced], ',.0f')} req/s; "
+        f"{spread([cpu_us(d) for d in unpaced], '.1f')} us CPU/request "
+        f"(raw {spread([raw_cpu_us(d) for d in unpaced], '.1f')})"
+    )
+    print(f"paced (--rate R, {args.seconds:g} s, {args.repeat} runs; budget <= 60 us CPU/request, lag p99 <= 2 ms):")
+    for rate in RATES:
+        docs = paced[rate]
+        cpus = [cpu_us(d) for d in docs]
+        raw = spread([raw_cpu_us(d) for d in docs], ".1f")
+        p50, p99 = (spread([lag(d, key) for d in docs], ".3f") for key in ("p50", "p99"))
+        achieved = spread([rate_of(d) for d in docs], ",.0f")
+        print(
+            f"  {rate:>6,}/s: {spread(cpus, '.1f')} us CPU/request = {statistics.median(cpus) / unpaced_cpu:.2f}x "
+            f"unpaced (raw {raw}); start lag p50 {p50} p99 {p99} ms; achieved {achieved}/s"
+        )
+    slow = paced[RATES[0]][-1]
+    full_seconds = [row for row in slow["timeline"] if row["planned"] == RATES[0]]
     behind = max((row["planned"] - row["sent"] for row in full_seconds), default=0)
-    elapsed_s = float(paced["summary"]["elapsed_s"])
-    planned_span_s = (rate_count - 1) / 2000
+    planned_span_s = (int(RATES[0] * args.seconds) - 1) / RATES[0]
+    print(
+        f"  drift at {RATES[0]:,}/s: planned span {planned_span_s:.3f} s, first send to last done "
+        f"{float(slow['summary']['elapsed_s']):.3f} s; worst full second {behind} requests behind plan"
+    )
+    print("floor: a bare loop on the same timer and due queue, sending nothing:")
+    for rate in RATES:
+        runs = floors[rate]
+        print(
+            f"  {rate:>6,}/s: {spread([r[0] for r in runs], '.1f')} us CPU/request; lag p50 "
+            f"{spread([r[1] for r in runs], '.3f')} p99 {spread([r[2] for r in runs], '.3f')} ms"
+        )
+    if wrk is not None and two is not None:
+        one = statistics.median(rate_of(d) for d in unpaced)
+        print(f"wrk closed loop, 1 thread, 64 connections: {wrk:,.0f} req/s; unpaced replay is {one / wrk:.2f} of it")
+        print(f"--workers 2, unpaced: {rate_of(two):,.0f} req/s ({rate_of(two) / one:.2f}x one process)")
 
-    print(f"wrk closed loop, 1 thread, 64 connections:  {wrk:10,.0f} req/s  (baseline 1.00)")
-    print(
-        f"replay --speed 0, one process:             {rate(one):10,.0f} req/s  ({rate(one) / wrk:.2f} of wrk; "
-        f"{cpu_us(one)})"
-    )
-    print(
-        f"replay --speed 0, --workers 2:             {rate(two):10,.0f} req/s  ({rate(two) / wrk:.2f} of wrk; "
-        f"{cpu_us(two)})"
-    )
-    print(f"  scaling with --workers 2:                {rate(two) / rate(one):.2f}x one process")
-    print(
-        f"replay --rate 2000 for {args.rate_seconds} s: start lag p50 {lag['p50']:.3f} ms, "
-        f"p99 {lag['p99']:.3f} ms, p99.9 {lag['p99.9']:.3f} ms, max {lag['p100']:.3f} ms"
-    )
-    print(
-        f"  timer baseline (bare deadlines, same rate): p50 {floor[0]:.3f} ms, p99 {floor[1]:.3f} ms, "
-        f"p99.9 {floor[2]:.3f} ms; replay p99 / baseline p99 = {lag['p99'] / max(floor[1], 0.001):.2f}"
-    )
-    print(
-        f"  drift: planned span {planned_span_s:.3f} s, first send to last done {elapsed_s:.3f} s; "
-        f"worst full second {behind} requests behind plan; achieved {rate(paced):,.0f} req/s; {cpu_us(paced)}"
-    )
-    errors = {name: doc["summary"]["errors"] for name, doc in (("one", one), ("two", two), ("paced", paced))}
-    print(f"  errors: {errors}")
+    def failed(docs: list[dict[str, Any]]) -> int:
+        return sum(sum(d["summary"]["errors"].values()) for d in docs)
+
+    errors = {f"{rate}/s": failed(paced[rate]) for rate in RATES}
+    print(f"failed requests: {errors | {'unpaced': failed(unpaced)}}")
     return 0
 
 
