@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
 from shadowtap.recorder.errors import InputFormatError, ShadowtapError, TapeWriteError
-from shadowtap.recorder.model import Exchange, FailureKind, Headers
+from shadowtap.recorder.model import Exchange, FailureKind, Headers, StreamMessage, header_value
+from shadowtap.wire.grpc import GrpcFramingError, split_messages
 
 __all__ = [
     "FAILURE_KINDS",
@@ -24,6 +25,7 @@ __all__ = [
     "TornTail",
     "GZIP_MAGIC",
     "GunzipStream",
+    "grpc_messages",
     "http_version_from_wire",
     "open_input",
     "replace_header",
@@ -129,6 +131,21 @@ def http_version_from_wire(text: str) -> str:
     if lowered.startswith("http/"):
         return lowered[5:] or "1.1"
     return lowered or "1.1"
+
+
+def grpc_messages(headers: Headers, body: bytes, truncated: bool) -> tuple[StreamMessage, ...]:
+    """The message list of a gRPC body (``content-type: application/grpc...``) an import holds whole:
+    each message's flags and length, times unknown. Empty for anything else, a cut body, or a body
+    that is not gRPC framing (it is kept as it was; the differ reports it)."""
+    if truncated or not body:
+        return ()
+    content_type = (header_value(headers, b"content-type") or b"").split(b";", 1)[0].strip().lower()
+    if content_type != b"application/grpc" and not content_type.startswith(b"application/grpc+"):
+        return ()
+    try:
+        return tuple(StreamMessage(int(m.compressed), len(m.data)) for m in split_messages(body))
+    except GrpcFramingError:
+        return ()
 
 
 def replace_header(headers: Headers, name: bytes, value: bytes) -> Headers:

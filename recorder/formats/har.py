@@ -40,6 +40,7 @@ from shadowtap.recorder.formats._common import (
     ExportReport,
     GunzipStream,
     ImportReport,
+    grpc_messages,
     http_version_from_wire,
     open_input,
     replace_header,
@@ -79,6 +80,9 @@ _HTTP_SCHEMES: Final = frozenset({"http", "https", *_WEBSOCKET_SCHEMES})
 _URL_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(?!\d)")
 #: Where shadowtap's HAR export keeps a failure's kind, so it survives a round trip.
 _FAILURE_KIND_FIELD: Final = "_shadowtapFailureKind"
+#: Trailer fields of a request or response (HTTP/2, gRPC's grpc-status): HAR 1.2 has no place for
+#: them, so a custom field (HAR's leading underscore) beside ``headers``, in the same form.
+_TRAILERS_FIELD: Final = "_trailers"
 #: Browser error names (Chromium's net::ERR_*, Firefox's NS_*) by the failure they mean. Checked in
 #: order; the first family with a matching word wins, so "CONNECTION_TIMED_OUT" is a timeout.
 _BROWSER_ERROR_KINDS: Final = (
@@ -277,15 +281,15 @@ class _Entry:
             raise self.fail(f"{key!r} must be {_kind_name(kind)}, not {type(value).__name__}", _ptr(pointer, key))
         return value
 
-    def headers(self, message: dict[str, Any], pointer: str) -> Headers:
-        raw = self.get(message, "headers", list, pointer)
+    def headers(self, message: dict[str, Any], pointer: str, key: str = "headers") -> Headers:
+        raw = self.get(message, key, list, pointer)
         out: list[tuple[bytes, bytes]] = []
         for i, header in enumerate(raw):
             name = header.get("name") if type(header) is dict else None
             value = header.get("value") if type(header) is dict else None
             if type(name) is not str or type(value) is not str:
                 # The slow path only runs to name the problem.
-                where = _ptr(_ptr(pointer, "headers"), i)
+                where = _ptr(_ptr(pointer, key), i)
                 if not isinstance(header, dict):
                     raise self.fail("header must be an object with 'name' and 'value'", where)
                 name = self.get(header, "name", str, where)
@@ -511,6 +515,8 @@ class HarReader:
             authority=parts.netloc,
             http_version=http_version_from_wire(version) if isinstance(version, str) else "1.1",
             truncated_from=truncated_from,
+            trailers=e.headers(raw, pointer, _TRAILERS_FIELD) if _TRAILERS_FIELD in raw else (),
+            messages=grpc_messages(headers, body, truncated_from is not None),
         )
 
     def _post_body(self, e: _Entry, post: dict[str, Any], pointer: str, headers: Headers) -> bytes:
@@ -651,6 +657,8 @@ class HarReader:
             body=body,
             http_version=http_version_from_wire(version) if isinstance(version, str) else "1.1",
             truncated_from=truncated_from,
+            trailers=e.headers(raw, pointer, _TRAILERS_FIELD) if _TRAILERS_FIELD in raw else (),
+            messages=grpc_messages(headers, body, truncated_from is not None),
         )
 
 
@@ -776,6 +784,8 @@ def _entry(exchange: Exchange, report: ExportReport) -> dict[str, Any]:
         if (content_type or b"").lower().startswith(b"application/x-www-form-urlencoded") and encoding is None:
             post["params"] = [{"name": n, "value": v} for n, v in parse_qsl(text, keep_blank_values=True)]
         request_json["postData"] = post
+    if request.trailers:
+        request_json[_TRAILERS_FIELD] = _header_list(request.trailers)
     timing = exchange.timings.get("primary")
     outcome = exchange.primary
     entry: dict[str, Any] = {"startedDateTime": _iso(exchange.started_at_ns)}
@@ -805,6 +815,8 @@ def _entry(exchange: Exchange, report: ExportReport) -> dict[str, Any]:
             "headersSize": -1,
             "bodySize": len(outcome.body),
         }
+        if outcome.trailers:
+            response_json[_TRAILERS_FIELD] = _header_list(outcome.trailers)
     else:
         # Chrome's way of saying "no response": status 0 and the reason in ``_error``.
         response_json = {

@@ -23,6 +23,7 @@ from shadowtap.recorder.formats._common import (
     ExportReport,
     ImportReport,
     TornTail,
+    grpc_messages,
     http_version_from_wire,
     text_to_wire,
     writing,
@@ -46,6 +47,8 @@ def require_mitmproxy() -> None:
 
     if importlib.util.find_spec("mitmproxy") is None:
         raise ConfigError(MITM_EXTRA)
+
+
 #: The flow metadata key where shadowtap's export keeps a failure's kind, so it survives a round trip.
 _FAILURE_KIND_KEY: Final = "shadowtap.failure_kind"
 #: A tnetstring length prefix is at most 12 digits (mitmproxy's own limit).
@@ -120,6 +123,8 @@ def exchange_from_flow(flow: http.HTTPFlow, *, body_cap_bytes: int | None = None
         authority=authority,
         http_version=http_version_from_wire(req.http_version),
         truncated_from=request_cut,
+        trailers=() if req.trailers is None else tuple(req.trailers.fields),
+        messages=grpc_messages(tuple(req.headers.fields), request_body, request_cut is not None),
     )
     primary: Outcome | None = None
     timings: dict[str, Timing] = {}
@@ -135,6 +140,8 @@ def exchange_from_flow(flow: http.HTTPFlow, *, body_cap_bytes: int | None = None
             body=response_body,
             http_version=http_version_from_wire(resp.http_version),
             truncated_from=response_cut,
+            trailers=() if resp.trailers is None else tuple(resp.trailers.fields),
+            messages=grpc_messages(tuple(resp.headers.fields), response_body, response_cut is not None),
         )
         first_byte = _ns(resp.timestamp_start)
         done = _ns(resp.timestamp_end)
@@ -308,7 +315,7 @@ def flow_from_exchange(exchange: Exchange) -> http.HTTPFlow:
         http_version=_mitm_version(req.http_version),
         headers=req.headers,
         content=req.body,
-        trailers=None,
+        trailers=req.trailers or None,
         timestamp_start=start_s,
         timestamp_end=at(timing.sent_ns) if timing and timing.sent_ns is not None else start_s,
     )
@@ -320,7 +327,7 @@ def flow_from_exchange(exchange: Exchange) -> http.HTTPFlow:
             reason=outcome.reason.encode("latin-1", "replace"),
             headers=outcome.headers,
             content=outcome.body,
-            trailers=None,
+            trailers=outcome.trailers or None,
             timestamp_start=at(timing.first_byte_ns) or start_s if timing else start_s,
             timestamp_end=at(timing.done_ns) if timing else None,
         )
