@@ -168,6 +168,12 @@ async def h2_primary() -> AsyncIterator[H2TestServer]:
         path = fields[b":path"]
         if path == b"/reset":
             reply.reset(0x2)
+        elif path == b"/goaway-once" and not goaway_sent:
+            # Refuse this stream by a GOAWAY whose last stream is below it: it was never processed.
+            goaway_sent.append(reply.stream_id)
+            reply.goaway(last_stream_id=max(0, reply.stream_id - 2))
+        elif path == b"/silent":
+            await asyncio.Event().wait()
         elif path == b"/trailers":
             reply.head(200, [(b"content-type", b"text/plain")])
             await reply.data(b"body-" + body)
@@ -183,6 +189,7 @@ async def h2_primary() -> AsyncIterator[H2TestServer]:
             reply.head(200, echo)
             await reply.data(b"echo:" + body, end=True)
 
+    goaway_sent: list[int] = []
     server = await H2TestServer(handler).start()
     try:
         yield server
@@ -237,6 +244,32 @@ async def test_primary_reset_becomes_client_reset_not_a_hang(h2_proxy: ProxyServ
     assert reset_response.reset_code is not None and reset_response.status == 0
     assert fine_response.status == 200 and fine_response.body == b"echo:"
     assert h2_proxy.stats.primary_failures == {"reset": 1}
+
+
+async def test_a_stream_the_primary_refused_by_goaway_is_sent_again(h2_proxy: ProxyServer) -> None:
+    client = await H2TestClient.connect(h2_proxy.port)
+    try:
+        response = await client.get("/goaway-once")
+    finally:
+        await client.close()
+    assert response.status == 200 and response.header(b"x-path") == b"/goaway-once"
+    assert h2_proxy._ctx.h2_pool.connects == 2  # type: ignore[union-attr]
+    assert h2_proxy.stats.primary_failures == {}
+
+
+async def test_a_silent_primary_times_out_as_504_or_deadline_exceeded(h2_primary: H2TestServer) -> None:
+    proxy = await _proxy(f"h2c://127.0.0.1:{h2_primary.port}", first_byte_timeout_s=0.3)
+    client = await H2TestClient.connect(proxy.port)
+    try:
+        plain = await client.get("/silent")
+        grpc_call = await client.get("/silent", [(b"content-type", b"application/grpc")])
+    finally:
+        await client.close()
+        await proxy.shutdown(1)
+    assert plain.status == 504 and b"first byte timed out" in plain.body
+    assert grpc_call.status == 200 and grpc_call.header(b"grpc-status") == b"4"
+    assert grpc_call.ended and grpc_call.body == b""
+    assert proxy.stats.primary_failures == {"timeout": 2}
 
 
 async def test_a_client_that_does_not_read_holds_the_primary_back(h2_proxy: ProxyServer) -> None:
