@@ -145,7 +145,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         store = DiffStore(Path(tmp) / "bench.sqlite")
-        session = DiffSession(store, DifferConfig(), RunMeta("primary", "v2", None, ()), rng=random.Random(2))
+        session = DiffSession(store, DifferConfig(), RunMeta("primary", "v2", None, ()))
         mixed = [ex for pair in zip(identical, differing, strict=True) for ex in pair]
         started_cpu = time.process_time()
         for ex in mixed:

@@ -19,7 +19,7 @@ from typing import Any, Final
 from shadowtap.differ.config import CompareOptions
 from shadowtap.differ.grpc import STATUS_FIELDS, grpc_body, grpc_status_changes, is_grpc, trailer_map
 from shadowtap.differ.normalize import Body, header_map, parse_body
-from shadowtap.differ.paths import KEY, IdKey, folded_path, full_path
+from shadowtap.differ.paths import KEY, IdKey, both_paths, folded_path
 from shadowtap.differ.rewrites import Rewrites
 from shadowtap.differ.templates import segment_is_id
 from shadowtap.differ.volatile import VOLATILE_FAMILY, base_class, mask_text, string_class, value_class
@@ -81,6 +81,11 @@ def _outcome_label(outcome: Outcome) -> str:
     return str(outcome.status) if isinstance(outcome, Response) else outcome.kind
 
 
+def _has_booleans(data: bytes) -> bool:
+    """Whether a JSON text may hold ``true`` or ``false`` (or the words inside a string)."""
+    return b"true" in data or b"false" in data
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -91,8 +96,8 @@ class Comparator:
     the call in progress (not thread-safe: one comparator per thread)."""
 
     __slots__ = (
-        "_abs_tol", "_array_rule_cache", "_array_rules", "_detectors", "_key_steps", "_literal_keys", "_options",
-        "_rel_tol", "_rewrites",
+        "_abs_tol", "_array_rule_cache", "_array_rules", "_detectors", "_equal_is_same", "_key_steps",
+        "_literal_keys", "_options", "_rel_tol", "_rewrites",
     )  # fmt: skip
 
     def __init__(self, options: CompareOptions) -> None:
@@ -105,6 +110,7 @@ class Comparator:
         self._key_steps: dict[str, str] = {}
         # A protobuf tree's keys are field names and numbers, never ids: not folded to {key}.
         self._literal_keys = False
+        self._equal_is_same = False
         self._rewrites: Rewrites | None = None
 
     # --- outcomes -------------------------------------------------------------------------------
@@ -221,6 +227,11 @@ class Comparator:
     def _compare_bodies(self, a: Response, b: Response, out: list[Difference], method: str | None) -> None:
         ba, bb = self._body(a, method), self._body(b, method)
         self._literal_keys = method is not None
+        # Equal containers are compared in C rather than walked, which is exact unless ``==`` can
+        # take ``True`` for ``1`` deep inside (a type change): only JSON without booleans is sure.
+        self._equal_is_same = ba.kind == "form" or (
+            ba.kind == "json" and method is None and not _has_booleans(ba.data) and not _has_booleans(bb.data)
+        )
         if ba.kind != bb.kind:
             out.append(Difference("body", "body", "type", f"{ba.kind}->{bb.kind}"))
         elif ba.kind in ("json", "form"):
@@ -257,7 +268,8 @@ class Comparator:
     def _emit(
         self, steps: list[str | int], kind: str, transition: str, out: list[Difference], volatile: str | None = None
     ) -> None:
-        out.append(Difference(folded_path("body", steps), full_path("body", steps), kind, transition, volatile))
+        folded, full = both_paths("body", steps)
+        out.append(Difference(folded, full, kind, transition, volatile))
 
     def _numbers_close(self, a: float, b: float) -> bool:
         if a == b:
@@ -310,6 +322,13 @@ class Comparator:
             self._key_steps[key] = step
         return step
 
+    @staticmethod
+    def _same(value: Any) -> bool:
+        """Whether a value found ``==`` to its counterpart is sure to show no difference when
+        booleans may hide in containers: only scalars are (equal containers are walked)."""
+        tv = type(value)
+        return tv is not dict and tv is not list
+
     def _walk_object(self, a: dict[str, Any], b: dict[str, Any], steps: list[str | int], out: list[Difference]) -> None:
         matched = 0
         step = (
@@ -328,8 +347,7 @@ class Comparator:
                 steps.pop()
                 continue
             matched += 1
-            tv = type(va)
-            if tv is type(vb) and tv is not dict and tv is not list and va == vb:
+            if type(va) is type(vb) and va == vb and (self._equal_is_same or self._same(va)):
                 continue
             steps.append(step(key))
             self._walk(va, vb, steps, out)
@@ -379,8 +397,7 @@ class Comparator:
                 return
         for index in range(min(len(a), len(b))):
             va, vb = a[index], b[index]
-            tv = type(va)
-            if tv is type(vb) and tv is not dict and tv is not list and va == vb:
+            if type(va) is type(vb) and va == vb and (self._equal_is_same or self._same(va)):
                 continue
             steps.append(index)
             self._walk(va, vb, steps, out)

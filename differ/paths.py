@@ -9,12 +9,13 @@ every index as ``[*]`` and every key of a map keyed by ids (an ``IdKey``, chosen
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["KEY", "IdKey", "compile_glob", "folded_path", "full_path", "key_step"]
+__all__ = ["KEY", "IdKey", "both_paths", "compile_glob", "folded_path", "full_path", "key_step"]
 
 #: What every key of a map keyed by ids reads as in a folded path.
 KEY: Final = "{key}"
@@ -28,9 +29,25 @@ class IdKey(str):
     __slots__ = ()
 
 
+@functools.lru_cache(maxsize=16_384)  # keys repeat across documents; maps keyed by ids cycle through
 def key_step(key: str) -> str:
     """The path step for object key ``key``."""
     return "." + key if _IDENTIFIER.match(key) else "[" + json.dumps(key, ensure_ascii=False) + "]"
+
+
+def both_paths(root: str, steps: Sequence[str | int]) -> tuple[str, str]:
+    """``(folded_path(root, steps), full_path(root, steps))`` in one pass."""
+    folded = [root]
+    full = [root]
+    for s in steps:
+        if type(s) is int:
+            folded.append("[*]")
+            full.append(f"[{s}]")
+        else:
+            step = key_step(str(s))
+            full.append(step)
+            folded.append("." + KEY if type(s) is IdKey else step)
+    return "".join(folded), "".join(full)
 
 
 def full_path(root: str, steps: Sequence[str | int]) -> str:

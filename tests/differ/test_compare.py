@@ -168,3 +168,14 @@ def test_maps_keyed_by_ids_fold_their_keys_in_signatures_not_in_examples() -> No
         "body.users.u789",
     }
     assert len([d for d in diffs if d.path == "body.rooms.{key}.free"]) == 10
+
+
+def test_equal_containers_skip_the_walk_but_never_hide_a_boolean_for_a_number() -> None:
+    comparator = Comparator(CompareOptions())
+    a = {"items": [{"n": 1, "ok": 0}, {"n": 2}], "same": {"deep": [1, 2, {"x": 1.5}]}}
+    b = {"items": [{"n": 1, "ok": False}, {"n": 2}], "same": {"deep": [1, 2, {"x": 1.5}]}}
+    assert a == b  # Python's equality takes False for 0
+    diffs = comparator.compare(as_response(a, []), as_response(b, []))
+    assert [(d.full_path, d.kind, d.transition) for d in diffs] == [("body.items[0].ok", "type", "int->bool")]
+    # Without booleans, equal containers are equal however their numbers are spelled.
+    assert comparator.compare(as_response({"a": [{"x": 1}]}, []), as_response({"a": [{"x": 1.0}]}, [])) == []
