@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 # A session idle this long forgets when its last request finished (memory stays bounded); its
 # next request, if one ever comes, then goes at its slot. See docs/replay.md, "Memory".
 _SESSION_MEMORY_NS: Final = 60_000_000_000
+# ... and beyond this many idle sessions the longest idle is forgotten at once, so a tape of many
+# short sessions replayed fast holds a bounded number (about 1 KiB each), not a minute's worth.
+_MAX_IDLE_SESSIONS: Final = 100_000
 # The live p99 walks a whole histogram (pure Python, milliseconds): refreshed this often only.
 _P99_REFRESH_NS: Final = 2_000_000_000
 # While replaying, the GIL is handed between the event loop and any other thread (the results tape
@@ -410,6 +413,10 @@ class _Runner:
             self.sessions.pop(session.key, None)
         else:
             self.idle[session.key] = time.monotonic_ns()
+            if len(self.idle) > _MAX_IDLE_SESSIONS:
+                key, _ = self.idle.popitem(last=False)
+                if (gone := self.sessions.get(key)) is not None and not gone.busy and not gone.queue:
+                    del self.sessions[key]
 
     def _finished(self, count: int) -> None:
         """``count`` pulled requests are done with (sent or dropped): wake whoever waits for room."""
