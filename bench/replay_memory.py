@@ -100,7 +100,7 @@ def stable_path(i: int) -> tuple[str, str]:
     return path, f"GET {path}"
 
 
-def write_tape(directory: Path, exchanges: int, distinct: int) -> dict[str, int]:
+def write_tape(directory: Path, exchanges: int, distinct: int, sessions: int = 256) -> dict[str, int]:
     """The tape, and how many exchanges each template should count."""
     base = 1_700_000_000 * 10**9
     expected: dict[str, int] = {}
@@ -118,7 +118,7 @@ def write_tape(directory: Path, exchanges: int, distinct: int) -> dict[str, int]
                 Exchange(
                     id=f"m{i}",
                     started_at_ns=base + i * 1000,
-                    connection_id=f"c{i % 256}",
+                    connection_id=f"c{i % sessions}",
                     request=Request("GET", f"{path}?q={i}", ((b"Accept", b"application/json"),)),
                 )
             )
@@ -149,6 +149,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exchanges", type=int, default=1_000_000)
     parser.add_argument("--distinct", type=int, default=100_000)
+    parser.add_argument("--sessions", type=int, default=256, help="distinct connection ids (the session key)")
     args = parser.parse_args()
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         print("nginx is not installed (scripts/ensure-system-deps.sh nginx)", file=sys.stderr)
@@ -156,7 +157,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="replay-memory-") as tmp_name:
         tmp = Path(tmp_name)
         started = time.monotonic()
-        expected = write_tape(tmp / "tape", args.exchanges, args.distinct)
+        expected = write_tape(tmp / "tape", args.exchanges, args.distinct, args.sessions)
         print(f"tape: {args.exchanges:,} exchanges, {args.distinct:,} distinct paths, "
               f"{len(expected)} templates, written in {time.monotonic() - started:.1f} s")  # fmt: skip
         port = free_port()
