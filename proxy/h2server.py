@@ -430,6 +430,11 @@ class _H2Forward:
     """One client stream on its way to the primary and back (the primary's ``StreamSink``, or the
     HTTP/1 ``ResponseSink`` when the primary speaks HTTP/1)."""
 
+    __slots__ = ("_chunked", "_copied", "_copy", "_out", "_out_end", "_out_trailers", "_pending", "_pending_trailers",
+                 "_retried", "_task", "_unacked", "authority", "body_done", "ctx", "deadline", "finished",
+                 "first_byte_deadline", "grpc", "head_sent", "headers", "http1", "last_read", "method", "path",
+                 "resp_read_at", "session", "started_ns", "status", "stream_id", "upstream")  # fmt: skip
+
     def __init__(
         self, session: H2Session, stream_id: int, method: bytes, path: bytes, authority: bytes, headers: list[Header]
     ) -> None:

@@ -451,7 +451,7 @@ class H2Pool:
         ssl_context: ssl.SSLContext | None = None,
         connect_timeout_s: float,
         max_connections: int = 4,
-        max_streams_per_connection: int = 256,
+        max_streams_per_connection: int = 100,
         peer: str = "server",
         server_hostname: str | None = None,
     ) -> None:
