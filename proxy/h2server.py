@@ -197,6 +197,9 @@ class H2Session(asyncio.Protocol):
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: ctx.settings.max_header_bytes,
             },
         )
+        # h2 applies the advertised header list limit to its HPACK decoder only once the client
+        # acknowledges our SETTINGS: apply it from the first HEADERS frame on.
+        h2conn.decoder.max_header_list_size = ctx.settings.max_header_bytes
         h2conn.initiate_connection()
         self._write()
         if ctx.closing:

@@ -340,6 +340,16 @@ async def test_headers_flood_ends_that_connection_only(h2_proxy: ProxyServer) ->
     assert h2_proxy.stats.h2_errors == {"too many concurrent streams": 1}
 
 
+async def test_a_header_list_over_the_limit_ends_its_connection(h2_proxy: ProxyServer) -> None:
+    client = await H2TestClient.connect(h2_proxy.port)
+    try:
+        client.request("GET", "/big-head", [(b"x-filler", b"a" * 70_000)])
+        await asyncio.wait_for(client.closed, 10)
+    finally:
+        await client.close()
+    assert h2_proxy.stats.h2_errors == {"protocol error": 1}
+
+
 async def test_a_preface_that_is_neither_http1_nor_http2_gets_400(h2_proxy: ProxyServer) -> None:
     (response,) = await raw_request(h2_proxy.port, b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
     assert response.status == 400
