@@ -17,12 +17,12 @@ I/O but in ``reflect_descriptor_set`` and ``ProtoSchema.from_file``, and never c
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from google.protobuf.empty_pb2 import Empty as _Empty  # type: ignore[import-untyped]
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from google.protobuf.unknown_fields import UnknownFieldSet  # type: ignore[import-untyped]
 
@@ -43,6 +43,7 @@ __all__ = [
 #: Nesting deeper than this is refused: protobuf's own parsers stop at 100; a hostile message must
 #: not exhaust the stack. Real schemas rarely pass 20.
 MAX_DEPTH: Final = 64
+_MAX_FIELD_NUMBER: Final = (1 << 29) - 1
 # C0 controls but tab, LF and CR: their presence means "bytes that happen to be UTF-8", not text.
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -58,51 +59,117 @@ def _bytes_value(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+# Sub-messages and strings recur: the two answers of a pair share most of theirs, and so do answers
+# of one method. Decoded values of small length-delimited fields are remembered by their bytes (trees
+# are never modified once built, so sharing them is safe); bounded in entries and in each value's
+# size, and cleared when full.
+_MEMO: dict[bytes, Any] = {}
+_MEMO_MAX_ENTRIES: Final = 16_384
+_MEMO_MAX_VALUE_BYTES: Final = 2048
+_MISSING: Final = object()
+
+
 def _length_delimited(data: bytes, depth: int) -> Any:
     """A length-delimited value without a schema: message, else text, else bytes (base64)."""
     if not data:
         return ""
+    small = len(data) <= _MEMO_MAX_VALUE_BYTES
+    if small:
+        known = _MEMO.get(data, _MISSING)
+        if known is not _MISSING:
+            return known
+    value: Any
     try:
         text: str | None = data.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     if text is not None and _CONTROL.search(text) is None:
-        return text
-    if depth < MAX_DEPTH:
-        try:
-            return _schemaless(data, depth + 1)
-        except ProtobufDecodeError:
-            pass
-    return text if text is not None else _bytes_value(data)
+        value = text
+    else:
+        value = _MISSING
+        if depth < MAX_DEPTH:
+            with contextlib.suppress(ProtobufDecodeError):
+                value = _schemaless(data, depth + 1)
+        if value is _MISSING:
+            value = text if text is not None else _bytes_value(data)
+    if small:
+        if len(_MEMO) >= _MEMO_MAX_ENTRIES:
+            _MEMO.clear()
+        _MEMO[data] = value
+    return value
+
+
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end:
+            raise ProtobufDecodeError("message ends inside a varint")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ProtobufDecodeError("varint longer than 10 bytes")
 
 
 def _schemaless(data: bytes, depth: int) -> dict[str, Any]:
-    # upb parses the bytes as an empty message type, so every field is an unknown field: the wire
-    # format is checked in C (lengths, varints, field numbers), and Python only builds the tree.
-    try:
-        fields = UnknownFieldSet(_Empty.FromString(data))
-    except DecodeError as exc:
-        raise ProtobufDecodeError(f"not a protobuf message: {exc}") from None
+    # The wire format read in Python, one-byte tags, varints and lengths taken without a call: this
+    # loop runs once per field. (Parsing as an empty message type with protobuf's C parser and reading
+    # its unknown fields was slower: protobuf builds those items in Python.)
     out: dict[str, Any] = {}
-    repeated: set[str] = set()
-    for item in fields:
-        wire_type = item.wire_type
-        value: Any
-        if wire_type == 2:
-            value = _length_delimited(item.data, depth)
-        elif wire_type == 0 or wire_type == 1 or wire_type == 5:
-            value = item.data
+    repeated: set[str] | None = None
+    pos, end = 0, len(data)
+    value: Any
+    while pos < end:
+        tag = data[pos]
+        pos += 1
+        if tag >= 0x80:
+            tag, pos = _varint(data, pos - 1, end)
+            if tag >> 3 > _MAX_FIELD_NUMBER:
+                raise ProtobufDecodeError(f"field number {tag >> 3} out of range")
+        wire_type = tag & 7
+        if wire_type == 0:
+            if pos >= end:
+                raise ProtobufDecodeError("message ends inside a varint")
+            value = data[pos]
+            pos += 1
+            if value >= 0x80:
+                value, pos = _varint(data, pos - 1, end)
+        elif wire_type == 2:
+            if pos >= end:
+                raise ProtobufDecodeError("message ends inside a length")
+            length = data[pos]
+            pos += 1
+            if length >= 0x80:
+                length, pos = _varint(data, pos - 1, end)
+            stop = pos + length
+            if stop > end:
+                raise ProtobufDecodeError(f"field {tag >> 3}: {length} bytes announced, {end - pos} left")
+            value = _length_delimited(data[pos:stop], depth)
+            pos = stop
+        elif wire_type == 1 or wire_type == 5:
+            stop = pos + (8 if wire_type == 1 else 4)
+            if stop > end:
+                raise ProtobufDecodeError(f"message ends inside a {64 if wire_type == 1 else 32}-bit value")
+            value = int.from_bytes(data[pos:stop], "little")
+            pos = stop
         else:
-            raise ProtobufDecodeError(f"field {item.field_number}: a group (wire type {wire_type})")
-        key = str(item.field_number)
-        if key in out:
-            if key in repeated:
-                out[key].append(value)
-            else:
-                out[key] = [out[key], value]
-                repeated.add(key)
-        else:
+            raise ProtobufDecodeError(f"field {tag >> 3}: wire type {wire_type} (a group, or invalid)")
+        if tag < 8:
+            raise ProtobufDecodeError("field number 0")
+        key = str(tag >> 3)
+        previous = out.get(key, _MISSING)
+        if previous is _MISSING:
             out[key] = value
+        elif repeated is not None and key in repeated:
+            previous.append(value)
+        else:
+            out[key] = [previous, value]
+            if repeated is None:
+                repeated = set()
+            repeated.add(key)
     return out
 
 
