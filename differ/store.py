@@ -196,6 +196,10 @@ class DiffStore:
             if has_meta:
                 self._check_version()
             self._db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+            # A commit every few thousand pairs need not wait for the disk: in WAL mode a crash loses
+            # at most the last transactions, never the database.
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.executescript(_SCHEMA)
             if not has_meta:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -276,8 +280,14 @@ class DiffStore:
         found = self._route_ids.get(key)
         if found is not None:
             return found
-        self._db.execute("INSERT OR IGNORE INTO routes (method, path, endpoint) VALUES (?, ?, ?)", (*key, endpoint))
-        route_id: int = self._db.execute("SELECT id FROM routes WHERE method = ? AND path = ?", key).fetchone()[0]
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO routes (method, path, endpoint) VALUES (?, ?, ?)", (*key, endpoint)
+        )
+        route_id: int
+        if cursor.rowcount == 1 and cursor.lastrowid is not None:
+            route_id = cursor.lastrowid
+        else:
+            route_id = self._db.execute("SELECT id FROM routes WHERE method = ? AND path = ?", key).fetchone()[0]
         if len(self._route_ids) >= _ID_CACHE_SIZE:
             self._route_ids.clear()
         self._route_ids[key] = route_id
