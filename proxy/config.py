@@ -293,7 +293,7 @@ class RecordSettings:
     #: ... and at this age, seconds.
     max_segment_age_s: float = 300.0
     #: Tape block compression: ``none`` or ``zstd``.
-    compression: str = "none"
+    compression: str = "zstd"
     #: When the tape is fsynced: ``none``, ``interval`` (about every second) or ``every`` batch.
     fsync: str = "interval"
     #: What is redacted on the tape and stripped from shadows' copies (``true``/``false`` or the

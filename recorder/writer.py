@@ -93,9 +93,9 @@ class TapeOptions:
     max_segment_bytes: int = 128 * 1024 * 1024
     #: Rotate to a new segment once the current one is this old (checked when writing).
     max_segment_age_s: float = 3600.0
-    #: zstd by default: 1 KiB JSON exchanges take about a fifth of the bytes, and writing and reading
+    #: zstd by default: the bench's 1 KiB JSON exchanges take 6% of their bytes, and writing and reading
     #: stay within the tape's budgets (bench/tape_bench.py; figures in docs/benchmarks.md).
-    compression: Compression = "none"
+    compression: Compression = "zstd"
     zstd_level: int = 3
     #: ``none``: leave it to the OS; ``interval``: fsync at most every ``fsync_interval_s``;
     #: ``every``: fsync after every write, before the exchanges count as written.

@@ -331,7 +331,7 @@ async def test_the_writers_join_exactly_as_the_loop_would(tmp_path: Path, monkey
     child process make the same tape, byte for byte."""
     rules = RedactionRules()
     monkeypatch.setenv(rules.key_env, "k" * 32)
-    options = TapeOptions(fsync="none")
+    options = TapeOptions(fsync="none", compression="none")  # frames, not blocks: batching may differ
     async with TapeWriter(tmp_path / "loop", options) as loop_writer:
         local = JoinIntake(JOIN, lambda entry, taped: loop_writer.submit_record(entry.tape_record()))
         for _, item in join_script(120):

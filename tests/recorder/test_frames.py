@@ -26,7 +26,7 @@ from shadowtap.recorder import (
 from shadowtap.recorder import reader as reader_module
 from tests.recorder.tape_samples import make_exchange
 
-PLAIN = TapeOptions(redaction=None, fsync="none")
+PLAIN = TapeOptions(redaction=None, fsync="none", compression="none")
 names = st.text(min_size=1, max_size=8)
 small_text = st.text(max_size=20)
 headers = st.lists(st.tuples(st.binary(min_size=1, max_size=12), st.binary(max_size=30)), max_size=5).map(tuple)

@@ -9,7 +9,7 @@ import pytest
 from shadowtap.recorder import ConfigError, SyncTapeWriter, TapeFilter, TapeOptions, TapeReader, merge_tapes
 from tests.recorder.tape_samples import BASE_NS, make_exchange
 
-PLAIN = TapeOptions(redaction=None, fsync="none")
+PLAIN = TapeOptions(redaction=None, fsync="none", compression="none")
 
 
 def write(directory: Path, indexes: list[int], options: TapeOptions = PLAIN) -> Path:

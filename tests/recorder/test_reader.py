@@ -26,7 +26,7 @@ from shadowtap.recorder import (
 )
 from tests.recorder.tape_samples import BASE_NS, make_exchange
 
-PLAIN = TapeOptions(redaction=None, fsync="none")
+PLAIN = TapeOptions(redaction=None, fsync="none", compression="none")
 
 
 def write_tape(directory: Path, count: int, options: TapeOptions = PLAIN) -> Path:

@@ -18,7 +18,7 @@ from shadowtap.recorder.model import exchange_to_wire
 from shadowtap.recorder.tape_process import ProcessTapeWriter
 from tests.recorder.tape_samples import make_exchange
 
-PLAIN = TapeOptions(redaction=None, fsync="none")
+PLAIN = TapeOptions(redaction=None, fsync="none", compression="none")
 ROOT = Path(__file__).resolve().parents[2]
 
 

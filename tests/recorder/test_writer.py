@@ -18,7 +18,7 @@ from shadowtap.recorder.model import exchange_to_wire
 from shadowtap.recorder.writer import record_bytes
 from tests.recorder.tape_samples import make_exchange
 
-PLAIN = TapeOptions(redaction=None, fsync="none")
+PLAIN = TapeOptions(redaction=None, fsync="none", compression="none")
 
 
 def segment_files(directory: Path) -> list[Path]:
@@ -45,7 +45,7 @@ def test_segments_are_private_files(tmp_path: Path) -> None:
 
 def test_rotation_by_size_keeps_every_exchange_in_order(tmp_path: Path) -> None:
     exchanges = [make_exchange(i, body=b"x" * 2000) for i in range(40)]
-    options = TapeOptions(redaction=None, max_segment_bytes=8192, block_bytes=4096, fsync="none")
+    options = TapeOptions(redaction=None, max_segment_bytes=8192, block_bytes=4096, fsync="none", compression="none")
     with SyncTapeWriter(tmp_path, options) as writer:
         writer.write_many(exchanges)
     segments = segment_files(tmp_path)
@@ -274,7 +274,7 @@ def test_a_full_disk_reuses_the_segment_cut_back_to_its_last_whole_block(
 ) -> None:
     disk = FillingDisk(room=20_000)
     monkeypatch.setattr(writer_module, "os", disk)
-    options = TapeOptions(redaction=None, fsync="none", block_bytes=1024, retry_after_error_s=0.0)
+    options = TapeOptions(redaction=None, fsync="none", block_bytes=1024, retry_after_error_s=0.0, compression="none")
     with SyncTapeWriter(tmp_path, options) as writer:
         refused = [write_refused(writer, i) for i in range(40)]  # each one a block, each refused one a retry
         disk.room = 10_000  # some room again: the same segment takes more
@@ -291,7 +291,7 @@ def test_a_full_disk_reuses_the_segment_cut_back_to_its_last_whole_block(
 
 def test_a_disk_full_from_the_start_leaves_no_segment_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(writer_module, "os", FillingDisk(room=0))
-    options = TapeOptions(redaction=None, fsync="none", block_bytes=1024, retry_after_error_s=0.0)
+    options = TapeOptions(redaction=None, fsync="none", block_bytes=1024, retry_after_error_s=0.0, compression="none")
     with SyncTapeWriter(tmp_path, options) as writer:
         assert all(write_refused(writer, i) for i in range(10))
     assert list(tmp_path.glob("*.stape")) == []
@@ -303,7 +303,7 @@ def test_a_segment_left_with_its_header_alone_is_removed_at_close(
 ) -> None:
     # Room for the header and nothing more: the segment is opened, every block is refused.
     monkeypatch.setattr(writer_module, "os", FillingDisk(room=SEGMENT_HEADER_SIZE))
-    options = TapeOptions(redaction=None, fsync="none", block_bytes=1024, retry_after_error_s=0.0)
+    options = TapeOptions(redaction=None, fsync="none", block_bytes=1024, retry_after_error_s=0.0, compression="none")
     with SyncTapeWriter(tmp_path, options) as writer:
         assert write_refused(writer, 0)
         assert len(list(tmp_path.glob("*.stape"))) == 1  # kept open for the retry

@@ -39,7 +39,7 @@ KILL_CHILD = textwrap.dedent(
     from tests.recorder.tape_samples import make_exchange
 
     directory, acked = sys.argv[1], int(sys.argv[2])
-    with SyncTapeWriter(directory, TapeOptions(fsync="every", redaction=None)) as writer:
+    with SyncTapeWriter(directory, TapeOptions(fsync="every", redaction=None, compression="none")) as writer:
         for i in range(acked):
             writer.write(make_exchange(i, body=b"a" * 1000))
             print(f"ack ex-{i:06d}", flush=True)
@@ -108,7 +108,7 @@ ASYNC_KILL_CHILD = textwrap.dedent(
     from tests.recorder.tape_samples import make_exchange
 
     async def main():
-        options = TapeOptions(fsync="every", redaction=None, block_bytes=8 * 1024)
+        options = TapeOptions(fsync="every", redaction=None, block_bytes=8 * 1024, compression="none")
         async with TapeWriter(sys.argv[1], options) as writer:
             reported, deadline = 0, time.monotonic() + 20
             for i in range(100_000):  # bounded: the parent kills us long before
@@ -161,7 +161,8 @@ EFBIG_CHILD = textwrap.dedent(
 
     async def main():
         writer = TapeWriter(sys.argv[1], TapeOptions(
-            redaction=None, block_bytes=16 * 1024, fsync="none", retry_after_error_s=float(sys.argv[2])
+            redaction=None, block_bytes=16 * 1024, fsync="none", retry_after_error_s=float(sys.argv[2]),
+            compression="none",
         ))
         await writer.start()
         submitted = 0
@@ -247,7 +248,9 @@ async def test_a_full_disk_leaves_no_empty_segments_and_no_torn_tail(full_disk: 
     retrying every 50 ms: the segment it was writing is reused (cut back to its last whole block),
     never replaced by a new, empty file per retry; what it counted as written is all readable."""
     tape = full_disk / "tape"
-    options = TapeOptions(redaction=None, fsync="interval", block_bytes=8 * 1024, retry_after_error_s=0.05)
+    options = TapeOptions(
+        redaction=None, fsync="interval", block_bytes=8 * 1024, retry_after_error_s=0.05, compression="none"
+    )
     submitted = 0
     async with ProcessTapeWriter(tape, options) as writer:
         deadline = time.monotonic() + 2.0

@@ -12,7 +12,7 @@ from tests.replayer.tapes import make_exchange
 
 
 def write(path: Path, items: list[tuple[int, float]]) -> str:
-    with SyncTapeWriter(path, TapeOptions(redaction=None)) as writer:
+    with SyncTapeWriter(path, TapeOptions(redaction=None, compression="none")) as writer:
         for i, at in items:
             writer.write(make_exchange(i, at))
     return str(path)

@@ -31,7 +31,7 @@ def exchange(i: int) -> Exchange:
 
 
 def write_tape(directory: Path, count: int, segment_bytes: int) -> Path:
-    options = TapeOptions(redaction=None, fsync="none", max_segment_bytes=segment_bytes)
+    options = TapeOptions(redaction=None, fsync="none", max_segment_bytes=segment_bytes, compression="none")
     with SyncTapeWriter(directory, options) as writer:
         writer.write_many(exchange(i) for i in range(count))
     return directory

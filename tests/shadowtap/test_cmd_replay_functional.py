@@ -19,7 +19,7 @@ from tests.replayer.tapes import make_exchange
 
 
 def write_tape(directory: Path, exchanges: list[Exchange]) -> Path:
-    with SyncTapeWriter(directory, TapeOptions(redaction=None)) as writer:
+    with SyncTapeWriter(directory, TapeOptions(redaction=None, compression="none")) as writer:
         for ex in exchanges:
             writer.write(ex)
     return directory

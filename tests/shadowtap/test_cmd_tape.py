@@ -13,7 +13,7 @@ from shadowtap.commands.tape import format_ns, parse_time_ns
 from shadowtap.recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions, TapeReader, _frames
 from tests.recorder.tape_samples import BASE_NS, make_exchange
 
-PLAIN = TapeOptions(redaction=None, fsync="none")
+PLAIN = TapeOptions(redaction=None, fsync="none", compression="none")
 
 
 def write(directory: Path, exchanges: list[Exchange], options: TapeOptions = PLAIN) -> Path:

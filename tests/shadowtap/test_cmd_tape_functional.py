@@ -24,7 +24,7 @@ def shadowtap(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cat_of_a_corrupt_tape_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    with SyncTapeWriter(tmp_path, TapeOptions(redaction=None)) as writer:
+    with SyncTapeWriter(tmp_path, TapeOptions(redaction=None, compression="none")) as writer:
         writer.write_many(make_exchange(i) for i in range(5))
     (segment,) = tmp_path.glob("*.stape")
     data = bytearray(segment.read_bytes())
