@@ -196,10 +196,6 @@ class DiffStore:
             if has_meta:
                 self._check_version()
             self._db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-            # A commit every few thousand pairs need not wait for the disk: in WAL mode a crash loses
-            # at most the last transactions, never the database.
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.executescript(_SCHEMA)
             if not has_meta:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
