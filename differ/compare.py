@@ -141,9 +141,13 @@ class Comparator:
             if a.status // 100 != b.status // 100:
                 # Another class of answer is another document: its fields would only bury the status.
                 return out
-        # Only a pair that differs somewhere looks at the content type: equal pairs stay a few compares.
-        grpc = (a.body != b.body or a.headers != b.headers or a.trailers != b.trailers) and (
-            is_grpc(a.headers) and is_grpc(b.headers)
+        # Only a pair that differs where a gRPC answer can looks at the content type: in the body, the
+        # trailers, or the headers of one with trailers or no body (trailers-only). A pair equal but
+        # for its Date stays a few compares.
+        grpc = (
+            (a.body != b.body or a.trailers != b.trailers or (a.headers != b.headers and (a.trailers or not a.body)))
+            and is_grpc(a.headers)
+            and is_grpc(b.headers)
         )
         if grpc:  # grpc-status is the status (shadowtap.differ.grpc), other trailers are headers
             changes, moot = grpc_status_changes(a, b, self._volatile_values)
