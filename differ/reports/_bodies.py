@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from shadowtap.differ.grpc import grpc_body, is_grpc
+from shadowtap.differ.grpc import grpc_body, grpc_status, is_grpc
 from shadowtap.differ.normalize import BodyDecodeError, decode_codings
 from shadowtap.differ.reports._common import MISSING, lookup_json, parse_body_path
 from shadowtap.differ.reports.redact import redact_form, redact_header_value, redact_json, redact_multipart, redact_text
@@ -176,6 +176,13 @@ def value_at(outcome: Outcome | None, path: str, limit_chars: int = 80) -> str:
     if path.startswith("header."):
         name = path.removeprefix("header.").encode("latin-1", "replace")
         values = [redact_header_value(name, v).decode("latin-1") for v in header_values(outcome.headers, name)]
+        return _shorten(", ".join(values), limit_chars) if values else "(absent)"
+    if path in ("grpc-status", "grpc-message"):
+        status, message = grpc_status(outcome)
+        return _shorten(status if path == "grpc-status" else message or "(empty)", limit_chars)
+    if path.startswith("trailer."):
+        name = path.removeprefix("trailer.").encode("latin-1", "replace")
+        values = [redact_header_value(name, v).decode("latin-1") for v in header_values(outcome.trailers, name)]
         return _shorten(", ".join(values), limit_chars) if values else "(absent)"
     tokens = parse_body_path(path)
     if tokens is None:

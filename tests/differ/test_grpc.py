@@ -212,3 +212,19 @@ def test_reports_show_a_grpc_body_as_its_field_tree_and_a_bad_one_with_the_reaso
     bad = display_body(GRPC_HEADERS, encode_message(message)[:-2])
     assert bad.kind == "binary"
     assert bad.note is not None and "invalid gRPC body: truncated message" in bad.note
+
+
+def test_report_snippets_show_the_grpc_status_trailers_and_field_values(shop: CompiledShop) -> None:
+    from shadowtap.differ.reports._bodies import value_at
+
+    pb2 = shop.pb2
+    message = pb2.Product(id="p1", name="Desk lamp").SerializeToString()
+    found = grpc_response([message])
+    found = replace(found, trailers=(*found.trailers, (b"shop-region", b"eu")))
+    missing = grpc_response([], status=5, message="no product p1")
+    assert value_at(found, "grpc-status") == "OK"
+    assert value_at(missing, "grpc-status") == "NOT_FOUND"
+    assert value_at(missing, "grpc-message") == "no product p1"
+    assert value_at(found, "trailer.shop-region") == "eu"
+    assert value_at(found, "trailer.absent") == "(absent)"
+    assert value_at(found, "body.2") == '"Desk lamp"'
