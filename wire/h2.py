@@ -521,6 +521,7 @@ class H2Pool:
     async def _dial(self) -> None:
         self._dialing += 1
         loop = asyncio.get_running_loop()
+        conn: H2ClientConnection | None = None
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, conn = await loop.create_connection(
@@ -539,6 +540,8 @@ class H2Pool:
                 await asyncio.shield(conn.ready)
         except (OSError, TimeoutError):
             self.connect_errors += 1
+            if conn is not None:
+                conn.abort()  # connected, but no SETTINGS in time: not a connection to keep
             raise
         finally:
             self._dialing -= 1
