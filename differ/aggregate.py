@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from shadowtap.differ.config import DifferConfig, IgnoreRule, NoiseThresholds
 from shadowtap.differ.report_model import (
@@ -32,9 +33,13 @@ from shadowtap.differ.store import EMPTY_SET, EXAMPLE_CANDIDATE, DiffStore, Pair
 from shadowtap.differ.verdict import decide, parse_fail_on
 from shadowtap.recorder.errors import ConfigError
 
-__all__ = ["LEARNED_NOISE", "build_report", "is_learned_noise"]
+__all__ = ["EXAMPLES_PER_REPORT", "LEARNED_NOISE", "build_report", "is_learned_noise"]
 
 LEARNED_NOISE: Final = "learned-noise"
+#: Examples one report holds at most (each a request and two responses, bodies up to 1 MiB): an
+#: API of thousands of templates makes a report of thousands of signatures, each still counted and
+#: ranked, but only the most important ones illustrated.
+EXAMPLES_PER_REPORT: Final = 1_000
 
 
 def is_learned_noise(candidate_rate: float, noise_rate: float | None, thresholds: NoiseThresholds) -> bool:
@@ -230,7 +235,13 @@ def build_report(
         for field_key in suppressed:
             field_suppressed[field_key] += n
 
-    examples = _examples(store, config.examples_per_signature, since_ns, until_ns, endpoint, reasons)
+    def rank(sig_key: SigKey) -> tuple[Any, ...]:
+        ep, key_id, volatile = sig_key
+        path, kind, transition = key_info[key_id]
+        pairs = signatures[sig_key].pairs
+        return (severity_rank(severity(kind, transition)), -pairs, ep, path, kind, transition, volatile or "")
+
+    examples = _examples(store, config.examples_per_signature, since_ns, until_ns, endpoint, reasons, rank)
     by_endpoint: dict[str, list[SignatureReport]] = defaultdict(list)
     suppression_counts: dict[str, int] = defaultdict(int)
     for sig_key, sig in signatures.items():
@@ -341,19 +352,33 @@ def _examples(
     until_ns: int | None,
     endpoint: str | None,
     reasons: dict[SigKey, str | None],
+    rank: Callable[[SigKey], tuple[Any, ...]],
 ) -> dict[SigKey, tuple[Example, ...]]:
-    """The first ``k`` sampled examples of every unsuppressed signature, read in one ordered pass
-    over the samples (which the sampler bounds per signature), then each kept exchange once."""
+    """The first ``k`` sampled examples of every unsuppressed signature (the most important first
+    while ``EXAMPLES_PER_REPORT`` lasts), read in one ordered pass over the samples (which the
+    sampler bounds per signature), then each kept exchange."""
     if k <= 0:
         return {}
-    chosen: dict[SigKey, list[int]] = {}
+    sampled: dict[SigKey, list[int]] = {}
     for row in store.examples_in(since_ns, until_ns, endpoint):
         sig_key = (row.endpoint, row.key_id, row.volatile)
         if sig_key not in reasons or reasons[sig_key] is not None:
             continue
-        picked = chosen.setdefault(sig_key, [])
+        picked = sampled.setdefault(sig_key, [])
         if len(picked) < k:
             picked.append(row.pair_id)
+    # The report's budget goes round by round down the ranking: every signature's first example
+    # before any signature's second.
+    ranked = sorted(sampled, key=rank)
+    chosen: dict[SigKey, list[int]] = {sig_key: [] for sig_key in ranked}
+    budget = EXAMPLES_PER_REPORT
+    for round_ in range(k):
+        for sig_key in ranked:
+            if budget == 0:
+                break
+            if round_ < len(sampled[sig_key]):
+                chosen[sig_key].append(sampled[sig_key][round_])
+                budget -= 1
     out: dict[SigKey, tuple[Example, ...]] = {}
     for sig_key, pair_ids in chosen.items():
         ep, key_id, volatile = sig_key

@@ -17,6 +17,7 @@ import hashlib
 import html
 import json
 import os
+import shlex
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from json.encoder import encode_basestring
@@ -58,6 +59,12 @@ _MAX_INDENT_CLASS: Final = 8
 EXAMPLES_BUDGET_CHARS: Final = 96 * 1024
 #: Field-tree rows per endpoint (the busiest paths): a JSON API can have thousands of paths.
 FIELD_ROWS: Final = 300
+#: Endpoints shown in full (field tree, signatures, examples), the most important first; the others
+#: are one line each (counts, severity), so that an API of thousands of templates makes a page a
+#: browser opens in a moment. The JSON report has every endpoint in full.
+DETAILED_ENDPOINTS: Final = 300
+#: Rows of the "failing the gate" table; the JSON report lists every failing signature.
+FAILING_ROWS: Final = 500
 _SEVERITY_LABEL: Final[dict[Severity | None, str]] = {
     "critical": "critical",
     "high": "high",
@@ -542,14 +549,25 @@ def _endpoint_html(
         f"{f', {suppressed} suppressed' if suppressed else ''}</span>"
         f" {_meter(rate)}</summary>"
     )
-    body = (
-        f'<div class="ep-body"><p class="muted">{endpoint.compared} compared, {endpoint.equal} equal, '
+    counts = (
+        f'<p class="muted">{endpoint.compared} compared, {endpoint.equal} equal, '
         f"{endpoint.differing} differing, {endpoint.errors} errors</p>"
-        f"<h4>Field tree</h4>{_fields_html(endpoint.fields)}"
-        f"<h4>Signatures</h4>"
-        + ("".join(_signature_html(s, report, failing, state) for s in signatures) or '<p class="muted">none</p>')
-        + "</div>"
     )
+    if rank >= DETAILED_ENDPOINTS:
+        body = (
+            f'<div class="ep-body">{counts}<p class="muted">{_plural(len(signatures), "signature")} and the field '
+            f"tree are in the JSON report, or here with <code>shadowtap report --endpoint "
+            f"{_e(shlex.quote(endpoint.endpoint))} --html OUT</code>: this page details the "
+            f"{DETAILED_ENDPOINTS} endpoints that matter most.</p></div>"
+        )
+    else:
+        body = (
+            f'<div class="ep-body">{counts}'
+            f"<h4>Field tree</h4>{_fields_html(endpoint.fields)}"
+            f"<h4>Signatures</h4>"
+            + ("".join(_signature_html(s, report, failing, state) for s in signatures) or '<p class="muted">none</p>')
+            + "</div>"
+        )
     # Open when it fails the gate: that is what the reviewer came for; the rest wait for a click.
     fails = any(s.id in failing for s in signatures)
     return (
@@ -573,15 +591,18 @@ def _failing_html(report: DiffReport, endpoints: list[EndpointReport]) -> str:
         f'<td>{_e(sig.kind)}</td><td><a href="#sig-{_e(sig.id)}"><code class="path">{_e(sig.path)}</code></a></td>'
         f'<td><span class="transition">{_e(sig.transition)}</span></td><td class="num">{sig.count}</td>'
         f'<td class="num">{fmt_rate(sig.rate)}</td><td class="num">{fmt_rate(sig.noise_rate)}</td></tr>'
-        for sig in signatures
+        for sig in signatures[:FAILING_ROWS]
     ]
     if not rows:
         return ""
+    more = len(signatures) - len(rows)
     return (
-        f'<section id="failing"><h2>Failing the gate ({len(rows)})</h2>'
+        f'<section id="failing"><h2>Failing the gate ({len(signatures)})</h2>'
         '<table class="failing"><thead><tr><th>severity</th><th>endpoint</th><th>kind</th><th>path</th>'
         '<th>change</th><th class="num">count</th><th class="num">rate</th><th class="num">noise</th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></section>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        + (f'<p class="muted">and {more} more, in the JSON report</p>' if more > 0 else "")
+        + "</section>"
     )
 
 

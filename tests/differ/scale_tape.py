@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from shadowtap.recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions
 
-__all__ = ["BASE_NS", "RESOURCES", "scale_exchange", "shop_exchange", "write_tape"]
+__all__ = ["BASE_NS", "RESOURCES", "SHOP_METHODS", "scale_exchange", "shop_exchange", "shop_templates", "write_tape"]
 
 BASE_NS: Final = 1_714_557_600_000_000_000
 #: Top-level resources of the generated API: a few with ids in the path, one answering maps keyed by ids.
@@ -62,14 +62,14 @@ def _document(i: int, *, changed: bool, keyed: bool) -> dict[str, Any]:
     return doc
 
 
-def _pair(i: int, path: str, *, keyed: bool) -> Exchange:
+def _pair(i: int, path: str, *, keyed: bool, method: str = "GET") -> Exchange:
     before = json.dumps(_document(i, changed=False, keyed=keyed)).encode()
     # One exchange in four answers the same: the common case in production.
     after = before if i % 4 == 0 else json.dumps(_document(i, changed=True, keyed=keyed)).encode()
     return Exchange(
         id=f"x{i:09d}",
         started_at_ns=BASE_NS + i * 1_000_000,
-        request=Request("GET", path, ((b"Host", b"api.local"),), b""),
+        request=Request(method, path, ((b"Host", b"api.local"),), b""),
         primary=Response(200, "OK", _JSON, before),
         shadows={"v2": Response(200, "OK", _JSON, after)},
     )
@@ -85,8 +85,13 @@ def scale_exchange(i: int, distinct_paths: int = 100_000) -> Exchange:
     return _pair(i, path, keyed=i % 10 == 3)
 
 
+#: The shop's paths are split over these methods: a templater keeps about 2,000 templates per method.
+SHOP_METHODS: Final = ("GET", "PUT", "DELETE")
+
+
 def shop_templates() -> Iterator[str]:
-    """5,000 paths that are each their own endpoint: few literal children per position."""
+    """5,000 paths that are each their own endpoint (with ``shop_exchange``'s methods): few literal
+    children per position, each path hit again and again."""
     for locale in _LOCALES:
         for category in _CATEGORIES:
             for sub in _SUBS:
@@ -95,7 +100,9 @@ def shop_templates() -> Iterator[str]:
 
 
 def shop_exchange(i: int, paths: list[str]) -> Exchange:
-    return _pair(i, paths[i % len(paths)], keyed=False)
+    """Exchange ``i`` of the shop tape: path ``i`` modulo the paths, each path always with one method."""
+    index = i % len(paths)
+    return _pair(i, paths[index], keyed=False, method=SHOP_METHODS[index % len(SHOP_METHODS)])
 
 
 def write_tape(directory: Path, exchanges: Iterator[Exchange]) -> Path:
