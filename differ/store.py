@@ -457,8 +457,10 @@ class DiffStore:
         priority (then exchange id), streamed: the first ``k`` of a signature are a uniform sample of it."""
         where, params = self._window(since_ns, until_ns, endpoint)
         for row in self._db.execute(
-            "SELECT r.endpoint, e.key_id, e.volatile, e.pair_id FROM examples e JOIN pairs p ON p.id = e.pair_id"
-            f" JOIN routes r ON r.id = p.route_id WHERE {where}"
+            # CROSS JOIN keeps this loop order: the samples are few (bounded per signature), the
+            # pairs of a window or an endpoint may be millions.
+            "SELECT r.endpoint, e.key_id, e.volatile, e.pair_id FROM examples e CROSS JOIN pairs p ON p.id = e.pair_id"
+            f" CROSS JOIN routes r ON r.id = p.route_id WHERE {where}"
             " ORDER BY r.endpoint, e.key_id, e.volatile, e.priority, p.exchange_id",
             params,
         ):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from shadowtap.differ import DifferConfig, DiffSession, DiffStore, RunMeta
+from shadowtap.differ import DifferConfig, DiffSession, DiffStore, RunMeta, build_report
 from shadowtap.differ.pipeline import EXAMPLE_BODY_LIMIT_BYTES
 from shadowtap.differ.store import SCHEMA_VERSION
 from shadowtap.recorder import Exchange, Request, Response
@@ -150,3 +151,44 @@ def test_noise_is_counted_through_sets_not_stored_per_pair(tmp_path: Path) -> No
         # One candidate set (body.n), one noise set (body.t) and nothing per pair beyond the pair row.
         assert db.execute("SELECT count(*) FROM diff_sets").fetchone() == (2,)
         assert db.execute("SELECT count(DISTINCT noise_set) FROM pairs WHERE noise_set != 0").fetchone() == (1,)
+
+
+def sqlite_steps(store: DiffStore, work: Callable[[], object]) -> int:
+    """SQLite virtual machine steps (in thousands) that ``work`` costs on ``store``."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store._db.set_progress_handler(count, 1000)
+    try:
+        work()
+    finally:
+        store._db.set_progress_handler(None, 0)
+    return steps
+
+
+def test_a_window_or_an_endpoint_reads_only_its_pairs(tmp_path: Path) -> None:
+    store = DiffStore(tmp_path / "r.db")
+    session = DiffSession(store, DifferConfig(), META)
+    for i in range(20_000):
+        session.add(
+            Exchange(
+                id=str(i),
+                started_at_ns=i,
+                request=Request("GET", "/rare" if i % 100 == 0 else f"/items/{i}"),
+                primary=Response(200, "", (), b'{"n": 1}'),
+                shadows={"v2": Response(200, "", (), b'{"n": %d}' % (i % 3))},
+            )
+        )
+    session.finish()
+    config = DifferConfig()
+    whole = sqlite_steps(store, lambda: build_report(store, config))
+    window = sqlite_steps(store, lambda: build_report(store, config, since_ns=19_800))
+    endpoint = sqlite_steps(store, lambda: build_report(store, config, endpoint="GET /rare"))
+    assert build_report(store, config, since_ns=19_800).pairs == 200
+    assert build_report(store, config, endpoint="GET /rare").pairs == 200
+    # One percent of the pairs costs a few percent of the whole, not the whole.
+    assert window < whole / 10 and endpoint < whole / 10, (whole, window, endpoint)
