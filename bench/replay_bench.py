@@ -101,7 +101,8 @@ from shadowtap.replayer.runner import RunnerSettings
 rate, seconds = int(sys.argv[1]), float(sys.argv[2])
 async def main():
     loop = asyncio.get_running_loop()
-    queue = DueQueue(int(RunnerSettings().batch_window_s * 1e9))
+    settings = RunnerSettings()
+    queue = DueQueue(int(settings.batch_window_s * 1e9), int(settings.min_batch_window_s * 1e9))
     count = int(rate * seconds)
     t0 = time.monotonic_ns() + 20_000_000
     for i in range(count):

@@ -7,7 +7,7 @@ and counts them, and the time they waited shows in the corrected histogram, neve
 
 One timer paces everything (``shadowtap.replayer.pacer``): sessions whose next request is not yet
 due, and the dispatcher waiting to read further, sit in one ``DueQueue`` as plain data; a timerfd
-wakes the loop at the earliest due time (at most once per ``batch_window_s``), and that wake-up
+wakes the loop at the earliest due time (at most once per batch window), and that wake-up
 starts a task for every session now due. A request waiting for its slot costs a heap entry, not a
 task, a timer and a future; no wait spins.
 
@@ -84,9 +84,12 @@ class RunnerSettings:
     target cannot pull a whole tape into memory (the schedule then waits: it shows as start lag).
     ``read_slice_s``: longest the dispatcher reads the plan on the loop before letting due requests
     go (the start lag it may add; reading one request costs tens of microseconds).
-    ``batch_window_s``: the loop wakes for due requests at most once per window, releasing all that
-    are due; a request goes at most this long after it is due (plus the wake-up's own latency), and
-    at 20,000 requests/s a wake-up serves about ten of them.
+    ``batch_window_s``, ``min_batch_window_s``: the loop wakes for due requests at most once per
+    window, releasing all that are due; a request goes at most a window after it is due (plus the
+    wake-up's own latency), never before. The window adapts to the rate between the two bounds, long
+    enough for about four requests a wake-up: at 2,000 requests/s it is the longest (a wake-up for
+    three requests), from 8,000/s the shortest (ten a wake-up at 20,000/s, when the loop is awake
+    anyway and a shorter window is a shorter lag). See ``shadowtap.replayer.pacer``.
     ``wake_timer``: ``auto`` (a timerfd on Linux, else the loop's millisecond timer), ``timerfd``
     or ``loop`` (see ``shadowtap.replayer.pacer``).
     ``progress_interval_s``: how often the progress callback runs.
@@ -96,7 +99,8 @@ class RunnerSettings:
     lookahead_s: float = 0.02
     max_pending: int = 10_000
     read_slice_s: float = 0.0002
-    batch_window_s: float = 0.0005
+    batch_window_s: float = 0.0015
+    min_batch_window_s: float = 0.0005
     wake_timer: str = "auto"
     progress_interval_s: float = 0.5
 
@@ -111,6 +115,10 @@ class RunnerSettings:
             raise ConfigError(f"must be > 0, got {self.read_slice_s}", field="read-slice")
         if not 0 <= self.batch_window_s <= 0.1:
             raise ConfigError(f"must be between 0 and 0.1, got {self.batch_window_s}", field="batch-window")
+        if not 0 <= self.min_batch_window_s <= self.batch_window_s:
+            raise ConfigError(
+                f"must be between 0 and the batch window, got {self.min_batch_window_s}", field="min-batch-window"
+            )
         if self.wake_timer not in WAKE_TIMERS:
             raise ConfigError(f"must be one of {', '.join(WAKE_TIMERS)}, not {self.wake_timer!r}", field="wake-timer")
         if self.progress_interval_s <= 0:
@@ -186,7 +194,9 @@ class _Runner:
         self.pending = 0
         self.in_flight = 0
         # Sessions whose next request is not due yet, and waiters (the dispatcher), by due time.
-        self.due: DueQueue[_Session | asyncio.Future[None]] = DueQueue(int(settings.batch_window_s * 1e9))
+        self.due: DueQueue[_Session | asyncio.Future[None]] = DueQueue(
+            int(settings.batch_window_s * 1e9), int(settings.min_batch_window_s * 1e9)
+        )
         self.timer: WakeTimer | None = None
         self.armed_ns: int | None = None
         # The dispatcher waiting for pending to fall below max_pending, or run() for it to reach 0.

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from shadowtap.replayer.pacer import WAKE_TIMERS, DueQueue, LoopTimer, TimerFd, make_wake_timer
+from shadowtap.replayer.pacer import BATCH, WAKE_TIMERS, DueQueue, LoopTimer, TimerFd, make_wake_timer
 
 US = 1_000
 
@@ -103,9 +103,52 @@ def test_drain_empties_in_due_order() -> None:
     assert len(queue) == 0 and queue.wake_ns() is None
 
 
-def test_a_negative_window_is_refused() -> None:
+def steady(queue: DueQueue[str], rate_per_s: int, seconds: float) -> Clock:
+    for i in range(int(rate_per_s * seconds)):
+        queue.push(i * 1_000_000_000 // rate_per_s, str(i))
+    clock = Clock(queue)
+    clock.run()
+    return clock
+
+
+@pytest.mark.parametrize(
+    ("rate_per_s", "lowest_us", "highest_us"),
+    [
+        (500, 1_500, 1_500),
+        (2_000, 1_500, 1_500),
+        # BATCH requests 200 us apart: any window that releases exactly BATCH of them is steady.
+        (5_000, BATCH * 200, (BATCH + 1) * 200),
+        (20_000, 500, 500),
+        (100_000, 500, 500),
+    ],
+)
+def test_the_window_adapts_to_about_a_batch_a_wake_up_between_its_bounds(
+    rate_per_s: int, lowest_us: int, highest_us: int
+) -> None:
+    queue: DueQueue[str] = DueQueue(window_ns=1_500 * US, min_window_ns=500 * US)
+    clock = steady(queue, rate_per_s, 0.5)
+    assert lowest_us * US <= queue.window_ns <= highest_us * US
+    # Whatever the window, nothing goes early or later than the longest window.
+    assert all(0 <= released - due <= 1_500 * US for released, due, _ in clock.released)
+    assert [due for _, due, _ in clock.released] == sorted(due for _, due, _ in clock.released)
+
+
+def test_the_window_follows_a_change_of_rate() -> None:
+    queue: DueQueue[str] = DueQueue(window_ns=1_500 * US, min_window_ns=500 * US)
+    steady(queue, 20_000, 0.2)
+    assert queue.window_ns == 500 * US
+    # Then 1,000/s, a second after: the window grows back to the longest.
+    for i in range(200):
+        queue.push(1_000_000_000 + i * 1_000_000, f"slow{i}")
+    Clock(queue, start_ns=1_000_000_000).run()
+    assert queue.window_ns == 1_500 * US
+
+
+def test_bad_windows_are_refused() -> None:
     with pytest.raises(ValueError):
         DueQueue(window_ns=-1)
+    with pytest.raises(ValueError):
+        DueQueue(window_ns=500, min_window_ns=600)
 
 
 @pytest.mark.parametrize("kind", ["timerfd", "loop"])

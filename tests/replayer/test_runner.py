@@ -190,6 +190,7 @@ async def test_a_transport_that_raises_costs_one_request_not_the_replay() -> Non
         ("read_slice_s", 0, "read-slice"),
         ("batch_window_s", -0.001, "batch-window"),
         ("batch_window_s", 0.5, "batch-window"),
+        ("min_batch_window_s", 0.002, "min-batch-window"),
         ("wake_timer", "spin", "wake-timer"),
     ],
 )
