@@ -29,6 +29,7 @@ from shadowtap.recorder import (
     Exchange,
     Outcome,
     RedactionRules,
+    Request,
     Response,
     TapeFilter,
     TapeFormatError,
@@ -386,6 +387,14 @@ def _body(into: dict[str, Any], body: bytes, mode: str) -> None:
     into["body_base64"] = True
 
 
+def _stream_fields(into: dict[str, Any], message: Request | Response) -> None:
+    """Trailers and gRPC messages, when the message has any (HTTP/2, gRPC; tape format v2)."""
+    if message.trailers:
+        into["trailers"] = _headers(message.trailers)
+    if message.messages:
+        into["messages"] = [{"flags": m.flags, "length": m.length, "at_ns": m.at_ns} for m in message.messages]
+
+
 def _outcome(outcome: Outcome, bodies: str) -> dict[str, Any]:
     if isinstance(outcome, Response):
         out: dict[str, Any] = {
@@ -397,6 +406,7 @@ def _outcome(outcome: Outcome, bodies: str) -> dict[str, Any]:
         _body(out, outcome.body, bodies)
         if outcome.truncated_from is not None:
             out["truncated_from"] = outcome.truncated_from
+        _stream_fields(out, outcome)
         return out
     return {"failure": outcome.kind, "message": outcome.message}
 
@@ -419,6 +429,7 @@ def exchange_to_json(ex: Exchange, bodies: str = "text") -> dict[str, Any]:
     _body(request, req.body, bodies)
     if req.truncated_from is not None:
         request["truncated_from"] = req.truncated_from
+    _stream_fields(request, req)
     return {
         "id": ex.id,
         "started_at": format_ns(ex.started_at_ns),

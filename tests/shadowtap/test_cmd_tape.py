@@ -47,7 +47,11 @@ def test_info_json_counts_everything(tape: Path, capsys: pytest.CaptureFixture[s
     assert info["span_s"] == pytest.approx(0.011)
     (segment,) = info["segments"]
     assert segment["bytes"] == sum(p.stat().st_size for p in tape.glob("*.stape"))
-    assert (segment["format_version"], segment["compression"], segment["torn_tail"]) == (1, "none", None)
+    assert (segment["format_version"], segment["compression"], segment["torn_tail"]) == (
+        _frames.FORMAT_VERSION,
+        "none",
+        None,
+    )
 
 
 def test_info_text_and_torn_tail_note(tape: Path, capsys: pytest.CaptureFixture[str]) -> None:
