@@ -19,11 +19,15 @@ How a path is templated, segment by segment:
   its count is full. Values repeated again and again saturate long before: a position with 22 real
   resources, each hit many times, never folds however many siblings it has. When a position folds,
   the values hit far more often than its typical one (at least ``keep_min_hits`` and four times the
-  median, the busiest ``max_kept``) stay apart: ``/files/recent`` beside ``/files/{id}``.
+  median, the busiest ``max_kept``) stay apart: ``/files/recent`` beside ``/files/{id}``. A folded
+  position keeps counting its busiest values (Space-Saving, 32 slots): one that was rare at the
+  fold but has since taken 5 % of its traffic becomes a template of its own from then on.
 
-Learning is monotone: a position, once a parameter, stays one, so a template only ever gets more
-general, and re-templating an earlier template (``retemplate``) gives the current one; stats started
-under a raw path merge into its template when it folds (``generation`` says when to look).
+Learning is monotone: a position, once a parameter, stays one, so re-templating an earlier template
+(``retemplate``) gives the current one; stats started under a raw path merge into its template when
+it folds (``generation`` says when to look). The one exception is that late promotion: requests
+counted under ``{id}`` before it stay there. Learning from a table of distinct paths (a store),
+pass each path's count as ``observe(..., hits=n)``: the counts are the evidence.
 
 Bounded: at most ``max_positions`` positions, ``max_values`` counted values each; at most
 ``max_templates`` templates per method, past which paths go to ``METHOD {overflow}``, whose number
@@ -63,6 +67,11 @@ _ID_SHAPE: Final = re.compile(
     r"|\{[^{}/]*\}"  # a placeholder: the segment of an earlier template
     r")\Z"
 )
+#: Values tracked per folded position to find one that became busy after the fold: Space-Saving
+#: overestimates a value by at most 1/32 of the traffic, below the share that promotes it.
+_HEAVY_SLOTS: Final = 32
+#: The share of a folded position's traffic since the fold that makes a value a template of its own.
+_PROMOTE_SHARE: Final = 0.05
 _PLACEHOLDER: Final = re.compile(r"\{[^{}/]*\}\Z")
 _GRPC_METHOD: Final = re.compile(r"/[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+/[A-Za-z_]\w*\Z")
 
@@ -170,10 +179,13 @@ class _Position:
         "children",
         "counts",
         "distinct_at_check",
+        "floor",
         "folded",
+        "heavy",
         "ids",
         "kept",
         "n",
+        "n_at_fold",
         "untracked",
     )
 
@@ -188,6 +200,11 @@ class _Position:
         self.armed = False  # the previous checkpoint found the position sparse
         self.folded = False
         self.kept: frozenset[str] = frozenset()
+        # Once folded: the busiest values since (Space-Saving, at most _HEAVY_SLOTS), the least
+        # hits a value needs to be kept apart, and the traffic when the position folded.
+        self.heavy: dict[str, int] = {}
+        self.floor = 0
+        self.n_at_fold = 0
 
 
 def _size(pos: _Position) -> int:
@@ -205,6 +222,7 @@ class EndpointTemplater:
     __slots__ = (
         "_first_check",
         "_keep_min_hits",
+        "_lcg",
         "_max_kept",
         "_max_positions",
         "_max_templates",
@@ -246,6 +264,7 @@ class EndpointTemplater:
         self._templates: dict[str, dict[str, None]] = {}
         self._overflow: dict[str, DistinctCounter] = {}
         self._pruned_at: dict[str, int] = {}
+        self._lcg = 1
         #: Bumped whenever a position folds: templates handed out earlier may have changed.
         self.generation = 0
 
@@ -274,14 +293,51 @@ class EndpointTemplater:
             middle = (len(hits) + ones) // 2
             median = 1 if middle < ones or not hits else hits[middle - ones]
             floor = max(self._keep_min_hits, 4 * median)
+            pos.floor = floor
             busy = sorted((n, value) for value, n in counts.items() if n >= floor)
             kept = frozenset(value for _, value in busy[len(busy) - self._max_kept :] if self._max_kept)
         pos.kept = kept
-        pos.folded, pos.counts = True, None
+        pos.folded, pos.counts, pos.n_at_fold = True, None, pos.n
+        pos.floor = max(pos.floor, self._keep_min_hits)
         # Children under values that folded now live under {id}: what they learned is dropped.
         for part in [k for k in pos.children if k not in pos.kept and k != ID]:
             self._positions -= _size(pos.children.pop(part))
         self.generation += 1
+
+    def _sample(self) -> bool:
+        """True seven times in eight: a linear congruential sequence (deterministic, and unlike a
+        counter never in step with periodic traffic)."""
+        self._lcg = (self._lcg * 1103515245 + 12345) & 0x7FFFFFFF
+        return (self._lcg >> 16) & 7 != 0
+
+    def _promote(self, pos: _Position, segment: str, hits_seen: int) -> bool:
+        """Count ``segment`` at a folded position; keep it apart from now on when it has become
+        busy (``/files/recent`` added after the ids around it folded, or seen last when learning
+        from a table of distinct paths). Requests counted under ``{id}`` before stay there."""
+        heavy = pos.heavy
+        estimate = heavy.get(segment)
+        if estimate is not None:
+            estimate += hits_seen
+        elif len(heavy) < _HEAVY_SLOTS:
+            estimate = hits_seen
+        elif hits_seen == 1 and self._sample():
+            # A long tail would evict on every request: one new value in eight, at random, takes
+            # a slot (a busy value is back soon enough to get one).
+            return False
+        else:
+            smallest = min(heavy, key=heavy.__getitem__)
+            estimate = heavy.pop(smallest) + hits_seen
+        heavy[segment] = estimate
+        since = pos.n - pos.n_at_fold
+        if (
+            estimate < pos.floor
+            or estimate < _PROMOTE_SHARE * max(since, self._first_check * 2)
+            or len(pos.kept) >= self._max_kept
+        ):
+            return False
+        pos.kept = pos.kept | {segment}
+        del heavy[segment]
+        return True
 
     def _check(self, pos: _Position) -> None:
         while pos.n >= pos.check_at:
@@ -297,28 +353,35 @@ class EndpointTemplater:
                 return
             pos.armed = growing
 
-    def _step(self, pos: _Position, segment: str, learn: bool) -> str:
-        """The template segment for ``segment`` at ``pos`` (counted first when ``learn``)."""
+    def _step(self, pos: _Position, segment: str, learn: bool, hits_seen: int) -> str:
+        """The template segment for ``segment`` at ``pos`` (counted ``hits_seen`` times first when ``learn``)."""
         if pos.folded:
-            return segment if segment in pos.kept else ID
+            if segment in pos.kept:
+                return segment
+            if learn:
+                pos.n += hits_seen
+                # Id-shaped values are never promoted: they skip the count.
+                if not segment_is_id(segment) and self._promote(pos, segment, hits_seen):
+                    return segment
+            return ID
         counts = pos.counts
         assert counts is not None
         hits = counts.get(segment)
         if hits is None and segment_is_id(segment):
             if learn:
                 pos.ids += 1
-                pos.n += 1
+                pos.n += hits_seen
                 self._check(pos)
             return ID
         if not learn:
             return segment
         if hits is not None:
-            counts[segment] = hits + 1
+            counts[segment] = hits + hits_seen
         elif len(counts) < self._max_values:
-            counts[segment] = 1
+            counts[segment] = hits_seen
         else:
             pos.untracked += 1
-        pos.n += 1
+        pos.n += hits_seen
         if pos.untracked > self._max_values:
             self._fold(pos)  # new values keep coming past a full count: a parameter
         else:
@@ -326,7 +389,7 @@ class EndpointTemplater:
         # Its counts go when the position folds (just now, perhaps).
         return ID if pos.counts is None and segment not in pos.kept else segment
 
-    def _walk(self, method: str, path: str, learn: bool) -> str | None:
+    def _walk(self, method: str, path: str, learn: bool, hits: int = 1) -> str | None:
         """The template path (``/users/{id}``), or None when it overflows the template cap."""
         path = _path_of(path)
         if _GRPC_METHOD.match(path):
@@ -344,7 +407,7 @@ class EndpointTemplater:
                 if pos is None:
                     parts.append(ID if segment_is_id(segment) else segment)
                     continue
-                part = self._step(pos, segment, learn)
+                part = self._step(pos, segment, learn, hits)
                 parts.append(part)
                 child = pos.children.get(part)
                 if child is None and learn:
@@ -375,16 +438,20 @@ class EndpointTemplater:
             known[template_path] = None
         return True
 
-    def observe_template(self, method: str, path: str) -> str:
-        """Learn from one request and give its template (``observe`` then ``template``, in one walk)."""
-        out = self._walk(method, path, True)
+    def observe_template(self, method: str, path: str, *, hits: int = 1) -> str:
+        """Learn from a request (seen ``hits`` times) and give its template (``observe`` then
+        ``template``, in one walk)."""
+        out = self._walk(method, path, True, max(1, hits))
         if out is None:
             self._overflow.setdefault(method, DistinctCounter()).add(_path_of(path))
             out = OVERFLOW
         return f"{method} {out}"
 
-    def observe(self, method: str, path: str) -> None:
-        self.observe_template(method, path)
+    def observe(self, method: str, path: str, *, hits: int = 1) -> None:
+        """Learn from a request seen ``hits`` times. Learning from distinct paths, pass how often
+        each was seen: the counts are what tells a busy literal (``/files/recent``) from a long
+        tail of sparse values, and real resources from ids."""
+        self.observe_template(method, path, hits=hits)
 
     def template(self, method: str, path: str) -> str:
         """``METHOD /templated/path`` for one request, from what was learned so far."""

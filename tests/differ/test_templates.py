@@ -213,3 +213,28 @@ def test_a_busy_literal_beside_id_shaped_values_stays_apart() -> None:
     assert templater.template("GET", "/users/me") == "GET /users/me"
     assert templater.template("GET", "/users/alice") == "GET /users/{id}"
 
+
+def test_distinct_paths_with_their_hit_counts_learn_like_the_traffic() -> None:
+    """Relearning from a table of distinct paths: with their counts, the busy literal stays apart."""
+    templater = EndpointTemplater()
+    for i in range(500):
+        templater.observe("GET", f"/files/{slug(i)}", hits=1 + i % 2)
+    templater.observe("GET", "/files/recent", hits=800)
+    for resource in RESOURCES:
+        templater.observe("GET", f"/api/v1/{resource}", hits=40)
+    assert templater.template("GET", "/files/recent") == "GET /files/recent"
+    assert templater.template("GET", f"/files/{slug(7)}") == "GET /files/{id}"
+    assert templater.template("GET", f"/api/v1/{RESOURCES[0]}") == f"GET /api/v1/{RESOURCES[0]}"
+
+
+def test_a_literal_that_gets_busy_after_its_position_folded_becomes_a_template_of_its_own() -> None:
+    templater = EndpointTemplater()
+    for i in range(1_000):
+        templater.observe("GET", f"/files/{slug(i)}")
+    assert templater.template("GET", "/files/recent") == "GET /files/{id}"
+    seen = [templater.observe_template("GET", "/files/recent") if i % 4 == 0 else
+            templater.observe_template("GET", f"/files/{slug(5_000 + i)}") for i in range(1_000)]  # fmt: skip
+    assert seen[0] == "GET /files/{id}" and seen[-4] == "GET /files/recent"
+    # The long tail is never promoted, however long it runs.
+    assert {e for e in seen if e != "GET /files/recent"} == {"GET /files/{id}"}
+    assert templater.template("GET", "/files/recent") == "GET /files/recent"
