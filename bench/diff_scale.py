@@ -60,8 +60,8 @@ def run_diff(tape: Path, out: Path, workers: int, extra: list[str]) -> tuple[flo
     return wall, cpu, max(usage.ru_maxrss, after.ru_maxrss) * 1024
 
 
-def engine_alone(count: int) -> float:
-    exchanges = [scale_exchange(i) for i in range(min(count, 20_000))]
+def engine_alone(count: int, distinct_paths: int, same_every: int) -> float:
+    exchanges = [scale_exchange(i, distinct_paths, same_every) for i in range(min(count, 20_000))]
     engine = DiffEngine(CompareOptions(), candidate="v2")
     started = time.process_time()
     for exchange in exchanges:
@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--distinct-paths", type=int, default=100_000)
     parser.add_argument("--workers", default="1", help="comma-separated worker counts to run")
     parser.add_argument("--templates", action="store_true", help="the 5,000-template tape instead")
+    parser.add_argument(
+        "--same-every", type=int, default=4, help="one pair in N answers the same (0: every pair differs)"
+    )
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "shadowtap-diff-scale")
     parser.add_argument("extra", nargs="*", help="more `shadowtap diff` arguments (after --)")
     args = parser.parse_args()
@@ -84,7 +87,10 @@ def main() -> None:
         tape = cached_tape(args.dir, "shop", args.exchanges, lambda i: shop_exchange(i, paths))
     else:
         tape = cached_tape(
-            args.dir, f"scale{args.distinct_paths}", args.exchanges, lambda i: scale_exchange(i, args.distinct_paths)
+            args.dir,
+            f"scale{args.distinct_paths}-same{args.same_every}",
+            args.exchanges,
+            lambda i: scale_exchange(i, args.distinct_paths, args.same_every),
         )
     out = args.dir / "out"
     out.mkdir(exist_ok=True)
@@ -106,7 +112,9 @@ def main() -> None:
         for workers, wall in walls.items():
             if workers != 1:
                 print(f"  speed-up with {workers} workers: {walls[1] / wall:.2f}x")
-    print(f"  engine alone (this process): {engine_alone(args.exchanges):,.0f} pairs/CPU-s")
+    if not args.templates:
+        alone = engine_alone(args.exchanges, args.distinct_paths, args.same_every)
+        print(f"  engine alone (this process, same exchanges): {alone:,.0f} pairs/CPU-s")
 
 
 if __name__ == "__main__":

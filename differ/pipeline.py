@@ -16,6 +16,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from shadowtap.differ.compare import Difference
 from shadowtap.differ.config import DifferConfig
 from shadowtap.differ.engine import DiffEngine, PairResult
 from shadowtap.differ.store import EMPTY_SET, EXAMPLE_CANDIDATE, EXAMPLE_SECONDARY, DiffStore, RunMeta
@@ -134,12 +135,7 @@ class DiffSession:
         endpoint = self.templater.template(method, path)
         store = self.store
         key_id = store.key_id
-        members: dict[tuple[int, str], None] = {}
-        full: list[tuple[int, str, str]] = []
-        for diff in result.differences:
-            member = (key_id(diff.path, diff.kind, diff.transition), diff.volatile or "")
-            members[member] = None
-            full.append((member[0], diff.full_path, member[1]))
+        members = {(key_id(d.path, d.kind, d.transition), d.volatile or ""): None for d in result.differences}
         noise_set = EMPTY_SET
         if result.noise:
             noise_set = store.set_id(
@@ -162,7 +158,7 @@ class DiffSession:
         else:
             self.stats.compared += 1
         if members and self.config.examples_per_signature > 0:
-            self._sample(pair_id, exchange, endpoint, members, full)
+            self._sample(pair_id, exchange, endpoint, members, result.differences)
         self._count_write()
         return result
 
@@ -213,7 +209,7 @@ class DiffSession:
         exchange: Exchange,
         endpoint: str,
         members: dict[tuple[int, str], None],
-        full: list[tuple[int, str, str]],
+        differences: tuple[Difference, ...],
     ) -> None:
         k = self.config.examples_per_signature
         sampler = self._sampler
@@ -234,6 +230,8 @@ class DiffSession:
                 continue
             taken.append((key_id, volatile, priority))
         if taken:
+            key_id = self.store.key_id
+            full = [(key_id(d.path, d.kind, d.transition), d.full_path, d.volatile or "") for d in differences]
             self.store.add_example(pair_id, self._example(exchange), full, taken)
 
     def _example(self, exchange: Exchange) -> Exchange:

@@ -62,10 +62,11 @@ def _document(i: int, *, changed: bool, keyed: bool) -> dict[str, Any]:
     return doc
 
 
-def _pair(i: int, path: str, *, keyed: bool, method: str = "GET") -> Exchange:
+def _pair(i: int, path: str, *, keyed: bool, method: str = "GET", same_every: int = 4) -> Exchange:
     before = json.dumps(_document(i, changed=False, keyed=keyed)).encode()
-    # One exchange in four answers the same: the common case in production.
-    after = before if i % 4 == 0 else json.dumps(_document(i, changed=True, keyed=keyed)).encode()
+    # One exchange in ``same_every`` answers the same (0: none does).
+    same = same_every > 0 and i % same_every == 0
+    after = before if same else json.dumps(_document(i, changed=True, keyed=keyed)).encode()
     return Exchange(
         id=f"x{i:09d}",
         started_at_ns=BASE_NS + i * 1_000_000,
@@ -75,14 +76,15 @@ def _pair(i: int, path: str, *, keyed: bool, method: str = "GET") -> Exchange:
     )
 
 
-def scale_exchange(i: int, distinct_paths: int = 100_000) -> Exchange:
+def scale_exchange(i: int, distinct_paths: int = 100_000, same_every: int = 4) -> Exchange:
     """Exchange ``i`` of the scale tape: 40 resources, each with and without an id among
-    ``distinct_paths`` in its path (half of the requests), every tenth answering a map keyed by user ids."""
+    ``distinct_paths`` in its path (half of the requests), every tenth answering a map keyed by user ids,
+    one in ``same_every`` answering the same on both sides (0: every pair differs)."""
     resource = RESOURCES[i % len(RESOURCES)]
     path = f"/api/v1/{resource}"
     if (i // len(RESOURCES)) % 2:
         path += f"/{(i * 2_654_435_761) % distinct_paths}/detail"
-    return _pair(i, path, keyed=i % 10 == 3)
+    return _pair(i, path, keyed=i % 10 == 3, same_every=same_every)
 
 
 #: The shop's paths are split over these methods: a templater keeps about 2,000 templates per method.
