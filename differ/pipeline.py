@@ -230,8 +230,8 @@ class DiffSession:
                 continue
             taken.append((key_id, volatile, priority))
         if taken:
-            key_id = self.store.key_id
-            full = [(key_id(d.path, d.kind, d.transition), d.full_path, d.volatile or "") for d in differences]
+            key_of = self.store.key_id
+            full = [(key_of(d.path, d.kind, d.transition), d.full_path, d.volatile or "") for d in differences]
             self.store.add_example(pair_id, self._example(exchange), full, taken)
 
     def _example(self, exchange: Exchange) -> Exchange:
