@@ -72,6 +72,9 @@ _ID_SHAPE: Final = re.compile(
 _HEAVY_SLOTS: Final = 32
 #: The share of a folded position's traffic since the fold that makes a value a template of its own.
 _PROMOTE_SHARE: Final = 0.05
+#: Segments deeper than this are templated by their shape alone: one absurdly deep path must not
+#: take the whole position budget.
+_MAX_DEPTH: Final = 32
 _PLACEHOLDER: Final = re.compile(r"\{[^{}/]*\}\Z")
 _GRPC_METHOD: Final = re.compile(r"/[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+/[A-Za-z_]\w*\Z")
 
@@ -208,8 +211,12 @@ class _Position:
 
 
 def _size(pos: _Position) -> int:
-    """Positions in the subtree at ``pos``, itself included."""
-    return 1 + sum(_size(child) for child in pos.children.values())
+    """Positions in the subtree at ``pos``, itself included (iterative: a path may be deep)."""
+    count, stack = 0, [pos]
+    while stack:
+        count += 1
+        stack.extend(stack.pop().children.values())
+    return count
 
 
 class EndpointTemplater:
@@ -403,14 +410,14 @@ class EndpointTemplater:
             if pos is None and learn:
                 pos = self._roots[method] = _Position(self._first_check)
             parts: list[str] = []
-            for segment in segments:
+            for depth, segment in enumerate(segments):
                 if pos is None:
                     parts.append(ID if segment_is_id(segment) else segment)
                     continue
                 part = self._step(pos, segment, learn, hits)
                 parts.append(part)
                 child = pos.children.get(part)
-                if child is None and learn:
+                if child is None and learn and depth + 1 < _MAX_DEPTH:
                     child = self._new_position()
                     if child is not None:
                         pos.children[part] = child

@@ -238,3 +238,13 @@ def test_a_literal_that_gets_busy_after_its_position_folded_becomes_a_template_o
     # The long tail is never promoted, however long it runs.
     assert {e for e in seen if e != "GET /files/recent"} == {"GET /files/{id}"}
     assert templater.template("GET", "/files/recent") == "GET /files/recent"
+
+
+def test_a_very_deep_path_costs_a_bounded_number_of_positions() -> None:
+    templater = EndpointTemplater()
+    deep = "/" + "/".join(f"level{chr(97 + i % 26)}" for i in range(5_000))
+    assert templater.observe_template("GET", deep) == f"GET {deep}"
+    for i in range(500):
+        templater.observe("GET", f"/{slug(i)}/x")  # the root position folds, dropping the deep subtree
+    assert templater.template("GET", "/anything/x") == "GET /{id}/x"
+    assert templater._positions <= 40
