@@ -63,8 +63,25 @@ CONNECTION_WINDOW_BYTES: Final = 16 * 1024 * 1024
 #: Largest response head (all header fields) accepted from the peer.
 MAX_HEADER_LIST_BYTES: Final = 64 * 1024
 
+_PROTOCOL_ERROR: Final = 0x1
 _REFUSED_STREAM: Final = 0x7
+#: Fields about one HTTP/1 connection, malformed in HTTP/2 (RFC 9113 8.2.2).
+_CONNECTION_SPECIFIC: Final = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
 _CANCEL: Final = 0x8
+
+
+def _malformed(fields: list[Header]) -> str:
+    """Why response fields are malformed for HTTP/2 (RFC 9113 8.2: lowercase names, nothing
+    connection-specific, no CR, LF or NUL in values), or "" when they are fine. Cheaper than h2's own
+    validation, which this client turns off."""
+    for name, value in fields:
+        if name != name.lower() or name in _CONNECTION_SPECIFIC:
+            return f"field {name!r}"
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
+            return f"a control character in {name!r}"
+    return ""
 
 
 def error_name(code: int) -> str:
@@ -184,14 +201,15 @@ class H2ClientConnection(asyncio.Protocol):
     def __init__(self, pool: H2Pool) -> None:
         self._pool = pool
         # Outbound fields are the caller's (the proxy passes on fields h2 validated on their way in),
-        # and the server's answers are taken as they come (its pseudo-header is read here; the caller
-        # drops connection-specific fields): h2's checks cost as much as the rest of a stream's work.
+        # and the server's answers are checked here (``_malformed``): h2's own checks cost as much as
+        # the rest of a stream's work.
         config = h2.config.H2Configuration(
             client_side=True,
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
             validate_inbound_headers=False,
+            normalize_inbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
         self.transport: asyncio.Transport | None = None
@@ -374,10 +392,14 @@ class H2ClientConnection(asyncio.Protocol):
             headers: list[Header] = []
             for name, value in event.headers:
                 if name[:1] == b":":
-                    if name == b":status":
+                    if name == b":status" and value.isdigit():
                         status = int(value)
                 else:
                     headers.append((name, value))
+            problem = _malformed(headers)
+            if not 200 <= status < 600 or problem:
+                self._malformed_response(stream, problem or f"status {status!r}")
+                return
             stream.sink.on_head(status, headers, event.stream_ended is not None)
             return
         if kind is h2.events.StreamEnded:
@@ -391,7 +413,12 @@ class H2ClientConnection(asyncio.Protocol):
         if kind is h2.events.TrailersReceived:
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                stream.sink.on_trailers([(n, v) for n, v in event.headers if n[:1] != b":"])
+                trailers = [(n, v) for n, v in event.headers if n[:1] != b":"]
+                problem = _malformed(trailers)
+                if problem:
+                    self._malformed_response(stream, problem)
+                    return
+                stream.sink.on_trailers(trailers)
             return
         if kind is h2.events.WindowUpdated or kind is h2.events.RemoteSettingsChanged:
             if kind is h2.events.RemoteSettingsChanged and not self.settled:
@@ -430,6 +457,16 @@ class H2ClientConnection(asyncio.Protocol):
         if kind is h2.events.InformationalResponseReceived:
             return  # 1xx: nothing a proxied HTTP/2 client needs (103 hints are not relayed)
         # SettingsAcknowledged, PingReceived (h2 answers), PingAckReceived, PriorityUpdated: nothing to do.
+
+    def _malformed_response(self, stream: H2Stream, problem: str) -> None:
+        """RFC 9113 8.1.1: a malformed response is a stream error; the sink hears a bad response."""
+        self.streams.pop(stream.stream_id, None)
+        self._blocked.discard(stream)
+        stream.closed = True
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.reset_stream(stream.stream_id, error_code=_PROTOCOL_ERROR)
+        stream.sink.on_reset(BAD_RESPONSE, f"{self._pool.peer} sent a malformed response ({problem})", False)
+        self._pool.stream_closed(self)
 
     def _fail_all(self, kind: str, message: str, refused: bool) -> None:
         streams = list(self.streams.values())

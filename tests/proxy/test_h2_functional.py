@@ -172,6 +172,8 @@ async def h2_primary() -> AsyncIterator[H2TestServer]:
             # Refuse this stream by a GOAWAY whose last stream is below it: it was never processed.
             goaway_sent.append(reply.stream_id)
             reply.goaway(last_stream_id=max(0, reply.stream_id - 2))
+        elif path == b"/uppercase":
+            reply.head(200, [(b"X-Upper", b"1")], end=True)
         elif path == b"/silent":
             await asyncio.Event().wait()
         elif path == b"/trailers":
@@ -244,6 +246,16 @@ async def test_primary_reset_becomes_client_reset_not_a_hang(h2_proxy: ProxyServ
     assert reset_response.reset_code is not None and reset_response.status == 0
     assert fine_response.status == 200 and fine_response.body == b"echo:"
     assert h2_proxy.stats.primary_failures == {"reset": 1}
+
+
+async def test_a_malformed_primary_response_gives_502(h2_proxy: ProxyServer) -> None:
+    client = await H2TestClient.connect(h2_proxy.port)
+    try:
+        response = await client.get("/uppercase")
+    finally:
+        await client.close()
+    assert response.status == 502 and b"malformed response" in response.body
+    assert h2_proxy.stats.primary_failures == {"bad-response": 1}
 
 
 async def test_a_stream_the_primary_refused_by_goaway_is_sent_again(h2_proxy: ProxyServer) -> None:

@@ -265,7 +265,11 @@ class _ServerConnection:
         self.handler = handler
         self.reader = reader
         self.writer = writer
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        # Sends what the handler says, malformed or not (tests of how a peer copes with that).
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
+        self.conn = h2.connection.H2Connection(config)
         self.requests: dict[int, tuple[list[Header], bytearray, list[Header]]] = {}
         self._window = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()

@@ -77,6 +77,9 @@ async def server() -> AsyncIterator[H2TestServer]:
             return
         if path == b"/slow":
             await gate.wait()
+        if path == b"/malformed":
+            reply.head(200, [(b"connection", b"close")], end=True)
+            return
         if path == b"/goaway":
             reply.goaway(last_stream_id=reply.stream_id - 2)
             return
@@ -155,3 +158,15 @@ async def test_connect_failure_raises() -> None:
     with pytest.raises(OSError):
         await pool.open(head(b"GET", b"/", 1), Collected(), end_stream=True)
     assert pool.connect_errors == 1
+
+
+async def test_a_malformed_response_fails_its_stream_only(server: H2TestServer) -> None:
+    pool = H2Pool("127.0.0.1", server.port, connect_timeout_s=5)
+    try:
+        bad = await request(pool, server.port, b"/malformed")
+        good = await request(pool, server.port, b"/good")
+    finally:
+        pool.abort_all()
+    assert bad.reset is not None and bad.reset[0] == "bad-response" and "b'connection'" in bad.reset[1]
+    assert bad.status == 0
+    assert good.status == 200 and pool.connects == 1
