@@ -72,6 +72,10 @@ _ID_SHAPE: Final = re.compile(
 _HEAVY_SLOTS: Final = 32
 #: The share of a folded position's traffic since the fold that makes a value a template of its own.
 _PROMOTE_SHARE: Final = 0.05
+#: Methods with templates of their own; requests with further methods all go to their overflow
+#: bucket, counted together under ``_OTHER_METHODS``.
+_MAX_METHODS: Final = 32
+_OTHER_METHODS: Final = "*"
 #: Segments deeper than this are templated by their shape alone: one absurdly deep path must not
 #: take the whole position budget.
 _MAX_DEPTH: Final = 32
@@ -399,6 +403,8 @@ class EndpointTemplater:
     def _walk(self, method: str, path: str, learn: bool, hits: int = 1) -> str | None:
         """The template path (``/users/{id}``), or None when it overflows the template cap."""
         path = _path_of(path)
+        if method not in self._templates and len(self._templates) >= _MAX_METHODS:
+            return None  # a stream of made-up methods must not grow a tree each
         if _GRPC_METHOD.match(path):
             out = path
         else:
@@ -450,7 +456,8 @@ class EndpointTemplater:
         ``template``, in one walk)."""
         out = self._walk(method, path, True, max(1, hits))
         if out is None:
-            self._overflow.setdefault(method, DistinctCounter()).add(_path_of(path))
+            key = method if method in self._templates else _OTHER_METHODS
+            self._overflow.setdefault(key, DistinctCounter()).add(_path_of(path))
             out = OVERFLOW
         return f"{method} {out}"
 

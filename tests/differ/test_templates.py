@@ -248,3 +248,12 @@ def test_a_very_deep_path_costs_a_bounded_number_of_positions() -> None:
         templater.observe("GET", f"/{slug(i)}/x")  # the root position folds, dropping the deep subtree
     assert templater.template("GET", "/anything/x") == "GET /{id}/x"
     assert templater._positions <= 40
+
+
+def test_made_up_methods_past_a_cap_share_the_overflow() -> None:
+    templater = EndpointTemplater()
+    for i in range(100):
+        templater.observe(f"M{chr(65 + i % 26)}{i}", "/a")
+    assert templater.template("MA0", "/a") == "MA0 /a"
+    assert templater.observe_template("MZ99", "/a") == "MZ99 {overflow}"
+    assert len(templater._roots) == 32 and templater.overflow() == {"*": (1, True)}
