@@ -242,6 +242,10 @@ class _Job:
     noise_name: str
     salvage: bool
     config: Path | None
+    #: The protobuf schema's flags: each worker loads the schema itself (a descriptor pool does not
+    #: cross processes).
+    proto_descriptor: Path | None
+    proto_reflection: str | None
     meta: RunMeta
     shard: int
     shards: int
@@ -302,7 +306,8 @@ def _diff_shard(job: _Job) -> _Done:
 
     store = DiffStore(job.db)
     try:
-        session = DiffSession(store, load_config(job.config), job.meta)
+        flags = argparse.Namespace(proto_descriptor=job.proto_descriptor, proto_reflection=job.proto_reflection)
+        session = DiffSession(store, with_proto_schema(load_config(job.config), flags), job.meta)
         done = _ingest(session, job)
         session.finish(relearn=False)
     finally:
@@ -371,6 +376,8 @@ def run(args: argparse.Namespace) -> int:
         noise_name=args.noise_name,
         salvage=args.salvage,
         config=args.config,
+        proto_descriptor=args.proto_descriptor,
+        proto_reflection=args.proto_reflection,
         meta=meta,
         shard=0,
         shards=workers,

@@ -14,6 +14,8 @@ import yaml
 from shadowtap.recorder import SyncTapeWriter, TapeOptions
 from tests.differ.corpus.traffic import CANDIDATE, CONFIG, traffic
 from tests.differ.scale_tape import RESOURCES, scale_exchange, write_tape
+from tests.grpc_fixtures import CompiledShop
+from tests.shadowtap.test_cmd_diff_grpc_functional import PLANTED_BY_NAME, check, shop, tape  # noqa: F401 (fixtures)
 
 #: The budget of issue 25: a diff of any tape fits in this, whatever its number of distinct paths.
 PEAK_RSS_LIMIT_BYTES = 300 * 2**20
@@ -37,8 +39,8 @@ def without_timings(text: str) -> str:
 
 
 def test_workers_give_the_one_worker_report_byte_for_byte(tmp_path: Path) -> None:
-    tape = tmp_path / "tape"
-    with SyncTapeWriter(tape, TapeOptions(fsync="none")) as writer:
+    generated = tmp_path / "tape"
+    with SyncTapeWriter(generated, TapeOptions(fsync="none")) as writer:
         writer.write_many(traffic(1200, planted=True))
         # Maps keyed by ids and many endpoints, over the planted traffic with its secondary.
         writer.write_many(scale_exchange(i, 300) for i in range(1500))
@@ -48,7 +50,7 @@ def test_workers_give_the_one_worker_report_byte_for_byte(tmp_path: Path) -> Non
         out = tmp_path / f"w{workers}"
         out.mkdir()
         result = diff(
-            tape, "--candidate", CANDIDATE, "--config", tmp_path / "diff.yaml", "--workers", workers,
+            generated, "--candidate", CANDIDATE, "--config", tmp_path / "diff.yaml", "--workers", workers,
             "--db", out / "r.sqlite", "--json", out / "r.json", "--html", out / "r.html",
             "--markdown", out / "r.md", "--junit", out / "r.xml", "--no-color", "--full",
         )  # fmt: skip
@@ -68,11 +70,11 @@ def test_workers_give_the_one_worker_report_byte_for_byte(tmp_path: Path) -> Non
 
 def test_memory_stays_bounded_with_a_distinct_path_per_exchange(tmp_path: Path) -> None:
     count = 40_000
-    tape = write_tape(tmp_path / "tape", (scale_exchange(i, count) for i in range(count)))
+    generated = write_tape(tmp_path / "tape", (scale_exchange(i, count) for i in range(count)))
     with (tmp_path / "stderr").open("wb") as stderr:
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "shadowtap", "diff", str(tape), "--candidate", "v2", "--workers", "1",
+                sys.executable, "-m", "shadowtap", "diff", str(generated), "--candidate", "v2", "--workers", "1",
                 "--json", str(tmp_path / "r.json"), "--quiet", "--no-progress",
             ],
             stdout=subprocess.DEVNULL,
@@ -91,3 +93,11 @@ def test_memory_stays_bounded_with_a_distinct_path_per_exchange(tmp_path: Path) 
     # Twenty thousand distinct ids in paths and twelve thousand in maps: a few signatures per endpoint.
     assert max(len(e["signatures"]) for e in report["endpoints"]) <= 10
     assert any(s["path"] == "body.users.{key}.score" for e in report["endpoints"] for s in e["signatures"])
+
+
+def test_workers_load_the_protobuf_schema_each(tape: Path, shop: CompiledShop, tmp_path: Path) -> None:  # noqa: F811
+    report = tmp_path / "report.json"
+    result = diff(
+        tape, "--candidate", "v2", "--proto-descriptor", shop.descriptor_set, "--workers", 2, "--json", report
+    )
+    check(result, report, PLANTED_BY_NAME)
