@@ -228,3 +228,51 @@ def test_report_snippets_show_the_grpc_status_trailers_and_field_values(shop: Co
     assert value_at(found, "trailer.shop-region") == "eu"
     assert value_at(found, "trailer.absent") == "(absent)"
     assert value_at(found, "body.2") == '"Desk lamp"'
+
+
+def test_learned_noise_ignore_rules_and_signatures_work_on_protobuf_trees(
+    shop: CompiledShop, schema: ProtoSchema, tmp_path: Path
+) -> None:
+    """A stock count that the secondary (v1 again) also changes is learned noise; an ignore rule
+    silences the timestamp's value changes; the planted changes stay, as signatures by field name."""
+    import random
+
+    from shadowtap.differ import DiffSession, DiffStore, RunMeta, build_report, config_from_mapping
+    from tests.differ.grpc_exchanges import get_product, request_id
+
+    pb2, rng = shop.pb2, random.Random(5)
+
+    def answer(version: str, stock: int) -> Response:
+        message = pb2.Product(id="p1", name="Lamp", stock=stock, updated_at_unix_ms=rng.randrange(10**6),
+                              availability=pb2.IN_STOCK if version == "v1" else pb2.BACKORDER)  # fmt: skip
+        return grpc_response([message.SerializeToString()], metadata=request_id())
+
+    config = config_from_mapping({"diff": {"ignore": ["body.updated_at_unix_ms"]}})
+    config = replace(config, compare=replace(config.compare, proto=schema))
+    store = DiffStore(tmp_path / "diff.db")
+    session = DiffSession(store, config, RunMeta("primary", "v2", "secondary", ("test",)))
+    for i in range(60):
+        ex = get_product(pb2, f"ex-{i}", answer("v2", rng.randrange(50)), answer("v1", rng.randrange(50)))
+        session.add(replace(ex, shadows={**ex.shadows, "secondary": answer("v1", rng.randrange(50))}))
+    session.finish()
+    report = build_report(store, config)
+    signatures = {(s.path, s.kind, s.transition, s.suppressed, s.suppression_reason)
+                  for e in report.endpoints for s in e.signatures}  # fmt: skip
+    assert ("body.availability", "value", "str->str", False, None) in signatures
+    assert ("body.stock", "value", "int->int", True, "learned-noise") in signatures
+    assert ("body.updated_at_unix_ms", "value", "int->int", True, "rule:body.updated_at_unix_ms") in signatures
+    assert {e.endpoint for e in report.endpoints} == {"POST /shop.Catalog/GetProduct"}
+    assert [s.path for e in report.endpoints for s in e.signatures if not s.suppressed] == ["body.availability"]
+
+
+def test_a_compressed_message_is_compared_decompressed(shop: CompiledShop, schema: ProtoSchema) -> None:
+    message = product(shop.pb2, "v1", 1)
+    plain = grpc_response([message])
+    gzipped = Response(
+        200,
+        headers=(*GRPC_HEADERS, (b"grpc-encoding", b"gzip")),
+        body=encode_message(gzip.compress(message), compressed=True),
+        http_version="2",
+        trailers=plain.trailers,
+    )
+    assert Comparator(CompareOptions(proto=schema)).compare(plain, gzipped, method="/shop.Catalog/GetProduct") == []
