@@ -96,6 +96,8 @@ _OPTIONS_LENGTH = struct.Struct("!I")
 #: showed as the proxy's RSS creeping ~0.5 byte per recorded request for its first ~2M requests.
 _REPORT_READ_BYTES: Final = 4096
 _REPORT_BUFFER_BYTES: Final = 16 * 1024
+#: The upload counters of a writer that does not upload (zeros), and the base ``report`` fills in.
+_NO_UPLOAD: Final = TapeWriterStats()
 
 
 @dataclass(slots=True)
@@ -121,6 +123,11 @@ class _Report:
     intake_counters: list[int] = field(default_factory=list)
     intake_held: int = 0
     intake_held_bytes: int = 0
+    #: With upload (``TapeOptions.upload``): the uploader's counters, as in ``TapeWriterStats``.
+    uploaded_segments: int = 0
+    upload_failures: int = 0
+    upload_pending_bytes: int = 0
+    spool_full: int = 0
 
 
 def _summed(a: Sequence[int], b: Sequence[int]) -> list[int]:
@@ -316,6 +323,10 @@ class ProcessTapeWriter(AsyncWriterBase):
             last_error=now.last_error or self._errors.last,
             dropped_queue_bytes_full=self._dropped_queue_bytes_full,
             queue_bytes=child.bytes_sent - now.bytes_taken if child else 0,
+            uploaded_segments=done.uploaded_segments + now.uploaded_segments,
+            upload_failures=done.upload_failures + now.upload_failures,
+            upload_pending_bytes=now.upload_pending_bytes,
+            spool_full=done.spool_full + now.spool_full,
         )
 
     @property
@@ -422,6 +433,9 @@ class ProcessTapeWriter(AsyncWriterBase):
         done.bytes_written += report.bytes_written
         done.segments += report.segments
         done.intake_counters = _summed(done.intake_counters, report.intake_counters)
+        done.uploaded_segments += report.uploaded_segments
+        done.upload_failures += report.upload_failures
+        done.spool_full += report.spool_full
         self._errors.last = report.last_error or self._errors.last
         lost = child.sent - report.consumed
         if code != 0 or lost:
@@ -516,6 +530,7 @@ class _ChildInput:
     def report(self, sink: SegmentSink) -> list[Any]:
         blocks = self.blocks
         intake = IntakeStats({}) if self.intake is None else self.intake.stats()
+        upload = sink.with_upload_counters(_NO_UPLOAD)
         return [
             blocks.written + blocks.encode_errors + blocks.write_errors,
             blocks.written,
@@ -530,6 +545,10 @@ class _ChildInput:
             list(intake.counters.values()),
             intake.held,
             intake.held_bytes,
+            upload.uploaded_segments,
+            upload.upload_failures,
+            upload.upload_pending_bytes,
+            upload.spool_full,
         ]
 
 
