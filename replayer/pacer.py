@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Final, Generic, Protocol, TypeVar
 
-__all__ = ["BATCH", "WAKE_TIMERS", "DueQueue", "WakeTimer", "make_wake_timer"]
+__all__ = ["BATCH", "WAKE_TIMERS", "DueQueue", "LoopTimer", "TimerFd", "WakeTimer", "make_wake_timer"]
 
 T = TypeVar("T")
 
@@ -140,8 +140,8 @@ class LoopTimer:
 
     uvloop (libuv) fires a timer of ``T`` ms once its cached millisecond clock, floored, reaches
     the floored start time plus ``T``; asyncio's selector loop waits at least ``T`` ms. Either way
-    ``T = ceil(deadline_ms) - floor(now_ms)`` fires at or after the deadline, up to a millisecond
-    after it.
+    ``T = ceil(deadline_ms) - floor(now_ms)`` fires at or after the deadline, up to two milliseconds
+    after it (the start lag this fallback costs).
     """
 
     kind = "loop"
