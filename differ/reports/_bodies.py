@@ -191,6 +191,11 @@ def value_at(outcome: Outcome | None, path: str, limit_chars: int = 80) -> str:
     if shown.kind == "json" and tokens:
         found = lookup_json(shown.value, tokens)
         if found is MISSING:
+            named = any(isinstance(t, str) and t != "*" and not t.isdigit() for t in tokens)
+            if named and is_grpc(outcome.headers):
+                # Reports read protobuf schema-less (fields by number): a path named by the diff's
+                # schema cannot be looked up here, which is not the same as absent.
+                return "(a field named by the schema: see the body, fields by number)"
             return "(absent)"
         try:
             return _shorten(json.dumps(found, ensure_ascii=False), limit_chars)

@@ -276,3 +276,11 @@ def test_a_compressed_message_is_compared_decompressed(shop: CompiledShop, schem
         trailers=plain.trailers,
     )
     assert Comparator(CompareOptions(proto=schema)).compare(plain, gzipped, method="/shop.Catalog/GetProduct") == []
+
+
+def test_a_snippet_for_a_schema_named_path_says_so_rather_than_absent(shop: CompiledShop) -> None:
+    from shadowtap.differ.reports._bodies import value_at
+
+    found = grpc_response([shop.pb2.Product(id="p1", name="Desk lamp").SerializeToString()])
+    assert value_at(found, "body.name", 200) == "(a field named by the schema: see the body, fields by number)"
+    assert value_at(found, "body.9") == "(absent)"
