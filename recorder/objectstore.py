@@ -220,6 +220,8 @@ class ObjectStream:
                 self._open()
             try:
                 data: bytes = self._body.read(size if size >= 0 else None)
+                if not data and size != 0:
+                    raise OSError(f"the body ended at byte {self.position} of {self.segment.size}")
             except self._errors as exc:
                 self._drop_body()
                 if attempt == _READ_RESUMES:

@@ -18,7 +18,7 @@ import pytest
 from shadowtap.recorder import InputFormatError, SyncTapeWriter, TapeOptions, TapeReader, TapeWriter
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.merge import merge_tapes
-from shadowtap.recorder.objectstore import SegmentUploader, UploadOptions, list_object_segments
+from shadowtap.recorder.objectstore import SegmentUploader, UploadOptions, list_object_segments, open_object_segment
 from shadowtap.recorder.writer import tape_target
 from tests.recorder.tape_samples import make_exchange
 from tests.s3_server import S3Server, s3_environment, shared_s3_server
@@ -199,3 +199,19 @@ def test_errors_name_the_url(server: S3Server, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ConfigError) as info:
         TapeReader(empty)
     assert str(info.value) == "s3:// tapes need boto3: pip install 'shadowtap[s3]'"
+
+
+def test_a_body_that_drops_mid_read_resumes_with_a_ranged_get(server: S3Server, tmp_path: Path) -> None:
+    bucket = server.new_bucket()
+    url = f"s3://{bucket}/resume"
+    with SyncTapeWriter(tmp_path / "spool", TapeOptions(upload=UploadOptions(url=url))) as writer:
+        writer.write_many(make_exchange(i, body=os.urandom(2000)) for i in range(200))
+    (segment,) = list_object_segments(url)
+    whole = server.client().get_object(Bucket=bucket, Key=segment.key)["Body"].read()
+    stream = open_object_segment(segment)
+    first = stream.read(1000)
+    stream._body.close()  # the connection goes away under the reader
+    rest = b""
+    while chunk := stream.read(64 * 1024):
+        rest += chunk
+    assert first + rest == whole and stream.position == segment.size
