@@ -12,9 +12,11 @@ process) inherit.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -80,7 +82,9 @@ class S3Server:
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log = open(self.directory / log_name, "ab")  # noqa: SIM115 (the child holds it)
         try:
-            return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            return subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            )
         finally:
             log.close()
 
@@ -172,6 +176,15 @@ class S3Server:
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "AWS_REGION": "us-east-1",
         }
+
+
+def _die_with_parent() -> None:
+    """In the child: a test run that is killed (a timeout) takes its servers with it (Linux)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _end(process: subprocess.Popen[bytes] | None, kill: bool = False) -> None:
