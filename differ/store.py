@@ -368,9 +368,10 @@ class DiffStore:
         self._db.executemany("UPDATE routes SET endpoint = ? WHERE id = ?", updates)
         self._db.commit()
 
-    def merge_from(self, path: str) -> None:
+    def merge_from(self, path: str) -> int:
         """Add everything of another store of the same run (a worker's): routes by (method, path),
-        pairs by exchange id, and keys and sets as they are (their ids are their content)."""
+        pairs by exchange id, and keys and sets as they are (their ids are their content). Returns
+        how many of its pairs this store already held (the same exchange read by two workers)."""
         self._db.commit()
         self._db.execute("ATTACH DATABASE ? AS part", (path,))
         try:
@@ -380,12 +381,13 @@ class DiffStore:
             db.execute(
                 "INSERT OR IGNORE INTO routes (method, path, endpoint) SELECT method, path, endpoint FROM part.routes"
             )
-            db.execute(
+            offered: int = db.execute("SELECT count(*) FROM part.pairs").fetchone()[0]
+            inserted = db.execute(
                 "INSERT OR IGNORE INTO pairs (exchange_id, started_at_ns, route_id, status, has_secondary, diff_set,"
                 " noise_set) SELECT p.exchange_id, p.started_at_ns, r.id, p.status, p.has_secondary, p.diff_set,"
                 " p.noise_set FROM part.pairs p JOIN part.routes pr ON pr.id = p.route_id"
                 " JOIN main.routes r ON r.method = pr.method AND r.path = pr.path ORDER BY p.id"
-            )
+            ).rowcount
             db.execute(
                 "INSERT OR REPLACE INTO example_exchanges SELECT mp.id, e.exchange, e.differences"
                 " FROM part.example_exchanges e JOIN part.pairs pp ON pp.id = e.pair_id"
@@ -399,6 +401,7 @@ class DiffStore:
             db.commit()
         finally:
             self._db.execute("DETACH DATABASE part")
+        return offered - inserted
 
     # --- reading ----------------------------------------------------------------------------------
 

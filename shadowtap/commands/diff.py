@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from shadowtap.commands._options import NO_PROGRESS, NO_PROGRESS_HELP
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from shadowtap.differ import DifferConfig, DiffSession, DiffStore, IngestStats, RunMeta
     from shadowtap.differ.report_model import DiffReport
@@ -315,26 +315,63 @@ def _diff_shard(job: _Job) -> _Done:
     return done
 
 
-def _run_workers(store: DiffStore, config: DifferConfig, job: _Job, scratch: str) -> _Done:
-    """``job.shards`` processes, each diffing the exchanges of its endpoints into a store of its own;
-    their stores merge into ``store`` (keys and sets are content-addressed, samples are bottom-k by
-    a hash of the exchange id, so the merge is the one-process result), then endpoints are learned."""
+def _split_by_size(segments: Sequence[tuple[str, int]], parts: int) -> list[tuple[str, ...]]:
+    """``segments`` (path, bytes) in ``parts`` of about equal bytes, each in the tape's order."""
+    loads = [0] * parts
+    chosen: list[list[int]] = [[] for _ in range(parts)]
+    for index, (_, size) in sorted(enumerate(segments), key=lambda item: -item[1][1]):
+        part = loads.index(min(loads))
+        chosen[part].append(index)
+        loads[part] += size
+    return [tuple(segments[i][0] for i in sorted(indexes)) for indexes in chosen]
+
+
+def _worker_jobs(job: _Job, tapes: TapeReader, noise: TapeReader | None, workers: int, scratch: str) -> list[_Job]:
+    """One job per worker. With enough local segments (two per worker), each worker reads its own
+    segments, about equal in bytes; otherwise each reads every exchange and diffs those of its
+    endpoints. Either way the merge is exact (see ``_run_workers``)."""
+    segments = [(str(path), size) for path, size in zip(tapes.segments, tapes.segment_sizes(), strict=True)]
+    noise_segments = (
+        [] if noise is None else [(str(p), size) for p, size in zip(noise.segments, noise.segment_sizes(), strict=True)]
+    )
+    dbs = [str(Path(scratch) / f"shard-{i}.sqlite") for i in range(workers)]
+    local = all(Path(path).is_file() for path, _ in (*segments, *noise_segments))
+    if local and len(segments) >= 2 * workers:
+        parts = _split_by_size(segments, workers)
+        noise_parts = _split_by_size(noise_segments, workers)
+        return [
+            replace(
+                job,
+                tapes=parts[i],
+                noise_tapes=noise_parts[i],
+                shard=0,
+                shards=1,
+                db=dbs[i],
+                progress=job.progress and i == 0,
+            )
+            for i in range(workers)
+        ]
+    return [replace(job, shard=i, shards=workers, db=dbs[i], progress=job.progress and i == 0) for i in range(workers)]
+
+
+def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: list[_Job]) -> _Done:
+    """One process per job, each diffing its exchanges into a store of its own; their stores merge
+    into ``store``, then endpoints are learned over every path. The merge is the one-process result:
+    keys and difference sets are named by their content, pairs merge by exchange id, and each
+    sample is bottom-k by a hash of the exchange id (the smallest k of a union are among the union
+    of each part's smallest k)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from shadowtap.differ import IngestStats, relearn_endpoints
     from shadowtap.differ.pipeline import add_stats
 
-    store.set_meta(job.meta)
-    jobs = [
-        replace(job, shard=i, db=str(Path(scratch) / f"shard-{i}.sqlite"), progress=job.progress and i == 0)
-        for i in range(job.shards)
-    ]
+    store.set_meta(meta)
     total = _Done(IngestStats(), [], set())
     # spawn, not fork: the parent may hold open files and threads a forked child must not inherit.
     with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
         for part_job, done in zip(jobs, pool.map(_diff_shard, jobs), strict=True):
-            store.merge_from(part_job.db)
+            done.stats.duplicates += store.merge_from(part_job.db)
             Path(part_job.db).unlink()
             add_stats(total.stats, done.stats)
             total.notes += done.notes
@@ -391,7 +428,9 @@ def run(args: argparse.Namespace) -> int:
     store = DiffStore(args.db if args.db is not None else Path(scratch.name) / "diff.sqlite")
     try:
         if workers > 1:
-            done = _run_workers(store, config, job, scratch.name)
+            noise_reader = TapeReader(args.noise_tape, salvage=args.salvage) if args.noise_tape else None
+            jobs = _worker_jobs(job, reader, noise_reader, workers, scratch.name)
+            done = _run_workers(store, config, meta, jobs)
         else:
             session = DiffSession(store, config, meta)
             done = _ingest(session, job)

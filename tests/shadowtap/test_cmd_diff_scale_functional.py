@@ -8,7 +8,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
+import pytest
 import yaml
 
 from shadowtap.recorder import SyncTapeWriter, TapeOptions
@@ -38,12 +40,24 @@ def without_timings(text: str) -> str:
     return re.sub(r"generated \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", "generated -", text)
 
 
-def test_workers_give_the_one_worker_report_byte_for_byte(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("compression", "segment_bytes"),
+    [
+        ("zstd", 128 * 2**20),  # one segment: every worker reads it all and diffs its endpoints' exchanges
+        ("none", 2**20),  # a dozen segments: each worker reads its own
+    ],
+)
+def test_workers_give_the_one_worker_report_byte_for_byte(
+    tmp_path: Path, compression: Literal["zstd", "none"], segment_bytes: int
+) -> None:
     generated = tmp_path / "tape"
-    with SyncTapeWriter(generated, TapeOptions(fsync="none")) as writer:
+    options = TapeOptions(fsync="none", compression=compression, max_segment_bytes=segment_bytes)
+    with SyncTapeWriter(generated, options) as writer:
         writer.write_many(traffic(1200, planted=True))
         # Maps keyed by ids and many endpoints, over the planted traffic with its secondary.
         writer.write_many(scale_exchange(i, 300) for i in range(1500))
+    segments = len(list(generated.glob("*.stape")))
+    assert segments == 1 if segment_bytes > 2**20 else segments >= 2 * 3
     (tmp_path / "diff.yaml").write_text(yaml.safe_dump(CONFIG))
     outputs: dict[int, dict[str, str]] = {}
     for workers in (1, 3):
