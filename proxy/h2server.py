@@ -493,7 +493,11 @@ class _H2Forward:
             self.first_byte_deadline = ctx.now + settings.first_byte_timeout_s
         pool = upstream_pool(ctx)
         if pool is None:
-            self._task = ctx.loop.create_task(self._start_http1())
+            conn = ctx.pool.try_acquire()
+            if conn is None:
+                self._task = ctx.loop.create_task(self._connect_http1())
+            else:
+                self._send_http1(conn)
             return
         headers = self._upstream_headers(pool)
         stream = pool.try_open(headers, self, self.body_done and not self._pending)
@@ -852,30 +856,43 @@ class _H2Forward:
 
     # --- HTTP/1 primary (translation) ----------------------------------------------------------------------
 
-    async def _start_http1(self) -> None:
-        """Translate the stream into an HTTP/1.1 exchange on the primary's HTTP/1 pool."""
+    async def _connect_http1(self) -> None:
+        """Dial the HTTP/1 primary for this stream (no idle connection was at hand)."""
         ctx = self.ctx
         pool = ctx.pool
-        conn = pool.try_acquire()
-        if conn is None:
-            try:
-                conn = await pool.connect()
-            except TimeoutError:
-                self._task = None
-                message = f"primary connect timed out after {ctx.settings.connect_timeout_s:g} s"
-                self._fail(FailureKind.TIMEOUT, message)
-                return
-            except OSError as exc:
-                self._task = None
-                self._fail(FailureKind.CONNECT_ERROR, f"cannot connect to primary: {exc.strerror or exc}")
-                return
-        self._task = None
-        if self.finished or conn.closed:
-            if conn.closed and not self.finished:
-                self._fail(FailureKind.RESET, "primary closed the connection before the request was sent")
-            else:
-                pool.release(conn)
+        try:
+            conn = await pool.connect()
+        except TimeoutError:
+            self._task = None
+            self._fail(FailureKind.TIMEOUT, f"primary connect timed out after {ctx.settings.connect_timeout_s:g} s")
             return
+        except OSError as exc:
+            self._task = None
+            self._fail(FailureKind.CONNECT_ERROR, f"cannot connect to primary: {exc.strerror or exc}")
+            return
+        self._task = None
+        if self.finished:
+            pool.release(conn)
+        elif conn.closed:
+            self._fail(FailureKind.RESET, "primary closed the connection before the request was sent")
+        else:
+            self._send_http1(conn)
+            self.session.write_soon()
+
+    def retry_http1(self) -> bool:
+        """A pooled HTTP/1 connection the primary had closed while idle failed this stream before any
+        answer: send the request once more on a fresh connection when it is whole here (as the HTTP/1
+        path does for idempotent requests; a request that never reached the primary is safe to send)."""
+        if self._retried or self.head_sent or not self.body_done or self._copy is None:
+            return False
+        self._retried = True
+        self._pending = list(self._copy)
+        self._task = self.ctx.loop.create_task(self._connect_http1())
+        return True
+
+    def _send_http1(self, conn: Http1Connection) -> None:
+        """Translate the stream into an HTTP/1.1 exchange on ``conn`` (from the primary's HTTP/1 pool)."""
+        ctx = self.ctx
         self.http1 = conn
         sink = _Http1Sink(self, conn)
         conn.begin(sink, self.method == b"HEAD")
@@ -903,9 +920,8 @@ class _H2Forward:
             parts.append(http1.CHUNKED_END)
         self._chunked = framed
         conn.writelines(parts)
-        if sent:
+        if sent and not self._retried:
             self.session.ack_request_bytes(self.stream_id, sent)
-        self.session.write_soon()
 
 
 class _Http1Sink:
@@ -948,9 +964,12 @@ class _Http1Sink:
 
     def on_failure(self, kind: str, message: str) -> None:
         forward = self._forward
-        if forward.http1 is self._conn:
+        conn = self._conn
+        if forward.http1 is conn:
             forward.http1 = None
-            self._conn.abort()
+            conn.abort()
+        if kind == FailureKind.RESET and conn.stale and forward.retry_http1():
+            return
         forward._fail(kind, message)
 
     def flush(self) -> None:

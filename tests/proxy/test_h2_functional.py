@@ -6,6 +6,7 @@ an HTTP/1 primary behind an HTTP/2 client, and bad input."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -410,6 +411,38 @@ async def test_h2_client_in_front_of_an_http1_primary(http1_primary: int) -> Non
     assert (post.status, post.body) == (200, b"h1:" + b"x" * 200_000)
     assert post.header(b"x-method") == b"POST"
     assert h1.status == 200 and h1.body == b"h1:"
+
+
+async def test_a_pooled_http1_connection_the_primary_dropped_is_retried_fresh() -> None:
+    # The primary answers the first request on each connection and drops the connection at the
+    # second one without a byte: the proxy finds out only when it reuses the connection.
+    writers: list[asyncio.StreamWriter] = []
+
+    async def primary(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(primary, "127.0.0.1", 0)
+    proxy = await _proxy(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    client = await H2TestClient.connect(proxy.port)
+    try:
+        first = await client.get("/one")
+        second = await client.get("/two")
+    finally:
+        await client.close()
+        await proxy.shutdown(1)
+        server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
+    assert (first.status, first.body) == (200, b"ok")
+    assert (second.status, second.body) == (200, b"ok")
+    assert len(writers) == 2
+    assert proxy.stats.primary_failures == {}
 
 
 # --- TLS with ALPN ---------------------------------------------------------------------------------------
