@@ -656,6 +656,9 @@ class SyncTapeWriter:
             self._written += count
 
     def close(self) -> None:
+        """Write what is buffered and close the segment; with upload, wait (up to
+        ``drain_timeout_s``) for the uploads, and raise ``TapeWriteError`` if some are left (they
+        stay in the spool, for the next writer over it)."""
         if self._closed:
             return
         try:
@@ -663,6 +666,14 @@ class SyncTapeWriter:
         finally:
             self._closed = True
             self._sink.close()
+        uploader = self._sink.uploader
+        if uploader is not None and uploader.stats.pending:
+            upload = uploader.stats
+            raise TapeWriteError(
+                f"{upload.pending} segment(s) not uploaded ({upload.last_error or 'still uploading'}); they stay in "
+                f"{self._sink.directory} and the next writer over it uploads them",
+                url=str(uploader.url),
+            )
 
     @property
     def stats(self) -> TapeWriterStats:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shadowtap.recorder import InputFormatError, SyncTapeWriter, TapeOptions, TapeReader, TapeWriter
+from shadowtap.recorder import InputFormatError, SyncTapeWriter, TapeOptions, TapeReader, TapeWriteError, TapeWriter
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.merge import merge_tapes
 from shadowtap.recorder.objectstore import SegmentUploader, UploadOptions, list_object_segments, open_object_segment
@@ -215,3 +215,20 @@ def test_a_body_that_drops_mid_read_resumes_with_a_ranged_get(server: S3Server, 
     while chunk := stream.read(64 * 1024):
         rest += chunk
     assert first + rest == whole and stream.position == segment.size
+
+
+def test_a_blocking_writer_that_cannot_upload_says_so_when_it_closes(
+    server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    down = S3Server()  # nothing listens on its port
+    monkeypatch.setenv("AWS_ENDPOINT_URL", down.endpoint)
+    monkeypatch.setattr("shadowtap.recorder.objectstore._client", None)
+    url = f"s3://{server.new_bucket()}/down"
+    upload = UploadOptions(url=url, drain_timeout_s=0.5, retry_initial_s=0.05)
+    writer = SyncTapeWriter(tmp_path / "spool", TapeOptions(upload=upload))
+    writer.write_many(make_exchange(i) for i in range(10))
+    with pytest.raises(TapeWriteError, match="1 segment\\(s\\) not uploaded") as info:
+        writer.close()
+    assert url in str(info.value) and str(tmp_path / "spool") in str(info.value)
+    assert len(spooled(tmp_path / "spool")) == 1
+    down.remove()
