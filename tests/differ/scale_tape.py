@@ -107,8 +107,8 @@ def shop_exchange(i: int, paths: list[str]) -> Exchange:
     return _pair(i, paths[index], keyed=False, method=SHOP_METHODS[index % len(SHOP_METHODS)])
 
 
-def write_tape(directory: Path, exchanges: Iterator[Exchange]) -> Path:
-    options = TapeOptions(redaction=None, fsync="none")
+def write_tape(directory: Path, exchanges: Iterator[Exchange], segment_bytes: int = 128 << 20) -> Path:
+    options = TapeOptions(redaction=None, fsync="none", max_segment_bytes=segment_bytes)
     with SyncTapeWriter(directory, options) as writer:
         writer.write_many(exchanges)
     return directory
