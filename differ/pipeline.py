@@ -29,6 +29,8 @@ __all__ = ["EXAMPLE_BODY_LIMIT_BYTES", "DiffSession", "IngestStats", "add_stats"
 
 #: Bodies kept in an example beyond this are cut (and marked): examples illustrate, they do not archive.
 EXAMPLE_BODY_LIMIT_BYTES: Final = 1 << 20
+#: Routes re-templated per batch when endpoints are learned at the end.
+_RELEARN_BATCH_ROUTES: Final = 10_000
 #: Pairs per SQLite transaction: large enough to amortise the commit, small enough to lose little on a kill.
 _COMMIT_EVERY_PAIRS: Final = 5_000
 #: Secrets never reach the results database, whatever the tape held: the tape's own list of
@@ -263,16 +265,18 @@ def relearn_endpoints(store: DiffStore, config: DifferConfig) -> None:
     """Re-template every stored path with everything now known (and the config's current routes).
 
     Streams the routes table three times (two learning passes, see ``EndpointTemplater.learn``,
-    then templating) rather than holding every distinct path in memory.
+    then templating in batches) rather than holding every distinct path in memory.
     """
     templater = EndpointTemplater(config.routes, max_literal_children=config.max_literal_children)
     for _ in range(2):
         for _, method, path, _ in store.routes():
             templater.observe(method, path)
-    updates = [
-        (new, route_id)
-        for route_id, method, path, old in store.routes()
-        if (new := templater.template(method, path)) != old
-    ]
-    if updates:
-        store.set_endpoints(updates)
+    # Applied a batch at a time: a million distinct paths must not mean a million updates in memory.
+    after = 0
+    while batch := store.routes_after(after, _RELEARN_BATCH_ROUTES):
+        updates = [
+            (new, route_id) for route_id, method, path, old in batch if (new := templater.template(method, path)) != old
+        ]
+        if updates:
+            store.set_endpoints(updates)
+        after = batch[-1][0]

@@ -363,6 +363,12 @@ class DiffStore:
         """(id, method, path, endpoint) of every stored route, streamed in (method, path) order."""
         yield from self._db.execute("SELECT id, method, path, endpoint FROM routes ORDER BY method, path")
 
+    def routes_after(self, after_id: int, limit: int) -> list[tuple[int, str, str, str]]:
+        """(id, method, path, endpoint) of up to ``limit`` routes with ids above ``after_id``, by id."""
+        return self._db.execute(
+            "SELECT id, method, path, endpoint FROM routes WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        ).fetchall()
+
     def set_endpoints(self, updates: Sequence[tuple[str, int]]) -> None:
         """Rows of (endpoint, route_id): the learned templates, applied once all paths are known."""
         self._db.executemany("UPDATE routes SET endpoint = ? WHERE id = ?", updates)
