@@ -270,6 +270,12 @@ class RecordSettings:
     #: The local directory an ``s3://`` tape is written to before upload (default: under
     #: ``$XDG_STATE_HOME/shadowtap/spool/``).
     spool: str | None = None
+    #: With an ``s3://`` tape: keep each uploaded segment (moved to ``<spool>/uploaded/``) rather
+    #: than remove it.
+    keep_uploaded: bool = False
+    #: With an ``s3://`` tape: bytes of closed segments the spool may hold waiting for upload; past
+    #: it recording stops (counted as tape write errors) until uploads catch up, never deleting one.
+    max_spool_bytes: int = 8 * 1024 * _MiB
     #: Percent of exchanges recorded (hashed on the exchange id).
     sample_percent: float = 100.0
     #: Body bytes recorded per message; longer bodies are cut and marked truncated.
@@ -310,7 +316,7 @@ class RecordSettings:
             raise ConfigError(f"must be >= 0, not {self.max_body_bytes!r}", field="max_body_bytes")
         if self.join_timeout_s <= 0:
             raise ConfigError(f"must be > 0, not {self.join_timeout_s!r}", field="join_timeout_s")
-        for key in ("max_pending", "queue_size", "max_segment_bytes"):
+        for key in ("max_pending", "queue_size", "max_segment_bytes", "max_spool_bytes"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"must be >= 1, not {getattr(self, key)!r}", field=key)
         for key in ("max_pending_bytes", "queue_bytes"):

@@ -21,9 +21,13 @@ from tests.shadowtap.test_cmd_proxy_functional import processes, start, stop, up
 __all__ = ["processes", "upstreams"]  # the fixtures, shared with the plain proxy tests
 
 
-def object_count(server: S3Server, bucket: str) -> int:
+def keys(server: S3Server, bucket: str) -> list[str]:
     pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return sum(len(page.get("Contents", ())) for page in pages)
+    return [item["Key"] for page in pages for item in page.get("Contents", ())]
+
+
+def object_count(server: S3Server, bucket: str) -> int:
+    return len(keys(server, bucket))
 
 
 async def until(condition: Callable[[], Any], what: str, timeout_s: float = 90.0) -> None:
@@ -61,6 +65,7 @@ async def test_an_s3_outage_costs_no_primary_request_and_uploads_resume(
     process, match = await start(
         processes, "--primary", primary, "--tape", tape, "--tape-spool", str(spool), "--tape-writer", writer,
         "--tape-segment-bytes", "4096", "--tape-fsync", "none",
+        *(["--set", "record.keep_uploaded=true"] if writer == "process" else []),
     )  # fmt: skip
     url, admin = match.group(1), match.group(2)
     sent: list[str] = []
@@ -107,6 +112,8 @@ async def test_an_s3_outage_costs_no_primary_request_and_uploads_resume(
     assert code == 0, stderr
     assert "Traceback" not in stderr
     assert list(spool.glob("*.stape")) == []  # everything uploaded before the writer exited
+    kept = sorted(p.name for p in spool.glob("uploaded/*.stape"))  # record.keep_uploaded for one writer
+    assert kept == ([] if writer == "thread" else sorted(k.rpartition("/")[2] for k in keys(server, bucket)))
     taped = list(TapeReader(tape))
     assert sorted(ex.request.target for ex in taped) == sorted(sent)
     assert all(isinstance(ex.primary, Response) and ex.primary.status == 200 for ex in taped)
