@@ -38,6 +38,7 @@ from shadowtap.proxy.record import RecordStage
 from shadowtap.proxy.rules import RouteTable
 from shadowtap.proxy.server import ProxyServer
 from shadowtap.proxy.stages import Stage
+from shadowtap.proxy.trips import TripGuard
 from shadowtap.recorder import TapeOptions, TapeWriter
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.objectstore import UploadOptions, is_object_url
@@ -104,6 +105,7 @@ class ProxyApp:
         self.server: ProxyServer | None = None
         self.mirror: MirrorStage | None = None
         self.record: RecordStage | None = None
+        self.trips: TripGuard | None = None
         self._stages: list[Stage] = []
         self._ready = False
         self._started_at_s = 0.0
@@ -163,6 +165,9 @@ class ProxyApp:
                 await record.start()
                 stages.append(record)
             self._stages = stages
+            if config.trips and config.shadows:
+                self.trips = TripGuard(config.trips, self.flags, self.metrics)
+                self.trips.start()
             self._register_sources()
             self.server = ProxyServer(forward, stages, ssl_context, observers=[MetricsStage(self.metrics)])
             try:
@@ -309,6 +314,8 @@ class ProxyApp:
             out["mirror"] = {
                 name: {**shadow, "outcomes": outcomes.get(name, {})} for name, shadow in self.mirror.stats().items()
             }
+        if self.trips is not None:
+            out["trips"] = self.trips.snapshot()
         if self.record is not None:
             out["record"] = self.record.snapshot()
         if self.tape is not None:
@@ -320,6 +327,8 @@ class ProxyApp:
     async def shutdown(self) -> None:
         """Stop accepting, finish in-flight requests, drain mirrors, write the joins, close the tape."""
         self._ready = False
+        if self.trips is not None:
+            self.trips.stop()
         deadline_s = self.config.shutdown_timeout_s
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s

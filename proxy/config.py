@@ -22,6 +22,7 @@ from shadowtap.proxy.breaker import BreakerSettings
 from shadowtap.proxy.forward import check_host, parse_primary
 from shadowtap.proxy.rules import RouteRule
 from shadowtap.proxy.sampling import SampleKey
+from shadowtap.proxy.trips import TripRule, parse_trips
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.redact import RULE_KINDS, RedactionRules, parse_json_path
 from shadowtap.recorder.settings import (
@@ -426,6 +427,9 @@ class ProxyConfig:
     record: RecordSettings = field(default_factory=RecordSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     events: EventsSettings = field(default_factory=EventsSettings)
+    #: Trip rules that switch a shadow's mirroring off by themselves, e.g. `shadow.errors>20%/1m`,
+    #: `v2:shadow.p99>3x primary/1m;rearm=5m` (docs/proxy.md, "Trip rules").
+    trips: tuple[TripRule, ...] = ()
 
     def __post_init__(self) -> None:
         _check_url(self.primary, field="primary", http2=True)
@@ -478,6 +482,7 @@ class ProxyConfig:
             "admin": _admin(data.get("admin", {})),
             "events": settings_from_mapping(EventsSettings, data.get("events", {}), "events"),
             "tls": settings_from_mapping(TlsSettings, data.get("tls", {}), "tls"),
+            "trips": parse_trips(data.get("trips", []), names),
         }
         if "listen" in data:
             values["listen"] = parse_listen(data["listen"], field="listen")
@@ -578,6 +583,8 @@ def file_value(value: Any) -> Any:
         return str(value)
     if isinstance(value, SampleKey):
         return f"{value.source}:{value.name}"
+    if isinstance(value, TripRule):
+        return value.text
     if isinstance(value, RouteRule):
         out: dict[str, Any] = {"name": value.name, "mirror": value.mirror}
         if value.path is not None:

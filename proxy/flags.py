@@ -22,21 +22,25 @@ class RuntimeFlags:
     """The settings the admin API changes while running, shared by every worker process.
 
     Layout of the shared array of doubles: [mirroring on, recording on, record percent, changes] then,
-    per shadow, [mirroring on, sample percent, recording on]. Plain doubles are written and read whole,
-    so a reader sees the old or the new value, never a mix; a change is visible at the next request.
+    per shadow, [mirroring on, sample percent, recording on, tripped]. ``tripped`` is 0, or the number
+    (from 1) of the trip rule (``config.trips``) that switched the shadow's mirroring off
+    (``shadowtap.proxy.trips``); turning the shadow's mirroring back on through ``apply`` clears it.
+    Plain doubles are written and read whole, so a reader sees the old or the new value, never a mix;
+    a change is visible at the next request.
     ``changes`` is stamped anew at every per-shadow recording switch, so ``unrecorded_shadows`` (read
     for every recorded exchange) reads one slot, not one per shadow, while nothing changed.
     """
 
-    __slots__ = ("_array", "_unrecorded", "shadow_index", "shadow_names")
+    __slots__ = ("_array", "_unrecorded", "shadow_index", "shadow_names", "trip_rules")
 
     _GLOBAL_SLOTS: Final = 4
-    _SHADOW_SLOTS: Final = 3
+    _SHADOW_SLOTS: Final = 4
     _CHANGES: Final = 3
 
     def __init__(self, config: ProxyConfig, array: Any | None = None) -> None:
         self.shadow_names = tuple(s.name for s in config.shadows)
         self.shadow_index = {name: i for i, name in enumerate(self.shadow_names)}
+        self.trip_rules = tuple(rule.text for rule in config.trips)
         size = self._GLOBAL_SLOTS + self._SHADOW_SLOTS * len(self.shadow_names)
         if array is None:
             array = multiprocessing.get_context("spawn").RawArray("d", size)
@@ -104,6 +108,23 @@ class RuntimeFlags:
         # read-increment-writes could both write the same count, hiding the second switch.
         self._array[self._CHANGES] = random.random()
 
+    def shadow_tripped(self, index: int) -> int:
+        """0, or the number (from 1) of the trip rule that switched this shadow off."""
+        return int(self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index + 3])
+
+    def set_tripped(self, index: int, rule_number: int) -> None:
+        self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index + 3] = float(rule_number)
+
+    def clear_tripped(self, index: int) -> None:
+        self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index + 3] = 0.0
+
+    def tripped_by(self, index: int) -> str | None:
+        """The text of the trip rule that switched this shadow off, or None."""
+        number = self.shadow_tripped(index)
+        if not 1 <= number <= len(self.trip_rules):
+            return None
+        return self.trip_rules[number - 1]
+
     def unrecorded_shadows(self) -> frozenset[str]:
         """The shadows whose recording is switched off (their answers stay off the tape)."""
         changes = self._array[self._CHANGES]
@@ -114,18 +135,22 @@ class RuntimeFlags:
         return names
 
     def snapshot(self) -> dict[str, Any]:
+        shadows: dict[str, dict[str, Any]] = {}
+        for i, name in enumerate(self.shadow_names):
+            shadow: dict[str, Any] = {
+                "mirroring": self.shadow_mirroring(i),
+                "sample_percent": self.shadow_percent(i),
+                "recording": self.shadow_recording(i),
+            }
+            if self.trip_rules:
+                # The trip rule holding this shadow's mirroring off, or None (only with trip rules).
+                shadow["tripped"] = self.tripped_by(i)
+            shadows[name] = shadow
         return {
             "mirroring": self.mirroring,
             "recording": self.recording,
             "record_sample_percent": self.record_percent,
-            "shadows": {
-                name: {
-                    "mirroring": self.shadow_mirroring(i),
-                    "sample_percent": self.shadow_percent(i),
-                    "recording": self.shadow_recording(i),
-                }
-                for i, name in enumerate(self.shadow_names)
-            },
+            "shadows": shadows,
         }
 
     def apply(self, change: Any) -> None:
@@ -176,6 +201,9 @@ class RuntimeFlags:
                 for i in range(len(self.shadow_names)):
                     self.set_shadow_percent(i, value)
             elif key == "shadow_mirroring":
+                if value:
+                    # A person turning a tripped shadow back on re-arms its rules (shadowtap.proxy.trips).
+                    self.clear_tripped(index)
                 self.set_shadow_mirroring(index, value)
             elif key == "shadow_recording":
                 self.set_shadow_recording(index, value)

@@ -9,7 +9,7 @@ share state. This module must never block or allocate per request beyond a dict 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final
 
 from prometheus_client import CollectorRegistry
@@ -18,6 +18,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from shadowtap.proxy.stages import ProxiedExchange
+from shadowtap.proxy.trips import TRIP_BOUNDS_S
 
 __all__ = ["LATENCY_BUCKETS_S", "LatencyHistogram", "MetricsStage", "ProxyMetrics"]
 
@@ -69,6 +70,15 @@ class ProxyMetrics:
         self.primary_latency = LatencyHistogram()
         self.mirror_outcomes: dict[tuple[str, str], int] = {}
         self.shadow_latency: dict[str, LatencyHistogram] = {}
+        #: 5xx answers per shadow (a trip rule's errors), counted only once trips are enabled.
+        self.shadow_5xx: dict[str, int] = {}
+        #: Cumulative fine latency histograms (``trips.TRIP_BOUNDS_S``) of the primary and of each
+        #: shadow, kept only when trip rules are configured; ``trips.TripGuard`` reads their growth
+        #: once a second, so the data path adds one bisect and one increment, nothing else.
+        self.trip_primary: list[int] | None = None
+        self.trip_shadow: dict[str, list[int]] = {}
+        #: Set by the trip guard: (trips by (shadow, rule), tripped state by shadow), read at scrape.
+        self.trip_view: Callable[[], tuple[dict[tuple[str, str], int], dict[str, float]]] | None = None
         self._sources: list[tuple[str, str, str, str, GaugeSource]] = []
         self.registry.register(_Collector(self))
 
@@ -76,11 +86,36 @@ class ProxyMetrics:
         key = (shadow, outcome)
         self.mirror_outcomes[key] = self.mirror_outcomes.get(key, 0) + 1
 
-    def observe_shadow(self, shadow: str, seconds: float) -> None:
+    def observe_shadow(self, shadow: str, seconds: float, status: int = 200) -> None:
+        """A shadow's answer: its latency (copy sent to last byte) and status."""
         histogram = self.shadow_latency.get(shadow)
         if histogram is None:
             histogram = self.shadow_latency[shadow] = LatencyHistogram()
         histogram.observe(seconds)
+        if self.trip_primary is not None:
+            fine = self.trip_shadow.get(shadow)
+            if fine is not None:
+                fine[bisect_left(TRIP_BOUNDS_S, seconds)] += 1
+            if status >= 500:
+                self.shadow_5xx[shadow] = self.shadow_5xx.get(shadow, 0) + 1
+
+    def enable_trip_counters(self, shadows: Sequence[str]) -> None:
+        """Start counting what trip rules read (``trip_primary``, ``trip_shadow``, ``shadow_5xx``)."""
+        self.trip_primary = [0] * (len(TRIP_BOUNDS_S) + 1)
+        self.trip_shadow = {name: [0] * (len(TRIP_BOUNDS_S) + 1) for name in shadows}
+
+    def shadow_errors_and_ended(self, shadow: str, error_kinds: frozenset[str]) -> tuple[int, int]:
+        """Cumulative (errors, copies that ended) of a shadow: errors are failed copies of
+        ``error_kinds`` plus 5xx answers; ended are those failures plus every answer."""
+        failed = 0
+        answered = 0
+        for (name, outcome), n in self.mirror_outcomes.items():
+            if name == shadow:
+                if outcome == "ok":
+                    answered += n
+                elif outcome in error_kinds:
+                    failed += n
+        return failed + self.shadow_5xx.get(shadow, 0), failed + answered
 
     def add_source(self, kind: str, name: str, help_text: str, label: str, source: GaugeSource) -> None:
         """Register values read at scrape: ``kind`` is ``gauge`` or ``counter``; ``label`` may be ''."""
@@ -121,6 +156,20 @@ class _Collector(Collector):
         for (name, outcome), n in sorted(m.mirror_outcomes.items()):
             outcomes.add_metric([name, outcome], n)
         yield outcomes
+        if m.trip_view is not None:
+            trips, tripped = m.trip_view()
+            total = CounterMetricFamily(
+                "shadowtap_trips", "Times a trip rule switched a shadow's mirroring off", labels=["shadow", "rule"]
+            )
+            for (shadow_name, rule), n in sorted(trips.items()):
+                total.add_metric([shadow_name, rule], n)
+            yield total
+            state = GaugeMetricFamily(
+                "shadowtap_tripped", "1 while a trip rule holds a shadow's mirroring off", labels=["shadow"]
+            )
+            for shadow_name, value in sorted(tripped.items()):
+                state.add_metric([shadow_name], value)
+            yield state
         for kind, name, help_text, label, source in m._sources:
             family_type = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
             family = family_type(name, help_text, labels=[label] if label else None)
@@ -156,7 +205,11 @@ class MetricsStage:
             label = "error" if failed else "unknown"
         m.requests_by_status[label] = m.requests_by_status.get(label, 0) + 1
         if done_ns is not None:
-            m.primary_latency.observe(done_ns / 1e9)
+            seconds = done_ns / 1e9
+            m.primary_latency.observe(seconds)
+            fine = m.trip_primary
+            if fine is not None:
+                fine[bisect_left(TRIP_BOUNDS_S, seconds)] += 1
 
     async def aclose(self, timeout_s: float) -> None:
         return None

@@ -683,7 +683,7 @@ class ShadowMirror:
         done_ns = time.monotonic_ns()
         if isinstance(outcome, Response):
             self.breaker.record_success(loop.time())
-            self._metrics.observe_shadow(self.settings.name, (done_ns - copy.sent_ns) / 1e9)
+            self._metrics.observe_shadow(self.settings.name, (done_ns - copy.sent_ns) / 1e9, outcome.status)
         elif outcome.kind == FailureKind.CANCELLED:
             self.breaker.record_cancelled()
         else:

@@ -24,6 +24,7 @@ from shadowtap.proxy import config as proxy_config
 from shadowtap.proxy.forward import ForwardSettings
 from shadowtap.proxy.rules import RouteRule
 from shadowtap.proxy.sampling import SampleKey
+from shadowtap.proxy.trips import TripRule
 
 REQUIRED = "(required)"
 #: Keys whose default is computed from another key when the file leaves them out.
@@ -59,6 +60,7 @@ def _type_name(hint: Any) -> str:
     special = {
         proxy_config.ListenAddress: "HOST:PORT",
         SampleKey: "header:NAME, cookie:NAME or query:NAME",
+        TripRule: "trip rule (string)",
     }
     if hint in special:
         return special[hint]
@@ -101,6 +103,7 @@ def _flags() -> dict[str, tuple[str, str]]:
     flags["shadows[].name"] = flags["shadows[].url"] = ("--shadow NAME=URL", "")
     for key in ("name", "path", "methods", "mirror", "mirror_methods", "sample_percent", "shadows"):
         flags[f"mirror.routes[].{key}"] = ("--route SPEC", "")
+    flags["trips"] = ("--trip RULE", "")
     return flags
 
 

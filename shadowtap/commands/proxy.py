@@ -175,6 +175,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="a route rule, e.g. 'path=/orders/**;methods=POST;mirror_methods=POST;sample_percent=10' "
         "(repeatable; keys as in the config's mirror.routes; lists comma-separated)",
     )
+    groups["shadows"].add_argument(
+        "--trip",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="a trip rule that switches a shadow's mirroring off, e.g. 'shadow.errors>20%%/1m', "
+        "'v2:shadow.p99>3x primary/1m;rearm=5m' (repeatable; adds to the config's trips)",
+    )
     for flag, path, kind, constant, help_text in _FLAGS:
         group = groups[_group_of(path)]
         if kind is None:
@@ -278,6 +286,9 @@ def build_mapping(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, A
         if not isinstance(mirror, dict):
             raise ConfigError("expected a mapping", field="mirror")
         mirror["routes"] = [*mirror.get("routes", []), *(_parse_route(r) for r in args.route)]
+    if args.trip:
+        trips = data.get("trips", [])
+        data["trips"] = [*(trips if isinstance(trips, list) else [trips]), *args.trip]
     for flag, path, _kind, _constant, _help in _FLAGS:
         value = getattr(args, _dest(flag))
         if value is not None:

@@ -1,0 +1,189 @@
+"""Trip rules without sockets: the grammar, the sliding windows, and the guard on a hand-driven clock."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+import pytest
+
+from shadowtap.proxy.config import ProxyConfig
+from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.proxy.metrics import ProxyMetrics
+from shadowtap.proxy.trips import TRIP_BOUNDS_S, SlidingHistogram, TripGuard, parse_trip
+from shadowtap.recorder.errors import ConfigError
+
+
+def test_rules_parse_into_what_they_say() -> None:
+    rule = parse_trip("v2:shadow.p99>3x primary/30s;rearm=5m;min=50")
+    assert (rule.shadow, rule.kind, rule.threshold, rule.quantile, rule.window_s, rule.rearm_s, rule.min_samples) == (
+        "v2", "vs_primary", 3.0, 0.99, 30.0, 300.0, 50,
+    )  # fmt: skip
+    errors = parse_trip("shadow.errors>20%")
+    assert (errors.kind, errors.threshold, errors.window_s, errors.shadow, errors.inclusive) == (
+        "errors", 0.2, 60.0, None, False,
+    )  # fmt: skip
+    primary = parse_trip("primary.p99>+10%/1m")
+    assert (primary.kind, primary.threshold, primary.baseline_s) == ("primary", 0.1, 300.0)
+    assert parse_trip("shadow.p50>250ms").threshold == 0.25
+    assert parse_trip("diff.critical>=1").inclusive
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("shadow.errors>20", "percent"),
+        ("shadow.latency>1s", "cannot read trip rule"),
+        ("shadow.p99>3 primary", "factor"),
+        ("shadow.errors>20%/soon", "duration"),
+        ("primary.p99>10%", "+10%"),
+        ("diff.awful>=1", "severity"),
+        ("shadow.errors>20%;rearm=1m;rearm=2m", "repeated"),
+        ("shadow.errors>20%/1h", "at most"),
+        ("shadow.errors>20%;baseline=1m", "primary.pNN rules only"),
+        ("v9:shadow.errors>20%", "no shadow named 'v9'"),
+    ],
+)
+def test_bad_rules_are_refused_naming_the_rule(text: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ProxyConfig.from_mapping(
+            {"primary": "http://127.0.0.1:9", "shadows": {"v2": "http://127.0.0.1:10"}, "trips": [text]}
+        )
+    assert caught.value.field == "trips[0]" and says in str(caught.value) and repr(text) in str(caught.value)
+
+
+def test_a_sliding_histogram_forgets_what_left_the_window_into_its_baseline() -> None:
+    baseline = SlidingHistogram(2)
+    window = SlidingHistogram(2, baseline)
+    for i in range(5):
+        window.push({i: 10})
+    assert window.total == 20 and baseline.total == 20 and len(window.buckets) == 2 and len(baseline.buckets) == 2
+    assert [i for i, n in enumerate(window.counts) if n] == [3, 4]
+    assert [i for i, n in enumerate(baseline.counts) if n] == [1, 2]
+
+
+def test_percentiles_are_read_within_two_percent() -> None:
+    window = SlidingHistogram(1)
+    samples = [0.001 * (1 + i / 100) for i in range(1000)]  # 1 ms .. 11 ms, evenly
+    bucket: dict[int, int] = {}
+    for s in samples:
+        index = bisect_left(TRIP_BOUNDS_S, s)
+        bucket[index] = bucket.get(index, 0) + 1
+    window.push(bucket)
+    for q in (0.5, 0.9, 0.99):
+        exact = sorted(samples)[int(q * 1000) - 1]
+        got = window.quantile_s(q)
+        assert got is not None and abs(got / exact - 1) < 0.02
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def guard(rules: list[str]) -> tuple[TripGuard, RuntimeFlags, ProxyMetrics, Clock]:
+    config = ProxyConfig.from_mapping(
+        {"primary": "http://127.0.0.1:9", "shadows": {"v2": "http://127.0.0.1:10", "v3": "http://127.0.0.1:11"},
+         "trips": rules}
+    )  # fmt: skip
+    flags, metrics, clock = RuntimeFlags(config), ProxyMetrics(), Clock()
+    return TripGuard(config.trips, flags, metrics, clock=clock), flags, metrics, clock
+
+
+def second(guard_: TripGuard, clock: Clock) -> None:
+    clock.now += 1.0
+    guard_.tick()
+
+
+def test_errors_trip_within_the_window_for_the_failing_shadow_only() -> None:
+    g, flags, metrics, clock = guard(["shadow.errors>20%/10s;min=10"])
+    second(g, clock)  # the first tick after start only notes that mirroring is on
+    for _ in range(20):  # healthy: 10 answers a second each
+        for _ in range(10):
+            metrics.count_mirror("v2", "ok")
+            metrics.count_mirror("v3", "ok")
+        second(g, clock)
+    assert flags.shadow_mirroring(0) and flags.shadow_mirroring(1)
+    # v2 fails every copy from now: 10 s of healthy history is 100 copies, so more than 20 % failing
+    # takes 3 seconds of failures (30 of 130 is 23 %), well within the 10 s window.
+    failing_s = 0
+    while flags.shadow_mirroring(0) and failing_s < 10:
+        for _ in range(10):
+            metrics.count_mirror("v2", "reset")
+            metrics.count_mirror("v3", "ok")
+        second(g, clock)
+        failing_s += 1
+    assert failing_s == 3
+    assert flags.tripped_by(0) == "shadow.errors>20%/10s;min=10" and flags.shadow_mirroring(1)
+    assert g.trips_total == {("v2", "shadow.errors>20%/10s;min=10"): 1}
+
+
+def test_a_5xx_answer_is_an_error_and_drops_before_sending_are_not() -> None:
+    g, flags, metrics, clock = guard(["v2:shadow.errors>=50%/5s;min=10"])
+    second(g, clock)
+    for _ in range(10):
+        metrics.count_mirror("v2", "queue-full")
+        metrics.count_mirror("v2", "breaker-open")
+        metrics.count_mirror("v2", "ok")
+        metrics.observe_shadow("v2", 0.01, 200)
+    second(g, clock)
+    assert flags.shadow_mirroring(0)
+    for _ in range(10):
+        metrics.count_mirror("v2", "ok")
+        metrics.observe_shadow("v2", 0.01, 503)
+    second(g, clock)
+    assert not flags.shadow_mirroring(0)
+
+
+def test_no_trip_below_the_minimum_of_samples() -> None:
+    g, flags, metrics, clock = guard(["shadow.errors>20%/10s;min=50"])
+    second(g, clock)
+    for _ in range(10):
+        for _ in range(4):
+            metrics.count_mirror("v2", "timeout")
+        second(g, clock)
+    # 40 failures of 40 copies over the window, but 50 are needed.
+    assert flags.shadow_mirroring(0)
+    assert g.snapshot()[0]["state"] == "warming up"
+
+
+def test_the_primary_getting_slower_than_its_baseline_trips_every_shadow() -> None:
+    g, flags, metrics, clock = guard(["primary.p99>+10%/5s;baseline=10s;min=50"])
+    from shadowtap.proxy.metrics import MetricsStage
+
+    observer = MetricsStage(metrics)
+    second(g, clock)
+    for _ in range(15):  # 15 s at 10 ms: fills the baseline and the window
+        for _ in range(20):
+            observer.observe_primary(200, False, 10_000_000)
+        second(g, clock)
+    assert flags.shadow_mirroring(0) and flags.shadow_mirroring(1)
+    for _ in range(5):
+        for _ in range(20):
+            observer.observe_primary(200, False, 13_000_000)
+        second(g, clock)
+    assert not flags.shadow_mirroring(0) and not flags.shadow_mirroring(1)
+
+
+def test_a_diff_rule_waits_for_the_live_differ() -> None:
+    g, flags, _metrics, clock = guard(["diff.critical>=1"])
+    second(g, clock)
+    assert {entry["state"] for entry in g.snapshot()} == {"waiting for live diff"}
+    assert flags.shadow_mirroring(0)
+
+
+def test_a_shadow_switched_off_by_hand_is_judged_afresh_when_back_on() -> None:
+    g, flags, metrics, clock = guard(["v2:shadow.errors>20%/10s;min=10"])
+    second(g, clock)
+    for _ in range(10):
+        metrics.count_mirror("v2", "reset")
+    flags.set_shadow_mirroring(0, False)  # the kill switch, before the guard judged those failures
+    second(g, clock)
+    flags.set_shadow_mirroring(0, True)
+    second(g, clock)
+    for _ in range(20):
+        metrics.count_mirror("v2", "ok")
+    second(g, clock)
+    assert flags.shadow_mirroring(0) and flags.tripped_by(0) is None
