@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import uvloop
 
 from shadowtap.replayer.pacer import BATCH, WAKE_TIMERS, DueQueue, LoopTimer, TimerFd, make_wake_timer
 
@@ -153,6 +154,17 @@ def test_bad_windows_are_refused() -> None:
 
 @pytest.mark.parametrize("kind", ["timerfd", "loop"])
 async def test_a_wake_timer_never_fires_before_its_deadline(kind: str) -> None:
+    await never_early(kind)
+
+
+@pytest.mark.parametrize("kind", ["timerfd", "loop"])
+def test_a_wake_timer_never_fires_before_its_deadline_on_uvloop(kind: str) -> None:
+    # uvloop's timers run on libuv's cached millisecond clock: the case the loop timer rounds for.
+    uvloop.run(never_early(kind))
+
+
+async def never_early(kind: str) -> None:
+    """Arm ``kind`` for 20 deadlines off the millisecond grid, one after another; each fires after its own."""
     loop = asyncio.get_running_loop()
     fired: list[int] = []
     done = loop.create_future()
