@@ -780,7 +780,7 @@ class Redactor:
 
     def _rewrite_body(self, body: bytes, content_type: bytes) -> bytes:
         mime = content_type.partition(b";")[0].strip().lower()
-        if b"json" in mime:
+        if mime.find(b"json") >= 0:  # find(), not ``in``: see _may_name_json_secret
             return self._json_body(body)
         if not self._form:
             return body
@@ -840,13 +840,15 @@ class Redactor:
             return True
         if not leaves:
             return False
-        if b"\\" in body or b"\x00" in body[:4] or body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        # find(), not ``in``: ``bytes in bytes`` first tries its operand as an integer and formats
+        # (then drops) a TypeError each time, some 1,500 instructions per test on every JSON body.
+        if body.find(b"\\") >= 0 or body[:4].find(b"\x00") >= 0 or body[:2] in (b"\xff\xfe", b"\xfe\xff"):
             return True
         lowered = body.lower()
         for needle, quoted_names in leaves:
-            if needle in lowered:
+            if lowered.find(needle) >= 0:
                 for quoted in quoted_names:
-                    if quoted in lowered:
+                    if lowered.find(quoted) >= 0:
                         return True
         return False
 
