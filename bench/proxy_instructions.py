@@ -13,7 +13,10 @@ What it does not count: the kernel (system calls are about 40 % of the proxy's C
 loopback), cache misses and lock contention. It is the gauge for the proxy's own code; wall-clock
 figures stay with ``bench/proxy_bench.py``. This script prints figures; it never asserts on them.
 
-    .venv/bin/python bench/proxy_instructions.py [--requests 1000] [--connections 8] [--json OUT]
+With ``--writer-child`` the recording case also counts the tape writer process the proxy starts
+(its join and tape encoding, per recorded request), separately from the proxy's own figure.
+
+    .venv/bin/python bench/proxy_instructions.py [--requests 1000] [--connections 8] [--writer-child] [--json OUT]
 """
 
 from __future__ import annotations
@@ -68,21 +71,64 @@ def send(port: int, count: int, connections: int) -> int:
     return answered
 
 
-def thread_totals(out_prefix: Path) -> int:
-    """Instructions in the dump made after the counters were zeroed, summed over threads."""
+def thread_totals(out_prefix: Path, pid: int | None = None) -> int:
+    """Instructions in the dump made after the counters were zeroed, summed over threads (of the
+    process ``pid`` when the output names carry pids)."""
     total = 0
-    for path in out_prefix.parent.glob(out_prefix.name + ".1*"):
+    pattern = out_prefix.name + (f".{pid}.1*" if pid is not None else ".1*")
+    for path in out_prefix.parent.glob(pattern):
         match = re.search(r"^(?:summary|totals):\s+(\d+)", path.read_text(errors="replace"), re.M)
         if match:
             total += int(match.group(1))
     return total
 
 
-def measure(name: str, extra: list[str], origin: int, requests: int, connections: int, work: Path) -> float:
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the tape writer child, and multiprocessing's helpers)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            children = (task / "children").read_text().split()
+            found += map(int, children)
+            todo += map(int, children)
+    return found
+
+
+def is_tape_writer(pid: int) -> bool:
+    """The tape writer child runs ``python -m shadowtap.recorder.tape_process DIR`` (``recorder.tape_process``
+    in trees from before the ``shadowtap.*`` names)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"recorder.tape_process" in cmdline
+
+
+def tape_writers(pid: int, timeout_s: float) -> list[int]:
+    """The tape writer children of the proxy ``pid``, waiting for them to start (under valgrind a
+    child's start-up takes tens of seconds) and then to work off the warm-up's backlog."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        writers = [child for child in descendants(pid) if is_tape_writer(child)]
+        if writers:
+            time.sleep(15.0)
+            return writers
+        time.sleep(0.5)
+    raise RuntimeError("the proxy started no tape writer process")
+
+
+def measure(
+    name: str, extra: list[str], origin: int, requests: int, connections: int, work: Path, children: bool = False
+) -> tuple[float, float]:
+    """Instructions per request in the proxy process and, with ``children``, in its tape writer."""
     port = pb.free_port()
     out = work / f"callgrind-{name.replace(' ', '-').replace('+', '')}"
     argv = [
-        VALGRIND, "--tool=callgrind", f"--callgrind-out-file={out}", "--separate-threads=yes",
+        VALGRIND, "--tool=callgrind", "--separate-threads=yes",
+        f"--callgrind-out-file={out}.%p" if children else f"--callgrind-out-file={out}",
+        *(["--trace-children=yes"] if children else []),
         *pb.SHADOWTAP, "proxy", "--listen", f"127.0.0.1:{port}", "--primary", f"http://127.0.0.1:{origin}",
         "--admin", "off", *extra,
     ]  # fmt: skip
@@ -92,19 +138,26 @@ def measure(name: str, extra: list[str], origin: int, requests: int, connections
         pb.wait_port(port, timeout_s=180)
         send(port, max(200, requests // 5), connections)  # warm-up: pools, caches, first-time paths
         time.sleep(0.5)
-        subprocess.run([CALLGRIND_CONTROL, "-z", str(proc.pid)], check=True, capture_output=True)
+        writers = tape_writers(proc.pid, timeout_s=180) if children else []
+        for pid in (proc.pid, *writers):
+            subprocess.run([CALLGRIND_CONTROL, "-z", str(pid)], check=True, capture_output=True)
         started = time.monotonic()
         answered = send(port, requests, connections)
         elapsed = time.monotonic() - started
-        time.sleep(0.3)  # let the copies and the tape batch finish inside the counted window
-        subprocess.run([CALLGRIND_CONTROL, "-d", str(proc.pid)], check=True, capture_output=True)
+        # Let the copies and the tape batches finish inside the counted window (the writer child
+        # under valgrind runs some 50 times slower than it would).
+        time.sleep(5.0 if children else 0.3)
+        for pid in (proc.pid, *writers):
+            subprocess.run([CALLGRIND_CONTROL, "-d", str(pid)], check=True, capture_output=True)
     finally:
         proc.terminate()
         proc.wait(timeout=120)
         log.close()
-    per_request = thread_totals(out) / answered
-    print(f"  {name:<34} {per_request:>12,.0f} instructions/request  ({answered} requests, {elapsed:.1f} s)")
-    return per_request
+    per_request = thread_totals(out, proc.pid if children else None) / answered
+    child = sum(thread_totals(out, pid) for pid in writers) / answered
+    note = f", tape writer child {child:,.0f}" if children else ""
+    print(f"  {name:<34} {per_request:>12,.0f} instructions/request  ({answered} requests, {elapsed:.1f} s{note})")
+    return per_request, child
 
 
 def main() -> int:
@@ -112,6 +165,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000, help="counted requests per case (default 1000)")
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections (default 8)")
     parser.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
+    parser.add_argument(
+        "--writer-child", action="store_true",
+        help="with recording, also count the tape writer process (valgrind follows the proxy's children)",
+    )  # fmt: skip
     args = parser.parse_args()
     for tool in (pb.NGINX, VALGRIND, CALLGRIND_CONTROL):
         if not Path(tool).exists():
@@ -126,12 +183,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="shadowtap-instructions-") as tmp:
         work = Path(tmp)
         with pb.nginx(work / "nginx", servers, origin):
-            figures["pass-through"] = measure("pass-through", [], origin, args.requests, args.connections, work)
-            figures["mirroring"] = measure("mirroring", mirror, origin, args.requests, args.connections, work)
-            figures["mirroring+recording"] = measure(
+            figures["pass-through"], _ = measure("pass-through", [], origin, args.requests, args.connections, work)
+            figures["mirroring"], _ = measure("mirroring", mirror, origin, args.requests, args.connections, work)
+            figures["mirroring+recording"], child = measure(
                 "mirroring+recording", [*mirror, "--tape", str(work / "tape")], origin, args.requests,
-                args.connections, work,
+                args.connections, work, children=args.writer_child,
             )  # fmt: skip
+            if args.writer_child:
+                figures["tape writer child"] = child
     base = figures["pass-through"]
     print()
     print(f"{'case':<24} {'instructions/request':>21} {'x pass-through':>15}")

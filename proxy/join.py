@@ -88,6 +88,10 @@ class JoinSettings:
     max_pending: int = 10_000
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
 
+    def __reduce__(self) -> tuple[type[JoinSettings], tuple[float, int, int]]:
+        # Pickled by its constructor: compiled, a frozen dataclass cannot be restored field by field.
+        return JoinSettings, (self.timeout_s, self.max_pending, self.max_pending_bytes)
+
 
 @dataclass(slots=True)
 class JoinStats:
@@ -431,11 +435,9 @@ class JoinIntake:
         self._emit: Callable[[list[Any]], None] | None = None
         self.joiner = RecordJoiner(settings, self._joined)
 
-    def __getstate__(self) -> JoinSettings:
-        return self.settings
-
-    def __setstate__(self, settings: JoinSettings) -> None:
-        self.__init__(settings)  # type: ignore[misc]
+    def __reduce__(self) -> tuple[type[JoinIntake], tuple[JoinSettings]]:
+        # Rebuilt from its settings alone (a compiled class has no instance dict to restore).
+        return JoinIntake, (self.settings,)
 
     @property
     def sweep_every_s(self) -> float:

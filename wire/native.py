@@ -57,6 +57,7 @@ COMPILED_MODULES: Final = (
     "shadowtap.proxy.record",
     "shadowtap.proxy.metrics",
     "shadowtap.proxy.rewrite",
+    "shadowtap.proxy.join",
 )
 #: The ``shadowtap`` package directory (as imported: links are not resolved, so paths in messages
 #: are the ones a user sees).
