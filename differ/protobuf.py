@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
-from google.protobuf.unknown_fields import UnknownFieldSet  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 if TYPE_CHECKING:
-    from google.protobuf.descriptor import Descriptor, FieldDescriptor  # type: ignore[import-untyped]
+    from google.protobuf.descriptor import Descriptor, FieldDescriptor
     from google.protobuf.message import Message
 
 __all__ = [
@@ -305,7 +305,7 @@ class ProtoSchema:
         return cls(data, str(path))
 
     def _load(self) -> None:
-        from google.protobuf import descriptor_pb2, descriptor_pool  # type: ignore[import-untyped]
+        from google.protobuf import descriptor_pb2, descriptor_pool
 
         files = descriptor_pb2.FileDescriptorSet()
         where = self.source or "descriptor set"
@@ -372,8 +372,8 @@ def reflect_descriptor_set(target: str, timeout_s: float = 10.0) -> bytes:
     """The serialized ``FileDescriptorSet`` of every service ``target`` (``host:port``) lists through
     gRPC server reflection, with the files they import. Needs the ``grpc`` extra."""
     try:
-        import grpc  # type: ignore[import-untyped]
-        from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase  # type: ignore[import-untyped]
+        import grpc
+        from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
     except ImportError as exc:
         raise ProtobufDecodeError("--proto-reflection needs grpcio-reflection: pip install 'shadowtap[grpc]'") from exc
     from google.protobuf import descriptor_pb2

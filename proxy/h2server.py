@@ -32,11 +32,11 @@ import math
 import time
 from typing import TYPE_CHECKING, Final, cast
 
-import h2.config  # type: ignore[import-untyped]
-import h2.connection  # type: ignore[import-untyped]
-import h2.events  # type: ignore[import-untyped]
-import h2.exceptions  # type: ignore[import-untyped]
-import h2.settings  # type: ignore[import-untyped]
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
 
 from shadowtap.recorder.model import FailureKind
 from shadowtap.wire import http1

@@ -118,8 +118,8 @@ def s3_client() -> Any:
     with _client_lock:
         if _client is None:
             try:
-                import boto3  # type: ignore[import-untyped]
-                from botocore.config import Config  # type: ignore[import-untyped]
+                import boto3
+                from botocore.config import Config
             except ImportError as exc:
                 raise ConfigError(NEEDS_BOTO3) from exc
             config = Config(
@@ -153,7 +153,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _boto_errors() -> tuple[type[BaseException], ...]:
-    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+    from botocore.exceptions import BotoCoreError, ClientError
 
     return (BotoCoreError, ClientError, OSError)
 
@@ -458,7 +458,7 @@ class SegmentUploader:
         key = self.url.key(self.source, path.name)
         target = f"{SCHEME}{self.url.bucket}/{key}"
         try:
-            from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
+            from boto3.s3.transfer import TransferConfig
 
             threshold = self.options.multipart_threshold_bytes
             config = TransferConfig(multipart_threshold=threshold, multipart_chunksize=threshold, use_threads=False)

@@ -29,12 +29,12 @@ import logging
 import ssl
 from typing import Any, Final, Protocol, cast
 
-import h2.config  # type: ignore[import-untyped]
-import h2.connection  # type: ignore[import-untyped]
-import h2.errors  # type: ignore[import-untyped]
-import h2.events  # type: ignore[import-untyped]
-import h2.exceptions  # type: ignore[import-untyped]
-import h2.settings  # type: ignore[import-untyped]
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
 
 __all__ = [
     "CONNECT_ERROR",
