@@ -401,9 +401,11 @@ def _field_getter(cls: type[Any]) -> tuple[Callable[[Any], list[Any]], dict[str,
 _exchange_values, _EXCHANGE_AT = _field_getter(Exchange)
 _EXCHANGE_REQUEST, _EXCHANGE_PRIMARY, _EXCHANGE_SHADOWS = (_EXCHANGE_AT[n] for n in ("request", "primary", "shadows"))
 _request_values, _REQUEST_AT = _field_getter(Request)
-_REQUEST_TARGET, _REQUEST_HEADERS, _REQUEST_BODY = (_REQUEST_AT[n] for n in ("target", "headers", "body"))
+_REQUEST_TARGET, _REQUEST_HEADERS, _REQUEST_BODY, _REQUEST_TRAILERS = (
+    _REQUEST_AT[n] for n in ("target", "headers", "body", "trailers")
+)
 _response_values, _RESPONSE_AT = _field_getter(Response)
-_RESPONSE_HEADERS, _RESPONSE_BODY = _RESPONSE_AT["headers"], _RESPONSE_AT["body"]
+_RESPONSE_HEADERS, _RESPONSE_BODY, _RESPONSE_TRAILERS = (_RESPONSE_AT[n] for n in ("headers", "body", "trailers"))
 
 
 # Positions in the exchange record array (docs/tape-format.md, "Exchange record").
@@ -414,10 +416,12 @@ _WIRE_REQ_TARGET: Final = 1
 _WIRE_REQ_HEADERS: Final = 2
 _WIRE_REQ_BODY: Final = 3
 _WIRE_REQ_TRUNCATED: Final = 7
+_WIRE_REQ_TRAILERS: Final = 8
 _WIRE_TAG_RESPONSE: Final = 0
 _WIRE_RESP_HEADERS: Final = 3
 _WIRE_RESP_BODY: Final = 4
 _WIRE_RESP_TRUNCATED: Final = 6
+_WIRE_RESP_TRAILERS: Final = 7
 
 
 class _Swap:
@@ -614,6 +618,9 @@ class Redactor:
             request[_WIRE_REQ_TARGET] = self.redact_target(request[_WIRE_REQ_TARGET])
         request[_WIRE_REQ_BODY], headers = self._body(request[_WIRE_REQ_BODY], headers, request[_WIRE_REQ_TRUNCATED])
         request[_WIRE_REQ_HEADERS] = headers
+        # Trailers are fields too (HTTP/2, gRPC metadata at the end of a stream): the header rules apply.
+        if len(request) > _WIRE_REQ_TRAILERS and request[_WIRE_REQ_TRAILERS]:
+            request[_WIRE_REQ_TRAILERS] = self._headers(request[_WIRE_REQ_TRAILERS])
         primary = record[_WIRE_PRIMARY]
         if primary is not None:
             self._outcome_record(primary)
@@ -657,6 +664,8 @@ class Redactor:
         headers = self._headers(outcome[_WIRE_RESP_HEADERS])
         outcome[_WIRE_RESP_BODY], headers = self._body(outcome[_WIRE_RESP_BODY], headers, outcome[_WIRE_RESP_TRUNCATED])
         outcome[_WIRE_RESP_HEADERS] = headers
+        if len(outcome) > _WIRE_RESP_TRAILERS and outcome[_WIRE_RESP_TRAILERS]:
+            outcome[_WIRE_RESP_TRAILERS] = self._headers(outcome[_WIRE_RESP_TRAILERS])
 
     # --- parts ---------------------------------------------------------------------------------
 
@@ -664,10 +673,12 @@ class Redactor:
         headers = self._headers(req.headers)
         target = self.redact_target(req.target) if self._query and "?" in req.target else req.target
         body, headers = self._body(req.body, headers, req.truncated_from)
-        if headers is req.headers and target is req.target and body is req.body:
+        trailers = self._headers(req.trailers) if req.trailers else req.trailers
+        if headers is req.headers and target is req.target and body is req.body and trailers is req.trailers:
             return req
         values = _request_values(req)
         values[_REQUEST_TARGET], values[_REQUEST_HEADERS], values[_REQUEST_BODY] = target, headers, body
+        values[_REQUEST_TRAILERS] = trailers
         return Request(*values)
 
     def _outcome(self, outcome: Outcome) -> Outcome:
@@ -675,10 +686,11 @@ class Redactor:
             return outcome
         headers = self._headers(outcome.headers)
         body, headers = self._body(outcome.body, headers, outcome.truncated_from)
-        if headers is outcome.headers and body is outcome.body:
+        trailers = self._headers(outcome.trailers) if outcome.trailers else outcome.trailers
+        if headers is outcome.headers and body is outcome.body and trailers is outcome.trailers:
             return outcome
         values = _response_values(outcome)
-        values[_RESPONSE_HEADERS], values[_RESPONSE_BODY] = headers, body
+        values[_RESPONSE_HEADERS], values[_RESPONSE_BODY], values[_RESPONSE_TRAILERS] = headers, body, trailers
         return Response(*values)
 
     def _headers(self, headers: Headers) -> Headers:

@@ -412,6 +412,28 @@ def test_record_redaction_used_by_writers_matches_exchange_redaction() -> None:
     assert exchange_to_wire(ex) != record  # the model objects themselves were not touched
 
 
+def test_trailers_are_redacted_like_headers_in_both_paths() -> None:
+    # gRPC metadata can come at the end of a stream: a token in a trailer must not reach the tape.
+    redactor = Redactor(RedactionRules(headers=(("x-session", "remove"),)), KEY)
+    ex = Exchange(
+        id="g",
+        started_at_ns=1,
+        request=Request("POST", "/shop.Catalog/GetProduct", (), b"", trailers=((b"authorization", b"Bearer t"),)),
+        primary=Response(
+            200, "OK", (), b"", trailers=((b"grpc-status", b"0"), (b"x-session", b"s3cret"), (b"x-api-key", b"k1"))
+        ),
+    )
+    out = redactor.redact(ex)
+    assert out.request.trailers[0][1].startswith(b"Bearer ") and out.request.trailers[0][1] != b"Bearer t"
+    assert isinstance(out.primary, Response)
+    assert out.primary.trailers[0] == (b"grpc-status", b"0")  # no secret: kept as it was
+    assert [name for name, _ in out.primary.trailers] == [b"grpc-status", b"x-api-key"]
+    assert out.primary.trailers[1][1] != b"k1"
+    record = exchange_to_wire(ex)
+    redactor.redact_record(record)
+    assert exchange_from_wire(record) == out
+
+
 async def test_async_writer_redacts_with_the_environment_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHADOWTAP_REDACTION_KEY", "shared-by-all-sidecars")
     ex = exchange(((b"Cookie", b"sid=s3cret"),), target="/x?api_key=k3y")
