@@ -19,6 +19,11 @@ BENCHES = (
     "proxy_bench.py",
     "proxy_instructions.py",
     "proxy_inprocess.py",
+    "h2_bench.py",
+    "grpc_diff_bench.py",
+    "tape_s3_bench.py",
+    "diff_scale.py",
+    "replay_memory.py",
 )
 
 

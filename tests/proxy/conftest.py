@@ -32,6 +32,7 @@ _UVLOOP_MODULES = (
     "test_transparency",
     "test_smuggling",
     "test_hostile",
+    "test_h2",
 )
 
 
