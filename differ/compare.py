@@ -239,9 +239,10 @@ class Comparator:
         if ba.kind != bb.kind:
             out.append(Difference("body", "body", "type", f"{ba.kind}->{bb.kind}"))
         elif ba.kind in ("json", "form"):
-            # Canonical equality in C before the walk in Python. ``==`` alone would take true for 1,
-            # so equal canonical text (which spells types) must confirm it; anything else is walked.
-            if ba.value == bb.value and _canonical(ba.value) == _canonical(bb.value):
+            # Equality in C before the walk in Python. ``==`` alone would take true for 1, so unless
+            # neither side holds a boolean, equal canonical text (which spells types) must confirm
+            # it; anything else is walked.
+            if ba.value == bb.value and (self._equal_is_same or _canonical(ba.value) == _canonical(bb.value)):
                 return
             self._walk(ba.value, bb.value, [], out)
         elif ba.kind == "text":
