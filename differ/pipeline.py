@@ -4,8 +4,8 @@
 differences it showed in the store, and offers each of its signatures to a bounded example sampler
 (bottom-k by a hash of the exchange id: examples are written when sampled, dropped when pushed out);
 ``finish`` releases unsampled examples and applies the endpoint templates learned from every path
-seen. It must never read tapes (the CLI
-streams them in) and never decide noise or severity (``shadowtap.differ.aggregate`` does, at report time).
+seen. It must never read tapes (the CLI streams them in) and never decide noise or severity
+(``shadowtap.differ.aggregate`` does, at report time).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def example_priority(exchange_id: str) -> float:
     """An exchange's place in every sample, in [0, 1): a hash of its id, so a sample is uniform over
     the exchanges, and the same whichever worker (and in whichever order) saw them."""
     digest = hashlib.blake2b(exchange_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
+    return (int.from_bytes(digest, "big") >> 11) / 2.0**53  # 53 bits: exact in a float, never 1.0
 
 
 @dataclass(slots=True)
