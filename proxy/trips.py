@@ -4,7 +4,7 @@ A rule such as ``shadow.errors>20%/1m`` or ``v2:shadow.p99>3x primary/1m`` is ju
 (``TripGuard.tick``, on a loop timer) over a sliding window of one-second buckets. What it reads is
 what the metrics already count on the data path (``shadowtap.proxy.metrics.ProxyMetrics``):
 cumulative counters of each shadow's answers, 5xx answers and failed copies, and fine latency
-histograms (``TRIP_BOUNDS_S``) of the primary and of each shadow. The guard takes the difference of
+histograms (``metrics.TRIP_BINS``) of the primary and of each shadow. The guard takes the difference of
 those counters from one tick to the next, so the data path does no more per request than add to a
 counter. A window's figures are kept as running sums over a bounded ring of sparse buckets.
 
@@ -39,11 +39,15 @@ import logging
 import math
 import re
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, compress
+from operator import sub
 from typing import TYPE_CHECKING, Any, Final
 
+from shadowtap.proxy.metrics import TRIP_BINS, trip_bin_s
 from shadowtap.recorder.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -52,7 +56,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COPY_ERRORS",
-    "TRIP_BOUNDS_S",
     "TripGuard",
     "TripRule",
     "parse_trip",
@@ -60,11 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Upper bounds of the fine latency bins, seconds: 2 % apart from 10 us to 5 min (870 bins), so a
-#: percentile is read to within 2 % (``primary.p99>+10%`` needs that; the metrics' 15 buckets are
-#: far coarser). The last bin holds everything above.
-TRIP_BOUNDS_S: Final = tuple(1e-5 * 1.02**i for i in range(int(math.log(300 / 1e-5) / math.log(1.02)) + 1))
 
 #: The mirror outcomes (``FailureKind`` values) that count as a shadow's errors: the copy was sent
 #: (or tried) and got no usable answer. Drops before sending (queue full, breaker open, sampled out,
@@ -257,7 +255,7 @@ class SlidingHistogram:
     def __init__(self, length: int, spill: SlidingHistogram | None = None) -> None:
         self.length = length
         self.buckets: deque[Sparse] = deque()
-        self.counts = [0] * (len(TRIP_BOUNDS_S) + 1)
+        self.counts = [0] * (TRIP_BINS)
         self.total = 0
         self.spill = spill
 
@@ -265,19 +263,19 @@ class SlidingHistogram:
         counts = self.counts
         for index, n in bucket.items():
             counts[index] += n
-            self.total += n
+        self.total += sum(bucket.values())
         self.buckets.append(bucket)
         if len(self.buckets) > self.length:
             old = self.buckets.popleft()
             for index, n in old.items():
                 counts[index] -= n
-                self.total -= n
+            self.total -= sum(old.values())
             if self.spill is not None:
                 self.spill.push(old)
 
     def clear(self) -> None:
         self.buckets.clear()
-        self.counts = [0] * (len(TRIP_BOUNDS_S) + 1)
+        self.counts = [0] * (TRIP_BINS)
         self.total = 0
         if self.spill is not None:
             self.spill.clear()
@@ -287,20 +285,7 @@ class SlidingHistogram:
         if self.total == 0:
             return None
         rank = max(1, math.ceil(q * self.total))
-        seen = 0
-        for index, n in enumerate(self.counts):
-            seen += n
-            if seen >= rank:
-                return _bin_middle_s(index)
-        return _bin_middle_s(len(self.counts) - 1)
-
-
-def _bin_middle_s(index: int) -> float:
-    if index == 0:
-        return TRIP_BOUNDS_S[0]
-    if index >= len(TRIP_BOUNDS_S):
-        return TRIP_BOUNDS_S[-1]
-    return math.sqrt(TRIP_BOUNDS_S[index - 1] * TRIP_BOUNDS_S[index])
+        return trip_bin_s(bisect_left(list(accumulate(self.counts)), rank))
 
 
 class SlidingCount:
@@ -330,11 +315,10 @@ class SlidingCount:
 
 def _delta(now: list[int], before: list[int]) -> Sparse:
     """What ``now`` (a cumulative histogram) gained since ``before``, sparse; updates ``before``."""
-    out: Sparse = {}
-    for index, (a, b) in enumerate(zip(now, before, strict=True)):
-        if a != b:
-            out[index] = a - b
-            before[index] = a
+    # Element-wise in C (map, compress): only the bins that grew are visited in Python.
+    grown = list(map(sub, now, before))
+    out = {index: grown[index] for index in compress(range(len(grown)), grown)}
+    before[:] = now
     return out
 
 
@@ -453,8 +437,8 @@ class TripGuard:
             _Judge(rule, name, period_s) for rule in self.rules for name in flags.shadow_names if rule.applies_to(name)
         ]
         self._rule_number = {rule.text: i + 1 for i, rule in enumerate(self.rules)}
-        self._seen_primary = [0] * (len(TRIP_BOUNDS_S) + 1)
-        self._seen_shadow = {name: [0] * (len(TRIP_BOUNDS_S) + 1) for name in flags.shadow_names}
+        self._seen_primary = [0] * (TRIP_BINS)
+        self._seen_shadow = {name: [0] * (TRIP_BINS) for name in flags.shadow_names}
         self._seen_counts = {name: (0, 0) for name in flags.shadow_names}
         #: Whether each shadow was mirroring at the last tick (a shadow turned back on starts afresh).
         self._was_on = {name: self._mirroring(name) for name in flags.shadow_names}

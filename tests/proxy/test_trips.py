@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
 import pytest
 
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.proxy.flags import RuntimeFlags
-from shadowtap.proxy.metrics import ProxyMetrics
-from shadowtap.proxy.trips import TRIP_BOUNDS_S, SlidingHistogram, TripGuard, parse_trip
+from shadowtap.proxy.metrics import TRIP_BINS, ProxyMetrics, trip_bin, trip_bin_s
+from shadowtap.proxy.trips import SlidingHistogram, TripGuard, parse_trip
 from shadowtap.recorder.errors import ConfigError
 
 
@@ -61,12 +59,21 @@ def test_a_sliding_histogram_forgets_what_left_the_window_into_its_baseline() ->
     assert [i for i, n in enumerate(baseline.counts) if n] == [1, 2]
 
 
+def test_fine_bins_are_ordered_and_within_two_percent() -> None:
+    assert trip_bin(0) == 0 and trip_bin(1023) == 0 and trip_bin(1024) == 1 and trip_bin(10**13) == TRIP_BINS - 1
+    previous = 0
+    for ns in [int(1100 * 1.01**i) for i in range(2000)]:
+        index = trip_bin(ns)
+        assert index >= previous and abs(trip_bin_s(index) * 1e9 / ns - 1) < 0.02 or index == TRIP_BINS - 1
+        previous = index
+
+
 def test_percentiles_are_read_within_two_percent() -> None:
     window = SlidingHistogram(1)
     samples = [0.001 * (1 + i / 100) for i in range(1000)]  # 1 ms .. 11 ms, evenly
     bucket: dict[int, int] = {}
     for s in samples:
-        index = bisect_left(TRIP_BOUNDS_S, s)
+        index = trip_bin(int(s * 1e9))
         bucket[index] = bucket.get(index, 0) + 1
     window.push(bucket)
     for q in (0.5, 0.9, 0.99):
