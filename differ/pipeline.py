@@ -133,8 +133,7 @@ class DiffSession:
             return result
         request = exchange.request
         method, path = request.method, request.path
-        self.templater.observe(method, path)
-        endpoint = self.templater.template(method, path)
+        endpoint = self.templater.observe_template(method, path)
         store = self.store
         key_id = store.key_id
         members = {(key_id(d.path, d.kind, d.transition), d.volatile or ""): None for d in result.differences}
@@ -184,9 +183,8 @@ class DiffSession:
             self.stats.noise_skipped += 1
             return
         method, path = request.method, request.path
-        self.templater.observe(method, path)
         store = self.store
-        route_id = store.route_id(method, path, self.templater.template(method, path))
+        route_id = store.route_id(method, path, self.templater.observe_template(method, path))
         noise_set = store.set_id(
             tuple(
                 sorted(
@@ -265,7 +263,9 @@ def relearn_endpoints(store: DiffStore, config: DifferConfig) -> None:
     """Re-template every stored path with everything now known (and the config's current routes).
 
     Streams the routes table three times (two learning passes, see ``EndpointTemplater.learn``,
-    then templating in batches) rather than holding every distinct path in memory.
+    then templating in batches) rather than holding every distinct path in memory. Each distinct
+    path counts once: replayed in path order with their pair counts, a few slugs of a long tail
+    (``/page/blue-maple-north`` seen three times) were kept apart from ``/page/{id}``.
     """
     templater = EndpointTemplater(config.routes, max_literal_children=config.max_literal_children)
     for _ in range(2):
