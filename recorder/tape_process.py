@@ -32,6 +32,13 @@ counter above. An extra is not: a dropped one is only refused (the caller counts
   known to be written: the frames that reached the disk are still readable). That includes the
   entries its intake held. A new child starts after ``_RESTART_AFTER_S``; records
   submitted meanwhile are counted as write errors too.
+
+Given a ``tap_fd`` (the write end of a pipe), the child also writes a copy of every batch it writes
+to the tape there (``PipeTap``): the exchange frames as they go into the segment, before
+compression, whole frames only. The pipe is non-blocking: a batch that finds it full is dropped and
+counted (``tap_stats``), so a slow or dead reader never delays the tape. The parent keeps the pipe
+open across restarts of the child (and of the reader), so a reader sees one stream of frames; after
+a reader restarts it may start inside a frame, and finds the next by its sync bytes and checksum.
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ from shadowtap.recorder.writer import (
     intake_item,
 )
 
-__all__ = ["ProcessTapeWriter"]
+__all__ = ["PipeTap", "ProcessTapeWriter", "TapStats"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +105,82 @@ _REPORT_READ_BYTES: Final = 4096
 _REPORT_BUFFER_BYTES: Final = 16 * 1024
 #: The upload counters of a writer that does not upload (zeros), and the base ``report`` fills in.
 _NO_UPLOAD: Final = TapeWriterStats()
+#: At close, how long the child waits for the tap's reader to take the rest of a batch it had begun.
+_TAP_CLOSE_WAIT_S: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class TapStats:
+    """The tap's counters: exchanges copied to the pipe, and exchanges dropped because it was full
+    (or its reader gone). Every exchange written to the tape ends in one of them."""
+
+    frames: int = 0
+    dropped: int = 0
+
+
+class PipeTap:
+    """A copy of each batch the writer writes, to a non-blocking pipe: whole frames, or dropped.
+
+    ``BlockWriter.tap``. A batch is written whole or not at all: when a write takes only part of it
+    (the pipe had less room than the batch), the rest is kept and written before anything else, and
+    later batches are dropped until it is through; so the reader never sees a frame cut short.
+    Holds at most one batch (one tape block, ``TapeOptions.block_bytes``).
+    """
+
+    __slots__ = ("_broken", "_pending", "dropped", "fd", "frames")
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.frames = 0
+        self.dropped = 0
+        self._pending = memoryview(b"")
+        self._broken = False
+
+    @property
+    def pending(self) -> bool:
+        """Whether part of a batch waits for room in the pipe."""
+        return bool(self._pending)
+
+    def __call__(self, parts: list[bytes], count: int) -> None:
+        if self._broken or not self.flush():
+            self.dropped += count
+            return
+        data = b"".join(parts)
+        try:
+            written = os.write(self.fd, data)
+        except BlockingIOError:
+            self.dropped += count
+            return
+        except OSError:  # the reader's end is gone for good (the parent holds it open: not expected)
+            self._broken = True
+            self.dropped += count
+            return
+        self.frames += count
+        if written < len(data):
+            self._pending = memoryview(data)[written:]
+
+    def flush(self) -> bool:
+        """Write what is left of a batch begun; True when nothing is left."""
+        while self._pending:
+            try:
+                written = os.write(self.fd, self._pending)
+            except BlockingIOError:
+                return False
+            except OSError:
+                self._broken = True
+                self._pending = memoryview(b"")
+                return False
+            self._pending = self._pending[written:]
+        return True
+
+    def close(self, wait_s: float = _TAP_CLOSE_WAIT_S) -> None:
+        """Give the rest of a batch begun up to ``wait_s`` to go through, then close the pipe."""
+        deadline = time.monotonic() + wait_s
+        while not self.flush() and not self._broken and (left := deadline - time.monotonic()) > 0:
+            select.select([], [self.fd], [], left)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 @dataclass(slots=True)
@@ -128,6 +211,9 @@ class _Report:
     upload_failures: int = 0
     upload_pending_bytes: int = 0
     spool_full: int = 0
+    #: With a tap: exchanges copied to it, and dropped because it was full.
+    tap_frames: int = 0
+    tap_dropped: int = 0
 
 
 def _summed(a: Sequence[int], b: Sequence[int]) -> list[int]:
@@ -163,8 +249,12 @@ class ProcessTapeWriter(AsyncWriterBase):
         directory: str | os.PathLike[str],
         options: TapeOptions | None = None,
         intake: Intake | None = None,
+        *,
+        tap_fd: int | None = None,
     ) -> None:
         self._directory = Path(directory)
+        #: The write end of the tap's pipe (module docstring); the caller owns it and keeps it open.
+        self._tap_fd = tap_fd
         self._options = options or TapeOptions()
         self._intake = intake
         #: The intake's counter names, in the order the child reports their values.
@@ -342,6 +432,12 @@ class ProcessTapeWriter(AsyncWriterBase):
         return IntakeStats(dict(zip(names, counters, strict=False)), now.intake_held, now.intake_held_bytes)
 
     @property
+    def tap_stats(self) -> TapStats:
+        """The tap's counters over every child this writer ran (they lag a batch)."""
+        now = self._child.report if self._child is not None else _Report()
+        return TapStats(self._done.tap_frames + now.tap_frames, self._done.tap_dropped + now.tap_dropped)
+
+    @property
     def pid(self) -> int | None:
         """The running child's pid (for operators and tests), or None."""
         child = self._child
@@ -357,6 +453,7 @@ class ProcessTapeWriter(AsyncWriterBase):
         # runs without being installed).
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        tap = () if self._tap_fd is None else ("--tap-fd", str(self._tap_fd))
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -366,9 +463,11 @@ class ProcessTapeWriter(AsyncWriterBase):
                 "-m",
                 "shadowtap.recorder.tape_process",
                 str(self._directory),
+                *tap,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 env=env,
+                pass_fds=() if self._tap_fd is None else (self._tap_fd,),
             )
         except OSError as exc:
             raise TapeWriteError(
@@ -436,6 +535,8 @@ class ProcessTapeWriter(AsyncWriterBase):
         done.uploaded_segments += report.uploaded_segments
         done.upload_failures += report.upload_failures
         done.spool_full += report.spool_full
+        done.tap_frames += report.tap_frames
+        done.tap_dropped += report.tap_dropped
         self._errors.last = report.last_error or self._errors.last
         lost = child.sent - report.consumed
         if code != 0 or lost:
@@ -483,8 +584,9 @@ def _read_exactly(fd: int, size: int) -> bytes:
 class _ChildInput:
     """What the child reads off the pipe: records to write, and items for its intake."""
 
-    def __init__(self, blocks: BlockWriter, intake: Intake | None) -> None:
+    def __init__(self, blocks: BlockWriter, intake: Intake | None, tap: PipeTap | None = None) -> None:
         self.blocks = blocks
+        self.tap = tap
         # max_buffer_size=0: no limit of msgpack's own; records are as big as max_body_bytes allows.
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
         self.records_taken = 0
@@ -549,11 +651,14 @@ class _ChildInput:
             upload.upload_failures,
             upload.upload_pending_bytes,
             upload.spool_full,
+            0 if self.tap is None else self.tap.frames,
+            0 if self.tap is None else self.tap.dropped,
         ]
 
 
-def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
-    """Write the records piped to ``stdin`` into the tape at ``directory``; report on ``stdout``."""
+def child_main(directory: str, stdin: int = 0, stdout: int = 1, tap_fd: int | None = None) -> int:
+    """Write the records piped to ``stdin`` into the tape at ``directory``; report on ``stdout``; with
+    ``tap_fd``, copy each batch written there (``PipeTap``)."""
     # The parent owns this process's life: Ctrl-C or a TERM to the process group must not cut the
     # tape short. The parent closes the pipe (or dies) and this writes what it was sent, then exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -567,7 +672,9 @@ def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
     sink = SegmentSink(Path(directory), options)
     sink.prepare()
     blocks = BlockWriter(sink)
-    source = _ChildInput(blocks, intake)
+    tap = None if tap_fd is None else PipeTap(tap_fd)
+    blocks.tap = tap
+    source = _ChildInput(blocks, intake, tap)
 
     def report() -> None:
         data = msgpack.packb(source.report(sink))
@@ -581,7 +688,9 @@ def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
         wait_s = min(wait_s, intake.sweep_every_s)
     report()  # ready
     while True:
-        readable, _, _ = select.select([stdin], [], [], wait_s)
+        readable, _, _ = select.select([stdin], [tap.fd] if tap is not None and tap.pending else [], [], wait_s)
+        if tap is not None:
+            tap.flush()
         if readable:
             data = os.read(stdin, _READ_BYTES)
             if not data:
@@ -595,19 +704,21 @@ def child_main(directory: str, stdin: int = 0, stdout: int = 1) -> int:
     source.close()
     blocks.write_from(source.take)
     blocks.guard(sink.close_segment, lost=0)
+    if tap is not None:
+        tap.close()
     report()
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 4) or (len(sys.argv) == 4 and sys.argv[2] != "--tap-fd"):
         print(
-            "usage: python -m shadowtap.recorder.tape_process TAPE_DIRECTORY (run by ProcessTapeWriter)",
+            "usage: python -m shadowtap.recorder.tape_process TAPE_DIRECTORY [--tap-fd FD] (run by ProcessTapeWriter)",
             file=sys.stderr,
         )
         sys.exit(2)
     try:
-        sys.exit(child_main(sys.argv[1]))
+        sys.exit(child_main(sys.argv[1], tap_fd=int(sys.argv[3]) if len(sys.argv) == 4 else None))
     except (TapeWriteError, EOFError) as exc:
         print(f"shadowtap tape writer: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -557,6 +557,10 @@ class BlockWriter:
         self.encode_errors = 0
         self.write_errors = 0
         self.errors = ErrorNotes(log)
+        #: Given each batch written (its frames' parts, before compression, and how many exchanges
+        #: they are): a copy for a reader beside the tape (``shadowtap.recorder.tape_process.PipeTap``).
+        #: It must never block or raise.
+        self.tap: Callable[[list[bytes], int], None] | None = None
 
     def write_from(self, take: Callable[[], Exchange | list[Any] | None]) -> None:
         """Encode and write records from ``take`` until it returns None, one block at a time."""
@@ -578,6 +582,8 @@ class BlockWriter:
                 exchange = take()
             if count and self.guard(self.sink.write, parts, lost=count):
                 self.written += count
+                if self.tap is not None:
+                    self.tap(parts, count)
             if exchange is not None:
                 exchange = take()
 
