@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.replayer.result import JobResult
-from shadowtap.replayer.stats import ERROR_CLASSES, HISTOGRAMS, PERCENTILES, SERIES_PERCENTILES, EndpointStats, Series
+from shadowtap.replayer.stats import HISTOGRAMS, PERCENTILES, SERIES_PERCENTILES, EndpointStats, Series, error_counts
 
 __all__ = [
     "DEFAULT_MAX_ERROR_RATE",
@@ -194,7 +194,7 @@ def results_document(
             {
                 "endpoint": name,
                 "requests": per.requests,
-                "errors": {k: per.errors[k] for k in ERROR_CLASSES if per.errors[k]},
+                "errors": error_counts(per.errors),
                 "error_rate": per.error_count / per.requests if per.requests else 0.0,
                 "statuses": {str(k): v for k, v in sorted(per.statuses.items())},
                 "latency_ms": _latency(per),

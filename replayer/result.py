@@ -8,12 +8,12 @@ data, no asyncio: the locustfile uses it under gevent. It must never lose a coun
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import shadowtap.recorder.errors as errors
 from shadowtap.recorder.errors import ShadowtapError
-from shadowtap.recorder.model import PRIMARY, REPLAY, Exchange, Outcome, Timing
+from shadowtap.recorder.model import PRIMARY, REPLAY, Exchange, Outcome, Response, StreamMessage, Timing
 from shadowtap.replayer.plan import PlannedRequest
 from shadowtap.replayer.stats import ReplayStats
 
@@ -113,10 +113,19 @@ def replay_exchange(
 
     Times are monotonic ns; ``wall_offset_ns`` (wall clock minus monotonic) dates the record. The
     replay's timing is relative to the due time (``started_mono_ns``); the recorded primary timing
-    is kept as it was (relative to its own start). See docs/replay.md, "The results tape".
+    is kept as it was (relative to its own start), and so are the replayed answer's gRPC message
+    times (relative to the due time, like its timing). See docs/replay.md, "The results tape".
     """
     source = request.source
     first_byte = None if first_byte_ns is None else first_byte_ns - due_ns
+    if isinstance(outcome, Response) and outcome.messages:
+        # A transport times an answer's gRPC messages from the call's start (``sent_ns``, taken just
+        # before it); the exchange's time base is the due time.
+        shift = sent_ns - due_ns
+        messages = tuple(
+            m if m.at_ns is None else StreamMessage(m.flags, m.length, m.at_ns + shift) for m in outcome.messages
+        )
+        outcome = replace(outcome, messages=messages)
     timings = {REPLAY: Timing(sent_ns - due_ns, first_byte, done_ns - due_ns)}
     recorded_timing = source.timings.get(PRIMARY)
     if recorded_timing is not None:

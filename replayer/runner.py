@@ -461,7 +461,9 @@ class _Runner:
             self.stats.record_held_back(sent_ns - released_ns)
         self.in_flight += 1
         try:
-            result = await self.transport.send(request.method, request.target, request.headers, request.body)
+            result = await self.transport.send(
+                request.method, request.target, request.headers, request.body, request.source.request
+            )
         except Exception as exc:  # a transport bug must cost one request, not the replay (but fails the run)
             self._internal_error(exc, f"{request.method} {request.target}")
             result = SendResult(Failure(FailureKind.OTHER, f"{type(exc).__name__}: {exc}"))

@@ -3,7 +3,8 @@
 Service time (sent -> done), response time from the intended send (due -> done: corrected for
 coordinated omission, so a stall shows up for every request that waited behind it) and start lag
 (due -> released by the scheduler: the replayer's own health). Errors are classified as connect,
-timeout, reset, 5xx and other, the first few of each kept as examples. A per-second timeline
+timeout, reset, 5xx and other, and a failed gRPC call (an HTTP 200 whose ``grpc-status`` is not OK)
+by its status name (``grpc-NOT_FOUND``), the first few of each kept as examples. A per-second timeline
 (planned, sent, ok, errors) feeds the HTML report. Everything encodes to plain data (histograms
 as HdrHistogram's base64 encoding) so worker processes and Locust workers ship it to one place and
 ``merge`` adds it up.
@@ -41,6 +42,7 @@ __all__ = [
     "ReplayStats",
     "Series",
     "Summary",
+    "error_counts",
 ]
 
 #: Histogram unit: microseconds, 1 us .. 1 h; 3 significant digits overall (186 KiB each), 2 per
@@ -623,7 +625,7 @@ class ReplayStats:
         return Summary(
             requests=overall.requests,
             ok=overall.ok,
-            errors={name: overall.errors[name] for name in ERROR_CLASSES if overall.errors[name]},
+            errors=error_counts(overall.errors),
             error_rate=overall.error_count / overall.requests if overall.requests else 0.0,
             held_back=self.held_back,
             achieved_rate_per_s=overall.requests / elapsed_s if elapsed_s > 0 else 0.0,
@@ -632,3 +634,11 @@ class ReplayStats:
                 name: {f"p{p:g}": overall.percentile_ms(name, p) for p in PERCENTILES} for name in HISTOGRAMS
             },
         )
+
+
+def error_counts(errors: Counter[str]) -> dict[str, int]:
+    """The non-zero error counts: ``ERROR_CLASSES`` in their order, then the gRPC statuses
+    (``grpc-NOT_FOUND``) by name."""
+    out = {name: errors[name] for name in ERROR_CLASSES if errors[name]}
+    out.update(sorted((name, count) for name, count in errors.items() if count and name not in out))
+    return out

@@ -6,9 +6,11 @@ adapter over ``shadowtap.wire.client``, the keep-alive HTTP/1.1 client on asynci
 llhttp (httptools) parsing that the proxy uses too, because the aiohttp client costs about ten times
 more CPU per request and cannot meet the replayer's budget (bench/replay_bench.py).
 ``AiohttpTransport`` serves ``https://`` (certificate verification, SNI and proxies as aiohttp does
-them) and ``--client aiohttp``. ``make_transport`` picks one. A transport must never raise for an upstream
-failure: it returns a ``Failure`` classified as connect, timeout, reset or bad response, so one
-dead target cannot stop a replay.
+them) and ``--client aiohttp``. ``H2Transport`` (``shadowtap.replayer.h2transport``) sends over HTTP/2:
+every request for an ``h2c://`` target or ``http_version="2"``, and otherwise the exchanges recorded
+over HTTP/2 (``VersionedTransport`` routes each by its recorded version). ``make_transport`` picks.
+A transport must never raise for an upstream failure: it returns a ``Failure`` classified as
+connect, timeout, reset or bad response, so one dead target cannot stop a replay.
 """
 
 from __future__ import annotations
@@ -16,17 +18,21 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from shadowtap.differ.grpc import status_name
 from shadowtap.recorder.errors import ConfigError
-from shadowtap.recorder.model import Failure, FailureKind, Headers, Outcome, Response
+from shadowtap.recorder.model import Failure, FailureKind, Headers, Outcome, Request, Response, header_value
 from shadowtap.wire import client, http1
+
+if TYPE_CHECKING:
+    from shadowtap.replayer.h2transport import H2Transport
 
 __all__ = [
     "AiohttpTransport",
@@ -35,8 +41,10 @@ __all__ = [
     "MemoryTransport",
     "SendResult",
     "Transport",
+    "VersionedTransport",
     "describe_outcome",
     "error_class",
+    "grpc_error",
     "make_transport",
 ]
 
@@ -58,13 +66,41 @@ class SendResult:
 
 
 class Transport(Protocol):
-    async def send(self, method: str, target: str, headers: Headers, body: bytes) -> SendResult: ...
+    async def send(
+        self, method: str, target: str, headers: Headers, body: bytes, recorded: Request | None = None
+    ) -> SendResult:
+        """Send the planned request (``method``, ``target``, ``headers`` and ``body`` after the plan's
+        rewrites); ``recorded`` is the request as the tape holds it, for what the plan does not carry
+        (its HTTP version, trailers and gRPC message timing)."""
+        ...
+
+
+#: The prefix of a gRPC error class: ``grpc-NOT_FOUND``.
+GRPC_ERROR_PREFIX: Final = "grpc-"
+
+
+def grpc_error(response: Response) -> str | None:
+    """The error class of a gRPC answer that failed (``grpc-NOT_FOUND`` for ``grpc-status: 5``, in its
+    trailers or, trailers-only, its headers), ``grpc-INTERNAL`` for a gRPC answer without any status
+    (a call cut short, as gRPC clients count it); None for success or anything not gRPC over HTTP/2."""
+    if response.http_version != "2":
+        return None  # gRPC runs over HTTP/2 only: an HTTP/1 answer costs no header scan
+    for fields in (response.trailers, response.headers):
+        code = header_value(fields, b"grpc-status")
+        if code is not None:
+            text = code.decode("latin-1").strip()
+            return None if text == "0" else GRPC_ERROR_PREFIX + status_name(text)
+    content_type = header_value(response.headers, b"content-type", b"") or b""
+    if content_type.lower().startswith(b"application/grpc") and response.status == 200:
+        return GRPC_ERROR_PREFIX + "INTERNAL"
+    return None
 
 
 def error_class(outcome: Outcome) -> str | None:
-    """The stats error class of an outcome (``shadowtap.replayer.stats.ERROR_CLASSES``), None when it is fine."""
+    """The stats error class of an outcome (``shadowtap.replayer.stats.ERROR_CLASSES``, or
+    ``grpc-<STATUS>`` for a failed gRPC call), None when it is fine."""
     if isinstance(outcome, Response):
-        return "5xx" if outcome.status >= 500 else None
+        return "5xx" if outcome.status >= 500 else grpc_error(outcome)
     return {
         FailureKind.CONNECT_ERROR: "connect",
         FailureKind.TIMEOUT: "timeout",
@@ -77,11 +113,19 @@ _DETAIL_CHARS: Final = 200
 
 
 def describe_outcome(outcome: Outcome) -> str:
-    """One line saying what came back, for an error example: ``503 Service Unavailable`` or
+    """One line saying what came back, for an error example: ``503 Service Unavailable``,
+    ``200 NOT_FOUND: no product 7`` (a gRPC status and message) or
     ``connect-error: [Errno 111] Connection refused``."""
     if isinstance(outcome, Response):
-        return f"{outcome.status} {outcome.reason}".rstrip()
-    text = f"{outcome.kind}: {outcome.message}" if outcome.message else outcome.kind
+        text = f"{outcome.status} {outcome.reason}".rstrip()
+        grpc = grpc_error(outcome)
+        if grpc is None:
+            return text
+        fields = outcome.trailers if header_value(outcome.trailers, b"grpc-status") is not None else outcome.headers
+        message = (header_value(fields, b"grpc-message", b"") or b"").decode("latin-1").strip()
+        text = f"{text} {grpc.removeprefix(GRPC_ERROR_PREFIX)}" + (f": {message}" if message else "")
+    else:
+        text = f"{outcome.kind}: {outcome.message}" if outcome.message else outcome.kind
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 3] + "..."
 
 
@@ -91,7 +135,9 @@ class MemoryTransport:
     def __init__(self, handler: Callable[[str, str, Headers, bytes], Awaitable[Outcome]]) -> None:
         self._handler = handler
 
-    async def send(self, method: str, target: str, headers: Headers, body: bytes) -> SendResult:
+    async def send(
+        self, method: str, target: str, headers: Headers, body: bytes, recorded: Request | None = None
+    ) -> SendResult:
         outcome = await self._handler(method, target, headers, body)
         return SendResult(outcome, time.monotonic_ns())
 
@@ -103,6 +149,13 @@ class ClientSettings:
     ``max_connections`` bounds sockets to the target (a replay is one host); ``timeout_s`` bounds
     each request end to end, ``connect_timeout_s`` the connection set-up; ``keepalive_s`` how long an
     idle connection is kept for reuse.
+
+    HTTP/2: ``http_version`` ``auto`` sends what was recorded over HTTP/2 (``"2"``) over HTTP/2 and
+    the rest over HTTP/1.1 (an ``h2c://`` target: all over HTTP/2); ``"2"`` sends everything over
+    HTTP/2, ``"1.1"`` everything over HTTP/1.1. ``h2_connections`` HTTP/2 connections carry all
+    streams (each up to ``h2_streams_per_connection``, or fewer if the target says so). A recorded
+    client or bidirectional gRPC stream sends its messages at their recorded offsets divided by
+    ``message_speed`` (0: all at once), each gap cut to ``max_message_gap_s``.
     """
 
     max_connections: int = 256
@@ -113,6 +166,11 @@ class ClientSettings:
     max_body_bytes: int = 64 * 1024 * 1024
     #: ``auto``: the raw HTTP/1.1 client for http://, aiohttp for https://; or force one.
     client: str = "auto"
+    http_version: str = "auto"
+    h2_connections: int = 4
+    h2_streams_per_connection: int = 100
+    message_speed: float = 1.0
+    max_message_gap_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -121,6 +179,16 @@ class ClientSettings:
             raise ConfigError(f"must be >= 1, got {self.max_body_bytes}", field="max-body-bytes")
         if self.client not in ("auto", "raw", "aiohttp"):
             raise ConfigError(f"must be auto, raw or aiohttp, not {self.client!r}", field="client")
+        if self.http_version not in ("auto", "1.1", "2"):
+            raise ConfigError(f"must be auto, 1.1 or 2, not {self.http_version!r}", field="http-version")
+        if self.h2_connections < 1:
+            raise ConfigError(f"must be >= 1, got {self.h2_connections}", field="h2-connections")
+        if self.h2_streams_per_connection < 1:
+            raise ConfigError(f"must be >= 1, got {self.h2_streams_per_connection}", field="h2-streams")
+        if self.message_speed < 0:
+            raise ConfigError(f"must be >= 0, got {self.message_speed}", field="speed")
+        if self.max_message_gap_s < 0:
+            raise ConfigError(f"must be >= 0, got {self.max_message_gap_s}", field="max-gap")
         for name in ("timeout_s", "connect_timeout_s", "keepalive_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)}", field=name.replace("_s", ""))
@@ -178,7 +246,9 @@ class AiohttpTransport:
             await self._session.close()
             self._session = None
 
-    async def send(self, method: str, target: str, headers: Headers, body: bytes) -> SendResult:
+    async def send(
+        self, method: str, target: str, headers: Headers, body: bytes, recorded: Request | None = None
+    ) -> SendResult:
         session = self._session
         if session is None:
             raise RuntimeError("AiohttpTransport used outside 'async with'")
@@ -260,7 +330,9 @@ class HttpTransport:
         head = http1.request_head(method.encode("latin-1"), self._prefix + target.encode("latin-1"), headers, extra)
         return [head, body] if body else [head]
 
-    async def send(self, method: str, target: str, headers: Headers, body: bytes) -> SendResult:
+    async def send(
+        self, method: str, target: str, headers: Headers, body: bytes, recorded: Request | None = None
+    ) -> SendResult:
         request = self._request(method, target, headers, body)
         s = self._settings
         async with self._slots:
@@ -279,10 +351,58 @@ class HttpTransport:
         return SendResult(response, result.first_byte_ns)
 
 
-def make_transport(base_url: str, settings: ClientSettings | None = None) -> HttpTransport | AiohttpTransport:
-    """The transport for ``base_url``: the raw client for http:// unless told otherwise."""
+class VersionedTransport:
+    """Each request over the HTTP version it was recorded in: HTTP/2 for ``http_version`` ``"2"``
+    (h2c by prior knowledge for an ``http://`` target, ALPN ``h2`` for ``https://``), HTTP/1.1 for
+    the rest. Both sides open connections only when first used."""
+
+    def __init__(self, http1: HttpTransport | AiohttpTransport, http2: H2Transport) -> None:
+        self.http1 = http1
+        self.http2 = http2
+
+    async def __aenter__(self) -> VersionedTransport:
+        await self.http1.__aenter__()
+        try:
+            await self.http2.__aenter__()
+        except BaseException:
+            await self.http1.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.http2.__aexit__(*exc_info)
+        finally:
+            await self.http1.__aexit__(*exc_info)
+
+    def send(
+        self, method: str, target: str, headers: Headers, body: bytes, recorded: Request | None = None
+    ) -> Coroutine[Any, Any, SendResult]:
+        # The chosen side's coroutine itself, not one awaiting it: no extra frame per request.
+        if recorded is not None and recorded.http_version == "2":
+            return self.http2.send(method, target, headers, body, recorded)
+        return self.http1.send(method, target, headers, body, recorded)
+
+
+def make_transport(
+    base_url: str, settings: ClientSettings | None = None
+) -> HttpTransport | AiohttpTransport | H2Transport | VersionedTransport:
+    """The transport for ``base_url``: HTTP/2 for ``h2c://`` or ``http_version="2"``; else the raw
+    client for http:// unless told otherwise, with HTTP/2-recorded exchanges routed to HTTP/2 unless
+    ``http_version="1.1"``."""
+    from shadowtap.replayer.h2transport import H2Transport
+
     settings = settings or ClientSettings()
     scheme = URL(base_url).scheme
+    if scheme == "h2c" or settings.http_version == "2":
+        if settings.http_version == "1.1":
+            raise ConfigError(f"an h2c:// target speaks HTTP/2 only: {base_url!r}", field="http1")
+        return H2Transport(base_url, settings)
+    http1: HttpTransport | AiohttpTransport
     if settings.client == "raw" or (settings.client == "auto" and scheme == "http"):
-        return HttpTransport(base_url, settings)
-    return AiohttpTransport(base_url, settings)
+        http1 = HttpTransport(base_url, settings)
+    else:
+        http1 = AiohttpTransport(base_url, settings)
+    if settings.http_version == "1.1":
+        return http1
+    return VersionedTransport(http1, H2Transport(base_url, settings))

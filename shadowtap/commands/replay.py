@@ -77,7 +77,9 @@ def _pace(text: str) -> float:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _EPILOG
     parser.add_argument("tapes", nargs="+", metavar="TAPE", help="tape directories or segment files (merged by time)")
-    parser.add_argument("--target", required=True, help="base URL to send to, e.g. http://127.0.0.1:9000")
+    parser.add_argument(
+        "--target", required=True, help="base URL to send to, e.g. http://127.0.0.1:9000 or h2c://127.0.0.1:50051"
+    )
 
     g = parser.add_argument_group("scaling")
     pace = g.add_mutually_exclusive_group()
@@ -140,6 +142,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "raw", "aiohttp"],
         default="auto",
         help="HTTP client: auto = the fast raw HTTP/1.1 client for http://, aiohttp for https://",
+    )
+    version = g.add_mutually_exclusive_group()
+    version.add_argument(
+        "--http2",
+        action="store_true",
+        help="send every request over HTTP/2 (h2c for http://, ALPN h2 for https://); by default only "
+        "the exchanges recorded over HTTP/2 are, and all of them for an h2c:// target",
+    )
+    version.add_argument("--http1", action="store_true", help="send every request over HTTP/1.1")
+    g.add_argument(
+        "--h2-connections", type=int, default=4, metavar="N", help="HTTP/2 connections to multiplex over (default 4)"
     )
     g.add_argument("--workers", type=int, default=1, help="processes to shard sessions over (default 1)")
 
@@ -300,6 +313,12 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
         timeout_s=args.timeout,
         connect_timeout_s=args.connect_timeout,
         client=args.client,
+        http_version="2" if args.http2 else "1.1" if args.http1 else "auto",
+        h2_connections=args.h2_connections,
+        # A recorded client stream's messages keep their gaps at the replay's speed (a fixed rate
+        # paces calls, not the messages inside one), each cut to --max-gap like think time.
+        message_speed=args.speed if args.rate is None else 1.0,
+        **({} if args.max_gap is None else {"max_message_gap_s": args.max_gap}),
     )
     # The cap defaults to the pool size: then the pool never queues a request where we cannot see
     # it, and every wait is counted as held back instead of hiding inside service time.

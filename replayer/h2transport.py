@@ -1,0 +1,294 @@
+"""The replayer's HTTP/2 transport: each planned request one stream over ``shadowtap.wire.h2``.
+
+``H2Transport.send`` turns a planned request into a stream on a small pool of multiplexed
+connections (h2c by prior knowledge for ``h2c://`` and ``http://`` targets, TLS with ALPN ``h2`` for
+``https://``): the pseudo-header fields from the method, the target (after the URL's path prefix),
+the scheme and the authority (the target's, or the plan's ``Host`` from ``--host``), then the
+recorded fields lower-cased without the ones HTTP/2 forbids, ``te: trailers`` for gRPC, the body
+and the recorded request trailers. A recorded gRPC request of several messages (a client or
+bidirectional stream) sends each message at its recorded offset (``StreamMessage.at_ns``) divided by
+the speed, each gap cut to a bound, and never before that offset; the answer is read as it comes,
+so a bidirectional call's replies interleave with the requests as they did.
+
+The answer becomes a ``Response`` with ``http_version`` ``"2"``, its trailers, and for gRPC its
+message list, each message's ``at_ns`` counted from the start of the call (the results tape moves it
+to the exchange's time base, ``shadowtap.replayer.result``). Like every transport it never raises
+for the target's failures: a refused connection, a timeout, a reset stream or GOAWAY, a malformed or
+too large answer come back as a ``Failure``. A stream the target refused unprocessed (REFUSED_STREAM,
+or above a GOAWAY's last stream) is sent once more on another. This module holds no schedule: the
+runner decides when a call starts; only the gaps inside one call are kept here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from typing import Final
+
+from yarl import URL
+
+from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.model import Failure, FailureKind, Headers, Outcome, Request, Response, StreamMessage
+from shadowtap.replayer.transport import ClientSettings, SendResult
+from shadowtap.wire.grpc import MESSAGE_HEADER_BYTES, GrpcFramingError, MessageSplitter
+from shadowtap.wire.h2 import CONNECT_ERROR, H2Pool, H2Stream, Header
+
+__all__ = ["H2Transport", "message_offsets"]
+
+_DEFAULT_PORTS: Final = {"h2c": 80, "http": 80, "https": 443}
+#: Fields about one HTTP/1 connection (RFC 9113 8.2.2) and the ones the client sets for itself
+#: (the authority is a pseudo-header field; the length follows the body sent).
+_NOT_SENT: Final = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host", b"te",
+     b"content-length", b"trailer", b"expect", b"http2-settings")
+)  # fmt: skip
+_NO_LENGTH_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
+_NS_PER_S: Final = 1_000_000_000
+
+
+def _is_grpc(fields: Headers) -> bool:
+    for name, value in fields:
+        if name.lower() == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/grpc" or media.startswith(b"application/grpc+")
+    return False
+
+
+def message_offsets(
+    messages: tuple[StreamMessage, ...], body_size: int, speed: float, max_gap_ns: int
+) -> list[tuple[int, int]] | None:
+    """(end offset in the body, send offset in ns from the call's start) for each recorded message,
+    or None when the body goes at once: one message or none, no timing, ``speed`` 0, or a body whose
+    size is not the messages' (cut at a recording cap, or rewritten). Offsets never decrease; each gap
+    (the first from the call's start) is the recorded one divided by ``speed``, at most ``max_gap_ns``."""
+    if len(messages) < 2 or speed <= 0 or any(m.at_ns is None for m in messages):
+        return None
+    if sum(MESSAGE_HEADER_BYTES + m.length for m in messages) != body_size:
+        return None
+    out: list[tuple[int, int]] = []
+    end = previous_at = offset_ns = 0
+    for message in messages:
+        at_ns = message.at_ns or 0
+        offset_ns += min(max(0, int((at_ns - previous_at) / speed)), max_gap_ns)
+        previous_at = max(previous_at, at_ns)
+        end += MESSAGE_HEADER_BYTES + message.length
+        out.append((end, offset_ns))
+    return out
+
+
+class _Call:
+    """The ``StreamSink`` of one call: collects the answer and resolves ``done`` once."""
+
+    __slots__ = ("_chunks", "_grpc", "_headers", "_max_body", "_messages", "_size", "_splitter", "_started_ns",
+                 "_status", "_trailers", "done", "first_byte_ns", "refused", "stream")  # fmt: skip
+
+    def __init__(self, max_body: int, grpc: bool, started_ns: int) -> None:
+        self.done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.stream: H2Stream | None = None
+        self.first_byte_ns: int | None = None
+        self.refused = False
+        self._max_body = max_body
+        self._grpc = grpc
+        self._started_ns = started_ns
+        self._status = 0
+        self._headers: list[Header] = []
+        self._trailers: list[Header] = []
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._messages: list[StreamMessage] = []
+        # Only the answer's framing is read (flags and lengths): its bytes stay in the body. A body
+        # that is not gRPC framing keeps the messages found before the fault.
+        self._splitter: MessageSplitter | None = None
+
+    def on_head(self, status: int, headers: list[Header], ended: bool) -> None:
+        self.first_byte_ns = time.monotonic_ns()
+        self._status = status
+        self._headers = headers
+        if self._grpc or _is_grpc(tuple(headers)):
+            self._splitter = MessageSplitter(self._max_body)
+
+    def on_data(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        self._size += len(data)
+        if self._size > self._max_body:
+            if self.stream is not None:
+                self.stream.reset()
+            self.done.set_result(Failure(FailureKind.BODY_TOO_LARGE, f"response body over {self._max_body} bytes"))
+            return
+        self._chunks.append(data)
+        if self.stream is not None:
+            self.stream.consumed(len(data))
+        splitter = self._splitter
+        if splitter is not None:
+            try:
+                found = splitter.feed(data)
+            except GrpcFramingError:
+                self._splitter = None
+                return
+            if found:
+                at_ns = time.monotonic_ns() - self._started_ns
+                self._messages.extend(StreamMessage(int(m.compressed), len(m.data), at_ns) for m in found)
+
+    def on_trailers(self, headers: list[Header]) -> None:
+        self._trailers = headers
+
+    def on_end(self) -> None:
+        if self.done.done():
+            return
+        self.done.set_result(
+            Response(
+                status=self._status,
+                reason="",
+                headers=tuple(self._headers),
+                body=b"".join(self._chunks),
+                http_version="2",
+                trailers=tuple(self._trailers),
+                messages=tuple(self._messages),
+            )
+        )
+
+    def on_reset(self, kind: str, message: str, refused: bool) -> None:
+        if self.done.done():
+            return
+        self.refused = refused and self.first_byte_ns is None
+        self.done.set_result(Failure(kind, message))
+
+    def on_request_drained(self, sent: int) -> None:
+        pass  # the whole body is in memory: nothing waits for the window here
+
+
+class H2Transport:
+    """Sends planned requests as HTTP/2 streams (see the module docstring). Use as an async context
+    manager; ``send`` is safe to call concurrently (streams of one pool)."""
+
+    def __init__(self, base_url: str, settings: ClientSettings | None = None) -> None:
+        url = URL(base_url)
+        if url.scheme not in _DEFAULT_PORTS or not url.host:
+            raise ConfigError(f"not an h2c://, http:// or https:// URL: {base_url!r}", field="target")
+        self._settings = s = settings or ClientSettings()
+        port = url.port or _DEFAULT_PORTS[url.scheme]
+        tls = url.scheme == "https"
+        self._scheme = b"https" if tls else b"http"
+        self._prefix = url.raw_path.rstrip("/").encode("latin-1")
+        host = url.raw_host or url.host
+        default_port = port == _DEFAULT_PORTS[url.scheme] and url.scheme != "h2c"
+        self._authority = (host if default_port else f"{host}:{port}").encode("latin-1")
+        self._max_gap_ns = int(s.max_message_gap_s * _NS_PER_S)
+        self._pool = H2Pool(
+            url.host,
+            port,
+            ssl_context=ssl.create_default_context() if tls else None,
+            connect_timeout_s=s.connect_timeout_s,
+            max_connections=s.h2_connections,
+            max_streams_per_connection=s.h2_streams_per_connection,
+            peer="target",
+        )
+
+    async def __aenter__(self) -> H2Transport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._pool.close()
+        await asyncio.sleep(0)  # let the closed connections' transports finish closing
+        self._pool.abort_all()
+
+    def _fields(self, method: str, target: str, headers: Headers, body: bytes, grpc: bool) -> list[Header]:
+        authority = self._authority
+        fields: list[Header] = []
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _NOT_SENT or lower[:1] == b":":
+                if lower == b"host":
+                    authority = value  # the plan's --host
+                continue
+            fields.append((lower, value))
+        method_bytes = method.encode("latin-1")
+        if grpc:
+            fields.append((b"te", b"trailers"))
+        elif body or method_bytes not in _NO_LENGTH_METHODS:
+            fields.append((b"content-length", b"%d" % len(body)))
+        return [
+            (b":method", method_bytes),
+            (b":scheme", self._scheme),
+            (b":authority", authority),
+            (b":path", self._prefix + target.encode("latin-1") or b"/"),
+            *fields,
+        ]
+
+    async def send(
+        self, method: str, target: str, headers: Headers, body: bytes, recorded: Request | None = None
+    ) -> SendResult:
+        grpc = _is_grpc(headers) or (recorded is not None and _is_grpc(recorded.headers))
+        fields = self._fields(method, target, headers, body, grpc)
+        trailers = list(recorded.trailers) if recorded is not None and recorded.trailers else None
+        offsets = None
+        if grpc and recorded is not None:
+            offsets = message_offsets(recorded.messages, len(body), self._settings.message_speed, self._max_gap_ns)
+        result = await self._call(fields, body, trailers, offsets, grpc)
+        if result is None:  # refused unprocessed: once more, on another stream
+            result = await self._call(fields, body, trailers, offsets, grpc)
+        return result or SendResult(Failure(FailureKind.RESET, "target refused the stream twice"))
+
+    async def _call(
+        self,
+        fields: list[Header],
+        body: bytes,
+        trailers: list[Header] | None,
+        offsets: list[tuple[int, int]] | None,
+        grpc: bool,
+    ) -> SendResult | None:
+        """One attempt; None when the target refused the stream without processing it."""
+        s = self._settings
+        started_ns = time.monotonic_ns()
+        call = _Call(s.max_body_bytes, grpc, started_ns)
+        stream: H2Stream | None = None
+        try:
+            async with asyncio.timeout(s.timeout_s):
+                try:
+                    stream = await self._pool.open(fields, call, end_stream=not body and not trailers)
+                except TimeoutError:
+                    return SendResult(Failure(FailureKind.TIMEOUT, f"connect to {self._pool.address} timed out"))
+                except OSError as exc:
+                    return SendResult(Failure(CONNECT_ERROR, f"connect to {self._pool.address}: {exc.strerror or exc}"))
+                call.stream = stream
+                if body or trailers:
+                    await self._send_body(stream, call, body, trailers, offsets, started_ns)
+                outcome = await call.done
+        except TimeoutError:
+            if stream is not None:
+                stream.reset()
+            return SendResult(Failure(FailureKind.TIMEOUT, f"no complete answer within {s.timeout_s:g} s"))
+        except BaseException:
+            if stream is not None:
+                stream.reset()  # cancelled (the replay stopped): the target hears it
+            raise
+        if call.refused:
+            return None
+        return SendResult(outcome, call.first_byte_ns if isinstance(outcome, Response) else None)
+
+    @staticmethod
+    async def _send_body(
+        stream: H2Stream,
+        call: _Call,
+        body: bytes,
+        trailers: list[Header] | None,
+        offsets: list[tuple[int, int]] | None,
+        started_ns: int,
+    ) -> None:
+        if offsets is None:
+            stream.send_data(body)
+        else:
+            view = memoryview(body)
+            start = 0
+            for end, offset_ns in offsets:
+                due_ns = started_ns + offset_ns
+                # Never early: sleep again until the monotonic clock has reached the due time.
+                while (left_ns := due_ns - time.monotonic_ns()) > 0 and not call.done.done():
+                    await asyncio.sleep(left_ns / _NS_PER_S)
+                if call.done.done() or stream.closed:
+                    return  # the target answered (or failed) before the client had finished
+                stream.send_data(bytes(view[start:end]))
+                start = end
+        stream.end(trailers)

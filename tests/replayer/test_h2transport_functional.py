@@ -1,0 +1,166 @@
+"""The HTTP/2 transport on real sockets, against an h2 server that shares no code with it
+(``tests/wire/h2peer.py``): what goes out as pseudo-headers and fields, what comes back (status,
+body, trailers, ``http_version``), how failures are classed, and which requests the default
+transport sends over HTTP/2."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from shadowtap.recorder import REPLAY, Failure, FailureKind, Request, Response, SyncTapeWriter, TapeOptions, TapeReader
+from shadowtap.replayer.h2transport import H2Transport
+from shadowtap.replayer.transport import ClientSettings, HttpTransport, VersionedTransport, make_transport
+from tests.replayer.tapes import make_exchange
+from tests.shadowtap.test_cmd_replay_functional import shadowtap
+from tests.wire.h2peer import Header, Responder
+
+Seen = tuple[list[Header], bytes, list[Header]]
+
+
+class Target:
+    """An h2c server answering by path, keeping every request it got."""
+
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+        self.server: object = None
+        self.port = 0
+
+    async def handle(self, headers: list[Header], body: bytes, trailers: list[Header], reply: Responder) -> None:
+        self.seen.append((headers, body, trailers))
+        path = dict(headers)[b":path"]
+        if path.endswith(b"/reset"):
+            reply.reset(0x2)
+        elif path.endswith(b"/slow"):
+            await asyncio.sleep(5)
+        elif path.endswith(b"/trailers"):
+            reply.head(200, [(b"content-type", b"text/plain")])
+            await reply.data(b"with ")
+            await reply.data(b"trailers")
+            reply.trailers([(b"x-checksum", b"abc")])
+        elif path.endswith(b"/big"):
+            reply.head(200)
+            await reply.data(b"x" * 200_000, end=True)
+        else:
+            reply.head(201, [(b"content-type", b"text/plain"), (b"x-reply", b"1")])
+            await reply.data(b"got " + body, end=True)
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[Target]:
+    from tests.wire.h2peer import H2TestServer
+
+    t = Target()
+    server = H2TestServer(t.handle)
+    await server.start()
+    t.port = server.port
+    try:
+        yield t
+    finally:
+        await server.close()
+
+
+def h2_request(target: str, method: str = "GET", body: bytes = b"", headers: tuple[Header, ...] = ()) -> Request:
+    return Request(method, target, headers, body, authority="recorded.example", http_version="2")
+
+
+async def test_a_request_goes_out_as_an_http2_stream_with_pseudo_headers(target: Target) -> None:
+    url = f"h2c://127.0.0.1:{target.port}/base"
+    fields = ((b"X-Trace", b"t1"), (b"Connection", b"keep-alive"), (b"Content-Type", b"text/plain"))
+    async with H2Transport(url) as transport:
+        post = await transport.send("POST", "/items?x=1", fields, b"hello", h2_request("/items?x=1", "POST", b"hello"))
+        get = await transport.send("GET", "/trailers", (), b"")
+    assert isinstance(post.outcome, Response) and isinstance(get.outcome, Response)
+    assert (post.outcome.status, post.outcome.reason, post.outcome.body) == (201, "", b"got hello")
+    assert post.outcome.http_version == "2" and (b"x-reply", b"1") in post.outcome.headers
+    assert post.first_byte_ns is not None
+    assert (get.outcome.body, get.outcome.trailers) == (b"with trailers", ((b"x-checksum", b"abc"),))
+    headers, body, _ = target.seen[0]
+    assert headers == [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":authority", f"127.0.0.1:{target.port}".encode()),
+        (b":path", b"/base/items?x=1"),
+        (b"x-trace", b"t1"),
+        (b"content-type", b"text/plain"),
+        (b"content-length", b"5"),
+    ]
+    assert body == b"hello"
+    assert dict(target.seen[1][0])[b":path"] == b"/base/trailers" and b"content-length" not in dict(target.seen[1][0])
+
+
+async def test_the_plans_host_is_the_authority_and_recorded_trailers_go_out(target: Target) -> None:
+    recorded = Request("POST", "/up", (), b"data", http_version="2", trailers=((b"x-digest", b"d1"),))
+    async with H2Transport(f"h2c://127.0.0.1:{target.port}") as transport:
+        result = await transport.send("POST", "/up", ((b"Host", b"api.example"),), b"data", recorded)
+    assert isinstance(result.outcome, Response)
+    headers, body, trailers = target.seen[0]
+    assert dict(headers)[b":authority"] == b"api.example" and b"host" not in dict(headers)
+    assert (body, trailers) == (b"data", [(b"x-digest", b"d1")])
+
+
+async def test_many_requests_share_a_few_connections(target: Target) -> None:
+    settings = ClientSettings(h2_connections=2)
+    async with H2Transport(f"h2c://127.0.0.1:{target.port}", settings) as transport:
+        results = await asyncio.gather(*(transport.send("GET", f"/n/{i}", (), b"") for i in range(50)))
+        connections = transport._pool.connects
+    assert all(isinstance(r.outcome, Response) and r.outcome.status == 201 for r in results)
+    assert len(target.seen) == 50 and 1 <= connections <= 2
+
+
+async def test_failures_are_classed_not_raised(target: Target) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()
+    settings = ClientSettings(timeout_s=0.3, max_body_bytes=100_000)
+    async with H2Transport(f"h2c://127.0.0.1:{target.port}", settings) as transport:
+        reset = await transport.send("GET", "/reset", (), b"")
+        slow = await transport.send("GET", "/slow", (), b"")
+        big = await transport.send("GET", "/big", (), b"")
+        after = await transport.send("GET", "/fine", (), b"")
+    async with H2Transport(f"h2c://127.0.0.1:{dead_port}", settings) as transport:
+        refused = await transport.send("GET", "/", (), b"")
+    assert isinstance(reset.outcome, Failure) and reset.outcome.kind == FailureKind.RESET
+    assert "INTERNAL_ERROR" in reset.outcome.message
+    assert isinstance(slow.outcome, Failure) and slow.outcome.kind == FailureKind.TIMEOUT
+    assert isinstance(big.outcome, Failure) and big.outcome.kind == FailureKind.BODY_TOO_LARGE
+    assert isinstance(after.outcome, Response) and after.outcome.status == 201  # the connection lived on
+    assert isinstance(refused.outcome, Failure) and refused.outcome.kind == FailureKind.CONNECT_ERROR
+
+
+async def test_the_default_transport_sends_http2_recordings_over_http2(target: Target) -> None:
+    url = f"http://127.0.0.1:{target.port}"
+    transport = make_transport(url)
+    assert isinstance(transport, VersionedTransport) and isinstance(transport.http1, HttpTransport)
+    assert isinstance(make_transport(url, ClientSettings(http_version="1.1")), HttpTransport)
+    assert isinstance(make_transport(url, ClientSettings(http_version="2")), H2Transport)
+    assert isinstance(make_transport(f"h2c://127.0.0.1:{target.port}"), H2Transport)
+    async with transport:
+        result = await transport.send("GET", "/v", (), b"", h2_request("/v"))
+    assert isinstance(result.outcome, Response) and result.outcome.http_version == "2"
+    assert dict(target.seen[0][0])[b":scheme"] == b"http"
+
+
+async def test_replay_cli_against_a_plain_http2_server(tmp_path: Path, target: Target) -> None:
+    recorded = [make_exchange(i, i * 5, target=f"/page/{i}") for i in range(6)]
+    tape = tmp_path / "tape"
+    with SyncTapeWriter(tape, TapeOptions(redaction=None, compression="none")) as writer:
+        for ex in recorded:
+            writer.write(ex)
+    code, _out, err = await shadowtap(
+        str(tape), "--target", f"h2c://127.0.0.1:{target.port}", "--speed", "4", "--no-progress",
+        "--results", str(tmp_path / "results"), "--h2-connections", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    results = sorted(TapeReader(tmp_path / "results"), key=lambda ex: ex.id)
+    assert [ex.id for ex in results] == [f"ex{i}" for i in range(6)]
+    for ex in results:
+        replayed = ex.shadows[REPLAY]
+        assert isinstance(replayed, Response) and replayed.http_version == "2" and replayed.status == 201
+        assert isinstance(ex.primary, Response) and ex.primary.body == f"recorded {ex.id[2:]}".encode()
+    assert sorted(dict(h)[b":path"] for h, _, _ in target.seen) == sorted(f"/page/{i}".encode() for i in range(6))
