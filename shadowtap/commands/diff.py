@@ -45,7 +45,7 @@ Default: severity>=high (from the config file's fail_on when set). See docs/diff
 #: shadow of a proxy tape, few enough that the guess costs nothing next to the diff itself.
 _PEEK_EXCHANGES = 1_000
 #: Below this much tape, ``--workers`` defaults to one: starting a process costs about a second.
-_WORKERS_MIN_TAPE_BYTES = 64 << 20
+_WORKERS_MIN_TAPE_BYTES = 8 << 20
 
 
 def _count(text: str) -> int:
@@ -129,7 +129,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=_positive,
         metavar="N",
         help="diff in N processes, each the exchanges of its endpoints, merged exactly (default: the cores "
-        "available; one for tapes under 64 MiB)",
+        "available; one for tapes under 8 MiB)",
     )
     parser.add_argument(NO_PROGRESS, action="store_true", help=NO_PROGRESS_HELP)
     add_report_arguments(parser)
