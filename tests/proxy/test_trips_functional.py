@@ -198,3 +198,45 @@ def test_the_trip_flag_and_config_errors_name_the_rule() -> None:
     command[-1] = "shadow.errors>20"
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "'shadow.errors>20'" in done.stderr and "percent" in done.stderr
+
+
+async def test_with_workers_a_trip_in_one_switches_the_shadow_off_for_all(servers: tuple[Primary, Shadow]) -> None:
+    from tests.shadowtap.test_cmd_proxy_functional import start as start_process
+    from tests.shadowtap.test_cmd_proxy_functional import stop as stop_process
+
+    primary, shadow = servers
+    shadow.mode = "500"
+    rule = "shadow.errors>20%/2s;min=5"
+    started: list[asyncio.subprocess.Process] = []
+    try:
+        process, match = await start_process(
+            started, "--primary", primary.url, "--shadow", f"v2={shadow.url}", "--workers", "2", "--trip", rule
+        )
+        url, admin = match.group(1), match.group(2)
+        statuses: list[int] = []
+        async with aiohttp.ClientSession() as client:
+            for _ in range(3000):
+                async with client.get(f"{admin}/flags") as resp:
+                    flags = await resp.json()
+                if flags["shadows"]["v2"]["tripped"] == rule:
+                    break
+                for _ in range(5):
+                    # A fresh connection each time, so the kernel spreads them over both workers.
+                    async with client.get(f"{url}/items/1", headers={"Connection": "close"}) as resp:
+                        statuses.append(resp.status)
+                        assert await resp.text() == "from primary"
+            assert flags["shadows"]["v2"]["mirroring"] is False
+            async with client.get(f"{admin}/stats") as resp:
+                workers = (await resp.json())["workers"]
+        # Every worker sees the shared flag; the one (or both) that judged it tripped says so.
+        assert [w["stats"]["flags"]["shadows"]["v2"]["tripped"] for w in workers] == [rule, rule]
+        states = [w["stats"]["trips"][0]["state"] for w in workers]
+        assert "tripped" in states and set(states) <= {"tripped", "armed", "warming up"}
+        assert set(statuses) == {200}
+        code, stderr = await stop_process(process)
+        assert code == 0 and f"trip rule {rule!r} tripped for shadow v2" in stderr
+    finally:
+        for process in started:
+            if process.returncode is None:
+                process.kill()
+                await process.communicate()
