@@ -21,7 +21,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -34,6 +34,9 @@ from shadowtap.proxy.config import is_loopback_host
 from shadowtap.proxy.flags import RuntimeFlags
 from shadowtap.proxy.metrics import ProxyMetrics
 from shadowtap.recorder.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shadowtap.proxy.live_admin import LiveAdmin
 
 __all__ = ["AdminServer", "AdminSource", "LocalSource", "WorkersSource", "merge_worker_metrics"]
 
@@ -209,12 +212,22 @@ class AdminServer:
     """Serves the admin API: for one proxy process (``LocalSource``) or for its workers."""
 
     def __init__(
-        self, flags: RuntimeFlags, source: AdminSource, token: str | None = None, *, public_metrics: bool = False
+        self,
+        flags: RuntimeFlags,
+        source: AdminSource,
+        token: str | None = None,
+        *,
+        public_metrics: bool = False,
+        live: LiveAdmin | None = None,
     ) -> None:
         self._flags = flags
         self._source = source
         self._token = token
         self._open_paths = _OPEN_PATHS | {"/metrics"} if public_metrics else _OPEN_PATHS
+        # The live view (shadowtap.proxy.live_admin): /diff behind the token, its static page open.
+        self._live = live
+        if live is not None:
+            self._open_paths = self._open_paths | live.open_paths
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -226,6 +239,8 @@ class AdminServer:
         app.router.add_get("/flags", self._get_flags)
         app.router.add_put("/flags", self._put_flags)
         app.router.add_get("/stats", self._stats_handler)
+        if self._live is not None:
+            self._live.register(app)
         return app
 
     async def start(self, host: str, port: int) -> int:

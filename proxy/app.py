@@ -32,6 +32,8 @@ from shadowtap.proxy.events import EventLog
 from shadowtap.proxy.flags import RuntimeFlags
 from shadowtap.proxy.forward import ForwardSettings
 from shadowtap.proxy.join import JoinIntake, JoinSettings
+from shadowtap.proxy.live import LiveDiff, live_plan
+from shadowtap.proxy.live_admin import LiveAdmin
 from shadowtap.proxy.metrics import MetricsStage, ProxyMetrics
 from shadowtap.proxy.mirror import MirrorStage
 from shadowtap.proxy.record import RecordStage
@@ -106,6 +108,9 @@ class ProxyApp:
         self.mirror: MirrorStage | None = None
         self.record: RecordStage | None = None
         self.trips: TripGuard | None = None
+        #: The live differ beside the tape writer (shadowtap.proxy.live), and why not when off.
+        self.live: LiveDiff | None = None
+        self._live_off: str | None = None
         self._stages: list[Stage] = []
         self._ready = False
         self._started_at_s = 0.0
@@ -116,6 +121,12 @@ class ProxyApp:
         forward = build_forward_settings(config)
         ssl_context = await asyncio.to_thread(listen_ssl_context, config)  # reads the key files
         try:
+            live = live_plan(config)  # live.enabled: true that cannot be met fails here
+            self._live_off = live.why_not
+            if live.why_not is None:
+                self.live = LiveDiff(config, live, self.flags)
+            elif config.shadows and config.live.enabled is None:
+                log.info("live diff off: %s", live.why_not)
             if config.record.tape is not None:
                 # The writer hosts the join, unless the event log needs the joined exchanges here
                 # (then the record stage hosts it on the loop and sends the writer whole records).
@@ -125,10 +136,16 @@ class ProxyApp:
                     intake = JoinIntake(JoinSettings(r.join_timeout_s, r.max_pending, r.max_pending_bytes))
                 directory, options = tape_target(config.record.tape, tape_options(config), config.record.spool)
                 if config.record.writer == "process":
-                    self.tape = ProcessTapeWriter(directory, options, intake)
+                    tap_fd = None if self.live is None else self.live.tap_fd
+                    self.tape = ProcessTapeWriter(directory, options, intake, tap_fd=tap_fd)
                 else:
                     self.tape = TapeWriter(directory, options, intake)
                 await self.tape.start()
+                writer = self.tape
+                if self.live is not None and isinstance(writer, ProcessTapeWriter):
+                    self.live.set_tap_stats(lambda: writer.tap_stats)
+                    await self.live.start()
+                    self.flags.live_diff_shown = True
             if config.events.path is not None:
                 self.events = EventLog(config.events.path, RouteTable(config.mirror.routes), config.events.queue_size)
                 try:
@@ -176,8 +193,13 @@ class ProxyApp:
                 raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}", field="listen") from exc
             if config.admin.listen is not None:
                 source = LocalSource(self.metrics, self.stats, lambda: self._ready)
+                live_admin = LiveAdmin(() if self.live is None else self.live.databases, live.differ, self._live_off)
                 self.admin = AdminServer(
-                    self.flags, source, config.admin.token(), public_metrics=config.admin.public_metrics
+                    self.flags,
+                    source,
+                    config.admin.token(),
+                    public_metrics=config.admin.public_metrics,
+                    live=live_admin,
                 )
                 port = config.admin.listen.port
                 try:
@@ -322,6 +344,7 @@ class ProxyApp:
             out["tape"] = dataclasses.asdict(self.tape.stats)
         if self.events is not None:
             out["events"] = self.events.snapshot()
+        out["live_diff"] = self.live.stats() if self.live is not None else {"state": "off", "why": self._live_off}
         return out
 
     async def shutdown(self) -> None:
@@ -347,6 +370,10 @@ class ProxyApp:
         if self.tape is not None:
             await self.tape.close()
             self.tape = None
+        if self.live is not None:
+            # After the tape writer: its end of the tap is closed, so the differ reads to the end.
+            await self.live.close(left())
+            self.live = None
         if self.events is not None:
             await self.events.aclose(left())
             self.events = None

@@ -38,6 +38,7 @@ __all__ = [
     "AdminSettings",
     "EventsSettings",
     "ListenAddress",
+    "LiveSettings",
     "MirrorSettings",
     "ProxyConfig",
     "RecordSettings",
@@ -390,6 +391,25 @@ class EventsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveSettings:
+    """Live diff: the recorded exchanges diffed as they are written (``shadowtap.proxy.live``)."""
+
+    #: Diff the exchanges as they are recorded, in a process beside the tape writer; ``null``: on
+    #: whenever a shadow is configured and a tape recorded (``true`` refuses to start otherwise).
+    enabled: bool | None = None
+    #: The live differ's results store (SQLite; ``shadowtap report --db``); default
+    #: ``live-diff.sqlite`` in the tape directory (or the s3:// tape's spool).
+    db: str | None = None
+    #: The pipe from the tape writer to the live differ, bytes (Linux caps it at
+    #: /proc/sys/fs/pipe-max-size): exchanges that find it full are dropped and counted.
+    tap_bytes: int = _MiB
+
+    def __post_init__(self) -> None:
+        if not 4096 <= self.tap_bytes <= 256 * _MiB:
+            raise ConfigError(f"must be within 4096..268435456, not {self.tap_bytes!r}", field="tap_bytes")
+
+
+@dataclass(frozen=True, slots=True)
 class TlsSettings:
     """Listen with TLS when both files are given."""
 
@@ -430,6 +450,10 @@ class ProxyConfig:
     #: Trip rules that switch a shadow's mirroring off by themselves, e.g. `shadow.errors>20%/1m`,
     #: `v2:shadow.p99>3x primary/1m;rearm=5m` (docs/proxy.md, "Trip rules").
     trips: tuple[TripRule, ...] = ()
+    live: LiveSettings = field(default_factory=LiveSettings)
+    #: The differ's settings for live diff, as in ``shadowtap diff --config``'s ``diff`` section
+    #: (so one file serves both); validated by ``shadowtap.differ.config_from_mapping``.
+    diff: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_url(self.primary, field="primary", http2=True)
@@ -483,6 +507,8 @@ class ProxyConfig:
             "events": settings_from_mapping(EventsSettings, data.get("events", {}), "events"),
             "tls": settings_from_mapping(TlsSettings, data.get("tls", {}), "tls"),
             "trips": parse_trips(data.get("trips", []), names),
+            "live": settings_from_mapping(LiveSettings, data.get("live", {}), "live"),
+            "diff": _diff(data.get("diff", {})),
         }
         if "listen" in data:
             values["listen"] = parse_listen(data["listen"], field="listen")
@@ -541,6 +567,15 @@ def _record(data: Any) -> RecordSettings:
         return settings
     rules = RedactionRules.from_mapping(data["redaction"], "record.redaction")
     return dataclasses.replace(settings, redaction=rules)
+
+
+def _diff(data: Any) -> dict[str, Any]:
+    from shadowtap.differ.config import config_from_mapping
+
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping, not {data!r}", field="diff")
+    config_from_mapping({"diff": data})  # errors name the key (diff.routes, ...)
+    return dict(data)
 
 
 def _mirror(data: Any, shadow_names: Sequence[str]) -> MirrorSettings:

@@ -21,7 +21,8 @@ __all__ = ["RuntimeFlags"]
 class RuntimeFlags:
     """The settings the admin API changes while running, shared by every worker process.
 
-    Layout of the shared array of doubles: [mirroring on, recording on, record percent, changes] then,
+    Layout of the shared array of doubles: [mirroring on, recording on, record percent, changes, live
+    diff on (``shadowtap.proxy.live``: off pauses the live differ)] then,
     per shadow, [mirroring on, sample percent, recording on, tripped]. ``tripped`` is 0, or the number
     (from 1) of the trip rule (``config.trips``) that switched the shadow's mirroring off
     (``shadowtap.proxy.trips``); turning the shadow's mirroring back on through ``apply`` clears it.
@@ -31,9 +32,9 @@ class RuntimeFlags:
     for every recorded exchange) reads one slot, not one per shadow, while nothing changed.
     """
 
-    __slots__ = ("_array", "_unrecorded", "shadow_index", "shadow_names", "trip_rules")
+    __slots__ = ("_array", "_unrecorded", "live_diff_shown", "shadow_index", "shadow_names", "trip_rules")
 
-    _GLOBAL_SLOTS: Final = 4
+    _GLOBAL_SLOTS: Final = 5
     _SHADOW_SLOTS: Final = 4
     _CHANGES: Final = 3
 
@@ -47,6 +48,7 @@ class RuntimeFlags:
             array[0] = 1.0 if config.mirror.enabled else 0.0
             array[1] = 1.0 if config.record.tape is not None else 0.0
             array[2] = config.record.sample_percent
+            array[4] = 1.0
             for i, shadow in enumerate(config.shadows):
                 base = self._GLOBAL_SLOTS + self._SHADOW_SLOTS * i
                 array[base] = 1.0
@@ -55,6 +57,8 @@ class RuntimeFlags:
         self._array = array
         # (the changes stamp it was read at, the names): see unrecorded_shadows.
         self._unrecorded: tuple[float, frozenset[str]] = (-1.0, frozenset())
+        #: Whether ``live_diff`` is in the snapshot: set when a live differ runs.
+        self.live_diff_shown = False
 
     @property
     def shared_array(self) -> Any:
@@ -84,6 +88,14 @@ class RuntimeFlags:
     @record_percent.setter
     def record_percent(self, percent: float) -> None:
         self._array[2] = percent
+
+    @property
+    def live_diff(self) -> bool:
+        return bool(self._array[4] != 0.0)
+
+    @live_diff.setter
+    def live_diff(self, on: bool) -> None:
+        self._array[4] = 1.0 if on else 0.0
 
     def shadow_mirroring(self, index: int) -> bool:
         return bool(self._array[self._GLOBAL_SLOTS + self._SHADOW_SLOTS * index] != 0.0)
@@ -146,12 +158,15 @@ class RuntimeFlags:
                 # The trip rule holding this shadow's mirroring off, or None (only with trip rules).
                 shadow["tripped"] = self.tripped_by(i)
             shadows[name] = shadow
-        return {
+        out: dict[str, Any] = {
             "mirroring": self.mirroring,
             "recording": self.recording,
             "record_sample_percent": self.record_percent,
             "shadows": shadows,
         }
+        if self.live_diff_shown:
+            out["live_diff"] = self.live_diff
+        return out
 
     def apply(self, change: Any) -> None:
         """Apply a ``PUT /flags`` document; validates everything before changing anything."""
@@ -159,7 +174,7 @@ class RuntimeFlags:
             raise ConfigError(f"expected a JSON object, not {change!r}", field="flags")
         updates: list[tuple[str, int, Any]] = []
         for key, value in change.items():
-            if key in ("mirroring", "recording"):
+            if key in ("mirroring", "recording", "live_diff"):
                 updates.append((key, -1, typed_value(value, bool, f"flags.{key}")))
             elif key in ("record_sample_percent", "sample_percent"):
                 updates.append((key, -1, _percent(value, f"flags.{key}")))
@@ -187,7 +202,8 @@ class RuntimeFlags:
                             raise ConfigError("unknown flag (known: mirroring, recording, sample_percent)", field=where)
             else:
                 raise ConfigError(
-                    "unknown flag (known: mirroring, recording, record_sample_percent, sample_percent, shadows)",
+                    "unknown flag (known: mirroring, recording, record_sample_percent, sample_percent, shadows, "
+                    "live_diff)",
                     field=f"flags.{key}",
                 )
         for key, index, value in updates:
@@ -195,6 +211,8 @@ class RuntimeFlags:
                 self.mirroring = value
             elif key == "recording":
                 self.recording = value
+            elif key == "live_diff":
+                self.live_diff = value
             elif key == "record_sample_percent":
                 self.record_percent = value
             elif key == "sample_percent":

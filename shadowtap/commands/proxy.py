@@ -83,6 +83,10 @@ _FLAGS: Final[list[tuple[str, str, Callable[[str], Any] | None, Any, str]]] = [
     ("--tape-segment-bytes", "record.max_segment_bytes", int, None, "rotate tape segments at this size"),
     ("--no-redaction", "record.redaction.enabled", None, False,
      "record secrets as they are (redaction is on by default; shadows' copies are still stripped)"),
+    ("--live-diff", "live.enabled", None, True,
+     "diff exchanges as they are recorded (default: on with a shadow and a tape; this makes it required)"),
+    ("--no-live-diff", "live.enabled", None, False, "do not diff exchanges as they are recorded"),
+    ("--live-db", "live.db", str, None, "the live diff's results database (default: live-diff.sqlite in the tape)"),
     ("--events", "events.path", str, None, "write one JSON line per exchange to FILE ('-' for stdout)"),
     ("--admin", "admin.listen", str, None, "admin API HOST:PORT (default 127.0.0.1:0) or 'off'"),
     ("--admin-token-env", "admin.token_env", str, None, "environment variable holding the admin bearer token"),
@@ -102,6 +106,7 @@ _GROUPS: Final = (
     ("recording", ("record.",)),
     ("admin and events", ("admin.", "events.")),
     ("TLS (listening)", ("tls.",)),
+    ("live diff", ("live.",)),
 )
 
 

@@ -1,0 +1,358 @@
+"""Live diff beside the proxy: the pipe from the tape writer, and the live differ process's life.
+
+``LiveDiff`` makes the pipe the tape writer process copies each batch it writes to (its ``tap_fd``,
+``shadowtap.recorder.tape_process.PipeTap``), starts the live differ (``python -m
+shadowtap.differ.live``) on the other end, restarts it with a growing back-off when it dies, tells it
+to pause and resume as the ``live_diff`` runtime flag says, and reports its counters for ``/stats``.
+The pipe is the bounded channel (``live.tap_bytes``): when the differ falls behind, the tape writer
+drops the copies that do not fit and counts them; nothing waits for the differ, and the differ
+dying costs no request and no tape frame. The parent keeps both ends of the pipe open, so a new
+differ (or a new tape writer) joins the same stream.
+
+``live_plan`` decides, from the config, whether live diff runs and why not. This module must never
+touch the data path, and never start anything it does not stop (``close``).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import pickle
+import struct
+import sys
+import termios
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+
+from shadowtap.differ.config import DifferConfig, config_from_mapping
+from shadowtap.differ.live import LiveOptions, LiveReport, live_db_paths
+from shadowtap.proxy.config import ProxyConfig
+from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.objectstore import is_object_url
+from shadowtap.recorder.tape_process import TapStats
+
+__all__ = ["LIVE_DB_NAME", "LiveDiff", "LivePlan", "live_plan"]
+
+log = logging.getLogger(__name__)
+
+#: The live store's name in the tape directory when ``live.db`` is not given.
+LIVE_DB_NAME: Final = "live-diff.sqlite"
+#: A shadow of this name is the secondary (noise learning), as ``shadowtap diff`` guesses it.
+_SECONDARY: Final = "secondary"
+#: Restart back-off: the first restart after this long, doubling up to the cap; a differ that ran
+#: this long without dying starts the back-off over.
+_RESTART_FIRST_S: Final = 0.5
+_RESTART_MAX_S: Final = 30.0
+_STABLE_S: Final = 60.0
+#: How often the pause flag is looked at.
+_FLAG_POLL_S: Final = 0.25
+_START_TIMEOUT_S: Final = 30.0
+_F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+@dataclass(frozen=True, slots=True)
+class LivePlan:
+    """Whether live diff runs (``why_not`` says why not), and with what."""
+
+    why_not: str | None
+    databases: tuple[tuple[str, str], ...] = ()
+    secondary: str | None = None
+    differ: DifferConfig = field(default_factory=DifferConfig)
+
+
+def live_plan(config: ProxyConfig) -> LivePlan:
+    """Live diff's plan for ``config``. Asked for (``live.enabled: true``) but impossible: a
+    ``ConfigError`` naming why; left to the default: off, with the reason."""
+    live = config.live
+    names = [s.name for s in config.shadows]
+    secondary = _SECONDARY if _SECONDARY in names else None
+    candidates = [n for n in names if n != secondary]
+    why_not = None
+    if live.enabled is False:
+        why_not = "switched off (live.enabled: false)"
+    elif not candidates:
+        why_not = "no shadow to compare with the primary"
+    elif config.record.tape is None:
+        why_not = "no tape: the live differ reads the exchanges the tape writer records (give --tape)"
+    elif config.record.writer != "process":
+        why_not = "record.writer is 'thread': the live differ reads the tape writer process's copies"
+    elif config.workers != 1:
+        why_not = "--workers N: each worker records apart, and live diff runs with one worker only"
+    if why_not is not None:
+        if live.enabled:
+            raise ConfigError(f"cannot run live diff: {why_not}", field="live.enabled")
+        return LivePlan(why_not)
+    assert config.record.tape is not None
+    if live.db is not None:
+        db = live.db
+    else:
+        spool = config.record.spool
+        directory = Path(spool) if spool is not None and is_object_url(config.record.tape) else None
+        if directory is None and is_object_url(config.record.tape):
+            from shadowtap.recorder.objectstore import default_spool_directory
+
+            directory = default_spool_directory(config.record.tape)
+        db = str((directory or Path(config.record.tape)) / LIVE_DB_NAME)
+    differ = config_from_mapping({"diff": dict(config.diff)})
+    return LivePlan(None, live_db_paths(db, candidates), secondary, differ)
+
+
+@dataclass(slots=True)
+class _Child:
+    process: asyncio.subprocess.Process
+    started_s: float
+    report: LiveReport = field(default_factory=LiveReport)
+    ready: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    exited: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    watcher: asyncio.Task[None] | None = None
+
+
+class LiveDiff:
+    """The live differ beside the proxy (module docstring): ``tap_fd`` for the tape writer, then
+    ``await start()``; ``await close()`` after the tape writer has closed."""
+
+    def __init__(self, config: ProxyConfig, plan: LivePlan, flags: RuntimeFlags) -> None:
+        assert plan.why_not is None
+        self._plan = plan
+        self._flags = flags
+        self._tap_bytes = config.live.tap_bytes
+        self._source = f"live:{config.record.tape}"
+        self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
+        with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: the default stays
+            fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, self._tap_bytes)
+        self.pipe_bytes = fcntl.fcntl(self._write_fd, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+        self._tap_stats: Callable[[], TapStats] = TapStats
+        self._child: _Child | None = None
+        self._done = LiveReport()
+        self._closing = False
+        self._restarts = 0
+        self._backoff_s = _RESTART_FIRST_S
+        self._last_exit = ""
+        self._restart: asyncio.Task[None] | None = None
+        self._poll: asyncio.Task[None] | None = None
+        self._paused_sent: bool | None = None
+
+    @property
+    def tap_fd(self) -> int:
+        """The pipe's write end, for ``ProcessTapeWriter(tap_fd=...)``."""
+        return self._write_fd
+
+    @property
+    def databases(self) -> tuple[tuple[str, str], ...]:
+        """Each candidate shadow's live store: (name, path)."""
+        return self._plan.databases
+
+    def set_tap_stats(self, tap_stats: Callable[[], TapStats]) -> None:
+        """Where the tap's counters are read (the tape writer's ``tap_stats``)."""
+        self._tap_stats = tap_stats
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._poll = asyncio.create_task(self._watch_flag(), name="live-diff:flag")
+        names = ", ".join(f"{name} -> {path}" for name, path in self._plan.databases)
+        log.info("live diff on: %s", names)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """The tape writer has closed its end: close ours, let the differ finish its stores, exit."""
+        self._closing = True
+        for task in (self._restart, self._poll):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._restart = self._poll = None
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+            self._write_fd = -1
+        child = self._child
+        if child is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(child.exited), timeout_s)
+            except TimeoutError:
+                log.error("the live differ did not finish within %g s; stopping it", timeout_s)
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+                await child.exited
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            self._read_fd = -1
+
+    # --- the child's life -------------------------------------------------------------------------
+
+    async def _spawn(self) -> None:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-P",
+            "-m",
+            "shadowtap.differ.live",
+            "--tap-fd",
+            str(self._read_fd),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            pass_fds=(self._read_fd,),
+        )
+        paused = not self._flags.live_diff
+        options = LiveOptions(
+            databases=self._plan.databases,
+            config=self._plan.differ,
+            secondary=self._plan.secondary,
+            source=self._source,
+            paused=paused,
+        )
+        data = pickle.dumps(options)
+        assert process.stdin is not None
+        process.stdin.write(struct.pack("!I", len(data)) + data)
+        child = _Child(process, time.monotonic())
+        self._child = child
+        self._paused_sent = paused
+        child.watcher = asyncio.create_task(self._watch(child), name="live-diff:child")
+        if not await asyncio.wait_for(asyncio.shield(child.ready), _START_TIMEOUT_S):
+            raise ConfigError(
+                f"the live differ exited with code {process.returncode} as it started (its error is above)",
+                field="live",
+            )
+
+    async def _watch(self, child: _Child) -> None:
+        stdout = child.process.stdout
+        assert stdout is not None
+        unpacker = msgpack.Unpacker(raw=False)
+        try:
+            while data := await stdout.read(4096):
+                unpacker.feed(data)
+                for fields in unpacker:
+                    child.report = LiveReport(*fields)
+                    if not child.ready.done():
+                        child.ready.set_result(True)
+        except Exception:
+            log.exception("bad report from the live differ %d; stopping it", child.process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+        code = await child.process.wait()
+        if not child.ready.done():
+            child.ready.set_result(False)
+        self._retire(child, code)
+        child.exited.set_result(code)
+
+    def _retire(self, child: _Child, code: int) -> None:
+        report, done = child.report, self._done
+        for name in ("exchanges", "compared", "errors", "skipped", "duplicates", "paused", "bad_bytes",
+                     "undecodable", "secondary_pairs", "commits"):  # fmt: skip
+            setattr(done, name, getattr(done, name) + getattr(report, name))
+        done.last_started_ns = max(done.last_started_ns, report.last_started_ns)
+        if self._child is child:
+            self._child = None
+        if self._closing or not child.ready.result():
+            return  # (a child that never became ready is _spawn's to report, and _restart_later's to retry)
+        self._last_exit = f"exited with code {code}"
+        if time.monotonic() - child.started_s >= _STABLE_S:
+            self._backoff_s = _RESTART_FIRST_S
+        log.error("the live differ %d %s; restarting in %g s", child.process.pid, self._last_exit, self._backoff_s)
+        self._restart = asyncio.get_running_loop().create_task(self._restart_later(self._backoff_s))
+        self._backoff_s = min(self._backoff_s * 2, _RESTART_MAX_S)
+
+    async def _restart_later(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        if self._closing:
+            return
+        try:
+            await self._spawn()
+        except (OSError, ConfigError, TimeoutError) as exc:
+            self._last_exit = f"could not start: {exc}"
+            log.error("the live differ could not start: %s", exc)
+            if not self._closing and self._child is None:
+                self._restart = asyncio.get_running_loop().create_task(self._restart_later(self._backoff_s))
+                self._backoff_s = min(self._backoff_s * 2, _RESTART_MAX_S)
+            return
+        self._restarts += 1
+        log.warning("the live differ restarted (pid %d)", self.pid or 0)
+
+    async def _watch_flag(self) -> None:
+        while True:
+            await asyncio.sleep(_FLAG_POLL_S)
+            paused = not self._flags.live_diff
+            child = self._child
+            if child is None or paused == self._paused_sent:
+                continue
+            stdin = child.process.stdin
+            if stdin is not None and not stdin.is_closing():
+                stdin.write(b"p" if paused else b"r")
+                self._paused_sent = paused
+                log.warning("live diff %s", "paused" if paused else "resumed")
+
+    # --- figures ----------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        child = self._child
+        return None if child is None or not child.ready.done() else child.process.pid
+
+    def _waiting_bytes(self) -> int:
+        if self._read_fd < 0:
+            return 0
+        out = array.array("i", [0])
+        try:
+            fcntl.ioctl(self._read_fd, termios.FIONREAD, out)
+        except OSError:
+            return 0
+        return int(out[0])
+
+    def stats(self) -> dict[str, Any]:
+        """The ``live_diff`` section of ``/stats``."""
+        done = self._done
+        now = self._child.report if self._child is not None else LiveReport()
+        tap = self._tap_stats()
+
+        def total(name: str) -> int:
+            return int(getattr(done, name) + getattr(now, name))
+
+        last_ns = max(done.last_started_ns, now.last_started_ns)
+        waiting = self._waiting_bytes()
+        secondary = self._plan.secondary
+        needed = max(1, self._plan.differ.min_samples)
+        pairs = total("secondary_pairs")
+        state = "running" if self.pid is not None else "restarting"
+        if state == "running" and not self._flags.live_diff:
+            state = "paused"
+        return {
+            "state": state,
+            "pid": self.pid,
+            "restarts": self._restarts,
+            "last_exit": self._last_exit,
+            "databases": dict(self._plan.databases),
+            "exchanges": total("exchanges"),
+            "compared": total("compared"),
+            "errors": total("errors"),
+            "skipped": total("skipped"),
+            "duplicates": total("duplicates"),
+            "paused": total("paused"),
+            "bad_bytes": total("bad_bytes"),
+            "undecodable": total("undecodable"),
+            "tapped": tap.frames,
+            "dropped": tap.dropped,
+            "pipe_bytes": self.pipe_bytes,
+            "waiting_bytes": waiting,
+            # How old the newest exchange diffed is (it includes the join's wait for the shadows).
+            "lag_s": round(max(0.0, time.time() - last_ns / 1e9), 3) if last_ns else None,
+            "noise": {
+                "secondary": secondary,
+                "pairs": pairs,
+                "needed": needed,
+                "state": "no secondary shadow"
+                if secondary is None
+                else ("warming up" if pairs < needed else "learning"),
+            },
+        }

@@ -1,0 +1,155 @@
+"""The admin server's live view: ``GET /diff`` (the JSON report of the live store) and the live page.
+
+``GET /diff?since=5m`` builds the report of docs/report-schema.md from a live differ's store
+(``shadowtap.proxy.live``) for a window (``since``, ``until``: a duration back from now such as
+``90s``, ``5m``, ``2h``, or seconds since the epoch; ``endpoint``; ``shadow`` when several are
+compared), in a thread, read-only (the store is in WAL mode: the live differ is never held up).
+``GET /`` and ``GET /live`` serve ``live_page.html``: one self-contained page (its script and style
+inline, allowed by their hashes in a strict Content-Security-Policy: nothing else loads, no
+request leaves the admin server) that polls ``/diff``, ``/stats`` and ``/flags`` and throws the
+kill switch with ``PUT /flags``. The page itself holds no data, so it is served without the token;
+every request it makes carries the token the reviewer types in (kept in the tab's sessionStorage).
+Everything from recorded bodies is set as text, never as markup. This module must never write the
+store, and never touch the data path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, Final
+
+from aiohttp import web
+
+from shadowtap.differ.aggregate import build_report
+from shadowtap.differ.config import DifferConfig
+from shadowtap.differ.reports.json_report import report_to_dict
+from shadowtap.differ.store import DiffStore
+from shadowtap.recorder.errors import ShadowtapError
+
+__all__ = ["LIVE_PAGE_PATHS", "LiveAdmin", "parse_when_ns"]
+
+#: Served without the token: the page is static; what it shows comes from the guarded endpoints.
+LIVE_PAGE_PATHS: Final = frozenset({"/", "/live"})
+#: A report built this recently is served again: several open pages polling every second cost one build.
+_CACHE_S: Final = 0.5
+_DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_S: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_when_ns(text: str, now_ns: int, name: str) -> int:
+    """A window bound: a duration back from ``now_ns`` (``5m``) or seconds since the epoch."""
+    match = _DURATION_RE.match(text)
+    if match:
+        return now_ns - int(float(match.group(1)) * _UNIT_S[match.group(2)] * 1e9)
+    try:
+        return int(float(text) * 1e9)
+    except ValueError:
+        raise ValueError(
+            f"{name}: expected a duration (90s, 5m, 2h) or seconds since the epoch, not {text!r}"
+        ) from None
+
+
+def _page() -> tuple[bytes, str]:
+    """The page and its Content-Security-Policy (the inline script and style allowed by hash)."""
+    text = resources.files("shadowtap.proxy").joinpath("live_page.html").read_text(encoding="utf-8")
+
+    def hashes(tag: str) -> str:
+        found = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.S)
+        return " ".join(
+            f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'" for body in found
+        )
+
+    policy = (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "connect-src 'self'; img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return text.encode(), policy
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=json.dumps(data) + "\n", content_type="application/json")
+
+
+class LiveAdmin:
+    """The live routes of one proxy's admin server, over its live stores (or why there are none)."""
+
+    def __init__(
+        self,
+        databases: tuple[tuple[str, str], ...],
+        config: DifferConfig,
+        why_off: str | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._databases = dict(databases)
+        self._config = config
+        self._why_off = why_off
+        self._clock_ns = clock_ns
+        self._cache: dict[tuple[Any, ...], tuple[float, dict[str, Any]]] = {}
+        self._lock = asyncio.Lock()
+        self._page: tuple[bytes, str] | None = None
+        self.open_paths = LIVE_PAGE_PATHS
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_get("/", self._live_page)
+        app.router.add_get("/live", self._live_page)
+        app.router.add_get("/diff", self._diff)
+
+    async def _live_page(self, request: web.Request) -> web.Response:
+        if self._page is None:
+            self._page = await asyncio.to_thread(_page)
+        body, policy = self._page
+        return web.Response(
+            body=body,
+            content_type="text/html",
+            charset="utf-8",
+            headers={
+                "Content-Security-Policy": policy,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-store",
+            },
+        )
+
+    async def _diff(self, request: web.Request) -> web.Response:
+        if not self._databases:
+            return _json({"error": f"live diff is off: {self._why_off or 'not configured'}"}, 404)
+        query = request.query
+        shadow = query.get("shadow")
+        if shadow is None:
+            shadow = next(iter(self._databases))
+        path = self._databases.get(shadow)
+        if path is None:
+            return _json({"error": f"no live diff for shadow {shadow!r} (live: {', '.join(self._databases)})"}, 404)
+        now_ns = self._clock_ns()
+        try:
+            since_ns = None if "since" not in query else parse_when_ns(query["since"], now_ns, "since")
+            until_ns = None if "until" not in query else parse_when_ns(query["until"], now_ns, "until")
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 400)
+        endpoint = query.get("endpoint")
+        key = (shadow, query.get("since"), query.get("until"), endpoint)
+        async with self._lock:  # one build at a time: a page per reviewer must not mean a thread each
+            cached = self._cache.get(key)
+            if cached is not None and time.monotonic() - cached[0] < _CACHE_S:
+                return _json(cached[1])
+            try:
+                document = await asyncio.to_thread(self._build, path, since_ns, until_ns, endpoint)
+            except ShadowtapError as exc:
+                return _json({"error": str(exc)}, 503)
+            self._cache = {key: (time.monotonic(), document)}
+        return _json(document)
+
+    def _build(self, path: str, since_ns: int | None, until_ns: int | None, endpoint: str | None) -> dict[str, Any]:
+        store = DiffStore(path, create=False)
+        try:
+            report = build_report(store, self._config, since_ns=since_ns, until_ns=until_ns, endpoint=endpoint)
+        finally:
+            store.close()
+        return report_to_dict(report)
