@@ -11,14 +11,18 @@ with ``--no-progress`` and 64 connections, in one run:
    cumulative drift;
 4. the floor of the machine: a bare loop woken by the same timer and due queue at the same rates,
    sending nothing (the wake-up cost and the lag the machine allows at best);
-5. with ``--reference``: ``wrk`` closed loop (one thread, 64 connections) and ``--workers 2``.
+5. with ``--reference``: ``wrk`` closed loop (one thread, 64 connections) and ``--workers 2``;
+6. with ``--http2`` (nginx only: its h2c listener, ``listen ... http2`` without TLS): the same tape
+   replayed to an ``h2c://`` target, streams multiplexed over the default 4 connections, unpaced
+   and paced at 2,000/s, beside the HTTP/1.1 figures of the same run (``--http2-only`` skips the
+   HTTP/1.1 paced runs and the floor).
 
 CPU per request is the CLI's CPU time (``getrusage`` of the child) less the fixed cost, over the
 requests it sent; the raw figure is printed beside it. Each paced run is repeated ``--repeat`` times
 and printed as the median with the spread (min..max), because the machine is shared. Usage::
 
     .venv/bin/python bench/replay_bench.py [--seconds 3] [--repeat 2] [--requests 40000] [--reference]
-                                           [--server auto|nginx|asyncio]
+                                           [--server auto|nginx|asyncio] [--http2 | --http2-only]
 
 It must never leave the server running: it is stopped whatever happens.
 """
@@ -62,6 +66,13 @@ http {{
     keepalive_requests 1000000;
     server {{
         listen 127.0.0.1:{port};
+        location / {{
+            default_type application/json;
+            return 200 '{body}';
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{h2_port} http2;
         location / {{
             default_type application/json;
             return 200 '{body}';
@@ -151,11 +162,14 @@ def write_tape(directory: Path, count: int, spacing_us: int) -> None:
 
 
 @contextmanager
-def target_server(tmp: Path, kind: str) -> Iterator[tuple[str, str]]:
-    """(URL, description) of the target, in its own process, stopped on the way out."""
+def target_server(tmp: Path, kind: str) -> Iterator[tuple[str, str, str | None]]:
+    """(URL, description, h2c:// URL or None) of the target, in its own process, stopped on the way out."""
     port = free_port()
+    h2_url = None
     if kind == "nginx" or (kind == "auto" and Path("/usr/sbin/nginx").exists()):
-        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port, body=BODY))
+        h2_port = free_port()
+        h2_url = f"h2c://127.0.0.1:{h2_port}"
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port, h2_port=h2_port, body=BODY))
         process = subprocess.Popen(["/usr/sbin/nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
         description = "nginx (1 worker)"
     else:
@@ -171,7 +185,7 @@ def target_server(tmp: Path, kind: str) -> Iterator[tuple[str, str]]:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", description
+        yield f"http://127.0.0.1:{port}", description, h2_url
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -236,7 +250,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each paced rate")
     parser.add_argument("--reference", action="store_true", help="also wrk closed loop and --workers 2")
     parser.add_argument("--server", choices=("auto", "nginx", "asyncio"), default="auto", help="the target")
+    http2 = parser.add_mutually_exclusive_group()
+    http2.add_argument("--http2", action="store_true", help="also replay over HTTP/2 (h2c) to nginx")
+    http2.add_argument("--http2-only", action="store_true", help="HTTP/2 and the unpaced HTTP/1.1 run only")
     args = parser.parse_args()
+    args.http2 = args.http2 or args.http2_only
     if args.reference and shutil.which("wrk") is None:
         print("wrk is not installed (scripts/ensure-system-deps.sh wrk)", file=sys.stderr)
         return 2
@@ -246,15 +264,30 @@ def main() -> int:
         write_tape(tmp / "fast", args.requests, spacing_us=1)
         for rate in RATES:
             write_tape(tmp / f"rate{rate}", int(rate * args.seconds), spacing_us=1)
-        with target_server(tmp, args.server) as (url, server):
+        with target_server(tmp, args.server) as (url, server, h2_url):
+            if args.http2 and h2_url is None:
+                print("--http2 needs nginx (its h2c listener) as the target", file=sys.stderr)
+                return 2
             fixed_s = min(replay(tmp / "one", url, tmp / "one.json", "--speed", "0")["cpu_s"] for _ in range(2))
             unpaced = [replay(tmp / "fast", url, tmp / "fast.json", "--speed", "0") for _ in range(args.repeat)]
             paced: dict[int, list[dict[str, Any]]] = {rate: [] for rate in RATES}
+            rates = () if args.http2_only else RATES
             for _ in range(args.repeat):
-                for rate in RATES:
+                for rate in rates:
                     out = tmp / f"rate{rate}.json"
                     paced[rate].append(replay(tmp / f"rate{rate}", url, out, "--rate", str(rate)))
-            floors = {rate: [floor(rate, min(args.seconds, 2.0)) for _ in range(args.repeat)] for rate in RATES}
+            floors = {rate: [floor(rate, min(args.seconds, 2.0)) for _ in range(args.repeat)] for rate in rates}
+            h2_fixed_s = 0.0
+            h2_unpaced: list[dict[str, Any]] = []
+            h2_paced: list[dict[str, Any]] = []
+            if h2_url is not None and args.http2:
+                h2_fixed_s = min(
+                    replay(tmp / "one", h2_url, tmp / "h2one.json", "--speed", "0")["cpu_s"] for _ in range(2)
+                )
+                for _ in range(args.repeat):
+                    h2_unpaced.append(replay(tmp / "fast", h2_url, tmp / "h2fast.json", "--speed", "0"))
+                    out = tmp / "h2rate.json"
+                    h2_paced.append(replay(tmp / f"rate{RATES[0]}", h2_url, out, "--rate", str(RATES[0])))
             wrk = two = None
             if args.reference:
                 wrk = wrk_rate(url, tmp, args.requests, 3)
@@ -275,6 +308,9 @@ def main() -> int:
     def lag(doc: dict[str, Any], key: str) -> float:
         return float(doc["latency_ms"]["start_lag"][key])
 
+    def failed(docs: list[dict[str, Any]]) -> int:
+        return sum(sum(d["summary"]["errors"].values()) for d in docs)
+
     unpaced_cpu = statistics.median(cpu_us(doc) for doc in unpaced)
     print(f"target: {server} on loopback; the replay CLI, 64 connections; fixed cost {fixed_s * 1000:.0f} ms CPU")
     print(
@@ -282,6 +318,22 @@ def main() -> int:
         f"{spread([cpu_us(d) for d in unpaced], '.1f')} us CPU/request "
         f"(raw {spread([raw_cpu_us(d) for d in unpaced], '.1f')})"
     )
+    if h2_unpaced:
+
+        def h2_cpu_us(doc: dict[str, Any]) -> float:
+            return max(0.0, float(doc["cpu_s"]) - h2_fixed_s) / requests(doc) * 1e6
+
+        h2_cpu = [h2_cpu_us(d) for d in h2_unpaced]
+        print(
+            f"HTTP/2 (h2c, nginx's http2 listener, 4 connections), fixed cost {h2_fixed_s * 1000:.0f} ms CPU: unpaced "
+            f"{spread([rate_of(d) for d in h2_unpaced], ',.0f')} req/s, {spread(h2_cpu, '.1f')} us CPU/request "
+            f"= {statistics.median(h2_cpu) / unpaced_cpu:.2f}x HTTP/1.1; paced {RATES[0]:,}/s "
+            f"{spread([h2_cpu_us(d) for d in h2_paced], '.1f')} us CPU/request, start lag p99 "
+            f"{spread([lag(d, 'p99') for d in h2_paced], '.3f')} ms"
+        )
+    if args.http2_only:
+        print(f"failed requests: {{'http2': {failed(h2_unpaced + h2_paced)}, 'unpaced': {failed(unpaced)}}}")
+        return 0
     print(f"paced (--rate R, {args.seconds:g} s, {args.repeat} runs; budget <= 60 us CPU/request, lag p99 <= 2 ms):")
     for rate in RATES:
         docs = paced[rate]
@@ -313,10 +365,9 @@ def main() -> int:
         print(f"wrk closed loop, 1 thread, 64 connections: {wrk:,.0f} req/s; unpaced replay is {one / wrk:.2f} of it")
         print(f"--workers 2, unpaced: {rate_of(two):,.0f} req/s ({rate_of(two) / one:.2f}x one process)")
 
-    def failed(docs: list[dict[str, Any]]) -> int:
-        return sum(sum(d["summary"]["errors"].values()) for d in docs)
-
     errors = {f"{rate}/s": failed(paced[rate]) for rate in RATES}
+    if h2_unpaced:
+        errors["http2"] = failed(h2_unpaced + h2_paced)
     print(f"failed requests: {errors | {'unpaced': failed(unpaced)}}")
     return 0
 

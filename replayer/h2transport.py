@@ -284,9 +284,10 @@ class H2Transport:
             start = 0
             for end, offset_ns in offsets:
                 due_ns = started_ns + offset_ns
-                # Never early: sleep again until the monotonic clock has reached the due time.
+                # Never early: wait again until the monotonic clock has reached the due time; an
+                # answer that ends the call meanwhile (the target gave up on it) ends the wait.
                 while (left_ns := due_ns - time.monotonic_ns()) > 0 and not call.done.done():
-                    await asyncio.sleep(left_ns / _NS_PER_S)
+                    await asyncio.wait((call.done,), timeout=left_ns / _NS_PER_S)
                 if call.done.done() or stream.closed:
                     return  # the target answered (or failed) before the client had finished
                 stream.send_data(bytes(view[start:end]))
