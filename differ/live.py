@@ -45,7 +45,6 @@ from shadowtap.recorder._frames import (
     FRAME_SYNC,
     KIND_EXCHANGE,
     MAX_FRAME_BYTES,
-    find_sync,
     frame_crc,
 )
 from shadowtap.recorder.model import Exchange, exchange_from_wire
@@ -58,6 +57,8 @@ log = logging.getLogger(__name__)
 _READ_BYTES: Final = 1 << 20
 #: The options message before the control bytes: its length, then the pickled LiveOptions.
 _OPTIONS_LENGTH: Final = struct.Struct("!I")
+#: The bytes every frame starts with (docs/tape-format.md).
+_SYNC_BYTES: Final = FRAME_SYNC.to_bytes(2, "little")
 _PAUSE: Final = ord("p")
 _RESUME: Final = ord("r")
 
@@ -163,7 +164,7 @@ class FrameStream:
             del buf[:pos]
 
     def _skip(self, buf: bytearray, pos: int) -> int:
-        found = find_sync(bytes(buf), pos + 1)
+        found = buf.find(_SYNC_BYTES, pos + 1)
         new = len(buf) - 1 if found < 0 else found  # keep a last byte: it may start a marker
         self.bad_bytes += new - pos
         return new

@@ -295,6 +295,18 @@ class ProxyApp:
                          lambda: {"": float(tape.stats.queue_depth)})  # fmt: skip
             m.add_source("gauge", "shadowtap_tape_queue_bytes", "Bytes of the exchanges waiting for the tape writer",
                          "", lambda: {"": float(tape.stats.queue_bytes)})  # fmt: skip
+        live = self.live
+        if live is not None:
+
+            def live_counts() -> dict[str, float]:
+                figures = live.stats()
+                return {k: float(figures[k]) for k in ("compared", "errors", "skipped", "paused", "tapped", "dropped")}
+
+            m.add_source("counter", "shadowtap_live_diff_exchanges",
+                         "Exchanges of the live differ: tapped or dropped (tap full), then compared, errors, "
+                         "skipped or paused", "result", live_counts)  # fmt: skip
+            m.add_source("counter", "shadowtap_live_diff_restarts", "Live differ processes restarted", "",
+                         lambda: {"": float(live.stats()["restarts"])})  # fmt: skip
         events = self.events
         if events is not None:
             m.add_source("counter", "shadowtap_events", "Wide events written or dropped", "result",

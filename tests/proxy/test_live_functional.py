@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from shadowtap.proxy.app import ProxyApp
 from shadowtap.proxy.config import ProxyConfig
@@ -224,6 +225,11 @@ async def test_a_killed_live_differ_costs_no_request_and_is_restarted(
                 return bool(app.stats()["live_diff"]["compared"] >= before + 10)
 
             await wait_for(diffing_again, "the new live differ to diff the new exchanges")
+            async with client.get(f"{app.admin_url}/metrics") as resp:
+                families = {f.name: f for f in text_string_to_metric_families(await resp.text())}
+            restarts = families["shadowtap_live_diff_restarts"].samples[0].value
+            by_result = {s.labels["result"]: s.value for s in families["shadowtap_live_diff_exchanges"].samples}
+            assert restarts >= 1 and by_result["compared"] >= before + 10 and by_result["dropped"] == 0
     finally:
         await app.shutdown()
 
