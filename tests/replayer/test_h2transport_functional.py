@@ -15,9 +15,10 @@ import pytest
 from shadowtap.recorder import REPLAY, Failure, FailureKind, Request, Response, SyncTapeWriter, TapeOptions, TapeReader
 from shadowtap.replayer.h2transport import H2Transport
 from shadowtap.replayer.transport import ClientSettings, HttpTransport, VersionedTransport, make_transport
+from tests.proxy.test_server_tls_functional import Pki, pki  # noqa: F401  (the fixture)
 from tests.replayer.tapes import make_exchange
 from tests.shadowtap.test_cmd_replay_functional import shadowtap
-from tests.wire.h2peer import Header, Responder
+from tests.wire.h2peer import Header, Responder, _ServerConnection
 
 Seen = tuple[list[Header], bytes, list[Header]]
 
@@ -27,14 +28,17 @@ class Target:
 
     def __init__(self) -> None:
         self.seen: list[Seen] = []
-        self.server: object = None
         self.port = 0
+        self.refused = False
 
     async def handle(self, headers: list[Header], body: bytes, trailers: list[Header], reply: Responder) -> None:
         self.seen.append((headers, body, trailers))
         path = dict(headers)[b":path"]
         if path.endswith(b"/reset"):
             reply.reset(0x2)
+        elif path.endswith(b"/goaway") and not self.refused:
+            self.refused = True
+            reply.goaway(0)  # the first time: this stream was never processed
         elif path.endswith(b"/slow"):
             await asyncio.sleep(5)
         elif path.endswith(b"/trailers"):
@@ -112,6 +116,14 @@ async def test_many_requests_share_a_few_connections(target: Target) -> None:
     assert len(target.seen) == 50 and 1 <= connections <= 2
 
 
+async def test_a_stream_refused_by_goaway_is_sent_once_more_on_a_new_connection(target: Target) -> None:
+    async with H2Transport(f"h2c://127.0.0.1:{target.port}") as transport:
+        result = await transport.send("POST", "/goaway", (), b"once", h2_request("/goaway", "POST", b"once"))
+        connects = transport._pool.connects
+    assert isinstance(result.outcome, Response) and result.outcome.body == b"got once"
+    assert [body for _, body, _ in target.seen] == [b"once", b"once"] and connects == 2
+
+
 async def test_failures_are_classed_not_raised(target: Target) -> None:
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
@@ -164,3 +176,39 @@ async def test_replay_cli_against_a_plain_http2_server(tmp_path: Path, target: T
         assert isinstance(replayed, Response) and replayed.http_version == "2" and replayed.status == 201
         assert isinstance(ex.primary, Response) and ex.primary.body == f"recorded {ex.id[2:]}".encode()
     assert sorted(dict(h)[b":path"] for h, _, _ in target.seen) == sorted(f"/page/{i}".encode() for i in range(6))
+
+
+async def test_https_targets_speak_http2_by_alpn_with_verified_certificates(
+    pki: Pki,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[Seen] = []
+
+    async def handle(headers: list[Header], body: bytes, trailers: list[Header], reply: Responder) -> None:
+        seen.append((headers, body, trailers))
+        reply.head(200, [(b"content-type", b"text/plain")])
+        await reply.data(b"over tls", end=True)
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _ServerConnection(handle, reader, writer).run()
+
+    context = pki.server_context()
+    context.set_alpn_protocols(["h2"])
+    server = await asyncio.start_server(accept, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    # The transport verifies as every client does: trust the test CA through OpenSSL's variable.
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
+    try:
+        async with make_transport(f"https://localhost:{port}") as transport:
+            result = await transport.send("GET", "/secure", (), b"", h2_request("/secure"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert isinstance(result.outcome, Response) and result.outcome.body == b"over tls"
+    assert result.outcome.http_version == "2"
+    assert {k: v for k, v in seen[0][0] if k[:1] == b":"} == {
+        b":method": b"GET",
+        b":scheme": b"https",
+        b":authority": f"localhost:{port}".encode(),
+        b":path": b"/secure",
+    }
