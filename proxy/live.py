@@ -295,6 +295,33 @@ class LiveDiff:
 
     # --- figures ----------------------------------------------------------------------------------
 
+    def severity_counts(self, since_ns: int | None = None) -> dict[str, dict[str, int]]:
+        """Per candidate shadow, its unsuppressed signatures by severity in the live store since
+        ``since_ns``: what a ``diff.SEVERITY`` trip rule judges. Reads the stores (blocking: call it
+        from a thread); a store not written yet counts nothing."""
+        from shadowtap.differ.aggregate import build_report
+        from shadowtap.differ.store import DiffStore
+        from shadowtap.recorder.errors import ShadowtapError
+
+        out: dict[str, dict[str, int]] = {}
+        for name, path in self._plan.databases:
+            counts: dict[str, int] = {}
+            try:
+                store = DiffStore(path, create=False)
+            except ShadowtapError:
+                out[name] = counts
+                continue
+            try:
+                report = build_report(store, self._plan.differ, since_ns=since_ns)
+            finally:
+                store.close()
+            for endpoint in report.endpoints:
+                for signature in endpoint.signatures:
+                    if not signature.suppressed:
+                        counts[signature.severity] = counts.get(signature.severity, 0) + 1
+            out[name] = counts
+        return out
+
     @property
     def pid(self) -> int | None:
         child = self._child

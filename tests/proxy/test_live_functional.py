@@ -230,6 +230,14 @@ async def test_a_killed_live_differ_costs_no_request_and_is_restarted(
             restarts = families["shadowtap_live_diff_restarts"].samples[0].value
             by_result = {s.labels["result"]: s.value for s in families["shadowtap_live_diff_exchanges"].samples}
             assert restarts >= 1 and by_result["compared"] >= before + 10 and by_result["dropped"] == 0
+
+            async def committed() -> dict[str, dict[str, int]] | None:
+                assert app.live is not None
+                counts = await asyncio.to_thread(app.live.severity_counts)
+                return counts if counts["v2"].get("high") else None
+
+            # What a diff.high trip rule would judge: the price's type change (and the host as a value).
+            assert await wait_for(committed, "the signatures by severity") == {"v2": {"high": 1, "medium": 1}}
     finally:
         await app.shutdown()
 
