@@ -25,11 +25,31 @@ _HIGH_KINDS: Final = frozenset({"removed", "type"})
 _MEDIUM_KINDS: Final = frozenset({"value", "length", "text", "binary", "error"})
 
 
-def _statuses(transition: str) -> tuple[int, int] | None:
-    before, _, after = transition.partition("->")
-    if before.isdigit() and after.isdigit():
-        return int(before), int(after)
+#: gRPC statuses that say the server failed, as an HTTP 5xx does (the usual gRPC-to-HTTP mapping);
+#: every other status but OK says the call was refused as it was made, as a 4xx does.
+_GRPC_SERVER_FAILURES: Final = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "missing"}
+)
+
+
+def _status_class(status: str) -> int | None:
+    """An HTTP status's class (2 for 2xx ...); a gRPC status name's the same way (OK 2, refused 4,
+    failed 5); None for anything else."""
+    if status.isdigit():
+        return int(status) // 100
+    if status == "OK":
+        return 2
+    if status in _GRPC_SERVER_FAILURES:
+        return 5
+    if status.replace("_", "").isalpha() and status.isupper():
+        return 4
     return None
+
+
+def _status_classes(transition: str) -> tuple[int, int] | None:
+    before, _, after = transition.partition("->")
+    a, b = _status_class(before), _status_class(after)
+    return None if a is None or b is None else (a, b)
 
 
 def is_structural(kind: str, transition: str) -> bool:
@@ -38,16 +58,18 @@ def is_structural(kind: str, transition: str) -> bool:
     if kind in STRUCTURAL_KINDS:
         return True
     if kind == "status":
-        statuses = _statuses(transition)
-        return statuses is None or statuses[0] // 100 != statuses[1] // 100
+        classes = _status_classes(transition)
+        return classes is None or classes[0] != classes[1]
     return False
 
 
 def severity(kind: str, transition: str) -> Severity:
-    """How bad one signature is."""
+    """How bad one signature is. An HTTP status and a gRPC status grade alike: another class of
+    answer, or a server failure (5xx, ``INTERNAL``, ``UNAVAILABLE`` ...), is critical; one refusal for
+    another (404 -> 400, ``NOT_FOUND`` -> ``INVALID_ARGUMENT``) is medium."""
     if kind == "status":
-        statuses = _statuses(transition)
-        if statuses is None or statuses[0] // 100 != statuses[1] // 100 or statuses[1] >= 500:
+        classes = _status_classes(transition)
+        if classes is None or classes[0] != classes[1] or classes[1] >= 5:
             return "critical"
         return "medium"
     if kind in _HIGH_KINDS:
