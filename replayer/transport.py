@@ -381,7 +381,7 @@ class VersionedTransport:
         # The chosen side's coroutine itself, not one awaiting it: no extra frame per request.
         if recorded is not None and recorded.http_version == "2":
             return self.http2.send(method, target, headers, body, recorded)
-        return self.http1.send(method, target, headers, body, recorded)
+        return self.http1.send(method, target, headers, body)  # HTTP/1.1 needs no more than the plan
 
 
 def make_transport(
