@@ -169,10 +169,10 @@ def test_help_groups_every_flag_by_what_it_configures() -> None:
     listed = [flag for flags in sections.values() for flag in flags]
     assert len(listed) == len(set(listed))  # each flag once
     assert set(listed) == {flag for flag, *_ in cmd._FLAGS} | {"--config", "--check-config", "--set", "--shadow",
-                                                               "--route"}  # fmt: skip
+                                                               "--route", "--trip"}  # fmt: skip
     assert {"--listen", "--workers"} <= set(sections["listening"])
     assert {"--primary", "--connect-timeout", "--primary-insecure"} <= set(sections["primary"])
-    assert {"--shadow", "--shadow-timeout", "--breaker-open"} <= set(sections["shadows"])
+    assert {"--shadow", "--shadow-timeout", "--breaker-open", "--trip"} <= set(sections["shadows"])
     assert {"--route", "--no-mirror", "--sample-key"} <= set(sections["mirroring rules"])
     assert {"--tape", "--tape-fsync", "--no-redaction"} <= set(sections["recording"])
     assert {"--admin", "--admin-token-env", "--events"} <= set(sections["admin and events"])
