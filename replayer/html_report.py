@@ -38,6 +38,7 @@ from shadowtap.replayer.stats import (
     STATUS_CLASSES,
     EndpointStats,
     Series,
+    error_counts,
 )
 
 __all__ = ["render_html"]
@@ -288,7 +289,8 @@ def _statuses_cell(per: EndpointStats) -> str:
     others = sum(count for _, count in ranked[_STATUSES_SHOWN:])
     if others:
         shown.append(f"others&nbsp;&times;{others:,}")
-    failures = [f"{kind}&nbsp;&times;{per.errors[kind]:,}" for kind in FAILURE_KINDS if per.errors[kind]]
+    # Failures and failed gRPC calls (grpc-NOT_FOUND ...); a 5xx shows as its status.
+    failures = [f"{kind}&nbsp;&times;{count:,}" for kind, count in error_counts(per.errors).items() if kind != "5xx"]
     return ", ".join(shown + [f'<span class="fail">{f}</span>' for f in failures]) or "-"
 
 

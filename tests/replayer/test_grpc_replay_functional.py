@@ -164,7 +164,8 @@ async def test_grpc_calls_replay_over_h2c_with_statuses_messages_and_gaps(
     code, out, err = await shadowtap(
         str(tmp_path / "tape"), "--target", f"h2c://127.0.0.1:{catalog.port}", "--allow-writes",
         "--speed", str(SPEED), "--no-progress", "--results", str(tmp_path / "results"),
-        "--json", str(tmp_path / "stats.json"), "--max-error-rate", "1",
+        "--json", str(tmp_path / "stats.json"), "--html", str(tmp_path / "report.html"),
+        "--max-error-rate", "1",
     )  # fmt: skip
     assert code == 0, err
     results = {ex.id: ex for ex in TapeReader(tmp_path / "results")}
@@ -215,6 +216,8 @@ async def test_grpc_calls_replay_over_h2c_with_statuses_messages_and_gaps(
     assert by_endpoint["POST /shop.Catalog/GetProduct"]["errors"] == {"grpc-NOT_FOUND": 1}
     assert "grpc-NOT_FOUND 1" in out
     assert "200 NOT_FOUND: no product missing" in json.dumps(stats["errors"]["examples"])
+    html = (tmp_path / "report.html").read_text()
+    assert "grpc-NOT_FOUND&nbsp;&times;1" in html and "grpc-NOT_FOUND: 1" in html
 
     # The results tape reads like a proxy tape: `shadowtap diff` compares recorded vs replayed.
     proc = await asyncio.create_subprocess_exec(
