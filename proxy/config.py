@@ -115,7 +115,7 @@ def parse_listen(value: Any, *, field: str) -> ListenAddress:
 
 def _check_url(url: str, *, field: str, http2: bool = False) -> None:
     # The data path's own parser: a URL that passes here is one the forwarder and mirror can use.
-    # ``h2c://`` (HTTP/2 by prior knowledge) is for the primary only: the mirror speaks HTTP/1.
+    # ``h2c://`` (HTTP/2 by prior knowledge): the primary's, or a shadow's (the mirror speaks HTTP/2 to it).
     target = parse_primary(url, field=field)
     if target.scheme == "h2c" and not http2:
         raise ConfigError(f"an h2c:// URL is for the primary only (shadows speak HTTP/1): {url!r}", field=field)
@@ -168,7 +168,7 @@ class ShadowSettings:
             raise ConfigError(f"must be letters, digits, '-' or '_', not {self.name!r}", field="name")
         if self.name == "primary":
             raise ConfigError("'primary' is the primary's name; pick another", field="name")
-        _check_url(self.url, field="url")
+        _check_url(self.url, field="url", http2=True)
         if not 0.0 <= self.sample_percent <= 100.0:
             raise ConfigError(f"must be within 0..100, not {self.sample_percent!r}", field="sample_percent")
         for key in ("queue_size", "concurrency", "pipeline_depth"):
@@ -632,6 +632,8 @@ def file_value(value: Any) -> Any:
             out["sample_percent"] = value.sample_percent
         if value.shadows is not None:
             out["shadows"] = list(value.shadows)
+        if value.grpc is not None:
+            out["grpc"] = value.grpc
         return out
     if isinstance(value, ShadowSettings):
         out = {f.name: file_value(getattr(value, f.name)) for f in dataclasses.fields(value)}

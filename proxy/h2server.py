@@ -19,7 +19,13 @@ trailers-only ``grpc-status: 14`` (UNAVAILABLE) and others with 502 (504 for tim
 Bad input ends only what it touches: a protocol error closes its connection (GOAWAY with the
 error), a stream that stalls past a deadline is reset; each is counted by cause in
 ``ServerStats.h2_errors`` and logged once per cause per process. Streams are not handed to the
-proxy's stages yet (no mirroring or recording of HTTP/2); the primary observers (metrics) hear them.
+proxy's stages as ``ProxiedExchange``s with ``http_version`` "2" when any stage runs: the request
+stages (the mirror) once the client's request stream ended, with its body (up to the capture limit,
+else None: not mirrored), trailers and, for gRPC, its messages' framing and timing; the completion
+stages (the record stage) when the stream ends, with the primary's head, body (capped likewise),
+trailers and messages. A gRPC body that is not valid length-prefixed framing keeps its bytes and
+loses only its message list. Without stages nothing is copied. The primary observers (metrics) hear
+every stream.
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from shadowtap.recorder.model import FailureKind
+from shadowtap.proxy.stages import ProxiedExchange, call_stage
+from shadowtap.recorder.model import Failure, FailureKind, Response, StreamMessage, new_timing
 from shadowtap.wire import http1
 from shadowtap.wire.client import Http1Connection
+from shadowtap.wire.grpc import GrpcFramingError, MessageSplitter
 from shadowtap.wire.h2 import H2Pool, H2Stream, Header, error_name
 
 if TYPE_CHECKING:
@@ -388,9 +396,13 @@ class H2Session(asyncio.Protocol):
         ctx.stats.in_flight += 1
         forward = _H2Forward(self, stream_id, method, path, authority, headers)
         self.streams[stream_id] = forward
+        if ctx.stages:
+            forward.watch(raw)
         if ended:
             forward.body_done = True
         forward.start()
+        if ended and forward.ex is not None:
+            forward.request_ended(None)
 
     def _local_response(self, stream_id: int, status: int, message: str) -> None:
         body = (message + "\n").encode("utf-8", "replace")
@@ -433,10 +445,12 @@ class _H2Forward:
     """One client stream on its way to the primary and back (the primary's ``StreamSink``, or the
     HTTP/1 ``ResponseSink`` when the primary speaks HTTP/1)."""
 
-    __slots__ = ("_chunked", "_copied", "_copy", "_out", "_out_end", "_out_trailers", "_pending", "_pending_trailers",
-                 "_retried", "_task", "_unacked", "authority", "body_done", "ctx", "deadline", "finished",
-                 "first_byte_deadline", "grpc", "head_sent", "headers", "http1", "last_read", "method", "path",
-                 "resp_read_at", "session", "started_ns", "status", "stream_id", "upstream")  # fmt: skip
+    __slots__ = ("_chunked", "_copied", "_copy", "_failure", "_first_byte_ns", "_out", "_out_end", "_out_trailers",
+                 "_pending", "_pending_trailers", "_req_cap", "_req_captured", "_req_msgs", "_req_split", "_resp_cap",
+                 "_resp_captured", "_resp_headers", "_resp_msgs", "_resp_size", "_resp_split", "_resp_trailers",
+                 "_retried", "_sent_ns", "_task", "_unacked", "authority", "body_done", "ctx", "deadline", "ex",
+                 "finished", "first_byte_deadline", "grpc", "head_sent", "headers", "http1", "last_read", "method",
+                 "path", "resp_read_at", "session", "started_ns", "status", "stream_id", "upstream")  # fmt: skip
 
     def __init__(
         self, session: H2Session, stream_id: int, method: bytes, path: bytes, authority: bytes, headers: list[Header]
@@ -482,6 +496,106 @@ class _H2Forward:
         #: Request bytes written to an HTTP/1 primary whose socket is full, not yet acknowledged to
         #: the client (-1: the socket takes them, they are acknowledged at once).
         self._unacked = -1
+        # What the stages see (``watch``): nothing is copied while ``ex`` is None.
+        self.ex: ProxiedExchange | None = None
+        self._failure: Failure | None = None
+        self._sent_ns: int | None = None
+        self._first_byte_ns: int | None = None
+        self._req_cap: list[bytes] | None = None
+        self._req_captured = 0
+        self._req_split: MessageSplitter | None = None
+        self._req_msgs: list[StreamMessage] = []
+        self._resp_headers: tuple[Header, ...] = ()
+        self._resp_cap: list[bytes] = []
+        self._resp_captured = 0
+        self._resp_size = 0
+        self._resp_split: MessageSplitter | None = None
+        self._resp_msgs: list[StreamMessage] = []
+        self._resp_trailers: tuple[Header, ...] = ()
+
+    # --- what the stages see ----------------------------------------------------------------------------
+
+    def watch(self, raw: list[Header]) -> None:
+        """Copy this stream for the stages (some run): its exchange, request and response copies."""
+        ctx = self.ctx
+        session = self.session
+        scheme = "http"
+        for name, value in raw:
+            if name == b":scheme":
+                scheme = value.decode("latin-1")
+        self.ex = ProxiedExchange(
+            id=f"{ctx.id_prefix}-{next(ctx.ids):x}",
+            connection_id=session.conn_id,
+            client_addr=session.client_addr,
+            started_at_ns=time.time_ns(),
+            started_mono_ns=self.started_ns,
+            method=self.method.decode("ascii", "replace"),
+            target=self.path.decode("latin-1"),
+            http_version="2",
+            request_headers=tuple(self.headers),
+            scheme=scheme,
+            authority=self.authority.decode("latin-1"),
+            grpc=self.grpc,
+        )
+        self._req_cap = []
+        if self.grpc:
+            self._req_split = MessageSplitter()
+
+    def request_ended(self, trailers: list[Header] | None) -> None:
+        """The client's request stream ended: the request stages (the mirror) see the whole request."""
+        ex = self.ex
+        if ex is None:
+            return
+        cap = self._req_cap
+        ex.request_body = None if cap is None else b"".join(cap)
+        ex.request_body_size = self._copied
+        if trailers:
+            ex.request_trailers = tuple(trailers)
+        if self._req_msgs:
+            ex.request_messages = tuple(self._req_msgs)
+        ctx = self.ctx
+        for stage in ctx.request_stages:
+            call_stage(ctx.stats.stage_errors, stage, stage.request_complete, ex)
+
+    def _complete(self) -> None:
+        """The stream ended: the completion stages (the record stage) see the exchange."""
+        ex = self.ex
+        ctx = self.ctx
+        if ex is None or not ctx.completion_stages:
+            return
+        now = time.monotonic_ns()
+        base = self.started_ns
+        if ex.request_body is not None and ex.request_body_size != self._copied:
+            # The stream ended before its request did (reset, failure): what came of it.
+            cap = self._req_cap
+            ex.request_body = None if cap is None else b"".join(cap)
+            ex.request_body_size = self._copied
+        sent = self._sent_ns
+        first = self._first_byte_ns
+        ex.timing = new_timing(
+            None if sent is None else sent - base, None if first is None else first - base, now - base
+        )
+        failure = self._failure
+        status = self.status
+        if failure is not None:
+            if self._first_byte_ns is not None and status is not None:
+                failure = Failure(
+                    FailureKind.INCOMPLETE,
+                    f"{status} response cut after {self._resp_size} body bytes: {failure.message}",
+                )
+            ex.failure = failure
+        elif self._first_byte_ns is not None and status is not None:
+            size = self._resp_size
+            limit = ctx.capture_limit
+            ex.response = Response(
+                status, "", self._resp_headers, b"".join(self._resp_cap) if size else b"",
+                "1.1" if ctx.h2_pool is False else "2", size if size > limit else None, self._resp_trailers,
+                tuple(self._resp_msgs),
+            )  # fmt: skip
+        else:
+            ex.failure = Failure(FailureKind.OTHER, "the stream ended without a response")
+        for stage in ctx.completion_stages:
+            call_stage(ctx.stats.stage_errors, stage, stage.exchange_complete, ex)
 
     # --- request side ---------------------------------------------------------------------------------
 
@@ -560,6 +674,8 @@ class _H2Forward:
 
     def _attached(self, stream: H2Stream) -> None:
         self.upstream = stream
+        if self.ex is not None and self._sent_ns is None:
+            self._sent_ns = time.monotonic_ns()
         pending = self._pending
         if pending:
             self._pending = []
@@ -572,12 +688,21 @@ class _H2Forward:
         if self.finished or not data:
             return
         copy = self._copy
+        self._copied += len(data)
         if copy is not None:
-            self._copied += len(data)
             if self._copied <= self.ctx.settings.max_buffered_body_bytes:
                 copy.append(data)
             else:
                 self._copy = None
+        if self.ex is not None:
+            cap = self._req_cap
+            if cap is not None:
+                if self._copied <= self.ctx.capture_limit:
+                    cap.append(data)
+                else:
+                    self._req_cap = None  # past the capture limit: the stages see it as not captured
+            if self._req_split is not None:
+                self._req_split = _split(self._req_split, self._req_msgs, data, self.started_ns)
         upstream = self.upstream
         if upstream is not None:
             upstream.send_data(data)
@@ -594,6 +719,8 @@ class _H2Forward:
         if self.finished or self.body_done:
             return
         self.body_done = True
+        if self.ex is not None:
+            self.request_ended(trailers)
         self.first_byte_deadline = self.ctx.now + self.ctx.settings.first_byte_timeout_s
         upstream = self.upstream
         if upstream is not None:
@@ -618,6 +745,12 @@ class _H2Forward:
             return
         session = self.session
         self.status = status
+        if self.ex is not None:
+            self._first_byte_ns = time.monotonic_ns()
+            self._resp_headers = tuple(headers)
+            for name, value in headers:
+                if name == b"content-type" and value.startswith(b"application/grpc"):
+                    self._resp_split = MessageSplitter()
         self.first_byte_deadline = math.inf
         self.resp_read_at = self.ctx.now
         out: list[Header] = [(b":status", b"%d" % status)]
@@ -644,6 +777,8 @@ class _H2Forward:
             return
         self.resp_read_at = self.ctx.now
         self._out.append(data)
+        if self.ex is not None:
+            self._response_copy(data)
         # Sent at the end of this loop turn: a response that ends in the same read leaves as one
         # DATA frame carrying END_STREAM.
         session = self.session
@@ -653,6 +788,19 @@ class _H2Forward:
     def on_trailers(self, headers: list[Header]) -> None:
         if not self.finished:
             self._out_trailers = headers
+            if self.ex is not None:
+                self._resp_trailers = tuple(headers)
+
+    def _response_copy(self, data: bytes) -> None:
+        size = len(data)
+        room = self.ctx.capture_limit - self._resp_captured
+        if room > 0:
+            piece = data if size <= room else data[:room]
+            self._resp_cap.append(piece)
+            self._resp_captured += len(piece)
+        self._resp_size += size
+        if self._resp_split is not None:
+            self._resp_split = _split(self._resp_split, self._resp_msgs, data, self.started_ns)
 
     def on_end(self) -> None:
         if self.finished:
@@ -676,6 +824,8 @@ class _H2Forward:
         if self.head_sent or kind == FailureKind.RESET:
             # A reset by the primary is a reset to the client (not a made-up answer, not a hang).
             self._count_failure(kind)
+            if self._failure is None:
+                self._failure = Failure(kind, message)
             self.session.reset_client(self.stream_id, _INTERNAL_ERROR if kind != FailureKind.RESET else _CANCEL)
             self._finish()
             return
@@ -778,6 +928,8 @@ class _H2Forward:
 
     def _count_and_reset(self, cause: str, detail: str) -> None:
         _count(self.ctx, cause, detail)
+        if self._failure is None:
+            self._failure = Failure(FailureKind.BAD_RESPONSE, f"{cause}: {detail}")
         self._drop_upstream()
         self.session.reset_client(self.stream_id, _INTERNAL_ERROR)
         self._finish()
@@ -785,6 +937,8 @@ class _H2Forward:
     def _fail(self, kind: str, message: str) -> None:
         if self.finished:
             return
+        if self._failure is None:
+            self._failure = Failure(kind, message)
         self._drop_upstream()
         self._count_failure(kind)
         session = self.session
@@ -820,6 +974,8 @@ class _H2Forward:
     def _abandon(self, why: str) -> None:
         if self.finished:
             return
+        if self._failure is None:
+            self._failure = Failure(FailureKind.ABORTED, why)
         self._drop_upstream()
         self._finish(failed=True)
 
@@ -853,6 +1009,8 @@ class _H2Forward:
                 errors = ctx.stats.stage_errors.by_stage
                 errors[observer.name] = errors.get(observer.name, 0) + 1
                 log.exception("proxy observer %s failed on a primary exchange", observer.name)
+        if self.ex is not None:
+            self._complete()
 
     # --- HTTP/1 primary (translation) ----------------------------------------------------------------------
 
@@ -894,6 +1052,8 @@ class _H2Forward:
         """Translate the stream into an HTTP/1.1 exchange on ``conn`` (from the primary's HTTP/1 pool)."""
         ctx = self.ctx
         self.http1 = conn
+        if self.ex is not None and self._sent_ns is None:
+            self._sent_ns = time.monotonic_ns()
         sink = _Http1Sink(self, conn)
         conn.begin(sink, self.method == b"HEAD")
         target = self.session.target
@@ -984,6 +1144,23 @@ class _Http1Sink:
         forward._unacked = -1
         if unacked > 0:
             forward.session.ack_request_bytes(forward.stream_id, unacked)
+
+
+def _split(
+    splitter: MessageSplitter, messages: list[StreamMessage], data: bytes, base_ns: int
+) -> MessageSplitter | None:
+    """Feed a gRPC body piece to ``splitter``: each message it completes joins ``messages`` as
+    (compressed flag, length, when, relative to ``base_ns``); None after a framing error (the list
+    stops there, the body stays whole)."""
+    try:
+        done = splitter.feed(data)
+    except GrpcFramingError:
+        return None
+    if done:
+        at_ns = time.monotonic_ns() - base_ns
+        for message in done:
+            messages.append(StreamMessage(int(message.compressed), len(message.data), at_ns))
+    return splitter
 
 
 def _grpc_message(text: str) -> bytes:

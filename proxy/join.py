@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Final, cast
 
-from shadowtap.proxy.record import PRIMARY_KIND, SHADOW_KIND, PrimaryRecord, ShadowRecord
+from shadowtap.proxy.record import PRIMARY_KIND, SHADOW_KIND, PrimaryRecord, ShadowRecord, messages_to_wire
 from shadowtap.recorder.model import PRIMARY as PRIMARY_NAME
 from shadowtap.recorder.model import (
     Exchange,
@@ -75,6 +75,11 @@ _COMPACT_SLACK: Final = 1024
 #: A host checks deadlines at least this often while nothing else happens.
 _MAX_SWEEP_WAIT_S: Final = 0.1
 
+#: The fields of a ``PrimaryRecord.wire()`` and a ``ShadowRecord.wire()`` array before the HTTP/2
+#: ones (trailers and gRPC messages) an HTTP/2 exchange's carries after them.
+_PRIMARY_FIELDS: Final = 30
+_SHADOW_FIELDS: Final = 17
+
 #: The default bound on the bytes held by exchanges waiting for their shadows (``JoinSettings``).
 DEFAULT_MAX_PENDING_BYTES: Final = 64 * 1024 * 1024
 
@@ -112,6 +117,14 @@ class WiredPrimary:
     taped = True  # only exchanges for the tape reach a writer
 
     def __init__(self, raw: list[Any]) -> None:
+        request_trailers: Any = ()
+        request_messages: Any = ()
+        response_trailers: Any = ()
+        response_messages: Any = ()
+        if len(raw) > _PRIMARY_FIELDS:
+            # An HTTP/2 exchange (PrimaryRecord.wire): trailers and gRPC messages both ways.
+            request_trailers, request_messages, response_trailers, response_messages = raw[_PRIMARY_FIELDS:]
+            raw = raw[:_PRIMARY_FIELDS]
         (
             _, exchange_id, started_at_ns, started_mono_ns, method, target, request_headers, request_body,
             scheme, authority, http_version, request_truncated_from, status, reason, response_headers,
@@ -121,11 +134,13 @@ class WiredPrimary:
         ) = raw  # fmt: skip
         self.exchange_id: str = exchange_id
         self.request = request_record(method, target, request_headers, request_body, scheme, authority,
-                                      http_version, request_truncated_from)  # fmt: skip
+                                      http_version, request_truncated_from, request_trailers,
+                                      request_messages)  # fmt: skip
         self.outcome: list[Any] | None = None
         if status is not None:
             self.outcome = response_record(status, reason, response_headers, response_body, response_version,
-                                           response_truncated_from)  # fmt: skip
+                                           response_truncated_from, response_trailers,
+                                           response_messages)  # fmt: skip
         elif failure_kind is not None:
             self.outcome = failure_record(failure_kind, failure_message)
         self.timing = [sent_ns, first_byte_ns, done_ns]
@@ -140,6 +155,12 @@ class WiredShadow:
     __slots__ = ("delta", "early", "exchange_id", "outcome", "recorded", "shadow", "timing")
 
     def __init__(self, raw: list[Any]) -> None:
+        trailers: Any = ()
+        messages: Any = ()
+        if len(raw) > _SHADOW_FIELDS:
+            # An HTTP/2 answer (ShadowRecord.wire): its trailers and gRPC messages.
+            trailers, messages = raw[_SHADOW_FIELDS:]
+            raw = raw[:_SHADOW_FIELDS]
         (
             _, exchange_id, name, status, reason, headers, body, http_version, truncated_from, failure_kind,
             failure_message, sent_ns, first_byte_ns, done_ns, early, recorded, delta,
@@ -150,7 +171,8 @@ class WiredShadow:
         if not recorded:
             pass
         elif status is not None:
-            self.outcome = response_record(status, reason, headers, body, http_version, truncated_from)
+            self.outcome = response_record(status, reason, headers, body, http_version, truncated_from, trailers,
+                                           messages)  # fmt: skip
         elif failure_kind is not None:
             self.outcome = failure_record(failure_kind, failure_message)
         self.timing = [sent_ns, first_byte_ns, done_ns]
@@ -215,7 +237,8 @@ class Joined:
             started_at_ns, started_mono_ns, session = p.started_at_ns, p.started_mono_ns, p.session
             connection_id, client_addr, decisions, tags = p.connection_id, p.client_addr, p.decisions, p.tags
             request = request_record(p.method, p.target, p.request_headers, p.request_body, p.scheme,
-                                     p.authority, p.http_version, p.request_truncated_from)  # fmt: skip
+                                     p.authority, p.http_version, p.request_truncated_from, p.request_trailers,
+                                     messages_to_wire(p.request_messages))  # fmt: skip
             primary = None if p.primary is None else outcome_to_wire(p.primary)
             timings = {PRIMARY_NAME: timing_to_wire(p.timing)}
         for name, outcome in self.shadows.items():
@@ -259,6 +282,8 @@ class Joined:
                 p.authority,
                 p.http_version,
                 p.request_truncated_from,
+                p.request_trailers,
+                p.request_messages,
             ),  # fmt: skip
             primary=p.primary,
             shadows={name: o for name, o in shadows.items() if o is not None},

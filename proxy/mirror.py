@@ -17,6 +17,15 @@ own credentials, the marker and the correlation id, with the shadow's Host. What
 primary did not, or lost, is its request delta (``shadowtap.recorder.model.RequestDelta``, in wire form), which
 the tape keeps so that the differ can tell an answer that echoes it from a regression.
 
+HTTP/2 requests (``ProxiedExchange.http_version`` "2", from ``shadowtap.proxy.h2server``) are offered
+once the client's request stream has ended, the whole stream buffered up to the capture limit (a
+longer one is not mirrored: ``body-too-large``); gRPC calls only where a route opts them in
+(``shadowtap.proxy.rules``). A shadow whose URL is ``h2c://`` is spoken to over HTTP/2
+(``shadowtap.wire.h2.H2Pool``, ``_H2Copy``): the copy is a stream with the same fields, minus the
+same ones as over HTTP/1, its body and request trailers, and its answer comes back with trailers and,
+for gRPC, its messages' framing and timing. An ``http://`` or ``https://`` shadow gets an HTTP/2
+request as HTTP/1.1 (a gRPC shadow needs ``h2c://``).
+
 This module must never delay, fail or alter the primary exchange: nothing here awaits on the data
 path, raises into it, or touches the objects the client's response is built from.
 """
@@ -51,6 +60,7 @@ from shadowtap.recorder.model import (
     Headers,
     Outcome,
     Response,
+    StreamMessage,
     Timing,
     new_response,
     new_timing,
@@ -58,6 +68,8 @@ from shadowtap.recorder.model import (
 from shadowtap.recorder.redact import RULE_KINDS, RedactionRules, Redactor, resolve_redaction_key
 from shadowtap.wire import http1
 from shadowtap.wire.client import Dialer, Http1Connection, PipelinedConnection, Pool
+from shadowtap.wire.grpc import GrpcFramingError, MessageSplitter
+from shadowtap.wire.h2 import H2Pool, H2Stream
 from shadowtap.wire.http1 import add_field, add_fields, add_value, end_head, field_line, field_prefix, request_line
 
 __all__ = [
@@ -102,6 +114,13 @@ _FORWARDED_NAMES: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b
 _NO_QUERY: Final = ()
 #: A secret a delta does not record (a shadow's own credential): it stands for "some value".
 _UNRECORDED: Final = UNRECORDED.encode()
+#: The marker and correlation field names as HTTP/2 sends them (lower case).
+_H2_MARKER: Final = (MARKER_HEADER.lower().encode(), b"1")
+_H2_CORRELATION: Final = CORRELATION_HEADER.lower().encode()
+#: HTTP/2 copies may carry ``te: trailers`` (gRPC requires it), and no content-length is needed.
+_TE: Final = b"te"
+#: HTTP/2 streams to one shadow share this many connections at most.
+_H2_SHADOW_CONNECTIONS: Final = 2
 
 #: Queued copies ended without sending (stale, breaker open, kill switch) per loop turn. A
 #: black-holed shadow can leave a full queue (1,000 by default) to be dropped at once; each drop
@@ -355,6 +374,119 @@ class _Copy:
             conn.detach()
 
 
+class _H2Copy:
+    """One copy in flight to an HTTP/2 (``h2c://``) shadow: a stream's ``StreamSink``. Same life as a
+    ``_Copy``: the sweep enforces its deadline, and ``ShadowMirror.copy_done`` hears it once."""
+
+    __slots__ = (
+        "body", "chunks", "connecting", "deadline", "delta", "exchange", "first_byte_ns", "headers", "messages",
+        "mirror", "request_headers", "request_trailers", "response_trailers", "sent_ns", "size", "splitter",
+        "status", "stream",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        mirror: ShadowMirror,
+        exchange: ProxiedExchange,
+        request_headers: list[Header],
+        body: bytes,
+        sent_ns: int,
+        delta: list[Any],
+    ) -> None:
+        self.mirror = mirror
+        self.exchange = exchange
+        self.request_headers = request_headers
+        self.body = body
+        self.request_trailers: list[Header] | None = list(exchange.request_trailers) or None
+        self.sent_ns = sent_ns
+        self.delta = delta
+        self.stream: H2Stream | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.deadline = 0.0
+        self.first_byte_ns: int | None = None
+        self.status = 0
+        self.headers: tuple[Header, ...] = ()
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.splitter: MessageSplitter | None = None
+        self.messages: list[StreamMessage] = []
+        self.response_trailers: tuple[Header, ...] = ()
+
+    @property
+    def ends_at_open(self) -> bool:
+        """Whether the request is its head alone (the HEADERS frame ends the stream)."""
+        return not self.body and self.request_trailers is None
+
+    def attach(self, stream: H2Stream) -> None:
+        """The stream is open (its head sent): send the body and end the request."""
+        self.stream = stream
+        if self.ends_at_open:
+            return
+        if self.body:
+            stream.send_data(self.body)
+        stream.end(self.request_trailers)
+
+    # --- StreamSink --------------------------------------------------------------------------------------
+
+    def on_head(self, status: int, headers: list[Header], ended: bool) -> None:
+        self.first_byte_ns = time.monotonic_ns()
+        self.status = status
+        self.headers = tuple(headers)
+        for name, value in headers:
+            if name == b"content-type" and value.startswith(b"application/grpc"):
+                self.splitter = MessageSplitter()
+
+    def on_data(self, data: bytes) -> None:
+        size = len(data)
+        room = self.mirror.settings.max_response_bytes - self.size
+        if room > 0:
+            self.chunks.append(data if size <= room else data[:room])
+        self.size += size
+        splitter = self.splitter
+        if splitter is not None:
+            try:
+                done = splitter.feed(data)
+            except GrpcFramingError:
+                self.splitter = None  # not gRPC framing: the body stays, its message list stops
+                done = []
+            if done:
+                at_ns = time.monotonic_ns() - self.exchange.started_mono_ns
+                for message in done:
+                    self.messages.append(StreamMessage(int(message.compressed), len(message.data), at_ns))
+        stream = self.stream
+        if stream is not None:
+            stream.consumed(size)  # kept (up to the cap) or dropped here: the shadow may send more
+
+    def on_trailers(self, headers: list[Header]) -> None:
+        self.response_trailers = tuple(headers)
+
+    def on_end(self) -> None:
+        self.stream = None
+        cap = self.mirror.settings.max_response_bytes
+        response = Response(
+            self.status, "", self.headers, b"".join(self.chunks), "2", self.size if self.size > cap else None,
+            self.response_trailers, tuple(self.messages),
+        )  # fmt: skip
+        self.mirror.copy_done(self, response)
+
+    def on_reset(self, kind: str, message: str, refused: bool) -> None:
+        self.stream = None
+        self.mirror.copy_done(self, Failure(kind, message.replace("primary", "shadow")))
+
+    def on_request_drained(self, sent: int) -> None:
+        return None
+
+    def abandon(self) -> None:
+        """Deadline passed or shutting down: reset the stream, cancel the opening."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        stream = self.stream
+        self.stream = None
+        if stream is not None:
+            stream.reset()
+
+
 def shadow_ssl_context(settings: ShadowSettings) -> ssl.SSLContext:
     """The client TLS context for an https shadow: verification on unless ``tls_verify`` is false.
 
@@ -427,10 +559,15 @@ class ShadowMirror:
         # max_body_bytes; response copies only when the record stage holds them anyway); beyond it
         # drops are counted, never waited for.
         self._waiting: deque[_Offer] = deque()
-        self._active: set[_Copy] = set()
+        self._active: set[_Copy | _H2Copy] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._pool: Pool | None = None
+        #: The HTTP/2 pool of an ``h2c://`` shadow (then ``_pool`` stays None).
+        self._h2_pool: H2Pool | None = None
+        self._h2 = self._target.scheme == "h2c"
+        #: HTTP/2 copies drop what HTTP/1 copies drop but ``te`` (``te: trailers`` is kept).
+        self._h2_drop = self._drop - {_TE}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pump_scheduled = False
         self._stopped = False
@@ -459,6 +596,16 @@ class ShadowMirror:
             self._bucket = TokenBucket(self.settings.rate_per_s, burst, loop.time())
         ssl_context = await asyncio.to_thread(shadow_ssl_context, self.settings) if self._target.tls else None
         self._redactor = await self._make_redactor()
+        if self._h2:
+            self._h2_pool = H2Pool(
+                self._target.host,
+                self._target.port,
+                connect_timeout_s=self.settings.connect_timeout_s,
+                max_connections=_H2_SHADOW_CONNECTIONS,
+                peer="shadow",
+            )
+            self._sweeper = loop.call_later(self._sweep_period_s, self._sweep)
+            return
         # Keep as many idle connections as copies may be in flight: the concurrency cap is also the
         # connection cap.
         self._pool = Pool(
@@ -493,7 +640,7 @@ class ShadowMirror:
         """Send or queue a copy of the offer's exchange if rate cap, queue and breaker allow; return the
         decision. ``offer`` is shared by every shadow the request is offered to."""
         now_s = offer.offered_s
-        if self._stopped or self._pool is None:
+        if self._stopped or (self._pool is None and self._h2_pool is None):
             return FailureKind.DISABLED
         if self._bucket is not None and not self._bucket.try_take(now_s):
             return FailureKind.RATE_LIMITED
@@ -513,7 +660,6 @@ class ShadowMirror:
         return MIRRORED
 
     def _start(self, offer: _Offer, now_s: float) -> None:
-        assert self._pool is not None
         exchange = offer.exchange
         forwarding = offer.forwarding
         if forwarding is None:
@@ -538,6 +684,10 @@ class ShadowMirror:
                 body = redactor.redact_request_body(body, exchange.request_headers)
             if "?" in target:
                 target = redactor.redact_target(target)
+        if self._h2_pool is not None:
+            self._start_h2(exchange, target, body, forwarding, now_s)
+            return
+        assert self._pool is not None
         removed: list[bytes] = []
         head = mirror_request_head(
             exchange.method,
@@ -571,6 +721,75 @@ class ShadowMirror:
                 self._unflushed.append(conn)
         copy.reused = True
         copy.send(conn)
+
+    def _start_h2(
+        self, exchange: ProxiedExchange, target: str, body: bytes, forwarding: Forwarding, now_s: float
+    ) -> None:
+        """Send a copy as a stream to an HTTP/2 shadow."""
+        pool = self._h2_pool
+        assert pool is not None and self._loop is not None
+        removed: list[bytes] = []
+        headers = self._h2_headers(exchange, target, forwarding, removed)
+        copy = _H2Copy(self, exchange, headers, body, time.monotonic_ns(), self._delta(exchange, removed, target))
+        self._active.add(copy)
+        copy.deadline = now_s + self.settings.total_timeout_s
+        stream = pool.try_open(headers, copy, copy.ends_at_open)
+        if stream is not None:
+            copy.attach(stream)
+        else:
+            copy.connecting = self._loop.create_task(self._open_h2(copy), name=f"mirror-open-{self.settings.name}")
+
+    def _h2_headers(
+        self, exchange: ProxiedExchange, target: str, forwarding: Forwarding, removed: list[bytes]
+    ) -> list[Header]:
+        """An HTTP/2 copy's fields: the pseudo-headers (the shadow's authority rule, its path prefix),
+        the request's fields and forwarding fields minus the dropped ones (as ``mirror_request_head``
+        drops them, ``te: trailers`` kept), the shadow's credentials, the marker, the correlation id."""
+        upstream = self._target
+        path = target.encode("latin-1")
+        out: list[Header] = [
+            (b":method", exchange.method.encode("ascii")),
+            (b":scheme", b"https" if upstream.tls else b"http"),
+            (b":authority", copy_host(self.settings, upstream, exchange.authority)),
+            (b":path", upstream.path_prefix + path if upstream.path_prefix else path),
+        ]
+        drop = self._h2_drop
+        removable = self._removable
+        for name, value in forwarding[0]:
+            lower = name.lower()
+            if lower in drop or (lower == _TE and value.strip().lower() != b"trailers"):
+                if lower in removable:
+                    removed.append(name)
+                continue
+            out.append((lower, value))
+        for name, value in forwarding[1]:
+            lower = name.lower()
+            if lower in drop:
+                removed.append(name)
+                continue
+            out.append((lower, value))
+        for name, value in self._credentials:
+            out.append((name.lower(), value))
+        out.append(_H2_MARKER)
+        out.append((_H2_CORRELATION, exchange.id.encode("ascii")))
+        return out
+
+    async def _open_h2(self, copy: _H2Copy) -> None:
+        pool = self._h2_pool
+        assert pool is not None
+        try:
+            stream = await pool.open(copy.request_headers, copy, copy.ends_at_open)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            copy.connecting = None
+            self.copy_done(copy, Failure(FailureKind.CONNECT_ERROR, f"cannot connect to shadow: {exc}"))
+            return
+        copy.connecting = None
+        if copy not in self._active:  # timed out or stopped while opening
+            stream.reset()
+            return
+        copy.attach(stream)
 
     def _delta(self, exchange: ProxiedExchange, removed: list[bytes], target: str) -> list[Any]:
         """The copy's request delta in wire form (``shadowtap.recorder.model.delta_to_wire``): ``removed`` as
@@ -659,7 +878,7 @@ class ShadowMirror:
         most ``concurrency`` copies: a timer per copy cost more (a libuv timer started and stopped
         for every mirrored request) than all the deadlines it ever enforced."""
         loop = self._loop
-        if loop is None or self._pool is None:
+        if loop is None or (self._pool is None and self._h2_pool is None):
             return
         now_s = loop.time()
         late = [copy for copy in self._active if copy.deadline <= now_s]
@@ -667,13 +886,13 @@ class ShadowMirror:
             self._timed_out(copy)
         self._sweeper = loop.call_at(now_s + self._sweep_period_s, self._sweep)
 
-    def _timed_out(self, copy: _Copy) -> None:
+    def _timed_out(self, copy: _Copy | _H2Copy) -> None:
         copy.abandon()
         self.copy_done(
             copy, Failure(FailureKind.TIMEOUT, f"no complete response within {self.settings.total_timeout_s} s")
         )
 
-    def copy_done(self, copy: _Copy, outcome: Outcome) -> None:
+    def copy_done(self, copy: _Copy | _H2Copy, outcome: Outcome) -> None:
         """Exactly once per copy: count, feed the breaker, tell the listener, start the next copy."""
         if copy not in self._active:
             return
@@ -781,6 +1000,9 @@ class ShadowMirror:
         if self._pool is not None:
             self._pool.abort_all()
             self._pool = None
+        if self._h2_pool is not None:
+            self._h2_pool.abort_all()
+            self._h2_pool = None
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -849,7 +1071,10 @@ class MirrorStage:
                 self._decide(decisions, shadow, FailureKind.DISABLED)
             return
         method = exchange.method
-        rule = self._routes.match_target(method, exchange.target)
+        if exchange.grpc:
+            rule = self._routes.match_grpc(method, exchange.target)  # gRPC calls are POSTs: opted in by route
+        else:
+            rule = self._routes.match_target(method, exchange.target)
         body = exchange.request_body
         key: bytes | None = None
         if self._settings.sample_key is not None:

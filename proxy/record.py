@@ -35,7 +35,16 @@ from shadowtap.proxy.metrics import ProxyMetrics
 from shadowtap.proxy.mirror import MIRRORED
 from shadowtap.proxy.sampling import SampleKey, key_in_sample
 from shadowtap.proxy.stages import NOT_TIMED, ProxiedExchange
-from shadowtap.recorder.model import Failure, Headers, Outcome, Response, Timing, new_response
+from shadowtap.recorder.model import (
+    Failure,
+    Headers,
+    Outcome,
+    Response,
+    StreamMessage,
+    Timing,
+    new_response,
+    stream_message_to_wire,
+)
 
 __all__ = [
     "PRIMARY_KIND",
@@ -89,6 +98,7 @@ class PrimaryRecord:
     ``Failure``, or None when it has none) and timing, bodies as they go on the tape (capped,
     truncation marked); ``mirrored`` names the shadows to wait for, ``unrecorded`` those whose
     outcomes stay off the tape. ``taped`` is false for an exchange only the event log sees.
+    ``request_trailers`` and ``request_messages`` are an HTTP/2 request's (empty for HTTP/1).
     Read-only once built."""
 
     def __init__(
@@ -136,6 +146,8 @@ class PrimaryRecord:
         self.mirrored = mirrored
         self.unrecorded = unrecorded
         self.taped = taped
+        self.request_trailers: Headers = ()
+        self.request_messages: tuple[StreamMessage, ...] = ()
 
     def size_bytes(self) -> int:
         """Its bodies and headers, exactly, and ``RECORD_OVERHEAD_BYTES`` (for byte bounds)."""
@@ -147,7 +159,9 @@ class PrimaryRecord:
         )
 
     def wire(self) -> list[Any]:
-        """The record as one flat msgpack array (``shadowtap.proxy.join.load_wired`` reads it back)."""
+        """The record as one flat msgpack array (``shadowtap.proxy.join.load_wired`` reads it back);
+        an HTTP/2 exchange's gets four more fields: the request's trailers and messages, the
+        response's trailers and messages (messages in wire form)."""
         primary = self.primary
         timing = self.timing
         status: int | None = None
@@ -161,7 +175,7 @@ class PrimaryRecord:
             version, truncated_from = primary.http_version, primary.truncated_from
         elif primary is not None:
             failure_kind, failure_message = primary.kind, primary.message
-        return [
+        out = [
             PRIMARY_KIND, self.exchange_id, self.started_at_ns, self.started_mono_ns, self.method, self.target,
             self.request_headers, self.request_body, self.scheme, self.authority, self.http_version,
             self.request_truncated_from, status, reason, headers, body, version, truncated_from, failure_kind,
@@ -169,6 +183,13 @@ class PrimaryRecord:
             self.connection_id, self.client_addr, self.decisions, self.tags, self.mirrored,
             list(self.unrecorded) if self.unrecorded else None,
         ]  # fmt: skip
+        if self.http_version == "2":
+            out += [self.request_trailers, messages_to_wire(self.request_messages)]
+            if isinstance(primary, Response):
+                out += [primary.trailers, messages_to_wire(primary.messages)]
+            else:
+                out += [(), ()]
+        return out
 
 
 @final
@@ -206,11 +227,15 @@ class ShadowRecord:
         outcome = self.outcome
         timing = self.timing
         if isinstance(outcome, Response):
-            return [
+            out = [
                 SHADOW_KIND, self.exchange_id, self.shadow, outcome.status, outcome.reason, outcome.headers,
                 outcome.body, outcome.http_version, outcome.truncated_from, None, None, timing.sent_ns,
                 timing.first_byte_ns, timing.done_ns, self.early, self.recorded, self.delta,
             ]  # fmt: skip
+            if outcome.http_version == "2":
+                # An HTTP/2 answer: its trailers and messages follow.
+                out += [outcome.trailers, messages_to_wire(outcome.messages)]
+            return out
         kind: str | None = None
         message: str | None = None
         if outcome is not None:
@@ -221,11 +246,19 @@ class ShadowRecord:
         ]  # fmt: skip
 
 
+def messages_to_wire(messages: tuple[StreamMessage, ...]) -> list[list[Any]] | tuple[()]:
+    """gRPC message entries in wire form (``shadowtap.recorder.model.stream_message_to_wire``)."""
+    return [stream_message_to_wire(m) for m in messages] if messages else ()
+
+
 def _capped(response: Response, cap: int) -> Response:
     """``response`` with its body cut to ``cap`` bytes, marked with the size it had (unless it was
-    cut before)."""
+    cut before); its trailers and messages stay (a message's length is kept past the cut)."""
     body = response.body
     truncated_from = len(body) if response.truncated_from is None else response.truncated_from
+    if response.trailers or response.messages:
+        return Response(response.status, response.reason, response.headers, body[:cap], response.http_version,
+                        truncated_from, response.trailers, response.messages)  # fmt: skip
     return new_response(response.status, response.reason, response.headers, body[:cap], response.http_version,
                         truncated_from)  # fmt: skip
 
@@ -253,11 +286,15 @@ def primary_record(
     tags = {"source": "proxy", "correlation_id": ex.id}
     if ex.upgraded:
         tags["upgraded"] = "1"
-    return PrimaryRecord(
+    record = PrimaryRecord(
         ex.id, ex.started_at_ns, ex.started_mono_ns, ex.method, ex.target, ex.request_headers, body, ex.scheme,
         ex.authority, ex.http_version, request_truncated_from, primary, ex.timing, session, ex.connection_id,
         ex.client_addr, dict(ex.decisions), tags, mirrored, unrecorded, taped,
     )  # fmt: skip
+    if ex.http_version == "2":
+        record.request_trailers = ex.request_trailers
+        record.request_messages = ex.request_messages
+    return record
 
 
 def shadow_record(

@@ -5,6 +5,13 @@ of one, ``**`` any number of segments); the first matching rule wins. A rule can
 off for its route, opt unsafe methods in (``mirror_methods: [POST]``), set its own sample percent
 and limit which shadows get its traffic. Pure code: it must never do I/O, and it must never let a
 request reach a shadow that no rule and no default allowed.
+
+gRPC calls are all POSTs, so none is mirrored by default: a route with a ``grpc`` pattern
+(``/shop.Catalog/GetProduct``, ``/shop.Catalog/*``, ``/shop.*/*``, ``/**``) matches gRPC calls
+(HTTP/2 requests with ``content-type: application/grpc*``) by their ``/package.Service/Method`` path and
+opts them in (POST is mirrored on it unless ``mirror_methods`` says otherwise). A ``grpc`` route
+never matches anything but gRPC calls; path routes match gRPC calls too, by their path, and mirror
+them only where ``mirror_methods`` names POST.
 """
 
 from __future__ import annotations
@@ -17,12 +24,25 @@ from typing import Any, Final
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.wire import http1
 
-__all__ = ["DEFAULT_MIRROR_METHODS", "DEFAULT_RULE", "RouteRule", "RouteTable", "compile_path_pattern", "parse_methods"]
+__all__ = [
+    "DEFAULT_MIRROR_METHODS",
+    "DEFAULT_RULE",
+    "GRPC_MIRROR_METHODS",
+    "RouteRule",
+    "RouteTable",
+    "compile_grpc_pattern",
+    "compile_path_pattern",
+    "parse_methods",
+]
 
 #: Mirrored unless a route opts others in: the RFC 9110 safe methods but TRACE, which echoes the
 #: request back (headers included) and is never worth mirroring.
 DEFAULT_MIRROR_METHODS: Final = http1.SAFE_METHODS - {"TRACE"}
+#: Mirrored on a ``grpc`` route unless it names others: every gRPC call is a POST.
+GRPC_MIRROR_METHODS: Final = frozenset({"POST"})
 _TOKEN_RE: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: ``/package.Service/Method`` with globs: two segments (or ``**`` across them).
+_GRPC_PATTERN_RE: Final = re.compile(r"^/[A-Za-z0-9_.*]+/[A-Za-z0-9_*]+$|^/(?:[A-Za-z0-9_.*]+/)?\*\*$")
 
 
 def compile_path_pattern(pattern: str, *, field: str) -> re.Pattern[str]:
@@ -42,6 +62,16 @@ def compile_path_pattern(pattern: str, *, field: str) -> re.Pattern[str]:
             parts.append(re.escape(pattern[i]))
             i += 1
     return re.compile("".join(parts) + r"\Z")
+
+
+def compile_grpc_pattern(pattern: str, *, field: str) -> re.Pattern[str]:
+    """A gRPC method pattern (``/shop.Catalog/GetProduct``, ``/shop.Catalog/*``, ``/shop.*/*``,
+    ``/**``) to regex, by the path glob rules."""
+    if not _GRPC_PATTERN_RE.match(pattern):
+        raise ConfigError(
+            f"a gRPC method pattern is /package.Service/Method (globs: *, **), not {pattern!r}", field=field
+        )
+    return compile_path_pattern(pattern, field=field)
 
 
 def parse_methods(value: Any, *, field: str) -> frozenset[str]:
@@ -64,7 +94,8 @@ class RouteRule:
 
     ``mirror=False`` never mirrors the route. ``mirror_methods`` replaces the safe-method default for
     the route (the opt-in for POST and friends). ``sample_percent`` overrides the shadow's percent.
-    ``shadows`` limits the route to those shadow names (``None`` = all).
+    ``shadows`` limits the route to those shadow names (``None`` = all). ``grpc`` makes it a route
+    for gRPC calls (module docstring).
     """
 
     #: Shown in logs and stats (default: the path pattern).
@@ -81,34 +112,52 @@ class RouteRule:
     sample_percent: float | None = None
     #: Shadow names this route mirrors to (``None``: all shadows).
     shadows: tuple[str, ...] | None = None
+    #: gRPC method pattern (``/shop.Catalog/*``): the route matches gRPC calls only and mirrors them.
+    grpc: str | None = None
     path_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    grpc_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.sample_percent is not None and not 0.0 <= self.sample_percent <= 100.0:
             raise ConfigError(f"must be within 0..100, not {self.sample_percent!r}", field="sample_percent")
         if self.path is not None and self.path_re is None:
             object.__setattr__(self, "path_re", compile_path_pattern(self.path, field="path"))
+        if self.grpc is not None and self.grpc_re is None:
+            object.__setattr__(self, "grpc_re", compile_grpc_pattern(self.grpc, field="grpc"))
 
     def matches(self, method: str, path: str) -> bool:
         if self.methods is not None and method not in self.methods:
             return False
         return self.path_re is None or self.path_re.match(path) is not None
 
+    def matches_grpc(self, method: str, path: str) -> bool:
+        """Whether the route applies to a gRPC call: its ``grpc`` pattern, or its path rules."""
+        if self.methods is not None and method not in self.methods:
+            return False
+        if self.path_re is not None and self.path_re.match(path) is None:
+            return False
+        return self.grpc_re is None or self.grpc_re.match(path) is not None
+
     def allows_method(self, method: str) -> bool:
-        allowed = DEFAULT_MIRROR_METHODS if self.mirror_methods is None else self.mirror_methods
+        allowed = self.mirror_methods
+        if allowed is None:
+            allowed = DEFAULT_MIRROR_METHODS if self.grpc is None else GRPC_MIRROR_METHODS
         return method in allowed
 
     @classmethod
     def from_mapping(cls, data: Any, *, field: str, shadow_names: Iterable[str]) -> RouteRule:
         if not isinstance(data, Mapping):
             raise ConfigError(f"a route must be a mapping, not {data!r}", field=field)
-        known = {"name", "path", "methods", "mirror", "mirror_methods", "sample_percent", "shadows"}
+        known = {"name", "path", "methods", "mirror", "mirror_methods", "sample_percent", "shadows", "grpc"}
         for key in data:
             if key not in known:
                 raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})", field=f"{field}.{key}")
         path = data.get("path")
         if path is not None and not isinstance(path, str):
             raise ConfigError(f"expected a path pattern string, not {path!r}", field=f"{field}.path")
+        grpc = data.get("grpc")
+        if grpc is not None and not isinstance(grpc, str):
+            raise ConfigError(f"expected a gRPC method pattern string, not {grpc!r}", field=f"{field}.grpc")
         mirror = data.get("mirror", True)
         if not isinstance(mirror, bool):
             raise ConfigError(f"expected true or false, not {mirror!r}", field=f"{field}.mirror")
@@ -127,7 +176,7 @@ class RouteRule:
             shadows = tuple(raw)
         try:
             return cls(
-                name=str(data.get("name", path or field)),
+                name=str(data.get("name", path or grpc or field)),
                 path=path,
                 methods=None
                 if data.get("methods") is None
@@ -138,6 +187,7 @@ class RouteRule:
                 else parse_methods(data["mirror_methods"], field=f"{field}.mirror_methods"),
                 sample_percent=None if percent is None else float(percent),
                 shadows=shadows,
+                grpc=grpc,
             )
         except ConfigError as exc:
             if exc.field is not None and not exc.field.startswith(field):
@@ -150,12 +200,24 @@ DEFAULT_RULE: Final = RouteRule(name="default")
 
 
 class RouteTable:
-    """Ordered rules; ``match`` returns the first that matches, else the default rule."""
+    """Ordered rules; ``match`` returns the first that matches, else the default rule. ``rules``
+    holds the routes for any request (``grpc`` routes left out: they never match one that is not a
+    gRPC call), ``grpc_rules`` every route, for gRPC calls (``match_grpc``)."""
 
-    __slots__ = ("rules",)
+    __slots__ = ("grpc_rules", "rules")
 
     def __init__(self, rules: Sequence[RouteRule]) -> None:
-        self.rules = tuple(rules)
+        self.grpc_rules = tuple(rules)
+        self.rules = tuple(rule for rule in rules if rule.grpc is None)
+
+    def match_grpc(self, method: str, target: str) -> RouteRule:
+        """The first route for a gRPC call to ``target`` (``/package.Service/Method``), else the
+        default rule (which mirrors no gRPC call: they are POSTs)."""
+        path = target.split("?", 1)[0]
+        for rule in self.grpc_rules:
+            if rule.matches_grpc(method, path):
+                return rule
+        return DEFAULT_RULE
 
     def match(self, method: str, path: str) -> RouteRule:
         for rule in self.rules:

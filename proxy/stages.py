@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from shadowtap.recorder.model import Failure, Headers, Response, Timing
+from shadowtap.recorder.model import Failure, Headers, Response, StreamMessage, Timing
 
 __all__ = [
     "NOT_TIMED",
@@ -45,6 +45,10 @@ class ProxiedExchange:
     it). ``response`` carries the primary's head and the body captured up to the capture limit, with
     ``truncated_from`` set when cut. ``timing`` is relative to ``started_mono_ns``. ``upgraded`` is
     true for WebSocket / Upgrade requests (never mirrored).
+
+    HTTP/2 streams (``shadowtap.proxy.h2server``) also fill ``request_trailers`` and, for gRPC calls
+    (``grpc``: a ``content-type: application/grpc*`` request), ``request_messages``; their
+    ``response`` carries its trailers and messages likewise. HTTP/1 leaves them empty.
     """
 
     id: str
@@ -67,6 +71,12 @@ class ProxiedExchange:
     timing: Timing = NOT_TIMED
     #: Set by stages for the wide event and the tape: shadow name -> "mirrored" or drop reason.
     decisions: dict[str, str] = field(default_factory=dict)
+    #: The request's trailer fields (HTTP/2).
+    request_trailers: Headers = ()
+    #: The gRPC request messages' framing and timing (the bytes stay in ``request_body``).
+    request_messages: tuple[StreamMessage, ...] = ()
+    #: A gRPC call over HTTP/2 (mirrored only where a route opts its method in).
+    grpc: bool = False
 
 
 class Stage(Protocol):

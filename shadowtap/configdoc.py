@@ -101,7 +101,7 @@ def _flags() -> dict[str, tuple[str, str]]:
     flags = {path.replace("shadows.*.", "shadows[]."): (flag, text) for flag, path, _, _, text in proxy_command._FLAGS}
     # Flags that fill several keys at once.
     flags["shadows[].name"] = flags["shadows[].url"] = ("--shadow NAME=URL", "")
-    for key in ("name", "path", "methods", "mirror", "mirror_methods", "sample_percent", "shadows"):
+    for key in ("name", "path", "methods", "mirror", "mirror_methods", "sample_percent", "shadows", "grpc"):
         flags[f"mirror.routes[].{key}"] = ("--route SPEC", "")
     flags["trips"] = ("--trip RULE", "")
     return flags

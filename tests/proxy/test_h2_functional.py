@@ -475,12 +475,14 @@ async def test_alpn_h2_and_http1_on_one_tls_port(pki: Pki, h2_primary: H2TestSer
         await proxy.shutdown(1)
 
 
-def test_h2c_urls_are_for_the_primary_only(tmp_path: Path) -> None:
+def test_h2c_urls_for_the_primary_and_shadows(tmp_path: Path) -> None:
     from shadowtap.proxy.config import ProxyConfig
     from shadowtap.recorder.errors import ConfigError
 
     assert ProxyConfig.from_mapping({"primary": "h2c://127.0.0.1:50051"}).primary == "h2c://127.0.0.1:50051"
-    with pytest.raises(ConfigError, match="h2c:// URL is for the primary only"):
-        ProxyConfig.from_mapping(
-            {"primary": "http://127.0.0.1:1", "shadows": [{"name": "v2", "url": "h2c://127.0.0.1:2"}]}
-        )
+    config = ProxyConfig.from_mapping(
+        {"primary": "http://127.0.0.1:1", "shadows": [{"name": "v2", "url": "h2c://127.0.0.1:2"}]}
+    )
+    assert config.shadows[0].url == "h2c://127.0.0.1:2"  # the mirror speaks HTTP/2 to it
+    with pytest.raises(ConfigError, match="must start with http://, https:// or h2c://"):
+        ProxyConfig.from_mapping({"primary": "http://127.0.0.1:1", "shadows": [{"name": "v2", "url": "h2://x"}]})

@@ -34,6 +34,7 @@ from shadowtap.recorder.model import (
     Request,
     RequestDelta,
     Response,
+    StreamMessage,
     Timing,
     delta_to_wire,
     exchange_from_wire,
@@ -269,6 +270,42 @@ def test_the_writer_process_tapes_what_the_loop_tapes() -> None:
     assert wired_off.outcome is None
     with pytest.raises(ValueError):
         load_wired([9, "x"])
+
+
+def test_http2_records_carry_trailers_and_grpc_messages_both_ways() -> None:
+    """An HTTP/2 exchange's records carry the request's and the responses' trailers and gRPC
+    message framing; the loop and the writer process tape the same, and HTTP/1 records stay as
+    short as before."""
+    messages = (StreamMessage(0, 3, 100), StreamMessage(1, 2, 200))
+    request = Request(
+        "POST", "/shop.Catalog/Chat", ((b"content-type", b"application/grpc"),), b"\0\0\0\0\3abc\1\0\0\0\2de",
+        "http", "h:1", "2", None, ((b"x-end", b"1"),), messages,
+    )  # fmt: skip
+    grpc_ok = ((b"grpc-status", b"0"),)
+    primary = Response(200, "", ((b"content-type", b"application/grpc"),), b"\0\0\0\0\1z", "2", None, grpc_ok,
+                       (StreamMessage(0, 1, 300),))  # fmt: skip
+    answer = Response(200, "", (), b"\0\0\0\0\1y", "2", None, ((b"grpc-status", b"5"),), (StreamMessage(0, 1, 400),))
+    ex = Exchange(
+        id="id-2", started_at_ns=10, started_mono_ns=20, request=request, primary=primary, session="",
+        connection_id="c", client_addr="a:1", decisions={"v2": "mirrored"}, tags={"source": "proxy"},
+    )  # fmt: skip
+    record = primary_of(ex, ["v2"])
+    record.request_trailers, record.request_messages = request.trailers, request.messages
+    taped = []
+    for wired in (False, True):
+        j, out = joiner()
+        for item in (record, shadow("id-2", "v2", answer)):
+            feed(j, load_wired(unwired(item)) if wired else item)
+        (entry,) = out.joined
+        taped.append(read(entry.tape_record()))
+    assert taped[0] == taped[1]
+    got = taped[1]
+    assert got.request.trailers == ((b"x-end", b"1"),) and got.request.messages == messages
+    assert got.primary == primary and got.shadows["v2"] == answer
+    # HTTP/1 records keep their length: the HTTP/2 fields are appended only when there.
+    plain = primary_of(make_exchange(3))
+    assert len(plain.wire()) == 30 and len(record.wire()) == 34
+    assert len(shadow("x", "v2", ok(b"1")).wire()) == 17 and len(shadow("x", "v2", answer).wire()) == 19
 
 
 def test_the_intake_pickles_with_its_settings_only() -> None:

@@ -55,6 +55,9 @@ def test_first_match_wins_and_default() -> None:
         ({"sample_percent": "x"}, "routes[2].sample_percent"),
         ({"shadows": ["nope"]}, "routes[2].shadows[0]"),
         ({"mirror": "yes"}, "routes[2].mirror"),
+        ({"grpc": "shop.Catalog/Get"}, "routes[2].grpc"),
+        ({"grpc": "/shop/Catalog/Get"}, "routes[2].grpc"),
+        ({"grpc": 7}, "routes[2].grpc"),
         ("GET /x", "routes[2]"),
     ],
 )
@@ -62,3 +65,25 @@ def test_bad_rules_name_the_key(data: object, field: str) -> None:
     with pytest.raises(ConfigError) as info:
         RouteRule.from_mapping(data, field="routes[2]", shadow_names=["v2"])
     assert info.value.field == field
+
+
+def test_grpc_routes_opt_methods_in_and_match_grpc_calls_only() -> None:
+    get = RouteRule.from_mapping({"grpc": "/shop.Catalog/Get*"}, field="routes[0]", shadow_names=["v2"])
+    every = RouteRule.from_mapping(
+        {"grpc": "/shop.*/*", "shadows": ["v2"], "sample_percent": 5}, field="routes[1]", shadow_names=["v2"]
+    )
+    posts = RouteRule(name="posts", path="/**", mirror_methods=frozenset({"POST"}))
+    assert get.name == "/shop.Catalog/Get*"
+    table = RouteTable([get, every])
+    assert table.match_grpc("POST", "/shop.Catalog/GetProduct") is get
+    assert table.match_grpc("POST", "/shop.Catalog/Chat") is every
+    assert table.match_grpc("POST", "/other.Svc/Call") is DEFAULT_RULE
+    assert get.allows_method("POST") and not get.allows_method("GET")  # the gRPC pattern is the opt-in
+    assert not DEFAULT_RULE.allows_method("POST")  # no route: a gRPC call is not mirrored
+    # A gRPC route never matches a request that is not a gRPC call, whatever its path.
+    assert table.match_target("POST", "/shop.Catalog/GetProduct") is DEFAULT_RULE
+    # Path routes match gRPC calls by their path (and mirror them where they name POST).
+    assert RouteTable([posts, get]).match_grpc("POST", "/shop.Catalog/GetProduct") is posts
+    narrowed = RouteRule(name="n", grpc="/shop.Catalog/*", mirror_methods=frozenset({"GET"}))
+    assert not narrowed.allows_method("POST")
+    assert RouteRule(name="all", grpc="/**").matches_grpc("POST", "/a.B/C")
