@@ -266,6 +266,9 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
 
     if args.workers < 1:
         raise ConfigError(f"must be >= 1, got {args.workers}", field="workers")
+    if (args.locust or args.locust_job_out) and (args.http2 or args.target.lower().startswith("h2c://")):
+        raise ConfigError("the Locust mode sends over HTTP/1.1 only: replay HTTP/2 in one process or with --workers",
+                          field="--locust")  # fmt: skip
     # The proxy's URL check, so a target is refused here (one line) rather than by a URL parser
     # deep in a transport (a traceback), or accepted with a space that would split the request line.
     parse_primary(args.target, field="--target")

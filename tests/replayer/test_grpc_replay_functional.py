@@ -156,8 +156,9 @@ def offsets_ns(at_ms: tuple[int, ...], size: int) -> Iterator[int]:
     return (offset for _, offset in found)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_grpc_calls_replay_over_h2c_with_statuses_messages_and_gaps(
-    tmp_path: Path, shop: CompiledShop, catalog: Catalog
+    tmp_path: Path, shop: CompiledShop, catalog: Catalog, workers: str
 ) -> None:
     recorded = await record_tape(shop, catalog.port, tmp_path / "tape")
     catalog.arrivals.clear()  # only the replay's from here
@@ -165,7 +166,7 @@ async def test_grpc_calls_replay_over_h2c_with_statuses_messages_and_gaps(
         str(tmp_path / "tape"), "--target", f"h2c://127.0.0.1:{catalog.port}", "--allow-writes",
         "--speed", str(SPEED), "--no-progress", "--results", str(tmp_path / "results"),
         "--json", str(tmp_path / "stats.json"), "--html", str(tmp_path / "report.html"),
-        "--max-error-rate", "1",
+        "--max-error-rate", "1", "--workers", workers,
     )  # fmt: skip
     assert code == 0, err
     results = {ex.id: ex for ex in TapeReader(tmp_path / "results")}

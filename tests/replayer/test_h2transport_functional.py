@@ -212,3 +212,10 @@ async def test_https_targets_speak_http2_by_alpn_with_verified_certificates(
         b":authority": f"localhost:{port}".encode(),
         b":path": b"/secure",
     }
+
+
+@pytest.mark.parametrize("flags", [["--target", "h2c://127.0.0.1:1"], ["--target", "http://127.0.0.1:1", "--http2"]])
+async def test_the_locust_mode_refuses_http2_in_one_line(tmp_path: Path, flags: list[str]) -> None:
+    code, _out, err = await shadowtap(str(tmp_path), *flags, "--locust", "--no-progress")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the Locust mode sends over HTTP/1.1 only" in err
