@@ -19,7 +19,8 @@ import pytest
 
 from shadowtap.recorder import PRIMARY, REPLAY, Exchange, Request, Response, SyncTapeWriter, TapeOptions, TapeReader
 from shadowtap.recorder.model import StreamMessage, Timing
-from shadowtap.replayer.h2transport import message_offsets
+from shadowtap.replayer.h2transport import H2Transport, message_offsets
+from shadowtap.replayer.transport import ClientSettings, error_class
 from shadowtap.wire.grpc import encode_message, split_messages
 from tests.grpc_fixtures import CompiledShop, compile_shop
 from tests.grpc_fixtures.server import make_servicer
@@ -57,6 +58,8 @@ async def catalog(shop: CompiledShop) -> AsyncIterator[Catalog]:
             accepted = 0
             async for update in request_iterator:
                 seen.append(time.monotonic_ns())
+                if update.sku == "stop":
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "stopped")
                 accepted += bool(update.sku)
             return shop.pb2.UploadSummary(accepted=accepted, rejected=len(seen) - accepted)
 
@@ -232,3 +235,22 @@ async def test_grpc_calls_replay_over_h2c_with_statuses_messages_and_gaps(
     report = (tmp_path / "diff.json").read_text()
     assert "/shop.Catalog/GetProduct" in report and "OK->NOT_FOUND" in report
     assert "pairs 5  compared 5  equal 4  differing 1" in diff_out.decode()
+
+
+async def test_a_call_the_target_ends_early_sends_no_more_and_frees_its_stream(
+    shop: CompiledShop, catalog: Catalog
+) -> None:
+    pb2 = shop.pb2
+    updates = [pb2.PriceUpdate(sku="stop"), pb2.PriceUpdate(sku="later")]
+    recorded = Request("POST", "/shop.Catalog/UploadPrices", GRPC_HEADERS, framed(updates), http_version="2",
+                       messages=timed(updates, (0, 2_000)))  # fmt: skip
+    lookup = [pb2.GetProductRequest(id="p1")]
+    async with H2Transport(f"h2c://127.0.0.1:{catalog.port}", ClientSettings(h2_connections=1)) as transport:
+        stopped = await transport.send("POST", recorded.target, GRPC_HEADERS, recorded.body, recorded)
+        # The client's half of the stream is ended too: h2 no longer counts it as open.
+        open_streams = transport._pool._conns[0]._h2.open_outbound_streams
+        after = await transport.send("POST", "/shop.Catalog/GetProduct", GRPC_HEADERS, framed(lookup))
+    assert isinstance(stopped.outcome, Response) and error_class(stopped.outcome) == "grpc-FAILED_PRECONDITION"
+    assert len(catalog.arrivals["UploadPrices"]) == 1  # the second message was never sent
+    assert open_streams == 0
+    assert isinstance(after.outcome, Response) and error_class(after.outcome) is None

@@ -6,13 +6,18 @@ transport sends over HTTP/2."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from shadowtap.recorder import REPLAY, Failure, FailureKind, Request, Response, SyncTapeWriter, TapeOptions, TapeReader
+from shadowtap.recorder.model import StreamMessage
 from shadowtap.replayer.h2transport import H2Transport
 from shadowtap.replayer.transport import ClientSettings, HttpTransport, VersionedTransport, make_transport
 from tests.proxy.test_server_tls_functional import Pki, pki  # noqa: F401  (the fixture)
@@ -219,3 +224,51 @@ async def test_the_locust_mode_refuses_http2_in_one_line(tmp_path: Path, flags: 
     code, _out, err = await shadowtap(str(tmp_path), *flags, "--locust", "--no-progress")
     assert code == 2 and err.count("\n") == 1, err
     assert "the Locust mode sends over HTTP/1.1 only" in err
+
+
+async def test_an_answer_before_the_whole_request_ends_the_clients_half_too() -> None:
+    # A server that answers as soon as a request's head arrives and never resets the stream (a 413
+    # to a large upload, an error to a client stream): the client must end its half (RST_STREAM
+    # NO_ERROR), or h2 counts the stream as open for as long as the connection lives.
+    resets: list[int] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    conn.send_headers(event.stream_id, [(b":status", b"413")], end_stream=True)
+                elif isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamReset):
+                    resets.append(int(event.error_code))
+            writer.write(conn.data_to_send())
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    body = b"\x00\x00\x00\x00\x01a\x00\x00\x00\x00\x01b"
+    grpc_fields = ((b"content-type", b"application/grpc"),)
+    recorded = Request("POST", "/up", grpc_fields, body, http_version="2",
+                       messages=(StreamMessage(0, 1, 0), StreamMessage(0, 1, 5_000_000_000)))  # fmt: skip
+    try:
+        async with H2Transport(f"h2c://127.0.0.1:{port}") as transport:
+            result = await transport.send("POST", "/up", grpc_fields, body, recorded)
+            open_streams = transport._pool._conns[0]._h2.open_outbound_streams
+            for _ in range(100):  # until the server has read the reset
+                if resets:
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        await server.wait_closed()
+    assert isinstance(result.outcome, Response) and result.outcome.status == 413
+    assert open_streams == 0 and resets == [0]
