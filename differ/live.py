@@ -14,12 +14,14 @@ Protocol with the parent: stdin carries the pickled ``LiveOptions`` (length-pref
 bytes (``b"p"`` pause: frames are read and dropped, counted in ``paused``; ``b"r"`` resume). Its
 counters go to stdout as msgpack arrays (``LiveReport`` fields in order) after every batch and at
 least every second. It ignores SIGINT and SIGTERM (the parent owns its life; the tap's end is its
-end). It must never write to the tape's pipe, hold more than one read chunk plus one frame of
-input, or block its writer: the pipe is the bounded channel, and its writer drops what does not fit.
+end), and runs only on CPU time nothing else wants (Linux ``SCHED_IDLE``; elsewhere ``nice`` 19).
+It must never write to the tape's pipe, hold more than one read chunk plus one frame of input, or
+block its writer: the pipe is the bounded channel, and its writer drops what does not fit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -49,7 +51,7 @@ from shadowtap.recorder._frames import (
 )
 from shadowtap.recorder.model import Exchange, exchange_from_wire
 
-__all__ = ["FrameStream", "LiveOptions", "LiveReport", "child_main", "live_db_paths", "open_live_store"]
+__all__ = ["FrameStream", "LiveDiffer", "LiveOptions", "LiveReport", "child_main", "live_db_paths", "open_live_store"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ _OPTIONS_LENGTH: Final = struct.Struct("!I")
 #: The bytes every frame starts with (docs/tape-format.md).
 _SYNC_BYTES: Final = FRAME_SYNC.to_bytes(2, "little")
 _PAUSE: Final = ord("p")
+#: The live differ's niceness increment where SCHED_IDLE is not available (module docstring).
+_NICE: Final = 19
 _RESUME: Final = ord("r")
 
 
@@ -170,8 +174,9 @@ class FrameStream:
         return new
 
 
-class _Live:
-    """The sessions and counters of one live differ process."""
+class LiveDiffer:
+    """The sessions and counters of one live differ process: ``take`` bytes read off the tap,
+    ``commit``, and ``finish`` at the tap's end (sans-IO: the process loop reads and reports)."""
 
     def __init__(self, options: LiveOptions) -> None:
         self.options = options
@@ -238,6 +243,17 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return data
 
 
+def _set_idle_priority(idle: bool) -> None:
+    """Linux ``SCHED_IDLE`` (or back to normal); elsewhere ``nice`` (only ever lowered)."""
+    try:
+        policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or not allowed back
+        if idle:
+            with contextlib.suppress(OSError):
+                os.nice(_NICE)
+
+
 def child_main(tap_fd: int, stdin: int = 0, stdout: int = 1) -> int:
     """Diff the exchanges read off ``tap_fd`` until it ends; options and control on ``stdin``,
     counters on ``stdout``."""
@@ -248,7 +264,7 @@ def child_main(tap_fd: int, stdin: int = 0, stdout: int = 1) -> int:
     options = pickle.loads(_read_exactly(stdin, length))
     if not isinstance(options, LiveOptions):
         raise TypeError(f"expected LiveOptions on the live differ's input, got {options!r:.200}")
-    live = _Live(options)
+    live = LiveDiffer(options)
     if options.secondary is not None:
         log.warning(
             "noise model warming up: learned from %r once it has answered %d exchanges",
@@ -266,6 +282,10 @@ def child_main(tap_fd: int, stdin: int = 0, stdout: int = 1) -> int:
     last_commit = last_report = time.monotonic()
     dirty = False
     report()  # ready
+    # Started (imports, stores) at the normal priority; from now on below the proxy and the tape
+    # writer: on a busy machine the differ falls behind and its tap drops (counted), rather than
+    # take CPU time the data path wants.
+    _set_idle_priority(True)
     while True:
         readable, _, _ = select.select(watched, [], [], options.report_every_s)
         if stdin in readable:
@@ -292,6 +312,7 @@ def child_main(tap_fd: int, stdin: int = 0, stdout: int = 1) -> int:
         if now - last_report >= options.report_every_s or tap_fd in readable:
             report()
             last_report = now
+    _set_idle_priority(False)  # the proxy is stopping: finish the stores while it waits
     live.finish()
     report()
     return 0
