@@ -445,12 +445,13 @@ class _H2Forward:
     """One client stream on its way to the primary and back (the primary's ``StreamSink``, or the
     HTTP/1 ``ResponseSink`` when the primary speaks HTTP/1)."""
 
-    __slots__ = ("_chunked", "_copied", "_copy", "_failure", "_first_byte_ns", "_out", "_out_end", "_out_trailers",
-                 "_pending", "_pending_trailers", "_req_cap", "_req_captured", "_req_msgs", "_req_split", "_resp_cap",
-                 "_resp_captured", "_resp_headers", "_resp_msgs", "_resp_size", "_resp_split", "_resp_trailers",
-                 "_retried", "_sent_ns", "_task", "_unacked", "authority", "body_done", "ctx", "deadline", "ex",
-                 "finished", "first_byte_deadline", "grpc", "head_sent", "headers", "http1", "last_read", "method",
-                 "path", "resp_read_at", "session", "started_ns", "status", "stream_id", "upstream")  # fmt: skip
+    __slots__ = ("_chunked", "_copied", "_copy", "_failure", "_first_byte_ns", "_held", "_out", "_out_end",
+                 "_out_trailers", "_pending", "_pending_trailers", "_req_cap", "_req_msgs", "_req_split",
+                 "_resp_cap", "_resp_captured", "_resp_headers", "_resp_msgs", "_resp_size", "_resp_split",
+                 "_resp_trailers", "_retried", "_sent_ns", "_task", "_unacked", "authority", "body_done", "ctx",
+                 "deadline", "ex", "finished", "first_byte_deadline", "grpc", "head_sent", "headers", "http1",
+                 "last_read", "method", "path", "resp_read_at", "session", "started_ns", "status", "stream_id",
+                 "upstream")  # fmt: skip
 
     def __init__(
         self, session: H2Session, stream_id: int, method: bytes, path: bytes, authority: bytes, headers: list[Header]
@@ -499,10 +500,11 @@ class _H2Forward:
         # What the stages see (``watch``): nothing is copied while ``ex`` is None.
         self.ex: ProxiedExchange | None = None
         self._failure: Failure | None = None
+        #: Bytes of this stream's copies counted in the process's ``capture_held`` (given back at the end).
+        self._held = 0
         self._sent_ns: int | None = None
         self._first_byte_ns: int | None = None
         self._req_cap: list[bytes] | None = None
-        self._req_captured = 0
         self._req_split: MessageSplitter | None = None
         self._req_msgs: list[StreamMessage] = []
         self._resp_headers: tuple[Header, ...] = ()
@@ -561,6 +563,8 @@ class _H2Forward:
         """The stream ended: the completion stages (the record stage) see the exchange."""
         ex = self.ex
         ctx = self.ctx
+        ctx.capture_held -= self._held
+        self._held = 0
         if ex is None or not ctx.completion_stages:
             return
         now = time.monotonic_ns()
@@ -586,11 +590,10 @@ class _H2Forward:
             ex.failure = failure
         elif self._first_byte_ns is not None and status is not None:
             size = self._resp_size
-            limit = ctx.capture_limit
+            body = b"".join(self._resp_cap) if size else b""
             ex.response = Response(
-                status, "", self._resp_headers, b"".join(self._resp_cap) if size else b"",
-                "1.1" if ctx.h2_pool is False else "2", size if size > limit else None, self._resp_trailers,
-                tuple(self._resp_msgs),
+                status, "", self._resp_headers, body, "1.1" if ctx.h2_pool is False else "2",
+                size if size > len(body) else None, self._resp_trailers, tuple(self._resp_msgs),
             )  # fmt: skip
         else:
             ex.failure = Failure(FailureKind.OTHER, "the stream ended without a response")
@@ -697,10 +700,20 @@ class _H2Forward:
         if self.ex is not None:
             cap = self._req_cap
             if cap is not None:
-                if self._copied <= self.ctx.capture_limit:
+                ctx = self.ctx
+                size = len(data)
+                if self._copied <= ctx.capture_limit and ctx.capture_held + size <= ctx.capture_budget:
                     cap.append(data)
+                    ctx.capture_held += size
+                    self._held += size
                 else:
-                    self._req_cap = None  # past the capture limit: the stages see it as not captured
+                    # Past the capture limit, or the budget every copy in flight shares: the stages
+                    # see the request as not captured (never mirrored; its size still recorded).
+                    if self._copied <= ctx.capture_limit:
+                        ctx.stats.capture_budget_cuts += 1
+                    self._req_cap = None
+                    ctx.capture_held -= self._held
+                    self._held = 0
             if self._req_split is not None:
                 self._req_split = _split(self._req_split, self._req_msgs, data, self.started_ns)
         upstream = self.upstream
@@ -793,11 +806,20 @@ class _H2Forward:
 
     def _response_copy(self, data: bytes) -> None:
         size = len(data)
-        room = self.ctx.capture_limit - self._resp_captured
+        ctx = self.ctx
+        room = ctx.capture_limit - self._resp_captured
         if room > 0:
             piece = data if size <= room else data[:room]
-            self._resp_cap.append(piece)
-            self._resp_captured += len(piece)
+            taken = len(piece)
+            if ctx.capture_held + taken <= ctx.capture_budget:
+                self._resp_cap.append(piece)
+                self._resp_captured += taken
+                ctx.capture_held += taken
+                self._held += taken
+            else:
+                # The rest of the copy is cut (the response is marked truncated), never the wire.
+                self._resp_captured = ctx.capture_limit
+                ctx.stats.capture_budget_cuts += 1
         self._resp_size += size
         if self._resp_split is not None:
             self._resp_split = _split(self._resp_split, self._resp_msgs, data, self.started_ns)

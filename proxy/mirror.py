@@ -20,7 +20,8 @@ the tape keeps so that the differ can tell an answer that echoes it from a regre
 HTTP/2 requests (``ProxiedExchange.http_version`` "2", from ``shadowtap.proxy.h2server``) are offered
 once the client's request stream has ended, the whole stream buffered up to the capture limit (a
 longer one is not mirrored: ``body-too-large``); gRPC calls only where a route opts them in
-(``shadowtap.proxy.rules``). A shadow whose URL is ``h2c://`` is spoken to over HTTP/2
+(``shadowtap.proxy.rules``), and only when their request stream ended within the shadow's
+``total_timeout_s`` (else ``timeout``). A shadow whose URL is ``h2c://`` is spoken to over HTTP/2
 (``shadowtap.wire.h2.H2Pool``, ``_H2Copy``): the copy is a stream with the same fields, minus the
 same ones as over HTTP/1, its body and request trailers, and its answer comes back with trailers and,
 for gRPC, its messages' framing and timing. An ``http://`` or ``https://`` shadow gets an HTTP/2
@@ -1071,8 +1072,11 @@ class MirrorStage:
                 self._decide(decisions, shadow, FailureKind.DISABLED)
             return
         method = exchange.method
+        #: How long a gRPC call's request stream took (0 for anything else).
+        stream_s = 0.0
         if exchange.grpc:
             rule = self._routes.match_grpc(method, exchange.target)  # gRPC calls are POSTs: opted in by route
+            stream_s = (time.monotonic_ns() - exchange.started_mono_ns) / 1e9
         else:
             rule = self._routes.match_target(method, exchange.target)
         body = exchange.request_body
@@ -1096,6 +1100,9 @@ class MirrorStage:
                 decision = FailureKind.METHOD_NOT_ALLOWED
             elif body is None or len(body) > shadow.settings.max_body_bytes:
                 decision = FailureKind.BODY_TOO_LARGE
+            elif stream_s > shadow.settings.total_timeout_s:
+                # A request stream longer than a copy may take: sent whole now, it would not be the call.
+                decision = FailureKind.TIMEOUT
             else:
                 percent = rule.sample_percent if rule.sample_percent is not None else flags.shadow_percent(shadow.index)
                 sampled = key_in_sample(key, percent) if key is not None else in_sample(percent)

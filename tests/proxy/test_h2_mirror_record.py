@@ -207,6 +207,8 @@ async def test_only_the_grpc_methods_a_route_opts_in_are_mirrored(
             "shadows": {"v2": f"h2c://127.0.0.1:{shadow_port}"},
             "mirror": {"routes": [{"grpc": f"{CATALOG}Get*"}, {"path": "/**", "mirror_methods": ["GET"]}]},
             "record": {"tape": str(tape), "join_timeout_s": 5},
+            # The event log needs every joined exchange: the join runs on the loop, not in the writer.
+            "events": {"path": str(tmp_path / "events.jsonl")},
         }
     )
     try:
@@ -220,6 +222,48 @@ async def test_only_the_grpc_methods_a_route_opts_in_are_mirrored(
     for method in ("ListProducts", "UploadPrices", "Chat"):
         assert taped[CATALOG + method].decisions == {"v2": "method-not-allowed"}
         assert not taped[CATALOG + method].shadows
+    # Joined on the loop, taped alike: HTTP/2, trailers, messages, the shadow's answer.
+    unary = taped[CATALOG + "GetProduct"]
+    assert unary.request.http_version == "2" and len(unary.request.messages) == 1
+    answer = unary.shadows["v2"]
+    assert isinstance(answer, Response) and _trailer(answer, b"grpc-status") == b"0" and len(answer.messages) == 1
+    chat = taped[CATALOG + "Chat"]
+    assert isinstance(chat.primary, Response) and len(chat.primary.messages) == 2 and len(chat.request.messages) == 2
+    assert len((tmp_path / "events.jsonl").read_text().splitlines()) == 4
+
+
+async def test_a_request_stream_longer_than_the_shadow_timeout_is_not_mirrored(
+    shop: CompiledShop, v1: tuple[int, _Seen], v2: tuple[int, _Seen], tmp_path: Path
+) -> None:
+    (primary_port, _), (shadow_port, shadow_seen) = v1, v2
+    tape = tmp_path / "tape"
+    app = await _start(
+        {
+            "primary": f"h2c://127.0.0.1:{primary_port}",
+            "shadows": {"v2": {"url": f"h2c://127.0.0.1:{shadow_port}", "total_timeout_s": 0.2}},
+            "mirror": {"routes": [{"grpc": f"{CATALOG}*"}]},
+            "record": {"tape": str(tape), "join_timeout_s": 5},
+        }
+    )
+    pb2 = shop.pb2
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{_port(app)}") as channel:
+            stub = shop.pb2_grpc.CatalogStub(channel)
+
+            async def slow_chat() -> AsyncIterator[Any]:
+                yield pb2.ChatMessage(text="one")
+                await asyncio.sleep(0.5)  # the request stream outlasts the shadow's timeout
+                yield pb2.ChatMessage(text="two")
+
+            replies = [m.text async for m in stub.Chat(slow_chat(), timeout=10)]
+    finally:
+        await app.shutdown()
+    assert replies == ["ONE", "TWO"]
+    assert shadow_seen.calls == []
+    (ex,) = list(TapeReader(tape))
+    assert ex.decisions == {"v2": "timeout"}
+    first, second = ex.request.messages
+    assert first.at_ns is not None and second.at_ns is not None and second.at_ns > first.at_ns
 
 
 async def test_a_grpc_call_is_not_mirrored_without_a_route(
