@@ -440,36 +440,55 @@ async def test_shadowtap_diff_finds_the_v2_change_on_a_recorded_grpc_tape(
     assert found == {("POST " + CATALOG + "GetProduct", "body.name")}  # the one planted change: v2 in the name
 
 
-async def test_an_h2_client_in_front_of_an_http1_primary_records_http2(tmp_path: Path) -> None:
+async def test_an_h2_client_in_front_of_an_http1_primary_records_http2_and_mirrors_over_http1(
+    tmp_path: Path,
+) -> None:
     class Echo(AppUpstream):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+            self.seen: list[tuple[str, dict[str, str]]] = []
+
         async def handle(self, request: web.Request) -> web.StreamResponse:
             await request.read()
-            return web.Response(text=f"{request.method} {request.path_qs}")
+            self.seen.append((f"{request.method} {request.path_qs}", dict(request.headers)))
+            return web.Response(text=f"{self.name} {request.method} {request.path_qs}")
 
-    primary = await Echo().start()
+    primary, shadow = await Echo("v1").start(), await Echo("v2").start()
     tape = tmp_path / "tape"
-    app = await _start({"primary": primary.url, "record": {"tape": str(tape)}})
+    app = await _start(
+        {"primary": primary.url, "shadows": {"v2": shadow.url}, "record": {"tape": str(tape), "join_timeout_s": 5}}
+    )
     try:
         client = await H2TestClient.connect(_port(app))
         try:
-            first = await client.get("/items/1?x=2", [(b"accept", b"text/plain")])
+            first = await client.get("/items/1?x=2", [(b"accept", b"text/plain"), (b"authorization", b"Basic eA==")])
             stream = client.request("POST", "/orders", [(b"content-type", b"application/json")], b'{"n": 1}', end=False)
             client.end(stream, [(b"x-checksum", b"abc")])
             second = await client.response(stream)
+            await _wait_for(lambda: len(shadow.seen) == 1, "the shadow got the GET")
         finally:
             with contextlib.suppress(Exception):
                 client.writer.close()
     finally:
         await app.shutdown()
         await primary.close()
-    assert first.status == 200 and first.body == b"GET /items/1?x=2"
-    assert second.status == 200 and second.body == b"POST /orders"
+        await shadow.close()
+    assert first.status == 200 and first.body == b"v1 GET /items/1?x=2"
+    assert second.status == 200 and second.body == b"v1 POST /orders"
+    # The HTTP/2 GET went to the HTTP/1.1 shadow as HTTP/1.1, marked, without the credential; the
+    # POST was not mirrored (safe methods only).
+    ((line, headers),) = shadow.seen
+    assert line == "GET /items/1?x=2" and headers["X-Shadowtap-Shadow"] == "1" and "Authorization" not in headers
     taped = {ex.request.target: ex for ex in TapeReader(tape)}
     get, post = taped["/items/1?x=2"], taped["/orders"]
     for ex in (get, post):
         assert ex.request.http_version == "2"
         assert isinstance(ex.primary, Response) and ex.primary.http_version == "1.1"
     assert get.request.method == "GET" and (b"accept", b"text/plain") in get.request.headers
-    assert isinstance(get.primary, Response) and get.primary.body == b"GET /items/1?x=2"
+    assert isinstance(get.primary, Response) and get.primary.body == b"v1 GET /items/1?x=2"
+    answer = get.shadows["v2"]
+    assert isinstance(answer, Response) and answer.body == b"v2 GET /items/1?x=2" and answer.http_version == "1.1"
+    assert post.decisions == {"v2": "method-not-allowed"}
     assert post.request.body == b'{"n": 1}' and post.request.trailers == ((b"x-checksum", b"abc"),)
     assert post.request.messages == ()
