@@ -15,7 +15,9 @@ message list, each message's ``at_ns`` counted from the start of the call (the r
 to the exchange's time base, ``shadowtap.replayer.result``). Like every transport it never raises
 for the target's failures: a refused connection, a timeout, a reset stream or GOAWAY, a malformed or
 too large answer come back as a ``Failure``. A stream the target refused unprocessed (REFUSED_STREAM,
-or above a GOAWAY's last stream) is sent once more on another. This module holds no schedule: the
+or above a GOAWAY's last stream) is sent once more on another. When the target ends a call before
+the whole request went (an early gRPC error), the rest is not sent and the client's half of the
+stream is reset with NO_ERROR. This module holds no schedule: the
 runner decides when a call starts; only the gaps inside one call are kept here.
 """
 
