@@ -1,7 +1,8 @@
 """`shadowtap replay` of gRPC calls against a real grpcio server (shop.Catalog), end to end: a tape of
 real encoded messages (recorded answers from the same server, built with ``recorder.model``), the
 CLI as a subprocess with an ``h2c://`` target, then the results tape, the stats, the client-stream
-gaps, and `shadowtap diff` over the results."""
+gaps, and `shadowtap diff` over the results; and a tape `shadowtap proxy` recorded in front of v1,
+replayed against v2."""
 
 from __future__ import annotations
 
@@ -254,3 +255,71 @@ async def test_a_call_the_target_ends_early_sends_no_more_and_frees_its_stream(
     assert len(catalog.arrivals["UploadPrices"]) == 1  # the second message was never sent
     assert open_streams == 0
     assert isinstance(after.outcome, Response) and error_class(after.outcome) is None
+
+
+async def test_a_tape_the_proxy_recorded_replays_against_another_version(
+    tmp_path: Path, shop: CompiledShop, catalog: Catalog
+) -> None:
+    # Recorded through `shadowtap proxy` in front of v1 (h2c), replayed against v2: the results
+    # tape holds both, and the diff names the changed field.
+    from shadowtap.proxy.app import ProxyApp
+    from shadowtap.proxy.config import ProxyConfig
+
+    v2 = grpc.aio.server()
+    shop.pb2_grpc.add_CatalogServicer_to_server(make_servicer(shop, "v2"), v2)
+    v2_port = v2.add_insecure_port("127.0.0.1:0")
+    await v2.start()
+    tape = tmp_path / "tape"
+    app = ProxyApp(
+        ProxyConfig.from_mapping(
+            {
+                "listen": "127.0.0.1:0",
+                "admin": {"listen": "off"},
+                "primary": f"h2c://127.0.0.1:{catalog.port}",
+                "record": {"tape": str(tape), "join_timeout_s": 5},
+            }
+        )
+    )
+    await app.start()
+    pb2 = shop.pb2
+    try:
+        async with grpc.aio.insecure_channel(app.listen_url.removeprefix("http://")) as channel:
+            stub = shop.pb2_grpc.CatalogStub(channel)
+            await stub.GetProduct(pb2.GetProductRequest(id="p1"), timeout=10)
+            [p async for p in stub.ListProducts(pb2.ListProductsRequest(category="c", limit=3), timeout=10)]
+            await stub.UploadPrices(iter([pb2.PriceUpdate(sku="a"), pb2.PriceUpdate(sku="b")]), timeout=10)
+            [m async for m in stub.Chat(iter([pb2.ChatMessage(text="hi"), pb2.ChatMessage(text="yo")]), timeout=10)]
+    finally:
+        await app.shutdown()
+    try:
+        code, _out, err = await shadowtap(
+            str(tape), "--target", f"h2c://127.0.0.1:{v2_port}", "--allow-writes", "--no-progress",
+            "--results", str(tmp_path / "results"),
+        )  # fmt: skip
+    finally:
+        await v2.stop(None)
+    assert code == 0, err
+    results = {ex.request.target.rsplit("/", 1)[1]: ex for ex in TapeReader(tmp_path / "results")}
+    assert sorted(results) == ["Chat", "GetProduct", "ListProducts", "UploadPrices"]
+    for method, answers in {"GetProduct": 1, "ListProducts": 3, "UploadPrices": 1, "Chat": 2}.items():
+        replayed = results[method].shadows[REPLAY]
+        assert isinstance(replayed, Response) and grpc_status(replayed)[0] == b"0", (method, replayed)
+        assert len(replayed.messages) == len(split_messages(replayed.body)) == answers
+    product = pb2.Product.FromString(split_messages(results["GetProduct"].shadows[REPLAY].body)[0].data)
+    assert product.name == "p1 (v2)"
+    code, diff_out, diff_err = await asyncio.wait_for(
+        run_diff(tmp_path / "results", "--proto-descriptor", str(shop.descriptor_set), "--min-samples", "1"), 60
+    )
+    # The product names carry the version: a value change per unary answer and per streamed one.
+    assert code == 0, diff_out + diff_err
+    assert "pairs 4  compared 4" in diff_out and "body.name" in diff_out and "body[*].name" in diff_out
+
+
+async def run_diff(*args: str | Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shadowtap", "diff", *map(str, args), "--no-progress",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
