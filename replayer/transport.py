@@ -396,7 +396,7 @@ def make_transport(
     scheme = URL(base_url).scheme
     if scheme == "h2c" or settings.http_version == "2":
         if settings.http_version == "1.1":
-            raise ConfigError(f"an h2c:// target speaks HTTP/2 only: {base_url!r}", field="http1")
+            raise ConfigError(f"an h2c:// target speaks HTTP/2 only: {base_url!r}", field="http-version")
         return H2Transport(base_url, settings)
     http1: HttpTransport | AiohttpTransport
     if settings.client == "raw" or (settings.client == "auto" and scheme == "http"):

@@ -266,6 +266,8 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
 
     if args.workers < 1:
         raise ConfigError(f"must be >= 1, got {args.workers}", field="workers")
+    if args.http1 and args.target.lower().startswith("h2c://"):
+        raise ConfigError(f"an h2c:// target speaks HTTP/2 only: {args.target!r}", field="--http1")
     if (args.locust or args.locust_job_out) and (args.http2 or args.target.lower().startswith("h2c://")):
         raise ConfigError("the Locust mode sends over HTTP/1.1 only: replay HTTP/2 in one process or with --workers",
                           field="--locust")  # fmt: skip

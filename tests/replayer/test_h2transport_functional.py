@@ -272,3 +272,9 @@ async def test_an_answer_before_the_whole_request_ends_the_clients_half_too() ->
         await server.wait_closed()
     assert isinstance(result.outcome, Response) and result.outcome.status == 413
     assert open_streams == 0 and resets == [0]
+
+
+async def test_http1_is_refused_for_an_h2c_target_in_one_line(tmp_path: Path) -> None:
+    code, _out, err = await shadowtap(str(tmp_path), "--target", "h2c://127.0.0.1:1", "--http1", "--no-progress")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "'--http1': an h2c:// target speaks HTTP/2 only" in err
