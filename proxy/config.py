@@ -397,8 +397,8 @@ class LiveSettings:
     #: Diff the exchanges as they are recorded, in a process beside the tape writer; ``null``: on
     #: whenever a shadow is configured and a tape recorded (``true`` refuses to start otherwise).
     enabled: bool | None = None
-    #: The live differ's results store (SQLite; ``shadowtap report --db``); default
-    #: ``live-diff.sqlite`` in the tape directory (or the s3:// tape's spool).
+    #: The live differ's results store (SQLite; ``shadowtap report --db``); default: a temporary
+    #: file, removed when the proxy stops (its path is in ``/stats``).
     db: str | None = None
     #: The pipe from the tape writer to the live differ, bytes (Linux caps it at
     #: /proc/sys/fs/pipe-max-size): exchanges that find it full are dropped and counted.

@@ -22,8 +22,10 @@ import fcntl
 import logging
 import os
 import pickle
+import shutil
 import struct
 import sys
+import tempfile
 import termios
 import time
 from collections.abc import Callable
@@ -38,14 +40,13 @@ from shadowtap.differ.live import LiveOptions, LiveReport, live_db_paths
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.proxy.flags import RuntimeFlags
 from shadowtap.recorder.errors import ConfigError
-from shadowtap.recorder.objectstore import is_object_url
 from shadowtap.recorder.tape_process import TapStats
 
 __all__ = ["LIVE_DB_NAME", "LiveDiff", "LivePlan", "live_plan"]
 
 log = logging.getLogger(__name__)
 
-#: The live store's name in the tape directory when ``live.db`` is not given.
+#: The live store's name in its temporary directory when ``live.db`` is not given.
 LIVE_DB_NAME: Final = "live-diff.sqlite"
 #: A shadow of this name is the secondary (noise learning), as ``shadowtap diff`` guesses it.
 _SECONDARY: Final = "secondary"
@@ -68,11 +69,14 @@ class LivePlan:
     databases: tuple[tuple[str, str], ...] = ()
     secondary: str | None = None
     differ: DifferConfig = field(default_factory=DifferConfig)
+    #: Without ``live.db``: the temporary directory the stores go in (removed at ``LiveDiff.close``).
+    temporary: str | None = None
 
 
 def live_plan(config: ProxyConfig) -> LivePlan:
     """Live diff's plan for ``config``. Asked for (``live.enabled: true``) but impossible: a
-    ``ConfigError`` naming why; left to the default: off, with the reason."""
+    ``ConfigError`` naming why; left to the default: off, with the reason. Without ``live.db`` the
+    stores go in a new temporary directory (so the tape directory holds segments only)."""
     live = config.live
     names = [s.name for s in config.shadows]
     secondary = _SECONDARY if _SECONDARY in names else None
@@ -92,19 +96,14 @@ def live_plan(config: ProxyConfig) -> LivePlan:
         if live.enabled:
             raise ConfigError(f"cannot run live diff: {why_not}", field="live.enabled")
         return LivePlan(why_not)
-    assert config.record.tape is not None
+    differ = config_from_mapping({"diff": dict(config.diff)})
+    temporary = None
     if live.db is not None:
         db = live.db
     else:
-        spool = config.record.spool
-        directory = Path(spool) if spool is not None and is_object_url(config.record.tape) else None
-        if directory is None and is_object_url(config.record.tape):
-            from shadowtap.recorder.objectstore import default_spool_directory
-
-            directory = default_spool_directory(config.record.tape)
-        db = str((directory or Path(config.record.tape)) / LIVE_DB_NAME)
-    differ = config_from_mapping({"diff": dict(config.diff)})
-    return LivePlan(None, live_db_paths(db, candidates), secondary, differ)
+        temporary = tempfile.mkdtemp(prefix="shadowtap-live-")
+        db = str(Path(temporary) / LIVE_DB_NAME)
+    return LivePlan(None, live_db_paths(db, candidates), secondary, differ, temporary)
 
 
 @dataclass(slots=True)
@@ -186,6 +185,8 @@ class LiveDiff:
         if self._read_fd >= 0:
             os.close(self._read_fd)
             self._read_fd = -1
+        if self._plan.temporary is not None:
+            shutil.rmtree(self._plan.temporary, ignore_errors=True)
 
     # --- the child's life -------------------------------------------------------------------------
 

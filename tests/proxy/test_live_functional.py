@@ -195,8 +195,9 @@ async def test_a_killed_live_differ_costs_no_request_and_is_restarted(
             "record": {"tape": str(tmp_path / "tape"), "join_timeout_s": 5},
         }
     )
+    database = Path(app.stats()["live_diff"]["databases"]["v2"])
     try:
-        assert app.live is not None
+        assert app.live is not None and database.is_file()
         first_pid = app.live.pid
         assert first_pid is not None
         statuses: list[int] = []
@@ -240,6 +241,9 @@ async def test_a_killed_live_differ_costs_no_request_and_is_restarted(
             assert await wait_for(committed, "the signatures by severity") == {"v2": {"high": 1, "medium": 1}}
     finally:
         await app.shutdown()
+    # Without live.db the store was a temporary one, gone with the proxy; the tape holds segments only.
+    assert not database.parent.exists()
+    assert all(p.suffix == ".stape" for p in (tmp_path / "tape").iterdir())
 
 
 async def test_a_full_tap_drops_and_counts_and_the_flag_pauses(services: dict[str, Service], tmp_path: Path) -> None:
