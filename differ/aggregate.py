@@ -8,10 +8,17 @@ change), then learned noise (Diffy's
 rule, see ``is_learned_noise``): per field for value changes, and per signature for structural ones,
 which only the secondary showing the same change (same path and transition) at a comparable rate
 can silence. This module must never read tapes, and reads the store only through ``DiffStore``.
+
+Latency: the timed pairs of the window give each endpoint's two histograms (SQLite counts the pairs
+per stored bin) and a uniform sample of its pairs (those of smallest stored priority), which a
+``LatencyTracker`` compares; the ``--fail-on`` latency terms are judged on the comparisons. Both are
+exact for any window and however many workers or runs wrote the store.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -19,12 +26,26 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from shadowtap.differ.config import DifferConfig, IgnoreRule, NoiseThresholds
+from shadowtap.differ.latency import (
+    MAX_ENDPOINTS,
+    MIN_PAIRS,
+    OVERFLOW,
+    RESERVOIR_SIZE,
+    LatencyComparison,
+    LatencyHistogram,
+    LatencyJudgement,
+    LatencyTerm,
+    LatencyTracker,
+    evaluate_latency_terms,
+)
 from shadowtap.differ.report_model import (
     REPORT_SCHEMA_VERSION,
     DiffReport,
     EndpointReport,
     Example,
     FieldStat,
+    LatencyReport,
+    LatencyUndecided,
     SignatureReport,
     Suppression,
 )
@@ -312,6 +333,7 @@ def build_report(
     pairs = sum(c.pairs for c in counts.values())
     compared = sum(c.compared for c in counts.values())
     errors = sum(c.errors for c in counts.values())
+    latency, judgement = _latency(store, since_ns, until_ns, endpoint, meta.candidate, rule.latency_terms, compared)
     verdict = decide(
         [s for e in endpoints for s in e.signatures],
         rule=rule,
@@ -319,6 +341,7 @@ def build_report(
         compared=compared,
         errors=errors,
         min_samples=config.min_samples if min_samples is None else min_samples,
+        latency=judgement if rule.latency_terms else None,
     )
     suppressions = tuple(
         Suppression(reason, n) for reason, n in sorted(suppression_counts.items(), key=lambda item: (-item[1], item[0]))
@@ -342,6 +365,81 @@ def build_report(
         suppressions=suppressions,
         endpoints=tuple(endpoints),
         verdict=verdict,
+        latency=latency,
+    )
+
+
+_LATENCY_VERDICT_RANK: Final = {"slower": 0, "no significant difference": 1, "faster": 2, "too few samples": 3}
+
+
+def _latency_rank(c: LatencyComparison) -> tuple[Any, ...]:
+    """Slower first (the largest median ratio first), then no difference, faster, too few samples."""
+    p50 = c.quantile(0.5)
+    return (_LATENCY_VERDICT_RANK.get(c.verdict, 4), -(p50.ratio if p50 is not None else 0.0), -c.pairs, c.endpoint)
+
+
+def _latency(
+    store: DiffStore,
+    since_ns: int | None,
+    until_ns: int | None,
+    endpoint: str | None,
+    candidate: str,
+    terms: tuple[LatencyTerm, ...],
+    compared: int,
+) -> tuple[LatencyReport, LatencyJudgement]:
+    """The candidate's latency against the baseline's per endpoint over the window's timed pairs.
+
+    The ``MAX_ENDPOINTS`` endpoints with the most timed pairs are compared each; the rest together
+    under ``OVERFLOW`` (their histograms added, their sample the smallest priorities of theirs)."""
+    bins: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
+    sums_ns: dict[tuple[str, str], int] = defaultdict(int)
+    for occupied in store.latency_bins(since_ns, until_ns, endpoint):
+        bins[(occupied.endpoint, occupied.side)][occupied.bin] = occupied.count
+        sums_ns[(occupied.endpoint, occupied.side)] += occupied.sum_ns
+    timed = {ep: sum(counts.values()) for (ep, side), counts in bins.items() if side == "baseline"}
+    ranked = sorted(timed, key=lambda ep: (-timed[ep], ep))
+    tracked = frozenset(ranked[:MAX_ENDPOINTS])
+    tracker = LatencyTracker()
+    overflow: list[tuple[int, float, float]] = []  # (-priority, baseline s, candidate s): a max-heap
+
+    def histogram(eps: list[str], side: str) -> LatencyHistogram:
+        total: dict[int, int] = defaultdict(int)
+        for ep in eps:
+            for index, n in bins[(ep, side)].items():
+                total[index] += n
+        return LatencyHistogram.from_bins(dict(total), sum(sums_ns[(ep, side)] for ep in eps) / 1e9)
+
+    for ep, rows in itertools.groupby(
+        store.latency_samples(since_ns, until_ns, endpoint, RESERVOIR_SIZE), key=lambda row: row.endpoint
+    ):
+        if ep in tracked:
+            sample = [(row.baseline_ns / 1e9, row.candidate_ns / 1e9) for row in rows]
+            tracker.load(ep, candidate, histogram([ep], "baseline"), histogram([ep], "candidate"), sample)
+            continue
+        for row in rows:
+            item = (-row.priority, row.baseline_ns / 1e9, row.candidate_ns / 1e9)
+            if len(overflow) < RESERVOIR_SIZE:
+                heapq.heappush(overflow, item)
+            elif item > overflow[0]:
+                heapq.heapreplace(overflow, item)
+    rest = [ep for ep in ranked if ep not in tracked]
+    if rest:
+        sample = [(b, c) for _, b, c in sorted(overflow, reverse=True)]
+        tracker.load(OVERFLOW, candidate, histogram(rest, "baseline"), histogram(rest, "candidate"), sample)
+    comparisons = sorted(tracker.compare(MIN_PAIRS), key=_latency_rank)
+    judgement = evaluate_latency_terms(terms, comparisons)
+    timed_pairs = sum(timed.values())
+    return (
+        LatencyReport(
+            pairs=timed_pairs,
+            untimed=max(compared - timed_pairs, 0),
+            min_pairs=MIN_PAIRS,
+            comparisons=tuple(comparisons),
+            terms=tuple(term.text for term in terms),
+            failures=judgement.failures,
+            undecided=tuple(LatencyUndecided(*u) for u in judgement.undecided),
+        ),
+        judgement,
     )
 
 

@@ -58,9 +58,11 @@ from shadowtap.recorder.errors import ConfigError
 __all__ = [
     "ALPHA",
     "HISTOGRAM_BINS",
+    "MAX_ENDPOINTS",
     "MIN_PAIRS",
     "OVERFLOW",
     "QUANTILES",
+    "RESERVOIR_SIZE",
     "LatencyComparison",
     "LatencyFailure",
     "LatencyHistogram",
@@ -70,6 +72,7 @@ __all__ = [
     "PairReservoir",
     "QuantileComparison",
     "evaluate_latency_terms",
+    "histogram_bin",
     "parse_latency_term",
     "quantile_rank_interval",
     "sign_test_interval",
@@ -102,7 +105,8 @@ _Z975: Final = 2.241402727604947
 # --- histograms ---------------------------------------------------------------------------------------
 
 
-def _bin(seconds: float) -> int:
+def histogram_bin(seconds: float) -> int:
+    """The histogram bin of a latency: 0 below 1 us, then one per 1 % step (what a store keeps)."""
     if seconds < _MIN_S:
         return 0
     return min(HISTOGRAM_BINS - 1, int(math.log(seconds / _MIN_S) / _LOG_GROWTH) + 1)
@@ -126,10 +130,19 @@ class LatencyHistogram:
         self.sum_s = 0.0
 
     def add(self, seconds: float) -> None:
-        index = _bin(seconds)
+        index = histogram_bin(seconds)
         self.bins[index] = self.bins.get(index, 0) + 1
         self.count += 1
         self.sum_s += seconds
+
+    @classmethod
+    def from_bins(cls, bins: dict[int, int], sum_s: float = 0.0) -> LatencyHistogram:
+        """A histogram of stored counts per bin (``histogram_bin``'s numbering)."""
+        histogram = cls()
+        histogram.bins = {index: n for index, n in bins.items() if n > 0}
+        histogram.count = sum(histogram.bins.values())
+        histogram.sum_s = sum_s
+        return histogram
 
     def merge(self, other: LatencyHistogram) -> None:
         for index, n in other.bins.items():
@@ -331,7 +344,8 @@ class LatencyComparison:
         return next((c for c in self.quantiles if c.q == q), None)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape for reports: milliseconds, ratios, intervals, the test and the verdict."""
+        """The JSON shape for reports: milliseconds, ratios, intervals, the test and the verdict
+        (every key always present; null where there were too few pairs)."""
         out: dict[str, Any] = {
             "endpoint": self.endpoint,
             "shadow": self.shadow,
@@ -340,6 +354,9 @@ class LatencyComparison:
             "verdict": self.verdict,
             "statement": self.statement,
             "quantiles": [c.to_dict() for c in self.quantiles],
+            "median_difference_ms": None,
+            "median_ratio": None,
+            "wilcoxon": None,
         }
         if self.median_difference is not None:
             median, lo, hi = self.median_difference
@@ -406,6 +423,26 @@ class LatencyTracker:
             mine.primary.merge(theirs.primary)
             mine.shadow.merge(theirs.shadow)
             mine.reservoir.merge(theirs.reservoir, self.seed + _seed(endpoint, shadow))
+
+    def load(
+        self,
+        endpoint: str,
+        shadow: str,
+        primary: LatencyHistogram,
+        shadow_histogram: LatencyHistogram,
+        sample: Sequence[tuple[float, float]],
+    ) -> None:
+        """Set one series from stored state: both histograms (all its pairs) and a uniform sample of
+        at most ``reservoir_size`` of its pairs, chosen by the caller (a store keeps every pair)."""
+        if len(sample) > self.reservoir_size:
+            raise ValueError(f"a sample of {len(sample)} pairs, more than the {self.reservoir_size} kept")
+        if endpoint != OVERFLOW and (endpoint, shadow) not in self._series:
+            self._endpoints[shadow] = self._endpoints.get(shadow, 0) + 1
+        series = self._series[(endpoint, shadow)] = _Series(self.reservoir_size, self.seed + _seed(endpoint, shadow))
+        series.primary = primary
+        series.shadow = shadow_histogram
+        series.reservoir.pairs = list(sample)
+        series.reservoir.seen = primary.count
 
     def series_keys(self) -> list[tuple[str, str]]:
         return sorted(self._series)
@@ -481,8 +518,8 @@ def _statement(
         else f"no pair differs, of {sampled} sampled"
     )
     head = {
-        "slower": "the shadow is slower",
-        "faster": "the shadow is faster",
+        "slower": "the candidate is slower",
+        "faster": "the candidate is faster",
         "no significant difference": f"no significant difference at alpha {alpha:g}",
     }[verdict]
     return f"{head}: {'; '.join(parts)}; {tested}"
@@ -565,11 +602,13 @@ class LatencyFailure:
 
 @dataclass(frozen=True, slots=True)
 class LatencyJudgement:
-    """What the latency terms decided: ``failures`` (the run fails when any), and ``undecided``: the
-    (term, endpoint, shadow) that could not be judged, and why."""
+    """What the latency terms decided: ``failures`` (the run fails when any), ``undecided``: the
+    (term, endpoint, shadow, why) that could not be judged, and how many were ``judged``."""
 
     failures: tuple[LatencyFailure, ...] = ()
     undecided: tuple[tuple[str, str, str, str], ...] = field(default=())
+    #: (term, comparison) couples that were judged (failed or passed), not undecided.
+    judged: int = 0
 
     @property
     def failed(self) -> bool:
@@ -582,6 +621,7 @@ def evaluate_latency_terms(terms: Iterable[LatencyTerm], comparisons: Iterable[L
     failures: list[LatencyFailure] = []
     undecided: list[tuple[str, str, str, str]] = []
     comparisons = list(comparisons)
+    judged = 0
     for term in terms:
         for c in comparisons:
             at = c.quantile(term.q)
@@ -593,6 +633,7 @@ def evaluate_latency_terms(terms: Iterable[LatencyTerm], comparisons: Iterable[L
                     (term.text, c.endpoint, c.shadow, f"too few pairs ({c.pairs}) for a {at.label} interval")
                 )
                 continue
+            judged += 1
             if term.exceeds(at) and at.ratio_ci[0] > 1.0:
                 observed = term.observed(at)
                 shown = f"{observed * 1000:+.3g} ms" if term.kind == "seconds" else (
@@ -608,4 +649,4 @@ def evaluate_latency_terms(terms: Iterable[LatencyTerm], comparisons: Iterable[L
                         f"CI {at.ratio_ci[0]:.2f}-{at.ratio_ci[1]:.2f}) over {c.pairs} pairs",
                     )  # fmt: skip
                 )
-    return LatencyJudgement(tuple(failures), tuple(undecided))
+    return LatencyJudgement(tuple(failures), tuple(undecided), judged)

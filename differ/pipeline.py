@@ -6,6 +6,11 @@ differences it showed in the store, and offers each of its signatures to a bound
 ``finish`` releases unsampled examples and applies the endpoint templates learned from every path
 seen. It must never read tapes (the CLI streams them in) and never decide noise or severity
 (``shadowtap.differ.aggregate`` does, at report time).
+
+Latency: a compared pair whose two responses are both timed keeps both service times with its row
+(``pair_latency``: from the request being sent to the response's last byte, each side by its own
+``Timing``; for a shadow that is from its copy being sent, so queueing inside the proxy is not in
+it), so latency reports are rebuilt from the store for any window, exactly, like the counts.
 """
 
 from __future__ import annotations
@@ -19,13 +24,29 @@ from typing import Final
 from shadowtap.differ.compare import Difference
 from shadowtap.differ.config import DifferConfig
 from shadowtap.differ.engine import DiffEngine, PairResult
-from shadowtap.differ.store import EMPTY_SET, EXAMPLE_CANDIDATE, EXAMPLE_SECONDARY, DiffStore, RunMeta
+from shadowtap.differ.latency import histogram_bin
+from shadowtap.differ.store import (
+    EMPTY_SET,
+    EXAMPLE_CANDIDATE,
+    EXAMPLE_SECONDARY,
+    DiffStore,
+    PairLatency,
+    RunMeta,
+)
 from shadowtap.differ.templates import ID, EndpointTemplater, segment_is_id
 from shadowtap.recorder.model import Exchange, Outcome, Request, Response
 from shadowtap.recorder.redact import DEFAULT_SECRET_HEADERS
 from shadowtap.wire import http1
 
-__all__ = ["EXAMPLE_BODY_LIMIT_BYTES", "DiffSession", "IngestStats", "add_stats", "example_priority", "shard_of"]
+__all__ = [
+    "EXAMPLE_BODY_LIMIT_BYTES",
+    "DiffSession",
+    "IngestStats",
+    "add_stats",
+    "example_priority",
+    "pair_latency",
+    "shard_of",
+]
 
 #: Bodies kept in an example beyond this are cut (and marked): examples illustrate, they do not archive.
 EXAMPLE_BODY_LIMIT_BYTES: Final = 1 << 20
@@ -50,6 +71,10 @@ class IngestStats:
     errors: int = 0
     noise_pairs: int = 0
     noise_skipped: int = 0
+    #: Compared pairs with both latencies, and those without (a side untimed: an import without
+    #: timings, a tape written before they were recorded).
+    latency_pairs: int = 0
+    latency_untimed: int = 0
 
 
 def _redact_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
@@ -91,6 +116,34 @@ def add_stats(total: IngestStats, part: IngestStats) -> None:
     """Add one worker's counts to ``total``."""
     for name in IngestStats.__slots__:
         setattr(total, name, getattr(total, name) + getattr(part, name))
+
+
+def pair_latency(exchange: Exchange, baseline: str, candidate: str) -> tuple[int, int] | None:
+    """The (baseline, candidate) service times of an exchange in ns, when both answered with a
+    response and both are timed: each side's ``done_ns - sent_ns`` (its request sent to its last
+    byte; for a shadow, its copy sent, so not its wait in the proxy's queue). When either side lacks
+    its last byte's time but both have their first byte's (a GoReplay import), both are
+    ``first_byte_ns - sent_ns``: the two sides are always measured alike. None otherwise."""
+    if not isinstance(exchange.outcome(baseline), Response) or not isinstance(exchange.outcome(candidate), Response):
+        return None
+    timings = exchange.timings
+    b, c = timings.get(baseline), timings.get(candidate)
+    if b is None or c is None or b.sent_ns is None or c.sent_ns is None:
+        return None
+    if b.done_ns is not None and c.done_ns is not None:
+        b_ns, c_ns = b.done_ns - b.sent_ns, c.done_ns - c.sent_ns
+    elif b.first_byte_ns is not None and c.first_byte_ns is not None:
+        b_ns, c_ns = b.first_byte_ns - b.sent_ns, c.first_byte_ns - c.sent_ns
+    else:
+        return None
+    if b_ns < 0 or c_ns < 0:  # a clock that went backwards: no honest figure
+        return None
+    return b_ns, c_ns
+
+
+def _latency_priority(exchange_id: str) -> int:
+    digest = hashlib.blake2b(b"latency\x00" + exchange_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1  # 63 bits: an SQLite INTEGER
 
 
 def example_priority(exchange_id: str) -> float:
@@ -142,6 +195,14 @@ class DiffSession:
             noise_set = store.set_id(
                 tuple(sorted({(key_id(d.path, d.kind, d.transition), "") for d in result.noise if d.volatile is None}))
             )
+        latency = None
+        if result.status == "compared":
+            latencies = pair_latency(exchange, self.meta.baseline, self.meta.candidate)
+            if latencies is not None:
+                b_ns, c_ns = latencies
+                latency = PairLatency(
+                    b_ns, c_ns, histogram_bin(b_ns / 1e9), histogram_bin(c_ns / 1e9), _latency_priority(exchange.id)
+                )
         pair_id = store.add_pair(
             exchange.id,
             exchange.started_at_ns,
@@ -150,6 +211,7 @@ class DiffSession:
             result.noise is not None,
             store.set_id(tuple(sorted(members))) if members else EMPTY_SET,
             noise_set,
+            latency,
         )
         if pair_id is None:
             self.stats.duplicates += 1
@@ -158,6 +220,10 @@ class DiffSession:
             self.stats.errors += 1
         else:
             self.stats.compared += 1
+            if latency is None:
+                self.stats.latency_untimed += 1
+            else:
+                self.stats.latency_pairs += 1
         if members and self.config.examples_per_signature > 0:
             self._sample(pair_id, exchange, endpoint, members, result.differences)
         self._count_write()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from shadowtap.differ.latency import LatencyComparison, LatencyFailure
 from shadowtap.recorder.model import Outcome, Request
 
 __all__ = [
@@ -22,7 +23,10 @@ __all__ = [
     "DiffReport",
     "EndpointReport",
     "Example",
+    "NO_LATENCY",
     "FieldStat",
+    "LatencyReport",
+    "LatencyUndecided",
     "Severity",
     "SignatureReport",
     "Suppression",
@@ -120,12 +124,50 @@ class Suppression:
 
 
 @dataclass(frozen=True, slots=True)
+class LatencyUndecided:
+    """A ``--fail-on`` latency term that could not be judged on one endpoint, and why."""
+
+    term: str
+    endpoint: str
+    shadow: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyReport:
+    """Is the candidate slower? Its latency against the baseline's on the same requests.
+
+    ``pairs``: compared pairs with both sides timed; ``untimed``: compared pairs where a side had no
+    timing (not in any comparison); ``min_pairs``: pairs an endpoint needs for any statement.
+    ``comparisons``: one per endpoint (``shadow`` is the candidate's name), those the test finds
+    slower first. ``terms``: the ``--fail-on`` latency terms; ``failures``: where a term failed;
+    ``undecided``: where one could not be judged (too few pairs).
+    """
+
+    pairs: int = 0
+    untimed: int = 0
+    min_pairs: int = 0
+    comparisons: tuple[LatencyComparison, ...] = ()
+    terms: tuple[str, ...] = ()
+    failures: tuple[LatencyFailure, ...] = ()
+    undecided: tuple[LatencyUndecided, ...] = ()
+
+
+#: The latency of a report nothing was timed in.
+NO_LATENCY: Final = LatencyReport()
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
-    """The gate: ``exit_code`` 0 pass, 1 regression above threshold, 2 not enough samples / errors."""
+    """The gate: ``exit_code`` 0 pass, 1 regression above threshold, 2 not enough samples / errors.
+
+    ``failing_latency``: ``"<term> at <endpoint>"`` for each latency term that failed.
+    """
 
     exit_code: int
     reason: str
     failing_signatures: tuple[str, ...]
+    failing_latency: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +176,7 @@ class DiffReport:
 
     ``pairs``: exchanges considered; ``compared``: pairs where both sides had an outcome to compare;
     ``errors``: pairs where the candidate (or baseline) failed; ``noise_suppressed``: differences
-    silenced, detailed in ``suppressions``.
+    silenced, detailed in ``suppressions``; ``latency``: the candidate's latency against the baseline's.
     """
 
     schema_version: int
@@ -154,3 +196,4 @@ class DiffReport:
     suppressions: tuple[Suppression, ...]
     endpoints: tuple[EndpointReport, ...]
     verdict: Verdict
+    latency: LatencyReport = NO_LATENCY

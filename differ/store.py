@@ -5,10 +5,11 @@ the tapes.
 Schema (documented in docs/differ.md): ``meta``, ``routes`` (method, raw path, learned endpoint),
 ``pairs`` (each pointing at its candidate's and its secondary's difference set), ``diff_keys``
 (folded path, kind, transition), ``diff_sets``, ``example_exchanges``, ``examples`` and the
-``signatures`` view. Keys and sets are named by a hash of their content, so the stores of several
-workers merge as they are. This module is the only one that speaks SQL; it must never compare
-responses or decide noise, and it never keeps more than one batch of rows (and bounded id caches)
-in memory.
+``signatures`` view. A pair of two timed responses also holds both latencies (and their histogram
+bins and a sampling priority), so latency reports are rebuilt for any window too. Keys and sets
+are named by a hash of their content, so the stores of several workers merge as they are. This
+module is the only one that speaks SQL; it must never compare responses or decide noise, and it
+never keeps more than one batch of rows (and bounded id caches) in memory.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ __all__ = [
     "SCHEMA_VERSION",
     "DiffStore",
     "ExampleRow",
+    "LatencyBin",
+    "LatencySample",
     "PairGroup",
+    "PairLatency",
     "RunMeta",
     "SetMember",
     "content_id",
@@ -85,7 +89,12 @@ CREATE TABLE IF NOT EXISTS pairs (
     status TEXT NOT NULL CHECK (status IN ('compared', 'error', 'noise')),
     has_secondary INTEGER NOT NULL,
     diff_set INTEGER NOT NULL REFERENCES diff_sets (id),
-    noise_set INTEGER NOT NULL REFERENCES diff_sets (id)
+    noise_set INTEGER NOT NULL REFERENCES diff_sets (id),
+    baseline_latency_ns INTEGER,
+    candidate_latency_ns INTEGER,
+    baseline_latency_bin INTEGER,
+    candidate_latency_bin INTEGER,
+    latency_priority INTEGER
 );
 CREATE INDEX IF NOT EXISTS pairs_time ON pairs (started_at_ns);
 CREATE INDEX IF NOT EXISTS pairs_route ON pairs (route_id);
@@ -113,6 +122,18 @@ CREATE VIEW IF NOT EXISTS signatures AS
     WHERE p.diff_set != 0
     GROUP BY r.endpoint, k.path, k.kind, k.transition, volatile;
 """
+
+
+#: The latency columns of ``pairs``, added to a store written before they existed when it is opened
+#: for writing (NULL for its earlier pairs: no latency known). Read-only, such a store reads as one
+#: without latencies.
+_LATENCY_COLUMNS: Final = (
+    "baseline_latency_ns",
+    "candidate_latency_ns",
+    "baseline_latency_bin",
+    "candidate_latency_bin",
+    "latency_priority",
+)
 
 
 def content_id(*parts: str) -> int:
@@ -148,6 +169,39 @@ class PairGroup:
     count: int
     first_ns: int
     last_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class PairLatency:
+    """One timed pair's latencies (ns): the baseline's and the candidate's service times, each one's
+    histogram bin (``shadowtap.differ.latency.histogram_bin``) and the pair's sampling priority (a
+    hash of its exchange id: the sample of a window is its pairs of smallest priority)."""
+
+    baseline_ns: int
+    candidate_ns: int
+    baseline_bin: int
+    candidate_bin: int
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyBin:
+    """Pairs of one endpoint whose ``side`` (``baseline`` or ``candidate``) fell in histogram bin
+    ``bin``: ``count`` of them, ``sum_ns`` their total."""
+
+    endpoint: str
+    side: str
+    bin: int
+    count: int
+    sum_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySample:
+    endpoint: str
+    baseline_ns: int
+    candidate_ns: int
+    priority: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +250,8 @@ class DiffStore:
             if has_meta:
                 self._check_version()
             self._db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+            if has_meta and create:
+                self._add_latency_columns()
             self._db.executescript(_SCHEMA)
             if not has_meta:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -206,6 +262,8 @@ class DiffStore:
         except InputFormatError:
             self._db.close()
             raise
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(pairs)")}
+        self.has_latency = all(name in columns for name in _LATENCY_COLUMNS)
         self._route_ids: dict[tuple[str, str], int] = {}
         self._key_ids: dict[tuple[str, str, str], int] = {}
         self._set_ids: dict[tuple[SetMember, ...] | tuple[int, ...], int] = {}
@@ -224,6 +282,15 @@ class DiffStore:
                 f"results database schema version {found}, this shadowtap reads {SCHEMA_VERSION}{hint}",
                 path=self.path,
             )
+
+    def _add_latency_columns(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(pairs)")}
+        if not columns:
+            return
+        for name in _LATENCY_COLUMNS:
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE pairs ADD COLUMN {name} INTEGER")
+        self._db.commit()
 
     def close(self) -> None:
         self._db.commit()
@@ -325,13 +392,26 @@ class DiffStore:
         has_secondary: bool,
         diff_set: int = EMPTY_SET,
         noise_set: int = EMPTY_SET,
+        latency: PairLatency | None = None,
     ) -> int | None:
         """Insert one pair; ``None`` when this exchange is already in the store (a tape read twice)."""
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO pairs (exchange_id, started_at_ns, route_id, status, has_secondary, diff_set,"
-            " noise_set) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (exchange_id, started_at_ns, route_id, status, int(has_secondary), diff_set, noise_set),
-        )
+        if latency is None:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO pairs (exchange_id, started_at_ns, route_id, status, has_secondary, diff_set,"
+                " noise_set) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (exchange_id, started_at_ns, route_id, status, int(has_secondary), diff_set, noise_set),
+            )
+        else:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO pairs (exchange_id, started_at_ns, route_id, status, has_secondary, diff_set,"
+                " noise_set, baseline_latency_ns, candidate_latency_ns, baseline_latency_bin, candidate_latency_bin,"
+                " latency_priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    exchange_id, started_at_ns, route_id, status, int(has_secondary), diff_set, noise_set,
+                    latency.baseline_ns, latency.candidate_ns, latency.baseline_bin, latency.candidate_bin,
+                    latency.priority,
+                ),
+            )  # fmt: skip
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
     def add_example(
@@ -388,10 +468,12 @@ class DiffStore:
                 "INSERT OR IGNORE INTO routes (method, path, endpoint) SELECT method, path, endpoint FROM part.routes"
             )
             offered: int = db.execute("SELECT count(*) FROM part.pairs").fetchone()[0]
+            latency = ", ".join(_LATENCY_COLUMNS)
             inserted = db.execute(
                 "INSERT OR IGNORE INTO pairs (exchange_id, started_at_ns, route_id, status, has_secondary, diff_set,"
-                " noise_set) SELECT p.exchange_id, p.started_at_ns, r.id, p.status, p.has_secondary, p.diff_set,"
-                " p.noise_set FROM part.pairs p JOIN part.routes pr ON pr.id = p.route_id"
+                f" noise_set, {latency}) SELECT p.exchange_id, p.started_at_ns, r.id, p.status, p.has_secondary,"
+                f" p.diff_set, p.noise_set, {', '.join('p.' + c for c in _LATENCY_COLUMNS)}"
+                " FROM part.pairs p JOIN part.routes pr ON pr.id = p.route_id"
                 " JOIN main.routes r ON r.method = pr.method AND r.path = pr.path ORDER BY p.id"
             ).rowcount
             db.execute(
@@ -438,6 +520,38 @@ class DiffStore:
             params,
         ):
             yield PairGroup(row[0], row[1], bool(row[2]), *row[3:])
+
+    def latency_bins(self, since_ns: int | None, until_ns: int | None, endpoint: str | None) -> Iterator[LatencyBin]:
+        """The latency histograms of the timed pairs in the window, per endpoint and side, streamed:
+        one row per occupied bin (SQLite counts them), whatever the number of pairs."""
+        if not self.has_latency:
+            return
+        where, params = self._window(since_ns, until_ns, endpoint)
+        for side in ("baseline", "candidate"):
+            for row in self._db.execute(
+                f"SELECT r.endpoint, p.{side}_latency_bin, count(*), sum(p.{side}_latency_ns)"
+                f" FROM pairs p JOIN routes r ON r.id = p.route_id WHERE {where} AND p.latency_priority IS NOT NULL"
+                f" GROUP BY r.endpoint, p.{side}_latency_bin",
+                params,
+            ):
+                yield LatencyBin(row[0], side, row[1], row[2], row[3])
+
+    def latency_samples(
+        self, since_ns: int | None, until_ns: int | None, endpoint: str | None, per_endpoint: int
+    ) -> Iterator[LatencySample]:
+        """Each endpoint's ``per_endpoint`` timed pairs of smallest priority in the window (a uniform
+        sample, the same whichever worker or run stored them), streamed by endpoint then priority."""
+        if not self.has_latency:
+            return
+        where, params = self._window(since_ns, until_ns, endpoint)
+        for row in self._db.execute(
+            "SELECT endpoint, b, c, priority FROM (SELECT r.endpoint AS endpoint, p.baseline_latency_ns AS b,"
+            " p.candidate_latency_ns AS c, p.latency_priority AS priority, row_number() OVER (PARTITION BY"
+            " r.endpoint ORDER BY p.latency_priority, p.exchange_id) AS n FROM pairs p JOIN routes r ON"
+            f" r.id = p.route_id WHERE {where} AND p.latency_priority IS NOT NULL) WHERE n <= ? ORDER BY endpoint, n",
+            [*params, per_endpoint],
+        ):
+            yield LatencySample(*row)
 
     def members(self, set_id: int) -> tuple[SetMember, ...]:
         """The (key id, volatile or "") members of one difference set."""

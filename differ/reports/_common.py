@@ -10,6 +10,7 @@ import re
 from datetime import UTC, datetime
 from typing import Final
 
+from shadowtap.differ.latency import LatencyComparison, QuantileComparison
 from shadowtap.differ.report_model import SEVERITIES, DiffReport, EndpointReport, Severity, SignatureReport
 
 __all__ = [
@@ -17,6 +18,10 @@ __all__ = [
     "PathToken",
     "clip",
     "endpoint_rate",
+    "fmt_ms",
+    "fmt_quantile",
+    "latency_failing_endpoints",
+    "latency_word",
     "fmt_ns",
     "fmt_rate",
     "lookup_json",
@@ -94,6 +99,46 @@ def fmt_rate(rate: float | None) -> str:
     if percent < 10:
         return f"{percent:.1f}%"
     return f"{percent:.0f}%"
+
+
+def fmt_ms(seconds: float) -> str:
+    """A latency in milliseconds, three significant figures at most: ``0.412``, ``18.3``, ``1234``."""
+    ms = seconds * 1000
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def fmt_quantile(c: QuantileComparison) -> str:
+    """``18.3 -> 23.7 ms x1.30 [1.23-1.36]``: both sides, the ratio and its 95 % interval (``[?]``
+    when there were too few pairs for one)."""
+    interval = "[?]" if c.ratio_ci is None else f"[{c.ratio_ci[0]:.2f}-{c.ratio_ci[1]:.2f}]"
+    return f"{fmt_ms(c.primary_s)} -> {fmt_ms(c.shadow_s)} ms x{c.ratio:.2f} {interval}"
+
+
+_LATENCY_WORDS: Final = {
+    "slower": "SLOWER",
+    "faster": "faster",
+    "no significant difference": "same",
+    "too few samples": "too few",
+}
+
+
+def latency_word(c: LatencyComparison) -> str:
+    """SLOWER / faster / same / too few: a comparison's verdict in one short word."""
+    return _LATENCY_WORDS.get(c.verdict, c.verdict)
+
+
+def latency_failing_endpoints(report: DiffReport) -> dict[str, list[str]]:
+    """Endpoint -> the ``--fail-on`` latency terms that failed there."""
+    out: dict[str, list[str]] = {}
+    for failure in report.latency.failures:
+        out.setdefault(failure.endpoint, []).append(failure.term)
+    return out
 
 
 def fmt_ns(ns: int | None) -> str:

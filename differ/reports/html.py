@@ -29,8 +29,11 @@ from shadowtap.differ.reports._bodies import DisplayBody, display_body, value_at
 from shadowtap.differ.reports._common import (
     PathToken,
     endpoint_rate,
+    fmt_ms,
     fmt_ns,
     fmt_rate,
+    latency_failing_endpoints,
+    latency_word,
     parse_body_path,
     ranked_endpoints,
     ranked_signatures,
@@ -65,6 +68,8 @@ FIELD_ROWS: Final = 300
 DETAILED_ENDPOINTS: Final = 300
 #: Rows of the "failing the gate" table; the JSON report lists every failing signature.
 FAILING_ROWS: Final = 500
+#: Rows of the latency table (slower endpoints first); the JSON report has every endpoint.
+LATENCY_ROWS: Final = 1000
 _SEVERITY_LABEL: Final[dict[Severity | None, str]] = {
     "critical": "critical",
     "high": "high",
@@ -606,6 +611,66 @@ def _failing_html(report: DiffReport, endpoints: list[EndpointReport]) -> str:
     )
 
 
+def _latency_html(report: DiffReport) -> str:
+    """The latency section: one row per endpoint (slower first), p50, p90 and p99 of both sides with
+    the ratio and its 95 % interval, the verdict and its statement; then the terms that failed and
+    those that could not be judged."""
+    latency = report.latency
+    if latency.pairs == 0:
+        untimed = f" ({latency.untimed} compared pairs untimed)" if latency.untimed else ""
+        return (
+            f'<section id="latency"><h2>Latency</h2><p class="muted">no compared pair has both sides timed'
+            f"{_text(untimed)}</p></section>"
+        )
+    failing = latency_failing_endpoints(report)
+    rows: list[str] = []
+    for c in latency.comparisons[:LATENCY_ROWS]:
+        gate = f' <span class="lat-fail" title="{_e(", ".join(failing[c.endpoint]))}">fails the gate</span>' if (
+            c.endpoint in failing
+        ) else ""  # fmt: skip
+        cells = (
+            "".join(
+                f'<td class="num">{_e(fmt_ms(q.primary_s))}</td><td class="num">{_e(fmt_ms(q.shadow_s))}</td>'
+                f'<td class="num">x{q.ratio:.2f}<br><span class="muted">'
+                f"{'-' if q.ratio_ci is None else f'{q.ratio_ci[0]:.2f}-{q.ratio_ci[1]:.2f}'}</span></td>"
+                for q in c.quantiles
+            )
+            or '<td colspan="9" class="muted">too few samples</td>'
+        )
+        rows.append(
+            f'<tr class="lat-{_e(c.verdict.replace(" ", "-"))}" data-endpoint="{_e(c.endpoint)}">'
+            f"<td><b>{_e(latency_word(c))}</b>{gate}</td><td><code>{_e(c.endpoint)}</code></td>"
+            f'<td class="num">{c.pairs}</td>{cells}<td class="statement">{_text(c.statement)}</td></tr>'
+        )
+    more = len(latency.comparisons) - len(rows)
+    notes = [
+        f"<li>{_e(f.term)} fails at <code>{_e(f.endpoint)}</code>: {_text(f.statement)}</li>" for f in latency.failures
+    ]
+    undecided = {(u.term, u.endpoint) for u in latency.undecided}
+    if undecided:
+        terms = ", ".join(sorted({t for t, _ in undecided}))
+        notes.append(
+            f"<li>not judged for too few pairs: {_e(terms)} at {_plural(len({e for _, e in undecided}), 'endpoint')}"
+            "</li>"
+        )
+    heads = "".join(
+        f'<th class="num">{q} baseline ms</th><th class="num">{q} candidate ms</th>'
+        f'<th class="num">{q} ratio, 95% CI</th>'
+        for q in ("p50", "p90", "p99")
+    )
+    return (
+        f'<section id="latency"><h2>Latency ({_plural(len(latency.comparisons), "endpoint")})</h2>'
+        f'<p class="muted">{latency.pairs} compared pairs with both sides timed, {latency.untimed} untimed; '
+        f"each side from its request sent to its last byte. No statement below {latency.min_pairs} pairs; "
+        "slower or faster means a Wilcoxon signed-rank p-value under 0.01.</p>"
+        + (f"<ul>{''.join(notes)}</ul>" if notes else "")
+        + '<table class="latency"><thead><tr><th>latency</th><th>endpoint</th><th class="num">pairs</th>'
+        f"{heads}<th>statement</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        + (f'<p class="muted">and {more} more, in the JSON report</p>' if more > 0 else "")
+        + "</section>"
+    )
+
+
 def _cards(report: DiffReport) -> str:
     verdict = report.verdict
     cards = [
@@ -706,6 +771,7 @@ def render_html(report: DiffReport) -> str:
 </div>
 {endpoints_html or '<p class="muted">no endpoints were compared</p>'}
 </section>
+{_latency_html(report)}
 {_suppressions_html(report)}
 </main>
 <footer><p class="muted">schema version {report.schema_version}. Secrets in headers, query strings and

@@ -18,6 +18,7 @@ from shadowtap.differ.report_model import (
     EndpointReport,
     Example,
     FieldStat,
+    LatencyReport,
     SignatureReport,
     Suppression,
     Verdict,
@@ -152,6 +153,30 @@ def _verdict(verdict: Verdict) -> dict[str, Any]:
         "exit_code": verdict.exit_code,
         "reason": verdict.reason,
         "failing_signatures": list(verdict.failing_signatures),
+        "failing_latency": list(verdict.failing_latency),
+    }
+
+
+def _latency(latency: LatencyReport) -> dict[str, Any]:
+    return {
+        "pairs": latency.pairs,
+        "untimed": latency.untimed,
+        "min_pairs": latency.min_pairs,
+        "comparisons": [c.to_dict() for c in latency.comparisons],
+        "terms": list(latency.terms),
+        "failures": [
+            {
+                "term": f.term,
+                "endpoint": f.endpoint,
+                "shadow": f.shadow,
+                "observed": f.observed,
+                "statement": f.statement,
+            }
+            for f in latency.failures
+        ],
+        "undecided": [
+            {"term": u.term, "endpoint": u.endpoint, "shadow": u.shadow, "reason": u.reason} for u in latency.undecided
+        ],
     }
 
 
@@ -175,6 +200,7 @@ def report_to_dict(report: DiffReport) -> dict[str, Any]:
         "suppressions": [_suppression(s) for s in report.suppressions],
         "endpoints": [_endpoint(e) for e in report.endpoints],
         "verdict": _verdict(report.verdict),
+        "latency": _latency(report.latency),
     }
 
 

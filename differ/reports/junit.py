@@ -1,5 +1,10 @@
 """The JUnit XML report: one test case per endpoint, so CI dashboards show which endpoints regressed.
 
+Latency: one case per ``--fail-on`` latency term (``latency latency.p99>+20%``), failing with the
+statement of each endpoint where it failed, skipped when no endpoint had pairs enough to judge it;
+without latency terms, one passing case per endpoint the test found slower, its statement as output
+(so a dashboard shows it without failing the build).
+
 A case fails when the endpoint holds a signature the verdict names in ``failing_signatures`` (the
 gate decided; this module never re-decides). The XML's outcome always matches the exit code: an
 inconclusive verdict (exit 2) adds one erroring ``(verdict)`` case, so "not enough samples" can never
@@ -20,6 +25,7 @@ from shadowtap.differ.reports._common import (
     endpoint_rate,
     fmt_ns,
     fmt_rate,
+    printable,
     ranked_endpoints,
     ranked_signatures,
     verdict_word,
@@ -87,6 +93,38 @@ def _case(suite: ET.Element, endpoint: EndpointReport, failing: frozenset[str]) 
     return bool(failed)
 
 
+def _latency_cases(suite: ET.Element, report: DiffReport) -> tuple[int, int]:
+    """The latency cases; (cases, failing cases)."""
+    latency = report.latency
+    failures = 0
+    for term in latency.terms:
+        case = ET.SubElement(suite, "testcase", classname=JUNIT_CLASSNAME, name=_xml_text(f"latency {term}"), time="0")
+        failed = [f for f in latency.failures if f.term == term]
+        undecided = [u for u in latency.undecided if u.term == term]
+        judged = len(latency.comparisons) - len(undecided)
+        if failed:
+            failure = ET.SubElement(
+                case,
+                "failure",
+                type="latency",
+                message=_xml_text(printable(f"{term} fails at {len(failed)} endpoint(s), first {failed[0].endpoint}")),
+            )
+            failure.text = _xml_text("\n".join(printable(f"{f.endpoint}: {f.statement}") for f in failed))
+            failures += 1
+        elif judged == 0:
+            ET.SubElement(case, "skipped", message=f"too few timed pairs to judge {term} at any endpoint")
+        lines = [f"judged at {judged} endpoint(s), not judged at {len(undecided)} (too few pairs)"]
+        lines += [f"{u.endpoint}: {u.reason}" for u in undecided[:SIGNATURES_PER_CASE]]
+        ET.SubElement(case, "system-out").text = _xml_text("\n".join(printable(line) for line in lines))
+    slower = [] if latency.terms else [c for c in latency.comparisons if c.verdict == "slower"]
+    for c in slower:
+        case = ET.SubElement(
+            suite, "testcase", classname=JUNIT_CLASSNAME, name=_xml_text(f"latency {c.endpoint}"), time="0"
+        )
+        ET.SubElement(case, "system-out").text = _xml_text(printable(c.statement))
+    return len(latency.terms) + len(slower), failures
+
+
 def render_junit(report: DiffReport) -> str:
     """The JUnit XML document for ``report`` (with an XML declaration)."""
     failing = frozenset(report.verdict.failing_signatures)
@@ -94,6 +132,8 @@ def render_junit(report: DiffReport) -> str:
     suite = ET.SubElement(suites, "testsuite", name=JUNIT_CLASSNAME)
     endpoints = ranked_endpoints(report)
     failures = sum(_case(suite, endpoint, failing) for endpoint in endpoints)
+    latency_cases, latency_failures = _latency_cases(suite, report)
+    failures += latency_failures
     errors = 0
     verdict_case: ET.Element | None = None
     if report.verdict.exit_code == 2:
@@ -106,7 +146,7 @@ def render_junit(report: DiffReport) -> str:
         verdict_case = ET.SubElement(suite, "testcase", classname=JUNIT_CLASSNAME, name=VERDICT_CASE_NAME, time="0")
         ET.SubElement(verdict_case, "failure", type="regression", message=_xml_text(report.verdict.reason))
         failures = 1
-    tests = len(endpoints) + (verdict_case is not None)
+    tests = len(endpoints) + latency_cases + (verdict_case is not None)
     # The JUnit schema's timestamp: ISO 8601 local form without a zone; ours is UTC.
     generated = fmt_ns(report.generated_at_ns)
     if generated.endswith("Z"):

@@ -1,7 +1,8 @@
 """The Markdown report: a compact pull-request comment (GitHub-flavoured Markdown).
 
-A verdict line, a table of endpoints with their severity and top change, and collapsible details per
-endpoint with short, redacted value snippets. It must never paste raw bodies (a PR comment is public
+A verdict line, a table of endpoints with their severity and top change, the latency table (the
+candidate's p50, p90 and p99 against the baseline's, slower endpoints first), and collapsible details
+per endpoint with short, redacted value snippets. It must never paste raw bodies (a PR comment is public
 to everyone with repository access) and never let traffic-derived text become Markdown or HTML: every
 such string goes through ``_code`` or ``_text``.
 """
@@ -13,12 +14,16 @@ import os
 import re
 from typing import Final
 
+from shadowtap.differ.latency import QuantileComparison
 from shadowtap.differ.report_model import DiffReport, EndpointReport, Example, Severity, SignatureReport
 from shadowtap.differ.reports._bodies import value_at
 from shadowtap.differ.reports._common import (
     clip,
     endpoint_rate,
+    fmt_ms,
     fmt_rate,
+    latency_failing_endpoints,
+    latency_word,
     printable,
     ranked_endpoints,
     ranked_signatures,
@@ -35,6 +40,8 @@ DETAILED_ENDPOINTS: Final = 10
 SIGNATURES_PER_ENDPOINT: Final = 8
 SNIPPET_PATHS: Final = 4
 SNIPPET_CHARS: Final = 60
+#: Endpoints in the latency table (slower first).
+LATENCY_ENDPOINTS: Final = 25
 #: Longest endpoint, path or reason shown: one pathological name must not eat the comment's budget.
 TEXT_CHARS: Final = 200
 
@@ -138,6 +145,50 @@ def _details(endpoint: EndpointReport, failing: frozenset[str]) -> list[str]:
     return lines
 
 
+def _quantile_cell(q: QuantileComparison) -> str:
+    # Figures of our own, not traffic: plain Markdown (no escaping needed, none wanted: "18.3").
+    interval = "" if q.ratio_ci is None else f" [{q.ratio_ci[0]:.2f}-{q.ratio_ci[1]:.2f}]"
+    return f"{fmt_ms(q.primary_s)} &rarr; {fmt_ms(q.shadow_s)} x{q.ratio:.2f}{interval}"
+
+
+def _latency(report: DiffReport) -> list[str]:
+    """The "Latency" section: endpoints with a statement (slower first), each percentile side by
+    side with its ratio and 95 % interval, the failed terms with their statements, what was not judged."""
+    latency = report.latency
+    if latency.pairs == 0:
+        untimed = f" ({latency.untimed} compared pairs untimed)" if latency.untimed else ""
+        return [f"**Latency**: no compared pair has both sides timed{untimed}.", ""]
+    stated = [c for c in latency.comparisons if c.quantiles]
+    too_few = len(latency.comparisons) - len(stated)
+    lines = [f"**Latency** ({latency.pairs} timed pairs, {latency.untimed} untimed)"]
+    if too_few:
+        lines[0] += f"; {too_few} endpoint(s) with fewer than {latency.min_pairs} pairs: too few samples, no statement"
+    lines.append("")
+    failing = latency_failing_endpoints(report)
+    if stated:
+        lines += [
+            "| Latency | Endpoint | Pairs | p50 ms | p90 ms | p99 ms |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for c in stated[:LATENCY_ENDPOINTS]:
+            word = f"**{latency_word(c)}**" if c.verdict == "slower" else latency_word(c)
+            gate = " (fails the gate)" if c.endpoint in failing else ""
+            cells = " | ".join(_quantile_cell(q) for q in c.quantiles)
+            lines.append(f"| {word}{gate} | {_code(c.endpoint)} | {c.pairs} | {cells} |")
+        if len(stated) > LATENCY_ENDPOINTS:
+            lines.append(f"| | *{len(stated) - LATENCY_ENDPOINTS} more endpoints* | | | | |")
+        lines.append("")
+    for f in latency.failures:
+        lines.append(f"- :x: {_code(f.term)} fails at {_code(f.endpoint)}: {_text(f.statement)}")
+    undecided = {(u.term, u.endpoint) for u in latency.undecided}
+    if undecided:
+        terms = ", ".join(_code(t) for t in sorted({t for t, _ in undecided}))
+        lines.append(f"- not judged for too few pairs: {terms} at {len({e for _, e in undecided})} endpoint(s)")
+    if latency.failures or undecided:
+        lines.append("")
+    return lines
+
+
 def render_markdown(report: DiffReport) -> str:
     """The PR comment for ``report``."""
     verdict = report.verdict
@@ -159,6 +210,7 @@ def render_markdown(report: DiffReport) -> str:
     if endpoints:
         lines += _endpoint_table(endpoints)
         lines.append("")
+    lines += _latency(report)
     failing = frozenset(verdict.failing_signatures)
     for endpoint in [e for e in endpoints if e.signatures][:DETAILED_ENDPOINTS]:
         lines += _details(endpoint, failing)

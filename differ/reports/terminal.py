@@ -7,7 +7,9 @@ only when asked or when writing to a TTY. Paths and endpoints wrap only at their
 in as a ``rich.text.Text`` (never markup) after ``printable`` (no control characters), because
 endpoints and paths come from traffic: ``[red]`` must print as itself and an ESC byte must not
 restyle the reader's terminal. It must never print bodies (the HTML report has examples) and never
-compute results.
+compute results. The "Latency" section lists the endpoints with a latency statement, those
+found slower first, each percentile as ``baseline -> candidate xRATIO`` (ms), and the statements
+(with their confidence intervals) of the slower ones.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from shadowtap.differ.report_model import DiffReport, EndpointReport, Severity
 from shadowtap.differ.reports._common import (
     clip,
     endpoint_rate,
+    fmt_ms,
     fmt_ns,
     fmt_rate,
+    latency_failing_endpoints,
+    latency_word,
     printable,
     ranked_endpoints,
     ranked_signatures,
@@ -44,6 +49,9 @@ DETAILED_ENDPOINTS: Final = 10
 SIGNATURES_PER_ENDPOINT: Final = 5
 #: Endpoints in the ranked table; a service with hundreds of routes must not flood the log.
 TABLE_ENDPOINTS: Final = 30
+#: Endpoints in the latency table (slower ones first) and statements printed under it.
+LATENCY_ENDPOINTS: Final = 10
+LATENCY_STATEMENTS: Final = 3
 #: Columns when not writing to a terminal (a CI log, a file): wide enough for real paths, which a
 #: log viewer shows whole or wraps itself.
 WIDE_DEFAULT: Final = 120
@@ -304,6 +312,80 @@ def _signature_table(endpoint: EndpointReport, failing: frozenset[str], width: i
     return title, table, _t("; ".join(notes), "dim") if notes else None
 
 
+def _latency_block(report: DiffReport, width: int, full: bool) -> list[Text | Table]:
+    """The "Latency" section: a line of counts, the endpoints with a statement (slower first) side
+    by side at p50, p90 and p99 (baseline -> candidate ms, ratio), the statements of the slower ones
+    (with the intervals), the latency terms that failed, and what the gate could not judge."""
+    latency = report.latency
+    if latency.pairs == 0:
+        untimed = f" ({latency.untimed} compared pairs untimed)" if latency.untimed else ""
+        return [Text(f"latency: no compared pair has both sides timed{untimed}", style="dim")]
+    stated = [c for c in latency.comparisons if c.quantiles]
+    too_few = len(latency.comparisons) - len(stated)
+    head = Text("Latency", style="bold")
+    counts = f"  {latency.pairs} timed pairs"
+    if latency.untimed:
+        counts += f", {latency.untimed} untimed"
+    if too_few:
+        counts += f"; {too_few} endpoint(s) with fewer than {latency.min_pairs} pairs: too few samples, no statement"
+    head.append(counts, style="dim")
+    out: list[Text | Table] = [head]
+    if not stated:
+        return out
+    failing = latency_failing_endpoints(report)
+    shown = stated if full else stated[:LATENCY_ENDPOINTS]
+    headers = ("Latency", "Endpoint", "Pairs", "p50 ms", "p90 ms", "p99 ms")
+    words: list[Text] = []
+    for c in shown:
+        word = Text(latency_word(c), style="bold red" if c.verdict == "slower" else "")
+        if c.endpoint in failing:
+            word.append("!", style="bold red")
+        words.append(word)
+    endpoints = [clip(printable(c.endpoint), _TEXT_CHARS) for c in shown]
+    # Each percentile on one line when the endpoints keep room, else the ratio under the figures.
+    for joiner in (" ", "\n"):
+        cells = [
+            [f"{fmt_ms(q.primary_s)} -> {fmt_ms(q.shadow_s)}{joiner}x{q.ratio:.2f}" for q in c.quantiles] for c in shown
+        ]
+        fixed = [
+            max(len(headers[0]), *(len(w) for w in words)),
+            max(len(headers[2]), *(len(str(c.pairs)) for c in shown)),
+            *(max(len(headers[3 + i]), *(len(line) for row in cells for line in row[i].split("\n"))) for i in range(3)),
+        ]
+        wanted = max(len(headers[1]), *(len(e) for e in endpoints))
+        (endpoint_width,) = _flexible_widths(width, fixed, [wanted], [len(headers[1])])
+        if endpoint_width >= min(wanted, 24):
+            break
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("Latency", no_wrap=True)
+    table.add_column("Endpoint", overflow="fold", width=endpoint_width)
+    table.add_column("Pairs", justify="right", no_wrap=True)
+    for label in headers[3:]:
+        table.add_column(label, justify="right", no_wrap=True)
+    for word, endpoint_text, c, row in zip(words, endpoints, shown, cells, strict=True):
+        table.add_row(word, _wrapped(endpoint_text, endpoint_width), str(c.pairs), *row)
+    out.append(table)
+    if len(stated) > len(shown):
+        out.append(Text(f"+{len(stated) - len(shown)} more endpoints ({_SEE_ALL})", style="dim"))
+    slower = [c for c in shown if c.verdict == "slower"]
+    for c in slower if full else slower[:LATENCY_STATEMENTS]:
+        line = _t(c.endpoint, "bold")
+        line.append(": ")
+        line.append_text(_t(c.statement))
+        out.append(line)
+    for f in latency.failures:
+        line = Text("! ", style="bold red")
+        line.append_text(_t(f"{f.term} fails at {f.endpoint}: {f.statement}"))
+        out.append(line)
+    undecided = {(u.term, u.endpoint) for u in latency.undecided}
+    if undecided:
+        terms = sorted({term for term, _ in undecided})
+        out.append(
+            _t(f"not judged for too few pairs: {', '.join(terms)} at {len({e for _, e in undecided})} endpoints", "dim")
+        )
+    return out
+
+
 class _Sink(io.StringIO):
     """Collects the rendering; claims the real stream's encoding so rich picks ASCII boxes for it."""
 
@@ -341,6 +423,9 @@ def _render(report: DiffReport, console: Console, full: bool) -> None:
         console.print(
             Text(f"+{len(detailed) - DETAILED_ENDPOINTS} more endpoints with differences ({_SEE_ALL})", style="dim")
         )
+    console.print()
+    for item in _latency_block(report, console.width, full):
+        console.print(item)
     if report.suppressions:
         line = Text("noise suppressed: ", style="dim")
         line.append_text(_t(", ".join(f"{s.reason} {s.count}" for s in report.suppressions), "dim"))

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 from typing import Any, Final
 
 import brotli
 
+from shadowtap.differ.latency import LatencyTracker, evaluate_latency_terms, parse_latency_term
 from shadowtap.differ.report_model import (
     REPORT_SCHEMA_VERSION,
     DiffReport,
     EndpointReport,
     Example,
     FieldStat,
+    LatencyReport,
+    LatencyUndecided,
     SignatureReport,
     Suppression,
     Verdict,
@@ -341,6 +345,34 @@ def _healthy_endpoint() -> EndpointReport:
     return EndpointReport("GET /health", 100, 100, 0, 0, None, (), ())
 
 
+#: The endpoint ``rich_report`` plants a 30 % slower candidate at (and its latency terms).
+SLOWER_ENDPOINT: Final = "GET /users/{id}"
+LATENCY_TERMS: Final = ("latency.p50>+20%", "latency.p99>+20%")
+
+
+def rich_latency() -> LatencyReport:
+    """The candidate 30 % slower at ``SLOWER_ENDPOINT`` (2,000 pairs), unchanged at ``GET /orders``
+    (500 pairs: too few for a p99 interval) and too few pairs at a hostile-named endpoint."""
+    rng = random.Random(7)
+    tracker = LatencyTracker()
+    for endpoint, pairs, factor in ((SLOWER_ENDPOINT, 2000, 1.3), ("GET /orders", 500, 1.0), (SCRIPT_PAYLOAD, 9, 2.0)):
+        for _ in range(pairs):
+            base = rng.lognormvariate(-4.0, 0.4)
+            tracker.add(endpoint, "v2", base, base * factor * rng.uniform(0.97, 1.03))
+    order = {"slower": 0, "no significant difference": 1, "faster": 2, "too few samples": 3}
+    comparisons = sorted(tracker.compare(), key=lambda c: (order[c.verdict], c.endpoint))
+    judgement = evaluate_latency_terms([parse_latency_term(t) for t in LATENCY_TERMS], comparisons)
+    return LatencyReport(
+        pairs=2509,
+        untimed=12,
+        min_pairs=50,
+        comparisons=tuple(comparisons),
+        terms=LATENCY_TERMS,
+        failures=judgement.failures,
+        undecided=tuple(LatencyUndecided(*u) for u in judgement.undecided),
+    )
+
+
 def rich_report() -> DiffReport:
     """A failing report exercising every renderer feature."""
     endpoints = (
@@ -377,7 +409,9 @@ def rich_report() -> DiffReport:
             exit_code=1,
             reason="5 critical/high signatures above the noise rule",
             failing_signatures=("sig-status", "sig-removed", "sig-type", "sig-currency", "sig-error"),
+            failing_latency=(f"latency.p50>+20% at {SLOWER_ENDPOINT}", f"latency.p99>+20% at {SLOWER_ENDPOINT}"),
         ),
+        latency=rich_latency(),
     )
 
 

@@ -72,7 +72,7 @@ def test_a_shadow_twenty_percent_slower_is_detected_and_fails_the_terms() -> Non
     # of pairs tell a 20 % slower tail from noise; 3,000 are enough for the median.
     paired(tracker, 20_000, 1.2, seed=1)
     [c] = tracker.compare()
-    assert c.verdict == "slower" and c.statement.startswith("the shadow is slower")
+    assert c.verdict == "slower" and c.statement.startswith("the candidate is slower")
     p50 = c.quantile(0.5)
     assert p50 is not None and p50.ratio == pytest.approx(1.2, abs=0.05)
     assert p50.ratio_ci is not None and 1.0 < p50.ratio_ci[0] < 1.2 < p50.ratio_ci[1]

@@ -65,6 +65,12 @@ def rendered_objects(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     found["Report (the top-level object)"] = [doc]
     found["Verdict"] = [doc["verdict"]]
     found["Suppression"] += doc["suppressions"]
+    latency = doc["latency"]
+    found["Latency"] = [latency]
+    found["LatencyComparison"] = latency["comparisons"]
+    found["Quantile"] = [q for c in latency["comparisons"] for q in c["quantiles"]]
+    found["LatencyFailure"] = latency["failures"]
+    found["LatencyUndecided"] = latency["undecided"]
     for endpoint in doc["endpoints"]:
         found["Endpoint"].append(endpoint)
         found["FieldStat"] += endpoint["fields"]
@@ -203,7 +209,23 @@ def documented_types() -> dict[str, dict[str, str]]:
     return sections
 
 
-OBJECT_TYPES = {"Suppression", "Endpoint", "FieldStat", "Signature", "Example", "Request", "Body", "Verdict", "Outcome"}
+OBJECT_TYPES = {
+    "Suppression",
+    "Endpoint",
+    "FieldStat",
+    "Signature",
+    "Example",
+    "Request",
+    "Body",
+    "Verdict",
+    "Outcome",
+    "Latency",
+    "LatencyComparison",
+    "Quantile",
+    "LatencyFailure",
+    "LatencyUndecided",
+    "object",
+}
 
 
 def conforms(value: Any, declared: str) -> bool:
@@ -214,6 +236,8 @@ def conforms(value: Any, declared: str) -> bool:
         return isinstance(value, list) and all(conforms(v, item) for v in value)
     if declared == "[string, string]":
         return isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+    if declared == "[float, float]":
+        return isinstance(value, list) and len(value) == 2 and all(conforms(v, "float") for v in value)
     if declared == "integer":
         return isinstance(value, int) and not isinstance(value, bool)
     if declared == "float":

@@ -6,8 +6,16 @@ import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from shadowtap.differ.report_model import LatencyReport
 from shadowtap.differ.reports import render_junit, write_junit
-from tests.differ.report_fixtures import SCRIPT_PAYLOAD, inconclusive_report, passing_report, rich_report
+from tests.differ.report_fixtures import (
+    LATENCY_TERMS,
+    SCRIPT_PAYLOAD,
+    SLOWER_ENDPOINT,
+    inconclusive_report,
+    passing_report,
+    rich_report,
+)
 
 
 def cases(xml_text: str) -> dict[str, ET.Element]:
@@ -22,12 +30,13 @@ def test_one_case_per_endpoint_failing_where_the_verdict_says(tmp_path: Path) ->
     suite = root.find("testsuite")
     assert suite is not None
     found = {case.attrib["name"]: case for case in suite.iter("testcase")}
-    assert set(found) == {e.endpoint for e in report.endpoints}
+    latency_cases = {f"latency {term}" for term in LATENCY_TERMS}
+    assert set(found) == {e.endpoint for e in report.endpoints} | latency_cases
     assert {case.attrib["classname"] for case in found.values()} == {"shadowtap.diff"}
     failed = {name for name, case in found.items() if case.find("failure") is not None}
-    assert failed == {"GET /users/{id}", "POST /orders", f"GET /orders/{{id}}/<b>{SCRIPT_PAYLOAD}"}
-    assert (suite.attrib["tests"], suite.attrib["failures"], suite.attrib["errors"]) == ("7", "3", "0")
-    assert root.attrib["failures"] == "3"
+    assert failed == {"GET /users/{id}", "POST /orders", f"GET /orders/{{id}}/<b>{SCRIPT_PAYLOAD}"} | latency_cases
+    assert (suite.attrib["tests"], suite.attrib["failures"], suite.attrib["errors"]) == ("9", "5", "0")
+    assert root.attrib["failures"] == "5"
     assert suite.attrib["timestamp"] == "2025-11-22T03:46:40"  # generated_at, UTC
 
     users = found["GET /users/{id}"].find("failure")
@@ -43,6 +52,37 @@ def test_one_case_per_endpoint_failing_where_the_verdict_says(tmp_path: Path) ->
     summary = suite.find("system-out")
     assert summary is not None and summary.text is not None
     assert summary.text.startswith("FAIL: 5 critical/high signatures above the noise rule")
+
+
+def test_a_latency_term_is_a_case_failing_with_the_statement_of_each_endpoint_it_failed_at() -> None:
+    found = cases(render_junit(rich_report()))
+    p50 = found["latency latency.p50>+20%"].find("failure")
+    assert p50 is not None and p50.attrib["type"] == "latency"
+    assert p50.attrib["message"] == f"latency.p50>+20% fails at 1 endpoint(s), first {SLOWER_ENDPOINT}"
+    assert p50.text is not None and p50.text.startswith(f"{SLOWER_ENDPOINT}: p50 ") and "ratio 95% CI" in p50.text
+    out = found["latency latency.p99>+20%"].find("system-out")
+    assert out is not None and out.text is not None
+    assert "GET /orders: too few pairs (500) for a p99 interval" in out.text
+
+
+def test_without_latency_terms_each_slower_endpoint_is_a_passing_case_with_its_statement() -> None:
+    report = rich_report()
+    latency = dataclasses.replace(report.latency, terms=(), failures=(), undecided=())
+    verdict = dataclasses.replace(report.verdict, failing_latency=())
+    found = cases(render_junit(dataclasses.replace(report, latency=latency, verdict=verdict)))
+    case = found[f"latency {SLOWER_ENDPOINT}"]
+    assert case.find("failure") is None
+    out = case.find("system-out")
+    assert out is not None and out.text is not None and out.text.startswith("the candidate is slower")
+    assert "latency GET /orders" not in found  # no significant difference: no case
+
+
+def test_a_latency_term_no_endpoint_could_judge_is_skipped() -> None:
+    report = dataclasses.replace(
+        passing_report(), latency=LatencyReport(pairs=3, min_pairs=50, terms=("latency.p99>+20%",))
+    )
+    skipped = cases(render_junit(report))["latency latency.p99>+20%"].find("skipped")
+    assert skipped is not None and "too few timed pairs" in skipped.attrib["message"]
 
 
 def test_a_passing_report_has_no_failures() -> None:
@@ -71,7 +111,11 @@ def test_characters_xml_cannot_carry_are_replaced_not_fatal() -> None:
 
 def test_a_failing_verdict_always_fails_the_xml() -> None:
     report = rich_report()
-    odd = dataclasses.replace(report, verdict=dataclasses.replace(report.verdict, failing_signatures=("elsewhere",)))
+    odd = dataclasses.replace(
+        report,
+        verdict=dataclasses.replace(report.verdict, failing_signatures=("elsewhere",), failing_latency=()),
+        latency=LatencyReport(),
+    )
     root = ET.fromstring(render_junit(odd))
     assert (root.attrib["tests"], root.attrib["failures"], root.attrib["errors"]) == ("8", "1", "0")
     failure = cases(render_junit(odd))["(verdict)"].find("failure")
