@@ -3,7 +3,8 @@
 ``GET /diff?since=5m`` builds the report of docs/report-schema.md from a live differ's store
 (``shadowtap.proxy.live``) for a window (``since``, ``until``: a duration back from now such as
 ``90s``, ``5m``, ``2h``, or seconds since the epoch; ``endpoint``; ``shadow`` when several are
-compared), in a thread, read-only (the store is in WAL mode: the live differ is never held up).
+compared; ``examples=N`` keeps at most N examples per signature, as the page asks for one), in a
+thread, read-only (the store is in WAL mode: the live differ is never held up).
 ``GET /`` and ``GET /live`` serve ``live_page.html``: one self-contained page (its script and style
 inline, allowed by their hashes in a strict Content-Security-Policy: nothing else loads, no
 request leaves the admin server) that polls ``/diff``, ``/stats`` and ``/flags`` and throws the
@@ -134,22 +135,37 @@ class LiveAdmin:
         except ValueError as exc:
             return _json({"error": str(exc)}, 400)
         endpoint = query.get("endpoint")
-        key = (shadow, query.get("since"), query.get("until"), endpoint)
+        examples: int | None = None
+        if "examples" in query:
+            try:
+                examples = int(query["examples"])
+                if examples < 0:
+                    raise ValueError
+            except ValueError:
+                return _json({"error": f"examples: expected a whole number, not {query['examples']!r}"}, 400)
+        key = (shadow, query.get("since"), query.get("until"), endpoint, examples)
         async with self._lock:  # one build at a time: a page per reviewer must not mean a thread each
             cached = self._cache.get(key)
             if cached is not None and time.monotonic() - cached[0] < _CACHE_S:
                 return _json(cached[1])
             try:
-                document = await asyncio.to_thread(self._build, path, since_ns, until_ns, endpoint)
+                document = await asyncio.to_thread(self._build, path, since_ns, until_ns, endpoint, examples)
             except ShadowtapError as exc:
                 return _json({"error": str(exc)}, 503)
             self._cache = {key: (time.monotonic(), document)}
         return _json(document)
 
-    def _build(self, path: str, since_ns: int | None, until_ns: int | None, endpoint: str | None) -> dict[str, Any]:
+    def _build(
+        self, path: str, since_ns: int | None, until_ns: int | None, endpoint: str | None, examples: int | None
+    ) -> dict[str, Any]:
         store = DiffStore(path, create=False)
         try:
             report = build_report(store, self._config, since_ns=since_ns, until_ns=until_ns, endpoint=endpoint)
         finally:
             store.close()
-        return report_to_dict(report)
+        document = report_to_dict(report)
+        if examples is not None:
+            for entry in document["endpoints"]:
+                for signature in entry["signatures"]:
+                    del signature["examples"][examples:]
+        return document

@@ -154,6 +154,11 @@ async def test_live_diff_shows_the_change_and_agrees_with_diff_on_the_tape(
                 assert resp.status == 400
             async with client.get(f"{admin}/diff?shadow=nope") as resp:
                 assert resp.status == 404
+            none = await get_json(client, f"{admin}/diff?since=10m&examples=0")
+            assert none["pairs"] == report["pairs"] and not any(
+                s["examples"] for e in none["endpoints"] for s in e["signatures"]
+            )
+            assert planted(report)["examples"]  # type: ignore[index]
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(process.communicate(), _WAIT_S)
