@@ -331,3 +331,39 @@ async def test_live_diff_needs_a_tape(services: dict[str, Service], tmp_path: Pa
             assert resp.status == 404 and "no tape" in (await resp.json())["error"]
     finally:
         await app.shutdown()
+
+
+async def test_each_candidate_shadow_has_its_own_store(services: dict[str, Service], tmp_path: Path) -> None:
+    v3 = await Service(1, "v3-host").start()
+    app = await start_app(
+        {
+            "primary": services["primary"].url,
+            "shadows": {"v2": services["v2"].url, "v3": v3.url},
+            "record": {"tape": str(tmp_path / "tape"), "join_timeout_s": 5},
+            "live": {"db": str(tmp_path / "live.sqlite")},
+        }
+    )
+    try:
+        assert app.live is not None and app.admin_url is not None
+        assert dict(app.live.databases) == {
+            "v2": str(tmp_path / "live-v2.sqlite"),
+            "v3": str(tmp_path / "live-v3.sqlite"),
+        }
+        async with aiohttp.ClientSession() as client:
+            for i in range(12):
+                async with client.get(f"{app.listen_url}/items/{i}") as resp:
+                    assert resp.status == 200
+
+            async def both() -> tuple[dict[str, Any], dict[str, Any]] | None:
+                v2 = await get_json(client, f"{app.admin_url}/diff?shadow=v2")
+                v3_report = await get_json(client, f"{app.admin_url}/diff?shadow=v3")
+                return (v2, v3_report) if v2["pairs"] == 12 and v3_report["pairs"] == 12 else None
+
+            v2_report, v3_report = await wait_for(both, "both stores to hold the 12 exchanges")
+            # v2 changed the price's type; v3 is v1 on another host: only its host differs.
+            assert planted(v2_report) is not None and planted(v3_report) is None
+            assert {s["path"] for e in v3_report["endpoints"] for s in e["signatures"]} == {"body.served_by"}
+    finally:
+        await app.shutdown()
+        await v3.close()
+    assert (tmp_path / "live-v2.sqlite").is_file() and (tmp_path / "live-v3.sqlite").is_file()
