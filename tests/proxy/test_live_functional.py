@@ -367,3 +367,29 @@ async def test_each_candidate_shadow_has_its_own_store(services: dict[str, Servi
         await app.shutdown()
         await v3.close()
     assert (tmp_path / "live-v2.sqlite").is_file() and (tmp_path / "live-v3.sqlite").is_file()
+
+
+async def test_live_diff_with_the_join_on_the_loop(services: dict[str, Service], tmp_path: Path) -> None:
+    """With the event log on, the record stage joins on the loop and sends the writer whole records:
+    the tap copies those the same way."""
+    app = await start_app(
+        {
+            "primary": services["primary"].url,
+            "shadows": {"v2": services["v2"].url},
+            "record": {"tape": str(tmp_path / "tape"), "join_timeout_s": 5},
+            "events": {"path": str(tmp_path / "events.jsonl")},
+        }
+    )
+    try:
+        assert app.live is not None
+        async with aiohttp.ClientSession() as client:
+            for i in range(8):
+                async with client.get(f"{app.listen_url}/items/{i}") as resp:
+                    assert resp.status == 200
+
+        async def compared() -> bool:
+            return bool(app.stats()["live_diff"]["compared"] == 8)
+
+        await wait_for(compared, "the live differ to compare the 8 exchanges")
+    finally:
+        await app.shutdown()
