@@ -124,7 +124,8 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         "templates.max_literal_children",
         "integer",
         20,
-        "distinct values a path segment may take before it is learned as `{id}`",
+        "least distinct values before a path segment may be learned as `{id}` (it also has to keep "
+        "growing with traffic; a few busy values stay apart)",
     ),
     ConfigKey("examples_per_signature", "integer", 3, "reservoir-sampled examples kept per signature"),
     ConfigKey("fail_on", "string", "severity>=high", "the gate (see --fail-on); overridden by the flag"),
