@@ -39,7 +39,7 @@ from shadowtap.differ.config import DifferConfig, config_from_mapping
 from shadowtap.differ.live import LiveOptions, LiveReport, live_db_paths
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.proxy.flags import RuntimeFlags
-from shadowtap.recorder.errors import ConfigError
+from shadowtap.recorder.errors import ConfigError, ShadowtapError
 from shadowtap.recorder.tape_process import TapStats
 
 __all__ = ["LIVE_DB_NAME", "LiveDiff", "LivePlan", "live_plan"]
@@ -57,7 +57,6 @@ _RESTART_MAX_S: Final = 30.0
 _STABLE_S: Final = 60.0
 #: How often the pause flag is looked at.
 _FLAG_POLL_S: Final = 0.25
-_START_TIMEOUT_S: Final = 30.0
 _F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
@@ -156,7 +155,14 @@ class LiveDiff:
         self._tap_stats = tap_stats
 
     async def start(self) -> None:
-        await self._spawn()
+        """Create the stores (a ``ConfigError`` names an unusable ``live.db``, or one holding another
+        comparison), then start the differ. A differ that cannot start or dies is retried with a
+        growing back-off, never failing the proxy."""
+        await asyncio.to_thread(self._prepare_stores)
+        try:
+            await self._spawn()
+        except OSError as exc:
+            self._spawn_failed(exc)
         self._poll = asyncio.create_task(self._watch_flag(), name="live-diff:flag")
         names = ", ".join(f"{name} -> {path}" for name, path in self._plan.databases)
         log.info("live diff on: %s", names)
@@ -190,6 +196,23 @@ class LiveDiff:
 
     # --- the child's life -------------------------------------------------------------------------
 
+    def _prepare_stores(self) -> None:
+        from shadowtap.differ.live import open_live_store
+        from shadowtap.differ.store import RunMeta
+
+        plan = self._plan
+        for name, path in plan.databases:
+            try:
+                store = open_live_store(path)
+            except ShadowtapError as exc:
+                raise ConfigError(str(exc), field="live.db") from exc
+            try:
+                store.set_meta(RunMeta("primary", name, plan.secondary, (self._source,)))
+            except ConfigError as exc:
+                raise ConfigError(str(exc), field="live.db") from exc
+            finally:
+                store.close()
+
     async def _spawn(self) -> None:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
@@ -221,11 +244,6 @@ class LiveDiff:
         self._child = child
         self._paused_sent = paused
         child.watcher = asyncio.create_task(self._watch(child), name="live-diff:child")
-        if not await asyncio.wait_for(asyncio.shield(child.ready), _START_TIMEOUT_S):
-            raise ConfigError(
-                f"the live differ exited with code {process.returncode} as it started (its error is above)",
-                field="live",
-            )
 
     async def _watch(self, child: _Child) -> None:
         stdout = child.process.stdout
@@ -256,14 +274,23 @@ class LiveDiff:
         done.last_started_ns = max(done.last_started_ns, report.last_started_ns)
         if self._child is child:
             self._child = None
-        if self._closing or not child.ready.result():
-            return  # (a child that never became ready is _spawn's to report, and _restart_later's to retry)
-        self._last_exit = f"exited with code {code}"
+        if self._closing:
+            return
+        started = "" if child.ready.result() else " before it was ready (its error is above)"
+        self._last_exit = f"exited with code {code}{started}"
         if time.monotonic() - child.started_s >= _STABLE_S:
             self._backoff_s = _RESTART_FIRST_S
         log.error("the live differ %d %s; restarting in %g s", child.process.pid, self._last_exit, self._backoff_s)
+        self._restart_after_backoff()
+
+    def _restart_after_backoff(self) -> None:
         self._restart = asyncio.get_running_loop().create_task(self._restart_later(self._backoff_s))
         self._backoff_s = min(self._backoff_s * 2, _RESTART_MAX_S)
+
+    def _spawn_failed(self, exc: OSError) -> None:
+        self._last_exit = f"could not start: {exc.strerror or exc}"
+        log.error("the live differ could not start: %s; retrying in %g s", exc.strerror or exc, self._backoff_s)
+        self._restart_after_backoff()
 
     async def _restart_later(self, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
@@ -271,15 +298,11 @@ class LiveDiff:
             return
         try:
             await self._spawn()
-        except (OSError, ConfigError, TimeoutError) as exc:
-            self._last_exit = f"could not start: {exc}"
-            log.error("the live differ could not start: %s", exc)
-            if not self._closing and self._child is None:
-                self._restart = asyncio.get_running_loop().create_task(self._restart_later(self._backoff_s))
-                self._backoff_s = min(self._backoff_s * 2, _RESTART_MAX_S)
+        except OSError as exc:
+            self._spawn_failed(exc)
             return
         self._restarts += 1
-        log.warning("the live differ restarted (pid %d)", self.pid or 0)
+        log.warning("the live differ restarted (pid %d)", self._child.process.pid if self._child else 0)
 
     async def _watch_flag(self) -> None:
         while True:

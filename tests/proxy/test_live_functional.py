@@ -26,6 +26,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from shadowtap.differ.store import DiffStore, RunMeta
 from shadowtap.proxy.app import ProxyApp
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.recorder import TapeReader
@@ -202,9 +203,13 @@ async def test_a_killed_live_differ_costs_no_request_and_is_restarted(
     )
     database = Path(app.stats()["live_diff"]["databases"]["v2"])
     try:
-        assert app.live is not None and database.is_file()
-        first_pid = app.live.pid
-        assert first_pid is not None
+        live = app.live
+        assert live is not None and database.is_file()
+
+        async def running() -> int | None:
+            return live.pid
+
+        first_pid = await wait_for(running, "the live differ to start")
         statuses: list[int] = []
         async with aiohttp.ClientSession() as client:
             for i in range(60):
@@ -263,8 +268,11 @@ async def test_a_full_tap_drops_and_counts_and_the_flag_pauses(services: dict[st
     try:
         live, tape = app.live, app.tape
         assert live is not None and tape is not None and app.admin_url is not None
-        pid = live.pid
-        assert pid is not None
+
+        async def running() -> int | None:
+            return live.pid
+
+        pid = await wait_for(running, "the live differ to start")
         os.kill(pid, signal.SIGSTOP)  # a differ that stops reading: the pipe fills
         try:
             async with aiohttp.ClientSession() as client:
@@ -320,6 +328,17 @@ async def test_live_diff_needs_a_tape(services: dict[str, Service], tmp_path: Pa
     base = {"listen": "127.0.0.1:0", "primary": services["primary"].url, "shadows": {"v2": services["v2"].url}}
     app = ProxyApp(ProxyConfig.from_mapping({**base, "live": {"enabled": True}}))
     with pytest.raises(ConfigError, match="no tape"):
+        await app.start()
+    # A live.db that cannot be made, or holds another comparison, stops the start, naming the key.
+    taped = {**base, "record": {"tape": str(tmp_path / "tape")}}
+    app = ProxyApp(ProxyConfig.from_mapping({**taped, "live": {"db": str(tmp_path / "no" / "such" / "live.db")}}))
+    with pytest.raises(ConfigError, match="live.db"):
+        await app.start()
+    other = DiffStore(tmp_path / "other.sqlite")
+    other.set_meta(RunMeta("primary", "v9", None, ("elsewhere",)))
+    other.close()
+    app = ProxyApp(ProxyConfig.from_mapping({**taped, "live": {"db": str(tmp_path / "other.sqlite")}}))
+    with pytest.raises(ConfigError, match="use another --db"):
         await app.start()
     app = await start_app(base)  # by default: off, and /stats says why
     try:
