@@ -314,7 +314,9 @@ def indent(text: str) -> str:
 
 
 def print_try_it(urls: dict[str, str]) -> None:
-    print("\nThe proxy and services are up. Try:")
+    print("\nThe proxy and services are up.")
+    print(f"  live view:  {urls['admin']}/live   (the v2 shadow judged as the traffic flows; open it in a browser)")
+    print("Try:")
     print(f"  curl -s {urls['proxy']}/api/users/7")
     print(f"  curl -s {urls['proxy']}/api/orders/14     # version 2 answers 500 for this one")
     print(f"  curl -s {urls['admin']}/metrics | grep shadowtap_")

@@ -125,6 +125,11 @@ def test_keep_running_serves_until_ctrl_c_then_finishes(tmp_path: Path) -> None:
     # The printed commands work while the demo waits.
     with urllib.request.urlopen(proxy_url.group(1) + "/api/users/7", timeout=10) as response:
         assert response.status == 200
+    # And the live view it names answers with the page.
+    live_url = re.search(r"live view:\s+(http://127\.0\.0\.1:\d+/live)", try_it)
+    assert live_url is not None, try_it
+    with urllib.request.urlopen(live_url.group(1), timeout=10) as response:
+        assert response.status == 200 and b"<html" in response.read(4096).lower()
     # Ctrl-C in a terminal: SIGINT to the whole foreground process group. Only the demo may act on
     # it; it then stops the proxy in order and goes on with replay and diff against live services.
     os.killpg(demo.pid, signal.SIGINT)
