@@ -381,7 +381,10 @@ def _latency_block(report: DiffReport, width: int, full: bool) -> list[Text | Ta
     if undecided:
         terms = sorted({term for term, _ in undecided})
         out.append(
-            _t(f"not judged for too few pairs: {', '.join(terms)} at {len({e for _, e in undecided})} endpoints", "dim")
+            _t(
+                f"not judged for too few pairs: {', '.join(terms)} at {len({e for _, e in undecided})} endpoint(s)",
+                "dim",
+            )
         )
     return out
 
