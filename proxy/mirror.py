@@ -1100,7 +1100,7 @@ class MirrorStage:
                 decision = FailureKind.METHOD_NOT_ALLOWED
             elif body is None or len(body) > shadow.settings.max_body_bytes:
                 decision = FailureKind.BODY_TOO_LARGE
-            elif stream_s > shadow.settings.total_timeout_s:
+            elif stream_s and stream_s > shadow.settings.total_timeout_s:  # (gRPC only: HTTP/1 pays a test)
                 # A request stream longer than a copy may take: sent whole now, it would not be the call.
                 decision = FailureKind.TIMEOUT
             else:
