@@ -392,10 +392,8 @@ def _latency(
     The ``MAX_ENDPOINTS`` endpoints with the most timed pairs are compared each; the rest together
     under ``OVERFLOW`` (their histograms added, their sample the smallest priorities of theirs)."""
     bins: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
-    sums_ns: dict[tuple[str, str], int] = defaultdict(int)
     for occupied in store.latency_bins(since_ns, until_ns, endpoint):
         bins[(occupied.endpoint, occupied.side)][occupied.bin] = occupied.count
-        sums_ns[(occupied.endpoint, occupied.side)] += occupied.sum_ns
     timed = {ep: sum(counts.values()) for (ep, side), counts in bins.items() if side == "baseline"}
     ranked = sorted(timed, key=lambda ep: (-timed[ep], ep))
     tracked = frozenset(ranked[:MAX_ENDPOINTS])
@@ -407,10 +405,10 @@ def _latency(
         for ep in eps:
             for index, n in bins[(ep, side)].items():
                 total[index] += n
-        return LatencyHistogram.from_bins(dict(total), sum(sums_ns[(ep, side)] for ep in eps) / 1e9)
+        return LatencyHistogram.from_bins(dict(total))
 
     for ep, rows in itertools.groupby(
-        store.latency_samples(since_ns, until_ns, endpoint, RESERVOIR_SIZE), key=lambda row: row.endpoint
+        store.latency_samples(since_ns, until_ns, endpoint, RESERVOIR_SIZE, timed), key=lambda row: row.endpoint
     ):
         if ep in tracked:
             sample = [(row.baseline_ns / 1e9, row.candidate_ns / 1e9) for row in rows]

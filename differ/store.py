@@ -15,9 +15,11 @@ never keeps more than one batch of rows (and bounded id caches) in memory.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -124,6 +126,8 @@ CREATE VIEW IF NOT EXISTS signatures AS
 """
 
 
+#: The largest sampling priority (63 bits: an SQLite INTEGER).
+_PRIORITY_MAX: Final = 2**63 - 1
 #: The latency columns of ``pairs``, added to a store written before they existed when it is opened
 #: for writing (NULL for its earlier pairs: no latency known). Read-only, such a store reads as one
 #: without latencies.
@@ -134,6 +138,15 @@ _LATENCY_COLUMNS: Final = (
     "candidate_latency_bin",
     "latency_priority",
 )
+
+
+def _priority_bound(pairs: int, sample: int) -> int:
+    """The priority under which ``pairs`` uniform 63-bit priorities hold their ``sample`` smallest,
+    but for a chance of about 1e-9 (a margin of six standard deviations, and 20 pairs)."""
+    if pairs <= sample:
+        return _PRIORITY_MAX
+    expected = sample + 6 * math.sqrt(sample) + 20
+    return _PRIORITY_MAX if expected >= pairs else int(_PRIORITY_MAX * (expected / pairs))
 
 
 def content_id(*parts: str) -> int:
@@ -187,13 +200,12 @@ class PairLatency:
 @dataclass(frozen=True, slots=True)
 class LatencyBin:
     """Pairs of one endpoint whose ``side`` (``baseline`` or ``candidate``) fell in histogram bin
-    ``bin``: ``count`` of them, ``sum_ns`` their total."""
+    ``bin``: ``count`` of them."""
 
     endpoint: str
     side: str
     bin: int
     count: int
-    sum_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,29 +541,63 @@ class DiffStore:
         where, params = self._window(since_ns, until_ns, endpoint)
         for side in ("baseline", "candidate"):
             for row in self._db.execute(
-                f"SELECT r.endpoint, p.{side}_latency_bin, count(*), sum(p.{side}_latency_ns)"
+                f"SELECT r.endpoint, p.{side}_latency_bin, count(*)"
                 f" FROM pairs p JOIN routes r ON r.id = p.route_id WHERE {where} AND p.latency_priority IS NOT NULL"
                 f" GROUP BY r.endpoint, p.{side}_latency_bin",
                 params,
             ):
-                yield LatencyBin(row[0], side, row[1], row[2], row[3])
+                yield LatencyBin(row[0], side, row[1], row[2])
 
     def latency_samples(
-        self, since_ns: int | None, until_ns: int | None, endpoint: str | None, per_endpoint: int
+        self,
+        since_ns: int | None,
+        until_ns: int | None,
+        endpoint: str | None,
+        per_endpoint: int,
+        pairs_by_endpoint: Mapping[str, int],
     ) -> Iterator[LatencySample]:
-        """Each endpoint's ``per_endpoint`` timed pairs of smallest priority in the window (a uniform
-        sample, the same whichever worker or run stored them), streamed by endpoint then priority."""
-        if not self.has_latency:
+        """Each endpoint's ``per_endpoint`` timed pairs of smallest (priority, exchange id) in the
+        window (a uniform sample, the same whichever worker or run stored them), by endpoint then
+        priority. ``pairs_by_endpoint``: each endpoint's timed pairs in the window (``latency_bins``).
+
+        Priorities are uniform over 63 bits, so an endpoint's first ``per_endpoint`` lie below a
+        bound its count predicts (with a margin of several standard deviations): one pass keeps only
+        the pairs under their endpoint's bound (no sort of every pair), and an endpoint that fell
+        short of its sample, rarely, is read again in full.
+        """
+        if not self.has_latency or not pairs_by_endpoint:
             return
         where, params = self._window(since_ns, until_ns, endpoint)
-        for row in self._db.execute(
-            "SELECT endpoint, b, c, priority FROM (SELECT r.endpoint AS endpoint, p.baseline_latency_ns AS b,"
-            " p.candidate_latency_ns AS c, p.latency_priority AS priority, row_number() OVER (PARTITION BY"
-            " r.endpoint ORDER BY p.latency_priority, p.exchange_id) AS n FROM pairs p JOIN routes r ON"
-            f" r.id = p.route_id WHERE {where} AND p.latency_priority IS NOT NULL) WHERE n <= ? ORDER BY endpoint, n",
-            [*params, per_endpoint],
-        ):
-            yield LatencySample(*row)
+        self._db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS latency_bounds (endpoint TEXT PRIMARY KEY, at_most INTEGER NOT NULL)"
+        )
+        self._db.execute("DELETE FROM temp.latency_bounds")
+        self._db.executemany(
+            "INSERT INTO temp.latency_bounds VALUES (?, ?)",
+            ((ep, _priority_bound(n, per_endpoint)) for ep, n in pairs_by_endpoint.items()),
+        )
+        rows = self._db.execute(
+            "SELECT r.endpoint, p.baseline_latency_ns, p.candidate_latency_ns, p.latency_priority FROM pairs p"
+            " JOIN routes r ON r.id = p.route_id JOIN temp.latency_bounds l ON l.endpoint = r.endpoint"
+            f" WHERE {where} AND p.latency_priority <= l.at_most"
+            " ORDER BY r.endpoint, p.latency_priority, p.exchange_id",
+            params,
+        ).fetchall()
+        self._db.execute("DELETE FROM temp.latency_bounds")
+        self._db.commit()  # the temporary table's rows only: the store itself is never written here
+        kept = {ep: list(group) for ep, group in itertools.groupby(rows, key=lambda row: str(row[0]))}
+        for ep in sorted(pairs_by_endpoint):  # the order SQLite gives: UTF-8 bytes sort as code points
+            sample = kept.get(ep, [])[:per_endpoint]
+            if len(sample) < min(per_endpoint, pairs_by_endpoint[ep]):
+                where_ep, params_ep = self._window(since_ns, until_ns, ep)
+                sample = self._db.execute(
+                    "SELECT r.endpoint, p.baseline_latency_ns, p.candidate_latency_ns, p.latency_priority FROM pairs p"
+                    f" JOIN routes r ON r.id = p.route_id WHERE {where_ep} AND p.latency_priority IS NOT NULL"
+                    " ORDER BY p.latency_priority, p.exchange_id LIMIT ?",
+                    [*params_ep, per_endpoint],
+                ).fetchall()
+            for row in sample:
+                yield LatencySample(*row)
 
     def members(self, set_id: int) -> tuple[SetMember, ...]:
         """The (key id, volatile or "") members of one difference set."""

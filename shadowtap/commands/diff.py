@@ -38,6 +38,8 @@ examples:
 
 --fail-on SPEC: clauses separated by ',' (any failing clause fails), conditions in a clause joined by
 '&': critical|high|medium|low, severity>=LEVEL, rate>X, count>=N, kind=KIND, any, never.
+A clause may be a latency term: latency.p50|p90|p99 > +N% | +Nms | Nx (e.g. 'high,latency.p99>+20%'):
+it fails where the candidate is slower by more than that beyond the 95% interval.
 Default: severity>=high (from the config file's fail_on when set). See docs/differ.md.
 """
 

@@ -278,3 +278,21 @@ def test_a_spec_of_latency_terms_only_fails_on_no_signature() -> None:
     assert rule.clauses == () and [t.text for t in rule.latency_terms] == ["latency.p99>+20%", "latency.p50>+5ms"]
     with pytest.raises(ConfigError, match="diff.fail_on"):
         DifferConfig(fail_on="latency.p99>20%")
+
+
+def test_an_endpoint_short_of_its_sample_under_the_bound_is_read_again_in_full() -> None:
+    """The one-pass sample keeps the pairs under a bound each endpoint's count predicts; told of far
+    more pairs than there are (a bound that keeps almost none), the store reads the endpoint again
+    and gives the same sample."""
+    store = DiffStore(":memory:")
+    session = DiffSession(store, DifferConfig(), RunMeta("primary", "v2", None, ("t",)))
+    for exchange in traffic([("/a", 1500, 1.0), ("/b", 40, 1.0)]):
+        session.add(exchange)
+    session.finish()
+    honest = list(store.latency_samples(None, None, None, 1000, {"GET /a": 1500, "GET /b": 40}))
+    misled = list(store.latency_samples(None, None, None, 1000, {"GET /a": 10**12, "GET /b": 40}))
+    store.close()
+    assert misled == honest
+    assert [sum(1 for s in honest if s.endpoint == ep) for ep in ("GET /a", "GET /b")] == [1000, 40]
+    priorities = [s.priority for s in honest if s.endpoint == "GET /a"]
+    assert priorities == sorted(priorities)
