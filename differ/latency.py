@@ -36,11 +36,13 @@ interval at that percentile lies above 1 (the shadow is slower there beyond nois
 with too few pairs, or too few for that percentile's interval, never fails a term; the result
 lists it among ``undecided`` so a report can say so.
 
-Integration (for the differ's verdict and the reports): feed pairs from each joined exchange with
-a primary and a shadow response (``Timing.done_ns`` of each; the shadow's measured from its send),
-``merge`` the workers' trackers, ``compare()``, then ``evaluate_latency_terms``; each comparison's
-``to_dict()`` is the JSON shape for reports. This module must never read tapes, stores or
-responses: it sees numbers only, and has no dependency beyond the standard library.
+Integration: ``shadowtap.differ.pipeline`` keeps each timed pair's latencies (and their
+``histogram_bin``) in the results store; ``shadowtap.differ.aggregate`` rebuilds, for a report's
+window, each endpoint's histograms and sample (``LatencyHistogram.from_bins``,
+``LatencyTracker.load``), ``compare()``s and judges the terms; each comparison's ``to_dict()`` is
+the JSON report's shape. ``add`` and ``merge`` serve callers that see pairs as they come (a live
+view). This module must never read tapes, stores or responses: it sees numbers only, and has no
+dependency beyond the standard library.
 """
 
 from __future__ import annotations
