@@ -20,6 +20,7 @@ BENCHES = (
     "proxy_instructions.py",
     "proxy_inprocess.py",
     "h2_bench.py",
+    "grpc_bench.py",
     "grpc_diff_bench.py",
     "tape_s3_bench.py",
     "diff_scale.py",
