@@ -11,12 +11,14 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from shadowtap.recorder import Exchange, SyncTapeWriter, TapeOptions
 from shadowtap.recorder.model import Request, Response, Timing
 from tests.differ.test_pipeline_latency import T0_NS, traffic
+from tests.shadowtap.test_cmd_proxy_functional import processes, start, stop  # noqa: F401 (a fixture)
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -214,3 +216,57 @@ async def test_a_replay_results_tape_compares_recorded_with_replayed_latency(tmp
     assert (only["endpoint"], only["shadow"], only["pairs"], only["verdict"]) == ("GET /item", "replay", 80, "slower")
     p50 = only["quantiles"][0]
     assert 0.99 < p50["primary_ms"] < 1.02 and p50["shadow_ms"] >= 20  # recorded 1 ms, replayed at least the delay
+
+
+async def test_a_proxy_tape_compares_the_shadow_with_the_primary_on_the_same_requests(
+    tmp_path: Path,
+    processes: list[asyncio.subprocess.Process],  # noqa: F811 (the fixture)
+) -> None:
+    """A real proxy in front of a primary that answers at once and a shadow that takes 15 ms more on
+    GET /item: the recorded tape's diff finds the shadow slower there, by about those 15 ms."""
+
+    async def primary(request: web.Request) -> web.Response:
+        return web.Response(text=f"answer {request.path}")
+
+    async def shadow(request: web.Request) -> web.Response:
+        if request.path == "/item":
+            await asyncio.sleep(0.015)
+        return web.Response(text=f"answer {request.path}")
+
+    runners: list[web.AppRunner] = []
+    urls: list[str] = []
+    for handler in (primary, shadow):
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    tape = tmp_path / "tape"
+    try:
+        process, match = await start(
+            processes, "--primary", urls[0], "--shadow", f"v2={urls[1]}", "--tape", str(tape), "--no-live-diff"
+        )
+        async with aiohttp.ClientSession() as client:
+            for _ in range(70):
+                for path in ("/item", "/other"):
+                    async with client.get(f"{match.group(1)}{path}") as resp:
+                        assert resp.status == 200
+            await asyncio.sleep(0.1)  # the last shadow copies answer
+        code, stderr = await stop(process)
+        assert code == 0, stderr
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    result = await asyncio.to_thread(
+        run_cli, "diff", tape, "--fail-on", "high,latency.p50>+5ms", "--json", tmp_path / "r.json"
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    by_endpoint = {c["endpoint"]: c for c in report["latency"]["comparisons"]}
+    item = by_endpoint["GET /item"]
+    assert (item["shadow"], item["pairs"], item["verdict"]) == ("v2", 70, "slower")
+    assert item["median_difference_ms"]["value"] >= 14  # the shadow's 15 ms, measured from its copy's send
+    assert by_endpoint["GET /other"]["pairs"] == 70
+    assert report["verdict"]["failing_latency"] == ["latency.p50>+5ms at GET /item"]
