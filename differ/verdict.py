@@ -106,6 +106,10 @@ def parse_fail_on(spec: str) -> FailRule:
         if clause.strip().startswith("latency."):
             terms.append(parse_latency_term(clause))
             continue
+        if clause.strip() in ("never", "none") and all(
+            c.strip() in ("never", "none") or c.strip().startswith("latency.") for c in text.split(",")
+        ):
+            continue  # 'never,latency.p99>+20%': no signature fails, the latency terms still do
         conditions = tuple(_condition(part.strip(), spec) for part in clause.split("&") if part.strip())
         if not conditions:
             raise _error(spec, "empty clause")

@@ -276,6 +276,10 @@ def test_a_bad_latency_term_is_a_config_error_naming_it(spec: str, message: str)
 def test_a_spec_of_latency_terms_only_fails_on_no_signature() -> None:
     rule = parse_fail_on("latency.p99>+20%, latency.p50>+5ms")
     assert rule.clauses == () and [t.text for t in rule.latency_terms] == ["latency.p99>+20%", "latency.p50>+5ms"]
+    never = parse_fail_on("never,latency.p99>+20%")
+    assert never.clauses == () and [t.text for t in never.latency_terms] == ["latency.p99>+20%"]
+    with pytest.raises(ConfigError, match="cannot read condition 'never'"):
+        parse_fail_on("never,high")
     with pytest.raises(ConfigError, match="diff.fail_on"):
         DifferConfig(fail_on="latency.p99>20%")
 
