@@ -375,7 +375,7 @@ class LiveDiff:
         secondary = self._plan.secondary
         needed = max(1, self._plan.differ.min_samples)
         pairs = total("secondary_pairs")
-        state = "running" if self.pid is not None else "restarting"
+        state = "running" if self.pid is not None else "starting" if self._child is not None else "restarting"
         if state == "running" and not self._flags.live_diff:
             state = "paused"
         return {
