@@ -14,7 +14,7 @@ Protocol with the parent: stdin carries the pickled ``LiveOptions`` (length-pref
 bytes (``b"p"`` pause: frames are read and dropped, counted in ``paused``; ``b"r"`` resume). Its
 counters go to stdout as msgpack arrays (``LiveReport`` fields in order) after every batch and at
 least every second. It ignores SIGINT and SIGTERM (the parent owns its life; the tap's end is its
-end), and runs only on CPU time nothing else wants (Linux ``SCHED_IDLE``; elsewhere ``nice`` 19).
+end), and by default runs only on CPU time nothing else wants (``LiveOptions.priority``).
 It must never write to the tape's pipe, hold more than one read chunk plus one frame of input, or
 block its writer: the pipe is the bounded channel, and its writer drops what does not fit.
 """
@@ -51,7 +51,16 @@ from shadowtap.recorder._frames import (
 )
 from shadowtap.recorder.model import Exchange, exchange_from_wire
 
-__all__ = ["FrameStream", "LiveDiffer", "LiveOptions", "LiveReport", "child_main", "live_db_paths", "open_live_store"]
+__all__ = [
+    "LIVE_PRIORITIES",
+    "FrameStream",
+    "LiveDiffer",
+    "LiveOptions",
+    "LiveReport",
+    "child_main",
+    "live_db_paths",
+    "open_live_store",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +71,13 @@ _OPTIONS_LENGTH: Final = struct.Struct("!I")
 #: The bytes every frame starts with (docs/tape-format.md).
 _SYNC_BYTES: Final = FRAME_SYNC.to_bytes(2, "little")
 _PAUSE: Final = ord("p")
-#: The live differ's niceness increment where SCHED_IDLE is not available (module docstring).
-_NICE: Final = 19
+#: How the live differ runs beside the proxy, once started: ``idle`` only on CPU time nothing else
+#: wants (it falls behind, and the tap drops, as soon as the machine is busy), ``low`` at nice 10,
+#: ``normal`` as the proxy does.
+LIVE_PRIORITIES: Final = ("idle", "low", "normal")
+#: The niceness increments of ``idle`` where SCHED_IDLE is not available, and of ``low``.
+_NICE_IDLE: Final = 19
+_NICE_LOW: Final = 10
 _RESUME: Final = ord("r")
 
 
@@ -80,6 +94,8 @@ class LiveOptions:
     commit_every_s: float = 1.0
     report_every_s: float = 0.5
     paused: bool = False
+    #: ``idle`` (Linux SCHED_IDLE, elsewhere nice 19), ``low`` (nice 10) or ``normal``: see ``LIVE_PRIORITIES``.
+    priority: str = "idle"
 
 
 @dataclass(slots=True)
@@ -243,15 +259,20 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return data
 
 
-def _set_idle_priority(idle: bool) -> None:
-    """Linux ``SCHED_IDLE`` (or back to normal); elsewhere ``nice`` (only ever lowered)."""
+def _set_priority(priority: str) -> None:
+    """``LIVE_PRIORITIES``: ``idle`` is Linux SCHED_IDLE (elsewhere nice 19), ``low`` nice 10;
+    ``normal`` leaves SCHED_IDLE (a niceness is never raised back)."""
+    if priority == "low":
+        with contextlib.suppress(OSError):
+            os.nice(_NICE_LOW)
+        return
     try:
-        policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+        policy = os.SCHED_IDLE if priority == "idle" else os.SCHED_OTHER
         os.sched_setscheduler(0, policy, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux, or not allowed back
-        if idle:
+        if priority == "idle":
             with contextlib.suppress(OSError):
-                os.nice(_NICE)
+                os.nice(_NICE_IDLE)
 
 
 def child_main(tap_fd: int, stdin: int = 0, stdout: int = 1) -> int:
@@ -282,10 +303,10 @@ def child_main(tap_fd: int, stdin: int = 0, stdout: int = 1) -> int:
     last_commit = last_report = time.monotonic()
     dirty = False
     report()  # ready
-    # Started (imports, stores) at the normal priority; from now on below the proxy and the tape
-    # writer: on a busy machine the differ falls behind and its tap drops (counted), rather than
-    # take CPU time the data path wants.
-    _set_idle_priority(True)
+    # Started (imports, stores) at the normal priority; from now on (by default) below the proxy and
+    # the tape writer: on a busy machine the differ falls behind and its tap drops (counted), rather
+    # than take CPU time the data path wants.
+    _set_priority(options.priority)
     while True:
         readable, _, _ = select.select(watched, [], [], options.report_every_s)
         if stdin in readable:
@@ -312,7 +333,8 @@ def child_main(tap_fd: int, stdin: int = 0, stdout: int = 1) -> int:
         if now - last_report >= options.report_every_s or tap_fd in readable:
             report()
             last_report = now
-    _set_idle_priority(False)  # the proxy is stopping: finish the stores while it waits
+    if options.priority == "idle":
+        _set_priority("normal")  # the proxy is stopping: finish the stores while it waits
     live.finish()
     report()
     return 0

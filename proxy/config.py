@@ -403,10 +403,15 @@ class LiveSettings:
     #: The pipe from the tape writer to the live differ, bytes (Linux caps it at
     #: /proc/sys/fs/pipe-max-size): exchanges that find it full are dropped and counted.
     tap_bytes: int = _MiB
+    #: The live differ's CPU priority: ``idle`` (only CPU time nothing else wants: on a busy machine
+    #: it falls behind and the tap drops, never the proxy's speed), ``low`` (nice 10) or ``normal``.
+    priority: str = "idle"
 
     def __post_init__(self) -> None:
         if not 4096 <= self.tap_bytes <= 256 * _MiB:
             raise ConfigError(f"must be within 4096..268435456, not {self.tap_bytes!r}", field="tap_bytes")
+        if self.priority not in ("idle", "low", "normal"):
+            raise ConfigError(f"must be 'idle', 'low' or 'normal', not {self.priority!r}", field="priority")
 
 
 @dataclass(frozen=True, slots=True)

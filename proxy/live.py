@@ -124,6 +124,7 @@ class LiveDiff:
         self._plan = plan
         self._flags = flags
         self._tap_bytes = config.live.tap_bytes
+        self._priority = config.live.priority
         self._source = f"live:{config.record.tape}"
         self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
         with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: the default stays
@@ -236,6 +237,7 @@ class LiveDiff:
             secondary=self._plan.secondary,
             source=self._source,
             paused=paused,
+            priority=self._priority,
         )
         data = pickle.dumps(options)
         assert process.stdin is not None

@@ -33,6 +33,10 @@ from shadowtap.recorder import TapeReader
 
 #: Generous bounds on waiting for asynchronous work (never asserted as durations).
 _WAIT_S = 60.0
+#: The live differ runs on idle CPU time by default (it yields to everything else, and its tap
+#: drops): on a machine shared with other test processes it could wait longer than any bound, so
+#: the tests that wait for it to diff run it at the normal priority (the default is tested below).
+NORMAL: dict[str, Any] = {"priority": "normal"}
 
 
 class Service:
@@ -125,6 +129,7 @@ async def test_live_diff_shows_the_change_and_agrees_with_diff_on_the_tape(
         sys.executable, "-m", "shadowtap", "proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
         "--primary", services["primary"].url, "--shadow", f"v2={services['v2'].url}",
         "--shadow", f"secondary={services['secondary'].url}", "--tape", str(tape), "--live-db", str(live_db),
+        "--set", "live.priority=normal",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -199,6 +204,7 @@ async def test_a_killed_live_differ_costs_no_request_and_is_restarted(
             "primary": services["primary"].url,
             "shadows": {"v2": services["v2"].url},
             "record": {"tape": str(tmp_path / "tape"), "join_timeout_s": 5},
+            "live": NORMAL,
         }
     )
     database = Path(app.stats()["live_diff"]["databases"]["v2"])
@@ -262,7 +268,7 @@ async def test_a_full_tap_drops_and_counts_and_the_flag_pauses(services: dict[st
             "primary": services["primary"].url,
             "shadows": {"v2": services["v2"].url},
             "record": {"tape": str(tmp_path / "tape"), "join_timeout_s": 5},
-            "live": {"tap_bytes": 4096},
+            "live": {**NORMAL, "tap_bytes": 4096},
         }
     )
     try:
@@ -359,7 +365,7 @@ async def test_each_candidate_shadow_has_its_own_store(services: dict[str, Servi
             "primary": services["primary"].url,
             "shadows": {"v2": services["v2"].url, "v3": v3.url},
             "record": {"tape": str(tmp_path / "tape"), "join_timeout_s": 5},
-            "live": {"db": str(tmp_path / "live.sqlite")},
+            "live": {**NORMAL, "db": str(tmp_path / "live.sqlite")},
         }
     )
     try:
@@ -397,6 +403,7 @@ async def test_live_diff_with_the_join_on_the_loop(services: dict[str, Service],
             "shadows": {"v2": services["v2"].url},
             "record": {"tape": str(tmp_path / "tape"), "join_timeout_s": 5},
             "events": {"path": str(tmp_path / "events.jsonl")},
+            "live": NORMAL,
         }
     )
     try:
@@ -410,5 +417,35 @@ async def test_live_diff_with_the_join_on_the_loop(services: dict[str, Service],
             return bool(app.stats()["live_diff"]["compared"] == 8)
 
         await wait_for(compared, "the live differ to compare the 8 exchanges")
+    finally:
+        await app.shutdown()
+
+
+@pytest.mark.parametrize("priority", ["idle", "low"])
+async def test_the_live_differ_yields_the_cpu(services: dict[str, Service], tmp_path: Path, priority: str) -> None:
+    live_settings = {} if priority == "idle" else {"priority": priority}  # idle is the default
+    app = await start_app(
+        {
+            "primary": services["primary"].url,
+            "shadows": {"v2": services["v2"].url},
+            "record": {"tape": str(tmp_path / "tape")},
+            "live": live_settings,
+        }
+    )
+    try:
+        live = app.live
+        assert live is not None
+
+        async def running() -> int | None:
+            return live.pid
+
+        pid = await wait_for(running, "the live differ to start")
+
+        async def lowered() -> bool:  # set right after its ready report
+            if priority == "idle":
+                return os.sched_getscheduler(pid) == os.SCHED_IDLE
+            return os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 10
+
+        await wait_for(lowered, f"the live differ's {priority} priority")
     finally:
         await app.shutdown()

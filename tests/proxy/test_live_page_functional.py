@@ -81,7 +81,9 @@ def proxy(tmp_path: Path) -> Iterator[tuple[str, str]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "shadowtap", "proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
          "--admin-token-env", "LIVE_PAGE_TOKEN", "--primary", upstreams.primary.url,
-         "--shadow", f"v2={upstreams.v2.url}", "--tape", str(tmp_path / "tape")],
+         "--shadow", f"v2={upstreams.v2.url}", "--tape", str(tmp_path / "tape"),
+         # (idle by default; the test waits for it on a machine shared with other tests)
+         "--set", "live.priority=normal"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "LIVE_PAGE_TOKEN": TOKEN},
     )  # fmt: skip
     try:
