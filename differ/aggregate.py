@@ -397,8 +397,14 @@ def _latency(
     timed = {ep: sum(counts.values()) for (ep, side), counts in bins.items() if side == "baseline"}
     ranked = sorted(timed, key=lambda ep: (-timed[ep], ep))
     tracked = frozenset(ranked[:MAX_ENDPOINTS])
-    tracker = LatencyTracker()
+    comparisons: list[LatencyComparison] = []
     overflow: list[tuple[int, float, float]] = []  # (-priority, baseline s, candidate s): a max-heap
+
+    def compare(ep: str, eps: list[str], sample: list[tuple[float, float]]) -> None:
+        # One endpoint's sample at a time: memory holds one sample, not every endpoint's.
+        tracker = LatencyTracker()
+        tracker.load(ep, candidate, histogram(eps, "baseline"), histogram(eps, "candidate"), sample)
+        comparisons.extend(tracker.compare(MIN_PAIRS))
 
     def histogram(eps: list[str], side: str) -> LatencyHistogram:
         total: dict[int, int] = defaultdict(int)
@@ -411,8 +417,7 @@ def _latency(
         store.latency_samples(since_ns, until_ns, endpoint, RESERVOIR_SIZE, timed), key=lambda row: row.endpoint
     ):
         if ep in tracked:
-            sample = [(row.baseline_ns / 1e9, row.candidate_ns / 1e9) for row in rows]
-            tracker.load(ep, candidate, histogram([ep], "baseline"), histogram([ep], "candidate"), sample)
+            compare(ep, [ep], [(row.baseline_ns / 1e9, row.candidate_ns / 1e9) for row in rows])
             continue
         for row in rows:
             item = (-row.priority, row.baseline_ns / 1e9, row.candidate_ns / 1e9)
@@ -422,9 +427,8 @@ def _latency(
                 heapq.heapreplace(overflow, item)
     rest = [ep for ep in ranked if ep not in tracked]
     if rest:
-        sample = [(b, c) for _, b, c in sorted(overflow, reverse=True)]
-        tracker.load(OVERFLOW, candidate, histogram(rest, "baseline"), histogram(rest, "candidate"), sample)
-    comparisons = sorted(tracker.compare(MIN_PAIRS), key=_latency_rank)
+        compare(OVERFLOW, rest, [(b, c) for _, b, c in sorted(overflow, reverse=True)])
+    comparisons.sort(key=_latency_rank)
     judgement = evaluate_latency_terms(terms, comparisons)
     timed_pairs = sum(timed.values())
     return (

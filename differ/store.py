@@ -558,7 +558,8 @@ class DiffStore:
     ) -> Iterator[LatencySample]:
         """Each endpoint's ``per_endpoint`` timed pairs of smallest (priority, exchange id) in the
         window (a uniform sample, the same whichever worker or run stored them), by endpoint then
-        priority. ``pairs_by_endpoint``: each endpoint's timed pairs in the window (``latency_bins``).
+        priority (each endpoint's rows together; endpoints in no particular order).
+        ``pairs_by_endpoint``: each endpoint's timed pairs in the window (``latency_bins``).
 
         Priorities are uniform over 63 bits, so an endpoint's first ``per_endpoint`` lie below a
         bound its count predicts (with a margin of several standard deviations): one pass keeps only
@@ -582,22 +583,40 @@ class DiffStore:
             f" WHERE {where} AND p.latency_priority <= l.at_most"
             " ORDER BY r.endpoint, p.latency_priority, p.exchange_id",
             params,
-        ).fetchall()
-        self._db.execute("DELETE FROM temp.latency_bounds")
-        self._db.commit()  # the temporary table's rows only: the store itself is never written here
-        kept = {ep: list(group) for ep, group in itertools.groupby(rows, key=lambda row: str(row[0]))}
-        for ep in sorted(pairs_by_endpoint):  # the order SQLite gives: UTF-8 bytes sort as code points
-            sample = kept.get(ep, [])[:per_endpoint]
-            if len(sample) < min(per_endpoint, pairs_by_endpoint[ep]):
-                where_ep, params_ep = self._window(since_ns, until_ns, ep)
-                sample = self._db.execute(
-                    "SELECT r.endpoint, p.baseline_latency_ns, p.candidate_latency_ns, p.latency_priority FROM pairs p"
-                    f" JOIN routes r ON r.id = p.route_id WHERE {where_ep} AND p.latency_priority IS NOT NULL"
-                    " ORDER BY p.latency_priority, p.exchange_id LIMIT ?",
-                    [*params_ep, per_endpoint],
-                ).fetchall()
-            for row in sample:
-                yield LatencySample(*row)
+        )
+        done: set[str] = set()
+        try:
+            # Streamed: one endpoint's rows at a time (a few more than its sample).
+            for ep, group in itertools.groupby(rows, key=lambda row: str(row[0])):
+                done.add(ep)
+                yield from self._latency_sample(ep, list(itertools.islice(group, per_endpoint)), since_ns, until_ns,
+                                                per_endpoint, pairs_by_endpoint.get(ep, 0))  # fmt: skip
+            for ep in sorted(pairs_by_endpoint.keys() - done):  # not one pair under its bound
+                yield from self._latency_sample(ep, [], since_ns, until_ns, per_endpoint, pairs_by_endpoint[ep])
+        finally:
+            rows.close()
+            self._db.execute("DELETE FROM temp.latency_bounds")
+            self._db.commit()  # the temporary table's rows only: the store itself is never written here
+
+    def _latency_sample(
+        self,
+        ep: str,
+        kept: list[Any],
+        since_ns: int | None,
+        until_ns: int | None,
+        per_endpoint: int,
+        pairs: int,
+    ) -> Iterator[LatencySample]:
+        if len(kept) < min(per_endpoint, pairs):  # short of the sample under the bound: read it all
+            where, params = self._window(since_ns, until_ns, ep)
+            kept = self._db.execute(
+                "SELECT r.endpoint, p.baseline_latency_ns, p.candidate_latency_ns, p.latency_priority FROM pairs p"
+                f" JOIN routes r ON r.id = p.route_id WHERE {where} AND p.latency_priority IS NOT NULL"
+                " ORDER BY p.latency_priority, p.exchange_id LIMIT ?",
+                [*params, per_endpoint],
+            ).fetchall()
+        for row in kept:
+            yield LatencySample(*row)
 
     def members(self, set_id: int) -> tuple[SetMember, ...]:
         """The (key id, volatile or "") members of one difference set."""
