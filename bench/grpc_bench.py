@@ -17,11 +17,11 @@ figure, then the median ratio (the budget: at least 0.5x).
 Then isolation: paced load at ``--rate`` calls/s (h2load ``--rps``, latencies from its per-request
 log), the primary's p50/p99 through shadowtap with the shadow healthy, 10x slower (a grpcio server
 that sleeps ten times the direct p50, 5 ms at least, before answering) and black-holed (accepts TCP,
-never answers), in ``--paced-rounds`` interleaved rounds. This script prints figures; it never
-asserts on them.
+never answers), beside nginx ``grpc_pass`` and shadowtap pass-through at the same rate, in
+``--paced-rounds`` interleaved rounds. This script prints figures; it never asserts on them.
 
     .venv/bin/python bench/grpc_bench.py [--duration 5] [--rounds 3] [--rate 500] [--paced-duration 5]
-                                         [--paced-rounds 2] [--upstream nginx|grpcio] [--json OUT]
+                                         [--paced-rounds 3] [--upstream nginx|grpcio] [--json OUT]
 
 Needs nginx and h2load (``scripts/ensure-system-deps.sh nginx h2load``) and the dev dependencies
 (grpcio-tools compiles the fixture's proto).
@@ -92,12 +92,16 @@ def write_messages(shop_dir: Path, out: Path) -> tuple[Path, Path]:
 
 
 def grpc_origin(port: int, answer_dir: Path) -> str:
-    """An nginx h2c server answering every POST with the framed product and OK trailers (the
-    static module refuses POST with 405; error_page turns that into the file)."""
+    """An nginx h2c server answering every POST with the framed product and OK trailers. The static
+    module refuses POST with 405: error_page turns that into the file. It would answer before the
+    request's DATA arrived and reset the rest of the stream (RST_STREAM, NO_ERROR), which proxies
+    count as failed calls: ``mirror_request_body`` makes it read the whole request first."""
     return f"""
   server {{
     listen 127.0.0.1:{port} http2; http2_max_concurrent_streams 1024;
+    location = /_read_body {{ internal; return 204; }}
     location / {{
+      mirror /_read_body; mirror_request_body on; etag off;
       types {{ }} default_type application/grpc; root {answer_dir};
       try_files /product.bin =404; error_page 405 =200 $uri;
       add_trailer grpc-status 0 always; add_trailer grpc-message "" always;
@@ -239,7 +243,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds (default 3)")
     parser.add_argument("--rate", type=int, default=500, help="paced calls/s for isolation (default 500)")
     parser.add_argument("--paced-duration", type=float, default=5.0, help="seconds per paced run (default 5)")
-    parser.add_argument("--paced-rounds", type=int, default=2, help="interleaved paced rounds (default 2)")
+    parser.add_argument("--paced-rounds", type=int, default=3, help="interleaved paced rounds (default 3)")
     parser.add_argument("--upstream", choices=("nginx", "grpcio"), default="nginx", help="h2c gRPC upstreams")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     parser.add_argument("--serve-grpcio", nargs=4, help=argparse.SUPPRESS)
@@ -351,20 +355,21 @@ def main() -> int:
             ("shadow 10x slower", ports["tap_slow"]),
             ("shadow black-holed", ports["tap_hole"]),
         ]
+        references = [("nginx grpc_pass", ports["nginx"]), ("shadowtap pass-through", ports["pass"])]
         for round_index in range(args.paced_rounds):
             print(f"   round {round_index + 1}:")
-            for name, port in paced_cases:
+            for name, port in [*references, *paced_cases]:
                 result = paced(port, request_file, args.rate, args.paced_duration, work)
                 figures["paced"].setdefault(name, []).append(result)
                 errors = f", {result['errors']:.0f} non-2xx" if result["errors"] else ""
-                print(f"    {name:<20} {result['calls']:>6,.0f} calls  p50 {result['p50_ms']:.2f} ms  "
+                print(f"    {name:<24} {result['calls']:>6,.0f} calls  p50 {result['p50_ms']:.2f} ms  "
                       f"p99 {result['p99_ms']:.2f} ms{errors}")  # fmt: skip
         healthy = statistics.median(r["p99_ms"] for r in figures["paced"]["shadow healthy"])
         print("  primary's p99 against the healthy shadow's (median of rounds; budget: within 10%):")
         for name, _ in paced_cases[1:]:
             p99 = statistics.median(r["p99_ms"] for r in figures["paced"][name])
             figures[f"p99_ratio {name}"] = p99 / healthy if healthy else 0.0
-            print(f"    {name:<20} p99 {p99:.2f} ms against {healthy:.2f} ms: {p99 / healthy - 1:+.0%}")
+            print(f"    {name:<24} p99 {p99:.2f} ms against {healthy:.2f} ms: {p99 / healthy - 1:+.0%}")
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
