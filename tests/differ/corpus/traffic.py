@@ -34,7 +34,9 @@ PLANTED: Final = {
 
 _SLUG_WORDS: Final = ("blue", "river", "stone", "quiet", "amber", "north", "maple", "swift")
 # A long tail (336 slugs, each page seen a few times at most): the templater learns it is a parameter.
-SLUGS: Final = tuple(f"{a}-{b}-{c}" for a in _SLUG_WORDS for b in _SLUG_WORDS for c in _SLUG_WORDS if len({a, b, c}) == 3)
+SLUGS: Final = tuple(
+    f"{a}-{b}-{c}" for a in _SLUG_WORDS for b in _SLUG_WORDS for c in _SLUG_WORDS if len({a, b, c}) == 3
+)
 
 
 def _json(status: int, body: Any, rng: random.Random, extra: tuple[tuple[bytes, bytes], ...] = ()) -> Response:
