@@ -254,6 +254,9 @@ class _Job:
     db: str
     progress: bool
     collect_names: bool
+    #: Below this many bytes to read no bar is drawn; a worker's share of a tape large enough for one
+    #: draws its bar whatever its own size (``_worker_jobs``).
+    progress_min_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -286,7 +289,10 @@ def _ingest(session: DiffSession, job: _Job) -> _Done:
     reader = TapeReader(job.tapes, salvage=job.salvage)
     names: set[str] = set()
     shard, shards = job.shard, job.shards
-    with ReadProgress("diff", reader.segment_sizes(), enabled=job.progress) as progress:
+    from shadowtap.commands._progress import MIN_TOTAL_BYTES
+
+    minimum = MIN_TOTAL_BYTES if job.progress_min_bytes is None else job.progress_min_bytes
+    with ReadProgress("diff", reader.segment_sizes(), enabled=job.progress, min_total_bytes=minimum) as progress:
         for exchange in progress.wrap(reader, lambda: len(reader.report.segments) - 1):
             request = exchange.request
             if shards == 1 or shard_of(request.method, request.path, shards) == shard:
@@ -336,7 +342,12 @@ def _worker_jobs(job: _Job, tapes: TapeReader, noise: TapeReader | None, workers
     noise_segments = (
         [] if noise is None else [(str(p), size) for p, size in zip(noise.segments, noise.segment_sizes(), strict=True)]
     )
+    from shadowtap.commands._progress import MIN_TOTAL_BYTES
+
     dbs = [str(Path(scratch) / f"shard-{i}.sqlite") for i in range(workers)]
+    # The first worker draws the bar for the run: when the whole tape is big enough for one, its
+    # share is too.
+    job = replace(job, progress_min_bytes=0) if sum(size for _, size in segments) >= MIN_TOTAL_BYTES else job
     local = all(Path(path).is_file() for path, _ in (*segments, *noise_segments))
     if local and len(segments) >= 2 * workers:
         parts = _split_by_size(segments, workers)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import uuid
 from pathlib import Path
 from typing import Final
 
 from shadowtap.recorder import Exchange, Request, SyncTapeWriter, TapeOptions
+from tests import peak_rss
 
 EXCHANGES: Final = 120_000
 DISTINCT: Final = 100_000
@@ -31,18 +31,6 @@ RESOURCES: Final = tuple(
 )  # fmt: skip
 STABLE: Final = (*(f"/api/v1/{r}" for r in RESOURCES), "/files/recent", "/healthz", "/api/v1/users/me")
 _WORDS: Final = ("alpha", "brisk", "cedar", "delta", "ember", "fjord", "grove", "haven", "iris", "juniper")
-
-# The child: the CLI's own entry point, then its peak RSS (VmHWM, from getrusage) into a file.
-_CHILD: Final = """
-import resource, runpy, sys
-out = sys.argv.pop(1)
-sys.argv[0] = "shadowtap"
-try:
-    runpy.run_module("shadowtap", run_name="__main__", alter_sys=True)
-finally:
-    with open(out, "w") as f:
-        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
-"""
 
 
 def _slug(n: int) -> str:
@@ -122,7 +110,7 @@ async def test_replay_of_100k_distinct_paths_stays_under_300_mib_with_every_temp
     port = server.sockets[0].getsockname()[1]
     try:
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _CHILD, str(tmp_path / "peak"), "replay", str(tmp_path / "tape"),
+            *peak_rss.command(tmp_path / "peak", "replay", tmp_path / "tape"),
             "--target", f"http://127.0.0.1:{port}", "--speed", "0", "--json", str(tmp_path / "out.json"),
             "--no-progress", "--connections", "16",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -132,7 +120,7 @@ async def test_replay_of_100k_distinct_paths_stays_under_300_mib_with_every_temp
         server.close()
         await server.wait_closed()
     assert child.returncode == 0, stderr.decode()
-    peak_kib = int((tmp_path / "peak").read_text())
+    peak_kib = peak_rss.peak_kib(tmp_path / "peak")
     assert peak_kib < PEAK_RSS_LIMIT_KIB, f"peak RSS {peak_kib / 1024:.0f} MiB"
     document = json.loads((tmp_path / "out.json").read_text())
     assert document["summary"]["requests"] == EXCHANGES and document["summary"]["errors"] == {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from shadowtap.recorder import SyncTapeWriter, TapeOptions
+from tests import peak_rss
 from tests.differ.corpus.traffic import CANDIDATE, CONFIG, traffic
 from tests.differ.scale_tape import RESOURCES, scale_exchange, write_tape
 from tests.grpc_fixtures import CompiledShop
@@ -85,20 +85,15 @@ def test_workers_give_the_one_worker_report_byte_for_byte(
 def test_memory_stays_bounded_with_a_distinct_path_per_exchange(tmp_path: Path) -> None:
     count = 40_000
     generated = write_tape(tmp_path / "tape", (scale_exchange(i, count) for i in range(count)))
-    with (tmp_path / "stderr").open("wb") as stderr:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "shadowtap", "diff", str(generated), "--candidate", "v2", "--workers", "1",
-                "--json", str(tmp_path / "r.json"), "--quiet", "--no-progress",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )  # fmt: skip
-        # wait4, not wait: the peak RSS of this one child, not of every child the test run had.
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 1, (tmp_path / "stderr").read_text()
-    assert usage.ru_maxrss * 1024 < PEAK_RSS_LIMIT_BYTES
+    proc = subprocess.run(
+        peak_rss.command(
+            tmp_path / "peak", "diff", generated, "--candidate", "v2", "--workers", "1",
+            "--json", tmp_path / "r.json", "--quiet", "--no-progress",
+        ),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert peak_rss.peak_kib(tmp_path / "peak") * 1024 < PEAK_RSS_LIMIT_BYTES
     report = json.loads((tmp_path / "r.json").read_text())
     assert (report["pairs"], report["compared"]) == (count, count)
     assert report["differing"] == count - count // 4
