@@ -33,7 +33,7 @@ from yarl import URL
 
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.model import Failure, FailureKind, Headers, Outcome, Request, Response, StreamMessage
-from shadowtap.replayer.transport import ClientSettings, SendResult
+from shadowtap.replayer.sending import ClientSettings, SendResult
 from shadowtap.wire.grpc import MESSAGE_HEADER_BYTES, GrpcFramingError, MessageSplitter
 from shadowtap.wire.h2 import CONNECT_ERROR, H2Pool, H2Stream, Header
 

@@ -19,7 +19,6 @@ import asyncio
 import errno
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import aiohttp
@@ -29,6 +28,9 @@ from yarl import URL
 from shadowtap.differ.grpc import status_name
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.model import Failure, FailureKind, Headers, Outcome, Request, Response, header_value
+
+# Both live in a module of their own so the HTTP/2 transport can use them without importing this one.
+from shadowtap.replayer.sending import ClientSettings, SendResult
 from shadowtap.wire import client, http1
 
 if TYPE_CHECKING:
@@ -55,14 +57,6 @@ _SKIP_AUTO_HEADERS: Final = frozenset({"Accept", "Accept-Encoding", "User-Agent"
 # Methods sent without a Content-Length when their body is empty (what clients do; a GET with
 # ``Content-Length: 0`` is legal but unusual, and a recording did not have it).
 _NO_LENGTH_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """What came back: the outcome, and when its head arrived (monotonic ns, None on failure)."""
-
-    outcome: Outcome
-    first_byte_ns: int | None = None
 
 
 class Transport(Protocol):
@@ -140,58 +134,6 @@ class MemoryTransport:
     ) -> SendResult:
         outcome = await self._handler(method, target, headers, body)
         return SendResult(outcome, time.monotonic_ns())
-
-
-@dataclass(frozen=True, slots=True)
-class ClientSettings:
-    """The HTTP client's limits, chosen deliberately (aiohttp's silent default is 100 connections).
-
-    ``max_connections`` bounds sockets to the target (a replay is one host); ``timeout_s`` bounds
-    each request end to end, ``connect_timeout_s`` the connection set-up; ``keepalive_s`` how long an
-    idle connection is kept for reuse.
-
-    HTTP/2: ``http_version`` ``auto`` sends what was recorded over HTTP/2 (``"2"``) over HTTP/2 and
-    the rest over HTTP/1.1 (an ``h2c://`` target: all over HTTP/2); ``"2"`` sends everything over
-    HTTP/2, ``"1.1"`` everything over HTTP/1.1. ``h2_connections`` HTTP/2 connections carry all
-    streams (each up to ``h2_streams_per_connection``, or fewer if the target says so). A recorded
-    client or bidirectional gRPC stream sends its messages at their recorded offsets divided by
-    ``message_speed`` (0: all at once), each gap cut to ``max_message_gap_s``.
-    """
-
-    max_connections: int = 256
-    timeout_s: float = 30.0
-    connect_timeout_s: float = 5.0
-    keepalive_s: float = 30.0
-    #: A response body larger than this is a ``body-too-large`` failure (bounds memory per request).
-    max_body_bytes: int = 64 * 1024 * 1024
-    #: ``auto``: the raw HTTP/1.1 client for http://, aiohttp for https://; or force one.
-    client: str = "auto"
-    http_version: str = "auto"
-    h2_connections: int = 4
-    h2_streams_per_connection: int = 100
-    message_speed: float = 1.0
-    max_message_gap_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.max_connections < 1:
-            raise ConfigError(f"must be >= 1, got {self.max_connections}", field="connections")
-        if self.max_body_bytes < 1:
-            raise ConfigError(f"must be >= 1, got {self.max_body_bytes}", field="max-body-bytes")
-        if self.client not in ("auto", "raw", "aiohttp"):
-            raise ConfigError(f"must be auto, raw or aiohttp, not {self.client!r}", field="client")
-        if self.http_version not in ("auto", "1.1", "2"):
-            raise ConfigError(f"must be auto, 1.1 or 2, not {self.http_version!r}", field="http-version")
-        if self.h2_connections < 1:
-            raise ConfigError(f"must be >= 1, got {self.h2_connections}", field="h2-connections")
-        if self.h2_streams_per_connection < 1:
-            raise ConfigError(f"must be >= 1, got {self.h2_streams_per_connection}", field="h2-streams")
-        if self.message_speed < 0:
-            raise ConfigError(f"must be >= 0, got {self.message_speed}", field="speed")
-        if self.max_message_gap_s < 0:
-            raise ConfigError(f"must be >= 0, got {self.max_message_gap_s}", field="max-gap")
-        for name in ("timeout_s", "connect_timeout_s", "keepalive_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"must be > 0, got {getattr(self, name)}", field=name.replace("_s", ""))
 
 
 def _failure_from(exc: BaseException) -> Failure:
