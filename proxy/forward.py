@@ -203,8 +203,8 @@ class ForwardSettings:
     tls_verify: bool = True
     #: PEM bundle to verify an https primary against instead of the system store.
     ca_file: str | None = None
-    #: Speak HTTP/2 to an https primary (ALPN ``h2``) for HTTP/2 clients' streams; an ``h2c://``
-    #: primary always gets HTTP/2. HTTP/1.1 clients' requests still go over HTTP/1.1.
+    #: Speak HTTP/2 to an https primary (ALPN ``h2``), for HTTP/2 clients' streams and HTTP/1.1
+    #: clients' requests alike; an ``h2c://`` primary always gets HTTP/2.
     primary_http2: bool = False
     #: HTTP/2 connections to the primary per process; streams are multiplexed over them.
     primary_http2_connections: int = 4

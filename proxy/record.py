@@ -183,7 +183,8 @@ class PrimaryRecord:
             self.connection_id, self.client_addr, self.decisions, self.tags, self.mirrored,
             list(self.unrecorded) if self.unrecorded else None,
         ]  # fmt: skip
-        if self.http_version == "2":
+        if self.http_version == "2" or version == "2":
+            # HTTP/2 on either side (an HTTP/1.1 client's request to an HTTP/2 primary answers with trailers).
             out += [self.request_trailers, messages_to_wire(self.request_messages)]
             if isinstance(primary, Response):
                 out += [primary.trailers, messages_to_wire(primary.messages)]

@@ -263,6 +263,7 @@ class _Forward:
         "failure",
         "finished",
         "first_byte_deadline",
+        "h2",
         "headers",
         "http10",
         "keep_alive",
@@ -299,6 +300,8 @@ class _Forward:
         self.chunked = chunked
         self.upgrade = upgrade
         self.conn: Http1Connection | None = None
+        #: The stream to an HTTP/2 primary carrying this request (``_H2Upstream``), else None.
+        self.h2: _H2Upstream | None = None
         self.finished = False
         self.body_done = False
         self.failure: Failure | None = None
@@ -360,6 +363,8 @@ class _Forward:
                 conn.writelines(chunk(data))
             else:
                 conn.write(data)
+        elif self.h2 is not None:
+            self.h2.send(data)
         else:
             self._body_buffer.append(data)
             self._body_buffered += size
@@ -397,6 +402,9 @@ class _Forward:
             if self.chunked:
                 self.conn.write(http1.CHUNKED_END)
             self.first_byte_deadline = ctx.loop.time() + ctx.settings.first_byte_timeout_s
+        elif self.h2 is not None and not self.finished:
+            self.h2.end()
+            self.first_byte_deadline = ctx.loop.time() + ctx.settings.first_byte_timeout_s
 
     # --- forwarding ------------------------------------------------------------------------------
 
@@ -404,11 +412,28 @@ class _Forward:
         """Our turn on the client connection: get a primary connection and send the request."""
         ctx = self._ctx
         self.deadline = ctx.loop.time() + ctx.settings.total_timeout_s
+        # An HTTP/2 primary (asked once: ``h2_pool`` is False from the first request on otherwise).
+        if ctx.h2_pool is not False and self._start_h2():
+            return
         conn = ctx.pool.try_acquire()
         if conn is None:
             self._connect_task = ctx.loop.create_task(self._connect())
         else:
             self._send(conn)
+
+    def _start_h2(self) -> bool:
+        """Send the request as a stream on the HTTP/2 pool ``shadowtap.proxy.h2server`` uses for the
+        primary; False when the primary speaks HTTP/1."""
+        pool = h2server.upstream_pool(self._ctx)
+        if pool is None:
+            return False
+        if self.upgrade:
+            # HTTP/2 has no Upgrade and no CONNECT to a tunnel of HTTP/1 bytes (RFC 9113 8.6, 8.5).
+            self._fail(FailureKind.BAD_RESPONSE, "the primary speaks HTTP/2: an Upgrade or CONNECT cannot reach it")
+            return True
+        self.h2 = _H2Upstream(self, pool)
+        self.h2.start()
+        return True
 
     async def _connect(self) -> None:
         settings = self._ctx.settings
@@ -656,7 +681,12 @@ class _Forward:
 
     def read_stalled(self, now: float, limit_s: float) -> bool:
         """Whether the primary has sent nothing for ``limit_s`` since its response head began."""
-        return self._head_sent and not self.finished and self.conn is not None and now - self._resp_read_at >= limit_s
+        return (
+            self._head_sent
+            and not self.finished
+            and (self.conn is not None or self.h2 is not None)
+            and now - self._resp_read_at >= limit_s
+        )
 
     def timed_out(self, what: str, limit_s: float) -> None:
         conn = self.conn
@@ -672,6 +702,8 @@ class _Forward:
         self.conn = None
         if conn is not None:
             conn.detach()
+        if self.h2 is not None:
+            self.h2.cancel()
         ctx = self._ctx
         failures = ctx.stats.primary_failures
         failures[kind] = failures.get(kind, 0) + 1
@@ -711,6 +743,8 @@ class _Forward:
         self.conn = None
         if conn is not None:
             conn.detach()
+        if self.h2 is not None:
+            self.h2.cancel()
         if self.failure is None:
             self.failure = Failure(FailureKind.CANCELLED, why)
         if not self.body_done:
@@ -753,17 +787,249 @@ class _Forward:
                 )
             elif head is not None:
                 size = self._resp_size
-                ex.response = new_response(
-                    head[0],
-                    head[1].decode("latin-1"),
-                    tuple(head[2]),
-                    b"".join(self._resp_capture) if size else b"",
-                    "1.1",
-                    size if size > self._resp_captured else None,
-                )
+                body = b"".join(self._resp_capture) if size else b""
+                truncated_from = size if size > self._resp_captured else None
+                if self.h2 is not None:
+                    ex.response = self.h2.response(head[0], head[2], body, truncated_from)
+                else:
+                    ex.response = new_response(
+                        head[0], head[1].decode("latin-1"), tuple(head[2]), body, "1.1", truncated_from
+                    )
             for stage in ctx.completion_stages:
                 call_stage(ctx.stats.stage_errors, stage, stage.exchange_complete, ex)
         self._client.request_done(self, close_client)
+
+
+class _H2Upstream:
+    """An HTTP/1.1 client's request to an HTTP/2 primary (``h2c://``, or https with
+    ``forward.primary_http2``): one stream on the pool ``shadowtap.proxy.h2server`` uses for the
+    primary, and the ``StreamSink`` that hands its answer to the ``_Forward`` as an HTTP/1.1 response.
+
+    The request loses its hop-by-hop fields (``te: trailers`` stays when the client offered it, as
+    HTTP/2 allows), Host becomes ``:authority`` and the forwarding fields are the HTTP/1 path's. The
+    response's trailers reach the client only when it sent ``TE: trailers`` and the body goes chunked
+    (as the chunked trailer section); otherwise they are dropped on the wire (the tape keeps them).
+    Request bytes waiting for the primary's window beyond ``max_buffered_body_bytes`` pause the
+    client's reading; response bytes are acknowledged to the primary only once written to a client
+    that is reading, so a slow client holds the primary back rather than a buffer here.
+    """
+
+    __slots__ = ("_forward", "_head", "_pending", "_pending_bytes", "_pool", "_retried", "_task",
+                 "_te_trailers", "_unacked", "stream", "trailers")  # fmt: skip
+
+    def __init__(self, forward: _Forward, pool: Any) -> None:
+        self._forward = forward
+        #: ``shadowtap.wire.h2.H2Pool`` and ``H2Stream`` (typed loosely: this module imports no h2).
+        self._pool: Any = pool
+        self.stream: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._head: list[Header] = []
+        # Request body that came while the stream was being opened (bounded: reading pauses).
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._unacked = 0
+        self._te_trailers = False
+        self._retried = False
+        self.trailers: list[Header] = []
+
+    def start(self) -> None:
+        forward = self._forward
+        self._head = self._request_head()
+        self._pending = forward._body_buffer
+        self._pending_bytes = forward._body_buffered
+        forward._body_buffer = []
+        forward._body_buffered = 0
+        if forward.body_done:
+            ctx = forward._ctx
+            forward.first_byte_deadline = ctx.loop.time() + ctx.settings.first_byte_timeout_s
+        self._open_stream()
+
+    def _request_head(self) -> list[Header]:
+        forward = self._forward
+        ctx = forward._ctx
+        client = forward._client
+        target = ctx.settings.target
+        fields, added, _ = ctx.rewriter.forwarding(tuple(forward.headers), client.client_ip, client.scheme)
+        client_host: bytes | None = None
+        kept: list[Header] = []
+        for name, value in end_to_end(fields):
+            lower = name.lower()
+            if lower == b"host":
+                client_host = value
+            else:
+                kept.append((lower, value))
+        for name, value in forward.headers:
+            if name.lower() == b"te" and b"trailers" in [t.strip() for t in value.lower().split(b",")]:
+                self._te_trailers = True
+        path = forward.target
+        if path[:1] == b"/":
+            path = target.path_prefix + path
+        head: list[Header] = [
+            (b":method", forward.method),
+            (b":scheme", b"https" if target.tls else b"http"),
+            (b":authority", ctx.rewriter.host_sent(client_host)),
+            (b":path", path),
+        ]
+        if self._te_trailers:
+            head.append((b"te", b"trailers"))
+        head += kept
+        for name, value in added:
+            head.append((name.lower(), value))
+        return head
+
+    def _open_stream(self) -> None:
+        forward = self._forward
+        end_stream = forward.body_done and not self._pending
+        stream = self._pool.try_open(self._head, self, end_stream)
+        if stream is None:
+            self._task = forward._ctx.loop.create_task(self._open(end_stream))
+        else:
+            self._attached(stream)
+
+    async def _open(self, end_stream: bool) -> None:
+        forward = self._forward
+        settings = forward._ctx.settings
+        try:
+            stream = await self._pool.open(self._head, self, end_stream)
+        except TimeoutError:
+            self._task = None
+            forward._fail(FailureKind.TIMEOUT, f"primary connect timed out after {settings.connect_timeout_s:g} s")
+            return
+        except OSError as exc:
+            self._task = None
+            forward._fail(FailureKind.CONNECT_ERROR, f"cannot connect to primary: {exc.strerror or exc}")
+            return
+        self._task = None
+        if forward.finished:
+            stream.reset()
+            return
+        self._attached(stream)
+
+    def _attached(self, stream: Any) -> None:
+        forward = self._forward
+        self.stream = stream
+        forward._sent_ns = time.monotonic_ns() - forward._started_ns
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._pending_bytes = 0
+            for piece in pending:
+                stream.send_data(piece)
+            forward._client.resume_reading(_PAUSE_BUFFER)
+        if forward.body_done and not stream.ended_local:
+            stream.end()
+        if stream.outbox_bytes > forward._ctx.max_buffered:
+            forward._client.pause_reading(_PAUSE_UPSTREAM)
+
+    # --- the request body, from the client connection --------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        forward = self._forward
+        stream = self.stream
+        if stream is None:
+            if self._task is not None:
+                self._pending.append(data)
+                self._pending_bytes += len(data)
+                if self._pending_bytes > forward._ctx.max_buffered:
+                    forward._client.pause_reading(_PAUSE_BUFFER)
+            return
+        stream.send_data(data)
+        if stream.outbox_bytes > forward._ctx.max_buffered:
+            forward._client.pause_reading(_PAUSE_UPSTREAM)
+
+    def end(self) -> None:
+        stream = self.stream
+        if stream is not None and not stream.ended_local:
+            stream.end()
+
+    def cancel(self) -> None:
+        """The exchange is over for the client's sake (failure, timeout, client gone)."""
+        task = self._task
+        if task is not None:
+            self._task = None
+            task.cancel()
+        stream = self.stream
+        if stream is not None:
+            self.stream = None
+            stream.reset()
+
+    def resume(self) -> None:
+        """The client reads again: what it was written may be acknowledged to the primary."""
+        unacked = self._unacked
+        stream = self.stream
+        if unacked and stream is not None:
+            self._unacked = 0
+            stream.consumed(unacked)
+
+    def response(self, status: int, headers: list[Header], body: bytes, truncated_from: int | None) -> Any:
+        """The primary's answer as the tape holds it (a ``Response``): HTTP/2, with its trailers."""
+        from shadowtap.recorder.model import Response  # this path only
+
+        return Response(status, "", tuple(headers), body, "2", truncated_from, tuple(self.trailers))
+
+    # --- StreamSink ------------------------------------------------------------------------------
+
+    def on_request_drained(self, sent: int) -> None:
+        stream = self.stream
+        forward = self._forward
+        if stream is not None and stream.outbox_bytes <= forward._ctx.max_buffered:
+            forward._client.resume_reading(_PAUSE_UPSTREAM)
+
+    def on_head(self, status: int, headers: list[Header], ended: bool) -> None:
+        forward = self._forward
+        if forward.finished:
+            return
+        from http import HTTPStatus  # this path only
+
+        try:
+            reason = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            reason = b""
+        forward.on_head(status, reason, headers)
+        forward.flush()
+
+    def on_data(self, data: bytes) -> None:
+        forward = self._forward
+        stream = self.stream
+        if forward.finished or stream is None:
+            return
+        forward.on_body(data)
+        forward.flush()
+        if forward._client.write_paused:
+            self._unacked += len(data)
+        else:
+            stream.consumed(len(data))
+
+    def on_trailers(self, headers: list[Header]) -> None:
+        self.trailers = headers
+
+    def on_end(self) -> None:
+        self.stream = None
+        forward = self._forward
+        if forward.finished:
+            return
+        trailers = self.trailers
+        if trailers and self._te_trailers and forward._mode == _BODY_CHUNKED:
+            parts = [b"0\r\n"]
+            add_fields(parts, end_to_end(trailers))
+            parts.append(b"\r\n")
+            forward._out.append(b"".join(parts))
+            forward._mode = _BODY_RAW  # the last chunk is written: on_complete adds none
+        forward.on_complete(False)
+
+    def on_reset(self, kind: str, message: str, refused: bool) -> None:
+        self.stream = None
+        forward = self._forward
+        if forward.finished:
+            return
+        body = forward.request_body
+        if refused and not forward._head_sent and not self._retried and forward.body_done and body is not None:
+            # The primary never processed it (REFUSED_STREAM, or above a GOAWAY's last stream): once more.
+            self._retried = True
+            self._pending = [body] if body else []
+            self._open_stream()
+            return
+        forward._fail(kind, message)
 
 
 def _content_length(headers: list[Header]) -> int:
@@ -972,6 +1238,9 @@ class _ClientConnection(asyncio.Protocol):
         elif self._active is not None and self._active.conn is not None:
             self._active.reading_resumed(self.ctx.now)
             self._active.conn.resume_reading()
+        elif self._active is not None and self._active.h2 is not None:
+            self._active.reading_resumed(self.ctx.now)
+            self._active.h2.resume()
 
     # --- llhttp callbacks ------------------------------------------------------------------------
 

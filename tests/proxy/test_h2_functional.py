@@ -369,9 +369,10 @@ async def test_a_preface_that_is_neither_http1_nor_http2_gets_400(h2_proxy: Prox
 
 
 async def test_http1_keeps_working_on_the_same_port(h2_proxy: ProxyServer) -> None:
-    # The primary speaks HTTP/2 only: an HTTP/1 client's request gets an honest 502.
+    # The primary speaks HTTP/2 only: an HTTP/1 client's request goes to it as a stream
+    # (tests/proxy/test_h1_to_h2_functional.py has the details).
     (response,) = await raw_request(h2_proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert response.status == 502
+    assert response.status == 200 and response.body == b"echo:"
 
 
 # --- an HTTP/1 primary behind an HTTP/2 client -------------------------------------------------------------
@@ -470,7 +471,7 @@ async def test_alpn_h2_and_http1_on_one_tls_port(pki: Pki, h2_primary: H2TestSer
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         head = await reader.readline()
         writer.close()
-        assert head.startswith(b"HTTP/1.1 502")  # the primary speaks HTTP/2 only
+        assert head.startswith(b"HTTP/1.1 200")  # relayed to the HTTP/2 primary as a stream
     finally:
         await proxy.shutdown(1)
 
