@@ -1,22 +1,24 @@
 """The live differ: exchanges read off a tape writer's tap, diffed as they come into a results store.
 
 A process of its own (``python -m shadowtap.differ.live``), started and restarted by the proxy
-(``shadowtap.proxy.live``). It reads the stream of exchange frames the tape writer copies to a pipe
-(``shadowtap.recorder.tape_process.PipeTap``), decodes them (``FrameStream``) and feeds each to one
-``DiffSession`` per candidate shadow, the same engine, templates, signatures and store as
-``shadowtap diff``, committing about once a second so ``shadowtap report --db`` and the admin
-server's ``GET /diff`` read results a second old. The store is in WAL mode, so readers never wait
-for the writer. When the tap ends (every writer of the pipe closed it) it finishes the sessions as
-``shadowtap diff`` does (prunes examples, learns endpoint templates over every path) and exits:
-the stopped proxy's store then reports what ``shadowtap diff`` reports on its tape.
+(``shadowtap.proxy.live``). It reads the streams of exchange frames tape writers copy to pipes
+(``shadowtap.recorder.tape_process.PipeTap``): one pipe per tape writer (with ``--workers N``, one
+per worker, so the batches of different writers never meet inside a pipe), each decoded by a
+``FrameStream`` of its own, and feeds every exchange to one ``DiffSession`` per candidate shadow,
+the same engine, templates, signatures and store as ``shadowtap diff``, committing about once a
+second so ``shadowtap report --db`` and the admin server's ``GET /diff`` read results a second old.
+The store is in WAL mode, so readers never wait for the writer. When the taps end (every writer of
+every pipe closed it) it finishes the sessions as ``shadowtap diff`` does (prunes examples, learns
+endpoint templates over every path) and exits: the stopped proxy's store then reports what
+``shadowtap diff`` reports on its tape.
 
 Protocol with the parent: stdin carries the pickled ``LiveOptions`` (length-prefixed), then control
 bytes (``b"p"`` pause: frames are read and dropped, counted in ``paused``; ``b"r"`` resume). Its
 counters go to stdout as msgpack arrays (``LiveReport`` fields in order) after every batch and at
 least every second. It ignores SIGINT and SIGTERM (the parent owns its life; the tap's end is its
 end), and by default runs only on CPU time nothing else wants (``LiveOptions.priority``).
-It must never write to the tape's pipe, hold more than one read chunk plus one frame of input, or
-block its writer: the pipe is the bounded channel, and its writer drops what does not fit.
+It must never write to a tap's pipe, hold more than one read chunk plus one frame of input per pipe,
+or block a writer: each pipe is a bounded channel, and its writer drops what does not fit.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import sqlite3
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Final
@@ -102,7 +104,7 @@ class LiveOptions:
 class LiveReport:
     """The live differ's cumulative counters, as the parent reads them (``shadowtap.proxy.live``).
 
-    ``exchanges`` decoded off the tap; ``compared``, ``errors``, ``skipped`` summed over the
+    ``exchanges`` decoded off the taps; ``compared``, ``errors``, ``skipped`` summed over the
     candidates; ``paused`` read while paused and not diffed; ``bad_bytes`` skipped to find a frame
     (after a restart mid-frame, or damage); ``undecodable`` frames whose record did not decode;
     ``secondary_pairs`` exchanges the secondary answered (what noise is learned from);
@@ -191,13 +193,14 @@ class FrameStream:
 
 
 class LiveDiffer:
-    """The sessions and counters of one live differ process: ``take`` bytes read off the tap,
-    ``commit``, and ``finish`` at the tap's end (sans-IO: the process loop reads and reports)."""
+    """The sessions and counters of one live differ process: ``take`` bytes read off tap ``tap`` (of
+    ``taps``), ``commit``, and ``finish`` at the taps' end (sans-IO: the process loop reads and
+    reports). Each tap has its own ``FrameStream``: a frame never spans two taps."""
 
-    def __init__(self, options: LiveOptions) -> None:
+    def __init__(self, options: LiveOptions, taps: int = 1) -> None:
         self.options = options
         self.report = LiveReport(is_paused=options.paused)
-        self.stream = FrameStream()
+        self.streams = [FrameStream() for _ in range(taps)]
         self.stores: list[DiffStore] = []
         self.sessions: list[DiffSession] = []
         for name, path in options.databases:
@@ -207,8 +210,8 @@ class LiveDiffer:
             self.sessions.append(DiffSession(store, options.config, meta))
         self._warm = options.secondary is None
 
-    def take(self, data: bytes) -> None:
-        stream = self.stream
+    def take(self, data: bytes, tap: int = 0) -> None:
+        stream = self.streams[tap]
         stream.feed(data)
         report = self.report
         secondary = self.options.secondary
@@ -225,8 +228,8 @@ class LiveDiffer:
                     self._warm = True
                     log.warning("noise model warm: %d exchanges answered by %r", report.secondary_pairs, secondary)
             report.last_started_ns = exchange.started_at_ns
-        report.bad_bytes = stream.bad_bytes
-        report.undecodable = stream.undecodable
+        report.bad_bytes = sum(s.bad_bytes for s in self.streams)
+        report.undecodable = sum(s.undecodable for s in self.streams)
         self._sum()
 
     def _sum(self) -> None:
@@ -275,9 +278,9 @@ def _set_priority(priority: str) -> None:
                 os.nice(_NICE_IDLE)
 
 
-def child_main(tap_fd: int, stdin: int = 0, stdout: int = 1) -> int:
-    """Diff the exchanges read off ``tap_fd`` until it ends; options and control on ``stdin``,
-    counters on ``stdout``."""
+def child_main(tap_fds: Sequence[int], stdin: int = 0, stdout: int = 1) -> int:
+    """Diff the exchanges read off ``tap_fds`` until every one has ended; options and control on
+    ``stdin``, counters on ``stdout``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(stream=sys.stderr, format="shadowtap live differ [%(process)d]: %(message)s")
@@ -285,7 +288,7 @@ def child_main(tap_fd: int, stdin: int = 0, stdout: int = 1) -> int:
     options = pickle.loads(_read_exactly(stdin, length))
     if not isinstance(options, LiveOptions):
         raise TypeError(f"expected LiveOptions on the live differ's input, got {options!r:.200}")
-    live = LiveDiffer(options)
+    live = LiveDiffer(options, len(tap_fds))
     if options.secondary is not None:
         log.warning(
             "noise model warming up: learned from %r once it has answered %d exchanges",
@@ -299,7 +302,8 @@ def child_main(tap_fd: int, stdin: int = 0, stdout: int = 1) -> int:
         while view:
             view = view[os.write(stdout, view) :]
 
-    watched = [tap_fd, stdin]
+    taps = {fd: index for index, fd in enumerate(tap_fds)}
+    watched = [*tap_fds, stdin]
     last_commit = last_report = time.monotonic()
     dirty = False
     report()  # ready
@@ -318,19 +322,27 @@ def child_main(tap_fd: int, stdin: int = 0, stdout: int = 1) -> int:
                     live.report.is_paused = True
                 elif byte == _RESUME:
                     live.report.is_paused = False
-        if tap_fd in readable:
-            data = os.read(tap_fd, _READ_BYTES)
-            if not data:
-                break
-            live.take(data)
+        tapped = False
+        for fd in readable:
+            index = taps.get(fd)
+            if index is None:
+                continue
+            tapped = True
+            data = os.read(fd, _READ_BYTES)
+            if not data:  # every writer of this pipe is gone (a worker that ended): the others go on
+                watched.remove(fd)
+                continue
+            live.take(data, index)
             dirty = True
+        if not any(fd in taps for fd in watched):
+            break
         now = time.monotonic()
         # Every commit_every_s while exchanges flow, and at once when the tap goes quiet.
         if dirty and (now - last_commit >= options.commit_every_s or not readable):
             live.commit()
             last_commit = now
             dirty = False
-        if now - last_report >= options.report_every_s or tap_fd in readable:
+        if now - last_report >= options.report_every_s or tapped:
             report()
             last_report = now
     if options.priority == "idle":
@@ -341,11 +353,13 @@ def child_main(tap_fd: int, stdin: int = 0, stdout: int = 1) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[1] != "--tap-fd":
-        print("usage: python -m shadowtap.differ.live --tap-fd FD (run by shadowtap.proxy.live)", file=sys.stderr)
+    args = argv[1:]
+    if not args or len(args) % 2 or any(flag != "--tap-fd" for flag in args[::2]):
+        print("usage: python -m shadowtap.differ.live --tap-fd FD [--tap-fd FD ...] (run by shadowtap.proxy.live)",
+              file=sys.stderr)  # fmt: skip
         return 2
     try:
-        return child_main(int(argv[2]))
+        return child_main([int(fd) for fd in args[1::2]])
     except EOFError as exc:
         print(f"shadowtap live differ: {exc}", file=sys.stderr)
         return 1

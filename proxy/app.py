@@ -26,13 +26,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from shadowtap.differ.config import DifferConfig
 from shadowtap.proxy.admin import AdminServer, LocalSource, WorkersSource
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.proxy.events import EventLog
 from shadowtap.proxy.flags import RuntimeFlags
 from shadowtap.proxy.forward import ForwardSettings
 from shadowtap.proxy.join import JoinIntake, JoinSettings
-from shadowtap.proxy.live import LiveDiff, live_plan
+from shadowtap.proxy.live import LiveDiff, WorkerLive, live_plan
 from shadowtap.proxy.live_admin import LiveAdmin
 from shadowtap.proxy.metrics import MetricsStage, ProxyMetrics
 from shadowtap.proxy.mirror import MirrorStage
@@ -45,7 +46,7 @@ from shadowtap.recorder import TapeOptions, TapeWriter
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.objectstore import UploadOptions, is_object_url
 from shadowtap.recorder.settings import settings_from_mapping
-from shadowtap.recorder.tape_process import ProcessTapeWriter
+from shadowtap.recorder.tape_process import ProcessTapeWriter, TapStats
 from shadowtap.recorder.writer import tape_target
 from shadowtap.wire import native
 
@@ -96,7 +97,9 @@ def tape_options(config: ProxyConfig) -> TapeOptions:
 class ProxyApp:
     """One process's proxy, built from a config; ``start`` then ``shutdown``."""
 
-    def __init__(self, config: ProxyConfig, *, worker: int = 0, flags_array: Any | None = None) -> None:
+    def __init__(
+        self, config: ProxyConfig, *, worker: int = 0, flags_array: Any | None = None, live: WorkerLive | None = None
+    ) -> None:
         self.config = config
         self.worker = worker
         self.flags = RuntimeFlags(config, flags_array)
@@ -111,6 +114,8 @@ class ProxyApp:
         #: The live differ beside the tape writer (shadowtap.proxy.live), and why not when off.
         self.live: LiveDiff | None = None
         self._live_off: str | None = None
+        #: With --workers N: the parent runs the live differ; this worker's tape writer feeds it.
+        self._worker_live = live
         self._stages: list[Stage] = []
         self._ready = False
         self._started_at_s = 0.0
@@ -121,12 +126,18 @@ class ProxyApp:
         forward = build_forward_settings(config)
         ssl_context = await asyncio.to_thread(listen_ssl_context, config)  # reads the key files
         try:
-            live = live_plan(config)  # live.enabled: true that cannot be met fails here
-            self._live_off = live.why_not
-            if live.why_not is None:
-                self.live = LiveDiff(config, live, self.flags)
-            elif config.shadows and config.live.enabled is None:
-                log.info("live diff off: %s", live.why_not)
+            tap_fd: int | None = None
+            if self._worker_live is not None:  # the parent runs the differ (and logged why not)
+                live, tap_fd = self._worker_live.plan, self._worker_live.tap_fd
+                self._live_off = live.why_not
+            else:
+                live = live_plan(config)  # live.enabled: true that cannot be met fails here
+                self._live_off = live.why_not
+                if live.why_not is None:
+                    self.live = LiveDiff(config, live, self.flags)
+                    tap_fd = self.live.tap_fd
+                elif config.shadows and config.live.enabled is None:
+                    log.info("live diff off: %s", live.why_not)
             if config.record.tape is not None:
                 # The writer hosts the join, unless the event log needs the joined exchanges here
                 # (then the record stage hosts it on the loop and sends the writer whole records).
@@ -136,7 +147,6 @@ class ProxyApp:
                     intake = JoinIntake(JoinSettings(r.join_timeout_s, r.max_pending, r.max_pending_bytes))
                 directory, options = tape_target(config.record.tape, tape_options(config), config.record.spool)
                 if config.record.writer == "process":
-                    tap_fd = None if self.live is None else self.live.tap_fd
                     self.tape = ProcessTapeWriter(directory, options, intake, tap_fd=tap_fd)
                 else:
                     self.tape = TapeWriter(directory, options, intake)
@@ -145,6 +155,8 @@ class ProxyApp:
                 if self.live is not None and isinstance(writer, ProcessTapeWriter):
                     self.live.set_tap_stats(lambda: writer.tap_stats)
                     await self.live.start()
+                    self.flags.live_diff_shown = True
+                elif tap_fd is not None:
                     self.flags.live_diff_shown = True
             if config.events.path is not None:
                 self.events = EventLog(config.events.path, RouteTable(config.mirror.routes), config.events.queue_size)
@@ -193,7 +205,7 @@ class ProxyApp:
                 raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}", field="listen") from exc
             if config.admin.listen is not None:
                 source = LocalSource(self.metrics, self.stats, lambda: self._ready)
-                live_admin = LiveAdmin(() if self.live is None else self.live.databases, live.differ, self._live_off)
+                live_admin = LiveAdmin(live.databases, live.differ, self._live_off)
                 self.admin = AdminServer(
                     self.flags,
                     source,
@@ -356,8 +368,18 @@ class ProxyApp:
             out["tape"] = dataclasses.asdict(self.tape.stats)
         if self.events is not None:
             out["events"] = self.events.snapshot()
-        out["live_diff"] = self.live.stats() if self.live is not None else {"state": "off", "why": self._live_off}
+        out["live_diff"] = self._live_stats()
         return out
+
+    def _live_stats(self) -> dict[str, Any]:
+        if self.live is not None:
+            return self.live.stats()
+        if self._live_off is not None or self._worker_live is None:
+            return {"state": "off", "why": self._live_off}
+        # --workers N: the parent's /stats has the differ's figures; this worker's tap counts its own.
+        tape = self.tape
+        tap = tape.tap_stats if isinstance(tape, ProcessTapeWriter) else TapStats()
+        return {"state": "in the parent process", "tapped": tap.frames, "dropped": tap.dropped}
 
     async def shutdown(self) -> None:
         """Stop accepting, finish in-flight requests, drain mirrors, write the joins, close the tape."""
@@ -404,9 +426,10 @@ async def serve_app(
     flags_array: Any | None,
     reuse_port: bool,
     on_ready: Callable[[ProxyApp], None],
+    live: WorkerLive | None = None,
 ) -> None:
     """Run one proxy process until SIGTERM/SIGINT: start, ``on_ready``, drain and shut down."""
-    app = ProxyApp(config, worker=worker, flags_array=flags_array)
+    app = ProxyApp(config, worker=worker, flags_array=flags_array, live=live)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -431,28 +454,65 @@ def _url(host: str, port: int) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
+class _WorkersLiveSource(WorkersSource):
+    """``WorkersSource`` with the parent's live differ in ``/stats`` (``live_diff``): its counters,
+    and the tap's summed over the workers that answered (each worker's tape writer counts its own)."""
+
+    def __init__(self, worker_urls: Sequence[str], token: str | None, live: LiveDiff | None, why_off: str | None):
+        super().__init__(worker_urls, token)
+        self._live = live
+        self._why_off = why_off
+
+    async def stats(self) -> dict[str, Any]:
+        out = await super().stats()
+        if self._live is None:
+            out["live_diff"] = {"state": "off", "why": self._why_off}
+            return out
+        frames = dropped = 0
+        for entry in out["workers"]:
+            tap = entry.get("stats", {}).get("live_diff", {})
+            frames += int(tap.get("tapped", 0))
+            dropped += int(tap.get("dropped", 0))
+        out["live_diff"] = self._live.stats(TapStats(frames, dropped))
+        return out
+
+
 class WorkersAdmin:
-    """The admin API of ``--workers N``, served by the parent process on the configured address from
-    a thread of its own (the parent's main thread supervises the workers), for every worker at once:
-    see ``shadowtap.proxy.admin.WorkersSource``."""
+    """The parent's part of ``--workers N``, on an event loop in a thread of its own (the parent's
+    main thread supervises the workers): the one live differ every worker's tape writer feeds
+    (``live``, ``shadowtap.proxy.live``), and the admin API on the configured address for every
+    worker at once (see ``shadowtap.proxy.admin.WorkersSource``), with ``/diff``, ``/live`` and the
+    ``live_diff`` figures of ``/stats`` from that differ. ``stop`` after the workers have exited:
+    the differ then reads its pipes to their end and finishes its stores."""
 
     def __init__(
-        self, config: ProxyConfig, flags: RuntimeFlags, worker_urls: Sequence[str], start_timeout_s: float = 30.0
+        self,
+        config: ProxyConfig,
+        flags: RuntimeFlags,
+        worker_urls: Sequence[str],
+        start_timeout_s: float = 30.0,
+        *,
+        live: LiveDiff | None = None,
+        live_off: str | None = None,
     ) -> None:
-        assert config.admin.listen is not None
         self._listen = config.admin.listen
         self._token = config.admin.token()
         self._public_metrics = config.admin.public_metrics
         self._flags = flags
         self._worker_urls = list(worker_urls)
         self._start_timeout_s = start_timeout_s
-        self._started: Future[str] = Future()
+        self._live = live
+        self._live_off = live_off
+        self._differ = DifferConfig() if live is None else live.plan.differ
+        self._close_timeout_s = config.shutdown_timeout_s
+        self._started: Future[str | None] = Future()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="shadowtap-admin", daemon=True)
 
-    def start(self) -> str:
-        """Bind and serve; the admin URL. Raises ``ConfigError`` when the address cannot be had."""
+    def start(self) -> str | None:
+        """Start the live differ and bind and serve the admin address; the admin URL (None without
+        one). Raises ``ConfigError`` when the address cannot be had."""
         self._thread.start()
         return self._started.result(timeout=self._start_timeout_s)
 
@@ -462,7 +522,9 @@ class WorkersAdmin:
             with contextlib.suppress(RuntimeError):  # the loop already ended
                 loop.call_soon_threadsafe(stop.set)
         if self._thread.is_alive():
-            self._thread.join(10.0)
+            self._thread.join(self._close_timeout_s + 10.0)
+        elif self._live is not None and not self._thread.ident:  # never started: its pipes and stores
+            asyncio.run(self._live.close(self._close_timeout_s))
 
     def _run(self) -> None:
         try:
@@ -476,16 +538,28 @@ class WorkersAdmin:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        source = WorkersSource(self._worker_urls, self._token)
-        server = AdminServer(self._flags, source, self._token, public_metrics=self._public_metrics)
+        live = self._live
+        server: AdminServer | None = None
         try:
-            port = await server.start(self._listen.host, self._listen.port)
-        except OSError as exc:
-            await server.close()
-            where = f"{self._listen.host}:{self._listen.port}"
-            raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}", field="admin.listen") from exc
-        self._started.set_result(_url(self._listen.host, port))
-        try:
+            if live is not None:
+                await live.start()
+            url: str | None = None
+            if self._listen is not None:
+                source = _WorkersLiveSource(self._worker_urls, self._token, live, self._live_off)
+                live_admin = LiveAdmin(() if live is None else live.databases, self._differ, self._live_off)
+                server = AdminServer(
+                    self._flags, source, self._token, public_metrics=self._public_metrics, live=live_admin
+                )
+                try:
+                    port = await server.start(self._listen.host, self._listen.port)
+                except OSError as exc:
+                    where = f"{self._listen.host}:{self._listen.port}"
+                    raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}", field="admin.listen") from exc
+                url = _url(self._listen.host, port)
+            self._started.set_result(url)
             await self._stop.wait()
         finally:
-            await server.close()
+            if server is not None:
+                await server.close()
+            if live is not None:
+                await live.close(self._close_timeout_s)

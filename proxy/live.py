@@ -1,13 +1,19 @@
-"""Live diff beside the proxy: the pipe from the tape writer, and the live differ process's life.
+"""Live diff beside the proxy: the pipes from the tape writers, and the live differ process's life.
 
-``LiveDiff`` makes the pipe the tape writer process copies each batch it writes to (its ``tap_fd``,
+``LiveDiff`` makes the pipe a tape writer process copies each batch it writes to (its ``tap_fd``,
 ``shadowtap.recorder.tape_process.PipeTap``), starts the live differ (``python -m
 shadowtap.differ.live``) on the other end, restarts it with a growing back-off when it dies, tells it
 to pause and resume as the ``live_diff`` runtime flag says, and reports its counters for ``/stats``.
-The pipe is the bounded channel (``live.tap_bytes``): when the differ falls behind, the tape writer
+Each pipe is a bounded channel (``live.tap_bytes``): when the differ falls behind, the tape writer
 drops the copies that do not fit and counts them; nothing waits for the differ, and the differ
-dying costs no request and no tape frame. The parent keeps both ends of the pipe open, so a new
+dying costs no request and no tape frame. The owner keeps both ends of every pipe open, so a new
 differ (or a new tape writer) joins the same stream.
+
+With ``--workers N`` the parent process runs the one ``LiveDiff`` with N pipes, one per worker
+(``tap_fds``): each worker's tape writer has a pipe of its own, so batches of different writers
+never meet inside a pipe (a write larger than PIPE_BUF is not atomic), and the differ reads them all
+into one store: one view of every worker's exchanges. A worker gets its pipe's write end, and the
+plan, in a ``WorkerLive``; a worker that dies closes only its own pipe.
 
 ``live_plan`` decides, from the config, whether live diff runs and why not. This module must never
 touch the data path, and never start anything it does not stop (``close``).
@@ -42,7 +48,7 @@ from shadowtap.proxy.flags import RuntimeFlags
 from shadowtap.recorder.errors import ConfigError, ShadowtapError
 from shadowtap.recorder.tape_process import TapStats
 
-__all__ = ["LIVE_DB_NAME", "LiveDiff", "LivePlan", "live_plan"]
+__all__ = ["LIVE_DB_NAME", "LiveDiff", "LivePlan", "WorkerLive", "live_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +95,6 @@ def live_plan(config: ProxyConfig) -> LivePlan:
         why_not = "no tape: the live differ reads the exchanges the tape writer records (give --tape)"
     elif config.record.writer != "process":
         why_not = "record.writer is 'thread': the live differ reads the tape writer process's copies"
-    elif config.workers != 1:
-        why_not = "--workers N: each worker records apart, and live diff runs with one worker only"
     if why_not is not None:
         if live.enabled:
             raise ConfigError(f"cannot run live diff: {why_not}", field="live.enabled")
@@ -105,6 +109,29 @@ def live_plan(config: ProxyConfig) -> LivePlan:
     return LivePlan(None, live_db_paths(db, candidates), secondary, differ, temporary)
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerLive:
+    """What a worker of ``--workers N`` is told of live diff by the parent, which runs the differ:
+    the plan (why not, the stores), and when it runs, the write end of the worker's own tap pipe.
+
+    Picklable into a spawned worker: the pipe's end travels with it (``multiprocessing`` passes the
+    descriptor to the new process under the same number)."""
+
+    plan: LivePlan
+    tap_fd: int | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.tap_fd is None:
+            return (WorkerLive, (self.plan, None))
+        from multiprocessing.reduction import DupFd
+
+        return (_inherited_worker_live, (self.plan, DupFd(self.tap_fd)))
+
+
+def _inherited_worker_live(plan: LivePlan, duplicate: Any) -> WorkerLive:
+    return WorkerLive(plan, duplicate.detach())
+
+
 @dataclass(slots=True)
 class _Child:
     process: asyncio.subprocess.Process
@@ -116,20 +143,28 @@ class _Child:
 
 
 class LiveDiff:
-    """The live differ beside the proxy (module docstring): ``tap_fd`` for the tape writer, then
-    ``await start()``; ``await close()`` after the tape writer has closed."""
+    """The live differ beside the tape writers (module docstring): ``tap_fds`` (one pipe for each of
+    ``taps`` tape writers), then ``await start()``; ``await close()`` after the tape writers have
+    closed."""
 
-    def __init__(self, config: ProxyConfig, plan: LivePlan, flags: RuntimeFlags) -> None:
-        assert plan.why_not is None
+    def __init__(self, config: ProxyConfig, plan: LivePlan, flags: RuntimeFlags, taps: int = 1) -> None:
+        assert plan.why_not is None and taps >= 1
         self._plan = plan
         self._flags = flags
         self._tap_bytes = config.live.tap_bytes
         self._priority = config.live.priority
         self._source = f"live:{config.record.tape}"
-        self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
-        with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: the default stays
-            fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, self._tap_bytes)
-        self.pipe_bytes = fcntl.fcntl(self._write_fd, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+        self._read_fds: list[int] = []
+        self._write_fds: list[int] = []
+        for _ in range(taps):
+            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+            with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: the default stays
+                fcntl.fcntl(write_fd, _F_SETPIPE_SZ, self._tap_bytes)
+            self._read_fds.append(read_fd)
+            self._write_fds.append(write_fd)
+        #: Each pipe's capacity.
+        self.pipe_bytes = fcntl.fcntl(self._write_fds[0], getattr(fcntl, "F_GETPIPE_SZ", 1032))
+        self._prepared = False
         self._tap_stats: Callable[[], TapStats] = TapStats
         self._child: _Child | None = None
         self._done = LiveReport()
@@ -142,9 +177,22 @@ class LiveDiff:
         self._paused_sent: bool | None = None
 
     @property
+    def plan(self) -> LivePlan:
+        return self._plan
+
+    @property
     def tap_fd(self) -> int:
-        """The pipe's write end, for ``ProcessTapeWriter(tap_fd=...)``."""
-        return self._write_fd
+        """The (first) pipe's write end, for ``ProcessTapeWriter(tap_fd=...)``."""
+        return self._write_fds[0]
+
+    @property
+    def tap_fds(self) -> tuple[int, ...]:
+        """Every pipe's write end: one per tape writer (per worker of ``--workers N``)."""
+        return tuple(self._write_fds)
+
+    def worker_live(self, index: int) -> WorkerLive:
+        """What worker ``index`` of ``--workers N`` is given: the plan and its pipe's write end."""
+        return WorkerLive(self._plan, self._write_fds[index])
 
     @property
     def databases(self) -> tuple[tuple[str, str], ...]:
@@ -155,11 +203,18 @@ class LiveDiff:
         """Where the tap's counters are read (the tape writer's ``tap_stats``)."""
         self._tap_stats = tap_stats
 
+    def prepare(self) -> None:
+        """Create the stores (blocking): a ``ConfigError`` names an unusable ``live.db``, or one
+        holding another comparison. ``start`` does it when not done yet."""
+        if not self._prepared:
+            self._prepare_stores()
+            self._prepared = True
+
     async def start(self) -> None:
-        """Create the stores (a ``ConfigError`` names an unusable ``live.db``, or one holding another
-        comparison), then start the differ. A differ that cannot start or dies is retried with a
-        growing back-off, never failing the proxy."""
-        await asyncio.to_thread(self._prepare_stores)
+        """Create the stores (``prepare``), then start the differ. A differ that cannot start or dies
+        is retried with a growing back-off, never failing the proxy."""
+        if not self._prepared:
+            await asyncio.to_thread(self.prepare)
         try:
             await self._spawn()
         except OSError as exc:
@@ -169,7 +224,7 @@ class LiveDiff:
         log.info("live diff on: %s", names)
 
     async def close(self, timeout_s: float = 10.0) -> None:
-        """The tape writer has closed its end: close ours, let the differ finish its stores, exit."""
+        """The tape writers have closed their ends: close ours, let the differ finish its stores, exit."""
         self._closing = True
         for task in (self._restart, self._poll):
             if task is not None:
@@ -177,9 +232,8 @@ class LiveDiff:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._restart = self._poll = None
-        if self._write_fd >= 0:
-            os.close(self._write_fd)
-            self._write_fd = -1
+        while self._write_fds:
+            os.close(self._write_fds.pop())
         child = self._child
         if child is not None:
             try:
@@ -189,9 +243,8 @@ class LiveDiff:
                 with contextlib.suppress(ProcessLookupError):
                     child.process.kill()
                 await child.exited
-        if self._read_fd >= 0:
-            os.close(self._read_fd)
-            self._read_fd = -1
+        while self._read_fds:
+            os.close(self._read_fds.pop())
         if self._plan.temporary is not None:
             shutil.rmtree(self._plan.temporary, ignore_errors=True)
 
@@ -223,12 +276,11 @@ class LiveDiff:
             "-P",
             "-m",
             "shadowtap.differ.live",
-            "--tap-fd",
-            str(self._read_fd),
+            *(arg for fd in self._read_fds for arg in ("--tap-fd", str(fd))),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
-            pass_fds=(self._read_fd,),
+            pass_fds=tuple(self._read_fds),
         )
         paused = not self._flags.live_diff
         options = LiveOptions(
@@ -354,20 +406,21 @@ class LiveDiff:
         return None if child is None or not child.ready.done() else child.process.pid
 
     def _waiting_bytes(self) -> int:
-        if self._read_fd < 0:
-            return 0
+        waiting = 0
         out = array.array("i", [0])
-        try:
-            fcntl.ioctl(self._read_fd, termios.FIONREAD, out)
-        except OSError:
-            return 0
-        return int(out[0])
+        for fd in self._read_fds:
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(fd, termios.FIONREAD, out)
+                waiting += out[0]
+        return waiting
 
-    def stats(self) -> dict[str, Any]:
-        """The ``live_diff`` section of ``/stats``."""
+    def stats(self, tap: TapStats | None = None) -> dict[str, Any]:
+        """The ``live_diff`` section of ``/stats``; ``tap``: the tap's counters (by default from
+        ``set_tap_stats``; with ``--workers N``, the sum the workers report)."""
         done = self._done
         now = self._child.report if self._child is not None else LiveReport()
-        tap = self._tap_stats()
+        if tap is None:
+            tap = self._tap_stats()
 
         def total(name: str) -> int:
             return int(getattr(done, name) + getattr(now, name))
@@ -396,6 +449,7 @@ class LiveDiff:
             "undecodable": total("undecodable"),
             "tapped": tap.frames,
             "dropped": tap.dropped,
+            "taps": len(self._read_fds),
             "pipe_bytes": self.pipe_bytes,
             "waiting_bytes": waiting,
             # How old the newest exchange diffed is (it includes the join's wait for the shadows).

@@ -2,8 +2,9 @@
 
 ``serve_proxy`` runs the proxy until SIGTERM/SIGINT: in this process, or in ``config.workers``
 processes that share the listen port through SO_REUSEPORT and the runtime flags through shared
-memory, the parent serving the configured admin address for all of them. A worker that ends on its
-own stops the others.
+memory, the parent serving the configured admin address for all of them and running the one live
+differ their tape writers feed, each through a pipe of its own (``shadowtap.proxy.live``). A worker
+that ends on its own stops the others.
 
 ``run_replay`` runs one replay sharded by session across N processes that share one start time:
 each builds the same plan and keeps the sessions whose stable hash falls on its index
@@ -28,6 +29,7 @@ from typing import Any, Final, TextIO
 from shadowtap.proxy.app import ProxyApp, WorkersAdmin, serve_app
 from shadowtap.proxy.config import ListenAddress, ProxyConfig
 from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.proxy.live import LiveDiff, WorkerLive, live_plan
 from shadowtap.recorder.errors import ConfigError, ShadowtapError
 from shadowtap.replayer.job import ReplayJob, run_job
 from shadowtap.replayer.result import JobResult
@@ -60,7 +62,7 @@ def _announce(out: TextIO, listen_url: str, admin_urls: list[str], workers: int)
           f"data path {native.STATUS}", file=out, flush=True)  # fmt: skip
 
 
-def _proxy_worker(link: WorkerLink, config: ProxyConfig, flags_array: Any, run: LoopRunner) -> None:
+def _proxy_worker(link: WorkerLink, config: ProxyConfig, flags_array: Any, run: LoopRunner, live: WorkerLive) -> None:
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s worker {link.index} %(levelname)s %(name)s: %(message)s"
     )
@@ -71,7 +73,9 @@ def _proxy_worker(link: WorkerLink, config: ProxyConfig, flags_array: Any, run: 
         link.ready((app.port, app.admin_url))
 
     try:
-        run(serve_app(config, worker=link.index, flags_array=flags_array, reuse_port=True, on_ready=on_ready))
+        run(
+            serve_app(config, worker=link.index, flags_array=flags_array, reuse_port=True, on_ready=on_ready, live=live)
+        )
     except OSError as exc:
         raise ShadowtapError(f"worker {link.index}: {exc.strerror or exc}") from None
 
@@ -103,9 +107,20 @@ def serve_proxy(config: ProxyConfig, out: TextIO = sys.stdout, run: LoopRunner =
         run(serve_app(config, worker=0, flags_array=None, reuse_port=False, on_ready=on_ready))
         return 0
     reserved, port = _reserve_port(config)
+    live: LiveDiff | None = None
+    parent: WorkersAdmin | None = None
     try:
         config = dataclasses.replace(config, listen=dataclasses.replace(config.listen, port=port))
         flags = RuntimeFlags(config)
+        plan = live_plan(config)  # live.enabled: true that cannot be met fails here
+        if plan.why_not is None:
+            # One pipe per worker, made before they start: each worker's tape writer feeds its own.
+            live = LiveDiff(config, plan, flags, taps=config.workers)
+            live.prepare()  # an unusable live.db fails before any worker starts
+            flags.live_diff_shown = True
+        elif config.shadows and config.live.enabled is None:
+            log.info("live diff off: %s", plan.why_not)
+        worker_live = [WorkerLive(plan) if live is None else live.worker_live(i) for i in range(config.workers)]
         worker_config = config
         if config.admin.listen is not None:
             # Each worker's own admin server is private: loopback, a free port; the parent serves
@@ -117,28 +132,31 @@ def serve_proxy(config: ProxyConfig, out: TextIO = sys.stdout, run: LoopRunner =
             "shadowtap-proxy",
             config.workers,
             _proxy_worker,
-            lambda index: (worker_config, flags.shared_array, run),
+            lambda index: (worker_config, flags.shared_array, run, worker_live[index]),
             forward={signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGTERM},
             grace_s=config.shutdown_timeout_s + 5.0,
             ready_timeout_s=PROXY_READY_TIMEOUT_S,
         )
-        combined: WorkersAdmin | None = None
         with supervisor:
-            try:
-                ready = supervisor.wait_ready()
-                reserved.close()
-                admin_urls = [admin_url for _, admin_url in ready if admin_url]
-                if config.admin.listen is not None:
-                    combined = WorkersAdmin(config, flags, admin_urls, PROXY_READY_TIMEOUT_S)
-                    admin_urls = [combined.start()]
-                scheme = "https" if config.tls.enabled else "http"
-                _announce(out, f"{scheme}://{config.listen}", admin_urls, config.workers)
-                return supervisor.wait_exit()
-            finally:
-                if combined is not None:
-                    combined.stop()
+            ready = supervisor.wait_ready()
+            reserved.close()
+            admin_urls = [admin_url for _, admin_url in ready if admin_url]
+            if config.admin.listen is not None or live is not None:
+                parent = WorkersAdmin(
+                    config, flags, admin_urls, PROXY_READY_TIMEOUT_S, live=live, live_off=plan.why_not
+                )
+                admin_url = parent.start()
+                admin_urls = [] if admin_url is None else [admin_url]
+            scheme = "https" if config.tls.enabled else "http"
+            _announce(out, f"{scheme}://{config.listen}", admin_urls, config.workers)
+            return supervisor.wait_exit()
     finally:
+        # After every worker has exited: the live differ reads its pipes to their end.
         reserved.close()
+        if parent is not None:
+            parent.stop()
+        elif live is not None:
+            asyncio.run(live.close(config.shutdown_timeout_s))
 
 
 # -- the replayer ------------------------------------------------------------------------------------
@@ -146,9 +164,7 @@ def serve_proxy(config: ProxyConfig, out: TextIO = sys.stdout, run: LoopRunner =
 
 def _replay_worker(link: WorkerLink, job: ReplayJob, run: LoopRunner, log_level: int) -> None:
     # A spawned interpreter starts without the parent's logging set-up.
-    logging.basicConfig(
-        level=log_level, format=f"%(asctime)s %(levelname)s worker {link.index} %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s worker {link.index} %(name)s: %(message)s")
 
     async def main() -> JobResult:
         link.ready()
