@@ -127,7 +127,7 @@ class ShadowSettings:
 
     #: The shadow's name on the tape, in metrics and in ``diff --candidate`` (not ``primary``).
     name: str
-    #: Base URL the copies go to (``http://`` or ``https://``).
+    #: Base URL the copies go to (``http://``, ``https://``, or ``h2c://`` for cleartext HTTP/2).
     url: str
     #: Percent of eligible requests mirrored to this shadow.
     sample_percent: float = 100.0
@@ -161,6 +161,10 @@ class ShadowSettings:
     credentials: tuple[tuple[str, str], ...] = ()
     tls_verify: bool = True
     ca_file: str | None = None
+    #: Speak HTTP/2 to an https shadow (TLS, ALPN ``h2``): every copy is a stream, HTTP/2 and gRPC
+    #: calls included; a shadow that does not agree to ``h2`` fails its copies as ``connect-error``.
+    #: An ``h2c://`` shadow always gets HTTP/2; an ``http://`` one cannot (use ``h2c://``).
+    http2: bool = False
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
     def __post_init__(self) -> None:
@@ -169,6 +173,10 @@ class ShadowSettings:
         if self.name == "primary":
             raise ConfigError("'primary' is the primary's name; pick another", field="name")
         _check_url(self.url, field="url", http2=True)
+        if self.http2 and not self.url.startswith("https://"):
+            raise ConfigError(
+                f"http2 is for https:// shadows (cleartext HTTP/2 is an h2c:// URL): {self.url!r}", field="http2"
+            )
         if not 0.0 <= self.sample_percent <= 100.0:
             raise ConfigError(f"must be within 0..100, not {self.sample_percent!r}", field="sample_percent")
         for key in ("queue_size", "concurrency", "pipeline_depth"):

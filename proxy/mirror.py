@@ -21,11 +21,11 @@ HTTP/2 requests (``ProxiedExchange.http_version`` "2", from ``shadowtap.proxy.h2
 once the client's request stream has ended, the whole stream buffered up to the capture limit (a
 longer one is not mirrored: ``body-too-large``); gRPC calls only where a route opts them in
 (``shadowtap.proxy.rules``), and only when their request stream ended within the shadow's
-``total_timeout_s`` (else ``timeout``). A shadow whose URL is ``h2c://`` is spoken to over HTTP/2
-(``shadowtap.wire.h2.H2Pool``, ``_H2Copy``): the copy is a stream with the same fields, minus the
-same ones as over HTTP/1, its body and request trailers, and its answer comes back with trailers and,
-for gRPC, its messages' framing and timing. An ``http://`` or ``https://`` shadow gets an HTTP/2
-request as HTTP/1.1 (a gRPC shadow needs ``h2c://``).
+``total_timeout_s`` (else ``timeout``). A shadow whose URL is ``h2c://``, or ``https://`` with
+``http2`` (TLS, ALPN ``h2``), is spoken to over HTTP/2 (``shadowtap.wire.h2.H2Pool``, ``_H2Copy``):
+the copy is a stream with the same fields, minus the same ones as over HTTP/1, its body and request
+trailers, and its answer comes back with trailers and, for gRPC, its messages' framing and timing.
+Any other shadow gets an HTTP/2 request as HTTP/1.1 (a gRPC shadow needs HTTP/2).
 
 This module must never delay, fail or alter the primary exchange: nothing here awaits on the data
 path, raises into it, or touches the objects the client's response is built from.
@@ -376,8 +376,9 @@ class _Copy:
 
 
 class _H2Copy:
-    """One copy in flight to an HTTP/2 (``h2c://``) shadow: a stream's ``StreamSink``. Same life as a
-    ``_Copy``: the sweep enforces its deadline, and ``ShadowMirror.h2_copy_done`` hears it once."""
+    """One copy in flight to an HTTP/2 shadow (``h2c://``, or https with ``http2``): a stream's
+    ``StreamSink``. Same life as a ``_Copy``: the sweep enforces its deadline, and
+    ``ShadowMirror.h2_copy_done`` hears it once."""
 
     __slots__ = (
         "body", "chunks", "connecting", "deadline", "delta", "exchange", "first_byte_ns", "headers", "messages",
@@ -564,9 +565,10 @@ class ShadowMirror:
         self._idle = asyncio.Event()
         self._idle.set()
         self._pool: Pool | None = None
-        #: The HTTP/2 pool of an ``h2c://`` shadow (then ``_pool`` stays None).
+        #: The HTTP/2 pool of an ``h2c://`` shadow, or an https one with ``http2`` (then ``_pool``
+        #: stays None).
         self._h2_pool: H2Pool | None = None
-        self._h2 = self._target.scheme == "h2c"
+        self._h2 = self._target.scheme == "h2c" or (self._target.tls and settings.http2)
         #: HTTP/2 copies drop what HTTP/1 copies drop but ``te`` (``te: trailers`` is kept).
         self._h2_drop = self._drop - {_TE}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -598,9 +600,11 @@ class ShadowMirror:
         ssl_context = await asyncio.to_thread(shadow_ssl_context, self.settings) if self._target.tls else None
         self._redactor = await self._make_redactor()
         if self._h2:
+            # Over TLS the context is the pool's own: it offers ``h2`` alone by ALPN.
             self._h2_pool = H2Pool(
                 self._target.host,
                 self._target.port,
+                ssl_context=ssl_context,
                 connect_timeout_s=self.settings.connect_timeout_s,
                 max_connections=_H2_SHADOW_CONNECTIONS,
                 peer="shadow",
