@@ -36,7 +36,7 @@ import contextlib
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final, cast
 
 import h2.config
 import h2.connection
@@ -44,15 +44,13 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from shadowtap.proxy.context import Context
 from shadowtap.proxy.stages import ProxiedExchange, call_stage
 from shadowtap.recorder.model import Failure, FailureKind, Response, StreamMessage, new_timing
 from shadowtap.wire import http1
 from shadowtap.wire.client import Http1Connection
 from shadowtap.wire.grpc import GrpcFramingError, MessageSplitter
 from shadowtap.wire.h2 import H2Pool, H2Stream, Header, error_name
-
-if TYPE_CHECKING:
-    from shadowtap.proxy.server import _Context
 
 __all__ = ["PREFACE", "H2Session", "h2c_replay", "start_session", "upstream_pool", "wants_h2"]
 
@@ -114,7 +112,7 @@ def wants_h2(transport: asyncio.BaseTransport) -> bool:
     return ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
 
 
-def upstream_pool(ctx: _Context) -> H2Pool | None:
+def upstream_pool(ctx: Context) -> H2Pool | None:
     """The HTTP/2 pool to the primary when it speaks HTTP/2 (made on first use), else None."""
     pool = ctx.h2_pool
     if pool is not None:
@@ -143,7 +141,7 @@ def upstream_pool(ctx: _Context) -> H2Pool | None:
 
 
 def start_session(
-    ctx: _Context, transport: asyncio.Transport, client_addr: str, client_ip: bytes, conn_id: str, replay: bytes
+    ctx: Context, transport: asyncio.Transport, client_addr: str, client_ip: bytes, conn_id: str, replay: bytes
 ) -> None:
     """Take a client connection over for HTTP/2; ``replay`` is what to feed the session first (the
     preface and what followed it for h2c, nothing after ALPN)."""
@@ -152,7 +150,7 @@ def start_session(
     session.start(replay)
 
 
-def _count(ctx: _Context, cause: str, detail: str) -> None:
+def _count(ctx: Context, cause: str, detail: str) -> None:
     errors = ctx.stats.h2_errors
     errors[cause] = errors.get(cause, 0) + 1
     if cause not in _CAUSES_LOGGED:
@@ -164,7 +162,7 @@ class H2Session(asyncio.Protocol):
     """One client connection speaking HTTP/2."""
 
     def __init__(
-        self, ctx: _Context, transport: asyncio.Transport, client_addr: str, client_ip: bytes, conn_id: str
+        self, ctx: Context, transport: asyncio.Transport, client_addr: str, client_ip: bytes, conn_id: str
     ) -> None:
         self.ctx = ctx
         self.transport = transport
