@@ -41,6 +41,7 @@ __all__ = [
     "LatencySample",
     "PairGroup",
     "PairLatency",
+    "PairRow",
     "RunMeta",
     "SetMember",
     "content_id",
@@ -195,6 +196,19 @@ class PairLatency:
     baseline_bin: int
     candidate_bin: int
     priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class PairRow:
+    """One stored pair as a reader following the store sees it: its row id (pairs are only ever
+    added, so ids grow), exchange id, start, endpoint, status and candidate difference set."""
+
+    id: int
+    exchange_id: str
+    started_at_ns: int
+    endpoint: str
+    status: str
+    diff_set: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,6 +546,16 @@ class DiffStore:
             params,
         ):
             yield PairGroup(row[0], row[1], bool(row[2]), *row[3:])
+
+    def pairs_after(self, after_id: int, limit: int) -> list[PairRow]:
+        """Up to ``limit`` pairs with row ids above ``after_id``, by id: what was added since a
+        reader last looked (the proxy following its live store)."""
+        rows = self._db.execute(
+            "SELECT p.id, p.exchange_id, p.started_at_ns, r.endpoint, p.status, p.diff_set"
+            " FROM pairs p JOIN routes r ON r.id = p.route_id WHERE p.id > ? ORDER BY p.id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+        return [PairRow(*row) for row in rows]
 
     def latency_bins(self, since_ns: int | None, until_ns: int | None, endpoint: str | None) -> Iterator[LatencyBin]:
         """The latency histograms of the timed pairs in the window, per endpoint and side, streamed:

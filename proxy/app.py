@@ -35,6 +35,7 @@ from shadowtap.proxy.forward import ForwardSettings
 from shadowtap.proxy.join import JoinIntake, JoinSettings
 from shadowtap.proxy.live import LiveDiff, WorkerLive, live_plan
 from shadowtap.proxy.live_admin import LiveAdmin
+from shadowtap.proxy.live_results import LiveResults
 from shadowtap.proxy.metrics import MetricsStage, ProxyMetrics
 from shadowtap.proxy.mirror import MirrorStage
 from shadowtap.proxy.record import RecordStage
@@ -111,6 +112,8 @@ class ProxyApp:
         self.mirror: MirrorStage | None = None
         self.record: RecordStage | None = None
         self.trips: TripGuard | None = None
+        #: The live stores read back once a second (diff trip rules, diff metrics, diff events).
+        self.results: LiveResults | None = None
         #: The live differ beside the tape writer (shadowtap.proxy.live), and why not when off.
         self.live: LiveDiff | None = None
         self._live_off: str | None = None
@@ -197,6 +200,10 @@ class ProxyApp:
             if config.trips and config.shadows:
                 self.trips = TripGuard(config.trips, self.flags, self.metrics)
                 self.trips.start()
+            if live.databases or (self.trips is not None and self.trips.has_diff_rules):
+                self.results = LiveResults(live.databases, live.differ, self.metrics, self.trips, self.events,
+                                           live_stats=lambda: self.stats()["live_diff"])  # fmt: skip
+                self.results.start()
             self._register_sources()
             self.server = ProxyServer(forward, stages, ssl_context, observers=[MetricsStage(self.metrics)])
             try:
@@ -386,6 +393,9 @@ class ProxyApp:
         self._ready = False
         if self.trips is not None:
             self.trips.stop()
+        if self.results is not None:
+            await self.results.stop()
+            self.results = None
         deadline_s = self.config.shutdown_timeout_s
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s

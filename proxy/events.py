@@ -4,8 +4,10 @@ The loop only collects the record join's joined exchanges (``shadowtap.proxy.joi
 changed once joined) and, every few milliseconds, puts the batch into a bounded queue; a writer
 thread builds each event from the joined records (route, method, path, statuses, latencies,
 decisions, failure kinds), serialises and writes it. A full queue drops the batch and counts its
-events. This module must never write, serialise or flush
-on the event loop, and never let a slow disk slow a request.
+events. Once the live differ has judged an exchange, a follow-up ``diff`` event with the same
+``id`` carries its verdict and signature ids (``on_diff``, built by ``shadowtap.proxy.live_results``).
+This module must never write, serialise or flush on the event loop, and never let a slow disk slow
+a request.
 """
 
 from __future__ import annotations
@@ -135,6 +137,16 @@ class EventLog:
         elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(_BATCH_DELAY_S, self._flush)
 
+    def on_diff(self, events: list[dict[str, Any]]) -> None:
+        """Follow-up ``diff`` events (built already, one per exchange the live differ judged),
+        queued in batches like the exchanges' own; a full queue drops them, counted."""
+        for start in range(0, len(events), _BATCH_MAX):
+            try:
+                self._queue.put_nowait(events[start : start + _BATCH_MAX])
+            except queue.Full:
+                self.dropped += len(events) - start
+                return
+
     def _flush(self) -> None:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
@@ -157,14 +169,7 @@ class EventLog:
                 break
             assert isinstance(item, list)
             try:
-                lines = [
-                    json.dumps(
-                        wide_event(ex.exchange() if isinstance(ex, Joined) else ex, self._routes, recorded),
-                        separators=(",", ":"),
-                    ).encode()
-                    + b"\n"
-                    for ex, recorded in item
-                ]
+                lines = [json.dumps(self._event(entry), separators=(",", ":")).encode() + b"\n" for entry in item]
                 # Unbuffered, one write per batch (per line to a pipe, which is atomic up to
                 # PIPE_BUF): with --workers several processes append to one file or stdout, and
                 # a line must never be split by another process's write.
@@ -174,6 +179,12 @@ class EventLog:
             except Exception as exc:  # a full disk or a bug: count it, keep the thread alive
                 self.write_errors += 1
                 log.warning("wide event write to %s failed: %s", self.path, exc)
+
+    def _event(self, entry: tuple[Joined | Exchange, bool] | dict[str, Any]) -> dict[str, Any]:
+        if isinstance(entry, dict):
+            return entry
+        ex, recorded = entry
+        return wide_event(ex.exchange() if isinstance(ex, Joined) else ex, self._routes, recorded)
 
     async def aclose(self, timeout_s: float) -> None:
         """Write what is queued (up to ``timeout_s``), then close the file."""

@@ -116,6 +116,10 @@ class ProxyMetrics:
         self.trip_shadow: dict[str, list[int]] = {}
         #: Set by the trip guard: (trips by (shadow, rule), tripped state by shadow), read at scrape.
         self.trip_view: Callable[[], tuple[dict[tuple[str, str], int], dict[str, float]]] | None = None
+        #: Set by ``shadowtap.proxy.live_results`` (which reads the live stores once a second, never
+        #: here): pairs by (shadow, endpoint template, result) and unsuppressed signatures by
+        #: (shadow, severity), read at scrape.
+        self.diff_view: Callable[[], tuple[dict[tuple[str, str, str], int], dict[tuple[str, str], int]]] | None = None
         self._sources: list[tuple[str, str, str, str, GaugeSource]] = []
         self.registry.register(_Collector(self))
 
@@ -207,6 +211,25 @@ class _Collector(Collector):
             for shadow_name, value in sorted(tripped.items()):
                 state.add_metric([shadow_name], value)
             yield state
+        if m.diff_view is not None:
+            pairs, signatures = m.diff_view()
+            judged = CounterMetricFamily(
+                "shadowtap_diff_pairs",
+                "Pairs the live differ judged per shadow and endpoint template (past the label cap: 'other'): "
+                "compared (equal + differing) and errors",
+                labels=["shadow", "endpoint", "result"],
+            )
+            for (shadow_name, endpoint, result), n in sorted(pairs.items()):
+                judged.add_metric([shadow_name, endpoint, result], n)
+            yield judged
+            seen = GaugeMetricFamily(
+                "shadowtap_diff_signatures",
+                "Unsuppressed signatures the live differ has seen, by severity",
+                labels=["shadow", "severity"],
+            )
+            for (shadow_name, level), n in sorted(signatures.items()):
+                seen.add_metric([shadow_name, level], n)
+            yield seen
         for kind, name, help_text, label, source in m._sources:
             family_type = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
             family = family_type(name, help_text, labels=[label] if label else None)

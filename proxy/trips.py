@@ -24,8 +24,14 @@ Grammar (``docs/proxy.md``, "Trip rules")::
     shadow.p99>250ms           the shadow's p99 against a fixed bound (ms or s)
     primary.p99>+10%           the primary's p99 over the window against its own p99 over the
                                ``baseline`` (default 5m) just before the window
-    diff.critical>=1           signatures of a severity (critical|high|medium|low): accepted, and
-                               shown as waiting for the live differ, which does not run yet
+    diff.critical>=1           unsuppressed signatures of that severity or worse (critical|high|
+                               medium|low; ``major`` is ``high``) the live differ saw in the window
+    diff.differing>10%         compared pairs that differed (unsuppressed), of all compared in the window
+
+The ``diff.*`` rules are judged on the live differ's results (``shadowtap.proxy.live_results``
+reads the live store once a second in a thread and hands each shadow's window figures to
+``TripGuard.take_diff``); while live diff is off, starting, paused or its noise model warms up
+they say so and never trip.
 
 With ``--workers N`` each worker judges the traffic it serves; a trip in one switches the shadow off
 for all (the flags are shared). This module must never run on the data path: it reads counters on a
@@ -41,11 +47,11 @@ import re
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, compress
 from operator import sub
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from shadowtap.proxy.metrics import TRIP_BINS, trip_bin_s
 from shadowtap.recorder.errors import ConfigError
@@ -56,6 +62,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COPY_ERRORS",
+    "DIFF_KINDS",
+    "DiffWindow",
     "TripGuard",
     "TripRule",
     "parse_trip",
@@ -77,6 +85,8 @@ DEFAULT_MIN_LATENCY: Final = 100
 DEFAULT_WINDOW_S: Final = 60.0
 DEFAULT_BASELINE_S: Final = 300.0
 SEVERITIES: Final = ("critical", "high", "medium", "low")
+#: Other words a ``diff.SEVERITY`` rule may use.
+SEVERITY_ALIASES: Final = {"major": "high"}
 
 _RULE_RE: Final = re.compile(
     r"^(?:(?P<shadow>[A-Za-z0-9_.-]+):)?"
@@ -87,13 +97,28 @@ _DURATION_RE: Final = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$")
 _UNIT_S: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+class DiffWindow(NamedTuple):
+    """What the live differ saw of one shadow's pairs since a time: compared pairs, those that
+    differed (an unsuppressed difference), errors, and unsuppressed signatures by severity."""
+
+    compared: int
+    differing: int
+    errors: int
+    signatures: dict[str, int]
+
+
+#: The rule kinds judged on the live differ's results rather than the proxy's counters.
+DIFF_KINDS: Final = frozenset({"diff", "diff_rate"})
+
+
 @dataclass(frozen=True, slots=True)
 class TripRule:
     """One parsed rule; ``text`` is what the user wrote, the rule's name in logs, metrics and flags.
 
     ``kind``: ``errors`` (``threshold`` a fraction), ``vs_primary`` (``threshold`` a factor of the
     primary's percentile), ``absolute`` (seconds), ``primary`` (``threshold`` a relative increase
-    over the baseline) or ``diff`` (a count of signatures of ``severity``).
+    over the baseline), ``diff`` (a count of signatures of ``severity`` or worse) or ``diff_rate``
+    (``threshold`` a fraction of compared pairs that differed).
     """
 
     text: str
@@ -135,7 +160,8 @@ def parse_trip(text: str, shadow_names: Sequence[str] | None = None) -> TripRule
     if match is None:
         raise ConfigError(
             f"cannot read trip rule {rule!r}: expected [SHADOW:]METRIC>VALUE[/WINDOW][;rearm=5m][;min=N], with "
-            "METRIC shadow.errors, shadow.pNN, primary.pNN or diff.SEVERITY (e.g. 'shadow.errors>20%/1m')"
+            "METRIC shadow.errors, shadow.pNN, primary.pNN, diff.differing or diff.SEVERITY "
+            "(e.g. 'shadow.errors>20%/1m')"
         )
     shadow, metric, value = match.group("shadow"), match.group("metric"), match.group("value").strip()
     if shadow is not None and shadow_names is not None and shadow not in shadow_names:
@@ -179,11 +205,20 @@ def parse_trip(text: str, shadow_names: Sequence[str] | None = None) -> TripRule
         if window_s + baseline_s > MAX_SPAN_S:
             raise ConfigError(f"window and baseline span more than {MAX_SPAN_S / 60:g} minutes (in trip rule {rule!r})")
         values = {"kind": "primary", "threshold": number / 100, "quantile": quantile, "baseline_s": baseline_s}
+    elif metric == "diff.differing":
+        number = _number(value.removesuffix("%"), rule) if value.endswith("%") else None
+        if number is None or not 0 <= number < 100:
+            raise ConfigError(
+                f"diff.differing takes a percent within 0..100 such as 10%, not {value!r} (in trip rule {rule!r})"
+            )
+        values = {"kind": "diff_rate", "threshold": number / 100}
     else:
-        severity = metric.removeprefix("diff.")
+        word = metric.removeprefix("diff.")
+        severity = SEVERITY_ALIASES.get(word, word)
         if severity not in SEVERITIES:
             raise ConfigError(
-                f"diff.{severity}: the severity is one of {', '.join(SEVERITIES)} (in trip rule {rule!r})"
+                f"diff.{word}: expected diff.differing or a severity, one of {', '.join(SEVERITIES)} or "
+                f"{', '.join(SEVERITY_ALIASES)} (in trip rule {rule!r})"
             )
         number = _number(value, rule)
         if number is None or number < 0 or number != int(number):
@@ -193,7 +228,7 @@ def parse_trip(text: str, shadow_names: Sequence[str] | None = None) -> TripRule
         raise ConfigError(f"baseline applies to primary.pNN rules only (in trip rule {rule!r})")
     if window_s > MAX_SPAN_S:
         raise ConfigError(f"the window may be at most {MAX_SPAN_S / 60:g} minutes (in trip rule {rule!r})")
-    default_min = DEFAULT_MIN_ERRORS if values["kind"] in ("errors", "diff") else DEFAULT_MIN_LATENCY
+    default_min = DEFAULT_MIN_ERRORS if values["kind"] in ("errors", "diff", "diff_rate") else DEFAULT_MIN_LATENCY
     min_samples = default_min
     if "min" in options:
         number = _number(options["min"], rule)
@@ -328,7 +363,10 @@ def _delta(now: list[int], before: list[int]) -> Sparse:
 class _Judge:
     """One rule judging one shadow: its windows, last observation and state."""
 
-    __slots__ = ("baseline", "count", "last", "primary", "rule", "shadow", "shadow_latency", "tripped_at", "trips")
+    __slots__ = (
+        "baseline", "count", "last", "primary", "query_since_ns", "rule", "shadow", "shadow_latency", "since_ns",
+        "tripped_at", "trips",
+    )  # fmt: skip
 
     def __init__(self, rule: TripRule, shadow: str, bucket_s: float) -> None:
         self.rule = rule
@@ -344,6 +382,10 @@ class _Judge:
         self.last: dict[str, Any] = {}
         self.tripped_at: float | None = None
         self.trips = 0
+        #: ``diff.*`` rules: the wall-clock time (ns) the judged traffic starts at (when mirroring was
+        #: last turned on), and the start of the window last asked of the live results.
+        self.since_ns = 0
+        self.query_since_ns = -1
 
     def push(self, errors: int, ended: int, shadow_bucket: Sparse, primary_bucket: Sparse) -> None:
         if self.count is not None:
@@ -353,10 +395,11 @@ class _Judge:
         if self.primary is not None:
             self.primary.push(primary_bucket)
 
-    def restart(self) -> None:
+    def restart(self, now_ns: int) -> None:
         for window in (self.count, self.shadow_latency, self.primary):
             if window is not None:
                 window.clear()
+        self.since_ns = now_ns
 
     def evaluate(self) -> tuple[bool, str]:
         """Whether the rule holds now, and the observed value in words (for the log line)."""
@@ -370,9 +413,6 @@ class _Judge:
                 self.last["waiting"] = f"{ended} of {rule.min_samples} copies in the window"
                 return False, ""
             return rule.exceeds(rate), f"{rate * 100:.1f}% errors ({errors} of {ended} copies)"
-        if rule.kind == "diff":
-            self.last = {"waiting": "needs the live differ, which does not run yet"}
-            return False, ""
         q = rule.quantile
         label = f"p{q * 100:g}"
         if rule.kind == "absolute":
@@ -390,6 +430,28 @@ class _Judge:
             lambda s, p: (s / p - 1, f"primary {label} {s * 1000:.1f} ms, {(s / p - 1) * 100:+.1f}% over its "
                                      f"baseline {p * 1000:.1f} ms"),
         )  # fmt: skip
+
+    def evaluate_diff(self, window: DiffWindow) -> tuple[bool, str]:
+        """A ``diff.*`` rule on the live differ's figures of the window: whether it holds, in words."""
+        rule = self.rule
+        samples = window.compared
+        if rule.kind == "diff_rate":
+            rate = window.differing / samples if samples else 0.0
+            self.last = {"observed": round(rate * 100, 2), "unit": "%", "samples": samples}
+            words = f"{rate * 100:.1f}% of compared pairs differed ({window.differing} of {samples})"
+            observed = rate
+        else:
+            worse = SEVERITIES[: SEVERITIES.index(rule.severity) + 1]
+            count = sum(window.signatures.get(level, 0) for level in worse)
+            self.last = {"observed": count, "unit": "signatures", "samples": samples}
+            seen = ", ".join(f"{window.signatures[level]} {level}" for level in worse if window.signatures.get(level))
+            words = f"{count} unsuppressed signatures of severity {rule.severity} or worse ({seen or 'none'}) in " \
+                    f"{samples} compared pairs"  # fmt: skip
+            observed = float(count)
+        if samples < rule.min_samples:
+            self.last["waiting"] = f"{samples} of {rule.min_samples} compared pairs in the window"
+            return False, ""
+        return rule.exceeds(observed), words
 
     def _latency(
         self,
@@ -426,12 +488,14 @@ class TripGuard:
         metrics: ProxyMetrics,
         period_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.rules = tuple(rules)
         self._flags = flags
         self._metrics = metrics
         self._period_s = period_s
         self._clock = clock
+        self._clock_ns = clock_ns
         metrics.enable_trip_counters(flags.shadow_names)
         self._judges = [
             _Judge(rule, name, period_s) for rule in self.rules for name in flags.shadow_names if rule.applies_to(name)
@@ -445,9 +509,17 @@ class TripGuard:
         self.trips_total: dict[tuple[str, str], int] = {}
         self._timer: asyncio.TimerHandle | None = None
         metrics.trip_view = self._metric_view
-        for rule in self.rules:
-            if rule.kind == "diff":
-                log.warning("trip rule %r waits for the live differ, which does not run yet: it cannot trip", rule.text)
+        now_ns = clock_ns()
+        for judge in self._judges:
+            judge.since_ns = now_ns
+        #: Why the ``diff.*`` rules cannot be judged now (live diff off, starting, paused, the noise
+        #: model warming up), None when they can; set by ``take_diff``.
+        self.diff_waiting: str | None = "no results from the live differ yet"
+        self._diff_compared: frozenset[str] = frozenset()
+
+    @property
+    def has_diff_rules(self) -> bool:
+        return any(rule.kind in DIFF_KINDS for rule in self.rules)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -471,6 +543,7 @@ class TripGuard:
 
     def tick(self) -> None:
         now_s = self._clock()
+        now_ns = self._clock_ns()
         metrics = self._metrics
         assert metrics.trip_primary is not None
         primary_bucket = _delta(metrics.trip_primary, self._seen_primary)
@@ -492,20 +565,22 @@ class TripGuard:
                     # A person turned it back on (PUT /flags): armed again, judged on fresh traffic.
                     log.warning("trip rule %r re-armed for shadow %s by a flags change", judge.rule.text, name)
                     judge.tripped_at = None
-                    judge.restart()
+                    judge.restart(now_ns)
                 elif rearm_s is not None and now_s - judge.tripped_at >= rearm_s:
                     log.warning(
                         "trip rule %r re-arms shadow %s after %g s: mirroring on", judge.rule.text, name, rearm_s
                     )
                     judge.tripped_at = None
-                    judge.restart()
+                    judge.restart(now_ns)
                     self._flags.clear_tripped(index)
                     self._flags.set_shadow_mirroring(index, True)
                 continue
             if not on_now[name] or not self._was_on[name]:
                 # Off, or just turned on: judge only traffic since mirroring was last turned on.
-                judge.restart()
+                judge.restart(now_ns)
                 continue
+            if judge.rule.kind in DIFF_KINDS:
+                continue  # judged as the live results come (take_diff)
             errors, ended = counts[name]
             judge.push(errors, ended, shadow_buckets[name], primary_bucket)
             tripped, words = judge.evaluate()
@@ -513,6 +588,44 @@ class TripGuard:
                 self._trip(judge, index, words, now_s)
                 on_now[name] = False
         self._was_on = {name: self._mirroring(name) for name in self._flags.shadow_names}
+
+    def diff_queries(self) -> list[tuple[str, int]]:
+        """The windows the ``diff.*`` rules want judged now: (shadow, since wall-clock ns), each a
+        rule's window back from now, or less when mirroring was turned on more recently."""
+        now_ns = self._clock_ns()
+        wanted: set[tuple[str, int]] = set()
+        for judge in self._judges:
+            if judge.rule.kind not in DIFF_KINDS or judge.tripped_at is not None or not self._mirroring(judge.shadow):
+                continue
+            judge.query_since_ns = max(now_ns - int(judge.rule.window_s * 1e9), judge.since_ns)
+            wanted.add((judge.shadow, judge.query_since_ns))
+        return sorted(wanted)
+
+    def take_diff(
+        self, windows: Mapping[tuple[str, int], DiffWindow], waiting: str | None, compared: Collection[str]
+    ) -> None:
+        """Judge the ``diff.*`` rules on the windows ``diff_queries`` asked for, or say why they
+        cannot be (``waiting``: they never trip then). ``compared``: the shadows the live differ
+        compares with the primary (not the secondary). A window asked before the shadow's
+        mirroring was turned off and on again is stale, and skipped."""
+        self.diff_waiting = waiting
+        self._diff_compared = frozenset(compared)
+        now_s = self._clock()
+        for judge in self._judges:
+            if judge.rule.kind not in DIFF_KINDS or judge.tripped_at is not None:
+                continue
+            if waiting is not None:
+                judge.last = {}
+                continue
+            window = windows.get((judge.shadow, judge.query_since_ns))
+            if window is None or judge.query_since_ns < judge.since_ns or not self._mirroring(judge.shadow):
+                continue
+            tripped, words = judge.evaluate_diff(window)
+            if tripped:
+                self._trip(judge, self._flags.shadow_index[judge.shadow], words, now_s)
+                # Between ticks: the next tick must see the shadow as off, so a person turning it on
+                # within the second still restarts every rule's window on this shadow.
+                self._was_on[judge.shadow] = False
 
     def _trip(self, judge: _Judge, index: int, words: str, now_s: float) -> None:
         rule, name = judge.rule, judge.shadow
@@ -548,8 +661,12 @@ class TripGuard:
                 entry["state"] = "tripped"
                 if rule.rearm_s is not None:
                     entry["rearms_in_s"] = round(max(0.0, judge.tripped_at + rule.rearm_s - now_s), 1)
-            elif rule.kind == "diff":
+            elif rule.kind in DIFF_KINDS and self.diff_waiting is not None:
                 entry["state"] = "waiting for live diff"
+                entry["waiting"] = self.diff_waiting
+            elif rule.kind in DIFF_KINDS and judge.shadow not in self._diff_compared:
+                entry["state"] = "waiting for live diff"
+                entry["waiting"] = "the live differ does not compare this shadow (a secondary teaches it noise)"
             elif "waiting" in judge.last:
                 entry["state"] = "warming up"
             else:
