@@ -179,6 +179,21 @@ def test_live_page_shows_the_change_and_throws_the_kill_switch(browser: Browser,
         expect(endpoints.first.locator("td").nth(2)).to_have_text("40", timeout=_WAIT_MS)
         assert float(page.evaluate("document.body.dataset.renderMs")) >= 0.0
 
+        # The latency comparison: no verdict below the minimum of pairs, and says so; past it, the
+        # percentiles side by side (primary -> shadow, ratio) and a verdict.
+        latency = page.locator("#latency tbody tr")
+        expect(latency.first).to_contain_text("GET /items/{id}", timeout=_WAIT_MS)
+        expect(latency.first).to_contain_text("too few samples (40 of 50)")
+        send_traffic(proxy_url, 20)
+        expect(endpoints.first.locator("td").nth(2)).to_have_text("60", timeout=_WAIT_MS)
+        expect(latency.first).not_to_contain_text("too few samples", timeout=_WAIT_MS)
+        side_by_side = re.compile(r"[\d.]+ → [\d.]+ ms \([\d.]+×\)")
+        for column in (2, 3, 4):  # p50, p90, p99
+            expect(latency.first.locator("td").nth(column)).to_contain_text(side_by_side)
+        expect(latency.first.locator("td").nth(5)).to_contain_text(
+            re.compile("slower|faster|no significant difference")
+        )
+
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "live-page.png"), full_page=True)
 
