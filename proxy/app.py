@@ -201,8 +201,10 @@ class ProxyApp:
                 self.trips = TripGuard(config.trips, self.flags, self.metrics)
                 self.trips.start()
             if live.databases or (self.trips is not None and self.trips.has_diff_rules):
-                self.results = LiveResults(live.databases, live.differ, self.metrics, self.trips, self.events,
-                                           live_stats=lambda: self.stats()["live_diff"])  # fmt: skip
+                self.results = LiveResults(
+                    live.databases, live.differ, self.metrics, self.trips, self.events,
+                    live_stats=lambda: self.stats()["live_diff"], publish=self.worker == 0,
+                )  # fmt: skip
                 self.results.start()
             self._register_sources()
             self.server = ProxyServer(forward, stages, ssl_context, observers=[MetricsStage(self.metrics)])

@@ -132,16 +132,19 @@ class LiveResults:
         events: EventLog | None = None,
         *,
         live_stats: Callable[[], dict[str, Any]] | None = None,
+        publish: bool = True,
         period_s: float = 1.0,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         """``databases``: each candidate shadow's live store (none when live diff is off);
-        ``live_stats``: the ``live_diff`` section of ``/stats``, which says whether the differ runs."""
+        ``live_stats``: the ``live_diff`` section of ``/stats``, which says whether the differ runs.
+        ``publish``: give the metrics and events their figures; with ``--workers N`` only worker 0
+        does (every worker reads the same stores; the others judge their trip rules only)."""
         self._live_stats = live_stats
         # Figures only: examples would decode stored exchanges every tick for nothing.
         self._config = dataclasses.replace(config, examples_per_signature=0)
         self._trips = trips if trips is not None and trips.has_diff_rules else None
-        self._events = events
+        self._events = events if publish else None
         self._period_s = period_s
         self._clock_ns = clock_ns
         self._started_ns = clock_ns()
@@ -154,7 +157,7 @@ class LiveResults:
         self._task: asyncio.Task[None] | None = None
         self.reads = 0
         self.diff_events = 0
-        if self._follows:
+        if self._follows and publish:
             metrics.diff_view = self.view
         if self._trips is not None and not databases:
             why = self._waiting()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from shadowtap.recorder import TapeReader
 from tests.proxy.test_live_functional import (
@@ -106,6 +107,18 @@ async def test_one_live_differ_for_both_workers_and_its_store_agrees_with_diff_o
             assert report["candidate_name"] == "v2" and report["secondary_name"] == "secondary"
             assert report["pairs"] == _REQUESTS
             assert any(s["suppressed"] for e in report["endpoints"] for s in e["signatures"])
+            async with client.get(f"{admin}/metrics") as resp:
+                samples = {
+                    (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                    for family in text_string_to_metric_families(await resp.text())
+                    for sample in family.samples
+                }
+            live_now = (await get_json(client, f"{admin}/stats"))["live_diff"]
+            for result in ("compared", "tapped", "dropped"):
+                key = ("shadowtap_live_diff_exchanges_total", (("result", result),))
+                assert samples[key] == live_now[result], result
+            assert samples[("shadowtap_live_diff_restarts_total", ())] == 0
+            assert [samples[("shadowtap_worker_up", (("worker", w),))] for w in "01"] == [1, 1]
             async with client.get(f"{admin}/live") as resp:
                 assert resp.status == 200 and "Content-Security-Policy" in resp.headers
             async with client.get(f"{admin}/flags") as resp:

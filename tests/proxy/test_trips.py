@@ -7,7 +7,7 @@ import pytest
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.proxy.flags import RuntimeFlags
 from shadowtap.proxy.metrics import TRIP_BINS, ProxyMetrics, trip_bin, trip_bin_s
-from shadowtap.proxy.trips import SlidingHistogram, TripGuard, parse_trip
+from shadowtap.proxy.trips import DiffWindow, SlidingHistogram, TripGuard, parse_trip
 from shadowtap.recorder.errors import ConfigError
 
 
@@ -24,6 +24,14 @@ def test_rules_parse_into_what_they_say() -> None:
     assert (primary.kind, primary.threshold, primary.baseline_s) == ("primary", 0.1, 300.0)
     assert parse_trip("shadow.p50>250ms").threshold == 0.25
     assert parse_trip("diff.critical>=1").inclusive
+    major = parse_trip("diff.major>=5/1m")
+    assert (major.kind, major.severity, major.threshold, major.window_s, major.text) == (
+        "diff", "high", 5, 60.0, "diff.major>=5/1m",
+    )  # fmt: skip
+    differing = parse_trip("v2:diff.differing>10%/30s;rearm=5m")
+    assert (differing.kind, differing.threshold, differing.window_s, differing.rearm_s, differing.min_samples) == (
+        "diff_rate", 0.1, 30.0, 300.0, 20,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -35,6 +43,8 @@ def test_rules_parse_into_what_they_say() -> None:
         ("shadow.errors>20%/soon", "duration"),
         ("primary.p99>10%", "+10%"),
         ("diff.awful>=1", "severity"),
+        ("diff.differing>10", "percent"),
+        ("diff.critical>=1.5", "count of signatures"),
         ("shadow.errors>20%;rearm=1m;rearm=2m", "repeated"),
         ("shadow.errors>20%/1h", "at most"),
         ("shadow.errors>20%;baseline=1m", "primary.pNN rules only"),
@@ -194,3 +204,53 @@ def test_a_shadow_switched_off_by_hand_is_judged_afresh_when_back_on() -> None:
         metrics.count_mirror("v2", "ok")
     second(g, clock)
     assert flags.shadow_mirroring(0) and flags.tripped_by(0) is None
+
+
+def test_diff_rules_are_judged_on_the_live_results_and_wait_while_there_are_none() -> None:
+    config = ProxyConfig.from_mapping(
+        {"primary": "http://127.0.0.1:9", "shadows": {"v2": "http://127.0.0.1:10", "v3": "http://127.0.0.1:11"},
+         "trips": ["diff.major>=2/10s;min=5", "v3:diff.differing>50%/10s;min=5"]}
+    )  # fmt: skip
+    flags, metrics, clock = RuntimeFlags(config), ProxyMetrics(), Clock()
+    g = TripGuard(config.trips, flags, metrics, clock=clock, clock_ns=lambda: int(clock.now * 1e9))
+    second(g, clock)
+    # Queried for each shadow the rules cover, each window back from now.
+    assert g.diff_queries() == [("v2", 0), ("v3", 0)]
+    second(g, clock)
+    clock.now = 20.0
+    queries = g.diff_queries()
+    assert queries == [("v2", 10_000_000_000), ("v3", 10_000_000_000)]
+    bad = DiffWindow(compared=10, differing=8, errors=0, signatures={"critical": 1, "high": 1, "low": 3})
+    # While live diff cannot tell, nothing trips, and the rules say why.
+    g.take_diff(dict.fromkeys(queries, bad), "noise model warming up: 3 of 10", ["v2", "v3"])
+    assert flags.shadow_mirroring(0) and flags.shadow_mirroring(1)
+    assert {(e["state"], e["waiting"]) for e in g.snapshot()} == {
+        ("waiting for live diff", "noise model warming up: 3 of 10")
+    }
+    # Too few compared pairs: warming up.
+    g.take_diff(dict.fromkeys(queries, bad._replace(compared=4)), None, ["v2", "v3"])
+    assert {e["state"] for e in g.snapshot()} == {"warming up"} and flags.shadow_mirroring(0)
+    # High or worse: one critical and one high make two; v3 differs 80 % of the time; both trip.
+    g.take_diff(dict.fromkeys(queries, bad), None, ["v2", "v3"])
+    assert not flags.shadow_mirroring(0) and not flags.shadow_mirroring(1)
+    assert flags.tripped_by(0) == "diff.major>=2/10s;min=5" and flags.tripped_by(1) == "diff.major>=2/10s;min=5"
+    states = {(e["rule"], e["shadow"]): e for e in g.snapshot()}
+    assert states[("diff.major>=2/10s;min=5", "v2")]["observed"] == 2
+    # Turned back on by a person: judged only on the pairs since, so an older window is stale.
+    flags.apply({"shadows": {"v2": {"mirroring": True}}})
+    second(g, clock)
+    g.take_diff(dict.fromkeys(queries, bad), None, ["v2", "v3"])
+    assert flags.shadow_mirroring(0)
+    [(name, since_ns)] = [q for q in g.diff_queries() if q[0] == "v2"]
+    assert since_ns == int(clock.now * 1e9)
+    g.take_diff({(name, since_ns): bad._replace(signatures={"high": 1})}, None, ["v2", "v3"])
+    assert flags.shadow_mirroring(0)
+
+
+def test_a_diff_rule_on_a_shadow_the_live_differ_does_not_compare_says_so() -> None:
+    g, flags, _metrics, clock = guard(["diff.critical>=1"])
+    second(g, clock)
+    g.take_diff({}, None, ["v2"])
+    states = {e["shadow"]: e for e in g.snapshot()}
+    assert states["v3"]["state"] == "waiting for live diff" and "does not compare" in states["v3"]["waiting"]
+    assert states["v2"]["state"] == "armed"

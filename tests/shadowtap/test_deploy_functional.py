@@ -188,6 +188,13 @@ def test_grafana_dashboard_queries_metrics_the_proxy_exports(tmp_path: Path) -> 
     dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
     wanted = dashboard_metrics(dashboard)
     assert len(wanted) >= 8
+    # The live diff row: the differing rate, signatures by severity and the live differ's drops, from
+    # the metrics a proxy with a shadow and a tape (live diff on by default) exports.
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert any("Live diff" in title for title in rows)
+    diff_panels = dashboard_metrics({"panels": [p for p in dashboard["panels"] if p["gridPos"]["y"] > 40]})
+    live_metrics = {"shadowtap_diff_pairs_total", "shadowtap_diff_signatures", "shadowtap_live_diff_exchanges_total"}
+    assert live_metrics <= diff_panels
     proxy = subprocess.Popen(
         [
             sys.executable, "-m", "shadowtap", "proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
