@@ -22,9 +22,12 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from shadowtap.differ.config import DifferConfig
 from shadowtap.proxy.admin import AdminServer, LocalSource, WorkersSource
@@ -93,6 +96,15 @@ def tape_options(config: ProxyConfig) -> TapeOptions:
         if r.tape is not None and is_object_url(r.tape)
         else None,
     )
+
+
+#: The live differ's metric families (name, help): one process's, or the parent's with --workers N.
+_LIVE_EXCHANGES: Final = (
+    "shadowtap_live_diff_exchanges",
+    "Exchanges of the live differ: tapped or dropped (tap full), then compared, errors, skipped or paused",
+)
+_LIVE_RESULTS: Final = ("compared", "errors", "skipped", "paused", "tapped", "dropped")
+_LIVE_RESTARTS: Final = ("shadowtap_live_diff_restarts", "Live differ processes restarted")
 
 
 class ProxyApp:
@@ -321,13 +333,10 @@ class ProxyApp:
 
             def live_counts() -> dict[str, float]:
                 figures = live.stats()
-                return {k: float(figures[k]) for k in ("compared", "errors", "skipped", "paused", "tapped", "dropped")}
+                return {k: float(figures[k]) for k in _LIVE_RESULTS}
 
-            m.add_source("counter", "shadowtap_live_diff_exchanges",
-                         "Exchanges of the live differ: tapped or dropped (tap full), then compared, errors, "
-                         "skipped or paused", "result", live_counts)  # fmt: skip
-            m.add_source("counter", "shadowtap_live_diff_restarts", "Live differ processes restarted", "",
-                         lambda: {"": float(live.stats()["restarts"])})  # fmt: skip
+            m.add_source("counter", *_LIVE_EXCHANGES, "result", live_counts)
+            m.add_source("counter", *_LIVE_RESTARTS, "", lambda: {"": float(live.stats()["restarts"])})
         events = self.events
         if events is not None:
             m.add_source("counter", "shadowtap_events", "Wide events written or dropped", "result",
@@ -385,10 +394,12 @@ class ProxyApp:
             return self.live.stats()
         if self._live_off is not None or self._worker_live is None:
             return {"state": "off", "why": self._live_off}
-        # --workers N: the parent's /stats has the differ's figures; this worker's tap counts its own.
+        # --workers N: the parent's /stats has the differ's figures; this worker's tap counts its own
+        # (and the pause flag is shared).
         tape = self.tape
         tap = tape.tap_stats if isinstance(tape, ProcessTapeWriter) else TapStats()
-        return {"state": "in the parent process", "tapped": tap.frames, "dropped": tap.dropped}
+        state = "in the parent process" if self.flags.live_diff else "paused"
+        return {"state": state, "tapped": tap.frames, "dropped": tap.dropped}
 
     async def shutdown(self) -> None:
         """Stop accepting, finish in-flight requests, drain mirrors, write the joins, close the tape."""
@@ -488,14 +499,38 @@ class _WorkersLiveSource(WorkersSource):
         out["live_diff"] = self._live.stats(TapStats(frames, dropped))
         return out
 
+    async def metrics(self) -> bytes:
+        """The workers' series, then the parent's live differ's (the tap's summed over the workers)."""
+        merged = await super().metrics()
+        if self._live is None:
+            return merged
+        figures = (await self.stats())["live_diff"]
+        exchanges = CounterMetricFamily(*_LIVE_EXCHANGES, labels=["result"])
+        for key in _LIVE_RESULTS:
+            exchanges.add_metric([key], float(figures[key]))
+        restarts = CounterMetricFamily(*_LIVE_RESTARTS, value=float(figures["restarts"]))
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families([exchanges, restarts]))
+        return merged + generate_latest(registry)
+
+
+class _Families:
+    """A collector over metric families already built."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
 
 class WorkersAdmin:
     """The parent's part of ``--workers N``, on an event loop in a thread of its own (the parent's
     main thread supervises the workers): the one live differ every worker's tape writer feeds
     (``live``, ``shadowtap.proxy.live``), and the admin API on the configured address for every
     worker at once (see ``shadowtap.proxy.admin.WorkersSource``), with ``/diff``, ``/live`` and the
-    ``live_diff`` figures of ``/stats`` from that differ. ``stop`` after the workers have exited:
-    the differ then reads its pipes to their end and finishes its stores."""
+    ``live_diff`` figures of ``/stats`` from that differ. ``start`` once, and ``stop`` after the
+    workers have exited: the differ then reads its pipes to their end and finishes its stores."""
 
     def __init__(
         self,
@@ -535,8 +570,6 @@ class WorkersAdmin:
                 loop.call_soon_threadsafe(stop.set)
         if self._thread.is_alive():
             self._thread.join(self._close_timeout_s + 10.0)
-        elif self._live is not None and not self._thread.ident:  # never started: its pipes and stores
-            asyncio.run(self._live.close(self._close_timeout_s))
 
     def _run(self) -> None:
         try:
