@@ -5,9 +5,11 @@ live diff on against off, and the live page's render time with many endpoints an
    to ``shadowtap.differ.live.LiveDiffer`` in 1 MiB reads, committing once a second, as the live
    differ process does: pairs per CPU-second (budget: at least 5,000).
 2. ``shadowtap proxy`` mirroring to a shadow whose body differs and recording, under ``wrk -t1 -c32``,
-   with ``--no-live-diff`` and without (live diff on), interleaved ``--rounds`` times, each run after
-   a direct baseline (bench/proxy_bench.py's helpers: nginx origin and shadow): the median of the
-   on/off ratios (budget: at least 0.9), and what the tap took and dropped.
+   with ``--no-live-diff`` and without (live diff on), and nginx ``mirror`` (1 worker) to the same
+   shadow, interleaved ``--rounds`` times, each run after a direct baseline (bench/proxy_bench.py's
+   helpers: nginx origin and shadow): the medians of the on/off ratios (budget: at least 0.9) and of
+   live diff on against nginx mirror (each x direct; budget: at least 1), and what the tap took and
+   dropped.
 3. With ``--page``, the live page in headless Chromium fed a synthetic report of ``--endpoints``
    templates and ``--signatures`` signatures: the time its render function takes per update
    (budget: under 200 ms).
@@ -77,8 +79,9 @@ def proxy_ab(rounds: int, duration_s: int) -> None:
     import proxy_bench as pb
 
     body2 = pb.BODY.replace("abcdef", "abcdeg")
-    ports = {name: pb.free_port() for name in ("origin", "shadow", "tap", "admin")}
+    ports = {name: pb.free_port() for name in ("origin", "shadow", "tap", "admin", "nginx_mirror")}
     ratios: list[float] = []
+    against_nginx: list[float] = []
     with tempfile.TemporaryDirectory(prefix="shadowtap-live-bench-") as tmp:
         work = Path(tmp)
         servers = "".join(
@@ -86,10 +89,26 @@ def proxy_ab(rounds: int, duration_s: int) -> None:
             f"location / {{ default_type application/json; return 200 '{body}'; }} }}\n"
             for name, body in (("origin", pb.BODY), ("shadow", body2))
         )
+        # proxy_bench.py's nginx mirror, to the same differing shadow.
+        servers += f"""
+  upstream origin {{ server 127.0.0.1:{ports["origin"]}; keepalive 64; }}
+  upstream shadow {{ server 127.0.0.1:{ports["shadow"]}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{ports["nginx_mirror"]};
+    location / {{ mirror /mirror; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://origin; }}
+    location = /mirror {{
+      internal; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_connect_timeout 1s; proxy_read_timeout 1s; proxy_pass http://shadow$request_uri;
+    }}
+  }}
+"""
         shadow = ["--shadow", f"v2=http://127.0.0.1:{ports['shadow']}", "--sample-percent", "100"]
         print(f"proxy mirror+record, wrk -t1 -c32 -d{duration_s}s, load average {os.getloadavg()[0]:.2f}:")
         with pb.nginx(work / "origin", servers, ports["origin"]):
             for i in range(rounds):
+                nginx_run = pb.run_wrk(
+                    f"round {i + 1}: nginx mirror (1 worker)", ports["nginx_mirror"], duration_s, ports["origin"]
+                )
                 figures: dict[str, float] = {}
                 for mode in ("off", "on"):
                     extra = [*shadow, "--tape", str(work / f"tape-{mode}-{i}")]
@@ -114,8 +133,14 @@ def proxy_ab(rounds: int, duration_s: int) -> None:
                                 f"compared {live['compared']:,} of {stats['tape']['written']:,} taped"
                             )
                         figures[mode] = result.requests_per_s
+                        figures[f"{mode} x direct"] = result.ratio
                 ratios.append(figures["on"] / figures["off"])
+                against_nginx.append(figures["on x direct"] / nginx_run.ratio)
     print(f"  live diff on / off: median {statistics.median(ratios):.3f} (rounds: {[round(r, 3) for r in ratios]})")
+    print(
+        f"  live diff on / nginx mirror (each x direct): median {statistics.median(against_nginx):.3f} "
+        f"(rounds: {[round(r, 3) for r in against_nginx]})"
+    )
 
 
 def synthetic_report(endpoints: int, signatures: int) -> dict[str, Any]:
