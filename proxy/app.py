@@ -105,6 +105,8 @@ _LIVE_EXCHANGES: Final = (
 )
 _LIVE_RESULTS: Final = ("compared", "errors", "skipped", "paused", "tapped", "dropped")
 _LIVE_RESTARTS: Final = ("shadowtap_live_diff_restarts", "Live differ processes restarted")
+#: How long the parent's live differ gets to finish when the parent's admin could not start.
+_FAILED_CLOSE_S: Final = 1.0
 
 
 class ProxyApp:
@@ -607,4 +609,6 @@ class WorkersAdmin:
             if server is not None:
                 await server.close()
             if live is not None:
-                await live.close(self._close_timeout_s)
+                # Stopped, the workers have exited: the differ reads its pipes to their end. Failed
+                # to start: the workers still hold their pipes, and nothing was served to keep.
+                await live.close(self._close_timeout_s if self._started.done() else _FAILED_CLOSE_S)
