@@ -6,7 +6,8 @@ host) to learn noise from, as in test_live_functional. Traffic reaches both work
 ``GET /diff`` reports the planted change counted over both, its ``/stats`` has the differ's figures
 with the tap summed over the workers; after the proxy stops, the live store reports what ``shadowtap
 diff`` reports on the tape both workers wrote. The differ killed mid-run is restarted by the parent,
-costs no request and diffs again.
+costs no request and diffs again; the pause flag pauses it. A stopped differ fills each worker's
+pipe: the workers drop and count, every request is answered and taped.
 """
 
 from __future__ import annotations
@@ -206,3 +207,47 @@ async def test_the_parent_restarts_a_killed_live_differ_and_pauses_it_by_the_fla
     finally:
         stderr = await stop_proxy(process)
     assert "restarting in" in stderr
+
+
+async def test_a_stopped_differ_fills_the_workers_pipes_and_they_drop_and_count(
+    services: dict[str, Service], tmp_path: Path
+) -> None:
+    process, proxy, admin = await start_proxy(services, tmp_path, "--set", "live.tap_bytes=4096")
+    try:
+        async with aiohttp.ClientSession() as client:
+
+            async def running() -> int | None:
+                live = (await get_json(client, f"{admin}/stats"))["live_diff"]
+                return live["pid"] if live["state"] == "running" else None
+
+            pid = await wait_for(running, "the live differ")
+            os.kill(pid, signal.SIGSTOP)  # reads nothing: each worker's one-page pipe fills
+            try:
+                for i in range(100):
+                    url = f"{proxy}/items/{i}?pad={'x' * 2000}"
+                    async with client.get(url, headers={"Connection": "close"}) as resp:
+                        assert resp.status == 200 and (await resp.json())["price"] == 10 * i
+
+                async def all_written() -> dict[str, Any] | None:
+                    stats = await get_json(client, f"{admin}/stats")
+                    workers = [w["stats"] for w in stats["workers"]]
+                    written = sum(w["tape"]["written"] for w in workers)
+                    live = stats["live_diff"]
+                    return stats if written == 100 and live["tapped"] + live["dropped"] == 100 else None
+
+                stats = await wait_for(all_written, "both workers' tapes to write all 100 exchanges")
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            live = stats["live_diff"]
+            assert live["dropped"] > 0 and live["tapped"] > 0
+            per_worker = [w["stats"]["live_diff"] for w in stats["workers"]]
+            assert all(w["tapped"] + w["dropped"] > 0 for w in per_worker), per_worker
+
+            async def caught_up() -> bool:
+                return bool((await get_json(client, f"{admin}/stats"))["live_diff"]["compared"] == live["tapped"])
+
+            await wait_for(caught_up, "the differ to diff what the pipes took")
+            # Whole batches or nothing: the differ never met a frame cut short.
+            assert (await get_json(client, f"{admin}/stats"))["live_diff"]["bad_bytes"] == 0
+    finally:
+        await stop_proxy(process)
