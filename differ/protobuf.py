@@ -368,6 +368,21 @@ class ProtoSchema:
         return _tree(message, 0, self._plans, unknown)
 
 
+def _probe(target: str, timeout_s: float) -> None:
+    """Fail at once when ``target`` (``host:port`` or ``[v6]:port``) refuses TCP: gRPC's channel would
+    retry a refused connection until the deadline, so a mistyped port cost the whole wait."""
+    import socket
+
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # a name gRPC resolves itself (dns:///..., unix:...): leave it to the channel
+    try:
+        socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ProtobufDecodeError(f"gRPC server reflection: cannot connect to {target}: {reason}") from None
+
+
 def reflect_descriptor_set(target: str, timeout_s: float = 10.0) -> bytes:
     """The serialized ``FileDescriptorSet`` of every service ``target`` (``host:port``) lists through
     gRPC server reflection, with the files they import. Needs the ``grpc`` extra."""
@@ -378,6 +393,7 @@ def reflect_descriptor_set(target: str, timeout_s: float = 10.0) -> bytes:
         raise ProtobufDecodeError("--proto-reflection needs grpcio-reflection: pip install 'shadowtap[grpc]'") from exc
     from google.protobuf import descriptor_pb2
 
+    _probe(target, timeout_s)
     channel = grpc.insecure_channel(target)
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout_s)

@@ -127,4 +127,4 @@ def test_a_bad_schema_source_is_one_clear_line(tape: Path, tmp_path: Path) -> No
     assert "not a serialized FileDescriptorSet" in result.stderr
     result = run_cli("diff", tape, "--candidate", "v2", "--proto-reflection", "127.0.0.1:1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "gRPC server reflection" in result.stderr
+    assert "gRPC server reflection: cannot connect to 127.0.0.1:1" in result.stderr
