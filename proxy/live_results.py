@@ -1,23 +1,25 @@
 """The live differ's results read back into the proxy, once a second, in a thread: off the data path.
 
 ``LiveResults`` follows each candidate shadow's live store (``shadowtap.differ.store``, read only;
-the store is in WAL mode, so the live differ never waits for it). Each tick reads, in one thread
-and one pass over each store:
+the store is in WAL mode, so the live differ never waits for it). Each tick reads the pairs the
+live differ added since the last tick (``DiffStore.pairs_after``, at most ``READ_ROWS`` a tick: a
+backlog, such as a reused ``--live-db``, is caught up over several ticks) and judges each equal,
+differing or error with the report's suppression (volatile values, ignore rules, and learned noise
+as a report of the last minute decided it, rebuilt every ``_NOISE_EVERY`` ticks when a secondary
+teaches noise). From that one pass:
 
-- the pairs the live differ added since the last tick (``DiffStore.pairs_after``, at most
-  ``READ_ROWS`` a tick: a backlog, such as a reused ``--live-db``, is caught up over several ticks),
-  each judged equal, differing or error with the same suppression as the report (volatile values,
-  ignore rules, and learned noise as the latest window's report decided it). They feed the
-  Prometheus counters per shadow and endpoint template (``ProxyMetrics.diff_view``; at most
-  ``MAX_ENDPOINT_LABELS`` templates per shadow, the rest counted under ``OTHER_ENDPOINT``), the
-  unsuppressed signatures seen by severity, and, with the event log on, one follow-up ``diff``
-  event per pair carrying the exchange's id, its verdict and its signature ids (``EventLog.on_diff``);
-- the report (``build_report``, without examples) of each window the trip guard's ``diff.*``
-  rules ask for (``TripGuard.diff_queries``), handed back as ``DiffWindow`` figures with why they
-  cannot be judged yet (``TripGuard.take_diff``): live diff off, starting, restarting, paused, or
-  its noise model warming up.
+- the Prometheus counters per shadow and endpoint template (``ProxyMetrics.diff_view``; at most
+  ``MAX_ENDPOINT_LABELS`` templates per shadow, the rest counted under ``OTHER_ENDPOINT``) and the
+  unsuppressed signatures seen, by severity;
+- with the event log on, one follow-up ``diff`` event per pair, carrying the exchange's id, its
+  verdict and its signature ids (``EventLog.on_diff``);
+- the figures of each window the trip guard's ``diff.*`` rules ask for (``TripGuard.diff_queries``),
+  added up from the pairs kept by the second they started in (``DiffWindow``), handed back with why
+  they cannot be judged yet (``TripGuard.take_diff``): live diff off, starting, restarting, paused,
+  or its noise model warming up.
 
-This module must never write a store, run a query on the event loop, or touch the data path.
+The work follows the rate of new pairs, never the size of the store. This module must never write
+a store, run a query on the event loop, or touch the data path.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from shadowtap.differ.aggregate import LEARNED_NOISE, build_report
 from shadowtap.differ.config import DifferConfig
-from shadowtap.differ.report_model import SEVERITIES, DiffReport, Severity
+from shadowtap.differ.report_model import SEVERITIES, Severity
 from shadowtap.differ.signatures import is_structural, severity, severity_rank, signature_id
 from shadowtap.differ.store import EMPTY_SET, DiffStore, PairRow, SetMember
-from shadowtap.proxy.trips import DIFF_KINDS, DiffWindow
+from shadowtap.proxy.trips import DIFF_KINDS, MAX_SPAN_S, DiffWindow
 from shadowtap.recorder.errors import ShadowtapError
 
 if TYPE_CHECKING:
@@ -59,10 +61,12 @@ READ_ROWS: Final = 20_000
 MAX_SIGNATURES: Final = 50_000
 #: Cached difference sets and keys per shadow before the cache starts over.
 _CACHE_SIZE: Final = 65_536
-#: Without a ``diff.*`` rule asking for windows, learned-noise decisions come from a report of this
-#: last stretch, rebuilt every ``_NOISE_EVERY`` ticks (only when a secondary shadow teaches noise).
+#: Learned-noise decisions come from a report of this last stretch, rebuilt every ``_NOISE_EVERY``
+#: ticks (only when a secondary shadow teaches noise): the one reading whose cost grows with the rate.
 _NOISE_WINDOW_S: Final = 60.0
-_NOISE_EVERY: Final = 5
+_NOISE_EVERY: Final = 10
+#: Seconds of pairs kept for the trip rules' windows: the longest window a rule may have, and a margin.
+_KEEP_S: Final = int(MAX_SPAN_S) + 60
 
 #: Pairs by (shadow, endpoint label, result) and unsuppressed signatures by (shadow, severity).
 DiffView = tuple[dict[tuple[str, str, str], int], dict[tuple[str, str], int]]
@@ -107,7 +111,9 @@ class _Follow:
     learned: frozenset[tuple[str, str, str, str]] = frozenset()
     keys: dict[int, tuple[str, str, str]] = field(default_factory=dict)
     members: dict[int, tuple[SetMember, ...]] = field(default_factory=dict)
-    secondary: bool = False
+    #: The pairs read, by the second they started in: {(endpoint, status, difference set): count},
+    #: the last ``_KEEP_S`` seconds (what a trip rule's window adds up).
+    seconds: dict[int, dict[tuple[str, str, int], int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -226,19 +232,14 @@ class LiveResults:
                 if meta is None:
                     reading.waiting = "no results from the live differ yet"
                     continue
-                follow.secondary = meta.secondary is not None
-                asked = [since for name, since in queries if name == follow.name]
-                reports = [(since, build_report(store, self._config, since_ns=since)) for since in asked]
-                for since, report in reports:
-                    reading.windows[(follow.name, since)] = _window(report)
-                widest = max((r for _, r in reports), key=lambda r: r.compared, default=None)
-                if widest is None and follow.secondary and self._ticks % _NOISE_EVERY == 1:
+                if meta.secondary is not None and self._ticks % _NOISE_EVERY == 1:
+                    # Learned noise weighs the secondary's rate at a field against the candidate's
+                    # over many pairs: the report's decisions over the last stretch, now and then.
                     since = self._clock_ns() - int(_NOISE_WINDOW_S * 1e9)
-                    widest = build_report(store, self._config, since_ns=since)
-                if widest is not None:
+                    report = build_report(store, self._config, since_ns=since)
                     follow.learned = frozenset(
                         (s.endpoint, s.path, s.kind, s.transition)
-                        for e in widest.endpoints
+                        for e in report.endpoints
                         for s in e.signatures
                         if s.suppression_reason == LEARNED_NOISE
                     )
@@ -249,6 +250,12 @@ class LiveResults:
                         reading.events.append(event)
                 if rows:
                     follow.last_id = rows[-1].id
+                oldest = self._clock_ns() // 1_000_000_000 - _KEEP_S
+                for second in [second for second in follow.seconds if second < oldest]:
+                    del follow.seconds[second]
+                for name, since in queries:
+                    if name == follow.name:
+                        reading.windows[(name, since)] = self._window(store, follow, since)
             except ShadowtapError as exc:
                 self._log_once(f"cannot read the live store {follow.path}: {exc}")
             finally:
@@ -297,6 +304,11 @@ class LiveResults:
                 shown.append(sig_id)
                 if severity_rank(level) < severity_rank(worst):
                     worst = level
+        groups = follow.seconds.get(row.started_at_ns // 1_000_000_000)
+        if groups is None:
+            groups = follow.seconds[row.started_at_ns // 1_000_000_000] = {}
+        group = (ep, row.status, row.diff_set)
+        groups[group] = groups.get(group, 0) + 1
         if row.status == "compared":
             verdict = "differing" if shown else "equal"
             results: tuple[str, ...] = ("compared", verdict)
@@ -345,16 +357,34 @@ class LiveResults:
         sig_id = signature_id(ep, path, kind, transition if not volatile else f"{transition} {volatile}")
         return sig_id, severity(kind, transition), fixed, (ep, path, kind, transition)
 
+    def _window(self, store: DiffStore, follow: _Follow, since_ns: int) -> DiffWindow:
+        """A trip rule's figures: the pairs that started in whole seconds from ``since_ns`` on, judged
+        as the report judges them (the same suppression as the counters)."""
+        first = -(-since_ns // 1_000_000_000)
+        compared = differing = errors = 0
+        shown: dict[_SigKey, Severity] = {}
+        for second, groups in follow.seconds.items():
+            if second < first:
+                continue
+            for (ep, status, diff_set), n in groups.items():
+                live = False
+                for key_id, volatile in self._members(store, follow, diff_set):
+                    sig_key = (ep, key_id, volatile)
+                    sig = follow.signatures.get(sig_key) or self._signature(store, follow, sig_key)
+                    if not sig[2] and sig[3] not in follow.learned:
+                        live = True
+                        shown[sig_key] = sig[1]
+                if status == "compared":
+                    compared += n
+                    differing += n if live else 0
+                else:
+                    errors += n
+        by_severity: dict[str, int] = {}
+        for level in shown.values():
+            by_severity[level] = by_severity.get(level, 0) + 1
+        return DiffWindow(compared, differing, errors, by_severity)
+
     def _log_once(self, message: str) -> None:
         if message not in self._logged and len(self._logged) < 100:
             self._logged.add(message)
             log.warning("%s", message)
-
-
-def _window(report: DiffReport) -> DiffWindow:
-    by_severity: dict[str, int] = {}
-    for endpoint in report.endpoints:
-        for signature in endpoint.signatures:
-            if not signature.suppressed:
-                by_severity[signature.severity] = by_severity.get(signature.severity, 0) + 1
-    return DiffWindow(report.compared, report.differing, report.errors, by_severity)
