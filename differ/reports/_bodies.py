@@ -4,15 +4,22 @@ Example bodies are stored as they were on the wire (gzip, brotli, binary, huge).
 them through ``display_body`` so all reports agree on what a body "is". It must never raise on bad
 input (a corrupt gzip body is shown as binary with a note), never decompress without a bound (bodies
 are untrusted: a small bomb must not exhaust memory) and never do I/O.
+
+gRPC bodies are shown as their protobuf messages' field trees: with the diff's schema (a descriptor
+set or server reflection, given for one rendering with ``proto_schema``) the fields have their names,
+as the differing paths have; without one they are numbered (``decode_schemaless``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from shadowtap.differ.grpc import grpc_body, grpc_status, is_grpc
 from shadowtap.differ.normalize import BodyDecodeError, decode_codings
@@ -20,7 +27,10 @@ from shadowtap.differ.reports._common import MISSING, lookup_json, parse_body_pa
 from shadowtap.differ.reports.redact import redact_form, redact_header_value, redact_json, redact_multipart, redact_text
 from shadowtap.recorder.model import Failure, Headers, Outcome, header_value, header_values
 
-__all__ = ["DECODE_LIMIT_BYTES", "DISPLAY_LIMIT_CHARS", "DisplayBody", "display_body", "value_at"]
+if TYPE_CHECKING:
+    from shadowtap.differ.protobuf import ProtoSchema
+
+__all__ = ["DECODE_LIMIT_BYTES", "DISPLAY_LIMIT_CHARS", "DisplayBody", "display_body", "proto_schema", "value_at"]
 
 #: Decoded bodies beyond this are cut: a report shows examples, not archives, and a compression bomb
 #: must stop here rather than in the OOM killer.
@@ -33,6 +43,30 @@ DISPLAY_LIMIT_CHARS: Final = 64 * 1024
 JSON_PARSE_LIMIT_CHARS: Final = 256 * 1024
 
 BodyKind = Literal["empty", "json", "text", "binary"]
+
+
+class _Schema:
+    """A schema as a cache key: by identity (``ProtoSchema`` compares by value, so it is unhashable)."""
+
+    __slots__ = ("schema",)
+
+    def __init__(self, schema: ProtoSchema) -> None:
+        self.schema = schema
+
+
+#: The protobuf schema gRPC bodies are shown with while a report renders (``proto_schema``).
+_SCHEMA: ContextVar[_Schema | None] = ContextVar("shadowtap_report_proto_schema", default=None)
+
+
+@contextlib.contextmanager
+def proto_schema(schema: ProtoSchema | None) -> Iterator[None]:
+    """Show gRPC bodies decoded with ``schema`` (the one the diff used) while rendering inside;
+    ``None``: schema-less, fields by number."""
+    token = _SCHEMA.set(None if schema is None else _Schema(schema))
+    try:
+        yield
+    finally:
+        _SCHEMA.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +129,26 @@ def _is_texty(text: str) -> bool:
     return bad <= len(sample) // 100
 
 
+def display_body(
+    headers: Headers, body: bytes, truncated_from: int | None = None, method: str = "", request: bool = False
+) -> DisplayBody:
+    """How ``body`` (with its message's ``headers``) is shown in every report. The result is shared: read only.
+
+    ``method`` is the request's path and ``request`` says whose body it is: with a schema
+    (``proto_schema``) a gRPC body is decoded as that method's request or response message."""
+    schema = _SCHEMA.get()
+    if schema is None or not is_grpc(headers):
+        method, request = "", False  # one cache entry whatever the caller knew
+    return _display_body(headers, body, truncated_from, method, request, schema)
+
+
 # Rendering one example asks for the same body several times (the body itself, then each differing
 # path's value), and signatures of one endpoint often sample the same exchange; a few recent bodies
 # are enough to decode and parse each only once. Small, because an entry can hold a 64 K-char text.
 @functools.lru_cache(maxsize=32)
-def display_body(headers: Headers, body: bytes, truncated_from: int | None = None) -> DisplayBody:
-    """How ``body`` (with its message's ``headers``) is shown in every report. The result is shared: read only."""
+def _display_body(
+    headers: Headers, body: bytes, truncated_from: int | None, method: str, request: bool, keyed: _Schema | None
+) -> DisplayBody:
     digest = hashlib.sha256(body).hexdigest()
     notes: list[str] = []
     if truncated_from is not None:
@@ -115,8 +163,12 @@ def display_body(headers: Headers, body: bytes, truncated_from: int | None = Non
         return DisplayBody("empty", "", None, b"", len(body), digest, decoded_from, 0, False, note)
     content_type = _content_type(headers)
     if is_grpc(headers) and truncated_from is None:
-        # Protobuf messages shown as their field trees (numbered: a report has no schema at hand).
-        tree = grpc_body(headers, data, False, "", None)
+        # Protobuf messages shown as their field trees: named with the schema, else numbered.
+        schema = None if keyed is None else keyed.schema
+        tree = grpc_body(headers, data, False, method, schema, request=request)
+        if tree.kind == "invalid" and schema is not None:
+            # Not the schema's message (a method it does not know, another version): by number.
+            tree = grpc_body(headers, data, False, "", None)
         if tree.kind == "json":
             value, redacted = redact_json(tree.value)
             shown_text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -165,8 +217,9 @@ def _shorten(text: str, limit_chars: int) -> str:
     return flat if len(flat) <= limit_chars else flat[: limit_chars - 3] + "..."
 
 
-def value_at(outcome: Outcome | None, path: str, limit_chars: int = 80) -> str:
-    """A short, redacted rendering of what ``outcome`` holds at ``path`` (for one-line snippets)."""
+def value_at(outcome: Outcome | None, path: str, limit_chars: int = 80, method: str = "") -> str:
+    """A short, redacted rendering of what ``outcome`` holds at ``path`` (for one-line snippets);
+    ``method`` is the request's path (a gRPC answer is decoded by its method with a schema)."""
     if outcome is None:
         return "(no response)"
     if isinstance(outcome, Failure):
@@ -187,12 +240,12 @@ def value_at(outcome: Outcome | None, path: str, limit_chars: int = 80) -> str:
     tokens = parse_body_path(path)
     if tokens is None:
         return f"HTTP {outcome.status}"
-    shown = display_body(outcome.headers, outcome.body, outcome.truncated_from)
+    shown = display_body(outcome.headers, outcome.body, outcome.truncated_from, method)
     if shown.kind == "json" and tokens:
         found = lookup_json(shown.value, tokens)
         if found is MISSING:
             named = any(isinstance(t, str) and t != "*" and not t.isdigit() for t in tokens)
-            if named and is_grpc(outcome.headers):
+            if named and is_grpc(outcome.headers) and (_SCHEMA.get() is None or not method):
                 # Reports read protobuf schema-less (fields by number): a path named by the diff's
                 # schema cannot be looked up here, which is not the same as absent.
                 return "(a field named by the schema: see the body, fields by number)"

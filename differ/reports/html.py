@@ -331,10 +331,10 @@ def _outcome_html(
     )
 
 
-def _shown(outcome: Outcome | None) -> DisplayBody | None:
+def _shown(outcome: Outcome | None, method: str) -> DisplayBody | None:
     if outcome is None or isinstance(outcome, Failure):
         return None
-    return display_body(outcome.headers, outcome.body, outcome.truncated_from)
+    return display_body(outcome.headers, outcome.body, outcome.truncated_from, method)
 
 
 class _RenderState:
@@ -365,8 +365,8 @@ def _paths_table(example: Example, report: DiffReport) -> str:
         return ""
     rows = "".join(
         f'<tr><td><code class="path">{_e(path)}</code></td>'
-        f"<td><code>{_e(value_at(example.baseline, path, 120))}</code></td>"
-        f"<td><code>{_e(value_at(example.candidate, path, 120))}</code></td></tr>"
+        f"<td><code>{_e(value_at(example.baseline, path, 120, example.request.path))}</code></td>"
+        f"<td><code>{_e(value_at(example.candidate, path, 120, example.request.path))}</code></td></tr>"
         for path in example.paths
     )
     return (
@@ -382,7 +382,7 @@ def _request_line(request: Request) -> str:
 def _messages_html(example: Example, report: DiffReport) -> str:
     """The request and both outcomes side by side, differing paths highlighted, headers folded."""
     request = example.request
-    request_body = display_body(request.headers, request.body, request.truncated_from)
+    request_body = display_body(request.headers, request.body, request.truncated_from, request.path, True)
     request_html = (
         f'<div class="request"><h5>request</h5>'
         f'<p class="reqline">{_request_line(request)}'
@@ -390,7 +390,7 @@ def _messages_html(example: Example, report: DiffReport) -> str:
         f"{_body_html(request_body, (), None) if request_body.kind != 'empty' else ''}"
         f"{_headers_html(request.headers, frozenset())}</div>"
     )
-    left, right = _shown(example.baseline), _shown(example.candidate)
+    left, right = _shown(example.baseline, request.path), _shown(example.candidate, request.path)
     changed = _changed_lines(left, right)
     left_changed, right_changed = changed if changed is not None else (None, None)
     baseline_title, candidate_title = f"baseline: {report.baseline_name}", f"candidate: {report.candidate_name}"

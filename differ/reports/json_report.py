@@ -36,8 +36,10 @@ def _headers(headers: Headers) -> list[list[str]]:
     return [[name.decode("latin-1"), value.decode("latin-1")] for name, value in redact_headers(headers)]
 
 
-def _body(headers: Headers, body: bytes, truncated_from: int | None) -> dict[str, Any]:
-    shown = display_body(headers, body, truncated_from)
+def _body(
+    headers: Headers, body: bytes, truncated_from: int | None, method: str, request: bool = False
+) -> dict[str, Any]:
+    shown = display_body(headers, body, truncated_from, method, request)
     doc: dict[str, Any] = {"kind": shown.kind}
     if shown.kind == "binary":
         doc["base64"] = base64.b64encode(shown.binary).decode("ascii")
@@ -63,7 +65,7 @@ def _request(request: Request) -> dict[str, Any]:
         "method": request.method,
         "target": redact_target(request.target),
         "headers": _headers(request.headers),
-        "body": _body(request.headers, request.body, request.truncated_from),
+        "body": _body(request.headers, request.body, request.truncated_from, request.path, True),
         "scheme": request.scheme,
         "authority": request.authority,
         "http_version": request.http_version,
@@ -73,7 +75,7 @@ def _request(request: Request) -> dict[str, Any]:
     }
 
 
-def _outcome(outcome: Outcome | None) -> dict[str, Any] | None:
+def _outcome(outcome: Outcome | None, method: str) -> dict[str, Any] | None:
     if outcome is None:
         return None
     if isinstance(outcome, Failure):
@@ -83,7 +85,7 @@ def _outcome(outcome: Outcome | None) -> dict[str, Any] | None:
         "status": outcome.status,
         "reason": outcome.reason,
         "headers": _headers(outcome.headers),
-        "body": _body(outcome.headers, outcome.body, outcome.truncated_from),
+        "body": _body(outcome.headers, outcome.body, outcome.truncated_from, method),
         "http_version": outcome.http_version,
         "truncated_from": outcome.truncated_from,
         "trailers": _headers(outcome.trailers),
@@ -96,8 +98,8 @@ def _example(example: Example) -> dict[str, Any]:
         "exchange_id": example.exchange_id,
         "started_at_ns": example.started_at_ns,
         "request": _request(example.request),
-        "baseline": _outcome(example.baseline),
-        "candidate": _outcome(example.candidate),
+        "baseline": _outcome(example.baseline, example.request.path),
+        "candidate": _outcome(example.candidate, example.request.path),
         "paths": list(example.paths),
     }
 

@@ -109,8 +109,8 @@ def _snippet(example: Example) -> list[str]:
     request = example.request
     lines = [f"  - example {_code(example.exchange_id)}: {_code(request.method + ' ' + redact_target(request.target))}"]
     for path in example.paths[:SNIPPET_PATHS]:
-        before = value_at(example.baseline, path, SNIPPET_CHARS)
-        after = value_at(example.candidate, path, SNIPPET_CHARS)
+        before = value_at(example.baseline, path, SNIPPET_CHARS, example.request.path)
+        after = value_at(example.candidate, path, SNIPPET_CHARS, example.request.path)
         lines.append(f"    - {_code(path)}: {_code(before)} &rarr; {_code(after)}")
     if len(example.paths) > SNIPPET_PATHS:
         lines.append(f"    - and {len(example.paths) - SNIPPET_PATHS} more paths")

@@ -33,6 +33,7 @@ from tests.differ.report_fixtures import inconclusive_report, passing_report, ri
 
 def test_public_api_is_pinned() -> None:
     assert sorted(shadowtap.differ.reports.__all__) == [
+        "proto_schema",
         "render_html",
         "render_junit",
         "render_markdown",
