@@ -9,7 +9,6 @@ never load a whole tape and never print a traceback for a user mistake.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 import tempfile
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
     from shadowtap.differ.report_model import DiffReport
     from shadowtap.recorder import Exchange, TapeReader
     from shadowtap.recorder.errors import ConfigError
-    from shadowtap.recorder.reader import Segment, SegmentRange
 
 NAME = "diff"
 HELP = "compare primary vs shadow (or recorded vs replayed) responses in tapes and report what changed"
@@ -269,11 +267,6 @@ class _Job:
     #: Below this many bytes to read no bar is drawn; a worker's share of a tape large enough for one
     #: draws its bar whatever its own size (``_worker_jobs``).
     progress_min_bytes: int | None = None
-    #: When ``ranged``, this job's byte ranges of the tapes (and of the noise tapes) are read instead
-    #: of ``tapes`` and ``noise_tapes``: the ranges of all jobs cover each tape once.
-    ranged: bool = False
-    ranges: tuple[SegmentRange, ...] = ()
-    noise_ranges: tuple[SegmentRange, ...] = ()
 
 
 @dataclass(slots=True)
@@ -303,8 +296,7 @@ def _ingest(session: DiffSession, job: _Job) -> _Done:
     from shadowtap.differ.pipeline import shard_of
     from shadowtap.recorder import TapeReader
 
-    ranged = job.ranged
-    reader = TapeReader.of_ranges(job.ranges) if ranged else TapeReader(job.tapes, salvage=job.salvage)
+    reader = TapeReader(job.tapes, salvage=job.salvage)
     names: set[str] = set()
     shard, shards = job.shard, job.shards
     from shadowtap.commands._progress import MIN_TOTAL_BYTES
@@ -317,11 +309,7 @@ def _ingest(session: DiffSession, job: _Job) -> _Done:
                 session.add(exchange)
             if job.collect_names:
                 _names_on((exchange,), names)
-    noise_reader: TapeReader | None = None
-    if ranged:
-        noise_reader = TapeReader.of_ranges(job.noise_ranges) if job.noise_ranges else None
-    elif job.noise_tapes:
-        noise_reader = TapeReader(job.noise_tapes, salvage=job.salvage)
+    noise_reader = TapeReader(job.noise_tapes, salvage=job.salvage) if job.noise_tapes else None
     if noise_reader is not None:
         for exchange in noise_reader:
             request = exchange.request
@@ -345,85 +333,40 @@ def _diff_shard(job: _Job) -> _Done:
     return done
 
 
-def _split_by_size(segments: Sequence[tuple[Segment, int]], parts: int) -> list[tuple[SegmentRange, ...]]:
-    """Whole ``segments`` (segment, bytes) in ``parts`` of about equal bytes, each in the tape's order."""
-    from shadowtap.recorder.reader import SegmentRange
-
+def _split_by_size(segments: Sequence[tuple[str, int]], parts: int) -> list[tuple[str, ...]]:
+    """``segments`` (path, bytes) in ``parts`` of about equal bytes, each in the tape's order."""
     loads = [0] * parts
     chosen: list[list[int]] = [[] for _ in range(parts)]
     for index, (_, size) in sorted(enumerate(segments), key=lambda item: -item[1][1]):
         part = loads.index(min(loads))
         chosen[part].append(index)
         loads[part] += size
-    return [tuple(SegmentRange(segments[i][0]) for i in sorted(indexes)) for indexes in chosen]
-
-
-def _split_by_bytes(segments: Sequence[tuple[Path, int]], parts: int) -> list[tuple[SegmentRange, ...]]:
-    """Local ``segments`` (path, bytes) cut in ``parts`` runs of about equal bytes, each a run of
-    whole frames: a cut inside a segment moves on to the start of the next frame (``frame_starts``),
-    or to the segment's end when its frames cannot be walked (damage: one reader reports it)."""
-    from shadowtap.recorder.reader import SegmentRange, frame_starts
-
-    total = sum(size for _, size in segments)
-    targets = [total * k // parts for k in range(1, parts)]
-    # Each cut as (segment index, offset in it); a cut at a segment's end is the next one's start.
-    cuts: list[tuple[int, int]] = []
-    before = 0
-    for index, (path, size) in enumerate(segments):
-        inside = [t - before for t in targets if before <= t < before + size]
-        if inside:
-            starts = frame_starts(path, inside)
-            cuts += [(index, offset) for offset in (starts or [size] * len(inside))]
-        before += size
-    bounds = [(0, 0), *cuts, (len(segments) - 1, segments[-1][1])]
-    out: list[tuple[SegmentRange, ...]] = []
-    for (first, start), (last, stop) in itertools.pairwise(bounds):
-        ranges: list[SegmentRange] = []
-        for index in range(first, last + 1):
-            path, size = segments[index]
-            lo = start if index == first else 0
-            hi = stop if index == last else size
-            if hi > lo or size == 0:  # an empty segment too: its reader notes it
-                ranges.append(SegmentRange(path, lo, None if hi >= size else hi))
-        out.append(tuple(ranges))
-    return out
+    return [tuple(segments[i][0] for i in sorted(indexes)) for indexes in chosen]
 
 
 def _worker_jobs(job: _Job, tapes: TapeReader, noise: TapeReader | None, workers: int, scratch: str) -> list[_Job]:
-    """One job per worker. Local tapes are cut in byte ranges of whole frames, one run of about
-    equal bytes per worker; tapes in object storage with enough objects (two per worker) give each
-    worker its own objects. Otherwise (or with ``--salvage``, which must see every damaged byte in
-    order) each worker reads every exchange and diffs those of its endpoints. Either way the merge
-    is exact (see ``_run_workers``)."""
+    """One job per worker. With enough local segments (two per worker), each worker reads its own
+    segments, about equal in bytes; otherwise each reads every exchange and diffs those of its
+    endpoints. Either way the merge is exact (see ``_run_workers``)."""
+    segments = [(str(path), size) for path, size in zip(tapes.segments, tapes.segment_sizes(), strict=True)]
+    noise_segments = (
+        [] if noise is None else [(str(p), size) for p, size in zip(noise.segments, noise.segment_sizes(), strict=True)]
+    )
     from shadowtap.commands._progress import MIN_TOTAL_BYTES
 
-    segments = list(zip(tapes.segments, tapes.segment_sizes(), strict=True))
-    noise_segments = [] if noise is None else list(zip(noise.segments, noise.segment_sizes(), strict=True))
     dbs = [str(Path(scratch) / f"shard-{i}.sqlite") for i in range(workers)]
     # The first worker draws the bar for the run: when the whole tape is big enough for one, its
     # share is too.
     job = replace(job, progress_min_bytes=0) if sum(size for _, size in segments) >= MIN_TOTAL_BYTES else job
-    everything = [*segments, *noise_segments]
-    parts: list[tuple[SegmentRange, ...]] | None = None
-    noise_parts: list[tuple[SegmentRange, ...]] = [()] * workers
-    files = [(path, size) for path, size in segments if isinstance(path, Path)]
-    noise_files = [(path, size) for path, size in noise_segments if isinstance(path, Path)]
-    if not job.salvage and files and len(files) + len(noise_files) == len(everything):
-        parts = _split_by_bytes(files, workers)
-        if noise_files:
-            noise_parts = _split_by_bytes(noise_files, workers)
-    elif (
-        not job.salvage and len(segments) >= 2 * workers and (not noise_segments or len(noise_segments) >= 2 * workers)
-    ):
+    local = all(Path(path).is_file() for path, _ in (*segments, *noise_segments))
+    if local and len(segments) >= 2 * workers:
         parts = _split_by_size(segments, workers)
-        noise_parts = _split_by_size(noise_segments, workers) if noise_segments else noise_parts
-    if parts is not None:
+        noise_parts = _split_by_size(noise_segments, workers)
         return [
             replace(
                 job,
-                ranged=True,
-                ranges=parts[i],
-                noise_ranges=noise_parts[i],
+                tapes=parts[i],
+                noise_tapes=noise_parts[i],
                 shard=0,
                 shards=1,
                 db=dbs[i],
@@ -435,33 +378,23 @@ def _worker_jobs(job: _Job, tapes: TapeReader, noise: TapeReader | None, workers
 
 
 def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: list[_Job]) -> _Done:
-    """The first job in this process, straight into ``store``, each other in a process of its own
-    diffing into a store of its own; their stores merge into ``store``, then endpoints are learned
-    over every path. The merge is the one-process result: keys and difference sets are named by
-    their content, pairs merge by exchange id, and each sample is bottom-k by a hash of the exchange
-    id (the smallest k of a union are among the union of each part's smallest k)."""
+    """One process per job, each diffing its exchanges into a store of its own; their stores merge
+    into ``store``, then endpoints are learned over every path. The merge is the one-process result:
+    keys and difference sets are named by their content, pairs merge by exchange id, and each
+    sample is bottom-k by a hash of the exchange id (the smallest k of a union are among the union
+    of each part's smallest k)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from shadowtap.differ import DiffSession, relearn_endpoints
+    from shadowtap.differ import IngestStats, relearn_endpoints
     from shadowtap.differ.pipeline import add_stats
 
     store.set_meta(meta)
+    total = _Done(IngestStats(), [], set())
     # spawn, not fork: the parent may hold open files and threads a forked child must not inherit.
-    with ProcessPoolExecutor(len(jobs) - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_diff_shard, part_job) for part_job in jobs[1:]]
-        try:
-            # Meanwhile this process diffs its own share: no process to start, no store to merge.
-            session = DiffSession(store, config, meta)
-            total = _ingest(session, jobs[0])
-            session.finish(relearn=False)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-        for part_job, future in zip(jobs[1:], futures, strict=True):
-            done = future.result()
-            total.stats.duplicates += store.merge_from(part_job.db)
+    with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for part_job, done in zip(jobs, pool.map(_diff_shard, jobs), strict=True):
+            done.stats.duplicates += store.merge_from(part_job.db)
             Path(part_job.db).unlink()
             add_stats(total.stats, done.stats)
             total.notes += done.notes
