@@ -514,8 +514,9 @@ def run(args: argparse.Namespace) -> int:
     gates = _gates(args)
     refuse_files_that_are_not_tapes(job.tapes, job.salvage)
     if args.locust_job_out:
-        from shadowtap.replayer.locust_launch import locust_job
+        from shadowtap.replayer.locust_launch import locust_job, refuse_http2
 
+        refuse_http2(job)
         _write_text(args.locust_job_out, locust_job(job).to_json() + "\n")
         print(f"wrote the Locust job to {args.locust_job_out}", file=sys.stderr)
         return 0
