@@ -47,7 +47,7 @@ import h2.settings
 from shadowtap.proxy.context import Context
 from shadowtap.proxy.stages import ProxiedExchange, call_stage
 from shadowtap.recorder.model import Failure, FailureKind, Response, StreamMessage, new_timing
-from shadowtap.wire import http1
+from shadowtap.wire import hpack, http1
 from shadowtap.wire.client import Http1Connection
 from shadowtap.wire.grpc import GrpcFramingError, MessageSplitter
 from shadowtap.wire.h2 import H2Pool, H2Stream, Header, error_name
@@ -175,6 +175,7 @@ class H2Session(asyncio.Protocol):
             client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
         )
         self.h2 = h2.connection.H2Connection(config=config)
+        hpack.install(self.h2)
         self.streams: dict[int, _H2Forward] = {}
         #: Streams whose response bytes wait for the client's window or for the socket to drain.
         self.blocked: set[_H2Forward] = set()

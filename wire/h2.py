@@ -36,6 +36,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from shadowtap.wire import hpack
+
 __all__ = [
     "CONNECT_ERROR",
     "RESET",
@@ -212,6 +214,7 @@ class H2ClientConnection(asyncio.Protocol):
             normalize_inbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
+        hpack.install(self._h2)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.closed = False

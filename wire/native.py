@@ -51,6 +51,7 @@ __all__ = [
 COMPILED_MODULES: Final = (
     "shadowtap.wire.http1",
     "shadowtap.wire.client",
+    "shadowtap.wire.hpack",
     "shadowtap.proxy.context",
     "shadowtap.proxy.server",
     "shadowtap.proxy.stages",
