@@ -82,3 +82,17 @@ async def test_the_log_is_private_and_an_existing_wider_one_is_narrowed_and_kept
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [json.loads(line)["id"] for line in old.read_text().splitlines()] == ["from-yesterday", "e1"]
     assert [json.loads(line)["id"] for line in fresh.read_text().splitlines()] == ["e1"]
+
+
+async def test_diff_events_follow_their_exchange_in_batches_through_the_same_bounded_queue(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    log = EventLog(str(path), ROUTES, queue_size=512)  # two batches of 256
+    verdicts = [{"event": "diff", "id": f"e{i}", "verdict": "equal", "signatures": []} for i in range(600)]
+    # The writer is not running yet: two batches fit the queue, the rest is dropped and counted.
+    log.on_diff(verdicts)
+    assert log.dropped == 600 - 512
+    await log.start()
+    await log.aclose(5.0)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == verdicts[:512]
+    assert log.snapshot()["written"] == 512
