@@ -4,13 +4,18 @@ a real primary (v1), a v2 shadow with planted changes and a secondary (v1 again)
 ``diff.*`` trip rules switch a shadow off on what the live differ found (and wait while it cannot
 tell); the Prometheus diff metrics say what ``GET /diff`` says, with bounded endpoint labels; the
 event log carries a follow-up ``diff`` event per judged exchange; ``GET /diff`` has the latency
-comparison the live page shows.
+comparison the live page shows. With ``--workers 2`` a worker's rule trips the shadow for both, and
+only worker 0 exports the diff metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -335,3 +340,55 @@ async def test_the_live_report_has_the_latency_comparison(services: dict[str, Se
         assert report["latency"]["min_pairs"] > 15
     finally:
         await app.shutdown()
+
+
+async def test_with_workers_a_critical_change_trips_the_shadow_for_all_and_worker_0_counts_it(
+    services: dict[str, Service], tmp_path: Path
+) -> None:
+    rule = "v2:diff.critical>=1;min=5"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shadowtap", "proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+        "--workers", "2", "--primary", services["primary"].url, "--shadow", f"v2={services['v2'].url}",
+        "--tape", str(tmp_path / "tape"), "--set", "live.priority=normal", "--trip", rule,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    err = b""
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        match = re.search(r"listening on (\S+) admin (\S+) workers 2", line)
+        assert match, line
+        proxy, admin_url = match.groups()
+        sent: list[str] = []
+        answers: list[tuple[int, Any]] = []
+        async with aiohttp.ClientSession() as client:
+
+            async def tripped() -> bool:
+                for n in range(5):
+                    path = f"/orders/{len(sent) + n}"
+                    sent.append(path)
+                    # A fresh connection each time, so the kernel spreads them over both workers.
+                    async with client.get(f"{proxy}{path}", headers={"Connection": "close"}) as resp:
+                        answers.append((resp.status, await resp.json()))
+                async with client.get(f"{admin_url}/flags") as resp:
+                    flags = await resp.json()
+                return bool(flags["shadows"]["v2"]["tripped"] == rule)
+
+            await wait_for(tripped, "the critical change to trip v2 from a worker")
+            assert answers == [primary_answer(path) for path in sent]
+            async with client.get(f"{admin_url}/flags") as resp:
+                assert (await resp.json())["shadows"]["v2"]["mirroring"] is False
+            async with client.get(f"{admin_url}/metrics") as resp:
+                exposition = await resp.text()
+        series = [s for f in text_string_to_metric_families(exposition) for s in f.samples]
+        # Every worker reads the one live store; only worker 0 exports what it found.
+        critical = [s for s in series if s.name == "shadowtap_diff_signatures" and s.labels["severity"] == "critical"]
+        assert [(s.labels["worker"], s.value) for s in critical] == [("0", 1.0)]
+        compared = [s for s in series if s.name == "shadowtap_diff_pairs_total" and s.labels["result"] == "compared"]
+        assert {s.labels["worker"] for s in compared} == {"0"} and sum(s.value for s in compared) >= 5
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(process.communicate(), 60)
+            assert process.returncode == 0, err.decode()
+    assert f"trip rule {rule!r} tripped for shadow v2" in err.decode()
