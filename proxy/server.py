@@ -707,7 +707,8 @@ class _H2Upstream:
     primary, and the ``StreamSink`` that hands its answer to the ``_Forward`` as an HTTP/1.1 response.
 
     The request loses its hop-by-hop fields (``te: trailers`` stays when the client offered it, as
-    HTTP/2 allows), Host becomes ``:authority`` and the forwarding fields are the HTTP/1 path's. The
+    HTTP/2 allows) and Expect (a ``100 Continue`` is sent from here), Host becomes ``:authority``
+    and the forwarding fields are the HTTP/1 path's. The
     response's trailers reach the client only when it sent ``TE: trailers`` and the body goes chunked
     (as the chunked trailer section); otherwise they are dropped on the wire (the tape keeps them).
     Request bytes waiting for the primary's window beyond ``max_buffered_body_bytes`` pause the
@@ -753,12 +754,18 @@ class _H2Upstream:
         fields, added, _ = ctx.rewriter.forwarding(tuple(forward.headers), client.client_ip, client.scheme)
         client_host: bytes | None = None
         kept: list[Header] = []
+        expect_continue = False
         for name, value in end_to_end(fields):
             lower = name.lower()
             if lower == b"host":
                 client_host = value
+            elif lower == b"expect":
+                # Answered here (as nginx does): the body is streamed as it comes, never held back.
+                expect_continue = value.strip().lower() == b"100-continue"
             else:
                 kept.append((lower, value))
+        if expect_continue and not forward.body_done and not forward.http10:
+            forward._client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         for name, value in forward.headers:
             if name.lower() == b"te" and b"trailers" in [t.strip() for t in value.lower().split(b",")]:
                 self._te_trailers = True

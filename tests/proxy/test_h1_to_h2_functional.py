@@ -271,3 +271,21 @@ async def test_an_http1_exchange_to_an_h2c_primary_is_mirrored_and_recorded(
     post = taped["/trailers"]
     assert isinstance(post.primary, Response) and post.primary.trailers == ((b"x-checksum", b"abc"),)
     assert post.request.body == b"z" and post.primary.body == b"body-z"
+
+
+async def test_expect_100_continue_is_answered_by_the_proxy(proxy: ProxyServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\nConnection: close\r\n\r\n"
+        )
+        async with asyncio.timeout(10):
+            interim = await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"body")  # only once the client was told to go on, as a client waiting for it does
+            rest = await reader.read(-1)
+    finally:
+        writer.close()
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(b"echo:body\r\n0\r\n\r\n")
+    names = next(line for line in rest.split(b"\r\n") if line.startswith(b"x-names: "))
+    assert b"expect" not in names
