@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from aiohttp import web
 
@@ -23,8 +24,9 @@ from shadowtap.recorder import TapeReader
 from shadowtap.recorder.model import Response
 from shadowtap.wire.grpc import split_messages
 from tests.grpc_fixtures import CompiledShop, compile_shop
-from tests.grpc_fixtures.server import start_catalog
+from tests.grpc_fixtures.server import make_servicer, start_catalog
 from tests.proxy.conftest import AppUpstream, raw_head_request, raw_request
+from tests.proxy.test_server_tls_functional import Pki, pki  # noqa: F401  (the fixture)
 from tests.wire.h2peer import H2TestServer, Responder
 
 Header = tuple[bytes, bytes]
@@ -289,3 +291,31 @@ async def test_expect_100_continue_is_answered_by_the_proxy(proxy: ProxyServer) 
     assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(b"echo:body\r\n0\r\n\r\n")
     names = next(line for line in rest.split(b"\r\n") if line.startswith(b"x-names: "))
     assert b"expect" not in names
+
+
+async def test_an_https_primary_with_primary_http2_gets_http1_clients_over_tls_h2(
+    shop: CompiledShop,
+    pki: Pki,  # noqa: F811
+) -> None:
+    catalog = grpc.aio.server()
+    shop.pb2_grpc.add_CatalogServicer_to_server(make_servicer(shop), catalog)
+    credentials = grpc.ssl_server_credentials([(pki.key_file.read_bytes(), pki.cert_file.read_bytes())])
+    port = catalog.add_secure_port("127.0.0.1:0", credentials)
+    await catalog.start()
+    settings = ForwardSettings(primary=f"https://localhost:{port}", primary_http2=True, ca_file=str(pki.ca_file))
+    server = ProxyServer(settings)
+    await server.start("127.0.0.1", 0)
+    try:
+        call = _frame(shop.pb2.GetProductRequest(id="tls").SerializeToString())
+        raw = await _exchange(
+            server.port,
+            b"POST /shop.Catalog/GetProduct HTTP/1.1\r\nHost: x\r\nContent-Type: application/grpc\r\nTE: trailers\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(call) + call,
+        )
+    finally:
+        await server.shutdown(1)
+        await catalog.stop(None)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert b"grpc-status: 0" in body.rpartition(b"\r\n0\r\n")[2]  # the trailers, asked for with TE
+    assert b"tls (v1)" in body
