@@ -43,6 +43,7 @@ def build_store(path: str, pairs: int) -> None:
 
 async def run(path: str, pairs: int, rate: int, ticks: int) -> None:
     results = LiveResults((("v2", path),), DifferConfig(), ProxyMetrics())
+    results._keep_s = 120  # as a one-minute diff.* rule keeps (no trip guard here)
     follow = results._follows[0]
     wall, cpu, count = time.perf_counter(), time.process_time(), 0
     while follow.last_id < pairs:

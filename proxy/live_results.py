@@ -38,7 +38,7 @@ from shadowtap.differ.config import DifferConfig
 from shadowtap.differ.report_model import SEVERITIES, Severity
 from shadowtap.differ.signatures import is_structural, severity, severity_rank, signature_id
 from shadowtap.differ.store import EMPTY_SET, DiffStore, PairRow, SetMember
-from shadowtap.proxy.trips import DIFF_KINDS, MAX_SPAN_S, DiffWindow
+from shadowtap.proxy.trips import DIFF_KINDS, DiffWindow
 from shadowtap.recorder.errors import ShadowtapError
 
 if TYPE_CHECKING:
@@ -65,8 +65,13 @@ _CACHE_SIZE: Final = 65_536
 #: ticks (only when a secondary shadow teaches noise): the one reading whose cost grows with the rate.
 _NOISE_WINDOW_S: Final = 60.0
 _NOISE_EVERY: Final = 10
-#: Seconds of pairs kept for the trip rules' windows: the longest window a rule may have, and a margin.
-_KEEP_S: Final = int(MAX_SPAN_S) + 60
+#: Seconds of pairs kept for the trip rules' windows beyond the longest window a rule has: the
+#: differ's lag. Without a ``diff.*`` rule none are kept.
+_KEEP_MARGIN_S: Final = 60
+#: Kinds of pair (endpoint, status, difference set) kept per second; past it a second's new kinds
+#: count under the endpoint ``other``, so paths that defeat templating cannot grow memory without
+#: bound (their signatures then count as one per key across those endpoints).
+MAX_KINDS_PER_SECOND: Final = 20_000
 
 #: Pairs by (shadow, endpoint label, result) and unsuppressed signatures by (shadow, severity).
 DiffView = tuple[dict[tuple[str, str, str], int], dict[tuple[str, str], int]]
@@ -112,7 +117,7 @@ class _Follow:
     keys: dict[int, tuple[str, str, str]] = field(default_factory=dict)
     members: dict[int, tuple[SetMember, ...]] = field(default_factory=dict)
     #: The pairs read, by the second they started in: {(endpoint, status, difference set): count},
-    #: the last ``_KEEP_S`` seconds (what a trip rule's window adds up).
+    #: as many seconds as the longest ``diff.*`` rule's window (what a window adds up).
     seconds: dict[int, dict[tuple[str, str, int], int]] = field(default_factory=dict)
 
 
@@ -150,6 +155,8 @@ class LiveResults:
         # Figures only: examples would decode stored exchanges every tick for nothing.
         self._config = dataclasses.replace(config, examples_per_signature=0)
         self._trips = trips if trips is not None and trips.has_diff_rules else None
+        windows = [rule.window_s for rule in self._trips.rules if rule.kind in DIFF_KINDS] if self._trips else []
+        self._keep_s = int(max(windows)) + _KEEP_MARGIN_S if windows else 0
         self._events = events if publish else None
         self._period_s = period_s
         self._clock_ns = clock_ns
@@ -250,7 +257,7 @@ class LiveResults:
                         reading.events.append(event)
                 if rows:
                     follow.last_id = rows[-1].id
-                oldest = self._clock_ns() // 1_000_000_000 - _KEEP_S
+                oldest = self._clock_ns() // 1_000_000_000 - self._keep_s
                 for second in [second for second in follow.seconds if second < oldest]:
                     del follow.seconds[second]
                 for name, since in queries:
@@ -304,11 +311,14 @@ class LiveResults:
                 shown.append(sig_id)
                 if severity_rank(level) < severity_rank(worst):
                     worst = level
-        groups = follow.seconds.get(row.started_at_ns // 1_000_000_000)
-        if groups is None:
-            groups = follow.seconds[row.started_at_ns // 1_000_000_000] = {}
-        group = (ep, row.status, row.diff_set)
-        groups[group] = groups.get(group, 0) + 1
+        if self._keep_s:
+            groups = follow.seconds.get(row.started_at_ns // 1_000_000_000)
+            if groups is None:
+                groups = follow.seconds[row.started_at_ns // 1_000_000_000] = {}
+            group = (ep, row.status, row.diff_set)
+            if group not in groups and len(groups) >= MAX_KINDS_PER_SECOND:
+                group = (OTHER_ENDPOINT, row.status, row.diff_set)
+            groups[group] = groups.get(group, 0) + 1
         if row.status == "compared":
             verdict = "differing" if shown else "equal"
             results: tuple[str, ...] = ("compared", verdict)

@@ -378,9 +378,15 @@ async def test_with_workers_a_critical_change_trips_the_shadow_for_all_and_worke
             assert answers == [primary_answer(path) for path in sent]
             async with client.get(f"{admin_url}/flags") as resp:
                 assert (await resp.json())["shadows"]["v2"]["mirroring"] is False
-            async with client.get(f"{admin_url}/metrics") as resp:
-                exposition = await resp.text()
-        series = [s for f in text_string_to_metric_families(exposition) for s in f.samples]
+
+            async def counted() -> list[Any] | None:
+                async with client.get(f"{admin_url}/metrics") as resp:
+                    exposition = await resp.text()
+                found = [s for f in text_string_to_metric_families(exposition) for s in f.samples]
+                # The other worker may have tripped it before worker 0's last reading: wait for it.
+                return found if any(s.name == "shadowtap_diff_signatures" and s.value for s in found) else None
+
+            series = await wait_for(counted, "worker 0's metrics to count the critical signature")
         # Every worker reads the one live store; only worker 0 exports what it found.
         critical = [s for s in series if s.name == "shadowtap_diff_signatures" and s.labels["severity"] == "critical"]
         assert [(s.labels["worker"], s.value) for s in critical] == [("0", 1.0)]
