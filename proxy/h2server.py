@@ -39,7 +39,6 @@ import time
 from typing import Final, cast
 
 import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -50,7 +49,7 @@ from shadowtap.recorder.model import Failure, FailureKind, Response, StreamMessa
 from shadowtap.wire import hpack, http1
 from shadowtap.wire.client import Http1Connection
 from shadowtap.wire.grpc import GrpcFramingError, MessageSplitter
-from shadowtap.wire.h2 import H2Pool, H2Stream, Header, error_name
+from shadowtap.wire.h2 import Connection, H2Pool, H2Stream, Header, error_name
 
 __all__ = ["PREFACE", "H2Session", "h2c_replay", "start_session", "upstream_pool", "wants_h2"]
 
@@ -174,7 +173,7 @@ class H2Session(asyncio.Protocol):
         config = h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
         )
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = Connection(config=config)
         hpack.install(self.h2)
         self.streams: dict[int, _H2Forward] = {}
         #: Streams whose response bytes wait for the client's window or for the socket to drain.

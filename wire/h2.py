@@ -6,7 +6,8 @@ request (``H2Pool.open`` sends its head), send body pieces and the end (``H2Stre
 ``H2Stream.end``, with trailers), and receive the response through a ``StreamSink``: head, data,
 trailers, end, or a reset. Flow control is honoured both ways: request bytes leave only as the
 peer's windows allow (the rest waits in the stream's outbox, and ``on_request_drained`` tells the
-caller how many left, so it can let its own producer send more); response bytes are acknowledged to
+caller how many left, so it can let its own producer send more; a response that ends before the
+request did ends the request too, with RST_STREAM(NO_ERROR)); response bytes are acknowledged to
 the peer only when the sink says it passed them on (``H2Stream.consumed``), so a slow reader behind
 the sink holds the peer back rather than growing a buffer here.
 
@@ -41,6 +42,7 @@ from shadowtap.wire import hpack
 __all__ = [
     "CONNECT_ERROR",
     "RESET",
+    "Connection",
     "H2ClientConnection",
     "H2Pool",
     "H2Stream",
@@ -92,6 +94,51 @@ def error_name(code: int) -> str:
         return str(h2.errors.ErrorCodes(code).name)
     except ValueError:
         return f"0x{code:x}"
+
+
+#: Streams h2 may hold (open, or closed and not yet forgotten) before an open-stream count walks
+#: them all to forget the closed ones (``Connection``).
+_SWEEP_STREAMS: Final = 256
+
+
+class Connection(h2.connection.H2Connection):  # type: ignore[misc]  # h2 is read as Any
+    """``h2``'s connection, checking the open-stream limit cheaply. h2 counts open streams by walking
+    every stream it holds (and forgetting the closed ones) each time a stream opens: on a connection
+    multiplexing a hundred streams that walk was a tenth of a stream's CPU. While h2 checks a new
+    stream against the limit (in ``send_headers`` and ``receive_data``) and fewer streams are held
+    than that limit, their number is an upper bound that passes the same check; at the limit (or
+    past ``_SWEEP_STREAMS`` held) h2's own walk counts exactly and forgets the closed ones. Read
+    from outside, the counts are h2's exact ones."""
+
+    _checking = False
+
+    def send_headers(self, *args: Any, **kwargs: Any) -> None:
+        self._checking = True
+        try:
+            super().send_headers(*args, **kwargs)
+        finally:
+            self._checking = False
+
+    def receive_data(self, data: bytes) -> list[Any]:
+        self._checking = True
+        try:
+            return cast(list[Any], super().receive_data(data))
+        finally:
+            self._checking = False
+
+    @property
+    def open_outbound_streams(self) -> int:
+        held = len(self.streams)
+        if self._checking and held < min(int(self.remote_settings.max_concurrent_streams), _SWEEP_STREAMS):
+            return held
+        return int(self._open_streams(int(self.config.client_side)))
+
+    @property
+    def open_inbound_streams(self) -> int:
+        held = len(self.streams)
+        if self._checking and held < min(int(self.local_settings.max_concurrent_streams), _SWEEP_STREAMS):
+            return held
+        return int(self._open_streams(int(not self.config.client_side)))
 
 
 class StreamSink(Protocol):
@@ -213,7 +260,7 @@ class H2ClientConnection(asyncio.Protocol):
             validate_inbound_headers=False,
             normalize_inbound_headers=False,
         )
-        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2 = Connection(config=config)
         hpack.install(self._h2)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
@@ -410,6 +457,8 @@ class H2ClientConnection(asyncio.Protocol):
             if stream is not None:
                 stream.closed = True
                 self._blocked.discard(stream)
+                if not stream.ended_local:
+                    self._end_early(stream)
                 stream.sink.on_end()
                 self._pool.stream_closed(self)
             return
@@ -460,6 +509,17 @@ class H2ClientConnection(asyncio.Protocol):
         if kind is h2.events.InformationalResponseReceived:
             return  # 1xx: nothing a proxied HTTP/2 client needs (103 hints are not relayed)
         # SettingsAcknowledged, PingReceived (h2 answers), PingAckReceived, PriorityUpdated: nothing to do.
+
+    def _end_early(self, stream: H2Stream) -> None:
+        """The peer's response is complete before the whole request was sent (an early gRPC error, a
+        413): the rest is not sent and our half of the stream ends with RST_STREAM(NO_ERROR), as RFC
+        9113 8.1 allows, rather than staying open and counting against the peer's stream limit."""
+        stream._outbox.clear()
+        stream.outbox_bytes = 0
+        stream._end_pending = False
+        stream.ended_local = True
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.reset_stream(stream.stream_id, error_code=0)
 
     def _malformed_response(self, stream: H2Stream, problem: str) -> None:
         """RFC 9113 8.1.1: a malformed response is a stream error; the sink hears a bad response."""

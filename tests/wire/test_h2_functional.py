@@ -1,12 +1,17 @@
 """The HTTP/2 client (``shadowtap.wire.h2``) against a real h2 server (tests/wire/h2peer.py): streams
 multiplexed over one connection, MAX_CONCURRENT_STREAMS honoured (another connection, then waiting),
-flow control on uploads larger than every window, trailers, resets, GOAWAY, and ALPN."""
+flow control on uploads larger than every window, trailers, resets, GOAWAY, ALPN, and a response
+that ends before its request."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from shadowtap.wire.h2 import H2Pool, H2Stream, Header
@@ -170,3 +175,65 @@ async def test_a_malformed_response_fails_its_stream_only(server: H2TestServer) 
     assert bad.reset is not None and bad.reset[0] == "bad-response" and "b'connection'" in bad.reset[1]
     assert bad.status == 0
     assert good.status == 200 and pool.connects == 1
+
+
+async def test_an_answer_before_the_whole_request_ends_our_half_with_no_error() -> None:
+    """RFC 9113 8.1: the server answered (and ended the stream) before the request body was all sent;
+    the rest is not sent and the client's half ends with RST_STREAM(NO_ERROR), not left open."""
+    resets: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+    data_after_answer: list[int] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        answered: set[int] = set()
+        writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        # An early gRPC error: trailers-only, before reading the request body.
+                        conn.send_headers(
+                            event.stream_id, [(b":status", b"200"), (b"grpc-status", b"8")], end_stream=True
+                        )
+                        answered.add(event.stream_id)
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                        if event.stream_id in answered and event.data:
+                            data_after_answer.append(len(event.data))
+                    elif isinstance(event, h2.events.StreamReset):
+                        resets.put_nowait((event.stream_id, event.error_code))
+                writer.write(conn.data_to_send())
+        writer.close()
+
+    listener = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    pool = H2Pool("127.0.0.1", port, connect_timeout_s=5)
+    try:
+        sink = Collected()
+        stream = await pool.open(head(b"POST", b"/shop.Catalog/Upload", port), sink, end_stream=False)
+        sink.stream = stream
+        async with asyncio.timeout(10):
+            await sink.done
+        stream.send_data(b"x" * 1000)  # after the answer: nothing more goes out
+        stream.end()
+        async with asyncio.timeout(10):
+            stream_id, code = await resets.get()
+        # The connection still serves: the next stream opens on it.
+        second = Collected()
+        second.stream = await pool.open(head(b"POST", b"/shop.Catalog/Upload", port), second, end_stream=False)
+        async with asyncio.timeout(10):
+            await second.done
+    finally:
+        pool.abort_all()
+        listener.close()
+        for writer in writers:
+            writer.close()
+        await listener.wait_closed()
+    assert (sink.status, sink.reset) == (200, None)
+    assert (stream_id, code) == (stream.stream_id, 0)
+    assert stream.ended_local and stream.outbox_bytes == 0
+    assert data_after_answer == []
+    assert pool.connects == 1
