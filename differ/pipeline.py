@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -43,7 +45,10 @@ __all__ = [
     "DiffSession",
     "IngestStats",
     "add_stats",
+    "apply_endpoints",
+    "distinct_routes",
     "example_priority",
+    "learn_endpoints",
     "pair_latency",
     "shard_of",
 ]
@@ -333,10 +338,32 @@ def relearn_endpoints(store: DiffStore, config: DifferConfig) -> None:
     path counts once: replayed in path order with their pair counts, a few slugs of a long tail
     (``/page/blue-maple-north`` seen three times) were kept apart from ``/page/{id}``.
     """
+    templater = learn_endpoints(lambda: ((method, path) for _, method, path, _ in store.routes()), config)
+    apply_endpoints(store, templater)
+
+
+def learn_endpoints(routes: Callable[[], Iterable[tuple[str, str]]], config: DifferConfig) -> EndpointTemplater:
+    """The templater that ``relearn_endpoints`` applies, learned from ``routes()``: every distinct
+    (method, path) once, in (method, path) order, read twice. Apart from ``apply_endpoints`` so that
+    the routes may come from several stores (``distinct_routes``) while they are being merged."""
     templater = EndpointTemplater(config.routes, max_literal_children=config.max_literal_children)
     for _ in range(2):
-        for _, method, path, _ in store.routes():
+        for method, path in routes():
             templater.observe(method, path)
+    return templater
+
+
+def distinct_routes(*streams: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """The union of (method, path) ``streams``, each sorted, sorted and each once."""
+    last: tuple[str, str] | None = None
+    for route in heapq.merge(*streams):
+        if route != last:
+            yield route
+            last = route
+
+
+def apply_endpoints(store: DiffStore, templater: EndpointTemplater) -> None:
+    """Every stored route's endpoint as ``templater`` (learned from every path) templates it."""
     # Applied a batch at a time: a million distinct paths must not mean a million updates in memory.
     after = 0
     while batch := store.routes_after(after, _RELEARN_BATCH_ROUTES):

@@ -45,6 +45,7 @@ __all__ = [
     "RunMeta",
     "SetMember",
     "content_id",
+    "read_routes",
 ]
 
 SCHEMA_VERSION: Final = 2
@@ -63,6 +64,8 @@ EMPTY_SET: Final = 0
 _EXAMPLE_PATHS_MAX: Final = 200
 #: Pages SQLite may cache (negative: KiB): the store's memory stays this, whatever the tape.
 _CACHE_KIB: Final = 16_384
+#: How long a reader of a store being merged into waits for the merge's commit.
+_READ_TIMEOUT_S: Final = 600.0
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -236,6 +239,26 @@ class ExampleRow:
     key_id: int
     volatile: str | None
     pair_id: int
+
+
+def read_routes(path: str | Path, batch: int = 10_000) -> Iterator[tuple[str, str]]:
+    """The (method, path) of every route of the store at ``path``, in (method, path) order, read
+    through a read-only connection of its own a batch at a time: each batch a short read, so a
+    writer of the same file (a merge into it) waits at most that long for its lock, and sees its
+    routes read again (``distinct_routes`` drops the repeats) or not at all."""
+    db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=_READ_TIMEOUT_S)
+    try:
+        rows = db.execute("SELECT method, path FROM routes ORDER BY method, path LIMIT ?", (batch,)).fetchall()
+        while rows:
+            yield from rows
+            if len(rows) < batch:
+                return
+            rows = db.execute(
+                "SELECT method, path FROM routes WHERE (method, path) > (?, ?) ORDER BY method, path LIMIT ?",
+                (*rows[-1], batch),
+            ).fetchall()
+    finally:
+        db.close()
 
 
 def _make_private(path: str) -> None:

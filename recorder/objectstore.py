@@ -195,7 +195,8 @@ def list_object_segments(url: str) -> list[ObjectSegment]:
 
 class ObjectStream:
     """A segment object read front to back: ``read(n)`` streams the GET's body (never the whole
-    object), resuming with a ranged GET from where it stopped if the connection drops."""
+    object), resuming with a ranged GET from where it stopped if the connection drops; ``seek``
+    moves on before a read (a reader of part of the object)."""
 
     def __init__(self, segment: ObjectSegment) -> None:
         self.segment = segment
@@ -231,6 +232,13 @@ class ObjectStream:
             self.position += len(data)
             return data
         return b""  # not reached: the last attempt returns or raises
+
+    def seek(self, position: int) -> int:
+        """Read from ``position`` on (a ranged GET when the next read opens the body)."""
+        if position != self.position:
+            self._drop_body()
+            self.position = position
+        return position
 
     def _drop_body(self) -> None:
         body, self._body = self._body, None

@@ -3,7 +3,9 @@
 A reader never loads a whole tape: it reads each segment in large chunks and decodes frame by frame.
 A tape may also be an ``s3://bucket/prefix`` URL (``shadowtap.recorder.objectstore``): its segment
 objects are streamed, and when the prefix holds several sources (one folder per sidecar), their
-exchanges are merged by start time, as ``shadowtap tape merge`` would.
+exchanges are merged by start time, as ``shadowtap tape merge`` would. A reader may also be given
+byte ranges of segments (``TapeReader.of_ranges``, ranges starting at frames ``frame_starts``
+found), so that several processes share one segment without decoding each other's frames.
 It returns every complete frame after a crash and reports the torn tail; a corrupt frame with data
 after it is a ``TapeFormatError`` naming the file and byte offset, unless ``salvage`` is on, when the
 reader skips to the next valid frame and reports the skipped range. A checksummed record of the wrong
@@ -52,12 +54,14 @@ from shadowtap.recorder.model import Exchange, exchange_from_wire
 from shadowtap.recorder.objectstore import ObjectSegment, is_object_url, list_object_segments, open_object_segment
 
 __all__ = [
+    "SegmentRange",
     "SegmentReport",
     "SkippedRange",
     "TapeFilter",
     "TapeReadReport",
     "TapeReader",
     "TornTail",
+    "frame_starts",
     "tape_segments",
 ]
 
@@ -74,6 +78,7 @@ _SYNC_BYTES: Final = FRAME_SYNC.to_bytes(2, "little")
 # raises TapeFormatError (a ValueError) naming the field, and a migration may raise anything of these
 # on a record of the wrong shape.
 _RECORD_ERRORS: Final = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+_NO_STOP: Final = 2**63
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +178,47 @@ class TapeReadReport:
 Segment = Path | ObjectSegment
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentRange:
+    """The frames of one segment that start at byte ``start`` or later and before ``stop`` (None: to
+    its end). ``start`` is 0 (the segment's first frame) or the offset of a frame, as
+    ``frame_starts`` gives them: a reader never searches for a frame, so a body that happens to
+    hold frame-like bytes can never be taken for one."""
+
+    segment: Segment
+    start: int = 0
+    stop: int | None = None
+
+
+def frame_starts(segment: Path, offsets: Sequence[int]) -> list[int] | None:
+    """For each of ``offsets`` (ascending), the offset of the first frame of the local segment file
+    that starts there or later (the file's size when none does), found by walking the frame headers
+    from the start (lengths only: no payload is read or checked). None when the walk meets anything
+    but whole frames (a torn tail or damage before the last offset): such a segment is read whole,
+    by one reader, which reports the damage as always."""
+    found: list[int] = []
+    try:
+        size = segment.stat().st_size
+        with open(segment, "rb", buffering=_CHUNK_BYTES) as f:
+            if not MAGIC.startswith(f.read(len(MAGIC))):
+                return None
+            pos = SEGMENT_HEADER_SIZE
+            for offset in offsets:
+                while pos < offset and pos < size:
+                    f.seek(pos)
+                    head = f.read(FRAME_HEADER_SIZE)
+                    if len(head) < FRAME_HEADER_SIZE:
+                        return None
+                    sync, _kind, length, _crc = _unpack_header(head)
+                    if sync != FRAME_SYNC or length > MAX_FRAME_BYTES or pos + FRAME_HEADER_SIZE + length > size:
+                        return None
+                    pos += FRAME_HEADER_SIZE + length
+                found.append(min(pos, size))
+    except OSError:
+        return None
+    return found
+
+
 def tape_segments(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Segment]:
     """The segments of a tape, in reading order.
 
@@ -225,6 +271,17 @@ class TapeReader:
         self.salvage = salvage
         self.chunk_bytes = chunk_bytes
         self.report = TapeReadReport()
+        self._ranges: list[SegmentRange] | None = None
+
+    @classmethod
+    def of_ranges(cls, ranges: Sequence[SegmentRange], salvage: bool = False) -> TapeReader:
+        """A reader of the frames of ``ranges``, read one after the other in the order given (never
+        merged by time, even over several sources: a caller that splits a tape in ranges has no use
+        for the order); ``segments`` and ``segment_sizes`` describe the ranges."""
+        reader = cls([], salvage=salvage)
+        reader.segments = [r.segment for r in ranges]
+        reader._ranges = list(ranges)
+        return reader
 
     def segment_sizes(self) -> list[int]:
         """Each segment's size in bytes, in reading order (0 for a file that cannot be looked at)."""
@@ -237,10 +294,15 @@ class TapeReader:
                 sizes.append(segment.stat().st_size)
             except OSError:
                 sizes.append(0)
+        if self._ranges is not None:
+            ends = [size if r.stop is None else min(size, r.stop) for size, r in zip(sizes, self._ranges, strict=True)]
+            sizes = [max(0, end - r.start) for end, r in zip(ends, self._ranges, strict=True)]
         return sizes
 
     def __iter__(self) -> Iterator[Exchange]:
         self.report = TapeReadReport()
+        if self._ranges is not None:
+            return self._read_ranges(self._ranges)
         runs = _source_runs(self.segments)
         if len(runs) == 1:
             return self._read(runs[0])
@@ -257,6 +319,17 @@ class TapeReader:
             if isinstance(path, ObjectSegment):
                 chunk_bytes = min(chunk_bytes, _OBJECT_CHUNK_BYTES)
             yield from _SegmentReader(path, segment, self.salvage, matches, chunk_bytes).exchanges()
+
+    def _read_ranges(self, ranges: list[SegmentRange]) -> Iterator[Exchange]:
+        matches = None if self.filter is None else self.filter.matches
+        for part in ranges:
+            segment = SegmentReport(path=str(part.segment))
+            self.report.segments.append(segment)
+            chunk_bytes = self.chunk_bytes
+            if isinstance(part.segment, ObjectSegment):
+                chunk_bytes = min(chunk_bytes, _OBJECT_CHUNK_BYTES)
+            reader = _SegmentReader(part.segment, segment, self.salvage, matches, chunk_bytes, part.start, part.stop)
+            yield from reader.exchanges()
 
 
 def _source_runs(segments: list[Segment]) -> list[list[Segment]]:
@@ -289,8 +362,13 @@ class _SegmentReader:
         salvage: bool,
         matches: Callable[[Exchange], bool] | None,
         chunk_bytes: int = _CHUNK_BYTES,
+        start: int = 0,
+        stop: int | None = None,
     ) -> None:
         self.path = path
+        self.start = start
+        #: Frames starting here or later are another reader's (``SegmentRange``).
+        self.stop = _NO_STOP if stop is None else stop
         self.chunk_bytes = chunk_bytes
         self.matches = matches
         self.name = str(path)
@@ -328,7 +406,15 @@ class _SegmentReader:
                 report.version, report.flags = parse_segment_header(head, self.name)
             version = report.version
             self.migrate = migration_chain(version, self.name)
-            w = _Window(f, SEGMENT_HEADER_SIZE, self.name, self.chunk_bytes)
+            base = SEGMENT_HEADER_SIZE
+            if self.start > base:
+                try:
+                    f.seek(self.start)
+                except OSError as exc:
+                    raise InputFormatError(f"cannot read tape segment: {exc.strerror or exc}", path=self.name) from exc
+                base = self.start
+            w = _Window(f, base, self.name, self.chunk_bytes)
+            stop = self.stop
             matches = self.matches
             migrate = self.migrate
             unpackb = msgpack.unpackb
@@ -342,6 +428,9 @@ class _SegmentReader:
                     view = memoryview(buf)
                     end_buf = len(buf)
                     while pos + FRAME_HEADER_SIZE <= end_buf:
+                        if base + pos >= stop:
+                            w.pos = pos
+                            return
                         sync, kind, length, crc = _unpack_header(buf, pos)
                         end = pos + FRAME_HEADER_SIZE + length
                         if sync != FRAME_SYNC or end > end_buf:
@@ -368,7 +457,7 @@ class _SegmentReader:
                         # Kinds 0x80 and above are optional extensions, skipped by readers that do not know them.
                         pos = end
                     w.pos = pos
-                    if not self._slow(w):
+                    if w.base + pos >= stop or not self._slow(w):
                         return
             finally:
                 report.bytes = SEGMENT_HEADER_SIZE + w.consumed

@@ -9,23 +9,26 @@ never load a whole tape and never print a traceback for a user mistake.
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import os
 import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shadowtap.commands._options import NO_PROGRESS, NO_PROGRESS_HELP
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from shadowtap.differ import DifferConfig, DiffSession, DiffStore, IngestStats, RunMeta
     from shadowtap.differ.protobuf import ProtoSchema
     from shadowtap.differ.report_model import DiffReport
     from shadowtap.recorder import Exchange, TapeReader
     from shadowtap.recorder.errors import ConfigError
+    from shadowtap.recorder.reader import SegmentRange
 
 NAME = "diff"
 HELP = "compare primary vs shadow (or recorded vs replayed) responses in tapes and report what changed"
@@ -49,6 +52,11 @@ Default: severity>=high (from the config file's fail_on when set). See docs/diff
 _PEEK_EXCHANGES = 1_000
 #: Below this much tape, ``--workers`` defaults to one: starting a process costs about a second.
 _WORKERS_MIN_TAPE_BYTES = 8 << 20
+#: Chunks per worker a tape of local files is cut in: enough that a worker slowed by other work on
+#: the machine claims fewer and all finish together; each costs a file opened and a seek.
+_CHUNKS_PER_WORKER = 32
+#: Chunks are no smaller than this, whatever the number of workers.
+_MIN_CHUNK_BYTES = 64 << 10
 
 
 def _count(text: str) -> int:
@@ -267,6 +275,20 @@ class _Job:
     #: Below this many bytes to read no bar is drawn; a worker's share of a tape large enough for one
     #: draws its bar whatever its own size (``_worker_jobs``).
     progress_min_bytes: int | None = None
+    #: When ``ranged``, the tapes are read in ``chunks`` instead of ``tapes`` and ``noise_tapes``:
+    #: every process of the run is given them all and claims the next unclaimed one when it is done
+    #: with the last (``_claim_chunks``), so a process slowed by other work on the machine reads less.
+    ranged: bool = False
+    chunks: tuple[_Chunk, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """Byte ranges of whole frames of a tape (or of a noise tape), read by one process."""
+
+    ranges: tuple[SegmentRange, ...]
+    size_bytes: int
+    noise: bool = False
 
 
 @dataclass(slots=True)
@@ -290,18 +312,57 @@ def _read_notes(readers: Iterable[TapeReader | None]) -> list[str]:
     return notes
 
 
+#: The index of the next chunk to claim, shared by the processes of one run: a ``multiprocessing``
+#: value, handed to each worker process as it starts (the only way one crosses to a spawned process).
+_next_chunk: Any = None
+
+
+def _share_chunks(counter: Any) -> None:
+    """The worker processes' initializer: the run's chunk counter."""
+    global _next_chunk
+    _next_chunk = counter
+
+
+def _claim_chunks(job: _Job) -> Iterator[tuple[int, _Chunk]]:
+    """The chunks this process claims, one at a time, until none is left."""
+    counter = _next_chunk
+    while True:
+        with counter.get_lock():
+            index = counter.value
+            counter.value = index + 1
+        if index >= len(job.chunks):
+            return
+        yield index, job.chunks[index]
+
+
 def _ingest(session: DiffSession, job: _Job) -> _Done:
-    """Feed the tapes (this job's shard of them) through ``session``; the store is not finished."""
-    from shadowtap.commands._progress import ReadProgress
+    """Feed the tapes (this job's shard of them, or the chunks it claims) through ``session``; the
+    store is not finished."""
+    from shadowtap.commands._progress import MIN_TOTAL_BYTES, ReadProgress
     from shadowtap.differ.pipeline import shard_of
     from shadowtap.recorder import TapeReader
 
-    reader = TapeReader(job.tapes, salvage=job.salvage)
     names: set[str] = set()
-    shard, shards = job.shard, job.shards
-    from shadowtap.commands._progress import MIN_TOTAL_BYTES
-
     minimum = MIN_TOTAL_BYTES if job.progress_min_bytes is None else job.progress_min_bytes
+    if job.ranged:
+        # The bar counts the chunks before the one being read as done, whoever read them.
+        sizes = [chunk.size_bytes for chunk in job.chunks if not chunk.noise]
+        readers: list[TapeReader | None] = []
+        with ReadProgress("diff", sizes, enabled=job.progress, min_total_bytes=minimum) as progress:
+            for index, chunk in _claim_chunks(job):
+                reader = TapeReader.of_ranges(chunk.ranges)
+                readers.append(reader)
+                if chunk.noise:
+                    for exchange in reader:
+                        session.add_noise(exchange, job.noise_name)
+                    continue
+                for exchange in progress.wrap(reader, functools.partial(int, index)):
+                    session.add(exchange)
+                    if job.collect_names:
+                        _names_on((exchange,), names)
+        return _Done(session.stats, _read_notes(readers), names)
+    reader = TapeReader(job.tapes, salvage=job.salvage)
+    shard, shards = job.shard, job.shards
     with ReadProgress("diff", reader.segment_sizes(), enabled=job.progress, min_total_bytes=minimum) as progress:
         for exchange in progress.wrap(reader, lambda: len(reader.report.segments) - 1):
             request = exchange.request
@@ -333,73 +394,133 @@ def _diff_shard(job: _Job) -> _Done:
     return done
 
 
-def _split_by_size(segments: Sequence[tuple[str, int]], parts: int) -> list[tuple[str, ...]]:
-    """``segments`` (path, bytes) in ``parts`` of about equal bytes, each in the tape's order."""
-    loads = [0] * parts
-    chosen: list[list[int]] = [[] for _ in range(parts)]
-    for index, (_, size) in sorted(enumerate(segments), key=lambda item: -item[1][1]):
-        part = loads.index(min(loads))
-        chosen[part].append(index)
-        loads[part] += size
-    return [tuple(segments[i][0] for i in sorted(indexes)) for indexes in chosen]
+def _split_by_bytes(segments: Sequence[tuple[Path, int]], parts: int, noise: bool = False) -> list[_Chunk]:
+    """Local ``segments`` (path, bytes) cut in ``parts`` chunks of about equal bytes, each a run of
+    whole frames: a cut inside a segment moves on to the start of the next frame (``frame_starts``
+    walks the frame headers up to it), or to the segment's end when its frames cannot be walked
+    (damage: the one reader of that segment reports it)."""
+    from shadowtap.recorder.reader import SegmentRange, frame_starts
+
+    total = sum(size for _, size in segments)
+    targets = [total * k // parts for k in range(1, parts)]
+    # Each cut as (segment index, offset in it); a cut at a segment's end is the next one's start.
+    cuts: list[tuple[int, int]] = []
+    before = 0
+    for index, (path, size) in enumerate(segments):
+        inside = [t - before for t in targets if before <= t < before + size]
+        if inside:
+            starts = frame_starts(path, inside)
+            cuts += [(index, offset) for offset in (starts or [size] * len(inside))]
+        before += size
+    bounds = [(0, 0), *cuts, (len(segments) - 1, segments[-1][1])]
+    chunks: list[_Chunk] = []
+    for (first, start), (last, stop) in itertools.pairwise(bounds):
+        ranges: list[SegmentRange] = []
+        size_bytes = 0
+        for index in range(first, last + 1):
+            path, size = segments[index]
+            lo = start if index == first else 0
+            hi = stop if index == last else size
+            if hi > lo or size == 0:  # an empty segment too: its reader notes it
+                ranges.append(SegmentRange(path, lo, None if hi >= size else hi))
+                size_bytes += hi - lo
+        if ranges:
+            chunks.append(_Chunk(tuple(ranges), size_bytes, noise))
+    return chunks
 
 
 def _worker_jobs(job: _Job, tapes: TapeReader, noise: TapeReader | None, workers: int, scratch: str) -> list[_Job]:
-    """One job per worker. With enough local segments (two per worker), each worker reads its own
-    segments, about equal in bytes; otherwise each reads every exchange and diffs those of its
+    """One job per worker. Local tapes are cut in chunks of whole frames (about ``workers`` x
+    ``_CHUNKS_PER_WORKER`` of equal bytes) and tapes in object storage with enough objects (two per
+    worker) in objects, which the workers claim as they go. Otherwise (or with ``--salvage``, which
+    must see every damaged byte in order) each worker reads every exchange and diffs those of its
     endpoints. Either way the merge is exact (see ``_run_workers``)."""
-    segments = [(str(path), size) for path, size in zip(tapes.segments, tapes.segment_sizes(), strict=True)]
-    noise_segments = (
-        [] if noise is None else [(str(p), size) for p, size in zip(noise.segments, noise.segment_sizes(), strict=True)]
-    )
     from shadowtap.commands._progress import MIN_TOTAL_BYTES
+    from shadowtap.recorder.reader import SegmentRange
 
+    segments = list(zip(tapes.segments, tapes.segment_sizes(), strict=True))
+    noise_segments = [] if noise is None else list(zip(noise.segments, noise.segment_sizes(), strict=True))
     dbs = [str(Path(scratch) / f"shard-{i}.sqlite") for i in range(workers)]
     # The first worker draws the bar for the run: when the whole tape is big enough for one, its
     # share is too.
     job = replace(job, progress_min_bytes=0) if sum(size for _, size in segments) >= MIN_TOTAL_BYTES else job
-    local = all(Path(path).is_file() for path, _ in (*segments, *noise_segments))
-    if local and len(segments) >= 2 * workers:
-        parts = _split_by_size(segments, workers)
-        noise_parts = _split_by_size(noise_segments, workers)
-        return [
-            replace(
-                job,
-                tapes=parts[i],
-                noise_tapes=noise_parts[i],
-                shard=0,
-                shards=1,
-                db=dbs[i],
-                progress=job.progress and i == 0,
-            )
-            for i in range(workers)
+    files = [(path, size) for path, size in segments if isinstance(path, Path)]
+    noise_files = [(path, size) for path, size in noise_segments if isinstance(path, Path)]
+    chunks: list[_Chunk] | None = None
+    if job.salvage or not segments:
+        pass
+    elif len(files) == len(segments) and len(noise_files) == len(noise_segments):
+        chunks = []
+        for parts, noisy in ((files, False), (noise_files, True)):
+            total = sum(size for _, size in parts)
+            count = max(workers, min(workers * _CHUNKS_PER_WORKER, total // _MIN_CHUNK_BYTES))
+            chunks += _split_by_bytes(parts, count, noisy) if parts else []
+    elif len(segments) >= 2 * workers and (not noise_segments or len(noise_segments) >= 2 * workers):
+        # Objects whole, largest first: the last ones claimed are the small ones.
+        chunks = [
+            _Chunk((SegmentRange(segment),), size, noisy)
+            for parts, noisy in ((segments, False), (noise_segments, True))
+            for segment, size in sorted(parts, key=lambda item: -item[1])
         ]
+    if chunks is not None:
+        ranged = replace(job, ranged=True, chunks=tuple(chunks), shard=0, shards=1)
+        return [replace(ranged, db=dbs[i], progress=job.progress and i == 0) for i in range(workers)]
     return [replace(job, shard=i, shards=workers, db=dbs[i], progress=job.progress and i == 0) for i in range(workers)]
 
 
 def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: list[_Job]) -> _Done:
-    """One process per job, each diffing its exchanges into a store of its own; their stores merge
-    into ``store``, then endpoints are learned over every path. The merge is the one-process result:
-    keys and difference sets are named by their content, pairs merge by exchange id, and each
-    sample is bottom-k by a hash of the exchange id (the smallest k of a union are among the union
-    of each part's smallest k)."""
+    """The first job in this process, straight into ``store``, each other in a process of its own
+    diffing into a store of its own; their stores merge into ``store``, then endpoints are learned
+    over every path. The merge is the one-process result: keys and difference sets are named by
+    their content, pairs merge by exchange id, and each sample is bottom-k by a hash of the exchange
+    id (the smallest k of a union are among the union of each part's smallest k)."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-    from shadowtap.differ import IngestStats, relearn_endpoints
-    from shadowtap.differ.pipeline import add_stats
+    from shadowtap.differ import DiffSession
+    from shadowtap.differ.pipeline import add_stats, apply_endpoints, distinct_routes, learn_endpoints
+    from shadowtap.differ.store import read_routes
 
+    global _next_chunk
     store.set_meta(meta)
-    total = _Done(IngestStats(), [], set())
     # spawn, not fork: the parent may hold open files and threads a forked child must not inherit.
-    with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
-        for part_job, done in zip(jobs, pool.map(_diff_shard, jobs), strict=True):
-            done.stats.duplicates += store.merge_from(part_job.db)
-            Path(part_job.db).unlink()
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    _next_chunk = counter
+    try:
+        with ProcessPoolExecutor(
+            len(jobs) - 1, mp_context=context, initializer=_share_chunks, initargs=(counter,)
+        ) as pool:
+            futures = [pool.submit(_diff_shard, part_job) for part_job in jobs[1:]]
+            try:
+                # Meanwhile this process diffs its own share: no process to start, no store to merge.
+                session = DiffSession(store, config, meta)
+                total = _ingest(session, jobs[0])
+                session.finish(relearn=False)
+                parts = [future.result() for future in futures]
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    finally:
+        _next_chunk = None
+    dbs = [part_job.db for part_job in jobs[1:]]
+    # Endpoints are learned from every store's routes in a thread while the stores merge: the merge
+    # runs in SQLite with the GIL released, so the two share the cores the workers have left.
+    with ThreadPoolExecutor(1, thread_name_prefix="learn-endpoints") as learning:
+        learned = learning.submit(
+            learn_endpoints, lambda: distinct_routes(*(read_routes(path) for path in (store.path, *dbs))), config
+        )
+        for db, done in zip(dbs, parts, strict=True):
+            total.stats.duplicates += store.merge_from(db)
             add_stats(total.stats, done.stats)
             total.notes += done.notes
             total.names |= done.names
-    relearn_endpoints(store, config)
+        templater = learned.result()
+    for db in dbs:
+        Path(db).unlink()
+    total.notes.sort()  # whichever process read a damaged segment, the same notes in the same order
+    apply_endpoints(store, templater)
     store.commit()
     return total
 

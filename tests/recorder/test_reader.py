@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from shadowtap.recorder import (
     exchange_to_wire,
     tape_segments,
 )
+from shadowtap.recorder.reader import SegmentRange, frame_starts
 from tests.recorder.tape_samples import BASE_NS, make_exchange
 
 PLAIN = TapeOptions(redaction=None, fsync="none", compression="none")
@@ -440,3 +442,58 @@ def test_a_record_of_the_wrong_shape_inside_a_zstd_block(tmp_path: Path) -> None
     reader = TapeReader(tmp_path, salvage=True)
     assert ids(reader) == ["ex-000000", "ex-000002"]
     assert "request.headers[1][1]" in reader.report.skipped_ranges[0][1].reason
+
+
+# --- byte ranges: several readers sharing one segment ------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_ranges_cut_at_frame_starts_read_each_exchange_once(tmp_path: Path, compression: str) -> None:
+    options = TapeOptions(redaction=None, fsync="none", compression=compression)  # type: ignore[arg-type]
+    with SyncTapeWriter(tmp_path, options) as writer:
+        # Bodies that hold frame-like bytes: a reader starting at a frame never looks for one.
+        writer.write_many(make_exchange(i) for i in range(400))
+    (segment,) = sorted(tmp_path.glob("*.stape"))
+    size = segment.stat().st_size
+    starts = frame_offsets(segment)
+    wanted = [size // 5, size // 2, size // 2 + 1, 4 * size // 5, size - 1]
+    cuts = frame_starts(segment, wanted)
+    assert cuts == [next((s for s in starts if s >= w), size) for w in wanted]
+    bounds = [0, *cuts, size]
+    readers = [
+        TapeReader.of_ranges([SegmentRange(segment, lo, None if hi == size else hi)])
+        for lo, hi in itertools.pairwise(bounds)
+    ]
+    parts = [ids(reader) for reader in readers]
+    assert [i for part in parts for i in part] == ids(TapeReader(segment))
+    assert [reader.segment_sizes() for reader in readers] == [[hi - lo] for lo, hi in itertools.pairwise(bounds)]
+    assert sum(reader.report.exchanges for reader in readers) == 400
+    assert [] in parts  # the cut one byte after the middle one found the same frame: an empty range
+    assert not any(reader.report.torn_tails for reader in readers)
+
+
+def test_a_range_ending_before_a_torn_tail_does_not_see_it(tmp_path: Path) -> None:
+    segment = write_tape(tmp_path, 6)
+    starts = frame_offsets(segment)
+    segment.write_bytes(segment.read_bytes()[:-3])
+    assert frame_starts(segment, [starts[3]]) == [starts[3]]
+    assert frame_starts(segment, [starts[5] + 1]) is None  # the walk meets the torn frame: read it whole
+    first = TapeReader.of_ranges([SegmentRange(segment, 0, starts[3])])
+    rest = TapeReader.of_ranges([SegmentRange(segment, starts[3])])
+    assert ids(first) == [f"ex-{i:06d}" for i in range(3)] and not first.report.torn_tails
+    assert ids(rest) == [f"ex-{i:06d}" for i in range(3, 5)]
+    ((_, torn),) = rest.report.torn_tails
+    assert torn.offset == starts[5]
+
+
+def test_frame_starts_of_a_damaged_or_foreign_file_is_none(tmp_path: Path) -> None:
+    segment, offset = corrupt_middle(tmp_path)
+    assert frame_starts(segment, [offset + 1]) is not None  # a damaged payload: lengths still walk
+    data = bytearray(segment.read_bytes())
+    data[offset] ^= 0xFF  # a damaged sync marker
+    segment.write_bytes(bytes(data))
+    assert frame_starts(segment, [offset + 1]) is None
+    other = tmp_path / "other.stape"
+    other.write_bytes(b"not a tape at all")
+    assert frame_starts(other, [4]) is None
+    assert frame_starts(tmp_path / "missing.stape", [4]) is None

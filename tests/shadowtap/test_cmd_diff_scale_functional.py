@@ -12,7 +12,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from shadowtap.recorder import SyncTapeWriter, TapeOptions
+from shadowtap.recorder import Exchange, SyncTapeWriter, TapeOptions
 from tests import peak_rss
 from tests.differ.corpus.traffic import CANDIDATE, CONFIG, traffic
 from tests.differ.scale_tape import RESOURCES, scale_exchange, write_tape
@@ -110,3 +110,39 @@ def test_workers_load_the_protobuf_schema_each(tape: Path, shop: CompiledShop, t
         tape, "--candidate", "v2", "--proto-descriptor", shop.descriptor_set, "--workers", 2, "--json", report
     )
     check(result, report, PLANTED_BY_NAME)
+
+
+def test_workers_share_a_noise_tape_and_note_a_torn_tail_once(tmp_path: Path) -> None:
+    exchanges = list(traffic(1500, planted=True))
+    main = [Exchange(e.id, e.started_at_ns, e.request, e.primary, {CANDIDATE: e.shadows[CANDIDATE]}) for e in exchanges]
+    replays = [
+        Exchange(e.id, e.started_at_ns, e.request, e.primary, {"replay": e.shadows["secondary"]}) for e in exchanges
+    ]
+    tapes = {}
+    for name, part in (("tape", main), ("replayed", replays)):
+        # Small segments, cut inside by the workers' chunks as well as between them.
+        options = TapeOptions(fsync="none", compression="none", max_segment_bytes=700 * 2**10)
+        with SyncTapeWriter(tmp_path / name, options) as writer:
+            writer.write_many(part)
+        tapes[name] = tmp_path / name
+    last = sorted(tapes["tape"].glob("*.stape"))[-1]
+    with last.open("ab") as f:
+        f.write(b"\xf5\x1d\x01\xff\xff")  # a frame header cut short by a crash
+    (tmp_path / "diff.yaml").write_text(yaml.safe_dump(CONFIG))
+    outputs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.json"
+        result = diff(
+            tapes["tape"], "--noise-tape", tapes["replayed"], "--config", tmp_path / "diff.yaml",
+            "--workers", workers, "--json", out, "--no-color", "--full",
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        outputs[workers] = (result.stdout, result.stderr, without_timings(out.read_text()))
+    assert outputs[1] == outputs[2]
+    assert outputs[2][1].count("torn tail") == 1, outputs[2][1]
+    document = json.loads(outputs[2][2])
+    reasons = {
+        s["path"]: s["suppression_reason"] for e in document["endpoints"] for s in e["signatures"] if s["suppressed"]
+    }
+    assert reasons["body.score"] == "learned-noise"
+    assert document["pairs"] >= 1500
