@@ -23,6 +23,7 @@ from shadowtap.proxy.server import ProxyServer
 from shadowtap.recorder import TapeReader
 from shadowtap.recorder.model import Response
 from shadowtap.wire.grpc import split_messages
+from shadowtap.wire.h2 import STREAM_WINDOW_BYTES
 from tests.grpc_fixtures import CompiledShop, compile_shop
 from tests.grpc_fixtures.server import make_servicer, start_catalog
 from tests.proxy.conftest import AppUpstream, raw_head_request, raw_request
@@ -319,3 +320,30 @@ async def test_an_https_primary_with_primary_http2_gets_http1_clients_over_tls_h
     assert head.startswith(b"HTTP/1.1 200 OK")
     assert b"grpc-status: 0" in body.rpartition(b"\r\n0\r\n")[2]  # the trailers, asked for with TE
     assert b"tls (v1)" in body
+
+
+async def test_a_client_that_does_not_read_holds_the_h2_primary_back(proxy: ProxyServer) -> None:
+    size = 32 * 1024 * 1024
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", proxy.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(b"GET /big/%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % size)
+        ctx = proxy._ctx
+        assert ctx is not None
+        async with asyncio.timeout(10):
+            while not ctx.connections or not next(iter(ctx.connections)).write_paused:
+                await asyncio.sleep(0.01)
+        client = next(iter(ctx.connections))
+        await asyncio.sleep(0.3)  # what the primary may still send, it has sent by now
+        assert client.transport is not None
+        # The proxy holds at most what one stream window let the primary send past the pause.
+        assert client.transport.get_write_buffer_size() <= STREAM_WINDOW_BYTES + 256 * 1024
+        async with asyncio.timeout(30):
+            head = await reader.readuntil(b"\r\n\r\n")
+            body = await reader.readexactly(size)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length: %d" % size in head
+    assert body == bytes(range(256)) * (size // 256)
