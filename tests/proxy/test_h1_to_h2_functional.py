@@ -7,6 +7,7 @@ aiohttp shadow and the tape."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.grpc_fixtures import CompiledShop, compile_shop
 from tests.grpc_fixtures.server import make_servicer, start_catalog
 from tests.proxy.conftest import AppUpstream, raw_head_request, raw_request
 from tests.proxy.test_server_tls_functional import Pki, pki  # noqa: F401  (the fixture)
+from tests.shadowtap.test_cmd_diff_functional import run_cli
 from tests.wire.h2peer import H2TestServer, Responder
 
 Header = tuple[bytes, bytes]
@@ -274,6 +276,12 @@ async def test_an_http1_exchange_to_an_h2c_primary_is_mirrored_and_recorded(
     post = taped["/trailers"]
     assert isinstance(post.primary, Response) and post.primary.trailers == ((b"x-checksum", b"abc"),)
     assert post.request.body == b"z" and post.primary.body == b"body-z"
+    # The tape diffs like any other: the shadow's answer differs from the primary's in its body.
+    result = run_cli("diff", tape, "--min-samples", "1", "--no-progress", "--json", tmp_path / "diff.json")
+    assert result.returncode in (0, 1), result.stderr
+    assert "Traceback" not in result.stderr
+    report = json.loads((tmp_path / "diff.json").read_text())
+    assert report["compared"] == 1 and report["differing"] == 1
 
 
 async def test_expect_100_continue_is_answered_by_the_proxy(proxy: ProxyServer) -> None:
