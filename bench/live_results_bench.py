@@ -3,7 +3,8 @@
 Builds a live store of ``--pairs`` pairs over 50 endpoint templates (5 % differing in a high
 signature, 0.1 % in a critical one), then drives ``LiveResults`` as the proxy does, in a thread:
 the catch-up of that backlog, then ``--ticks`` ticks of ``--rate`` new pairs each, with a one-minute
-``diff.*`` rule window and wide events on, and ticks with nothing new. Prints CPU and wall time per
+``diff.*`` rule window and wide events on, and ticks with nothing new; with ``--secondary``, the
+tick that rebuilds the learned-noise report too. Prints CPU and wall time per
 tick and the window's figures (compared, differing, errors), which a report of the store gives too.
 
     .venv/bin/python bench/live_results_bench.py --pairs 300000 --rate 5000
@@ -27,9 +28,9 @@ from shadowtap.proxy.metrics import ProxyMetrics
 _ENDPOINTS = 50
 
 
-def build_store(path: str, pairs: int) -> None:
+def build_store(path: str, pairs: int, secondary: bool) -> None:
     store = open_live_store(path)
-    store.set_meta(RunMeta("primary", "v2", None, ("bench",)))
+    store.set_meta(RunMeta("primary", "v2", "secondary" if secondary else None, ("bench",)))
     high = store.set_id(((store.key_id("body.price", "type", "int->str"), ""),))
     critical = store.set_id(((store.key_id("status", "status", "200->404"), ""),))
     routes = [store.route_id("GET", f"/e{e}/1", f"GET /e{e}/{{id}}") for e in range(_ENDPOINTS)]
@@ -37,11 +38,11 @@ def build_store(path: str, pairs: int) -> None:
     step_ns = 30_000_000_000 // max(1, pairs)
     for i in range(pairs):
         diff_set = high if i % 20 == 0 else critical if i % 997 == 0 else 0
-        store.add_pair(f"x{i}", start_ns + i * step_ns, routes[i % _ENDPOINTS], "compared", False, diff_set)
+        store.add_pair(f"x{i}", start_ns + i * step_ns, routes[i % _ENDPOINTS], "compared", secondary, diff_set)
     store.close()
 
 
-async def run(path: str, pairs: int, rate: int, ticks: int) -> None:
+async def run(path: str, pairs: int, rate: int, ticks: int, secondary: bool) -> None:
     results = LiveResults((("v2", path),), DifferConfig(), ProxyMetrics())
     results._keep_s = 120  # as a one-minute diff.* rule keeps (no trip guard here)
     follow = results._follows[0]
@@ -56,7 +57,7 @@ async def run(path: str, pairs: int, rate: int, ticks: int) -> None:
     serial = pairs
     for _ in range(ticks):
         for _ in range(rate):
-            store.add_pair(f"y{serial}", time.time_ns(), route, "compared", False, 0)
+            store.add_pair(f"y{serial}", time.time_ns(), route, "compared", secondary, 0)
             serial += 1
         store.commit()
         since = time.time_ns() - 60_000_000_000
@@ -71,6 +72,12 @@ async def run(path: str, pairs: int, rate: int, ticks: int) -> None:
         print(f"tick of nothing new: CPU {time.process_time() - cpu:.4f} s")
     report = build_report(store, DifferConfig(), since_ns=since)
     print(f"a report of the same window: compared {report.compared:,} differing {report.differing:,}")
+    if secondary:  # the learned-noise report, every _NOISE_EVERY ticks
+        results._ticks = 0
+        wall, cpu = time.perf_counter(), time.process_time()
+        await asyncio.to_thread(results._read, [], True)
+        print(f"tick with the learned-noise report of the last minute: CPU {time.process_time() - cpu:.3f} s, "
+              f"wall {time.perf_counter() - wall:.3f} s")  # fmt: skip
     store.close()
 
 
@@ -79,11 +86,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=300_000, help="pairs in the store to start with")
     parser.add_argument("--rate", type=int, default=5_000, help="new pairs per tick (a tick is a second)")
     parser.add_argument("--ticks", type=int, default=3)
+    parser.add_argument("--secondary", action="store_true", help="a secondary teaches noise (a report now and then)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="shadowtap-live-results-") as directory:
         path = str(Path(directory) / "live.sqlite")
-        build_store(path, args.pairs)
-        asyncio.run(run(path, args.pairs, args.rate, args.ticks))
+        build_store(path, args.pairs, args.secondary)
+        asyncio.run(run(path, args.pairs, args.rate, args.ticks, args.secondary))
 
 
 if __name__ == "__main__":
