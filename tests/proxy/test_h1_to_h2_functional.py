@@ -57,6 +57,8 @@ async def h2_primary() -> AsyncIterator[H2TestServer]:
             await reply.data(bytes(range(256)) * (size // 256), end=True)
         elif path == b"/reset":
             reply.reset(0x2)
+        elif path == b"/silent":
+            await asyncio.Event().wait()
         else:
             names = b",".join(name for name, _ in headers)
             echo = [(b"x-path", path), (b"x-method", fields[b":method"]), (b"x-authority", fields[b":authority"]),
@@ -355,3 +357,20 @@ async def test_a_client_that_does_not_read_holds_the_h2_primary_back(proxy: Prox
         writer.close()
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length: %d" % size in head
     assert body == bytes(range(256)) * (size // 256)
+
+
+async def test_a_silent_primary_times_out_as_504_and_http10_gets_a_close_delimited_body(
+    h2_primary: H2TestServer,
+) -> None:
+    server = ProxyServer(ForwardSettings(primary=f"h2c://127.0.0.1:{h2_primary.port}", first_byte_timeout_s=0.3))
+    await server.start("127.0.0.1", 0)
+    try:
+        (silent,) = await raw_request(server.port, b"GET /silent HTTP/1.1\r\nHost: x\r\n\r\n")
+        old = await _exchange(server.port, b"GET /old HTTP/1.0\r\n\r\n")
+    finally:
+        await server.shutdown(1)
+    assert silent.status == 504 and b"first byte timed out" in silent.body
+    assert server.stats.primary_failures == {"timeout": 1}
+    head, _, body = old.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" in head
+    assert b"Transfer-Encoding" not in head and body == b"echo:"
