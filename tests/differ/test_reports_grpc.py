@@ -108,6 +108,8 @@ def test_every_format_shows_decoded_messages_as_text(
     assert f"`{availability}`: `{old}` &rarr; `{new}`" in markdown
 
     html = out["html"].read_text()
+    # The differing paths are highlighted in the shown bodies (the tree has the diff's field names).
+    assert f'hl" title="{name}"' in html and f'hl" title="{availability}"' in html
     assert (
         f"<td><code>{old.replace(chr(34), '&quot;')}</code></td><td><code>{new.replace(chr(34), '&quot;')}</code>"
         in html
