@@ -204,7 +204,8 @@ class PairLatency:
 @dataclass(frozen=True, slots=True)
 class PairRow:
     """One stored pair as a reader following the store sees it: its row id (pairs are only ever
-    added, so ids grow), exchange id, start, endpoint, status and candidate difference set."""
+    added, so ids grow), exchange id, start, endpoint, status, candidate difference set, and
+    whether the secondary answered it too."""
 
     id: int
     exchange_id: str
@@ -212,6 +213,7 @@ class PairRow:
     endpoint: str
     status: str
     diff_set: int
+    has_secondary: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,11 +576,12 @@ class DiffStore:
         """Up to ``limit`` pairs with row ids above ``after_id``, by id: what was added since a
         reader last looked (the proxy following its live store)."""
         rows = self._db.execute(
-            "SELECT p.id, p.exchange_id, p.started_at_ns, r.endpoint, p.status, p.diff_set"
+            "SELECT p.id, p.exchange_id, p.started_at_ns, r.endpoint, p.status, p.diff_set, p.has_secondary"
             " FROM pairs p JOIN routes r ON r.id = p.route_id WHERE p.id > ? ORDER BY p.id LIMIT ?",
             (after_id, limit),
         ).fetchall()
-        return [PairRow(*row) for row in rows]
+        return [PairRow(pid, exchange_id, started, endpoint, status, diff_set, bool(secondary))
+                for pid, exchange_id, started, endpoint, status, diff_set, secondary in rows]  # fmt: skip
 
     def latency_bins(self, since_ns: int | None, until_ns: int | None, endpoint: str | None) -> Iterator[LatencyBin]:
         """The latency histograms of the timed pairs in the window, per endpoint and side, streamed:

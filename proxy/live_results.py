@@ -116,6 +116,10 @@ class _Follow:
     learned: frozenset[tuple[str, str, str, str]] = frozenset()
     keys: dict[int, tuple[str, str, str]] = field(default_factory=dict)
     members: dict[int, tuple[SetMember, ...]] = field(default_factory=dict)
+    #: Pairs read that the secondary answered too (what noise is learned from), and how many the
+    #: noise model needs (``diff.min_samples``); 0 without a secondary.
+    secondary_pairs: int = 0
+    noise_needs: int = 0
     #: The pairs read, by the second they started in: {(endpoint, status, difference set): count},
     #: as many seconds as the longest ``diff.*`` rule's window (what a window adds up).
     seconds: dict[int, dict[tuple[str, str, int], int]] = field(default_factory=dict)
@@ -217,8 +221,8 @@ class LiveResults:
             self._events.on_diff(reading.events)
 
     def _waiting(self) -> str | None:
-        stats = {"state": "off"} if self._live_stats is None else self._live_stats()
-        return live_wait_reason(stats) or (None if self._follows else "live diff is off")
+        reason = None if self._live_stats is None else live_wait_reason(self._live_stats())
+        return reason or (None if self._follows else "live diff is off")
 
     # --- the reading thread -----------------------------------------------------------------------
 
@@ -239,6 +243,7 @@ class LiveResults:
                 if meta is None:
                     reading.waiting = "no results from the live differ yet"
                     continue
+                follow.noise_needs = max(1, self._config.min_samples) if meta.secondary is not None else 0
                 if meta.secondary is not None and self._ticks % _NOISE_EVERY == 1:
                     # Learned noise weighs the secondary's rate at a field against the candidate's
                     # over many pairs: the report's decisions over the last stretch, now and then.
@@ -257,6 +262,13 @@ class LiveResults:
                         reading.events.append(event)
                 if rows:
                     follow.last_id = rows[-1].id
+                if follow.secondary_pairs < follow.noise_needs:
+                    # Said by the live differ's own figures too, where they are at hand; not with
+                    # --workers N, where the differ runs in the parent: the store says it here.
+                    reading.waiting = (
+                        f"noise model warming up: {follow.secondary_pairs} of {follow.noise_needs} pairs answered "
+                        f"by {meta.secondary}"
+                    )
                 oldest = self._clock_ns() // 1_000_000_000 - self._keep_s
                 for second in [second for second in follow.seconds if second < oldest]:
                     del follow.seconds[second]
@@ -287,6 +299,8 @@ class LiveResults:
         """Count one new pair; its follow-up event (None for a noise-only pair)."""
         if row.status == "noise":
             return None
+        if row.has_secondary:
+            follow.secondary_pairs += 1
         ep = row.endpoint
         label = follow.labels.get(ep)
         if label is None:
