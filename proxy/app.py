@@ -330,6 +330,19 @@ class ProxyApp:
                          lambda: {"": float(tape.stats.queue_depth)})  # fmt: skip
             m.add_source("gauge", "shadowtap_tape_queue_bytes", "Bytes of the exchanges waiting for the tape writer",
                          "", lambda: {"": float(tape.stats.queue_bytes)})  # fmt: skip
+            if self.config.record.tape is not None and is_object_url(self.config.record.tape):
+                # The segment uploader's figures (an s3:// tape): each failed attempt is retried.
+                m.add_source("counter", "shadowtap_tape_uploads", "Tape segments uploaded to object storage", "",
+                             lambda: {"": float(tape.stats.uploaded_segments)})  # fmt: skip
+                m.add_source("counter", "shadowtap_tape_upload_failures",
+                             "Failed tape segment uploads, each retried with backoff", "",
+                             lambda: {"": float(tape.stats.upload_failures)})  # fmt: skip
+                m.add_source("gauge", "shadowtap_tape_upload_spool_bytes",
+                             "Bytes of closed tape segments in the spool waiting for upload", "",
+                             lambda: {"": float(tape.stats.upload_pending_bytes)})  # fmt: skip
+                m.add_source("counter", "shadowtap_tape_spool_full",
+                             "Tape batches refused because the upload spool held max_spool_bytes", "",
+                             lambda: {"": float(tape.stats.spool_full)})  # fmt: skip
         live = self.live
         if live is not None:
 
