@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from shadowtap.recorder.errors import ConfigError, UpstreamError
+from shadowtap.recorder.objectstore import is_object_url
 from shadowtap.replayer.job import ReplayJob
 from shadowtap.replayer.locust_plan import LocustJob
 from shadowtap.replayer.plan import PlanStats, plan_requests
@@ -69,10 +70,15 @@ def refuse_http2(job: ReplayJob) -> None:
     )
 
 
+def _absolute(path: str) -> str:
+    """A tape path as every worker reads it: absolute, or an ``s3://`` URL as it is."""
+    return path if is_object_url(path) else str(Path(path).resolve())
+
+
 def locust_job(job: ReplayJob) -> LocustJob:
     """The Locust form of a replay job (paths made absolute: workers may run elsewhere)."""
     return LocustJob(
-        tapes=tuple(str(Path(t).resolve()) for t in job.tapes),
+        tapes=tuple(_absolute(str(t)) for t in job.tapes),
         target=job.target,
         plan=job.plan,
         max_connections=job.client.max_connections,
@@ -81,7 +87,7 @@ def locust_job(job: ReplayJob) -> LocustJob:
         lookahead_s=job.runner.lookahead_s,
         max_pending=job.runner.max_pending,
         salvage=job.salvage,
-        results_dir=None if job.results_dir is None else str(Path(job.results_dir).resolve()),
+        results_dir=None if job.results_dir is None else _absolute(job.results_dir),
         redact_results=job.redact_results,
     )
 
