@@ -4,7 +4,14 @@ The public API is re-exported here, loaded lazily: the Locust integration import
 under gevent and must not pull in asyncio, aiohttp or the runner by importing this package.
 """
 
+# ruff: noqa: E402  (the compiled modules are chosen before any of them is imported)
 from __future__ import annotations
+
+from shadowtap.wire import native
+
+# The request path (runner, transport, stats, plan) runs compiled when the build matches; see
+# shadowtap.wire.native.
+native.activate(__path__, "replayer")
 
 import importlib
 from typing import TYPE_CHECKING, Any

@@ -34,7 +34,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -113,6 +113,11 @@ class SessionKey:
     kind: str = "auto"
     name: str = ""
 
+    def __reduce__(self) -> tuple[type[SessionKey], tuple[Any, ...]]:
+        # Pickled by its constructor (a --workers process gets it): compiled, a frozen dataclass
+        # cannot be restored field by field.
+        return SessionKey, tuple(getattr(self, f.name) for f in fields(self))
+
     def __post_init__(self) -> None:
         if self.kind not in _SESSION_KINDS:
             raise ConfigError(
@@ -164,6 +169,11 @@ class Filters:
     sample_percent: float = 100.0
     allow_writes: bool = False
 
+    def __reduce__(self) -> tuple[type[Filters], tuple[Any, ...]]:
+        # Pickled by its constructor (a --workers process gets it): compiled, a frozen dataclass
+        # cannot be restored field by field.
+        return Filters, tuple(getattr(self, f.name) for f in fields(self))
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_percent <= 100.0:
             raise ConfigError(f"must be within 0..100, got {self.sample_percent}", field="sample-percent")
@@ -192,6 +202,11 @@ class Rewrites:
     path_subs: tuple[tuple[str, str], ...] = ()
     clone_id_fields: tuple[str, ...] = ()
     clone_id_template: str = "{value}-{clone}"
+
+    def __reduce__(self) -> tuple[type[Rewrites], tuple[Any, ...]]:
+        # Pickled by its constructor (a --workers process gets it): compiled, a frozen dataclass
+        # cannot be restored field by field.
+        return Rewrites, tuple(getattr(self, f.name) for f in fields(self))
 
     def __post_init__(self) -> None:
         for pattern, _ in self.path_subs:
@@ -236,6 +251,11 @@ class Scaling:
     ramp_s: float = 0.0
     max_gap_s: float | None = None
 
+    def __reduce__(self) -> tuple[type[Scaling], tuple[Any, ...]]:
+        # Pickled by its constructor (a --workers process gets it): compiled, a frozen dataclass
+        # cannot be restored field by field.
+        return Scaling, tuple(getattr(self, f.name) for f in fields(self))
+
     def __post_init__(self) -> None:
         if not (self.speed >= 0.0 and math.isfinite(self.speed)):
             raise ConfigError(f"must be a finite number >= 0, got {self.speed}", field="speed")
@@ -272,6 +292,11 @@ class PlanOptions:
     scaling: Scaling = field(default_factory=Scaling)
     shard: tuple[int, int] | None = None
 
+    def __reduce__(self) -> tuple[type[PlanOptions], tuple[Any, ...]]:
+        # Pickled by its constructor (a --workers process gets it): compiled, a frozen dataclass
+        # cannot be restored field by field.
+        return PlanOptions, tuple(getattr(self, f.name) for f in fields(self))
+
     def __post_init__(self) -> None:
         if self.shard is not None:
             index, count = self.shard
@@ -294,7 +319,8 @@ class PlanStats:
     sessions_forgotten: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        # From the fields: compiled (mypyc), the class has no ``__slots__`` to walk.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,6 +523,8 @@ def plan_requests(
     stats: PlanStats | None = None,
     environ: Mapping[str, str] | None = None,
     templater: EndpointTemplater | None = None,
+    *,
+    max_sessions: int = MAX_SESSIONS,
 ) -> Iterator[PlannedRequest]:
     """Stream the planned requests in slot order.
 
@@ -505,11 +533,12 @@ def plan_requests(
     environment variable) raise ``ConfigError`` when the generator is created, before any request.
     ``templater`` learns endpoint templates from every planned request (each request's
     ``endpoint`` is its template when planned; the stats that share it fold later ones); without
-    one, a plan of its own learns.
+    one, a plan of its own learns. ``max_sessions`` bounds the session keys remembered (module
+    docstring).
     """
     rewrites = _CompiledRewrites(options.rewrites, os.environ if environ is None else environ)
     learner = templater if templater is not None else EndpointTemplater()
-    return _plan(source, options, rewrites, stats if stats is not None else PlanStats(), learner)
+    return _plan(source, options, rewrites, stats if stats is not None else PlanStats(), learner, max_sessions)
 
 
 def _plan(
@@ -518,6 +547,7 @@ def _plan(
     rewrites: _CompiledRewrites,
     stats: PlanStats,
     templater: EndpointTemplater | None,
+    max_sessions: int = MAX_SESSIONS,
 ) -> Iterator[PlannedRequest]:
     scaling = options.scaling
     ramp = _Ramp(scaling.ramp_s)
@@ -547,7 +577,7 @@ def _plan(
         arrival = itertools.count()
         last_base_ns = -1
         base_count = 0
-        for base, ex, session in _base_stream(source(), options, rewrites, stats, iteration, templater):
+        for base, ex, session in _base_stream(source(), options, rewrites, stats, iteration, templater, max_sessions):
             base_count += 1
             last_base_ns = base.slot_ns
             for clone in range(scaling.clones):
@@ -559,7 +589,8 @@ def _plan(
                     slot = 0
                 else:
                     slot = ramp(iteration_offset_ns + base.slot_ns + clone * clone_offset_ns)
-                planned = replace(planned, slot_ns=slot)
+                if slot != planned.slot_ns:
+                    planned = _with_slot(planned, slot)
                 if not within(slot):
                     if clone == 0 or not recorded_timing:
                         # Slots only grow from here: finish the clones still due, then stop.
@@ -623,6 +654,15 @@ def preview_schedule(
     return SchedulePreview(requests, span_ns, longest_ns, longest_at_ns)
 
 
+def _with_slot(planned: PlannedRequest, slot_ns: int) -> PlannedRequest:
+    # What ``dataclasses.replace`` does, for one field without its per-call field walk (every request).
+    p = planned
+    return PlannedRequest(
+        slot_ns, p.gap_ns, p.session, p.seq, p.clone, p.iteration, p.method, p.target, p.headers, p.body, p.endpoint,
+        p.source,
+    )  # fmt: skip
+
+
 def _clone(
     base: PlannedRequest, ex: Exchange, session: str, clone: int, iteration: int, rewrites: _CompiledRewrites
 ) -> PlannedRequest:
@@ -639,6 +679,7 @@ def _base_stream(
     stats: PlanStats,
     iteration: int,
     templater: EndpointTemplater | None,
+    max_sessions: int,
 ) -> Iterator[tuple[PlannedRequest, Exchange, str]]:
     """Clone 0 of every kept exchange, with its recorded-time slot (speed applied, no offset)."""
     filters = options.filters
@@ -703,7 +744,7 @@ def _base_stream(
         done_ns = None if timing is None else timing.done_ns
         if not key.startswith("exchange="):  # a session of one exchange has no next request
             sessions[key] = (ex.started_at_ns + (done_ns or 0), seq + 1)
-            if len(sessions) > MAX_SESSIONS:
+            if len(sessions) > max_sessions:
                 sessions.popitem(last=False)
                 stats.sessions_forgotten += 1
         slot_ns = 0 if speed == 0.0 else int((ex.started_at_ns - first_kept_ns) / speed)

@@ -37,8 +37,8 @@ import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Final, Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Protocol
 
 from shadowtap.recorder.errors import ConfigError, ShadowtapError
 from shadowtap.recorder.model import Exchange, Failure, FailureKind, Outcome, Response
@@ -103,6 +103,11 @@ class RunnerSettings:
     min_batch_window_s: float = 0.0005
     wake_timer: str = "auto"
     progress_interval_s: float = 0.5
+
+    def __reduce__(self) -> tuple[type[RunnerSettings], tuple[Any, ...]]:
+        # Pickled by its constructor (a --workers process gets it): compiled, a frozen dataclass
+        # cannot be restored field by field.
+        return RunnerSettings, tuple(getattr(self, f.name) for f in fields(self))
 
     def __post_init__(self) -> None:
         if self.max_in_flight is not None and self.max_in_flight < 1:
@@ -186,6 +191,7 @@ class _Runner:
         # Idle sessions in the order they went idle, so forgetting old ones is a pop from the front.
         self.idle: OrderedDict[str, int] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
         # The in-flight cap: free slots, and the requests waiting for one in arrival order (a bare
         # counter: asyncio.Semaphore's checks cost a few microseconds a request).
         self.cap_free = -1 if settings.max_in_flight is None else settings.max_in_flight
@@ -213,7 +219,7 @@ class _Runner:
         self.wall_offset_ns = time.time_ns() - time.monotonic_ns()
 
     async def run(self, plan: Iterable[PlannedRequest]) -> ReplayOutcome:
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         self.timer = make_wake_timer(loop, self._on_wake, self.settings.wake_timer)
         ticker = asyncio.create_task(self._tick())
         watcher = None if self.stop is None else asyncio.create_task(self._watch_stop(self.stop))
@@ -390,7 +396,10 @@ class _Runner:
         self._start(session, due_ns)
 
     def _start(self, session: _Session, due_ns: int) -> None:
-        task = asyncio.create_task(self._run_session(session, due_ns))
+        # The loop's own create_task: asyncio.create_task looks the running loop up (a getpid()
+        # system call each time on Python 3.11).
+        assert self.loop is not None
+        task = self.loop.create_task(self._run_session(session, due_ns))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 

@@ -6,7 +6,8 @@ Shared by the HTTP/1 transports (``shadowtap.replayer.transport``) and the HTTP/
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.model import Outcome
@@ -51,6 +52,11 @@ class ClientSettings:
     h2_streams_per_connection: int = 100
     message_speed: float = 1.0
     max_message_gap_s: float = 10.0
+
+    def __reduce__(self) -> tuple[type[ClientSettings], tuple[Any, ...]]:
+        # Pickled by its constructor (a --workers process gets it): compiled, a frozen dataclass
+        # cannot be restored field by field.
+        return ClientSettings, tuple(getattr(self, f.name) for f in fields(self))
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:

@@ -16,6 +16,7 @@ connect, timeout, reset or bad response, so one dead target cannot stop a replay
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -246,7 +247,10 @@ class HttpTransport:
         self._host_field: list[tuple[bytes, bytes]] = [(b"Host", host_header.encode("latin-1"))]
         self._settings = s = settings or ClientSettings()
         # Bounded by max_connections: a connection is either idle in the pool or lent to one request.
-        self._slots = asyncio.Semaphore(s.max_connections)
+        # A bare counter and the requests waiting for a slot in arrival order (asyncio.Semaphore costs
+        # a coroutine and its checks on every request).
+        self._free_slots = s.max_connections
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._pool = client.Pool(
             url.host,
             url.port or 80,
@@ -277,10 +281,16 @@ class HttpTransport:
     ) -> SendResult:
         request = self._request(method, target, headers, body)
         s = self._settings
-        async with self._slots:
+        if self._free_slots > 0:
+            self._free_slots -= 1
+        else:
+            await self._wait_for_slot()
+        try:
             result = await client.fetch(
                 self._pool, method, request, timeout_s=s.timeout_s, max_body_bytes=s.max_body_bytes
             )
+        finally:
+            self._release_slot()
         if isinstance(result, client.FetchFailure):
             return SendResult(Failure(result.kind, result.message))
         response = Response(
@@ -291,6 +301,26 @@ class HttpTransport:
             http_version=result.http_version,
         )
         return SendResult(response, result.first_byte_ns)
+
+    async def _wait_for_slot(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # handed a slot just as it was cancelled: it goes on
+            raise
+
+    def _release_slot(self) -> None:
+        """A request is done with its connection: the slot goes to the first waiter still waiting."""
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():  # a cancelled waiter takes no slot
+                waiter.set_result(None)
+                return
+        self._free_slots += 1
 
 
 class VersionedTransport:

@@ -9,7 +9,6 @@ import pytest
 
 from shadowtap.differ.templates import EndpointTemplater
 from shadowtap.recorder import ConfigError, Exchange, Request
-from shadowtap.replayer import plan as plan_module
 from shadowtap.replayer.plan import (
     Filters,
     PlannedRequest,
@@ -306,16 +305,16 @@ def test_endpoints_are_learned_templates_shared_with_the_caller() -> None:
     assert {templater.retemplate(e) for e in endpoints} == {"GET /users/{id}/orders/{id}", "GET /pages/{id}"}
 
 
-def test_the_plan_remembers_a_bounded_number_of_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plan_module, "MAX_SESSIONS", 4)
+def test_the_plan_remembers_a_bounded_number_of_sessions() -> None:
     tape = [ex(i, i, session=f"s{i % 6}") for i in range(24)]
     stats = PlanStats()
-    planned = list(plan_requests(lambda: tape, PlanOptions(), stats))
+    planned = list(plan_requests(lambda: tape, PlanOptions(), stats, max_sessions=4))
     # Six sessions in turn through room for four: each is forgotten before it comes back.
     assert [p.seq for p in planned] == [0] * 24
     assert stats.sessions_forgotten == 20
     stats = PlanStats()
-    planned = list(plan_requests(lambda: [ex(i, i, session=f"s{i % 3}") for i in range(9)], PlanOptions(), stats))
+    three = [ex(i, i, session=f"s{i % 3}") for i in range(9)]
+    planned = list(plan_requests(lambda: three, PlanOptions(), stats, max_sessions=4))
     assert [p.seq for p in planned] == [0, 0, 0, 1, 1, 1, 2, 2, 2] and stats.sessions_forgotten == 0
 
 

@@ -491,6 +491,9 @@ async def test_a_record_of_the_wrong_shape_is_one_line_naming_the_field(tmp_path
 #: Put on the PYTHONPATH of a replay (and so of its --workers and Locust processes, which start
 #: fresh interpreters): a bug in the replayer's client or its results path, on the requests it
 #: names. It patches the modules as they are imported, so a Locust process imports nothing early.
+#: It patches only what runs interpreted (the job's wiring, the Locust edge): the runner, the
+#: transport and the results record may run compiled, where a patched class or module attribute is
+#: never called.
 _FAULT_INJECTOR = """
 import importlib.abc
 import importlib.util
@@ -500,16 +503,36 @@ import sys
 FAULT = os.environ.get("SHADOWTAP_TEST_FAULT")
 
 
+class BrokenTransport:
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __aenter__(self):
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info):
+        await self.inner.__aexit__(*exc_info)
+
+    async def send(self, method, target, headers, body, recorded=None):
+        if target.endswith("/2"):
+            raise TypeError("injected transport bug")
+        return await self.inner.send(method, target, headers, body, recorded)
+
+
 def patch(module):
-    if FAULT == "transport" and module.__name__ == "shadowtap.replayer.transport":
-        send = module.HttpTransport.send
+    if FAULT == "transport" and module.__name__ == "shadowtap.replayer.job":
+        make_transport = module.make_transport
+        module.make_transport = lambda *args: BrokenTransport(make_transport(*args))
+    if FAULT == "results" and module.__name__ == "shadowtap.replayer.job":
 
-        async def broken_send(self, method, target, headers, body):
-            if target.endswith("/2"):
-                raise TypeError("injected transport bug")
-            return await send(self, method, target, headers, body)
+        class BrokenWriter(module.TapeWriter):
+            def submit(self, exchange):
+                if exchange.tags.get("replay_target", "").endswith("/2"):
+                    raise KeyError("injected results bug")
+                return super().submit(exchange)
 
-        module.HttpTransport.send = broken_send
+        module.TapeWriter = BrokenWriter
     if FAULT == "results" and module.__name__ == "shadowtap.replayer.result":
         record = module.replay_exchange
 
@@ -518,12 +541,12 @@ def patch(module):
                 raise KeyError("injected results bug")
             return record(request, *args)
 
-        module.replay_exchange = broken_record
+        module.replay_exchange = broken_record  # the Locust edge's (its runner is never compiled)
 
 
 class PatchOnImport(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name not in ("shadowtap.replayer.transport", "shadowtap.replayer.result"):
+        if name not in ("shadowtap.replayer.job", "shadowtap.replayer.result"):
             return None
         sys.meta_path.remove(self)
         try:

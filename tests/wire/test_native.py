@@ -169,7 +169,7 @@ def test_an_edited_source_runs_interpreted_with_the_reason(tmp_path: Path) -> No
         pytest.skip("no compiled build to make stale (make native builds one)")
     # A copy of the tree with the build, then one compiled source edited after the build.
     # The child imports shadowtap.* from the copy: the package with its links to the parts.
-    for package in ("shadowtap", "proxy", "recorder", "differ", "wire"):
+    for package in ("shadowtap", "proxy", "recorder", "differ", "wire", "replayer"):
         ignore = shutil.ignore_patterns("__pycache__")
         shutil.copytree(ROOT / package, tmp_path / package, symlinks=True, ignore=ignore)
     edited = tmp_path / "wire" / "client.py"
