@@ -96,6 +96,21 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print only the verdict line, not the summary")
 
 
+def add_proto_arguments(parser: argparse.ArgumentParser) -> None:
+    """The protobuf schema's flags, shared by ``diff`` and ``report``."""
+    parser.add_argument(
+        "--proto-descriptor",
+        type=Path,
+        metavar="FILE",
+        help="decode gRPC bodies with this descriptor set (protoc --descriptor_set_out=FILE --include_imports)",
+    )
+    parser.add_argument(
+        "--proto-reflection",
+        metavar="HOST:PORT",
+        help="decode gRPC bodies with the descriptors this server gives by gRPC server reflection",
+    )
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument("tape", nargs="+", metavar="TAPE", help="tape directories, segment files or globs")
@@ -122,17 +137,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the second baseline answer in --noise-tape exchanges (default: replay)",
     )
-    parser.add_argument(
-        "--proto-descriptor",
-        type=Path,
-        metavar="FILE",
-        help="decode gRPC bodies with this descriptor set (protoc --descriptor_set_out=FILE --include_imports)",
-    )
-    parser.add_argument(
-        "--proto-reflection",
-        metavar="HOST:PORT",
-        help="decode gRPC bodies with the descriptors this server gives by gRPC server reflection",
-    )
+    add_proto_arguments(parser)
     parser.add_argument("--db", type=Path, metavar="PATH", help="SQLite results store to create or add to")
     parser.add_argument("--salvage", action="store_true", help="skip corrupt ranges of the tape instead of stopping")
     parser.add_argument(

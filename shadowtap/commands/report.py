@@ -24,18 +24,19 @@ TIME is ISO 8601 (UTC unless it has an offset) or seconds since the epoch.
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from shadowtap.commands.diff import add_report_arguments
+    from shadowtap.commands.diff import add_proto_arguments, add_report_arguments
 
     parser.epilog = EPILOG
     parser.add_argument("--db", type=Path, required=True, metavar="PATH", help="results database from `diff --db`")
     parser.add_argument("--since", metavar="TIME", help="only exchanges started at or after")
     parser.add_argument("--until", metavar="TIME", help="only exchanges started before")
     parser.add_argument("--endpoint", metavar="ENDPOINT", help="only this endpoint, e.g. 'GET /users/{id}'")
+    add_proto_arguments(parser)
     add_report_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from shadowtap.commands.diff import emit, load_config
+    from shadowtap.commands.diff import emit, load_config, with_proto_schema
     from shadowtap.commands.tape import parse_time_ns
     from shadowtap.differ import DiffStore, build_report
     from shadowtap.recorder.errors import ConfigError
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     until_ns = None if args.until is None else parse_time_ns(args.until, "--until")
     if since_ns is not None and until_ns is not None and until_ns <= since_ns:
         raise ConfigError("must be later than --since", field="--until")
-    config = load_config(args.config)
+    # The schema only renders gRPC bodies here: the store holds the differences already found.
+    config = with_proto_schema(load_config(args.config), args)
     store = DiffStore(args.db, create=False)
     try:
         report = build_report(
@@ -59,4 +61,4 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
-    return emit(report, args)
+    return emit(report, args, config.compare.proto)

@@ -128,3 +128,24 @@ def test_a_bad_schema_source_is_one_clear_line(tape: Path, tmp_path: Path) -> No
     result = run_cli("diff", tape, "--candidate", "v2", "--proto-reflection", "127.0.0.1:1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "gRPC server reflection: cannot connect to 127.0.0.1:1" in result.stderr
+
+
+def test_report_from_the_store_decodes_bodies_with_the_schema_flags(
+    tape: Path, shop: CompiledShop, tmp_path: Path
+) -> None:
+    db = tmp_path / "diff.sqlite"
+    result = run_cli("diff", tape, "--candidate", "v2", "--proto-descriptor", shop.descriptor_set, "--db", db)
+    assert result.returncode == 1, result.stdout + result.stderr
+    named, numbered = tmp_path / "named.md", tmp_path / "numbered.md"
+    result = run_cli("report", "--db", db, "--proto-descriptor", shop.descriptor_set, "--markdown", named)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    result = run_cli("report", "--db", db, "--markdown", numbered)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    # The store keeps the schema's field names in its signatures; the values at those paths in the
+    # examples come from the bodies decoded by the schema given to `report`: without it they can
+    # only be read by field number, and the report says so.
+    assert '`body.availability`: `"IN_STOCK"` &rarr; `"BACKORDER"`' in named.read_text()
+    assert "fields by number" not in named.read_text()
+    assert "BACKORDER" not in numbered.read_text() and "fields by number" in numbered.read_text()
+    result = run_cli("report", "--db", db, "--proto-descriptor", tmp_path / "missing.desc")
+    assert result.returncode == 2 and "--proto-descriptor" in result.stderr and "Traceback" not in result.stderr
