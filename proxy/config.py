@@ -408,8 +408,9 @@ class LiveSettings:
     #: The live differ's results store (SQLite; ``shadowtap report --db``); default: a temporary
     #: file, removed when the proxy stops (its path is in ``/stats``).
     db: str | None = None
-    #: The pipe from the tape writer to the live differ, bytes (Linux caps it at
-    #: /proc/sys/fs/pipe-max-size): exchanges that find it full are dropped and counted.
+    #: The pipe from the tape writer to the live differ, bytes (with ``--workers N``, each worker's
+    #: pipe; Linux caps it at /proc/sys/fs/pipe-max-size): exchanges that find it full are dropped
+    #: and counted.
     tap_bytes: int = _MiB
     #: The live differ's CPU priority: ``idle`` (only CPU time nothing else wants: on a busy machine
     #: it falls behind and the tap drops, never the proxy's speed), ``low`` (nice 10) or ``normal``.
