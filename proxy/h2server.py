@@ -12,12 +12,14 @@ Flow control both ways, with a bound per stream: the client's DATA is acknowledg
 reopened) only when the bytes left for the primary, and the primary's DATA only when they were
 written to the client; a stream whose client does not read holds the primary back, never a buffer
 here. Trailers pass through; pseudo-header and connection-specific fields are handled per RFC 9113
-(``h2`` refuses malformed ones on the way in). A primary that resets a stream resets the client's;
-a primary that cannot be reached answers gRPC clients (``content-type: application/grpc*``) with a
-trailers-only ``grpc-status: 14`` (UNAVAILABLE) and others with 502 (504 for timeouts).
+(malformed ones are refused on the way in: ``shadowtap.wire.h2fields``). A primary that resets a
+stream resets the client's; a primary that cannot be reached answers gRPC clients (``content-type:
+application/grpc*``) with a trailers-only ``grpc-status: 14`` (UNAVAILABLE) and others with 502
+(504 for timeouts).
 
 Bad input ends only what it touches: a protocol error closes its connection (GOAWAY with the
-error), a stream that stalls past a deadline is reset; each is counted by cause in
+error), a malformed request or trailers (``shadowtap.wire.h2fields``) resets its stream with
+PROTOCOL_ERROR, a stream that stalls past a deadline is reset; each is counted by cause in
 ``ServerStats.h2_errors`` and logged once per cause per process. Streams are not handed to the
 proxy's stages as ``ProxiedExchange``s with ``http_version`` "2" when any stage runs: the request
 stages (the mirror) once the client's request stream ended, with its body (up to the capture limit,
@@ -50,6 +52,7 @@ from shadowtap.wire import hpack, http1
 from shadowtap.wire.client import Http1Connection
 from shadowtap.wire.grpc import GrpcFramingError, MessageSplitter
 from shadowtap.wire.h2 import Connection, H2Pool, H2Stream, Header, error_name
+from shadowtap.wire.h2fields import request_problem, trailers_problem
 
 __all__ = ["PREFACE", "H2Session", "h2c_replay", "start_session", "upstream_pool", "wants_h2"]
 
@@ -169,9 +172,14 @@ class H2Session(asyncio.Protocol):
         self.client_ip = client_ip
         self.conn_id = conn_id
         self.scheme = b"https" if transport.get_extra_info("ssl_object") is not None else b"http"
-        # What the client sends is validated; what we send was validated on its way in (or is ours).
+        # What the client sends is validated here (``h2fields``: one compiled pass instead of h2's
+        # generator per rule); what we send was validated on its way in (or is ours).
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
+            client_side=False,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            validate_inbound_headers=False,
         )
         self.h2 = Connection(config=config)
         hpack.install(self.h2)
@@ -241,14 +249,23 @@ class H2Session(asyncio.Protocol):
                     forward.last_read = now
                     forward.client_body(event.data)
             elif kind is h2.events.RequestReceived:
-                self._request(event.stream_id, event.headers, event.stream_ended is not None)
+                problem = request_problem(event.headers)
+                if problem:
+                    self._malformed(event.stream_id, problem)
+                else:
+                    self._request(event.stream_id, event.headers, event.stream_ended is not None)
             elif kind is h2.events.StreamEnded:
                 forward = self.streams.get(event.stream_id)
                 if forward is not None:
                     forward.client_body_done(None)
             elif kind is h2.events.TrailersReceived:
                 forward = self.streams.get(event.stream_id)
-                if forward is not None:
+                problem = trailers_problem(event.headers)
+                if problem:
+                    self._malformed(event.stream_id, problem)
+                    if forward is not None:
+                        forward.client_reset(_PROTOCOL_ERROR)
+                elif forward is not None:
                     forward.client_body_done(list(event.headers))
             elif kind is h2.events.WindowUpdated or kind is h2.events.RemoteSettingsChanged:
                 self.flush_blocked()
@@ -366,6 +383,13 @@ class H2Session(asyncio.Protocol):
         self.close()
         for forward in list(self.streams.values()):
             forward.client_reset(_CANCEL)
+
+    def _malformed(self, stream_id: int, problem: str) -> None:
+        """A malformed request or trailers: a stream error of type PROTOCOL_ERROR (RFC 9113 8.1.1),
+        counted; the connection and its other streams go on."""
+        _count(self.ctx, "malformed request", f"{self.client_addr}: {problem}")
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.reset_stream(stream_id, error_code=_PROTOCOL_ERROR)
 
     def _request(self, stream_id: int, raw: list[Header], ended: bool) -> None:
         ctx = self.ctx

@@ -25,7 +25,7 @@ from tests.grpc_fixtures import CompiledShop, compile_shop
 from tests.grpc_fixtures.server import start_catalog
 from tests.proxy.conftest import raw_request
 from tests.proxy.test_server_tls_functional import Pki, pki  # noqa: F401  (the fixture)
-from tests.wire.h2peer import H2TestClient, H2TestServer, Responder
+from tests.wire.h2peer import H2Response, H2TestClient, H2TestServer, Responder
 
 Header = tuple[bytes, bytes]
 BIG_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
@@ -487,3 +487,72 @@ def test_h2c_urls_for_the_primary_and_shadows(tmp_path: Path) -> None:
     assert config.shadows[0].url == "h2c://127.0.0.1:2"  # the mirror speaks HTTP/2 to it
     with pytest.raises(ConfigError, match="must start with http://, https:// or h2c://"):
         ProxyConfig.from_mapping({"primary": "http://127.0.0.1:1", "shadows": [{"name": "v2", "url": "h2://x"}]})
+
+
+_HEAD = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"test.local"), (b":path", b"/echo")]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [*_HEAD, (b"X-Upper", b"1")],
+        [*_HEAD, (b"connection", b"keep-alive")],
+        [*_HEAD, (b"te", b"gzip")],
+        [*_HEAD, (b"x-split", b"a\r\nx-smuggled: 1")],
+        [*_HEAD, (b"x-pad", b" padded")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b"x-early", b"1"), (b":path", b"/echo"), (b":authority", b"a")],
+        [*_HEAD, (b":path", b"/twice")],
+        [*_HEAD, (b":status", b"200")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/echo")],
+        [*_HEAD, (b"host", b"elsewhere.local")],
+    ],
+    ids=[
+        "uppercase",
+        "connection",
+        "te",
+        "crlf",
+        "whitespace",
+        "pseudo-late",
+        "pseudo-twice",
+        "status",
+        "no-path",
+        "empty-path",
+        "no-authority",
+        "host-differs",
+    ],
+)
+async def test_a_malformed_request_resets_its_stream_only(h2_proxy: ProxyServer, fields: list[Header]) -> None:
+    """RFC 9113 8.1.1: a malformed request is a stream error (PROTOCOL_ERROR); the connection serves on."""
+    client = await H2TestClient.connect(h2_proxy.port)
+    client.conn.config.validate_outbound_headers = False
+    client.conn.config.normalize_outbound_headers = False
+    try:
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, fields, end_stream=True)
+        client.responses[stream_id] = H2Response()
+        client._done[stream_id] = asyncio.get_running_loop().create_future()
+        client.flush()
+        bad = await client.response(stream_id)
+        good = await client.get("/echo")
+    finally:
+        await client.close()
+    assert bad.reset_code == 0x1 and bad.status == 0
+    assert good.status == 200 and client.terminated is None
+    assert h2_proxy.stats.h2_errors == {"malformed request": 1}
+
+
+async def test_malformed_trailers_reset_their_stream_only(h2_proxy: ProxyServer) -> None:
+    client = await H2TestClient.connect(h2_proxy.port)
+    client.conn.config.validate_outbound_headers = False
+    try:
+        stream_id = client.request("POST", "/echo", [(b"te", b"trailers")], b"payload", end=False)
+        client.end(stream_id, [(b":path", b"/elsewhere")])
+        bad = await client.response(stream_id)
+        good = await client.get("/echo")
+    finally:
+        await client.close()
+    assert bad.reset_code == 0x1
+    assert good.status == 200
+    assert h2_proxy.stats.h2_errors == {"malformed request": 1}
