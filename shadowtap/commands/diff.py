@@ -144,8 +144,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=_positive,
         metavar="N",
-        help="diff in N processes, each the exchanges of its endpoints, merged exactly (default: the cores "
-        "available; one for tapes under 8 MiB)",
+        help="diff in N processes, each claiming chunks of the tape as it goes (or, when it cannot be cut, the "
+        "exchanges of its endpoints), merged exactly (default: the cores available; one for tapes under 8 MiB)",
     )
     parser.add_argument(NO_PROGRESS, action="store_true", help=NO_PROGRESS_HELP)
     add_report_arguments(parser)
