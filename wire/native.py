@@ -1,14 +1,15 @@
 """Compiled data path: loads the mypyc build of the hot modules when it matches these sources.
 
-The data path's modules (``COMPILED_MODULES``: the wire layer's framing and client, and the proxy's
-hot modules) are plain, strictly typed Python. ``scripts/build_native.py`` compiles them with mypyc
-as one group (one shared library, so they call each other directly) and puts each package's
-extensions in its own ``_compiled/`` directory (``wire/_compiled/``, ``proxy/_compiled/``); the
-group library and a manifest (the interpreter it was built for and a SHA-256 of each source) sit in
-``wire/_compiled/``. Each package's ``__init__`` calls ``activate`` first: when the manifest matches
-this interpreter and every source byte for byte, the group library is loaded (once) and the
-package's compiled directory goes first on its ``__path__``, so ``import shadowtap.proxy.server``
-finds the extension; in every other case nothing changes and the sources run as they are.
+The data path's modules (``COMPILED_MODULES``: the wire layer's framing and client, the proxy's
+hot modules and the replayer's request path) are plain, strictly typed Python.
+``scripts/build_native.py`` compiles them with mypyc as one group (one shared library, so they call
+each other directly) and puts each package's extensions in its own ``_compiled/`` directory
+(``wire/_compiled/``, ``proxy/_compiled/``, ``replayer/_compiled/``); the group library and a
+manifest (the interpreter it was built for and a SHA-256 of each source) sit in ``wire/_compiled/``.
+Each package's ``__init__`` calls ``activate`` first: when the manifest matches this interpreter and
+every source byte for byte, the group library is loaded (once) and the package's compiled directory
+goes first on its ``__path__``, so ``import shadowtap.proxy.server`` finds the extension; in every
+other case nothing changes and the sources run as they are.
 
 All or nothing, across packages: compiled modules call each other directly, so one stale module
 would run old code from inside the others. An edited source makes the whole build stale until it is
@@ -61,6 +62,13 @@ COMPILED_MODULES: Final = (
     "shadowtap.proxy.metrics",
     "shadowtap.proxy.rewrite",
     "shadowtap.proxy.join",
+    # The replayer's request path: scheduling, sending, recording (the Locust edge stays out: gevent).
+    "shadowtap.replayer.runner",
+    "shadowtap.replayer.transport",
+    "shadowtap.replayer.sending",
+    "shadowtap.replayer.stats",
+    "shadowtap.replayer.plan",
+    "shadowtap.replayer.result",
 )
 #: The ``shadowtap`` package directory (as imported: links are not resolved, so paths in messages
 #: are the ones a user sees).
