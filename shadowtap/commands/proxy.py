@@ -187,7 +187,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="RULE",
         help="a trip rule that switches a shadow's mirroring off, e.g. 'shadow.errors>20%%/1m', "
-        "'v2:shadow.p99>3x primary/1m;rearm=5m' (repeatable; adds to the config's trips)",
+        "'v2:shadow.p99>3x primary/1m;rearm=5m', 'diff.critical>=1' (judged by live diff) "
+        "(repeatable; adds to the config's trips)",
     )
     for flag, path, kind, constant, help_text in _FLAGS:
         group = groups[_group_of(path)]
