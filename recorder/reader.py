@@ -261,15 +261,23 @@ class TapeReader:
         filter: TapeFilter | None = None,
         salvage: bool = False,
         chunk_bytes: int = _CHUNK_BYTES,
+        *,
+        keep: Callable[[str, str], bool] | None = None,
     ) -> None:
         """``chunk_bytes`` is how much one file read asks for: large is fastest; a caller reading on
-        an event loop asks for less, so that one read holds the loop for less time."""
+        an event loop asks for less, so that one read holds the loop for less time.
+
+        ``keep(method, target)`` chooses exchanges by their request line before the rest of their
+        record is decoded: the others are counted (``report.exchanges``) but never decoded or
+        returned, so a process that wants a share of a tape pays little for the rest. It is asked
+        about each exchange once, with the record's own method and target."""
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be positive, not {chunk_bytes}")
         self.segments = tape_segments(paths)
         self.filter = filter
         self.salvage = salvage
         self.chunk_bytes = chunk_bytes
+        self.keep = keep
         self.report = TapeReadReport()
         self._ranges: list[SegmentRange] | None = None
 
@@ -318,7 +326,7 @@ class TapeReader:
             chunk_bytes = self.chunk_bytes
             if isinstance(path, ObjectSegment):
                 chunk_bytes = min(chunk_bytes, _OBJECT_CHUNK_BYTES)
-            yield from _SegmentReader(path, segment, self.salvage, matches, chunk_bytes).exchanges()
+            yield from _SegmentReader(path, segment, self.salvage, matches, chunk_bytes, keep=self.keep).exchanges()
 
     def _read_ranges(self, ranges: list[SegmentRange]) -> Iterator[Exchange]:
         matches = None if self.filter is None else self.filter.matches
@@ -328,7 +336,9 @@ class TapeReader:
             chunk_bytes = self.chunk_bytes
             if isinstance(part.segment, ObjectSegment):
                 chunk_bytes = min(chunk_bytes, _OBJECT_CHUNK_BYTES)
-            reader = _SegmentReader(part.segment, segment, self.salvage, matches, chunk_bytes, part.start, part.stop)
+            reader = _SegmentReader(
+                part.segment, segment, self.salvage, matches, chunk_bytes, part.start, part.stop, keep=self.keep
+            )
             yield from reader.exchanges()
 
 
@@ -364,8 +374,11 @@ class _SegmentReader:
         chunk_bytes: int = _CHUNK_BYTES,
         start: int = 0,
         stop: int | None = None,
+        *,
+        keep: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.path = path
+        self.keep = keep
         self.start = start
         #: Frames starting here or later are another reader's (``SegmentRange``).
         self.stop = _NO_STOP if stop is None else stop
@@ -415,6 +428,7 @@ class _SegmentReader:
                 base = self.start
             w = _Window(f, base, self.name, self.chunk_bytes)
             stop = self.stop
+            keep = self.keep
             matches = self.matches
             migrate = self.migrate
             unpackb = msgpack.unpackb
@@ -440,6 +454,10 @@ class _SegmentReader:
                             break
                         report.frames += 1
                         if kind == KIND_EXCHANGE:
+                            kept = True if keep is None else self._kept(payload)
+                            if kept is False:
+                                pos = end
+                                continue
                             try:
                                 record = unpackb(payload, raw=False, use_list=False)
                                 ex = from_wire(record if migrate is None else migrate(record))
@@ -447,7 +465,7 @@ class _SegmentReader:
                                 self._bad_record(exc, base + pos, end - pos)
                             else:
                                 report.exchanges += 1
-                                if matches is None or matches(ex):
+                                if (kept or self._keeps(ex)) and (matches is None or matches(ex)):
                                     yield ex
                         elif kind == KIND_ZSTD_BLOCK:
                             yield from self._block(payload, base + pos)
@@ -461,6 +479,23 @@ class _SegmentReader:
                         return
             finally:
                 report.bytes = SEGMENT_HEADER_SIZE + w.consumed
+
+    def _kept(self, payload: memoryview) -> bool | None:
+        """What ``keep`` says of the exchange record ``payload`` by its request line alone (one it
+        refuses is counted here, never decoded); None when the record must be decoded first (an
+        older version, or an unusual opening): then ``_keeps`` asks. Either way each record gets
+        the same answer whoever reads it."""
+        assert self.keep is not None
+        line = None if self.migrate is not None else _request_line(payload)
+        if line is None:
+            return None
+        if self.keep(*line):
+            return True
+        self.report.exchanges += 1
+        return False
+
+    def _keeps(self, exchange: Exchange) -> bool:
+        return self.keep is None or self.keep(exchange.request.method, exchange.request.target)
 
     def _slow(self, w: _Window) -> bool:
         """The frame at ``w.pos`` is not whole in the buffer, or not valid. True: carry on reading."""
@@ -547,6 +582,7 @@ class _SegmentReader:
             return
         migrate = self.migrate
         report = self.report
+        keep = self.keep
         view = memoryview(data)
         inner = 0
         while inner < len(data):
@@ -564,6 +600,10 @@ class _SegmentReader:
             ):
                 self._problem(offset, frame_size, f"bad frame inside zstd block at block byte {inner}")
                 return
+            kept = True if keep is None else self._kept(inner_payload)
+            if kept is False:
+                inner = end
+                continue
             try:
                 record = msgpack.unpackb(inner_payload, raw=False, use_list=False)
                 ex = exchange_from_wire(record if migrate is None else migrate(record))
@@ -571,9 +611,71 @@ class _SegmentReader:
                 self._bad_record(exc, offset, frame_size, f" (the record at block byte {inner})")
             else:
                 report.exchanges += 1
-                if self.matches is None or self.matches(ex):
+                if (kept or self._keeps(ex)) and (self.matches is None or self.matches(ex)):
                     yield ex
             inner = end
+
+
+# --- the request line of a record, without decoding the rest --------------------------------------
+# An exchange record is a msgpack array that opens with its id (str), two ints and the request, an
+# array that opens with the method and the target (docs/tape-format.md): a reader that only needs
+# those (``TapeReader(keep=...)``) reads them off the payload and decodes nothing else.
+
+_INT_SIZES: Final = {0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9}
+
+
+def _array_start(b: memoryview, i: int) -> int:
+    """The offset of the first element of the array at ``i``; -1 if there is none there."""
+    tag = b[i]
+    if 0x91 <= tag <= 0x9F:
+        return i + 1
+    if tag == 0xDC:
+        return i + 3
+    if tag == 0xDD:
+        return i + 5
+    return -1
+
+
+def _str_at(b: memoryview, i: int) -> tuple[int, int]:
+    """(start, end) of the str at ``i``; (-1, -1) if there is none there."""
+    tag = b[i]
+    if 0xA0 <= tag <= 0xBF:
+        start, length = i + 1, tag & 0x1F
+    elif tag == 0xD9:
+        start, length = i + 2, b[i + 1]
+    elif tag == 0xDA:
+        start, length = i + 3, int.from_bytes(b[i + 1 : i + 3], "big")
+    elif tag == 0xDB:
+        start, length = i + 5, int.from_bytes(b[i + 1 : i + 5], "big")
+    else:
+        return -1, -1
+    return start, start + length
+
+
+def _request_line(payload: memoryview) -> tuple[str, str] | None:
+    """(method, target) of an exchange record, or None when its opening is not the usual one (the
+    record is then decoded whole, which also says what is wrong with it)."""
+    try:
+        i = _array_start(payload, 0)
+        if i < 0:
+            return None
+        _, i = _str_at(payload, i)  # the exchange id
+        for _ in range(2):  # started_at_ns, started_mono_ns
+            if i < 0:
+                return None
+            tag = payload[i]
+            i += 1 if tag < 0x80 or tag >= 0xE0 else _INT_SIZES.get(tag, -i - 1)
+        if i < 0 or (i := _array_start(payload, i)) < 0:
+            return None
+        method_start, method_end = _str_at(payload, i)
+        if method_start < 0:
+            return None
+        target_start, target_end = _str_at(payload, method_end)
+        if target_start < 0 or target_end > len(payload):
+            return None
+        return str(payload[method_start:method_end], "utf-8"), str(payload[target_start:target_end], "utf-8")
+    except (IndexError, UnicodeDecodeError):
+        return None
 
 
 def _frame_ok(buf: bytes, pos: int, size: int, crc: int) -> bool:

@@ -366,22 +366,24 @@ def _ingest(session: DiffSession, job: _Job) -> _Done:
                     if job.collect_names:
                         _names_on((exchange,), names)
         return _Done(session.stats, _read_notes(readers), names)
-    reader = TapeReader(job.tapes, salvage=job.salvage)
     shard, shards = job.shard, job.shards
+
+    def in_shard(method: str, target: str) -> bool:
+        return shard_of(method, target, shards) == shard
+
+    # Each process decodes only its endpoints' exchanges: the others are told by their request line.
+    keep = None if shards == 1 else in_shard
+    reader = TapeReader(job.tapes, salvage=job.salvage, keep=keep)
     with ReadProgress("diff", reader.segment_sizes(), enabled=job.progress, min_total_bytes=minimum) as progress:
         for exchange in progress.wrap(reader, lambda: len(reader.report.segments) - 1):
-            request = exchange.request
-            if shards == 1 or shard_of(request.method, request.path, shards) == shard:
-                session.add(exchange)
+            session.add(exchange)
             if job.collect_names:
                 _names_on((exchange,), names)
-    noise_reader = TapeReader(job.noise_tapes, salvage=job.salvage) if job.noise_tapes else None
+    noise_reader = TapeReader(job.noise_tapes, salvage=job.salvage, keep=keep) if job.noise_tapes else None
     if noise_reader is not None:
         for exchange in noise_reader:
-            request = exchange.request
-            if shards == 1 or shard_of(request.method, request.path, shards) == shard:
-                session.add_noise(exchange, job.noise_name)
-    return _Done(session.stats, _read_notes((reader, noise_reader)) if shard == 0 else [], names)
+            session.add_noise(exchange, job.noise_name)
+    return _Done(session.stats, _read_notes((reader, noise_reader)), names)
 
 
 def _diff_shard(job: _Job) -> _Done:
@@ -524,7 +526,9 @@ def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: li
         templater = learned.result()
     for db in dbs:
         Path(db).unlink()
-    total.notes.sort()  # whichever process read a damaged segment, the same notes in the same order
+    # Whichever process read a damaged segment (with endpoint shards, each reads every segment), the
+    # same notes once each, in the same order.
+    total.notes = sorted(set(total.notes))
     apply_endpoints(store, templater)
     store.commit()
     return total

@@ -25,7 +25,7 @@ from shadowtap.recorder import (
     exchange_to_wire,
     tape_segments,
 )
-from shadowtap.recorder.reader import SegmentRange, frame_starts
+from shadowtap.recorder.reader import SegmentRange, _request_line, frame_starts
 from tests.recorder.tape_samples import BASE_NS, make_exchange
 
 PLAIN = TapeOptions(redaction=None, fsync="none", compression="none")
@@ -497,3 +497,42 @@ def test_frame_starts_of_a_damaged_or_foreign_file_is_none(tmp_path: Path) -> No
     other.write_bytes(b"not a tape at all")
     assert frame_starts(other, [4]) is None
     assert frame_starts(tmp_path / "missing.stape", [4]) is None
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_keep_chooses_by_request_line_before_decoding(tmp_path: Path, compression: str) -> None:
+    options = TapeOptions(redaction=None, fsync="none", compression=compression)  # type: ignore[arg-type]
+    with SyncTapeWriter(tmp_path, options) as writer:
+        writer.write_many(make_exchange(i, method="GET" if i % 3 else "POST") for i in range(300))
+        # Long ids and targets: str8/str16 headers and large ints in the record's opening.
+        writer.write(make_exchange(300, path="/" + "x" * 70_000 + "?q=1"))
+    asked: list[tuple[str, str]] = []
+
+    def posts(method: str, target: str) -> bool:
+        asked.append((method, target))
+        return method == "POST" or len(target) > 1000
+
+    reader = TapeReader(tmp_path, keep=posts)
+    kept = list(reader)
+    assert [e.id for e in kept] == [f"ex-{i:06d}" for i in range(0, 300, 3)] + ["ex-000300"]
+    assert kept[-1].request.target.endswith("x?q=1")
+    assert len(asked) == 301 and asked[1] == ("GET", "/users/1?page=2")  # once each, the record's own
+    assert reader.report.exchanges == 301
+    others = TapeReader(tmp_path, keep=lambda method, target: not posts(method, target))
+    assert len(list(others)) == 200
+
+
+def test_request_line_of_a_record_is_read_off_its_opening() -> None:
+    record = exchange_to_wire(make_exchange(7, method="PATCH", path="/ünï/çødé?x=1"))
+    payload = memoryview(msgpack.packb(record, use_bin_type=True))
+    assert _request_line(payload) == ("PATCH", "/ünï/çødé?x=1")
+    for bad in (b"", b"\x80", msgpack.packb([1, 2, 3]), msgpack.packb(["id", 1, 2, "no request"]), bytes(payload)[:30]):
+        assert _request_line(memoryview(bad)) is None
+
+
+def test_keep_decides_an_older_version_record_after_decoding_it(tmp_path: Path) -> None:
+    segment = write_tape(tmp_path, 6)
+    rewrite_version(segment, _frames.FORMAT_VERSION - 1)  # its records go through the migration
+    reader = TapeReader(segment, keep=lambda method, target: target.startswith("/users/3"))
+    assert [e.id for e in reader] == ["ex-000003"]
+    assert reader.report.exchanges == 6

@@ -146,3 +146,27 @@ def test_workers_share_a_noise_tape_and_note_a_torn_tail_once(tmp_path: Path) ->
     }
     assert reasons["body.score"] == "learned-noise"
     assert document["pairs"] >= 1500
+
+
+def test_salvaging_workers_share_by_endpoint_and_note_the_damage_once(tmp_path: Path) -> None:
+    generated = tmp_path / "tape"
+    options = TapeOptions(fsync="none", compression="none")
+    with SyncTapeWriter(generated, options) as writer:
+        writer.write_many(traffic(1200, planted=True))
+    (segment,) = generated.glob("*.stape")
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a frame in the middle: its checksum fails
+    segment.write_bytes(bytes(data))
+    (tmp_path / "diff.yaml").write_text(yaml.safe_dump(CONFIG))
+    outputs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.json"
+        result = diff(
+            generated, "--candidate", CANDIDATE, "--config", tmp_path / "diff.yaml", "--salvage",
+            "--workers", workers, "--json", out, "--no-color", "--full",
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        outputs[workers] = (result.stdout, result.stderr, without_timings(out.read_text()))
+    assert outputs[1] == outputs[2]
+    assert outputs[2][1].count("corrupt bytes") == 1, outputs[2][1]
+    assert 1000 < json.loads(outputs[2][2])["pairs"] < 1200
