@@ -46,6 +46,7 @@ from shadowtap.proxy.rules import RouteTable
 from shadowtap.proxy.server import ProxyServer
 from shadowtap.proxy.stages import Stage
 from shadowtap.proxy.trips import TripGuard
+from shadowtap.proxy.worker_stats import merge_workers_stats
 from shadowtap.recorder import TapeOptions, TapeWriter
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.objectstore import UploadOptions, is_object_url
@@ -494,15 +495,25 @@ def _url(host: str, port: int) -> str:
 
 class _WorkersLiveSource(WorkersSource):
     """``WorkersSource`` with the parent's live differ in ``/stats`` (``live_diff``): its counters,
-    and the tap's summed over the workers that answered (each worker's tape writer counts its own)."""
+    and the tap's summed over the workers that answered (each worker's tape writer counts its own);
+    and the workers' mirroring state merged in one process's shape (``merge_workers_stats``)."""
 
-    def __init__(self, worker_urls: Sequence[str], token: str | None, live: LiveDiff | None, why_off: str | None):
+    def __init__(
+        self,
+        worker_urls: Sequence[str],
+        token: str | None,
+        live: LiveDiff | None,
+        why_off: str | None,
+        flags: RuntimeFlags,
+    ) -> None:
         super().__init__(worker_urls, token)
         self._live = live
         self._why_off = why_off
+        self._flags = flags
 
     async def stats(self) -> dict[str, Any]:
         out = await super().stats()
+        out.update(merge_workers_stats(out["workers"], self._flags.snapshot()))
         if self._live is None:
             out["live_diff"] = {"state": "off", "why": self._why_off}
             return out
@@ -544,7 +555,8 @@ class WorkersAdmin:
     main thread supervises the workers): the one live differ every worker's tape writer feeds
     (``live``, ``shadowtap.proxy.live``), and the admin API on the configured address for every
     worker at once (see ``shadowtap.proxy.admin.WorkersSource``), with ``/diff``, ``/live`` and the
-    ``live_diff`` figures of ``/stats`` from that differ. ``start`` once, and ``stop`` after the
+    ``live_diff`` figures of ``/stats`` from that differ, and the workers' mirroring state merged
+    into ``/stats`` (``shadowtap.proxy.worker_stats``). ``start`` once, and ``stop`` after the
     workers have exited: the differ then reads its pipes to their end and finishes its stores."""
 
     def __init__(
@@ -605,7 +617,7 @@ class WorkersAdmin:
                 await live.start()
             url: str | None = None
             if self._listen is not None:
-                source = _WorkersLiveSource(self._worker_urls, self._token, live, self._live_off)
+                source = _WorkersLiveSource(self._worker_urls, self._token, live, self._live_off, self._flags)
                 live_admin = LiveAdmin(() if live is None else live.databases, self._differ, self._live_off)
                 server = AdminServer(
                     self._flags, source, self._token, public_metrics=self._public_metrics, live=live_admin
