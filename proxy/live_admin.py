@@ -8,8 +8,11 @@ thread, read-only (the store is in WAL mode: the live differ is never held up).
 ``GET /`` and ``GET /live`` serve ``live_page.html``: one self-contained page (its script and style
 inline, allowed by their hashes in a strict Content-Security-Policy: nothing else loads, no
 request leaves the admin server) that polls ``/diff``, ``/stats`` and ``/flags`` and throws the
-kill switch with ``PUT /flags``. The page itself holds no data, so it is served without the token;
-every request it makes carries the token the reviewer types in (kept in the tab's sessionStorage).
+kill switch with ``PUT /flags``. With ``--workers N`` the parent's ``/stats`` has the workers'
+mirroring state merged in one process's shape (``shadowtap.proxy.worker_stats``): the page shows it
+the same way, says how many workers there are, and names one that did not answer. The page itself
+holds no data, so it is served without the token; every request it makes carries the token the
+reviewer types in (kept in the tab's sessionStorage).
 Everything from recorded bodies is set as text, never as markup. This module must never write the
 store, and never touch the data path.
 """
