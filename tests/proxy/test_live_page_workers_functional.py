@@ -10,9 +10,11 @@ figures are left out. A screenshot goes to test-artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,13 +44,13 @@ _MOST: Final = 400
 _POLLS: Final = 300
 
 
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    upstreams = Upstreams()
+@contextlib.contextmanager
+def workers_proxy(primary: str, shadow: str, *extra: str) -> Iterator[tuple[str, str]]:
+    """``shadowtap proxy --workers 2`` with an admin token: its proxy and admin URLs."""
     process = subprocess.Popen(
         [sys.executable, "-m", "shadowtap", "proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-         "--workers", "2", "--admin-token-env", "LIVE_PAGE_TOKEN", "--primary", upstreams.primary.url,
-         "--shadow", f"v2={upstreams.v2.url}", "--tape", str(tmp_path / "tape"), "--set", "live.priority=normal"],
+         "--workers", "2", "--admin-token-env", "LIVE_PAGE_TOKEN", "--primary", primary, "--shadow", f"v2={shadow}",
+         *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "LIVE_PAGE_TOKEN": TOKEN},
     )  # fmt: skip
     try:
@@ -59,10 +61,19 @@ def proxy(tmp_path: Path) -> Iterator[tuple[str, str]]:
         yield match.group(1), match.group(2)
     finally:
         process.send_signal(signal.SIGTERM)
-        try:
-            process.communicate(timeout=60)
-        finally:
-            upstreams.close()
+        process.communicate(timeout=60)
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    upstreams = Upstreams()
+    try:
+        # (the live differ is idle by default; the test waits for it on a machine shared with others)
+        tape = ("--tape", str(tmp_path / "tape"), "--set", "live.priority=normal")
+        with workers_proxy(upstreams.primary.url, upstreams.v2.url, *tape) as urls:
+            yield urls
+    finally:
+        upstreams.close()
 
 
 def workers_stats(admin: str) -> list[dict[str, Any]]:
@@ -183,3 +194,57 @@ def test_the_live_page_shows_both_workers_mirroring_as_one_and_the_kill_switch_r
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
         context.close()
+
+
+def dead_port_url() -> str:
+    """A loopback URL nothing listens on: every copy sent there fails to connect."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_the_live_page_shows_the_workers_breakers_and_a_trip_merged(browser: Browser) -> None:
+    upstreams = Upstreams()
+    rule = "shadow.errors>20%/2s;min=5"
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    try:
+        with workers_proxy(upstreams.primary.url, dead_port_url(), "--trip", rule) as (proxy_url, admin):
+            page = context.new_page()
+            watch = PageWatch(page, admin)
+            page.goto(f"{admin}/live")
+            expect(page.locator("#token-box")).to_be_visible(timeout=_WAIT_MS)
+            page.fill("#token", TOKEN)
+            page.click("#token-save")
+            expect(page.locator("#workers-note")).to_have_text("— 2 workers", timeout=_WAIT_MS)
+
+            sent = 0
+            while admin_get(admin, "/flags")["shadows"]["v2"]["tripped"] != rule:
+                assert sent < 20 * _MOST, f"{sent} requests and the rule never tripped"
+                for i in range(sent, sent + _BATCH):
+                    with urllib.request.urlopen(f"{proxy_url}/items/{i}", timeout=10) as response:
+                        assert response.status == 200  # the primary's answer, whatever the shadow does
+                sent += _BATCH
+            # Mirroring is off now: no copy is sent, so no breaker moves and no rule changes state.
+            workers = workers_stats(admin)
+            breakers = [w["mirror"]["v2"]["breaker"] for w in workers]
+            not_closed = [b for b in breakers if b != "closed"]
+            tripped_in = [str(i) for i, w in enumerate(workers) if w["trips"][0]["state"] == "tripped"]
+            assert tripped_in, [w["trips"] for w in workers]
+
+            row = page.locator('#mirroring tr[data-shadow="v2"]')
+            expect(row.locator("td").nth(1)).to_have_text(f"off (tripped: {rule})", timeout=_WAIT_MS)
+            breaker = ("open" if "open" in not_closed else not_closed[0]) if not_closed else "closed"
+            if not_closed:
+                breaker += f" in {len(not_closed)} of 2 workers"
+            opened = sum(w["mirror"]["v2"]["breaker_opened"] for w in workers)
+            breaker += f" (opened {opened}×)" if opened else ""
+            expect(row.locator("td").nth(3)).to_have_text(breaker, timeout=_WAIT_MS)
+            trip = page.locator("#mirroring ul.trips li")
+            expect(trip).to_have_count(1)  # one rule on one shadow, however many workers judge it
+            expect(trip).to_contain_text(f"{rule} on v2: tripped")
+            expect(trip).to_contain_text(f"tripped in worker {', '.join(tripped_in)}")
+            page.screenshot(path=str(ARTIFACTS / "live-page-workers-tripped.png"), full_page=True)
+            assert watch.blocked == [] and watch.console_errors == [], (watch.blocked, watch.console_errors)
+    finally:
+        context.close()
+        upstreams.close()
