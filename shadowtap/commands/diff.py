@@ -54,7 +54,7 @@ _PEEK_EXCHANGES = 1_000
 _WORKERS_MIN_TAPE_BYTES = 8 << 20
 #: Chunks per worker a tape of local files is cut in: enough that a worker slowed by other work on
 #: the machine claims fewer and all finish together; each costs a file opened and a seek.
-_CHUNKS_PER_WORKER = 32
+_CHUNKS_PER_WORKER = 64
 #: Chunks are no smaller than this, whatever the number of workers.
 _MIN_CHUNK_BYTES = 64 << 10
 
