@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ from shadowtap.recorder import InputFormatError, SyncTapeWriter, TapeOptions, Ta
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.merge import merge_tapes
 from shadowtap.recorder.objectstore import SegmentUploader, UploadOptions, list_object_segments, open_object_segment
+from shadowtap.recorder.reader import SegmentRange, frame_starts
 from shadowtap.recorder.writer import tape_target
 from tests.recorder.tape_samples import make_exchange
 from tests.s3_server import S3Server, s3_environment, shared_s3_server
@@ -232,3 +234,23 @@ def test_a_blocking_writer_that_cannot_upload_says_so_when_it_closes(
     assert url in str(info.value) and str(tmp_path / "spool") in str(info.value)
     assert len(spooled(tmp_path / "spool")) == 1
     down.remove()
+
+
+def test_ranges_of_an_object_are_read_with_ranged_gets(server: S3Server, tmp_path: Path) -> None:
+    bucket = server.new_bucket()
+    url = f"s3://{bucket}/ranges"
+    options = TapeOptions(compression="none", upload=UploadOptions(url=url, source="pod-a", keep_uploaded=True))
+    directory, options = tape_target(url, options, spool=tmp_path / "spool")
+    with SyncTapeWriter(directory, options) as writer:
+        writer.write_many(make_exchange(i) for i in range(200))
+    (local,) = sorted((directory / "uploaded").glob("*.stape"))  # the object's bytes, kept
+    (remote,) = list_object_segments(url)
+    size = local.stat().st_size
+    cuts = frame_starts(local, [size // 3, 2 * size // 3])
+    assert cuts is not None
+    bounds = [0, *cuts, size]
+    parts = [
+        [ex.id for ex in TapeReader.of_ranges([SegmentRange(remote, lo, None if hi == size else hi)])]
+        for lo, hi in itertools.pairwise(bounds)
+    ]
+    assert all(parts) and [i for part in parts for i in part] == [make_exchange(i).id for i in range(200)]
