@@ -17,12 +17,19 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from shadowtap.differ.config import CompareOptions
-from shadowtap.differ.grpc import STATUS_FIELDS, grpc_body, grpc_status_changes, is_grpc, trailer_map
+from shadowtap.differ.grpc import STATUS_FIELDS, grpc_body, grpc_status_changes, is_grpc, lent_names, metadata_maps
 from shadowtap.differ.normalize import Body, header_map, parse_body
 from shadowtap.differ.paths import KEY, IdKey, both_paths, folded_path
 from shadowtap.differ.rewrites import Rewrites
 from shadowtap.differ.templates import segment_is_id
-from shadowtap.differ.volatile import VOLATILE_FAMILY, base_class, mask_text, string_class, value_class
+from shadowtap.differ.volatile import (
+    VOLATILE_FAMILY,
+    base_class,
+    is_schemaless_timestamp,
+    mask_text,
+    string_class,
+    value_class,
+)
 from shadowtap.recorder.model import Failure, Outcome, Response
 
 __all__ = ["KINDS", "Comparator", "Difference", "key_is_id", "keyed_by_ids"]
@@ -90,6 +97,24 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _map_entries(value: list[Any]) -> bool:
+    """Whether a schema-less array reads as a protobuf ``map``'s entries: two or more messages of
+    field 1 (a text or number key, distinct) and at most field 2, as every map entry is on the wire."""
+    if len(value) < 2:
+        return False
+    keys = set()
+    for entry in value:
+        if type(entry) is not dict or not 1 <= len(entry) <= 2 or "1" not in entry:
+            return False
+        if len(entry) == 2 and "2" not in entry:
+            return False
+        key = entry["1"]
+        if type(key) is not str and type(key) is not int:
+            return False
+        keys.add(key)
+    return len(keys) == len(value)
+
+
 class Comparator:
     """Compares outcomes under one ``CompareOptions``. Its only state is a bounded cache of which
     array rule applies at each folded path, a pure function of the options, and the ``Rewrites`` of
@@ -149,15 +174,19 @@ class Comparator:
             and is_grpc(a.headers)
             and is_grpc(b.headers)
         )
+        skip: frozenset[str] | None = None
         if grpc:  # grpc-status is the status (shadowtap.differ.grpc), other trailers are headers
-            changes, moot = grpc_status_changes(a, b, self._volatile_values)
+            changes, moot = grpc_status_changes(a, b, self._volatile_text)
             out.extend(Difference(path, path, kind, transition, why) for path, kind, transition, why in changes)
             if moot:
                 return out
+            # A trailers-only answer's trailing metadata is in its headers: compared as trailers.
+            lent = lent_names(a, b)
+            skip = STATUS_FIELDS | lent if lent else STATUS_FIELDS
             if a.trailers != b.trailers:
-                self._compare_header_maps(trailer_map(a), trailer_map(b), "trailer", out)
+                self._compare_header_maps(*metadata_maps(a, b), "trailer", out)
         if a.headers != b.headers:
-            self._compare_headers(a, b, out, STATUS_FIELDS if grpc else None)
+            self._compare_headers(a, b, out, skip)
         if a.body != b.body:
             self._compare_bodies(a, b, out, method if grpc else None)
         return out
@@ -177,7 +206,8 @@ class Comparator:
     ) -> None:
         compared = self._options.header_compared
         for name in sorted(ha.keys() | hb.keys()):
-            if not compared(name):
+            # A pseudo-header (``:status``, from an HTTP/2 import) is the status, compared as one.
+            if name[:1] == ":" or not compared(name):
                 continue
             va, vb = ha.get(name), hb.get(name)
             if va == vb:
@@ -199,6 +229,18 @@ class Comparator:
                 if reason is None and rewrites is not None:
                     reason = rewrites.header(name, va, vb)
                 out.append(Difference(path, path, "header", "changed", reason))
+
+    def _volatile_text(self, a: str, b: str) -> str | None:
+        """Why two free texts (a ``grpc-message``) differ when only volatile tokens do: the ids,
+        dates and times they name."""
+        reason = self._volatile_values((a,), (b,))
+        if reason is not None:
+            return reason
+        masked_a, found_a = mask_text(a, self._detectors)
+        masked_b, found_b = mask_text(b, self._detectors)
+        if masked_a == masked_b and (found_a or found_b):
+            return f"volatile:{VOLATILE_FAMILY.get((found_a or found_b)[0], (found_a or found_b)[0])}"
+        return None
 
     def _volatile_values(self, va: tuple[str, ...], vb: tuple[str, ...]) -> str | None:
         if len(va) != len(vb):
@@ -335,6 +377,17 @@ class Comparator:
         return tv is not dict and tv is not list
 
     def _walk_object(self, a: dict[str, Any], b: dict[str, Any], steps: list[str | int], out: list[Difference]) -> None:
+        if (
+            self._literal_keys
+            and "epoch" in self._detectors
+            and is_schemaless_timestamp(a)
+            and is_schemaless_timestamp(b)
+        ):
+            # A google.protobuf.Timestamp read without its schema: one instant, not two numbers (its
+            # nanos, 0 and so absent from the wire one time in many, would be a field removed).
+            if a != b:
+                self._emit(steps, "value", "epoch-ns->epoch-ns", out, "volatile:epoch")
+            return
         matched = 0
         step = (
             str
@@ -392,6 +445,11 @@ class Comparator:
         return rule
 
     def _walk_array(self, a: list[Any], b: list[Any], steps: list[str | int], out: list[Difference]) -> None:
+        if self._literal_keys and _map_entries(a) and _map_entries(b):
+            # Map entries read without a schema (key 1, value 2): a map has no order, the wire's is
+            # the server's hash table's. Matched by key; a key gone or new is still a difference.
+            self._walk_keyed(a, b, "1", steps, out)
+            return
         if self._array_rules:
             mode, key = self._array_rule(steps)
             if mode == "keyed":

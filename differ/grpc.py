@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Final
+from urllib.parse import unquote_to_bytes
 
 from shadowtap.differ.normalize import Body, header_map
 from shadowtap.differ.protobuf import MethodTypes, ProtobufDecodeError, ProtoSchema, decode_schemaless
@@ -23,9 +24,12 @@ __all__ = [
     "STATUS_FIELDS",
     "STATUS_NAMES",
     "grpc_body",
+    "grpc_message",
     "grpc_status",
     "grpc_status_changes",
     "is_grpc",
+    "lent_names",
+    "metadata_maps",
     "request_body",
     "status_name",
     "trailer_map",
@@ -61,30 +65,70 @@ def status_name(code: str) -> str:
     return STATUS_NAMES[int(code)] if code.isdigit() and int(code) < len(STATUS_NAMES) else code
 
 
+def grpc_message(raw: bytes) -> str:
+    """A ``grpc-message`` as the text it stands for: percent-decoded, then UTF-8 (gRPC over HTTP/2:
+    servers percent-encode what is not printable ASCII, and may encode more; ``caf%C3%A9`` and
+    ``café`` are one message). Bytes that are not UTF-8 once decoded stay as they were sent."""
+    text = raw.strip()
+    decoded = unquote_to_bytes(text) if b"%" in text else text
+    try:
+        return decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return text.decode("latin-1")
+
+
 def grpc_status(response: Response) -> tuple[str, str]:
     """(status name, message) of a gRPC answer: from its trailers, else its headers (trailers-only);
-    ``("missing", "")`` when it has neither (a call cut short)."""
+    ``("missing", "")`` when it has neither (a call cut short). The message is percent-decoded
+    (``grpc_message``)."""
     for fields in (response.trailers, response.headers):
         code = header_value(fields, b"grpc-status")
         if code is not None:
             message = header_value(fields, b"grpc-message", b"") or b""
-            return status_name(code.decode("latin-1").strip()), message.decode("latin-1").strip()
+            return status_name(code.decode("latin-1").strip()), grpc_message(message)
     return _MISSING_STATUS, ""
 
 
 def grpc_status_changes(
-    a: Response, b: Response, volatile: Callable[[tuple[str, ...], tuple[str, ...]], str | None]
+    a: Response, b: Response, volatile: Callable[[str, str], str | None]
 ) -> tuple[list[Change], bool]:
     """The status differences of two gRPC answers, and whether the rest is moot: a change to or from
     OK is another kind of answer (as an HTTP status class change is), its fields would bury it.
-    ``volatile`` explains a changed ``grpc-message`` as the comparator explains header values."""
+    ``volatile`` explains a changed ``grpc-message`` (decoded, ``grpc_message``) as the comparator
+    explains free text: a message that differs only by the ids or times it names is noise."""
     status_a, message_a = grpc_status(a)
     status_b, message_b = grpc_status(b)
     if status_a != status_b:
         return [("grpc-status", "status", f"{status_a}->{status_b}", None)], "OK" in (status_a, status_b)
     if message_a != message_b:
-        return [("grpc-message", "header", "changed", volatile((message_a,), (message_b,)))], False
+        return [("grpc-message", "header", "changed", volatile(message_a, message_b))], False
     return [], False
+
+
+def metadata_maps(a: Response, b: Response) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """The trailers of ``a`` and ``b`` by lower-case name (``trailer_map``), where an answer sent
+    trailers-only (its status, and so its trailing metadata, in the headers) lends the other's
+    trailer names from its headers: the same trailing metadata compared as trailers on both sides,
+    whichever way each server framed its answer. ``split_headers`` takes them out of the headers."""
+    ta, tb = trailer_map(a), trailer_map(b)
+    if bool(a.trailers) == bool(b.trailers):
+        return ta, tb
+    if not a.trailers:
+        return _lent(header_map(a.headers), tb), tb
+    return ta, _lent(header_map(b.headers), ta)
+
+
+def _lent(headers: dict[str, tuple[str, ...]], trailers: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    return {name: headers[name] for name in trailers if name in headers}
+
+
+def lent_names(a: Response, b: Response) -> frozenset[str]:
+    """The header names of a trailers-only answer compared as trailers (``metadata_maps``)."""
+    if bool(a.trailers) == bool(b.trailers):
+        return frozenset()
+    full, only = (b, a) if not a.trailers else (a, b)
+    trailers = trailer_map(full)
+    return frozenset(name for name in header_map(only.headers) if name in trailers)
 
 
 def trailer_map(response: Response) -> dict[str, tuple[str, ...]]:

@@ -4,14 +4,16 @@ Three ways to name fields, best first: a descriptor set (``protoc --descriptor_s
 --include_imports``), the same descriptors fetched once from a server by gRPC server reflection
 (``reflect_descriptor_set``), or none: a schema-less reading of the wire format. With descriptors a
 field is keyed by its name and typed (enums by value name, 64-bit ints as ints, bytes as base64,
-maps as objects, repeated fields always as arrays), and a field the descriptors do not know keeps its
-number as key, read schema-less. Without descriptors keys are field numbers (``"3"``), a field seen
-more than once is an array, a varint or fixed-width value is an unsigned int, and a length-delimited
-value is a nested message only when it is not printable text and parses fully as a message
-(field numbers 1 to 2**29 - 1, no groups, at most ``MAX_DEPTH`` deep); otherwise a string when it is
-valid UTF-8, else its base64. Decoding never runs past ``MAX_DEPTH`` levels and raises
-``ProtobufDecodeError`` for anything that is not a message of its type. This module must never do
-I/O but in ``reflect_descriptor_set`` and ``ProtoSchema.from_file``, and never compare anything.
+maps as objects, repeated fields always as arrays, ``google.protobuf.Timestamp`` and ``Duration``
+as the text proto3's JSON mapping gives them: ``"2026-12-05T07:41:02.123Z"``, ``"1.500s"``), and a
+field the descriptors do not know keeps its number as key, read schema-less. Without descriptors
+keys are field numbers (``"3"``), a field seen more than once is an array, a varint or fixed-width
+value is an unsigned int, and a length-delimited value is a nested message only when it is not
+printable text and parses fully as a message (field numbers 1 to 2**29 - 1, no groups, at most
+``MAX_DEPTH`` deep); otherwise a string when it is valid UTF-8, else its base64. Decoding never
+runs past ``MAX_DEPTH`` levels and raises ``ProtobufDecodeError`` for anything that is not a message
+of its type. This module must never do I/O but in ``reflect_descriptor_set`` and
+``ProtoSchema.from_file``, and never compare anything.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import base64
 import contextlib
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -46,6 +49,9 @@ MAX_DEPTH: Final = 64
 _MAX_FIELD_NUMBER: Final = (1 << 29) - 1
 # C0 controls but tab, LF and CR: their presence means "bytes that happen to be UTF-8", not text.
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ProtobufDecodeError(ValueError):
@@ -197,6 +203,10 @@ _ENUM: Final = 1
 _BYTES: Final = 2
 _MESSAGE: Final = 3
 _MAP: Final = 4
+_TIMESTAMP: Final = 5
+_DURATION: Final = 6
+#: Well-known types read as proto3's JSON mapping writes them: one value, not their two numbers.
+_WELL_KNOWN: Final = {"google.protobuf.Timestamp": _TIMESTAMP, "google.protobuf.Duration": _DURATION}
 #: (key in the tree, kind, repeated, extra: enum names by number, or a map's value plan)
 _Plan = tuple[str, int, bool, Any]
 
@@ -205,7 +215,7 @@ def _field_plan(fd: FieldDescriptor) -> _Plan:
     if fd.type == fd.TYPE_MESSAGE:
         if fd.message_type.GetOptions().map_entry:
             return fd.name, _MAP, False, _field_plan(fd.message_type.fields_by_name["value"])
-        return fd.name, _MESSAGE, fd.is_repeated, None
+        return fd.name, _WELL_KNOWN.get(fd.message_type.full_name, _MESSAGE), fd.is_repeated, None
     if fd.type == fd.TYPE_ENUM:
         names = {number: value.name for number, value in fd.enum_type.values_by_number.items()}
         return fd.name, _ENUM, fd.is_repeated, names
@@ -222,7 +232,43 @@ def _single(plan: _Plan, value: Any, depth: int, plans: dict[Any, _Plan], unknow
         return plan[3].get(value, value)
     if kind == _BYTES:
         return _bytes_value(value)
+    if kind == _TIMESTAMP:
+        return _timestamp_text(value.seconds, value.nanos) or _tree(value, depth + 1, plans, unknown)
+    if kind == _DURATION:
+        return _duration_text(value.seconds, value.nanos)
     return value
+
+
+def _fraction(nanos: int) -> str:
+    """Nanoseconds as proto3 JSON writes them: none, or 3, 6 or 9 digits."""
+    if nanos == 0:
+        return ""
+    if nanos % 1_000_000 == 0:
+        return f".{nanos // 1_000_000:03d}"
+    if nanos % 1_000 == 0:
+        return f".{nanos // 1_000:06d}"
+    return f".{nanos:09d}"
+
+
+def _timestamp_text(seconds: int, nanos: int) -> str | None:
+    """A ``google.protobuf.Timestamp`` as RFC 3339 in UTC (``2026-12-05T07:41:02.123Z``), as proto3's
+    JSON mapping writes it; None outside what RFC 3339 can say (years 1 to 9999, nanos in range)."""
+    if not 0 <= nanos < 1_000_000_000:
+        return None
+    try:
+        moment = _EPOCH + timedelta(seconds=seconds)
+    except OverflowError:
+        return None
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}{_fraction(nanos)}Z"
+    )
+
+
+def _duration_text(seconds: int, nanos: int) -> str:
+    """A ``google.protobuf.Duration`` as proto3's JSON mapping writes it (``1.500s``, ``-0.250s``)."""
+    sign = "-" if seconds < 0 or nanos < 0 else ""
+    return f"{sign}{abs(seconds)}{_fraction(abs(nanos))}s"
 
 
 def _tree(message: Message, depth: int, plans: dict[Any, _Plan], unknown: bool) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Collection
 from typing import Any, Final
 
-__all__ = ["VOLATILE_FAMILY", "base_class", "mask_text", "string_class", "value_class"]
+__all__ = ["VOLATILE_FAMILY", "base_class", "is_schemaless_timestamp", "mask_text", "string_class", "value_class"]
 
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _ISO_DATE: Final = re.compile(
@@ -64,6 +64,25 @@ def _epoch_class(number: float, detectors: Collection[str]) -> str | None:
         if _EPOCH_S_MIN * scale <= number <= _EPOCH_S_MAX * scale:
             return name
     return None
+
+
+_NANOS_PER_SECOND: Final = 1_000_000_000
+
+
+def is_schemaless_timestamp(value: dict[str, Any]) -> bool:
+    """Whether a protobuf message read without its schema is a ``google.protobuf.Timestamp``: field 1
+    (seconds) a plausible epoch, and at most field 2 (nanos) beside it, below one second. An
+    instant's two numbers, compared as one: its nanos alone would be a field of random values."""
+    n = len(value)
+    if n == 0 or n > 2:
+        return False
+    seconds = value.get("1")
+    if type(seconds) is not int or not _EPOCH_S_MIN <= seconds <= _EPOCH_S_MAX:
+        return False
+    if n == 1:
+        return True
+    nanos = value.get("2")
+    return type(nanos) is int and 0 <= nanos < _NANOS_PER_SECOND
 
 
 def string_class(value: str, detectors: Collection[str]) -> str:
