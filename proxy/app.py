@@ -29,7 +29,6 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from shadowtap.differ.config import DifferConfig
 from shadowtap.proxy.admin import AdminServer, LocalSource, WorkersSource
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.proxy.events import EventLog
@@ -39,6 +38,7 @@ from shadowtap.proxy.join import JoinIntake, JoinSettings
 from shadowtap.proxy.live import LiveDiff, WorkerLive, live_plan
 from shadowtap.proxy.live_admin import LiveAdmin
 from shadowtap.proxy.live_results import LiveResults
+from shadowtap.proxy.live_view import ViewClient
 from shadowtap.proxy.metrics import MetricsStage, ProxyMetrics
 from shadowtap.proxy.mirror import MirrorStage
 from shadowtap.proxy.record import RecordStage
@@ -134,6 +134,9 @@ class ProxyApp:
         self._live_off: str | None = None
         #: With --workers N: the parent runs the live differ; this worker's tape writer feeds it.
         self._worker_live = live
+        #: The live analysis process (``/diff``, the live results): this process's live differ's,
+        #: or with --workers N the parent's.
+        self._view: ViewClient | None = None
         self._stages: list[Stage] = []
         self._ready = False
         self._started_at_s = 0.0
@@ -173,9 +176,12 @@ class ProxyApp:
                 if self.live is not None and isinstance(writer, ProcessTapeWriter):
                     self.live.set_tap_stats(lambda: writer.tap_stats)
                     await self.live.start()
+                    self._view = self.live.view.client
                     self.flags.live_diff_shown = True
                 elif tap_fd is not None:
                     self.flags.live_diff_shown = True
+                    if self._worker_live is not None and self._worker_live.view_socket is not None:
+                        self._view = ViewClient(self._worker_live.view_socket)
             if config.events.path is not None:
                 self.events = EventLog(config.events.path, RouteTable(config.mirror.routes), config.events.queue_size)
                 try:
@@ -218,7 +224,7 @@ class ProxyApp:
             if live.databases or (self.trips is not None and self.trips.has_diff_rules):
                 self.results = LiveResults(
                     live.databases, live.differ, self.metrics, self.trips, self.events,
-                    live_stats=lambda: self.stats()["live_diff"], publish=self.worker == 0,
+                    live_stats=lambda: self.stats()["live_diff"], publish=self.worker == 0, source=self._view,
                 )  # fmt: skip
                 self.results.start()
             self._register_sources()
@@ -229,7 +235,7 @@ class ProxyApp:
                 raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}", field="listen") from exc
             if config.admin.listen is not None:
                 source = LocalSource(self.metrics, self.stats, lambda: self._ready)
-                live_admin = LiveAdmin(live.databases, live.differ, self._live_off)
+                live_admin = LiveAdmin(live.databases, self._view, self._live_off)
                 self.admin = AdminServer(
                     self.flags,
                     source,
@@ -425,6 +431,9 @@ class ProxyApp:
         if self.results is not None:
             await self.results.stop()
             self.results = None
+        if self._view is not None and self.live is None:
+            await self._view.close()  # a worker's client (the parent's process stays)
+        self._view = None
         deadline_s = self.config.shutdown_timeout_s
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s
@@ -577,7 +586,6 @@ class WorkersAdmin:
         self._start_timeout_s = start_timeout_s
         self._live = live
         self._live_off = live_off
-        self._differ = DifferConfig() if live is None else live.plan.differ
         self._close_timeout_s = config.shutdown_timeout_s
         self._started: Future[str | None] = Future()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -618,7 +626,9 @@ class WorkersAdmin:
             url: str | None = None
             if self._listen is not None:
                 source = _WorkersLiveSource(self._worker_urls, self._token, live, self._live_off, self._flags)
-                live_admin = LiveAdmin(() if live is None else live.databases, self._differ, self._live_off)
+                live_admin = LiveAdmin(
+                    () if live is None else live.databases, None if live is None else live.view.client, self._live_off
+                )
                 server = AdminServer(
                     self._flags, source, self._token, public_metrics=self._public_metrics, live=live_admin
                 )

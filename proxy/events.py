@@ -137,8 +137,8 @@ class EventLog:
         elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(_BATCH_DELAY_S, self._flush)
 
-    def on_diff(self, events: list[dict[str, Any]]) -> None:
-        """Follow-up ``diff`` events (built already, one per exchange the live differ judged),
+    def on_diff(self, events: list[bytes]) -> None:
+        """Follow-up ``diff`` events (one JSON line each, serialised by the live analysis process),
         queued in batches like the exchanges' own; a full queue drops them, counted."""
         for start in range(0, len(events), _BATCH_MAX):
             try:
@@ -169,7 +169,12 @@ class EventLog:
                 break
             assert isinstance(item, list)
             try:
-                lines = [json.dumps(self._event(entry), separators=(",", ":")).encode() + b"\n" for entry in item]
+                lines = [
+                    entry
+                    if isinstance(entry, bytes)
+                    else json.dumps(self._event(entry), separators=(",", ":")).encode() + b"\n"
+                    for entry in item
+                ]
                 # Unbuffered, one write per batch (per line to a pipe, which is atomic up to
                 # PIPE_BUF): with --workers several processes append to one file or stdout, and
                 # a line must never be split by another process's write.
@@ -180,9 +185,7 @@ class EventLog:
                 self.write_errors += 1
                 log.warning("wide event write to %s failed: %s", self.path, exc)
 
-    def _event(self, entry: tuple[Joined | Exchange, bool] | dict[str, Any]) -> dict[str, Any]:
-        if isinstance(entry, dict):
-            return entry
+    def _event(self, entry: tuple[Joined | Exchange, bool]) -> dict[str, Any]:
         ex, recorded = entry
         return wide_event(ex.exchange() if isinstance(ex, Joined) else ex, self._routes, recorded)
 

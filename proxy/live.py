@@ -15,6 +15,12 @@ never meet inside a pipe (a write larger than PIPE_BUF is not atomic), and the d
 into one store: one view of every worker's exchanges. A worker gets its pipe's write end, and the
 plan, in a ``WorkerLive``; a worker that dies closes only its own pipe.
 
+Beside the differ runs the live analysis process (``shadowtap.proxy.live_view.LiveView``, started,
+restarted and stopped with it, at the same priority): it builds ``/diff`` and reads the stores back
+for the trip rules, the metrics and the events, so that none of that runs in a process of the data
+path. With ``--workers N`` it runs in the parent too, and each worker is told its socket
+(``WorkerLive.view_socket``).
+
 ``live_plan`` decides, from the config, whether live diff runs and why not. This module must never
 touch the data path, and never start anything it does not stop (``close``).
 """
@@ -43,8 +49,10 @@ import msgpack
 
 from shadowtap.differ.config import DifferConfig, config_from_mapping
 from shadowtap.differ.live import LiveOptions, LiveReport, live_db_paths
+from shadowtap.proxy import live_results
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.proxy.flags import RuntimeFlags
+from shadowtap.proxy.live_view import LiveView
 from shadowtap.recorder.errors import ConfigError, ShadowtapError
 from shadowtap.recorder.tape_process import TapStats
 
@@ -112,24 +120,26 @@ def live_plan(config: ProxyConfig) -> LivePlan:
 @dataclass(frozen=True, slots=True)
 class WorkerLive:
     """What a worker of ``--workers N`` is told of live diff by the parent, which runs the differ:
-    the plan (why not, the stores), and when it runs, the write end of the worker's own tap pipe.
+    the plan (why not, the stores), and when it runs, the write end of the worker's own tap pipe
+    and the live analysis process's socket (``shadowtap.proxy.live_view``).
 
     Picklable into a spawned worker: the pipe's end travels with it (``multiprocessing`` passes the
     descriptor to the new process under the same number)."""
 
     plan: LivePlan
     tap_fd: int | None = None
+    view_socket: str | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self.tap_fd is None:
-            return (WorkerLive, (self.plan, None))
+            return (WorkerLive, (self.plan, None, self.view_socket))
         from multiprocessing.reduction import DupFd
 
-        return (_inherited_worker_live, (self.plan, DupFd(self.tap_fd)))
+        return (_inherited_worker_live, (self.plan, DupFd(self.tap_fd), self.view_socket))
 
 
-def _inherited_worker_live(plan: LivePlan, duplicate: Any) -> WorkerLive:
-    return WorkerLive(plan, duplicate.detach())
+def _inherited_worker_live(plan: LivePlan, duplicate: Any, view_socket: str | None) -> WorkerLive:
+    return WorkerLive(plan, duplicate.detach(), view_socket)
 
 
 @dataclass(slots=True)
@@ -175,6 +185,14 @@ class LiveDiff:
         self._restart: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
         self._paused_sent: bool | None = None
+        #: The live analysis process: ``/diff`` and the live results are its work.
+        self.view = LiveView(
+            plan.databases,
+            plan.differ,
+            live_results.keep_seconds(config.trips),
+            config.live.priority,
+            live_results.MAX_ENDPOINT_LABELS,
+        )
 
     @property
     def plan(self) -> LivePlan:
@@ -192,7 +210,7 @@ class LiveDiff:
 
     def worker_live(self, index: int) -> WorkerLive:
         """What worker ``index`` of ``--workers N`` is given: the plan and its pipe's write end."""
-        return WorkerLive(self._plan, self._write_fds[index])
+        return WorkerLive(self._plan, self._write_fds[index], self.view.socket)
 
     @property
     def databases(self) -> tuple[tuple[str, str], ...]:
@@ -219,6 +237,7 @@ class LiveDiff:
             await self._spawn()
         except OSError as exc:
             self._spawn_failed(exc)
+        await self.view.start()
         self._poll = asyncio.create_task(self._watch_flag(), name="live-diff:flag")
         names = ", ".join(f"{name} -> {path}" for name, path in self._plan.databases)
         log.info("live diff on: %s", names)
@@ -232,6 +251,7 @@ class LiveDiff:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._restart = self._poll = None
+        await self.view.close()
         while self._write_fds:
             os.close(self._write_fds.pop())
         child = self._child
@@ -454,6 +474,8 @@ class LiveDiff:
             "waiting_bytes": waiting,
             # How old the newest exchange diffed is (it includes the join's wait for the shadows).
             "lag_s": round(max(0.0, time.time() - last_ns / 1e9), 3) if last_ns else None,
+            # The live analysis process (``/diff``, the live results): a process of its own.
+            "view": self.view.stats(),
             "noise": {
                 "secondary": secondary,
                 "pairs": pairs,

@@ -1,10 +1,13 @@
 """The admin server's live view: ``GET /diff`` (the JSON report of the live store) and the live page.
 
-``GET /diff?since=5m`` builds the report of docs/report-schema.md from a live differ's store
+``GET /diff?since=5m`` is the report of docs/report-schema.md of a live differ's store
 (``shadowtap.proxy.live``) for a window (``since``, ``until``: a duration back from now such as
 ``90s``, ``5m``, ``2h``, or seconds since the epoch; ``endpoint``; ``shadow`` when several are
-compared; ``examples=N`` keeps at most N examples per signature, as the page asks for one), in a
-thread, read-only (the store is in WAL mode: the live differ is never held up).
+compared; ``examples=N`` keeps at most N examples per signature, as the page asks for one). This
+module checks the query and relays the bytes: the report is built by the live analysis process
+(``shadowtap.proxy.live_view``), never in the proxy's process, and the same query within a second
+is answered from its cache, so pages polling every second cost at most one build a second. While
+that process is away (restarting after it died, starting) ``/diff`` answers 503 saying so.
 ``GET /`` and ``GET /live`` serve ``live_page.html``: one self-contained page (its script and style
 inline, allowed by their hashes in a strict Content-Security-Policy: nothing else loads, no
 request leaves the admin server) that polls ``/diff``, ``/stats`` and ``/flags`` and throws the
@@ -13,8 +16,8 @@ mirroring state merged in one process's shape (``shadowtap.proxy.worker_stats``)
 the same way, says how many workers there are, and names one that did not answer. The page itself
 holds no data, so it is served without the token; every request it makes carries the token the
 reviewer types in (kept in the tab's sessionStorage).
-Everything from recorded bodies is set as text, never as markup. This module must never write the
-store, and never touch the data path.
+Everything from recorded bodies is set as text, never as markup. This module must never read or
+write the store, and never touch the data path.
 """
 
 from __future__ import annotations
@@ -31,18 +34,12 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from shadowtap.differ.aggregate import build_report
-from shadowtap.differ.config import DifferConfig
-from shadowtap.differ.reports.json_report import report_to_dict
-from shadowtap.differ.store import DiffStore
-from shadowtap.recorder.errors import ShadowtapError
+from shadowtap.proxy.live_view import ViewClient, ViewUnavailable
 
 __all__ = ["LIVE_PAGE_PATHS", "LiveAdmin", "parse_when_ns"]
 
 #: Served without the token: the page is static; what it shows comes from the guarded endpoints.
 LIVE_PAGE_PATHS: Final = frozenset({"/", "/live"})
-#: A report built this recently is served again: several open pages polling every second cost one build.
-_CACHE_S: Final = 0.5
 _DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_S: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -87,16 +84,15 @@ class LiveAdmin:
     def __init__(
         self,
         databases: tuple[tuple[str, str], ...],
-        config: DifferConfig,
+        view: ViewClient | None,
         why_off: str | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        self._databases = dict(databases)
-        self._config = config
+        """``view``: the live analysis process that builds the reports (None when live diff is off)."""
+        self._databases = dict(databases) if view is not None else {}
+        self._view = view
         self._why_off = why_off
         self._clock_ns = clock_ns
-        self._cache: dict[tuple[Any, ...], tuple[float, dict[str, Any]]] = {}
-        self._lock = asyncio.Lock()
         self._page: tuple[bytes, str] | None = None
         self.open_paths = LIVE_PAGE_PATHS
 
@@ -147,28 +143,9 @@ class LiveAdmin:
             except ValueError:
                 return _json({"error": f"examples: expected a whole number, not {query['examples']!r}"}, 400)
         key = (shadow, query.get("since"), query.get("until"), endpoint, examples)
-        async with self._lock:  # one build at a time: a page per reviewer must not mean a thread each
-            cached = self._cache.get(key)
-            if cached is not None and time.monotonic() - cached[0] < _CACHE_S:
-                return _json(cached[1])
-            try:
-                document = await asyncio.to_thread(self._build, path, since_ns, until_ns, endpoint, examples)
-            except ShadowtapError as exc:
-                return _json({"error": str(exc)}, 503)
-            self._cache = {key: (time.monotonic(), document)}
-        return _json(document)
-
-    def _build(
-        self, path: str, since_ns: int | None, until_ns: int | None, endpoint: str | None, examples: int | None
-    ) -> dict[str, Any]:
-        store = DiffStore(path, create=False)
+        assert self._view is not None
         try:
-            report = build_report(store, self._config, since_ns=since_ns, until_ns=until_ns, endpoint=endpoint)
-        finally:
-            store.close()
-        document = report_to_dict(report)
-        if examples is not None:
-            for entry in document["endpoints"]:
-                for signature in entry["signatures"]:
-                    del signature["examples"][examples:]
-        return document
+            status, body = await self._view.diff(key, shadow, since_ns, until_ns, endpoint, examples)
+        except ViewUnavailable as exc:
+            return _json({"error": str(exc)}, 503)
+        return web.Response(status=status, body=body, content_type="application/json")

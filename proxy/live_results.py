@@ -1,25 +1,32 @@
-"""The live differ's results read back into the proxy, once a second, in a thread: off the data path.
+"""The live differ's results read back for the proxy, once a second, off the data path.
 
-``LiveResults`` follows each candidate shadow's live store (``shadowtap.differ.store``, read only;
-the store is in WAL mode, so the live differ never waits for it). Each tick reads the pairs the
-live differ added since the last tick (``DiffStore.pairs_after``, at most ``READ_ROWS`` a tick: a
-backlog, such as a reused ``--live-db``, is caught up over several ticks) and judges each equal,
+``LiveReader`` follows each candidate shadow's live store (``shadowtap.differ.store``, read only;
+the store is in WAL mode, so the live differ never waits for it). Each reading takes the pairs the
+live differ added since the last one (``DiffStore.pairs_after``, at most ``READ_ROWS`` a store: a
+backlog, such as a reused ``--live-db``, is caught up over several readings) and judges each equal,
 differing or error with the report's suppression (volatile values, ignore rules, and learned noise
-as a report of the last minute decided it, rebuilt every ``_NOISE_EVERY`` ticks when a secondary
-teaches noise). From that one pass:
+as a report of the last minute decided it, rebuilt every ``_NOISE_EVERY`` readings when a secondary
+teaches noise). From that one pass, a ``Reading``:
 
 - the Prometheus counters per shadow and endpoint template (``ProxyMetrics.diff_view``; at most
   ``MAX_ENDPOINT_LABELS`` templates per shadow, the rest counted under ``OTHER_ENDPOINT``) and the
   unsuppressed signatures seen, by severity;
 - with the event log on, one follow-up ``diff`` event per pair, carrying the exchange's id, its
-  verdict and its signature ids (``EventLog.on_diff``);
+  verdict and its signature ids, serialised already (at most ``MAX_EVENTS`` between readings, the
+  rest counted as dropped; ``EventLog.on_diff`` writes the lines);
 - the figures of each window the trip guard's ``diff.*`` rules ask for (``TripGuard.diff_queries``),
   added up from the pairs kept by the second they started in (``DiffWindow``), handed back with why
   they cannot be judged yet (``TripGuard.take_diff``): live diff off, starting, restarting, paused,
   or its noise model warming up.
 
-The work follows the rate of new pairs, never the size of the store. This module must never write
-a store, run a query on the event loop, or touch the data path.
+The reader runs in the live analysis process (``shadowtap.proxy.live_view``), never in the proxy's:
+``LiveResults``, in the proxy, asks it for a reading once a second with the windows its trip rules
+want, and applies the compact answer (``pack_reading``): its cost in the proxy follows the number
+of templates, rules and events, never the store's size. Without an analysis process (a reader of
+stores written by hand) ``LocalSource`` takes the readings in a thread.
+
+The reader's work follows the rate of new pairs, never the size of the store. This module must
+never write a store, run a query on the event loop, or touch the data path.
 """
 
 from __future__ import annotations
@@ -27,18 +34,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from shadowtap.differ.aggregate import LEARNED_NOISE, build_report
 from shadowtap.differ.config import DifferConfig
 from shadowtap.differ.report_model import SEVERITIES, Severity
 from shadowtap.differ.signatures import is_structural, severity, severity_rank, signature_id
 from shadowtap.differ.store import EMPTY_SET, DiffStore, PairRow, SetMember
-from shadowtap.proxy.trips import DIFF_KINDS, DiffWindow
+from shadowtap.proxy.trips import DIFF_KINDS, DiffWindow, TripRule
 from shadowtap.recorder.errors import ShadowtapError
 
 if TYPE_CHECKING:
@@ -46,7 +54,21 @@ if TYPE_CHECKING:
     from shadowtap.proxy.metrics import ProxyMetrics
     from shadowtap.proxy.trips import TripGuard
 
-__all__ = ["MAX_ENDPOINT_LABELS", "OTHER_ENDPOINT", "READ_ROWS", "LiveResults", "live_wait_reason"]
+__all__ = [
+    "MAX_ENDPOINT_LABELS",
+    "MAX_EVENTS",
+    "OTHER_ENDPOINT",
+    "READ_ROWS",
+    "LiveReader",
+    "LiveResults",
+    "LocalSource",
+    "Reading",
+    "ReadingSource",
+    "keep_seconds",
+    "live_wait_reason",
+    "pack_reading",
+    "unpack_reading",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +79,9 @@ OTHER_ENDPOINT: Final = "other"
 #: Pairs read per store and tick: about a second's work at the live differ's best rate, so a tick
 #: stays short and a backlog is caught up over several.
 READ_ROWS: Final = 20_000
+#: Follow-up ``diff`` events kept between two readings that take them; past it they are counted
+#: as dropped (the event log's ``dropped``).
+MAX_EVENTS: Final = 20_000
 #: Distinct signatures remembered per shadow for the severity gauge; past it new ones are not counted.
 MAX_SIGNATURES: Final = 50_000
 #: Cached difference sets and keys per shadow before the cache starts over.
@@ -103,11 +128,13 @@ def live_wait_reason(stats: dict[str, Any]) -> str | None:
 
 @dataclass(slots=True)
 class _Follow:
-    """What is known of one shadow's store between ticks (touched only by the reading thread)."""
+    """What is known of one shadow's store between readings (touched by one thread at a time)."""
 
     name: str
     path: str
     last_id: int = 0
+    #: No event for a pair at or below this id: the proxy had it from an earlier reader.
+    events_after: int = 0
     #: The endpoints given a label of their own (at most ``MAX_ENDPOINT_LABELS``).
     labels: dict[str, str] = field(default_factory=dict)
     pairs: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -126,17 +153,68 @@ class _Follow:
 
 
 @dataclass(slots=True)
-class _Reading:
-    """One tick's results, handed from the reading thread to the loop."""
+class Reading:
+    """One tick's results: what the reader hands the proxy (packed by ``pack_reading`` when it
+    crosses from the live analysis process)."""
 
     windows: dict[tuple[str, int], DiffWindow] = field(default_factory=dict)
     view: DiffView = ({}, {})
-    events: list[dict[str, Any]] = field(default_factory=list)
+    #: The follow-up ``diff`` events, each one JSON line already serialised.
+    events: list[bytes] = field(default_factory=list)
+    #: Events not kept since the last reading that took events (past ``MAX_EVENTS``).
+    events_dropped: int = 0
     waiting: str | None = None
+    #: Per shadow, the last pair read: handed back with the next request (``marks``), so a reader
+    #: started anew (the analysis process restarted) sends no event twice.
+    marks: dict[str, int] = field(default_factory=dict)
+
+
+def pack_reading(reading: Reading) -> list[Any]:
+    """A reading as plain lists for msgpack (``unpack_reading`` reverses it)."""
+    pairs, signatures = reading.view
+    return [
+        [
+            [name, since, w.compared, w.differing, w.errors, w.signatures]
+            for (name, since), w in reading.windows.items()
+        ],
+        [[shadow, label, result, n] for (shadow, label, result), n in pairs.items()],
+        [[shadow, level, n] for (shadow, level), n in signatures.items()],
+        reading.events,
+        reading.events_dropped,
+        reading.waiting,
+        reading.marks,
+    ]
+
+
+def unpack_reading(packed: list[Any]) -> Reading:
+    windows, pairs, signatures, events, dropped, waiting, marks = packed
+    return Reading(
+        {(name, since): DiffWindow(compared, differing, errors, dict(by_severity))
+         for name, since, compared, differing, errors, by_severity in windows},
+        ({(shadow, label, result): n for shadow, label, result, n in pairs},
+         {(shadow, level): n for shadow, level, n in signatures}),
+        list(events),
+        int(dropped),
+        waiting,
+        dict(marks),
+    )  # fmt: skip
+
+
+def keep_seconds(rules: Iterable[TripRule]) -> int:
+    """Seconds of pairs a reader keeps for the ``diff.*`` rules' windows (0 without one)."""
+    windows = [rule.window_s for rule in rules if rule.kind in DIFF_KINDS]
+    return int(max(windows)) + _KEEP_MARGIN_S if windows else 0
+
+
+class ReadingSource(Protocol):
+    """Where ``LiveResults`` gets each tick's reading: a ``LiveReader`` in a thread of this process
+    (``LocalSource``), or the live analysis process (``shadowtap.proxy.live_view.ViewClient``)."""
+
+    async def reading(self, queries: list[tuple[str, int]], with_events: bool, marks: dict[str, int]) -> Reading: ...
 
 
 class LiveResults:
-    """Reads the live stores once per ``period_s`` (module docstring); ``start`` then ``await stop()``."""
+    """Takes a reading once per ``period_s`` (module docstring); ``start`` then ``await stop()``."""
 
     def __init__(
         self,
@@ -150,31 +228,29 @@ class LiveResults:
         publish: bool = True,
         period_s: float = 1.0,
         clock_ns: Callable[[], int] = time.time_ns,
+        source: ReadingSource | None = None,
     ) -> None:
         """``databases``: each candidate shadow's live store (none when live diff is off);
         ``live_stats``: the ``live_diff`` section of ``/stats``, which says whether the differ runs.
         ``publish``: give the metrics and events their figures; with ``--workers N`` only worker 0
-        does (every worker reads the same stores; the others judge their trip rules only)."""
+        does (the others judge their trip rules only). ``source``: where the readings come from (the
+        live analysis process); by default a ``LiveReader`` of this process, in a thread."""
         self._live_stats = live_stats
-        # Figures only: examples would decode stored exchanges every tick for nothing.
-        self._config = dataclasses.replace(config, examples_per_signature=0)
         self._trips = trips if trips is not None and trips.has_diff_rules else None
-        windows = [rule.window_s for rule in self._trips.rules if rule.kind in DIFF_KINDS] if self._trips else []
-        self._keep_s = int(max(windows)) + _KEEP_MARGIN_S if windows else 0
         self._events = events if publish else None
         self._period_s = period_s
-        self._clock_ns = clock_ns
-        self._started_ns = clock_ns()
-        self._follows = [_Follow(name, path) for name, path in databases]
-        self._max_labels = MAX_ENDPOINT_LABELS
+        self._names = [name for name, _ in databases]
+        if source is None and databases:
+            keep_s = keep_seconds(self._trips.rules) if self._trips is not None else 0
+            source = LocalSource(LiveReader(databases, config, keep_s, clock_ns))
+        self._source = source
         self._view: DiffView = ({}, {})
-        self._ticks = 0
-        self._logged: set[str] = set()
+        self._marks: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reads = 0
         self.diff_events = 0
-        if self._follows and publish:
+        if databases and publish:
             metrics.diff_view = self.view
         if self._trips is not None and not databases:
             why = self._waiting()
@@ -208,30 +284,89 @@ class LiveResults:
                 log.exception("reading the live diff results failed")
 
     async def tick(self) -> None:
-        """One reading: in a thread, then handed to the trip guard, the metrics and the event log."""
+        """One reading from the source, handed to the trip guard, the metrics and the event log."""
         queries = self._trips.diff_queries() if self._trips is not None else []
         waiting = self._waiting()
-        reading = await asyncio.to_thread(self._read, queries, self._events is not None)
+        if self._source is None:
+            reading = Reading()
+        else:
+            try:
+                reading = await self._source.reading(queries, self._events is not None, self._marks)
+            except ShadowtapError as exc:  # the analysis process is away: the rules wait, the view stays
+                reading = Reading(view=self._view, waiting=str(exc))
         self.reads += 1
         self._view = reading.view
+        self._marks.update(reading.marks)
         if self._trips is not None:
-            self._trips.take_diff(reading.windows, waiting or reading.waiting, [f.name for f in self._follows])
-        if self._events is not None and reading.events:
-            self.diff_events += len(reading.events)
-            self._events.on_diff(reading.events)
+            self._trips.take_diff(reading.windows, waiting or reading.waiting, self._names)
+        if self._events is not None:
+            self._events.dropped += reading.events_dropped
+            if reading.events:
+                self.diff_events += len(reading.events)
+                self._events.on_diff(reading.events)
 
     def _waiting(self) -> str | None:
         reason = None if self._live_stats is None else live_wait_reason(self._live_stats())
-        return reason or (None if self._follows else "live diff is off")
+        return reason or (None if self._names else "live diff is off")
 
-    # --- the reading thread -----------------------------------------------------------------------
 
-    def _read(self, queries: list[tuple[str, int]], with_events: bool) -> _Reading:
-        reading = _Reading()
+class LocalSource:
+    """Readings of a ``LiveReader`` taken in a thread of this process."""
+
+    def __init__(self, reader: LiveReader) -> None:
+        self.reader = reader
+
+    async def reading(self, queries: list[tuple[str, int]], with_events: bool, marks: dict[str, int]) -> Reading:
+        return await asyncio.to_thread(self.reader.read, queries, with_events, True, marks)
+
+
+class LiveReader:
+    """Follows the live stores and judges their new pairs (module docstring): the work behind a
+    reading, done in the live analysis process (``shadowtap.proxy.live_view``). ``keep_s``: seconds
+    of pairs kept for the ``diff.*`` rules' windows (``keep_seconds``)."""
+
+    def __init__(
+        self,
+        databases: tuple[tuple[str, str], ...],
+        config: DifferConfig,
+        keep_s: int = 0,
+        clock_ns: Callable[[], int] = time.time_ns,
+        max_labels: int | None = None,
+        started_ns: int | None = None,
+    ) -> None:
+        """``started_ns``: events only for pairs that started from then on (by default, now)."""
+        # Figures only: examples would decode stored exchanges every tick for nothing.
+        self._config = dataclasses.replace(config, examples_per_signature=0)
+        self._keep_s = keep_s
+        self._clock_ns = clock_ns
+        self._started_ns = clock_ns() if started_ns is None else started_ns
+        self._follows = [_Follow(name, path) for name, path in databases]
+        self._max_labels = MAX_ENDPOINT_LABELS if max_labels is None else max_labels
+        self._ticks = 0
+        self._logged: set[str] = set()
+        #: Events judged and not taken yet (a reading that asks for them takes them), at most
+        #: ``MAX_EVENTS``; set once a reading has asked for events.
+        self._collect_events = False
+        self._pending: list[bytes] = []
+        self._dropped = 0
+
+    def read(
+        self, queries: list[tuple[str, int]], with_events: bool, fresh: bool = True, marks: dict[str, int] | None = None
+    ) -> Reading:
+        """A reading: the new pairs judged (unless not ``fresh``: the last read is recent, and only
+        the windows are added up anew), the windows ``queries`` asks for, and with ``with_events``
+        the events judged since the last reading that took them. ``marks``: the last reading's, as
+        the caller had them (``Reading.marks``)."""
+        reading = Reading()
         pairs: dict[tuple[str, str, str], int] = {}
         signatures: dict[tuple[str, str], int] = {}
-        self._ticks += 1
+        if with_events:
+            self._collect_events = True
+        if fresh:
+            self._ticks += 1
         for follow in self._follows:
+            if marks and follow.name in marks:
+                follow.events_after = max(follow.events_after, int(marks[follow.name]))
             try:
                 store = DiffStore(follow.path, create=False)
             except ShadowtapError:
@@ -244,7 +379,7 @@ class LiveResults:
                     reading.waiting = "no results from the live differ yet"
                     continue
                 follow.noise_needs = max(1, self._config.min_samples) if meta.secondary is not None else 0
-                if meta.secondary is not None and self._ticks % _NOISE_EVERY == 1:
+                if fresh and meta.secondary is not None and self._ticks % _NOISE_EVERY == 1:
                     # Learned noise weighs the secondary's rate at a field against the candidate's
                     # over many pairs: the report's decisions over the last stretch, now and then.
                     since = self._clock_ns() - int(_NOISE_WINDOW_S * 1e9)
@@ -255,11 +390,19 @@ class LiveResults:
                         for s in e.signatures
                         if s.suppression_reason == LEARNED_NOISE
                     )
-                rows = store.pairs_after(follow.last_id, READ_ROWS)
+                rows = store.pairs_after(follow.last_id, READ_ROWS) if fresh else []
                 for row in rows:
                     event = self._judge(store, follow, row)
-                    if with_events and event is not None and row.started_at_ns >= self._started_ns:
-                        reading.events.append(event)
+                    if (
+                        self._collect_events
+                        and event is not None
+                        and row.started_at_ns >= self._started_ns
+                        and row.id > follow.events_after
+                    ):
+                        if len(self._pending) < MAX_EVENTS:
+                            self._pending.append(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+                        else:
+                            self._dropped += 1
                 if rows:
                     follow.last_id = rows[-1].id
                 if follow.secondary_pairs < follow.noise_needs:
@@ -281,6 +424,10 @@ class LiveResults:
                 store.close()
                 self._carry(follow, pairs, signatures)
         reading.view = (pairs, signatures)
+        reading.marks = {follow.name: follow.last_id for follow in self._follows}
+        if with_events:
+            reading.events, self._pending = self._pending, []
+            reading.events_dropped, self._dropped = self._dropped, 0
         return reading
 
     def _carry(

@@ -88,8 +88,9 @@ async def test_diff_events_follow_their_exchange_in_batches_through_the_same_bou
     path = tmp_path / "events.jsonl"
     log = EventLog(str(path), ROUTES, queue_size=512)  # two batches of 256
     verdicts = [{"event": "diff", "id": f"e{i}", "verdict": "equal", "signatures": []} for i in range(600)]
-    # The writer is not running yet: two batches fit the queue, the rest is dropped and counted.
-    log.on_diff(verdicts)
+    # Serialised by the live analysis process. The writer is not running yet: two batches fit the
+    # queue, the rest is dropped and counted.
+    log.on_diff([json.dumps(v, separators=(",", ":")).encode() + b"\n" for v in verdicts])
     assert log.dropped == 600 - 512
     await log.start()
     await log.aclose(5.0)
