@@ -25,6 +25,7 @@ loop's millisecond timers forced a spin over the last fraction of a millisecond 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import heapq
 import itertools
@@ -170,14 +171,11 @@ class LoopTimer:
         self.disarm()
 
 
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-class _Itimerspec(ctypes.Structure):
-    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
-
-
+#: ``struct itimerspec`` on Linux: two ``struct timespec`` (interval, then value), each two longs.
+#: An array rather than a ``ctypes.Structure`` subclass, which a compiled module cannot define.
+_ITIMERSPEC_LONGS: Final = 4
+_VALUE_SEC: Final = 2
+_VALUE_NSEC: Final = 3
 # <sys/timerfd.h> and <time.h> on Linux.
 _CLOCK_MONOTONIC: Final = 1
 _TFD_NONBLOCK: Final = os.O_NONBLOCK
@@ -196,8 +194,9 @@ class TimerFd:
         if not sys.platform.startswith("linux"):
             raise OSError("timerfd is Linux only")
         libc = ctypes.CDLL(None, use_errno=True)
+        spec_type = ctypes.c_long * _ITIMERSPEC_LONGS
         self._settime = libc.timerfd_settime
-        self._settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p]
+        self._settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(spec_type), ctypes.c_void_p]
         self._settime.restype = ctypes.c_int
         fd = int(libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC))
         if fd < 0:
@@ -206,17 +205,22 @@ class TimerFd:
         self._fd = fd
         self._loop = loop
         self._callback = callback
-        # One spec reused for every arming: a deadline costs two field stores and one call.
-        self._spec = _Itimerspec()
+        # Set when the callback arms or disarms the timer (which clears its expiration): then the
+        # expiration need not be read.
+        self._set_since_fire = False
+        # One spec reused for every arming: a deadline costs two stores and one call.
+        self._spec = spec_type()
         self._spec_ref = ctypes.byref(self._spec)
         loop.add_reader(fd, self._fire)
 
     def _set(self, seconds: int, nanoseconds: int) -> None:
-        value = self._spec.it_value
-        value.tv_sec, value.tv_nsec = seconds, nanoseconds
+        spec = self._spec
+        spec[_VALUE_SEC] = seconds
+        spec[_VALUE_NSEC] = nanoseconds
         if self._settime(self._fd, _TFD_TIMER_ABSTIME, self._spec_ref, None) != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, os.strerror(errno))
+        self._set_since_fire = True
 
     def arm(self, deadline_ns: int) -> None:
         # An all-zero time disarms: a deadline at or before the clock's zero is simply due.
@@ -227,11 +231,15 @@ class TimerFd:
         self._set(0, 0)
 
     def _fire(self) -> None:
-        try:
-            os.read(self._fd, 8)
-        except BlockingIOError:  # re-armed after the loop saw it readable: not due yet
-            return
+        # timerfd_settime resets the expiration count (the fd stops being readable), so when the
+        # callback arms again, as the runner's always does, a read would be a system call for
+        # nothing. A wake-up that comes early (re-armed after the loop saw it readable) finds
+        # nothing due and arms for the deadline again.
+        self._set_since_fire = False
         self._callback()
+        if not self._set_since_fire and self._fd >= 0:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._fd, 8)  # left readable, it would wake the loop again at once
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -569,6 +569,18 @@ def _plan(
     iteration_offset_ns = 0
     rate_index = 0
     iteration = 0
+
+    def slot_of(clone: int, recorded_ns: int) -> int:
+        """The slot of ``clone`` of a request recorded ``recorded_ns`` into its pass."""
+        nonlocal rate_index
+        if scaling.rate_per_s is not None:
+            slot = ramp(int(rate_index * _NS_PER_S / scaling.rate_per_s))
+            rate_index += 1
+            return slot
+        if not recorded_timing:
+            return 0
+        return ramp(iteration_offset_ns + recorded_ns + clone * clone_offset_ns)
+
     while True:
         stats.iterations = iteration + 1
         # Clone copies waiting for their (later) slot, ordered by slot then arrival (a unique
@@ -577,20 +589,16 @@ def _plan(
         arrival = itertools.count()
         last_base_ns = -1
         base_count = 0
-        for base, ex, session in _base_stream(source(), options, rewrites, stats, iteration, templater, max_sessions):
+        stream = _base_stream(source(), options, rewrites, stats, iteration, templater, max_sessions, slot_of)
+        for base, recorded_ns, ex, session in stream:
             base_count += 1
-            last_base_ns = base.slot_ns
+            last_base_ns = recorded_ns
             for clone in range(scaling.clones):
-                planned = base if clone == 0 else _clone(base, ex, session, clone, iteration, rewrites)
-                if scaling.rate_per_s is not None:
-                    slot = ramp(int(rate_index * _NS_PER_S / scaling.rate_per_s))
-                    rate_index += 1
-                elif not recorded_timing:
-                    slot = 0
+                if clone == 0:
+                    planned = base  # built with its slot: one object a request
                 else:
-                    slot = ramp(iteration_offset_ns + base.slot_ns + clone * clone_offset_ns)
-                if slot != planned.slot_ns:
-                    planned = _with_slot(planned, slot)
+                    planned = _clone(base, ex, session, clone, iteration, rewrites, slot_of(clone, recorded_ns))
+                slot = planned.slot_ns
                 if not within(slot):
                     if clone == 0 or not recorded_timing:
                         # Slots only grow from here: finish the clones still due, then stop.
@@ -654,21 +662,24 @@ def preview_schedule(
     return SchedulePreview(requests, span_ns, longest_ns, longest_at_ns)
 
 
-def _with_slot(planned: PlannedRequest, slot_ns: int) -> PlannedRequest:
-    # What ``dataclasses.replace`` does, for one field without its per-call field walk (every request).
-    p = planned
-    return PlannedRequest(
-        slot_ns, p.gap_ns, p.session, p.seq, p.clone, p.iteration, p.method, p.target, p.headers, p.body, p.endpoint,
-        p.source,
-    )  # fmt: skip
-
-
 def _clone(
-    base: PlannedRequest, ex: Exchange, session: str, clone: int, iteration: int, rewrites: _CompiledRewrites
+    base: PlannedRequest,
+    ex: Exchange,
+    session: str,
+    clone: int,
+    iteration: int,
+    rewrites: _CompiledRewrites,
+    slot_ns: int,
 ) -> PlannedRequest:
     target, headers, body = rewrites.apply(ex, clone, iteration)
     return replace(
-        base, session=f"{session}#c{clone}i{iteration}", clone=clone, target=target, headers=headers, body=body
+        base,
+        slot_ns=slot_ns,
+        session=f"{session}#c{clone}i{iteration}",
+        clone=clone,
+        target=target,
+        headers=headers,
+        body=body,
     )
 
 
@@ -680,8 +691,10 @@ def _base_stream(
     iteration: int,
     templater: EndpointTemplater | None,
     max_sessions: int,
-) -> Iterator[tuple[PlannedRequest, Exchange, str]]:
-    """Clone 0 of every kept exchange, with its recorded-time slot (speed applied, no offset)."""
+    slot_of: Callable[[int, int], int],
+) -> Iterator[tuple[PlannedRequest, int, Exchange, str]]:
+    """Clone 0 of every kept exchange with its slot (``slot_of(0, recorded)``), and its recorded-time
+    slot (speed applied, no offset)."""
     filters = options.filters
     speed = options.scaling.speed
     max_gap_s = options.scaling.max_gap_s
@@ -759,8 +772,7 @@ def _base_stream(
         )
         target, headers, body = rewrites.apply(ex, 0, iteration)
         session = key if iteration == 0 else f"{key}#c0i{iteration}"
-        yield (
-            PlannedRequest(slot_ns, gap_ns, session, seq, 0, iteration, method, target, headers, body, endpoint, ex),
-            ex,
-            key,
+        planned = PlannedRequest(
+            slot_of(0, slot_ns), gap_ns, session, seq, 0, iteration, method, target, headers, body, endpoint, ex
         )
+        yield planned, slot_ns, ex, key

@@ -164,6 +164,8 @@ class _Session:
     last_done_ns: int | None = None
     # Its head request waits in the due queue or is being sent: the session is not idle.
     busy: bool = False
+    # The task sending its requests, while one does (it leaves the runner's set as it ends).
+    task: asyncio.Task[None] | None = None
 
 
 class _Runner:
@@ -399,34 +401,39 @@ class _Runner:
         # The loop's own create_task: asyncio.create_task looks the running loop up (a getpid()
         # system call each time on Python 3.11).
         assert self.loop is not None
-        task = self.loop.create_task(self._run_session(session, due_ns))
+        session.task = task = self.loop.create_task(self._run_session(session, due_ns))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
 
     async def _run_session(self, session: _Session, due_ns: int) -> None:
         """Send ``session``'s requests from its head while each is due; queue it when one is not."""
         try:
-            while True:
-                request = session.queue[0]
-                session.last_done_ns = await self._send(request, due_ns)
-                session.queue.popleft()
-                self._finished(1)
-                if not session.queue:
-                    break
-                if self.aborting:
-                    self._drop_queue(session)
-                    break
-                request = session.queue[0]
-                due_ns = max(self.t0_ns + request.slot_ns, session.last_done_ns + request.gap_ns)
-                if due_ns > time.monotonic_ns():
-                    self._push(due_ns, session)
-                    return
-        except Exception as exc:  # a bug: this queue would never drain, so scheduling stops
-            self._internal_error(exc, f"session {session.key!r}")
-            self.halted = True
-            self._drop_queue(session)
-            self._abort()
-        self._session_idle(session)
+            try:
+                while True:
+                    request = session.queue[0]
+                    session.last_done_ns = await self._send(request, due_ns)
+                    session.queue.popleft()
+                    self._finished(1)
+                    if not session.queue:
+                        break
+                    if self.aborting:
+                        self._drop_queue(session)
+                        break
+                    request = session.queue[0]
+                    due_ns = max(self.t0_ns + request.slot_ns, session.last_done_ns + request.gap_ns)
+                    if due_ns > time.monotonic_ns():
+                        self._push(due_ns, session)
+                        return
+            except Exception as exc:  # a bug: this queue would never drain, so scheduling stops
+                self._internal_error(exc, f"session {session.key!r}")
+                self.halted = True
+                self._drop_queue(session)
+                self._abort()
+            self._session_idle(session)
+        finally:
+            # Out of the runner's set as it ends (no done callback: a loop hop a request fewer).
+            task, session.task = session.task, None
+            if task is not None:
+                self.tasks.discard(task)
 
     def _session_idle(self, session: _Session) -> None:
         session.busy = False

@@ -64,6 +64,7 @@ COMPILED_MODULES: Final = (
     "shadowtap.proxy.join",
     # The replayer's request path: scheduling, sending, recording (the Locust edge stays out: gevent).
     "shadowtap.replayer.runner",
+    "shadowtap.replayer.pacer",
     "shadowtap.replayer.transport",
     "shadowtap.replayer.sending",
     "shadowtap.replayer.stats",
