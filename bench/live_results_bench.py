@@ -1,7 +1,8 @@
-"""What reading the live differ's results back costs the proxy (``shadowtap.proxy.live_results``).
+"""What reading the live differ's results back costs (``shadowtap.proxy.live_results.LiveReader``,
+run by the live analysis process, ``shadowtap.proxy.live_view``, not by the proxy's own).
 
 Builds a live store of ``--pairs`` pairs over 50 endpoint templates (5 % differing in a high
-signature, 0.1 % in a critical one), then drives ``LiveResults`` as the proxy does, in a thread:
+signature, 0.1 % in a critical one), then drives a ``LiveReader`` as the analysis process does:
 the catch-up of that backlog, then ``--ticks`` ticks of ``--rate`` new pairs each, with a one-minute
 ``diff.*`` rule window and wide events on, and ticks with nothing new; with ``--secondary``, the
 tick that rebuilds the learned-noise report too. Prints CPU and wall time per
@@ -22,8 +23,7 @@ from shadowtap.differ.aggregate import build_report
 from shadowtap.differ.config import DifferConfig
 from shadowtap.differ.live import open_live_store
 from shadowtap.differ.store import DiffStore, RunMeta
-from shadowtap.proxy.live_results import READ_ROWS, LiveResults
-from shadowtap.proxy.metrics import ProxyMetrics
+from shadowtap.proxy.live_results import READ_ROWS, LiveReader
 
 _ENDPOINTS = 50
 
@@ -43,12 +43,11 @@ def build_store(path: str, pairs: int, secondary: bool) -> None:
 
 
 async def run(path: str, pairs: int, rate: int, ticks: int, secondary: bool) -> None:
-    results = LiveResults((("v2", path),), DifferConfig(), ProxyMetrics())
-    results._keep_s = 120  # as a one-minute diff.* rule keeps (no trip guard here)
+    results = LiveReader((("v2", path),), DifferConfig(), keep_s=120)  # as a one-minute diff.* rule keeps
     follow = results._follows[0]
     wall, cpu, count = time.perf_counter(), time.process_time(), 0
     while follow.last_id < pairs:
-        await asyncio.to_thread(results._read, [], True)
+        await asyncio.to_thread(results.read, [], True)
         count += 1
     print(f"catch-up of {pairs:,} pairs: {count} ticks of at most {READ_ROWS:,}, "
           f"wall {time.perf_counter() - wall:.2f} s, CPU {time.process_time() - cpu:.2f} s")  # fmt: skip
@@ -62,20 +61,20 @@ async def run(path: str, pairs: int, rate: int, ticks: int, secondary: bool) -> 
         store.commit()
         since = time.time_ns() - 60_000_000_000
         wall, cpu = time.perf_counter(), time.process_time()
-        reading = await asyncio.to_thread(results._read, [("v2", since)], True)
+        reading = await asyncio.to_thread(results.read, [("v2", since)], True)
         window = reading.windows[("v2", since)]
         print(f"tick of {rate:,} new pairs, a 1m rule window and events: CPU {time.process_time() - cpu:.3f} s, "
               f"wall {time.perf_counter() - wall:.3f} s, {len(reading.events):,} events; window compared "
               f"{window.compared:,} differing {window.differing:,} errors {window.errors:,}")  # fmt: skip
         wall, cpu = time.perf_counter(), time.process_time()
-        await asyncio.to_thread(results._read, [], True)
+        await asyncio.to_thread(results.read, [], True)
         print(f"tick of nothing new: CPU {time.process_time() - cpu:.4f} s")
     report = build_report(store, DifferConfig(), since_ns=since)
     print(f"a report of the same window: compared {report.compared:,} differing {report.differing:,}")
     if secondary:  # the learned-noise report, every _NOISE_EVERY ticks
         results._ticks = 0
         wall, cpu = time.perf_counter(), time.process_time()
-        await asyncio.to_thread(results._read, [], True)
+        await asyncio.to_thread(results.read, [], True)
         print(f"tick with the learned-noise report of the last minute: CPU {time.process_time() - cpu:.3f} s, "
               f"wall {time.perf_counter() - wall:.3f} s")  # fmt: skip
     store.close()

@@ -101,6 +101,8 @@ class ViewOptions:
     max_labels: int | None = None
     #: Events only for pairs that started from then on (the proxy's start).
     started_ns: int | None = None
+    #: ``DIFF_CACHE_S`` as the proxy had it.
+    cache_s: float = DIFF_CACHE_S
 
 
 def _frame(obj: Any) -> bytes:
@@ -183,12 +185,12 @@ class _Analysis:
         cache_key = tuple(key)
         now = time.monotonic()
         cached = self._cache.get(cache_key)
-        if cached is not None and now - cached[0] < DIFF_CACHE_S:
+        if cached is not None and now - cached[0] < self._options.cache_s:
             self.counters.cache_hits += 1
             return [cached[1], cached[2]]
         status, body = self._build(shadow, since_ns, until_ns, endpoint, examples)
         self.counters.builds += 1
-        self._cache = {k: v for k, v in self._cache.items() if now - v[0] < DIFF_CACHE_S}
+        self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self._options.cache_s}
         if len(self._cache) >= _CACHE_ENTRIES:
             self._cache.clear()
         self._cache[cache_key] = (time.monotonic(), status, body)
@@ -436,7 +438,9 @@ class LiveView:
     ) -> None:
         self._directory = tempfile.mkdtemp(prefix="shadowtap-view-")
         self.socket = str(Path(self._directory) / _SOCKET_NAME)
-        self._options = ViewOptions(self.socket, databases, config, keep_s, priority, max_labels, time.time_ns())
+        self._options = ViewOptions(
+            self.socket, databases, config, keep_s, priority, max_labels, time.time_ns(), DIFF_CACHE_S
+        )
         self._child: _Child | None = None
         self._closing = False
         self._restarts = 0
