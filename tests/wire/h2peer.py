@@ -4,7 +4,10 @@ so the proxy's HTTP/2 side is checked against a peer it does not share code with
 ``H2TestClient`` opens h2c (prior knowledge) or TLS (ALPN ``h2``), sends requests on streams of its
 choice and collects each stream's response (head, body, trailers, or the reset code); ``send_raw``
 writes bytes as they are, for malformed input. ``H2TestServer`` answers each request through a
-handler that may reply, stream, send trailers or reset the stream.
+handler that may reply, stream, send trailers or reset the stream, and records what each stream
+carried (``H2TestServer.received``: header fields as decoded, body, trailers, how it ended); with
+``strict=False`` it takes fields h2 would refuse (uppercase names, connection-specific fields), so a
+test sees exactly what a peer sent.
 """
 
 from __future__ import annotations
@@ -217,6 +220,17 @@ class H2TestClient:
             self._window.set()
 
 
+@dataclass
+class ReceivedStream:
+    """What one request stream carried to ``H2TestServer``, as it arrived."""
+
+    headers: list[Header]
+    body: bytearray = field(default_factory=bytearray)
+    trailers: list[Header] = field(default_factory=list)
+    ended: bool = False
+    reset_code: int | None = None
+
+
 #: A handler gets the request (headers incl. pseudo-headers, body, trailers) and a responder.
 Handler = Callable[[list[Header], bytes, list[Header], "Responder"], Awaitable[None]]
 
@@ -261,13 +275,29 @@ class Responder:
 
 
 class _ServerConnection:
-    def __init__(self, handler: Handler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        received: list[ReceivedStream],
+        strict: bool = True,
+        early: Callable[[list[Header]], bool] | None = None,
+    ) -> None:
         self.handler = handler
+        self.early = early
         self.reader = reader
         self.writer = writer
+        self.received = received
+        self._streams: dict[int, ReceivedStream] = {}
         # Sends what the handler says, malformed or not (tests of how a peer copes with that).
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
+            client_side=False,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            validate_inbound_headers=strict,
+            normalize_inbound_headers=strict,
         )
         self.conn = h2.connection.H2Connection(config)
         self.requests: dict[int, tuple[list[Header], bytearray, list[Header]]] = {}
@@ -297,20 +327,23 @@ class _ServerConnection:
                     self.flush()
                     break
                 for event in events:
+                    self._record(event)
                     if isinstance(event, h2.events.RequestReceived):
                         self.requests[event.stream_id] = (list(event.headers), bytearray(), [])
+                        if self.early is not None and self.early(list(event.headers)):
+                            # Answered at its head, before (and whatever) its body.
+                            self._call(list(event.headers), b"", [], event.stream_id)
                     elif isinstance(event, h2.events.DataReceived):
                         self.requests[event.stream_id][1].extend(event.data)
                         self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                     elif isinstance(event, h2.events.TrailersReceived):
                         self.requests[event.stream_id][2].extend(event.headers)
+                    elif isinstance(event, h2.events.StreamReset):
+                        self.requests.pop(event.stream_id, None)
                     elif isinstance(event, h2.events.StreamEnded):
-                        headers, body, trailers = self.requests.pop(event.stream_id)
-                        task = asyncio.get_running_loop().create_task(
-                            self.handler(headers, bytes(body), trailers, Responder(self, event.stream_id))
-                        )
-                        self.tasks.add(task)
-                        task.add_done_callback(self.tasks.discard)
+                        headers, body, trailers = self.requests.pop(event.stream_id, ([], bytearray(), []))
+                        if headers and not (self.early is not None and self.early(headers)):
+                            self._call(headers, bytes(body), trailers, event.stream_id)
                     elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
                         self._window.set()
                 self.flush()
@@ -320,15 +353,54 @@ class _ServerConnection:
             self._window.set()
             self.writer.close()
 
+    def _call(self, headers: list[Header], body: bytes, trailers: list[Header], stream_id: int) -> None:
+        task = asyncio.get_running_loop().create_task(self.handler(headers, body, trailers, Responder(self, stream_id)))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _record(self, event: Any) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            stream = ReceivedStream(list(event.headers))
+            self._streams[event.stream_id] = stream
+            self.received.append(stream)
+            return
+        stream = self._streams.get(getattr(event, "stream_id", 0) or 0)
+        if stream is None:
+            return
+        if isinstance(event, h2.events.DataReceived):
+            stream.body.extend(event.data)
+        elif isinstance(event, h2.events.TrailersReceived):
+            stream.trailers.extend(event.headers)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream.ended = True
+        elif isinstance(event, h2.events.StreamReset):
+            stream.reset_code = int(event.error_code)
+
 
 class H2TestServer:
     """An h2c server on 127.0.0.1 (port 0) calling ``handler`` for each complete request."""
 
-    def __init__(self, handler: Handler, *, max_concurrent_streams: int | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_concurrent_streams: int | None = None,
+        strict: bool = True,
+        max_header_list_size: int | None = None,
+        early: Callable[[list[Header]], bool] | None = None,
+    ) -> None:
         self.handler = handler
+        #: Requests whose head this picks are answered at once, without waiting for their body.
+        self.early = early
         self.max_concurrent_streams = max_concurrent_streams
+        #: False: take fields h2 would refuse as malformed, to record them.
+        self.strict = strict
+        #: Advertised in SETTINGS and enforced by h2 (a larger head is a connection error).
+        self.max_header_list_size = max_header_list_size
         self.server: asyncio.Server | None = None
         self.connections: list[_ServerConnection] = []
+        #: Every request stream any connection received, in the order they opened.
+        self.received: list[ReceivedStream] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -342,12 +414,14 @@ class H2TestServer:
         return self
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _ServerConnection(self.handler, reader, writer)
+        conn = _ServerConnection(self.handler, reader, writer, self.received, self.strict, self.early)
+        initial: dict[Any, int] = {}
         if self.max_concurrent_streams is not None:
-            conn.conn.local_settings = h2.settings.Settings(
-                client=False,
-                initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams},
-            )
+            initial[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = self.max_concurrent_streams
+        if self.max_header_list_size is not None:
+            initial[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] = self.max_header_list_size
+        if initial:
+            conn.conn.local_settings = h2.settings.Settings(client=False, initial_values=initial)
         self.connections.append(conn)
         await conn.run()
 
