@@ -72,6 +72,13 @@ _BODY_CHUNKED: Final = 2  # re-framed as chunked
 #: instead of a timer per request: timeouts are seconds long, so 50 ms of slack is fine.
 _SWEEP_PERIOD_S: Final = 0.05
 
+#: What an HTTP/2 primary is sent for an HTTP/1.1 request: a Host that is an authority and nothing
+#: else (no userinfo, path or whitespace: RFC 9113 8.3.1, RFC 9110 7.2), and a header list within
+#: the size h2-based servers accept by default (python-h2, hypercorn, this proxy's own HTTP/2
+#: client), counted as HTTP/2 counts it (name + value + 32 per field): beyond a server's limit the
+#: head is a connection error that ends every other client's stream on that connection.
+_AUTHORITY_CHARS: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%"
+_H2_MAX_HEADER_LIST_BYTES: Final = 64 * 1024
 _REASONS: Final = {
     400: "Bad Request",
     405: "Method Not Allowed",
@@ -330,6 +337,9 @@ class _Forward:
             return False
         if self.upgrade:
             # HTTP/2 has no Upgrade and no CONNECT to a tunnel of HTTP/1 bytes (RFC 9113 8.6, 8.5).
+            # The connection closes after the 502: what the client sent behind the offer (tunnel or
+            # WebSocket bytes) is never read as a request.
+            self.keep_alive = False
             self._fail(FailureKind.BAD_RESPONSE, "the primary speaks HTTP/2: an Upgrade or CONNECT cannot reach it")
             return True
         self.h2 = _H2Upstream(self, pool)
@@ -628,6 +638,14 @@ class _Forward:
             self._out.append(error_response(408, "Request Timeout", f"shadowtap: {message}", close=True))
         self._abandon(message)
 
+    def client_body_cut(self) -> None:
+        """The client ended its side of the connection before the request body was whole: 400 if
+        the response has not started, and the exchange ends (the primary's stream or connection too)."""
+        if not self.finished and not self._head_sent:
+            message = "shadowtap: the client closed its side before the request body was whole"
+            self._out.append(error_response(400, "Bad Request", message, close=True))
+        self._abandon("client closed its side before the request body was whole")
+
     def client_gone(self) -> None:
         """The client connection closed before this exchange ended."""
         self._abandon("client closed the connection")
@@ -714,6 +732,11 @@ class _H2Upstream:
     Request bytes waiting for the primary's window beyond ``max_buffered_body_bytes`` pause the
     client's reading; response bytes are acknowledged to the primary only once written to a client
     that is reading, so a slow client holds the primary back rather than a buffer here.
+
+    What is legal in HTTP/1.1 but malformed in HTTP/2 is settled here, before the primary sees it:
+    values lose the whitespace around them, an empty Host is as none (the primary's authority), a
+    Host that is not an authority or an asterisk target other than OPTIONS gets 400, a header list
+    beyond ``_H2_MAX_HEADER_LIST_BYTES`` 431 (the connection closes after either).
     """
 
     __slots__ = ("_forward", "_head", "_pending", "_pending_bytes", "_pool", "_retried", "_task",
@@ -736,7 +759,11 @@ class _H2Upstream:
 
     def start(self) -> None:
         forward = self._forward
-        self._head = self._request_head()
+        try:
+            self._head = self._request_head()
+        except _Refused as refused:
+            self._refuse(refused.status, refused.message)
+            return
         self._pending = forward._body_buffer
         self._pending_bytes = forward._body_buffered
         forward._body_buffer = []
@@ -755,15 +782,28 @@ class _H2Upstream:
         client_host: bytes | None = None
         kept: list[Header] = []
         expect_continue = False
+        # Counted as HTTP/2 counts a header list: the four pseudo-header fields come to about 160.
+        list_bytes = 160 + len(forward.target)
         for name, value in end_to_end(fields):
             lower = name.lower()
             if lower == b"host":
-                client_host = value
+                client_host = value.strip(b" \t")
             elif lower == b"expect":
                 # Answered here (as nginx does): the body is streamed as it comes, never held back.
                 expect_continue = value.strip().lower() == b"100-continue"
             else:
+                # llhttp leaves trailing whitespace in a value; HTTP/2 forbids it (RFC 9113 8.2.1).
+                value = value.strip(b" \t")
                 kept.append((lower, value))
+                list_bytes += len(lower) + len(value) + 32
+        if list_bytes > _H2_MAX_HEADER_LIST_BYTES:
+            raise _Refused(431, "request header fields too large for the HTTP/2 primary")
+        if not client_host:
+            client_host = None  # none, or empty (RFC 9113 8.3.1: never an empty :authority)
+        elif client_host.translate(None, _AUTHORITY_CHARS):
+            raise _Refused(400, "the Host header is not a valid authority")
+        if forward.target == b"*" and forward.method != b"OPTIONS":
+            raise _Refused(400, "only OPTIONS may have the request target *")
         if expect_continue and not forward.body_done and not forward.http10:
             forward._client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         for name, value in forward.headers:
@@ -784,6 +824,16 @@ class _H2Upstream:
         for name, value in added:
             head.append((name.lower(), value))
         return head
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` ourselves, before anything of the request reached the primary; the
+        connection closes after it (the rest of the body is read and dropped)."""
+        forward = self._forward
+        errors = forward._ctx.stats.client_errors
+        errors[status] = errors.get(status, 0) + 1
+        forward.failure = Failure(FailureKind.CANCELLED, f"refused with {status}: {message}")
+        forward._out.append(error_response(status, _REASONS[status], f"shadowtap: {message}", close=True))
+        forward._finish(True)
 
     def _open_stream(self) -> None:
         forward = self._forward
@@ -967,6 +1017,7 @@ class _ClientConnection(asyncio.Protocol):
         "_active",
         "_chunked",
         "_bad_transfer_encoding",
+        "_ending",
         "_eof",
         "_head_bytes",
         "_head_since",
@@ -1017,6 +1068,8 @@ class _ClientConnection(asyncio.Protocol):
         self._hosts = 0
         self._bad_transfer_encoding = False
         self._eof = False
+        #: An answer closed the connection: no request queued behind it is started.
+        self._ending = False
         #: When the request head being read began (the sweep's clock); 0.0 between heads.
         self._head_since = 0.0
         # Lingering close: the response went out before its request body came in; the rest of the
@@ -1112,6 +1165,13 @@ class _ClientConnection(asyncio.Protocol):
         # A client that half-closes after its request still wants the response (HTTP/1.0 style);
         # TLS transports cannot stay half-open, so they close as usual.
         self._eof = True
+        parsing = self._parsing
+        if parsing is not None and parsing is self._active and not self._lingering:
+            # Its body can never be whole: given up now, not at the body timeout (a request to an
+            # HTTP/2 primary would hold a stream open with part of a body until then).
+            self._parsing = None
+            parsing.client_body_cut()
+            return False
         return self.scheme == b"http" and (self._active is not None or bool(self._pending))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -1206,7 +1266,11 @@ class _ClientConnection(asyncio.Protocol):
             if scheme_end <= 0:
                 raise _Refused(400, "the request target must be a path, * or an absolute URL")
             path_start = url.find(b"/", scheme_end + 3)
-            url = url[path_start:] if path_start > 0 else b"/"
+            query_start = url.find(b"?", scheme_end + 3)
+            if query_start > 0 and (path_start < 0 or query_start < path_start):
+                url = b"/" + url[query_start:]  # http://host?q: the query is kept
+            else:
+                url = url[path_start:] if path_start > 0 else b"/"
         version = parser.get_http_version()
         if hosts != 1 and (hosts > 1 or version != "1.0"):
             raise _Refused(400, "an HTTP/1.1 request needs exactly one Host header")
@@ -1264,10 +1328,24 @@ class _ClientConnection(asyncio.Protocol):
         if self._upgrade_body_left:
             return  # llhttp skips an Upgrade offer's body: it comes through _hold
         self._parsing = None
+        if self._headers:
+            self._drop_trailers()
         if forward is not None:
             forward.client_body_done()
         if self.ctx.closing:
             self.pause_reading(_PAUSE_DRAIN)
+
+    def _drop_trailers(self) -> None:
+        """A chunked body's trailer section ended its request: llhttp hands trailer fields to
+        ``on_header`` as it does a head's, and they must never become the next request's fields (a
+        Host, Transfer-Encoding or any field smuggled into the request behind). Trailers are dropped
+        (RFC 9110 6.5.1 allows it): an HTTP/1 primary gets the last chunk alone, an HTTP/2 one no
+        trailers."""
+        self._headers = []
+        self._head_bytes = 0
+        self._chunked = False
+        self._hosts = 0
+        self._bad_transfer_encoding = False
 
     # --- called by _Forward ----------------------------------------------------------------------
 
@@ -1319,6 +1397,7 @@ class _ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         if close:
+            self._ending = True
             if self._parsing is forward and self._tunnel is None:
                 self._start_linger()
             else:
@@ -1419,7 +1498,7 @@ class _ClientConnection(asyncio.Protocol):
 
     def _pump(self) -> None:
         pending = self._pending
-        while self._active is None and pending and not self.closed:
+        while self._active is None and pending and not self.closed and not self._ending:
             item = pending.popleft()
             if self._pause_mask & _PAUSE_PIPELINE and len(pending) <= self.ctx.max_pipelined:
                 self.resume_reading(_PAUSE_PIPELINE)
