@@ -15,10 +15,12 @@ failing primary gives 502/504 before the response head, a closed connection afte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -79,6 +81,32 @@ _SWEEP_PERIOD_S: Final = 0.05
 #: head is a connection error that ends every other client's stream on that connection.
 _AUTHORITY_CHARS: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%"
 _H2_MAX_HEADER_LIST_BYTES: Final = 64 * 1024
+#: What an HTTP/2 primary's answer may hold to be written as HTTP/1.1 (RFC 9110 5.1, 5.5): names are
+#: tokens, values visible characters, SP, HTAB and obs-text; HPACK carries any byte, and a name with a
+#: CR LF, a colon or a space would write fields (or a response) the primary never sent.
+_TOKEN_CHARS: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_VALUE_CHARS: Final = bytes(range(0x20, 0x7F)) + b"\t" + bytes(range(0x80, 0x100))
+#: Fields a sender must not put in trailers (RFC 9110 6.5.1: framing, routing, request modifiers,
+#: authentication, response control, content processing): a client that merges trailers into the
+#: head would act on them, so they are not written to the client's trailer section (the tape keeps them).
+_TRAILER_FORBIDDEN: Final = frozenset(
+    (b"content-length", b"transfer-encoding", b"host", b"trailer", b"te", b"connection", b"keep-alive",
+     b"upgrade", b"proxy-connection", b"content-encoding", b"content-type", b"content-range", b"cache-control",
+     b"expires", b"date", b"location", b"retry-after", b"vary", b"age", b"authorization", b"www-authenticate",
+     b"proxy-authenticate", b"proxy-authorization", b"set-cookie", b"cookie", b"max-forwards", b"expect",
+     b"range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"if-range")
+)  # fmt: skip
+
+
+#: SO_LINGER on with a zero timeout: closing the socket sends a TCP reset instead of a FIN.
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+
+
+def _unsafe_field(name: bytes, value: bytes) -> bool:
+    """Whether a field from an HTTP/2 peer cannot be written as an HTTP/1.1 field line as it is."""
+    return not name or bool(name.translate(None, _TOKEN_CHARS)) or bool(value.translate(None, _VALUE_CHARS))
+
+
 _REASONS: Final = {
     400: "Bad Request",
     405: "Method Not Allowed",
@@ -736,11 +764,14 @@ class _H2Upstream:
     What is legal in HTTP/1.1 but malformed in HTTP/2 is settled here, before the primary sees it:
     values lose the whitespace around them, an empty Host is as none (the primary's authority), a
     Host that is not an authority or an asterisk target other than OPTIONS gets 400, a header list
-    beyond ``_H2_MAX_HEADER_LIST_BYTES`` 431 (the connection closes after either).
+    beyond ``_H2_MAX_HEADER_LIST_BYTES`` 431 (the connection closes after either). An answer whose
+    fields cannot be written as HTTP/1.1 is a 502 (the stream is reset); trailers lose the fields
+    RFC 9110 forbids there; a close-delimited body (HTTP/1.0 client) cut by a reset ends with a TCP
+    reset, so the cut cannot pass for the end.
     """
 
-    __slots__ = ("_forward", "_head", "_pending", "_pending_bytes", "_pool", "_retried", "_task",
-                 "_te_trailers", "_unacked", "stream", "trailers")  # fmt: skip
+    __slots__ = ("_close_delimited", "_forward", "_head", "_pending", "_pending_bytes", "_pool", "_retried",
+                 "_task", "_te_trailers", "_unacked", "stream", "trailers")  # fmt: skip
 
     def __init__(self, forward: _Forward, pool: Any) -> None:
         self._forward = forward
@@ -755,6 +786,8 @@ class _H2Upstream:
         self._unacked = 0
         self._te_trailers = False
         self._retried = False
+        #: The answer goes to the client delimited by closing its connection (HTTP/1.0, no length).
+        self._close_delimited = False
         self.trailers: list[Header] = []
 
     def start(self) -> None:
@@ -838,7 +871,12 @@ class _H2Upstream:
     def _open_stream(self) -> None:
         forward = self._forward
         end_stream = forward.body_done and not self._pending
-        stream = self._pool.try_open(self._head, self, end_stream)
+        try:
+            stream = self._pool.try_open(self._head, self, end_stream)
+        except Exception:
+            # Opened from inside the failure of a connection (this request was pipelined behind one
+            # that connection failed): that connection is shut, the open task takes another.
+            stream = None
         if stream is None:
             self._task = forward._ctx.loop.create_task(self._open(end_stream))
         else:
@@ -943,6 +981,12 @@ class _H2Upstream:
             reason = HTTPStatus(status).phrase.encode("ascii")
         except ValueError:
             reason = b""
+        for name, value in headers:
+            if _unsafe_field(name, value):
+                forward._fail(FailureKind.BAD_RESPONSE, f"primary sent a field HTTP/1.1 cannot carry: {name!r}")
+                return
+        if forward.http10:
+            self._close_delimited = all(name.lower() != b"content-length" for name, _ in headers)
         forward.on_head(status, reason, headers)
         forward.flush()
 
@@ -969,13 +1013,19 @@ class _H2Upstream:
         trailers = self.trailers
         if trailers and self._te_trailers and forward._mode == _BODY_CHUNKED:
             parts = [b"0\r\n"]
-            add_fields(parts, end_to_end(trailers))
+            sent = end_to_end(trailers)
+            kept = [(n, v) for n, v in sent if not _unsafe_field(n, v) and n.lower() not in _TRAILER_FORBIDDEN]
+            add_fields(parts, kept)
             parts.append(b"\r\n")
             forward._out.append(b"".join(parts))
             forward._mode = _BODY_RAW  # the last chunk is written: on_complete adds none
         forward.on_complete(False)
 
     def on_reset(self, kind: str, message: str, refused: bool) -> None:
+        if self.stream is None and self._task is not None:
+            # A stream a failing connection was handed while it failed (``_open_stream``): the
+            # open task is already taking another connection for this request.
+            return
         self.stream = None
         forward = self._forward
         if forward.finished:
@@ -987,7 +1037,16 @@ class _H2Upstream:
             self._pending = [body] if body else []
             self._open_stream()
             return
+        cut = forward._head_sent and self._close_delimited
         forward._fail(kind, message)
+        transport = forward._client.transport
+        if cut and transport is not None:
+            # A FIN would end the body as if it were whole: a TCP reset says it was cut.
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            transport.abort()
 
 
 def _content_length(headers: list[Header]) -> int:

@@ -493,3 +493,127 @@ async def test_a_header_list_beyond_what_http2_servers_accept_is_431_and_spares_
     assert slow_response.status == 200 and slow_response.body == b"slow-start,slow-end"
     assert wrong == []
     assert b"/big" not in _paths(primary)
+
+
+# --- answers --------------------------------------------------------------------------------------
+
+
+async def test_answer_fields_http1_cannot_carry_give_502_and_the_connection_goes_on(
+    primary: H2TestServer, proxy: ProxyServer
+) -> None:
+    bad = [p for p in RESPONSES if p.startswith((b"/name-", b"/value-", b"/connection"))]
+
+    async def attacks() -> list[bytes]:
+        requests = [b"GET %s HTTP/1.1\r\nHost: x\r\n\r\nGET /then HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % p
+                    for p in bad]  # fmt: skip
+        return list(await asyncio.gather(*(_raw(proxy.port, r) for r in requests)))
+
+    answers, wrong = await asyncio.gather(attacks(), _bystanders(proxy.port))
+    assert wrong == []
+    for path, data in zip(bad, answers, strict=True):
+        responses = _parse(data)
+        assert [r.status for r in responses] == [502, 200], path
+        assert responses[1].body == b"echo /then ", path
+        assert b"injected" not in data.split(b"\r\n\r\n")[0], path
+    for stream in _requests(primary):
+        assert stream.ended  # the request was whole; the answer's stream was reset by the proxy
+
+
+async def test_interim_answers_no_content_not_modified_and_head(primary: H2TestServer, proxy: ProxyServer) -> None:
+    request = (
+        b"GET /interim HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /no-content HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /not-modified HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"HEAD /head HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    data = await _raw(proxy.port, request)
+    # The answers in order with nothing stray between them (the interim ones are not relayed).
+    answers = data.split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"204", b"304", b"200", b"200"]
+    # The HEAD answer keeps its length and has no body; the others parse as a strict client reads them.
+    head = answers[3]
+    assert b"content-length: 11\r\n" in head and head.endswith(b"\r\n\r\n")
+    responses = _parse(b"".join(b"HTTP/1.1 " + a for a in answers[:3]))
+    assert responses[0].body == b"after interim"
+    assert responses[1].body == b"" and responses[2].body == b""
+    assert responses[2].header(b"etag") == b'"v1"'
+    assert data.endswith(b"echo /last ")
+
+
+async def test_trailers_lose_the_fields_forbidden_there(primary: H2TestServer, proxy: ProxyServer) -> None:
+    data = await _raw(proxy.port, b"GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body == b"7\r\ntrailed\r\n0\r\nx-checksum: abc\r\n\r\n"
+
+
+async def test_a_reset_mid_body_is_never_a_complete_looking_answer(primary: H2TestServer, proxy: ProxyServer) -> None:
+    chunked = await _raw(proxy.port, b"GET /reset-mid-body HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 200 OK\r\n") and b"Transfer-Encoding: chunked" in chunked
+    assert chunked.endswith(b"8\r\npartial-\r\n")  # no last chunk: the connection closed mid-body
+    sized = await _raw(proxy.port, b"GET /reset-mid-sized-body HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"content-length: 100" in sized and sized.endswith(b"\r\n\r\npartial-")  # 8 of 100 bytes
+    # An HTTP/1.0 client's body ends when the connection does: a reset, not a close, says it was cut.
+    old = await _raw(proxy.port, b"GET /reset-mid-body HTTP/1.0\r\n\r\n")
+    assert old.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" in old
+    assert old.endswith(b"<reset>")
+
+
+async def test_goaway_beyond_the_last_stream_is_retried_once_and_answers_the_right_client() -> None:
+    refusals: dict[bytes, int] = {}
+
+    async def handler(headers: list[Header], body: bytes, trailers: list[Header], reply: Responder) -> None:
+        path = dict(headers)[b":path"]
+        if path.startswith(b"/goaway/"):
+            seen = refusals.get(path, 0)
+            refusals[path] = seen + 1
+            if seen == 0 or path.endswith(b"/always"):
+                # "Never processed": this stream is above the GOAWAY's last-stream-id.
+                reply.goaway(reply.stream_id - 2)
+                return
+        await _answer(headers, body, trailers, reply)
+
+    primary = await H2TestServer(handler, strict=False).start()
+    proxy = await _proxy(primary)
+    try:
+        once = _raw(
+            proxy.port, b"POST /goaway/once HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody"
+        )
+        always = _raw(proxy.port, b"GET /goaway/always HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        once_data, always_data, wrong = await asyncio.gather(once, always, _bystanders(proxy.port))
+    finally:
+        await proxy.shutdown(1)
+        await primary.close()
+    (retried,) = _parse(once_data)
+    assert retried.status == 200 and retried.body == b"echo /goaway/once body"
+    (refused,) = _parse(always_data)
+    assert refused.status == 502 and b"GOAWAY" in refused.body
+    assert refusals == {b"/goaway/once": 2, b"/goaway/always": 2}  # once more, never twice more
+    # A bystander's stream above a GOAWAY's last-stream-id is retried once too: it gets its own
+    # answer, or 502 when the connection it was retried on went away as well; never another's.
+    assert [w for w in wrong if "got 502" not in w or "GOAWAY" not in w] == []
+
+
+async def test_a_primary_whose_answer_breaks_its_connection_leaves_the_next_request_answered(
+    primary: H2TestServer,
+) -> None:
+    async def short_body(reply: Responder) -> None:
+        reply.head(200, [(b"content-length", b"10")])
+        await reply.data(b"12345", end=True)
+
+    RESPONSES[b"/short-body"] = short_body
+    proxy = await _proxy(primary)
+    try:
+        # h2 takes a length that disagrees with the DATA for a connection error: the request behind,
+        # started while that connection fails, goes on another one.
+        data = await _raw(
+            proxy.port,
+            b"GET /short-body HTTP/1.1\r\nHost: x\r\n\r\nGET /then HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    finally:
+        del RESPONSES[b"/short-body"]
+        await proxy.shutdown(1)
+    responses = _parse(data)
+    assert [r.status for r in responses] == [502, 200]
+    assert responses[1].body == b"echo /then "
