@@ -981,10 +981,23 @@ class _H2Upstream:
             reason = HTTPStatus(status).phrase.encode("ascii")
         except ValueError:
             reason = b""
+        lengths = 0
+        length = b""
         for name, value in headers:
             if _unsafe_field(name, value):
                 forward._fail(FailureKind.BAD_RESPONSE, f"primary sent a field HTTP/1.1 cannot carry: {name!r}")
                 return
+            if len(name) == 14 and name == b"content-length":
+                # h2 reads "+2" or a repeated field as a length; an HTTP/1.1 client must get one
+                # field of digits (llhttp refuses either, other parsers disagree on which one wins).
+                if not value.isdigit() or (lengths and value != length):
+                    forward._fail(FailureKind.BAD_RESPONSE, f"primary sent a content-length of {value!r}")
+                    return
+                lengths += 1
+                length = value
+        if lengths > 1:
+            headers = [field for field in headers if field[0] != b"content-length"]
+            headers.append((b"content-length", length))
         if forward.http10:
             self._close_delimited = all(name.lower() != b"content-length" for name, _ in headers)
         forward.on_head(status, reason, headers)

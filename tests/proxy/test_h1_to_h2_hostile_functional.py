@@ -89,6 +89,14 @@ async def _with_length(reply: Responder, headers: list[Header], body: bytes) -> 
     await reply.data(body, end=True)
 
 
+def _lengths(*values: bytes) -> Callable[[Responder], Awaitable[None]]:
+    async def handler(reply: Responder) -> None:
+        reply.head(200, [(b"content-length", value) for value in values])
+        await reply.data(b"ok", end=True)
+
+    return handler
+
+
 async def _interim(reply: Responder) -> None:
     reply.head(103, [(b"link", b"</style.css>; rel=preload")])
     reply.head(100, [])
@@ -148,6 +156,8 @@ RESPONSES: dict[bytes, Callable[[Responder], Awaitable[None]]] = {
     b"/value-lf": _bad_field(b"x-a", b"a\nset-cookie: session=injected"),
     b"/name-upper": _bad_field(b"X-Upper", b"1"),
     b"/connection": _bad_field(b"connection", b"close"),
+    b"/length-signed": _lengths(b"+2"),
+    b"/length-twice": _lengths(b"2", b"2"),
 }
 
 
@@ -501,7 +511,7 @@ async def test_a_header_list_beyond_what_http2_servers_accept_is_431_and_spares_
 async def test_answer_fields_http1_cannot_carry_give_502_and_the_connection_goes_on(
     primary: H2TestServer, proxy: ProxyServer
 ) -> None:
-    bad = [p for p in RESPONSES if p.startswith((b"/name-", b"/value-", b"/connection"))]
+    bad = [p for p in RESPONSES if p.startswith((b"/name-", b"/value-", b"/connection", b"/length-signed"))]
 
     async def attacks() -> list[bytes]:
         requests = [b"GET %s HTTP/1.1\r\nHost: x\r\n\r\nGET /then HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % p
@@ -517,6 +527,13 @@ async def test_answer_fields_http1_cannot_carry_give_502_and_the_connection_goes
         assert b"injected" not in data.split(b"\r\n\r\n")[0], path
     for stream in _requests(primary):
         assert stream.ended  # the request was whole; the answer's stream was reset by the proxy
+
+
+async def test_a_length_given_twice_reaches_the_client_once(primary: H2TestServer, proxy: ProxyServer) -> None:
+    data = await _raw(proxy.port, b"GET /length-twice HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    (response,) = _parse(data)  # llhttp refuses a repeated Content-Length
+    assert response.status == 200 and response.body == b"ok"
+    assert data.lower().count(b"content-length") == 1
 
 
 async def test_interim_answers_no_content_not_modified_and_head(primary: H2TestServer, proxy: ProxyServer) -> None:
