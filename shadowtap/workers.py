@@ -3,8 +3,10 @@
 ``serve_proxy`` runs the proxy until SIGTERM/SIGINT: in this process, or in ``config.workers``
 processes that share the listen port through SO_REUSEPORT and the runtime flags through shared
 memory, the parent serving the configured admin address for all of them and running the one live
-differ their tape writers feed, each through a pipe of its own (``shadowtap.proxy.live``). A worker
-that ends on its own stops the others.
+differ their tape writers feed, each through a pipe of its own (``shadowtap.proxy.live``), and the
+one live analysis process (``shadowtap.proxy.live_view``) that builds ``/diff`` and whose readings
+each worker's ``diff.*`` trip rules judge (its socket travels in ``WorkerLive``). A worker that ends
+on its own stops the others.
 
 ``run_replay`` runs one replay sharded by session across N processes that share one start time:
 each builds the same plan and keeps the sessions whose stable hash falls on its index
