@@ -1,0 +1,77 @@
+"""Where the time of one `shadowtap diff` goes: its phases in this process, beside its workers' CPU.
+
+Runs the command in this process (``shadowtap diff ARGS...``) with each phase timed: reading and
+diffing this process's share (``ingest``), merging the workers' stores, learning and applying the
+endpoint templates, building the report and writing it. Printed: wall and CPU seconds of each phase
+(CPU is this process's, threads included: the template learning runs beside the merge), the
+workers' CPU, and the critical path by CPU time (this process outside its share, plus the larger of
+its share and the workers'): what two idle cores would take, whatever else the machine runs.
+Never run in a test. Usage::
+
+    .venv/bin/python bench/diff_phases.py TAPE --candidate v2 --workers 2 --json /tmp/r.json --quiet
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    import shadowtap.commands.diff as command
+    import shadowtap.differ as differ
+    import shadowtap.differ.pipeline as pipeline
+    import shadowtap.differ.store as store
+    from shadowtap.cli import main as cli
+
+    spent: dict[str, list[float]] = {}
+
+    def timed(owner: Any, name: str, label: str) -> None:
+        original: Callable[..., Any] = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                entry = spent.setdefault(label, [0.0, 0.0])
+                entry[0] += time.perf_counter() - wall
+                entry[1] += time.process_time() - cpu
+
+        setattr(owner, name, wrapper)
+
+    timed(command, "_ingest", "ingest (this process's share)")
+    timed(store.DiffStore, "merge_from", "merge the workers' stores")
+    timed(pipeline, "learn_endpoints", "learn endpoint templates")
+    timed(pipeline, "apply_endpoints", "apply endpoint templates")
+    timed(differ, "build_report", "build the report")
+    timed(command, "emit", "write the report")
+    started = time.perf_counter()
+    with contextlib.suppress(SystemExit):
+        cli(["diff", *sys.argv[1:]])
+    wall = time.perf_counter() - started
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own_cpu = me.ru_utime + me.ru_stime
+    workers_cpu = children.ru_utime + children.ru_stime
+    print(f"wall {wall:.2f} s; this process {own_cpu:.2f} s of CPU, its workers {workers_cpu:.2f} s", file=sys.stderr)
+    for label, (phase_wall, phase_cpu) in spent.items():
+        print(f"  {label:32} {phase_wall:6.2f} s wall {phase_cpu:6.2f} s CPU", file=sys.stderr)
+    share = spent.get("ingest (this process's share)", [0.0, 0.0])[1]
+    critical = own_cpu - share + max(share, workers_cpu)
+    print(
+        f"  critical path by CPU: {critical:.2f} s (outside its share {own_cpu - share:.2f} s"
+        f" + max(its share {share:.2f} s, workers {workers_cpu:.2f} s))",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":  # spawned workers import this module as __mp_main__: they must not run it
+    main()
