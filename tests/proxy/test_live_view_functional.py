@@ -8,6 +8,7 @@ one such process, the parent's child.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -185,3 +186,53 @@ async def test_with_workers_one_analysis_process_in_the_parent_serves_diff(
             process.send_signal(signal.SIGTERM)
             _, err = await asyncio.wait_for(process.communicate(), 60)
             assert process.returncode == 0, err.decode()
+
+
+async def test_a_restarted_analysis_process_sends_no_diff_event_twice(
+    services: dict[str, Service], tmp_path: Path
+) -> None:
+    log_path = tmp_path / "events.jsonl"
+    app = await start(services, tmp_path, secondary=False, events={"path": str(log_path)})
+    answers: list[tuple[int, Any]] = []
+    sent: list[str] = []
+
+    def diff_ids() -> list[str]:
+        text = log_path.read_text() if log_path.exists() else ""
+        return [e["id"] for e in map(json.loads, text.splitlines()) if e.get("event") == "diff"]
+
+    async def every_verdict() -> bool:
+        return len(diff_ids()) >= len(sent)
+
+    try:
+        assert app.live is not None
+        first = [f"/items/{n}" for n in range(10)]
+        sent.extend(first)
+        await send(app, first, answers)
+        await wait_for(every_verdict, "a diff event per exchange")
+        old = app.live.view.pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+
+        async def restarted() -> bool:
+            assert app.live is not None
+            return app.live.view.pid not in (None, old)
+
+        await wait_for(restarted, "the analysis process to be restarted")
+        # The new process reads the store from its start; it knows from the proxy which pairs the
+        # proxy had events for.
+        more = [f"/pages/p{n}" for n in range(10)]
+        sent.extend(more)
+        await send(app, more, answers)
+        await wait_for(every_verdict, "a diff event per exchange after the restart")
+        assert app.results is not None
+        reads = app.results.reads
+        await wait_for(lambda: _after(app, reads + 2), "two more readings")
+        ids = diff_ids()
+        assert len(ids) == len(set(ids)) == len(sent)
+        assert answers == [primary_answer(path) for path in sent]
+    finally:
+        await app.shutdown()
+
+
+async def _after(app: ProxyApp, reads: int) -> bool:
+    return app.results is not None and app.results.reads >= reads
