@@ -15,7 +15,9 @@ from shadowtap.recorder.model import Outcome
 __all__ = ["ClientSettings", "SendResult"]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed: compiled (mypyc), a frozen dataclass is built field by field in
+# Python, and one is built for every request (see ``plan.PlannedRequest``).
+@dataclass(slots=True)
 class SendResult:
     """What came back: the outcome, and when its head arrived (monotonic ns, None on failure)."""
 
