@@ -266,11 +266,15 @@ class LiveResults:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="live-results")
 
     async def stop(self) -> None:
-        """Stop after the read in progress, if any (it must not outlive the stores)."""
+        """Stop after a local read in progress, if any (it must not outlive the stores); a request
+        to the analysis process is given up."""
         self._stop.set()
         task, self._task = self._task, None
         if task is not None:
-            await task
+            if not isinstance(self._source, LocalSource):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _run(self) -> None:
         while not self._stop.is_set():
