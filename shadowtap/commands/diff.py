@@ -506,6 +506,8 @@ def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: li
                 session.finish(relearn=False)
                 parts = [future.result() for future in futures]
             except BaseException:
+                with counter.get_lock():  # the other processes stop after the chunk they are on
+                    counter.value = len(jobs[0].chunks)
                 for future in futures:
                     future.cancel()
                 raise

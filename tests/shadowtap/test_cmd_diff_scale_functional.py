@@ -170,3 +170,20 @@ def test_salvaging_workers_share_by_endpoint_and_note_the_damage_once(tmp_path: 
     assert outputs[1] == outputs[2]
     assert outputs[2][1].count("corrupt bytes") == 1, outputs[2][1]
     assert 1000 < json.loads(outputs[2][2])["pairs"] < 1200
+
+
+def test_a_corrupt_frame_fails_the_workers_as_it_fails_one(tmp_path: Path) -> None:
+    generated = tmp_path / "tape"
+    with SyncTapeWriter(generated, TapeOptions(fsync="none", compression="none")) as writer:
+        writer.write_many(traffic(1200, planted=True))
+    (segment,) = generated.glob("*.stape")
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside a frame: its checksum fails, whichever process reads it
+    segment.write_bytes(bytes(data))
+    errors = {}
+    for workers in (1, 2):
+        result = diff(generated, "--candidate", CANDIDATE, "--workers", workers, "--quiet", "--no-progress")
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+        errors[workers] = result.stderr
+    assert errors[1] == errors[2] and "corrupt frame" in errors[2] and str(segment) in errors[2]
