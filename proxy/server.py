@@ -843,6 +843,10 @@ class _H2Upstream:
             if name.lower() == b"te" and b"trailers" in [t.strip() for t in value.lower().split(b",")]:
                 self._te_trailers = True
         path = forward.target
+        fragment = path.find(b"#")
+        if fragment >= 0:
+            # Not part of a request target (RFC 9110 7.1), nor of :path (RFC 9113 8.3.1).
+            path = path[:fragment]
         if path[:1] == b"/":
             path = target.path_prefix + path
         head: list[Header] = [

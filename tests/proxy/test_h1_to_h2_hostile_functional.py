@@ -328,6 +328,7 @@ async def test_authority_and_request_targets(primary: H2TestServer, proxy: Proxy
         b"GET /port HTTP/1.1\r\nHost: shop.local:8080\r\n",
         b"GET /ipv6 HTTP/1.1\r\nHost: [::1]:8080\r\n",
         b"GET /empty-host HTTP/1.1\r\nHost: \r\n",
+        b"GET /fragment?q=1#section HTTP/1.1\r\nHost: shop.local\r\n",
         b"GET /http10 HTTP/1.0\r\n",
     ]
     answers = await asyncio.gather(*(_raw(proxy.port, r + b"Connection: close\r\n\r\n") for r in requests))
@@ -339,6 +340,7 @@ async def test_authority_and_request_targets(primary: H2TestServer, proxy: Proxy
     assert by_path[b"/abs?q=1"][b":authority"] == b"shop.local"
     assert by_path[b"/?only=query"][b":authority"] == b"shop.local"
     assert by_path[b"*"][b":method"] == b"OPTIONS"
+    assert b"/fragment?q=1" in by_path  # a fragment is no part of :path
     assert by_path[b"/port"][b":authority"] == b"shop.local:8080"
     assert by_path[b"/ipv6"][b":authority"] == b"[::1]:8080"
     # No Host (HTTP/1.0) and an empty one: the primary's own authority, never an empty one.
