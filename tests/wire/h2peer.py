@@ -280,7 +280,7 @@ class _ServerConnection:
         handler: Handler,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        received: list[ReceivedStream],
+        received: list[ReceivedStream] | None = None,
         strict: bool = True,
         early: Callable[[list[Header]], bool] | None = None,
     ) -> None:
@@ -288,7 +288,7 @@ class _ServerConnection:
         self.early = early
         self.reader = reader
         self.writer = writer
-        self.received = received
+        self.received: list[ReceivedStream] = [] if received is None else received
         self._streams: dict[int, ReceivedStream] = {}
         # Sends what the handler says, malformed or not (tests of how a peer copes with that).
         config = h2.config.H2Configuration(
