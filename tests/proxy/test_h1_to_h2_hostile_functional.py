@@ -108,6 +108,11 @@ async def _no_content_with_body(reply: Responder) -> None:
     await reply.data(b"a body a 204 cannot have", end=True)
 
 
+async def _no_content_with_length(reply: Responder) -> None:
+    # Its "body" would be read by an HTTP/1.1 client as the start of the next answer.
+    reply.head(204, [(b"content-length", b"5")], end=True)
+
+
 async def _not_modified_with_length(reply: Responder) -> None:
     reply.head(304, [(b"content-length", b"42"), (b"etag", b'"v1"')], end=True)
 
@@ -157,6 +162,7 @@ RESPONSES: dict[bytes, Callable[[Responder], Awaitable[None]]] = {
     b"/name-upper": _bad_field(b"X-Upper", b"1"),
     b"/connection": _bad_field(b"connection", b"close"),
     b"/length-signed": _lengths(b"+2"),
+    b"/length-on-no-content": _no_content_with_length,
     b"/length-twice": _lengths(b"2", b"2"),
 }
 
@@ -513,7 +519,9 @@ async def test_a_header_list_beyond_what_http2_servers_accept_is_431_and_spares_
 async def test_answer_fields_http1_cannot_carry_give_502_and_the_connection_goes_on(
     primary: H2TestServer, proxy: ProxyServer
 ) -> None:
-    bad = [p for p in RESPONSES if p.startswith((b"/name-", b"/value-", b"/connection", b"/length-signed"))]
+    bad = [
+        p for p in RESPONSES if p.startswith((b"/name-", b"/value-", b"/connection", b"/length-signed", b"/length-on"))
+    ]
 
     async def attacks() -> list[bytes]:
         requests = [b"GET %s HTTP/1.1\r\nHost: x\r\n\r\nGET /then HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % p
