@@ -8,7 +8,9 @@ nginx cannot proxy plain HTTP/2 upstream), and through ``shadowtap proxy`` (1 wo
 (streams translated to HTTP/1.1, as nginx does). On a shared machine the load moves between runs,
 so the cases run in ``--rounds`` interleaved rounds (nginx, then each shadowtap case, each round) and
 each shadowtap figure is printed with its ratio to the same round's nginx figure, then the median
-ratio (the budget: at least 0.5x). This script prints figures; it never asserts on them.
+ratio (the budget: at least 0.5x), and the CPU each shadowtap process spent per request after the
+warm-up (what its own code costs, which the machine's load moves far less than requests/s). This
+script prints figures; it never asserts on them.
 
     .venv/bin/python bench/h2_bench.py [--duration 6] [--rounds 3] [--json OUT]
 
@@ -26,34 +28,52 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxy_bench import BODY, ROOT, SHADOWTAP, free_port, interpreter, nginx, process  # noqa: E402
+from proxy_bench import (  # noqa: E402
+    BODY,
+    ROOT,
+    SHADOWTAP,
+    free_port,
+    interpreter,
+    nginx,
+    process,
+    process_tree_cpu_s,
+)
 
 H2LOAD = shutil.which("h2load") or "/usr/bin/h2load"
 
 
-def run_h2load(port: int, duration_s: float, warmup_s: float = 1.0) -> dict[str, float]:
-    """h2load over h2c (prior knowledge): requests/s and the mean request time."""
-    out = subprocess.run(
-        [H2LOAD, "-c32", "-m10", "-t1", f"-D{duration_s:g}", f"--warm-up-time={warmup_s:g}",
-         f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, timeout=duration_s + warmup_s + 60,
-    )  # fmt: skip
-    text = out.stdout
+def run_h2load(port: int, duration_s: float, warmup_s: float = 1.0, cpu_pid: int | None = None) -> dict[str, float]:
+    """h2load over h2c (prior knowledge): requests/s and the mean request time; with ``cpu_pid``, the
+    CPU that process spent per request after the warm-up (a figure the machine's load moves far less
+    than requests/s: the proxy's own work, not its share of two busy cores)."""
+    argv = [H2LOAD, "-c32", "-m10", "-t1", f"-D{duration_s:g}", f"--warm-up-time={warmup_s:g}",
+            f"http://127.0.0.1:{port}/"]  # fmt: skip
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        cpu_start = 0.0
+        if cpu_pid is not None:
+            time.sleep(warmup_s)
+            cpu_start = process_tree_cpu_s(cpu_pid)
+        text, stderr = proc.communicate(timeout=duration_s + warmup_s + 60)
+        cpu_s = process_tree_cpu_s(cpu_pid) - cpu_start if cpu_pid is not None else 0.0
     rate = re.search(r"finished in [^,]+, ([\d.]+) req/s", text)
     status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", text)
     if rate is None or status is None:
-        raise RuntimeError(f"h2load output not understood:\n{text}\n{out.stderr}")
-    return {
+        raise RuntimeError(f"h2load output not understood:\n{text}\n{stderr}")
+    result = {
         "req_per_s": float(rate.group(1)),
         "ok": float(status.group(1)),
         "errors": float(sum(int(status.group(i)) for i in (2, 3, 4))),
         "mean_request": _ms(mean.group(1)) if mean else float("nan"),
     }
+    if cpu_pid is not None and result["ok"]:
+        result["cpu_us_per_request"] = cpu_s * 1e6 / result["ok"]
+    return result
 
 
 def _ms(text: str) -> float:
@@ -108,20 +128,23 @@ def main() -> int:
             nginx(work / "origin", origin, ports["origin_h1"]),
             nginx(work / "proxy", proxy, ports["nginx_h2"]),
             process(tap(ports["tap_h2"], f"h2c://127.0.0.1:{ports['origin_h2']}"), ready_port=ports["tap_h2"],
-                    cwd=ROOT, stdout=subprocess.DEVNULL),
+                    cwd=ROOT, stdout=subprocess.DEVNULL) as tap_h2,
             process(tap(ports["tap_h1"], f"http://127.0.0.1:{ports['origin_h1']}"), ready_port=ports["tap_h1"],
-                    cwd=ROOT, stdout=subprocess.DEVNULL),
+                    cwd=ROOT, stdout=subprocess.DEVNULL) as tap_h1,
         ):  # fmt: skip
+            pids = {ports["tap_h2"]: tap_h2.pid, ports["tap_h1"]: tap_h1.pid}
             for round_index in range(args.rounds):
                 print(f"  round {round_index + 1}:")
                 for name, port in cases:
-                    result = run_h2load(port, args.duration)
+                    result = run_h2load(port, args.duration, cpu_pid=pids.get(port))
                     results.setdefault(name, []).append(result)
                     ratio = ""
                     if name.startswith("shadowtap"):
                         reference = results[nginx_name][-1]["req_per_s"]
                         result["ratio_to_nginx"] = result["req_per_s"] / reference if reference else 0.0
                         ratio = f"  {result['ratio_to_nginx']:.2f}x nginx"
+                        if "cpu_us_per_request" in result:
+                            ratio += f", {result['cpu_us_per_request']:.0f} us CPU/request"
                     errors = f", {result['errors']:.0f} non-2xx" if result["errors"] else ""
                     print(f"    {name:<44} {result['req_per_s']:>9,.0f} req/s  "
                           f"mean {result['mean_request']:.2f} ms{errors}{ratio}")  # fmt: skip
@@ -129,7 +152,8 @@ def main() -> int:
         for name, _ in cases[2:]:
             ratios = [r["ratio_to_nginx"] for r in results[name]]
             listed = ", ".join(f"{r:.2f}" for r in ratios)
-            print(f"    {name:<44} {statistics.median(ratios):.2f}x  (rounds: {listed})")
+            cpu = statistics.median(r.get("cpu_us_per_request", float("nan")) for r in results[name])
+            print(f"    {name:<44} {statistics.median(ratios):.2f}x  (rounds: {listed}), {cpu:.0f} us CPU/request")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
