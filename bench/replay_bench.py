@@ -235,6 +235,13 @@ def floor(rate: int, seconds: float) -> tuple[float, float, float]:
     return cpu_us, p50_ms, p99_ms
 
 
+def runs_as() -> str:
+    """How the replay CLI runs its request path: compiled (the build matches) or interpreted, and why."""
+    code = "import shadowtap.replayer; from shadowtap.wire import native; print(native.STATUS)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    return out.stdout.strip()
+
+
 def spread(values: list[float], fmt: str) -> str:
     """The median, and the range when there are several."""
     median = format(statistics.median(values), fmt)
@@ -312,6 +319,7 @@ def main() -> int:
         return sum(sum(d["summary"]["errors"].values()) for d in docs)
 
     unpaced_cpu = statistics.median(cpu_us(doc) for doc in unpaced)
+    print(f"replayer: {runs_as()}")
     print(f"target: {server} on loopback; the replay CLI, 64 connections; fixed cost {fixed_s * 1000:.0f} ms CPU")
     print(
         f"unpaced (--speed 0), {args.requests:,} requests:  {spread([rate_of(d) for d in unpaced], ',.0f')} req/s; "
