@@ -122,12 +122,14 @@ class Comparator:
 
     __slots__ = (
         "_abs_tol", "_array_rule_cache", "_array_rules", "_detectors", "_equal_is_same", "_key_steps",
-        "_literal_keys", "_options", "_rel_tol", "_rewrites",
+        "_literal_keys", "_options", "_rel_tol", "_rewrites", "_timestamps",
     )  # fmt: skip
 
     def __init__(self, options: CompareOptions) -> None:
         self._options = options
         self._detectors = options.volatile_detectors
+        # Schema-less Timestamps are instants only while the epoch detector is on (they are its kind).
+        self._timestamps = "epoch" in options.volatile_detectors
         self._abs_tol = options.absolute_tolerance
         self._rel_tol = options.relative_tolerance
         self._array_rules = options.unordered_all or bool(options.unordered_paths or options.list_keys)
@@ -181,7 +183,7 @@ class Comparator:
             if moot:
                 return out
             # A trailers-only answer's trailing metadata is in its headers: compared as trailers.
-            lent = lent_names(a, b)
+            lent = lent_names(a, b) if bool(a.trailers) != bool(b.trailers) else None
             skip = STATUS_FIELDS | lent if lent else STATUS_FIELDS
             if a.trailers != b.trailers:
                 self._compare_header_maps(*metadata_maps(a, b), "trailer", out)
@@ -379,7 +381,11 @@ class Comparator:
     def _walk_object(self, a: dict[str, Any], b: dict[str, Any], steps: list[str | int], out: list[Difference]) -> None:
         if (
             self._literal_keys
-            and "epoch" in self._detectors
+            and len(a) <= 2
+            and "1" in a
+            and "1" in b
+            and type(a["1"]) is int
+            and self._timestamps
             and is_schemaless_timestamp(a)
             and is_schemaless_timestamp(b)
         ):
@@ -445,7 +451,15 @@ class Comparator:
         return rule
 
     def _walk_array(self, a: list[Any], b: list[Any], steps: list[str | int], out: list[Difference]) -> None:
-        if self._literal_keys and _map_entries(a) and _map_entries(b):
+        if (
+            self._literal_keys
+            and len(a) >= 2
+            and type(a[0]) is dict
+            and "1" in a[0]
+            and len(a[0]) <= 2
+            and _map_entries(a)
+            and _map_entries(b)
+        ):
             # Map entries read without a schema (key 1, value 2): a map has no order, the wire's is
             # the server's hash table's. Matched by key; a key gone or new is still a difference.
             self._walk_keyed(a, b, "1", steps, out)

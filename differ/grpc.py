@@ -81,12 +81,16 @@ def grpc_status(response: Response) -> tuple[str, str]:
     """(status name, message) of a gRPC answer: from its trailers, else its headers (trailers-only);
     ``("missing", "")`` when it has neither (a call cut short). The message is percent-decoded
     (``grpc_message``)."""
+    status, message = _raw_status(response)
+    return status, grpc_message(message) if message else ""
+
+
+def _raw_status(response: Response) -> tuple[str, bytes]:
     for fields in (response.trailers, response.headers):
         code = header_value(fields, b"grpc-status")
         if code is not None:
-            message = header_value(fields, b"grpc-message", b"") or b""
-            return status_name(code.decode("latin-1").strip()), grpc_message(message)
-    return _MISSING_STATUS, ""
+            return status_name(code.decode("latin-1").strip()), header_value(fields, b"grpc-message", b"") or b""
+    return _MISSING_STATUS, b""
 
 
 def grpc_status_changes(
@@ -96,12 +100,14 @@ def grpc_status_changes(
     OK is another kind of answer (as an HTTP status class change is), its fields would bury it.
     ``volatile`` explains a changed ``grpc-message`` (decoded, ``grpc_message``) as the comparator
     explains free text: a message that differs only by the ids or times it names is noise."""
-    status_a, message_a = grpc_status(a)
-    status_b, message_b = grpc_status(b)
+    status_a, raw_a = _raw_status(a)
+    status_b, raw_b = _raw_status(b)
     if status_a != status_b:
         return [("grpc-status", "status", f"{status_a}->{status_b}", None)], "OK" in (status_a, status_b)
-    if message_a != message_b:
-        return [("grpc-message", "header", "changed", volatile(message_a, message_b))], False
+    if raw_a != raw_b:  # the same bytes are the same message; other bytes may still be (encodings)
+        message_a, message_b = grpc_message(raw_a), grpc_message(raw_b)
+        if message_a != message_b:
+            return [("grpc-message", "header", "changed", volatile(message_a, message_b))], False
     return [], False
 
 
