@@ -223,3 +223,30 @@ async def test_auto_is_a_timerfd_on_linux_and_unknown_kinds_are_refused() -> Non
     assert WAKE_TIMERS == ("auto", "timerfd", "loop")
     with pytest.raises(ValueError):
         make_wake_timer(loop, lambda: None, "spin")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux only")
+async def test_a_timerfd_fires_once_a_deadline_whether_or_not_its_callback_arms_it_again() -> None:
+    # A callback that arms again leaves the expiration unread (arming clears it); one that does not
+    # has it read, so the timer does not wake the loop again for the same deadline.
+    loop = asyncio.get_running_loop()
+    fired: list[int] = []
+    done = loop.create_future()
+
+    def wake() -> None:
+        fired.append(time.monotonic_ns())
+        if len(fired) < 3:
+            timer.arm(time.monotonic_ns() + 500 * US)
+        elif not done.done():
+            done.set_result(None)
+
+    timer = TimerFd(loop, wake)
+    try:
+        timer.arm(time.monotonic_ns() + 500 * US)
+        await done
+        # Not armed again after the third: the loop keeps running callbacks, and none comes.
+        for _ in range(50):
+            await asyncio.sleep(0.001)
+    finally:
+        timer.close()
+    assert len(fired) == 3
