@@ -18,6 +18,13 @@ streams above its last-stream-id were never processed and fail with ``refused=Tr
 send them again); the others run to their end. h2c is spoken by prior knowledge; over TLS the pool
 asks for ``h2`` by ALPN and refuses a peer that does not agree.
 
+A malformed response is an error of its stream only (RFC 9113 8.1.1): fields HTTP/2 forbids, a bad
+:status, a content-length that is no number or disagrees with the DATA (checked here, not by h2, which
+would end the whole connection) reset that stream with PROTOCOL_ERROR and its sink hears a bad
+response; not one byte past an announced length reaches the sink, and a body after HEAD, 204 or 304
+is dropped. A connection that fails is shut before its sinks hear of it, so a stream one of them
+opens from ``on_reset`` goes elsewhere.
+
 This module has no policy (no metrics, breakers or retries) and never decides what a client sees.
 """
 
@@ -36,6 +43,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 
 from shadowtap.wire import hpack
 
@@ -74,6 +82,8 @@ _CONNECTION_SPECIFIC: Final = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
 _CANCEL: Final = 0x8
+#: ``H2Stream.length`` of a response that has no content whatever it says (HEAD, 204, 304).
+_NO_CONTENT: Final = -2
 
 
 def _malformed(fields: list[Header]) -> str:
@@ -141,6 +151,19 @@ class Connection(h2.connection.H2Connection):  # type: ignore[misc]  # h2 is rea
         return int(self._open_streams(int(not self.config.client_side)))
 
 
+class _LengthUnchecked(h2.stream.H2Stream):  # type: ignore[misc]  # h2 is read as Any
+    """An ``h2`` stream that leaves content-length to ``H2ClientConnection``: h2 raises on a length
+    that disagrees with the DATA (or is no number) from inside ``receive_data``, which ends the whole
+    connection (RFC 9113 8.1.1 makes it an error of that stream only), and it expects a body after a
+    204 or 304 that announced a length."""
+
+    def _initialize_content_length(self, headers: Any) -> None:
+        return None
+
+    def _track_content_length(self, length: int, end_stream: bool) -> None:
+        return None
+
+
 class StreamSink(Protocol):
     """Receives one response as it arrives. Every call runs on the event loop."""
 
@@ -168,13 +191,19 @@ class StreamSink(Protocol):
 class H2Stream:
     """One request/response on an ``H2ClientConnection``."""
 
-    __slots__ = ("_conn", "_end_pending", "_outbox", "_trailers", "closed", "ended_local", "outbox_bytes", "sink",
-                 "stream_id")  # fmt: skip
+    __slots__ = ("_conn", "_end_pending", "_outbox", "_trailers", "closed", "ended_local", "head_request",
+                 "length", "outbox_bytes", "received", "sink", "stream_id")  # fmt: skip
 
     def __init__(self, conn: H2ClientConnection, stream_id: int, sink: StreamSink) -> None:
         self._conn = conn
         self.stream_id = stream_id
         self.sink = sink
+        #: The request is a HEAD: its response has no content whatever its content-length says.
+        self.head_request = False
+        #: The response's content-length, -1 without one, ``_NO_CONTENT`` when it has none (HEAD, 204, 304).
+        self.length = -1
+        #: Response body bytes received so far (counted only against a ``length``).
+        self.received = 0
         self._outbox: collections.deque[bytes] = collections.deque()
         #: Request body bytes waiting for the peer's window (bounded by the caller, which stops
         #: its producer until ``on_request_drained``).
@@ -296,7 +325,12 @@ class H2ClientConnection(asyncio.Protocol):
         stream = H2Stream(self, stream_id, sink)
         self.streams[stream_id] = stream
         h2conn.send_headers(stream_id, headers, end_stream=end_stream)
+        h2conn.streams[stream_id].__class__ = _LengthUnchecked
         stream.ended_local = end_stream
+        for name, value in headers:
+            if name == b":method":
+                stream.head_request = value == b"HEAD"
+                break
         self._write_soon()
         return stream
 
@@ -374,8 +408,12 @@ class H2ClientConnection(asyncio.Protocol):
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
+            # Shut before the sinks hear: one that opens its next stream from ``on_reset`` (a
+            # pipelined request) must be given another connection, not this one.
+            self.closed = True
+            self._write_now()  # h2's GOAWAY
+            self._pool.untrack(self)
             self._fail_all(BAD_RESPONSE, f"{self._pool.peer} broke the HTTP/2 protocol: {exc}", refused=False)
-            self._write_now()
             self.abort()
             return
         for event in events:
@@ -388,8 +426,8 @@ class H2ClientConnection(asyncio.Protocol):
             self.ready.set_exception(ConnectionResetError(f"{self._pool.peer} closed the connection"))
             self.ready.exception()  # retrieved: whoever awaits it hears, nobody else is told
         detail = f": {exc}" if exc is not None else ""
-        self._fail_all(RESET, f"{self._pool.peer} closed the HTTP/2 connection{detail}", refused=False)
         self._pool.untrack(self)
+        self._fail_all(RESET, f"{self._pool.peer} closed the HTTP/2 connection{detail}", refused=False)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -428,6 +466,19 @@ class H2ClientConnection(asyncio.Protocol):
             if stream is None:
                 self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 return
+            length = stream.length
+            if length == _NO_CONTENT:
+                # A body after HEAD, 204 or 304 is no part of the answer (RFC 9110 6.4.1): dropped.
+                self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                return
+            if length >= 0:
+                stream.received += len(event.data)
+                if stream.received > length:
+                    # Not one byte past the announced length reaches the sink (an HTTP/1 client
+                    # reading by that length would take the rest for the next response).
+                    self._malformed_response(stream, f"more DATA than its content-length of {length}")
+                    self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    return
             padding = event.flow_controlled_length - len(event.data)
             if padding:
                 self._h2.acknowledge_received_data(padding, event.stream_id)
@@ -440,21 +491,41 @@ class H2ClientConnection(asyncio.Protocol):
                 return
             status = 0
             headers: list[Header] = []
+            declared = b""
             for name, value in event.headers:
                 if name[:1] == b":":
                     if name == b":status" and value.isdigit():
                         status = int(value)
                 else:
+                    if len(name) == 14 and name == b"content-length":
+                        if not value.isdigit() or (declared and value != declared):
+                            self._malformed_response(stream, f"content-length {value!r}")
+                            return
+                        declared = value
                     headers.append((name, value))
             problem = _malformed(headers)
             if not 200 <= status < 600 or problem:
                 self._malformed_response(stream, problem or f"status {status!r}")
                 return
-            stream.sink.on_head(status, headers, event.stream_ended is not None)
+            ended = event.stream_ended is not None
+            if stream.head_request or status == 204 or status == 304:
+                stream.length = _NO_CONTENT  # whatever its content-length says
+            elif declared:
+                stream.length = int(declared)
+                if ended and stream.length:
+                    self._malformed_response(stream, f"no DATA for its content-length of {stream.length}")
+                    return
+            stream.sink.on_head(status, headers, ended)
             return
         if kind is h2.events.StreamEnded:
-            stream = self.streams.pop(event.stream_id, None)
+            stream = self.streams.get(event.stream_id)
             if stream is not None:
+                if stream.received != stream.length and stream.length >= 0:
+                    self._malformed_response(
+                        stream, f"{stream.received} bytes of DATA for its content-length of {stream.length}"
+                    )
+                    return
+                del self.streams[event.stream_id]
                 stream.closed = True
                 self._blocked.discard(stream)
                 if not stream.ended_local:
@@ -532,6 +603,7 @@ class H2ClientConnection(asyncio.Protocol):
         self._pool.stream_closed(self)
 
     def _fail_all(self, kind: str, message: str, refused: bool) -> None:
+        # The caller marked the connection closed first: no sink is handed it again.
         streams = list(self.streams.values())
         self.streams.clear()
         self._blocked.clear()

@@ -626,14 +626,13 @@ async def test_a_primary_whose_answer_breaks_its_connection_leaves_the_next_requ
     primary: H2TestServer,
 ) -> None:
     async def short_body(reply: Responder) -> None:
-        reply.head(200, [(b"content-length", b"10")])
-        await reply.data(b"12345", end=True)
+        reply._server.writer.write(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")  # DATA on stream 0
 
     RESPONSES[b"/short-body"] = short_body
     proxy = await _proxy(primary)
     try:
-        # h2 takes a length that disagrees with the DATA for a connection error: the request behind,
-        # started while that connection fails, goes on another one.
+        # A DATA frame on stream 0 is a connection error: the request behind, started while that
+        # connection fails, goes on another one.
         data = await _raw(
             proxy.port,
             b"GET /short-body HTTP/1.1\r\nHost: x\r\n\r\nGET /then HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
