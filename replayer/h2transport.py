@@ -17,7 +17,7 @@ for the target's failures: a refused connection, a timeout, a reset stream or GO
 too large answer come back as a ``Failure``. A stream the target refused unprocessed (REFUSED_STREAM,
 or above a GOAWAY's last stream) is sent once more on another. When the target ends a call before
 the whole request went (an early gRPC error), the rest is not sent and the client's half of the
-stream is reset with NO_ERROR. This module holds no schedule: the
+stream is reset with NO_ERROR (``shadowtap.wire.h2`` does both). This module holds no schedule: the
 runner decides when a call starts; only the gaps inside one call are kept here.
 """
 
@@ -28,7 +28,6 @@ import ssl
 import time
 from typing import Final
 
-import h2.exceptions
 from yarl import URL
 
 from shadowtap.recorder.errors import ConfigError
@@ -162,25 +161,6 @@ class _Call:
         pass  # the whole body is in memory: nothing waits for the window here
 
 
-def _end_our_side(stream: H2Stream) -> None:
-    """End our half of a stream the target ended first (an answer before the whole request, as a
-    gRPC error to a client stream is), with RST_STREAM(NO_ERROR) as RFC 9113 8.1 allows.
-
-    ``shadowtap.wire.h2`` takes nothing more for a stream once the target has ended it, and ``h2``
-    would count the half-open stream against the connection's concurrent streams for as long as the
-    connection lives; so this reaches the connection's state machine itself."""
-    if stream.ended_local:
-        return
-    conn = stream._conn
-    if conn.closed:
-        return
-    try:
-        conn._h2.reset_stream(stream.stream_id, error_code=0)
-    except h2.exceptions.ProtocolError:  # reset by the target, or already closed: nothing to end
-        return
-    conn._write_soon()
-
-
 class H2Transport:
     """Sends planned requests as HTTP/2 streams (see the module docstring). Use as an async context
     manager; ``send`` is safe to call concurrently (streams of one pool)."""
@@ -278,7 +258,6 @@ class H2Transport:
                 if body or trailers:
                     await self._send_body(stream, call, body, trailers, offsets, started_ns)
                 outcome = await call.done
-                _end_our_side(stream)
         except TimeoutError:
             if stream is not None:
                 stream.reset()
