@@ -35,7 +35,7 @@ from shadowtap.proxy.events import EventLog
 from shadowtap.proxy.flags import RuntimeFlags
 from shadowtap.proxy.forward import ForwardSettings
 from shadowtap.proxy.join import JoinIntake, JoinSettings
-from shadowtap.proxy.live import LiveDiff, WorkerLive, live_plan
+from shadowtap.proxy.live import LiveDiff, LivePlan, WorkerLive, live_plan
 from shadowtap.proxy.live_admin import LiveAdmin
 from shadowtap.proxy.live_results import LiveResults
 from shadowtap.proxy.live_view import ViewClient
@@ -132,6 +132,10 @@ class ProxyApp:
         #: The live differ beside the tape writer (shadowtap.proxy.live), and why not when off.
         self.live: LiveDiff | None = None
         self._live_off: str | None = None
+        #: Live diff's plan, once ``start`` has made it (or been given it, with --workers N).
+        self.live_plan: LivePlan | None = None
+        #: Whether this process owns the runtime flags (with --workers N the parent does).
+        self._owns_flags = flags_array is None
         #: With --workers N: the parent runs the live differ; this worker's tape writer feeds it.
         self._worker_live = live
         #: The live analysis process (``/diff``, the live results): this process's live differ's,
@@ -159,18 +163,27 @@ class ProxyApp:
                     tap_fd = self.live.tap_fd
                 elif config.shadows and config.live.enabled is None:
                     log.info("live diff off: %s", live.why_not)
-            if config.record.tape is not None:
+            self.live_plan = live
+            # No tape, live diff on: the tape writer process runs for the differ alone (its
+            # ``tap_fd``), writing nothing; recording switches it on (the owner of the flags does).
+            tapeless = config.record.tape is None and tap_fd is not None
+            if tapeless and self._owns_flags:
+                self.flags.recording = True
+            if config.record.tape is not None or tapeless:
                 # The writer hosts the join, unless the event log needs the joined exchanges here
                 # (then the record stage hosts it on the loop and sends the writer whole records).
                 intake = None
                 if config.events.path is None:
                     r = config.record
                     intake = JoinIntake(JoinSettings(r.join_timeout_s, r.max_pending, r.max_pending_bytes))
-                directory, options = tape_target(config.record.tape, tape_options(config), config.record.spool)
-                if config.record.writer == "process":
-                    self.tape = ProcessTapeWriter(directory, options, intake, tap_fd=tap_fd)
+                if config.record.tape is None:  # the thread writer cannot tap: the process writer
+                    self.tape = ProcessTapeWriter(None, tape_options(config), intake, tap_fd=tap_fd)
                 else:
-                    self.tape = TapeWriter(directory, options, intake)
+                    directory, options = tape_target(config.record.tape, tape_options(config), config.record.spool)
+                    if config.record.writer == "process":
+                        self.tape = ProcessTapeWriter(directory, options, intake, tap_fd=tap_fd)
+                    else:
+                        self.tape = TapeWriter(directory, options, intake)
                 await self.tape.start()
                 writer = self.tape
                 if self.live is not None and isinstance(writer, ProcessTapeWriter):
@@ -324,7 +337,7 @@ class ProxyApp:
                      "Request or response copies cut because capture_budget_bytes was held", "",
                      lambda: {"": float(self.server.stats.capture_budget_cuts) if self.server else 0.0})  # fmt: skip
         tape = self.tape
-        if tape is not None:
+        if tape is not None and self.config.record.tape is not None:
             m.add_source("counter", "shadowtap_tape_writes", "Exchanges written to the tape", "",
                          lambda: {"": float(tape.stats.written)})  # fmt: skip
             m.add_source("counter", "shadowtap_tape_dropped", "Exchanges the tape writer dropped, by reason", "reason",
@@ -404,7 +417,9 @@ class ProxyApp:
             out["trips"] = self.trips.snapshot()
         if self.record is not None:
             out["record"] = self.record.snapshot()
-        if self.tape is not None:
+        if self.config.record.tape is None and self.tape is not None:
+            out["tape"] = None  # the tape writer process runs for live diff alone, writing nothing
+        elif self.tape is not None:
             out["tape"] = dataclasses.asdict(self.tape.stats)
         if self.events is not None:
             out["events"] = self.events.snapshot()

@@ -402,8 +402,9 @@ class EventsSettings:
 class LiveSettings:
     """Live diff: the recorded exchanges diffed as they are written (``shadowtap.proxy.live``)."""
 
-    #: Diff the exchanges as they are recorded, in a process beside the tape writer; ``null``: on
-    #: whenever a shadow is configured and a tape recorded (``true`` refuses to start otherwise).
+    #: Diff the exchanges as they are joined, in a process beside the tape writer (which, without a
+    #: tape, writes nothing); ``null``: on whenever a shadow is configured (``true`` refuses to start
+    #: when it cannot run: a tape with ``record.writer: thread``).
     enabled: bool | None = None
     #: The live differ's results store (SQLite; ``shadowtap report --db``); default: a temporary
     #: file, removed when the proxy stops (its path is in ``/stats``).

@@ -21,6 +21,14 @@ for the trip rules, the metrics and the events, so that none of that runs in a p
 path. With ``--workers N`` it runs in the parent too, and each worker is told its socket
 (``WorkerLive.view_socket``).
 
+Without a tape (no ``--tape``) the tape writer process still runs for live diff, writing no tape
+(``ProcessTapeWriter(None, ...)``): it joins, redacts and encodes exactly as for a tape, so the
+differ reads the same frames (credentials redacted), and nothing reaches the disk but the live
+stores. ``LivePlan.tapeless`` says so, and the owner of the runtime flags switches ``recording`` on
+(the record stage feeds the joiner only while it is). With ``record.writer: thread`` and no tape the
+process writer is used all the same (the thread writer cannot tap); with a tape, the thread writer
+keeps live diff off.
+
 ``live_plan`` decides, from the config, whether live diff runs and why not. This module must never
 touch the data path, and never start anything it does not stop (``close``).
 """
@@ -56,7 +64,7 @@ from shadowtap.proxy.live_view import LiveView
 from shadowtap.recorder.errors import ConfigError, ShadowtapError
 from shadowtap.recorder.tape_process import TapStats
 
-__all__ = ["LIVE_DB_NAME", "LiveDiff", "LivePlan", "WorkerLive", "live_plan"]
+__all__ = ["LIVE_DB_NAME", "LiveDiff", "LivePlan", "WorkerLive", "live_plan", "live_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +92,15 @@ class LivePlan:
     differ: DifferConfig = field(default_factory=DifferConfig)
     #: Without ``live.db``: the temporary directory the stores go in (removed at ``LiveDiff.close``).
     temporary: str | None = None
+    #: No tape: the tape writer process runs for the live differ alone, writing nothing.
+    tapeless: bool = False
 
 
 def live_plan(config: ProxyConfig) -> LivePlan:
     """Live diff's plan for ``config``. Asked for (``live.enabled: true``) but impossible: a
     ``ConfigError`` naming why; left to the default: off, with the reason. Without ``live.db`` the
-    stores go in a new temporary directory (so the tape directory holds segments only)."""
+    stores go in a new temporary directory (so the tape directory holds segments only). Without a
+    tape it runs all the same (``tapeless``: module docstring)."""
     live = config.live
     names = [s.name for s in config.shadows]
     secondary = _SECONDARY if _SECONDARY in names else None
@@ -99,9 +110,7 @@ def live_plan(config: ProxyConfig) -> LivePlan:
         why_not = "switched off (live.enabled: false)"
     elif not candidates:
         why_not = "no shadow to compare with the primary"
-    elif config.record.tape is None:
-        why_not = "no tape: the live differ reads the exchanges the tape writer records (give --tape)"
-    elif config.record.writer != "process":
+    elif config.record.tape is not None and config.record.writer != "process":
         why_not = "record.writer is 'thread': the live differ reads the tape writer process's copies"
     if why_not is not None:
         if live.enabled:
@@ -114,7 +123,15 @@ def live_plan(config: ProxyConfig) -> LivePlan:
     else:
         temporary = tempfile.mkdtemp(prefix="shadowtap-live-")
         db = str(Path(temporary) / LIVE_DB_NAME)
-    return LivePlan(None, live_db_paths(db, candidates), secondary, differ, temporary)
+    tapeless = config.record.tape is None
+    return LivePlan(None, live_db_paths(db, candidates), secondary, differ, temporary, tapeless)
+
+
+def live_summary(plan: LivePlan) -> str:
+    """Live diff's state for the proxy's start-up line: ``on``, ``on without a tape`` or ``off``."""
+    if plan.why_not is not None:
+        return "off"
+    return "on without a tape" if plan.tapeless else "on"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +180,7 @@ class LiveDiff:
         self._flags = flags
         self._tap_bytes = config.live.tap_bytes
         self._priority = config.live.priority
-        self._source = f"live:{config.record.tape}"
+        self._source = "live:(no tape)" if plan.tapeless else f"live:{config.record.tape}"
         self._read_fds: list[int] = []
         self._write_fds: list[int] = []
         for _ in range(taps):
@@ -240,7 +257,8 @@ class LiveDiff:
         await self.view.start()
         self._poll = asyncio.create_task(self._watch_flag(), name="live-diff:flag")
         names = ", ".join(f"{name} -> {path}" for name, path in self._plan.databases)
-        log.info("live diff on: %s", names)
+        tape = " (no tape: the tape writer process writes nothing)" if self._plan.tapeless else ""
+        log.info("live diff on%s: %s", tape, names)
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """The tape writers have closed their ends: close ours, let the differ finish its stores, exit."""
@@ -456,6 +474,8 @@ class LiveDiff:
         return {
             "state": state,
             "pid": self.pid,
+            # The tape the exchanges diffed are recorded to; None: no tape, the writer writes nothing.
+            "tape": None if self._plan.tapeless else self._source.removeprefix("live:"),
             "restarts": self._restarts,
             "last_exit": self._last_exit,
             "databases": dict(self._plan.databases),

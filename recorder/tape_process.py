@@ -39,6 +39,10 @@ compression, whole frames only. The pipe is non-blocking: a batch that finds it 
 counted (``tap_stats``), so a slow or dead reader never delays the tape. The parent keeps the pipe
 open across restarts of the child (and of the reader), so a reader sees one stream of frames; after
 a reader restarts it may start inside a frame, and finds the next by its sync bytes and checksum.
+
+Given no directory (``ProcessTapeWriter(None, ..., tap_fd=...)``), the child redacts, encodes and
+taps exactly as for a tape and writes nothing (``DiscardSink``): the tap is then its only output.
+Its counters are the same (``written`` counts the exchanges it took to their end).
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from shadowtap.recorder.writer import (
     ITEM_RECORD,
     AsyncWriterBase,
     BlockWriter,
+    DiscardSink,
     ErrorNotes,
     Intake,
     IntakeStats,
@@ -107,6 +112,8 @@ _REPORT_BUFFER_BYTES: Final = 16 * 1024
 _NO_UPLOAD: Final = TapeWriterStats()
 #: At close, how long the child waits for the tap's reader to take the rest of a batch it had begun.
 _TAP_CLOSE_WAIT_S: Final = 1.0
+#: The child's argument in place of a directory when it writes no tape.
+_NO_TAPE_ARG: Final = "--no-tape"
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,18 +248,21 @@ class ProcessTapeWriter(AsyncWriterBase):
 
     ``await start()`` creates the directory and key (raising ``TapeWriteError`` for an unusable
     path) and starts the child; ``await close()`` (or leaving ``async with``) has it write
-    everything sent, sync and exit. With an ``intake``, the child runs it (module docstring).
+    everything sent, sync and exit. With an ``intake``, the child runs it; with ``directory`` None,
+    it writes no tape, only to its tap (module docstring).
     """
 
     def __init__(
         self,
-        directory: str | os.PathLike[str],
+        directory: str | os.PathLike[str] | None,
         options: TapeOptions | None = None,
         intake: Intake | None = None,
         *,
         tap_fd: int | None = None,
     ) -> None:
-        self._directory = Path(directory)
+        self._directory = None if directory is None else Path(directory)
+        #: Where its errors say it writes.
+        self._where = "(no tape)" if directory is None else str(directory)
         #: The write end of the tap's pipe (module docstring); the caller owns it and keeps it open.
         self._tap_fd = tap_fd
         self._options = options or TapeOptions()
@@ -281,7 +291,8 @@ class ProcessTapeWriter(AsyncWriterBase):
             return
         # The parent resolves the key first, so an unusable path fails here, in the caller's
         # terms, and the child only reads the key file (or the environment) it finds.
-        await asyncio.to_thread(SegmentSink(self._directory, self._options).prepare)
+        sink = DiscardSink(self._options) if self._directory is None else SegmentSink(self._directory, self._options)
+        await asyncio.to_thread(sink.prepare)
         await self._spawn()
         self._started = True
 
@@ -462,7 +473,7 @@ class ProcessTapeWriter(AsyncWriterBase):
                 "-P",
                 "-m",
                 "shadowtap.recorder.tape_process",
-                str(self._directory),
+                _NO_TAPE_ARG if self._directory is None else str(self._directory),
                 *tap,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -471,21 +482,21 @@ class ProcessTapeWriter(AsyncWriterBase):
             )
         except OSError as exc:
             raise TapeWriteError(
-                f"cannot start the tape writer process: {exc.strerror or exc}", path=str(self._directory)
+                f"cannot start the tape writer process: {exc.strerror or exc}", path=self._where
             ) from exc
         child = _Child(process)
         assert process.stdin is not None
         options = pickle.dumps((self._options, self._intake))
         process.stdin.write(_OPTIONS_LENGTH.pack(len(options)) + options)
         self._child = child
-        watcher = asyncio.create_task(self._watch(child), name=f"tape-writer:{self._directory}")
+        watcher = asyncio.create_task(self._watch(child), name=f"tape-writer:{self._where}")
         try:
             await asyncio.wait_for(asyncio.shield(child.ready), _START_TIMEOUT_S)
         except TimeoutError:
             process.kill()
             await watcher
             raise TapeWriteError(
-                f"the tape writer process did not start within {_START_TIMEOUT_S:g} s", path=str(self._directory)
+                f"the tape writer process did not start within {_START_TIMEOUT_S:g} s", path=self._where
             ) from None
         except asyncio.CancelledError:
             process.kill()
@@ -495,7 +506,7 @@ class ProcessTapeWriter(AsyncWriterBase):
             raise TapeWriteError(
                 f"the tape writer process exited with code {process.returncode} as it started "
                 "(its error is above, on stderr)",
-                path=str(self._directory),
+                path=self._where,
             )
 
     async def _watch(self, child: _Child) -> None:
@@ -656,9 +667,10 @@ class _ChildInput:
         ]
 
 
-def child_main(directory: str, stdin: int = 0, stdout: int = 1, tap_fd: int | None = None) -> int:
-    """Write the records piped to ``stdin`` into the tape at ``directory``; report on ``stdout``; with
-    ``tap_fd``, copy each batch written there (``PipeTap``)."""
+def child_main(directory: str | None, stdin: int = 0, stdout: int = 1, tap_fd: int | None = None) -> int:
+    """Write the records piped to ``stdin`` into the tape at ``directory`` (None: nowhere,
+    ``DiscardSink``); report on ``stdout``; with ``tap_fd``, copy each batch written there
+    (``PipeTap``)."""
     # The parent owns this process's life: Ctrl-C or a TERM to the process group must not cut the
     # tape short. The parent closes the pipe (or dies) and this writes what it was sent, then exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -669,7 +681,7 @@ def child_main(directory: str, stdin: int = 0, stdout: int = 1, tap_fd: int | No
     options, intake = loaded if type(loaded) is tuple and len(loaded) == 2 else (loaded, None)
     if not isinstance(options, TapeOptions):
         raise TypeError(f"expected TapeOptions and an intake on the tape writer's input, got {loaded!r:.200}")
-    sink = SegmentSink(Path(directory), options)
+    sink = DiscardSink(options) if directory is None else SegmentSink(Path(directory), options)
     sink.prepare()
     blocks = BlockWriter(sink)
     tap = None if tap_fd is None else PipeTap(tap_fd)
@@ -713,12 +725,14 @@ def child_main(directory: str, stdin: int = 0, stdout: int = 1, tap_fd: int | No
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 4) or (len(sys.argv) == 4 and sys.argv[2] != "--tap-fd"):
         print(
-            "usage: python -m shadowtap.recorder.tape_process TAPE_DIRECTORY [--tap-fd FD] (run by ProcessTapeWriter)",
+            f"usage: python -m shadowtap.recorder.tape_process (TAPE_DIRECTORY | {_NO_TAPE_ARG}) [--tap-fd FD] "
+            "(run by ProcessTapeWriter)",
             file=sys.stderr,
         )
         sys.exit(2)
     try:
-        sys.exit(child_main(sys.argv[1], tap_fd=int(sys.argv[3]) if len(sys.argv) == 4 else None))
+        where = None if sys.argv[1] == _NO_TAPE_ARG else sys.argv[1]
+        sys.exit(child_main(where, tap_fd=int(sys.argv[3]) if len(sys.argv) == 4 else None))
     except (TapeWriteError, EOFError) as exc:
         print(f"shadowtap tape writer: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -58,6 +58,7 @@ from shadowtap.recorder.redact import RedactionRules, Redactor, resolve_redactio
 __all__ = [
     "AsyncWriterBase",
     "BlockWriter",
+    "DiscardSink",
     "ErrorNotes",
     "Intake",
     "IntakeStats",
@@ -519,6 +520,24 @@ class SegmentSink:
             if self.segment_bytes == SEGMENT_HEADER_SIZE:
                 self.segments -= 1
         self.segment_bytes = 0
+
+
+class DiscardSink(SegmentSink):
+    """A ``SegmentSink`` with no directory: it redacts and encodes as for a tape and writes nothing,
+    for a writer whose batches matter only to its tap (``BlockWriter.tap``). It touches no file."""
+
+    def __init__(self, options: TapeOptions) -> None:
+        # No compression (its blocks are never written) and no upload (no segment is ever closed).
+        super().__init__(Path(os.devnull), dataclasses.replace(options, compression="none", upload=None))
+
+    def prepare(self) -> None:
+        """Load the redaction key (blocking: call off the event loop); no directory to create."""
+        rules = self.options.redaction
+        if rules is not None and rules.enabled:
+            self.rewrite = Redactor(rules, resolve_redaction_key(rules)).redact_record
+
+    def write(self, parts: list[bytes]) -> None:
+        return None
 
 
 class ErrorNotes:

@@ -3,10 +3,10 @@
 ``serve_proxy`` runs the proxy until SIGTERM/SIGINT: in this process, or in ``config.workers``
 processes that share the listen port through SO_REUSEPORT and the runtime flags through shared
 memory, the parent serving the configured admin address for all of them and running the one live
-differ their tape writers feed, each through a pipe of its own (``shadowtap.proxy.live``), and the
-one live analysis process (``shadowtap.proxy.live_view``) that builds ``/diff`` and whose readings
-each worker's ``diff.*`` trip rules judge (its socket travels in ``WorkerLive``). A worker that ends
-on its own stops the others.
+differ their tape writers feed (with no tape, writing nothing), each through a pipe of its own
+(``shadowtap.proxy.live``), and the one live analysis process (``shadowtap.proxy.live_view``) that
+builds ``/diff`` and whose readings each worker's ``diff.*`` trip rules judge (its socket travels
+in ``WorkerLive``). A worker that ends on its own stops the others.
 
 ``run_replay`` runs one replay sharded by session across N processes that share one start time:
 each builds the same plan and keeps the sessions whose stable hash falls on its index
@@ -31,7 +31,7 @@ from typing import Any, Final, TextIO
 from shadowtap.proxy.app import ProxyApp, WorkersAdmin, serve_app
 from shadowtap.proxy.config import ListenAddress, ProxyConfig
 from shadowtap.proxy.flags import RuntimeFlags
-from shadowtap.proxy.live import LiveDiff, WorkerLive, live_plan
+from shadowtap.proxy.live import LiveDiff, WorkerLive, live_plan, live_summary
 from shadowtap.recorder.errors import ConfigError, ShadowtapError
 from shadowtap.replayer.job import ReplayJob, run_job
 from shadowtap.replayer.result import JobResult
@@ -57,11 +57,12 @@ _PROGRESS_QUEUE_SIZE: Final = 64
 # -- the proxy ---------------------------------------------------------------------------------------
 
 
-def _announce(out: TextIO, listen_url: str, admin_urls: list[str], workers: int) -> None:
-    """The start-up line: where it listens, and which data path runs (compiled or not, and why)."""
+def _announce(out: TextIO, listen_url: str, admin_urls: list[str], workers: int, live: str) -> None:
+    """The start-up line: where it listens, which data path runs (compiled or not, and why), and
+    whether live diff runs (``shadowtap.proxy.live.live_summary``)."""
     admin = ",".join(admin_urls) if admin_urls else "off"
     print(f"shadowtap proxy: listening on {listen_url} admin {admin} workers {workers} pid {os.getpid()} "
-          f"data path {native.STATUS}", file=out, flush=True)  # fmt: skip
+          f"data path {native.STATUS} live diff {live}", file=out, flush=True)  # fmt: skip
 
 
 def _proxy_worker(link: WorkerLink, config: ProxyConfig, flags_array: Any, run: LoopRunner, live: WorkerLive) -> None:
@@ -104,7 +105,8 @@ def serve_proxy(config: ProxyConfig, out: TextIO = sys.stdout, run: LoopRunner =
     if config.workers == 1:
 
         def on_ready(app: ProxyApp) -> None:
-            _announce(out, app.listen_url, [app.admin_url] if app.admin_url else [], 1)
+            live = "off" if app.live_plan is None else live_summary(app.live_plan)
+            _announce(out, app.listen_url, [app.admin_url] if app.admin_url else [], 1, live)
 
         run(serve_app(config, worker=0, flags_array=None, reuse_port=False, on_ready=on_ready))
         return 0
@@ -120,6 +122,8 @@ def serve_proxy(config: ProxyConfig, out: TextIO = sys.stdout, run: LoopRunner =
             live = LiveDiff(config, plan, flags, taps=config.workers)
             live.prepare()  # an unusable live.db fails before any worker starts
             flags.live_diff_shown = True
+            if plan.tapeless:  # the workers' tape writer processes run for it, writing nothing
+                flags.recording = True
         elif config.shadows and config.live.enabled is None:
             log.info("live diff off: %s", plan.why_not)
         worker_live = [WorkerLive(plan) if live is None else live.worker_live(i) for i in range(config.workers)]
@@ -150,7 +154,7 @@ def serve_proxy(config: ProxyConfig, out: TextIO = sys.stdout, run: LoopRunner =
                 admin_url = parent.start()
                 admin_urls = [] if admin_url is None else [admin_url]
             scheme = "https" if config.tls.enabled else "http"
-            _announce(out, f"{scheme}://{config.listen}", admin_urls, config.workers)
+            _announce(out, f"{scheme}://{config.listen}", admin_urls, config.workers, live_summary(plan))
             return supervisor.wait_exit()
     finally:
         # After every worker has exited: the live differ reads its pipes to their end.

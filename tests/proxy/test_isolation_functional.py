@@ -121,8 +121,9 @@ async def measure(url: str) -> list[float]:
 async def run_proxy(primary: str, shadows: dict[str, Any]) -> tuple[list[float], dict[tuple[str, str], int]]:
     """Latencies through a fresh proxy, and its mirror outcome counts once it has shut down."""
     config = ProxyConfig.from_mapping(
+        # Live diff off: with a shadow it is on by default, and the baseline (no shadow) runs none.
         {"listen": "127.0.0.1:0", "primary": primary, "shadows": shadows, "admin": {"listen": "off"},
-         "shutdown_timeout_s": 2.0}
+         "shutdown_timeout_s": 2.0, "live": {"enabled": False}}
     )  # fmt: skip
     app = ProxyApp(config)
     await app.start()

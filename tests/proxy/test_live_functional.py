@@ -328,12 +328,14 @@ async def test_a_full_tap_drops_and_counts_and_the_flag_pauses(services: dict[st
         await app.shutdown()
 
 
-async def test_live_diff_needs_a_tape(services: dict[str, Service], tmp_path: Path) -> None:
+async def test_live_diff_refusals_and_its_off_switch(services: dict[str, Service], tmp_path: Path) -> None:
     from shadowtap.recorder.errors import ConfigError
 
     base = {"listen": "127.0.0.1:0", "primary": services["primary"].url, "shadows": {"v2": services["v2"].url}}
-    app = ProxyApp(ProxyConfig.from_mapping({**base, "live": {"enabled": True}}))
-    with pytest.raises(ConfigError, match="no tape"):
+    # The thread writer cannot tap: with a tape it keeps live diff off, and refuses live.enabled: true.
+    threaded = {**base, "record": {"tape": str(tmp_path / "threaded"), "writer": "thread"}}
+    app = ProxyApp(ProxyConfig.from_mapping({**threaded, "live": {"enabled": True}}))
+    with pytest.raises(ConfigError, match="thread"):
         await app.start()
     # A live.db that cannot be made, or holds another comparison, stops the start, naming the key.
     taped = {**base, "record": {"tape": str(tmp_path / "tape")}}
@@ -346,14 +348,20 @@ async def test_live_diff_needs_a_tape(services: dict[str, Service], tmp_path: Pa
     app = ProxyApp(ProxyConfig.from_mapping({**taped, "live": {"db": str(tmp_path / "other.sqlite")}}))
     with pytest.raises(ConfigError, match="use another --db"):
         await app.start()
-    app = await start_app(base)  # by default: off, and /stats says why
+    app = await start_app({**base, "live": {"enabled": False}})  # switched off: /stats says so, no writer
     try:
-        assert app.live is None
+        assert app.live is None and app.tape is None and app.record is None
         off = app.stats()["live_diff"]
-        assert off["state"] == "off" and "no tape" in off["why"]
+        assert off["state"] == "off" and "switched off" in off["why"]
         assert app.admin_url is not None
         async with aiohttp.ClientSession() as client, client.get(f"{app.admin_url}/diff") as resp:
-            assert resp.status == 404 and "no tape" in (await resp.json())["error"]
+            assert resp.status == 404 and "switched off" in (await resp.json())["error"]
+    finally:
+        await app.shutdown()
+    app = await start_app(base)  # by default, without a tape: on, its tape writer process writes nothing
+    try:
+        assert app.live is not None and app.tape is not None and app.flags.recording
+        assert app.stats()["tape"] is None and app.stats()["live_diff"]["tape"] is None
     finally:
         await app.shutdown()
 

@@ -253,3 +253,37 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"  # an orphan's zombie waits for a reaper that may never come
+
+
+async def test_without_a_directory_it_redacts_and_taps_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    monkeypatch.setenv("SHADOWTAP_REDACTION_KEY", "test-key")
+    monkeypatch.chdir(tmp_path)
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    secret = b"Bearer no-tape-secret-99"
+    exchanges = [make_exchange(i) for i in range(50)]
+    exchanges = [
+        dataclasses.replace(e, request=dataclasses.replace(e.request, headers=((b"Authorization", secret),)))
+        for e in exchanges
+    ]
+    writer = ProcessTapeWriter(
+        None, TapeOptions(redaction=RedactionRules(key_env="SHADOWTAP_REDACTION_KEY")), tap_fd=write_fd
+    )
+    try:
+        await writer.start()
+        assert all(writer.submit(e) for e in exchanges)
+        await writer.close()
+        os.close(write_fd)
+        copied = b""
+        while chunk := os.read(read_fd, 1 << 16):
+            copied += chunk
+    finally:
+        os.close(read_fd)
+    stats = writer.stats
+    assert (stats.written, stats.write_errors, stats.segments, stats.bytes_written) == (50, 0, 0, 0)
+    assert writer.tap_stats.frames == 50 and writer.tap_stats.dropped == 0
+    assert copied and b"Authorization" in copied and secret not in copied
+    assert list(tmp_path.iterdir()) == []
