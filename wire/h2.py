@@ -48,7 +48,9 @@ import h2.stream
 from shadowtap.wire import hpack
 
 __all__ = [
+    "BAD_RESPONSE",
     "CONNECT_ERROR",
+    "HEADERS_TOO_LARGE",
     "RESET",
     "Connection",
     "H2ClientConnection",
@@ -67,6 +69,9 @@ Header = tuple[bytes, bytes]
 CONNECT_ERROR: Final = "connect-error"
 RESET: Final = "reset"
 BAD_RESPONSE: Final = "bad-response"
+#: The request's header list is larger than the peer's SETTINGS_MAX_HEADER_LIST_SIZE: the stream was
+#: never opened (the peer would have ended the whole connection); the request is not sent again.
+HEADERS_TOO_LARGE: Final = "headers-too-large"
 
 #: Our receive window per stream and for the connection: what the peer may send before we
 #: acknowledge (the sink's consumer sets the pace). 1 MiB per stream keeps a fast link busy.
@@ -305,6 +310,8 @@ class H2ClientConnection(asyncio.Protocol):
         self.ready: asyncio.Future[None] = self._loop.create_future()
         #: A write is scheduled for the end of this loop turn (frames of many streams, one send).
         self._write_scheduled = False
+        #: The peer's SETTINGS_MAX_HEADER_LIST_SIZE, -1 while it set none (no limit).
+        self.max_header_list = -1
 
     # --- used by the pool and streams --------------------------------------------------------------
 
@@ -319,7 +326,17 @@ class H2ClientConnection(asyncio.Protocol):
         return limit - len(self.streams)
 
     def open_stream(self, headers: list[Header], sink: StreamSink, end_stream: bool) -> H2Stream:
-        """Send a request head on a new stream (the caller checked ``capacity``)."""
+        """Send a request head on a new stream (the caller checked ``capacity``). A head larger than
+        the peer's SETTINGS_MAX_HEADER_LIST_SIZE is not sent: the stream returned is closed and its
+        sink hears ``HEADERS_TOO_LARGE`` (soon, not from inside this call)."""
+        limit = self.max_header_list
+        if limit >= 0:
+            size = 32 * len(headers)  # RFC 9113 6.5.2: each field's name and value, and 32
+            for name, value in headers:
+                size += len(name) + len(value)
+            if size > limit:
+                return self._refuse(sink, f"a request head of {size} bytes is over {self._pool.peer}'s "
+                                          f"SETTINGS_MAX_HEADER_LIST_SIZE of {limit}")  # fmt: skip
         h2conn = self._h2
         stream_id = h2conn.get_next_available_stream_id()
         stream = H2Stream(self, stream_id, sink)
@@ -332,6 +349,13 @@ class H2ClientConnection(asyncio.Protocol):
                 stream.head_request = value == b"HEAD"
                 break
         self._write_soon()
+        return stream
+
+    def _refuse(self, sink: StreamSink, message: str) -> H2Stream:
+        stream = H2Stream(self, 0, sink)
+        stream.closed = True
+        stream.ended_local = True
+        self._loop.call_soon(sink.on_reset, HEADERS_TOO_LARGE, message, False)
         return stream
 
     def flush_stream(self, stream: H2Stream) -> None:
@@ -544,6 +568,9 @@ class H2ClientConnection(asyncio.Protocol):
                 stream.sink.on_trailers(trailers)
             return
         if kind is h2.events.WindowUpdated or kind is h2.events.RemoteSettingsChanged:
+            if kind is h2.events.RemoteSettingsChanged:
+                limit = self._h2.remote_settings.max_header_list_size
+                self.max_header_list = -1 if limit is None else int(limit)
             if kind is h2.events.RemoteSettingsChanged and not self.settled:
                 self.settled = True
                 if not self.ready.done():

@@ -12,7 +12,7 @@ import pytest
 
 from shadowtap.proxy.forward import ForwardSettings
 from shadowtap.proxy.server import ProxyServer
-from shadowtap.wire.h2 import BAD_RESPONSE, H2Pool, H2Stream
+from shadowtap.wire.h2 import BAD_RESPONSE, HEADERS_TOO_LARGE, H2Pool, H2Stream
 from tests.proxy.test_h1_to_h2_hostile_functional import _parse, _raw
 from tests.wire.h2peer import H2TestServer, Responder
 
@@ -145,9 +145,9 @@ class _Recorder:
         self.done.set_result(None)
 
 
-async def _exchange(pool: H2Pool, path: bytes, method: bytes = b"GET") -> _Recorder:
+async def _exchange(pool: H2Pool, path: bytes, method: bytes = b"GET", extra: list[Header] = ()) -> _Recorder:  # type: ignore[assignment]
     sink = _Recorder()
-    sink.stream = await pool.open(_head(path, method), sink, True)
+    sink.stream = await pool.open(_head(path, method) + list(extra), sink, True)
     async with asyncio.timeout(5):
         await sink.done
     return sink
@@ -222,3 +222,25 @@ async def test_a_connection_failing_is_not_offered_to_streams_opened_while_it_fa
     assert opened == [None]
     assert replacement.ended and replacement.body == b"12345"
     assert pool.connects == 2
+
+
+async def test_a_head_over_the_peers_header_list_limit_is_refused_before_it_ends_the_connection() -> None:
+    # h2 on the server ends the whole connection for a header list over what it advertised.
+    primary = await H2TestServer(_lying, strict=False, max_header_list_size=4096).start()
+    pool = H2Pool("127.0.0.1", primary.port, connect_timeout_s=5)
+    try:
+        slow = asyncio.ensure_future(_exchange(pool, b"/slow"))
+        while len(primary.received) < 1:
+            await asyncio.sleep(0.01)
+        large = await _exchange(pool, b"/exact", extra=[(b"x-large", b"v" * 4096)])
+        fits = await _exchange(pool, b"/exact", extra=[(b"x-fits", b"v" * 3800)])
+        bystander = await slow
+    finally:
+        pool.abort_all()
+        await primary.close()
+    assert large.reset is not None and large.reset[0] == HEADERS_TOO_LARGE and not large.reset[2]
+    assert "4096" in large.reset[1] and large.status == 0
+    assert fits.ended and fits.body == b"12345"
+    assert bystander.ended and bystander.body == b"slow-start,slow-end"
+    assert [dict(r.headers)[b":path"] for r in primary.received] == [b"/slow", b"/exact"]
+    assert pool.connects == 1 and len(primary.connections) == 1

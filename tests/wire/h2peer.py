@@ -420,6 +420,8 @@ class H2TestServer:
             initial[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = self.max_concurrent_streams
         if self.max_header_list_size is not None:
             initial[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] = self.max_header_list_size
+            # h2 takes initial values as already acknowledged: its decoder would not enforce them.
+            conn.conn.decoder.max_header_list_size = self.max_header_list_size
         if initial:
             conn.conn.local_settings = h2.settings.Settings(client=False, initial_values=initial)
         self.connections.append(conn)
