@@ -30,6 +30,7 @@ from shadowtap.differ.store import DiffStore, RunMeta
 from shadowtap.proxy.app import ProxyApp
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.recorder import TapeReader
+from shadowtap.recorder.tape_process import ProcessTapeWriter
 
 #: Generous bounds on waiting for asynchronous work (never asserted as durations).
 _WAIT_S = 60.0
@@ -358,12 +359,15 @@ async def test_live_diff_refusals_and_its_off_switch(services: dict[str, Service
             assert resp.status == 404 and "switched off" in (await resp.json())["error"]
     finally:
         await app.shutdown()
-    app = await start_app(base)  # by default, without a tape: on, its tape writer process writes nothing
-    try:
-        assert app.live is not None and app.tape is not None and app.flags.recording
-        assert app.stats()["tape"] is None and app.stats()["live_diff"]["tape"] is None
-    finally:
-        await app.shutdown()
+    # By default, without a tape: on, its tape writer process writes nothing; the process writer
+    # whatever record.writer says (the thread writer cannot copy its batches to the differ).
+    for record in ({}, {"writer": "thread"}):
+        app = await start_app({**base, "record": record})
+        try:
+            assert app.live is not None and isinstance(app.tape, ProcessTapeWriter) and app.flags.recording
+            assert app.stats()["tape"] is None and app.stats()["live_diff"]["tape"] is None
+        finally:
+            await app.shutdown()
 
 
 async def test_each_candidate_shadow_has_its_own_store(services: dict[str, Service], tmp_path: Path) -> None:
