@@ -158,9 +158,9 @@ class Connection(h2.connection.H2Connection):  # type: ignore[misc]  # h2 is rea
 
 class _LengthUnchecked(h2.stream.H2Stream):  # type: ignore[misc]  # h2 is read as Any
     """An ``h2`` stream that leaves content-length to ``H2ClientConnection``: h2 raises on a length
-    that disagrees with the DATA (or is no number) from inside ``receive_data``, which ends the whole
-    connection (RFC 9113 8.1.1 makes it an error of that stream only), and it expects a body after a
-    204 or 304 that announced a length."""
+    that disagrees with the DATA (or is no number) from inside ``receive_data``, after which its
+    connection state is closed (GOAWAY queued, the events of that read lost): every stream on the
+    connection would fail, where RFC 9113 8.1.1 makes it an error of that stream only."""
 
     def _initialize_content_length(self, headers: Any) -> None:
         return None
@@ -544,7 +544,7 @@ class H2ClientConnection(asyncio.Protocol):
         if kind is h2.events.StreamEnded:
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                if stream.received != stream.length and stream.length >= 0:
+                if stream.length >= 0 and stream.received != stream.length:
                     self._malformed_response(
                         stream, f"{stream.received} bytes of DATA for its content-length of {stream.length}"
                     )
