@@ -1054,6 +1054,10 @@ class _H2Upstream:
             self._pending = [body] if body else []
             self._open_stream()
             return
+        if kind == _H2_HEADERS_TOO_LARGE and not forward._head_sent:
+            # Above the primary's SETTINGS_MAX_HEADER_LIST_SIZE, never sent: the client's to mend.
+            self._refuse(431, message)
+            return
         cut = forward._head_sent and self._close_delimited
         forward._fail(kind, message)
         transport = forward._client.transport
@@ -1064,6 +1068,10 @@ class _H2Upstream:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             transport.abort()
+
+
+#: ``shadowtap.wire.h2.HEADERS_TOO_LARGE`` (this module imports no h2; a test pins the two equal).
+_H2_HEADERS_TOO_LARGE: Final = "headers-too-large"
 
 
 def _content_length(headers: list[Header]) -> int:

@@ -244,3 +244,28 @@ async def test_a_head_over_the_peers_header_list_limit_is_refused_before_it_ends
     assert bystander.ended and bystander.body == b"slow-start,slow-end"
     assert [dict(r.headers)[b":path"] for r in primary.received] == [b"/slow", b"/exact"]
     assert pool.connects == 1 and len(primary.connections) == 1
+
+
+async def test_through_the_proxy_a_head_over_the_primarys_limit_is_a_431_and_the_connection_carries_on() -> None:
+    from shadowtap.proxy import server
+
+    assert server._H2_HEADERS_TOO_LARGE == HEADERS_TOO_LARGE
+    primary = await H2TestServer(_lying, strict=False, max_header_list_size=4096).start()
+    proxy = ProxyServer(ForwardSettings(primary=f"h2c://127.0.0.1:{primary.port}"))
+    await proxy.start("127.0.0.1", 0)
+    try:
+        slow = asyncio.ensure_future(_raw(proxy.port, b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        while len(primary.received) < 1:
+            await asyncio.sleep(0.01)
+        large = b"GET /exact HTTP/1.1\r\nHost: x\r\nX-Large: " + b"v" * 4096 + b"\r\nConnection: close\r\n\r\n"
+        (refused,) = _parse(await _raw(proxy.port, large))
+        (fits,) = _parse(await _raw(proxy.port, b"GET /exact HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        (bystander,) = _parse(await slow)
+    finally:
+        await proxy.shutdown(1)
+        await primary.close()
+    assert refused.status == 431 and b"4096" in refused.body
+    assert fits.status == 200 and fits.body == b"12345"
+    assert bystander.status == 200 and bystander.body == b"slow-start,slow-end"
+    assert [dict(r.headers)[b":path"] for r in primary.received] == [b"/slow", b"/exact"]
+    assert len(primary.connections) == 1
