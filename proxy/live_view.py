@@ -81,6 +81,18 @@ _RESTART_MAX_S: Final = 30.0
 _STABLE_S: Final = 60.0
 _READY: Final = b"ready"
 _SOCKET_NAME: Final = "view.sock"
+#: A Unix socket's path must fit ``sun_path`` (108 bytes on Linux, with its NUL).
+_SOCKET_PATH_MAX: Final = 107
+
+
+def _socket_directory() -> str:
+    """A new private (0700) directory for the socket: under ``TMPDIR`` as usual, or under /tmp when
+    ``TMPDIR`` is too deep for a socket path (bind would fail with "AF_UNIX path too long")."""
+    directory = tempfile.mkdtemp(prefix="shadowtap-view-")
+    if len(os.fsencode(os.path.join(directory, _SOCKET_NAME))) <= _SOCKET_PATH_MAX:
+        return directory
+    os.rmdir(directory)
+    return tempfile.mkdtemp(prefix="shadowtap-view-", dir="/tmp")
 
 
 class ViewUnavailable(ShadowtapError):
@@ -436,7 +448,7 @@ class LiveView:
         priority: str = "idle",
         max_labels: int | None = None,
     ) -> None:
-        self._directory = tempfile.mkdtemp(prefix="shadowtap-view-")
+        self._directory = _socket_directory()
         self.socket = str(Path(self._directory) / _SOCKET_NAME)
         self._options = ViewOptions(
             self.socket, databases, config, keep_s, priority, max_labels, time.time_ns(), DIFF_CACHE_S

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -236,3 +237,21 @@ async def test_a_restarted_analysis_process_sends_no_diff_event_twice(
 
 async def _after(app: ProxyApp, reads: int) -> bool:
     return app.results is not None and app.results.reads >= reads
+
+
+def test_a_deep_tmpdir_still_gives_a_socket_path_that_binds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import tempfile
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    directory = live_view._socket_directory()
+    try:
+        path = os.path.join(directory, live_view._SOCKET_NAME)
+        assert not directory.startswith(str(deep)) and os.stat(directory).st_mode & 0o777 == 0o700
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(path)
+    finally:
+        shutil.rmtree(directory)
+    assert list(deep.iterdir()) == []  # the directory first made under it is gone
