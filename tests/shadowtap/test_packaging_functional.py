@@ -24,6 +24,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 
+#: The module's first test builds and installs the wheels (mypyc compiles 19 modules: about 90 s on
+#: an idle core, more beside the other tests), which the suite's 120 s default does not cover.
+pytestmark = pytest.mark.timeout(600)
+
 
 @dataclass(frozen=True)
 class Installed:
