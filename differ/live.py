@@ -192,6 +192,18 @@ class FrameStream:
         return new
 
 
+def with_live_schema(config: DifferConfig) -> DifferConfig:
+    """``config`` with its protobuf schema loaded in this process; schema-less, said once, when the
+    schema cannot be had (a reflection target that does not answer must not stop live diff)."""
+    from shadowtap.differ.protobuf import ProtobufDecodeError, with_configured_schema  # not for the proxy
+
+    try:
+        return with_configured_schema(config)
+    except ProtobufDecodeError as exc:
+        log.warning("live diff decodes gRPC bodies without a schema: %s", exc)
+        return config
+
+
 class LiveDiffer:
     """The sessions and counters of one live differ process: ``take`` bytes read off tap ``tap`` (of
     ``taps``), ``commit``, and ``finish`` at the taps' end (sans-IO: the process loop reads and
@@ -203,11 +215,12 @@ class LiveDiffer:
         self.streams = [FrameStream() for _ in range(taps)]
         self.stores: list[DiffStore] = []
         self.sessions: list[DiffSession] = []
+        config = with_live_schema(options.config)
         for name, path in options.databases:
             store = open_live_store(path)
             self.stores.append(store)
             meta = RunMeta(options.baseline, name, options.secondary, (options.source,))
-            self.sessions.append(DiffSession(store, options.config, meta))
+            self.sessions.append(DiffSession(store, config, meta))
         self._warm = options.secondary is None
 
     def take(self, data: bytes, tap: int = 0) -> None:

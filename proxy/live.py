@@ -117,6 +117,16 @@ def live_plan(config: ProxyConfig) -> LivePlan:
             raise ConfigError(f"cannot run live diff: {why_not}", field="live.enabled")
         return LivePlan(why_not)
     differ = config_from_mapping({"diff": dict(config.diff)})
+    if differ.proto_descriptor is not None:
+        # Read here so a bad file stops the start with its name; each live process loads it again
+        # (a descriptor pool does not pickle). A reflection target is asked by those processes only:
+        # the primary may not be up yet.
+        from shadowtap.differ.protobuf import ProtobufDecodeError, load_schema
+
+        try:
+            load_schema(differ.proto_descriptor, None)
+        except ProtobufDecodeError as exc:
+            raise ConfigError(str(exc), field="diff.proto.descriptor") from exc
     temporary = None
     if live.db is not None:
         db = live.db

@@ -144,13 +144,16 @@ class _Analysis:
     """The process's state: the reader of the live stores and the ``/diff`` cache."""
 
     def __init__(self, options: ViewOptions) -> None:
+        from shadowtap.differ.live import with_live_schema
         from shadowtap.proxy.live_results import LiveReader
 
         self._options = options
+        #: With the protobuf schema the config names loaded (in this process: it does not pickle).
+        self._config = with_live_schema(options.config)
         self._databases = dict(options.databases)
         self._reader = LiveReader(
             options.databases,
-            options.config,
+            self._config,
             options.keep_s,
             max_labels=options.max_labels,
             started_ns=options.started_ns,
@@ -212,6 +215,7 @@ class _Analysis:
         self, shadow: str, since_ns: int | None, until_ns: int | None, endpoint: str | None, examples: int | None
     ) -> tuple[int, bytes]:
         from shadowtap.differ.aggregate import build_report
+        from shadowtap.differ.reports import proto_schema
         from shadowtap.differ.reports.json_report import report_to_dict
         from shadowtap.differ.store import DiffStore
 
@@ -221,14 +225,13 @@ class _Analysis:
         try:
             store = DiffStore(path, create=False)
             try:
-                report = build_report(
-                    store, self._options.config, since_ns=since_ns, until_ns=until_ns, endpoint=endpoint
-                )
+                report = build_report(store, self._config, since_ns=since_ns, until_ns=until_ns, endpoint=endpoint)
             finally:
                 store.close()
         except ShadowtapError as exc:
             return 503, _json_bytes({"error": str(exc)})
-        document = report_to_dict(report)
+        with proto_schema(self._config.compare.proto):
+            document = report_to_dict(report)
         if examples is not None:
             for entry in document["endpoints"]:
                 for signature in entry["signatures"]:

@@ -349,6 +349,12 @@ async def test_live_diff_refusals_and_its_off_switch(services: dict[str, Service
     app = ProxyApp(ProxyConfig.from_mapping({**taped, "live": {"db": str(tmp_path / "other.sqlite")}}))
     with pytest.raises(ConfigError, match="use another --db"):
         await app.start()
+    # The live differ decodes gRPC bodies with the config's descriptor set: one it cannot read stops
+    # the start, naming the key (each live process loads the set itself).
+    (tmp_path / "bad.desc").write_bytes(b"\xff\xffnot a descriptor set")
+    app = ProxyApp(ProxyConfig.from_mapping({**taped, "diff": {"proto": {"descriptor": str(tmp_path / "bad.desc")}}}))
+    with pytest.raises(ConfigError, match="diff.proto.descriptor"):
+        await app.start()
     app = await start_app({**base, "live": {"enabled": False}})  # switched off: /stats says so, no writer
     try:
         assert app.live is None and app.tape is None and app.record is None

@@ -262,15 +262,15 @@ async def test_a_candidate_with_one_change_still_fails(
         (f"POST {SERVICE}ListOrders", "body[*].2", "value", "int->int"),
         (f"POST {SERVICE}Track", "body[*].2", "value", "int->int"),
     }
-    # The live differ reads the bodies schema-less (it is given no descriptor set).
+    planted_by_name = {(e, "body[*].state", k, "str->str") for e, _, k, _ in planted_by_number}
+    # The live differ decodes with the descriptor set the proxy's config names (diff.proto.descriptor).
     assert live["compared"] == calls
-    assert unsuppressed(live) == planted_by_number
+    assert unsuppressed(live) == planted_by_name
     report = tmp_path / "report.json"
     gate = ("--fail-on", "severity>=medium")  # a value change is medium; the default gate is high
     result = await asyncio.to_thread(_diff, tape, "v2", report, "--proto-descriptor", str(orders.descriptor_set), *gate)
     assert result.returncode == 1, result.stdout + result.stderr
     data = json.loads(report.read_text())
-    planted_by_name = {(e, "body[*].state", k, "str->str") for e, _, k, _ in planted_by_number}
     assert unsuppressed(data) == failing(data) == planted_by_name
     result = await asyncio.to_thread(_diff, tape, "v2", report, *gate)
     assert result.returncode == 1, result.stdout + result.stderr
