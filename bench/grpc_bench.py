@@ -285,6 +285,7 @@ def main() -> int:
                 *SHADOWTAP, "proxy", "--listen", f"127.0.0.1:{ports[port]}",
                 "--primary", f"h2c://127.0.0.1:{ports['primary']}",
                 "--shadow", f"v2=h2c://127.0.0.1:{ports[shadow]}", "--route", f"grpc={METHOD}",
+                "--no-live-diff",  # mirroring and recording alone, beside nginx grpc_pass
                 "--tape", str(work / f"tape-{port}"), "--workers", "1",
                 "--admin", f"127.0.0.1:{ports[admin]}" if admin else "off",
             ]  # fmt: skip

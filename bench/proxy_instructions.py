@@ -177,7 +177,8 @@ def main() -> int:
     origin, shadow = pb.free_port(), pb.free_port()
     answer = f"location / {{ default_type application/json; return 200 '{pb.BODY}'; }}"
     servers = "".join(f"  server {{ listen 127.0.0.1:{port}; {answer} }}\n" for port in (origin, shadow))
-    mirror = ["--shadow", f"v2=http://127.0.0.1:{shadow}", "--sample-percent", "100"]
+    # Live diff off (on by default with a shadow): the figures count mirroring and recording alone.
+    mirror = ["--shadow", f"v2=http://127.0.0.1:{shadow}", "--sample-percent", "100", "--no-live-diff"]
     figures: dict[str, float] = {}
     print(f"proxy_instructions: callgrind, {args.requests} GETs over {args.connections} connections per case")
     with tempfile.TemporaryDirectory(prefix="shadowtap-instructions-") as tmp:
