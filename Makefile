@@ -47,11 +47,11 @@ typecheck: dev
 
 pytest: dev native
 	scripts/ensure-system-deps.sh chromium
-	SHADOWTAP_EXPECT_COMPILED=1 $(PY) -m pytest
+	SHADOWTAP_EXPECT_COMPILED=1 $(PY) -m pytest -n auto --dist loadfile
 
 # The proxy's tests once more on the interpreted sources, the fallback where nothing was compiled.
 pytest-interpreted: dev
-	SHADOWTAP_PURE=1 $(PY) -m pytest -q tests/proxy
+	SHADOWTAP_PURE=1 $(PY) -m pytest -q -n auto --dist loadfile tests/proxy
 
 test: lint typecheck pytest pytest-interpreted
 
@@ -69,4 +69,4 @@ docs: dev
 	$(PY) -m shadowtap.docgen
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache proxy/_compiled wire/_compiled build dist
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache proxy/_compiled wire/_compiled replayer/_compiled build dist
