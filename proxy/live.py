@@ -82,6 +82,26 @@ _FLAG_POLL_S: Final = 0.25
 _F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
+async def spawn_module(module: str, *args: str, pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
+    """``python -P -m module args`` with this tree first on its import path (the running
+    interpreter, so a venv's packages), its stdin and stdout piped to us: the live processes'
+    start (the differ, the analysis process)."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-P",
+        "-m",
+        module,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+        pass_fds=pass_fds,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class LivePlan:
     """Whether live diff runs (``why_not`` says why not), and with what."""
@@ -316,18 +336,9 @@ class LiveDiff:
                 store.close()
 
     async def _spawn(self) -> None:
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-P",
-            "-m",
+        process = await spawn_module(
             "shadowtap.differ.live",
             *(arg for fd in self._read_fds for arg in ("--tap-fd", str(fd))),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
             pass_fds=tuple(self._read_fds),
         )
         paused = not self._flags.live_diff

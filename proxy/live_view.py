@@ -534,18 +534,9 @@ class LiveView:
         shutil.rmtree(self._directory, ignore_errors=True)
 
     async def _spawn(self) -> None:
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-P",
-            "-m",
-            "shadowtap.proxy.live_view",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-        )
+        from shadowtap.proxy.live import spawn_module
+
+        process = await spawn_module("shadowtap.proxy.live_view")
         data = pickle.dumps(self._options)
         assert process.stdin is not None
         process.stdin.write(_FRAME.pack(len(data)) + data)
