@@ -193,15 +193,22 @@ class FrameStream:
 
 
 def with_live_schema(config: DifferConfig) -> DifferConfig:
-    """``config`` with its protobuf schema loaded in this process; schema-less, said once, when the
-    schema cannot be had (a reflection target that does not answer must not stop live diff)."""
-    from shadowtap.differ.protobuf import ProtobufDecodeError, with_configured_schema  # not for the proxy
+    """``config`` with the protobuf schema its ``proto_descriptor`` or ``proto_reflection`` names
+    loaded into ``compare.proto``, in this process (a descriptor pool does not pickle, so each live
+    process loads its own); schema-less, said once, when the schema cannot be had (a reflection
+    target that does not answer must not stop live diff)."""
+    if config.compare.proto is not None or (config.proto_descriptor is None and config.proto_reflection is None):
+        return config
+    from dataclasses import replace
+
+    from shadowtap.differ.protobuf import ProtobufDecodeError, load_schema  # not for the proxy to import
 
     try:
-        return with_configured_schema(config)
+        schema = load_schema(config.proto_descriptor, config.proto_reflection)
     except ProtobufDecodeError as exc:
         log.warning("live diff decodes gRPC bodies without a schema: %s", exc)
         return config
+    return config if schema is None else replace(config, compare=replace(config.compare, proto=schema))
 
 
 class LiveDiffer:

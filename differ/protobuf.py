@@ -33,8 +33,6 @@ if TYPE_CHECKING:
     from google.protobuf.descriptor import Descriptor, FieldDescriptor
     from google.protobuf.message import Message
 
-    from shadowtap.differ.config import DifferConfig
-
 __all__ = [
     "MAX_DEPTH",
     "MethodTypes",
@@ -43,7 +41,6 @@ __all__ = [
     "decode_schemaless",
     "load_schema",
     "reflect_descriptor_set",
-    "with_configured_schema",
 ]
 
 #: Nesting deeper than this is refused: protobuf's own parsers stop at 100; a hostile message must
@@ -480,18 +477,6 @@ def reflect_descriptor_set(target: str, timeout_s: float = 10.0) -> bytes:
     descriptor_set.file.extend(files[name] for name in ordered)
     serialized: bytes = descriptor_set.SerializeToString()
     return serialized
-
-
-def with_configured_schema(config: DifferConfig) -> DifferConfig:
-    """``config`` with the schema its ``proto_descriptor`` or ``proto_reflection`` names loaded into
-    ``compare.proto`` (unchanged when it names none or holds one already). For a process that got
-    the config pickled: a descriptor pool does not cross processes, so each loads its own."""
-    if config.compare.proto is not None or (config.proto_descriptor is None and config.proto_reflection is None):
-        return config
-    from dataclasses import replace
-
-    schema = load_schema(config.proto_descriptor, config.proto_reflection)
-    return config if schema is None else replace(config, compare=replace(config.compare, proto=schema))
 
 
 def load_schema(descriptor_path: str | Path | None, reflection_target: str | None) -> ProtoSchema | None:
