@@ -61,6 +61,7 @@ from shadowtap.proxy import live_results
 from shadowtap.proxy.config import ProxyConfig
 from shadowtap.proxy.flags import RuntimeFlags
 from shadowtap.proxy.live_view import LiveView
+from shadowtap.proxy.restarts import Restarting
 from shadowtap.recorder.errors import ConfigError, ShadowtapError
 from shadowtap.recorder.tape_process import TapStats
 
@@ -72,11 +73,6 @@ log = logging.getLogger(__name__)
 LIVE_DB_NAME: Final = "live-diff.sqlite"
 #: A shadow of this name is the secondary (noise learning), as ``shadowtap diff`` guesses it.
 _SECONDARY: Final = "secondary"
-#: Restart back-off: the first restart after this long, doubling up to the cap; a differ that ran
-#: this long without dying starts the back-off over.
-_RESTART_FIRST_S: Final = 0.5
-_RESTART_MAX_S: Final = 30.0
-_STABLE_S: Final = 60.0
 #: How often the pause flag is looked at.
 _FLAG_POLL_S: Final = 0.25
 _F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -199,13 +195,16 @@ class _Child:
     watcher: asyncio.Task[None] | None = None
 
 
-class LiveDiff:
+class LiveDiff(Restarting):
     """The live differ beside the tape writers (module docstring): ``tap_fds`` (one pipe for each of
     ``taps`` tape writers), then ``await start()``; ``await close()`` after the tape writers have
     closed."""
 
+    what = "the live differ"
+
     def __init__(self, config: ProxyConfig, plan: LivePlan, flags: RuntimeFlags, taps: int = 1) -> None:
         assert plan.why_not is None and taps >= 1
+        super().__init__()
         self._plan = plan
         self._flags = flags
         self._tap_bytes = config.live.tap_bytes
@@ -225,11 +224,6 @@ class LiveDiff:
         self._tap_stats: Callable[[], TapStats] = TapStats
         self._child: _Child | None = None
         self._done = LiveReport()
-        self._closing = False
-        self._restarts = 0
-        self._backoff_s = _RESTART_FIRST_S
-        self._last_exit = ""
-        self._restart: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
         self._paused_sent: bool | None = None
         #: The live analysis process: ``/diff`` and the live results are its work.
@@ -389,33 +383,7 @@ class LiveDiff:
             self._child = None
         if self._closing:
             return
-        started = "" if child.ready.result() else " before it was ready (its error is above)"
-        self._last_exit = f"exited with code {code}{started}"
-        if time.monotonic() - child.started_s >= _STABLE_S:
-            self._backoff_s = _RESTART_FIRST_S
-        log.error("the live differ %d %s; restarting in %g s", child.process.pid, self._last_exit, self._backoff_s)
-        self._restart_after_backoff()
-
-    def _restart_after_backoff(self) -> None:
-        self._restart = asyncio.get_running_loop().create_task(self._restart_later(self._backoff_s))
-        self._backoff_s = min(self._backoff_s * 2, _RESTART_MAX_S)
-
-    def _spawn_failed(self, exc: OSError) -> None:
-        self._last_exit = f"could not start: {exc.strerror or exc}"
-        log.error("the live differ could not start: %s; retrying in %g s", exc.strerror or exc, self._backoff_s)
-        self._restart_after_backoff()
-
-    async def _restart_later(self, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        if self._closing:
-            return
-        try:
-            await self._spawn()
-        except OSError as exc:
-            self._spawn_failed(exc)
-            return
-        self._restarts += 1
-        log.warning("the live differ restarted (pid %d)", self._child.process.pid if self._child else 0)
+        self._exited(child.process.pid, code, child.ready.result(), child.started_s)
 
     async def _watch_flag(self) -> None:
         while True:

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 
 from shadowtap.differ.config import DifferConfig
+from shadowtap.proxy.restarts import Restarting
 from shadowtap.recorder.errors import ShadowtapError
 
 if TYPE_CHECKING:
@@ -76,9 +77,6 @@ _START_WAIT_S: Final = 10.0
 _CACHE_ENTRIES: Final = 32
 _FRAME: Final = struct.Struct("!I")
 _MAX_FRAME: Final = 1 << 30
-_RESTART_FIRST_S: Final = 0.5
-_RESTART_MAX_S: Final = 30.0
-_STABLE_S: Final = 60.0
 _READY: Final = b"ready"
 _SOCKET_NAME: Final = "view.sock"
 #: A Unix socket's path must fit ``sun_path`` (108 bytes on Linux, with its NUL).
@@ -438,10 +436,12 @@ class _Child:
     exited: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-class LiveView:
+class LiveView(Restarting):
     """The live analysis process's life (module docstring): ``await start()``, ``await close()``.
     ``socket``: where its clients connect (known before it starts: a worker of ``--workers N`` is
     told it when spawned); ``client``: this process's own ``ViewClient``."""
+
+    what = "the live analysis process"
 
     def __init__(
         self,
@@ -451,17 +451,13 @@ class LiveView:
         priority: str = "idle",
         max_labels: int | None = None,
     ) -> None:
+        super().__init__()
         self._directory = _socket_directory()
         self.socket = str(Path(self._directory) / _SOCKET_NAME)
         self._options = ViewOptions(
             self.socket, databases, config, keep_s, priority, max_labels, time.time_ns(), DIFF_CACHE_S
         )
         self._child: _Child | None = None
-        self._closing = False
-        self._restarts = 0
-        self._backoff_s = _RESTART_FIRST_S
-        self._last_exit = ""
-        self._restart: asyncio.Task[None] | None = None
         self._client: ViewClient | None = None
 
     @property
@@ -557,35 +553,7 @@ class LiveView:
         child.exited.set_result(code)
         if self._closing:
             return
-        started = "" if child.ready else " before it was ready (its error is above)"
-        self._last_exit = f"exited with code {code}{started}"
-        if time.monotonic() - child.started_s >= _STABLE_S:
-            self._backoff_s = _RESTART_FIRST_S
-        log.error("the live analysis process %d %s; restarting in %g s", child.process.pid, self._last_exit,
-                  self._backoff_s)  # fmt: skip
-        self._restart_after_backoff()
-
-    def _restart_after_backoff(self) -> None:
-        self._restart = asyncio.get_running_loop().create_task(self._restart_later(self._backoff_s))
-        self._backoff_s = min(self._backoff_s * 2, _RESTART_MAX_S)
-
-    def _spawn_failed(self, exc: OSError) -> None:
-        self._last_exit = f"could not start: {exc.strerror or exc}"
-        log.error("the live analysis process could not start: %s; retrying in %g s", exc.strerror or exc,
-                  self._backoff_s)  # fmt: skip
-        self._restart_after_backoff()
-
-    async def _restart_later(self, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        if self._closing:
-            return
-        try:
-            await self._spawn()
-        except OSError as exc:
-            self._spawn_failed(exc)
-            return
-        self._restarts += 1
-        log.warning("the live analysis process restarted")
+        self._exited(child.process.pid, code, child.ready, child.started_s)
 
 
 if __name__ == "__main__":
