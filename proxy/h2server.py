@@ -18,12 +18,14 @@ application/grpc*``) with a trailers-only ``grpc-status: 14`` (UNAVAILABLE) and 
 (504 for timeouts).
 
 Bad input ends only what it touches: a protocol error closes its connection (GOAWAY with the
-error), a malformed request or trailers (``shadowtap.wire.h2fields``) resets its stream with
-PROTOCOL_ERROR, a stream that stalls past a deadline is reset; each is counted by cause in
-``ServerStats.h2_errors`` and logged once per cause per process. Streams are not handed to the
-proxy's stages as ``ProxiedExchange``s with ``http_version`` "2" when any stage runs: the request
-stages (the mirror) once the client's request stream ended, with its body (up to the capture limit,
-else None: not mirrored), trailers and, for gRPC, its messages' framing and timing; the completion
+error), a malformed request or trailers (``shadowtap.wire.h2fields``; a content-length that is no
+number, or disagrees with the DATA, checked here) resets its stream with PROTOCOL_ERROR, and what
+the primary had of that request is broken off, never sent whole (the DATA that completes an
+announced length waits for END_STREAM); a stream that stalls past a deadline is reset; each is
+counted by cause in ``ServerStats.h2_errors`` and logged once per cause per process. Streams are not
+handed to the proxy's stages as ``ProxiedExchange``s with ``http_version`` "2" when any stage runs:
+the request stages (the mirror) once the client's request stream ended, with its body (up to the
+capture limit, else None: not mirrored), trailers and, for gRPC, its messages' framing and timing; the completion
 stages (the record stage) when the stream ends, with the primary's head, body (capped likewise),
 trailers and messages. A gRPC body that is not valid length-prefixed framing keeps its bytes and
 loses only its message list. Without stages nothing is copied. The primary observers (metrics) hear
@@ -247,7 +249,10 @@ class H2Session(asyncio.Protocol):
                     self._ack(event.stream_id, event.flow_controlled_length if forward is None else padding)
                 if forward is not None:
                     forward.last_read = now
-                    forward.client_body(event.data)
+                    if forward.length >= 0:
+                        self._counted_body(forward, event.data, event.stream_ended is not None)
+                    else:
+                        forward.client_body(event.data)
             elif kind is h2.events.RequestReceived:
                 problem = request_problem(event.headers)
                 if problem:
@@ -256,8 +261,8 @@ class H2Session(asyncio.Protocol):
                     self._request(event.stream_id, event.headers, event.stream_ended is not None)
             elif kind is h2.events.StreamEnded:
                 forward = self.streams.get(event.stream_id)
-                if forward is not None:
-                    forward.client_body_done(None)
+                if forward is not None and not forward.body_done:
+                    self._body_done(forward, None)
             elif kind is h2.events.TrailersReceived:
                 forward = self.streams.get(event.stream_id)
                 problem = trailers_problem(event.headers)
@@ -266,7 +271,7 @@ class H2Session(asyncio.Protocol):
                     if forward is not None:
                         forward.client_reset(_PROTOCOL_ERROR)
                 elif forward is not None:
-                    forward.client_body_done(list(event.headers))
+                    self._body_done(forward, list(event.headers))
             elif kind is h2.events.WindowUpdated or kind is h2.events.RemoteSettingsChanged:
                 self.flush_blocked()
             elif kind is h2.events.StreamReset:
@@ -391,9 +396,44 @@ class H2Session(asyncio.Protocol):
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.reset_stream(stream_id, error_code=_PROTOCOL_ERROR)
 
+    def _counted_body(self, forward: _H2Forward, data: bytes, ended: bool) -> None:
+        """DATA of a request that announced a content-length: not one byte past it is sent on, and the
+        piece that completes it waits for END_STREAM (the primary must not see the request whole
+        before the client's stream proves it is)."""
+        received = forward.received + len(data)
+        forward.received = received
+        length = forward.length
+        if received > length:
+            self._ack(forward.stream_id, len(data))  # dropped: the client's connection window reopens
+            self._bad_length(forward, f"more DATA than its content-length of {length}")
+            return
+        if received == length and not ended:
+            if data:  # an empty frame after it keeps the piece held
+                forward.tail = data
+            return
+        forward.client_body(data)
+
+    def _body_done(self, forward: _H2Forward, trailers: list[Header] | None) -> None:
+        length = forward.length
+        if length >= 0:
+            if forward.received != length:
+                self._bad_length(forward, f"{forward.received} bytes of DATA for its content-length of {length}")
+                return
+            tail = forward.tail
+            if tail:
+                forward.tail = b""
+                forward.client_body(tail)
+        forward.client_body_done(trailers)
+
+    def _bad_length(self, forward: _H2Forward, problem: str) -> None:
+        """A request whose DATA disagrees with its content-length is malformed (RFC 9113 8.1.1): its
+        stream is reset, and the primary's copy of it (never sent whole) is aborted."""
+        self._malformed(forward.stream_id, problem)
+        forward.client_malformed(problem)
+
     def _request(self, stream_id: int, raw: list[Header], ended: bool) -> None:
         ctx = self.ctx
-        method = path = authority = b""
+        method = path = authority = declared = b""
         headers: list[Header] = []
         for name, value in raw:
             if name[:1] == b":":
@@ -407,7 +447,16 @@ class H2Session(asyncio.Protocol):
                 if not authority:
                     authority = value
             else:
+                if len(name) == 14 and name == b"content-length":
+                    if not value.isdigit() or (declared and value != declared):
+                        self._malformed(stream_id, f"content-length {value!r}")
+                        return
+                    declared = value
                 headers.append((name, value))
+        length = int(declared) if declared else -1
+        if ended and length > 0:
+            self._malformed(stream_id, f"no DATA for its content-length of {length}")
+            return
         ctx.stats.requests += 1
         ctx.stats.h2_streams += 1
         if method == b"CONNECT" or not path.startswith(b"/") or ctx.rewriter.escapes_prefix(path):
@@ -417,6 +466,7 @@ class H2Session(asyncio.Protocol):
             return
         ctx.stats.in_flight += 1
         forward = _H2Forward(self, stream_id, method, path, authority, headers)
+        forward.length = length
         self.streams[stream_id] = forward
         if ctx.stages:
             forward.watch(raw)
@@ -472,8 +522,8 @@ class _H2Forward:
                  "_resp_cap", "_resp_captured", "_resp_headers", "_resp_msgs", "_resp_size", "_resp_split",
                  "_resp_trailers", "_retried", "_sent_ns", "_task", "_unacked", "authority", "body_done", "ctx",
                  "deadline", "ex", "finished", "first_byte_deadline", "grpc", "head_sent", "headers", "http1",
-                 "last_read", "method", "path", "resp_read_at", "session", "started_ns", "status", "stream_id",
-                 "upstream")  # fmt: skip
+                 "last_read", "length", "method", "path", "received", "resp_read_at", "session", "started_ns",
+                 "status", "stream_id", "tail", "upstream")  # fmt: skip
 
     def __init__(
         self, session: H2Session, stream_id: int, method: bytes, path: bytes, authority: bytes, headers: list[Header]
@@ -494,6 +544,11 @@ class _H2Forward:
         self.finished = False
         self.body_done = False
         self.head_sent = False
+        #: The request's content-length, -1 without one; its DATA bytes received so far (counted
+        #: only against a length), and the piece that completed it, held until END_STREAM.
+        self.length = -1
+        self.received = 0
+        self.tail = b""
         now = self.ctx.now
         self.last_read = now
         self.resp_read_at = now
@@ -765,6 +820,16 @@ class _H2Forward:
                 self.http1.write(http1.CHUNKED_END)  # request trailers have no HTTP/1 translation here
         else:
             self._pending_trailers = trailers
+
+    def client_malformed(self, problem: str) -> None:
+        """The client's request broke HTTP/2 (its stream is reset): the primary's stream goes too, and
+        the bytes held here for it give the client's connection window back."""
+        unsent = len(self.tail) + sum(len(piece) for piece in self._pending)
+        self.tail = b""
+        self._pending = []
+        self._abandon(f"malformed request: {problem}")
+        if unsent:
+            self.session.ack_request_bytes(self.stream_id, unsent)
 
     def client_reset(self, code: int) -> None:
         """The client reset the stream (or its connection went): the primary's stream goes too."""

@@ -116,6 +116,19 @@ def error_name(code: int) -> str:
 _SWEEP_STREAMS: Final = 256
 
 
+class _LengthUnchecked(h2.stream.H2Stream):  # type: ignore[misc]  # h2 is read as Any
+    """An ``h2`` stream that leaves content-length to its user (every stream of a ``Connection``): h2
+    raises on a length that disagrees with the DATA (or is no number) from inside ``receive_data``,
+    after which its connection state is closed (GOAWAY queued, the events of that read lost): every
+    stream on the connection would fail, where RFC 9113 8.1.1 makes it an error of that stream only."""
+
+    def _initialize_content_length(self, headers: Any) -> None:
+        return None
+
+    def _track_content_length(self, length: int, end_stream: bool) -> None:
+        return None
+
+
 class Connection(h2.connection.H2Connection):  # type: ignore[misc]  # h2 is read as Any
     """``h2``'s connection, checking the open-stream limit cheaply. h2 counts open streams by walking
     every stream it holds (and forgetting the closed ones) each time a stream opens: on a connection
@@ -123,9 +136,15 @@ class Connection(h2.connection.H2Connection):  # type: ignore[misc]  # h2 is rea
     stream against the limit (in ``send_headers`` and ``receive_data``) and fewer streams are held
     than that limit, their number is an upper bound that passes the same check; at the limit (or
     past ``_SWEEP_STREAMS`` held) h2's own walk counts exactly and forgets the closed ones. Read
-    from outside, the counts are h2's exact ones."""
+    from outside, the counts are h2's exact ones. Its streams leave content-length unchecked
+    (``_LengthUnchecked``): whoever reads a stream's DATA checks it and fails that stream alone."""
 
     _checking = False
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream.__class__ = _LengthUnchecked
+        return stream
 
     def send_headers(self, *args: Any, **kwargs: Any) -> None:
         self._checking = True
@@ -154,19 +173,6 @@ class Connection(h2.connection.H2Connection):  # type: ignore[misc]  # h2 is rea
         if self._checking and held < min(int(self.local_settings.max_concurrent_streams), _SWEEP_STREAMS):
             return held
         return int(self._open_streams(int(not self.config.client_side)))
-
-
-class _LengthUnchecked(h2.stream.H2Stream):  # type: ignore[misc]  # h2 is read as Any
-    """An ``h2`` stream that leaves content-length to ``H2ClientConnection``: h2 raises on a length
-    that disagrees with the DATA (or is no number) from inside ``receive_data``, after which its
-    connection state is closed (GOAWAY queued, the events of that read lost): every stream on the
-    connection would fail, where RFC 9113 8.1.1 makes it an error of that stream only."""
-
-    def _initialize_content_length(self, headers: Any) -> None:
-        return None
-
-    def _track_content_length(self, length: int, end_stream: bool) -> None:
-        return None
 
 
 class StreamSink(Protocol):
@@ -342,7 +348,6 @@ class H2ClientConnection(asyncio.Protocol):
         stream = H2Stream(self, stream_id, sink)
         self.streams[stream_id] = stream
         h2conn.send_headers(stream_id, headers, end_stream=end_stream)
-        h2conn.streams[stream_id].__class__ = _LengthUnchecked
         stream.ended_local = end_stream
         for name, value in headers:
             if name == b":method":
