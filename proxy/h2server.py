@@ -22,14 +22,15 @@ error), a malformed request or trailers (``shadowtap.wire.h2fields``; a content-
 number, or disagrees with the DATA, checked here) resets its stream with PROTOCOL_ERROR, and what
 the primary had of that request is broken off, never sent whole (the DATA that completes an
 announced length waits for END_STREAM); a stream that stalls past a deadline is reset; each is
-counted by cause in ``ServerStats.h2_errors`` and logged once per cause per process. Streams are not
-handed to the proxy's stages as ``ProxiedExchange``s with ``http_version`` "2" when any stage runs:
-the request stages (the mirror) once the client's request stream ended, with its body (up to the
-capture limit, else None: not mirrored), trailers and, for gRPC, its messages' framing and timing; the completion
-stages (the record stage) when the stream ends, with the primary's head, body (capped likewise),
-trailers and messages. A gRPC body that is not valid length-prefixed framing keeps its bytes and
-loses only its message list. Without stages nothing is copied. The primary observers (metrics) hear
-every stream.
+counted by cause in ``ServerStats.h2_errors`` and logged once per cause per process.
+
+When any stage runs, streams are handed to the proxy's stages as ``ProxiedExchange``s with
+``http_version`` "2": the request stages (the mirror) once the client's request stream ended, with
+its body (up to the capture limit, else None: not mirrored), trailers and, for gRPC, its messages'
+framing and timing; the completion stages (the record stage) when the stream ends, with the
+primary's head, body (capped likewise), trailers and messages. A gRPC body that is not valid
+length-prefixed framing keeps its bytes and loses only its message list. Without stages nothing is
+copied. The primary observers (metrics) hear every stream.
 """
 
 from __future__ import annotations
