@@ -1,7 +1,14 @@
 """recorder: the Exchange model, the tape (reader, writer, redaction) and format importers/exporters.
 
-It imports no other shadowtap package; every other package may import it.
+It imports no other shadowtap package but ``wire``; every other package may import it. The tape's
+decode path (frames, record decoding) runs compiled when a build matching these sources is
+present; see ``shadowtap.wire.native``. Activation has to come before any of its modules is imported.
 """
+
+# ruff: noqa: E402  (the compiled modules are chosen before any of them is imported)
+from shadowtap.wire import native
+
+native.activate(__path__, "recorder")
 
 from shadowtap.recorder.errors import (
     ConfigError,

@@ -422,8 +422,8 @@ def _slot_builder(cls: type[T], optional: tuple[str, ...] = ()) -> Callable[...,
     """A positional constructor for ``cls`` that stores straight into its slots.
 
     A frozen dataclass's ``__init__`` sets every field through ``object.__setattr__``, several times
-    the cost of a slot store, and the reader builds four such objects per exchange: that was most of
-    the read cost. The builder skips ``__init__`` (no ``__post_init__``), so it is only for values
+    the cost of a slot store (``shadowtap.recorder._decode`` builds what it reads the same way). The
+    builder skips ``__init__`` (no ``__post_init__``), so it is only for values
     laid out by the wire format, with every field given but the trailing ``optional`` ones (which
     take the field's default, an immutable value).
     """
@@ -443,13 +443,8 @@ def _slot_builder(cls: type[T], optional: tuple[str, ...] = ()) -> Callable[...,
     return cast(Callable[..., T], namespace["build"])
 
 
-_build_request = _slot_builder(Request, ("trailers", "messages"))
 _build_response = _slot_builder(Response, ("trailers", "messages"))
-_build_stream_message = _slot_builder(StreamMessage)
-_build_failure = _slot_builder(Failure)
 _build_timing = _slot_builder(Timing)
-_build_exchange = _slot_builder(Exchange)
-_build_delta = _slot_builder(RequestDelta)
 
 #: Fast positional constructors for hot paths that have every field at hand (the proxy builds one
 #: Response and one Timing per upstream exchange): they store straight into the slots, at a fraction
@@ -477,276 +472,6 @@ _EXCHANGE_FIELDS: Final = _EXCHANGE_REQUIRED + len(_EXCHANGE_DEFAULTS)
 # msgpack ints reach 2**64 - 1; a start time beyond a signed 64-bit int fits no SQLite store (the
 # differ's) nor any clock: refused too, the one value a type check alone would let through.
 _INT64_MAX: Final = 2**63 - 1
-
-# Decoding checks every value's type as it builds the objects (``type(x) is str``: exact types, so a
-# msgpack ``true`` is not a status and ``1.0`` is not a time) and raises a bare TypeError at the first
-# that is wrong; only then does ``exchange_from_wire`` walk the record again (``_locate``) to name the
-# field. One pass, no second walk of good records: read at the same rate as the unchecked decoder
-# it replaced (bench/tape_bench.py), since checking the headers in a plain loop costs less than the
-# generator that used to look at them.
-
-
-def _complete(a: Any, required: int, defaults: tuple[Any, ...]) -> Any:
-    """``a`` with its missing trailing fields at their defaults and unknown ones dropped."""
-    if type(a) is not tuple and type(a) is not list:
-        raise TypeError
-    n = len(a)
-    full = required + len(defaults)
-    if n == full:
-        return a
-    if n < required:
-        raise TypeError
-    if n > full:
-        # A newer writer appended fields this version does not know; they are ignored.
-        return a[:full]
-    return tuple(a) + defaults[n - required :]
-
-
-def _headers_from_wire(raw: Any) -> Headers:
-    if type(raw) is tuple:
-        # As msgpack unpacks them with use_list=False: kept as they are once checked.
-        for h in raw:
-            if type(h) is not tuple:
-                return _header_lists(raw)
-            k, v = h
-            if type(k) is not bytes or type(v) is not bytes:
-                raise TypeError
-        return raw
-    return _header_lists(raw)
-
-
-def _header_lists(raw: Any) -> Headers:
-    # Lists come from tests, in-memory records and other writers: normalised to tuples.
-    if type(raw) is not tuple and type(raw) is not list:
-        raise TypeError
-    out = []
-    for h in raw:
-        if type(h) is not tuple and type(h) is not list:
-            raise TypeError
-        k, v = h
-        if type(k) is not bytes or type(v) is not bytes:
-            raise TypeError
-        out.append((k, v))
-    return tuple(out)
-
-
-def _request_from_wire(a: Any) -> Request:
-    if type(a) is not tuple or len(a) != _REQUEST_FIELDS:
-        a = _complete(a, _REQUEST_REQUIRED, _REQUEST_DEFAULTS)
-    method, target, headers, body, scheme, authority, http_version, truncated_from, trailers, messages = a
-    if (
-        type(method) is not str
-        or type(target) is not str
-        or type(body) is not bytes
-        or type(scheme) is not str
-        or type(authority) is not str
-        or type(http_version) is not str
-        or (truncated_from is not None and type(truncated_from) is not int)
-    ):
-        raise TypeError
-    return _build_request(
-        method, target, _headers_from_wire(headers), body, scheme, authority, http_version, truncated_from,
-        trailers if trailers == () else _headers_from_wire(trailers),
-        messages if messages == () else _messages_from_wire(messages),
-    )  # fmt: skip
-
-
-def _messages_from_wire(raw: Any) -> tuple[StreamMessage, ...]:
-    if type(raw) is not tuple and type(raw) is not list:
-        raise TypeError
-    out = []
-    for m in raw:
-        if type(m) is not tuple or len(m) != _MESSAGE_FIELDS:
-            m = _complete(m, _MESSAGE_REQUIRED, _MESSAGE_DEFAULTS)
-        flags, length, at_ns = m
-        if type(flags) is not int or type(length) is not int or (at_ns is not None and type(at_ns) is not int):
-            raise TypeError
-        out.append(_build_stream_message(flags, length, at_ns))
-    return tuple(out)
-
-
-def _outcome_from_wire(a: Any) -> Outcome:
-    if type(a) is not tuple and type(a) is not list or not a:
-        raise TypeError
-    tag = a[0]
-    if type(tag) is not int:
-        raise TypeError
-    if tag == _TAG_RESPONSE:
-        if len(a) == _RESPONSE_FIELDS:
-            _tag, status, reason, headers, body, http_version, truncated_from, trailers, messages = a
-        else:
-            status, reason, headers, body, http_version, truncated_from, trailers, messages = _complete(
-                a[1:], _RESPONSE_REQUIRED - 1, _RESPONSE_DEFAULTS
-            )
-        if (
-            type(status) is not int
-            or type(reason) is not str
-            or type(body) is not bytes
-            or type(http_version) is not str
-            or (truncated_from is not None and type(truncated_from) is not int)
-        ):
-            raise TypeError
-        return _build_response(
-            status, reason, _headers_from_wire(headers), body, http_version, truncated_from,
-            trailers if trailers == () else _headers_from_wire(trailers),
-            messages if messages == () else _messages_from_wire(messages),
-        )  # fmt: skip
-    if tag == _TAG_FAILURE:
-        kind, message = _complete(a[1:], _FAILURE_REQUIRED - 1, _FAILURE_DEFAULTS)
-        if type(kind) is not str or type(message) is not str:
-            raise TypeError
-        return _build_failure(kind, message)
-    raise TypeError
-
-
-def _timing_from_wire(a: Any) -> Timing:
-    if type(a) is not tuple or len(a) != _TIMING_FIELDS:
-        a = _complete(a, _TIMING_REQUIRED, _TIMING_DEFAULTS)
-    sent_ns, first_byte_ns, done_ns = a
-    if (
-        (sent_ns is not None and type(sent_ns) is not int)
-        or (first_byte_ns is not None and type(first_byte_ns) is not int)
-        or (done_ns is not None and type(done_ns) is not int)
-    ):
-        raise TypeError
-    return _build_timing(sent_ns, first_byte_ns, done_ns)
-
-
-def _names_lists(raw: Any) -> tuple[bytes, ...]:
-    # Lists come from in-memory records and other writers: normalised to a tuple.
-    if type(raw) is not list:
-        raise TypeError
-    for name in raw:
-        if type(name) is not bytes:
-            raise TypeError
-    return tuple(raw)
-
-
-def _query_lists(raw: Any) -> tuple[tuple[str, str | None], ...]:
-    if type(raw) is not tuple and type(raw) is not list:
-        raise TypeError
-    out = []
-    for pair in raw:
-        if (type(pair) is not tuple and type(pair) is not list) or len(pair) != 2:
-            raise TypeError
-        name, value = pair
-        if type(name) is not str or (value is not None and type(value) is not str):
-            raise TypeError
-        out.append((name, value))
-    return tuple(out)
-
-
-def _delta_from_wire(a: Any) -> RequestDelta:
-    # Inline checks for what msgpack gives (tuples, mostly empty): one delta per shadow per exchange
-    # read, so each call saved here is read rate on proxy tapes.
-    if type(a) is not tuple or len(a) != _DELTA_FIELDS:
-        a = _complete(a, _DELTA_REQUIRED, _DELTA_DEFAULTS)
-    removed, added, replaced, authority, query = a
-    if type(removed) is tuple:
-        for name in removed:
-            if type(name) is not bytes:
-                raise TypeError
-    else:
-        removed = _names_lists(removed)
-    if authority is not None:
-        if (type(authority) is not tuple and type(authority) is not list) or len(authority) != 2:
-            raise TypeError
-        primary_host, copy_host = authority
-        if type(primary_host) is not str or type(copy_host) is not str:
-            raise TypeError
-        if type(authority) is not tuple:
-            authority = (primary_host, copy_host)
-    if query != ():
-        query = _query_lists(query)
-    return _build_delta(
-        removed,
-        added if added == () else _headers_from_wire(added),
-        replaced if replaced == () else _headers_from_wire(replaced),
-        authority,
-        query,
-    )
-
-
-def _str_map(raw: Any) -> dict[str, str]:
-    if type(raw) is dict:
-        for k, v in raw.items():
-            if type(k) is not str or type(v) is not str:
-                raise TypeError
-        return raw
-    if raw is None:
-        return {}
-    raise TypeError
-
-
-def exchange_from_wire(a: Any) -> Exchange:
-    """Rebuild an Exchange from its msgpack array; a malformed array raises ``TapeFormatError``.
-
-    Every value must have the type docs/tape-format.md gives it; the error's ``field`` names the
-    first that does not (``request.headers[2][1]``, ``shadows['v2'].status``). Trailing fields may
-    be missing (they take their defaults) and unknown trailing fields are ignored, so records stay
-    readable across additions. The tape reader adds file and offset to the error.
-    """
-    try:
-        if type(a) is not tuple or len(a) != _EXCHANGE_FIELDS:
-            a = _complete(a, _EXCHANGE_REQUIRED, _EXCHANGE_DEFAULTS)
-        (
-            exchange_id, started_at_ns, started_mono_ns, request, primary, shadows, timings, session,
-            connection_id, client_addr, decisions, tags, deltas,
-        ) = a  # fmt: skip
-        if (
-            type(exchange_id) is not str
-            or type(started_at_ns) is not int
-            or started_at_ns > _INT64_MAX
-            or type(started_mono_ns) is not int
-            or type(session) is not str
-            or type(connection_id) is not str
-            or type(client_addr) is not str
-        ):
-            raise TypeError
-        shadow_outcomes: dict[str, Outcome] = {}
-        if type(shadows) is dict:
-            for name, outcome in shadows.items():
-                if type(name) is not str:
-                    raise TypeError
-                shadow_outcomes[name] = _outcome_from_wire(outcome)
-        elif shadows is not None:
-            raise TypeError
-        timing_map: dict[str, Timing] = {}
-        if type(timings) is dict:
-            for name, timing in timings.items():
-                if type(name) is not str:
-                    raise TypeError
-                timing_map[name] = _timing_from_wire(timing)
-        elif timings is not None:
-            raise TypeError
-        delta_map: dict[str, RequestDelta] = {}
-        if deltas is not None:
-            if type(deltas) is not dict:
-                raise TypeError
-            for name, delta in deltas.items():
-                if type(name) is not str:
-                    raise TypeError
-                delta_map[name] = _delta_from_wire(delta)
-        return _build_exchange(
-            exchange_id,
-            started_at_ns,
-            _request_from_wire(request),
-            None if primary is None else _outcome_from_wire(primary),
-            shadow_outcomes,
-            timing_map,
-            started_mono_ns,
-            session,
-            connection_id,
-            client_addr,
-            _str_map(decisions),
-            _str_map(tags),
-            delta_map,
-        )
-    except (TypeError, ValueError):  # ValueError: an array of the wrong length, unpacked
-        pass
-    # Out of the except block, so the error does not chain the bare TypeError of the fast path.
-    raise _malformed(a)
-
 
 # --- naming what is wrong ------------------------------------------------------------------------
 # Only runs once the fast decoder has refused a record: it walks the record by the layout in
@@ -942,3 +667,8 @@ def _malformed(a: Any) -> TapeFormatError:
         return TapeFormatError(f"malformed exchange record: {misfit.message}", field=misfit.field)
     # The walk and the decoder disagree: still an error, without a field (a bug to report).
     return TapeFormatError("malformed exchange record")
+
+
+# The decoder (the hot half of the mapping) runs compiled when the build matches; it imports the
+# classes and layout above, so it is imported last.
+from shadowtap.recorder._decode import exchange_from_wire  # noqa: E402

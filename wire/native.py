@@ -1,11 +1,12 @@
 """Compiled data path: loads the mypyc build of the hot modules when it matches these sources.
 
 The data path's modules (``COMPILED_MODULES``: the wire layer's framing and client, the proxy's
-hot modules and the replayer's request path) are plain, strictly typed Python.
-``scripts/build_native.py`` compiles them with mypyc as one group (one shared library, so they call
-each other directly) and puts each package's extensions in its own ``_compiled/`` directory
-(``wire/_compiled/``, ``proxy/_compiled/``, ``replayer/_compiled/``); the group library and a
-manifest (the interpreter it was built for and a SHA-256 of each source) sit in ``wire/_compiled/``.
+hot modules, the replayer's request path and the tape's record decoder) are plain, strictly typed
+Python. ``scripts/build_native.py`` compiles them with mypyc as one group (one shared library, so
+they call each other directly) and puts each package's extensions in its own ``_compiled/``
+directory (``wire/_compiled/``, ``proxy/_compiled/``, ``recorder/_compiled/``,
+``replayer/_compiled/``); the group library and a manifest (the interpreter it was built for and a
+SHA-256 of each source) sit in ``wire/_compiled/``.
 Each package's ``__init__`` calls ``activate`` first: when the manifest matches this interpreter and
 every source byte for byte, the group library is loaded (once) and the package's compiled directory
 goes first on its ``__path__``, so ``import shadowtap.proxy.server`` finds the extension; in every
@@ -70,6 +71,8 @@ COMPILED_MODULES: Final = (
     "shadowtap.replayer.stats",
     "shadowtap.replayer.plan",
     "shadowtap.replayer.result",
+    # The tape's decode path: every exchange a replay, a diff or tape cat reads is decoded here.
+    "shadowtap.recorder._decode",
 )
 #: The ``shadowtap`` package directory (as imported: links are not resolved, so paths in messages
 #: are the ones a user sees).
