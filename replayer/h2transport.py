@@ -36,9 +36,9 @@ from shadowtap.replayer.sending import ClientSettings, SendResult
 from shadowtap.wire.grpc import MESSAGE_HEADER_BYTES, GrpcFramingError, MessageSplitter
 from shadowtap.wire.h2 import CONNECT_ERROR, H2Pool, H2Stream, Header
 
-__all__ = ["H2Transport", "message_offsets"]
+__all__ = ["DEFAULT_PORTS", "H2Transport", "h2_request_fields", "is_grpc", "message_offsets"]
 
-_DEFAULT_PORTS: Final = {"h2c": 80, "http": 80, "https": 443}
+DEFAULT_PORTS: Final = {"h2c": 80, "http": 80, "https": 443}
 #: Fields about one HTTP/1 connection (RFC 9113 8.2.2) and the ones the client sets for itself
 #: (the authority is a pseudo-header field; the length follows the body sent).
 _NOT_SENT: Final = frozenset(
@@ -49,12 +49,49 @@ _NO_LENGTH_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b
 _NS_PER_S: Final = 1_000_000_000
 
 
-def _is_grpc(fields: Headers) -> bool:
+def is_grpc(fields: Headers) -> bool:
     for name, value in fields:
         if name.lower() == b"content-type":
             media = value.split(b";", 1)[0].strip().lower()
             return media == b"application/grpc" or media.startswith(b"application/grpc+")
     return False
+
+
+def h2_request_fields(
+    method: str,
+    target: str,
+    headers: Headers,
+    body: bytes,
+    grpc: bool,
+    *,
+    scheme: bytes,
+    authority: bytes,
+    prefix: bytes,
+) -> list[Header]:
+    """A planned request's HTTP/2 header list: the pseudo-header fields (the plan's ``Host`` as the
+    authority, else ``authority``; ``prefix``, the target URL's path, before the target), then the
+    recorded fields lower-cased without the ones HTTP/2 forbids, ``te: trailers`` for gRPC or the
+    body's length. Shared with the Locust workers' blocking client (``replayer.h2blocking``)."""
+    fields: list[Header] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _NOT_SENT or lower[:1] == b":":
+            if lower == b"host":
+                authority = value  # the plan's --host
+            continue
+        fields.append((lower, value))
+    method_bytes = method.encode("latin-1")
+    if grpc:
+        fields.append((b"te", b"trailers"))
+    elif body or method_bytes not in _NO_LENGTH_METHODS:
+        fields.append((b"content-length", b"%d" % len(body)))
+    return [
+        (b":method", method_bytes),
+        (b":scheme", scheme),
+        (b":authority", authority),
+        (b":path", prefix + target.encode("latin-1") or b"/"),
+        *fields,
+    ]
 
 
 def message_offsets(
@@ -107,7 +144,7 @@ class _Call:
         self.first_byte_ns = time.monotonic_ns()
         self._status = status
         self._headers = headers
-        if self._grpc or _is_grpc(tuple(headers)):
+        if self._grpc or is_grpc(tuple(headers)):
             self._splitter = MessageSplitter(self._max_body)
 
     def on_data(self, data: bytes) -> None:
@@ -167,15 +204,15 @@ class H2Transport:
 
     def __init__(self, base_url: str, settings: ClientSettings | None = None) -> None:
         url = URL(base_url)
-        if url.scheme not in _DEFAULT_PORTS or not url.host:
+        if url.scheme not in DEFAULT_PORTS or not url.host:
             raise ConfigError(f"not an h2c://, http:// or https:// URL: {base_url!r}", field="target")
         self._settings = s = settings or ClientSettings()
-        port = url.port or _DEFAULT_PORTS[url.scheme]
+        port = url.port or DEFAULT_PORTS[url.scheme]
         tls = url.scheme == "https"
         self._scheme = b"https" if tls else b"http"
         self._prefix = url.raw_path.rstrip("/").encode("latin-1")
         host = url.raw_host or url.host
-        default_port = port == _DEFAULT_PORTS[url.scheme] and url.scheme != "h2c"
+        default_port = port == DEFAULT_PORTS[url.scheme] and url.scheme != "h2c"
         self._authority = (host if default_port else f"{host}:{port}").encode("latin-1")
         self._max_gap_ns = int(s.max_message_gap_s * _NS_PER_S)
         self._pool = H2Pool(
@@ -196,34 +233,13 @@ class H2Transport:
         await asyncio.sleep(0)  # let the closed connections' transports finish closing
         self._pool.abort_all()
 
-    def _fields(self, method: str, target: str, headers: Headers, body: bytes, grpc: bool) -> list[Header]:
-        authority = self._authority
-        fields: list[Header] = []
-        for name, value in headers:
-            lower = name.lower()
-            if lower in _NOT_SENT or lower[:1] == b":":
-                if lower == b"host":
-                    authority = value  # the plan's --host
-                continue
-            fields.append((lower, value))
-        method_bytes = method.encode("latin-1")
-        if grpc:
-            fields.append((b"te", b"trailers"))
-        elif body or method_bytes not in _NO_LENGTH_METHODS:
-            fields.append((b"content-length", b"%d" % len(body)))
-        return [
-            (b":method", method_bytes),
-            (b":scheme", self._scheme),
-            (b":authority", authority),
-            (b":path", self._prefix + target.encode("latin-1") or b"/"),
-            *fields,
-        ]
-
     async def send(
         self, method: str, target: str, headers: Headers, body: bytes, recorded: Request | None = None
     ) -> SendResult:
-        grpc = _is_grpc(headers) or (recorded is not None and _is_grpc(recorded.headers))
-        fields = self._fields(method, target, headers, body, grpc)
+        grpc = is_grpc(headers) or (recorded is not None and is_grpc(recorded.headers))
+        fields = h2_request_fields(
+            method, target, headers, body, grpc, scheme=self._scheme, authority=self._authority, prefix=self._prefix
+        )
         trailers = list(recorded.trailers) if recorded is not None and recorded.trailers else None
         offsets = None
         if grpc and recorded is not None:

@@ -6,9 +6,9 @@ and gevent are only ever imported in those subprocesses: gevent monkey-patches o
 must never be imported here or anywhere in shadowtap's asyncio processes. Every process started
 here is stopped before returning, whatever happened, and the whole run is bounded by a timeout.
 
-Locust workers send over HTTP/1.1 only (their client is gevent's): a job whose plan holds exchanges
-recorded over HTTP/2 (gRPC calls, HTTP/2 clients) is refused before any process starts, with the
-exchanges named and the command that replays them (one process or ``--workers``, over HTTP/2).
+Workers send each request over the HTTP version the asyncio replayer would use (the job carries
+``--http2``/``--http1`` and an ``h2c://`` target): exchanges recorded over HTTP/2 (gRPC calls, HTTP/2
+clients) go over HTTP/2 (``shadowtap.replayer.locustfile``).
 """
 
 from __future__ import annotations
@@ -29,45 +29,13 @@ from shadowtap.recorder.errors import ConfigError, UpstreamError
 from shadowtap.recorder.objectstore import is_object_url
 from shadowtap.replayer.job import ReplayJob
 from shadowtap.replayer.locust_plan import LocustJob
-from shadowtap.replayer.plan import PlanStats, plan_requests
 from shadowtap.replayer.result import JobResult
-from shadowtap.replayer.source import tape_source
 
-__all__ = ["LOCUSTFILE", "locust_job", "refuse_http2", "run_locust"]
-
-#: Exchanges named in the refusal of a plan with HTTP/2 ones (the count says how many in all).
-_NAMED_HTTP2: Final = 5
+__all__ = ["LOCUSTFILE", "locust_job", "run_locust"]
 
 LOCUSTFILE: Final = Path(__file__).with_name("locustfile.py")
 # How long workers get to exit after the master has quit (they follow its quit message).
 _WORKER_EXIT_S: Final = 10.0
-
-
-def refuse_http2(job: ReplayJob) -> None:
-    """Raise ``ConfigError`` naming the planned exchanges recorded over HTTP/2, if any: a Locust
-    worker would send them over HTTP/1.1, which a gRPC service cannot answer. One pass over the plan
-    (its first iteration, clones aside: they are the same exchanges)."""
-    found: list[str] = []
-    count = 0
-    for planned in plan_requests(tape_source(job.tapes, job.salvage), job.plan, PlanStats()):
-        if planned.iteration:
-            break
-        if planned.clone or planned.source.request.http_version != "2":
-            continue
-        count += 1
-        if len(found) < _NAMED_HTTP2:
-            found.append(f"{planned.source.id} ({planned.method} {planned.target})")
-    if not count:
-        return
-    more = f" and {count - len(found)} more" if count > len(found) else ""
-    tapes = " ".join(job.tapes)
-    raise ConfigError(
-        f"the Locust mode sends over HTTP/1.1 only, and {count} planned exchange(s) were recorded over "
-        f"HTTP/2: {', '.join(found)}{more}; replay them over HTTP/2 without --locust "
-        f"(`shadowtap replay {tapes} --target {job.target} --workers N`), or leave them out with --method "
-        "or --endpoint",
-        field="--locust",
-    )
 
 
 def _absolute(path: str) -> str:
@@ -89,6 +57,9 @@ def locust_job(job: ReplayJob) -> LocustJob:
         salvage=job.salvage,
         results_dir=None if job.results_dir is None else _absolute(job.results_dir),
         redact_results=job.redact_results,
+        http_version=job.client.http_version,
+        message_speed=job.client.message_speed,
+        max_message_gap_s=job.client.max_message_gap_s,
     )
 
 
@@ -120,7 +91,6 @@ def run_locust(
     """Run ``job`` on a local Locust master with ``workers`` worker processes; merged results."""
     if workers < 1:
         raise ConfigError(f"must be >= 1, got {workers}", field="locust-workers")
-    refuse_http2(job)
     spec = locust_job(job)
     binary = _locust_binary()
     with tempfile.TemporaryDirectory(prefix="shadowtap-locust-") as tmp:

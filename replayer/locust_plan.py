@@ -29,6 +29,7 @@ from shadowtap.replayer.plan import (
     plan_requests,
 )
 from shadowtap.replayer.result import JobResult
+from shadowtap.replayer.sending import ClientSettings
 from shadowtap.replayer.source import tape_source
 
 __all__ = [
@@ -63,6 +64,12 @@ class LocustJob:
     #: Each worker writes its results segments here, on its own machine (segment names carry the pid).
     results_dir: str | None = None
     redact_results: bool = True
+    #: As ``ClientSettings``: ``auto`` sends the exchanges recorded over HTTP/2 over HTTP/2 (all of
+    #: them for an ``h2c://`` target), ``"2"`` everything, ``"1.1"`` nothing; a recorded client
+    #: stream's messages keep their gaps divided by ``message_speed``, each cut to ``max_message_gap_s``.
+    http_version: str = "auto"
+    message_speed: float = 1.0
+    max_message_gap_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.tapes:
@@ -71,6 +78,26 @@ class LocustJob:
             raise ConfigError(f"must be >= 1, got {self.max_connections}", field="connections")
         if self.start_delay_s <= 0:
             raise ConfigError(f"must be > 0, got {self.start_delay_s}", field="locust-start-delay")
+        # The HTTP/2 side's own checks (http_version, message_speed, max_message_gap_s).
+        self.client_settings()
+
+    def client_settings(self) -> ClientSettings:
+        """The settings of the workers' HTTP/2 client (``shadowtap.replayer.h2blocking``)."""
+        return ClientSettings(
+            max_connections=self.max_connections,
+            timeout_s=self.timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
+            http_version=self.http_version,
+            message_speed=self.message_speed,
+            max_message_gap_s=self.max_message_gap_s,
+        )
+
+    def sends_http2(self, recorded_version: str) -> bool:
+        """Whether a request recorded over ``recorded_version`` goes over HTTP/2 (as the asyncio
+        replayer's ``make_transport`` decides)."""
+        if self.http_version == "2" or self.target.lower().startswith("h2c://"):
+            return True
+        return self.http_version == "auto" and recorded_version == "2"
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -15,8 +15,14 @@ broadcasts with the job. Each worker sends its three HdrHistograms (encoded) to 
 merges them, writes ``--shadowtap-out`` and stops the test. ``shadowtap replay --locust`` writes the
 job and runs all of this locally.
 
-Runs under gevent: it must never import asyncio code (only the pure ``shadowtap.replayer.locust_plan``,
-``plan``, ``stats`` and ``result`` modules), and never block the hub on anything but the network.
+Each request goes over the HTTP version the asyncio replayer would send it in (``LocustJob.sends_http2``):
+HTTP/1.1 through Locust's ``FastHttpSession``, HTTP/2 (h2c by prior knowledge, or TLS with ALPN
+``h2``) through ``shadowtap.replayer.h2blocking``, whose answers (status, trailers, gRPC messages) and
+failures are classed as the asyncio replayer classes them (``error_class``: a gRPC call that failed
+counts as ``grpc-<STATUS>``) and go to the results tape the same way.
+
+Runs under gevent: it must never run asyncio code (it imports the plan, stats and result modules,
+and from the transports only pure helpers), and never block the hub on anything but the network.
 Nor may it leave an error to Locust, which logs a failed task into a worker's log and carries on:
 every error ends in the worker's report, so ``shadowtap replay --locust`` fails (exit 2).
 """
@@ -45,10 +51,12 @@ from shadowtap.recorder import RedactionRules, SyncTapeWriter, TapeOptions
 from shadowtap.recorder.errors import ShadowtapError
 from shadowtap.recorder.model import Failure, FailureKind, Outcome, Response
 from shadowtap.recorder.private import open_private
+from shadowtap.replayer.h2blocking import BlockingH2Client
 from shadowtap.replayer.locust_plan import MSG_STATS, MSG_T0, LocustJob, merge_reports, shard_plan, t0_monotonic_ns
 from shadowtap.replayer.plan import PlannedRequest, PlanStats
 from shadowtap.replayer.result import JobResult, replay_exchange
 from shadowtap.replayer.stats import ErrorExample, ReplayStats
+from shadowtap.replayer.transport import describe_outcome, error_class
 
 log = logging.getLogger("shadowtap.locust")
 
@@ -154,8 +162,20 @@ class _Session:
 class _GeventReplay:
     """The runner's schedule under gevent: open-loop sessions, due = max(slot, previous done + gap)."""
 
-    def __init__(self, client: FastHttpSession, job: LocustJob, t0_ns: int, results: SyncTapeWriter | None) -> None:
+    def __init__(
+        self,
+        client: FastHttpSession | None,
+        h2_client: BlockingH2Client | None,
+        job: LocustJob,
+        t0_ns: int,
+        results: SyncTapeWriter | None,
+        request_event: Any = None,
+    ) -> None:
         self.client = client
+        self.h2_client = h2_client
+        # Locust's own per-request event (its console and web stats): FastHttpSession fires it for
+        # HTTP/1.1; the HTTP/2 requests fire it here.
+        self.request_event = request_event
         self.job = job
         self.t0_ns = t0_ns
         # Disk writes block the hub briefly: the writer buffers a block (1 MiB) between writes.
@@ -226,6 +246,9 @@ class _GeventReplay:
                 del self.sessions[key]
 
     def _send(self, request: PlannedRequest, due_ns: int) -> int:
+        if self.h2_client is not None and self.job.sends_http2(request.source.request.http_version):
+            return self._send_h2(self.h2_client, request, due_ns)
+        assert self.client is not None  # made whenever a request may go over HTTP/1.1
         sent_ns = time.monotonic_ns()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
         response = self.client.request(
@@ -262,6 +285,52 @@ class _GeventReplay:
         if self.results is not None:
             try:
                 self._record_result(request, due_ns, sent_ns, done_ns, response, error, status)
+            except Exception as exc:  # a broken results path must not stop the replay (but fails the job)
+                self.results_failed += 1
+                self._internal_error(exc, f"{request.method} {request.target} (its result)")
+        return done_ns
+
+    def _send_h2(self, client: BlockingH2Client, request: PlannedRequest, due_ns: int) -> int:
+        """One request over HTTP/2: counted, its example kept and its result taped as the asyncio
+        runner does (``shadowtap.replayer.runner``)."""
+        sent_ns = time.monotonic_ns()
+        result = client.send(request.method, request.target, request.headers, request.body, request.source.request)
+        done_ns = time.monotonic_ns()
+        outcome = result.outcome
+        error = error_class(outcome)
+        status = outcome.status if isinstance(outcome, Response) else None
+        self.stats.record_done(
+            request.endpoint,
+            t0_ns=self.t0_ns,
+            due_ns=due_ns,
+            released_ns=sent_ns,
+            sent_ns=sent_ns,
+            done_ns=done_ns,
+            status=status,
+            error=error,
+        )
+        if error is not None and self.stats.wants_example(error):
+            path = request.target.partition("?")[0]
+            self.stats.record_example(
+                ErrorExample(error, done_ns - self.t0_ns, f"{request.method} {path}", describe_outcome(outcome))
+            )
+        if self.request_event is not None:
+            self.request_event.fire(
+                request_type=request.method,
+                name=request.endpoint,
+                response_time=(done_ns - sent_ns) / 1e6,
+                response_length=len(outcome.body) if isinstance(outcome, Response) else 0,
+                exception=None if error is None else RuntimeError(describe_outcome(outcome)),
+                context={},
+            )
+        if self.results is not None:
+            try:
+                exchange = replay_exchange(
+                    request, due_ns, sent_ns, result.first_byte_ns, done_ns, outcome, self.wall_offset_ns
+                )
+                self.results.write(exchange)
+            except ShadowtapError:
+                self.results_failed += 1
             except Exception as exc:  # a broken results path must not stop the replay (but fails the job)
                 self.results_failed += 1
                 self._internal_error(exc, f"{request.method} {request.target} (its result)")
@@ -311,21 +380,27 @@ class ReplayUser(User):
         runner = environment.runner
         index = runner.worker_index if isinstance(runner, WorkerRunner) else 0
         plan_stats = PlanStats()
-        client = FastHttpSession(
-            job.target,
-            request_event=environment.events.request,
-            user=self,
-            concurrency=job.max_connections,
-            network_timeout=job.timeout_s,
-            connection_timeout=job.connect_timeout_s,
-        )
         results: SyncTapeWriter | None = None
+        h2_client: BlockingH2Client | None = None
         try:
+            client = None
+            if not job.sends_http2("1.1"):
+                client = FastHttpSession(
+                    job.target,
+                    request_event=environment.events.request,
+                    user=self,
+                    concurrency=job.max_connections,
+                    network_timeout=job.timeout_s,
+                    connection_timeout=job.connect_timeout_s,
+                )
+            if job.http_version != "1.1":
+                h2_client = BlockingH2Client(job.target, job.client_settings())
             if job.results_dir is not None:
                 redaction = RedactionRules() if job.redact_results else None
                 results = SyncTapeWriter(job.results_dir, TapeOptions(redaction=redaction))
             plan = shard_plan(job, index, int(start["workers"]), plan_stats)
-            replayer = _GeventReplay(client, job, t0_monotonic_ns(int(start["t0_wall_ns"])), results)
+            t0_ns = t0_monotonic_ns(int(start["t0_wall_ns"]))
+            replayer = _GeventReplay(client, h2_client, job, t0_ns, results, environment.events.request)
             result = replayer.run(plan)
             result.results_dropped = replayer.results_failed
         except ShadowtapError as exc:
@@ -335,6 +410,8 @@ class ReplayUser(User):
             error = f"replay worker {index} crashed: {type(exc).__name__}: {exc}"
             result = JobResult(ReplayStats(), {}, error=error, error_type="ShadowtapError")
         finally:
+            if h2_client is not None:
+                h2_client.close()
             if results is not None:
                 results.close()
         if results is not None:

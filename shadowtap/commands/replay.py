@@ -268,9 +268,6 @@ def build_job(args: argparse.Namespace) -> ReplayJob:
         raise ConfigError(f"must be >= 1, got {args.workers}", field="workers")
     if args.http1 and args.target.lower().startswith("h2c://"):
         raise ConfigError(f"an h2c:// target speaks HTTP/2 only: {args.target!r}", field="--http1")
-    if (args.locust or args.locust_job_out) and (args.http2 or args.target.lower().startswith("h2c://")):
-        raise ConfigError("the Locust mode sends over HTTP/1.1 only: replay HTTP/2 in one process or with --workers",
-                          field="--locust")  # fmt: skip
     # The proxy's URL check, so a target is refused here (one line) rather than by a URL parser
     # deep in a transport (a traceback), or accepted with a space that would split the request line.
     parse_primary(args.target, field="--target")
@@ -514,9 +511,8 @@ def run(args: argparse.Namespace) -> int:
     gates = _gates(args)
     refuse_files_that_are_not_tapes(job.tapes, job.salvage)
     if args.locust_job_out:
-        from shadowtap.replayer.locust_launch import locust_job, refuse_http2
+        from shadowtap.replayer.locust_launch import locust_job
 
-        refuse_http2(job)
         _write_text(args.locust_job_out, locust_job(job).to_json() + "\n")
         print(f"wrote the Locust job to {args.locust_job_out}", file=sys.stderr)
         return 0

@@ -219,13 +219,6 @@ async def test_https_targets_speak_http2_by_alpn_with_verified_certificates(
     }
 
 
-@pytest.mark.parametrize("flags", [["--target", "h2c://127.0.0.1:1"], ["--target", "http://127.0.0.1:1", "--http2"]])
-async def test_the_locust_mode_refuses_http2_in_one_line(tmp_path: Path, flags: list[str]) -> None:
-    code, _out, err = await shadowtap(str(tmp_path), *flags, "--locust", "--no-progress")
-    assert code == 2 and err.count("\n") == 1, err
-    assert "the Locust mode sends over HTTP/1.1 only" in err
-
-
 async def test_an_answer_before_the_whole_request_ends_the_clients_half_too() -> None:
     # A server that answers as soon as a request's head arrives and never resets the stream (a 413
     # to a large upload, an error to a client stream): the client must end its half (RST_STREAM

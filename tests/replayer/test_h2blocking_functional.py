@@ -1,0 +1,57 @@
+"""The Locust workers' blocking HTTP/2 client on real sockets, against the h2c server of the asyncio
+transport's tests (``tests/wire/h2peer.py``, no code shared with the client), called from a thread as
+a Locust worker's greenlet would call it: answers with trailers, connection reuse, and each failure
+as the asyncio transport classes it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from shadowtap.recorder import Failure, FailureKind, Request, Response
+from shadowtap.replayer.h2blocking import BlockingH2Client
+from shadowtap.replayer.sending import ClientSettings
+from tests.replayer.test_h2transport_functional import Target, target  # noqa: F401  (the fixture)
+
+
+async def test_answers_failures_and_one_reused_connection(target: Target) -> None:  # noqa: F811
+    settings = ClientSettings(timeout_s=0.5, max_body_bytes=100_000)
+    client = BlockingH2Client(f"h2c://127.0.0.1:{target.port}/base", settings)
+    recorded = Request("POST", "/up", (), b"data", http_version="2", trailers=((b"x-digest", b"d1"),))
+
+    def calls() -> list[Response | Failure]:
+        sends = [
+            ("POST", "/up", ((b"Host", b"api.example"),), b"data", recorded),
+            ("GET", "/trailers", (), b"", None),
+            ("GET", "/goaway", (), b"", None),  # refused unprocessed the first time: sent again
+            ("GET", "/reset", (), b"", None),
+            ("GET", "/big", (), b"", None),
+            ("GET", "/slow", (), b"", None),
+        ]
+        return [client.send(*call).outcome for call in sends]
+
+    try:
+        up, trailers, goaway, reset, big, slow = await asyncio.to_thread(calls)
+    finally:
+        client.close()
+    assert isinstance(up, Response) and (up.status, up.body, up.http_version) == (201, b"got data", "2")
+    headers, body, sent_trailers = target.seen[0]
+    assert dict(headers)[b":authority"] == b"api.example" and dict(headers)[b":path"] == b"/base/up"
+    assert (body, sent_trailers) == (b"data", [(b"x-digest", b"d1")])
+    assert isinstance(trailers, Response) and trailers.trailers == ((b"x-checksum", b"abc"),)
+    assert isinstance(goaway, Response) and goaway.status == 201
+    assert [dict(h)[b":path"] for h, _, _ in target.seen].count(b"/base/goaway") == 2
+    assert isinstance(reset, Failure) and reset.kind == FailureKind.RESET
+    assert isinstance(big, Failure) and big.kind == FailureKind.BODY_TOO_LARGE
+    assert isinstance(slow, Failure) and slow.kind == FailureKind.TIMEOUT
+    # One connection until the GOAWAY, a second after it until the body too large closed it, a third.
+    assert client.connects == 3
+
+
+async def test_a_refused_connection_is_a_connect_error() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    client = BlockingH2Client(f"h2c://127.0.0.1:{port}")
+    result = await asyncio.to_thread(client.send, "GET", "/", (), b"")
+    assert isinstance(result.outcome, Failure) and result.outcome.kind == FailureKind.CONNECT_ERROR
