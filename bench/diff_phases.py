@@ -3,9 +3,11 @@
 Runs the command in this process (``shadowtap diff ARGS...``) with each phase timed: reading and
 diffing this process's share (``ingest``), merging the workers' stores, learning and applying the
 endpoint templates, building the report and writing it. Printed: wall and CPU seconds of each phase
-(CPU is this process's, threads included: the template learning runs beside the merge), the
-workers' CPU, and the critical path by CPU time (this process outside its share, plus the larger of
-its share and the workers'): what two idle cores would take, whatever else the machine runs.
+(CPU is this process's: the merges of the workers' stores run between its own chunks, so they are
+inside its share), the workers' CPU, the forked report writers' CPU, and the critical path by CPU
+time (this process outside its share and its writing, plus the larger of its share and the
+workers', plus the larger of its writing and the writers'): what two idle cores would take,
+whatever else the machine runs.
 Never run in a test. Usage::
 
     .venv/bin/python bench/diff_phases.py TAPE --candidate v2 --workers 2 --json /tmp/r.json --quiet
@@ -53,6 +55,17 @@ def main() -> None:
     timed(pipeline, "apply_endpoints", "apply endpoint templates")
     timed(differ, "build_report", "build the report")
     timed(command, "emit", "write the report")
+    workers_done: list[float] = []
+    run_workers = command._run_workers
+
+    def workers_then_count(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return run_workers(*args, **kwargs)
+        finally:  # the worker processes are reaped: their CPU is in RUSAGE_CHILDREN now
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            workers_done.append(usage.ru_utime + usage.ru_stime)
+
+    command._run_workers = workers_then_count
     started = time.perf_counter()
     with contextlib.suppress(SystemExit):
         cli(["diff", *sys.argv[1:]])
@@ -60,15 +73,23 @@ def main() -> None:
     me = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     own_cpu = me.ru_utime + me.ru_stime
-    workers_cpu = children.ru_utime + children.ru_stime
-    print(f"wall {wall:.2f} s; this process {own_cpu:.2f} s of CPU, its workers {workers_cpu:.2f} s", file=sys.stderr)
+    workers_cpu = workers_done[0] if workers_done else 0.0
+    writers_cpu = children.ru_utime + children.ru_stime - workers_cpu
+    print(
+        f"wall {wall:.2f} s; this process {own_cpu:.2f} s of CPU, its workers {workers_cpu:.2f} s,"
+        f" report writers {writers_cpu:.2f} s",
+        file=sys.stderr,
+    )
     for label, (phase_wall, phase_cpu) in spent.items():
         print(f"  {label:32} {phase_wall:6.2f} s wall {phase_cpu:6.2f} s CPU", file=sys.stderr)
     share = spent.get("ingest (this process's share)", [0.0, 0.0])[1]
-    critical = own_cpu - share + max(share, workers_cpu)
+    writing = spent.get("write the report", [0.0, 0.0])[1]
+    outside = own_cpu - share - writing
+    critical = outside + max(share, workers_cpu) + max(writing, writers_cpu)
     print(
-        f"  critical path by CPU: {critical:.2f} s (outside its share {own_cpu - share:.2f} s"
-        f" + max(its share {share:.2f} s, workers {workers_cpu:.2f} s))",
+        f"  critical path by CPU: {critical:.2f} s (outside its share and writing {outside:.2f} s"
+        f" + max(its share {share:.2f} s, workers {workers_cpu:.2f} s)"
+        f" + max(its writing {writing:.2f} s, writers {writers_cpu:.2f} s))",
         file=sys.stderr,
     )
 

@@ -63,6 +63,8 @@ _COMMIT_EVERY_PAIRS: Final = 5_000
 #: credential headers (exact names), so the two can never disagree.
 _SECRET_HEADERS: Final = frozenset(name.encode() for name in DEFAULT_SECRET_HEADERS)
 _REDACTED: Final = b"[redacted]"
+#: A sampled pair's id once its store was switched for another (``DiffSession.switch_store``).
+_IN_EARLIER_STORE: Final = -1
 #: Methods whose replay against the primary measures noise (RFC 9110 safe methods, TRACE included).
 _SAFE_METHODS: Final = http1.SAFE_METHODS
 
@@ -296,7 +298,8 @@ class DiffSession:
             elif entry < kept[-1]:
                 bisect.insort(kept, entry)
                 _, _, dropped = kept.pop()
-                self.store.drop_example(dropped, key_id, volatile)
+                if dropped != _IN_EARLIER_STORE:
+                    self.store.drop_example(dropped, key_id, volatile)
             else:
                 continue
             taken.append((key_id, volatile, priority))
@@ -317,6 +320,19 @@ class DiffSession:
                 if name is not None and (outcome := _example_outcome(exchange.outcome(name))) is not None
             },
         )
+
+    def switch_store(self, store: DiffStore) -> None:
+        """Go on into ``store``, the current one finished (its unsampled examples released,
+        committed) but left open: a worker hands its store to be merged while it diffs on. The
+        samples go on too; what they hold in earlier stores stays there (their pair ids mean
+        nothing in the new one), so a merge of the stores holds each sample's bottom k among more."""
+        self.store.prune_examples()
+        self.store.commit()
+        for kept in self._sampler.values():
+            kept[:] = [(priority, exchange_id, _IN_EARLIER_STORE) for priority, exchange_id, _ in kept]
+        self.store = store
+        store.set_meta(self.meta)
+        self._since_commit = 0
 
     def finish(self, *, relearn: bool = True) -> IngestStats:
         """Release the exchanges no sample keeps, learn endpoint templates from every stored path

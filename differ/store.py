@@ -76,7 +76,6 @@ CREATE TABLE IF NOT EXISTS routes (
     endpoint TEXT NOT NULL,
     UNIQUE (method, path)
 );
-CREATE INDEX IF NOT EXISTS routes_endpoint ON routes (endpoint);
 CREATE TABLE IF NOT EXISTS diff_keys (
     id INTEGER PRIMARY KEY,
     path TEXT NOT NULL,
@@ -102,8 +101,6 @@ CREATE TABLE IF NOT EXISTS pairs (
     candidate_latency_bin INTEGER,
     latency_priority INTEGER
 );
-CREATE INDEX IF NOT EXISTS pairs_time ON pairs (started_at_ns);
-CREATE INDEX IF NOT EXISTS pairs_route ON pairs (route_id);
 CREATE TABLE IF NOT EXISTS example_exchanges (
     pair_id INTEGER PRIMARY KEY REFERENCES pairs (id),
     exchange BLOB NOT NULL,
@@ -127,6 +124,14 @@ CREATE VIEW IF NOT EXISTS signatures AS
     JOIN diff_keys k ON k.id = json_extract(m.value, '$[0]')
     WHERE p.diff_set != 0
     GROUP BY r.endpoint, k.path, k.kind, k.transition, volatile;
+"""
+
+#: The indexes reports read by: a scratch store (``DiffStore(scratch=True)``, a worker's, only ever
+#: merged into another) goes without them, so its writes maintain none.
+_READ_INDEXES: Final = """
+CREATE INDEX IF NOT EXISTS routes_endpoint ON routes (endpoint);
+CREATE INDEX IF NOT EXISTS pairs_time ON pairs (started_at_ns);
+CREATE INDEX IF NOT EXISTS pairs_route ON pairs (route_id);
 """
 
 
@@ -285,7 +290,10 @@ class DiffStore:
     and noise is counted through the pairs that point at it.
     """
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True, scratch: bool = False) -> None:
+        """Open (or, when ``create``, create) the store at ``path``. A ``scratch`` store is a
+        worker's, read only by ``merge_from``: no read indexes, and no journal or fsync (a crash
+        loses the run's scratch directory anyway)."""
         self.path = str(path)
         if not create and (self.path == ":memory:" or not Path(self.path).is_file()):
             raise ConfigError("no such results database", path=self.path)
@@ -301,9 +309,12 @@ class DiffStore:
             if has_meta:
                 self._check_version()
             self._db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+            if scratch:
+                self._db.execute("PRAGMA journal_mode = MEMORY")
+                self._db.execute("PRAGMA synchronous = OFF")
             if has_meta and create:
                 self._add_latency_columns()
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA if scratch else _SCHEMA + _READ_INDEXES)
             if not has_meta:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 self._db.commit()

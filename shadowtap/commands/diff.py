@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from shadowtap.commands._options import NO_PROGRESS, NO_PROGRESS_HELP
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from shadowtap.differ import DifferConfig, DiffSession, DiffStore, IngestStats, RunMeta
     from shadowtap.differ.protobuf import ProtoSchema
@@ -57,6 +57,11 @@ _WORKERS_MIN_TAPE_BYTES = 8 << 20
 _CHUNKS_PER_WORKER = 64
 #: Chunks are no smaller than this, whatever the number of workers.
 _MIN_CHUNK_BYTES = 64 << 10
+#: Pairs a worker process diffs into one store before it hands that store over to be merged and
+#: goes on into a new one: the command's process merges them between its own chunks, so most of
+#: the merging is shared out with the diffing, and what is left at the end is a piece this size
+#: at most (a merge costs about 5 us a pair; each piece a commit and its own id caches).
+_PIECE_PAIRS = 8_192
 
 
 def _count(text: str) -> int:
@@ -223,32 +228,72 @@ def _unknown_name(args: argparse.Namespace, seen: set[str]) -> ConfigError | Non
     return None
 
 
-def emit(report: DiffReport, args: argparse.Namespace, proto: ProtoSchema | None = None) -> int:
+def emit(report: DiffReport, args: argparse.Namespace, proto: ProtoSchema | None = None, *, processes: int = 1) -> int:
     """Print the summary, write every requested report file (gRPC bodies decoded with ``proto``, the
-    diff's schema, when given); the verdict's exit code."""
-    from shadowtap.differ.reports import (
-        proto_schema,
-        render_terminal,
-        write_html,
-        write_json,
-        write_junit,
-        write_markdown,
-    )
+    diff's schema, when given); the verdict's exit code. With ``processes`` above one (and this
+    process free to fork, ``_start_method``), the files are written that many at a time: each
+    other one in a forked process that inherits ``report``."""
+    from shadowtap.differ.reports import render_terminal
 
     if not args.quiet:
         render_terminal(report, sys.stdout, color=False if args.no_color else None, full=args.full)
-    for path, write in (
-        (args.html, write_html),
-        (args.json, write_json),
-        (args.markdown, write_markdown),
-        (args.junit, write_junit),
-    ):
-        if path is not None:
-            with proto_schema(proto):
-                write(report, path)
+    files = [
+        (kind, path)
+        for kind, path in (("html", args.html), ("json", args.json), ("markdown", args.markdown), ("junit", args.junit))
+        if path is not None
+    ]
+    if processes > 1 and len(files) > 1 and _start_method() == "fork":
+        _write_forked(report, proto, files, processes)
+    else:
+        for kind, path in files:
+            _write_report_file(kind, path, report, proto)
     verdict = report.verdict
     print(f"verdict: exit {verdict.exit_code}: {verdict.reason}")
     return verdict.exit_code
+
+
+def _write_report_file(kind: str, path: Path, report: DiffReport, proto: ProtoSchema | None) -> None:
+    from shadowtap.differ.reports import proto_schema, write_html, write_json, write_junit, write_markdown
+
+    write = {"html": write_html, "json": write_json, "markdown": write_markdown, "junit": write_junit}[kind]
+    with proto_schema(proto):
+        write(report, path)
+
+
+#: The report (and schema) a forked report writer inherits from the command's process.
+_forked_report: tuple[DiffReport, ProtoSchema | None] | None = None
+
+
+def _share_report(report: DiffReport | None, proto: ProtoSchema | None) -> None:
+    global _forked_report
+    _forked_report = None if report is None else (report, proto)
+
+
+def _write_inherited(kind: str, path: Path) -> None:
+    """A forked report writer: one file of the report it inherited."""
+    assert _forked_report is not None
+    _write_report_file(kind, path, *_forked_report)
+
+
+def _write_forked(report: DiffReport, proto: ProtoSchema | None, files: list[tuple[str, Path]], processes: int) -> None:
+    """``files`` written by ``processes`` at once: the first here, the others each in a forked
+    process (a report is not pickled: the fork inherits it). A failure is raised here as it was
+    there, after every file was tried."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(
+        min(processes, len(files)) - 1,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_share_report,
+        initargs=(report, proto),
+    ) as pool:
+        futures = [pool.submit(_write_inherited, kind, path) for kind, path in files[1:]]
+        try:
+            _write_report_file(*files[0], report, proto)
+        finally:
+            for future in futures:
+                future.result()
 
 
 def _default_workers() -> int:
@@ -285,6 +330,9 @@ class _Job:
     #: with the last (``_claim_chunks``), so a process slowed by other work on the machine reads less.
     ranged: bool = False
     chunks: tuple[_Chunk, ...] = ()
+    #: A worker process (never the command's own) of a ranged run diffs this many pairs into one
+    #: store (``_piece``), then hands it over and goes on into the next; 0: one store.
+    piece_pairs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +349,14 @@ class _Done:
     stats: IngestStats
     notes: list[str]
     names: set[str]
+    #: The stores a worker process diffed into (``_piece``), each handed over when finished.
+    pieces: int = 0
+
+
+def _piece(db: str, index: int, *, done: bool = True) -> str:
+    """The path of a worker's ``index``-th store: while it is written, and once it is finished
+    (renamed: a finished store is there whole or not at all)."""
+    return f"{db}.{index}" if done else f"{db}.{index}.part"
 
 
 def _read_notes(readers: Iterable[TapeReader | None]) -> list[str]:
@@ -320,12 +376,15 @@ def _read_notes(readers: Iterable[TapeReader | None]) -> list[str]:
 #: The index of the next chunk to claim, shared by the processes of one run: a ``multiprocessing``
 #: value, handed to each worker process as it starts (the only way one crosses to a spawned process).
 _next_chunk: Any = None
+#: The run's config, when the worker process was forked from the command's (it needs no loading
+#: then; a spawned one loads it, protobuf schema and all, as a descriptor pool does not pickle).
+_forked_config: DifferConfig | None = None
 
 
-def _share_chunks(counter: Any) -> None:
-    """The worker processes' initializer: the run's chunk counter."""
-    global _next_chunk
-    _next_chunk = counter
+def _share_run(counter: Any, config: DifferConfig | None) -> None:
+    """The worker processes' initializer: the run's chunk counter, and its config when forked."""
+    global _next_chunk, _forked_config
+    _next_chunk, _forked_config = counter, config
 
 
 def _claim_chunks(job: _Job) -> Iterator[tuple[int, _Chunk]]:
@@ -340,9 +399,10 @@ def _claim_chunks(job: _Job) -> Iterator[tuple[int, _Chunk]]:
         yield index, job.chunks[index]
 
 
-def _ingest(session: DiffSession, job: _Job) -> _Done:
+def _ingest(session: DiffSession, job: _Job, between_chunks: Callable[[], None] | None = None) -> _Done:
     """Feed the tapes (this job's shard of them, or the chunks it claims) through ``session``; the
-    store is not finished."""
+    store is not finished. A ranged job calls ``between_chunks`` after each chunk, and hands over a
+    store every ``piece_pairs``."""
     from shadowtap.commands._progress import MIN_TOTAL_BYTES, ReadProgress
     from shadowtap.differ.pipeline import shard_of
     from shadowtap.recorder import TapeReader
@@ -353,6 +413,7 @@ def _ingest(session: DiffSession, job: _Job) -> _Done:
         # The bar counts the chunks before the one being read as done, whoever read them.
         sizes = [chunk.size_bytes for chunk in job.chunks if not chunk.noise]
         readers: list[TapeReader | None] = []
+        pieces, piece_from = 0, 0
         with ReadProgress("diff", sizes, enabled=job.progress, min_total_bytes=minimum) as progress:
             for index, chunk in _claim_chunks(job):
                 reader = TapeReader.of_ranges(chunk.ranges)
@@ -360,12 +421,18 @@ def _ingest(session: DiffSession, job: _Job) -> _Done:
                 if chunk.noise:
                     for exchange in reader:
                         session.add_noise(exchange, job.noise_name)
-                    continue
-                for exchange in progress.wrap(reader, functools.partial(int, index)):
-                    session.add(exchange)
-                    if job.collect_names:
-                        _names_on((exchange,), names)
-        return _Done(session.stats, _read_notes(readers), names)
+                else:
+                    for exchange in progress.wrap(reader, functools.partial(int, index)):
+                        session.add(exchange)
+                        if job.collect_names:
+                            _names_on((exchange,), names)
+                diffed = session.stats.exchanges + session.stats.noise_pairs
+                if job.piece_pairs and diffed - piece_from >= job.piece_pairs:
+                    _hand_over(session, job.db, pieces)
+                    pieces, piece_from = pieces + 1, diffed
+                if between_chunks is not None:
+                    between_chunks()
+        return _Done(session.stats, _read_notes(readers), names, pieces)
     shard, shards = job.shard, job.shards
 
     def in_shard(method: str, target: str) -> bool:
@@ -386,18 +453,34 @@ def _ingest(session: DiffSession, job: _Job) -> _Done:
     return _Done(session.stats, _read_notes((reader, noise_reader)), names)
 
 
+def _hand_over(session: DiffSession, db: str, index: int) -> None:
+    """Finish the ``index``-th store of a worker, go on into the next, and hand the finished one
+    over (renamed: the command's process merges it when it sees it)."""
+    from shadowtap.differ import DiffStore
+
+    finished = session.store
+    session.switch_store(DiffStore(_piece(db, index + 1, done=False), scratch=True))
+    finished.close()
+    os.rename(_piece(db, index, done=False), _piece(db, index))
+
+
 def _diff_shard(job: _Job) -> _Done:
-    """One worker process: its shard of the tapes into its own store, merged by the parent."""
+    """One worker process: its shard of the tapes into stores of its own (``_piece``), each merged
+    by the command's process once handed over."""
     from shadowtap.differ import DiffSession, DiffStore
 
-    store = DiffStore(job.db)
-    try:
+    config = _forked_config
+    if config is None:
         flags = argparse.Namespace(proto_descriptor=job.proto_descriptor, proto_reflection=job.proto_reflection)
-        session = DiffSession(store, with_proto_schema(load_config(job.config), flags), job.meta)
+        config = with_proto_schema(load_config(job.config), flags)
+    session = DiffSession(DiffStore(_piece(job.db, 0, done=False), scratch=True), config, job.meta)
+    try:
         done = _ingest(session, job)
         session.finish(relearn=False)
     finally:
-        store.close()
+        session.store.close()
+    os.rename(_piece(job.db, done.pieces, done=False), _piece(job.db, done.pieces))
+    done.pieces += 1
     return done
 
 
@@ -471,38 +554,70 @@ def _worker_jobs(job: _Job, tapes: TapeReader, noise: TapeReader | None, workers
         ]
     if chunks is not None:
         ranged = replace(job, ranged=True, chunks=tuple(chunks), shard=0, shards=1)
-        return [replace(ranged, db=dbs[i], progress=job.progress and i == 0) for i in range(workers)]
+        return [
+            replace(ranged, db=dbs[i], progress=job.progress and i == 0, piece_pairs=_PIECE_PAIRS if i else 0)
+            for i in range(workers)
+        ]
     return [replace(job, shard=i, shards=workers, db=dbs[i], progress=job.progress and i == 0) for i in range(workers)]
+
+
+def _start_method() -> str:
+    """``fork`` when this process runs no other thread (on Linux): the worker starts at once and
+    inherits what this one has imported and loaded; ``spawn`` otherwise (a thread holding a lock at
+    the fork would hold it forever in the child)."""
+    import multiprocessing
+    import threading
+
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        if "fork" in multiprocessing.get_all_start_methods():
+            return "fork"
+    return "spawn"
 
 
 def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: list[_Job]) -> _Done:
     """The first job in this process, straight into ``store``, each other in a process of its own
-    diffing into a store of its own; their stores merge into ``store``, then endpoints are learned
-    over every path. The merge is the one-process result: keys and difference sets are named by
-    their content, pairs merge by exchange id, and each sample is bottom-k by a hash of the exchange
-    id (the smallest k of a union are among the union of each part's smallest k)."""
+    diffing into stores of its own, which this process merges into ``store`` as they are handed
+    over (between its own chunks, then the last ones); then endpoints are learned over every path.
+    The merge is the one-process result: keys and difference sets are named by their content,
+    pairs merge by exchange id, and each sample is bottom-k by a hash of the exchange id (the
+    smallest k of a union are among the union of each part's smallest k)."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor
 
     from shadowtap.differ import DiffSession
-    from shadowtap.differ.pipeline import add_stats, apply_endpoints, distinct_routes, learn_endpoints
-    from shadowtap.differ.store import read_routes
+    from shadowtap.differ.pipeline import add_stats, relearn_endpoints
 
     global _next_chunk
     store.set_meta(meta)
-    # spawn, not fork: the parent may hold open files and threads a forked child must not inherit.
-    context = multiprocessing.get_context("spawn")
+    method = _start_method()
+    context = multiprocessing.get_context(method)
     counter = context.Value("q", 0)
     _next_chunk = counter
+    dbs = [part_job.db for part_job in jobs[1:]]
+    merged = [0] * len(dbs)  # per worker, the stores merged so far
+    duplicates = 0
+
+    def merge_handed_over() -> None:
+        nonlocal duplicates
+        for worker, db in enumerate(dbs):
+            while os.path.exists(piece := _piece(db, merged[worker])):
+                duplicates += store.merge_from(piece)
+                Path(piece).unlink()
+                merged[worker] += 1
+
     try:
         with ProcessPoolExecutor(
-            len(jobs) - 1, mp_context=context, initializer=_share_chunks, initargs=(counter,)
+            len(jobs) - 1,
+            mp_context=context,
+            initializer=_share_run,
+            initargs=(counter, config if method == "fork" else None),
         ) as pool:
             futures = [pool.submit(_diff_shard, part_job) for part_job in jobs[1:]]
             try:
-                # Meanwhile this process diffs its own share: no process to start, no store to merge.
+                # Meanwhile this process diffs its own share (no process to start for it, no store
+                # to merge), merging the workers' stores as they come.
                 session = DiffSession(store, config, meta)
-                total = _ingest(session, jobs[0])
+                total = _ingest(session, jobs[0], merge_handed_over)
                 session.finish(relearn=False)
                 parts = [future.result() for future in futures]
             except BaseException:
@@ -513,25 +628,19 @@ def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: li
                 raise
     finally:
         _next_chunk = None
-    dbs = [part_job.db for part_job in jobs[1:]]
-    # Endpoints are learned from every store's routes in a thread while the stores merge: the merge
-    # runs in SQLite with the GIL released, so the two share the cores the workers have left.
-    with ThreadPoolExecutor(1, thread_name_prefix="learn-endpoints") as learning:
-        learned = learning.submit(
-            learn_endpoints, lambda: distinct_routes(*(read_routes(path) for path in (store.path, *dbs))), config
-        )
-        for db, done in zip(dbs, parts, strict=True):
-            total.stats.duplicates += store.merge_from(db)
-            add_stats(total.stats, done.stats)
-            total.notes += done.notes
-            total.names |= done.names
-        templater = learned.result()
-    for db in dbs:
-        Path(db).unlink()
+    merge_handed_over()
+    if merged != [done.pieces for done in parts]:
+        raise RuntimeError(f"worker stores merged {merged}, handed over {[done.pieces for done in parts]}")
+    total.stats.duplicates += duplicates
+    total.pieces = sum(merged)
+    for done in parts:
+        add_stats(total.stats, done.stats)
+        total.notes += done.notes
+        total.names |= done.names
     # Whichever process read a damaged segment (with endpoint shards, each reads every segment), the
     # same notes once each, in the same order.
     total.notes = sorted(set(total.notes))
-    apply_endpoints(store, templater)
+    relearn_endpoints(store, config)
     store.commit()
     return total
 
@@ -608,4 +717,4 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.close()
         scratch.cleanup()
-    return emit(report, args, config.compare.proto)
+    return emit(report, args, config.compare.proto, processes=workers)
