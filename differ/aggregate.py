@@ -61,6 +61,9 @@ LEARNED_NOISE: Final = "learned-noise"
 #: API of thousands of templates makes a report of thousands of signatures, each still counted and
 #: ranked, but only the most important ones illustrated.
 EXAMPLES_PER_REPORT: Final = 1_000
+#: Groups of pairs (``DiffStore.pair_groups``) the report's first pass keeps for its second: a few
+#: MiB at most; a store with more distinct kinds of pair is grouped twice.
+_KEPT_GROUPS_MAX: Final = 50_000
 
 
 def is_learned_noise(candidate_rate: float, noise_rate: float | None, thresholds: NoiseThresholds) -> bool:
@@ -168,7 +171,14 @@ def build_report(
             info = key_info[key_id] = store.diff_key(key_id)
         return info
 
+    # Pass 2 reads the same groups again: kept from pass 1 while they are few (SQLite's grouping is
+    # most of a report's cost), else grouped again.
+    kept_groups: list[PairGroup] | None = []
     for group in store.pair_groups(since_ns, until_ns, endpoint):
+        if kept_groups is not None:
+            kept_groups.append(group)
+            if len(kept_groups) > _KEPT_GROUPS_MAX:
+                kept_groups = None
         ep, n = group.endpoint, group.count
         c = counts.get(ep)
         if c is None:
@@ -240,7 +250,8 @@ def build_report(
     differing_by_endpoint: dict[str, int] = defaultdict(int)
     field_live: dict[tuple[str, str], int] = defaultdict(int)
     field_suppressed: dict[tuple[str, str], int] = defaultdict(int)
-    for group in store.pair_groups(since_ns, until_ns, endpoint):
+    groups = kept_groups if kept_groups is not None else store.pair_groups(since_ns, until_ns, endpoint)
+    for group in groups:
         if group.diff_set == EMPTY_SET or group.endpoint not in counts:
             continue
         ep, n = group.endpoint, group.count

@@ -57,6 +57,8 @@ __all__ = [
 EXAMPLE_BODY_LIMIT_BYTES: Final = 1 << 20
 #: Routes re-templated per batch when endpoints are learned at the end.
 _RELEARN_BATCH_ROUTES: Final = 10_000
+#: Routes the endpoint learning holds between its two passes (about 15 MiB); more are read twice.
+_LEARN_HELD_ROUTES: Final = 100_000
 #: Pairs per SQLite transaction: large enough to amortise the commit, small enough to lose little on a kill.
 _COMMIT_EVERY_PAIRS: Final = 5_000
 #: Secrets never reach the results database, whatever the tape held: the tape's own list of
@@ -350,7 +352,8 @@ def relearn_endpoints(store: DiffStore, config: DifferConfig) -> None:
     """Re-template every stored path with everything now known (and the config's current routes).
 
     Streams the routes table three times (two learning passes, see ``EndpointTemplater.learn``,
-    then templating in batches) rather than holding every distinct path in memory. Each distinct
+    then templating in batches) rather than holding every distinct path in memory (up to
+    ``_LEARN_HELD_ROUTES`` of them, the second pass reads the first's from memory). Each distinct
     path counts once: replayed in path order with their pair counts, a few slugs of a long tail
     (``/page/blue-maple-north`` seen three times) were kept apart from ``/page/{id}``.
     """
@@ -360,12 +363,20 @@ def relearn_endpoints(store: DiffStore, config: DifferConfig) -> None:
 
 def learn_endpoints(routes: Callable[[], Iterable[tuple[str, str]]], config: DifferConfig) -> EndpointTemplater:
     """The templater that ``relearn_endpoints`` applies, learned from ``routes()``: every distinct
-    (method, path) once, in (method, path) order, read twice. Apart from ``apply_endpoints`` so that
-    the routes may come from several stores (``distinct_routes``) while they are being merged."""
+    (method, path) once, in (method, path) order, observed twice (``routes()`` called twice when it
+    gives more than ``_LEARN_HELD_ROUTES``). Apart from ``apply_endpoints`` so that the routes may
+    come from several stores (``distinct_routes``)."""
     templater = EndpointTemplater(config.routes, max_literal_children=config.max_literal_children)
-    for _ in range(2):
-        for method, path in routes():
-            templater.observe(method, path)
+    # The second pass reads the first's routes from memory when they are few enough.
+    held: list[tuple[str, str]] | None = []
+    for method, path in routes():
+        templater.observe(method, path)
+        if held is not None:
+            held.append((method, path))
+            if len(held) > _LEARN_HELD_ROUTES:
+                held = None
+    for method, path in routes() if held is None else held:
+        templater.observe(method, path)
     return templater
 
 

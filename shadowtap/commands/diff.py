@@ -574,8 +574,11 @@ def _start_method() -> str:
     return "spawn"
 
 
-def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: list[_Job]) -> _Done:
-    """The first job in this process, straight into ``store``, each other in a process of its own
+def _run_workers(
+    open_store: Callable[[], DiffStore], config: DifferConfig, meta: RunMeta, jobs: list[_Job]
+) -> tuple[DiffStore, _Done]:
+    """The first job in this process, straight into the run's store (``open_store()``, opened once
+    the other processes are started: its creation waits on the disk), each other in a process of its own
     diffing into stores of its own, which this process merges into ``store`` as they are handed
     over (between its own chunks, then the last ones); then endpoints are learned over every path.
     The merge is the one-process result: keys and difference sets are named by their content,
@@ -588,7 +591,6 @@ def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: li
     from shadowtap.differ.pipeline import add_stats, relearn_endpoints
 
     global _next_chunk
-    store.set_meta(meta)
     method = _start_method()
     context = multiprocessing.get_context(method)
     counter = context.Value("q", 0)
@@ -596,9 +598,11 @@ def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: li
     dbs = [part_job.db for part_job in jobs[1:]]
     merged = [0] * len(dbs)  # per worker, the stores merged so far
     duplicates = 0
+    store: DiffStore | None = None
 
     def merge_handed_over() -> None:
         nonlocal duplicates
+        assert store is not None
         for worker, db in enumerate(dbs):
             while os.path.exists(piece := _piece(db, merged[worker])):
                 duplicates += store.merge_from(piece)
@@ -616,6 +620,8 @@ def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: li
             try:
                 # Meanwhile this process diffs its own share (no process to start for it, no store
                 # to merge), merging the workers' stores as they come.
+                store = open_store()
+                store.set_meta(meta)
                 session = DiffSession(store, config, meta)
                 total = _ingest(session, jobs[0], merge_handed_over)
                 session.finish(relearn=False)
@@ -625,12 +631,21 @@ def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: li
                     counter.value = len(jobs[0].chunks)
                 for future in futures:
                     future.cancel()
+                if store is not None:
+                    store.close()
                 raise
     finally:
         _next_chunk = None
-    merge_handed_over()
-    if merged != [done.pieces for done in parts]:
-        raise RuntimeError(f"worker stores merged {merged}, handed over {[done.pieces for done in parts]}")
+    assert store is not None
+    try:
+        merge_handed_over()
+        if merged != [done.pieces for done in parts]:
+            raise RuntimeError(f"worker stores merged {merged}, handed over {[done.pieces for done in parts]}")
+        relearn_endpoints(store, config)
+        store.commit()
+    except BaseException:
+        store.close()
+        raise
     total.stats.duplicates += duplicates
     total.pieces = sum(merged)
     for done in parts:
@@ -640,9 +655,7 @@ def _run_workers(store: DiffStore, config: DifferConfig, meta: RunMeta, jobs: li
     # Whichever process read a damaged segment (with endpoint shards, each reads every segment), the
     # same notes once each, in the same order.
     total.notes = sorted(set(total.notes))
-    relearn_endpoints(store, config)
-    store.commit()
-    return total
+    return store, total
 
 
 def run(args: argparse.Namespace) -> int:
@@ -689,13 +702,15 @@ def run(args: argparse.Namespace) -> int:
     # Without --db the store is a temporary file, not memory: its pages stay on disk, so memory
     # does not grow with the tape. Workers' stores live there too until merged.
     scratch = tempfile.TemporaryDirectory(prefix="shadowtap-diff-")
-    store = DiffStore(args.db if args.db is not None else Path(scratch.name) / "diff.sqlite")
+    db = args.db if args.db is not None else Path(scratch.name) / "diff.sqlite"
+    store: DiffStore | None = None
     try:
         if workers > 1:
             noise_reader = TapeReader(args.noise_tape, salvage=args.salvage) if args.noise_tape else None
             jobs = _worker_jobs(job, reader, noise_reader, workers, scratch.name)
-            done = _run_workers(store, config, meta, jobs)
+            store, done = _run_workers(functools.partial(DiffStore, db), config, meta, jobs)
         else:
+            store = DiffStore(db)
             session = DiffSession(store, config, meta)
             done = _ingest(session, job)
             session.finish()
@@ -715,6 +730,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {stats.duplicates} exchanges were already in {args.db}; counted once", file=sys.stderr)
         report = build_report(store, config, fail_on=args.fail_on, min_samples=args.min_samples)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
         scratch.cleanup()
     return emit(report, args, config.compare.proto, processes=workers)

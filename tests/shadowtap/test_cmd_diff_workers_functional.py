@@ -102,9 +102,9 @@ def test_spawned_workers_hand_their_stores_over_in_pieces(
     run_workers = diff_command._run_workers
 
     def counting(*args: Any) -> Any:
-        done = run_workers(*args)
+        store, done = run_workers(*args)
         merged.append(done.pieces)
-        return done
+        return store, done
 
     monkeypatch.setattr(diff_command, "_run_workers", counting)
     assert main(arguments(tape, tmp_path, 2)) == 1
@@ -127,9 +127,9 @@ def test_forked_workers_hand_their_stores_over_and_forked_writers_write_the_file
         assert command._start_method() == "fork"
         run_workers = command._run_workers
         def counting(*args):
-            done = run_workers(*args)
+            store, done = run_workers(*args)
             print("pieces", done.pieces, file=sys.stderr)
-            return done
+            return store, done
         command._run_workers = counting
         sys.exit(main(sys.argv[1:]))
     """)
