@@ -43,18 +43,26 @@ import math
 import time
 from typing import Final, cast
 
-import h2.config
-import h2.events
-import h2.exceptions
-import h2.settings
-
 from shadowtap.proxy.context import Context
 from shadowtap.proxy.stages import ProxiedExchange, call_stage
 from shadowtap.recorder.model import Failure, FailureKind, Response, StreamMessage, new_timing
-from shadowtap.wire import hpack, http1
+from shadowtap.wire import http1
 from shadowtap.wire.client import Http1Connection
 from shadowtap.wire.grpc import GrpcFramingError, MessageSplitter
-from shadowtap.wire.h2 import Connection, H2Pool, H2Stream, Header, error_name
+from shadowtap.wire.h2 import H2Pool, H2Stream, Header, error_name
+from shadowtap.wire.h2conn import (
+    ConnectionTerminated,
+    DataReceived,
+    H2Connection,
+    ProtocolError,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TooManyStreamsError,
+    TrailersReceived,
+    WindowUpdated,
+)
 from shadowtap.wire.h2fields import request_problem, trailers_problem
 
 __all__ = ["PREFACE", "H2Session", "h2c_replay", "start_session", "upstream_pool", "wants_h2"]
@@ -175,17 +183,15 @@ class H2Session(asyncio.Protocol):
         self.client_ip = client_ip
         self.conn_id = conn_id
         self.scheme = b"https" if transport.get_extra_info("ssl_object") is not None else b"http"
-        # What the client sends is validated here (``h2fields``: one compiled pass instead of h2's
-        # generator per rule); what we send was validated on its way in (or is ours).
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            validate_inbound_headers=False,
+        # What the client sends is validated here (``h2fields``: one compiled pass); what we send was
+        # validated on its way in (or is ours). The advertised header list limit holds from the first
+        # HEADERS frame on.
+        self.h2 = H2Connection(
+            False,
+            max_concurrent_streams=MAX_CONCURRENT_STREAMS,
+            initial_window_size=CLIENT_STREAM_WINDOW,
+            max_header_list_size=ctx.settings.max_header_bytes,
         )
-        self.h2 = Connection(config=config)
-        hpack.install(self.h2)
         self.streams: dict[int, _H2Forward] = {}
         #: Streams whose response bytes wait for the client's window or for the socket to drain.
         self.blocked: set[_H2Forward] = set()
@@ -205,19 +211,7 @@ class H2Session(asyncio.Protocol):
         ctx = self.ctx
         ctx.h2_sessions.add(self)
         ctx.stats.h2_connections += 1
-        h2conn = self.h2
-        h2conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: CLIENT_STREAM_WINDOW,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: ctx.settings.max_header_bytes,
-            },
-        )
-        # h2 applies the advertised header list limit to its HPACK decoder only once the client
-        # acknowledges our SETTINGS: apply it from the first HEADERS frame on.
-        h2conn.decoder.max_header_list_size = ctx.settings.max_header_bytes
-        h2conn.initiate_connection()
+        self.h2.initiate_connection()
         self._write()
         if ctx.closing:
             self.go_away()
@@ -231,18 +225,17 @@ class H2Session(asyncio.Protocol):
             return
         try:
             events = self.h2.receive_data(data)
-        except h2.exceptions.TooManyStreamsError as exc:
+        except TooManyStreamsError as exc:
             self._protocol_error("too many concurrent streams", str(exc), _ENHANCE_YOUR_CALM)
             return
-        except h2.exceptions.ProtocolError as exc:
+        except ProtocolError as exc:
             cause = "continuation flood" if "continuation" in str(exc).lower() else "protocol error"
             self._protocol_error(cause, str(exc), _PROTOCOL_ERROR)
             return
         self._preface_deadline = math.inf
         now = self.ctx.now
         for event in events:
-            kind = type(event)
-            if kind is h2.events.DataReceived:
+            if isinstance(event, DataReceived):
                 forward = self.streams.get(event.stream_id)
                 padding = event.flow_controlled_length - len(event.data)
                 if forward is None or padding:
@@ -251,20 +244,20 @@ class H2Session(asyncio.Protocol):
                 if forward is not None:
                     forward.last_read = now
                     if forward.length >= 0:
-                        self._counted_body(forward, event.data, event.stream_ended is not None)
+                        self._counted_body(forward, event.data, event.stream_ended)
                     else:
                         forward.client_body(event.data)
-            elif kind is h2.events.RequestReceived:
+            elif isinstance(event, RequestReceived):
                 problem = request_problem(event.headers)
                 if problem:
                     self._malformed(event.stream_id, problem)
                 else:
-                    self._request(event.stream_id, event.headers, event.stream_ended is not None)
-            elif kind is h2.events.StreamEnded:
+                    self._request(event.stream_id, event.headers, event.stream_ended)
+            elif isinstance(event, StreamEnded):
                 forward = self.streams.get(event.stream_id)
                 if forward is not None and not forward.body_done:
                     self._body_done(forward, None)
-            elif kind is h2.events.TrailersReceived:
+            elif isinstance(event, TrailersReceived):
                 forward = self.streams.get(event.stream_id)
                 problem = trailers_problem(event.headers)
                 if problem:
@@ -273,16 +266,16 @@ class H2Session(asyncio.Protocol):
                         forward.client_reset(_PROTOCOL_ERROR)
                 elif forward is not None:
                     self._body_done(forward, list(event.headers))
-            elif kind is h2.events.WindowUpdated or kind is h2.events.RemoteSettingsChanged:
+            elif isinstance(event, (WindowUpdated, RemoteSettingsChanged)):
                 self.flush_blocked()
-            elif kind is h2.events.StreamReset:
+            elif isinstance(event, StreamReset):
                 forward = self.streams.get(event.stream_id)
                 if forward is not None:
                     forward.client_reset(int(event.error_code))
-            elif kind is h2.events.ConnectionTerminated:
+            elif isinstance(event, ConnectionTerminated):
                 self._going_away = True
                 for forward in list(self.streams.values()):
-                    if forward.stream_id > (event.last_stream_id or 0):
+                    if forward.stream_id > event.last_stream_id:
                         forward.client_reset(_CANCEL)
                 if not self.streams:
                     self.close()
@@ -356,7 +349,7 @@ class H2Session(asyncio.Protocol):
     def reset_client(self, stream_id: int, code: int) -> None:
         if self.closed:
             return
-        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        with contextlib.suppress(ProtocolError):
             self.h2.reset_stream(stream_id, error_code=code)
         self._write()
 
@@ -365,7 +358,7 @@ class H2Session(asyncio.Protocol):
         if self.closed or self._going_away:
             return
         self._going_away = True
-        with contextlib.suppress(h2.exceptions.ProtocolError):
+        with contextlib.suppress(ProtocolError):
             self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
         self._write()
         if not self.streams:
@@ -382,7 +375,7 @@ class H2Session(asyncio.Protocol):
 
     def _protocol_error(self, cause: str, detail: str, code: int) -> None:
         _count(self.ctx, cause, f"{self.client_addr}: {detail}")
-        with contextlib.suppress(h2.exceptions.ProtocolError):
+        with contextlib.suppress(ProtocolError):
             self.h2.close_connection(error_code=code, additional_data=cause.encode("ascii"))
         self._write()
         self.closed = True
@@ -394,7 +387,7 @@ class H2Session(asyncio.Protocol):
         """A malformed request or trailers: a stream error of type PROTOCOL_ERROR (RFC 9113 8.1.1),
         counted; the connection and its other streams go on."""
         _count(self.ctx, "malformed request", f"{self.client_addr}: {problem}")
-        with contextlib.suppress(h2.exceptions.ProtocolError):
+        with contextlib.suppress(ProtocolError):
             self.h2.reset_stream(stream_id, error_code=_PROTOCOL_ERROR)
 
     def _counted_body(self, forward: _H2Forward, data: bytes, ended: bool) -> None:
@@ -479,7 +472,7 @@ class H2Session(asyncio.Protocol):
 
     def _local_response(self, stream_id: int, status: int, message: str) -> None:
         body = (message + "\n").encode("utf-8", "replace")
-        with contextlib.suppress(h2.exceptions.ProtocolError):
+        with contextlib.suppress(ProtocolError):
             self.h2.send_headers(
                 stream_id,
                 [(b":status", b"%d" % status), (b"content-type", b"text/plain; charset=utf-8"),
@@ -864,7 +857,7 @@ class _H2Forward:
         self.head_sent = True
         try:
             session.h2.send_headers(self.stream_id, out, end_stream=ended)
-        except h2.exceptions.ProtocolError as exc:
+        except ProtocolError as exc:
             self._count_and_reset("bad response head", str(exc))
             return
         if ended:
@@ -981,7 +974,7 @@ class _H2Forward:
                 else:
                     h2conn.end_stream(stream_id)
                 ended = True
-        except h2.exceptions.ProtocolError:
+        except ProtocolError:
             # The client closed the stream, or its connection (a GOAWAY closes h2's side at once).
             self._abandon("client closed the stream")
             return
@@ -1072,11 +1065,11 @@ class _H2Forward:
                 status = 504 if timeout else 502
                 session._local_response(self.stream_id, status, f"shadowtap: {message}")
                 self.status = status
-        except h2.exceptions.ProtocolError:
+        except ProtocolError:
             pass
         if not self.body_done:
             # The request is answered: the client need not send the rest (RFC 9113 8.1).
-            with contextlib.suppress(h2.exceptions.ProtocolError):
+            with contextlib.suppress(ProtocolError):
                 session.h2.reset_stream(self.stream_id, error_code=0)
         self._finish(failed=True)
         session.write_soon()

@@ -55,6 +55,7 @@ COMPILED_MODULES: Final = (
     "shadowtap.wire.client",
     "shadowtap.wire.hpack",
     "shadowtap.wire.h2fields",
+    "shadowtap.wire.h2conn",
     "shadowtap.proxy.context",
     "shadowtap.proxy.server",
     "shadowtap.proxy.stages",
