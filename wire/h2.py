@@ -1,5 +1,6 @@
-"""The HTTP/2 client: an asyncio Protocol around ``h2``'s sans-IO state machine, and a small pool of
-connections that multiplex many streams. The proxy (primary) uses it; the replayer may.
+"""The HTTP/2 client: an asyncio Protocol around the sans-IO connection of ``shadowtap.wire.h2conn``
+(client role), and a small pool of connections that multiplex many streams. The proxy (primary and
+shadows) and the replayer use it.
 
 The interface is the HTTP/1 client's shape (``shadowtap.wire.client``), stream by stream: open a
 request (``H2Pool.open`` sends its head), send body pieces and the end (``H2Stream.send_data``,
@@ -19,8 +20,8 @@ send them again); the others run to their end. h2c is spoken by prior knowledge;
 asks for ``h2`` by ALPN and refuses a peer that does not agree.
 
 A malformed response is an error of its stream only (RFC 9113 8.1.1): fields HTTP/2 forbids, a bad
-:status, a content-length that is no number or disagrees with the DATA (checked here, not by h2, which
-would end the whole connection) reset that stream with PROTOCOL_ERROR and its sink hears a bad
+:status, a content-length that is no number or disagrees with the DATA (checked here: the connection
+leaves content-length to its users) reset that stream with PROTOCOL_ERROR and its sink hears a bad
 response; not one byte past an announced length reaches the sink, and a body after HEAD, 204 or 304
 is dropped. A connection that fails is shut before its sinks hear of it, so a stream one of them
 opens from ``on_reset`` goes elsewhere.
@@ -37,22 +38,28 @@ import logging
 import ssl
 from typing import Any, Final, Protocol, cast
 
-import h2.config
-import h2.connection
 import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-import h2.stream
 
-from shadowtap.wire import hpack
+from shadowtap.wire.h2conn import (
+    ConnectionTerminated,
+    DataReceived,
+    H2Connection,
+    InformationalResponseReceived,
+    ProtocolError,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    StreamClosedError,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
 
 __all__ = [
     "BAD_RESPONSE",
     "CONNECT_ERROR",
     "HEADERS_TOO_LARGE",
     "RESET",
-    "Connection",
     "H2ClientConnection",
     "H2Pool",
     "H2Stream",
@@ -93,8 +100,8 @@ _NO_CONTENT: Final = -2
 
 def _malformed(fields: list[Header]) -> str:
     """Why response fields are malformed for HTTP/2 (RFC 9113 8.2: lowercase names, nothing
-    connection-specific, no CR, LF or NUL in values), or "" when they are fine. Cheaper than h2's own
-    validation, which this client turns off."""
+    connection-specific, no CR, LF or NUL in values), or "" when they are fine (the connection
+    validates no fields)."""
     for name, value in fields:
         if name != name.lower() or name in _CONNECTION_SPECIFIC:
             return f"field {name!r}"
@@ -109,70 +116,6 @@ def error_name(code: int) -> str:
         return str(h2.errors.ErrorCodes(code).name)
     except ValueError:
         return f"0x{code:x}"
-
-
-#: Streams h2 may hold (open, or closed and not yet forgotten) before an open-stream count walks
-#: them all to forget the closed ones (``Connection``).
-_SWEEP_STREAMS: Final = 256
-
-
-class _LengthUnchecked(h2.stream.H2Stream):  # type: ignore[misc]  # h2 is read as Any
-    """An ``h2`` stream that leaves content-length to its user (every stream of a ``Connection``): h2
-    raises on a length that disagrees with the DATA (or is no number) from inside ``receive_data``,
-    after which its connection state is closed (GOAWAY queued, the events of that read lost): every
-    stream on the connection would fail, where RFC 9113 8.1.1 makes it an error of that stream only."""
-
-    def _initialize_content_length(self, headers: Any) -> None:
-        return None
-
-    def _track_content_length(self, length: int, end_stream: bool) -> None:
-        return None
-
-
-class Connection(h2.connection.H2Connection):  # type: ignore[misc]  # h2 is read as Any
-    """``h2``'s connection, checking the open-stream limit cheaply. h2 counts open streams by walking
-    every stream it holds (and forgetting the closed ones) each time a stream opens: on a connection
-    multiplexing a hundred streams that walk was a tenth of a stream's CPU. While h2 checks a new
-    stream against the limit (in ``send_headers`` and ``receive_data``) and fewer streams are held
-    than that limit, their number is an upper bound that passes the same check; at the limit (or
-    past ``_SWEEP_STREAMS`` held) h2's own walk counts exactly and forgets the closed ones. Read
-    from outside, the counts are h2's exact ones. Its streams leave content-length unchecked
-    (``_LengthUnchecked``): whoever reads a stream's DATA checks it and fails that stream alone."""
-
-    _checking = False
-
-    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
-        stream = super()._begin_new_stream(stream_id, allowed_ids)
-        stream.__class__ = _LengthUnchecked
-        return stream
-
-    def send_headers(self, *args: Any, **kwargs: Any) -> None:
-        self._checking = True
-        try:
-            super().send_headers(*args, **kwargs)
-        finally:
-            self._checking = False
-
-    def receive_data(self, data: bytes) -> list[Any]:
-        self._checking = True
-        try:
-            return cast(list[Any], super().receive_data(data))
-        finally:
-            self._checking = False
-
-    @property
-    def open_outbound_streams(self) -> int:
-        held = len(self.streams)
-        if self._checking and held < min(int(self.remote_settings.max_concurrent_streams), _SWEEP_STREAMS):
-            return held
-        return int(self._open_streams(int(self.config.client_side)))
-
-    @property
-    def open_inbound_streams(self) -> int:
-        held = len(self.streams)
-        if self._checking and held < min(int(self.local_settings.max_concurrent_streams), _SWEEP_STREAMS):
-            return held
-        return int(self._open_streams(int(not self.config.client_side)))
 
 
 class StreamSink(Protocol):
@@ -252,7 +195,7 @@ class H2Stream:
         self.closed = True
         self._conn.reset_stream(self, code)
 
-    def _drain(self, h2conn: Any) -> int:
+    def _drain(self, h2conn: H2Connection) -> int:
         """Send what the windows allow; returns the body bytes sent."""
         sent = 0
         outbox = self._outbox
@@ -289,19 +232,11 @@ class H2ClientConnection(asyncio.Protocol):
 
     def __init__(self, pool: H2Pool) -> None:
         self._pool = pool
-        # Outbound fields are the caller's (the proxy passes on fields h2 validated on their way in),
-        # and the server's answers are checked here (``_malformed``): h2's own checks cost as much as
-        # the rest of a stream's work.
-        config = h2.config.H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
+        # Outbound fields are the caller's (the proxy passes on fields validated on their way in), and
+        # the server's answers are checked here (``_malformed``), content-length included.
+        self._h2 = H2Connection(
+            True, initial_window_size=STREAM_WINDOW_BYTES, max_header_list_size=MAX_HEADER_LIST_BYTES
         )
-        self._h2 = Connection(config=config)
-        hpack.install(self._h2)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
@@ -327,8 +262,7 @@ class H2ClientConnection(asyncio.Protocol):
         if self.closed or self.going_away:
             return 0
         h2conn = self._h2
-        limit = min(self._pool.max_streams_per_connection, int(h2conn.remote_settings.max_concurrent_streams))
-        # Our own count: h2's open_outbound_streams walks every stream it knows on each call.
+        limit = min(self._pool.max_streams_per_connection, h2conn.remote_max_concurrent_streams)
         return limit - len(self.streams)
 
     def open_stream(self, headers: list[Header], sink: StreamSink, end_stream: bool) -> H2Stream:
@@ -371,7 +305,7 @@ class H2ClientConnection(asyncio.Protocol):
             return
         try:
             sent = stream._drain(self._h2)
-        except h2.exceptions.StreamClosedError:
+        except StreamClosedError:
             return
         self._write_soon()
         if stream._outbox or stream._end_pending:
@@ -384,7 +318,7 @@ class H2ClientConnection(asyncio.Protocol):
     def acknowledge(self, stream_id: int, size: int) -> None:
         if self.closed:
             return
-        # A stream that has ended still credits the connection's window (h2 does so for closed ones).
+        # A stream that has ended still credits the connection's window.
         self._h2.acknowledge_received_data(size, stream_id)
         self._write_soon()
 
@@ -392,7 +326,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.streams.pop(stream.stream_id, None)
         self._blocked.discard(stream)
         if not self.closed:
-            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            with contextlib.suppress(ProtocolError):
                 self._h2.reset_stream(stream.stream_id, error_code=code)
             self._write()
         self._pool.stream_closed(self)
@@ -405,7 +339,7 @@ class H2ClientConnection(asyncio.Protocol):
         try:
             self._h2.close_connection()
             self._write_now()
-        except h2.exceptions.ProtocolError:
+        except ProtocolError:
             pass
         if self.transport is not None:
             self.transport.close()
@@ -420,14 +354,6 @@ class H2ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         h2conn = self._h2
-        h2conn.local_settings = h2.settings.Settings(
-            client=True,
-            initial_values={
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW_BYTES,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_BYTES,
-            },
-        )
         h2conn.initiate_connection()
         h2conn.increment_flow_control_window(CONNECTION_WINDOW_BYTES - 65535)
         self._write_now()
@@ -436,11 +362,11 @@ class H2ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+        except ProtocolError as exc:
             # Shut before the sinks hear: one that opens its next stream from ``on_reset`` (a
             # pipelined request) must be given another connection, not this one.
             self.closed = True
-            self._write_now()  # h2's GOAWAY
+            self._write_now()  # the connection's GOAWAY
             self._pool.untrack(self)
             self._fail_all(BAD_RESPONSE, f"{self._pool.peer} broke the HTTP/2 protocol: {exc}", refused=False)
             self.abort()
@@ -490,7 +416,7 @@ class H2ClientConnection(asyncio.Protocol):
 
     def _handle(self, event: Any) -> None:
         kind = type(event)
-        if kind is h2.events.DataReceived:
+        if kind is DataReceived:
             stream = self.streams.get(event.stream_id)
             if stream is None:
                 self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -514,7 +440,7 @@ class H2ClientConnection(asyncio.Protocol):
             if event.data:
                 stream.sink.on_data(event.data)
             return
-        if kind is h2.events.ResponseReceived:
+        if kind is ResponseReceived:
             stream = self.streams.get(event.stream_id)
             if stream is None:
                 return
@@ -536,7 +462,7 @@ class H2ClientConnection(asyncio.Protocol):
             if not 200 <= status < 600 or problem:
                 self._malformed_response(stream, problem or f"status {status!r}")
                 return
-            ended = event.stream_ended is not None
+            ended = bool(event.stream_ended)
             if stream.head_request or status == 204 or status == 304:
                 stream.length = _NO_CONTENT  # whatever its content-length says
             elif declared:
@@ -546,7 +472,7 @@ class H2ClientConnection(asyncio.Protocol):
                     return
             stream.sink.on_head(status, headers, ended)
             return
-        if kind is h2.events.StreamEnded:
+        if kind is StreamEnded:
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 if stream.length >= 0 and stream.received != stream.length:
@@ -562,7 +488,7 @@ class H2ClientConnection(asyncio.Protocol):
                 stream.sink.on_end()
                 self._pool.stream_closed(self)
             return
-        if kind is h2.events.TrailersReceived:
+        if kind is TrailersReceived:
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 trailers = [(n, v) for n, v in event.headers if n[:1] != b":"]
@@ -572,31 +498,34 @@ class H2ClientConnection(asyncio.Protocol):
                     return
                 stream.sink.on_trailers(trailers)
             return
-        if kind is h2.events.WindowUpdated or kind is h2.events.RemoteSettingsChanged:
-            if kind is h2.events.RemoteSettingsChanged:
-                limit = self._h2.remote_settings.max_header_list_size
-                self.max_header_list = -1 if limit is None else int(limit)
-            if kind is h2.events.RemoteSettingsChanged and not self.settled:
+        if kind is WindowUpdated or kind is RemoteSettingsChanged:
+            if kind is RemoteSettingsChanged:
+                self.max_header_list = self._h2.remote_max_header_list_size
+            if kind is RemoteSettingsChanged and not self.settled:
                 self.settled = True
                 if not self.ready.done():
                     self.ready.set_result(None)
                 self._pool.stream_closed(self)  # room may have appeared: wake waiters
             self._flush_blocked()
             return
-        if kind is h2.events.StreamReset:
+        if kind is StreamReset:
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
                 stream.closed = True
                 self._blocked.discard(stream)
                 code = int(event.error_code)
-                stream.sink.on_reset(
-                    RESET, f"{self._pool.peer} reset the stream ({error_name(code)})", code == _REFUSED_STREAM
-                )
+                if event.remote_reset:
+                    message = f"{self._pool.peer} reset the stream ({error_name(code)})"
+                    stream.sink.on_reset(RESET, message, code == _REFUSED_STREAM)
+                else:
+                    # A frame the stream's state forbids (RFC 9113 5.1): we reset it.
+                    message = f"{self._pool.peer} broke HTTP/2 on the stream ({error_name(code)})"
+                    stream.sink.on_reset(BAD_RESPONSE, message, False)
                 self._pool.stream_closed(self)
             return
-        if kind is h2.events.ConnectionTerminated:
+        if kind is ConnectionTerminated:
             self.going_away = True
-            last = event.last_stream_id if event.last_stream_id is not None else 0
+            last = int(event.last_stream_id)
             code = int(event.error_code)
             for stream_id in [sid for sid in self.streams if sid > last]:
                 stream = self.streams.pop(stream_id)
@@ -609,9 +538,9 @@ class H2ClientConnection(asyncio.Protocol):
             if not self.streams:
                 self.close()
             return
-        if kind is h2.events.InformationalResponseReceived:
+        if kind is InformationalResponseReceived:
             return  # 1xx: nothing a proxied HTTP/2 client needs (103 hints are not relayed)
-        # SettingsAcknowledged, PingReceived (h2 answers), PingAckReceived, PriorityUpdated: nothing to do.
+        # SettingsAcknowledged, PingReceived (answered already), PingAckReceived: nothing to do.
 
     def _end_early(self, stream: H2Stream) -> None:
         """The peer's response is complete before the whole request was sent (an early gRPC error, a
@@ -621,7 +550,7 @@ class H2ClientConnection(asyncio.Protocol):
         stream.outbox_bytes = 0
         stream._end_pending = False
         stream.ended_local = True
-        with contextlib.suppress(h2.exceptions.ProtocolError):
+        with contextlib.suppress(ProtocolError):
             self._h2.reset_stream(stream.stream_id, error_code=0)
 
     def _malformed_response(self, stream: H2Stream, problem: str) -> None:
@@ -629,7 +558,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.streams.pop(stream.stream_id, None)
         self._blocked.discard(stream)
         stream.closed = True
-        with contextlib.suppress(h2.exceptions.ProtocolError):
+        with contextlib.suppress(ProtocolError):
             self._h2.reset_stream(stream.stream_id, error_code=_PROTOCOL_ERROR)
         stream.sink.on_reset(BAD_RESPONSE, f"{self._pool.peer} sent a malformed response ({problem})", False)
         self._pool.stream_closed(self)
