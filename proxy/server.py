@@ -140,6 +140,90 @@ class _Refused(Exception):
         self.message = message
 
 
+class _H2Request:
+    """An HTTP/1.1 request's HTTP/2 header list for an HTTP/2 primary, settled while its head is read
+    (``_h2_request``), so a request HTTP/2 cannot carry is refused there, as the HTTP/1 path refuses a
+    malformed one: before any stage sees it."""
+
+    __slots__ = ("expect_continue", "head", "te_trailers")
+
+    def __init__(self, head: list[Header], expect_continue: bool, te_trailers: bool) -> None:
+        self.head = head
+        #: The client sent ``Expect: 100-continue`` (answered by the proxy when the request's turn comes).
+        self.expect_continue = expect_continue
+        #: The client offered ``TE: trailers``: the primary gets it, and the client the trailers.
+        self.te_trailers = te_trailers
+
+
+def _h2_request(
+    ctx: Context,
+    method: bytes,
+    target: bytes,
+    headers: list[Header],
+    uri_authority: bytes | None,
+    client_ip: bytes,
+    scheme: bytes,
+) -> _H2Request:
+    """The HTTP/2 request for an HTTP/1.1 client's request (see ``_H2Upstream``); raises ``_Refused``
+    (400, 431) for one HTTP/2 cannot carry. ``uri_authority`` is an absolute-form target's authority:
+    it names the host instead of Host (RFC 9112 3.2.2), for ``:authority`` and X-Forwarded-Host alike."""
+    settings_target = ctx.settings.target
+    source = tuple(headers)
+    if uri_authority is not None:
+        source = tuple((n, uri_authority) if n.lower() == b"host" else (n, v) for n, v in source)
+    fields, added, _ = ctx.rewriter.forwarding(source, client_ip, scheme)
+    client_host: bytes | None = uri_authority
+    kept: list[Header] = []
+    expect_continue = False
+    # Counted as HTTP/2 counts a header list: the four pseudo-header fields come to about 160.
+    list_bytes = 160 + len(target)
+    for name, value in end_to_end(fields):
+        lower = name.lower()
+        if lower == b"host":
+            if uri_authority is None:
+                client_host = value.strip(b" \t")
+        elif lower == b"expect":
+            # Answered here (as nginx does): the body is streamed as it comes, never held back.
+            expect_continue = value.strip().lower() == b"100-continue"
+        else:
+            # llhttp leaves trailing whitespace in a value; HTTP/2 forbids it (RFC 9113 8.2.1).
+            value = value.strip(b" \t")
+            kept.append((lower, value))
+            list_bytes += len(lower) + len(value) + 32
+    if list_bytes > _H2_MAX_HEADER_LIST_BYTES:
+        raise _Refused(431, "request header fields too large for the HTTP/2 primary")
+    if not client_host:
+        client_host = None  # none, or empty (RFC 9113 8.3.1: never an empty :authority)
+    elif client_host.translate(None, _AUTHORITY_CHARS):
+        what = "the Host header" if uri_authority is None else "the request target's authority"
+        raise _Refused(400, f"{what} is not a valid authority")
+    if target == b"*" and method != b"OPTIONS":
+        raise _Refused(400, "only OPTIONS may have the request target *")
+    te_trailers = False
+    for name, value in headers:
+        if name.lower() == b"te" and b"trailers" in [t.strip() for t in value.lower().split(b",")]:
+            te_trailers = True
+    path = target
+    fragment = path.find(b"#")
+    if fragment >= 0:
+        # Not part of a request target (RFC 9110 7.1), nor of :path (RFC 9113 8.3.1).
+        path = path[:fragment]
+    if path[:1] == b"/":
+        path = settings_target.path_prefix + path
+    head: list[Header] = [
+        (b":method", method),
+        (b":scheme", b"https" if settings_target.tls else b"http"),
+        (b":authority", ctx.rewriter.host_sent(client_host)),
+        (b":path", path),
+    ]
+    if te_trailers:
+        head.append((b"te", b"trailers"))
+    head += kept
+    for name, value in added:
+        head.append((name.lower(), value))
+    return _H2Request(head, expect_continue, te_trailers)
+
+
 class _Context(Context):
     """The shared state, with the HTTP/1 client connections (the HTTP/2 side never touches them)."""
 
@@ -200,6 +284,7 @@ class _Forward:
         "finished",
         "first_byte_deadline",
         "h2",
+        "h2_request",
         "headers",
         "http10",
         "keep_alive",
@@ -238,6 +323,8 @@ class _Forward:
         self.conn: Http1Connection | None = None
         #: The stream to an HTTP/2 primary carrying this request (``_H2Upstream``), else None.
         self.h2: _H2Upstream | None = None
+        #: Its HTTP/2 form, settled with its head when the primary speaks HTTP/2.
+        self.h2_request: _H2Request | None = None
         self.finished = False
         self.body_done = False
         self.failure: Failure | None = None
@@ -698,7 +785,9 @@ class _Forward:
             self.request_body = None
         self._finish(True)
 
-    def _finish(self, close_client: bool) -> None:
+    def _finish(self, close_client: bool, refused: bool = False) -> None:
+        """End the exchange. ``refused``: the proxy answered it (400, 431) before the primary saw it,
+        a client error and no outcome of the primary's: the observers do not count it."""
         if self.finished:
             return
         self.finished = True
@@ -707,6 +796,9 @@ class _Forward:
         ctx = self._ctx
         ctx.capture_held -= self._held
         self._held = 0
+        if refused:
+            self._finish_refused(close_client)
+            return
         head = self._resp_head
         sent_ns = self._sent_ns
         done_ns = None if sent_ns is None else time.monotonic_ns() - self._started_ns
@@ -746,6 +838,24 @@ class _Forward:
                 call_stage(ctx.stats.stage_errors, stage, stage.exchange_complete, ex)
         self._client.request_done(self, close_client)
 
+    def _finish_refused(self, close_client: bool) -> None:
+        ctx = self._ctx
+        ex = self.ex
+        if ex is not None and self.body_done and ctx.completion_stages:
+            # The stages saw the request whole (it may have been mirrored): the tape gets it, with
+            # the refusal as its primary outcome (a kind the differ counts as never sent).
+            ex.failure = self.failure
+            ex.request_body = self.request_body
+            ex.request_body_size = self.request_body_size
+            ex.timing = new_timing(None, None, time.monotonic_ns() - self._started_ns)
+            for stage in ctx.completion_stages:
+                call_stage(ctx.stats.stage_errors, stage, stage.exchange_complete, ex)
+        else:
+            # Not yet seen whole by any stage: as a request refused while its head was read, it
+            # never reaches one (never mirrored, never taped).
+            self.ex = None
+        self._client.request_done(self, close_client)
+
 
 class _H2Upstream:
     """An HTTP/1.1 client's request to an HTTP/2 primary (``h2c://``, or https with
@@ -754,17 +864,20 @@ class _H2Upstream:
 
     The request loses its hop-by-hop fields (``te: trailers`` stays when the client offered it, as
     HTTP/2 allows) and Expect (a ``100 Continue`` is sent from here), Host becomes ``:authority``
-    and the forwarding fields are the HTTP/1 path's. The
+    (an absolute-form target's authority instead, RFC 9112 3.2.2) and the forwarding fields are the
+    HTTP/1 path's. The
     response's trailers reach the client only when it sent ``TE: trailers`` and the body goes chunked
     (as the chunked trailer section); otherwise they are dropped on the wire (the tape keeps them).
     Request bytes waiting for the primary's window beyond ``max_buffered_body_bytes`` pause the
     client's reading; response bytes are acknowledged to the primary only once written to a client
     that is reading, so a slow client holds the primary back rather than a buffer here.
 
-    What is legal in HTTP/1.1 but malformed in HTTP/2 is settled here, before the primary sees it:
-    values lose the whitespace around them, an empty Host is as none (the primary's authority), a
-    Host that is not an authority or an asterisk target other than OPTIONS gets 400, a header list
-    beyond ``_H2_MAX_HEADER_LIST_BYTES`` 431 (the connection closes after either). An answer whose
+    What is legal in HTTP/1.1 but malformed in HTTP/2 is settled while the head is read
+    (``_h2_request``): values lose the whitespace around them, an empty Host is as none (the
+    primary's authority), a Host that is not an authority or an asterisk target other than OPTIONS
+    gets 400, a header list beyond ``_H2_MAX_HEADER_LIST_BYTES`` 431, refused as the HTTP/1 path
+    refuses a malformed head (no stage sees it). A head over the primary's own header list limit is
+    refused here with 431 (``_refuse``): a client error, never a failure of the primary's. An answer whose
     fields cannot be written as HTTP/1.1 is a 502 (the stream is reset); trailers lose the fields
     RFC 9110 forbids there; a close-delimited body (HTTP/1.0 client) cut by a reset ends with a TCP
     reset, so the cut cannot pass for the end.
@@ -792,11 +905,22 @@ class _H2Upstream:
 
     def start(self) -> None:
         forward = self._forward
-        try:
-            self._head = self._request_head()
-        except _Refused as refused:
-            self._refuse(refused.status, refused.message)
-            return
+        request = forward.h2_request
+        if request is None:
+            # Settled with the head whenever the primary speaks HTTP/2; kept for a request read
+            # before anything asked (it is refused here the same way, only later).
+            client = forward._client
+            try:
+                request = _h2_request(
+                    forward._ctx, forward.method, forward.target, forward.headers, None, client.client_ip, client.scheme
+                )
+            except _Refused as refused:
+                self._refuse(refused.status, refused.message)
+                return
+        self._head = request.head
+        self._te_trailers = request.te_trailers
+        if request.expect_continue and not forward.body_done and not forward.http10:
+            forward._client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._pending = forward._body_buffer
         self._pending_bytes = forward._body_buffered
         forward._body_buffer = []
@@ -806,71 +930,16 @@ class _H2Upstream:
             forward.first_byte_deadline = ctx.loop.time() + ctx.settings.first_byte_timeout_s
         self._open_stream()
 
-    def _request_head(self) -> list[Header]:
-        forward = self._forward
-        ctx = forward._ctx
-        client = forward._client
-        target = ctx.settings.target
-        fields, added, _ = ctx.rewriter.forwarding(tuple(forward.headers), client.client_ip, client.scheme)
-        client_host: bytes | None = None
-        kept: list[Header] = []
-        expect_continue = False
-        # Counted as HTTP/2 counts a header list: the four pseudo-header fields come to about 160.
-        list_bytes = 160 + len(forward.target)
-        for name, value in end_to_end(fields):
-            lower = name.lower()
-            if lower == b"host":
-                client_host = value.strip(b" \t")
-            elif lower == b"expect":
-                # Answered here (as nginx does): the body is streamed as it comes, never held back.
-                expect_continue = value.strip().lower() == b"100-continue"
-            else:
-                # llhttp leaves trailing whitespace in a value; HTTP/2 forbids it (RFC 9113 8.2.1).
-                value = value.strip(b" \t")
-                kept.append((lower, value))
-                list_bytes += len(lower) + len(value) + 32
-        if list_bytes > _H2_MAX_HEADER_LIST_BYTES:
-            raise _Refused(431, "request header fields too large for the HTTP/2 primary")
-        if not client_host:
-            client_host = None  # none, or empty (RFC 9113 8.3.1: never an empty :authority)
-        elif client_host.translate(None, _AUTHORITY_CHARS):
-            raise _Refused(400, "the Host header is not a valid authority")
-        if forward.target == b"*" and forward.method != b"OPTIONS":
-            raise _Refused(400, "only OPTIONS may have the request target *")
-        if expect_continue and not forward.body_done and not forward.http10:
-            forward._client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        for name, value in forward.headers:
-            if name.lower() == b"te" and b"trailers" in [t.strip() for t in value.lower().split(b",")]:
-                self._te_trailers = True
-        path = forward.target
-        fragment = path.find(b"#")
-        if fragment >= 0:
-            # Not part of a request target (RFC 9110 7.1), nor of :path (RFC 9113 8.3.1).
-            path = path[:fragment]
-        if path[:1] == b"/":
-            path = target.path_prefix + path
-        head: list[Header] = [
-            (b":method", forward.method),
-            (b":scheme", b"https" if target.tls else b"http"),
-            (b":authority", ctx.rewriter.host_sent(client_host)),
-            (b":path", path),
-        ]
-        if self._te_trailers:
-            head.append((b"te", b"trailers"))
-        head += kept
-        for name, value in added:
-            head.append((name.lower(), value))
-        return head
-
     def _refuse(self, status: int, message: str) -> None:
-        """Answer ``status`` ourselves, before anything of the request reached the primary; the
-        connection closes after it (the rest of the body is read and dropped)."""
+        """Answer ``status`` ourselves, before anything of the request reached the primary: a client
+        error (``client_errors``), never a failure of the primary's; the connection closes after it
+        (the rest of the body is read and dropped)."""
         forward = self._forward
         errors = forward._ctx.stats.client_errors
         errors[status] = errors.get(status, 0) + 1
-        forward.failure = Failure(FailureKind.CANCELLED, f"refused with {status}: {message}")
+        forward.failure = Failure(FailureKind.CANCELLED, f"refused by the proxy with {status}: {message}")
         forward._out.append(error_response(status, _REASONS[status], f"shadowtap: {message}", close=True))
-        forward._finish(True)
+        forward._finish(True, refused=True)
 
     def _open_stream(self) -> None:
         forward = self._forward
@@ -1341,6 +1410,7 @@ class _ClientConnection(asyncio.Protocol):
             raise _Refused(501, "only Transfer-Encoding: chunked is supported")
         method = parser.get_method()
         upgrade = parser.should_upgrade()
+        uri_authority: bytes | None = None
         if upgrade and method == b"CONNECT":
             if url.lower() not in ctx.connect_targets:
                 raise _Refused(405, "CONNECT is not allowed to this target (forward.connect_targets)")
@@ -1351,6 +1421,11 @@ class _ClientConnection(asyncio.Protocol):
                 raise _Refused(400, "the request target must be a path, * or an absolute URL")
             path_start = url.find(b"/", scheme_end + 3)
             query_start = url.find(b"?", scheme_end + 3)
+            authority_end = len(url)
+            for stop in (path_start, query_start):
+                if 0 < stop < authority_end:
+                    authority_end = stop
+            uri_authority = url[scheme_end + 3 : authority_end] or None
             if query_start > 0 and (path_start < 0 or query_start < path_start):
                 url = b"/" + url[query_start:]  # http://host?q: the query is kept
             else:
@@ -1364,12 +1439,21 @@ class _ClientConnection(asyncio.Protocol):
             self._upgrade_body_left = _content_length(headers)
         if ctx.rewriter.escapes_prefix(url):
             raise _Refused(400, "the request path climbs above the root")
+        h2_request: _H2Request | None = None
+        if not upgrade and ctx.h2_pool is not False and h2server.upstream_pool(ctx) is not None:
+            # An HTTP/2 primary: what HTTP/2 cannot carry is refused now, like any malformed head.
+            h2_request = _h2_request(ctx, method, url, headers, uri_authority, self.client_ip, self.scheme)
         started_ns = time.monotonic_ns()
         # Plain pass-through has no stage to hand an exchange to: none is built.
-        ex = self._exchange(method, url, version, headers, started_ns, upgrade) if ctx.stages else None
+        ex = None
+        if ctx.stages:
+            # Over HTTP/2 an absolute-form target's authority is the one the primary gets (:authority).
+            authority = uri_authority if h2_request is not None else None
+            ex = self._exchange(method, url, version, headers, started_ns, upgrade, authority)
         forward = _Forward(
             self, ex, started_ns, method, url, headers, version == "1.0", parser.should_keep_alive(), chunked, upgrade
         )
+        forward.h2_request = h2_request
         stats = ctx.stats
         stats.requests += 1
         stats.in_flight += 1
@@ -1380,13 +1464,23 @@ class _ClientConnection(asyncio.Protocol):
             self.pause_reading(_PAUSE_PIPELINE)
 
     def _exchange(
-        self, method: bytes, url: bytes, version: str, headers: list[Header], started_ns: int, upgrade: bool
+        self,
+        method: bytes,
+        url: bytes,
+        version: str,
+        headers: list[Header],
+        started_ns: int,
+        upgrade: bool,
+        authority: bytes | None = None,
     ) -> ProxiedExchange:
         ctx = self.ctx
         host = b""
-        for name, value in headers:
-            if len(name) == 4 and name.lower() == b"host":
-                host = value
+        if authority is not None:
+            host = authority
+        else:
+            for name, value in headers:
+                if len(name) == 4 and name.lower() == b"host":
+                    host = value
         return ProxiedExchange(
             id=f"{ctx.id_prefix}-{next(ctx.ids):x}",
             connection_id=self.conn_id,

@@ -19,9 +19,11 @@ from typing import Any
 import httptools
 import pytest
 
+from shadowtap.differ.engine import NOT_SENT
 from shadowtap.proxy.forward import ForwardSettings
 from shadowtap.proxy.server import ProxyServer
-from tests.proxy.conftest import RawResponse, raw_request
+from shadowtap.recorder.model import FailureKind
+from tests.proxy.conftest import RawResponse, RecordingStage, raw_request
 from tests.wire.h2peer import H2TestServer, ReceivedStream, Responder
 
 Header = tuple[bytes, bytes]
@@ -264,6 +266,7 @@ REFUSED_HEADS = {
     "Host with a path": b"GET /r HTTP/1.1\r\nHost: x/admin\r\n\r\n",
     "Host with a space": b"GET /r HTTP/1.1\r\nHost: x y\r\n\r\n",
     "asterisk on GET": b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+    "userinfo in an absolute target": b"GET http://user@evil.example/r HTTP/1.1\r\nHost: x\r\n\r\n",
 }
 
 
@@ -330,6 +333,8 @@ async def test_authority_and_request_targets(primary: H2TestServer, proxy: Proxy
     requests = [
         b"GET http://other.example/abs?q=1 HTTP/1.1\r\nHost: shop.local\r\n",
         b"GET http://other.example?only=query HTTP/1.1\r\nHost: shop.local\r\n",
+        b"GET https://other.example:8443/tls-port HTTP/1.1\r\nHost: shop.local\r\n",
+        b"GET http://absolute.example/http10-no-host HTTP/1.0\r\n",
         b"OPTIONS * HTTP/1.1\r\nHost: shop.local\r\n",
         b"GET /port HTTP/1.1\r\nHost: shop.local:8080\r\n",
         b"GET /ipv6 HTTP/1.1\r\nHost: [::1]:8080\r\n",
@@ -342,9 +347,15 @@ async def test_authority_and_request_targets(primary: H2TestServer, proxy: Proxy
     seen = [s.headers for s in _requests(primary)]
     assert all(h2_violations(headers) == [] for headers in seen), seen
     by_path = {dict(h)[b":path"]: dict(h) for h in seen}
-    # The Host names the authority (as the HTTP/1 path sends it on); the target gives the path.
-    assert by_path[b"/abs?q=1"][b":authority"] == b"shop.local"
-    assert by_path[b"/?only=query"][b":authority"] == b"shop.local"
+    # An absolute-form target's authority wins over Host (RFC 9112 3.2.2), and X-Forwarded-Host says
+    # the same host; the target gives the path.
+    assert by_path[b"/abs?q=1"][b":authority"] == b"other.example"
+    assert by_path[b"/abs?q=1"][b"x-forwarded-host"] == b"other.example"
+    assert b"host" not in by_path[b"/abs?q=1"]
+    assert by_path[b"/?only=query"][b":authority"] == b"other.example"
+    assert by_path[b"/tls-port"][b":authority"] == b"other.example:8443"
+    assert by_path[b"/http10-no-host"][b":authority"] == b"absolute.example"
+    assert by_path[b"/port"][b"x-forwarded-host"] == b"shop.local:8080"
     assert by_path[b"*"][b":method"] == b"OPTIONS"
     assert b"/fragment?q=1" in by_path  # a fragment is no part of :path
     assert by_path[b"/port"][b":authority"] == b"shop.local:8080"
@@ -511,6 +522,70 @@ async def test_a_header_list_beyond_what_http2_servers_accept_is_431_and_spares_
     assert slow_response.status == 200 and slow_response.body == b"slow-start,slow-end"
     assert wrong == []
     assert b"/big" not in _paths(primary)
+
+
+class _Observer:
+    """A real ``PrimaryObserver`` that keeps what it was told (status, failed)."""
+
+    name = "observer"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int | None, bool]] = []
+
+    def observe_primary(self, status: int | None, failed: bool, done_ns: int | None) -> None:
+        self.seen.append((status, failed))
+
+
+async def test_a_request_refused_before_the_primary_is_a_client_error_never_a_primary_failure(
+    primary: H2TestServer,
+) -> None:
+    # Refused as the HTTP/1 path refuses a malformed head: in order after the requests before it,
+    # counted by status, never handed to a stage (so never mirrored or taped), never observed as an
+    # outcome of the primary's.
+    stage, observer = RecordingStage(), _Observer()
+    proxy = ProxyServer(ForwardSettings(primary=f"h2c://127.0.0.1:{primary.port}"), [stage], observers=[observer])
+    await proxy.start("127.0.0.1", 0)
+    try:
+        bad_host = await _raw(proxy.port, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\nGET /r HTTP/1.1\r\nHost: a b\r\n\r\n")
+        asterisk = await _raw(proxy.port, b"GET * HTTP/1.1\r\nHost: x\r\n\r\n")
+        many = b"".join(b"H%d: v\r\n" % i for i in range(2500))
+        too_large = await _raw(proxy.port, b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n" + many + b"\r\nhi")
+    finally:
+        await proxy.shutdown(1)
+    assert [r.status for r in _parse(bad_host)] == [200, 400]
+    assert [r.status for r in _parse(asterisk)] == [400]
+    assert [r.status for r in _parse(too_large)] == [431]
+    assert proxy.stats.client_errors == {400: 2, 431: 1}
+    assert proxy.stats.primary_failures == {}
+    assert [ex.target for ex in stage.requests] == [ex.target for ex in stage.exchanges] == ["/ok"]
+    assert observer.seen == [(200, False)]
+    assert _paths(primary) == [b"/ok"]
+
+
+async def test_a_request_over_the_primarys_own_header_limit_is_taped_as_refused_not_as_its_failure() -> None:
+    # The primary's SETTINGS_MAX_HEADER_LIST_SIZE is learnt on its connection, after the stages saw
+    # the request whole: the tape keeps it, refused by the proxy (a kind the differ counts as never
+    # sent), and nothing counts it against the primary.
+    primary = await H2TestServer(_answer, strict=False, max_header_list_size=4096).start()
+    stage, observer = RecordingStage(), _Observer()
+    proxy = ProxyServer(ForwardSettings(primary=f"h2c://127.0.0.1:{primary.port}"), [stage], observers=[observer])
+    await proxy.start("127.0.0.1", 0)
+    try:
+        (fits,) = _parse(await _raw(proxy.port, b"GET /fits HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        large = b"GET /large HTTP/1.1\r\nHost: x\r\nX-Large: " + b"v" * 4096 + b"\r\n\r\n"
+        (refused,) = _parse(await _raw(proxy.port, large))
+    finally:
+        await proxy.shutdown(1)
+        await primary.close()
+    assert fits.status == 200 and refused.status == 431
+    assert proxy.stats.client_errors == {431: 1} and proxy.stats.primary_failures == {}
+    taped = {ex.target: ex for ex in stage.exchanges}
+    failure = taped["/large"].failure
+    assert failure is not None and failure.kind == FailureKind.CANCELLED
+    assert failure.message.startswith("refused by the proxy with 431: ")
+    assert failure.kind in NOT_SENT and taped["/large"].response is None
+    assert observer.seen == [(200, False)]
+    assert _paths(primary) == [b"/fits"]
 
 
 # --- answers --------------------------------------------------------------------------------------
