@@ -28,12 +28,15 @@ install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
 # The data path (wire and the proxy hot modules) compiled with mypyc (wire/native.py); rebuilt only when a source changed.
+# Builds are kept in .venv/native-cache by their sources' digest: a wheel built from the same tree
+# (the packaging test's image build) takes the build from there instead of compiling it again.
+NATIVE_CACHE = SHADOWTAP_NATIVE_CACHE=$(CURDIR)/$(VENV)/native-cache
 native: $(VENV)/.installed-native
-	$(PY) scripts/build_native.py --check || $(PY) scripts/build_native.py
+	$(PY) scripts/build_native.py --check || $(NATIVE_CACHE) $(PY) scripts/build_native.py
 
 # The demo runs without a C compiler too: then the data path runs interpreted, and says so.
 native-or-interpreted: $(VENV)/.installed-native
-	$(PY) scripts/build_native.py --check || $(PY) scripts/build_native.py || \
+	$(PY) scripts/build_native.py --check || $(NATIVE_CACHE) $(PY) scripts/build_native.py || \
 		echo "make: no compiled data path (see above); the proxy runs interpreted"
 
 demo: install native-or-interpreted

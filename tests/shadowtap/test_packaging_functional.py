@@ -48,9 +48,10 @@ class Installed:
         )
 
 
-def _sh(*args: str | Path, cwd: Path, timeout: float = 600) -> str:
+def _sh(*args: str | Path, cwd: Path, timeout: float = 600, extra_env: dict[str, str] | None = None) -> str:
     # Outside the checkout, so nothing is imported from the working tree by accident.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SHADOWTAP_PURE", "VIRTUAL_ENV")}
+    env.update(extra_env or {})
     result = subprocess.run(
         [str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env, check=False
     )
@@ -68,7 +69,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     files = [name for name in archive.decode().split("\0") if name and (REPO / name).exists()]
     subprocess.run(["tar", "-C", str(REPO), "-cf", str(work / "src.tar"), *files], check=True, timeout=120)
     subprocess.run(["tar", "-C", str(source), "-xf", str(work / "src.tar")], check=True, timeout=120)
-    _sh(source / "deploy" / "image-build.sh", source, work / "wheels", work / "build-venv", cwd=work)
+    # The checkout's `make native` keeps its build by the tree's digest (scripts/build_native.py): the
+    # same tree's wheel takes it from there instead of compiling it a second time in this run; on a
+    # tree that differs from the checkout's last build, the image build compiles.
+    cache = {"SHADOWTAP_NATIVE_CACHE": str(REPO / ".venv" / "native-cache")}
+    _sh(source / "deploy" / "image-build.sh", source, work / "wheels", work / "build-venv", cwd=work, extra_env=cache)
     (wheel,) = (work / "wheels").glob("shadowtap-*.whl")
     output = _sh(source / "deploy" / "image-install.sh", work / "wheels", work / "opt", cwd=work)
     yield Installed(wheel, work / "opt", output)
