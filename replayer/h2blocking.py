@@ -14,8 +14,9 @@ the answer read meanwhile.
 A connection carries one stream at a time (the calling greenlet reads its answer itself, so no
 reader greenlet or stream table is needed) and goes back to an idle list after a clean end; up to
 ``max_connections`` are open at once, and a caller beyond that waits for one. A stream the target
-refused unprocessed (REFUSED_STREAM, above a GOAWAY's last stream, or a reused idle connection the
-target had closed) is sent once more on a new connection. It never raises for the target's failures.
+refused unprocessed (REFUSED_STREAM, above a GOAWAY's last stream, or an idempotent request on a
+reused idle connection the target had closed) is sent once more on a new connection. It never raises
+for the target's failures.
 
 It must never run asyncio code: it only shares pure helpers with the asyncio transport.
 """
@@ -42,6 +43,7 @@ from shadowtap.recorder.model import Failure, FailureKind, Headers, Outcome, Req
 from shadowtap.replayer.h2transport import DEFAULT_PORTS, h2_request_fields, is_grpc, message_offsets
 from shadowtap.replayer.sending import ClientSettings, SendResult
 from shadowtap.wire.grpc import GrpcFramingError, MessageSplitter
+from shadowtap.wire.http1 import IDEMPOTENT_METHOD_BYTES
 
 __all__ = ["BlockingH2Client"]
 
@@ -64,7 +66,9 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        # The fields are the plan's, as the asyncio transport sends them (``h2_request_fields``):
+        # not checked again here, so a recorded field h2 would refuse is sent as it was.
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config)
         # Set before the preface's SETTINGS (a change after it would wait for the peer's ACK).
         self.h2.local_settings = h2.settings.Settings(
@@ -221,7 +225,7 @@ class BlockingH2Client:
             return SendResult(Failure(FailureKind.BAD_RESPONSE, f"HTTP/2 protocol error: {exc}"))
         except OSError as exc:
             connection.close()
-            if reused and answer.first_byte_ns is None:
+            if reused and answer.first_byte_ns is None and fields[0][1] in IDEMPOTENT_METHOD_BYTES:
                 raise _Refused from exc  # an idle connection the target had closed meanwhile
             return SendResult(Failure(FailureKind.RESET, f"connection to {self.address} lost: {exc}"))
         except BaseException:
@@ -345,6 +349,8 @@ class BlockingH2Client:
                 if grpc or is_grpc(tuple(answer.headers)):
                     answer.splitter = MessageSplitter(self._settings.max_body_bytes)
             elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id:
+                if answer.over():
+                    continue  # after our reset (body too large): the connection is closed after this
                 conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
                 self._on_data(connection, answer, stream_id, event.data, started_ns)
             elif isinstance(event, h2.events.TrailersReceived) and event.stream_id == stream_id:
