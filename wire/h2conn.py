@@ -131,21 +131,27 @@ class ProtocolError(Exception):
     """The peer (or the caller) broke the protocol. Raised from ``receive_data``, it is a connection
     error: GOAWAY with ``error_code`` is queued and the connection takes no more input."""
 
-    error_code: int = PROTOCOL_ERROR
+    # The code is set per instance: a compiled exception class keeps no class attribute defaults.
+    def __init__(self, message: str = "", error_code: int = PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.error_code = error_code
 
 
 class FrameTooLargeError(ProtocolError):
-    error_code = FRAME_SIZE_ERROR
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message, FRAME_SIZE_ERROR)
 
 
 class TooManyStreamsError(ProtocolError):
     """A new stream past MAX_CONCURRENT_STREAMS (ours from the peer: ENHANCE_YOUR_CALM)."""
 
-    error_code = ENHANCE_YOUR_CALM
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message, ENHANCE_YOUR_CALM)
 
 
 class FlowControlError(ProtocolError):
-    error_code = FLOW_CONTROL_ERROR
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message, FLOW_CONTROL_ERROR)
 
 
 class NoSuchStreamError(ProtocolError):
@@ -155,15 +161,8 @@ class NoSuchStreamError(ProtocolError):
 class StreamClosedError(NoSuchStreamError):
     """The stream is closed (or our half of it is) for what was asked."""
 
-    error_code = STREAM_CLOSED
-
-
-class _ConnectionError(ProtocolError):
-    """A connection error with a code given where it is raised."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.error_code = code
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message, STREAM_CLOSED)
 
 
 # --- events ----------------------------------------------------------------------------------------------
@@ -392,10 +391,12 @@ class H2Connection:
             raise
         except hpack.exceptions.OversizedHeaderListError as exc:
             self._fail(ENHANCE_YOUR_CALM, str(exc))
-            raise _ConnectionError(ENHANCE_YOUR_CALM, f"a header list over the limit: {exc}") from None
+            raise ProtocolError(f"a header list over the limit: {exc}", ENHANCE_YOUR_CALM) from None
         except hpack.exceptions.HPACKError as exc:
             self._fail(COMPRESSION_ERROR, str(exc))
-            raise _ConnectionError(COMPRESSION_ERROR, f"a header block that does not decode: {exc}") from None
+            raise ProtocolError(
+                error_code=COMPRESSION_ERROR, message=f"a header block that does not decode: {exc}"
+            ) from None
         return events
 
     def _fail(self, code: int, message: str) -> None:
@@ -549,13 +550,11 @@ class H2Connection:
         self._block_frames += 1
         self._block += payload
         if self._block_frames > _MAX_CONTINUATIONS:
-            raise _ConnectionError(
-                ENHANCE_YOUR_CALM, f"a header block in over {_MAX_CONTINUATIONS} CONTINUATION frames"
-            )
+            message = f"a header block in over {_MAX_CONTINUATIONS} CONTINUATION frames"
+            raise ProtocolError(message, ENHANCE_YOUR_CALM)
         if len(self._block) > 2 * self.local_max_header_list_size + 65536:
-            raise _ConnectionError(
-                ENHANCE_YOUR_CALM, f"a header block of {len(self._block)} bytes in CONTINUATION frames"
-            )
+            message = f"a header block of {len(self._block)} bytes in CONTINUATION frames"
+            raise ProtocolError(message, ENHANCE_YOUR_CALM)
         if flags & _END_HEADERS:
             stream_id = self._block_stream
             block = bytes(self._block)
