@@ -51,8 +51,7 @@ def main() -> None:
 
     timed(command, "_ingest", "ingest (this process's share)")
     timed(store.DiffStore, "merge_from", "merge the workers' stores")
-    timed(pipeline, "learn_endpoints", "learn endpoint templates")
-    timed(pipeline, "apply_endpoints", "apply endpoint templates")
+    timed(pipeline, "relearn_endpoints", "learn, apply endpoint templates")
     timed(differ, "build_report", "build the report")
     timed(command, "emit", "write the report")
     workers_done: list[float] = []

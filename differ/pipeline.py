@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
+import itertools
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -57,7 +58,7 @@ __all__ = [
 EXAMPLE_BODY_LIMIT_BYTES: Final = 1 << 20
 #: Routes re-templated per batch when endpoints are learned at the end.
 _RELEARN_BATCH_ROUTES: Final = 10_000
-#: Routes the endpoint learning holds between its two passes (about 15 MiB); more are read twice.
+#: Routes ``relearn_endpoints`` reads once and holds (about 30 MiB); more are read three times.
 _LEARN_HELD_ROUTES: Final = 100_000
 #: Pairs per SQLite transaction: large enough to amortise the commit, small enough to lose little on a kill.
 _COMMIT_EVERY_PAIRS: Final = 5_000
@@ -351,32 +352,34 @@ class DiffSession:
 def relearn_endpoints(store: DiffStore, config: DifferConfig) -> None:
     """Re-template every stored path with everything now known (and the config's current routes).
 
-    Streams the routes table three times (two learning passes, see ``EndpointTemplater.learn``,
-    then templating in batches) rather than holding every distinct path in memory (up to
-    ``_LEARN_HELD_ROUTES`` of them, the second pass reads the first's from memory). Each distinct
+    Reads the routes table once when it holds at most ``_LEARN_HELD_ROUTES`` (two learning passes,
+    see ``EndpointTemplater.learn``, then the templating, over the rows read); past that, streams
+    it three times rather than holding every distinct path in memory. Each distinct
     path counts once: replayed in path order with their pair counts, a few slugs of a long tail
     (``/page/blue-maple-north`` seen three times) were kept apart from ``/page/{id}``.
     """
-    templater = learn_endpoints(lambda: ((method, path) for _, method, path, _ in store.routes()), config)
-    apply_endpoints(store, templater)
+    held = list(itertools.islice(store.routes(), _LEARN_HELD_ROUTES + 1))
+    if len(held) > _LEARN_HELD_ROUTES:
+        templater = learn_endpoints(lambda: ((method, path) for _, method, path, _ in store.routes()), config)
+        apply_endpoints(store, templater)
+        return
+    # Few enough to read once: both learning passes and the templating go over the same rows.
+    templater = learn_endpoints(lambda: ((method, path) for _, method, path, _ in held), config)
+    updates = [
+        (new, route_id) for route_id, method, path, old in held if (new := templater.template(method, path)) != old
+    ]
+    if updates:
+        store.set_endpoints(updates)
 
 
 def learn_endpoints(routes: Callable[[], Iterable[tuple[str, str]]], config: DifferConfig) -> EndpointTemplater:
     """The templater that ``relearn_endpoints`` applies, learned from ``routes()``: every distinct
-    (method, path) once, in (method, path) order, observed twice (``routes()`` called twice when it
-    gives more than ``_LEARN_HELD_ROUTES``). Apart from ``apply_endpoints`` so that the routes may
-    come from several stores (``distinct_routes``)."""
+    (method, path) once, in (method, path) order, read twice. Apart from ``apply_endpoints`` so that
+    the routes may come from several stores (``distinct_routes``)."""
     templater = EndpointTemplater(config.routes, max_literal_children=config.max_literal_children)
-    # The second pass reads the first's routes from memory when they are few enough.
-    held: list[tuple[str, str]] | None = []
-    for method, path in routes():
-        templater.observe(method, path)
-        if held is not None:
-            held.append((method, path))
-            if len(held) > _LEARN_HELD_ROUTES:
-                held = None
-    for method, path in routes() if held is None else held:
-        templater.observe(method, path)
+    for _ in range(2):
+        for method, path in routes():
+            templater.observe(method, path)
     return templater
 
 

@@ -7,6 +7,9 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
+import shadowtap.differ.pipeline as pipeline
 from shadowtap.differ import DifferConfig, DiffSession, DiffStore, RunMeta, config_from_mapping, relearn_endpoints
 from shadowtap.recorder import Exchange, Failure, FailureKind, Request, Response
 
@@ -69,6 +72,29 @@ def test_relearn_applies_new_routes(tmp_path: Path) -> None:
     assert {r[3] for r in store.routes()} == {f"GET /docs/page-{chr(97 + i)}" for i in range(5)}
     relearn_endpoints(store, config_from_mapping({"routes": ["GET /docs/{page}"]}))
     assert {r[3] for r in store.routes()} == {"GET /docs/{page}"}
+
+
+def test_relearning_gives_the_same_endpoints_whether_the_routes_are_held_or_streamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = Response(200, "", (), b'{"n": 2, "s": "a"}')
+    slugs = [f"{a}-{b}" for a in ("red", "blue", "green", "amber") for b in ("fox", "owl", "elk", "yak", "emu")]
+    learned = []
+    for held in (100_000, 10):  # 400 routes: held in memory, then streamed three times
+        monkeypatch.setattr(pipeline, "_LEARN_HELD_ROUTES", held)
+        store = DiffStore(tmp_path / f"r{held}.db")
+        session = DiffSession(store, DifferConfig(), META)
+        for i in range(400):
+            paths = (f"/files/{i}", f"/pages/{slugs[i % 20]}-{i}", f"/api/{slugs[i % 7]}", f"/docs/{slugs[i % 3]}")
+            session.add(pair(i, body, path=paths[i % 4]))
+        session.finish(relearn=False)
+        relearn_endpoints(store, DifferConfig())
+        learned.append({(method, path): endpoint for _, method, path, endpoint in store.routes()})
+    assert learned[0] == learned[1]
+    endpoints = set(learned[0].values())
+    assert {"GET /files/{id}", *(f"GET /api/{s}" for s in slugs[:7]), *(f"GET /docs/{s}" for s in slugs[:3])} <= (
+        endpoints
+    )
 
 
 def test_examples_keep_no_credential_header_the_tape_redacts(tmp_path: Path) -> None:
