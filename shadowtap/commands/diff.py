@@ -564,11 +564,12 @@ def _worker_jobs(job: _Job, tapes: TapeReader, noise: TapeReader | None, workers
 def _start_method() -> str:
     """``fork`` when this process runs no other thread (on Linux): the worker starts at once and
     inherits what this one has imported and loaded; ``spawn`` otherwise (a thread holding a lock at
-    the fork would hold it forever in the child)."""
+    the fork would hold it forever in the child). gRPC, once loaded (a schema by reflection), runs
+    threads of its own that ``threading`` does not see: spawn then too."""
     import multiprocessing
     import threading
 
-    if sys.platform.startswith("linux") and threading.active_count() == 1:
+    if sys.platform.startswith("linux") and threading.active_count() == 1 and "grpc" not in sys.modules:
         if "fork" in multiprocessing.get_all_start_methods():
             return "fork"
     return "spawn"

@@ -142,12 +142,16 @@ def test_forked_workers_hand_their_stores_over_and_forked_writers_write_the_file
     assert json.loads((tmp_path / "r.json").read_text())["pairs"] == 2700
 
 
-def test_a_report_file_a_forked_writer_cannot_write_fails_as_with_one_process(tape: Path, tmp_path: Path) -> None:
+def test_a_report_file_a_forked_writer_cannot_write_fails_as_with_one_process(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    with SyncTapeWriter(small / "tape", TapeOptions(fsync="none")) as writer:
+        writer.write_many(traffic(300, planted=True))
+    (small / "diff.yaml").write_text(yaml.safe_dump(CONFIG))
     errors = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
         out.mkdir()
-        args = arguments(tape, out, workers)
+        args = arguments(small, out, workers)
         args[args.index("--json") + 1] = str(tmp_path / "missing" / "r.json")  # written by a forked process
         result = subprocess.run(
             [sys.executable, "-m", "shadowtap", *args, "--quiet"], capture_output=True, text=True, check=False
