@@ -18,7 +18,10 @@ with ``--no-progress`` and 64 connections, in one run:
    HTTP/1.1 paced runs and the floor).
 
 CPU per request is the CLI's CPU time (``getrusage`` of the child) less the fixed cost, over the
-requests it sent; the raw figure is printed beside it. Each paced run is repeated ``--repeat`` times
+requests it sent; the raw figure is printed beside it. Sleeps per request are the CLI's voluntary
+context switches over the requests it sent: each is one wake-up of the process (the timer's, or an
+answer's), the part of a paced request's CPU that is the machine's, not the work's; the floor prints
+its own. The load average after the runs is printed with them. Each paced run is repeated ``--repeat`` times
 and printed as the median with the spread (min..max), because the machine is shared. Usage::
 
     .venv/bin/python bench/replay_bench.py [--seconds 3] [--repeat 2] [--requests 40000] [--reference]
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import resource
 import shutil
@@ -133,11 +137,12 @@ async def main():
     cpu = usage.ru_utime + usage.ru_stime
     timer.arm(queue.wake_ns())
     await done
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+    after = resource.getrusage(resource.RUSAGE_SELF)
     timer.close()
     lags.sort()
-    cpu_us = (usage.ru_utime + usage.ru_stime - cpu) / count * 1e6
-    print(cpu_us, lags[len(lags) // 2] / 1e6, lags[int(len(lags) * 0.99)] / 1e6)
+    cpu_us = (after.ru_utime + after.ru_stime - cpu) / count * 1e6
+    sleeps = (after.ru_nvcsw - usage.ru_nvcsw) / count
+    print(cpu_us, lags[len(lags) // 2] / 1e6, lags[int(len(lags) * 0.99)] / 1e6, sleeps)
 uvloop.run(main())
 """
 
@@ -191,18 +196,23 @@ def target_server(tmp: Path, kind: str) -> Iterator[tuple[str, str, str | None]]
         process.wait(timeout=10)
 
 
-def _children_cpu_s() -> float:
+def _children_usage() -> tuple[float, int]:
+    """CPU seconds and voluntary context switches (the times a process went to sleep, each one a
+    wake-up later) of the finished children."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime, usage.ru_nvcsw
 
 
 def replay(tape: Path, url: str, out: Path, *flags: str) -> dict[str, Any]:
-    """Run the CLI; the document gets ``cpu_s``: CPU seconds of the replay and its workers."""
+    """Run the CLI; the document gets ``cpu_s``: CPU seconds of the replay and its workers, and
+    ``sleeps``: how many times they went to sleep."""
     cmd = [sys.executable, "-m", "shadowtap", "replay", str(tape), "--target", url, "--json", str(out), "--no-progress"]
-    cpu_before_s = _children_cpu_s()
+    cpu_before_s, sleeps_before = _children_usage()
     subprocess.run([*cmd, "--connections", "64", *flags], check=True, stdout=subprocess.DEVNULL, timeout=600)
     document: dict[str, Any] = json.loads(out.read_text())
-    document["cpu_s"] = _children_cpu_s() - cpu_before_s
+    cpu_after_s, sleeps_after = _children_usage()
+    document["cpu_s"] = cpu_after_s - cpu_before_s
+    document["sleeps"] = sleeps_after - sleeps_before
     return document
 
 
@@ -226,13 +236,13 @@ def wrk_rate(url: str, tmp: Path, count: int, seconds: int) -> float:
     return float(match.group(1))
 
 
-def floor(rate: int, seconds: float) -> tuple[float, float, float]:
-    """(CPU us per request, lag p50 ms, lag p99 ms) of a bare wake loop at ``rate``."""
+def floor(rate: int, seconds: float) -> tuple[float, float, float, float]:
+    """(CPU us per request, lag p50 ms, lag p99 ms, sleeps per request) of a bare wake loop at ``rate``."""
     out = subprocess.run(
         [sys.executable, "-c", FLOOR, str(rate), str(seconds)], capture_output=True, text=True, check=True, timeout=120
     )
-    cpu_us, p50_ms, p99_ms = (float(v) for v in out.stdout.split())
-    return cpu_us, p50_ms, p99_ms
+    cpu_us, p50_ms, p99_ms, sleeps = (float(v) for v in out.stdout.split())
+    return cpu_us, p50_ms, p99_ms, sleeps
 
 
 def runs_as() -> str:
@@ -315,11 +325,14 @@ def main() -> int:
     def lag(doc: dict[str, Any], key: str) -> float:
         return float(doc["latency_ms"]["start_lag"][key])
 
+    def sleeps(doc: dict[str, Any]) -> float:
+        return float(doc["sleeps"]) / requests(doc)
+
     def failed(docs: list[dict[str, Any]]) -> int:
         return sum(sum(d["summary"]["errors"].values()) for d in docs)
 
     unpaced_cpu = statistics.median(cpu_us(doc) for doc in unpaced)
-    print(f"replayer: {runs_as()}")
+    print(f"replayer: {runs_as()}; load average after the runs {os.getloadavg()[0]:.2f}")
     print(f"target: {server} on loopback; the replay CLI, 64 connections; fixed cost {fixed_s * 1000:.0f} ms CPU")
     print(
         f"unpaced (--speed 0), {args.requests:,} requests:  {spread([rate_of(d) for d in unpaced], ',.0f')} req/s; "
@@ -351,7 +364,8 @@ def main() -> int:
         achieved = spread([rate_of(d) for d in docs], ",.0f")
         print(
             f"  {rate:>6,}/s: {spread(cpus, '.1f')} us CPU/request = {statistics.median(cpus) / unpaced_cpu:.2f}x "
-            f"unpaced (raw {raw}); start lag p50 {p50} p99 {p99} ms; achieved {achieved}/s"
+            f"unpaced (raw {raw}); start lag p50 {p50} p99 {p99} ms; achieved {achieved}/s; "
+            f"{spread([sleeps(d) for d in docs], '.2f')} sleeps/request"
         )
     slow = paced[RATES[0]][-1]
     full_seconds = [row for row in slow["timeline"] if row["planned"] == RATES[0]]
@@ -366,7 +380,8 @@ def main() -> int:
         runs = floors[rate]
         print(
             f"  {rate:>6,}/s: {spread([r[0] for r in runs], '.1f')} us CPU/request; lag p50 "
-            f"{spread([r[1] for r in runs], '.3f')} p99 {spread([r[2] for r in runs], '.3f')} ms"
+            f"{spread([r[1] for r in runs], '.3f')} p99 {spread([r[2] for r in runs], '.3f')} ms; "
+            f"{spread([r[3] for r in runs], '.2f')} sleeps/request"
         )
     if wrk is not None and two is not None:
         one = statistics.median(rate_of(d) for d in unpaced)

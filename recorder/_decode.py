@@ -59,7 +59,7 @@ from shadowtap.recorder.model import (
     Timing,
 )
 
-__all__ = ["exchange_from_wire"]
+__all__ = ["build_response", "build_timing", "exchange_from_wire"]
 
 _Set = Callable[[object, object], None]
 
@@ -106,15 +106,15 @@ def _build_request(
     return obj
 
 
-def _build_response(
+def build_response(
     status: Any,
     reason: Any,
     headers: Any,
     body: Any,
     http_version: Any,
     truncated_from: Any,
-    trailers: Any,
-    messages: Any,
+    trailers: Any = (),
+    messages: Any = (),
 ) -> Response:
     obj: Response = _new(Response)
     store = _RESPONSE
@@ -146,7 +146,7 @@ def _build_failure(kind: Any, message: Any) -> Failure:
     return obj
 
 
-def _build_timing(sent_ns: Any, first_byte_ns: Any, done_ns: Any) -> Timing:
+def build_timing(sent_ns: Any, first_byte_ns: Any, done_ns: Any) -> Timing:
     obj: Timing = _new(Timing)
     store = _TIMING
     store[0](obj, sent_ns)
@@ -299,7 +299,7 @@ def _outcome_from_wire(a: Any) -> Outcome:
             or (truncated_from is not None and type(truncated_from) is not int)
         ):
             raise TypeError
-        return _build_response(
+        return build_response(
             status, reason, _headers_from_wire(headers), body, http_version, truncated_from,
             trailers if trailers == () else _headers_from_wire(trailers),
             messages if messages == () else _messages_from_wire(messages),
@@ -322,7 +322,7 @@ def _timing_from_wire(a: Any) -> Timing:
         or (done_ns is not None and type(done_ns) is not int)
     ):
         raise TypeError
-    return _build_timing(sent_ns, first_byte_ns, done_ns)
+    return build_timing(sent_ns, first_byte_ns, done_ns)
 
 
 def _names_lists(raw: Any) -> tuple[bytes, ...]:

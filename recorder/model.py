@@ -16,13 +16,11 @@ appended, and readers take a shorter array as "the newer fields are at their def
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, Final, TypeAlias, TypeVar, cast
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias, cast
 from urllib.parse import parse_qsl
 
 from shadowtap.recorder.errors import TapeFormatError
-
-T = TypeVar("T")
 
 __all__ = [
     "PRIMARY",
@@ -418,41 +416,6 @@ def exchange_to_wire(ex: Exchange) -> list[Any]:
     )
 
 
-def _slot_builder(cls: type[T], optional: tuple[str, ...] = ()) -> Callable[..., T]:
-    """A positional constructor for ``cls`` that stores straight into its slots.
-
-    A frozen dataclass's ``__init__`` sets every field through ``object.__setattr__``, several times
-    the cost of a slot store (``shadowtap.recorder._decode`` builds what it reads the same way). The
-    builder skips ``__init__`` (no ``__post_init__``), so it is only for values
-    laid out by the wire format, with every field given but the trailing ``optional`` ones (which
-    take the field's default, an immutable value).
-    """
-    all_fields = fields(cls)  # type: ignore[arg-type]
-    names = [f.name for f in all_fields]
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    params = []
-    for f in all_fields:
-        namespace[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
-        if f.name in optional:
-            namespace[f"_default_{f.name}"] = f.default
-            params.append(f"{f.name}=_default_{f.name}")
-        else:
-            params.append(f.name)
-    body = "".join(f"    _set_{name}(obj, {name})\n" for name in names)
-    exec(f"def build({', '.join(params)}):\n    obj = _new(_cls)\n{body}    return obj\n", namespace)
-    return cast(Callable[..., T], namespace["build"])
-
-
-_build_response = _slot_builder(Response, ("trailers", "messages"))
-_build_timing = _slot_builder(Timing)
-
-#: Fast positional constructors for hot paths that have every field at hand (the proxy builds one
-#: Response and one Timing per upstream exchange): they store straight into the slots, at a fraction
-#: of the frozen ``__init__``'s cost. Every field must be given, in declaration order (but a
-#: response's trailers and messages, empty when left out).
-new_response: Callable[[int, str, Headers, bytes, str, int | None], Response] = _build_response
-new_timing: Callable[[int | None, int | None, int | None], Timing] = _build_timing
-
 # Trailing fields a writer may leave out (an older writer, or another language's), with the value
 # they then have. Positions before these are required.
 _REQUEST_REQUIRED, _REQUEST_DEFAULTS = 2, ((), b"", "http", "", "1.1", None, (), ())
@@ -671,4 +634,12 @@ def _malformed(a: Any) -> TapeFormatError:
 
 # The decoder (the hot half of the mapping) runs compiled when the build matches; it imports the
 # classes and layout above, so it is imported last.
-from shadowtap.recorder._decode import exchange_from_wire  # noqa: E402
+from shadowtap.recorder._decode import build_response, build_timing, exchange_from_wire  # noqa: E402
+
+#: Fast positional constructors for hot paths that have every field at hand (the proxy builds one
+#: Response and one Timing per upstream exchange, the replayer one Response a request): they store
+#: straight into the slots, at a fraction of the frozen ``__init__``'s cost (the decoder's builders,
+#: compiled with it). Every field must be given, in declaration order (but a response's trailers and
+#: messages, empty when left out); nothing is checked, and there is no ``__post_init__``.
+new_response: Callable[[int, str, Headers, bytes, str, int | None], Response] = build_response
+new_timing: Callable[[int | None, int | None, int | None], Timing] = build_timing

@@ -13,7 +13,7 @@ from typing import Any
 
 import shadowtap.recorder.errors as errors
 from shadowtap.recorder.errors import ShadowtapError
-from shadowtap.recorder.model import PRIMARY, REPLAY, Exchange, Outcome, Response, StreamMessage, Timing
+from shadowtap.recorder.model import PRIMARY, REPLAY, Exchange, Outcome, Response, StreamMessage, new_timing
 from shadowtap.replayer.plan import PlannedRequest
 from shadowtap.replayer.stats import ReplayStats
 
@@ -126,7 +126,7 @@ def replay_exchange(
             m if m.at_ns is None else StreamMessage(m.flags, m.length, m.at_ns + shift) for m in outcome.messages
         )
         outcome = replace(outcome, messages=messages)
-    timings = {REPLAY: Timing(sent_ns - due_ns, first_byte, done_ns - due_ns)}
+    timings = {REPLAY: new_timing(sent_ns - due_ns, first_byte, done_ns - due_ns)}
     recorded_timing = source.timings.get(PRIMARY)
     if recorded_timing is not None:
         timings[PRIMARY] = recorded_timing

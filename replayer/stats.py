@@ -21,7 +21,7 @@ negative or unbounded value (clamped into the histogram range) and never lose a 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -43,6 +43,7 @@ __all__ = [
     "Series",
     "Summary",
     "error_counts",
+    "values_at_percentiles",
 ]
 
 #: Histogram unit: microseconds, 1 us .. 1 h; 3 significant digits overall (186 KiB each), 2 per
@@ -105,6 +106,50 @@ def _make_counts_index(digits: int = _DIGITS) -> Callable[[int], int]:
 
 _counts_index = _make_counts_index()
 _endpoint_counts_index = _make_counts_index(_ENDPOINT_DIGITS)
+
+
+def values_at_percentiles(hist: HdrHistogram, percentiles: Iterable[float]) -> dict[float, int]:
+    """``hist.get_value_at_percentile(p)`` for each of ``percentiles``, in one walk of its counts.
+
+    The same values as HdrHistogram's own (a test pins them), which walks the counts array from
+    its start for each percentile with a Python call per entry: the five percentiles of the three
+    overall histograms took tens of milliseconds of a report (23,552 entries each at three digits),
+    more than a short paced replay spent on its requests. This reads the counts up to the largest
+    value recorded in one slice and walks only that, once for all the percentiles.
+    """
+    wanted = sorted(set(percentiles))
+    out = dict.fromkeys(wanted, 0)
+    total: int = hist.get_total_count()
+    if total == 0 or not wanted:
+        return out
+    # A decoded histogram may hold a shorter counts array; entries past it count as zero.
+    length: int = min(hist.counts_len, hist.encoder.payload.counts_len)
+    end = length if hist.max_value <= 0 else min(length, hist.get_counts_array_index(hist.max_value) + 1)
+    counts: list[int] = hist.counts[:end]
+    targets = [hist.get_target_count_at_percentile(p) for p in wanted]
+    k = 0
+    seen = 0
+    for index in range(end):
+        seen += counts[index]
+        while seen >= targets[k]:
+            value = hist.get_value_from_index(index)
+            p = wanted[k]
+            out[p] = hist.get_highest_equivalent_value(value) if p else hist.get_lowest_equivalent_value(value)
+            k += 1
+            if k == len(wanted):
+                return out
+    # Fewer counts than the total says (a histogram whose max was not tracked): walk the rest, as
+    # HdrHistogram would.
+    for index in range(end, length):
+        seen += hist.counts[index]
+        while seen >= targets[k]:
+            value = hist.get_value_from_index(index)
+            p = wanted[k]
+            out[p] = hist.get_highest_equivalent_value(value) if p else hist.get_lowest_equivalent_value(value)
+            k += 1
+            if k == len(wanted):
+                return out
+    return out
 
 
 def _us(value_ns: int) -> int:
@@ -279,10 +324,12 @@ class EndpointStats:
         return {"service": self.service, "corrected": self.corrected, "start_lag": self.start_lag}[name]
 
     def percentile_ms(self, name: str, percentile: float) -> float:
-        hist = self.histogram(name)
-        if hist.get_total_count() == 0:
-            return 0.0
-        return float(hist.get_value_at_percentile(percentile)) / 1000.0
+        return self.percentiles_ms(name, (percentile,))[percentile]
+
+    def percentiles_ms(self, name: str, percentiles: Iterable[float]) -> dict[float, float]:
+        """The values at ``percentiles`` of histogram ``name``, in ms (0.0 when it is empty)."""
+        values = values_at_percentiles(self.histogram(name), percentiles)
+        return {p: float(v) / 1000.0 for p, v in values.items()}
 
     @property
     def error_count(self) -> int:
@@ -631,7 +678,8 @@ class ReplayStats:
             achieved_rate_per_s=overall.requests / elapsed_s if elapsed_s > 0 else 0.0,
             elapsed_s=elapsed_s,
             percentiles_ms={
-                name: {f"p{p:g}": overall.percentile_ms(name, p) for p in PERCENTILES} for name in HISTOGRAMS
+                name: {f"p{p:g}": ms for p, ms in overall.percentiles_ms(name, PERCENTILES).items()}
+                for name in HISTOGRAMS
             },
         )
 

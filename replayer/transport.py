@@ -28,7 +28,16 @@ from yarl import URL
 
 from shadowtap.differ.grpc import status_name
 from shadowtap.recorder.errors import ConfigError
-from shadowtap.recorder.model import Failure, FailureKind, Headers, Outcome, Request, Response, header_value
+from shadowtap.recorder.model import (
+    Failure,
+    FailureKind,
+    Headers,
+    Outcome,
+    Request,
+    Response,
+    header_value,
+    new_response,
+)
 
 # Both live in a module of their own so the HTTP/2 transport can use them without importing this one.
 from shadowtap.replayer.sending import ClientSettings, SendResult
@@ -293,13 +302,9 @@ class HttpTransport:
             self._release_slot()
         if isinstance(result, client.FetchFailure):
             return SendResult(Failure(result.kind, result.message))
-        response = Response(
-            status=result.status,
-            reason=result.reason.decode("latin-1"),
-            headers=tuple(result.headers),
-            body=result.body,
-            http_version=result.http_version,
-        )
+        # Stored straight into its slots: the frozen constructor costs a microsecond more a request.
+        reason = result.reason.decode("latin-1")
+        response = new_response(result.status, reason, tuple(result.headers), result.body, result.http_version, None)
         return SendResult(response, result.first_byte_ns)
 
     async def _wait_for_slot(self) -> None:

@@ -8,7 +8,14 @@ import random
 import pytest
 
 from shadowtap.differ.templates import EndpointTemplater
-from shadowtap.replayer.stats import SERIES_MAX_POINTS, ReplayStats, Series, bucket_ceiling_us, log_bucket
+from shadowtap.replayer.stats import (
+    SERIES_MAX_POINTS,
+    ReplayStats,
+    Series,
+    bucket_ceiling_us,
+    log_bucket,
+    values_at_percentiles,
+)
 
 MS = 1_000_000
 
@@ -97,6 +104,33 @@ def test_batched_recording_matches_hdrhistogram_record_value() -> None:
             if hist.counts[index]:
                 coarse.record_value(hist.get_value_from_index(index), hist.counts[index])
         assert list(stats.endpoints["GET /"].histogram(name).counts) == list(coarse.counts), name
+
+
+@pytest.mark.parametrize("digits", [2, 3])
+def test_percentiles_in_one_walk_are_hdrhistograms_own(digits: int) -> None:
+    from hdrh.histogram import HdrHistogram
+
+    rng = random.Random(digits)
+    wanted = (0.0, 1.0, 50.0, 90.0, 99.0, 99.9, 99.99, 100.0)
+    empty = HdrHistogram(1, 3_600_000_000, digits)
+    assert values_at_percentiles(empty, wanted) == dict.fromkeys(wanted, 0)
+    for values in (
+        [1],
+        [3_599_999_999],
+        [rng.choice([1, 7, 999, 1000, 1001, 65_536]) for _ in range(500)],
+        [int(rng.lognormvariate(7, 2.5)) + 1 for _ in range(5000)],
+    ):
+        hist = HdrHistogram(1, 3_600_000_000, digits)
+        for value in values:
+            hist.record_value(min(value, 3_600_000_000))
+        expected = {p: hist.get_value_at_percentile(p) for p in wanted}
+        assert values_at_percentiles(hist, wanted) == expected
+        # Decoded (as workers ship them) and merged ones too.
+        decoded = HdrHistogram.decode(hist.encode())
+        assert values_at_percentiles(decoded, wanted) == expected
+        merged = HdrHistogram(1, 3_600_000_000, digits)
+        merged.add(decoded)
+        assert values_at_percentiles(merged, reversed(wanted)) == expected
 
 
 def test_the_first_error_examples_of_each_class_are_kept_merged_and_shipped() -> None:
