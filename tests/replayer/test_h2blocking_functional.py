@@ -8,6 +8,10 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import h2.config
+import h2.connection
+import h2.events
+
 from shadowtap.recorder import Failure, FailureKind, Request, Response
 from shadowtap.replayer.h2blocking import BlockingH2Client
 from shadowtap.replayer.sending import ClientSettings
@@ -58,3 +62,42 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
     client = BlockingH2Client(f"h2c://127.0.0.1:{port}")
     result = await asyncio.to_thread(client.send, "GET", "/", (), b"")
     assert isinstance(result.outcome, Failure) and result.outcome.kind == FailureKind.CONNECT_ERROR
+
+
+async def test_a_connection_the_target_closed_while_idle_resends_only_an_idempotent_request() -> None:
+    # A target that answers one request per connection and then closes it, without GOAWAY.
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    seen.append(dict(event.headers)[b":method"])
+                    conn.send_headers(event.stream_id, [(b":status", b"200")], end_stream=True)
+                    writer.write(conn.data_to_send())
+                    await writer.drain()
+                    writer.close()
+                    return
+            writer.write(conn.data_to_send())
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = BlockingH2Client(f"h2c://127.0.0.1:{port}")
+
+    def calls() -> list[Response | Failure]:
+        return [client.send(method, "/", (), b"").outcome for method in ("GET", "GET", "POST")]
+
+    try:
+        first, resent, lost = await asyncio.to_thread(calls)
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
+    assert isinstance(first, Response) and isinstance(resent, Response)
+    assert isinstance(lost, Failure) and lost.kind == FailureKind.RESET
+    # The second GET found the first connection closed and went again on a new one; the POST found
+    # the second closed too, and fails rather than risk being processed twice.
+    assert seen == [b"GET", b"GET"] and client.connects == 2
