@@ -82,7 +82,6 @@ class _Connection:
         self.h2.increment_flow_control_window(_WINDOW_BYTES)
         self.reusable = True
         self.used = False  # a stream went out on it (a reused idle one may have been closed by the target)
-        self.flush()
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -257,8 +256,9 @@ class BlockingH2Client:
     ) -> Outcome:
         conn = connection.h2
         stream_id = conn.get_next_available_stream_id()
+        # Frames wait in h2's buffer until the socket is read (``_read`` sends them first): a unary
+        # call's HEADERS, DATA and end go in one write.
         conn.send_headers(stream_id, fields, end_stream=not body and not trailers)
-        connection.flush()
         if body or trailers:
             pieces = [(len(body), 0)] if offsets is None else offsets
             start = 0
@@ -283,7 +283,6 @@ class BlockingH2Client:
                     conn.send_headers(stream_id, trailers, end_stream=True)
                 else:
                     conn.end_stream(stream_id)
-                connection.flush()
             elif answer.ended:
                 # Our half is still open: end it as RFC 9113 8.1 says, without an error.
                 with contextlib.suppress(h2.exceptions.StreamClosedError):
@@ -321,13 +320,14 @@ class BlockingH2Client:
                 self._read(connection, answer, stream_id, grpc, started_ns, deadline_ns)
                 continue
             conn.send_data(stream_id, bytes(view[:window]))
-            connection.flush()
             view = view[window:]
 
     def _read(
         self, connection: _Connection, answer: _Answer, stream_id: int, grpc: bool, started_ns: int, deadline_ns: int
     ) -> None:
-        """Read once from the socket and apply what came for ``stream_id`` to ``answer``."""
+        """Send what h2 holds, read once from the socket and apply what came for ``stream_id`` to
+        ``answer``."""
+        connection.flush()
         left_s = (deadline_ns - time.monotonic_ns()) / _NS_PER_S
         if left_s <= 0:
             raise TimeoutError
