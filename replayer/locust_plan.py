@@ -80,6 +80,8 @@ class LocustJob:
             raise ConfigError(f"must be > 0, got {self.start_delay_s}", field="locust-start-delay")
         # The HTTP/2 side's own checks (http_version, message_speed, max_message_gap_s).
         self.client_settings()
+        if self.http_version == "1.1" and self.target.lower().startswith("h2c://"):
+            raise ConfigError(f"an h2c:// target speaks HTTP/2 only: {self.target!r}", field="http-version")
 
     def client_settings(self) -> ClientSettings:
         """The settings of the workers' HTTP/2 client (``shadowtap.replayer.h2blocking``)."""

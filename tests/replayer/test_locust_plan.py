@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -32,6 +33,34 @@ def test_job_round_trips_through_json() -> None:
         max_connections=64,
     )
     assert LocustJob.from_json(job.to_json()) == job
+
+
+def test_the_http_version_settings_travel_and_decide_what_goes_over_http2() -> None:
+    job = LocustJob(
+        tapes=("/t",), target="https://api:8443", http_version="2", message_speed=2.0, max_message_gap_s=1.5
+    )
+    assert LocustJob.from_json(job.to_json()) == job
+    settings = job.client_settings()
+    assert (settings.http_version, settings.message_speed, settings.max_message_gap_s) == ("2", 2.0, 1.5)
+    # A job file written before these settings existed reads with the defaults.
+    old = json.loads(LocustJob(tapes=("/t",), target="http://x").to_json())
+    for key in ("http_version", "message_speed", "max_message_gap_s"):
+        del old[key]
+    assert LocustJob.from_json(json.dumps(old)).http_version == "auto"
+    auto = LocustJob(tapes=("/t",), target="http://x")
+    assert (auto.sends_http2("2"), auto.sends_http2("1.1")) == (True, False)
+    assert LocustJob(tapes=("/t",), target="h2c://x:50051").sends_http2("1.1")
+    assert job.sends_http2("1.1")
+    assert not LocustJob(tapes=("/t",), target="http://x", http_version="1.1").sends_http2("2")
+
+
+def test_http_version_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="http-version"):
+        LocustJob(tapes=("/t",), target="http://x", http_version="3")
+    with pytest.raises(ConfigError, match="HTTP/2 only"):
+        LocustJob(tapes=("/t",), target="h2c://x:50051", http_version="1.1")
+    with pytest.raises(ConfigError, match="speed"):
+        LocustJob(tapes=("/t",), target="http://x", message_speed=-1.0)
 
 
 def test_a_bad_job_file_is_a_config_error_naming_it() -> None:
