@@ -389,14 +389,13 @@ class H2Connection:
         except ProtocolError as exc:
             self._fail(exc.error_code, str(exc))
             raise
-        except hpack.exceptions.OversizedHeaderListError as exc:
-            self._fail(ENHANCE_YOUR_CALM, str(exc))
-            raise ProtocolError(f"a header list over the limit: {exc}", ENHANCE_YOUR_CALM) from None
-        except hpack.exceptions.HPACKError as exc:
-            self._fail(COMPRESSION_ERROR, str(exc))
-            raise ProtocolError(
-                error_code=COMPRESSION_ERROR, message=f"a header block that does not decode: {exc}"
-            ) from None
+        # Names of their own: compiled, one name is one type in the whole function.
+        except hpack.exceptions.OversizedHeaderListError as oversized:
+            self._fail(ENHANCE_YOUR_CALM, str(oversized))
+            raise ProtocolError(f"a header list over the limit: {oversized}", ENHANCE_YOUR_CALM) from None
+        except hpack.exceptions.HPACKError as undecodable:
+            self._fail(COMPRESSION_ERROR, str(undecodable))
+            raise ProtocolError(f"a header block that does not decode: {undecodable}", COMPRESSION_ERROR) from None
         return events
 
     def _fail(self, code: int, message: str) -> None:
