@@ -126,9 +126,10 @@ def values_at_percentiles(hist: HdrHistogram, percentiles: Iterable[float]) -> d
     length: int = min(hist.counts_len, hist.encoder.payload.counts_len)
     end = length if hist.max_value <= 0 else min(length, hist.get_counts_array_index(hist.max_value) + 1)
     counts: list[int] = hist.counts[:end]
-    targets = [hist.get_target_count_at_percentile(p) for p in wanted]
+    # Typed, so that the compiled walk adds and compares machine integers.
+    targets: list[int] = [int(hist.get_target_count_at_percentile(p)) for p in wanted]
     k = 0
-    seen = 0
+    seen: int = 0
     for index in range(end):
         seen += counts[index]
         while seen >= targets[k]:
@@ -141,7 +142,7 @@ def values_at_percentiles(hist: HdrHistogram, percentiles: Iterable[float]) -> d
     # Fewer counts than the total says (a histogram whose max was not tracked): walk the rest, as
     # HdrHistogram would.
     for index in range(end, length):
-        seen += hist.counts[index]
+        seen += int(hist.counts[index])
         while seen >= targets[k]:
             value = hist.get_value_from_index(index)
             p = wanted[k]

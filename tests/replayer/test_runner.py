@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import shadowtap.replayer.runner as runner_module
 from shadowtap.recorder import (
     PRIMARY,
     REPLAY,
@@ -228,18 +229,47 @@ async def test_due_requests_go_between_slices_of_a_slow_plan() -> None:
     assert read_when_first_sent[0] < 50
 
 
-async def test_the_heap_is_frozen_while_replaying_and_thawed_after() -> None:
+async def test_the_heap_is_frozen_and_the_collector_off_while_replaying_and_both_restored_after() -> None:
     frozen_while_sending: list[int] = []
+    collecting_while_sending: list[bool] = []
 
     async def handler(method: str, target: str, headers: Headers, body: bytes) -> Outcome:
         frozen_while_sending.append(gc.get_freeze_count())
+        collecting_while_sending.append(gc.isenabled())
         return Response(200)
 
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
     outcome = await replay(planned([make_exchange(i, 0) for i in range(3)], speed=0.0), MemoryTransport(handler))
     assert outcome.stats.overall.requests == 3
     assert min(frozen_while_sending) > 0
-    assert gc.get_freeze_count() == 0
+    assert collecting_while_sending == [False] * 3
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+
+
+async def test_the_progress_tick_collects_cycles_that_pile_up_while_the_collector_is_off() -> None:
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    alive: list[int] = []
+    stop = asyncio.Event()
+
+    async def handler(method: str, target: str, headers: Headers, body: bytes) -> Outcome:
+        for _ in range(runner_module._GC_PILE + 1000):
+            Cycle()  # garbage that only the collector frees
+        alive.append(gc.get_count()[0])
+        return Response(200)
+
+    def progress(p: Progress) -> None:
+        if alive and gc.get_count()[0] < alive[0]:
+            stop.set()  # collected: the replay can end
+
+    tape = [make_exchange(i, i * 10_000) for i in range(2)]
+    settings = RunnerSettings(progress_interval_s=0.01)
+    outcome = await replay(planned(tape), MemoryTransport(handler), settings=settings, progress=progress, stop=stop)
+    assert outcome.stats.overall.requests >= 1
+    assert alive[0] > runner_module._GC_PILE
+    assert stop.is_set()
 
 
 async def test_requests_waiting_for_their_slot_are_not_tasks() -> None:
