@@ -4,10 +4,10 @@ Runs the command in this process (``shadowtap diff ARGS...``) with each phase ti
 diffing this process's share (``ingest``), merging the workers' stores, learning and applying the
 endpoint templates, building the report and writing it. Printed: wall and CPU seconds of each phase
 (CPU is this process's: the merges of the workers' stores run between its own chunks, so they are
-inside its share), the workers' CPU, the forked report writers' CPU, and the critical path by CPU
-time (this process outside its share and its writing, plus the larger of its share and the
-workers', plus the larger of its writing and the writers'): what two idle cores would take,
-whatever else the machine runs.
+inside its share), the workers' CPU, the forked pair grouping's (beside the endpoint learning,
+shorter than it) and report writers', and the critical path by CPU time (this process outside its
+share and its writing, plus the larger of its share and the workers', plus the larger of its
+writing and the writers'): what two idle cores would take, whatever else the machine runs.
 Never run in a test. Usage::
 
     .venv/bin/python bench/diff_phases.py TAPE --candidate v2 --workers 2 --json /tmp/r.json --quiet
@@ -54,17 +54,30 @@ def main() -> None:
     timed(pipeline, "relearn_endpoints", "learn, apply endpoint templates")
     timed(differ, "build_report", "build the report")
     timed(command, "emit", "write the report")
-    workers_done: list[float] = []
-    run_workers = command._run_workers
+    # Children's CPU when the workers are reaped (the pair grouping is forked then, if at all), and
+    # when the grouping is too: what the report writers forked after spend is the rest.
+    children_at: dict[str, float] = {}
 
-    def workers_then_count(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return run_workers(*args, **kwargs)
-        finally:  # the worker processes are reaped: their CPU is in RUSAGE_CHILDREN now
-            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-            workers_done.append(usage.ru_utime + usage.ru_stime)
+    def children_cpu_after(owner: Any, name: str, label: str, before: bool = False) -> None:
+        original: Callable[..., Any] = getattr(owner, name)
 
-    command._run_workers = workers_then_count
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            def note() -> None:
+                usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+                children_at.setdefault(label, usage.ru_utime + usage.ru_stime)
+
+            if before:
+                note()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                note()
+
+        setattr(owner, name, wrapper)
+
+    children_cpu_after(command, "_group_pairs_beside", "workers", before=True)
+    children_cpu_after(command, "_run_workers", "workers")
+    children_cpu_after(command, "_run_workers", "grouping")
     started = time.perf_counter()
     with contextlib.suppress(SystemExit):
         cli(["diff", *sys.argv[1:]])
@@ -72,11 +85,12 @@ def main() -> None:
     me = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     own_cpu = me.ru_utime + me.ru_stime
-    workers_cpu = workers_done[0] if workers_done else 0.0
-    writers_cpu = children.ru_utime + children.ru_stime - workers_cpu
+    workers_cpu = children_at.get("workers", 0.0)
+    grouping_cpu = children_at.get("grouping", 0.0) - workers_cpu
+    writers_cpu = children.ru_utime + children.ru_stime - workers_cpu - grouping_cpu
     print(
         f"wall {wall:.2f} s; this process {own_cpu:.2f} s of CPU, its workers {workers_cpu:.2f} s,"
-        f" report writers {writers_cpu:.2f} s",
+        f" the pair grouping beside the learning {grouping_cpu:.2f} s, report writers {writers_cpu:.2f} s",
         file=sys.stderr,
     )
     for label, (phase_wall, phase_cpu) in spent.items():

@@ -349,8 +349,9 @@ class DiffSession:
         return self.stats
 
 
-def relearn_endpoints(store: DiffStore, config: DifferConfig) -> None:
-    """Re-template every stored path with everything now known (and the config's current routes).
+def relearn_endpoints(store: DiffStore, config: DifferConfig) -> int:
+    """Re-template every stored path with everything now known (and the config's current routes);
+    how many routes' endpoints it changed.
 
     Reads the routes table once when it holds at most ``_LEARN_HELD_ROUTES`` (two learning passes,
     see ``EndpointTemplater.learn``, then the templating, over the rows read); past that, streams
@@ -361,8 +362,7 @@ def relearn_endpoints(store: DiffStore, config: DifferConfig) -> None:
     held = list(itertools.islice(store.routes(), _LEARN_HELD_ROUTES + 1))
     if len(held) > _LEARN_HELD_ROUTES:
         templater = learn_endpoints(lambda: ((method, path) for _, method, path, _ in store.routes()), config)
-        apply_endpoints(store, templater)
-        return
+        return apply_endpoints(store, templater)
     # Few enough to read once: both learning passes and the templating go over the same rows.
     templater = learn_endpoints(lambda: ((method, path) for _, method, path, _ in held), config)
     updates = [
@@ -370,6 +370,7 @@ def relearn_endpoints(store: DiffStore, config: DifferConfig) -> None:
     ]
     if updates:
         store.set_endpoints(updates)
+    return len(updates)
 
 
 def learn_endpoints(routes: Callable[[], Iterable[tuple[str, str]]], config: DifferConfig) -> EndpointTemplater:
@@ -392,14 +393,17 @@ def distinct_routes(*streams: Iterable[tuple[str, str]]) -> Iterator[tuple[str, 
             last = route
 
 
-def apply_endpoints(store: DiffStore, templater: EndpointTemplater) -> None:
-    """Every stored route's endpoint as ``templater`` (learned from every path) templates it."""
+def apply_endpoints(store: DiffStore, templater: EndpointTemplater) -> int:
+    """Every stored route's endpoint as ``templater`` (learned from every path) templates it; how
+    many changed."""
     # Applied a batch at a time: a million distinct paths must not mean a million updates in memory.
-    after = 0
+    after = changed = 0
     while batch := store.routes_after(after, _RELEARN_BATCH_ROUTES):
         updates = [
             (new, route_id) for route_id, method, path, old in batch if (new := templater.template(method, path)) != old
         ]
         if updates:
             store.set_endpoints(updates)
+            changed += len(updates)
         after = batch[-1][0]
+    return changed

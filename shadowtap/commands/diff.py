@@ -22,10 +22,12 @@ from shadowtap.commands._options import NO_PROGRESS, NO_PROGRESS_HELP
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
+    from concurrent.futures import Executor, Future
 
     from shadowtap.differ import DifferConfig, DiffSession, DiffStore, IngestStats, RunMeta
     from shadowtap.differ.protobuf import ProtoSchema
     from shadowtap.differ.report_model import DiffReport
+    from shadowtap.differ.store import PairGroup
     from shadowtap.recorder import Exchange, TapeReader
     from shadowtap.recorder.errors import ConfigError
     from shadowtap.recorder.reader import SegmentRange
@@ -351,6 +353,9 @@ class _Done:
     names: set[str]
     #: The stores a worker process diffed into (``_piece``), each handed over when finished.
     pieces: int = 0
+    #: The report's groups of pairs (``DiffStore.pair_groups`` of the whole store), when read
+    #: beside the endpoint learning (``_group_pairs_beside``) and still true after it.
+    pair_groups: list[PairGroup] | None = None
 
 
 def _piece(db: str, index: int, *, done: bool = True) -> str:
@@ -575,6 +580,28 @@ def _start_method() -> str:
     return "spawn"
 
 
+def _read_pair_groups(path: str) -> list[PairGroup]:
+    from shadowtap.differ import DiffStore
+
+    store = DiffStore(path, create=False)
+    try:
+        return list(store.pair_groups(None, None, None))
+    finally:
+        store.close()
+
+
+def _group_pairs_beside(path: str) -> tuple[Executor, Future[list[PairGroup]]]:
+    """The report's grouping of the pairs of the store at ``path`` (committed, whole), read by a
+    forked process while this one learns the endpoints: it is the report's as long as the learning
+    changes no route's endpoint (the templates the routes were stored under were the learned ones
+    already, as in a long run of paths full of ids); otherwise it is dropped and grouped again."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    return pool, pool.submit(_read_pair_groups, path)
+
+
 def _run_workers(
     open_store: Callable[[], DiffStore], config: DifferConfig, meta: RunMeta, jobs: list[_Job]
 ) -> tuple[DiffStore, _Done]:
@@ -638,15 +665,23 @@ def _run_workers(
     finally:
         _next_chunk = None
     assert store is not None
+    grouping: tuple[Executor, Future[list[PairGroup]]] | None = None
     try:
         merge_handed_over()
         if merged != [done.pieces for done in parts]:
             raise RuntimeError(f"worker stores merged {merged}, handed over {[done.pieces for done in parts]}")
-        relearn_endpoints(store, config)
+        if method == "fork":
+            grouping = _group_pairs_beside(store.path)
+        changed = relearn_endpoints(store, config)
         store.commit()
+        if grouping is not None and not changed:
+            total.pair_groups = grouping[1].result()
     except BaseException:
         store.close()
         raise
+    finally:
+        if grouping is not None:
+            grouping[0].shutdown(cancel_futures=True)
     total.stats.duplicates += duplicates
     total.pieces = sum(merged)
     for done in parts:
@@ -729,7 +764,9 @@ def run(args: argparse.Namespace) -> int:
             )
         if stats.duplicates:
             print(f"note: {stats.duplicates} exchanges were already in {args.db}; counted once", file=sys.stderr)
-        report = build_report(store, config, fail_on=args.fail_on, min_samples=args.min_samples)
+        report = build_report(
+            store, config, fail_on=args.fail_on, min_samples=args.min_samples, pair_groups=done.pair_groups
+        )
     finally:
         if store is not None:
             store.close()

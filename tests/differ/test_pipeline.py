@@ -70,8 +70,9 @@ def test_relearn_applies_new_routes(tmp_path: Path) -> None:
         session.add(pair(i, Response(200, "", (), b'{"n": 2, "s": "a"}'), path=f"/docs/page-{chr(97 + i)}"))
     session.finish()
     assert {r[3] for r in store.routes()} == {f"GET /docs/page-{chr(97 + i)}" for i in range(5)}
-    relearn_endpoints(store, config_from_mapping({"routes": ["GET /docs/{page}"]}))
+    assert relearn_endpoints(store, config_from_mapping({"routes": ["GET /docs/{page}"]})) == 5  # routes changed
     assert {r[3] for r in store.routes()} == {"GET /docs/{page}"}
+    assert relearn_endpoints(store, config_from_mapping({"routes": ["GET /docs/{page}"]})) == 0
 
 
 def test_relearning_gives_the_same_endpoints_whether_the_routes_are_held_or_streamed(
@@ -79,7 +80,7 @@ def test_relearning_gives_the_same_endpoints_whether_the_routes_are_held_or_stre
 ) -> None:
     body = Response(200, "", (), b'{"n": 2, "s": "a"}')
     slugs = [f"{a}-{b}" for a in ("red", "blue", "green", "amber") for b in ("fox", "owl", "elk", "yak", "emu")]
-    learned = []
+    learned, changed = [], []
     for held in (100_000, 10):  # 400 routes: held in memory, then streamed three times
         monkeypatch.setattr(pipeline, "_LEARN_HELD_ROUTES", held)
         store = DiffStore(tmp_path / f"r{held}.db")
@@ -88,9 +89,10 @@ def test_relearning_gives_the_same_endpoints_whether_the_routes_are_held_or_stre
             paths = (f"/files/{i}", f"/pages/{slugs[i % 20]}-{i}", f"/api/{slugs[i % 7]}", f"/docs/{slugs[i % 3]}")
             session.add(pair(i, body, path=paths[i % 4]))
         session.finish(relearn=False)
-        relearn_endpoints(store, DifferConfig())
+        changed.append(relearn_endpoints(store, DifferConfig()))
         learned.append({(method, path): endpoint for _, method, path, endpoint in store.routes()})
     assert learned[0] == learned[1]
+    assert changed[0] == changed[1]
     endpoints = set(learned[0].values())
     assert {"GET /files/{id}", *(f"GET /api/{s}" for s in slugs[:7]), *(f"GET /docs/{s}" for s in slugs[:3])} <= (
         endpoints
