@@ -155,6 +155,20 @@ class _H2Request:
         self.te_trailers = te_trailers
 
 
+def _with_host(headers: list[Header], authority: bytes) -> list[Header]:
+    """``headers`` with ``authority`` as the Host field's value (added when there is none: HTTP/1.0)."""
+    out: list[Header] = []
+    found = False
+    for name, value in headers:
+        if len(name) == 4 and name.lower() == b"host":
+            found = True
+            value = authority
+        out.append((name, value))
+    if not found:
+        out.append((b"Host", authority))
+    return out
+
+
 def _h2_request(
     ctx: Context,
     method: bytes,
@@ -1439,6 +1453,12 @@ class _ClientConnection(asyncio.Protocol):
             self._upgrade_body_left = _content_length(headers)
         if ctx.rewriter.escapes_prefix(url):
             raise _Refused(400, "the request path climbs above the root")
+        if uri_authority is not None:
+            # RFC 9112 3.2.2: an absolute-form target's authority names the host, whatever Host said;
+            # the primary (HTTP/1 or HTTP/2), the stages and the tape get the one the client addressed.
+            if uri_authority.translate(None, _AUTHORITY_CHARS):
+                raise _Refused(400, "the request target's authority is not a valid authority")
+            headers = _with_host(headers, uri_authority)
         h2_request: _H2Request | None = None
         if not upgrade and ctx.h2_pool is not False and h2server.upstream_pool(ctx) is not None:
             # An HTTP/2 primary: what HTTP/2 cannot carry is refused now, like any malformed head.
@@ -1447,9 +1467,7 @@ class _ClientConnection(asyncio.Protocol):
         # Plain pass-through has no stage to hand an exchange to: none is built.
         ex = None
         if ctx.stages:
-            # Over HTTP/2 an absolute-form target's authority is the one the primary gets (:authority).
-            authority = uri_authority if h2_request is not None else None
-            ex = self._exchange(method, url, version, headers, started_ns, upgrade, authority)
+            ex = self._exchange(method, url, version, headers, started_ns, upgrade)
         forward = _Forward(
             self, ex, started_ns, method, url, headers, version == "1.0", parser.should_keep_alive(), chunked, upgrade
         )
@@ -1471,16 +1489,12 @@ class _ClientConnection(asyncio.Protocol):
         headers: list[Header],
         started_ns: int,
         upgrade: bool,
-        authority: bytes | None = None,
     ) -> ProxiedExchange:
         ctx = self.ctx
         host = b""
-        if authority is not None:
-            host = authority
-        else:
-            for name, value in headers:
-                if len(name) == 4 and name.lower() == b"host":
-                    host = value
+        for name, value in headers:
+            if len(name) == 4 and name.lower() == b"host":
+                host = value
         return ProxiedExchange(
             id=f"{ctx.id_prefix}-{next(ctx.ids):x}",
             connection_id=self.conn_id,

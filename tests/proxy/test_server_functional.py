@@ -328,6 +328,32 @@ async def test_forwarded_headers_and_via() -> None:
     assert resp.header(b"Via") == b"1.1 shadowtap-test"
 
 
+async def test_an_absolute_form_targets_authority_is_the_host_the_primary_and_the_tape_get() -> None:
+    # RFC 9112 3.2.2: the request target's authority wins over Host, and a proxy sends a Host made
+    # from it; HTTP/1.0 may come without a Host at all.
+    stage = RecordingStage()
+    async with (
+        serve_app(build_primary_app()) as primary,
+        running_proxy(primary, stages=[stage]) as proxy,
+    ):
+        (resp,) = await raw_request(
+            proxy.port, b"GET http://shop.example:8080/echo?q=1 HTTP/1.1\r\nHost: other.example\r\n\r\n"
+        )
+        (old,) = await raw_request(proxy.port, b"GET http://legacy.example/echo HTTP/1.0\r\n\r\n")
+        (bad,) = await raw_request(proxy.port, b"GET http://user@evil.example/echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    seen = resp.body.split(b"\n\n", 1)[0].split(b"\n")
+    assert resp.status == 200
+    assert b"Host: shop.example:8080" in seen and b"Host: other.example" not in seen
+    assert b"X-Forwarded-Host: shop.example:8080" in seen
+    assert b"Host: legacy.example" in old.body.split(b"\n\n", 1)[0].split(b"\n")
+    assert bad.status == 400
+    assert [(ex.target, ex.authority) for ex in stage.requests] == [
+        ("/echo?q=1", "shop.example:8080"),
+        ("/echo", "legacy.example"),
+    ]
+    assert proxy.stats.client_errors == {400: 1}
+
+
 async def test_pipelined_upload_waits_for_its_turn_with_bounded_buffering(setup: Setup) -> None:
     body = bytes(range(256)) * 2400  # 600 KiB: more than max_buffered_body_bytes (256 KiB)
     request = (
