@@ -602,6 +602,15 @@ def _group_pairs_beside(path: str) -> tuple[Executor, Future[list[PairGroup]]]:
     return pool, pool.submit(_read_pair_groups, path)
 
 
+def _groups_or_none(future: Future[list[PairGroup]]) -> list[PairGroup] | None:
+    """What the forked grouping read, or None when it failed (the store is grouped again then: a
+    shortcut must never fail the run)."""
+    try:
+        return future.result()
+    except Exception:
+        return None
+
+
 def _run_workers(
     open_store: Callable[[], DiffStore], config: DifferConfig, meta: RunMeta, jobs: list[_Job]
 ) -> tuple[DiffStore, _Done]:
@@ -675,7 +684,7 @@ def _run_workers(
         changed = relearn_endpoints(store, config)
         store.commit()
         if grouping is not None and not changed:
-            total.pair_groups = grouping[1].result()
+            total.pair_groups = _groups_or_none(grouping[1])
     except BaseException:
         store.close()
         raise
