@@ -21,7 +21,7 @@ import heapq
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -140,11 +140,8 @@ def build_report(
     fail_on: str | None = None,
     min_samples: int | None = None,
     generated_at_ns: int | None = None,
-    pair_groups: Sequence[PairGroup] | None = None,
 ) -> DiffReport:
     """The report for the pairs in ``[since_ns, until_ns)`` (and ``endpoint``, when given).
-    ``pair_groups``: what ``store.pair_groups`` gives for that window, when already read (by
-    another process, while this one learned the endpoints).
 
     Two streamed passes over the pairs grouped by the differences they showed (SQLite groups them,
     with its indexes for the window and the endpoint), then one ordered pass over the samples: the
@@ -177,7 +174,7 @@ def build_report(
     # Pass 2 reads the same groups again: kept from pass 1 while they are few (SQLite's grouping is
     # most of a report's cost), else grouped again.
     kept_groups: list[PairGroup] | None = []
-    for group in store.pair_groups(since_ns, until_ns, endpoint) if pair_groups is None else pair_groups:
+    for group in store.pair_groups(since_ns, until_ns, endpoint):
         if kept_groups is not None:
             kept_groups.append(group)
             if len(kept_groups) > _KEPT_GROUPS_MAX:

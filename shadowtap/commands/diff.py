@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import itertools
 import os
 import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from shadowtap.commands._options import NO_PROGRESS, NO_PROGRESS_HELP
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from shadowtap.differ import DifferConfig, DiffSession, DiffStore, IngestStats, RunMeta
     from shadowtap.differ.protobuf import ProtoSchema
     from shadowtap.differ.report_model import DiffReport
-    from shadowtap.differ.store import PairGroup
     from shadowtap.recorder import Exchange, TapeReader
     from shadowtap.recorder.errors import ConfigError
     from shadowtap.recorder.reader import SegmentRange
@@ -353,9 +353,6 @@ class _Done:
     names: set[str]
     #: The stores a worker process diffed into (``_piece``), each handed over when finished.
     pieces: int = 0
-    #: The report's groups of pairs (``DiffStore.pair_groups`` of the whole store), when read
-    #: beside the endpoint learning (``_group_pairs_beside``) and still true after it.
-    pair_groups: list[PairGroup] | None = None
 
 
 def _piece(db: str, index: int, *, done: bool = True) -> str:
@@ -580,44 +577,13 @@ def _start_method() -> str:
     return "spawn"
 
 
-def _read_pair_groups(path: str) -> list[PairGroup]:
-    from shadowtap.differ import DiffStore
-
-    store = DiffStore(path, create=False)
-    try:
-        return list(store.pair_groups(None, None, None))
-    finally:
-        store.close()
-
-
-def _group_pairs_beside(path: str) -> tuple[Executor, Future[list[PairGroup]]]:
-    """The report's grouping of the pairs of the store at ``path`` (committed, whole), read by a
-    forked process while this one learns the endpoints: it is the report's as long as the learning
-    changes no route's endpoint (the templates the routes were stored under were the learned ones
-    already, as in a long run of paths full of ids); otherwise it is dropped and grouped again."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-    return pool, pool.submit(_read_pair_groups, path)
-
-
-def _groups_or_none(future: Future[list[PairGroup]]) -> list[PairGroup] | None:
-    """What the forked grouping read, or None when it failed (the store is grouped again then: a
-    shortcut must never fail the run)."""
-    try:
-        return future.result()
-    except Exception:
-        return None
-
-
 def _run_workers(
     open_store: Callable[[], DiffStore], config: DifferConfig, meta: RunMeta, jobs: list[_Job]
 ) -> tuple[DiffStore, _Done]:
     """The first job in this process, straight into the run's store (``open_store()``, opened once
     the other processes are started: its creation waits on the disk), each other in a process of its own
     diffing into stores of its own, which this process merges into ``store`` as they are handed
-    over (between its own chunks, then the last ones); then endpoints are learned over every path.
+    over (between its own chunks, then the last ones); endpoints are left to learn (``run``).
     The merge is the one-process result: keys and difference sets are named by their content,
     pairs merge by exchange id, and each sample is bottom-k by a hash of the exchange id (the
     smallest k of a union are among the union of each part's smallest k)."""
@@ -625,7 +591,7 @@ def _run_workers(
     from concurrent.futures import ProcessPoolExecutor
 
     from shadowtap.differ import DiffSession
-    from shadowtap.differ.pipeline import add_stats, relearn_endpoints
+    from shadowtap.differ.pipeline import add_stats
 
     global _next_chunk
     method = _start_method()
@@ -674,23 +640,14 @@ def _run_workers(
     finally:
         _next_chunk = None
     assert store is not None
-    grouping: tuple[Executor, Future[list[PairGroup]]] | None = None
     try:
         merge_handed_over()
         if merged != [done.pieces for done in parts]:
             raise RuntimeError(f"worker stores merged {merged}, handed over {[done.pieces for done in parts]}")
-        if method == "fork":
-            grouping = _group_pairs_beside(store.path)
-        changed = relearn_endpoints(store, config)
         store.commit()
-        if grouping is not None and not changed:
-            total.pair_groups = _groups_or_none(grouping[1])
     except BaseException:
         store.close()
         raise
-    finally:
-        if grouping is not None:
-            grouping[0].shutdown(cancel_futures=True)
     total.stats.duplicates += duplicates
     total.pieces = sum(merged)
     for done in parts:
@@ -703,11 +660,119 @@ def _run_workers(
     return store, total
 
 
+#: The report files' flags: a speculative report writes each to a temporary sibling first.
+_REPORT_FILES = ("html", "json", "markdown", "junit")
+
+
+class _Captured(io.StringIO):
+    """Standard output kept for later, answering ``isatty`` and ``fileno`` as the real one does (the
+    terminal summary's colour and width follow them)."""
+
+    def __init__(self, real: TextIO) -> None:
+        super().__init__()
+        self.real = real
+
+    def isatty(self) -> bool:
+        return self.real.isatty()
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+
+#: The config and arguments a ``_Speculation``'s forked process inherits (arguments hold the
+#: parser's functions, which do not pickle).
+_forked_speculation: tuple[DifferConfig, argparse.Namespace] | None = None
+
+
+def _share_speculation(config: DifferConfig, args: argparse.Namespace) -> None:
+    global _forked_speculation
+    _forked_speculation = (config, args)
+
+
+def _speculative_report(path: str, processes: int) -> tuple[str, int]:
+    """The forked process of ``_Speculation``: the report of the store at ``path`` as it stands,
+    emitted (files to the paths in the arguments it inherited, standard output kept); what it
+    printed and the exit code."""
+    from shadowtap.differ import DiffStore, build_report
+
+    assert _forked_speculation is not None
+    config, args = _forked_speculation
+    store = DiffStore(path, create=False)
+    try:
+        report = build_report(store, config, fail_on=args.fail_on, min_samples=args.min_samples)
+    finally:
+        store.close()
+    captured = _Captured(sys.stdout)
+    sys.stdout = captured
+    try:
+        code = emit(report, args, config.compare.proto, processes=processes)
+    finally:
+        sys.stdout = captured.real
+    return captured.getvalue(), code
+
+
+@dataclass(slots=True)
+class _Speculation:
+    """The report built and written by a forked process from the store with the endpoints it was
+    written with, while this one learns the endpoints over every path: when the learning changes
+    none (routes stored under their final templates, as with ids in paths), that report is the one
+    this process would build, and its files (written to temporary siblings) are moved into place.
+    Otherwise they are removed and the report is built again."""
+
+    pool: Executor
+    future: Future[tuple[str, int]]
+    #: (temporary, target) of each report file.
+    files: list[tuple[Path, Path]]
+
+    @classmethod
+    def start(cls, path: str, config: DifferConfig, args: argparse.Namespace, processes: int) -> _Speculation:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        files = [
+            (target.with_name(f".{target.name}.{os.getpid()}.speculative"), target)
+            for target in (getattr(args, kind) for kind in _REPORT_FILES)
+            if target is not None
+        ]
+        temporary = argparse.Namespace(**vars(args))
+        for kind in _REPORT_FILES:
+            target = getattr(args, kind)
+            if target is not None:
+                setattr(temporary, kind, target.with_name(f".{target.name}.{os.getpid()}.speculative"))
+        pool = ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_share_speculation,
+            initargs=(config, temporary),
+        )
+        return cls(pool, pool.submit(_speculative_report, path, processes), files)
+
+    def take(self, *, holds: bool) -> tuple[str, int] | None:
+        """What the forked process printed and its exit code, its files moved into place, when
+        ``holds`` and it succeeded; else None, its files removed (it is waited for either way: a
+        report file must never be written after this)."""
+        result: tuple[str, int] | None = None
+        try:
+            result = self.future.result()
+        except Exception:  # a shortcut never fails the run: the report is built again, and fails there
+            result = None
+        finally:
+            self.pool.shutdown()
+        if result is None or not holds:
+            for temporary, _ in self.files:
+                temporary.unlink(missing_ok=True)
+            return None
+        for temporary, target in self.files:
+            os.replace(temporary, target)
+        return result
+
+
 def run(args: argparse.Namespace) -> int:
     from itertools import islice
 
     from shadowtap.commands.tape import refuse_files_that_are_not_tapes
     from shadowtap.differ import DiffSession, DiffStore, RunMeta, build_report, parse_fail_on
+    from shadowtap.differ.pipeline import relearn_endpoints
     from shadowtap.recorder import TapeReader
 
     config = with_proto_schema(load_config(args.config), args)
@@ -773,11 +838,27 @@ def run(args: argparse.Namespace) -> int:
             )
         if stats.duplicates:
             print(f"note: {stats.duplicates} exchanges were already in {args.db}; counted once", file=sys.stderr)
-        report = build_report(
-            store, config, fail_on=args.fail_on, min_samples=args.min_samples, pair_groups=done.pair_groups
+        speculated: tuple[str, int] | None = None
+        if workers > 1:
+            # The report is built and written beside the learning, by a forked process, and stands
+            # if the learning changes no route's endpoint.
+            speculation = _Speculation.start(store.path, config, args, workers) if _start_method() == "fork" else None
+            changed = relearn_endpoints(store, config)
+            store.commit()
+            if speculation is not None:
+                speculated = speculation.take(holds=not changed)
+        report = (
+            None
+            if speculated is not None
+            else build_report(store, config, fail_on=args.fail_on, min_samples=args.min_samples)
         )
     finally:
         if store is not None:
             store.close()
         scratch.cleanup()
+    if speculated is not None:
+        printed, code = speculated
+        sys.stdout.write(printed)
+        return code
+    assert report is not None
     return emit(report, args, config.compare.proto, processes=workers)

@@ -30,8 +30,9 @@ from tests.shadowtap.test_cmd_diff_scale_functional import without_timings
 PIECE_PAIRS = 150
 
 
-#: A fresh process runs no other thread: the workers and the report writers are forked. It prints
-#: how many stores the workers handed over and whether the pairs grouped beside the learning held.
+#: A fresh process runs no other thread: the workers, the report built beside the learning and
+#: the report writers are forked. It prints how many stores the workers handed over and whether
+#: the report built beside the learning stood.
 FORKING = textwrap.dedent(f"""
     import sys
     import shadowtap.commands.diff as command
@@ -39,12 +40,16 @@ FORKING = textwrap.dedent(f"""
 
     command._PIECE_PAIRS = {PIECE_PAIRS}
     assert command._start_method() == "fork"
-    run_workers = command._run_workers
+    run_workers, take = command._run_workers, command._Speculation.take
     def counting(*args):
         store, done = run_workers(*args)
-        print("pieces", done.pieces, "grouped", done.pair_groups is not None, file=sys.stderr)
+        print("pieces", done.pieces, file=sys.stderr)
         return store, done
-    command._run_workers = counting
+    def taking(self, *, holds):
+        taken = take(self, holds=holds)
+        print("stood", taken is not None, file=sys.stderr)
+        return taken
+    command._run_workers, command._Speculation.take = counting, taking
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -142,8 +147,9 @@ def test_forked_workers_hand_their_stores_over_and_forked_writers_write_the_file
     assert result.returncode == 1, result.stderr
     assert int(result.stderr.split()[1]) >= 1, result.stderr
     # The planted traffic's long tail of slugs folds late: the learning changes endpoints, so the
-    # pairs grouped beside it are dropped and grouped again.
+    # report built beside it is dropped (its files removed) and built again.
     assert result.stderr.split()[3] == "False", result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r.json", "r.sqlite"]
     assert {"stdout": result.stdout, **reports(tmp_path)} == one_worker
     assert json.loads((tmp_path / "r.json").read_text())["pairs"] == 2700
 
@@ -169,7 +175,7 @@ def test_a_report_file_a_forked_writer_cannot_write_fails_as_with_one_process(tm
     assert "cannot write report" in errors[2] and "missing/r.json" in errors[2]
 
 
-def test_pairs_grouped_beside_the_learning_make_the_report_when_it_changes_no_endpoint(tmp_path: Path) -> None:
+def test_the_report_built_beside_the_learning_stands_when_it_changes_no_endpoint(tmp_path: Path) -> None:
     # Ids are digits from the first request on: every route is stored under its final template.
     options = TapeOptions(fsync="none", compression="none")
     with SyncTapeWriter(tmp_path / "tape", options) as writer:
@@ -186,3 +192,4 @@ def test_pairs_grouped_beside_the_learning_make_the_report_when_it_changes_no_en
         outputs[workers] = {"stdout": result.stdout, **reports(out)}
     assert result.stderr.split()[3] == "True", result.stderr
     assert outputs[1] == outputs[2]
+    assert sorted(p.name for p in (tmp_path / "w2").iterdir()) == ["r.html", "r.json", "r.sqlite"]
