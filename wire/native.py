@@ -74,6 +74,7 @@ COMPILED_MODULES: Final = (
     "shadowtap.replayer.result",
     # The tape's decode path: every exchange a replay, a diff or tape cat reads is decoded here.
     "shadowtap.recorder._decode",
+    "shadowtap.recorder._segment",
 )
 #: The ``shadowtap`` package directory (as imported: links are not resolved, so paths in messages
 #: are the ones a user sees).

@@ -25,7 +25,8 @@ from shadowtap.recorder import (
     exchange_to_wire,
     tape_segments,
 )
-from shadowtap.recorder.reader import SegmentRange, _request_line, frame_starts
+from shadowtap.recorder._segment import request_line
+from shadowtap.recorder.reader import SegmentRange, frame_starts
 from tests.recorder.tape_samples import BASE_NS, make_exchange
 
 PLAIN = TapeOptions(redaction=None, fsync="none", compression="none")
@@ -525,9 +526,9 @@ def test_keep_chooses_by_request_line_before_decoding(tmp_path: Path, compressio
 def test_request_line_of_a_record_is_read_off_its_opening() -> None:
     record = exchange_to_wire(make_exchange(7, method="PATCH", path="/ünï/çødé?x=1"))
     payload = memoryview(msgpack.packb(record, use_bin_type=True))
-    assert _request_line(payload) == ("PATCH", "/ünï/çødé?x=1")
+    assert request_line(payload) == ("PATCH", "/ünï/çødé?x=1")
     for bad in (b"", b"\x80", msgpack.packb([1, 2, 3]), msgpack.packb(["id", 1, 2, "no request"]), bytes(payload)[:30]):
-        assert _request_line(memoryview(bad)) is None
+        assert request_line(memoryview(bad)) is None
 
 
 def test_keep_decides_an_older_version_record_after_decoding_it(tmp_path: Path) -> None:
