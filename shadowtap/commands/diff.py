@@ -729,16 +729,13 @@ class _Speculation:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        files = [
-            (target.with_name(f".{target.name}.{os.getpid()}.speculative"), target)
-            for target in (getattr(args, kind) for kind in _REPORT_FILES)
-            if target is not None
-        ]
         temporary = argparse.Namespace(**vars(args))
+        files: list[tuple[Path, Path]] = []
         for kind in _REPORT_FILES:
-            target = getattr(args, kind)
+            target: Path | None = getattr(args, kind)
             if target is not None:
-                setattr(temporary, kind, target.with_name(f".{target.name}.{os.getpid()}.speculative"))
+                files.append((target.with_name(f".{target.name}.{os.getpid()}.speculative"), target))
+                setattr(temporary, kind, files[-1][0])
         pool = ProcessPoolExecutor(
             1,
             mp_context=multiprocessing.get_context("fork"),
@@ -843,8 +840,13 @@ def run(args: argparse.Namespace) -> int:
             # The report is built and written beside the learning, by a forked process, and stands
             # if the learning changes no route's endpoint.
             speculation = _Speculation.start(store.path, config, args, workers) if _start_method() == "fork" else None
-            changed = relearn_endpoints(store, config)
-            store.commit()
+            try:
+                changed = relearn_endpoints(store, config)
+                store.commit()
+            except BaseException:
+                if speculation is not None:  # waited for and its files removed, before the store goes
+                    speculation.take(holds=False)
+                raise
             if speculation is not None:
                 speculated = speculation.take(holds=not changed)
         report = (
