@@ -1,5 +1,5 @@
 """Compile the data path (wire's framing and client, the proxy's hot modules, the replayer's request
-path, the tape's record decoder) with mypyc into each package's _compiled/ (see wire/native.py).
+path, the tape's decode path) with mypyc into each package's _compiled/ (see wire/native.py).
 
 Usage: python scripts/build_native.py [--check] [--into PACKAGE_DIR]
 

@@ -1,7 +1,7 @@
 """Compiled data path: loads the mypyc build of the hot modules when it matches these sources.
 
 The data path's modules (``COMPILED_MODULES``: the wire layer's framing and client, the proxy's
-hot modules, the replayer's request path and the tape's record decoder) are plain, strictly typed
+hot modules, the replayer's request path and the tape's decode path) are plain, strictly typed
 Python. ``scripts/build_native.py`` compiles them with mypyc as one group (one shared library, so
 they call each other directly) and puts each package's extensions in its own ``_compiled/``
 directory (``wire/_compiled/``, ``proxy/_compiled/``, ``recorder/_compiled/``,
