@@ -25,6 +25,7 @@ enabled (a PUSH_PROMISE is a protocol error). It must stay free of I/O and polic
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Final
 
 import hpack.exceptions
@@ -328,7 +329,9 @@ class H2Connection:
         self.encoder = Encoder()
         self.decoder = Decoder(max_header_list_size)
         self.streams: dict[int, _Stream] = {}
+        #: Closed streams remembered (how each closed), and their ids oldest first.
         self._closed: dict[int, int] = {}
+        self._closed_order: deque[int] = deque()
         self._out = bytearray()
         self._in = b""
         #: The client preface still expected (server role), and whether the peer's first frame (its
@@ -744,10 +747,18 @@ class H2Connection:
             self._open_inbound -= 1
         else:
             self._open_outbound -= 1
+        self._remember_closed(stream.stream_id, how)
+
+    def _remember_closed(self, stream_id: int, how: int) -> None:
         closed = self._closed
-        closed[stream.stream_id] = how
-        if len(closed) > _MAX_CLOSED:
-            del closed[next(iter(closed))]
+        if stream_id not in closed:
+            # Forgotten oldest first, through a queue of their ids: ``next(iter(dict))`` would scan
+            # every entry deleted from the front so far (a walk growing with each stream).
+            order = self._closed_order
+            order.append(stream_id)
+            if len(order) > _MAX_CLOSED:
+                closed.pop(order.popleft(), None)
+        closed[stream_id] = how
 
     def _stream_error(self, stream_id: int, code: int, events: list[Event]) -> None:
         """RST_STREAM ``code`` for what the peer sent on ``stream_id``; an open stream's user hears a
@@ -764,7 +775,7 @@ class H2Connection:
         if stream is not None:
             self._forget(stream, _CLOSED_BY_RESET_SENT)
         else:
-            self._closed[stream_id] = _CLOSED_BY_RESET_SENT
+            self._remember_closed(stream_id, _CLOSED_BY_RESET_SENT)
 
     def _credit_connection(self, size: int) -> None:
         self._processed += size
