@@ -3,10 +3,10 @@ knowledge), and their streams forwarded to the primary.
 
 The HTTP/1 connection (``shadowtap.proxy.server``) hands its transport over when it meets the h2c
 preface (llhttp stops on ``PRI * HTTP/2.0``: nothing is checked on the HTTP/1 path) or when TLS
-chose ``h2``; an ``H2Session`` then owns the connection, with ``h2``'s server state machine. Each
-client stream becomes an ``_H2Forward``: to an HTTP/2 primary (``h2c://`` or ``https://`` with
-``forward.primary_http2``) it is a stream on the shared ``shadowtap.wire.h2.H2Pool``; to an HTTP/1
-primary the request is translated and sent on the HTTP/1 pool.
+chose ``h2``; an ``H2Session`` then owns the connection, on ``shadowtap.wire.h2conn`` (server
+role). Each client stream becomes an ``_H2Forward``: to an HTTP/2 primary (``h2c://`` or ``https://``
+with ``forward.primary_http2``) it is a stream on the shared ``shadowtap.wire.h2.H2Pool``; to an
+HTTP/1 primary the request is translated and sent on the HTTP/1 pool.
 
 Flow control both ways, with a bound per stream: the client's DATA is acknowledged (its window
 reopened) only when the bytes left for the primary, and the primary's DATA only when they were
@@ -74,8 +74,8 @@ PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: What llhttp has read when it stops on the preface (it knows PRI as a method).
 _PREFACE_HEAD: Final = PREFACE[:18]
 
-#: Streams a client may have open at once (advertised); more is a protocol error on its connection
-#: (``h2`` refuses them), which is what a HEADERS flood gets.
+#: Streams a client may have open at once (advertised); more is a connection error (GOAWAY
+#: ENHANCE_YOUR_CALM), which is what a HEADERS flood gets.
 MAX_CONCURRENT_STREAMS: Final = 128
 #: Our receive window per client stream: request bytes held here for one stream never exceed it
 #: (they are acknowledged only once sent on to the primary).
@@ -225,8 +225,8 @@ class H2Session(asyncio.Protocol):
             return
         try:
             events = self.h2.receive_data(data)
-        except TooManyStreamsError as exc:
-            self._protocol_error("too many concurrent streams", str(exc), _ENHANCE_YOUR_CALM)
+        except TooManyStreamsError as flood:  # a name of its own: compiled, one name has one type
+            self._protocol_error("too many concurrent streams", str(flood), _ENHANCE_YOUR_CALM)
             return
         except ProtocolError as exc:
             cause = "continuation flood" if "continuation" in str(exc).lower() else "protocol error"
@@ -975,7 +975,7 @@ class _H2Forward:
                     h2conn.end_stream(stream_id)
                 ended = True
         except ProtocolError:
-            # The client closed the stream, or its connection (a GOAWAY closes h2's side at once).
+            # The client closed the stream, or its connection ended with an error.
             self._abandon("client closed the stream")
             return
         if out:

@@ -105,7 +105,8 @@ def _malformed(fields: list[Header]) -> str:
     for name, value in fields:
         if name != name.lower() or name in _CONNECTION_SPECIFIC:
             return f"field {name!r}"
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
+        # ``find``, not ``in``: CPython's ``bytes in bytes`` formats (and drops) a TypeError each time.
+        if value.find(b"\r") >= 0 or value.find(b"\n") >= 0 or value.find(b"\x00") >= 0:
             return f"a control character in {name!r}"
     return ""
 
@@ -338,7 +339,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.closed = True
         try:
             self._h2.close_connection()
-            self._write_now()
+            self._write()
         except ProtocolError:
             pass
         if self.transport is not None:
@@ -356,7 +357,7 @@ class H2ClientConnection(asyncio.Protocol):
         h2conn = self._h2
         h2conn.initiate_connection()
         h2conn.increment_flow_control_window(CONNECTION_WINDOW_BYTES - 65535)
-        self._write_now()
+        self._write()
         self._pool.track(self)
 
     def data_received(self, data: bytes) -> None:
@@ -366,7 +367,7 @@ class H2ClientConnection(asyncio.Protocol):
             # Shut before the sinks hear: one that opens its next stream from ``on_reset`` (a
             # pipelined request) must be given another connection, not this one.
             self.closed = True
-            self._write_now()  # the connection's GOAWAY
+            self._write()  # the connection's GOAWAY
             self._pool.untrack(self)
             self._fail_all(BAD_RESPONSE, f"{self._pool.peer} broke the HTTP/2 protocol: {exc}", refused=False)
             self.abort()
@@ -398,8 +399,6 @@ class H2ClientConnection(asyncio.Protocol):
         data = self._h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-
-    _write_now = _write
 
     def _write_soon(self) -> None:
         if not self._write_scheduled:
