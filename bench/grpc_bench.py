@@ -21,7 +21,10 @@ never answers), beside nginx ``grpc_pass`` and shadowtap pass-through at the sam
 ``--paced-rounds`` interleaved rounds. This script prints figures; it never asserts on them.
 
     .venv/bin/python bench/grpc_bench.py [--duration 5] [--rounds 3] [--rate 500] [--paced-duration 5]
-                                         [--paced-rounds 3] [--upstream nginx|grpcio] [--json OUT]
+                                         [--paced-rounds 3] [--upstream nginx|grpcio] [--tree DIR] [--json OUT]
+
+``--tree DIR`` runs shadowtap from another checkout (a git worktree with its own ``make native``), to
+measure the code before a change in the same minutes.
 
 Needs nginx and h2load (``scripts/ensure-system-deps.sh nginx h2load``) and the dev dependencies
 (grpcio-tools compiles the fixture's proto).
@@ -48,7 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from h2_bench import H2LOAD  # noqa: E402
+from h2_bench import H2LOAD, tree_data_path  # noqa: E402
 from proxy_bench import (  # noqa: E402
     NGINX,
     PYTHON,
@@ -246,6 +249,7 @@ def main() -> int:
     parser.add_argument("--paced-rounds", type=int, default=3, help="interleaved paced rounds (default 3)")
     parser.add_argument("--upstream", choices=("nginx", "grpcio"), default="nginx", help="h2c gRPC upstreams")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose shadowtap runs (default: this)")
     parser.add_argument("--serve-grpcio", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--serve-blackhole", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -268,6 +272,9 @@ def main() -> int:
     )
     print(f"  cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f} (shared machine: ratios matter)")
     print(f"  {interpreter()}")
+    tree = args.tree.resolve()
+    tree_env = {**os.environ, "PYTHONPATH": str(tree)}
+    print(f"  shadowtap from {tree}: {tree_data_path(tree)}")
     figures: dict[str, Any] = {"upstream": args.upstream, "throughput": {}, "paced": {}}
     with tempfile.TemporaryDirectory(prefix="shadowtap-grpc-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
@@ -289,7 +296,9 @@ def main() -> int:
                 "--tape", str(work / f"tape-{port}"), "--workers", "1",
                 "--admin", f"127.0.0.1:{ports[admin]}" if admin else "off",
             ]  # fmt: skip
-            stack.enter_context(process(argv, ready_port=ports[port], cwd=ROOT, stdout=subprocess.DEVNULL))
+            stack.enter_context(
+                process(argv, ready_port=ports[port], cwd=tree, env=tree_env, stdout=subprocess.DEVNULL)
+            )
 
         upstream("primary", "v1")
         upstream("shadow", "v2")
@@ -303,7 +312,9 @@ def main() -> int:
             *SHADOWTAP, "proxy", "--listen", f"127.0.0.1:{ports['pass']}",
             "--primary", f"h2c://127.0.0.1:{ports['primary']}", "--workers", "1", "--admin", "off",
         ]  # fmt: skip
-        stack.enter_context(process(pass_argv, ready_port=ports["pass"], cwd=ROOT, stdout=subprocess.DEVNULL))
+        stack.enter_context(
+            process(pass_argv, ready_port=ports["pass"], cwd=tree, env=tree_env, stdout=subprocess.DEVNULL)
+        )
 
         nginx_name = "nginx grpc_pass (1 worker, no mirror)"
         tap_name = "shadowtap, mirror + record"

@@ -12,7 +12,11 @@ ratio (the budget: at least 0.5x), and the CPU each shadowtap process spent per 
 warm-up (what its own code costs, which the machine's load moves far less than requests/s). This
 script prints figures; it never asserts on them.
 
-    .venv/bin/python bench/h2_bench.py [--duration 6] [--rounds 3] [--json OUT]
+``--tree DIR`` runs shadowtap from another checkout (a git worktree with its own ``make native``;
+default: this one), and ``--before DIR`` adds that checkout's two shadowtap cases to each round, so
+a change is measured beside the code before it in the same minutes.
+
+    .venv/bin/python bench/h2_bench.py [--duration 6] [--rounds 3] [--tree DIR] [--before DIR] [--json OUT]
 
 Needs nginx and h2load (``scripts/ensure-system-deps.sh nginx h2load``).
 """
@@ -20,6 +24,7 @@ Needs nginx and h2load (``scripts/ensure-system-deps.sh nginx h2load``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -35,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxy_bench import (  # noqa: E402
     BODY,
+    PYTHON,
     ROOT,
     SHADOWTAP,
     free_port,
@@ -76,6 +82,17 @@ def run_h2load(port: int, duration_s: float, warmup_s: float = 1.0, cpu_pid: int
     return result
 
 
+def tree_data_path(tree: Path) -> str:
+    """Whether ``tree``'s data path runs compiled, asked the way its proxy processes start."""
+    return subprocess.run(
+        [PYTHON, "-c", "import shadowtap.proxy; from shadowtap.wire import native; print(native.STATUS)"],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 def _ms(text: str) -> float:
     for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
         if text.endswith(unit):
@@ -88,16 +105,25 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per h2load run (default 6)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose shadowtap runs (default: this)")
+    parser.add_argument("--before", type=Path, help="a checkout to run beside it (its cases are named 'before:')")
     args = parser.parse_args()
     for tool in (shutil.which("nginx") or "/usr/sbin/nginx", H2LOAD):
         if not os.path.exists(tool):
             print(f"h2_bench: {tool} is not installed (scripts/ensure-system-deps.sh nginx h2load)", file=sys.stderr)
             return 2
-    ports = {name: free_port() for name in ("origin_h1", "origin_h2", "nginx_h2", "tap_h2", "tap_h1")}
+    ports = {
+        name: free_port() for name in ("origin_h1", "origin_h2", "nginx_h2", "tap_h2", "tap_h1", "old_h2", "old_h1")
+    }
     results: dict[str, list[dict[str, float]]] = {}
     print(f"h2_bench: h2load -c32 -m10 -t1 -D{args.duration:g} (h2c), 1 worker each, {args.rounds} rounds")
     print(f"  cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f} (shared machine: ratios matter)")
     print(f"  {interpreter()}")
+    trees = {"": args.tree.resolve()}
+    if args.before is not None:
+        trees["before: "] = args.before.resolve()
+    for label, tree in trees.items():
+        print(f"  {label or 'now: '}{tree}: {tree_data_path(tree)}")
     with tempfile.TemporaryDirectory(prefix="shadowtap-h2-bench-") as tmp:
         work = Path(tmp)
         answer = f"location / {{ default_type application/json; return 200 '{BODY}'; }}"
@@ -121,25 +147,30 @@ def main() -> int:
         cases = [
             ("direct (nginx h2c upstream)", ports["origin_h2"]),
             (nginx_name, ports["nginx_h2"]),
-            ("shadowtap, h2c primary (multiplexed)", ports["tap_h2"]),
-            ("shadowtap, http/1.1 primary (translated)", ports["tap_h1"]),
         ]
-        with (
-            nginx(work / "origin", origin, ports["origin_h1"]),
-            nginx(work / "proxy", proxy, ports["nginx_h2"]),
-            process(tap(ports["tap_h2"], f"h2c://127.0.0.1:{ports['origin_h2']}"), ready_port=ports["tap_h2"],
-                    cwd=ROOT, stdout=subprocess.DEVNULL) as tap_h2,
-            process(tap(ports["tap_h1"], f"http://127.0.0.1:{ports['origin_h1']}"), ready_port=ports["tap_h1"],
-                    cwd=ROOT, stdout=subprocess.DEVNULL) as tap_h1,
-        ):  # fmt: skip
-            pids = {ports["tap_h2"]: tap_h2.pid, ports["tap_h1"]: tap_h1.pid}
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(nginx(work / "origin", origin, ports["origin_h1"]))
+            stack.enter_context(nginx(work / "proxy", proxy, ports["nginx_h2"]))
+            pids: dict[int, int] = {}
+            for label, tree in trees.items():
+                h2_port, h1_port = (ports["old_h2"], ports["old_h1"]) if label else (ports["tap_h2"], ports["tap_h1"])
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                for name, port, primary in (
+                    ("shadowtap, h2c primary (multiplexed)", h2_port, f"h2c://127.0.0.1:{ports['origin_h2']}"),
+                    ("shadowtap, http/1.1 primary (translated)", h1_port, f"http://127.0.0.1:{ports['origin_h1']}"),
+                ):
+                    tap_proc = stack.enter_context(
+                        process(tap(port, primary), ready_port=port, cwd=tree, env=env, stdout=subprocess.DEVNULL)
+                    )
+                    pids[port] = tap_proc.pid
+                    cases.append((label + name, port))
             for round_index in range(args.rounds):
                 print(f"  round {round_index + 1}:")
                 for name, port in cases:
                     result = run_h2load(port, args.duration, cpu_pid=pids.get(port))
                     results.setdefault(name, []).append(result)
                     ratio = ""
-                    if name.startswith("shadowtap"):
+                    if port in pids:
                         reference = results[nginx_name][-1]["req_per_s"]
                         result["ratio_to_nginx"] = result["req_per_s"] / reference if reference else 0.0
                         ratio = f"  {result['ratio_to_nginx']:.2f}x nginx"
