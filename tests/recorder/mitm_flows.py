@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final, cast
 
-from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
+from aiohttp import ClientConnectorError, ClientSession, ClientTimeout, WSMsgType, web
 
 MITMDUMP: Final = Path(sys.executable).parent / "mitmdump"
 FIXTURE: Final = Path(__file__).resolve().parents[1] / "fixtures" / "mitmproxy" / "every-type.mitm"
@@ -245,8 +245,19 @@ async def _http_clients(ports: dict[str, int], http_port: int) -> dict[str, Any]
     seen: dict[str, Any] = {}
     base = f"http://127.0.0.1:{ports['reverse']}"
     async with ClientSession() as session:
-        async with session.get(f"{base}/get?x=1") as r:
-            seen["get"] = (r.status, await r.json())
+        # The port took a probe's connection, yet under load the first request was once refused
+        # (mitmdump still setting up its listeners): a refused connection makes no flow, so it is
+        # tried again, for up to 10 s.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                async with session.get(f"{base}/get?x=1") as r:
+                    seen["get"] = (r.status, await r.json())
+                break
+            except ClientConnectorError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
         async with session.post(f"{base}/post", json={"name": "café"}) as r:
             seen["post"] = (r.status, await r.json())
         async with session.head(f"{base}/get") as r:
