@@ -80,6 +80,16 @@ MAX_CONCURRENT_STREAMS: Final = 128
 #: Our receive window per client stream: request bytes held here for one stream never exceed it
 #: (they are acknowledged only once sent on to the primary).
 CLIENT_STREAM_WINDOW: Final = 256 * 1024
+#: Streams a client may reset before their answer beyond those answered: past it the connection is
+#: ended with ENHANCE_YOUR_CALM. A stream opened and reset at once frees its place under
+#: MAX_CONCURRENT_STREAMS but has already started a request to the primary ("rapid reset",
+#: CVE-2023-44487); a client that cancels some calls (gRPC deadlines) answers far more.
+RESET_ALLOWANCE: Final = 128
+#: Bytes waiting in the client's socket buffer, while it reads nothing, past which the connection is
+#: dropped: response DATA waits for the client, but what its frames make us answer (PING and
+#: SETTINGS acknowledgements, resets, response heads) would otherwise pile up without bound (the
+#: PING and SETTINGS floods of CVE-2019-9512 and -9515).
+UNREAD_OUTPUT_BYTES: Final = 1024 * 1024
 #: Response bytes an HTTP/1 primary may have waiting for one stream's client before its reading stops.
 _HTTP1_READ_BOUND: Final = 256 * 1024
 #: Causes already logged (once per process each; every case is counted).
@@ -203,6 +213,9 @@ class H2Session(asyncio.Protocol):
         self.idle_since = ctx.now
         self._preface_deadline = ctx.now + ctx.settings.client_header_timeout_s
         self._going_away = False
+        #: Streams the client reset before they ended, and streams ended (either way).
+        self._client_resets = 0
+        self._streams_ended = 0
         #: The primary URL taken apart once per connection (``ForwardSettings.target`` parses it).
         self.target = ctx.settings.target
         self._write_scheduled = False
@@ -271,7 +284,14 @@ class H2Session(asyncio.Protocol):
             elif isinstance(event, StreamReset):
                 forward = self.streams.get(event.stream_id)
                 if forward is not None:
+                    resets = self._client_resets + 1
+                    self._client_resets = resets
                     forward.client_reset(int(event.error_code))
+                    if 2 * resets > RESET_ALLOWANCE + self._streams_ended:  # resets beyond those answered
+                        answered = self._streams_ended - resets
+                        detail = f"{resets} streams reset by the client, {answered} answered"
+                        self._protocol_error("rapid reset", detail, _ENHANCE_YOUR_CALM)
+                        return
             elif isinstance(event, ConnectionTerminated):
                 self._going_away = True
                 for forward in list(self.streams.values()):
@@ -280,6 +300,10 @@ class H2Session(asyncio.Protocol):
                 if not self.streams:
                     self.close()
         self._write()
+        if self.write_paused and self.transport.get_write_buffer_size() > UNREAD_OUTPUT_BYTES:
+            detail = f"{self.transport.get_write_buffer_size()} bytes wait for a client that reads nothing"
+            self._protocol_error("unread output", detail, _ENHANCE_YOUR_CALM)
+            self.abort()  # what is buffered would never leave: closing would wait for it
 
     def eof_received(self) -> bool | None:
         return None
@@ -339,6 +363,7 @@ class H2Session(asyncio.Protocol):
             forward.flush_response()
 
     def stream_done(self, forward: _H2Forward) -> None:
+        self._streams_ended += 1
         self.streams.pop(forward.stream_id, None)
         self.blocked.discard(forward)
         if not self.streams:

@@ -353,6 +353,59 @@ async def test_headers_flood_ends_that_connection_only(h2_proxy: ProxyServer) ->
     assert h2_proxy.stats.h2_errors == {"too many concurrent streams": 1}
 
 
+async def test_a_rapid_reset_flood_ends_that_connection_only(h2_proxy: ProxyServer) -> None:
+    canceller = await H2TestClient.connect(h2_proxy.port)
+    flood = await H2TestClient.connect(h2_proxy.port)
+    try:
+        # A client that cancels as many calls as it lets finish keeps its connection.
+        for _ in range(150):
+            assert (await canceller.get("/echo")).status == 200
+            canceller.reset(canceller.request("GET", "/echo"))
+        # Each stream opened and reset at once (CVE-2023-44487): never more than one open, so
+        # MAX_CONCURRENT_STREAMS never stops it, yet each one started a request to the primary.
+        for _ in range(1000):
+            if flood.terminated is not None or flood.closed.done():
+                break
+            flood.reset(flood.request("GET", "/echo"))
+            await asyncio.sleep(0)
+        await asyncio.wait_for(flood.closed, 10)
+        assert flood.terminated is not None and flood.terminated.error_code == 0xB
+        assert (await canceller.get("/still-here")).status == 200
+    finally:
+        await flood.close()
+        await canceller.close()
+    assert h2_proxy.stats.h2_errors == {"rapid reset": 1}
+
+
+async def test_a_client_that_reads_nothing_cannot_pile_up_answers_to_its_pings(h2_proxy: ProxyServer) -> None:
+    bystander = await H2TestClient.connect(h2_proxy.port)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", h2_proxy.port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    # PINGs, each answered with an ACK of the same size, from a client that never reads one.
+    pings = b"".join(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + i.to_bytes(8, "big") for i in range(4096))
+    sent = 0
+    try:
+        writer.write(PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        while sent < 256 * 1024 * 1024:  # bounded; the proxy drops it after a few MiB
+            writer.write(pings)
+            await asyncio.wait_for(writer.drain(), 10)
+            sent += len(pings)
+        raise AssertionError(f"{sent} bytes of PINGs and the connection still stands")
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    finally:
+        writer.close()
+    assert sent < 64 * 1024 * 1024
+    assert h2_proxy.stats.h2_errors == {"unread output": 1}
+    try:
+        assert (await bystander.get("/still-here")).status == 200
+    finally:
+        await bystander.close()
+
+
 async def test_a_header_list_over_the_limit_ends_its_connection(h2_proxy: ProxyServer) -> None:
     client = await H2TestClient.connect(h2_proxy.port)
     try:
