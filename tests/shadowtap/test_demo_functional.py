@@ -137,7 +137,16 @@ def test_keep_running_serves_until_ctrl_c_then_finishes(tmp_path: Path) -> None:
     assert demo.returncode == 0, try_it + rest
     assert "Traceback" not in rest
     assert (out / "report.json").exists()
-    leftover = subprocess.run(
-        ["pgrep", "-f", "shadowtap.demo.services"], capture_output=True, text=True, check=False, timeout=10
-    )
-    assert leftover.stdout.strip() == ""
+    # This demo's services (by their ports: other tests may run a demo of their own meanwhile) are gone.
+    ports = [
+        re.search(r"listening on http://127\.0\.0\.1:(\d+)", (out / "logs" / f"service-{name}.log").read_text())
+        for name in ("primary", "secondary", "v2")
+    ]
+    assert all(ports), ports
+    for port in ports:
+        assert port is not None
+        leftover = subprocess.run(
+            ["pgrep", "-f", f"shadowtap.demo.services .*--port {port.group(1)}$"],
+            capture_output=True, text=True, check=False, timeout=10,
+        )  # fmt: skip
+        assert leftover.stdout.strip() == "", f"a service on port {port.group(1)} outlived the demo"
