@@ -641,5 +641,5 @@ from shadowtap.recorder._decode import build_response, build_timing, exchange_fr
 #: straight into the slots, at a fraction of the frozen ``__init__``'s cost (the decoder's builders,
 #: compiled with it). Every field must be given, in declaration order (but a response's trailers and
 #: messages, empty when left out); nothing is checked, and there is no ``__post_init__``.
-new_response: Callable[[int, str, Headers, bytes, str, int | None], Response] = build_response
-new_timing: Callable[[int | None, int | None, int | None], Timing] = build_timing
+new_response = cast("Callable[[int, str, Headers, bytes, str, int | None], Response]", build_response)
+new_timing = cast("Callable[[int | None, int | None, int | None], Timing]", build_timing)
