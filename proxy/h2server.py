@@ -256,6 +256,7 @@ class H2Session(asyncio.Protocol):
                     self._ack(event.stream_id, event.flow_controlled_length if forward is None else padding)
                 if forward is not None:
                     forward.last_read = now
+                    forward.owed += len(event.data)
                     if forward.length >= 0:
                         self._counted_body(forward, event.data, event.stream_ended)
                     else:
@@ -351,10 +352,15 @@ class H2Session(asyncio.Protocol):
         if size and not self.closed:
             self.h2.acknowledge_received_data(size, stream_id)
 
-    def ack_request_bytes(self, stream_id: int, size: int) -> None:
-        """``size`` request bytes of the stream left for the primary: the client may send more."""
-        self._ack(stream_id, size)
-        self.write_soon()
+    def ack_request_bytes(self, forward: _H2Forward, size: int) -> None:
+        """``size`` request bytes of ``forward`` are done with (sent on, or dropped at its end): the
+        client may send as many more. Never more than it sent and was not given back (a request sent
+        once more drains its bytes twice)."""
+        size = min(size, forward.owed)
+        if size > 0:
+            forward.owed -= size
+            self._ack(forward.stream_id, size)
+            self.write_soon()
 
     def flush_blocked(self) -> None:
         for forward in list(self.blocked):
@@ -423,7 +429,7 @@ class H2Session(asyncio.Protocol):
         forward.received = received
         length = forward.length
         if received > length:
-            self._ack(forward.stream_id, len(data))  # dropped: the client's connection window reopens
+            self.ack_request_bytes(forward, len(data))  # dropped: the client's connection window reopens
             self._bad_length(forward, f"more DATA than its content-length of {length}")
             return
         if received == length and not ended:
@@ -541,7 +547,7 @@ class _H2Forward:
                  "_resp_cap", "_resp_captured", "_resp_headers", "_resp_msgs", "_resp_size", "_resp_split",
                  "_resp_trailers", "_retried", "_sent_ns", "_task", "_unacked", "authority", "body_done", "ctx",
                  "deadline", "ex", "finished", "first_byte_deadline", "grpc", "head_sent", "headers", "http1",
-                 "last_read", "length", "method", "path", "received", "resp_read_at", "session", "started_ns",
+                 "last_read", "length", "method", "owed", "path", "received", "resp_read_at", "session", "started_ns",
                  "status", "stream_id", "tail", "upstream")  # fmt: skip
 
     def __init__(
@@ -593,6 +599,11 @@ class _H2Forward:
         #: Request bytes written to an HTTP/1 primary whose socket is full, not yet acknowledged to
         #: the client (-1: the socket takes them, they are acknowledged at once).
         self._unacked = -1
+        #: Request bytes the client sent on this stream that its windows have not had back yet: given
+        #: back as they leave for the primary, and whatever is left when the stream ends (a reset by
+        #: either side, an early answer, a malformed request), so that no end shrinks the client's
+        #: connection window for good.
+        self.owed = 0
         # What the stages see (``watch``): nothing is copied while ``ex`` is None.
         self.ex: ProxiedExchange | None = None
         self._failure: Failure | None = None
@@ -820,7 +831,7 @@ class _H2Forward:
             if self._unacked >= 0:
                 self._unacked += len(data)  # the primary's socket is full: the client waits
             else:
-                self.session.ack_request_bytes(self.stream_id, len(data))
+                self.session.ack_request_bytes(self, len(data))
         else:
             self._pending.append(data)
 
@@ -842,13 +853,10 @@ class _H2Forward:
 
     def client_malformed(self, problem: str) -> None:
         """The client's request broke HTTP/2 (its stream is reset): the primary's stream goes too, and
-        the bytes held here for it give the client's connection window back."""
-        unsent = len(self.tail) + sum(len(piece) for piece in self._pending)
+        the bytes held here for it give the client's connection window back (``_finish``)."""
         self.tail = b""
         self._pending = []
         self._abandon(f"malformed request: {problem}")
-        if unsent:
-            self.session.ack_request_bytes(self.stream_id, unsent)
 
     def client_reset(self, code: int) -> None:
         """The client reset the stream (or its connection went): the primary's stream goes too."""
@@ -857,7 +865,7 @@ class _H2Forward:
     # --- StreamSink (HTTP/2 primary) -------------------------------------------------------------------
 
     def on_request_drained(self, sent: int) -> None:
-        self.session.ack_request_bytes(self.stream_id, sent)
+        self.session.ack_request_bytes(self, sent)
 
     def on_head(self, status: int, headers: list[Header], ended: bool) -> None:
         if self.finished:
@@ -1128,6 +1136,9 @@ class _H2Forward:
         self._out.clear()
         ctx = self.ctx
         ctx.stats.in_flight -= 1
+        if self.owed:
+            # Held here (or in the primary's outbox) and never to be sent: the client's windows get them back.
+            self.session.ack_request_bytes(self, self.owed)
         self.session.stream_done(self)
         done_ns = time.monotonic_ns() - self.started_ns
         for observer in ctx.observers:
@@ -1209,7 +1220,7 @@ class _H2Forward:
         self._chunked = framed
         conn.writelines(parts)
         if sent and not self._retried:
-            self.session.ack_request_bytes(self.stream_id, sent)
+            self.session.ack_request_bytes(self, sent)
 
 
 class _Http1Sink:
@@ -1271,7 +1282,7 @@ class _Http1Sink:
         unacked = forward._unacked
         forward._unacked = -1
         if unacked > 0:
-            forward.session.ack_request_bytes(forward.stream_id, unacked)
+            forward.session.ack_request_bytes(forward, unacked)
 
 
 def _split(

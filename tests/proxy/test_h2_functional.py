@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
 import pytest
 from aiohttp import web
 
@@ -351,6 +356,62 @@ async def test_headers_flood_ends_that_connection_only(h2_proxy: ProxyServer) ->
         await flood.close()
         await bystander.close()
     assert h2_proxy.stats.h2_errors == {"too many concurrent streams": 1}
+
+
+async def test_request_bytes_held_for_a_stream_the_primary_resets_go_back_to_the_clients_window() -> None:
+    # A primary that takes one window of an upload, acknowledges none of it, and resets the stream:
+    # what the proxy held for it (past the primary's window) never leaves, and the client's
+    # connection window gets it back; else each such reset would shrink that window for good.
+    async def primary(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        # A stream window of 16 KiB: of the 64 KiB the client may send, the proxy holds the rest.
+        conn.local_settings = h2.settings.Settings(
+            client=False, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 16_384}
+        )
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        received: dict[int, int] = {}
+        with contextlib.suppress(ConnectionError, h2.exceptions.ProtocolError):
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        received[event.stream_id] = received.get(event.stream_id, 0) + event.flow_controlled_length
+                        if received[event.stream_id] >= 16_000 and not conn.streams[event.stream_id].closed:
+                            conn.reset_stream(event.stream_id, 0x2)
+                            # The connection's window reopens (the next stream gets as far), the
+                            # stream's never did.
+                            conn.acknowledge_received_data(received[event.stream_id], event.stream_id)
+                writer.write(conn.data_to_send())
+        writer.close()
+
+    server = await asyncio.start_server(primary, "127.0.0.1", 0)
+    proxy = await _proxy(f"h2c://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    client = await H2TestClient.connect(proxy.port)
+    try:
+        before = client.conn.outbound_flow_control_window  # 65,535: the proxy grants no more
+        # The proxy announces what it gives back once half its window is (h2's rule): at most that
+        # much may be owed at a time. Without the credit, the first reset kept 48 KiB for good.
+        floor = before - before // 2
+        for _ in range(5):
+            stream_id = client.request("POST", "/upload", end=False)
+            upload = asyncio.ensure_future(client.upload(stream_id, b"u" * 200_000, end=False))
+            for _ in range(1000):  # the primary's reset, passed on
+                if client.responses[stream_id].reset_code is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert client.responses[stream_id].reset_code is not None
+            upload.cancel()
+            with contextlib.suppress(asyncio.CancelledError, h2.exceptions.StreamClosedError):
+                await upload
+            for _ in range(200):
+                if client.conn.outbound_flow_control_window >= floor:
+                    break
+                await asyncio.sleep(0.01)
+            assert client.conn.outbound_flow_control_window >= floor
+    finally:
+        await client.close()
+        await proxy.shutdown(1)
+        server.close()
 
 
 async def test_a_rapid_reset_flood_ends_that_connection_only(h2_proxy: ProxyServer) -> None:
