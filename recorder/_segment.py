@@ -2,10 +2,10 @@
 
 Every exchange a reader returns passes through here (``_SegmentReader``: framing, checksums, zstd
 blocks, the request line a ``keep`` chooses by, torn tails and salvage), so this module runs compiled
-with the data path when the build matches (``shadowtap.wire.native``). It imports the reader's
-report classes and the reader imports it (last, once they exist), so nothing else may import it
-first. The reader's promises are this module's: it must never return a frame whose checksum failed
-or an Exchange whose values have the wrong types, and never hang or crash on arbitrary bytes.
+with the data path when the build matches (``shadowtap.wire.native``). The report classes it fills
+are ``shadowtap.recorder._report``'s, which the reader exports. The reader's promises are this
+module's: it must never return a frame whose checksum failed or an Exchange whose values have the
+wrong types, and never hang or crash on arbitrary bytes.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from shadowtap.recorder._frames import (
     parse_segment_header,
     segment_header_checksum_ok,
 )
+from shadowtap.recorder._report import Segment, SegmentReport, SkippedRange, TornTail
 from shadowtap.recorder.errors import InputFormatError, TapeFormatError
 from shadowtap.recorder.model import Exchange, exchange_from_wire
 from shadowtap.recorder.objectstore import ObjectSegment, open_object_segment
-from shadowtap.recorder.reader import Segment, SegmentReport, SkippedRange, TornTail
 
 __all__ = ["SegmentReader", "request_line"]
 

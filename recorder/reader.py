@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Final
 
 from shadowtap.recorder._frames import (
-    FLAG_ZSTD,
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
     FRAME_SYNC,
@@ -37,6 +36,8 @@ from shadowtap.recorder._frames import (
     SEGMENT_HEADER_SIZE,
     SEGMENT_SUFFIX,
 )
+from shadowtap.recorder._report import Segment, SegmentReport, SkippedRange, TornTail
+from shadowtap.recorder._segment import SegmentReader  # the frame loop, compiled when the build matches
 from shadowtap.recorder.errors import ConfigError, InputFormatError
 from shadowtap.recorder.model import Exchange
 from shadowtap.recorder.objectstore import ObjectSegment, is_object_url, list_object_segments
@@ -97,41 +98,6 @@ class TapeFilter:
         return self._compiled is None or self._compiled.search(ex.request.path) is not None
 
 
-@dataclass(frozen=True, slots=True)
-class TornTail:
-    """An incomplete last frame (a crash mid-write): ``length`` bytes from ``offset`` were ignored."""
-
-    offset: int
-    length: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SkippedRange:
-    """Bytes a salvaging reader skipped over: ``length`` bytes from ``offset``."""
-
-    offset: int
-    length: int
-    reason: str
-
-
-@dataclass(slots=True)
-class SegmentReport:
-    path: str
-    version: int = 0
-    flags: int = 0
-    frames: int = 0
-    exchanges: int = 0
-    bytes: int = 0
-    torn_tail: TornTail | None = None
-    skipped: list[SkippedRange] = field(default_factory=list)
-
-    @property
-    def compression(self) -> str:
-        """What the writer declared in the header: ``"zstd"`` or ``"none"``."""
-        return "zstd" if self.flags & FLAG_ZSTD else "none"
-
-
 @dataclass(slots=True)
 class TapeReadReport:
     """What a pass over a tape met; complete once iteration has finished."""
@@ -153,10 +119,6 @@ class TapeReadReport:
     @property
     def skipped_ranges(self) -> list[tuple[str, SkippedRange]]:
         return [(s.path, r) for s in self.segments for r in s.skipped]
-
-
-#: A segment: a file, or an object in object storage.
-Segment = Path | ObjectSegment
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,8 +303,3 @@ def _source_runs(segments: list[Segment]) -> list[list[Segment]]:
                 runs.append(files)
             files.append(segment)
     return runs or [[]]
-
-
-# The frame loop runs compiled when the build matches; it imports the report classes above, so it is
-# imported last.
-from shadowtap.recorder._segment import SegmentReader  # noqa: E402
