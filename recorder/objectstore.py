@@ -141,6 +141,18 @@ def reset_client() -> None:
         _client = None
 
 
+def _forget_client_in_child() -> None:
+    """A forked child (``diff --workers`` forks its workers) makes a client of its own: the one it
+    inherited holds the parent's pooled connections, and two processes reading one socket get each
+    other's bytes (seen as frames failing their checksum)."""
+    global _client, _client_lock
+    _client_lock = threading.Lock()
+    _client = None
+
+
+os.register_at_fork(after_in_child=_forget_client_in_child)
+
+
 def _describe(exc: BaseException) -> str:
     """One line for a boto3/botocore failure: the S3 error code and message when there is one."""
     response = getattr(exc, "response", None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shadowtap.recorder import TapeOptions
+from shadowtap.recorder import TapeOptions, objectstore
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.objectstore import (
     ObjectUrl,
@@ -78,3 +78,19 @@ def test_leftovers_are_segments_whose_writer_is_gone(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     uploader = SegmentUploader(tmp_path, UploadOptions(url="s3://tapes/p"))
     assert [p.name for p in uploader._leftovers()] == sorted(name for name, taken in names.items() if taken)
+
+
+def test_a_forked_child_makes_a_client_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # diff --workers forks: a child using the parent's client would read from the parent's pooled
+    # connections (each other's bytes, frames failing their checksum).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    objectstore.reset_client()
+    parent = objectstore.s3_client()
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only with a client of its own
+        os._exit(0 if objectstore._client is None and objectstore.s3_client() is not parent else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert objectstore.s3_client() is parent
+    objectstore.reset_client()
