@@ -40,7 +40,7 @@ from yarl import URL
 
 from shadowtap.recorder.errors import ConfigError
 from shadowtap.recorder.model import Failure, FailureKind, Headers, Outcome, Request, Response, StreamMessage
-from shadowtap.replayer.h2transport import DEFAULT_PORTS, h2_request_fields, is_grpc, message_offsets
+from shadowtap.replayer.h2transport import DEFAULT_PORTS, h2_call, is_grpc
 from shadowtap.replayer.sending import ClientSettings, SendResult
 from shadowtap.wire.grpc import GrpcFramingError, MessageSplitter
 from shadowtap.wire.http1 import IDEMPOTENT_METHOD_BYTES
@@ -156,14 +156,10 @@ class BlockingH2Client:
     def send(
         self, method: str, target: str, headers: Headers, body: bytes, recorded: Request | None = None
     ) -> SendResult:
-        grpc = is_grpc(headers) or (recorded is not None and is_grpc(recorded.headers))
-        fields = h2_request_fields(
-            method, target, headers, body, grpc, scheme=self._scheme, authority=self._authority, prefix=self._prefix
-        )
-        trailers = list(recorded.trailers) if recorded is not None and recorded.trailers else None
-        offsets = None
-        if grpc and recorded is not None:
-            offsets = message_offsets(recorded.messages, len(body), self._settings.message_speed, self._max_gap_ns)
+        grpc, fields, trailers, offsets = h2_call(
+            method, target, headers, body, recorded, scheme=self._scheme, authority=self._authority,
+            prefix=self._prefix, speed=self._settings.message_speed, max_gap_ns=self._max_gap_ns,
+        )  # fmt: skip
         with self._slots:
             for fresh in (False, True):
                 try:

@@ -71,7 +71,7 @@ def h2_request_fields(
     """A planned request's HTTP/2 header list: the pseudo-header fields (the plan's ``Host`` as the
     authority, else ``authority``; ``prefix``, the target URL's path, before the target), then the
     recorded fields lower-cased without the ones HTTP/2 forbids, ``te: trailers`` for gRPC or the
-    body's length. Shared with the Locust workers' blocking client (``replayer.h2blocking``)."""
+    body's length. Through ``h2_call``, shared with the Locust workers' blocking client (``replayer.h2blocking``)."""
     fields: list[Header] = []
     for name, value in headers:
         lower = name.lower()
@@ -92,6 +92,31 @@ def h2_request_fields(
         (b":path", prefix + target.encode("latin-1") or b"/"),
         *fields,
     ]
+
+
+def h2_call(
+    method: str,
+    target: str,
+    headers: Headers,
+    body: bytes,
+    recorded: Request | None,
+    *,
+    scheme: bytes,
+    authority: bytes,
+    prefix: bytes,
+    speed: float,
+    max_gap_ns: int,
+) -> tuple[bool, list[Header], list[Header] | None, list[tuple[int, int]] | None]:
+    """What a client sends for a planned request over HTTP/2 (this transport and the Locust workers'
+    blocking client alike): whether it is a gRPC call, its header list (``h2_request_fields``), the
+    recorded request trailers, and for a gRPC call the recorded messages' offsets (``message_offsets``)."""
+    grpc = is_grpc(headers) or (recorded is not None and is_grpc(recorded.headers))
+    fields = h2_request_fields(method, target, headers, body, grpc, scheme=scheme, authority=authority, prefix=prefix)
+    trailers = list(recorded.trailers) if recorded is not None and recorded.trailers else None
+    offsets = None
+    if grpc and recorded is not None:
+        offsets = message_offsets(recorded.messages, len(body), speed, max_gap_ns)
+    return grpc, fields, trailers, offsets
 
 
 def message_offsets(
@@ -236,14 +261,10 @@ class H2Transport:
     async def send(
         self, method: str, target: str, headers: Headers, body: bytes, recorded: Request | None = None
     ) -> SendResult:
-        grpc = is_grpc(headers) or (recorded is not None and is_grpc(recorded.headers))
-        fields = h2_request_fields(
-            method, target, headers, body, grpc, scheme=self._scheme, authority=self._authority, prefix=self._prefix
-        )
-        trailers = list(recorded.trailers) if recorded is not None and recorded.trailers else None
-        offsets = None
-        if grpc and recorded is not None:
-            offsets = message_offsets(recorded.messages, len(body), self._settings.message_speed, self._max_gap_ns)
+        grpc, fields, trailers, offsets = h2_call(
+            method, target, headers, body, recorded, scheme=self._scheme, authority=self._authority,
+            prefix=self._prefix, speed=self._settings.message_speed, max_gap_ns=self._max_gap_ns,
+        )  # fmt: skip
         result = await self._call(fields, body, trailers, offsets, grpc)
         if result is None:  # refused unprocessed: once more, on another stream
             result = await self._call(fields, body, trailers, offsets, grpc)
