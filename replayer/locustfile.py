@@ -267,21 +267,9 @@ class _GeventReplay:
         if status is None:
             # No status: the request failed before a response head (refused, timed out, reset).
             error_class = "other" if error is None else _error_class(error)
-        self.stats.record_done(
-            request.endpoint,
-            t0_ns=self.t0_ns,
-            due_ns=due_ns,
-            released_ns=sent_ns,
-            sent_ns=sent_ns,
-            done_ns=done_ns,
-            status=status,
-            error=error_class,
-        )
         kind = error_class if status is None else "5xx" if status >= 500 else None
-        if kind is not None and self.stats.wants_example(kind):
-            detail = str(status) if status is not None else f"{kind}: {error}" if error else kind
-            path = request.target.partition("?")[0]
-            self.stats.record_example(ErrorExample(kind, done_ns - self.t0_ns, f"{request.method} {path}", detail))
+        detail = "" if kind is None else str(status) if status is not None else f"{kind}: {error}" if error else kind
+        self._count(request, due_ns, sent_ns, done_ns, status, error_class, kind, detail)
         if self.results is not None:
             try:
                 self._record_result(request, due_ns, sent_ns, done_ns, response, error, status)
@@ -290,15 +278,19 @@ class _GeventReplay:
                 self._internal_error(exc, f"{request.method} {request.target} (its result)")
         return done_ns
 
-    def _send_h2(self, client: BlockingH2Client, request: PlannedRequest, due_ns: int) -> int:
-        """One request over HTTP/2: counted, its example kept and its result taped as the asyncio
-        runner does (``shadowtap.replayer.runner``)."""
-        sent_ns = time.monotonic_ns()
-        result = client.send(request.method, request.target, request.headers, request.body, request.source.request)
-        done_ns = time.monotonic_ns()
-        outcome = result.outcome
-        error = error_class(outcome)
-        status = outcome.status if isinstance(outcome, Response) else None
+    def _count(
+        self,
+        request: PlannedRequest,
+        due_ns: int,
+        sent_ns: int,
+        done_ns: int,
+        status: int | None,
+        error: str | None,
+        example: str | None,
+        detail: str,
+    ) -> None:
+        """A request done, in the stats (``error``: its class, None when it was answered), and kept as
+        an example of ``example`` (a class of error, or "5xx") while that kind wants one."""
         self.stats.record_done(
             request.endpoint,
             t0_ns=self.t0_ns,
@@ -309,11 +301,21 @@ class _GeventReplay:
             status=status,
             error=error,
         )
-        if error is not None and self.stats.wants_example(error):
+        if example is not None and self.stats.wants_example(example):
             path = request.target.partition("?")[0]
-            self.stats.record_example(
-                ErrorExample(error, done_ns - self.t0_ns, f"{request.method} {path}", describe_outcome(outcome))
-            )
+            self.stats.record_example(ErrorExample(example, done_ns - self.t0_ns, f"{request.method} {path}", detail))
+
+    def _send_h2(self, client: BlockingH2Client, request: PlannedRequest, due_ns: int) -> int:
+        """One request over HTTP/2: counted, its example kept and its result taped as the asyncio
+        runner does (``shadowtap.replayer.runner``)."""
+        sent_ns = time.monotonic_ns()
+        result = client.send(request.method, request.target, request.headers, request.body, request.source.request)
+        done_ns = time.monotonic_ns()
+        outcome = result.outcome
+        error = error_class(outcome)
+        status = outcome.status if isinstance(outcome, Response) else None
+        detail = "" if error is None else describe_outcome(outcome)
+        self._count(request, due_ns, sent_ns, done_ns, status, error, error, detail)
         if self.request_event is not None:
             self.request_event.fire(
                 request_type=request.method,
