@@ -46,7 +46,7 @@ import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
@@ -145,6 +145,58 @@ async def serve_grpcio(shop_dir: Path, port: int, version: str, delay_s: float) 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await server.stop(None)
+
+
+@contextlib.contextmanager
+def slow_h2(port: int, answer_file: Path, delay_s: float) -> Iterator[None]:
+    argv = [PYTHON, __file__, "--serve-slow-h2", str(port), str(answer_file), str(delay_s)]
+    with process(argv, ready_port=port, cwd=ROOT):
+        yield
+
+
+async def serve_slow_h2(port: int, answer: bytes, delay_s: float) -> None:
+    """An h2c gRPC server answering every call with ``answer`` (the framed product) and OK trailers
+    ``delay_s`` after the call's end, on uvloop and shadowtap's compiled HTTP/2 connection: a slow
+    shadow that costs next to no CPU, so that what the primary's latency shows is the proxy's share
+    (a grpcio server spends a good part of a core at 1,000 calls/s on these two cores)."""
+    from shadowtap.wire.h2conn import DataReceived, H2Connection, StreamEnded
+
+    loop = asyncio.get_running_loop()
+    head = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
+    class Slow(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)
+            self.conn = H2Connection(False)
+            self.conn.initiate_connection()
+            self.transport.write(self.conn.data_to_send())
+
+        def data_received(self, data: bytes) -> None:
+            try:
+                events = self.conn.receive_data(data)
+            except Exception:  # noqa: BLE001 - a bench server: a broken peer just goes
+                self.transport.close()
+                return
+            for event in events:
+                if isinstance(event, DataReceived) and event.flow_controlled_length:
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, StreamEnded):
+                    loop.call_later(delay_s, self.answer, event.stream_id)
+            self.transport.write(self.conn.data_to_send())
+
+        def answer(self, stream_id: int) -> None:
+            with contextlib.suppress(Exception):  # the stream may be gone (reset, connection closed)
+                self.conn.send_headers(stream_id, head)
+                self.conn.send_data(stream_id, answer)
+                self.conn.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
+            if not self.transport.is_closing():
+                self.transport.write(self.conn.data_to_send())
+
+    server = await loop.create_server(Slow, "127.0.0.1", port, backlog=4096)
+    async with server:
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
 
 
 @contextlib.contextmanager
@@ -251,8 +303,21 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose shadowtap runs (default: this)")
     parser.add_argument("--serve-grpcio", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--slow-shadow",
+        choices=("grpcio", "h2"),
+        default="grpcio",
+        help="the 10x slower shadow: a grpcio server (default), or a CPU-cheap h2c one (uvloop, compiled HTTP/2)",
+    )
     parser.add_argument("--serve-blackhole", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-slow-h2", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_slow_h2:
+        port, answer_file, delay_s = args.serve_slow_h2
+        import uvloop
+
+        uvloop.run(serve_slow_h2(int(port), Path(answer_file).read_bytes(), float(delay_s)))
+        return 0
     if args.serve_grpcio:
         shop_dir, port, version, delay_s = args.serve_grpcio
         asyncio.run(serve_grpcio(Path(shop_dir), int(port), version, float(delay_s)))
@@ -279,7 +344,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="shadowtap-grpc-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         work.chmod(0o755)  # nginx's worker (nobody, when started as root) reads the answer file here
-        request_file, _ = write_messages(work / "shop", work)
+        request_file, answer_file = write_messages(work / "shop", work)
 
         def upstream(name: str, version: str) -> None:
             if args.upstream == "nginx":
@@ -355,10 +420,14 @@ def main() -> int:
         direct = paced(ports["primary"], request_file, args.rate, args.paced_duration, work)
         delay_s = max(MIN_SLOW_DELAY_S, 10 * direct["p50_ms"] / 1000)
         print(f"    direct (primary): p50 {direct['p50_ms']:.2f} ms, p99 {direct['p99_ms']:.2f} ms")
-        print(f"    the slow shadow (grpcio) sleeps {delay_s * 1000:.1f} ms per call")
+        print(f"    the slow shadow ({args.slow_shadow}) sleeps {delay_s * 1000:.1f} ms per call")
         figures["paced"]["direct"] = [direct]
         figures["slow_delay_ms"] = delay_s * 1000
-        stack.enter_context(grpcio_server(work / "shop", ports["slow"], "v2", delay_s))
+        figures["slow_shadow"] = args.slow_shadow
+        if args.slow_shadow == "h2":
+            stack.enter_context(slow_h2(ports["slow"], answer_file, delay_s))
+        else:
+            stack.enter_context(grpcio_server(work / "shop", ports["slow"], "v2", delay_s))
         stack.enter_context(blackhole(ports["hole"]))
         tap("tap_slow", "slow")
         tap("tap_hole", "hole")
