@@ -130,19 +130,12 @@ def values_at_percentiles(hist: HdrHistogram, percentiles: Iterable[float]) -> d
     targets: list[int] = [int(hist.get_target_count_at_percentile(p)) for p in wanted]
     k = 0
     seen: int = 0
-    for index in range(end):
+    for index in range(length):
+        if index == end:
+            # Fewer counts than the total says (a histogram whose max was not tracked): walk the
+            # rest, as HdrHistogram would.
+            counts = counts + [int(c) for c in hist.counts[end:length]]
         seen += counts[index]
-        while seen >= targets[k]:
-            value = hist.get_value_from_index(index)
-            p = wanted[k]
-            out[p] = hist.get_highest_equivalent_value(value) if p else hist.get_lowest_equivalent_value(value)
-            k += 1
-            if k == len(wanted):
-                return out
-    # Fewer counts than the total says (a histogram whose max was not tracked): walk the rest, as
-    # HdrHistogram would.
-    for index in range(end, length):
-        seen += int(hist.counts[index])
         while seen >= targets[k]:
             value = hist.get_value_from_index(index)
             p = wanted[k]

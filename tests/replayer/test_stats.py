@@ -131,6 +131,9 @@ def test_percentiles_in_one_walk_are_hdrhistograms_own(digits: int) -> None:
         merged = HdrHistogram(1, 3_600_000_000, digits)
         merged.add(decoded)
         assert values_at_percentiles(merged, reversed(wanted)) == expected
+        # A histogram whose largest value was not tracked: the counts past it are walked too.
+        hist.max_value = 1
+        assert values_at_percentiles(hist, wanted) == {p: hist.get_value_at_percentile(p) for p in wanted}
 
 
 def test_the_first_error_examples_of_each_class_are_kept_merged_and_shipped() -> None:
