@@ -72,4 +72,4 @@ docs: dev
 	$(PY) -m shadowtap.docgen
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache proxy/_compiled wire/_compiled replayer/_compiled build dist
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache proxy/_compiled wire/_compiled replayer/_compiled recorder/_compiled differ/_compiled build dist

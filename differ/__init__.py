@@ -5,10 +5,17 @@ feeds it into a SQLite ``DiffStore``; ``build_report`` turns the store into a ``
 ``shadowtap.differ.reports`` renders. Imports only ``recorder``.
 
 The public names load on first use, so importing one module (``shadowtap.differ.templates``, which
-the replayer and the proxy use) does not import the engine, the store and the reports.
+the replayer and the proxy use) does not import the engine, the store and the reports. The
+templater runs compiled when a build matching these sources is present (``shadowtap.wire.native``);
+activation has to come before any of its modules is imported.
 """
 
+# ruff: noqa: E402  (the compiled modules are chosen before any of them is imported)
 from __future__ import annotations
+
+from shadowtap.wire import native
+
+native.activate(__path__, "differ")
 
 import importlib
 from typing import TYPE_CHECKING, Any

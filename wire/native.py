@@ -77,6 +77,9 @@ COMPILED_MODULES: Final = (
     # The tape's decode path: every exchange a replay, a diff or tape cat reads is decoded here.
     "shadowtap.recorder._decode",
     "shadowtap.recorder._segment",
+    # The endpoint templater: every replayed request, every diffed pair and the proxy's metrics
+    # template their path here.
+    "shadowtap.differ.templates",
 )
 #: The ``shadowtap`` package directory (as imported: links are not resolved, so paths in messages
 #: are the ones a user sees).
