@@ -510,7 +510,8 @@ class _Runner:
 
     def _record(self, request: PlannedRequest, due_ns: int, released_ns: int, sent_ns: int, result: SendResult) -> int:
         """Count a finished request in the stats and the results; the time it was done."""
-        done_ns = time.monotonic_ns()
+        # When the transport parsed the last byte, if it says (not when this task got to run again).
+        done_ns = max(sent_ns, result.done_ns or time.monotonic_ns())
         outcome = result.outcome
         error = error_class(outcome)
         self.stats.record_done(

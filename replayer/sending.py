@@ -19,10 +19,12 @@ __all__ = ["ClientSettings", "SendResult"]
 # Python, and one is built for every request (see ``plan.PlannedRequest``).
 @dataclass(slots=True)
 class SendResult:
-    """What came back: the outcome, and when its head arrived (monotonic ns, None on failure)."""
+    """What came back: the outcome, when its head arrived and when its last byte did (monotonic ns;
+    None on failure, or where the transport does not know: the runner then takes the time it hears)."""
 
     outcome: Outcome
     first_byte_ns: int | None = None
+    done_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -305,7 +305,7 @@ class HttpTransport:
         # Stored straight into its slots: the frozen constructor costs a microsecond more a request.
         reason = result.reason.decode("latin-1")
         response = new_response(result.status, reason, tuple(result.headers), result.body, result.http_version, None)
-        return SendResult(response, result.first_byte_ns)
+        return SendResult(response, result.first_byte_ns, result.done_ns)
 
     async def _wait_for_slot(self) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

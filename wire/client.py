@@ -645,12 +645,20 @@ class Pool:
 
 class FetchedResponse:
     """A whole response as ``fetch`` collected it: the head as received and the body without its
-    transfer framing; ``first_byte_ns`` (monotonic) when its first head (1xx included) arrived."""
+    transfer framing; ``first_byte_ns`` (monotonic) when its first head (1xx included) arrived,
+    ``done_ns`` when its last byte did."""
 
-    __slots__ = ("body", "first_byte_ns", "headers", "http_version", "reason", "status")
+    __slots__ = ("body", "done_ns", "first_byte_ns", "headers", "http_version", "reason", "status")
 
     def __init__(
-        self, status: int, reason: bytes, headers: list[Header], body: bytes, http_version: str, first_byte_ns: int
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[Header],
+        body: bytes,
+        http_version: str,
+        first_byte_ns: int,
+        done_ns: int,
     ) -> None:
         self.status = status
         self.reason = reason
@@ -658,6 +666,7 @@ class FetchedResponse:
         self.body = body
         self.http_version = http_version
         self.first_byte_ns = first_byte_ns
+        self.done_ns = done_ns
 
 
 class FetchFailure:
@@ -739,6 +748,7 @@ class _Collector:
         conn = self.conn
         if conn is None:
             return
+        done_ns = time.monotonic_ns()
         self.conn = None
         if reusable:
             self.pool.release(conn)
@@ -746,7 +756,9 @@ class _Collector:
             conn.close()
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._resolve(
-            FetchedResponse(self._status, self._reason, self._headers, body, self._version, self._first_byte_ns)
+            FetchedResponse(
+                self._status, self._reason, self._headers, body, self._version, self._first_byte_ns, done_ns
+            )
         )
 
     def on_upgraded(self, rest: bytes) -> None:
