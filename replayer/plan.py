@@ -722,20 +722,20 @@ def _base_stream(
             stats.skipped_window += 1
             continue
         req = ex.request
+        # Request.path, inline: a property of an interpreted class is a Python frame per request.
+        path = req.target.split("?", 1)[0]
         method = req.method.upper()
         if not filters.allow_writes and method not in SAFE_METHODS:
             stats.skipped_unsafe_method += 1
             continue
-        if (filters.methods and method not in filters.methods) or (
-            path_re is not None and not path_re.search(req.path)
-        ):
+        if (filters.methods and method not in filters.methods) or (path_re is not None and not path_re.search(path)):
             stats.skipped_filter += 1
             continue
         # Filters match the template by shape alone: a learned one would change their meaning mid-run.
         if filters.endpoints:
-            shape = shape_template(method, req.path)
+            shape = shape_template(method, path)
             if not any(
-                fnmatch.fnmatchcase(shape, pattern) or fnmatch.fnmatchcase(req.path, pattern)
+                fnmatch.fnmatchcase(shape, pattern) or fnmatch.fnmatchcase(path, pattern)
                 for pattern in filters.endpoints
             ):
                 stats.skipped_filter += 1
@@ -769,9 +769,7 @@ def _base_stream(
             # The latest, not the last: a request recorded out of order opens no gap.
             latest_ns = slot_ns if latest_ns is None else max(latest_ns, slot_ns)
             slot_ns -= cut_ns
-        endpoint = (
-            shape_template(method, req.path) if templater is None else templater.observe_template(method, req.path)
-        )
+        endpoint = shape_template(method, path) if templater is None else templater.observe_template(method, path)
         target, headers, body = rewrites.apply(ex, 0, iteration)
         session = key if iteration == 0 else f"{key}#c0i{iteration}"
         planned = PlannedRequest(
