@@ -49,7 +49,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Final, Protocol
 
 from shadowtap.recorder.errors import ConfigError, ShadowtapError
-from shadowtap.recorder.model import Exchange, Failure, FailureKind, Outcome, Response
+from shadowtap.recorder.model import Exchange, Failure, FailureKind, Headers, Outcome, Request, Response
 from shadowtap.replayer.pacer import WAKE_TIMERS, DueQueue, WakeTimer, make_wake_timer
 from shadowtap.replayer.plan import PlannedRequest
 from shadowtap.replayer.result import replay_exchange
@@ -179,6 +179,26 @@ class _Session:
     task: asyncio.Task[None] | None = None
 
 
+#: ``HttpTransport.start``'s shape: (method, target, headers, body, recorded request, done) -> sent.
+_Starter = Callable[[str, str, Headers, bytes, Request | None, Callable[[SendResult], None]], bool]
+
+
+class _Sent:
+    """A request sent by ``_Runner._send_now``, waiting for its answer."""
+
+    __slots__ = ("due_ns", "request", "runner", "sent_ns", "session")
+
+    def __init__(self, runner: _Runner, session: _Session, request: PlannedRequest, due_ns: int, sent_ns: int) -> None:
+        self.runner = runner
+        self.session = session
+        self.request = request
+        self.due_ns = due_ns
+        self.sent_ns = sent_ns
+
+    def done(self, result: SendResult) -> None:
+        self.runner._sent(self.session, self.request, self.due_ns, self.sent_ns, result)
+
+
 class _Runner:
     def __init__(
         self,
@@ -218,6 +238,10 @@ class _Runner:
         )
         self.timer: WakeTimer | None = None
         self.armed_ns: int | None = None
+        # The transport's task-free send, when it has one (HttpTransport.start): most requests
+        # then cost no task, coroutine or future; the rest (a dial, a wait) go by send in a task.
+        starter = getattr(transport, "start", None)
+        self.starter: _Starter | None = starter if callable(starter) else None
         # The dispatcher waiting for pending to fall below max_pending, or run() for it to reach 0.
         self.space_waiter: asyncio.Future[None] | None = None
         self.drained_waiter: asyncio.Future[None] | None = None
@@ -414,11 +438,63 @@ class _Runner:
         self._start(session, due_ns)
 
     def _start(self, session: _Session, due_ns: int) -> None:
+        if self.starter is not None and self.cap_free != 0 and self._send_now(session, due_ns):
+            return
         # The loop's own create_task: asyncio.create_task looks the running loop up (a getpid()
         # system call each time on Python 3.11).
         assert self.loop is not None
         session.task = task = self.loop.create_task(self._run_session(session, due_ns))
         self.tasks.add(task)
+
+    def _send_now(self, session: _Session, due_ns: int) -> bool:
+        """Send ``session``'s head request through the transport's ``start`` (no task: its answer
+        comes back through ``_Sent``); False, nothing sent or counted, when it needs the task path."""
+        assert self.starter is not None
+        request = session.queue[0]
+        sent_ns = time.monotonic_ns()
+        capped = self.cap_free > 0
+        if capped:
+            self.cap_free -= 1
+        self.in_flight += 1
+        sent = _Sent(self, session, request, due_ns, sent_ns)
+        try:
+            started = self.starter(
+                request.method, request.target, request.headers, request.body, request.source.request, sent.done
+            )
+        except Exception as exc:  # a transport bug costs this request (but fails the run)
+            self._internal_error(exc, f"{request.method} {request.target}")
+            started = False
+        if not started:
+            self.in_flight -= 1
+            if capped:
+                self.cap_free += 1
+        return started
+
+    def _sent(self, session: _Session, request: PlannedRequest, due_ns: int, sent_ns: int, result: SendResult) -> None:
+        """The answer to a request ``_send_now`` sent: count it, then carry the session on, as
+        ``_run_session`` does for the task path."""
+        try:
+            self.in_flight -= 1
+            self._free_slot()
+            session.last_done_ns = done_ns = self._record(request, due_ns, sent_ns, sent_ns, result)
+            session.queue.popleft()
+            self._finished(1)
+            if session.queue and self.aborting:
+                self._drop_queue(session)
+            if session.queue:
+                request = session.queue[0]
+                due_ns = max(self.t0_ns + request.slot_ns, done_ns + request.gap_ns)
+                if due_ns > time.monotonic_ns():
+                    self._push(due_ns, session)
+                else:
+                    self._start(session, due_ns)
+                return
+        except Exception as exc:  # a bug: this queue would never drain, so scheduling stops
+            self._internal_error(exc, f"session {session.key!r}")
+            self.halted = True
+            self._drop_queue(session)
+            self._abort()
+        self._session_idle(session)
 
     async def _run_session(self, session: _Session, due_ns: int) -> None:
         """Send ``session``'s requests from its head while each is due; queue it when one is not."""

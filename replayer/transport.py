@@ -260,6 +260,8 @@ class HttpTransport:
         # a coroutine and its checks on every request).
         self._free_slots = s.max_connections
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # The loop it runs on (set on entry): ``start`` needs it and looks it up no other way.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pool = client.Pool(
             url.host,
             url.port or 80,
@@ -272,6 +274,7 @@ class HttpTransport:
         )
 
     async def __aenter__(self) -> HttpTransport:
+        self._loop = asyncio.get_running_loop()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -285,27 +288,55 @@ class HttpTransport:
         head = http1.request_head(method.encode("latin-1"), self._prefix + target.encode("latin-1"), headers, extra)
         return [head, body] if body else [head]
 
+    def start(
+        self,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes,
+        recorded: Request | None,
+        done: Callable[[SendResult], None],
+    ) -> bool:
+        """Send now without a task when a connection slot is free and the pool holds an open
+        connection (a warm pool, most requests), and call ``done`` once with the result, from the
+        loop's read of the answer or its deadline; False, nothing sent, when ``send`` must do it (a
+        connection to dial, a slot to wait for, or used outside ``async with``)."""
+        loop = self._loop
+        if self._free_slots <= 0 or loop is None:
+            return False
+        conn = self._pool.try_acquire()
+        if conn is None:
+            return False
+        self._free_slots -= 1
+        request = self._request(method, target, headers, body)
+        sending = _Sending(self, conn, method, request, done)
+        s = self._settings
+        timeout_s, max_body_bytes = s.timeout_s, s.max_body_bytes
+        client.start_fetch(
+            loop, conn, method, request, timeout_s=timeout_s, max_body_bytes=max_body_bytes, callback=sending.fetched
+        )
+        return True
+
     async def send(
         self, method: str, target: str, headers: Headers, body: bytes, recorded: Request | None = None
     ) -> SendResult:
         request = self._request(method, target, headers, body)
-        s = self._settings
         if self._free_slots > 0:
             self._free_slots -= 1
         else:
             await self._wait_for_slot()
+        return await self._fetch_holding_slot(method, request)
+
+    async def _fetch_holding_slot(self, method: str, request: list[bytes]) -> SendResult:
+        """``fetch`` with a connection slot already taken, given back at the end."""
+        s = self._settings
         try:
             result = await client.fetch(
                 self._pool, method, request, timeout_s=s.timeout_s, max_body_bytes=s.max_body_bytes
             )
         finally:
             self._release_slot()
-        if isinstance(result, client.FetchFailure):
-            return SendResult(Failure(result.kind, result.message))
-        # Stored straight into its slots: the frozen constructor costs a microsecond more a request.
-        reason = result.reason.decode("latin-1")
-        response = new_response(result.status, reason, tuple(result.headers), result.body, result.http_version, None)
-        return SendResult(response, result.first_byte_ns, result.done_ns)
+        return _send_result(result)
 
     async def _wait_for_slot(self) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -326,6 +357,58 @@ class HttpTransport:
                 waiter.set_result(None)
                 return
         self._free_slots += 1
+
+
+def _send_result(result: client.FetchedResponse | client.FetchFailure) -> SendResult:
+    if isinstance(result, client.FetchFailure):
+        return SendResult(Failure(result.kind, result.message))
+    # Stored straight into its slots: the frozen constructor costs a microsecond more a request.
+    reason = result.reason.decode("latin-1")
+    response = new_response(result.status, reason, tuple(result.headers), result.body, result.http_version, None)
+    return SendResult(response, result.first_byte_ns, result.done_ns)
+
+
+class _Sending:
+    """One request ``HttpTransport.start`` sent: hands its result to ``done``, after one retry on a
+    new connection when the pooled one turned out closed by the target while idle (as ``fetch``
+    does for an idempotent method; the retry needs a dial, so it runs as a task)."""
+
+    __slots__ = ("conn", "done", "method", "request", "transport")
+
+    def __init__(
+        self,
+        transport: HttpTransport,
+        conn: client.Http1Connection,
+        method: str,
+        request: list[bytes],
+        done: Callable[[SendResult], None],
+    ) -> None:
+        self.transport = transport
+        self.conn = conn
+        self.method = method
+        self.request = request
+        self.done = done
+
+    def fetched(self, result: client.FetchedResponse | client.FetchFailure) -> None:
+        transport = self.transport
+        if (
+            isinstance(result, client.FetchFailure)
+            and result.kind == client.RESET
+            and self.conn.stale
+            and self.method in http1.IDEMPOTENT_METHODS
+            and transport._loop is not None
+        ):
+            transport._loop.create_task(self._retry())
+            return
+        transport._release_slot()
+        self.done(_send_result(result))
+
+    async def _retry(self) -> None:
+        try:
+            result = await self.transport._fetch_holding_slot(self.method, self.request)
+        except Exception as exc:  # a bug must still end the request, or the replay waits for it forever
+            result = SendResult(Failure(FailureKind.OTHER, f"{type(exc).__name__}: {exc}"))
+        self.done(result)
 
 
 class VersionedTransport:
@@ -351,6 +434,21 @@ class VersionedTransport:
             await self.http2.__aexit__(*exc_info)
         finally:
             await self.http1.__aexit__(*exc_info)
+
+    def start(
+        self,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes,
+        recorded: Request | None,
+        done: Callable[[SendResult], None],
+    ) -> bool:
+        """``HttpTransport.start`` for what goes over HTTP/1.1 (False for HTTP/2: ``send`` it)."""
+        http1 = self.http1
+        if (recorded is not None and recorded.http_version == "2") or not isinstance(http1, HttpTransport):
+            return False
+        return http1.start(method, target, headers, body, recorded, done)
 
     def send(
         self, method: str, target: str, headers: Headers, body: bytes, recorded: Request | None = None

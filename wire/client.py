@@ -680,14 +680,22 @@ class FetchFailure:
 
 
 class _Collector:
-    """The ``ResponseSink`` behind ``fetch``: collects one response and resolves its future once."""
+    """The ``ResponseSink`` behind ``fetch`` and ``start_fetch``: collects one response and resolves
+    its future (or calls its callback) once."""
 
     __slots__ = ("_body", "_first_byte_ns", "_headers", "_max_body", "_reason", "_size", "_status", "_version",
-                 "conn", "pool", "timer", "waiter")  # fmt: skip
+                 "callback", "conn", "pool", "timer", "waiter")  # fmt: skip
 
-    def __init__(self, pool: Pool, waiter: asyncio.Future[FetchedResponse | FetchFailure], max_body: int) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        waiter: asyncio.Future[FetchedResponse | FetchFailure] | None,
+        max_body: int,
+        callback: Callable[[FetchedResponse | FetchFailure], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.waiter = waiter
+        self.callback = callback
         self.conn: Http1Connection | None = None
         self.timer: asyncio.TimerHandle | None = None
         self._max_body = max_body
@@ -704,8 +712,15 @@ class _Collector:
         if timer is not None:
             self.timer = None
             timer.cancel()
-        if not self.waiter.done():
-            self.waiter.set_result(result)
+        waiter = self.waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(result)
+            return
+        callback = self.callback
+        if callback is not None:
+            self.callback = None
+            callback(result)
 
     def fail(self, kind: str, message: str) -> None:
         """End the exchange from outside (its deadline): the connection cannot be reused."""
@@ -776,6 +791,29 @@ class _Collector:
     def upstream_write_paused(self, paused: bool) -> None:
         # The request is in memory already; the transport buffers it.
         return None
+
+
+def start_fetch(
+    loop: asyncio.AbstractEventLoop,
+    conn: Http1Connection,
+    method: str,
+    request: list[bytes],
+    *,
+    timeout_s: float,
+    max_body_bytes: int,
+    callback: Callable[[FetchedResponse | FetchFailure], None],
+) -> None:
+    """Send one request on ``conn``, an open connection from its pool's ``try_acquire``, and call
+    ``callback`` once with the whole response or the failure: from the loop's read of its last
+    bytes (the connection is back in the pool by then), or from the deadline's timer. No task, no
+    future: the caller carries on from the callback. It does not retry a stale connection (``fetch``
+    does); ``conn.stale`` after a ``RESET`` failure says one would be safe.
+    """
+    sink = _Collector(conn._pool, None, max_body_bytes, callback)
+    sink.conn = conn
+    sink.timer = loop.call_later(timeout_s, sink.timed_out, timeout_s)
+    conn.begin(sink, method == "HEAD")
+    conn.writelines(request)
 
 
 async def fetch(

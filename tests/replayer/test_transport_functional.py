@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
 
 from shadowtap.recorder import Failure, FailureKind, Response
-from shadowtap.replayer.transport import AiohttpTransport, ClientSettings, HttpTransport, make_transport
+from shadowtap.replayer.transport import AiohttpTransport, ClientSettings, HttpTransport, SendResult, make_transport
 
 TransportFactory = Callable[..., HttpTransport | AiohttpTransport]
 CLIENTS = [pytest.param(HttpTransport, id="raw"), pytest.param(AiohttpTransport, id="aiohttp")]
@@ -232,3 +233,84 @@ async def test_the_reason_phrase_is_kept(factory: TransportFactory) -> None:
         result = await transport.send("GET", "/", (), b"")
     assert isinstance(result.outcome, Response)
     assert (result.outcome.status, result.outcome.reason, result.outcome.body) == (418, "I'm a teapot, really", b"no")
+
+
+async def start_now(transport: HttpTransport, method: str, target: str, body: bytes = b"") -> SendResult | None:
+    """``HttpTransport.start``'s result (None when it declined, nothing sent)."""
+    done: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
+    if not transport.start(method, target, (), body, None, done.set_result):
+        return None
+    return await done
+
+
+async def test_start_sends_without_a_task_once_a_connection_is_open(server: Server) -> None:
+    loose = HttpTransport(server.url)
+    assert loose.start("GET", "/", (), b"", None, lambda result: None) is False  # not entered: no loop known
+    async with HttpTransport(server.url, ClientSettings(max_connections=1)) as transport:
+        assert await start_now(transport, "GET", "/cold") is None  # no open connection: send dials
+        await transport.send("GET", "/warm", (), b"")
+        tasks = len(asyncio.all_tasks())
+        done: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
+        assert transport.start("POST", "/now?x=1", (), b"body", None, done.set_result)
+        assert len(asyncio.all_tasks()) == tasks  # sent without one
+        # The only slot is taken: the next must wait for it, which start leaves to send.
+        assert await start_now(transport, "GET", "/busy") is None
+        result = await done
+        again = await start_now(transport, "GET", "/again")
+    assert isinstance(result.outcome, Response) and result.outcome.body == b"POST /now?x=1"
+    assert result.first_byte_ns is not None and result.done_ns is not None
+    assert result.first_byte_ns <= result.done_ns
+    assert again is not None and isinstance(again.outcome, Response) and again.outcome.body == b"GET /again"
+    assert [r[1] for r in server.requests] == ["/warm", "/now?x=1", "/again"]
+    assert len(server.peers) == 1
+
+
+async def test_start_resends_idempotent_requests_once_on_a_stale_keep_alive() -> None:
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # As in the send test above: one answer, then the connection drops as it is reused.
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read(1)
+        writer.close()
+        await writer.wait_closed()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    async with srv, HttpTransport(url, ClientSettings(max_connections=1)) as transport:
+        await transport.send("GET", "/", (), b"")
+        resent = await start_now(transport, "GET", "/")  # stale on connection 1, resent on 2
+        post = await start_now(transport, "POST", "/", b"x")  # stale on connection 2: never resent
+    assert resent is not None and isinstance(resent.outcome, Response) and resent.outcome.body == b"ok"
+    assert post is not None and isinstance(post.outcome, Failure) and post.outcome.kind == FailureKind.RESET
+    assert connections == 2
+
+
+async def test_start_times_out_and_frees_the_slot() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answers the first request; the second never, until the client gives up on it.
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.read()
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    async with srv, HttpTransport(url, ClientSettings(max_connections=1, timeout_s=0.2)) as transport:
+        await transport.send("GET", "/warm", (), b"")
+        started_ns = time.monotonic_ns()
+        silent = await start_now(transport, "GET", "/silent")
+        waited_s = (time.monotonic_ns() - started_ns) / 1e9
+        after = await transport.send("GET", "/after", (), b"")  # the slot came back
+    assert silent is not None and isinstance(silent.outcome, Failure)
+    assert silent.outcome.kind == FailureKind.TIMEOUT and 0.19 <= waited_s < 2
+    assert isinstance(after.outcome, Response) and after.outcome.body == b"ok"
