@@ -10,7 +10,9 @@ with ``--no-progress`` and 64 connections, in one run:
    request beside the unpaced figure, start-lag p50/p99, the rate achieved, and (at 2,000/s) the
    cumulative drift;
 4. the floor of the machine: a bare loop woken by the same timer and due queue at the same rates,
-   sending nothing (the wake-up cost and the lag the machine allows at best);
+   sending nothing (the wake-up cost and the lag the machine allows at best); and the same loop
+   running a fixed piece of Python work per request, beside that work's cost back to back in the
+   same process (what this machine charges for work done in short bursts between sleeps);
 5. with ``--reference``: ``wrk`` closed loop (one thread, 64 connections) and ``--workers 2``;
 6. with ``--http2`` (nginx only: its h2c listener, ``listen ... http2`` without TLS): the same tape
    replayed to an ``h2c://`` target, streams multiplexed over the default 4 connections, unpaced
@@ -107,13 +109,27 @@ async def main():
 uvloop.run(main())
 """
 
-# A bare wake loop: the DueQueue and wake timer the runner uses, at one rate, sending nothing.
+# A bare wake loop: the DueQueue and wake timer the runner uses, at one rate, sending nothing; with
+# "work", each released item runs a fixed piece of Python work (decoding one small JSON document six
+# times, about a request's unpaced CPU), also timed back to back in the same process, so the two say what running it in short
+# bursts costs on this machine.
 FLOOR = """
-import asyncio, resource, sys, time
+import asyncio, json, resource, sys, time
 import uvloop
 from shadowtap.replayer.pacer import DueQueue, make_wake_timer
 from shadowtap.replayer.runner import RunnerSettings
-rate, seconds = int(sys.argv[1]), float(sys.argv[2])
+rate, seconds, with_work = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "work"
+DOC = json.dumps({"id": 12345, "name": "shadowtap", "tags": list(range(20)), "nested": {"a": [1.5, "x"] * 8}})
+def work():
+    for _ in range(6):
+        json.loads(DOC)
+def cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+start = cpu_s()
+for _ in range(2000):
+    work()
+hot_us = (cpu_s() - start) / 2000 * 1e6 if with_work else 0.0
 async def main():
     loop = asyncio.get_running_loop()
     settings = RunnerSettings()
@@ -126,7 +142,11 @@ async def main():
     done = loop.create_future()
     def wake():
         now = time.monotonic_ns()
-        lags.extend(now - due for due, _ in queue.pop_due(now))
+        released = queue.pop_due(now)
+        lags.extend(now - due for due, _ in released)
+        if with_work:
+            for _ in released:
+                work()
         wake_ns = queue.wake_ns()
         if wake_ns is None:
             done.set_result(None)
@@ -142,7 +162,7 @@ async def main():
     lags.sort()
     cpu_us = (after.ru_utime + after.ru_stime - cpu) / count * 1e6
     sleeps = (after.ru_nvcsw - usage.ru_nvcsw) / count
-    print(cpu_us, lags[len(lags) // 2] / 1e6, lags[int(len(lags) * 0.99)] / 1e6, sleeps)
+    print(cpu_us, lags[len(lags) // 2] / 1e6, lags[int(len(lags) * 0.99)] / 1e6, sleeps, hot_us)
 uvloop.run(main())
 """
 
@@ -236,13 +256,18 @@ def wrk_rate(url: str, tmp: Path, count: int, seconds: int) -> float:
     return float(match.group(1))
 
 
-def floor(rate: int, seconds: float) -> tuple[float, float, float, float]:
-    """(CPU us per request, lag p50 ms, lag p99 ms, sleeps per request) of a bare wake loop at ``rate``."""
+def floor(rate: int, seconds: float, work: bool = False) -> tuple[float, float, float, float, float]:
+    """(CPU us per request, lag p50 ms, lag p99 ms, sleeps per request, the work's CPU us back to back
+    or 0) of the bare wake loop at ``rate``, doing the fixed work per request when ``work``."""
     out = subprocess.run(
-        [sys.executable, "-c", FLOOR, str(rate), str(seconds)], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", FLOOR, str(rate), str(seconds), "work" if work else "bare"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
-    cpu_us, p50_ms, p99_ms, sleeps = (float(v) for v in out.stdout.split())
-    return cpu_us, p50_ms, p99_ms, sleeps
+    cpu_us, p50_ms, p99_ms, sleeps, hot_us = (float(v) for v in out.stdout.split())
+    return cpu_us, p50_ms, p99_ms, sleeps, hot_us
 
 
 def runs_as() -> str:
@@ -294,6 +319,9 @@ def main() -> int:
                     out = tmp / f"rate{rate}.json"
                     paced[rate].append(replay(tmp / f"rate{rate}", url, out, "--rate", str(rate)))
             floors = {rate: [floor(rate, min(args.seconds, 2.0)) for _ in range(args.repeat)] for rate in rates}
+            work_floors = {
+                rate: [floor(rate, min(args.seconds, 2.0), work=True) for _ in range(args.repeat)] for rate in rates
+            }
             h2_fixed_s = 0.0
             h2_unpaced: list[dict[str, Any]] = []
             h2_paced: list[dict[str, Any]] = []
@@ -382,6 +410,14 @@ def main() -> int:
             f"  {rate:>6,}/s: {spread([r[0] for r in runs], '.1f')} us CPU/request; lag p50 "
             f"{spread([r[1] for r in runs], '.3f')} p99 {spread([r[2] for r in runs], '.3f')} ms; "
             f"{spread([r[3] for r in runs], '.2f')} sleeps/request"
+        )
+    print("bursts: the same loop running a fixed piece of Python work per request (what short bursts cost here):")
+    for rate in RATES:
+        runs = work_floors[rate]
+        ratios = [r[0] / r[4] for r in runs if r[4] > 0]
+        print(
+            f"  {rate:>6,}/s: {spread([r[0] for r in runs], '.1f')} us CPU/request for work taking "
+            f"{spread([r[4] for r in runs], '.1f')} us back to back: {spread(ratios, '.2f')}x"
         )
     if wrk is not None and two is not None:
         one = statistics.median(rate_of(d) for d in unpaced)
