@@ -110,9 +110,9 @@ uvloop.run(main())
 """
 
 # A bare wake loop: the DueQueue and wake timer the runner uses, at one rate, sending nothing; with
-# "work", each released item runs a fixed piece of Python work (decoding one small JSON document six
-# times, about a request's unpaced CPU), also timed back to back in the same process, so the two say what running it in short
-# bursts costs on this machine.
+# "work", each released item runs a fixed piece of Python work (six decodes of a small JSON
+# document, about a request's unpaced CPU), also timed back to back in the same process, so the two
+# say what running it in short bursts costs on this machine.
 FLOOR = """
 import asyncio, json, resource, sys, time
 import uvloop

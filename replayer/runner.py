@@ -490,11 +490,15 @@ class _Runner:
                     self._start(session, due_ns)
                 return
         except Exception as exc:  # a bug: this queue would never drain, so scheduling stops
-            self._internal_error(exc, f"session {session.key!r}")
-            self.halted = True
-            self._drop_queue(session)
-            self._abort()
+            self._session_failed(session, exc)
         self._session_idle(session)
+
+    def _session_failed(self, session: _Session, exc: Exception) -> None:
+        """A bug met carrying ``session`` on: its queue would never drain, so the replay stops."""
+        self._internal_error(exc, f"session {session.key!r}")
+        self.halted = True
+        self._drop_queue(session)
+        self._abort()
 
     async def _run_session(self, session: _Session, due_ns: int) -> None:
         """Send ``session``'s requests from its head while each is due; queue it when one is not."""
@@ -533,10 +537,7 @@ class _Runner:
                         self._push(due_ns, session)
                         return
             except Exception as exc:  # a bug: this queue would never drain, so scheduling stops
-                self._internal_error(exc, f"session {session.key!r}")
-                self.halted = True
-                self._drop_queue(session)
-                self._abort()
+                self._session_failed(session, exc)
             self._session_idle(session)
         finally:
             # Out of the runner's set as it ends (no done callback: a loop hop a request fewer).

@@ -168,14 +168,14 @@ def test_make_transport_picks_the_raw_client_for_http_only() -> None:
     assert isinstance(pick("http://127.0.0.1:1", "aiohttp"), AiohttpTransport)
 
 
-async def test_raw_client_resends_idempotent_requests_once_on_a_stale_keep_alive() -> None:
-    connections = 0
+async def stale_keep_alive_server() -> tuple[asyncio.Server, str, list[int]]:
+    """A server that answers one request per connection with keep-alive, then drops the connection
+    when the next request arrives: what a client sees when the server timed the idle connection
+    out as it was reused. The list counts the connections."""
+    connections = [0]
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Answers one request with keep-alive, then drops the connection when the next arrives:
-        # what a client sees when the server timed the idle connection out as it was reused.
-        nonlocal connections
-        connections += 1
+        connections[0] += 1
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
@@ -184,14 +184,18 @@ async def test_raw_client_resends_idempotent_requests_once_on_a_stale_keep_alive
         await writer.wait_closed()
 
     srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    return srv, f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}", connections
+
+
+async def test_raw_client_resends_idempotent_requests_once_on_a_stale_keep_alive() -> None:
+    srv, url, connections = await stale_keep_alive_server()
     async with srv, HttpTransport(url, ClientSettings(max_connections=1)) as transport:
         first = await transport.send("GET", "/", (), b"")
         second = await transport.send("GET", "/", (), b"")  # stale on connection 1, resent on 2
         post = await transport.send("POST", "/", (), b"x")  # stale on connection 2: never resent
     assert isinstance(first.outcome, Response) and isinstance(second.outcome, Response)
     assert isinstance(post.outcome, Failure) and post.outcome.kind == FailureKind.RESET
-    assert connections == 2
+    assert connections == [2]
 
 
 async def test_raw_client_drops_connections_idle_past_keepalive(server: Server) -> None:
@@ -266,28 +270,14 @@ async def test_start_sends_without_a_task_once_a_connection_is_open(server: Serv
 
 
 async def test_start_resends_idempotent_requests_once_on_a_stale_keep_alive() -> None:
-    connections = 0
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # As in the send test above: one answer, then the connection drops as it is reused.
-        nonlocal connections
-        connections += 1
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        await reader.read(1)
-        writer.close()
-        await writer.wait_closed()
-
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    srv, url, connections = await stale_keep_alive_server()
     async with srv, HttpTransport(url, ClientSettings(max_connections=1)) as transport:
         await transport.send("GET", "/", (), b"")
         resent = await start_now(transport, "GET", "/")  # stale on connection 1, resent on 2
         post = await start_now(transport, "POST", "/", b"x")  # stale on connection 2: never resent
     assert resent is not None and isinstance(resent.outcome, Response) and resent.outcome.body == b"ok"
     assert post is not None and isinstance(post.outcome, Failure) and post.outcome.kind == FailureKind.RESET
-    assert connections == 2
+    assert connections == [2]
 
 
 async def test_start_times_out_and_frees_the_slot() -> None:
