@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import glob
 import heapq
-import itertools
 import operator
 import os
 import re
@@ -263,12 +262,8 @@ class TapeReader:
         return heapq.merge(*(self._read(run) for run in runs), key=operator.attrgetter("started_at_ns"))
 
     def _read(self, segments: list[Segment]) -> Iterator[Exchange]:
-        # Chained, not "yield from" in a generator of this (interpreted) module: taking an exchange
-        # then resumes no Python frame, only the compiled reader's.
-        return itertools.chain.from_iterable(self._segment_readers(segments))
-
-    def _segment_readers(self, segments: list[Segment]) -> Iterator[Iterator[Exchange]]:
-        """Each segment's exchanges, its report entry added as its reading starts."""
+        # "yield from", not itertools.chain over the segments' readers: closing this generator (or
+        # dropping it half read) closes the segment being read, which a chain would leave open.
         matches = None if self.filter is None else self.filter.matches
         for path in segments:
             segment = SegmentReport(path=str(path))
@@ -276,7 +271,7 @@ class TapeReader:
             chunk_bytes = self.chunk_bytes
             if isinstance(path, ObjectSegment):
                 chunk_bytes = min(chunk_bytes, _OBJECT_CHUNK_BYTES)
-            yield SegmentReader(path, segment, self.salvage, matches, chunk_bytes, keep=self.keep).exchanges()
+            yield from SegmentReader(path, segment, self.salvage, matches, chunk_bytes, keep=self.keep).exchanges()
 
     def _read_ranges(self, ranges: list[SegmentRange]) -> Iterator[Exchange]:
         matches = None if self.filter is None else self.filter.matches
