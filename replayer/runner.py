@@ -242,6 +242,10 @@ class _Runner:
         # then cost no task, coroutine or future; the rest (a dial, a wait) go by send in a task.
         starter = getattr(transport, "start", None)
         self.starter: _Starter | None = starter if callable(starter) else None
+        # Requests sent that way and not yet answered (they have no task to wait for), and run()
+        # waiting for them to be, once the replay stops.
+        self.sending = 0
+        self.sending_waiter: asyncio.Future[None] | None = None
         # The dispatcher waiting for pending to fall below max_pending, or run() for it to reach 0.
         self.space_waiter: asyncio.Future[None] | None = None
         self.drained_waiter: asyncio.Future[None] | None = None
@@ -279,8 +283,13 @@ class _Runner:
                 self.drained_waiter = loop.create_future()
                 await self.drained_waiter
         finally:
-            while self.tasks:
-                await asyncio.gather(*list(self.tasks))
+            # Requests in flight finish, stopped or not: their results belong in the outputs.
+            while self.tasks or self.sending:
+                if self.tasks:
+                    await asyncio.gather(*list(self.tasks))
+                if self.sending:
+                    self.sending_waiter = loop.create_future()
+                    await self.sending_waiter
             sys.setswitchinterval(switch_interval_s)
             gc.unfreeze()
             if collecting:
@@ -468,11 +477,17 @@ class _Runner:
             self.in_flight -= 1
             if capped:
                 self.cap_free += 1
-        return started
+            return False
+        self.sending += 1
+        return True
 
     def _sent(self, session: _Session, request: PlannedRequest, due_ns: int, sent_ns: int, result: SendResult) -> None:
         """The answer to a request ``_send_now`` sent: count it, then carry the session on, as
         ``_run_session`` does for the task path."""
+        self.sending -= 1
+        waiter = self.sending_waiter
+        if waiter is not None and not self.sending and not waiter.done():
+            waiter.set_result(None)  # run() looks again: this may start the session's next request
         try:
             self.in_flight -= 1
             self._free_slot()

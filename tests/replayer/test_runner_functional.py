@@ -6,6 +6,7 @@ import asyncio
 import socket
 import statistics
 import time
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -267,3 +268,51 @@ async def test_a_cap_holds_back_and_counts_every_request_it_made_wait() -> None:
         await server.wait_closed()
     assert outcome.stats.overall.requests == 10 == len(arrivals)
     assert outcome.stats.held_back == 8
+
+
+class CountingStarts:
+    """A transport that counts the requests its inner HttpTransport sent without a task."""
+
+    def __init__(self, inner: HttpTransport) -> None:
+        self.inner = inner
+        self.started: list[str] = []
+
+    def start(self, method: str, target: str, *rest: Any) -> bool:
+        sent = self.inner.start(method, target, *rest)
+        if sent:
+            self.started.append(target)
+        return sent
+
+    def send(self, *args: Any) -> Any:
+        return self.inner.send(*args)
+
+
+async def test_a_stop_still_waits_for_the_answers_of_requests_sent_without_a_task() -> None:
+    stop = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.match_info["i"] == "3":
+            stop.set()  # the replay is stopped while this one is in flight, as by Ctrl-C
+            await asyncio.sleep(0.5)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/r/{i}", handle)
+    server, url = await start_server(app)
+    tape = [make_exchange(i, i * 20.0) for i in range(50)]
+    sink = Results()
+    try:
+        async with HttpTransport(url, ClientSettings(max_connections=1)) as inner:
+            transport = CountingStarts(inner)
+            plan = plan_requests(lambda: tape, PlanOptions())
+            outcome = await replay(plan, transport, results=sink, stop=stop)  # type: ignore[arg-type]
+    finally:
+        await server.cleanup()
+    assert outcome.stopped and outcome.error is None
+    assert "/r/3" in transport.started  # a warm pool: it went without a task
+    assert sorted(sink.by_index) == [0, 1, 2, 3]
+    # /r/3's answer came after the stop, and it is what counts: not a reset when the replay ended.
+    answer = sink.by_index[3].response(REPLAY)
+    assert answer is not None and answer.status == 200
+    overall = outcome.stats.overall
+    assert overall.requests == 4 and overall.error_count == 0 and outcome.results_submitted == 4
