@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from shadowtap.differ.templates import DistinctCounter, EndpointTemplater, segment_is_id, shape_template
+from shadowtap.differ.templates import _ID_SHAPE, DistinctCounter, EndpointTemplater, segment_is_id, shape_template
 from shadowtap.recorder.errors import ConfigError
 
 _NAMES = "account alert badge basket brand campaign card carrier coupon device event invoice locale merchant note offer"
@@ -45,6 +45,20 @@ def slug(n: int) -> str:
 )
 def test_shapes(segment: str, is_id: bool) -> None:
     assert segment_is_id(segment) is is_id
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_shortcuts_answer_as_the_shape_expression_does(seed: int) -> None:
+    # segment_is_id answers digits-only and letters-only segments without _ID_SHAPE; for every
+    # kind of segment it must say what the expression says.
+    rng = random.Random(seed)
+    alphabets = ["0123456789", "abcdef", "ABCDEFabcdef", "xyzXYZ", "abcdef0123456789-", "ä٣²_-{}:T.Z+"]
+    segments = ["", "abcdefabcdefabcdefabcdefabcdefab", "abcdefab-abcd-abcd-abcd-abcdefabcdef", "٣٤٥", "²³"]
+    for _ in range(3000):
+        alphabet = rng.choice(alphabets)
+        segments.append("".join(rng.choice(alphabet) for _ in range(rng.choice([1, 2, 7, 8, 15, 16, 31, 32, 36, 40]))))
+    for segment in segments:
+        assert segment_is_id(segment) is (_ID_SHAPE.match(segment) is not None), segment
 
 
 def test_shape_ids_and_query_strings() -> None:
