@@ -262,6 +262,8 @@ class HttpTransport:
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # The loop it runs on (set on entry): ``start`` needs it and looks it up no other way.
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Resends of stale keep-alives that start sent (the loop keeps only weak references to tasks).
+        self._retries: set[asyncio.Task[None]] = set()
         self._pool = client.Pool(
             url.host,
             url.port or 80,
@@ -398,7 +400,9 @@ class _Sending:
             and self.method in http1.IDEMPOTENT_METHODS
             and transport._loop is not None
         ):
-            transport._loop.create_task(self._retry())
+            task = transport._loop.create_task(self._retry())
+            transport._retries.add(task)
+            task.add_done_callback(transport._retries.discard)
             return
         transport._release_slot()
         self.done(_send_result(result))
