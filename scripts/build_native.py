@@ -21,7 +21,9 @@ against its sources like any build. Without the variable nothing is cached (an i
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import io
@@ -104,6 +106,55 @@ def _to_cache(cache: Path, key: str, staged: Path) -> None:
         print(f"build_native: could not keep the build in {cache}: {exc}", file=sys.stderr)
 
 
+def _parallel_build_ext() -> type:
+    """setuptools' ``build_ext`` compiling each extension's C files on every core available (it
+    compiles them one after the other; ``--parallel`` only runs whole extensions side by side, and
+    the group library is one extension of many files). Where the compiler lacks the internals this
+    leans on, it compiles as setuptools does."""
+    from setuptools.command.build_ext import build_ext
+
+    class ParallelBuildExt(build_ext):
+        def build_extensions(self) -> None:
+            compiler = self.compiler
+            jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            needed = ("_setup_compile", "_get_cc_args", "_compile")
+            if jobs > 1 and all(hasattr(compiler, name) for name in needed):
+                compiler.compile = functools.partial(_compile_in_parallel, compiler, jobs)
+            super().build_extensions()
+
+    return ParallelBuildExt
+
+
+def _compile_in_parallel(
+    compiler: Any,
+    jobs: int,
+    sources: list[str],
+    output_dir: str | None = None,
+    macros: Any = None,
+    include_dirs: Any = None,
+    debug: bool = False,
+    extra_preargs: list[str] | None = None,
+    extra_postargs: list[str] | None = None,
+    depends: Any = None,
+) -> list[str]:
+    """``CCompiler.compile`` with its per-file loop on ``jobs`` threads (each runs a gcc process),
+    the largest files first."""
+    macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
+        output_dir, macros, include_dirs, sources, depends, extra_postargs
+    )
+    cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+    todo = sorted((obj for obj in objects if obj in build), key=lambda obj: -Path(build[obj][0]).stat().st_size)
+
+    def one(obj: str) -> None:
+        src, ext = build[obj]
+        compiler._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        for future in [pool.submit(one, obj) for obj in todo]:
+            future.result()  # the first failure (a CompileError) is raised, as setuptools would
+    return list(objects)
+
+
 def _compile(
     work: Path,
     sources: list[Path],
@@ -119,13 +170,18 @@ def _compile(
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log):
+            # One C file per module, not one for the whole group: gcc compiles them in 72 s of CPU
+            # rather than 128 s (its optimiser is superlinear in a file's size), and they compile in
+            # parallel; the code runs the same (callgrind: within 1 % instructions per request).
             extensions = mypycify(
                 [str(path.relative_to(ROOT)) for path in sources],
                 opt_level="3",
                 group_name=GROUP,
                 target_dir=str(work / "c"),
+                multi_file=True,
             )
-            dist = distribution({"name": "shadowtap-native", "ext_modules": extensions})
+            cmdclass = {"build_ext": _parallel_build_ext()}
+            dist = distribution({"name": "shadowtap-native", "ext_modules": extensions, "cmdclass": cmdclass})
             build_dirs = ["--build-lib", str(work / "lib"), "--build-temp", str(work / "o")]
             dist.script_args = ["-q", "build_ext", *build_dirs]
             dist.parse_command_line()
