@@ -505,6 +505,13 @@ class DiffStore:
         """(id, method, path, endpoint) of every stored route, streamed in (method, path) order."""
         yield from self._db.execute("SELECT id, method, path, endpoint FROM routes ORDER BY method, path")
 
+    def route_counts(self) -> Iterator[tuple[str, str, int]]:
+        """(method, path, pairs stored for it) of every stored route, streamed in (method, path) order."""
+        yield from self._db.execute(
+            "SELECT method, path, (SELECT COUNT(*) FROM pairs WHERE pairs.route_id = routes.id) FROM routes"
+            " ORDER BY method, path"
+        )
+
     def routes_after(self, after_id: int, limit: int) -> list[tuple[int, str, str, str]]:
         """(id, method, path, endpoint) of up to ``limit`` routes with ids above ``after_id``, by id."""
         return self._db.execute(

@@ -20,8 +20,11 @@ How a path is templated, segment by segment:
   resources, each hit many times, never folds however many siblings it has. When a position folds,
   the values hit far more often than its typical one (at least ``keep_min_hits`` and four times the
   median, the busiest ``max_kept``) stay apart: ``/files/recent`` beside ``/files/{id}``. A folded
-  position keeps counting its busiest values (Space-Saving, 32 slots): one that was rare at the
-  fold but has since taken 5 % of its traffic becomes a template of its own from then on.
+  position keeps counting its busiest values (Space-Saving, 32 slots) and its distinct values (k
+  minimum values): one that was rare at the fold but has since taken 0.5 % of its traffic and four
+  times the average value's, 32 hits at least (counted for certain), becomes a template of its own
+  from then on: ``/users/me`` at 1 % beside a million user ids, but none of 150 slugs hit alike.
+  ``settle`` does the same from a table of distinct paths with their counts.
 
 Learning is monotone: a position, once a parameter, stays one, so re-templating an earlier template
 (``retemplate``) gives the current one; stats started under a raw path merge into its template when
@@ -39,7 +42,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import re
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 from shadowtap.recorder.errors import ConfigError
@@ -67,11 +71,18 @@ _ID_SHAPE: Final = re.compile(
     r"|\{[^{}/]*\}"  # a placeholder: the segment of an earlier template
     r")\Z"
 )
-#: Values tracked per folded position to find one that became busy after the fold: Space-Saving
-#: overestimates a value by at most 1/32 of the traffic, below the share that promotes it.
+#: Values tracked per folded position to find one that became busy after the fold (Space-Saving).
+#: With one new value in eight taking a slot, the smallest count in the table grows by about 1/256
+#: of the traffic, so a value with more than that share keeps its slot once it has one.
 _HEAVY_SLOTS: Final = 32
-#: The share of a folded position's traffic since the fold that makes a value a template of its own.
-_PROMOTE_SHARE: Final = 0.05
+#: The share of a folded position's traffic since the fold, counted for certain (the hits since the
+#: value took its slot, a lower bound), that makes a value a template of its own: ``/users/me`` at
+#: 1 % of the requests beside a million user ids once a request each.
+_PROMOTE_SHARE: Final = 0.005
+#: ... and at least this many of them, whatever the share: a few hits are chance.
+_MIN_BUSY_HITS: Final = 32
+#: Hashes a folded position keeps to count its distinct values (k minimum values).
+_SKETCH_K: Final = 64
 #: Methods with templates of their own; requests with further methods all go to their overflow
 #: bucket, counted together under ``_OTHER_METHODS``.
 _MAX_METHODS: Final = 32
@@ -196,10 +207,15 @@ class _Position:
         "floor",
         "folded",
         "heavy",
+        "heavy_errors",
+        "id_hits",
         "ids",
         "kept",
         "n",
         "n_at_fold",
+        "settled",
+        "settled_rows",
+        "sketch",
         "untracked",
     )
 
@@ -217,8 +233,16 @@ class _Position:
         # Once folded: the busiest values since (Space-Saving, at most _HEAVY_SLOTS), the least
         # hits a value needs to be kept apart, and the traffic when the position folded.
         self.heavy: dict[str, int] = {}
+        self.heavy_errors: dict[str, int] = {}  # per tracked value: its estimate's possible excess
         self.floor = 0
         self.n_at_fold = 0
+        # Since the fold: the distinct values met (k minimum values of their CRC-32, id-shaped
+        # ones aside) and the id-shaped values met (each one new, as when folding).
+        self.sketch: list[int] = []
+        self.id_hits = 0
+        # When ``settle`` adds up a table of counted paths: requests and rows through it.
+        self.settled = 0
+        self.settled_rows = 0
 
 
 def _size(pos: _Position) -> int:
@@ -228,6 +252,44 @@ def _size(pos: _Position) -> int:
         count += 1
         stack.extend(stack.pop().children.values())
     return count
+
+
+def _sketch_add(sketch: list[int], segment: str) -> None:
+    """Add ``segment`` to a k-minimum-values sketch (a heap of the smallest CRC-32s, negated)."""
+    h = -zlib.crc32(segment.encode("utf-8", "surrogateescape"))
+    if len(sketch) < _SKETCH_K:
+        if h not in sketch:
+            heapq.heappush(sketch, h)
+    elif h > sketch[0] and h not in sketch:
+        heapq.heapreplace(sketch, h)
+
+
+def _sketch_count(sketch: list[int]) -> int:
+    """Distinct values added to ``sketch``: exact below ``_SKETCH_K``, then estimated (12 %)."""
+    if len(sketch) < _SKETCH_K:
+        return len(sketch)
+    return (_SKETCH_K - 1) * 2**32 // (1 - sketch[0])
+
+
+def _track(pos: _Position, segment: str, hits: int) -> int:
+    """Count ``hits`` of ``segment`` in the folded ``pos``'s table of busiest values (Space-Saving:
+    a new value takes the slot of the least counted and starts from its count); the hits it is
+    certain of, those since the value took its slot."""
+    heavy, errors = pos.heavy, pos.heavy_errors
+    estimate = heavy.get(segment)
+    if estimate is not None:
+        estimate += hits
+    elif len(heavy) < _HEAVY_SLOTS:
+        estimate = hits
+        errors[segment] = 0
+    else:
+        smallest = min(heavy, key=heavy.__getitem__)
+        error = heavy.pop(smallest)
+        del errors[smallest]
+        estimate = errors[segment] = error
+        estimate += hits
+    heavy[segment] = estimate
+    return estimate - errors[segment]
 
 
 class EndpointTemplater:
@@ -316,6 +378,7 @@ class EndpointTemplater:
             kept = frozenset(value for _, value in busy[len(busy) - self._max_kept :] if self._max_kept)
         pos.kept = kept
         pos.folded, pos.counts, pos.n_at_fold = True, None, pos.n
+        pos.sketch, pos.id_hits = [], 0
         pos.floor = max(pos.floor, self._keep_min_hits)
         # Children under values that folded now live under {id}: what they learned is dropped.
         for part in [k for k in pos.children if k not in pos.kept and k != ID]:
@@ -332,29 +395,29 @@ class EndpointTemplater:
         """Count ``segment`` at a folded position; keep it apart from now on when it has become
         busy (``/files/recent`` added after the ids around it folded, or seen last when learning
         from a table of distinct paths). Requests counted under ``{id}`` before stay there."""
-        heavy = pos.heavy
-        estimate = heavy.get(segment)
-        if estimate is not None:
-            estimate += hits_seen
-        elif len(heavy) < _HEAVY_SLOTS:
-            estimate = hits_seen
-        elif hits_seen == 1 and self._sample():
+        if hits_seen == 1 and segment not in pos.heavy and len(pos.heavy) >= _HEAVY_SLOTS and self._sample():
             # A long tail would evict on every request: one new value in eight, at random, takes
             # a slot (a busy value is back soon enough to get one).
             return False
-        else:
-            smallest = min(heavy, key=heavy.__getitem__)
-            estimate = heavy.pop(smallest) + hits_seen
-        heavy[segment] = estimate
-        since = pos.n - pos.n_at_fold
+        counted = _track(pos, segment, hits_seen)
+        since = max(pos.n - pos.n_at_fold, self._first_check * 2)
+        return self._keep_if_busy(pos, segment, counted, since, _sketch_count(pos.sketch) + pos.id_hits)
+
+    def _keep_if_busy(self, pos: _Position, segment: str, counted: int, total: int, distinct: int) -> bool:
+        """Keep ``segment`` apart at the folded ``pos`` when its ``counted`` hits (for certain) make
+        it busy among ``total`` requests to ``distinct`` values: at least ``_MIN_BUSY_HITS`` and the
+        fold's floor (enough evidence), ``_PROMOTE_SHARE`` of the requests (a real part of the
+        traffic), and four times the average value's (standing out, as when folding: 150 slugs
+        hit alike are one parameter, not 150 routes)."""
         if (
-            estimate < pos.floor
-            or estimate < _PROMOTE_SHARE * max(since, self._first_check * 2)
+            counted < max(pos.floor, _MIN_BUSY_HITS)
+            or counted < _PROMOTE_SHARE * total
+            or counted * max(1, distinct) < 4 * total
             or len(pos.kept) >= self._max_kept
         ):
             return False
         pos.kept = pos.kept | {segment}
-        del heavy[segment]
+        del pos.heavy[segment], pos.heavy_errors[segment]
         return True
 
     def _check(self, pos: _Position) -> None:
@@ -379,8 +442,12 @@ class EndpointTemplater:
             if learn:
                 pos.n += hits_seen
                 # Id-shaped values are never promoted: they skip the count.
-                if not segment_is_id(segment) and self._promote(pos, segment, hits_seen):
-                    return segment
+                if segment_is_id(segment):
+                    pos.id_hits += 1
+                else:
+                    _sketch_add(pos.sketch, segment)
+                    if self._promote(pos, segment, hits_seen):
+                        return segment
             return ID
         counts = pos.counts
         assert counts is not None
@@ -494,6 +561,66 @@ class EndpointTemplater:
             self.observe(method, path)
         for method, path in requests:
             self.observe(method, path)
+
+    def settle(self, counted: Callable[[], Iterable[tuple[str, str, int]]]) -> int:
+        """Keep apart, at every folded position, the values that take at least ``_PROMOTE_SHARE``
+        of its requests, from exact counts: ``counted()`` gives each distinct (method, path) once
+        with how many requests it had (a store's table), and is read twice. How many values it
+        kept apart.
+
+        For learning from a table of distinct paths once each (``learn``), which finds the
+        parameters but cannot see a busy literal among a million ids: ``/users/me`` is one row
+        among them. The share is of the position's whole count and the average is over its rows
+        (a first read adds them up), so a slug seen five times is never kept for coming early in
+        the table, as it would be against the requests seen so far. Values are counted per
+        position as ``_promote`` does (32 slots, hits counted for certain; the streaming counts
+        start over) and judged by the same rule (``_keep_if_busy``); a busy value's rows come
+        together in path order.
+        """
+        folded: list[_Position] = []
+        for method, path, hits in counted():
+            for pos, _ in self._folded_on(method, path):
+                if pos.settled == 0:
+                    folded.append(pos)
+                    pos.heavy, pos.heavy_errors = {}, {}
+                pos.settled += max(1, hits)
+                pos.settled_rows += 1
+        kept = 0
+        for method, path, hits in counted():
+            for pos, segment in self._folded_on(method, path):
+                if segment_is_id(segment):
+                    continue
+                certain = _track(pos, segment, max(1, hits))
+                if self._keep_if_busy(pos, segment, certain, pos.settled, pos.settled_rows):
+                    kept += 1
+        for pos in folded:
+            pos.settled, pos.settled_rows, pos.heavy, pos.heavy_errors = 0, 0, {}, {}
+        if kept:
+            self.generation += 1
+        return kept
+
+    def _folded_on(self, method: str, path: str) -> Iterator[tuple[_Position, str]]:
+        """The folded positions ``path`` goes through, with its segment at each (not a kept one)."""
+        path = _path_of(path)
+        pos = self._roots.get(method)
+        if pos is None or _GRPC_METHOD.match(path):
+            return
+        segments = _segments(path)
+        if self._route(method, segments) is not None:
+            return
+        for segment in segments:
+            if pos.folded:
+                part = segment if segment in pos.kept else ID
+                if part == ID:
+                    yield pos, segment
+            elif pos.counts is not None and segment not in pos.counts and segment_is_id(segment):
+                part = ID
+            else:
+                part = segment
+            child = pos.children.get(part)
+            if child is None:
+                return
+            pos = child
 
     # -- what it holds --------------------------------------------------------------------------------
 

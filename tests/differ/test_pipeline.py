@@ -99,6 +99,24 @@ def test_relearning_gives_the_same_endpoints_whether_the_routes_are_held_or_stre
     )
 
 
+def test_relearning_keeps_a_busy_literal_apart_from_the_ids_beside_it_by_its_pair_count(tmp_path: Path) -> None:
+    """``/users/me`` is one stored route among 3,000 ids: its 60 pairs (2 % of the position) keep
+    it apart; ``/users/you``, twice, is an id like the others."""
+    body = Response(200, "", (), b'{"n": 2, "s": "a"}')
+    store = DiffStore(tmp_path / "r.db")
+    session = DiffSession(store, DifferConfig(), META)
+    for i in range(3_000):
+        session.add(pair(i, body, path=f"/users/{i}"))
+        if i % 50 == 0:
+            session.add(pair(10_000 + i, body, path="/users/me"))
+        if i in (5, 2_500):
+            session.add(pair(20_000 + i, body, path="/users/you"))
+    session.finish()
+    endpoints = {path: endpoint for _, _, path, endpoint in store.routes()}
+    assert endpoints["/users/me"] == "GET /users/me"
+    assert endpoints["/users/you"] == endpoints["/users/17"] == "GET /users/{id}"
+
+
 def test_examples_keep_no_credential_header_the_tape_redacts(tmp_path: Path) -> None:
     # The results store blanks the tape's own list of credential headers, X-Auth-Token included.
     store = DiffStore(":memory:")

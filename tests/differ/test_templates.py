@@ -254,6 +254,59 @@ def test_a_literal_that_gets_busy_after_its_position_folded_becomes_a_template_o
     assert templater.template("GET", "/files/recent") == "GET /files/recent"
 
 
+def test_a_literal_at_one_percent_beside_a_long_tail_is_found_and_a_rarer_one_or_the_tail_is_not() -> None:
+    """A million ids in the path and ``/users/me`` once in 84 requests: too rare to stand out when
+    the position folds early, it becomes a template of its own from the hits counted since; a value
+    at 0.25 %, or values repeated a few times each, stay ``{id}``."""
+    templater = EndpointTemplater()
+    seen: list[str] = []
+    for i in range(120_000):
+        if i % 84 == 0:
+            seen.append(templater.observe_template("GET", "/users/me"))
+        elif i % 400 == 1:
+            seen.append(templater.observe_template("GET", "/users/rarely"))
+        else:
+            # Each sparse value five times, far apart: the tail repeats, but no value stands out.
+            seen.append(templater.observe_template("GET", f"/users/{slug(i % 24_000)}"))
+    assert seen[0] == "GET /users/me" and "GET /users/{id}" in seen[:1_000]  # folded early, "me" then rare
+    assert templater.template("GET", "/users/me") == "GET /users/me"
+    assert templater.template("GET", "/users/rarely") == "GET /users/{id}"
+    # Once folded, nothing of the tail ever got a template of its own.
+    assert set(seen[1_000:]) == {"GET /users/{id}", "GET /users/me"}
+
+
+def test_values_hit_alike_are_never_promoted_out_of_the_parameter_they_folded_into() -> None:
+    """150 slugs hit alike (0.7 % of the requests each, over the 0.5 % share) fold while still
+    new; none is later taken for a busy literal, as none stands out from the average value."""
+    templater = EndpointTemplater()
+    rnd = random.Random(3)
+    seen = [templater.observe_template("GET", f"/products/{slug(rnd.randrange(150))}") for _ in range(60_000)]
+    assert "GET /products/{id}" in seen[:1_000]
+    assert set(seen[30_000:]) == set(seen[1_000:2_000])  # what the fold kept apart, and no more
+
+
+def test_settling_a_table_of_distinct_paths_with_their_counts_keeps_the_busy_literals_alone() -> None:
+    """Learned from distinct paths once each, ``/users/me`` is one row among 20,000 ids and
+    ``/files/recent`` one among 2,000 slugs; the table's counts then keep both apart. The slugs,
+    seen five times each and early in the table, are not kept: the share is of the position's
+    whole count, not of the rows read so far."""
+    rows = [("GET", f"/files/{slug(i)}", 5) for i in range(2_000)]  # "doc-..." sorts before "recent"
+    rows += [("GET", "/files/recent", 200), ("GET", "/users/me", 300)]
+    rows += [("GET", f"/users/{i}", 1) for i in range(20_000)]
+    rows.sort()
+    templater = EndpointTemplater()
+    templater.learn([(method, path) for method, path, _ in rows])
+    assert templater.template("GET", "/users/me") == "GET /users/{id}"
+    assert templater.template("GET", "/files/recent") == "GET /files/{id}"
+    generation = templater.generation
+    assert templater.settle(lambda: iter(rows)) == 2
+    assert templater.generation > generation
+    assert {templater.template(m, p) for m, p, _ in rows} == {
+        "GET /users/{id}", "GET /users/me", "GET /files/{id}", "GET /files/recent"
+    }  # fmt: skip
+    assert templater.settle(lambda: iter(rows)) == 0  # settled: nothing more to keep
+
+
 def test_a_very_deep_path_costs_a_bounded_number_of_positions() -> None:
     templater = EndpointTemplater()
     deep = "/" + "/".join(f"level{chr(97 + i % 26)}" for i in range(5_000))
