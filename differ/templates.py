@@ -368,8 +368,10 @@ class EndpointTemplater:
             # fetched three times each keeps none; ``recent`` hit thousands of times stays).
             counts = pos.counts or {}
             hits = sorted(counts.values())
-            # The median over every distinct value: id-shaped and untracked ones were new, one hit each.
-            ones = pos.ids + pos.untracked
+            # The median over the values counted and the id-shaped ones (each new, one hit). Not
+            # the values met once the count was full: those may be a few values again and again,
+            # and taken for ones they made 64 of 130 values hit alike stay apart.
+            ones = pos.ids
             middle = (len(hits) + ones) // 2
             median = 1 if middle < ones or not hits else hits[middle - ones]
             floor = max(self._keep_min_hits, 4 * median)

@@ -285,6 +285,17 @@ def test_values_hit_alike_are_never_promoted_out_of_the_parameter_they_folded_in
     assert set(seen[30_000:]) == set(seen[1_000:2_000])  # what the fold kept apart, and no more
 
 
+def test_more_values_hit_alike_than_a_position_counts_fold_together() -> None:
+    """130 values hit alike, two more than a position counts: the two met past the full count fold
+    the position, and none of the 130 stays apart (none is busier than the others)."""
+    templater = EndpointTemplater()
+    rnd = random.Random(3)
+    seen = [templater.observe_template("GET", f"/products/{slug(rnd.randrange(130))}") for _ in range(30_000)]
+    folded = seen.index("GET /products/{id}")
+    assert folded > 5_000  # by the values past the full count, not by early growth
+    assert set(seen[folded:]) == {"GET /products/{id}"}
+
+
 def test_settling_a_table_of_distinct_paths_with_their_counts_keeps_the_busy_literals_alone() -> None:
     """Learned from distinct paths once each, ``/users/me`` is one row among 20,000 ids and
     ``/files/recent`` one among 2,000 slugs; the table's counts then keep both apart. The slugs,
