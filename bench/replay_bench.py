@@ -10,7 +10,9 @@ with ``--no-progress`` and 64 connections, in one run:
    request beside the unpaced figure, start-lag p50/p99, the rate achieved, and (at 2,000/s) the
    cumulative drift;
 4. the floor of the machine: a bare loop woken by the same timer and due queue at the same rates,
-   sending nothing (the wake-up cost and the lag the machine allows at best); and the same loop
+   sending nothing (the wake-up cost and the lag the machine allows at best); the smallest paced
+   client, that loop writing prepared requests on 64 keep-alive connections and only counting the
+   answers (what any client on this event loop pays a request here); and the same loop
    running a fixed piece of Python work per request, beside that work's cost back to back in the
    same process (what this machine charges for work done in short bursts between sleeps);
 5. with ``--reference``: ``wrk`` closed loop (one thread, 64 connections) and ``--workers 2``;
@@ -166,6 +168,70 @@ async def main():
 uvloop.run(main())
 """
 
+# The smallest paced HTTP/1.1 client: the same timer and due queue, 64 keep-alive connections,
+# each request's bytes made before the run, each answer only counted (the target's fixed body
+# length). What a paced request costs on this machine with sockets and no replayer: the wake-ups,
+# the system calls and the loop's own work.
+CLIENT = """
+import asyncio, resource, sys, time
+import uvloop
+from shadowtap.replayer.pacer import DueQueue, make_wake_timer
+from shadowtap.replayer.runner import RunnerSettings
+rate, seconds, port, body_bytes = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+REQUESTS = [b"GET /items/%d?q=%d HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nAccept: application/json\\r\\n\\r\\n" % (i % 500, i)
+            for i in range(1000)]
+idle = []
+waiting = []  # requests due while every connection had one in flight (a stall): sent as one frees
+state = {"done": 0}
+class Answer(asyncio.Protocol):
+    def __init__(self):
+        self.buffer = b""
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        self.buffer += data
+        head = self.buffer.find(b"\\r\\n\\r\\n")
+        if head >= 0 and len(self.buffer) >= head + 4 + body_bytes:
+            self.buffer = self.buffer[head + 4 + body_bytes:]
+            if waiting:
+                self.transport.write(REQUESTS[waiting.pop() % 1000])
+            else:
+                idle.append(self)
+            state["done"] += 1
+            if state["done"] == state["count"]:
+                state["finished"].set_result(None)
+async def main():
+    loop = asyncio.get_running_loop()
+    for _ in range(64):
+        _, answer = await loop.create_connection(Answer, "127.0.0.1", port)
+        idle.append(answer)
+    settings = RunnerSettings()
+    queue = DueQueue(int(settings.batch_window_s * 1e9), int(settings.min_batch_window_s * 1e9))
+    count = state["count"] = int(rate * seconds)
+    state["finished"] = loop.create_future()
+    t0 = time.monotonic_ns() + 20_000_000
+    for i in range(count):
+        queue.push(t0 + i * 1_000_000_000 // rate, i)
+    def wake():
+        for _, i in queue.pop_due(time.monotonic_ns()):
+            if idle:
+                idle.pop().transport.write(REQUESTS[i % 1000])
+            else:
+                waiting.append(i)
+        wake_ns = queue.wake_ns()
+        if wake_ns is not None:
+            timer.arm(wake_ns)
+    timer = make_wake_timer(loop, wake)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    timer.arm(queue.wake_ns())
+    await state["finished"]
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    timer.close()
+    cpu_us = (after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime) / count * 1e6
+    print(cpu_us, (after.ru_nvcsw - usage.ru_nvcsw) / count)
+uvloop.run(main())
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -270,6 +336,20 @@ def floor(rate: int, seconds: float, work: bool = False) -> tuple[float, float, 
     return cpu_us, p50_ms, p99_ms, sleeps, hot_us
 
 
+def client(rate: int, seconds: float, url: str) -> tuple[float, float]:
+    """(CPU us per request, sleeps per request) of the smallest paced client (``CLIENT``) at ``rate``."""
+    port = url.rsplit(":", 1)[1]
+    out = subprocess.run(
+        [sys.executable, "-c", CLIENT, str(rate), str(seconds), port, str(len(BODY))],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    cpu_us, sleeps = (float(v) for v in out.stdout.split())
+    return cpu_us, sleeps
+
+
 def runs_as() -> str:
     """How the replay CLI runs its request path: compiled (the build matches) or interpreted, and why."""
     code = "import shadowtap.replayer; from shadowtap.wire import native; print(native.STATUS)"
@@ -319,6 +399,7 @@ def main() -> int:
                     out = tmp / f"rate{rate}.json"
                     paced[rate].append(replay(tmp / f"rate{rate}", url, out, "--rate", str(rate)))
             floors = {rate: [floor(rate, min(args.seconds, 2.0)) for _ in range(args.repeat)] for rate in rates}
+            clients = {rate: [client(rate, min(args.seconds, 2.0), url) for _ in range(args.repeat)] for rate in rates}
             work_floors = {
                 rate: [floor(rate, min(args.seconds, 2.0), work=True) for _ in range(args.repeat)] for rate in rates
             }
@@ -410,6 +491,13 @@ def main() -> int:
             f"  {rate:>6,}/s: {spread([r[0] for r in runs], '.1f')} us CPU/request; lag p50 "
             f"{spread([r[1] for r in runs], '.3f')} p99 {spread([r[2] for r in runs], '.3f')} ms; "
             f"{spread([r[3] for r in runs], '.2f')} sleeps/request"
+        )
+    print("smallest client: the same loop sending prepared requests on 64 connections, answers only counted:")
+    for rate in RATES:
+        runs = clients[rate]
+        print(
+            f"  {rate:>6,}/s: {spread([r[0] for r in runs], '.1f')} us CPU/request; "
+            f"{spread([r[1] for r in runs], '.2f')} sleeps/request"
         )
     print("bursts: the same loop running a fixed piece of Python work per request (what short bursts cost here):")
     for rate in RATES:
