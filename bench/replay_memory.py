@@ -1,7 +1,8 @@
 """Replay memory at high path cardinality: peak RSS and time of `shadowtap replay --speed 0`.
 
-Writes a tape of ``--exchanges`` GET exchanges over about 50 endpoints, ``--distinct`` of them with a
-distinct path (ids of every shape: digits, UUIDs, hashes, dates, long tokens, sparse slugs), then
+Writes a tape of ``--exchanges`` GET exchanges over 31 endpoints, ``--distinct`` of them with a
+distinct path (ids of every shape: digits, UUIDs, hashes, dates, long tokens, sparse slugs; the
+paths of ``tests/scale_paths.py``, as the million-path test), then
 replays it through the real CLI against nginx on loopback and prints the replay's peak RSS (VmHWM
 of the child, from ``getrusage(RUSAGE_CHILDREN)``), its wall and CPU time and the endpoint templates
 the report shows. Usage::
@@ -23,10 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from shadowtap.recorder import Exchange, Request, SyncTapeWriter, TapeOptions
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shadowtap.recorder import Exchange, Request, SyncTapeWriter, TapeOptions  # noqa: E402
+from tests.scale_paths import STABLE, distinct_path  # noqa: E402
 
 NGINX_CONF = """
 worker_processes 1;
@@ -52,51 +55,10 @@ http {{
 }}
 """
 
-#: Real top-level resources (each hit many times: they must stay 22 templates).
-RESOURCES = tuple(
-    f"{name}s"
-    for name in (
-        "account", "address", "alert", "audit", "badge", "basket", "brand", "campaign", "card", "carrier",
-        "coupon", "device", "event", "invoice", "locale", "merchant", "note", "offer", "plan", "refund",
-        "region", "ticket",
-    )
-)  # fmt: skip
-_WORDS = ("alpha", "brisk", "cedar", "delta", "ember", "fjord", "grove", "haven", "iris", "juniper")
-
-
-def slug(n: int) -> str:
-    """A sparse, non-id-shaped segment (words, no digits): only its cardinality says it is a parameter."""
-    parts = []
-    for _ in range(4):
-        n, r = divmod(n, len(_WORDS))
-        parts.append(_WORDS[r])
-    return "-".join(parts) + ("" if n == 0 else f"-{_WORDS[n % len(_WORDS)]}x")
-
-
-def distinct_path(k: int) -> tuple[str, str]:
-    """Distinct path number ``k`` and the template it belongs to."""
-    kind = k % 6
-    if kind == 0:
-        return f"/api/v1/users/{k}", "GET /api/v1/users/{id}"
-    if kind == 1:
-        return f"/api/v1/orders/{uuid.UUID(int=k)}/items", "GET /api/v1/orders/{id}/items"
-    if kind == 2:
-        return f"/blobs/{k:040x}", "GET /blobs/{id}"
-    if kind == 3:
-        return f"/files/{slug(k)}", "GET /files/{id}"
-    if kind == 4:
-        day = 1 + k % 28
-        return f"/reports/2026-{1 + k // 28 % 12:02d}-{day:02d}/t{k:08d}x9QzLmPa", "GET /reports/{id}/{id}"
-    return f"/sessions/tok{k:012d}AbCdEfGh", "GET /sessions/{id}"
-
 
 def stable_path(i: int) -> tuple[str, str]:
-    """One of the ~25 paths hit over and over (the literal templates)."""
-    j = i % (len(RESOURCES) + 3)
-    if j < len(RESOURCES):
-        path = f"/api/v1/{RESOURCES[j]}"
-    else:
-        path = ("/files/recent", "/healthz", "/api/v1/users/me")[j - len(RESOURCES)]
+    """One of the 25 paths hit over and over (the literal templates)."""
+    path = STABLE[i % len(STABLE)]
     return path, f"GET {path}"
 
 

@@ -15,10 +15,8 @@ at ``--speed 0``. Each child's own peak RSS (``VmHWM``) is read, not the test's.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ import pytest
 
 from shadowtap.recorder import Exchange, Request, Response, SyncTapeWriter, TapeOptions
 from tests import peak_rss
+from tests.scale_paths import ORDERS, STABLE, USERS, distinct_path
 
 EXCHANGES: Final = 1_050_000
 #: One exchange in STABLE_EVERY goes to a stable route; every other one has a path of its own.
@@ -35,46 +34,7 @@ STABLE_EVERY: Final = 21
 DISTINCT: Final = EXCHANGES - EXCHANGES // STABLE_EVERY
 PEAK_RSS_LIMIT_KIB: Final = 300 * 1024
 
-RESOURCES: Final = tuple(
-    f"{name}s"
-    for name in (
-        "account", "address", "alert", "audit", "badge", "basket", "brand", "campaign", "card", "carrier",
-        "coupon", "device", "event", "invoice", "locale", "merchant", "note", "offer", "plan", "refund",
-        "region", "ticket",
-    )
-)  # fmt: skip
-STABLE: Final = (*(f"/api/v1/{r}" for r in RESOURCES), "/files/recent", "/healthz", "/api/v1/users/me")
-_WORDS: Final = ("alpha", "brisk", "cedar", "delta", "ember", "fjord", "grove", "haven", "iris", "juniper")
 _JSON: Final = ((b"Content-Type", b"application/json"),)
-_DAY_ONE: Final = datetime.date(2001, 1, 1).toordinal()
-#: The templates whose shadow answers differ, and the field that does.
-ORDERS: Final = "GET /api/v1/orders/{id}/items"
-USERS: Final = "GET /api/v1/users/{id}"
-
-
-def _slug(n: int) -> str:
-    """Six words: a million distinct values, none shaped like an id."""
-    parts = []
-    for _ in range(6):
-        n, r = divmod(n, len(_WORDS))
-        parts.append(_WORDS[r])
-    return "-".join(parts)
-
-
-def _distinct(k: int) -> tuple[str, str]:
-    """Distinct path ``k`` (0 <= k < 1,000,000, no two alike) and its template."""
-    kind, n = k % 6, k // 6
-    if kind == 0:
-        return f"/api/v1/users/{k}", USERS
-    if kind == 1:
-        return f"/api/v1/orders/{uuid.UUID(int=k)}/items", ORDERS
-    if kind == 2:
-        return f"/blobs/{k:040x}", "GET /blobs/{id}"
-    if kind == 3:
-        return f"/files/{_slug(n)}", "GET /files/{id}"
-    if kind == 4:
-        return f"/reports/{datetime.date.fromordinal(_DAY_ONE + n).isoformat()}/summary", "GET /reports/{id}/summary"
-    return f"/sessions/tok{k:012d}AbCdEfGh", "GET /sessions/{id}"
 
 
 @dataclass
@@ -95,7 +55,7 @@ def _exchanges(expected: Expected) -> Iterator[Exchange]:
             before = after = b'{"ok":true}'
         else:
             k = i - i // STABLE_EVERY
-            path, template = _distinct(k)
+            path, template = distinct_path(k)
             expected.paths.add(path)
             if template == ORDERS:
                 before, after = b'{"id":%d,"total":12.5}' % k, b'{"id":%d,"total":12.75}' % k
