@@ -611,14 +611,9 @@ class EndpointTemplater:
         if self._route(method, segments) is not None:
             return
         for segment in segments:
-            if pos.folded:
-                part = segment if segment in pos.kept else ID
-                if part == ID:
-                    yield pos, segment
-            elif pos.counts is not None and segment not in pos.counts and segment_is_id(segment):
-                part = ID
-            else:
-                part = segment
+            part = self._step(pos, segment, False, 1)
+            if pos.folded and part == ID:
+                yield pos, segment
             child = pos.children.get(part)
             if child is None:
                 return
