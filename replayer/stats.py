@@ -20,8 +20,11 @@ negative or unbounded value (clamped into the histogram range) and never lose a 
 
 from __future__ import annotations
 
+import array
+import bisect
+import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -53,14 +56,15 @@ _HIGHEST_US: Final = 3_600_000_000
 _DIGITS: Final = 3
 _ENDPOINT_DIGITS: Final = 2
 _NS_PER_US: Final = 1_000
+#: An unsigned ``array`` type code for each item size: a copy of a histogram's counts array.
+_ARRAY_CODES: Final = {array.array(code).itemsize: code for code in "BHILQ"}
 #: Intervals the series keeps at most: one second each until a run outgrows them (10 minutes), then
 #: the interval doubles and neighbours fold together, so memory and the charts stay bounded however
 #: long a replay runs.
 SERIES_MAX_POINTS: Final = 600
 _NS_PER_S: Final = 1_000_000_000
-#: Buffered latencies folded into the histograms at once: small, because a fold runs on the event
-#: loop and a large one would show up as start lag (256 rows fold in well under a millisecond).
-_FLUSH_EVERY: Final = 256
+#: No entry counted yet (above any counts-array index).
+_NO_INDEX: Final = 1 << 30
 
 HISTOGRAMS: Final = ("service", "corrected", "start_lag")
 ERROR_CLASSES: Final = ("connect", "timeout", "reset", "5xx", "other")
@@ -83,67 +87,189 @@ def _endpoint_histogram() -> HdrHistogram:
     return HdrHistogram(_LOWEST_US, _HIGHEST_US, _ENDPOINT_DIGITS)
 
 
-def _make_counts_index(digits: int = _DIGITS) -> Callable[[int], int]:
-    """HdrHistogram's counts-array index of a value, computed once for both histograms it goes to.
+def _layout(digits: int) -> tuple[int, int, int, int]:
+    """HdrHistogram's own constants for a counts-array index at ``digits`` significant digits (every
+    histogram of one precision has the same layout): unit magnitude, sub-bucket half-count
+    magnitude, sub-bucket mask, sub-bucket half count. A test pins the constants below to these."""
+    layout = HdrHistogram(_LOWEST_US, _HIGHEST_US, digits)
+    return (
+        int(layout.unit_magnitude),
+        int(layout.sub_bucket_half_count_magnitude),
+        int(layout.sub_bucket_mask),
+        int(layout.sub_bucket_half_count),
+    )
+
+
+# The layouts of 1 us .. 1 h at three digits (overall) and two (an endpoint), as literals: compiled,
+# the index is then arithmetic on machine integers with no lookup.
+_UNIT: Final = 0
+_HALF_MAGNITUDE: Final = 10
+_MASK: Final = 2047
+_HALF_COUNT: Final = 1024
+_E_UNIT: Final = 0
+_E_HALF_MAGNITUDE: Final = 7
+_E_MASK: Final = 255
+_E_HALF_COUNT: Final = 128
+
+
+def _counts_index(value: int) -> int:
+    """HdrHistogram's counts-array index of ``value`` in an overall histogram (three digits).
 
     The same arithmetic as ``HdrHistogram._counts_index_for`` (bucket from the bit length, then
-    the sub-bucket), inlined: ``record_value``'s call chain was most of the replayer's recording
-    cost. Every histogram of one precision has the same layout; a test pins this against
-    ``record_value``.
+    the sub-bucket), as a plain function of machine integers when compiled: ``record_value``'s call
+    chain was most of the replayer's recording cost. A test pins this against ``record_value``.
     """
-    layout = HdrHistogram(_LOWEST_US, _HIGHEST_US, digits)
-    unit: int = layout.unit_magnitude
-    half_magnitude: int = layout.sub_bucket_half_count_magnitude
-    mask: int = layout.sub_bucket_mask
-    half_count: int = layout.sub_bucket_half_count
-
-    def counts_index(value: int) -> int:
-        bucket = (value | mask).bit_length() - unit - (half_magnitude + 1)
-        return ((bucket + 1) << half_magnitude) + (value >> (bucket + unit)) - half_count
-
-    return counts_index
+    bucket = (value | _MASK).bit_length() - _UNIT - (_HALF_MAGNITUDE + 1)
+    return ((bucket + 1) << _HALF_MAGNITUDE) + (value >> (bucket + _UNIT)) - _HALF_COUNT
 
 
-_counts_index = _make_counts_index()
-_endpoint_counts_index = _make_counts_index(_ENDPOINT_DIGITS)
+def _endpoint_counts_index(value: int) -> int:
+    """``_counts_index`` for an endpoint's histograms (two digits)."""
+    bucket = (value | _E_MASK).bit_length() - _E_UNIT - (_E_HALF_MAGNITUDE + 1)
+    return ((bucket + 1) << _E_HALF_MAGNITUDE) + (value >> (bucket + _E_UNIT)) - _E_HALF_COUNT
+
+
+def _counts_view(hist: HdrHistogram) -> memoryview:
+    """``hist``'s counts array as a flat memoryview of unsigned integers: a count written through it
+    is in the histogram (the array's memory), at the cost of a subscript, not of a ctypes call."""
+    raw = memoryview(hist.counts)
+    size = raw.itemsize
+    raw = raw.cast("B")
+    # HdrHistogram's word sizes: 8 (its default, ours), 4 and 2.
+    if size == 8:
+        return raw.cast("Q")
+    return raw.cast("I") if size == 4 else raw.cast("H")
+
+
+class _Counting:
+    """Latencies counted straight into one ``EndpointStats``' three counts arrays, with the rest of
+    the histograms' bookkeeping (their total, lowest and highest value) kept here until ``settle``:
+    per request, three subscripts and a few integer comparisons instead of three ``record_value``
+    calls. ``ReplayStats`` settles before anything reads the histograms."""
+
+    __slots__ = (
+        "added",
+        "corrected",
+        "corrected_high",
+        "corrected_low",
+        "histograms",
+        "lag",
+        "lag_high",
+        "lag_low",
+        "service",
+        "service_high",
+        "service_low",
+    )
+
+    def __init__(self, stats: EndpointStats) -> None:
+        self.histograms = (stats.service, stats.corrected, stats.start_lag)
+        self.service = _counts_view(stats.service)
+        self.corrected = _counts_view(stats.corrected)
+        self.lag = _counts_view(stats.start_lag)
+        self.added = 0
+        self.service_low = self.corrected_low = self.lag_low = _NO_INDEX
+        self.service_high = self.corrected_high = self.lag_high = -1
+
+    def count(self, service: int, corrected: int, lag: int) -> None:
+        """One request's three counts-array indexes."""
+        self.service[service] += 1
+        self.corrected[corrected] += 1
+        self.lag[lag] += 1
+        self.added += 1
+        if service < self.service_low:
+            self.service_low = service
+        if service > self.service_high:
+            self.service_high = service
+        if corrected < self.corrected_low:
+            self.corrected_low = corrected
+        if corrected > self.corrected_high:
+            self.corrected_high = corrected
+        if lag < self.lag_low:
+            self.lag_low = lag
+        if lag > self.lag_high:
+            self.lag_high = lag
+
+    def settle(self) -> None:
+        """Bring the histograms' totals, lowest and highest values up to the counts, as decoding a
+        histogram sets them (the values of the lowest and highest entries)."""
+        added = self.added
+        if not added:
+            return
+        service, corrected, lag = self.histograms
+        for hist, low, high in (
+            (service, self.service_low, self.service_high),
+            (corrected, self.corrected_low, self.corrected_high),
+            (lag, self.lag_low, self.lag_high),
+        ):
+            hist.total_count += added
+            hist.min_value = min(hist.min_value, hist.get_value_from_index(low))
+            hist.max_value = max(hist.max_value, hist.get_highest_equivalent_value(hist.get_value_from_index(high)))
+        self.added = 0
+        self.service_low = self.corrected_low = self.lag_low = _NO_INDEX
+        self.service_high = self.corrected_high = self.lag_high = -1
+
+
+def _cumulative(hist: HdrHistogram) -> tuple[list[int], list[int]]:
+    """The entries of ``hist`` that are not zero: their counts-array indexes, and the count of
+    values up to and including each (so a percentile is a bisection).
+
+    It copies the counts up to the largest value recorded at once and visits only the entries that
+    are not zero (``itertools.compress`` skips the rest in C); past the largest value only for a
+    histogram whose largest value was not tracked (fewer counts up to it than the total says), as
+    HdrHistogram would walk them.
+    """
+    indexes: list[int] = []
+    cumulative: list[int] = []
+    total: int = hist.get_total_count()
+    if total == 0:
+        return indexes, cumulative
+    # A decoded histogram may hold a shorter counts array; entries past it count as zero.
+    length: int = min(hist.counts_len, hist.encoder.payload.counts_len)
+    end = length if hist.max_value <= 0 else min(length, hist.get_counts_array_index(hist.max_value) + 1)
+    view = memoryview(hist.counts)
+    size = view.itemsize
+    code = _ARRAY_CODES[size]
+    seen: int = 0
+    start = 0
+    for stop in (end, length):
+        counts = array.array(code)
+        counts.frombytes(view.cast("B")[start * size : stop * size])
+        for offset in itertools.compress(range(stop - start), counts):
+            seen += counts[offset]
+            indexes.append(start + offset)
+            cumulative.append(seen)
+        if seen >= total:
+            break
+        start = stop
+    return indexes, cumulative
+
+
+def _values_at(hist: HdrHistogram, walk: tuple[list[int], list[int]], wanted: Iterable[float]) -> dict[float, int]:
+    indexes, cumulative = walk
+    out: dict[float, int] = {}
+    for p in wanted:
+        at = bisect.bisect_left(cumulative, int(hist.get_target_count_at_percentile(p)))
+        if at == len(cumulative):
+            out[p] = 0  # more counts wanted than the array holds: as HdrHistogram's walk, nothing found
+            continue
+        value = hist.get_value_from_index(indexes[at])
+        out[p] = hist.get_highest_equivalent_value(value) if p else hist.get_lowest_equivalent_value(value)
+    return out
 
 
 def values_at_percentiles(hist: HdrHistogram, percentiles: Iterable[float]) -> dict[float, int]:
-    """``hist.get_value_at_percentile(p)`` for each of ``percentiles``, in one walk of its counts.
+    """``hist.get_value_at_percentile(p)`` for each of ``percentiles``, from one walk of its counts.
 
     The same values as HdrHistogram's own (a test pins them), which walks the counts array from
     its start for each percentile with a Python call per entry: the five percentiles of the three
     overall histograms took tens of milliseconds of a report (23,552 entries each at three digits),
-    more than a short paced replay spent on its requests. This reads the counts up to the largest
-    value recorded in one slice and walks only that, once for all the percentiles.
+    more than a short paced replay spent on its requests. ``EndpointStats`` keeps the walk
+    (``_cumulative``) until its histogram changes.
     """
     wanted = sorted(set(percentiles))
-    out = dict.fromkeys(wanted, 0)
-    total: int = hist.get_total_count()
-    if total == 0 or not wanted:
-        return out
-    # A decoded histogram may hold a shorter counts array; entries past it count as zero.
-    length: int = min(hist.counts_len, hist.encoder.payload.counts_len)
-    end = length if hist.max_value <= 0 else min(length, hist.get_counts_array_index(hist.max_value) + 1)
-    counts: list[int] = hist.counts[:end]
-    # Typed, so that the compiled walk adds and compares machine integers.
-    targets: list[int] = [int(hist.get_target_count_at_percentile(p)) for p in wanted]
-    k = 0
-    seen: int = 0
-    for index in range(length):
-        if index == end:
-            # Fewer counts than the total says (a histogram whose max was not tracked): walk the
-            # rest, as HdrHistogram would.
-            counts = counts + [int(c) for c in hist.counts[end:length]]
-        seen += counts[index]
-        while seen >= targets[k]:
-            value = hist.get_value_from_index(index)
-            p = wanted[k]
-            out[p] = hist.get_highest_equivalent_value(value) if p else hist.get_lowest_equivalent_value(value)
-            k += 1
-            if k == len(wanted):
-                return out
-    return out
+    if hist.get_total_count() == 0:
+        return dict.fromkeys(wanted, 0)
+    return _values_at(hist, _cumulative(hist), wanted)
 
 
 def _us(value_ns: int) -> int:
@@ -309,6 +435,11 @@ class EndpointStats:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
+    # Per histogram: its total count when walked, and the walk (_cumulative), for the reports'
+    # many percentiles of one histogram.
+    walks: dict[str, tuple[int, tuple[list[int], list[int]]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def endpoint(cls) -> EndpointStats:
@@ -322,8 +453,14 @@ class EndpointStats:
 
     def percentiles_ms(self, name: str, percentiles: Iterable[float]) -> dict[float, float]:
         """The values at ``percentiles`` of histogram ``name``, in ms (0.0 when it is empty)."""
-        values = values_at_percentiles(self.histogram(name), percentiles)
-        return {p: float(v) / 1000.0 for p, v in values.items()}
+        hist = self.histogram(name)
+        total: int = hist.get_total_count()
+        if total == 0:
+            return {p: 0.0 for p in percentiles}
+        walked = self.walks.get(name)
+        if walked is None or walked[0] != total:
+            walked = self.walks[name] = (total, _cumulative(hist))
+        return {p: float(v) / 1000.0 for p, v in _values_at(hist, walked[1], percentiles).items()}
 
     @property
     def error_count(self) -> int:
@@ -397,17 +534,18 @@ class Summary:
 class ReplayStats:
     """Everything one replay measured. ``record_*`` is called once per request by the runner.
 
-    Latencies are buffered as microsecond triples and folded into the histograms in batches
-    (``Counter`` first, so equal values cost one histogram update): recording into three
-    pure-Python HdrHistograms per request was a third of the replayer's CPU. Reading ``overall``
-    or ``endpoints`` folds the buffer in first, so readers always see every request.
+    Latencies are counted straight into the histograms' counts arrays (``_Counting``) and their
+    totals settled in batches: recording into three pure-Python HdrHistograms per request was a
+    third of the replayer's CPU. Reading ``overall`` or ``endpoints`` settles first, so readers
+    always see every request.
     """
 
     __slots__ = (
         "_endpoints",
         "_overall",
-        "_pending",
-        "_pending_count",
+        "_counting",
+        "_overall_counting",
+        "_unsettled",
         "error_examples",
         "first_sent_ns",
         "held_back",
@@ -435,9 +573,11 @@ class ReplayStats:
         #: The learner the plan templates endpoints with (shared, so stats follow its folds).
         self.templater = templater
         self._generation = -1 if templater is None else templater.generation
-        # Per endpoint: latencies (service, corrected, start lag in us) not yet in the histograms.
-        # Bounded by _FLUSH_EVERY in total.
-        self._pending: dict[str, list[tuple[int, int, int]]] = {}
+        # Where each endpoint's latencies are counted, and the overall ones (made when first used:
+        # a decoded or merged one may never record), and those counted since the last settling.
+        self._counting: dict[str, _Counting] = {}
+        self._overall_counting: _Counting | None = None
+        self._unsettled: list[_Counting] = []
         #: Requests that waited for the in-flight cap (their wait is in the corrected histogram).
         self.held_back = held_back
         self.held_back_ns = held_back_ns
@@ -445,7 +585,6 @@ class ReplayStats:
         self.series = series if series is not None else Series()
         self.first_sent_ns = first_sent_ns
         self.last_done_ns = last_done_ns
-        self._pending_count = 0
         #: The first failed requests of each error class, in completion order (``record_example``).
         self.error_examples: list[ErrorExample] = error_examples if error_examples is not None else []
 
@@ -476,6 +615,7 @@ class ReplayStats:
         """Merge the stats of endpoints whose template has since become a more general one."""
         assert self.templater is not None
         self.flush()
+        self._counting = {}  # made again for the endpoints that stay
         retemplate = self.templater.retemplate
         folded: dict[str, EndpointStats] = {}
         for name, per in self._endpoints.items():
@@ -489,27 +629,12 @@ class ReplayStats:
         self._generation = self.templater.generation
 
     def flush(self) -> None:
-        """Fold buffered latencies into the histograms."""
-        if not self._pending:
-            return
-        overall = self._overall
-        for endpoint, rows in self._pending.items():
-            per = self._endpoints[endpoint]
-            for column, name in enumerate(HISTOGRAMS):
-                counts = Counter(row[column] for row in rows)
-                low, high, added = min(counts), max(counts), len(rows)
-                for hist, index in (
-                    (per.histogram(name), _endpoint_counts_index),
-                    (overall.histogram(name), _counts_index),
-                ):
-                    hist_counts = hist.counts
-                    for value, count in counts.items():
-                        hist_counts[index(value)] += count
-                    hist.total_count += added
-                    hist.min_value = min(hist.min_value, low)
-                    hist.max_value = max(hist.max_value, high)
-        self._pending = {}
-        self._pending_count = 0
+        """Settle the histograms that counted latencies since the last time."""
+        unsettled = self._unsettled
+        if unsettled:
+            for counting in unsettled:
+                counting.settle()
+            self._unsettled = []
 
     def record_planned(self, slot_ns: int) -> None:
         series = self.series
@@ -542,14 +667,23 @@ class ReplayStats:
                 per = self._endpoints[endpoint] = EndpointStats.endpoint()
         if status is not None and status >= 500:
             error = "5xx"
-        rows = self._pending.get(endpoint)
-        if rows is None:
-            rows = self._pending[endpoint] = []
+        service_us = _us(done_ns - sent_ns)
         corrected_us = _us(done_ns - due_ns)
-        rows.append((_us(done_ns - sent_ns), corrected_us, _us(released_ns - due_ns)))
-        self._pending_count += 1
-        if self._pending_count >= _FLUSH_EVERY:
-            self.flush()
+        lag_us = _us(released_ns - due_ns)
+        overall_counting = self._overall_counting
+        if overall_counting is None:
+            overall_counting = self._overall_counting = _Counting(self._overall)
+        if not overall_counting.added:
+            self._unsettled.append(overall_counting)
+        overall_counting.count(_counts_index(service_us), _counts_index(corrected_us), _counts_index(lag_us))
+        counting = self._counting.get(endpoint)
+        if counting is None:
+            counting = self._counting[endpoint] = _Counting(per)
+        if not counting.added:
+            self._unsettled.append(counting)
+        counting.count(
+            _endpoint_counts_index(service_us), _endpoint_counts_index(corrected_us), _endpoint_counts_index(lag_us)
+        )
         for target in (self._overall, per):
             target.requests += 1
             if status is not None:

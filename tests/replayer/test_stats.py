@@ -97,13 +97,69 @@ def test_batched_recording_matches_hdrhistogram_record_value() -> None:
     for name, hist in reference.items():
         mine = stats.overall.histogram(name)
         assert list(mine.counts) == list(hist.counts), name
-        assert (mine.total_count, mine.min_value, mine.max_value) == (hist.total_count, hist.min_value, hist.max_value)
+        # Lowest and highest as a decoded histogram keeps them (the equivalent values of their buckets).
+        assert (mine.total_count, mine.get_min_value(), mine.get_max_value()) == (
+            hist.total_count,
+            hist.get_min_value(),
+            hist.get_max_value(),
+        )
+        assert mine.get_counts_array_index(mine.max_value) == hist.get_counts_array_index(hist.max_value)
         # An endpoint's histograms have two significant digits: the same values, coarser buckets.
         coarse = HdrHistogram(1, 3_600_000_000, 2)
         for index in range(hist.counts_len):
             if hist.counts[index]:
                 coarse.record_value(hist.get_value_from_index(index), hist.counts[index])
         assert list(stats.endpoints["GET /"].histogram(name).counts) == list(coarse.counts), name
+
+
+def test_the_index_constants_are_hdrhistograms_layouts() -> None:
+    from shadowtap.replayer import stats as stats_module
+
+    assert stats_module._layout(3) == (
+        stats_module._UNIT,
+        stats_module._HALF_MAGNITUDE,
+        stats_module._MASK,
+        stats_module._HALF_COUNT,
+    )
+    assert stats_module._layout(2) == (
+        stats_module._E_UNIT,
+        stats_module._E_HALF_MAGNITUDE,
+        stats_module._E_MASK,
+        stats_module._E_HALF_COUNT,
+    )
+
+
+def test_counts_go_into_the_histograms_and_reading_settles_their_totals() -> None:
+    stats = ReplayStats()
+    for i in range(3000):
+        due = 10**12 + i * MS
+        # Every latency distinct, three endpoints.
+        stats.record_done(
+            f"GET /{i % 3}",
+            t0_ns=10**12,
+            due_ns=due,
+            released_ns=due + i * 1000,
+            sent_ns=due + i * 1000,
+            done_ns=due + 3 * i * 1000 + 1000,
+            status=200,
+            error=None,
+        )
+        if i == 1500:
+            half = stats.overall.histogram("service")
+            assert half.get_total_count() == 1501
+            assert half.get_max_value() == half.get_highest_equivalent_value(2 * 1500 + 1)
+    assert stats.overall.requests == 3000
+    for name in ("service", "corrected", "start_lag"):
+        assert stats.overall.histogram(name).get_total_count() == 3000
+        assert sum(per.histogram(name).get_total_count() for per in stats.endpoints.values()) == 3000
+    service = stats.overall.histogram("service")
+    assert (service.get_min_value(), service.get_max_value()) == (1, service.get_highest_equivalent_value(2 * 2999 + 1))
+    # Shipped and merged as a worker's are, then counting on: nothing lost or counted twice.
+    merged = ReplayStats.decode(json.loads(json.dumps(stats.encode())))
+    merged.merge(stats)
+    record(merged, "GET /0", 5, 1, 2)
+    assert merged.overall.histogram("corrected").get_total_count() == 6001
+    assert merged.endpoints["GET /0"].histogram("corrected").get_total_count() == 2001
 
 
 @pytest.mark.parametrize("digits", [2, 3])
