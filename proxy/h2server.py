@@ -8,8 +8,9 @@ role). Each client stream becomes an ``_H2Forward``: to an HTTP/2 primary (``h2c
 with ``forward.primary_http2``) it is a stream on the shared ``shadowtap.wire.h2.H2Pool``; to an
 HTTP/1 primary the request is translated and sent on the HTTP/1 pool.
 
-Flow control both ways, with a bound per stream: the client's DATA is acknowledged (its window
-reopened) only when the bytes left for the primary, and the primary's DATA only when they were
+Flow control both ways, with a bound per stream and per connection (``CLIENT_STREAM_WINDOW``,
+``CLIENT_CONNECTION_WINDOW``): the client's DATA is acknowledged (its window reopened) only when the
+bytes left for the primary, and the primary's DATA only when they were
 written to the client; a stream whose client does not read holds the primary back, never a buffer
 here. Trailers pass through; pseudo-header and connection-specific fields are handled per RFC 9113
 (malformed ones are refused on the way in: ``shadowtap.wire.h2fields``). A primary that resets a
@@ -80,6 +81,12 @@ MAX_CONCURRENT_STREAMS: Final = 128
 #: Our receive window per client stream: request bytes held here for one stream never exceed it
 #: (they are acknowledged only once sent on to the primary).
 CLIENT_STREAM_WINDOW: Final = 256 * 1024
+#: Our receive window for a client connection, across its streams: four streams' windows. Request
+#: bytes held here for one client connection never exceed it. RFC 9113's default (64 KiB) would cap
+#: a client's uploads at 64 KiB a round trip however many streams it opens.
+CLIENT_CONNECTION_WINDOW: Final = 4 * CLIENT_STREAM_WINDOW
+# Every HTTP/2 window's size until SETTINGS or WINDOW_UPDATE change it (RFC 9113, 6.9.2).
+_DEFAULT_WINDOW: Final = 65_535
 #: Streams a client may reset before their answer beyond those answered: past it the connection is
 #: ended with ENHANCE_YOUR_CALM. A stream opened and reset at once frees its place under
 #: MAX_CONCURRENT_STREAMS but has already started a request to the primary ("rapid reset",
@@ -225,6 +232,7 @@ class H2Session(asyncio.Protocol):
         ctx.h2_sessions.add(self)
         ctx.stats.h2_connections += 1
         self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(CLIENT_CONNECTION_WINDOW - _DEFAULT_WINDOW)
         self._write()
         if ctx.closing:
             self.go_away()

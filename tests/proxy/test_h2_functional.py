@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from shadowtap.proxy.forward import ForwardSettings
-from shadowtap.proxy.h2server import PREFACE
+from shadowtap.proxy.h2server import CLIENT_CONNECTION_WINDOW, CLIENT_STREAM_WINDOW, PREFACE
 from shadowtap.proxy.server import ProxyServer
 from shadowtap.wire.h2 import STREAM_WINDOW_BYTES
 from tests.grpc_fixtures import CompiledShop, compile_shop
@@ -388,7 +388,7 @@ async def test_request_bytes_held_for_a_stream_the_primary_resets_go_back_to_the
     proxy = await _proxy(f"h2c://127.0.0.1:{server.sockets[0].getsockname()[1]}")
     client = await H2TestClient.connect(proxy.port)
     try:
-        before = client.conn.outbound_flow_control_window  # 65,535: the proxy grants no more
+        before = client.conn.outbound_flow_control_window  # the proxy's connection window, 1 MiB
         # The proxy announces what it gives back once half its window is (h2's rule): at most that
         # much may be owed at a time. Without the credit, the first reset kept 48 KiB for good.
         floor = before - before // 2
@@ -408,6 +408,54 @@ async def test_request_bytes_held_for_a_stream_the_primary_resets_go_back_to_the
                     break
                 await asyncio.sleep(0.01)
             assert client.conn.outbound_flow_control_window >= floor
+    finally:
+        await client.close()
+        await proxy.shutdown(1)
+        server.close()
+
+
+async def test_a_client_may_have_four_streams_windows_in_flight_on_one_connection_and_no_more() -> None:
+    # A primary that reads every upload and acknowledges none of it: past what the primary's own
+    # windows took (64 KiB for the connection), every byte the client sent is held by the proxy. The
+    # client's connection window is four streams' windows (1 MiB), not HTTP/2's 64 KiB, and it is the
+    # bound: four streams of 300,000 bytes each stall at about 1 MiB plus the primary's 64 KiB.
+    async def primary(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        with contextlib.suppress(ConnectionError, h2.exceptions.ProtocolError):
+            while data := await reader.read(65536):
+                conn.receive_data(data)
+                writer.write(conn.data_to_send())
+        writer.close()
+
+    server = await asyncio.start_server(primary, "127.0.0.1", 0)
+    proxy = await _proxy(f"h2c://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    client = await H2TestClient.connect(proxy.port)
+    try:
+        for _ in range(200):
+            if client.conn.outbound_flow_control_window > 65_535:
+                break
+            await asyncio.sleep(0.01)
+        assert client.conn.outbound_flow_control_window == CLIENT_CONNECTION_WINDOW
+        streams = [client.request("POST", "/upload", end=False) for _ in range(4)]
+        left = dict.fromkeys(streams, 300_000)
+        sent = 0
+        idle_rounds = 0
+        while idle_rounds < 30:  # 0.3 s with nothing more to send: the windows are shut
+            moved = 0
+            for stream_id in streams:
+                size = min(left[stream_id], client.conn.local_flow_control_window(stream_id), 16_384)
+                if size > 0:
+                    client.send_data(stream_id, b"u" * size)
+                    left[stream_id] -= size
+                    moved += size
+            sent += moved
+            idle_rounds = 0 if moved else idle_rounds + 1
+            await asyncio.sleep(0.01)
+        # Far past RFC 9113's 64 KiB for the connection; within the proxy's window and what the
+        # primary's connection window let through.
+        assert 4 * CLIENT_STREAM_WINDOW - 65_535 <= sent <= CLIENT_CONNECTION_WINDOW + 65_535
     finally:
         await client.close()
         await proxy.shutdown(1)
