@@ -4,7 +4,8 @@ Against a fast server in its own process on loopback (nginx, one worker, a 60-by
 ``/usr/sbin/nginx`` exists; else a small asyncio server), through the real ``shadowtap replay`` CLI
 with ``--no-progress`` and 64 connections, in one run:
 
-1. the fixed cost of a replay (start-up, opening the tape, the report) from a one-request replay;
+1. the fixed cost of a replay (start-up, opening the tape, the report): the median of one-request
+   replays made at the start and before each paced run;
 2. the maximum rate of one process unpaced (``--speed 0``) and its CPU per request;
 3. paced (``--rate R``) at 2,000, 10,000 and 20,000 requests/s for a few seconds each: CPU per
    request beside the unpaced figure, start-lag p50/p99, the rate achieved, and (at 2,000/s) the
@@ -390,14 +391,19 @@ def main() -> int:
             if args.http2 and h2_url is None:
                 print("--http2 needs nginx (its h2c listener) as the target", file=sys.stderr)
                 return 2
-            fixed_s = min(replay(tmp / "one", url, tmp / "one.json", "--speed", "0")["cpu_s"] for _ in range(2))
+            # One-request replays at the start and before each paced run: one is a single sample of a
+            # machine whose state drifts (0.34 to 0.40 s in one day's runs, 10 us a request at
+            # 2,000/s), so the median of them all is what is subtracted.
+            fixed_runs = [replay(tmp / "one", url, tmp / "one.json", "--speed", "0")["cpu_s"] for _ in range(2)]
             unpaced = [replay(tmp / "fast", url, tmp / "fast.json", "--speed", "0") for _ in range(args.repeat)]
             paced: dict[int, list[dict[str, Any]]] = {rate: [] for rate in RATES}
             rates = () if args.http2_only else RATES
             for _ in range(args.repeat):
                 for rate in rates:
                     out = tmp / f"rate{rate}.json"
+                    fixed_runs.append(replay(tmp / "one", url, tmp / "one.json", "--speed", "0")["cpu_s"])
                     paced[rate].append(replay(tmp / f"rate{rate}", url, out, "--rate", str(rate)))
+            fixed_s = statistics.median(fixed_runs)
             floors = {rate: [floor(rate, min(args.seconds, 2.0)) for _ in range(args.repeat)] for rate in rates}
             clients = {rate: [client(rate, min(args.seconds, 2.0), url) for _ in range(args.repeat)] for rate in rates}
             work_floors = {
@@ -442,7 +448,10 @@ def main() -> int:
 
     unpaced_cpu = statistics.median(cpu_us(doc) for doc in unpaced)
     print(f"replayer: {runs_as()}; load average after the runs {os.getloadavg()[0]:.2f}")
-    print(f"target: {server} on loopback; the replay CLI, 64 connections; fixed cost {fixed_s * 1000:.0f} ms CPU")
+    print(
+        f"target: {server} on loopback; the replay CLI, 64 connections; fixed cost "
+        f"{spread([t * 1000 for t in fixed_runs], '.0f')} ms CPU ({len(fixed_runs)} one-request replays)"
+    )
     print(
         f"unpaced (--speed 0), {args.requests:,} requests:  {spread([rate_of(d) for d in unpaced], ',.0f')} req/s; "
         f"{spread([cpu_us(d) for d in unpaced], '.1f')} us CPU/request "
