@@ -281,6 +281,11 @@ class Encoder:
 # --- decoding ---------------------------------------------------------------------------------------
 
 
+#: Decoded Huffman strings a decoder keeps, and the longest it keeps (``Decoder._huffman``).
+_HUFFMAN_CACHE: Final = 256
+_HUFFMAN_CACHED_BYTES: Final = 64
+
+
 class Decoder:
     """Decodes the peer's header blocks for one connection."""
 
@@ -293,6 +298,10 @@ class Decoder:
         self._size = 0
         #: The dynamic table, newest first (index 62 is entry 0).
         self._entries: deque[tuple[bytes, bytes]] = deque()
+        #: Short Huffman-coded strings already decoded: a peer sends the same values again and again
+        #: outside its table (a ``date`` for a second, a length), and decoding is a table step per
+        #: four bits. Bounded: at most ``_HUFFMAN_CACHE`` strings of at most ``_HUFFMAN_CACHED_BYTES``.
+        self._huffman: dict[bytes, bytes] = {}
 
     def decode(self, data: bytes, raw: bool = True) -> list[Any]:
         """One header block as ``(name, value)`` byte pairs (``raw`` is ignored: always bytes)."""
@@ -366,7 +375,18 @@ class Decoder:
         if end > len(data):
             raise hpack.exceptions.HPACKDecodingError("a string runs past the end of the header block")
         raw = data[at:end]
-        return (huffman_decode(raw) if huffman else raw), end
+        if not huffman:
+            return raw, end
+        if length > _HUFFMAN_CACHED_BYTES:
+            return huffman_decode(raw), end
+        cache = self._huffman
+        decoded = cache.get(raw)
+        if decoded is None:
+            decoded = huffman_decode(raw)  # raises for an invalid string: nothing is cached
+            if len(cache) >= _HUFFMAN_CACHE:
+                cache.clear()
+            cache[raw] = decoded
+        return decoded, end
 
     def _lookup(self, index: int) -> tuple[bytes, bytes]:
         if 0 < index <= _STATIC_LEN:

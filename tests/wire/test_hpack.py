@@ -81,6 +81,31 @@ def test_huffman_of_every_byte_round_trips() -> None:
     assert huffman_decode(b"") == b""
 
 
+def test_short_huffman_strings_are_decoded_once_per_connection_and_the_cache_stays_bounded() -> None:
+    from shadowtap.wire import hpack as ours
+
+    decoder = Decoder()
+    # The same literal twice (each block from a fresh encoder, so not an index into the table).
+    date = [(b"date", b"Sat, 05 Dec 2026 16:20:00 GMT")]
+    assert decoder.decode(hpack.Encoder().encode(date, huffman=True)) == date
+    kept = dict(decoder._huffman)
+    assert b"Sat, 05 Dec 2026 16:20:00 GMT" in kept.values()
+    assert decoder.decode(hpack.Encoder().encode(date, huffman=True)) == date
+    assert decoder._huffman == kept
+    # Many distinct values: the cache is cleared at its bound, every value still right.
+    for i in range(3 * ours._HUFFMAN_CACHE):
+        field = [(b"x-n", b"value-%d" % i)]
+        assert decoder.decode(hpack.Encoder().encode(field, huffman=True)) == field
+        assert len(decoder._huffman) <= ours._HUFFMAN_CACHE
+    # A long string is decoded, not kept; an invalid one raises each time.
+    long_value = [(b"x-long", b"v" * (2 * ours._HUFFMAN_CACHED_BYTES))]
+    assert decoder.decode(hpack.Encoder().encode(long_value, huffman=True)) == long_value
+    assert all(len(key) <= ours._HUFFMAN_CACHED_BYTES for key in decoder._huffman)
+    for _ in range(2):
+        with pytest.raises(hpack.exceptions.HPACKDecodingError):
+            decoder.decode(b"\x00\x84\xff\xff\xff\xff\x01a")
+
+
 @pytest.mark.parametrize(
     ("block", "error"),
     [
