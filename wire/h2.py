@@ -35,6 +35,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import ssl
 from typing import Any, Final, Protocol, cast
 
@@ -98,6 +99,9 @@ _CANCEL: Final = 0x8
 _NO_CONTENT: Final = -2
 
 
+_CONTROL: Final = re.compile(b"[\r\n\x00]")
+
+
 def _malformed(fields: list[Header]) -> str:
     """Why response fields are malformed for HTTP/2 (RFC 9113 8.2: lowercase names, nothing
     connection-specific, no CR, LF or NUL in values), or "" when they are fine (the connection
@@ -105,8 +109,8 @@ def _malformed(fields: list[Header]) -> str:
     for name, value in fields:
         if name != name.lower() or name in _CONNECTION_SPECIFIC:
             return f"field {name!r}"
-        # ``find``, not ``in``: CPython's ``bytes in bytes`` formats (and drops) a TypeError each time.
-        if value.find(b"\r") >= 0 or value.find(b"\n") >= 0 or value.find(b"\x00") >= 0:
+        # One search for the three (``bytes in bytes`` formats and drops a TypeError each time).
+        if _CONTROL.search(value) is not None:
             return f"a control character in {name!r}"
     return ""
 
@@ -609,6 +613,11 @@ class H2Pool:
     @property
     def connections(self) -> int:
         return len(self._conns)
+
+    def has_room(self) -> bool:
+        """Whether ``try_open`` would open a stream now (a caller that has work to do for one can
+        first ask)."""
+        return any(conn.settled and conn.capacity > 0 for conn in self._conns)
 
     def try_open(self, headers: list[Header], sink: StreamSink, end_stream: bool) -> H2Stream | None:
         """Open a stream on a connection with room now, or None (``open`` dials or waits)."""
