@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Callable
 from typing import Final
 
 from yarl import URL
@@ -142,13 +143,20 @@ def message_offsets(
 
 
 class _Call:
-    """The ``StreamSink`` of one call: collects the answer and resolves ``done`` once."""
+    """The ``StreamSink`` of one call: collects the answer and ends once, resolving ``done`` (a call
+    ``send`` waits for) or calling ``ended`` (one ``start`` sent: no future)."""
 
     __slots__ = ("_chunks", "_grpc", "_headers", "_max_body", "_messages", "_size", "_splitter", "_started_ns",
-                 "_status", "_trailers", "done", "first_byte_ns", "refused", "stream")  # fmt: skip
+                 "_status", "_trailers", "done", "ended", "finished", "first_byte_ns", "refused", "stream")  # fmt: skip
 
-    def __init__(self, max_body: int, grpc: bool, started_ns: int) -> None:
-        self.done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    def __init__(
+        self, max_body: int, grpc: bool, started_ns: int, ended: Callable[[_Call, Outcome], None] | None = None
+    ) -> None:
+        self.ended = ended
+        self.done: asyncio.Future[Outcome] | None = None
+        if ended is None:
+            self.done = asyncio.get_running_loop().create_future()
+        self.finished = False
         self.stream: H2Stream | None = None
         self.first_byte_ns: int | None = None
         self.refused = False
@@ -172,14 +180,29 @@ class _Call:
         if self._grpc or is_grpc(tuple(headers)):
             self._splitter = MessageSplitter(self._max_body)
 
+    def finish(self, outcome: Outcome) -> None:
+        """End the call with ``outcome``, once (later ends are ignored)."""
+        if self.finished:
+            return
+        self.finished = True
+        # The stream and this sink point at each other: let go of it, so neither waits for the
+        # garbage collector (the stream's connection has dropped it, or drops it now).
+        self.stream = None
+        ended = self.ended
+        if ended is not None:
+            self.ended = None
+            ended(self, outcome)
+        elif self.done is not None and not self.done.done():
+            self.done.set_result(outcome)
+
     def on_data(self, data: bytes) -> None:
-        if self.done.done():
+        if self.finished:
             return
         self._size += len(data)
         if self._size > self._max_body:
             if self.stream is not None:
                 self.stream.reset()
-            self.done.set_result(Failure(FailureKind.BODY_TOO_LARGE, f"response body over {self._max_body} bytes"))
+            self.finish(Failure(FailureKind.BODY_TOO_LARGE, f"response body over {self._max_body} bytes"))
             return
         self._chunks.append(data)
         if self.stream is not None:
@@ -199,9 +222,9 @@ class _Call:
         self._trailers = headers
 
     def on_end(self) -> None:
-        if self.done.done():
+        if self.finished:
             return
-        self.done.set_result(
+        self.finish(
             Response(
                 status=self._status,
                 reason="",
@@ -214,13 +237,66 @@ class _Call:
         )
 
     def on_reset(self, kind: str, message: str, refused: bool) -> None:
-        if self.done.done():
+        if self.finished:
             return
         self.refused = refused and self.first_byte_ns is None
-        self.done.set_result(Failure(kind, message))
+        self.finish(Failure(kind, message))
 
     def on_request_drained(self, sent: int) -> None:
         pass  # the whole body is in memory: nothing waits for the window here
+
+
+class _Started:
+    """One call ``H2Transport.start`` sent: its deadline, and what ``done`` hears when it ends (after
+    one resend on another stream, as a task, when the target refused it unprocessed)."""
+
+    __slots__ = ("body", "done", "fields", "grpc", "timer", "trailers", "transport")
+
+    def __init__(
+        self,
+        transport: H2Transport,
+        done: Callable[[SendResult], None],
+        fields: list[Header],
+        body: bytes,
+        trailers: list[Header] | None,
+        grpc: bool,
+    ) -> None:
+        self.transport = transport
+        self.done = done
+        self.fields = fields
+        self.body = body
+        self.trailers = trailers
+        self.grpc = grpc
+        self.timer: asyncio.TimerHandle | None = None
+
+    def timed_out(self, call: _Call) -> None:
+        self.timer = None
+        if call.stream is not None:
+            call.stream.reset()
+        timeout_s = self.transport._settings.timeout_s
+        call.finish(Failure(FailureKind.TIMEOUT, f"no complete answer within {timeout_s:g} s"))
+
+    def ended(self, call: _Call, outcome: Outcome) -> None:
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+        transport = self.transport
+        if call.refused and transport._loop is not None:
+            task = transport._loop.create_task(self._resend())
+            transport._retries.add(task)
+            task.add_done_callback(transport._retries.discard)
+            return
+        self.done(SendResult(outcome, call.first_byte_ns if isinstance(outcome, Response) else None))
+
+    async def _resend(self) -> None:
+        try:
+            result = await self.transport._call(self.fields, self.body, self.trailers, None, self.grpc)
+            if result is None:
+                result = SendResult(Failure(FailureKind.RESET, "target refused the stream twice"))
+        except Exception as exc:  # a bug must still end the request, or the replay waits for it forever
+            result = SendResult(Failure(FailureKind.OTHER, f"{type(exc).__name__}: {exc}"))
+        self.done(result)
 
 
 class H2Transport:
@@ -240,6 +316,10 @@ class H2Transport:
         default_port = port == DEFAULT_PORTS[url.scheme] and url.scheme != "h2c"
         self._authority = (host if default_port else f"{host}:{port}").encode("latin-1")
         self._max_gap_ns = int(s.max_message_gap_s * _NS_PER_S)
+        # The loop it runs on (set on entry): ``start`` needs it and looks it up no other way.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Resends of refused streams that start sent (the loop keeps only weak references to tasks).
+        self._retries: set[asyncio.Task[None]] = set()
         self._pool = H2Pool(
             url.host,
             port,
@@ -251,12 +331,49 @@ class H2Transport:
         )
 
     async def __aenter__(self) -> H2Transport:
+        self._loop = asyncio.get_running_loop()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._pool.close()
         await asyncio.sleep(0)  # let the closed connections' transports finish closing
         self._pool.abort_all()
+
+    def start(
+        self,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes,
+        recorded: Request | None,
+        done: Callable[[SendResult], None],
+    ) -> bool:
+        """Send now without a task when a pooled connection has room for a stream and the call's
+        body goes at once (not a recorded gRPC stream of paced messages), and call ``done`` once with
+        the result: from the loop's read of the answer's end, or the deadline's timer. A stream the
+        target refused unprocessed is sent once more, as ``send`` does (that needs a task). False,
+        nothing sent, when ``send`` must do it (a connection to dial or wait for, paced messages, or
+        used outside ``async with``)."""
+        loop = self._loop
+        if loop is None or not self._pool.has_room():
+            return False
+        grpc, fields, trailers, offsets = h2_call(
+            method, target, headers, body, recorded, scheme=self._scheme, authority=self._authority,
+            prefix=self._prefix, speed=self._settings.message_speed, max_gap_ns=self._max_gap_ns,
+        )  # fmt: skip
+        if offsets is not None:
+            return False
+        started = _Started(self, done, fields, body, trailers, grpc)
+        call = _Call(self._settings.max_body_bytes, grpc, time.monotonic_ns(), started.ended)
+        stream = self._pool.try_open(fields, call, end_stream=not body and not trailers)
+        if stream is None:
+            return False
+        call.stream = stream
+        started.timer = loop.call_later(self._settings.timeout_s, started.timed_out, call)
+        if body or trailers:
+            stream.send_data(body)
+            stream.end(trailers)
+        return True
 
     async def send(
         self, method: str, target: str, headers: Headers, body: bytes, recorded: Request | None = None
@@ -294,6 +411,7 @@ class H2Transport:
                 call.stream = stream
                 if body or trailers:
                     await self._send_body(stream, call, body, trailers, offsets, started_ns)
+                assert call.done is not None
                 outcome = await call.done
         except TimeoutError:
             if stream is not None:
@@ -325,9 +443,10 @@ class H2Transport:
                 due_ns = started_ns + offset_ns
                 # Never early: wait again until the monotonic clock has reached the due time; an
                 # answer that ends the call meanwhile (the target gave up on it) ends the wait.
-                while (left_ns := due_ns - time.monotonic_ns()) > 0 and not call.done.done():
+                while (left_ns := due_ns - time.monotonic_ns()) > 0 and not call.finished:
+                    assert call.done is not None  # a call with paced messages is always sent by send
                     await asyncio.wait((call.done,), timeout=left_ns / _NS_PER_S)
-                if call.done.done() or stream.closed:
+                if call.finished or stream.closed:
                     return  # the target answered (or failed) before the client had finished
                 stream.send_data(bytes(view[start:end]))
                 start = end

@@ -89,12 +89,17 @@ def grpc_error(response: Response) -> str | None:
     (a call cut short, as gRPC clients count it); None for success or anything not gRPC over HTTP/2."""
     if response.http_version != "2":
         return None  # gRPC runs over HTTP/2 only: an HTTP/1 answer costs no header scan
+    # One pass over each list, here rather than through ``header_value`` (every HTTP/2 answer
+    # comes by): a name of another length is not lower-cased to be compared.
+    content_type = b""
     for fields in (response.trailers, response.headers):
-        code = header_value(fields, b"grpc-status")
-        if code is not None:
-            text = code.decode("latin-1").strip()
-            return None if text == "0" else GRPC_ERROR_PREFIX + status_name(text)
-    content_type = header_value(response.headers, b"content-type", b"") or b""
+        for name, value in fields:
+            size = len(name)
+            if size == 11 and name.lower() == b"grpc-status":
+                text = value.decode("latin-1").strip()
+                return None if text == "0" else GRPC_ERROR_PREFIX + status_name(text)
+            if size == 12 and not content_type and fields is response.headers and name.lower() == b"content-type":
+                content_type = value
     if content_type.lower().startswith(b"application/grpc") and response.status == 200:
         return GRPC_ERROR_PREFIX + "INTERNAL"
     return None
@@ -448,9 +453,12 @@ class VersionedTransport:
         recorded: Request | None,
         done: Callable[[SendResult], None],
     ) -> bool:
-        """``HttpTransport.start`` for what goes over HTTP/1.1 (False for HTTP/2: ``send`` it)."""
+        """``H2Transport.start`` for what goes over HTTP/2, ``HttpTransport.start`` for the rest
+        (False for the aiohttp client: ``send`` it)."""
+        if recorded is not None and recorded.http_version == "2":
+            return self.http2.start(method, target, headers, body, recorded, done)
         http1 = self.http1
-        if (recorded is not None and recorded.http_version == "2") or not isinstance(http1, HttpTransport):
+        if not isinstance(http1, HttpTransport):
             return False
         return http1.start(method, target, headers, body, recorded, done)
 

@@ -70,6 +70,7 @@ COMPILED_MODULES: Final = (
     "shadowtap.replayer.runner",
     "shadowtap.replayer.pacer",
     "shadowtap.replayer.transport",
+    "shadowtap.replayer.h2transport",
     "shadowtap.replayer.sending",
     "shadowtap.replayer.stats",
     "shadowtap.replayer.plan",

@@ -19,7 +19,13 @@ import pytest
 from shadowtap.recorder import REPLAY, Failure, FailureKind, Request, Response, SyncTapeWriter, TapeOptions, TapeReader
 from shadowtap.recorder.model import StreamMessage
 from shadowtap.replayer.h2transport import H2Transport
-from shadowtap.replayer.transport import ClientSettings, HttpTransport, VersionedTransport, make_transport
+from shadowtap.replayer.transport import (
+    ClientSettings,
+    HttpTransport,
+    SendResult,
+    VersionedTransport,
+    make_transport,
+)
 from tests.proxy.test_server_tls_functional import Pki, pki  # noqa: F401  (the fixture)
 from tests.replayer.tapes import make_exchange
 from tests.shadowtap.test_cmd_replay_functional import shadowtap
@@ -148,6 +154,69 @@ async def test_failures_are_classed_not_raised(target: Target) -> None:
     assert isinstance(big.outcome, Failure) and big.outcome.kind == FailureKind.BODY_TOO_LARGE
     assert isinstance(after.outcome, Response) and after.outcome.status == 201  # the connection lived on
     assert isinstance(refused.outcome, Failure) and refused.outcome.kind == FailureKind.CONNECT_ERROR
+
+
+async def started(
+    transport: H2Transport | VersionedTransport, target: str, body: bytes = b"", recorded: Request | None = None
+) -> SendResult:
+    """``transport.start`` a request and wait for its one result (the call must be sent at once)."""
+    results: list[SendResult] = []
+    method = "POST" if body else "GET"
+    assert transport.start(method, target, (), body, recorded or h2_request(target, method, body), results.append)
+    for _ in range(1000):
+        if results:
+            break
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)  # nothing more comes
+    assert len(results) == 1, results
+    return results[0]
+
+
+async def test_start_sends_without_a_task_on_a_warm_pool_and_ends_each_call_once(target: Target) -> None:
+    settings = ClientSettings(timeout_s=0.3, max_body_bytes=100_000)
+    async with H2Transport(f"h2c://127.0.0.1:{target.port}", settings) as transport:
+        # Cold: no connection to open a stream on, so the task path (send) must dial.
+        assert not transport.start("GET", "/cold", (), b"", h2_request("/cold"), lambda result: None)
+        assert (await transport.send("GET", "/warm", (), b"")).outcome.status == 201  # type: ignore[union-attr]
+        before = asyncio.all_tasks()
+        post = await started(transport, "/items", b"hello")
+        trailers = await started(transport, "/trailers")
+        reset = await started(transport, "/reset")
+        slow = await started(transport, "/slow")
+        big = await started(transport, "/big")
+        after = await started(transport, "/fine")
+        # No task on the client's side (the target's handlers are tasks of the test server).
+        assert all("/tests/" in repr(task) for task in asyncio.all_tasks() - before)
+        connects = transport._pool.connects
+    assert isinstance(post.outcome, Response) and (post.outcome.status, post.outcome.body) == (201, b"got hello")
+    assert post.outcome.http_version == "2" and post.first_byte_ns is not None
+    assert isinstance(trailers.outcome, Response) and trailers.outcome.trailers == ((b"x-checksum", b"abc"),)
+    assert isinstance(reset.outcome, Failure) and reset.outcome.kind == FailureKind.RESET
+    assert isinstance(slow.outcome, Failure) and slow.outcome.kind == FailureKind.TIMEOUT
+    assert isinstance(big.outcome, Failure) and big.outcome.kind == FailureKind.BODY_TOO_LARGE
+    assert isinstance(after.outcome, Response) and after.outcome.status == 201  # the connection lived on
+    assert connects == 1
+    assert [dict(h)[b":path"] for h, _, _ in target.seen] == [
+        b"/warm", b"/items", b"/trailers", b"/reset", b"/slow", b"/big", b"/fine"
+    ]  # fmt: skip
+
+
+async def test_start_sends_a_refused_stream_once_more_and_leaves_paced_messages_to_send(target: Target) -> None:
+    async with VersionedTransport(HttpTransport(f"http://127.0.0.1:{target.port}"), H2Transport(
+        f"http://127.0.0.1:{target.port}"
+    )) as transport:  # fmt: skip
+        assert (await transport.send("GET", "/warm", (), b"", h2_request("/warm"))).outcome.status == 201  # type: ignore[union-attr]
+        refused = await started(transport, "/goaway", b"once")
+        connects = transport.http2._pool.connects
+        # A recorded gRPC client stream goes message by message at its recorded offsets: a task's work.
+        body = b"\x00\x00\x00\x00\x01a\x00\x00\x00\x00\x01b"
+        grpc_fields = ((b"content-type", b"application/grpc"),)
+        recorded = Request("POST", "/up", grpc_fields, body, http_version="2",
+                           messages=(StreamMessage(0, 1, 0), StreamMessage(0, 1, 1_000_000)))  # fmt: skip
+        assert not transport.start("POST", "/up", grpc_fields, body, recorded, lambda result: None)
+    assert isinstance(refused.outcome, Response) and refused.outcome.body == b"got once"
+    assert [body for h, body, _ in target.seen if dict(h)[b":path"] == b"/goaway"] == [b"once", b"once"]
+    assert connects == 2
 
 
 async def test_the_default_transport_sends_http2_recordings_over_http2(target: Target) -> None:
