@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -358,6 +358,22 @@ async def test_headers_flood_ends_that_connection_only(h2_proxy: ProxyServer) ->
     assert h2_proxy.stats.h2_errors == {"too many concurrent streams": 1}
 
 
+@contextlib.asynccontextmanager
+async def _client_through_proxy_to(
+    primary: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[H2TestClient]:
+    """An h2c client of a proxy whose ``h2c://`` primary is ``primary``, a raw server of the test's."""
+    server = await asyncio.start_server(primary, "127.0.0.1", 0)
+    proxy = await _proxy(f"h2c://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    client = await H2TestClient.connect(proxy.port)
+    try:
+        yield client
+    finally:
+        await client.close()
+        await proxy.shutdown(1)
+        server.close()
+
+
 async def test_request_bytes_held_for_a_stream_the_primary_resets_go_back_to_the_clients_window() -> None:
     # A primary that takes one window of an upload, acknowledges none of it, and resets the stream:
     # what the proxy held for it (past the primary's window) never leaves, and the client's
@@ -384,10 +400,7 @@ async def test_request_bytes_held_for_a_stream_the_primary_resets_go_back_to_the
                 writer.write(conn.data_to_send())
         writer.close()
 
-    server = await asyncio.start_server(primary, "127.0.0.1", 0)
-    proxy = await _proxy(f"h2c://127.0.0.1:{server.sockets[0].getsockname()[1]}")
-    client = await H2TestClient.connect(proxy.port)
-    try:
+    async with _client_through_proxy_to(primary) as client:
         before = client.conn.outbound_flow_control_window  # the proxy's connection window, 1 MiB
         # The proxy announces what it gives back once half its window is (h2's rule): at most that
         # much may be owed at a time. Without the credit, the first reset kept 48 KiB for good.
@@ -408,10 +421,6 @@ async def test_request_bytes_held_for_a_stream_the_primary_resets_go_back_to_the
                     break
                 await asyncio.sleep(0.01)
             assert client.conn.outbound_flow_control_window >= floor
-    finally:
-        await client.close()
-        await proxy.shutdown(1)
-        server.close()
 
 
 async def test_a_client_may_have_four_streams_windows_in_flight_on_one_connection_and_no_more() -> None:
@@ -429,10 +438,7 @@ async def test_a_client_may_have_four_streams_windows_in_flight_on_one_connectio
                 writer.write(conn.data_to_send())
         writer.close()
 
-    server = await asyncio.start_server(primary, "127.0.0.1", 0)
-    proxy = await _proxy(f"h2c://127.0.0.1:{server.sockets[0].getsockname()[1]}")
-    client = await H2TestClient.connect(proxy.port)
-    try:
+    async with _client_through_proxy_to(primary) as client:
         for _ in range(200):
             if client.conn.outbound_flow_control_window > 65_535:
                 break
@@ -456,10 +462,6 @@ async def test_a_client_may_have_four_streams_windows_in_flight_on_one_connectio
         # Far past RFC 9113's 64 KiB for the connection; within the proxy's window and what the
         # primary's connection window let through.
         assert 4 * CLIENT_STREAM_WINDOW - 65_535 <= sent <= CLIENT_CONNECTION_WINDOW + 65_535
-    finally:
-        await client.close()
-        await proxy.shutdown(1)
-        server.close()
 
 
 async def test_a_rapid_reset_flood_ends_that_connection_only(h2_proxy: ProxyServer) -> None:
