@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias, cast
+from typing import Any, Final, Protocol, TypeAlias, cast
 from urllib.parse import parse_qsl
 
 from shadowtap.recorder.errors import TapeFormatError
@@ -636,10 +636,27 @@ def _malformed(a: Any) -> TapeFormatError:
 # classes and layout above, so it is imported last.
 from shadowtap.recorder._decode import build_response, build_timing, exchange_from_wire  # noqa: E402
 
+
+class _NewResponse(Protocol):
+    """``new_response``'s signature: ``Response``'s fields in order, trailers and messages optional."""
+
+    def __call__(
+        self,
+        status: int,
+        reason: str,
+        headers: Headers,
+        body: bytes,
+        http_version: str,
+        truncated_from: int | None,
+        trailers: Headers = (),
+        messages: tuple[StreamMessage, ...] = (),
+    ) -> Response: ...
+
+
 #: Fast positional constructors for hot paths that have every field at hand (the proxy builds one
 #: Response and one Timing per upstream exchange, the replayer one Response a request): they store
 #: straight into the slots, at a fraction of the frozen ``__init__``'s cost (the decoder's builders,
 #: compiled with it). Every field must be given, in declaration order (but a response's trailers and
 #: messages, empty when left out); nothing is checked, and there is no ``__post_init__``.
-new_response = cast("Callable[[int, str, Headers, bytes, str, int | None], Response]", build_response)
+new_response = cast("_NewResponse", build_response)
 new_timing = cast("Callable[[int | None, int | None, int | None], Timing]", build_timing)

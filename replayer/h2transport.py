@@ -32,7 +32,16 @@ from typing import Final
 from yarl import URL
 
 from shadowtap.recorder.errors import ConfigError
-from shadowtap.recorder.model import Failure, FailureKind, Headers, Outcome, Request, Response, StreamMessage
+from shadowtap.recorder.model import (
+    Failure,
+    FailureKind,
+    Headers,
+    Outcome,
+    Request,
+    Response,
+    StreamMessage,
+    new_response,
+)
 from shadowtap.replayer.sending import ClientSettings, SendResult
 from shadowtap.wire.grpc import MESSAGE_HEADER_BYTES, GrpcFramingError, MessageSplitter
 from shadowtap.wire.h2 import CONNECT_ERROR, H2Pool, H2Stream, Header
@@ -53,9 +62,13 @@ _NS_PER_S: Final = 1_000_000_000
 def is_grpc(fields: Headers) -> bool:
     for name, value in fields:
         if name.lower() == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/grpc" or media.startswith(b"application/grpc+")
+            return _grpc_media(value)
     return False
+
+
+def _grpc_media(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/grpc" or media.startswith(b"application/grpc+")
 
 
 def h2_request_fields(
@@ -177,7 +190,14 @@ class _Call:
         self.first_byte_ns = time.monotonic_ns()
         self._status = status
         self._headers = headers
-        if self._grpc or is_grpc(tuple(headers)):
+        grpc = self._grpc
+        if not grpc:
+            # A response head's names are lower-case (``shadowtap.wire.h2`` refuses others).
+            for name, value in headers:
+                if name == b"content-type":
+                    grpc = _grpc_media(value)
+                    break
+        if grpc:
             self._splitter = MessageSplitter(self._max_body)
 
     def finish(self, outcome: Outcome) -> None:
@@ -224,15 +244,12 @@ class _Call:
     def on_end(self) -> None:
         if self.finished:
             return
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        # Stored straight into its slots, as the HTTP/1.1 transport does (``new_response``).
         self.finish(
-            Response(
-                status=self._status,
-                reason="",
-                headers=tuple(self._headers),
-                body=b"".join(self._chunks),
-                http_version="2",
-                trailers=tuple(self._trailers),
-                messages=tuple(self._messages),
+            new_response(
+                self._status, "", tuple(self._headers), body, "2", None, tuple(self._trailers), tuple(self._messages)
             )
         )
 
