@@ -201,6 +201,27 @@ async def test_start_sends_without_a_task_on_a_warm_pool_and_ends_each_call_once
     ]  # fmt: skip
 
 
+async def test_a_finished_call_leaves_nothing_for_the_garbage_collector(target: Target) -> None:
+    # A call's sink and its stream point at each other; a sink that kept its stream after the end
+    # left a cycle every request, for the collector to walk.
+    import gc
+
+    from shadowtap.replayer.h2transport import _Call, _Started
+    from shadowtap.wire.h2 import H2Stream
+
+    async with H2Transport(f"h2c://127.0.0.1:{target.port}") as transport:
+        await transport.send("GET", "/warm", (), b"")
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(20):
+                assert isinstance((await started(transport, f"/n/{i}")).outcome, Response)
+            left = [o for o in gc.get_objects() if type(o) in (_Call, _Started, H2Stream)]
+        finally:
+            gc.enable()
+    assert left == []
+
+
 async def test_start_sends_a_refused_stream_once_more_and_leaves_paced_messages_to_send(target: Target) -> None:
     async with VersionedTransport(HttpTransport(f"http://127.0.0.1:{target.port}"), H2Transport(
         f"http://127.0.0.1:{target.port}"
