@@ -20,7 +20,6 @@ negative or unbounded value (clamped into the histogram range) and never lose a 
 
 from __future__ import annotations
 
-import array
 import bisect
 import itertools
 from collections import Counter
@@ -56,8 +55,6 @@ _HIGHEST_US: Final = 3_600_000_000
 _DIGITS: Final = 3
 _ENDPOINT_DIGITS: Final = 2
 _NS_PER_US: Final = 1_000
-#: An unsigned ``array`` type code for each item size: a copy of a histogram's counts array.
-_ARRAY_CODES: Final = {array.array(code).itemsize: code for code in "BHILQ"}
 #: Intervals the series keeps at most: one second each until a run outgrows them (10 minutes), then
 #: the interval doubles and neighbours fold together, so memory and the charts stay bounded however
 #: long a replay runs.
@@ -213,8 +210,8 @@ def _cumulative(hist: HdrHistogram) -> tuple[list[int], list[int]]:
     """The entries of ``hist`` that are not zero: their counts-array indexes, and the count of
     values up to and including each (so a percentile is a bisection).
 
-    It copies the counts up to the largest value recorded at once and visits only the entries that
-    are not zero (``itertools.compress`` skips the rest in C); past the largest value only for a
+    It reads the counts up to the largest value recorded in place (``_counts_view``) and visits only
+    the entries that are not zero (``itertools.compress`` skips the rest in C); past the largest value only for a
     histogram whose largest value was not tracked (fewer counts up to it than the total says), as
     HdrHistogram would walk them.
     """
@@ -226,14 +223,11 @@ def _cumulative(hist: HdrHistogram) -> tuple[list[int], list[int]]:
     # A decoded histogram may hold a shorter counts array; entries past it count as zero.
     length: int = min(hist.counts_len, hist.encoder.payload.counts_len)
     end = length if hist.max_value <= 0 else min(length, hist.get_counts_array_index(hist.max_value) + 1)
-    view = memoryview(hist.counts)
-    size = view.itemsize
-    code = _ARRAY_CODES[size]
+    view = _counts_view(hist)
     seen: int = 0
     start = 0
     for stop in (end, length):
-        counts = array.array(code)
-        counts.frombytes(view.cast("B")[start * size : stop * size])
+        counts = view[start:stop]
         for offset in itertools.compress(range(stop - start), counts):
             seen += counts[offset]
             indexes.append(start + offset)
