@@ -40,16 +40,26 @@ _STATIC: Final[tuple[tuple[bytes, bytes], ...]] = tuple(
 _STATIC_LEN: Final = len(_STATIC)
 
 
-def _static_indexes() -> tuple[dict[tuple[bytes, bytes], int], dict[bytes, int]]:
-    fields: dict[tuple[bytes, bytes], int] = {}
-    names: dict[bytes, int] = {}
+def _static_fields() -> dict[bytes, dict[bytes, int]]:
+    fields: dict[bytes, dict[bytes, int]] = {}
     for index, (name, value) in enumerate(_STATIC, 1):
-        fields.setdefault((name, value), index)
+        fields.setdefault(name, {}).setdefault(value, index)
+    return fields
+
+
+def _static_names() -> dict[bytes, int]:
+    names: dict[bytes, int] = {}
+    for index, (name, _) in enumerate(_STATIC, 1):
         names.setdefault(name, index)
-    return fields, names
+    return names
 
 
-_STATIC_FIELDS, _STATIC_NAMES = _static_indexes()
+# By name, then value: no tuple to build and hash for each look-up. Final, each on its own:
+# compiled, a Final global is a static, not a look-up in the module's dict.
+_STATIC_FIELDS: Final = _static_fields()
+_STATIC_NAMES: Final = _static_names()
+#: Every one-byte string: an HPACK integer that fits its prefix is one of these (no bytearray).
+_BYTE: Final[tuple[bytes, ...]] = tuple(bytes((i,)) for i in range(256))
 
 #: Fields whose values seldom repeat from one request to the next: indexing them would only push
 #: the ones that do repeat out of the table (nghttp2 leaves the same ones out).
@@ -156,23 +166,18 @@ def huffman_decode(data: bytes) -> bytes:
 # --- encoding ---------------------------------------------------------------------------------------
 
 
-def _integer(out: bytearray, first: int, value: int, prefix_bits: int) -> None:
-    """Append ``value`` with an N-bit prefix (RFC 7541 section 5.1); ``first`` has the pattern bits."""
+def _integer(first: int, value: int, prefix_bits: int) -> bytes:
+    """``value`` with an N-bit prefix (RFC 7541 section 5.1); ``first`` has the pattern bits."""
     limit = (1 << prefix_bits) - 1
     if value < limit:
-        out.append(first | value)
-        return
-    out.append(first | limit)
+        return _BYTE[first | value]
+    out = bytearray((first | limit,))
     value -= limit
     while value >= 128:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
-
-
-def _string(out: bytearray, data: bytes) -> None:
-    _integer(out, 0, len(data), 7)
-    out += data
+    return bytes(out)
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -192,8 +197,8 @@ class Encoder:
         #: The dynamic table, oldest first: (name, value, sequence number).
         self._entries: deque[tuple[bytes, bytes, int]] = deque()
         self._inserted = 0
-        #: Newest entry (its sequence number) of each field and of each name.
-        self._by_field: dict[tuple[bytes, bytes], int] = {}
+        #: Newest entry (its sequence number) of each field (by name, then value) and of each name.
+        self._by_field: dict[bytes, dict[bytes, int]] = {}
         self._by_name: dict[bytes, int] = {}
         #: The smallest size set since the last block, when a size update is due (RFC 7541 4.2).
         self._resize_low = -1
@@ -212,49 +217,60 @@ class Encoder:
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         """One header block. ``headers``: (name, value) pairs, bytes or str; a
         ``hpack.NeverIndexedHeaderTuple`` stays out of every table. ``huffman`` is ignored (never used)."""
-        out = bytearray()
+        parts: list[bytes] = []
         if self._resize_low >= 0:
             if self._resize_low < self._max_size:
-                _integer(out, 0x20, self._resize_low, 5)
-            _integer(out, 0x20, self._max_size, 5)
+                parts.append(_integer(0x20, self._resize_low, 5))
+            parts.append(_integer(0x20, self._max_size, 5))
             self._resize_low = -1
         for header in headers:
-            name = _as_bytes(header[0])
-            value = _as_bytes(header[1])
-            sensitive = type(header) is not tuple and isinstance(header, _NEVER_INDEXED)
-            self._field(out, name, value, sensitive)
-        return bytes(out)
+            name = header[0]
+            value = header[1]
+            if type(name) is not bytes:
+                name = _as_bytes(name)
+            if type(value) is not bytes:
+                value = _as_bytes(value)
+            if type(header) is tuple:
+                self._field(parts, name, value)
+            elif isinstance(header, _NEVER_INDEXED):
+                self._literal(parts, name, value, 0x10, 4)  # never indexed
+            else:
+                self._field(parts, name, value)
+        return b"".join(parts)
 
-    def _field(self, out: bytearray, name: bytes, value: bytes, sensitive: bool) -> None:
-        key = (name, value)
-        if not sensitive:
-            index = _STATIC_FIELDS.get(key, 0)
+    def _field(self, parts: list[bytes], name: bytes, value: bytes) -> None:
+        values = _STATIC_FIELDS.get(name)
+        if values is not None:
+            index = values.get(value, 0)
             if index:
-                _integer(out, 0x80, index, 7)
+                parts.append(_BYTE[0x80 | index])
                 return
-            seq = self._by_field.get(key, -1)
+        values = self._by_field.get(name)
+        if values is not None:
+            seq = values.get(value, -1)
             if seq >= 0:
-                _integer(out, 0x80, _STATIC_LEN + self._inserted - seq, 7)
+                parts.append(_integer(0x80, _STATIC_LEN + self._inserted - seq, 7))
                 return
+        if name in _NOT_INDEXED or len(value) > _MAX_INDEXED_VALUE or _entry_size(name, value) > self._max_size:
+            self._literal(parts, name, value, 0x00, 4)  # without indexing
+        else:
+            self._literal(parts, name, value, 0x40, 6)  # with incremental indexing
+            self._add(name, value)
+
+    def _literal(self, parts: list[bytes], name: bytes, value: bytes, first: int, prefix: int) -> None:
         name_index = _STATIC_NAMES.get(name, 0)
         if not name_index:
             seq = self._by_name.get(name, -1)
             if seq >= 0:
                 name_index = _STATIC_LEN + self._inserted - seq
-        if sensitive:
-            first, prefix = 0x10, 4  # never indexed
-        elif name in _NOT_INDEXED or len(value) > _MAX_INDEXED_VALUE or _entry_size(name, value) > self._max_size:
-            first, prefix = 0x00, 4  # without indexing
-        else:
-            first, prefix = 0x40, 6  # with incremental indexing
         if name_index:
-            _integer(out, first, name_index, prefix)
+            parts.append(_integer(first, name_index, prefix))
         else:
-            out.append(first)
-            _string(out, name)
-        _string(out, value)
-        if first == 0x40:
-            self._add(name, value)
+            parts.append(_BYTE[first])
+            parts.append(_integer(0, len(name), 7))
+            parts.append(name)
+        parts.append(_integer(0, len(value), 7))
+        parts.append(value)
 
     def _add(self, name: bytes, value: bytes) -> None:
         size = _entry_size(name, value)
@@ -263,7 +279,10 @@ class Encoder:
         self._inserted = seq + 1
         self._entries.append((name, value, seq))
         self._size += size
-        self._by_field[(name, value)] = seq
+        values = self._by_field.get(name)
+        if values is None:
+            values = self._by_field[name] = {}
+        values[value] = seq
         self._by_name[name] = seq
 
     def _evict(self, room: int) -> None:
@@ -271,9 +290,11 @@ class Encoder:
         while entries and self._size + room > self._max_size:
             name, value, seq = entries.popleft()
             self._size -= _entry_size(name, value)
-            key = (name, value)
-            if self._by_field.get(key, -1) == seq:
-                del self._by_field[key]
+            values = self._by_field[name]
+            if values.get(value, -1) == seq:
+                del values[value]
+                if not values:
+                    del self._by_field[name]
             if self._by_name.get(name, -1) == seq:
                 del self._by_name[name]
 
@@ -296,8 +317,12 @@ class Decoder:
         self.max_allowed_table_size = DEFAULT_TABLE_SIZE
         self.header_table_size = DEFAULT_TABLE_SIZE
         self._size = 0
-        #: The dynamic table, newest first (index 62 is entry 0).
-        self._entries: deque[tuple[bytes, bytes]] = deque()
+        #: The dynamic table, oldest first from ``_oldest`` (index 62 is the last entry): a list
+        #: and a start rather than a deque, because a peer may add fields to it on every block
+        #: (nginx adds its server, date, type and length to every answer), and compiled, a list's
+        #: append and index are native where a deque's methods are calls by name.
+        self._table: list[tuple[bytes, bytes]] = []
+        self._oldest = 0
         #: Short Huffman-coded strings already decoded: a peer sends the same values again and again
         #: outside its table (a ``date`` for a second, a length), and decoding is a table step per
         #: four bits. Bounded: at most ``_HUFFMAN_CACHE`` strings of at most ``_HUFFMAN_CACHED_BYTES``.
@@ -391,23 +416,30 @@ class Decoder:
     def _lookup(self, index: int) -> tuple[bytes, bytes]:
         if 0 < index <= _STATIC_LEN:
             return _STATIC[index - 1]
-        position = index - _STATIC_LEN - 1
-        if index == 0 or position >= len(self._entries):
+        table = self._table
+        position = len(table) - (index - _STATIC_LEN)
+        if index == 0 or position < self._oldest:
             raise hpack.exceptions.InvalidTableIndexError(f"Invalid table index {index}")
-        return self._entries[position]
+        return table[position]
 
     def _add(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value) + 32
         self._evict(size)
         if size <= self.header_table_size:
-            self._entries.appendleft((name, value))
+            self._table.append((name, value))
             self._size += size
 
     def _evict(self, room: int) -> None:
-        entries = self._entries
-        while entries and self._size + room > self.header_table_size:
-            name, value = entries.pop()
+        table = self._table
+        oldest = self._oldest
+        while oldest < len(table) and self._size + room > self.header_table_size:
+            name, value = table[oldest]
+            oldest += 1
             self._size -= len(name) + len(value) + 32
+        if oldest > 64 and 2 * oldest > len(table):
+            del table[:oldest]  # the evicted entries go, in one move now and then
+            oldest = 0
+        self._oldest = oldest
 
 
 def install(connection: Any) -> None:

@@ -71,6 +71,17 @@ async def request(pool: H2Pool, port: int, path: bytes, body: bytes = b"",
     return sink
 
 
+#: Paths the test server answers with one malformed field among fine ones (RFC 9113 8.2).
+_MALFORMED: dict[bytes, Header] = {
+    b"/malformed": (b"connection", b"close"),
+    b"/malformed-upper": (b"X-Upper", b"1"),
+    b"/malformed-cr": (b"x-cr", b"a\rb"),
+    b"/malformed-lf": (b"x-lf", b"a\nb"),
+    b"/malformed-nul": (b"x-nul", b"a\x00b"),
+    b"/malformed-trailer": (b"x-cr", b"a\rb"),
+}
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[H2TestServer]:
     gate = asyncio.Event()
@@ -82,8 +93,14 @@ async def server() -> AsyncIterator[H2TestServer]:
             return
         if path == b"/slow":
             await gate.wait()
-        if path == b"/malformed":
-            reply.head(200, [(b"connection", b"close")], end=True)
+        if path in _MALFORMED:
+            fields = [(b"content-type", b"text/plain"), _MALFORMED[path], (b"x-after", b"fine")]
+            if path.endswith(b"-trailer"):
+                reply.head(200, fields[:1])
+                await reply.data(b"body")
+                reply.trailers(fields[1:])
+            else:
+                reply.head(200, fields, end=True)
             return
         if path == b"/goaway":
             reply.goaway(last_stream_id=reply.stream_id - 2)
@@ -165,16 +182,27 @@ async def test_connect_failure_raises() -> None:
     assert pool.connect_errors == 1
 
 
-async def test_a_malformed_response_fails_its_stream_only(server: H2TestServer) -> None:
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        (b"/malformed", "field b'connection'"),
+        (b"/malformed-upper", "field b'X-Upper'"),
+        (b"/malformed-cr", "a control character in b'x-cr'"),
+        (b"/malformed-lf", "a control character in b'x-lf'"),
+        (b"/malformed-nul", "a control character in b'x-nul'"),
+        (b"/malformed-trailer", "a control character in b'x-cr'"),
+    ],
+)
+async def test_a_malformed_response_fails_its_stream_only(server: H2TestServer, path: bytes, problem: str) -> None:
     pool = H2Pool("127.0.0.1", server.port, connect_timeout_s=5)
     try:
-        bad = await request(pool, server.port, b"/malformed")
+        bad = await request(pool, server.port, path)
         good = await request(pool, server.port, b"/good")
     finally:
         pool.abort_all()
-    assert bad.reset is not None and bad.reset[0] == "bad-response" and "b'connection'" in bad.reset[1]
-    assert bad.status == 0
-    assert good.status == 200 and pool.connects == 1
+    assert bad.reset is not None and bad.reset[0] == "bad-response" and f"({problem})" in bad.reset[1]
+    assert bad.status == (200 if path.endswith(b"-trailer") else 0)
+    assert good.status == 200 and good.headers == [(b"x-size", b"0")] and pool.connects == 1
 
 
 async def test_an_answer_before_the_whole_request_ends_our_half_with_no_error() -> None:
