@@ -394,9 +394,14 @@ class H2ClientConnection(asyncio.Protocol):
             self._fail_all(BAD_RESPONSE, f"{self._pool.peer} broke the HTTP/2 protocol: {exc}", refused=False)
             self.abort()
             return
-        for event in events:
-            self._handle(event)
-        self._write()
+        # What handling queues (acknowledgements, a stream a sink opens) leaves in the write below,
+        # not in one scheduled for later: that would be another turn of the loop for each read.
+        self._write_scheduled = True
+        try:
+            for event in events:
+                self._handle(event)
+        finally:
+            self._write()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
