@@ -1,4 +1,4 @@
-"""Replayer benchmark: unpaced throughput and CPU, then paced CPU and start lag at 2k, 10k and 20k/s.
+"""Replayer benchmark: unpaced throughput and CPU, then paced CPU and start lag from 250/s to 20,000/s.
 
 Against a fast server in its own process on loopback (nginx, one worker, a 60-byte JSON, when
 ``/usr/sbin/nginx`` exists; else a small asyncio server), through the real ``shadowtap replay`` CLI
@@ -7,9 +7,9 @@ with ``--no-progress`` and 64 connections, in one run:
 1. the fixed cost of a replay (start-up, opening the tape, the report): the median of one-request
    replays made at the start and before each paced run;
 2. the maximum rate of one process unpaced (``--speed 0``) and its CPU per request;
-3. paced (``--rate R``) at 2,000, 10,000 and 20,000 requests/s for a few seconds each: CPU per
-   request beside the unpaced figure, start-lag p50/p99, the rate achieved, and (at 2,000/s) the
-   cumulative drift;
+3. paced (``--rate R``) at 250, 1,000, 2,000, 10,000 and 20,000 requests/s for a few seconds each
+   (at least 2,000 requests, so the slow rates run longer): CPU per request beside the unpaced
+   figure, start-lag p50/p99, the rate achieved, and (at 2,000/s) the cumulative drift;
 4. the floor of the machine: a bare loop woken by the same timer and due queue at the same rates,
    sending nothing (the wake-up cost and the lag the machine allows at best); the smallest paced
    client, that loop writing prepared requests on 64 keep-alive connections and only counting the
@@ -56,7 +56,12 @@ from typing import Any
 
 from shadowtap.recorder import Exchange, Request, SyncTapeWriter, TapeOptions
 
-RATES = (2_000, 10_000, 20_000)
+RATES = (250, 1_000, 2_000, 10_000, 20_000)
+#: The rate of the drift line and of the HTTP/2 paced run.
+MAIN_RATE = 2_000
+#: Fewest requests in a paced run: the fixed cost's spread (tens of ms) over fewer would drown a
+#: slow rate's figure.
+MIN_PACED_REQUESTS = 2_000
 BODY = '{"id":12345,"name":"shadowtap","ok":true,"tags":["a","b"],"n":1}'
 
 NGINX_CONF = """
@@ -240,6 +245,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def paced_requests(rate: int, seconds: float) -> int:
+    return max(int(rate * seconds), MIN_PACED_REQUESTS)
+
+
 def write_tape(directory: Path, count: int, spacing_us: int) -> None:
     base = 1_700_000_000 * 10**9
     with SyncTapeWriter(directory, TapeOptions(redaction=None)) as writer:
@@ -386,7 +395,7 @@ def main() -> int:
         write_tape(tmp / "one", 1, spacing_us=1)
         write_tape(tmp / "fast", args.requests, spacing_us=1)
         for rate in RATES:
-            write_tape(tmp / f"rate{rate}", int(rate * args.seconds), spacing_us=1)
+            write_tape(tmp / f"rate{rate}", paced_requests(rate, args.seconds), spacing_us=1)
         with target_server(tmp, args.server) as (url, server, h2_url):
             if args.http2 and h2_url is None:
                 print("--http2 needs nginx (its h2c listener) as the target", file=sys.stderr)
@@ -419,7 +428,7 @@ def main() -> int:
                 for _ in range(args.repeat):
                     h2_unpaced.append(replay(tmp / "fast", h2_url, tmp / "h2fast.json", "--speed", "0"))
                     out = tmp / "h2rate.json"
-                    h2_paced.append(replay(tmp / f"rate{RATES[0]}", h2_url, out, "--rate", str(RATES[0])))
+                    h2_paced.append(replay(tmp / f"rate{MAIN_RATE}", h2_url, out, "--rate", str(MAIN_RATE)))
             wrk = two = None
             if args.reference:
                 wrk = wrk_rate(url, tmp, args.requests, 3)
@@ -466,7 +475,7 @@ def main() -> int:
         print(
             f"HTTP/2 (h2c, nginx's http2 listener, 4 connections), fixed cost {h2_fixed_s * 1000:.0f} ms CPU: unpaced "
             f"{spread([rate_of(d) for d in h2_unpaced], ',.0f')} req/s, {spread(h2_cpu, '.1f')} us CPU/request "
-            f"= {statistics.median(h2_cpu) / unpaced_cpu:.2f}x HTTP/1.1; paced {RATES[0]:,}/s "
+            f"= {statistics.median(h2_cpu) / unpaced_cpu:.2f}x HTTP/1.1; paced {MAIN_RATE:,}/s "
             f"{spread([h2_cpu_us(d) for d in h2_paced], '.1f')} us CPU/request, start lag p99 "
             f"{spread([lag(d, 'p99') for d in h2_paced], '.3f')} ms"
         )
@@ -485,12 +494,12 @@ def main() -> int:
             f"unpaced (raw {raw}); start lag p50 {p50} p99 {p99} ms; achieved {achieved}/s; "
             f"{spread([sleeps(d) for d in docs], '.2f')} sleeps/request"
         )
-    slow = paced[RATES[0]][-1]
-    full_seconds = [row for row in slow["timeline"] if row["planned"] == RATES[0]]
+    slow = paced[MAIN_RATE][-1]
+    full_seconds = [row for row in slow["timeline"] if row["planned"] == MAIN_RATE]
     behind = max((row["planned"] - row["sent"] for row in full_seconds), default=0)
-    planned_span_s = (int(RATES[0] * args.seconds) - 1) / RATES[0]
+    planned_span_s = (paced_requests(MAIN_RATE, args.seconds) - 1) / MAIN_RATE
     print(
-        f"  drift at {RATES[0]:,}/s: planned span {planned_span_s:.3f} s, first send to last done "
+        f"  drift at {MAIN_RATE:,}/s: planned span {planned_span_s:.3f} s, first send to last done "
         f"{float(slow['summary']['elapsed_s']):.3f} s; worst full second {behind} requests behind plan"
     )
     print("floor: a bare loop on the same timer and due queue, sending nothing:")
