@@ -43,6 +43,7 @@ from shadowtap.recorder.model import (
     new_response,
 )
 from shadowtap.replayer.sending import ClientSettings, SendResult
+from shadowtap.wire.client import Deadlines
 from shadowtap.wire.grpc import MESSAGE_HEADER_BYTES, GrpcFramingError, MessageSplitter
 from shadowtap.wire.h2 import CONNECT_ERROR, H2Pool, H2Stream, Header
 
@@ -157,7 +158,8 @@ def message_offsets(
 
 class _Call:
     """The ``StreamSink`` of one call: collects the answer and ends once, resolving ``done`` (a call
-    ``send`` waits for) or calling ``ended`` (one ``start`` sent: no future)."""
+    ``send`` waits for) or calling ``ended`` (one ``start`` sent: no future). One ``start`` sent has
+    its deadline in the transport's ``Deadlines`` (``timed_out``)."""
 
     __slots__ = ("_chunks", "_grpc", "_headers", "_max_body", "_messages", "_size", "_splitter", "_started_ns",
                  "_status", "_trailers", "done", "ended", "finished", "first_byte_ns", "refused", "stream")  # fmt: skip
@@ -241,6 +243,11 @@ class _Call:
     def on_trailers(self, headers: list[Header]) -> None:
         self._trailers = headers
 
+    def timed_out(self, timeout_s: float) -> None:
+        if self.stream is not None:
+            self.stream.reset()
+        self.finish(Failure(FailureKind.TIMEOUT, f"no complete answer within {timeout_s:g} s"))
+
     def on_end(self) -> None:
         if self.finished:
             return
@@ -264,10 +271,10 @@ class _Call:
 
 
 class _Started:
-    """One call ``H2Transport.start`` sent: its deadline, and what ``done`` hears when it ends (after
-    one resend on another stream, as a task, when the target refused it unprocessed)."""
+    """One call ``H2Transport.start`` sent: what ``done`` hears when it ends (after one resend on
+    another stream, as a task, when the target refused it unprocessed)."""
 
-    __slots__ = ("body", "done", "fields", "grpc", "timer", "trailers", "transport")
+    __slots__ = ("body", "done", "fields", "grpc", "trailers", "transport")
 
     def __init__(
         self,
@@ -284,21 +291,11 @@ class _Started:
         self.body = body
         self.trailers = trailers
         self.grpc = grpc
-        self.timer: asyncio.TimerHandle | None = None
-
-    def timed_out(self, call: _Call) -> None:
-        self.timer = None
-        if call.stream is not None:
-            call.stream.reset()
-        timeout_s = self.transport._settings.timeout_s
-        call.finish(Failure(FailureKind.TIMEOUT, f"no complete answer within {timeout_s:g} s"))
 
     def ended(self, call: _Call, outcome: Outcome) -> None:
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
         transport = self.transport
+        if transport._deadlines is not None:
+            transport._deadlines.discard(call)
         if call.refused and transport._loop is not None:
             task = transport._loop.create_task(self._resend())
             transport._retries.add(task)
@@ -335,6 +332,8 @@ class H2Transport:
         self._max_gap_ns = int(s.max_message_gap_s * _NS_PER_S)
         # The loop it runs on (set on entry): ``start`` needs it and looks it up no other way.
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The deadlines of the calls ``start`` sent, on one timer (set on entry).
+        self._deadlines: Deadlines | None = None
         # Resends of refused streams that start sent (the loop keeps only weak references to tasks).
         self._retries: set[asyncio.Task[None]] = set()
         self._pool = H2Pool(
@@ -349,12 +348,15 @@ class H2Transport:
 
     async def __aenter__(self) -> H2Transport:
         self._loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(self._loop, self._settings.timeout_s)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._pool.close()
         await asyncio.sleep(0)  # let the closed connections' transports finish closing
         self._pool.abort_all()
+        if self._deadlines is not None:
+            self._deadlines.close()
 
     def start(
         self,
@@ -371,8 +373,8 @@ class H2Transport:
         target refused unprocessed is sent once more, as ``send`` does (that needs a task). False,
         nothing sent, when ``send`` must do it (a connection to dial or wait for, paced messages, or
         used outside ``async with``)."""
-        loop = self._loop
-        if loop is None or not self._pool.has_room():
+        deadlines = self._deadlines
+        if deadlines is None or not self._pool.has_room():
             return False
         grpc, fields, trailers, offsets = h2_call(
             method, target, headers, body, recorded, scheme=self._scheme, authority=self._authority,
@@ -386,7 +388,7 @@ class H2Transport:
         if stream is None:
             return False
         call.stream = stream
-        started.timer = loop.call_later(self._settings.timeout_s, started.timed_out, call)
+        deadlines.add(call)
         if body or trailers:
             stream.send_data(body)
             stream.end(trailers)

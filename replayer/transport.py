@@ -267,6 +267,8 @@ class HttpTransport:
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # The loop it runs on (set on entry): ``start`` needs it and looks it up no other way.
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The deadlines of what ``start`` sent, on one timer (set on entry).
+        self._deadlines: client.Deadlines | None = None
         # Resends of stale keep-alives that start sent (the loop keeps only weak references to tasks).
         self._retries: set[asyncio.Task[None]] = set()
         self._pool = client.Pool(
@@ -282,10 +284,13 @@ class HttpTransport:
 
     async def __aenter__(self) -> HttpTransport:
         self._loop = asyncio.get_running_loop()
+        self._deadlines = client.Deadlines(self._loop, self._settings.timeout_s)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._pool.abort_all()
+        if self._deadlines is not None:
+            self._deadlines.close()
 
     def _request(self, method: str, target: str, headers: Headers, body: bytes) -> list[bytes]:
         has_host = any(name.lower() == b"host" for name, _ in headers)
@@ -308,8 +313,8 @@ class HttpTransport:
         connection (a warm pool, most requests), and call ``done`` once with the result, from the
         loop's read of the answer or its deadline; False, nothing sent, when ``send`` must do it (a
         connection to dial, a slot to wait for, or used outside ``async with``)."""
-        loop = self._loop
-        if self._free_slots <= 0 or loop is None:
+        deadlines = self._deadlines
+        if self._free_slots <= 0 or deadlines is None:
             return False
         conn = self._pool.try_acquire()
         if conn is None:
@@ -317,11 +322,8 @@ class HttpTransport:
         self._free_slots -= 1
         request = self._request(method, target, headers, body)
         sending = _Sending(self, conn, method, request, done)
-        s = self._settings
-        timeout_s, max_body_bytes = s.timeout_s, s.max_body_bytes
-        client.start_fetch(
-            loop, conn, method, request, timeout_s=timeout_s, max_body_bytes=max_body_bytes, callback=sending.fetched
-        )
+        max_body_bytes = self._settings.max_body_bytes
+        client.start_fetch(deadlines, conn, method, request, max_body_bytes=max_body_bytes, callback=sending.fetched)
         return True
 
     async def send(

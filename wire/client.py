@@ -42,7 +42,9 @@ __all__ = [
     "RESET",
     "TIMEOUT",
     "UPSTREAM_SIDE",
+    "Deadlines",
     "Dialer",
+    "Expiring",
     "FetchFailure",
     "FetchedResponse",
     "Http1Connection",
@@ -679,12 +681,73 @@ class FetchFailure:
         self.message = message
 
 
+class Expiring(Protocol):
+    def timed_out(self, timeout_s: float) -> None:
+        """The deadline passed before the exchange ended (``Deadlines`` dropped it first)."""
+
+
+class Deadlines:
+    """The deadlines of many exchanges that share one timeout, on one timer of the loop.
+
+    A timer handle for each exchange (``loop.call_later``, its cancel, and the close of the loop's
+    own timer behind it) was about 4,800 instructions a request on the replayer's request path;
+    here a running exchange is an entry in a dict, dropped when it ends, so nothing outlives its
+    exchange. With one timeout, deadlines fall due in the order exchanges were added: the oldest
+    entry is the next due. The timer waits for it, then expires every entry whose deadline passed,
+    oldest first, and waits for the next one still there (an exchange that ended early is no reason
+    to wake). Deadlines are ``time.monotonic()`` values, and an entry is expired only once its own
+    has passed: never early, at most the loop timer's granularity late."""
+
+    __slots__ = ("_entries", "_loop", "_timer", "timeout_s")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self._loop = loop
+        self.timeout_s = timeout_s
+        self._entries: dict[Expiring, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, item: Expiring) -> None:
+        """Start ``item``'s deadline: ``item.timed_out`` unless it is discarded first."""
+        self._entries[item] = time.monotonic() + self.timeout_s
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.timeout_s, self._expire)
+
+    def discard(self, item: Expiring) -> None:
+        """``item`` ended: it has no deadline any more (nothing happens if it had none)."""
+        entries = self._entries
+        if item in entries:
+            del entries[item]
+
+    def close(self) -> None:
+        """Forget every deadline (the loop is going): no entry will be told."""
+        self._entries.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        entries = self._entries
+        now = time.monotonic()
+        while entries:
+            item = next(iter(entries))
+            deadline = entries[item]
+            if deadline > now:
+                self._timer = self._loop.call_later(deadline - now, self._expire)
+                return
+            del entries[item]
+            item.timed_out(self.timeout_s)
+
+
 class _Collector:
     """The ``ResponseSink`` behind ``fetch`` and ``start_fetch``: collects one response and resolves
     its future (or calls its callback) once."""
 
     __slots__ = ("_body", "_first_byte_ns", "_headers", "_max_body", "_reason", "_size", "_status", "_version",
-                 "callback", "conn", "pool", "timer", "waiter")  # fmt: skip
+                 "callback", "conn", "deadlines", "pool", "timer", "waiter")  # fmt: skip
 
     def __init__(
         self,
@@ -698,6 +761,8 @@ class _Collector:
         self.callback = callback
         self.conn: Http1Connection | None = None
         self.timer: asyncio.TimerHandle | None = None
+        #: Where ``start_fetch`` keeps its deadline (``fetch`` has a ``timer`` instead).
+        self.deadlines: Deadlines | None = None
         self._max_body = max_body
         self._status = 0
         self._reason = b""
@@ -712,6 +777,10 @@ class _Collector:
         if timer is not None:
             self.timer = None
             timer.cancel()
+        deadlines = self.deadlines
+        if deadlines is not None:
+            self.deadlines = None
+            deadlines.discard(self)
         waiter = self.waiter
         if waiter is not None:
             if not waiter.done():
@@ -732,6 +801,7 @@ class _Collector:
 
     def timed_out(self, timeout_s: float) -> None:
         self.timer = None
+        self.deadlines = None  # it dropped this one already
         self.fail(TIMEOUT, f"no response within {timeout_s:g} s")
 
     # --- ResponseSink ----------------------------------------------------------------------------
@@ -794,24 +864,24 @@ class _Collector:
 
 
 def start_fetch(
-    loop: asyncio.AbstractEventLoop,
+    deadlines: Deadlines,
     conn: Http1Connection,
     method: str,
     request: list[bytes],
     *,
-    timeout_s: float,
     max_body_bytes: int,
     callback: Callable[[FetchedResponse | FetchFailure], None],
 ) -> None:
     """Send one request on ``conn``, an open connection from its pool's ``try_acquire``, and call
     ``callback`` once with the whole response or the failure: from the loop's read of its last
-    bytes (the connection is back in the pool by then), or from the deadline's timer. No task, no
-    future: the caller carries on from the callback. It does not retry a stale connection (``fetch``
-    does); ``conn.stale`` after a ``RESET`` failure says one would be safe.
+    bytes (the connection is back in the pool by then), or when its deadline in ``deadlines``
+    passes. No task, no future: the caller carries on from the callback. It does not retry a stale
+    connection (``fetch`` does); ``conn.stale`` after a ``RESET`` failure says one would be safe.
     """
     sink = _Collector(conn._pool, None, max_body_bytes, callback)
     sink.conn = conn
-    sink.timer = loop.call_later(timeout_s, sink.timed_out, timeout_s)
+    sink.deadlines = deadlines
+    deadlines.add(sink)
     conn.begin(sink, method == "HEAD")
     conn.writelines(request)
 

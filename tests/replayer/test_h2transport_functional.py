@@ -188,6 +188,7 @@ async def test_start_sends_without_a_task_on_a_warm_pool_and_ends_each_call_once
         # No task on the client's side (the target's handlers are tasks of the test server).
         assert all("/tests/" in repr(task) for task in asyncio.all_tasks() - before)
         connects = transport._pool.connects
+        assert transport._deadlines is not None and len(transport._deadlines) == 0  # none kept
     assert isinstance(post.outcome, Response) and (post.outcome.status, post.outcome.body) == (201, b"got hello")
     assert post.outcome.http_version == "2" and post.first_byte_ns is not None
     assert isinstance(trailers.outcome, Response) and trailers.outcome.trailers == ((b"x-checksum", b"abc"),)

@@ -301,6 +301,7 @@ async def test_start_times_out_and_frees_the_slot() -> None:
         silent = await start_now(transport, "GET", "/silent")
         waited_s = (time.monotonic_ns() - started_ns) / 1e9
         after = await transport.send("GET", "/after", (), b"")  # the slot came back
+        assert transport._deadlines is not None and len(transport._deadlines) == 0  # none kept
     assert silent is not None and isinstance(silent.outcome, Failure)
     assert silent.outcome.kind == FailureKind.TIMEOUT and 0.19 <= waited_s < 2
     assert isinstance(after.outcome, Response) and after.outcome.body == b"ok"
