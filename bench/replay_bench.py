@@ -10,7 +10,8 @@ with ``--no-progress`` and 64 connections, in one run:
 3. paced (``--rate R``) at 250, 1,000, 2,000, 10,000 and 20,000 requests/s for a few seconds each
    (at least 2,000 requests, so the slow rates run longer): CPU per request beside the unpaced
    figure, start-lag p50/p99, the rate achieved, and (at 2,000/s) the cumulative drift;
-4. the floor of the machine: a bare loop woken by the same timer and due queue at the same rates,
+4. the floor of the machine: a plain Python loop on ``time.sleep``, no event loop (what a wake-up
+   costs here at all); a bare loop woken by the same timer and due queue at the same rates,
    sending nothing (the wake-up cost and the lag the machine allows at best); the smallest paced
    client, that loop writing prepared requests on 64 keep-alive connections and only counting the
    answers (what any client on this event loop pays a request here); and the same loop
@@ -172,6 +173,24 @@ async def main():
     sleeps = (after.ru_nvcsw - usage.ru_nvcsw) / count
     print(cpu_us, lags[len(lags) // 2] / 1e6, lags[int(len(lags) * 0.99)] / 1e6, sleeps, hot_us)
 uvloop.run(main())
+"""
+
+# A plain sleep loop, no event loop: time.sleep to absolute deadlines, one wake-up per tick (what
+# sleeping and waking costs this machine at all, below any loop or timer of ours).
+SLEEP = """
+import resource, sys, time
+rate, seconds = int(sys.argv[1]), float(sys.argv[2])
+count = int(rate * seconds)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+deadline = time.monotonic()
+for _ in range(count):
+    deadline += 1 / rate
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+after = resource.getrusage(resource.RUSAGE_SELF)
+cpu_us = (after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime) / count * 1e6
+print(cpu_us, (after.ru_nvcsw - usage.ru_nvcsw) / count)
 """
 
 # The smallest paced HTTP/1.1 client: the same timer and due queue, 64 keep-alive connections,
@@ -346,6 +365,15 @@ def floor(rate: int, seconds: float, work: bool = False) -> tuple[float, float, 
     return cpu_us, p50_ms, p99_ms, sleeps, hot_us
 
 
+def sleep_loop(rate: int, seconds: float) -> tuple[float, float]:
+    """(CPU us per tick, sleeps per tick) of the plain sleep loop (``SLEEP``) at ``rate``."""
+    out = subprocess.run(
+        [sys.executable, "-c", SLEEP, str(rate), str(seconds)], capture_output=True, text=True, check=True, timeout=120
+    )
+    cpu_us, sleeps = (float(v) for v in out.stdout.split())
+    return cpu_us, sleeps
+
+
 def client(rate: int, seconds: float, url: str) -> tuple[float, float]:
     """(CPU us per request, sleeps per request) of the smallest paced client (``CLIENT``) at ``rate``."""
     port = url.rsplit(":", 1)[1]
@@ -414,6 +442,9 @@ def main() -> int:
                     paced[rate].append(replay(tmp / f"rate{rate}", url, out, "--rate", str(rate)))
             fixed_s = statistics.median(fixed_runs)
             floors = {rate: [floor(rate, min(args.seconds, 2.0)) for _ in range(args.repeat)] for rate in rates}
+            sleeps_only = {
+                rate: [sleep_loop(rate, min(args.seconds, 2.0)) for _ in range(args.repeat)] for rate in rates
+            }
             clients = {rate: [client(rate, min(args.seconds, 2.0), url) for _ in range(args.repeat)] for rate in rates}
             work_floors = {
                 rate: [floor(rate, min(args.seconds, 2.0), work=True) for _ in range(args.repeat)] for rate in rates
@@ -509,6 +540,13 @@ def main() -> int:
             f"  {rate:>6,}/s: {spread([r[0] for r in runs], '.1f')} us CPU/request; lag p50 "
             f"{spread([r[1] for r in runs], '.3f')} p99 {spread([r[2] for r in runs], '.3f')} ms; "
             f"{spread([r[3] for r in runs], '.2f')} sleeps/request"
+        )
+    print("sleep: a plain Python loop on time.sleep, no event loop (what a wake-up costs this machine):")
+    for rate in RATES:
+        runs = sleeps_only[rate]
+        print(
+            f"  {rate:>6,}/s: {spread([r[0] for r in runs], '.1f')} us CPU/wake-up; "
+            f"{spread([r[1] for r in runs], '.2f')} sleeps/wake-up"
         )
     print("smallest client: the same loop sending prepared requests on 64 connections, answers only counted:")
     for rate in RATES:
