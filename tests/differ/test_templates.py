@@ -79,6 +79,17 @@ def test_grpc_method_paths_stay_literal() -> None:
     assert shape_template("POST", "/shop.Catalog/GetProduct") == "POST /shop.Catalog/GetProduct"
 
 
+def test_the_grpc_check_answers_as_its_regular_expression_does() -> None:
+    from shadowtap.differ.templates import _GRPC_METHOD, _grpc_method
+
+    paths = ["/shop.Catalog/GetProduct", "/grpc.health.v1.Health/Check", "/a.b/c", "/a.b/c/d", "/items/5",
+             "/v1.2/users", "/.x/y", "/a./b", "/a.b/", "//a.b", "/a.b/c.d", "/1a.b/c", "/a.b/1c", "a.b/c",
+             "/a.b/c\n", "/é.b/c", "/_a._b/_c", "/shop.Catalog/GetProduct/", ""]  # fmt: skip
+    for path in paths:
+        assert _grpc_method(path) == (_GRPC_METHOD.match(path) is not None), path
+    assert sum(_grpc_method(path) for path in paths) == 4
+
+
 def test_many_real_resources_each_hit_often_stay_apart() -> None:
     """22 top-level resources (more than any sibling count would allow) are 22 endpoints."""
     templater = EndpointTemplater()
