@@ -739,7 +739,10 @@ class Deadlines:
                 self._timer = self._loop.call_later(deadline - now, self._expire)
                 return
             del entries[item]
-            item.timed_out(self.timeout_s)
+            try:
+                item.timed_out(self.timeout_s)
+            except Exception:  # one bad callback must not leave the entries after it without a timer
+                log.exception("an exchange's deadline callback failed")
 
 
 class _Collector:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from shadowtap.wire.client import Deadlines
 
 TIMEOUT_S = 0.08
@@ -85,3 +87,21 @@ async def test_an_entry_told_may_add_another_and_close_forgets_them_all() -> Non
     deadlines.close()
     await asyncio.sleep(2 * TIMEOUT_S)
     assert len(log) == 2 and len(deadlines) == 0
+
+
+async def test_an_entry_that_raises_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    deadlines = Deadlines(asyncio.get_running_loop(), TIMEOUT_S)
+    log: list[tuple[str, float, float]] = []
+
+    class Broken(Entry):
+        def timed_out(self, timeout_s: float) -> None:
+            super().timed_out(timeout_s)
+            raise RuntimeError("a bug in a callback")
+
+    deadlines.add(Broken("broken", log))
+    deadlines.add(Entry("same deadline", log))
+    await asyncio.sleep(0.02)
+    deadlines.add(Entry("later", log))
+    await wait_for(log, 3)
+    assert [name for name, _, _ in log] == ["broken", "same deadline", "later"]
+    assert "deadline callback failed" in caplog.text and "a bug in a callback" in caplog.text
