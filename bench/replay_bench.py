@@ -9,7 +9,9 @@ with ``--no-progress`` and 64 connections, in one run:
 2. the maximum rate of one process unpaced (``--speed 0``) and its CPU per request;
 3. paced (``--rate R``) at 250, 1,000, 2,000, 10,000 and 20,000 requests/s for a few seconds each
    (at least 2,000 requests, so the slow rates run longer): CPU per request beside the unpaced
-   figure, start-lag p50/p99, the rate achieved, and (at 2,000/s) the cumulative drift;
+   figure, start-lag p50/p99, the rate achieved, and (at 2,000/s) the cumulative drift; then
+   2,000/s once more from a tape as a sidecar records it (each request with three header fields
+   and its primary's recorded 1.6 KB JSON answer, which the replay decodes with it);
 4. the floor of the machine: a plain Python loop on ``time.sleep``, no event loop (what a wake-up
    costs here at all); a bare loop woken by the same timer and due queue at the same rates,
    sending nothing (the wake-up cost and the lag the machine allows at best); the smallest paced
@@ -56,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from shadowtap.recorder import Exchange, Request, SyncTapeWriter, TapeOptions
+from shadowtap.recorder.model import Response
 
 RATES = (250, 1_000, 2_000, 10_000, 20_000)
 #: The rate of the drift line and of the HTTP/2 paced run.
@@ -268,17 +271,35 @@ def paced_requests(rate: int, seconds: float) -> int:
     return max(int(rate * seconds), MIN_PACED_REQUESTS)
 
 
-def write_tape(directory: Path, count: int, spacing_us: int) -> None:
+#: A recorded answer as a sidecar writes one: a 1.6 KB JSON body and six header fields.
+RECORDED_BODY = json.dumps(
+    {"id": 1, "items": [{"sku": f"s{i}", "price": i * 1.5, "name": "widget " * 3} for i in range(25)]}
+).encode()
+
+
+def write_tape(directory: Path, count: int, spacing_us: int, recorded: bool = False) -> None:
+    """``count`` GETs ``spacing_us`` apart; with ``recorded``, each with three request header fields
+    and the primary's recorded answer (``RECORDED_BODY``), as a sidecar's tape has them."""
     base = 1_700_000_000 * 10**9
     with SyncTapeWriter(directory, TapeOptions(redaction=None)) as writer:
         for i in range(count):
-            writer.write(
-                Exchange(
-                    id=f"b{i}",
-                    started_at_ns=base + i * spacing_us * 1000,
-                    request=Request("GET", f"/items/{i % 500}?q={i}", ((b"Accept", b"application/json"),)),
+            headers: tuple[tuple[bytes, bytes], ...] = ((b"Accept", b"application/json"),)
+            primary = None
+            if recorded:
+                headers = (*headers, (b"User-Agent", b"curl/8.5.0"), (b"Cookie", b"session=s%d" % i))
+                primary = Response(
+                    200,
+                    "OK",
+                    ((b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(RECORDED_BODY)),
+                     (b"Date", b"Sat, 05 Dec 2026 16:20:00 GMT"), (b"Server", b"nginx"),
+                     (b"Cache-Control", b"no-cache"), (b"X-Request-Id", b"r%d" % i)),  # fmt: skip
+                    RECORDED_BODY,
+                    "1.1",
+                    None,
                 )
-            )
+            request = Request("GET", f"/items/{i % 500}?q={i}", headers)
+            started_at_ns = base + i * spacing_us * 1000
+            writer.write(Exchange(id=f"b{i}", started_at_ns=started_at_ns, request=request, primary=primary))
 
 
 @contextmanager
@@ -424,6 +445,7 @@ def main() -> int:
         write_tape(tmp / "fast", args.requests, spacing_us=1)
         for rate in RATES:
             write_tape(tmp / f"rate{rate}", paced_requests(rate, args.seconds), spacing_us=1)
+        write_tape(tmp / "recorded", paced_requests(MAIN_RATE, args.seconds), spacing_us=1, recorded=True)
         with target_server(tmp, args.server) as (url, server, h2_url):
             if args.http2 and h2_url is None:
                 print("--http2 needs nginx (its h2c listener) as the target", file=sys.stderr)
@@ -435,11 +457,15 @@ def main() -> int:
             unpaced = [replay(tmp / "fast", url, tmp / "fast.json", "--speed", "0") for _ in range(args.repeat)]
             paced: dict[int, list[dict[str, Any]]] = {rate: [] for rate in RATES}
             rates = () if args.http2_only else RATES
+            recorded: list[dict[str, Any]] = []
             for _ in range(args.repeat):
                 for rate in rates:
                     out = tmp / f"rate{rate}.json"
                     fixed_runs.append(replay(tmp / "one", url, tmp / "one.json", "--speed", "0")["cpu_s"])
                     paced[rate].append(replay(tmp / f"rate{rate}", url, out, "--rate", str(rate)))
+                if rates:
+                    out = tmp / "recorded.json"
+                    recorded.append(replay(tmp / "recorded", url, out, "--rate", str(MAIN_RATE)))
             fixed_s = statistics.median(fixed_runs)
             floors = {rate: [floor(rate, min(args.seconds, 2.0)) for _ in range(args.repeat)] for rate in rates}
             sleeps_only = {
@@ -525,6 +551,11 @@ def main() -> int:
             f"unpaced (raw {raw}); start lag p50 {p50} p99 {p99} ms; achieved {achieved}/s; "
             f"{spread([sleeps(d) for d in docs], '.2f')} sleeps/request"
         )
+    print(
+        f"  {MAIN_RATE:>6,}/s, a sidecar's tape (each request with its recorded 1.6 KB answer and three "
+        f"header fields): {spread([cpu_us(d) for d in recorded], '.1f')} us CPU/request; start lag p99 "
+        f"{spread([lag(d, 'p99') for d in recorded], '.3f')} ms"
+    )
     slow = paced[MAIN_RATE][-1]
     full_seconds = [row for row in slow["timeline"] if row["planned"] == MAIN_RATE]
     behind = max((row["planned"] - row["sent"] for row in full_seconds), default=0)
@@ -568,7 +599,7 @@ def main() -> int:
         print(f"wrk closed loop, 1 thread, 64 connections: {wrk:,.0f} req/s; unpaced replay is {one / wrk:.2f} of it")
         print(f"--workers 2, unpaced: {rate_of(two):,.0f} req/s ({rate_of(two) / one:.2f}x one process)")
 
-    errors = {f"{rate}/s": failed(paced[rate]) for rate in RATES}
+    errors = {f"{rate}/s": failed(paced[rate]) for rate in RATES} | {"recorded": failed(recorded)}
     if h2_unpaced:
         errors["http2"] = failed(h2_unpaced + h2_paced)
     print(f"failed requests: {errors | {'unpaced': failed(unpaced)}}")
